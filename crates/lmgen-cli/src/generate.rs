@@ -1,0 +1,146 @@
+//! `lmgen generate`: continue a prompt, or answer JSON-lines requests.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lmgen::{GenerationConfig, Pipeline};
+use serde_json::{Map, Value};
+
+use crate::jsonl;
+use crate::options::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt text; repeat for a batch (left-padded, as transformers does).
+    #[arg(long, short = 'p')]
+    pub prompt: Vec<String>,
+    /// Read JSON-lines requests from FILE (`-` for stdin) and write one JSON response per line.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub request: Option<PathBuf>,
+    /// A generation_config.json whose fields override the checkpoint's (flags override both).
+    #[arg(long, value_name = "FILE")]
+    pub generation_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub gen: GenerationFlags,
+}
+
+/// The common generation fields as flags; each maps to the `GenerationConfig` field of the same name.
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Generation (GenerationConfig fields)")]
+pub struct GenerationFlags {
+    /// Maximum number of new tokens (default: 20 new tokens, as transformers).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Maximum total length, prompt included.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Minimum number of new tokens before EOS may end the output.
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    /// Minimum total length before EOS may end the output.
+    #[arg(long)]
+    pub min_length: Option<usize>,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    pub do_sample: Option<bool>,
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Penalty (> 1) or reward (< 1) for tokens already present (CTRL).
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// EOS token id; repeat for several.
+    #[arg(long)]
+    pub eos_token_id: Vec<u32>,
+    #[arg(long)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl GenerationFlags {
+    /// The flags as a generation-config JSON object (only those given).
+    fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put("max_new_tokens", self.max_new_tokens.map(Value::from));
+        put("max_length", self.max_length.map(Value::from));
+        put("min_new_tokens", self.min_new_tokens.map(Value::from));
+        put("min_length", self.min_length.map(Value::from));
+        put("do_sample", self.do_sample.map(Value::from));
+        put("temperature", self.temperature.map(Value::from));
+        put("top_k", self.top_k.map(Value::from));
+        put("top_p", self.top_p.map(Value::from));
+        put(
+            "repetition_penalty",
+            self.repetition_penalty.map(Value::from),
+        );
+        put("num_beams", self.num_beams.map(Value::from));
+        put("pad_token_id", self.pad_token_id.map(Value::from));
+        match self.eos_token_id.as_slice() {
+            [] => {}
+            [one] => put("eos_token_id", Some(Value::from(*one))),
+            many => put("eos_token_id", Some(Value::from(many.to_vec()))),
+        }
+        m
+    }
+}
+
+/// `--generation-config FILE` then the flags, as one overrides config.
+fn overrides(args: &GenerateArgs) -> Result<GenerationConfig> {
+    let mut config = match &args.generation_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("`{}` is not valid JSON", path.display()))?;
+            GenerationConfig::from_json(&value, lmgen::generation::config::UnknownFields::Keep)
+                .with_context(|| format!("in `{}`", path.display()))?
+        }
+        None => GenerationConfig::default(),
+    };
+    let flags = GenerationConfig::from_json(
+        &Value::Object(args.gen.to_json()),
+        lmgen::generation::config::UnknownFields::Reject,
+    )?;
+    config.update(&flags);
+    Ok(config)
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let options = args.model.load_options()?;
+    let overrides = overrides(&args)?;
+    if let Some(path) = &args.request {
+        return jsonl::serve_generate(path, &args.model, &options, &overrides);
+    }
+    let model = args.model.model_or_default();
+    let pipe = Pipeline::load(&model, &options).with_context(|| format!("loading `{model}`"))?;
+    let prompts = if args.prompt.is_empty() {
+        vec![String::new()]
+    } else {
+        args.prompt.clone()
+    };
+    let input = pipe.encode_prompts(&prompts, &overrides)?;
+    let out = pipe.generate(&input, &overrides)?;
+    let mut stdout = std::io::stdout().lock();
+    for i in 0..out.sequences.len() {
+        let text = pipe.tokenizer.decode(out.generated(i), true)?;
+        if prompts.len() > 1 {
+            writeln!(stdout, "[{i}] {}{text}", prompts[i])?;
+        } else {
+            writeln!(stdout, "{}{text}", prompts[i])?;
+        }
+    }
+    Ok(())
+}

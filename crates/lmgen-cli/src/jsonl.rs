@@ -1,0 +1,199 @@
+//! The JSON-lines interface (DESIGN.md section 4): one request per line in, one response per line
+//! out, in order. A failing request answers `{"error": {"message": ...}}` and the others still run.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use lmgen::generation::config::UnknownFields;
+use lmgen::models::LoadOptions;
+use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::options::ModelArgs;
+
+/// What a request may ask to get back.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct Return {
+    #[serde(default)]
+    scores: bool,
+    #[serde(default)]
+    logits: bool,
+    #[serde(default)]
+    stream_chunks: bool,
+}
+
+/// One `lmgen generate --request` line.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct GenerateRequest {
+    model: Option<String>,
+    input_ids: Option<Vec<Vec<u32>>>,
+    attention_mask: Option<Vec<Vec<u8>>>,
+    prompts: Option<Vec<String>>,
+    #[serde(default)]
+    generation_config: Option<Value>,
+    assistant_model: Option<String>,
+    seed: Option<u64>,
+    #[serde(default, rename = "return")]
+    ret: Return,
+}
+
+/// Reads requests from `path` (`-` = stdin).
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        Ok(Box::new(BufReader::new(std::io::stdin())))
+    } else {
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+        Ok(Box::new(BufReader::new(f)))
+    }
+}
+
+/// Loaded pipelines by model path, so a file of requests loads each model once.
+struct Models<'a> {
+    loaded: HashMap<String, Pipeline>,
+    args: &'a ModelArgs,
+    options: &'a LoadOptions,
+}
+
+impl Models<'_> {
+    fn get(&mut self, model: Option<&str>) -> Result<&Pipeline> {
+        let key = model
+            .map(str::to_string)
+            .unwrap_or_else(|| self.args.model_or_default());
+        if !self.loaded.contains_key(&key) {
+            let pipe =
+                Pipeline::load(&key, self.options).with_context(|| format!("loading `{key}`"))?;
+            self.loaded.insert(key.clone(), pipe);
+        }
+        self.loaded
+            .get(&key)
+            .ok_or_else(|| anyhow!("model `{key}` not loaded"))
+    }
+}
+
+/// `lmgen generate --request FILE`.
+pub fn serve_generate(
+    path: &Path,
+    args: &ModelArgs,
+    options: &LoadOptions,
+    base: &GenerationConfig,
+) -> Result<()> {
+    let mut models = Models {
+        loaded: HashMap::new(),
+        args,
+        options,
+    };
+    let mut out = std::io::stdout().lock();
+    for line in open(path)?.lines() {
+        let line = line.context("reading requests")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = answer(&line, &mut models, base)
+            .unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
+        serde_json::to_writer(&mut out, &response)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {
+    let req: GenerateRequest = serde_json::from_str(line).context("invalid request")?;
+    if req.assistant_model.is_some() {
+        bail!("not supported yet: `assistant_model` (assisted decoding)");
+    }
+    if req.ret.stream_chunks {
+        bail!("not supported yet: `return.stream_chunks` (streaming)");
+    }
+    let _ = req.seed; // Greedy decoding draws no random numbers.
+    let mut overrides = base.clone();
+    if let Some(gc) = &req.generation_config {
+        overrides.update(&GenerationConfig::from_json(gc, UnknownFields::Reject)?);
+    }
+    if req.ret.scores {
+        overrides.output_scores = Some(true);
+        overrides.return_dict_in_generate = Some(true);
+    }
+    if req.ret.logits {
+        overrides.output_logits = Some(true);
+        overrides.return_dict_in_generate = Some(true);
+    }
+    let pipe = models.get(req.model.as_deref())?;
+    let input = match (req.input_ids, req.prompts) {
+        (Some(ids), None) => GenerateInput {
+            input_ids: ids,
+            attention_mask: req.attention_mask,
+        },
+        (None, Some(prompts)) => pipe.encode_prompts(&prompts, &overrides)?,
+        (Some(_), Some(_)) => bail!("give either `input_ids` or `prompts`, not both"),
+        (None, None) => bail!("a request needs `input_ids` or `prompts`"),
+    };
+    let out = pipe.generate(&input, &overrides)?;
+    let mut resp = serde_json::Map::new();
+    resp.insert("sequences".into(), json!(out.sequences));
+    if req.ret.scores {
+        let scores = out
+            .scores
+            .as_ref()
+            .ok_or_else(|| anyhow!("scores missing"))?;
+        resp.insert("scores".into(), per_row(scores, out.sequences.len()));
+        resp.insert(
+            "transition_scores".into(),
+            json!(out.compute_transition_scores(true)?),
+        );
+    }
+    if req.ret.logits {
+        let logits = out
+            .logits
+            .as_ref()
+            .ok_or_else(|| anyhow!("logits missing"))?;
+        resp.insert("logits".into(), per_row(logits, out.sequences.len()));
+    }
+    let text = (0..out.sequences.len())
+        .map(|i| pipe.tokenizer.decode(out.generated(i), true))
+        .collect::<lmgen::Result<Vec<_>>>()?;
+    resp.insert("text".into(), json!(text));
+    resp.insert(
+        "finish_reasons".into(),
+        json!(out
+            .finish_reasons
+            .iter()
+            .map(|r| r.map(|r| r.as_str()))
+            .collect::<Vec<_>>()),
+    );
+    Ok(Value::Object(resp))
+}
+
+/// `[steps][b, vocab]` -> `[b][steps][vocab]`, `-inf` as `null`.
+fn per_row(steps: &[lmgen::generation::Scores], b: usize) -> Value {
+    let rows: Vec<Vec<Vec<Value>>> = (0..b)
+        .map(|i| {
+            steps
+                .iter()
+                .map(|s| {
+                    s.row(i)
+                        .iter()
+                        .map(|&x| {
+                            if x.is_finite() {
+                                json!(x)
+                            } else if x.is_nan() {
+                                json!("nan")
+                            } else if x > 0.0 {
+                                json!("inf")
+                            } else {
+                                Value::Null
+                            }
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    json!(rows)
+}

@@ -1,0 +1,42 @@
+//! `lmgen`: text generation with Hugging Face checkpoints, as transformers' `generate()`.
+
+mod generate;
+mod jsonl;
+mod options;
+
+use clap::{Parser, Subcommand};
+
+/// Generate text with Hugging Face checkpoints, token for token as transformers' generate().
+#[derive(Parser, Debug)]
+#[command(name = "lmgen", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a continuation of a prompt, or answer JSON-lines requests (--request).
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LMGEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

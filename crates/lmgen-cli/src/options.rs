@@ -1,0 +1,83 @@
+//! Options shared by subcommands: model location, dtype, device.
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use lmgen::models::{AttnImplementation, DType, Device, LoadOptions};
+
+/// The checkpoint shipped in the repository, used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../lmgen/tests/fixtures/golden/models/llama"
+);
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint directory or Hugging Face model id (`org/name`, read from the local HF cache).
+    /// Defaults to a tiny checkpoint shipped with lmgen.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Compute dtype (weights are converted on load).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+    /// Device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Attention semantics of transformers' `attn_implementation`: `sdpa` (its default) or `eager`
+    /// (differs only for Gemma 2, where eager applies attention logit soft-capping).
+    #[arg(long, value_enum, default_value = "sdpa")]
+    pub attn_implementation: AttnArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnArg {
+    Sdpa,
+    Eager,
+}
+
+impl ModelArgs {
+    /// `--model`, or the shipped checkpoint.
+    pub fn model_or_default(&self) -> String {
+        self.model
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MODEL.to_string())
+    }
+
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let dtype = match self.dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        };
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let ordinal: usize =
+                    d.strip_prefix("cuda:")
+                        .unwrap_or("0")
+                        .parse()
+                        .map_err(|_| {
+                            anyhow::anyhow!("`--device {d}`: expected cuda:N with N a GPU index")
+                        })?;
+                Device::new_cuda(ordinal).map_err(|e| {
+                    anyhow::anyhow!("`--device {d}`: {e} (is this a build with `--features cuda`?)")
+                })?
+            }
+            other => bail!("`--device {other}` is not a device; use cpu, cuda or cuda:N"),
+        };
+        Ok(LoadOptions {
+            dtype: Some(dtype),
+            device,
+            attn_implementation: match self.attn_implementation {
+                AttnArg::Sdpa => AttnImplementation::Sdpa,
+                AttnArg::Eager => AttnImplementation::Eager,
+            },
+        })
+    }
+}

@@ -1,0 +1,111 @@
+//! HF `DynamicCache`: grows with the sequence.
+//!
+//! Each layer keeps a preallocated buffer `[b, kv_heads, capacity, d]` written in place; the
+//! capacity doubles when full, so appending a token costs O(1) amortised instead of re-copying the
+//! whole cache every step. Sliding-window layers keep every token and rely on the mask, which is
+//! what transformers' sliding layers compute too.
+
+use candle_core::{Tensor, D};
+
+use super::KvCache;
+use crate::error::Result;
+
+/// Initial capacity in tokens; grows by doubling.
+const MIN_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone)]
+struct LayerKv {
+    /// `[b, kv_heads, capacity, d]`
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// A cache that grows as tokens are appended.
+#[derive(Debug, Clone, Default)]
+pub struct DynamicCache {
+    layers: Vec<Option<LayerKv>>,
+}
+
+impl DynamicCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn grow(buf: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
+    let (b, h, _, d) = buf.dims4()?;
+    let new = Tensor::zeros((b, h, capacity, d), buf.dtype(), buf.device())?;
+    new.slice_set(&buf.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+    Ok(new)
+}
+
+impl KvCache for DynamicCache {
+    fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= layer {
+            self.layers.resize(layer + 1, None);
+        }
+        let t = k.dim(2)?;
+        let entry = match self.layers[layer].take() {
+            None => {
+                let capacity = t.max(MIN_CAPACITY);
+                let (b, h, _, d) = k.dims4()?;
+                LayerKv {
+                    k: Tensor::zeros((b, h, capacity, d), k.dtype(), k.device())?,
+                    v: Tensor::zeros((b, h, capacity, d), v.dtype(), v.device())?,
+                    len: 0,
+                }
+            }
+            Some(mut e) => {
+                let capacity = e.k.dim(2)?;
+                if e.len + t > capacity {
+                    let capacity = (2 * capacity).max(e.len + t);
+                    e.k = grow(&e.k, e.len, capacity)?;
+                    e.v = grow(&e.v, e.len, capacity)?;
+                }
+                e
+            }
+        };
+        entry.k.slice_set(&k.contiguous()?, 2, entry.len)?;
+        entry.v.slice_set(&v.contiguous()?, 2, entry.len)?;
+        let len = entry.len + t;
+        let out = (
+            entry.k.narrow(D::Minus2, 0, len)?,
+            entry.v.narrow(D::Minus2, 0, len)?,
+        );
+        self.layers[layer] = Some(LayerKv { len, ..entry });
+        Ok(out)
+    }
+
+    fn seq_len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn appends_and_grows_past_capacity() {
+        let mut cache = DynamicCache::new();
+        let dev = Device::Cpu;
+        let mut all = Vec::new();
+        for step in 0..70u32 {
+            let t = if step == 0 { 3 } else { 1 };
+            let vals: Vec<f32> = (0..t * 2).map(|i| (step * 10 + i as u32) as f32).collect();
+            all.extend(vals.iter().copied());
+            let k = Tensor::from_vec(vals, (1, 1, t, 2), &dev).unwrap();
+            let (ks, vs) = cache.update(0, &k, &k).unwrap();
+            assert_eq!(ks.dims4().unwrap(), (1, 1, all.len() / 2, 2));
+            let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, all);
+            assert_eq!(vs.flatten_all().unwrap().to_vec1::<f32>().unwrap(), all);
+        }
+        assert_eq!(cache.seq_len(), 72);
+    }
+}

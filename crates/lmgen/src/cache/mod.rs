@@ -1,0 +1,21 @@
+//! Key/value caches. The model never owns one: the caller passes a cache to every forward.
+
+pub mod dynamic;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+pub use dynamic::DynamicCache;
+
+/// Storage for the keys and values of past tokens (HF `Cache`).
+///
+/// Attention code is the same whatever the cache: it hands over this step's keys and values and
+/// gets back everything to attend to.
+pub trait KvCache: Send {
+    /// Appends `k`, `v` (`[b, kv_heads, t, d]`) for `layer` and returns all keys and values
+    /// of that layer, `[b, kv_heads, past + t, d]`.
+    fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// Number of tokens already cached (HF `get_seq_length`).
+    fn seq_len(&self) -> usize;
+}

@@ -1,0 +1,64 @@
+//! The library's one error type.
+//!
+//! Every message names what was wrong (the file, the field, the tensor) and, where it helps, what to do.
+
+use std::path::PathBuf;
+
+/// Errors returned by lmgen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON or does not have the expected shape.
+    #[error("`{}` is not valid: {message}", path.display())]
+    Json { path: PathBuf, message: String },
+    /// A safetensors file is truncated or corrupt, or a tensor in it does not match the model.
+    #[error("`{}`: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+    /// A model id could not be resolved to a local directory.
+    #[error("model `{id}` not found; looked in: {looked}. Pass a checkpoint directory, or download it into the Hugging Face cache first")]
+    ModelNotFound { id: String, looked: String },
+    /// The model's `config.json` has a missing or invalid field.
+    #[error("`{}`: {message}", path.display())]
+    ModelConfig { path: PathBuf, message: String },
+    /// `model_type` names an architecture lmgen does not implement.
+    #[error("unknown model_type `{model_type}` in `{}`; supported: {supported}", path.display())]
+    UnknownModelType {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
+    /// A generation setting has a wrong type or a value out of range. The message names the field.
+    #[error("invalid generation config: {0}")]
+    GenerationConfig(String),
+    /// A setting that would change the output but whose feature is not built yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+    /// Invalid inputs to generate (shapes, lengths, token ids).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The tokenizer could not be loaded or failed to encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// lmgen's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

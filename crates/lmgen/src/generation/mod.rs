@@ -1,0 +1,170 @@
+//! `generate()`: generation config, logits processors, stopping criteria and decoding strategies.
+
+pub mod config;
+pub mod logits;
+pub mod stopping;
+pub mod strategies;
+
+use crate::error::{Error, Result};
+use crate::models::CausalLM;
+use crate::TokenId;
+
+pub use config::{GenerationConfig, GenerationMode};
+pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
+pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};
+
+/// A batch of prompts, left-padded to one length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateInput {
+    /// `[b, t]` token ids.
+    pub input_ids: Vec<Vec<TokenId>>,
+    /// `[b, t]` 1 for real tokens, 0 for padding; `None` means no padding.
+    pub attention_mask: Option<Vec<Vec<u8>>>,
+}
+
+impl GenerateInput {
+    /// One unpadded prompt.
+    pub fn single(ids: Vec<TokenId>) -> Self {
+        Self {
+            input_ids: vec![ids],
+            attention_mask: None,
+        }
+    }
+
+    /// Left-pads prompts of different lengths with `pad_token_id`, as a tokenizer with
+    /// `padding_side="left"` does for generation.
+    pub fn left_padded(prompts: Vec<Vec<TokenId>>, pad_token_id: TokenId) -> Self {
+        let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = Vec::with_capacity(prompts.len());
+        let mut mask = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let pad = t - p.len();
+            mask.push([vec![0u8; pad], vec![1u8; p.len()]].concat());
+            input_ids.push([vec![pad_token_id; pad], p].concat());
+        }
+        let padded = mask.iter().any(|m| m.contains(&0));
+        Self {
+            input_ids,
+            attention_mask: padded.then_some(mask),
+        }
+    }
+
+    /// Checks shapes and values; returns `(batch, prompt_len)`.
+    pub fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
+        let b = self.input_ids.len();
+        if b == 0 {
+            return Err(Error::Input(
+                "`input_ids` is empty: pass at least one prompt".into(),
+            ));
+        }
+        let t = self.input_ids[0].len();
+        if t == 0 {
+            return Err(Error::Input(
+                "a prompt has no tokens; generation needs at least one".into(),
+            ));
+        }
+        if let Some(i) = self.input_ids.iter().position(|r| r.len() != t) {
+            return Err(Error::Input(format!(
+                "`input_ids` rows must have one length (left-pad them): row 0 has {t}, row {i} has {}",
+                self.input_ids[i].len()
+            )));
+        }
+        for (i, row) in self.input_ids.iter().enumerate() {
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= vocab_size) {
+                return Err(Error::Input(format!(
+                    "token id {id} in row {i} is outside the vocabulary (vocab_size {vocab_size})"
+                )));
+            }
+        }
+        if let Some(mask) = &self.attention_mask {
+            if mask.len() != b || mask.iter().any(|r| r.len() != t) {
+                return Err(Error::Input(format!(
+                    "`attention_mask` must have the shape of `input_ids` [{b}, {t}]"
+                )));
+            }
+            if mask.iter().flatten().any(|&m| m > 1) {
+                return Err(Error::Input(
+                    "`attention_mask` values must be 0 or 1".into(),
+                ));
+            }
+            if let Some(i) = mask.iter().position(|r| r.iter().all(|&m| m == 0)) {
+                return Err(Error::Input(format!(
+                    "`attention_mask` row {i} has no real token"
+                )));
+            }
+        }
+        Ok((b, t))
+    }
+}
+
+/// What `generate()` returns (HF `GenerateDecoderOnlyOutput`).
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    /// `[b, prompt + generated]`, finished rows padded with the pad id.
+    pub sequences: Vec<Vec<TokenId>>,
+    /// Processed scores of each step (`output_scores`), `[steps][b, vocab]`.
+    pub scores: Option<Vec<Scores>>,
+    /// Raw logits of each step (`output_logits`), `[steps][b, vocab]`.
+    pub logits: Option<Vec<Scores>>,
+    /// Why each row stopped.
+    pub finish_reasons: Vec<Option<FinishReason>>,
+    /// Padded prompt length: `sequences[i][prompt_len..]` are the generated tokens.
+    pub prompt_len: usize,
+}
+
+impl GenerateOutput {
+    /// The generated tokens of row `i` (padding after EOS included, as in `sequences`).
+    pub fn generated(&self, i: usize) -> &[TokenId] {
+        &self.sequences[i][self.prompt_len..]
+    }
+
+    /// HF `compute_transition_scores` for non-beam outputs: the score of each chosen token,
+    /// `[b][steps]`; with `normalize_logits`, scores are log-softmaxed first. Needs `scores`.
+    pub fn compute_transition_scores(&self, normalize_logits: bool) -> Result<Vec<Vec<f32>>> {
+        let steps = self
+            .scores
+            .as_ref()
+            .ok_or_else(|| Error::Input("transition scores need `output_scores: true`".into()))?;
+        let b = self.sequences.len();
+        let mut out = vec![Vec::with_capacity(steps.len()); b];
+        for (s, step) in steps.iter().enumerate() {
+            for (i, row_out) in out.iter_mut().enumerate() {
+                let row = step.row(i);
+                let tok = self.sequences[i][self.prompt_len + s] as usize;
+                let mut v = row[tok];
+                if normalize_logits {
+                    v -= log_sum_exp(row);
+                }
+                row_out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `log(sum(exp(row)))`, stable; `-inf` for an all `-inf` row.
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+/// HF `GenerationMixin.generate()` for decoder-only models.
+///
+/// `config` is the merged configuration (checkpoint's `generation_config.json` updated with the
+/// caller's fields); unset fields take transformers' defaults. Settings lmgen has not built yet
+/// are rejected, never ignored.
+pub fn generate(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    config: &GenerationConfig,
+) -> Result<GenerateOutput> {
+    config.validate()?;
+    config.check_implemented(false)?;
+    match config.mode(false) {
+        GenerationMode::GreedySearch => strategies::sample::run(model, input, config),
+        other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
+    }
+}

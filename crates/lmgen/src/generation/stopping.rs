@@ -1,0 +1,113 @@
+//! Stopping criteria (HF `stopping_criteria.py`), checked per sequence after each new token.
+
+use crate::TokenId;
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FinishReason {
+    /// Reached `max_length` / `max_new_tokens`.
+    Length,
+    /// Generated an EOS token.
+    Eos,
+}
+
+impl FinishReason {
+    /// The OpenAI-style name: `"length"` or `"stop"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Eos => "stop",
+        }
+    }
+}
+
+/// HF `StoppingCriteria`, per sequence: `tokens` is the whole row (prompt and generated).
+pub trait StoppingCriterion: Send {
+    fn check(&mut self, tokens: &[TokenId]) -> Option<FinishReason>;
+}
+
+/// HF `MaxLengthCriteria`: done once the row holds `max_length` tokens (prompt included).
+#[derive(Debug, Clone)]
+pub struct MaxLengthCriteria {
+    pub max_length: usize,
+}
+
+impl StoppingCriterion for MaxLengthCriteria {
+    fn check(&mut self, tokens: &[TokenId]) -> Option<FinishReason> {
+        (tokens.len() >= self.max_length).then_some(FinishReason::Length)
+    }
+}
+
+/// HF `EosTokenCriteria`: done when the last token is one of the EOS ids (the EOS is kept).
+#[derive(Debug, Clone)]
+pub struct EosTokenCriteria {
+    pub eos_token_ids: Vec<TokenId>,
+}
+
+impl StoppingCriterion for EosTokenCriteria {
+    fn check(&mut self, tokens: &[TokenId]) -> Option<FinishReason> {
+        let last = tokens.last()?;
+        self.eos_token_ids
+            .contains(last)
+            .then_some(FinishReason::Eos)
+    }
+}
+
+/// HF `StoppingCriteriaList`: the first criterion that fires gives the reason.
+#[derive(Default)]
+pub struct StoppingCriteriaList {
+    criteria: Vec<Box<dyn StoppingCriterion>>,
+}
+
+impl std::fmt::Debug for StoppingCriteriaList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoppingCriteriaList({} criteria)", self.criteria.len())
+    }
+}
+
+impl StoppingCriteriaList {
+    /// Built in transformers' order (`_get_stopping_criteria`): max length, then EOS.
+    pub fn new(max_length: usize, eos_token_ids: &[TokenId]) -> Self {
+        let mut list = Self::default();
+        list.push(MaxLengthCriteria { max_length });
+        if !eos_token_ids.is_empty() {
+            list.push(EosTokenCriteria {
+                eos_token_ids: eos_token_ids.to_vec(),
+            });
+        }
+        list
+    }
+
+    pub fn push(&mut self, c: impl StoppingCriterion + 'static) {
+        self.criteria.push(Box::new(c));
+    }
+
+    /// Checks every criterion (each sees the row, as transformers runs them all). When several
+    /// fire at once, the more specific reason wins over `Length` (an EOS on the last allowed
+    /// step is reported as `Eos`).
+    pub fn check(&mut self, tokens: &[TokenId]) -> Option<FinishReason> {
+        let mut reason = None;
+        for c in &mut self.criteria {
+            match (c.check(tokens), reason) {
+                (Some(r), None) | (Some(r), Some(FinishReason::Length)) => reason = Some(r),
+                _ => {}
+            }
+        }
+        reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eos_is_reported_over_length() {
+        let mut l = StoppingCriteriaList::new(3, &[7]);
+        assert_eq!(l.check(&[1, 2]), None);
+        assert_eq!(l.check(&[1, 7]), Some(FinishReason::Eos));
+        assert_eq!(l.check(&[1, 2, 3]), Some(FinishReason::Length));
+        assert_eq!(l.check(&[1, 2, 7]), Some(FinishReason::Eos));
+    }
+}

@@ -1,0 +1,3 @@
+//! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
+
+pub mod sample;

@@ -1,0 +1,195 @@
+//! HF `GenerationMixin._sample` (utils.py): the token-by-token loop shared by greedy search and
+//! multinomial sampling. lmgen implements the greedy branch (`argmax` of the processed scores,
+//! ties to the lowest id, as `torch.argmax`).
+//!
+//! Per step: last-position logits -> logits processors -> next token -> rows already finished
+//! get the pad id (only when an EOS criterion exists) -> stopping criteria per row. The prompt is
+//! run once (prefill), then one token per step through the KV cache.
+
+use candle_core::Tensor;
+
+use crate::cache::{DynamicCache, KvCache};
+use crate::error::{Error, Result};
+use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
+use crate::generation::stopping::{FinishReason, StoppingCriteriaList};
+use crate::generation::{GenerateInput, GenerateOutput, GenerationConfig};
+use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+use crate::TokenId;
+
+/// Position ids from the mask, as transformers: `cumsum(mask) - 1`, padding positions set to 1.
+pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32>> {
+    match mask {
+        None => vec![(0..t as u32).collect(); b],
+        Some(mask) => mask
+            .iter()
+            .map(|row| {
+                let mut n = 0u32;
+                row.iter()
+                    .map(|&m| {
+                        n += m as u32;
+                        if m == 0 {
+                            1
+                        } else {
+                            n - 1
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// Index of the first maximum (NaN counts as the maximum, as `torch.argmax`).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x.is_nan() {
+            return i;
+        }
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Greedy search over `input`.
+pub fn run(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    config: &GenerationConfig,
+) -> Result<GenerateOutput> {
+    let mcfg = model.config();
+    let (b, t) = input.validate(mcfg.vocab_size)?;
+    if t > mcfg.max_position_embeddings {
+        return Err(Error::Input(format!(
+            "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
+            mcfg.max_position_embeddings
+        )));
+    }
+    let lengths = config.resolve_lengths(t, Some(mcfg.max_position_embeddings))?;
+    if mcfg.rope.is_none() && lengths.max_length > mcfg.max_position_embeddings {
+        return Err(Error::Input(format!(
+            "`max_length` {} exceeds `max_position_embeddings` {} of this model (learned positions); lower `max_new_tokens`",
+            lengths.max_length, mcfg.max_position_embeddings
+        )));
+    }
+    let eos = config.eos_token_ids();
+    let pad = config.pad_token_id_or_eos();
+    let mask_in = input.attention_mask.as_ref();
+    let left_padding: Vec<usize> = match mask_in {
+        None => vec![0; b],
+        Some(m) => m
+            .iter()
+            .map(|r| r.iter().position(|&x| x != 0).unwrap_or(0))
+            .collect(),
+    };
+    let processors = LogitsProcessorList::from_config(
+        config,
+        &ProcessorContext {
+            input_len: t,
+            left_padding,
+            min_length: lengths.min_length,
+        },
+    )?;
+    let mut stopping = StoppingCriteriaList::new(lengths.max_length, &eos);
+    let output_scores = config.output_scores.unwrap_or(false);
+    let output_logits = config.output_logits.unwrap_or(false);
+
+    let device = model.device().clone();
+    let mut cache = DynamicCache::new();
+    let mut sequences = input.input_ids.clone();
+    let mut mask: Option<Vec<Vec<u8>>> = mask_in.cloned();
+    let mut positions = position_ids(mask.as_deref(), b, t);
+    let mut next_pos: Vec<u32> = match &mask {
+        None => vec![t as u32; b],
+        Some(m) => m
+            .iter()
+            .map(|r| r.iter().map(|&x| x as u32).sum())
+            .collect(),
+    };
+    let mut step_ids: Tensor = Tensor::new(sequences.clone(), &device)?; // [b, t]
+    let mut finish: Vec<Option<FinishReason>> = vec![None; b];
+    let mut all_scores = output_scores.then(Vec::new);
+    let mut all_logits = output_logits.then(Vec::new);
+    loop {
+        let pos = Tensor::new(positions.clone(), &device)?; // [b, t_step]
+        let out = model.forward(
+            &ForwardInput {
+                input_ids: &step_ids,
+                position_ids: &pos,
+                attention_mask: mask.as_deref(),
+                logits_to_keep: LogitsToKeep::Last,
+            },
+            &mut cache,
+        )?;
+        let vocab = out.logits.dim(2)?;
+        let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [b * vocab]
+        let mut scores = Scores::new(logits, b, vocab);
+        if let Some(l) = all_logits.as_mut() {
+            l.push(scores.clone());
+        }
+        processors.process(&sequences, &mut scores)?;
+        let mut next: Vec<TokenId> = (0..b).map(|i| argmax(scores.row(i)) as TokenId).collect();
+        if let Some(s) = all_scores.as_mut() {
+            s.push(scores);
+        }
+        if !eos.is_empty() {
+            if let Some(pad) = pad {
+                for (i, tok) in next.iter_mut().enumerate() {
+                    if finish[i].is_some() {
+                        *tok = pad;
+                    }
+                }
+            }
+        }
+        for (i, &tok) in next.iter().enumerate() {
+            sequences[i].push(tok);
+            if finish[i].is_none() {
+                finish[i] = stopping.check(&sequences[i]);
+            }
+        }
+        if finish.iter().all(Option::is_some) {
+            break;
+        }
+        if let Some(m) = mask.as_mut() {
+            m.iter_mut().for_each(|r| r.push(1));
+        }
+        positions = next_pos.iter().map(|&p| vec![p]).collect();
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        step_ids = Tensor::new(next.iter().map(|&x| vec![x]).collect::<Vec<_>>(), &device)?;
+        // [b, 1]
+    }
+    tracing::debug!(
+        steps = sequences[0].len() - t,
+        cached = cache.seq_len(),
+        "greedy search done"
+    );
+    Ok(GenerateOutput {
+        sequences,
+        scores: all_scores,
+        logits: all_logits,
+        finish_reasons: finish,
+        prompt_len: t,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_the_mask() {
+        let m = vec![vec![0, 0, 1, 1], vec![1, 1, 1, 1]];
+        assert_eq!(
+            position_ids(Some(&m), 2, 4),
+            vec![vec![1, 1, 0, 1], vec![0, 1, 2, 3]]
+        );
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+    }
+}

@@ -1,0 +1,37 @@
+//! lmgen: Hugging Face transformers' text generation (`model.generate()`) in Rust.
+//!
+//! Load a checkpoint exactly as the Hub serves it (a directory, or a model id from the local
+//! Hugging Face cache), tokenize, generate, decode:
+//!
+//! ```
+//! # fn main() -> lmgen::Result<()> {
+//! # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden/models/llama");
+//! use lmgen::{GenerationConfig, Pipeline};
+//!
+//! let pipe = Pipeline::from_pretrained(dir)?;
+//! let mut overrides = GenerationConfig::default();
+//! overrides.max_new_tokens = Some(8);
+//! let text = pipe.generate_text("Hello", &overrides)?;
+//! println!("{text}");
+//! # Ok(()) }
+//! ```
+//!
+//! The lower-level path is [`load::Checkpoint`] -> [`models::load_model`] ->
+//! [`generation::generate`], with a [`GenerationConfig`] merged from the checkpoint's
+//! `generation_config.json` and the caller's fields, as transformers does.
+
+pub mod cache;
+pub mod error;
+pub mod generation;
+pub mod load;
+pub mod models;
+pub mod pipeline;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use generation::{generate, GenerateInput, GenerateOutput, GenerationConfig};
+pub use pipeline::Pipeline;
+pub use tokenizer::Tokenizer;
+
+/// A token id.
+pub type TokenId = u32;

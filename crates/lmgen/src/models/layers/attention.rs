@@ -1,0 +1,164 @@
+//! Multi-head attention with grouped-query heads, RoPE, optional score soft-capping, and the KV cache.
+//!
+//! HF `LlamaAttention` / `eager_attention_forward`: `softmax(q k^T * scale (+ softcap) + mask) v`.
+//! Grouped-query attention is computed without copying keys: the `n_rep` query heads that share a
+//! key/value head are folded into the query length, `[b, h, t, d] -> [b, kvh, n_rep * t, d]`.
+
+use candle_core::{DType, Tensor, D};
+
+use super::linear::Linear;
+use super::rotary;
+use super::LoadContext;
+use crate::cache::KvCache;
+use crate::error::Result;
+use crate::models::config::ModelConfig;
+use crate::models::AttnImplementation;
+
+/// The q/k/v projections: separate (Llama) or one fused matrix (GPT-2 `c_attn`).
+#[derive(Debug, Clone)]
+enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+/// One attention block.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: QkvProj,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+    layer_idx: usize,
+}
+
+/// Per-forward inputs shared by every layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionInput<'a> {
+    /// `cos`/`sin` `[b, t, d/2]`, or `None` for models without RoPE.
+    pub rope: Option<(&'a Tensor, &'a Tensor)>,
+    /// Additive mask `[b, 1, t, past + t]`.
+    pub mask: Option<&'a Tensor>,
+}
+
+impl Attention {
+    /// Llama-family layout: `{prefix}.{q,k,v,o}_proj`.
+    pub fn load(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        cfg: &ModelConfig,
+        layer_idx: usize,
+    ) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let proj = |name: &str, out: usize, bias: bool| {
+            Linear::load(ctx, &format!("{prefix}.{name}"), h, out, bias)
+        };
+        Ok(Self {
+            qkv: QkvProj::Separate {
+                q: proj("q_proj", nh * d, cfg.qkv_bias)?,
+                k: proj("k_proj", nkv * d, cfg.qkv_bias)?,
+                v: proj("v_proj", nkv * d, cfg.qkv_bias)?,
+            },
+            o_proj: Linear::load(ctx, &format!("{prefix}.o_proj"), nh * d, h, cfg.o_bias)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            scale: cfg.attention_scale.powf(-0.5),
+            // transformers' default attention (sdpa) ignores `attn_logit_softcapping`; only eager applies it.
+            softcap: match ctx.attn_implementation {
+                AttnImplementation::Eager => cfg.attn_logit_softcapping,
+                AttnImplementation::Sdpa => None,
+            },
+            layer_idx,
+        })
+    }
+
+    /// GPT-2 layout: fused `{prefix}.c_attn` and `{prefix}.c_proj` (Conv1D).
+    pub fn load_gpt2(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        cfg: &ModelConfig,
+        layer_idx: usize,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let mut scale = cfg.attention_scale.powf(-0.5);
+        if cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer_idx + 1) as f64;
+        }
+        Ok(Self {
+            qkv: QkvProj::Fused(Linear::load_conv1d(
+                ctx,
+                &format!("{prefix}.c_attn"),
+                h,
+                3 * h,
+            )?),
+            o_proj: Linear::load_conv1d(ctx, &format!("{prefix}.c_proj"), h, h)?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim,
+            scale,
+            softcap: None,
+            layer_idx,
+        })
+    }
+
+    /// `[b, t, hidden] -> [b, t, hidden]`; appends this step's keys/values to `cache`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        input: &AttentionInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Fused(qkv) => {
+                let qkv = qkv.forward(x)?; // [b, t, 3 * h * d]
+                (
+                    qkv.narrow(D::Minus1, 0, nh * d)?,
+                    qkv.narrow(D::Minus1, nh * d, nkv * d)?,
+                    qkv.narrow(D::Minus1, (nh + nkv) * d, nkv * d)?,
+                )
+            }
+        };
+        // [b, t, n * d] -> [b, n, t, d]
+        let q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match input.rope {
+            Some((cos, sin)) => (rotary::apply(&q, cos, sin)?, rotary::apply(&k, cos, sin)?),
+            None => (q, k),
+        };
+        let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
+        let s = k.dim(2)?;
+        let n_rep = nh / nkv;
+        // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
+        let q = q.reshape((b, nkv, n_rep * t, d))?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?; // [b, nkv, n_rep * t, s]
+        if let Some(cap) = self.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let mut scores = scores.reshape((b, nh, t, s))?;
+        if let Some(mask) = input.mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = if scores.dtype() == DType::F32 {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            // Softmax in f32, as transformers' eager attention does (`dtype=torch.float32`).
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                .to_dtype(scores.dtype())?
+        };
+        let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(&v)?; // [b, nkv, n_rep * t, d]
+                                                                      // [b, nh, t, d] -> [b, t, nh * d]
+        let out = out
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * d))?;
+        self.o_proj.forward(&out)
+    }
+}

@@ -1,0 +1,101 @@
+//! Feed-forward blocks: the gated MLP of Llama-family models and GPT-2's plain MLP.
+
+use candle_core::Tensor;
+
+use super::linear::Linear;
+use super::LoadContext;
+use crate::error::Result;
+use crate::models::config::Activation;
+
+/// Applies the configured activation.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => candle_nn::ops::silu(x)?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Gelu => x.gelu_erf()?,
+    })
+}
+
+/// `down(act(gate(x)) * up(x))` (HF `LlamaMLP`, `Gemma2MLP`).
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    /// Loads `{prefix}.{gate,up,down}_proj`.
+    pub fn load(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(
+                ctx,
+                &format!("{prefix}.gate_proj"),
+                hidden,
+                intermediate,
+                bias,
+            )?,
+            up_proj: Linear::load(
+                ctx,
+                &format!("{prefix}.up_proj"),
+                hidden,
+                intermediate,
+                bias,
+            )?,
+            down_proj: Linear::load(
+                ctx,
+                &format!("{prefix}.down_proj"),
+                intermediate,
+                hidden,
+                bias,
+            )?,
+            act,
+        })
+    }
+
+    /// `[b, t, hidden] -> [b, t, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = activate(&self.gate_proj.forward(x)?, self.act)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+/// `c_proj(act(c_fc(x)))` (HF `GPT2MLP`).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    /// Loads GPT-2's `{prefix}.c_fc` and `{prefix}.c_proj` (Conv1D layout).
+    pub fn load_gpt2(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        hidden: usize,
+        inner: usize,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            c_fc: Linear::load_conv1d(ctx, &format!("{prefix}.c_fc"), hidden, inner)?,
+            c_proj: Linear::load_conv1d(ctx, &format!("{prefix}.c_proj"), inner, hidden)?,
+            act,
+        })
+    }
+
+    /// `[b, t, hidden] -> [b, t, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.c_proj
+            .forward(&activate(&self.c_fc.forward(x)?, self.act)?)
+    }
+}

@@ -1,0 +1,29 @@
+//! Building blocks shared by the architectures, one concept per file.
+
+pub mod attention;
+pub mod linear;
+pub mod mask;
+pub mod mlp;
+pub mod norm;
+pub mod rotary;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+use crate::load::Weights;
+
+/// Where weights come from and what dtype/device they are converted to.
+#[derive(Clone, Copy)]
+pub struct LoadContext<'a> {
+    pub weights: &'a Weights,
+    pub dtype: DType,
+    pub device: &'a Device,
+    pub attn_implementation: crate::models::AttnImplementation,
+}
+
+impl LoadContext<'_> {
+    /// The tensor `name`, checked against the `shape` that config.json implies.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.get(name, shape, self.dtype, self.device)
+    }
+}

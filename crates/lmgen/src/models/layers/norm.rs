@@ -1,0 +1,72 @@
+//! RMSNorm (Llama, and Gemma's `(1 + w)` variant) and LayerNorm (GPT-2).
+
+use candle_core::{DType, Tensor};
+
+use super::LoadContext;
+use crate::error::Result;
+
+/// `x / sqrt(mean(x^2) + eps) * w`, computed in f32 (HF `LlamaRMSNorm`).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `{prefix}.weight` `[dim]`.
+    pub fn load(ctx: &LoadContext<'_>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: ctx.tensor(&format!("{prefix}.weight"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Gemma's `Gemma2RMSNorm`: the scale is `1 + w` (computed in f32, then cast).
+    pub fn load_gemma(ctx: &LoadContext<'_>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let w = ctx
+            .weights
+            .get(&format!("{prefix}.weight"), &[dim], DType::F32, ctx.device)?;
+        Ok(Self {
+            weight: (w + 1.0)?.to_dtype(ctx.dtype)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `[.., dim] -> [.., dim]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
+/// `nn.LayerNorm` with weight and bias.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[dim]`.
+    pub fn load(ctx: &LoadContext<'_>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: ctx.tensor(&format!("{prefix}.weight"), &[dim])?,
+            bias: ctx.tensor(&format!("{prefix}.bias"), &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `[.., dim] -> [.., dim]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}

@@ -1,0 +1,163 @@
+//! Decoder-only causal language models: one file per architecture, shared layers in `layers/`.
+//!
+//! A model is immutable once loaded; all per-sequence state lives in the [`KvCache`] passed to
+//! [`CausalLM::forward`], so one model serves many sequences (and threads).
+
+pub mod config;
+pub mod gemma2;
+pub mod gpt2;
+pub mod layers;
+pub mod llama;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::load::Checkpoint;
+
+pub use candle_core::{DType, Device};
+pub use config::ModelConfig;
+
+/// Which positions of the input get logits. Generation only needs the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsToKeep {
+    /// Every input position: `[b, t, vocab]`.
+    All,
+    /// Only the last input position: `[b, 1, vocab]`.
+    Last,
+}
+
+/// One forward step over `t` new tokens per row (the whole prompt at prefill, 1 token at decode).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardInput<'a> {
+    /// `[b, t]` u32 token ids.
+    pub input_ids: &'a Tensor,
+    /// `[b, t]` u32 position ids (RoPE angles / learned positions), as transformers computes them
+    /// from the attention mask: `cumsum(mask) - 1`.
+    pub position_ids: &'a Tensor,
+    /// Padding mask over the cached and new tokens, one row per sequence, each of length
+    /// `past + t` (1 = attend, 0 = padding). `None` means no padding at all.
+    pub attention_mask: Option<&'a [Vec<u8>]>,
+    /// Which positions to compute logits for.
+    pub logits_to_keep: LogitsToKeep,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[b, t_kept, vocab]` f32 logits.
+    pub logits: Tensor,
+}
+
+/// A causal language model (HF `*ForCausalLM`).
+pub trait CausalLM: Send + Sync {
+    /// Runs the model over `input` and appends the new keys and values to `cache`.
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput>;
+    /// The parsed `config.json`.
+    fn config(&self) -> &ModelConfig;
+    /// The device the weights live on.
+    fn device(&self) -> &Device;
+}
+
+/// The architectures lmgen implements, keyed by `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Gpt2,
+    Llama,
+    Mistral,
+    Qwen2,
+    Gemma2,
+}
+
+impl Architecture {
+    /// Every supported `model_type`.
+    pub const ALL: [Architecture; 5] = [
+        Architecture::Gpt2,
+        Architecture::Llama,
+        Architecture::Mistral,
+        Architecture::Qwen2,
+        Architecture::Gemma2,
+    ];
+
+    /// The `model_type` string of `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "gpt2",
+            Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Gemma2 => "gemma2",
+        }
+    }
+
+    /// Parses `model_type`, with an error listing the supported ones.
+    pub fn from_model_type(model_type: &str, path: &Path) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.model_type() == model_type)
+            .ok_or_else(|| Error::UnknownModelType {
+                path: path.to_path_buf(),
+                model_type: model_type.to_string(),
+                supported: Self::ALL.map(|a| a.model_type()).join(", "),
+            })
+    }
+}
+
+/// Which attention semantics to reproduce (transformers' `attn_implementation`).
+///
+/// The two differ only for Gemma 2: transformers' default, `sdpa`, does not apply
+/// `attn_logit_softcapping` (torch's `scaled_dot_product_attention` has no soft-capping), while
+/// `eager` does. lmgen follows transformers' default so that outputs match a plain
+/// `from_pretrained`; pick `Eager` to reproduce `attn_implementation="eager"` (the semantics Gemma 2
+/// was trained with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AttnImplementation {
+    /// `torch.nn.functional.scaled_dot_product_attention` semantics (transformers' default).
+    #[default]
+    Sdpa,
+    /// `eager_attention_forward`: applies attention logit soft-capping.
+    Eager,
+}
+
+/// How to load weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; `None` = f32 on CPU.
+    pub dtype: Option<DType>,
+    /// Where the weights and the KV cache live.
+    pub device: Device,
+    /// Attention semantics (see [`AttnImplementation`]).
+    pub attn_implementation: AttnImplementation,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            device: Device::Cpu,
+            attn_implementation: AttnImplementation::default(),
+        }
+    }
+}
+
+/// Builds the model that `config.json` describes, with its weights from the checkpoint.
+pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<dyn CausalLM>> {
+    let config = ModelConfig::from_checkpoint(checkpoint)?;
+    let dtype = options.dtype.unwrap_or(DType::F32);
+    let ctx = layers::LoadContext {
+        weights: &checkpoint.weights,
+        dtype,
+        device: &options.device,
+        attn_implementation: options.attn_implementation,
+    };
+    let model: Box<dyn CausalLM> = match config.architecture {
+        Architecture::Gpt2 => Box::new(gpt2::Gpt2::load(config, &ctx)?),
+        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {
+            Box::new(llama::Llama::load(config, &ctx)?)
+        }
+        Architecture::Gemma2 => Box::new(gemma2::Gemma2::load(config, &ctx)?),
+    };
+    Ok(model)
+}

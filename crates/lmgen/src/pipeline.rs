@@ -1,0 +1,101 @@
+//! The one-call path, like transformers' `pipeline("text-generation")`: a model id or folder in,
+//! text out.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::generation::{generate, GenerateInput, GenerateOutput, GenerationConfig};
+use crate::load::{resolve_model, Checkpoint};
+use crate::models::{load_model, CausalLM, LoadOptions};
+use crate::tokenizer::Tokenizer;
+
+/// A loaded model with its tokenizer and generation defaults.
+pub struct Pipeline {
+    pub model: Box<dyn CausalLM>,
+    pub tokenizer: Tokenizer,
+    /// The checkpoint's `generation_config.json` (or the generation fields of `config.json`).
+    pub generation_config: GenerationConfig,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("dir", &self.dir)
+            .field("architecture", &self.model.config().architecture)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Loads a checkpoint directory or a model id (`org/name`, from the local HF cache) on CPU in f32.
+    pub fn from_pretrained(id_or_dir: &str) -> Result<Self> {
+        Self::load(id_or_dir, &LoadOptions::default())
+    }
+
+    /// Loads with explicit dtype and device.
+    pub fn load(id_or_dir: &str, options: &LoadOptions) -> Result<Self> {
+        let dir = resolve_model(id_or_dir)?;
+        let checkpoint = Checkpoint::open(&dir)?;
+        let model = load_model(&checkpoint, options)?;
+        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let generation_config = GenerationConfig::from_pretrained(&dir)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            generation_config,
+            dir,
+        })
+    }
+
+    /// The checkpoint's generation config updated with `overrides` (transformers' precedence).
+    pub fn config_with(&self, overrides: &GenerationConfig) -> GenerationConfig {
+        let mut config = self.generation_config.clone();
+        config.update(overrides);
+        config
+    }
+
+    /// Generates from token ids.
+    pub fn generate(
+        &self,
+        input: &GenerateInput,
+        overrides: &GenerationConfig,
+    ) -> Result<GenerateOutput> {
+        generate(self.model.as_ref(), input, &self.config_with(overrides))
+    }
+
+    /// Tokenizes prompts (left-padding a batch with the pad token, else the first EOS).
+    pub fn encode_prompts(
+        &self,
+        prompts: &[String],
+        overrides: &GenerationConfig,
+    ) -> Result<GenerateInput> {
+        let rows = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<Vec<_>>>()?;
+        let pad = self
+            .tokenizer
+            .pad_token_id()
+            .or_else(|| self.config_with(overrides).pad_token_id_or_eos())
+            .or(self.model.config().pad_token_id);
+        match pad {
+            Some(pad) => Ok(GenerateInput::left_padded(rows, pad)),
+            None if rows.iter().all(|r| r.len() == rows[0].len()) => Ok(GenerateInput {
+                input_ids: rows,
+                attention_mask: None,
+            }),
+            None => Err(Error::Input(
+                "prompts of different lengths need a pad token, and this tokenizer has neither a pad nor an EOS token; set `pad_token_id`".into(),
+            )),
+        }
+    }
+
+    /// Generates a continuation of `prompt` and returns only the new text (special tokens skipped).
+    pub fn generate_text(&self, prompt: &str, overrides: &GenerationConfig) -> Result<String> {
+        let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
+        let out = self.generate(&input, overrides)?;
+        self.tokenizer.decode(out.generated(0), true)
+    }
+}
