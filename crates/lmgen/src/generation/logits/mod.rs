@@ -58,8 +58,6 @@ pub trait LogitsProcessor: Send + Sync {
 pub struct ProcessorContext {
     /// Padded prompt length (transformers' `input_ids_length`).
     pub input_len: usize,
-    /// Per row, the number of leading padding tokens (`argmax(attention_mask != 0)`).
-    pub left_padding: Vec<usize>,
     /// Resolved absolute `min_length` (prompt included).
     pub min_length: usize,
 }
@@ -87,10 +85,7 @@ impl LogitsProcessorList {
         let mut list = Self::default();
         let eos = config.eos_token_ids();
         if let Some(p) = config.repetition_penalty.filter(|&p| p != 1.0) {
-            list.push(RepetitionPenaltyLogitsProcessor::new(
-                p,
-                ctx.left_padding.clone(),
-            )?);
+            list.push(RepetitionPenaltyLogitsProcessor::new(p, None)?);
         }
         if ctx.min_length > 0 && !eos.is_empty() {
             list.push(MinLengthLogitsProcessor::new(ctx.min_length, eos.clone()));

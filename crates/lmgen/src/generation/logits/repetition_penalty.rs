@@ -1,7 +1,9 @@
 //! HF `RepetitionPenaltyLogitsProcessor` (CTRL, <https://arxiv.org/abs/1909.05858>),
 //! `logits_process.py`: every token already present (prompt and generated, each id once) gets
-//! `s * p` if its score is negative, else `s / p`. Leading padding of each row is ignored
-//! (`prompt_ignore_length`).
+//! `s * p` if its score is negative, else `s / p`. Padding tokens count too, as in transformers'
+//! `generate()`, which builds this processor without `prompt_ignore_length` (pinned by the golden
+//! `llama/repetition_penalty` case, whose padding is the EOS id). `prompt_ignore_length` skips
+//! the first tokens of every row, as the constructor argument of the same name.
 
 use super::{LogitsProcessor, Scores};
 use crate::error::{Error, Result};
@@ -11,21 +13,21 @@ use crate::TokenId;
 #[derive(Debug, Clone)]
 pub struct RepetitionPenaltyLogitsProcessor {
     penalty: f32,
-    /// Per row, how many leading tokens to ignore.
-    prompt_ignore_length: Vec<usize>,
+    /// How many leading tokens of every row to ignore.
+    prompt_ignore_length: usize,
 }
 
 impl RepetitionPenaltyLogitsProcessor {
     /// `penalty` must be strictly positive, as transformers requires.
-    pub fn new(penalty: f64, prompt_ignore_length: Vec<usize>) -> Result<Self> {
-        if !(penalty > 0.0) {
+    pub fn new(penalty: f64, prompt_ignore_length: Option<usize>) -> Result<Self> {
+        if penalty.is_nan() || penalty <= 0.0 {
             return Err(Error::GenerationConfig(format!(
                 "`repetition_penalty` has to be a strictly positive float, got {penalty}"
             )));
         }
         Ok(Self {
             penalty: penalty as f32,
-            prompt_ignore_length,
+            prompt_ignore_length: prompt_ignore_length.unwrap_or(0),
         })
     }
 }
@@ -34,12 +36,7 @@ impl LogitsProcessor for RepetitionPenaltyLogitsProcessor {
     fn process(&self, input_ids: &[Vec<TokenId>], scores: &mut Scores) -> Result<()> {
         let vocab = scores.vocab;
         for (i, ids) in input_ids.iter().enumerate() {
-            let skip = self
-                .prompt_ignore_length
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .min(ids.len());
+            let skip = self.prompt_ignore_length.min(ids.len());
             let row = scores.row_mut(i);
             let mut seen = vec![false; vocab];
             for &id in &ids[skip..] {
@@ -66,8 +63,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn penalises_each_seen_token_once_and_skips_padding() {
-        let p = RepetitionPenaltyLogitsProcessor::new(2.0, vec![1]).unwrap();
+    fn penalises_each_seen_token_once_after_the_ignored_prefix() {
+        let p = RepetitionPenaltyLogitsProcessor::new(2.0, Some(1)).unwrap();
         let mut s = Scores::new(vec![4.0, -4.0, 4.0, 1.0], 1, 4);
         p.process(&[vec![2, 0, 1, 1]], &mut s).unwrap();
         assert_eq!(s.data, vec![2.0, -8.0, 4.0, 1.0]);
@@ -75,6 +72,6 @@ mod tests {
 
     #[test]
     fn rejects_non_positive_penalty() {
-        assert!(RepetitionPenaltyLogitsProcessor::new(0.0, vec![]).is_err());
+        assert!(RepetitionPenaltyLogitsProcessor::new(0.0, None).is_err());
     }
 }

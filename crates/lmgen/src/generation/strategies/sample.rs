@@ -77,18 +77,10 @@ pub fn run(
     let eos = config.eos_token_ids();
     let pad = config.pad_token_id_or_eos();
     let mask_in = input.attention_mask.as_ref();
-    let left_padding: Vec<usize> = match mask_in {
-        None => vec![0; b],
-        Some(m) => m
-            .iter()
-            .map(|r| r.iter().position(|&x| x != 0).unwrap_or(0))
-            .collect(),
-    };
     let processors = LogitsProcessorList::from_config(
         config,
         &ProcessorContext {
             input_len: t,
-            left_padding,
             min_length: lengths.min_length,
         },
     )?;

@@ -58,8 +58,7 @@ impl RotaryEmbedding {
                         } else {
                             f
                         };
-                        let is_medium =
-                            !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                        let is_medium = (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen);
                         if is_medium {
                             let smooth = (old_len / wavelen - low) / (high - low);
                             (1.0 - smooth) * scaled / factor + smooth * scaled
