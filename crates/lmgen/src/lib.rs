@@ -23,6 +23,7 @@
 pub mod cache;
 pub mod error;
 pub mod generation;
+pub mod init;
 pub mod load;
 pub mod models;
 pub mod pipeline;
