@@ -127,3 +127,75 @@ impl RotaryEmbedding {
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rope(scaling: RopeScaling) -> RotaryEmbedding {
+        let cfg = RopeConfig {
+            theta: 10000.0,
+            scaling,
+        };
+        RotaryEmbedding::new(&cfg, 8, 16)
+    }
+
+    #[test]
+    fn default_frequencies() {
+        let r = rope(RopeScaling::Default);
+        let want = [1.0, 0.1, 0.01, 0.001];
+        for (g, w) in r.inv_freq.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6 * w.max(1.0), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn linear_divides_every_frequency() {
+        let base = rope(RopeScaling::Default);
+        let lin = rope(RopeScaling::Linear { factor: 4.0 });
+        for (b, l) in base.inv_freq.iter().zip(&lin.inv_freq) {
+            assert_eq!(*l, b / 4.0);
+        }
+    }
+
+    #[test]
+    fn dynamic_grows_the_base_only_past_max_positions() {
+        let r = rope(RopeScaling::Dynamic { factor: 2.0 });
+        assert_eq!(&*r.inv_freq_for(15), &r.inv_freq[..]);
+        let grown = r.inv_freq_for(31); // seq_len 32 = 2x max_position_embeddings
+                                        // base' = 10000 * (2 * 32 / 16 - 1)^(8 / 6)
+        let base = 10000f64 * 3f64.powf(8.0 / 6.0);
+        let want = 1.0 / (base as f32).powf(2.0 / 8.0);
+        assert!((grown[1] - want).abs() < 1e-7, "{} vs {want}", grown[1]);
+        assert_eq!(grown[0], 1.0);
+    }
+
+    #[test]
+    fn llama3_keeps_high_and_scales_low_frequencies() {
+        let r = rope(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64,
+        });
+        let base = rope(RopeScaling::Default);
+        // wavelen 2*pi < 16 (high-frequency band): unchanged.
+        assert_eq!(r.inv_freq[0], base.inv_freq[0]);
+        // wavelen 2*pi*1000 > 64 (low-frequency band): divided by the factor.
+        assert_eq!(r.inv_freq[3], base.inv_freq[3] / 8.0);
+    }
+
+    #[test]
+    fn cos_sin_shape_and_values() {
+        let r = rope(RopeScaling::Default);
+        let (cos, sin) = r
+            .cos_sin(&[vec![0, 1], vec![1, 2]], DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(cos.dims(), &[2, 2, 4]);
+        let c: Vec<Vec<Vec<f32>>> = cos.to_vec3().unwrap();
+        let s: Vec<Vec<Vec<f32>>> = sin.to_vec3().unwrap();
+        assert_eq!(c[0][0], vec![1.0; 4]);
+        assert!((c[1][1][0] - 2f32.cos()).abs() < 1e-7);
+        assert!((s[0][1][1] - 0.1f32.sin()).abs() < 1e-7);
+    }
+}
