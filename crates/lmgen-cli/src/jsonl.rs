@@ -9,8 +9,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use lmgen::generation::config::UnknownFields;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::options::ModelArgs;
 
@@ -27,19 +28,67 @@ struct Return {
 }
 
 /// One `lmgen generate --request` line.
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 struct GenerateRequest {
     model: Option<String>,
     input_ids: Option<Vec<Vec<u32>>>,
     attention_mask: Option<Vec<Vec<u8>>>,
     prompts: Option<Vec<String>>,
-    #[serde(default)]
     generation_config: Option<Value>,
     assistant_model: Option<String>,
     seed: Option<u64>,
-    #[serde(default, rename = "return")]
     ret: Return,
+}
+
+/// The top-level keys of a request.
+const REQUEST_FIELDS: &[&str] = &[
+    "model",
+    "input_ids",
+    "attention_mask",
+    "prompts",
+    "generation_config",
+    "assistant_model",
+    "seed",
+    "return",
+];
+
+impl GenerateRequest {
+    /// Parses one line field by field, so that an error names the field (serde's derive would say
+    /// "invalid value: integer `-1`, expected u32" without saying where). `null` means absent.
+    fn parse(line: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(line).context("not valid JSON")?;
+        let Value::Object(mut fields) = value else {
+            bail!("a request must be a JSON object");
+        };
+        if let Some(key) = fields
+            .keys()
+            .find(|k| !REQUEST_FIELDS.contains(&k.as_str()))
+        {
+            let expected: Vec<String> = REQUEST_FIELDS.iter().map(|k| format!("`{k}`")).collect();
+            let expected = expected.join(", ");
+            bail!("unknown field `{key}`, expected one of {expected}");
+        }
+        Ok(Self {
+            model: take(&mut fields, "model")?,
+            input_ids: take(&mut fields, "input_ids")?,
+            attention_mask: take(&mut fields, "attention_mask")?,
+            prompts: take(&mut fields, "prompts")?,
+            generation_config: take(&mut fields, "generation_config")?,
+            assistant_model: take(&mut fields, "assistant_model")?,
+            seed: take(&mut fields, "seed")?,
+            ret: take(&mut fields, "return")?.unwrap_or_default(),
+        })
+    }
+}
+
+/// Removes and parses `fields[key]`; errors name the key.
+fn take<T: DeserializeOwned>(fields: &mut Map<String, Value>, key: &str) -> Result<Option<T>> {
+    match fields.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value)
+            .map(Some)
+            .with_context(|| format!("`{key}`")),
+    }
 }
 
 /// Reads requests from `path` (`-` = stdin).
@@ -104,7 +153,7 @@ pub fn serve_generate(
 }
 
 fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {
-    let req: GenerateRequest = serde_json::from_str(line).context("invalid request")?;
+    let req = GenerateRequest::parse(line).context("invalid request")?;
     if req.assistant_model.is_some() {
         bail!("not supported yet: `assistant_model` (assisted decoding)");
     }

@@ -155,8 +155,11 @@ fn find_snapshot(repo: &Path, revision: Option<&str>, looked: &mut Vec<String>) 
 
 /// The most recently modified snapshot that has `config.json`.
 fn newest_snapshot(snapshots: &Path, looked: &mut Vec<String>) -> Option<PathBuf> {
-    let newest = fs::read_dir(snapshots)
-        .ok()?
+    let Ok(entries) = fs::read_dir(snapshots) else {
+        looked.push(format!("`{}` (missing)", snapshots.display()));
+        return None;
+    };
+    let newest = entries
         .flatten()
         .map(|entry| entry.path())
         .filter(|dir| dir.join(CONFIG).is_file())

@@ -447,6 +447,12 @@ fn gpt2_fields(f: &Fields<'_>) -> Result<ModelConfig> {
     let hidden_size = f.positive("n_embd")?;
     let heads = f.positive("n_head")?;
     let layers = f.positive("n_layer")?;
+    if hidden_size % heads != 0 {
+        // GPT2Attention raises the same ValueError; the fused c_attn weight alone would not catch it.
+        return Err(f.err(format!(
+            "`n_embd` ({hidden_size}) must be divisible by `n_head` ({heads})"
+        )));
+    }
     if f.opt_bool("reorder_and_upcast_attn")?.unwrap_or(false) {
         // Only changes numerics in half precision; lmgen always computes attention scores in the compute dtype.
         tracing::debug!("reorder_and_upcast_attn is set; attention runs in the compute dtype");

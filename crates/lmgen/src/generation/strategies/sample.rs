@@ -144,6 +144,12 @@ pub fn run(
         if finish.iter().all(Option::is_some) {
             break;
         }
+        // Finished rows are fed the pad id next; transformers fails there with an IndexError.
+        if let Some(pad) = pad.filter(|&p| p as usize >= mcfg.vocab_size) {
+            if finish.iter().any(Option::is_some) {
+                return Err(pad_outside_vocabulary(pad, config, mcfg.vocab_size));
+            }
+        }
         if let Some(m) = mask.as_mut() {
             m.iter_mut().for_each(|r| r.push(1));
         }
@@ -164,6 +170,19 @@ pub fn run(
         finish_reasons: finish,
         prompt_len: t,
     })
+}
+
+/// The error for a pad id the model cannot embed, naming the field it came from.
+fn pad_outside_vocabulary(pad: TokenId, config: &GenerationConfig, vocab_size: usize) -> Error {
+    let field = if config.pad_token_id.is_some() {
+        "`pad_token_id`"
+    } else {
+        "`eos_token_id` (the pad id while `pad_token_id` is unset)"
+    };
+    Error::GenerationConfig(format!(
+        "{field} {pad} is outside the vocabulary (vocab_size {vocab_size}); rows that finish early \
+         are padded with it and fed to the model, so set `pad_token_id` to an id below {vocab_size}"
+    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,294 @@
+//! The `lmgen` binary on good and bad input: a bad model path, flag, file or request line is a
+//! message on stderr (or an `{"error": ...}` line) that names what was wrong, never a panic.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+const LLAMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../lmgen/tests/fixtures/golden/models/llama"
+);
+/// Tokens of one prompt the shipped llama checkpoint does not end within a few steps.
+const PROMPT: [u32; 3] = [1, 15, 27];
+
+/// Runs `lmgen args...` with `stdin`, in an environment with an empty Hugging Face cache.
+fn lmgen(args: &[&str], stdin: &str) -> Result<Output> {
+    lmgen_with_cache(args, stdin, tempfile::tempdir()?.path())
+}
+
+/// Runs `lmgen args...` with `stdin` and `HF_HUB_CACHE=cache`.
+fn lmgen_with_cache(args: &[&str], stdin: &str, cache: &Path) -> Result<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env_remove("LMGEN_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failed run whose stderr names every one of `parts` and shows no panic.
+#[track_caller]
+fn assert_fails_naming(out: &Output, parts: &[&str]) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure; stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for part in parts {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+}
+
+/// Answers of `lmgen generate --request - extra...` to `lines`, one JSON value per line.
+fn requests(lines: &[Value], extra: &[&str]) -> Result<Vec<Value>> {
+    let stdin: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    requests_raw(&stdin, extra)
+}
+
+fn requests_raw(stdin: &str, extra: &[&str]) -> Result<Vec<Value>> {
+    let mut args = vec!["generate", "--model", LLAMA, "--request", "-"];
+    args.extend_from_slice(extra);
+    let out = lmgen(&args, stdin)?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+/// The `error.message` of a response line (empty when the line is not an error).
+fn error_message(response: &Value) -> &str {
+    response["error"]["message"].as_str().unwrap_or_default()
+}
+
+/// New tokens in each row of a response.
+fn new_tokens(response: &Value, prompt_len: usize) -> Vec<usize> {
+    let rows = response["sequences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    rows.iter()
+        .map(|r| r.as_array().map_or(0, Vec::len).saturating_sub(prompt_len))
+        .collect()
+}
+
+#[test]
+fn help_mentions_generate() -> Result<()> {
+    let out = lmgen(&["--help"], "")?;
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout)?.contains("generate"));
+    Ok(())
+}
+
+#[test]
+fn default_model_prints_text() -> Result<()> {
+    let out = lmgen(&["generate"], "")?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!out.stdout.is_empty());
+    let out = lmgen(
+        &["generate", "--prompt", "Hello", "--max-new-tokens", "4"],
+        "",
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout)?;
+    assert!(
+        text.starts_with("Hello") && text.len() > "Hello\n".len(),
+        "{text:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_model_directory_is_named() -> Result<()> {
+    let out = lmgen(
+        &["generate", "--model", "/nonexistent", "--prompt", "Hi"],
+        "",
+    )?;
+    assert_fails_naming(&out, &["`/nonexistent`", "not found"]);
+    Ok(())
+}
+
+#[test]
+fn a_model_id_not_in_the_cache_lists_where_it_looked() -> Result<()> {
+    let cache = tempfile::tempdir()?;
+    let args = ["generate", "--model", "org/name", "--prompt", "Hi"];
+    let out = lmgen_with_cache(&args, "", cache.path())?;
+    let repo = cache.path().join("models--org--name");
+    assert_fails_naming(
+        &out,
+        &[
+            "model `org/name` not found",
+            "looked in",
+            &repo.join("refs/main").display().to_string(),
+            &repo.join("snapshots").display().to_string(),
+        ],
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_flags_and_files_are_named() -> Result<()> {
+    let out = lmgen(&["generate", "--device", "tpu"], "")?;
+    assert_fails_naming(&out, &["`--device tpu` is not a device"]);
+    let out = lmgen(&["generate", "--max-new-tokens", "0", "--prompt", "Hi"], "")?;
+    assert_fails_naming(&out, &["`max_new_tokens` must be greater than 0"]);
+    let out = lmgen(&["generate", "--request", "/nonexistent.jsonl"], "")?;
+    assert_fails_naming(&out, &["cannot open `/nonexistent.jsonl`"]);
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("gen.json");
+    std::fs::write(&file, "{\"max_new")?;
+    let path = file.to_str().context("utf-8")?;
+    let out = lmgen(&["generate", "--generation-config", path], "")?;
+    assert_fails_naming(&out, &[path, "is not valid JSON"]);
+    std::fs::write(&file, r#"{"top_k": "many"}"#)?;
+    let out = lmgen(&["generate", "--generation-config", path], "")?;
+    assert_fails_naming(&out, &[path, "`top_k` must be"]);
+    Ok(())
+}
+
+#[test]
+fn a_bad_request_line_answers_an_error_and_the_others_still_run() -> Result<()> {
+    let good = json!({"input_ids": [PROMPT], "generation_config": {"max_new_tokens": 2}});
+    let unknown = json!({"input_ids": [PROMPT], "foo": 1});
+    let answers = requests(&[good.clone(), unknown, good], &[])?;
+    assert_eq!(answers.len(), 3);
+    assert!(
+        error_message(&answers[1]).contains("unknown field `foo`"),
+        "{}",
+        answers[1]
+    );
+    assert!(answers[1].get("sequences").is_none());
+    for i in [0, 2] {
+        assert_eq!(new_tokens(&answers[i], PROMPT.len()), [2], "{}", answers[i]);
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_request_lines_name_the_field() -> Result<()> {
+    let stdin = [
+        json!({"input_ids": [PROMPT], "generation_config": {"max_new_tokens": "x"}}).to_string(),
+        "{\"input_ids\": [[1, 2]".to_string(),
+        json!({"input_ids": [[1, -5]]}).to_string(),
+        json!({"input_ids": [[1, 800]]}).to_string(),
+        json!({"input_ids": [PROMPT], "generation_config": {"max_new_token": 3}}).to_string(),
+        json!({"input_ids": [PROMPT], "generation_config": {"do_sample": true}}).to_string(),
+        json!({"input_ids": [PROMPT], "return": {"logit": true}}).to_string(),
+        json!({"input_ids": [PROMPT], "prompts": ["Hi"]}).to_string(),
+        json!({"model": "/nonexistent", "input_ids": [PROMPT]}).to_string(),
+        "[1, 2]".to_string(),
+    ];
+    let expected = [
+        "`max_new_tokens` must be a non-negative integer, got \"x\"",
+        "invalid request: not valid JSON",
+        "`input_ids`: invalid value: integer `-5`",
+        "token id 800 in row 0 is outside the vocabulary",
+        "unknown generation config field `max_new_token`",
+        "`do_sample=true` (multinomial sampling) is not implemented yet",
+        "`return`: unknown field `logit`",
+        "either `input_ids` or `prompts`",
+        "`/nonexistent`",
+        "a request must be a JSON object",
+    ];
+    let answers = requests_raw(&(stdin.join("\n") + "\n"), &[])?;
+    assert_eq!(answers.len(), expected.len());
+    for (answer, want) in answers.iter().zip(expected) {
+        let message = error_message(answer);
+        assert!(message.contains(want), "{want:?} not in {answer}");
+        assert!(!message.contains("panicked"), "{answer}");
+    }
+    Ok(())
+}
+
+#[test]
+fn logits_have_shape_batch_steps_vocab() -> Result<()> {
+    let request = json!({
+        "input_ids": [[1, 15, 27], [1, 300, 42]],
+        "generation_config": {"max_new_tokens": 3},
+        "return": {"logits": true},
+    });
+    let answers = requests(&[request], &[])?;
+    let logits = answers[0]["logits"].as_array().context("logits")?;
+    assert_eq!(logits.len(), 2, "batch");
+    for row in logits {
+        let steps = row.as_array().context("steps")?;
+        assert_eq!(steps.len(), 3, "steps");
+        for step in steps {
+            assert_eq!(step.as_array().map(Vec::len), Some(800), "vocab");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_generation_config_file_and_flags_override_the_checkpoint() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("gen.json");
+    let path = file.to_str().context("utf-8")?;
+    let line = json!({"input_ids": [PROMPT]});
+    let count = |extra: &[&str], line: &Value| -> Result<Vec<usize>> {
+        Ok(new_tokens(
+            &requests(std::slice::from_ref(line), extra)?[0],
+            PROMPT.len(),
+        ))
+    };
+    // Flags over the checkpoint (which sets no length: 20 new tokens).
+    assert_eq!(count(&[], &line)?, [20]);
+    assert_eq!(count(&["--max-new-tokens", "3"], &line)?, [3]);
+    // The file over the checkpoint, flags over the file, the request line over both.
+    std::fs::write(&file, r#"{"max_new_tokens": 2}"#)?;
+    assert_eq!(count(&["--generation-config", path], &line)?, [2]);
+    let both = ["--generation-config", path, "--max-new-tokens", "3"];
+    assert_eq!(count(&both, &line)?, [3]);
+    let per_line = json!({"input_ids": [PROMPT], "generation_config": {"max_new_tokens": 1}});
+    assert_eq!(count(&both, &per_line)?, [1]);
+
+    // A field the checkpoint sets (`eos_token_id`) is overridden by the file: stop on the 2nd token.
+    let three = &requests(std::slice::from_ref(&line), &["--max-new-tokens", "3"])?[0];
+    let second = three["sequences"][0][PROMPT.len() + 1].clone();
+    std::fs::write(&file, json!({"eos_token_id": second}).to_string())?;
+    let answer = &requests(&[line], &["--generation-config", path])?[0];
+    assert_eq!(new_tokens(answer, PROMPT.len()), [2], "{answer}");
+    assert_eq!(answer["finish_reasons"], json!(["stop"]));
+    Ok(())
+}
+
+#[test]
+fn text_mode_honours_max_new_tokens() -> Result<()> {
+    // Through the text path: same tokens as the JSON-lines answer for the same prompt.
+    let answer = &requests(
+        &[json!({"prompts": ["Hello"], "generation_config": {"max_new_tokens": 3}})],
+        &[],
+    )?[0];
+    let text = answer["text"][0].as_str().context("text")?;
+    let out = lmgen(
+        &[
+            "generate",
+            "--model",
+            LLAMA,
+            "--prompt",
+            "Hello",
+            "--max-new-tokens",
+            "3",
+        ],
+        "",
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout)?, format!("Hello{text}\n"));
+    Ok(())
+}
