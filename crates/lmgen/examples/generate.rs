@@ -18,9 +18,11 @@ fn main() -> lmgen::Result<()> {
 
     let pipe = Pipeline::from_pretrained(&model)?;
     // Caller fields override the checkpoint's generation_config.json, as in transformers.
-    let mut overrides = GenerationConfig::default();
-    overrides.max_new_tokens = Some(16);
-    overrides.repetition_penalty = Some(1.1);
+    let overrides = GenerationConfig {
+        max_new_tokens: Some(16),
+        repetition_penalty: Some(1.1),
+        ..GenerationConfig::default()
+    };
     let text = pipe.generate_text(&prompt, &overrides)?;
     println!("{prompt}{text}");
     Ok(())

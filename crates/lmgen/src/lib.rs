@@ -9,8 +9,10 @@
 //! use lmgen::{GenerationConfig, Pipeline};
 //!
 //! let pipe = Pipeline::from_pretrained(dir)?;
-//! let mut overrides = GenerationConfig::default();
-//! overrides.max_new_tokens = Some(8);
+//! let overrides = GenerationConfig {
+//!     max_new_tokens: Some(8),
+//!     ..GenerationConfig::default()
+//! };
 //! let text = pipe.generate_text("Hello", &overrides)?;
 //! println!("{text}");
 //! # Ok(()) }

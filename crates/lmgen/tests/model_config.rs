@@ -13,8 +13,10 @@ fn parse(v: serde_json::Value) -> lmgen::Result<ModelConfig> {
 fn llama(extra: serde_json::Value) -> serde_json::Value {
     let mut base = json!({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4});
-    for (k, v) in extra.as_object().unwrap() {
-        base[k] = v.clone();
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, v) in extra {
+            base[k] = v;
+        }
     }
     base
 }
