@@ -46,6 +46,9 @@ pub enum Error {
     /// The tokenizer could not be loaded or failed to encode or decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A streamer could not pass text on (stdout closed, the receiving iterator dropped).
+    #[error("streamer: {0}")]
+    Streamer(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

@@ -2,8 +2,10 @@
 
 pub mod config;
 pub mod logits;
+pub mod stop_strings;
 pub mod stopping;
 pub mod strategies;
+pub mod streamer;
 
 use crate::error::{Error, Result};
 use crate::models::CausalLM;

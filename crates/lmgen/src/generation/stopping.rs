@@ -1,5 +1,7 @@
 //! Stopping criteria (HF `stopping_criteria.py`), checked per sequence after each new token.
 
+use std::time::Instant;
+
 use crate::TokenId;
 
 /// Why a sequence stopped.
@@ -10,6 +12,10 @@ pub enum FinishReason {
     Length,
     /// Generated an EOS token.
     Eos,
+    /// The text ends in one of `stop_strings` (HF `StopStringCriteria`).
+    StopString,
+    /// Ran past `max_time` seconds (HF `MaxTimeCriteria`).
+    Time,
 }
 
 impl FinishReason {
@@ -17,7 +23,7 @@ impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Length => "length",
-            FinishReason::Eos => "stop",
+            FinishReason::Eos | FinishReason::StopString | FinishReason::Time => "stop",
         }
     }
 }
@@ -51,6 +57,32 @@ impl StoppingCriterion for EosTokenCriteria {
         self.eos_token_ids
             .contains(last)
             .then_some(FinishReason::Eos)
+    }
+}
+
+/// HF `MaxTimeCriteria`: done once more than `max_time` seconds have passed since
+/// `initial_timestamp` (by default, when the criterion was built). Like transformers, a zero or
+/// negative `max_time` stops at the first check.
+#[derive(Debug, Clone)]
+pub struct MaxTimeCriteria {
+    pub max_time: f64,
+    pub initial_timestamp: Instant,
+}
+
+impl MaxTimeCriteria {
+    /// Counts from now.
+    pub fn new(max_time: f64) -> Self {
+        Self {
+            max_time,
+            initial_timestamp: Instant::now(),
+        }
+    }
+}
+
+impl StoppingCriterion for MaxTimeCriteria {
+    fn check(&mut self, _tokens: &[TokenId]) -> Option<FinishReason> {
+        (self.initial_timestamp.elapsed().as_secs_f64() > self.max_time)
+            .then_some(FinishReason::Time)
     }
 }
 
@@ -109,5 +141,17 @@ mod tests {
         assert_eq!(l.check(&[1, 7]), Some(FinishReason::Eos));
         assert_eq!(l.check(&[1, 2, 3]), Some(FinishReason::Length));
         assert_eq!(l.check(&[1, 2, 7]), Some(FinishReason::Eos));
+    }
+
+    #[test]
+    fn max_time() {
+        let mut c = MaxTimeCriteria::new(3600.0);
+        assert_eq!(c.check(&[1]), None);
+        let mut c = MaxTimeCriteria::new(-1.0);
+        assert_eq!(c.check(&[1]), Some(FinishReason::Time));
+        c.initial_timestamp -= std::time::Duration::from_millis(20);
+        c.max_time = 0.01;
+        assert_eq!(c.check(&[1]), Some(FinishReason::Time));
+        assert_eq!(FinishReason::StopString.as_str(), "stop");
     }
 }
