@@ -25,6 +25,15 @@ const CASES: &[&str] = &[
     "min_length",
     "repetition_penalty",
     "repetition_penalty_reward",
+    "no_repeat_ngram",
+    "bad_words",
+    "sequence_bias",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_eos",
+    "exponential_decay",
+    "renormalize_scores",
+    "guidance_scale",
 ];
 
 /// `null` is -inf.

@@ -88,92 +88,10 @@ struct Unbuilt {
 /// `force_words_ids`) are handled by [`GenerationConfig::mode`].
 const UNBUILT: &[Unbuilt] = &[
     Unbuilt {
-        field: "guidance_scale",
-        feature: "classifier-free guidance",
-        fix: "unset it or set it to 1",
-        active: |c| c.guidance_scale.is_some_and(|g| g != 1.0),
-    },
-    Unbuilt {
-        field: "sequence_bias",
-        feature: "sequence bias",
-        fix: "unset it",
-        active: |c| c.sequence_bias.is_some(),
-    },
-    Unbuilt {
-        field: "encoder_repetition_penalty",
-        feature: "encoder repetition penalty",
-        fix: "unset it or set it to 1.0",
-        active: |c| c.encoder_repetition_penalty.is_some_and(|p| p != 1.0),
-    },
-    Unbuilt {
-        field: "no_repeat_ngram_size",
-        feature: "n-gram blocking",
-        fix: "unset it or set it to 0",
-        active: |c| c.no_repeat_ngram_size.is_some_and(|n| n > 0),
-    },
-    Unbuilt {
-        field: "encoder_no_repeat_ngram_size",
-        feature: "encoder n-gram blocking",
-        fix: "unset it or set it to 0",
-        active: |c| c.encoder_no_repeat_ngram_size.is_some_and(|n| n > 0),
-    },
-    Unbuilt {
-        field: "bad_words_ids",
-        feature: "bad-words filtering",
-        fix: "unset it",
-        active: |c| c.bad_words_ids.is_some(),
-    },
-    Unbuilt {
-        field: "forced_bos_token_id",
-        feature: "forced BOS token",
-        fix: "unset it",
-        active: |c| c.forced_bos_token_id.is_some(),
-    },
-    Unbuilt {
-        field: "forced_eos_token_id",
-        feature: "forced EOS token at `max_length`",
-        fix: "unset it",
-        active: |c| c.forced_eos_token_id.is_some(),
-    },
-    Unbuilt {
-        field: "remove_invalid_values",
-        feature: "nan/inf removal",
-        fix: "set it to false",
-        active: |c| c.remove_invalid_values == Some(true),
-    },
-    Unbuilt {
-        field: "exponential_decay_length_penalty",
-        feature: "exponential decay length penalty",
-        fix: "unset it",
-        active: |c| c.exponential_decay_length_penalty.is_some(),
-    },
-    Unbuilt {
-        field: "suppress_tokens",
-        feature: "token suppression",
-        fix: "unset it",
-        active: |c| c.suppress_tokens.as_ref().is_some_and(|t| !t.is_empty()),
-    },
-    Unbuilt {
-        field: "begin_suppress_tokens",
-        feature: "token suppression at the first position",
-        fix: "unset it",
-        active: |c| {
-            c.begin_suppress_tokens
-                .as_ref()
-                .is_some_and(|t| !t.is_empty())
-        },
-    },
-    Unbuilt {
         field: "watermarking_config",
         feature: "watermarking",
         fix: "unset it",
         active: |c| c.watermarking_config.is_some(),
-    },
-    Unbuilt {
-        field: "renormalize_logits",
-        feature: "log-softmax of the processed scores",
-        fix: "set it to false",
-        active: |c| c.renormalize_logits == Some(true),
     },
     Unbuilt {
         field: "stop_strings",
@@ -512,41 +430,13 @@ mod tests {
     #[test]
     fn unbuilt_processors_are_unsupported_naming_the_field() {
         let cases = [
-            (json!({"no_repeat_ngram_size": 3}), "`no_repeat_ngram_size`"),
-            (json!({"bad_words_ids": [[1]]}), "`bad_words_ids`"),
-            (json!({"sequence_bias": [[[1], 1.0]]}), "`sequence_bias`"),
-            (json!({"forced_bos_token_id": 1}), "`forced_bos_token_id`"),
-            (json!({"forced_eos_token_id": 1}), "`forced_eos_token_id`"),
-            (
-                json!({"remove_invalid_values": true}),
-                "`remove_invalid_values`",
-            ),
-            (
-                json!({"exponential_decay_length_penalty": [1, 1.1]}),
-                "`exponential_decay_length_penalty`",
-            ),
-            (json!({"suppress_tokens": [1]}), "`suppress_tokens`"),
-            (
-                json!({"begin_suppress_tokens": [1]}),
-                "`begin_suppress_tokens`",
-            ),
-            (json!({"guidance_scale": 1.5}), "`guidance_scale`"),
             (
                 json!({"watermarking_config": {"greenlist_ratio": 0.25}}),
                 "`watermarking_config`",
             ),
-            (json!({"renormalize_logits": true}), "`renormalize_logits`"),
             (json!({"stop_strings": "###"}), "`stop_strings`"),
             (json!({"max_time": 1.0}), "`max_time`"),
             (json!({"token_healing": true}), "`token_healing`"),
-            (
-                json!({"encoder_repetition_penalty": 1.2}),
-                "`encoder_repetition_penalty`",
-            ),
-            (
-                json!({"encoder_no_repeat_ngram_size": 2}),
-                "`encoder_no_repeat_ngram_size`",
-            ),
             (json!({"is_assistant": true}), "`is_assistant`"),
             (json!({"prefill_chunk_size": 16}), "`prefill_chunk_size`"),
             (

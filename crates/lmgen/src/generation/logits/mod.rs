@@ -1,20 +1,78 @@
-//! Logits processors (HF `logits_process.py`), one per file, built in the order `generate()` builds them.
+//! Logits processors and warpers (HF `src/transformers/generation/logits_process.py`), one per file,
+//! built by [`LogitsProcessorList::from_config`] in the order `generate()` builds them.
 //!
 //! Deliberate difference from transformers: processors work on host-side rows of f32 scores and
 //! host-side token ids rather than on tensors. Most processors are per-token, branchy logic; one
 //! copy of `[b, vocab]` floats per step is cheap next to a forward pass.
+//!
+//! lmgen extensions beyond transformers (library API only, no `GenerationConfig` field):
+//! [`PresencePenaltyLogitsProcessor`], [`FrequencyPenaltyLogitsProcessor`] and
+//! [`LogitBiasLogitsProcessor`], as OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`.
 
+pub mod by_name;
+pub mod classifier_free_guidance;
+pub mod encoder_no_repeat_ngram;
+pub mod encoder_repetition_penalty;
+pub mod epsilon;
+pub mod eta;
+pub mod exponential_decay;
+pub mod forced_bos;
+pub mod forced_eos;
+pub mod frequency_penalty;
+pub mod inf_nan_remove;
+pub mod list;
+pub mod logit_bias;
+pub mod logit_normalization;
 pub mod min_length;
 pub mod min_new_tokens;
+pub mod min_p;
+pub mod no_bad_words;
+pub mod no_repeat_ngram;
+pub mod prefix_constrained;
+pub mod presence_penalty;
 pub mod repetition_penalty;
+pub mod sequence_bias;
+pub mod suppress_tokens;
+pub mod suppress_tokens_at_begin;
+pub mod temperature;
+pub mod top_h;
+pub mod top_k;
+pub mod top_p;
+pub mod typical;
 
-use crate::error::Result;
-use crate::generation::config::GenerationConfig;
+use crate::error::{Error, Result};
 use crate::TokenId;
 
+pub use by_name::processor_from_hf;
+pub use classifier_free_guidance::UnbatchedClassifierFreeGuidanceLogitsProcessor;
+pub use encoder_no_repeat_ngram::EncoderNoRepeatNGramLogitsProcessor;
+pub use encoder_repetition_penalty::EncoderRepetitionPenaltyLogitsProcessor;
+pub use epsilon::EpsilonLogitsWarper;
+pub use eta::EtaLogitsWarper;
+pub use exponential_decay::ExponentialDecayLengthPenalty;
+pub use forced_bos::ForcedBOSTokenLogitsProcessor;
+pub use forced_eos::ForcedEOSTokenLogitsProcessor;
+pub use frequency_penalty::FrequencyPenaltyLogitsProcessor;
+pub use inf_nan_remove::InfNanRemoveLogitsProcessor;
+pub use list::{LogitsProcessorList, ProcessorContext};
+pub use logit_bias::LogitBiasLogitsProcessor;
+pub use logit_normalization::LogitNormalization;
 pub use min_length::MinLengthLogitsProcessor;
 pub use min_new_tokens::MinNewTokensLengthLogitsProcessor;
+pub use min_p::MinPLogitsWarper;
+pub use no_bad_words::NoBadWordsLogitsProcessor;
+pub use no_repeat_ngram::NoRepeatNGramLogitsProcessor;
+pub use prefix_constrained::{PrefixAllowedTokensFn, PrefixConstrainedLogitsProcessor};
+pub use presence_penalty::PresencePenaltyLogitsProcessor;
 pub use repetition_penalty::RepetitionPenaltyLogitsProcessor;
+pub use sequence_bias::SequenceBiasLogitsProcessor;
+pub use suppress_tokens::SuppressTokensLogitsProcessor;
+pub use suppress_tokens_at_begin::SuppressTokensAtBeginLogitsProcessor;
+pub use temperature::TemperatureLogitsWarper;
+pub use top_h::TopHLogitsWarper;
+pub use top_k::TopKLogitsWarper;
+pub use top_p::TopPLogitsWarper;
+pub use typical::TypicalLogitsWarper;
 
 /// `[b, vocab]` scores, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +98,12 @@ impl Scores {
         &mut self.data[i * self.vocab..(i + 1) * self.vocab]
     }
 
+    /// Every row, mutable.
+    pub fn rows_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+        let vocab = self.vocab.max(1);
+        self.data.chunks_mut(vocab)
+    }
+
     /// Rows as nested vectors.
     pub fn to_rows(&self) -> Vec<Vec<f32>> {
         self.data.chunks(self.vocab).map(<[f32]>::to_vec).collect()
@@ -51,71 +115,62 @@ pub trait LogitsProcessor: Send + Sync {
     /// `input_ids`: `[b][cur_len]` tokens so far (prompt, padding included, and generated);
     /// `scores`: `[b, vocab]`, modified in place.
     fn process(&self, input_ids: &[Vec<TokenId>], scores: &mut Scores) -> Result<()>;
-}
 
-/// What the processors need to know about the prompt besides the config.
-#[derive(Debug, Clone)]
-pub struct ProcessorContext {
-    /// Padded prompt length (transformers' `input_ids_length`).
-    pub input_len: usize,
-    /// Resolved absolute `min_length` (prompt included).
-    pub min_length: usize,
-}
-
-/// HF `LogitsProcessorList`: applies processors in order.
-#[derive(Default)]
-pub struct LogitsProcessorList {
-    processors: Vec<Box<dyn LogitsProcessor>>,
-}
-
-impl std::fmt::Debug for LogitsProcessorList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "LogitsProcessorList({} processors)",
-            self.processors.len()
-        )
+    /// The processor's type, for transformers' rule that a user processor replaces a built-in one of
+    /// the same type (`_merge_criteria_processor_list`).
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
     }
 }
 
-impl LogitsProcessorList {
-    /// The processors `generate()` builds for `config` (`_get_logits_processor`, utils.py), in its order.
-    /// Processors lmgen has not built yet are rejected earlier by `check_implemented`.
-    pub fn from_config(config: &GenerationConfig, ctx: &ProcessorContext) -> Result<Self> {
-        let mut list = Self::default();
-        let eos = config.eos_token_ids();
-        if let Some(p) = config.repetition_penalty.filter(|&p| p != 1.0) {
-            list.push(RepetitionPenaltyLogitsProcessor::new(p, None)?);
-        }
-        if ctx.min_length > 0 && !eos.is_empty() {
-            list.push(MinLengthLogitsProcessor::new(ctx.min_length, eos.clone()));
-        }
-        if let Some(n) = config.min_new_tokens.filter(|&n| n > 0) {
-            if !eos.is_empty() {
-                list.push(MinNewTokensLengthLogitsProcessor::new(
-                    ctx.input_len,
-                    n,
-                    eos,
-                ));
-            }
-        }
-        Ok(list)
-    }
+/// A constructor argument error naming the argument, as transformers' `ValueError`s.
+pub(crate) fn invalid_arg(message: String) -> Error {
+    Error::GenerationConfig(message)
+}
 
-    /// Appends a processor (user processors go after the built-in ones, as transformers merges them).
-    pub fn push(&mut self, p: impl LogitsProcessor + 'static) {
-        self.processors.push(Box::new(p));
+/// Checks transformers' `min_tokens_to_keep` rule ("a positive integer").
+pub(crate) fn check_min_tokens_to_keep(min_tokens_to_keep: usize) -> Result<()> {
+    if min_tokens_to_keep < 1 {
+        return Err(invalid_arg(format!(
+            "`min_tokens_to_keep` has to be a positive integer, but is {min_tokens_to_keep}"
+        )));
     }
+    Ok(())
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.processors.is_empty()
-    }
+/// `softmax(row)` in f32, as torch (max subtracted first); an all `-inf` row gives NaNs as torch.
+pub(crate) fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
 
-    /// Runs every processor in order.
-    pub fn process(&self, input_ids: &[Vec<TokenId>], scores: &mut Scores) -> Result<()> {
-        for p in &self.processors {
-            p.process(input_ids, scores)?;
+/// `log_softmax(row)` in f32, as torch.
+pub(crate) fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    row.iter().map(|&x| x - lse).collect()
+}
+
+/// Indices of `row` sorted by score, descending (ties in index order; NaN sorts first as in torch).
+pub(crate) fn sorted_desc(row: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (row[a], row[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            _ => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
         }
-        Ok(())
-    }
+    });
+    idx
+}
+
+/// The `k`-th largest value of `row` (`torch.topk(row, k)[0][-1]`), `k >= 1`.
+pub(crate) fn kth_largest(row: &[f32], k: usize) -> f32 {
+    let order = sorted_desc(row);
+    let k = k.clamp(1, row.len().max(1));
+    order.get(k - 1).map_or(f32::NEG_INFINITY, |&i| row[i])
 }

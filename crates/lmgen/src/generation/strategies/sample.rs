@@ -79,9 +79,10 @@ pub fn run(
     let mask_in = input.attention_mask.as_ref();
     let processors = LogitsProcessorList::from_config(
         config,
-        &ProcessorContext {
-            input_len: t,
-            min_length: lengths.min_length,
+        ProcessorContext {
+            prompt_ids: Some(&input.input_ids),
+            model: Some(model),
+            ..ProcessorContext::new(t, lengths.min_length, lengths.max_length)
         },
     )?;
     let mut stopping = StoppingCriteriaList::new(lengths.max_length, &eos);
