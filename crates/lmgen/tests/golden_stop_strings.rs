@@ -2,6 +2,7 @@
 //! replayed token by token through the criterion, on the case's tokenizer. It must fire exactly at
 //! the last generated token of a row that stopped on a stop string, and never before.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -113,5 +114,61 @@ fn stop_strings_fire_where_transformers_stopped() -> Result<()> {
     }
     assert!(checked >= 6, "only {checked} stop_strings rows");
     assert!(fired >= 1, "no row stopped on a stop string");
+    Ok(())
+}
+
+/// `transformers_extra/stop_strings.json` (made by `transformers_extra/make.py` with transformers
+/// 5.17): for tokenized texts, random ids and stop strings cut into separately tokenized pieces,
+/// whether `StopStringCriteria` fires on each prefix. Every prefix must agree.
+#[test]
+fn stop_strings_agree_with_transformers_on_every_prefix() -> Result<()> {
+    let path = golden().join("../transformers_extra/stop_strings.json");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let cases = file["cases"].as_array().context("cases")?;
+    let mut tokenizers = HashMap::new();
+    let (mut prefixes, mut fired, mut wrong) = (0, 0, Vec::new());
+    for case in cases {
+        let model = case["model"].as_str().context("model")?;
+        if !tokenizers.contains_key(model) {
+            let tok = Tokenizer::from_dir(&golden().join("models").join(model))?;
+            tokenizers.insert(model.to_string(), tok);
+        }
+        let tok = &tokenizers[model];
+        let stops: Vec<String> = serde_json::from_value(case["stop_strings"].clone())?;
+        let built = StopStringCriteria::new(tok, &stops);
+        if case.get("error").is_some() {
+            assert!(
+                built.is_err(),
+                "{model} {stops:?}: transformers refuses these"
+            );
+            continue;
+        }
+        let mut criterion = built?;
+        for row in case["sequences"].as_array().context("sequences")? {
+            let seq = ids(&row["ids"])?;
+            let want: Vec<bool> = serde_json::from_value(row["fired"].clone())?;
+            for (k, &w) in want.iter().enumerate() {
+                let got = criterion.check(&seq[..=k]).is_some();
+                prefixes += 1;
+                fired += usize::from(w);
+                if got != w {
+                    wrong.push(format!(
+                        "{model} {stops:?} {:?}: transformers {w}, lmgen {got}",
+                        &seq[..=k]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {prefixes} prefixes differ:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
+    assert!(
+        prefixes > 10_000 && fired > 500,
+        "{prefixes} prefixes, {fired} fired"
+    );
     Ok(())
 }

@@ -59,3 +59,53 @@ fn streaming_chunks_match_transformers() -> Result<()> {
     }
     Ok(())
 }
+
+/// `transformers_extra/streaming.json` (made by `transformers_extra/make.py` with transformers
+/// 5.17): `TextStreamer(skip_prompt=True)` on tokenized texts (CJK, accents, emoji, newlines) and
+/// random ids, with and without `skip_special_tokens`, one token per `put`. Same chunks, empty
+/// ones included.
+#[test]
+fn streaming_agrees_with_transformers_on_texts_and_random_ids() -> Result<()> {
+    let path = golden().join("../transformers_extra/streaming.json");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let cases = file["cases"].as_array().context("cases")?;
+    let mut tokenizers = std::collections::HashMap::new();
+    let mut wrong = Vec::new();
+    for case in cases {
+        let model = case["model"].as_str().context("model")?;
+        if !tokenizers.contains_key(model) {
+            let tok = Arc::new(Tokenizer::from_dir(&golden().join("models").join(model))?);
+            tokenizers.insert(model.to_string(), tok);
+        }
+        let tok = tokenizers[model].clone();
+        let prompt = ids(&case["prompt"])?;
+        let seq = ids(&case["ids"])?;
+        let skip_special_tokens = case["skip_special_tokens"].as_bool().context("skip")?;
+        let want: Vec<String> = serde_json::from_value(case["chunks"].clone())?;
+        let mut got = Vec::new();
+        let options = TextStreamerOptions {
+            skip_prompt: true,
+            skip_special_tokens,
+        };
+        let mut streamer = TextStreamer::new(tok, options, |t: &str, _| got.push(t.to_string()));
+        streamer.put(&prompt)?;
+        for id in &seq {
+            streamer.put(std::slice::from_ref(id))?;
+        }
+        streamer.end()?;
+        drop(streamer);
+        if got != want {
+            wrong.push(format!(
+                "{model} {seq:?} skip_special_tokens={skip_special_tokens}:\n  transformers {want:?}\n  lmgen        {got:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases differ:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    Ok(())
+}
