@@ -2,6 +2,7 @@
 
 mod generate;
 mod jsonl;
+mod logits;
 mod options;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Generate a continuation of a prompt, or answer JSON-lines requests (--request).
     Generate(generate::GenerateArgs),
+    /// Run logits processors on given scores, one JSON request per line (--request).
+    Logits(logits::LogitsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Logits(args) => logits::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

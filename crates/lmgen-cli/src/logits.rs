@@ -1,0 +1,225 @@
+//! `lmgen logits --request FILE`: run logits processors on given scores (DESIGN.md section 4).
+//!
+//! Each line is `{"input_ids", "scores", "processor": {"name", "args"}}` (one processor from its
+//! transformers class name and constructor arguments) or `{"input_ids", "scores", "generation_config",
+//! "prompt_length", "model"}` (the whole list `generate()` builds for that config on top of the
+//! checkpoint's generation config). Answers `{"output": [[float|null]]}`; `-inf` is `null`, and the
+//! strings `"nan"`, `"inf"`, `"-inf"` stand for themselves in and out.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use lmgen::generation::config::UnknownFields;
+use lmgen::generation::logits::{processor_from_hf, LogitsProcessorList, ProcessorContext};
+use lmgen::generation::Scores;
+use lmgen::{GenerationConfig, Pipeline, TokenId};
+use serde_json::{json, Map, Value};
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Read JSON-lines requests from FILE (`-` for stdin) and write one JSON response per line.
+    #[arg(long, value_name = "FILE")]
+    pub request: PathBuf,
+}
+
+/// The top-level keys of a request.
+const REQUEST_FIELDS: &[&str] = &[
+    "input_ids",
+    "scores",
+    "processor",
+    "generation_config",
+    "prompt_length",
+    "model",
+];
+
+pub fn run(args: LogitsArgs) -> Result<()> {
+    let input: Box<dyn BufRead> = if args.request == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&args.request)
+            .with_context(|| format!("cannot open `{}`", args.request.display()))?;
+        Box::new(BufReader::new(f))
+    };
+    let mut models: HashMap<String, Pipeline> = HashMap::new();
+    let mut out = std::io::stdout().lock();
+    for line in input.lines() {
+        let line = line.context("reading requests")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = answer(&line, &mut models)
+            .unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
+        serde_json::to_writer(&mut out, &response)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
+    let value: Value = serde_json::from_str(line).context("invalid request: not valid JSON")?;
+    let Value::Object(mut req) = value else {
+        bail!("invalid request: a request must be a JSON object");
+    };
+    if let Some(key) = req.keys().find(|k| !REQUEST_FIELDS.contains(&k.as_str())) {
+        bail!("invalid request: unknown field `{key}`");
+    }
+    let input_ids: Vec<Vec<TokenId>> = serde_json::from_value(
+        req.remove("input_ids")
+            .ok_or_else(|| anyhow!("a request needs `input_ids`"))?,
+    )
+    .context("`input_ids` must be a list of lists of token ids")?;
+    let mut scores = parse_scores(
+        req.remove("scores")
+            .ok_or_else(|| anyhow!("a request needs `scores`"))?,
+    )?;
+    if scores.batch != input_ids.len() {
+        bail!(
+            "`scores` has {} rows but `input_ids` has {}",
+            scores.batch,
+            input_ids.len()
+        );
+    }
+    if input_ids.iter().any(|r| r.len() != input_ids[0].len()) {
+        bail!("`input_ids` rows must have one length");
+    }
+    match req.remove("processor") {
+        Some(p) => {
+            if let Some(k) = ["generation_config", "prompt_length", "model"]
+                .iter()
+                .find(|k| req.contains_key(**k))
+            {
+                bail!("give either `processor` or `generation_config`, not both (`{k}` is set)");
+            }
+            let name = p
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("`processor.name` must be a transformers class name"))?;
+            let proc = processor_from_hf(name, p.get("args").unwrap_or(&Value::Null))?;
+            proc.process(&input_ids, &mut scores)?;
+        }
+        None => chain(&mut req, models, &input_ids, &mut scores)?,
+    }
+    Ok(
+        json!({"output": scores.to_rows().iter().map(|r| r.iter().map(|&x| float_out(x)).collect::<Vec<_>>()).collect::<Vec<_>>()}),
+    )
+}
+
+/// The list `generate()` builds for the request's config, applied to `scores`.
+fn chain(
+    req: &mut Map<String, Value>,
+    models: &mut HashMap<String, Pipeline>,
+    input_ids: &[Vec<TokenId>],
+    scores: &mut Scores,
+) -> Result<()> {
+    let overrides = match req.remove("generation_config") {
+        Some(v) => {
+            GenerationConfig::from_json(&v, UnknownFields::Reject).context("`generation_config`")?
+        }
+        None => bail!("a request needs `processor` or `generation_config`"),
+    };
+    let prompt_length: usize = match req.remove("prompt_length") {
+        Some(v) => serde_json::from_value(v).context("`prompt_length` must be an integer")?,
+        None => bail!("a `generation_config` request needs `prompt_length`"),
+    };
+    let dir = match req.remove("model") {
+        Some(Value::String(m)) => Some(lmgen::load::resolve_model(&m)?),
+        Some(other) => bail!("`model` must be a checkpoint directory, got {other}"),
+        None => None,
+    };
+    let (mut config, max_positions) = match &dir {
+        Some(d) => (GenerationConfig::from_pretrained(d)?, max_positions(d)),
+        None => (GenerationConfig::default(), None),
+    };
+    config.update(&overrides);
+    config.validate()?;
+    let lengths = config.resolve_lengths(prompt_length, max_positions)?;
+    let needs_model = config.guidance_scale.is_some_and(|g| g != 1.0);
+    let pipe = match (&dir, needs_model) {
+        (Some(d), true) => {
+            let key = d.display().to_string();
+            if !models.contains_key(&key) {
+                models.insert(key.clone(), Pipeline::from_pretrained(&key)?);
+            }
+            models.get(&key)
+        }
+        (None, true) => {
+            bail!("`guidance_scale` needs `model` (it runs the model on the negative prompt)")
+        }
+        _ => None,
+    };
+    let prompt: Vec<Vec<TokenId>> = input_ids
+        .iter()
+        .map(|r| r[..prompt_length.min(r.len())].to_vec())
+        .collect();
+    let ctx = ProcessorContext {
+        prompt_ids: Some(&prompt),
+        model: pipe.map(|p| p.model.as_ref()),
+        ..ProcessorContext::new(prompt_length, lengths.min_length, lengths.max_length)
+    };
+    let list = LogitsProcessorList::from_config(&config, ctx)?;
+    list.process(input_ids, scores)?;
+    Ok(())
+}
+
+/// `max_position_embeddings` (or GPT-2's `n_positions`) from the checkpoint's `config.json`.
+fn max_positions(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let get = |o: &Value| {
+        o.get("max_position_embeddings")
+            .or_else(|| o.get("n_positions"))
+            .and_then(Value::as_u64)
+    };
+    get(&v)
+        .or_else(|| v.get("text_config").and_then(get))
+        .and_then(|x| usize::try_from(x).ok())
+}
+
+/// `[[float|null|"nan"|"inf"|"-inf"]]` -> scores.
+fn parse_scores(v: Value) -> Result<Scores> {
+    let rows = v
+        .as_array()
+        .ok_or_else(|| anyhow!("`scores` must be a list of rows"))?;
+    let vocab = rows.first().and_then(Value::as_array).map_or(0, Vec::len);
+    let mut data = Vec::with_capacity(rows.len() * vocab);
+    for (i, row) in rows.iter().enumerate() {
+        let row = row
+            .as_array()
+            .ok_or_else(|| anyhow!("`scores` row {i} must be a list"))?;
+        if row.len() != vocab {
+            bail!(
+                "`scores` rows must have one length: row 0 has {vocab}, row {i} has {}",
+                row.len()
+            );
+        }
+        for x in row {
+            data.push(match x {
+                Value::Null => f32::NEG_INFINITY,
+                Value::Number(n) => n.as_f64().map_or(f32::NAN, |f| f as f32),
+                Value::String(s) if s == "nan" => f32::NAN,
+                Value::String(s) if s == "inf" => f32::INFINITY,
+                Value::String(s) if s == "-inf" => f32::NEG_INFINITY,
+                other => {
+                    bail!("`scores` row {i}: {other} is not a number, null, \"nan\" or \"inf\"")
+                }
+            });
+        }
+    }
+    Ok(Scores::new(data, rows.len(), vocab))
+}
+
+fn float_out(x: f32) -> Value {
+    if x.is_nan() {
+        json!("nan")
+    } else if x == f32::INFINITY {
+        json!("inf")
+    } else if x == f32::NEG_INFINITY {
+        Value::Null
+    } else {
+        json!(x)
+    }
+}
