@@ -198,6 +198,8 @@ struct TokenPlaces {
     valid_positions: Vec<usize>,
     /// How many units at the end of the stop string the token covers when it is the final token.
     end_overlaps: Vec<usize>,
+    /// The token's length in units (HF: the last column of `embedding_vec`).
+    len: usize,
 }
 
 /// The precomputed tables of one stop string.
@@ -211,7 +213,10 @@ struct StopStringTable {
 
 /// HF `_stop_string_get_matching_positions` for one stop string and one token (both reversed, in units).
 fn token_places(reversed_token: &[u32], reversed_stop: &[u32]) -> TokenPlaces {
-    let mut places = TokenPlaces::default();
+    let mut places = TokenPlaces {
+        len: reversed_token.len(),
+        ..TokenPlaces::default()
+    };
     let (tok_len, stop_len) = (reversed_token.len() as isize, reversed_stop.len() as isize);
     for i in (1 - tok_len)..stop_len {
         let (tok, i) = if i < 0 {
@@ -238,8 +243,6 @@ fn token_places(reversed_token: &[u32], reversed_stop: &[u32]) -> TokenPlaces {
 pub struct StopStringCriteria {
     stop_strings: Vec<String>,
     tables: Vec<StopStringTable>,
-    /// Clean text length of each token id, in units (HF: the last column of `embedding_vec`).
-    token_lens: HashMap<TokenId, usize>,
     /// Only this many trailing tokens can take part (HF `maximum_token_len`: one unit per token).
     maximum_token_len: usize,
 }
@@ -289,16 +292,10 @@ impl StopStringCriteria {
                  (often caused by characters the tokenizer vocabulary does not contain)"
             )));
         }
-        let token_lens = vocab
-            .tokens
-            .iter()
-            .map(|(id, units)| (*id, units.len()))
-            .collect();
         let maximum_token_len = tables.iter().map(|t| t.target_len).max().unwrap_or(0);
         Ok(Self {
             stop_strings: stop_strings.to_vec(),
             tables,
-            token_lens,
             maximum_token_len,
         })
     }
@@ -320,13 +317,13 @@ impl StopStringCriteria {
         };
         self.tables
             .iter()
-            .any(|table| self.table_matches(table, last, earlier))
+            .any(|table| Self::table_matches(table, last, earlier))
     }
 
     /// The walk HF does with `cumsum` and the mask: start from each end overlap of the final
     /// token, then step back one token at a time while the matched length so far is a valid
     /// position for that token, adding its length; a match once the length reaches the target.
-    fn table_matches(&self, table: &StopStringTable, last: TokenId, earlier: &[TokenId]) -> bool {
+    fn table_matches(table: &StopStringTable, last: TokenId, earlier: &[TokenId]) -> bool {
         if table.target_len == 0 {
             // HF: `amax(cumsum * mask) >= 0` holds for any row.
             return true;
@@ -340,14 +337,10 @@ impl StopStringCriteria {
                 return true;
             }
             for id in earlier.iter().rev() {
-                let valid = table
-                    .places
-                    .get(id)
-                    .is_some_and(|p| p.valid_positions.contains(&matched));
-                if !valid {
-                    return false;
+                match table.places.get(id) {
+                    Some(p) if p.valid_positions.contains(&matched) => matched += p.len,
+                    _ => return false,
                 }
-                matched += self.token_lens.get(id).copied().unwrap_or(0);
                 if matched >= table.target_len {
                     return true;
                 }
