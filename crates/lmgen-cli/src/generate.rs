@@ -24,6 +24,12 @@ pub struct GenerateArgs {
     /// A generation_config.json whose fields override the checkpoint's (flags override both).
     #[arg(long, value_name = "FILE")]
     pub generation_config: Option<PathBuf>,
+    /// Seed of the sampler (same seed, same output). Without it, sampling draws a fresh seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the whole output at the end instead of streaming it as it is generated.
+    #[arg(long)]
+    pub no_stream: bool,
     #[command(flatten)]
     pub gen: GenerationFlags,
 }
@@ -53,11 +59,27 @@ pub struct GenerationFlags {
     pub top_k: Option<usize>,
     #[arg(long)]
     pub top_p: Option<f64>,
+    #[arg(long)]
+    pub min_p: Option<f64>,
+    #[arg(long)]
+    pub typical_p: Option<f64>,
     /// Penalty (> 1) or reward (< 1) for tokens already present (CTRL).
     #[arg(long)]
     pub repetition_penalty: Option<f64>,
+    /// Ban repeating any n-gram of this size.
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
     #[arg(long)]
     pub num_beams: Option<usize>,
+    /// Number of outputs per prompt (needs sampling or beams).
+    #[arg(long)]
+    pub num_return_sequences: Option<usize>,
+    /// Stop when the text ends with this string (kept in the output, as transformers); repeatable.
+    #[arg(long = "stop")]
+    pub stop_strings: Vec<String>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub max_time: Option<f64>,
     /// EOS token id; repeat for several.
     #[arg(long)]
     pub eos_token_id: Vec<u32>,
@@ -82,6 +104,20 @@ impl GenerationFlags {
         put("temperature", self.temperature.map(Value::from));
         put("top_k", self.top_k.map(Value::from));
         put("top_p", self.top_p.map(Value::from));
+        put("min_p", self.min_p.map(Value::from));
+        put("typical_p", self.typical_p.map(Value::from));
+        put(
+            "no_repeat_ngram_size",
+            self.no_repeat_ngram_size.map(Value::from),
+        );
+        put(
+            "num_return_sequences",
+            self.num_return_sequences.map(Value::from),
+        );
+        put("max_time", self.max_time.map(Value::from));
+        if !self.stop_strings.is_empty() {
+            put("stop_strings", Some(Value::from(self.stop_strings.clone())));
+        }
         put(
             "repetition_penalty",
             self.repetition_penalty.map(Value::from),
@@ -131,15 +167,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         args.prompt.clone()
     };
+    let single = prompts.len() == 1 && overrides.num_return_sequences.unwrap_or(1) == 1;
+    if single && !args.no_stream {
+        // Stream to the terminal as transformers' TextStreamer does.
+        print!("{}", prompts[0]);
+        std::io::stdout().flush()?;
+        pipe.stream_text(&prompts[0], &overrides, args.seed, |text, end| {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{text}");
+            if end {
+                let _ = writeln!(out);
+            }
+            let _ = out.flush();
+        })?;
+        return Ok(());
+    }
     let input = pipe.encode_prompts(&prompts, &overrides)?;
-    let out = pipe.generate(&input, &overrides)?;
+    let options = lmgen::generation::GenerateOptions {
+        seed: args.seed,
+        ..Default::default()
+    };
+    let out = pipe.generate_with(&input, &overrides, options)?;
+    let per_prompt = out.sequences.len() / prompts.len();
     let mut stdout = std::io::stdout().lock();
     for i in 0..out.sequences.len() {
         let text = pipe.tokenizer.decode(out.generated(i), true)?;
-        if prompts.len() > 1 {
-            writeln!(stdout, "[{i}] {}{text}", prompts[i])?;
+        if out.sequences.len() > 1 {
+            writeln!(stdout, "[{i}] {}{text}", prompts[i / per_prompt])?;
         } else {
-            writeln!(stdout, "{}{text}", prompts[i])?;
+            writeln!(stdout, "{}{text}", prompts[0])?;
         }
     }
     Ok(())

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lmgen::generation::config::UnknownFields;
+use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions, TokenStreamer};
+use lmgen::generation::GenerateOptions;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use serde::de::DeserializeOwned;
@@ -157,10 +159,6 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
     if req.assistant_model.is_some() {
         bail!("not supported yet: `assistant_model` (assisted decoding)");
     }
-    if req.ret.stream_chunks {
-        bail!("not supported yet: `return.stream_chunks` (streaming)");
-    }
-    let _ = req.seed; // Greedy decoding draws no random numbers.
     let mut overrides = base.clone();
     if let Some(gc) = &req.generation_config {
         overrides.update(&GenerationConfig::from_json(gc, UnknownFields::Reject)?);
@@ -183,9 +181,31 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         (Some(_), Some(_)) => bail!("give either `input_ids` or `prompts`, not both"),
         (None, None) => bail!("a request needs `input_ids` or `prompts`"),
     };
-    let out = pipe.generate(&input, &overrides)?;
+    // What a TextIteratorStreamer(skip_prompt=True, skip_special_tokens=True) would yield.
+    let mut chunks: Vec<String> = Vec::new();
+    let mut streamer = TextStreamer::new(
+        pipe.tokenizer.clone(),
+        TextStreamerOptions {
+            skip_prompt: true,
+            skip_special_tokens: true,
+        },
+        |text: &str, _end: bool| chunks.push(text.to_string()),
+    );
+    let options = GenerateOptions {
+        seed: req.seed,
+        streamer: req
+            .ret
+            .stream_chunks
+            .then_some(&mut streamer as &mut dyn TokenStreamer),
+        ..GenerateOptions::default()
+    };
+    let out = pipe.generate_with(&input, &overrides, options)?;
+    drop(streamer);
     let mut resp = serde_json::Map::new();
     resp.insert("sequences".into(), json!(out.sequences));
+    if req.ret.stream_chunks {
+        resp.insert("stream_chunks".into(), json!(chunks));
+    }
     if req.ret.scores {
         let scores = out
             .scores

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::generation::{generate, GenerateInput, GenerateOutput, GenerationConfig};
+use crate::generation::streamer::{TextStreamer, TextStreamerOptions};
+use crate::generation::{
+    generate_with, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
+};
 use crate::load::{resolve_model, Checkpoint};
 use crate::models::{load_model, CausalLM, LoadOptions};
 use crate::tokenizer::Tokenizer;
@@ -62,7 +65,26 @@ impl Pipeline {
         input: &GenerateInput,
         overrides: &GenerationConfig,
     ) -> Result<GenerateOutput> {
-        generate(self.model.as_ref(), input, &self.config_with(overrides))
+        self.generate_with(input, overrides, GenerateOptions::default())
+    }
+
+    /// Generates with the other `generate()` arguments (seed, streamer, user processors and
+    /// criteria, ...). The pipeline's tokenizer is passed for `stop_strings` unless one is given.
+    pub fn generate_with<'a>(
+        &'a self,
+        input: &GenerateInput,
+        overrides: &GenerationConfig,
+        mut options: GenerateOptions<'a>,
+    ) -> Result<GenerateOutput> {
+        if options.tokenizer.is_none() {
+            options.tokenizer = Some(&self.tokenizer);
+        }
+        generate_with(
+            self.model.as_ref(),
+            input,
+            &self.config_with(overrides),
+            options,
+        )
     }
 
     /// Tokenizes prompts (left-padding a batch with the pad token, else the first EOS).
@@ -96,6 +118,33 @@ impl Pipeline {
     pub fn generate_text(&self, prompt: &str, overrides: &GenerationConfig) -> Result<String> {
         let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
         let out = self.generate(&input, overrides)?;
+        self.tokenizer.decode(out.generated(0), true)
+    }
+
+    /// Like [`Pipeline::generate_text`], calling `on_text` with each chunk as it is ready
+    /// (transformers' `TextStreamer` chunking: whole words, lines, CJK characters).
+    pub fn stream_text(
+        &self,
+        prompt: &str,
+        overrides: &GenerationConfig,
+        seed: Option<u64>,
+        on_text: impl FnMut(&str, bool),
+    ) -> Result<String> {
+        let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
+        let options = TextStreamerOptions {
+            skip_prompt: true,
+            skip_special_tokens: true,
+        };
+        let mut streamer = TextStreamer::new(self.tokenizer.clone(), options, on_text);
+        let out = self.generate_with(
+            &input,
+            overrides,
+            GenerateOptions {
+                seed,
+                streamer: Some(&mut streamer),
+                ..GenerateOptions::default()
+            },
+        )?;
         self.tokenizer.decode(out.generated(0), true)
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod logits;
+pub mod options;
+pub mod sampler;
 pub mod stop_strings;
 pub mod stopping;
 pub mod strategies;
@@ -13,6 +15,7 @@ use crate::TokenId;
 
 pub use config::{GenerationConfig, GenerationMode};
 pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
+pub use options::GenerateOptions;
 pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};
 
 /// A batch of prompts, left-padded to one length.
@@ -163,10 +166,23 @@ pub fn generate(
     input: &GenerateInput,
     config: &GenerationConfig,
 ) -> Result<GenerateOutput> {
+    generate_with(model, input, config, GenerateOptions::default())
+}
+
+/// [`generate`] with the other arguments of transformers' `generate()`: seed, tokenizer (for
+/// `stop_strings`), user logits processors and stopping criteria, streamer, CFG negative prompt.
+pub fn generate_with(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    config: &GenerationConfig,
+    options: GenerateOptions<'_>,
+) -> Result<GenerateOutput> {
     config.validate()?;
     config.check_implemented(false)?;
     match config.mode(false) {
-        GenerationMode::GreedySearch => strategies::sample::run(model, input, config),
+        GenerationMode::GreedySearch | GenerationMode::Sample => {
+            strategies::sample::run(model, input, config, options)
+        }
         other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
     }
 }

@@ -88,31 +88,41 @@ impl StoppingCriterion for MaxTimeCriteria {
 
 /// HF `StoppingCriteriaList`: the first criterion that fires gives the reason.
 #[derive(Default)]
-pub struct StoppingCriteriaList {
-    criteria: Vec<Box<dyn StoppingCriterion>>,
+pub struct StoppingCriteriaList<'a> {
+    criteria: Vec<Box<dyn StoppingCriterion + 'a>>,
 }
 
-impl std::fmt::Debug for StoppingCriteriaList {
+impl std::fmt::Debug for StoppingCriteriaList<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "StoppingCriteriaList({} criteria)", self.criteria.len())
     }
 }
 
-impl StoppingCriteriaList {
-    /// Built in transformers' order (`_get_stopping_criteria`): max length, then EOS.
+impl<'a> StoppingCriteriaList<'a> {
+    /// Max length then EOS. `generate()` builds the full list in transformers' order
+    /// (`_get_stopping_criteria`): max length, max time, stop strings, EOS, then the caller's.
     pub fn new(max_length: usize, eos_token_ids: &[TokenId]) -> Self {
         let mut list = Self::default();
         list.push(MaxLengthCriteria { max_length });
-        if !eos_token_ids.is_empty() {
-            list.push(EosTokenCriteria {
-                eos_token_ids: eos_token_ids.to_vec(),
-            });
-        }
+        list.push_eos(eos_token_ids);
         list
     }
 
-    pub fn push(&mut self, c: impl StoppingCriterion + 'static) {
+    /// Adds the EOS criterion when there are EOS ids.
+    pub fn push_eos(&mut self, eos_token_ids: &[TokenId]) {
+        if !eos_token_ids.is_empty() {
+            self.push(EosTokenCriteria {
+                eos_token_ids: eos_token_ids.to_vec(),
+            });
+        }
+    }
+
+    pub fn push(&mut self, c: impl StoppingCriterion + 'a) {
         self.criteria.push(Box::new(c));
+    }
+
+    pub fn push_boxed(&mut self, c: Box<dyn StoppingCriterion + 'a>) {
+        self.criteria.push(c);
     }
 
     /// Checks every criterion (each sees the row, as transformers runs them all). When several

@@ -71,7 +71,8 @@ impl fmt::Display for GenerationMode {
 }
 
 /// The modes lmgen implements. Add a mode here when its strategy lands.
-const IMPLEMENTED_MODES: &[GenerationMode] = &[GenerationMode::GreedySearch];
+const IMPLEMENTED_MODES: &[GenerationMode] =
+    &[GenerationMode::GreedySearch, GenerationMode::Sample];
 
 /// A setting that changes greedy output and whose feature is not built yet.
 struct Unbuilt {
@@ -87,24 +88,6 @@ struct Unbuilt {
 /// `dola_layers`, `prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp`, `constraints`,
 /// `force_words_ids`) are handled by [`GenerationConfig::mode`].
 const UNBUILT: &[Unbuilt] = &[
-    Unbuilt {
-        field: "watermarking_config",
-        feature: "watermarking",
-        fix: "unset it",
-        active: |c| c.watermarking_config.is_some(),
-    },
-    Unbuilt {
-        field: "stop_strings",
-        feature: "stop strings",
-        fix: "unset it",
-        active: |c| c.stop_strings.as_ref().is_some_and(|s| !s.is_empty()),
-    },
-    Unbuilt {
-        field: "max_time",
-        feature: "time limit",
-        fix: "unset it",
-        active: |c| c.max_time.is_some(),
-    },
     Unbuilt {
         field: "token_healing",
         feature: "token healing",
@@ -410,10 +393,11 @@ mod tests {
 
     #[test]
     fn other_modes_are_unsupported_naming_the_setting() {
-        assert_eq!(
-            unsupported(json!({"do_sample": true})),
-            "`do_sample=true` (multinomial sampling) is not implemented yet; set `do_sample` to false"
-        );
+        assert!(config(json!({"do_sample": true}))
+            .and_then(|c| c.check_implemented(false))
+            .is_ok());
+        assert!(unsupported(json!({"num_beams": 2, "do_sample": true}))
+            .starts_with("`num_beams=2` with `do_sample=true`"));
         assert!(unsupported(json!({"num_beams": 3}))
             .starts_with("`num_beams=3` (beam-search decoding)"));
         assert!(unsupported(json!({"penalty_alpha": 0.6})).contains("`top_k=50`"));
@@ -430,12 +414,6 @@ mod tests {
     #[test]
     fn unbuilt_processors_are_unsupported_naming_the_field() {
         let cases = [
-            (
-                json!({"watermarking_config": {"greenlist_ratio": 0.25}}),
-                "`watermarking_config`",
-            ),
-            (json!({"stop_strings": "###"}), "`stop_strings`"),
-            (json!({"max_time": 1.0}), "`max_time`"),
             (json!({"token_healing": true}), "`token_healing`"),
             (json!({"is_assistant": true}), "`is_assistant`"),
             (json!({"prefill_chunk_size": 16}), "`prefill_chunk_size`"),

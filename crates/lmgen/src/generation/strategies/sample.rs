@@ -1,18 +1,21 @@
 //! HF `GenerationMixin._sample` (utils.py): the token-by-token loop shared by greedy search and
-//! multinomial sampling. lmgen implements the greedy branch (`argmax` of the processed scores,
-//! ties to the lowest id, as `torch.argmax`).
+//! multinomial sampling.
 //!
-//! Per step: last-position logits -> logits processors -> next token -> rows already finished
-//! get the pad id (only when an EOS criterion exists) -> stopping criteria per row. The prompt is
-//! run once (prefill), then one token per step through the KV cache.
+//! Per step: last-position logits -> logits processors (and warpers when sampling) -> next token
+//! (`argmax`, or a draw from `softmax`) -> rows already finished get the pad id (only when an EOS
+//! criterion exists) -> streamer -> stopping criteria per row. The prompt is run once (prefill),
+//! then one token per step through the KV cache. `num_return_sequences` copies each prompt
+//! (`repeat_interleave`: all copies of prompt 0 first), each copy sampled independently.
 
 use candle_core::Tensor;
 
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
-use crate::generation::stopping::{FinishReason, StoppingCriteriaList};
-use crate::generation::{GenerateInput, GenerateOutput, GenerationConfig};
+use crate::generation::sampler::Sampler;
+use crate::generation::stop_strings::StopStringCriteria;
+use crate::generation::stopping::{FinishReason, MaxTimeCriteria, StoppingCriteriaList};
+use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
 use crate::TokenId;
 
@@ -39,28 +42,48 @@ pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32
     }
 }
 
-/// Index of the first maximum (NaN counts as the maximum, as `torch.argmax`).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x.is_nan() {
-            return i;
-        }
-        if x > row[best] {
-            best = i;
-        }
+/// `repeat_interleave(n)` of the rows (HF `_expand_inputs_for_generation`).
+fn expand(input: &GenerateInput, n: usize) -> GenerateInput {
+    let rep = |rows: &Vec<Vec<TokenId>>| {
+        rows.iter()
+            .flat_map(|r| std::iter::repeat_n(r.clone(), n))
+            .collect()
+    };
+    GenerateInput {
+        input_ids: rep(&input.input_ids),
+        attention_mask: input.attention_mask.as_ref().map(|m| {
+            m.iter()
+                .flat_map(|r| std::iter::repeat_n(r.clone(), n))
+                .collect()
+        }),
     }
-    best
 }
 
-/// Greedy search over `input`.
+/// Greedy search or multinomial sampling over `input`.
 pub fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
     config: &GenerationConfig,
+    options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
+    let GenerateOptions {
+        seed,
+        tokenizer,
+        logits_processors,
+        stopping_criteria,
+        prefix_allowed_tokens_fn,
+        negative_prompt_ids,
+        negative_prompt_attention_mask,
+        mut streamer,
+    } = options;
     let mcfg = model.config();
-    let (b, t) = input.validate(mcfg.vocab_size)?;
+    input.validate(mcfg.vocab_size)?;
+    let do_sample = config.do_sample.unwrap_or(false);
+    let input = match config.num_return_sequences.unwrap_or(1) {
+        n if n > 1 => expand(input, n),
+        _ => input.clone(),
+    };
+    let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
     if t > mcfg.max_position_embeddings {
         return Err(Error::Input(format!(
             "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
@@ -74,25 +97,50 @@ pub fn run(
             lengths.max_length, mcfg.max_position_embeddings
         )));
     }
+    if streamer.is_some() && b > 1 {
+        return Err(Error::Input(format!(
+            "a streamer needs batch size 1 (one prompt, `num_return_sequences` 1), as in transformers; got {b} rows"
+        )));
+    }
     let eos = config.eos_token_ids();
     let pad = config.pad_token_id_or_eos();
-    let mask_in = input.attention_mask.as_ref();
-    let processors = LogitsProcessorList::from_config(
-        config,
-        ProcessorContext {
-            prompt_ids: Some(&input.input_ids),
-            model: Some(model),
-            ..ProcessorContext::new(t, lengths.min_length, lengths.max_length)
-        },
-    )?;
-    let mut stopping = StoppingCriteriaList::new(lengths.max_length, &eos);
+    let mut ctx = ProcessorContext::new(t, lengths.min_length, lengths.max_length);
+    ctx.prompt_ids = Some(&input.input_ids);
+    ctx.model = Some(model);
+    ctx.negative_prompt_ids = negative_prompt_ids;
+    ctx.negative_prompt_attention_mask = negative_prompt_attention_mask;
+    ctx.prefix_allowed_tokens_fn = prefix_allowed_tokens_fn;
+    ctx.user_processors = logits_processors;
+    let processors = LogitsProcessorList::from_config(config, ctx)?;
+    // `_get_stopping_criteria`: max length, max time, stop strings, EOS, then the caller's.
+    let mut stopping = StoppingCriteriaList::new(lengths.max_length, &[]);
+    if let Some(secs) = config.max_time {
+        stopping.push(MaxTimeCriteria::new(secs));
+    }
+    if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
+        let tokenizer = tokenizer.ok_or_else(|| {
+            Error::Input(
+                "`stop_strings` needs the tokenizer: pass it in `GenerateOptions::tokenizer` (transformers: `generate(tokenizer=...)`)".into(),
+            )
+        })?;
+        stopping.push(StopStringCriteria::new(tokenizer, stops)?);
+    }
+    stopping.push_eos(&eos);
+    for c in stopping_criteria {
+        stopping.push_boxed(c);
+    }
+    let mut sampler = if do_sample {
+        Sampler::multinomial(seed)
+    } else {
+        Sampler::Greedy
+    };
     let output_scores = config.output_scores.unwrap_or(false);
     let output_logits = config.output_logits.unwrap_or(false);
 
     let device = model.device().clone();
     let mut cache = DynamicCache::new();
     let mut sequences = input.input_ids.clone();
-    let mut mask: Option<Vec<Vec<u8>>> = mask_in.cloned();
+    let mut mask: Option<Vec<Vec<u8>>> = input.attention_mask.clone();
     let mut positions = position_ids(mask.as_deref(), b, t);
     let mut next_pos: Vec<u32> = match &mask {
         None => vec![t as u32; b],
@@ -101,6 +149,9 @@ pub fn run(
             .map(|r| r.iter().map(|&x| x as u32).sum())
             .collect(),
     };
+    if let Some(s) = streamer.as_mut() {
+        s.put(&sequences[0])?;
+    }
     let mut step_ids: Tensor = Tensor::new(sequences.clone(), &device)?; // [b, t]
     let mut finish: Vec<Option<FinishReason>> = vec![None; b];
     let mut all_scores = output_scores.then(Vec::new);
@@ -123,7 +174,7 @@ pub fn run(
             l.push(scores.clone());
         }
         processors.process(&sequences, &mut scores)?;
-        let mut next: Vec<TokenId> = (0..b).map(|i| argmax(scores.row(i)) as TokenId).collect();
+        let mut next = sampler.select(&scores)?;
         if let Some(s) = all_scores.as_mut() {
             s.push(scores);
         }
@@ -135,6 +186,9 @@ pub fn run(
                     }
                 }
             }
+        }
+        if let Some(s) = streamer.as_mut() {
+            s.put(&next)?;
         }
         for (i, &tok) in next.iter().enumerate() {
             sequences[i].push(tok);
@@ -159,10 +213,13 @@ pub fn run(
         step_ids = Tensor::new(next.iter().map(|&x| vec![x]).collect::<Vec<_>>(), &device)?;
         // [b, 1]
     }
+    if let Some(s) = streamer.as_mut() {
+        s.end()?;
+    }
     tracing::debug!(
         steps = sequences[0].len() - t,
         cached = cache.seq_len(),
-        "greedy search done"
+        "decoding done"
     );
     Ok(GenerateOutput {
         sequences,
@@ -200,8 +257,16 @@ mod tests {
     }
 
     #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
-        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+    fn expand_repeats_each_row_in_place() {
+        let input = GenerateInput {
+            input_ids: vec![vec![1, 2], vec![3, 4]],
+            attention_mask: Some(vec![vec![1, 1], vec![0, 1]]),
+        };
+        let e = expand(&input, 2);
+        assert_eq!(
+            e.input_ids,
+            vec![vec![1, 2], vec![1, 2], vec![3, 4], vec![3, 4]]
+        );
+        assert_eq!(e.attention_mask.unwrap()[2], vec![0, 1]);
     }
 }
