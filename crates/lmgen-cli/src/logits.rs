@@ -130,9 +130,13 @@ fn chain(
         Some(other) => bail!("`model` must be a checkpoint directory, got {other}"),
         None => None,
     };
-    let (mut config, max_positions) = match &dir {
-        Some(d) => (GenerationConfig::from_pretrained(d)?, max_positions(d)),
-        None => (GenerationConfig::default(), None),
+    let (mut config, max_positions, vocab_size) = match &dir {
+        Some(d) => (
+            GenerationConfig::from_pretrained(d)?,
+            model_config_usize(d, &["max_position_embeddings", "n_positions"]),
+            model_config_usize(d, &["vocab_size"]),
+        ),
+        None => (GenerationConfig::default(), None, None),
     };
     config.update(&overrides);
     config.validate()?;
@@ -158,6 +162,7 @@ fn chain(
     let ctx = ProcessorContext {
         prompt_ids: Some(&prompt),
         model: pipe.map(|p| p.model.as_ref()),
+        vocab_size,
         ..ProcessorContext::new(prompt_length, lengths.min_length, lengths.max_length)
     };
     let list = LogitsProcessorList::from_config(&config, ctx)?;
@@ -165,15 +170,12 @@ fn chain(
     Ok(())
 }
 
-/// `max_position_embeddings` (or GPT-2's `n_positions`) from the checkpoint's `config.json`.
-fn max_positions(dir: &Path) -> Option<usize> {
+/// The first of `keys` set in the checkpoint's `config.json` (or its `text_config`), e.g.
+/// `max_position_embeddings` or GPT-2's `n_positions`.
+fn model_config_usize(dir: &Path, keys: &[&str]) -> Option<usize> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: Value = serde_json::from_str(&text).ok()?;
-    let get = |o: &Value| {
-        o.get("max_position_embeddings")
-            .or_else(|| o.get("n_positions"))
-            .and_then(Value::as_u64)
-    };
+    let get = |o: &Value| keys.iter().find_map(|k| o.get(*k).and_then(Value::as_u64));
     get(&v)
         .or_else(|| v.get("text_config").and_then(get))
         .and_then(|x| usize::try_from(x).ok())

@@ -308,6 +308,11 @@ pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProce
                     .map_err(|_| a.err("logit_bias", "an object of token id -> bias", &v))?;
             Box::new(LogitBiasLogitsProcessor::new(map)?)
         }
+        "WatermarkLogitsProcessor" => {
+            let vocab = a.usize("vocab_size")?;
+            let config = WatermarkingConfig::from_json(&Value::Object(std::mem::take(&mut a.map)))?;
+            Box::new(WatermarkLogitsProcessor::new(config, vocab)?)
+        }
         "PrefixConstrainedLogitsProcessor" | "UnbatchedClassifierFreeGuidanceLogitsProcessor" => {
             return Err(Error::Unsupported(format!(
                 "{name} needs a Rust callback or the model; build it with the library API"

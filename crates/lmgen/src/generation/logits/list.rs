@@ -29,6 +29,8 @@ pub struct ProcessorContext<'a> {
     pub prefix_allowed_tokens_fn: Option<PrefixAllowedTokensFn>,
     /// The caller's `logits_processor` list, merged as transformers merges it.
     pub user_processors: Vec<Box<dyn LogitsProcessor + 'a>>,
+    /// The model's vocabulary size, for the watermark's greenlists; default: the model's.
+    pub vocab_size: Option<usize>,
 }
 
 impl std::fmt::Debug for ProcessorContext<'_> {
@@ -56,6 +58,7 @@ impl ProcessorContext<'_> {
             negative_prompt_attention_mask: None,
             prefix_allowed_tokens_fn: None,
             user_processors: Vec::new(),
+            vocab_size: None,
         }
     }
 }
@@ -216,6 +219,20 @@ impl<'a> LogitsProcessorList<'a> {
             if let Some(e) = c.eta_cutoff.filter(|&e| 0.0 < e && e < 1.0) {
                 list.push(EtaLogitsWarper::new(e, keep)?);
             }
+        }
+        if let Some(w) = &c.watermarking_config {
+            let vocab = ctx
+                .vocab_size
+                .or_else(|| ctx.model.map(|m| m.config().vocab_size))
+                .ok_or_else(|| {
+                    crate::error::Error::Unsupported(
+                        "`watermarking_config` needs the model's vocabulary size".into(),
+                    )
+                })?;
+            list.push(WatermarkLogitsProcessor::new(
+                WatermarkingConfig::from_json(w)?,
+                vocab,
+            )?);
         }
         if c.renormalize_logits == Some(true) {
             list.push(LogitNormalization);

@@ -39,6 +39,8 @@ pub mod top_h;
 pub mod top_k;
 pub mod top_p;
 pub mod typical;
+pub mod watermark;
+pub mod watermark_detector;
 
 use crate::error::{Error, Result};
 use crate::TokenId;
@@ -73,6 +75,8 @@ pub use top_h::TopHLogitsWarper;
 pub use top_k::TopKLogitsWarper;
 pub use top_p::TopPLogitsWarper;
 pub use typical::TypicalLogitsWarper;
+pub use watermark::{SeedingScheme, WatermarkLogitsProcessor, WatermarkingConfig};
+pub use watermark_detector::{WatermarkDetector, WatermarkDetectorOutput};
 
 /// `[b, vocab]` scores, row-major.
 #[derive(Debug, Clone, PartialEq)]
