@@ -120,3 +120,50 @@ fn processor_cases_match_transformers() -> anyhow::Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// Greedy generate() with processor settings beyond `generate.json`, against transformers
+/// (`fixtures/processor_settings.json`, made by `tools/processor_settings.py`).
+#[test]
+fn processor_settings_match_transformers_generate() -> anyhow::Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/processor_settings.json");
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut pipes = std::collections::HashMap::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let model = case["model"].as_str().unwrap_or_default().to_string();
+        if !pipes.contains_key(&model) {
+            let dir = golden().join("models").join(&model);
+            pipes.insert(
+                model.clone(),
+                lmgen::Pipeline::from_pretrained(dir.to_str().unwrap_or_default())?,
+            );
+        }
+        let pipe = &pipes[&model];
+        let mut gc = case["config"].clone();
+        if let Some(o) = gc.as_object_mut() {
+            o.insert("max_new_tokens".into(), 12.into());
+            o.insert("do_sample".into(), false.into());
+            let pad = if model == "llama" { 2 } else { 0 };
+            o.insert("pad_token_id".into(), pad.into());
+        }
+        let overrides = GenerationConfig::from_json(&gc, UnknownFields::Reject)?;
+        let input = lmgen::GenerateInput {
+            input_ids: serde_json::from_value(case["input_ids"].clone())?,
+            attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
+        };
+        let want: Vec<Vec<TokenId>> = serde_json::from_value(case["sequences"].clone())?;
+        let got = pipe.generate(&input, &overrides)?.sequences;
+        if got != want {
+            failures.push(format!(
+                "{model} {}: got {got:?} want {want:?}",
+                case["config"]
+            ));
+        }
+    }
+    assert!(
+        cases.len() >= 18 && failures.is_empty(),
+        "{}",
+        failures.join("\n")
+    );
+    Ok(())
+}
