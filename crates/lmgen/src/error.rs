@@ -49,6 +49,10 @@ pub enum Error {
     /// A streamer could not pass text on (stdout closed, the receiving iterator dropped).
     #[error("streamer: {0}")]
     Streamer(String),
+    /// A chat template could not be loaded or rendered, or raised an error by design
+    /// (`raise_exception`, whose message is kept as is).
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

@@ -23,6 +23,7 @@
 //! `generation_config.json` and the caller's fields, as transformers does.
 
 pub mod cache;
+pub mod chat_template;
 pub mod error;
 pub mod generation;
 pub mod init;

@@ -1,24 +1,48 @@
-//! The tokenizer: HF `tokenizers` from `tokenizer.json`, special tokens from `tokenizer_config.json`.
+//! The tokenizer: HF `tokenizers` from `tokenizer.json`, special tokens and flags from
+//! `tokenizer_config.json`, the chat template (see [`crate::chat_template`]).
+//!
+//! transformers 5 (`TokenizersBackend`, `tokenization_utils_tokenizers.py`) loads `tokenizer.json`
+//! and then applies `tokenizer_config.json` on top; lmgen does the same:
+//! - special tokens are the `special: true` added tokens of `tokenizer.json` *and* every token that
+//!   `tokenizer_config.json` names as special (`bos_token`, `eos_token`, `unk_token`, `sep_token`,
+//!   `pad_token`, `cls_token`, `mask_token`, `additional_special_tokens`, `extra_special_tokens`).
+//!   `decode(skip_special_tokens=True)` skips all of them (for example `<|system|>` of a template
+//!   that lists it in `extra_special_tokens` although `tokenizer.json` has `special: false`).
+//! - `add_bos_token` / `add_eos_token`, where set, rebuild the post-processor (`update_post_processor`).
+//! - `add_prefix_space`, where set, updates a `ByteLevel` or `Metaspace` pre-tokenizer.
+//! - `clean_up_tokenization_spaces` (default false in transformers 5) applies on decode.
+//!
+//! `legacy` only changes how transformers converts a sentencepiece model into `tokenizer.json`;
+//! with `tokenizer.json` present (lmgen requires it) that conversion is already in the file.
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+use tokenizers::pre_tokenizers::metaspace::PrependScheme;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::AddedToken;
 
+use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 
-/// A checkpoint's tokenizer (HF `PreTrainedTokenizerFast`).
+/// A checkpoint's tokenizer (HF `PreTrainedTokenizerFast` / `TokenizersBackend`).
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// `bos_token`, `eos_token`, `pad_token`, `unk_token` of `tokenizer_config.json`.
+    /// `bos_token`, `eos_token`, ... of `tokenizer_config.json` (a string or an `AddedToken` object).
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
     pub unk_token: Option<String>,
-    /// The chat template (`chat_template.jinja`, or `chat_template` in `tokenizer_config.json`).
-    pub chat_template: Option<String>,
+    pub sep_token: Option<String>,
+    pub cls_token: Option<String>,
+    pub mask_token: Option<String>,
+    /// `additional_special_tokens` and `extra_special_tokens` (list, or the values of a map).
+    pub extra_special_tokens: Vec<String>,
     /// `clean_up_tokenization_spaces` (transformers' default for a missing key: false in v5).
     pub clean_up_tokenization_spaces: bool,
+    chat_template: Option<ChatTemplate>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -28,6 +52,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
             .field("pad_token", &self.pad_token)
+            .field("chat_template", &self.chat_template.is_some())
             .finish()
     }
 }
@@ -41,8 +66,33 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// A list of tokens, or (transformers 5 `extra_special_tokens`) a map of named tokens.
+fn token_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().filter_map(|t| token_string(Some(t))).collect(),
+        Some(Value::Object(named)) => named
+            .values()
+            .filter_map(|t| token_string(Some(t)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A boolean flag of `tokenizer_config.json`; `null` or absent is `None`.
+fn flag(cfg: &Value, key: &str, path: &Path) -> Result<Option<bool>> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::Json {
+            path: path.to_path_buf(),
+            message: format!("`{key}` must be true, false or null, got {other}"),
+        }),
+    }
+}
+
 impl Tokenizer {
-    /// Loads `tokenizer.json` (required) and `tokenizer_config.json` / `chat_template.jinja` (optional).
+    /// Loads `tokenizer.json` (required) and `tokenizer_config.json`, `chat_template.jinja`
+    /// (optional), as transformers' `AutoTokenizer.from_pretrained`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
@@ -61,35 +111,180 @@ impl Tokenizer {
                 message: e.to_string(),
             })?
         } else {
-            Value::Null
+            Value::Object(Map::new())
         };
-        let jinja = dir.join("chat_template.jinja");
-        let chat_template = if jinja.is_file() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
-        } else {
-            cfg.get("chat_template")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        Ok(Self {
+        if !cfg.is_object() {
+            return Err(Error::Json {
+                path: cfg_path,
+                message: "expected a JSON object".into(),
+            });
+        }
+        let mut extra_special_tokens = token_list(cfg.get("additional_special_tokens"));
+        extra_special_tokens.extend(token_list(cfg.get("extra_special_tokens")));
+        let mut tok = Self {
             inner,
             bos_token: token_string(cfg.get("bos_token")),
             eos_token: token_string(cfg.get("eos_token")),
             pad_token: token_string(cfg.get("pad_token")),
             unk_token: token_string(cfg.get("unk_token")),
-            chat_template,
-            clean_up_tokenization_spaces: cfg
-                .get("clean_up_tokenization_spaces")
-                .and_then(Value::as_bool)
+            sep_token: token_string(cfg.get("sep_token")),
+            cls_token: token_string(cfg.get("cls_token")),
+            mask_token: token_string(cfg.get("mask_token")),
+            extra_special_tokens,
+            clean_up_tokenization_spaces: flag(&cfg, "clean_up_tokenization_spaces", &cfg_path)?
                 .unwrap_or(false),
-        })
+            chat_template: None,
+        };
+        tok.mark_special_tokens();
+        if let Some(add_prefix_space) = flag(&cfg, "add_prefix_space", &cfg_path)? {
+            tok.set_add_prefix_space(add_prefix_space);
+        }
+        let add_bos = flag(&cfg, "add_bos_token", &cfg_path)?;
+        let add_eos = flag(&cfg, "add_eos_token", &cfg_path)?;
+        if add_bos.is_some() || add_eos.is_some() {
+            tok.update_post_processor(add_bos, add_eos)?;
+        }
+        tok.chat_template = ChatTemplate::from_dir(dir, &cfg)?;
+        Ok(tok)
+    }
+
+    /// transformers' `all_special_tokens`: the named special tokens, then the extra ones, deduplicated.
+    pub fn all_special_tokens(&self) -> Vec<String> {
+        let named = [
+            &self.bos_token,
+            &self.eos_token,
+            &self.unk_token,
+            &self.sep_token,
+            &self.pad_token,
+            &self.cls_token,
+            &self.mask_token,
+        ];
+        let mut all: Vec<String> = Vec::new();
+        for t in named
+            .into_iter()
+            .flatten()
+            .chain(&self.extra_special_tokens)
+        {
+            if !all.contains(t) {
+                all.push(t.clone());
+            }
+        }
+        all
+    }
+
+    /// Marks every token the config names as special in the backend, so that decoding with
+    /// `skip_special_tokens` drops it; a token missing from the vocabulary is added, as transformers
+    /// does. The flags of an already added token (`lstrip`, `normalized`, ...) are kept.
+    fn mark_special_tokens(&mut self) {
+        let added = self.inner.get_added_tokens_decoder();
+        let tokens: Vec<AddedToken> = self
+            .all_special_tokens()
+            .into_iter()
+            .map(|content| {
+                let existing = self
+                    .inner
+                    .token_to_id(&content)
+                    .and_then(|id| added.get(&id))
+                    .filter(|t| t.content == content);
+                match existing {
+                    Some(t) => t.clone().special(true),
+                    None => AddedToken::from(content, true),
+                }
+            })
+            .collect();
+        self.inner.add_special_tokens(&tokens);
+    }
+
+    /// `add_prefix_space` of a `ByteLevel` pre-tokenizer, or the prepend scheme of a `Metaspace`
+    /// one (`never` for false; `first` for true where it was `never`).
+    fn set_add_prefix_space(&mut self, add_prefix_space: bool) {
+        fn update(pt: &mut PreTokenizerWrapper, yes: bool) {
+            match pt {
+                PreTokenizerWrapper::ByteLevel(b) => b.add_prefix_space = yes,
+                PreTokenizerWrapper::Metaspace(m) => match (yes, m.get_prepend_scheme()) {
+                    (false, _) => m.set_prepend_scheme(PrependScheme::Never),
+                    (true, PrependScheme::Never) => m.set_prepend_scheme(PrependScheme::First),
+                    (true, _) => {}
+                },
+                PreTokenizerWrapper::Sequence(seq) => {
+                    for p in seq.as_mut() {
+                        update(p, yes);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut pt) = self.inner.get_pre_tokenizer().cloned() {
+            update(&mut pt, add_prefix_space);
+            self.inner.with_pre_tokenizer(Some(pt));
+        }
+    }
+
+    /// transformers' `update_post_processor`: `bos $A eos` / `bos $A eos bos $B eos` with each of
+    /// BOS and EOS where its flag is true. A flag that is not set keeps what the tokenizer did.
+    fn update_post_processor(
+        &mut self,
+        add_bos: Option<bool>,
+        add_eos: Option<bool>,
+    ) -> Result<()> {
+        let adds = self
+            .inner
+            .encode("", true)
+            .map_err(|e| Error::Tokenizer(format!("cannot encode \"\": {e}")))?
+            .get_ids()
+            .to_vec();
+        let bos = self.bos_token.clone().zip(self.bos_token_id());
+        let eos = self.eos_token.clone().zip(self.eos_token_id());
+        let add_bos =
+            add_bos.unwrap_or(bos.is_some() && adds.first() == bos.as_ref().map(|t| &t.1));
+        let add_eos = add_eos.unwrap_or(eos.is_some() && adds.last() == eos.as_ref().map(|t| &t.1));
+        let wanted = |token: &Option<(String, u32)>, add: bool, name: &str| match (add, token) {
+            (false, _) => Ok(None),
+            (true, Some(t)) => Ok(Some(t.clone())),
+            (true, None) => Err(Error::Tokenizer(format!(
+                "`add_{name}_token` is true but `{name}_token` is not set or not in the vocabulary"
+            ))),
+        };
+        let bos = wanted(&bos, add_bos, "bos")?;
+        let eos = wanted(&eos, add_eos, "eos")?;
+        let sequence = |seq: &str, type_id: u32| -> String {
+            let parts = [
+                bos.as_ref().map(|t| t.0.as_str()),
+                Some(seq),
+                eos.as_ref().map(|t| t.0.as_str()),
+            ];
+            let parts: Vec<String> = parts
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{p}:{type_id}"))
+                .collect();
+            parts.join(" ")
+        };
+        let single = sequence("$A", 0);
+        let pair = format!("{single} {}", sequence("$B", 1));
+        let specials: Vec<(String, u32)> = bos.iter().chain(eos.iter()).cloned().collect();
+        let template = TemplateProcessing::builder()
+            .try_single(single)
+            .and_then(|b| b.try_pair(pair))
+            .map_err(|e| Error::Tokenizer(format!("post-processor template: {e}")))?
+            .special_tokens(specials)
+            .build()
+            .map_err(|e| Error::Tokenizer(format!("post-processor template: {e}")))?;
+        self.inner.with_post_processor(Some(template));
+        Ok(())
     }
 
     /// Token ids of `text`, with the special tokens the tokenizer adds by default (e.g. BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`; `add_special_tokens` as in transformers (false for text that already
+    /// has them, such as a rendered chat template).
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, true)
+            .encode(text, add_special_tokens)
             .map_err(|e| Error::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -107,6 +302,54 @@ impl Tokenizer {
         })
     }
 
+    /// The chat template, if the checkpoint has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// transformers' `apply_chat_template(messages, tokenize=False, add_generation_prompt=...,
+    /// **extra)`: the conversation rendered as text. `extra` holds `tools`, `documents` and any
+    /// other template variable (they override the special-token variables such as `bos_token`).
+    /// Tokenize the result with [`Tokenizer::encode_with`]`(text, false)`: the template already
+    /// wrote the special tokens.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> Result<String> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::ChatTemplate(
+                "this tokenizer has no chat template (neither `chat_template.jinja` nor \
+                 `chat_template` in tokenizer_config.json)"
+                    .into(),
+            )
+        })?;
+        let mut vars = Map::new();
+        let named = [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("unk_token", &self.unk_token),
+            ("sep_token", &self.sep_token),
+            ("pad_token", &self.pad_token),
+            ("cls_token", &self.cls_token),
+            ("mask_token", &self.mask_token),
+        ];
+        for (name, token) in named {
+            if let Some(t) = token {
+                vars.insert(name.into(), Value::String(t.clone()));
+            }
+        }
+        if !self.extra_special_tokens.is_empty() {
+            vars.insert(
+                "additional_special_tokens".into(),
+                Value::from(self.extra_special_tokens.clone()),
+            );
+        }
+        vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        template.render(messages, add_generation_prompt, vars)
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -120,6 +363,11 @@ impl Tokenizer {
     /// The id of `eos_token`, if any.
     pub fn eos_token_id(&self) -> Option<u32> {
         self.eos_token.as_deref().and_then(|t| self.token_to_id(t))
+    }
+
+    /// The id of `bos_token`, if any.
+    pub fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 
     /// Vocabulary size including added tokens.
