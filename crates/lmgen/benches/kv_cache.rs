@@ -55,15 +55,20 @@ fn main() -> anyhow::Result<()> {
         "new tokens", "seconds", "tokens/s", "ms/token"
     );
     // Warm-up.
-    let mut config = GenerationConfig::default();
-    config.max_new_tokens = Some(8);
+    let warm_up = GenerationConfig {
+        max_new_tokens: Some(8),
+        ..GenerationConfig::default()
+    };
     generate(
         model.as_ref(),
         &GenerateInput::single(prompt.clone()),
-        &config,
+        &warm_up,
     )?;
     for n in lengths {
-        config.max_new_tokens = Some(n);
+        let config = GenerationConfig {
+            max_new_tokens: Some(n),
+            ..GenerationConfig::default()
+        };
         let start = Instant::now();
         let out = generate(
             model.as_ref(),

@@ -1,6 +1,8 @@
 //! Sampling draws from softmax of the processed scores: chi-square goodness of fit over many
 //! seeded draws (deterministic: fixed seed) for each sampling warper, and filtered tokens never drawn.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
 use lmgen::generation::sampler::{softmax, Sampler};

@@ -43,7 +43,7 @@ pub enum Sampler {
     /// `argmax` of the processed scores; ties to the lowest id.
     Greedy,
     /// A draw from `softmax(scores)`.
-    Multinomial { rng: StdRng, seed: u64 },
+    Multinomial { rng: Box<StdRng>, seed: u64 },
 }
 
 impl Sampler {
@@ -52,7 +52,7 @@ impl Sampler {
         let seed = seed.unwrap_or_else(|| StdRng::from_os_rng().random());
         tracing::debug!(seed, "multinomial sampler");
         Sampler::Multinomial {
-            rng: StdRng::seed_from_u64(seed),
+            rng: Box::new(StdRng::seed_from_u64(seed)),
             seed,
         }
     }

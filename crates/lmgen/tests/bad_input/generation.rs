@@ -101,9 +101,12 @@ fn unknown_keys_load_from_the_file_but_not_from_the_caller() -> Result<()> {
 fn settings_not_built_yet_are_rejected_naming_the_field() -> Result<()> {
     let pipe = Pipeline::from_pretrained(golden("llama").to_str().unwrap_or_default())?;
     let cases = [
-        (json!({"do_sample": true}), "`do_sample=true`"),
         (json!({"num_beams": 4}), "`num_beams=4`"),
-        (json!({"no_repeat_ngram_size": 2}), "`no_repeat_ngram_size`"),
+        (
+            json!({"num_beams": 2, "do_sample": true}),
+            "`num_beams=2` with `do_sample=true`",
+        ),
+        (json!({"token_healing": true}), "`token_healing`"),
         (
             json!({"penalty_alpha": 0.6, "top_k": 4}),
             "`penalty_alpha=0.6`",
