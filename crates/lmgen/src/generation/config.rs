@@ -298,6 +298,7 @@ impl GenerationConfig {
         let object = as_object(value)?;
         let mut config = Self::default();
         for (key, value) in object {
+            reject_integer_penalty(key, value)?;
             if config.set_field(key, value)? || DROPPED_KEYS.contains(&key.as_str()) {
                 continue;
             }
@@ -388,6 +389,21 @@ fn as_object(value: &Value) -> Result<&Map<String, Value>> {
     })
 }
 
+/// transformers' `RepetitionPenaltyLogitsProcessor` accepts only a Python float: an integer other
+/// than 1 (which builds no processor) is an error there, so it is here, at parse time. The processor
+/// is built in every mode, so this is exactly when transformers raises.
+fn reject_integer_penalty(key: &str, value: &Value) -> Result<()> {
+    if key == "repetition_penalty"
+        && (value.is_i64() || value.is_u64())
+        && value.as_f64() != Some(1.0)
+    {
+        return Err(Error::GenerationConfig(format!(
+            "`repetition_penalty` has to be a strictly positive float, but is {value} (an integer; write {value}.0)"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -400,6 +416,28 @@ mod tests {
 
     fn message(result: Result<GenerationConfig>) -> String {
         result.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_integer_repetition_penalty_is_an_error_except_one() {
+        let err =
+            GenerationConfig::from_json(&json!({"repetition_penalty": 2}), UnknownFields::Reject)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("`repetition_penalty` has to be a strictly positive float"),
+            "{err}"
+        );
+        assert!(GenerationConfig::from_json(
+            &json!({"repetition_penalty": 1}),
+            UnknownFields::Reject
+        )
+        .is_ok());
+        assert!(GenerationConfig::from_json(
+            &json!({"repetition_penalty": 2.0}),
+            UnknownFields::Reject
+        )
+        .is_ok());
     }
 
     #[test]
