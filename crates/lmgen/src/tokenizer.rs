@@ -6,8 +6,9 @@
 //! - special tokens are the `special: true` added tokens of `tokenizer.json` *and* every token that
 //!   `tokenizer_config.json` names as special (`bos_token`, `eos_token`, `unk_token`, `sep_token`,
 //!   `pad_token`, `cls_token`, `mask_token`, `additional_special_tokens`, `extra_special_tokens`).
-//!   `decode(skip_special_tokens=True)` skips all of them (for example `<|system|>` of a template
-//!   that lists it in `extra_special_tokens` although `tokenizer.json` has `special: false`).
+//!   `decode(skip_special_tokens=True)` skips the named ones and the `special: true` added tokens;
+//!   an `extra_special_tokens` entry that `tokenizer.json` marks `special: false` (llama's
+//!   `<|system|>`) is kept, as transformers 5.17 does (golden streaming.json pins it).
 //! - `add_bos_token` / `add_eos_token`, where set, rebuild the post-processor (`update_post_processor`).
 //! - `add_prefix_space`, where set, updates a `ByteLevel` or `Metaspace` pre-tokenizer.
 //! - `clean_up_tokenization_spaces` (default false in transformers 5) applies on decode.
@@ -150,6 +151,17 @@ impl Tokenizer {
 
     /// transformers' `all_special_tokens`: the named special tokens, then the extra ones, deduplicated.
     pub fn all_special_tokens(&self) -> Vec<String> {
+        let mut all = self.named_special_tokens();
+        for t in &self.extra_special_tokens {
+            if !all.contains(t) {
+                all.push(t.clone());
+            }
+        }
+        all
+    }
+
+    /// The named special tokens (`bos_token`, `eos_token`, ...), deduplicated.
+    fn named_special_tokens(&self) -> Vec<String> {
         let named = [
             &self.bos_token,
             &self.eos_token,
@@ -160,11 +172,7 @@ impl Tokenizer {
             &self.mask_token,
         ];
         let mut all: Vec<String> = Vec::new();
-        for t in named
-            .into_iter()
-            .flatten()
-            .chain(&self.extra_special_tokens)
-        {
+        for t in named.into_iter().flatten() {
             if !all.contains(t) {
                 all.push(t.clone());
             }
@@ -172,13 +180,16 @@ impl Tokenizer {
         all
     }
 
-    /// Marks every token the config names as special in the backend, so that decoding with
-    /// `skip_special_tokens` drops it; a token missing from the vocabulary is added, as transformers
-    /// does. The flags of an already added token (`lstrip`, `normalized`, ...) are kept.
+    /// Marks the named special tokens (`bos_token`, `eos_token`, ...) as special in the backend, so
+    /// that decoding with `skip_special_tokens` drops them; a token missing from the vocabulary is
+    /// added, as transformers does. The flags of an already added token (`lstrip`, `normalized`,
+    /// ...) are kept. `extra_special_tokens` are left as `tokenizer.json` has them: transformers
+    /// 5.17 keeps an extra token marked `special: false` there when decoding with
+    /// `skip_special_tokens` (golden streaming.json: llama's `<|system|>`).
     fn mark_special_tokens(&mut self) {
         let added = self.inner.get_added_tokens_decoder();
         let tokens: Vec<AddedToken> = self
-            .all_special_tokens()
+            .named_special_tokens()
             .into_iter()
             .map(|content| {
                 let existing = self

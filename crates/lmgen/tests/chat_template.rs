@@ -154,14 +154,16 @@ fn named_templates_pick_default_or_tool_use() -> anyhow::Result<()> {
 }
 
 #[test]
-fn config_special_tokens_are_skipped_on_decode() -> anyhow::Result<()> {
+fn extra_special_tokens_marked_not_special_are_kept_on_decode() -> anyhow::Result<()> {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/models/llama");
     let tok = Tokenizer::from_dir(&dir)?;
-    // `<|system|>` is `special: false` in tokenizer.json but listed in extra_special_tokens.
+    // `<|system|>` is `special: false` in tokenizer.json but listed in extra_special_tokens:
+    // transformers 5.17 keeps it with skip_special_tokens (golden streaming.json shows it), and
+    // drops the named BOS/EOS.
     let ids = tok.encode("<|system|>\nHi</s>")?;
     assert_eq!(tok.decode(&ids, false)?, "<s><|system|>\nHi</s>");
-    assert_eq!(tok.decode(&ids, true)?, "\nHi");
+    assert_eq!(tok.decode(&ids, true)?, "<|system|>\nHi");
     Ok(())
 }
 
