@@ -34,6 +34,7 @@ const CASES: &[&str] = &[
     "exponential_decay",
     "renormalize_scores",
     "guidance_scale",
+    "stop_strings",
 ];
 
 /// `null` is -inf.

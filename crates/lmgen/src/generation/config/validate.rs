@@ -8,8 +8,12 @@
 //!
 //! Checks of group and constrained beam search follow transformers 4's `validate`, as transformers 5
 //! moved those modes to Hub repositories. Not mirrored: `TemperatureLogitsWarper` and
-//! `RepetitionPenaltyLogitsProcessor` reject a Python `int` (lmgen reads numbers as floats), and
-//! `epsilon_cutoff`/`eta_cutoff` need no check (their processors are only built inside (0, 1)).
+//! `TemperatureLogitsWarper` rejecting a Python `int` (lmgen reads numbers as floats; an integer
+//! `repetition_penalty` is rejected at parse time).
+//!
+//! Deliberately stricter than transformers: while sampling, `top_p` or `typical_p` above 1 and
+//! `epsilon_cutoff` / `eta_cutoff` outside [0, 1) are errors. transformers silently builds no
+//! processor for those values, which hides a typo such as `top_p: 9`.
 
 use super::{GenerationConfig, GenerationMode};
 use crate::error::{Error, Result};
@@ -231,9 +235,17 @@ impl GenerationConfig {
                 return invalid(format!("`top_h` must be in (0, 1], got {top_h}"));
             }
         }
-        if let Some(top_p) = self.top_p.filter(|p| *p < 1.0) {
-            if top_p < 0.0 {
+        if let Some(top_p) = self.top_p {
+            if !(0.0..=1.0).contains(&top_p) {
                 return invalid(format!("`top_p` must be in [0, 1], got {top_p}"));
+            }
+        }
+        for (field, value) in [
+            ("epsilon_cutoff", self.epsilon_cutoff),
+            ("eta_cutoff", self.eta_cutoff),
+        ] {
+            if let Some(v) = value.filter(|v| !(0.0..1.0).contains(v)) {
+                return invalid(format!("`{field}` must be in [0, 1), got {v}"));
             }
         }
         if let Some(min_p) = self.min_p {
@@ -241,8 +253,8 @@ impl GenerationConfig {
                 return invalid(format!("`min_p` must be in [0, 1], got {min_p}"));
             }
         }
-        if let Some(typical_p) = self.typical_p.filter(|p| *p < 1.0) {
-            if typical_p.is_nan() || typical_p <= 0.0 {
+        if let Some(typical_p) = self.typical_p {
+            if !(typical_p > 0.0 && typical_p <= 1.0) {
                 return invalid(format!("`typical_p` must be in (0, 1], got {typical_p}"));
             }
         }
@@ -373,6 +385,19 @@ mod tests {
             "`top_p` must be in [0, 1], got -0.1",
         );
         assert_invalid(sampling("min_p", 1.5), "`min_p` must be in [0, 1], got 1.5");
+        assert_invalid(sampling("top_p", 1.5), "`top_p` must be in [0, 1], got 1.5");
+        assert_invalid(
+            sampling("typical_p", 2.0),
+            "`typical_p` must be in (0, 1], got 2",
+        );
+        assert_invalid(
+            sampling("epsilon_cutoff", 1.0),
+            "`epsilon_cutoff` must be in [0, 1), got 1",
+        );
+        assert_invalid(
+            sampling("eta_cutoff", -0.5),
+            "`eta_cutoff` must be in [0, 1), got -0.5",
+        );
         assert_invalid(
             sampling("typical_p", 0.0),
             "`typical_p` must be in (0, 1], got 0",
@@ -388,9 +413,9 @@ mod tests {
             "diversity_penalty": 0.0, "num_beam_groups": 3, "low_memory": true, "max_cache_len": 8,
             "output_scores": true, "custom_key": 1,
         }))?;
-        // Values transformers never builds a processor for.
+        // Neutral values build no processor.
         check(
-            json!({"do_sample": true, "top_p": 1.5, "typical_p": 2.0, "epsilon_cutoff": 1.0, "top_k": 0}),
+            json!({"do_sample": true, "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "top_k": 0}),
         )?;
         check(json!({"num_return_sequences": 3, "do_sample": true}))?;
         check(
