@@ -53,14 +53,19 @@ pub struct GenerationFlags {
     /// Sample instead of greedy decoding.
     #[arg(long)]
     pub do_sample: Option<bool>,
+    /// Sampling temperature (> 0; lower is sharper).
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Sample among the k most likely tokens (transformers' default when sampling: 50; 0 disables).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p.
     #[arg(long)]
     pub top_p: Option<f64>,
+    /// Drop tokens less likely than min_p times the most likely one.
     #[arg(long)]
     pub min_p: Option<f64>,
+    /// Locally typical sampling mass.
     #[arg(long)]
     pub typical_p: Option<f64>,
     /// Penalty (> 1) or reward (< 1) for tokens already present (CTRL).
@@ -69,6 +74,7 @@ pub struct GenerationFlags {
     /// Ban repeating any n-gram of this size.
     #[arg(long)]
     pub no_repeat_ngram_size: Option<usize>,
+    /// Number of beams (beam search).
     #[arg(long)]
     pub num_beams: Option<usize>,
     /// Number of outputs per prompt (needs sampling or beams).
@@ -83,6 +89,7 @@ pub struct GenerationFlags {
     /// EOS token id; repeat for several.
     #[arg(long)]
     pub eos_token_id: Vec<u32>,
+    /// Pad token id for batches and finished rows (default: the first EOS id).
     #[arg(long)]
     pub pad_token_id: Option<u32>,
 }
