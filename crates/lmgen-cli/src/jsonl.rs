@@ -94,7 +94,7 @@ fn take<T: DeserializeOwned>(fields: &mut Map<String, Value>, key: &str) -> Resu
 }
 
 /// Reads requests from `path` (`-` = stdin).
-fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+pub(crate) fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         Ok(Box::new(BufReader::new(std::io::stdin())))
     } else {

@@ -1,9 +1,11 @@
 //! `lmgen`: text generation with Hugging Face checkpoints, as transformers' `generate()`.
 
+mod chat;
 mod generate;
 mod jsonl;
 mod logits;
 mod options;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run logits processors on given scores, one JSON request per line (--request).
     Logits(logits::LogitsArgs),
+    /// Tokenize text or render chat templates, one JSON request per line (--request).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Chat with a model on stdin: one user turn per line, `/reset`, `/exit`.
+    Chat(chat::ChatArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +42,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Chat(args) => chat::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

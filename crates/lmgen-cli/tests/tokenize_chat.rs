@@ -1,0 +1,150 @@
+//! `lmgen tokenize --request -` (DESIGN.md section 4) and `lmgen chat` (turns piped on stdin).
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result};
+use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions};
+use lmgen::generation::GenerateOptions;
+use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde_json::{json, Map, Value};
+
+const MODELS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../lmgen/tests/fixtures/golden/models"
+);
+
+fn model(name: &str) -> String {
+    format!("{MODELS}/{name}")
+}
+
+fn lmgen(args: &[&str], stdin: &str) -> Result<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+        .args(args)
+        .env(
+            "HF_HUB_CACHE",
+            std::env::temp_dir().join("lmgen-no-hub-cache"),
+        )
+        .env_remove("LMGEN_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn tokenize_answers_each_line_in_order() -> Result<()> {
+    let lines = [
+        json!({"model": model("llama"), "text": "Hello world"}),
+        json!({"model": model("qwen2"), "messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": true}),
+        json!({"model": model("gemma2"), "messages": [{"role": "system", "content": "x"}], "add_generation_prompt": false}),
+        json!({"model": model("llama"), "txt": "typo"}),
+        json!({"model": model("llama"), "text": "<|system|>x"}),
+    ];
+    let stdin: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let out = lmgen(&["tokenize", "--request", "-"], &stdin)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(answers.len(), lines.len());
+    assert_eq!(
+        answers[0],
+        json!({"ids": [1, 686, 749, 687, 696, 380, 308, 274, 507], "decoded": "<s> Hello world", "decoded_skip_special": "Hello world"})
+    );
+    assert_eq!(
+        answers[1],
+        json!({"rendered": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"})
+    );
+    let raised = answers[2]["error"]["message"].as_str().unwrap_or_default();
+    assert!(raised.contains("System role not supported"), "{raised}");
+    let unknown = answers[3]["error"]["message"].as_str().unwrap_or_default();
+    assert!(unknown.contains("unknown field `txt`"), "{unknown}");
+    // `<|system|>` is special by tokenizer_config.json's extra_special_tokens.
+    assert_eq!(answers[4]["decoded_skip_special"], json!("x"));
+    Ok(())
+}
+
+/// What `lmgen chat --max-new-tokens N` should print for `turns`: the library's own chat loop.
+fn expected_chat(turns: &[&str], max_new_tokens: usize) -> Result<String> {
+    let pipe = Pipeline::from_pretrained(&model("llama"))?;
+    let overrides = GenerationConfig {
+        max_new_tokens: Some(max_new_tokens),
+        ..GenerationConfig::default()
+    };
+    let mut messages: Vec<Value> = Vec::new();
+    let mut printed = String::new();
+    for turn in turns {
+        messages.push(json!({"role": "user", "content": turn}));
+        let prompt = pipe
+            .tokenizer
+            .apply_chat_template(&messages, true, &Map::new())?;
+        let ids = pipe.tokenizer.encode_with(&prompt, false)?;
+        assert_ne!(
+            ids.first(),
+            Some(&1),
+            "the template, not the tokenizer, writes BOS"
+        );
+        let options = TextStreamerOptions {
+            skip_prompt: true,
+            skip_special_tokens: true,
+        };
+        let mut streamer = TextStreamer::new(pipe.tokenizer.clone(), options, |text: &str, end| {
+            printed.push_str(text);
+            if end {
+                printed.push('\n');
+            }
+        });
+        let out = pipe.generate_with(
+            &GenerateInput::single(ids),
+            &overrides,
+            GenerateOptions {
+                streamer: Some(&mut streamer),
+                ..GenerateOptions::default()
+            },
+        )?;
+        drop(streamer);
+        let reply = pipe.tokenizer.decode(out.generated(0), true)?;
+        messages.push(json!({"role": "assistant", "content": reply}));
+    }
+    Ok(printed)
+}
+
+#[test]
+fn chat_keeps_the_history_across_turns() -> Result<()> {
+    let args = ["chat", "--model", &model("llama"), "--max-new-tokens", "6"];
+    let out = lmgen(&args, "Hello?\nAnd then?\n/exit\nnot read\n")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    assert_eq!(stdout, expected_chat(&["Hello?", "And then?"], 6)?);
+    Ok(())
+}
+
+#[test]
+fn chat_reset_forgets_the_history() -> Result<()> {
+    let args = ["chat", "--model", &model("llama"), "--max-new-tokens", "4"];
+    let out = lmgen(&args, "Hello?\n/reset\nHello?\n")?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let one = expected_chat(&["Hello?"], 4)?;
+    assert_eq!(String::from_utf8(out.stdout)?, format!("{one}{one}"));
+    Ok(())
+}
