@@ -71,8 +71,9 @@ fn tokenize_answers_each_line_in_order() -> Result<()> {
     assert!(raised.contains("System role not supported"), "{raised}");
     let unknown = answers[3]["error"]["message"].as_str().unwrap_or_default();
     assert!(unknown.contains("unknown field `txt`"), "{unknown}");
-    // `<|system|>` is special by tokenizer_config.json's extra_special_tokens.
-    assert_eq!(answers[4]["decoded_skip_special"], json!("x"));
+    // `<|system|>` is in extra_special_tokens but `special: false` in tokenizer.json: transformers
+    // 5.17 keeps it with skip_special_tokens (golden streaming.json), and drops BOS.
+    assert_eq!(answers[4]["decoded_skip_special"], json!("<|system|>x"));
     Ok(())
 }
 

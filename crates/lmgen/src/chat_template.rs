@@ -17,6 +17,10 @@
 //! - Variables: `messages`, `tools` and `documents` (`none` when not given), `add_generation_prompt`,
 //!   the special tokens (`bos_token`, `eos_token`, ...) and any extra keyword.
 //!
+//! Known difference: dict keys reach the template in `serde_json::Map` order, which is sorted
+//! unless serde_json's `preserve_order` feature is on (Python keeps insertion order; it shows in
+//! `tojson` of tool schemas).
+//!
 //! Safety (templates come from model files): a render is bounded by [`ChatTemplateLimits`] — fuel
 //! (instructions and allocated data), recursion depth and output size — and fails with an error
 //! instead of hanging or exhausting memory.

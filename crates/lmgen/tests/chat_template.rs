@@ -32,7 +32,7 @@ fn raise_exception_carries_the_message() {
 
 #[test]
 fn tojson_is_python_json_dumps_without_html_escaping() -> lmgen::Result<()> {
-    let vars = json!({"tools": [{"name": "f", "d": "<a & 'b'>", "n": 1.5, "ü": null}]});
+    let vars = json!({"tools": [{"d": "<a & 'b'>", "n": 1.5, "name": "f", "ü": null}]});
     let out = render("{{ tools[0] | tojson }}", json!([]), vars.clone())?;
     assert_eq!(
         out,
