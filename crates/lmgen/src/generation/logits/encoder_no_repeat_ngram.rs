@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::no_repeat_ngram::py_slice;
+use super::no_repeat_ngram::{ban, py_slice};
 use super::{invalid_arg, LogitsProcessor, Scores};
 use crate::error::Result;
 use crate::TokenId;
@@ -52,12 +52,7 @@ impl LogitsProcessor for EncoderNoRepeatNGramLogitsProcessor {
             let start = cur_len as isize + 1 - self.ngram_size as isize;
             let prefix = py_slice(ids, start, cur_len);
             if let Some(banned) = map.get(prefix) {
-                let row = scores.row_mut(i);
-                for &t in banned {
-                    if let Some(s) = row.get_mut(t as usize) {
-                        *s = f32::NEG_INFINITY;
-                    }
-                }
+                ban(scores.row_mut(i), banned);
             }
         }
         Ok(())

@@ -35,6 +35,15 @@ pub(super) fn ngrams(n: usize, tokens: &[TokenId]) -> HashMap<&[TokenId], Vec<To
     map
 }
 
+/// Sets the scores of `banned` tokens (those inside the vocabulary) to -inf.
+pub(super) fn ban(row: &mut [f32], banned: &[TokenId]) {
+    for &t in banned {
+        if let Some(s) = row.get_mut(t as usize) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// Python's `tokens[start:end]` with a possibly negative `start`.
 pub(super) fn py_slice(tokens: &[TokenId], start: isize, end: usize) -> &[TokenId] {
     let len = tokens.len() as isize;
@@ -62,12 +71,7 @@ impl LogitsProcessor for NoRepeatNGramLogitsProcessor {
             let map = ngrams(n, ids);
             let prefix = &ids[cur_len + 1 - n..];
             if let Some(banned) = map.get(prefix) {
-                let row = scores.row_mut(i);
-                for &t in banned {
-                    if let Some(s) = row.get_mut(t as usize) {
-                        *s = f32::NEG_INFINITY;
-                    }
-                }
+                ban(scores.row_mut(i), banned);
             }
         }
         Ok(())
