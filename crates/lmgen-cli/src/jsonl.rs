@@ -203,6 +203,9 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
     drop(streamer);
     let mut resp = serde_json::Map::new();
     resp.insert("sequences".into(), json!(out.sequences));
+    if let Some(scores) = &out.sequences_scores {
+        resp.insert("sequences_scores".into(), json!(scores));
+    }
     if req.ret.stream_chunks {
         resp.insert("stream_chunks".into(), json!(chunks));
     }

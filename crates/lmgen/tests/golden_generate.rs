@@ -35,6 +35,13 @@ const CASES: &[&str] = &[
     "renormalize_scores",
     "guidance_scale",
     "stop_strings",
+    "beam",
+    "beam_return_3",
+    "beam_length_penalty_low",
+    "beam_length_penalty_high",
+    "beam_early_stopping_true",
+    "beam_early_stopping_never",
+    "beam_batch_ngram",
 ];
 
 /// `null` is -inf.
@@ -90,6 +97,16 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
                 out.sequences
             ));
             continue;
+        }
+        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
+            let got = out.sequences_scores.clone().unwrap_or_default();
+            let ok = got.len() == want.len()
+                && got.iter().zip(want).all(|(&g, w)| close(g, float(w), 1e-3));
+            if !ok {
+                failures.push(format!(
+                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
+                ));
+            }
         }
         if let Some(scores) = expected.get("scores").and_then(Value::as_array) {
             let got = out.scores.as_ref().expect("scores requested");

@@ -83,6 +83,20 @@ impl KvCache for DynamicCache {
             .and_then(|l| l.as_ref())
             .map_or(0, |l| l.len)
     }
+
+    fn reorder(&mut self, beam_idx: &[usize]) -> Result<()> {
+        let Some(first) = self.layers.iter().flatten().next() else {
+            return Ok(());
+        };
+        let idx: Vec<u32> = beam_idx.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::new(idx, first.k.device())?; // [b']
+        for layer in self.layers.iter_mut().flatten() {
+            // [b, kv_heads, capacity, d] -> [b', kv_heads, capacity, d]
+            layer.k = layer.k.index_select(&idx, 0)?;
+            layer.v = layer.v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +121,18 @@ mod tests {
             assert_eq!(vs.flatten_all().unwrap().to_vec1::<f32>().unwrap(), all);
         }
         assert_eq!(cache.seq_len(), 72);
+    }
+
+    #[test]
+    fn reorder_selects_batch_rows() {
+        let dev = Device::Cpu;
+        let mut cache = DynamicCache::new();
+        let k = Tensor::from_vec(vec![1f32, 2., 3.], (3, 1, 1, 1), &dev).unwrap();
+        cache.update(0, &k, &k).unwrap();
+        cache.reorder(&[2, 2, 0]).unwrap();
+        let one = Tensor::from_vec(vec![7f32, 8., 9.], (3, 1, 1, 1), &dev).unwrap();
+        let (ks, _) = cache.update(0, &one, &one).unwrap();
+        let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, vec![3., 7., 3., 8., 1., 9.]);
     }
 }

@@ -18,4 +18,7 @@ pub trait KvCache: Send {
     fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)>;
     /// Number of tokens already cached (HF `get_seq_length`).
     fn seq_len(&self) -> usize;
+    /// Reorders the batch rows: row `i` becomes old row `beam_idx[i]` (HF `Cache.reorder_cache`,
+    /// used by beam search after each step).
+    fn reorder(&mut self, beam_idx: &[usize]) -> Result<()>;
 }

@@ -115,6 +115,11 @@ pub struct GenerateOutput {
     pub finish_reasons: Vec<Option<FinishReason>>,
     /// Padded prompt length: `sequences[i][prompt_len..]` are the generated tokens.
     pub prompt_len: usize,
+    /// Beam search: the final length-penalised score of each returned sequence, `[b * num_return_sequences]`.
+    pub sequences_scores: Option<Vec<f32>>,
+    /// Beam search: the flat beam row each generated token came from, `[b * num_return_sequences][generated]`,
+    /// `-1` padded (HF `beam_indices`).
+    pub beam_indices: Option<Vec<Vec<i64>>>,
 }
 
 impl GenerateOutput {
@@ -123,13 +128,17 @@ impl GenerateOutput {
         &self.sequences[i][self.prompt_len..]
     }
 
-    /// HF `compute_transition_scores` for non-beam outputs: the score of each chosen token,
-    /// `[b][steps]`; with `normalize_logits`, scores are log-softmaxed first. Needs `scores`.
+    /// HF `compute_transition_scores`: the score of each chosen token (from its beam's row when
+    /// `beam_indices` is set, 0 after a beam finished), `[b][steps]`; with `normalize_logits`,
+    /// scores are log-softmaxed first. Needs `scores`.
     pub fn compute_transition_scores(&self, normalize_logits: bool) -> Result<Vec<Vec<f32>>> {
         let steps = self
             .scores
             .as_ref()
             .ok_or_else(|| Error::Input("transition scores need `output_scores: true`".into()))?;
+        if let Some(beams) = &self.beam_indices {
+            return Ok(self.beam_transition_scores(steps, beams, normalize_logits));
+        }
         let b = self.sequences.len();
         let mut out = vec![Vec::with_capacity(steps.len()); b];
         for (s, step) in steps.iter().enumerate() {
@@ -144,6 +153,40 @@ impl GenerateOutput {
             }
         }
         Ok(out)
+    }
+}
+
+impl GenerateOutput {
+    /// `compute_transition_scores` with `beam_indices`: step `s` of row `i` reads the scores of the
+    /// beam row `beam_indices[i][s]`; steps after a beam finished (`-1`) are 0.
+    fn beam_transition_scores(
+        &self,
+        steps: &[Scores],
+        beams: &[Vec<i64>],
+        normalize_logits: bool,
+    ) -> Vec<Vec<f32>> {
+        beams
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(|(s, &beam)| {
+                        let (Ok(beam), Some(step)) = (usize::try_from(beam), steps.get(s)) else {
+                            return 0.0;
+                        };
+                        let scores = step.row(beam);
+                        let tok = self.sequences[i][self.prompt_len + s] as usize;
+                        let norm = if normalize_logits {
+                            log_sum_exp(scores)
+                        } else {
+                            0.0
+                        };
+                        scores[tok] - norm
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -182,6 +225,9 @@ pub fn generate_with(
     match config.mode(false) {
         GenerationMode::GreedySearch | GenerationMode::Sample => {
             strategies::sample::run(model, input, config, options)
+        }
+        GenerationMode::BeamSearch | GenerationMode::BeamSample => {
+            strategies::beam::run(model, input, config, options)
         }
         other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
     }

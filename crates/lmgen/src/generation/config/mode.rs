@@ -71,8 +71,12 @@ impl fmt::Display for GenerationMode {
 }
 
 /// The modes lmgen implements. Add a mode here when its strategy lands.
-const IMPLEMENTED_MODES: &[GenerationMode] =
-    &[GenerationMode::GreedySearch, GenerationMode::Sample];
+const IMPLEMENTED_MODES: &[GenerationMode] = &[
+    GenerationMode::GreedySearch,
+    GenerationMode::Sample,
+    GenerationMode::BeamSearch,
+    GenerationMode::BeamSample,
+];
 
 /// A setting that changes greedy output and whose feature is not built yet.
 struct Unbuilt {
@@ -396,10 +400,16 @@ mod tests {
         assert!(config(json!({"do_sample": true}))
             .and_then(|c| c.check_implemented(false))
             .is_ok());
-        assert!(unsupported(json!({"num_beams": 2, "do_sample": true}))
-            .starts_with("`num_beams=2` with `do_sample=true`"));
-        assert!(unsupported(json!({"num_beams": 3}))
-            .starts_with("`num_beams=3` (beam-search decoding)"));
+        for beams in [
+            json!({"num_beams": 2, "do_sample": true}),
+            json!({"num_beams": 3}),
+        ] {
+            assert!(config(beams)
+                .and_then(|c| c.check_implemented(false))
+                .is_ok());
+        }
+        assert!(unsupported(json!({"num_beams": 3, "num_beam_groups": 3}))
+            .starts_with("`num_beam_groups=3` with `num_beams=3`"));
         assert!(unsupported(json!({"penalty_alpha": 0.6})).contains("`top_k=50`"));
         assert!(unsupported(json!({"dola_layers": "high"}))
             .starts_with("`dola_layers` (DoLa decoding)"));

@@ -1,3 +1,4 @@
 //! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
 
+pub mod beam;
 pub mod sample;

@@ -43,7 +43,7 @@ pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32
 }
 
 /// `repeat_interleave(n)` of the rows (HF `_expand_inputs_for_generation`).
-fn expand(input: &GenerateInput, n: usize) -> GenerateInput {
+pub(crate) fn expand(input: &GenerateInput, n: usize) -> GenerateInput {
     let rep = |rows: &Vec<Vec<TokenId>>| {
         rows.iter()
             .flat_map(|r| std::iter::repeat_n(r.clone(), n))
@@ -227,6 +227,8 @@ pub fn run(
         logits: all_logits,
         finish_reasons: finish,
         prompt_len: t,
+        sequences_scores: None,
+        beam_indices: None,
     })
 }
 
