@@ -24,14 +24,14 @@ use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::prepare;
 use super::sample::{expand, position_ids};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
-use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
+use crate::generation::logits::Scores;
 use crate::generation::sampler::softmax;
-use crate::generation::stop_strings::StopStringCriteria;
-use crate::generation::stopping::{FinishReason, MaxTimeCriteria, StoppingCriteriaList};
+use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
 use crate::TokenId;
@@ -118,16 +118,9 @@ pub fn run(
     config: &GenerationConfig,
     options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    let GenerateOptions {
-        seed,
-        tokenizer,
-        logits_processors,
-        stopping_criteria,
-        prefix_allowed_tokens_fn,
-        negative_prompt_ids,
-        negative_prompt_attention_mask,
-        streamer,
-    } = options;
+    let mut options = options;
+    let seed = options.seed;
+    let streamer = options.streamer.take();
     if streamer.is_some() {
         return Err(Error::Input(
             "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer".into(),
@@ -146,20 +139,8 @@ pub fn run(
     let do_sample = c.do_sample.unwrap_or(false);
     let early = c.early_stopping.unwrap_or(EarlyStopping::False);
     let lp = c.length_penalty.unwrap_or(1.0);
-    if t > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
-            "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
-            mcfg.max_position_embeddings
-        )));
-    }
-    let lengths = config.resolve_lengths(t, Some(mcfg.max_position_embeddings))?;
+    let lengths = prepare::lengths(model, config, t)?;
     let max_length = lengths.max_length;
-    if mcfg.rope.is_none() && max_length > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
-            "`max_length` {max_length} exceeds `max_position_embeddings` {} of this model (learned positions); lower `max_new_tokens`",
-            mcfg.max_position_embeddings
-        )));
-    }
     // `_expand_inputs_for_generation(expand_size=num_beams)`: [b, t] -> [b * nb, t]
     let input = expand(input, nb);
     let rows = batch * nb;
@@ -170,30 +151,8 @@ pub fn run(
         None => config.pad_token_id.unwrap_or(0),
     };
     let k = 2usize.max(1 + eos.len()) * nb; // `beams_to_keep`
-    let mut ctx = ProcessorContext::new(t, lengths.min_length, max_length);
-    ctx.prompt_ids = Some(&input.input_ids);
-    ctx.model = Some(model);
-    ctx.negative_prompt_ids = negative_prompt_ids;
-    ctx.negative_prompt_attention_mask = negative_prompt_attention_mask;
-    ctx.prefix_allowed_tokens_fn = prefix_allowed_tokens_fn;
-    ctx.user_processors = logits_processors;
-    let processors = LogitsProcessorList::from_config(config, ctx)?;
-    let mut stopping = StoppingCriteriaList::new(max_length, &[]);
-    if let Some(secs) = config.max_time {
-        stopping.push(MaxTimeCriteria::new(secs));
-    }
-    if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
-        let tokenizer = tokenizer.ok_or_else(|| {
-            Error::Input(
-                "`stop_strings` needs the tokenizer: pass it in `GenerateOptions::tokenizer` (transformers: `generate(tokenizer=...)`)".into(),
-            )
-        })?;
-        stopping.push(StopStringCriteria::new(tokenizer, stops)?);
-    }
-    stopping.push_eos(&eos);
-    for crit in stopping_criteria {
-        stopping.push_boxed(crit);
-    }
+    let (processors, mut stopping) =
+        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
     let mut rng = do_sample.then(|| {
         let seed = seed.unwrap_or_else(|| StdRng::from_os_rng().random());
         tracing::debug!(seed, "beam sampler");

@@ -9,12 +9,12 @@
 
 use candle_core::Tensor;
 
+use super::prepare;
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
-use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
+use crate::generation::logits::Scores;
 use crate::generation::sampler::Sampler;
-use crate::generation::stop_strings::StopStringCriteria;
-use crate::generation::stopping::{FinishReason, MaxTimeCriteria, StoppingCriteriaList};
+use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
 use crate::TokenId;
@@ -66,16 +66,9 @@ pub fn run(
     config: &GenerationConfig,
     options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    let GenerateOptions {
-        seed,
-        tokenizer,
-        logits_processors,
-        stopping_criteria,
-        prefix_allowed_tokens_fn,
-        negative_prompt_ids,
-        negative_prompt_attention_mask,
-        mut streamer,
-    } = options;
+    let mut options = options;
+    let seed = options.seed;
+    let mut streamer = options.streamer.take();
     let mcfg = model.config();
     input.validate(mcfg.vocab_size)?;
     let do_sample = config.do_sample.unwrap_or(false);
@@ -84,19 +77,7 @@ pub fn run(
         _ => input.clone(),
     };
     let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
-    if t > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
-            "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
-            mcfg.max_position_embeddings
-        )));
-    }
-    let lengths = config.resolve_lengths(t, Some(mcfg.max_position_embeddings))?;
-    if mcfg.rope.is_none() && lengths.max_length > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
-            "`max_length` {} exceeds `max_position_embeddings` {} of this model (learned positions); lower `max_new_tokens`",
-            lengths.max_length, mcfg.max_position_embeddings
-        )));
-    }
+    let lengths = prepare::lengths(model, config, t)?;
     if streamer.is_some() && b > 1 {
         return Err(Error::Input(format!(
             "a streamer needs batch size 1 (one prompt, `num_return_sequences` 1), as in transformers; got {b} rows"
@@ -104,31 +85,8 @@ pub fn run(
     }
     let eos = config.eos_token_ids();
     let pad = config.pad_token_id_or_eos();
-    let mut ctx = ProcessorContext::new(t, lengths.min_length, lengths.max_length);
-    ctx.prompt_ids = Some(&input.input_ids);
-    ctx.model = Some(model);
-    ctx.negative_prompt_ids = negative_prompt_ids;
-    ctx.negative_prompt_attention_mask = negative_prompt_attention_mask;
-    ctx.prefix_allowed_tokens_fn = prefix_allowed_tokens_fn;
-    ctx.user_processors = logits_processors;
-    let processors = LogitsProcessorList::from_config(config, ctx)?;
-    // `_get_stopping_criteria`: max length, max time, stop strings, EOS, then the caller's.
-    let mut stopping = StoppingCriteriaList::new(lengths.max_length, &[]);
-    if let Some(secs) = config.max_time {
-        stopping.push(MaxTimeCriteria::new(secs));
-    }
-    if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
-        let tokenizer = tokenizer.ok_or_else(|| {
-            Error::Input(
-                "`stop_strings` needs the tokenizer: pass it in `GenerateOptions::tokenizer` (transformers: `generate(tokenizer=...)`)".into(),
-            )
-        })?;
-        stopping.push(StopStringCriteria::new(tokenizer, stops)?);
-    }
-    stopping.push_eos(&eos);
-    for c in stopping_criteria {
-        stopping.push_boxed(c);
-    }
+    let (processors, mut stopping) =
+        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
     let mut sampler = if do_sample {
         Sampler::multinomial(seed)
     } else {
