@@ -58,18 +58,7 @@ impl GenerateRequest {
     /// Parses one line field by field, so that an error names the field (serde's derive would say
     /// "invalid value: integer `-1`, expected u32" without saying where). `null` means absent.
     fn parse(line: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(line).context("not valid JSON")?;
-        let Value::Object(mut fields) = value else {
-            bail!("a request must be a JSON object");
-        };
-        if let Some(key) = fields
-            .keys()
-            .find(|k| !REQUEST_FIELDS.contains(&k.as_str()))
-        {
-            let expected: Vec<String> = REQUEST_FIELDS.iter().map(|k| format!("`{k}`")).collect();
-            let expected = expected.join(", ");
-            bail!("unknown field `{key}`, expected one of {expected}");
-        }
+        let mut fields = request_fields(line, REQUEST_FIELDS)?;
         Ok(Self {
             model: take(&mut fields, "model")?,
             input_ids: take(&mut fields, "input_ids")?,
@@ -84,7 +73,10 @@ impl GenerateRequest {
 }
 
 /// Removes and parses `fields[key]`; errors name the key.
-fn take<T: DeserializeOwned>(fields: &mut Map<String, Value>, key: &str) -> Result<Option<T>> {
+pub(crate) fn take<T: DeserializeOwned>(
+    fields: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>> {
     match fields.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => serde_json::from_value(value)
@@ -93,8 +85,45 @@ fn take<T: DeserializeOwned>(fields: &mut Map<String, Value>, key: &str) -> Resu
     }
 }
 
+/// One request line as its JSON object; an unknown key is an error naming it and the expected ones.
+pub(crate) fn request_fields(line: &str, allowed: &[&str]) -> Result<Map<String, Value>> {
+    let value: Value = serde_json::from_str(line).context("not valid JSON")?;
+    let Value::Object(fields) = value else {
+        bail!("a request must be a JSON object");
+    };
+    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let expected: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
+        bail!(
+            "unknown field `{key}`, expected one of {}",
+            expected.join(", ")
+        );
+    }
+    Ok(fields)
+}
+
+/// Answers each non-empty line of `path` (`-` = stdin) with one JSON line on stdout, in order; a
+/// failing request answers `{"error": {"message": ...}}` and the others still run.
+pub(crate) fn serve_lines(
+    path: &Path,
+    mut answer: impl FnMut(&str) -> Result<Value>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in open(path)?.lines() {
+        let line = line.context("reading requests")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response =
+            answer(&line).unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
+        serde_json::to_writer(&mut out, &response)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// Reads requests from `path` (`-` = stdin).
-pub(crate) fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         Ok(Box::new(BufReader::new(std::io::stdin())))
     } else {
@@ -139,19 +168,7 @@ pub fn serve_generate(
         args,
         options,
     };
-    let mut out = std::io::stdout().lock();
-    for line in open(path)?.lines() {
-        let line = line.context("reading requests")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = answer(&line, &mut models, base)
-            .unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
-        serde_json::to_writer(&mut out, &response)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
-    }
-    Ok(())
+    serve_lines(path, |line| answer(line, &mut models, base))
 }
 
 fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {

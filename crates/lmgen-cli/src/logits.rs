@@ -7,7 +7,6 @@
 //! strings `"nan"`, `"inf"`, `"-inf"` stand for themselves in and out.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,37 +35,12 @@ const REQUEST_FIELDS: &[&str] = &[
 ];
 
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let input: Box<dyn BufRead> = if args.request == Path::new("-") {
-        Box::new(BufReader::new(std::io::stdin()))
-    } else {
-        let f = std::fs::File::open(&args.request)
-            .with_context(|| format!("cannot open `{}`", args.request.display()))?;
-        Box::new(BufReader::new(f))
-    };
     let mut models: HashMap<String, Pipeline> = HashMap::new();
-    let mut out = std::io::stdout().lock();
-    for line in input.lines() {
-        let line = line.context("reading requests")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = answer(&line, &mut models)
-            .unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
-        serde_json::to_writer(&mut out, &response)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
-    }
-    Ok(())
+    crate::jsonl::serve_lines(&args.request, |line| answer(line, &mut models))
 }
 
 fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
-    let value: Value = serde_json::from_str(line).context("invalid request: not valid JSON")?;
-    let Value::Object(mut req) = value else {
-        bail!("invalid request: a request must be a JSON object");
-    };
-    if let Some(key) = req.keys().find(|k| !REQUEST_FIELDS.contains(&k.as_str())) {
-        bail!("invalid request: unknown field `{key}`");
-    }
+    let mut req = crate::jsonl::request_fields(line, REQUEST_FIELDS).context("invalid request")?;
     let input_ids: Vec<Vec<TokenId>> = serde_json::from_value(
         req.remove("input_ids")
             .ok_or_else(|| anyhow!("a request needs `input_ids`"))?,

@@ -8,17 +8,15 @@
 //! read, never the weights.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lmgen::load::resolve_model;
 use lmgen::Tokenizer;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
-use crate::jsonl;
+use crate::jsonl::{self, take};
 use crate::options::DEFAULT_MODEL;
 
 #[derive(Args, Debug)]
@@ -45,29 +43,9 @@ const REQUEST_FIELDS: &[&str] = &[
 pub fn run(args: TokenizeArgs) -> Result<()> {
     let mut tokenizers: HashMap<String, Tokenizer> = HashMap::new();
     let default_model = args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    let mut out = std::io::stdout().lock();
-    for line in jsonl::open(&args.request)?.lines() {
-        let line = line.context("reading requests")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = answer(&line, &mut tokenizers, &default_model)
-            .unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
-        serde_json::to_writer(&mut out, &response)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
-    }
-    Ok(())
-}
-
-/// Removes and parses `fields[key]`; `null` is absent; errors name the key.
-fn take<T: DeserializeOwned>(fields: &mut Map<String, Value>, key: &str) -> Result<Option<T>> {
-    match fields.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value)
-            .map(Some)
-            .with_context(|| format!("`{key}`")),
-    }
+    jsonl::serve_lines(&args.request, |line| {
+        answer(line, &mut tokenizers, &default_model)
+    })
 }
 
 fn answer(
@@ -75,20 +53,7 @@ fn answer(
     tokenizers: &mut HashMap<String, Tokenizer>,
     default_model: &str,
 ) -> Result<Value> {
-    let value: Value = serde_json::from_str(line).context("invalid request: not valid JSON")?;
-    let Value::Object(mut fields) = value else {
-        bail!("invalid request: a request must be a JSON object");
-    };
-    if let Some(key) = fields
-        .keys()
-        .find(|k| !REQUEST_FIELDS.contains(&k.as_str()))
-    {
-        let expected: Vec<String> = REQUEST_FIELDS.iter().map(|k| format!("`{k}`")).collect();
-        bail!(
-            "invalid request: unknown field `{key}`, expected one of {}",
-            expected.join(", ")
-        );
-    }
+    let mut fields = jsonl::request_fields(line, REQUEST_FIELDS).context("invalid request")?;
     let model: String = take(&mut fields, "model")?.unwrap_or_else(|| default_model.to_string());
     if !tokenizers.contains_key(&model) {
         let dir = resolve_model(&model)?;
