@@ -24,16 +24,15 @@ use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::prepare;
 use super::sample::{expand, position_ids};
+use super::{next_token_logits, prepare};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
-use crate::generation::logits::Scores;
 use crate::generation::sampler::softmax;
 use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
-use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+use crate::models::CausalLM;
 use crate::TokenId;
 
 /// transformers' "very unlikely" score (`-1.0e9`), added to mask beams.
@@ -202,19 +201,9 @@ pub fn run(
     let mut all_logits = output_logits.then(Vec::new);
     let mut cur_len = t;
     loop {
-        let pos = Tensor::new(positions.clone(), &device)?; // [b * nb, t_step]
-        let out = model.forward(
-            &ForwardInput {
-                input_ids: &step_ids,
-                position_ids: &pos,
-                attention_mask: mask.as_deref(),
-                logits_to_keep: LogitsToKeep::Last,
-            },
-            &mut cache,
-        )?;
-        let vocab = out.logits.dim(2)?;
-        let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [b * nb * vocab]
-        let mut scores = Scores::new(logits, rows, vocab);
+        let mut scores =
+            next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
+        let vocab = scores.vocab;
         if let Some(l) = all_logits.as_mut() {
             l.push(scores.clone());
         }

@@ -3,3 +3,35 @@
 pub mod beam;
 mod prepare;
 pub mod sample;
+
+use candle_core::Tensor;
+
+use crate::cache::KvCache;
+use crate::error::Result;
+use crate::generation::logits::Scores;
+use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+
+/// One forward step of a decoding loop: the model over `step_ids` (`[rows, t_step]`) at
+/// `positions`, appending to `cache`; returns the last position's raw logits on the host,
+/// `[rows, vocab]` f32 (what processors and samplers work on).
+pub(crate) fn next_token_logits(
+    model: &dyn CausalLM,
+    step_ids: &Tensor,
+    positions: &[Vec<u32>],
+    mask: Option<&[Vec<u8>]>,
+    cache: &mut dyn KvCache,
+) -> Result<Scores> {
+    let pos = Tensor::new(positions.to_vec(), step_ids.device())?; // [rows, t_step]
+    let out = model.forward(
+        &ForwardInput {
+            input_ids: step_ids,
+            position_ids: &pos,
+            attention_mask: mask,
+            logits_to_keep: LogitsToKeep::Last,
+        },
+        cache,
+    )?;
+    let (rows, _, vocab) = out.logits.dims3()?;
+    let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [rows * vocab]
+    Ok(Scores::new(logits, rows, vocab))
+}

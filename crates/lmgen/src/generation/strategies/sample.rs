@@ -9,14 +9,13 @@
 
 use candle_core::Tensor;
 
-use super::prepare;
+use super::{next_token_logits, prepare};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
-use crate::generation::logits::Scores;
 use crate::generation::sampler::Sampler;
 use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
-use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+use crate::models::CausalLM;
 use crate::TokenId;
 
 /// Position ids from the mask, as transformers: `cumsum(mask) - 1`, padding positions set to 1.
@@ -115,19 +114,8 @@ pub fn run(
     let mut all_scores = output_scores.then(Vec::new);
     let mut all_logits = output_logits.then(Vec::new);
     loop {
-        let pos = Tensor::new(positions.clone(), &device)?; // [b, t_step]
-        let out = model.forward(
-            &ForwardInput {
-                input_ids: &step_ids,
-                position_ids: &pos,
-                attention_mask: mask.as_deref(),
-                logits_to_keep: LogitsToKeep::Last,
-            },
-            &mut cache,
-        )?;
-        let vocab = out.logits.dim(2)?;
-        let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [b * vocab]
-        let mut scores = Scores::new(logits, b, vocab);
+        let mut scores =
+            next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
         if let Some(l) = all_logits.as_mut() {
             l.push(scores.clone());
         }
