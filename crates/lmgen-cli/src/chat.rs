@@ -10,8 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions};
-use lmgen::generation::GenerateOptions;
+use lmgen::generation::streamer::Stdout;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use serde_json::{json, Map, Value};
 
@@ -117,19 +116,6 @@ fn reply(
         .tokenizer
         .apply_chat_template(messages, true, &Map::new())?;
     let ids = pipe.tokenizer.encode_with(&prompt, false)?;
-    let stream = TextStreamerOptions {
-        skip_prompt: true,
-        skip_special_tokens: true,
-    };
-    let mut streamer = TextStreamer::stdout(pipe.tokenizer.clone(), stream);
-    let out = pipe.generate_with(
-        &GenerateInput::single(ids),
-        overrides,
-        GenerateOptions {
-            seed,
-            streamer: Some(&mut streamer),
-            ..GenerateOptions::default()
-        },
-    )?;
-    Ok(pipe.tokenizer.decode(out.generated(0), true)?)
+    let input = GenerateInput::single(ids);
+    Ok(pipe.stream(&input, overrides, seed, Stdout)?)
 }

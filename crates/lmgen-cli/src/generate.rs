@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lmgen::generation::streamer::Stdout;
 use lmgen::{GenerationConfig, Pipeline};
 use serde_json::{Map, Value};
 
@@ -179,14 +180,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         // Stream to the terminal as transformers' TextStreamer does.
         print!("{}", prompts[0]);
         std::io::stdout().flush()?;
-        pipe.stream_text(&prompts[0], &overrides, args.seed, |text, end| {
-            let mut out = std::io::stdout().lock();
-            let _ = write!(out, "{text}");
-            if end {
-                let _ = writeln!(out);
-            }
-            let _ = out.flush();
-        })?;
+        let input = pipe.encode_prompts(&prompts[..1], &overrides)?;
+        pipe.stream(&input, &overrides, args.seed, Stdout)?;
         return Ok(());
     }
     let input = pipe.encode_prompts(&prompts, &overrides)?;

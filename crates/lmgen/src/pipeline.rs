@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::generation::streamer::{TextStreamer, TextStreamerOptions};
+use crate::generation::streamer::{TextSink, TextStreamer, TextStreamerOptions};
 use crate::generation::{
     generate_with, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
 };
@@ -131,13 +131,25 @@ impl Pipeline {
         on_text: impl FnMut(&str, bool),
     ) -> Result<String> {
         let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
+        self.stream(&input, overrides, seed, on_text)
+    }
+
+    /// Generates from one prompt's token ids, sending the new text to `sink` chunk by chunk
+    /// (`skip_prompt`, `skip_special_tokens`); returns the whole new text.
+    pub fn stream(
+        &self,
+        input: &GenerateInput,
+        overrides: &GenerationConfig,
+        seed: Option<u64>,
+        sink: impl TextSink,
+    ) -> Result<String> {
         let options = TextStreamerOptions {
             skip_prompt: true,
             skip_special_tokens: true,
         };
-        let mut streamer = TextStreamer::new(self.tokenizer.clone(), options, on_text);
+        let mut streamer = TextStreamer::with_sink(self.tokenizer.clone(), options, sink);
         let out = self.generate_with(
-            &input,
+            input,
             overrides,
             GenerateOptions {
                 seed,
