@@ -1,6 +1,7 @@
 //! `generate()`: generation config, logits processors, stopping criteria and decoding strategies.
 
 pub mod config;
+pub mod constraints;
 pub mod logits;
 pub mod options;
 pub mod sampler;
@@ -222,12 +223,24 @@ pub fn generate_with(
 ) -> Result<GenerateOutput> {
     config.validate()?;
     config.check_implemented(false)?;
-    match config.mode(false) {
+    let mode = if options.constraints.is_empty() {
+        config.mode(false)
+    } else {
+        config.validate_constraints("constraints")?;
+        GenerationMode::ConstrainedBeamSearch
+    };
+    match mode {
         GenerationMode::GreedySearch | GenerationMode::Sample => {
             strategies::sample::run(model, input, config, options)
         }
         GenerationMode::BeamSearch | GenerationMode::BeamSample => {
             strategies::beam::run(model, input, config, options)
+        }
+        GenerationMode::GroupBeamSearch => {
+            strategies::group_beam::run(model, input, config, options)
+        }
+        GenerationMode::ConstrainedBeamSearch => {
+            strategies::constrained_beam::run(model, input, config, options)
         }
         other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
     }

@@ -1,6 +1,7 @@
 //! What `generate()` takes besides the inputs and the config: the arguments of transformers'
 //! `generate()` that are not `GenerationConfig` fields.
 
+use crate::generation::constraints::Constraint;
 use crate::generation::logits::{LogitsProcessor, PrefixAllowedTokensFn};
 use crate::generation::stopping::StoppingCriterion;
 use crate::generation::streamer::TokenStreamer;
@@ -29,6 +30,9 @@ pub struct GenerateOptions<'a> {
     pub negative_prompt_attention_mask: Option<Vec<Vec<u8>>>,
     /// Receives the prompt, then each step's tokens (batch size 1 only, as in transformers).
     pub streamer: Option<&'a mut dyn TokenStreamer>,
+    /// HF `constraints`: tokens the output must contain; non-empty selects constrained beam search
+    /// (with `force_words_ids`, whose constraints come after these).
+    pub constraints: Vec<Constraint>,
 }
 
 impl std::fmt::Debug for GenerateOptions<'_> {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for GenerateOptions<'_> {
                 &self.prefix_allowed_tokens_fn.is_some(),
             )
             .field("streamer", &self.streamer.is_some())
+            .field("constraints", &self.constraints)
             .finish()
     }
 }

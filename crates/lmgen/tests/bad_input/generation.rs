@@ -101,10 +101,6 @@ fn unknown_keys_load_from_the_file_but_not_from_the_caller() -> Result<()> {
 fn settings_not_built_yet_are_rejected_naming_the_field() -> Result<()> {
     let pipe = Pipeline::from_pretrained(golden("llama").to_str().unwrap_or_default())?;
     let cases = [
-        (
-            json!({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5}),
-            "`num_beam_groups=2` with `num_beams=4`",
-        ),
         (json!({"token_healing": true}), "`token_healing`"),
         (
             json!({"penalty_alpha": 0.6, "top_k": 4}),

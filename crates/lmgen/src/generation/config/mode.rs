@@ -76,6 +76,8 @@ const IMPLEMENTED_MODES: &[GenerationMode] = &[
     GenerationMode::Sample,
     GenerationMode::BeamSearch,
     GenerationMode::BeamSample,
+    GenerationMode::GroupBeamSearch,
+    GenerationMode::ConstrainedBeamSearch,
 ];
 
 /// A setting that changes greedy output and whose feature is not built yet.
@@ -403,13 +405,13 @@ mod tests {
         for beams in [
             json!({"num_beams": 2, "do_sample": true}),
             json!({"num_beams": 3}),
+            json!({"num_beams": 3, "num_beam_groups": 3, "diversity_penalty": 1.0}),
+            json!({"num_beams": 3, "force_words_ids": [[5]]}),
         ] {
             assert!(config(beams)
                 .and_then(|c| c.check_implemented(false))
                 .is_ok());
         }
-        assert!(unsupported(json!({"num_beams": 3, "num_beam_groups": 3}))
-            .starts_with("`num_beam_groups=3` with `num_beams=3`"));
         assert!(unsupported(json!({"penalty_alpha": 0.6})).contains("`top_k=50`"));
         assert!(unsupported(json!({"dola_layers": "high"}))
             .starts_with("`dola_layers` (DoLa decoding)"));

@@ -126,6 +126,23 @@ impl GenerationConfig {
         Ok(())
     }
 
+    /// Settings constrained beam search refuses (transformers 4's `validate`); `field` names what
+    /// set the constraints.
+    pub(crate) fn validate_constraints(&self, field: &str) -> Result<()> {
+        let groups = self.num_beam_groups.unwrap_or(1);
+        if self.do_sample == Some(true) {
+            return invalid(format!(
+                "`{field}` (constrained beam search) is incompatible with `do_sample=true`"
+            ));
+        }
+        if groups > 1 {
+            return invalid(format!(
+                "`{field}` (constrained beam search) is incompatible with `num_beam_groups` ({groups}) > 1"
+            ));
+        }
+        Ok(())
+    }
+
     /// Beam settings refused by transformers (4's `validate` for group and constrained beam search).
     fn validate_beams(&self) -> Result<()> {
         let num_beams = self.num_beams.unwrap_or(1);
@@ -157,22 +174,21 @@ impl GenerationConfig {
                 ));
             }
         }
+        if let Some(penalty) = self.diversity_penalty.filter(|p| *p != 0.0) {
+            if groups < 2 && num_beams > 1 {
+                return invalid(format!(
+                    "`diversity_penalty` ({penalty}) is only used by diverse beam search: set \
+                     `num_beam_groups` > 1 (dividing `num_beams`), or unset `diversity_penalty`"
+                ));
+            }
+        }
         if self.constraints.is_some() || self.force_words_ids.is_some() {
             let field = if self.constraints.is_some() {
                 "constraints"
             } else {
                 "force_words_ids"
             };
-            if do_sample {
-                return invalid(format!(
-                    "`{field}` (constrained beam search) is incompatible with `do_sample=true`"
-                ));
-            }
-            if groups > 1 {
-                return invalid(format!(
-                    "`{field}` (constrained beam search) is incompatible with `num_beam_groups` ({groups}) > 1"
-                ));
-            }
+            self.validate_constraints(field)?;
         }
         let beam_mode = matches!(
             self.mode(false),

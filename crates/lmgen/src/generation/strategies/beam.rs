@@ -20,13 +20,12 @@
 //! string or a caller criterion, without EOS ids, can show it. Sampled candidates come from lmgen's
 //! seeded RNG, not torch's.
 
-use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::sample::{expand, position_ids};
-use super::{next_token_logits, prepare};
-use crate::cache::{DynamicCache, KvCache};
+use super::prepare;
+use super::rows::BeamRows;
+use super::sample::expand;
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
 use crate::generation::sampler::softmax;
@@ -52,7 +51,7 @@ struct Hyp {
 }
 
 /// Indices of the `k` largest `values`, best first; ties to the lower index (`torch.topk`).
-fn topk(values: &[f32], k: usize) -> Vec<usize> {
+pub(super) fn topk(values: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     idx.truncate(k);
@@ -100,7 +99,7 @@ fn multinomial(values: &[f32], k: usize, rng: &mut StdRng) -> Result<Vec<usize>>
 }
 
 /// `row - logsumexp(row)` in float32, as `torch.log_softmax`.
-fn log_softmax(row: &mut [f32]) {
+pub(super) fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return;
@@ -160,8 +159,7 @@ pub fn run(
     let output_scores = config.output_scores.unwrap_or(false);
     let output_logits = config.output_logits.unwrap_or(false);
 
-    let device = model.device().clone();
-    let mut cache = DynamicCache::new();
+    let mut model_rows = BeamRows::new(model, &input)?;
     // Running beams, `[b * nb]`; initial scores `[0, -1e9, ...]` so step 1 expands beam 0 only.
     let mut running: Vec<Hyp> = input
         .input_ids
@@ -187,22 +185,11 @@ pub fn run(
         .collect();
     let mut is_finished = vec![vec![false; nb]; batch];
     let mut unsatisfied = vec![true; batch]; // `is_early_stop_heuristic_unsatisfied`
-    let mut mask = input.attention_mask.clone();
-    let mut positions = position_ids(mask.as_deref(), rows, t);
-    let mut next_pos: Vec<u32> = match &mask {
-        None => vec![t as u32; rows],
-        Some(m) => m
-            .iter()
-            .map(|r| r.iter().map(|&x| x as u32).sum())
-            .collect(),
-    };
-    let mut step_ids = Tensor::new(input.input_ids.clone(), &device)?; // [b * nb, t]
     let mut all_scores = output_scores.then(Vec::new);
     let mut all_logits = output_logits.then(Vec::new);
     let mut cur_len = t;
     loop {
-        let mut scores =
-            next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
+        let mut scores = model_rows.logits()?;
         let vocab = scores.vocab;
         if let Some(l) = all_logits.as_mut() {
             l.push(scores.clone());
@@ -316,21 +303,15 @@ pub fn run(
             break;
         }
         // Reorder the cache by the source beam of each new running beam.
-        cache.reorder(&beam_idx)?;
-        if let Some(m) = mask.as_mut() {
-            m.iter_mut().for_each(|r| r.push(1));
-        }
-        positions = next_pos.iter().map(|&p| vec![p]).collect();
-        next_pos.iter_mut().for_each(|p| *p += 1);
-        let last: Vec<Vec<TokenId>> = running
+        let last: Vec<TokenId> = running
             .iter()
-            .map(|h| h.tokens.last().copied().into_iter().collect())
+            .map(|h| h.tokens.last().copied().unwrap_or(0))
             .collect();
-        step_ids = Tensor::new(last, &device)?; // [b * nb, 1]
+        model_rows.advance(&beam_idx, &last)?;
     }
     tracing::debug!(
         steps = cur_len - t,
-        cached = cache.seq_len(),
+        cached = model_rows.cached(),
         "beam search done"
     );
     // Output: the best `num_return_sequences` of each batch item, cropped to the longest.

@@ -1,7 +1,11 @@
 //! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
 
 pub mod beam;
+mod beam_hypotheses;
+pub mod constrained_beam;
+pub mod group_beam;
 mod prepare;
+mod rows;
 pub mod sample;
 
 use candle_core::Tensor;

@@ -1,0 +1,82 @@
+//! The model side of a beam loop: `[b * num_beams]` rows decoding together over one KV cache, the
+//! cache reordered by source beam after each step (HF `_reorder_cache`). The attention mask and
+//! position ids stay with the row slot, as in transformers, where only the cache is reordered.
+
+use candle_core::Tensor;
+
+use super::next_token_logits;
+use super::sample::position_ids;
+use crate::cache::{DynamicCache, KvCache};
+use crate::error::Result;
+use crate::generation::{GenerateInput, Scores};
+use crate::models::CausalLM;
+use crate::TokenId;
+
+/// Rows of a beam loop and their cache.
+pub(super) struct BeamRows<'m> {
+    model: &'m dyn CausalLM,
+    cache: DynamicCache,
+    /// `[rows, cached + step]` attention mask; `None` while nothing is padded.
+    mask: Option<Vec<Vec<u8>>>,
+    /// `[rows, step]` positions of the next forward.
+    positions: Vec<Vec<u32>>,
+    /// `[rows]` position of each row's next token.
+    next_pos: Vec<u32>,
+    /// `[rows, step]` ids of the next forward.
+    step_ids: Tensor,
+}
+
+impl<'m> BeamRows<'m> {
+    /// Rows for the (already expanded) prompt `input`, `[rows, t]`.
+    pub(super) fn new(model: &'m dyn CausalLM, input: &GenerateInput) -> Result<Self> {
+        let rows = input.input_ids.len();
+        let t = input.input_ids.first().map_or(0, Vec::len);
+        let mask = input.attention_mask.clone();
+        let positions = position_ids(mask.as_deref(), rows, t);
+        let next_pos = match &mask {
+            None => vec![t as u32; rows],
+            Some(m) => m
+                .iter()
+                .map(|r| r.iter().map(|&x| x as u32).sum())
+                .collect(),
+        };
+        let step_ids = Tensor::new(input.input_ids.clone(), model.device())?; // [rows, t]
+        Ok(Self {
+            model,
+            cache: DynamicCache::new(),
+            mask,
+            positions,
+            next_pos,
+            step_ids,
+        })
+    }
+
+    /// Runs the model over the pending step; the last position's raw logits, `[rows, vocab]`.
+    pub(super) fn logits(&mut self) -> Result<Scores> {
+        next_token_logits(
+            self.model,
+            &self.step_ids,
+            &self.positions,
+            self.mask.as_deref(),
+            &mut self.cache,
+        )
+    }
+
+    /// Next step: row `i` continues the cache of row `source[i]` with `tokens[i]`.
+    pub(super) fn advance(&mut self, source: &[usize], tokens: &[TokenId]) -> Result<()> {
+        self.cache.reorder(source)?;
+        if let Some(m) = self.mask.as_mut() {
+            m.iter_mut().for_each(|r| r.push(1));
+        }
+        self.positions = self.next_pos.iter().map(|&p| vec![p]).collect();
+        self.next_pos.iter_mut().for_each(|p| *p += 1);
+        let last: Vec<Vec<TokenId>> = tokens.iter().map(|&t| vec![t]).collect();
+        self.step_ids = Tensor::new(last, self.model.device())?; // [rows, 1]
+        Ok(())
+    }
+
+    /// Tokens in the cache.
+    pub(super) fn cached(&self) -> usize {
+        self.cache.seq_len()
+    }
+}
