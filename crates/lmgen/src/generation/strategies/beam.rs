@@ -23,9 +23,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::prepare;
+use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
-use super::sample::expand;
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
 use crate::generation::sampler::softmax;
@@ -116,50 +115,31 @@ pub fn run(
     config: &GenerationConfig,
     options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    let mut options = options;
+    let s = BeamSettings::new(model, input, config, &options)?;
     let seed = options.seed;
-    let streamer = options.streamer.take();
-    if streamer.is_some() {
-        return Err(Error::Input(
-            "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer".into(),
-        ));
-    }
-    let mcfg = model.config();
-    let (batch, t) = input.validate(mcfg.vocab_size)?;
-    let c = config.with_defaults();
-    let nb = c.num_beams.unwrap_or(1).max(1);
-    let nrs = c.num_return_sequences.unwrap_or(1);
-    if nrs > nb {
-        return Err(Error::GenerationConfig(format!(
-            "`num_return_sequences` ({nrs}) must be <= `num_beams` ({nb})"
-        )));
-    }
-    let do_sample = c.do_sample.unwrap_or(false);
-    let early = c.early_stopping.unwrap_or(EarlyStopping::False);
-    let lp = c.length_penalty.unwrap_or(1.0);
-    let lengths = prepare::lengths(model, config, t)?;
-    let max_length = lengths.max_length;
-    // `_expand_inputs_for_generation(expand_size=num_beams)`: [b, t] -> [b * nb, t]
-    let input = expand(input, nb);
-    let rows = batch * nb;
-    let eos = config.eos_token_ids();
+    let (batch, t, nb, nrs) = (s.batch, s.t, s.nb, s.nrs);
+    let do_sample = config.with_defaults().do_sample.unwrap_or(false);
+    let (early, lp) = (s.early, s.length_penalty);
+    let max_length = s.lengths.max_length;
+    let input = &s.input;
+    let rows = s.rows();
+    let eos = &s.eos;
     // `output_fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`
     let fill = match eos.first() {
         Some(&e) => config.pad_token_id.filter(|&p| p != 0).unwrap_or(e),
         None => config.pad_token_id.unwrap_or(0),
     };
-    let k = 2usize.max(1 + eos.len()) * nb; // `beams_to_keep`
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
+    let k = s.candidates(nb); // `beams_to_keep`
+    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
     let mut rng = do_sample.then(|| {
         let seed = seed.unwrap_or_else(|| StdRng::from_os_rng().random());
         tracing::debug!(seed, "beam sampler");
         StdRng::seed_from_u64(seed)
     });
-    let output_scores = config.output_scores.unwrap_or(false);
-    let output_logits = config.output_logits.unwrap_or(false);
+    let output_scores = s.output_scores;
+    let output_logits = s.output_logits;
 
-    let mut model_rows = BeamRows::new(model, &input)?;
+    let mut model_rows = BeamRows::new(model, input)?;
     // Running beams, `[b * nb]`; initial scores `[0, -1e9, ...]` so step 1 expands beam 0 only.
     let mut running: Vec<Hyp> = input
         .input_ids

@@ -4,7 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
-use crate::generation::stopping::FinishReason;
+use crate::generation::stopping::{FinishReason, StoppingCriteriaList};
+use crate::generation::{GenerateOutput, Scores};
 use crate::TokenId;
 
 /// A finished hypothesis.
@@ -115,13 +116,31 @@ pub(super) fn best(mut candidates: Vec<Hypothesis>, keep: usize) -> Vec<Hypothes
     candidates.into_iter().rev().take(keep).collect()
 }
 
-/// What [`assemble`] returns: sequences, their scores, beam indices and finish reasons.
-pub(super) type Assembled = (
-    Vec<Vec<TokenId>>,
-    Vec<f32>,
-    Vec<Vec<i64>>,
-    Vec<Option<FinishReason>>,
-);
+/// The token that fills the beams of a finished batch item (or group), which transformers can
+/// only pad with EOS and pad ids defined.
+pub(super) fn done_filler(eos: &[TokenId], pad: Option<TokenId>) -> Result<TokenId> {
+    match (eos.is_empty(), pad) {
+        (false, Some(p)) => Ok(p),
+        _ => Err(Error::GenerationConfig(
+            "a finished beam needs `eos_token_id` and `pad_token_id` to pad its rows".into(),
+        )),
+    }
+}
+
+/// Whether every row meets a stopping criterion (the beam loops' `all(stopping_criteria(...))`).
+pub(super) fn all_stopped(stopping: &mut StoppingCriteriaList<'_>, seqs: &[Vec<TokenId>]) -> bool {
+    let mut all = true;
+    for s in seqs {
+        all &= stopping.check(s).is_some();
+    }
+    all
+}
+
+/// Step outputs kept for `output_scores` / `output_logits`.
+pub(super) struct StepOutputs {
+    pub scores: Option<Vec<Scores>>,
+    pub logits: Option<Vec<Scores>>,
+}
 
 /// HF `finalize`'s output: the hypotheses cut to the longest one plus one (at most `max_length`),
 /// the first EOS appended where it fits, then `pad`.
@@ -131,7 +150,8 @@ pub(super) fn assemble(
     max_length: usize,
     eos: &[TokenId],
     pad: Option<TokenId>,
-) -> Result<Assembled> {
+    steps: StepOutputs,
+) -> Result<GenerateOutput> {
     let longest = best.iter().map(|h| h.tokens.len()).max().unwrap_or(0);
     let shortest = best.iter().map(|h| h.tokens.len()).min().unwrap_or(0);
     let total = (longest + 1).min(max_length);
@@ -157,12 +177,15 @@ pub(super) fn assemble(
         idx.resize(total.saturating_sub(prompt_len), -1);
         indices.push(idx);
     }
-    Ok((
+    Ok(GenerateOutput {
         sequences,
-        best.iter().map(|h| h.score as f32).collect(),
-        indices,
-        best.iter().map(|h| h.reason).collect(),
-    ))
+        scores: steps.scores,
+        logits: steps.logits,
+        finish_reasons: best.iter().map(|h| h.reason).collect(),
+        prompt_len,
+        sequences_scores: Some(best.iter().map(|h| h.score as f32).collect()),
+        beam_indices: Some(indices),
+    })
 }
 
 #[cfg(test)]
@@ -192,9 +215,13 @@ mod tests {
             reason: None,
         };
         let picked = best(vec![hyp(vec![9, 1], -1.0), hyp(vec![9, 1, 2], -0.5)], 2);
-        let (seqs, scores, idx, _) = assemble(&picked, 1, 10, &[7], Some(0)).unwrap();
-        assert_eq!(seqs, vec![vec![9, 1, 2, 7], vec![9, 1, 7, 0]]);
-        assert_eq!(scores, vec![-0.5, -1.0]);
-        assert_eq!(idx[1], vec![0, -1, -1]);
+        let none = StepOutputs {
+            scores: None,
+            logits: None,
+        };
+        let out = assemble(&picked, 1, 10, &[7], Some(0), none).unwrap();
+        assert_eq!(out.sequences, vec![vec![9, 1, 2, 7], vec![9, 1, 7, 0]]);
+        assert_eq!(out.sequences_scores, Some(vec![-0.5, -1.0]));
+        assert_eq!(out.beam_indices.unwrap()[1], vec![0, -1, -1]);
     }
 }

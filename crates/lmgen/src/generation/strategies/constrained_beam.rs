@@ -14,12 +14,12 @@
 //! for beams added at the end without fulfilling the constraints).
 
 use super::beam::{log_softmax, topk};
-use super::beam_hypotheses::{assemble, best, BeamHypotheses};
-use super::prepare;
+use super::beam_hypotheses::{
+    all_stopped, assemble, best, done_filler, BeamHypotheses, StepOutputs,
+};
+use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
-use super::sample::expand;
 use crate::error::{Error, Result};
-use crate::generation::config::EarlyStopping;
 use crate::generation::constraints::{Constraint, ConstraintListState};
 use crate::generation::{
     FinishReason, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
@@ -59,58 +59,39 @@ pub fn run(
     config: &GenerationConfig,
     mut options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    if options.streamer.is_some() {
-        return Err(Error::Input(
-            "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer".into(),
-        ));
-    }
+    let s = BeamSettings::new(model, input, config, &options)?;
     let constraints = constraints(config, std::mem::take(&mut options.constraints))?;
-    let c = config.with_defaults();
-    let (batch, t) = input.validate(model.config().vocab_size)?;
-    let nb = c.num_beams.unwrap_or(1);
+    let (batch, t, nb) = (s.batch, s.t, s.nb);
     if nb < 2 {
         return Err(Error::GenerationConfig(format!(
             "`num_beams` has to be an integer strictly greater than 1 for constrained beam search (`force_words_ids` / `constraints`), but is {nb}"
         )));
     }
-    let nrs = c.num_return_sequences.unwrap_or(1);
-    if nrs > nb {
-        return Err(Error::GenerationConfig(format!(
-            "`num_return_sequences` ({nrs}) has to be smaller or equal to `num_beams` ({nb})"
-        )));
-    }
     let fresh = ConstraintListState::new(&constraints)?;
     let completes = |tokens: &[TokenId]| {
-        let mut s = fresh.clone();
-        s.reset(tokens);
-        s.completed()
+        let mut state = fresh.clone();
+        state.reset(tokens);
+        state.completed()
     };
-    let early = c.early_stopping.unwrap_or(EarlyStopping::False);
-    let lp = c.length_penalty.unwrap_or(1.0);
-    let lengths = prepare::lengths(model, config, t)?;
-    let max_length = lengths.max_length;
-    let input = expand(input, nb);
-    let rows = batch * nb;
-    let eos = config.eos_token_ids();
-    let pad = config.pad_token_id.or(eos.first().copied());
-    let k = 2usize.max(1 + eos.len()) * nb;
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
-    let output_scores = config.output_scores.unwrap_or(false);
-    let output_logits = config.output_logits.unwrap_or(false);
+    let max_length = s.lengths.max_length;
+    let rows = s.rows();
+    let eos = &s.eos;
+    let pad = s.pad;
+    let k = s.candidates(nb);
+    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
 
-    let mut model_rows = BeamRows::new(model, &input)?;
-    let mut seqs = input.input_ids.clone(); // [rows][cur_len]
+    let mut model_rows = BeamRows::new(model, &s.input)?;
+    let mut seqs = s.input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     let mut beam_scores: Vec<f32> = (0..rows)
         .map(|r| if r % nb == 0 { 0.0 } else { MASK })
         .collect();
     let mut hyps: Vec<BeamHypotheses> = (0..batch)
-        .map(|_| BeamHypotheses::new(nb, lp, early, max_length))
+        .map(|_| BeamHypotheses::new(nb, s.length_penalty, s.early, max_length))
         .collect();
     let mut done = vec![false; batch];
-    let mut all_scores = output_scores.then(Vec::new);
-    let mut all_logits = output_logits.then(Vec::new);
+    let mut all_scores = s.output_scores.then(Vec::new);
+    let mut all_logits = s.output_logits.then(Vec::new);
     loop {
         let logits = model_rows.logits()?;
         let vocab = logits.vocab;
@@ -127,16 +108,8 @@ pub fn run(
         let mut next: Vec<Candidate> = Vec::with_capacity(rows);
         for i in 0..batch {
             if done[i] {
-                let pad = match (eos.is_empty(), pad) {
-                    (false, Some(p)) => p,
-                    _ => {
-                        return Err(Error::GenerationConfig(
-                            "a finished batch item needs `eos_token_id` and `pad_token_id` to pad its beams".into(),
-                        ))
-                    }
-                };
                 // transformers pads a finished item with source row 0 of the whole batch.
-                next.extend(std::iter::repeat_n((0.0, pad, 0), nb));
+                next.extend(std::iter::repeat_n((0.0, done_filler(eos, pad)?, 0), nb));
                 continue;
             }
             let acc = &all_vocab.data[i * nb * vocab..(i + 1) * nb * vocab];
@@ -196,11 +169,7 @@ pub fn run(
         beam_scores = next.iter().map(|&(s, _, _)| s).collect();
         seqs = next_seqs;
         indices = next_indices;
-        let mut all_hit = true;
-        for s in &seqs {
-            all_hit &= stopping.check(s).is_some();
-        }
-        if done.iter().all(|&d| d) || all_hit {
+        if done.iter().all(|&d| d) || all_stopped(&mut stopping, &seqs) {
             break;
         }
         let source: Vec<usize> = next.iter().map(|&(_, _, src)| src).collect();
@@ -214,6 +183,7 @@ pub fn run(
     );
     // `finalize`: running beams that fulfil the constraints join the hypotheses; if fewer than
     // `num_return_sequences` do, every other running beam joins too.
+    let nrs = s.nrs;
     let mut returned = Vec::with_capacity(batch * nrs);
     for i in 0..batch {
         if !done[i] {
@@ -240,17 +210,11 @@ pub fn run(
         }
         returned.extend(best(std::mem::take(&mut hyps[i].beams), nrs));
     }
-    let (sequences, sequences_scores, beam_indices, finish_reasons) =
-        assemble(&returned, t, max_length, &eos, pad)?;
-    Ok(GenerateOutput {
-        sequences,
+    let steps = StepOutputs {
         scores: all_scores,
         logits: all_logits,
-        finish_reasons,
-        prompt_len: t,
-        sequences_scores: Some(sequences_scores),
-        beam_indices: Some(beam_indices),
-    })
+    };
+    assemble(&returned, t, max_length, eos, pad, steps)
 }
 
 /// HF `ConstrainedBeamSearchScorer.step_sentence_constraint` for batch item `i`: adds the

@@ -15,12 +15,12 @@
 //! indices are per group and not usable by `compute_transition_scores`).
 
 use super::beam::{log_softmax, topk};
-use super::beam_hypotheses::{assemble, best, BeamHypotheses};
-use super::prepare;
+use super::beam_hypotheses::{
+    all_stopped, assemble, best, done_filler, BeamHypotheses, StepOutputs,
+};
+use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
-use super::sample::expand;
 use crate::error::{Error, Result};
-use crate::generation::config::EarlyStopping;
 use crate::generation::logits::HammingDiversityLogitsProcessor;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig, Scores};
 use crate::models::CausalLM;
@@ -34,22 +34,16 @@ pub fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
     config: &GenerationConfig,
-    mut options: GenerateOptions<'_>,
+    options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    if options.streamer.is_some() {
-        return Err(Error::Input(
-            "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer".into(),
-        ));
-    }
-    options.streamer = None;
     let c = config.with_defaults();
     if c.guidance_scale.is_some_and(|g| g != 1.0) {
         return Err(Error::Unsupported(
             "`guidance_scale` with group beam search: classifier-free guidance keeps one cache row per beam and cannot follow the per-group processing; unset `guidance_scale` or `num_beam_groups`".into(),
         ));
     }
-    let (batch, t) = input.validate(model.config().vocab_size)?;
-    let nb = c.num_beams.unwrap_or(1);
+    let s = BeamSettings::new(model, input, config, &options)?;
+    let (batch, t, nb) = (s.batch, s.t, s.nb);
     let groups = c.num_beam_groups.unwrap_or(1);
     if nb < 2 || groups < 2 || groups > nb || nb % groups != 0 {
         return Err(Error::GenerationConfig(format!(
@@ -57,33 +51,20 @@ pub fn run(
         )));
     }
     let gs = nb / groups;
-    let nrs = c.num_return_sequences.unwrap_or(1);
-    if nrs > nb {
-        return Err(Error::GenerationConfig(format!(
-            "`num_return_sequences` ({nrs}) has to be smaller or equal to `num_beams` ({nb})"
-        )));
-    }
     let hamming = HammingDiversityLogitsProcessor::new(
         c.diversity_penalty.unwrap_or(0.0) as f32,
         nb,
         groups,
     )?;
-    let early = c.early_stopping.unwrap_or(EarlyStopping::False);
-    let lp = c.length_penalty.unwrap_or(1.0);
-    let lengths = prepare::lengths(model, config, t)?;
-    let max_length = lengths.max_length;
-    let input = expand(input, nb);
-    let rows = batch * nb;
-    let eos = config.eos_token_ids();
-    let pad = config.pad_token_id.or(eos.first().copied());
-    let k = 2usize.max(1 + eos.len()) * gs;
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
-    let output_scores = config.output_scores.unwrap_or(false);
-    let output_logits = config.output_logits.unwrap_or(false);
+    let max_length = s.lengths.max_length;
+    let rows = s.rows();
+    let eos = &s.eos;
+    let pad = s.pad;
+    let k = s.candidates(gs);
+    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
 
-    let mut model_rows = BeamRows::new(model, &input)?;
-    let mut seqs = input.input_ids.clone(); // [rows][cur_len]
+    let mut model_rows = BeamRows::new(model, &s.input)?;
+    let mut seqs = s.input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     // `beam_scores[:, ::group_size] = 0`, the rest -1e9.
     let mut beam_scores: Vec<f32> = (0..rows)
@@ -91,11 +72,11 @@ pub fn run(
         .collect();
     // `_beam_hyps[i * groups + g]`, `_done` alike.
     let mut hyps: Vec<BeamHypotheses> = (0..batch * groups)
-        .map(|_| BeamHypotheses::new(gs, lp, early, max_length))
+        .map(|_| BeamHypotheses::new(gs, s.length_penalty, s.early, max_length))
         .collect();
     let mut done = vec![false; batch * groups];
-    let mut all_scores = output_scores.then(Vec::new);
-    let mut all_logits = output_logits.then(Vec::new);
+    let mut all_scores = s.output_scores.then(Vec::new);
+    let mut all_logits = s.output_logits.then(Vec::new);
     loop {
         let logits = model_rows.logits()?;
         let vocab = logits.vocab;
@@ -104,8 +85,9 @@ pub fn run(
         let mut reordering = vec![0usize; rows];
         let mut next_seqs = seqs.clone();
         let mut next_indices = indices.clone();
-        let mut processed =
-            output_scores.then(|| Scores::new(vec![0.0; rows * vocab], rows, vocab));
+        let mut processed = s
+            .output_scores
+            .then(|| Scores::new(vec![0.0; rows * vocab], rows, vocab));
         for g in 0..groups {
             // Rows of group `g` across the batch: `[batch * gs]`.
             let group_rows: Vec<usize> = (0..batch)
@@ -141,16 +123,8 @@ pub fn run(
                 // (score, token, group-local source row `i * gs + j`)
                 let mut next: Vec<(f32, TokenId, usize)> = Vec::with_capacity(gs);
                 if done[bg] {
-                    let pad = match (eos.is_empty(), pad) {
-                        (false, Some(p)) => p,
-                        _ => {
-                            return Err(Error::GenerationConfig(
-                                "a finished beam group needs `eos_token_id` and `pad_token_id` to pad its beams".into(),
-                            ))
-                        }
-                    };
                     // transformers pads a finished group with source index 0 of the whole batch.
-                    next.resize(gs, (0.0, pad, 0));
+                    next.resize(gs, (0.0, done_filler(eos, pad)?, 0));
                 } else {
                     for (rank, &p) in picks.iter().enumerate() {
                         let local = i * gs + p / vocab;
@@ -208,11 +182,7 @@ pub fn run(
         }
         seqs = next_seqs;
         indices = next_indices;
-        let mut all_hit = true;
-        for s in &seqs {
-            all_hit &= stopping.check(s).is_some();
-        }
-        if done.iter().all(|&d| d) || all_hit {
+        if done.iter().all(|&d| d) || all_stopped(&mut stopping, &seqs) {
             break;
         }
         model_rows.advance(&reordering, &current_tokens)?;
@@ -223,7 +193,7 @@ pub fn run(
         "group beam search done"
     );
     // `finalize`: the running beams of unfinished groups join their group's hypotheses.
-    let mut returned = Vec::with_capacity(batch * nrs);
+    let mut returned = Vec::with_capacity(batch * s.nrs);
     for i in 0..batch {
         let mut candidates = Vec::new();
         for g in 0..groups {
@@ -243,17 +213,11 @@ pub fn run(
             }
             candidates.extend(std::mem::take(&mut hyps[bg].beams));
         }
-        returned.extend(best(candidates, nrs));
+        returned.extend(best(candidates, s.nrs));
     }
-    let (sequences, sequences_scores, beam_indices, finish_reasons) =
-        assemble(&returned, t, max_length, &eos, pad)?;
-    Ok(GenerateOutput {
-        sequences,
+    let steps = StepOutputs {
         scores: all_scores,
         logits: all_logits,
-        finish_reasons,
-        prompt_len: t,
-        sequences_scores: Some(sequences_scores),
-        beam_indices: Some(beam_indices),
-    })
+    };
+    assemble(&returned, t, max_length, eos, pad, steps)
 }

@@ -2,6 +2,7 @@
 
 pub mod beam;
 mod beam_hypotheses;
+mod beam_settings;
 pub mod constrained_beam;
 pub mod group_beam;
 mod prepare;
