@@ -287,3 +287,39 @@ fn invalid_combinations_get_transformers_errors() {
         "{err}"
     );
 }
+
+/// A batch runs each item as if alone: every batch item's beams, groups and hypotheses are its own.
+#[test]
+fn batched_items_decode_as_if_alone() {
+    let pipe = pipeline("llama");
+    let a = vec![1, 56, 386, 225, 40];
+    let b = vec![1, 626, 686, 453, 337];
+    for fields in [
+        json!({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.5,
+               "num_return_sequences": 2, "max_new_tokens": 7}),
+        json!({"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 7,
+               "force_words_ids": [[500, 501]]}),
+    ] {
+        let cfg = config(fields.clone());
+        let batch = GenerateInput {
+            input_ids: vec![a.clone(), b.clone()],
+            attention_mask: None,
+        };
+        let both = pipe.generate(&batch, &cfg).unwrap();
+        let alone_a = pipe
+            .generate(&GenerateInput::single(a.clone()), &cfg)
+            .unwrap();
+        let alone_b = pipe
+            .generate(&GenerateInput::single(b.clone()), &cfg)
+            .unwrap();
+        let mut want = alone_a.sequences.clone();
+        want.extend(alone_b.sequences.clone());
+        assert_eq!(both.sequences, want, "{fields}");
+        let scores = both.sequences_scores.unwrap();
+        let mut want = alone_a.sequences_scores.unwrap();
+        want.extend(alone_b.sequences_scores.unwrap());
+        for (g, w) in scores.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{fields}: {scores:?} != {want:?}");
+        }
+    }
+}
