@@ -4,11 +4,9 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use lmgen::models::{AttnImplementation, DType, Device, LoadOptions};
 
-/// The checkpoint shipped in the repository, used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../lmgen/tests/fixtures/golden/models/llama"
-);
+/// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
+/// trained on Jane Austen's novels (`models/tiny-austen`, made by `tools/train/`).
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-austen");
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DTypeArg {
@@ -20,7 +18,7 @@ pub enum DTypeArg {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint directory or Hugging Face model id (`org/name`, read from the local HF cache).
-    /// Defaults to a tiny checkpoint shipped with lmgen.
+    /// Defaults to the small model shipped with lmgen (`models/tiny-austen`).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
     /// Compute dtype (weights are converted on load).
