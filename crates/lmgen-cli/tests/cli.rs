@@ -112,6 +112,41 @@ fn default_model_prints_text() -> Result<()> {
     Ok(())
 }
 
+/// The README's run command, greedy: the default model (`models/tiny-austen`) prints the prompt
+/// and the continuation transformers produced (golden case `greedy_0` of `shipped_model.json`).
+#[test]
+fn default_model_continues_as_transformers() -> Result<()> {
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/shipped_model.json"
+    ))?)?;
+    let case = golden["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .find(|c| c["name"] == "greedy_0")
+        .context("greedy_0")?;
+    let prompt = case["prompts"][0].as_str().context("prompt")?;
+    let text = case["texts"][0].as_str().context("text")?;
+    let max_new = case["generation_config"]["max_new_tokens"].to_string();
+    let args = [
+        "generate",
+        "--prompt",
+        prompt,
+        "--do-sample",
+        "false",
+        "--max-new-tokens",
+        &max_new,
+    ];
+    let out = lmgen(&args, "")?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout)?.trim_end(),
+        format!("{prompt}{text}")
+    );
+    Ok(())
+}
+
 #[test]
 fn a_missing_model_directory_is_named() -> Result<()> {
     let out = lmgen(
