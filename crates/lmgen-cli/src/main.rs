@@ -1,7 +1,9 @@
 //! `lmgen`: text generation with Hugging Face checkpoints, as transformers' `generate()`.
 
+mod bench;
 mod chat;
 mod generate;
+mod init_random;
 mod jsonl;
 mod logits;
 mod options;
@@ -28,6 +30,11 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Chat with a model on stdin: one user turn per line, `/reset`, `/exit`.
     Chat(chat::ChatArgs),
+    /// Measure prefill and decode speed, time to first token, peak memory and the fraction of
+    /// the memory-bandwidth bound, on fixed token ids.
+    Bench(bench::BenchArgs),
+    /// Write a random-weight checkpoint of a given config.json (benchmarks of real shapes).
+    InitRandom(init_random::InitRandomArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::InitRandom(args) => init_random::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use lmgen::models::{AttnImplementation, DType, Device, LoadOptions};
+use lmgen::models::{AttnImplementation, DType, Device, LoadOptions, Quantization};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
 /// trained on Jane Austen's novels (`models/tiny-austen`, made by `tools/train/`).
@@ -31,12 +31,35 @@ pub struct ModelArgs {
     /// (differs only for Gemma 2, where eager applies attention logit soft-capping).
     #[arg(long, value_enum, default_value = "sdpa")]
     pub attn_implementation: AttnArg,
+    /// Quantize every linear weight at load to llama.cpp's Q8_0 or Q4_K blocks (transformers'
+    /// `load_in_8bit` / `load_in_4bit`); activations then run in f32.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnArg {
     Sdpa,
     Eager,
+}
+
+impl From<DTypeArg> for DType {
+    fn from(d: DTypeArg) -> Self {
+        match d {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// `--quantize`: quantize linear weights at load.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 impl ModelArgs {
@@ -48,11 +71,7 @@ impl ModelArgs {
     }
 
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let dtype = match self.dtype {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::F16 => DType::F16,
-            DTypeArg::Bf16 => DType::BF16,
-        };
+        let dtype = self.dtype.into();
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
             d if d == "cuda" || d.starts_with("cuda:") => {
@@ -76,6 +95,10 @@ impl ModelArgs {
                 AttnArg::Sdpa => AttnImplementation::Sdpa,
                 AttnArg::Eager => AttnImplementation::Eager,
             },
+            quantize: self.quantize.map(|q| match q {
+                QuantizeArg::Q8_0 => Quantization::Q8_0,
+                QuantizeArg::Q4K => Quantization::Q4K,
+            }),
         })
     }
 }

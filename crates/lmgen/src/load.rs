@@ -11,7 +11,8 @@
 //! Every safetensors header is validated once, at open: header length, JSON, dtype x shape == byte
 //! length, offsets contiguous and inside the file (our own checks, for messages that name the
 //! tensor), then the audited `SafeTensors::read_metadata` as a second line of defence. After that,
-//! reading a tensor is a bounds-checked copy out of the memory map.
+//! reading a tensor is a bounds-checked copy out of the memory map, whose pages are then released
+//! (peak resident memory stays near the size of the weights, not twice it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -411,6 +412,9 @@ impl Weights {
         } else {
             Tensor::from_raw_buffer(bytes, disk, &entry.shape, device)?.to_dtype(dtype)?
         };
+        // The tensor owns a copy now: give the mapped pages back, so that a loaded model's
+        // resident memory is its weights, not its weights plus the file.
+        release_pages(mmap, entry.bytes.clone());
         Ok(tensor)
     }
 }
@@ -450,6 +454,29 @@ fn map_file(path: &Path) -> Result<Mmap> {
     // open. Undefined behaviour would need another process to truncate or rewrite the checkpoint
     // while it is loaded; like transformers (`safe_open`) and candle, we accept that assumption.
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// Drops `range` of a read-only file mapping from this process's resident memory
+/// (`madvise(MADV_DONTNEED)`); the data stays in the file and the OS page cache, and a later read
+/// of the range faults it back in unchanged. Best effort: an error only means the pages stay.
+#[allow(unsafe_code)]
+fn release_pages(mmap: &Mmap, range: Range<usize>) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the map is a read-only shared mapping of a file that is not written while it is
+        // loaded (see `map_file`). MADV_DONTNEED on such a mapping only unmaps the pages; the next
+        // access reads the same bytes from the file again, so no reference into the map can observe
+        // a change. memmap2 aligns the range to pages.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            )
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, range);
 }
 
 /// Validates a whole safetensors file and returns its tensors (with `file` left at 0).

@@ -71,7 +71,7 @@ impl Gpt2 {
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings || !ctx.weights.contains("lm_head.weight") {
-            Linear::from_weight(wte.clone(), None)
+            Linear::from_weight(ctx, "lm_head.weight", wte.clone(), None)?
         } else {
             Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
         };

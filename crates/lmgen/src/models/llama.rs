@@ -47,7 +47,7 @@ pub struct Llama {
 /// The LM head: `lm_head.weight`, or the embedding matrix when tied.
 pub(crate) fn lm_head(ctx: &LoadContext<'_>, cfg: &ModelConfig, embed: &Tensor) -> Result<Linear> {
     if cfg.tie_word_embeddings && !ctx.weights.contains("lm_head.weight") {
-        Ok(Linear::from_weight(embed.clone(), None))
+        Linear::from_weight(ctx, "lm_head.weight", embed.clone(), None)
     } else {
         Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
     }

@@ -8,6 +8,7 @@ pub mod gemma2;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
+pub mod quantize;
 
 use std::path::Path;
 
@@ -19,6 +20,7 @@ use crate::load::Checkpoint;
 
 pub use candle_core::{DType, Device};
 pub use config::ModelConfig;
+pub use quantize::Quantization;
 
 /// Which positions of the input get logits. Generation only needs the last one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Attention semantics (see [`AttnImplementation`]).
     pub attn_implementation: AttnImplementation,
+    /// Quantize every linear weight at load (HF `load_in_8bit` / `load_in_4bit`); `None` keeps
+    /// the weights in `dtype`.
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -138,6 +143,7 @@ impl Default for LoadOptions {
             dtype: None,
             device: Device::Cpu,
             attn_implementation: AttnImplementation::default(),
+            quantize: None,
         }
     }
 }
@@ -151,6 +157,7 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
         dtype,
         device: &options.device,
         attn_implementation: options.attn_implementation,
+        quantize: options.quantize,
     };
     let model: Box<dyn CausalLM> = match config.architecture {
         Architecture::Gpt2 => Box::new(gpt2::Gpt2::load(config, &ctx)?),

@@ -14,17 +14,11 @@ use crate::error::Result;
 use crate::models::config::ModelConfig;
 use crate::models::AttnImplementation;
 
-/// The q/k/v projections: separate (Llama) or one fused matrix (GPT-2 `c_attn`).
-#[derive(Debug, Clone)]
-enum QkvProj {
-    Separate { q: Linear, k: Linear, v: Linear },
-    Fused(Linear),
-}
-
 /// One attention block.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: QkvProj,
+    /// q, k and v projections as one `[(nh + 2 nkv) * d, hidden]` product (fused at load).
+    qkv: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -53,15 +47,18 @@ impl Attention {
     ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let proj = |name: &str, out: usize, bias: bool| {
-            Linear::load(ctx, &format!("{prefix}.{name}"), h, out, bias)
-        };
+        let (q, k, v) = (
+            format!("{prefix}.q_proj"),
+            format!("{prefix}.k_proj"),
+            format!("{prefix}.v_proj"),
+        );
+        let parts = [
+            (q.as_str(), nh * d),
+            (k.as_str(), nkv * d),
+            (v.as_str(), nkv * d),
+        ];
         Ok(Self {
-            qkv: QkvProj::Separate {
-                q: proj("q_proj", nh * d, cfg.qkv_bias)?,
-                k: proj("k_proj", nkv * d, cfg.qkv_bias)?,
-                v: proj("v_proj", nkv * d, cfg.qkv_bias)?,
-            },
+            qkv: Linear::load_fused(ctx, &parts, h, cfg.qkv_bias)?,
             o_proj: Linear::load(ctx, &format!("{prefix}.o_proj"), nh * d, h, cfg.o_bias)?,
             num_heads: nh,
             num_kv_heads: nkv,
@@ -89,12 +86,7 @@ impl Attention {
             scale /= (layer_idx + 1) as f64;
         }
         Ok(Self {
-            qkv: QkvProj::Fused(Linear::load_conv1d(
-                ctx,
-                &format!("{prefix}.c_attn"),
-                h,
-                3 * h,
-            )?),
+            qkv: Linear::load_conv1d(ctx, &format!("{prefix}.c_attn"), h, 3 * h)?,
             o_proj: Linear::load_conv1d(ctx, &format!("{prefix}.c_proj"), h, h)?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_attention_heads,
@@ -114,17 +106,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (q, k, v) = match &self.qkv {
-            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
-            QkvProj::Fused(qkv) => {
-                let qkv = qkv.forward(x)?; // [b, t, 3 * h * d]
-                (
-                    qkv.narrow(D::Minus1, 0, nh * d)?,
-                    qkv.narrow(D::Minus1, nh * d, nkv * d)?,
-                    qkv.narrow(D::Minus1, (nh + nkv) * d, nkv * d)?,
-                )
-            }
-        };
+        let qkv = self.qkv.forward(x)?; // [b, t, (nh + 2 nkv) * d]
+        let q = qkv.narrow(D::Minus1, 0, nh * d)?;
+        let k = qkv.narrow(D::Minus1, nh * d, nkv * d)?;
+        let v = qkv.narrow(D::Minus1, (nh + nkv) * d, nkv * d)?;
         // [b, t, n * d] -> [b, n, t, d]
         let q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
         let k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;

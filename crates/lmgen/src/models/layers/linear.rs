@@ -1,22 +1,45 @@
-//! `nn.Linear` (weight `[out, in]`) and GPT-2's `Conv1D` (weight `[in, out]`, transposed at load).
+//! `nn.Linear` (weight `[out, in]`) and GPT-2's `Conv1D` (weight `[in, out]`, transposed at load),
+//! dense (f32 / f16 / bf16) or quantized at load (Q8_0 / Q4_K, see [`Quantization`]).
+//!
+//! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
+//! [`gemv`]; larger ones (prefill) through candle's matmul.
 
-use candle_core::{Module, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Tensor};
 
-use super::LoadContext;
+use super::{gemv, LoadContext};
 use crate::error::Result;
+
+/// The weight of a linear layer.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `[out, in]` in the compute dtype.
+    Dense(Tensor),
+    /// `[out, in]` in a quantized block format.
+    Quantized(QMatMul),
+}
 
 /// `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: Weight,
+    bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// Wraps an existing `[out, in]` weight (used for tied embeddings).
-    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            inner: candle_nn::Linear::new(weight, bias),
-        }
+    /// Wraps an existing `[out, in]` weight (used for tied embeddings), quantized if the load
+    /// options ask for it.
+    pub fn from_weight(
+        ctx: &LoadContext<'_>,
+        name: &str,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        let weight = match ctx.quantize {
+            Some(q) => Weight::Quantized(q.quantize(&weight, name)?),
+            None => Weight::Dense(weight),
+        };
+        Ok(Self { weight, bias })
     }
 
     /// Loads `{prefix}.weight` `[out, in]` and, if `bias`, `{prefix}.bias` `[out]`.
@@ -27,13 +50,34 @@ impl Linear {
         out_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = ctx.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(ctx.tensor(&format!("{prefix}.bias"), &[out_dim])?)
+        Self::load_fused(ctx, &[(prefix, out_dim)], in_dim, bias)
+    }
+
+    /// Several linear layers over the same input as one: the `[out_i, in]` weights of `parts`
+    /// (prefix, out_i) stacked into `[sum out_i, in]` (fused QKV, fused gate/up), so a decode step
+    /// reads the input once and runs one product instead of several. The outputs come back
+    /// concatenated in the order of `parts`.
+    pub fn load_fused(
+        ctx: &LoadContext<'_>,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|(p, out)| ctx.tensor(&format!("{p}.weight"), &[*out, in_dim]))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = if bias {
+            let b = parts
+                .iter()
+                .map(|(p, out)| ctx.tensor(&format!("{p}.bias"), &[*out]))
+                .collect::<Result<Vec<_>>>()?;
+            Some(cat(b)?)
         } else {
             None
         };
-        Ok(Self::from_weight(weight, bias))
+        let name = format!("{}.weight", parts.first().map_or("", |p| p.0));
+        Self::from_weight(ctx, &name, cat(weights)?, biases)
     }
 
     /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` is `[in, out]` on disk.
@@ -48,16 +92,39 @@ impl Linear {
             .t()?
             .contiguous()?;
         let bias = ctx.tensor(&format!("{prefix}.bias"), &[out_dim])?;
-        Ok(Self::from_weight(weight, Some(bias)))
+        Self::from_weight(ctx, &format!("{prefix}.weight"), weight, Some(bias))
     }
 
     /// `[.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(x)?)
+        let y = match &self.weight {
+            Weight::Dense(w) => {
+                let rows = x.elem_count() / w.dim(1)?;
+                let fast = if rows <= gemv::MAX_ROWS {
+                    gemv::matmul_t(x, w)?
+                } else {
+                    None
+                };
+                match fast {
+                    Some(y) => y,
+                    None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+                }
+            }
+            // candle's quantized kernels take f32 activations.
+            Weight::Quantized(q) => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
+}
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
-    }
+/// Stacks `[out_i, ..]` tensors along the first dimension (no copy for a single one).
+fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
+    Ok(if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Tensor::cat(&parts, 0)?
+    })
 }

@@ -1,6 +1,6 @@
 //! Feed-forward blocks: the gated MLP of Llama-family models and GPT-2's plain MLP.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 
 use super::linear::Linear;
 use super::LoadContext;
@@ -19,8 +19,9 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// `down(act(gate(x)) * up(x))` (HF `LlamaMLP`, `Gemma2MLP`).
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` as one `[2 * intermediate, hidden]` product (fused at load).
+    gate_up_proj: Linear,
+    intermediate: usize,
     down_proj: Linear,
     act: Activation,
 }
@@ -36,20 +37,16 @@ impl GatedMlp {
         act: Activation,
     ) -> Result<Self> {
         Ok(Self {
-            gate_proj: Linear::load(
+            gate_up_proj: Linear::load_fused(
                 ctx,
-                &format!("{prefix}.gate_proj"),
+                &[
+                    (&format!("{prefix}.gate_proj"), intermediate),
+                    (&format!("{prefix}.up_proj"), intermediate),
+                ],
                 hidden,
-                intermediate,
                 bias,
             )?,
-            up_proj: Linear::load(
-                ctx,
-                &format!("{prefix}.up_proj"),
-                hidden,
-                intermediate,
-                bias,
-            )?,
+            intermediate,
             down_proj: Linear::load(
                 ctx,
                 &format!("{prefix}.down_proj"),
@@ -63,8 +60,10 @@ impl GatedMlp {
 
     /// `[b, t, hidden] -> [b, t, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = activate(&self.gate_proj.forward(x)?, self.act)?;
-        let up = self.up_proj.forward(x)?;
+        let gate_up = self.gate_up_proj.forward(x)?; // [b, t, 2 * intermediate]
+        let i = self.intermediate;
+        let gate = activate(&gate_up.narrow(D::Minus1, 0, i)?, self.act)?;
+        let up = gate_up.narrow(D::Minus1, i, i)?;
         self.down_proj.forward(&(gate * up)?)
     }
 }

@@ -1,6 +1,7 @@
 //! Building blocks shared by the architectures, one concept per file.
 
 pub mod attention;
+pub mod gemv;
 pub mod linear;
 pub mod mask;
 pub mod mlp;
@@ -19,6 +20,8 @@ pub struct LoadContext<'a> {
     pub dtype: DType,
     pub device: &'a Device,
     pub attn_implementation: crate::models::AttnImplementation,
+    /// Quantize linear weights at load (`None`: keep `dtype`).
+    pub quantize: Option<crate::models::quantize::Quantization>,
 }
 
 impl LoadContext<'_> {

@@ -1,0 +1,44 @@
+//! The memory-bandwidth probe of `lmgen bench`: a streaming read of a buffer much larger than the
+//! caches, on every thread of the pool, as a decode step reads its weights. The best of several
+//! passes is the bandwidth the bound is computed with (the bound is what the machine can do, so
+//! noise must not lower it).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// Bytes read per pass: far beyond the last-level cache.
+const BUFFER_BYTES: usize = 512 << 20;
+const PASSES: usize = 7;
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 18;
+const LANES: usize = 16;
+
+/// Measured read bandwidth in bytes per second.
+pub fn measure() -> f64 {
+    let n = BUFFER_BYTES / 4;
+    // Distinct values, so the pages are really backed by memory.
+    let buf: Vec<f32> = (0..n).map(|i| (i % 1024) as f32).collect();
+    let mut best = 0f64;
+    for _ in 0..PASSES {
+        let start = Instant::now();
+        let sum: f32 = buf.par_chunks(CHUNK).map(sum_lanes).sum();
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max(BUFFER_BYTES as f64 / secs);
+    }
+    best
+}
+
+/// A sum in `LANES` independent partial sums (vectorises; one add chain would be latency-bound).
+fn sum_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,93 @@
+//! What a decode step must read, what the model keeps resident, and the process's memory:
+//! the numbers the bandwidth bound and the peak-RSS goal are computed from.
+//!
+//! Bytes read per step (performance notes, section 2): every linear weight once, the LM head
+//! included even when tied (the whole `vocab x hidden` matrix is read), norms and biases; not the
+//! input embedding table (a gather of one row per token). Plus the KV cache: per cached token,
+//! `2 * layers * kv_heads * head_dim * sizeof(dtype)`.
+
+use lmgen::load::Checkpoint;
+use lmgen::models::{DType, ModelConfig, Quantization};
+
+/// Embedding tables are gathered, not read whole, at decode.
+fn is_embedding(name: &str) -> bool {
+    name.ends_with("embed_tokens.weight")
+        || name.ends_with("wte.weight")
+        || name.ends_with("wpe.weight")
+}
+
+/// The sizes a bench run needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Footprint {
+    /// Weight bytes one decode step reads.
+    pub read_per_step: usize,
+    /// Weight bytes the loaded model holds.
+    pub resident: usize,
+    /// KV-cache bytes per cached token and row.
+    pub kv_per_token: usize,
+}
+
+impl Footprint {
+    pub fn new(
+        checkpoint: &Checkpoint,
+        config: &ModelConfig,
+        dtype: DType,
+        quantize: Option<Quantization>,
+    ) -> Self {
+        let w = &checkpoint.weights;
+        let elem = dtype.size_in_bytes();
+        let linear_bytes = |shape: &[usize]| match (quantize, shape) {
+            (Some(q), [rows, cols]) => q.bytes(*rows, *cols),
+            _ => shape.iter().product::<usize>() * elem,
+        };
+        let (mut read, mut resident) = (0, 0);
+        for name in w.names() {
+            let Some(shape) = w.shape(name) else { continue };
+            let dense = shape.iter().product::<usize>() * elem;
+            if is_embedding(name) {
+                resident += dense;
+            } else {
+                read += linear_bytes(shape);
+                resident += linear_bytes(shape);
+            }
+        }
+        // A tied LM head reads the embedding matrix; quantized, it is a second (quantized) copy.
+        let tied = !w.contains("lm_head.weight");
+        if tied {
+            let embed = w
+                .names()
+                .find(|n| n.ends_with("embed_tokens.weight") || n.ends_with("wte.weight"));
+            if let Some(shape) = embed.and_then(|n| w.shape(n)) {
+                read += linear_bytes(shape);
+                if quantize.is_some() {
+                    resident += linear_bytes(shape);
+                }
+            }
+        }
+        let kv_per_token =
+            2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem;
+        Self {
+            read_per_step: read,
+            resident,
+            kv_per_token,
+        }
+    }
+}
+
+/// `VmRSS` and `VmHWM` (peak) of this process in bytes, from `/proc/self/status` (Linux).
+pub fn rss() -> (Option<usize>, Option<usize>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .map(|kib| kib * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the peak (`VmHWM`) to the current RSS (`/proc/self/clear_refs`, value 5). Best effort.
+pub fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

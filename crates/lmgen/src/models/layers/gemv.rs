@@ -1,0 +1,203 @@
+//! Multi-threaded matrix-vector products for decode on the CPU: `y = x W^T` for a few rows of `x`.
+//!
+//! At decode time `x` has one row per sequence, so the product is bound by reading `W` once from
+//! memory. candle's CPU matmul (the `gemm` crate) is built for large `m`: at `m = 1..8` it reaches a
+//! fraction of the memory bandwidth, and for bf16 it widens the whole weight matrix to f32 on every
+//! call. Here each thread streams a band of weight rows once (converting f16/bf16 rows to f32 in a
+//! small buffer), and computes the dot products of that row with every row of `x`, which stay in
+//! cache. llama.cpp's `ggml_compute_forward_mul_mat` does the same for `ne11` small.
+
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul on this kind of machine.
+pub const MAX_ROWS: usize = 16;
+
+/// Weight rows per rayon task: enough work to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 64;
+
+/// Lanes of the dot-product accumulator: two AVX registers, so the loop vectorises and
+/// hides the add latency.
+const LANES: usize = 16;
+
+/// `x [m, k] · w[n, k]^T -> [m, n]`, in f32 accumulation, returned in `x`'s dtype.
+///
+/// `w` must be a contiguous CPU tensor of f32, f16 or bf16; `x` any float CPU tensor. Returns
+/// `None` when the tensors are not of that kind (the caller falls back to candle's matmul).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    if !matches!(w.device(), Device::Cpu) || w.rank() != 2 {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let m = x.elem_count() / k;
+    let out_dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+    let x_vec = {
+        let (storage, layout) = x32.storage_and_layout();
+        let Some(xs) = cpu_slice::<f32>(&storage, layout) else {
+            return Ok(None);
+        };
+        xs.to_vec()
+    };
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let y_t = match cpu {
+        CpuStorage::F32(v) => products(&x_vec, m, k, &v[start..end], n, |row, _| row),
+        CpuStorage::BF16(v) => products(&x_vec, m, k, &v[start..end], n, |row, buf| {
+            row.convert_to_f32_slice(buf);
+            buf
+        }),
+        CpuStorage::F16(v) => products(&x_vec, m, k, &v[start..end], n, |row, buf| {
+            row.convert_to_f32_slice(buf);
+            buf
+        }),
+        _ => return Ok(None),
+    };
+    drop(storage);
+    // [n, m] -> [m, n]
+    let y = if m == 1 {
+        y_t
+    } else {
+        let mut y = vec![0f32; m * n];
+        for (j, col) in y_t.chunks_exact(m).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                y[i * n + j] = *v;
+            }
+        }
+        y
+    };
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok(Some(
+        Tensor::from_vec(y, dims, &Device::Cpu)?.to_dtype(out_dtype)?,
+    ))
+}
+
+/// The contiguous data of a CPU tensor of element type `T`.
+fn cpu_slice<'a, T: candle_core::WithDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+) -> Option<&'a [T]> {
+    let Storage::Cpu(cpu) = storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    cpu.as_slice::<T>().ok().map(|s| &s[start..end])
+}
+
+/// `y_t[j, i] = dot(x[i], w[j])` for every weight row `j` and input row `i`: `[n, m]`.
+/// `row_f32` turns one weight row into f32, using the buffer if it must convert.
+fn products<W, F>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, row_f32: F) -> Vec<f32>
+where
+    W: Sync,
+    F: for<'b> Fn(&'b [W], &'b mut [f32]) -> &'b [f32] + Sync,
+{
+    let mut y_t = vec![0f32; n * m];
+    y_t.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let mut buf = vec![0f32; k];
+            let first = task * ROWS_PER_TASK;
+            for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
+                let j = first + r;
+                let w_row = row_f32(&w[j * k..(j + 1) * k], &mut buf);
+                for (i, o) in out_row.iter_mut().enumerate() {
+                    *o = dot(&x[i * k..(i + 1) * k], w_row);
+                }
+            }
+        });
+    y_t
+}
+
+/// `sum(a * b)` over equal-length slices, in `LANES` independent partial sums.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Checks that a weight can go through [`matmul_t`]: `[n, k]` with matching `x`.
+pub fn check_shapes(x: &Tensor, w: &Tensor) -> Result<()> {
+    let (_, k) = w.dims2()?;
+    if x.dims().last() != Some(&k) {
+        return Err(Error::Input(format!(
+            "linear layer expects inputs of width {k}, got shape {:?}",
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &Tensor, w: &Tensor) -> Vec<Vec<f32>> {
+        x.to_dtype(DType::F32)
+            .unwrap()
+            .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_candle_matmul_for_every_weight_dtype() {
+        let dev = Device::Cpu;
+        // n not a multiple of ROWS_PER_TASK, k not a multiple of LANES.
+        let (m, n, k) = (3, 200, 37);
+        let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+        let w32 = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let w = w32.to_dtype(dtype).unwrap();
+            let want = reference(&x, &w);
+            let got: Vec<Vec<f32>> = matmul_t(&x, &w).unwrap().unwrap().to_vec2().unwrap();
+            for (g, r) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!(
+                    (g - r).abs() < 1e-4 * (1.0 + r.abs()),
+                    "{dtype:?}: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_leading_dims_and_dtype() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((2, 1, 8), DType::BF16, &dev).unwrap();
+        let w = Tensor::ones((5, 8), DType::BF16, &dev).unwrap();
+        let y = matmul_t(&x, &w).unwrap().unwrap();
+        assert_eq!(y.dims(), &[2, 1, 5]);
+        assert_eq!(y.dtype(), DType::BF16);
+        let v: Vec<f32> = y
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(v, vec![8.0; 10]);
+    }
+}
