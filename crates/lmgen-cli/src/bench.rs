@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Untimed runs before the timed ones.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Size of the buffer the bandwidth probe reads (it must be well beyond the last-level cache).
+    #[arg(long, default_value_t = 512)]
+    pub bandwidth_mib: usize,
     /// Also write the results as JSON to FILE (`-`: JSON on stdout instead of the table).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -203,7 +206,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("cannot start the thread pool")?;
     }
     let threads = rayon::current_num_threads();
-    let bandwidth = bandwidth::measure();
+    let bandwidth = bandwidth::measure(args.bandwidth_mib << 20);
 
     footprint::reset_peak();
     let dir = resolve_model(&args.model.model_or_default())?;

@@ -7,16 +7,15 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-/// Bytes read per pass: far beyond the last-level cache.
-const BUFFER_BYTES: usize = 512 << 20;
 const PASSES: usize = 7;
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 18;
 const LANES: usize = 16;
 
-/// Measured read bandwidth in bytes per second.
-pub fn measure() -> f64 {
-    let n = BUFFER_BYTES / 4;
+/// Measured read bandwidth in bytes per second, streaming a buffer of `bytes` (far beyond the
+/// last-level cache).
+pub fn measure(bytes: usize) -> f64 {
+    let n = (bytes / 4).max(CHUNK);
     // Distinct values, so the pages are really backed by memory.
     let buf: Vec<f32> = (0..n).map(|i| (i % 1024) as f32).collect();
     let mut best = 0f64;
@@ -25,7 +24,7 @@ pub fn measure() -> f64 {
         let sum: f32 = buf.par_chunks(CHUNK).map(sum_lanes).sum();
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(sum);
-        best = best.max(BUFFER_BYTES as f64 / secs);
+        best = best.max((4 * n) as f64 / secs);
     }
     best
 }

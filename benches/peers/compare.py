@@ -1,0 +1,123 @@
+"""lmgen against llama.cpp and candle-transformers on the same random-weight checkpoint, same
+threads, same precision, same token ids and lengths, interleaved round by round (DESIGN.md
+section 5). Run through ../compare.sh, which builds the binaries first.
+
+Usage: python compare.py --lmgen BIN --candle BIN --shape NAME [--precisions f32,f16,q8_0,q4_k]
+       [--threads 2] [--rounds 3] [--reps 3] [--decode 64] [--prefill 512] [--out DIR]
+Each round runs every engine once per precision (each run: a warm-up, then REPS timed
+repetitions, median); the figure reported is the median over rounds. Writes OUT/SHAPE.json and
+prints a Markdown table.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+GGUF_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_k": "q4_k_s"}
+
+
+def run_rss(cmd, env=None):
+    """Runs cmd; returns (stdout, peak RSS in bytes of that process, from wait4)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out = p.stdout.read()
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err.decode()}")
+    return out.decode(), usage.ru_maxrss * 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lmgen", required=True)
+    ap.add_argument("--candle", required=True)
+    ap.add_argument("--shape", required=True)
+    ap.add_argument("--precisions", default="f32,f16,q8_0,q4_k")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    ck_root = os.path.join(ROOT, "target", "bench-checkpoints")
+    ckpt = os.path.join(ck_root, f"{a.shape}-f32")
+    if not os.path.isfile(os.path.join(ckpt, "model.safetensors")):
+        run_rss([a.lmgen, "init-random", "--config", os.path.join(ROOT, "benches", "configs", f"{a.shape}.json"),
+             "--dtype", "f32", "--out", ckpt])
+    precisions = a.precisions.split(",")
+    gguf = {}
+    for p in precisions:
+        path = os.path.join(ck_root, f"{a.shape}-{GGUF_TYPE[p]}.gguf")
+        if not os.path.isfile(path):
+            run_rss([sys.executable, os.path.join(HERE, "write_gguf.py"), ckpt, path, GGUF_TYPE[p]])
+        gguf[p] = path
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    samples = {p: {"lmgen": [], "llama.cpp": [], "candle": []} for p in precisions}
+    lmgen_json = {p: [] for p in precisions}
+    for rnd in range(a.rounds):
+        for p in precisions:
+            # lmgen
+            jf = os.path.join(a.out, f"{a.shape}-{p}-lmgen.json")
+            cmd = [a.lmgen, "bench", "--model", ckpt, "--threads", str(a.threads), "--prefill", str(a.prefill),
+                   "--batch", "1", "--prompt-len", "128", "--new-tokens", str(a.decode), "--reps", str(a.reps),
+                   "--warmup", "1", "--json", jf]
+            cmd += ["--quantize", p] if p.startswith("q") else ["--dtype", p]
+            _, rss = run_rss(cmd, env)
+            r = json.load(open(jf))
+            lmgen_json[p].append(r)
+            samples[p]["lmgen"].append({"prefill_tok_s": r["prefill"][0]["tok_s"],
+                                        "decode_tok_s": r["decode"][0]["tok_s"], "peak_rss": rss})
+            # llama.cpp
+            out, rss = run_rss([sys.executable, os.path.join(HERE, "llama_cpp_peer.py"), gguf[p], str(a.threads),
+                                str(a.prefill), str(a.decode), str(a.reps)], env)
+            samples[p]["llama.cpp"].append(dict(json.loads(out.strip().splitlines()[-1]), peak_rss=rss))
+            # candle-transformers
+            cand = [a.candle, gguf[p], "gguf"] if p.startswith("q") else [a.candle, ckpt, p]
+            out, rss = run_rss(cand + [str(a.prefill), str(a.decode), str(a.reps)], env)
+            samples[p]["candle"].append(dict(json.loads(out.strip().splitlines()[-1]), peak_rss=rss))
+            print(f"round {rnd + 1}/{a.rounds} {p}: " + ", ".join(
+                f"{e} {s[-1]['decode_tok_s']:.1f}/{s[-1]['prefill_tok_s']:.0f}" for e, s in samples[p].items()),
+                file=sys.stderr, flush=True)
+    med = lambda xs: statistics.median(xs)
+    rows = []
+    for p in precisions:
+        lj = lmgen_json[p]
+        bw = max(r["bandwidth_gb_s"] for r in lj) * 1e9
+        step_bytes = lj[0]["decode"][0]["bytes_per_step"]
+        row = {"precision": p, "bandwidth_gb_s": bw / 1e9, "bytes_per_step": step_bytes,
+               "weights_plus_kv_bytes": lj[0]["weights_plus_kv_batch1_bytes"],
+               "gguf_bytes": os.path.getsize(gguf[p])}
+        for e, s in samples[p].items():
+            row[e] = {k: med([x[k] for x in s]) for k in ("decode_tok_s", "prefill_tok_s", "peak_rss")}
+            row[e]["rounds"] = s
+        row["lmgen"]["fraction_of_bound"] = row["lmgen"]["decode_tok_s"] * step_bytes / bw
+        rows.append(row)
+    result = {"shape": a.shape, "threads": a.threads, "decode_tokens": a.decode, "prefill_tokens": a.prefill,
+              "rounds": a.rounds, "reps": a.reps, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "rows": rows}
+    with open(os.path.join(a.out, f"{a.shape}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"| shape | precision | decode b1 tok/s lmgen / llama.cpp / candle | ratio vs llama.cpp / candle | "
+          f"% bound | prefill {a.prefill} tok/s lmgen / llama.cpp / candle | ratio vs llama.cpp / candle | "
+          f"peak RSS MiB lmgen (weights+KV) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        L, C, K = r["lmgen"], r["llama.cpp"], r["candle"]
+        print(f"| {a.shape} | {r['precision']} | {L['decode_tok_s']:.1f} / {C['decode_tok_s']:.1f} / {K['decode_tok_s']:.1f} "
+              f"| {L['decode_tok_s'] / C['decode_tok_s']:.2f}x / {L['decode_tok_s'] / K['decode_tok_s']:.2f}x "
+              f"| {100 * L['fraction_of_bound']:.0f}% "
+              f"| {L['prefill_tok_s']:.0f} / {C['prefill_tok_s']:.0f} / {K['prefill_tok_s']:.0f} "
+              f"| {L['prefill_tok_s'] / C['prefill_tok_s']:.2f}x / {L['prefill_tok_s'] / K['prefill_tok_s']:.2f}x "
+              f"| {L['peak_rss'] / 2**20:.0f} ({r['weights_plus_kv_bytes'] / 2**20:.0f}) |")
+
+
+if __name__ == "__main__":
+    main()
