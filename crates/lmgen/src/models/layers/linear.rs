@@ -107,7 +107,10 @@ impl Linear {
                 };
                 match fast {
                     Some(y) => y,
-                    None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+                    None if w.dtype() == DType::F32 => {
+                        candle_nn::Linear::new(w.clone(), None).forward(x)?
+                    }
+                    None => half_matmul(x, w)?,
                 }
             }
             // candle's quantized kernels take f32 activations.
@@ -120,6 +123,33 @@ impl Linear {
     }
 }
 
+/// Weight rows widened to f32 at a time by [`half_matmul`].
+const HALF_BLOCK_ROWS: usize = 2048;
+
+/// `x [.., k] · w[n, k]^T` for an f16/bf16 weight and many rows of `x` (prefill): candle's CPU
+/// matmul has no bf16 kernel (it widens the whole matrix to f32 on every call) and a slow f16 one,
+/// so widen `w` to f32 a block of rows at a time and use the f32 kernel; the widening costs
+/// `n k` operations against the product's `2 m n k`.
+fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let x32 = x.to_dtype(DType::F32)?.reshape(((), k))?.contiguous()?; // [m, k]
+    let blocks = (0..n)
+        .step_by(HALF_BLOCK_ROWS)
+        .map(|start| {
+            let rows = HALF_BLOCK_ROWS.min(n - start);
+            let block = w.narrow(0, start, rows)?.to_dtype(DType::F32)?; // [rows, k]
+            Ok(x32.matmul(&block.t()?)?) // [m, rows]
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok(Tensor::cat(&blocks, 1)?
+        .reshape(dims)?
+        .to_dtype(x.dtype())?)
+}
+
 /// Stacks `[out_i, ..]` tensors along the first dimension (no copy for a single one).
 fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
     Ok(if parts.len() == 1 {
@@ -127,4 +157,28 @@ fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
     } else {
         Tensor::cat(&parts, 0)?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn half_weights_with_many_rows_match_f32() {
+        let dev = Device::Cpu;
+        // More rows than the kernel for few rows takes, more weight rows than one block.
+        let x = Tensor::randn(0f32, 1., (2, 20, 24), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (HALF_BLOCK_ROWS + 3, 24), &dev).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let wh = w.to_dtype(dtype).unwrap();
+            let want = x
+                .broadcast_matmul(&wh.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap();
+            let got = half_matmul(&x, &wh).unwrap();
+            assert_eq!(got.dims(), &[2, 20, HALF_BLOCK_ROWS + 3]);
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-3, "{dtype:?}");
+        }
+    }
 }
