@@ -5,6 +5,7 @@ mod generate;
 mod jsonl;
 mod logits;
 mod options;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Chat with a model on stdin: one user turn per line, `/reset`, `/exit`.
     Chat(chat::ChatArgs),
+    /// Serve the OpenAI API (completions, chat, models, health, metrics) with continuous batching.
+    Serve(lmgen_server::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Logits(args) => logits::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
