@@ -1,12 +1,23 @@
 //! Key/value caches. The model never owns one: the caller passes a cache to every forward.
 
 pub mod dynamic;
+pub mod paged;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use dynamic::DynamicCache;
+
+/// One sequence of a packed (ragged) batch: the model input holds the new tokens of several
+/// sequences side by side, `[1, sum(new)]`, each continuing its own cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceSpan {
+    /// Tokens this sequence has cached already (its first new token sits at this position).
+    pub past: usize,
+    /// New tokens of this sequence in the input.
+    pub new: usize,
+}
 
 /// Storage for the keys and values of past tokens (HF `Cache`).
 ///
@@ -21,4 +32,25 @@ pub trait KvCache: Send {
     /// Reorders the batch rows: row `i` becomes old row `beam_idx[i]` (HF `Cache.reorder_cache`,
     /// used by beam search after each step).
     fn reorder(&mut self, beam_idx: &[usize]) -> Result<()>;
+
+    /// A packed batch's sequences, in input order; `None` (the default) for a dense `[b, t]`
+    /// batch where every row shares one past length.
+    fn spans(&self) -> Option<&[SequenceSpan]> {
+        None
+    }
+
+    /// Packed batches: appends `k`, `v` (`[1, kv_heads, new, d]`) of sequence `seq` for `layer`
+    /// and returns all of that sequence's keys and values, `[1, kv_heads, past + new, d]`.
+    fn update_sequence(
+        &mut self,
+        layer: usize,
+        seq: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let _ = (layer, seq, k, v);
+        Err(Error::Unsupported(
+            "this cache does not hold packed batches of sequences".into(),
+        ))
+    }
 }

@@ -16,11 +16,12 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::config::{LayerType, ModelConfig};
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::linear::Linear;
+use super::layers::mask::ForwardMasks;
 use super::layers::mlp::GatedMlp;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
-use super::llama::{keep, layer_masks, lm_head};
+use super::llama::lm_head;
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
@@ -102,10 +103,9 @@ fn softcap(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
 
 impl CausalLM for Gemma2 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        let past = cache.seq_len();
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
         let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
-        let (full, sliding) = layer_masks(input, &self.config, past, self.dtype, &self.device)?;
+        let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         // `normalizer = torch.tensor(hidden_size**0.5, dtype=hidden.dtype)`
         let normalizer = Tensor::new((self.config.hidden_size as f64).sqrt() as f32, &self.device)?
             .to_dtype(self.dtype)?;
@@ -114,13 +114,9 @@ impl CausalLM for Gemma2 {
             .forward(input.input_ids)?
             .broadcast_mul(&normalizer)?; // [b, t, h]
         for layer in &self.layers {
-            let mask = match layer.layer_type {
-                LayerType::FullAttention => full.as_ref(),
-                LayerType::SlidingAttention => sliding.as_ref(),
-            };
             let attn_in = AttentionInput {
                 rope: Some((&cos, &sin)),
-                mask,
+                mask: masks.for_layer(layer.layer_type),
             };
             let h =
                 layer
@@ -132,7 +128,7 @@ impl CausalLM for Gemma2 {
                 .forward(&layer.pre_feedforward_layernorm.forward(&x)?)?;
             x = (x + layer.post_feedforward_layernorm.forward(&h)?)?;
         }
-        let x = self.norm.forward(&keep(x, input.logits_to_keep)?)?;
+        let x = self.norm.forward(&masks.keep(x, input.logits_to_keep)?)?;
         let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
         let logits = softcap(logits, self.config.final_logit_softcapping)?; // [b, t_kept, vocab]
         Ok(ModelOutput { logits })

@@ -7,13 +7,14 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::config::LayerType;
 use super::config::ModelConfig;
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::linear::Linear;
+use super::layers::mask::ForwardMasks;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
-use super::llama::{keep, layer_masks};
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
@@ -90,13 +91,12 @@ impl Gpt2 {
 
 impl CausalLM for Gpt2 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        let past = cache.seq_len();
-        let (full, _) = layer_masks(input, &self.config, past, self.dtype, &self.device)?;
+        let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let positions: Tensor = input.position_ids.clone();
         let mut x = (self.wte.forward(input.input_ids)? + self.wpe.forward(&positions)?)?; // [b, t, h]
         let attn_in = AttentionInput {
             rope: None,
-            mask: full.as_ref(),
+            mask: masks.for_layer(LayerType::FullAttention),
         };
         for block in &self.h {
             let a = block
@@ -106,7 +106,7 @@ impl CausalLM for Gpt2 {
             let m = block.mlp.forward(&block.ln_2.forward(&x)?)?;
             x = (x + m)?;
         }
-        let x = self.ln_f.forward(&keep(x, input.logits_to_keep)?)?;
+        let x = self.ln_f.forward(&masks.keep(x, input.logits_to_keep)?)?;
         let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
         Ok(ModelOutput { logits })
     }

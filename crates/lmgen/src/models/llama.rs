@@ -13,12 +13,12 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::config::{LayerType, ModelConfig};
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::linear::Linear;
-use super::layers::mask::{self, MaskSpec};
+use super::layers::mask::ForwardMasks;
 use super::layers::mlp::GatedMlp;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
-use super::{CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
+use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
 
@@ -51,41 +51,6 @@ pub(crate) fn lm_head(ctx: &LoadContext<'_>, cfg: &ModelConfig, embed: &Tensor) 
     } else {
         Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
     }
-}
-
-/// The masks this forward needs: one for full layers, one for sliding layers (if any).
-pub(crate) fn layer_masks(
-    input: &ForwardInput<'_>,
-    cfg: &ModelConfig,
-    past: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let (b, t) = input.input_ids.dims2()?;
-    let spec = MaskSpec {
-        padding: input.attention_mask,
-        batch: b,
-        q_len: t,
-        kv_len: past + t,
-    };
-    let full = mask::build(&spec, None, dtype, device)?;
-    let sliding = if cfg.layer_types.contains(&LayerType::SlidingAttention) {
-        mask::build(&spec, cfg.sliding_window, dtype, device)?
-    } else {
-        None
-    };
-    Ok((full, sliding))
-}
-
-/// `[b, t, h] -> [b, t_kept, h]`.
-pub(crate) fn keep(x: Tensor, which: LogitsToKeep) -> Result<Tensor> {
-    Ok(match which {
-        LogitsToKeep::All => x,
-        LogitsToKeep::Last => {
-            let t = x.dim(1)?;
-            x.narrow(1, t - 1, 1)?
-        }
-    })
 }
 
 impl Llama {
@@ -144,19 +109,14 @@ impl Llama {
 
 impl CausalLM for Llama {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        let past = cache.seq_len();
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
         let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
-        let (full, sliding) = layer_masks(input, &self.config, past, self.dtype, &self.device)?;
+        let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
         for layer in &self.layers {
-            let mask = match layer.layer_type {
-                LayerType::FullAttention => full.as_ref(),
-                LayerType::SlidingAttention => sliding.as_ref(),
-            };
             let attn_in = AttentionInput {
                 rope: Some((&cos, &sin)),
-                mask,
+                mask: masks.for_layer(layer.layer_type),
             };
             let h =
                 layer
@@ -168,7 +128,7 @@ impl CausalLM for Llama {
                 .forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = (x + h)?;
         }
-        let x = self.norm.forward(&keep(x, input.logits_to_keep)?)?;
+        let x = self.norm.forward(&masks.keep(x, input.logits_to_keep)?)?;
         let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
         Ok(ModelOutput { logits })
     }

@@ -7,6 +7,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::linear::Linear;
+use super::mask::LayerMask;
 use super::rotary;
 use super::LoadContext;
 use crate::cache::KvCache;
@@ -33,8 +34,8 @@ pub struct Attention {
 pub struct AttentionInput<'a> {
     /// `cos`/`sin` `[b, t, d/2]`, or `None` for models without RoPE.
     pub rope: Option<(&'a Tensor, &'a Tensor)>,
-    /// Additive mask `[b, 1, t, past + t]`.
-    pub mask: Option<&'a Tensor>,
+    /// Additive mask `[b, 1, t, past + t]` (dense batch), or per sequence (packed batch).
+    pub mask: LayerMask<'a>,
 }
 
 impl Attention {
@@ -118,7 +119,35 @@ impl Attention {
             Some((cos, sin)) => (rotary::apply(&q, cos, sin)?, rotary::apply(&k, cos, sin)?),
             None => (q, k),
         };
-        let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
+        let out = match input.mask {
+            LayerMask::Dense(mask) => {
+                let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
+                self.attend(&q, &k, &v, mask)?
+            }
+            LayerMask::Packed { sequences, sliding } => {
+                // One sequence at a time over its own cached keys; b = 1.
+                let mut outs = Vec::with_capacity(sequences.len());
+                for (i, seq) in sequences.iter().enumerate() {
+                    let part = |x: &Tensor| x.narrow(2, seq.start, seq.new)?.contiguous();
+                    let (ks, vs) =
+                        cache.update_sequence(self.layer_idx, i, &part(&k)?, &part(&v)?)?; // [1, nkv, s_i, d]
+                    let mask = if sliding { &seq.sliding } else { &seq.full };
+                    outs.push(self.attend(&part(&q)?, &ks, &vs, mask.as_ref())?);
+                    // [1, nh, t_i, d]
+                }
+                Tensor::cat(&outs, 2)? // [1, nh, t, d]
+            }
+        };
+        // [b, nh, t, d] -> [b, t, nh * d]
+        let out = out.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// `softmax(q k^T * scale (+ softcap) + mask) v`: `q` `[b, nh, t, d]` (contiguous), `k`, `v`
+    /// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` -> `[b, nh, t, d]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nh, t, d) = q.dims4()?;
+        let nkv = self.num_kv_heads;
         let s = k.dim(2)?;
         let n_rep = nh / nkv;
         // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
@@ -128,7 +157,7 @@ impl Attention {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let mut scores = scores.reshape((b, nh, t, s))?;
-        if let Some(mask) = input.mask {
+        if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = if scores.dtype() == DType::F32 {
@@ -138,12 +167,7 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
                 .to_dtype(scores.dtype())?
         };
-        let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(&v)?; // [b, nkv, n_rep * t, d]
-                                                                      // [b, nh, t, d] -> [b, t, nh * d]
-        let out = out
-            .reshape((b, nh, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * d))?;
-        self.o_proj.forward(&out)
+        let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
+        Ok(out.reshape((b, nh, t, d))?)
     }
 }

@@ -8,7 +8,130 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::Result;
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::models::config::{LayerType, ModelConfig};
+use crate::models::{ForwardInput, LogitsToKeep};
+
+/// One sequence of a packed batch: where its new tokens sit in the `[1, T]` input and its masks
+/// over its own `past + new` keys.
+#[derive(Debug, Clone)]
+pub struct PackedSequence {
+    /// Index of its first new token in the input.
+    pub start: usize,
+    /// Its new tokens.
+    pub new: usize,
+    /// `[1, 1, new, past + new]` for full-attention layers, `None` when nothing is masked.
+    pub full: Option<Tensor>,
+    /// The same for sliding-window layers.
+    pub sliding: Option<Tensor>,
+}
+
+/// The masks one forward needs, built once and shared by every layer.
+#[derive(Debug, Clone)]
+pub enum ForwardMasks {
+    /// A dense `[b, t]` batch: `[b, 1, t, past + t]` for full and for sliding layers.
+    Dense {
+        full: Option<Tensor>,
+        sliding: Option<Tensor>,
+    },
+    /// A packed batch (the cache reports [`KvCache::spans`]): masks per sequence.
+    Packed(Vec<PackedSequence>),
+}
+
+/// What one layer's attention masks with.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerMask<'a> {
+    Dense(Option<&'a Tensor>),
+    Packed {
+        sequences: &'a [PackedSequence],
+        /// Use each sequence's sliding-window mask.
+        sliding: bool,
+    },
+}
+
+impl ForwardMasks {
+    /// The masks for `input` continuing `cache`.
+    pub fn build(
+        input: &ForwardInput<'_>,
+        cfg: &ModelConfig,
+        cache: &dyn KvCache,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (b, t) = input.input_ids.dims2()?;
+        let has_sliding = cfg.layer_types.contains(&LayerType::SlidingAttention);
+        let masks = |padding, batch, q_len, kv_len| -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let spec = MaskSpec {
+                padding,
+                batch,
+                q_len,
+                kv_len,
+            };
+            let full = build(&spec, None, dtype, device)?;
+            let sliding = if has_sliding {
+                build(&spec, cfg.sliding_window, dtype, device)?
+            } else {
+                None
+            };
+            Ok((full, sliding))
+        };
+        let Some(spans) = cache.spans() else {
+            let (full, sliding) = masks(input.attention_mask, b, t, cache.seq_len() + t)?;
+            return Ok(Self::Dense { full, sliding });
+        };
+        let total: usize = spans.iter().map(|s| s.new).sum();
+        if b != 1 || total != t || input.attention_mask.is_some() {
+            return Err(Error::Input(format!(
+                "a packed batch takes `[1, {total}]` input ids without an attention mask, got [{b}, {t}]"
+            )));
+        }
+        let mut start = 0;
+        let mut sequences = Vec::with_capacity(spans.len());
+        for span in spans {
+            let (full, sliding) = masks(None, 1, span.new, span.past + span.new)?;
+            sequences.push(PackedSequence {
+                start,
+                new: span.new,
+                full,
+                sliding,
+            });
+            start += span.new;
+        }
+        Ok(Self::Packed(sequences))
+    }
+
+    /// The mask of a layer of `layer_type`.
+    pub fn for_layer(&self, layer_type: LayerType) -> LayerMask<'_> {
+        let sliding = layer_type == LayerType::SlidingAttention;
+        match self {
+            Self::Dense { full, sliding: s } => {
+                LayerMask::Dense(if sliding { s.as_ref() } else { full.as_ref() })
+            }
+            Self::Packed(sequences) => LayerMask::Packed { sequences, sliding },
+        }
+    }
+
+    /// The hidden states to compute logits for: `[b, t, h] -> [b, t_kept, h]`; for a packed
+    /// batch, `Last` keeps each sequence's last token, `[1, sequences, h]`.
+    pub fn keep(&self, x: Tensor, which: LogitsToKeep) -> Result<Tensor> {
+        Ok(match (which, self) {
+            (LogitsToKeep::All, _) => x,
+            (LogitsToKeep::Last, Self::Dense { .. }) => {
+                let t = x.dim(1)?;
+                x.narrow(1, t - 1, 1)?
+            }
+            (LogitsToKeep::Last, Self::Packed(sequences)) => {
+                let last: Vec<u32> = sequences
+                    .iter()
+                    .map(|s| (s.start + s.new - 1) as u32)
+                    .collect();
+                let idx = Tensor::new(last, x.device())?;
+                x.index_select(&idx, 1)?
+            }
+        })
+    }
+}
 
 /// What a mask is built from.
 #[derive(Debug, Clone, Copy)]

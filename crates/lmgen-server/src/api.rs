@@ -1,0 +1,129 @@
+//! The request bodies of the OpenAI API that lmgen serves (`/v1/completions`,
+//! `/v1/chat/completions`), parsed with the path of any wrongly typed field.
+//!
+//! Unknown fields are accepted and ignored (clients send `extra_body` fields and newer API
+//! fields); fields that would change the output and are not implemented are refused in
+//! `validate.rs`.
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// `"text"` or `["text", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A completion prompt: text, texts, token ids, or lists of token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling and stopping fields both endpoints share (OpenAI's, then the Hugging Face extras).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingParams {
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub stop: Option<StringOrList>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
+    /// Hugging Face `top_k` (0 or -1: disabled).
+    pub top_k: Option<i64>,
+    /// Hugging Face `min_p`.
+    pub min_p: Option<f64>,
+    /// Hugging Face `repetition_penalty` (multiplicative, prompt included).
+    pub repetition_penalty: Option<f64>,
+    /// vLLM's `min_tokens` (Hugging Face `min_new_tokens`): EOS is masked until this many.
+    pub min_tokens: Option<i64>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+    /// Top log-probabilities per token, 0..=5.
+    pub logprobs: Option<i64>,
+    pub echo: Option<bool>,
+    pub best_of: Option<i64>,
+    pub suffix: Option<String>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<Value>,
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+    pub max_completion_tokens: Option<i64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    pub tools: Option<Vec<Value>>,
+    pub response_format: Option<Value>,
+}
+
+/// Parses a JSON body into `T`; a wrongly typed or missing field is a 400 naming it.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // A missing field is reported at the parent path; name the field itself.
+        let param = inner
+            .strip_prefix("missing field `")
+            .and_then(|s| s.split('`').next())
+            .map(str::to_string)
+            .unwrap_or(path);
+        ApiError::invalid(&param, format!("invalid `{param}`: {inner}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = parse::<CompletionRequest>(br#"{"model":"m","prompt":"x","temperature":"hot"}"#)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = parse::<CompletionRequest>(br#"{"prompt":"x"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let ok = parse::<ChatCompletionRequest>(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","extra":1}"#,
+        );
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,517 @@
+//! One HTTP generation request through the engine: a request per choice (`n` per prompt), their
+//! updates gathered into one response or streamed as server-sent events. Dropping the response
+//! (a client that went away) cancels every unfinished choice, which frees its blocks.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lmgen::engine::{
+    ContinuousBatchingManager, Request, RequestStatus, RequestUpdate, TokenLogprob,
+};
+use lmgen::generation::FinishReason;
+use lmgen::TokenId;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::ApiError;
+use crate::state::{AppState, InFlight};
+use crate::text::ChoiceText;
+use crate::validate::Plan;
+
+/// Which API shape to answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "completions",
+            Endpoint::Chat => "chat_completions",
+        }
+    }
+}
+
+/// A validated request: tokenized prompts and settings.
+#[derive(Debug)]
+pub struct Job {
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub prompts: Vec<Vec<TokenId>>,
+    pub plan: Plan,
+    /// The field a too-long prompt is blamed on (`prompt` or `messages`).
+    pub prompt_param: &'static str,
+}
+
+/// Cancels the engine requests of choices that have not ended when dropped.
+struct CancelGuard {
+    manager: Arc<ContinuousBatchingManager>,
+    ids: Vec<String>,
+    done: Vec<bool>,
+    state: Arc<AppState>,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let mut cancelled = false;
+        for (id, done) in self.ids.iter().zip(&self.done) {
+            if !done {
+                self.manager.cancel_request(id);
+                cancelled = true;
+            }
+        }
+        if cancelled {
+            self.state.metrics.client_disconnects.inc();
+            tracing::info!(request = ?self.ids.first(), "client went away: cancelled");
+        }
+    }
+}
+
+/// One choice's progress.
+struct Choice {
+    text: ChoiceText,
+    /// Text for the non-streaming answer.
+    full: String,
+    tokens: usize,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<&'static str>,
+    error: Option<String>,
+    last_at: Option<Instant>,
+}
+
+fn finish_name(reason: Option<FinishReason>) -> &'static str {
+    match reason {
+        Some(FinishReason::Length) => "length",
+        _ => "stop",
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_id(endpoint: Endpoint) -> String {
+    let prefix = match endpoint {
+        Endpoint::Completions => "cmpl",
+        Endpoint::Chat => "chatcmpl",
+    };
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Runs `job`: the JSON answer, or the event stream.
+pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
+    let n = job.plan.n;
+    let slots = state.admit(job.prompts.len() * n)?;
+    let context = state.context_length;
+    let mut max_new = Vec::with_capacity(job.prompts.len());
+    for prompt in &job.prompts {
+        let t = prompt.len();
+        if t == 0 {
+            return Err(ApiError::invalid(
+                job.prompt_param,
+                "the prompt has no tokens",
+            ));
+        }
+        if t >= context {
+            return Err(ApiError::context_length(
+                job.prompt_param,
+                format!(
+                    "This model's maximum context length is {context} tokens. However, your request has {t} input tokens."
+                ),
+            ));
+        }
+        let wanted = job.plan.max_tokens.unwrap_or(match job.endpoint {
+            Endpoint::Completions => 16, // OpenAI's default for completions
+            Endpoint::Chat => context - t,
+        });
+        if t + wanted > context {
+            return Err(ApiError::context_length(
+                "max_tokens",
+                format!(
+                    "This model's maximum context length is {context} tokens and your request has {t} input tokens, \
+                     so `max_tokens` can be at most {} (got {wanted}).",
+                    context - t
+                ),
+            ));
+        }
+        max_new.push(wanted);
+    }
+    let id = new_id(job.endpoint);
+    let (tx, rx) = mpsc::unbounded_channel::<(usize, RequestUpdate)>();
+    let mut guard = CancelGuard {
+        manager: state.manager.clone(),
+        ids: Vec::new(),
+        done: Vec::new(),
+        state: state.clone(),
+    };
+    for (p, prompt) in job.prompts.iter().enumerate() {
+        for j in 0..n {
+            let index = p * n + j;
+            let mut request = Request::new(
+                prompt.clone(),
+                job.plan.config(&state.generation_config, max_new[p]),
+            );
+            request.request_id = Some(format!("{id}-{index}"));
+            request.seed = job.plan.seed.map(|s| s.wrapping_add(j as u64));
+            request.logprobs = job.plan.logprobs;
+            request.logits_processors = job.plan.processors(prompt.len())?;
+            let tx = tx.clone();
+            let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
+            let rid = state
+                .manager
+                .add_request_with_sink(request, Box::new(sink))?;
+            guard.ids.push(rid);
+            guard.done.push(false);
+        }
+    }
+    drop(tx);
+    let prompt_tokens: usize = job.prompts.iter().map(Vec::len).sum();
+    state.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+    let run = Run {
+        state: state.clone(),
+        endpoint: job.endpoint,
+        id,
+        model: job.model,
+        created: unix_now(),
+        started: Instant::now(),
+        choices: (0..guard.ids.len())
+            .map(|_| Choice {
+                text: ChoiceText::new(job.plan.stop.clone()),
+                full: String::new(),
+                tokens: 0,
+                logprobs: Vec::new(),
+                finish: None,
+                error: None,
+                last_at: None,
+            })
+            .collect(),
+        prompt_tokens,
+        include_usage: job.plan.include_usage,
+        with_logprobs: job.plan.logprobs.is_some(),
+        guard,
+        rx,
+        _slots: slots,
+    };
+    if job.plan.stream {
+        Ok(run.stream().into_response())
+    } else {
+        run.collect().await.map(|v| Json(v).into_response())
+    }
+}
+
+/// A request in progress.
+struct Run {
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    id: String,
+    model: String,
+    created: u64,
+    started: Instant,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+    include_usage: bool,
+    with_logprobs: bool,
+    guard: CancelGuard,
+    rx: mpsc::UnboundedReceiver<(usize, RequestUpdate)>,
+    _slots: InFlight,
+}
+
+/// What one update changed for its choice.
+struct Delta {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<&'static str>,
+    error: Option<String>,
+}
+
+impl Run {
+    /// Folds an update into its choice.
+    fn apply(&mut self, index: usize, update: RequestUpdate) -> Delta {
+        let tokenizer = self.state.tokenizer.clone();
+        let metrics = &self.state.metrics;
+        let c = &mut self.choices[index];
+        if !update.new_tokens.is_empty() {
+            match c.last_at {
+                None => metrics
+                    .time_to_first_token
+                    .observe(update.at.duration_since(self.started).as_secs_f64()),
+                Some(prev) => metrics
+                    .inter_token_latency
+                    .observe(update.at.duration_since(prev).as_secs_f64()),
+            }
+            c.last_at = Some(update.at);
+            metrics
+                .generation_tokens
+                .inc_by(update.new_tokens.len() as u64);
+        }
+        let was_stopped = c.text.stopped;
+        let last = update.status.is_final();
+        let text = c.text.push(&tokenizer, &update.new_tokens, last);
+        c.tokens += update.new_tokens.len();
+        c.full.push_str(&text);
+        c.logprobs.extend(update.logprobs.iter().cloned());
+        let mut delta = Delta {
+            text,
+            logprobs: update.logprobs,
+            finish: None,
+            error: None,
+        };
+        if c.finish.is_some() || c.error.is_some() {
+            delta.text.clear();
+            return delta;
+        }
+        if c.text.stopped && !was_stopped {
+            // The stop sequence showed in the text: done, whatever the engine does next.
+            c.finish = Some("stop");
+            self.guard.done[index] = true;
+            if !last {
+                self.state.manager.cancel_request(&self.guard.ids[index]);
+            }
+        } else if last {
+            self.guard.done[index] = true;
+            match update.status {
+                RequestStatus::Finished => c.finish = Some(finish_name(update.finish_reason)),
+                _ => {
+                    c.error = Some(
+                        update
+                            .error
+                            .unwrap_or_else(|| "the request was cancelled".into()),
+                    )
+                }
+            }
+        }
+        delta.finish = c.finish;
+        delta.error = c.error.clone();
+        delta
+    }
+
+    fn all_done(&self) -> bool {
+        self.choices
+            .iter()
+            .all(|c| c.finish.is_some() || c.error.is_some())
+    }
+
+    fn usage(&self) -> Value {
+        let completion: usize = self.choices.iter().map(|c| c.tokens).sum();
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        })
+    }
+
+    fn count(&self, status: u16) {
+        self.state
+            .metrics
+            .requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                endpoint: self.endpoint.name().into(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Waits for every choice and answers in one JSON object.
+    async fn collect(mut self) -> Result<Value, ApiError> {
+        while !self.all_done() {
+            let Some((index, update)) = self.rx.recv().await else {
+                break;
+            };
+            self.apply(index, update);
+        }
+        if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
+            self.count(500);
+            return Err(ApiError::internal(e));
+        }
+        self.count(200);
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.choice_json(i, c))
+            .collect();
+        let (object, _) = self.objects();
+        Ok(json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": self.usage(),
+        }))
+    }
+
+    fn objects(&self) -> (&'static str, &'static str) {
+        match self.endpoint {
+            Endpoint::Completions => ("text_completion", "text_completion"),
+            Endpoint::Chat => ("chat.completion", "chat.completion.chunk"),
+        }
+    }
+
+    fn choice_json(&self, index: usize, c: &Choice) -> Value {
+        let logprobs = self.logprobs_json(&c.logprobs);
+        match self.endpoint {
+            Endpoint::Completions => json!({
+                "index": index, "text": c.full, "logprobs": logprobs, "finish_reason": c.finish,
+            }),
+            Endpoint::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": c.full},
+                "logprobs": logprobs,
+                "finish_reason": c.finish,
+            }),
+        }
+    }
+
+    fn token_text(&self, id: TokenId) -> String {
+        self.state
+            .tokenizer
+            .decode(&[id], false)
+            .unwrap_or_default()
+    }
+
+    /// OpenAI's logprobs object for `lps` (`null` when not asked for).
+    fn logprobs_json(&self, lps: &[TokenLogprob]) -> Value {
+        if !self.with_logprobs {
+            return Value::Null;
+        }
+        match self.endpoint {
+            Endpoint::Chat => {
+                let entry = |id: TokenId, lp: f32| {
+                    let t = self.token_text(id);
+                    json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+                };
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|lp| {
+                        let mut e = entry(lp.token, lp.logprob);
+                        e["top_logprobs"] = Value::from(
+                            lp.top.iter().map(|&(t, l)| entry(t, l)).collect::<Vec<_>>(),
+                        );
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Endpoint::Completions => {
+                let mut offset = 0;
+                let mut tokens = Vec::new();
+                let mut token_logprobs = Vec::new();
+                let mut top = Vec::new();
+                let mut offsets = Vec::new();
+                for lp in lps {
+                    let t = self.token_text(lp.token);
+                    offsets.push(offset);
+                    offset += t.len();
+                    tokens.push(t);
+                    token_logprobs.push(lp.logprob);
+                    let map: serde_json::Map<String, Value> = lp
+                        .top
+                        .iter()
+                        .map(|&(id, l)| (self.token_text(id), Value::from(l)))
+                        .collect();
+                    top.push(Value::Object(map));
+                }
+                json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+            }
+        }
+    }
+
+    fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
+        let (_, object) = self.objects();
+        let mut v = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        v
+    }
+
+    fn delta_json(&self, index: usize, d: &Delta) -> Value {
+        let logprobs = if d.logprobs.is_empty() {
+            Value::Null
+        } else {
+            self.logprobs_json(&d.logprobs)
+        };
+        match self.endpoint {
+            Endpoint::Completions => json!({
+                "index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish,
+            }),
+            Endpoint::Chat => {
+                let delta = if d.text.is_empty() && d.finish.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": d.text})
+                };
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish})
+            }
+        }
+    }
+
+    /// Streams chunks as server-sent events, ending with `data: [DONE]`.
+    fn stream(mut self) -> Sse<ReceiverStream<Result<Event, Infallible>>> {
+        let (out, events) = mpsc::channel::<Result<Event, Infallible>>(64);
+        tokio::spawn(async move {
+            let send = |v: Value| Ok(Event::default().data(v.to_string()));
+            if self.endpoint == Endpoint::Chat {
+                for i in 0..self.choices.len() {
+                    let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+                    if out.send(send(self.chunk(vec![first], None))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            while !self.all_done() {
+                let next = tokio::select! {
+                    next = self.rx.recv() => next,
+                    () = out.closed() => return, // the client went away; the guard cancels
+                };
+                let Some((index, update)) = next else { break };
+                let delta = self.apply(index, update);
+                if let Some(e) = &delta.error {
+                    self.count(500);
+                    let _ = out.send(send(ApiError::internal(e.clone()).body())).await;
+                    let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
+                    return;
+                }
+                if delta.text.is_empty() && delta.finish.is_none() && delta.logprobs.is_empty() {
+                    continue;
+                }
+                let chunk = self.chunk(vec![self.delta_json(index, &delta)], None);
+                if out.send(send(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            self.count(200);
+            if self.include_usage {
+                let usage = self.usage();
+                if out
+                    .send(send(self.chunk(Vec::new(), Some(usage))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
+        });
+        Sse::new(ReceiverStream::new(events)).keep_alive(KeepAlive::default())
+    }
+}

@@ -1,0 +1,156 @@
+//! lmgen-server: an OpenAI-compatible HTTP server on lmgen's continuous batching engine.
+//!
+//! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`,
+//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics`. Async only here; the engine runs on its
+//! own thread and streams each request's tokens back through a channel.
+//!
+//! - `api`: request bodies; `validate`: fields -> generation settings (400 naming the field).
+//! - `generation`: one request through the engine, as JSON or server-sent events.
+//! - `text`: incremental detokenization with stop sequences.
+//! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
+
+pub mod api;
+pub mod args;
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+pub mod text;
+pub mod validate;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use lmgen::engine::ContinuousBatchingManager;
+use lmgen::load::{resolve_model, Checkpoint};
+use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
+use lmgen::{GenerationConfig, Tokenizer};
+
+pub use args::ServeArgs;
+pub use state::AppState;
+
+/// The router over `state`, with bodies capped at `max_body_bytes`.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/completions", post(routes::completions::completions))
+        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{id}", get(routes::models::get))
+        .route("/health", get(routes::health::health))
+        .route("/metrics", get(routes::health::metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Loads the model, starts the engine and serves until SIGTERM / Ctrl-C, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let dir = resolve_model(&args.model)?;
+    let checkpoint = Checkpoint::open(&dir)?;
+    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &LoadOptions::default())?);
+    let tokenizer = Arc::new(Tokenizer::from_dir(&dir)?);
+    let generation_config = GenerationConfig::from_pretrained(&dir)?;
+    let engine = args.engine_config(model.config())?;
+    tracing::info!(
+        blocks = engine.cache.num_blocks,
+        block_size = engine.cache.block_size,
+        "KV pool"
+    );
+    let manager = Arc::new(ContinuousBatchingManager::new(
+        model.clone(),
+        engine.clone(),
+        DType::F32,
+        Some(&tokenizer),
+    )?);
+    manager.start()?;
+    let model_id = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| args.model.clone());
+    let state = Arc::new(AppState {
+        manager: manager.clone(),
+        tokenizer,
+        generation_config,
+        model_aliases: vec![args.model.clone(), dir.display().to_string()],
+        model_id,
+        context_length: model.config().max_position_embeddings,
+        vocab_size: model.config().vocab_size,
+        max_in_flight: engine.max_running + args.max_queue,
+        in_flight: Default::default(),
+        shutting_down: Default::default(),
+        metrics: metrics::Metrics::new(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    });
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port (with `--port 0`).
+    println!("lmgen-server listening on http://{addr}");
+    tracing::info!(%addr, model = %state.model_id, "serving");
+    let drain = drain_on_signal(
+        state.clone(),
+        Duration::from_secs_f64(args.shutdown_timeout),
+    );
+    axum::serve(listener, router(state, args.max_body_bytes))
+        .with_graceful_shutdown(drain)
+        .await?;
+    manager.stop(true, Some(Duration::from_secs(10)));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C; then refuses new requests (503), lets running ones finish for
+/// up to `timeout`, and cancels what is left.
+async fn drain_on_signal(state: Arc<AppState>, timeout: Duration) {
+    wait_for_signal().await;
+    state.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(
+        in_flight = state.in_flight.load(Ordering::SeqCst),
+        "shutting down: draining"
+    );
+    let deadline = Instant::now() + timeout;
+    while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.in_flight.load(Ordering::SeqCst);
+    if left > 0 {
+        tracing::warn!(left, "drain timeout: cancelling the remaining requests");
+        state.manager.stop(false, None);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

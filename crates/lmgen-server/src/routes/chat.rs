@@ -1,0 +1,81 @@
+//! `POST /v1/chat/completions`: the messages rendered with the checkpoint's chat template.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::Map;
+
+use crate::api::{parse, ChatCompletionRequest};
+use crate::error::ApiError;
+use crate::generation::{respond, Endpoint, Job};
+use crate::state::AppState;
+use crate::validate::sampling;
+
+/// Most top log-probabilities per token (OpenAI: 20).
+const MAX_TOP_LOGPROBS: i64 = 20;
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
+    let req: ChatCompletionRequest = parse(&body)?;
+    state.check_model(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid("tools", "tool calling is not supported"));
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::invalid(
+                "response_format",
+                "only `{\"type\": \"text\"}` is supported",
+            ));
+        }
+    }
+    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let mut plan = sampling(&req.sampling, max_tokens, state.vocab_size)?;
+    match (req.logprobs, req.top_logprobs) {
+        (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` must be in [0, {MAX_TOP_LOGPROBS}], got {k}"),
+            ))
+        }
+        (Some(true), k) => plan.logprobs = Some(k.unwrap_or(0) as usize),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "when using `top_logprobs`, `logprobs` must be set to true",
+            ))
+        }
+        _ => {}
+    }
+    let text = state
+        .tokenizer
+        .apply_chat_template(&req.messages, true, &Map::new())
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let ids = state
+        .tokenizer
+        .encode_with(&text, false)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    respond(
+        state,
+        Job {
+            endpoint: Endpoint::Chat,
+            model: req.model,
+            prompts: vec![ids],
+            plan,
+            prompt_param: "messages",
+        },
+    )
+    .await
+}

@@ -1,0 +1,83 @@
+//! What every handler shares: the engine, the tokenizer, the served model's names and limits,
+//! the shutdown flag and the metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use lmgen::engine::ContinuousBatchingManager;
+use lmgen::{GenerationConfig, Tokenizer};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// The server's shared state.
+#[derive(Debug)]
+pub struct AppState {
+    pub manager: Arc<ContinuousBatchingManager>,
+    pub tokenizer: Arc<Tokenizer>,
+    /// The checkpoint's generation config (request fields override it).
+    pub generation_config: GenerationConfig,
+    /// The id `/v1/models` lists; requests may also name the model as given on the command line.
+    pub model_id: String,
+    pub model_aliases: Vec<String>,
+    /// `max_position_embeddings`.
+    pub context_length: usize,
+    pub vocab_size: usize,
+    /// Sequences (choices) in flight, running or queued, at most.
+    pub max_in_flight: usize,
+    pub in_flight: AtomicUsize,
+    pub shutting_down: AtomicBool,
+    pub metrics: Metrics,
+    /// Unix time the server started (`created` of the model object).
+    pub created: u64,
+}
+
+impl AppState {
+    /// 404 unless `model` is the served one.
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.model_id || self.model_aliases.iter().any(|a| a == model) {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model))
+        }
+    }
+
+    /// Takes `n` places in flight, or answers 503 (shutting down) / 429 (full).
+    pub fn admit(self: &Arc<Self>, n: usize) -> Result<InFlight, ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::shutting_down());
+        }
+        let mut current = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if current + n > self.max_in_flight {
+                return Err(ApiError::queue_full(self.max_in_flight));
+            }
+            match self.in_flight.compare_exchange(
+                current,
+                current + n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        Ok(InFlight {
+            state: self.clone(),
+            n,
+        })
+    }
+}
+
+/// Places in flight, given back on drop.
+#[derive(Debug)]
+pub struct InFlight {
+    state: Arc<AppState>,
+    n: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(self.n, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,366 @@
+"""Drives a running lmgen-server with the official `openai` Python client.
+
+Run by tests/openai_client.rs, which starts the servers and passes, in the environment:
+LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a JSON file of
+greedy completions computed with lmgen's static generate()), and per mode LMGEN_SMALL_URL (a
+server with one running and one queued place), LMGEN_SERVER_PID (for the SIGTERM test).
+
+Usage: python openai_client.py functional|shutdown|concurrency
+"""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+import urllib.request
+
+import openai
+from openai import AsyncOpenAI, OpenAI
+
+BASE = os.environ["LMGEN_BASE_URL"]
+MODEL = os.environ["LMGEN_MODEL"]
+EXPECTED = json.load(open(os.environ["LMGEN_EXPECTED"]))
+
+
+def client(base=BASE):
+    return OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def expect_error(status, fn, param=None, code=None):
+    try:
+        fn()
+    except openai.APIStatusError as e:
+        assert e.status_code == status, (status, e.status_code, e.body)
+        body = e.body if isinstance(e.body, dict) else {}
+        if param is not None:
+            assert body.get("param") == param, (param, body)
+        if code is not None:
+            assert body.get("code") == code, (code, body)
+        assert "message" in body and body.get("type"), body
+        return e
+    raise AssertionError(f"expected HTTP {status}, got a success")
+
+
+def metrics(base=BASE):
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def greedy_cases():
+    return EXPECTED["completions"]
+
+
+def test_models(c):
+    models = c.models.list()
+    assert [m.id for m in models.data] == [MODEL], models
+    assert c.models.retrieve(MODEL).id == MODEL
+
+
+def test_completions(c):
+    for case in greedy_cases():
+        r = c.completions.create(
+            model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0
+        )
+        assert r.object == "text_completion"
+        assert r.choices[0].text == case["text"], (r.choices[0].text, case)
+        assert r.choices[0].finish_reason == case["finish_reason"], (r, case)
+        assert r.usage.prompt_tokens == case["prompt_tokens"], r.usage
+        assert r.usage.completion_tokens == case["completion_tokens"], r.usage
+        assert r.usage.total_tokens == case["prompt_tokens"] + case["completion_tokens"]
+        # Streaming gives the same text, a finish reason on the last chunk, usage when asked.
+        stream = c.completions.create(
+            model=MODEL,
+            prompt=case["prompt"],
+            max_tokens=case["max_tokens"],
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, finish, usage = "", None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+                assert chunk.choices == []
+                continue
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+        assert text == case["text"], (text, case)
+        assert finish == case["finish_reason"]
+        assert usage.completion_tokens == case["completion_tokens"]
+
+
+def test_chat(c):
+    case = EXPECTED["chat"]
+    r = c.chat.completions.create(
+        model=MODEL, messages=case["messages"], max_tokens=case["max_tokens"], temperature=0
+    )
+    assert r.object == "chat.completion"
+    msg = r.choices[0].message
+    assert msg.role == "assistant"
+    assert msg.content == case["text"], (msg.content, case["text"])
+    assert r.usage.prompt_tokens == case["prompt_tokens"]
+    assert r.choices[0].finish_reason == case["finish_reason"]
+    stream = c.chat.completions.create(
+        model=MODEL,
+        messages=case["messages"],
+        max_completion_tokens=case["max_tokens"],
+        temperature=0,
+        stream=True,
+    )
+    text, roles, finish = "", [], None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        d = chunk.choices[0].delta
+        if d.role:
+            roles.append(d.role)
+        text += d.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert roles == ["assistant"], roles
+    assert text == case["text"]
+    assert finish == case["finish_reason"]
+
+
+def test_n_and_seed(c):
+    prompt = greedy_cases()[0]["prompt"]
+
+    def sample(seed, stream=False):
+        kw = dict(model=MODEL, prompt=prompt, max_tokens=12, temperature=1.0, n=3, seed=seed)
+        if not stream:
+            r = c.completions.create(**kw)
+            assert sorted(ch.index for ch in r.choices) == [0, 1, 2]
+            assert r.usage.completion_tokens > 0
+            return [ch.text for ch in sorted(r.choices, key=lambda ch: ch.index)]
+        texts = ["", "", ""]
+        for chunk in c.completions.create(stream=True, **kw):
+            for ch in chunk.choices:
+                texts[ch.index] += ch.text
+        return texts
+
+    a, b = sample(1234), sample(1234)
+    assert a == b, (a, b)
+    assert sample(1234, stream=True) == a
+    assert len(set(a)) > 1, a  # three choices, three independent draws
+    assert sample(99) != a
+    # Chat with n
+    r = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=5, seed=7,
+        temperature=0.9,
+    )
+    assert [ch.index for ch in r.choices] == [0, 1]
+
+
+def test_stop(c):
+    case = max(greedy_cases(), key=lambda x: len(x["text"]))
+    text = case["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    want = text[: text.index(stop)]
+    r = c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0, stop=stop
+    )
+    assert r.choices[0].text == want, (r.choices[0].text, want, stop)
+    assert r.choices[0].finish_reason == "stop"
+    streamed, finish = "", None
+    for chunk in c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0,
+        stop=[stop, "\u00ff\u00ff never"], stream=True,
+    ):
+        streamed += chunk.choices[0].text
+        finish = chunk.choices[0].finish_reason or finish
+    assert streamed == want, (streamed, want)
+    assert finish == "stop"
+
+
+def test_logprobs(c):
+    case = greedy_cases()[0]
+    r = c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0, logprobs=2
+    )
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == r.usage.completion_tokens == len(lp.token_logprobs)
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert all(len(t) == 2 for t in lp.top_logprobs)
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert abs(max(top.values()) - chosen) < 1e-5  # greedy picks the best token
+    r = c.chat.completions.create(
+        model=MODEL, messages=EXPECTED["chat"]["messages"], max_tokens=4, temperature=0,
+        logprobs=True, top_logprobs=3,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.bytes is not None
+        assert abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-5
+
+
+def test_errors(c):
+    p = greedy_cases()[0]["prompt"]
+    comp = lambda **kw: c.completions.create(model=MODEL, prompt=p, **kw)  # noqa: E731
+    expect_error(400, lambda: comp(temperature=3), param="temperature")
+    expect_error(400, lambda: comp(temperature=-0.5), param="temperature")
+    expect_error(400, lambda: comp(top_p=0), param="top_p")
+    expect_error(400, lambda: comp(max_tokens=0), param="max_tokens")
+    expect_error(400, lambda: comp(n=0), param="n")
+    expect_error(400, lambda: comp(stop=["a", "b", "c", "d", "e"]), param="stop")
+    expect_error(400, lambda: comp(presence_penalty=5), param="presence_penalty")
+    expect_error(400, lambda: comp(frequency_penalty=-5), param="frequency_penalty")
+    expect_error(400, lambda: comp(logit_bias={"not-a-token": 1}), param="logit_bias")
+    expect_error(400, lambda: comp(logprobs=9), param="logprobs")
+    expect_error(400, lambda: comp(extra_body={"top_k": -5}), param="top_k")
+    expect_error(400, lambda: comp(extra_body={"min_p": 2}), param="min_p")
+    expect_error(400, lambda: comp(extra_body={"repetition_penalty": 0}), param="repetition_penalty")
+    expect_error(400, lambda: comp(extra_body={"temperature": "hot"}), param="temperature")
+    expect_error(400, lambda: comp(stream_options={"include_usage": True}), param="stream_options")
+    expect_error(
+        400,
+        lambda: c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=2
+        ),
+        param="top_logprobs",
+    )
+    ctx = EXPECTED["context_length"]
+    e = expect_error(
+        400, lambda: comp(prompt=list(range(3, 3 + ctx + 5))), code="context_length_exceeded"
+    )
+    assert f"maximum context length is {ctx} tokens" in e.body["message"]
+    expect_error(400, lambda: comp(max_tokens=ctx + 10), code="context_length_exceeded", param="max_tokens")
+    expect_error(404, lambda: c.completions.create(model="no-such-model", prompt="x"), param="model")
+    expect_error(404, lambda: c.models.retrieve("no-such-model"))
+    expect_error(413, lambda: comp(prompt="x" * (EXPECTED["max_body_bytes"] + 10)))
+    # The processors still run when valid: logit_bias forces a token.
+    forced = EXPECTED["forced_token"]
+    r = comp(max_tokens=3, temperature=0, logit_bias={str(forced["id"]): 100})
+    assert r.choices[0].text == forced["text3"], (r.choices[0].text, forced)
+    r = comp(max_tokens=3, temperature=0.5, extra_body={"top_k": 1, "min_p": 0.1, "repetition_penalty": 1.1},
+             presence_penalty=0.5, frequency_penalty=0.5, top_p=0.9)
+    assert r.usage.completion_tokens >= 1
+
+
+def test_queue_full():
+    small = os.environ["LMGEN_SMALL_URL"]
+    c = client(small)
+    p = greedy_cases()[0]["prompt"]
+    streams = []
+    for _ in range(2):  # one running, one queued
+        s = c.completions.create(model=MODEL, prompt=p, max_tokens=400, temperature=0, stream=True,
+                                 extra_body={"min_tokens": 400})
+        streams.append(s)
+    e = expect_error(429, lambda: c.completions.create(model=MODEL, prompt=p, max_tokens=4))
+    assert e.response.headers.get("retry-after")
+    for s in streams:
+        s.close()
+    # Once the clients are gone their requests are cancelled and the places free up.
+    deadline = time.time() + 30
+    while True:
+        try:
+            c.completions.create(model=MODEL, prompt=p, max_tokens=2)
+            break
+        except openai.RateLimitError:
+            assert time.time() < deadline, "places never freed"
+            time.sleep(0.1)
+    wait_idle(small)
+
+
+def wait_idle(base=BASE, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        m = metrics(base)
+        if m.get("lmgen_running_sequences") == 0 and m.get("lmgen_kv_blocks_used") == 0 \
+                and m.get("lmgen_queue_depth") == 0:
+            return m
+        assert time.time() < deadline, m
+        time.sleep(0.05)
+
+
+def functional():
+    c = client()
+    urllib.request.urlopen(BASE + "/health", timeout=10).read()
+    for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors]:
+        test(c)
+        print("ok", test.__name__, flush=True)
+    test_queue_full()
+    print("ok test_queue_full", flush=True)
+    m = wait_idle()
+    assert m["lmgen_time_to_first_token_seconds_count"] > 0, m
+    assert m["lmgen_inter_token_latency_seconds_count"] > 0, m
+    assert m["lmgen_generation_tokens_total"] > 0, m
+    print("ok metrics", flush=True)
+
+
+def shutdown():
+    c = client()
+    case = greedy_cases()[0]
+    stream = c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=300, temperature=0, stream=True,
+        extra_body={"min_tokens": 300},
+    )
+    it = iter(stream)
+    text = next(it).choices[0].text
+    os.kill(int(os.environ["LMGEN_SERVER_PID"]), signal.SIGTERM)
+    time.sleep(0.3)
+    e = expect_error(503, lambda: c.completions.create(model=MODEL, prompt="x", max_tokens=2))
+    assert e.response.headers.get("retry-after")
+    finish = None
+    n = 1
+    for chunk in it:
+        text += chunk.choices[0].text
+        finish = chunk.choices[0].finish_reason or finish
+        n += 1
+    assert finish == "length", finish  # drained: the running request completed
+    print("ok shutdown drained", n, "chunks", flush=True)
+
+
+async def concurrency():
+    cases = EXPECTED["concurrency"]
+    c = AsyncOpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0, timeout=300)
+    rng = random.Random(7)
+    quitters = set(rng.sample(range(len(cases)), len(cases) // 4))
+
+    async def one(i, case):
+        stream = await c.completions.create(
+            model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0, stream=True
+        )
+        text, finish, n = "", None, 0
+        leave_after = rng.randint(0, 4) if i in quitters else None
+        async for chunk in stream:
+            if leave_after is not None and n >= leave_after:
+                await stream.close()  # disconnect mid-stream
+                return None
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+            n += 1
+        return text, finish
+
+    results = await asyncio.gather(*(one(i, case) for i, case in enumerate(cases)))
+    completed = 0
+    for i, (case, res) in enumerate(zip(cases, results)):
+        if i in quitters:
+            continue
+        assert res is not None, i
+        assert res[0] == case["text"], (i, res, case)
+        assert res[1] == case["finish_reason"], (i, res, case)
+        completed += 1
+    m = wait_idle()
+    assert m["lmgen_client_disconnects_total"] > 0, m
+    print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected", flush=True)
+    await c.close()
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "functional":
+        functional()
+    elif mode == "shutdown":
+        shutdown()
+    elif mode == "concurrency":
+        asyncio.run(concurrency())
+    else:
+        raise SystemExit(f"unknown mode {mode}")

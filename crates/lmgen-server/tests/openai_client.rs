@@ -1,0 +1,293 @@
+//! The real server on a free loopback port, driven by the official `openai` Python client
+//! (`tests/openai_client.py`): completions and chat, streaming and not, `n`, seeds, stop strings,
+//! logprobs, every error status, SIGTERM draining, and 64 concurrent streaming clients of which a
+//! quarter disconnect.
+//!
+//! The Python interpreter comes from `LMGEN_OPENAI_PYTHON` (CI's `.ci/run` makes a virtual
+//! environment with a pinned `openai`); without it the test makes one under `target/` on first
+//! use (`python3 -m venv` + `pip install openai==3.54.0`).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use lmgen::generation::FinishReason;
+use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline};
+use serde_json::{json, Value};
+
+const OPENAI_VERSION: &str = "3.54.0";
+const MAX_BODY_BYTES: usize = 65536;
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lmgen/tests/fixtures/golden/models/llama")
+}
+
+/// A Python with `openai` installed.
+fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    PYTHON
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("LMGEN_OPENAI_PYTHON") {
+                return PathBuf::from(p);
+            }
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openai-venv");
+            let py = venv.join("bin/python");
+            let has_openai = |py: &Path| {
+                Command::new(py)
+                    .args([
+                        "-c",
+                        &format!("import openai; assert openai.__version__ == '{OPENAI_VERSION}'"),
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !has_openai(&py) {
+                let ok = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .expect("python3 is needed for the openai client tests")
+                    .success();
+                assert!(ok, "python3 -m venv failed");
+                let ok = Command::new(&py)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        &format!("openai=={OPENAI_VERSION}"),
+                    ])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(
+                    ok,
+                    "pip install openai failed (set LMGEN_OPENAI_PYTHON to a python with openai)"
+                );
+            }
+            py
+        })
+        .clone()
+}
+
+/// A running `lmgen-server`; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen-server"))
+            .arg("--model")
+            .arg(model_dir())
+            .args(["--served-model-name", "tiny-llama", "--port", "0"])
+            .args(["--max-body-bytes", &MAX_BODY_BYTES.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("lmgen-server listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Server {
+            child,
+            url,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "panic in the server log:\n{log}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Greedy completions computed with static generate(): what the server must answer.
+fn expected() -> Value {
+    let pipe = Pipeline::from_pretrained(model_dir().to_str().unwrap()).unwrap();
+    let complete = |prompt: &str, max_tokens: usize| -> Value {
+        let ids = pipe.tokenizer.encode(prompt).unwrap();
+        complete_ids(&pipe, ids, max_tokens, json!({"prompt": prompt}))
+    };
+    let completions: Vec<Value> = [("Hello world", 12), ("The quick brown fox", 20), ("a", 6)]
+        .into_iter()
+        .map(|(p, n)| complete(p, n))
+        .collect();
+    let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let rendered = pipe
+        .tokenizer
+        .apply_chat_template(messages.as_array().unwrap(), true, &serde_json::Map::new())
+        .unwrap();
+    let chat_ids = pipe.tokenizer.encode_with(&rendered, false).unwrap();
+    let chat = complete_ids(&pipe, chat_ids, 10, json!({"messages": messages}));
+    let words = [
+        "Once upon",
+        "In a galaxy",
+        "Rust is",
+        "The weather",
+        "My favourite",
+        "Numbers:",
+        "Hi",
+        "Z",
+    ];
+    let concurrency: Vec<Value> = (0..64)
+        .map(|i| complete(&format!("{} {i}", words[i % words.len()]), 8 + i % 17))
+        .collect();
+    let forced_id = 300u32;
+    json!({
+        "completions": completions,
+        "chat": chat,
+        "concurrency": concurrency,
+        "context_length": pipe.model.config().max_position_embeddings,
+        "max_body_bytes": MAX_BODY_BYTES,
+        "forced_token": {"id": forced_id, "text3": pipe.tokenizer.decode(&[forced_id; 3], true).unwrap()},
+    })
+}
+
+fn complete_ids(pipe: &Pipeline, ids: Vec<u32>, max_tokens: usize, mut case: Value) -> Value {
+    let config = pipe.config_with(&GenerationConfig {
+        max_new_tokens: Some(max_tokens),
+        do_sample: Some(false),
+        ..GenerationConfig::default()
+    });
+    let out = generate(
+        pipe.model.as_ref(),
+        &GenerateInput::single(ids.clone()),
+        &config,
+    )
+    .unwrap();
+    let new = out.generated(0);
+    case["max_tokens"] = json!(max_tokens);
+    case["text"] = json!(pipe.tokenizer.decode(new, true).unwrap());
+    case["finish_reason"] = json!(match out.finish_reasons[0] {
+        Some(FinishReason::Length) => "length",
+        _ => "stop",
+    });
+    case["prompt_tokens"] = json!(ids.len());
+    case["completion_tokens"] = json!(new.len());
+    case
+}
+
+fn run_python(mode: &str, env: &[(&str, String)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected().to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(&script)
+        .arg(mode)
+        .env("LMGEN_MODEL", "tiny-llama")
+        .env("LMGEN_EXPECTED", &expected_path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python {mode} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    println!("{stdout}");
+}
+
+#[test]
+fn openai_client_completions_chat_and_errors() {
+    let server = Server::start(&["--kv-cache-tokens", "8192", "--block-size", "8"]);
+    // One running and one queued place: the third concurrent request gets 429.
+    let small = Server::start(&[
+        "--max-running",
+        "1",
+        "--max-queue",
+        "1",
+        "--kv-cache-tokens",
+        "2048",
+    ]);
+    run_python(
+        "functional",
+        &[
+            ("LMGEN_BASE_URL", server.url.clone()),
+            ("LMGEN_SMALL_URL", small.url.clone()),
+        ],
+    );
+    server.assert_no_panic();
+    small.assert_no_panic();
+}
+
+#[test]
+fn sigterm_drains_running_requests_and_refuses_new_ones() {
+    let mut server = Server::start(&["--kv-cache-tokens", "4096", "--shutdown-timeout", "60"]);
+    run_python(
+        "shutdown",
+        &[
+            ("LMGEN_BASE_URL", server.url.clone()),
+            ("LMGEN_SERVER_PID", server.child.id().to_string()),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log()
+    );
+    server.assert_no_panic();
+}
+
+#[test]
+fn sixty_four_streaming_clients_a_quarter_disconnecting() {
+    // 64 running places; a pool big enough for all of them.
+    let server = Server::start(&[
+        "--kv-cache-tokens",
+        "8192",
+        "--block-size",
+        "16",
+        "--max-running",
+        "64",
+    ]);
+    run_python("concurrency", &[("LMGEN_BASE_URL", server.url.clone())]);
+    server.assert_no_panic();
+}

@@ -1,0 +1,95 @@
+//! A packed batch over the paged store: the [`KvCache`] the engine hands to a model forward.
+//!
+//! The new tokens of every scheduled sequence lie side by side in one `[1, T]` input (a chunk of
+//! a prompt, or one decode token); [`KvCache::spans`] tells the model where each sequence starts
+//! and how much it has cached, and [`KvCache::update_sequence`] writes a sequence's new keys and
+//! values into its blocks and gathers all of them back.
+
+use candle_core::{Device, Tensor};
+
+use super::store::KvStore;
+use crate::cache::{KvCache, SequenceSpan};
+use crate::error::{Error, Result};
+
+/// One forward's view of the store.
+#[derive(Debug)]
+pub struct PagedBatch<'a> {
+    store: &'a KvStore,
+    spans: Vec<SequenceSpan>,
+    /// Per sequence, the slots of its `past + new` tokens.
+    slots: Vec<Vec<u32>>,
+    /// The same as u32 `[past + new]` tensors, for gathering.
+    gather: Vec<Tensor>,
+}
+
+impl<'a> PagedBatch<'a> {
+    /// A batch of sequences with these `spans`; `slots[i]` has `past + new` entries.
+    pub fn new(
+        store: &'a KvStore,
+        spans: Vec<SequenceSpan>,
+        slots: Vec<Vec<u32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        if spans.len() != slots.len()
+            || spans
+                .iter()
+                .zip(&slots)
+                .any(|(s, sl)| s.past + s.new != sl.len())
+        {
+            return Err(Error::Input(
+                "paged batch: each sequence needs one slot per cached and new token".into(),
+            ));
+        }
+        let gather = slots
+            .iter()
+            .map(|s| Tensor::new(s.as_slice(), device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            store,
+            spans,
+            slots,
+            gather,
+        })
+    }
+}
+
+impl KvCache for PagedBatch<'_> {
+    fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.spans.len() != 1 {
+            return Err(Error::Unsupported(
+                "a packed batch of several sequences is updated per sequence".into(),
+            ));
+        }
+        self.update_sequence(layer, 0, k, v)
+    }
+
+    fn seq_len(&self) -> usize {
+        match self.spans.as_slice() {
+            [one] => one.past,
+            _ => 0,
+        }
+    }
+
+    fn reorder(&mut self, _beam_idx: &[usize]) -> Result<()> {
+        Err(Error::Unsupported(
+            "the paged cache does not reorder rows (beam search runs on the dynamic cache)".into(),
+        ))
+    }
+
+    fn spans(&self) -> Option<&[SequenceSpan]> {
+        Some(&self.spans)
+    }
+
+    fn update_sequence(
+        &mut self,
+        layer: usize,
+        seq: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let span = self.spans[seq];
+        self.store
+            .write(layer, &self.slots[seq][span.past..], k, v)?;
+        self.store.gather(layer, &self.gather[seq])
+    }
+}

@@ -1,0 +1,137 @@
+//! Continuous batching (transformers' `generate_batch` / `ContinuousBatchingManager`, vLLM's
+//! engine): requests with their own generation settings join and leave a running batch at every
+//! step, over a paged KV cache bounded by a memory budget.
+//!
+//! - [`request`]: what goes in ([`Request`]) and comes out ([`RequestUpdate`], [`GenerationOutput`]).
+//! - `sequence`: a request's state on the engine thread (tokens, blocks, processors, sampler).
+//! - `scheduler`: the per-step plan under a token budget (FIFO or prefill-first, chunked
+//!   prefill, preemption by recompute).
+//! - `worker`: the engine thread (one packed forward per step).
+//! - [`manager`]: the thread-safe handle.
+//! - [`generate_batch`](mod@generate_batch): many prompts in one call.
+//!
+//! Greedy outputs equal [`crate::generation::generate`]'s token for token whatever runs alongside:
+//! each sequence attends only to its own keys and values, at its own positions.
+//!
+//! ```
+//! # fn main() -> lmgen::Result<()> {
+//! # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden/models/llama");
+//! use std::sync::Arc;
+//! use lmgen::engine::{generate_batch, BatchOptions};
+//! use lmgen::{GenerationConfig, Pipeline};
+//!
+//! let pipe = Pipeline::from_pretrained(dir)?;
+//! let config = pipe.config_with(&GenerationConfig { max_new_tokens: Some(4), ..Default::default() });
+//! let prompts = vec![pipe.tokenizer.encode("Hello")?, pipe.tokenizer.encode("The sky")?];
+//! let outs = generate_batch(Arc::from(pipe.model), &prompts, &config, BatchOptions::default())?;
+//! assert_eq!(outs[0].generated_tokens.len(), 4);
+//! # Ok(()) }
+//! ```
+
+pub mod generate_batch;
+pub mod manager;
+pub mod request;
+mod scheduler;
+mod sequence;
+mod worker;
+
+use crate::cache::paged::{PagedCacheConfig, DEFAULT_BLOCK_SIZE};
+use crate::error::{Error, Result};
+
+pub use generate_batch::{generate_batch, BatchOptions};
+pub use manager::ContinuousBatchingManager;
+pub use request::{
+    GenerationOutput, OutputSink, Request, RequestStatus, RequestUpdate, TokenLogprob,
+};
+
+/// Which sequences a step serves first (transformers' `scheduler="fifo"` / `"prefill_first"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulerPolicy {
+    /// Running sequences in arrival order (decodes and prefill chunks alike), then new arrivals.
+    #[default]
+    Fifo,
+    /// Sequences still computing their prompt first, then decodes: lower time to first token,
+    /// higher inter-token latency.
+    PrefillFirst,
+}
+
+impl SchedulerPolicy {
+    /// Parses `"fifo"` or `"prefill_first"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "fifo" => Ok(Self::Fifo),
+            "prefill_first" => Ok(Self::PrefillFirst),
+            other => Err(Error::Input(format!(
+                "unknown scheduler `{other}`: expected \"fifo\" or \"prefill_first\""
+            ))),
+        }
+    }
+}
+
+/// The engine's pool and budgets.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// KV pool size (from `--kv-cache-gb` or a token count).
+    pub cache: PagedCacheConfig,
+    pub scheduler: SchedulerPolicy,
+    /// New tokens per step over all sequences (prefill chunks are cut to fit).
+    pub max_batch_tokens: usize,
+    /// Sequences per step.
+    pub max_running: usize,
+    /// Share identical full prompt blocks between sequences.
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache: PagedCacheConfig {
+                block_size: DEFAULT_BLOCK_SIZE,
+                num_blocks: 1024,
+            },
+            scheduler: SchedulerPolicy::Fifo,
+            max_batch_tokens: 512,
+            max_running: 64,
+            prefix_caching: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the budgets.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_batch_tokens == 0 {
+            return Err(Error::Input("`max_batch_tokens` must be at least 1".into()));
+        }
+        if self.max_running == 0 {
+            return Err(Error::Input("`max_running` must be at least 1".into()));
+        }
+        if self.cache.block_size == 0 || self.cache.num_blocks == 0 {
+            return Err(Error::Input(
+                "the KV pool needs at least one block of at least one token".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the engine reports (for `/metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    /// Requests waiting for a place (queue depth).
+    pub waiting: usize,
+    /// Sequences in the running batch.
+    pub running: usize,
+    /// KV blocks referenced by a sequence.
+    pub blocks_used: usize,
+    pub blocks_total: usize,
+    /// Blocks holding a shareable prefix (referenced or not).
+    pub blocks_cached: usize,
+    /// Prompt tokens computed (prefix-cache hits excluded).
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub preemptions: u64,
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    pub steps: u64,
+}

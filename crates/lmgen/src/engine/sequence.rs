@@ -1,0 +1,311 @@
+//! A request inside the engine: its tokens, its blocks, and its own processors, stopping criteria
+//! and seeded sampler, built once when it is added.
+
+use std::time::Instant;
+
+use crate::cache::paged::prefix_cache::BlockHash;
+use crate::cache::paged::{BlockAllocator, BlockTable};
+use crate::error::{Error, Result};
+use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
+use crate::generation::sampler::Sampler;
+use crate::generation::stop_strings::{CleanTokenizerVocab, StopStringCriteria};
+use crate::generation::stopping::{MaxTimeCriteria, StoppingCriteriaList};
+use crate::generation::{log_sum_exp, FinishReason, GenerationMode};
+use crate::models::ModelConfig;
+use crate::TokenId;
+
+use super::request::{OutputSink, Request, RequestStatus, RequestUpdate, TokenLogprob};
+
+/// One request's state on the engine thread.
+pub(crate) struct Sequence {
+    pub id: String,
+    /// Order of arrival: the scheduler serves (and preempts) by it.
+    pub arrival: u64,
+    pub prompt_len: usize,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<TokenId>,
+    /// Tokens whose keys and values are in the cache.
+    pub computed: usize,
+    pub table: BlockTable,
+    /// Prefix hashes of the full blocks registered (or shared) so far.
+    pub hashes: Vec<BlockHash>,
+    /// Absolute `max_length`, for the admission check.
+    pub max_length: usize,
+    pub status: RequestStatus,
+    pub cached_prompt_tokens: usize,
+    processors: LogitsProcessorList<'static>,
+    stopping: StoppingCriteriaList<'static>,
+    sampler: Sampler,
+    logprobs: Option<usize>,
+    sink: Box<dyn OutputSink>,
+}
+
+impl std::fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("id", &self.id)
+            .field("tokens", &self.tokens.len())
+            .field("computed", &self.computed)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Config fields transformers builds from the prompt rows or the model, which a per-request list
+/// cannot hold; refused rather than ignored.
+fn refuse_unsupported(request: &Request) -> Result<()> {
+    let c = &request.generation_config;
+    let field = if c.encoder_repetition_penalty.is_some_and(|p| p != 1.0) {
+        Some("encoder_repetition_penalty")
+    } else if c.encoder_no_repeat_ngram_size.is_some_and(|n| n > 0) {
+        Some("encoder_no_repeat_ngram_size")
+    } else if c.guidance_scale.is_some_and(|g| g != 1.0) {
+        Some("guidance_scale")
+    } else if c.num_return_sequences.is_some_and(|n| n != 1) {
+        Some("num_return_sequences")
+    } else {
+        None
+    };
+    match field {
+        Some(f) => Err(Error::Unsupported(format!(
+            "`{f}` is not supported by the continuous batching engine (use generate(); for \
+             `num_return_sequences`, submit one request per sequence)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl Sequence {
+    /// Validates `request` against the model and builds its state.
+    pub fn new(
+        id: String,
+        arrival: u64,
+        request: Request,
+        model: &ModelConfig,
+        stop_vocab: Option<&CleanTokenizerVocab>,
+        sink: Box<dyn OutputSink>,
+    ) -> Result<Self> {
+        refuse_unsupported(&request)?;
+        let config = &request.generation_config;
+        config.validate()?;
+        config.check_implemented(false)?;
+        let mode = config.mode(false);
+        if !matches!(mode, GenerationMode::GreedySearch | GenerationMode::Sample) {
+            return Err(Error::Unsupported(format!(
+                "generation mode {mode:?} in the continuous batching engine (greedy search and sampling only)"
+            )));
+        }
+        let t = request.input_ids.len();
+        if t == 0 {
+            return Err(Error::Input(
+                "a prompt has no tokens; generation needs at least one".into(),
+            ));
+        }
+        if let Some(&id) = request
+            .input_ids
+            .iter()
+            .find(|&&i| i as usize >= model.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {id} is outside the vocabulary (vocab_size {})",
+                model.vocab_size
+            )));
+        }
+        if t > model.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "the prompt has {t} tokens but the model's maximum context length is {} tokens",
+                model.max_position_embeddings
+            )));
+        }
+        let lengths = config.resolve_lengths(t, Some(model.max_position_embeddings))?;
+        if lengths.max_length > model.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "the prompt ({t} tokens) plus the tokens to generate ({}) exceed the model's maximum context length of {} tokens",
+                lengths.max_length - t,
+                model.max_position_embeddings
+            )));
+        }
+        let mut ctx = ProcessorContext::new(t, lengths.min_length, lengths.max_length);
+        ctx.vocab_size = Some(model.vocab_size);
+        ctx.user_processors = request.logits_processors;
+        let processors = LogitsProcessorList::from_config(config, ctx)?;
+        let mut stopping = StoppingCriteriaList::new(lengths.max_length, &[]);
+        if let Some(secs) = config.max_time {
+            stopping.push(MaxTimeCriteria::new(secs));
+        }
+        if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
+            let vocab = stop_vocab.ok_or_else(|| {
+                Error::Input("`stop_strings` needs the tokenizer: start the engine with one".into())
+            })?;
+            stopping.push(StopStringCriteria::from_vocab(vocab, stops)?);
+        }
+        stopping.push_eos(&config.eos_token_ids());
+        let sampler = if mode == GenerationMode::Sample {
+            Sampler::multinomial(request.seed)
+        } else {
+            Sampler::Greedy
+        };
+        Ok(Self {
+            id,
+            arrival,
+            prompt_len: t,
+            tokens: request.input_ids,
+            computed: 0,
+            table: BlockTable::new(),
+            hashes: Vec::new(),
+            max_length: lengths.max_length,
+            status: RequestStatus::Pending,
+            cached_prompt_tokens: 0,
+            processors,
+            stopping,
+            sampler,
+            logprobs: request.logprobs,
+            sink,
+        })
+    }
+
+    /// Tokens still to compute before the next token can be sampled.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    /// Shares the cached full blocks of its prefix (never its last token: the step that computes
+    /// it gives the logits of the next one). Returns the tokens it got from the cache.
+    pub fn share_prefix(&mut self, alloc: &mut BlockAllocator) -> usize {
+        let bs = alloc.block_size();
+        let shareable = (self.tokens.len() - 1) / bs;
+        let mut parent = None;
+        for i in 0..shareable {
+            let tokens = &self.tokens[i * bs..(i + 1) * bs];
+            let hash = crate::cache::paged::prefix_cache::block_hash(parent, tokens);
+            match alloc.lookup(hash, tokens) {
+                Some(block) => {
+                    self.table.push(block);
+                    self.hashes.push(hash);
+                    parent = Some(hash);
+                }
+                None => break,
+            }
+        }
+        self.computed = self.hashes.len() * bs;
+        self.computed
+    }
+
+    /// Registers the blocks that became full with this step's tokens in the prefix cache.
+    pub fn register_full_blocks(&mut self, alloc: &mut BlockAllocator) {
+        let bs = alloc.block_size();
+        while (self.hashes.len() + 1) * bs <= self.computed {
+            let i = self.hashes.len();
+            let tokens = &self.tokens[i * bs..(i + 1) * bs];
+            let hash =
+                crate::cache::paged::prefix_cache::block_hash(self.hashes.last().copied(), tokens);
+            alloc.register(self.table.blocks()[i], hash, tokens);
+            self.hashes.push(hash);
+        }
+    }
+
+    /// Frees its blocks and starts over from the first token (preemption by recompute: what was
+    /// generated so far is kept and recomputed with the prompt when it is scheduled again).
+    pub fn preempt(&mut self, alloc: &mut BlockAllocator) {
+        self.table.release(alloc);
+        self.hashes.clear();
+        self.computed = 0;
+        self.status = RequestStatus::Pending;
+    }
+
+    /// Picks the next token from this step's raw `logits` (`[vocab]`), appends it and checks the
+    /// stopping criteria; returns the update to send.
+    pub fn sample(&mut self, logits: Vec<f32>) -> Result<RequestUpdate> {
+        let vocab = logits.len();
+        let logprob_row = self.logprobs.map(|_| {
+            let lse = log_sum_exp(&logits);
+            logits.iter().map(|&x| x - lse).collect::<Vec<f32>>()
+        });
+        let mut scores = Scores::new(logits, 1, vocab);
+        self.processors
+            .process(std::slice::from_ref(&self.tokens), &mut scores)?;
+        let token = self.sampler.select(&scores)?[0];
+        self.tokens.push(token);
+        let logprobs = match (logprob_row, self.logprobs) {
+            (Some(row), Some(k)) => vec![token_logprob(&row, token, k)],
+            _ => Vec::new(),
+        };
+        let finish = self.stopping.check(&self.tokens);
+        self.status = if finish.is_some() {
+            RequestStatus::Finished
+        } else {
+            RequestStatus::Decoding
+        };
+        Ok(self.update(vec![token], logprobs, finish, None))
+    }
+
+    /// An update from this sequence.
+    pub fn update(
+        &self,
+        new_tokens: Vec<TokenId>,
+        logprobs: Vec<TokenLogprob>,
+        finish_reason: Option<FinishReason>,
+        error: Option<String>,
+    ) -> RequestUpdate {
+        RequestUpdate {
+            request_id: self.id.clone(),
+            new_tokens,
+            logprobs,
+            status: self.status,
+            finish_reason,
+            error,
+            cached_prompt_tokens: self.cached_prompt_tokens,
+            at: Instant::now(),
+        }
+    }
+
+    /// Sends an update; `false` when the receiver is gone.
+    pub fn send(&mut self, update: RequestUpdate) -> bool {
+        self.sink.send(update)
+    }
+
+    /// Ends the request with `status` (cancelled or failed) and frees its blocks.
+    pub fn end(
+        &mut self,
+        status: RequestStatus,
+        error: Option<String>,
+        alloc: &mut BlockAllocator,
+    ) {
+        self.table.release(alloc);
+        self.status = status;
+        let update = self.update(Vec::new(), Vec::new(), None, error);
+        self.send(update);
+    }
+}
+
+/// The chosen token's log-probability and the `k` best alternatives.
+fn token_logprob(row: &[f32], token: TokenId, k: usize) -> TokenLogprob {
+    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(k);
+    if k > 0 {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        let k = k.min(row.len());
+        idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| row[b].total_cmp(&row[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        top = idx.into_iter().map(|i| (i as TokenId, row[i])).collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: row[token as usize],
+        top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_logprobs_are_best_first() {
+        let row = [-3.0f32, -0.5, -2.0, -0.1];
+        let lp = token_logprob(&row, 2, 2);
+        assert_eq!(lp.logprob, -2.0);
+        assert_eq!(lp.top, vec![(3, -0.1), (1, -0.5)]);
+        assert!(token_logprob(&row, 0, 0).top.is_empty());
+    }
+}

@@ -1,0 +1,254 @@
+//! The engine thread: takes commands, plans a step, runs one packed forward over every scheduled
+//! sequence, samples, streams updates, frees what finished.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use candle_core::Tensor;
+
+use super::request::RequestStatus;
+use super::scheduler::{schedule, Limits, Plan};
+use super::sequence::Sequence;
+use super::{EngineConfig, EngineStats};
+use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch, StoreShape};
+use crate::cache::SequenceSpan;
+use crate::error::Result;
+use crate::models::{CausalLM, DType, ForwardInput, LogitsToKeep};
+
+/// What the manager tells the engine thread.
+pub(crate) enum Command {
+    Add(Box<Sequence>),
+    Cancel(String),
+    /// Finish the current step, end every request (cancelled) and exit.
+    Stop,
+}
+
+/// The engine thread's state.
+pub(crate) struct Worker {
+    model: Arc<dyn CausalLM>,
+    store: KvStore,
+    alloc: BlockAllocator,
+    limits: Limits,
+    running: Vec<Sequence>,
+    waiting: VecDeque<Sequence>,
+    commands: Receiver<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+}
+
+impl Worker {
+    /// Allocates the KV pool for `config`.
+    pub fn new(
+        model: Arc<dyn CausalLM>,
+        config: &EngineConfig,
+        dtype: DType,
+        commands: Receiver<Command>,
+        stats: Arc<Mutex<EngineStats>>,
+    ) -> Result<Self> {
+        let m = model.config();
+        let store = KvStore::new(
+            StoreShape {
+                num_layers: m.num_hidden_layers,
+                num_kv_heads: m.num_key_value_heads,
+                head_dim: m.head_dim,
+                slots: config.cache.capacity_tokens(),
+            },
+            dtype,
+            model.device(),
+        )?;
+        Ok(Self {
+            store,
+            alloc: BlockAllocator::new(config.cache.num_blocks, config.cache.block_size),
+            limits: Limits {
+                policy: config.scheduler,
+                max_batch_tokens: config.max_batch_tokens,
+                max_running: config.max_running,
+                prefix_caching: config.prefix_caching,
+            },
+            model,
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            commands,
+            stats,
+        })
+    }
+
+    /// Runs until stopped or until every manager handle is gone.
+    pub fn run(mut self) {
+        loop {
+            let idle = self.running.is_empty() && self.waiting.is_empty();
+            let first = if idle {
+                match self.commands.recv_timeout(Duration::from_millis(200)) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                None
+            };
+            let mut stop = false;
+            for command in first
+                .into_iter()
+                .chain(self.commands.try_iter().collect::<Vec<_>>())
+            {
+                match command {
+                    Command::Add(seq) => self.waiting.push_back(*seq),
+                    Command::Cancel(id) => self.cancel(&id),
+                    Command::Stop => stop = true,
+                }
+            }
+            if stop {
+                self.cancel_all("the engine stopped");
+                self.publish(0);
+                break;
+            }
+            let preemptions = self.step();
+            self.publish(preemptions);
+        }
+    }
+
+    fn cancel(&mut self, id: &str) {
+        let alloc = &mut self.alloc;
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let mut seq = self.running.remove(i);
+            seq.end(RequestStatus::Cancelled, None, alloc);
+        } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            if let Some(mut seq) = self.waiting.remove(i) {
+                seq.end(RequestStatus::Cancelled, None, alloc);
+            }
+        }
+    }
+
+    fn cancel_all(&mut self, why: &str) {
+        for mut seq in self.running.drain(..).chain(self.waiting.drain(..)) {
+            seq.end(
+                RequestStatus::Cancelled,
+                Some(why.to_string()),
+                &mut self.alloc,
+            );
+        }
+    }
+
+    /// One step; returns the preemptions it made.
+    fn step(&mut self) -> usize {
+        let Plan { batch, preemptions } = schedule(
+            self.limits,
+            &mut self.running,
+            &mut self.waiting,
+            &mut self.alloc,
+        );
+        if batch.is_empty() {
+            return preemptions;
+        }
+        let logits = match self.forward(&batch) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "engine step failed");
+                let mut failed: Vec<usize> = batch.iter().map(|&(i, _)| i).collect();
+                failed.sort_unstable();
+                for &i in failed.iter().rev() {
+                    let mut seq = self.running.remove(i);
+                    seq.end(RequestStatus::Failed, Some(e.to_string()), &mut self.alloc);
+                }
+                return preemptions;
+            }
+        };
+        let vocab = self.vocab();
+        let mut done = Vec::new();
+        let (mut prompt_tokens, mut generated) = (0u64, 0u64);
+        for (k, &(i, n)) in batch.iter().enumerate() {
+            let seq = &mut self.running[i];
+            if seq.tokens.len() == seq.prompt_len {
+                prompt_tokens += n as u64;
+            }
+            seq.computed += n;
+            if self.limits.prefix_caching {
+                seq.register_full_blocks(&mut self.alloc);
+            }
+            if seq.pending() > 0 {
+                continue;
+            }
+            let row = logits[k * vocab..(k + 1) * vocab].to_vec();
+            let update = match seq.sample(row) {
+                Ok(u) => u,
+                Err(e) => {
+                    seq.end(RequestStatus::Failed, Some(e.to_string()), &mut self.alloc);
+                    done.push(i);
+                    continue;
+                }
+            };
+            generated += 1;
+            let finished = update.status.is_final();
+            if !seq.send(update) {
+                tracing::debug!(request = %seq.id, "receiver gone: cancelling");
+                seq.end(RequestStatus::Cancelled, None, &mut self.alloc);
+                done.push(i);
+            } else if finished {
+                seq.table.release(&mut self.alloc);
+                done.push(i);
+            }
+        }
+        done.sort_unstable();
+        for &i in done.iter().rev() {
+            self.running.remove(i);
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.prompt_tokens += prompt_tokens;
+            s.generated_tokens += generated;
+            s.steps += 1;
+        }
+        preemptions
+    }
+
+    fn vocab(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
+    /// row-major `[sequences * vocab]`.
+    fn forward(&self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let bs = self.alloc.block_size();
+        let total: usize = batch.iter().map(|&(_, n)| n).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        for &(i, n) in batch {
+            let seq = &self.running[i];
+            let past = seq.computed;
+            ids.extend_from_slice(&seq.tokens[past..past + n]);
+            positions.extend((past..past + n).map(|p| p as u32));
+            spans.push(SequenceSpan { past, new: n });
+            slots.push(seq.table.slots(past + n, bs));
+        }
+        let device = self.model.device();
+        let input_ids = Tensor::from_vec(ids, (1, total), device)?; // [1, T]
+        let position_ids = Tensor::from_vec(positions, (1, total), device)?; // [1, T]
+        let mut cache = PagedBatch::new(&self.store, spans, slots, device)?;
+        let out = self.model.forward(
+            &ForwardInput {
+                input_ids: &input_ids,
+                position_ids: &position_ids,
+                attention_mask: None,
+                logits_to_keep: LogitsToKeep::Last,
+            },
+            &mut cache,
+        )?;
+        // [1, sequences, vocab]
+        Ok(out.logits.flatten_all()?.to_vec1()?)
+    }
+
+    fn publish(&self, preemptions: usize) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.waiting = self.waiting.len();
+            s.running = self.running.len();
+            s.blocks_used = self.alloc.num_used();
+            s.blocks_total = self.alloc.num_blocks();
+            s.blocks_cached = self.alloc.num_cached();
+            s.preemptions += preemptions as u64;
+            s.prefix_queries = self.alloc.prefix_queries;
+            s.prefix_hits = self.alloc.prefix_hits;
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The continuous batching engine against static `generate()` and transformers' golden outputs:
+//! greedy results are token-for-token equal whatever the interleaving, chunking, prefix sharing
+//! or preemption; cancellation frees every block; seeded sampling does not depend on neighbours.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lmgen::cache::paged::PagedCacheConfig;
+use lmgen::engine::{
+    generate_batch, BatchOptions, ContinuousBatchingManager, EngineConfig, GenerationOutput,
+    Request, RequestStatus, SchedulerPolicy,
+};
+use lmgen::generation::config::UnknownFields;
+use lmgen::models::{CausalLM, DType};
+use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline, TokenId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+}
+
+fn pipeline(model: &str) -> Pipeline {
+    Pipeline::from_pretrained(golden().join("models").join(model).to_str().unwrap()).unwrap()
+}
+
+struct Setup {
+    model: Arc<dyn CausalLM>,
+    pipe: Pipeline,
+}
+
+fn setup(model: &str) -> Setup {
+    Setup {
+        model: Arc::from(pipeline(model).model),
+        pipe: pipeline(model),
+    }
+}
+
+fn engine_config(block_size: usize, num_blocks: usize, max_batch_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        cache: PagedCacheConfig {
+            block_size,
+            num_blocks,
+        },
+        max_batch_tokens,
+        ..EngineConfig::default()
+    }
+}
+
+fn manager(s: &Setup, config: EngineConfig) -> ContinuousBatchingManager {
+    let m = ContinuousBatchingManager::new(
+        s.model.clone(),
+        config,
+        DType::F32,
+        Some(&s.pipe.tokenizer),
+    )
+    .unwrap();
+    m.start().unwrap();
+    m
+}
+
+/// Static generate()'s new tokens for one unpadded prompt.
+fn reference(s: &Setup, prompt: &[TokenId], config: &GenerationConfig) -> Vec<TokenId> {
+    let out = generate(
+        s.model.as_ref(),
+        &GenerateInput::single(prompt.to_vec()),
+        config,
+    )
+    .unwrap();
+    out.generated(0).to_vec()
+}
+
+fn greedy(s: &Setup, max_new_tokens: usize) -> GenerationConfig {
+    s.pipe.config_with(&GenerationConfig {
+        max_new_tokens: Some(max_new_tokens),
+        do_sample: Some(false),
+        ..GenerationConfig::default()
+    })
+}
+
+fn random_prompt(rng: &mut StdRng, len: usize, vocab: usize) -> Vec<TokenId> {
+    (0..len)
+        .map(|_| rng.random_range(3..vocab as TokenId))
+        .collect()
+}
+
+fn wait_idle(m: &ContinuousBatchingManager) {
+    for _ in 0..500 {
+        let s = m.stats();
+        if s.running == 0 && s.waiting == 0 && s.blocks_used == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("engine not idle: {:?}", m.stats());
+}
+
+/// 20 requests of mixed lengths, added at random times while others run, with chunked prefill
+/// under a small token budget: every greedy output equals static generate().
+fn random_arrivals(model: &str, policy: SchedulerPolicy, seed: u64) {
+    let s = setup(model);
+    let mut config = engine_config(4, 256, 16);
+    config.scheduler = policy;
+    let m = manager(&s, config);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vocab = s.model.config().vocab_size;
+    let mut submitted = Vec::new();
+    for i in 0..20 {
+        let len = rng.random_range(1..40);
+        let prompt = random_prompt(&mut rng, len, vocab);
+        let cfg = greedy(&s, rng.random_range(1..24));
+        let mut req = Request::new(prompt.clone(), cfg.clone());
+        req.request_id = Some(format!("r{i}"));
+        let id = m.add_request(req).unwrap();
+        submitted.push((id, prompt, cfg));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..15)));
+    }
+    for (id, prompt, cfg) in &submitted {
+        let out = m
+            .get_result(Some(id), Some(Duration::from_secs(120)))
+            .unwrap();
+        assert_eq!(out.status, RequestStatus::Finished, "{id}: {:?}", out.error);
+        assert_eq!(
+            out.generated_tokens,
+            reference(&s, prompt, cfg),
+            "{model} {policy:?} request {id} (prompt of {} tokens)",
+            prompt.len()
+        );
+    }
+    wait_idle(&m);
+}
+
+#[test]
+fn greedy_equals_generate_with_random_arrivals_fifo() {
+    random_arrivals("llama", SchedulerPolicy::Fifo, 1);
+}
+
+#[test]
+fn greedy_equals_generate_with_random_arrivals_prefill_first() {
+    random_arrivals("qwen2", SchedulerPolicy::PrefillFirst, 2);
+}
+
+#[test]
+fn greedy_equals_generate_on_other_architectures() {
+    // gpt2: learned positions and fused qkv; gemma2: sliding-window layers and soft-capping;
+    // mistral: sliding window on every layer.
+    for (model, seed) in [("gpt2", 3), ("gemma2", 4), ("mistral", 5)] {
+        random_arrivals(model, SchedulerPolicy::Fifo, seed);
+    }
+}
+
+/// The golden greedy cases of `generate.json` (unpadded rows, settings the engine takes), all
+/// submitted at once per model: the engine's tokens equal transformers'.
+#[test]
+fn golden_greedy_cases_through_the_engine() {
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(golden().join("generate.json")).unwrap())
+            .unwrap();
+    let mut checked = 0;
+    for model in ["gpt2", "llama", "qwen2", "gemma2", "mistral", "llama3"] {
+        let s = setup(model);
+        let m = manager(&s, engine_config(4, 512, 32));
+        let mut pending: Vec<(String, String, Vec<TokenId>)> = Vec::new();
+        for case in cases.iter().filter(|c| c["model"] == model) {
+            let name = case["name"].as_str().unwrap();
+            let gc = &case["generation_config"];
+            let sampling = gc["do_sample"].as_bool().unwrap_or(false);
+            let beams = gc["num_beams"].as_u64().unwrap_or(1) > 1;
+            let padded = case["attention_mask"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .flat_map(|r| r.as_array().unwrap())
+                    .any(|x| x == 0)
+            });
+            if sampling || beams || padded || case.get("assistant_model").is_some() {
+                continue;
+            }
+            let overrides = GenerationConfig::from_json(gc, UnknownFields::Keep).unwrap();
+            let config = s.pipe.config_with(&overrides);
+            let rows: Vec<Vec<TokenId>> =
+                serde_json::from_value(case["input_ids"].clone()).unwrap();
+            let expected: Vec<Vec<TokenId>> =
+                serde_json::from_value(case["expected"]["sequences"].clone()).unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                let mut req = Request::new(row.clone(), config.clone());
+                req.request_id = Some(format!("{name}/{r}"));
+                match m.add_request(req) {
+                    Ok(id) => pending.push((id, name.to_string(), expected[r].clone())),
+                    Err(lmgen::Error::Unsupported(_)) => break,
+                    Err(e) => panic!("{name}: {e}"),
+                }
+            }
+        }
+        for (id, name, expected) in pending {
+            let out = m
+                .get_result(Some(&id), Some(Duration::from_secs(120)))
+                .unwrap();
+            assert_eq!(
+                out.status,
+                RequestStatus::Finished,
+                "{name}: {:?}",
+                out.error
+            );
+            let got: Vec<TokenId> = [out.prompt_ids.clone(), out.generated_tokens.clone()].concat();
+            // A row of a batch that finished early is padded after its EOS in `sequences`.
+            assert_eq!(got, expected[..got.len()], "{model} {name}");
+            checked += 1;
+        }
+        wait_idle(&m);
+    }
+    assert!(checked >= 40, "only {checked} golden rows ran");
+}
+
+#[test]
+fn prefix_blocks_are_shared_between_running_requests() {
+    let s = setup("llama");
+    let m = manager(&s, engine_config(4, 64, 64));
+    let mut rng = StdRng::seed_from_u64(9);
+    let prompt = random_prompt(&mut rng, 17, s.model.config().vocab_size);
+    let mut cfg = greedy(&s, 40);
+    cfg.min_new_tokens = Some(40); // keeps A running while B arrives
+    let a = m
+        .add_streaming_request(Request::new(prompt.clone(), cfg.clone()))
+        .unwrap();
+    let mut a_updates = m.request_id_iter(&a).unwrap();
+    let first = a_updates.next().unwrap();
+    assert_eq!(first.cached_prompt_tokens, 0);
+    // A's 4 full prompt blocks are registered once its prompt is computed.
+    let used_by_a = m.stats().blocks_used;
+    let b = m
+        .add_streaming_request(Request::new(prompt.clone(), cfg.clone()))
+        .unwrap();
+    let b_updates: Vec<_> = m.request_id_iter(&b).unwrap().collect();
+    assert_eq!(
+        b_updates[0].cached_prompt_tokens, 16,
+        "B reuses A's 4 full blocks"
+    );
+    let stats = m.stats();
+    assert!(stats.prefix_hits >= 4, "{stats:?}");
+    assert!(used_by_a >= 5);
+    let b_tokens: Vec<TokenId> = b_updates
+        .iter()
+        .flat_map(|u| u.new_tokens.clone())
+        .collect();
+    let mut a_tokens = first.new_tokens.clone();
+    a_tokens.extend(a_updates.flat_map(|u| u.new_tokens));
+    let want = reference(&s, &prompt, &cfg);
+    assert_eq!(a_tokens, want);
+    assert_eq!(b_tokens, want);
+    wait_idle(&m);
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_completes_every_request() {
+    let s = setup("llama");
+    // 12 blocks of 4 tokens = 48 slots; each request needs up to 36.
+    let m = manager(&s, engine_config(4, 12, 64));
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut submitted = Vec::new();
+    for i in 0..8 {
+        let prompt = random_prompt(&mut rng, 8 + i, s.model.config().vocab_size);
+        let mut cfg = greedy(&s, 36 - prompt.len());
+        cfg.min_new_tokens = cfg.max_new_tokens; // no early EOS: every request needs its blocks
+        let id = m
+            .add_request(Request::new(prompt.clone(), cfg.clone()))
+            .unwrap();
+        submitted.push((id, prompt, cfg));
+    }
+    for (id, prompt, cfg) in &submitted {
+        let out = m
+            .get_result(Some(id), Some(Duration::from_secs(120)))
+            .unwrap();
+        assert_eq!(out.status, RequestStatus::Finished, "{:?}", out.error);
+        assert_eq!(out.generated_tokens, reference(&s, prompt, cfg), "{id}");
+    }
+    assert!(m.stats().preemptions > 0, "{:?}", m.stats());
+    wait_idle(&m);
+}
+
+#[test]
+fn cancelling_frees_the_blocks() {
+    let s = setup("llama");
+    let m = manager(&s, engine_config(4, 64, 64));
+    let mut cfg = greedy(&s, 200);
+    cfg.min_new_tokens = Some(200);
+    let id = m
+        .add_streaming_request(Request::new(vec![5, 6, 7, 8, 9], cfg.clone()))
+        .unwrap();
+    let waiting = m.add_request(Request::new(vec![5; 200], cfg)).unwrap_err();
+    assert!(waiting.to_string().contains("KV cache"), "{waiting}");
+    let mut updates = m.request_id_iter(&id).unwrap();
+    assert!(!updates.next().unwrap().new_tokens.is_empty());
+    m.cancel_request(&id);
+    let last = updates.last().unwrap();
+    assert_eq!(last.status, RequestStatus::Cancelled);
+    wait_idle(&m);
+    assert_eq!(m.stats().blocks_used, 0);
+}
+
+#[test]
+fn seeded_sampling_does_not_depend_on_other_requests() {
+    let s = setup("llama");
+    let cfg = s.pipe.config_with(&GenerationConfig {
+        max_new_tokens: Some(12),
+        do_sample: Some(true),
+        top_k: Some(50),
+        temperature: Some(1.3),
+        ..GenerationConfig::default()
+    });
+    let run = |others: usize| -> GenerationOutput {
+        let m = manager(&s, engine_config(4, 128, 64));
+        for i in 0..others {
+            let mut r = Request::new(vec![10 + i as TokenId; 3 + i], cfg.clone());
+            r.seed = Some(100 + i as u64);
+            m.add_request(r).unwrap();
+        }
+        let mut r = Request::new(vec![4, 5, 6], cfg.clone());
+        r.seed = Some(42);
+        let id = m.add_request(r).unwrap();
+        m.get_result(Some(&id), Some(Duration::from_secs(60)))
+            .unwrap()
+    };
+    let alone = run(0);
+    assert_eq!(alone.generated_tokens.len(), 12);
+    assert_eq!(alone.generated_tokens, run(5).generated_tokens);
+}
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_raw_logits() {
+    let s = setup("llama");
+    let m = manager(&s, engine_config(4, 64, 64));
+    let cfg = greedy(&s, 6);
+    let prompt = vec![3, 14, 15, 92, 65];
+    let mut r = Request::new(prompt.clone(), cfg.clone());
+    r.logprobs = Some(3);
+    let id = m.add_request(r).unwrap();
+    let out = m
+        .get_result(Some(&id), Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut with_logits = cfg.clone();
+    with_logits.output_logits = Some(true);
+    let reference = generate(
+        s.model.as_ref(),
+        &GenerateInput::single(prompt),
+        &with_logits,
+    )
+    .unwrap();
+    let logits = reference.logits.unwrap();
+    assert_eq!(out.logprobs.len(), out.generated_tokens.len());
+    for (step, lp) in out.logprobs.iter().enumerate() {
+        let row = logits[step].row(0);
+        let want = row[lp.token as usize] - lmgen::generation::log_sum_exp(row);
+        assert!(
+            (lp.logprob - want).abs() < 1e-4,
+            "step {step}: {} vs {want}",
+            lp.logprob
+        );
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].0, lp.token, "greedy picks the top token");
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+}
+
+#[test]
+fn generate_batch_matches_generate() {
+    let s = setup("qwen2");
+    let cfg = greedy(&s, 10);
+    let prompts: Vec<Vec<TokenId>> = vec![vec![3, 4, 5], vec![7; 9], vec![100, 200, 300, 400, 12]];
+    let outs = generate_batch(
+        s.model.clone(),
+        &prompts,
+        &cfg,
+        BatchOptions {
+            engine: engine_config(4, 64, 8),
+            ..BatchOptions::default()
+        },
+    )
+    .unwrap();
+    for (p, out) in prompts.iter().zip(&outs) {
+        assert_eq!(out.generated_tokens, reference(&s, p, &cfg));
+    }
+    assert_eq!(outs[1].request_id, "req_1");
+}
+
+#[test]
+fn settings_the_engine_cannot_honour_are_errors() {
+    let s = setup("llama");
+    let m = manager(&s, engine_config(4, 64, 64));
+    let mut cfg = greedy(&s, 4);
+    cfg.num_beams = Some(2);
+    assert!(m.add_request(Request::new(vec![4, 5], cfg)).is_err());
+    let mut cfg = greedy(&s, 4);
+    cfg.encoder_repetition_penalty = Some(1.2);
+    let e = m.add_request(Request::new(vec![4, 5], cfg)).unwrap_err();
+    assert!(e.to_string().contains("encoder_repetition_penalty"), "{e}");
+    let e = m
+        .add_request(Request::new(vec![], greedy(&s, 4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("no tokens"), "{e}");
+    let e = m
+        .add_request(Request::new(vec![100_000], greedy(&s, 4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+}
