@@ -1,8 +1,8 @@
 //! Options shared by subcommands: model location, dtype, device.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use lmgen::models::{AttnImplementation, DType, Device, LoadOptions};
+use lmgen::models::{AttnImplementation, DType, LoadOptions};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
 /// trained on Jane Austen's novels (`models/tiny-austen`, made by `tools/train/`).
@@ -53,22 +53,8 @@ impl ModelArgs {
             DTypeArg::F16 => DType::F16,
             DTypeArg::Bf16 => DType::BF16,
         };
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal: usize =
-                    d.strip_prefix("cuda:")
-                        .unwrap_or("0")
-                        .parse()
-                        .map_err(|_| {
-                            anyhow::anyhow!("`--device {d}`: expected cuda:N with N a GPU index")
-                        })?;
-                Device::new_cuda(ordinal).map_err(|e| {
-                    anyhow::anyhow!("`--device {d}`: {e} (is this a build with `--features cuda`?)")
-                })?
-            }
-            other => bail!("`--device {other}` is not a device; use cpu, cuda or cuda:N"),
-        };
+        let device =
+            lmgen::device::parse(&self.device).map_err(|e| anyhow::anyhow!("`--device`: {e}"))?;
         Ok(LoadOptions {
             dtype: Some(dtype),
             device,
