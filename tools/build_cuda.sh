@@ -95,14 +95,17 @@ export PATH="$CU/bin:$PATH" CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$STUBS" N
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} CUDARC_CUDA_VERSION=13000
 export CARGO_TARGET_DIR="$TARGET_DIR" RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUBS/lib"
 cd "$ROOT"
-cargo build --release --features cuda -p lmgen-cli --bin lmgen "$@"
-# The speed benchmark (crates/lmgen/benches/generate_speed.rs), for tools/gpu_compare.py.
-BENCH=$(cargo build --release --features cuda -p lmgen --bench generate_speed --message-format=json "$@" |
+# One cargo call for both, so features resolve once and nothing is built twice.
+BENCH=$(cargo build --release --features lmgen/cuda,lmgen-cli/cuda -p lmgen-cli -p lmgen --bin lmgen \
+    --bench generate_speed --message-format=json "$@" |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
+    if m.get("reason") == "compiler-message":
+        print(m["message"].get("rendered", ""), file=sys.stderr)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "generate_speed":
         print(m["executable"])')
+[ -n "$BENCH" ] || { echo "the generate_speed benchmark did not build" >&2; exit 1; }
 
 # What travels to the device machine: stripped and compressed (the working tree sent there is
 # limited to 64 MiB). Unpack there with `xz -d` or Python's lzma.

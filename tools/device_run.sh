@@ -7,7 +7,10 @@
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #
-# `run` call: carry ["target/cuda/dist"], command `tools/device_run.sh conformance oom compare`.
+# The device tool sends its session's checkout, which may not be this one: copy tools/, the golden
+# fixtures (crates/lmgen/tests/fixtures/golden) and target/cuda/dist into an ignored folder of that
+# checkout (e.g. target/gpu-carry), carry it, and start with `cd target/gpu-carry &&`.
+# `tools/device_run.sh kernels` needs target/kernels-src (candle-kernels' src/ folder) instead.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,7 +75,11 @@ while [ $# -gt 0 ]; do
         ;;
     oom)
         echo "== out of memory"
-        [ -n "${OOM_MODEL:-}" ] || python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint("qwen2.5-0.5b", "/tmp/lmgen-ckpt")'
+        if [ -z "${OOM_MODEL:-}" ]; then
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint("qwen2.5-0.5b", "/tmp/lmgen-ckpt")'
+            # A tokenizer for the pipeline to load (the request gives ids, so any will do).
+            cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/qwen2.5-0.5b/
+        fi
         timeout 300 python3 - "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" <<'EOF' 2>&1 | tee "$OUT/oom.txt"
 import json, subprocess, sys, time
 lmgen, model = sys.argv[1], sys.argv[2]
