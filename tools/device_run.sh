@@ -80,25 +80,13 @@ while [ $# -gt 0 ]; do
             # A tokenizer for the pipeline to load (the request gives ids, so any will do).
             cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/qwen2.5-0.5b/
         fi
-        timeout 300 python3 - "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" <<'EOF' 2>&1 | tee "$OUT/oom.txt"
-import json, subprocess, sys, time
-lmgen, model = sys.argv[1], sys.argv[2]
-big = {"model": model, "input_ids": [[(7 * i + j) % 1000 for j in range(128)] for i in range(16384)],
-       "generation_config": {"do_sample": False, "max_new_tokens": 4}}
-small = {"model": model, "input_ids": [[1, 2, 3, 4]], "generation_config": {"do_sample": False, "max_new_tokens": 4}}
-data = "".join(json.dumps(r) + "\n" for r in (big, small))
-t = time.time()
-p = subprocess.run([lmgen, "generate", "--request", "-", "--device", "cuda", "--dtype", "bf16"],
-                   input=data, capture_output=True, text=True, timeout=280)
-print(f"exit {p.returncode} after {time.time() - t:.1f}s")
-for line in p.stdout.splitlines():
-    print("answer:", line[:400])
-print("stderr:", p.stderr[-1500:])
-EOF
+        timeout ${OOM_TIMEOUT:-150} python3 tools/gpu_oom_check.py "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" \
+            "$OUT/oom_stderr.txt" 2>&1 | tee "$OUT/oom.txt"
         ;;
     compare)
         echo "== transformers vs lmgen"
-        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "$BIN/generate_speed" "$@" 2>&1 | tee "$OUT/compare.txt"
+        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "$BIN/generate_speed" "$@" 2>&1 |
+            grep --line-buffered -v "Writing model shards\|Loading weights" | tee -a "$OUT/compare.txt"
         break
         ;;
     *)

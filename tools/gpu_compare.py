@@ -182,7 +182,7 @@ def run_hf(name, cfg, ckpt, ids, args, res):
         if "batch" in args.hf and time.time() > args.deadline:
             r["generate_batch_error"] = "skipped: time budget of this run spent"
         elif "batch" in args.hf:
-            g = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=-1, pad_token_id=0)
+            g = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=-1, pad_token_id=0)  # as gpu_anchor.py
             try:
                 model.generate_batch(ids["prompts"][:4], generation_config=g)
                 for b in args.batches:
@@ -258,7 +258,7 @@ def kv_bytes_per_token(cfg):
 
 
 def dump(res):
-    with open(os.path.join(OUT, "gpu_compare.json"), "w") as f:
+    with open(os.path.join(OUT, res["env"]["name"] + ".json"), "w") as f:
         json.dump(res, f, indent=1)
 
 
@@ -301,6 +301,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/lmgen-ckpt")
+    ap.add_argument("--name", default="gpu_compare", help="$OUT/NAME.json and NAME.md")
     ap.add_argument("--budget", type=float, default=540, help="seconds; later transformers phases are skipped past it")
     args = ap.parse_args()
     args.deadline = time.time() + args.budget
@@ -308,7 +309,7 @@ def main():
     args.hf = set(filter(None, args.hf.split(",")))
     env = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "transformers": transformers.__version__, "batches": args.batches, "prompt": args.prompt,
-           "new": args.new, "prefill": args.prefill, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+           "new": args.new, "prefill": args.prefill, "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         env["clocks"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.mem,clocks.max.sm",
                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
@@ -338,7 +339,7 @@ def main():
         dump(res)
         log(table(res))
     table_md = table(res)
-    with open(os.path.join(OUT, "gpu_compare.md"), "w") as f:
+    with open(os.path.join(OUT, args.name + ".md"), "w") as f:
         f.write(table_md + "\n")
     log(table_md)
 
