@@ -24,10 +24,10 @@ use std::time::Instant;
 
 use lmgen::device;
 use lmgen::generation::streamer::TokenStreamer;
-use lmgen::generation::GenerateOptions;
+use lmgen::generation::{generate_with, GenerateOptions};
 use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
-use lmgen::{generate, generate_with, GenerateInput, GenerationConfig, TokenId};
+use lmgen::{generate, GenerateInput, GenerationConfig, TokenId};
 use serde_json::json;
 
 /// Command-line settings.
@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         device: dev.clone(),
         ..LoadOptions::default()
     };
-    let model = load_model(&Checkpoint::open(&args.model)?, &options)?;
+    let model = load_model(&Checkpoint::open(std::path::Path::new(&args.model))?, &options)?;
     let model: &dyn CausalLM = model.as_ref();
     let vocab = model.config().vocab_size;
     let load_s = t0.elapsed().as_secs_f64();
