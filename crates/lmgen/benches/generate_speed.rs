@@ -145,7 +145,10 @@ fn main() -> anyhow::Result<()> {
         device: dev.clone(),
         ..LoadOptions::default()
     };
-    let model = load_model(&Checkpoint::open(std::path::Path::new(&args.model))?, &options)?;
+    let model = load_model(
+        &Checkpoint::open(std::path::Path::new(&args.model))?,
+        &options,
+    )?;
     let model: &dyn CausalLM = model.as_ref();
     let vocab = model.config().vocab_size;
     let load_s = t0.elapsed().as_secs_f64();
