@@ -1,8 +1,8 @@
 //! Options shared by subcommands: model location, dtype, device.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use lmgen::models::{AttnImplementation, DType, Device, LoadOptions, Quantization};
+use lmgen::models::{AttnImplementation, LoadOptions, Quantization};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
 /// trained on Jane Austen's novels (`models/tiny-austen`, made by `tools/train/`).
@@ -72,22 +72,8 @@ impl ModelArgs {
 
     pub fn load_options(&self) -> Result<LoadOptions> {
         let dtype = self.dtype.into();
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal: usize =
-                    d.strip_prefix("cuda:")
-                        .unwrap_or("0")
-                        .parse()
-                        .map_err(|_| {
-                            anyhow::anyhow!("`--device {d}`: expected cuda:N with N a GPU index")
-                        })?;
-                Device::new_cuda(ordinal).map_err(|e| {
-                    anyhow::anyhow!("`--device {d}`: {e} (is this a build with `--features cuda`?)")
-                })?
-            }
-            other => bail!("`--device {other}` is not a device; use cpu, cuda or cuda:N"),
-        };
+        let device =
+            lmgen::device::parse(&self.device).map_err(|e| anyhow::anyhow!("`--device`: {e}"))?;
         Ok(LoadOptions {
             dtype: Some(dtype),
             device,

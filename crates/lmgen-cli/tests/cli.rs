@@ -179,6 +179,15 @@ fn a_model_id_not_in_the_cache_lists_where_it_looked() -> Result<()> {
 fn bad_flags_and_files_are_named() -> Result<()> {
     let out = lmgen(&["generate", "--device", "tpu"], "")?;
     assert_fails_naming(&out, &["`--device tpu` is not a device"]);
+    let out = lmgen(&["generate", "--device", "cuda:x"], "")?;
+    assert_fails_naming(&out, &["`--device cuda:x` is not a device", "GPU index"]);
+    if !cfg!(feature = "cuda") {
+        let out = lmgen(&["generate", "--device", "cuda"], "")?;
+        assert_fails_naming(
+            &out,
+            &["`--device cuda` is not available", "--features cuda"],
+        );
+    }
     let out = lmgen(&["generate", "--max-new-tokens", "0", "--prompt", "Hi"], "")?;
     assert_fails_naming(&out, &["`max_new_tokens` must be greater than 0"]);
     let out = lmgen(&["generate", "--request", "/nonexistent.jsonl"], "")?;

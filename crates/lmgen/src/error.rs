@@ -53,9 +53,36 @@ pub enum Error {
     /// (`raise_exception`, whose message is kept as is).
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A device name that is not one, a GPU that could not be opened, or CUDA asked of a build
+    /// without the `cuda` feature. `message` reads after the name: "is not a device; ...".
+    #[error("device `{name}` {message}")]
+    Device { name: String, message: String },
+    /// The GPU ran out of memory (loading weights, or a request too large for what is left: a big
+    /// batch, a long prompt). Nothing was generated for the request; smaller ones still work.
+    #[error("out of GPU memory: {message}. Lower the batch size, the prompt length or `max_new_tokens`, or use a smaller dtype")]
+    OutOfMemory { message: String },
     /// A tensor operation failed.
     #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    /// Allocation failures on the GPU become [`Error::OutOfMemory`]; everything else stays a
+    /// tensor error.
+    fn from(err: candle_core::Error) -> Self {
+        if crate::device::is_out_of_memory(&err) {
+            Error::OutOfMemory {
+                message: err
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            }
+        } else {
+            Error::Tensor(err)
+        }
+    }
 }
 
 /// lmgen's result type.

@@ -24,6 +24,7 @@
 
 pub mod cache;
 pub mod chat_template;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generation;

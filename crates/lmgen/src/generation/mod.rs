@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod constraints;
+pub mod device_argmax;
 pub mod logits;
 pub mod options;
 pub mod sampler;

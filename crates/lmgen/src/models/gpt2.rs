@@ -5,7 +5,7 @@
 //! (transposed at load), biases everywhere, `gelu_new` MLP without gate, tied LM head, weights
 //! under `transformer.` (or no prefix, as some old checkpoints).
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module};
 
 use super::config::LayerType;
 use super::config::ModelConfig;
@@ -92,7 +92,7 @@ impl Gpt2 {
 impl CausalLM for Gpt2 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
-        let positions: Tensor = input.position_ids.clone();
+        let positions = input.position_ids.to_device(&self.device)?; // may come from the host
         let mut x = (self.wte.forward(input.input_ids)? + self.wpe.forward(&positions)?)?; // [b, t, h]
         let attn_in = AttentionInput {
             rope: None,

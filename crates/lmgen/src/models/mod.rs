@@ -37,7 +37,8 @@ pub struct ForwardInput<'a> {
     /// `[b, t]` u32 token ids.
     pub input_ids: &'a Tensor,
     /// `[b, t]` u32 position ids (RoPE angles / learned positions), as transformers computes them
-    /// from the attention mask: `cumsum(mask) - 1`.
+    /// from the attention mask: `cumsum(mask) - 1`. On any device: the decoding loops keep them on
+    /// the host, where RoPE angles are computed, so a GPU step needs no copy back.
     pub position_ids: &'a Tensor,
     /// Padding mask over the cached and new tokens, one row per sequence, each of length
     /// `past + t` (1 = attend, 0 = padding). `None` means no padding at all.

@@ -26,7 +26,22 @@ pub(crate) fn next_token_logits(
     mask: Option<&[Vec<u8>]>,
     cache: &mut dyn KvCache,
 ) -> Result<Scores> {
-    let pos = Tensor::new(positions.to_vec(), step_ids.device())?; // [rows, t_step]
+    let logits = last_logits(model, step_ids, positions, mask, cache)?;
+    let (rows, vocab) = logits.dims2()?;
+    let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?; // [rows * vocab]
+    Ok(Scores::new(logits, rows, vocab))
+}
+
+/// [`next_token_logits`] without the copy to the host: `[rows, vocab]` f32 on the model's device.
+pub(crate) fn last_logits(
+    model: &dyn CausalLM,
+    step_ids: &Tensor,
+    positions: &[Vec<u32>],
+    mask: Option<&[Vec<u8>]>,
+    cache: &mut dyn KvCache,
+) -> Result<Tensor> {
+    // [rows, t_step], on the host: RoPE angles are computed there (see `ForwardInput`).
+    let pos = Tensor::new(positions.to_vec(), &candle_core::Device::Cpu)?;
     let out = model.forward(
         &ForwardInput {
             input_ids: step_ids,
@@ -36,7 +51,5 @@ pub(crate) fn next_token_logits(
         },
         cache,
     )?;
-    let (rows, _, vocab) = out.logits.dims3()?;
-    let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [rows * vocab]
-    Ok(Scores::new(logits, rows, vocab))
+    Ok(out.logits.squeeze(1)?) // [rows, 1, vocab] -> [rows, vocab]
 }

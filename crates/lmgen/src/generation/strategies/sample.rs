@@ -9,9 +9,10 @@
 
 use candle_core::Tensor;
 
-use super::{next_token_logits, prepare};
+use super::{last_logits, next_token_logits, prepare};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
+use crate::generation::device_argmax::DeviceArgmax;
 use crate::generation::sampler::Sampler;
 use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
@@ -113,17 +114,40 @@ pub fn run(
     let mut finish: Vec<Option<FinishReason>> = vec![None; b];
     let mut all_scores = output_scores.then(Vec::new);
     let mut all_logits = output_logits.then(Vec::new);
+    // Greedy search with nothing to apply to or return of the scores only needs each row's
+    // argmax: on a GPU take it there, so the logits never cross to the host.
+    let device_argmax = if !device.is_cpu()
+        && !do_sample
+        && processors.is_empty()
+        && !output_scores
+        && !output_logits
+    {
+        Some(DeviceArgmax::new(mcfg.vocab_size, &device)?)
+    } else {
+        None
+    };
     loop {
-        let mut scores =
-            next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
-        if let Some(l) = all_logits.as_mut() {
-            l.push(scores.clone());
-        }
-        processors.process(&sequences, &mut scores)?;
-        let mut next = sampler.select(&scores)?;
-        if let Some(s) = all_scores.as_mut() {
-            s.push(scores);
-        }
+        let mut next = if let Some(argmax) = device_argmax.as_ref() {
+            argmax.select(&last_logits(
+                model,
+                &step_ids,
+                &positions,
+                mask.as_deref(),
+                &mut cache,
+            )?)?
+        } else {
+            let mut scores =
+                next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
+            if let Some(l) = all_logits.as_mut() {
+                l.push(scores.clone());
+            }
+            processors.process(&sequences, &mut scores)?;
+            let next = sampler.select(&scores)?;
+            if let Some(s) = all_scores.as_mut() {
+                s.push(scores);
+            }
+            next
+        };
         if !eos.is_empty() {
             if let Some(pad) = pad {
                 for (i, tok) in next.iter_mut().enumerate() {

@@ -117,8 +117,14 @@ impl RotaryEmbedding {
                 }
             }
         }
-        let cos = Tensor::from_vec(cos, (b, t, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (b, t, half), device)?.to_dtype(dtype)?;
+        // Cast on the host, then one copy each: no conversion kernels on a GPU.
+        let cpu = &Device::Cpu;
+        let cos = Tensor::from_vec(cos, (b, t, half), cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?;
         Ok((cos, sin))
     }
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# On the device machine (an H100/H200 with CUDA 13 driver, torch + transformers, no Rust): unpack
+# the CUDA build that tools/build_cuda.sh made (carried as target/cuda/dist), then run the
+# steps named in the arguments, each writing under $OUT:
+#
+#   tools/device_run.sh conformance     golden cases on the GPU: f32 must match, bf16 agreement reported
+#   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
+#   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
+#
+# The device tool sends its session's checkout, which may not be this one: copy tools/, the golden
+# fixtures (crates/lmgen/tests/fixtures/golden) and target/cuda/dist into an ignored folder of that
+# checkout (e.g. target/gpu-carry), carry it, and start with `cd target/gpu-carry &&`.
+# `tools/device_run.sh kernels` needs target/kernels-src (candle-kernels' src/ folder) instead.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-/tmp/lmgen-out}
+mkdir -p "$OUT"
+BIN=/tmp/lmgen-bin
+mkdir -p "$BIN"
+for f in lmgen generate_speed; do
+    [ -e "target/cuda/dist/$f.xz" ] || continue
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+        "target/cuda/dist/$f.xz" "$BIN/$f" && chmod +x "$BIN/$f"
+done
+
+# cuBLAS, cuRAND, NVRTC and cudart 13 from the torch environment (its nvidia-* wheels); libcuda
+# comes with the driver. Fall back to the CUDA 13.0 toolkit's folder.
+TORCH_LIBS=$(python3 -c 'import os, torch; print(os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))' 2>/dev/null)
+LIBS=
+for dir in "$TORCH_LIBS" /usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/lib64; do
+    ok=1
+    for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
+        [ -e "$dir/$lib" ] || ok=0
+    done
+    if [ $ok = 1 ]; then LIBS=$dir; break; fi
+done
+[ -n "$LIBS" ] || { echo "no folder holds cuBLAS/cuRAND/NVRTC/cudart 13" >&2; ls "$TORCH_LIBS" >&2; }
+export LD_LIBRARY_PATH="$LIBS:/usr/local/nvidia/lib64:/usr/local/nvidia/lib:${LD_LIBRARY_PATH:-}"
+echo "library path: $LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+[ -e "$BIN/lmgen" ] && ldd "$BIN/lmgen" | grep -E 'cuda|cublas|curand|nvrtc|cudart|not found'
+
+GOLDEN=crates/lmgen/tests/fixtures/golden
+while [ $# -gt 0 ]; do
+    step=$1
+    shift
+    case $step in
+    kernels)
+        # candle-kernels' static library sources (copied to target/kernels-src by
+        # tools/build_cuda.sh --kernels-src), compiled here on 16 cores with the flags its build
+        # uses; tools/build_cuda.sh takes the objects back (LMGEN_PREBUILT_KERNELS).
+        echo "== candle-kernels objects"
+        NVCC_BIN=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc | head -n 1)
+        gcc --version | head -n 1
+        "$NVCC_BIN" --version | tail -n 2
+        obj=/tmp/kernel-objects
+        mkdir -p $obj
+        (cd target/kernels-src && for f in src/moe/*.cu src/mmvq_gguf.cu src/mmq_gguf/*.cu; do
+            "$NVCC_BIN" -gencode arch=compute_90a,code=sm_90a -c -o "$obj/$(basename "$f" .cu).o" --default-stream per-thread \
+                --expt-relaxed-constexpr -std c++17 -O3 -Xcompiler -fPIC -Xcompiler -fPIC "$f" &
+        done; wait)
+        ls -l $obj
+        tar -C $obj -cf - . | xz -T16 -6 | split -b 15M - "$OUT/kernels.tar.xz."
+        ls -l "$OUT"
+        ;;
+    conformance)
+        for dt in f32 bf16; do
+            echo "== conformance on cuda, $dt"
+            timeout 300 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN" \
+                --only forward,generate,legacy,streaming --args "--device cuda --dtype $dt" -v \
+                2>&1 | tee "$OUT/conformance_cuda_$dt.txt"
+        done
+        ;;
+    oom)
+        echo "== out of memory"
+        if [ -z "${OOM_MODEL:-}" ]; then
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint("qwen2.5-0.5b", "/tmp/lmgen-ckpt")'
+            # A tokenizer for the pipeline to load (the request gives ids, so any will do).
+            cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/qwen2.5-0.5b/
+        fi
+        timeout ${OOM_TIMEOUT:-150} python3 tools/gpu_oom_check.py "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" \
+            "$OUT/oom_stderr.txt" 2>&1 | tee "$OUT/oom.txt"
+        ;;
+    compare)
+        echo "== transformers vs lmgen"
+        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "$BIN/generate_speed" "$@" 2>&1 |
+            grep --line-buffered -v "Writing model shards\|Loading weights" | tee -a "$OUT/compare.txt"
+        break
+        ;;
+    *)
+        echo "unknown step $step" >&2
+        exit 2
+        ;;
+    esac
+done
