@@ -48,6 +48,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // candle's elementwise and quantized CPU ops run on a pool whose idle threads spin; on a
+    // machine whose cores are shared (other processes, or our own rayon threads doing the matrix
+    // products) a descheduled worker makes the others spin through their time slices (measured:
+    // 30x slower decode). Those ops are small next to the matrix products, which run on rayon, so
+    // keep candle's pool to the calling thread unless the user chose otherwise.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),

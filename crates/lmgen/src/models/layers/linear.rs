@@ -4,7 +4,6 @@
 //! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
 //! [`gemv`]; larger ones (prefill) through candle's matmul.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
 
 use super::{gemv, LoadContext};
@@ -16,7 +15,7 @@ enum Weight {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
     /// `[out, in]` in a quantized block format.
-    Quantized(QMatMul),
+    Quantized(crate::models::quantize::QuantizedWeight),
 }
 
 /// `y = x W^T + b`.
@@ -113,8 +112,8 @@ impl Linear {
                     None => half_matmul(x, w)?,
                 }
             }
-            // candle's quantized kernels take f32 activations.
-            Weight::Quantized(q) => q.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+            // The quantized kernels take and give f32 activations.
+            Weight::Quantized(q) => q.forward(x)?.to_dtype(x.dtype())?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
