@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use lmgen::models::{AttnImplementation, LoadOptions, Quantization};
+use lmgen::models::{AttnImplementation, DType, LoadOptions, Quantization};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
 /// trained on Jane Austen's novels (`models/tiny-austen`, made by `tools/train/`).
