@@ -72,8 +72,14 @@ impl ModelArgs {
 
     pub fn load_options(&self) -> Result<LoadOptions> {
         let dtype = self.dtype.into();
-        let device =
-            lmgen::device::parse(&self.device).map_err(|e| anyhow::anyhow!("`--device`: {e}"))?;
+        let device = lmgen::device::parse(&self.device).map_err(|e| -> anyhow::Error {
+            match e {
+                lmgen::Error::Device { name, message } => {
+                    anyhow::anyhow!("`--device {name}` {message}")
+                }
+                other => other.into(),
+            }
+        })?;
         Ok(LoadOptions {
             dtype: Some(dtype),
             device,
