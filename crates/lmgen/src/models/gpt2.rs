@@ -13,7 +13,7 @@ use super::layers::linear::Linear;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
-use super::llama::{keep, layer_masks};
+use super::llama::{final_norm, layer_masks};
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
@@ -98,7 +98,11 @@ impl CausalLM for Gpt2 {
             rope: None,
             mask: full.as_ref(),
         };
+        let mut hidden = input.output_hidden_states.then(Vec::new);
         for block in &self.h {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
             let a = block
                 .attn
                 .forward(&block.ln_1.forward(&x)?, &attn_in, cache)?;
@@ -106,9 +110,21 @@ impl CausalLM for Gpt2 {
             let m = block.mlp.forward(&block.ln_2.forward(&x)?)?;
             x = (x + m)?;
         }
-        let x = self.ln_f.forward(&keep(x, input.logits_to_keep)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
-        Ok(ModelOutput { logits })
+        let x = final_norm(
+            x,
+            |x| self.ln_f.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let logits = self.lm_head(&x)?; // [b, t_kept, vocab]
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
     }
 
     fn config(&self) -> &ModelConfig {

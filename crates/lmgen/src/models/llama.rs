@@ -77,6 +77,25 @@ pub(crate) fn layer_masks(
     Ok((full, sliding))
 }
 
+/// The final norm over the last layer's output `x` (`[b, t, h]`), for the kept positions only
+/// unless hidden states are collected in `hidden`: then over every position, which becomes the
+/// last hidden state. Returns `[b, t_kept, h]`, what the LM head reads.
+pub(crate) fn final_norm(
+    x: Tensor,
+    norm: impl Fn(&Tensor) -> Result<Tensor>,
+    hidden: &mut Option<Vec<Tensor>>,
+    which: LogitsToKeep,
+) -> Result<Tensor> {
+    match hidden {
+        Some(states) => {
+            let normed = norm(&x)?;
+            states.push(normed.clone());
+            keep(normed, which)
+        }
+        None => norm(&keep(x, which)?),
+    }
+}
+
 /// `[b, t, h] -> [b, t_kept, h]`.
 pub(crate) fn keep(x: Tensor, which: LogitsToKeep) -> Result<Tensor> {
     Ok(match which {
@@ -149,7 +168,11 @@ impl CausalLM for Llama {
         let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
         let (full, sliding) = layer_masks(input, &self.config, past, self.dtype, &self.device)?;
         let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
+        let mut hidden = input.output_hidden_states.then(Vec::new);
         for layer in &self.layers {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
             let mask = match layer.layer_type {
                 LayerType::FullAttention => full.as_ref(),
                 LayerType::SlidingAttention => sliding.as_ref(),
@@ -168,9 +191,21 @@ impl CausalLM for Llama {
                 .forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = (x + h)?;
         }
-        let x = self.norm.forward(&keep(x, input.logits_to_keep)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
-        Ok(ModelOutput { logits })
+        let x = final_norm(
+            x,
+            |x| self.norm.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let logits = self.lm_head(&x)?; // [b, t_kept, vocab]
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
     }
 
     fn config(&self) -> &ModelConfig {
