@@ -2,7 +2,8 @@
 //! modes transformers 5 moved to Hub repos. Token-exact sequences, and beam scores where a case
 //! has them.
 //!
-//! Cases are selected by name prefix: add a mode's prefix to [`IMPLEMENTED`] when it lands.
+//! Cases are selected by name prefix: add a mode's prefix to [`IMPLEMENTED`] when it lands
+//! (group and constrained beam search are checked in `group_constrained_beam.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
