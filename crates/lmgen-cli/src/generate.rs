@@ -78,6 +78,12 @@ pub struct GenerationFlags {
     /// Number of beams (beam search).
     #[arg(long)]
     pub num_beams: Option<usize>,
+    /// Contrastive search: weight of the degeneration penalty (with `--top-k` > 1, no sampling).
+    #[arg(long)]
+    pub penalty_alpha: Option<f64>,
+    /// DoLa decoding: layers to contrast with the final one, "low", "high" or indices "0,2".
+    #[arg(long)]
+    pub dola_layers: Option<String>,
     /// Number of outputs per prompt (needs sampling or beams).
     #[arg(long)]
     pub num_return_sequences: Option<usize>,
@@ -131,6 +137,8 @@ impl GenerationFlags {
             self.repetition_penalty.map(Value::from),
         );
         put("num_beams", self.num_beams.map(Value::from));
+        put("penalty_alpha", self.penalty_alpha.map(Value::from));
+        put("dola_layers", self.dola_layers.as_deref().map(dola_layers));
         put("pad_token_id", self.pad_token_id.map(Value::from));
         match self.eos_token_id.as_slice() {
             [] => {}
@@ -139,6 +147,18 @@ impl GenerationFlags {
         }
         m
     }
+}
+
+/// `--dola-layers`: "low" / "high" as given, "0,2" as a list of indices; anything else is passed on
+/// as a string, which the config check then names.
+fn dola_layers(flag: &str) -> Value {
+    if flag == "low" || flag == "high" {
+        return Value::from(flag);
+    }
+    flag.split(',')
+        .map(|i| i.trim().parse::<i64>().ok())
+        .collect::<Option<Vec<_>>>()
+        .map_or_else(|| Value::from(flag), Value::from)
 }
 
 /// `--generation-config FILE` then the flags, as one overrides config.

@@ -336,3 +336,36 @@ fn text_mode_honours_max_new_tokens() -> Result<()> {
     assert_eq!(String::from_utf8(out.stdout)?, format!("Hello{text}\n"));
     Ok(())
 }
+
+#[test]
+fn contrastive_and_dola_flags_select_their_modes() -> Result<()> {
+    let line = json!({"input_ids": [PROMPT], "generation_config": {"max_new_tokens": 6}});
+    let with = |config: Value| json!({"input_ids": [PROMPT], "generation_config": config});
+    let cases = [
+        (
+            vec!["--penalty-alpha", "0.6", "--top-k", "4"],
+            json!({"max_new_tokens": 6, "penalty_alpha": 0.6, "top_k": 4}),
+        ),
+        (
+            vec!["--dola-layers", "0,1"],
+            json!({"max_new_tokens": 6, "dola_layers": [0, 1]}),
+        ),
+        (
+            vec!["--dola-layers", "high"],
+            json!({"max_new_tokens": 6, "dola_layers": "high"}),
+        ),
+    ];
+    let greedy = &requests(std::slice::from_ref(&line), &[])?[0];
+    for (flags, config) in cases {
+        let by_flags = &requests(std::slice::from_ref(&line), &flags)?[0];
+        let by_line = &requests(&[with(config)], &[])?[0];
+        assert_eq!(by_flags["sequences"], by_line["sequences"], "{flags:?}");
+        assert_ne!(by_flags["sequences"], greedy["sequences"], "{flags:?}");
+    }
+    let bad = &requests(std::slice::from_ref(&line), &["--dola-layers", "middle"])?[0];
+    assert!(
+        error_message(bad).contains("`dola_layers` must be either"),
+        "{bad}"
+    );
+    Ok(())
+}

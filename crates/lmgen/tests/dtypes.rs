@@ -35,6 +35,7 @@ fn logits(model: &dyn CausalLM) -> anyhow::Result<Vec<Vec<f32>>> {
         position_ids: &pos,
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
+        output_hidden_states: false,
     };
     Ok(model
         .forward(&input, &mut DynamicCache::new())?

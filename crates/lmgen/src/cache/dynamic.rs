@@ -97,6 +97,15 @@ impl KvCache for DynamicCache {
         }
         Ok(())
     }
+
+    fn batch_repeat_interleave(&mut self, n: usize) -> Result<()> {
+        let Some(first) = self.layers.iter().flatten().next() else {
+            return Ok(());
+        };
+        let b = first.k.dim(0)?;
+        let idx: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, n)).collect();
+        self.reorder(&idx)
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +143,30 @@ mod tests {
         let (ks, _) = cache.update(0, &one, &one).unwrap();
         let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, vec![3., 7., 3., 8., 1., 9.]);
+    }
+
+    #[test]
+    fn repeat_interleave_then_select_rows() {
+        let dev = Device::Cpu;
+        let mut cache = DynamicCache::new();
+        let k = Tensor::from_vec(vec![1f32, 2.], (2, 1, 1, 1), &dev).unwrap();
+        cache.update(0, &k, &k).unwrap();
+        cache.batch_repeat_interleave(3).unwrap();
+        let step =
+            Tensor::from_vec(vec![10f32, 11., 12., 20., 21., 22.], (6, 1, 1, 1), &dev).unwrap();
+        let (ks, _) = cache.update(0, &step, &step).unwrap();
+        assert_eq!(ks.dims4().unwrap(), (6, 1, 2, 1));
+        let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(
+            got,
+            vec![1., 10., 1., 11., 1., 12., 2., 20., 2., 21., 2., 22.]
+        );
+        cache.batch_select_indices(&[2, 3]).unwrap();
+        let one = Tensor::from_vec(vec![7f32, 8.], (2, 1, 1, 1), &dev).unwrap();
+        let (ks, vs) = cache.update(0, &one, &one).unwrap();
+        let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, vec![1., 12., 7., 2., 20., 8.]);
+        assert_eq!(vs.flatten_all().unwrap().to_vec1::<f32>().unwrap(), got);
+        assert_eq!(cache.seq_len(), 3);
     }
 }

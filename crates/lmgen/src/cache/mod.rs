@@ -53,4 +53,15 @@ pub trait KvCache: Send {
             "this cache does not hold packed batches of sequences".into(),
         ))
     }
+
+    /// Repeats every batch row `n` times in place: old row `i` becomes rows `i * n .. (i + 1) * n`
+    /// (HF `DynamicCache.batch_repeat_interleave`; contrastive search runs its `top_k` candidates
+    /// of each row as one batch).
+    fn batch_repeat_interleave(&mut self, n: usize) -> Result<()>;
+    /// Keeps the batch rows `indices`, in that order (HF `DynamicCache.batch_select_indices`;
+    /// contrastive search keeps the chosen candidate of each row). The same gather as
+    /// [`KvCache::reorder`].
+    fn batch_select_indices(&mut self, indices: &[usize]) -> Result<()> {
+        self.reorder(indices)
+    }
 }

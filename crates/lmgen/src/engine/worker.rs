@@ -232,6 +232,7 @@ impl Worker {
                 position_ids: &position_ids,
                 attention_mask: None,
                 logits_to_keep: LogitsToKeep::Last,
+                output_hidden_states: false,
             },
             &mut cache,
         )?;

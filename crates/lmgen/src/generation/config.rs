@@ -24,12 +24,14 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::TokenId;
 
+mod dola;
 mod fields;
 mod lengths;
 mod load;
 mod mode;
 mod validate;
 
+pub use dola::DolaLayers;
 use fields::{parse_field, show};
 pub use fields::{EarlyStopping, TokenIds};
 pub use lengths::Lengths;

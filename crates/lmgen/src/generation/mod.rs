@@ -243,6 +243,10 @@ pub fn generate_with(
         GenerationMode::ConstrainedBeamSearch => {
             strategies::constrained_beam::run(model, input, config, options)
         }
+        GenerationMode::ContrastiveSearch => {
+            strategies::contrastive::run(model, input, config, options)
+        }
+        GenerationMode::DolaGeneration => strategies::dola::run(model, input, config, options),
         other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
     }
 }

@@ -113,7 +113,11 @@ impl CausalLM for Gemma2 {
             .embed_tokens
             .forward(input.input_ids)?
             .broadcast_mul(&normalizer)?; // [b, t, h]
+        let mut hidden = input.output_hidden_states.then(Vec::new);
         for layer in &self.layers {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
             let attn_in = AttentionInput {
                 rope: Some((&cos, &sin)),
                 mask: masks.for_layer(layer.layer_type),
@@ -128,10 +132,22 @@ impl CausalLM for Gemma2 {
                 .forward(&layer.pre_feedforward_layernorm.forward(&x)?)?;
             x = (x + layer.post_feedforward_layernorm.forward(&h)?)?;
         }
-        let x = self.norm.forward(&masks.keep(x, input.logits_to_keep)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        let x = masks.final_norm(
+            x,
+            |x| self.norm.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let logits = self.lm_head(&x)?;
         let logits = softcap(logits, self.config.final_logit_softcapping)?; // [b, t_kept, vocab]
-        Ok(ModelOutput { logits })
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
     }
 
     fn config(&self) -> &ModelConfig {

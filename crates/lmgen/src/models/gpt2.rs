@@ -5,7 +5,7 @@
 //! (transposed at load), biases everywhere, `gelu_new` MLP without gate, tied LM head, weights
 //! under `transformer.` (or no prefix, as some old checkpoints).
 
-use candle_core::{DType, Device, Module};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::LayerType;
 use super::config::ModelConfig;
@@ -98,7 +98,11 @@ impl CausalLM for Gpt2 {
             rope: None,
             mask: masks.for_layer(LayerType::FullAttention),
         };
+        let mut hidden = input.output_hidden_states.then(Vec::new);
         for block in &self.h {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
             let a = block
                 .attn
                 .forward(&block.ln_1.forward(&x)?, &attn_in, cache)?;
@@ -106,9 +110,21 @@ impl CausalLM for Gpt2 {
             let m = block.mlp.forward(&block.ln_2.forward(&x)?)?;
             x = (x + m)?;
         }
-        let x = self.ln_f.forward(&masks.keep(x, input.logits_to_keep)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
-        Ok(ModelOutput { logits })
+        let x = masks.final_norm(
+            x,
+            |x| self.ln_f.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let logits = self.lm_head(&x)?; // [b, t_kept, vocab]
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
     }
 
     fn config(&self) -> &ModelConfig {

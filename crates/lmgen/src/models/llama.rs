@@ -113,7 +113,11 @@ impl CausalLM for Llama {
         let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
+        let mut hidden = input.output_hidden_states.then(Vec::new);
         for layer in &self.layers {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
             let attn_in = AttentionInput {
                 rope: Some((&cos, &sin)),
                 mask: masks.for_layer(layer.layer_type),
@@ -128,9 +132,21 @@ impl CausalLM for Llama {
                 .forward(&layer.post_attention_layernorm.forward(&x)?)?;
             x = (x + h)?;
         }
-        let x = self.norm.forward(&masks.keep(x, input.logits_to_keep)?)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?; // [b, t_kept, vocab]
-        Ok(ModelOutput { logits })
+        let x = masks.final_norm(
+            x,
+            |x| self.norm.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let logits = self.lm_head(&x)?; // [b, t_kept, vocab]
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
     }
 
     fn config(&self) -> &ModelConfig {

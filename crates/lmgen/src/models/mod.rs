@@ -45,6 +45,9 @@ pub struct ForwardInput<'a> {
     pub attention_mask: Option<&'a [Vec<u8>]>,
     /// Which positions to compute logits for.
     pub logits_to_keep: LogitsToKeep,
+    /// Also return every layer's hidden states ([`ModelOutput::hidden_states`]), as transformers'
+    /// `output_hidden_states=True`. Off for plain decoding, which then keeps none of them.
+    pub output_hidden_states: bool,
 }
 
 /// What a forward pass returns.
@@ -52,12 +55,30 @@ pub struct ForwardInput<'a> {
 pub struct ModelOutput {
     /// `[b, t_kept, vocab]` f32 logits.
     pub logits: Tensor,
+    /// With [`ForwardInput::output_hidden_states`]: `num_hidden_layers + 1` tensors `[b, t, hidden]`
+    /// in the compute dtype, every input position (HF `hidden_states`): the embedding output (the
+    /// input of layer 0), then each layer's output; the last one is after the final norm, i.e.
+    /// the last hidden state that the LM head reads.
+    pub hidden_states: Option<Vec<Tensor>>,
+}
+
+impl ModelOutput {
+    /// The final hidden state after the last norm, `[b, t, hidden]` (HF `hidden_states[-1]`), when
+    /// hidden states were requested.
+    pub fn last_hidden_state(&self) -> Option<&Tensor> {
+        self.hidden_states.as_ref().and_then(|h| h.last())
+    }
 }
 
 /// A causal language model (HF `*ForCausalLM`).
 pub trait CausalLM: Send + Sync {
     /// Runs the model over `input` and appends the new keys and values to `cache`.
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput>;
+    /// The output projection alone (HF `get_output_embeddings()(hidden_states)`): `[.., hidden]`
+    /// -> `[.., vocab]` f32, without the final norm and without soft-capping. DoLa reads
+    /// intermediate layers through it.
+    #[doc(alias = "get_output_embeddings")]
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor>;
     /// The parsed `config.json`.
     fn config(&self) -> &ModelConfig;
     /// The device the weights live on.

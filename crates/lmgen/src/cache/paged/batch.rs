@@ -76,6 +76,13 @@ impl KvCache for PagedBatch<'_> {
         ))
     }
 
+    fn batch_repeat_interleave(&mut self, _n: usize) -> Result<()> {
+        Err(Error::Unsupported(
+            "the paged cache does not repeat rows (contrastive search runs on the dynamic cache)"
+                .into(),
+        ))
+    }
+
     fn spans(&self) -> Option<&[SequenceSpan]> {
         Some(&self.spans)
     }

@@ -78,6 +78,8 @@ const IMPLEMENTED_MODES: &[GenerationMode] = &[
     GenerationMode::BeamSample,
     GenerationMode::GroupBeamSearch,
     GenerationMode::ConstrainedBeamSearch,
+    GenerationMode::ContrastiveSearch,
+    GenerationMode::DolaGeneration,
 ];
 
 /// A setting that changes greedy output and whose feature is not built yet.
@@ -412,9 +414,16 @@ mod tests {
                 .and_then(|c| c.check_implemented(false))
                 .is_ok());
         }
-        assert!(unsupported(json!({"penalty_alpha": 0.6})).contains("`top_k=50`"));
-        assert!(unsupported(json!({"dola_layers": "high"}))
-            .starts_with("`dola_layers` (DoLa decoding)"));
+        for built in [
+            json!({"penalty_alpha": 0.6}),
+            json!({"penalty_alpha": 0.6, "top_k": 4}),
+            json!({"dola_layers": "high"}),
+            json!({"dola_layers": [0, 1], "do_sample": true}),
+        ] {
+            assert!(config(built)
+                .and_then(|c| c.check_implemented(false))
+                .is_ok());
+        }
         assert!(unsupported(json!({"prompt_lookup_num_tokens": 3}))
             .starts_with("`prompt_lookup_num_tokens`"));
         let assisted = config(json!({})).and_then(|c| c.check_implemented(true));

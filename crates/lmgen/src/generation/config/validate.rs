@@ -56,6 +56,8 @@ impl GenerationConfig {
         let c = self.with_defaults();
         c.validate_fields()?;
         c.validate_beams()?;
+        c.validate_dola()?;
+        c.validate_contrastive()?;
         c.validate_processors()
     }
 
@@ -198,6 +200,17 @@ impl GenerationConfig {
             return invalid(
                 "`low_memory=true` is not supported by beam search (removed in transformers 5's beam \
                  search refactor); unset it"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// transformers 4.47's `generate()` refuses contrastive search without the KV cache.
+    fn validate_contrastive(&self) -> Result<()> {
+        if self.mode(false) == GenerationMode::ContrastiveSearch && self.use_cache == Some(false) {
+            return invalid(
+                "contrastive search (`penalty_alpha` > 0 with `top_k` > 1) requires `use_cache=true`"
                     .into(),
             );
         }

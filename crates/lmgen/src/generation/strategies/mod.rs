@@ -4,6 +4,9 @@ pub mod beam;
 mod beam_hypotheses;
 mod beam_settings;
 pub mod constrained_beam;
+pub mod contrastive;
+mod decode_state;
+pub mod dola;
 pub mod group_beam;
 mod prepare;
 mod rows;
@@ -14,10 +17,43 @@ use candle_core::Tensor;
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::generation::logits::Scores;
-use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+use crate::models::{CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
 
-/// One forward step of a decoding loop: the model over `step_ids` (`[rows, t_step]`) at
-/// `positions`, appending to `cache`; returns the last position's raw logits on the host,
+/// What one step of a decoding loop feeds the model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepInput<'a> {
+    /// `[rows, t_step]` token ids.
+    pub ids: &'a Tensor,
+    /// `[rows][t_step]` positions.
+    pub positions: &'a [Vec<u32>],
+    /// `[rows][past + t_step]` padding mask, `None` without padding.
+    pub mask: Option<&'a [Vec<u8>]>,
+    /// Also return every layer's hidden states.
+    pub output_hidden_states: bool,
+}
+
+/// One forward step of a decoding loop, appending to `cache`: last-position logits only, plus
+/// every layer's hidden states when asked.
+pub(crate) fn forward_step(
+    model: &dyn CausalLM,
+    step: StepInput<'_>,
+    cache: &mut dyn KvCache,
+) -> Result<ModelOutput> {
+    // [rows, t_step], on the host: RoPE angles are computed there (see `ForwardInput`).
+    let pos = Tensor::new(step.positions.to_vec(), &candle_core::Device::Cpu)?;
+    model.forward(
+        &ForwardInput {
+            input_ids: step.ids,
+            position_ids: &pos,
+            attention_mask: step.mask,
+            logits_to_keep: LogitsToKeep::Last,
+            output_hidden_states: step.output_hidden_states,
+        },
+        cache,
+    )
+}
+
+/// [`forward_step`] without hidden states, returning the last position's raw logits on the host,
 /// `[rows, vocab]` f32 (what processors and samplers work on).
 pub(crate) fn next_token_logits(
     model: &dyn CausalLM,
@@ -26,10 +62,7 @@ pub(crate) fn next_token_logits(
     mask: Option<&[Vec<u8>]>,
     cache: &mut dyn KvCache,
 ) -> Result<Scores> {
-    let logits = last_logits(model, step_ids, positions, mask, cache)?;
-    let (rows, vocab) = logits.dims2()?;
-    let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?; // [rows * vocab]
-    Ok(Scores::new(logits, rows, vocab))
+    host_scores(&last_logits(model, step_ids, positions, mask, cache)?)
 }
 
 /// [`next_token_logits`] without the copy to the host: `[rows, vocab]` f32 on the model's device.
@@ -40,16 +73,24 @@ pub(crate) fn last_logits(
     mask: Option<&[Vec<u8>]>,
     cache: &mut dyn KvCache,
 ) -> Result<Tensor> {
-    // [rows, t_step], on the host: RoPE angles are computed there (see `ForwardInput`).
-    let pos = Tensor::new(positions.to_vec(), &candle_core::Device::Cpu)?;
-    let out = model.forward(
-        &ForwardInput {
-            input_ids: step_ids,
-            position_ids: &pos,
-            attention_mask: mask,
-            logits_to_keep: LogitsToKeep::Last,
-        },
-        cache,
-    )?;
+    let step = StepInput {
+        ids: step_ids,
+        positions,
+        mask,
+        output_hidden_states: false,
+    };
+    let out = forward_step(model, step, cache)?;
     Ok(out.logits.squeeze(1)?) // [rows, 1, vocab] -> [rows, vocab]
+}
+
+/// Logits of one position per row, `[rows, vocab]` or `[rows, 1, vocab]` f32 on any device, as
+/// host scores `[rows, vocab]`.
+pub(crate) fn host_scores(logits: &Tensor) -> Result<Scores> {
+    let logits = match logits.rank() {
+        3 => logits.squeeze(1)?,
+        _ => logits.clone(),
+    };
+    let (rows, vocab) = logits.dims2()?;
+    let data: Vec<f32> = logits.flatten_all()?.to_vec1()?; // [rows * vocab]
+    Ok(Scores::new(data, rows, vocab))
 }

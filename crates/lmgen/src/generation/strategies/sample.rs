@@ -9,12 +9,13 @@
 
 use candle_core::Tensor;
 
-use super::{last_logits, next_token_logits, prepare};
+use super::decode_state::DecodeState;
+use super::{host_scores, last_logits, prepare};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::device_argmax::DeviceArgmax;
+use crate::generation::logits::Scores;
 use crate::generation::sampler::Sampler;
-use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::CausalLM;
 use crate::TokenId;
@@ -66,16 +67,54 @@ pub fn run(
     config: &GenerationConfig,
     options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
+    let input = match config.num_return_sequences.unwrap_or(1) {
+        n if n > 1 => expand(input, n),
+        _ => input.clone(),
+    };
+    run_with_step(
+        model,
+        &input,
+        config,
+        options,
+        &mut |model, step_ids, state, cache| {
+            let logits = last_logits(model, step_ids, state.positions(), state.mask(), cache)?;
+            Ok(StepLogits {
+                logits,
+                adjusted: None,
+            })
+        },
+    )
+}
+
+/// The next-token logits of one step of [`run_with_step`].
+pub(super) struct StepLogits {
+    /// The model's raw last-position logits, `[rows, vocab]` f32 on the model's device
+    /// (`output_logits`).
+    pub logits: Tensor,
+    /// What the processors get instead of `logits`, if anything (DoLa's layer contrast).
+    pub adjusted: Option<Scores>,
+}
+
+/// One forward step: the model over `step_ids` (`[rows, t_step]`) at the state's positions and
+/// mask, appending to the cache.
+pub(super) type Step<'s> =
+    dyn FnMut(&dyn CausalLM, &Tensor, &DecodeState, &mut dyn KvCache) -> Result<StepLogits> + 's;
+
+/// The `_sample` loop over the (already expanded) rows of `input`, with `step` computing each
+/// step's logits: greedy search and sampling read the model's logits, DoLa contrasts layers.
+pub(super) fn run_with_step(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    config: &GenerationConfig,
+    options: GenerateOptions<'_>,
+    step: &mut Step<'_>,
+) -> Result<GenerateOutput> {
     let mut options = options;
     let seed = options.seed;
     let mut streamer = options.streamer.take();
     let mcfg = model.config();
     input.validate(mcfg.vocab_size)?;
     let do_sample = config.do_sample.unwrap_or(false);
-    let input = match config.num_return_sequences.unwrap_or(1) {
-        n if n > 1 => expand(input, n),
-        _ => input.clone(),
-    };
     let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
     let lengths = prepare::lengths(model, config, t)?;
     if streamer.is_some() && b > 1 {
@@ -84,7 +123,6 @@ pub fn run(
         )));
     }
     let eos = config.eos_token_ids();
-    let pad = config.pad_token_id_or_eos();
     let (processors, mut stopping) =
         prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
     let mut sampler = if do_sample {
@@ -97,21 +135,11 @@ pub fn run(
 
     let device = model.device().clone();
     let mut cache = DynamicCache::new();
-    let mut sequences = input.input_ids.clone();
-    let mut mask: Option<Vec<Vec<u8>>> = input.attention_mask.clone();
-    let mut positions = position_ids(mask.as_deref(), b, t);
-    let mut next_pos: Vec<u32> = match &mask {
-        None => vec![t as u32; b],
-        Some(m) => m
-            .iter()
-            .map(|r| r.iter().map(|&x| x as u32).sum())
-            .collect(),
-    };
+    let mut state = DecodeState::new(input, config);
     if let Some(s) = streamer.as_mut() {
-        s.put(&sequences[0])?;
+        s.put(&state.sequences[0])?;
     }
-    let mut step_ids: Tensor = Tensor::new(sequences.clone(), &device)?; // [b, t]
-    let mut finish: Vec<Option<FinishReason>> = vec![None; b];
+    let mut step_ids: Tensor = Tensor::new(state.sequences.clone(), &device)?; // [b, t]
     let mut all_scores = output_scores.then(Vec::new);
     let mut all_logits = output_logits.then(Vec::new);
     // Greedy search with nothing to apply to or return of the scores only needs each row's
@@ -127,59 +155,39 @@ pub fn run(
         None
     };
     loop {
-        let mut next = if let Some(argmax) = device_argmax.as_ref() {
-            argmax.select(&last_logits(
-                model,
-                &step_ids,
-                &positions,
-                mask.as_deref(),
-                &mut cache,
-            )?)?
-        } else {
-            let mut scores =
-                next_token_logits(model, &step_ids, &positions, mask.as_deref(), &mut cache)?;
-            if let Some(l) = all_logits.as_mut() {
-                l.push(scores.clone());
-            }
-            processors.process(&sequences, &mut scores)?;
-            let next = sampler.select(&scores)?;
-            if let Some(s) = all_scores.as_mut() {
-                s.push(scores);
-            }
-            next
-        };
-        if !eos.is_empty() {
-            if let Some(pad) = pad {
-                for (i, tok) in next.iter_mut().enumerate() {
-                    if finish[i].is_some() {
-                        *tok = pad;
+        let StepLogits { logits, adjusted } = step(model, &step_ids, &state, &mut cache)?;
+        let mut next = match (device_argmax.as_ref(), adjusted) {
+            (Some(argmax), None) => argmax.select(&logits)?,
+            (_, adjusted) => {
+                let logits = host_scores(&logits)?;
+                let mut scores = match adjusted {
+                    Some(adjusted) => {
+                        if let Some(l) = all_logits.as_mut() {
+                            l.push(logits);
+                        }
+                        adjusted
                     }
+                    None => {
+                        if let Some(l) = all_logits.as_mut() {
+                            l.push(logits.clone());
+                        }
+                        logits
+                    }
+                };
+                processors.process(&state.sequences, &mut scores)?;
+                let next = sampler.select(&scores)?;
+                if let Some(s) = all_scores.as_mut() {
+                    s.push(scores);
                 }
+                next
             }
-        }
-        if let Some(s) = streamer.as_mut() {
-            s.put(&next)?;
-        }
-        for (i, &tok) in next.iter().enumerate() {
-            sequences[i].push(tok);
-            if finish[i].is_none() {
-                finish[i] = stopping.check(&sequences[i]);
-            }
-        }
-        if finish.iter().all(Option::is_some) {
+        };
+        if state.push(&mut next, streamer.as_deref_mut(), &mut stopping)? {
             break;
         }
         // Finished rows are fed the pad id next; transformers fails there with an IndexError.
-        if let Some(pad) = pad.filter(|&p| p as usize >= mcfg.vocab_size) {
-            if finish.iter().any(Option::is_some) {
-                return Err(pad_outside_vocabulary(pad, config, mcfg.vocab_size));
-            }
-        }
-        if let Some(m) = mask.as_mut() {
-            m.iter_mut().for_each(|r| r.push(1));
-        }
-        positions = next_pos.iter().map(|&p| vec![p]).collect();
-        next_pos.iter_mut().for_each(|p| *p += 1);
+        state.check_pad_fed(config, mcfg.vocab_size)?;
+        state.extend();
         step_ids = Tensor::new(next.iter().map(|&x| vec![x]).collect::<Vec<_>>(), &device)?;
         // [b, 1]
     }
@@ -187,32 +195,19 @@ pub fn run(
         s.end()?;
     }
     tracing::debug!(
-        steps = sequences[0].len() - t,
+        steps = state.sequences[0].len() - t,
         cached = cache.seq_len(),
         "decoding done"
     );
     Ok(GenerateOutput {
-        sequences,
+        sequences: state.sequences,
         scores: all_scores,
         logits: all_logits,
-        finish_reasons: finish,
+        finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,
         beam_indices: None,
     })
-}
-
-/// The error for a pad id the model cannot embed, naming the field it came from.
-fn pad_outside_vocabulary(pad: TokenId, config: &GenerationConfig, vocab_size: usize) -> Error {
-    let field = if config.pad_token_id.is_some() {
-        "`pad_token_id`"
-    } else {
-        "`eos_token_id` (the pad id while `pad_token_id` is unset)"
-    };
-    Error::GenerationConfig(format!(
-        "{field} {pad} is outside the vocabulary (vocab_size {vocab_size}); rows that finish early \
-         are padded with it and fed to the model, so set `pad_token_id` to an id below {vocab_size}"
-    ))
 }
 
 #[cfg(test)]

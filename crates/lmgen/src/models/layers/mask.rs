@@ -112,6 +112,26 @@ impl ForwardMasks {
         }
     }
 
+    /// The final norm over the last layer's output `x` (`[b, t, h]`), for the kept positions only
+    /// unless hidden states are collected in `hidden`: then over every position, which becomes the
+    /// last hidden state. Returns `[b, t_kept, h]`, what the LM head reads.
+    pub fn final_norm(
+        &self,
+        x: Tensor,
+        norm: impl Fn(&Tensor) -> Result<Tensor>,
+        hidden: &mut Option<Vec<Tensor>>,
+        which: LogitsToKeep,
+    ) -> Result<Tensor> {
+        match hidden {
+            Some(states) => {
+                let normed = norm(&x)?;
+                states.push(normed.clone());
+                self.keep(normed, which)
+            }
+            None => norm(&self.keep(x, which)?),
+        }
+    }
+
     /// The hidden states to compute logits for: `[b, t, h] -> [b, t_kept, h]`; for a packed
     /// batch, `Last` keeps each sequence's last token, `[1, sequences, h]`.
     pub fn keep(&self, x: Tensor, which: LogitsToKeep) -> Result<Tensor> {

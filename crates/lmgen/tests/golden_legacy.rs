@@ -1,0 +1,106 @@
+//! generate() against transformers 4.47 on the golden checkpoints (`legacy.json`): the decoding
+//! modes transformers 5 moved to Hub repos. Token-exact sequences, and beam scores where a case
+//! has them.
+//!
+//! Cases are selected by name prefix: add a mode's prefix to [`IMPLEMENTED`] when it lands
+//! (group and constrained beam search are checked in `group_constrained_beam.rs`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use lmgen::generation::config::UnknownFields;
+use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde_json::Value;
+
+/// Name prefixes of the `legacy.json` cases this build implements.
+const IMPLEMENTED: &[&str] = &["greedy_v4_crosscheck", "contrastive", "dola_"];
+
+/// Models every implemented prefix must have cases for.
+const MODELS: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+}
+
+/// `null` is -inf.
+fn float(v: &Value) -> f32 {
+    v.as_f64().map_or(f32::NEG_INFINITY, |x| x as f32)
+}
+
+fn close(got: f32, want: f32, tol: f32) -> bool {
+    if want == f32::NEG_INFINITY {
+        return got == want;
+    }
+    (got - want).abs() <= tol * want.abs().max(1.0)
+}
+
+#[test]
+fn legacy_cases_match_transformers_4_47() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(golden().join("legacy.json"))?;
+    let cases: Vec<Value> = serde_json::from_str(&text)?;
+    let mut pipes: HashMap<String, Pipeline> = HashMap::new();
+    let mut checked = HashMap::<(&str, String), usize>::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or_default();
+        let Some(&prefix) = IMPLEMENTED.iter().find(|&&p| name.starts_with(p)) else {
+            continue;
+        };
+        let model = case["model"].as_str().unwrap_or_default().to_string();
+        if !pipes.contains_key(&model) {
+            let dir = golden().join("models").join(&model);
+            pipes.insert(
+                model.clone(),
+                Pipeline::from_pretrained(dir.to_str().unwrap_or_default())?,
+            );
+        }
+        let overrides =
+            GenerationConfig::from_json(&case["generation_config"], UnknownFields::Reject)?;
+        let input = GenerateInput {
+            input_ids: serde_json::from_value(case["input_ids"].clone())?,
+            attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
+        };
+        *checked.entry((prefix, model.clone())).or_default() += 1;
+        let out = match pipes[&model].generate(&input, &overrides) {
+            Ok(out) => out,
+            Err(e) => {
+                failures.push(format!("{model}/{name}: {e}"));
+                continue;
+            }
+        };
+        let expected = &case["expected"];
+        let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
+        if out.sequences != want {
+            failures.push(format!(
+                "{model}/{name}: sequences\n  got  {:?}\n  want {want:?}",
+                out.sequences
+            ));
+            continue;
+        }
+        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
+            let got = out.sequences_scores.clone().unwrap_or_default();
+            let ok = got.len() == want.len()
+                && got.iter().zip(want).all(|(&g, w)| close(g, float(w), 1e-3));
+            if !ok {
+                failures.push(format!(
+                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
+                ));
+            }
+        }
+    }
+    for prefix in IMPLEMENTED {
+        for model in MODELS {
+            assert!(
+                checked.contains_key(&(*prefix, model.to_string())),
+                "no legacy case starting with {prefix} for {model}"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
