@@ -35,6 +35,7 @@ fn logits(model: &dyn CausalLM) -> anyhow::Result<Vec<Vec<f32>>> {
         position_ids: &pos,
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
+        num_hidden_layers: None,
     };
     Ok(model
         .forward(&input, &mut DynamicCache::new())?

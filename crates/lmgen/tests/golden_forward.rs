@@ -43,6 +43,7 @@ fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
                     position_ids: &positions,
                     attention_mask: None,
                     logits_to_keep: LogitsToKeep::All,
+                    num_hidden_layers: None,
                 },
                 &mut DynamicCache::new(),
             )?;

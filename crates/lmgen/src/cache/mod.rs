@@ -4,7 +4,7 @@ pub mod dynamic;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use dynamic::DynamicCache;
 
@@ -21,4 +21,13 @@ pub trait KvCache: Send {
     /// Reorders the batch rows: row `i` becomes old row `beam_idx[i]` (HF `Cache.reorder_cache`,
     /// used by beam search after each step).
     fn reorder(&mut self, beam_idx: &[usize]) -> Result<()>;
+    /// Keeps only the first `len` tokens of every layer, dropping the rest (HF `Cache.crop`, used by
+    /// assisted decoding to discard rejected draft tokens). Layers holding fewer tokens are left as
+    /// they are. A cache that cannot roll back answers [`Error::Unsupported`] (HF `is_croppable`).
+    fn crop(&mut self, len: usize) -> Result<()> {
+        let _ = len;
+        Err(Error::Unsupported(
+            "this KV cache cannot be cropped, which assisted decoding needs".into(),
+        ))
+    }
 }

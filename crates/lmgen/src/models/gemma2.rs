@@ -20,7 +20,7 @@ use super::layers::mlp::GatedMlp;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
-use super::llama::{keep, layer_masks, lm_head};
+use super::llama::{keep, layer_masks, layers_to_run, lm_head};
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
@@ -113,7 +113,8 @@ impl CausalLM for Gemma2 {
             .embed_tokens
             .forward(input.input_ids)?
             .broadcast_mul(&normalizer)?; // [b, t, h]
-        for layer in &self.layers {
+        let n = layers_to_run(input, self.layers.len());
+        for layer in &self.layers[..n] {
             let mask = match layer.layer_type {
                 LayerType::FullAttention => full.as_ref(),
                 LayerType::SlidingAttention => sliding.as_ref(),

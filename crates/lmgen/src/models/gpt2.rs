@@ -13,7 +13,7 @@ use super::layers::linear::Linear;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
-use super::llama::{keep, layer_masks};
+use super::llama::{keep, layer_masks, layers_to_run};
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
@@ -98,7 +98,8 @@ impl CausalLM for Gpt2 {
             rope: None,
             mask: full.as_ref(),
         };
-        for block in &self.h {
+        let n = layers_to_run(input, self.h.len());
+        for block in &self.h[..n] {
             let a = block
                 .attn
                 .forward(&block.ln_1.forward(&x)?, &attn_in, cache)?;

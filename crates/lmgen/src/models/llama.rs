@@ -85,7 +85,19 @@ pub(crate) fn keep(x: Tensor, which: LogitsToKeep) -> Result<Tensor> {
             let t = x.dim(1)?;
             x.narrow(1, t - 1, 1)?
         }
+        LogitsToKeep::LastN(n) => {
+            let t = x.dim(1)?;
+            let n = n.clamp(1, t);
+            x.narrow(1, t - n, n)?
+        }
     })
+}
+
+/// The decoder layers a forward runs: all of them, or the first `num_hidden_layers` (early exit).
+pub(crate) fn layers_to_run(input: &ForwardInput<'_>, num_layers: usize) -> usize {
+    input
+        .num_hidden_layers
+        .map_or(num_layers, |n| n.min(num_layers))
 }
 
 impl Llama {
@@ -149,7 +161,8 @@ impl CausalLM for Llama {
         let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
         let (full, sliding) = layer_masks(input, &self.config, past, self.dtype, &self.device)?;
         let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
-        for layer in &self.layers {
+        let n = layers_to_run(input, self.layers.len());
+        for layer in &self.layers[..n] {
             let mask = match layer.layer_type {
                 LayerType::FullAttention => full.as_ref(),
                 LayerType::SlidingAttention => sliding.as_ref(),

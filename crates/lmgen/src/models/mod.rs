@@ -29,6 +29,9 @@ pub enum LogitsToKeep {
     All,
     /// Only the last input position: `[b, 1, vocab]`.
     Last,
+    /// The last `n` input positions, `[b, n, vocab]` (HF `logits_to_keep=n`; assisted decoding scores
+    /// the drafted tokens and the one after them). `n` is at most the step length.
+    LastN(usize),
 }
 
 /// One forward step over `t` new tokens per row (the whole prompt at prefill, 1 token at decode).
@@ -44,6 +47,10 @@ pub struct ForwardInput<'a> {
     pub attention_mask: Option<&'a [Vec<u8>]>,
     /// Which positions to compute logits for.
     pub logits_to_keep: LogitsToKeep,
+    /// Early exit: run only the first `n` decoder layers, then the final norm and the LM head (HF's
+    /// `EarlyExitCandidateGenerator` lowers `config.num_hidden_layers` for the draft pass). Only those
+    /// layers' keys and values are appended to the cache. `None`: every layer.
+    pub num_hidden_layers: Option<usize>,
 }
 
 /// What a forward pass returns.

@@ -136,6 +136,7 @@ impl<'a> UnbatchedClassifierFreeGuidanceLogitsProcessor<'a> {
                 position_ids: &pos,
                 attention_mask: padded.then_some(mask.as_slice()),
                 logits_to_keep: LogitsToKeep::Last,
+                num_hidden_layers: None,
             },
             &mut st.cache,
         )?;

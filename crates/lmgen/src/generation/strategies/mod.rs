@@ -1,5 +1,6 @@
 //! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
 
+pub mod assisted;
 pub mod beam;
 mod beam_hypotheses;
 mod beam_settings;
@@ -26,17 +27,47 @@ pub(crate) fn next_token_logits(
     mask: Option<&[Vec<u8>]>,
     cache: &mut dyn KvCache,
 ) -> Result<Scores> {
-    let pos = Tensor::new(positions.to_vec(), step_ids.device())?; // [rows, t_step]
+    let step = Step {
+        positions,
+        mask,
+        logits_to_keep: LogitsToKeep::Last,
+        num_hidden_layers: None,
+    };
+    step_logits(model, step_ids, &step, cache)
+}
+
+/// How a forward step runs, besides its token ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step<'a> {
+    /// `[rows][t_step]` position ids.
+    pub positions: &'a [Vec<u32>],
+    /// Padding mask over cached and new tokens, `[rows][past + t_step]`; `None`: no padding.
+    pub mask: Option<&'a [Vec<u8>]>,
+    pub logits_to_keep: LogitsToKeep,
+    /// Early exit after this many decoder layers (`None`: all).
+    pub num_hidden_layers: Option<usize>,
+}
+
+/// [`next_token_logits`] for any [`Step`]: the kept positions' raw logits on the host, row-major
+/// `[rows * t_kept, vocab]` f32 (row `r`'s kept positions are consecutive).
+pub(crate) fn step_logits(
+    model: &dyn CausalLM,
+    step_ids: &Tensor,
+    step: &Step<'_>,
+    cache: &mut dyn KvCache,
+) -> Result<Scores> {
+    let pos = Tensor::new(step.positions.to_vec(), step_ids.device())?; // [rows, t_step]
     let out = model.forward(
         &ForwardInput {
             input_ids: step_ids,
             position_ids: &pos,
-            attention_mask: mask,
-            logits_to_keep: LogitsToKeep::Last,
+            attention_mask: step.mask,
+            logits_to_keep: step.logits_to_keep,
+            num_hidden_layers: step.num_hidden_layers,
         },
         cache,
     )?;
-    let (rows, _, vocab) = out.logits.dims3()?;
-    let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [rows * vocab]
-    Ok(Scores::new(logits, rows, vocab))
+    let (rows, kept, vocab) = out.logits.dims3()?;
+    let logits: Vec<f32> = out.logits.flatten_all()?.to_vec1()?; // [rows * kept * vocab]
+    Ok(Scores::new(logits, rows * kept, vocab))
 }

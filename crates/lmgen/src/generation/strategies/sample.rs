@@ -175,6 +175,7 @@ pub fn run(
         prompt_len: t,
         sequences_scores: None,
         beam_indices: None,
+        assisted: None,
     })
 }
 
