@@ -2,11 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lmgen::generation::streamer::Stdout;
-use lmgen::{GenerationConfig, Pipeline};
+use lmgen::generation::streamer::{Stdout, TextStreamer};
+use lmgen::generation::GenerateOptions;
+use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
 use serde_json::{Map, Value};
 
 use crate::jsonl;
@@ -31,6 +33,13 @@ pub struct GenerateArgs {
     /// Print the whole output at the end instead of streaming it as it is generated.
     #[arg(long)]
     pub no_stream: bool,
+    /// Assisted decoding: a draft checkpoint (directory or model id). With another tokenizer
+    /// (another vocabulary size) the text is re-encoded between the two (universal assisted decoding).
+    #[arg(long, value_name = "MODEL")]
+    pub assistant_model: Option<String>,
+    /// Print statistics to stderr at the end (assisted decoding: tokens drafted and accepted).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     #[command(flatten)]
     pub gen: GenerationFlags,
 }
@@ -99,6 +108,25 @@ pub struct GenerationFlags {
     /// Pad token id for batches and finished rows (default: the first EOS id).
     #[arg(long)]
     pub pad_token_id: Option<u32>,
+    /// Assisted decoding: draft tokens per round (default 20).
+    #[arg(long)]
+    pub num_assistant_tokens: Option<usize>,
+    /// How the draft length changes: constant, heuristic (+2 when all accepted, else -1) or
+    /// heuristic_transient.
+    #[arg(long)]
+    pub num_assistant_tokens_schedule: Option<String>,
+    /// The draft stops below this probability of its own token (default 0.4; 0 disables).
+    #[arg(long)]
+    pub assistant_confidence_threshold: Option<f64>,
+    /// Prompt lookup decoding: copy this many candidate tokens from earlier in the text.
+    #[arg(long)]
+    pub prompt_lookup_num_tokens: Option<usize>,
+    /// Prompt lookup: the longest n-gram to match (default 2).
+    #[arg(long)]
+    pub max_matching_ngram_size: Option<usize>,
+    /// Self-speculative decoding: the first N layers of the model are the draft.
+    #[arg(long)]
+    pub assistant_early_exit: Option<usize>,
 }
 
 impl GenerationFlags {
@@ -140,6 +168,30 @@ impl GenerationFlags {
         put("penalty_alpha", self.penalty_alpha.map(Value::from));
         put("dola_layers", self.dola_layers.as_deref().map(dola_layers));
         put("pad_token_id", self.pad_token_id.map(Value::from));
+        put(
+            "num_assistant_tokens",
+            self.num_assistant_tokens.map(Value::from),
+        );
+        put(
+            "num_assistant_tokens_schedule",
+            self.num_assistant_tokens_schedule.clone().map(Value::from),
+        );
+        put(
+            "assistant_confidence_threshold",
+            self.assistant_confidence_threshold.map(Value::from),
+        );
+        put(
+            "prompt_lookup_num_tokens",
+            self.prompt_lookup_num_tokens.map(Value::from),
+        );
+        put(
+            "max_matching_ngram_size",
+            self.max_matching_ngram_size.map(Value::from),
+        );
+        put(
+            "assistant_early_exit",
+            self.assistant_early_exit.map(Value::from),
+        );
         match self.eos_token_id.as_slice() {
             [] => {}
             [one] => put("eos_token_id", Some(Value::from(*one))),
@@ -190,26 +242,45 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let model = args.model.model_or_default();
     let pipe = Pipeline::load(&model, &options).with_context(|| format!("loading `{model}`"))?;
+    let assistant = match &args.assistant_model {
+        Some(id) => Some(
+            Pipeline::load(id, &options)
+                .with_context(|| format!("loading the assistant model `{id}`"))?,
+        ),
+        None => None,
+    };
+    let generate_options = || {
+        let mut o = match &assistant {
+            Some(a) => pipe.assisted_by(a),
+            None => GenerateOptions::default(),
+        };
+        o.seed = args.seed;
+        o
+    };
     let prompts = if args.prompt.is_empty() {
         vec![String::new()]
     } else {
         args.prompt.clone()
     };
     let single = prompts.len() == 1 && overrides.num_return_sequences.unwrap_or(1) == 1;
+    let started = Instant::now();
     if single && !args.no_stream {
         // Stream to the terminal as transformers' TextStreamer does.
         print!("{}", prompts[0]);
         std::io::stdout().flush()?;
         let input = pipe.encode_prompts(&prompts[..1], &overrides)?;
-        pipe.stream(&input, &overrides, args.seed, Stdout)?;
+        let mut streamer =
+            TextStreamer::with_sink(pipe.tokenizer.clone(), Pipeline::STREAM, Stdout);
+        let mut options = generate_options();
+        options.streamer = Some(&mut streamer);
+        let out = pipe.generate_with(&input, &overrides, options)?;
+        if args.verbose {
+            report(&out, started.elapsed());
+        }
         return Ok(());
     }
     let input = pipe.encode_prompts(&prompts, &overrides)?;
-    let options = lmgen::generation::GenerateOptions {
-        seed: args.seed,
-        ..Default::default()
-    };
-    let out = pipe.generate_with(&input, &overrides, options)?;
+    let out = pipe.generate_with(&input, &overrides, generate_options())?;
     let per_prompt = out.sequences.len() / prompts.len();
     let mut stdout = std::io::stdout().lock();
     for i in 0..out.sequences.len() {
@@ -220,5 +291,30 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             writeln!(stdout, "{}{text}", prompts[0])?;
         }
     }
+    if args.verbose {
+        report(&out, started.elapsed());
+    }
     Ok(())
+}
+
+/// `--verbose`: tokens, time and, for assisted decoding, the acceptance statistics, on stderr.
+fn report(out: &GenerateOutput, elapsed: Duration) {
+    let generated: usize = (0..out.sequences.len())
+        .map(|i| out.generated(i).len())
+        .sum();
+    let secs = elapsed.as_secs_f64();
+    eprintln!(
+        "\n{generated} tokens in {secs:.2} s ({:.1} tokens/s)",
+        generated as f64 / secs.max(1e-9)
+    );
+    if let Some(s) = &out.assisted {
+        eprintln!(
+            "assisted decoding: {} rounds, {} tokens drafted, {} accepted ({:.1}%), next draft length {}",
+            s.rounds,
+            s.drafted,
+            s.accepted,
+            100.0 * s.acceptance_rate(),
+            s.num_assistant_tokens
+        );
+    }
 }

@@ -141,18 +141,38 @@ struct Models<'a> {
 }
 
 impl Models<'_> {
-    fn get(&mut self, model: Option<&str>) -> Result<&Pipeline> {
-        let key = model
+    fn key(&self, model: Option<&str>) -> String {
+        model
             .map(str::to_string)
-            .unwrap_or_else(|| self.args.model_or_default());
-        if !self.loaded.contains_key(&key) {
+            .unwrap_or_else(|| self.args.model_or_default())
+    }
+
+    fn load(&mut self, key: &str) -> Result<()> {
+        if !self.loaded.contains_key(key) {
             let pipe =
-                Pipeline::load(&key, self.options).with_context(|| format!("loading `{key}`"))?;
-            self.loaded.insert(key.clone(), pipe);
+                Pipeline::load(key, self.options).with_context(|| format!("loading `{key}`"))?;
+            self.loaded.insert(key.to_string(), pipe);
         }
+        Ok(())
+    }
+
+    fn get(&mut self, model: Option<&str>) -> Result<&Pipeline> {
+        let key = self.key(model);
+        self.load(&key)?;
         self.loaded
             .get(&key)
             .ok_or_else(|| anyhow!("model `{key}` not loaded"))
+    }
+
+    /// The request's model and its assistant model.
+    fn get_pair(&mut self, model: Option<&str>, assistant: &str) -> Result<(&Pipeline, &Pipeline)> {
+        let key = self.key(model);
+        self.load(&key)?;
+        self.load(assistant).context("`assistant_model`")?;
+        match (self.loaded.get(&key), self.loaded.get(assistant)) {
+            (Some(target), Some(draft)) => Ok((target, draft)),
+            _ => bail!("model `{key}` or `{assistant}` not loaded"),
+        }
     }
 }
 
@@ -173,9 +193,6 @@ pub fn serve_generate(
 
 fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {
     let req = GenerateRequest::parse(line).context("invalid request")?;
-    if req.assistant_model.is_some() {
-        bail!("not supported yet: `assistant_model` (assisted decoding)");
-    }
     let mut overrides = base.clone();
     if let Some(gc) = &req.generation_config {
         overrides.update(&GenerationConfig::from_json(gc, UnknownFields::Reject)?);
@@ -188,7 +205,13 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         overrides.output_logits = Some(true);
         overrides.return_dict_in_generate = Some(true);
     }
-    let pipe = models.get(req.model.as_deref())?;
+    let (pipe, assistant) = match &req.assistant_model {
+        Some(a) => {
+            let (pipe, draft) = models.get_pair(req.model.as_deref(), a)?;
+            (pipe, Some(draft))
+        }
+        None => (models.get(req.model.as_deref())?, None),
+    };
     let input = match (req.input_ids, req.prompts) {
         (Some(ids), None) => GenerateInput {
             input_ids: ids,
@@ -208,14 +231,15 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         },
         |text: &str, _end: bool| chunks.push(text.to_string()),
     );
-    let options = GenerateOptions {
-        seed: req.seed,
-        streamer: req
-            .ret
-            .stream_chunks
-            .then_some(&mut streamer as &mut dyn TokenStreamer),
-        ..GenerateOptions::default()
+    let mut options = match assistant {
+        Some(draft) => pipe.assisted_by(draft),
+        None => GenerateOptions::default(),
     };
+    options.seed = req.seed;
+    options.streamer = req
+        .ret
+        .stream_chunks
+        .then_some(&mut streamer as &mut dyn TokenStreamer);
     let out = pipe.generate_with(&input, &overrides, options)?;
     drop(streamer);
     let mut resp = serde_json::Map::new();
@@ -248,6 +272,13 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         .map(|i| pipe.tokenizer.decode(out.generated(i), true))
         .collect::<lmgen::Result<Vec<_>>>()?;
     resp.insert("text".into(), json!(text));
+    if let Some(stats) = &out.assisted {
+        resp.insert(
+            "assisted".into(),
+            json!({"rounds": stats.rounds, "drafted": stats.drafted, "accepted": stats.accepted,
+                   "num_assistant_tokens": stats.num_assistant_tokens}),
+        );
+    }
     resp.insert(
         "finish_reasons".into(),
         json!(out

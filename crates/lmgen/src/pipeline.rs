@@ -143,11 +143,7 @@ impl Pipeline {
         seed: Option<u64>,
         sink: impl TextSink,
     ) -> Result<String> {
-        let options = TextStreamerOptions {
-            skip_prompt: true,
-            skip_special_tokens: true,
-        };
-        let mut streamer = TextStreamer::with_sink(self.tokenizer.clone(), options, sink);
+        let mut streamer = TextStreamer::with_sink(self.tokenizer.clone(), Self::STREAM, sink);
         let out = self.generate_with(
             input,
             overrides,
@@ -158,5 +154,24 @@ impl Pipeline {
             },
         )?;
         self.tokenizer.decode(out.generated(0), true)
+    }
+
+    /// How [`Pipeline::stream`] streams: new text only, special tokens skipped.
+    pub const STREAM: TextStreamerOptions = TextStreamerOptions {
+        skip_prompt: true,
+        skip_special_tokens: true,
+    };
+
+    /// `generate()` options drafting with `assistant` (HF `generate(assistant_model=...)`). When
+    /// the two vocabularies differ, both tokenizers are passed too (HF `tokenizer=`,
+    /// `assistant_tokenizer=`: universal assisted decoding).
+    pub fn assisted_by<'a>(&'a self, assistant: &'a Pipeline) -> GenerateOptions<'a> {
+        let same_vocab = assistant.model.config().vocab_size == self.model.config().vocab_size;
+        GenerateOptions {
+            assistant_model: Some(assistant.model.as_ref()),
+            tokenizer: Some(&self.tokenizer),
+            assistant_tokenizer: (!same_vocab).then_some(&assistant.tokenizer),
+            ..GenerateOptions::default()
+        }
     }
 }

@@ -393,7 +393,7 @@ impl Tokenizer {
 }
 
 /// transformers' `clean_up_tokenization`: drops spaces before punctuation and contractions.
-fn clean_up_tokenization(text: &str) -> String {
+pub(crate) fn clean_up_tokenization(text: &str) -> String {
     [
         (" .", "."),
         (" ?", "?"),

@@ -36,6 +36,7 @@ fn logits(model: &dyn CausalLM) -> anyhow::Result<Vec<Vec<f32>>> {
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
         output_hidden_states: false,
+        num_hidden_layers: None,
     };
     Ok(model
         .forward(&input, &mut DynamicCache::new())?

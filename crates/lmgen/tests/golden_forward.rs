@@ -44,6 +44,7 @@ fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
                     attention_mask: None,
                     logits_to_keep: LogitsToKeep::All,
                     output_hidden_states: false,
+                    num_hidden_layers: None,
                 },
                 &mut DynamicCache::new(),
             )?;

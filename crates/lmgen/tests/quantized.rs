@@ -38,6 +38,7 @@ fn logits(model: &dyn CausalLM, tokens: &[u32]) -> Vec<Vec<f32>> {
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
         output_hidden_states: false,
+        num_hidden_layers: None,
     };
     let out = model.forward(&input, &mut DynamicCache::new()).unwrap();
     out.logits.squeeze(0).unwrap().to_vec2().unwrap()

@@ -106,6 +106,15 @@ impl KvCache for DynamicCache {
         let idx: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, n)).collect();
         self.reorder(&idx)
     }
+
+    /// O(1): only the lengths change; the buffers keep their capacity and the dropped slots are
+    /// overwritten by the next `update`.
+    fn crop(&mut self, len: usize) -> Result<()> {
+        for layer in self.layers.iter_mut().flatten() {
+            layer.len = layer.len.min(len);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +177,26 @@ mod tests {
         assert_eq!(got, vec![1., 12., 7., 2., 20., 8.]);
         assert_eq!(vs.flatten_all().unwrap().to_vec1::<f32>().unwrap(), got);
         assert_eq!(cache.seq_len(), 3);
+    }
+
+    #[test]
+    fn crop_drops_the_tail_and_appends_after_it() {
+        let dev = Device::Cpu;
+        let mut cache = DynamicCache::new();
+        let k = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 1, 4, 1), &dev).unwrap();
+        cache.update(0, &k, &k).unwrap();
+        let k2 = k.narrow(2, 0, 2).unwrap();
+        cache.update(1, &k2, &k2).unwrap();
+        cache.crop(3).unwrap();
+        assert_eq!(cache.seq_len(), 3);
+        let one = Tensor::from_vec(vec![9f32], (1, 1, 1, 1), &dev).unwrap();
+        let (ks, _) = cache.update(0, &one, &one).unwrap();
+        let got: Vec<f32> = ks.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, vec![1., 2., 3., 9.]);
+        // A layer shorter than the crop length keeps its tokens.
+        let (ks, _) = cache.update(1, &one, &one).unwrap();
+        assert_eq!(ks.dim(2).unwrap(), 3);
+        cache.crop(0).unwrap();
+        assert_eq!(cache.seq_len(), 0);
     }
 }

@@ -64,4 +64,13 @@ pub trait KvCache: Send {
     fn batch_select_indices(&mut self, indices: &[usize]) -> Result<()> {
         self.reorder(indices)
     }
+    /// Keeps only the first `len` tokens of every layer, dropping the rest (HF `Cache.crop`, used by
+    /// assisted decoding to discard rejected draft tokens). Layers holding fewer tokens are left as
+    /// they are. A cache that cannot roll back answers [`Error::Unsupported`] (HF `is_croppable`).
+    fn crop(&mut self, len: usize) -> Result<()> {
+        let _ = len;
+        Err(Error::Unsupported(
+            "this KV cache cannot be cropped, which assisted decoding needs".into(),
+        ))
+    }
 }

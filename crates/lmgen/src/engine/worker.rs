@@ -154,6 +154,9 @@ impl Worker {
                 return preemptions;
             }
         };
+        // Publish the blocks this step holds before any of its updates is sent, so that a client
+        // reading `stats()` after an update sees at least the state that produced it.
+        self.publish(0);
         let vocab = self.vocab();
         let mut done = Vec::new();
         let (mut prompt_tokens, mut generated) = (0u64, 0u64);
@@ -233,6 +236,7 @@ impl Worker {
                 attention_mask: None,
                 logits_to_keep: LogitsToKeep::Last,
                 output_hidden_states: false,
+                num_hidden_layers: None,
             },
             &mut cache,
         )?;

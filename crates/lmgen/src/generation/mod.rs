@@ -1,5 +1,6 @@
 //! `generate()`: generation config, logits processors, stopping criteria and decoding strategies.
 
+pub mod candidates;
 pub mod config;
 pub mod constraints;
 pub mod device_argmax;
@@ -122,6 +123,8 @@ pub struct GenerateOutput {
     /// Beam search: the flat beam row each generated token came from, `[b * num_return_sequences][generated]`,
     /// `-1` padded (HF `beam_indices`).
     pub beam_indices: Option<Vec<Vec<i64>>>,
+    /// Assisted decoding: how many candidate tokens were drafted and accepted.
+    pub assisted: Option<candidates::AssistedStats>,
 }
 
 impl GenerateOutput {
@@ -223,9 +226,10 @@ pub fn generate_with(
     options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
     config.validate()?;
-    config.check_implemented(false)?;
+    let has_assistant = options.assistant_model.is_some();
+    config.check_implemented(has_assistant)?;
     let mode = if options.constraints.is_empty() {
-        config.mode(false)
+        config.mode(has_assistant)
     } else {
         config.validate_constraints("constraints")?;
         GenerationMode::ConstrainedBeamSearch
@@ -247,6 +251,8 @@ pub fn generate_with(
             strategies::contrastive::run(model, input, config, options)
         }
         GenerationMode::DolaGeneration => strategies::dola::run(model, input, config, options),
-        other => Err(Error::Unsupported(format!("generation mode {other:?}"))),
+        GenerationMode::AssistedGeneration => {
+            strategies::assisted::run(model, input, config, options)
+        }
     }
 }

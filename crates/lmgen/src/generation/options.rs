@@ -5,6 +5,7 @@ use crate::generation::constraints::Constraint;
 use crate::generation::logits::{LogitsProcessor, PrefixAllowedTokensFn};
 use crate::generation::stopping::StoppingCriterion;
 use crate::generation::streamer::TokenStreamer;
+use crate::models::CausalLM;
 use crate::tokenizer::Tokenizer;
 use crate::TokenId;
 
@@ -33,6 +34,12 @@ pub struct GenerateOptions<'a> {
     /// HF `constraints`: tokens the output must contain; non-empty selects constrained beam search
     /// (with `force_words_ids`, whose constraints come after these).
     pub constraints: Vec<Constraint>,
+    /// Assisted decoding with this draft model (HF `assistant_model`); batch size 1, greedy search
+    /// or sampling. With another vocabulary size it needs `tokenizer` and `assistant_tokenizer`.
+    pub assistant_model: Option<&'a dyn CausalLM>,
+    /// The draft's tokenizer when it differs from the target's (HF `assistant_tokenizer`,
+    /// universal assisted decoding).
+    pub assistant_tokenizer: Option<&'a Tokenizer>,
 }
 
 impl std::fmt::Debug for GenerateOptions<'_> {
@@ -48,6 +55,8 @@ impl std::fmt::Debug for GenerateOptions<'_> {
             )
             .field("streamer", &self.streamer.is_some())
             .field("constraints", &self.constraints)
+            .field("assistant_model", &self.assistant_model.is_some())
+            .field("assistant_tokenizer", &self.assistant_tokenizer.is_some())
             .finish()
     }
 }

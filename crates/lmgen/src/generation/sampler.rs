@@ -64,6 +64,31 @@ impl Sampler {
             .collect()
     }
 
+    /// A uniform draw in [0, 1) (speculative sampling's acceptance test, HF `torch.rand_like`).
+    /// Greedy decoding has no randomness: an error.
+    pub fn uniform(&mut self) -> Result<f64> {
+        match self {
+            Sampler::Greedy => Err(Error::Input(
+                "internal: a random draw was asked of the greedy sampler".into(),
+            )),
+            Sampler::Multinomial { rng, .. } => Ok(rng.random::<f64>()),
+        }
+    }
+
+    /// A draw from the distribution `probs` (HF `torch.multinomial(probs, 1)`); greedy takes the
+    /// most likely index.
+    pub fn draw_from(&mut self, probs: &[f64]) -> Result<usize> {
+        match self {
+            Sampler::Greedy => {
+                Ok(probs
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, &p)| if p > probs[best] { i } else { best }))
+            }
+            Sampler::Multinomial { rng, .. } => Ok(draw(probs, rng.random::<f64>())),
+        }
+    }
+
     fn select_row(&mut self, row: &[f32]) -> Result<usize> {
         match self {
             Sampler::Greedy => Ok(argmax(row)),

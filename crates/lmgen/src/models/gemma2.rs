@@ -21,6 +21,7 @@ use super::layers::mlp::GatedMlp;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
+use super::layers_to_run;
 use super::llama::lm_head;
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
@@ -114,7 +115,8 @@ impl CausalLM for Gemma2 {
             .forward(input.input_ids)?
             .broadcast_mul(&normalizer)?; // [b, t, h]
         let mut hidden = input.output_hidden_states.then(Vec::new);
-        for layer in &self.layers {
+        let n = layers_to_run(input, self.layers.len());
+        for layer in &self.layers[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }

@@ -15,6 +15,7 @@ use super::layers::mask::ForwardMasks;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
+use super::layers_to_run;
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
@@ -99,7 +100,8 @@ impl CausalLM for Gpt2 {
             mask: masks.for_layer(LayerType::FullAttention),
         };
         let mut hidden = input.output_hidden_states.then(Vec::new);
-        for block in &self.h {
+        let n = layers_to_run(input, self.h.len());
+        for block in &self.h[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }

@@ -18,6 +18,7 @@ use super::layers::mlp::GatedMlp;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
+use super::layers_to_run;
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
@@ -114,7 +115,8 @@ impl CausalLM for Llama {
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
         let mut hidden = input.output_hidden_states.then(Vec::new);
-        for layer in &self.layers {
+        let n = layers_to_run(input, self.layers.len());
+        for layer in &self.layers[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }

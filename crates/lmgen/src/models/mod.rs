@@ -29,6 +29,9 @@ pub enum LogitsToKeep {
     All,
     /// Only the last input position: `[b, 1, vocab]`.
     Last,
+    /// The last `n` input positions, `[b, n, vocab]` (HF `logits_to_keep=n`; assisted decoding scores
+    /// the drafted tokens and the one after them). `n` is at most the step length.
+    LastN(usize),
 }
 
 /// One forward step over `t` new tokens per row (the whole prompt at prefill, 1 token at decode).
@@ -48,6 +51,10 @@ pub struct ForwardInput<'a> {
     /// Also return every layer's hidden states ([`ModelOutput::hidden_states`]), as transformers'
     /// `output_hidden_states=True`. Off for plain decoding, which then keeps none of them.
     pub output_hidden_states: bool,
+    /// Early exit: run only the first `n` decoder layers, then the final norm and the LM head (HF's
+    /// `EarlyExitCandidateGenerator` lowers `config.num_hidden_layers` for the draft pass). Only those
+    /// layers' keys and values are appended to the cache. `None`: every layer.
+    pub num_hidden_layers: Option<usize>,
 }
 
 /// What a forward pass returns.
@@ -189,4 +196,11 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
         Architecture::Gemma2 => Box::new(gemma2::Gemma2::load(config, &ctx)?),
     };
     Ok(model)
+}
+
+/// The decoder layers a forward runs: all of them, or the first `num_hidden_layers` (early exit).
+pub(crate) fn layers_to_run(input: &ForwardInput<'_>, num_layers: usize) -> usize {
+    input
+        .num_hidden_layers
+        .map_or(num_layers, |n| n.min(num_layers))
 }

@@ -80,6 +80,7 @@ const IMPLEMENTED_MODES: &[GenerationMode] = &[
     GenerationMode::ConstrainedBeamSearch,
     GenerationMode::ContrastiveSearch,
     GenerationMode::DolaGeneration,
+    GenerationMode::AssistedGeneration,
 ];
 
 /// A setting that changes greedy output and whose feature is not built yet.
@@ -213,20 +214,7 @@ impl GenerationConfig {
 
         let non_beam = |mode| matches!(mode, GenerationMode::GreedySearch | GenerationMode::Sample);
         // Assisted decoding extends greedy search and sampling only; other modes ignore these settings.
-        let assistant = if has_assistant_model {
-            Some(("an assistant model", "do not pass an assistant model"))
-        } else if self.use_mtp == Some(true) {
-            Some(("`use_mtp=true`", "set `use_mtp` to false"))
-        } else if self.prompt_lookup_num_tokens.is_some() {
-            Some((
-                "`prompt_lookup_num_tokens`",
-                "unset `prompt_lookup_num_tokens`",
-            ))
-        } else if self.assistant_early_exit.is_some() {
-            Some(("`assistant_early_exit`", "unset `assistant_early_exit`"))
-        } else {
-            None
-        };
+        let assistant = self.assistant_cause(has_assistant_model);
         if let Some((cause, fix)) = assistant.filter(|_| non_beam(selection.mode)) {
             selection = select(GenerationMode::AssistedGeneration, cause.into(), fix);
         }
@@ -240,6 +228,24 @@ impl GenerationConfig {
         selection
     }
 
+    /// The setting that asks for assisted decoding, and how to undo it.
+    fn assistant_cause(&self, has_assistant_model: bool) -> Option<(&'static str, &'static str)> {
+        if has_assistant_model {
+            Some(("an assistant model", "do not pass an assistant model"))
+        } else if self.use_mtp == Some(true) {
+            Some(("`use_mtp=true`", "set `use_mtp` to false"))
+        } else if self.prompt_lookup_num_tokens.is_some() {
+            Some((
+                "`prompt_lookup_num_tokens`",
+                "unset `prompt_lookup_num_tokens`",
+            ))
+        } else if self.assistant_early_exit.is_some() {
+            Some(("`assistant_early_exit`", "unset `assistant_early_exit`"))
+        } else {
+            None
+        }
+    }
+
     /// Whether lmgen can run this config today: an [`Error::Unsupported`] names the mode or the setting
     /// that needs a feature not built yet, and how to turn it off.
     ///
@@ -248,6 +254,23 @@ impl GenerationConfig {
     /// metadata, unknown keys), as in transformers, which at most warns about them.
     pub fn check_implemented(&self, has_assistant_model: bool) -> Result<()> {
         let selection = self.selection(has_assistant_model);
+        // Deliberately stricter than transformers, which warns and ignores the draft in beam modes.
+        if let Some((cause, fix)) = self.assistant_cause(has_assistant_model) {
+            if matches!(
+                selection.mode,
+                GenerationMode::BeamSearch
+                    | GenerationMode::BeamSample
+                    | GenerationMode::GroupBeamSearch
+                    | GenerationMode::ConstrainedBeamSearch
+            ) {
+                return Err(Error::GenerationConfig(format!(
+                    "{cause} (assisted decoding) works with greedy search and sampling only, not with \
+                     {} ({}); {fix} or set `num_beams` to 1",
+                    selection.mode.description(),
+                    selection.cause
+                )));
+            }
+        }
         if !IMPLEMENTED_MODES.contains(&selection.mode) {
             return Err(Error::Unsupported(format!(
                 "{} ({}) is not implemented yet; {}",
@@ -424,12 +447,20 @@ mod tests {
                 .and_then(|c| c.check_implemented(false))
                 .is_ok());
         }
-        assert!(unsupported(json!({"prompt_lookup_num_tokens": 3}))
-            .starts_with("`prompt_lookup_num_tokens`"));
-        let assisted = config(json!({})).and_then(|c| c.check_implemented(true));
+        assert!(config(json!({"prompt_lookup_num_tokens": 3}))
+            .and_then(|c| c.check_implemented(false))
+            .is_ok());
+        assert!(config(json!({}))
+            .and_then(|c| c.check_implemented(true))
+            .is_ok());
+        let beams = config(json!({"num_beams": 2})).and_then(|c| c.check_implemented(true));
         assert!(
-            matches!(assisted, Err(Error::Unsupported(m)) if m.starts_with("an assistant model"))
+            matches!(&beams, Err(Error::GenerationConfig(m)) if m.starts_with("an assistant model (assisted decoding) works with greedy search and sampling only")),
+            "{beams:?}"
         );
+        let beams = config(json!({"num_beams": 2, "prompt_lookup_num_tokens": 3}))
+            .and_then(|c| c.check_implemented(false));
+        assert!(matches!(beams, Err(Error::GenerationConfig(m)) if m.contains("`num_beams=2`")));
     }
 
     #[test]

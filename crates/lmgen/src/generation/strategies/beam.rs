@@ -321,6 +321,7 @@ pub fn run(
         prompt_len: t,
         sequences_scores: Some(returned.iter().map(|h| h.score).collect()),
         beam_indices: Some(beam_indices),
+        assisted: None,
     })
 }
 

@@ -185,6 +185,7 @@ pub(super) fn assemble(
         prompt_len,
         sequences_scores: Some(best.iter().map(|h| h.score as f32).collect()),
         beam_indices: Some(indices),
+        assisted: None,
     })
 }
 

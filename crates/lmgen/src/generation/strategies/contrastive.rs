@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::generation::logits::Scores;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::CausalLM;
+use crate::models::LogitsToKeep;
 use crate::TokenId;
 
 /// Contrastive search over `input` (`penalty_alpha > 0`, `top_k > 1`, `num_beams=1`, greedy).
@@ -76,6 +77,8 @@ pub fn run(
             positions: state.positions(),
             mask: state.mask(),
             output_hidden_states: true,
+            logits_to_keep: LogitsToKeep::Last,
+            num_hidden_layers: None,
         },
         &mut cache,
     )?;
@@ -110,6 +113,8 @@ pub fn run(
                 positions: &positions,
                 mask: mask.as_deref(),
                 output_hidden_states: true,
+                logits_to_keep: LogitsToKeep::Last,
+                num_hidden_layers: None,
             },
             &mut cache,
         )?;
@@ -158,6 +163,7 @@ pub fn run(
         prompt_len: t,
         sequences_scores: None,
         beam_indices: None,
+        assisted: None,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::generation::logits::Scores;
 use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
 use crate::models::CausalLM;
+use crate::models::LogitsToKeep;
 
 /// `_relative_top_filter`'s `relative_top`: tokens below a tenth of the top probability of the
 /// final layer are dropped.
@@ -64,6 +65,8 @@ pub fn run(
                 positions: state.positions(),
                 mask: state.mask(),
                 output_hidden_states: true,
+                logits_to_keep: LogitsToKeep::Last,
+                num_hidden_layers: None,
             };
             let out = forward_step(model, step, cache)?;
             let hidden = out.hidden_states.as_deref().unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
 
+pub mod assisted;
 pub mod beam;
 mod beam_hypotheses;
 mod beam_settings;
@@ -30,9 +31,27 @@ pub(crate) struct StepInput<'a> {
     pub mask: Option<&'a [Vec<u8>]>,
     /// Also return every layer's hidden states.
     pub output_hidden_states: bool,
+    /// Which positions get logits (`Last` in plain decoding).
+    pub logits_to_keep: LogitsToKeep,
+    /// Early exit after this many decoder layers (`None`: all).
+    pub num_hidden_layers: Option<usize>,
 }
 
-/// One forward step of a decoding loop, appending to `cache`: last-position logits only, plus
+impl<'a> StepInput<'a> {
+    /// The plain decoding step: every layer, the last position's logits, no hidden states.
+    pub fn last(ids: &'a Tensor, positions: &'a [Vec<u32>], mask: Option<&'a [Vec<u8>]>) -> Self {
+        Self {
+            ids,
+            positions,
+            mask,
+            output_hidden_states: false,
+            logits_to_keep: LogitsToKeep::Last,
+            num_hidden_layers: None,
+        }
+    }
+}
+
+/// One forward step of a decoding loop, appending to `cache`: the kept positions' logits, plus
 /// every layer's hidden states when asked.
 pub(crate) fn forward_step(
     model: &dyn CausalLM,
@@ -46,8 +65,9 @@ pub(crate) fn forward_step(
             input_ids: step.ids,
             position_ids: &pos,
             attention_mask: step.mask,
-            logits_to_keep: LogitsToKeep::Last,
+            logits_to_keep: step.logits_to_keep,
             output_hidden_states: step.output_hidden_states,
+            num_hidden_layers: step.num_hidden_layers,
         },
         cache,
     )
@@ -73,24 +93,17 @@ pub(crate) fn last_logits(
     mask: Option<&[Vec<u8>]>,
     cache: &mut dyn KvCache,
 ) -> Result<Tensor> {
-    let step = StepInput {
-        ids: step_ids,
-        positions,
-        mask,
-        output_hidden_states: false,
-    };
-    let out = forward_step(model, step, cache)?;
+    let out = forward_step(model, StepInput::last(step_ids, positions, mask), cache)?;
     Ok(out.logits.squeeze(1)?) // [rows, 1, vocab] -> [rows, vocab]
 }
 
-/// Logits of one position per row, `[rows, vocab]` or `[rows, 1, vocab]` f32 on any device, as
-/// host scores `[rows, vocab]`.
+/// Logits as host scores: `[rows, vocab]`, or `[rows, kept, vocab]` as `[rows * kept, vocab]`
+/// (row `r`'s kept positions consecutive); f32 on any device.
 pub(crate) fn host_scores(logits: &Tensor) -> Result<Scores> {
-    let logits = match logits.rank() {
-        3 => logits.squeeze(1)?,
-        _ => logits.clone(),
+    let (rows, vocab) = match logits.dims() {
+        &[r, k, v] => (r * k, v),
+        _ => logits.dims2()?,
     };
-    let (rows, vocab) = logits.dims2()?;
     let data: Vec<f32> = logits.flatten_all()?.to_vec1()?; // [rows * vocab]
     Ok(Scores::new(data, rows, vocab))
 }

@@ -207,6 +207,7 @@ pub(super) fn run_with_step(
         prompt_len: t,
         sequences_scores: None,
         beam_indices: None,
+        assisted: None,
     })
 }
 

@@ -141,6 +141,16 @@ impl ForwardMasks {
                 let t = x.dim(1)?;
                 x.narrow(1, t - 1, 1)?
             }
+            (LogitsToKeep::LastN(n), Self::Dense { .. }) => {
+                let t = x.dim(1)?;
+                let n = n.clamp(1, t);
+                x.narrow(1, t - n, n)?
+            }
+            (LogitsToKeep::LastN(_), Self::Packed(_)) => {
+                return Err(Error::Unsupported(
+                    "a packed batch keeps all logits or each sequence's last".into(),
+                ))
+            }
             (LogitsToKeep::Last, Self::Packed(sequences)) => {
                 let last: Vec<u32> = sequences
                     .iter()
