@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Greedy, draft-assisted and prompt-lookup decoding of the shipped tiny-austen pair over a few
 /// prompts (64 new tokens each, EOS ignored, transformers' default draft settings: 20 tokens,
-/// "heuristic" schedule, confidence threshold 0.4), summed over the prompts.
+/// "constant" schedule, confidence threshold 0.4), summed over the prompts.
 fn shipped_pair(root: &Path, runs: usize) -> anyhow::Result<()> {
     let main_dir = root.join("models/tiny-austen");
     let draft_dir = root.join("models/tiny-austen-draft");
