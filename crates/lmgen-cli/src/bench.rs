@@ -13,6 +13,11 @@
 //!
 //! Peak RSS is read twice: after load and batch-1 decode (compare with weights + KV), and at the
 //! end (largest batch and prompt included).
+//!
+//! With `--device cuda`, the bandwidth is that of device-to-device copies (bytes read + written,
+//! as `tools/gpu_compare.py` measures it with torch) and the GPU memory in use above the start is
+//! reported next to the host RSS. Step times are taken when each token reaches the host, so they
+//! include the GPU's work.
 
 mod bandwidth;
 mod footprint;
@@ -206,11 +211,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("cannot start the thread pool")?;
     }
     let threads = rayon::current_num_threads();
-    let bandwidth = bandwidth::measure(args.bandwidth_mib << 20);
+    let options = args.model.load_options()?;
+    let gpu = !options.device.is_cpu();
+    // On a GPU: device-to-device copies (bytes read + written), and the memory the driver reports
+    // in use before the weights, to subtract.
+    let bandwidth = if gpu {
+        bandwidth::measure_device(&options.device, args.bandwidth_mib << 20)?
+    } else {
+        bandwidth::measure(args.bandwidth_mib << 20)
+    };
+    let gpu_memory = GpuMemory::new(&options.device);
 
     footprint::reset_peak();
     let dir = resolve_model(&args.model.model_or_default())?;
-    let options = args.model.load_options()?;
     let start = Instant::now();
     let checkpoint = Checkpoint::open(&dir)?;
     let model = load_model(&checkpoint, &options)?;
@@ -231,21 +244,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut peak_after_b1 = None;
     let mut batches = args.batch.clone();
     batches.sort_unstable();
+    let mut gpu_after_b1 = None;
     for &b in &batches {
         decodes.push(decode(&ctx, b)?);
+        gpu_memory.sample();
         if b == 1 {
             peak_after_b1 = footprint::rss().1;
+            gpu_after_b1 = gpu_memory.used();
         }
     }
     let prefills = args
         .prefill
         .iter()
-        .map(|&p| prefill(&ctx, p))
+        .map(|&p| {
+            let r = prefill(&ctx, p);
+            gpu_memory.sample();
+            r
+        })
         .collect::<Result<Vec<_>>>()?;
     let kv_b1 = (args.prompt_len + args.new_tokens) * fp.kv_per_token;
     let report = json!({
         "model": dir.display().to_string(),
         "model_type": config.architecture.model_type(),
+        "device": lmgen::device::name(&options.device),
+        "bandwidth_kind": if gpu { "device-to-device copy, read + written" } else { "host read" },
+        "gpu_memory_bytes_batch1": gpu_after_b1,
+        "gpu_memory_bytes": gpu_memory.used(),
         "dtype": format!("{dtype:?}").to_lowercase(),
         "quantize": options.quantize.map(|q| format!("{q:?}").to_lowercase()),
         "threads": threads,
@@ -275,16 +299,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The GPU memory in use (total - free, as the driver reports it) above what was in use before the
+/// model loaded: an upper estimate of this process's footprint (other processes' growth and the
+/// allocator's pool count too); sampled after each run, the largest kept.
+struct GpuMemory {
+    device: lmgen::models::Device,
+    baseline: Option<usize>,
+    peak: std::cell::Cell<usize>,
+}
+
+impl GpuMemory {
+    fn new(device: &lmgen::models::Device) -> Self {
+        let used = lmgen::device::memory_info(device).map(|(free, total)| total - free);
+        Self {
+            device: device.clone(),
+            baseline: used,
+            peak: std::cell::Cell::new(used.unwrap_or(0)),
+        }
+    }
+
+    fn sample(&self) {
+        if let Some((free, total)) = lmgen::device::memory_info(&self.device) {
+            self.peak.set(self.peak.get().max(total - free));
+        }
+    }
+
+    /// The peak so far above the baseline; `None` on the CPU.
+    fn used(&self) -> Option<usize> {
+        self.baseline.map(|b| self.peak.get().saturating_sub(b))
+    }
+}
+
 fn print_table(r: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let mib = |v: &Value| f(v) / (1 << 20) as f64;
     println!(
-        "model {} ({}), {}{}, {} threads; read bandwidth {:.1} GB/s; weights read per step {:.1} MiB",
+        "model {} ({}), {}{}, on {}, {} threads; bandwidth ({}) {:.1} GB/s; weights read per step {:.1} MiB",
         r["model"].as_str().unwrap_or("?"),
         r["model_type"].as_str().unwrap_or("?"),
         r["dtype"].as_str().unwrap_or("?"),
         r["quantize"].as_str().map(|q| format!(" quantized {q}")).unwrap_or_default(),
+        r["device"].as_str().unwrap_or("?"),
         r["threads"],
+        r["bandwidth_kind"].as_str().unwrap_or("?"),
         f(&r["bandwidth_gb_s"]),
         mib(&r["weight_bytes_read_per_step"]),
     );
@@ -319,4 +376,11 @@ fn print_table(r: &Value) {
         f(&r["peak_rss_bytes_batch1"]) / f(&r["weights_plus_kv_batch1_bytes"]),
         mib(&r["peak_rss_bytes"]),
     );
+    if r["gpu_memory_bytes"].is_number() {
+        println!(
+            "GPU memory in use above the start: {:.0} MiB after batch-1 decode, {:.0} MiB at the peak",
+            mib(&r["gpu_memory_bytes_batch1"]),
+            mib(&r["gpu_memory_bytes"]),
+        );
+    }
 }

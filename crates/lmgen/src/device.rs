@@ -57,6 +57,16 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// Free and total memory of `device` in bytes, as the driver reports them (`cuMemGetInfo`: memory
+/// other processes hold counts as used); `None` on the CPU.
+pub fn memory_info(device: &Device) -> Option<(usize, usize)> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(gpu) => gpu.cuda_stream().context().mem_get_info().ok(),
+        _ => None,
+    }
+}
+
 /// Whether a tensor error is the GPU running out of memory (a failed allocation in the driver,
 /// cuBLAS or cuRAND). candle passes these on as opaque backend errors, so the message is what
 /// tells them apart.

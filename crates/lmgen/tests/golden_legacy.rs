@@ -103,7 +103,11 @@ fn legacy_cases_match_transformers_4_47() -> anyhow::Result<()> {
             );
         }
     }
-    assert_eq!(checked.values().sum::<usize>(), cases.len(), "every case ran");
+    assert_eq!(
+        checked.values().sum::<usize>(),
+        cases.len(),
+        "every case ran"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

@@ -5,6 +5,9 @@
 
 use std::time::Instant;
 
+use anyhow::Result;
+use candle_core::Tensor;
+use lmgen::models::{DType, Device};
 use rayon::prelude::*;
 
 const PASSES: usize = 7;
@@ -40,4 +43,22 @@ fn sum_lanes(xs: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The bandwidth of a GPU: device-to-device copies of a `bytes` buffer, counting the bytes read
+/// and written (the figure `tools/gpu_compare.py` measures with torch), best of several passes.
+pub fn measure_device(device: &Device, bytes: usize) -> Result<f64> {
+    let n = bytes / 4;
+    let x = Tensor::zeros(n, DType::F32, device)?;
+    let mut best = 0f64;
+    for _ in 0..PASSES {
+        device.synchronize()?;
+        let start = Instant::now();
+        let y = x.copy()?;
+        device.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        drop(y);
+        best = best.max((2 * 4 * n) as f64 / secs);
+    }
+    Ok(best)
 }

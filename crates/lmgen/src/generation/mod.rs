@@ -5,6 +5,7 @@ pub mod config;
 pub mod constraints;
 pub mod device_argmax;
 pub mod logits;
+pub mod memory;
 pub mod options;
 pub mod sampler;
 pub mod stop_strings;
@@ -234,6 +235,7 @@ pub fn generate_with(
         config.validate_constraints("constraints")?;
         GenerationMode::ConstrainedBeamSearch
     };
+    memory::check_fits(model, input, config, mode)?;
     match mode {
         GenerationMode::GreedySearch | GenerationMode::Sample => {
             strategies::sample::run(model, input, config, options)

@@ -159,4 +159,8 @@ impl CausalLM for Gemma2 {
     fn device(&self) -> &Device {
         &self.device
     }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
 }

@@ -136,4 +136,8 @@ impl CausalLM for Gpt2 {
     fn device(&self) -> &Device {
         &self.device
     }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
 }

@@ -158,4 +158,8 @@ impl CausalLM for Llama {
     fn device(&self) -> &Device {
         &self.device
     }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
 }

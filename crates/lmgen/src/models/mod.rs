@@ -90,6 +90,8 @@ pub trait CausalLM: Send + Sync {
     fn config(&self) -> &ModelConfig;
     /// The device the weights live on.
     fn device(&self) -> &Device;
+    /// The compute dtype of activations and the KV cache.
+    fn dtype(&self) -> DType;
 }
 
 /// The architectures lmgen implements, keyed by `config.json`'s `model_type`.

@@ -1,0 +1,163 @@
+//! A request's peak device memory, estimated before anything runs, so a request too large for
+//! the GPU is refused with [`Error::OutOfMemory`] instead of failing half-way through its prefill.
+//!
+//! The estimate follows what the eager forward materialises (`models/layers/attention.rs`): for
+//! the prefill of `rows` sequences of `t` tokens, the attention scores of one layer
+//! (`rows * heads * t * t`, in the compute dtype, scaled into a second copy, then an f32 copy and
+//! its f32 softmax) and the additive mask(s), or the MLP's three `intermediate`-wide activations,
+//! whichever is larger; the residual stream; and the KV cache of every layer up to `max_length`.
+//! It is an estimate of the peak, not a bound on every allocation: allocator rounding and the
+//! cuBLAS workspace are not counted.
+
+use crate::device;
+use crate::error::{Error, Result};
+use crate::generation::{GenerateInput, GenerationConfig, GenerationMode};
+use crate::models::{CausalLM, ModelConfig};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The parts of the estimate, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeakMemory {
+    /// Rows the model runs on (prompts times beams, returned sequences or contrastive candidates).
+    pub rows: usize,
+    /// One prefill layer's largest activation (attention scores and mask, or the MLP).
+    pub prefill: f64,
+    /// The KV cache of every layer, `rows * max_length` tokens.
+    pub kv_cache: f64,
+    /// Residual stream and the last position's logits.
+    pub other: f64,
+}
+
+impl PeakMemory {
+    /// Everything together.
+    pub fn total(&self) -> f64 {
+        self.prefill + self.kv_cache + self.other
+    }
+}
+
+/// The estimate for `rows` prompts of `t` tokens decoded to `max_length`, in `dtype_bytes`.
+pub fn estimate(
+    cfg: &ModelConfig,
+    dtype_bytes: usize,
+    prefill_rows: usize,
+    kv_rows: usize,
+    t: usize,
+    max_length: usize,
+) -> PeakMemory {
+    let d = dtype_bytes as f64;
+    let (rows, t, tt) = (prefill_rows as f64, t as f64, (t * t) as f64);
+    let heads = cfg.num_attention_heads as f64;
+    let masks = if cfg.sliding_window.is_some() {
+        2.0
+    } else {
+        1.0
+    };
+    // scores, scaled scores (dtype), f32 copy and f32 softmax; the masks in the dtype.
+    let attention = rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d;
+    let mlp = 3.0 * rows * t * cfg.intermediate_size as f64 * d;
+    let kv_per_token =
+        2.0 * (cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim) as f64;
+    PeakMemory {
+        rows: kv_rows,
+        prefill: attention.max(mlp),
+        kv_cache: kv_rows as f64 * max_length as f64 * kv_per_token * d,
+        other: 4.0 * rows * t * cfg.hidden_size as f64 * d + 8.0 * rows * cfg.vocab_size as f64,
+    }
+}
+
+/// Refuses a request whose estimated peak exceeds the free memory of the model's GPU. Does
+/// nothing on the CPU (the operating system's memory is not ours to budget), or when the lengths
+/// are invalid (the strategy reports that with its own error).
+pub(crate) fn check_fits(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    config: &GenerationConfig,
+    mode: GenerationMode,
+) -> Result<()> {
+    let Some((free, _total)) = device::memory_info(model.device()) else {
+        return Ok(());
+    };
+    let mcfg = model.config();
+    let (b, t) = (
+        input.input_ids.len(),
+        input.input_ids.first().map_or(0, Vec::len),
+    );
+    let Ok(lengths) = config.resolve_lengths(t, Some(mcfg.max_position_embeddings)) else {
+        return Ok(());
+    };
+    let copies = match mode {
+        GenerationMode::BeamSearch
+        | GenerationMode::BeamSample
+        | GenerationMode::GroupBeamSearch
+        | GenerationMode::ConstrainedBeamSearch => config.num_beams.unwrap_or(1),
+        _ => config.num_return_sequences.unwrap_or(1),
+    }
+    .max(1);
+    let candidates = match mode {
+        GenerationMode::ContrastiveSearch => config.top_k.unwrap_or(1).max(1),
+        _ => 1,
+    };
+    let peak = estimate(
+        mcfg,
+        model.dtype().size_in_bytes(),
+        b * copies,
+        b * copies * candidates,
+        t,
+        lengths.max_length,
+    );
+    if peak.total() <= free as f64 {
+        return Ok(());
+    }
+    Err(Error::OutOfMemory {
+        message: format!(
+            "this request needs about {:.1} GiB on {} and {:.1} GiB are free ({} rows: one layer of \
+             the {t}-token prefill takes {:.1} GiB, the KV cache up to max_length {} takes {:.1} \
+             GiB); nothing was run",
+            peak.total() / GIB,
+            device::name(model.device()),
+            free as f64 / GIB,
+            b * copies,
+            peak.prefill / GIB,
+            lengths.max_length,
+            peak.kv_cache / GIB,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::config::ModelConfig;
+
+    fn qwen_05b() -> ModelConfig {
+        let json = serde_json::json!({
+            "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": true
+        });
+        ModelConfig::from_json(&json, std::path::Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn a_long_prompt_is_dominated_by_attention_scores() {
+        let cfg = qwen_05b();
+        let peak = estimate(&cfg, 2, 1, 1, 32768, 32772);
+        // 14 heads x 32768^2 x (2 + 2 + 4 + 4) bytes, plus the mask.
+        let scores = 14.0 * 32768f64.powi(2) * 12.0 + 32768f64.powi(2) * 2.0;
+        assert_eq!(peak.prefill, scores);
+        assert!(peak.total() / GIB > 160.0, "{peak:?}");
+        // KV: 24 layers x 2 x 2 heads x 64 x 2 bytes = 12 KiB a token.
+        assert_eq!(peak.kv_cache, 32772.0 * 12288.0);
+    }
+
+    #[test]
+    fn a_short_batch_is_dominated_by_the_mlp_and_the_cache() {
+        let cfg = qwen_05b();
+        let peak = estimate(&cfg, 2, 64, 64, 128, 256);
+        assert_eq!(peak.prefill, 3.0 * 64.0 * 128.0 * 4864.0 * 2.0);
+        assert_eq!(peak.kv_cache, 64.0 * 256.0 * 12288.0);
+        assert!(peak.total() / GIB < 1.0, "{peak:?}");
+    }
+}
