@@ -5,6 +5,7 @@
 #
 #   tools/device_run.sh conformance     golden cases on the GPU: f32 must match, bf16 agreement reported
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
+#   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #
 # The device tool sends its session's checkout, which may not be this one: copy tools/, the golden
@@ -82,6 +83,17 @@ while [ $# -gt 0 ]; do
         fi
         timeout ${OOM_TIMEOUT:-150} python3 tools/gpu_oom_check.py "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" \
             "$OUT/oom_stderr.txt" 2>&1 | tee "$OUT/oom.txt"
+        ;;
+    bench)
+        # `lmgen bench --device cuda` on random-weight checkpoints written by transformers.
+        for shape in ${BENCH_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
+            echo "== lmgen bench --device cuda, $shape, bf16"
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/$shape/
+            timeout 300 "$BIN/lmgen" bench --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                --prefill 128,512 --batch 1,8,32 --prompt-len 128 --new-tokens 64 --reps 3 \
+                --bandwidth-mib 2048 --json "$OUT/bench_cuda_$shape.json" 2>&1 | tee "$OUT/bench_cuda_$shape.txt"
+        done
         ;;
     compare)
         echo "== transformers vs lmgen"

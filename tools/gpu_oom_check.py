@@ -4,7 +4,8 @@
 Usage (device machine): gpu_oom_check.py LMGEN MODEL_DIR STDERR_FILE
 
 Expected: each big request is answered with an `out of GPU memory` error, the small one after it
-with sequences, and the process exits 0: no crash, no hang. Prints one line per request with the
+with sequences, an 8192-token prompt (which fits) with sequences, and the process exits 0: no crash,
+no hang. Prints one line per request with the
 time it took and the GPU memory in use after it.
 """
 import json
@@ -21,7 +22,9 @@ def main():
     wide = {"model": model, "input_ids": [[(7 * i + j) % 1000 for j in range(128)] for i in range(16384)],
             "generation_config": gc}
     small = {"model": model, "input_ids": [[1, 2, 3, 4]], "generation_config": gc}
-    reqs = [("long prompt, 32768 tokens", long), ("small", small), ("wide batch, 16384 x 128", wide), ("small", small)]
+    fits = {"model": model, "input_ids": [[(7 * j) % 1000 for j in range(8192)]], "generation_config": gc}
+    reqs = [("long prompt, 32768 tokens", long), ("small", small), ("wide batch, 16384 x 128", wide), ("small", small),
+            ("prompt of 8192 tokens, fits", fits)]
     env = dict(os.environ, LMGEN_LOG="debug")
     with open(err_path, "w") as err:
         p = subprocess.Popen([lmgen, "generate", "--request", "-", "--device", "cuda", "--dtype", "bf16"],
@@ -37,7 +40,7 @@ def main():
                                   capture_output=True, text=True).stdout.strip()
             print(f"{name}: {time.time() - t:.1f}s, GPU memory in use {used}: {line.strip()[:300]}", flush=True)
             answer = json.loads(line) if line.strip() else {}
-            want_error = name != "small"
+            want_error = name.startswith(("long", "wide"))
             ok &= ("out of GPU memory" in json.dumps(answer)) if want_error else ("sequences" in answer)
         p.stdin.close()
         code = p.wait(timeout=60)
