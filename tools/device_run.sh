@@ -92,7 +92,10 @@ while [ $# -gt 0 ]; do
             cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/$shape/
             timeout 300 "$BIN/lmgen" bench --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
                 --prefill 128,512 --batch 1,8,32 --prompt-len 128 --new-tokens 64 --reps 3 \
-                --bandwidth-mib 2048 --json "$OUT/bench_cuda_$shape.json" 2>&1 | tee "$OUT/bench_cuda_$shape.txt"
+                --bandwidth-mib 1024 --json "$OUT/bench_cuda_$shape.json" 2>&1 | tee "$OUT/bench_cuda_$shape.txt"
+            # The generate_speed bench (streamer timestamps) on the same checkpoint, batch 1, for comparison.
+            [ -e "$BIN/generate_speed" ] && timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda \
+                --dtype bf16 --prompt 128 --new 64 --prefill 512 --batches 1 --reps 3 2>&1 | tee -a "$OUT/bench_cuda_$shape.txt"
         done
         ;;
     compare)

@@ -14,8 +14,8 @@
 //! Peak RSS is read twice: after load and batch-1 decode (compare with weights + KV), and at the
 //! end (largest batch and prompt included).
 //!
-//! With `--device cuda`, the bandwidth is that of device-to-device copies (bytes read + written,
-//! as `tools/gpu_compare.py` measures it with torch) and the GPU memory in use above the start is
+//! With `--device cuda`, the bandwidth is the GPU's own read rate (a sum over a device buffer) and
+//! the GPU memory in use above the start (an upper estimate: the allocator's pool counts) is
 //! reported next to the host RSS. Step times are taken when each token reaches the host, so they
 //! include the GPU's work.
 
@@ -213,14 +213,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let options = args.model.load_options()?;
     let gpu = !options.device.is_cpu();
-    // On a GPU: device-to-device copies (bytes read + written), and the memory the driver reports
-    // in use before the weights, to subtract.
+    // On a GPU: the memory the driver reports in use before anything of ours (the probe's buffer
+    // included, which the allocator's pool may keep), and a read of a device buffer.
+    let gpu_memory = GpuMemory::new(&options.device);
     let bandwidth = if gpu {
         bandwidth::measure_device(&options.device, args.bandwidth_mib << 20)?
     } else {
         bandwidth::measure(args.bandwidth_mib << 20)
     };
-    let gpu_memory = GpuMemory::new(&options.device);
 
     footprint::reset_peak();
     let dir = resolve_model(&args.model.model_or_default())?;
@@ -267,7 +267,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": dir.display().to_string(),
         "model_type": config.architecture.model_type(),
         "device": lmgen::device::name(&options.device),
-        "bandwidth_kind": if gpu { "device-to-device copy, read + written" } else { "host read" },
+        "bandwidth_kind": if gpu { "device read" } else { "host read" },
         "gpu_memory_bytes_batch1": gpu_after_b1,
         "gpu_memory_bytes": gpu_memory.used(),
         "dtype": format!("{dtype:?}").to_lowercase(),
