@@ -14,8 +14,8 @@
 //! Peak RSS is read twice: after load and batch-1 decode (compare with weights + KV), and at the
 //! end (largest batch and prompt included).
 //!
-//! With `--device cuda`, the bandwidth is the GPU's own read rate (a sum over a device buffer) and
-//! the GPU memory in use above the start (an upper estimate: the allocator's pool counts) is
+//! With `--device cuda`, the bandwidth is that of device-to-device copies (bytes read + written,
+//! as `tools/gpu_compare.py` measures it with torch) and the GPU memory in use above the start (an upper estimate: the allocator's pool counts) is
 //! reported next to the host RSS. Step times are taken when each token reaches the host, so they
 //! include the GPU's work.
 
@@ -267,7 +267,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": dir.display().to_string(),
         "model_type": config.architecture.model_type(),
         "device": lmgen::device::name(&options.device),
-        "bandwidth_kind": if gpu { "device read" } else { "host read" },
+        "bandwidth_kind": if gpu { "device copy, read + written" } else { "host read" },
         "gpu_memory_bytes_batch1": gpu_after_b1,
         "gpu_memory_bytes": gpu_memory.used(),
         "dtype": format!("{dtype:?}").to_lowercase(),

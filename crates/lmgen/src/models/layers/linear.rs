@@ -106,10 +106,10 @@ impl Linear {
                 };
                 match fast {
                     Some(y) => y,
-                    None if w.dtype() == DType::F32 => {
-                        candle_nn::Linear::new(w.clone(), None).forward(x)?
-                    }
-                    None => half_matmul(x, w)?,
+                    // f16/bf16 on the CPU: widen blocks of `w` for the f32 kernel. On a GPU
+                    // cuBLAS multiplies f16/bf16 natively.
+                    None if w.dtype() != DType::F32 && w.device().is_cpu() => half_matmul(x, w)?,
+                    None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
                 }
             }
             // The quantized kernels take and give f32 activations.
