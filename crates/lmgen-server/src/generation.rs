@@ -77,8 +77,6 @@ impl Drop for CancelGuard {
 /// One choice's progress.
 struct Choice {
     text: ChoiceText,
-    /// Text for the non-streaming answer.
-    full: String,
     tokens: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
@@ -187,7 +185,6 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         choices: (0..guard.ids.len())
             .map(|_| Choice {
                 text: ChoiceText::new(job.plan.stop.clone()),
-                full: String::new(),
                 tokens: 0,
                 logprobs: Vec::new(),
                 finish: None,
@@ -237,7 +234,7 @@ struct Delta {
 impl Run {
     /// Folds an update into its choice.
     fn apply(&mut self, index: usize, update: RequestUpdate) -> Delta {
-        let tokenizer = self.state.tokenizer.clone();
+        let state = self.state.clone();
         let metrics = &self.state.metrics;
         let c = &mut self.choices[index];
         if !update.new_tokens.is_empty() {
@@ -256,9 +253,8 @@ impl Run {
         }
         let was_stopped = c.text.stopped;
         let last = update.status.is_final();
-        let text = c.text.push(&tokenizer, &update.new_tokens, last);
+        let text = c.text.push(&state.detokenizer, &update.new_tokens, last);
         c.tokens += update.new_tokens.len();
-        c.full.push_str(&text);
         c.logprobs.extend(update.logprobs.iter().cloned());
         let mut delta = Delta {
             text,
@@ -363,11 +359,11 @@ impl Run {
         let logprobs = self.logprobs_json(&c.logprobs);
         match self.endpoint {
             Endpoint::Completions => json!({
-                "index": index, "text": c.full, "logprobs": logprobs, "finish_reason": c.finish,
+                "index": index, "text": c.text.full(), "logprobs": logprobs, "finish_reason": c.finish,
             }),
             Endpoint::Chat => json!({
                 "index": index,
-                "message": {"role": "assistant", "content": c.full},
+                "message": {"role": "assistant", "content": c.text.full()},
                 "logprobs": logprobs,
                 "finish_reason": c.finish,
             }),
@@ -466,7 +462,7 @@ impl Run {
     }
 
     /// Streams chunks as server-sent events, ending with `data: [DONE]`.
-    fn stream(mut self) -> Sse<ReceiverStream<Result<Event, Infallible>>> {
+    fn stream(mut self) -> impl IntoResponse {
         let (out, events) = mpsc::channel::<Result<Event, Infallible>>(64);
         tokio::spawn(async move {
             let send = |v: Value| Ok(Event::default().data(v.to_string()));
