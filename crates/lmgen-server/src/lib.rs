@@ -74,6 +74,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.model.clone());
     let state = Arc::new(AppState {
         manager: manager.clone(),
+        detokenizer: text::Detokenizer::new(tokenizer.clone()),
         tokenizer,
         generation_config,
         model_aliases: vec![args.model.clone(), dir.display().to_string()],

@@ -4,14 +4,15 @@
 //! quarter disconnect.
 //!
 //! The Python interpreter comes from `LMGEN_OPENAI_PYTHON` (CI's `.ci/run` makes a virtual
-//! environment with a pinned `openai`); without it the test makes one under `target/` on first
-//! use (`python3 -m venv` + `pip install openai==3.54.0`).
+//! environment with the pinned `openai` and sets it), else `target/openai-venv/bin/python`. Without
+//! either, the tests fail when `CI` is set and are skipped (with the reason printed) otherwise:
+//! `python3 -m venv target/openai-venv && target/openai-venv/bin/pip install openai==3.54.0`.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lmgen::generation::FinishReason;
@@ -25,52 +26,45 @@ fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../lmgen/tests/fixtures/golden/models/llama")
 }
 
-/// A Python with `openai` installed.
-fn python() -> PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
+fn has_openai(py: &Path) -> bool {
+    Command::new(py)
+        .args([
+            "-c",
+            &format!("import openai; assert openai.__version__ == '{OPENAI_VERSION}'"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python with the pinned `openai`; `None` (test skipped) only outside CI.
+fn python() -> Option<PathBuf> {
+    static PYTHON: OnceLock<Option<PathBuf>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            if let Ok(p) = std::env::var("LMGEN_OPENAI_PYTHON") {
-                return PathBuf::from(p);
+            if let Some(p) = std::env::var_os("LMGEN_OPENAI_PYTHON") {
+                let p = PathBuf::from(p);
+                assert!(
+                    has_openai(&p),
+                    "LMGEN_OPENAI_PYTHON={} has no openai=={OPENAI_VERSION}",
+                    p.display()
+                );
+                return Some(p);
             }
             let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openai-venv");
             let py = venv.join("bin/python");
-            let has_openai = |py: &Path| {
-                Command::new(py)
-                    .args([
-                        "-c",
-                        &format!("import openai; assert openai.__version__ == '{OPENAI_VERSION}'"),
-                    ])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            if !has_openai(&py) {
-                let ok = Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .status()
-                    .expect("python3 is needed for the openai client tests")
-                    .success();
-                assert!(ok, "python3 -m venv failed");
-                let ok = Command::new(&py)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "-q",
-                        &format!("openai=={OPENAI_VERSION}"),
-                    ])
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(
-                    ok,
-                    "pip install openai failed (set LMGEN_OPENAI_PYTHON to a python with openai)"
-                );
+            if has_openai(&py) {
+                return Some(py);
             }
-            py
+            let how = format!(
+                "no Python with openai=={OPENAI_VERSION}: set LMGEN_OPENAI_PYTHON, or run \
+                 `python3 -m venv {0} && {0}/bin/pip install openai=={OPENAI_VERSION}`",
+                venv.display()
+            );
+            assert!(std::env::var_os("CI").is_none(), "CI is set and {how}");
+            eprintln!("SKIPPED (the openai client tests): {how}");
+            None
         })
         .clone()
 }
@@ -207,7 +201,7 @@ fn run_python(mode: &str, env: &[(&str, String)]) {
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected().to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(python().unwrap());
     cmd.arg(&script)
         .arg(mode)
         .env("LMGEN_MODEL", "tiny-llama")
@@ -227,6 +221,9 @@ fn run_python(mode: &str, env: &[(&str, String)]) {
 
 #[test]
 fn openai_client_completions_chat_and_errors() {
+    if python().is_none() {
+        return;
+    }
     let server = Server::start(&["--kv-cache-tokens", "8192", "--block-size", "8"]);
     // One running and one queued place: the third concurrent request gets 429.
     let small = Server::start(&[
@@ -250,6 +247,9 @@ fn openai_client_completions_chat_and_errors() {
 
 #[test]
 fn sigterm_drains_running_requests_and_refuses_new_ones() {
+    if python().is_none() {
+        return;
+    }
     let mut server = Server::start(&["--kv-cache-tokens", "4096", "--shutdown-timeout", "60"]);
     run_python(
         "shutdown",
@@ -279,6 +279,9 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
 
 #[test]
 fn sixty_four_streaming_clients_a_quarter_disconnecting() {
+    if python().is_none() {
+        return;
+    }
     // 64 running places; a pool big enough for all of them.
     let server = Server::start(&[
         "--kv-cache-tokens",
