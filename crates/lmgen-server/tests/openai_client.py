@@ -5,7 +5,7 @@ LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a
 greedy completions computed with lmgen's static generate()), and per mode LMGEN_SMALL_URL (a
 server with one running and one queued place), LMGEN_SERVER_PID (for the SIGTERM test).
 
-Usage: python openai_client.py functional|shutdown|concurrency
+Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency
 """
 
 import asyncio
@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -203,7 +204,9 @@ def test_logprobs(c):
 
 def test_errors(c):
     p = greedy_cases()[0]["prompt"]
-    comp = lambda **kw: c.completions.create(model=MODEL, prompt=p, **kw)  # noqa: E731
+    def comp(prompt=p, **kw):
+        return c.completions.create(model=MODEL, prompt=prompt, **kw)
+
     expect_error(400, lambda: comp(temperature=3), param="temperature")
     expect_error(400, lambda: comp(temperature=-0.5), param="temperature")
     expect_error(400, lambda: comp(top_p=0), param="top_p")
@@ -295,27 +298,70 @@ def functional():
     print("ok metrics", flush=True)
 
 
-def shutdown():
-    c = client()
+def long_streams(c, count):
+    """`count` streaming requests that each generate up to the context length (admitted, not
+    yet read)."""
     case = greedy_cases()[0]
-    stream = c.completions.create(
-        model=MODEL, prompt=case["prompt"], max_tokens=300, temperature=0, stream=True,
-        extra_body={"min_tokens": 300},
-    )
-    it = iter(stream)
-    text = next(it).choices[0].text
+    n = EXPECTED["context_length"] - case["prompt_tokens"]
+    streams = [
+        c.completions.create(
+            model=MODEL, prompt=case["prompt"], max_tokens=n, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"min_tokens": n},
+        )
+        for _ in range(count)
+    ]
+    return streams, n
+
+
+def sigterm_and_wait_for_503():
     os.kill(int(os.environ["LMGEN_SERVER_PID"]), signal.SIGTERM)
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while True:  # /health turns 503 as soon as the signal is handled
+        try:
+            urllib.request.urlopen(BASE + "/health", timeout=10).read()
+        except urllib.error.HTTPError as e:
+            assert e.code == 503, e.code
+            return
+        assert time.time() < deadline, "/health never turned 503 after SIGTERM"
+        time.sleep(0.002)
+
+
+def shutdown():
+    """SIGTERM while requests run and wait (--max-running 1): new requests get 503, every
+    admitted one completes."""
+    c = client()
+    streams, n = long_streams(c, 4)
+    sigterm_and_wait_for_503()
     e = expect_error(503, lambda: c.completions.create(model=MODEL, prompt="x", max_tokens=2))
     assert e.response.headers.get("retry-after")
-    finish = None
-    n = 1
-    for chunk in it:
-        text += chunk.choices[0].text
-        finish = chunk.choices[0].finish_reason or finish
-        n += 1
-    assert finish == "length", finish  # drained: the running request completed
-    print("ok shutdown drained", n, "chunks", flush=True)
+    for stream in streams:
+        finish, usage = None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+                continue
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "length", finish  # drained: the request completed
+        assert usage.completion_tokens == n, usage
+    print(f"ok shutdown drained {len(streams)} requests of {n} tokens", flush=True)
+
+
+def shutdown_timeout():
+    """SIGTERM with a drain timeout too short for the requests: they end with an error event and
+    the server exits."""
+    c = client()
+    streams, _ = long_streams(c, 4)
+    sigterm_and_wait_for_503()
+    ended = 0
+    for stream in streams:
+        try:
+            for _ in stream:
+                pass
+        except openai.APIError as e:
+            assert "stopped" in str(e) or "cancel" in str(e), e
+            ended += 1
+    assert ended >= 1, "no request was cut by the drain timeout"
+    print(f"ok shutdown timeout: {ended} requests cut", flush=True)
 
 
 async def concurrency():
@@ -360,6 +406,8 @@ if __name__ == "__main__":
         functional()
     elif mode == "shutdown":
         shutdown()
+    elif mode == "shutdown_timeout":
+        shutdown_timeout()
     elif mode == "concurrency":
         asyncio.run(concurrency())
     else:

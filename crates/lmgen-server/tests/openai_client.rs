@@ -245,14 +245,12 @@ fn openai_client_completions_chat_and_errors() {
     small.assert_no_panic();
 }
 
-#[test]
-fn sigterm_drains_running_requests_and_refuses_new_ones() {
-    if python().is_none() {
-        return;
-    }
-    let mut server = Server::start(&["--kv-cache-tokens", "4096", "--shutdown-timeout", "60"]);
+/// Runs python `mode` against a server started with `extra`, which it sends SIGTERM; the server
+/// must then exit on its own, with status 0 and no panic.
+fn sigterm_case(mode: &str, extra: &[&str]) {
+    let mut server = Server::start(extra);
     run_python(
-        "shutdown",
+        mode,
         &[
             ("LMGEN_BASE_URL", server.url.clone()),
             ("LMGEN_SERVER_PID", server.child.id().to_string()),
@@ -265,7 +263,8 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         }
         assert!(
             Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
+            "the server did not exit after SIGTERM; log:\n{}",
+            server.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -275,6 +274,43 @@ fn sigterm_drains_running_requests_and_refuses_new_ones() {
         server.log()
     );
     server.assert_no_panic();
+}
+
+#[test]
+fn sigterm_drains_running_requests_and_refuses_new_ones() {
+    if python().is_none() {
+        return;
+    }
+    // One running place: of the four long requests three wait, and must be served all the same.
+    sigterm_case(
+        "shutdown",
+        &[
+            "--kv-cache-tokens",
+            "4096",
+            "--max-running",
+            "1",
+            "--shutdown-timeout",
+            "120",
+        ],
+    );
+}
+
+#[test]
+fn sigterm_drain_timeout_cuts_what_is_left() {
+    if python().is_none() {
+        return;
+    }
+    sigterm_case(
+        "shutdown_timeout",
+        &[
+            "--kv-cache-tokens",
+            "4096",
+            "--max-running",
+            "1",
+            "--shutdown-timeout",
+            "0.2",
+        ],
+    );
 }
 
 #[test]
