@@ -396,7 +396,8 @@ async def concurrency():
         completed += 1
     m = wait_idle()
     assert m["lmgen_client_disconnects_total"] > 0, m
-    print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected", flush=True)
+    print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected "
+          f"({int(m['lmgen_client_disconnects_total'])} while running)", flush=True)
     await c.close()
 
 
