@@ -247,6 +247,30 @@ def test_errors(c):
     assert r.usage.completion_tokens >= 1
 
 
+def test_hf_extras(c):
+    """The Hugging Face extras change the output as in generate(): sampling hot with `top_k: 1` or
+    `min_p: 1` keeps only the best token (greedy); `repetition_penalty` equals generate()'s."""
+    case = greedy_cases()[0]
+    for extra in [{"top_k": 1}, {"min_p": 1.0}]:
+        for seed in [1, 2]:
+            r = c.completions.create(
+                model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"],
+                temperature=1.8, seed=seed, extra_body=extra,
+            )
+            assert r.choices[0].text == case["text"], (extra, r.choices[0].text, case)
+    hot = c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=1.8, seed=1,
+    )
+    assert hot.choices[0].text != case["text"], "sampling hot should differ from greedy"
+    rep = EXPECTED["repetition_penalty"]
+    assert rep["text"] != rep["greedy_text"], rep  # the penalty matters on this prompt
+    r = c.completions.create(
+        model=MODEL, prompt=rep["prompt"], max_tokens=rep["max_tokens"], temperature=0,
+        extra_body={"repetition_penalty": 1.5},
+    )
+    assert r.choices[0].text == rep["text"], (r.choices[0].text, rep)
+
+
 def test_queue_full():
     small = os.environ["LMGEN_SMALL_URL"]
     c = client(small)
@@ -286,7 +310,8 @@ def wait_idle(base=BASE, timeout=30):
 def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
-    for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors]:
+    for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
+                 test_hf_extras]:
         test(c)
         print("ok", test.__name__, flush=True)
     test_queue_full()
@@ -396,8 +421,11 @@ async def concurrency():
         completed += 1
     m = wait_idle()
     assert m["lmgen_client_disconnects_total"] > 0, m
+    # The engine itself ended requests as cancelled (not just the HTTP side letting go).
+    assert m["lmgen_engine_cancelled_requests"] > 0, m
     print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected "
-          f"({int(m['lmgen_client_disconnects_total'])} while running)", flush=True)
+          f"({int(m['lmgen_client_disconnects_total'])} while running, "
+          f"{int(m['lmgen_engine_cancelled_requests'])} cancelled in the engine)", flush=True)
     await c.close()
 
 

@@ -133,9 +133,16 @@ impl Drop for Server {
 /// Greedy completions computed with static generate(): what the server must answer.
 fn expected() -> Value {
     let pipe = Pipeline::from_pretrained(model_dir().to_str().unwrap()).unwrap();
-    let complete = |prompt: &str, max_tokens: usize| -> Value {
+    let complete_with = |prompt: &str, max_tokens: usize, overrides: GenerationConfig| -> Value {
         let ids = pipe.tokenizer.encode(prompt).unwrap();
-        complete_ids(&pipe, ids, max_tokens, json!({"prompt": prompt}))
+        let overrides = GenerationConfig {
+            max_new_tokens: Some(max_tokens),
+            ..overrides
+        };
+        complete_ids(&pipe, ids, overrides, json!({"prompt": prompt}))
+    };
+    let complete = |prompt: &str, max_tokens: usize| -> Value {
+        complete_with(prompt, max_tokens, GenerationConfig::default())
     };
     let completions: Vec<Value> = [("Hello world", 12), ("The quick brown fox", 20), ("a", 6)]
         .into_iter()
@@ -147,7 +154,25 @@ fn expected() -> Value {
         .apply_chat_template(messages.as_array().unwrap(), true, &serde_json::Map::new())
         .unwrap();
     let chat_ids = pipe.tokenizer.encode_with(&rendered, false).unwrap();
-    let chat = complete_ids(&pipe, chat_ids, 10, json!({"messages": messages}));
+    let chat = complete_ids(
+        &pipe,
+        chat_ids,
+        GenerationConfig {
+            max_new_tokens: Some(10),
+            ..GenerationConfig::default()
+        },
+        json!({"messages": messages}),
+    );
+    // Hugging Face's multiplicative repetition penalty (prompt included), greedy.
+    let mut repetition = complete_with(
+        "Hello world",
+        24,
+        GenerationConfig {
+            repetition_penalty: Some(1.5),
+            ..GenerationConfig::default()
+        },
+    );
+    repetition["greedy_text"] = complete("Hello world", 24)["text"].clone();
     let words = [
         "Once upon",
         "In a galaxy",
@@ -165,6 +190,7 @@ fn expected() -> Value {
     json!({
         "completions": completions,
         "chat": chat,
+        "repetition_penalty": repetition,
         "concurrency": concurrency,
         "context_length": pipe.model.config().max_position_embeddings,
         "max_body_bytes": MAX_BODY_BYTES,
@@ -172,11 +198,17 @@ fn expected() -> Value {
     })
 }
 
-fn complete_ids(pipe: &Pipeline, ids: Vec<u32>, max_tokens: usize, mut case: Value) -> Value {
+/// Greedy search over `ids` with the checkpoint's config updated by `overrides`.
+fn complete_ids(
+    pipe: &Pipeline,
+    ids: Vec<u32>,
+    overrides: GenerationConfig,
+    mut case: Value,
+) -> Value {
+    let max_tokens = overrides.max_new_tokens.unwrap();
     let config = pipe.config_with(&GenerationConfig {
-        max_new_tokens: Some(max_tokens),
         do_sample: Some(false),
-        ..GenerationConfig::default()
+        ..overrides
     });
     let out = generate(
         pipe.model.as_ref(),
