@@ -31,7 +31,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn name(self) -> &'static str {
+    /// The `endpoint` label of the request metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Endpoint::Completions => "completions",
             Endpoint::Chat => "chat_completions",
@@ -253,9 +254,15 @@ impl Run {
         }
         let was_stopped = c.text.stopped;
         let last = update.status.is_final();
+        let open = c.finish.is_none() && c.error.is_none();
         let text = c.text.push(&state.detokenizer, &update.new_tokens, last);
-        c.tokens += update.new_tokens.len();
-        c.logprobs.extend(update.logprobs.iter().cloned());
+        if open {
+            // Tokens that come after the choice ended (a stop sequence in the text) don't count.
+            c.tokens += update.new_tokens.len();
+        }
+        if open {
+            c.logprobs.extend(update.logprobs.iter().cloned());
+        }
         let mut delta = Delta {
             text,
             logprobs: update.logprobs,
@@ -306,17 +313,6 @@ impl Run {
         })
     }
 
-    fn count(&self, status: u16) {
-        self.state
-            .metrics
-            .requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                endpoint: self.endpoint.name().into(),
-                status: status.to_string(),
-            })
-            .inc();
-    }
-
     /// Waits for every choice and answers in one JSON object.
     async fn collect(mut self) -> Result<Value, ApiError> {
         while !self.all_done() {
@@ -326,10 +322,8 @@ impl Run {
             self.apply(index, update);
         }
         if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
-            self.count(500);
             return Err(ApiError::internal(e));
         }
-        self.count(200);
         let choices: Vec<Value> = self
             .choices
             .iter()
@@ -482,7 +476,6 @@ impl Run {
                 let Some((index, update)) = next else { break };
                 let delta = self.apply(index, update);
                 if let Some(e) = &delta.error {
-                    self.count(500);
                     let _ = out.send(send(ApiError::internal(e.clone()).body())).await;
                     let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
@@ -495,7 +488,6 @@ impl Run {
                     return;
                 }
             }
-            self.count(200);
             if self.include_usage {
                 let usage = self.usage();
                 if out

@@ -317,6 +317,12 @@ def functional():
     test_queue_full()
     print("ok test_queue_full", flush=True)
     m = wait_idle()
+    requests = lambda m, endpoint, status: m.get(  # noqa: E731
+        f'lmgen_requests_total{{endpoint="{endpoint}",status="{status}"}}', 0)
+    assert requests(m, "completions", 200) > 0 and requests(m, "chat_completions", 200) > 0, m
+    assert requests(m, "completions", 400) >= 15 and requests(m, "chat_completions", 400) >= 1, m
+    assert requests(m, "completions", 404) >= 1 and requests(m, "completions", 413) >= 1, m
+    assert requests(metrics(os.environ["LMGEN_SMALL_URL"]), "completions", 429) >= 1
     assert m["lmgen_time_to_first_token_seconds_count"] > 0, m
     assert m["lmgen_inter_token_latency_seconds_count"] > 0, m
     assert m["lmgen_generation_tokens_total"] > 0, m
