@@ -190,6 +190,10 @@ def test_logprobs(c):
     assert all(len(t) == 2 for t in lp.top_logprobs)
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert abs(max(top.values()) - chosen) < 1e-5  # greedy picks the best token
+    # The values are generate()'s: log-softmax of the raw logits.
+    assert len(lp.token_logprobs) == len(case["logprobs"])
+    for got, want in zip(lp.token_logprobs, case["logprobs"]):
+        assert abs(got - want) < 1e-4, (lp.token_logprobs, case["logprobs"])
     r = c.chat.completions.create(
         model=MODEL, messages=EXPECTED["chat"]["messages"], max_tokens=4, temperature=0,
         logprobs=True, top_logprobs=3,

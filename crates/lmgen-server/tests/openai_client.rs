@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lmgen::generation::FinishReason;
+use lmgen::generation::{log_sum_exp, FinishReason};
 use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline};
 use serde_json::{json, Value};
 
@@ -208,6 +208,8 @@ fn complete_ids(
     let max_tokens = overrides.max_new_tokens.unwrap();
     let config = pipe.config_with(&GenerationConfig {
         do_sample: Some(false),
+        output_logits: Some(true),
+        return_dict_in_generate: Some(true),
         ..overrides
     });
     let out = generate(
@@ -223,6 +225,16 @@ fn complete_ids(
         Some(FinishReason::Length) => "length",
         _ => "stop",
     });
+    // The chosen tokens' log-probabilities: log-softmax of the raw logits.
+    let logprobs: Vec<f32> = out
+        .logits
+        .as_ref()
+        .unwrap()
+        .iter()
+        .zip(new)
+        .map(|(step, &t)| step.row(0)[t as usize] - log_sum_exp(step.row(0)))
+        .collect();
+    case["logprobs"] = json!(logprobs);
     case["prompt_tokens"] = json!(ids.len());
     case["completion_tokens"] = json!(new.len());
     case
