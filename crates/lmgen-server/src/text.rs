@@ -178,6 +178,70 @@ impl ChoiceText {
 mod tests {
     use super::*;
 
+    fn detok(model: &str) -> Detokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../lmgen/tests/fixtures/golden/models")
+            .join(model);
+        Detokenizer::new(Arc::new(Tokenizer::from_dir(&dir).unwrap()))
+    }
+
+    /// Streams `ids` one token at a time; returns the pieces.
+    fn stream(d: &Detokenizer, ids: &[TokenId], stops: &[&str]) -> (Vec<String>, ChoiceText) {
+        let mut text = ChoiceText::new(stops.iter().map(|s| s.to_string()).collect());
+        let pieces = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| text.push(d, &[id], i + 1 == ids.len()))
+            .collect();
+        (pieces, text)
+    }
+
+    #[test]
+    fn byte_fallback_runs_stream_as_they_finally_decode() {
+        let d = detok("llama");
+        let id = |t: &str| d.tokenizer().token_to_id(t).unwrap();
+        let word = d.tokenizer().encode_with("Hello", false).unwrap();
+        // `<0x11>` alone is U+0011, but `<0x11><0xE2>` is invalid UTF-8 (two U+FFFD), and
+        // `<0x11><0xE2><0x82><0xAC>` is U+0011 then the euro sign.
+        for run in [
+            vec!["<0x11>", "<0xE2>"],
+            vec!["<0x11>", "<0xE2>", "<0x82>", "<0xAC>"],
+        ] {
+            let mut ids = word.clone();
+            ids.extend(run.iter().map(|t| id(t)));
+            ids.extend(&word);
+            let (pieces, text) = stream(&d, &ids, &[]);
+            let whole = d.tokenizer().decode(&ids, true).unwrap();
+            assert_eq!(pieces.concat(), whole, "{run:?}: {pieces:?}");
+            assert_eq!(text.full(), whole);
+        }
+    }
+
+    #[test]
+    fn byte_level_characters_are_not_split() {
+        let d = detok("gpt2");
+        let ids = d
+            .tokenizer()
+            .encode_with("a € and 日本語 b", false)
+            .unwrap();
+        let (pieces, _) = stream(&d, &ids, &[]);
+        assert_eq!(pieces.concat(), "a € and 日本語 b");
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    }
+
+    #[test]
+    fn stop_sequences_are_cut_and_never_half_sent() {
+        let d = detok("gpt2");
+        let ids = d
+            .tokenizer()
+            .encode_with("one two three four", false)
+            .unwrap();
+        let (pieces, text) = stream(&d, &ids, &["ee f", "zzz"]);
+        assert_eq!(pieces.concat(), "one two thr");
+        assert!(text.stopped);
+        assert_eq!(text.full(), "one two thr");
+    }
+
     #[test]
     fn byte_tokens_and_prefixes() {
         assert!(is_byte_token("<0x0A>") && is_byte_token("<0xff>"));
