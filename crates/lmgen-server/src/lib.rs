@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use lmgen::engine::ContinuousBatchingManager;
 use lmgen::load::{resolve_model, Checkpoint};
-use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
+use lmgen::models::{load_model, CausalLM};
 use lmgen::{GenerationConfig, Tokenizer};
 
 pub use args::ServeArgs;
@@ -52,7 +52,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = resolve_model(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &LoadOptions::default())?);
+    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &args.load_options()?)?);
     let tokenizer = Arc::new(Tokenizer::from_dir(&dir)?);
     let generation_config = GenerationConfig::from_pretrained(&dir)?;
     let engine = args.engine_config(model.config())?;
@@ -64,7 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = Arc::new(ContinuousBatchingManager::new(
         model.clone(),
         engine.clone(),
-        DType::F32,
+        args.dtype()?,
         Some(&tokenizer),
     )?);
     manager.start()?;
