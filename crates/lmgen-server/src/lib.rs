@@ -5,7 +5,8 @@
 //! own thread and streams each request's tokens back through a channel.
 //!
 //! - `api`: request bodies; `validate`: fields -> generation settings (400 naming the field).
-//! - `generation`: one request through the engine, as JSON or server-sent events.
+//! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
+//!   events.
 //! - `text`: incremental detokenization with stop sequences.
 //! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
 
