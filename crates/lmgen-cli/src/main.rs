@@ -7,6 +7,7 @@ mod init_random;
 mod jsonl;
 mod logits;
 mod options;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a random-weight checkpoint of a given config.json (benchmarks of real shapes).
     InitRandom(init_random::InitRandomArgs),
+    /// Serve the OpenAI API (completions, chat, models, health, metrics) with continuous batching.
+    Serve(lmgen_server::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::InitRandom(args) => init_random::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

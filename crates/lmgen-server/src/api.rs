@@ -67,7 +67,9 @@ pub struct SamplingParams {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
-    #[serde(flatten)]
+    /// Read from the same object by [`parse`] (not `#[serde(flatten)]`, which loses the path of
+    /// a wrongly typed field).
+    #[serde(skip)]
     pub sampling: SamplingParams,
     /// Top log-probabilities per token, 0..=5.
     pub logprobs: Option<i64>,
@@ -81,7 +83,8 @@ pub struct CompletionRequest {
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<Value>,
-    #[serde(flatten)]
+    /// Read from the same object by [`parse`].
+    #[serde(skip)]
     pub sampling: SamplingParams,
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
@@ -90,13 +93,37 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<Value>,
 }
 
-/// Parses a JSON body into `T`; a wrongly typed or missing field is a 400 naming it.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// A request body that carries the shared sampling fields.
+pub trait WithSampling {
+    fn sampling_mut(&mut self) -> &mut SamplingParams;
+}
+
+impl WithSampling for CompletionRequest {
+    fn sampling_mut(&mut self) -> &mut SamplingParams {
+        &mut self.sampling
+    }
+}
+
+impl WithSampling for ChatCompletionRequest {
+    fn sampling_mut(&mut self) -> &mut SamplingParams {
+        &mut self.sampling
+    }
+}
+
+/// Parses a JSON body into `T` and its sampling fields; a wrongly typed or missing field is a
+/// 400 naming it.
+pub fn parse<T: DeserializeOwned + WithSampling>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
+    let mut request: T = typed(&value)?;
+    *request.sampling_mut() = typed(&value)?;
+    Ok(request)
+}
+
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -121,9 +148,16 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = parse::<CompletionRequest>(br#"{"prompt":"x"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("model"));
+        let e = parse::<ChatCompletionRequest>(
+            br#"{"model":"m","messages":[],"stream_options":{"include_usage":3}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
         let ok = parse::<ChatCompletionRequest>(
-            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","extra":1}"#,
-        );
-        assert!(ok.is_ok());
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","top_k":3,"extra":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(ok.sampling.stop, Some(StringOrList::One(ref s)) if s == "x"));
+        assert_eq!(ok.sampling.top_k, Some(3));
     }
 }

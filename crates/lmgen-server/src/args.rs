@@ -3,7 +3,7 @@
 use clap::Args;
 use lmgen::cache::paged::PagedCacheConfig;
 use lmgen::engine::{EngineConfig, SchedulerPolicy};
-use lmgen::models::{DType, ModelConfig};
+use lmgen::models::{DType, LoadOptions, ModelConfig};
 
 /// Flags of the server.
 #[derive(Debug, Clone, Args)]
@@ -49,9 +49,36 @@ pub struct ServeArgs {
     /// Seconds to let running requests finish after SIGTERM before cancelling them.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Compute dtype of the weights and the KV cache: `f32`, `f16` or `bf16`.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ServeArgs {
+    /// `--dtype`.
+    pub fn dtype(&self) -> lmgen::Result<DType> {
+        match self.dtype.as_str() {
+            "f32" => Ok(DType::F32),
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            other => Err(lmgen::Error::Input(format!(
+                "`--dtype {other}` is not a dtype: expected f32, f16 or bf16"
+            ))),
+        }
+    }
+
+    /// How to load the model: `--dtype` on `--device`.
+    pub fn load_options(&self) -> lmgen::Result<LoadOptions> {
+        Ok(LoadOptions {
+            dtype: Some(self.dtype()?),
+            device: lmgen::device::parse(&self.device)?,
+            ..LoadOptions::default()
+        })
+    }
+
     /// The engine configuration these flags describe.
     pub fn engine_config(&self, model: &ModelConfig) -> lmgen::Result<EngineConfig> {
         let cache = match self.kv_cache_tokens {
@@ -64,7 +91,7 @@ impl ServeArgs {
                     )));
                 }
                 let bytes = (self.kv_cache_gb * (1u64 << 30) as f64) as u64;
-                PagedCacheConfig::from_memory(bytes, self.block_size, model, DType::F32)?
+                PagedCacheConfig::from_memory(bytes, self.block_size, model, self.dtype()?)?
             }
         };
         let config = EngineConfig {
@@ -76,5 +103,33 @@ impl ServeArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve", "--model", "m"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).serve
+    }
+
+    #[test]
+    fn dtype_and_device_flags() {
+        assert_eq!(args(&[]).load_options().unwrap().dtype, Some(DType::F32));
+        assert_eq!(args(&["--dtype", "bf16"]).dtype().unwrap(), DType::BF16);
+        let e = args(&["--dtype", "f8"]).dtype().unwrap_err().to_string();
+        assert!(e.contains("--dtype f8"), "{e}");
+        let e = args(&["--device", "tpu"]).load_options().unwrap_err();
+        assert!(e.to_string().contains("tpu"), "{e}");
     }
 }

@@ -5,7 +5,8 @@
 //! own thread and streams each request's tokens back through a channel.
 //!
 //! - `api`: request bodies; `validate`: fields -> generation settings (400 naming the field).
-//! - `generation`: one request through the engine, as JSON or server-sent events.
+//! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
+//!   events.
 //! - `text`: incremental detokenization with stop sequences.
 //! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
 
@@ -29,7 +30,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use lmgen::engine::ContinuousBatchingManager;
 use lmgen::load::{resolve_model, Checkpoint};
-use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
+use lmgen::models::{load_model, CausalLM};
 use lmgen::{GenerationConfig, Tokenizer};
 
 pub use args::ServeArgs;
@@ -52,7 +53,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = resolve_model(&args.model)?;
     let checkpoint = Checkpoint::open(&dir)?;
-    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &LoadOptions::default())?);
+    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &args.load_options()?)?);
     let tokenizer = Arc::new(Tokenizer::from_dir(&dir)?);
     let generation_config = GenerationConfig::from_pretrained(&dir)?;
     let engine = args.engine_config(model.config())?;
@@ -64,7 +65,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = Arc::new(ContinuousBatchingManager::new(
         model.clone(),
         engine.clone(),
-        DType::F32,
+        args.dtype()?,
         Some(&tokenizer),
     )?);
     manager.start()?;
@@ -74,6 +75,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.model.clone());
     let state = Arc::new(AppState {
         manager: manager.clone(),
+        detokenizer: text::Detokenizer::new(tokenizer.clone()),
         tokenizer,
         generation_config,
         model_aliases: vec![args.model.clone(), dir.display().to_string()],

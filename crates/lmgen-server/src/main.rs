@@ -17,6 +17,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // As `lmgen` does: candle's small elementwise ops on the calling thread (its spinning pool
+    // stalls on shared cores); the matrix products run on rayon.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

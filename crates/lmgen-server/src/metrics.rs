@@ -33,6 +33,7 @@ pub struct Metrics {
     kv_blocks_used: Gauge,
     kv_blocks_total: Gauge,
     preemptions: Gauge,
+    cancelled: Gauge,
     prefix_cache_hits: Gauge,
 }
 
@@ -112,6 +113,11 @@ impl Metrics {
             "preemptions",
             "Sequences preempted (recomputed) so far",
         );
+        let cancelled = gauge(
+            &mut registry,
+            "engine_cancelled_requests",
+            "Engine requests cancelled so far (client gone, stop sequence seen, shutdown)",
+        );
         let prefix_cache_hits = gauge(
             &mut registry,
             "prefix_cache_hit_blocks",
@@ -130,6 +136,7 @@ impl Metrics {
             kv_blocks_used,
             kv_blocks_total,
             preemptions,
+            cancelled,
             prefix_cache_hits,
         }
     }
@@ -141,6 +148,7 @@ impl Metrics {
         self.kv_blocks_used.set(stats.blocks_used as i64);
         self.kv_blocks_total.set(stats.blocks_total as i64);
         self.preemptions.set(stats.preemptions as i64);
+        self.cancelled.set(stats.cancelled as i64);
         self.prefix_cache_hits.set(stats.prefix_hits as i64);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

@@ -9,12 +9,15 @@ use lmgen::{GenerationConfig, Tokenizer};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::text::Detokenizer;
 
 /// The server's shared state.
 #[derive(Debug)]
 pub struct AppState {
     pub manager: Arc<ContinuousBatchingManager>,
     pub tokenizer: Arc<Tokenizer>,
+    /// Generated tokens to streamed text.
+    pub detokenizer: Detokenizer,
     /// The checkpoint's generation config (request fields override it).
     pub generation_config: GenerationConfig,
     /// The id `/v1/models` lists; requests may also name the model as given on the command line.

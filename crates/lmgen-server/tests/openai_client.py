@@ -5,7 +5,7 @@ LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a
 greedy completions computed with lmgen's static generate()), and per mode LMGEN_SMALL_URL (a
 server with one running and one queued place), LMGEN_SERVER_PID (for the SIGTERM test).
 
-Usage: python openai_client.py functional|shutdown|concurrency
+Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency
 """
 
 import asyncio
@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -189,6 +190,10 @@ def test_logprobs(c):
     assert all(len(t) == 2 for t in lp.top_logprobs)
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert abs(max(top.values()) - chosen) < 1e-5  # greedy picks the best token
+    # The values are generate()'s: log-softmax of the raw logits.
+    assert len(lp.token_logprobs) == len(case["logprobs"])
+    for got, want in zip(lp.token_logprobs, case["logprobs"]):
+        assert abs(got - want) < 1e-4, (lp.token_logprobs, case["logprobs"])
     r = c.chat.completions.create(
         model=MODEL, messages=EXPECTED["chat"]["messages"], max_tokens=4, temperature=0,
         logprobs=True, top_logprobs=3,
@@ -203,7 +208,9 @@ def test_logprobs(c):
 
 def test_errors(c):
     p = greedy_cases()[0]["prompt"]
-    comp = lambda **kw: c.completions.create(model=MODEL, prompt=p, **kw)  # noqa: E731
+    def comp(prompt=p, **kw):
+        return c.completions.create(model=MODEL, prompt=prompt, **kw)
+
     expect_error(400, lambda: comp(temperature=3), param="temperature")
     expect_error(400, lambda: comp(temperature=-0.5), param="temperature")
     expect_error(400, lambda: comp(top_p=0), param="top_p")
@@ -242,6 +249,30 @@ def test_errors(c):
     r = comp(max_tokens=3, temperature=0.5, extra_body={"top_k": 1, "min_p": 0.1, "repetition_penalty": 1.1},
              presence_penalty=0.5, frequency_penalty=0.5, top_p=0.9)
     assert r.usage.completion_tokens >= 1
+
+
+def test_hf_extras(c):
+    """The Hugging Face extras change the output as in generate(): sampling hot with `top_k: 1` or
+    `min_p: 1` keeps only the best token (greedy); `repetition_penalty` equals generate()'s."""
+    case = greedy_cases()[0]
+    for extra in [{"top_k": 1}, {"min_p": 1.0}]:
+        for seed in [1, 2]:
+            r = c.completions.create(
+                model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"],
+                temperature=1.8, seed=seed, extra_body=extra,
+            )
+            assert r.choices[0].text == case["text"], (extra, r.choices[0].text, case)
+    hot = c.completions.create(
+        model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=1.8, seed=1,
+    )
+    assert hot.choices[0].text != case["text"], "sampling hot should differ from greedy"
+    rep = EXPECTED["repetition_penalty"]
+    assert rep["text"] != rep["greedy_text"], rep  # the penalty matters on this prompt
+    r = c.completions.create(
+        model=MODEL, prompt=rep["prompt"], max_tokens=rep["max_tokens"], temperature=0,
+        extra_body={"repetition_penalty": 1.5},
+    )
+    assert r.choices[0].text == rep["text"], (r.choices[0].text, rep)
 
 
 def test_queue_full():
@@ -283,39 +314,89 @@ def wait_idle(base=BASE, timeout=30):
 def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
-    for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors]:
+    for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
+                 test_hf_extras]:
         test(c)
         print("ok", test.__name__, flush=True)
     test_queue_full()
     print("ok test_queue_full", flush=True)
     m = wait_idle()
+    requests = lambda m, endpoint, status: m.get(  # noqa: E731
+        f'lmgen_requests_total{{endpoint="{endpoint}",status="{status}"}}', 0)
+    assert requests(m, "completions", 200) > 0 and requests(m, "chat_completions", 200) > 0, m
+    assert requests(m, "completions", 400) >= 15 and requests(m, "chat_completions", 400) >= 1, m
+    assert requests(m, "completions", 404) >= 1 and requests(m, "completions", 413) >= 1, m
+    assert requests(metrics(os.environ["LMGEN_SMALL_URL"]), "completions", 429) >= 1
     assert m["lmgen_time_to_first_token_seconds_count"] > 0, m
     assert m["lmgen_inter_token_latency_seconds_count"] > 0, m
     assert m["lmgen_generation_tokens_total"] > 0, m
     print("ok metrics", flush=True)
 
 
-def shutdown():
-    c = client()
+def long_streams(c, count):
+    """`count` streaming requests that each generate up to the context length (admitted, not
+    yet read)."""
     case = greedy_cases()[0]
-    stream = c.completions.create(
-        model=MODEL, prompt=case["prompt"], max_tokens=300, temperature=0, stream=True,
-        extra_body={"min_tokens": 300},
-    )
-    it = iter(stream)
-    text = next(it).choices[0].text
+    n = EXPECTED["context_length"] - case["prompt_tokens"]
+    streams = [
+        c.completions.create(
+            model=MODEL, prompt=case["prompt"], max_tokens=n, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"min_tokens": n},
+        )
+        for _ in range(count)
+    ]
+    return streams, n
+
+
+def sigterm_and_wait_for_503():
     os.kill(int(os.environ["LMGEN_SERVER_PID"]), signal.SIGTERM)
-    time.sleep(0.3)
+    deadline = time.time() + 10
+    while True:  # /health turns 503 as soon as the signal is handled
+        try:
+            urllib.request.urlopen(BASE + "/health", timeout=10).read()
+        except urllib.error.HTTPError as e:
+            assert e.code == 503, e.code
+            return
+        assert time.time() < deadline, "/health never turned 503 after SIGTERM"
+        time.sleep(0.002)
+
+
+def shutdown():
+    """SIGTERM while requests run and wait (--max-running 1): new requests get 503, every
+    admitted one completes."""
+    c = client()
+    streams, n = long_streams(c, 4)
+    sigterm_and_wait_for_503()
     e = expect_error(503, lambda: c.completions.create(model=MODEL, prompt="x", max_tokens=2))
     assert e.response.headers.get("retry-after")
-    finish = None
-    n = 1
-    for chunk in it:
-        text += chunk.choices[0].text
-        finish = chunk.choices[0].finish_reason or finish
-        n += 1
-    assert finish == "length", finish  # drained: the running request completed
-    print("ok shutdown drained", n, "chunks", flush=True)
+    for stream in streams:
+        finish, usage = None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+                continue
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "length", finish  # drained: the request completed
+        assert usage.completion_tokens == n, usage
+    print(f"ok shutdown drained {len(streams)} requests of {n} tokens", flush=True)
+
+
+def shutdown_timeout():
+    """SIGTERM with a drain timeout too short for the requests: they end with an error event and
+    the server exits."""
+    c = client()
+    streams, _ = long_streams(c, 4)
+    sigterm_and_wait_for_503()
+    ended = 0
+    for stream in streams:
+        try:
+            for _ in stream:
+                pass
+        except openai.APIError as e:
+            assert "stopped" in str(e) or "cancel" in str(e), e
+            ended += 1
+    assert ended >= 1, "no request was cut by the drain timeout"
+    print(f"ok shutdown timeout: {ended} requests cut", flush=True)
 
 
 async def concurrency():
@@ -350,7 +431,11 @@ async def concurrency():
         completed += 1
     m = wait_idle()
     assert m["lmgen_client_disconnects_total"] > 0, m
-    print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected", flush=True)
+    # The engine itself ended requests as cancelled (not just the HTTP side letting go).
+    assert m["lmgen_engine_cancelled_requests"] > 0, m
+    print(f"ok concurrency: {completed} completed, {len(quitters)} disconnected "
+          f"({int(m['lmgen_client_disconnects_total'])} while running, "
+          f"{int(m['lmgen_engine_cancelled_requests'])} cancelled in the engine)", flush=True)
     await c.close()
 
 
@@ -360,6 +445,8 @@ if __name__ == "__main__":
         functional()
     elif mode == "shutdown":
         shutdown()
+    elif mode == "shutdown_timeout":
+        shutdown_timeout()
     elif mode == "concurrency":
         asyncio.run(concurrency())
     else:

@@ -227,8 +227,16 @@ fn prefix_blocks_are_shared_between_running_requests() {
     let mut a_updates = m.request_id_iter(&a).unwrap();
     let first = a_updates.next().unwrap();
     assert_eq!(first.cached_prompt_tokens, 0);
-    // A's 4 full prompt blocks are registered once its prompt is computed.
-    let used_by_a = m.stats().blocks_used;
+    // A's 4 full prompt blocks are registered once its prompt is computed. The stats are
+    // published at the end of the step that sent `first`: wait for them.
+    let mut used_by_a = m.stats().blocks_used;
+    for _ in 0..500 {
+        if used_by_a >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        used_by_a = m.stats().blocks_used;
+    }
     let b = m
         .add_streaming_request(Request::new(prompt.clone(), cfg.clone()))
         .unwrap();
@@ -297,6 +305,31 @@ fn cancelling_frees_the_blocks() {
     assert_eq!(last.status, RequestStatus::Cancelled);
     wait_idle(&m);
     assert_eq!(m.stats().blocks_used, 0);
+    assert_eq!(m.stats().cancelled, 1);
+}
+
+#[test]
+fn a_sink_whose_receiver_is_gone_cancels_its_request() {
+    let s = setup("llama");
+    let m = manager(&s, engine_config(4, 64, 64));
+    let mut cfg = greedy(&s, 200);
+    cfg.min_new_tokens = Some(200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut received = 0;
+    let sink = move |update: lmgen::engine::RequestUpdate| {
+        received += update.new_tokens.len();
+        // The listener reads three tokens, then goes away.
+        received <= 3 && tx.send(update).is_ok()
+    };
+    m.add_request_with_sink(Request::new(vec![5, 6, 7, 8, 9], cfg), Box::new(sink))
+        .unwrap();
+    let got: Vec<_> = rx.iter().collect();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|u| !u.status.is_final()));
+    wait_idle(&m);
+    let stats = m.stats();
+    assert_eq!((stats.blocks_used, stats.cancelled), (0, 1), "{stats:?}");
+    assert_eq!(stats.generated_tokens, 4, "{stats:?}");
 }
 
 #[test]

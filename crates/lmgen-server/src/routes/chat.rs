@@ -17,8 +17,17 @@ use crate::validate::sampling;
 /// Most top log-probabilities per token (OpenAI: 20).
 const MAX_TOP_LOGPROBS: i64 = 20;
 
+/// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = handle(state.clone(), body).await;
+    super::counted(&state, Endpoint::Chat, result)
+}
+
+async fn handle(
+    state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = super::body(body)?;

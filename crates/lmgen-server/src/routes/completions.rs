@@ -16,8 +16,17 @@ use crate::validate::sampling;
 /// Most top log-probabilities per token on this endpoint (OpenAI: 5).
 const MAX_LOGPROBS: i64 = 5;
 
+/// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = handle(state.clone(), body).await;
+    super::counted(&state, Endpoint::Completions, result)
+}
+
+async fn handle(
+    state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = super::body(body)?;

@@ -7,8 +7,31 @@ pub mod models;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::generation::Endpoint;
+use crate::metrics::RequestLabels;
+use crate::state::AppState;
+
+/// The response of a generation endpoint, counted in `lmgen_requests_total` by HTTP status
+/// (a stream counts as 200 even if it ends with an error event).
+pub fn counted(
+    state: &AppState,
+    endpoint: Endpoint,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint: endpoint.name().into(),
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
 
 /// The raw body, with axum's rejections (body over the limit: 413) in OpenAI's shape.
 pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {

@@ -131,6 +131,9 @@ pub struct EngineStats {
     pub prompt_tokens: u64,
     pub generated_tokens: u64,
     pub preemptions: u64,
+    /// Requests ended as cancelled: by [`ContinuousBatchingManager::cancel_request`], by a sink
+    /// whose receiver is gone (a disconnected client), or by a stop.
+    pub cancelled: u64,
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub steps: u64,

@@ -35,6 +35,8 @@ pub(crate) struct Worker {
     waiting: VecDeque<Sequence>,
     commands: Receiver<Command>,
     stats: Arc<Mutex<EngineStats>>,
+    /// Requests ended as cancelled so far.
+    cancelled: u64,
 }
 
 impl Worker {
@@ -71,6 +73,7 @@ impl Worker {
             waiting: VecDeque::new(),
             commands,
             stats,
+            cancelled: 0,
         })
     }
 
@@ -113,9 +116,11 @@ impl Worker {
         if let Some(i) = self.running.iter().position(|s| s.id == id) {
             let mut seq = self.running.remove(i);
             seq.end(RequestStatus::Cancelled, None, alloc);
+            self.cancelled += 1;
         } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
             if let Some(mut seq) = self.waiting.remove(i) {
                 seq.end(RequestStatus::Cancelled, None, alloc);
+                self.cancelled += 1;
             }
         }
     }
@@ -127,6 +132,7 @@ impl Worker {
                 Some(why.to_string()),
                 &mut self.alloc,
             );
+            self.cancelled += 1;
         }
     }
 
@@ -186,6 +192,7 @@ impl Worker {
             if !seq.send(update) {
                 tracing::debug!(request = %seq.id, "receiver gone: cancelling");
                 seq.end(RequestStatus::Cancelled, None, &mut self.alloc);
+                self.cancelled += 1;
                 done.push(i);
             } else if finished {
                 seq.table.release(&mut self.alloc);
@@ -252,6 +259,7 @@ impl Worker {
             s.blocks_total = self.alloc.num_blocks();
             s.blocks_cached = self.alloc.num_cached();
             s.preemptions += preemptions as u64;
+            s.cancelled = self.cancelled;
             s.prefix_queries = self.alloc.prefix_queries;
             s.prefix_hits = self.alloc.prefix_hits;
         }

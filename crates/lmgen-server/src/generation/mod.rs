@@ -2,11 +2,11 @@
 //! updates gathered into one response or streamed as server-sent events. Dropping the response
 //! (a client that went away) cancels every unfinished choice, which frees its blocks.
 
-use std::convert::Infallible;
+mod sse;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lmgen::engine::{
@@ -16,7 +16,6 @@ use lmgen::generation::FinishReason;
 use lmgen::TokenId;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
 use crate::state::{AppState, InFlight};
@@ -31,7 +30,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn name(self) -> &'static str {
+    /// The `endpoint` label of the request metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Endpoint::Completions => "completions",
             Endpoint::Chat => "chat_completions",
@@ -77,8 +77,6 @@ impl Drop for CancelGuard {
 /// One choice's progress.
 struct Choice {
     text: ChoiceText,
-    /// Text for the non-streaming answer.
-    full: String,
     tokens: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
@@ -187,7 +185,6 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         choices: (0..guard.ids.len())
             .map(|_| Choice {
                 text: ChoiceText::new(job.plan.stop.clone()),
-                full: String::new(),
                 tokens: 0,
                 logprobs: Vec::new(),
                 finish: None,
@@ -237,7 +234,7 @@ struct Delta {
 impl Run {
     /// Folds an update into its choice.
     fn apply(&mut self, index: usize, update: RequestUpdate) -> Delta {
-        let tokenizer = self.state.tokenizer.clone();
+        let state = self.state.clone();
         let metrics = &self.state.metrics;
         let c = &mut self.choices[index];
         if !update.new_tokens.is_empty() {
@@ -256,10 +253,15 @@ impl Run {
         }
         let was_stopped = c.text.stopped;
         let last = update.status.is_final();
-        let text = c.text.push(&tokenizer, &update.new_tokens, last);
-        c.tokens += update.new_tokens.len();
-        c.full.push_str(&text);
-        c.logprobs.extend(update.logprobs.iter().cloned());
+        let open = c.finish.is_none() && c.error.is_none();
+        let text = c.text.push(&state.detokenizer, &update.new_tokens, last);
+        if open {
+            // Tokens that come after the choice ended (a stop sequence in the text) don't count.
+            c.tokens += update.new_tokens.len();
+        }
+        if open {
+            c.logprobs.extend(update.logprobs.iter().cloned());
+        }
         let mut delta = Delta {
             text,
             logprobs: update.logprobs,
@@ -310,17 +312,6 @@ impl Run {
         })
     }
 
-    fn count(&self, status: u16) {
-        self.state
-            .metrics
-            .requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                endpoint: self.endpoint.name().into(),
-                status: status.to_string(),
-            })
-            .inc();
-    }
-
     /// Waits for every choice and answers in one JSON object.
     async fn collect(mut self) -> Result<Value, ApiError> {
         while !self.all_done() {
@@ -330,10 +321,8 @@ impl Run {
             self.apply(index, update);
         }
         if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
-            self.count(500);
             return Err(ApiError::internal(e));
         }
-        self.count(200);
         let choices: Vec<Value> = self
             .choices
             .iter()
@@ -363,11 +352,11 @@ impl Run {
         let logprobs = self.logprobs_json(&c.logprobs);
         match self.endpoint {
             Endpoint::Completions => json!({
-                "index": index, "text": c.full, "logprobs": logprobs, "finish_reason": c.finish,
+                "index": index, "text": c.text.full(), "logprobs": logprobs, "finish_reason": c.finish,
             }),
             Endpoint::Chat => json!({
                 "index": index,
-                "message": {"role": "assistant", "content": c.full},
+                "message": {"role": "assistant", "content": c.text.full()},
                 "logprobs": logprobs,
                 "finish_reason": c.finish,
             }),
@@ -426,92 +415,5 @@ impl Run {
                 json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
             }
         }
-    }
-
-    fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
-        let (_, object) = self.objects();
-        let mut v = json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = usage.unwrap_or(Value::Null);
-        }
-        v
-    }
-
-    fn delta_json(&self, index: usize, d: &Delta) -> Value {
-        let logprobs = if d.logprobs.is_empty() {
-            Value::Null
-        } else {
-            self.logprobs_json(&d.logprobs)
-        };
-        match self.endpoint {
-            Endpoint::Completions => json!({
-                "index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish,
-            }),
-            Endpoint::Chat => {
-                let delta = if d.text.is_empty() && d.finish.is_some() {
-                    json!({})
-                } else {
-                    json!({"content": d.text})
-                };
-                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish})
-            }
-        }
-    }
-
-    /// Streams chunks as server-sent events, ending with `data: [DONE]`.
-    fn stream(mut self) -> Sse<ReceiverStream<Result<Event, Infallible>>> {
-        let (out, events) = mpsc::channel::<Result<Event, Infallible>>(64);
-        tokio::spawn(async move {
-            let send = |v: Value| Ok(Event::default().data(v.to_string()));
-            if self.endpoint == Endpoint::Chat {
-                for i in 0..self.choices.len() {
-                    let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                    if out.send(send(self.chunk(vec![first], None))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            while !self.all_done() {
-                let next = tokio::select! {
-                    next = self.rx.recv() => next,
-                    () = out.closed() => return, // the client went away; the guard cancels
-                };
-                let Some((index, update)) = next else { break };
-                let delta = self.apply(index, update);
-                if let Some(e) = &delta.error {
-                    self.count(500);
-                    let _ = out.send(send(ApiError::internal(e.clone()).body())).await;
-                    let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
-                    return;
-                }
-                if delta.text.is_empty() && delta.finish.is_none() && delta.logprobs.is_empty() {
-                    continue;
-                }
-                let chunk = self.chunk(vec![self.delta_json(index, &delta)], None);
-                if out.send(send(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            self.count(200);
-            if self.include_usage {
-                let usage = self.usage();
-                if out
-                    .send(send(self.chunk(Vec::new(), Some(usage))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
-        });
-        Sse::new(ReceiverStream::new(events)).keep_alive(KeepAlive::default())
     }
 }
