@@ -590,6 +590,15 @@ impl Weights {
         }
     }
 
+    /// Bytes of `name` when the file stores it in a block format that loads as a
+    /// [`QuantizedWeight`] (see [`Weights::quantized`]); `None` otherwise.
+    pub fn quantized_bytes(&self, name: &str) -> Option<usize> {
+        match &self.inner {
+            Inner::Safetensors(_) => None,
+            Inner::Gguf(w) => w.quantized_bytes(name),
+        }
+    }
+
     /// The GGUF file the weights come from, if they do.
     pub fn gguf_path(&self) -> Option<&Path> {
         match &self.inner {

@@ -413,6 +413,14 @@ impl GgufWeights {
         }
     }
 
+    /// Bytes of `hf` when stored in a block type the quantized layers keep (Q8_0, Q4_K, Q6_K).
+    pub(crate) fn quantized_bytes(&self, hf: &str) -> Option<usize> {
+        let info = &self.content.tensor_infos[self.names.get(hf)?];
+        let dtype = info.ggml_dtype;
+        QuantizedWeight::reads(dtype)
+            .then(|| info.shape.elem_count() / dtype.block_size() * dtype.type_size())
+    }
+
     /// The GGUF name of `hf`, or an error naming both.
     fn lookup(&self, hf: &str) -> Result<&str> {
         if let Some(g) = self.names.get(hf) {
