@@ -247,7 +247,7 @@ impl GgufWeights {
         }
     }
 
-    /// `{arch}.{key}` (or `key` itself when `global`) as a number, if present.
+    /// `{arch}.{key}` as a number, if present.
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         let full = format!("{}.{key}", self.arch_prefix());
         match self.meta(&full) {
