@@ -1,8 +1,12 @@
 """Writes a GGUF file (llama.cpp's format) from an lmgen/HF safetensors checkpoint, with gguf-py.
 
-Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE   (TYPE: f32 | f16 | q8_0 | q4_k_s | q4_k_m)
+Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE
+       (TYPE: f32 | f16 | q8_0_py | q8_0 | q4_k_s | q4_k_m)
 
-f32 and f16 are written directly; the quantized types are made from the f32 file by llama.cpp's own
+f32 and f16 are written directly. q8_0_py is written directly too, with gguf-py's Q8_0 quantizer
+(`gguf.quants.quantize`, bit-exact with ggml's reference `quantize_row_q8_0`) on every 2-D weight,
+as llama.cpp's Q8_0 file type does (norms and biases stay f32); it needs no llama.cpp. The other
+quantized types are made from the f32 file by llama.cpp's own
 quantizer (llama_model_quantize through llama-cpp-python), with its rules for which tensors get
 which block type. The vocabulary is a dummy one (token ids are fed directly, never text). As
 convert_hf_to_gguf.py does, Llama q/k rows are permuted to llama.cpp's rotary layout, so the
@@ -64,7 +68,7 @@ def write(ckpt, out, float_type):
     w.add_head_count_kv(nkv)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
-    w.add_file_type(0 if float_type == "f32" else 1)
+    w.add_file_type({"f32": 0, "f16": 1, "q8_0_py": 7}[float_type])
     vocab = cfg["vocab_size"]
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<t{i}>".encode() for i in range(vocab)])
@@ -88,7 +92,10 @@ def write(ckpt, out, float_type):
                 v = permute(v, nh)
             elif arch == "llama" and rest == "self_attn.k_proj":
                 v = permute(v, nkv)
-        if v.ndim == 2 and float_type == "f16":
+        if v.ndim == 2 and float_type == "q8_0_py" and v.shape[1] % 32 == 0:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(n, gguf.quants.quantize(np.ascontiguousarray(v, dtype=np.float32), q8), raw_dtype=q8)
+        elif v.ndim == 2 and float_type == "f16":
             w.add_tensor(n, v.astype(np.float16))
         else:
             w.add_tensor(n, np.ascontiguousarray(v, dtype=np.float32))
@@ -100,7 +107,7 @@ def write(ckpt, out, float_type):
 
 def main():
     ckpt, out, typ = sys.argv[1:4]
-    if typ in ("f32", "f16"):
+    if typ in ("f32", "f16", "q8_0_py"):
         write(ckpt, out, typ)
         return
     import llama_cpp

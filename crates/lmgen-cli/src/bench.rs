@@ -28,7 +28,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lmgen::generation::{FinishReason, GenerateOptions, StoppingCriterion};
-use lmgen::load::{resolve_model, Checkpoint};
+use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, CausalLM, ModelConfig};
 use lmgen::{GenerateInput, GenerationConfig, TokenId};
 use serde_json::{json, Value};
@@ -223,9 +223,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     footprint::reset_peak();
-    let dir = resolve_model(&args.model.model_or_default())?;
     let start = Instant::now();
-    let checkpoint = Checkpoint::open(&dir)?;
+    let checkpoint =
+        Checkpoint::from_pretrained(&args.model.model_or_default(), options.gguf_file.as_deref())?;
+    let dir = checkpoint
+        .weights
+        .gguf_path()
+        .map_or_else(|| checkpoint.dir.clone(), std::path::Path::to_path_buf);
     let model = load_model(&checkpoint, &options)?;
     let load_s = start.elapsed().as_secs_f64();
     let config = model.config().clone();

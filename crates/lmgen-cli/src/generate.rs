@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lmgen::generation::streamer::{Stdout, TextStreamer};
 use lmgen::generation::GenerateOptions;
+use lmgen::models::LoadOptions;
 use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
 use serde_json::{Map, Value};
 
@@ -244,8 +245,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let pipe = Pipeline::load(&model, &options).with_context(|| format!("loading `{model}`"))?;
     let assistant = match &args.assistant_model {
         Some(id) => Some(
-            Pipeline::load(id, &options)
-                .with_context(|| format!("loading the assistant model `{id}`"))?,
+            // `--gguf-file` names the main model's file, not the assistant's.
+            Pipeline::load(
+                id,
+                &LoadOptions {
+                    gguf_file: None,
+                    ..options.clone()
+                },
+            )
+            .with_context(|| format!("loading the assistant model `{id}`"))?,
         ),
         None => None,
     };

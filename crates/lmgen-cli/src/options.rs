@@ -17,10 +17,16 @@ pub enum DTypeArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint directory or Hugging Face model id (`org/name`, read from the local HF cache).
+    /// Checkpoint directory or Hugging Face model id (`org/name`, read from the local HF cache),
+    /// or a `.gguf` file (tokenizer.json and generation_config.json are read from its directory).
     /// Defaults to the small model shipped with lmgen (`models/tiny-austen`).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
+    /// Load this GGUF file (llama.cpp's format; a file name inside `--model`'s directory or cached
+    /// model id, or a path) instead of the safetensors weights: transformers'
+    /// `from_pretrained(model, gguf_file=...)`. The tokenizer still comes from `--model`.
+    #[arg(long, value_name = "NAME")]
+    pub gguf_file: Option<std::path::PathBuf>,
     /// Compute dtype (weights are converted on load).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
@@ -91,6 +97,7 @@ impl ModelArgs {
                 QuantizeArg::Q8_0 => Quantization::Q8_0,
                 QuantizeArg::Q4K => Quantization::Q4K,
             }),
+            gguf_file: self.gguf_file.clone(),
         })
     }
 }

@@ -369,3 +369,27 @@ fn contrastive_and_dola_flags_select_their_modes() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--gguf-file`: the golden llama's f32 GGUF (written by llama.cpp's gguf-py) generates what its
+/// safetensors do; a missing file, or a bare `.gguf` path without a tokenizer beside it, is named.
+#[test]
+fn gguf_file_generates_as_the_safetensors_checkpoint() -> Result<()> {
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/gguf/llama-f32.gguf"
+    );
+    let line = json!({"input_ids": [PROMPT], "generation_config": {"max_new_tokens": 8, "do_sample": false}});
+    let want = requests(std::slice::from_ref(&line), &[])?;
+    let got = requests(std::slice::from_ref(&line), &["--gguf-file", gguf])?;
+    assert_eq!(new_tokens(&got[0], PROMPT.len()), [8], "{}", got[0]);
+    assert_eq!(got[0]["sequences"], want[0]["sequences"]);
+
+    let out = lmgen(
+        &["generate", "--model", LLAMA, "--gguf-file", "missing.gguf"],
+        "",
+    )?;
+    assert_fails_naming(&out, &["missing.gguf"]);
+    let out = lmgen(&["generate", "--model", gguf], "")?;
+    assert_fails_naming(&out, &["no tokenizer.json", "GGUF metadata"]);
+    Ok(())
+}

@@ -28,6 +28,9 @@ use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::models::quantize::QuantizedWeight;
+
+mod gguf;
 
 const CONFIG: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -68,6 +71,26 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
         let why = io::Error::other("expected a checkpoint directory, found a file");
         return Err(Error::io(path, why));
     }
+    search_hub(id_or_dir, hub_caches, CONFIG)
+}
+
+/// The directory that holds `gguf_file` for [`Checkpoint::from_pretrained`]: `id_or_dir` when it
+/// is a directory (no `config.json` needed), else the cached snapshot of model id `id_or_dir`
+/// that has the file.
+pub fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
+    let path = Path::new(id_or_dir);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let caches: Vec<PathBuf> = hub_cache_dir(|key| std::env::var_os(key))
+        .into_iter()
+        .collect();
+    search_hub(id_or_dir, &caches, &gguf_file.to_string_lossy())
+}
+
+/// Looks for model id `id` in the hub caches: the snapshot that has the file `required`.
+fn search_hub(id_or_dir: &str, hub_caches: &[PathBuf], required: &str) -> Result<PathBuf> {
+    let path = Path::new(id_or_dir);
     let mut looked = vec![format!("`{}` (no such directory)", path.display())];
     match parse_model_id(id_or_dir) {
         Some((repo, revision)) => {
@@ -76,7 +99,8 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
             }
             let folder = format!("models--{}", repo.replace('/', "--"));
             for cache in hub_caches {
-                if let Some(dir) = find_snapshot(&cache.join(&folder), revision, &mut looked) {
+                let repo_dir = cache.join(&folder);
+                if let Some(dir) = find_snapshot(&repo_dir, revision, required, &mut looked) {
                     tracing::debug!(id = id_or_dir, dir = %dir.display(), "found in HF cache");
                     return Ok(dir);
                 }
@@ -124,7 +148,12 @@ fn is_plain_name(s: &str) -> bool {
 }
 
 /// The snapshot directory of one cached repository, or `None` after noting where it looked.
-fn find_snapshot(repo: &Path, revision: Option<&str>, looked: &mut Vec<String>) -> Option<PathBuf> {
+fn find_snapshot(
+    repo: &Path,
+    revision: Option<&str>,
+    required: &str,
+    looked: &mut Vec<String>,
+) -> Option<PathBuf> {
     let snapshots = repo.join("snapshots");
     let name = revision.unwrap_or("main");
     let ref_file = repo.join("refs").join(name);
@@ -143,19 +172,19 @@ fn find_snapshot(repo: &Path, revision: Option<&str>, looked: &mut Vec<String>) 
             // silently using another revision would be wrong.
             revision
                 .is_none()
-                .then(|| newest_snapshot(&snapshots, looked))??
+                .then(|| newest_snapshot(&snapshots, required, looked))??
         }
     };
-    if dir.join(CONFIG).is_file() {
+    if dir.join(required).is_file() {
         Some(dir)
     } else {
-        looked.push(format!("`{}` (no config.json)", dir.display()));
+        looked.push(format!("`{}` (no {required})", dir.display()));
         None
     }
 }
 
-/// The most recently modified snapshot that has `config.json`.
-fn newest_snapshot(snapshots: &Path, looked: &mut Vec<String>) -> Option<PathBuf> {
+/// The most recently modified snapshot that has the file `required`.
+fn newest_snapshot(snapshots: &Path, required: &str, looked: &mut Vec<String>) -> Option<PathBuf> {
     let Ok(entries) = fs::read_dir(snapshots) else {
         looked.push(format!("`{}` (missing)", snapshots.display()));
         return None;
@@ -163,11 +192,11 @@ fn newest_snapshot(snapshots: &Path, looked: &mut Vec<String>) -> Option<PathBuf
     let newest = entries
         .flatten()
         .map(|entry| entry.path())
-        .filter(|dir| dir.join(CONFIG).is_file())
+        .filter(|dir| dir.join(required).is_file())
         .max_by_key(|dir| fs::metadata(dir).and_then(|m| m.modified()).ok());
     if newest.is_none() {
         looked.push(format!(
-            "`{}` (no snapshot with config.json)",
+            "`{}` (no snapshot with {required})",
             snapshots.display()
         ));
     }
@@ -202,6 +231,55 @@ impl Checkpoint {
         })
     }
 
+    /// Opens a GGUF file (llama.cpp's format): the config comes from its metadata, the weights
+    /// from its tensors; `dir` is where the tokenizer and `generation_config.json` are read from.
+    /// See [`Checkpoint::from_pretrained`].
+    pub fn open_gguf(dir: &Path, file: &Path) -> Result<Self> {
+        if !file.is_file() {
+            let missing = io::Error::new(io::ErrorKind::NotFound, "GGUF file not found");
+            return Err(Error::io(file, missing));
+        }
+        let gguf = gguf::GgufWeights::open(file)?;
+        let config = gguf.config_json()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weights: Weights {
+                inner: Inner::Gguf(gguf),
+            },
+        })
+    }
+
+    /// What transformers' `from_pretrained(id_or_dir, gguf_file=...)` reads, resolved offline:
+    ///
+    /// - without `gguf_file`: the safetensors checkpoint [`resolve_model`] finds, or, when
+    ///   `id_or_dir` is itself a `.gguf` file, that file (tokenizer and generation config from
+    ///   its directory);
+    /// - with `gguf_file`: that file inside the checkpoint directory or cached model id (a path
+    ///   is taken as is); the directory needs no `config.json`.
+    pub fn from_pretrained(id_or_dir: &str, gguf_file: Option<&Path>) -> Result<Self> {
+        let path = Path::new(id_or_dir);
+        match gguf_file {
+            None if path.is_file() && path.extension().is_some_and(|e| e == "gguf") => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                Self::open_gguf(dir.unwrap_or(Path::new(".")), path)
+            }
+            None => Self::open(&resolve_model(id_or_dir)?),
+            Some(file) => {
+                let dir = resolve_gguf_dir(id_or_dir, file)?;
+                Self::open_gguf(&dir, &dir.join(file))
+            }
+        }
+    }
+
+    /// The file the config came from: `config.json`, or the GGUF file.
+    pub fn config_path(&self) -> PathBuf {
+        match self.weights.gguf_path() {
+            Some(path) => path.to_path_buf(),
+            None => self.dir.join(CONFIG),
+        }
+    }
+
     /// The dtype the checkpoint was saved in: `dtype` (transformers 5) or `torch_dtype`
     /// (transformers 4); `None` if absent or not one of float32, float16, bfloat16.
     pub fn config_dtype(&self) -> Option<DType> {
@@ -220,7 +298,20 @@ impl Checkpoint {
 /// Memory-mapped safetensors files (one, or the shards of `model.safetensors.index.json`), with
 /// every header validated at open. Tensors are read by name, checked against the shape the model's
 /// config implies, and converted to the compute dtype.
+#[derive(Debug)]
 pub struct Weights {
+    inner: Inner,
+}
+
+/// Where the tensors come from.
+#[derive(Debug)]
+enum Inner {
+    Safetensors(Safetensors),
+    Gguf(gguf::GgufWeights),
+}
+
+/// Memory-mapped safetensors files.
+struct Safetensors {
     /// `model.safetensors` or the index file: what errors about missing tensors name.
     source: PathBuf,
     files: Vec<(PathBuf, Mmap)>,
@@ -236,17 +327,17 @@ struct Entry {
     bytes: Range<usize>,
 }
 
-impl fmt::Debug for Weights {
+impl fmt::Debug for Safetensors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let files: Vec<&Path> = self.files.iter().map(|(path, _)| path.as_path()).collect();
-        f.debug_struct("Weights")
+        f.debug_struct("Safetensors")
             .field("files", &files)
             .field("tensors", &self.tensors.len())
             .finish()
     }
 }
 
-impl Weights {
+impl Safetensors {
     /// Opens `dir/model.safetensors`, else the shards named by `dir/model.safetensors.index.json`
     /// (same order as transformers' `modeling_utils.py`).
     fn open(dir: &Path) -> Result<Self> {
@@ -416,6 +507,104 @@ impl Weights {
         // resident memory is its weights, not its weights plus the file.
         release_pages(mmap, entry.bytes.clone());
         Ok(tensor)
+    }
+}
+
+impl Weights {
+    /// Opens `dir/model.safetensors`, else the shards named by `dir/model.safetensors.index.json`
+    /// (same order as transformers' `modeling_utils.py`).
+    fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            inner: Inner::Safetensors(Safetensors::open(dir)?),
+        })
+    }
+
+    /// Reads tensor `name`, which must have exactly `shape`, converted to `dtype` on `device`.
+    ///
+    /// Errors name the tensor: not found, a shape other than the one `config.json` implies, or an
+    /// on-disk dtype other than F32, F16 and BF16 (safetensors; a GGUF file's block types are
+    /// dequantized).
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.get(name, shape, dtype, device),
+            Inner::Gguf(w) => w.get(name, Some(shape), dtype, device),
+        }
+    }
+
+    /// [`Weights::get`] without the shape check, for tensors whose layout the caller inspects
+    /// itself (the shape is the stored one; see also [`Weights::shape`]).
+    pub fn get_unchecked_shape(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.get_unchecked_shape(name, dtype, device),
+            Inner::Gguf(w) => w.get(name, None, dtype, device),
+        }
+    }
+
+    /// The `[out, in]` weight `name` in its quantized block format, when the file stores it in
+    /// one that lmgen's quantized layers run (a GGUF file's Q8_0, Q4_K and Q6_K tensors); `None`
+    /// for dense tensors (read those with [`Weights::get`]).
+    pub fn quantized(&self, name: &str, shape: &[usize]) -> Result<Option<QuantizedWeight>> {
+        match &self.inner {
+            Inner::Safetensors(_) => Ok(None),
+            Inner::Gguf(w) => w.quantized(name, shape),
+        }
+    }
+
+    /// Whether a tensor called `name` is stored (e.g. `lm_head.weight` for untied embeddings).
+    /// GGUF tensors answer to their HF names.
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.inner {
+            Inner::Safetensors(w) => w.contains(name),
+            Inner::Gguf(w) => w.contains(name),
+        }
+    }
+
+    /// All stored tensor names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let names: Vec<&str> = match &self.inner {
+            Inner::Safetensors(w) => w.names().collect(),
+            Inner::Gguf(w) => w.names().collect(),
+        };
+        names.into_iter()
+    }
+
+    /// The stored shape of `name`, if it exists.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.shape(name),
+            Inner::Gguf(w) => w.shape(name),
+        }
+    }
+
+    /// The on-disk dtype of `name`; `None` if absent or not F32, F16 or BF16.
+    pub fn disk_dtype(&self, name: &str) -> Option<DType> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.disk_dtype(name),
+            Inner::Gguf(w) => w.disk_dtype(name),
+        }
+    }
+
+    /// Bytes of `name` when the file stores it in a block format that loads as a
+    /// [`QuantizedWeight`] (see [`Weights::quantized`]); `None` otherwise.
+    pub fn quantized_bytes(&self, name: &str) -> Option<usize> {
+        match &self.inner {
+            Inner::Safetensors(_) => None,
+            Inner::Gguf(w) => w.quantized_bytes(name),
+        }
+    }
+
+    /// The GGUF file the weights come from, if they do.
+    pub fn gguf_path(&self) -> Option<&Path> {
+        match &self.inner {
+            Inner::Safetensors(_) => None,
+            Inner::Gguf(w) => Some(w.path()),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::generation::streamer::{TextSink, TextStreamer, TextStreamerOptions};
 use crate::generation::{
     generate_with, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
 };
-use crate::load::{resolve_model, Checkpoint};
+use crate::load::Checkpoint;
 use crate::models::{load_model, CausalLM, LoadOptions};
 use crate::tokenizer::Tokenizer;
 
@@ -38,9 +38,25 @@ impl Pipeline {
     }
 
     /// Loads with explicit dtype and device.
+    ///
+    /// With [`LoadOptions::gguf_file`], or when `id_or_dir` is a `.gguf` file, the weights and the
+    /// config come from that GGUF file and the tokenizer from `tokenizer.json` beside it (see
+    /// [`Checkpoint::from_pretrained`]).
     pub fn load(id_or_dir: &str, options: &LoadOptions) -> Result<Self> {
-        let dir = resolve_model(id_or_dir)?;
-        let checkpoint = Checkpoint::open(&dir)?;
+        let checkpoint = Checkpoint::from_pretrained(id_or_dir, options.gguf_file.as_deref())?;
+        let dir = checkpoint.dir.clone();
+        if let Some(gguf) = checkpoint.weights.gguf_path() {
+            if !dir.join("tokenizer.json").is_file() {
+                return Err(Error::Tokenizer(format!(
+                    "GGUF file `{}`: no tokenizer.json in `{}`. lmgen does not build a tokenizer \
+                     from GGUF metadata; put the original model's tokenizer.json (and \
+                     generation_config.json) in that directory, or pass the model's directory \
+                     with the GGUF file as `gguf_file`",
+                    gguf.display(),
+                    dir.display()
+                )));
+            }
+        }
         let model = load_model(&checkpoint, options)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
         let generation_config = GenerationConfig::from_pretrained(&dir)?;

@@ -36,10 +36,13 @@ impl Footprint {
     ) -> Self {
         let w = &checkpoint.weights;
         let elem = dtype.size_in_bytes();
-        let linear_bytes = |shape: &[usize]| match (quantize, shape) {
-            (Some(q), [rows, cols]) => q.bytes(*rows, *cols),
-            _ => shape.iter().product::<usize>() * elem,
-        };
+        // A GGUF file's Q8_0 / Q4_K / Q6_K weights keep their blocks; the rest follows `quantize`.
+        let linear_bytes =
+            |name: &str, shape: &[usize]| match (w.quantized_bytes(name), quantize, shape) {
+                (Some(bytes), _, _) => bytes,
+                (None, Some(q), [rows, cols]) => q.bytes(*rows, *cols),
+                _ => shape.iter().product::<usize>() * elem,
+            };
         let (mut read, mut resident) = (0, 0);
         for name in w.names() {
             let Some(shape) = w.shape(name) else { continue };
@@ -47,8 +50,8 @@ impl Footprint {
             if is_embedding(name) {
                 resident += dense;
             } else {
-                read += linear_bytes(shape);
-                resident += linear_bytes(shape);
+                read += linear_bytes(name, shape);
+                resident += linear_bytes(name, shape);
             }
         }
         // A tied LM head reads the embedding matrix; quantized, it is a second (quantized) copy.
@@ -57,10 +60,10 @@ impl Footprint {
             let embed = w
                 .names()
                 .find(|n| n.ends_with("embed_tokens.weight") || n.ends_with("wte.weight"));
-            if let Some(shape) = embed.and_then(|n| w.shape(n)) {
-                read += linear_bytes(shape);
-                if quantize.is_some() {
-                    resident += linear_bytes(shape);
+            if let Some((name, shape)) = embed.and_then(|n| Some((n, w.shape(n)?))) {
+                read += linear_bytes(name, shape);
+                if quantize.is_some() || w.quantized_bytes(name).is_some() {
+                    resident += linear_bytes(name, shape);
                 }
             }
         }

@@ -183,10 +183,9 @@ impl<'a> Fields<'a> {
 }
 
 impl ModelConfig {
-    /// Parses the checkpoint's `config.json`.
+    /// Parses the checkpoint's `config.json` (for a GGUF file, the config its metadata implies).
     pub fn from_checkpoint(checkpoint: &Checkpoint) -> Result<Self> {
-        let path = checkpoint.dir.join("config.json");
-        Self::from_json(&checkpoint.config, &path)
+        Self::from_json(&checkpoint.config, &checkpoint.config_path())
     }
 
     /// Parses a `config.json` value; `path` is only used in error messages.

@@ -45,9 +45,14 @@ pub struct Llama {
     dtype: DType,
 }
 
-/// The LM head: `lm_head.weight`, or the embedding matrix when tied.
+/// The LM head: `lm_head.weight`, or the embedding matrix when tied (in the file's block format
+/// when a GGUF file stores it quantized, as llama.cpp runs it).
 pub(crate) fn lm_head(ctx: &LoadContext<'_>, cfg: &ModelConfig, embed: &Tensor) -> Result<Linear> {
     if cfg.tie_word_embeddings && !ctx.weights.contains("lm_head.weight") {
+        let shape = [cfg.vocab_size, cfg.hidden_size];
+        if let Some(q) = ctx.weights.quantized("model.embed_tokens.weight", &shape)? {
+            return Ok(Linear::from_quantized(q));
+        }
         Linear::from_weight(ctx, "lm_head.weight", embed.clone(), None)
     } else {
         Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)

@@ -10,7 +10,7 @@ pub mod layers;
 pub mod llama;
 pub mod quantize;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
@@ -164,8 +164,19 @@ pub struct LoadOptions {
     /// Attention semantics (see [`AttnImplementation`]).
     pub attn_implementation: AttnImplementation,
     /// Quantize every linear weight at load (HF `load_in_8bit` / `load_in_4bit`); `None` keeps
-    /// the weights in `dtype`.
+    /// the weights in `dtype`. Weights that a GGUF file already stores in Q8_0, Q4_K or Q6_K keep
+    /// their blocks either way.
     pub quantize: Option<Quantization>,
+    /// Load this GGUF file (llama.cpp's format) instead of safetensors: transformers'
+    /// `from_pretrained(model_id, gguf_file=...)`. A file name inside the checkpoint directory or
+    /// cached model id, or a path. The config comes from the file's metadata (architectures
+    /// `llama`, which covers Mistral, and `qwen2`); the tokenizer and `generation_config.json`
+    /// from the directory: lmgen does not build a tokenizer from GGUF metadata, so the directory
+    /// needs the original model's `tokenizer.json`. Q8_0, Q4_K and Q6_K tensors run on the
+    /// quantized layers in their blocks, other block types are dequantized to `dtype`. Used by
+    /// [`crate::Pipeline::load`]; [`load_model`] takes an opened [`Checkpoint`] (see
+    /// [`Checkpoint::from_pretrained`]).
+    pub gguf_file: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -175,6 +186,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             attn_implementation: AttnImplementation::default(),
             quantize: None,
+            gguf_file: None,
         }
     }
 }

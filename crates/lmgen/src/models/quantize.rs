@@ -9,7 +9,7 @@
 //! Qwen2.5-0.5B's hidden sizes 576 and 896) fall back to Q8_0, as llama.cpp's `llama-quantize`
 //! falls back to another type for tensors whose rows do not split into super-blocks.
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -77,11 +77,37 @@ impl Quantization {
     }
 }
 
-/// The blocks of a quantized `[rows, cols]` matrix, row after row.
+/// The blocks of a quantized `[rows, cols]` matrix, row after row. Q6_K comes only from GGUF
+/// files (llama.cpp's Q4_K_M and Q5_K_M mixes keep some tensors in it).
 #[derive(Debug, Clone)]
 enum Blocks {
     Q8_0(Vec<BlockQ8_0>),
     Q4K(Vec<BlockQ4K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// Copies ggml blocks out of a file's bytes; `None` unless `bytes` is a whole number of blocks
+/// and `T` is laid out exactly as ggml stores it.
+#[allow(unsafe_code)]
+fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Option<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    if size != T::DTYPE.type_size() || size == 0 || bytes.len() % size != 0 {
+        return None;
+    }
+    let mut blocks = vec![T::zeros(); bytes.len() / size];
+    // SAFETY: candle's block types are `#[repr(C)]` structs of `f16`, `u8` and `i8` fields and
+    // arrays, for which every bit pattern is a valid value, and `size_of::<T>()` equals ggml's
+    // block size in bytes, so the struct has no padding and is ggml's on-disk layout (candle reads
+    // GGUF files the same way, `ggml_file::from_raw_data`). The destination holds exactly
+    // `bytes.len()` bytes and does not overlap the source.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            blocks.as_mut_ptr().cast::<u8>(),
+            bytes.len(),
+        );
+    }
+    Some(blocks)
 }
 
 /// An `[out, in]` weight in a llama.cpp block format.
@@ -111,11 +137,116 @@ const ROWS_PER_TASK: usize = 32;
 const BAND_ROWS: usize = 1024;
 
 impl QuantizedWeight {
+    /// Whether [`QuantizedWeight::from_ggml_bytes`] takes this block type.
+    pub fn reads(dtype: GgmlDType) -> bool {
+        matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+    }
+
+    /// An `[rows, cols]` weight from ggml blocks as a GGUF file stores them (row after row), in
+    /// Q8_0, Q4_K or Q6_K; `name` is for errors.
+    pub fn from_ggml_bytes(
+        dtype: GgmlDType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> Result<Self> {
+        let bad = |what: &str| {
+            Error::Unsupported(format!(
+                "tensor `{name}`: {what} ({dtype:?}, [{rows}, {cols}], {} bytes)",
+                bytes.len()
+            ))
+        };
+        if !Self::reads(dtype) {
+            return Err(bad("block type not run by lmgen's quantized layers"));
+        }
+        if cols % dtype.block_size() != 0
+            || bytes.len() != rows * cols / dtype.block_size() * dtype.type_size()
+        {
+            return Err(bad("rows do not split into whole blocks"));
+        }
+        let layout = || bad("block layout differs from candle's");
+        let blocks = match dtype {
+            GgmlDType::Q8_0 => Blocks::Q8_0(blocks_from_bytes(bytes).ok_or_else(layout)?),
+            GgmlDType::Q4K => Blocks::Q4K(blocks_from_bytes(bytes).ok_or_else(layout)?),
+            _ => Blocks::Q6K(blocks_from_bytes(bytes).ok_or_else(layout)?),
+        };
+        Ok(Self { blocks, rows, cols })
+    }
+
+    /// The block format.
+    pub fn dtype(&self) -> GgmlDType {
+        match &self.blocks {
+            Blocks::Q8_0(_) => GgmlDType::Q8_0,
+            Blocks::Q4K(_) => GgmlDType::Q4K,
+            Blocks::Q6K(_) => GgmlDType::Q6K,
+        }
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The weights stacked along rows (`[sum rows_i, cols]`), when all have the same block format
+    /// and row length; `Err` gives them back otherwise.
+    pub fn concat_rows(parts: Vec<Self>) -> std::result::Result<Self, Vec<Self>> {
+        let Some(first) = parts.first() else {
+            return Err(parts);
+        };
+        let (dtype, cols) = (first.dtype(), first.cols);
+        if parts.iter().any(|p| p.dtype() != dtype || p.cols != cols) {
+            return Err(parts);
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        // Every part has `dtype` (checked above), so each arm takes every part's blocks.
+        let blocks = match dtype {
+            GgmlDType::Q8_0 => Blocks::Q8_0(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.blocks {
+                        Blocks::Q8_0(b) => b,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            ),
+            GgmlDType::Q4K => Blocks::Q4K(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.blocks {
+                        Blocks::Q4K(b) => b,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            ),
+            _ => Blocks::Q6K(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.blocks {
+                        Blocks::Q6K(b) => b,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Self { blocks, rows, cols })
+    }
+
     /// Bytes of the blocks (what a decode step reads).
     pub fn storage_bytes(&self) -> usize {
         match &self.blocks {
             Blocks::Q8_0(b) => b.len() * std::mem::size_of::<BlockQ8_0>(),
             Blocks::Q4K(b) => b.len() * std::mem::size_of::<BlockQ4K>(),
+            Blocks::Q6K(b) => b.len() * std::mem::size_of::<BlockQ6K>(),
+        }
+    }
+
+    /// The whole weight as an f32 `[rows, cols]` tensor on the CPU.
+    pub fn dequantize_all(&self) -> Result<Tensor> {
+        match &self.blocks {
+            Blocks::Q8_0(b) => self.dequantize(b, 0, self.rows),
+            Blocks::Q4K(b) => self.dequantize(b, 0, self.rows),
+            Blocks::Q6K(b) => self.dequantize(b, 0, self.rows),
         }
     }
 
@@ -128,6 +259,7 @@ impl QuantizedWeight {
             let y = match &self.blocks {
                 Blocks::Q8_0(b) => few_rows(b, &xs, m, self.rows, self.cols),
                 Blocks::Q4K(b) => few_rows(b, &xs, m, self.rows, self.cols),
+                Blocks::Q6K(b) => few_rows(b, &xs, m, self.rows, self.cols),
             };
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
@@ -139,6 +271,7 @@ impl QuantizedWeight {
                     let w = match &self.blocks {
                         Blocks::Q8_0(b) => self.dequantize(b, start, n)?,
                         Blocks::Q4K(b) => self.dequantize(b, start, n)?,
+                        Blocks::Q6K(b) => self.dequantize(b, start, n)?,
                     };
                     Ok(x32.matmul(&w.t()?)?) // [m, n]
                 })

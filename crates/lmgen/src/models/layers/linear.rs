@@ -1,13 +1,15 @@
 //! `nn.Linear` (weight `[out, in]`) and GPT-2's `Conv1D` (weight `[in, out]`, transposed at load),
-//! dense (f32 / f16 / bf16) or quantized at load (Q8_0 / Q4_K, see [`Quantization`]).
+//! dense (f32 / f16 / bf16), quantized at load (Q8_0 / Q4_K, see [`Quantization`]), or in the
+//! blocks a GGUF file stores (Q8_0 / Q4_K / Q6_K, kept as they are).
 //!
 //! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
 //! [`gemv`]; larger ones (prefill) through candle's matmul.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor, D};
 
 use super::{gemv, LoadContext};
 use crate::error::Result;
+use crate::models::quantize::QuantizedWeight;
 
 /// The weight of a linear layer.
 #[derive(Debug, Clone)]
@@ -15,7 +17,42 @@ enum Weight {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
     /// `[out, in]` in a quantized block format.
-    Quantized(crate::models::quantize::QuantizedWeight),
+    Quantized(QuantizedWeight),
+    /// Fused parts that cannot share one format (a GGUF file that stores q and k in Q4_K and v
+    /// in Q6_K): each part's product, concatenated along the output dimension.
+    Parts(Vec<Weight>),
+}
+
+impl Weight {
+    /// `x [.., in] -> [.., out]` without the bias, in `x`'s dtype.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Weight::Dense(w) => {
+                let rows = x.elem_count() / w.dim(1)?;
+                let fast = if rows <= gemv::MAX_ROWS {
+                    gemv::matmul_t(x, w)?
+                } else {
+                    None
+                };
+                match fast {
+                    Some(y) => y,
+                    // f16/bf16 on the CPU: widen blocks of `w` for the f32 kernel. On a GPU
+                    // cuBLAS multiplies f16/bf16 natively.
+                    None if w.dtype() != DType::F32 && w.device().is_cpu() => half_matmul(x, w)?,
+                    None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+                }
+            }
+            // The quantized kernels take and give f32 activations.
+            Weight::Quantized(q) => q.forward(x)?.to_dtype(x.dtype())?,
+            Weight::Parts(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|p| p.product(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, D::Minus1)?
+            }
+        })
+    }
 }
 
 /// `y = x W^T + b`.
@@ -41,6 +78,14 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A weight already in a quantized block format (a GGUF file's tied embedding matrix).
+    pub fn from_quantized(weight: QuantizedWeight) -> Self {
+        Self {
+            weight: Weight::Quantized(weight),
+            bias: None,
+        }
+    }
+
     /// Loads `{prefix}.weight` `[out, in]` and, if `bias`, `{prefix}.bias` `[out]`.
     pub fn load(
         ctx: &LoadContext<'_>,
@@ -62,10 +107,6 @@ impl Linear {
         in_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weights = parts
-            .iter()
-            .map(|(p, out)| ctx.tensor(&format!("{p}.weight"), &[*out, in_dim]))
-            .collect::<Result<Vec<_>>>()?;
         let biases = if bias {
             let b = parts
                 .iter()
@@ -76,7 +117,50 @@ impl Linear {
             None
         };
         let name = format!("{}.weight", parts.first().map_or("", |p| p.0));
-        Self::from_weight(ctx, &name, cat(weights)?, biases)
+        // Weights that the file stores in a quantized block format (GGUF) keep their blocks.
+        let stored = parts
+            .iter()
+            .map(|(p, out)| {
+                ctx.weights
+                    .quantized(&format!("{p}.weight"), &[*out, in_dim])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if stored.iter().all(Option::is_none) {
+            let weights = parts
+                .iter()
+                .map(|(p, out)| ctx.tensor(&format!("{p}.weight"), &[*out, in_dim]))
+                .collect::<Result<Vec<_>>>()?;
+            return Self::from_weight(ctx, &name, cat(weights)?, biases);
+        }
+        if stored.iter().all(Option::is_some) {
+            let weight = match QuantizedWeight::concat_rows(stored.into_iter().flatten().collect())
+            {
+                Ok(q) => Weight::Quantized(q),
+                Err(parts) => Weight::Parts(parts.into_iter().map(Weight::Quantized).collect()),
+            };
+            return Ok(Self {
+                weight,
+                bias: biases,
+            });
+        }
+        let weight = Weight::Parts(
+            parts
+                .iter()
+                .zip(stored)
+                .map(|((p, out), q)| match q {
+                    Some(q) => Ok(Weight::Quantized(q)),
+                    None => {
+                        let name = format!("{p}.weight");
+                        let dense = ctx.tensor(&name, &[*out, in_dim])?;
+                        Ok(Self::from_weight(ctx, &name, dense, None)?.weight)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        Ok(Self {
+            weight,
+            bias: biases,
+        })
     }
 
     /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` is `[in, out]` on disk.
@@ -96,25 +180,7 @@ impl Linear {
 
     /// `[.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Dense(w) => {
-                let rows = x.elem_count() / w.dim(1)?;
-                let fast = if rows <= gemv::MAX_ROWS {
-                    gemv::matmul_t(x, w)?
-                } else {
-                    None
-                };
-                match fast {
-                    Some(y) => y,
-                    // f16/bf16 on the CPU: widen blocks of `w` for the f32 kernel. On a GPU
-                    // cuBLAS multiplies f16/bf16 natively.
-                    None if w.dtype() != DType::F32 && w.device().is_cpu() => half_matmul(x, w)?,
-                    None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
-                }
-            }
-            // The quantized kernels take and give f32 activations.
-            Weight::Quantized(q) => q.forward(x)?.to_dtype(x.dtype())?,
-        };
+        let y = self.weight.product(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
