@@ -83,9 +83,11 @@ pub fn run(
                     host_scores(&model.lm_head(&last)?) // [b, vocab]
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let contrast = select_contrast(&premature, &host_scores(&out.logits)?);
+            let host = host_scores(&out.logits)?; // [b, vocab]
+            let contrast = select_contrast(&premature, &host);
             Ok(StepLogits {
                 logits: out.logits.squeeze(1)?, // [b, vocab]
+                host: Some(host),
                 adjusted: Some(contrast),
             })
         },

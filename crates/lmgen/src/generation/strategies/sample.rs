@@ -80,6 +80,7 @@ pub fn run(
             let logits = last_logits(model, step_ids, state.positions(), state.mask(), cache)?;
             Ok(StepLogits {
                 logits,
+                host: None,
                 adjusted: None,
             })
         },
@@ -91,6 +92,9 @@ pub(super) struct StepLogits {
     /// The model's raw last-position logits, `[rows, vocab]` f32 on the model's device
     /// (`output_logits`).
     pub logits: Tensor,
+    /// `logits` already copied to the host, when the step needed them there (DoLa), so the loop
+    /// does not copy them again.
+    pub host: Option<Scores>,
     /// What the processors get instead of `logits`, if anything (DoLa's layer contrast).
     pub adjusted: Option<Scores>,
 }
@@ -155,11 +159,18 @@ pub(super) fn run_with_step(
         None
     };
     loop {
-        let StepLogits { logits, adjusted } = step(model, &step_ids, &state, &mut cache)?;
+        let StepLogits {
+            logits,
+            host,
+            adjusted,
+        } = step(model, &step_ids, &state, &mut cache)?;
         let mut next = match (device_argmax.as_ref(), adjusted) {
             (Some(argmax), None) => argmax.select(&logits)?,
             (_, adjusted) => {
-                let logits = host_scores(&logits)?;
+                let logits = match host {
+                    Some(host) => host,
+                    None => host_scores(&logits)?,
+                };
                 let mut scores = match adjusted {
                     Some(adjusted) => {
                         if let Some(l) = all_logits.as_mut() {
