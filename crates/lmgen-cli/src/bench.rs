@@ -43,12 +43,12 @@ pub struct BenchArgs {
     /// Threads for the matrix products (default: candle's choice, the physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Prompt lengths of the prefill runs (comma separated; empty for none).
-    #[arg(long, value_delimiter = ',', default_value = "128,512")]
-    pub prefill: Vec<usize>,
-    /// Batch sizes of the decode runs (comma separated; empty for none).
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    pub batch: Vec<usize>,
+    /// Prompt lengths of the prefill runs (comma separated; empty, `--prefill=`, for none).
+    #[arg(long, value_parser = sizes, default_value = "128,512")]
+    pub prefill: Sizes,
+    /// Batch sizes of the decode runs (comma separated; empty, `--batch=`, for none).
+    #[arg(long, value_parser = sizes, default_value = "1,8,32")]
+    pub batch: Sizes,
     /// Prompt length of the decode runs.
     #[arg(long, default_value_t = 128)]
     pub prompt_len: usize,
@@ -83,6 +83,21 @@ impl StoppingCriterion for StepClock<'_> {
         }
         None
     }
+}
+
+/// A comma-separated list of positive sizes; empty for none.
+#[derive(Debug, Clone)]
+pub struct Sizes(pub Vec<usize>);
+
+fn sizes(s: &str) -> std::result::Result<Sizes, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("`{p}` is not a positive integer")),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Sizes)
 }
 
 /// One timed `generate()`: the start and the end time of every step.
@@ -246,7 +261,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let mut decodes = Vec::new();
     let mut peak_after_b1 = None;
-    let mut batches = args.batch.clone();
+    let mut batches = args.batch.0.clone();
     batches.sort_unstable();
     let mut gpu_after_b1 = None;
     for &b in &batches {
@@ -259,6 +274,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let prefills = args
         .prefill
+        .0
         .iter()
         .map(|&p| {
             let r = prefill(&ctx, p);
@@ -373,13 +389,20 @@ fn print_table(r: &Value) {
             100.0 * f(&d["fraction_of_bound"]),
         );
     }
-    println!(
-        "peak RSS {:.0} MiB after load + batch-1 decode (weights + KV {:.0} MiB: {:.2}x); {:.0} MiB at the end",
-        mib(&r["peak_rss_bytes_batch1"]),
-        mib(&r["weights_plus_kv_batch1_bytes"]),
-        f(&r["peak_rss_bytes_batch1"]) / f(&r["weights_plus_kv_batch1_bytes"]),
-        mib(&r["peak_rss_bytes"]),
-    );
+    if r["peak_rss_bytes_batch1"].is_number() {
+        println!(
+            "peak RSS {:.0} MiB after load + batch-1 decode (weights + KV {:.0} MiB: {:.2}x); {:.0} MiB at the end",
+            mib(&r["peak_rss_bytes_batch1"]),
+            mib(&r["weights_plus_kv_batch1_bytes"]),
+            f(&r["peak_rss_bytes_batch1"]) / f(&r["weights_plus_kv_batch1_bytes"]),
+            mib(&r["peak_rss_bytes"]),
+        );
+    } else {
+        println!(
+            "peak RSS {:.0} MiB at the end (no batch-1 decode run to compare with weights + KV)",
+            mib(&r["peak_rss_bytes"]),
+        );
+    }
     if r["gpu_memory_bytes"].is_number() {
         println!(
             "GPU memory in use above the start: {:.0} MiB after batch-1 decode, {:.0} MiB at the peak",

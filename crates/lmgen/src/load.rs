@@ -30,6 +30,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::models::quantize::QuantizedWeight;
 
+mod convert;
 mod gguf;
 
 const CONFIG: &str = "config.json";
@@ -483,6 +484,51 @@ impl Safetensors {
     }
 
     fn load(&self, name: &str, entry: &Entry, dtype: DType, device: &Device) -> Result<Tensor> {
+        self.load_part(
+            name,
+            entry,
+            entry.bytes.clone(),
+            &entry.shape,
+            dtype,
+            device,
+        )
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` (checked against `shape`), as `[rows.len(), cols]`.
+    fn get_rows(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        rows: Range<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        let path = &self.files[entry.file].0;
+        if entry.shape != shape || rows.end > shape[0] || rows.start > rows.end {
+            let message = format!(
+                "tensor `{name}` of shape {:?}: rows {rows:?} of {shape:?} asked",
+                entry.shape
+            );
+            return Err(weights_error(path, message));
+        }
+        let elem = candle_dtype(entry.dtype).map_or(1, |d| d.size_in_bytes());
+        let row_bytes = shape[1] * elem;
+        let start = entry.bytes.start + rows.start * row_bytes;
+        let bytes = start..start + rows.len() * row_bytes;
+        self.load_part(name, entry, bytes, &[rows.len(), shape[1]], dtype, device)
+    }
+
+    /// The elements of `entry` in `range` (a sub-range of `entry.bytes`) as a tensor of `shape`.
+    fn load_part(
+        &self,
+        name: &str,
+        entry: &Entry,
+        range: Range<usize>,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let (path, mmap) = &self.files[entry.file];
         let bad = |message| weights_error(path, message);
         let disk = candle_dtype(entry.dtype).ok_or_else(|| {
@@ -492,20 +538,26 @@ impl Safetensors {
             ))
         })?;
         let bytes = mmap
-            .get(entry.bytes.clone())
+            .get(range.clone())
             .ok_or_else(|| bad(format!("tensor `{name}`: data out of range")))?;
         // Convert on the side that moves fewer bytes to the device; `from_raw_buffer` copies, so
-        // unaligned offsets in the file are fine.
-        let tensor = if dtype.size_in_bytes() < disk.size_in_bytes() {
-            Tensor::from_raw_buffer(bytes, disk, &entry.shape, &Device::Cpu)?
+        // unaligned offsets in the file are fine. On the host a conversion runs chunk by chunk and
+        // gives each chunk's mapped pages back as it goes (see `convert`).
+        let on_host = dtype.size_in_bytes() < disk.size_in_bytes() || device.is_cpu();
+        let tensor = if on_host && convert::converts(disk, dtype) {
+            let start = range.start;
+            let release = |r: Range<usize>| release_pages(mmap, start + r.start..start + r.end);
+            convert::convert(bytes, disk, dtype, shape, &release)?.to_device(device)?
+        } else if dtype.size_in_bytes() < disk.size_in_bytes() {
+            Tensor::from_raw_buffer(bytes, disk, shape, &Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(device)?
         } else {
-            Tensor::from_raw_buffer(bytes, disk, &entry.shape, device)?.to_dtype(dtype)?
+            Tensor::from_raw_buffer(bytes, disk, shape, device)?.to_dtype(dtype)?
         };
         // The tensor owns a copy now: give the mapped pages back, so that a loaded model's
         // resident memory is its weights, not its weights plus the file.
-        release_pages(mmap, entry.bytes.clone());
+        release_pages(mmap, range);
         Ok(tensor)
     }
 }
@@ -534,6 +586,26 @@ impl Weights {
         match &self.inner {
             Inner::Safetensors(w) => w.get(name, shape, dtype, device),
             Inner::Gguf(w) => w.get(name, Some(shape), dtype, device),
+        }
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` (which must have `shape`) as `[rows.len(), cols]`
+    /// in `dtype` on `device`: a large weight read a band at a time (quantizing at load holds
+    /// one band in f32, not the whole matrix).
+    pub fn get_rows(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        rows: Range<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.get_rows(name, shape, rows, dtype, device),
+            Inner::Gguf(w) => {
+                let t = w.get(name, Some(&shape), dtype, device)?;
+                Ok(t.narrow(0, rows.start, rows.len())?)
+            }
         }
     }
 

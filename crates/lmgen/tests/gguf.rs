@@ -214,12 +214,11 @@ fn q8_0_gguf_agrees_with_load_time_q8_0_and_with_f32() {
             "{name}: Q8_0 GGUF vs --quantize q8_0: rel. RMS {rel_ours:.2e}, argmax {agree_ours}/{n}; \
              vs f32: rel. RMS {rel_f32:.4}, argmax {agree_f32}/{n}"
         );
-        // Not asserted: the two differ by the token embedding table, which llama.cpp's Q8_0 file
-        // type quantizes too and `--quantize` keeps in f32 (every other weight is the same blocks,
-        // `q8_0_gguf_weights_are_the_blocks_of_load_time_q8_0`). Measured: llama 2.4e-2 rel. RMS,
-        // argmax 31/32; with token_embd left f32 in the file, 0 for llama, and 5.4e-3 for qwen2,
-        // whose tied head is then f32 in the file and Q8_0 under --quantize.
-        let _ = (rel_ours, agree_ours);
+        // Every weight, the token table and the tied head included, is the same Q8_0 blocks
+        // (`q8_0_gguf_weights_are_the_blocks_of_load_time_q8_0`), and both hold the table in
+        // blocks as llama.cpp does: the logits are the same.
+        assert_eq!(rel_ours, 0.0, "{name}: Q8_0 GGUF vs --quantize q8_0");
+        assert_eq!(agree_ours, n, "{name}: Q8_0 GGUF vs --quantize q8_0");
         // The same bounds as quantized.rs for load-time Q8_0 against f32.
         assert!(rel_f32 < 0.1, "{name}: Q8_0 GGUF vs f32: {rel_f32}");
         assert!(agree_f32 * 4 >= n * 3, "{name}: argmax {agree_f32}/{n}");

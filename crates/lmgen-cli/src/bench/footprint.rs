@@ -48,13 +48,24 @@ impl Footprint {
             let Some(shape) = w.shape(name) else { continue };
             let dense = shape.iter().product::<usize>() * elem;
             if is_embedding(name) {
-                resident += dense;
+                // The token table is held in blocks when quantized (GGUF or `quantize`, where its
+                // rows split into blocks); GPT-2's position table stays dense.
+                let blocks = match (quantize, shape) {
+                    (Some(q), [_, cols]) => cols % q.format_for(*cols).block_size() == 0,
+                    _ => false,
+                };
+                let quantized = w.quantized_bytes(name).is_some() || blocks;
+                resident += if quantized && !name.ends_with("wpe.weight") {
+                    linear_bytes(name, shape)
+                } else {
+                    dense
+                };
             } else {
                 read += linear_bytes(name, shape);
                 resident += linear_bytes(name, shape);
             }
         }
-        // A tied LM head reads the embedding matrix; quantized, it is a second (quantized) copy.
+        // A tied LM head reads the whole embedding matrix, which the model holds once.
         let tied = !w.contains("lm_head.weight");
         if tied {
             let embed = w
@@ -62,9 +73,6 @@ impl Footprint {
                 .find(|n| n.ends_with("embed_tokens.weight") || n.ends_with("wte.weight"));
             if let Some((name, shape)) = embed.and_then(|n| Some((n, w.shape(n)?))) {
                 read += linear_bytes(name, shape);
-                if quantize.is_some() || w.quantized_bytes(name).is_some() {
-                    resident += linear_bytes(name, shape);
-                }
             }
         }
         let kv_per_token =

@@ -11,10 +11,11 @@
 //! - layers alternate sliding-window and full attention (`layer_types`);
 //! - GeLU (tanh approximation) gated MLP, tied LM head.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{LayerType, ModelConfig};
 use super::layers::attention::{Attention, AttentionInput};
+use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::GatedMlp;
@@ -41,7 +42,7 @@ struct DecoderLayer {
 /// A Gemma 2 decoder with its LM head.
 #[derive(Debug, Clone)]
 pub struct Gemma2 {
-    embed_tokens: candle_nn::Embedding,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -55,7 +56,7 @@ impl Gemma2 {
     pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
         let cfg = &config;
         let (h, eps) = (cfg.hidden_size, cfg.norm_eps);
-        let embed = ctx.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = Embedding::load(ctx, "model.embed_tokens.weight", cfg.vocab_size, h)?;
         let norm = |name: String| RmsNorm::load_gemma(ctx, &name, h, eps);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -84,7 +85,7 @@ impl Gemma2 {
         })?;
         Ok(Self {
             lm_head: lm_head(ctx, cfg, &embed)?,
-            embed_tokens: candle_nn::Embedding::new(embed, h),
+            embed_tokens: embed,
             layers,
             norm: norm("model.norm".into())?,
             rotary: RotaryEmbedding::new(rope, cfg.head_dim, cfg.max_position_embeddings),

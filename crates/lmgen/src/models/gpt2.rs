@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::config::LayerType;
 use super::config::ModelConfig;
 use super::layers::attention::{Attention, AttentionInput};
+use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::Mlp;
@@ -31,7 +32,7 @@ struct Block {
 /// GPT-2 with its LM head.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
-    wte: candle_nn::Embedding,
+    wte: Embedding,
     wpe: candle_nn::Embedding,
     h: Vec<Block>,
     ln_f: LayerNorm,
@@ -50,7 +51,7 @@ impl Gpt2 {
         } else {
             "transformer."
         };
-        let wte = ctx.tensor(&format!("{prefix}wte.weight"), &[cfg.vocab_size, h])?;
+        let wte = Embedding::load(ctx, &format!("{prefix}wte.weight"), cfg.vocab_size, h)?;
         let wpe = ctx.tensor(
             &format!("{prefix}wpe.weight"),
             &[cfg.max_position_embeddings, h],
@@ -73,12 +74,12 @@ impl Gpt2 {
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings || !ctx.weights.contains("lm_head.weight") {
-            Linear::from_weight(ctx, "lm_head.weight", wte.clone(), None)?
+            wte.tied_head(ctx)?
         } else {
             Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
         };
         Ok(Self {
-            wte: candle_nn::Embedding::new(wte, h),
+            wte,
             wpe: candle_nn::Embedding::new(wpe, h),
             h: blocks,
             ln_f: LayerNorm::load(ctx, &format!("{prefix}ln_f"), h, cfg.norm_eps)?,

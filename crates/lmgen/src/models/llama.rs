@@ -8,10 +8,11 @@
 //! - Qwen2 (`Qwen2ForCausalLM`): q, k and v projections have biases (o_proj has none); layers
 //!   marked `sliding_attention` use a window only when `use_sliding_window` sets one.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{LayerType, ModelConfig};
 use super::layers::attention::{Attention, AttentionInput};
+use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::GatedMlp;
@@ -35,7 +36,7 @@ struct DecoderLayer {
 /// A Llama-family decoder with its LM head.
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed_tokens: candle_nn::Embedding,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -45,15 +46,15 @@ pub struct Llama {
     dtype: DType,
 }
 
-/// The LM head: `lm_head.weight`, or the embedding matrix when tied (in the file's block format
-/// when a GGUF file stores it quantized, as llama.cpp runs it).
-pub(crate) fn lm_head(ctx: &LoadContext<'_>, cfg: &ModelConfig, embed: &Tensor) -> Result<Linear> {
+/// The LM head: `lm_head.weight`, or the embedding table when tied (its blocks when the table is
+/// quantized, as llama.cpp runs it).
+pub(crate) fn lm_head(
+    ctx: &LoadContext<'_>,
+    cfg: &ModelConfig,
+    embed: &Embedding,
+) -> Result<Linear> {
     if cfg.tie_word_embeddings && !ctx.weights.contains("lm_head.weight") {
-        let shape = [cfg.vocab_size, cfg.hidden_size];
-        if let Some(q) = ctx.weights.quantized("model.embed_tokens.weight", &shape)? {
-            return Ok(Linear::from_quantized(q));
-        }
-        Linear::from_weight(ctx, "lm_head.weight", embed.clone(), None)
+        embed.tied_head(ctx)
     } else {
         Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
     }
@@ -62,9 +63,11 @@ pub(crate) fn lm_head(ctx: &LoadContext<'_>, cfg: &ModelConfig, embed: &Tensor) 
 impl Llama {
     pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
         let cfg = &config;
-        let embed = ctx.tensor(
+        let embed = Embedding::load(
+            ctx,
             "model.embed_tokens.weight",
-            &[cfg.vocab_size, cfg.hidden_size],
+            cfg.vocab_size,
+            cfg.hidden_size,
         )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -102,7 +105,7 @@ impl Llama {
         })?;
         Ok(Self {
             lm_head: lm_head(ctx, cfg, &embed)?,
-            embed_tokens: candle_nn::Embedding::new(embed, cfg.hidden_size),
+            embed_tokens: embed,
             layers,
             norm: RmsNorm::load(ctx, "model.norm", cfg.hidden_size, cfg.norm_eps)?,
             rotary: RotaryEmbedding::new(rope, cfg.head_dim, cfg.max_position_embeddings),

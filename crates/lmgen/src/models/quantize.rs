@@ -1,8 +1,9 @@
 //! Weight quantization at load time (`--quantize q8_0|q4_k`): the analogue of transformers'
 //! `load_in_8bit` / `load_in_4bit`, with llama.cpp's block formats (candle's `quantized` module).
 //!
-//! Every linear layer's `[out, in]` weight, the LM head included, is quantized once at load; the
-//! embedding table, norms and biases keep the compute dtype. Decode products run on candle's SIMD
+//! Every linear layer's `[out, in]` weight, the LM head included, and the token embedding table
+//! are quantized once at load (a tied LM head shares the embedding's blocks, as in llama.cpp);
+//! norms, biases and GPT-2's position table keep the compute dtype. Decode products run on candle's SIMD
 //! block dot products with f32 activations quantized to Q8 blocks per call, as llama.cpp does
 //! (see [`QuantizedWeight`]).
 //! Q4_K needs rows whose length is a multiple of 256; other rows (for example SmolLM2's and
@@ -11,6 +12,8 @@
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
 use candle_core::quantized::GgmlDType;
+use std::ops::Range;
+
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -61,6 +64,22 @@ impl Quantization {
     /// Quantizes an `[out, in]` weight; `in` must be a multiple of 32.
     pub fn quantize(self, weight: &Tensor, name: &str) -> Result<QuantizedWeight> {
         let (rows, cols) = weight.dims2()?;
+        self.quantize_banded(rows, cols, name, &|r| {
+            Ok(weight.narrow(0, r.start, r.len())?)
+        })
+    }
+
+    /// Quantizes a `[rows, cols]` weight that `band(range)` reads a band of rows at a time (as
+    /// `[range.len(), cols]` in any float dtype), so that at most one band is held in f32: a
+    /// large embedding table or LM head never exists whole in f32. Blocks never span rows, so
+    /// the result is the same as quantizing the whole matrix.
+    pub fn quantize_banded(
+        self,
+        rows: usize,
+        cols: usize,
+        name: &str,
+        band: &dyn Fn(Range<usize>) -> Result<Tensor>,
+    ) -> Result<QuantizedWeight> {
         let format = self.format_for(cols);
         if cols % format.block_size() != 0 {
             return Err(Error::Unsupported(format!(
@@ -68,10 +87,20 @@ impl Quantization {
                 format.block_size()
             )));
         }
-        let data: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let read = |r: Range<usize>| -> Result<Vec<f32>> {
+            let t = band(r.clone())?;
+            if t.dims() != [r.len(), cols] {
+                return Err(Error::Unsupported(format!(
+                    "quantizing `{name}`: rows {r:?} read as {:?}, not [{}, {cols}]",
+                    t.dims(),
+                    r.len()
+                )));
+            }
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
         let blocks = match format {
-            GgmlDType::Q4K => Blocks::Q4K(quantize_blocks(&data)),
-            _ => Blocks::Q8_0(quantize_blocks(&data)),
+            GgmlDType::Q4K => Blocks::Q4K(quantize_blocks(rows, cols, &read)?),
+            _ => Blocks::Q8_0(quantize_blocks(rows, cols, &read)?),
         };
         Ok(QuantizedWeight { blocks, rows, cols })
     }
@@ -125,10 +154,22 @@ pub struct QuantizedWeight {
     cols: usize,
 }
 
-fn quantize_blocks<T: GgmlType>(data: &[f32]) -> Vec<T> {
-    let mut blocks = vec![T::zeros(); data.len() / T::BLCK_SIZE];
-    T::from_float(data, &mut blocks);
-    blocks
+/// Rows read and quantized at a time by [`Quantization::quantize_banded`].
+const QUANTIZE_BAND_ROWS: usize = 4096;
+
+fn quantize_blocks<T: GgmlType>(
+    rows: usize,
+    cols: usize,
+    read: &dyn Fn(Range<usize>) -> Result<Vec<f32>>,
+) -> Result<Vec<T>> {
+    let mut blocks = Vec::with_capacity(rows * cols / T::BLCK_SIZE);
+    for start in (0..rows).step_by(QUANTIZE_BAND_ROWS) {
+        let data = read(start..rows.min(start + QUANTIZE_BAND_ROWS))?;
+        let done = blocks.len();
+        blocks.resize(done + data.len() / T::BLCK_SIZE, T::zeros());
+        T::from_float(&data, &mut blocks[done..]);
+    }
+    Ok(blocks)
 }
 
 /// Weight rows per rayon task in the few-rows product.
@@ -285,6 +326,36 @@ impl QuantizedWeight {
         Ok(y.reshape(dims)?)
     }
 
+    /// The rows `ids` (each below `rows`) as an f32 `[ids.len(), cols]` host tensor: an
+    /// embedding lookup in a quantized table.
+    pub fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        fn gather<T: GgmlType>(blocks: &[T], ids: &[u32], cols: usize) -> Vec<f32> {
+            let per_row = cols / T::BLCK_SIZE;
+            let mut out = vec![0f32; ids.len() * cols];
+            for (dst, &id) in out.chunks_exact_mut(cols).zip(ids) {
+                let start = id as usize * per_row;
+                T::to_float(&blocks[start..start + per_row], dst);
+            }
+            out
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.rows) {
+            return Err(Error::Input(format!(
+                "row {bad} is outside a quantized table of {} rows",
+                self.rows
+            )));
+        }
+        let out = match &self.blocks {
+            Blocks::Q8_0(b) => gather(b, ids, self.cols),
+            Blocks::Q4K(b) => gather(b, ids, self.cols),
+            Blocks::Q6K(b) => gather(b, ids, self.cols),
+        };
+        Ok(Tensor::from_vec(
+            out,
+            (ids.len(), self.cols),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+
     /// Rows `start..start + n` as an f32 `[n, in]` tensor.
     fn dequantize<T: GgmlType>(&self, blocks: &[T], start: usize, n: usize) -> Result<Tensor> {
         let per_row = self.cols / T::BLCK_SIZE;
@@ -349,6 +420,40 @@ mod tests {
         assert_eq!(Quantization::Q4K.format_for(1536), GgmlDType::Q4K);
         assert_eq!(Quantization::Q4K.format_for(576), GgmlDType::Q8_0);
         assert_eq!(Quantization::Q8_0.bytes(2, 64), 2 * 2 * 34);
+    }
+
+    #[test]
+    fn banded_quantization_gives_candles_blocks() {
+        // More rows than one band: the blocks must be those of quantizing the whole matrix.
+        let w = Tensor::randn(0f32, 1., (QUANTIZE_BAND_ROWS + 5, 256), &Device::Cpu).unwrap();
+        for (q, format) in [
+            (Quantization::Q8_0, GgmlDType::Q8_0),
+            (Quantization::Q4K, GgmlDType::Q4K),
+        ] {
+            let ours = q.quantize(&w, "w").unwrap().dequantize_all().unwrap();
+            let candle = candle_core::quantized::QTensor::quantize(&w, format)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let diff = (ours - candle).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn gathered_rows_are_the_dequantized_rows() {
+        let w = Tensor::randn(0f32, 1., (40, 256), &Device::Cpu).unwrap();
+        for q in [Quantization::Q8_0, Quantization::Q4K] {
+            let qw = q.quantize(&w, "w").unwrap();
+            let all = qw.dequantize_all().unwrap();
+            let got = qw.gather_rows(&[39, 0, 7, 7]).unwrap();
+            let ids = Tensor::new(&[39u32, 0, 7, 7], &Device::Cpu).unwrap();
+            let want = all.index_select(&ids, 0).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{q:?}");
+            let err = qw.gather_rows(&[40]).unwrap_err().to_string();
+            assert!(err.contains("row 40") && err.contains("40 rows"), "{err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
 //! [`gemv`]; larger ones (prefill) through candle's matmul.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Tensor, D};
 
 use super::{gemv, LoadContext};
@@ -16,8 +18,8 @@ use crate::models::quantize::QuantizedWeight;
 enum Weight {
     /// `[out, in]` in the compute dtype.
     Dense(Tensor),
-    /// `[out, in]` in a quantized block format.
-    Quantized(QuantizedWeight),
+    /// `[out, in]` in a quantized block format (shared with a tied embedding table).
+    Quantized(Arc<QuantizedWeight>),
     /// Fused parts that cannot share one format (a GGUF file that stores q and k in Q4_K and v
     /// in Q6_K): each part's product, concatenated along the output dimension.
     Parts(Vec<Weight>),
@@ -72,14 +74,14 @@ impl Linear {
         bias: Option<Tensor>,
     ) -> Result<Self> {
         let weight = match ctx.quantize {
-            Some(q) => Weight::Quantized(q.quantize(&weight, name)?),
+            Some(q) => Weight::Quantized(Arc::new(q.quantize(&weight, name)?)),
             None => Weight::Dense(weight),
         };
         Ok(Self { weight, bias })
     }
 
-    /// A weight already in a quantized block format (a GGUF file's tied embedding matrix).
-    pub fn from_quantized(weight: QuantizedWeight) -> Self {
+    /// A weight already in a quantized block format (a quantized tied embedding matrix).
+    pub fn from_quantized(weight: Arc<QuantizedWeight>) -> Self {
         Self {
             weight: Weight::Quantized(weight),
             bias: None,
@@ -125,6 +127,16 @@ impl Linear {
                     .quantized(&format!("{p}.weight"), &[*out, in_dim])
             })
             .collect::<Result<Vec<_>>>()?;
+        if let (Some(q), [(prefix, out)], [None]) = (ctx.quantize, parts, stored.as_slice()) {
+            // One weight read and quantized a band at a time (a large LM head is never whole in
+            // the compute dtype).
+            let name = format!("{prefix}.weight");
+            let weight = ctx.quantized_tensor(&name, [*out, in_dim], q)?;
+            return Ok(Self {
+                weight: Weight::Quantized(Arc::new(weight)),
+                bias: biases,
+            });
+        }
         if stored.iter().all(Option::is_none) {
             let weights = parts
                 .iter()
@@ -135,8 +147,13 @@ impl Linear {
         if stored.iter().all(Option::is_some) {
             let weight = match QuantizedWeight::concat_rows(stored.into_iter().flatten().collect())
             {
-                Ok(q) => Weight::Quantized(q),
-                Err(parts) => Weight::Parts(parts.into_iter().map(Weight::Quantized).collect()),
+                Ok(q) => Weight::Quantized(Arc::new(q)),
+                Err(parts) => Weight::Parts(
+                    parts
+                        .into_iter()
+                        .map(|q| Weight::Quantized(Arc::new(q)))
+                        .collect(),
+                ),
             };
             return Ok(Self {
                 weight,
@@ -148,7 +165,7 @@ impl Linear {
                 .iter()
                 .zip(stored)
                 .map(|((p, out), q)| match q {
-                    Some(q) => Ok(Weight::Quantized(q)),
+                    Some(q) => Ok(Weight::Quantized(Arc::new(q))),
                     None => {
                         let name = format!("{p}.weight");
                         let dense = ctx.tensor(&name, &[*out, in_dim])?;
