@@ -22,6 +22,7 @@
 //! [`generation::generate`], with a [`GenerationConfig`] merged from the checkpoint's
 //! `generation_config.json` and the caller's fields, as transformers does.
 
+pub mod allocator;
 pub mod cache;
 pub mod chat_template;
 pub mod device;

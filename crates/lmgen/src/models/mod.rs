@@ -209,6 +209,8 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
         }
         Architecture::Gemma2 => Box::new(gemma2::Gemma2::load(config, &ctx)?),
     };
+    // From here on, freed activation buffers stay in the heap for the next op.
+    crate::allocator::reuse_freed_memory();
     Ok(model)
 }
 
