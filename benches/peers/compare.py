@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,10 +24,14 @@ GGUF_TYPE = {"f32": "f32", "f16": "f16", "q8_0": "q8_0", "q4_k": "q4_k_s"}
 
 def run_rss(cmd, env=None):
     """Runs cmd; returns (stdout, peak RSS in bytes of that process, from wait4)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = p.stdout.read()
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    # stderr goes to a file: read from a pipe after stdout, a chatty child (llama.cpp's load log)
+    # fills the pipe and both processes wait on each other (the stall of an earlier run).
+    with tempfile.TemporaryFile() as errf:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, env=env)
+        out = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        errf.seek(0)
+        err = errf.read()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{err.decode()}")
@@ -102,6 +107,7 @@ def main():
         step_bytes = lj[0]["decode"][0]["bytes_per_step"]
         row = {"precision": p, "bandwidth_gb_s": bw / 1e9, "bytes_per_step": step_bytes,
                "weights_plus_kv_bytes": lj[0]["weights_plus_kv_batch1_bytes"],
+               "lmgen_peak_rss_batch1": med([r["peak_rss_bytes_batch1"] for r in lj]),
                "gguf_bytes": os.path.getsize(gguf[p])}
         for e, s in samples[p].items():
             row[e] = {k: med([x[k] for x in s]) for k in ("decode_tok_s", "prefill_tok_s", "peak_rss")}
@@ -115,17 +121,19 @@ def main():
         json.dump(result, f, indent=1)
     print(f"| shape | precision | decode b1 tok/s lmgen / llama.cpp / candle | ratio vs llama.cpp / candle | "
           f"% bound | prefill {a.prefill} tok/s lmgen / llama.cpp / candle | ratio vs llama.cpp / candle | "
-          f"peak RSS MiB lmgen (weights+KV) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"peak RSS MiB, whole run: lmgen / llama.cpp / candle | lmgen after load + decode / (weights + KV) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        nan = {"decode_tok_s": float("nan"), "prefill_tok_s": float("nan")}
+        nan = {"decode_tok_s": float("nan"), "prefill_tok_s": float("nan"), "peak_rss": float("nan")}
         L, C, K = r["lmgen"], r["llama.cpp"], r.get("candle", nan)
+        b1, wkv = r["lmgen_peak_rss_batch1"], r["weights_plus_kv_bytes"]
         print(f"| {a.shape} | {r['precision']} | {L['decode_tok_s']:.1f} / {C['decode_tok_s']:.1f} / {K['decode_tok_s']:.1f} "
               f"| {L['decode_tok_s'] / C['decode_tok_s']:.2f}x / {L['decode_tok_s'] / K['decode_tok_s']:.2f}x "
               f"| {100 * L['fraction_of_bound']:.0f}% "
               f"| {L['prefill_tok_s']:.0f} / {C['prefill_tok_s']:.0f} / {K['prefill_tok_s']:.0f} "
               f"| {L['prefill_tok_s'] / C['prefill_tok_s']:.2f}x / {L['prefill_tok_s'] / K['prefill_tok_s']:.2f}x "
-              f"| {L['peak_rss'] / 2**20:.0f} ({r['weights_plus_kv_bytes'] / 2**20:.0f}) |")
+              f"| {L['peak_rss'] / 2**20:.0f} / {C['peak_rss'] / 2**20:.0f} / {K['peak_rss'] / 2**20:.0f} "
+              f"| {b1 / 2**20:.0f} / {wkv / 2**20:.0f} = {b1 / wkv:.2f}x |")
 
 
 if __name__ == "__main__":
