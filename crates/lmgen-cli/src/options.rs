@@ -37,8 +37,9 @@ pub struct ModelArgs {
     /// (differs only for Gemma 2, where eager applies attention logit soft-capping).
     #[arg(long, value_enum, default_value = "sdpa")]
     pub attn_implementation: AttnArg,
-    /// Quantize every linear weight at load to llama.cpp's Q8_0 or Q4_K blocks (transformers'
-    /// `load_in_8bit` / `load_in_4bit`); activations then run in f32.
+    /// Quantize every linear weight and the token embedding table at load to llama.cpp's Q8_0 or
+    /// Q4_K blocks (transformers' `load_in_8bit` / `load_in_4bit`; a tied LM head shares the
+    /// table's blocks, as in llama.cpp); activations then run in f32.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
 }
@@ -59,7 +60,7 @@ impl From<DTypeArg> for DType {
     }
 }
 
-/// `--quantize`: quantize linear weights at load.
+/// `--quantize`: quantize linear weights and the token table at load.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantizeArg {
     #[value(name = "q8_0")]

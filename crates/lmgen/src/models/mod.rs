@@ -163,7 +163,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Attention semantics (see [`AttnImplementation`]).
     pub attn_implementation: AttnImplementation,
-    /// Quantize every linear weight at load (HF `load_in_8bit` / `load_in_4bit`); `None` keeps
+    /// Quantize every linear weight and the token embedding table at load (HF `load_in_8bit` /
+    /// `load_in_4bit`; a tied LM head shares the table's blocks); `None` keeps
     /// the weights in `dtype`. Weights that a GGUF file already stores in Q8_0, Q4_K or Q6_K keep
     /// their blocks either way.
     pub quantize: Option<Quantization>,
