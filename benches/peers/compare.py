@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE for llama.cpp (only for a machine shared with other work)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     ck_root = os.path.join(ROOT, "target", "bench-checkpoints")
@@ -64,10 +66,13 @@ def main():
         if not os.path.isfile(path):
             run_rss([sys.executable, os.path.join(HERE, "write_gguf.py"), ckpt, path, GGUF_TYPE[p]])
         gguf[p] = path
-    # Passive OpenMP waits: on a shared machine llama.cpp's spinning threads otherwise collapse
-    # (measured here: 0.8 tok/s instead of 22 under a load of 10 on 2 cores).
-    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
-               OMP_WAIT_POLICY="PASSIVE")
+    # llama.cpp runs with its own default (spinning OpenMP threads) unless --omp-passive: passive
+    # waits help only on an overloaded machine (measured: 0.8 tok/s instead of 22 under a load of 10
+    # on 2 cores) and cost a quiet one most of a small model's decode (SmolLM2-135M f32: 18 tok/s
+    # passive, 43 default).
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    if a.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     engines = ["lmgen", "llama.cpp"] + (["candle"] if os.path.isfile(a.candle) else [])
     if "candle" not in engines:
         print(f"{a.candle} not built: candle left out", file=sys.stderr)
@@ -115,7 +120,7 @@ def main():
         row["lmgen"]["fraction_of_bound"] = row["lmgen"]["decode_tok_s"] * step_bytes / bw
         rows.append(row)
     result = {"shape": a.shape, "threads": a.threads, "decode_tokens": a.decode, "prefill_tokens": a.prefill,
-              "rounds": a.rounds, "reps": a.reps, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "rounds": a.rounds, "reps": a.reps, "omp_passive": a.omp_passive, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "rows": rows}
     with open(os.path.join(a.out, f"{a.shape}.json"), "w") as f:
         json.dump(result, f, indent=1)
