@@ -110,3 +110,55 @@ fn init_random_names_a_bad_config() -> Result<()> {
     ensure!(err.contains("/no/such.json"), "{err}");
     Ok(())
 }
+
+#[test]
+fn empty_lists_skip_a_part_and_bad_sizes_are_named() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().to_str().unwrap_or_default();
+    lmgen(&["init-random", "--config", LLAMA_CONFIG, "--out", out])?;
+    let common = [
+        "bench",
+        "--model",
+        out,
+        "--new-tokens",
+        "2",
+        "--prompt-len",
+        "4",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--bandwidth-mib",
+        "64",
+    ];
+    // `--prefill=`: decode only; `--batch=`: prefill only (the table says there is no batch-1 RSS).
+    let json = |extra: &[&str]| -> Result<Value> {
+        let args: Vec<&str> = common.iter().chain(extra).copied().collect();
+        Ok(serde_json::from_str(&lmgen(
+            &[&args[..], &["--json", "-"]].concat(),
+        )?)?)
+    };
+    let decode_only = json(&["--prefill=", "--batch", "1"])?;
+    ensure!(decode_only["prefill"].as_array().is_some_and(Vec::is_empty));
+    ensure!(decode_only["decode"]
+        .as_array()
+        .is_some_and(|d| d.len() == 1));
+    let prefill_only = json(&["--prefill", "8", "--batch="])?;
+    ensure!(prefill_only["decode"].as_array().is_some_and(Vec::is_empty));
+    ensure!(prefill_only["prefill"]
+        .as_array()
+        .is_some_and(|p| p.len() == 1));
+    let table = lmgen(&[&common[..], &["--prefill", "8", "--batch="]].concat())?;
+    ensure!(table.contains("no batch-1 decode run"), "{table}");
+    for bad in ["--batch=0", "--prefill=8,x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+            .args([&common[..], &[bad]].concat())
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("not a positive integer"),
+            "{bad}: {err}"
+        );
+    }
+    Ok(())
+}
