@@ -591,7 +591,8 @@ impl Weights {
 
     /// Rows `rows` of the 2-D tensor `name` (which must have `shape`) as `[rows.len(), cols]`
     /// in `dtype` on `device`: a large weight read a band at a time (quantizing at load holds
-    /// one band in f32, not the whole matrix).
+    /// one band in f32, not the whole matrix). Safetensors read only those rows; a GGUF file
+    /// reads the whole tensor and narrows it (read GGUF tensors whole instead).
     pub fn get_rows(
         &self,
         name: &str,

@@ -523,11 +523,19 @@ impl GgufWeights {
         };
         let mut t = read()
             .map_err(|e| weights_error(&self.path, format!("tensor `{gguf}`: cannot read: {e}")))?;
+        self.release(bytes);
         if let Some(perm) = self.row_permutation(hf, dims[0])? {
             let idx: Vec<u32> = perm.iter().map(|&r| r as u32).collect();
             t = t.index_select(&Tensor::new(idx, &Device::Cpu)?, 0)?;
         }
         Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// Gives back the mapped pages of `bytes` (a slice of the map) once they are copied, so that
+    /// a loaded model's resident memory is its weights, not its weights plus the file.
+    fn release(&self, bytes: &[u8]) {
+        let start = (bytes.as_ptr() as usize).saturating_sub(self.mmap.as_ptr() as usize);
+        super::release_pages(&self.mmap, start..start + bytes.len());
     }
 
     /// Tensor `hf` `[out, in]` in its block format when that is one lmgen's quantized layers run
@@ -551,7 +559,10 @@ impl GgufWeights {
                 &unpermuted
             }
         };
-        QuantizedWeight::from_ggml_bytes(ggml, bytes, rows, cols, gguf).map(Some)
+        let weight = QuantizedWeight::from_ggml_bytes(ggml, bytes, rows, cols, gguf)?;
+        let (_, _, _, file_bytes) = self.raw(hf, Some(shape))?;
+        self.release(file_bytes);
+        Ok(Some(weight))
     }
 }
 

@@ -40,6 +40,10 @@ impl LoadContext<'_> {
         [rows, cols]: [usize; 2],
         q: Quantization,
     ) -> Result<QuantizedWeight> {
+        if self.weights.gguf_path().is_some() {
+            // A GGUF file's dense tensor is read whole (its rows are not sliced from the file).
+            return q.quantize(&self.tensor(name, &[rows, cols])?, name);
+        }
         q.quantize_banded(rows, cols, name, &|r| {
             self.weights
                 .get_rows(name, [rows, cols], r, self.dtype, self.device)
