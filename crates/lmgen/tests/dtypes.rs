@@ -1,12 +1,13 @@
 //! Weights stored in f16 / bf16 load exactly, and f16 / bf16 compute stays close to f32.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use lmgen::cache::DynamicCache;
+use candle_core::{DType, Device};
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, CausalLM, ForwardInput, LoadOptions, LogitsToKeep};
+use lmgen::models::{load_model, CausalLM, LoadOptions};
 
 const PROMPT: [u32; 8] = [1, 56, 386, 225, 462, 340, 79, 297];
 
@@ -25,24 +26,7 @@ fn copy_as(dtype: DType, store: DType) -> anyhow::Result<tempfile::TempDir> {
 }
 
 fn logits(model: &dyn CausalLM) -> anyhow::Result<Vec<Vec<f32>>> {
-    let ids = Tensor::new(vec![PROMPT.to_vec()], &Device::Cpu)?;
-    let pos = Tensor::new(
-        vec![(0..PROMPT.len() as u32).collect::<Vec<_>>()],
-        &Device::Cpu,
-    )?;
-    let input = ForwardInput {
-        input_ids: &ids,
-        position_ids: &pos,
-        attention_mask: None,
-        logits_to_keep: LogitsToKeep::All,
-        output_hidden_states: false,
-        num_hidden_layers: None,
-    };
-    Ok(model
-        .forward(&input, &mut DynamicCache::new())?
-        .logits
-        .squeeze(0)?
-        .to_vec2()?)
+    Ok(common::all_logits(model, &PROMPT)?.to_vec2()?)
 }
 
 fn load(dir: &Path, dtype: DType) -> anyhow::Result<Box<dyn CausalLM>> {

@@ -18,6 +18,8 @@
 //! bit-exact with ggml's reference quantizer; norms and biases stay f32.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -25,10 +27,9 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value as Meta};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use lmgen::cache::DynamicCache;
 use lmgen::generation::config::UnknownFields;
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, CausalLM, ForwardInput, LoadOptions, LogitsToKeep, Quantization};
+use lmgen::models::{load_model, CausalLM, LoadOptions, Quantization};
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use serde_json::Value;
 
@@ -59,22 +60,7 @@ fn load_safetensors(name: &str, quantize: Option<Quantization>) -> Box<dyn Causa
 
 /// `[t, vocab]` logits of every position of `tokens`.
 fn logits(model: &dyn CausalLM, tokens: &[u32]) -> Tensor {
-    let ids = Tensor::new(vec![tokens.to_vec()], &Device::Cpu).unwrap();
-    let pos = Tensor::new(
-        vec![(0..tokens.len() as u32).collect::<Vec<_>>()],
-        &Device::Cpu,
-    )
-    .unwrap();
-    let input = ForwardInput {
-        input_ids: &ids,
-        position_ids: &pos,
-        attention_mask: None,
-        logits_to_keep: LogitsToKeep::All,
-        output_hidden_states: false,
-        num_hidden_layers: None,
-    };
-    let out = model.forward(&input, &mut DynamicCache::new()).unwrap();
-    out.logits.squeeze(0).unwrap()
+    common::all_logits(model, tokens).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -4,12 +4,12 @@
 //! BENCHMARKS.md.)
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use lmgen::cache::DynamicCache;
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, CausalLM, ForwardInput, LoadOptions, LogitsToKeep, Quantization};
+use lmgen::models::{load_model, CausalLM, LoadOptions, Quantization};
 use lmgen::{generate, GenerateInput, GenerationConfig};
 
 const PROMPT: [u32; 8] = [1, 56, 386, 225, 462, 340, 79, 297];
@@ -26,22 +26,10 @@ fn load(name: &str, quantize: Option<Quantization>) -> Box<dyn CausalLM> {
 }
 
 fn logits(model: &dyn CausalLM, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let ids = Tensor::new(vec![tokens.to_vec()], &Device::Cpu).unwrap();
-    let pos = Tensor::new(
-        vec![(0..tokens.len() as u32).collect::<Vec<_>>()],
-        &Device::Cpu,
-    )
-    .unwrap();
-    let input = ForwardInput {
-        input_ids: &ids,
-        position_ids: &pos,
-        attention_mask: None,
-        logits_to_keep: LogitsToKeep::All,
-        output_hidden_states: false,
-        num_hidden_layers: None,
-    };
-    let out = model.forward(&input, &mut DynamicCache::new()).unwrap();
-    out.logits.squeeze(0).unwrap().to_vec2().unwrap()
+    common::all_logits(model, tokens)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
 }
 
 fn argmax(r: &[f32]) -> usize {

@@ -541,26 +541,25 @@ impl GgufWeights {
     /// Tensor `hf` `[out, in]` in its block format when that is one lmgen's quantized layers run
     /// (Q8_0, Q4_K, Q6_K), rows unpermuted as bytes; `None` for every other type.
     pub(crate) fn quantized(&self, hf: &str, shape: &[usize]) -> Result<Option<QuantizedWeight>> {
-        let (gguf, ggml, dims, bytes) = self.raw(hf, Some(shape))?;
+        let (gguf, ggml, dims, file_bytes) = self.raw(hf, Some(shape))?;
         if !QuantizedWeight::reads(ggml) || dims.len() != 2 {
             return Ok(None);
         }
         let (rows, cols) = (dims[0], dims[1]);
         let unpermuted;
         let bytes = match self.row_permutation(hf, rows)? {
-            None => bytes,
+            None => file_bytes,
             Some(perm) => {
-                let row_bytes = bytes.len() / rows;
+                let row_bytes = file_bytes.len() / rows;
                 unpermuted = perm
                     .iter()
-                    .flat_map(|&r| &bytes[r * row_bytes..(r + 1) * row_bytes])
+                    .flat_map(|&r| &file_bytes[r * row_bytes..(r + 1) * row_bytes])
                     .copied()
                     .collect::<Vec<u8>>();
                 &unpermuted
             }
         };
         let weight = QuantizedWeight::from_ggml_bytes(ggml, bytes, rows, cols, gguf)?;
-        let (_, _, _, file_bytes) = self.raw(hf, Some(shape))?;
         self.release(file_bytes);
         Ok(Some(weight))
     }

@@ -340,7 +340,8 @@ impl QuantizedWeight {
         }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.rows) {
             return Err(Error::Input(format!(
-                "row {bad} is outside a quantized table of {} rows",
+                "id {bad} is outside the table of {} rows (token ids must be below the \
+                 vocabulary size)",
                 self.rows
             )));
         }
@@ -452,7 +453,7 @@ mod tests {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{q:?}");
             let err = qw.gather_rows(&[40]).unwrap_err().to_string();
-            assert!(err.contains("row 40") && err.contains("40 rows"), "{err}");
+            assert!(err.contains("id 40") && err.contains("40 rows"), "{err}");
         }
     }
 
