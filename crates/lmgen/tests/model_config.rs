@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lmgen::models::config::{LayerType, ModelConfig, RopeScaling};
+use lmgen::models::config::{LayerType, ModelConfig, ProjectionLayout, QkNorm, RopeScaling};
 use lmgen::models::Architecture;
 use serde_json::json;
 
@@ -95,4 +95,179 @@ fn sliding_window_rules_per_architecture() {
     let q = parse(q).unwrap();
     assert_eq!(q.layer_types, vec![LayerType::FullAttention; 2]);
     assert!(q.qkv_bias && !q.o_bias);
+}
+
+fn real(name: &str) -> ModelConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-configs")
+        .join(name)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    ModelConfig::from_json(&serde_json::from_str(&text).unwrap(), &path).unwrap()
+}
+
+#[test]
+fn real_2026_configs_parse() {
+    let q = real("Qwen3-0.6B");
+    assert_eq!(q.architecture, Architecture::Qwen3);
+    assert_eq!((q.head_dim, q.num_key_value_heads), (128, 8));
+    assert_eq!(q.qk_norm, Some(QkNorm::PerHead));
+    assert!(q.tie_word_embeddings && !q.qkv_bias && !q.o_bias);
+    // `use_sliding_window: false`: no window although `sliding_window` is set.
+    assert_eq!(q.sliding_window, None);
+    assert_eq!(q.rope.as_ref().unwrap().theta, 1_000_000.0);
+    assert!(!real("Qwen3-4B").qkv_bias);
+
+    // Gemma 3 1B, transformers 4 layout: rope_theta + rope_local_base_freq + sliding_window_pattern.
+    let g = real("gemma-3-1b-it");
+    assert_eq!(g.architecture, Architecture::Gemma3);
+    assert_eq!(g.rope.as_ref().unwrap().theta, 1_000_000.0);
+    assert_eq!(g.rope_local.as_ref().unwrap().theta, 10_000.0);
+    let full: Vec<usize> = (0..26)
+        .filter(|&i| g.layer_types[i] == LayerType::FullAttention)
+        .collect();
+    assert_eq!(full, vec![5, 11, 17, 23]);
+    assert_eq!(g.rope_for_layer(0).unwrap().theta, 10_000.0);
+    assert_eq!(g.rope_for_layer(5).unwrap().theta, 1_000_000.0);
+    assert_eq!(g.attention_scaling, 256f64.powf(-0.5));
+    assert_eq!(g.final_logit_softcapping, None);
+    assert_eq!(g.sliding_window, Some(512));
+
+    // SmolLM3-3B: every fourth layer without RoPE.
+    let s = real("SmolLM3-3B");
+    assert_eq!(s.architecture, Architecture::SmolLM3);
+    assert_eq!(
+        &s.rope_layers[..8],
+        &[true, true, true, false, true, true, true, false]
+    );
+    assert!(s.rope_for_layer(3).is_none() && s.rope_for_layer(4).is_some());
+
+    // Devstral (Mistral Small 3.1's text model as `mistral`).
+    let d = real("Devstral-Small-2507");
+    assert_eq!(d.architecture, Architecture::Mistral);
+}
+
+#[test]
+fn unsupported_2026_model_types_are_named() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real-configs/granite-3.1-1b-a400m-instruct/config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let err = ModelConfig::from_json(&serde_json::from_str(&text).unwrap(), &path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown model_type `granitemoe`"), "{err}");
+    assert!(
+        err.contains("qwen3") && err.contains("gemma3_text") && err.contains("phi3"),
+        "{err}"
+    );
+}
+
+/// Phi-4-mini's config.json as shipped (transformers 4 layout): LongRoPE in `rope_scaling`,
+/// `partial_rotary_factor` and `original_max_position_embeddings` at the top.
+fn phi4_mini() -> serde_json::Value {
+    let short: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 * 0.01).collect();
+    let long: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 * 0.5).collect();
+    json!({"model_type": "phi3", "vocab_size": 200064, "hidden_size": 3072,
+        "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 24,
+        "num_key_value_heads": 8, "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096, "partial_rotary_factor": 0.75,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": true,
+        "sliding_window": 262144, "hidden_act": "silu",
+        "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": long}})
+}
+
+#[test]
+fn phi4_mini_longrope_and_partial_rotary() {
+    let c = parse(phi4_mini()).unwrap();
+    assert_eq!(c.architecture, Architecture::Phi3);
+    assert_eq!(c.projections, ProjectionLayout::Fused);
+    let rope = c.rope.as_ref().unwrap();
+    assert_eq!(rope.rotary_dim(c.head_dim), 96);
+    let RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = rope.scaling
+    else {
+        panic!("{:?}", rope.scaling)
+    };
+    assert_eq!(original_max_position_embeddings, 4096);
+    // factor = 131072 / 4096 = 32: sqrt(1 + ln 32 / ln 4096).
+    let want = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
+    assert!((attention_factor - want).abs() < 1e-12);
+    // A factor list of the wrong length is refused, naming the field.
+    let mut bad = phi4_mini();
+    bad["rope_scaling"]["short_factor"] = json!([1.0, 1.0]);
+    let err = parse(bad).unwrap_err().to_string();
+    assert!(
+        err.contains("`rope_scaling.short_factor` has 2 entries"),
+        "{err}"
+    );
+}
+
+#[test]
+fn layer_types_must_match_the_layer_count() {
+    let mut q = llama(json!({"layer_types": ["full_attention"]}));
+    q["model_type"] = json!("qwen3");
+    let err = parse(q).unwrap_err().to_string();
+    assert!(
+        err.contains("`layer_types` has 1 entries but `num_hidden_layers` is 2"),
+        "{err}"
+    );
+    let mut s = llama(json!({"no_rope_layers": [1, 1, 0]}));
+    s["model_type"] = json!("smollm3");
+    let err = parse(s).unwrap_err().to_string();
+    assert!(err.contains("`no_rope_layers` has 3 entries"), "{err}");
+    let mut g = llama(json!({"layer_types": ["full_attention", "chunked_attention"]}));
+    g["model_type"] = json!("gemma3_text");
+    let err = parse(g).unwrap_err().to_string();
+    assert!(err.contains("\"chunked_attention\""), "{err}");
+}
+
+#[test]
+fn vision_language_wrappers_read_text_config() {
+    let text = llama(json!({"model_type": "gemma3_text", "sliding_window": 4}));
+    let c = parse(json!({"model_type": "gemma3", "text_config": text,
+        "tie_word_embeddings": true, "torch_dtype": "bfloat16"}))
+    .unwrap();
+    assert_eq!(c.architecture, Architecture::Gemma3);
+    assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+    // Errors inside text_config name it.
+    let mut bad = llama(json!({"model_type": "ministral3"}));
+    bad["hidden_size"] = json!("big");
+    let err = parse(json!({"model_type": "mistral3", "text_config": bad}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`text_config.hidden_size` must be a non-negative integer, got \"big\""),
+        "{err}"
+    );
+    let err = parse(json!({"model_type": "mistral3"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`text_config` is missing"), "{err}");
+}
+
+#[test]
+fn yarn_attention_factor_and_llama4_query_scaling() {
+    let mut m = llama(
+        json!({"rope_parameters": {"rope_type": "yarn", "factor": 16.0,
+        "original_max_position_embeddings": 16384, "rope_theta": 1e6, "beta_fast": 32.0,
+        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}}),
+    );
+    m["model_type"] = json!("ministral3");
+    let c = parse(m).unwrap();
+    let rope = c.rope.as_ref().unwrap();
+    assert_eq!(rope.attention_factor(), 1.0);
+    let q = c.query_scaling.unwrap();
+    assert_eq!(q.factor(16383), 1.0);
+    assert!((q.factor(16384) - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-7);
+    // Without mscale: 0.1 * ln(factor) + 1.
+    let y = parse(llama(
+        json!({"rope_scaling": {"type": "yarn", "factor": 4.0,
+        "original_max_position_embeddings": 2048}}),
+    ))
+    .unwrap();
+    let want = 0.1 * 4f64.ln() + 1.0;
+    assert!((y.rope.unwrap().attention_factor() - want).abs() < 1e-12);
 }

@@ -6,10 +6,13 @@
 //! under `transformer.` (or no prefix, as some old checkpoints).
 
 use candle_core::{DType, Device, Module, Tensor};
+use serde::Deserialize;
 
-use super::config::LayerType;
-use super::config::ModelConfig;
-use super::layers::attention::{Attention, AttentionInput};
+use super::config::{
+    Activation, ConfigFile, LayerType, ModelConfig, NormKind, NormPlacement, ProjectionLayout,
+    SavedDtype, TokenIdField,
+};
+use super::layers::attention::{Attention, AttentionInput, AttentionShape};
 use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
@@ -17,9 +20,88 @@ use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
 use super::layers_to_run;
-use super::{CausalLM, ForwardInput, ModelOutput};
+use super::{Architecture, CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
+use crate::init::{Init, TensorSpec};
+
+/// The `config.json` fields of `GPT2Config` that lmgen reads.
+#[derive(Debug, Deserialize)]
+struct Config {
+    vocab_size: usize,
+    n_embd: usize,
+    n_head: usize,
+    n_layer: usize,
+    n_positions: usize,
+    n_inner: Option<usize>,
+    layer_norm_epsilon: Option<f64>,
+    activation_function: Option<String>,
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    scale_attn_by_inverse_layer_idx: bool,
+    scale_attn_weights: Option<bool>,
+    #[serde(default)]
+    reorder_and_upcast_attn: bool,
+    bos_token_id: Option<TokenIdField>,
+    pad_token_id: Option<TokenIdField>,
+}
+
+/// `gpt2`.
+pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
+    let c: Config = file.parse()?;
+    let (hidden_size, heads, layers) = (c.n_embd, c.n_head, c.n_layer);
+    if heads == 0 || hidden_size % heads != 0 {
+        // GPT2Attention raises the same ValueError; the fused c_attn weight alone would not catch it.
+        return Err(file.err(format!(
+            "`n_embd` ({hidden_size}) must be divisible by `n_head` ({heads})"
+        )));
+    }
+    if c.reorder_and_upcast_attn {
+        // Only changes numerics in half precision; lmgen always computes attention scores in the compute dtype.
+        tracing::debug!("reorder_and_upcast_attn is set; attention runs in the compute dtype");
+    }
+    if c.scale_attn_weights == Some(false) {
+        return Err(file.err("`scale_attn_weights: false` is not supported".into()));
+    }
+    let head_dim = hidden_size / heads;
+    let act = c.activation_function.as_deref().unwrap_or("gelu_new");
+    Ok(ModelConfig {
+        architecture: Architecture::Gpt2,
+        vocab_size: c.vocab_size,
+        hidden_size,
+        intermediate_size: c.n_inner.unwrap_or(4 * hidden_size),
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim,
+        max_position_embeddings: c.n_positions,
+        norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
+        norm: NormKind::Rms, // unused: GPT-2 runs LayerNorm
+        norm_placement: NormPlacement::Pre,
+        qk_norm: None,
+        rope: None,
+        rope_local: None,
+        tie_word_embeddings: c.tie_word_embeddings.unwrap_or(true),
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        projections: ProjectionLayout::Fused,
+        hidden_act: Activation::from_hf(act, "activation_function", file)?,
+        sliding_window: None,
+        layer_types: vec![LayerType::FullAttention; layers],
+        rope_layers: vec![false; layers],
+        embedding_scale: None,
+        residual_multiplier: None,
+        attention_scaling: (head_dim as f64).powf(-0.5),
+        query_scaling: None,
+        logits_scaling: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        bos_token_id: c.bos_token_id.as_ref().and_then(TokenIdField::first),
+        pad_token_id: c.pad_token_id.as_ref().and_then(TokenIdField::first),
+        torch_dtype: file.parse::<SavedDtype>()?.into_name(),
+    })
+}
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -42,11 +124,26 @@ pub struct Gpt2 {
     dtype: DType,
 }
 
+/// Builds GPT-2 (the registry's loader for `gpt2`).
+pub fn load(
+    config: ModelConfig,
+    file: &ConfigFile<'_>,
+    ctx: &LoadContext<'_>,
+) -> Result<Box<dyn CausalLM>> {
+    let by_layer: bool = file.parse::<Config>()?.scale_attn_by_inverse_layer_idx;
+    Ok(Box::new(Gpt2::load(config, by_layer, ctx)?))
+}
+
 impl Gpt2 {
-    pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
+    /// `scale_attn_by_inverse_layer_idx` divides layer `i`'s scores by `i + 1`.
+    fn load(
+        config: ModelConfig,
+        scale_attn_by_inverse_layer_idx: bool,
+        ctx: &LoadContext<'_>,
+    ) -> Result<Self> {
         let cfg = &config;
         let h = cfg.hidden_size;
-        let prefix = if ctx.weights.contains("wte.weight") {
+        let prefix = if ctx.contains("wte.weight") {
             ""
         } else {
             "transformer."
@@ -56,24 +153,39 @@ impl Gpt2 {
             &format!("{prefix}wpe.weight"),
             &[cfg.max_position_embeddings, h],
         )?;
+        let conv1d = |name: String, din, dout| Linear::load_conv1d(ctx, &name, din, dout);
+        let shape = AttentionShape {
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim,
+        };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("{prefix}h.{i}");
+                let mut scale = cfg.attention_scaling;
+                if scale_attn_by_inverse_layer_idx {
+                    scale /= (i + 1) as f64;
+                }
+                let i_dim = cfg.intermediate_size;
                 Ok(Block {
                     ln_1: LayerNorm::load(ctx, &format!("{p}.ln_1"), h, cfg.norm_eps)?,
-                    attn: Attention::load_gpt2(ctx, &format!("{p}.attn"), cfg, i)?,
+                    attn: Attention::new(
+                        conv1d(format!("{p}.attn.c_attn"), h, 3 * h)?,
+                        conv1d(format!("{p}.attn.c_proj"), h, h)?,
+                        shape,
+                        scale,
+                        i,
+                    ),
                     ln_2: LayerNorm::load(ctx, &format!("{p}.ln_2"), h, cfg.norm_eps)?,
-                    mlp: Mlp::load_gpt2(
-                        ctx,
-                        &format!("{p}.mlp"),
-                        h,
-                        cfg.intermediate_size,
+                    mlp: Mlp::new(
+                        conv1d(format!("{p}.mlp.c_fc"), h, i_dim)?,
+                        conv1d(format!("{p}.mlp.c_proj"), i_dim, h)?,
                         cfg.hidden_act,
-                    )?,
+                    ),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if cfg.tie_word_embeddings || !ctx.weights.contains("lm_head.weight") {
+        let lm_head = if cfg.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             wte.tied_head(ctx)?
         } else {
             Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
@@ -91,6 +203,62 @@ impl Gpt2 {
     }
 }
 
+/// Every tensor GPT-2 loads, under `transformer.` (for `init_random`).
+pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let mut t = vec![
+        TensorSpec::new("transformer.wte.weight", vec![v, h], Init::Random),
+        TensorSpec::new(
+            "transformer.wpe.weight",
+            vec![cfg.max_position_embeddings, h],
+            Init::Random,
+        ),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("transformer.h.{l}");
+        for ln in ["ln_1", "ln_2"] {
+            t.push(TensorSpec::new(
+                &format!("{p}.{ln}.weight"),
+                vec![h],
+                Init::Ones,
+            ));
+            t.push(TensorSpec::new(
+                &format!("{p}.{ln}.bias"),
+                vec![h],
+                Init::Zeros,
+            ));
+        }
+        for (name, din, dout) in [
+            ("attn.c_attn", h, 3 * h),
+            ("attn.c_proj", h, h),
+            ("mlp.c_fc", h, i),
+            ("mlp.c_proj", i, h),
+        ] {
+            t.push(TensorSpec::new(
+                &format!("{p}.{name}.weight"),
+                vec![din, dout],
+                Init::Random,
+            ));
+            t.push(TensorSpec::new(
+                &format!("{p}.{name}.bias"),
+                vec![dout],
+                Init::Zeros,
+            ));
+        }
+    }
+    t.push(TensorSpec::new(
+        "transformer.ln_f.weight",
+        vec![h],
+        Init::Ones,
+    ));
+    t.push(TensorSpec::new(
+        "transformer.ln_f.bias",
+        vec![h],
+        Init::Zeros,
+    ));
+    t
+}
+
 impl CausalLM for Gpt2 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
@@ -99,6 +267,7 @@ impl CausalLM for Gpt2 {
         let attn_in = AttentionInput {
             rope: None,
             mask: masks.for_layer(LayerType::FullAttention),
+            query_scale: None,
         };
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let n = layers_to_run(input, self.h.len());

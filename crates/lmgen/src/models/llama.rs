@@ -1,173 +1,177 @@
 //! Llama (HF `LlamaForCausalLM`, `models/llama/modeling_llama.py`): RoPE (default, linear,
-//! dynamic, llama3), grouped-query attention, RMSNorm, SiLU-gated MLP, tied or untied LM head.
+//! dynamic, llama3, yarn), grouped-query attention, RMSNorm before attention and MLP, SiLU-gated
+//! MLP, tied or untied LM head. It runs on the shared [`super::decoder::Decoder`].
 //!
-//! Mistral and Qwen2 run on this code; their differences are configuration only
-//! (`models/config.rs`):
-//! - Mistral (`MistralForCausalLM`): every layer attends through a sliding window of
-//!   `sliding_window` tokens (absent or `null`: full attention). The mask applies the window.
-//! - Qwen2 (`Qwen2ForCausalLM`): q, k and v projections have biases (o_proj has none); layers
-//!   marked `sliding_attention` use a window only when `use_sliding_window` sets one.
+//! Its [`Config`] holds the fields every Llama-derived `config.json` shares; the other
+//! architectures parse it, then lower it with their own [`Defaults`] and change what differs.
 
-use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Deserializer};
 
-use super::config::{LayerType, ModelConfig};
-use super::layers::attention::{Attention, AttentionInput};
-use super::layers::embedding::Embedding;
-use super::layers::linear::Linear;
-use super::layers::mask::ForwardMasks;
-use super::layers::mlp::GatedMlp;
-use super::layers::norm::RmsNorm;
-use super::layers::rotary::RotaryEmbedding;
-use super::layers::LoadContext;
-use super::layers_to_run;
-use super::{CausalLM, ForwardInput, ModelOutput};
-use crate::cache::KvCache;
+use super::config::rope::{self, RopeDefaults};
+use super::config::{
+    Activation, ConfigFile, LayerType, ModelConfig, NormKind, NormPlacement, ProjectionLayout,
+    SavedDtype, TokenIdField,
+};
+use super::Architecture;
 use crate::error::Result;
 
-#[derive(Debug, Clone)]
-struct DecoderLayer {
-    self_attn: Attention,
-    mlp: GatedMlp,
-    input_layernorm: RmsNorm,
-    post_attention_layernorm: RmsNorm,
-    layer_type: LayerType,
+/// The `config.json` fields of `LlamaConfig` that lmgen reads.
+#[derive(Debug, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub max_position_embeddings: Option<usize>,
+    pub rms_norm_eps: Option<f64>,
+    pub hidden_act: Option<String>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    /// Absent (the architecture's default) differs from `null` (no window).
+    #[serde(default, deserialize_with = "nullable")]
+    pub sliding_window: Option<Option<usize>>,
+    pub layer_types: Option<Vec<String>>,
+    pub bos_token_id: Option<TokenIdField>,
+    pub pad_token_id: Option<TokenIdField>,
 }
 
-/// A Llama-family decoder with its LM head.
-#[derive(Debug, Clone)]
-pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rotary: RotaryEmbedding,
-    config: ModelConfig,
-    device: Device,
-    dtype: DType,
+/// A field that may be absent (`None`), `null` (`Some(None)`) or set.
+pub(crate) fn nullable<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Some(Option::deserialize(d)?))
 }
 
-/// The LM head: `lm_head.weight`, or the embedding table when tied (its blocks when the table is
-/// quantized, as llama.cpp runs it).
-pub(crate) fn lm_head(
-    ctx: &LoadContext<'_>,
-    cfg: &ModelConfig,
-    embed: &Embedding,
-) -> Result<Linear> {
-    if cfg.tie_word_embeddings && !ctx.weights.contains("lm_head.weight") {
-        embed.tied_head(ctx)
-    } else {
-        Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
-    }
+/// What an architecture's `configuration_*.py` supplies for absent fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub sliding_window: Option<usize>,
 }
 
-impl Llama {
-    pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
-        let cfg = &config;
-        let embed = Embedding::load(
-            ctx,
-            "model.embed_tokens.weight",
-            cfg.vocab_size,
-            cfg.hidden_size,
+/// `LlamaConfig`'s defaults.
+pub const DEFAULTS: Defaults = Defaults {
+    rms_norm_eps: 1e-6,
+    tie_word_embeddings: false,
+    rope_theta: 10_000.0,
+    max_position_embeddings: 2048,
+    sliding_window: None,
+};
+
+/// `llama`.
+pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
+    let mut cfg = file
+        .parse::<Config>()?
+        .lower(file, Architecture::Llama, &DEFAULTS)?;
+    // Llama has no sliding window, whatever the file says.
+    cfg.sliding_window = None;
+    cfg.layer_types = vec![LayerType::FullAttention; cfg.num_hidden_layers];
+    Ok(cfg)
+}
+
+impl Config {
+    /// The Llama decoder this config describes: pre-norm RMSNorm, separate projections,
+    /// `attention_bias` on q/k/v/o, `layer_types` as given (else full attention), every layer
+    /// rotated, `head_dim^-0.5` attention scaling.
+    pub fn lower(
+        self,
+        file: &ConfigFile<'_>,
+        architecture: Architecture,
+        defaults: &Defaults,
+    ) -> Result<ModelConfig> {
+        let head_dim = match self.head_dim {
+            Some(d) if d > 0 => d,
+            _ => self.hidden_size / self.num_attention_heads.max(1),
+        };
+        let max_position_embeddings = self
+            .max_position_embeddings
+            .unwrap_or(defaults.max_position_embeddings);
+        let rope = rope::parse(
+            file,
+            RopeDefaults {
+                theta: defaults.rope_theta,
+                max_position_embeddings,
+            },
         )?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                let h = cfg.hidden_size;
-                Ok(DecoderLayer {
-                    self_attn: Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?,
-                    mlp: GatedMlp::load(
-                        ctx,
-                        &format!("{p}.mlp"),
-                        h,
-                        cfg.intermediate_size,
-                        cfg.mlp_bias,
-                        cfg.hidden_act,
-                    )?,
-                    input_layernorm: RmsNorm::load(
-                        ctx,
-                        &format!("{p}.input_layernorm"),
-                        h,
-                        cfg.norm_eps,
-                    )?,
-                    post_attention_layernorm: RmsNorm::load(
-                        ctx,
-                        &format!("{p}.post_attention_layernorm"),
-                        h,
-                        cfg.norm_eps,
-                    )?,
-                    layer_type: cfg.layer_types[i],
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rope = cfg.rope.as_ref().ok_or_else(|| crate::Error::ModelConfig {
-            path: "config.json".into(),
-            message: "RoPE parameters missing".into(),
-        })?;
-        Ok(Self {
-            lm_head: lm_head(ctx, cfg, &embed)?,
-            embed_tokens: embed,
-            layers,
-            norm: RmsNorm::load(ctx, "model.norm", cfg.hidden_size, cfg.norm_eps)?,
-            rotary: RotaryEmbedding::new(rope, cfg.head_dim, cfg.max_position_embeddings),
-            device: ctx.device.clone(),
-            dtype: ctx.dtype,
-            config,
+        let sliding_window = self.sliding_window.unwrap_or(defaults.sliding_window);
+        let layer_types = match &self.layer_types {
+            Some(list) => layer_types(list, sliding_window, file)?,
+            None => vec![LayerType::FullAttention; self.num_hidden_layers],
+        };
+        let hidden_act = match &self.hidden_act {
+            Some(name) => Activation::from_hf(name, "hidden_act", file)?,
+            None => Activation::Silu,
+        };
+        let bias = self.attention_bias.unwrap_or(false);
+        let saved: SavedDtype = file.parse()?;
+        Ok(ModelConfig {
+            architecture,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self
+                .num_key_value_heads
+                .filter(|&n| n > 0)
+                .unwrap_or(self.num_attention_heads),
+            head_dim,
+            max_position_embeddings,
+            norm_eps: self.rms_norm_eps.unwrap_or(defaults.rms_norm_eps),
+            norm: NormKind::Rms,
+            norm_placement: NormPlacement::Pre,
+            qk_norm: None,
+            rope: Some(rope),
+            rope_local: None,
+            tie_word_embeddings: self
+                .tie_word_embeddings
+                .unwrap_or(defaults.tie_word_embeddings),
+            qkv_bias: bias,
+            o_bias: bias,
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            projections: ProjectionLayout::Separate,
+            hidden_act,
+            sliding_window,
+            rope_layers: vec![true; self.num_hidden_layers],
+            layer_types,
+            embedding_scale: None,
+            residual_multiplier: None,
+            attention_scaling: (head_dim as f64).powf(-0.5),
+            query_scaling: None,
+            logits_scaling: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            bos_token_id: self.bos_token_id.as_ref().and_then(TokenIdField::first),
+            pad_token_id: self.pad_token_id.as_ref().and_then(TokenIdField::first),
+            torch_dtype: saved.into_name(),
         })
     }
 }
 
-impl CausalLM for Llama {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
-        let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
-        let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
-        let mut x = self.embed_tokens.forward(input.input_ids)?; // [b, t, h]
-        let mut hidden = input.output_hidden_states.then(Vec::new);
-        let n = layers_to_run(input, self.layers.len());
-        for layer in &self.layers[..n] {
-            if let Some(states) = hidden.as_mut() {
-                states.push(x.clone());
-            }
-            let attn_in = AttentionInput {
-                rope: Some((&cos, &sin)),
-                mask: masks.for_layer(layer.layer_type),
-            };
-            let h =
-                layer
-                    .self_attn
-                    .forward(&layer.input_layernorm.forward(&x)?, &attn_in, cache)?;
-            x = (x + h)?;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h)?;
-        }
-        let x = masks.final_norm(
-            x,
-            |x| self.norm.forward(x),
-            &mut hidden,
-            input.logits_to_keep,
-        )?;
-        let logits = self.lm_head(&x)?; // [b, t_kept, vocab]
-        Ok(ModelOutput {
-            logits,
-            hidden_states: hidden,
+/// `layer_types` entries: a sliding layer with no window (e.g. Qwen2 with
+/// `use_sliding_window: false`) attends to everything.
+pub fn layer_types(
+    list: &[String],
+    sliding_window: Option<usize>,
+    file: &ConfigFile<'_>,
+) -> Result<Vec<LayerType>> {
+    list.iter()
+        .map(|t| match t.as_str() {
+            "sliding_attention" if sliding_window.is_some() => Ok(LayerType::SlidingAttention),
+            "sliding_attention" | "full_attention" => Ok(LayerType::FullAttention),
+            other => Err(file.err(format!(
+                "`{}layer_types` entries must be \"full_attention\" or \"sliding_attention\", got \"{other}\"",
+                file.prefix
+            ))),
         })
-    }
-
-    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+        .collect()
 }

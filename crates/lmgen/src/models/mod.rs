@@ -1,14 +1,27 @@
-//! Decoder-only causal language models: one file per architecture, shared layers in `layers/`.
+//! Decoder-only causal language models: one file per architecture (its `config.json` fields and
+//! what it changes), one row per architecture in [`registry`], the shared [`decoder`] that runs
+//! them, and building blocks in `layers/`.
 //!
 //! A model is immutable once loaded; all per-sequence state lives in the [`KvCache`] passed to
 //! [`CausalLM::forward`], so one model serves many sequences (and threads).
 
 pub mod config;
+pub mod decoder;
 pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
+pub mod granite;
 pub mod layers;
 pub mod llama;
+pub mod ministral3;
+pub mod mistral;
+pub mod olmo2;
+pub mod phi3;
 pub mod quantize;
+pub mod qwen2;
+pub mod qwen3;
+pub mod registry;
+pub mod smollm3;
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +107,8 @@ pub trait CausalLM: Send + Sync {
     fn dtype(&self) -> DType;
 }
 
-/// The architectures lmgen implements, keyed by `config.json`'s `model_type`.
+/// The architectures lmgen implements; [`registry::ARCHITECTURES`] maps `config.json`'s
+/// `model_type` to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Gpt2,
@@ -102,38 +116,29 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Gemma2,
+    Qwen3,
+    Gemma3,
+    Phi3,
+    SmolLM3,
+    Olmo2,
+    Granite,
+    Ministral3,
 }
 
 impl Architecture {
-    /// Every supported `model_type`.
-    pub const ALL: [Architecture; 5] = [
-        Architecture::Gpt2,
-        Architecture::Llama,
-        Architecture::Mistral,
-        Architecture::Qwen2,
-        Architecture::Gemma2,
-    ];
-
     /// The `model_type` string of `config.json`.
     pub fn model_type(self) -> &'static str {
-        match self {
-            Architecture::Gpt2 => "gpt2",
-            Architecture::Llama => "llama",
-            Architecture::Mistral => "mistral",
-            Architecture::Qwen2 => "qwen2",
-            Architecture::Gemma2 => "gemma2",
-        }
+        registry::entry_of(self).model_type
     }
 
     /// Parses `model_type`, with an error listing the supported ones.
     pub fn from_model_type(model_type: &str, path: &Path) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.model_type() == model_type)
+        registry::entry(model_type)
+            .map(|e| e.architecture)
             .ok_or_else(|| Error::UnknownModelType {
                 path: path.to_path_buf(),
                 model_type: model_type.to_string(),
-                supported: Self::ALL.map(|a| a.model_type()).join(", "),
+                supported: registry::supported(),
             })
     }
 }
@@ -194,22 +199,19 @@ impl Default for LoadOptions {
 
 /// Builds the model that `config.json` describes, with its weights from the checkpoint.
 pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<dyn CausalLM>> {
-    let config = ModelConfig::from_checkpoint(checkpoint)?;
+    let path = checkpoint.config_path();
+    let resolved = registry::resolve(&config::ConfigFile::new(&checkpoint.config, &path))?;
+    let config = resolved.parse()?;
     let dtype = options.dtype.unwrap_or(DType::F32);
     let ctx = layers::LoadContext {
         weights: &checkpoint.weights,
+        names: resolved.weight_names(|n| checkpoint.weights.contains(n)),
         dtype,
         device: &options.device,
         attn_implementation: options.attn_implementation,
         quantize: options.quantize,
     };
-    let model: Box<dyn CausalLM> = match config.architecture {
-        Architecture::Gpt2 => Box::new(gpt2::Gpt2::load(config, &ctx)?),
-        Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => {
-            Box::new(llama::Llama::load(config, &ctx)?)
-        }
-        Architecture::Gemma2 => Box::new(gemma2::Gemma2::load(config, &ctx)?),
-    };
+    let model = resolved.build(config, &ctx)?;
     // From here on, freed activation buffers stay in the heap for the next op.
     crate::allocator::reuse_freed_memory();
     Ok(model)

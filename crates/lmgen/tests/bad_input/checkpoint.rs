@@ -48,7 +48,8 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
         &[
             "unknown model_type `mamba`",
             "config.json",
-            "supported: gpt2, llama, mistral, qwen2, gemma2",
+            "supported: gpt2, llama, mistral, qwen2, gemma2, qwen3, gemma3_text, phi3, smollm3, \
+             olmo2, granite, ministral3, gemma3, mistral3",
         ],
     );
     let msg = config_error("llama", |c| {
@@ -83,15 +84,15 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
     let msg = config_error("llama", |c| {
         c.insert(
             "rope_scaling".into(),
-            json!({"rope_type": "yarn", "factor": 4.0}),
+            json!({"rope_type": "proportional", "factor": 4.0}),
         );
     })?;
     assert_mentions(
         &msg,
         &[
             "config.json",
-            "`rope_scaling.rope_type` = \"yarn\" is not supported",
-            "supported: default, linear, dynamic, llama3",
+            "`rope_scaling.rope_type` = \"proportional\" is not supported",
+            "supported: default, linear, dynamic, llama3, yarn, longrope",
         ],
     );
     let msg = config_error("llama3", |c| {

@@ -8,38 +8,52 @@ use candle_core::{DType, Tensor, D};
 
 use super::linear::Linear;
 use super::mask::LayerMask;
+use super::norm::RmsNorm;
 use super::rotary;
 use super::LoadContext;
 use crate::cache::KvCache;
 use crate::error::Result;
-use crate::models::config::ModelConfig;
+use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
 
 /// One attention block.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    /// q, k and v projections as one `[(nh + 2 nkv) * d, hidden]` product (fused at load).
+    /// q, k and v projections as one `[(nh + 2 nkv) * d, hidden]` product (fused at load, or
+    /// stored fused).
     qkv: Linear,
     o_proj: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
+    /// RMSNorm on queries and keys before RoPE (`q_norm`, `k_norm`).
+    qk_norm: Option<(QkNorm, RmsNorm, RmsNorm)>,
+    shape: AttentionShape,
     scale: f64,
     softcap: Option<f64>,
     layer_idx: usize,
 }
 
+/// Head counts and size.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
 /// Per-forward inputs shared by every layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionInput<'a> {
-    /// `cos`/`sin` `[b, t, d/2]`, or `None` for models without RoPE.
+    /// `cos`/`sin` `[b, t, r/2]`, or `None` for a layer without RoPE.
     pub rope: Option<(&'a Tensor, &'a Tensor)>,
     /// Additive mask `[b, 1, t, past + t]` (dense batch), or per sequence (packed batch).
     pub mask: LayerMask<'a>,
+    /// `[b, 1, t, 1]` multipliers on the rotated queries (Ministral 3's position-dependent
+    /// scaling), or `None`.
+    pub query_scale: Option<&'a Tensor>,
 }
 
 impl Attention {
-    /// Llama-family layout: `{prefix}.{q,k,v,o}_proj`.
+    /// The decoder layout: `{prefix}.{q,k,v,o}_proj` or `{prefix}.qkv_proj`, with `q_norm` and
+    /// `k_norm` when the config has them.
     pub fn load(
         ctx: &LoadContext<'_>,
         prefix: &str,
@@ -48,54 +62,86 @@ impl Attention {
     ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (q, k, v) = (
-            format!("{prefix}.q_proj"),
-            format!("{prefix}.k_proj"),
-            format!("{prefix}.v_proj"),
-        );
-        let parts = [
-            (q.as_str(), nh * d),
-            (k.as_str(), nkv * d),
-            (v.as_str(), nkv * d),
-        ];
-        Ok(Self {
-            qkv: Linear::load_fused(ctx, &parts, h, cfg.qkv_bias)?,
-            o_proj: Linear::load(ctx, &format!("{prefix}.o_proj"), nh * d, h, cfg.o_bias)?,
+        let qkv = match cfg.projections {
+            ProjectionLayout::Separate => {
+                let (q, k, v) = (
+                    format!("{prefix}.q_proj"),
+                    format!("{prefix}.k_proj"),
+                    format!("{prefix}.v_proj"),
+                );
+                let parts = [
+                    (q.as_str(), nh * d),
+                    (k.as_str(), nkv * d),
+                    (v.as_str(), nkv * d),
+                ];
+                Linear::load_fused(ctx, &parts, h, cfg.qkv_bias)?
+            }
+            ProjectionLayout::Fused => Linear::load(
+                ctx,
+                &format!("{prefix}.qkv_proj"),
+                h,
+                (nh + 2 * nkv) * d,
+                cfg.qkv_bias,
+            )?,
+        };
+        let qk_norm = match cfg.qk_norm {
+            None => None,
+            Some(kind) => {
+                let (q_dim, k_dim) = match kind {
+                    QkNorm::PerHead => (d, d),
+                    QkNorm::Projection => (nh * d, nkv * d),
+                };
+                let norm = |name: &str, dim| {
+                    RmsNorm::load(
+                        ctx,
+                        &format!("{prefix}.{name}"),
+                        dim,
+                        cfg.norm_eps,
+                        cfg.norm,
+                    )
+                };
+                Some((kind, norm("q_norm", q_dim)?, norm("k_norm", k_dim)?))
+            }
+        };
+        let shape = AttentionShape {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
-            scale: cfg.attention_scale.powf(-0.5),
-            // transformers' default attention (sdpa) ignores `attn_logit_softcapping`; only eager applies it.
-            softcap: match ctx.attn_implementation {
-                AttnImplementation::Eager => cfg.attn_logit_softcapping,
-                AttnImplementation::Sdpa => None,
-            },
+        };
+        let mut attention = Self::new(
+            qkv,
+            Linear::load(ctx, &format!("{prefix}.o_proj"), nh * d, h, cfg.o_bias)?,
+            shape,
+            cfg.attention_scaling,
             layer_idx,
-        })
+        );
+        attention.qk_norm = qk_norm;
+        // transformers' default attention (sdpa) ignores `attn_logit_softcapping`; only eager applies it.
+        attention.softcap = match ctx.attn_implementation {
+            AttnImplementation::Eager => cfg.attn_logit_softcapping,
+            AttnImplementation::Sdpa => None,
+        };
+        Ok(attention)
     }
 
-    /// GPT-2 layout: fused `{prefix}.c_attn` and `{prefix}.c_proj` (Conv1D).
-    pub fn load_gpt2(
-        ctx: &LoadContext<'_>,
-        prefix: &str,
-        cfg: &ModelConfig,
+    /// Attention over already-loaded projections: `qkv` `[(nh + 2 nkv) * d, hidden]`, `o_proj`,
+    /// scores multiplied by `scale`.
+    pub fn new(
+        qkv: Linear,
+        o_proj: Linear,
+        shape: AttentionShape,
+        scale: f64,
         layer_idx: usize,
-    ) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let mut scale = cfg.attention_scale.powf(-0.5);
-        if cfg.scale_attn_by_inverse_layer_idx {
-            scale /= (layer_idx + 1) as f64;
-        }
-        Ok(Self {
-            qkv: Linear::load_conv1d(ctx, &format!("{prefix}.c_attn"), h, 3 * h)?,
-            o_proj: Linear::load_conv1d(ctx, &format!("{prefix}.c_proj"), h, h)?,
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim,
+    ) -> Self {
+        Self {
+            qkv,
+            o_proj,
+            qk_norm: None,
+            shape,
             scale,
             softcap: None,
             layer_idx,
-        })
+        }
     }
 
     /// `[b, t, hidden] -> [b, t, hidden]`; appends this step's keys/values to `cache`.
@@ -106,19 +152,34 @@ impl Attention {
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let AttentionShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        } = self.shape;
         let qkv = self.qkv.forward(x)?; // [b, t, (nh + 2 nkv) * d]
-        let q = qkv.narrow(D::Minus1, 0, nh * d)?;
-        let k = qkv.narrow(D::Minus1, nh * d, nkv * d)?;
+        let mut q = qkv.narrow(D::Minus1, 0, nh * d)?;
+        let mut k = qkv.narrow(D::Minus1, nh * d, nkv * d)?;
         let v = qkv.narrow(D::Minus1, (nh + nkv) * d, nkv * d)?;
+        if let Some((QkNorm::Projection, q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?; // over [b, t, nh * d]
+            k = k_norm.forward(&k)?;
+        }
         // [b, t, n * d] -> [b, n, t, d]
-        let q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let mut q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
+        let mut k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = match input.rope {
+        if let Some((QkNorm::PerHead, q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?; // over each head's d
+            k = k_norm.forward(&k)?;
+        }
+        let (mut q, k) = match input.rope {
             Some((cos, sin)) => (rotary::apply(&q, cos, sin)?, rotary::apply(&k, cos, sin)?),
             None => (q, k),
         };
+        if let Some(scale) = input.query_scale {
+            q = q.broadcast_mul(scale)?; // [b, nh, t, d] * [b, 1, t, 1]
+        }
         let out = match input.mask {
             LayerMask::Dense(mask) => {
                 let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
@@ -147,7 +208,7 @@ impl Attention {
     /// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` -> `[b, nh, t, d]`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, nh, t, d) = q.dims4()?;
-        let nkv = self.num_kv_heads;
+        let nkv = self.shape.num_kv_heads;
         let s = k.dim(2)?;
         let n_rep = nh / nkv;
         // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.

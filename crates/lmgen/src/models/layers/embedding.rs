@@ -35,7 +35,7 @@ impl Embedding {
     /// `--quantize` the table is quantized like the linear layers (where its rows split into the
     /// format's blocks); otherwise it is dense in the compute dtype.
     pub fn load(ctx: &LoadContext<'_>, name: &str, vocab: usize, hidden: usize) -> Result<Self> {
-        let table = if let Some(q) = ctx.weights.quantized(name, &[vocab, hidden])? {
+        let table = if let Some(q) = ctx.stored_quantized(name, &[vocab, hidden])? {
             Table::Quantized(Arc::new(q))
         } else {
             match ctx.quantize {

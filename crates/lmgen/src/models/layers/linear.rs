@@ -124,10 +124,7 @@ impl Linear {
         // Weights that the file stores in a quantized block format (GGUF) keep their blocks.
         let stored = parts
             .iter()
-            .map(|(p, out)| {
-                ctx.weights
-                    .quantized(&format!("{p}.weight"), &[*out, in_dim])
-            })
+            .map(|(p, out)| ctx.stored_quantized(&format!("{p}.weight"), &[*out, in_dim]))
             .collect::<Result<Vec<_>>>()?;
         if let (Some(q), [(prefix, out)], [None]) = (ctx.quantize, parts, stored.as_slice()) {
             // One weight read and quantized a band at a time (a large LM head is never whole in

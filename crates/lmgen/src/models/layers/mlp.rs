@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use super::linear::Linear;
 use super::LoadContext;
 use crate::error::Result;
-use crate::models::config::Activation;
+use crate::models::config::{Activation, ModelConfig, ProjectionLayout};
 
 /// Applies the configured activation.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -16,7 +16,7 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
-/// `down(act(gate(x)) * up(x))` (HF `LlamaMLP`, `Gemma2MLP`).
+/// `down(act(gate(x)) * up(x))` (HF `LlamaMLP`, `Gemma2MLP`, `Phi3MLP`).
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
     /// `gate_proj` and `up_proj` as one `[2 * intermediate, hidden]` product (fused at load).
@@ -27,17 +27,12 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    /// Loads `{prefix}.{gate,up,down}_proj`.
-    pub fn load(
-        ctx: &LoadContext<'_>,
-        prefix: &str,
-        hidden: usize,
-        intermediate: usize,
-        bias: bool,
-        act: Activation,
-    ) -> Result<Self> {
-        Ok(Self {
-            gate_up_proj: Linear::load_fused(
+    /// Loads `{prefix}.{gate,up,down}_proj`, or `{prefix}.{gate_up,down}_proj` (the gate's rows
+    /// first) when the config stores them fused.
+    pub fn load(ctx: &LoadContext<'_>, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+        let (hidden, intermediate, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let gate_up_proj = match cfg.projections {
+            ProjectionLayout::Separate => Linear::load_fused(
                 ctx,
                 &[
                     (&format!("{prefix}.gate_proj"), intermediate),
@@ -46,6 +41,16 @@ impl GatedMlp {
                 hidden,
                 bias,
             )?,
+            ProjectionLayout::Fused => Linear::load(
+                ctx,
+                &format!("{prefix}.gate_up_proj"),
+                hidden,
+                2 * intermediate,
+                bias,
+            )?,
+        };
+        Ok(Self {
+            gate_up_proj,
             intermediate,
             down_proj: Linear::load(
                 ctx,
@@ -54,7 +59,7 @@ impl GatedMlp {
                 hidden,
                 bias,
             )?,
-            act,
+            act: cfg.hidden_act,
         })
     }
 
@@ -77,19 +82,9 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Loads GPT-2's `{prefix}.c_fc` and `{prefix}.c_proj` (Conv1D layout).
-    pub fn load_gpt2(
-        ctx: &LoadContext<'_>,
-        prefix: &str,
-        hidden: usize,
-        inner: usize,
-        act: Activation,
-    ) -> Result<Self> {
-        Ok(Self {
-            c_fc: Linear::load_conv1d(ctx, &format!("{prefix}.c_fc"), hidden, inner)?,
-            c_proj: Linear::load_conv1d(ctx, &format!("{prefix}.c_proj"), inner, hidden)?,
-            act,
-        })
+    /// `c_proj(act(c_fc(x)))` over loaded projections.
+    pub fn new(c_fc: Linear, c_proj: Linear, act: Activation) -> Self {
+        Self { c_fc, c_proj, act }
     }
 
     /// `[b, t, hidden] -> [b, t, hidden]`.

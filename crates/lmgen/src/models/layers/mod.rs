@@ -19,6 +19,8 @@ use crate::models::quantize::{Quantization, QuantizedWeight};
 #[derive(Clone, Copy)]
 pub struct LoadContext<'a> {
     pub weights: &'a Weights,
+    /// Where the text model's tensors sit in the file (a vision-language checkpoint nests them).
+    pub names: WeightNames<'a>,
     pub dtype: DType,
     pub device: &'a Device,
     pub attn_implementation: crate::models::AttnImplementation,
@@ -26,10 +28,48 @@ pub struct LoadContext<'a> {
     pub quantize: Option<Quantization>,
 }
 
+/// Maps the names the model code uses (`model.layers.0...`, `lm_head.weight`) to the names in
+/// the file: the registry's weight-name map for checkpoints that nest the language model
+/// (`language_model.model.` in transformers 4 layouts, `model.language_model.` in 5).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WeightNames<'a> {
+    /// Replaces the leading `model.`.
+    pub model: Option<&'a str>,
+    /// Prefixed to `lm_head.`.
+    pub lm_head: &'a str,
+}
+
+impl WeightNames<'_> {
+    /// The stored name of `name`.
+    pub fn stored(&self, name: &str) -> String {
+        match (self.model, name.strip_prefix("model.")) {
+            (Some(m), Some(rest)) => format!("{m}{rest}"),
+            _ if name.starts_with("lm_head.") => format!("{}{name}", self.lm_head),
+            _ => name.to_string(),
+        }
+    }
+}
+
 impl LoadContext<'_> {
     /// The tensor `name`, checked against the `shape` that config.json implies.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.weights.get(name, shape, self.dtype, self.device)
+        self.tensor_as(name, shape, self.dtype)
+    }
+
+    /// The tensor `name` in `dtype` rather than the compute dtype.
+    pub fn tensor_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.weights
+            .get(&self.names.stored(name), shape, dtype, self.device)
+    }
+
+    /// Whether the file stores `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.names.stored(name))
+    }
+
+    /// `name` in the block format the file stores it in, if it is quantized there (GGUF).
+    pub fn stored_quantized(&self, name: &str, shape: &[usize]) -> Result<Option<QuantizedWeight>> {
+        self.weights.quantized(&self.names.stored(name), shape)
     }
 
     /// The `[rows, cols]` tensor `name` quantized to `q`, read a band of rows at a time (never
@@ -44,9 +84,10 @@ impl LoadContext<'_> {
             // A GGUF file's dense tensor is read whole (its rows are not sliced from the file).
             return q.quantize(&self.tensor(name, &[rows, cols])?, name);
         }
+        let stored = self.names.stored(name);
         q.quantize_banded(rows, cols, name, &|r| {
             self.weights
-                .get_rows(name, [rows, cols], r, self.dtype, self.device)
+                .get_rows(&stored, [rows, cols], r, self.dtype, self.device)
         })
     }
 }

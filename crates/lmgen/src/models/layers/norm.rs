@@ -1,9 +1,10 @@
-//! RMSNorm (Llama, and Gemma's `(1 + w)` variant) and LayerNorm (GPT-2).
+//! RMSNorm (Llama's `w`, Gemma's `1 + w`) and LayerNorm (GPT-2).
 
 use candle_core::{DType, Tensor};
 
 use super::LoadContext;
 use crate::error::Result;
+use crate::models::config::NormKind;
 
 /// `x / sqrt(mean(x^2) + eps) * w`, computed in f32 (HF `LlamaRMSNorm`).
 #[derive(Debug, Clone)]
@@ -13,21 +14,24 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `{prefix}.weight` `[dim]`.
-    pub fn load(ctx: &LoadContext<'_>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+    /// Loads `{prefix}.weight` `[dim]`; for [`NormKind::RmsUnitOffset`] the scale is `1 + w`,
+    /// computed in f32, then cast (HF `Gemma2RMSNorm`).
+    pub fn load(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        kind: NormKind,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = match kind {
+            NormKind::Rms => ctx.tensor(&name, &[dim])?,
+            NormKind::RmsUnitOffset => {
+                (ctx.tensor_as(&name, &[dim], DType::F32)? + 1.0)?.to_dtype(ctx.dtype)?
+            }
+        };
         Ok(Self {
-            weight: ctx.tensor(&format!("{prefix}.weight"), &[dim])?,
-            eps: eps as f32,
-        })
-    }
-
-    /// Gemma's `Gemma2RMSNorm`: the scale is `1 + w` (computed in f32, then cast).
-    pub fn load_gemma(ctx: &LoadContext<'_>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
-        let w = ctx
-            .weights
-            .get(&format!("{prefix}.weight"), &[dim], DType::F32, ctx.device)?;
-        Ok(Self {
-            weight: (w + 1.0)?.to_dtype(ctx.dtype)?,
+            weight,
             eps: eps as f32,
         })
     }

@@ -3,7 +3,8 @@
 //! The angles are computed on the host in f32 exactly as transformers does
 //! (`inv_freq` in f32, `freqs = inv_freq * position`, then `cos`/`sin`), so rotated queries and
 //! keys match to the last bits; the rotation itself is candle's non-interleaved `rope`
-//! (HF `rotate_half`).
+//! (HF `rotate_half`), over the first `rotary_dim` channels of each head when the rotation is
+//! partial (`partial_rotary_factor`), the rest passed through.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -13,10 +14,12 @@ use crate::models::config::{RopeConfig, RopeScaling};
 /// Per-model rotary embedding: inverse frequencies plus the scaling rule.
 #[derive(Debug, Clone)]
 pub struct RotaryEmbedding {
-    /// `[head_dim / 2]`, already scaled for `linear` and `llama3`.
+    /// `[rotary_dim / 2]`, already scaled for `linear`, `llama3` and `yarn` (LongRoPE's short
+    /// factors).
     inv_freq: Vec<f32>,
     config: RopeConfig,
-    head_dim: usize,
+    /// The rotated channels of a head (`head_dim * partial_rotary_factor`).
+    rotary_dim: usize,
     max_position_embeddings: usize,
 }
 
@@ -30,9 +33,28 @@ fn default_inv_freq(base: f64, dim: usize) -> Vec<f32> {
 
 impl RotaryEmbedding {
     pub fn new(config: &RopeConfig, head_dim: usize, max_position_embeddings: usize) -> Self {
-        let base = default_inv_freq(config.theta, head_dim);
+        let dim = config.rotary_dim(head_dim);
+        let base = default_inv_freq(config.theta, dim);
         let inv_freq = match config.scaling {
             RopeScaling::Default | RopeScaling::Dynamic { .. } => base,
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                original_max_position_embeddings,
+                truncate,
+                ..
+            } => yarn_inv_freq(
+                dim,
+                factor,
+                [beta_fast, beta_slow],
+                config.theta,
+                original_max_position_embeddings,
+                truncate,
+            ),
+            RopeScaling::LongRope {
+                ref short_factor, ..
+            } => longrope_inv_freq(config.theta, dim, short_factor),
             // `_compute_linear_scaling_rope_parameters`: inv_freq / factor.
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
             // `_compute_llama3_parameters`.
@@ -72,7 +94,7 @@ impl RotaryEmbedding {
         Self {
             inv_freq,
             config: config.clone(),
-            head_dim,
+            rotary_dim: dim,
             max_position_embeddings,
         }
     }
@@ -80,18 +102,27 @@ impl RotaryEmbedding {
     /// Inverse frequencies for a forward whose largest position is `max_pos`
     /// (dynamic NTK grows the base once the sequence passes `max_position_embeddings`).
     fn inv_freq_for(&self, max_pos: usize) -> std::borrow::Cow<'_, [f32]> {
-        if let RopeScaling::Dynamic { factor } = self.config.scaling {
-            let seq_len = max_pos + 1;
-            if seq_len > self.max_position_embeddings {
+        let seq_len = max_pos + 1;
+        match self.config.scaling {
+            RopeScaling::Dynamic { factor } if seq_len > self.max_position_embeddings => {
                 // `_compute_dynamic_ntk_parameters`.
-                let dim = self.head_dim as f64;
+                let dim = self.rotary_dim as f64;
                 let ratio =
                     factor * seq_len as f64 / self.max_position_embeddings as f64 - (factor - 1.0);
                 let base = self.config.theta * ratio.powf(dim / (dim - 2.0));
-                return std::borrow::Cow::Owned(default_inv_freq(base, self.head_dim));
+                std::borrow::Cow::Owned(default_inv_freq(base, self.rotary_dim))
             }
+            // `longrope_frequency_update`: the long factors once the forward passes the
+            // original context.
+            RopeScaling::LongRope {
+                ref long_factor,
+                original_max_position_embeddings,
+                ..
+            } if seq_len > original_max_position_embeddings => std::borrow::Cow::Owned(
+                longrope_inv_freq(self.config.theta, self.rotary_dim, long_factor),
+            ),
+            _ => std::borrow::Cow::Borrowed(&self.inv_freq),
         }
-        std::borrow::Cow::Borrowed(&self.inv_freq)
     }
 
     /// `cos` and `sin`, each `[b, t, head_dim / 2]` in `dtype`, for `[b, t]` positions.
@@ -106,14 +137,21 @@ impl RotaryEmbedding {
         let max_pos = positions.iter().flatten().copied().max().unwrap_or(0) as usize;
         let inv_freq = self.inv_freq_for(max_pos);
         let half = inv_freq.len();
+        // `cos = emb.cos() * attention_scaling` (YaRN, LongRoPE; 1 otherwise).
+        let scale = self.config.attention_factor() as f32;
         let mut cos = Vec::with_capacity(b * t * half);
         let mut sin = Vec::with_capacity(b * t * half);
         for row in positions {
             for &p in row {
                 for &f in inv_freq.iter() {
                     let angle = f * p as f32;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    if scale == 1.0 {
+                        cos.push(angle.cos());
+                        sin.push(angle.sin());
+                    } else {
+                        cos.push(angle.cos() * scale);
+                        sin.push(angle.sin() * scale);
+                    }
                 }
             }
         }
@@ -129,9 +167,62 @@ impl RotaryEmbedding {
     }
 }
 
-/// Rotates `x` `[b, h, t, d]` by the angles of `cos`/`sin` `[b, t, d/2]`.
+/// YaRN's frequencies (`_compute_yarn_parameters`), in f32 as transformers computes them; the
+/// blend ramp runs over the correction range of `[beta_fast, beta_slow]` rotations.
+fn yarn_inv_freq(
+    dim: usize,
+    factor: f64,
+    [beta_fast, beta_slow]: [f64; 2],
+    theta: f64,
+    original_max_position_embeddings: usize,
+    truncate: bool,
+) -> Vec<f32> {
+    let half = dim / 2;
+    let dim = dim as f64;
+    let correction_dim = |rotations: f64| {
+        (dim * (original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI))
+            .ln())
+            / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction_dim(beta_fast), correction_dim(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+    if low == high {
+        high += 0.001; // `linear_ramp_factor`: no singularity
+    }
+    (0..half)
+        .map(|i| {
+            let pos_freq = (theta as f32).powf((2 * i) as f32 / dim as f32);
+            let extrapolation = 1.0 / pos_freq;
+            let interpolation = 1.0 / (factor as f32 * pos_freq);
+            let ramp = ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+            let extrapolation_factor = 1.0 - ramp;
+            interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
+        })
+        .collect()
+}
+
+/// LongRoPE's frequencies: `1 / (factor_i * theta^(2i/dim))` in f32.
+fn longrope_inv_freq(theta: f64, dim: usize, factors: &[f64]) -> Vec<f32> {
+    (0..dim)
+        .step_by(2)
+        .zip(factors)
+        .map(|(i, &f)| 1.0 / (f as f32 * (theta as f32).powf(i as f32 / dim as f32)))
+        .collect()
+}
+
+/// Rotates `x` `[b, h, t, d]` by the angles of `cos`/`sin` `[b, t, r/2]`: the first `r` channels
+/// of each head, the other `d - r` unchanged (HF's partial rotary `apply_rotary_pos_emb`).
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
+    let d = x.dim(candle_core::D::Minus1)?;
+    let r = 2 * cos.dim(candle_core::D::Minus1)?;
+    if r == d {
+        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?);
+    }
+    let rotated = candle_nn::rotary_emb::rope(&x.narrow(3, 0, r)?.contiguous()?, cos, sin)?;
+    Ok(Tensor::cat(&[rotated, x.narrow(3, r, d - r)?], 3)?)
 }
 
 #[cfg(test)]
@@ -142,6 +233,7 @@ mod tests {
         let cfg = RopeConfig {
             theta: 10000.0,
             scaling,
+            partial_rotary_factor: 1.0,
         };
         RotaryEmbedding::new(&cfg, 8, 16)
     }

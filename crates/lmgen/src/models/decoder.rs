@@ -1,0 +1,362 @@
+//! The shared decoder: token embeddings, a stack of attention + gated-MLP layers and an LM head,
+//! run as the [`ModelConfig`] an architecture lowered its `config.json` into (HF
+//! `LlamaForCausalLM` and the models transformers writes as its modular variants).
+//!
+//! What varies is read from the config, never from the architecture's name: the norm formula and
+//! placement, q/k norms, fused or separate projections, per-layer sliding windows and RoPE (a
+//! local base for sliding layers, none for NoPE layers, partial rotation), embedding, residual,
+//! attention, query and logits scaling, soft-capping and a tied head.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{
+    EmbeddingScale, LayerType, ModelConfig, NormPlacement, ProjectionLayout, QkNorm,
+};
+use super::layers::attention::{Attention, AttentionInput};
+use super::layers::embedding::Embedding;
+use super::layers::linear::Linear;
+use super::layers::mask::ForwardMasks;
+use super::layers::mlp::GatedMlp;
+use super::layers::norm::RmsNorm;
+use super::layers::rotary::RotaryEmbedding;
+use super::layers::LoadContext;
+use super::layers_to_run;
+use super::{CausalLM, ForwardInput, ModelOutput};
+use crate::cache::KvCache;
+use crate::error::Result;
+use crate::init::{Init, TensorSpec};
+
+/// The norms of one layer, by role: before and after attention, before and after the MLP.
+/// `None` where the placement has no norm.
+#[derive(Debug, Clone)]
+struct LayerNorms<T> {
+    attn_in: Option<T>,
+    attn_out: Option<T>,
+    mlp_in: Option<T>,
+    mlp_out: Option<T>,
+}
+
+/// The HF module names of a layer's norms for a placement.
+fn norm_names(placement: NormPlacement) -> LayerNorms<&'static str> {
+    match placement {
+        NormPlacement::Pre => LayerNorms {
+            attn_in: Some("input_layernorm"),
+            attn_out: None,
+            mlp_in: Some("post_attention_layernorm"),
+            mlp_out: None,
+        },
+        NormPlacement::Sandwich => LayerNorms {
+            attn_in: Some("input_layernorm"),
+            attn_out: Some("post_attention_layernorm"),
+            mlp_in: Some("pre_feedforward_layernorm"),
+            mlp_out: Some("post_feedforward_layernorm"),
+        },
+        NormPlacement::Post => LayerNorms {
+            attn_in: None,
+            attn_out: Some("post_attention_layernorm"),
+            mlp_in: None,
+            mlp_out: Some("post_feedforward_layernorm"),
+        },
+    }
+}
+
+impl<T> LayerNorms<T> {
+    fn each(&self) -> [&Option<T>; 4] {
+        [&self.attn_in, &self.attn_out, &self.mlp_in, &self.mlp_out]
+    }
+}
+
+/// Which rotary embedding a layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerRope {
+    None,
+    Global,
+    Local,
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: GatedMlp,
+    norms: LayerNorms<RmsNorm>,
+    layer_type: LayerType,
+    rope: LayerRope,
+}
+
+/// A decoder-only model with its LM head.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Option<RotaryEmbedding>,
+    rotary_local: Option<RotaryEmbedding>,
+    config: ModelConfig,
+    device: Device,
+    dtype: DType,
+}
+
+/// The LM head: `lm_head.weight`, or the embedding table when tied (its blocks when the table is
+/// quantized, as llama.cpp runs it).
+pub(crate) fn lm_head(
+    ctx: &LoadContext<'_>,
+    cfg: &ModelConfig,
+    embed: &Embedding,
+) -> Result<Linear> {
+    if cfg.tie_word_embeddings && !ctx.contains("lm_head.weight") {
+        embed.tied_head(ctx)
+    } else {
+        Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
+    }
+}
+
+impl Decoder {
+    /// Loads every tensor [`tensor_specs`] names for `config`.
+    pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
+        let cfg = &config;
+        let h = cfg.hidden_size;
+        let embed = Embedding::load(ctx, "model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let norm = |name: &str| RmsNorm::load(ctx, name, h, cfg.norm_eps, cfg.norm);
+        let names = norm_names(cfg.norm_placement);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let load = |n: Option<&str>| n.map(|n| norm(&format!("{p}.{n}"))).transpose();
+                let rope = match cfg.rope_for_layer(i) {
+                    None => LayerRope::None,
+                    Some(r) if cfg.rope.as_ref() == Some(r) => LayerRope::Global,
+                    Some(_) => LayerRope::Local,
+                };
+                Ok(DecoderLayer {
+                    self_attn: Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?,
+                    mlp: GatedMlp::load(ctx, &format!("{p}.mlp"), cfg)?,
+                    norms: LayerNorms {
+                        attn_in: load(names.attn_in)?,
+                        attn_out: load(names.attn_out)?,
+                        mlp_in: load(names.mlp_in)?,
+                        mlp_out: load(names.mlp_out)?,
+                    },
+                    layer_type: cfg.layer_types[i],
+                    rope,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rotary = |r: &Option<_>| {
+            r.as_ref()
+                .map(|r| RotaryEmbedding::new(r, cfg.head_dim, cfg.max_position_embeddings))
+        };
+        Ok(Self {
+            lm_head: lm_head(ctx, cfg, &embed)?,
+            embed_tokens: embed,
+            layers,
+            norm: norm("model.norm")?,
+            rotary: rotary(&cfg.rope),
+            rotary_local: rotary(&cfg.rope_local),
+            device: ctx.device.clone(),
+            dtype: ctx.dtype,
+            config,
+        })
+    }
+
+    /// `[b, t]` ids -> `[b, t, hidden]` scaled embeddings.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed_tokens.forward(ids)?;
+        Ok(match self.config.embedding_scale {
+            None => x,
+            // `normalizer = torch.tensor(hidden_size**0.5, dtype=hidden.dtype)`
+            Some(EmbeddingScale::SqrtHiddenSize) => {
+                let s = (self.config.hidden_size as f64).sqrt() as f32;
+                x.broadcast_mul(&Tensor::new(s, &self.device)?.to_dtype(self.dtype)?)?
+            }
+            Some(EmbeddingScale::Multiplier(m)) => (x * m)?,
+        })
+    }
+
+    /// Ministral 3's query multipliers `[b, 1, t, 1]` for the forward's positions.
+    fn query_scale(&self, positions: &[Vec<u32>]) -> Result<Option<Tensor>> {
+        let Some(q) = self.config.query_scaling else {
+            return Ok(None);
+        };
+        let (b, t) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let f: Vec<f32> = positions.iter().flatten().map(|&p| q.factor(p)).collect();
+        Ok(Some(
+            Tensor::from_vec(f, (b, 1, t, 1), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?,
+        ))
+    }
+}
+
+/// `x + m * h` (Granite's `residual_multiplier`), or `x + h`.
+fn residual(x: Tensor, h: Tensor, multiplier: Option<f64>) -> Result<Tensor> {
+    Ok(match multiplier {
+        Some(m) => (x + (h * m)?)?,
+        None => (x + h)?,
+    })
+}
+
+fn norm_opt(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&x),
+        None => Ok(x),
+    }
+}
+
+impl CausalLM for Decoder {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
+        let cos_sin = |r: &Option<RotaryEmbedding>| {
+            r.as_ref()
+                .map(|r| r.cos_sin(&positions, self.dtype, &self.device))
+                .transpose()
+        };
+        let global = cos_sin(&self.rotary)?;
+        let local = cos_sin(&self.rotary_local)?;
+        let query_scale = self.query_scale(&positions)?;
+        let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
+        let mut x = self.embed(input.input_ids)?; // [b, t, h]
+        let mut hidden = input.output_hidden_states.then(Vec::new);
+        let rm = self.config.residual_multiplier;
+        let n = layers_to_run(input, self.layers.len());
+        for layer in &self.layers[..n] {
+            if let Some(states) = hidden.as_mut() {
+                states.push(x.clone());
+            }
+            let rope = match layer.rope {
+                LayerRope::None => None,
+                LayerRope::Global => global.as_ref(),
+                LayerRope::Local => local.as_ref(),
+            };
+            let attn_in = AttentionInput {
+                rope: rope.map(|(c, s)| (c, s)),
+                mask: masks.for_layer(layer.layer_type),
+                query_scale: query_scale.as_ref(),
+            };
+            let norms = &layer.norms;
+            let h = norm_opt(&norms.attn_in, x.clone())?;
+            let h = layer.self_attn.forward(&h, &attn_in, cache)?;
+            x = residual(x, norm_opt(&norms.attn_out, h)?, rm)?;
+            let h = layer.mlp.forward(&norm_opt(&norms.mlp_in, x.clone())?)?;
+            x = residual(x, norm_opt(&norms.mlp_out, h)?, rm)?;
+        }
+        let x = masks.final_norm(
+            x,
+            |x| self.norm.forward(x),
+            &mut hidden,
+            input.logits_to_keep,
+        )?;
+        let mut logits = self.lm_head(&x)?; // [b, t_kept, vocab] f32
+        if let Some(s) = self.config.logits_scaling {
+            logits = logits.broadcast_div(&Tensor::new(s as f32, logits.device())?)?;
+        }
+        if let Some(cap) = self.config.final_logit_softcapping {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(ModelOutput {
+            logits,
+            hidden_states: hidden,
+        })
+    }
+
+    fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden_states)?.to_dtype(DType::F32)?)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// Every tensor [`Decoder::load`] reads for `cfg`, with its stored shape and its identity
+/// initialisation (for `init_random`).
+pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (nh, nkv, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let norm_init = match cfg.norm {
+        super::config::NormKind::Rms => Init::Ones,
+        super::config::NormKind::RmsUnitOffset => Init::Zeros,
+    };
+    let mut t = vec![TensorSpec::new(
+        "model.embed_tokens.weight",
+        vec![v, h],
+        Init::Random,
+    )];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let mut linear = |name: &str, out: usize, inp: usize, bias: bool| {
+            t.push(TensorSpec::new(
+                &format!("{p}.{name}.weight"),
+                vec![out, inp],
+                Init::Random,
+            ));
+            if bias {
+                t.push(TensorSpec::new(
+                    &format!("{p}.{name}.bias"),
+                    vec![out],
+                    Init::Zeros,
+                ));
+            }
+        };
+        match cfg.projections {
+            ProjectionLayout::Separate => {
+                linear("self_attn.q_proj", nh * d, h, cfg.qkv_bias);
+                linear("self_attn.k_proj", nkv * d, h, cfg.qkv_bias);
+                linear("self_attn.v_proj", nkv * d, h, cfg.qkv_bias);
+            }
+            ProjectionLayout::Fused => {
+                linear("self_attn.qkv_proj", (nh + 2 * nkv) * d, h, cfg.qkv_bias)
+            }
+        }
+        linear("self_attn.o_proj", h, nh * d, cfg.o_bias);
+        match cfg.projections {
+            ProjectionLayout::Separate => {
+                linear("mlp.gate_proj", i, h, cfg.mlp_bias);
+                linear("mlp.up_proj", i, h, cfg.mlp_bias);
+            }
+            ProjectionLayout::Fused => linear("mlp.gate_up_proj", 2 * i, h, cfg.mlp_bias),
+        }
+        linear("mlp.down_proj", h, i, cfg.mlp_bias);
+        let qk = match cfg.qk_norm {
+            None => None,
+            Some(QkNorm::PerHead) => Some((d, d)),
+            Some(QkNorm::Projection) => Some((nh * d, nkv * d)),
+        };
+        if let Some((q, k)) = qk {
+            t.push(TensorSpec::new(
+                &format!("{p}.self_attn.q_norm.weight"),
+                vec![q],
+                norm_init,
+            ));
+            t.push(TensorSpec::new(
+                &format!("{p}.self_attn.k_norm.weight"),
+                vec![k],
+                norm_init,
+            ));
+        }
+        for name in norm_names(cfg.norm_placement).each().into_iter().flatten() {
+            t.push(TensorSpec::new(
+                &format!("{p}.{name}.weight"),
+                vec![h],
+                norm_init,
+            ));
+        }
+    }
+    t.push(TensorSpec::new("model.norm.weight", vec![h], norm_init));
+    if !cfg.tie_word_embeddings {
+        t.push(TensorSpec::new("lm_head.weight", vec![v, h], Init::Random));
+    }
+    t
+}

@@ -1,0 +1,278 @@
+//! The architecture registry: one row per `config.json` `model_type`, saying how to parse its
+//! config, build the model, describe its tensors for `init_random`, and which llama.cpp
+//! `general.architecture` name its GGUF files carry. Vision-language checkpoints whose language
+//! model lmgen runs are listed in [`WRAPPERS`]: their `text_config` is parsed by the text
+//! model's row and their weights are read under the language model's prefix.
+//!
+//! Adding an architecture is its file in `models/` and one row here (`docs/adding-a-model.md`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::config::{ConfigFile, ModelConfig};
+use super::layers::{LoadContext, WeightNames};
+use super::{
+    decoder, gemma2, gemma3, gpt2, granite, llama, ministral3, mistral, olmo2, phi3, qwen2, qwen3,
+    smollm3, Architecture, CausalLM,
+};
+use crate::error::{Error, Result};
+use crate::init::TensorSpec;
+
+/// How a row's model is built.
+#[derive(Debug, Clone, Copy)]
+pub enum Build {
+    /// The shared [`decoder::Decoder`] runs the lowered config.
+    Decoder,
+    /// The architecture's own model code.
+    Custom {
+        load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
+        tensors: fn(&ModelConfig) -> Vec<TensorSpec>,
+    },
+}
+
+/// One architecture.
+#[derive(Debug)]
+pub struct Entry {
+    pub architecture: Architecture,
+    /// `config.json`'s `model_type`.
+    pub model_type: &'static str,
+    /// `config.json` -> the concrete description (the architecture file's `parse`).
+    pub parse: fn(&ConfigFile<'_>) -> Result<ModelConfig>,
+    pub build: Build,
+    /// llama.cpp's `general.architecture` for GGUF files lmgen loads as this architecture.
+    pub gguf: Option<&'static str>,
+}
+
+const fn decoder_row(
+    architecture: Architecture,
+    model_type: &'static str,
+    parse: fn(&ConfigFile<'_>) -> Result<ModelConfig>,
+    gguf: Option<&'static str>,
+) -> Entry {
+    Entry {
+        architecture,
+        model_type,
+        parse,
+        build: Build::Decoder,
+        gguf,
+    }
+}
+
+/// Every architecture lmgen runs.
+pub static ARCHITECTURES: &[Entry] = &[
+    Entry {
+        architecture: Architecture::Gpt2,
+        model_type: "gpt2",
+        parse: gpt2::parse,
+        build: Build::Custom {
+            load: gpt2::load,
+            tensors: gpt2::tensor_specs,
+        },
+        gguf: None,
+    },
+    decoder_row(Architecture::Llama, "llama", llama::parse, Some("llama")),
+    decoder_row(Architecture::Mistral, "mistral", mistral::parse, None),
+    decoder_row(Architecture::Qwen2, "qwen2", qwen2::parse, Some("qwen2")),
+    decoder_row(Architecture::Gemma2, "gemma2", gemma2::parse, None),
+    decoder_row(Architecture::Qwen3, "qwen3", qwen3::parse, None),
+    decoder_row(Architecture::Gemma3, "gemma3_text", gemma3::parse, None),
+    decoder_row(Architecture::Phi3, "phi3", phi3::parse, None),
+    decoder_row(Architecture::SmolLM3, "smollm3", smollm3::parse, None),
+    decoder_row(Architecture::Olmo2, "olmo2", olmo2::parse, None),
+    decoder_row(Architecture::Granite, "granite", granite::parse, None),
+    decoder_row(
+        Architecture::Ministral3,
+        "ministral3",
+        ministral3::parse,
+        None,
+    ),
+];
+
+/// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
+/// tower's weights are left unread).
+#[derive(Debug)]
+pub struct Wrapper {
+    /// The top-level `model_type`.
+    pub model_type: &'static str,
+    /// The text model's `model_type` when `text_config` does not say.
+    pub text_model_type: &'static str,
+    /// The wrapper config's `tie_word_embeddings` default: a wrapper ties (or not) its own head.
+    pub tie_word_embeddings: bool,
+}
+
+/// Vision-language checkpoints lmgen runs as text models.
+pub static WRAPPERS: &[Wrapper] = &[
+    // Gemma3ForConditionalGeneration (Gemma 3 4B and up).
+    Wrapper {
+        model_type: "gemma3",
+        text_model_type: "gemma3_text",
+        tie_word_embeddings: true,
+    },
+    // Mistral3ForConditionalGeneration (Mistral Small 3.1+, Ministral 3).
+    Wrapper {
+        model_type: "mistral3",
+        text_model_type: "mistral",
+        tie_word_embeddings: true,
+    },
+];
+
+/// The row for a `model_type`.
+pub fn entry(model_type: &str) -> Option<&'static Entry> {
+    ARCHITECTURES.iter().find(|e| e.model_type == model_type)
+}
+
+/// The row of an architecture.
+pub fn entry_of(architecture: Architecture) -> &'static Entry {
+    ARCHITECTURES
+        .iter()
+        .find(|e| e.architecture == architecture)
+        .unwrap_or(&ARCHITECTURES[0])
+}
+
+/// Every supported `model_type`, for errors.
+pub fn supported() -> String {
+    ARCHITECTURES
+        .iter()
+        .map(|e| e.model_type)
+        .chain(WRAPPERS.iter().map(|w| w.model_type))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A `config.json` matched to its row.
+#[derive(Debug)]
+pub struct Resolved<'a> {
+    pub entry: &'static Entry,
+    /// The text model's config: the file, or its `text_config`.
+    text: &'a Value,
+    path: &'a Path,
+    wrapper: Option<(&'static Wrapper, &'a Value)>,
+}
+
+#[derive(Deserialize)]
+struct WrapperFields {
+    tie_word_embeddings: Option<bool>,
+}
+
+impl<'a> Resolved<'a> {
+    /// The text model's config, for parsing.
+    pub fn file(&self) -> ConfigFile<'a> {
+        ConfigFile {
+            value: self.text,
+            path: self.path,
+            prefix: if self.wrapper.is_some() {
+                "text_config."
+            } else {
+                ""
+            },
+        }
+    }
+
+    /// The concrete description; a wrapper's own `tie_word_embeddings` and `dtype` win.
+    pub fn parse(&self) -> Result<ModelConfig> {
+        let mut cfg = (self.entry.parse)(&self.file())?;
+        if let Some((wrapper, top)) = self.wrapper {
+            let top_file = ConfigFile::new(top, self.path);
+            let fields: WrapperFields = top_file.parse()?;
+            cfg.tie_word_embeddings = fields
+                .tie_word_embeddings
+                .unwrap_or(wrapper.tie_word_embeddings);
+            if let Some(dtype) = top_file.parse::<super::config::SavedDtype>()?.into_name() {
+                cfg.torch_dtype = Some(dtype);
+            }
+            cfg.check(&top_file)?;
+        } else {
+            cfg.check(&self.file())?;
+        }
+        Ok(cfg)
+    }
+
+    /// Where the text model's tensors are stored: at the top, or under the language model's
+    /// prefix of a wrapper (`language_model.model.` + `language_model.lm_head.` as transformers 4
+    /// saved them, or `model.language_model.` + `lm_head.` as transformers 5 does).
+    /// `stored` says whether the file holds a tensor (none yet: transformers 5's layout).
+    pub fn weight_names(&self, stored: impl Fn(&str) -> bool) -> WeightNames<'static> {
+        if self.wrapper.is_none() {
+            return WeightNames::default();
+        }
+        if stored("language_model.model.embed_tokens.weight") {
+            WeightNames {
+                model: Some("language_model.model."),
+                lm_head: "language_model.",
+            }
+        } else {
+            WeightNames {
+                model: Some("model.language_model."),
+                lm_head: "",
+            }
+        }
+    }
+
+    /// Builds the model.
+    pub fn build(&self, config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Box<dyn CausalLM>> {
+        match self.entry.build {
+            Build::Decoder => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
+            Build::Custom { load, .. } => load(config, &self.file(), ctx),
+        }
+    }
+
+    /// The tensors the model reads, under their stored names.
+    pub fn tensor_specs(&self, config: &ModelConfig) -> Vec<TensorSpec> {
+        match self.entry.build {
+            Build::Decoder => decoder::tensor_specs(config),
+            Build::Custom { tensors, .. } => tensors(config),
+        }
+    }
+}
+
+/// Finds the row for `file`'s `model_type` (through `text_config` for a wrapper), or an error
+/// listing the supported ones.
+pub fn resolve<'a>(file: &ConfigFile<'a>) -> Result<Resolved<'a>> {
+    if !file.value.is_object() {
+        return Err(file.err("expected a JSON object".into()));
+    }
+    let model_type = file
+        .str_field("model_type")?
+        .ok_or_else(|| file.err("`model_type` is missing".into()))?;
+    let unknown = |model_type: &str| Error::UnknownModelType {
+        path: file.path.to_path_buf(),
+        model_type: model_type.to_string(),
+        supported: supported(),
+    };
+    if let Some(entry) = entry(model_type) {
+        return Ok(Resolved {
+            entry,
+            text: file.value,
+            path: file.path,
+            wrapper: None,
+        });
+    }
+    let wrapper = WRAPPERS
+        .iter()
+        .find(|w| w.model_type == model_type)
+        .ok_or_else(|| unknown(model_type))?;
+    let text = match file.value.get("text_config") {
+        Some(t @ Value::Object(_)) => t,
+        Some(other) => {
+            return Err(file.err(format!("`text_config` must be an object, got {other}")))
+        }
+        None => return Err(file.err("`text_config` is missing".into())),
+    };
+    let text_file = ConfigFile {
+        value: text,
+        path: file.path,
+        prefix: "text_config.",
+    };
+    let text_type = text_file
+        .str_field("model_type")?
+        .unwrap_or(wrapper.text_model_type);
+    let entry = entry(text_type).ok_or_else(|| unknown(text_type))?;
+    Ok(Resolved {
+        entry,
+        text,
+        path: file.path,
+        wrapper: Some((wrapper, file.value)),
+    })
+}

@@ -1,0 +1,167 @@
+//! The 2026 architectures against transformers 5.17 (`tests/fixtures/golden-arch`, copied from
+//! `shared/golden-arch`): full-prompt logits within 1e-4, and every generate case token for
+//! token (greedy, a left-padded batch, 48 new tokens, repetition penalty, beam search with its
+//! scores, a third prompt, prompt lookup), for each model lmgen runs. The `_mm` folders are the
+//! same language models as shipped inside vision-language checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lmgen::cache::DynamicCache;
+use lmgen::generation::config::UnknownFields;
+use lmgen::load::Checkpoint;
+use lmgen::models::{load_model, ForwardInput, LoadOptions, LogitsToKeep};
+use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde_json::Value;
+
+/// The golden-arch models this build runs.
+const MODELS: &[&str] = &[
+    "qwen3",
+    "gemma3_text",
+    "phi3",
+    "smollm3",
+    "olmo2",
+    "granite",
+    "ministral3",
+    "gemma3_mm",
+    "mistral3_mm",
+];
+
+/// The seven cases every model has.
+const CASES: &[&str] = &[
+    "greedy",
+    "greedy_batch_left_padded",
+    "greedy_long",
+    "repetition_penalty",
+    "beam",
+    "greedy_prompt3",
+    "prompt_lookup",
+];
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-arch")
+}
+
+#[test]
+fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
+    let tensors =
+        candle_core::safetensors::load(golden().join("forward.safetensors"), &Device::Cpu)?;
+    let mut failures = Vec::new();
+    for name in MODELS {
+        let checkpoint = Checkpoint::open(&golden().join("models").join(name))?;
+        let model = load_model(&checkpoint, &LoadOptions::default())?;
+        for i in 0..2 {
+            let key = |k: &str| format!("{name}.{i}.{k}");
+            let (Some(ids), Some(want)) =
+                (tensors.get(&key("input_ids")), tensors.get(&key("logits")))
+            else {
+                anyhow::bail!(
+                    "forward.safetensors has no {} / {}",
+                    key("input_ids"),
+                    key("logits")
+                );
+            };
+            let ids: Vec<u32> = ids.to_dtype(DType::U32)?.to_vec1()?;
+            let t = ids.len();
+            let input_ids = Tensor::new(vec![ids], &Device::Cpu)?;
+            let positions = Tensor::new(vec![(0..t as u32).collect::<Vec<_>>()], &Device::Cpu)?;
+            let out = model.forward(
+                &ForwardInput {
+                    input_ids: &input_ids,
+                    position_ids: &positions,
+                    attention_mask: None,
+                    logits_to_keep: LogitsToKeep::All,
+                    output_hidden_states: false,
+                    num_hidden_layers: None,
+                },
+                &mut DynamicCache::new(),
+            )?;
+            let got = out.logits.squeeze(0)?;
+            assert_eq!(got.dims(), want.dims(), "{name}.{i}: shape");
+            let diff = (got - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            if diff > 1e-4 {
+                failures.push(format!("{name}.{i}: max |logit difference| {diff} > 1e-4"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn generate_cases_match_transformers() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(golden().join("generate.json"))?;
+    let cases: Vec<Value> = serde_json::from_str(&text)?;
+    let mut pipes: HashMap<&str, Pipeline> = HashMap::new();
+    let mut checked = HashMap::<(&str, &str), usize>::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or_default();
+        let model = case["model"].as_str().unwrap_or_default();
+        let (Some(&model), Some(&name)) = (
+            MODELS.iter().find(|&&m| m == model),
+            CASES.iter().find(|&&c| c == name),
+        ) else {
+            continue;
+        };
+        if !pipes.contains_key(model) {
+            let dir = golden().join("models").join(model);
+            pipes.insert(
+                model,
+                Pipeline::from_pretrained(dir.to_str().unwrap_or_default())?,
+            );
+        }
+        let pipe = &pipes[model];
+        let expected = &case["expected"];
+        let overrides =
+            GenerationConfig::from_json(&case["generation_config"], UnknownFields::Reject)?;
+        let input = GenerateInput {
+            input_ids: serde_json::from_value(case["input_ids"].clone())?,
+            attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
+        };
+        let out = pipe.generate(&input, &overrides)?;
+        let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
+        *checked.entry((model, name)).or_default() += 1;
+        if out.sequences != want {
+            failures.push(format!(
+                "{model}/{name}: sequences\n  got  {:?}\n  want {want:?}",
+                out.sequences
+            ));
+            continue;
+        }
+        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
+            let got = out.sequences_scores.clone().unwrap_or_default();
+            let ok = got.len() == want.len()
+                && got.iter().zip(want).all(|(&g, w)| {
+                    let w = w.as_f64().unwrap_or(f64::NAN) as f32;
+                    (g - w).abs() <= 1e-3 * w.abs().max(1.0)
+                });
+            if !ok {
+                failures.push(format!(
+                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
+                ));
+            }
+        }
+    }
+    for model in MODELS {
+        for case in CASES {
+            assert_eq!(
+                checked.get(&(*model, *case)).copied().unwrap_or(0),
+                1,
+                "golden case {model}/{case} missing"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
