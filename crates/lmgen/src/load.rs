@@ -31,7 +31,9 @@ use crate::error::{Error, Result};
 use crate::models::quantize::QuantizedWeight;
 
 mod convert;
-mod gguf;
+pub(crate) mod gguf;
+
+pub use gguf::GgufArch;
 
 const CONFIG: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -669,6 +671,17 @@ impl Weights {
         match &self.inner {
             Inner::Safetensors(_) => None,
             Inner::Gguf(w) => w.quantized_bytes(name),
+        }
+    }
+
+    /// Whether Gemma's `1 + w` norm weights are stored with the 1 already added (llama.cpp's
+    /// Gemma 3 converter): a [`NormKind::RmsUnitOffset`] norm then multiplies by the stored value.
+    ///
+    /// [`NormKind::RmsUnitOffset`]: crate::models::config::NormKind::RmsUnitOffset
+    pub fn norms_include_unit_offset(&self) -> bool {
+        match &self.inner {
+            Inner::Safetensors(_) => false,
+            Inner::Gguf(w) => w.norms_include_unit_offset(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The architecture registry: one row per `config.json` `model_type`, saying how to parse its
-//! config, build the model, describe its tensors for `init_random`, and which llama.cpp
-//! `general.architecture` name its GGUF files carry. Vision-language checkpoints whose language
-//! model lmgen runs are listed in [`WRAPPERS`]: their `text_config` is parsed by the text
-//! model's row and their weights are read under the language model's prefix.
+//! config, build the model, describe its tensors for `init_random`, and how llama.cpp writes its
+//! GGUF files (the `general.architecture` name and what differs from Llama: a
+//! [`crate::load::GgufArch`]). Vision-language checkpoints whose language model lmgen runs are
+//! listed in [`WRAPPERS`]: their `text_config` is parsed by the text model's row and their
+//! weights are read under the language model's prefix.
 //!
 //! Adding an architecture is its file in `models/` and one row here (`docs/adding-a-model.md`).
 
@@ -19,6 +20,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
+use crate::load::gguf::arch as gguf;
+use crate::load::GgufArch;
 
 /// How a row's model is built.
 #[derive(Debug, Clone, Copy)]
@@ -41,15 +44,16 @@ pub struct Entry {
     /// `config.json` -> the concrete description (the architecture file's `parse`).
     pub parse: fn(&ConfigFile<'_>) -> Result<ModelConfig>,
     pub build: Build,
-    /// llama.cpp's `general.architecture` for GGUF files lmgen loads as this architecture.
-    pub gguf: Option<&'static str>,
+    /// How llama.cpp writes this architecture's GGUF files: its `general.architecture` name, tensor
+    /// names and metadata (`None`: not read from GGUF).
+    pub gguf: Option<&'static GgufArch>,
 }
 
 const fn decoder_row(
     architecture: Architecture,
     model_type: &'static str,
     parse: fn(&ConfigFile<'_>) -> Result<ModelConfig>,
-    gguf: Option<&'static str>,
+    gguf: Option<&'static GgufArch>,
 ) -> Entry {
     Entry {
         architecture,
@@ -72,16 +76,46 @@ pub static ARCHITECTURES: &[Entry] = &[
         },
         gguf: None,
     },
-    decoder_row(Architecture::Llama, "llama", llama::parse, Some("llama")),
+    decoder_row(
+        Architecture::Llama,
+        "llama",
+        llama::parse,
+        Some(&gguf::LLAMA),
+    ),
     decoder_row(Architecture::Mistral, "mistral", mistral::parse, None),
-    decoder_row(Architecture::Qwen2, "qwen2", qwen2::parse, Some("qwen2")),
+    decoder_row(
+        Architecture::Qwen2,
+        "qwen2",
+        qwen2::parse,
+        Some(&gguf::QWEN2),
+    ),
     decoder_row(Architecture::Gemma2, "gemma2", gemma2::parse, None),
-    decoder_row(Architecture::Qwen3, "qwen3", qwen3::parse, None),
-    decoder_row(Architecture::Gemma3, "gemma3_text", gemma3::parse, None),
-    decoder_row(Architecture::Phi3, "phi3", phi3::parse, None),
+    decoder_row(
+        Architecture::Qwen3,
+        "qwen3",
+        qwen3::parse,
+        Some(&gguf::QWEN3),
+    ),
+    decoder_row(
+        Architecture::Gemma3,
+        "gemma3_text",
+        gemma3::parse,
+        Some(&gguf::GEMMA3),
+    ),
+    decoder_row(Architecture::Phi3, "phi3", phi3::parse, Some(&gguf::PHI3)),
     decoder_row(Architecture::SmolLM3, "smollm3", smollm3::parse, None),
-    decoder_row(Architecture::Olmo2, "olmo2", olmo2::parse, None),
-    decoder_row(Architecture::Granite, "granite", granite::parse, None),
+    decoder_row(
+        Architecture::Olmo2,
+        "olmo2",
+        olmo2::parse,
+        Some(&gguf::OLMO2),
+    ),
+    decoder_row(
+        Architecture::Granite,
+        "granite",
+        granite::parse,
+        Some(&gguf::GRANITE),
+    ),
     decoder_row(
         Architecture::Ministral3,
         "ministral3",
@@ -137,6 +171,15 @@ pub fn supported() -> String {
         .iter()
         .map(|e| e.model_type)
         .chain(WRAPPERS.iter().map(|w| w.model_type))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every GGUF `general.architecture` lmgen reads, for errors.
+pub fn gguf_supported() -> String {
+    ARCHITECTURES
+        .iter()
+        .filter_map(|e| e.gguf.map(|g| g.name))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -15,7 +15,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Loads `{prefix}.weight` `[dim]`; for [`NormKind::RmsUnitOffset`] the scale is `1 + w`,
-    /// computed in f32, then cast (HF `Gemma2RMSNorm`).
+    /// computed in f32, then cast (HF `Gemma2RMSNorm`), or the stored weight where the file holds
+    /// `1 + w` already (a Gemma 3 GGUF, [`crate::load::Weights::norms_include_unit_offset`]).
     pub fn load(
         ctx: &LoadContext<'_>,
         prefix: &str,
@@ -26,6 +27,9 @@ impl RmsNorm {
         let name = format!("{prefix}.weight");
         let weight = match kind {
             NormKind::Rms => ctx.tensor(&name, &[dim])?,
+            NormKind::RmsUnitOffset if ctx.weights.norms_include_unit_offset() => {
+                ctx.tensor(&name, &[dim])?
+            }
             NormKind::RmsUnitOffset => {
                 (ctx.tensor_as(&name, &[dim], DType::F32)? + 1.0)?.to_dtype(ctx.dtype)?
             }
