@@ -102,8 +102,9 @@ fn real(name: &str) -> ModelConfig {
         .join("tests/fixtures/real-configs")
         .join(name)
         .join("config.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    ModelConfig::from_json(&serde_json::from_str(&text).unwrap(), &path).unwrap()
+    let text = std::fs::read_to_string(&path).expect("real config");
+    let value = serde_json::from_str(&text).expect("JSON");
+    ModelConfig::from_json(&value, &path).expect("parses")
 }
 
 #[test]
@@ -270,4 +271,33 @@ fn yarn_attention_factor_and_llama4_query_scaling() {
     .unwrap();
     let want = 0.1 * 4f64.ln() + 1.0;
     assert!((y.rope.unwrap().attention_factor() - want).abs() < 1e-12);
+}
+
+/// `lmgen bench` and `benches/peers/compare.py` take these shapes: each must parse.
+#[test]
+fn every_bench_shape_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/configs");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = ModelConfig::from_json(&serde_json::from_str(&text).unwrap(), &path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        seen.push((
+            path.file_stem().unwrap().to_string_lossy().to_string(),
+            c.architecture,
+        ));
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, arch) in [
+        ("qwen3-0.6b", Architecture::Qwen3),
+        ("qwen3-4b", Architecture::Qwen3),
+        ("gemma3-1b", Architecture::Gemma3),
+        ("phi4-mini", Architecture::Phi3),
+    ] {
+        assert!(seen.contains(&(name.to_string(), arch)), "{name}: {seen:?}");
+    }
 }

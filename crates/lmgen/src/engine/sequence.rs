@@ -125,6 +125,16 @@ impl Sequence {
                 model.max_position_embeddings
             )));
         }
+        if let Some(at) = model.recompute_cache_at {
+            if t <= at && lengths.max_length > at {
+                return Err(Error::Unsupported(format!(
+                    "this model runs the whole sequence again once it passes {at} tokens (its \
+                     LongRoPE's `original_max_position_embeddings`, as transformers' Phi-3 does), \
+                     which the continuous batching engine does not do yet: keep the prompt plus \
+                     `max_new_tokens` within {at} tokens, or send a prompt longer than {at}"
+                )));
+            }
+        }
         let mut ctx = ProcessorContext::new(t, lengths.min_length, lengths.max_length);
         ctx.vocab_size = Some(model.vocab_size);
         ctx.user_processors = request.logits_processors;

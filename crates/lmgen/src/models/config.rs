@@ -165,6 +165,11 @@ pub struct ModelConfig {
     pub query_scaling: Option<QueryScaling>,
     /// Granite: logits divided by `logits_scaling`.
     pub logits_scaling: Option<f64>,
+    /// Phi-3 with LongRoPE: when a decoding step takes the sequence past this many tokens while
+    /// the cache holds no more than that, generation drops the cache and runs the whole sequence
+    /// again, so every position is rotated with the long factors (HF
+    /// `Phi3ForCausalLM.prepare_inputs_for_generation`).
+    pub recompute_cache_at: Option<usize>,
     /// Gemma 2: `tanh(x / cap) * cap` on attention scores.
     pub attn_logit_softcapping: Option<f64>,
     /// Gemma 2: `tanh(x / cap) * cap` on the final logits.

@@ -95,6 +95,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         attention_scaling: (head_dim as f64).powf(-0.5),
         query_scaling: None,
         logits_scaling: None,
+        recompute_cache_at: None,
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         bos_token_id: c.bos_token_id.as_ref().and_then(TokenIdField::first),

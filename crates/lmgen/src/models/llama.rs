@@ -148,6 +148,7 @@ impl Config {
             attention_scaling: (head_dim as f64).powf(-0.5),
             query_scaling: None,
             logits_scaling: None,
+            recompute_cache_at: None,
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             bos_token_id: self.bos_token_id.as_ref().and_then(TokenIdField::first),

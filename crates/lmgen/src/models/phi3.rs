@@ -5,9 +5,11 @@
 //! `partial_rotary_factor` of each head (Phi-4-mini: 0.75) and may be LongRoPE (`rope_scaling`
 //! type `longrope`: `short_factor` up to `original_max_position_embeddings`, `long_factor`
 //! past it, cos/sin scaled); Mistral's sliding window on every layer; `rms_norm_eps` defaults
-//! to 1e-5.
+//! to 1e-5. With LongRoPE, generation that crosses `original_max_position_embeddings` runs the
+//! whole sequence again once, as `Phi3ForCausalLM.prepare_inputs_for_generation` does
+//! ([`ModelConfig::recompute_cache_at`]).
 
-use super::config::{ConfigFile, ModelConfig, ProjectionLayout};
+use super::config::{ConfigFile, ModelConfig, ProjectionLayout, RopeScaling};
 use super::llama::{self, Defaults};
 use super::mistral::with_window_everywhere;
 use super::Architecture;
@@ -29,5 +31,14 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
     )?);
     cfg.projections = ProjectionLayout::Fused;
     cfg.mlp_bias = false;
+    // transformers resets the cache for any Phi-3 config; only LongRoPE's switch of factors makes
+    // the recomputed keys differ, so the other configs keep their cache.
+    if let Some(RopeScaling::LongRope {
+        original_max_position_embeddings,
+        ..
+    }) = cfg.rope.as_ref().map(|r| &r.scaling)
+    {
+        cfg.recompute_cache_at = Some(*original_max_position_embeddings);
+    }
     Ok(cfg)
 }

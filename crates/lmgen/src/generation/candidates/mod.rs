@@ -242,6 +242,7 @@ pub(crate) fn forward_row(
     let step_ids = Tensor::new(&ids[start..end], model.device())?.unsqueeze(0)?; // [1, t]
     let positions = [layout.positions(start, end).to_vec()];
     let mask = layout.mask(end).map(|m| vec![m.to_vec()]);
+    let sequences = [ids.to_vec()];
     let step = StepInput {
         ids: &step_ids,
         positions: &positions,
@@ -249,6 +250,7 @@ pub(crate) fn forward_row(
         output_hidden_states: false,
         logits_to_keep: keep,
         num_hidden_layers,
+        sequences: Some(&sequences),
     };
     host_scores(&forward_step(model, step, cache)?.logits) // [kept, vocab]
 }

@@ -169,13 +169,13 @@ pub fn run(
     let mut all_logits = output_logits.then(Vec::new);
     let mut cur_len = t;
     loop {
-        let mut scores = model_rows.logits()?;
+        let seqs: Vec<Vec<TokenId>> = running.iter().map(|h| h.tokens.clone()).collect();
+        let mut scores = model_rows.logits(&seqs)?;
         let vocab = scores.vocab;
         if let Some(l) = all_logits.as_mut() {
             l.push(scores.clone());
         }
         scores.rows_mut().for_each(log_softmax);
-        let seqs: Vec<Vec<TokenId>> = running.iter().map(|h| h.tokens.clone()).collect();
         processors.process(&seqs, &mut scores)?;
 
         let div = ((cur_len + 1 - t) as f64).powf(lp) as f32;

@@ -93,7 +93,7 @@ pub fn run(
     let mut all_scores = s.output_scores.then(Vec::new);
     let mut all_logits = s.output_logits.then(Vec::new);
     loop {
-        let logits = model_rows.logits()?;
+        let logits = model_rows.logits(&seqs)?;
         let vocab = logits.vocab;
         let cur_len = seqs[0].len() + 1;
         let mut scores = logits.clone();

@@ -79,6 +79,7 @@ pub fn run(
             output_hidden_states: true,
             logits_to_keep: LogitsToKeep::Last,
             num_hidden_layers: None,
+            sequences: Some(&state.sequences),
         },
         &mut cache,
     )?;
@@ -115,6 +116,9 @@ pub fn run(
                 output_hidden_states: true,
                 logits_to_keep: LogitsToKeep::Last,
                 num_hidden_layers: None,
+                // The candidates of every row, run as one batch: a model that must run the
+                // whole sequence again refuses this step (see `forward_step`).
+                sequences: None,
             },
             &mut cache,
         )?;

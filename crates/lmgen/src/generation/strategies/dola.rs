@@ -67,6 +67,7 @@ pub fn run(
                 output_hidden_states: true,
                 logits_to_keep: LogitsToKeep::Last,
                 num_hidden_layers: None,
+                sequences: Some(&state.sequences),
             };
             let out = forward_step(model, step, cache)?;
             let hidden = out.hidden_states.as_deref().unwrap_or_default();

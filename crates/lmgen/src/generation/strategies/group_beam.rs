@@ -78,7 +78,7 @@ pub fn run(
     let mut all_scores = s.output_scores.then(Vec::new);
     let mut all_logits = s.output_logits.then(Vec::new);
     loop {
-        let logits = model_rows.logits()?;
+        let logits = model_rows.logits(&seqs)?;
         let vocab = logits.vocab;
         let cur_len = seqs[0].len() + 1; // the length the new scores are computed on
         let mut current_tokens: Vec<TokenId> = vec![0; rows];

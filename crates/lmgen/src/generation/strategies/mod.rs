@@ -16,9 +16,10 @@ pub mod sample;
 use candle_core::Tensor;
 
 use crate::cache::KvCache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::logits::Scores;
 use crate::models::{CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
+use crate::TokenId;
 
 /// What one step of a decoding loop feeds the model.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,10 @@ pub(crate) struct StepInput<'a> {
     pub logits_to_keep: LogitsToKeep,
     /// Early exit after this many decoder layers (`None`: all).
     pub num_hidden_layers: Option<usize>,
+    /// `[rows][past + t_step]`: every token of each row, this step's last, when the loop keeps
+    /// them (a model that must run the whole sequence again needs them:
+    /// [`crate::models::ModelConfig::recompute_cache_at`]).
+    pub sequences: Option<&'a [Vec<TokenId>]>,
 }
 
 impl<'a> StepInput<'a> {
@@ -47,6 +52,15 @@ impl<'a> StepInput<'a> {
             output_hidden_states: false,
             logits_to_keep: LogitsToKeep::Last,
             num_hidden_layers: None,
+            sequences: None,
+        }
+    }
+
+    /// This step with the rows' full token sequences.
+    pub fn with_sequences(self, sequences: &'a [Vec<TokenId>]) -> Self {
+        Self {
+            sequences: Some(sequences),
+            ..self
         }
     }
 }
@@ -58,6 +72,12 @@ pub(crate) fn forward_step(
     step: StepInput<'_>,
     cache: &mut dyn KvCache,
 ) -> Result<ModelOutput> {
+    if let Some(at) = model.config().recompute_cache_at {
+        let (past, t) = (cache.seq_len(), step.ids.dim(1)?);
+        if past > 0 && past <= at && past + t > at {
+            return recompute(model, step, at, cache);
+        }
+    }
     // [rows, t_step], on the host: RoPE angles are computed there (see `ForwardInput`).
     let pos = Tensor::new(step.positions.to_vec(), &candle_core::Device::Cpu)?;
     model.forward(
@@ -73,27 +93,68 @@ pub(crate) fn forward_step(
     )
 }
 
+/// The step that takes the sequence past `at` tokens on a model whose cache must then be rebuilt
+/// (Phi-3's LongRoPE switch): the cache is emptied and the whole sequence runs again, positions
+/// `cumsum(mask) - 1`; the step's positions are kept, as a plain step would.
+fn recompute(
+    model: &dyn CausalLM,
+    step: StepInput<'_>,
+    at: usize,
+    cache: &mut dyn KvCache,
+) -> Result<ModelOutput> {
+    let Some(sequences) = step.sequences else {
+        return Err(Error::Unsupported(format!(
+            "this model runs the whole sequence again once it passes {at} tokens \
+             (`original_max_position_embeddings` of its LongRoPE, as transformers' Phi-3 does), \
+             which this decoding mode does not do yet; keep prompt + new tokens within {at} or \
+             start from a prompt already longer than that"
+        )));
+    };
+    let (rows, t) = (sequences.len(), sequences.first().map_or(0, Vec::len));
+    let t_step = step.ids.dim(1)?;
+    cache.crop(0)?;
+    let ids = Tensor::new(sequences.to_vec(), model.device())?; // [rows, t]
+    let positions = sample::position_ids(step.mask, rows, t);
+    let keep = match step.logits_to_keep {
+        LogitsToKeep::All => LogitsToKeep::LastN(t_step),
+        other => other,
+    };
+    let mut out = forward_step(
+        model,
+        StepInput {
+            ids: &ids,
+            positions: &positions,
+            logits_to_keep: keep,
+            sequences: None,
+            ..step
+        },
+        cache,
+    )?;
+    if let Some(states) = out.hidden_states.as_mut() {
+        for h in states.iter_mut() {
+            *h = h.narrow(1, t - t_step, t_step)?; // [rows, t, h] -> [rows, t_step, h]
+        }
+    }
+    Ok(out)
+}
+
 /// [`forward_step`] without hidden states, returning the last position's raw logits on the host,
 /// `[rows, vocab]` f32 (what processors and samplers work on).
 pub(crate) fn next_token_logits(
     model: &dyn CausalLM,
-    step_ids: &Tensor,
-    positions: &[Vec<u32>],
-    mask: Option<&[Vec<u8>]>,
+    step: StepInput<'_>,
     cache: &mut dyn KvCache,
 ) -> Result<Scores> {
-    host_scores(&last_logits(model, step_ids, positions, mask, cache)?)
+    host_scores(&last_logits(model, step, cache)?)
 }
 
 /// [`next_token_logits`] without the copy to the host: `[rows, vocab]` f32 on the model's device.
 pub(crate) fn last_logits(
     model: &dyn CausalLM,
-    step_ids: &Tensor,
-    positions: &[Vec<u32>],
-    mask: Option<&[Vec<u8>]>,
+    step: StepInput<'_>,
     cache: &mut dyn KvCache,
 ) -> Result<Tensor> {
-    let out = forward_step(model, StepInput::last(step_ids, positions, mask), cache)?;
+    let out = forward_step(model, step, cache)?;
     Ok(out.logits.squeeze(1)?) // [rows, 1, vocab] -> [rows, vocab]
 }
 

@@ -4,8 +4,8 @@
 
 use candle_core::Tensor;
 
-use super::next_token_logits;
 use super::sample::position_ids;
+use super::{next_token_logits, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::Result;
 use crate::generation::{GenerateInput, Scores};
@@ -52,14 +52,11 @@ impl<'m> BeamRows<'m> {
     }
 
     /// Runs the model over the pending step; the last position's raw logits, `[rows, vocab]`.
-    pub(super) fn logits(&mut self) -> Result<Scores> {
-        next_token_logits(
-            self.model,
-            &self.step_ids,
-            &self.positions,
-            self.mask.as_deref(),
-            &mut self.cache,
-        )
+    /// `sequences`: every row's tokens so far, the pending step's last.
+    pub(super) fn logits(&mut self, sequences: &[Vec<TokenId>]) -> Result<Scores> {
+        let step = StepInput::last(&self.step_ids, &self.positions, self.mask.as_deref())
+            .with_sequences(sequences);
+        next_token_logits(self.model, step, &mut self.cache)
     }
 
     /// Next step: row `i` continues the cache of row `source[i]` with `tokens[i]`.

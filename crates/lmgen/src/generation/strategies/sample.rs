@@ -10,7 +10,7 @@
 use candle_core::Tensor;
 
 use super::decode_state::DecodeState;
-use super::{host_scores, last_logits, prepare};
+use super::{host_scores, last_logits, prepare, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::device_argmax::DeviceArgmax;
@@ -77,7 +77,9 @@ pub fn run(
         config,
         options,
         &mut |model, step_ids, state, cache| {
-            let logits = last_logits(model, step_ids, state.positions(), state.mask(), cache)?;
+            let step = StepInput::last(step_ids, state.positions(), state.mask())
+                .with_sequences(&state.sequences);
+            let logits = last_logits(model, step, cache)?;
             Ok(StepLogits {
                 logits,
                 host: None,
