@@ -10,13 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use lmgen::cache::DynamicCache;
 use lmgen::generation::config::UnknownFields;
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, ForwardInput, LoadOptions, LogitsToKeep};
+use lmgen::models::{load_model, LoadOptions};
 use lmgen::{generate, GenerateInput, GenerationConfig};
 use serde::Deserialize;
+
+mod common;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers_extra")
@@ -49,21 +49,7 @@ fn real_layouts_match_transformers() -> anyhow::Result<()> {
     for case in &cases {
         let checkpoint = Checkpoint::open(&fixtures().join("arch").join(&case.name))?;
         let model = load_model(&checkpoint, &LoadOptions::default())?;
-        let t = case.prompt.len();
-        let ids = Tensor::new(vec![case.prompt.clone()], &Device::Cpu)?;
-        let positions = Tensor::new(vec![(0..t as u32).collect::<Vec<_>>()], &Device::Cpu)?;
-        let out = model.forward(
-            &ForwardInput {
-                input_ids: &ids,
-                position_ids: &positions,
-                attention_mask: None,
-                logits_to_keep: LogitsToKeep::All,
-                output_hidden_states: false,
-                num_hidden_layers: None,
-            },
-            &mut DynamicCache::new(),
-        )?;
-        let got: Vec<Vec<f32>> = out.logits.squeeze(0)?.to_vec2()?;
+        let got: Vec<Vec<f32>> = common::all_logits(model.as_ref(), &case.prompt)?.to_vec2()?;
         let diff = got
             .iter()
             .flatten()

@@ -7,11 +7,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use lmgen::cache::DynamicCache;
+use candle_core::{DType, Device};
 use lmgen::generation::config::UnknownFields;
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, ForwardInput, LoadOptions, LogitsToKeep};
+use lmgen::models::{load_model, LoadOptions};
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use serde_json::Value;
 
@@ -39,6 +38,8 @@ const CASES: &[&str] = &[
     "prompt_lookup",
 ];
 
+mod common;
+
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-arch")
 }
@@ -63,21 +64,7 @@ fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
                 );
             };
             let ids: Vec<u32> = ids.to_dtype(DType::U32)?.to_vec1()?;
-            let t = ids.len();
-            let input_ids = Tensor::new(vec![ids], &Device::Cpu)?;
-            let positions = Tensor::new(vec![(0..t as u32).collect::<Vec<_>>()], &Device::Cpu)?;
-            let out = model.forward(
-                &ForwardInput {
-                    input_ids: &input_ids,
-                    position_ids: &positions,
-                    attention_mask: None,
-                    logits_to_keep: LogitsToKeep::All,
-                    output_hidden_states: false,
-                    num_hidden_layers: None,
-                },
-                &mut DynamicCache::new(),
-            )?;
-            let got = out.logits.squeeze(0)?;
+            let got = common::all_logits(model.as_ref(), &ids)?;
             assert_eq!(got.dims(), want.dims(), "{name}.{i}: shape");
             let diff = (got - want)?
                 .abs()?

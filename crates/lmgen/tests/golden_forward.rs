@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use lmgen::cache::DynamicCache;
+use candle_core::{DType, Device};
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, ForwardInput, LoadOptions, LogitsToKeep};
+use lmgen::models::{load_model, LoadOptions};
+
+mod common;
 
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
@@ -34,21 +35,7 @@ fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
                 .to_dtype(DType::U32)?
                 .to_vec1()?;
             let want = &tensors[&format!("{name}.{i}.logits")]; // [T, vocab]
-            let t = ids.len();
-            let input_ids = Tensor::new(vec![ids], &Device::Cpu)?;
-            let positions = Tensor::new(vec![(0..t as u32).collect::<Vec<_>>()], &Device::Cpu)?;
-            let out = model.forward(
-                &ForwardInput {
-                    input_ids: &input_ids,
-                    position_ids: &positions,
-                    attention_mask: None,
-                    logits_to_keep: LogitsToKeep::All,
-                    output_hidden_states: false,
-                    num_hidden_layers: None,
-                },
-                &mut DynamicCache::new(),
-            )?;
-            let got = out.logits.squeeze(0)?;
+            let got = common::all_logits(model.as_ref(), &ids)?;
             assert_eq!(got.dims(), want.dims(), "{name}.{i}: shape");
             let diff = (got - want)?
                 .abs()?
