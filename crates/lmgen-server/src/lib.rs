@@ -9,12 +9,14 @@
 //!   events.
 //! - `text`: incremental detokenization with stop sequences.
 //! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
+//! - `model_args`: the model flags `lmgen`'s subcommands share.
 
 pub mod api;
 pub mod args;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod model_args;
 pub mod routes;
 pub mod state;
 pub mod text;
@@ -34,6 +36,7 @@ use lmgen::models::{load_model, CausalLM};
 use lmgen::{GenerationConfig, Tokenizer};
 
 pub use args::ServeArgs;
+pub use model_args::ModelArgs;
 pub use state::AppState;
 
 /// The router over `state`, with bodies capped at `max_body_bytes`.
