@@ -31,9 +31,9 @@ use lmgen::generation::{FinishReason, GenerateOptions, StoppingCriterion};
 use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, CausalLM, ModelConfig};
 use lmgen::{GenerateInput, GenerationConfig, TokenId};
+use lmgen_server::ModelArgs;
 use serde_json::{json, Value};
 
-use crate::options::ModelArgs;
 use footprint::Footprint;
 
 #[derive(Args, Debug)]

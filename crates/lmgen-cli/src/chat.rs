@@ -12,9 +12,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lmgen::generation::streamer::Stdout;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use lmgen_server::ModelArgs;
 use serde_json::{json, Map, Value};
-
-use crate::options::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {

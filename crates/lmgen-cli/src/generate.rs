@@ -10,10 +10,10 @@ use lmgen::generation::streamer::{Stdout, TextStreamer};
 use lmgen::generation::GenerateOptions;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
+use lmgen_server::ModelArgs;
 use serde_json::{Map, Value};
 
 use crate::jsonl;
-use crate::options::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use lmgen::init::init_random;
-
-use crate::options::DTypeArg;
+use lmgen_server::model_args::DTypeArg;
 
 #[derive(Args, Debug)]
 pub struct InitRandomArgs {

@@ -11,11 +11,10 @@ use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions, TokenStream
 use lmgen::generation::GenerateOptions;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use lmgen_server::ModelArgs;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
-use crate::options::ModelArgs;
 
 /// What a request may ask to get back.
 #[derive(Deserialize, Debug, Default)]

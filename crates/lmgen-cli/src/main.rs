@@ -6,7 +6,6 @@ mod generate;
 mod init_random;
 mod jsonl;
 mod logits;
-mod options;
 mod serve;
 mod tokenize;
 

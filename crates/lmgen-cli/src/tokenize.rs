@@ -14,10 +14,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lmgen::load::resolve_model;
 use lmgen::Tokenizer;
+use lmgen_server::model_args::DEFAULT_MODEL;
 use serde_json::{json, Map, Value};
 
 use crate::jsonl::{self, take};
-use crate::options::DEFAULT_MODEL;
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {

@@ -1,18 +1,32 @@
 //! `lmgen serve` starts the OpenAI server (crate `lmgen-server`, tested in depth there): it
-//! listens, answers a greedy completion equal to `lmgen generate`'s, and exits 0 on SIGTERM.
+//! listens, answers a greedy completion equal to `lmgen generate`'s, and exits 0 on SIGTERM. It
+//! loads the model as every subcommand does (the shared `ModelArgs`): `--quantize`,
+//! `--gguf-file` and `--attn-implementation` reach the model, and a bad `--dtype` is refused by
+//! name before anything loads.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use lmgen::models::{LoadOptions, Quantization};
+use lmgen::{GenerateInput, GenerationConfig, Pipeline};
+use serde_json::{json, Value};
 
 const LLAMA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../lmgen/tests/fixtures/golden/models/llama"
 );
+/// The golden llama written as an f32 GGUF by llama.cpp's gguf-py (`crates/lmgen/tests/gguf.rs`).
+const LLAMA_GGUF: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../lmgen/tests/fixtures/gguf/llama-f32.gguf"
+);
+/// Tokens of one prompt the golden llama does not end within a few steps (as in `cli.rs`).
+const PROMPT: [u32; 3] = [1, 15, 27];
+const MAX_TOKENS: usize = 8;
 
 /// One HTTP/1.1 request over a fresh connection; the status line and the body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (String, String) {
@@ -33,32 +47,132 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
+/// A running `lmgen serve` on a free port, logging at info to a file; killed on drop (a failed
+/// test), stopped with SIGTERM by [`Serve::stop`].
+struct Serve {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(flags: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serve.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+            .args(["serve", "--port", "0", "--kv-cache-tokens", "2048"])
+            .args(flags)
+            .env("LMGEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("lmgen-server listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Serve {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// `POST /v1/completions` with `request`; must answer 200.
+    fn complete(&self, request: &Value) -> Value {
+        let (status, body) = http(&self.addr, "POST", "/v1/completions", &request.to_string());
+        assert!(status.contains("200"), "{status}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// SIGTERM, then the exit status must be 0 within 30 s; returns the log.
+    fn stop(mut self) -> String {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "lmgen serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "{status}: {log}");
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // Already exited after `stop`; then both fail harmlessly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Greedy `PROMPT` + `MAX_TOKENS` with logprobs, so the answer lists each token's text.
+fn greedy_request() -> Value {
+    json!({
+        "model": LLAMA, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
+        "logprobs": 0,
+    })
+}
+
+/// What the server must answer to [`greedy_request`] for the golden llama loaded with `options`:
+/// static `generate()`'s tokens, each as the server's `logprobs.tokens` writes it, and the text.
+fn expected(options: &LoadOptions) -> (Vec<String>, String) {
+    let pipe = Pipeline::load(LLAMA, options).unwrap();
+    let overrides = GenerationConfig {
+        max_new_tokens: Some(MAX_TOKENS),
+        do_sample: Some(false),
+        ..GenerationConfig::default()
+    };
+    let out = pipe
+        .generate(&GenerateInput::single(PROMPT.to_vec()), &overrides)
+        .unwrap();
+    let new = out.generated(0);
+    assert_eq!(new.len(), MAX_TOKENS, "the prompt ends early: {new:?}");
+    let tokens = new
+        .iter()
+        .map(|&id| pipe.tokenizer.decode(&[id], false).unwrap())
+        .collect();
+    (tokens, pipe.tokenizer.decode(new, true).unwrap())
+}
+
+/// The tokens and the text of a completion answer.
+fn answered(answer: &Value) -> (Vec<String>, String) {
+    let choice = &answer["choices"][0];
+    let tokens = serde_json::from_value(choice["logprobs"]["tokens"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (tokens, choice["text"].as_str().unwrap().to_string())
+}
+
 #[test]
 fn serve_answers_as_generate_and_exits_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen"))
-        .args(["serve", "--model", LLAMA, "--port", "0"])
-        .args(["--kv-cache-tokens", "2048"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("lmgen-server listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    let (status, _) = http(&addr, "GET", "/health", "");
+    let serve = Serve::start(&["--model", LLAMA]);
+    let (status, _) = http(&serve.addr, "GET", "/health", "");
     assert!(status.contains("200"), "{status}");
-    let request = serde_json::json!({
+    let request = json!({
         "model": LLAMA, "prompt": "Hello world", "max_tokens": 12, "temperature": 0,
     });
-    let (status, body) = http(&addr, "POST", "/v1/completions", &request.to_string());
-    assert!(status.contains("200"), "{status}: {body}");
-    let answer: Value = serde_json::from_str(&body).unwrap();
+    let answer = serve.complete(&request);
     let generated = Command::new(env!("CARGO_BIN_EXE_lmgen"))
         .args(["generate", "--model", LLAMA, "--prompt", "Hello world"])
         .args(["--do-sample", "false", "--max-new-tokens", "12"])
@@ -72,26 +186,66 @@ fn serve_answers_as_generate_and_exits_on_sigterm() {
         format!("Hello world{text}"),
         "{answer}"
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "lmgen serve ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
+    serve.stop();
+}
+
+/// `--quantize q8_0`: the server's model is the Q8_0 one, token for token as `generate()` with
+/// `LoadOptions::quantize`.
+#[test]
+fn serve_quantizes_at_load() {
+    let serve = Serve::start(&["--model", LLAMA, "--quantize", "q8_0"]);
+    let answer = serve.complete(&greedy_request());
+    let q8_0 = LoadOptions {
+        quantize: Some(Quantization::Q8_0),
+        ..LoadOptions::default()
     };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(status.success(), "{status}: {log}");
-    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(answered(&answer), expected(&q8_0), "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], MAX_TOKENS, "{answer}");
+    let log = serve.stop();
+    // The startup line names the load options (as `quantize=Some(Q8_0)`, maybe coloured).
+    assert!(log.contains("Some(Q8_0)"), "{log}");
+}
+
+/// `--gguf-file` (with `--attn-implementation eager`, which changes nothing for Llama): the f32
+/// GGUF's greedy tokens are the safetensors model's; the tokenizer still comes from `--model`.
+#[test]
+fn serve_loads_a_gguf_file_as_the_safetensors_model() {
+    let serve = Serve::start(&[
+        "--model",
+        LLAMA,
+        "--gguf-file",
+        LLAMA_GGUF,
+        "--attn-implementation",
+        "eager",
+    ]);
+    let answer = serve.complete(&greedy_request());
+    assert_eq!(
+        answered(&answer),
+        expected(&LoadOptions::default()),
+        "{answer}"
+    );
+    let log = serve.stop();
+    assert!(log.contains("llama-f32.gguf"), "{log}");
+    assert!(log.contains("Eager"), "{log}");
+}
+
+/// The model flags are clap value enums: a bad value is refused naming the flag, before any load.
+#[test]
+fn bad_model_flags_are_refused_by_name() {
+    for (flag, value) in [
+        ("--dtype", "f8"),
+        ("--quantize", "q3"),
+        ("--attn-implementation", "flash"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+            .args(["serve", "--model", LLAMA, "--port", "0", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{flag}: {stderr}"
+        );
+    }
 }

@@ -1,17 +1,20 @@
-//! `lmgen serve` / `lmgen-server` flags.
+//! `lmgen serve` / `lmgen-server` flags: the shared [`ModelArgs`] and the server's own.
 
 use clap::Args;
 use lmgen::cache::paged::PagedCacheConfig;
 use lmgen::engine::{EngineConfig, SchedulerPolicy};
-use lmgen::models::{DType, LoadOptions, ModelConfig};
+use lmgen::models::{DType, ModelConfig};
+
+use crate::model_args::ModelArgs;
 
 /// Flags of the server.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Checkpoint directory or model id (`org/name`, from the local Hugging Face cache).
-    #[arg(long)]
-    pub model: String,
-    /// The model name clients use (default: `--model` as given).
+    // Which model to load and how, as for every `lmgen` subcommand (`--model` defaults to the
+    // shipped `models/tiny-austen`, as there).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The model name clients use (default: `--model` as given, or `tiny-austen`).
     #[arg(long)]
     pub served_model_name: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
@@ -49,38 +52,20 @@ pub struct ServeArgs {
     /// Seconds to let running requests finish after SIGTERM before cancelling them.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
-    /// Compute dtype of the weights and the KV cache: `f32`, `f16` or `bf16`.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// Device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 impl ServeArgs {
-    /// `--dtype`.
-    pub fn dtype(&self) -> lmgen::Result<DType> {
-        match self.dtype.as_str() {
-            "f32" => Ok(DType::F32),
-            "f16" => Ok(DType::F16),
-            "bf16" => Ok(DType::BF16),
-            other => Err(lmgen::Error::Input(format!(
-                "`--dtype {other}` is not a dtype: expected f32, f16 or bf16"
-            ))),
-        }
+    /// The id `/v1/models` lists: `--served-model-name`, else `--model` as given, else
+    /// `tiny-austen` (the default model).
+    pub fn model_id(&self) -> String {
+        self.served_model_name
+            .clone()
+            .unwrap_or_else(|| self.model.model_name().to_string())
     }
 
-    /// How to load the model: `--dtype` on `--device`.
-    pub fn load_options(&self) -> lmgen::Result<LoadOptions> {
-        Ok(LoadOptions {
-            dtype: Some(self.dtype()?),
-            device: lmgen::device::parse(&self.device)?,
-            ..LoadOptions::default()
-        })
-    }
-
-    /// The engine configuration these flags describe.
-    pub fn engine_config(&self, model: &ModelConfig) -> lmgen::Result<EngineConfig> {
+    /// The engine configuration these flags describe, for a model of `model`'s shape whose keys
+    /// and values are `dtype` (the loaded model's compute dtype, [`lmgen::models::CausalLM::dtype`]).
+    pub fn engine_config(&self, model: &ModelConfig, dtype: DType) -> lmgen::Result<EngineConfig> {
         let cache = match self.kv_cache_tokens {
             Some(tokens) => PagedCacheConfig::from_tokens(tokens, self.block_size)?,
             None => {
@@ -91,7 +76,7 @@ impl ServeArgs {
                     )));
                 }
                 let bytes = (self.kv_cache_gb * (1u64 << 30) as f64) as u64;
-                PagedCacheConfig::from_memory(bytes, self.block_size, model, self.dtype()?)?
+                PagedCacheConfig::from_memory(bytes, self.block_size, model, dtype)?
             }
         };
         let config = EngineConfig {
@@ -109,7 +94,9 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
     use clap::Parser;
+    use lmgen::models::{AttnImplementation, Quantization};
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -117,19 +104,63 @@ mod tests {
         serve: ServeArgs,
     }
 
+    fn parse(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied())).map(|c| c.serve)
+    }
+
     fn args(extra: &[&str]) -> ServeArgs {
-        let mut argv = vec!["serve", "--model", "m"];
+        let mut argv = vec!["--model", "m"];
         argv.extend_from_slice(extra);
-        Cli::parse_from(argv).serve
+        parse(&argv).unwrap()
     }
 
     #[test]
-    fn dtype_and_device_flags() {
-        assert_eq!(args(&[]).load_options().unwrap().dtype, Some(DType::F32));
-        assert_eq!(args(&["--dtype", "bf16"]).dtype().unwrap(), DType::BF16);
-        let e = args(&["--dtype", "f8"]).dtype().unwrap_err().to_string();
-        assert!(e.contains("--dtype f8"), "{e}");
-        let e = args(&["--device", "tpu"]).load_options().unwrap_err();
-        assert!(e.to_string().contains("tpu"), "{e}");
+    fn the_model_flags_are_the_shared_ones() {
+        let options = args(&[]).model.load_options().unwrap();
+        assert_eq!(options.dtype, Some(DType::F32));
+        assert!(options.device.is_cpu());
+        let serve = args(&[
+            "--dtype",
+            "bf16",
+            "--quantize",
+            "q8_0",
+            "--gguf-file",
+            "m.gguf",
+            "--attn-implementation",
+            "eager",
+        ]);
+        let options = serve.model.load_options().unwrap();
+        assert_eq!(options.dtype, Some(DType::BF16));
+        assert_eq!(options.quantize, Some(Quantization::Q8_0));
+        assert_eq!(
+            options.gguf_file.as_deref(),
+            Some(std::path::Path::new("m.gguf"))
+        );
+        assert_eq!(options.attn_implementation, AttnImplementation::Eager);
+        let e = args(&["--device", "tpu"]).model.load_options().unwrap_err();
+        assert!(e.to_string().contains("`--device tpu`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_dtype_is_a_clap_error_naming_the_flag() {
+        let e = parse(&["--model", "m", "--dtype", "f8"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue, "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("--dtype") && message.contains("f8"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_model_id_is_the_served_name_or_the_model_as_given() {
+        assert_eq!(args(&[]).model_id(), "m");
+        assert_eq!(args(&["--served-model-name", "x"]).model_id(), "x");
+        let default = parse(&[]).unwrap();
+        assert_eq!(
+            default.model.model_or_default(),
+            crate::model_args::DEFAULT_MODEL
+        );
+        assert_eq!(default.model_id(), "tiny-austen");
     }
 }

@@ -9,12 +9,14 @@
 //!   events.
 //! - `text`: incremental detokenization with stop sequences.
 //! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
+//! - `args`: the server's flags, around `model_args` (the model flags `lmgen`'s subcommands share).
 
 pub mod api;
 pub mod args;
 pub mod error;
 pub mod generation;
 pub mod metrics;
+pub mod model_args;
 pub mod routes;
 pub mod state;
 pub mod text;
@@ -29,11 +31,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use lmgen::engine::ContinuousBatchingManager;
-use lmgen::load::{resolve_model, Checkpoint};
-use lmgen::models::{load_model, CausalLM};
-use lmgen::{GenerationConfig, Tokenizer};
+use lmgen::models::CausalLM;
+use lmgen::Pipeline;
 
 pub use args::ServeArgs;
+pub use model_args::ModelArgs;
 pub use state::AppState;
 
 /// The router over `state`, with bodies capped at `max_body_bytes`.
@@ -49,14 +51,28 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Loads the model, starts the engine and serves until SIGTERM / Ctrl-C, then drains.
+/// Loads the model (as [`Pipeline::load`] does for every `lmgen` subcommand), starts the engine
+/// and serves until SIGTERM / Ctrl-C, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let dir = resolve_model(&args.model)?;
-    let checkpoint = Checkpoint::open(&dir)?;
-    let model: Arc<dyn CausalLM> = Arc::from(load_model(&checkpoint, &args.load_options()?)?);
-    let tokenizer = Arc::new(Tokenizer::from_dir(&dir)?);
-    let generation_config = GenerationConfig::from_pretrained(&dir)?;
-    let engine = args.engine_config(model.config())?;
+    let id_or_dir = args.model.model_or_default();
+    let options = args.model.load_options()?;
+    let Pipeline {
+        model,
+        tokenizer,
+        generation_config,
+        dir,
+    } = Pipeline::load(&id_or_dir, &options).with_context(|| format!("loading `{id_or_dir}`"))?;
+    let model: Arc<dyn CausalLM> = Arc::from(model);
+    let tokenizer = Arc::new(tokenizer);
+    tracing::info!(
+        dir = %dir.display(),
+        dtype = ?model.dtype(),
+        quantize = ?options.quantize,
+        gguf_file = ?options.gguf_file,
+        attn_implementation = ?options.attn_implementation,
+        "model loaded"
+    );
+    let engine = args.engine_config(model.config(), model.dtype())?;
     tracing::info!(
         blocks = engine.cache.num_blocks,
         block_size = engine.cache.block_size,
@@ -65,20 +81,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manager = Arc::new(ContinuousBatchingManager::new(
         model.clone(),
         engine.clone(),
-        args.dtype()?,
+        model.dtype(),
         Some(&tokenizer),
     )?);
     manager.start()?;
-    let model_id = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| args.model.clone());
+    let model_id = args.model_id();
     let state = Arc::new(AppState {
         manager: manager.clone(),
         detokenizer: text::Detokenizer::new(tokenizer.clone()),
         tokenizer,
         generation_config,
-        model_aliases: vec![args.model.clone(), dir.display().to_string()],
+        model_aliases: vec![
+            args.model.model_name().to_string(),
+            dir.display().to_string(),
+        ],
         model_id,
         context_length: model.config().max_position_embeddings,
         vocab_size: model.config().vocab_size,
