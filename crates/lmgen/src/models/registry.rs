@@ -319,3 +319,33 @@ pub fn resolve<'a>(file: &ConfigFile<'a>) -> Result<Resolved<'a>> {
         wrapper: Some((wrapper, file.value)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_architecture_has_exactly_one_row() {
+        use Architecture::*;
+        let all = [
+            Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
+            Ministral3,
+        ];
+        for a in all {
+            // Exhaustive: a new variant does not compile until it is listed above.
+            match a {
+                Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
+                | Olmo2 | Granite | Ministral3 => {}
+            }
+            let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
+            assert_eq!(rows, 1, "{a:?}");
+            assert_eq!(entry_of(a).architecture, a);
+        }
+        let mut types: Vec<&str> = ARCHITECTURES.iter().map(|e| e.model_type).collect();
+        types.extend(WRAPPERS.iter().map(|w| w.model_type));
+        let n = types.len();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), n, "a model_type appears twice");
+    }
+}
