@@ -112,28 +112,8 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
             attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
         };
         let out = pipe.generate(&input, &overrides)?;
-        let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
         *checked.entry((model, name)).or_default() += 1;
-        if out.sequences != want {
-            failures.push(format!(
-                "{model}/{name}: sequences\n  got  {:?}\n  want {want:?}",
-                out.sequences
-            ));
-            continue;
-        }
-        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
-            let got = out.sequences_scores.clone().unwrap_or_default();
-            let ok = got.len() == want.len()
-                && got.iter().zip(want).all(|(&g, w)| {
-                    let w = w.as_f64().unwrap_or(f64::NAN) as f32;
-                    (g - w).abs() <= 1e-3 * w.abs().max(1.0)
-                });
-            if !ok {
-                failures.push(format!(
-                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
-                ));
-            }
-        }
+        common::check_sequences(&format!("{model}/{name}"), &out, expected, &mut failures)?;
     }
     for model in MODELS {
         for case in CASES {

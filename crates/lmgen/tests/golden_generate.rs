@@ -8,6 +8,8 @@ use lmgen::generation::config::UnknownFields;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use serde_json::Value;
 
+mod common;
+
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
@@ -44,18 +46,6 @@ const CASES: &[&str] = &[
     "beam_batch_ngram",
 ];
 
-/// `null` is -inf.
-fn float(v: &Value) -> f32 {
-    v.as_f64().map_or(f32::NEG_INFINITY, |x| x as f32)
-}
-
-fn close(got: f32, want: f32, tol: f32) -> bool {
-    if want == f32::NEG_INFINITY {
-        return got == want;
-    }
-    (got - want).abs() <= tol * want.abs().max(1.0)
-}
-
 #[test]
 fn generate_cases_match_transformers() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(golden().join("generate.json"))?;
@@ -89,24 +79,9 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
             attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
         };
         let out = pipe.generate(&input, &overrides)?;
-        let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
         *checked.entry(known).or_default() += 1;
-        if out.sequences != want {
-            failures.push(format!(
-                "{model}/{name}: sequences\n  got  {:?}\n  want {want:?}",
-                out.sequences
-            ));
+        if !common::check_sequences(&format!("{model}/{name}"), &out, expected, &mut failures)? {
             continue;
-        }
-        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
-            let got = out.sequences_scores.clone().unwrap_or_default();
-            let ok = got.len() == want.len()
-                && got.iter().zip(want).all(|(&g, w)| close(g, float(w), 1e-3));
-            if !ok {
-                failures.push(format!(
-                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
-                ));
-            }
         }
         if let Some(scores) = expected.get("scores").and_then(Value::as_array) {
             let got = out.scores.as_ref().expect("scores requested");
@@ -114,7 +89,7 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
                 for (s, step) in row.as_array().into_iter().flatten().enumerate() {
                     for (v, w) in step.as_array().into_iter().flatten().enumerate() {
                         let g = got[s].row(b)[v];
-                        if !close(g, float(w), 1e-3) {
+                        if !common::close(g, common::float(w), 1e-3) {
                             failures
                                 .push(format!("{model}/{name}: score [{b}][{s}][{v}] {g} != {w}"));
                         }
@@ -127,7 +102,7 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
                 .expect("transition_scores");
             for (b, row) in want_ts.iter().enumerate() {
                 for (s, w) in row.as_array().into_iter().flatten().enumerate() {
-                    if !close(ts[b][s], float(w), 1e-3) {
+                    if !common::close(ts[b][s], common::float(w), 1e-3) {
                         failures.push(format!(
                             "{model}/{name}: transition score [{b}][{s}] {} != {w}",
                             ts[b][s]

@@ -24,20 +24,10 @@ const MODES: &[&str] = &[
 /// Models every implemented prefix must have cases for.
 const MODELS: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
 
+mod common;
+
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
-}
-
-/// `null` is -inf.
-fn float(v: &Value) -> f32 {
-    v.as_f64().map_or(f32::NEG_INFINITY, |x| x as f32)
-}
-
-fn close(got: f32, want: f32, tol: f32) -> bool {
-    if want == f32::NEG_INFINITY {
-        return got == want;
-    }
-    (got - want).abs() <= tol * want.abs().max(1.0)
 }
 
 #[test]
@@ -76,24 +66,7 @@ fn legacy_cases_match_transformers_4_47() -> anyhow::Result<()> {
             }
         };
         let expected = &case["expected"];
-        let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
-        if out.sequences != want {
-            failures.push(format!(
-                "{model}/{name}: sequences\n  got  {:?}\n  want {want:?}",
-                out.sequences
-            ));
-            continue;
-        }
-        if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
-            let got = out.sequences_scores.clone().unwrap_or_default();
-            let ok = got.len() == want.len()
-                && got.iter().zip(want).all(|(&g, w)| close(g, float(w), 1e-3));
-            if !ok {
-                failures.push(format!(
-                    "{model}/{name}: sequences_scores {got:?} != {want:?}"
-                ));
-            }
-        }
+        common::check_sequences(&format!("{model}/{name}"), &out, expected, &mut failures)?;
     }
     for prefix in MODES {
         for model in MODELS {

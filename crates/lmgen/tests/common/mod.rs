@@ -1,8 +1,12 @@
-//! Helpers shared by the integration tests that compare models' logits.
+//! Helpers shared by the integration tests that compare models' logits and generate() outputs
+//! with transformers'. (Each test binary uses some of them.)
+#![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
 use lmgen::cache::DynamicCache;
 use lmgen::models::{CausalLM, ForwardInput, LogitsToKeep};
+use lmgen::GenerateOutput;
+use serde_json::Value;
 
 /// `[t, vocab]` logits of every position of `tokens`, one forward from an empty cache.
 pub fn all_logits(model: &dyn CausalLM, tokens: &[u32]) -> anyhow::Result<Tensor> {
@@ -23,4 +27,45 @@ pub fn all_logits(model: &dyn CausalLM, tokens: &[u32]) -> anyhow::Result<Tensor
         .forward(&input, &mut DynamicCache::new())?
         .logits
         .squeeze(0)?)
+}
+
+/// A golden float: `null` is -inf.
+pub fn float(v: &Value) -> f32 {
+    v.as_f64().map_or(f32::NEG_INFINITY, |x| x as f32)
+}
+
+/// `got` within `tol` of `want`, relative to `max(|want|, 1)`; -inf only equals -inf.
+pub fn close(got: f32, want: f32, tol: f32) -> bool {
+    if want == f32::NEG_INFINITY {
+        return got == want;
+    }
+    (got - want).abs() <= tol * want.abs().max(1.0)
+}
+
+/// `out` against a golden case's `expected`: the sequences token for token, then
+/// `sequences_scores` (relative 1e-3) where the case has them. What differs is pushed onto
+/// `failures` under `label`; returns whether the sequences matched.
+pub fn check_sequences(
+    label: &str,
+    out: &GenerateOutput,
+    expected: &Value,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<bool> {
+    let want: Vec<Vec<u32>> = serde_json::from_value(expected["sequences"].clone())?;
+    if out.sequences != want {
+        failures.push(format!(
+            "{label}: sequences\n  got  {:?}\n  want {want:?}",
+            out.sequences
+        ));
+        return Ok(false);
+    }
+    if let Some(want) = expected.get("sequences_scores").and_then(Value::as_array) {
+        let got = out.sequences_scores.clone().unwrap_or_default();
+        let ok =
+            got.len() == want.len() && got.iter().zip(want).all(|(&g, w)| close(g, float(w), 1e-3));
+        if !ok {
+            failures.push(format!("{label}: sequences_scores {got:?} != {want:?}"));
+        }
+    }
+    Ok(true)
 }
