@@ -132,3 +132,52 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Every new knob also runs in half precision: f16 and bf16 logits stay close to f32's on the
+/// golden prompts, and their argmax mostly agrees (as `dtypes.rs` checks for Llama).
+#[test]
+fn half_precision_stays_close_to_f32() -> anyhow::Result<()> {
+    let tensors =
+        candle_core::safetensors::load(golden().join("forward.safetensors"), &Device::Cpu)?;
+    let mut report = Vec::new();
+    for name in MODELS {
+        let checkpoint = Checkpoint::open(&golden().join("models").join(name))?;
+        let ids: Vec<u32> = tensors[&format!("{name}.0.input_ids")]
+            .to_dtype(DType::U32)?
+            .to_vec1()?;
+        let f32_model = load_model(&checkpoint, &LoadOptions::default())?;
+        let reference: Vec<Vec<f32>> = common::all_logits(f32_model.as_ref(), &ids)?.to_vec2()?;
+        let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        for (half, tol) in [(DType::F16, 0.02), (DType::BF16, 0.1)] {
+            let options = LoadOptions {
+                dtype: Some(half),
+                ..LoadOptions::default()
+            };
+            let model = load_model(&checkpoint, &options)?;
+            let got: Vec<Vec<f32>> = common::all_logits(model.as_ref(), &ids)?.to_vec2()?;
+            let diff = reference
+                .iter()
+                .flatten()
+                .zip(got.iter().flatten())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let argmax = |r: &Vec<f32>| {
+                r.iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &x)| if x > r[b] { i } else { b })
+            };
+            let agree = reference
+                .iter()
+                .zip(&got)
+                .filter(|(r, g)| argmax(r) == argmax(g))
+                .count();
+            report.push(format!(
+                "{name} {half:?}: max diff {diff:.4} of max |logit| {scale:.2}, argmax {agree}/{}",
+                reference.len()
+            ));
+            assert!(diff <= tol * scale, "{}", report.join("\n"));
+            assert!(agree * 4 >= reference.len() * 3, "{}", report.join("\n"));
+        }
+    }
+    println!("{}", report.join("\n"));
+    Ok(())
+}
