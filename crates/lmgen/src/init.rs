@@ -46,6 +46,14 @@ impl TensorSpec {
             init,
         }
     }
+
+    /// A linear layer's `{prefix}.weight` of the stored `shape` (random) and, when it has one,
+    /// its `{prefix}.bias` of `bias` values (zeros).
+    pub fn linear(prefix: &str, shape: [usize; 2], bias: Option<usize>) -> Vec<Self> {
+        let weight = Self::new(&format!("{prefix}.weight"), shape.to_vec(), Init::Random);
+        let bias = bias.map(|n| Self::new(&format!("{prefix}.bias"), vec![n], Init::Zeros));
+        std::iter::once(weight).chain(bias).collect()
+    }
 }
 
 /// xorshift64*: a small seeded generator, enough for random weights.

@@ -297,18 +297,11 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let mut linear = |name: &str, out: usize, inp: usize, bias: bool| {
-            t.push(TensorSpec::new(
-                &format!("{p}.{name}.weight"),
-                vec![out, inp],
-                Init::Random,
+            t.extend(TensorSpec::linear(
+                &format!("{p}.{name}"),
+                [out, inp],
+                bias.then_some(out),
             ));
-            if bias {
-                t.push(TensorSpec::new(
-                    &format!("{p}.{name}.bias"),
-                    vec![out],
-                    Init::Zeros,
-                ));
-            }
         };
         match cfg.projections {
             ProjectionLayout::Separate => {

@@ -235,15 +235,11 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
             ("mlp.c_fc", h, i),
             ("mlp.c_proj", i, h),
         ] {
-            t.push(TensorSpec::new(
-                &format!("{p}.{name}.weight"),
-                vec![din, dout],
-                Init::Random,
-            ));
-            t.push(TensorSpec::new(
-                &format!("{p}.{name}.bias"),
-                vec![dout],
-                Init::Zeros,
+            // Conv1D: stored `[in, out]`.
+            t.extend(TensorSpec::linear(
+                &format!("{p}.{name}"),
+                [din, dout],
+                Some(dout),
             ));
         }
     }
