@@ -50,12 +50,7 @@ fn real_layouts_match_transformers() -> anyhow::Result<()> {
         let checkpoint = Checkpoint::open(&fixtures().join("arch").join(&case.name))?;
         let model = load_model(&checkpoint, &LoadOptions::default())?;
         let got: Vec<Vec<f32>> = common::all_logits(model.as_ref(), &case.prompt)?.to_vec2()?;
-        let diff = got
-            .iter()
-            .flatten()
-            .zip(case.logits.iter().flatten())
-            .map(|(g, w)| (g - w).abs())
-            .fold(0f32, f32::max);
+        let diff = common::max_abs_diff(&got, &case.logits);
         if diff > 1e-4 {
             failures.push(format!(
                 "{}: max |logit difference| {diff} > 1e-4",

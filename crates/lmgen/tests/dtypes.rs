@@ -37,14 +37,6 @@ fn load(dir: &Path, dtype: DType) -> anyhow::Result<Box<dyn CausalLM>> {
     Ok(load_model(&Checkpoint::open(dir)?, &options)?)
 }
 
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn half_precision_weights_on_disk_load_exactly() -> anyhow::Result<()> {
     for half in [DType::F16, DType::BF16] {
@@ -53,7 +45,7 @@ fn half_precision_weights_on_disk_load_exactly() -> anyhow::Result<()> {
         let a = logits(load(on_disk.path(), DType::F32)?.as_ref())?;
         let b = logits(load(rounded.path(), DType::F32)?.as_ref())?;
         assert_eq!(
-            max_diff(&a, &b),
+            common::max_abs_diff(&a, &b),
             0.0,
             "{half:?} weights must convert to f32 exactly"
         );
@@ -67,18 +59,9 @@ fn half_precision_compute_stays_close_to_f32() -> anyhow::Result<()> {
         let dir = copy_as(half, half)?;
         let reference = logits(load(dir.path(), DType::F32)?.as_ref())?;
         let got = logits(load(dir.path(), half)?.as_ref())?;
-        let diff = max_diff(&reference, &got);
+        let diff = common::max_abs_diff(&reference, &got);
         assert!(diff < tol, "{half:?} compute differs from f32 by {diff}");
-        let argmax = |r: &Vec<f32>| {
-            r.iter()
-                .enumerate()
-                .fold(0, |b, (i, &x)| if x > r[b] { i } else { b })
-        };
-        let agree = reference
-            .iter()
-            .zip(&got)
-            .filter(|(r, g)| argmax(r) == argmax(g))
-            .count();
+        let agree = common::argmax_agreement(&reference, &got);
         assert!(
             agree * 4 >= reference.len() * 3,
             "{half:?}: argmax agrees at only {agree}/{} positions",

@@ -155,21 +155,8 @@ fn half_precision_stays_close_to_f32() -> anyhow::Result<()> {
             };
             let model = load_model(&checkpoint, &options)?;
             let got: Vec<Vec<f32>> = common::all_logits(model.as_ref(), &ids)?.to_vec2()?;
-            let diff = reference
-                .iter()
-                .flatten()
-                .zip(got.iter().flatten())
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let argmax = |r: &Vec<f32>| {
-                r.iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &x)| if x > r[b] { i } else { b })
-            };
-            let agree = reference
-                .iter()
-                .zip(&got)
-                .filter(|(r, g)| argmax(r) == argmax(g))
-                .count();
+            let diff = common::max_abs_diff(&reference, &got);
+            let agree = common::argmax_agreement(&reference, &got);
             report.push(format!(
                 "{name} {half:?}: max diff {diff:.4} of max |logit| {scale:.2}, argmax {agree}/{}",
                 reference.len()

@@ -69,3 +69,25 @@ pub fn check_sequences(
     }
     Ok(true)
 }
+
+/// The largest `|a - b|` over two `[t, vocab]` logit tables.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// At how many positions two `[t, vocab]` logit tables pick the same argmax (the first maximum).
+pub fn argmax_agreement(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
+    let argmax = |r: &Vec<f32>| {
+        r.iter()
+            .enumerate()
+            .fold(0, |best, (i, &x)| if x > r[best] { i } else { best })
+    };
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count()
+}
