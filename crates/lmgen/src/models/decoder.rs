@@ -125,8 +125,11 @@ impl Decoder {
                 let load = |n: Option<&str>| n.map(|n| norm(&format!("{p}.{n}"))).transpose();
                 let rope = match cfg.rope_for_layer(i) {
                     None => LayerRope::None,
-                    Some(r) if cfg.rope.as_ref() == Some(r) => LayerRope::Global,
-                    Some(_) => LayerRope::Local,
+                    // The sliding layers' own RoPE (not a copy that happens to be equal).
+                    Some(r) if cfg.rope_local.as_ref().is_some_and(|l| std::ptr::eq(l, r)) => {
+                        LayerRope::Local
+                    }
+                    Some(_) => LayerRope::Global,
                 };
                 Ok(DecoderLayer {
                     self_attn: Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?,
@@ -229,7 +232,7 @@ impl CausalLM for Decoder {
                 LayerRope::Local => local.as_ref(),
             };
             let attn_in = AttentionInput {
-                rope: rope.map(|(c, s)| (c, s)),
+                rope: rope.map(|(cos, sin)| (cos, sin)), // &(A, B) -> (&A, &B)
                 mask: masks.for_layer(layer.layer_type),
                 query_scale: query_scale.as_ref(),
             };
