@@ -70,7 +70,7 @@ impl ServeArgs {
             Some(tokens) => PagedCacheConfig::from_tokens(tokens, self.block_size)?,
             None => {
                 if !(self.kv_cache_gb.is_finite() && self.kv_cache_gb > 0.0) {
-                    return Err(lmgen::Error::Input(format!(
+                    return Err(lmgen::Error::input(format!(
                         "`--kv-cache-gb` must be a positive number, got {}",
                         self.kv_cache_gb
                     )));

@@ -116,7 +116,7 @@ impl ModelArgs {
     pub fn load_options(&self) -> lmgen::Result<LoadOptions> {
         let device = lmgen::device::parse(&self.device).map_err(|e| match e {
             lmgen::Error::Device { name, message } => {
-                lmgen::Error::Input(format!("`--device {name}` {message}"))
+                lmgen::Error::input(format!("`--device {name}` {message}"))
             }
             other => other,
         })?;

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::generation::GenerationConfig;
+
 /// Errors returned by lmgen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,15 +36,31 @@ pub enum Error {
         model_type: String,
         supported: String,
     },
-    /// A generation setting has a wrong type or a value out of range. The message names the field.
-    #[error("invalid generation config: {0}")]
-    GenerationConfig(String),
+    /// A generation setting has a wrong type or a value out of range, or settings that do not go
+    /// together. The message names the field; `field` holds it (see [`Error::field`]).
+    #[error("invalid generation config: {message}")]
+    GenerationConfig {
+        /// The `GenerationConfig` field at fault (transformers' name), when the message names one.
+        field: Option<String>,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A setting that would change the output but whose feature is not built yet.
-    #[error("not supported yet: {0}")]
-    Unsupported(String),
+    #[error("not supported yet: {message}")]
+    Unsupported {
+        /// The setting at fault (transformers' name), when the message names one.
+        field: Option<String>,
+        /// What is not built and what to do instead.
+        message: String,
+    },
     /// Invalid inputs to generate (shapes, lengths, token ids).
-    #[error("invalid input: {0}")]
-    Input(String),
+    #[error("invalid input: {message}")]
+    Input {
+        /// The `generate()` argument or `GenerationConfig` field at fault, when the message names one.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
     /// The tokenizer could not be loaded or failed to encode or decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -88,11 +106,100 @@ impl From<candle_core::Error> for Error {
 /// lmgen's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `generate()` arguments that are not `GenerationConfig` fields, which an [`Error::Input`] or
+/// [`Error::Unsupported`] may blame (transformers' names).
+const GENERATE_ARGUMENTS: &[&str] = &[
+    "input_ids",
+    "attention_mask",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "prefix_allowed_tokens_fn",
+    "logits_processor",
+    "stopping_criteria",
+    "assistant_model",
+    "assistant_tokenizer",
+    "tokenizer",
+    "streamer",
+];
+
+/// The field a message blames: its first `` `name` `` (or `` `name=value` ``) that is a
+/// `GenerationConfig` field or a `generate()` argument. Every message names the field it is about
+/// first, so this reads it once, where the error is made.
+fn blamed_field(message: &str) -> Option<String> {
+    message.split('`').skip(1).step_by(2).find_map(|quoted| {
+        let name: &str = quoted
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()?;
+        let known = GenerationConfig::FIELDS.contains(&name) || GENERATE_ARGUMENTS.contains(&name);
+        known.then(|| name.to_string())
+    })
+}
+
 impl Error {
+    /// An [`Error::GenerationConfig`]; its `field` is the first field the message names in
+    /// backquotes.
+    pub fn config(message: impl Into<String>) -> Self {
+        let message = message.into();
+        Error::GenerationConfig {
+            field: blamed_field(&message),
+            message,
+        }
+    }
+
+    /// An [`Error::Unsupported`]; its `field` is the first setting the message names in backquotes.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        let message = message.into();
+        Error::Unsupported {
+            field: blamed_field(&message),
+            message,
+        }
+    }
+
+    /// An [`Error::Input`]; its `field` is the first argument or field the message names in
+    /// backquotes.
+    pub fn input(message: impl Into<String>) -> Self {
+        let message = message.into();
+        Error::Input {
+            field: blamed_field(&message),
+            message,
+        }
+    }
+
+    /// The `GenerationConfig` field or `generate()` argument this error is about, when it is about
+    /// one (a server answers it as the request parameter at fault).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::GenerationConfig { field, .. }
+            | Error::Unsupported { field, .. }
+            | Error::Input { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_is_the_first_known_name_in_backquotes() {
+        let e = Error::config("`num_return_sequences` (3) must be <= `num_beams` (2)");
+        assert_eq!(e.field(), Some("num_return_sequences"));
+        let e = Error::config("an assistant with `num_beams=2`; set `num_beams` to 1");
+        assert_eq!(e.field(), Some("num_beams"));
+        let e = Error::input("`attention_mask` must have the shape of `input_ids` [1, 3]");
+        assert_eq!(e.field(), Some("attention_mask"));
+        let e = Error::config("unknown generation config field `top_kk`");
+        assert_eq!(e.field(), None);
+        let e = Error::unsupported("`watermarking_config` for SynthID text watermarking");
+        assert_eq!(e.field(), Some("watermarking_config"));
+        assert_eq!(Error::input("a prompt has no tokens").field(), None);
     }
 }

@@ -124,8 +124,8 @@ impl Pipeline {
                 input_ids: rows,
                 attention_mask: None,
             }),
-            None => Err(Error::Input(
-                "prompts of different lengths need a pad token, and this tokenizer has neither a pad nor an EOS token; set `pad_token_id`".into(),
+            None => Err(Error::input(
+                "prompts of different lengths need a pad token, and this tokenizer has neither a pad nor an EOS token; set `pad_token_id`",
             )),
         }
     }

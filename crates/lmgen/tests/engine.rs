@@ -188,7 +188,7 @@ fn golden_greedy_cases_through_the_engine() {
                 req.request_id = Some(format!("{name}/{r}"));
                 match m.add_request(req) {
                     Ok(id) => pending.push((id, name.to_string(), expected[r].clone())),
-                    Err(lmgen::Error::Unsupported(_)) => break,
+                    Err(lmgen::Error::Unsupported { .. }) => break,
                     Err(e) => panic!("{name}: {e}"),
                 }
             }

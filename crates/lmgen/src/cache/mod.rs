@@ -49,8 +49,8 @@ pub trait KvCache: Send {
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let _ = (layer, seq, k, v);
-        Err(Error::Unsupported(
-            "this cache does not hold packed batches of sequences".into(),
+        Err(Error::unsupported(
+            "this cache does not hold packed batches of sequences",
         ))
     }
 
@@ -69,8 +69,8 @@ pub trait KvCache: Send {
     /// they are. A cache that cannot roll back answers [`Error::Unsupported`] (HF `is_croppable`).
     fn crop(&mut self, len: usize) -> Result<()> {
         let _ = len;
-        Err(Error::Unsupported(
-            "this KV cache cannot be cropped, which assisted decoding needs".into(),
+        Err(Error::unsupported(
+            "this KV cache cannot be cropped, which assisted decoding needs",
         ))
     }
 }

@@ -64,7 +64,7 @@ pub fn generate_batch(
     let mut outputs = Vec::with_capacity(ids.len());
     for id in &ids {
         let out = manager.get_result(Some(id), None).ok_or_else(|| {
-            Error::Input(format!("request `{id}` got no result (engine stopped)"))
+            Error::input(format!("request `{id}` got no result (engine stopped)"))
         })?;
         bar.inc(1);
         outputs.push(out);

@@ -90,7 +90,7 @@ impl ContinuousBatchingManager {
     pub fn start(&self) -> Result<()> {
         let receiver = lock(&self.receiver)?
             .take()
-            .ok_or_else(|| Error::Input("the engine was already started".into()))?;
+            .ok_or_else(|| Error::input("the engine was already started"))?;
         let worker = Worker::new(
             self.model.clone(),
             &self.config,
@@ -180,7 +180,7 @@ impl ContinuousBatchingManager {
         )?;
         let blocks = seq.max_length.div_ceil(self.config.cache.block_size);
         if blocks > self.config.cache.num_blocks {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "the request needs up to {} tokens of KV cache but the pool holds {} ({} blocks of {}); \
                  lower `max_new_tokens` or raise the KV-cache budget",
                 seq.max_length,
@@ -191,7 +191,7 @@ impl ContinuousBatchingManager {
         }
         lock(&self.sender)?
             .send(Command::Add(Box::new(seq)))
-            .map_err(|_| Error::Input("the engine has stopped".into()))?;
+            .map_err(|_| Error::input("the engine has stopped"))?;
         Ok(id)
     }
 
@@ -243,7 +243,7 @@ impl ContinuousBatchingManager {
     /// The updates of a streaming request as they come, ending with its final one.
     pub fn request_id_iter(&self, request_id: &str) -> Result<impl Iterator<Item = RequestUpdate>> {
         let rx = lock(&self.streams)?.remove(request_id).ok_or_else(|| {
-            Error::Input(format!(
+            Error::input(format!(
                 "no streaming request `{request_id}` (add it with add_streaming_request; it can be iterated once)"
             ))
         })?;
@@ -310,5 +310,5 @@ impl Drop for ContinuousBatchingManager {
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
     m.lock()
-        .map_err(|_| Error::Input("the engine's state is poisoned (a thread panicked)".into()))
+        .map_err(|_| Error::input("the engine's state is poisoned (a thread panicked)"))
 }

@@ -61,7 +61,7 @@ impl SchedulerPolicy {
         match name {
             "fifo" => Ok(Self::Fifo),
             "prefill_first" => Ok(Self::PrefillFirst),
-            other => Err(Error::Input(format!(
+            other => Err(Error::input(format!(
                 "unknown scheduler `{other}`: expected \"fifo\" or \"prefill_first\""
             ))),
         }
@@ -101,14 +101,14 @@ impl EngineConfig {
     /// Checks the budgets.
     pub fn validate(&self) -> Result<()> {
         if self.max_batch_tokens == 0 {
-            return Err(Error::Input("`max_batch_tokens` must be at least 1".into()));
+            return Err(Error::input("`max_batch_tokens` must be at least 1"));
         }
         if self.max_running == 0 {
-            return Err(Error::Input("`max_running` must be at least 1".into()));
+            return Err(Error::input("`max_running` must be at least 1"));
         }
         if self.cache.block_size == 0 || self.cache.num_blocks == 0 {
-            return Err(Error::Input(
-                "the KV pool needs at least one block of at least one token".into(),
+            return Err(Error::input(
+                "the KV pool needs at least one block of at least one token",
             ));
         }
         Ok(())

@@ -67,7 +67,7 @@ fn refuse_unsupported(request: &Request) -> Result<()> {
         None
     };
     match field {
-        Some(f) => Err(Error::Unsupported(format!(
+        Some(f) => Err(Error::unsupported(format!(
             "`{f}` is not supported by the continuous batching engine (use generate(); for \
              `num_return_sequences`, submit one request per sequence)"
         ))),
@@ -91,14 +91,14 @@ impl Sequence {
         config.check_implemented(false)?;
         let mode = config.mode(false);
         if !matches!(mode, GenerationMode::GreedySearch | GenerationMode::Sample) {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "generation mode {mode:?} in the continuous batching engine (greedy search and sampling only)"
             )));
         }
         let t = request.input_ids.len();
         if t == 0 {
-            return Err(Error::Input(
-                "a prompt has no tokens; generation needs at least one".into(),
+            return Err(Error::input(
+                "a prompt has no tokens; generation needs at least one",
             ));
         }
         if let Some(&id) = request
@@ -106,20 +106,20 @@ impl Sequence {
             .iter()
             .find(|&&i| i as usize >= model.vocab_size)
         {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "token id {id} is outside the vocabulary (vocab_size {})",
                 model.vocab_size
             )));
         }
         if t > model.max_position_embeddings {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "the prompt has {t} tokens but the model's maximum context length is {} tokens",
                 model.max_position_embeddings
             )));
         }
         let lengths = config.resolve_lengths(t, Some(model.max_position_embeddings))?;
         if lengths.max_length > model.max_position_embeddings {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "the prompt ({t} tokens) plus the tokens to generate ({}) exceed the model's maximum context length of {} tokens",
                 lengths.max_length - t,
                 model.max_position_embeddings
@@ -127,7 +127,7 @@ impl Sequence {
         }
         if let Some(at) = model.recompute_cache_at {
             if t <= at && lengths.max_length > at {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "this model runs the whole sequence again once it passes {at} tokens (its \
                      LongRoPE's `original_max_position_embeddings`, as transformers' Phi-3 does), \
                      which the continuous batching engine does not do yet: keep the prompt plus \
@@ -145,7 +145,7 @@ impl Sequence {
         }
         if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
             let vocab = stop_vocab.ok_or_else(|| {
-                Error::Input("`stop_strings` needs the tokenizer: start the engine with one".into())
+                Error::input("`stop_strings` needs the tokenizer: start the engine with one")
             })?;
             stopping.push(StopStringCriteria::from_vocab(vocab, stops)?);
         }

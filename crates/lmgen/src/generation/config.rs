@@ -306,7 +306,7 @@ impl GenerationConfig {
             }
             match unknown {
                 UnknownFields::Reject => {
-                    return Err(Error::GenerationConfig(format!(
+                    return Err(Error::config(format!(
                         "unknown generation config field `{key}`"
                     )))
                 }
@@ -384,7 +384,7 @@ impl GenerationConfig {
 
 fn as_object(value: &Value) -> Result<&Map<String, Value>> {
     value.as_object().ok_or_else(|| {
-        Error::GenerationConfig(format!(
+        Error::config(format!(
             "a generation config must be a JSON object, got {}",
             show(value)
         ))
@@ -399,7 +399,7 @@ fn reject_integer_penalty(key: &str, value: &Value) -> Result<()> {
         && (value.is_i64() || value.is_u64())
         && value.as_f64() != Some(1.0)
     {
-        return Err(Error::GenerationConfig(format!(
+        return Err(Error::config(format!(
             "`repetition_penalty` has to be a strictly positive float, but is {value} (an integer; write {value}.0)"
         )));
     }
@@ -599,7 +599,7 @@ mod tests {
             json!({"early_stopping": "never", "eos_token_id": 2, "_from_model_config": true}),
         )?;
         c.extra.insert("custom".into(), json!([1]));
-        let value = serde_json::to_value(&c).map_err(|e| Error::GenerationConfig(e.to_string()))?;
+        let value = serde_json::to_value(&c).map_err(|e| Error::config(e.to_string()))?;
         let expected = json!({"early_stopping": "never", "eos_token_id": 2, "_from_model_config": true, "custom": [1]});
         assert_eq!(value, expected);
         Ok(())

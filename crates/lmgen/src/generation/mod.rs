@@ -62,42 +62,40 @@ impl GenerateInput {
     pub fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
         let b = self.input_ids.len();
         if b == 0 {
-            return Err(Error::Input(
-                "`input_ids` is empty: pass at least one prompt".into(),
+            return Err(Error::input(
+                "`input_ids` is empty: pass at least one prompt",
             ));
         }
         let t = self.input_ids[0].len();
         if t == 0 {
-            return Err(Error::Input(
-                "a prompt has no tokens; generation needs at least one".into(),
+            return Err(Error::input(
+                "a prompt has no tokens; generation needs at least one",
             ));
         }
         if let Some(i) = self.input_ids.iter().position(|r| r.len() != t) {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "`input_ids` rows must have one length (left-pad them): row 0 has {t}, row {i} has {}",
                 self.input_ids[i].len()
             )));
         }
         for (i, row) in self.input_ids.iter().enumerate() {
             if let Some(&id) = row.iter().find(|&&id| id as usize >= vocab_size) {
-                return Err(Error::Input(format!(
+                return Err(Error::input(format!(
                     "token id {id} in row {i} is outside the vocabulary (vocab_size {vocab_size})"
                 )));
             }
         }
         if let Some(mask) = &self.attention_mask {
             if mask.len() != b || mask.iter().any(|r| r.len() != t) {
-                return Err(Error::Input(format!(
+                return Err(Error::input(format!(
                     "`attention_mask` must have the shape of `input_ids` [{b}, {t}]"
                 )));
             }
             if mask.iter().flatten().any(|&m| m > 1) {
-                return Err(Error::Input(
-                    "`attention_mask` values must be 0 or 1".into(),
-                ));
+                return Err(Error::input("`attention_mask` values must be 0 or 1"));
             }
             if let Some(i) = mask.iter().position(|r| r.iter().all(|&m| m == 0)) {
-                return Err(Error::Input(format!(
+                return Err(Error::input(format!(
                     "`attention_mask` row {i} has no real token"
                 )));
             }
@@ -141,7 +139,7 @@ impl GenerateOutput {
         let steps = self
             .scores
             .as_ref()
-            .ok_or_else(|| Error::Input("transition scores need `output_scores: true`".into()))?;
+            .ok_or_else(|| Error::input("transition scores need `output_scores: true`"))?;
         if let Some(beams) = &self.beam_indices {
             return Ok(self.beam_transition_scores(steps, beams, normalize_logits));
         }

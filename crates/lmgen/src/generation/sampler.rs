@@ -68,8 +68,8 @@ impl Sampler {
     /// Greedy decoding has no randomness: an error.
     pub fn uniform(&mut self) -> Result<f64> {
         match self {
-            Sampler::Greedy => Err(Error::Input(
-                "internal: a random draw was asked of the greedy sampler".into(),
+            Sampler::Greedy => Err(Error::input(
+                "internal: a random draw was asked of the greedy sampler",
             )),
             Sampler::Multinomial { rng, .. } => Ok(rng.random::<f64>()),
         }
@@ -94,13 +94,13 @@ impl Sampler {
             Sampler::Greedy => Ok(argmax(row)),
             Sampler::Multinomial { rng, .. } => {
                 if row.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
-                    return Err(Error::Input(
-                        "the processed scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`".into(),
+                    return Err(Error::input(
+                        "the processed scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`",
                     ));
                 }
                 let probs = softmax(row).ok_or_else(|| {
-                    Error::Input(
-                        "every token was filtered out (all scores are -inf), so nothing can be sampled; relax the logits processors".into(),
+                    Error::input(
+                        "every token was filtered out (all scores are -inf), so nothing can be sampled; relax the logits processors",
                     )
                 })?;
                 Ok(draw(&probs, rng.random::<f64>()))

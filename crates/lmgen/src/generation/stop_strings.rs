@@ -260,8 +260,8 @@ impl StopStringCriteria {
     /// string matches any row, as in transformers (its target length is 0).
     pub fn from_vocab(vocab: &CleanTokenizerVocab, stop_strings: &[String]) -> Result<Self> {
         if stop_strings.is_empty() {
-            return Err(Error::GenerationConfig(
-                "`stop_strings` must hold at least one string".into(),
+            return Err(Error::config(
+                "`stop_strings` must hold at least one string",
             ));
         }
         let reversed_tokens: Vec<(TokenId, Vec<u32>)> = vocab
@@ -287,7 +287,7 @@ impl StopStringCriteria {
             });
         }
         if !any_end_overlap {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`stop_strings` {stop_strings:?}: no token of the vocabulary can end any of them \
                  (often caused by characters the tokenizer vocabulary does not contain)"
             )));

@@ -145,7 +145,7 @@ impl GgufWeights {
         let mut names = HashMap::new();
         for gguf in content.tensor_infos.keys() {
             if let Some((_, what)) = UNREAD_TENSORS.iter().find(|(n, _)| n == gguf) {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "`{}`: tensor `{gguf}` ({what}) is not read from GGUF files yet; load the \
                      safetensors checkpoint instead",
                     path.display()

@@ -48,7 +48,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         .apply(&mut cfg, file, softcaps)?;
     let g: Config = file.parse()?;
     if g.use_bidirectional_attention {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::unsupported(format!(
             "`{}`: `use_bidirectional_attention: true` (an embedding model) is not a causal \
              language model",
             file.path.display()

@@ -35,7 +35,7 @@ impl Quantization {
         match name.to_ascii_lowercase().replace('_', "").as_str() {
             "q80" => Ok(Self::Q8_0),
             "q4k" => Ok(Self::Q4K),
-            _ => Err(Error::Input(format!(
+            _ => Err(Error::input(format!(
                 "unknown quantization `{name}`; supported: q8_0, q4_k"
             ))),
         }
@@ -82,7 +82,7 @@ impl Quantization {
     ) -> Result<QuantizedWeight> {
         let format = self.format_for(cols);
         if cols % format.block_size() != 0 {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "quantizing `{name}`: rows of {cols} values do not split into blocks of {}",
                 format.block_size()
             )));
@@ -90,7 +90,7 @@ impl Quantization {
         let read = |r: Range<usize>| -> Result<Vec<f32>> {
             let t = band(r.clone())?;
             if t.dims() != [r.len(), cols] {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "quantizing `{name}`: rows {r:?} read as {:?}, not [{}, {cols}]",
                     t.dims(),
                     r.len()
@@ -193,7 +193,7 @@ impl QuantizedWeight {
         name: &str,
     ) -> Result<Self> {
         let bad = |what: &str| {
-            Error::Unsupported(format!(
+            Error::unsupported(format!(
                 "tensor `{name}`: {what} ({dtype:?}, [{rows}, {cols}], {} bytes)",
                 bytes.len()
             ))
@@ -339,7 +339,7 @@ impl QuantizedWeight {
             out
         }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.rows) {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "id {bad} is outside the table of {} rows (token ids must be below the \
                  vocabulary size)",
                 self.rows

@@ -36,8 +36,8 @@ impl<'a> PagedBatch<'a> {
                 .zip(&slots)
                 .any(|(s, sl)| s.past + s.new != sl.len())
         {
-            return Err(Error::Input(
-                "paged batch: each sequence needs one slot per cached and new token".into(),
+            return Err(Error::input(
+                "paged batch: each sequence needs one slot per cached and new token",
             ));
         }
         let gather = slots
@@ -56,8 +56,8 @@ impl<'a> PagedBatch<'a> {
 impl KvCache for PagedBatch<'_> {
     fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         if self.spans.len() != 1 {
-            return Err(Error::Unsupported(
-                "a packed batch of several sequences is updated per sequence".into(),
+            return Err(Error::unsupported(
+                "a packed batch of several sequences is updated per sequence",
             ));
         }
         self.update_sequence(layer, 0, k, v)
@@ -71,15 +71,14 @@ impl KvCache for PagedBatch<'_> {
     }
 
     fn reorder(&mut self, _beam_idx: &[usize]) -> Result<()> {
-        Err(Error::Unsupported(
-            "the paged cache does not reorder rows (beam search runs on the dynamic cache)".into(),
+        Err(Error::unsupported(
+            "the paged cache does not reorder rows (beam search runs on the dynamic cache)",
         ))
     }
 
     fn batch_repeat_interleave(&mut self, _n: usize) -> Result<()> {
-        Err(Error::Unsupported(
-            "the paged cache does not repeat rows (contrastive search runs on the dynamic cache)"
-                .into(),
+        Err(Error::unsupported(
+            "the paged cache does not repeat rows (contrastive search runs on the dynamic cache)",
         ))
     }
 

@@ -71,10 +71,10 @@ impl PagedCacheConfig {
 
     fn checked(block_size: usize, num_blocks: usize, empty: impl Fn() -> String) -> Result<Self> {
         if block_size == 0 {
-            return Err(Error::Input("`block_size` must be at least 1".into()));
+            return Err(Error::input("`block_size` must be at least 1"));
         }
         if num_blocks == 0 {
-            return Err(Error::Input(empty()));
+            return Err(Error::input(empty()));
         }
         Ok(Self {
             block_size,

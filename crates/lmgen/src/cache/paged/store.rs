@@ -43,7 +43,7 @@ impl KvStore {
     fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match (self.k.get(layer), self.v.get(layer)) {
             (Some(k), Some(v)) => Ok((k, v)),
-            _ => Err(Error::Input(format!(
+            _ => Err(Error::input(format!(
                 "the paged KV store has {} layers; layer {layer} does not exist",
                 self.k.len()
             ))),

@@ -114,7 +114,7 @@ impl<'m> Drafter<'m> {
             DraftCache::Target => {
                 let mut run = run;
                 let cache = run.target_cache.take().ok_or_else(|| {
-                    Error::Input("internal: early exit drafting without the target's cache".into())
+                    Error::input("internal: early exit drafting without the target's cache")
                 })?;
                 let before = cache.seq_len();
                 let draft = draft_loop(model, layers, cache, run);

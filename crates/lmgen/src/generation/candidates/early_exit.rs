@@ -32,7 +32,7 @@ impl<'m> EarlyExitCandidateGenerator<'m> {
     ) -> Result<Self> {
         let layers = model.config().num_hidden_layers;
         if assistant_early_exit == 0 || assistant_early_exit > layers {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`assistant_early_exit` must be between 1 and the model's `num_hidden_layers` ({layers}), got {assistant_early_exit}"
             )));
         }

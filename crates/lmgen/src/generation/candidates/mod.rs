@@ -101,7 +101,7 @@ impl DraftSchedule {
             "constant" => Ok(DraftSchedule::Constant),
             "heuristic" => Ok(DraftSchedule::Heuristic),
             "heuristic_transient" => Ok(DraftSchedule::HeuristicTransient),
-            other => Err(Error::GenerationConfig(format!(
+            other => Err(Error::config(format!(
                 "`num_assistant_tokens_schedule` must be \"constant\", \"heuristic\" or \"heuristic_transient\", got {other:?}"
             ))),
         }
@@ -235,7 +235,7 @@ pub(crate) fn forward_row(
     let start = cache.seq_len();
     let end = ids.len();
     if start >= end {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "internal: a forward pass over no token (cache holds {start}, sequence has {end})"
         )));
     }

@@ -29,7 +29,7 @@ impl PromptLookupCandidateGenerator {
         vocab_size: usize,
     ) -> Result<Self> {
         if prompt_lookup_num_tokens == 0 || max_matching_ngram_size == 0 {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`prompt_lookup_num_tokens` ({prompt_lookup_num_tokens}) and `max_matching_ngram_size` \
                  ({max_matching_ngram_size}) must be at least 1"
             )));

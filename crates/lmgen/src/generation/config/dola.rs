@@ -23,7 +23,7 @@ impl DolaLayers {
     /// Reads `"low"`, `"high"` or a list of integers.
     pub fn from_json(value: &Value) -> Result<Self> {
         let bad = || {
-            Error::GenerationConfig(format!(
+            Error::config(format!(
                 "`dola_layers` must be either \"low\", \"high\" or a list of integers (layer indices), got {value}"
             ))
         };
@@ -71,7 +71,7 @@ impl DolaLayers {
                 for &i in list.iter().filter(|&&i| i < n as i64) {
                     let index = if i < 0 { states + i } else { i };
                     if index < 0 {
-                        return Err(Error::GenerationConfig(format!(
+                        return Err(Error::config(format!(
                             "`dola_layers` index {i} is out of range: the model has {states} hidden \
                              states (embeddings and {n} layers)"
                         )));
@@ -82,7 +82,7 @@ impl DolaLayers {
             }
         };
         if layers.is_empty() {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`dola_layers` {} selects no premature layer: the model has {n} layers \
                  (`num_hidden_layers`), so indices must be below {n}",
                 self.describe()
@@ -118,7 +118,7 @@ impl GenerationConfig {
         }
         match self.mode(false) {
             GenerationMode::DolaGeneration => Ok(()),
-            other => Err(Error::GenerationConfig(format!(
+            other => Err(Error::config(format!(
                 "`dola_layers` is set, which selects DoLa decoding, but DoLa decoding only extends \
                  greedy search and sampling, and this config selects {} ({other}); unset \
                  `dola_layers` or use `num_beams=1` without `penalty_alpha` or an assistant",

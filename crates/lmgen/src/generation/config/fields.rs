@@ -128,7 +128,7 @@ pub(super) fn parse_field<T: FieldType>(key: &str, value: &Value) -> Result<Opti
         return Ok(None);
     }
     T::parse(value).map(Some).ok_or_else(|| {
-        Error::GenerationConfig(format!(
+        Error::config(format!(
             "`{key}` must be {}, got {}",
             T::EXPECTED,
             show(value)

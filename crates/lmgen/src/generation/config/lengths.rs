@@ -36,7 +36,7 @@ impl GenerationConfig {
             }
         };
         if input_len >= max_length {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "input length of input_ids is {input_len}, but `max_length` is set to {max_length}; \
                  increase `max_length` or, better, set `max_new_tokens`"
             )));
@@ -83,7 +83,7 @@ mod tests {
         );
         let too_long = lengths(json!({"max_length": 7}), 7, None);
         assert!(
-            matches!(&too_long, Err(Error::Input(m)) if m.contains("input length of input_ids is 7"))
+            matches!(&too_long, Err(Error::Input { message: m, .. }) if m.contains("input length of input_ids is 7"))
         );
         assert!(lengths(json!({}), 10, Some(10)).is_err());
         let min = lengths(json!({"min_new_tokens": 3, "min_length": 100}), 7, None)?;

@@ -103,7 +103,7 @@ impl GenerationConfig {
 
     /// The set fields and extra keys as pretty JSON with sorted keys and a final newline.
     pub fn to_json_string(&self) -> Result<String> {
-        let to_error = |e: serde_json::Error| Error::GenerationConfig(e.to_string());
+        let to_error = |e: serde_json::Error| Error::config(e.to_string());
         let value = serde_json::to_value(self).map_err(to_error)?;
         let sorted: BTreeMap<String, Value> = match value {
             Value::Object(object) => object.into_iter().collect(),
@@ -125,7 +125,7 @@ fn parse_json_file(path: &Path, text: &str) -> Result<Value> {
 /// A field error found while reading `path`, reported against that file.
 fn in_file(path: &Path, error: Error) -> Error {
     match error {
-        Error::GenerationConfig(message) => Error::Json {
+        Error::GenerationConfig { message, .. } => Error::Json {
             path: path.to_path_buf(),
             message,
         },

@@ -263,7 +263,7 @@ impl GenerationConfig {
                     | GenerationMode::GroupBeamSearch
                     | GenerationMode::ConstrainedBeamSearch
             ) {
-                return Err(Error::GenerationConfig(format!(
+                return Err(Error::config(format!(
                     "{cause} (assisted decoding) works with greedy search and sampling only, not with \
                      {} ({}); {fix} or set `num_beams` to 1",
                     selection.mode.description(),
@@ -272,7 +272,7 @@ impl GenerationConfig {
             }
         }
         if !IMPLEMENTED_MODES.contains(&selection.mode) {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "{} ({}) is not implemented yet; {}",
                 selection.cause,
                 selection.mode.description(),
@@ -281,7 +281,7 @@ impl GenerationConfig {
         }
         let effective = self.with_defaults();
         match UNBUILT.iter().find(|unbuilt| (unbuilt.active)(&effective)) {
-            Some(unbuilt) => Err(Error::Unsupported(format!(
+            Some(unbuilt) => Err(Error::unsupported(format!(
                 "`{}` ({}) is not implemented yet; {}",
                 unbuilt.field, unbuilt.feature, unbuilt.fix
             ))),
@@ -303,7 +303,7 @@ mod tests {
 
     fn unsupported(value: Value) -> String {
         match config(value.clone()).and_then(|c| c.check_implemented(false)) {
-            Err(Error::Unsupported(message)) => message,
+            Err(Error::Unsupported { message, .. }) => message,
             other => panic!("{value}: expected Unsupported, got {other:?}"),
         }
     }
@@ -455,12 +455,14 @@ mod tests {
             .is_ok());
         let beams = config(json!({"num_beams": 2})).and_then(|c| c.check_implemented(true));
         assert!(
-            matches!(&beams, Err(Error::GenerationConfig(m)) if m.starts_with("an assistant model (assisted decoding) works with greedy search and sampling only")),
+            matches!(&beams, Err(Error::GenerationConfig { message: m, .. }) if m.starts_with("an assistant model (assisted decoding) works with greedy search and sampling only")),
             "{beams:?}"
         );
         let beams = config(json!({"num_beams": 2, "prompt_lookup_num_tokens": 3}))
             .and_then(|c| c.check_implemented(false));
-        assert!(matches!(beams, Err(Error::GenerationConfig(m)) if m.contains("`num_beams=2`")));
+        assert!(
+            matches!(beams, Err(Error::GenerationConfig { message: m, .. }) if m.contains("`num_beams=2`"))
+        );
     }
 
     #[test]

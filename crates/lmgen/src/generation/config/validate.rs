@@ -46,7 +46,7 @@ const GENERATE_ARGUMENTS: &[&str] = &[
 ];
 
 fn invalid(message: String) -> Result<()> {
-    Err(Error::GenerationConfig(message))
+    Err(Error::config(message))
 }
 
 impl GenerationConfig {
@@ -312,7 +312,7 @@ mod tests {
 
     fn assert_invalid(value: Value, expected: &str) {
         match check(value.clone()) {
-            Err(Error::GenerationConfig(message)) => {
+            Err(Error::GenerationConfig { message, .. }) => {
                 assert!(message.contains(expected), "{value}: {message}")
             }
             other => panic!("{value}: expected an error containing {expected:?}, got {other:?}"),

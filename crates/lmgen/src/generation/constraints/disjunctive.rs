@@ -19,7 +19,7 @@ impl DisjunctiveConstraint {
     /// is a prefix of another (or a duplicate), as HF `DisjunctiveTrie(no_subsets=True)`.
     pub fn new(words: Vec<Vec<TokenId>>) -> Result<Self> {
         if words.is_empty() || words.iter().any(Vec::is_empty) {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "a disjunctive constraint needs a non-empty list of non-empty token lists, got {words:?}"
             )));
         }
@@ -29,7 +29,7 @@ impl DisjunctiveConstraint {
         leaves.sort();
         leaves.dedup();
         if leaves.len() != words.len() {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "each list of a disjunctive constraint can't be a complete subset of another list, but is {words:?}"
             )));
         }

@@ -22,8 +22,8 @@ impl ConstraintListState {
     /// A state with no progress; refuses an empty list.
     pub fn new(constraints: &[Constraint]) -> Result<Self> {
         if constraints.is_empty() {
-            return Err(Error::GenerationConfig(
-                "constrained beam search needs at least one constraint".into(),
+            return Err(Error::config(
+                "constrained beam search needs at least one constraint",
             ));
         }
         let constraints: Vec<Constraint> = constraints.iter().map(Constraint::fresh).collect();

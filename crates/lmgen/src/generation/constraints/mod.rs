@@ -92,7 +92,7 @@ impl Constraint {
     /// [`DisjunctiveConstraint`]).
     pub fn from_force_words_ids(value: &Value) -> Result<Vec<Self>> {
         let bad = || {
-            Error::GenerationConfig(format!(
+            Error::config(format!(
                 "`force_words_ids` has to either be a `List[List[List[int]]]` or `List[List[int]]` of positive integers, but is {value}"
             ))
         };

@@ -17,8 +17,8 @@ impl PhrasalConstraint {
     /// A constraint forcing `token_ids`, in order; refuses an empty list.
     pub fn new(token_ids: Vec<TokenId>) -> Result<Self> {
         if token_ids.is_empty() {
-            return Err(Error::GenerationConfig(
-                "a phrasal constraint needs a non-empty list of token ids".into(),
+            return Err(Error::config(
+                "a phrasal constraint needs a non-empty list of token ids",
             ));
         }
         Ok(Self {

@@ -142,7 +142,7 @@ pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProce
     for ignored in ["device", "filter_value"] {
         if let Some(v) = a.take(ignored) {
             if ignored == "filter_value" && v.as_f64().is_some() {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "{name}: a finite `filter_value` (lmgen always filters with -inf)"
                 )));
             }
@@ -314,12 +314,12 @@ pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProce
             Box::new(WatermarkLogitsProcessor::new(config, vocab)?)
         }
         "PrefixConstrainedLogitsProcessor" | "UnbatchedClassifierFreeGuidanceLogitsProcessor" => {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "{name} needs a Rust callback or the model; build it with the library API"
             )))
         }
         other => {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "unknown or unsupported logits processor `{other}`"
             )))
         }

@@ -77,7 +77,7 @@ impl<'a> UnbatchedClassifierFreeGuidanceLogitsProcessor<'a> {
         let mut st = self
             .state
             .lock()
-            .map_err(|_| Error::Input("classifier-free guidance state poisoned".into()))?;
+            .map_err(|_| Error::input("classifier-free guidance state poisoned"))?;
         let (ids, mask) = if st.first_pass {
             let ids = st.input_ids.clone().unwrap_or_else(|| {
                 input_ids
@@ -110,14 +110,14 @@ impl<'a> UnbatchedClassifierFreeGuidanceLogitsProcessor<'a> {
             (ids, mask)
         };
         if ids.len() != input_ids.len() || ids.iter().any(|r| r.is_empty()) {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "the negative prompt must have one non-empty row per sequence ({} rows)",
                 input_ids.len()
             )));
         }
         if mask.len() != ids.len() {
-            return Err(Error::Input(
-                "`negative_prompt_attention_mask` must have one row per negative prompt row".into(),
+            return Err(Error::input(
+                "`negative_prompt_attention_mask` must have one row per negative prompt row",
             ));
         }
         if !self.use_cache {
@@ -160,7 +160,7 @@ impl LogitsProcessor for UnbatchedClassifierFreeGuidanceLogitsProcessor<'_> {
         }
         let uncond = self.unconditional_logits(input_ids)?;
         if uncond.vocab != scores.vocab {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "the unconditional logits have vocab {} but the scores {}",
                 uncond.vocab, scores.vocab
             )));

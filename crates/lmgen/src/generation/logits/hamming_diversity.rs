@@ -20,19 +20,18 @@ impl HammingDiversityLogitsProcessor {
     /// HF `HammingDiversityLogitsProcessor(diversity_penalty, num_beams, num_beam_groups)`.
     pub fn new(diversity_penalty: f32, num_beams: usize, num_beam_groups: usize) -> Result<Self> {
         if diversity_penalty.is_nan() || diversity_penalty <= 0.0 {
-            return Err(Error::GenerationConfig(
-                "`diversity_penalty` should be a float strictly larger than 0".into(),
+            return Err(Error::config(
+                "`diversity_penalty` should be a float strictly larger than 0",
             ));
         }
         if num_beams < 2 {
-            return Err(Error::GenerationConfig(
-                "`num_beams` should be an integer strictly larger than 1".into(),
+            return Err(Error::config(
+                "`num_beams` should be an integer strictly larger than 1",
             ));
         }
         if num_beam_groups < 2 || num_beam_groups > num_beams {
-            return Err(Error::GenerationConfig(
-                "`num_beam_groups` should be an integer strictly larger than 1 and at most `num_beams`"
-                    .into(),
+            return Err(Error::config(
+                "`num_beam_groups` should be an integer strictly larger than 1 and at most `num_beams`",
             ));
         }
         Ok(Self {
@@ -62,7 +61,7 @@ impl HammingDiversityLogitsProcessor {
             let mut frequency = vec![0u32; vocab];
             for &tok in &current_tokens[i * self.num_beams..i * self.num_beams + start] {
                 let slot = frequency.get_mut(tok as usize).ok_or_else(|| {
-                    Error::Input(format!(
+                    Error::input(format!(
                         "token {tok} is outside the vocabulary ({vocab}) of the scores"
                     ))
                 })?;

@@ -99,9 +99,8 @@ impl<'a> LogitsProcessorList<'a> {
         let eos = c.eos_token_ids();
         if let Some(g) = c.guidance_scale.filter(|&g| g != 1.0) {
             let model = ctx.model.ok_or_else(|| {
-                crate::error::Error::Unsupported(
-                    "`guidance_scale` needs the model (classifier-free guidance runs it on the negative prompt)"
-                        .into(),
+                crate::error::Error::unsupported(
+                    "`guidance_scale` needs the model (classifier-free guidance runs it on the negative prompt)",
                 )
             })?;
             list.push(UnbatchedClassifierFreeGuidanceLogitsProcessor::new(
@@ -225,8 +224,8 @@ impl<'a> LogitsProcessorList<'a> {
                 .vocab_size
                 .or_else(|| ctx.model.map(|m| m.config().vocab_size))
                 .ok_or_else(|| {
-                    crate::error::Error::Unsupported(
-                        "`watermarking_config` needs the model's vocabulary size".into(),
+                    crate::error::Error::unsupported(
+                        "`watermarking_config` needs the model's vocabulary size",
                     )
                 })?;
             list.push(WatermarkLogitsProcessor::new(

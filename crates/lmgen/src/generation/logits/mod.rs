@@ -131,7 +131,7 @@ pub trait LogitsProcessor: Send + Sync {
 
 /// A constructor argument error naming the argument, as transformers' `ValueError`s.
 pub(crate) fn invalid_arg(message: String) -> Error {
-    Error::GenerationConfig(message)
+    Error::config(message)
 }
 
 /// Checks transformers' `min_tokens_to_keep` rule ("a positive integer").

@@ -21,7 +21,7 @@ impl RepetitionPenaltyLogitsProcessor {
     /// `penalty` must be strictly positive, as transformers requires.
     pub fn new(penalty: f64, prompt_ignore_length: Option<usize>) -> Result<Self> {
         if penalty.is_nan() || penalty <= 0.0 {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`repetition_penalty` has to be a strictly positive float, got {penalty}"
             )));
         }

@@ -60,8 +60,8 @@ impl WatermarkingConfig {
             ))
         })?;
         if obj.contains_key("keys") || obj.contains_key("ngram_len") {
-            return Err(Error::Unsupported(
-                "`watermarking_config` for SynthID text watermarking".into(),
+            return Err(Error::unsupported(
+                "`watermarking_config` for SynthID text watermarking",
             ));
         }
         let mut c = Self::default();

@@ -183,26 +183,23 @@ pub fn run(
 fn check_supported(c: &GenerationConfig, input: &GenerateInput) -> Result<()> {
     let n = c.num_return_sequences.unwrap_or(1);
     if n > 1 {
-        return Err(Error::GenerationConfig(format!(
+        return Err(Error::config(format!(
             "`num_return_sequences` has to be 1 with assisted decoding, got {n}"
         )));
     }
     let b = input.input_ids.len();
     if b > 1 {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "assisted decoding supports batch size 1 only (as transformers), got {b} prompts; \
              generate them one at a time"
         )));
     }
     if c.use_cache == Some(false) {
-        return Err(Error::GenerationConfig(
-            "assisted decoding requires `use_cache=true`".into(),
-        ));
+        return Err(Error::config("assisted decoding requires `use_cache=true`"));
     }
     if c.guidance_scale.is_some_and(|g| g != 1.0) {
-        return Err(Error::Unsupported(
-            "`guidance_scale` (classifier-free guidance) with assisted decoding; unset one of them"
-                .into(),
+        return Err(Error::unsupported(
+            "`guidance_scale` (classifier-free guidance) with assisted decoding; unset one of them",
         ));
     }
     Ok(())
@@ -228,10 +225,9 @@ fn candidate_generator<'a>(
     if assistant.model.is_some()
         && (c.assistant_early_exit.is_some() || c.prompt_lookup_num_tokens.is_some())
     {
-        return Err(Error::GenerationConfig(
+        return Err(Error::config(
             "an assistant model and `assistant_early_exit` / `prompt_lookup_num_tokens` are two \
-             different drafts; give one"
-                .into(),
+             different drafts; give one",
         ));
     }
     if let Some(layers) = c.assistant_early_exit {
@@ -246,21 +242,18 @@ fn candidate_generator<'a>(
         )?));
     }
     if c.use_mtp == Some(true) {
-        return Err(Error::Unsupported(
+        return Err(Error::unsupported(
             "`use_mtp` (multi-token-prediction heads as the draft): none of the architectures \
-             lmgen implements has them; set it to false"
-                .into(),
+             lmgen implements has them; set it to false",
         ));
     }
     let Some(draft) = assistant.model else {
-        return Err(Error::Input(
-            "internal: assisted decoding without a draft".into(),
-        ));
+        return Err(Error::input("internal: assisted decoding without a draft"));
     };
     let draft_vocab = draft.config().vocab_size;
     if draft_vocab == vocab {
         if assistant.assistant_tokenizer.is_some() {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "`assistant_tokenizer` is not required when the main and assistant models use the same \
                  tokenizer (both have vocab_size {vocab}); omit it"
             )));
@@ -283,7 +276,7 @@ fn candidate_generator<'a>(
                 },
             )))
         }
-        _ => Err(Error::Input(format!(
+        _ => Err(Error::input(format!(
             "the main and assistant models have different tokenizers (vocab_size {vocab} and \
              {draft_vocab}): pass `tokenizer` and `assistant_tokenizer` for universal assisted decoding"
         ))),
@@ -327,7 +320,7 @@ pub fn speculative_sampling(
 ) -> Result<(Vec<TokenId>, usize)> {
     let k = candidates.len();
     if draft.batch != k || target.batch != k + 1 || draft.vocab != target.vocab {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "speculative sampling needs draft scores [{k}, vocab] and target scores [{}, vocab] of one \
              vocabulary, got [{}, {}] and [{}, {}]",
             k + 1,
@@ -339,13 +332,13 @@ pub fn speculative_sampling(
     }
     let probs = |row: &[f32]| {
         if row.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
-            return Err(Error::Input(
-                "the processed scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`".into(),
+            return Err(Error::input(
+                "the processed scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`",
             ));
         }
         softmax(row).ok_or_else(|| {
-            Error::Input(
-                "every token was filtered out (all scores are -inf), so nothing can be sampled; relax the logits processors".into(),
+            Error::input(
+                "every token was filtered out (all scores are -inf), so nothing can be sampled; relax the logits processors",
             )
         })
     };

@@ -60,20 +60,20 @@ pub(super) fn topk(values: &[f32], k: usize) -> Vec<usize> {
 /// `torch.multinomial(softmax(values), k)` without replacement.
 fn multinomial(values: &[f32], k: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
     if values.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
-        return Err(Error::Input(
-            "the beam scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`".into(),
+        return Err(Error::input(
+            "the beam scores contain NaN or +inf, so there is no distribution to sample from; set `remove_invalid_values: true`",
         ));
     }
     let mut probs = softmax(values).ok_or_else(|| {
-        Error::Input(
-            "every beam continuation was filtered out (all scores are -inf); relax the logits processors".into(),
+        Error::input(
+            "every beam continuation was filtered out (all scores are -inf); relax the logits processors",
         )
     })?;
     let mut out = Vec::with_capacity(k);
     for _ in 0..k {
         let total: f64 = probs.iter().sum();
         if total <= 0.0 {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "beam sampling needs {k} candidates with non-zero probability, fewer are left after the logits processors; lower `num_beams` or relax `top_k`/`top_p`"
             )));
         }

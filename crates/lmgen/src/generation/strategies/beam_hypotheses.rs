@@ -97,8 +97,8 @@ impl BeamHypotheses {
             EarlyStopping::True => return Ok(true),
             EarlyStopping::Never if self.length_penalty > 0.0 => {
                 if self.max_length <= prompt_len {
-                    return Err(Error::GenerationConfig(
-                        "`max_length` is not larger than the prompt length".into(),
+                    return Err(Error::config(
+                        "`max_length` is not larger than the prompt length",
                     ));
                 }
                 self.max_length - prompt_len
@@ -121,8 +121,8 @@ pub(super) fn best(mut candidates: Vec<Hypothesis>, keep: usize) -> Vec<Hypothes
 pub(super) fn done_filler(eos: &[TokenId], pad: Option<TokenId>) -> Result<TokenId> {
     match (eos.is_empty(), pad) {
         (false, Some(p)) => Ok(p),
-        _ => Err(Error::GenerationConfig(
-            "a finished beam needs `eos_token_id` and `pad_token_id` to pad its rows".into(),
+        _ => Err(Error::config(
+            "a finished beam needs `eos_token_id` and `pad_token_id` to pad its rows",
         )),
     }
 }
@@ -159,8 +159,8 @@ pub(super) fn assemble(
         Some(p) => p,
         None if shortest == longest => 0,
         None => {
-            return Err(Error::GenerationConfig(
-                "`pad_token_id` has to be defined to pad the returned beams to one length".into(),
+            return Err(Error::config(
+                "`pad_token_id` has to be defined to pad the returned beams to one length",
             ))
         }
     };

@@ -44,8 +44,8 @@ impl BeamSettings {
         options: &GenerateOptions<'_>,
     ) -> Result<Self> {
         if options.streamer.is_some() {
-            return Err(Error::Input(
-                "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer".into(),
+            return Err(Error::input(
+                "a streamer cannot be used with beam search (`num_beams` > 1), as in transformers; set `num_beams` to 1 or drop the streamer",
             ));
         }
         let (batch, t) = input.validate(model.config().vocab_size)?;
@@ -53,7 +53,7 @@ impl BeamSettings {
         let nb = c.num_beams.unwrap_or(1).max(1);
         let nrs = c.num_return_sequences.unwrap_or(1);
         if nrs > nb {
-            return Err(Error::GenerationConfig(format!(
+            return Err(Error::config(format!(
                 "`num_return_sequences` ({nrs}) must be <= `num_beams` ({nb})"
             )));
         }

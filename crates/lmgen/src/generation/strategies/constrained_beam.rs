@@ -36,8 +36,8 @@ type Candidate = (f32, TokenId, usize);
 /// The constraints of a run: the caller's ([`GenerateOptions::constraints`]) then `force_words_ids`.
 fn constraints(config: &GenerationConfig, given: Vec<Constraint>) -> Result<Vec<Constraint>> {
     if config.constraints.is_some() {
-        return Err(Error::GenerationConfig(
-            "`constraints` holds constraint objects, which a JSON config cannot carry: pass them as `GenerateOptions::constraints`, or use `force_words_ids`".into(),
+        return Err(Error::config(
+            "`constraints` holds constraint objects, which a JSON config cannot carry: pass them as `GenerateOptions::constraints`, or use `force_words_ids`",
         ));
     }
     let mut all = given;
@@ -45,8 +45,8 @@ fn constraints(config: &GenerationConfig, given: Vec<Constraint>) -> Result<Vec<
         all.extend(Constraint::from_force_words_ids(words)?);
     }
     if all.is_empty() {
-        return Err(Error::GenerationConfig(
-            "constrained beam search needs at least one constraint".into(),
+        return Err(Error::config(
+            "constrained beam search needs at least one constraint",
         ));
     }
     Ok(all)
@@ -63,7 +63,7 @@ pub fn run(
     let constraints = constraints(config, std::mem::take(&mut options.constraints))?;
     let (batch, t, nb) = (s.batch, s.t, s.nb);
     if nb < 2 {
-        return Err(Error::GenerationConfig(format!(
+        return Err(Error::config(format!(
             "`num_beams` has to be an integer strictly greater than 1 for constrained beam search (`force_words_ids` / `constraints`), but is {nb}"
         )));
     }
@@ -141,7 +141,7 @@ pub fn run(
                 }
             }
             if chosen.len() < nb {
-                return Err(Error::Input(format!(
+                return Err(Error::input(format!(
                     "at most {nb} of the top {k} candidates can be an EOS token"
                 )));
             }

@@ -43,7 +43,7 @@ pub fn run(
     let top_k = config.top_k.unwrap_or(50);
     let alpha = config.penalty_alpha.unwrap_or(0.0);
     if top_k > mcfg.vocab_size {
-        return Err(Error::GenerationConfig(format!(
+        return Err(Error::config(format!(
             "`top_k` ({top_k}) must be at most the vocabulary size ({}) in contrastive search, \
              which runs the `top_k` most likely tokens as candidates",
             mcfg.vocab_size
@@ -52,7 +52,7 @@ pub fn run(
     let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
     let lengths = prepare::lengths(model, config, t)?;
     if streamer.is_some() && b > 1 {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "a streamer needs batch size 1 (one prompt), as in transformers; got {b} rows"
         )));
     }
@@ -175,7 +175,7 @@ pub fn run(
 fn last_hidden(out: &crate::models::ModelOutput) -> Result<Tensor> {
     let h = out
         .last_hidden_state()
-        .ok_or_else(|| Error::Input("contrastive search needs the model's hidden states".into()))?;
+        .ok_or_else(|| Error::input("contrastive search needs the model's hidden states"))?;
     Ok(h.to_dtype(DType::F32)?)
 }
 

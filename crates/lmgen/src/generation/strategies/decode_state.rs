@@ -122,7 +122,7 @@ impl DecodeState {
         } else {
             "`eos_token_id` (the pad id while `pad_token_id` is unset)"
         };
-        Err(Error::GenerationConfig(format!(
+        Err(Error::config(format!(
             "{field} {pad} is outside the vocabulary (vocab_size {vocab_size}); rows that finish early \
              are padded with it and fed to the model, so set `pad_token_id` to an id below {vocab_size}"
         )))

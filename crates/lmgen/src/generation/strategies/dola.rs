@@ -41,12 +41,12 @@ pub fn run(
 ) -> Result<GenerateOutput> {
     let layers = config
         .dola_layers()?
-        .ok_or_else(|| Error::GenerationConfig("DoLa decoding needs `dola_layers`".into()))?;
+        .ok_or_else(|| Error::config("DoLa decoding needs `dola_layers`"))?;
     let mcfg = model.config();
     let candidates =
         layers.candidate_premature_layers(mcfg.num_hidden_layers, mcfg.tie_word_embeddings)?;
     if let Some(n) = config.num_return_sequences.filter(|&n| n > 1) {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::unsupported(format!(
             "`num_return_sequences={n}` with DoLa decoding: transformers 4.47 ignores it there and \
              returns one sequence per prompt; set `num_return_sequences` to 1"
         )));
@@ -75,7 +75,7 @@ pub fn run(
                 .iter()
                 .map(|&layer| {
                     let h = hidden.get(layer).ok_or_else(|| {
-                        Error::Input(format!(
+                        Error::input(format!(
                             "DoLa needs hidden state {layer}, the model returned {}",
                             hidden.len()
                         ))

@@ -38,15 +38,15 @@ pub fn run(
 ) -> Result<GenerateOutput> {
     let c = config.with_defaults();
     if c.guidance_scale.is_some_and(|g| g != 1.0) {
-        return Err(Error::Unsupported(
-            "`guidance_scale` with group beam search: classifier-free guidance keeps one cache row per beam and cannot follow the per-group processing; unset `guidance_scale` or `num_beam_groups`".into(),
+        return Err(Error::unsupported(
+            "`guidance_scale` with group beam search: classifier-free guidance keeps one cache row per beam and cannot follow the per-group processing; unset `guidance_scale` or `num_beam_groups`",
         ));
     }
     let s = BeamSettings::new(model, input, config, &options)?;
     let (batch, t, nb) = (s.batch, s.t, s.nb);
     let groups = c.num_beam_groups.unwrap_or(1);
     if nb < 2 || groups < 2 || groups > nb || nb % groups != 0 {
-        return Err(Error::GenerationConfig(format!(
+        return Err(Error::config(format!(
             "`num_beam_groups` has to be an integer smaller or equal than `num_beams` and `num_beams` has to be divisible by `num_beam_groups`, but is {groups} with `num_beams` being {nb}"
         )));
     }
@@ -151,7 +151,7 @@ pub fn run(
                         }
                     }
                     if next.len() < gs {
-                        return Err(Error::Input(format!(
+                        return Err(Error::input(format!(
                             "at most {gs} of the top {k} candidates can be an EOS token"
                         )));
                     }

@@ -103,7 +103,7 @@ fn recompute(
     cache: &mut dyn KvCache,
 ) -> Result<ModelOutput> {
     let Some(sequences) = step.sequences else {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::unsupported(format!(
             "this model runs the whole sequence again once it passes {at} tokens \
              (`original_max_position_embeddings` of its LongRoPE, as transformers' Phi-3 does), \
              which this decoding mode does not do yet; keep prompt + new tokens within {at} or \

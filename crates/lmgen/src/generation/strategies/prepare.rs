@@ -19,14 +19,14 @@ pub(super) fn lengths(
 ) -> Result<Lengths> {
     let mcfg = model.config();
     if t > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
             mcfg.max_position_embeddings
         )));
     }
     let lengths = config.resolve_lengths(t, Some(mcfg.max_position_embeddings))?;
     if mcfg.rope.is_none() && lengths.max_length > mcfg.max_position_embeddings {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "`max_length` {} exceeds `max_position_embeddings` {} of this model (learned positions); lower `max_new_tokens`",
             lengths.max_length, mcfg.max_position_embeddings
         )));
@@ -61,8 +61,8 @@ pub(super) fn processors_and_criteria<'a, 'o: 'a>(
     }
     if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
         let tokenizer = options.tokenizer.ok_or_else(|| {
-            Error::Input(
-                "`stop_strings` needs the tokenizer: pass it in `GenerateOptions::tokenizer` (transformers: `generate(tokenizer=...)`)".into(),
+            Error::input(
+                "`stop_strings` needs the tokenizer: pass it in `GenerateOptions::tokenizer` (transformers: `generate(tokenizer=...)`)",
             )
         })?;
         stopping.push(StopStringCriteria::new(tokenizer, stops)?);

@@ -124,7 +124,7 @@ pub(super) fn run_with_step(
     let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
     let lengths = prepare::lengths(model, config, t)?;
     if streamer.is_some() && b > 1 {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "a streamer needs batch size 1 (one prompt, `num_return_sequences` 1), as in transformers; got {b} rows"
         )));
     }

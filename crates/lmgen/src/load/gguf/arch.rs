@@ -200,7 +200,7 @@ impl GgufWeights {
         let arch = self.arch;
         for (key, what) in arch.unsupported {
             if let Some(v) = self.opt_f64(key)?.filter(|v| *v != 0.0) {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::unsupported(format!(
                     "`{}`: `{}` = {v}: {what} are not implemented",
                     self.path.display(),
                     self.key(key)
@@ -313,7 +313,7 @@ impl GgufWeights {
         }
         let factor = rot as f64 / head_dim as f64;
         if self.arch.permuted_qk || rot == 0 || rot > head_dim || rot % 2 != 0 {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "`{}`: `{}` is {rot} but the head dimension is {head_dim}; partial rotary \
                  embeddings are implemented for an even count below the head dimension, in \
                  architectures whose q/k rows llama.cpp does not permute",
@@ -322,7 +322,7 @@ impl GgufWeights {
             )));
         }
         if (head_dim as f64 * factor) as usize != rot {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::unsupported(format!(
                 "`{}`: `{}` = {rot} of a head dimension of {head_dim} is not an exact \
                  `partial_rotary_factor`",
                 self.path.display(),
@@ -358,7 +358,7 @@ impl GgufWeights {
                 })?;
                 Ok(Some(json!({"rope_type": "linear", "factor": factor})))
             }
-            Some(other) => Err(Error::Unsupported(format!(
+            Some(other) => Err(Error::unsupported(format!(
                 "`{}`: `{key}` = \"{other}\" is not implemented for GGUF files (supported: none, \
                  linear)",
                 self.path.display()

@@ -142,7 +142,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn check_shapes(x: &Tensor, w: &Tensor) -> Result<()> {
     let (_, k) = w.dims2()?;
     if x.dims().last() != Some(&k) {
-        return Err(Error::Input(format!(
+        return Err(Error::input(format!(
             "linear layer expects inputs of width {k}, got shape {:?}",
             x.dims()
         )));

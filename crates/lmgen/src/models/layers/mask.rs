@@ -82,7 +82,7 @@ impl ForwardMasks {
         };
         let total: usize = spans.iter().map(|s| s.new).sum();
         if b != 1 || total != t || input.attention_mask.is_some() {
-            return Err(Error::Input(format!(
+            return Err(Error::input(format!(
                 "a packed batch takes `[1, {total}]` input ids without an attention mask, got [{b}, {t}]"
             )));
         }
@@ -147,8 +147,8 @@ impl ForwardMasks {
                 x.narrow(1, t - n, n)?
             }
             (LogitsToKeep::LastN(_), Self::Packed(_)) => {
-                return Err(Error::Unsupported(
-                    "a packed batch keeps all logits or each sequence's last".into(),
+                return Err(Error::unsupported(
+                    "a packed batch keeps all logits or each sequence's last",
                 ))
             }
             (LogitsToKeep::Last, Self::Packed(sequences)) => {
