@@ -246,6 +246,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .gguf_path()
         .map_or_else(|| checkpoint.dir.clone(), std::path::Path::to_path_buf);
     let model = load_model(&checkpoint, &options)?;
+    lmgen::allocator::reuse_freed_memory();
     let load_s = start.elapsed().as_secs_f64();
     let config = model.config().clone();
     let dtype = options.dtype.unwrap_or(lmgen::models::DType::F32);

@@ -49,7 +49,8 @@ impl History {
 pub fn run(args: ChatArgs) -> Result<()> {
     let options = args.model.load_options()?;
     let model = args.model.model_or_default();
-    let pipe = Pipeline::load(&model, &options).with_context(|| format!("loading `{model}`"))?;
+    let pipe = lmgen_server::model_args::load_pipeline(&model, &options)
+        .with_context(|| format!("loading `{model}`"))?;
     if pipe.tokenizer.chat_template().is_none() {
         anyhow::bail!(
             "`{model}` has no chat template (chat_template.jinja or tokenizer_config.json)"

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lmgen::generation::config::TokenIds;
 use lmgen::generation::streamer::{Stdout, TextStreamer};
 use lmgen::generation::GenerateOptions;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
 use lmgen_server::ModelArgs;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::jsonl;
 
@@ -131,74 +132,53 @@ pub struct GenerationFlags {
 }
 
 impl GenerationFlags {
-    /// The flags as a generation-config JSON object (only those given).
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                m.insert(k.to_string(), v);
-            }
-        };
-        put("max_new_tokens", self.max_new_tokens.map(Value::from));
-        put("max_length", self.max_length.map(Value::from));
-        put("min_new_tokens", self.min_new_tokens.map(Value::from));
-        put("min_length", self.min_length.map(Value::from));
-        put("do_sample", self.do_sample.map(Value::from));
-        put("temperature", self.temperature.map(Value::from));
-        put("top_k", self.top_k.map(Value::from));
-        put("top_p", self.top_p.map(Value::from));
-        put("min_p", self.min_p.map(Value::from));
-        put("typical_p", self.typical_p.map(Value::from));
-        put(
-            "no_repeat_ngram_size",
-            self.no_repeat_ngram_size.map(Value::from),
+    /// Sets the `GenerationConfig` field of each flag given; the others stay as they are.
+    fn apply(&self, c: &mut GenerationConfig) {
+        macro_rules! set {
+            ($($field:ident),* $(,)?) => {
+                $(
+                    if let Some(v) = &self.$field {
+                        c.$field = Some(v.clone());
+                    }
+                )*
+            };
+        }
+        set!(
+            max_new_tokens,
+            max_length,
+            min_new_tokens,
+            min_length,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            typical_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            num_beams,
+            penalty_alpha,
+            num_return_sequences,
+            max_time,
+            pad_token_id,
+            num_assistant_tokens,
+            num_assistant_tokens_schedule,
+            assistant_confidence_threshold,
+            prompt_lookup_num_tokens,
+            max_matching_ngram_size,
+            assistant_early_exit,
         );
-        put(
-            "num_return_sequences",
-            self.num_return_sequences.map(Value::from),
-        );
-        put("max_time", self.max_time.map(Value::from));
+        if let Some(layers) = &self.dola_layers {
+            c.dola_layers = Some(dola_layers(layers));
+        }
         if !self.stop_strings.is_empty() {
-            put("stop_strings", Some(Value::from(self.stop_strings.clone())));
+            c.stop_strings = Some(self.stop_strings.clone());
         }
-        put(
-            "repetition_penalty",
-            self.repetition_penalty.map(Value::from),
-        );
-        put("num_beams", self.num_beams.map(Value::from));
-        put("penalty_alpha", self.penalty_alpha.map(Value::from));
-        put("dola_layers", self.dola_layers.as_deref().map(dola_layers));
-        put("pad_token_id", self.pad_token_id.map(Value::from));
-        put(
-            "num_assistant_tokens",
-            self.num_assistant_tokens.map(Value::from),
-        );
-        put(
-            "num_assistant_tokens_schedule",
-            self.num_assistant_tokens_schedule.clone().map(Value::from),
-        );
-        put(
-            "assistant_confidence_threshold",
-            self.assistant_confidence_threshold.map(Value::from),
-        );
-        put(
-            "prompt_lookup_num_tokens",
-            self.prompt_lookup_num_tokens.map(Value::from),
-        );
-        put(
-            "max_matching_ngram_size",
-            self.max_matching_ngram_size.map(Value::from),
-        );
-        put(
-            "assistant_early_exit",
-            self.assistant_early_exit.map(Value::from),
-        );
-        match self.eos_token_id.as_slice() {
-            [] => {}
-            [one] => put("eos_token_id", Some(Value::from(*one))),
-            many => put("eos_token_id", Some(Value::from(many.to_vec()))),
-        }
-        m
+        c.eos_token_id = match self.eos_token_id.as_slice() {
+            [] => c.eos_token_id.take(),
+            [one] => Some(TokenIds::One(*one)),
+            many => Some(TokenIds::Many(many.to_vec())),
+        };
     }
 }
 
@@ -227,11 +207,7 @@ fn overrides(args: &GenerateArgs) -> Result<GenerationConfig> {
         }
         None => GenerationConfig::default(),
     };
-    let flags = GenerationConfig::from_json(
-        &Value::Object(args.gen.to_json()),
-        lmgen::generation::config::UnknownFields::Reject,
-    )?;
-    config.update(&flags);
+    args.gen.apply(&mut config);
     Ok(config)
 }
 
@@ -242,11 +218,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return jsonl::serve_generate(path, &args.model, &options, &overrides);
     }
     let model = args.model.model_or_default();
-    let pipe = Pipeline::load(&model, &options).with_context(|| format!("loading `{model}`"))?;
+    let pipe = lmgen_server::model_args::load_pipeline(&model, &options)
+        .with_context(|| format!("loading `{model}`"))?;
     let assistant = match &args.assistant_model {
         Some(id) => Some(
             // `--gguf-file` names the main model's file, not the assistant's.
-            Pipeline::load(
+            lmgen_server::model_args::load_pipeline(
                 id,
                 &LoadOptions {
                     gguf_file: None,

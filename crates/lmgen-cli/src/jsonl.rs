@@ -14,7 +14,7 @@ use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use lmgen_server::ModelArgs;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// What a request may ask to get back.
 #[derive(Deserialize, Debug, Default)]
@@ -28,8 +28,9 @@ struct Return {
     stream_chunks: bool,
 }
 
-/// One `lmgen generate --request` line.
-#[derive(Debug)]
+/// One `lmgen generate --request` line; `null` means absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GenerateRequest {
     model: Option<String>,
     input_ids: Option<Vec<Vec<u32>>>,
@@ -38,66 +39,26 @@ struct GenerateRequest {
     generation_config: Option<Value>,
     assistant_model: Option<String>,
     seed: Option<u64>,
-    ret: Return,
+    #[serde(rename = "return", default)]
+    ret: Option<Return>,
 }
 
-/// The top-level keys of a request.
-const REQUEST_FIELDS: &[&str] = &[
-    "model",
-    "input_ids",
-    "attention_mask",
-    "prompts",
-    "generation_config",
-    "assistant_model",
-    "seed",
-    "return",
-];
-
-impl GenerateRequest {
-    /// Parses one line field by field, so that an error names the field (serde's derive would say
-    /// "invalid value: integer `-1`, expected u32" without saying where). `null` means absent.
-    fn parse(line: &str) -> Result<Self> {
-        let mut fields = request_fields(line, REQUEST_FIELDS)?;
-        Ok(Self {
-            model: take(&mut fields, "model")?,
-            input_ids: take(&mut fields, "input_ids")?,
-            attention_mask: take(&mut fields, "attention_mask")?,
-            prompts: take(&mut fields, "prompts")?,
-            generation_config: take(&mut fields, "generation_config")?,
-            assistant_model: take(&mut fields, "assistant_model")?,
-            seed: take(&mut fields, "seed")?,
-            ret: take(&mut fields, "return")?.unwrap_or_default(),
-        })
-    }
-}
-
-/// Removes and parses `fields[key]`; errors name the key.
-pub(crate) fn take<T: DeserializeOwned>(
-    fields: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Option<T>> {
-    match fields.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value)
-            .map(Some)
-            .with_context(|| format!("`{key}`")),
-    }
-}
-
-/// One request line as its JSON object; an unknown key is an error naming it and the expected ones.
-pub(crate) fn request_fields(line: &str, allowed: &[&str]) -> Result<Map<String, Value>> {
+/// Parses one request line into `T`; an error names the field at fault by its path
+/// (`input_ids[0][1]`, `return.logit`), and an unknown key lists the expected ones.
+pub(crate) fn parse_request<T: DeserializeOwned>(line: &str) -> Result<T> {
     let value: Value = serde_json::from_str(line).context("not valid JSON")?;
-    let Value::Object(fields) = value else {
+    if !value.is_object() {
         bail!("a request must be a JSON object");
-    };
-    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let expected: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
-        bail!(
-            "unknown field `{key}`, expected one of {}",
-            expected.join(", ")
-        );
     }
-    Ok(fields)
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            anyhow!("{inner}")
+        } else {
+            anyhow!("`{path}`: {inner}")
+        }
+    })
 }
 
 /// Answers each non-empty line of `path` (`-` = stdin) with one JSON line on stdout, in order; a
@@ -148,8 +109,8 @@ impl Models<'_> {
 
     fn load(&mut self, key: &str) -> Result<()> {
         if !self.loaded.contains_key(key) {
-            let pipe =
-                Pipeline::load(key, self.options).with_context(|| format!("loading `{key}`"))?;
+            let pipe = lmgen_server::model_args::load_pipeline(key, self.options)
+                .with_context(|| format!("loading `{key}`"))?;
             self.loaded.insert(key.to_string(), pipe);
         }
         Ok(())
@@ -191,16 +152,17 @@ pub fn serve_generate(
 }
 
 fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {
-    let req = GenerateRequest::parse(line).context("invalid request")?;
+    let req: GenerateRequest = parse_request(line).context("invalid request")?;
+    let ret = req.ret.unwrap_or_default();
     let mut overrides = base.clone();
     if let Some(gc) = &req.generation_config {
         overrides.update(&GenerationConfig::from_json(gc, UnknownFields::Reject)?);
     }
-    if req.ret.scores {
+    if ret.scores {
         overrides.output_scores = Some(true);
         overrides.return_dict_in_generate = Some(true);
     }
-    if req.ret.logits {
+    if ret.logits {
         overrides.output_logits = Some(true);
         overrides.return_dict_in_generate = Some(true);
     }
@@ -235,8 +197,7 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         None => GenerateOptions::default(),
     };
     options.seed = req.seed;
-    options.streamer = req
-        .ret
+    options.streamer = ret
         .stream_chunks
         .then_some(&mut streamer as &mut dyn TokenStreamer);
     let out = pipe.generate_with(&input, &overrides, options)?;
@@ -246,10 +207,10 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
     if let Some(scores) = &out.sequences_scores {
         resp.insert("sequences_scores".into(), json!(scores));
     }
-    if req.ret.stream_chunks {
+    if ret.stream_chunks {
         resp.insert("stream_chunks".into(), json!(chunks));
     }
-    if req.ret.scores {
+    if ret.scores {
         let scores = out
             .scores
             .as_ref()
@@ -260,7 +221,7 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
             json!(out.compute_transition_scores(true)?),
         );
     }
-    if req.ret.logits {
+    if ret.logits {
         let logits = out
             .logits
             .as_ref()

@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::logits::{processor_from_hf, LogitsProcessorList, ProcessorContext};
 use lmgen::generation::Scores;
 use lmgen::{GenerationConfig, Pipeline, TokenId};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
@@ -24,15 +25,35 @@ pub struct LogitsArgs {
     pub request: PathBuf,
 }
 
-/// The top-level keys of a request.
-const REQUEST_FIELDS: &[&str] = &[
-    "input_ids",
-    "scores",
-    "processor",
-    "generation_config",
-    "prompt_length",
-    "model",
-];
+/// One request line; `null` means absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogitsRequest {
+    input_ids: Vec<Vec<TokenId>>,
+    /// `[[float|null|"nan"|"inf"|"-inf"]]`: `null` is `-inf`.
+    scores: Vec<Vec<Option<Score>>>,
+    processor: Option<ProcessorSpec>,
+    generation_config: Option<Value>,
+    prompt_length: Option<usize>,
+    model: Option<String>,
+}
+
+/// `{"name": transformers class name, "args": constructor arguments}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessorSpec {
+    name: String,
+    #[serde(default)]
+    args: Value,
+}
+
+/// A score: a number, or `"nan"`, `"inf"`, `"-inf"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Score {
+    Number(f64),
+    Word(String),
+}
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     let mut models: HashMap<String, Pipeline> = HashMap::new();
@@ -40,16 +61,9 @@ pub fn run(args: LogitsArgs) -> Result<()> {
 }
 
 fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
-    let mut req = crate::jsonl::request_fields(line, REQUEST_FIELDS).context("invalid request")?;
-    let input_ids: Vec<Vec<TokenId>> = serde_json::from_value(
-        req.remove("input_ids")
-            .ok_or_else(|| anyhow!("a request needs `input_ids`"))?,
-    )
-    .context("`input_ids` must be a list of lists of token ids")?;
-    let mut scores = parse_scores(
-        req.remove("scores")
-            .ok_or_else(|| anyhow!("a request needs `scores`"))?,
-    )?;
+    let req: LogitsRequest = crate::jsonl::parse_request(line).context("invalid request")?;
+    let input_ids = &req.input_ids;
+    let mut scores = parse_scores(&req.scores)?;
     if scores.batch != input_ids.len() {
         bail!(
             "`scores` has {} rows but `input_ids` has {}",
@@ -60,22 +74,20 @@ fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
     if input_ids.iter().any(|r| r.len() != input_ids[0].len()) {
         bail!("`input_ids` rows must have one length");
     }
-    match req.remove("processor") {
+    match &req.processor {
         Some(p) => {
-            if let Some(k) = ["generation_config", "prompt_length", "model"]
-                .iter()
-                .find(|k| req.contains_key(**k))
-            {
+            let chain_fields = [
+                ("generation_config", req.generation_config.is_some()),
+                ("prompt_length", req.prompt_length.is_some()),
+                ("model", req.model.is_some()),
+            ];
+            if let Some((k, _)) = chain_fields.iter().find(|(_, set)| *set) {
                 bail!("give either `processor` or `generation_config`, not both (`{k}` is set)");
             }
-            let name = p
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("`processor.name` must be a transformers class name"))?;
-            let proc = processor_from_hf(name, p.get("args").unwrap_or(&Value::Null))?;
-            proc.process(&input_ids, &mut scores)?;
+            let proc = processor_from_hf(&p.name, &p.args)?;
+            proc.process(input_ids, &mut scores)?;
         }
-        None => chain(&mut req, models, &input_ids, &mut scores)?,
+        None => chain(&req, models, input_ids, &mut scores)?,
     }
     Ok(
         json!({"output": scores.to_rows().iter().map(|r| r.iter().map(|&x| float_out(x)).collect::<Vec<_>>()).collect::<Vec<_>>()}),
@@ -84,24 +96,22 @@ fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
 
 /// The list `generate()` builds for the request's config, applied to `scores`.
 fn chain(
-    req: &mut Map<String, Value>,
+    req: &LogitsRequest,
     models: &mut HashMap<String, Pipeline>,
     input_ids: &[Vec<TokenId>],
     scores: &mut Scores,
 ) -> Result<()> {
-    let overrides = match req.remove("generation_config") {
+    let overrides = match &req.generation_config {
         Some(v) => {
-            GenerationConfig::from_json(&v, UnknownFields::Reject).context("`generation_config`")?
+            GenerationConfig::from_json(v, UnknownFields::Reject).context("`generation_config`")?
         }
         None => bail!("a request needs `processor` or `generation_config`"),
     };
-    let prompt_length: usize = match req.remove("prompt_length") {
-        Some(v) => serde_json::from_value(v).context("`prompt_length` must be an integer")?,
-        None => bail!("a `generation_config` request needs `prompt_length`"),
+    let Some(prompt_length) = req.prompt_length else {
+        bail!("a `generation_config` request needs `prompt_length`");
     };
-    let dir = match req.remove("model") {
-        Some(Value::String(m)) => Some(lmgen::load::resolve_model(&m)?),
-        Some(other) => bail!("`model` must be a checkpoint directory, got {other}"),
+    let dir = match &req.model {
+        Some(m) => Some(lmgen::load::resolve_model(m)?),
         None => None,
     };
     let (mut config, max_positions, vocab_size) = match &dir {
@@ -156,16 +166,10 @@ fn model_config_usize(dir: &Path, keys: &[&str]) -> Option<usize> {
 }
 
 /// `[[float|null|"nan"|"inf"|"-inf"]]` -> scores.
-fn parse_scores(v: Value) -> Result<Scores> {
-    let rows = v
-        .as_array()
-        .ok_or_else(|| anyhow!("`scores` must be a list of rows"))?;
-    let vocab = rows.first().and_then(Value::as_array).map_or(0, Vec::len);
+fn parse_scores(rows: &[Vec<Option<Score>>]) -> Result<Scores> {
+    let vocab = rows.first().map_or(0, Vec::len);
     let mut data = Vec::with_capacity(rows.len() * vocab);
     for (i, row) in rows.iter().enumerate() {
-        let row = row
-            .as_array()
-            .ok_or_else(|| anyhow!("`scores` row {i} must be a list"))?;
         if row.len() != vocab {
             bail!(
                 "`scores` rows must have one length: row 0 has {vocab}, row {i} has {}",
@@ -174,14 +178,16 @@ fn parse_scores(v: Value) -> Result<Scores> {
         }
         for x in row {
             data.push(match x {
-                Value::Null => f32::NEG_INFINITY,
-                Value::Number(n) => n.as_f64().map_or(f32::NAN, |f| f as f32),
-                Value::String(s) if s == "nan" => f32::NAN,
-                Value::String(s) if s == "inf" => f32::INFINITY,
-                Value::String(s) if s == "-inf" => f32::NEG_INFINITY,
-                other => {
-                    bail!("`scores` row {i}: {other} is not a number, null, \"nan\" or \"inf\"")
-                }
+                None => f32::NEG_INFINITY,
+                Some(Score::Number(f)) => *f as f32,
+                Some(Score::Word(w)) => match w.as_str() {
+                    "nan" => f32::NAN,
+                    "inf" => f32::INFINITY,
+                    "-inf" => f32::NEG_INFINITY,
+                    other => {
+                        bail!("`scores` row {i}: {other:?} is not a number, null, \"nan\" or \"inf\"")
+                    }
+                },
             });
         }
     }

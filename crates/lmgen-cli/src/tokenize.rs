@@ -15,9 +15,10 @@ use clap::Args;
 use lmgen::load::resolve_model;
 use lmgen::Tokenizer;
 use lmgen_server::model_args::DEFAULT_MODEL;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::jsonl::{self, take};
+use crate::jsonl;
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
@@ -29,16 +30,18 @@ pub struct TokenizeArgs {
     pub model: Option<String>,
 }
 
-/// The top-level keys of a request.
-const REQUEST_FIELDS: &[&str] = &[
-    "model",
-    "text",
-    "messages",
-    "add_generation_prompt",
-    "tools",
-    "documents",
-    "chat_template_kwargs",
-];
+/// One request line; `null` means absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeRequest {
+    model: Option<String>,
+    text: Option<String>,
+    messages: Option<Vec<Value>>,
+    add_generation_prompt: Option<bool>,
+    tools: Option<Value>,
+    documents: Option<Value>,
+    chat_template_kwargs: Option<Map<String, Value>>,
+}
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
     let mut tokenizers: HashMap<String, Tokenizer> = HashMap::new();
@@ -53,8 +56,8 @@ fn answer(
     tokenizers: &mut HashMap<String, Tokenizer>,
     default_model: &str,
 ) -> Result<Value> {
-    let mut fields = jsonl::request_fields(line, REQUEST_FIELDS).context("invalid request")?;
-    let model: String = take(&mut fields, "model")?.unwrap_or_else(|| default_model.to_string());
+    let req: TokenizeRequest = jsonl::parse_request(line).context("invalid request")?;
+    let model = req.model.unwrap_or_else(|| default_model.to_string());
     if !tokenizers.contains_key(&model) {
         let dir = resolve_model(&model)?;
         let tok = Tokenizer::from_dir(&dir).with_context(|| format!("loading `{model}`"))?;
@@ -63,11 +66,15 @@ fn answer(
     let tok = tokenizers
         .get(&model)
         .ok_or_else(|| anyhow!("tokenizer of `{model}` not loaded"))?;
-    let text: Option<String> = take(&mut fields, "text")?;
-    let messages: Option<Vec<Value>> = take(&mut fields, "messages")?;
-    match (text, messages) {
+    match (req.text, req.messages) {
         (Some(text), None) => {
-            if let Some(key) = fields.keys().next() {
+            let chat_fields = [
+                ("add_generation_prompt", req.add_generation_prompt.is_some()),
+                ("tools", req.tools.is_some()),
+                ("documents", req.documents.is_some()),
+                ("chat_template_kwargs", req.chat_template_kwargs.is_some()),
+            ];
+            if let Some((key, _)) = chat_fields.iter().find(|(_, set)| *set) {
                 bail!("invalid request: `{key}` goes with `messages`, not `text`");
             }
             let ids = tok.encode(&text)?;
@@ -78,12 +85,10 @@ fn answer(
             }))
         }
         (None, Some(messages)) => {
-            let add_generation_prompt: bool =
-                take(&mut fields, "add_generation_prompt")?.unwrap_or(false);
-            let mut extra: Map<String, Value> =
-                take(&mut fields, "chat_template_kwargs")?.unwrap_or_default();
-            for key in ["tools", "documents"] {
-                if let Some(v) = take::<Value>(&mut fields, key)? {
+            let add_generation_prompt = req.add_generation_prompt.unwrap_or(false);
+            let mut extra = req.chat_template_kwargs.unwrap_or_default();
+            for (key, value) in [("tools", req.tools), ("documents", req.documents)] {
+                if let Some(v) = value {
                     extra.insert(key.into(), v);
                 }
             }

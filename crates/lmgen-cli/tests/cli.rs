@@ -240,11 +240,11 @@ fn bad_request_lines_name_the_field() -> Result<()> {
     let expected = [
         "`max_new_tokens` must be a non-negative integer, got \"x\"",
         "invalid request: not valid JSON",
-        "`input_ids`: invalid value: integer `-5`",
+        "`input_ids[0][1]`: invalid value: integer `-5`",
         "token id 800 in row 0 is outside the vocabulary",
         "unknown generation config field `max_new_token`",
         "a streamer cannot be used with beam search",
-        "`return`: unknown field `logit`",
+        "`return.logit`: unknown field `logit`",
         "either `input_ids` or `prompts`",
         "`/nonexistent`",
         "a request must be a JSON object",

@@ -61,7 +61,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokenizer,
         generation_config,
         dir,
-    } = Pipeline::load(&id_or_dir, &options).with_context(|| format!("loading `{id_or_dir}`"))?;
+    } = crate::model_args::load_pipeline(&id_or_dir, &options)
+        .with_context(|| format!("loading `{id_or_dir}`"))?;
     let model: Arc<dyn CausalLM> = Arc::from(model);
     let tokenizer = Arc::new(tokenizer);
     tracing::info!(

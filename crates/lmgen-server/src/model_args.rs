@@ -130,6 +130,15 @@ impl ModelArgs {
     }
 }
 
+/// Loads `id_or_dir` with `options`, then lets freed activation buffers stay in the heap for the
+/// next op ([`lmgen::allocator::reuse_freed_memory`]): a process-wide allocator setting, made by
+/// the binaries after their weights are loaded, never by the library.
+pub fn load_pipeline(id_or_dir: &str, options: &LoadOptions) -> lmgen::Result<lmgen::Pipeline> {
+    let pipe = lmgen::Pipeline::load(id_or_dir, options)?;
+    lmgen::allocator::reuse_freed_memory();
+    Ok(pipe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         lmgen::init::init_random(&serde_json::from_str(&text)?, DType::F32, &dir, 0)?;
     }
     let model = load_model(&Checkpoint::open(&dir)?, &LoadOptions::default())?;
+    lmgen::allocator::reuse_freed_memory();
     let model: &dyn CausalLM = model.as_ref();
     let n = env("LMGEN_BENCH_TOKENS", 32);
     let runs = env("LMGEN_BENCH_RUNS", 5);

@@ -129,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         &Checkpoint::open(&dir)?,
         &LoadOptions::default(),
     )?);
+    lmgen::allocator::reuse_freed_memory();
     let n: usize = std::env::var("LMGEN_BENCH_TOKENS")
         .ok()
         .and_then(|s| s.parse().ok())

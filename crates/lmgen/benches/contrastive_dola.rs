@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         lmgen::init::init_random(&serde_json::from_str(&text)?, DType::F32, &dir, 0)?;
     }
     let model = load_model(&Checkpoint::open(&dir)?, &LoadOptions::default())?;
+    lmgen::allocator::reuse_freed_memory();
     let n: usize = std::env::var("LMGEN_BENCH_TOKENS")
         .ok()
         .and_then(|s| s.parse().ok())

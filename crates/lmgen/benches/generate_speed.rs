@@ -149,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         &Checkpoint::open(std::path::Path::new(&args.model))?,
         &options,
     )?;
+    lmgen::allocator::reuse_freed_memory();
     let model: &dyn CausalLM = model.as_ref();
     let vocab = model.config().vocab_size;
     let load_s = t0.elapsed().as_secs_f64();

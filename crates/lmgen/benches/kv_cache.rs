@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     }
     let checkpoint = Checkpoint::open(&dir)?;
     let model = load_model(&checkpoint, &LoadOptions::default())?;
+    lmgen::allocator::reuse_freed_memory();
     let prompt: Vec<u32> = (0..16).map(|i| 100 + 37 * i).collect();
     let lengths: Vec<usize> = std::env::var("LMGEN_BENCH_TOKENS")
         .unwrap_or_else(|_| "32,256,1024".into())

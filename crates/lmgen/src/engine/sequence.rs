@@ -6,11 +6,12 @@ use std::time::Instant;
 use crate::cache::paged::prefix_cache::BlockHash;
 use crate::cache::paged::{BlockAllocator, BlockTable};
 use crate::error::{Error, Result};
-use crate::generation::logits::{LogitsProcessorList, ProcessorContext, Scores};
+use crate::generation::context::{GenerationContext, Rows, StopVocabulary};
+use crate::generation::logits::{LogitsProcessorList, Scores};
 use crate::generation::sampler::Sampler;
-use crate::generation::stop_strings::{CleanTokenizerVocab, StopStringCriteria};
-use crate::generation::stopping::{MaxTimeCriteria, StoppingCriteriaList};
-use crate::generation::{log_sum_exp, FinishReason, GenerationMode};
+use crate::generation::stop_strings::CleanTokenizerVocab;
+use crate::generation::stopping::StoppingCriteriaList;
+use crate::generation::{log_sum_exp, FinishReason, GenerateOptions, Mode};
 use crate::models::ModelConfig;
 use crate::TokenId;
 
@@ -87,14 +88,6 @@ impl Sequence {
     ) -> Result<Self> {
         refuse_unsupported(&request)?;
         let config = &request.generation_config;
-        config.validate()?;
-        config.check_implemented(false)?;
-        let mode = config.mode(false);
-        if !matches!(mode, GenerationMode::GreedySearch | GenerationMode::Sample) {
-            return Err(Error::unsupported(format!(
-                "generation mode {mode:?} in the continuous batching engine (greedy search and sampling only)"
-            )));
-        }
         let t = request.input_ids.len();
         if t == 0 {
             return Err(Error::input(
@@ -111,13 +104,19 @@ impl Sequence {
                 model.vocab_size
             )));
         }
-        if t > model.max_position_embeddings {
-            return Err(Error::input(format!(
-                "the prompt has {t} tokens but the model's maximum context length is {} tokens",
-                model.max_position_embeddings
+        let options = GenerateOptions {
+            seed: request.seed,
+            logits_processors: request.logits_processors,
+            ..GenerateOptions::default()
+        };
+        let g = config.resolve(model, 1, t, &options)?;
+        if !matches!(g.mode, Mode::Greedy | Mode::Sample) {
+            return Err(Error::unsupported(format!(
+                "generation mode {} in the continuous batching engine (greedy search and sampling only)",
+                g.mode.generation_mode()
             )));
         }
-        let lengths = config.resolve_lengths(t, Some(model.max_position_embeddings))?;
+        let lengths = g.lengths;
         if lengths.max_length > model.max_position_embeddings {
             return Err(Error::input(format!(
                 "the prompt ({t} tokens) plus the tokens to generate ({}) exceed the model's maximum context length of {} tokens",
@@ -135,26 +134,16 @@ impl Sequence {
                 )));
             }
         }
-        let mut ctx = ProcessorContext::new(t, lengths.min_length, lengths.max_length);
-        ctx.vocab_size = Some(model.vocab_size);
-        ctx.user_processors = request.logits_processors;
-        let processors = LogitsProcessorList::from_config(config, ctx)?;
-        let mut stopping = StoppingCriteriaList::new(lengths.max_length, &[]);
-        if let Some(secs) = config.max_time {
-            stopping.push(MaxTimeCriteria::new(secs));
-        }
-        if let Some(stops) = config.stop_strings.as_ref().filter(|s| !s.is_empty()) {
-            let vocab = stop_vocab.ok_or_else(|| {
-                Error::input("`stop_strings` needs the tokenizer: start the engine with one")
-            })?;
-            stopping.push(StopStringCriteria::from_vocab(vocab, stops)?);
-        }
-        stopping.push_eos(&config.eos_token_ids());
-        let sampler = if mode == GenerationMode::Sample {
-            Sampler::multinomial(request.seed)
-        } else {
-            Sampler::Greedy
+        let rows = Rows::Engine {
+            vocab_size: model.vocab_size,
         };
+        let ctx = GenerationContext::new(
+            &g,
+            config,
+            options,
+            rows,
+            stop_vocab.map(StopVocabulary::Clean),
+        )?;
         Ok(Self {
             id,
             arrival,
@@ -166,9 +155,9 @@ impl Sequence {
             max_length: lengths.max_length,
             status: RequestStatus::Pending,
             cached_prompt_tokens: 0,
-            processors,
-            stopping,
-            sampler,
+            processors: ctx.processors,
+            stopping: ctx.stopping,
+            sampler: ctx.sampler,
             logprobs: request.logprobs,
             sink,
         })

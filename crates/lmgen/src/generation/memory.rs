@@ -11,7 +11,7 @@
 
 use crate::device;
 use crate::error::{Error, Result};
-use crate::generation::{GenerateInput, GenerationConfig, GenerationMode};
+use crate::generation::{Mode, ResolvedGeneration};
 use crate::models::{CausalLM, ModelConfig};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -67,59 +67,38 @@ pub fn estimate(
 }
 
 /// Refuses a request whose estimated peak exceeds the free memory of the model's GPU. Does
-/// nothing on the CPU (the operating system's memory is not ours to budget), or when the lengths
-/// are invalid (the strategy reports that with its own error).
-pub(crate) fn check_fits(
-    model: &dyn CausalLM,
-    input: &GenerateInput,
-    config: &GenerationConfig,
-    mode: GenerationMode,
-) -> Result<()> {
+/// nothing on the CPU (the operating system's memory is not ours to budget).
+pub(crate) fn check_fits(model: &dyn CausalLM, g: &ResolvedGeneration) -> Result<()> {
     let Some((free, _total)) = device::memory_info(model.device()) else {
         return Ok(());
     };
-    let mcfg = model.config();
-    let (b, t) = (
-        input.input_ids.len(),
-        input.input_ids.first().map_or(0, Vec::len),
-    );
-    let Ok(lengths) = config.resolve_lengths(t, Some(mcfg.max_position_embeddings)) else {
-        return Ok(());
-    };
-    let copies = match mode {
-        GenerationMode::BeamSearch
-        | GenerationMode::BeamSample
-        | GenerationMode::GroupBeamSearch
-        | GenerationMode::ConstrainedBeamSearch => config.num_beams.unwrap_or(1),
-        _ => config.num_return_sequences.unwrap_or(1),
-    }
-    .max(1);
-    let candidates = match mode {
-        GenerationMode::ContrastiveSearch => config.top_k.unwrap_or(1).max(1),
+    let t = g.prompt_len;
+    let rows = g.rows();
+    let candidates = match g.mode {
+        Mode::Contrastive(c) => c.top_k.max(1),
         _ => 1,
     };
     let peak = estimate(
-        mcfg,
+        model.config(),
         model.dtype().size_in_bytes(),
-        b * copies,
-        b * copies * candidates,
+        rows,
+        rows * candidates,
         t,
-        lengths.max_length,
+        g.lengths.max_length,
     );
     if peak.total() <= free as f64 {
         return Ok(());
     }
     Err(Error::OutOfMemory {
         message: format!(
-            "this request needs about {:.1} GiB on {} and {:.1} GiB are free ({} rows: one layer of \
+            "this request needs about {:.1} GiB on {} and {:.1} GiB are free ({rows} rows: one layer of \
              the {t}-token prefill takes {:.1} GiB, the KV cache up to max_length {} takes {:.1} \
              GiB); nothing was run",
             peak.total() / GIB,
             device::name(model.device()),
             free as f64 / GIB,
-            b * copies,
             peak.prefill / GIB,
-            lengths.max_length,
+            g.lengths.max_length,
             peak.kv_cache / GIB,
         ),
     })

@@ -3,10 +3,12 @@
 pub mod candidates;
 pub mod config;
 pub mod constraints;
+pub(crate) mod context;
 pub mod device_argmax;
 pub mod logits;
 pub mod memory;
 pub mod options;
+pub mod resolve;
 pub mod sampler;
 pub mod stop_strings;
 pub mod stopping;
@@ -20,6 +22,9 @@ use crate::TokenId;
 pub use config::{GenerationConfig, GenerationMode};
 pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
 pub use options::GenerateOptions;
+pub use resolve::{Mode, ResolvedGeneration};
+
+use context::{GenerationContext, Rows, StopVocabulary};
 pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};
 
 /// A batch of prompts, left-padded to one length.
@@ -222,37 +227,33 @@ pub fn generate_with(
     model: &dyn CausalLM,
     input: &GenerateInput,
     config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    mut options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
-    config.validate()?;
-    let has_assistant = options.assistant_model.is_some();
-    config.check_implemented(has_assistant)?;
-    let mode = if options.constraints.is_empty() {
-        config.mode(has_assistant)
-    } else {
-        config.validate_constraints("constraints")?;
-        GenerationMode::ConstrainedBeamSearch
+    let (batch, prompt_len) = input.validate(model.config().vocab_size)?;
+    let g = config.resolve(model.config(), batch, prompt_len, &options)?;
+    memory::check_fits(model, &g)?;
+    let input = match g.copies() {
+        1 => input.clone(),
+        n => strategies::sample::expand(input, n),
     };
-    memory::check_fits(model, input, config, mode)?;
-    match mode {
-        GenerationMode::GreedySearch | GenerationMode::Sample => {
-            strategies::sample::run(model, input, config, options)
-        }
-        GenerationMode::BeamSearch | GenerationMode::BeamSample => {
-            strategies::beam::run(model, input, config, options)
-        }
-        GenerationMode::GroupBeamSearch => {
-            strategies::group_beam::run(model, input, config, options)
-        }
-        GenerationMode::ConstrainedBeamSearch => {
-            strategies::constrained_beam::run(model, input, config, options)
-        }
-        GenerationMode::ContrastiveSearch => {
-            strategies::contrastive::run(model, input, config, options)
-        }
-        GenerationMode::DolaGeneration => strategies::dola::run(model, input, config, options),
-        GenerationMode::AssistedGeneration => {
-            strategies::assisted::run(model, input, config, options)
-        }
+    let assistant = strategies::assisted::Assistant {
+        model: options.assistant_model.take(),
+        tokenizer: options.tokenizer,
+        assistant_tokenizer: options.assistant_tokenizer.take(),
+    };
+    let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
+    let rows = Rows::Generate {
+        model,
+        prompt_ids: &input.input_ids,
+    };
+    let ctx = GenerationContext::new(&g, config, options, rows, stop_vocabulary)?;
+    match &g.mode {
+        Mode::Greedy | Mode::Sample => strategies::sample::run(model, &input, &g, ctx),
+        Mode::Beam(beams) => strategies::beam::run(model, &input, &g, ctx, beams),
+        Mode::GroupBeam(s) => strategies::group_beam::run(model, &input, &g, ctx, s),
+        Mode::ConstrainedBeam(s) => strategies::constrained_beam::run(model, &input, &g, ctx, s),
+        Mode::Contrastive(s) => strategies::contrastive::run(model, &input, &g, ctx, s),
+        Mode::Dola(s) => strategies::dola::run(model, &input, &g, ctx, s),
+        Mode::Assisted(s) => strategies::assisted::run(model, &input, &g, ctx, s, assistant),
     }
 }

@@ -211,10 +211,7 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
         attn_implementation: options.attn_implementation,
         quantize: options.quantize,
     };
-    let model = resolved.build(config, &ctx)?;
-    // From here on, freed activation buffers stay in the heap for the next op.
-    crate::allocator::reuse_freed_memory();
-    Ok(model)
+    resolved.build(config, &ctx)
 }
 
 /// The decoder layers a forward runs: all of them, or the first `num_hidden_layers` (early exit).

@@ -17,63 +17,54 @@
 //! not stop it there; lmgen checks after each accepted token, stopping exactly where the plain loop
 //! stops. EOS and `max_length` give the same output either way.
 
-use super::prepare;
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::candidates::universal::UniversalOptions;
 use crate::generation::candidates::{
-    forward_row, AssistedStats, CandidateGenerator, DraftContext, DraftLength,
-    DraftModelCandidateGenerator, DraftSchedule, EarlyExitCandidateGenerator,
-    PromptLookupCandidateGenerator, RowLayout, UniversalCandidateGenerator,
+    forward_row, AssistedStats, CandidateGenerator, DraftContext, DraftModelCandidateGenerator,
+    EarlyExitCandidateGenerator, PromptLookupCandidateGenerator, RowLayout,
+    UniversalCandidateGenerator,
 };
+use crate::generation::context::GenerationContext;
 use crate::generation::logits::Scores;
+use crate::generation::resolve::{Assisted, Draft, DraftSource};
 use crate::generation::sampler::{softmax, Sampler};
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::{CausalLM, LogitsToKeep};
 use crate::tokenizer::Tokenizer;
 use crate::TokenId;
 
-/// The draft sources of one call (besides the config's prompt lookup and early exit settings).
-struct Assistant<'a> {
-    model: Option<&'a dyn CausalLM>,
-    tokenizer: Option<&'a Tokenizer>,
-    assistant_tokenizer: Option<&'a Tokenizer>,
+/// The draft model of one call and the tokenizers universal assisted decoding needs.
+pub(crate) struct Assistant<'a> {
+    /// HF `assistant_model`.
+    pub model: Option<&'a dyn CausalLM>,
+    /// The target's tokenizer.
+    pub tokenizer: Option<&'a Tokenizer>,
+    /// HF `assistant_tokenizer`.
+    pub assistant_tokenizer: Option<&'a Tokenizer>,
 }
 
 /// Assisted decoding of one prompt.
-pub fn run(
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    settings: &Assisted,
+    assistant: Assistant<'_>,
 ) -> Result<GenerateOutput> {
-    let mut options = options;
-    let seed = options.seed;
-    let mut streamer = options.streamer.take();
-    let assistant = Assistant {
-        model: options.assistant_model.take(),
-        tokenizer: options.tokenizer,
-        assistant_tokenizer: options.assistant_tokenizer.take(),
-    };
-    let mcfg = model.config();
-    input.validate(mcfg.vocab_size)?;
-    let effective = config.with_defaults();
-    check_supported(&effective, input)?;
-    let t = input.input_ids[0].len();
-    let lengths = prepare::lengths(model, config, t)?;
-    let eos = config.eos_token_ids();
-    let mut generator = candidate_generator(model, &effective, &assistant)?;
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
-    let do_sample = effective.do_sample == Some(true);
-    let mut sampler = if do_sample {
-        Sampler::multinomial(seed)
-    } else {
-        Sampler::Greedy
-    };
-    let output_scores = config.output_scores.unwrap_or(false);
-    let output_logits = config.output_logits.unwrap_or(false);
-
+    let Assisted { do_sample, draft } = *settings;
+    let GenerationContext {
+        processors,
+        mut stopping,
+        mut sampler,
+        mut streamer,
+        mut outputs,
+        ..
+    } = ctx;
+    let t = g.prompt_len;
+    let (lengths, eos) = (g.lengths, &g.eos_token_id);
+    let mut generator = candidate_generator(model, &draft, &assistant)?;
     let mut cache = DynamicCache::new();
     let mut sequence = input.input_ids[0].clone();
     let prompt_mask = input.attention_mask.as_ref().map(|m| m[0].as_slice());
@@ -82,8 +73,6 @@ pub fn run(
         s.put(&sequence)?;
     }
     let mut finish = None;
-    let mut all_scores = output_scores.then(Vec::new);
-    let mut all_logits = output_logits.then(Vec::new);
     let mut stats = AssistedStats::default();
     while finish.is_none() {
         let cur_len = sequence.len();
@@ -94,7 +83,7 @@ pub fn run(
             max_length: lengths.max_length,
             processors: &processors,
             sampler: &mut sampler,
-            eos: &eos,
+            eos,
             target_cache: &mut cache,
         })?;
         let k = candidates.tokens.len();
@@ -139,11 +128,9 @@ pub fn run(
         stats.rounds += 1;
         stats.drafted += k;
         stats.accepted += n_matches.min(appended);
-        if let Some(s) = all_scores.as_mut() {
-            s.extend((0..appended).map(|i| Scores::new(processed.row(i).to_vec(), 1, vocab)));
-        }
-        if let Some(l) = all_logits.as_mut() {
-            l.extend((0..appended).map(|i| Scores::new(raw.row(i).to_vec(), 1, vocab)));
+        for i in 0..appended {
+            outputs.push_scores(|| Scores::new(processed.row(i).to_vec(), 1, vocab));
+            outputs.push_logits(|| Scores::new(raw.row(i).to_vec(), 1, vocab));
         }
         if let Some(s) = streamer.as_mut() {
             s.put(&sequence[cur_len..])?;
@@ -167,8 +154,8 @@ pub fn run(
     );
     Ok(GenerateOutput {
         sequences: vec![sequence],
-        scores: all_scores,
-        logits: all_logits,
+        scores: outputs.scores,
+        logits: outputs.logits,
         finish_reasons: vec![finish],
         prompt_len: t,
         sequences_scores: None,
@@ -177,76 +164,36 @@ pub fn run(
     })
 }
 
-/// The limits of assisted decoding in transformers (`_validate_generation_mode`,
-/// `_assisted_decoding`), plus classifier-free guidance, whose unconditional branch keeps a cache
-/// of its own that rejected candidates would put out of step.
-fn check_supported(c: &GenerationConfig, input: &GenerateInput) -> Result<()> {
-    let n = c.num_return_sequences.unwrap_or(1);
-    if n > 1 {
-        return Err(Error::config(format!(
-            "`num_return_sequences` has to be 1 with assisted decoding, got {n}"
-        )));
-    }
-    let b = input.input_ids.len();
-    if b > 1 {
-        return Err(Error::input(format!(
-            "assisted decoding supports batch size 1 only (as transformers), got {b} prompts; \
-             generate them one at a time"
-        )));
-    }
-    if c.use_cache == Some(false) {
-        return Err(Error::config("assisted decoding requires `use_cache=true`"));
-    }
-    if c.guidance_scale.is_some_and(|g| g != 1.0) {
-        return Err(Error::unsupported(
-            "`guidance_scale` (classifier-free guidance) with assisted decoding; unset one of them",
-        ));
-    }
-    Ok(())
-}
-
-/// HF `_get_candidate_generator`: early exit, else prompt lookup, else (MTP heads, which no
-/// implemented architecture has) a draft model, with another tokenizer when the vocabularies differ.
+/// HF `_get_candidate_generator` for the draft `resolve` chose: early exit, prompt lookup, or the
+/// assistant model, with another tokenizer when the vocabularies differ.
 fn candidate_generator<'a>(
     model: &'a dyn CausalLM,
-    c: &GenerationConfig,
+    draft: &Draft,
     assistant: &Assistant<'a>,
 ) -> Result<Box<dyn CandidateGenerator + 'a>> {
-    let length = DraftLength {
-        num_assistant_tokens: c.num_assistant_tokens.unwrap_or(20),
-        schedule: DraftSchedule::parse(
-            c.num_assistant_tokens_schedule
-                .as_deref()
-                .unwrap_or("constant"),
-        )?,
-    };
-    let threshold = c.assistant_confidence_threshold.unwrap_or(0.4) as f32;
+    let (length, threshold) = (draft.length, draft.confidence_threshold);
     let vocab = model.config().vocab_size;
-    if assistant.model.is_some()
-        && (c.assistant_early_exit.is_some() || c.prompt_lookup_num_tokens.is_some())
-    {
-        return Err(Error::config(
-            "an assistant model and `assistant_early_exit` / `prompt_lookup_num_tokens` are two \
-             different drafts; give one",
-        ));
-    }
-    if let Some(layers) = c.assistant_early_exit {
-        return Ok(Box::new(EarlyExitCandidateGenerator::new(
-            model, layers, length, threshold,
-        )?));
-    }
-    if let Some(n) = c.prompt_lookup_num_tokens {
-        let ngram = c.max_matching_ngram_size.unwrap_or(2);
-        return Ok(Box::new(PromptLookupCandidateGenerator::new(
-            n, ngram, vocab,
-        )?));
-    }
-    if c.use_mtp == Some(true) {
-        return Err(Error::unsupported(
-            "`use_mtp` (multi-token-prediction heads as the draft): none of the architectures \
-             lmgen implements has them; set it to false",
-        ));
-    }
+    let (target_lookbehind, assistant_lookbehind) = match draft.source {
+        DraftSource::EarlyExit { layers } => {
+            return Ok(Box::new(EarlyExitCandidateGenerator::new(
+                model, layers, length, threshold,
+            )?));
+        }
+        DraftSource::PromptLookup {
+            num_tokens,
+            max_matching_ngram_size,
+        } => {
+            return Ok(Box::new(PromptLookupCandidateGenerator::new(
+                num_tokens,
+                max_matching_ngram_size,
+                vocab,
+            )?));
+        }
+        DraftSource::Model {
+            target_lookbehind,
+            assistant_lookbehind,
+        } => (target_lookbehind, assistant_lookbehind),
+    };
     let Some(draft) = assistant.model else {
         return Err(Error::input("internal: assisted decoding without a draft"));
     };
@@ -271,8 +218,8 @@ fn candidate_generator<'a>(
                 UniversalOptions {
                     length,
                     assistant_confidence_threshold: threshold,
-                    target_lookbehind: c.target_lookbehind.unwrap_or(10),
-                    assistant_lookbehind: c.assistant_lookbehind.unwrap_or(10),
+                    target_lookbehind,
+                    assistant_lookbehind,
                 },
             )))
         }

@@ -23,13 +23,14 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
 use crate::error::{Error, Result};
 use crate::generation::config::EarlyStopping;
+use crate::generation::context::GenerationContext;
+use crate::generation::resolve::Beams;
 use crate::generation::sampler::softmax;
 use crate::generation::stopping::FinishReason;
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
 
@@ -97,6 +98,12 @@ fn multinomial(values: &[f32], k: usize, rng: &mut StdRng) -> Result<Vec<usize>>
     Ok(out)
 }
 
+/// Candidates per step for `beams` beams: `max(2, 1 + n_eos) * beams`, so at least `beams` of
+/// them are not EOS.
+pub(super) fn candidates(eos: &[TokenId], beams: usize) -> usize {
+    2usize.max(1 + eos.len()) * beams
+}
+
 /// `row - logsumexp(row)` in float32, as `torch.log_softmax`.
 pub(super) fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -108,36 +115,39 @@ pub(super) fn log_softmax(row: &mut [f32]) {
     row.iter_mut().for_each(|x| *x = (*x - max) - ln);
 }
 
-/// Beam search, or beam sampling when `do_sample`, over `input`.
-pub fn run(
+/// Beam search, or beam sampling when `do_sample`, over `input` (expanded to `num_beams` rows per
+/// prompt).
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    beams: &Beams,
 ) -> Result<GenerateOutput> {
-    let s = BeamSettings::new(model, input, config, &options)?;
-    let seed = options.seed;
-    let (batch, t, nb, nrs) = (s.batch, s.t, s.nb, s.nrs);
-    let do_sample = config.with_defaults().do_sample.unwrap_or(false);
-    let (early, lp) = (s.early, s.length_penalty);
-    let max_length = s.lengths.max_length;
-    let input = &s.input;
-    let rows = s.rows();
-    let eos = &s.eos;
+    let seed = ctx.seed;
+    let (batch, t, nb, nrs) = (
+        g.batch,
+        g.prompt_len,
+        beams.num_beams,
+        g.num_return_sequences,
+    );
+    let do_sample = beams.do_sample;
+    let (early, lp) = (beams.early_stopping, beams.length_penalty);
+    let max_length = g.lengths.max_length;
+    let rows = g.rows();
+    let eos = &g.eos_token_id;
     // `output_fill_value = pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`
     let fill = match eos.first() {
-        Some(&e) => config.pad_token_id.filter(|&p| p != 0).unwrap_or(e),
-        None => config.pad_token_id.unwrap_or(0),
+        Some(&e) => g.pad_token_id.filter(|&p| p != 0).unwrap_or(e),
+        None => g.pad_token_id.unwrap_or(0),
     };
-    let k = s.candidates(nb); // `beams_to_keep`
-    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
+    let k = candidates(&g.eos_token_id, nb); // `beams_to_keep`
+    let (processors, mut stopping) = (ctx.processors, ctx.stopping);
     let mut rng = do_sample.then(|| {
         let seed = seed.unwrap_or_else(|| StdRng::from_os_rng().random());
         tracing::debug!(seed, "beam sampler");
         StdRng::seed_from_u64(seed)
     });
-    let output_scores = s.output_scores;
-    let output_logits = s.output_logits;
 
     let mut model_rows = BeamRows::new(model, input)?;
     // Running beams, `[b * nb]`; initial scores `[0, -1e9, ...]` so step 1 expands beam 0 only.
@@ -165,8 +175,8 @@ pub fn run(
         .collect();
     let mut is_finished = vec![vec![false; nb]; batch];
     let mut unsatisfied = vec![true; batch]; // `is_early_stop_heuristic_unsatisfied`
-    let mut all_scores = output_scores.then(Vec::new);
-    let mut all_logits = output_logits.then(Vec::new);
+    let mut all_scores = ctx.outputs.scores;
+    let mut all_logits = ctx.outputs.logits;
     let mut cur_len = t;
     loop {
         let seqs: Vec<Vec<TokenId>> = running.iter().map(|h| h.tokens.clone()).collect();

@@ -13,17 +13,17 @@
 //! Deliberate difference: `beam_indices` are returned for every hypothesis (transformers drops them
 //! for beams added at the end without fulfilling the constraints).
 
+use super::beam::candidates;
 use super::beam::{log_softmax, topk};
 use super::beam_hypotheses::{
     all_stopped, assemble, best, done_filler, BeamHypotheses, StepOutputs,
 };
-use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
 use crate::error::{Error, Result};
-use crate::generation::constraints::{Constraint, ConstraintListState};
-use crate::generation::{
-    FinishReason, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
-};
+use crate::generation::constraints::ConstraintListState;
+use crate::generation::context::GenerationContext;
+use crate::generation::resolve::ConstrainedBeams;
+use crate::generation::{FinishReason, GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
 
@@ -33,65 +33,41 @@ const MASK: f32 = -1.0e9;
 /// One candidate continuation of a step: `(score, token, source row)`.
 type Candidate = (f32, TokenId, usize);
 
-/// The constraints of a run: the caller's ([`GenerateOptions::constraints`]) then `force_words_ids`.
-fn constraints(config: &GenerationConfig, given: Vec<Constraint>) -> Result<Vec<Constraint>> {
-    if config.constraints.is_some() {
-        return Err(Error::config(
-            "`constraints` holds constraint objects, which a JSON config cannot carry: pass them as `GenerateOptions::constraints`, or use `force_words_ids`",
-        ));
-    }
-    let mut all = given;
-    if let Some(words) = &config.force_words_ids {
-        all.extend(Constraint::from_force_words_ids(words)?);
-    }
-    if all.is_empty() {
-        return Err(Error::config(
-            "constrained beam search needs at least one constraint",
-        ));
-    }
-    Ok(all)
-}
-
 /// Constrained beam search over `input`.
-pub fn run(
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    mut options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    settings: &ConstrainedBeams,
 ) -> Result<GenerateOutput> {
-    let s = BeamSettings::new(model, input, config, &options)?;
-    let constraints = constraints(config, std::mem::take(&mut options.constraints))?;
-    let (batch, t, nb) = (s.batch, s.t, s.nb);
-    if nb < 2 {
-        return Err(Error::config(format!(
-            "`num_beams` has to be an integer strictly greater than 1 for constrained beam search (`force_words_ids` / `constraints`), but is {nb}"
-        )));
-    }
-    let fresh = ConstraintListState::new(&constraints)?;
+    let ConstrainedBeams { beams, constraints } = settings;
+    let (batch, t, nb) = (g.batch, g.prompt_len, beams.num_beams);
+    let fresh = ConstraintListState::new(constraints)?;
     let completes = |tokens: &[TokenId]| {
         let mut state = fresh.clone();
         state.reset(tokens);
         state.completed()
     };
-    let max_length = s.lengths.max_length;
-    let rows = s.rows();
-    let eos = &s.eos;
-    let pad = s.pad;
-    let k = s.candidates(nb);
-    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
+    let max_length = g.lengths.max_length;
+    let rows = g.rows();
+    let eos = &g.eos_token_id;
+    let pad = g.pad_token_id;
+    let k = candidates(&g.eos_token_id, nb);
+    let (processors, mut stopping) = (ctx.processors, ctx.stopping);
 
-    let mut model_rows = BeamRows::new(model, &s.input)?;
-    let mut seqs = s.input.input_ids.clone(); // [rows][cur_len]
+    let mut model_rows = BeamRows::new(model, input)?;
+    let mut seqs = input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     let mut beam_scores: Vec<f32> = (0..rows)
         .map(|r| if r % nb == 0 { 0.0 } else { MASK })
         .collect();
     let mut hyps: Vec<BeamHypotheses> = (0..batch)
-        .map(|_| BeamHypotheses::new(nb, s.length_penalty, s.early, max_length))
+        .map(|_| BeamHypotheses::new(nb, beams.length_penalty, beams.early_stopping, max_length))
         .collect();
     let mut done = vec![false; batch];
-    let mut all_scores = s.output_scores.then(Vec::new);
-    let mut all_logits = s.output_logits.then(Vec::new);
+    let mut all_scores = ctx.outputs.scores;
+    let mut all_logits = ctx.outputs.logits;
     loop {
         let logits = model_rows.logits(&seqs)?;
         let vocab = logits.vocab;
@@ -183,7 +159,7 @@ pub fn run(
     );
     // `finalize`: running beams that fulfil the constraints join the hypotheses; if fewer than
     // `num_return_sequences` do, every other running beam joins too.
-    let nrs = s.nrs;
+    let nrs = g.num_return_sequences;
     let mut returned = Vec::with_capacity(batch * nrs);
     for i in 0..batch {
         if !done[i] {

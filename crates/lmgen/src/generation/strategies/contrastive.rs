@@ -20,51 +20,40 @@
 use candle_core::{DType, Tensor, D};
 
 use super::decode_state::DecodeState;
-use super::{forward_step, host_scores, prepare, StepInput};
+use super::{forward_step, host_scores, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
+use crate::generation::context::GenerationContext;
 use crate::generation::logits::Scores;
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
+use crate::generation::resolve::Contrastive;
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::models::LogitsToKeep;
 use crate::TokenId;
 
 /// Contrastive search over `input` (`penalty_alpha > 0`, `top_k > 1`, `num_beams=1`, greedy).
-pub fn run(
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    settings: &Contrastive,
 ) -> Result<GenerateOutput> {
-    let mut options = options;
-    let mut streamer = options.streamer.take();
-    let mcfg = model.config();
-    input.validate(mcfg.vocab_size)?;
-    let top_k = config.top_k.unwrap_or(50);
-    let alpha = config.penalty_alpha.unwrap_or(0.0);
-    if top_k > mcfg.vocab_size {
-        return Err(Error::config(format!(
-            "`top_k` ({top_k}) must be at most the vocabulary size ({}) in contrastive search, \
-             which runs the `top_k` most likely tokens as candidates",
-            mcfg.vocab_size
-        )));
-    }
-    let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
-    let lengths = prepare::lengths(model, config, t)?;
-    if streamer.is_some() && b > 1 {
-        return Err(Error::input(format!(
-            "a streamer needs batch size 1 (one prompt), as in transformers; got {b} rows"
-        )));
-    }
-    let eos = config.eos_token_ids();
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
-    let mut all_scores = config.output_scores.unwrap_or(false).then(Vec::new);
-    let mut all_logits = config.output_logits.unwrap_or(false).then(Vec::new);
-
+    let Contrastive {
+        penalty_alpha: alpha,
+        top_k,
+    } = *settings;
+    let GenerationContext {
+        processors,
+        mut stopping,
+        mut streamer,
+        mut outputs,
+        ..
+    } = ctx;
+    let (b, t) = (g.rows(), g.prompt_len);
     let device = model.device().clone();
     let mut cache = DynamicCache::new();
-    let mut state = DecodeState::new(input, config);
+    let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
     }
@@ -87,15 +76,11 @@ pub fn run(
     let mut logits = host_scores(&out.logits)?; // [b, vocab]
     state.extend();
     loop {
-        if let Some(l) = all_logits.as_mut() {
-            l.push(logits.clone());
-        }
+        outputs.push_logits(|| logits.clone());
         let mut scores = logits;
         processors.process(&state.sequences, &mut scores)?;
         let candidates = top_k_probs(&scores, top_k); // [b][k]
-        if let Some(s) = all_scores.as_mut() {
-            s.push(scores);
-        }
+        outputs.push_scores(|| scores);
 
         // Every candidate through the model, as `b * k` rows.
         cache.batch_repeat_interleave(top_k)?;
@@ -161,8 +146,8 @@ pub fn run(
     }
     Ok(GenerateOutput {
         sequences: state.sequences,
-        scores: all_scores,
-        logits: all_logits,
+        scores: outputs.scores,
+        logits: outputs.logits,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,

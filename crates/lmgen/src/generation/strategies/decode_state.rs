@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::generation::stopping::{FinishReason, StoppingCriteriaList};
 use crate::generation::streamer::TokenStreamer;
-use crate::generation::{GenerateInput, GenerationConfig};
+use crate::generation::{GenerateInput, ResolvedGeneration};
 use crate::TokenId;
 
 use super::sample::position_ids;
@@ -31,11 +31,13 @@ pub(crate) struct DecodeState {
     /// The id finished rows get: the pad id when an EOS criterion exists, else none (they keep
     /// their real tokens, as transformers).
     pad_finished: Option<TokenId>,
+    /// The pad id is the first EOS id (`pad_token_id` unset), for the error that names it.
+    pad_from_eos: bool,
 }
 
 impl DecodeState {
     /// The state before prefill: the prompt rows of `input`, positions `cumsum(mask) - 1`.
-    pub fn new(input: &GenerateInput, config: &GenerationConfig) -> Self {
+    pub fn new(input: &GenerateInput, g: &ResolvedGeneration) -> Self {
         let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
         let mask = input.attention_mask.clone();
         let next_pos = match &mask {
@@ -45,10 +47,10 @@ impl DecodeState {
                 .map(|r| r.iter().map(|&x| x as u32).sum())
                 .collect(),
         };
-        let pad_finished = if config.eos_token_ids().is_empty() {
+        let pad_finished = if g.eos_token_id.is_empty() {
             None
         } else {
-            config.pad_token_id_or_eos()
+            g.pad_token_id
         };
         Self {
             positions: position_ids(mask.as_deref(), b, t),
@@ -57,6 +59,7 @@ impl DecodeState {
             next_pos,
             finish: vec![None; b],
             pad_finished,
+            pad_from_eos: g.pad_from_eos,
         }
     }
 
@@ -110,17 +113,17 @@ impl DecodeState {
     /// The pad id finished rows are fed next, when it is outside the vocabulary and some row has
     /// finished: an error naming the field it came from (transformers fails there with an
     /// IndexError).
-    pub fn check_pad_fed(&self, config: &GenerationConfig, vocab_size: usize) -> Result<()> {
+    pub fn check_pad_fed(&self, vocab_size: usize) -> Result<()> {
         let Some(pad) = self.pad_finished.filter(|&p| p as usize >= vocab_size) else {
             return Ok(());
         };
         if !self.finish.iter().any(Option::is_some) {
             return Ok(());
         }
-        let field = if config.pad_token_id.is_some() {
-            "`pad_token_id`"
-        } else {
+        let field = if self.pad_from_eos {
             "`eos_token_id` (the pad id while `pad_token_id` is unset)"
+        } else {
+            "`pad_token_id`"
         };
         Err(Error::config(format!(
             "{field} {pad} is outside the vocabulary (vocab_size {vocab_size}); rows that finish early \
@@ -132,19 +135,31 @@ impl DecodeState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::config::UnknownFields;
+    use crate::generation::config::Lengths;
+    use crate::generation::Mode;
 
     #[test]
     fn finished_rows_get_the_pad_id_and_positions_advance() -> Result<()> {
-        let config = GenerationConfig::from_json(
-            &serde_json::json!({"eos_token_id": 9, "pad_token_id": 0}),
-            UnknownFields::Reject,
-        )?;
+        let g = ResolvedGeneration {
+            mode: Mode::Greedy,
+            batch: 2,
+            prompt_len: 2,
+            lengths: Lengths {
+                max_length: 10,
+                min_length: 0,
+            },
+            eos_token_id: vec![9],
+            pad_token_id: Some(0),
+            pad_from_eos: false,
+            num_return_sequences: 1,
+            output_scores: false,
+            output_logits: false,
+        };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],
             attention_mask: Some(vec![vec![0, 1], vec![1, 1]]),
         };
-        let mut state = DecodeState::new(&input, &config);
+        let mut state = DecodeState::new(&input, &g);
         assert_eq!(state.positions(), &[vec![1, 0], vec![0, 1]]);
         let mut stopping = StoppingCriteriaList::new(10, &[9]);
         assert!(!state.push(&mut [9, 3], None, &mut stopping)?);

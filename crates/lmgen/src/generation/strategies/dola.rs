@@ -21,8 +21,10 @@ use super::sample::{run_with_step, StepLogits};
 use super::{forward_step, host_scores, StepInput};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
+use crate::generation::context::GenerationContext;
 use crate::generation::logits::Scores;
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
+use crate::generation::resolve::Dola;
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::models::LogitsToKeep;
 
@@ -33,29 +35,19 @@ const RELATIVE_TOP: f64 = 0.1;
 const BASE_FILTER_VALUE: f32 = -1e-3;
 
 /// DoLa decoding over `input` (`dola_layers` set, `num_beams=1`).
-pub fn run(
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    settings: &Dola,
 ) -> Result<GenerateOutput> {
-    let layers = config
-        .dola_layers()?
-        .ok_or_else(|| Error::config("DoLa decoding needs `dola_layers`"))?;
-    let mcfg = model.config();
-    let candidates =
-        layers.candidate_premature_layers(mcfg.num_hidden_layers, mcfg.tie_word_embeddings)?;
-    if let Some(n) = config.num_return_sequences.filter(|&n| n > 1) {
-        return Err(Error::unsupported(format!(
-            "`num_return_sequences={n}` with DoLa decoding: transformers 4.47 ignores it there and \
-             returns one sequence per prompt; set `num_return_sequences` to 1"
-        )));
-    }
+    let candidates = &settings.premature_layers;
     run_with_step(
         model,
         input,
-        config,
-        options,
+        g,
+        ctx,
         &mut |model: &dyn CausalLM,
               step_ids: &candle_core::Tensor,
               state: &DecodeState,

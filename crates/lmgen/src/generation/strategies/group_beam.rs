@@ -14,15 +14,17 @@
 //! rounding); `beam_indices` hold the global row of each step's source beam (transformers' group
 //! indices are per group and not usable by `compute_transition_scores`).
 
+use super::beam::candidates;
 use super::beam::{log_softmax, topk};
 use super::beam_hypotheses::{
     all_stopped, assemble, best, done_filler, BeamHypotheses, StepOutputs,
 };
-use super::beam_settings::BeamSettings;
 use super::rows::BeamRows;
 use crate::error::{Error, Result};
+use crate::generation::context::GenerationContext;
 use crate::generation::logits::HammingDiversityLogitsProcessor;
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig, Scores};
+use crate::generation::resolve::GroupBeams;
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration, Scores};
 use crate::models::CausalLM;
 use crate::TokenId;
 
@@ -30,41 +32,30 @@ use crate::TokenId;
 const MASK: f32 = -1.0e9;
 
 /// Group beam search over `input`.
-pub fn run(
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    settings: &GroupBeams,
 ) -> Result<GenerateOutput> {
-    let c = config.with_defaults();
-    if c.guidance_scale.is_some_and(|g| g != 1.0) {
-        return Err(Error::unsupported(
-            "`guidance_scale` with group beam search: classifier-free guidance keeps one cache row per beam and cannot follow the per-group processing; unset `guidance_scale` or `num_beam_groups`",
-        ));
-    }
-    let s = BeamSettings::new(model, input, config, &options)?;
-    let (batch, t, nb) = (s.batch, s.t, s.nb);
-    let groups = c.num_beam_groups.unwrap_or(1);
-    if nb < 2 || groups < 2 || groups > nb || nb % groups != 0 {
-        return Err(Error::config(format!(
-            "`num_beam_groups` has to be an integer smaller or equal than `num_beams` and `num_beams` has to be divisible by `num_beam_groups`, but is {groups} with `num_beams` being {nb}"
-        )));
-    }
+    let GroupBeams {
+        beams,
+        num_beam_groups: groups,
+        diversity_penalty,
+    } = *settings;
+    let (batch, t, nb) = (g.batch, g.prompt_len, beams.num_beams);
     let gs = nb / groups;
-    let hamming = HammingDiversityLogitsProcessor::new(
-        c.diversity_penalty.unwrap_or(0.0) as f32,
-        nb,
-        groups,
-    )?;
-    let max_length = s.lengths.max_length;
-    let rows = s.rows();
-    let eos = &s.eos;
-    let pad = s.pad;
-    let k = s.candidates(gs);
-    let (processors, mut stopping) = s.processors_and_criteria(model, config, options)?;
+    let hamming = HammingDiversityLogitsProcessor::new(diversity_penalty as f32, nb, groups)?;
+    let max_length = g.lengths.max_length;
+    let rows = g.rows();
+    let eos = &g.eos_token_id;
+    let pad = g.pad_token_id;
+    let k = candidates(&g.eos_token_id, gs);
+    let (processors, mut stopping) = (ctx.processors, ctx.stopping);
 
-    let mut model_rows = BeamRows::new(model, &s.input)?;
-    let mut seqs = s.input.input_ids.clone(); // [rows][cur_len]
+    let mut model_rows = BeamRows::new(model, input)?;
+    let mut seqs = input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     // `beam_scores[:, ::group_size] = 0`, the rest -1e9.
     let mut beam_scores: Vec<f32> = (0..rows)
@@ -72,11 +63,11 @@ pub fn run(
         .collect();
     // `_beam_hyps[i * groups + g]`, `_done` alike.
     let mut hyps: Vec<BeamHypotheses> = (0..batch * groups)
-        .map(|_| BeamHypotheses::new(gs, s.length_penalty, s.early, max_length))
+        .map(|_| BeamHypotheses::new(gs, beams.length_penalty, beams.early_stopping, max_length))
         .collect();
     let mut done = vec![false; batch * groups];
-    let mut all_scores = s.output_scores.then(Vec::new);
-    let mut all_logits = s.output_logits.then(Vec::new);
+    let mut all_scores = ctx.outputs.scores;
+    let mut all_logits = ctx.outputs.logits;
     loop {
         let logits = model_rows.logits(&seqs)?;
         let vocab = logits.vocab;
@@ -85,8 +76,8 @@ pub fn run(
         let mut reordering = vec![0usize; rows];
         let mut next_seqs = seqs.clone();
         let mut next_indices = indices.clone();
-        let mut processed = s
-            .output_scores
+        let mut processed = all_scores
+            .is_some()
             .then(|| Scores::new(vec![0.0; rows * vocab], rows, vocab));
         for g in 0..groups {
             // Rows of group `g` across the batch: `[batch * gs]`.
@@ -193,7 +184,7 @@ pub fn run(
         "group beam search done"
     );
     // `finalize`: the running beams of unfinished groups join their group's hypotheses.
-    let mut returned = Vec::with_capacity(batch * s.nrs);
+    let mut returned = Vec::with_capacity(batch * g.num_return_sequences);
     for i in 0..batch {
         let mut candidates = Vec::new();
         for g in 0..groups {
@@ -213,7 +204,7 @@ pub fn run(
             }
             candidates.extend(std::mem::take(&mut hyps[bg].beams));
         }
-        returned.extend(best(candidates, s.nrs));
+        returned.extend(best(candidates, g.num_return_sequences));
     }
     let steps = StepOutputs {
         scores: all_scores,

@@ -3,13 +3,11 @@
 pub mod assisted;
 pub mod beam;
 mod beam_hypotheses;
-mod beam_settings;
 pub mod constrained_beam;
 pub mod contrastive;
 mod decode_state;
 pub mod dola;
 pub mod group_beam;
-mod prepare;
 mod rows;
 pub mod sample;
 

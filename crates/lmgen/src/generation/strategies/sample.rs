@@ -10,13 +10,13 @@
 use candle_core::Tensor;
 
 use super::decode_state::DecodeState;
-use super::{host_scores, last_logits, prepare, StepInput};
+use super::{host_scores, last_logits, StepInput};
 use crate::cache::{DynamicCache, KvCache};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::generation::context::GenerationContext;
 use crate::generation::device_argmax::DeviceArgmax;
 use crate::generation::logits::Scores;
-use crate::generation::sampler::Sampler;
-use crate::generation::{GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig};
+use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
 
@@ -60,22 +60,18 @@ pub(crate) fn expand(input: &GenerateInput, n: usize) -> GenerateInput {
     }
 }
 
-/// Greedy search or multinomial sampling over `input`.
-pub fn run(
+/// Greedy search or multinomial sampling over the (expanded) rows of `input`.
+pub(crate) fn run(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
 ) -> Result<GenerateOutput> {
-    let input = match config.num_return_sequences.unwrap_or(1) {
-        n if n > 1 => expand(input, n),
-        _ => input.clone(),
-    };
     run_with_step(
         model,
-        &input,
-        config,
-        options,
+        input,
+        g,
+        ctx,
         &mut |model, step_ids, state, cache| {
             let step = StepInput::last(step_ids, state.positions(), state.mask())
                 .with_sequences(&state.sequences);
@@ -111,52 +107,36 @@ pub(super) type Step<'s> =
 pub(super) fn run_with_step(
     model: &dyn CausalLM,
     input: &GenerateInput,
-    config: &GenerationConfig,
-    options: GenerateOptions<'_>,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
     step: &mut Step<'_>,
 ) -> Result<GenerateOutput> {
-    let mut options = options;
-    let seed = options.seed;
-    let mut streamer = options.streamer.take();
-    let mcfg = model.config();
-    input.validate(mcfg.vocab_size)?;
-    let do_sample = config.do_sample.unwrap_or(false);
-    let (b, t) = (input.input_ids.len(), input.input_ids[0].len());
-    let lengths = prepare::lengths(model, config, t)?;
-    if streamer.is_some() && b > 1 {
-        return Err(Error::input(format!(
-            "a streamer needs batch size 1 (one prompt, `num_return_sequences` 1), as in transformers; got {b} rows"
-        )));
-    }
-    let eos = config.eos_token_ids();
-    let (processors, mut stopping) =
-        prepare::processors_and_criteria(model, config, &input.input_ids, &lengths, &eos, options)?;
-    let mut sampler = if do_sample {
-        Sampler::multinomial(seed)
-    } else {
-        Sampler::Greedy
-    };
-    let output_scores = config.output_scores.unwrap_or(false);
-    let output_logits = config.output_logits.unwrap_or(false);
-
+    let GenerationContext {
+        processors,
+        mut stopping,
+        mut sampler,
+        mut streamer,
+        mut outputs,
+        ..
+    } = ctx;
+    let t = g.prompt_len;
+    let vocab_size = model.config().vocab_size;
     let device = model.device().clone();
     let mut cache = DynamicCache::new();
-    let mut state = DecodeState::new(input, config);
+    let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
     }
     let mut step_ids: Tensor = Tensor::new(state.sequences.clone(), &device)?; // [b, t]
-    let mut all_scores = output_scores.then(Vec::new);
-    let mut all_logits = output_logits.then(Vec::new);
-    // Greedy search with nothing to apply to or return of the scores only needs each row's
-    // argmax: on a GPU take it there, so the logits never cross to the host.
+                                                                               // Greedy search with nothing to apply to or return of the scores only needs each row's
+                                                                               // argmax: on a GPU take it there, so the logits never cross to the host.
     let device_argmax = if !device.is_cpu()
-        && !do_sample
+        && !g.mode.do_sample()
         && processors.is_empty()
-        && !output_scores
-        && !output_logits
+        && !g.output_scores
+        && !g.output_logits
     {
-        Some(DeviceArgmax::new(mcfg.vocab_size, &device)?)
+        Some(DeviceArgmax::new(vocab_size, &device)?)
     } else {
         None
     };
@@ -175,23 +155,17 @@ pub(super) fn run_with_step(
                 };
                 let mut scores = match adjusted {
                     Some(adjusted) => {
-                        if let Some(l) = all_logits.as_mut() {
-                            l.push(logits);
-                        }
+                        outputs.push_logits(|| logits);
                         adjusted
                     }
                     None => {
-                        if let Some(l) = all_logits.as_mut() {
-                            l.push(logits.clone());
-                        }
+                        outputs.push_logits(|| logits.clone());
                         logits
                     }
                 };
                 processors.process(&state.sequences, &mut scores)?;
                 let next = sampler.select(&scores)?;
-                if let Some(s) = all_scores.as_mut() {
-                    s.push(scores);
-                }
+                outputs.push_scores(|| scores);
                 next
             }
         };
@@ -199,7 +173,7 @@ pub(super) fn run_with_step(
             break;
         }
         // Finished rows are fed the pad id next; transformers fails there with an IndexError.
-        state.check_pad_fed(config, mcfg.vocab_size)?;
+        state.check_pad_fed(vocab_size)?;
         state.extend();
         step_ids = Tensor::new(next.iter().map(|&x| vec![x]).collect::<Vec<_>>(), &device)?;
         // [b, 1]
@@ -214,8 +188,8 @@ pub(super) fn run_with_step(
     );
     Ok(GenerateOutput {
         sequences: state.sequences,
-        scores: all_scores,
-        logits: all_logits,
+        scores: outputs.scores,
+        logits: outputs.logits,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,

@@ -1,0 +1,468 @@
+//! Parse, don't validate: [`GenerationConfig::resolve`] turns the merged config into a
+//! [`ResolvedGeneration`] for one call (concrete lengths, EOS and pad ids, outputs, and the mode
+//! with its own settings), or the error that names the field at fault. Every check of the config
+//! happens here, once; the decoding loops and the engine read concrete fields.
+//!
+//! Port of what transformers' `generate()` does before it dispatches
+//! (`_prepare_generation_config`, `_prepare_special_tokens`, `_prepare_generated_length`,
+//! `get_generation_mode`, `_validate_generation_mode`) and of the checks at the top of each
+//! `_sample` / `_beam_search` / ... loop.
+
+use super::candidates::{DraftLength, DraftSchedule};
+use super::config::{EarlyStopping, Lengths};
+use super::constraints::Constraint;
+use super::{GenerateOptions, GenerationConfig, GenerationMode};
+use crate::error::{Error, Result};
+use crate::models::ModelConfig;
+use crate::TokenId;
+
+/// One `generate()` call, resolved: what every decoding loop reads instead of the config.
+#[derive(Debug, Clone)]
+pub struct ResolvedGeneration {
+    /// The decoding strategy and its settings.
+    pub mode: Mode,
+    /// Prompts in the batch.
+    pub batch: usize,
+    /// Padded prompt length.
+    pub prompt_len: usize,
+    /// Absolute `max_length` / `min_length`, prompt included.
+    pub lengths: Lengths,
+    /// `eos_token_id` as a list (empty when unset).
+    pub eos_token_id: Vec<TokenId>,
+    /// `pad_token_id`, else the first EOS id (`_prepare_special_tokens`).
+    pub pad_token_id: Option<TokenId>,
+    /// `pad_token_id` is unset and the pad id is the first EOS id.
+    pub pad_from_eos: bool,
+    /// Sequences returned per prompt (`num_return_sequences`).
+    pub num_return_sequences: usize,
+    /// Return the processed scores of each step (`output_scores`).
+    pub output_scores: bool,
+    /// Return the raw logits of each step (`output_logits`).
+    pub output_logits: bool,
+}
+
+/// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Argmax of the processed scores.
+    Greedy,
+    /// Multinomial sampling.
+    Sample,
+    /// Beam search, or beam sampling when `do_sample`.
+    Beam(Beams),
+    /// Diverse beam search.
+    GroupBeam(GroupBeams),
+    /// Constrained beam search.
+    ConstrainedBeam(ConstrainedBeams),
+    /// Contrastive search.
+    Contrastive(Contrastive),
+    /// DoLa decoding.
+    Dola(Dola),
+    /// Assisted (speculative) decoding.
+    Assisted(Assisted),
+}
+
+/// Diverse beam search's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupBeams {
+    /// `num_beams` and the shared beam settings.
+    pub beams: Beams,
+    /// `num_beam_groups`: at least 2, dividing `num_beams`.
+    pub num_beam_groups: usize,
+    /// `diversity_penalty`.
+    pub diversity_penalty: f64,
+}
+
+/// Constrained beam search's settings.
+#[derive(Debug, Clone)]
+pub struct ConstrainedBeams {
+    /// `num_beams` (at least 2) and the shared beam settings.
+    pub beams: Beams,
+    /// The caller's constraints, then those of `force_words_ids`; never empty.
+    pub constraints: Vec<Constraint>,
+}
+
+/// Contrastive search's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Contrastive {
+    /// `penalty_alpha`, the degeneration penalty's weight.
+    pub penalty_alpha: f64,
+    /// `top_k` candidates per step (at most the vocabulary size).
+    pub top_k: usize,
+}
+
+/// DoLa decoding's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dola {
+    /// The candidate premature layers (hidden-state indices) `dola_layers` selects.
+    pub premature_layers: Vec<usize>,
+    /// Sample rather than take the argmax.
+    pub do_sample: bool,
+}
+
+/// Assisted decoding's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assisted {
+    /// Sample rather than take the argmax.
+    pub do_sample: bool,
+    /// Where the candidates come from.
+    pub draft: Draft,
+}
+
+/// The settings every beam mode shares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Beams {
+    /// `num_beams`.
+    pub num_beams: usize,
+    /// `early_stopping`.
+    pub early_stopping: EarlyStopping,
+    /// `length_penalty`.
+    pub length_penalty: f64,
+    /// Draw candidates by sampling (beam sample).
+    pub do_sample: bool,
+}
+
+/// The draft of assisted decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draft {
+    /// `num_assistant_tokens` and its schedule.
+    pub length: DraftLength,
+    /// `assistant_confidence_threshold`.
+    pub confidence_threshold: f32,
+    /// Which draft.
+    pub source: DraftSource,
+}
+
+/// Where assisted decoding's candidates come from (HF `_get_candidate_generator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftSource {
+    /// The model's own first layers (`assistant_early_exit`).
+    EarlyExit {
+        /// Layers run for the draft.
+        layers: usize,
+    },
+    /// n-grams of the sequence itself (`prompt_lookup_num_tokens`).
+    PromptLookup {
+        /// `prompt_lookup_num_tokens`.
+        num_tokens: usize,
+        /// `max_matching_ngram_size`.
+        max_matching_ngram_size: usize,
+    },
+    /// The assistant model of `GenerateOptions::assistant_model`.
+    Model {
+        /// `target_lookbehind` (universal assisted decoding).
+        target_lookbehind: usize,
+        /// `assistant_lookbehind` (universal assisted decoding).
+        assistant_lookbehind: usize,
+    },
+}
+
+impl Mode {
+    /// transformers' name for the mode.
+    pub fn generation_mode(&self) -> GenerationMode {
+        match self {
+            Mode::Greedy => GenerationMode::GreedySearch,
+            Mode::Sample => GenerationMode::Sample,
+            Mode::Beam(b) if b.do_sample => GenerationMode::BeamSample,
+            Mode::Beam(_) => GenerationMode::BeamSearch,
+            Mode::GroupBeam(_) => GenerationMode::GroupBeamSearch,
+            Mode::ConstrainedBeam(_) => GenerationMode::ConstrainedBeamSearch,
+            Mode::Contrastive(_) => GenerationMode::ContrastiveSearch,
+            Mode::Dola(_) => GenerationMode::DolaGeneration,
+            Mode::Assisted(_) => GenerationMode::AssistedGeneration,
+        }
+    }
+
+    /// Whether the next token is drawn rather than the argmax (beam sampling draws candidates).
+    pub fn do_sample(&self) -> bool {
+        match self {
+            Mode::Sample => true,
+            Mode::Beam(b) => b.do_sample,
+            Mode::Dola(Dola { do_sample, .. }) | Mode::Assisted(Assisted { do_sample, .. }) => {
+                *do_sample
+            }
+            _ => false,
+        }
+    }
+
+    /// The beam settings of a beam mode.
+    pub fn beams(&self) -> Option<&Beams> {
+        match self {
+            Mode::Beam(beams)
+            | Mode::GroupBeam(GroupBeams { beams, .. })
+            | Mode::ConstrainedBeam(ConstrainedBeams { beams, .. }) => Some(beams),
+            _ => None,
+        }
+    }
+}
+
+impl ResolvedGeneration {
+    /// Copies of each prompt the loop runs: `num_beams` in beam modes, `num_return_sequences`
+    /// otherwise (`_expand_inputs_for_generation`).
+    pub fn copies(&self) -> usize {
+        match self.mode.beams() {
+            Some(beams) => beams.num_beams,
+            None => self.num_return_sequences,
+        }
+    }
+
+    /// Rows the model runs on: `batch * copies`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.copies()
+    }
+}
+
+impl GenerationConfig {
+    /// Resolves this (merged) config for `batch` prompts padded to `prompt_len` tokens on `model`,
+    /// with `options`' assistant and constraints: the one place every setting is checked.
+    ///
+    /// Unset fields take transformers' defaults; settings lmgen has not built are
+    /// [`Error::Unsupported`]; wrong values and settings that do not go together are
+    /// [`Error::GenerationConfig`], naming the field.
+    pub fn resolve(
+        &self,
+        model: &ModelConfig,
+        batch: usize,
+        prompt_len: usize,
+        options: &GenerateOptions<'_>,
+    ) -> Result<ResolvedGeneration> {
+        self.validate()?;
+        let has_assistant = options.assistant_model.is_some();
+        self.check_implemented(has_assistant)?;
+        let c = self.with_defaults();
+        let num_return_sequences = c.num_return_sequences.unwrap_or(1);
+        let generation_mode = if options.constraints.is_empty() {
+            self.mode(has_assistant)
+        } else {
+            self.validate_constraints("constraints")?;
+            GenerationMode::ConstrainedBeamSearch
+        };
+        let beams = Beams {
+            num_beams: c.num_beams.unwrap_or(1).max(1),
+            early_stopping: c.early_stopping.unwrap_or(EarlyStopping::False),
+            length_penalty: c.length_penalty.unwrap_or(1.0),
+            do_sample: c.do_sample == Some(true),
+        };
+        if generation_mode_is_beam(generation_mode) && num_return_sequences > beams.num_beams {
+            return Err(Error::config(format!(
+                "`num_return_sequences` ({num_return_sequences}) must be <= `num_beams` ({})",
+                beams.num_beams
+            )));
+        }
+        let mode = match generation_mode {
+            GenerationMode::GreedySearch => Mode::Greedy,
+            GenerationMode::Sample => Mode::Sample,
+            GenerationMode::BeamSearch | GenerationMode::BeamSample => Mode::Beam(beams),
+            GenerationMode::GroupBeamSearch => group_beam(&c, beams)?,
+            GenerationMode::ConstrainedBeamSearch => constrained_beam(&c, beams, options)?,
+            GenerationMode::ContrastiveSearch => contrastive(&c, model)?,
+            GenerationMode::DolaGeneration => dola(&c, model, num_return_sequences)?,
+            GenerationMode::AssistedGeneration => {
+                assisted(&c, has_assistant, batch, num_return_sequences)?
+            }
+        };
+        let eos_token_id = self.eos_token_ids();
+        Ok(ResolvedGeneration {
+            mode,
+            batch,
+            prompt_len,
+            lengths: self.lengths(model, prompt_len)?,
+            pad_token_id: self.pad_token_id_or_eos(),
+            pad_from_eos: self.pad_token_id.is_none(),
+            eos_token_id,
+            num_return_sequences,
+            output_scores: c.output_scores == Some(true),
+            output_logits: c.output_logits == Some(true),
+        })
+    }
+
+    /// `max_length` / `min_length` for a padded prompt of `t` tokens, refusing prompts the model
+    /// cannot position (longer than `max_position_embeddings`) and, for learned positions,
+    /// outputs past it.
+    fn lengths(&self, model: &ModelConfig, t: usize) -> Result<Lengths> {
+        if t > model.max_position_embeddings {
+            return Err(Error::input(format!(
+                "the prompt has {t} tokens but the model's `max_position_embeddings` is {}",
+                model.max_position_embeddings
+            )));
+        }
+        let lengths = self.resolve_lengths(t, Some(model.max_position_embeddings))?;
+        if model.rope.is_none() && lengths.max_length > model.max_position_embeddings {
+            return Err(Error::input(format!(
+                "`max_length` {} exceeds `max_position_embeddings` {} of this model (learned positions); lower `max_new_tokens`",
+                lengths.max_length, model.max_position_embeddings
+            )));
+        }
+        Ok(lengths)
+    }
+}
+
+fn generation_mode_is_beam(mode: GenerationMode) -> bool {
+    matches!(
+        mode,
+        GenerationMode::BeamSearch
+            | GenerationMode::BeamSample
+            | GenerationMode::GroupBeamSearch
+            | GenerationMode::ConstrainedBeamSearch
+    )
+}
+
+/// Diverse beam search: CFG cannot follow its per-group processing; the groups must divide the
+/// beams.
+fn group_beam(c: &GenerationConfig, beams: Beams) -> Result<Mode> {
+    if c.guidance_scale.is_some_and(|g| g != 1.0) {
+        return Err(Error::unsupported(
+            "`guidance_scale` with group beam search: classifier-free guidance keeps one cache row per beam and cannot follow the per-group processing; unset `guidance_scale` or `num_beam_groups`",
+        ));
+    }
+    let (nb, groups) = (beams.num_beams, c.num_beam_groups.unwrap_or(1));
+    if nb < 2 || groups < 2 || groups > nb || nb % groups != 0 {
+        return Err(Error::config(format!(
+            "`num_beam_groups` has to be an integer smaller or equal than `num_beams` and `num_beams` has to be divisible by `num_beam_groups`, but is {groups} with `num_beams` being {nb}"
+        )));
+    }
+    Ok(Mode::GroupBeam(GroupBeams {
+        beams,
+        num_beam_groups: groups,
+        diversity_penalty: c.diversity_penalty.unwrap_or(0.0),
+    }))
+}
+
+/// Constrained beam search: the caller's constraints ([`GenerateOptions::constraints`]) then
+/// `force_words_ids`, at least one, with at least two beams.
+fn constrained_beam(
+    c: &GenerationConfig,
+    beams: Beams,
+    options: &GenerateOptions<'_>,
+) -> Result<Mode> {
+    if c.constraints.is_some() {
+        return Err(Error::config(
+            "`constraints` holds constraint objects, which a JSON config cannot carry: pass them as `GenerateOptions::constraints`, or use `force_words_ids`",
+        ));
+    }
+    let mut constraints = options.constraints.clone();
+    if let Some(words) = &c.force_words_ids {
+        constraints.extend(Constraint::from_force_words_ids(words)?);
+    }
+    if constraints.is_empty() {
+        return Err(Error::config(
+            "constrained beam search needs at least one constraint",
+        ));
+    }
+    if beams.num_beams < 2 {
+        return Err(Error::config(format!(
+            "`num_beams` has to be an integer strictly greater than 1 for constrained beam search (`force_words_ids` / `constraints`), but is {}",
+            beams.num_beams
+        )));
+    }
+    Ok(Mode::ConstrainedBeam(ConstrainedBeams {
+        beams,
+        constraints,
+    }))
+}
+
+/// Contrastive search runs the `top_k` most likely tokens as candidates.
+fn contrastive(c: &GenerationConfig, model: &ModelConfig) -> Result<Mode> {
+    let top_k = c.top_k.unwrap_or(50);
+    if top_k > model.vocab_size {
+        return Err(Error::config(format!(
+            "`top_k` ({top_k}) must be at most the vocabulary size ({}) in contrastive search, \
+             which runs the `top_k` most likely tokens as candidates",
+            model.vocab_size
+        )));
+    }
+    Ok(Mode::Contrastive(Contrastive {
+        penalty_alpha: c.penalty_alpha.unwrap_or(0.0),
+        top_k,
+    }))
+}
+
+/// DoLa: the premature layers `dola_layers` selects on this model.
+fn dola(c: &GenerationConfig, model: &ModelConfig, num_return_sequences: usize) -> Result<Mode> {
+    let layers = c
+        .dola_layers()?
+        .ok_or_else(|| Error::config("DoLa decoding needs `dola_layers`"))?;
+    let premature_layers =
+        layers.candidate_premature_layers(model.num_hidden_layers, model.tie_word_embeddings)?;
+    if num_return_sequences > 1 {
+        return Err(Error::unsupported(format!(
+            "`num_return_sequences={num_return_sequences}` with DoLa decoding: transformers 4.47 ignores it there and \
+             returns one sequence per prompt; set `num_return_sequences` to 1"
+        )));
+    }
+    Ok(Mode::Dola(Dola {
+        premature_layers,
+        do_sample: c.do_sample == Some(true),
+    }))
+}
+
+/// The limits of assisted decoding in transformers (`_validate_generation_mode`,
+/// `_assisted_decoding`), plus classifier-free guidance, whose unconditional branch keeps a cache
+/// of its own that rejected candidates would put out of step; then which draft
+/// (`_get_candidate_generator`: early exit, else prompt lookup, else the assistant model).
+fn assisted(
+    c: &GenerationConfig,
+    has_assistant: bool,
+    batch: usize,
+    num_return_sequences: usize,
+) -> Result<Mode> {
+    if num_return_sequences > 1 {
+        return Err(Error::config(format!(
+            "`num_return_sequences` has to be 1 with assisted decoding, got {num_return_sequences}"
+        )));
+    }
+    if batch > 1 {
+        return Err(Error::input(format!(
+            "assisted decoding supports batch size 1 only (as transformers), got {batch} prompts; \
+             generate them one at a time"
+        )));
+    }
+    if c.use_cache == Some(false) {
+        return Err(Error::config("assisted decoding requires `use_cache=true`"));
+    }
+    if c.guidance_scale.is_some_and(|g| g != 1.0) {
+        return Err(Error::unsupported(
+            "`guidance_scale` (classifier-free guidance) with assisted decoding; unset one of them",
+        ));
+    }
+    let length = DraftLength {
+        num_assistant_tokens: c.num_assistant_tokens.unwrap_or(20),
+        schedule: DraftSchedule::parse(
+            c.num_assistant_tokens_schedule
+                .as_deref()
+                .unwrap_or("constant"),
+        )?,
+    };
+    if has_assistant && (c.assistant_early_exit.is_some() || c.prompt_lookup_num_tokens.is_some()) {
+        return Err(Error::config(
+            "an assistant model and `assistant_early_exit` / `prompt_lookup_num_tokens` are two \
+             different drafts; give one",
+        ));
+    }
+    let source = if let Some(layers) = c.assistant_early_exit {
+        DraftSource::EarlyExit { layers }
+    } else if let Some(num_tokens) = c.prompt_lookup_num_tokens {
+        DraftSource::PromptLookup {
+            num_tokens,
+            max_matching_ngram_size: c.max_matching_ngram_size.unwrap_or(2),
+        }
+    } else if c.use_mtp == Some(true) {
+        return Err(Error::unsupported(
+            "`use_mtp` (multi-token-prediction heads as the draft): none of the architectures \
+             lmgen implements has them; set it to false",
+        ));
+    } else {
+        DraftSource::Model {
+            target_lookbehind: c.target_lookbehind.unwrap_or(10),
+            assistant_lookbehind: c.assistant_lookbehind.unwrap_or(10),
+        }
+    };
+    Ok(Mode::Assisted(Assisted {
+        do_sample: c.do_sample == Some(true),
+        draft: Draft {
+            length,
+            confidence_threshold: c.assistant_confidence_threshold.unwrap_or(0.4) as f32,
+            source,
+        },
+    }))
+}
