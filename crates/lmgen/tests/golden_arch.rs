@@ -25,6 +25,8 @@ const MODELS: &[&str] = &[
     "ministral3",
     "gemma3_mm",
     "mistral3_mm",
+    "qwen3_moe",
+    "mixtral",
 ];
 
 /// The seven cases every model has.

@@ -6,6 +6,7 @@
 //! `rope_scaling` or `rope_parameters`, `torch_dtype` or `dtype`) and per-layer rules are resolved
 //! by the architecture before the model is built; the decoder only reads.
 
+pub mod moe;
 pub mod rope;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use serde_json::Value;
 use super::Architecture;
 use crate::error::{Error, Result};
 
+pub use moe::{MoeConfig, MoeLayout};
 pub use rope::{RopeConfig, RopeScaling};
 
 /// The activation of the MLP (`hidden_act` / `hidden_activation` / `activation_function`).
@@ -178,6 +180,8 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint was saved in (`dtype` or `torch_dtype`), if given.
     pub torch_dtype: Option<String>,
+    /// Sparse mixture-of-experts MLPs (Qwen3-MoE, Mixtral), `None` for dense models.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -228,6 +232,9 @@ impl ModelConfig {
                 )));
             }
             rope.check(dim, file)?;
+        }
+        if let Some(moe) = &self.moe {
+            moe.check(self.num_hidden_layers, file)?;
         }
         for (name, len) in [
             ("layer_types", self.layer_types.len()),

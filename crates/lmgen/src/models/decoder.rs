@@ -10,13 +10,14 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{
-    EmbeddingScale, LayerType, ModelConfig, NormPlacement, ProjectionLayout, QkNorm,
+    EmbeddingScale, LayerType, ModelConfig, MoeLayout, NormPlacement, ProjectionLayout, QkNorm,
 };
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::GatedMlp;
+use super::layers::moe::SparseMoe;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
 use super::layers::LoadContext;
@@ -74,10 +75,37 @@ enum LayerRope {
     Local,
 }
 
+/// A layer's MLP: dense, or a sparse mixture of experts.
+#[derive(Debug, Clone)]
+enum FeedForward {
+    Dense(GatedMlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn load(ctx: &LoadContext<'_>, i: usize, cfg: &ModelConfig) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        Ok(match &cfg.moe {
+            Some(moe) if moe.sparse_layers[i] => {
+                FeedForward::Sparse(SparseMoe::load(ctx, &p, cfg, moe)?)
+            }
+            _ => FeedForward::Dense(GatedMlp::load(ctx, &format!("{p}.mlp"), cfg)?),
+        })
+    }
+
+    /// `[b, t, hidden] -> [b, t, hidden]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x),
+            FeedForward::Sparse(moe) => moe.forward(x),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     self_attn: Attention,
-    mlp: GatedMlp,
+    mlp: FeedForward,
     norms: LayerNorms<RmsNorm>,
     layer_type: LayerType,
     rope: LayerRope,
@@ -133,7 +161,7 @@ impl Decoder {
                 };
                 Ok(DecoderLayer {
                     self_attn: Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?,
-                    mlp: GatedMlp::load(ctx, &format!("{p}.mlp"), cfg)?,
+                    mlp: FeedForward::load(ctx, i, cfg)?,
                     norms: LayerNorms {
                         attn_in: load(names.attn_in)?,
                         attn_out: load(names.attn_out)?,
@@ -317,14 +345,31 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
             }
         }
         linear("self_attn.o_proj", h, nh * d, cfg.o_bias);
-        match cfg.projections {
-            ProjectionLayout::Separate => {
-                linear("mlp.gate_proj", i, h, cfg.mlp_bias);
-                linear("mlp.up_proj", i, h, cfg.mlp_bias);
+        match &cfg.moe {
+            Some(moe) if moe.sparse_layers[l] => {
+                let (block, [gate, up, down]) = match moe.layout {
+                    MoeLayout::Qwen => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+                    MoeLayout::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+                };
+                let mi = moe.moe_intermediate_size;
+                linear(&format!("{block}.gate"), moe.num_experts, h, false);
+                for e in 0..moe.num_experts {
+                    linear(&format!("{block}.experts.{e}.{gate}"), mi, h, false);
+                    linear(&format!("{block}.experts.{e}.{up}"), mi, h, false);
+                    linear(&format!("{block}.experts.{e}.{down}"), h, mi, false);
+                }
             }
-            ProjectionLayout::Fused => linear("mlp.gate_up_proj", 2 * i, h, cfg.mlp_bias),
+            _ => {
+                match cfg.projections {
+                    ProjectionLayout::Separate => {
+                        linear("mlp.gate_proj", i, h, cfg.mlp_bias);
+                        linear("mlp.up_proj", i, h, cfg.mlp_bias);
+                    }
+                    ProjectionLayout::Fused => linear("mlp.gate_up_proj", 2 * i, h, cfg.mlp_bias),
+                }
+                linear("mlp.down_proj", h, i, cfg.mlp_bias);
+            }
         }
-        linear("mlp.down_proj", h, i, cfg.mlp_bias);
         let qk = match cfg.qk_norm {
             None => None,
             Some(QkNorm::PerHead) => Some((d, d)),

@@ -66,6 +66,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
     let head_dim = hidden_size / heads;
     let act = c.activation_function.as_deref().unwrap_or("gelu_new");
     Ok(ModelConfig {
+        moe: None,
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

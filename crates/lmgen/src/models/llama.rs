@@ -154,6 +154,7 @@ impl Config {
             bos_token_id: self.bos_token_id.as_ref().and_then(TokenIdField::first),
             pad_token_id: self.pad_token_id.as_ref().and_then(TokenIdField::first),
             torch_dtype: saved.into_name(),
+            moe: None,
         })
     }
 }

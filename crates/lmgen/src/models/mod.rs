@@ -15,11 +15,13 @@ pub mod layers;
 pub mod llama;
 pub mod ministral3;
 pub mod mistral;
+pub mod mixtral;
 pub mod olmo2;
 pub mod phi3;
 pub mod quantize;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 pub mod registry;
 pub mod smollm3;
 
@@ -123,6 +125,8 @@ pub enum Architecture {
     Olmo2,
     Granite,
     Ministral3,
+    Qwen3Moe,
+    Mixtral,
 }
 
 impl Architecture {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gpt2, granite, llama, ministral3, mistral, olmo2, phi3, qwen2, qwen3,
-    smollm3, Architecture, CausalLM,
+    decoder, gemma2, gemma3, gpt2, granite, llama, ministral3, mistral, mixtral, olmo2, phi3,
+    qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -122,6 +122,8 @@ pub static ARCHITECTURES: &[Entry] = &[
         ministral3::parse,
         None,
     ),
+    decoder_row(Architecture::Qwen3Moe, "qwen3_moe", qwen3_moe::parse, None),
+    decoder_row(Architecture::Mixtral, "mixtral", mixtral::parse, None),
 ];
 
 /// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
@@ -329,13 +331,13 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3,
+            Ministral3, Qwen3Moe, Mixtral,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
-                | Olmo2 | Granite | Ministral3 => {}
+                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -31,35 +31,58 @@ impl GatedMlp {
     /// first) when the config stores them fused.
     pub fn load(ctx: &LoadContext<'_>, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
         let (hidden, intermediate, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let gate_up_proj = match cfg.projections {
-            ProjectionLayout::Separate => Linear::load_fused(
+        match cfg.projections {
+            ProjectionLayout::Separate => Self::load_separate(
                 ctx,
-                &[
-                    (&format!("{prefix}.gate_proj"), intermediate),
-                    (&format!("{prefix}.up_proj"), intermediate),
+                [
+                    &format!("{prefix}.gate_proj"),
+                    &format!("{prefix}.up_proj"),
+                    &format!("{prefix}.down_proj"),
                 ],
-                hidden,
+                (hidden, intermediate),
                 bias,
-            )?,
-            ProjectionLayout::Fused => Linear::load(
-                ctx,
-                &format!("{prefix}.gate_up_proj"),
-                hidden,
-                2 * intermediate,
-                bias,
-            )?,
-        };
-        Ok(Self {
-            gate_up_proj,
-            intermediate,
-            down_proj: Linear::load(
-                ctx,
-                &format!("{prefix}.down_proj"),
+                cfg.hidden_act,
+            ),
+            ProjectionLayout::Fused => Ok(Self {
+                gate_up_proj: Linear::load(
+                    ctx,
+                    &format!("{prefix}.gate_up_proj"),
+                    hidden,
+                    2 * intermediate,
+                    bias,
+                )?,
                 intermediate,
+                down_proj: Linear::load(
+                    ctx,
+                    &format!("{prefix}.down_proj"),
+                    intermediate,
+                    hidden,
+                    bias,
+                )?,
+                act: cfg.hidden_act,
+            }),
+        }
+    }
+
+    /// Loads the gate, up and down projections named `[gate, up, down]` (the gate and up fused
+    /// at load) of a `(hidden, intermediate)` MLP: an expert of a sparse MoE, or a dense MLP.
+    pub fn load_separate(
+        ctx: &LoadContext<'_>,
+        [gate, up, down]: [&str; 3],
+        (hidden, intermediate): (usize, usize),
+        bias: bool,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_up_proj: Linear::load_fused(
+                ctx,
+                &[(gate, intermediate), (up, intermediate)],
                 hidden,
                 bias,
             )?,
-            act: cfg.hidden_act,
+            intermediate,
+            down_proj: Linear::load(ctx, down, intermediate, hidden, bias)?,
+            act,
         })
     }
 

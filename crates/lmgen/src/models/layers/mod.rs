@@ -6,6 +6,7 @@ pub mod gemv;
 pub mod linear;
 pub mod mask;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod rotary;
 
