@@ -27,6 +27,7 @@ const MODELS: &[&str] = &[
     "mistral3_mm",
     "qwen3_moe",
     "mixtral",
+    "gpt_oss",
 ];
 
 /// The seven cases every model has.

@@ -180,8 +180,11 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint was saved in (`dtype` or `torch_dtype`), if given.
     pub torch_dtype: Option<String>,
-    /// Sparse mixture-of-experts MLPs (Qwen3-MoE, Mixtral), `None` for dense models.
+    /// Sparse mixture-of-experts MLPs (Qwen3-MoE, Mixtral, gpt-oss), `None` for dense models.
     pub moe: Option<MoeConfig>,
+    /// gpt-oss: each head has a learned "sink" logit (`self_attn.sinks`) that joins the softmax
+    /// over the keys and is then dropped, so a head may attend to nothing.
+    pub attention_sinks: bool,
 }
 
 impl ModelConfig {

@@ -345,11 +345,33 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
             }
         }
         linear("self_attn.o_proj", h, nh * d, cfg.o_bias);
+        // Tensors not of the `[out, in]` + bias kind (while `linear` borrows `t`).
+        let mut other = Vec::new();
+        if cfg.attention_sinks {
+            other.push(TensorSpec::new(
+                &format!("{p}.self_attn.sinks"),
+                vec![nh],
+                Init::Random,
+            ));
+        }
         match &cfg.moe {
+            Some(moe) if moe.sparse_layers[l] && moe.layout == MoeLayout::GptOss => {
+                let (n, mi) = (moe.num_experts, moe.moe_intermediate_size);
+                linear("mlp.router", n, h, true);
+                let e = format!("{p}.mlp.experts");
+                for (name, shape) in [
+                    ("gate_up_proj", vec![n, h, 2 * mi]),
+                    ("gate_up_proj_bias", vec![n, 2 * mi]),
+                    ("down_proj", vec![n, mi, h]),
+                    ("down_proj_bias", vec![n, h]),
+                ] {
+                    other.push(TensorSpec::new(&format!("{e}.{name}"), shape, Init::Random));
+                }
+            }
             Some(moe) if moe.sparse_layers[l] => {
                 let (block, [gate, up, down]) = match moe.layout {
-                    MoeLayout::Qwen => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
                     MoeLayout::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+                    _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
                 };
                 let mi = moe.moe_intermediate_size;
                 linear(&format!("{block}.gate"), moe.num_experts, h, false);
@@ -370,6 +392,7 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
                 linear("mlp.down_proj", h, i, cfg.mlp_bias);
             }
         }
+        t.extend(other);
         let qk = match cfg.qk_norm {
             None => None,
             Some(QkNorm::PerHead) => Some((d, d)),

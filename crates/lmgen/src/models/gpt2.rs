@@ -67,6 +67,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
     let act = c.activation_function.as_deref().unwrap_or("gelu_new");
     Ok(ModelConfig {
         moe: None,
+        attention_sinks: false,
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

@@ -155,6 +155,7 @@ impl Config {
             pad_token_id: self.pad_token_id.as_ref().and_then(TokenIdField::first),
             torch_dtype: saved.into_name(),
             moe: None,
+            attention_sinks: false,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;
+pub mod gpt_oss;
 pub mod granite;
 pub mod layers;
 pub mod llama;
@@ -127,6 +128,7 @@ pub enum Architecture {
     Ministral3,
     Qwen3Moe,
     Mixtral,
+    GptOss,
 }
 
 impl Architecture {

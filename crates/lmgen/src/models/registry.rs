@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gpt2, granite, llama, ministral3, mistral, mixtral, olmo2, phi3,
-    qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
+    decoder, gemma2, gemma3, gpt2, gpt_oss, granite, llama, ministral3, mistral, mixtral, olmo2,
+    phi3, qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -124,6 +124,7 @@ pub static ARCHITECTURES: &[Entry] = &[
     ),
     decoder_row(Architecture::Qwen3Moe, "qwen3_moe", qwen3_moe::parse, None),
     decoder_row(Architecture::Mixtral, "mixtral", mixtral::parse, None),
+    decoder_row(Architecture::GptOss, "gpt_oss", gpt_oss::parse, None),
 ];
 
 /// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
@@ -331,13 +332,13 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3, Qwen3Moe, Mixtral,
+            Ministral3, Qwen3Moe, Mixtral, GptOss,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
-                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral => {}
+                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

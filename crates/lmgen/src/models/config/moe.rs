@@ -14,6 +14,11 @@ pub enum MoeLayout {
     /// `block_sparse_moe.gate` and `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral: w1 is the
     /// gate, w3 the up and w2 the down projection).
     Mixtral,
+    /// gpt-oss: `mlp.router` (with a bias) and every expert stacked in `mlp.experts.gate_up_proj`
+    /// `[experts, hidden, 2 * intermediate]` (gate and up columns interleaved) and
+    /// `mlp.experts.down_proj` `[experts, intermediate, hidden]`, with biases; the experts' SwiGLU
+    /// is clamped; the router takes the top-k logits, then their softmax.
+    GptOss,
 }
 
 /// A sparse MoE MLP (HF `Qwen3MoeSparseMoeBlock`, `MixtralSparseMoeBlock`).

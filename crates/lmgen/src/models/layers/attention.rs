@@ -28,6 +28,8 @@ pub struct Attention {
     shape: AttentionShape,
     scale: f64,
     softcap: Option<f64>,
+    /// gpt-oss: `[num_heads]` sink logits, f32 (see [`ModelConfig::attention_sinks`]).
+    sinks: Option<Tensor>,
     layer_idx: usize,
 }
 
@@ -116,6 +118,9 @@ impl Attention {
             layer_idx,
         );
         attention.qk_norm = qk_norm;
+        if cfg.attention_sinks {
+            attention.sinks = Some(ctx.tensor_as(&format!("{prefix}.sinks"), &[nh], DType::F32)?);
+        }
         // transformers' default attention (sdpa) ignores `attn_logit_softcapping`; only eager applies it.
         attention.softcap = match ctx.attn_implementation {
             AttnImplementation::Eager => cfg.attn_logit_softcapping,
@@ -140,6 +145,7 @@ impl Attention {
             shape,
             scale,
             softcap: None,
+            sinks: None,
             layer_idx,
         }
     }
@@ -221,12 +227,20 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let probs = if scores.dtype() == DType::F32 {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        } else {
+        let probs = match &self.sinks {
+            // Each head's sink logit joins the softmax as one more column, then is dropped.
+            Some(sinks) => {
+                let sink = sinks.reshape((1, nh, 1, 1))?.broadcast_as((b, nh, t, 1))?;
+                let all = Tensor::cat(&[&scores.to_dtype(DType::F32)?, &sink.contiguous()?], 3)?; // [b, nh, t, s + 1]
+                candle_nn::ops::softmax_last_dim(&all)?
+                    .narrow(3, 0, s)?
+                    .contiguous()?
+                    .to_dtype(scores.dtype())?
+            }
+            None if scores.dtype() == DType::F32 => candle_nn::ops::softmax_last_dim(&scores)?,
             // Softmax in f32, as transformers' eager attention does (`dtype=torch.float32`).
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(scores.dtype())?
+            None => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                .to_dtype(scores.dtype())?,
         };
         let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
         Ok(out.reshape((b, nh, t, d))?)

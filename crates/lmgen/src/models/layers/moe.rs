@@ -9,7 +9,7 @@
 //! experts' weights, not a loop over tokens. The routing decision is taken on the host: the
 //! `[tokens, num_experts]` probabilities are small next to the experts' weights.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 use super::linear::Linear;
 use super::mlp::GatedMlp;
@@ -17,14 +17,65 @@ use super::LoadContext;
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, MoeConfig, MoeLayout};
 
+/// How the router's logits become each token's experts and weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// `softmax` over every expert, then the top k (divided by their sum when `normalize`).
+    SoftmaxTopK { normalize: bool },
+    /// The top k logits, then their `softmax` (gpt-oss).
+    TopKSoftmax,
+}
+
+/// gpt-oss's clamped SwiGLU: `gate = min(gate, limit)`, `up = clamp(up, -limit, limit)`,
+/// `(up + 1) * gate * sigmoid(alpha * gate)`.
+const GPT_OSS_ALPHA: f64 = 1.702;
+const GPT_OSS_LIMIT: f64 = 7.0;
+
+/// One expert.
+#[derive(Debug, Clone)]
+enum Expert {
+    /// `down(act(gate(x)) * up(x))`.
+    Gated(GatedMlp),
+    /// gpt-oss: `down(swiglu_clamped(gate(x) + b, up(x) + b)) + b`; `gate_up` holds the gate's
+    /// rows, then the up's (de-interleaved at load).
+    Clamped {
+        gate_up: Linear,
+        intermediate: usize,
+        down: Linear,
+    },
+}
+
+impl Expert {
+    /// `[n, hidden] -> [n, hidden]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Expert::Gated(mlp) => mlp.forward(x),
+            Expert::Clamped {
+                gate_up,
+                intermediate,
+                down,
+            } => {
+                let gu = gate_up.forward(x)?; // [n, 2 * i]
+                let i = *intermediate;
+                let gate = gu.narrow(D::Minus1, 0, i)?.clamp(f64::MIN, GPT_OSS_LIMIT)?;
+                let up = gu
+                    .narrow(D::Minus1, i, i)?
+                    .clamp(-GPT_OSS_LIMIT, GPT_OSS_LIMIT)?;
+                let glu = (&gate * candle_nn::ops::sigmoid(&(&gate * GPT_OSS_ALPHA)?)?)?;
+                down.forward(&((up + 1.0)? * glu)?)
+            }
+        }
+    }
+}
+
 /// A sparse MoE MLP.
 #[derive(Debug, Clone)]
 pub struct SparseMoe {
     /// `[num_experts, hidden]`.
     gate: Linear,
-    experts: Vec<GatedMlp>,
+    experts: Vec<Expert>,
     top_k: usize,
-    norm_topk_prob: bool,
+    routing: Routing,
 }
 
 impl SparseMoe {
@@ -35,29 +86,89 @@ impl SparseMoe {
         cfg: &ModelConfig,
         moe: &MoeConfig,
     ) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, moe.moe_intermediate_size);
+        let (h, i, n) = (cfg.hidden_size, moe.moe_intermediate_size, moe.num_experts);
+        if moe.layout == MoeLayout::GptOss {
+            return Self::load_gpt_oss(ctx, prefix, (h, i, n), moe);
+        }
         let (block, [gate, up, down]) = match moe.layout {
-            MoeLayout::Qwen => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
             MoeLayout::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+            _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
         };
         let p = format!("{prefix}.{block}");
-        let experts = (0..moe.num_experts)
+        let experts = (0..n)
             .map(|e| {
                 let name = |n: &str| format!("{p}.experts.{e}.{n}");
-                GatedMlp::load_separate(
+                let mlp = GatedMlp::load_separate(
                     ctx,
                     [&name(gate), &name(up), &name(down)],
                     (h, i),
                     false,
                     cfg.hidden_act,
-                )
+                )?;
+                Ok(Expert::Gated(mlp))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            gate: Linear::load(ctx, &format!("{p}.gate"), h, moe.num_experts, false)?,
+            gate: Linear::load(ctx, &format!("{p}.gate"), h, n, false)?,
             experts,
             top_k: moe.num_experts_per_tok,
-            norm_topk_prob: moe.norm_topk_prob || moe.layout == MoeLayout::Mixtral,
+            routing: Routing::SoftmaxTopK {
+                normalize: moe.norm_topk_prob || moe.layout == MoeLayout::Mixtral,
+            },
+        })
+    }
+
+    /// gpt-oss: the stacked experts, split per expert; the interleaved gate/up columns
+    /// (`[..., ::2]` gate, `[..., 1::2]` up) become the gate's rows then the up's.
+    fn load_gpt_oss(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (h, i, n): (usize, usize, usize),
+        moe: &MoeConfig,
+    ) -> Result<Self> {
+        let p = format!("{prefix}.mlp");
+        let blocks = format!("{p}.experts.gate_up_proj_blocks");
+        if ctx.contains(&blocks) {
+            return Err(Error::unsupported(format!(
+                "`{blocks}`: expert weights stored as MXFP4 blocks and scales (the gpt-oss \
+                 checkpoints as published) are not read yet; load a checkpoint with \
+                 dequantized experts (`gate_up_proj`, `down_proj`)"
+            )));
+        }
+        let gate_up = ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?;
+        let gate_up_bias = ctx.tensor(&format!("{p}.experts.gate_up_proj_bias"), &[n, 2 * i])?;
+        let down = ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?;
+        let down_bias = ctx.tensor(&format!("{p}.experts.down_proj_bias"), &[n, h])?;
+        let device = gate_up.device();
+        // [2i]: even columns (gate) first, then odd ones (up).
+        let order: Vec<u32> = (0..i as u32)
+            .map(|j| 2 * j)
+            .chain((0..i as u32).map(|j| 2 * j + 1))
+            .collect();
+        let order = Tensor::new(order.as_slice(), device)?;
+        let experts = (0..n)
+            .map(|e| {
+                let w = gate_up.get(e)?.t()?.contiguous()?.index_select(&order, 0)?; // [2i, h]
+                let b = gate_up_bias.get(e)?.index_select(&order, 0)?; // [2i]
+                let name = format!("{p}.experts.{e}");
+                let d = down.get(e)?.t()?.contiguous()?; // [h, i]
+                Ok(Expert::Clamped {
+                    gate_up: Linear::from_weight(ctx, &format!("{name}.gate_up_proj"), w, Some(b))?,
+                    intermediate: i,
+                    down: Linear::from_weight(
+                        ctx,
+                        &format!("{name}.down_proj"),
+                        d,
+                        Some(down_bias.get(e)?),
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            gate: Linear::load(ctx, &format!("{p}.router"), h, n, true)?,
+            experts,
+            top_k: moe.num_experts_per_tok,
+            routing: Routing::TopKSoftmax,
         })
     }
 
@@ -66,8 +177,15 @@ impl SparseMoe {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?; // [n, h]
         let logits = self.gate.forward(&xs)?.to_dtype(DType::F32)?; // [n, experts]
-        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
-        let routes = route(&probs, self.top_k, self.norm_topk_prob, self.experts.len())?;
+        let routes = match self.routing {
+            Routing::SoftmaxTopK { normalize } => {
+                let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
+                route(&probs, self.top_k, normalize, self.experts.len())?
+            }
+            Routing::TopKSoftmax => {
+                route_top_logits(&logits.to_vec2()?, self.top_k, self.experts.len())?
+            }
+        };
         let device = x.device();
         let mut out = xs.zeros_like()?; // [n, h]
         for (expert, (tokens, weights)) in self.experts.iter().zip(&routes) {
@@ -85,6 +203,43 @@ impl SparseMoe {
     }
 }
 
+/// gpt-oss's routing: each token's `top_k` largest logits (ties to the lower expert), weighted
+/// by their `softmax`.
+pub fn route_top_logits(
+    logits: &[Vec<f32>],
+    top_k: usize,
+    num_experts: usize,
+) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
+    for (token, row) in logits.iter().enumerate() {
+        let order = top(row, top_k, num_experts)?;
+        let max = order.first().map_or(0.0, |&e| row[e]);
+        let exps: Vec<f32> = order.iter().map(|&e| (row[e] - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        for (e, x) in order.into_iter().zip(exps) {
+            routes[e].0.push(token as u32);
+            routes[e].1.push(x / sum);
+        }
+    }
+    Ok(routes)
+}
+
+/// The indices of the `k` largest of `row` (`torch.topk`: ties to the lower index), largest
+/// first; an error for a row of the wrong width or with NaN.
+fn top(row: &[f32], k: usize, num_experts: usize) -> Result<Vec<usize>> {
+    if row.len() != num_experts || row.iter().any(|p| p.is_nan()) {
+        return Err(Error::input(format!(
+            "the router of a mixture-of-experts layer gave {} values (NaN: {}) for {num_experts} experts",
+            row.len(),
+            row.iter().any(|p| p.is_nan())
+        )));
+    }
+    let mut order: Vec<usize> = (0..num_experts).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    Ok(order)
+}
+
 /// Per expert, the tokens routed to it and their weights: each token's `top_k` most probable
 /// experts (`torch.topk`: ties to the lower index), their probabilities divided by their sum
 /// when `normalize`. Tokens come in increasing order within an expert.
@@ -96,16 +251,7 @@ pub fn route(
 ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
     let mut routes = vec![(Vec::new(), Vec::new()); num_experts];
     for (token, row) in probs.iter().enumerate() {
-        if row.len() != num_experts || row.iter().any(|p| p.is_nan()) {
-            return Err(Error::input(format!(
-                "the router of a mixture-of-experts layer gave {} probabilities (NaN: {}) for {num_experts} experts",
-                row.len(),
-                row.iter().any(|p| p.is_nan())
-            )));
-        }
-        let mut order: Vec<usize> = (0..num_experts).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        order.truncate(top_k);
+        let order = top(row, top_k, num_experts)?;
         let sum: f32 = order.iter().map(|&e| row[e]).sum();
         for e in order {
             let w = if normalize { row[e] / sum } else { row[e] };
