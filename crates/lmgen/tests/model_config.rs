@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use lmgen::models::config::{LayerType, ModelConfig, ProjectionLayout, QkNorm, RopeScaling};
+use lmgen::models::config::{
+    LayerType, ModelConfig, MoeLayout, ProjectionLayout, QkNorm, RopeScaling,
+};
 use lmgen::models::Architecture;
 use serde_json::json;
 
@@ -146,6 +148,43 @@ fn real_2026_configs_parse() {
     // Devstral (Mistral Small 3.1's text model as `mistral`).
     let d = real("Devstral-Small-2507");
     assert_eq!(d.architecture, Architecture::Mistral);
+}
+
+#[test]
+fn real_moe_configs_parse() {
+    // Qwen3-30B-A3B: `num_experts` (not `num_local_experts`), normalised top 8 of 128.
+    let q = real("Qwen3-30B-A3B");
+    assert_eq!(q.architecture, Architecture::Qwen3Moe);
+    let moe = q.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (128, 8));
+    assert_eq!(moe.moe_intermediate_size, 768);
+    assert!(moe.norm_topk_prob && moe.sparse_layers.iter().all(|&s| s));
+    assert_eq!(moe.layout, MoeLayout::Qwen);
+
+    // Mixtral 8x7B: experts of `intermediate_size`, full attention (`sliding_window: null`).
+    let m = real("Mixtral-8x7B-v0.1");
+    assert_eq!(m.architecture, Architecture::Mixtral);
+    let moe = m.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (8, 2));
+    assert_eq!(moe.moe_intermediate_size, 14336);
+    assert_eq!(m.layer_types, vec![LayerType::FullAttention; 32]);
+
+    // gpt-oss-20b: YaRN in `rope_scaling` without truncation, alternating windows, sinks.
+    let g = real("gpt-oss-20b");
+    assert_eq!(g.architecture, Architecture::GptOss);
+    assert!(g.attention_sinks && g.qkv_bias && g.o_bias);
+    assert_eq!(g.sliding_window, Some(128));
+    assert_eq!(g.layer_types[0], LayerType::SlidingAttention);
+    assert_eq!(g.layer_types[1], LayerType::FullAttention);
+    let rope = g.rope.as_ref().unwrap();
+    assert_eq!(rope.theta, 150_000.0);
+    assert!(
+        matches!(rope.scaling, RopeScaling::Yarn { factor, truncate: false, .. } if factor == 32.0),
+        "{rope:?}"
+    );
+    let moe = g.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (32, 4));
+    assert_eq!(moe.layout, MoeLayout::GptOss);
 }
 
 #[test]
