@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use lmgen::load::HubOptions;
 use lmgen::models::{AttnImplementation, DType, LoadOptions, Quantization};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
@@ -126,6 +127,11 @@ impl ModelArgs {
             attn_implementation: self.attn_implementation.into(),
             quantize: self.quantize.map(Quantization::from),
             gguf_file: self.gguf_file.clone(),
+            hub: HubOptions {
+                // Bars for large downloads, drawn only when stderr is a terminal.
+                progress: true,
+                ..HubOptions::default()
+            },
         })
     }
 }
@@ -157,6 +163,7 @@ mod tests {
         assert_eq!(options.attn_implementation, AttnImplementation::Sdpa);
         assert_eq!(options.quantize, None);
         assert_eq!(options.gguf_file, None);
+        assert!(options.hub.progress);
     }
 
     #[test]
