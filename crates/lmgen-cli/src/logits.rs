@@ -14,6 +14,7 @@ use clap::Args;
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::logits::{processor_from_hf, LogitsProcessorList, ProcessorContext};
 use lmgen::generation::Scores;
+use lmgen::load::{fetch_model, FileSet, HubOptions};
 use lmgen::{GenerationConfig, Pipeline, TokenId};
 use serde_json::{json, Map, Value};
 
@@ -100,7 +101,13 @@ fn chain(
         None => bail!("a `generation_config` request needs `prompt_length`"),
     };
     let dir = match req.remove("model") {
-        Some(Value::String(m)) => Some(lmgen::load::resolve_model(&m)?),
+        Some(Value::String(m)) => {
+            let downloads = HubOptions {
+                progress: true,
+                ..HubOptions::default()
+            };
+            Some(fetch_model(&m, FileSet::Checkpoint, &downloads)?)
+        }
         Some(other) => bail!("`model` must be a checkpoint directory, got {other}"),
         None => None,
     };
