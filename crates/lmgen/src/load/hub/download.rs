@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -344,6 +344,11 @@ impl Progress for Tally {
     fn finish(&mut self) {
         if let Some(bar) = &mut self.bar {
             Progress::finish(bar);
+            // indicatif leaves the cursor at the end of a finished bar: end its line, so that
+            // the next bar or the generated text starts on a line of its own.
+            if !bar.is_hidden() {
+                let _ = writeln!(io::stderr());
+            }
         }
     }
 }
