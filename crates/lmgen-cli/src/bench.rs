@@ -239,8 +239,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     footprint::reset_peak();
     let start = Instant::now();
-    let checkpoint =
-        Checkpoint::from_pretrained(&args.model.model_or_default(), options.gguf_file.as_deref())?;
+    let checkpoint = Checkpoint::from_pretrained(
+        &args.model.model_or_default(),
+        options.gguf_file.as_deref(),
+        &options.hub,
+    )?;
     let dir = checkpoint
         .weights
         .gguf_path()

@@ -9,7 +9,6 @@ use clap::Args;
 use lmgen::generation::config::TokenIds;
 use lmgen::generation::streamer::{Stdout, TextStreamer};
 use lmgen::generation::GenerateOptions;
-use lmgen::models::LoadOptions;
 use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
 use lmgen_server::ModelArgs;
 use serde_json::Value;
@@ -222,15 +221,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .with_context(|| format!("loading `{model}`"))?;
     let assistant = match &args.assistant_model {
         Some(id) => Some(
-            // `--gguf-file` names the main model's file, not the assistant's.
-            lmgen_server::model_args::load_pipeline(
-                id,
-                &LoadOptions {
-                    gguf_file: None,
-                    ..options.clone()
-                },
-            )
-            .with_context(|| format!("loading the assistant model `{id}`"))?,
+            // `--gguf-file` and `--revision` name the main model's files, not the assistant's.
+            lmgen_server::model_args::load_pipeline(id, &ModelArgs::other_model_options(&options))
+                .with_context(|| format!("loading the assistant model `{id}`"))?,
         ),
         None => None,
     };

@@ -109,7 +109,12 @@ impl Models<'_> {
 
     fn load(&mut self, key: &str) -> Result<()> {
         if !self.loaded.contains_key(key) {
-            let pipe = lmgen_server::model_args::load_pipeline(key, self.options)
+            let options = if key == self.args.model_or_default() {
+                self.options.clone()
+            } else {
+                ModelArgs::other_model_options(self.options)
+            };
+            let pipe = lmgen_server::model_args::load_pipeline(key, &options)
                 .with_context(|| format!("loading `{key}`"))?;
             self.loaded.insert(key.to_string(), pipe);
         }

@@ -14,6 +14,7 @@ use clap::Args;
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::logits::{processor_from_hf, LogitsProcessorList, ProcessorContext};
 use lmgen::generation::Scores;
+use lmgen::load::{fetch_model, FileSet, HubOptions};
 use lmgen::{GenerationConfig, Pipeline, TokenId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -111,7 +112,13 @@ fn chain(
         bail!("a `generation_config` request needs `prompt_length`");
     };
     let dir = match &req.model {
-        Some(m) => Some(lmgen::load::resolve_model(m)?),
+        Some(m) => {
+            let downloads = HubOptions {
+                progress: true,
+                ..HubOptions::default()
+            };
+            Some(fetch_model(m, FileSet::Checkpoint, &downloads)?)
+        }
         None => None,
     };
     let (mut config, max_positions, vocab_size) = match &dir {

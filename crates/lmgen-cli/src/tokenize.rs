@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lmgen::load::resolve_model;
+use lmgen::load::{fetch_model, FileSet, HubOptions};
 use lmgen::Tokenizer;
 use lmgen_server::model_args::DEFAULT_MODEL;
 use serde::Deserialize;
@@ -59,7 +59,7 @@ fn answer(
     let req: TokenizeRequest = jsonl::parse_request(line).context("invalid request")?;
     let model = req.model.unwrap_or_else(|| default_model.to_string());
     if !tokenizers.contains_key(&model) {
-        let dir = resolve_model(&model)?;
+        let dir = fetch_model(&model, FileSet::Tokenizer, &downloads())?;
         let tok = Tokenizer::from_dir(&dir).with_context(|| format!("loading `{model}`"))?;
         tokenizers.insert(model.clone(), tok);
     }
@@ -97,5 +97,14 @@ fn answer(
         }
         (Some(_), Some(_)) => bail!("invalid request: give either `text` or `messages`, not both"),
         (None, None) => bail!("invalid request: a request needs `text` or `messages`"),
+    }
+}
+
+/// How a model id missing from the cache is downloaded: its tokenizer files only, with progress
+/// bars on a terminal.
+fn downloads() -> HubOptions {
+    HubOptions {
+        progress: true,
+        ..HubOptions::default()
     }
 }

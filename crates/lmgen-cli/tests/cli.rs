@@ -20,11 +20,13 @@ fn lmgen(args: &[&str], stdin: &str) -> Result<Output> {
     lmgen_with_cache(args, stdin, tempfile::tempdir()?.path())
 }
 
-/// Runs `lmgen args...` with `stdin` and `HF_HUB_CACHE=cache`.
+/// Runs `lmgen args...` with `stdin`, `HF_HUB_CACHE=cache` and `HF_HUB_OFFLINE=1` (no test
+/// downloads; `tests/hub.rs` serves a fake Hub for that).
 fn lmgen_with_cache(args: &[&str], stdin: &str, cache: &Path) -> Result<Output> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen"))
         .args(args)
         .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
         .env_remove("LMGEN_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -158,7 +160,7 @@ fn a_missing_model_directory_is_named() -> Result<()> {
 }
 
 #[test]
-fn a_model_id_not_in_the_cache_lists_where_it_looked() -> Result<()> {
+fn offline_a_model_id_not_in_the_cache_lists_where_it_looked() -> Result<()> {
     let cache = tempfile::tempdir()?;
     let args = ["generate", "--model", "org/name", "--prompt", "Hi"];
     let out = lmgen_with_cache(&args, "", cache.path())?;
@@ -170,6 +172,7 @@ fn a_model_id_not_in_the_cache_lists_where_it_looked() -> Result<()> {
             "looked in",
             &repo.join("refs/main").display().to_string(),
             &repo.join("snapshots").display().to_string(),
+            "offline mode is on (HF_HUB_OFFLINE=1",
         ],
     );
     Ok(())

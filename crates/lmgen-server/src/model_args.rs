@@ -1,5 +1,5 @@
-//! `ModelArgs`: the model flags every `lmgen` subcommand and the server share (which checkpoint,
-//! GGUF file, dtype, device, attention semantics, quantization), turned once into
+//! `ModelArgs`: the model flags every `lmgen` subcommand and the server share (which checkpoint and
+//! revision, GGUF file, dtype, device, attention semantics, quantization), turned once into
 //! [`LoadOptions`] for [`lmgen::Pipeline::load`].
 //!
 //! It lives in this crate because both binaries (`lmgen` and `lmgen-server`) parse it, and the CLI
@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use lmgen::load::HubOptions;
 use lmgen::models::{AttnImplementation, DType, LoadOptions, Quantization};
 
 /// The checkpoint shipped in the repository, used when `--model` is not given: a small Llama
@@ -72,11 +73,16 @@ impl From<QuantizeArg> for Quantization {
 /// Which model to load and how (flattened into each subcommand's flags).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint directory or Hugging Face model id (`org/name`, read from the local HF cache),
-    /// or a `.gguf` file (tokenizer.json and generation_config.json are read from its directory).
-    /// Defaults to the small model shipped with lmgen (`models/tiny-austen`).
+    /// Checkpoint directory or Hugging Face model id (`org/name[@revision]`, from the local HF
+    /// cache, downloaded into it when missing: HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE=1 for the
+    /// cache only), or a `.gguf` file (tokenizer.json and generation_config.json are read from its
+    /// directory). Defaults to the small model shipped with lmgen (`models/tiny-austen`).
     #[arg(long, short = 'm')]
     pub model: Option<String>,
+    /// Branch, tag or commit of `--model` on the Hub (transformers' `revision`; default `main`).
+    /// Same as `--model org/name@REVISION`.
+    #[arg(long, value_name = "REVISION")]
+    pub revision: Option<String>,
     /// Load this GGUF file (llama.cpp's format; a file name inside `--model`'s directory or cached
     /// model id, or a path) instead of the safetensors weights: transformers'
     /// `from_pretrained(model, gguf_file=...)`. The tokenizer still comes from `--model`.
@@ -112,6 +118,20 @@ impl ModelArgs {
         self.model.as_deref().unwrap_or(DEFAULT_MODEL_NAME)
     }
 
+    /// The load options for a model other than `--model` (an assistant model, a request's own
+    /// `model`): the same dtype, device and quantization, without `--gguf-file` and `--revision`,
+    /// which name `--model`'s files.
+    pub fn other_model_options(options: &LoadOptions) -> LoadOptions {
+        LoadOptions {
+            gguf_file: None,
+            hub: HubOptions {
+                revision: None,
+                ..options.hub.clone()
+            },
+            ..options.clone()
+        }
+    }
+
     /// The load options these flags describe; a bad `--device` is an error naming the flag.
     pub fn load_options(&self) -> lmgen::Result<LoadOptions> {
         let device = lmgen::device::parse(&self.device).map_err(|e| match e {
@@ -126,6 +146,12 @@ impl ModelArgs {
             attn_implementation: self.attn_implementation.into(),
             quantize: self.quantize.map(Quantization::from),
             gguf_file: self.gguf_file.clone(),
+            hub: HubOptions {
+                revision: self.revision.clone(),
+                // Bars for large downloads, drawn only when stderr is a terminal.
+                progress: true,
+                ..HubOptions::default()
+            },
         })
     }
 }
@@ -166,6 +192,8 @@ mod tests {
         assert_eq!(options.attn_implementation, AttnImplementation::Sdpa);
         assert_eq!(options.quantize, None);
         assert_eq!(options.gguf_file, None);
+        assert_eq!(options.hub.revision, None);
+        assert!(options.hub.progress);
     }
 
     #[test]
@@ -181,6 +209,8 @@ mod tests {
             "eager",
             "--quantize",
             "q4_k",
+            "--revision",
+            "v1.0",
         ])
         .unwrap();
         assert_eq!(args.model_or_default(), "dir");
@@ -190,6 +220,7 @@ mod tests {
         assert_eq!(options.attn_implementation, AttnImplementation::Eager);
         assert_eq!(options.quantize, Some(Quantization::Q4K));
         assert_eq!(options.gguf_file, Some(PathBuf::from("w.gguf")));
+        assert_eq!(options.hub.revision.as_deref(), Some("v1.0"));
         let options = parse(&["--quantize", "q8_0"]).unwrap().load_options();
         assert_eq!(options.unwrap().quantize, Some(Quantization::Q8_0));
     }

@@ -26,6 +26,18 @@ pub enum Error {
     /// A model id could not be resolved to a local directory.
     #[error("model `{id}` not found; looked in: {looked}. Pass a checkpoint directory, or download it into the Hugging Face cache first")]
     ModelNotFound { id: String, looked: String },
+    /// A model id could not be downloaded from the Hugging Face Hub. `file` is the file being
+    /// fetched (`None`: the repository's file list); `message` says why and what to do.
+    #[error(
+        "cannot download {} of model `{id}` (revision `{revision}`): {message}",
+        .file.as_deref().map_or_else(|| "the file list".to_string(), |f| format!("`{f}`"))
+    )]
+    Download {
+        id: String,
+        revision: String,
+        file: Option<String>,
+        message: String,
+    },
     /// The model's `config.json` has a missing or invalid field.
     #[error("`{}`: {message}", path.display())]
     ModelConfig { path: PathBuf, message: String },

@@ -1,7 +1,7 @@
 //! lmgen: Hugging Face transformers' text generation (`model.generate()`) in Rust.
 //!
 //! Load a checkpoint exactly as the Hub serves it (a directory, or a model id from the local
-//! Hugging Face cache), tokenize, generate, decode:
+//! Hugging Face cache, downloaded into it when missing), tokenize, generate, decode:
 //!
 //! ```
 //! # fn main() -> lmgen::Result<()> {

@@ -3,10 +3,12 @@
 //! Mirrors what transformers' `PreTrainedModel.from_pretrained` (`modeling_utils.py`,
 //! `_get_resolved_checkpoint_files`) reads for a safetensors checkpoint: `config.json`, then
 //! `model.safetensors`, else the shards listed in `model.safetensors.index.json` (`weight_map`).
-//! Model ids are resolved offline from `huggingface_hub`'s cache layout
-//! (`models--{org}--{name}/refs/{revision}` holds a commit hash -> `snapshots/{commit}/`);
-//! nothing is downloaded. No code from a checkpoint ever runs (`auto_map` / `trust_remote_code` are
-//! ignored), and `pytorch_model.bin` (pickle) is never read.
+//! Model ids are resolved from `huggingface_hub`'s cache layout
+//! (`models--{org}--{name}/refs/{revision}` holds a commit hash -> `snapshots/{commit}/`), and
+//! downloaded into it from the Hugging Face Hub when missing ([`hub`]: `HF_ENDPOINT`, `HF_TOKEN`,
+//! `HF_HUB_OFFLINE`); [`resolve_model`] alone never touches the network. No code from a checkpoint
+//! ever runs (`auto_map` / `trust_remote_code` are ignored), and `pytorch_model.bin` (pickle) is
+//! never downloaded nor read.
 //!
 //! Every safetensors header is validated once, at open: header length, JSON, dtype x shape == byte
 //! length, offsets contiguous and inside the file (our own checks, for messages that name the
@@ -32,8 +34,10 @@ use crate::models::quantize::QuantizedWeight;
 
 mod convert;
 pub(crate) mod gguf;
+pub mod hub;
 
 pub use gguf::GgufArch;
+pub use hub::{fetch_model, FileSet, HubOptions};
 
 const CONFIG: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -42,7 +46,8 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Resolves a checkpoint directory or a Hugging Face model id (`org/name` or `org/name@revision`)
-/// to a local directory that contains `config.json`, without network access.
+/// to a local directory that contains `config.json`, without network access (see
+/// [`fetch_model`] for the same with downloads).
 ///
 /// The hub cache is `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
 /// else `~/.cache/huggingface/hub` (huggingface_hub's `constants.py`). See [`resolve_model_in`].
@@ -88,7 +93,20 @@ pub fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
     let caches: Vec<PathBuf> = hub_cache_dir(|key| std::env::var_os(key))
         .into_iter()
         .collect();
-    search_hub(id_or_dir, &caches, &gguf_file.to_string_lossy())
+    resolve_gguf_dir_in(id_or_dir, gguf_file, &caches)
+}
+
+/// [`resolve_gguf_dir`] with explicit hub cache roots, searched in order.
+fn resolve_gguf_dir_in(
+    id_or_dir: &str,
+    gguf_file: &Path,
+    hub_caches: &[PathBuf],
+) -> Result<PathBuf> {
+    let path = Path::new(id_or_dir);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    search_hub(id_or_dir, hub_caches, &gguf_file.to_string_lossy())
 }
 
 /// Looks for model id `id` in the hub caches: the snapshot that has the file `required`.
@@ -253,23 +271,27 @@ impl Checkpoint {
         })
     }
 
-    /// What transformers' `from_pretrained(id_or_dir, gguf_file=...)` reads, resolved offline:
+    /// What transformers' `from_pretrained(id_or_dir, gguf_file=..., revision=..., ...)` reads,
+    /// with a model id downloaded into the hub cache when it is not there ([`fetch_model`]):
     ///
-    /// - without `gguf_file`: the safetensors checkpoint [`resolve_model`] finds, or, when
-    ///   `id_or_dir` is itself a `.gguf` file, that file (tokenizer and generation config from
-    ///   its directory);
-    /// - with `gguf_file`: that file inside the checkpoint directory or cached model id (a path
-    ///   is taken as is); the directory needs no `config.json`.
-    pub fn from_pretrained(id_or_dir: &str, gguf_file: Option<&Path>) -> Result<Self> {
+    /// - without `gguf_file`: the safetensors checkpoint, or, when `id_or_dir` is itself a
+    ///   `.gguf` file, that file (tokenizer and generation config from its directory);
+    /// - with `gguf_file`: that file inside the checkpoint directory or model id (a path is taken
+    ///   as is); the directory needs no `config.json`.
+    pub fn from_pretrained(
+        id_or_dir: &str,
+        gguf_file: Option<&Path>,
+        hub: &HubOptions,
+    ) -> Result<Self> {
         let path = Path::new(id_or_dir);
         match gguf_file {
             None if path.is_file() && path.extension().is_some_and(|e| e == "gguf") => {
                 let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
                 Self::open_gguf(dir.unwrap_or(Path::new(".")), path)
             }
-            None => Self::open(&resolve_model(id_or_dir)?),
+            None => Self::open(&fetch_model(id_or_dir, FileSet::Checkpoint, hub)?),
             Some(file) => {
-                let dir = resolve_gguf_dir(id_or_dir, file)?;
+                let dir = fetch_model(id_or_dir, FileSet::Gguf(file), hub)?;
                 Self::open_gguf(&dir, &dir.join(file))
             }
         }

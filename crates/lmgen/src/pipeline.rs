@@ -32,18 +32,21 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Loads a checkpoint directory or a model id (`org/name`, from the local HF cache) on CPU in f32.
+    /// Loads a checkpoint directory or a model id (`org/name[@revision]`, from the local HF cache,
+    /// downloaded into it from the Hub when missing) on CPU in f32.
     pub fn from_pretrained(id_or_dir: &str) -> Result<Self> {
         Self::load(id_or_dir, &LoadOptions::default())
     }
 
-    /// Loads with explicit dtype and device.
+    /// Loads with explicit dtype, device and hub options ([`LoadOptions::hub`]: revision, token,
+    /// offline).
     ///
     /// With [`LoadOptions::gguf_file`], or when `id_or_dir` is a `.gguf` file, the weights and the
     /// config come from that GGUF file and the tokenizer from `tokenizer.json` beside it (see
     /// [`Checkpoint::from_pretrained`]).
     pub fn load(id_or_dir: &str, options: &LoadOptions) -> Result<Self> {
-        let checkpoint = Checkpoint::from_pretrained(id_or_dir, options.gguf_file.as_deref())?;
+        let checkpoint =
+            Checkpoint::from_pretrained(id_or_dir, options.gguf_file.as_deref(), &options.hub)?;
         let dir = checkpoint.dir.clone();
         if let Some(gguf) = checkpoint.weights.gguf_path() {
             if !dir.join("tokenizer.json").is_file() {

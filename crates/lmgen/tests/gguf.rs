@@ -19,7 +19,7 @@ use candle_core::quantized::gguf_file::{self, Value as Meta};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use lmgen::generation::config::UnknownFields;
-use lmgen::load::Checkpoint;
+use lmgen::load::{Checkpoint, HubOptions};
 use lmgen::models::config::LayerType;
 use lmgen::models::{load_model, CausalLM, LoadOptions, ModelConfig, Quantization};
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
@@ -615,13 +615,15 @@ fn a_gguf_path_as_model_needs_a_tokenizer_beside_it() {
         "{msg}"
     );
     // The model itself loads from the bare path.
-    let checkpoint = Checkpoint::from_pretrained(path.to_str().unwrap(), None).unwrap();
+    let checkpoint =
+        Checkpoint::from_pretrained(path.to_str().unwrap(), None, &HubOptions::default()).unwrap();
     assert_eq!(checkpoint.weights.gguf_path(), Some(path.as_path()));
     assert!(load_model(&checkpoint, &LoadOptions::default()).is_ok());
     // A GGUF file name that is not in the directory.
     let err = Checkpoint::from_pretrained(
         golden_model("qwen2").to_str().unwrap(),
         Some(Path::new("missing.gguf")),
+        &HubOptions::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("missing.gguf"), "{err}");

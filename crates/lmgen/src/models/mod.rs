@@ -32,7 +32,7 @@ use candle_core::Tensor;
 
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
-use crate::load::Checkpoint;
+use crate::load::{Checkpoint, HubOptions};
 
 pub use candle_core::{DType, Device};
 pub use config::ModelConfig;
@@ -189,6 +189,9 @@ pub struct LoadOptions {
     /// [`crate::Pipeline::load`]; [`load_model`] takes an opened [`Checkpoint`] (see
     /// [`Checkpoint::from_pretrained`]).
     pub gguf_file: Option<PathBuf>,
+    /// How a model id is downloaded from the Hugging Face Hub when it is not in the local cache
+    /// (revision, token, cache root, offline), as transformers' `from_pretrained` arguments.
+    pub hub: HubOptions,
 }
 
 impl Default for LoadOptions {
@@ -199,6 +202,7 @@ impl Default for LoadOptions {
             attn_implementation: AttnImplementation::default(),
             quantize: None,
             gguf_file: None,
+            hub: HubOptions::default(),
         }
     }
 }
