@@ -5,6 +5,8 @@
 //! fields); fields that would change the output and are not implemented are refused in
 //! `validate.rs`.
 
+pub mod response;
+
 use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;

@@ -4,7 +4,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+use crate::api::response::{ErrorBody, ErrorObject};
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -92,13 +93,15 @@ impl ApiError {
     }
 
     /// The error object (also sent as an SSE event after the stream started).
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param.clone(),
+                code: self.code,
+            },
+        }
     }
 }
 
