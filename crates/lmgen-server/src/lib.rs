@@ -8,7 +8,9 @@
 //! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
 //!   events.
 //! - `text`: incremental detokenization with stop sequences.
-//! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
+//! - `api/response.rs`: the response bodies, one struct per OpenAI object.
+//! - `error`: OpenAI's error envelope and the one status table for library errors; `metrics`:
+//!   Prometheus; `routes`: handlers.
 //! - `args`: the server's flags, around `model_args` (the model flags `lmgen`'s subcommands share).
 
 pub mod api;

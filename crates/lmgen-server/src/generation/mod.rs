@@ -20,7 +20,7 @@ use crate::api::response::{
     ChatChoice, ChatCompletion, ChatLogprobs, ChatMessage, ChatTokenLogprob, Completion,
     CompletionChoice, CompletionLogprobs, TopLogprob, Usage,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
 use crate::text::ChoiceText;
 use crate::validate::Plan;
@@ -49,8 +49,8 @@ pub struct Job {
     pub model: String,
     pub prompts: Vec<Vec<TokenId>>,
     pub plan: Plan,
-    /// The field a too-long prompt is blamed on (`prompt` or `messages`).
-    pub prompt_param: &'static str,
+    /// What the request calls the prompt and the length limit (errors name them).
+    pub names: RequestNames,
 }
 
 /// Cancels the engine requests of choices that have not ended when dropped.
@@ -119,13 +119,13 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         let t = prompt.len();
         if t == 0 {
             return Err(ApiError::invalid(
-                job.prompt_param,
+                job.names.prompt,
                 "the prompt has no tokens",
             ));
         }
         if t >= context {
             return Err(ApiError::context_length(
-                job.prompt_param,
+                job.names.prompt,
                 format!(
                     "This model's maximum context length is {context} tokens. However, your request has {t} input tokens."
                 ),
@@ -136,11 +136,12 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
             Endpoint::Chat => context - t,
         });
         if t + wanted > context {
+            let param = job.names.max_tokens;
             return Err(ApiError::context_length(
-                "max_tokens",
+                param,
                 format!(
                     "This model's maximum context length is {context} tokens and your request has {t} input tokens, \
-                     so `max_tokens` can be at most {} (got {wanted}).",
+                     so `{param}` can be at most {} (got {wanted}).",
                     context - t
                 ),
             ));
@@ -165,12 +166,14 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
             request.request_id = Some(format!("{id}-{index}"));
             request.seed = job.plan.seed.map(|s| s.wrapping_add(j as u64));
             request.logprobs = job.plan.logprobs;
-            request.logits_processors = job.plan.processors(prompt.len())?;
+            let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, &job.names);
+            request.logits_processors = job.plan.processors(prompt.len()).map_err(refused)?;
             let tx = tx.clone();
             let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
             let rid = state
                 .manager
-                .add_request_with_sink(request, Box::new(sink))?;
+                .add_request_with_sink(request, Box::new(sink))
+                .map_err(refused)?;
             guard.ids.push(rid);
             guard.done.push(false);
         }
