@@ -246,14 +246,22 @@ impl ApiError {
     /// `names`.
     pub fn from_lmgen(e: &lmgen::Error, names: &RequestNames) -> Self {
         let answer = lmgen_error_answer(e);
+        let mut message = e.to_string();
         let param = match answer.blame {
             Blame::Nothing => None,
-            Blame::Field => e.field().map(|f| names.param(f)),
+            Blame::Field => e.field().map(|field| {
+                let param = names.param(field);
+                if param != field {
+                    // The message speaks transformers' names; say which field of the request.
+                    message.push_str(&format!(" (`{field}` is `{param}` in this request)"));
+                }
+                param
+            }),
             Blame::Prompt => Some(names.prompt.to_string()),
         };
         Self {
             status: answer.status,
-            message: e.to_string(),
+            message,
             kind: answer.kind,
             param,
             code: answer.code,
@@ -368,6 +376,18 @@ mod tests {
             let (status, param, _) = answer(e, names);
             assert_eq!((status, param.as_deref()), (400, want));
         }
+        let e = ApiError::from_lmgen(
+            &lmgen::Error::input("`max_new_tokens` too large"),
+            &chat_mct,
+        );
+        assert!(
+            e.message
+                .ends_with("(`max_new_tokens` is `max_completion_tokens` in this request)"),
+            "{}",
+            e.message
+        );
+        let e = ApiError::from_lmgen(&lmgen::Error::config("`top_k` must be >= 0"), &c);
+        assert!(e.message.ends_with(">= 0"), "{}", e.message);
         let (status, param, code) = answer(lmgen::Error::unsupported("`num_beams` > 1"), c);
         assert_eq!(
             (status, param.as_deref(), code),

@@ -53,9 +53,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Loads the model (as [`Pipeline::load`] does for every `lmgen` subcommand), starts the engine
-/// and serves until SIGTERM / Ctrl-C, then drains.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Loads the model (as [`Pipeline::load`] does for every `lmgen` subcommand) and starts the
+/// engine: the state [`router`] serves.
+pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     let id_or_dir = args.model.model_or_default();
     let options = args.model.load_options()?;
     let Pipeline {
@@ -87,9 +87,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(&tokenizer),
     )?);
     manager.start()?;
-    let model_id = args.model_id();
-    let state = Arc::new(AppState {
-        manager: manager.clone(),
+    Ok(Arc::new(AppState {
+        manager,
         detokenizer: text::Detokenizer::new(tokenizer.clone()),
         tokenizer,
         generation_config,
@@ -97,7 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.model.model_name().to_string(),
             dir.display().to_string(),
         ],
-        model_id,
+        model_id: args.model_id(),
         context_length: model.config().max_position_embeddings,
         vocab_size: model.config().vocab_size,
         max_in_flight: engine.max_running + args.max_queue,
@@ -108,7 +107,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-    });
+    }))
+}
+
+/// [`start`]s, then serves until SIGTERM / Ctrl-C, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = start(&args)?;
+    let manager = state.manager.clone();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;

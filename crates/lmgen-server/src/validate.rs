@@ -38,15 +38,22 @@ pub struct Plan {
     pub logprobs: Option<usize>,
 }
 
+/// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when
+/// `hi` is infinite).
 fn range(param: &str, value: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f64, ApiError> {
     let above = if lo_open { value > lo } else { value >= lo };
     if value.is_finite() && above && value <= hi {
         Ok(value)
     } else {
-        let open = if lo_open { "(" } else { "[" };
+        let bound = match (lo_open, hi.is_finite()) {
+            (true, false) => format!("> {lo}"),
+            (false, false) => format!(">= {lo}"),
+            (true, true) => format!("in ({lo}, {hi}]"),
+            (false, true) => format!("in [{lo}, {hi}]"),
+        };
         Err(ApiError::invalid(
             param,
-            format!("`{param}` must be in {open}{lo}, {hi}], got {value}"),
+            format!("`{param}` must be {bound}, got {value}"),
         ))
     }
 }
@@ -90,7 +97,7 @@ pub fn sampling(
         o.min_p = Some(range("min_p", v, 0.0, 1.0, false)?);
     }
     if let Some(v) = p.repetition_penalty {
-        o.repetition_penalty = Some(range("repetition_penalty", v, 0.0, f64::MAX, true)?);
+        o.repetition_penalty = Some(range("repetition_penalty", v, 0.0, f64::INFINITY, true)?);
     }
     if let Some(m) = p.min_tokens {
         o.min_new_tokens = Some(usize::try_from(m).map_err(|_| {
