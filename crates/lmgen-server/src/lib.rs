@@ -7,7 +7,7 @@
 //! - `api`: request bodies; `validate`: fields -> generation settings (400 naming the field).
 //! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
 //!   events.
-//! - `text`: incremental detokenization with stop sequences.
+//! - `text`: a choice's streamed text: the library's incremental decoding, cut at stop sequences.
 //! - `api/response.rs`: the response bodies, one struct per OpenAI object.
 //! - `error`: OpenAI's error envelope and the one status table for library errors; `metrics`:
 //!   Prometheus; `routes`: handlers.
@@ -89,7 +89,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     manager.start()?;
     Ok(Arc::new(AppState {
         manager,
-        detokenizer: text::Detokenizer::new(tokenizer.clone()),
+        detokenizer: text::Detokenizer::new(tokenizer.clone(), true),
         tokenizer,
         generation_config,
         model_aliases: vec![
