@@ -91,7 +91,19 @@ struct Row {
     out_of_range: Vec<Value>,
 }
 
-fn row(param: &'static str, wrong_type: Vec<Value>, out_of_range: Vec<Value>) -> Row {
+/// A top-level field: the request with `name` set to each value.
+fn field(name: &'static str, wrong_type: &[Value], out_of_range: &[Value]) -> Row {
+    let bodies = |values: &[Value]| values.iter().map(|v| json!({ name: v })).collect();
+    Row {
+        param: name,
+        wrong_type: bodies(wrong_type),
+        out_of_range: bodies(out_of_range),
+    }
+}
+
+/// A field that takes more than itself to reach (a nested one, or one that needs another set):
+/// whole bodies to patch the request with.
+fn bodies(param: &'static str, wrong_type: Vec<Value>, out_of_range: Vec<Value>) -> Row {
     Row {
         param,
         wrong_type,
@@ -103,139 +115,76 @@ fn row(param: &'static str, wrong_type: Vec<Value>, out_of_range: Vec<Value>) ->
 fn sampling_rows() -> Vec<Row> {
     let five_stops = json!(["a", "b", "c", "d", "e"]);
     vec![
-        row(
+        field(
             "max_tokens",
-            vec![json!({"max_tokens": "x"}), json!({"max_tokens": 1.5})],
-            vec![json!({"max_tokens": 0}), json!({"max_tokens": -3})],
+            &[json!("x"), json!(1.5)],
+            &[json!(0), json!(-3)],
         ),
-        row(
+        field(
             "temperature",
-            vec![json!({"temperature": "hot"}), json!({"temperature": [1]})],
-            vec![json!({"temperature": -0.5}), json!({"temperature": 2.5})],
+            &[json!("hot"), json!([1])],
+            &[json!(-0.5), json!(2.5)],
         ),
-        row(
-            "top_p",
-            vec![json!({"top_p": "x"})],
-            vec![json!({"top_p": 0}), json!({"top_p": 1.5})],
-        ),
-        row(
-            "n",
-            vec![json!({"n": "x"}), json!({"n": 1.5})],
-            vec![json!({"n": 0}), json!({"n": 129})],
-        ),
-        row("stream", vec![json!({"stream": "yes"})], vec![]),
-        row(
+        field("top_p", &[json!("x")], &[json!(0), json!(1.5)]),
+        field("n", &[json!("x"), json!(1.5)], &[json!(0), json!(129)]),
+        field("stream", &[json!("yes")], &[]),
+        bodies(
             "stream_options",
             vec![json!({"stream": true, "stream_options": 5})],
             // Only with `stream: true`.
             vec![json!({"stream_options": {"include_usage": true}})],
         ),
-        row(
+        bodies(
             "stream_options.include_usage",
             vec![json!({"stream": true, "stream_options": {"include_usage": 3}})],
             vec![],
         ),
-        row(
+        field(
             "stop",
-            vec![json!({"stop": 5}), json!({"stop": ["a", 5]})],
-            vec![json!({"stop": five_stops}), json!({"stop": ""})],
+            &[json!(5), json!(["a", 5])],
+            &[five_stops, json!("")],
         ),
-        row(
-            "seed",
-            vec![json!({"seed": "x"}), json!({"seed": 1.5})],
-            vec![json!({"seed": -1})],
-        ),
-        row(
-            "presence_penalty",
-            vec![json!({"presence_penalty": "x"})],
-            vec![json!({"presence_penalty": 2.5})],
-        ),
-        row(
-            "frequency_penalty",
-            vec![json!({"frequency_penalty": "x"})],
-            vec![json!({"frequency_penalty": -2.5})],
-        ),
-        row(
+        field("seed", &[json!("x"), json!(1.5)], &[json!(-1)]),
+        field("presence_penalty", &[json!("x")], &[json!(2.5)]),
+        field("frequency_penalty", &[json!("x")], &[json!(-2.5)]),
+        // A key that is no token id is a wrong type too; a value out of [-100, 100] is clamped.
+        field(
             "logit_bias",
-            vec![
-                json!({"logit_bias": []}),
-                json!({"logit_bias": {"5": "x"}}),
-                json!({"logit_bias": {"x": 1}}),
-            ],
-            vec![json!({"logit_bias": {VOCAB.to_string(): 1}})],
+            &[json!([]), json!({"5": "x"}), json!({"x": 1})],
+            &[json!({VOCAB.to_string(): 1})],
         ),
-        row(
-            "top_k",
-            vec![json!({"top_k": "x"})],
-            vec![json!({"top_k": -2})],
-        ),
-        row(
-            "min_p",
-            vec![json!({"min_p": "x"})],
-            vec![json!({"min_p": -0.1}), json!({"min_p": 1.5})],
-        ),
-        row(
-            "repetition_penalty",
-            vec![json!({"repetition_penalty": "x"})],
-            vec![json!({"repetition_penalty": 0})],
-        ),
-        row(
-            "min_tokens",
-            vec![json!({"min_tokens": "x"})],
-            vec![json!({"min_tokens": -1})],
-        ),
+        field("top_k", &[json!("x")], &[json!(-2)]),
+        field("min_p", &[json!("x")], &[json!(-0.1), json!(1.5)]),
+        field("repetition_penalty", &[json!("x")], &[json!(0)]),
+        field("min_tokens", &[json!("x")], &[json!(-1)]),
     ]
+}
+
+/// `max_tokens` (or chat's `max_completion_tokens`) beyond the KV pool (the library's
+/// `Error::Input` blaming `max_new_tokens`) and beyond the context.
+fn too_many(name: &'static str) -> Row {
+    field(name, &[], &[json!(POOL_TOKENS + 40), json!(CONTEXT)])
 }
 
 /// The fields of `/v1/completions` besides the shared ones.
 fn completion_rows() -> Vec<Row> {
     let too_long: Vec<usize> = (3..3 + CONTEXT).collect();
     vec![
-        row("model", vec![json!({"model": 5})], vec![]),
-        row(
+        field("model", &[json!(5)], &[]),
+        field(
             "prompt",
-            vec![
-                json!({"prompt": 5}),
-                json!({"prompt": {"text": "x"}}),
-                json!({"prompt": [1, "x"]}),
-                json!({"prompt": [-1]}),
-            ],
-            vec![
-                json!({"prompt": []}),
-                json!({"prompt": [[]]}),
-                json!({"prompt": [VOCAB]}),
-                json!({"prompt": too_long}),
-            ],
+            &[json!(5), json!({"text": "x"}), json!([1, "x"]), json!([-1])],
+            &[json!([]), json!([[]]), json!([VOCAB]), json!(too_long)],
         ),
-        row(
+        field(
             "logprobs",
-            vec![json!({"logprobs": "x"}), json!({"logprobs": true})],
-            vec![json!({"logprobs": 6}), json!({"logprobs": -1})],
+            &[json!("x"), json!(true)],
+            &[json!(6), json!(-1)],
         ),
-        row(
-            "echo",
-            vec![json!({"echo": "x"})],
-            vec![json!({"echo": true})],
-        ),
-        row(
-            "best_of",
-            vec![json!({"best_of": "x"})],
-            vec![json!({"best_of": 2})],
-        ),
-        row(
-            "suffix",
-            vec![json!({"suffix": 5})],
-            vec![json!({"suffix": "x"})],
-        ),
-        // Within the context but beyond the KV pool: the library refuses `max_new_tokens`.
-        row(
-            "max_tokens",
-            vec![],
-            vec![
-                json!({"max_tokens": POOL_TOKENS + 40}),
-                json!({"max_tokens": CONTEXT}),
-            ],
-        ),
+        field("echo", &[json!("x")], &[json!(true)]),
+        field("best_of", &[json!("x")], &[json!(2)]),
+        field("suffix", &[json!(5)], &[json!("x")]),
+        too_many("max_tokens"),
     ]
 }
 
@@ -243,14 +192,10 @@ fn completion_rows() -> Vec<Row> {
 fn chat_rows() -> Vec<Row> {
     let user = |content: Value| json!({"messages": [{"role": "user", "content": content}]});
     vec![
-        row("model", vec![json!({"model": 5})], vec![]),
-        row(
-            "messages",
-            vec![json!({"messages": "hi"})],
-            vec![json!({"messages": []})],
-        ),
-        row("messages[0]", vec![json!({"messages": [5]})], vec![]),
-        row(
+        field("model", &[json!(5)], &[]),
+        field("messages", &[json!("hi")], &[json!([])]),
+        bodies("messages[0]", vec![json!({"messages": [5]})], vec![]),
+        bodies(
             "messages[0].content",
             vec![
                 user(json!(5)),
@@ -259,7 +204,7 @@ fn chat_rows() -> Vec<Row> {
             ],
             vec![],
         ),
-        row(
+        bodies(
             "messages[0].role",
             vec![
                 json!({"messages": [{"role": 5, "content": "x"}]}),
@@ -267,42 +212,29 @@ fn chat_rows() -> Vec<Row> {
             ],
             vec![],
         ),
-        row(
-            "max_completion_tokens",
-            vec![json!({"max_completion_tokens": "x"})],
-            vec![
-                json!({"max_completion_tokens": 0}),
-                json!({"max_completion_tokens": POOL_TOKENS + 40}),
-                json!({"max_completion_tokens": CONTEXT}),
-            ],
-        ),
-        row(
-            "max_tokens",
-            vec![],
-            vec![
-                json!({"max_tokens": POOL_TOKENS + 40}),
-                json!({"max_tokens": CONTEXT}),
-            ],
-        ),
-        row("logprobs", vec![json!({"logprobs": 2})], vec![]),
-        row(
+        field("max_completion_tokens", &[json!("x")], &[json!(0)]),
+        too_many("max_completion_tokens"),
+        too_many("max_tokens"),
+        field("logprobs", &[json!(2)], &[]),
+        bodies(
             "top_logprobs",
             vec![json!({"logprobs": true, "top_logprobs": "x"})],
             vec![
                 json!({"logprobs": true, "top_logprobs": 21}),
                 json!({"logprobs": true, "top_logprobs": -1}),
+                // Only with `logprobs: true`.
                 json!({"top_logprobs": 2}),
             ],
         ),
-        row(
+        field(
             "tools",
-            vec![json!({"tools": "x"})],
-            vec![json!({"tools": [{"type": "function", "function": {"name": "f"}}]})],
+            &[json!("x")],
+            &[json!([{"type": "function", "function": {"name": "f"}}])],
         ),
-        row(
+        field(
             "response_format",
-            vec![json!({"response_format": 5})],
-            vec![json!({"response_format": {"type": "json_object"}})],
+            &[json!(5)],
+            &[json!({"type": "json_object"})],
         ),
     ]
 }
@@ -346,18 +278,16 @@ fn check(path: &str, base: &Value, rows: &[Row]) -> Vec<String> {
 }
 
 #[test]
-fn every_completions_field_is_named_when_wrong() {
-    let mut rows = sampling_rows();
-    rows.extend(completion_rows());
-    let wrong = check("/v1/completions", &completion_base(), &rows);
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-}
-
-#[test]
-fn every_chat_field_is_named_when_wrong() {
-    let mut rows = sampling_rows();
-    rows.extend(chat_rows());
-    let wrong = check("/v1/chat/completions", &chat_base(), &rows);
+fn every_field_of_both_endpoints_is_named_when_wrong() {
+    let mut wrong = Vec::new();
+    for (path, base, rows) in [
+        ("/v1/completions", completion_base(), completion_rows()),
+        ("/v1/chat/completions", chat_base(), chat_rows()),
+    ] {
+        let mut all = sampling_rows();
+        all.extend(rows);
+        wrong.extend(check(path, &base, &all));
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

@@ -51,14 +51,23 @@ impl Serialize for ChunkUsage {
     }
 }
 
-/// `text_completion` (`POST /v1/completions`, not streamed).
+/// What every completion, chat completion and chunk begins with.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Completion {
+pub struct Head {
     pub id: String,
+    /// `text_completion`, `chat.completion` or `chat.completion.chunk`.
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// Always `null`: no fingerprint is given.
     pub system_fingerprint: Option<String>,
+}
+
+/// `text_completion` (`POST /v1/completions`, not streamed).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Completion {
+    #[serde(flatten)]
+    pub head: Head,
     pub choices: Vec<CompletionChoice>,
     pub usage: Usage,
 }
@@ -70,11 +79,8 @@ impl Completion {
 /// A chunk of a streamed completion (also `object: "text_completion"`, as OpenAI sends).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CompletionChunk {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub system_fingerprint: Option<String>,
+    #[serde(flatten)]
+    pub head: Head,
     pub choices: Vec<CompletionChoice>,
     #[serde(skip_serializing_if = "ChunkUsage::is_omitted")]
     pub usage: ChunkUsage,
@@ -137,11 +143,8 @@ impl Serialize for TopLogprobMap {
 /// `chat.completion` (`POST /v1/chat/completions`, not streamed).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChatCompletion {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub system_fingerprint: Option<String>,
+    #[serde(flatten)]
+    pub head: Head,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
 }
@@ -169,11 +172,8 @@ pub struct ChatMessage {
 /// `chat.completion.chunk`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChatCompletionChunk {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub system_fingerprint: Option<String>,
+    #[serde(flatten)]
+    pub head: Head,
     pub choices: Vec<ChatChunkChoice>,
     #[serde(skip_serializing_if = "ChunkUsage::is_omitted")]
     pub usage: ChunkUsage,
@@ -281,15 +281,27 @@ mod tests {
     #[test]
     fn chunk_usage_is_absent_null_or_the_counts() {
         let chunk = |usage| CompletionChunk {
-            id: "c".into(),
-            object: Completion::OBJECT,
-            created: 1,
-            model: "m".into(),
-            system_fingerprint: None,
+            head: Head {
+                id: "c".into(),
+                object: Completion::OBJECT,
+                created: 1,
+                model: "m".into(),
+                system_fingerprint: None,
+            },
             choices: Vec::new(),
             usage,
         };
         let v = serde_json::to_value(chunk(ChunkUsage::Omitted)).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        let want = [
+            "id",
+            "object",
+            "created",
+            "model",
+            "system_fingerprint",
+            "choices",
+        ];
+        assert_eq!(keys, want);
         assert!(
             v.get("usage").is_none() && v["system_fingerprint"].is_null(),
             "{v}"

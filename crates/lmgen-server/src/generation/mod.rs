@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::api::response::{
     ChatChoice, ChatCompletion, ChatLogprobs, ChatMessage, ChatTokenLogprob, Completion,
-    CompletionChoice, CompletionLogprobs, TopLogprob, Usage,
+    CompletionChoice, CompletionLogprobs, Head, TopLogprob, Usage,
 };
 use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
@@ -325,14 +325,9 @@ impl Run {
         if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
             return Err(ApiError::internal(e));
         }
-        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
         Ok(match self.endpoint {
             Endpoint::Completions => Json(Completion {
-                id,
-                object: Completion::OBJECT,
-                created,
-                model,
-                system_fingerprint: None,
+                head: self.head(Completion::OBJECT),
                 choices: self
                     .choices
                     .iter()
@@ -348,11 +343,7 @@ impl Run {
             })
             .into_response(),
             Endpoint::Chat => Json(ChatCompletion {
-                id,
-                object: ChatCompletion::OBJECT,
-                created,
-                model,
-                system_fingerprint: None,
+                head: self.head(ChatCompletion::OBJECT),
                 choices: self
                     .choices
                     .iter()
@@ -371,6 +362,17 @@ impl Run {
             })
             .into_response(),
         })
+    }
+
+    /// The fields every answer and chunk of this request begins with.
+    fn head(&self, object: &'static str) -> Head {
+        Head {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+        }
     }
 
     fn token_text(&self, id: TokenId) -> String {

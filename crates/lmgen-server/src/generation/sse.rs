@@ -40,23 +40,14 @@ impl Run {
             true => ChunkUsage::Sent(usage),
             false => ChunkUsage::Omitted,
         };
-        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
         match choices {
             ChunkChoices::Completion(choices) => event(&CompletionChunk {
-                id,
-                object: Completion::OBJECT,
-                created,
-                model,
-                system_fingerprint: None,
+                head: self.head(Completion::OBJECT),
                 choices,
                 usage,
             }),
             ChunkChoices::Chat(choices) => event(&ChatCompletionChunk {
-                id,
-                object: ChatCompletionChunk::OBJECT,
-                created,
-                model,
-                system_fingerprint: None,
+                head: self.head(ChatCompletionChunk::OBJECT),
                 choices,
                 usage,
             }),
