@@ -5,6 +5,8 @@
 //! fields); fields that would change the output and are not implemented are refused in
 //! `validate.rs`.
 
+pub mod response;
+
 use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
@@ -15,7 +17,7 @@ use crate::error::ApiError;
 
 /// `"text"` or `["text", ...]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub enum StringOrList {
     One(String),
     Many(Vec<String>),
@@ -23,7 +25,10 @@ pub enum StringOrList {
 
 /// A completion prompt: text, texts, token ids, or lists of token ids.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+)]
 pub enum Prompt {
     Text(String),
     Texts(Vec<String>),
@@ -33,6 +38,7 @@ pub enum Prompt {
 
 /// `stream_options`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "an object such as {\"include_usage\": true}")]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -93,9 +99,44 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<Value>,
 }
 
+/// The parts of a chat message that the chat template relies on, typed only so that a wrong one
+/// is named (`messages[0].content`); the template gets each message as sent.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a message object with a `role`")]
+struct MessageShape {
+    #[serde(rename = "role")]
+    _role: String,
+    #[serde(default, rename = "content")]
+    _content: Option<MessageContent>,
+}
+
+/// A message's `content`: text, or a list of content parts (objects such as
+/// `{"type": "text", "text": "..."}`).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a string, a list of content parts (objects) or null"
+)]
+enum MessageContent {
+    Text(#[allow(dead_code)] String),
+    Parts(#[allow(dead_code)] Vec<serde_json::Map<String, Value>>),
+}
+
+/// The messages of a chat request, checked for their shape.
+#[derive(Debug, Deserialize)]
+struct MessageShapes {
+    #[serde(rename = "messages")]
+    _messages: Vec<MessageShape>,
+}
+
 /// A request body that carries the shared sampling fields.
 pub trait WithSampling {
     fn sampling_mut(&mut self) -> &mut SamplingParams;
+
+    /// Checks of the body that its own field types leave out.
+    fn check_shape(_body: &Value) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 impl WithSampling for CompletionRequest {
@@ -107,6 +148,10 @@ impl WithSampling for CompletionRequest {
 impl WithSampling for ChatCompletionRequest {
     fn sampling_mut(&mut self) -> &mut SamplingParams {
         &mut self.sampling
+    }
+
+    fn check_shape(body: &Value) -> Result<(), ApiError> {
+        typed::<MessageShapes>(body).map(drop)
     }
 }
 
@@ -120,19 +165,50 @@ pub fn parse<T: DeserializeOwned + WithSampling>(body: &[u8]) -> Result<T, ApiEr
     }
     let mut request: T = typed(&value)?;
     *request.sampling_mut() = typed(&value)?;
+    T::check_shape(&value)?;
     Ok(request)
+}
+
+/// Maps whose keys are data, not fields: an error in one of their values names the map.
+const DATA_MAPS: &[&str] = &["logit_bias"];
+
+/// The request parameter at `path`, as OpenAI writes it: `stream_options.include_usage`,
+/// `messages[0].content`; a value of a [`DATA_MAPS`] map is the map (`logit_bias`).
+fn param_at(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut param = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => param.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !param.is_empty() {
+                    param.push('.');
+                }
+                param.push_str(key);
+            }
+            Segment::Enum { .. } | Segment::Unknown => break,
+        }
+        if DATA_MAPS.contains(&param.as_str()) {
+            break;
+        }
+    }
+    param
 }
 
 fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        let mut param = param_at(e.path());
         let inner = e.into_inner().to_string();
-        // A missing field is reported at the parent path; name the field itself.
-        let param = inner
+        // A missing field is reported at its parent's path; name the field itself.
+        if let Some(field) = inner
             .strip_prefix("missing field `")
             .and_then(|s| s.split('`').next())
-            .map(str::to_string)
-            .unwrap_or(path);
+        {
+            if !param.is_empty() {
+                param.push('.');
+            }
+            param.push_str(field);
+        }
         ApiError::invalid(&param, format!("invalid `{param}`: {inner}"))
     })
 }
@@ -153,6 +229,33 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
+        for (body, param) in [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"a"},{"content":"b"}]}"#,
+                "messages[1].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[1]}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[],"logit_bias":{"5":"x"}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"model":"m","messages":[],"logit_bias":[]}"#,
+                "logit_bias",
+            ),
+        ] {
+            let e = parse::<ChatCompletionRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        let parts = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[]}]}"#;
+        assert!(parse::<ChatCompletionRequest>(parts).is_ok());
         let ok = parse::<ChatCompletionRequest>(
             br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","top_k":3,"extra":1}"#,
         )

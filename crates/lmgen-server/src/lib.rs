@@ -7,8 +7,10 @@
 //! - `api`: request bodies; `validate`: fields -> generation settings (400 naming the field).
 //! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
 //!   events.
-//! - `text`: incremental detokenization with stop sequences.
-//! - `error`: OpenAI's error envelope; `metrics`: Prometheus; `routes`: handlers.
+//! - `text`: a choice's streamed text: the library's incremental decoding, cut at stop sequences.
+//! - `api/response.rs`: the response bodies, one struct per OpenAI object.
+//! - `error`: OpenAI's error envelope and the one status table for library errors; `metrics`:
+//!   Prometheus; `routes`: handlers.
 //! - `args`: the server's flags, around `model_args` (the model flags `lmgen`'s subcommands share).
 
 pub mod api;
@@ -51,9 +53,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Loads the model (as [`Pipeline::load`] does for every `lmgen` subcommand), starts the engine
-/// and serves until SIGTERM / Ctrl-C, then drains.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Loads the model (as [`Pipeline::load`] does for every `lmgen` subcommand) and starts the
+/// engine: the state [`router`] serves.
+pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     let id_or_dir = args.model.model_or_default();
     let options = args.model.load_options()?;
     let Pipeline {
@@ -86,17 +88,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(&tokenizer),
     )?);
     manager.start()?;
-    let model_id = args.model_id();
-    let state = Arc::new(AppState {
-        manager: manager.clone(),
-        detokenizer: text::Detokenizer::new(tokenizer.clone()),
+    Ok(Arc::new(AppState {
+        manager,
+        detokenizer: text::Detokenizer::new(tokenizer.clone(), true),
         tokenizer,
         generation_config,
         model_aliases: vec![
             args.model.model_name().to_string(),
             dir.display().to_string(),
         ],
-        model_id,
+        model_id: args.model_id(),
         context_length: model.config().max_position_embeddings,
         vocab_size: model.config().vocab_size,
         max_in_flight: engine.max_running + args.max_queue,
@@ -107,7 +108,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-    });
+    }))
+}
+
+/// [`start`]s, then serves until SIGTERM / Ctrl-C, then drains.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = start(&args)?;
+    let manager = state.manager.clone();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;

@@ -1,82 +1,13 @@
 //! A choice's text as tokens arrive, cut at the first stop sequence (which is not returned).
 //!
-//! Streamed pieces must add up to `decode(all tokens)`, but the text of the last tokens can still
-//! change when more come, so a piece only ever holds text that no later token can change:
-//! - a run of byte-fallback tokens (`<0x..>`, Llama/Mistral/Gemma tokenizers) decodes as one
-//!   group: valid UTF-8 becomes the characters, anything else one U+FFFD per byte; the run waits
-//!   until a non-byte token (or the end) closes it;
-//! - byte-level tokenizers (GPT-2, Qwen2, Llama 3) show a character still missing bytes as a
-//!   trailing U+FFFD: it waits for its other bytes;
-//! - `clean_up_tokenization_spaces` rewrites `" ."`, `" 's"`, ... : a tail that may become one
-//!   of those waits;
-//! - a tail that may become a stop sequence waits until it is decided.
+//! The text comes from the library's incremental decoder ([`IncrementalText`]): pieces that no
+//! later token can change, which add up to `decode(all tokens)`. On top of it the server holds
+//! back a tail that may still become a stop sequence, until it is decided.
 
-use std::sync::Arc;
+use lmgen::tokenizer::IncrementalText;
+use lmgen::TokenId;
 
-use lmgen::{TokenId, Tokenizer};
-
-/// The served tokenizer, with what streaming needs to know about its vocabulary.
-#[derive(Debug)]
-pub struct Detokenizer {
-    tokenizer: Arc<Tokenizer>,
-    /// Per token id: a byte-fallback token (`<0xHH>`).
-    byte_tokens: Vec<bool>,
-}
-
-/// The rewrites of transformers' `clean_up_tokenization` (all start with a space).
-const CLEANUP_PATTERNS: [&str; 10] = [
-    " .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're",
-];
-
-impl Detokenizer {
-    /// Scans the vocabulary of `tokenizer` for byte-fallback tokens.
-    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
-        let vocab = tokenizer.inner().get_vocab(true);
-        let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        let mut byte_tokens = vec![false; size];
-        for (token, id) in vocab {
-            if is_byte_token(&token) {
-                byte_tokens[id as usize] = true;
-            }
-        }
-        Self {
-            tokenizer,
-            byte_tokens,
-        }
-    }
-
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn is_byte(&self, id: TokenId) -> bool {
-        self.byte_tokens.get(id as usize).copied().unwrap_or(false)
-    }
-
-    /// How many leading tokens of `ids` have text that later tokens cannot change: all but a
-    /// trailing run of byte-fallback tokens.
-    fn settled(&self, ids: &[TokenId]) -> usize {
-        ids.iter()
-            .rposition(|&id| !self.is_byte(id))
-            .map_or(0, |i| i + 1)
-    }
-
-    fn decode(&self, ids: &[TokenId]) -> String {
-        self.tokenizer.decode(ids, true).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot decode generated tokens");
-            String::new()
-        })
-    }
-}
-
-/// `<0x00>` ... `<0xFF>` (what the `ByteFallback` decoder turns into a byte).
-fn is_byte_token(token: &str) -> bool {
-    token.len() == 6
-        && token.starts_with("<0x")
-        && token.ends_with('>')
-        && u8::from_str_radix(&token[3..5], 16).is_ok()
-}
+pub use lmgen::tokenizer::Detokenizer;
 
 /// The longest proper prefix of `pattern` that `text` ends with (0: none).
 fn pending_prefix(text: &str, pattern: &str) -> usize {
@@ -90,9 +21,9 @@ fn pending_prefix(text: &str, pattern: &str) -> usize {
 /// The text state of one choice.
 #[derive(Debug, Clone, Default)]
 pub struct ChoiceText {
-    ids: Vec<TokenId>,
+    decoded: IncrementalText,
     stops: Vec<String>,
-    /// The settled text so far (cut at a stop sequence once one is found).
+    /// The stable text so far, cut at a stop sequence once one is found.
     text: String,
     /// Bytes of `text` already handed out.
     sent: usize,
@@ -119,70 +50,64 @@ impl ChoiceText {
         if self.stopped {
             return String::new();
         }
-        self.ids.extend_from_slice(tokens);
-        let settled = if last {
-            self.ids.len()
-        } else {
-            detok.settled(&self.ids)
-        };
-        let mut text = detok.decode(&self.ids[..settled]);
-        if let Some(cut) = self
+        let before = self.text.len();
+        let mut piece = self.decoded.push(detok, tokens).map(str::to_string);
+        if last {
+            piece = piece.and_then(|p| Ok(p + self.decoded.finish(detok)?));
+        }
+        match piece {
+            Ok(piece) => self.text.push_str(&piece),
+            Err(e) => tracing::error!(error = %e, "cannot decode generated tokens"),
+        }
+        // Only a match that ends in the new text is new: search from where one could start.
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let mut from = before.saturating_sub(longest.saturating_sub(1));
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let found = self
             .stops
             .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            text.truncate(cut);
+            .filter_map(|s| self.text[from..].find(s.as_str()))
+            .min();
+        if let Some(at) = found {
+            self.text.truncate(from + at);
             self.stopped = true;
         }
-        let mut end = text.len();
+        let mut end = self.text.len();
         if !last && !self.stopped {
-            // A character still being built decodes to U+FFFD: wait for its other bytes.
-            if text.ends_with('\u{FFFD}') {
-                end -= '\u{FFFD}'.len_utf8();
-            }
-            let held = &text[..end];
-            let mut hold = 0;
-            if detok.tokenizer.clean_up_tokenization_spaces {
-                hold = CLEANUP_PATTERNS
-                    .iter()
-                    .map(|p| pending_prefix(held, p))
-                    .max()
-                    .unwrap_or(0);
-            }
             // The start of a stop sequence may be at the end: keep it until it is decided.
-            for s in &self.stops {
-                hold = hold.max(pending_prefix(held, s));
-            }
-            end -= hold;
+            end -= self
+                .stops
+                .iter()
+                .map(|s| pending_prefix(&self.text, s))
+                .max()
+                .unwrap_or(0);
         }
-        let out =
-            if !(text.is_char_boundary(self.sent) && text[..self.sent] == self.text[..self.sent]) {
-                // Cannot happen with the rules above; say so rather than stream a wrong text.
-                tracing::error!(
-                    sent = %&self.text[..self.sent],
-                    now = %text,
-                    "streamed text is not a prefix of the decoded text"
-                );
-                String::new()
-            } else {
-                text.get(self.sent..end).unwrap_or_default().to_string()
-            };
+        let out = self
+            .text
+            .get(self.sent..end)
+            .unwrap_or_default()
+            .to_string();
         self.sent = self.sent.max(end);
-        self.text = text;
         out
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use lmgen::tokenizer::is_byte_token;
+    use lmgen::Tokenizer;
+
     use super::*;
 
     fn detok(model: &str) -> Detokenizer {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../lmgen/tests/fixtures/golden/models")
             .join(model);
-        Detokenizer::new(Arc::new(Tokenizer::from_dir(&dir).unwrap()))
+        Detokenizer::new(Arc::new(Tokenizer::from_dir(&dir).unwrap()), true)
     }
 
     /// Streams `ids` one token at a time; returns the pieces.
@@ -240,6 +165,37 @@ mod tests {
         assert_eq!(pieces.concat(), "one two thr");
         assert!(text.stopped);
         assert_eq!(text.full(), "one two thr");
+    }
+
+    /// Random generated ids, a stop sequence taken from their text: the pieces add up to the
+    /// whole text cut before its first stop sequence.
+    #[test]
+    fn stops_cut_where_the_whole_text_has_them() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for model in ["gpt2", "llama"] {
+            let d = detok(model);
+            let size = d.tokenizer().vocab_size() as u32;
+            for _ in 0..200 {
+                let ids: Vec<TokenId> = (0..rng.random_range(2..25))
+                    .map(|_| rng.random_range(0..size))
+                    .collect();
+                let whole = d.tokenizer().decode(&ids, true).unwrap();
+                let chars: Vec<(usize, char)> = whole.char_indices().collect();
+                if chars.len() < 2 {
+                    continue;
+                }
+                let a = rng.random_range(0..chars.len() - 1);
+                let b = (a + rng.random_range(1..4)).min(chars.len());
+                let end = chars.get(b).map_or(whole.len(), |&(i, _)| i);
+                let stop = whole[chars[a].0..end].to_string();
+                let want = &whole[..whole.find(&stop).unwrap()];
+                let (pieces, text) = stream(&d, &ids, &[&stop, "\u{1}never"]);
+                assert_eq!(pieces.concat(), want, "{model} {ids:?} stop {stop:?}");
+                assert_eq!(text.full(), want);
+                assert!(text.stopped);
+            }
+        }
     }
 
     #[test]

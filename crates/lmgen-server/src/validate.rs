@@ -13,7 +13,7 @@ use lmgen::generation::logits::LogitsProcessor;
 use lmgen::GenerationConfig;
 
 use crate::api::{SamplingParams, StringOrList};
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestNames};
 
 /// Most choices per request (OpenAI: 128).
 pub const MAX_N: usize = 128;
@@ -38,23 +38,31 @@ pub struct Plan {
     pub logprobs: Option<usize>,
 }
 
+/// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when
+/// `hi` is infinite).
 fn range(param: &str, value: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f64, ApiError> {
     let above = if lo_open { value > lo } else { value >= lo };
     if value.is_finite() && above && value <= hi {
         Ok(value)
     } else {
-        let open = if lo_open { "(" } else { "[" };
+        let bound = match (lo_open, hi.is_finite()) {
+            (true, false) => format!("> {lo}"),
+            (false, false) => format!(">= {lo}"),
+            (true, true) => format!("in ({lo}, {hi}]"),
+            (false, true) => format!("in [{lo}, {hi}]"),
+        };
         Err(ApiError::invalid(
             param,
-            format!("`{param}` must be in {open}{lo}, {hi}], got {value}"),
+            format!("`{param}` must be {bound}, got {value}"),
         ))
     }
 }
 
 /// The shared sampling fields; `max_tokens` is the endpoint's (chat also takes
-/// `max_completion_tokens`).
+/// `max_completion_tokens`), which the request calls `names.max_tokens`.
 pub fn sampling(
     p: &SamplingParams,
+    names: &RequestNames,
     max_tokens: Option<i64>,
     vocab_size: usize,
 ) -> Result<Plan, ApiError> {
@@ -89,7 +97,7 @@ pub fn sampling(
         o.min_p = Some(range("min_p", v, 0.0, 1.0, false)?);
     }
     if let Some(v) = p.repetition_penalty {
-        o.repetition_penalty = Some(range("repetition_penalty", v, 0.0, f64::MAX, true)?);
+        o.repetition_penalty = Some(range("repetition_penalty", v, 0.0, f64::INFINITY, true)?);
     }
     if let Some(m) = p.min_tokens {
         o.min_new_tokens = Some(usize::try_from(m).map_err(|_| {
@@ -125,9 +133,10 @@ pub fn sampling(
     }
     if let Some(m) = max_tokens {
         if m < 1 {
+            let param = names.max_tokens;
             return Err(ApiError::invalid(
-                "max_tokens",
-                format!("`max_tokens` must be at least 1, got {m}"),
+                param,
+                format!("`{param}` must be at least 1, got {m}"),
             ));
         }
         plan.max_tokens = Some(m as usize);
@@ -206,7 +215,7 @@ impl Plan {
     }
 
     /// The OpenAI processors for a prompt of `prompt_len` tokens.
-    pub fn processors(&self, prompt_len: usize) -> Result<Vec<Box<dyn LogitsProcessor>>, ApiError> {
+    pub fn processors(&self, prompt_len: usize) -> lmgen::Result<Vec<Box<dyn LogitsProcessor>>> {
         let mut out: Vec<Box<dyn LogitsProcessor>> = Vec::new();
         if let Some(p) = self.presence_penalty.filter(|&p| p != 0.0) {
             out.push(Box::new(PresencePenaltyLogitsProcessor::new(
@@ -230,6 +239,8 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NAMES: RequestNames = RequestNames::COMPLETIONS;
 
     fn params(json: &str) -> SamplingParams {
         serde_json::from_str(json).unwrap()
@@ -257,20 +268,29 @@ mod tests {
                 "stream_options",
             ),
         ] {
-            let e = sampling(&params(body), None, 100).unwrap_err();
+            let e = sampling(&params(body), &RequestNames::COMPLETIONS, None, 100).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{body}");
         }
-        let e = sampling(&params("{}"), Some(0), 100).unwrap_err();
+        let e = sampling(&params("{}"), &RequestNames::COMPLETIONS, Some(0), 100).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let chat = RequestNames::chat(true);
+        let e = sampling(&params("{}"), &chat, Some(0), 100).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
     }
 
     #[test]
     fn temperature_zero_is_greedy() {
-        let plan = sampling(&params(r#"{"temperature": 0, "top_p": 0.5}"#), None, 10).unwrap();
+        let plan = sampling(
+            &params(r#"{"temperature": 0, "top_p": 0.5}"#),
+            &NAMES,
+            None,
+            10,
+        )
+        .unwrap();
         let c = plan.config(&GenerationConfig::default(), 4);
         assert_eq!(c.do_sample, Some(false));
         assert_eq!(c.top_p, None);
-        let plan = sampling(&params(r#"{"temperature": 0.7}"#), None, 10).unwrap();
+        let plan = sampling(&params(r#"{"temperature": 0.7}"#), &NAMES, None, 10).unwrap();
         let c = plan.config(&GenerationConfig::default(), 4);
         assert_eq!(
             (c.do_sample, c.temperature, c.top_k),

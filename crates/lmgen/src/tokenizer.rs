@@ -13,6 +13,8 @@
 //! - `add_prefix_space`, where set, updates a `ByteLevel` or `Metaspace` pre-tokenizer.
 //! - `clean_up_tokenization_spaces` (default false in transformers 5) applies on decode.
 //!
+//! [`IncrementalText`] decodes generated tokens a piece at a time, each piece final.
+//!
 //! `legacy` only changes how transformers converts a sentencepiece model into `tokenizer.json`;
 //! with `tokenizer.json` present (lmgen requires it) that conversion is already in the file.
 
@@ -26,6 +28,9 @@ use tokenizers::AddedToken;
 
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
+
+mod incremental;
+pub use incremental::{is_byte_token, Detokenizer, IncrementalText};
 
 /// A checkpoint's tokenizer (HF `PreTrainedTokenizerFast` / `TokenizersBackend`).
 #[derive(Clone)]

@@ -14,10 +14,13 @@ use lmgen::engine::{
 };
 use lmgen::generation::FinishReason;
 use lmgen::TokenId;
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::error::ApiError;
+use crate::api::response::{
+    ChatChoice, ChatCompletion, ChatLogprobs, ChatMessage, ChatTokenLogprob, Completion,
+    CompletionChoice, CompletionLogprobs, Head, TopLogprob, Usage,
+};
+use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
 use crate::text::ChoiceText;
 use crate::validate::Plan;
@@ -46,8 +49,8 @@ pub struct Job {
     pub model: String,
     pub prompts: Vec<Vec<TokenId>>,
     pub plan: Plan,
-    /// The field a too-long prompt is blamed on (`prompt` or `messages`).
-    pub prompt_param: &'static str,
+    /// What the request calls the prompt and the length limit (errors name them).
+    pub names: RequestNames,
 }
 
 /// Cancels the engine requests of choices that have not ended when dropped.
@@ -116,13 +119,13 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         let t = prompt.len();
         if t == 0 {
             return Err(ApiError::invalid(
-                job.prompt_param,
+                job.names.prompt,
                 "the prompt has no tokens",
             ));
         }
         if t >= context {
             return Err(ApiError::context_length(
-                job.prompt_param,
+                job.names.prompt,
                 format!(
                     "This model's maximum context length is {context} tokens. However, your request has {t} input tokens."
                 ),
@@ -133,11 +136,12 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
             Endpoint::Chat => context - t,
         });
         if t + wanted > context {
+            let param = job.names.max_tokens;
             return Err(ApiError::context_length(
-                "max_tokens",
+                param,
                 format!(
                     "This model's maximum context length is {context} tokens and your request has {t} input tokens, \
-                     so `max_tokens` can be at most {} (got {wanted}).",
+                     so `{param}` can be at most {} (got {wanted}).",
                     context - t
                 ),
             ));
@@ -162,12 +166,14 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
             request.request_id = Some(format!("{id}-{index}"));
             request.seed = job.plan.seed.map(|s| s.wrapping_add(j as u64));
             request.logprobs = job.plan.logprobs;
-            request.logits_processors = job.plan.processors(prompt.len())?;
+            let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, &job.names);
+            request.logits_processors = job.plan.processors(prompt.len()).map_err(refused)?;
             let tx = tx.clone();
             let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
             let rid = state
                 .manager
-                .add_request_with_sink(request, Box::new(sink))?;
+                .add_request_with_sink(request, Box::new(sink))
+                .map_err(refused)?;
             guard.ids.push(rid);
             guard.done.push(false);
         }
@@ -202,7 +208,7 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
     if job.plan.stream {
         Ok(run.stream().into_response())
     } else {
-        run.collect().await.map(|v| Json(v).into_response())
+        run.collect().await
     }
 }
 
@@ -303,17 +309,13 @@ impl Run {
             .all(|c| c.finish.is_some() || c.error.is_some())
     }
 
-    fn usage(&self) -> Value {
+    fn usage(&self) -> Usage {
         let completion: usize = self.choices.iter().map(|c| c.tokens).sum();
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        })
+        Usage::new(self.prompt_tokens, completion)
     }
 
     /// Waits for every choice and answers in one JSON object.
-    async fn collect(mut self) -> Result<Value, ApiError> {
+    async fn collect(mut self) -> Result<Response, ApiError> {
         while !self.all_done() {
             let Some((index, update)) = self.rx.recv().await else {
                 break;
@@ -323,43 +325,53 @@ impl Run {
         if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
             return Err(ApiError::internal(e));
         }
-        let choices: Vec<Value> = self
-            .choices
-            .iter()
-            .enumerate()
-            .map(|(i, c)| self.choice_json(i, c))
-            .collect();
-        let (object, _) = self.objects();
-        Ok(json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-            "usage": self.usage(),
-        }))
+        Ok(match self.endpoint {
+            Endpoint::Completions => Json(Completion {
+                head: self.head(Completion::OBJECT),
+                choices: self
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| CompletionChoice {
+                        index,
+                        text: c.text.full().to_string(),
+                        logprobs: self.completion_logprobs(&c.logprobs),
+                        finish_reason: c.finish,
+                    })
+                    .collect(),
+                usage: self.usage(),
+            })
+            .into_response(),
+            Endpoint::Chat => Json(ChatCompletion {
+                head: self.head(ChatCompletion::OBJECT),
+                choices: self
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| ChatChoice {
+                        index,
+                        message: ChatMessage {
+                            role: "assistant",
+                            content: c.text.full().to_string(),
+                        },
+                        logprobs: self.chat_logprobs(&c.logprobs),
+                        finish_reason: c.finish,
+                    })
+                    .collect(),
+                usage: self.usage(),
+            })
+            .into_response(),
+        })
     }
 
-    fn objects(&self) -> (&'static str, &'static str) {
-        match self.endpoint {
-            Endpoint::Completions => ("text_completion", "text_completion"),
-            Endpoint::Chat => ("chat.completion", "chat.completion.chunk"),
-        }
-    }
-
-    fn choice_json(&self, index: usize, c: &Choice) -> Value {
-        let logprobs = self.logprobs_json(&c.logprobs);
-        match self.endpoint {
-            Endpoint::Completions => json!({
-                "index": index, "text": c.text.full(), "logprobs": logprobs, "finish_reason": c.finish,
-            }),
-            Endpoint::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": c.text.full()},
-                "logprobs": logprobs,
-                "finish_reason": c.finish,
-            }),
+    /// The fields every answer and chunk of this request begins with.
+    fn head(&self, object: &'static str) -> Head {
+        Head {
+            id: self.id.clone(),
+            object,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
         }
     }
 
@@ -370,50 +382,61 @@ impl Run {
             .unwrap_or_default()
     }
 
-    /// OpenAI's logprobs object for `lps` (`null` when not asked for).
-    fn logprobs_json(&self, lps: &[TokenLogprob]) -> Value {
+    /// The completions' `logprobs` of `lps` (`None` when not asked for).
+    fn completion_logprobs(&self, lps: &[TokenLogprob]) -> Option<CompletionLogprobs> {
         if !self.with_logprobs {
-            return Value::Null;
+            return None;
         }
-        match self.endpoint {
-            Endpoint::Chat => {
-                let entry = |id: TokenId, lp: f32| {
-                    let t = self.token_text(id);
-                    json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
-                };
-                let content: Vec<Value> = lps
+        let mut out = CompletionLogprobs::default();
+        let mut offset = 0;
+        for lp in lps {
+            let t = self.token_text(lp.token);
+            out.text_offset.push(offset);
+            offset += t.len();
+            out.tokens.push(t);
+            out.token_logprobs.push(f64::from(lp.logprob));
+            out.top_logprobs.push(
+                lp.top
                     .iter()
-                    .map(|lp| {
-                        let mut e = entry(lp.token, lp.logprob);
-                        e["top_logprobs"] = Value::from(
-                            lp.top.iter().map(|&(t, l)| entry(t, l)).collect::<Vec<_>>(),
-                        );
-                        e
-                    })
-                    .collect();
-                json!({"content": content, "refusal": null})
-            }
-            Endpoint::Completions => {
-                let mut offset = 0;
-                let mut tokens = Vec::new();
-                let mut token_logprobs = Vec::new();
-                let mut top = Vec::new();
-                let mut offsets = Vec::new();
-                for lp in lps {
-                    let t = self.token_text(lp.token);
-                    offsets.push(offset);
-                    offset += t.len();
-                    tokens.push(t);
-                    token_logprobs.push(lp.logprob);
-                    let map: serde_json::Map<String, Value> = lp
-                        .top
-                        .iter()
-                        .map(|&(id, l)| (self.token_text(id), Value::from(l)))
-                        .collect();
-                    top.push(Value::Object(map));
-                }
-                json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
-            }
+                    .map(|&(id, l)| (self.token_text(id), f64::from(l)))
+                    .collect(),
+            );
         }
+        Some(out)
+    }
+
+    /// The chat `logprobs` of `lps` (`None` when not asked for).
+    fn chat_logprobs(&self, lps: &[TokenLogprob]) -> Option<ChatLogprobs> {
+        if !self.with_logprobs {
+            return None;
+        }
+        let top = |id: TokenId, logprob: f32| {
+            let token = self.token_text(id);
+            TopLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob: f64::from(logprob),
+            }
+        };
+        let content = lps
+            .iter()
+            .map(|lp| {
+                let TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                } = top(lp.token, lp.logprob);
+                ChatTokenLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                    top_logprobs: lp.top.iter().map(|&(t, l)| top(t, l)).collect(),
+                }
+            })
+            .collect();
+        Some(ChatLogprobs {
+            content,
+            refusal: None,
+        })
     }
 }

@@ -7,50 +7,83 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Delta, Endpoint, Run};
+use crate::api::response::{
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChunkUsage, Completion, CompletionChoice,
+    CompletionChunk, Usage,
+};
 use crate::error::ApiError;
 
+/// The choices of one chunk, in the endpoint's shape.
+enum ChunkChoices {
+    Completion(Vec<CompletionChoice>),
+    Chat(Vec<ChatChunkChoice>),
+}
+
+/// `v` as the data of an event.
+fn event(v: &impl Serialize) -> Event {
+    Event::default().json_data(v).unwrap_or_else(|e| {
+        // Our response structs always serialize; say so if one did not.
+        tracing::error!(error = %e, "cannot serialize a chunk");
+        Event::default().data("{}")
+    })
+}
+
 impl Run {
-    /// One chunk object around `choices` (with `usage` when asked for).
-    fn chunk(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
-        let (_, object) = self.objects();
-        let mut v = json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = usage.unwrap_or(Value::Null);
+    /// One chunk event around `choices` (with `usage` when asked for).
+    fn chunk(&self, choices: ChunkChoices, usage: Option<Usage>) -> Event {
+        let usage = match self.include_usage {
+            true => ChunkUsage::Sent(usage),
+            false => ChunkUsage::Omitted,
+        };
+        match choices {
+            ChunkChoices::Completion(choices) => event(&CompletionChunk {
+                head: self.head(Completion::OBJECT),
+                choices,
+                usage,
+            }),
+            ChunkChoices::Chat(choices) => event(&ChatCompletionChunk {
+                head: self.head(ChatCompletionChunk::OBJECT),
+                choices,
+                usage,
+            }),
         }
-        v
     }
 
-    /// The choice object of a chunk: what `d` adds to choice `index`.
-    fn delta_json(&self, index: usize, d: &Delta) -> Value {
-        let logprobs = if d.logprobs.is_empty() {
-            Value::Null
-        } else {
-            self.logprobs_json(&d.logprobs)
-        };
+    /// The chunk choices of what `d` adds to choice `index`.
+    fn delta_choices(&self, index: usize, d: &Delta) -> ChunkChoices {
+        let logprobs = !d.logprobs.is_empty();
         match self.endpoint {
-            Endpoint::Completions => json!({
-                "index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish,
-            }),
+            Endpoint::Completions => ChunkChoices::Completion(vec![CompletionChoice {
+                index,
+                text: d.text.clone(),
+                logprobs: self.completion_logprobs(&d.logprobs).filter(|_| logprobs),
+                finish_reason: d.finish,
+            }]),
             Endpoint::Chat => {
-                let delta = if d.text.is_empty() && d.finish.is_some() {
-                    json!({})
-                } else {
-                    json!({"content": d.text})
-                };
-                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish})
+                let content = (!d.text.is_empty() || d.finish.is_none()).then(|| d.text.clone());
+                ChunkChoices::Chat(vec![ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: None,
+                        content,
+                    },
+                    logprobs: self.chat_logprobs(&d.logprobs).filter(|_| logprobs),
+                    finish_reason: d.finish,
+                }])
             }
+        }
+    }
+
+    /// No choices: the chunk that carries the usage.
+    fn no_choices(&self) -> ChunkChoices {
+        match self.endpoint {
+            Endpoint::Completions => ChunkChoices::Completion(Vec::new()),
+            Endpoint::Chat => ChunkChoices::Chat(Vec::new()),
         }
     }
 
@@ -58,11 +91,19 @@ impl Run {
     pub(super) fn stream(mut self) -> impl IntoResponse {
         let (out, events) = mpsc::channel::<Result<Event, Infallible>>(64);
         tokio::spawn(async move {
-            let send = |v: Value| Ok(Event::default().data(v.to_string()));
             if self.endpoint == Endpoint::Chat {
-                for i in 0..self.choices.len() {
-                    let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                    if out.send(send(self.chunk(vec![first], None))).await.is_err() {
+                for index in 0..self.choices.len() {
+                    let first = ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: Some("assistant"),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    };
+                    let chunk = self.chunk(ChunkChoices::Chat(vec![first]), None);
+                    if out.send(Ok(chunk)).await.is_err() {
                         return;
                     }
                 }
@@ -75,25 +116,23 @@ impl Run {
                 let Some((index, update)) = next else { break };
                 let delta = self.apply(index, update);
                 if let Some(e) = &delta.error {
-                    let _ = out.send(send(ApiError::internal(e.clone()).body())).await;
+                    let _ = out
+                        .send(Ok(event(&ApiError::internal(e.clone()).body())))
+                        .await;
                     let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
                 }
                 if delta.text.is_empty() && delta.finish.is_none() && delta.logprobs.is_empty() {
                     continue;
                 }
-                let chunk = self.chunk(vec![self.delta_json(index, &delta)], None);
-                if out.send(send(chunk)).await.is_err() {
+                let chunk = self.chunk(self.delta_choices(index, &delta), None);
+                if out.send(Ok(chunk)).await.is_err() {
                     return;
                 }
             }
             if self.include_usage {
-                let usage = self.usage();
-                if out
-                    .send(send(self.chunk(Vec::new(), Some(usage))))
-                    .await
-                    .is_err()
-                {
+                let chunk = self.chunk(self.no_choices(), Some(self.usage()));
+                if out.send(Ok(chunk)).await.is_err() {
                     return;
                 }
             }

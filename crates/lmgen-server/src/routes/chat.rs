@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde_json::Map;
 
 use crate::api::{parse, ChatCompletionRequest};
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestNames};
 use crate::generation::{respond, Endpoint, Job};
 use crate::state::AppState;
 use crate::validate::sampling;
@@ -50,8 +50,9 @@ async fn handle(
             ));
         }
     }
+    let names = RequestNames::chat(req.max_completion_tokens.is_some());
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
-    let mut plan = sampling(&req.sampling, max_tokens, state.vocab_size)?;
+    let mut plan = sampling(&req.sampling, &names, max_tokens, state.vocab_size)?;
     match (req.logprobs, req.top_logprobs) {
         (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => {
             return Err(ApiError::invalid(
@@ -68,14 +69,12 @@ async fn handle(
         }
         _ => {}
     }
+    let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, &names);
     let text = state
         .tokenizer
         .apply_chat_template(&req.messages, true, &Map::new())
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let ids = state
-        .tokenizer
-        .encode_with(&text, false)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        .map_err(refused)?;
+    let ids = state.tokenizer.encode_with(&text, false).map_err(refused)?;
     respond(
         state,
         Job {
@@ -83,7 +82,7 @@ async fn handle(
             model: req.model,
             prompts: vec![ids],
             plan,
-            prompt_param: "messages",
+            names,
         },
     )
     .await

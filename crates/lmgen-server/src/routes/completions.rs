@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::Response;
 
 use crate::api::{parse, CompletionRequest, Prompt};
-use crate::error::ApiError;
+use crate::error::{ApiError, RequestNames};
 use crate::generation::{respond, Endpoint, Job};
 use crate::state::AppState;
 use crate::validate::sampling;
@@ -44,7 +44,13 @@ async fn handle(
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
-    let mut plan = sampling(&req.sampling, req.sampling.max_tokens, state.vocab_size)?;
+    let names = RequestNames::COMPLETIONS;
+    let mut plan = sampling(
+        &req.sampling,
+        &names,
+        req.sampling.max_tokens,
+        state.vocab_size,
+    )?;
     if let Some(k) = req.logprobs {
         if !(0..=MAX_LOGPROBS).contains(&k) {
             return Err(ApiError::invalid(
@@ -58,7 +64,7 @@ async fn handle(
     let encode = |text: &str| {
         tokenizer
             .encode(text)
-            .map_err(|e| ApiError::invalid("prompt", e.to_string()))
+            .map_err(|e| ApiError::from_lmgen(&e, &names))
     };
     let prompts = match &req.prompt {
         Prompt::Text(t) => vec![encode(t)?],
@@ -89,7 +95,7 @@ async fn handle(
             model: req.model,
             prompts,
             plan,
-            prompt_param: "prompt",
+            names,
         },
     )
     .await
