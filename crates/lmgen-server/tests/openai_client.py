@@ -399,6 +399,10 @@ def shutdown_timeout():
     print(f"ok shutdown timeout: {ended} requests cut", flush=True)
 
 
+#: What a disconnecting client of `concurrency` asks for.
+QUITTER_TOKENS = 200
+
+
 async def concurrency():
     cases = EXPECTED["concurrency"]
     c = AsyncOpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0, timeout=300)
@@ -406,8 +410,13 @@ async def concurrency():
     quitters = set(rng.sample(range(len(cases)), len(cases) // 4))
 
     async def one(i, case):
+        # A quitter asks for far more tokens than it reads (`min_tokens` keeps EOS away), so it is
+        # still running when it leaves, however the steps and the reads interleave.
+        extra = {"min_tokens": QUITTER_TOKENS} if i in quitters else {}
         stream = await c.completions.create(
-            model=MODEL, prompt=case["prompt"], max_tokens=case["max_tokens"], temperature=0, stream=True
+            model=MODEL, prompt=case["prompt"],
+            max_tokens=QUITTER_TOKENS if i in quitters else case["max_tokens"],
+            temperature=0, stream=True, extra_body=extra,
         )
         text, finish, n = "", None, 0
         leave_after = rng.randint(0, 4) if i in quitters else None
