@@ -5,6 +5,10 @@
 //! included even when tied (the whole `vocab x hidden` matrix is read), norms and biases; not the
 //! input embedding table (a gather of one row per token). Plus the KV cache: per cached token,
 //! `2 * layers * kv_heads * head_dim * sizeof(dtype)`.
+//!
+//! A mixture-of-experts layer reads only the experts its token is routed to: at batch 1,
+//! `num_experts_per_tok` of `num_experts`, so expert weights count with that fraction (the
+//! active-parameter bound).
 
 use lmgen::load::Checkpoint;
 use lmgen::models::{DType, ModelConfig, Quantization};
@@ -43,6 +47,13 @@ impl Footprint {
                 (None, Some(q), [rows, cols]) => q.bytes(*rows, *cols),
                 _ => shape.iter().product::<usize>() * elem,
             };
+        // The share of an expert tensor one token reads.
+        let active = |name: &str| match &config.moe {
+            Some(moe) if name.contains(".experts.") && moe.num_experts > 0 => {
+                moe.num_experts_per_tok as f64 / moe.num_experts as f64
+            }
+            _ => 1.0,
+        };
         let (mut read, mut resident) = (0, 0);
         for name in w.names() {
             let Some(shape) = w.shape(name) else { continue };
@@ -61,7 +72,7 @@ impl Footprint {
                     dense
                 };
             } else {
-                read += linear_bytes(name, shape);
+                read += (linear_bytes(name, shape) as f64 * active(name)).round() as usize;
                 resident += linear_bytes(name, shape);
             }
         }
