@@ -8,7 +8,7 @@ pub mod device_argmax;
 pub mod logits;
 pub mod memory;
 pub mod options;
-pub mod resolve;
+pub(crate) mod resolve;
 pub mod sampler;
 pub mod stop_strings;
 pub mod stopping;
@@ -19,10 +19,11 @@ use crate::error::{Error, Result};
 use crate::models::CausalLM;
 use crate::TokenId;
 
-pub use config::{GenerationConfig, GenerationMode};
+pub use config::GenerationConfig;
+pub(crate) use config::GenerationMode;
 pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
 pub use options::GenerateOptions;
-pub use resolve::{Mode, ResolvedGeneration};
+pub(crate) use resolve::{Mode, ResolvedGeneration};
 
 use context::{GenerationContext, Rows, StopVocabulary};
 pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};

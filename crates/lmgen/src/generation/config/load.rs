@@ -23,7 +23,7 @@ impl GenerationConfig {
     /// sub-object (multimodal and encoder-decoder configs), and sets `_from_model_config`. Other keys are
     /// ignored. As in transformers, `force_bos_token_to_be_generated` sets `forced_bos_token_id` to the
     /// BOS id, and any `output_*` flag set to true turns on `return_dict_in_generate`.
-    pub fn from_model_config(model_config: &Value) -> Result<Self> {
+    pub(crate) fn from_model_config(model_config: &Value) -> Result<Self> {
         let object = as_object(model_config)?;
         let mut config = Self::default();
         for (key, value) in object {
