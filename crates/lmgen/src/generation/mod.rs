@@ -4,10 +4,10 @@ pub mod candidates;
 pub mod config;
 pub mod constraints;
 pub(crate) mod context;
-pub mod device_argmax;
+pub(crate) mod device_argmax;
 pub mod logits;
-pub mod memory;
-pub mod options;
+pub(crate) mod memory;
+mod options;
 pub(crate) mod resolve;
 pub mod sampler;
 pub mod stop_strings;
@@ -26,7 +26,7 @@ pub use options::GenerateOptions;
 pub(crate) use resolve::{Mode, ResolvedGeneration};
 
 use context::{GenerationContext, Rows, StopVocabulary};
-pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};
+pub use stopping::{FinishReason, StoppingCriterion};
 
 /// A batch of prompts, left-padded to one length.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +65,7 @@ impl GenerateInput {
     }
 
     /// Checks shapes and values; returns `(batch, prompt_len)`.
-    pub fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
+    pub(crate) fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
         let b = self.input_ids.len();
         if b == 0 {
             return Err(Error::input(
