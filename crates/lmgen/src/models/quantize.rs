@@ -73,7 +73,7 @@ impl Quantization {
     /// `[range.len(), cols]` in any float dtype), so that at most one band is held in f32: a
     /// large embedding table or LM head never exists whole in f32. Blocks never span rows, so
     /// the result is the same as quantizing the whole matrix.
-    pub fn quantize_banded(
+    pub(crate) fn quantize_banded(
         self,
         rows: usize,
         cols: usize,
