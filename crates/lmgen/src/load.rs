@@ -36,7 +36,7 @@ mod convert;
 pub(crate) mod gguf;
 pub mod hub;
 
-pub use gguf::GgufArch;
+pub(crate) use gguf::GgufArch;
 pub use hub::{fetch_model, FileSet, HubOptions};
 
 const CONFIG: &str = "config.json";
@@ -85,7 +85,7 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
 /// The directory that holds `gguf_file` for [`Checkpoint::from_pretrained`]: `id_or_dir` when it
 /// is a directory (no `config.json` needed), else the cached snapshot of model id `id_or_dir`
 /// that has the file.
-pub fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
     let path = Path::new(id_or_dir);
     if path.is_dir() {
         return Ok(path.to_path_buf());
@@ -617,7 +617,7 @@ impl Weights {
     /// in `dtype` on `device`: a large weight read a band at a time (quantizing at load holds
     /// one band in f32, not the whole matrix). Safetensors read only those rows; a GGUF file
     /// reads the whole tensor and narrows it (read GGUF tensors whole instead).
-    pub fn get_rows(
+    pub(crate) fn get_rows(
         &self,
         name: &str,
         shape: [usize; 2],
@@ -700,7 +700,7 @@ impl Weights {
     /// Gemma 3 converter): a [`NormKind::RmsUnitOffset`] norm then multiplies by the stored value.
     ///
     /// [`NormKind::RmsUnitOffset`]: crate::models::config::NormKind::RmsUnitOffset
-    pub fn norms_include_unit_offset(&self) -> bool {
+    pub(crate) fn norms_include_unit_offset(&self) -> bool {
         match &self.inner {
             Inner::Safetensors(_) => false,
             Inner::Gguf(w) => w.norms_include_unit_offset(),
