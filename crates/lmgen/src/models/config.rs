@@ -1,5 +1,5 @@
 //! [`ModelConfig`]: the concrete description of a model that the shared decoder runs, lowered once
-//! from `config.json` by the architecture's own file (`models/<arch>.rs`), and [`ConfigFile`], the
+//! from `config.json` by the architecture's own file (`models/<arch>.rs`), and `ConfigFile`, the
 //! serde reader those files parse their `Config` with.
 //!
 //! Every field is concrete: defaults, the transformers 4 and 5 layouts (`rope_theta` +
@@ -410,7 +410,7 @@ impl SavedDtype {
 }
 
 /// Parses `config.json` into the description the model code runs (through the architecture
-/// registry; see [`super::registry`]).
+/// registry, `models/registry.rs`).
 impl ModelConfig {
     /// Parses the checkpoint's `config.json` (for a GGUF file, the config its metadata implies).
     pub fn from_checkpoint(checkpoint: &crate::load::Checkpoint) -> Result<Self> {
