@@ -12,7 +12,7 @@
 //!   objects); trim/lstrip blocks are set, `break`/`continue` work (`loop_controls`), `loop.*` vars.
 //! - Python methods on strings, dicts and lists (`.strip()`, `.startswith()`, `.items()`, `.get()`)
 //!   through minijinja-contrib's pycompat.
-//! - `raise_exception(msg)`, `tojson` without HTML escaping, `strftime_now(fmt)`: see [`builtins`].
+//! - `raise_exception(msg)`, `tojson` without HTML escaping, `strftime_now(fmt)`: see `builtins`.
 //! - `{% generation %}...{% endgeneration %}` (assistant-token masks) renders its body unchanged.
 //! - Variables: `messages`, `tools` and `documents` (`none` when not given), `add_generation_prompt`,
 //!   the special tokens (`bos_token`, `eos_token`, ...) and any extra keyword.

@@ -3,12 +3,12 @@
 //! Port of `transformers.GenerationConfig` (transformers 5,
 //! `src/transformers/generation/configuration_utils.py`). As in transformers 5, every field defaults to
 //! unset (`None`), and concrete defaults are applied only at generation time to fields still unset
-//! ([`GenerationConfig::with_defaults`], `_get_default_generation_params`). Precedence, lowest first:
+//! (`GenerationConfig::with_defaults`, `_get_default_generation_params`). Precedence, lowest first:
 //! global defaults < the checkpoint's `generation_config.json` (or, without one, the generation keys of
 //! `config.json`) < the caller's overrides ([`GenerationConfig::update`]).
 //!
 //! Loading and saving are in `config/load.rs`, `validate()` in `config/validate.rs`, mode selection
-//! ([`GenerationMode`]) and the "not built yet" gate (`check_implemented`) in `config/mode.rs`.
+//! (`GenerationMode`) and the "not built yet" gate (`check_implemented`) in `config/mode.rs`.
 //!
 //! Deliberate differences from transformers:
 //! - JSON `null` means unset, so a caller cannot unset a checkpoint's value with `null` (transformers'
@@ -72,7 +72,7 @@ macro_rules! generation_config {
         /// Settings of one `generate()` call: HF `transformers.GenerationConfig`, every field optional.
         ///
         /// Field names are transformers' (the JSON keys); "default" in each field's doc is the value
-        /// transformers uses when the field is unset, applied by [`GenerationConfig::with_defaults`].
+        /// transformers uses when the field is unset, applied at generation time (`with_defaults`).
         #[doc(alias = "transformers.GenerationConfig")]
         #[derive(Debug, Clone, Default, PartialEq, Serialize)]
         pub struct GenerationConfig {

@@ -2,11 +2,11 @@
 //! a fixed pool of blocks bounded by a memory budget, per-sequence block tables, and full blocks
 //! shared between sequences with the same prefix.
 //!
-//! - [`allocator`]: the block pool, reference counts, prefix cache and eviction.
-//! - [`block_table`]: which blocks hold a sequence's tokens.
-//! - [`prefix_cache`]: chained hashes of full blocks.
-//! - [`store`]: the preallocated key/value tensors of every layer.
-//! - [`batch`]: the [`crate::cache::KvCache`] over a packed batch of sequences.
+//! - `allocator`: the block pool, reference counts, prefix cache and eviction.
+//! - `block_table`: which blocks hold a sequence's tokens.
+//! - `prefix_cache`: chained hashes of full blocks.
+//! - `store`: the preallocated key/value tensors of every layer.
+//! - `batch`: the [`crate::cache::KvCache`] over a packed batch of sequences.
 
 pub(crate) mod allocator;
 pub(crate) mod batch;

@@ -1,7 +1,7 @@
 //! Candidate generators for assisted decoding (HF `src/transformers/generation/candidate_generator.py`),
-//! one per file: a draft model ([`draft_model`]), n-gram lookup in the sequence itself
-//! ([`prompt_lookup`]), the target's first layers ([`early_exit`]) and a draft with another tokenizer
-//! ([`universal`]). The decoding loop that verifies their candidates is
+//! one per file: a draft model (`draft_model`), n-gram lookup in the sequence itself
+//! (`prompt_lookup`), the target's first layers (`early_exit`) and a draft with another tokenizer
+//! (`universal`). The decoding loop that verifies their candidates is
 //! [`crate::generation::strategies::assisted`].
 //!
 //! Assisted decoding runs one sequence (batch size 1, as transformers), so generators work on one row

@@ -68,7 +68,7 @@ impl GenerationConfig {
     }
 
     /// Loads `dir/generation_config.json` (unknown keys kept), or, if that file is absent, builds the
-    /// config from `dir/config.json` ([`GenerationConfig::from_model_config`]).
+    /// config from `dir/config.json` (transformers' `GenerationConfig.from_model_config`).
     ///
     /// Errors name the file. The result is not validated: validate the merged config
     /// ([`GenerationConfig::validate`]) once the caller's overrides are applied, as transformers does in
