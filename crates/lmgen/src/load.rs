@@ -298,7 +298,7 @@ impl Checkpoint {
     }
 
     /// The file the config came from: `config.json`, or the GGUF file.
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         match self.weights.gguf_path() {
             Some(path) => path.to_path_buf(),
             None => self.dir.join(CONFIG),
