@@ -361,7 +361,7 @@ impl Tokenizer {
     }
 
     /// The id of `pad_token`, if any.
-    pub fn pad_token_id(&self) -> Option<u32> {
+    pub(crate) fn pad_token_id(&self) -> Option<u32> {
         self.pad_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 

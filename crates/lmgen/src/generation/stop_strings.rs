@@ -301,7 +301,7 @@ impl StopStringCriteria {
     }
 
     /// Whether `tokens` (a whole row: prompt and generated) ends in a stop string.
-    pub fn matches(&self, tokens: &[TokenId]) -> bool {
+    pub(crate) fn matches(&self, tokens: &[TokenId]) -> bool {
         // HF `input_ids[:, -maximum_token_len:]`; `-0:` is the whole row in Python.
         let start = match self.maximum_token_len {
             0 => 0,
