@@ -174,7 +174,7 @@ pub struct ModelConfig {
     pub projections: ProjectionLayout,
     /// The MLP's activation (`hidden_act`, `hidden_activation` or `activation_function`).
     pub hidden_act: Activation,
-    /// Tokens a sliding-window layer attends to (`sliding_window`), `None` without sliding layers.
+    /// Tokens a sliding-window layer attends to (`sliding_window`); `None` for no window.
     pub sliding_window: Option<usize>,
     /// One entry per layer.
     pub layer_types: Vec<LayerType>,

@@ -16,12 +16,12 @@ pub enum RopeScaling {
     Default,
     /// Positions divided by `factor`.
     Linear {
-        /// `factor`.
+        /// `factor`: what positions are divided by.
         factor: f64,
     },
     /// NTK-aware base growth once the sequence passes `max_position_embeddings`.
     Dynamic {
-        /// `factor`.
+        /// `factor`: how fast the base grows with the sequence length.
         factor: f64,
     },
     /// Llama 3.1's frequency-dependent scaling.
