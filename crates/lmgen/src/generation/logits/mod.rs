@@ -86,9 +86,9 @@ pub use watermark_detector::{WatermarkDetector, WatermarkDetectorOutput};
 pub struct Scores {
     /// `batch * vocab` scores, row after row.
     pub data: Vec<f32>,
-    /// Rows.
+    /// `b`: rows, one per sequence.
     pub batch: usize,
-    /// Scores per row.
+    /// Scores per row, one per token id.
     pub vocab: usize,
 }
 
