@@ -83,20 +83,8 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
 }
 
 /// The directory that holds `gguf_file` for [`Checkpoint::from_pretrained`]: `id_or_dir` when it
-/// is a directory (no `config.json` needed), else the cached snapshot of model id `id_or_dir`
-/// that has the file.
-pub(crate) fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
-    let path = Path::new(id_or_dir);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let caches: Vec<PathBuf> = hub_cache_dir(|key| std::env::var_os(key))
-        .into_iter()
-        .collect();
-    resolve_gguf_dir_in(id_or_dir, gguf_file, &caches)
-}
-
-/// [`resolve_gguf_dir`] with explicit hub cache roots, searched in order.
+/// is a directory (no `config.json` needed), else the snapshot of model id `id_or_dir` that has
+/// the file in the hub cache roots `hub_caches`, searched in order.
 fn resolve_gguf_dir_in(
     id_or_dir: &str,
     gguf_file: &Path,
