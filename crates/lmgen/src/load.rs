@@ -5,10 +5,10 @@
 //! `model.safetensors`, else the shards listed in `model.safetensors.index.json` (`weight_map`).
 //! Model ids are resolved from `huggingface_hub`'s cache layout
 //! (`models--{org}--{name}/refs/{revision}` holds a commit hash -> `snapshots/{commit}/`), and
-//! downloaded into it from the Hugging Face Hub when missing ([`hub`]: `HF_ENDPOINT`, `HF_TOKEN`,
-//! `HF_HUB_OFFLINE`); [`resolve_model`] alone never touches the network. No code from a checkpoint
-//! ever runs (`auto_map` / `trust_remote_code` are ignored), and `pytorch_model.bin` (pickle) is
-//! never downloaded nor read.
+//! downloaded into it from the Hugging Face Hub when missing ([`fetch_model`]: `HF_ENDPOINT`,
+//! `HF_TOKEN`, `HF_HUB_OFFLINE`); [`resolve_model`] alone never touches the network. No code from
+//! a checkpoint ever runs (`auto_map` / `trust_remote_code` are ignored), and `pytorch_model.bin`
+//! (pickle) is never downloaded nor read.
 //!
 //! Every safetensors header is validated once, at open: header length, JSON, dtype x shape == byte
 //! length, offsets contiguous and inside the file (our own checks, for messages that name the
@@ -34,7 +34,7 @@ use crate::models::quantize::QuantizedWeight;
 
 mod convert;
 pub(crate) mod gguf;
-pub mod hub;
+pub(crate) mod hub;
 
 pub(crate) use gguf::GgufArch;
 pub use hub::{fetch_model, FileSet, HubOptions};
