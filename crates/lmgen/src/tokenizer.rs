@@ -47,7 +47,7 @@ pub struct Tokenizer {
     /// `additional_special_tokens` and `extra_special_tokens` (list, or the values of a map).
     pub(crate) extra_special_tokens: Vec<String>,
     /// `clean_up_tokenization_spaces` (transformers' default for a missing key: false in v5).
-    pub clean_up_tokenization_spaces: bool,
+    pub(crate) clean_up_tokenization_spaces: bool,
     chat_template: Option<ChatTemplate>,
 }
 
