@@ -12,7 +12,7 @@
 //!   objects); trim/lstrip blocks are set, `break`/`continue` work (`loop_controls`), `loop.*` vars.
 //! - Python methods on strings, dicts and lists (`.strip()`, `.startswith()`, `.items()`, `.get()`)
 //!   through minijinja-contrib's pycompat.
-//! - `raise_exception(msg)`, `tojson` without HTML escaping, `strftime_now(fmt)`: see [`builtins`].
+//! - `raise_exception(msg)`, `tojson` without HTML escaping, `strftime_now(fmt)`: see `builtins`.
 //! - `{% generation %}...{% endgeneration %}` (assistant-token masks) renders its body unchanged.
 //! - Variables: `messages`, `tools` and `documents` (`none` when not given), `add_generation_prompt`,
 //!   the special tokens (`bos_token`, `eos_token`, ...) and any extra keyword.
@@ -93,7 +93,7 @@ impl std::error::Error for Raised {}
 impl ChatTemplate {
     /// The template(s) of a checkpoint directory; `cfg` is its parsed `tokenizer_config.json`.
     /// `None` when it has none.
-    pub fn from_dir(dir: &Path, cfg: &Value) -> Result<Option<Self>> {
+    pub(crate) fn from_dir(dir: &Path, cfg: &Value) -> Result<Option<Self>> {
         let cfg_path = dir.join("tokenizer_config.json");
         let mut named: Vec<(String, String)> = Vec::new();
         let file = dir.join("chat_template.jinja");
@@ -195,16 +195,6 @@ impl ChatTemplate {
             names,
             limits,
         })
-    }
-
-    /// The names of the templates.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// The bounds on a render.
-    pub fn limits(&self) -> ChatTemplateLimits {
-        self.limits
     }
 
     /// `get_chat_template(None, tools)`: `"tool_use"` when tools are given and it exists, else

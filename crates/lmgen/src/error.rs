@@ -13,19 +13,36 @@ pub enum Error {
     /// A file could not be read.
     #[error("cannot read `{}`: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// A JSON file is not valid JSON or does not have the expected shape.
     #[error("`{}` is not valid: {message}", path.display())]
-    Json { path: PathBuf, message: String },
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, or what is missing or mistyped.
+        message: String,
+    },
     /// A safetensors file is truncated or corrupt, or a tensor in it does not match the model.
     #[error("`{}`: {message}", path.display())]
-    Weights { path: PathBuf, message: String },
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor when one is at fault.
+        message: String,
+    },
     /// A model id could not be resolved to a local directory.
     #[error("model `{id}` not found; looked in: {looked}. Pass a checkpoint directory, or download it into the Hugging Face cache first")]
-    ModelNotFound { id: String, looked: String },
+    ModelNotFound {
+        /// The model id as given.
+        id: String,
+        /// The places searched, for the message.
+        looked: String,
+    },
     /// A model id could not be downloaded from the Hugging Face Hub. `file` is the file being
     /// fetched (`None`: the repository's file list); `message` says why and what to do.
     #[error(
@@ -33,19 +50,31 @@ pub enum Error {
         .file.as_deref().map_or_else(|| "the file list".to_string(), |f| format!("`{f}`"))
     )]
     Download {
+        /// The model id.
         id: String,
+        /// The revision asked for (branch, tag or commit).
         revision: String,
+        /// The file being fetched; `None` for the repository's file list.
         file: Option<String>,
+        /// Why, and what to do.
         message: String,
     },
     /// The model's `config.json` has a missing or invalid field.
     #[error("`{}`: {message}", path.display())]
-    ModelConfig { path: PathBuf, message: String },
+    ModelConfig {
+        /// The `config.json` (or the GGUF file whose metadata stands for it).
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// `model_type` names an architecture lmgen does not implement.
     #[error("unknown model_type `{model_type}` in `{}`; supported: {supported}", path.display())]
     UnknownModelType {
+        /// The `config.json`.
         path: PathBuf,
+        /// Its `model_type`.
         model_type: String,
+        /// The `model_type`s lmgen implements, comma-separated.
         supported: String,
     },
     /// A generation setting has a wrong type or a value out of range, or settings that do not go
@@ -86,11 +115,19 @@ pub enum Error {
     /// A device name that is not one, a GPU that could not be opened, or CUDA asked of a build
     /// without the `cuda` feature. `message` reads after the name: "is not a device; ...".
     #[error("device `{name}` {message}")]
-    Device { name: String, message: String },
+    Device {
+        /// The device name as given.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The GPU ran out of memory (loading weights, or a request too large for what is left: a big
     /// batch, a long prompt). Nothing was generated for the request; smaller ones still work.
     #[error("out of GPU memory: {message}. Lower the batch size, the prompt length or `max_new_tokens`, or use a smaller dtype")]
-    OutOfMemory { message: String },
+    OutOfMemory {
+        /// The failed allocation, as the driver reported it.
+        message: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(candle_core::Error),

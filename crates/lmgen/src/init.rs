@@ -18,7 +18,7 @@ use crate::models::registry;
 
 /// How a tensor is initialised.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Init {
+pub(crate) enum Init {
     /// Uniform with the standard deviation `initializer_range`.
     Random,
     /// 1 (a norm's identity).
@@ -29,7 +29,7 @@ pub enum Init {
 
 /// One tensor a model reads: its name, stored shape and initialisation.
 #[derive(Debug, Clone)]
-pub struct TensorSpec {
+pub(crate) struct TensorSpec {
     /// The HF name the model code reads.
     pub name: String,
     /// The stored shape.

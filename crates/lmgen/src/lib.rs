@@ -22,6 +22,8 @@
 //! [`generation::generate`], with a [`GenerationConfig`] merged from the checkpoint's
 //! `generation_config.json` and the caller's fields, as transformers does.
 
+#![warn(missing_docs)]
+
 pub mod allocator;
 pub mod cache;
 pub mod chat_template;

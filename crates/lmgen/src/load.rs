@@ -5,10 +5,10 @@
 //! `model.safetensors`, else the shards listed in `model.safetensors.index.json` (`weight_map`).
 //! Model ids are resolved from `huggingface_hub`'s cache layout
 //! (`models--{org}--{name}/refs/{revision}` holds a commit hash -> `snapshots/{commit}/`), and
-//! downloaded into it from the Hugging Face Hub when missing ([`hub`]: `HF_ENDPOINT`, `HF_TOKEN`,
-//! `HF_HUB_OFFLINE`); [`resolve_model`] alone never touches the network. No code from a checkpoint
-//! ever runs (`auto_map` / `trust_remote_code` are ignored), and `pytorch_model.bin` (pickle) is
-//! never downloaded nor read.
+//! downloaded into it from the Hugging Face Hub when missing ([`fetch_model`]: `HF_ENDPOINT`,
+//! `HF_TOKEN`, `HF_HUB_OFFLINE`); [`resolve_model`] alone never touches the network. No code from
+//! a checkpoint ever runs (`auto_map` / `trust_remote_code` are ignored), and `pytorch_model.bin`
+//! (pickle) is never downloaded nor read.
 //!
 //! Every safetensors header is validated once, at open: header length, JSON, dtype x shape == byte
 //! length, offsets contiguous and inside the file (our own checks, for messages that name the
@@ -34,9 +34,9 @@ use crate::models::quantize::QuantizedWeight;
 
 mod convert;
 pub(crate) mod gguf;
-pub mod hub;
+pub(crate) mod hub;
 
-pub use gguf::GgufArch;
+pub(crate) use gguf::GgufArch;
 pub use hub::{fetch_model, FileSet, HubOptions};
 
 const CONFIG: &str = "config.json";
@@ -83,20 +83,8 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
 }
 
 /// The directory that holds `gguf_file` for [`Checkpoint::from_pretrained`]: `id_or_dir` when it
-/// is a directory (no `config.json` needed), else the cached snapshot of model id `id_or_dir`
-/// that has the file.
-pub fn resolve_gguf_dir(id_or_dir: &str, gguf_file: &Path) -> Result<PathBuf> {
-    let path = Path::new(id_or_dir);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let caches: Vec<PathBuf> = hub_cache_dir(|key| std::env::var_os(key))
-        .into_iter()
-        .collect();
-    resolve_gguf_dir_in(id_or_dir, gguf_file, &caches)
-}
-
-/// [`resolve_gguf_dir`] with explicit hub cache roots, searched in order.
+/// is a directory (no `config.json` needed), else the snapshot of model id `id_or_dir` that has
+/// the file in the hub cache roots `hub_caches`, searched in order.
 fn resolve_gguf_dir_in(
     id_or_dir: &str,
     gguf_file: &Path,
@@ -298,7 +286,7 @@ impl Checkpoint {
     }
 
     /// The file the config came from: `config.json`, or the GGUF file.
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         match self.weights.gguf_path() {
             Some(path) => path.to_path_buf(),
             None => self.dir.join(CONFIG),
@@ -617,7 +605,7 @@ impl Weights {
     /// in `dtype` on `device`: a large weight read a band at a time (quantizing at load holds
     /// one band in f32, not the whole matrix). Safetensors read only those rows; a GGUF file
     /// reads the whole tensor and narrows it (read GGUF tensors whole instead).
-    pub fn get_rows(
+    pub(crate) fn get_rows(
         &self,
         name: &str,
         shape: [usize; 2],
@@ -700,7 +688,7 @@ impl Weights {
     /// Gemma 3 converter): a [`NormKind::RmsUnitOffset`] norm then multiplies by the stored value.
     ///
     /// [`NormKind::RmsUnitOffset`]: crate::models::config::NormKind::RmsUnitOffset
-    pub fn norms_include_unit_offset(&self) -> bool {
+    pub(crate) fn norms_include_unit_offset(&self) -> bool {
         match &self.inner {
             Inner::Safetensors(_) => false,
             Inner::Gguf(w) => w.norms_include_unit_offset(),

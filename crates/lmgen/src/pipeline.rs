@@ -14,7 +14,9 @@ use crate::tokenizer::Tokenizer;
 
 /// A loaded model with its tokenizer and generation defaults.
 pub struct Pipeline {
+    /// The model, with its [`ModelConfig`](crate::models::ModelConfig) (`model.config()`).
     pub model: Box<dyn CausalLM>,
+    /// The checkpoint's tokenizer (`tokenizer.json`, `tokenizer_config.json`).
     pub tokenizer: Tokenizer,
     /// The checkpoint's `generation_config.json` (or the generation fields of `config.json`).
     pub generation_config: GenerationConfig,
@@ -138,19 +140,6 @@ impl Pipeline {
         let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
         let out = self.generate(&input, overrides)?;
         self.tokenizer.decode(out.generated(0), true)
-    }
-
-    /// Like [`Pipeline::generate_text`], calling `on_text` with each chunk as it is ready
-    /// (transformers' `TextStreamer` chunking: whole words, lines, CJK characters).
-    pub fn stream_text(
-        &self,
-        prompt: &str,
-        overrides: &GenerationConfig,
-        seed: Option<u64>,
-        on_text: impl FnMut(&str, bool),
-    ) -> Result<String> {
-        let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
-        self.stream(&input, overrides, seed, on_text)
     }
 
     /// Generates from one prompt's token ids, sending the new text to `sink` chunk by chunk

@@ -37,17 +37,17 @@ pub use incremental::{is_byte_token, Detokenizer, IncrementalText};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// `bos_token`, `eos_token`, ... of `tokenizer_config.json` (a string or an `AddedToken` object).
-    pub bos_token: Option<String>,
-    pub eos_token: Option<String>,
-    pub pad_token: Option<String>,
-    pub unk_token: Option<String>,
-    pub sep_token: Option<String>,
-    pub cls_token: Option<String>,
-    pub mask_token: Option<String>,
+    pub(crate) bos_token: Option<String>,
+    pub(crate) eos_token: Option<String>,
+    pub(crate) pad_token: Option<String>,
+    pub(crate) unk_token: Option<String>,
+    pub(crate) sep_token: Option<String>,
+    pub(crate) cls_token: Option<String>,
+    pub(crate) mask_token: Option<String>,
     /// `additional_special_tokens` and `extra_special_tokens` (list, or the values of a map).
-    pub extra_special_tokens: Vec<String>,
+    pub(crate) extra_special_tokens: Vec<String>,
     /// `clean_up_tokenization_spaces` (transformers' default for a missing key: false in v5).
-    pub clean_up_tokenization_spaces: bool,
+    pub(crate) clean_up_tokenization_spaces: bool,
     chat_template: Option<ChatTemplate>,
 }
 
@@ -152,17 +152,6 @@ impl Tokenizer {
         }
         tok.chat_template = ChatTemplate::from_dir(dir, &cfg)?;
         Ok(tok)
-    }
-
-    /// transformers' `all_special_tokens`: the named special tokens, then the extra ones, deduplicated.
-    pub fn all_special_tokens(&self) -> Vec<String> {
-        let mut all = self.named_special_tokens();
-        for t in &self.extra_special_tokens {
-            if !all.contains(t) {
-                all.push(t.clone());
-            }
-        }
-        all
     }
 
     /// The named special tokens (`bos_token`, `eos_token`, ...), deduplicated.
@@ -372,7 +361,7 @@ impl Tokenizer {
     }
 
     /// The id of `pad_token`, if any.
-    pub fn pad_token_id(&self) -> Option<u32> {
+    pub(crate) fn pad_token_id(&self) -> Option<u32> {
         self.pad_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 
@@ -382,7 +371,7 @@ impl Tokenizer {
     }
 
     /// The id of `bos_token`, if any.
-    pub fn bos_token_id(&self) -> Option<u32> {
+    pub(crate) fn bos_token_id(&self) -> Option<u32> {
         self.bos_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 

@@ -28,6 +28,7 @@ pub struct DynamicCache {
 }
 
 impl DynamicCache {
+    /// An empty cache; layers are allocated on their first [`KvCache::update`].
     pub fn new() -> Self {
         Self::default()
     }

@@ -2,13 +2,13 @@
 //! engine): requests with their own generation settings join and leave a running batch at every
 //! step, over a paged KV cache bounded by a memory budget.
 //!
-//! - [`request`]: what goes in ([`Request`]) and comes out ([`RequestUpdate`], [`GenerationOutput`]).
+//! - `request`: what goes in ([`Request`]) and comes out ([`RequestUpdate`], [`GenerationOutput`]).
 //! - `sequence`: a request's state on the engine thread (tokens, blocks, processors, sampler).
 //! - `scheduler`: the per-step plan under a token budget (FIFO or prefill-first, chunked
 //!   prefill, preemption by recompute).
 //! - `worker`: the engine thread (one packed forward per step).
-//! - [`manager`]: the thread-safe handle.
-//! - [`generate_batch`](mod@generate_batch): many prompts in one call.
+//! - `manager`: the thread-safe handle ([`ContinuousBatchingManager`]).
+//! - `generate_batch`: many prompts in one call ([`generate_batch()`]).
 //!
 //! Greedy outputs equal [`crate::generation::generate`]'s token for token whatever runs alongside:
 //! each sequence attends only to its own keys and values, at its own positions.
@@ -28,9 +28,9 @@
 //! # Ok(()) }
 //! ```
 
-pub mod generate_batch;
-pub mod manager;
-pub mod request;
+mod generate_batch;
+mod manager;
+mod request;
 mod scheduler;
 mod sequence;
 mod worker;
@@ -73,6 +73,7 @@ impl SchedulerPolicy {
 pub struct EngineConfig {
     /// KV pool size (from `--kv-cache-gb` or a token count).
     pub cache: PagedCacheConfig,
+    /// Which sequences a step serves first.
     pub scheduler: SchedulerPolicy,
     /// New tokens per step over all sequences (prefill chunks are cut to fit).
     pub max_batch_tokens: usize,
@@ -124,17 +125,22 @@ pub struct EngineStats {
     pub running: usize,
     /// KV blocks referenced by a sequence.
     pub blocks_used: usize,
+    /// KV blocks in the pool.
     pub blocks_total: usize,
     /// Blocks holding a shareable prefix (referenced or not).
-    pub blocks_cached: usize,
+    pub(crate) blocks_cached: usize,
     /// Prompt tokens computed (prefix-cache hits excluded).
     pub prompt_tokens: u64,
+    /// Tokens generated.
     pub generated_tokens: u64,
+    /// Sequences preempted (their blocks freed, their tokens recomputed when they resume).
     pub preemptions: u64,
     /// Requests ended as cancelled: by [`ContinuousBatchingManager::cancel_request`], by a sink
     /// whose receiver is gone (a disconnected client), or by a stop.
     pub cancelled: u64,
-    pub prefix_queries: u64,
+    pub(crate) prefix_queries: u64,
+    /// Full prompt blocks found in the prefix cache.
     pub prefix_hits: u64,
+    /// Forward steps run.
     pub steps: u64,
 }

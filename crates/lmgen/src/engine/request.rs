@@ -85,8 +85,11 @@ impl RequestStatus {
 /// the most likely alternatives, best first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
+    /// The generated token.
     pub token: TokenId,
+    /// Its log-probability.
     pub logprob: f32,
+    /// The `logprobs` most likely tokens and their log-probabilities, best first.
     pub top: Vec<(TokenId, f32)>,
 }
 
@@ -94,10 +97,13 @@ pub struct TokenLogprob {
 /// step), and with the last update the reason it ended.
 #[derive(Debug, Clone)]
 pub struct RequestUpdate {
+    /// The request this update belongs to.
     pub request_id: String,
+    /// Tokens generated since the last update.
     pub new_tokens: Vec<TokenId>,
     /// One per new token when the request asked for log-probabilities.
     pub logprobs: Vec<TokenLogprob>,
+    /// Where the request is now.
     pub status: RequestStatus,
     /// Set with `status == Finished`.
     pub finish_reason: Option<FinishReason>,
@@ -112,21 +118,25 @@ pub struct RequestUpdate {
 /// A finished request (transformers' `GenerationOutput`).
 #[derive(Debug, Clone)]
 pub struct GenerationOutput {
+    /// The request's id.
     pub request_id: String,
+    /// The prompt's token ids.
     pub prompt_ids: Vec<TokenId>,
+    /// The generated tokens (without the prompt).
     pub generated_tokens: Vec<TokenId>,
+    /// One per generated token when the request asked for log-probabilities.
     pub logprobs: Vec<TokenLogprob>,
+    /// Where the request ended (or is, while it runs).
     pub status: RequestStatus,
+    /// Set with `status == Finished`.
     pub finish_reason: Option<FinishReason>,
+    /// Set with `status == Failed`.
     pub error: Option<String>,
-    pub created: Instant,
-    /// When the first token came (time to first token = `first_token_at - created`).
-    pub first_token_at: Option<Instant>,
 }
 
 impl GenerationOutput {
     /// An output with nothing generated yet.
-    pub fn new(request_id: String, prompt_ids: Vec<TokenId>) -> Self {
+    pub(crate) fn new(request_id: String, prompt_ids: Vec<TokenId>) -> Self {
         Self {
             request_id,
             prompt_ids,
@@ -135,16 +145,11 @@ impl GenerationOutput {
             status: RequestStatus::Pending,
             finish_reason: None,
             error: None,
-            created: Instant::now(),
-            first_token_at: None,
         }
     }
 
     /// Folds an update in.
-    pub fn apply(&mut self, update: RequestUpdate) {
-        if self.first_token_at.is_none() && !update.new_tokens.is_empty() {
-            self.first_token_at = Some(update.at);
-        }
+    pub(crate) fn apply(&mut self, update: RequestUpdate) {
         self.generated_tokens.extend(update.new_tokens);
         self.logprobs.extend(update.logprobs);
         self.status = update.status;
@@ -156,6 +161,7 @@ impl GenerationOutput {
 /// Receives a request's updates on the engine thread. Returning `false` says nobody listens any
 /// more (a disconnected client): the engine cancels the request and frees its blocks.
 pub trait OutputSink: Send {
+    /// Delivers one update; `false` cancels the request.
     fn send(&mut self, update: RequestUpdate) -> bool;
 }
 

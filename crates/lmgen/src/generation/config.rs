@@ -3,12 +3,12 @@
 //! Port of `transformers.GenerationConfig` (transformers 5,
 //! `src/transformers/generation/configuration_utils.py`). As in transformers 5, every field defaults to
 //! unset (`None`), and concrete defaults are applied only at generation time to fields still unset
-//! ([`GenerationConfig::with_defaults`], `_get_default_generation_params`). Precedence, lowest first:
+//! (`GenerationConfig::with_defaults`, `_get_default_generation_params`). Precedence, lowest first:
 //! global defaults < the checkpoint's `generation_config.json` (or, without one, the generation keys of
 //! `config.json`) < the caller's overrides ([`GenerationConfig::update`]).
 //!
 //! Loading and saving are in `config/load.rs`, `validate()` in `config/validate.rs`, mode selection
-//! ([`GenerationMode`]) and the "not built yet" gate (`check_implemented`) in `config/mode.rs`.
+//! (`GenerationMode`) and the "not built yet" gate (`check_implemented`) in `config/mode.rs`.
 //!
 //! Deliberate differences from transformers:
 //! - JSON `null` means unset, so a caller cannot unset a checkpoint's value with `null` (transformers'
@@ -31,18 +31,17 @@ mod load;
 mod mode;
 mod validate;
 
-pub use dola::DolaLayers;
 use fields::{parse_field, show};
 pub use fields::{EarlyStopping, TokenIds};
 pub use lengths::Lengths;
-pub use mode::GenerationMode;
+pub(crate) use mode::GenerationMode;
 
 /// A checkpoint's generation config file (transformers' `GENERATION_CONFIG_NAME`).
-pub const GENERATION_CONFIG_NAME: &str = "generation_config.json";
+pub(crate) const GENERATION_CONFIG_NAME: &str = "generation_config.json";
 /// A checkpoint's model config file, read when `generation_config.json` is absent.
-pub const MODEL_CONFIG_NAME: &str = "config.json";
+pub(crate) const MODEL_CONFIG_NAME: &str = "config.json";
 /// transformers' default `max_length`, which means this many *new* tokens when nobody set `max_length`.
-pub const DEFAULT_MAX_NEW_TOKENS: usize = 20;
+pub(crate) const DEFAULT_MAX_NEW_TOKENS: usize = 20;
 
 /// Keys transformers accepts in a config file and drops (`__init__` pops `_commit_hash`).
 const DROPPED_KEYS: &[&str] = &["_commit_hash"];
@@ -73,7 +72,7 @@ macro_rules! generation_config {
         /// Settings of one `generate()` call: HF `transformers.GenerationConfig`, every field optional.
         ///
         /// Field names are transformers' (the JSON keys); "default" in each field's doc is the value
-        /// transformers uses when the field is unset, applied by [`GenerationConfig::with_defaults`].
+        /// transformers uses when the field is unset, applied at generation time (`with_defaults`).
         #[doc(alias = "transformers.GenerationConfig")]
         #[derive(Debug, Clone, Default, PartialEq, Serialize)]
         pub struct GenerationConfig {
@@ -91,7 +90,7 @@ macro_rules! generation_config {
 
         impl GenerationConfig {
             /// Every field's JSON name, in transformers' `__init__` order.
-            pub const FIELDS: &'static [&'static str] = &[$(field_key!($field $(, $key)?)),*];
+            pub(crate) const FIELDS: &'static [&'static str] = &[$(field_key!($field $(, $key)?)),*];
 
             /// Sets the field named `key` from JSON (`null` unsets it); `Ok(false)` if no field has that name.
             fn set_field(&mut self, key: &str, value: &Value) -> Result<bool> {
@@ -325,7 +324,7 @@ impl GenerationConfig {
     ///
     /// `max_length` is left out: unset, it means [`DEFAULT_MAX_NEW_TOKENS`] new tokens, which
     /// [`GenerationConfig::resolve_lengths`] applies.
-    pub fn global_defaults() -> Self {
+    pub(crate) fn global_defaults() -> Self {
         Self {
             min_length: Some(0),
             do_sample: Some(false),
@@ -359,14 +358,14 @@ impl GenerationConfig {
     }
 
     /// This config with every field still unset filled from [`GenerationConfig::global_defaults`].
-    pub fn with_defaults(&self) -> Self {
+    pub(crate) fn with_defaults(&self) -> Self {
         let mut config = self.clone();
         config.fill_unset_from(&Self::global_defaults());
         config
     }
 
     /// The EOS ids as a list (empty when unset), as transformers' `_prepare_special_tokens`.
-    pub fn eos_token_ids(&self) -> Vec<TokenId> {
+    pub(crate) fn eos_token_ids(&self) -> Vec<TokenId> {
         self.eos_token_id
             .as_ref()
             .map_or_else(Vec::new, |ids| ids.as_slice().to_vec())

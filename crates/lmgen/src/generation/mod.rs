@@ -4,11 +4,11 @@ pub mod candidates;
 pub mod config;
 pub mod constraints;
 pub(crate) mod context;
-pub mod device_argmax;
+pub(crate) mod device_argmax;
 pub mod logits;
-pub mod memory;
-pub mod options;
-pub mod resolve;
+pub(crate) mod memory;
+mod options;
+pub(crate) mod resolve;
 pub mod sampler;
 pub mod stop_strings;
 pub mod stopping;
@@ -19,13 +19,14 @@ use crate::error::{Error, Result};
 use crate::models::CausalLM;
 use crate::TokenId;
 
-pub use config::{GenerationConfig, GenerationMode};
+pub use config::GenerationConfig;
+pub(crate) use config::GenerationMode;
 pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
 pub use options::GenerateOptions;
-pub use resolve::{Mode, ResolvedGeneration};
+pub(crate) use resolve::{Mode, ResolvedGeneration};
 
 use context::{GenerationContext, Rows, StopVocabulary};
-pub use stopping::{FinishReason, StoppingCriteriaList, StoppingCriterion};
+pub use stopping::{FinishReason, StoppingCriterion};
 
 /// A batch of prompts, left-padded to one length.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +65,7 @@ impl GenerateInput {
     }
 
     /// Checks shapes and values; returns `(batch, prompt_len)`.
-    pub fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
+    pub(crate) fn validate(&self, vocab_size: usize) -> Result<(usize, usize)> {
         let b = self.input_ids.len();
         if b == 0 {
             return Err(Error::input(

@@ -219,7 +219,7 @@ impl GenerationConfig {
     /// Unset fields take transformers' defaults; settings lmgen has not built are
     /// [`Error::Unsupported`]; wrong values and settings that do not go together are
     /// [`Error::GenerationConfig`], naming the field.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         model: &ModelConfig,
         batch: usize,

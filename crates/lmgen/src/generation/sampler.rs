@@ -13,7 +13,7 @@ use crate::generation::logits::Scores;
 use crate::TokenId;
 
 /// Index of the first maximum (NaN counts as the maximum, as `torch.argmax`).
-pub fn argmax(row: &[f32]) -> usize {
+pub(crate) fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x.is_nan() {
@@ -43,7 +43,12 @@ pub enum Sampler {
     /// `argmax` of the processed scores; ties to the lowest id.
     Greedy,
     /// A draw from `softmax(scores)`.
-    Multinomial { rng: Box<StdRng>, seed: u64 },
+    Multinomial {
+        /// The generator every draw comes from.
+        rng: Box<StdRng>,
+        /// The seed `rng` started from.
+        seed: u64,
+    },
 }
 
 impl Sampler {
@@ -66,7 +71,7 @@ impl Sampler {
 
     /// A uniform draw in [0, 1) (speculative sampling's acceptance test, HF `torch.rand_like`).
     /// Greedy decoding has no randomness: an error.
-    pub fn uniform(&mut self) -> Result<f64> {
+    pub(crate) fn uniform(&mut self) -> Result<f64> {
         match self {
             Sampler::Greedy => Err(Error::input(
                 "internal: a random draw was asked of the greedy sampler",
@@ -77,7 +82,7 @@ impl Sampler {
 
     /// A draw from the distribution `probs` (HF `torch.multinomial(probs, 1)`); greedy takes the
     /// most likely index.
-    pub fn draw_from(&mut self, probs: &[f64]) -> Result<usize> {
+    pub(crate) fn draw_from(&mut self, probs: &[f64]) -> Result<usize> {
         match self {
             Sampler::Greedy => {
                 Ok(probs
@@ -110,7 +115,7 @@ impl Sampler {
 }
 
 /// The index whose cumulative probability first exceeds `u` in [0, 1); never a zero-probability index.
-pub fn draw(probs: &[f64], u: f64) -> usize {
+pub(crate) fn draw(probs: &[f64], u: f64) -> usize {
     let mut acc = 0.0;
     let mut last = 0;
     for (i, &p) in probs.iter().enumerate() {

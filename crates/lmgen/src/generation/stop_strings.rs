@@ -34,7 +34,7 @@ const STATIC_PREFIX: &str = "abcdef";
 
 /// How token texts and stop strings are compared (HF `_get_stop_string_matching_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopStringMatchingMode {
+pub(crate) enum StopStringMatchingMode {
     /// On Unicode code points (transformers' `None` mode).
     Chars,
     /// On UTF-8 bytes; tokens are mapped back through GPT-2's `bytes_to_unicode` table.
@@ -107,7 +107,7 @@ fn byte_level_decoder() -> HashMap<char, u8> {
 /// Building it decodes the whole vocabulary once; build it once per tokenizer and share it
 /// (transformers keeps an LRU cache of these for the same reason).
 #[derive(Debug, Clone)]
-pub struct CleanTokenizerVocab {
+pub(crate) struct CleanTokenizerVocab {
     mode: StopStringMatchingMode,
     /// `(token id, clean text in units)`, in the tokenizer's vocabulary order.
     tokens: Vec<(TokenId, Vec<u32>)>,
@@ -151,11 +151,6 @@ impl CleanTokenizerVocab {
         }
         tokens.sort_unstable_by_key(|&(id, _)| id);
         Ok(Self { mode, tokens })
-    }
-
-    /// How tokens and stop strings are compared.
-    pub fn mode(&self) -> StopStringMatchingMode {
-        self.mode
     }
 }
 
@@ -248,8 +243,8 @@ pub struct StopStringCriteria {
 }
 
 impl StopStringCriteria {
-    /// HF `StopStringCriteria(tokenizer, stop_strings)`. Decodes the whole vocabulary; to build
-    /// many criteria on one tokenizer, build a [`CleanTokenizerVocab`] once and use [`Self::from_vocab`].
+    /// HF `StopStringCriteria(tokenizer, stop_strings)`. Decodes the whole vocabulary (the engine
+    /// cleans it once per tokenizer and shares it between its requests' criteria).
     pub fn new(tokenizer: &Tokenizer, stop_strings: &[String]) -> Result<Self> {
         Self::from_vocab(&CleanTokenizerVocab::new(tokenizer)?, stop_strings)
     }
@@ -258,7 +253,7 @@ impl StopStringCriteria {
     ///
     /// Errors as transformers does when no token can end any of the stop strings. An empty stop
     /// string matches any row, as in transformers (its target length is 0).
-    pub fn from_vocab(vocab: &CleanTokenizerVocab, stop_strings: &[String]) -> Result<Self> {
+    pub(crate) fn from_vocab(vocab: &CleanTokenizerVocab, stop_strings: &[String]) -> Result<Self> {
         if stop_strings.is_empty() {
             return Err(Error::config(
                 "`stop_strings` must hold at least one string",
@@ -306,7 +301,7 @@ impl StopStringCriteria {
     }
 
     /// Whether `tokens` (a whole row: prompt and generated) ends in a stop string.
-    pub fn matches(&self, tokens: &[TokenId]) -> bool {
+    pub(crate) fn matches(&self, tokens: &[TokenId]) -> bool {
         // HF `input_ids[:, -maximum_token_len:]`; `-0:` is the whole row in Python.
         let start = match self.maximum_token_len {
             0 => 0,

@@ -30,12 +30,13 @@ impl FinishReason {
 
 /// HF `StoppingCriteria`, per sequence: `tokens` is the whole row (prompt and generated).
 pub trait StoppingCriterion: Send {
+    /// Why the row is done, or `None` to go on.
     fn check(&mut self, tokens: &[TokenId]) -> Option<FinishReason>;
 }
 
 /// HF `MaxLengthCriteria`: done once the row holds `max_length` tokens (prompt included).
 #[derive(Debug, Clone)]
-pub struct MaxLengthCriteria {
+pub(crate) struct MaxLengthCriteria {
     pub max_length: usize,
 }
 
@@ -47,7 +48,7 @@ impl StoppingCriterion for MaxLengthCriteria {
 
 /// HF `EosTokenCriteria`: done when the last token is one of the EOS ids (the EOS is kept).
 #[derive(Debug, Clone)]
-pub struct EosTokenCriteria {
+pub(crate) struct EosTokenCriteria {
     pub eos_token_ids: Vec<TokenId>,
 }
 
@@ -64,7 +65,7 @@ impl StoppingCriterion for EosTokenCriteria {
 /// `initial_timestamp` (by default, when the criterion was built). Like transformers, a zero or
 /// negative `max_time` stops at the first check.
 #[derive(Debug, Clone)]
-pub struct MaxTimeCriteria {
+pub(crate) struct MaxTimeCriteria {
     pub max_time: f64,
     pub initial_timestamp: Instant,
 }
@@ -88,7 +89,7 @@ impl StoppingCriterion for MaxTimeCriteria {
 
 /// HF `StoppingCriteriaList`: the first criterion that fires gives the reason.
 #[derive(Default)]
-pub struct StoppingCriteriaList<'a> {
+pub(crate) struct StoppingCriteriaList<'a> {
     criteria: Vec<Box<dyn StoppingCriterion + 'a>>,
 }
 

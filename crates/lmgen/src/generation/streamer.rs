@@ -54,6 +54,7 @@ pub struct TextStreamerOptions {
 ///
 /// Any `FnMut(&str, bool)` closure is one; `stream_end` is true on the last call, from `end()`.
 pub trait TextSink {
+    /// Takes the next chunk of text; `stream_end` on the last one.
     fn on_finalized_text(&mut self, text: &str, stream_end: bool) -> Result<()>;
 }
 
@@ -211,7 +212,7 @@ fn python_slice(text: &str, start: usize, end: usize) -> &str {
 
 /// HF `TextStreamer._is_chinese_char`: a code point of the CJK Unified Ideographs blocks (not
 /// Hangul, Hiragana or Katakana, which are written with spaces).
-pub fn is_chinese_char(c: char) -> bool {
+pub(crate) fn is_chinese_char(c: char) -> bool {
     matches!(u32::from(c),
         0x4E00..=0x9FFF
         | 0x3400..=0x4DBF

@@ -115,7 +115,7 @@ pub struct HubOptions {
     /// The hub cache root (`cache_dir`). `None`: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
     /// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
     pub cache_dir: Option<PathBuf>,
-    /// The Hub's URL. `None`: `HF_ENDPOINT`, else [`DEFAULT_ENDPOINT`].
+    /// The Hub's URL. `None`: `HF_ENDPOINT`, else `https://huggingface.co`.
     pub endpoint: Option<String>,
     /// Use the cache only, never the network (`local_files_only`); `HF_HUB_OFFLINE=1` does too.
     pub local_files_only: bool,

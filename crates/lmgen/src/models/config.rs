@@ -1,13 +1,13 @@
 //! [`ModelConfig`]: the concrete description of a model that the shared decoder runs, lowered once
-//! from `config.json` by the architecture's own file (`models/<arch>.rs`), and [`ConfigFile`], the
+//! from `config.json` by the architecture's own file (`models/<arch>.rs`), and `ConfigFile`, the
 //! serde reader those files parse their `Config` with.
 //!
 //! Every field is concrete: defaults, the transformers 4 and 5 layouts (`rope_theta` +
 //! `rope_scaling` or `rope_parameters`, `torch_dtype` or `dtype`) and per-layer rules are resolved
 //! by the architecture before the model is built; the decoder only reads.
 
-pub mod moe;
-pub mod rope;
+pub(crate) mod moe;
+pub(crate) mod rope;
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ pub enum Activation {
 
 impl Activation {
     /// Parses an HF activation name; `key` is the config field, for the error.
-    pub fn from_hf(name: &str, key: &str, file: &ConfigFile<'_>) -> Result<Self> {
+    pub(crate) fn from_hf(name: &str, key: &str, file: &ConfigFile<'_>) -> Result<Self> {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
@@ -48,7 +48,9 @@ impl Activation {
 /// Whether a layer attends to everything before it or to a sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerType {
+    /// `"full_attention"`: every earlier token.
     FullAttention,
+    /// `"sliding_attention"`: the last `sliding_window` tokens.
     SlidingAttention,
 }
 
@@ -108,7 +110,9 @@ pub enum EmbeddingScale {
 /// attention temperature, as Ministral 3 uses it: `llama_4_scaling_beta`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueryScaling {
+    /// `llama_4_scaling_beta`.
     pub beta: f64,
+    /// `original_max_position_embeddings` of the RoPE parameters: the block length `original_max`.
     pub original_max_position_embeddings: usize,
 }
 
@@ -125,45 +129,66 @@ impl QueryScaling {
 #[doc(alias = "DecoderSpec")]
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
+    /// The architecture (`model_type`) the config was lowered by.
     pub architecture: Architecture,
+    /// Rows of the embedding table and of the logits (`vocab_size`).
     pub vocab_size: usize,
+    /// Width of the residual stream (`hidden_size`, GPT-2's `n_embd`).
     pub hidden_size: usize,
+    /// Width of the dense MLP's hidden layer (`intermediate_size`; GPT-2: `n_inner`, default
+    /// `4 * n_embd`).
     pub intermediate_size: usize,
+    /// Decoder layers (`num_hidden_layers`, GPT-2's `n_layer`).
     pub num_hidden_layers: usize,
+    /// Query heads (`num_attention_heads`, GPT-2's `n_head`).
     pub num_attention_heads: usize,
+    /// Key/value heads (`num_key_value_heads`; `num_attention_heads` when unset, i.e. no GQA).
     pub num_key_value_heads: usize,
+    /// Width of one head (`head_dim`; `hidden_size / num_attention_heads` when unset).
     pub head_dim: usize,
+    /// The longest sequence the model was trained for (`max_position_embeddings`, GPT-2's
+    /// `n_positions`); caps the default generation length.
     pub max_position_embeddings: usize,
     /// `rms_norm_eps` or `layer_norm_epsilon`.
     pub norm_eps: f64,
+    /// The norms' formula.
     pub norm: NormKind,
+    /// Where a layer's norms sit.
     pub norm_placement: NormPlacement,
+    /// RMSNorm on queries and keys before RoPE, `None` for none.
     pub qk_norm: Option<QkNorm>,
     /// RoPE of full-attention layers (of every layer when `rope_local` is `None`); `None` for
     /// learned absolute positions (GPT-2).
     pub rope: Option<RopeConfig>,
     /// RoPE of sliding-window layers when it differs (Gemma 3's local base frequency).
     pub rope_local: Option<RopeConfig>,
+    /// The LM head reuses the token embedding table (`tie_word_embeddings`).
     pub tie_word_embeddings: bool,
     /// Bias on q, k and v projections.
     pub qkv_bias: bool,
     /// Bias on the output projection.
     pub o_bias: bool,
+    /// Bias on the MLP projections (`mlp_bias`).
     pub mlp_bias: bool,
+    /// How the attention and MLP projections are stored.
     pub projections: ProjectionLayout,
+    /// The MLP's activation (`hidden_act`, `hidden_activation` or `activation_function`).
     pub hidden_act: Activation,
+    /// Tokens a sliding-window layer attends to (`sliding_window`); `None` for no window.
     pub sliding_window: Option<usize>,
     /// One entry per layer.
     pub layer_types: Vec<LayerType>,
     /// One entry per layer: `false` for layers without rotary embeddings (SmolLM3's NoPE layers,
     /// HF `no_rope_layers[i] == 0`).
     pub rope_layers: Vec<bool>,
+    /// What multiplies the token embeddings, `None` for nothing.
     pub embedding_scale: Option<EmbeddingScale>,
     /// Granite: `x + residual_multiplier * f(x)`.
     pub residual_multiplier: Option<f64>,
     /// The multiplier on `q k^T` (HF `self.scaling`): `head_dim^-0.5`,
     /// `query_pre_attn_scalar^-0.5` (Gemma) or `attention_multiplier` (Granite).
     pub attention_scaling: f64,
+    /// Ministral 3: position-dependent query scaling.
     pub query_scaling: Option<QueryScaling>,
     /// Granite: logits divided by `logits_scaling`.
     pub logits_scaling: Option<f64>,
@@ -176,7 +201,9 @@ pub struct ModelConfig {
     pub attn_logit_softcapping: Option<f64>,
     /// Gemma 2: `tanh(x / cap) * cap` on the final logits.
     pub final_logit_softcapping: Option<f64>,
+    /// `bos_token_id` of `config.json` (the first one of a list).
     pub bos_token_id: Option<u32>,
+    /// `pad_token_id` of `config.json` (the first one of a list).
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint was saved in (`dtype` or `torch_dtype`), if given.
     pub torch_dtype: Option<String>,
@@ -188,11 +215,6 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Number of query heads per key/value head (GQA).
-    pub fn num_kv_groups(&self) -> usize {
-        self.num_attention_heads / self.num_key_value_heads
-    }
-
     /// The RoPE of layer `i`, or `None` for a layer without rotary embeddings.
     pub fn rope_for_layer(&self, i: usize) -> Option<&RopeConfig> {
         if !self.rope_layers.get(i).copied().unwrap_or(true) {
@@ -262,7 +284,7 @@ impl ModelConfig {
 
 /// A `config.json` (or the `text_config` inside one) with the file it came from, for errors.
 #[derive(Debug, Clone, Copy)]
-pub struct ConfigFile<'a> {
+pub(crate) struct ConfigFile<'a> {
     pub value: &'a Value,
     pub path: &'a Path,
     /// Where `value` sits in the file: `""`, or `"text_config."` for a nested text model.
@@ -359,7 +381,7 @@ fn describe(prefix: &str, path: &str, serde_msg: &str) -> String {
 /// here).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(untagged)]
-pub enum TokenIdField {
+pub(crate) enum TokenIdField {
     One(u32),
     Many(Vec<u32>),
 }
@@ -388,7 +410,7 @@ impl SavedDtype {
 }
 
 /// Parses `config.json` into the description the model code runs (through the architecture
-/// registry; see [`super::registry`]).
+/// registry, `models/registry.rs`).
 impl ModelConfig {
     /// Parses the checkpoint's `config.json` (for a GGUF file, the config its metadata implies).
     pub fn from_checkpoint(checkpoint: &crate::load::Checkpoint) -> Result<Self> {

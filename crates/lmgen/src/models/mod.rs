@@ -1,42 +1,42 @@
 //! Decoder-only causal language models: one file per architecture (its `config.json` fields and
-//! what it changes), one row per architecture in [`registry`], the shared [`decoder`] that runs
+//! what it changes), one row per architecture in `registry`, the shared `decoder` that runs
 //! them, and building blocks in `layers/`.
 //!
 //! A model is immutable once loaded; all per-sequence state lives in the [`KvCache`] passed to
 //! [`CausalLM::forward`], so one model serves many sequences (and threads).
 
 pub mod config;
-pub mod decoder;
-pub mod gemma2;
-pub mod gemma3;
-pub mod gpt2;
-pub mod gpt_oss;
-pub mod granite;
-pub mod layers;
-pub mod llama;
-pub mod ministral3;
-pub mod mistral;
-pub mod mixtral;
-pub mod olmo2;
-pub mod phi3;
-pub mod quantize;
-pub mod qwen2;
-pub mod qwen3;
-pub mod qwen3_moe;
-pub mod registry;
-pub mod smollm3;
+pub(crate) mod decoder;
+pub(crate) mod gemma2;
+pub(crate) mod gemma3;
+pub(crate) mod gpt2;
+pub(crate) mod gpt_oss;
+pub(crate) mod granite;
+pub(crate) mod layers;
+pub(crate) mod llama;
+pub(crate) mod ministral3;
+pub(crate) mod mistral;
+pub(crate) mod mixtral;
+pub(crate) mod olmo2;
+pub(crate) mod phi3;
+pub(crate) mod quantize;
+pub(crate) mod qwen2;
+pub(crate) mod qwen3;
+pub(crate) mod qwen3_moe;
+pub(crate) mod registry;
+pub(crate) mod smollm3;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 
 use crate::cache::KvCache;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::load::{Checkpoint, HubOptions};
 
 pub use candle_core::{DType, Device};
 pub use config::ModelConfig;
-pub use quantize::Quantization;
+pub use quantize::{Quantization, QuantizedWeight};
 
 /// Which positions of the input get logits. Generation only needs the last one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,24 +110,39 @@ pub trait CausalLM: Send + Sync {
     fn dtype(&self) -> DType;
 }
 
-/// The architectures lmgen implements; [`registry::ARCHITECTURES`] maps `config.json`'s
+/// The architectures lmgen implements; `registry::ARCHITECTURES` maps `config.json`'s
 /// `model_type` to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
+    /// `gpt2` (HF `GPT2LMHeadModel`).
     Gpt2,
+    /// `llama` (HF `LlamaForCausalLM`).
     Llama,
+    /// `mistral` (HF `MistralForCausalLM`).
     Mistral,
+    /// `qwen2` (HF `Qwen2ForCausalLM`).
     Qwen2,
+    /// `gemma2` (HF `Gemma2ForCausalLM`).
     Gemma2,
+    /// `qwen3` (HF `Qwen3ForCausalLM`).
     Qwen3,
+    /// `gemma3_text` (HF `Gemma3ForCausalLM`).
     Gemma3,
+    /// `phi3` (HF `Phi3ForCausalLM`).
     Phi3,
+    /// `smollm3` (HF `SmolLM3ForCausalLM`).
     SmolLM3,
+    /// `olmo2` (HF `Olmo2ForCausalLM`).
     Olmo2,
+    /// `granite` (HF `GraniteForCausalLM`).
     Granite,
+    /// `ministral3` (HF `Ministral3ForCausalLM`).
     Ministral3,
+    /// `qwen3_moe` (HF `Qwen3MoeForCausalLM`).
     Qwen3Moe,
+    /// `mixtral` (HF `MixtralForCausalLM`).
     Mixtral,
+    /// `gpt_oss` (HF `GptOssForCausalLM`).
     GptOss,
 }
 
@@ -135,17 +150,6 @@ impl Architecture {
     /// The `model_type` string of `config.json`.
     pub fn model_type(self) -> &'static str {
         registry::entry_of(self).model_type
-    }
-
-    /// Parses `model_type`, with an error listing the supported ones.
-    pub fn from_model_type(model_type: &str, path: &Path) -> Result<Self> {
-        registry::entry(model_type)
-            .map(|e| e.architecture)
-            .ok_or_else(|| Error::UnknownModelType {
-                path: path.to_path_buf(),
-                model_type: model_type.to_string(),
-                supported: registry::supported(),
-            })
     }
 }
 

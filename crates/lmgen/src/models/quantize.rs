@@ -73,7 +73,7 @@ impl Quantization {
     /// `[range.len(), cols]` in any float dtype), so that at most one band is held in f32: a
     /// large embedding table or LM head never exists whole in f32. Blocks never span rows, so
     /// the result is the same as quantizing the whole matrix.
-    pub fn quantize_banded(
+    pub(crate) fn quantize_banded(
         self,
         rows: usize,
         cols: usize,
@@ -179,13 +179,13 @@ const BAND_ROWS: usize = 1024;
 
 impl QuantizedWeight {
     /// Whether [`QuantizedWeight::from_ggml_bytes`] takes this block type.
-    pub fn reads(dtype: GgmlDType) -> bool {
+    pub(crate) fn reads(dtype: GgmlDType) -> bool {
         matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
     }
 
     /// An `[rows, cols]` weight from ggml blocks as a GGUF file stores them (row after row), in
     /// Q8_0, Q4_K or Q6_K; `name` is for errors.
-    pub fn from_ggml_bytes(
+    pub(crate) fn from_ggml_bytes(
         dtype: GgmlDType,
         bytes: &[u8],
         rows: usize,
@@ -216,7 +216,7 @@ impl QuantizedWeight {
     }
 
     /// The block format.
-    pub fn dtype(&self) -> GgmlDType {
+    pub(crate) fn dtype(&self) -> GgmlDType {
         match &self.blocks {
             Blocks::Q8_0(_) => GgmlDType::Q8_0,
             Blocks::Q4K(_) => GgmlDType::Q4K,
@@ -225,13 +225,13 @@ impl QuantizedWeight {
     }
 
     /// `[rows, cols]`.
-    pub fn shape(&self) -> (usize, usize) {
+    pub(crate) fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
 
     /// The weights stacked along rows (`[sum rows_i, cols]`), when all have the same block format
     /// and row length; `Err` gives them back otherwise.
-    pub fn concat_rows(parts: Vec<Self>) -> std::result::Result<Self, Vec<Self>> {
+    pub(crate) fn concat_rows(parts: Vec<Self>) -> std::result::Result<Self, Vec<Self>> {
         let Some(first) = parts.first() else {
             return Err(parts);
         };
@@ -273,15 +273,6 @@ impl QuantizedWeight {
         Ok(Self { blocks, rows, cols })
     }
 
-    /// Bytes of the blocks (what a decode step reads).
-    pub fn storage_bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Q8_0(b) => b.len() * std::mem::size_of::<BlockQ8_0>(),
-            Blocks::Q4K(b) => b.len() * std::mem::size_of::<BlockQ4K>(),
-            Blocks::Q6K(b) => b.len() * std::mem::size_of::<BlockQ6K>(),
-        }
-    }
-
     /// The whole weight as an f32 `[rows, cols]` tensor on the CPU.
     pub fn dequantize_all(&self) -> Result<Tensor> {
         match &self.blocks {
@@ -292,7 +283,7 @@ impl QuantizedWeight {
     }
 
     /// `x [.., in] -> [.., out]` in f32.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?.reshape(((), self.cols))?; // [m, in]
         let m = x32.dim(0)?;
         let y = if m <= gemv::MAX_ROWS {
@@ -328,7 +319,7 @@ impl QuantizedWeight {
 
     /// The rows `ids` (each below `rows`) as an f32 `[ids.len(), cols]` host tensor: an
     /// embedding lookup in a quantized table.
-    pub fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
+    pub(crate) fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
         fn gather<T: GgmlType>(blocks: &[T], ids: &[u32], cols: usize) -> Vec<f32> {
             let per_row = cols / T::BLCK_SIZE;
             let mut out = vec![0f32; ids.len() * cols];

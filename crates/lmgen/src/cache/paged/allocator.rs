@@ -86,6 +86,7 @@ impl BlockAllocator {
     }
 
     /// The reference count of `block`.
+    #[cfg(test)]
     pub fn ref_count(&self, block: BlockId) -> u32 {
         self.ref_counts[block as usize]
     }

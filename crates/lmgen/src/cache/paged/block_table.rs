@@ -21,11 +21,6 @@ impl BlockTable {
         &self.blocks
     }
 
-    /// Token slots the table can hold.
-    pub fn capacity(&self, block_size: usize) -> usize {
-        self.blocks.len() * block_size
-    }
-
     /// The store slot of token `pos`.
     pub fn slot(&self, pos: usize, block_size: usize) -> u32 {
         self.blocks[pos / block_size] * block_size as u32 + (pos % block_size) as u32

@@ -2,33 +2,33 @@
 //! a fixed pool of blocks bounded by a memory budget, per-sequence block tables, and full blocks
 //! shared between sequences with the same prefix.
 //!
-//! - [`allocator`]: the block pool, reference counts, prefix cache and eviction.
-//! - [`block_table`]: which blocks hold a sequence's tokens.
-//! - [`prefix_cache`]: chained hashes of full blocks.
-//! - [`store`]: the preallocated key/value tensors of every layer.
-//! - [`batch`]: the [`crate::cache::KvCache`] over a packed batch of sequences.
+//! - `allocator`: the block pool, reference counts, prefix cache and eviction.
+//! - `block_table`: which blocks hold a sequence's tokens.
+//! - `prefix_cache`: chained hashes of full blocks.
+//! - `store`: the preallocated key/value tensors of every layer.
+//! - `batch`: the [`crate::cache::KvCache`] over a packed batch of sequences.
 
-pub mod allocator;
-pub mod batch;
-pub mod block_table;
-pub mod prefix_cache;
-pub mod store;
+pub(crate) mod allocator;
+pub(crate) mod batch;
+pub(crate) mod block_table;
+pub(crate) mod prefix_cache;
+pub(crate) mod store;
 
 use candle_core::DType;
 
 use crate::error::{Error, Result};
 use crate::models::ModelConfig;
 
-pub use allocator::BlockAllocator;
-pub use batch::PagedBatch;
-pub use block_table::BlockTable;
-pub use store::{KvStore, StoreShape};
+pub(crate) use allocator::BlockAllocator;
+pub(crate) use batch::PagedBatch;
+pub(crate) use block_table::BlockTable;
+pub(crate) use store::{KvStore, StoreShape};
 
 /// Index of a block in the pool.
-pub type BlockId = u32;
+pub(crate) type BlockId = u32;
 
 /// Default tokens per block (vLLM's and transformers' default is 16 on GPU; 16 here too).
-pub const DEFAULT_BLOCK_SIZE: usize = 16;
+pub(crate) const DEFAULT_BLOCK_SIZE: usize = 16;
 
 /// How big the pool is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct PagedCacheConfig {
 
 impl PagedCacheConfig {
     /// Bytes of keys and values one token takes over all layers.
-    pub fn bytes_per_token(model: &ModelConfig, dtype: DType) -> usize {
+    pub(crate) fn bytes_per_token(model: &ModelConfig, dtype: DType) -> usize {
         2 * model.num_hidden_layers
             * model.num_key_value_heads
             * model.head_dim
@@ -83,7 +83,7 @@ impl PagedCacheConfig {
     }
 
     /// Token slots in the pool.
-    pub fn capacity_tokens(&self) -> usize {
+    pub(crate) fn capacity_tokens(&self) -> usize {
         self.block_size * self.num_blocks
     }
 }

@@ -21,6 +21,7 @@ pub fn block_hash(parent: Option<BlockHash>, tokens: &[TokenId]) -> BlockHash {
 }
 
 /// The chained hashes of every full block of `tokens`.
+#[cfg(test)]
 pub fn prefix_hashes(tokens: &[TokenId], block_size: usize) -> Vec<BlockHash> {
     let mut parent = None;
     tokens

@@ -32,6 +32,7 @@ impl ConfidenceThreshold {
     }
 
     /// The current threshold.
+    #[cfg(test)]
     pub fn threshold(&self) -> f32 {
         self.threshold
     }

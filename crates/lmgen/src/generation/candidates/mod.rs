@@ -1,17 +1,17 @@
 //! Candidate generators for assisted decoding (HF `src/transformers/generation/candidate_generator.py`),
-//! one per file: a draft model ([`draft_model`]), n-gram lookup in the sequence itself
-//! ([`prompt_lookup`]), the target's first layers ([`early_exit`]) and a draft with another tokenizer
-//! ([`universal`]). The decoding loop that verifies their candidates is
+//! one per file: a draft model (`draft_model`), n-gram lookup in the sequence itself
+//! (`prompt_lookup`), the target's first layers (`early_exit`) and a draft with another tokenizer
+//! (`universal`). The decoding loop that verifies their candidates is
 //! [`crate::generation::strategies::assisted`].
 //!
 //! Assisted decoding runs one sequence (batch size 1, as transformers), so generators work on one row
 //! of token ids.
 
-pub mod confidence;
-pub mod draft_model;
-pub mod early_exit;
-pub mod prompt_lookup;
-pub mod universal;
+pub(crate) mod confidence;
+pub(crate) mod draft_model;
+pub(crate) mod early_exit;
+pub(crate) mod prompt_lookup;
+pub(crate) mod universal;
 
 use candle_core::Tensor;
 
@@ -23,14 +23,14 @@ use crate::generation::strategies::{forward_step, host_scores, StepInput};
 use crate::models::{CausalLM, LogitsToKeep};
 use crate::TokenId;
 
-pub use draft_model::DraftModelCandidateGenerator;
-pub use early_exit::EarlyExitCandidateGenerator;
-pub use prompt_lookup::PromptLookupCandidateGenerator;
-pub use universal::UniversalCandidateGenerator;
+pub(crate) use draft_model::DraftModelCandidateGenerator;
+pub(crate) use early_exit::EarlyExitCandidateGenerator;
+pub(crate) use prompt_lookup::PromptLookupCandidateGenerator;
+pub(crate) use universal::UniversalCandidateGenerator;
 
 /// What a generator proposes after the current sequence.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Candidates {
+pub(crate) struct Candidates {
     /// The drafted tokens (possibly none: the round then reduces to one plain decoding step).
     pub tokens: Vec<TokenId>,
     /// The draft's processed scores for each drafted token, `[tokens.len(), vocab]` in the target's
@@ -41,7 +41,7 @@ pub struct Candidates {
 }
 
 /// Everything of the decoding loop that a generator may use for one round.
-pub struct DraftContext<'r, 'a> {
+pub(crate) struct DraftContext<'r, 'a> {
     /// The sequence so far (prompt, padding included, and generated tokens).
     pub sequence: &'r [TokenId],
     /// Positions and padding of `sequence`.
@@ -62,7 +62,7 @@ pub struct DraftContext<'r, 'a> {
 
 /// HF `CandidateGenerator`: proposes tokens for the target to verify, and learns from the outcome.
 #[doc(alias = "transformers.generation.candidate_generator.CandidateGenerator")]
-pub trait CandidateGenerator {
+pub(crate) trait CandidateGenerator {
     /// HF `get_candidates`: the tokens to try after `ctx.sequence`.
     fn get_candidates(&mut self, ctx: DraftContext<'_, '_>) -> Result<Candidates>;
 
@@ -82,7 +82,7 @@ pub trait CandidateGenerator {
 
 /// HF `num_assistant_tokens_schedule`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DraftSchedule {
+pub(crate) enum DraftSchedule {
     /// `"constant"`: `num_assistant_tokens` stays as set.
     Constant,
     /// `"heuristic"`: +2 after a round where every candidate was accepted, else -1 (at least 1).
@@ -110,7 +110,7 @@ impl DraftSchedule {
 
 /// The draft length and its schedule (`num_assistant_tokens`, `num_assistant_tokens_schedule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DraftLength {
+pub(crate) struct DraftLength {
     pub num_assistant_tokens: usize,
     pub schedule: DraftSchedule,
 }
@@ -159,7 +159,7 @@ impl AssistedStats {
 /// Position ids and padding of one row as it grows: positions are `cumsum(mask) - 1` with padding
 /// at position 1, as the other decoding loops compute them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowLayout {
+pub(crate) struct RowLayout {
     mask: Vec<u8>,
     positions: Vec<u32>,
     padded: bool,
@@ -201,14 +201,6 @@ impl RowLayout {
         while self.mask.len() < len {
             self.push();
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.mask.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.mask.is_empty()
     }
 
     /// Position ids of tokens `start..end`.

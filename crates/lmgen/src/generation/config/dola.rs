@@ -47,7 +47,7 @@ impl DolaLayers {
     /// For `N <= 40` layers, `"low"` is `range(start, N / 2, 2)` (just `[start]` when `start` is
     /// `N / 2`) and `"high"` `range(N / 2, N, 2)`; deeper models use `range(start, 20, 2)` and
     /// `range(N - 20, N, 2)`. Listed indices `>= N` are dropped, as in transformers.
-    pub fn candidate_premature_layers(
+    pub(crate) fn candidate_premature_layers(
         &self,
         num_hidden_layers: usize,
         tie_word_embeddings: bool,
@@ -102,7 +102,7 @@ impl DolaLayers {
 
 impl GenerationConfig {
     /// The parsed `dola_layers`, `None` when unset.
-    pub fn dola_layers(&self) -> Result<Option<DolaLayers>> {
+    pub(crate) fn dola_layers(&self) -> Result<Option<DolaLayers>> {
         self.dola_layers
             .as_ref()
             .map(DolaLayers::from_json)

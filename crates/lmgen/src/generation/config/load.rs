@@ -23,7 +23,7 @@ impl GenerationConfig {
     /// sub-object (multimodal and encoder-decoder configs), and sets `_from_model_config`. Other keys are
     /// ignored. As in transformers, `force_bos_token_to_be_generated` sets `forced_bos_token_id` to the
     /// BOS id, and any `output_*` flag set to true turns on `return_dict_in_generate`.
-    pub fn from_model_config(model_config: &Value) -> Result<Self> {
+    pub(crate) fn from_model_config(model_config: &Value) -> Result<Self> {
         let object = as_object(model_config)?;
         let mut config = Self::default();
         for (key, value) in object {
@@ -68,7 +68,7 @@ impl GenerationConfig {
     }
 
     /// Loads `dir/generation_config.json` (unknown keys kept), or, if that file is absent, builds the
-    /// config from `dir/config.json` ([`GenerationConfig::from_model_config`]).
+    /// config from `dir/config.json` (transformers' `GenerationConfig.from_model_config`).
     ///
     /// Errors name the file. The result is not validated: validate the merged config
     /// ([`GenerationConfig::validate`]) once the caller's overrides are applied, as transformers does in

@@ -154,7 +154,7 @@ impl GenerationConfig {
     /// Reads the values in effect, i.e. with the global defaults for unset fields (transformers selects
     /// the mode after filling them), so `penalty_alpha > 0` alone selects contrastive search
     /// (`top_k` defaults to 50).
-    pub fn mode(&self, has_assistant_model: bool) -> GenerationMode {
+    pub(crate) fn mode(&self, has_assistant_model: bool) -> GenerationMode {
         self.selection(has_assistant_model).mode
     }
 
@@ -252,7 +252,7 @@ impl GenerationConfig {
     /// Settings that change nothing in the selected mode load and pass (sampling settings while not
     /// sampling, beam settings with one beam, assistant settings without an assistant, output flags,
     /// metadata, unknown keys), as in transformers, which at most warns about them.
-    pub fn check_implemented(&self, has_assistant_model: bool) -> Result<()> {
+    pub(crate) fn check_implemented(&self, has_assistant_model: bool) -> Result<()> {
         let selection = self.selection(has_assistant_model);
         // Deliberately stricter than transformers, which warns and ignores the draft in beam modes.
         if let Some((cause, fix)) = self.assistant_cause(has_assistant_model) {

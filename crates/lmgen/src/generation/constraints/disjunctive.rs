@@ -17,7 +17,7 @@ pub struct DisjunctiveConstraint {
 impl DisjunctiveConstraint {
     /// A constraint fulfilled by any of `words`; refuses an empty list, an empty word, and a word that
     /// is a prefix of another (or a duplicate), as HF `DisjunctiveTrie(no_subsets=True)`.
-    pub fn new(words: Vec<Vec<TokenId>>) -> Result<Self> {
+    pub(crate) fn new(words: Vec<Vec<TokenId>>) -> Result<Self> {
         if words.is_empty() || words.iter().any(Vec::is_empty) {
             return Err(Error::config(format!(
                 "a disjunctive constraint needs a non-empty list of non-empty token lists, got {words:?}"
@@ -40,19 +40,9 @@ impl DisjunctiveConstraint {
         })
     }
 
-    /// The words.
-    pub fn words(&self) -> &[Vec<TokenId>] {
-        &self.words
-    }
-
     /// The longest word's length (HF `seqlen`, the trie's `max_height`).
-    pub fn seqlen(&self) -> usize {
+    pub(crate) fn seqlen(&self) -> usize {
         self.words.iter().map(Vec::len).max().unwrap_or(0)
-    }
-
-    /// Whether a whole word has been generated.
-    pub fn completed(&self) -> bool {
-        self.completed
     }
 
     /// The trie's children of `current_seq`, in first-seen order (HF `DisjunctiveTrie.next_tokens`).
@@ -68,17 +58,17 @@ impl DisjunctiveConstraint {
     }
 
     /// The tokens that make progress (HF `advance`); empty once a word is complete.
-    pub fn advance(&self) -> Vec<TokenId> {
+    pub(crate) fn advance(&self) -> Vec<TokenId> {
         self.next_tokens()
     }
 
     /// Whether `token` makes progress (HF `does_advance`).
-    pub fn does_advance(&self, token: TokenId) -> bool {
+    pub(crate) fn does_advance(&self, token: TokenId) -> bool {
         self.next_tokens().contains(&token)
     }
 
     /// Records `token` (HF `update`): returns `(stepped, completed, reset)`.
-    pub fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
+    pub(crate) fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
         let stepped = self.does_advance(token);
         if stepped {
             self.current_seq.push(token);
@@ -90,13 +80,13 @@ impl DisjunctiveConstraint {
     }
 
     /// HF `reset`.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.completed = false;
         self.current_seq.clear();
     }
 
     /// Tokens still needed to reach the longest word (HF `remaining`); 0 once complete.
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         if self.completed {
             0
         } else {
@@ -105,7 +95,7 @@ impl DisjunctiveConstraint {
     }
 
     /// The same constraint with no progress (HF `copy(stateful=False)`).
-    pub fn fresh(&self) -> Self {
+    pub(crate) fn fresh(&self) -> Self {
         Self {
             words: self.words.clone(),
             current_seq: Vec::new(),

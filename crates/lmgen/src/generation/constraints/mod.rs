@@ -11,7 +11,7 @@ mod list_state;
 mod phrasal;
 
 pub use disjunctive::DisjunctiveConstraint;
-pub use list_state::ConstraintListState;
+pub(crate) use list_state::ConstraintListState;
 pub use phrasal::PhrasalConstraint;
 
 use serde_json::Value;
@@ -40,7 +40,7 @@ impl Constraint {
     }
 
     /// Tokens needed to fulfil it from scratch (HF `seqlen`).
-    pub fn seqlen(&self) -> usize {
+    pub(crate) fn seqlen(&self) -> usize {
         match self {
             Self::Phrasal(c) => c.seqlen(),
             Self::Disjunctive(c) => c.seqlen(),
@@ -48,7 +48,7 @@ impl Constraint {
     }
 
     /// The tokens that make progress (HF `advance`), empty when none.
-    pub fn advance(&self) -> Vec<TokenId> {
+    pub(crate) fn advance(&self) -> Vec<TokenId> {
         match self {
             Self::Phrasal(c) => c.advance().into_iter().collect(),
             Self::Disjunctive(c) => c.advance(),
@@ -56,7 +56,7 @@ impl Constraint {
     }
 
     /// Whether `token` makes progress (HF `does_advance`).
-    pub fn does_advance(&self, token: TokenId) -> bool {
+    pub(crate) fn does_advance(&self, token: TokenId) -> bool {
         match self {
             Self::Phrasal(c) => c.does_advance(token),
             Self::Disjunctive(c) => c.does_advance(token),
@@ -64,7 +64,7 @@ impl Constraint {
     }
 
     /// Records `token` (HF `update`): `(stepped, completed, reset)`.
-    pub fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
+    pub(crate) fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
         match self {
             Self::Phrasal(c) => c.update(token),
             Self::Disjunctive(c) => c.update(token),
@@ -72,7 +72,7 @@ impl Constraint {
     }
 
     /// Tokens still needed (HF `remaining`).
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         match self {
             Self::Phrasal(c) => c.remaining(),
             Self::Disjunctive(c) => c.remaining(),
@@ -80,7 +80,7 @@ impl Constraint {
     }
 
     /// The same constraint with no progress (HF `copy(stateful=False)`).
-    pub fn fresh(&self) -> Self {
+    pub(crate) fn fresh(&self) -> Self {
         match self {
             Self::Phrasal(c) => Self::Phrasal(c.fresh()),
             Self::Disjunctive(c) => Self::Disjunctive(c.fresh()),
@@ -90,7 +90,7 @@ impl Constraint {
     /// The constraints of `force_words_ids` (HF `generate()`): a list whose items are either a word
     /// (`[int]`, a [`PhrasalConstraint`]) or a list of alternative words (`[[int]]`, a
     /// [`DisjunctiveConstraint`]).
-    pub fn from_force_words_ids(value: &Value) -> Result<Vec<Self>> {
+    pub(crate) fn from_force_words_ids(value: &Value) -> Result<Vec<Self>> {
         let bad = || {
             Error::config(format!(
                 "`force_words_ids` has to either be a `List[List[List[int]]]` or `List[List[int]]` of positive integers, but is {value}"

@@ -15,7 +15,7 @@ pub struct PhrasalConstraint {
 
 impl PhrasalConstraint {
     /// A constraint forcing `token_ids`, in order; refuses an empty list.
-    pub fn new(token_ids: Vec<TokenId>) -> Result<Self> {
+    pub(crate) fn new(token_ids: Vec<TokenId>) -> Result<Self> {
         if token_ids.is_empty() {
             return Err(Error::config(
                 "a phrasal constraint needs a non-empty list of token ids",
@@ -28,23 +28,19 @@ impl PhrasalConstraint {
         })
     }
 
-    /// The tokens to force.
-    pub fn token_ids(&self) -> &[TokenId] {
-        &self.token_ids
-    }
-
     /// Tokens needed to fulfil the constraint from scratch (HF `seqlen`).
-    pub fn seqlen(&self) -> usize {
+    pub(crate) fn seqlen(&self) -> usize {
         self.token_ids.len()
     }
 
     /// Whether every token has been generated in order.
-    pub fn completed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn completed(&self) -> bool {
         self.completed
     }
 
     /// The token that makes progress (HF `advance`); `None` once completed.
-    pub fn advance(&self) -> Option<TokenId> {
+    pub(crate) fn advance(&self) -> Option<TokenId> {
         if self.completed {
             return None;
         }
@@ -54,12 +50,12 @@ impl PhrasalConstraint {
     }
 
     /// Whether `token` makes progress (HF `does_advance`).
-    pub fn does_advance(&self, token: TokenId) -> bool {
+    pub(crate) fn does_advance(&self, token: TokenId) -> bool {
         !self.completed && self.advance() == Some(token)
     }
 
     /// Records `token` (HF `update`): returns `(stepped, completed, reset)`.
-    pub fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
+    pub(crate) fn update(&mut self, token: TokenId) -> (bool, bool, bool) {
         if self.does_advance(token) {
             self.fulfilled_idx += 1;
             self.completed = self.fulfilled_idx as usize == self.token_ids.len() - 1;
@@ -72,18 +68,18 @@ impl PhrasalConstraint {
 
     /// HF `reset`. transformers sets `fulfilled_idx = 0` here, not `-1`; kept, since a reset
     /// constraint is always replaced by a fresh copy in [`super::ConstraintListState`].
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.completed = false;
         self.fulfilled_idx = 0;
     }
 
     /// Tokens still needed (HF `remaining`).
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         (self.token_ids.len() as isize - (self.fulfilled_idx + 1)).max(0) as usize
     }
 
     /// The same constraint with no progress (HF `copy(stateful=False)`).
-    pub fn fresh(&self) -> Self {
+    pub(crate) fn fresh(&self) -> Self {
         Self {
             token_ids: self.token_ids.clone(),
             fulfilled_idx: -1,

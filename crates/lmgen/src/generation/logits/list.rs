@@ -262,15 +262,12 @@ impl<'a> LogitsProcessorList<'a> {
         self.processors.push(Box::new(p));
     }
 
-    /// Appends a boxed processor.
-    pub fn push_boxed(&mut self, p: Box<dyn LogitsProcessor + 'a>) {
-        self.processors.push(p);
-    }
-
+    /// Whether the list has no processor.
     pub fn is_empty(&self) -> bool {
         self.processors.is_empty()
     }
 
+    /// The number of processors.
     pub fn len(&self) -> usize {
         self.processors.len()
     }

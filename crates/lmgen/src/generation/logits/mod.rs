@@ -9,86 +9,91 @@
 //! [`PresencePenaltyLogitsProcessor`], [`FrequencyPenaltyLogitsProcessor`] and
 //! [`LogitBiasLogitsProcessor`], as OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`.
 
-pub mod by_name;
-pub mod classifier_free_guidance;
-pub mod encoder_no_repeat_ngram;
-pub mod encoder_repetition_penalty;
-pub mod epsilon;
-pub mod eta;
-pub mod exponential_decay;
-pub mod forced_bos;
-pub mod forced_eos;
+mod by_name;
+mod classifier_free_guidance;
+mod encoder_no_repeat_ngram;
+mod encoder_repetition_penalty;
+mod epsilon;
+mod eta;
+mod exponential_decay;
+mod forced_bos;
+mod forced_eos;
 pub mod frequency_penalty;
-pub mod hamming_diversity;
-pub mod inf_nan_remove;
-pub mod list;
+mod hamming_diversity;
+mod inf_nan_remove;
+mod list;
 pub mod logit_bias;
-pub mod logit_normalization;
-pub mod min_length;
-pub mod min_new_tokens;
-pub mod min_p;
-pub mod no_bad_words;
-pub mod no_repeat_ngram;
-pub mod prefix_constrained;
+mod logit_normalization;
+mod min_length;
+mod min_new_tokens;
+mod min_p;
+mod no_bad_words;
+mod no_repeat_ngram;
+mod prefix_constrained;
 pub mod presence_penalty;
-pub mod repetition_penalty;
-pub mod sequence_bias;
-pub mod suppress_tokens;
-pub mod suppress_tokens_at_begin;
-pub mod temperature;
-pub mod top_h;
-pub mod top_k;
-pub mod top_p;
-pub mod typical;
-pub mod watermark;
-pub mod watermark_detector;
+mod repetition_penalty;
+mod sequence_bias;
+mod suppress_tokens;
+mod suppress_tokens_at_begin;
+mod temperature;
+mod top_h;
+mod top_k;
+mod top_p;
+mod typical;
+mod watermark;
+mod watermark_detector;
 
 use crate::error::{Error, Result};
 use crate::TokenId;
 
 pub use by_name::processor_from_hf;
-pub use classifier_free_guidance::UnbatchedClassifierFreeGuidanceLogitsProcessor;
-pub use encoder_no_repeat_ngram::EncoderNoRepeatNGramLogitsProcessor;
-pub use encoder_repetition_penalty::EncoderRepetitionPenaltyLogitsProcessor;
-pub use epsilon::EpsilonLogitsWarper;
-pub use eta::EtaLogitsWarper;
-pub use exponential_decay::ExponentialDecayLengthPenalty;
-pub use forced_bos::ForcedBOSTokenLogitsProcessor;
-pub use forced_eos::ForcedEOSTokenLogitsProcessor;
+pub(crate) use classifier_free_guidance::UnbatchedClassifierFreeGuidanceLogitsProcessor;
+pub(crate) use encoder_no_repeat_ngram::EncoderNoRepeatNGramLogitsProcessor;
+pub(crate) use encoder_repetition_penalty::EncoderRepetitionPenaltyLogitsProcessor;
+pub(crate) use epsilon::EpsilonLogitsWarper;
+pub(crate) use eta::EtaLogitsWarper;
+pub(crate) use exponential_decay::ExponentialDecayLengthPenalty;
+pub(crate) use forced_bos::ForcedBOSTokenLogitsProcessor;
+pub(crate) use forced_eos::ForcedEOSTokenLogitsProcessor;
 pub use frequency_penalty::FrequencyPenaltyLogitsProcessor;
-pub use hamming_diversity::HammingDiversityLogitsProcessor;
-pub use inf_nan_remove::InfNanRemoveLogitsProcessor;
+pub(crate) use hamming_diversity::HammingDiversityLogitsProcessor;
+pub(crate) use inf_nan_remove::InfNanRemoveLogitsProcessor;
 pub use list::{LogitsProcessorList, ProcessorContext};
 pub use logit_bias::LogitBiasLogitsProcessor;
-pub use logit_normalization::LogitNormalization;
-pub use min_length::MinLengthLogitsProcessor;
-pub use min_new_tokens::MinNewTokensLengthLogitsProcessor;
-pub use min_p::MinPLogitsWarper;
-pub use no_bad_words::NoBadWordsLogitsProcessor;
-pub use no_repeat_ngram::NoRepeatNGramLogitsProcessor;
-pub use prefix_constrained::{PrefixAllowedTokensFn, PrefixConstrainedLogitsProcessor};
+pub(crate) use logit_normalization::LogitNormalization;
+pub(crate) use min_length::MinLengthLogitsProcessor;
+pub(crate) use min_new_tokens::MinNewTokensLengthLogitsProcessor;
+pub(crate) use min_p::MinPLogitsWarper;
+pub(crate) use no_bad_words::NoBadWordsLogitsProcessor;
+pub(crate) use no_repeat_ngram::NoRepeatNGramLogitsProcessor;
+pub use prefix_constrained::PrefixAllowedTokensFn;
+pub(crate) use prefix_constrained::PrefixConstrainedLogitsProcessor;
 pub use presence_penalty::PresencePenaltyLogitsProcessor;
-pub use repetition_penalty::RepetitionPenaltyLogitsProcessor;
-pub use sequence_bias::SequenceBiasLogitsProcessor;
-pub use suppress_tokens::SuppressTokensLogitsProcessor;
-pub use suppress_tokens_at_begin::SuppressTokensAtBeginLogitsProcessor;
-pub use temperature::TemperatureLogitsWarper;
-pub use top_h::TopHLogitsWarper;
-pub use top_k::TopKLogitsWarper;
-pub use top_p::TopPLogitsWarper;
-pub use typical::TypicalLogitsWarper;
+pub(crate) use repetition_penalty::RepetitionPenaltyLogitsProcessor;
+pub(crate) use sequence_bias::SequenceBiasLogitsProcessor;
+pub(crate) use suppress_tokens::SuppressTokensLogitsProcessor;
+pub(crate) use suppress_tokens_at_begin::SuppressTokensAtBeginLogitsProcessor;
+pub(crate) use temperature::TemperatureLogitsWarper;
+pub(crate) use top_h::TopHLogitsWarper;
+pub(crate) use top_k::TopKLogitsWarper;
+pub(crate) use top_p::TopPLogitsWarper;
+pub(crate) use typical::TypicalLogitsWarper;
 pub use watermark::{SeedingScheme, WatermarkLogitsProcessor, WatermarkingConfig};
 pub use watermark_detector::{WatermarkDetector, WatermarkDetectorOutput};
 
 /// `[b, vocab]` scores, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
+    /// `batch * vocab` scores, row after row.
     pub data: Vec<f32>,
+    /// `b`: rows, one per sequence.
     pub batch: usize,
+    /// Scores per row, one per token id.
     pub vocab: usize,
 }
 
 impl Scores {
+    /// Wraps `data` of `batch` rows of `vocab` scores.
     pub fn new(data: Vec<f32>, batch: usize, vocab: usize) -> Self {
         debug_assert_eq!(data.len(), batch * vocab);
         Self { data, batch, vocab }
@@ -105,7 +110,7 @@ impl Scores {
     }
 
     /// Every row, mutable.
-    pub fn rows_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
+    pub(crate) fn rows_mut(&mut self) -> impl Iterator<Item = &mut [f32]> {
         let vocab = self.vocab.max(1);
         self.data.chunks_mut(vocab)
     }

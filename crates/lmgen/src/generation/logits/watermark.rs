@@ -31,10 +31,15 @@ pub enum SeedingScheme {
 /// transformers' `WatermarkingConfig` (the `watermarking_config` generation field).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatermarkingConfig {
+    /// Fraction of the vocabulary in each greenlist. Default 0.25.
     pub greenlist_ratio: f64,
+    /// Added to the scores of green tokens. Default 2.0.
     pub bias: f64,
+    /// Key of the seeding hash. Default 15485863.
     pub hashing_key: u64,
+    /// `"lefthash"` or `"selfhash"`. Default lefthash.
     pub seeding_scheme: SeedingScheme,
+    /// Tokens of context that seed the greenlist. Default 1.
     pub context_width: usize,
 }
 
@@ -181,6 +186,7 @@ pub struct Greenlist {
 }
 
 impl Greenlist {
+    /// Checks `config` and builds the "selfhash" table for a vocabulary of `vocab_size`.
     pub fn new(config: WatermarkingConfig, vocab_size: usize) -> Result<Self> {
         config.validate()?;
         if config.greenlist_ratio <= 0.0 || config.greenlist_ratio >= 1.0 {
@@ -249,7 +255,7 @@ impl WatermarkLogitsProcessor {
     }
 
     /// The greenlist machinery, for a [`super::watermark_detector::WatermarkDetector`].
-    pub fn greenlist(&self) -> &Greenlist {
+    pub(crate) fn greenlist(&self) -> &Greenlist {
         &self.greenlist
     }
 }

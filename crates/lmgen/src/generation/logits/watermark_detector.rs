@@ -15,10 +15,16 @@ use crate::TokenId;
 /// What the detector says about one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatermarkDetectorOutput {
+    /// Tokens scored: each one after its seeding context (a repeated n-gram once with
+    /// `ignore_repeated_ngrams`).
     pub num_tokens_scored: usize,
+    /// Scored tokens that are in their context's greenlist.
     pub num_green_tokens: usize,
+    /// `num_green_tokens / num_tokens_scored`.
     pub green_fraction: f64,
+    /// The z-score of `num_green_tokens` against `greenlist_ratio` of unwatermarked text.
     pub z_score: f64,
+    /// The one-sided p-value of `z_score` (transformers' approximation of the normal tail).
     pub p_value: f64,
     /// `z_score > z_threshold`.
     pub prediction: bool,
@@ -33,6 +39,8 @@ pub struct WatermarkDetector {
 }
 
 impl WatermarkDetector {
+    /// A detector for `processor`'s greenlists (HF `WatermarkDetector(model_config, device,
+    /// watermarking_config, ignore_repeated_ngrams)`); `bos_token_id` is skipped at the start.
     pub fn new(
         processor: &WatermarkLogitsProcessor,
         bos_token_id: Option<TokenId>,

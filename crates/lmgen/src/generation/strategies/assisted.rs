@@ -1,9 +1,9 @@
 //! HF `GenerationMixin._assisted_decoding` (`generation/utils.py`): assisted (speculative) decoding
 //! for greedy search and sampling, batch size 1.
 //!
-//! Each round a [`CandidateGenerator`] proposes tokens; the target scores the sequence plus all of
-//! them in one forward pass (`logits_to_keep = candidates + 1`), the logits processors run on each
-//! position, and the target keeps:
+//! Each round a candidate generator (`generation/candidates`) proposes tokens; the target scores
+//! the sequence plus all of them in one forward pass (`logits_to_keep = candidates + 1`), the
+//! logits processors run on each position, and the target keeps:
 //! - greedy (or sampling without a draft distribution): the longest prefix of candidates equal to
 //!   its own choices, plus its own next token;
 //! - sampling with a draft distribution: Leviathan et al.'s rule ([`speculative_sampling`]), which

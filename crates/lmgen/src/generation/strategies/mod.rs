@@ -1,15 +1,15 @@
 //! Decoding strategies, one per file (HF `GenerationMixin._sample`, `_beam_search`, ...).
 
 pub mod assisted;
-pub mod beam;
+pub(crate) mod beam;
 mod beam_hypotheses;
-pub mod constrained_beam;
-pub mod contrastive;
+pub(crate) mod constrained_beam;
+pub(crate) mod contrastive;
 mod decode_state;
-pub mod dola;
-pub mod group_beam;
+pub(crate) mod dola;
+pub(crate) mod group_beam;
 mod rows;
-pub mod sample;
+pub(crate) mod sample;
 
 use candle_core::Tensor;
 

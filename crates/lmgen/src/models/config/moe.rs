@@ -35,6 +35,7 @@ pub struct MoeConfig {
     /// One entry per layer: whether its MLP is sparse (`mlp_only_layers`, `decoder_sparse_step`);
     /// the others keep the dense MLP of `intermediate_size`.
     pub sparse_layers: Vec<bool>,
+    /// How the checkpoint names the experts' tensors.
     pub layout: MoeLayout,
 }
 

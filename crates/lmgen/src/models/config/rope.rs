@@ -12,31 +12,45 @@ use crate::error::Result;
 /// `modeling_rope_utils.py`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
+    /// `"default"`: no scaling.
     Default,
     /// Positions divided by `factor`.
     Linear {
+        /// `factor`: what positions are divided by.
         factor: f64,
     },
     /// NTK-aware base growth once the sequence passes `max_position_embeddings`.
     Dynamic {
+        /// `factor`: how fast the base grows with the sequence length.
         factor: f64,
     },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 {
+        /// `factor`: how much the low frequencies are divided by.
         factor: f64,
+        /// `low_freq_factor`: wavelengths above `original_max_position_embeddings /
+        /// low_freq_factor` are scaled fully.
         low_freq_factor: f64,
+        /// `high_freq_factor`: wavelengths below `original_max_position_embeddings /
+        /// high_freq_factor` are left as they are.
         high_freq_factor: f64,
+        /// `original_max_position_embeddings`: the pretraining context length.
         original_max_position_embeddings: usize,
     },
     /// YaRN (`_compute_yarn_parameters`): frequencies blended between interpolation and
     /// extrapolation over a ramp, cos/sin scaled by `attention_factor`.
     Yarn {
+        /// `factor`: the context extension ratio.
         factor: f64,
+        /// `beta_fast`: the ramp's fast end, in rotations (default 32).
         beta_fast: f64,
+        /// `beta_slow`: the ramp's slow end, in rotations (default 1).
         beta_slow: f64,
+        /// `original_max_position_embeddings`: the pretraining context length.
         original_max_position_embeddings: usize,
         /// Resolved from `attention_factor`, or `mscale` / `mscale_all_dim` and `factor`.
         attention_factor: f64,
+        /// `truncate`: round the ramp's ends to whole dimensions (default true).
         truncate: bool,
     },
     /// LongRoPE (Phi-3, Phi-4-mini; `_compute_longrope_parameters`): per-frequency factors,
@@ -44,9 +58,13 @@ pub enum RopeScaling {
     /// `original_max_position_embeddings`, `long_factor` past it; cos/sin scaled by
     /// `attention_factor`.
     LongRope {
+        /// `short_factor`: one per rotated frequency (`rotary_dim / 2`).
         short_factor: Vec<f64>,
+        /// `long_factor`: one per rotated frequency (`rotary_dim / 2`).
         long_factor: Vec<f64>,
+        /// `original_max_position_embeddings`: where the long factors take over.
         original_max_position_embeddings: usize,
+        /// Resolved from `attention_factor`, or from the context extension ratio.
         attention_factor: f64,
     },
 }
@@ -54,7 +72,9 @@ pub enum RopeScaling {
 /// Rotary position embedding parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
+    /// The base frequency (`rope_theta`).
     pub theta: f64,
+    /// The scaling (`rope_type` and its parameters).
     pub scaling: RopeScaling,
     /// The rotated fraction of each head (`partial_rotary_factor`; Phi-4-mini 0.75).
     pub partial_rotary_factor: f64,
@@ -62,7 +82,7 @@ pub struct RopeConfig {
 
 impl RopeConfig {
     /// Plain RoPE with base `theta` over the whole head.
-    pub fn new(theta: f64) -> Self {
+    pub(crate) fn new(theta: f64) -> Self {
         Self {
             theta,
             scaling: RopeScaling::Default,
@@ -144,7 +164,7 @@ struct Params {
 
 /// What an architecture's `configuration_*.py` supplies when the file does not.
 #[derive(Debug, Clone, Copy)]
-pub struct RopeDefaults {
+pub(crate) struct RopeDefaults {
     pub theta: f64,
     pub max_position_embeddings: usize,
 }

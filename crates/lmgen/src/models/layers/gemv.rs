@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul on this kind of machine.
 pub const MAX_ROWS: usize = 16;
@@ -136,18 +136,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// Checks that a weight can go through [`matmul_t`]: `[n, k]` with matching `x`.
-pub fn check_shapes(x: &Tensor, w: &Tensor) -> Result<()> {
-    let (_, k) = w.dims2()?;
-    if x.dims().last() != Some(&k) {
-        return Err(Error::input(format!(
-            "linear layer expects inputs of width {k}, got shape {:?}",
-            x.dims()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
