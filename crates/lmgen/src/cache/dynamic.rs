@@ -4,11 +4,15 @@
 //! capacity doubles when full, so appending a token costs O(1) amortised instead of re-copying the
 //! whole cache every step. Sliding-window layers keep every token and rely on the mask, which is
 //! what transformers' sliding layers compute too.
+//!
+//! Recurrent layers (linear attention, short convolutions) keep their fixed-size state here too;
+//! [`KvCache::checkpoint`] remembers it so that [`KvCache::crop`] can go back.
 
 use candle_core::{Tensor, D};
 
+use super::state::{LayerState, LayerStates};
 use super::KvCache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Initial capacity in tokens; grows by doubling.
 const MIN_CAPACITY: usize = 64;
@@ -25,6 +29,10 @@ struct LayerKv {
 #[derive(Debug, Clone, Default)]
 pub struct DynamicCache {
     layers: Vec<Option<LayerKv>>,
+    /// Recurrent layers' states.
+    states: LayerStates,
+    /// The states at the last [`KvCache::checkpoint`].
+    checkpoint: Option<LayerStates>,
 }
 
 impl DynamicCache {
@@ -79,42 +87,90 @@ impl KvCache for DynamicCache {
     }
 
     fn seq_len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.len)
+        let kv = self.layers.iter().flatten().next().map_or(0, |l| l.len);
+        kv.max(self.states.max_len().unwrap_or(0))
     }
 
     fn reorder(&mut self, beam_idx: &[usize]) -> Result<()> {
-        let Some(first) = self.layers.iter().flatten().next() else {
-            return Ok(());
+        let device = match (self.layers.iter().flatten().next(), self.states.first()) {
+            (Some(first), _) => first.k.device().clone(),
+            (None, Some(state)) => state.conv.device().clone(),
+            (None, None) => return Ok(()),
         };
         let idx: Vec<u32> = beam_idx.iter().map(|&i| i as u32).collect();
-        let idx = Tensor::new(idx, first.k.device())?; // [b']
+        let idx = Tensor::new(idx, &device)?; // [b']
         for layer in self.layers.iter_mut().flatten() {
             // [b, kv_heads, capacity, d] -> [b', kv_heads, capacity, d]
             layer.k = layer.k.index_select(&idx, 0)?;
             layer.v = layer.v.index_select(&idx, 0)?;
         }
+        self.states.select_rows(&idx)?;
+        self.checkpoint = None;
         Ok(())
     }
 
     fn batch_repeat_interleave(&mut self, n: usize) -> Result<()> {
-        let Some(first) = self.layers.iter().flatten().next() else {
-            return Ok(());
+        let b = match (self.layers.iter().flatten().next(), self.states.first()) {
+            (Some(first), _) => first.k.dim(0)?,
+            (None, Some(state)) => state.conv.dim(0)?,
+            (None, None) => return Ok(()),
         };
-        let b = first.k.dim(0)?;
         let idx: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat_n(i, n)).collect();
         self.reorder(&idx)
     }
 
     /// O(1): only the lengths change; the buffers keep their capacity and the dropped slots are
-    /// overwritten by the next `update`.
+    /// overwritten by the next `update`. Recurrent states past `len` go back to the checkpoint.
     fn crop(&mut self, len: usize) -> Result<()> {
+        let len = if len == 0 {
+            self.states.clear();
+            self.checkpoint = None;
+            0
+        } else if self.states.max_len().is_some_and(|l| l > len) {
+            match &self.checkpoint {
+                Some(saved) if saved.max_len().unwrap_or(0) <= len => {
+                    self.states = saved.clone();
+                    self.states.min_len().unwrap_or(0)
+                }
+                _ => {
+                    return Err(Error::unsupported(format!(
+                        "the recurrent state holds {} tokens and cannot go back to {len}: \
+                         no checkpoint at or before it",
+                        self.states.max_len().unwrap_or(0)
+                    )))
+                }
+            }
+        } else {
+            len
+        };
         for layer in self.layers.iter_mut().flatten() {
             layer.len = layer.len.min(len);
         }
         Ok(())
+    }
+
+    fn checkpoint(&mut self) {
+        self.checkpoint = Some(self.states.clone());
+    }
+
+    fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
+        dense_only(seq)?;
+        Ok(self.states.get(layer).cloned())
+    }
+
+    fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
+        dense_only(seq)?;
+        self.states.set(layer, state);
+        Ok(())
+    }
+}
+
+fn dense_only(seq: Option<usize>) -> Result<()> {
+    match seq {
+        None => Ok(()),
+        Some(_) => Err(Error::unsupported(
+            "the dynamic cache holds dense batches, not packed sequences",
+        )),
     }
 }
 

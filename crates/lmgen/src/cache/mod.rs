@@ -2,12 +2,14 @@
 
 pub mod dynamic;
 pub mod paged;
+pub mod state;
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
 pub use dynamic::DynamicCache;
+pub use state::{LayerState, LayerStates};
 
 /// One sequence of a packed (ragged) batch: the model input holds the new tokens of several
 /// sequences side by side, `[1, sum(new)]`, each continuing its own cache.
@@ -67,10 +69,38 @@ pub trait KvCache: Send {
     /// Keeps only the first `len` tokens of every layer, dropping the rest (HF `Cache.crop`, used by
     /// assisted decoding to discard rejected draft tokens). Layers holding fewer tokens are left as
     /// they are. A cache that cannot roll back answers [`Error::Unsupported`] (HF `is_croppable`).
+    ///
+    /// A recurrent state cannot be cut: a cache holding one returns to its last
+    /// [`KvCache::checkpoint`] instead, at or before `len`, and keeps that many tokens. Callers
+    /// read [`KvCache::seq_len`] afterwards and feed the tokens after it again.
     fn crop(&mut self, len: usize) -> Result<()> {
         let _ = len;
         Err(Error::unsupported(
             "this KV cache cannot be cropped, which assisted decoding needs",
         ))
     }
+
+    /// Remembers the recurrent states as they are now, so that a later [`KvCache::crop`] can
+    /// return here (before a forward whose tokens may be rejected). A no-op for caches without
+    /// recurrent state.
+    fn checkpoint(&mut self) {}
+
+    /// The state of recurrent layer `layer` for the whole dense batch (`seq` = `None`) or for
+    /// sequence `seq` of a packed batch; `None` before its first token.
+    fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
+        let _ = (layer, seq);
+        Err(no_state())
+    }
+
+    /// Replaces the state of recurrent layer `layer` (see [`KvCache::state`]).
+    fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
+        let _ = (layer, seq, state);
+        Err(no_state())
+    }
+}
+
+fn no_state() -> Error {
+    Error::unsupported(
+        "this cache holds no recurrent state, which linear-attention and convolution layers need",
+    )
 }

@@ -10,17 +10,21 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{
-    EmbeddingScale, LayerType, ModelConfig, MoeLayout, NormPlacement, ProjectionLayout, QkNorm,
+    EmbeddingScale, LayerType, LinearAttentionLayout, ModelConfig, MoeLayout, NormPlacement,
+    ProjectionLayout, QkNorm,
 };
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::embedding::Embedding;
+use super::layers::gated_delta_net::GatedDeltaNet;
 use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
+use super::layers::mixer::Mixer;
 use super::layers::mlp::GatedMlp;
 use super::layers::moe::SparseMoe;
 use super::layers::norm::RmsNorm;
 use super::layers::rotary::RotaryEmbedding;
-use super::layers::LoadContext;
+use super::layers::short_conv::ShortConv;
+use super::layers::{rename, LoadContext, WeightNames};
 use super::layers_to_run;
 use super::{CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
@@ -104,7 +108,7 @@ impl FeedForward {
 
 #[derive(Debug, Clone)]
 struct DecoderLayer {
-    self_attn: Attention,
+    mixer: Mixer,
     mlp: FeedForward,
     norms: LayerNorms<RmsNorm>,
     layer_type: LayerType,
@@ -143,6 +147,13 @@ impl Decoder {
     /// Loads every tensor [`tensor_specs`] names for `config`.
     pub fn load(config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Self> {
         let cfg = &config;
+        let ctx = &LoadContext {
+            names: WeightNames {
+                renames: cfg.weight_renames,
+                ..ctx.names
+            },
+            ..*ctx
+        };
         let h = cfg.hidden_size;
         let embed = Embedding::load(ctx, "model.embed_tokens.weight", cfg.vocab_size, h)?;
         let norm = |name: &str| RmsNorm::load(ctx, name, h, cfg.norm_eps, cfg.norm);
@@ -159,8 +170,21 @@ impl Decoder {
                     }
                     Some(_) => LayerRope::Global,
                 };
+                let mixer = match cfg.layer_types[i] {
+                    LayerType::FullAttention | LayerType::SlidingAttention => {
+                        Mixer::Attention(Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?)
+                    }
+                    LayerType::LinearAttention => Mixer::GatedDeltaNet(GatedDeltaNet::load(
+                        ctx,
+                        &format!("{p}.linear_attn"),
+                        cfg,
+                    )?),
+                    LayerType::Conv => {
+                        Mixer::ShortConv(ShortConv::load(ctx, &format!("{p}.conv"), cfg)?)
+                    }
+                };
                 Ok(DecoderLayer {
-                    self_attn: Attention::load(ctx, &format!("{p}.self_attn"), cfg, i)?,
+                    mixer,
                     mlp: FeedForward::load(ctx, i, cfg)?,
                     norms: LayerNorms {
                         attn_in: load(names.attn_in)?,
@@ -250,7 +274,7 @@ impl CausalLM for Decoder {
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let rm = self.config.residual_multiplier;
         let n = layers_to_run(input, self.layers.len());
-        for layer in &self.layers[..n] {
+        for (i, layer) in self.layers[..n].iter().enumerate() {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }
@@ -266,7 +290,9 @@ impl CausalLM for Decoder {
             };
             let norms = &layer.norms;
             let h = norm_opt(&norms.attn_in, x.clone())?;
-            let h = layer.self_attn.forward(&h, &attn_in, cache)?;
+            let h = layer
+                .mixer
+                .forward(&h, &attn_in, masks.for_state(), i, cache)?;
             x = residual(x, norm_opt(&norms.attn_out, h)?, rm)?;
             let h = layer.mlp.forward(&norm_opt(&norms.mlp_in, x.clone())?)?;
             x = residual(x, norm_opt(&norms.mlp_out, h)?, rm)?;
@@ -334,20 +360,97 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
                 bias.then_some(out),
             ));
         };
-        match cfg.projections {
-            ProjectionLayout::Separate => {
-                linear("self_attn.q_proj", nh * d, h, cfg.qkv_bias);
+        let attention = cfg.layer_types[l].is_attention();
+        let q_width = if cfg.attn_output_gate {
+            2 * nh * d
+        } else {
+            nh * d
+        };
+        match (cfg.layer_types[l], cfg.projections) {
+            (LayerType::LinearAttention, _) => {
+                if let Some(la) = &cfg.linear_attention {
+                    let nv = la.num_value_heads;
+                    match la.layout {
+                        LinearAttentionLayout::Separate => {
+                            linear("linear_attn.in_proj_qkv", la.conv_dim(), h, false);
+                            linear("linear_attn.in_proj_z", la.value_dim(), h, false);
+                            linear("linear_attn.in_proj_b", nv, h, false);
+                            linear("linear_attn.in_proj_a", nv, h, false);
+                        }
+                        LinearAttentionLayout::Grouped => {
+                            linear(
+                                "linear_attn.in_proj_qkvz",
+                                2 * la.conv_dim() - 2 * la.key_dim(),
+                                h,
+                                false,
+                            );
+                            linear("linear_attn.in_proj_ba", 2 * nv, h, false);
+                        }
+                    }
+                    linear("linear_attn.out_proj", h, la.value_dim(), false);
+                }
+            }
+            (LayerType::Conv, _) => {
+                let bias = cfg.short_conv.is_some_and(|c| c.bias);
+                linear("conv.in_proj", 3 * h, h, bias);
+                linear("conv.out_proj", h, h, bias);
+            }
+            (_, ProjectionLayout::Separate) => {
+                linear("self_attn.q_proj", q_width, h, cfg.qkv_bias);
                 linear("self_attn.k_proj", nkv * d, h, cfg.qkv_bias);
                 linear("self_attn.v_proj", nkv * d, h, cfg.qkv_bias);
             }
-            ProjectionLayout::Fused => {
-                linear("self_attn.qkv_proj", (nh + 2 * nkv) * d, h, cfg.qkv_bias)
+            (_, ProjectionLayout::Fused) => {
+                linear("self_attn.qkv_proj", q_width + 2 * nkv * d, h, cfg.qkv_bias)
             }
         }
-        linear("self_attn.o_proj", h, nh * d, cfg.o_bias);
+        if attention {
+            linear("self_attn.o_proj", h, nh * d, cfg.o_bias);
+        }
         // Tensors not of the `[out, in]` + bias kind (while `linear` borrows `t`).
         let mut other = Vec::new();
-        if cfg.attention_sinks {
+        match (cfg.layer_types[l], &cfg.linear_attention, &cfg.short_conv) {
+            (LayerType::LinearAttention, Some(la), _) => {
+                let nv = la.num_value_heads;
+                let a = format!("{p}.linear_attn");
+                other.push(TensorSpec::new(
+                    &format!("{a}.conv1d.weight"),
+                    vec![la.conv_dim(), 1, la.conv_kernel_dim],
+                    Init::Random,
+                ));
+                other.push(TensorSpec::new(
+                    &format!("{a}.A_log"),
+                    vec![nv],
+                    Init::Zeros,
+                ));
+                other.push(TensorSpec::new(
+                    &format!("{a}.dt_bias"),
+                    vec![nv],
+                    Init::Ones,
+                ));
+                other.push(TensorSpec::new(
+                    &format!("{a}.norm.weight"),
+                    vec![la.value_head_dim],
+                    Init::Ones,
+                ));
+            }
+            (LayerType::Conv, _, Some(sc)) => {
+                other.push(TensorSpec::new(
+                    &format!("{p}.conv.conv.weight"),
+                    vec![h, 1, sc.kernel],
+                    Init::Random,
+                ));
+                if sc.bias {
+                    other.push(TensorSpec::new(
+                        &format!("{p}.conv.conv.bias"),
+                        vec![h],
+                        Init::Zeros,
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if cfg.attention_sinks && attention {
             other.push(TensorSpec::new(
                 &format!("{p}.self_attn.sinks"),
                 vec![nh],
@@ -380,6 +483,12 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
                     linear(&format!("{block}.experts.{e}.{up}"), mi, h, false);
                     linear(&format!("{block}.experts.{e}.{down}"), h, mi, false);
                 }
+                if let Some(si) = moe.shared_expert_intermediate_size {
+                    linear(&format!("{block}.shared_expert.gate_proj"), si, h, false);
+                    linear(&format!("{block}.shared_expert.up_proj"), si, h, false);
+                    linear(&format!("{block}.shared_expert.down_proj"), h, si, false);
+                    linear(&format!("{block}.shared_expert_gate"), 1, h, false);
+                }
             }
             _ => {
                 match cfg.projections {
@@ -398,7 +507,7 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
             Some(QkNorm::PerHead) => Some((d, d)),
             Some(QkNorm::Projection) => Some((nh * d, nkv * d)),
         };
-        if let Some((q, k)) = qk {
+        if let (Some((q, k)), true) = (qk, attention) {
             t.push(TensorSpec::new(
                 &format!("{p}.self_attn.q_norm.weight"),
                 vec![q],
@@ -421,6 +530,9 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     t.push(TensorSpec::new("model.norm.weight", vec![h], norm_init));
     if !cfg.tie_word_embeddings {
         t.push(TensorSpec::new("lm_head.weight", vec![v, h], Init::Random));
+    }
+    for spec in &mut t {
+        spec.name = rename(&spec.name, cfg.weight_renames);
     }
     t
 }

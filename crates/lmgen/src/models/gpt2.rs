@@ -68,6 +68,10 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
     Ok(ModelConfig {
         moe: None,
         attention_sinks: false,
+        attn_output_gate: false,
+        linear_attention: None,
+        short_conv: None,
+        weight_renames: &[],
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

@@ -89,6 +89,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         norm_topk_prob: false,
         sparse_layers: vec![true; cfg.num_hidden_layers],
         layout: MoeLayout::GptOss,
+        shared_expert_intermediate_size: None,
     });
     Ok(cfg)
 }

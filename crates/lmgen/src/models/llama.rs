@@ -156,6 +156,10 @@ impl Config {
             torch_dtype: saved.into_name(),
             moe: None,
             attention_sinks: false,
+            attn_output_gate: false,
+            linear_attention: None,
+            short_conv: None,
+            weight_renames: &[],
         })
     }
 }
@@ -171,8 +175,11 @@ pub fn layer_types(
         .map(|t| match t.as_str() {
             "sliding_attention" if sliding_window.is_some() => Ok(LayerType::SlidingAttention),
             "sliding_attention" | "full_attention" => Ok(LayerType::FullAttention),
+            "linear_attention" => Ok(LayerType::LinearAttention),
+            "conv" => Ok(LayerType::Conv),
             other => Err(file.err(format!(
-                "`{}layer_types` entries must be \"full_attention\" or \"sliding_attention\", got \"{other}\"",
+                "`{}layer_types` entries must be \"full_attention\", \"sliding_attention\", \
+                 \"linear_attention\" or \"conv\", got \"{other}\"",
                 file.prefix
             ))),
         })

@@ -43,6 +43,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         norm_topk_prob: true,
         sparse_layers: vec![true; cfg.num_hidden_layers],
         layout: MoeLayout::Mixtral,
+        shared_expert_intermediate_size: None,
     });
     Ok(cfg)
 }

@@ -13,6 +13,7 @@ pub(crate) mod gpt2;
 pub(crate) mod gpt_oss;
 pub(crate) mod granite;
 pub(crate) mod layers;
+pub(crate) mod lfm2;
 pub(crate) mod llama;
 pub(crate) mod ministral3;
 pub(crate) mod mistral;
@@ -22,7 +23,9 @@ pub(crate) mod phi3;
 pub(crate) mod quantize;
 pub(crate) mod qwen2;
 pub(crate) mod qwen3;
+pub(crate) mod qwen3_5;
 pub(crate) mod qwen3_moe;
+pub(crate) mod qwen3_next;
 pub(crate) mod registry;
 pub(crate) mod smollm3;
 
@@ -144,6 +147,12 @@ pub enum Architecture {
     Mixtral,
     /// `gpt_oss` (HF `GptOssForCausalLM`).
     GptOss,
+    /// `qwen3_5_text` (HF `Qwen3_5ForCausalLM`; the language model of `Qwen3_5ForConditionalGeneration`).
+    Qwen3_5,
+    /// `qwen3_next` (HF `Qwen3NextForCausalLM`).
+    Qwen3Next,
+    /// `lfm2` (HF `Lfm2ForCausalLM`).
+    Lfm2,
 }
 
 impl Architecture {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gpt2, gpt_oss, granite, llama, ministral3, mistral, mixtral, olmo2,
-    phi3, qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
+    decoder, gemma2, gemma3, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral, mixtral,
+    olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next, smollm3, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -125,6 +125,14 @@ pub static ARCHITECTURES: &[Entry] = &[
     decoder_row(Architecture::Qwen3Moe, "qwen3_moe", qwen3_moe::parse, None),
     decoder_row(Architecture::Mixtral, "mixtral", mixtral::parse, None),
     decoder_row(Architecture::GptOss, "gpt_oss", gpt_oss::parse, None),
+    decoder_row(Architecture::Qwen3_5, "qwen3_5_text", qwen3_5::parse, None),
+    decoder_row(
+        Architecture::Qwen3Next,
+        "qwen3_next",
+        qwen3_next::parse,
+        None,
+    ),
+    decoder_row(Architecture::Lfm2, "lfm2", lfm2::parse, None),
 ];
 
 /// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
@@ -146,6 +154,12 @@ pub static WRAPPERS: &[Wrapper] = &[
         model_type: "gemma3",
         text_model_type: "gemma3_text",
         tie_word_embeddings: true,
+    },
+    // Qwen3_5ForConditionalGeneration (Qwen3.5 dense models).
+    Wrapper {
+        model_type: "qwen3_5",
+        text_model_type: "qwen3_5_text",
+        tie_word_embeddings: false,
     },
     // Mistral3ForConditionalGeneration (Mistral Small 3.1+, Ministral 3).
     Wrapper {
@@ -247,11 +261,13 @@ impl<'a> Resolved<'a> {
             WeightNames {
                 model: Some("language_model.model."),
                 lm_head: "language_model.",
+                renames: &[],
             }
         } else {
             WeightNames {
                 model: Some("model.language_model."),
                 lm_head: "",
+                renames: &[],
             }
         }
     }
@@ -332,13 +348,14 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3, Qwen3Moe, Mixtral, GptOss,
+            Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3Next, Lfm2,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
-                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss => {}
+                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
+                | Qwen3Next | Lfm2 => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -102,8 +102,10 @@ impl<'m> Drafter<'m> {
                     .take_while(|(a, b)| a == b)
                     .count()
                     .min(run.ids.len() - 1);
+                // A recurrent state goes back to its checkpoint, maybe before `valid`.
                 cache.crop(valid)?;
-                ids.truncate(valid);
+                ids.truncate(cache.seq_len().min(valid));
+                cache.checkpoint();
                 let input = run.ids;
                 let draft = draft_loop(model, layers, cache, run)?;
                 ids.clear();
@@ -117,6 +119,7 @@ impl<'m> Drafter<'m> {
                     Error::input("internal: early exit drafting without the target's cache")
                 })?;
                 let before = cache.seq_len();
+                cache.checkpoint();
                 let draft = draft_loop(model, layers, cache, run);
                 // The target recomputes these positions with every layer: drop the draft's entries.
                 cache.crop(before)?;

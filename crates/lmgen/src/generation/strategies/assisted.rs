@@ -92,6 +92,9 @@ pub(crate) fn run(
         extended.extend_from_slice(&candidates.tokens);
         let mut extended_layout = layout.clone();
         extended_layout.resize(extended.len());
+        // Rejected candidates are dropped by `crop`; a recurrent state returns here instead and
+        // the accepted tokens run again with the next round's candidates (`seq_len` says where).
+        cache.checkpoint();
         let raw = forward_row(
             model,
             &extended,
@@ -138,7 +141,8 @@ pub(crate) fn run(
         if finish.is_some() {
             break;
         }
-        // 5. Drop the rejected candidates' keys and values (the last token is fed next round).
+        // 5. Drop the rejected candidates' keys and values (the last token is fed next round;
+        // with a recurrent state, every token after the checkpoint).
         cache.crop(sequence.len() - 1)?;
         generator.update_candidate_strategy(&sequence, k, n_matches);
     }

@@ -7,6 +7,7 @@
 //! by the architecture before the model is built; the decoder only reads.
 
 pub(crate) mod moe;
+pub(crate) mod recurrent;
 pub(crate) mod rope;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use super::Architecture;
 use crate::error::{Error, Result};
 
 pub use moe::{MoeConfig, MoeLayout};
+pub use recurrent::{LinearAttentionConfig, LinearAttentionLayout, ShortConvConfig};
 pub use rope::{RopeConfig, RopeScaling};
 
 /// The activation of the MLP (`hidden_act` / `hidden_activation` / `activation_function`).
@@ -52,6 +54,18 @@ pub enum LayerType {
     FullAttention,
     /// `"sliding_attention"`: the last `sliding_window` tokens.
     SlidingAttention,
+    /// `"linear_attention"`: a gated DeltaNet layer with a recurrent state, no keys and values
+    /// ([`ModelConfig::linear_attention`]).
+    LinearAttention,
+    /// `"conv"`: LFM2's short convolution with a convolution state ([`ModelConfig::short_conv`]).
+    Conv,
+}
+
+impl LayerType {
+    /// Whether the layer keeps keys and values in the cache.
+    pub fn is_attention(self) -> bool {
+        matches!(self, LayerType::FullAttention | LayerType::SlidingAttention)
+    }
 }
 
 /// The normalisation layers' formula.
@@ -212,6 +226,16 @@ pub struct ModelConfig {
     /// gpt-oss: each head has a learned "sink" logit (`self_attn.sinks`) that joins the softmax
     /// over the keys and is then dropped, so a head may attend to nothing.
     pub attention_sinks: bool,
+    /// Qwen3.5 / Qwen3-Next: `q_proj` also yields a per-head gate, and the attention output is
+    /// multiplied by its sigmoid before `o_proj`.
+    pub attn_output_gate: bool,
+    /// The gated DeltaNet layers' shape (`layer_types` entries `"linear_attention"`).
+    pub linear_attention: Option<LinearAttentionConfig>,
+    /// LFM2's short convolutions (`layer_types` entries `"conv"`).
+    pub short_conv: Option<ShortConvConfig>,
+    /// Module names the checkpoint uses in place of the decoder's (Llama's) names: `(ours,
+    /// stored)` pairs of name segments, e.g. LFM2's `("mlp.gate_proj", "feed_forward.w1")`.
+    pub weight_renames: &'static [(&'static str, &'static str)],
 }
 
 impl ModelConfig {
@@ -271,6 +295,44 @@ impl ModelConfig {
                     self.num_hidden_layers
                 )));
             }
+        }
+        if self.layer_types.contains(&LayerType::LinearAttention) && self.linear_attention.is_none()
+        {
+            return Err(file.err(
+                "`layer_types` has \"linear_attention\" layers but the `linear_*` fields are missing"
+                    .into(),
+            ));
+        }
+        if let Some(la) = &self.linear_attention {
+            for (name, n) in [
+                ("linear_num_key_heads", la.num_key_heads),
+                ("linear_num_value_heads", la.num_value_heads),
+                ("linear_key_head_dim", la.key_head_dim),
+                ("linear_value_head_dim", la.value_head_dim),
+                ("linear_conv_kernel_dim", la.conv_kernel_dim),
+            ] {
+                if n == 0 {
+                    return Err(file.err(format!("`{}{name}` must be greater than 0", file.prefix)));
+                }
+            }
+            if la.num_value_heads % la.num_key_heads != 0 {
+                return Err(file.err(format!(
+                    "`{p}linear_num_value_heads` ({}) must be a multiple of `{p}linear_num_key_heads` ({})",
+                    la.num_value_heads,
+                    la.num_key_heads,
+                    p = file.prefix
+                )));
+            }
+        }
+        if let Some(sc) = &self.short_conv {
+            if sc.kernel == 0 {
+                return Err(file.err(format!("`{}conv_L_cache` must be at least 1", file.prefix)));
+            }
+        }
+        if self.layer_types.contains(&LayerType::Conv) && self.short_conv.is_none() {
+            return Err(
+                file.err("`layer_types` has \"conv\" layers but no convolution settings".into())
+            );
         }
         if self.layer_types.contains(&LayerType::SlidingAttention) && self.sliding_window.is_none()
         {

@@ -37,6 +37,9 @@ pub struct MoeConfig {
     pub sparse_layers: Vec<bool>,
     /// How the checkpoint names the experts' tensors.
     pub layout: MoeLayout,
+    /// A shared expert every token goes through, of this width, scaled by the sigmoid of
+    /// `shared_expert_gate` (`shared_expert_intermediate_size`; Qwen3-Next, Qwen2-MoE).
+    pub shared_expert_intermediate_size: Option<usize>,
 }
 
 /// Qwen3-MoE's MoE fields of `config.json`.
@@ -50,12 +53,42 @@ pub struct QwenMoeFields {
     decoder_sparse_step: Option<usize>,
     #[serde(default)]
     mlp_only_layers: Option<Vec<usize>>,
+    shared_expert_intermediate_size: Option<usize>,
 }
 
+/// An architecture's defaults for absent MoE fields.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeDefaults {
+    pub num_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub moe_intermediate_size: usize,
+    pub norm_topk_prob: bool,
+    /// `None`: the architecture has no shared expert (the field is not read).
+    pub shared_expert_intermediate_size: Option<usize>,
+}
+
+/// `Qwen3MoeConfig`'s: 128 experts, 8 per token, 768 wide, no normalisation, no shared expert.
+pub const QWEN3_MOE: MoeDefaults = MoeDefaults {
+    num_experts: 128,
+    num_experts_per_tok: 8,
+    moe_intermediate_size: 768,
+    norm_topk_prob: false,
+    shared_expert_intermediate_size: None,
+};
+
 impl QwenMoeFields {
-    /// With `Qwen3MoeConfig`'s defaults (128 experts, 8 per token, 768 wide, no normalisation,
-    /// every layer sparse).
+    /// With `Qwen3MoeConfig`'s defaults ([`QWEN3_MOE`]; every layer sparse).
     pub fn lower(self, num_hidden_layers: usize, file: &ConfigFile<'_>) -> Result<MoeConfig> {
+        self.lower_with(num_hidden_layers, file, &QWEN3_MOE)
+    }
+
+    /// With an architecture's own defaults.
+    pub fn lower_with(
+        self,
+        num_hidden_layers: usize,
+        file: &ConfigFile<'_>,
+        defaults: &MoeDefaults,
+    ) -> Result<MoeConfig> {
         let step = self.decoder_sparse_step.unwrap_or(1);
         if step == 0 {
             return Err(file.err(format!(
@@ -63,17 +96,25 @@ impl QwenMoeFields {
                 file.prefix
             )));
         }
-        let num_experts = self.num_experts.unwrap_or(128);
+        let num_experts = self.num_experts.unwrap_or(defaults.num_experts);
         let dense = self.mlp_only_layers.unwrap_or_default();
         Ok(MoeConfig {
             num_experts,
-            num_experts_per_tok: self.num_experts_per_tok.unwrap_or(8),
-            moe_intermediate_size: self.moe_intermediate_size.unwrap_or(768),
-            norm_topk_prob: self.norm_topk_prob.unwrap_or(false),
+            num_experts_per_tok: self
+                .num_experts_per_tok
+                .unwrap_or(defaults.num_experts_per_tok),
+            moe_intermediate_size: self
+                .moe_intermediate_size
+                .unwrap_or(defaults.moe_intermediate_size),
+            norm_topk_prob: self.norm_topk_prob.unwrap_or(defaults.norm_topk_prob),
             sparse_layers: (0..num_hidden_layers)
                 .map(|i| !dense.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
                 .collect(),
             layout: MoeLayout::Qwen,
+            shared_expert_intermediate_size: defaults
+                .shared_expert_intermediate_size
+                .map(|d| self.shared_expert_intermediate_size.unwrap_or(d))
+                .filter(|&n| n > 0),
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct Attention {
     softcap: Option<f64>,
     /// gpt-oss: `[num_heads]` sink logits, f32 (see [`ModelConfig::attention_sinks`]).
     sinks: Option<Tensor>,
+    /// Qwen3.5: `q_proj` yields `[query, gate]` per head and the output is multiplied by
+    /// `sigmoid(gate)` ([`ModelConfig::attn_output_gate`]).
+    output_gate: bool,
     layer_idx: usize,
 }
 
@@ -64,6 +67,12 @@ impl Attention {
     ) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        // With the output gate, each head's query is followed by its gate: `[nh, 2 d]`.
+        let q_width = if cfg.attn_output_gate {
+            2 * nh * d
+        } else {
+            nh * d
+        };
         let qkv = match cfg.projections {
             ProjectionLayout::Separate => {
                 let (q, k, v) = (
@@ -72,7 +81,7 @@ impl Attention {
                     format!("{prefix}.v_proj"),
                 );
                 let parts = [
-                    (q.as_str(), nh * d),
+                    (q.as_str(), q_width),
                     (k.as_str(), nkv * d),
                     (v.as_str(), nkv * d),
                 ];
@@ -82,7 +91,7 @@ impl Attention {
                 ctx,
                 &format!("{prefix}.qkv_proj"),
                 h,
-                (nh + 2 * nkv) * d,
+                q_width + 2 * nkv * d,
                 cfg.qkv_bias,
             )?,
         };
@@ -118,6 +127,7 @@ impl Attention {
             layer_idx,
         );
         attention.qk_norm = qk_norm;
+        attention.output_gate = cfg.attn_output_gate;
         if cfg.attention_sinks {
             attention.sinks = Some(ctx.tensor_as(&format!("{prefix}.sinks"), &[nh], DType::F32)?);
         }
@@ -146,6 +156,7 @@ impl Attention {
             scale,
             softcap: None,
             sinks: None,
+            output_gate: false,
             layer_idx,
         }
     }
@@ -163,10 +174,20 @@ impl Attention {
             num_kv_heads: nkv,
             head_dim: d,
         } = self.shape;
-        let qkv = self.qkv.forward(x)?; // [b, t, (nh + 2 nkv) * d]
-        let mut q = qkv.narrow(D::Minus1, 0, nh * d)?;
-        let mut k = qkv.narrow(D::Minus1, nh * d, nkv * d)?;
-        let v = qkv.narrow(D::Minus1, (nh + nkv) * d, nkv * d)?;
+        let qkv = self.qkv.forward(x)?; // [b, t, (nh (x2 with the gate) + 2 nkv) * d]
+        let (mut q, gate, q_width) = if self.output_gate {
+            // [b, t, nh, 2d]: each head's query, then its gate.
+            let qg = qkv
+                .narrow(D::Minus1, 0, 2 * nh * d)?
+                .reshape((b, t, nh, 2 * d))?;
+            let gate = qg.narrow(D::Minus1, d, d)?.reshape((b, t, nh * d))?;
+            let q = qg.narrow(D::Minus1, 0, d)?.reshape((b, t, nh * d))?;
+            (q, Some(gate), 2 * nh * d)
+        } else {
+            (qkv.narrow(D::Minus1, 0, nh * d)?, None, nh * d)
+        };
+        let mut k = qkv.narrow(D::Minus1, q_width, nkv * d)?;
+        let v = qkv.narrow(D::Minus1, q_width + nkv * d, nkv * d)?;
         if let Some((QkNorm::Projection, q_norm, k_norm)) = &self.qk_norm {
             q = q_norm.forward(&q)?; // over [b, t, nh * d]
             k = k_norm.forward(&k)?;
@@ -206,7 +227,10 @@ impl Attention {
             }
         };
         // [b, nh, t, d] -> [b, t, nh * d]
-        let out = out.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        let mut out = out.transpose(1, 2)?.reshape((b, t, nh * d))?;
+        if let Some(gate) = gate {
+            out = (out * candle_nn::ops::sigmoid(&gate)?)?;
+        }
         self.o_proj.forward(&out)
     }
 

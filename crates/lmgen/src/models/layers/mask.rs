@@ -34,9 +34,54 @@ pub enum ForwardMasks {
     Dense {
         full: Option<Tensor>,
         sliding: Option<Tensor>,
+        /// `[b, t, 1]`: 0 on the new tokens that are padding, 1 elsewhere, for recurrent layers
+        /// (which multiply their input by it so that padding never enters their state); `None`
+        /// when no new token is padding, at a single-token step, or without recurrent layers
+        /// (HF `create_recurrent_attention_mask`).
+        padding: Option<Tensor>,
     },
     /// A packed batch (the cache reports [`KvCache::spans`]): masks per sequence.
     Packed(Vec<PackedSequence>),
+}
+
+/// What a recurrent layer (linear attention, convolution) reads of the batch layout.
+#[derive(Debug, Clone, Copy)]
+pub enum StateRows<'a> {
+    /// A dense batch whose new tokens' padding is zeroed with this `[b, t, 1]` mask (if any).
+    Dense(Option<&'a Tensor>),
+    /// A packed batch: each sequence continues its own state.
+    Packed(&'a [PackedSequence]),
+}
+
+/// `[b, t, 1]` of the last `t` entries of each padding row, or `None` when all are 1.
+fn new_token_padding(
+    rows: &[Vec<u8>],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    fn tail(r: &[u8], t: usize) -> &[u8] {
+        &r[r.len().saturating_sub(t)..]
+    }
+    if rows.iter().all(|r| tail(r, t).iter().all(|&m| m != 0)) {
+        return Ok(None);
+    }
+    let mut flat = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        let tail = tail(r, t);
+        if tail.len() != t {
+            return Err(Error::input(format!(
+                "an attention mask row has {} entries for {t} new tokens",
+                r.len()
+            )));
+        }
+        flat.extend(tail.iter().map(|&m| if m != 0 { 1f32 } else { 0. }));
+    }
+    Ok(Some(
+        Tensor::from_vec(flat, (rows.len(), t, 1), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?,
+    ))
 }
 
 /// What one layer's attention masks with.
@@ -78,7 +123,16 @@ impl ForwardMasks {
         };
         let Some(spans) = cache.spans() else {
             let (full, sliding) = masks(input.attention_mask, b, t, cache.seq_len() + t)?;
-            return Ok(Self::Dense { full, sliding });
+            let recurrent = cfg.layer_types.iter().any(|l| !l.is_attention());
+            let padding = match input.attention_mask {
+                Some(rows) if recurrent && t > 1 => new_token_padding(rows, t, dtype, device)?,
+                _ => None,
+            };
+            return Ok(Self::Dense {
+                full,
+                sliding,
+                padding,
+            });
         };
         let total: usize = spans.iter().map(|s| s.new).sum();
         if b != 1 || total != t || input.attention_mask.is_some() {
@@ -105,10 +159,18 @@ impl ForwardMasks {
     pub fn for_layer(&self, layer_type: LayerType) -> LayerMask<'_> {
         let sliding = layer_type == LayerType::SlidingAttention;
         match self {
-            Self::Dense { full, sliding: s } => {
-                LayerMask::Dense(if sliding { s.as_ref() } else { full.as_ref() })
-            }
+            Self::Dense {
+                full, sliding: s, ..
+            } => LayerMask::Dense(if sliding { s.as_ref() } else { full.as_ref() }),
             Self::Packed(sequences) => LayerMask::Packed { sequences, sliding },
+        }
+    }
+
+    /// What recurrent layers read.
+    pub fn for_state(&self) -> StateRows<'_> {
+        match self {
+            Self::Dense { padding, .. } => StateRows::Dense(padding.as_ref()),
+            Self::Packed(sequences) => StateRows::Packed(sequences),
         }
     }
 

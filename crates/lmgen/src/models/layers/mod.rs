@@ -1,14 +1,18 @@
 //! Building blocks shared by the architectures, one concept per file.
 
 pub mod attention;
+pub mod conv;
 pub mod embedding;
+pub mod gated_delta_net;
 pub mod gemv;
 pub mod linear;
 pub mod mask;
+pub mod mixer;
 pub mod mlp;
 pub mod moe;
 pub mod norm;
 pub mod rotary;
+pub mod short_conv;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -38,17 +42,31 @@ pub struct WeightNames<'a> {
     pub model: Option<&'a str>,
     /// Prefixed to `lm_head.`.
     pub lm_head: &'a str,
+    /// `(ours, stored)` module-name segments the checkpoint names differently
+    /// ([`crate::models::ModelConfig::weight_renames`]).
+    pub renames: &'a [(&'a str, &'a str)],
 }
 
 impl WeightNames<'_> {
     /// The stored name of `name`.
     pub fn stored(&self, name: &str) -> String {
+        let renamed = rename(name, self.renames);
+        let name = renamed.as_str();
         match (self.model, name.strip_prefix("model.")) {
             (Some(m), Some(rest)) => format!("{m}{rest}"),
             _ if name.starts_with("lm_head.") => format!("{}{name}", self.lm_head),
             _ => name.to_string(),
         }
     }
+}
+
+/// `name` with each `(ours, stored)` segment replaced (whole dot-separated segments only).
+pub fn rename(name: &str, renames: &[(&str, &str)]) -> String {
+    let mut padded = format!(".{name}.");
+    for (ours, stored) in renames {
+        padded = padded.replacen(&format!(".{ours}."), &format!(".{stored}."), 1);
+    }
+    padded[1..padded.len() - 1].to_string()
 }
 
 impl LoadContext<'_> {

@@ -76,6 +76,9 @@ pub struct SparseMoe {
     experts: Vec<Expert>,
     top_k: usize,
     routing: Routing,
+    /// Qwen3-Next: `shared_expert` (a gated MLP every token goes through) and
+    /// `shared_expert_gate` `[1, hidden]`, whose sigmoid scales it.
+    shared: Option<(GatedMlp, Linear)>,
 }
 
 impl SparseMoe {
@@ -108,6 +111,21 @@ impl SparseMoe {
                 Ok(Expert::Gated(mlp))
             })
             .collect::<Result<Vec<_>>>()?;
+        let shared = match moe.shared_expert_intermediate_size {
+            None => None,
+            Some(si) => {
+                let name = |n: &str| format!("{p}.shared_expert.{n}");
+                let mlp = GatedMlp::load_separate(
+                    ctx,
+                    [&name("gate_proj"), &name("up_proj"), &name("down_proj")],
+                    (h, si),
+                    false,
+                    cfg.hidden_act,
+                )?;
+                let gate = Linear::load(ctx, &format!("{p}.shared_expert_gate"), h, 1, false)?;
+                Some((mlp, gate))
+            }
+        };
         Ok(Self {
             gate: Linear::load(ctx, &format!("{p}.gate"), h, n, false)?,
             experts,
@@ -115,6 +133,7 @@ impl SparseMoe {
             routing: Routing::SoftmaxTopK {
                 normalize: moe.norm_topk_prob || moe.layout == MoeLayout::Mixtral,
             },
+            shared,
         })
     }
 
@@ -169,6 +188,7 @@ impl SparseMoe {
             experts,
             top_k: moe.num_experts_per_tok,
             routing: Routing::TopKSoftmax,
+            shared: None,
         })
     }
 
@@ -198,6 +218,11 @@ impl SparseMoe {
                 .to_dtype(y.dtype())?
                 .unsqueeze(1)?; // [n_e, 1]
             out = out.index_add(&idx, &y.broadcast_mul(&w)?, 0)?;
+        }
+        if let Some((mlp, gate)) = &self.shared {
+            // expert_output + sigmoid(shared_expert_gate(x)) * shared_expert(x)
+            let g = candle_nn::ops::sigmoid(&gate.forward(&xs)?)?; // [n, 1]
+            out = (out + mlp.forward(&xs)?.broadcast_mul(&g)?)?;
         }
         Ok(out.reshape((b, t, h))?)
     }

@@ -42,6 +42,11 @@ impl RmsNorm {
 
     /// `[.., dim] -> [.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F64 {
+            let ms = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+            let inv = (ms + self.eps as f64)?.sqrt()?.recip()?;
+            return Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?);
+        }
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
             &self.weight,

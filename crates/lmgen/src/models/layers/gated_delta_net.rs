@@ -1,0 +1,497 @@
+//! Gated DeltaNet linear attention (HF `Qwen3_5GatedDeltaNet`, `Qwen3NextGatedDeltaNet`): the
+//! q/k/v projections go through a causal convolution and SiLU, then the gated delta rule updates
+//! a `[key_head_dim, value_head_dim]` state per value head,
+//!
+//! ```text
+//! S = S * exp(g_t);  S += k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t
+//! ```
+//!
+//! with `q`, `k` L2-normalised and `q` scaled by `key_head_dim^-0.5`; the output goes through a
+//! gated RMSNorm (`norm(o) * silu(z)`) and `out_proj`.
+//!
+//! The rule runs on the host in f32, token by token, for the prompt too (transformers runs its
+//! chunked form over a prompt and this recurrent form at decode: the same sums, in another
+//! order). The state stays in f32, as transformers keeps it.
+
+use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
+
+use super::conv::CausalConv1d;
+use super::linear::Linear;
+use super::norm::RmsNorm;
+use super::LoadContext;
+use crate::cache::LayerState;
+use crate::error::Result;
+use crate::models::config::{LinearAttentionConfig, LinearAttentionLayout, ModelConfig, NormKind};
+
+/// One gated DeltaNet layer.
+#[derive(Debug, Clone)]
+pub struct GatedDeltaNet {
+    /// `in_proj_qkv` and `in_proj_z` as one product: `[conv_dim + value_dim, hidden]`.
+    in_proj: Linear,
+    /// `in_proj_b` and `in_proj_a`, `[2 * value_heads, hidden]`, in f32 whatever the compute
+    /// dtype: the decay `exp(-exp(A_log) softplus(a + dt_bias))` compounds over every token, and
+    /// half-precision rounding of `a` would too.
+    in_proj_ba: Linear,
+    /// Over the q, k, v channels, SiLU after.
+    conv1d: CausalConv1d,
+    /// `-exp(A_log)`, f32 `[value_heads]`.
+    neg_a: Vec<f32>,
+    /// `dt_bias`, f32 `[value_heads]`.
+    dt_bias: Vec<f32>,
+    /// The gated RMSNorm's weight over `value_head_dim`.
+    norm: RmsNorm,
+    out_proj: Linear,
+    cfg: LinearAttentionConfig,
+    /// The dtype of the convolution and of `in_proj_ba`: f32 (f64 for a float64 model).
+    wide: DType,
+}
+
+impl GatedDeltaNet {
+    /// Loads `{prefix}` (`model.layers.{i}.linear_attn`).
+    pub fn load(ctx: &LoadContext<'_>, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
+        let la = cfg.linear_attention.ok_or_else(|| {
+            crate::error::Error::config("a `linear_attention` layer without `linear_*` fields")
+        })?;
+        let h = cfg.hidden_size;
+        let (nk, nv, dk, dv) = (
+            la.num_key_heads,
+            la.num_value_heads,
+            la.key_head_dim,
+            la.value_head_dim,
+        );
+        let name = |n: &str| format!("{prefix}.{n}");
+        // f32, or f64 for a float64 model.
+        let wide = if ctx.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let ctx32 = LoadContext {
+            dtype: wide,
+            quantize: None,
+            ..*ctx
+        };
+        let (in_proj, in_proj_ba) = match la.layout {
+            LinearAttentionLayout::Separate => (
+                Linear::load_fused(
+                    ctx,
+                    &[
+                        (&name("in_proj_qkv"), la.conv_dim()),
+                        (&name("in_proj_z"), la.value_dim()),
+                    ],
+                    h,
+                    false,
+                )?,
+                Linear::load_fused(
+                    &ctx32,
+                    &[(&name("in_proj_b"), nv), (&name("in_proj_a"), nv)],
+                    h,
+                    false,
+                )?,
+            ),
+            LinearAttentionLayout::Grouped => {
+                let r = nv / nk;
+                let qkvz = ctx.tensor(
+                    &name("in_proj_qkvz.weight"),
+                    &[nk * (2 * dk + 2 * r * dv), h],
+                )?;
+                let ba = ctx.tensor_as(&name("in_proj_ba.weight"), &[nk * 2 * r, h], wide)?;
+                let (qkvz_order, ba_order) = grouped_row_order(nk, r, dk, dv);
+                let rows = |w: &Tensor, order: &[u32]| -> Result<Tensor> {
+                    let idx = Tensor::new(order, w.device())?;
+                    Ok(w.index_select(&idx, 0)?.contiguous()?)
+                };
+                (
+                    Linear::from_weight(
+                        ctx,
+                        &name("in_proj_qkvz.weight"),
+                        rows(&qkvz, &qkvz_order)?,
+                        None,
+                    )?,
+                    Linear::from_weight(
+                        &ctx32,
+                        &name("in_proj_ba.weight"),
+                        rows(&ba, &ba_order)?,
+                        None,
+                    )?,
+                )
+            }
+        };
+        let f32s = |n: &str| -> Result<Vec<f32>> {
+            Ok(ctx.tensor_as(&name(n), &[nv], DType::F32)?.to_vec1()?)
+        };
+        let neg_a = f32s("A_log")?.iter().map(|a| -a.exp()).collect();
+        Ok(Self {
+            in_proj,
+            in_proj_ba,
+            // In f32 whatever the compute dtype: the L2 norm of a small query or key turns the
+            // rounding of a half-precision convolution into large output errors.
+            conv1d: CausalConv1d::load(
+                ctx,
+                &name("conv1d"),
+                (la.conv_dim(), la.conv_kernel_dim),
+                false,
+                wide,
+            )?,
+            neg_a,
+            dt_bias: f32s("dt_bias")?,
+            norm: RmsNorm::load(ctx, &name("norm"), dv, cfg.norm_eps, NormKind::Rms)?,
+            out_proj: Linear::load(ctx, &name("out_proj"), la.value_dim(), h, false)?,
+            cfg: la,
+            wide,
+        })
+    }
+
+    /// `x` `[b, t, hidden]` (padding already zeroed) after `state` -> `[b, t, hidden]` and the
+    /// new state.
+    pub fn forward(&self, x: &Tensor, state: Option<&LayerState>) -> Result<(Tensor, LayerState)> {
+        let (b, t, _) = x.dims3()?;
+        let la = &self.cfg;
+        let (nv, dv) = (la.num_value_heads, la.value_head_dim);
+        let (cd, vd) = (la.conv_dim(), la.value_dim());
+        let proj = self.in_proj.forward(x)?; // [b, t, cd + vd]
+        let qkv = proj.narrow(D::Minus1, 0, cd)?.to_dtype(self.wide)?; // [b, t, cd]
+        let z = proj.narrow(D::Minus1, cd, vd)?;
+        let ba = self.in_proj_ba.forward(&x.to_dtype(self.wide)?)?; // [b, t, 2 nv]
+        let beta = ba.narrow(D::Minus1, 0, nv)?;
+        let a = ba.narrow(D::Minus1, nv, nv)?;
+        let (mixed, conv_state) = self.conv1d.forward(&qkv, state.map(|s| &s.conv))?;
+        let mixed = candle_nn::ops::silu(&mixed)?; // [b, t, cd]
+        let host = |x: &Tensor| -> Result<Vec<f32>> {
+            Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
+        let initial = match state.and_then(|s| s.recurrent.as_ref()) {
+            Some(r) => host(r)?,
+            None => vec![0f32; b * nv * la.key_head_dim * dv],
+        };
+        let mut rule = Rule {
+            cfg: la,
+            b,
+            t,
+            qkv: host(&mixed)?,
+            beta: host(&beta)?,
+            a: host(&a)?,
+            state: initial,
+        };
+        let has_state = state.is_some_and(|s| s.recurrent.is_some());
+        let out = rule.run(&self.neg_a, &self.dt_bias, has_state); // [b, t, nv, dv]
+        let device = x.device();
+        let out = Tensor::from_vec(out, (b, t, nv, dv), &Device::Cpu)?
+            .to_device(device)?
+            .to_dtype(x.dtype())?;
+        let recurrent = Tensor::from_vec(rule.state, (b, nv, la.key_head_dim, dv), &Device::Cpu)?
+            .to_device(device)?;
+        // Gated RMSNorm: norm(o) * silu(z), per value head.
+        let z = z.reshape((b, t, nv, dv))?;
+        let gated = self
+            .norm
+            .forward(&out)?
+            .broadcast_mul(&candle_nn::ops::silu(&z.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)?;
+        let y = self.out_proj.forward(&gated.reshape((b, t, vd))?)?;
+        let len = state.map_or(0, |s| s.len) + t;
+        Ok((
+            y,
+            LayerState {
+                conv: conv_state,
+                recurrent: Some(recurrent),
+                len,
+            },
+        ))
+    }
+}
+
+/// Qwen3-Next stores `in_proj_qkvz` per key head `[q, k, v (r heads), z (r heads)]` and
+/// `in_proj_ba` per key head `[b (r), a (r)]`; the rows of each in the order `[q all heads, k all,
+/// v all, z all]` and `[b all, a all]`.
+fn grouped_row_order(nk: usize, r: usize, dk: usize, dv: usize) -> (Vec<u32>, Vec<u32>) {
+    let regroup = |width: usize, parts: &[(usize, usize)]| {
+        let mut order = Vec::new();
+        for &(offset, n) in parts {
+            for g in 0..nk {
+                let base = g * width + offset;
+                order.extend((base..base + n).map(|i| i as u32));
+            }
+        }
+        order
+    };
+    let w = 2 * dk + 2 * r * dv;
+    (
+        regroup(
+            w,
+            &[
+                (0, dk),
+                (dk, dk),
+                (2 * dk, r * dv),
+                (2 * dk + r * dv, r * dv),
+            ],
+        ),
+        regroup(2 * r, &[(0, r), (r, r)]),
+    )
+}
+
+/// One forward's inputs to the gated delta rule, on the host.
+struct Rule<'a> {
+    cfg: &'a LinearAttentionConfig,
+    b: usize,
+    t: usize,
+    /// `[b, t, conv_dim]`: q (`[nk, dk]`), k (`[nk, dk]`), v (`[nv, dv]`) after the convolution.
+    qkv: Vec<f32>,
+    /// `[b, t, nv]` before the sigmoid.
+    beta: Vec<f32>,
+    /// `[b, t, nv]` before the softplus.
+    a: Vec<f32>,
+    /// `[b, nv, dk, dv]`, updated in place.
+    state: Vec<f32>,
+}
+
+/// `torch.nn.functional.softplus` (threshold 20).
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// `x / sqrt(sum(x^2) + 1e-6)` (the FLA library's `l2norm`, as transformers has it).
+fn l2norm(x: &[f32]) -> Vec<f32> {
+    let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() + 1e-6).sqrt();
+    x.iter().map(|v| v * inv).collect()
+}
+
+/// One (row, value head)'s inputs over the forward's tokens.
+struct Head {
+    /// `[t][dk]`, L2-normalised and scaled by `dk^-0.5`.
+    q: Vec<Vec<f32>>,
+    /// `[t][dk]`, L2-normalised.
+    k: Vec<Vec<f32>>,
+    /// `[t][dv]`.
+    v: Vec<Vec<f32>>,
+    /// `[t]`: the log decay `g`.
+    g: Vec<f32>,
+    /// `[t]`: `sigmoid(b)`.
+    beta: Vec<f32>,
+}
+
+/// Tokens per chunk of the chunked form (transformers' `chunk_size`).
+const CHUNK: usize = 64;
+
+impl Head {
+    /// HF `torch_recurrent_gated_delta_rule` (a decode step): updates `s` (`[dk * dv]`) token by
+    /// token; returns `[t * dv]`.
+    fn recurrent(&self, s: &mut [f32], dv: usize) -> Vec<f32> {
+        let t = self.g.len();
+        let mut o = vec![0f32; t * dv];
+        let mut kv_mem = vec![0f32; dv];
+        for ti in 0..t {
+            let (q, k, v) = (&self.q[ti], &self.k[ti], &self.v[ti]);
+            let decay = self.g[ti].exp();
+            s.iter_mut().for_each(|x| *x *= decay);
+            kv_mem.iter_mut().for_each(|x| *x = 0.0);
+            for (i, ki) in k.iter().enumerate() {
+                for (m, sij) in kv_mem.iter_mut().zip(&s[i * dv..(i + 1) * dv]) {
+                    *m += sij * ki;
+                }
+            }
+            let delta: Vec<f32> = v
+                .iter()
+                .zip(&kv_mem)
+                .map(|(vj, mj)| (vj - mj) * self.beta[ti])
+                .collect();
+            for (i, ki) in k.iter().enumerate() {
+                for (sij, dj) in s[i * dv..(i + 1) * dv].iter_mut().zip(&delta) {
+                    *sij += ki * dj;
+                }
+            }
+            let ot = &mut o[ti * dv..(ti + 1) * dv];
+            for (i, qi) in q.iter().enumerate() {
+                for (oj, sij) in ot.iter_mut().zip(&s[i * dv..(i + 1) * dv]) {
+                    *oj += sij * qi;
+                }
+            }
+        }
+        o
+    }
+
+    /// HF `torch_chunk_gated_delta_rule` (a prompt, or several tokens after a state): chunks of
+    /// [`CHUNK`] tokens, within a chunk the UT transform `(I + L)^-1` of the strictly lower
+    /// `L = (beta k k^T) * decay` by forward substitution, across chunks the state; updates `s`
+    /// (`[dk * dv]`), returns `[t * dv]`.
+    fn chunked(&self, s: &mut [f32], dv: usize) -> Vec<f32> {
+        let t = self.g.len();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let mut o = vec![0f32; t * dv];
+        let mut start = 0;
+        while start < t {
+            let c = CHUNK.min(t - start);
+            let r = start..start + c;
+            let (q, k, v) = (&self.q[r.clone()], &self.k[r.clone()], &self.v[r.clone()]);
+            let (g, beta) = (&self.g[r.clone()], &self.beta[r]);
+            let mut cum = vec![0f32; c];
+            let mut acc = 0f32;
+            for (ci, gi) in cum.iter_mut().zip(g) {
+                acc += gi;
+                *ci = acc;
+            }
+            let pair = |i: usize, j: usize| (cum[i] - cum[j]).exp(); // j <= i
+            let k_beta: Vec<Vec<f32>> = k
+                .iter()
+                .zip(beta)
+                .map(|(ki, b)| ki.iter().map(|x| x * b).collect())
+                .collect();
+            // (I + L)^-1 applied to v * beta and to k * beta * exp(cum).
+            let mut new_values: Vec<Vec<f32>> = v
+                .iter()
+                .zip(beta)
+                .map(|(vi, b)| vi.iter().map(|x| x * b).collect())
+                .collect();
+            let mut k_cumdecay: Vec<Vec<f32>> = k_beta
+                .iter()
+                .zip(&cum)
+                .map(|(kb, ci)| kb.iter().map(|x| x * ci.exp()).collect())
+                .collect();
+            for (i, kb) in k_beta.iter().enumerate().skip(1) {
+                for (j, kj) in k.iter().enumerate().take(i) {
+                    let l = dot(kb, kj) * pair(i, j);
+                    let (done, rest) = new_values.split_at_mut(i);
+                    rest[0]
+                        .iter_mut()
+                        .zip(&done[j])
+                        .for_each(|(x, y)| *x -= l * y);
+                    let (done, rest) = k_cumdecay.split_at_mut(i);
+                    rest[0]
+                        .iter_mut()
+                        .zip(&done[j])
+                        .for_each(|(x, y)| *x -= l * y);
+                }
+            }
+            let last = cum[c - 1];
+            // v_new = new_values - k_cumdecay @ S
+            let v_new: Vec<Vec<f32>> = (0..c)
+                .map(|i| {
+                    let mut row = new_values[i].clone();
+                    for (a, kc) in k_cumdecay[i].iter().enumerate() {
+                        for (x, sa) in row.iter_mut().zip(&s[a * dv..(a + 1) * dv]) {
+                            *x -= kc * sa;
+                        }
+                    }
+                    row
+                })
+                .collect();
+            for i in 0..c {
+                let out = &mut o[(start + i) * dv..(start + i + 1) * dv];
+                // (q exp(cum)) @ S
+                let qd = cum[i].exp();
+                for (a, qa) in q[i].iter().enumerate() {
+                    let w = qa * qd;
+                    for (x, sa) in out.iter_mut().zip(&s[a * dv..(a + 1) * dv]) {
+                        *x += w * sa;
+                    }
+                }
+                // + sum_j (q_i . k_j) decay(i, j) v_new_j
+                for j in 0..=i {
+                    let w = dot(&q[i], &k[j]) * pair(i, j);
+                    for (x, vn) in out.iter_mut().zip(&v_new[j]) {
+                        *x += w * vn;
+                    }
+                }
+            }
+            // S = S exp(cum_last) + sum_i (k_i exp(cum_last - cum_i))^T v_new_i
+            let chunk_decay = last.exp();
+            s.iter_mut().for_each(|x| *x *= chunk_decay);
+            for i in 0..c {
+                let kd = (last - cum[i]).exp();
+                for (a, ka) in k[i].iter().enumerate() {
+                    let w = ka * kd;
+                    for (x, vn) in s[a * dv..(a + 1) * dv].iter_mut().zip(&v_new[i]) {
+                        *x += w * vn;
+                    }
+                }
+            }
+            start += c;
+        }
+        o
+    }
+}
+
+impl Rule<'_> {
+    /// Runs every token (the recurrent form for one token after a state, as transformers
+    /// decodes, the chunked form otherwise); returns the output `[b, t, nv, dv]`.
+    fn run(&mut self, neg_a: &[f32], dt_bias: &[f32], has_state: bool) -> Vec<f32> {
+        let la = self.cfg;
+        let (nk, nv, dk, dv) = (
+            la.num_key_heads,
+            la.num_value_heads,
+            la.key_head_dim,
+            la.value_head_dim,
+        );
+        let (b, t, cd) = (self.b, self.t, la.conv_dim());
+        let r = nv / nk;
+        let scale = (dk as f32).powf(-0.5);
+        let (qkv, beta, a) = (&self.qkv, &self.beta, &self.a);
+        let recurrent = has_state && t == 1;
+        // Each (row, value head) pair is independent: its state slice and output columns.
+        let mut heads: Vec<(usize, &mut [f32])> =
+            self.state.chunks_mut(dk * dv).enumerate().collect();
+        let results: Vec<(usize, Vec<f32>)> = heads
+            .par_iter_mut()
+            .map(|(i, s)| {
+                let (bi, h) = (*i / nv, *i % nv);
+                let kh = h / r;
+                let row = |ti: usize| &qkv[(bi * t + ti) * cd..(bi * t + ti + 1) * cd];
+                let at = |ti: usize| (bi * t + ti) * nv + h;
+                let head = Head {
+                    q: (0..t)
+                        .map(|ti| {
+                            let q = l2norm(&row(ti)[kh * dk..(kh + 1) * dk]);
+                            q.iter().map(|x| x * scale).collect()
+                        })
+                        .collect(),
+                    k: (0..t)
+                        .map(|ti| l2norm(&row(ti)[nk * dk + kh * dk..nk * dk + (kh + 1) * dk]))
+                        .collect(),
+                    v: (0..t)
+                        .map(|ti| {
+                            row(ti)[2 * nk * dk + h * dv..2 * nk * dk + (h + 1) * dv].to_vec()
+                        })
+                        .collect(),
+                    g: (0..t)
+                        .map(|ti| neg_a[h] * softplus(a[at(ti)] + dt_bias[h]))
+                        .collect(),
+                    beta: (0..t)
+                        .map(|ti| 1.0 / (1.0 + (-beta[at(ti)]).exp()))
+                        .collect(),
+                };
+                let o = if recurrent {
+                    head.recurrent(s, dv)
+                } else {
+                    head.chunked(s, dv)
+                };
+                (*i, o)
+            })
+            .collect();
+        let mut out = vec![0f32; b * t * nv * dv];
+        for (i, o) in results {
+            let (bi, h) = (i / nv, i % nv);
+            for ti in 0..t {
+                let at = ((bi * t + ti) * nv + h) * dv;
+                out[at..at + dv].copy_from_slice(&o[ti * dv..(ti + 1) * dv]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped_row_order;
+
+    #[test]
+    fn grouped_rows_become_head_major() {
+        // 2 key heads, 2 value heads each, dk = 1, dv = 1: qkvz rows per key head [q k v v z z].
+        let (qkvz, ba) = grouped_row_order(2, 2, 1, 1);
+        assert_eq!(qkvz, vec![0, 6, 1, 7, 2, 3, 8, 9, 4, 5, 10, 11]);
+        assert_eq!(ba, vec![0, 1, 4, 5, 2, 3, 6, 7]);
+    }
+}
