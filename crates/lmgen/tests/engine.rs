@@ -23,8 +23,15 @@ fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
 
+/// A golden model, or a golden-arch one (`arch/qwen3_5_text`).
 fn pipeline(model: &str) -> Pipeline {
-    Pipeline::from_pretrained(golden().join("models").join(model).to_str().unwrap()).unwrap()
+    let dir = match model.strip_prefix("arch/") {
+        Some(m) => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/golden-arch/models")
+            .join(m),
+        None => golden().join("models").join(model),
+    };
+    Pipeline::from_pretrained(dir.to_str().unwrap()).unwrap()
 }
 
 struct Setup {
@@ -90,7 +97,7 @@ fn random_prompt(rng: &mut StdRng, len: usize, vocab: usize) -> Vec<TokenId> {
 fn wait_idle(m: &ContinuousBatchingManager) {
     for _ in 0..500 {
         let s = m.stats();
-        if s.running == 0 && s.waiting == 0 && s.blocks_used == 0 {
+        if s.running == 0 && s.waiting == 0 && s.blocks_used == 0 && s.state_slots_used == 0 {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -150,6 +157,64 @@ fn greedy_equals_generate_on_other_architectures() {
     for (model, seed) in [("gpt2", 3), ("gemma2", 4), ("mistral", 5)] {
         random_arrivals(model, SchedulerPolicy::Fifo, seed);
     }
+}
+
+/// Hybrid models keep a recurrent state per sequence beside the paged KV: Qwen3.5 (gated
+/// DeltaNet), Qwen3-Next (the same with a sparse MoE) and LFM2 (short convolutions).
+#[test]
+fn greedy_equals_generate_on_recurrent_state_models() {
+    random_arrivals("arch/qwen3_5_text", SchedulerPolicy::Fifo, 6);
+    random_arrivals("arch/lfm2", SchedulerPolicy::PrefillFirst, 7);
+    random_arrivals("arch/qwen3_next", SchedulerPolicy::Fifo, 8);
+}
+
+/// A recurrent model's state slots: one per started sequence, none once a sequence is
+/// preempted (recomputed from its first token when it resumes), cancelled or done.
+#[test]
+fn recurrent_state_slots_are_freed_on_preemption_and_cancel() {
+    let s = setup("arch/qwen3_5_text");
+    // Preemption: 12 blocks of 4 tokens for 8 requests of up to 36 tokens each.
+    let m = manager(&s, engine_config(4, 12, 64));
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut submitted = Vec::new();
+    for i in 0..8 {
+        let prompt = random_prompt(&mut rng, 8 + i, s.model.config().vocab_size);
+        let mut cfg = greedy(&s, 36 - prompt.len());
+        cfg.min_new_tokens = cfg.max_new_tokens;
+        let id = m
+            .add_request(Request::new(prompt.clone(), cfg.clone()))
+            .unwrap();
+        submitted.push((id, prompt, cfg));
+    }
+    let mut most = 0;
+    for (id, prompt, cfg) in &submitted {
+        most = most.max(m.stats().state_slots_used);
+        let out = m
+            .get_result(Some(id), Some(Duration::from_secs(120)))
+            .unwrap();
+        assert_eq!(out.status, RequestStatus::Finished, "{:?}", out.error);
+        assert_eq!(out.generated_tokens, reference(&s, prompt, cfg), "{id}");
+    }
+    let stats = m.stats();
+    assert!(stats.preemptions > 0, "{stats:?}");
+    assert!(most >= 1, "no state slot seen while running: {stats:?}");
+    wait_idle(&m);
+    // Cancel: the running sequence holds one slot, then none.
+    let m = manager(&s, engine_config(4, 64, 64));
+    let mut cfg = greedy(&s, 200);
+    cfg.min_new_tokens = Some(200);
+    let id = m
+        .add_streaming_request(Request::new(vec![5, 6, 7, 8, 9], cfg))
+        .unwrap();
+    let mut updates = m.request_id_iter(&id).unwrap();
+    assert!(!updates.next().unwrap().new_tokens.is_empty());
+    let stats = m.stats();
+    assert_eq!(stats.state_slots_used, 1, "{stats:?}");
+    assert!(stats.state_bytes > 0, "{stats:?}");
+    m.cancel_request(&id);
+    assert_eq!(updates.last().unwrap().status, RequestStatus::Cancelled);
+    wait_idle(&m);
+    assert_eq!(m.stats().state_bytes, 0);
 }
 
 /// The golden greedy cases of `generate.json` (unpadded rows, settings the engine takes), all

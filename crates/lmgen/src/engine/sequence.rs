@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::cache::paged::prefix_cache::BlockHash;
 use crate::cache::paged::{BlockAllocator, BlockTable};
+use crate::cache::LayerStates;
 use crate::error::{Error, Result};
 use crate::generation::context::{GenerationContext, Rows, StopVocabulary};
 use crate::generation::logits::{LogitsProcessorList, Scores};
@@ -28,6 +29,9 @@ pub(crate) struct Sequence {
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
     pub table: BlockTable,
+    /// Its recurrent layers' states (linear attention, convolutions): its state slot, empty
+    /// until its first step and again once it ends or is preempted.
+    pub states: LayerStates,
     /// Prefix hashes of the full blocks registered (or shared) so far.
     pub hashes: Vec<BlockHash>,
     /// Absolute `max_length`, for the admission check.
@@ -151,6 +155,7 @@ impl Sequence {
             tokens: request.input_ids,
             computed: 0,
             table: BlockTable::new(),
+            states: LayerStates::default(),
             hashes: Vec::new(),
             max_length: lengths.max_length,
             status: RequestStatus::Pending,
@@ -207,6 +212,7 @@ impl Sequence {
     /// generated so far is kept and recomputed with the prompt when it is scheduled again).
     pub fn preempt(&mut self, alloc: &mut BlockAllocator) {
         self.table.release(alloc);
+        self.states.clear();
         self.hashes.clear();
         self.computed = 0;
         self.status = RequestStatus::Pending;
@@ -271,6 +277,7 @@ impl Sequence {
         alloc: &mut BlockAllocator,
     ) {
         self.table.release(alloc);
+        self.states.clear();
         self.status = status;
         let update = self.update(Vec::new(), Vec::new(), None, error);
         self.send(update);

@@ -49,6 +49,10 @@ impl Worker {
         stats: Arc<Mutex<EngineStats>>,
     ) -> Result<Self> {
         let m = model.config();
+        let recurrent = m.layer_types.iter().any(|l| !l.is_attention());
+        if recurrent && config.prefix_caching {
+            tracing::info!("prefix caching is off: this model keeps a recurrent state");
+        }
         let store = KvStore::new(
             StoreShape {
                 num_layers: m.num_hidden_layers,
@@ -56,6 +60,10 @@ impl Worker {
                 head_dim: m.head_dim,
                 slots: config.cache.capacity_tokens(),
             },
+            &m.layer_types
+                .iter()
+                .map(|l| l.is_attention())
+                .collect::<Vec<_>>(),
             dtype,
             model.device(),
         )?;
@@ -66,7 +74,8 @@ impl Worker {
                 policy: config.scheduler,
                 max_batch_tokens: config.max_batch_tokens,
                 max_running: config.max_running,
-                prefix_caching: config.prefix_caching,
+                // A shared prefix skips its tokens, which a recurrent state must see.
+                prefix_caching: config.prefix_caching && !recurrent,
             },
             model,
             running: Vec::new(),
@@ -196,6 +205,7 @@ impl Worker {
                 done.push(i);
             } else if finished {
                 seq.table.release(&mut self.alloc);
+                seq.states.clear();
                 done.push(i);
             }
         }
@@ -217,7 +227,7 @@ impl Worker {
 
     /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
     /// row-major `[sequences * vocab]`.
-    fn forward(&self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
+    fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
         let bs = self.alloc.block_size();
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
         let mut ids = Vec::with_capacity(total);
@@ -235,7 +245,11 @@ impl Worker {
         let device = self.model.device();
         let input_ids = Tensor::from_vec(ids, (1, total), device)?; // [1, T]
         let position_ids = Tensor::from_vec(positions, (1, total), device)?; // [1, T]
-        let mut cache = PagedBatch::new(&self.store, spans, slots, device)?;
+        let states = batch
+            .iter()
+            .map(|&(i, _)| std::mem::take(&mut self.running[i].states))
+            .collect();
+        let mut cache = PagedBatch::new(&self.store, spans, slots, device)?.with_states(states)?;
         let out = self.model.forward(
             &ForwardInput {
                 input_ids: &input_ids,
@@ -247,6 +261,9 @@ impl Worker {
             },
             &mut cache,
         )?;
+        for (&(i, _), states) in batch.iter().zip(cache.into_states()) {
+            self.running[i].states = states;
+        }
         // [1, sequences, vocab]
         Ok(out.logits.flatten_all()?.to_vec1()?)
     }
@@ -262,6 +279,9 @@ impl Worker {
             s.cancelled = self.cancelled;
             s.prefix_queries = self.alloc.prefix_queries;
             s.prefix_hits = self.alloc.prefix_hits;
+            let with_state = self.running.iter().filter(|q| !q.states.is_empty());
+            s.state_slots_used = with_state.clone().count();
+            s.state_bytes = with_state.map(|q| q.states.bytes()).sum();
         }
     }
 }

@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor};
 
 use super::store::KvStore;
-use crate::cache::{KvCache, SequenceSpan};
+use crate::cache::{KvCache, LayerState, LayerStates, SequenceSpan};
 use crate::error::{Error, Result};
 
 /// One forward's view of the store.
@@ -20,6 +20,9 @@ pub struct PagedBatch<'a> {
     slots: Vec<Vec<u32>>,
     /// The same as u32 `[past + new]` tensors, for gathering.
     gather: Vec<Tensor>,
+    /// Each sequence's recurrent-layer states (empty for attention-only models), handed in by
+    /// the engine and taken back with [`PagedBatch::into_states`].
+    states: Vec<LayerStates>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -44,12 +47,44 @@ impl<'a> PagedBatch<'a> {
             .iter()
             .map(|s| Tensor::new(s.as_slice(), device))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let states = vec![LayerStates::default(); spans.len()];
         Ok(Self {
             store,
             spans,
             slots,
             gather,
+            states,
         })
+    }
+
+    /// With each sequence's recurrent states (one entry per sequence, in order).
+    pub fn with_states(mut self, states: Vec<LayerStates>) -> Result<Self> {
+        if states.len() != self.spans.len() {
+            return Err(Error::input(
+                "paged batch: one set of recurrent states per sequence",
+            ));
+        }
+        self.states = states;
+        Ok(self)
+    }
+
+    /// The sequences' recurrent states after the forward.
+    pub fn into_states(self) -> Vec<LayerStates> {
+        self.states
+    }
+
+    fn states_of(&self, seq: Option<usize>) -> Result<usize> {
+        match seq {
+            Some(i) if i < self.states.len() => Ok(i),
+            Some(i) => Err(Error::input(format!(
+                "paged batch: no sequence {i} (it has {})",
+                self.states.len()
+            ))),
+            None if self.states.len() == 1 => Ok(0),
+            None => Err(Error::unsupported(
+                "a packed batch of several sequences keeps recurrent state per sequence",
+            )),
+        }
     }
 }
 
@@ -97,5 +132,15 @@ impl KvCache for PagedBatch<'_> {
         self.store
             .write(layer, &self.slots[seq][span.past..], k, v)?;
         self.store.gather(layer, &self.gather[seq])
+    }
+
+    fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
+        Ok(self.states[self.states_of(seq)?].get(layer).cloned())
+    }
+
+    fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
+        let i = self.states_of(seq)?;
+        self.states[i].set(layer, state);
+        Ok(())
     }
 }

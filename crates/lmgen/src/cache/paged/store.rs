@@ -28,14 +28,25 @@ pub struct StoreShape {
 
 impl KvStore {
     /// Zeroed storage for `shape`.
-    pub fn new(shape: StoreShape, dtype: DType, device: &Device) -> Result<Self> {
-        let dims = (shape.num_kv_heads, shape.slots, shape.head_dim);
-        let zeros = || Tensor::zeros(dims, dtype, device);
+    /// `attention[i]` says whether layer `i` keeps keys and values (recurrent layers get an
+    /// empty pool).
+    pub fn new(
+        shape: StoreShape,
+        attention: &[bool],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let mut k = Vec::with_capacity(shape.num_layers);
         let mut v = Vec::with_capacity(shape.num_layers);
-        for _ in 0..shape.num_layers {
-            k.push(zeros()?);
-            v.push(zeros()?);
+        for i in 0..shape.num_layers {
+            let slots = if attention.get(i).copied().unwrap_or(true) {
+                shape.slots
+            } else {
+                0
+            };
+            let dims = (shape.num_kv_heads, slots, shape.head_dim);
+            k.push(Tensor::zeros(dims, dtype, device)?);
+            v.push(Tensor::zeros(dims, dtype, device)?);
         }
         Ok(Self { k, v })
     }
@@ -94,6 +105,7 @@ mod tests {
                 head_dim: 1,
                 slots: 8,
             },
+            &[true],
             DType::F32,
             &dev,
         )
