@@ -213,3 +213,22 @@ fn half_precision_stays_close_to_f32() -> anyhow::Result<()> {
     println!("{}", report.join("\n"));
     Ok(())
 }
+
+/// gpt-oss as published: experts stored as MXFP4 blocks and scales (`tools/make_gpt_oss_mxfp4.py`
+/// wrote a tiny one and transformers' logits for it, loaded with `Mxfp4Config(dequantize=True)`).
+#[test]
+fn gpt_oss_mxfp4_experts_match_transformers() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mxfp4");
+    let tensors = candle_core::safetensors::load(dir.join("forward.safetensors"), &Device::Cpu)?;
+    let checkpoint = Checkpoint::open(&dir.join("gpt_oss_mxfp4"))?;
+    let model = load_model(&checkpoint, &LoadOptions::default())?;
+    let ids: Vec<u32> = tensors["input_ids"].to_dtype(DType::U32)?.to_vec1()?;
+    let got = common::all_logits(model.as_ref(), &ids)?;
+    let diff = (got - &tensors["logits"])?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(diff <= 1e-4, "max |logit difference| {diff}");
+    Ok(())
+}

@@ -467,6 +467,25 @@ impl Safetensors {
         self.tensors.contains_key(name)
     }
 
+    /// The bytes of the U8 tensor `name`, which must have exactly `shape` (MXFP4 blocks and
+    /// scales).
+    fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let entry = self.entry(name)?;
+        let path = &self.files[entry.file].0;
+        if entry.dtype != Dtype::U8 || entry.shape != shape {
+            let message = format!(
+                "tensor `{name}` is {:?} {:?}; U8 {shape:?} expected",
+                entry.dtype, entry.shape
+            );
+            return Err(weights_error(path, message));
+        }
+        let bytes = self.files[entry.file]
+            .1
+            .get(entry.bytes.clone())
+            .ok_or_else(|| weights_error(path, format!("tensor `{name}`: data out of range")))?;
+        Ok(bytes.to_vec())
+    }
+
     /// All stored tensor names, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
@@ -638,6 +657,17 @@ impl Weights {
         match &self.inner {
             Inner::Safetensors(_) => Ok(None),
             Inner::Gguf(w) => w.quantized(name, shape),
+        }
+    }
+
+    /// The bytes of the U8 tensor `name` of `shape` (MXFP4 blocks and scales of safetensors
+    /// checkpoints; a GGUF file has none).
+    pub(crate) fn u8s(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        match &self.inner {
+            Inner::Safetensors(w) => w.u8s(name, shape),
+            Inner::Gguf(_) => Err(Error::unsupported(format!(
+                "`{name}`: U8 tensors are read from safetensors checkpoints only"
+            ))),
         }
     }
 

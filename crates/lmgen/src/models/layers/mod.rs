@@ -10,6 +10,7 @@ pub mod mask;
 pub mod mixer;
 pub mod mlp;
 pub mod moe;
+pub mod mxfp4;
 pub mod norm;
 pub mod rotary;
 pub mod short_conv;

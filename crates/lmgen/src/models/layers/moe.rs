@@ -146,17 +146,20 @@ impl SparseMoe {
         moe: &MoeConfig,
     ) -> Result<Self> {
         let p = format!("{prefix}.mlp");
-        let blocks = format!("{p}.experts.gate_up_proj_blocks");
-        if ctx.contains(&blocks) {
-            return Err(Error::unsupported(format!(
-                "`{blocks}`: expert weights stored as MXFP4 blocks and scales (the gpt-oss \
-                 checkpoints as published) are not read yet; load a checkpoint with \
-                 dequantized experts (`gate_up_proj`, `down_proj`)"
-            )));
-        }
-        let gate_up = ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?;
+        let mxfp4 = ctx.contains(&format!("{p}.experts.gate_up_proj_blocks"));
+        // [n, h, 2i] and [n, i, h], stored dense or as MXFP4 blocks (the published checkpoints).
+        let (gate_up, down) = if mxfp4 {
+            (
+                super::mxfp4::load(ctx, &format!("{p}.experts.gate_up_proj"), [n, 2 * i, h])?,
+                super::mxfp4::load(ctx, &format!("{p}.experts.down_proj"), [n, h, i])?,
+            )
+        } else {
+            (
+                ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?,
+                ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?,
+            )
+        };
         let gate_up_bias = ctx.tensor(&format!("{p}.experts.gate_up_proj_bias"), &[n, 2 * i])?;
-        let down = ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?;
         let down_bias = ctx.tensor(&format!("{p}.experts.down_proj_bias"), &[n, h])?;
         let device = gate_up.device();
         // [2i]: even columns (gate) first, then odd ones (up).
