@@ -73,45 +73,13 @@ fn full_prompt_logits_match_transformers() -> anyhow::Result<()> {
             let ids: Vec<u32> = ids.to_dtype(DType::U32)?.to_vec1()?;
             let got = common::all_logits(model.as_ref(), &ids)?;
             assert_eq!(got.dims(), want.dims(), "{name}.{i}: shape");
-            let diff = (&got - want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            if diff > 1e-4 {
-                // Past 1e-4, the position must be one where transformers' own float32 result is
-                // off the exact value (the model run in float64) by at least as much as ours:
-                // an ill-conditioned position (the gated DeltaNet L2-normalises small queries),
-                // not a different computation.
-                let want: Vec<Vec<f32>> = want.to_vec2()?;
-                let got: Vec<Vec<f32>> = got.to_vec2()?;
-                let exact_model = load_model(
-                    &checkpoint,
-                    &LoadOptions {
-                        dtype: Some(DType::F64),
-                        ..LoadOptions::default()
-                    },
-                )?;
-                let exact: Vec<Vec<f32>> =
-                    common::all_logits(exact_model.as_ref(), &ids)?.to_vec2()?;
-                let row_diff = |a: &[f32], b: &[f32]| {
-                    a.iter()
-                        .zip(b)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0f32, f32::max)
-                };
-                for (p, ((g, w), e)) in got.iter().zip(&want).zip(&exact).enumerate() {
-                    let (ours, theirs) = (row_diff(g, w), row_diff(e, w));
-                    let ours_to_exact = row_diff(g, e);
-                    if ours > 1e-4 && ours_to_exact > theirs {
-                        failures.push(format!(
-                            "{name}.{i} position {p}: max |logit difference| {ours} > 1e-4, and \
-                             ours is {ours_to_exact} from the float64 result where \
-                             transformers' is {theirs}"
-                        ));
-                    }
-                }
-            }
+            failures.extend(logits_failures(
+                &format!("{name}.{i}"),
+                &checkpoint,
+                &ids,
+                &got,
+                want,
+            )?);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -169,6 +137,55 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
         failures.join("\n")
     );
     Ok(())
+}
+
+/// Full-prompt logits within 1e-4 of transformers'. Past 1e-4, a position must be one where
+/// transformers' own float32 result is off the exact value (the model run in float64) by at
+/// least as much as ours: an ill-conditioned position (the gated DeltaNet L2-normalises small
+/// queries and keys), not a different computation.
+fn logits_failures(
+    label: &str,
+    checkpoint: &Checkpoint,
+    ids: &[u32],
+    got: &candle_core::Tensor,
+    want: &candle_core::Tensor,
+) -> anyhow::Result<Vec<String>> {
+    let diff = (got - want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    if diff <= 1e-4 {
+        return Ok(Vec::new());
+    }
+    let want: Vec<Vec<f32>> = want.to_vec2()?;
+    let got: Vec<Vec<f32>> = got.to_vec2()?;
+    let exact_model = load_model(
+        checkpoint,
+        &LoadOptions {
+            dtype: Some(DType::F64),
+            ..LoadOptions::default()
+        },
+    )?;
+    let exact: Vec<Vec<f32>> = common::all_logits(exact_model.as_ref(), ids)?.to_vec2()?;
+    let row_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let mut failures = Vec::new();
+    for (p, ((g, w), e)) in got.iter().zip(&want).zip(&exact).enumerate() {
+        let (ours, theirs) = (row_diff(g, w), row_diff(e, w));
+        let ours_to_exact = row_diff(g, e);
+        if ours > 1e-4 && ours_to_exact > theirs {
+            failures.push(format!(
+                "{label} position {p}: max |logit difference| {ours} > 1e-4, and ours is \
+                 {ours_to_exact} from the float64 result where transformers' is {theirs}"
+            ));
+        }
+    }
+    Ok(failures)
 }
 
 /// Every new knob also runs in half precision: f16 and bf16 logits stay close to f32's on the
@@ -230,5 +247,30 @@ fn gpt_oss_mxfp4_experts_match_transformers() -> anyhow::Result<()> {
         .max(0)?
         .to_scalar::<f32>()?;
     assert!(diff <= 1e-4, "max |logit difference| {diff}");
+    Ok(())
+}
+
+/// Qwen3.5-MoE's text model (Qwen3.5-35B-A3B's shape in small: gated DeltaNet, gated attention,
+/// routed experts and a shared expert on every layer), saved by transformers with its logits
+/// and greedy tokens (`tools/make_qwen3_5_moe.py`).
+#[test]
+fn qwen3_5_moe_matches_transformers() -> anyhow::Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_5_moe");
+    let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    let checkpoint = Checkpoint::open(&dir.join("qwen3_5_moe_text"))?;
+    let model = load_model(&checkpoint, &LoadOptions::default())?;
+    let ids: Vec<u32> = tensors["input_ids"].to_dtype(DType::U32)?.to_vec1()?;
+    let got = common::all_logits(model.as_ref(), &ids)?;
+    let failures = logits_failures("qwen3_5_moe", &checkpoint, &ids, &got, &tensors["logits"])?;
+    let want: Vec<u32> = tensors["greedy"].to_dtype(DType::U32)?.to_vec1()?;
+    let config = GenerationConfig {
+        max_new_tokens: Some(want.len() - ids.len()),
+        min_new_tokens: Some(want.len() - ids.len()),
+        do_sample: Some(false),
+        ..GenerationConfig::default()
+    };
+    let out = lmgen::generate(model.as_ref(), &GenerateInput::single(ids), &config)?;
+    assert_eq!(out.sequences[0], want);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

@@ -24,6 +24,7 @@ pub(crate) mod quantize;
 pub(crate) mod qwen2;
 pub(crate) mod qwen3;
 pub(crate) mod qwen3_5;
+pub(crate) mod qwen3_5_moe;
 pub(crate) mod qwen3_moe;
 pub(crate) mod qwen3_next;
 pub(crate) mod registry;
@@ -149,6 +150,9 @@ pub enum Architecture {
     GptOss,
     /// `qwen3_5_text` (HF `Qwen3_5ForCausalLM`; the language model of `Qwen3_5ForConditionalGeneration`).
     Qwen3_5,
+    /// `qwen3_5_moe_text` (HF `Qwen3_5MoeForCausalLM`; the language model of
+    /// `Qwen3_5MoeForConditionalGeneration`).
+    Qwen3_5Moe,
     /// `qwen3_next` (HF `Qwen3NextForCausalLM`).
     Qwen3Next,
     /// `lfm2` (HF `Lfm2ForCausalLM`).

@@ -39,16 +39,35 @@ pub(crate) struct HybridFields {
     linear_num_value_heads: Option<usize>,
     full_attention_interval: Option<usize>,
     partial_rotary_factor: Option<f64>,
+    attn_output_gate: Option<bool>,
     rope_parameters: Option<Value>,
     rope_scaling: Option<Value>,
 }
 
 /// Parses `file` as the Qwen3.5 decoder (Qwen3-Next adds its MoE on top).
+/// `dense_intermediate` stands in for an absent `intermediate_size` (a model whose every layer is
+/// sparse has no dense MLP).
 pub(crate) fn parse_hybrid(
     file: &ConfigFile<'_>,
     architecture: Architecture,
     layout: LinearAttentionLayout,
+    dense_intermediate: Option<usize>,
 ) -> Result<ModelConfig> {
+    let filled;
+    let file = match (dense_intermediate, file.value.get("intermediate_size")) {
+        (Some(n), None) => {
+            let mut value = file.value.clone();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("intermediate_size".into(), n.into());
+            }
+            filled = value;
+            &ConfigFile {
+                value: &filled,
+                ..*file
+            }
+        }
+        _ => file,
+    };
     let mut base: llama::Config = file.parse()?;
     let hybrid: HybridFields = file.parse()?;
     base.head_dim = Some(hybrid.head_dim.unwrap_or(256));
@@ -69,7 +88,7 @@ pub(crate) fn parse_hybrid(
     let mut cfg = base.lower(file, architecture, &DEFAULTS)?;
     cfg.norm = NormKind::RmsUnitOffset;
     cfg.qk_norm = Some(QkNorm::PerHead);
-    cfg.attn_output_gate = true;
+    cfg.attn_output_gate = hybrid.attn_output_gate.unwrap_or(true);
     // `kwargs.setdefault("partial_rotary_factor", 0.25)`.
     let given = |v: &Option<Value>| {
         v.as_ref()
@@ -96,5 +115,10 @@ pub(crate) fn parse_hybrid(
 
 /// `qwen3_5_text`.
 pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
-    parse_hybrid(file, Architecture::Qwen3_5, LinearAttentionLayout::Separate)
+    parse_hybrid(
+        file,
+        Architecture::Qwen3_5,
+        LinearAttentionLayout::Separate,
+        None,
+    )
 }

@@ -26,6 +26,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         file,
         Architecture::Qwen3Next,
         LinearAttentionLayout::Grouped,
+        None,
     )?;
     let moe = file
         .parse::<QwenMoeFields>()?

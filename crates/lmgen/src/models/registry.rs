@@ -16,7 +16,8 @@ use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
     decoder, gemma2, gemma3, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral, mixtral,
-    olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next, smollm3, Architecture, CausalLM,
+    olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3, Architecture,
+    CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -127,6 +128,12 @@ pub static ARCHITECTURES: &[Entry] = &[
     decoder_row(Architecture::GptOss, "gpt_oss", gpt_oss::parse, None),
     decoder_row(Architecture::Qwen3_5, "qwen3_5_text", qwen3_5::parse, None),
     decoder_row(
+        Architecture::Qwen3_5Moe,
+        "qwen3_5_moe_text",
+        qwen3_5_moe::parse,
+        None,
+    ),
+    decoder_row(
         Architecture::Qwen3Next,
         "qwen3_next",
         qwen3_next::parse,
@@ -159,6 +166,12 @@ pub static WRAPPERS: &[Wrapper] = &[
     Wrapper {
         model_type: "qwen3_5",
         text_model_type: "qwen3_5_text",
+        tie_word_embeddings: false,
+    },
+    // Qwen3_5MoeForConditionalGeneration (Qwen3.5-35B-A3B and the other sparse ones).
+    Wrapper {
+        model_type: "qwen3_5_moe",
+        text_model_type: "qwen3_5_moe_text",
         tie_word_embeddings: false,
     },
     // Mistral3ForConditionalGeneration (Mistral Small 3.1+, Ministral 3).
@@ -348,14 +361,14 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3Next, Lfm2,
+            Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3Next | Lfm2 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -49,8 +49,8 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
             "unknown model_type `mamba`",
             "config.json",
             "supported: gpt2, llama, mistral, qwen2, gemma2, qwen3, gemma3_text, phi3, smollm3, \
-             olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, qwen3_5_text, qwen3_next, \
-             lfm2, gemma3, qwen3_5, mistral3",
+             olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, qwen3_5_text, \
+             qwen3_5_moe_text, qwen3_next, lfm2, gemma3, qwen3_5, qwen3_5_moe, mistral3",
         ],
     );
     let msg = config_error("llama", |c| {

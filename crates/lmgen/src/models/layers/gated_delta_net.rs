@@ -158,12 +158,12 @@ impl GatedDeltaNet {
         let a = ba.narrow(D::Minus1, nv, nv)?;
         let (mixed, conv_state) = self.conv1d.forward(&qkv, state.map(|s| &s.conv))?;
         let mixed = candle_nn::ops::silu(&mixed)?; // [b, t, cd]
-        let host = |x: &Tensor| -> Result<Vec<f32>> {
-            Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        let host = |x: &Tensor| -> Result<Vec<F>> {
+            Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
         };
         let initial = match state.and_then(|s| s.recurrent.as_ref()) {
             Some(r) => host(r)?,
-            None => vec![0f32; b * nv * la.key_head_dim * dv],
+            None => vec![0.0; b * nv * la.key_head_dim * dv],
         };
         let mut rule = Rule {
             cfg: la,
@@ -175,12 +175,16 @@ impl GatedDeltaNet {
             state: initial,
         };
         let has_state = state.is_some_and(|s| s.recurrent.is_some());
-        let out = rule.run(&self.neg_a, &self.dt_bias, has_state); // [b, t, nv, dv]
+        let neg_a: Vec<F> = self.neg_a.iter().map(|&x| x as F).collect();
+        let dt_bias: Vec<F> = self.dt_bias.iter().map(|&x| x as F).collect();
+        let out = rule.run(&neg_a, &dt_bias, has_state); // [b, t, nv, dv]
         let device = x.device();
         let out = Tensor::from_vec(out, (b, t, nv, dv), &Device::Cpu)?
+            .to_dtype(DType::F32)?
             .to_device(device)?
             .to_dtype(x.dtype())?;
         let recurrent = Tensor::from_vec(rule.state, (b, nv, la.key_head_dim, dv), &Device::Cpu)?
+            .to_dtype(DType::F32)?
             .to_device(device)?;
         // Gated RMSNorm: norm(o) * silu(z), per value head.
         let z = z.reshape((b, t, nv, dv))?;
@@ -230,23 +234,28 @@ fn grouped_row_order(nk: usize, r: usize, dk: usize, dv: usize) -> (Vec<u32>, Ve
     )
 }
 
+/// The rule's arithmetic: f64, whatever the model's dtype (a query or key near zero makes
+/// some positions ill-conditioned; the state is kept in f32 between forwards, as transformers
+/// keeps it).
+type F = f64;
+
 /// One forward's inputs to the gated delta rule, on the host.
 struct Rule<'a> {
     cfg: &'a LinearAttentionConfig,
     b: usize,
     t: usize,
     /// `[b, t, conv_dim]`: q (`[nk, dk]`), k (`[nk, dk]`), v (`[nv, dv]`) after the convolution.
-    qkv: Vec<f32>,
+    qkv: Vec<F>,
     /// `[b, t, nv]` before the sigmoid.
-    beta: Vec<f32>,
+    beta: Vec<F>,
     /// `[b, t, nv]` before the softplus.
-    a: Vec<f32>,
+    a: Vec<F>,
     /// `[b, nv, dk, dv]`, updated in place.
-    state: Vec<f32>,
+    state: Vec<F>,
 }
 
 /// `torch.nn.functional.softplus` (threshold 20).
-fn softplus(x: f32) -> f32 {
+fn softplus(x: F) -> F {
     if x > 20.0 {
         x
     } else {
@@ -255,23 +264,23 @@ fn softplus(x: f32) -> f32 {
 }
 
 /// `x / sqrt(sum(x^2) + 1e-6)` (the FLA library's `l2norm`, as transformers has it).
-fn l2norm(x: &[f32]) -> Vec<f32> {
-    let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f32>() + 1e-6).sqrt();
+fn l2norm(x: &[F]) -> Vec<F> {
+    let inv = 1.0 / (x.iter().map(|v| v * v).sum::<F>() + 1e-6).sqrt();
     x.iter().map(|v| v * inv).collect()
 }
 
 /// One (row, value head)'s inputs over the forward's tokens.
 struct Head {
     /// `[t][dk]`, L2-normalised and scaled by `dk^-0.5`.
-    q: Vec<Vec<f32>>,
+    q: Vec<Vec<F>>,
     /// `[t][dk]`, L2-normalised.
-    k: Vec<Vec<f32>>,
+    k: Vec<Vec<F>>,
     /// `[t][dv]`.
-    v: Vec<Vec<f32>>,
+    v: Vec<Vec<F>>,
     /// `[t]`: the log decay `g`.
-    g: Vec<f32>,
+    g: Vec<F>,
     /// `[t]`: `sigmoid(b)`.
-    beta: Vec<f32>,
+    beta: Vec<F>,
 }
 
 /// Tokens per chunk of the chunked form (transformers' `chunk_size`).
@@ -280,10 +289,10 @@ const CHUNK: usize = 64;
 impl Head {
     /// HF `torch_recurrent_gated_delta_rule` (a decode step): updates `s` (`[dk * dv]`) token by
     /// token; returns `[t * dv]`.
-    fn recurrent(&self, s: &mut [f32], dv: usize) -> Vec<f32> {
+    fn recurrent(&self, s: &mut [F], dv: usize) -> Vec<F> {
         let t = self.g.len();
-        let mut o = vec![0f32; t * dv];
-        let mut kv_mem = vec![0f32; dv];
+        let mut o = vec![0.0 as F; t * dv];
+        let mut kv_mem = vec![0.0 as F; dv];
         for ti in 0..t {
             let (q, k, v) = (&self.q[ti], &self.k[ti], &self.v[ti]);
             let decay = self.g[ti].exp();
@@ -294,7 +303,7 @@ impl Head {
                     *m += sij * ki;
                 }
             }
-            let delta: Vec<f32> = v
+            let delta: Vec<F> = v
                 .iter()
                 .zip(&kv_mem)
                 .map(|(vj, mj)| (vj - mj) * self.beta[ti])
@@ -318,35 +327,35 @@ impl Head {
     /// [`CHUNK`] tokens, within a chunk the UT transform `(I + L)^-1` of the strictly lower
     /// `L = (beta k k^T) * decay` by forward substitution, across chunks the state; updates `s`
     /// (`[dk * dv]`), returns `[t * dv]`.
-    fn chunked(&self, s: &mut [f32], dv: usize) -> Vec<f32> {
+    fn chunked(&self, s: &mut [F], dv: usize) -> Vec<F> {
         let t = self.g.len();
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        let mut o = vec![0f32; t * dv];
+        let dot = |a: &[F], b: &[F]| a.iter().zip(b).map(|(x, y)| x * y).sum::<F>();
+        let mut o = vec![0.0 as F; t * dv];
         let mut start = 0;
         while start < t {
             let c = CHUNK.min(t - start);
             let r = start..start + c;
             let (q, k, v) = (&self.q[r.clone()], &self.k[r.clone()], &self.v[r.clone()]);
             let (g, beta) = (&self.g[r.clone()], &self.beta[r]);
-            let mut cum = vec![0f32; c];
-            let mut acc = 0f32;
+            let mut cum = vec![0.0 as F; c];
+            let mut acc = 0.0 as F;
             for (ci, gi) in cum.iter_mut().zip(g) {
                 acc += gi;
                 *ci = acc;
             }
             let pair = |i: usize, j: usize| (cum[i] - cum[j]).exp(); // j <= i
-            let k_beta: Vec<Vec<f32>> = k
+            let k_beta: Vec<Vec<F>> = k
                 .iter()
                 .zip(beta)
                 .map(|(ki, b)| ki.iter().map(|x| x * b).collect())
                 .collect();
             // (I + L)^-1 applied to v * beta and to k * beta * exp(cum).
-            let mut new_values: Vec<Vec<f32>> = v
+            let mut new_values: Vec<Vec<F>> = v
                 .iter()
                 .zip(beta)
                 .map(|(vi, b)| vi.iter().map(|x| x * b).collect())
                 .collect();
-            let mut k_cumdecay: Vec<Vec<f32>> = k_beta
+            let mut k_cumdecay: Vec<Vec<F>> = k_beta
                 .iter()
                 .zip(&cum)
                 .map(|(kb, ci)| kb.iter().map(|x| x * ci.exp()).collect())
@@ -368,7 +377,7 @@ impl Head {
             }
             let last = cum[c - 1];
             // v_new = new_values - k_cumdecay @ S
-            let v_new: Vec<Vec<f32>> = (0..c)
+            let v_new: Vec<Vec<F>> = (0..c)
                 .map(|i| {
                     let mut row = new_values[i].clone();
                     for (a, kc) in k_cumdecay[i].iter().enumerate() {
@@ -418,7 +427,7 @@ impl Head {
 impl Rule<'_> {
     /// Runs every token (the recurrent form for one token after a state, as transformers
     /// decodes, the chunked form otherwise); returns the output `[b, t, nv, dv]`.
-    fn run(&mut self, neg_a: &[f32], dt_bias: &[f32], has_state: bool) -> Vec<f32> {
+    fn run(&mut self, neg_a: &[F], dt_bias: &[F], has_state: bool) -> Vec<F> {
         let la = self.cfg;
         let (nk, nv, dk, dv) = (
             la.num_key_heads,
@@ -428,13 +437,13 @@ impl Rule<'_> {
         );
         let (b, t, cd) = (self.b, self.t, la.conv_dim());
         let r = nv / nk;
-        let scale = (dk as f32).powf(-0.5);
+        let scale = (dk as F).powf(-0.5);
         let (qkv, beta, a) = (&self.qkv, &self.beta, &self.a);
         let recurrent = has_state && t == 1;
         // Each (row, value head) pair is independent: its state slice and output columns.
-        let mut heads: Vec<(usize, &mut [f32])> =
+        let mut heads: Vec<(usize, &mut [F])> =
             self.state.chunks_mut(dk * dv).enumerate().collect();
-        let results: Vec<(usize, Vec<f32>)> = heads
+        let results: Vec<(usize, Vec<F>)> = heads
             .par_iter_mut()
             .map(|(i, s)| {
                 let (bi, h) = (*i / nv, *i % nv);
@@ -471,7 +480,7 @@ impl Rule<'_> {
                 (*i, o)
             })
             .collect();
-        let mut out = vec![0f32; b * t * nv * dv];
+        let mut out = vec![0.0 as F; b * t * nv * dv];
         for (i, o) in results {
             let (bi, h) = (i / nv, i % nv);
             for ti in 0..t {
