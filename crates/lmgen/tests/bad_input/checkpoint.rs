@@ -84,15 +84,15 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
     let msg = config_error("llama", |c| {
         c.insert(
             "rope_scaling".into(),
-            json!({"rope_type": "proportional", "factor": 4.0}),
+            json!({"rope_type": "mrope", "factor": 4.0}),
         );
     })?;
     assert_mentions(
         &msg,
         &[
             "config.json",
-            "`rope_scaling.rope_type` = \"proportional\" is not supported",
-            "supported: default, linear, dynamic, llama3, yarn, longrope",
+            "`rope_scaling.rope_type` = \"mrope\" is not supported",
+            "supported: default, linear, dynamic, llama3, yarn, longrope, proportional",
         ],
     );
     let msg = config_error("llama3", |c| {
