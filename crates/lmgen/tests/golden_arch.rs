@@ -28,6 +28,7 @@ const MODELS: &[&str] = &[
     "qwen3_moe",
     "mixtral",
     "gpt_oss",
+    "gemma4_text",
 ];
 
 /// The seven cases every model has.

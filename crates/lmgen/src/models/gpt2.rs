@@ -68,6 +68,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
     Ok(ModelConfig {
         moe: None,
         attention_sinks: false,
+        gemma4: None,
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

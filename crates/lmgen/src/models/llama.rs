@@ -156,6 +156,7 @@ impl Config {
             torch_dtype: saved.into_name(),
             moe: None,
             attention_sinks: false,
+            gemma4: None,
         })
     }
 }

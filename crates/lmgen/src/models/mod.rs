@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod decoder;
 pub(crate) mod gemma2;
 pub(crate) mod gemma3;
+pub(crate) mod gemma4;
 pub(crate) mod gpt2;
 pub(crate) mod gpt_oss;
 pub(crate) mod granite;
@@ -144,6 +145,8 @@ pub enum Architecture {
     Mixtral,
     /// `gpt_oss` (HF `GptOssForCausalLM`).
     GptOss,
+    /// `gemma4_text` (HF `Gemma4ForCausalLM`).
+    Gemma4,
 }
 
 impl Architecture {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gpt2, gpt_oss, granite, llama, ministral3, mistral, mixtral, olmo2,
-    phi3, qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
+    decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, llama, ministral3, mistral, mixtral,
+    olmo2, phi3, qwen2, qwen3, qwen3_moe, smollm3, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -125,6 +125,16 @@ pub static ARCHITECTURES: &[Entry] = &[
     decoder_row(Architecture::Qwen3Moe, "qwen3_moe", qwen3_moe::parse, None),
     decoder_row(Architecture::Mixtral, "mixtral", mixtral::parse, None),
     decoder_row(Architecture::GptOss, "gpt_oss", gpt_oss::parse, None),
+    Entry {
+        architecture: Architecture::Gemma4,
+        model_type: "gemma4_text",
+        parse: gemma4::parse,
+        build: Build::Custom {
+            load: gemma4::load,
+            tensors: gemma4::tensor_specs,
+        },
+        gguf: None,
+    },
 ];
 
 /// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
@@ -145,6 +155,12 @@ pub static WRAPPERS: &[Wrapper] = &[
     Wrapper {
         model_type: "gemma3",
         text_model_type: "gemma3_text",
+        tie_word_embeddings: true,
+    },
+    // Gemma4ForConditionalGeneration (Gemma 4 E2B, E4B, 26B-A4B, 31B).
+    Wrapper {
+        model_type: "gemma4",
+        text_model_type: "gemma4_text",
         tie_word_embeddings: true,
     },
     // Mistral3ForConditionalGeneration (Mistral Small 3.1+, Ministral 3).
@@ -332,13 +348,13 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3, Qwen3Moe, Mixtral, GptOss,
+            Ministral3, Qwen3Moe, Mixtral, GptOss, Gemma4,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
-                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss => {}
+                | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Gemma4 => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

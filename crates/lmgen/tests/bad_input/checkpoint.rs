@@ -49,7 +49,8 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
             "unknown model_type `mamba`",
             "config.json",
             "supported: gpt2, llama, mistral, qwen2, gemma2, qwen3, gemma3_text, phi3, smollm3, \
-             olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, gemma3, mistral3",
+             olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, gemma4_text, gemma3, gemma4, \
+             mistral3",
         ],
     );
     let msg = config_error("llama", |c| {

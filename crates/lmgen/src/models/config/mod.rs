@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::Architecture;
 use crate::error::{Error, Result};
 
+pub use super::gemma4::{Gemma4Spec, LayerSpec, MoeSpec, PerLayerInput};
 pub use moe::{MoeConfig, MoeLayout};
 pub use rope::{RopeConfig, RopeScaling};
 
@@ -212,6 +213,9 @@ pub struct ModelConfig {
     /// gpt-oss: each head has a learned "sink" logit (`self_attn.sinks`) that joins the softmax
     /// over the keys and is then dropped, so a head may attend to nothing.
     pub attention_sinks: bool,
+    /// Gemma 4's per-layer attention shapes, per-layer input embeddings, shared KV layers and
+    /// MoE blocks (`None` for every other architecture), read by `models/gemma4.rs`.
+    pub gemma4: Option<Box<Gemma4Spec>>,
 }
 
 impl ModelConfig {
