@@ -51,9 +51,7 @@ impl Worker {
         let m = model.config();
         let store = KvStore::new(
             StoreShape {
-                num_layers: m.num_hidden_layers,
-                num_kv_heads: m.num_key_value_heads,
-                head_dim: m.head_dim,
+                layers: (0..m.num_hidden_layers).map(|i| m.kv_shape(i)).collect(),
                 slots: config.cache.capacity_tokens(),
             },
             dtype,

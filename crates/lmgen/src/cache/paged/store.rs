@@ -17,11 +17,10 @@ pub struct KvStore {
 }
 
 /// The dimensions of a store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreShape {
-    pub num_layers: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
+    /// Per layer, `(kv_heads, head_dim)` ([`crate::models::ModelConfig::kv_shape`]).
+    pub layers: Vec<(usize, usize)>,
     /// Token slots: `num_blocks * block_size`.
     pub slots: usize,
 }
@@ -29,11 +28,10 @@ pub struct StoreShape {
 impl KvStore {
     /// Zeroed storage for `shape`.
     pub fn new(shape: StoreShape, dtype: DType, device: &Device) -> Result<Self> {
-        let dims = (shape.num_kv_heads, shape.slots, shape.head_dim);
-        let zeros = || Tensor::zeros(dims, dtype, device);
-        let mut k = Vec::with_capacity(shape.num_layers);
-        let mut v = Vec::with_capacity(shape.num_layers);
-        for _ in 0..shape.num_layers {
+        let mut k = Vec::with_capacity(shape.layers.len());
+        let mut v = Vec::with_capacity(shape.layers.len());
+        for &(kv_heads, head_dim) in &shape.layers {
+            let zeros = || Tensor::zeros((kv_heads, shape.slots, head_dim), dtype, device);
             k.push(zeros()?);
             v.push(zeros()?);
         }
@@ -89,9 +87,7 @@ mod tests {
         let dev = Device::Cpu;
         let store = KvStore::new(
             StoreShape {
-                num_layers: 1,
-                num_kv_heads: 2,
-                head_dim: 1,
+                layers: vec![(2, 1)],
                 slots: 8,
             },
             DType::F32,

@@ -230,6 +230,25 @@ impl ModelConfig {
         }
     }
 
+    /// The key/value heads and head size of layer `i`'s cache entries (Gemma 4's layers differ;
+    /// the model-wide `num_key_value_heads` and `head_dim` otherwise).
+    pub fn kv_shape(&self, i: usize) -> (usize, usize) {
+        match self.gemma4.as_deref().and_then(|g| g.layers.get(i)) {
+            Some(l) => (l.num_key_value_heads, l.head_dim),
+            None => (self.num_key_value_heads, self.head_dim),
+        }
+    }
+
+    /// Key and value elements one token adds to the cache over all layers.
+    pub fn kv_elements_per_token(&self) -> usize {
+        (0..self.num_hidden_layers)
+            .map(|i| {
+                let (kv, d) = self.kv_shape(i);
+                2 * kv * d
+            })
+            .sum()
+    }
+
     /// The checks every architecture shares, once lowered.
     pub(crate) fn check(&self, file: &ConfigFile<'_>) -> Result<()> {
         for (name, n) in [
