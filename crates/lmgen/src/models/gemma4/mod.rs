@@ -388,6 +388,7 @@ fn spec(file: &ConfigFile<'_>, f: &Fields, cfg: &ModelConfig) -> Result<Gemma4Sp
     })
 }
 
+/// The Gemma 4 description `parse` resolved into `cfg`.
 pub(crate) fn spec_of(cfg: &ModelConfig) -> Result<&Gemma4Spec> {
     cfg.gemma4.as_deref().ok_or_else(|| {
         Error::unsupported("a Gemma 4 model needs a config lowered by gemma4::parse")
