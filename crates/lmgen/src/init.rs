@@ -151,9 +151,12 @@ mod tests {
             "ministral3",
             "gemma3_mm",
             "mistral3_mm",
+            "gemma4_text",
         ]
         .map(|n| arch.join(n));
-        for golden_dir in old.iter().chain(&new) {
+        let variants = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma4-variants");
+        let variants = ["shared_kv", "k_eq_v_moe"].map(|n| variants.join(n));
+        for golden_dir in old.iter().chain(&new).chain(&variants) {
             let name = golden_dir.display();
             let text = std::fs::read_to_string(golden_dir.join("config.json")).unwrap();
             let config: Value = serde_json::from_str(&text).unwrap();

@@ -13,7 +13,8 @@ use lmgen::engine::{
     Request, RequestStatus, SchedulerPolicy,
 };
 use lmgen::generation::config::UnknownFields;
-use lmgen::models::{CausalLM, DType};
+use lmgen::load::Checkpoint;
+use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
 use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline, TokenId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -215,6 +216,63 @@ fn recurrent_state_slots_are_freed_on_preemption_and_cancel() {
     assert_eq!(updates.last().unwrap().status, RequestStatus::Cancelled);
     wait_idle(&m);
     assert_eq!(m.stats().state_bytes, 0);
+}
+
+/// Gemma 4 through the paged store: layers of two KV shapes (the golden checkpoint's sliding and
+/// full layers), and shared KV layers reading their source layer's keys sequence by sequence in
+/// packed batches (`gemma4-variants/shared_kv`), under chunked prefill.
+#[test]
+fn gemma4_greedy_equals_generate() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (dir, seed) in [
+        ("golden-arch/models/gemma4_text", 6),
+        ("gemma4-variants/shared_kv", 7),
+    ] {
+        let checkpoint = Checkpoint::open(&fixtures.join(dir)).unwrap();
+        let model: Arc<dyn CausalLM> =
+            Arc::from(load_model(&checkpoint, &LoadOptions::default()).unwrap());
+        let m = ContinuousBatchingManager::new(
+            model.clone(),
+            engine_config(4, 256, 16),
+            DType::F32,
+            None,
+        )
+        .unwrap();
+        m.start().unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let vocab = model.config().vocab_size;
+        let mut submitted = Vec::new();
+        for _ in 0..8 {
+            let len = rng.random_range(1..20);
+            let prompt = random_prompt(&mut rng, len, vocab);
+            let cfg = GenerationConfig {
+                max_new_tokens: Some(rng.random_range(1..12)),
+                do_sample: Some(false),
+                ..GenerationConfig::default()
+            };
+            let id = m
+                .add_request(Request::new(prompt.clone(), cfg.clone()))
+                .unwrap();
+            submitted.push((id, prompt, cfg));
+        }
+        for (id, prompt, cfg) in &submitted {
+            let out = m
+                .get_result(Some(id), Some(Duration::from_secs(120)))
+                .unwrap();
+            assert_eq!(
+                out.status,
+                RequestStatus::Finished,
+                "{dir} {id}: {:?}",
+                out.error
+            );
+            let want = generate(model.as_ref(), &GenerateInput::single(prompt.clone()), cfg)
+                .unwrap()
+                .generated(0)
+                .to_vec();
+            assert_eq!(out.generated_tokens, want, "{dir} request {id}");
+        }
+        wait_idle(&m);
+    }
 }
 
 /// The golden greedy cases of `generate.json` (unpadded rows, settings the engine takes), all

@@ -32,6 +32,7 @@ const MODELS: &[&str] = &[
     "qwen3_5_mm",
     "qwen3_next",
     "lfm2",
+    "gemma4_text",
 ];
 
 /// The seven cases every model has.

@@ -188,6 +188,99 @@ fn real_moe_configs_parse() {
 }
 
 #[test]
+fn real_gemma4_config_parses() {
+    // Gemma 4 26B-A4B as published: `Gemma4ForConditionalGeneration` around `gemma4_text`, full
+    // layers shaped by `global_head_dim` and `num_global_key_value_heads` (no `per_layer_config`),
+    // values = keys on full layers, a MoE beside every dense MLP, no per-layer inputs.
+    let g = real("gemma-4-26B-A4B");
+    assert_eq!(g.architecture, Architecture::Gemma4);
+    assert_eq!(g.torch_dtype.as_deref(), Some("bfloat16"));
+    assert!(g.tie_word_embeddings);
+    assert_eq!(g.sliding_window, Some(1024));
+    assert_eq!(g.final_logit_softcapping, Some(30.0));
+    assert_eq!(g.attention_scaling, 1.0);
+    let full: Vec<usize> = (0..30)
+        .filter(|&i| g.layer_types[i] == LayerType::FullAttention)
+        .collect();
+    assert_eq!(full, vec![5, 11, 17, 23, 29]);
+    let rope = g.rope.as_ref().unwrap();
+    assert_eq!(rope.theta, 1_000_000.0);
+    assert_eq!(rope.scaling, RopeScaling::Proportional { factor: 1.0 });
+    assert_eq!(rope.partial_rotary_factor, 0.25);
+    assert_eq!(g.rope_local.as_ref().unwrap().theta, 10_000.0);
+    let spec = g.gemma4.as_ref().unwrap();
+    let (s, f) = (spec.layers[0], spec.layers[5]);
+    assert_eq!(
+        (s.head_dim, s.num_key_value_heads, s.values_are_keys),
+        (256, 8, false)
+    );
+    assert_eq!(
+        (f.head_dim, f.num_key_value_heads, f.values_are_keys),
+        (512, 2, true)
+    );
+    assert!(spec
+        .layers
+        .iter()
+        .all(|l| l.kv_source.is_none() && !l.kv_shared));
+    assert!(spec.layers.iter().all(|l| l.intermediate_size == 2112));
+    assert_eq!(spec.per_layer_input, None);
+    let moe = spec.moe.unwrap();
+    assert_eq!(
+        (moe.num_experts, moe.top_k, moe.intermediate_size),
+        (128, 8, 704)
+    );
+}
+
+#[test]
+fn gemma4_shared_kv_layers_read_the_last_earlier_layer_of_their_type() {
+    let text = json!({"model_type": "gemma4_text", "vocab_size": 32, "hidden_size": 16,
+        "intermediate_size": 32, "num_hidden_layers": 6, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 8, "sliding_window": 4,
+        "hidden_size_per_layer_input": 4, "vocab_size_per_layer_input": 32,
+        "num_kv_shared_layers": 3, "use_double_wide_mlp": true,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+            "sliding_attention", "sliding_attention", "sliding_attention"],
+        "per_layer_config": {"2": {"head_dim": 16}, "5": {"head_dim": 16}}});
+    let g = parse(json!({"model_type": "gemma4", "text_config": text})).unwrap();
+    let spec = g.gemma4.as_ref().unwrap();
+    // The last layer is always full (`Gemma4TextConfig.__post_init__`).
+    assert_eq!(g.layer_types[5], LayerType::FullAttention);
+    let sources: Vec<Option<usize>> = spec.layers.iter().map(|l| l.kv_source).collect();
+    assert_eq!(sources, vec![None, None, None, Some(1), Some(1), Some(2)]);
+    let stores: Vec<bool> = spec.layers.iter().map(|l| l.kv_shared).collect();
+    assert_eq!(stores, vec![false, true, true, false, false, false]);
+    let widths: Vec<usize> = spec.layers.iter().map(|l| l.intermediate_size).collect();
+    assert_eq!(widths, vec![32, 32, 32, 64, 64, 64]);
+    assert_eq!(spec.layers[5].head_dim, 16);
+    let pl = spec.per_layer_input.unwrap();
+    assert_eq!((pl.hidden_size, pl.vocab_size), (4, 32));
+
+    // Refused, naming the field: an encoder, a per-layer override lmgen does not read, and a
+    // shared layer with no earlier layer of its type.
+    let mut bad = text.clone();
+    bad["use_bidirectional_attention"] = json!("all");
+    let err = parse(bad).unwrap_err().to_string();
+    assert!(err.contains("use_bidirectional_attention"), "{err}");
+    let mut bad = text.clone();
+    bad["per_layer_config"] = json!({"1": {"sliding_window": 8}});
+    let err = parse(bad).unwrap_err().to_string();
+    assert!(err.contains("`per_layer_config.1.sliding_window`"), "{err}");
+    let mut bad = text.clone();
+    bad["num_kv_shared_layers"] = json!(1);
+    bad["per_layer_config"] = json!({"5": {"head_dim": 16}});
+    bad["layer_types"] = json!([
+        "sliding_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention"
+    ]);
+    let err = parse(bad).unwrap_err().to_string();
+    assert!(err.contains("no earlier layer"), "{err}");
+}
+
+#[test]
 fn unsupported_2026_model_types_are_named() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/real-configs/granite-3.1-1b-a400m-instruct/config.json");

@@ -55,15 +55,9 @@ impl Worker {
         }
         let store = KvStore::new(
             StoreShape {
-                num_layers: m.num_hidden_layers,
-                num_kv_heads: m.num_key_value_heads,
-                head_dim: m.head_dim,
+                layers: (0..m.num_hidden_layers).map(|i| m.kv_shape(i)).collect(),
                 slots: config.cache.capacity_tokens(),
             },
-            &m.layer_types
-                .iter()
-                .map(|l| l.is_attention())
-                .collect::<Vec<_>>(),
             dtype,
             model.device(),
         )?;

@@ -56,8 +56,7 @@ pub fn estimate(
     // scores, scaled scores (dtype), f32 copy and f32 softmax; the masks in the dtype.
     let attention = rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d;
     let mlp = 3.0 * rows * t * cfg.intermediate_size as f64 * d;
-    let kv_per_token =
-        2.0 * (cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim) as f64;
+    let kv_per_token = cfg.kv_elements_per_token() as f64;
     PeakMemory {
         rows: kv_rows,
         prefill: attention.max(mlp),

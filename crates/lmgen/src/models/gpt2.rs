@@ -72,6 +72,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         linear_attention: None,
         short_conv: None,
         weight_renames: &[],
+        gemma4: None,
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

@@ -160,6 +160,7 @@ impl Config {
             linear_attention: None,
             short_conv: None,
             weight_renames: &[],
+            gemma4: None,
         })
     }
 }

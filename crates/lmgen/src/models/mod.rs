@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod decoder;
 pub(crate) mod gemma2;
 pub(crate) mod gemma3;
+pub(crate) mod gemma4;
 pub(crate) mod gpt2;
 pub(crate) mod gpt_oss;
 pub(crate) mod granite;
@@ -157,6 +158,8 @@ pub enum Architecture {
     Qwen3Next,
     /// `lfm2` (HF `Lfm2ForCausalLM`).
     Lfm2,
+    /// `gemma4_text` (HF `Gemma4ForCausalLM`).
+    Gemma4,
 }
 
 impl Architecture {

@@ -15,9 +15,9 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral, mixtral,
-    olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3, Architecture,
-    CausalLM,
+    decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral,
+    mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3,
+    Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -140,6 +140,16 @@ pub static ARCHITECTURES: &[Entry] = &[
         None,
     ),
     decoder_row(Architecture::Lfm2, "lfm2", lfm2::parse, None),
+    Entry {
+        architecture: Architecture::Gemma4,
+        model_type: "gemma4_text",
+        parse: gemma4::parse,
+        build: Build::Custom {
+            load: gemma4::load,
+            tensors: gemma4::tensor_specs,
+        },
+        gguf: None,
+    },
 ];
 
 /// A vision-language checkpoint whose language model lmgen runs (text in, text out; the vision
@@ -173,6 +183,12 @@ pub static WRAPPERS: &[Wrapper] = &[
         model_type: "qwen3_5_moe",
         text_model_type: "qwen3_5_moe_text",
         tie_word_embeddings: false,
+    },
+    // Gemma4ForConditionalGeneration (Gemma 4 E2B, E4B, 26B-A4B, 31B).
+    Wrapper {
+        model_type: "gemma4",
+        text_model_type: "gemma4_text",
+        tie_word_embeddings: true,
     },
     // Mistral3ForConditionalGeneration (Mistral Small 3.1+, Ministral 3).
     Wrapper {
@@ -361,14 +377,14 @@ mod tests {
         use Architecture::*;
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
-            Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2,
+            Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -50,7 +50,8 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
             "config.json",
             "supported: gpt2, llama, mistral, qwen2, gemma2, qwen3, gemma3_text, phi3, smollm3, \
              olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, qwen3_5_text, \
-             qwen3_5_moe_text, qwen3_next, lfm2, gemma3, qwen3_5, qwen3_5_moe, mistral3",
+             qwen3_5_moe_text, qwen3_next, lfm2, gemma4_text, gemma3, qwen3_5, qwen3_5_moe, \
+             gemma4, mistral3",
         ],
     );
     let msg = config_error("llama", |c| {
@@ -85,15 +86,15 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
     let msg = config_error("llama", |c| {
         c.insert(
             "rope_scaling".into(),
-            json!({"rope_type": "proportional", "factor": 4.0}),
+            json!({"rope_type": "mrope", "factor": 4.0}),
         );
     })?;
     assert_mentions(
         &msg,
         &[
             "config.json",
-            "`rope_scaling.rope_type` = \"proportional\" is not supported",
-            "supported: default, linear, dynamic, llama3, yarn, longrope",
+            "`rope_scaling.rope_type` = \"mrope\" is not supported",
+            "supported: default, linear, dynamic, llama3, yarn, longrope, proportional",
         ],
     );
     let msg = config_error("llama3", |c| {

@@ -42,12 +42,7 @@ pub struct PagedCacheConfig {
 impl PagedCacheConfig {
     /// Bytes of keys and values one token takes over all layers.
     pub(crate) fn bytes_per_token(model: &ModelConfig, dtype: DType) -> usize {
-        let attention_layers = model
-            .layer_types
-            .iter()
-            .filter(|l| l.is_attention())
-            .count();
-        2 * attention_layers * model.num_key_value_heads * model.head_dim * dtype.size_in_bytes()
+        model.kv_elements_per_token() * dtype.size_in_bytes()
     }
 
     /// As many blocks as fit in `bytes` of memory (`--kv-cache-gb`).

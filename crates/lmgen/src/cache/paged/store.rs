@@ -17,36 +17,23 @@ pub struct KvStore {
 }
 
 /// The dimensions of a store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreShape {
-    pub num_layers: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
+    /// Per layer, `(kv_heads, head_dim)` ([`crate::models::ModelConfig::kv_shape`]).
+    pub layers: Vec<(usize, usize)>,
     /// Token slots: `num_blocks * block_size`.
     pub slots: usize,
 }
 
 impl KvStore {
     /// Zeroed storage for `shape`.
-    /// `attention[i]` says whether layer `i` keeps keys and values (recurrent layers get an
-    /// empty pool).
-    pub fn new(
-        shape: StoreShape,
-        attention: &[bool],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let mut k = Vec::with_capacity(shape.num_layers);
-        let mut v = Vec::with_capacity(shape.num_layers);
-        for i in 0..shape.num_layers {
-            let slots = if attention.get(i).copied().unwrap_or(true) {
-                shape.slots
-            } else {
-                0
-            };
-            let dims = (shape.num_kv_heads, slots, shape.head_dim);
-            k.push(Tensor::zeros(dims, dtype, device)?);
-            v.push(Tensor::zeros(dims, dtype, device)?);
+    pub fn new(shape: StoreShape, dtype: DType, device: &Device) -> Result<Self> {
+        let mut k = Vec::with_capacity(shape.layers.len());
+        let mut v = Vec::with_capacity(shape.layers.len());
+        for &(kv_heads, head_dim) in &shape.layers {
+            let zeros = || Tensor::zeros((kv_heads, shape.slots, head_dim), dtype, device);
+            k.push(zeros()?);
+            v.push(zeros()?);
         }
         Ok(Self { k, v })
     }
@@ -100,12 +87,9 @@ mod tests {
         let dev = Device::Cpu;
         let store = KvStore::new(
             StoreShape {
-                num_layers: 1,
-                num_kv_heads: 2,
-                head_dim: 1,
+                layers: vec![(2, 1)],
                 slots: 8,
             },
-            &[true],
             DType::F32,
             &dev,
         )

@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::Architecture;
 use crate::error::{Error, Result};
 
+pub use super::gemma4::{Gemma4Spec, LayerSpec, MoeSpec, PerLayerInput};
 pub use moe::{MoeConfig, MoeLayout};
 pub use recurrent::{LinearAttentionConfig, LinearAttentionLayout, ShortConvConfig};
 pub use rope::{RopeConfig, RopeScaling};
@@ -236,6 +237,9 @@ pub struct ModelConfig {
     /// Module names the checkpoint uses in place of the decoder's (Llama's) names: `(ours,
     /// stored)` pairs of name segments, e.g. LFM2's `("mlp.gate_proj", "feed_forward.w1")`.
     pub weight_renames: &'static [(&'static str, &'static str)],
+    /// Gemma 4's per-layer attention shapes, per-layer input embeddings, shared KV layers and
+    /// MoE blocks (`None` for every other architecture), read by `models/gemma4.rs`.
+    pub gemma4: Option<Box<Gemma4Spec>>,
 }
 
 impl ModelConfig {
@@ -248,6 +252,29 @@ impl ModelConfig {
             (Some(LayerType::SlidingAttention), Some(local)) => Some(local),
             _ => self.rope.as_ref(),
         }
+    }
+
+    /// The key/value heads and head size of layer `i`'s cache entries (Gemma 4's layers differ;
+    /// the model-wide `num_key_value_heads` and `head_dim` otherwise; no heads for a recurrent
+    /// layer, which keeps no keys and values).
+    pub fn kv_shape(&self, i: usize) -> (usize, usize) {
+        if self.layer_types.get(i).is_some_and(|l| !l.is_attention()) {
+            return (0, self.head_dim);
+        }
+        match self.gemma4.as_deref().and_then(|g| g.layers.get(i)) {
+            Some(l) => (l.num_key_value_heads, l.head_dim),
+            None => (self.num_key_value_heads, self.head_dim),
+        }
+    }
+
+    /// Key and value elements one token adds to the cache over all layers.
+    pub fn kv_elements_per_token(&self) -> usize {
+        (0..self.num_hidden_layers)
+            .map(|i| {
+                let (kv, d) = self.kv_shape(i);
+                2 * kv * d
+            })
+            .sum()
     }
 
     /// The checks every architecture shares, once lowered.

@@ -67,6 +67,15 @@ pub enum RopeScaling {
         /// Resolved from `attention_factor`, or from the context extension ratio.
         attention_factor: f64,
     },
+    /// Gemma 4's `"proportional"` (`_compute_proportional_rope_parameters`): the first
+    /// `int(partial_rotary_factor * head_dim // 2)` frequencies are `theta^(-2i / head_dim)`,
+    /// the rest of the head's `head_dim / 2` are 0 (not rotated), all divided by `factor`. The
+    /// rotation spans the whole head, pairing channel `i` with `i + head_dim / 2`, unlike partial
+    /// rotation, which rotates the first channels among themselves.
+    Proportional {
+        /// `factor` (default 1).
+        factor: f64,
+    },
 }
 
 /// Rotary position embedding parameters.
@@ -90,9 +99,13 @@ impl RopeConfig {
         }
     }
 
-    /// `int(head_dim * partial_rotary_factor)`, as transformers truncates it.
+    /// `int(head_dim * partial_rotary_factor)`, as transformers truncates it; the whole head
+    /// for [`RopeScaling::Proportional`], whose unrotated channels have frequency 0.
     pub fn rotary_dim(&self, head_dim: usize) -> usize {
-        (head_dim as f64 * self.partial_rotary_factor) as usize
+        match self.scaling {
+            RopeScaling::Proportional { .. } => head_dim,
+            _ => (head_dim as f64 * self.partial_rotary_factor) as usize,
+        }
     }
 
     /// The cos/sin multiplier (`attention_scaling` of HF's rotary embedding).
@@ -340,10 +353,13 @@ fn resolve(
                 attention_factor,
             }
         }
+        "proportional" => RopeScaling::Proportional {
+            factor: p.factor.unwrap_or(1.0),
+        },
         other => {
             return Err(file.err(format!(
                 "`{}{key}.rope_type` = \"{other}\" is not supported yet; supported: default, \
-                 linear, dynamic, llama3, yarn, longrope",
+                 linear, dynamic, llama3, yarn, longrope, proportional",
                 file.prefix
             )))
         }

@@ -234,39 +234,66 @@ impl Attention {
         self.o_proj.forward(&out)
     }
 
-    /// `softmax(q k^T * scale (+ softcap) + mask) v`: `q` `[b, nh, t, d]` (contiguous), `k`, `v`
-    /// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` -> `[b, nh, t, d]`.
+    /// `softmax(q k^T * scale (+ softcap) + mask) v` with this block's scores ([`attend`]).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, nh, t, d) = q.dims4()?;
-        let nkv = self.shape.num_kv_heads;
-        let s = k.dim(2)?;
-        let n_rep = nh / nkv;
-        // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
-        let q = q.reshape((b, nkv, n_rep * t, d))?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?; // [b, nkv, n_rep * t, s]
-        if let Some(cap) = self.softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        let mut scores = scores.reshape((b, nh, t, s))?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = match &self.sinks {
-            // Each head's sink logit joins the softmax as one more column, then is dropped.
-            Some(sinks) => {
-                let sink = sinks.reshape((1, nh, 1, 1))?.broadcast_as((b, nh, t, 1))?;
-                let all = Tensor::cat(&[&scores.to_dtype(DType::F32)?, &sink.contiguous()?], 3)?; // [b, nh, t, s + 1]
-                candle_nn::ops::softmax_last_dim(&all)?
-                    .narrow(3, 0, s)?
-                    .contiguous()?
-                    .to_dtype(scores.dtype())?
-            }
-            None if scores.dtype() == DType::F32 => candle_nn::ops::softmax_last_dim(&scores)?,
-            // Softmax in f32, as transformers' eager attention does (`dtype=torch.float32`).
-            None => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(scores.dtype())?,
+        let scores = Scores {
+            scale: self.scale,
+            softcap: self.softcap,
+            sinks: self.sinks.as_ref(),
         };
-        let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
-        Ok(out.reshape((b, nh, t, d))?)
+        attend(q, k, v, mask, scores)
     }
+}
+
+/// How [`attend`] turns `q k^T` into scores.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores<'a> {
+    /// The multiplier on `q k^T` (HF `scaling`).
+    pub scale: f64,
+    /// `tanh(s / cap) * cap` on the scores, or `None`.
+    pub softcap: Option<f64>,
+    /// gpt-oss: `[num_heads]` sink logits, f32 (see [`ModelConfig::attention_sinks`]).
+    pub sinks: Option<&'a Tensor>,
+}
+
+/// `softmax(q k^T * scale (+ softcap) + mask) v`: `q` `[b, nh, t, d]` (contiguous), `k`, `v`
+/// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` -> `[b, nh, t, d]`.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scores_of: Scores<'_>,
+) -> Result<Tensor> {
+    let (b, nh, t, d) = q.dims4()?;
+    let nkv = k.dim(1)?;
+    let s = k.dim(2)?;
+    let n_rep = nh / nkv;
+    // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
+    let q = q.reshape((b, nkv, n_rep * t, d))?;
+    let mut scores = (q.matmul(&k.t()?)? * scores_of.scale)?; // [b, nkv, n_rep * t, s]
+    if let Some(cap) = scores_of.softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let mut scores = scores.reshape((b, nh, t, s))?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let probs = match scores_of.sinks {
+        // Each head's sink logit joins the softmax as one more column, then is dropped.
+        Some(sinks) => {
+            let sink = sinks.reshape((1, nh, 1, 1))?.broadcast_as((b, nh, t, 1))?;
+            let all = Tensor::cat(&[&scores.to_dtype(DType::F32)?, &sink.contiguous()?], 3)?; // [b, nh, t, s + 1]
+            candle_nn::ops::softmax_last_dim(&all)?
+                .narrow(3, 0, s)?
+                .contiguous()?
+                .to_dtype(scores.dtype())?
+        }
+        None if scores.dtype() == DType::F32 => candle_nn::ops::softmax_last_dim(&scores)?,
+        // Softmax in f32, as transformers' eager attention does (`dtype=torch.float32`).
+        None => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+            .to_dtype(scores.dtype())?,
+    };
+    let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
+    Ok(out.reshape((b, nh, t, d))?)
 }

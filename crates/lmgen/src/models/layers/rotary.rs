@@ -55,6 +55,12 @@ impl RotaryEmbedding {
             RopeScaling::LongRope {
                 ref short_factor, ..
             } => longrope_inv_freq(config.theta, dim, short_factor),
+            RopeScaling::Proportional { factor } => {
+                proportional_inv_freq(config.theta, head_dim, config.partial_rotary_factor)
+                    .into_iter()
+                    .map(|f| f / factor as f32)
+                    .collect()
+            }
             // `_compute_linear_scaling_rope_parameters`: inv_freq / factor.
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
             // `_compute_llama3_parameters`.
@@ -204,6 +210,23 @@ fn yarn_inv_freq(
         .collect()
 }
 
+/// Gemma 4's proportional frequencies (`_compute_proportional_rope_parameters`, before the
+/// division by `factor`): `int(partial_rotary_factor * head_dim // 2)` of `theta^(-2i / head_dim)`,
+/// then zeros up to `head_dim / 2`.
+fn proportional_inv_freq(theta: f64, head_dim: usize, partial_rotary_factor: f64) -> Vec<f32> {
+    let rotated = ((partial_rotary_factor * head_dim as f64) / 2.0).floor() as usize;
+    let rotated = rotated.min(head_dim / 2);
+    (0..head_dim / 2)
+        .map(|i| {
+            if i < rotated {
+                1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// LongRoPE's frequencies: `1 / (factor_i * theta^(2i/dim))` in f32.
 fn longrope_inv_freq(theta: f64, dim: usize, factors: &[f64]) -> Vec<f32> {
     (0..dim)
@@ -281,6 +304,22 @@ mod tests {
         assert_eq!(r.inv_freq[0], base.inv_freq[0]);
         // wavelen 2*pi*1000 > 64 (low-frequency band): divided by the factor.
         assert_eq!(r.inv_freq[3], base.inv_freq[3] / 8.0);
+    }
+
+    #[test]
+    fn proportional_rotates_a_share_of_the_whole_head() {
+        let cfg = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Proportional { factor: 2.0 },
+            partial_rotary_factor: 0.5,
+        };
+        let r = RotaryEmbedding::new(&cfg, 8, 16);
+        // 2 of 4 frequencies, exponents over the whole head (2i / 8), halved; the rest 0.
+        let want = [0.5, 0.05, 0.0, 0.0];
+        for (g, w) in r.inv_freq.iter().zip(want) {
+            assert!((g - w).abs() < 1e-7, "{:?}", r.inv_freq);
+        }
+        assert_eq!(r.rotary_dim, 8);
     }
 
     #[test]
