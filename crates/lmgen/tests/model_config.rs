@@ -433,3 +433,58 @@ fn every_bench_shape_parses() {
         assert!(seen.contains(&(name.to_string(), arch)), "{name}: {seen:?}");
     }
 }
+
+#[test]
+fn real_recurrent_state_configs_parse() {
+    // Qwen3.5-27B as published (`Qwen3_5ForConditionalGeneration`, nested `text_config`): three
+    // gated DeltaNet layers per full-attention layer, gated attention, partial RoPE.
+    let q = real("Qwen3.5-27B");
+    assert_eq!(q.architecture, Architecture::Qwen3_5);
+    assert_eq!(q.num_hidden_layers, 64);
+    assert_eq!(
+        q.layer_types[..4],
+        [
+            LayerType::LinearAttention,
+            LayerType::LinearAttention,
+            LayerType::LinearAttention,
+            LayerType::FullAttention
+        ]
+    );
+    assert!(q.attn_output_gate);
+    let la = q.linear_attention.unwrap();
+    assert_eq!(
+        (la.num_key_heads, la.num_value_heads, la.key_head_dim),
+        (16, 48, 128)
+    );
+    assert_eq!(q.rope.as_ref().unwrap().rotary_dim(q.head_dim), 64);
+
+    // Qwen3.5-35B-A3B: the same decoder with 256 experts, 8 per token and a shared expert.
+    let m = real("Qwen3.5-35B-A3B");
+    assert_eq!(m.architecture, Architecture::Qwen3_5Moe);
+    let moe = m.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (256, 8));
+    assert_eq!(moe.shared_expert_intermediate_size, Some(512));
+    assert!(moe.norm_topk_prob && moe.sparse_layers.iter().all(|&s| s));
+
+    // Qwen3-Next-80B-A3B: grouped DeltaNet projections, 512 experts, 10 per token.
+    let n = real("Qwen3-Next-80B-A3B-Thinking");
+    assert_eq!(n.architecture, Architecture::Qwen3Next);
+    let moe = n.moe.as_ref().unwrap();
+    assert_eq!((moe.num_experts, moe.num_experts_per_tok), (512, 10));
+    assert_eq!(moe.shared_expert_intermediate_size, Some(512));
+    assert_eq!(
+        n.layer_types.iter().filter(|t| t.is_attention()).count(),
+        12
+    );
+
+    // LFM2-1.2B: `block_ff_dim` adjusted to 2/3 and rounded to 256, attention at `full_attn_idxs`.
+    let l = real("LFM2-1.2B");
+    assert_eq!(l.architecture, Architecture::Lfm2);
+    assert_eq!(l.intermediate_size, 8192);
+    let attention: Vec<usize> = (0..l.num_hidden_layers)
+        .filter(|&i| l.layer_types[i].is_attention())
+        .collect();
+    assert_eq!(attention, vec![2, 5, 8, 10, 12, 14]);
+    assert_eq!(l.short_conv.unwrap().kernel, 3);
+    assert!(l.tie_word_embeddings);
+}

@@ -55,8 +55,9 @@ struct Fields {
 
 /// `lfm2`.
 pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
-    let mut base: llama::Config = file.parse()?;
     let f: Fields = file.parse()?;
+    // `block_ff_dim` wins over `intermediate_size` (`kwargs.pop("block_ff_dim", ...)`).
+    let mut base = llama::Config::parse_with_intermediate(file, f.block_ff_dim)?;
     if let Some(ff) = f.block_ff_dim {
         base.intermediate_size = ff;
     }

@@ -39,6 +39,30 @@ pub struct Config {
     pub pad_token_id: Option<TokenIdField>,
 }
 
+impl Config {
+    /// Parses `file`, with `intermediate_size` taken as `fallback` when the file has none (LFM2's
+    /// `block_ff_dim`; a model whose every layer is sparse has no dense MLP).
+    pub(crate) fn parse_with_intermediate(
+        file: &ConfigFile<'_>,
+        fallback: Option<usize>,
+    ) -> Result<Self> {
+        match (fallback, file.value.get("intermediate_size")) {
+            (Some(n), None) => {
+                let mut value = file.value.clone();
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("intermediate_size".into(), n.into());
+                }
+                ConfigFile {
+                    value: &value,
+                    ..*file
+                }
+                .parse()
+            }
+            _ => file.parse(),
+        }
+    }
+}
+
 /// A field that may be absent (`None`), `null` (`Some(None)`) or set.
 pub(crate) fn nullable<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
 where

@@ -53,22 +53,7 @@ pub(crate) fn parse_hybrid(
     layout: LinearAttentionLayout,
     dense_intermediate: Option<usize>,
 ) -> Result<ModelConfig> {
-    let filled;
-    let file = match (dense_intermediate, file.value.get("intermediate_size")) {
-        (Some(n), None) => {
-            let mut value = file.value.clone();
-            if let Some(map) = value.as_object_mut() {
-                map.insert("intermediate_size".into(), n.into());
-            }
-            filled = value;
-            &ConfigFile {
-                value: &filled,
-                ..*file
-            }
-        }
-        _ => file,
-    };
-    let mut base: llama::Config = file.parse()?;
+    let mut base = llama::Config::parse_with_intermediate(file, dense_intermediate)?;
     let hybrid: HybridFields = file.parse()?;
     base.head_dim = Some(hybrid.head_dim.unwrap_or(256));
     if base.layer_types.is_none() {
