@@ -198,10 +198,13 @@ pub struct Answer {
 /// | `Unsupported` | 400 | `invalid_request_error` | `unsupported_parameter` | the request's name of `field()` |
 /// | `Tokenizer` (encoding the request's text), `ChatTemplate` | 400 | `invalid_request_error` | - | `prompt` / `messages` |
 /// | `OutOfMemory` | 503 + `Retry-After` | `server_error` | `out_of_memory` | - |
+/// | `EngineStopped` | 503 + `Retry-After` | `server_error` | `engine_stopped` | - |
 /// | `Tensor`, `Io`, `Json`, `Weights`, `Device`, `Streamer`, model loading, any other | 500 | `server_error` | - | - |
 ///
 /// Out of memory is not the request's fault for good: the same request can fit later, a smaller
-/// one now (OpenAI's clients retry a 503, and wait as `Retry-After` says).
+/// one now (OpenAI's clients retry a 503, and wait as `Retry-After` says). An engine that has
+/// stopped (the server shutting down, or its engine thread gone) is the server's condition too:
+/// another replica, or this one restarted, serves the same request.
 pub fn lmgen_error_answer(e: &lmgen::Error) -> Answer {
     use lmgen::Error as E;
     let (status, kind, code, blame) = match e {
@@ -221,6 +224,12 @@ pub fn lmgen_error_answer(e: &lmgen::Error) -> Answer {
             StatusCode::SERVICE_UNAVAILABLE,
             SERVER,
             Some("out_of_memory"),
+            Blame::Nothing,
+        ),
+        E::EngineStopped => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER,
+            Some("engine_stopped"),
             Blame::Nothing,
         ),
         _ => (
@@ -303,6 +312,22 @@ mod tests {
                 .map(|v| v.as_bytes()),
             Some(&b"1"[..])
         );
+    }
+
+    #[test]
+    fn a_stopped_engine_is_503_with_retry_after() {
+        let a = ApiError::from_lmgen(&lmgen::Error::EngineStopped, &RequestNames::chat(false));
+        assert_eq!(
+            (a.status, a.kind, a.code, a.param.as_deref()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("engine_stopped"),
+                None
+            )
+        );
+        let response = a.into_response();
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

@@ -128,6 +128,11 @@ pub enum Error {
         /// The failed allocation, as the driver reported it.
         message: String,
     },
+    /// The continuous-batching engine has stopped (it was stopped, or its thread ended): it takes
+    /// no new requests, and the requests it still held ended with this error. A condition of the
+    /// server, not of the request: the same request succeeds on a running engine.
+    #[error("the generation engine has stopped; it takes no new requests")]
+    EngineStopped,
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(candle_core::Error),

@@ -560,3 +560,106 @@ fn settings_the_engine_cannot_honour_are_errors() {
         .unwrap_err();
     assert!(e.to_string().contains("vocabulary"), "{e}");
 }
+
+#[test]
+fn a_stopped_engine_answers_engine_stopped() {
+    let s = setup("llama");
+    let m =
+        ContinuousBatchingManager::new(s.model.clone(), engine_config(4, 64, 64), DType::F32, None)
+            .unwrap();
+    // Queued before the engine starts, then the stop: the engine thread sees both at once, so
+    // the request is still held when it stops.
+    let id = m
+        .add_streaming_request(Request::new(vec![5, 6, 7], greedy(&s, 8)))
+        .unwrap();
+    m.stop(false, None);
+    m.start().unwrap();
+    let last = m.request_id_iter(&id).unwrap().last().unwrap();
+    assert_eq!(last.status, RequestStatus::Cancelled);
+    assert!(
+        matches!(last.error.as_deref(), Some(lmgen::Error::EngineStopped)),
+        "{:?}",
+        last.error
+    );
+    assert!(m.join(Some(Duration::from_secs(30))));
+    let e = m
+        .add_request(Request::new(vec![5, 6, 7], greedy(&s, 8)))
+        .unwrap_err();
+    assert!(matches!(e, lmgen::Error::EngineStopped), "{e:?}");
+}
+
+/// A model whose device holds `budget` tokens of activations: a step over more fails as a GPU
+/// out of memory does.
+struct TinyMemory {
+    model: Arc<dyn CausalLM>,
+    budget: usize,
+}
+
+impl CausalLM for TinyMemory {
+    fn forward(
+        &self,
+        input: &lmgen::models::ForwardInput<'_>,
+        cache: &mut dyn lmgen::cache::KvCache,
+    ) -> lmgen::Result<lmgen::models::ModelOutput> {
+        let tokens = input.input_ids.elem_count();
+        if tokens > self.budget {
+            return Err(lmgen::Error::OutOfMemory {
+                message: format!(
+                    "a step of {tokens} tokens needs more than the {} that fit",
+                    self.budget
+                ),
+            });
+        }
+        self.model.forward(input, cache)
+    }
+    fn lm_head(&self, hidden_states: &candle_core::Tensor) -> lmgen::Result<candle_core::Tensor> {
+        self.model.lm_head(hidden_states)
+    }
+    fn config(&self) -> &lmgen::models::ModelConfig {
+        self.model.config()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.model.device()
+    }
+    fn dtype(&self) -> DType {
+        self.model.dtype()
+    }
+}
+
+#[test]
+fn out_of_memory_in_a_step_reaches_the_request_typed() {
+    let s = setup("llama");
+    let model: Arc<dyn CausalLM> = Arc::new(TinyMemory {
+        model: s.model.clone(),
+        budget: 16,
+    });
+    let m =
+        ContinuousBatchingManager::new(model, engine_config(4, 64, 64), DType::F32, None).unwrap();
+    m.start().unwrap();
+    let long = m
+        .add_request(Request::new(vec![5; 40], greedy(&s, 4)))
+        .unwrap();
+    let out = m
+        .get_result(Some(&long), Some(Duration::from_secs(120)))
+        .unwrap();
+    assert_eq!(out.status, RequestStatus::Failed);
+    assert!(
+        matches!(out.error.as_deref(), Some(lmgen::Error::OutOfMemory { .. })),
+        "{:?}",
+        out.error
+    );
+    // A smaller request still fits, and its blocks and the failed one's are free again.
+    let short = m
+        .add_request(Request::new(vec![5, 6, 7], greedy(&s, 4)))
+        .unwrap();
+    let out = m
+        .get_result(Some(&short), Some(Duration::from_secs(120)))
+        .unwrap();
+    assert_eq!(out.status, RequestStatus::Finished, "{:?}", out.error);
+    assert_eq!(
+        out.generated_tokens,
+        reference(&s, &[5, 6, 7], &greedy(&s, 4))
+    );
+    wait_idle(&m);
+    assert_eq!(m.stats().blocks_used, 0);
+}

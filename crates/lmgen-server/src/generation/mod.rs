@@ -83,7 +83,8 @@ struct Choice {
     tokens: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
-    error: Option<String>,
+    /// The answer to the error that ended it ([`ApiError::from_lmgen`] of the engine's error).
+    error: Option<ApiError>,
     last_at: Option<Instant>,
 }
 
@@ -203,6 +204,7 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         with_logprobs: job.plan.logprobs.is_some(),
         guard,
         rx,
+        names: job.names,
         _slots: slots,
     };
     if job.plan.stream {
@@ -226,6 +228,8 @@ struct Run {
     with_logprobs: bool,
     guard: CancelGuard,
     rx: mpsc::UnboundedReceiver<(usize, RequestUpdate)>,
+    /// What the request calls its fields (an engine error names them).
+    names: RequestNames,
     _slots: InFlight,
 }
 
@@ -234,7 +238,7 @@ struct Delta {
     text: String,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
-    error: Option<String>,
+    error: Option<ApiError>,
 }
 
 impl Run {
@@ -290,11 +294,10 @@ impl Run {
             match update.status {
                 RequestStatus::Finished => c.finish = Some(finish_name(update.finish_reason)),
                 _ => {
-                    c.error = Some(
-                        update
-                            .error
-                            .unwrap_or_else(|| "the request was cancelled".into()),
-                    )
+                    c.error = Some(match &update.error {
+                        Some(e) => ApiError::from_lmgen(e, &self.names),
+                        None => ApiError::internal("the request was cancelled"),
+                    })
                 }
             }
         }
@@ -323,7 +326,7 @@ impl Run {
             self.apply(index, update);
         }
         if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
-            return Err(ApiError::internal(e));
+            return Err(e);
         }
         Ok(match self.endpoint {
             Endpoint::Completions => Json(Completion {

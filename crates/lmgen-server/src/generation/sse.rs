@@ -16,7 +16,6 @@ use crate::api::response::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChunkUsage, Completion, CompletionChoice,
     CompletionChunk, Usage,
 };
-use crate::error::ApiError;
 
 /// The choices of one chunk, in the endpoint's shape.
 enum ChunkChoices {
@@ -116,9 +115,7 @@ impl Run {
                 let Some((index, update)) = next else { break };
                 let delta = self.apply(index, update);
                 if let Some(e) = &delta.error {
-                    let _ = out
-                        .send(Ok(event(&ApiError::internal(e.clone()).body())))
-                        .await;
+                    let _ = out.send(Ok(event(&e.body()))).await;
                     let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
                 }

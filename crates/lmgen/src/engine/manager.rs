@@ -191,7 +191,7 @@ impl ContinuousBatchingManager {
         }
         lock(&self.sender)?
             .send(Command::Add(Box::new(seq)))
-            .map_err(|_| Error::input("the engine has stopped"))?;
+            .map_err(|_| Error::EngineStopped)?;
         Ok(id)
     }
 

@@ -1,8 +1,10 @@
 //! What a caller submits to the engine and what comes back (transformers' continuous batching
 //! `RequestState` / `GenerationOutput`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::error::Error;
 use crate::generation::logits::LogitsProcessor;
 use crate::generation::{FinishReason, GenerationConfig};
 use crate::TokenId;
@@ -65,7 +67,8 @@ pub enum RequestStatus {
     Decoding,
     /// Done: a stopping criterion fired.
     Finished,
-    /// Cancelled by the caller (or the engine stopped first).
+    /// Cancelled by the caller, or by the engine stopping first (then `error` is
+    /// [`Error::EngineStopped`]).
     Cancelled,
     /// An error ended it (see `error`).
     Failed,
@@ -107,8 +110,10 @@ pub struct RequestUpdate {
     pub status: RequestStatus,
     /// Set with `status == Finished`.
     pub finish_reason: Option<FinishReason>,
-    /// Set with `status == Failed`.
-    pub error: Option<String>,
+    /// Why the request ended, with `status == Failed` (a step that failed: out of memory, a
+    /// processor's error) and when the engine stopped before it finished
+    /// ([`Error::EngineStopped`]). Shared: one failed step fails every request in it.
+    pub error: Option<Arc<Error>>,
     /// Prompt tokens served from the prefix cache (known from the first update on).
     pub cached_prompt_tokens: usize,
     /// When the engine produced this update.
@@ -130,8 +135,8 @@ pub struct GenerationOutput {
     pub status: RequestStatus,
     /// Set with `status == Finished`.
     pub finish_reason: Option<FinishReason>,
-    /// Set with `status == Failed`.
-    pub error: Option<String>,
+    /// Why it ended, when an error ended it (see [`RequestUpdate::error`]).
+    pub error: Option<Arc<Error>>,
 }
 
 impl GenerationOutput {

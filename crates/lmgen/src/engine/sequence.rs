@@ -1,6 +1,7 @@
 //! A request inside the engine: its tokens, its blocks, and its own processors, stopping criteria
 //! and seeded sampler, built once when it is added.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::paged::prefix_cache::BlockHash;
@@ -250,7 +251,7 @@ impl Sequence {
         new_tokens: Vec<TokenId>,
         logprobs: Vec<TokenLogprob>,
         finish_reason: Option<FinishReason>,
-        error: Option<String>,
+        error: Option<Arc<Error>>,
     ) -> RequestUpdate {
         RequestUpdate {
             request_id: self.id.clone(),
@@ -273,7 +274,7 @@ impl Sequence {
     pub fn end(
         &mut self,
         status: RequestStatus,
-        error: Option<String>,
+        error: Option<Arc<Error>>,
         alloc: &mut BlockAllocator,
     ) {
         self.table.release(alloc);

@@ -14,7 +14,7 @@ use super::sequence::Sequence;
 use super::{EngineConfig, EngineStats};
 use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch, StoreShape};
 use crate::cache::SequenceSpan;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::{CausalLM, DType, ForwardInput, LogitsToKeep};
 
 /// What the manager tells the engine thread.
@@ -105,7 +105,7 @@ impl Worker {
                 }
             }
             if stop {
-                self.cancel_all("the engine stopped");
+                self.cancel_all();
                 self.publish(0);
                 break;
             }
@@ -128,13 +128,11 @@ impl Worker {
         }
     }
 
-    fn cancel_all(&mut self, why: &str) {
+    /// Ends every request: the engine is stopping.
+    fn cancel_all(&mut self) {
+        let why = Arc::new(Error::EngineStopped);
         for mut seq in self.running.drain(..).chain(self.waiting.drain(..)) {
-            seq.end(
-                RequestStatus::Cancelled,
-                Some(why.to_string()),
-                &mut self.alloc,
-            );
+            seq.end(RequestStatus::Cancelled, Some(why.clone()), &mut self.alloc);
             self.cancelled += 1;
         }
     }
@@ -154,11 +152,12 @@ impl Worker {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "engine step failed");
+                let e = Arc::new(e);
                 let mut failed: Vec<usize> = batch.iter().map(|&(i, _)| i).collect();
                 failed.sort_unstable();
                 for &i in failed.iter().rev() {
                     let mut seq = self.running.remove(i);
-                    seq.end(RequestStatus::Failed, Some(e.to_string()), &mut self.alloc);
+                    seq.end(RequestStatus::Failed, Some(e.clone()), &mut self.alloc);
                 }
                 return preemptions;
             }
@@ -185,7 +184,7 @@ impl Worker {
             let update = match seq.sample(row) {
                 Ok(u) => u,
                 Err(e) => {
-                    seq.end(RequestStatus::Failed, Some(e.to_string()), &mut self.alloc);
+                    seq.end(RequestStatus::Failed, Some(Arc::new(e)), &mut self.alloc);
                     done.push(i);
                     continue;
                 }

@@ -123,8 +123,18 @@ pub static ARCHITECTURES: &[Entry] = &[
         ministral3::parse,
         None,
     ),
-    decoder_row(Architecture::Qwen3Moe, "qwen3_moe", qwen3_moe::parse, None),
-    decoder_row(Architecture::Mixtral, "mixtral", mixtral::parse, None),
+    decoder_row(
+        Architecture::Qwen3Moe,
+        "qwen3_moe",
+        qwen3_moe::parse,
+        Some(&gguf::QWEN3MOE),
+    ),
+    decoder_row(
+        Architecture::Mixtral,
+        "mixtral",
+        mixtral::parse,
+        Some(&gguf::MIXTRAL),
+    ),
     decoder_row(Architecture::GptOss, "gpt_oss", gpt_oss::parse, None),
     decoder_row(Architecture::Qwen3_5, "qwen3_5_text", qwen3_5::parse, None),
     decoder_row(
@@ -223,11 +233,13 @@ pub fn supported() -> String {
 
 /// Every GGUF `general.architecture` lmgen reads, for errors.
 pub fn gguf_supported() -> String {
-    ARCHITECTURES
-        .iter()
-        .filter_map(|e| e.gguf.map(|g| g.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut names: Vec<&str> = Vec::new();
+    for name in ARCHITECTURES.iter().filter_map(|e| e.gguf.map(|g| g.name)) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(", ")
 }
 
 /// A `config.json` matched to its row.

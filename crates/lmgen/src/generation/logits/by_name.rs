@@ -1,131 +1,268 @@
 //! One processor from its transformers class name and constructor arguments (JSON), as
 //! `lmgen logits --request` and the golden tests use it: `{"name": "TopPLogitsWarper", "args": {"top_p": 0.8}}`.
 //!
-//! Arguments are transformers' constructor keywords; an unknown one is an error naming it. Processors
-//! that need Rust objects (`PrefixConstrainedLogitsProcessor`'s callback, classifier-free guidance's
-//! model) cannot be built this way.
+//! Each class reads its arguments into its own struct: transformers' constructor keywords and
+//! defaults, an unknown keyword refused. A mistyped or missing argument is an error naming the class
+//! and the argument's path (`TopPLogitsWarper: `top_p` must be a number, got "x"`); ranges are
+//! checked by the processors' constructors, as transformers checks them in `__init__`. Processors
+//! that need Rust objects (`PrefixConstrainedLogitsProcessor`'s callback, classifier-free
+//! guidance's model) cannot be built this way.
 
+use std::collections::BTreeMap;
+
+use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::models::config::describe;
 use crate::TokenId;
 
-/// Constructor arguments, consumed one by one so that leftovers can be reported.
-struct Args {
-    class: String,
-    map: Map<String, Value>,
+/// A token id or a list of them (transformers' `Union[int, list[int]]`); absent is empty.
+#[derive(Debug, Default)]
+struct TokenIds(Vec<TokenId>);
+
+impl<'de> Deserialize<'de> for TokenIds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ids;
+        impl<'de> Visitor<'de> for Ids {
+            type Value = TokenIds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token id or a list of token ids")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TokenIds, E> {
+                TokenId::try_from(v)
+                    .map(|id| TokenIds(vec![id]))
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenIds, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<TokenId>()? {
+                    ids.push(id);
+                }
+                Ok(TokenIds(ids))
+            }
+        }
+        deserializer.deserialize_any(Ids)
+    }
 }
 
-impl Args {
-    fn err(&self, key: &str, expected: &str, got: &Value) -> Error {
-        invalid_arg(format!(
-            "{}: argument `{key}` must be {expected}, got {got}",
-            self.class
-        ))
-    }
+fn one() -> usize {
+    1
+}
 
-    fn take(&mut self, key: &str) -> Option<Value> {
-        self.map.remove(key).filter(|v| !v.is_null())
-    }
+/// Arguments that build one processor class.
+trait Build: DeserializeOwned {
+    fn build(self) -> Result<Box<dyn LogitsProcessor>>;
+}
 
-    fn required(&mut self, key: &str) -> Result<Value> {
-        self.take(key).ok_or_else(|| {
-            invalid_arg(format!("{}: missing required argument `{key}`", self.class))
-        })
-    }
-
-    fn f64_of(&self, key: &str, v: &Value) -> Result<f64> {
-        v.as_f64().ok_or_else(|| self.err(key, "a number", v))
-    }
-
-    fn usize_of(&self, key: &str, v: &Value) -> Result<usize> {
-        v.as_u64()
-            .and_then(|x| usize::try_from(x).ok())
-            .ok_or_else(|| self.err(key, "a non-negative integer", v))
-    }
-
-    fn f64(&mut self, key: &str) -> Result<f64> {
-        let v = self.required(key)?;
-        self.f64_of(key, &v)
-    }
-
-    fn f64_or(&mut self, key: &str, default: f64) -> Result<f64> {
-        match self.take(key) {
-            Some(v) => self.f64_of(key, &v),
-            None => Ok(default),
+/// `class`'s arguments read into `A`; an error names the class and the argument.
+fn read<A: DeserializeOwned>(class: &str, args: Map<String, Value>) -> Result<A> {
+    serde_path_to_error::deserialize(Value::Object(args)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        match message.strip_prefix("unknown field ") {
+            Some(rest) => invalid_arg(format!("{class}: unknown argument {rest}")),
+            None => invalid_arg(format!("{class}: {}", describe("", &path, &message))),
         }
-    }
+    })
+}
 
-    fn usize(&mut self, key: &str) -> Result<usize> {
-        let v = self.required(key)?;
-        self.usize_of(key, &v)
-    }
+/// `class(**args)`: the arguments read into `A`, then the processor built.
+fn make<A: Build>(class: &str, args: Map<String, Value>) -> Result<Box<dyn LogitsProcessor>> {
+    read::<A>(class, args)?.build()
+}
 
-    fn usize_or(&mut self, key: &str, default: usize) -> Result<usize> {
-        match self.take(key) {
-            Some(v) => self.usize_of(key, &v),
-            None => Ok(default),
+/// Declares one class's argument struct (transformers' keywords; `= default` where it has one)
+/// and how it builds the processor.
+macro_rules! class {
+    ($args:ident { $($field:ident : $ty:ty $(= $default:literal)?),* $(,)? } => |$a:ident| $build:expr) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $args {
+            $( $(#[serde(default = $default)])? $field: $ty, )*
         }
-    }
-
-    fn opt_usize(&mut self, key: &str) -> Result<Option<usize>> {
-        match self.take(key) {
-            Some(v) => self.usize_of(key, &v).map(Some),
-            None => Ok(None),
+        impl Build for $args {
+            fn build(self) -> Result<Box<dyn LogitsProcessor>> {
+                let $a = self;
+                Ok(Box::new($build))
+            }
         }
-    }
+    };
+}
 
-    fn ids_of(&self, key: &str, v: &Value) -> Result<Vec<TokenId>> {
-        let one = |x: &Value| x.as_u64().and_then(|t| TokenId::try_from(t).ok());
-        match v {
-            Value::Array(items) => items
-                .iter()
-                .map(|x| {
-                    one(x).ok_or_else(|| self.err(key, "a token id or a list of token ids", v))
-                })
-                .collect(),
-            other => one(other)
-                .map(|t| vec![t])
-                .ok_or_else(|| self.err(key, "a token id or a list of token ids", v)),
-        }
+class! {
+    Temperature { temperature: f64 }
+    => |a| TemperatureLogitsWarper::new(a.temperature)?
+}
+class! {
+    TopK { top_k: usize, min_tokens_to_keep: usize = "one" }
+    => |a| TopKLogitsWarper::new(a.top_k, a.min_tokens_to_keep)?
+}
+class! {
+    TopP { top_p: f64, min_tokens_to_keep: usize = "one" }
+    => |a| TopPLogitsWarper::new(a.top_p, a.min_tokens_to_keep)?
+}
+class! {
+    MinP { min_p: f64, min_tokens_to_keep: usize = "one" }
+    => |a| MinPLogitsWarper::new(a.min_p, a.min_tokens_to_keep)?
+}
+class! {
+    Typical { mass: f64 = "typical_mass", min_tokens_to_keep: usize = "one" }
+    => |a| TypicalLogitsWarper::new(a.mass, a.min_tokens_to_keep)?
+}
+class! {
+    Epsilon { epsilon: f64, min_tokens_to_keep: usize = "one" }
+    => |a| EpsilonLogitsWarper::new(a.epsilon, a.min_tokens_to_keep)?
+}
+class! {
+    Eta { epsilon: f64, min_tokens_to_keep: usize = "one" }
+    => |a| EtaLogitsWarper::new(a.epsilon, a.min_tokens_to_keep)?
+}
+class! {
+    TopH { top_h: f64 }
+    => |a| TopHLogitsWarper::new(a.top_h)?
+}
+class! {
+    RepetitionPenalty { penalty: f64, prompt_ignore_length: Option<usize> = "Default::default" }
+    => |a| RepetitionPenaltyLogitsProcessor::new(a.penalty, a.prompt_ignore_length)?
+}
+class! {
+    EncoderRepetitionPenalty { penalty: f64, encoder_input_ids: Vec<Vec<TokenId>> }
+    => |a| EncoderRepetitionPenaltyLogitsProcessor::new(a.penalty, a.encoder_input_ids)?
+}
+class! {
+    NoRepeatNGram { ngram_size: usize }
+    => |a| NoRepeatNGramLogitsProcessor::new(a.ngram_size)?
+}
+class! {
+    EncoderNoRepeatNGram { encoder_ngram_size: usize, encoder_input_ids: Vec<Vec<TokenId>> }
+    => |a| EncoderNoRepeatNGramLogitsProcessor::new(a.encoder_ngram_size, &a.encoder_input_ids)?
+}
+class! {
+    NoBadWords { bad_words_ids: Vec<Vec<TokenId>>, eos_token_id: TokenIds = "Default::default" }
+    => |a| NoBadWordsLogitsProcessor::new(a.bad_words_ids, &a.eos_token_id.0)?
+}
+class! {
+    SequenceBias { sequence_bias: Vec<(Vec<TokenId>, f64)> }
+    => |a| SequenceBiasLogitsProcessor::new(a.sequence_bias)?
+}
+class! {
+    MinLength { min_length: usize, eos_token_id: TokenIds = "Default::default" }
+    => |a| MinLengthLogitsProcessor::new(a.min_length, a.eos_token_id.0)
+}
+class! {
+    MinNewTokensLength {
+        prompt_length_to_skip: usize,
+        min_new_tokens: usize,
+        eos_token_id: TokenIds = "Default::default",
     }
-
-    /// A token id or a list of them; absent -> empty.
-    fn ids(&mut self, key: &str) -> Result<Vec<TokenId>> {
-        match self.take(key) {
-            Some(v) => self.ids_of(key, &v),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    fn id_rows(&mut self, key: &str) -> Result<Vec<Vec<TokenId>>> {
-        let v = self.required(key)?;
-        let rows = v
-            .as_array()
-            .ok_or_else(|| self.err(key, "a list of lists of token ids", &v))?;
-        rows.iter()
-            .map(|r| match r {
-                Value::Array(_) => self.ids_of(key, r),
-                _ => Err(self.err(key, "a list of lists of token ids", &v)),
-            })
-            .collect()
-    }
-
-    fn finish(self) -> Result<()> {
-        match self.map.keys().next() {
-            Some(k) => Err(invalid_arg(format!(
-                "{}: unknown argument `{k}`",
-                self.class
-            ))),
-            None => Ok(()),
+    => |a| MinNewTokensLengthLogitsProcessor::new(
+        a.prompt_length_to_skip,
+        a.min_new_tokens,
+        a.eos_token_id.0,
+    )
+}
+class! {
+    ForcedBos { bos_token_id: TokenIds }
+    => |a| match a.bos_token_id.0.as_slice() {
+        [bos] => ForcedBOSTokenLogitsProcessor::new(*bos),
+        ids => {
+            return Err(invalid_arg(format!(
+                "ForcedBOSTokenLogitsProcessor: `bos_token_id` must be one token id, got {ids:?}"
+            )));
         }
     }
 }
+class! {
+    ForcedEos { max_length: usize, eos_token_id: TokenIds = "Default::default" }
+    => |a| ForcedEOSTokenLogitsProcessor::new(a.max_length, a.eos_token_id.0)
+}
+class! {
+    ExponentialDecay {
+        exponential_decay_length_penalty: (usize, f64),
+        eos_token_id: TokenIds = "Default::default",
+        input_ids_seq_length: usize,
+    }
+    => |a| ExponentialDecayLengthPenalty::new(
+        a.exponential_decay_length_penalty,
+        a.eos_token_id.0,
+        a.input_ids_seq_length,
+    )
+}
+class! {
+    SuppressTokens { suppress_tokens: TokenIds = "Default::default" }
+    => |a| SuppressTokensLogitsProcessor::new(a.suppress_tokens.0)
+}
+class! {
+    SuppressTokensAtBegin { begin_suppress_tokens: TokenIds = "Default::default", begin_index: usize }
+    => |a| SuppressTokensAtBeginLogitsProcessor::new(a.begin_suppress_tokens.0, a.begin_index)
+}
+class! {
+    PresencePenalty { presence_penalty: f64, prompt_length: usize = "Default::default" }
+    => |a| PresencePenaltyLogitsProcessor::new(a.presence_penalty, a.prompt_length)?
+}
+class! {
+    FrequencyPenalty { frequency_penalty: f64, prompt_length: usize = "Default::default" }
+    => |a| FrequencyPenaltyLogitsProcessor::new(a.frequency_penalty, a.prompt_length)?
+}
+class! {
+    LogitBias { logit_bias: BTreeMap<TokenId, f64> }
+    => |a| LogitBiasLogitsProcessor::new(a.logit_bias)?
+}
+class! {
+    Watermark {
+        vocab_size: usize,
+        greenlist_ratio: f64 = "watermark::greenlist_ratio",
+        bias: f64 = "watermark::bias",
+        hashing_key: u64 = "watermark::hashing_key",
+        seeding_scheme: Value = "watermark::seeding_scheme",
+        context_width: usize = "one",
+    }
+    => |a| {
+        let config = WatermarkingConfig {
+            greenlist_ratio: a.greenlist_ratio,
+            bias: a.bias,
+            hashing_key: a.hashing_key,
+            seeding_scheme: SeedingScheme::from_json(&a.seeding_scheme)?,
+            context_width: a.context_width,
+        };
+        config.validate()?;
+        WatermarkLogitsProcessor::new(config, a.vocab_size)?
+    }
+}
+
+fn typical_mass() -> f64 {
+    0.9
+}
+
+/// transformers' `WatermarkLogitsProcessor` defaults (those of `WatermarkingConfig`).
+mod watermark {
+    use super::{Value, WatermarkingConfig};
+
+    pub fn greenlist_ratio() -> f64 {
+        WatermarkingConfig::default().greenlist_ratio
+    }
+    pub fn bias() -> f64 {
+        WatermarkingConfig::default().bias
+    }
+    pub fn hashing_key() -> u64 {
+        WatermarkingConfig::default().hashing_key
+    }
+    pub fn seeding_scheme() -> Value {
+        Value::from("lefthash")
+    }
+}
+
+/// `LogitNormalization()` and `InfNanRemoveLogitsProcessor()`: no arguments.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
 
 /// Builds the processor named `name` (transformers' class name) from its constructor arguments.
 pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProcessor>> {
-    let map = match args {
+    let mut map = match args {
         Value::Null => Map::new(),
         Value::Object(m) => m.clone(),
         other => {
@@ -134,198 +271,60 @@ pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProce
             )))
         }
     };
-    let mut a = Args {
-        class: name.to_string(),
-        map,
-    };
+    // `None` is the keyword's default, as an absent one.
+    map.retain(|_, v| !v.is_null());
     // transformers' `filter_value` (always -inf here) and `device` change nothing in lmgen.
-    for ignored in ["device", "filter_value"] {
-        if let Some(v) = a.take(ignored) {
-            if ignored == "filter_value" && v.as_f64().is_some() {
-                return Err(Error::unsupported(format!(
-                    "{name}: a finite `filter_value` (lmgen always filters with -inf)"
-                )));
-            }
+    map.remove("device");
+    if let Some(v) = map.remove("filter_value") {
+        if v.as_f64().is_some() {
+            return Err(Error::unsupported(format!(
+                "{name}: a finite `filter_value` (lmgen always filters with -inf)"
+            )));
         }
     }
-    let p: Box<dyn LogitsProcessor> = match name {
-        "TemperatureLogitsWarper" => Box::new(TemperatureLogitsWarper::new(a.f64("temperature")?)?),
-        "TopKLogitsWarper" => {
-            let k = a.usize("top_k")?;
-            Box::new(TopKLogitsWarper::new(
-                k,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
+    match name {
+        "TemperatureLogitsWarper" => make::<Temperature>(name, map),
+        "TopKLogitsWarper" => make::<TopK>(name, map),
+        "TopPLogitsWarper" => make::<TopP>(name, map),
+        "MinPLogitsWarper" => make::<MinP>(name, map),
+        "TypicalLogitsWarper" => make::<Typical>(name, map),
+        "EpsilonLogitsWarper" => make::<Epsilon>(name, map),
+        "EtaLogitsWarper" => make::<Eta>(name, map),
+        "TopHLogitsWarper" => make::<TopH>(name, map),
+        "RepetitionPenaltyLogitsProcessor" => make::<RepetitionPenalty>(name, map),
+        "EncoderRepetitionPenaltyLogitsProcessor" => make::<EncoderRepetitionPenalty>(name, map),
+        "NoRepeatNGramLogitsProcessor" => make::<NoRepeatNGram>(name, map),
+        "EncoderNoRepeatNGramLogitsProcessor" => make::<EncoderNoRepeatNGram>(name, map),
+        "NoBadWordsLogitsProcessor" => make::<NoBadWords>(name, map),
+        "SequenceBiasLogitsProcessor" => make::<SequenceBias>(name, map),
+        "MinLengthLogitsProcessor" => make::<MinLength>(name, map),
+        "MinNewTokensLengthLogitsProcessor" => make::<MinNewTokensLength>(name, map),
+        "ForcedBOSTokenLogitsProcessor" => make::<ForcedBos>(name, map),
+        "ForcedEOSTokenLogitsProcessor" => make::<ForcedEos>(name, map),
+        "ExponentialDecayLengthPenalty" => make::<ExponentialDecay>(name, map),
+        "LogitNormalization" => {
+            read::<NoArgs>(name, map)?;
+            Ok(Box::new(LogitNormalization))
         }
-        "TopPLogitsWarper" => {
-            let p = a.f64("top_p")?;
-            Box::new(TopPLogitsWarper::new(
-                p,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
+        "InfNanRemoveLogitsProcessor" => {
+            read::<NoArgs>(name, map)?;
+            Ok(Box::new(InfNanRemoveLogitsProcessor))
         }
-        "MinPLogitsWarper" => {
-            let p = a.f64("min_p")?;
-            Box::new(MinPLogitsWarper::new(
-                p,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
-        }
-        "TypicalLogitsWarper" => {
-            let m = a.f64_or("mass", 0.9)?;
-            Box::new(TypicalLogitsWarper::new(
-                m,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
-        }
-        "EpsilonLogitsWarper" => {
-            let e = a.f64("epsilon")?;
-            Box::new(EpsilonLogitsWarper::new(
-                e,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
-        }
-        "EtaLogitsWarper" => {
-            let e = a.f64("epsilon")?;
-            Box::new(EtaLogitsWarper::new(
-                e,
-                a.usize_or("min_tokens_to_keep", 1)?,
-            )?)
-        }
-        "TopHLogitsWarper" => Box::new(TopHLogitsWarper::new(a.f64("top_h")?)?),
-        "RepetitionPenaltyLogitsProcessor" => {
-            let p = a.f64("penalty")?;
-            Box::new(RepetitionPenaltyLogitsProcessor::new(
-                p,
-                a.opt_usize("prompt_ignore_length")?,
-            )?)
-        }
-        "EncoderRepetitionPenaltyLogitsProcessor" => {
-            let p = a.f64("penalty")?;
-            Box::new(EncoderRepetitionPenaltyLogitsProcessor::new(
-                p,
-                a.id_rows("encoder_input_ids")?,
-            )?)
-        }
-        "NoRepeatNGramLogitsProcessor" => {
-            Box::new(NoRepeatNGramLogitsProcessor::new(a.usize("ngram_size")?)?)
-        }
-        "EncoderNoRepeatNGramLogitsProcessor" => {
-            let n = a.usize("encoder_ngram_size")?;
-            Box::new(EncoderNoRepeatNGramLogitsProcessor::new(
-                n,
-                &a.id_rows("encoder_input_ids")?,
-            )?)
-        }
-        "NoBadWordsLogitsProcessor" => {
-            let bad = a.id_rows("bad_words_ids")?;
-            Box::new(NoBadWordsLogitsProcessor::new(
-                bad,
-                &a.ids("eos_token_id")?,
-            )?)
-        }
-        "SequenceBiasLogitsProcessor" => {
-            let v = a.required("sequence_bias")?;
-            let pairs: Vec<(Vec<TokenId>, f64)> = serde_json::from_value(v.clone())
-                .map_err(|_| a.err("sequence_bias", "a list of [[token ids], bias] pairs", &v))?;
-            Box::new(SequenceBiasLogitsProcessor::new(pairs)?)
-        }
-        "MinLengthLogitsProcessor" => {
-            let n = a.usize("min_length")?;
-            Box::new(MinLengthLogitsProcessor::new(n, a.ids("eos_token_id")?))
-        }
-        "MinNewTokensLengthLogitsProcessor" => {
-            let skip = a.usize("prompt_length_to_skip")?;
-            let n = a.usize("min_new_tokens")?;
-            Box::new(MinNewTokensLengthLogitsProcessor::new(
-                skip,
-                n,
-                a.ids("eos_token_id")?,
-            ))
-        }
-        "ForcedBOSTokenLogitsProcessor" => {
-            let v = a.required("bos_token_id")?;
-            let ids = a.ids_of("bos_token_id", &v)?;
-            match ids.as_slice() {
-                [bos] => Box::new(ForcedBOSTokenLogitsProcessor::new(*bos)),
-                _ => return Err(a.err("bos_token_id", "one token id", &v)),
-            }
-        }
-        "ForcedEOSTokenLogitsProcessor" => {
-            let n = a.usize("max_length")?;
-            Box::new(ForcedEOSTokenLogitsProcessor::new(
-                n,
-                a.ids("eos_token_id")?,
-            ))
-        }
-        "ExponentialDecayLengthPenalty" => {
-            let v = a.required("exponential_decay_length_penalty")?;
-            let (start, factor): (usize, f64) =
-                serde_json::from_value(v.clone()).map_err(|_| {
-                    a.err(
-                        "exponential_decay_length_penalty",
-                        "[start_index, decay_factor]",
-                        &v,
-                    )
-                })?;
-            let eos = a.ids("eos_token_id")?;
-            Box::new(ExponentialDecayLengthPenalty::new(
-                (start, factor),
-                eos,
-                a.usize("input_ids_seq_length")?,
-            ))
-        }
-        "LogitNormalization" => Box::new(LogitNormalization),
-        "InfNanRemoveLogitsProcessor" => Box::new(InfNanRemoveLogitsProcessor),
-        "SuppressTokensLogitsProcessor" => Box::new(SuppressTokensLogitsProcessor::new(
-            a.ids("suppress_tokens")?,
-        )),
-        "SuppressTokensAtBeginLogitsProcessor" => {
-            let t = a.ids("begin_suppress_tokens")?;
-            Box::new(SuppressTokensAtBeginLogitsProcessor::new(
-                t,
-                a.usize("begin_index")?,
-            ))
-        }
-        "PresencePenaltyLogitsProcessor" => {
-            let p = a.f64("presence_penalty")?;
-            Box::new(PresencePenaltyLogitsProcessor::new(
-                p,
-                a.usize_or("prompt_length", 0)?,
-            )?)
-        }
-        "FrequencyPenaltyLogitsProcessor" => {
-            let p = a.f64("frequency_penalty")?;
-            Box::new(FrequencyPenaltyLogitsProcessor::new(
-                p,
-                a.usize_or("prompt_length", 0)?,
-            )?)
-        }
-        "LogitBiasLogitsProcessor" => {
-            let v = a.required("logit_bias")?;
-            let map: std::collections::BTreeMap<TokenId, f64> =
-                serde_json::from_value(v.clone())
-                    .map_err(|_| a.err("logit_bias", "an object of token id -> bias", &v))?;
-            Box::new(LogitBiasLogitsProcessor::new(map)?)
-        }
-        "WatermarkLogitsProcessor" => {
-            let vocab = a.usize("vocab_size")?;
-            let config = WatermarkingConfig::from_json(&Value::Object(std::mem::take(&mut a.map)))?;
-            Box::new(WatermarkLogitsProcessor::new(config, vocab)?)
-        }
+        "SuppressTokensLogitsProcessor" => make::<SuppressTokens>(name, map),
+        "SuppressTokensAtBeginLogitsProcessor" => make::<SuppressTokensAtBegin>(name, map),
+        "PresencePenaltyLogitsProcessor" => make::<PresencePenalty>(name, map),
+        "FrequencyPenaltyLogitsProcessor" => make::<FrequencyPenalty>(name, map),
+        "LogitBiasLogitsProcessor" => make::<LogitBias>(name, map),
+        "WatermarkLogitsProcessor" => make::<Watermark>(name, map),
         "PrefixConstrainedLogitsProcessor" | "UnbatchedClassifierFreeGuidanceLogitsProcessor" => {
-            return Err(Error::unsupported(format!(
+            Err(Error::unsupported(format!(
                 "{name} needs a Rust callback or the model; build it with the library API"
             )))
         }
-        other => {
-            return Err(Error::unsupported(format!(
-                "unknown or unsupported logits processor `{other}`"
-            )))
-        }
-    };
-    a.finish()?;
-    Ok(p)
+        other => Err(Error::unsupported(format!(
+            "unknown or unsupported logits processor `{other}`"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -333,25 +332,101 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn message(name: &str, args: Value) -> String {
+        processor_from_hf(name, &args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn builds_by_name_and_names_bad_arguments() {
         let p = processor_from_hf("TopKLogitsWarper", &json!({"top_k": 1})).unwrap();
         let mut s = Scores::new(vec![1.0, 2.0], 1, 2);
         p.process(&[vec![]], &mut s).unwrap();
         assert_eq!(s.data, vec![f32::NEG_INFINITY, 2.0]);
-        let e = processor_from_hf("TopPLogitsWarper", &json!({"top_p": 1.5}))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = message("TopPLogitsWarper", json!({"top_p": 1.5}));
         assert!(
             e.contains("`top_p` has to be a float > 0 and < 1, but is 1.5"),
             "{e}"
         );
-        let e = processor_from_hf("TopKLogitsWarper", &json!({"top_k": 1, "k": 2}))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = message("TopKLogitsWarper", json!({"top_k": 1, "k": 2}));
         assert!(e.contains("unknown argument `k`"), "{e}");
+        assert!(e.contains("`top_k`"), "{e}");
         assert!(processor_from_hf("NoSuchWarper", &json!({})).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_class_and_the_argument() {
+        for (name, args, want) in [
+            (
+                "TopPLogitsWarper",
+                json!({"top_p": "x"}),
+                "TopPLogitsWarper: `top_p` must be a number, got \"x\"",
+            ),
+            (
+                "TopKLogitsWarper",
+                json!({"top_k": -1}),
+                "TopKLogitsWarper: `top_k` must be a non-negative integer, got -1",
+            ),
+            (
+                "TemperatureLogitsWarper",
+                json!({}),
+                "TemperatureLogitsWarper: `temperature` is missing",
+            ),
+            (
+                "MinLengthLogitsProcessor",
+                json!({"min_length": 2, "eos_token_id": "x"}),
+                "MinLengthLogitsProcessor: `eos_token_id` must be a token id or a list of token ids, got \"x\"",
+            ),
+            (
+                "NoBadWordsLogitsProcessor",
+                json!({"bad_words_ids": [[1], [2, "x"]]}),
+                "NoBadWordsLogitsProcessor: `bad_words_ids[1][1]` must be a non-negative integer",
+            ),
+            (
+                "ForcedBOSTokenLogitsProcessor",
+                json!({"bos_token_id": [1, 2]}),
+                "`bos_token_id` must be one token id, got [1, 2]",
+            ),
+            (
+                "LogitNormalization",
+                json!({"x": 1}),
+                "LogitNormalization: unknown argument `x`",
+            ),
+            (
+                "WatermarkLogitsProcessor",
+                json!({"vocab_size": 50, "seeding_scheme": "x"}),
+                "`seeding_scheme` should be one of ['selfhash', 'lefthash']",
+            ),
+        ] {
+            let e = message(name, args);
+            assert!(e.contains(want), "{name}: {e}");
+        }
+        let e = processor_from_hf("TopPLogitsWarper", &json!({"top_p": "x"})).err();
+        assert_eq!(e.as_ref().and_then(Error::field), Some("top_p"));
+    }
+
+    #[test]
+    fn defaults_and_nulls_are_transformers() {
+        // `mass` defaults to 0.9, `min_tokens_to_keep` to 1; `None` is the default.
+        assert!(
+            processor_from_hf("TypicalLogitsWarper", &json!({"min_tokens_to_keep": null})).is_ok()
+        );
+        assert!(processor_from_hf(
+            "RepetitionPenaltyLogitsProcessor",
+            &json!({"penalty": 1.2, "prompt_ignore_length": null})
+        )
+        .is_ok());
+        assert!(processor_from_hf(
+            "MinLengthLogitsProcessor",
+            &json!({"min_length": 2, "eos_token_id": [1, 2], "device": "cpu"})
+        )
+        .is_ok());
+        let e = message(
+            "TopKLogitsWarper",
+            json!({"top_k": 2, "filter_value": -5.0}),
+        );
+        assert!(e.contains("finite `filter_value`"), "{e}");
     }
 }

@@ -28,6 +28,19 @@ pub enum SeedingScheme {
     SelfHash,
 }
 
+impl SeedingScheme {
+    /// `"lefthash"` or `"selfhash"`; anything else is transformers' `validate` error.
+    pub(crate) fn from_json(value: &Value) -> Result<Self> {
+        match value.as_str() {
+            Some("lefthash") => Ok(SeedingScheme::LeftHash),
+            Some("selfhash") => Ok(SeedingScheme::SelfHash),
+            _ => Err(invalid_arg(format!(
+                "Some of the keys in `watermarking_config` are defined incorrectly. `seeding_scheme` should be one of ['selfhash', 'lefthash'], but found {value}"
+            ))),
+        }
+    }
+}
+
 /// transformers' `WatermarkingConfig` (the `watermarking_config` generation field).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatermarkingConfig {
@@ -77,26 +90,20 @@ impl WatermarkingConfig {
                 ))
             };
             match key.as_str() {
-                "greenlist_ratio" => c.greenlist_ratio = v.as_f64().ok_or_else(|| bad("a number"))?,
+                "greenlist_ratio" => {
+                    c.greenlist_ratio = v.as_f64().ok_or_else(|| bad("a number"))?
+                }
                 "bias" => c.bias = v.as_f64().ok_or_else(|| bad("a number"))?,
-                "hashing_key" => c.hashing_key = v.as_u64().ok_or_else(|| bad("a non-negative integer"))?,
+                "hashing_key" => {
+                    c.hashing_key = v.as_u64().ok_or_else(|| bad("a non-negative integer"))?
+                }
                 "context_width" => {
                     c.context_width = v
                         .as_u64()
                         .and_then(|x| usize::try_from(x).ok())
                         .ok_or_else(|| bad("a positive integer"))?
                 }
-                "seeding_scheme" => {
-                    c.seeding_scheme = match v.as_str() {
-                        Some("lefthash") => SeedingScheme::LeftHash,
-                        Some("selfhash") => SeedingScheme::SelfHash,
-                        _ => {
-                            return Err(invalid_arg(format!(
-                                "Some of the keys in `watermarking_config` are defined incorrectly. `seeding_scheme` should be one of ['selfhash', 'lefthash'], but found {v}"
-                            )))
-                        }
-                    }
-                }
+                "seeding_scheme" => c.seeding_scheme = SeedingScheme::from_json(v)?,
                 _ => {}
             }
         }

@@ -7,7 +7,7 @@
 use candle_core::quantized::gguf_file::Value as Meta;
 use serde_json::{json, Map, Value};
 
-use super::{meta_u64, GgufWeights};
+use super::{meta_u64, GgufExperts, GgufWeights};
 use crate::error::{Error, Result};
 
 /// How llama.cpp's converter (`convert_hf_to_gguf.py`) writes one architecture, where it differs
@@ -39,6 +39,8 @@ pub struct GgufArch {
     /// Metadata keys llama.cpp honours but lmgen does not implement for this architecture: a
     /// non-zero value is refused (key, what it means).
     pub unsupported: &'static [(&'static str, &'static str)],
+    /// A mixture of experts: its experts stacked as llama.cpp writes them (`None`: a dense MLP).
+    pub experts: Option<&'static GgufExperts>,
 }
 
 /// `llama` (Mistral too: GGUF keeps no sliding window for it).
@@ -52,6 +54,7 @@ pub const LLAMA: GgufArch = GgufArch {
     swa_period: None,
     gemma_query_scale: false,
     unsupported: &[],
+    experts: None,
 };
 
 /// `qwen2`: Llama's tensors, not permuted; q/k/v biases.
@@ -89,6 +92,40 @@ pub const GEMMA3: GgufArch = GgufArch {
     swa_period: Some(6),
     gemma_query_scale: true,
     unsupported: &[],
+    experts: None,
+};
+
+/// `qwen3moe` (HF `qwen3_moe`): Qwen3's attention; every layer a mixture of experts, routed as
+/// llama.cpp routes it (`build_moe_ffn` with `norm_w`: the top probabilities always renormalised,
+/// HF's `norm_topk_prob`, which the Qwen3 MoE checkpoints set).
+pub const QWEN3MOE: GgufArch = GgufArch {
+    name: "qwen3moe",
+    layer_names: &[
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        ("ffn_gate_inp", "mlp.gate"),
+    ],
+    unsupported: &[("expert_weights_scale", "scaled expert weights")],
+    experts: Some(&GgufExperts {
+        experts: "mlp.experts",
+        projections: ["gate_proj", "up_proj", "down_proj"],
+        count_field: "num_experts",
+        width_field: Some("moe_intermediate_size"),
+    }),
+    ..QWEN3
+};
+
+/// Mixtral (HF `mixtral`): written as `llama` (q and k permuted) with `llama.expert_count`
+/// experts of `feed_forward_length` (HF `intermediate_size`), `w1` gate, `w3` up, `w2` down.
+pub const MIXTRAL: GgufArch = GgufArch {
+    layer_names: &[("ffn_gate_inp", "block_sparse_moe.gate")],
+    experts: Some(&GgufExperts {
+        experts: "block_sparse_moe.experts",
+        projections: ["w1", "w3", "w2"],
+        count_field: "num_local_experts",
+        width_field: None,
+    }),
+    ..LLAMA
 };
 
 /// `phi3`: `attn_qkv` and `ffn_up` (gate rows then up rows) kept fused as HF stores them;
@@ -228,14 +265,15 @@ impl GgufWeights {
         let embed = self.names.get("model.embed_tokens.weight").ok_or_else(|| {
             super::weights_error(&self.path, "tensor `token_embd.weight` not found".into())
         })?;
-        let vocab = self.content.tensor_infos[embed].shape.dims()[0];
+        let vocab = self.content.tensor_infos[&embed.gguf].shape.dims()[0];
         config.insert("model_type".into(), json!(self.model_type));
         config.insert("vocab_size".into(), json!(vocab));
         config.insert("hidden_size".into(), json!(hidden));
-        config.insert(
-            "intermediate_size".into(),
-            json!(self.required_usize("feed_forward_length")?),
-        );
+        let intermediate = match arch.experts {
+            Some(x) => self.experts_config(x, &mut config)?,
+            None => self.required_usize("feed_forward_length")?,
+        };
+        config.insert("intermediate_size".into(), json!(intermediate));
         config.insert("num_hidden_layers".into(), json!(layers));
         config.insert("num_attention_heads".into(), json!(self.n_head));
         config.insert("num_key_value_heads".into(), json!(self.n_kv_head));
@@ -502,16 +540,21 @@ mod tests {
 
     #[test]
     fn every_gguf_name_names_one_row() {
-        let names: Vec<&str> = ARCHITECTURES
+        // A name is on two rows only as a dense and a mixture-of-experts one (`llama`: Mixtral).
+        let names: Vec<(&str, bool)> = ARCHITECTURES
             .iter()
-            .filter_map(|e| e.gguf.map(|g| g.name))
+            .filter_map(|e| e.gguf.map(|g| (g.name, g.experts.is_some())))
             .collect();
         for (i, n) in names.iter().enumerate() {
-            assert!(!names[i + 1..].contains(n), "`{n}` is on two rows");
+            assert!(!names[i + 1..].contains(n), "`{n:?}` is on two rows");
         }
+        let names: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
-            ["llama", "qwen2", "qwen3", "gemma3", "phi3", "olmo2", "granite"]
+            [
+                "llama", "qwen2", "qwen3", "gemma3", "phi3", "olmo2", "granite", "qwen3moe",
+                "llama"
+            ]
         );
     }
 }

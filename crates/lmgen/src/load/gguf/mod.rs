@@ -29,6 +29,14 @@
 //!   them; a `rope.dimension_count` below the head size is the partial rotary factor.
 //! - `olmo2`: post norms only (`post_attention_norm`, `post_ffw_norm`); `attn_q_norm` /
 //!   `attn_k_norm` span the whole projection.
+//! - Mixtures of experts (`qwen3moe`, and `llama` with `llama.expert_count` > 0, which is
+//!   Mixtral): the converter stacks each projection of every expert into one `[n_expert, out, in]`
+//!   tensor (`blk.N.ffn_{gate,up,down}_exps`); HF keeps a module per expert, so expert `E` is served
+//!   under its HF name as the `E`-th slice of the stacked tensor (a whole number of rows, so of
+//!   quantized blocks too). The router is `ffn_gate_inp`. llama.cpp always renormalises the top
+//!   experts' weights, so a `qwen3moe` file reads as `norm_topk_prob: true`.
+//! - `gpt-oss` is refused by name: its experts are MXFP4 blocks (ggml type 39), with attention
+//!   sinks and expert biases, none of which is read from GGUF files yet.
 //!
 //! The converter's `q8_0` keeps norms and 1-D tensors F32 and writes F16 for weights whose rows
 //! are not whole 32-value blocks. The vocabulary in the metadata is not read: the tokenizer comes
@@ -50,8 +58,10 @@ use crate::models::quantize::QuantizedWeight;
 use crate::models::registry;
 
 pub(crate) mod arch;
+mod experts;
 
 pub use arch::GgufArch;
+pub use experts::GgufExperts;
 
 /// Tensors llama.cpp writes that lmgen does not read yet, and what they are.
 const UNREAD_TENSORS: [(&str, &str); 3] = [
@@ -63,6 +73,21 @@ const UNREAD_TENSORS: [(&str, &str); 3] = [
     ("rope_factors_short.weight", "Phi-3 LongRoPE factors"),
 ];
 
+/// GGUF architectures llama.cpp writes that lmgen knows but does not read, and what is missing.
+const UNREAD_ARCHITECTURES: [(&str, &str); 1] = [(
+    "gpt-oss",
+    "HF `gpt_oss`: its MXFP4 expert blocks (ggml type 39), attention sinks \
+     (`blk.N.attn_sinks.weight`) and expert biases are not read from GGUF files yet",
+)];
+
+/// Where an HF tensor is stored: a GGUF tensor, or one expert of a stacked one.
+#[derive(Debug, Clone)]
+struct Stored {
+    gguf: String,
+    /// `Some(e)`: expert `e` of a stacked `[n_expert, rows, columns]` tensor.
+    expert: Option<usize>,
+}
+
 /// An opened, validated GGUF file.
 pub(crate) struct GgufWeights {
     path: PathBuf,
@@ -71,8 +96,9 @@ pub(crate) struct GgufWeights {
     arch: &'static GgufArch,
     /// The registry row's `model_type`, for the config.
     model_type: &'static str,
-    /// HF name -> GGUF name, for every tensor in the file.
-    names: HashMap<String, String>,
+    /// HF name -> where it is stored, for every tensor in the file (every expert of a stacked
+    /// one).
+    names: HashMap<String, Stored>,
     /// `attention.head_count` and `attention.head_count_kv`: the q and k row permutations.
     n_head: usize,
     n_kv_head: usize,
@@ -110,14 +136,64 @@ fn meta_f64(v: &Meta) -> Option<f64> {
     }
 }
 
+/// The registry row of GGUF architecture `arch_name`: the one naming it, or where a dense and a
+/// mixture-of-experts row share the name (`llama` and Mixtral), the one `expert_count` picks. A
+/// dense architecture's file with experts is refused.
+fn registry_row(
+    path: &Path,
+    arch_name: &str,
+    expert_count: u64,
+) -> Result<(&'static str, &'static GgufArch)> {
+    let rows: Vec<(&'static str, &'static GgufArch)> = registry::ARCHITECTURES
+        .iter()
+        .filter_map(|e| {
+            e.gguf
+                .filter(|g| g.name == arch_name)
+                .map(|g| (e.model_type, g))
+        })
+        .collect();
+    let row = match rows.as_slice() {
+        [one] => Some(*one),
+        several => several
+            .iter()
+            .find(|(_, g)| g.experts.is_some() == (expert_count > 0))
+            .copied(),
+    };
+    let (model_type, arch) = row.ok_or_else(|| Error::UnknownModelType {
+        path: path.to_path_buf(),
+        model_type: arch_name.to_string(),
+        supported: format!(
+            "{} (GGUF `general.architecture`)",
+            registry::gguf_supported()
+        ),
+    })?;
+    if arch.experts.is_none() && expert_count > 0 {
+        return Err(Error::unsupported(format!(
+            "`{}`: `{arch_name}.expert_count` = {expert_count}: a mixture of experts is not read \
+             from GGUF `{arch_name}` files (lmgen's `{model_type}` is dense)",
+            path.display()
+        )));
+    }
+    Ok((model_type, arch))
+}
+
 impl GgufWeights {
     /// Maps and parses `path`, checks the architecture and that every tensor is one lmgen's model
     /// has.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let mmap = map_file(path)?;
         let bad = |message: String| weights_error(path, message);
-        let content = Content::read(&mut Cursor::new(&mmap[..]))
-            .map_err(|e| bad(format!("not a valid GGUF file: {e}")))?;
+        let content = Content::read(&mut Cursor::new(&mmap[..])).map_err(|e| {
+            let e = e.to_string();
+            if e.contains("unknown dtype for tensor 39") {
+                return Error::unsupported(format!(
+                    "`{}`: MXFP4 tensors (ggml type 39, gpt-oss's experts) are not read from GGUF \
+                     files yet; load the safetensors checkpoint instead",
+                    path.display()
+                ));
+            }
+            bad(format!("not a valid GGUF file: {e}"))
+        })?;
         let arch_name = match content.metadata.get("general.architecture") {
             Some(Meta::String(s)) => s.clone(),
             Some(other) => {
@@ -127,23 +203,21 @@ impl GgufWeights {
             }
             None => return Err(bad("metadata key `general.architecture` is missing".into())),
         };
-        let (model_type, arch) = registry::ARCHITECTURES
-            .iter()
-            .find_map(|e| {
-                e.gguf
-                    .filter(|g| g.name == arch_name)
-                    .map(|g| (e.model_type, g))
-            })
-            .ok_or_else(|| Error::UnknownModelType {
-                path: path.to_path_buf(),
-                model_type: arch_name.clone(),
-                supported: format!(
-                    "{} (GGUF `general.architecture`)",
-                    registry::gguf_supported()
-                ),
-            })?;
+        if let Some((_, what)) = UNREAD_ARCHITECTURES.iter().find(|(n, _)| *n == arch_name) {
+            return Err(Error::unsupported(format!(
+                "`{}`: GGUF architecture `{arch_name}` ({what}); load the safetensors checkpoint \
+                 instead",
+                path.display()
+            )));
+        }
+        let expert_count = content
+            .metadata
+            .get(&format!("{arch_name}.expert_count"))
+            .and_then(meta_u64)
+            .unwrap_or(0);
+        let (model_type, arch) = registry_row(path, &arch_name, expert_count)?;
         let mut names = HashMap::new();
-        for gguf in content.tensor_infos.keys() {
+        for (gguf, info) in &content.tensor_infos {
             if let Some((_, what)) = UNREAD_TENSORS.iter().find(|(n, _)| n == gguf) {
                 return Err(Error::unsupported(format!(
                     "`{}`: tensor `{gguf}` ({what}) is not read from GGUF files yet; load the \
@@ -151,13 +225,36 @@ impl GgufWeights {
                     path.display()
                 )));
             }
-            let hf = arch.hf_name(gguf).ok_or_else(|| {
+            let no_counterpart = || {
                 bad(format!(
                     "tensor `{gguf}` has no counterpart in lmgen's `{model_type}` model \
                      (GGUF `{arch_name}`)"
                 ))
-            })?;
-            names.insert(hf, gguf.clone());
+            };
+            if arch.is_stacked_experts(gguf) {
+                let dims = info.shape.dims();
+                let [n_expert, _, _] = dims else {
+                    return Err(bad(format!(
+                        "tensor `{gguf}` has shape {dims:?}; stacked experts are \
+                         [experts, rows, columns]"
+                    )));
+                };
+                for e in 0..*n_expert {
+                    let hf = arch.expert_hf_name(gguf, e).ok_or_else(&no_counterpart)?;
+                    let stored = Stored {
+                        gguf: gguf.clone(),
+                        expert: Some(e),
+                    };
+                    names.insert(hf, stored);
+                }
+                continue;
+            }
+            let hf = arch.hf_name(gguf).ok_or_else(no_counterpart)?;
+            let stored = Stored {
+                gguf: gguf.clone(),
+                expert: None,
+            };
+            names.insert(hf, stored);
         }
         let mut weights = Self {
             path: path.to_path_buf(),
@@ -254,15 +351,19 @@ impl GgufWeights {
         self.names.keys().map(String::as_str)
     }
 
-    /// The stored shape (HF order, `[out, in]`) of `hf`.
+    /// The stored shape (HF order, `[out, in]`) of `hf` (of one expert, for an expert's).
     pub(crate) fn shape(&self, hf: &str) -> Option<&[usize]> {
-        let gguf = self.names.get(hf)?;
-        Some(self.content.tensor_infos[gguf].shape.dims())
+        let stored = self.names.get(hf)?;
+        let dims = self.content.tensor_infos[&stored.gguf].shape.dims();
+        Some(match stored.expert {
+            Some(_) => &dims[1..],
+            None => dims,
+        })
     }
 
     /// The stored dtype of `hf` when it is F32, F16 or BF16.
     pub(crate) fn disk_dtype(&self, hf: &str) -> Option<DType> {
-        match self.content.tensor_infos[self.names.get(hf)?].ggml_dtype {
+        match self.content.tensor_infos[&self.names.get(hf)?.gguf].ggml_dtype {
             GgmlDType::F32 => Some(DType::F32),
             GgmlDType::F16 => Some(DType::F16),
             GgmlDType::BF16 => Some(DType::BF16),
@@ -272,30 +373,41 @@ impl GgufWeights {
 
     /// Bytes of `hf` when stored in a block type the quantized layers keep (Q8_0, Q4_K, Q6_K).
     pub(crate) fn quantized_bytes(&self, hf: &str) -> Option<usize> {
-        let info = &self.content.tensor_infos[self.names.get(hf)?];
+        let stored = self.names.get(hf)?;
+        let info = &self.content.tensor_infos[&stored.gguf];
         let dtype = info.ggml_dtype;
-        QuantizedWeight::reads(dtype)
-            .then(|| info.shape.elem_count() / dtype.block_size() * dtype.type_size())
+        let elems = match stored.expert {
+            Some(_) => info.shape.dims()[1..].iter().product(),
+            None => info.shape.elem_count(),
+        };
+        QuantizedWeight::reads(dtype).then(|| elems / dtype.block_size() * dtype.type_size())
     }
 
-    /// The GGUF name of `hf`, or an error naming both.
-    fn lookup(&self, hf: &str) -> Result<&str> {
-        if let Some(g) = self.names.get(hf) {
-            return Ok(g);
+    /// Where `hf` is stored, or an error naming both.
+    fn lookup(&self, hf: &str) -> Result<&Stored> {
+        if let Some(stored) = self.names.get(hf) {
+            return Ok(stored);
         }
-        let message = match self.arch.gguf_name(hf) {
-            Some(g) => format!("tensor `{g}` (HF `{hf}`) not found"),
-            None => format!("tensor `{hf}` not found (lmgen reads llama.cpp's tensor names)"),
+        let message = if let Some(g) = self.arch.gguf_name(hf) {
+            format!("tensor `{g}` (HF `{hf}`) not found")
+        } else if let Some((g, e)) = self.arch.expert_gguf_name(hf) {
+            format!("expert {e} of tensor `{g}` (HF `{hf}`) not found")
+        } else {
+            format!("tensor `{hf}` not found (lmgen reads llama.cpp's tensor names)")
         };
         Err(weights_error(&self.path, message))
     }
 
     /// The GGUF tensor behind `hf`, checked against `shape` when given: its name, block type,
-    /// shape and raw bytes (bounds-checked).
+    /// shape and raw bytes (bounds-checked); for an expert, its slice of the stacked tensor.
     fn raw(&self, hf: &str, shape: Option<&[usize]>) -> Result<(&str, GgmlDType, &[usize], &[u8])> {
-        let gguf = self.lookup(hf)?;
+        let stored = self.lookup(hf)?;
+        let gguf = stored.gguf.as_str();
         let info = &self.content.tensor_infos[gguf];
-        let dims = info.shape.dims();
+        let dims = match stored.expert {
+            Some(_) => &info.shape.dims()[1..],
+            None => info.shape.dims(),
+        };
         if let Some(shape) = shape {
             if dims != shape {
                 return Err(weights_error(
@@ -308,7 +420,7 @@ impl GgufWeights {
             }
         }
         let dtype = info.ggml_dtype;
-        let elems = info.shape.elem_count();
+        let elems: usize = dims.iter().product();
         if elems % dtype.block_size() != 0 {
             return Err(weights_error(
                 &self.path,
@@ -319,7 +431,11 @@ impl GgufWeights {
             ));
         }
         let len = elems / dtype.block_size() * dtype.type_size();
-        let start = usize::try_from(self.content.tensor_data_offset + info.offset).ok();
+        // Expert `e` of a stacked tensor: the `e`-th of its equal, contiguous slices.
+        let skip = stored.expert.unwrap_or(0) * len;
+        let start = usize::try_from(self.content.tensor_data_offset + info.offset)
+            .ok()
+            .and_then(|s| s.checked_add(skip));
         let bytes = start
             .and_then(|s| self.mmap.get(s..s.checked_add(len)?))
             .ok_or_else(|| {

@@ -422,7 +422,7 @@ impl<'a> ConfigFile<'a> {
 
 /// serde's message for a bad field, in lmgen's words: "`field` must be a number, got \"x\"",
 /// "`field` is missing".
-fn describe(prefix: &str, path: &str, serde_msg: &str) -> String {
+pub(crate) fn describe(prefix: &str, path: &str, serde_msg: &str) -> String {
     let field = |name: &str| {
         let at = if path == "." || path.is_empty() {
             String::new()
