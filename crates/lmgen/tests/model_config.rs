@@ -457,6 +457,11 @@ fn real_recurrent_state_configs_parse() {
         (16, 48, 128)
     );
     assert_eq!(q.rope.as_ref().unwrap().rotary_dim(q.head_dim), 64);
+    // 48 DeltaNet layers, each 3 x 10240 conv inputs and 48 x 128 x 128 state values, in f32.
+    assert_eq!(
+        q.state_bytes_per_sequence(2),
+        48 * 4 * (3 * 10240 + 48 * 128 * 128)
+    );
 
     // Qwen3.5-35B-A3B: the same decoder with 256 experts, 8 per token and a shared expert.
     let m = real("Qwen3.5-35B-A3B");
@@ -486,5 +491,6 @@ fn real_recurrent_state_configs_parse() {
         .collect();
     assert_eq!(attention, vec![2, 5, 8, 10, 12, 14]);
     assert_eq!(l.short_conv.unwrap().kernel, 3);
+    assert_eq!(l.state_bytes_per_sequence(2), 10 * 2 * 2048 * 2);
     assert!(l.tie_word_embeddings);
 }

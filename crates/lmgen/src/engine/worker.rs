@@ -50,8 +50,18 @@ impl Worker {
     ) -> Result<Self> {
         let m = model.config();
         let recurrent = m.layer_types.iter().any(|l| !l.is_attention());
-        if recurrent && config.prefix_caching {
-            tracing::info!("prefix caching is off: this model keeps a recurrent state");
+        if recurrent {
+            let per_sequence = m.state_bytes_per_sequence(dtype.size_in_bytes());
+            // Outside the KV pool: each running sequence holds one.
+            tracing::info!(
+                per_sequence,
+                max_running = config.max_running,
+                at_most = per_sequence * config.max_running,
+                "recurrent state per running sequence (bytes), beside the KV pool"
+            );
+            if config.prefix_caching {
+                tracing::info!("prefix caching is off: this model keeps a recurrent state");
+            }
         }
         let store = KvStore::new(
             StoreShape {

@@ -23,7 +23,8 @@ pub struct PeakMemory {
     pub rows: usize,
     /// One prefill layer's largest activation (attention scores and mask, or the MLP).
     pub prefill: f64,
-    /// The KV cache of every layer, `rows * max_length` tokens.
+    /// The KV cache of every layer, `rows * max_length` tokens, and the recurrent layers' state
+    /// of every row.
     pub kv_cache: f64,
     /// Residual stream and the last position's logits.
     pub other: f64,
@@ -60,7 +61,9 @@ pub fn estimate(
     PeakMemory {
         rows: kv_rows,
         prefill: attention.max(mlp),
-        kv_cache: kv_rows as f64 * max_length as f64 * kv_per_token * d,
+        kv_cache: kv_rows as f64
+            * (max_length as f64 * kv_per_token * d
+                + cfg.state_bytes_per_sequence(dtype_bytes) as f64),
         other: 4.0 * rows * t * cfg.hidden_size as f64 * d + 8.0 * rows * cfg.vocab_size as f64,
     }
 }
@@ -91,8 +94,8 @@ pub(crate) fn check_fits(model: &dyn CausalLM, g: &ResolvedGeneration) -> Result
     Err(Error::OutOfMemory {
         message: format!(
             "this request needs about {:.1} GiB on {} and {:.1} GiB are free ({rows} rows: one layer of \
-             the {t}-token prefill takes {:.1} GiB, the KV cache up to max_length {} takes {:.1} \
-             GiB); nothing was run",
+             the {t}-token prefill takes {:.1} GiB, the KV cache up to max_length {} and the \
+             recurrent state take {:.1} GiB); nothing was run",
             peak.total() / GIB,
             device::name(model.device()),
             free as f64 / GIB,

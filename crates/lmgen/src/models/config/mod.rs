@@ -267,6 +267,23 @@ impl ModelConfig {
         }
     }
 
+    /// Bytes of one sequence's recurrent state over all layers, whatever its length: a gated
+    /// DeltaNet layer keeps its convolution window and its delta-rule state in f32, a short
+    /// convolution its window in the compute dtype (`dtype_bytes`). 0 for attention-only models.
+    pub fn state_bytes_per_sequence(&self, dtype_bytes: usize) -> usize {
+        self.layer_types
+            .iter()
+            .map(|t| match (t, &self.linear_attention, &self.short_conv) {
+                (LayerType::LinearAttention, Some(la), _) => {
+                    4 * ((la.conv_kernel_dim - 1) * la.conv_dim()
+                        + la.num_value_heads * la.key_head_dim * la.value_head_dim)
+                }
+                (LayerType::Conv, _, Some(sc)) => (sc.kernel - 1) * self.hidden_size * dtype_bytes,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Key and value elements one token adds to the cache over all layers.
     pub fn kv_elements_per_token(&self) -> usize {
         (0..self.num_hidden_layers)
