@@ -12,7 +12,7 @@ use lmgen::generation::config::UnknownFields;
 use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, LoadOptions};
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The golden-arch models this build runs.
 const MODELS: &[&str] = &[
@@ -273,5 +273,52 @@ fn qwen3_5_moe_matches_transformers() -> anyhow::Result<()> {
     let out = lmgen::generate(model.as_ref(), &GenerateInput::single(ids), &config)?;
     assert_eq!(out.sequences[0], want);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// The recurrent state through the other paths that touch a cache, on the hybrid models: a draft
+/// model with its own cache (the same model: drafts accepted, its state rolling forward), early
+/// exit (the target's first 2 layers draft and disagree, so drafts are rejected and the state
+/// returns to its checkpoint), and contrastive search with a negligible penalty (rows repeated
+/// for the candidates, then one kept): all give greedy's tokens.
+#[test]
+fn recurrent_state_in_every_decoding_mode_gives_greedys_tokens() -> anyhow::Result<()> {
+    let config = |fields: Value| GenerationConfig::from_json(&fields, UnknownFields::Reject);
+    for name in ["qwen3_5_text", "lfm2", "qwen3_next"] {
+        let dir = golden().join("models").join(name);
+        let pipe = Pipeline::from_pretrained(dir.to_str().unwrap())?;
+        let input = GenerateInput::single(vec![5, 17, 250, 3, 99, 512, 42, 7]);
+        let base = json!({"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": false});
+        let greedy = pipe.generate(&input, &config(base.clone())?)?;
+        let with = |extra: Value| -> anyhow::Result<GenerationConfig> {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            Ok(config(v)?)
+        };
+        let same_model = pipe.generate_with(
+            &input,
+            &with(json!({"num_assistant_tokens": 4, "assistant_confidence_threshold": 0.0}))?,
+            pipe.assisted_by(&pipe),
+        )?;
+        assert_eq!(
+            same_model.sequences, greedy.sequences,
+            "{name}: draft model"
+        );
+        let early_exit = pipe.generate(&input, &with(json!({"assistant_early_exit": 2}))?)?;
+        assert_eq!(early_exit.sequences, greedy.sequences, "{name}: early exit");
+        let stats = early_exit.assisted.unwrap();
+        assert!(
+            stats.drafted > stats.accepted,
+            "{name}: no draft rejected {stats:?}"
+        );
+        let contrastive =
+            pipe.generate(&input, &with(json!({"penalty_alpha": 1e-6, "top_k": 4}))?)?;
+        assert_eq!(
+            contrastive.sequences, greedy.sequences,
+            "{name}: contrastive"
+        );
+    }
     Ok(())
 }
