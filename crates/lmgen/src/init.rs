@@ -152,11 +152,20 @@ mod tests {
             "gemma3_mm",
             "mistral3_mm",
             "gemma4_text",
+            "qwen3_moe",
+            "mixtral",
+            "gpt_oss",
+            "qwen3_5_text",
+            "qwen3_5_mm",
+            "qwen3_next",
+            "lfm2",
         ]
         .map(|n| arch.join(n));
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let qwen3_5_moe = [fixtures.join("qwen3_5_moe/qwen3_5_moe_text")];
         let variants = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma4-variants");
         let variants = ["shared_kv", "k_eq_v_moe"].map(|n| variants.join(n));
-        for golden_dir in old.iter().chain(&new).chain(&variants) {
+        for golden_dir in old.iter().chain(&new).chain(&variants).chain(&qwen3_5_moe) {
             let name = golden_dir.display();
             let text = std::fs::read_to_string(golden_dir.join("config.json")).unwrap();
             let config: Value = serde_json::from_str(&text).unwrap();
@@ -177,7 +186,12 @@ mod tests {
                         Some(r) => format!("model.language_model.{r}"),
                         None => rest.to_string(),
                     }),
-                    None if n.contains("vision") || n.starts_with("multi_modal") => None,
+                    None if n.contains("vision")
+                        || n.starts_with("multi_modal")
+                        || n.starts_with("model.visual.") =>
+                    {
+                        None
+                    }
                     None => Some(n.to_string()),
                 })
                 .collect();
