@@ -74,6 +74,20 @@ pub(crate) fn run(
     }
     let mut finish = None;
     let mut stats = AssistedStats::default();
+    // A recurrent state can only go back to a checkpoint: prefill the prompt (all but its last
+    // token, which each round feeds) on its own, so that rejected drafts never send the state
+    // back before it.
+    let recurrent = model.config().layer_types.iter().any(|l| !l.is_attention());
+    if recurrent && sequence.len() > 1 {
+        forward_row(
+            model,
+            &sequence[..sequence.len() - 1],
+            &layout,
+            LogitsToKeep::Last,
+            None,
+            &mut cache,
+        )?;
+    }
     while finish.is_none() {
         let cur_len = sequence.len();
         // 1. Candidates.
