@@ -174,32 +174,8 @@ fn greedy_equals_generate_on_recurrent_state_models() {
 #[test]
 fn recurrent_state_slots_are_freed_on_preemption_and_cancel() {
     let s = setup("arch/qwen3_5_text");
-    // Preemption: 12 blocks of 4 tokens for 8 requests of up to 36 tokens each.
-    let m = manager(&s, engine_config(4, 12, 64));
-    let mut rng = StdRng::seed_from_u64(12);
-    let mut submitted = Vec::new();
-    for i in 0..8 {
-        let prompt = random_prompt(&mut rng, 8 + i, s.model.config().vocab_size);
-        let mut cfg = greedy(&s, 36 - prompt.len());
-        cfg.min_new_tokens = cfg.max_new_tokens;
-        let id = m
-            .add_request(Request::new(prompt.clone(), cfg.clone()))
-            .unwrap();
-        submitted.push((id, prompt, cfg));
-    }
-    let mut most = 0;
-    for (id, prompt, cfg) in &submitted {
-        most = most.max(m.stats().state_slots_used);
-        let out = m
-            .get_result(Some(id), Some(Duration::from_secs(120)))
-            .unwrap();
-        assert_eq!(out.status, RequestStatus::Finished, "{:?}", out.error);
-        assert_eq!(out.generated_tokens, reference(&s, prompt, cfg), "{id}");
-    }
-    let stats = m.stats();
-    assert!(stats.preemptions > 0, "{stats:?}");
-    assert!(most >= 1, "no state slot seen while running: {stats:?}");
-    wait_idle(&m);
+    let most = preemption_under_a_tiny_kv_budget(&s, 12);
+    assert!(most >= 1, "no state slot seen while running");
     // Cancel: the running sequence holds one slot, then none.
     let m = manager(&s, engine_config(4, 64, 64));
     let mut cfg = greedy(&s, 200);
@@ -383,31 +359,39 @@ fn prefix_blocks_are_shared_between_running_requests() {
     wait_idle(&m);
 }
 
-#[test]
-fn preemption_under_a_tiny_kv_budget_completes_every_request() {
-    let s = setup("llama");
-    // 12 blocks of 4 tokens = 48 slots; each request needs up to 36.
-    let m = manager(&s, engine_config(4, 12, 64));
-    let mut rng = StdRng::seed_from_u64(11);
+/// 8 requests of up to 36 tokens in 12 blocks of 4 (48 slots), never stopping early: sequences
+/// are preempted, resume, and every greedy output equals static generate(). Returns the most
+/// state slots seen in use while they ran.
+fn preemption_under_a_tiny_kv_budget(s: &Setup, seed: u64) -> usize {
+    let m = manager(s, engine_config(4, 12, 64));
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut submitted = Vec::new();
     for i in 0..8 {
         let prompt = random_prompt(&mut rng, 8 + i, s.model.config().vocab_size);
-        let mut cfg = greedy(&s, 36 - prompt.len());
+        let mut cfg = greedy(s, 36 - prompt.len());
         cfg.min_new_tokens = cfg.max_new_tokens; // no early EOS: every request needs its blocks
         let id = m
             .add_request(Request::new(prompt.clone(), cfg.clone()))
             .unwrap();
         submitted.push((id, prompt, cfg));
     }
+    let mut most = 0;
     for (id, prompt, cfg) in &submitted {
+        most = most.max(m.stats().state_slots_used);
         let out = m
             .get_result(Some(id), Some(Duration::from_secs(120)))
             .unwrap();
         assert_eq!(out.status, RequestStatus::Finished, "{:?}", out.error);
-        assert_eq!(out.generated_tokens, reference(&s, prompt, cfg), "{id}");
+        assert_eq!(out.generated_tokens, reference(s, prompt, cfg), "{id}");
     }
     assert!(m.stats().preemptions > 0, "{:?}", m.stats());
     wait_idle(&m);
+    most
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_completes_every_request() {
+    preemption_under_a_tiny_kv_budget(&setup("llama"), 11);
 }
 
 #[test]

@@ -380,7 +380,7 @@ pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
                         LinearAttentionLayout::Grouped => {
                             linear(
                                 "linear_attn.in_proj_qkvz",
-                                2 * la.conv_dim() - 2 * la.key_dim(),
+                                2 * la.key_dim() + 2 * la.value_dim(),
                                 h,
                                 false,
                             );
