@@ -440,6 +440,18 @@ impl Rule<'_> {
         let scale = (dk as F).powf(-0.5);
         let (qkv, beta, a) = (&self.qkv, &self.beta, &self.a);
         let recurrent = has_state && t == 1;
+        // q and k of each (row, token, key head), normalised once for the value heads sharing
+        // them: `[b * t * nk]` rows of `dk`.
+        let (qn, kn): (Vec<Vec<F>>, Vec<Vec<F>>) = qkv
+            .chunks_exact(cd)
+            .flat_map(|row| {
+                (0..nk).map(move |kh| {
+                    let q = l2norm(&row[kh * dk..(kh + 1) * dk]);
+                    let k = l2norm(&row[nk * dk + kh * dk..nk * dk + (kh + 1) * dk]);
+                    (q.iter().map(|x| x * scale).collect(), k)
+                })
+            })
+            .unzip();
         // Each (row, value head) pair is independent: its state slice and output columns.
         let mut heads: Vec<(usize, &mut [F])> =
             self.state.chunks_mut(dk * dv).enumerate().collect();
@@ -450,16 +462,10 @@ impl Rule<'_> {
                 let kh = h / r;
                 let row = |ti: usize| &qkv[(bi * t + ti) * cd..(bi * t + ti + 1) * cd];
                 let at = |ti: usize| (bi * t + ti) * nv + h;
+                let qk = |ti: usize| (bi * t + ti) * nk + kh;
                 let head = Head {
-                    q: (0..t)
-                        .map(|ti| {
-                            let q = l2norm(&row(ti)[kh * dk..(kh + 1) * dk]);
-                            q.iter().map(|x| x * scale).collect()
-                        })
-                        .collect(),
-                    k: (0..t)
-                        .map(|ti| l2norm(&row(ti)[nk * dk + kh * dk..nk * dk + (kh + 1) * dk]))
-                        .collect(),
+                    q: (0..t).map(|ti| qn[qk(ti)].clone()).collect(),
+                    k: (0..t).map(|ti| kn[qk(ti)].clone()).collect(),
                     v: (0..t)
                         .map(|ti| {
                             row(ti)[2 * nk * dk + h * dv..2 * nk * dk + (h + 1) * dv].to_vec()
