@@ -1,4 +1,7 @@
-//! Chat template semantics transformers relies on, and the limits that stop a hostile template.
+//! Chat template semantics transformers relies on, the limits that stop a hostile template, and
+//! real templates (gpt-oss's harmony format) rendered byte for byte as transformers renders them.
+
+use std::path::{Path, PathBuf};
 
 use lmgen::chat_template::{ChatTemplate, ChatTemplateLimits};
 use lmgen::{Error, Tokenizer};
@@ -189,5 +192,65 @@ fn add_prefix_space_false_stops_the_metaspace_prefix() -> anyhow::Result<()> {
     })?;
     assert_eq!(plain.encode("Hello")?[1], 686, "`▁` first");
     assert_ne!(no_prefix.encode("Hello")?[1], 686);
+    Ok(())
+}
+
+/// Real chat templates rendered as transformers renders them (`fixtures/chat_templates/cases.json`,
+/// made by `make.py` there with transformers' `render_jinja_template`): the text byte for byte,
+/// or the message of the exception the template raises. The first is gpt-oss's harmony format.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates")
+}
+
+#[test]
+fn real_templates_render_as_transformers_renders_them() -> anyhow::Result<()> {
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json"))?)?;
+    let clock = golden["clock"].as_i64().expect("clock");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in golden["cases"].as_array().expect("cases") {
+        let name = case["name"].as_str().unwrap_or_default();
+        let file = case["template"].as_str().unwrap_or_default();
+        let template = ChatTemplate::new(&std::fs::read_to_string(fixtures().join(file))?)?;
+        template.pin_clock(Some(clock));
+        let messages = case["messages"].as_array().cloned().unwrap_or_default();
+        let mut vars: Map<String, Value> = case["kwargs"].as_object().cloned().unwrap_or_default();
+        if !case["tools"].is_null() {
+            vars.insert("tools".into(), case["tools"].clone());
+        }
+        let add = case["add_generation_prompt"].as_bool().unwrap_or(false);
+        let got = template.render(&messages, add, vars);
+        let ok = match (&got, case.get("rendered"), case.get("error")) {
+            (Ok(text), Some(want), _) => want.as_str() == Some(text.as_str()),
+            (Err(Error::ChatTemplate(msg)), _, Some(want)) => want.as_str() == Some(msg.as_str()),
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "{file}: {name}\n  transformers: {}\n  lmgen:        {got:?}",
+                case.get("rendered").or(case.get("error")).unwrap_or(&Value::Null)
+            ));
+        }
+        checked += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 15, "only {checked} cases");
+    Ok(())
+}
+
+#[test]
+fn pinned_clock_is_what_strftime_now_prints_and_unpinning_restores_the_system_clock(
+) -> anyhow::Result<()> {
+    let template = ChatTemplate::new("{{ strftime_now('%Y-%m-%d %H:%M %A') }}")?;
+    template.pin_clock(Some(1_785_931_200));
+    assert_eq!(
+        template.render(&[], false, Map::new())?,
+        "2026-08-05 12:00 Wednesday"
+    );
+    let shared = template.clone();
+    template.pin_clock(None);
+    let year: i32 = shared.render(&[], false, Map::new())?[..4].parse()?;
+    assert!(year >= 2026, "system clock gave year {year}");
     Ok(())
 }

@@ -306,13 +306,15 @@ impl Civil {
     }
 }
 
-/// `strftime_now(format)`: the current time (UTC) formatted like Python's `strftime` on glibc,
-/// including the `-` flag for no padding (`%-d`).
-pub fn strftime_now(format: &str) -> Result<String, Error> {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+/// `strftime_now(format)`: the current time (UTC), or the pinned one (Unix seconds), formatted
+/// like Python's `strftime` on glibc, including the `-` flag for no padding (`%-d`).
+pub fn strftime_now(format: &str, pinned: Option<i64>) -> Result<String, Error> {
+    let secs = pinned.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
     Ok(strftime(format, &Civil::from_unix(secs)))
 }
 

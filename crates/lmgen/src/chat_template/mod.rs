@@ -28,6 +28,7 @@
 mod builtins;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use minijinja::syntax::SyntaxConfig;
@@ -67,7 +68,12 @@ pub struct ChatTemplate {
     /// Template names in load order (`"default"` for a single template).
     names: Vec<String>,
     limits: ChatTemplateLimits,
+    /// What `strftime_now` reads: Unix seconds, or [`SYSTEM_CLOCK`] for the system's clock.
+    clock: Arc<AtomicI64>,
 }
+
+/// `clock` value for "read the system clock".
+const SYSTEM_CLOCK: i64 = i64::MIN;
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,7 +186,12 @@ impl ChatTemplate {
                     .with_source(Raised(msg.to_string())),
             )
         });
-        env.add_function("strftime_now", builtins::strftime_now);
+        let clock = Arc::new(AtomicI64::new(SYSTEM_CLOCK));
+        let now = Arc::clone(&clock);
+        env.add_function("strftime_now", move |format: &str| {
+            let pinned = now.load(Ordering::Relaxed);
+            builtins::strftime_now(format, (pinned != SYSTEM_CLOCK).then_some(pinned))
+        });
         env.add_filter("tojson", builtins::tojson);
         let mut names = Vec::new();
         for (name, source) in named {
@@ -194,7 +205,16 @@ impl ChatTemplate {
             env: Arc::new(env),
             names,
             limits,
+            clock,
         })
+    }
+
+    /// Pins the time `strftime_now` formats to `unix_secs` (UTC), for reproducible renders
+    /// (templates such as gpt-oss's and Llama 3's print today's date); `None` goes back to the
+    /// system clock. Clones of this template share the setting.
+    pub fn pin_clock(&self, unix_secs: Option<i64>) {
+        self.clock
+            .store(unix_secs.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
     }
 
     /// `get_chat_template(None, tools)`: `"tool_use"` when tools are given and it exists, else
