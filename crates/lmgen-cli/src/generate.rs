@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lmgen::generation::config::TokenIds;
 use lmgen::generation::streamer::{Stdout, TextStreamer};
+use lmgen::generation::structured::Grammar;
 use lmgen::generation::GenerateOptions;
 use lmgen::{GenerateOutput, GenerationConfig, Pipeline};
 use lmgen_server::ModelArgs;
@@ -42,7 +43,52 @@ pub struct GenerateArgs {
     #[arg(long, short = 'v')]
     pub verbose: bool,
     #[command(flatten)]
+    pub structured: StructuredFlags,
+    #[command(flatten)]
     pub gen: GenerationFlags,
+}
+
+/// Structured output: the generated text must match one of these (see
+/// `lmgen::generation::structured`).
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Structured output")]
+#[group(multiple = false)]
+pub struct StructuredFlags {
+    /// A JSON Schema file: the output is a JSON value valid under it.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// The output is a JSON object (any keys).
+    #[arg(long)]
+    pub json_object: bool,
+    /// The output matches this regular expression as a whole.
+    #[arg(long, value_name = "REGEX")]
+    pub regex: Option<String>,
+    /// A Lark grammar file (llguidance's dialect): the output is a sentence of it.
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+}
+
+impl StructuredFlags {
+    /// The grammar the flags ask for, files read and parsed.
+    pub fn grammar(&self) -> Result<Option<Grammar>> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))
+        };
+        Ok(if let Some(path) = &self.json_schema {
+            let schema = serde_json::from_str(&read(path)?)
+                .with_context(|| format!("`--json-schema {}` is not valid JSON", path.display()))?;
+            Some(Grammar::JsonSchema(schema))
+        } else if self.json_object {
+            Some(Grammar::JsonObject)
+        } else if let Some(rx) = &self.regex {
+            Some(Grammar::Regex(rx.clone()))
+        } else if let Some(path) = &self.grammar {
+            Some(Grammar::Lark(read(path)?))
+        } else {
+            None
+        })
+    }
 }
 
 /// The common generation fields as flags; each maps to the `GenerationConfig` field of the same name.
@@ -214,6 +260,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let options = args.model.load_options()?;
     let overrides = overrides(&args)?;
     if let Some(path) = &args.request {
+        if args.structured.grammar()?.is_some() {
+            anyhow::bail!(
+                "`--json-schema`, `--json-object`, `--regex` and `--grammar` apply to `--prompt`; \
+                 with `--request` give `\"structured\"` in each request"
+            );
+        }
         return jsonl::serve_generate(path, &args.model, &options, &overrides);
     }
     let model = args.model.model_or_default();
@@ -227,13 +279,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ),
         None => None,
     };
-    let generate_options = || {
+    let structured = match args.structured.grammar()? {
+        Some(grammar) => Some((pipe.structured_output(&overrides)?, grammar)),
+        None => None,
+    };
+    let generate_options = || -> Result<GenerateOptions<'_>> {
         let mut o = match &assistant {
             Some(a) => pipe.assisted_by(a),
             None => GenerateOptions::default(),
         };
         o.seed = args.seed;
-        o
+        if let Some((compiler, grammar)) = &structured {
+            o.logits_processors
+                .push(Box::new(compiler.processor(grammar)?));
+        }
+        Ok(o)
     };
     let prompts = if args.prompt.is_empty() {
         vec![String::new()]
@@ -249,7 +309,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let input = pipe.encode_prompts(&prompts[..1], &overrides)?;
         let mut streamer =
             TextStreamer::with_sink(pipe.tokenizer.clone(), Pipeline::STREAM, Stdout);
-        let mut options = generate_options();
+        let mut options = generate_options()?;
         options.streamer = Some(&mut streamer);
         let out = pipe.generate_with(&input, &overrides, options)?;
         if args.verbose {
@@ -258,7 +318,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return Ok(());
     }
     let input = pipe.encode_prompts(&prompts, &overrides)?;
-    let out = pipe.generate_with(&input, &overrides, generate_options())?;
+    let out = pipe.generate_with(&input, &overrides, generate_options()?)?;
     let per_prompt = out.sequences.len() / prompts.len();
     let mut stdout = std::io::stdout().lock();
     for i in 0..out.sequences.len() {

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions, TokenStreamer};
+use lmgen::generation::structured::{Grammar, StructuredOutput};
 use lmgen::generation::GenerateOptions;
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
@@ -39,6 +40,8 @@ struct GenerateRequest {
     generation_config: Option<Value>,
     assistant_model: Option<String>,
     seed: Option<u64>,
+    /// `{"json_schema": {...}}`, `"json_object"`, `{"regex": "..."}` or `{"grammar": "<lark>"}`.
+    structured: Option<Grammar>,
     #[serde(rename = "return", default)]
     ret: Option<Return>,
 }
@@ -96,6 +99,8 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
 /// Loaded pipelines by model path, so a file of requests loads each model once.
 struct Models<'a> {
     loaded: HashMap<String, Pipeline>,
+    /// Grammar compilers by model and end-of-sequence ids (building one indexes the vocabulary).
+    structured: HashMap<(String, Vec<u32>), StructuredOutput>,
     args: &'a ModelArgs,
     options: &'a LoadOptions,
 }
@@ -150,6 +155,7 @@ pub fn serve_generate(
 ) -> Result<()> {
     let mut models = Models {
         loaded: HashMap::new(),
+        structured: HashMap::new(),
         args,
         options,
     };
@@ -171,6 +177,27 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         overrides.output_logits = Some(true);
         overrides.return_dict_in_generate = Some(true);
     }
+    let grammar = match &req.structured {
+        Some(grammar) => {
+            let key = models.key(req.model.as_deref());
+            models.load(&key)?;
+            let pipe = models
+                .loaded
+                .get(&key)
+                .ok_or_else(|| anyhow!("model `{key}` not loaded"))?;
+            let cache_key = (key, pipe.config_with(&overrides).eos_token_ids());
+            let compiler = match models.structured.get(&cache_key) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = pipe.structured_output(&overrides).context("`structured`")?;
+                    models.structured.insert(cache_key, c.clone());
+                    c
+                }
+            };
+            Some(compiler.processor(grammar).context("`structured`")?)
+        }
+        None => None,
+    };
     let (pipe, assistant) = match &req.assistant_model {
         Some(a) => {
             let (pipe, draft) = models.get_pair(req.model.as_deref(), a)?;
@@ -202,6 +229,9 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         None => GenerateOptions::default(),
     };
     options.seed = req.seed;
+    options
+        .logits_processors
+        .extend(grammar.map(|g| Box::new(g) as Box<dyn lmgen::generation::LogitsProcessor>));
     options.streamer = ret
         .stream_chunks
         .then_some(&mut streamer as &mut dyn TokenStreamer);

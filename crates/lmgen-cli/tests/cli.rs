@@ -396,3 +396,56 @@ fn gguf_file_generates_as_the_safetensors_checkpoint() -> Result<()> {
     assert_fails_naming(&out, &["no tokenizer.json", "GGUF metadata"]);
     Ok(())
 }
+
+#[test]
+fn structured_output_from_flags_and_requests_matches_the_grammar() -> Result<()> {
+    // JSON-lines: a regex, a JSON schema and an invalid grammar (an error naming it).
+    let schema = json!({
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+        "required": ["ok", "n"],
+        "additionalProperties": false,
+    });
+    let answers = requests(
+        &[
+            json!({"prompts": ["Hello"], "seed": 1, "structured": {"regex": "(yes|no)!"},
+                   "generation_config": {"do_sample": true, "max_new_tokens": 10}}),
+            json!({"prompts": ["Hello"], "structured": {"json_schema": schema},
+                   "generation_config": {"max_new_tokens": 60}}),
+            json!({"prompts": ["Hello"], "structured": {"regex": "("}}),
+        ],
+        &[],
+    )?;
+    let text = answers[0]["text"][0].as_str().context("text")?;
+    assert!(text == "yes!" || text == "no!", "{text:?}");
+    let value: Value = serde_json::from_str(answers[1]["text"][0].as_str().context("text")?)?;
+    assert!(value["ok"].is_boolean() && [1, 2, 3].contains(&value["n"].as_i64().unwrap_or(0)));
+    assert_eq!(value.as_object().map(|o| o.len()), Some(2), "{value}");
+    assert!(
+        error_message(&answers[2]).contains("`regex` does not compile"),
+        "{}",
+        answers[2]
+    );
+    // Flags: the same regex through the text path.
+    let out = lmgen(
+        &[
+            "generate",
+            "--model",
+            LLAMA,
+            "--prompt",
+            "Hello",
+            "--regex",
+            "(yes|no)!",
+            "--max-new-tokens",
+            "10",
+        ],
+        "",
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout)?;
+    assert!(
+        printed == "Helloyes!\n" || printed == "Hellono!\n",
+        "{printed:?}"
+    );
+    Ok(())
+}

@@ -104,6 +104,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         in_flight: Default::default(),
         shutting_down: Default::default(),
         metrics: metrics::Metrics::new(),
+        structured: Default::default(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

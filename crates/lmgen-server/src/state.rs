@@ -2,9 +2,10 @@
 //! the shutdown flag and the metrics.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use lmgen::engine::ContinuousBatchingManager;
+use lmgen::generation::structured::StructuredOutput;
 use lmgen::{GenerationConfig, Tokenizer};
 
 use crate::error::ApiError;
@@ -33,9 +34,26 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Unix time the server started (`created` of the model object).
     pub created: u64,
+    /// The grammar compiler of `response_format`, built on its first use (it indexes the
+    /// vocabulary once); the error when this tokenizer cannot have one.
+    pub structured: OnceLock<Result<StructuredOutput, String>>,
 }
 
 impl AppState {
+    /// The grammar compiler, built on first use.
+    pub fn structured(&self) -> Result<&StructuredOutput, ApiError> {
+        self.structured
+            .get_or_init(|| {
+                let mut eos = self.generation_config.eos_token_ids();
+                if eos.is_empty() {
+                    eos.extend(self.tokenizer.eos_token_id());
+                }
+                StructuredOutput::new(&self.tokenizer, &eos).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| ApiError::invalid("response_format", e.clone()))
+    }
+
     /// 404 unless `model` is the served one.
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
         if model == self.model_id || self.model_aliases.iter().any(|a| a == model) {

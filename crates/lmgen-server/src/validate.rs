@@ -10,9 +10,11 @@ use lmgen::generation::logits::frequency_penalty::FrequencyPenaltyLogitsProcesso
 use lmgen::generation::logits::logit_bias::LogitBiasLogitsProcessor;
 use lmgen::generation::logits::presence_penalty::PresencePenaltyLogitsProcessor;
 use lmgen::generation::logits::LogitsProcessor;
+use lmgen::generation::structured::{Grammar, GrammarLogitsProcessor};
 use lmgen::GenerationConfig;
+use serde_json::Value;
 
-use crate::api::{SamplingParams, StringOrList};
+use crate::api::{ResponseFormat, SamplingParams, StringOrList};
 use crate::error::{ApiError, RequestNames};
 
 /// Most choices per request (OpenAI: 128).
@@ -36,6 +38,8 @@ pub struct Plan {
     pub logit_bias: Vec<(u32, f64)>,
     /// Top log-probabilities per token (`None`: no logprobs).
     pub logprobs: Option<usize>,
+    /// `response_format` as a grammar (`None`: free text).
+    pub grammar: Option<Grammar>,
 }
 
 /// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when
@@ -158,6 +162,22 @@ pub fn sampling(
             )
         })?);
     }
+    plan.grammar = match &p.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(Grammar::JsonObject),
+        Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+            None => Some(Grammar::JsonSchema(serde_json::json!({}))),
+            Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                Some(Grammar::JsonSchema(schema.clone()))
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    format!("`response_format.json_schema.schema` must be a JSON Schema object, got {other}"),
+                ))
+            }
+        },
+    };
     plan.stream = p.stream.unwrap_or(false);
     if let Some(opts) = &p.stream_options {
         if !plan.stream {
@@ -214,8 +234,13 @@ impl Plan {
         config
     }
 
-    /// The OpenAI processors for a prompt of `prompt_len` tokens.
-    pub fn processors(&self, prompt_len: usize) -> lmgen::Result<Vec<Box<dyn LogitsProcessor>>> {
+    /// The OpenAI processors for a prompt of `prompt_len` tokens; `grammar`: `response_format`
+    /// compiled once for the request, restarted for each choice.
+    pub fn processors(
+        &self,
+        prompt_len: usize,
+        grammar: Option<&GrammarLogitsProcessor>,
+    ) -> lmgen::Result<Vec<Box<dyn LogitsProcessor>>> {
         let mut out: Vec<Box<dyn LogitsProcessor>> = Vec::new();
         if let Some(p) = self.presence_penalty.filter(|&p| p != 0.0) {
             out.push(Box::new(PresencePenaltyLogitsProcessor::new(
@@ -231,6 +256,11 @@ impl Plan {
             out.push(Box::new(LogitBiasLogitsProcessor::new(
                 self.logit_bias.iter().copied(),
             )?));
+        }
+        // Last, as transformers runs user processors after its own: the mask sees the
+        // penalised scores and leaves only what the grammar allows.
+        if let Some(g) = grammar {
+            out.push(Box::new(g.restart()));
         }
         Ok(out)
     }

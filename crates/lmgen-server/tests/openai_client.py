@@ -275,6 +275,65 @@ def test_hf_extras(c):
     assert r.choices[0].text == rep["text"], (r.choices[0].text, rep)
 
 
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"enum": ["yes", "no", "maybe"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 99},
+        "words": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 2},
+    },
+    "required": ["answer", "count", "words"],
+    "additionalProperties": False,
+    # Compact JSON: the tiny random model would otherwise spend its tokens on whitespace.
+    "x-guidance": {"whitespace_flexible": False},
+}
+
+
+def check_reply(text):
+    v = json.loads(text)
+    assert set(v) == {"answer", "count", "words"}, v
+    assert v["answer"] in ("yes", "no", "maybe"), v
+    assert isinstance(v["count"], int) and not isinstance(v["count"], bool) and 0 <= v["count"] <= 99, v
+    assert isinstance(v["words"], list) and len(v["words"]) <= 2, v
+    assert all(isinstance(w, str) and len(w) <= 5 for w in v["words"]), v
+    return v
+
+
+def test_response_format(c):
+    """`response_format` constrains the output, streamed or not, on both endpoints: json_schema
+    (strict) gives JSON that fits the schema, json_object an object; a schema that does not compile
+    is a 400 naming `response_format`."""
+    rf = {"type": "json_schema", "json_schema": {"name": "reply", "schema": REPLY_SCHEMA, "strict": True}}
+    seen = set()
+    for seed in range(4):
+        r = c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Reply in JSON"}], max_tokens=200,
+            temperature=1.0, seed=seed, response_format=rf,
+        )
+        assert r.choices[0].finish_reason == "stop", r
+        seen.add(json.dumps(check_reply(r.choices[0].message.content), sort_keys=True))
+        stream = c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Reply in JSON"}], max_tokens=200,
+            temperature=1.0, seed=seed, response_format=rf, stream=True,
+        )
+        text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    assert len(seen) > 1, seen  # sampling still samples inside the schema
+    r = c.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=300, temperature=0.7, seed=3, n=2,
+        response_format={"type": "json_object"},
+    )
+    for choice in r.choices:
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(choice.text), dict), choice.text
+        else:
+            assert choice.text.lstrip().startswith("{"), choice.text
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}
+    expect_error(400, lambda: c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4, response_format=bad,
+    ), param="response_format")
+
+
 def test_queue_full():
     small = os.environ["LMGEN_SMALL_URL"]
     c = client(small)
@@ -315,7 +374,7 @@ def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
     for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
-                 test_hf_extras]:
+                 test_hf_extras, test_response_format]:
         test(c)
         print("ok", test.__name__, flush=True)
     test_queue_full()

@@ -116,6 +116,24 @@ fn sampling_rows() -> Vec<Row> {
     let five_stops = json!(["a", "b", "c", "d", "e"]);
     vec![
         field(
+            "response_format",
+            &[
+                json!(5),
+                json!({"type": "xml"}),
+                json!({"type": "json_schema"}),
+            ],
+            &[
+                json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}),
+            ],
+        ),
+        bodies(
+            "response_format.json_schema.schema",
+            vec![],
+            vec![
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 5}}}),
+            ],
+        ),
+        field(
             "max_tokens",
             &[json!("x"), json!(1.5)],
             &[json!(0), json!(-3)],
@@ -230,11 +248,6 @@ fn chat_rows() -> Vec<Row> {
             "tools",
             &[json!("x")],
             &[json!([{"type": "function", "function": {"name": "f"}}])],
-        ),
-        field(
-            "response_format",
-            &[json!(5)],
-            &[json!({"type": "json_object"})],
         ),
     ]
 }

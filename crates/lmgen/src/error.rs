@@ -174,6 +174,11 @@ const GENERATE_ARGUMENTS: &[&str] = &[
     "assistant_tokenizer",
     "tokenizer",
     "streamer",
+    // Structured output's grammar kinds (`lmgen::generation::structured::Grammar`).
+    "json_schema",
+    "json_object",
+    "regex",
+    "grammar",
 ];
 
 /// The field a message blames: its first `` `name` `` (or `` `name=value` ``) that is a

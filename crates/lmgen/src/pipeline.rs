@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::generation::streamer::{TextSink, TextStreamer, TextStreamerOptions};
+use crate::generation::structured::StructuredOutput;
 use crate::generation::{
     generate_with, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
 };
@@ -133,6 +134,18 @@ impl Pipeline {
                 "prompts of different lengths need a pad token, and this tokenizer has neither a pad nor an EOS token; set `pad_token_id`",
             )),
         }
+    }
+
+    /// The structured-output compiler for this model's tokenizer: text ends with the resolved
+    /// `eos_token_id` (`overrides` applied; the tokenizer's EOS token when the config has none).
+    /// Building it indexes the vocabulary once; keep it and call
+    /// [`StructuredOutput::processor`] for each request.
+    pub fn structured_output(&self, overrides: &GenerationConfig) -> Result<StructuredOutput> {
+        let mut eos = self.config_with(overrides).eos_token_ids();
+        if eos.is_empty() {
+            eos.extend(self.tokenizer.eos_token_id());
+        }
+        StructuredOutput::new(&self.tokenizer, &eos)
     }
 
     /// Generates a continuation of `prompt` and returns only the new text (special tokens skipped).

@@ -229,7 +229,9 @@ fn real_templates_render_as_transformers_renders_them() -> anyhow::Result<()> {
         if !ok {
             failures.push(format!(
                 "{file}: {name}\n  transformers: {}\n  lmgen:        {got:?}",
-                case.get("rendered").or(case.get("error")).unwrap_or(&Value::Null)
+                case.get("rendered")
+                    .or(case.get("error"))
+                    .unwrap_or(&Value::Null)
             ));
         }
         checked += 1;

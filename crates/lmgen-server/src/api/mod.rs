@@ -66,6 +66,36 @@ pub struct SamplingParams {
     pub repetition_penalty: Option<f64>,
     /// vLLM's `min_tokens` (Hugging Face `min_new_tokens`): EOS is masked until this many.
     pub min_tokens: Option<i64>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`: the output is
+    /// constrained to JSON (or a JSON Schema) by a grammar, token by token.
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Unconstrained text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// A JSON value valid under `json_schema.schema`.
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// The schema's name (OpenAI requires it; lmgen only checks it is a string).
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON Schema; absent means any JSON value, as OpenAI.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// OpenAI's `strict`: lmgen always enforces the schema with a grammar, strict or not.
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 /// `POST /v1/completions`.
@@ -96,7 +126,6 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub tools: Option<Vec<Value>>,
-    pub response_format: Option<Value>,
 }
 
 /// The parts of a chat message that the chat template relies on, typed only so that a wrong one

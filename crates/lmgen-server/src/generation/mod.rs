@@ -157,6 +157,12 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         done: Vec::new(),
         state: state.clone(),
     };
+    let grammar = match &job.plan.grammar {
+        Some(g) => Some(state.structured()?.processor(g).map_err(|e| {
+            ApiError::invalid("response_format", format!("`response_format`: {e}"))
+        })?),
+        None => None,
+    };
     for (p, prompt) in job.prompts.iter().enumerate() {
         for j in 0..n {
             let index = p * n + j;
@@ -168,7 +174,10 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
             request.seed = job.plan.seed.map(|s| s.wrapping_add(j as u64));
             request.logprobs = job.plan.logprobs;
             let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, &job.names);
-            request.logits_processors = job.plan.processors(prompt.len()).map_err(refused)?;
+            request.logits_processors = job
+                .plan
+                .processors(prompt.len(), grammar.as_ref())
+                .map_err(refused)?;
             let tx = tx.clone();
             let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
             let rid = state

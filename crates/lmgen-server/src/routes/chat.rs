@@ -42,14 +42,6 @@ async fn handle(
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid("tools", "tool calling is not supported"));
     }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(ApiError::invalid(
-                "response_format",
-                "only `{\"type\": \"text\"}` is supported",
-            ));
-        }
-    }
     let names = RequestNames::chat(req.max_completion_tokens.is_some());
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let mut plan = sampling(&req.sampling, &names, max_tokens, state.vocab_size)?;

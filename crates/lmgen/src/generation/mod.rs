@@ -14,6 +14,7 @@ pub mod stop_strings;
 pub mod stopping;
 pub mod strategies;
 pub mod streamer;
+pub mod structured;
 
 use crate::error::{Error, Result};
 use crate::models::CausalLM;

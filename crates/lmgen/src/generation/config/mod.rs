@@ -365,7 +365,7 @@ impl GenerationConfig {
     }
 
     /// The EOS ids as a list (empty when unset), as transformers' `_prepare_special_tokens`.
-    pub(crate) fn eos_token_ids(&self) -> Vec<TokenId> {
+    pub fn eos_token_ids(&self) -> Vec<TokenId> {
         self.eos_token_id
             .as_ref()
             .map_or_else(Vec::new, |ids| ids.as_slice().to_vec())
