@@ -321,7 +321,7 @@ def test_response_format(c):
     assert len(seen) > 1, seen  # sampling still samples inside the schema
     r = c.completions.create(
         model=MODEL, prompt="Hello", max_tokens=300, temperature=0.7, seed=3, n=2,
-        response_format={"type": "json_object"},
+        extra_body={"response_format": {"type": "json_object"}},  # not in the client's signature
     )
     for choice in r.choices:
         if choice.finish_reason == "stop":

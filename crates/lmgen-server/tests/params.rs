@@ -117,14 +117,20 @@ fn sampling_rows() -> Vec<Row> {
     vec![
         field(
             "response_format",
-            &[
-                json!(5),
-                json!({"type": "xml"}),
-                json!({"type": "json_schema"}),
-            ],
+            &[json!(5)],
             &[
                 json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}),
             ],
+        ),
+        bodies(
+            "response_format.type",
+            vec![json!({"response_format": {"type": "xml"}})],
+            vec![],
+        ),
+        bodies(
+            "response_format.json_schema",
+            vec![json!({"response_format": {"type": "json_schema"}})],
+            vec![],
         ),
         bodies(
             "response_format.json_schema.schema",
