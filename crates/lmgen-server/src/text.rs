@@ -29,6 +29,8 @@ pub struct ChoiceText {
     sent: usize,
     /// A stop sequence was found: the text ends before it.
     pub stopped: bool,
+    /// Which of `stops` it was.
+    matched: Option<usize>,
 }
 
 impl ChoiceText {
@@ -43,6 +45,11 @@ impl ChoiceText {
     /// The whole text (after the `last` push: `decode(tokens)`, cut at the first stop sequence).
     pub fn full(&self) -> &str {
         &self.text
+    }
+
+    /// The stop sequence the text was cut at, if any.
+    pub fn stop_sequence(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
     }
 
     /// Adds tokens; returns the new text that can be sent now (everything left when `last`).
@@ -68,11 +75,13 @@ impl ChoiceText {
         let found = self
             .stops
             .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()))
+            .enumerate()
+            .filter_map(|(i, s)| Some((self.text[from..].find(s.as_str())?, i)))
             .min();
-        if let Some(at) = found {
+        if let Some((at, i)) = found {
             self.text.truncate(from + at);
             self.stopped = true;
+            self.matched = Some(i);
         }
         let mut end = self.text.len();
         if !last && !self.stopped {
@@ -164,6 +173,7 @@ mod tests {
         let (pieces, text) = stream(&d, &ids, &["ee f", "zzz"]);
         assert_eq!(pieces.concat(), "one two thr");
         assert!(text.stopped);
+        assert_eq!(text.stop_sequence(), Some("ee f"));
         assert_eq!(text.full(), "one two thr");
     }
 

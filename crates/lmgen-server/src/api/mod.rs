@@ -5,6 +5,7 @@
 //! fields); fields that would change the output and are not implemented are refused in
 //! `validate.rs`.
 
+pub mod anthropic;
 pub mod response;
 
 use std::collections::HashMap;
@@ -187,15 +188,21 @@ impl WithSampling for ChatCompletionRequest {
 /// Parses a JSON body into `T` and its sampling fields; a wrongly typed or missing field is a
 /// 400 naming it.
 pub fn parse<T: DeserializeOwned + WithSampling>(body: &[u8]) -> Result<T, ApiError> {
+    let value = object(body)?;
+    let mut request: T = typed(&value)?;
+    *request.sampling_mut() = typed(&value)?;
+    T::check_shape(&value)?;
+    Ok(request)
+}
+
+/// The body as a JSON object; anything else is a 400.
+pub fn object(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    let mut request: T = typed(&value)?;
-    *request.sampling_mut() = typed(&value)?;
-    T::check_shape(&value)?;
-    Ok(request)
+    Ok(value)
 }
 
 /// Maps whose keys are data, not fields: an error in one of their values names the map.
@@ -224,7 +231,8 @@ fn param_at(path: &serde_path_to_error::Path) -> String {
     param
 }
 
-fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+/// `value` as a `T`; a wrongly typed or missing field is a 400 naming its path.
+pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut param = param_at(e.path());
         let inner = e.into_inner().to_string();
@@ -238,6 +246,23 @@ fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
             }
             param.push_str(field);
         }
+        ApiError::invalid(&param, format!("invalid `{param}`: {inner}"))
+    })
+}
+
+/// `value`, found at `at` in the request (`messages[0].content[1]`), as a `T`: [`typed`] with
+/// the path of a wrong field below `at`.
+pub fn typed_at<T: DeserializeOwned>(value: &Value, at: &str) -> Result<T, ApiError> {
+    typed(value).map_err(|e| {
+        let param = match e.param.as_deref() {
+            None | Some("") => at.to_string(),
+            Some(p) if p.starts_with('[') => format!("{at}{p}"),
+            Some(p) => format!("{at}.{p}"),
+        };
+        let inner = e
+            .message
+            .split_once("`: ")
+            .map_or(e.message.as_str(), |(_, m)| m);
         ApiError::invalid(&param, format!("invalid `{param}`: {inner}"))
     })
 }

@@ -2,6 +2,8 @@
 //! updates gathered into one response or streamed as server-sent events. Dropping the response
 //! (a client that went away) cancels every unfinished choice, which frees its blocks.
 
+mod framing;
+pub mod messages;
 mod sse;
 
 use std::sync::Arc;
@@ -112,6 +114,17 @@ fn new_id(endpoint: Endpoint) -> String {
 
 /// Runs `job`: the JSON answer, or the event stream.
 pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
+    let stream = job.plan.stream;
+    let run = start(state, job)?;
+    if stream {
+        Ok(run.stream().into_response())
+    } else {
+        run.collect().await
+    }
+}
+
+/// Admits `job` and submits its choices to the engine.
+fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
     let n = job.plan.n;
     let slots = state.admit(job.prompts.len() * n)?;
     let context = state.context_length;
@@ -216,11 +229,7 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         names: job.names,
         _slots: slots,
     };
-    if job.plan.stream {
-        Ok(run.stream().into_response())
-    } else {
-        run.collect().await
-    }
+    Ok(run)
 }
 
 /// A request in progress.
@@ -326,17 +335,23 @@ impl Run {
         Usage::new(self.prompt_tokens, completion)
     }
 
-    /// Waits for every choice and answers in one JSON object.
-    async fn collect(mut self) -> Result<Response, ApiError> {
+    /// Waits for every choice; the error of one that failed.
+    async fn wait(&mut self) -> Result<(), ApiError> {
         while !self.all_done() {
             let Some((index, update)) = self.rx.recv().await else {
                 break;
             };
             self.apply(index, update);
         }
-        if let Some(e) = self.choices.iter().find_map(|c| c.error.clone()) {
-            return Err(e);
+        match self.choices.iter().find_map(|c| c.error.clone()) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
+    }
+
+    /// Waits for every choice and answers in one JSON object.
+    async fn collect(mut self) -> Result<Response, ApiError> {
+        self.wait().await?;
         Ok(match self.endpoint {
             Endpoint::Completions => Json(Completion {
                 head: self.head(Completion::OBJECT),

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod completions;
 pub mod health;
+pub mod messages;
 pub mod models;
 
 use axum::body::Bytes;
@@ -21,12 +22,20 @@ pub fn counted(
     endpoint: Endpoint,
     result: Result<Response, ApiError>,
 ) -> Response {
-    let response = result.unwrap_or_else(IntoResponse::into_response);
+    count(
+        state,
+        endpoint.name(),
+        result.unwrap_or_else(IntoResponse::into_response),
+    )
+}
+
+/// `response`, counted in `lmgen_requests_total` under `endpoint` by its HTTP status.
+pub fn count(state: &AppState, endpoint: &str, response: Response) -> Response {
     state
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            endpoint: endpoint.name().into(),
+            endpoint: endpoint.into(),
             status: response.status().as_u16().to_string(),
         })
         .inc();

@@ -1,0 +1,206 @@
+//! `POST /v1/messages`: Anthropic's Messages API on the checkpoint's chat template. The
+//! conversation becomes the messages a chat request would send (`system` first; `tool_use`
+//! blocks as an assistant's `tool_calls`, `tool_result` blocks as `tool` messages), so a greedy
+//! answer is the chat endpoint's. Errors are in Anthropic's envelope.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+
+use crate::api::anthropic::{
+    error_response, ContentBlock, InputContent, MessagesRequest, Role, SystemPrompt,
+    TextBlockParam, ToolResultContent,
+};
+use crate::api::{object, typed, typed_at, SamplingParams, StringOrList};
+use crate::conversation::{block_type, joined, message, prompt_ids};
+use crate::error::{ApiError, RequestNames};
+use crate::generation::{messages, Endpoint, Job};
+use crate::state::AppState;
+use crate::validate::{sampling, MAX_STOP};
+
+/// What a Messages request calls the prompt and the length limit.
+const NAMES: RequestNames = RequestNames {
+    prompt: "messages",
+    max_tokens: "max_tokens",
+};
+
+/// `POST /v1/messages`.
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = handle(state.clone(), body)
+        .await
+        .unwrap_or_else(error_response);
+    super::count(&state, "messages", response)
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = super::body(body)?;
+    let req: MessagesRequest = typed(&object(&body)?)?;
+    state.check_model(&req.model)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid(
+            "tools",
+            "`tools` is not supported on /v1/messages yet",
+        ));
+    }
+    match req.tool_choice.as_ref().and_then(|c| c.get("type")) {
+        None => {}
+        Some(t) if t == "auto" || t == "none" => {}
+        Some(t) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("`tool_choice` {t} needs `tools`, which /v1/messages does not support yet"),
+            ))
+        }
+    }
+    if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")) {
+        if kind != "disabled" {
+            return Err(ApiError::invalid(
+                "thinking",
+                "extended `thinking` is not supported",
+            ));
+        }
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    if let Some(t) = req.temperature {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("`temperature` must be in [0, 1], got {t}"),
+            ));
+        }
+    }
+    let stops = req.stop_sequences.clone().unwrap_or_default();
+    if stops.len() > MAX_STOP || stops.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            "stop_sequences",
+            format!("`stop_sequences` takes at most {MAX_STOP} non-empty strings"),
+        ));
+    }
+    let params = SamplingParams {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stream: req.stream,
+        stop: (!stops.is_empty()).then_some(StringOrList::Many(stops)),
+        ..SamplingParams::default()
+    };
+    let plan = sampling(&params, &NAMES, Some(req.max_tokens), state.vocab_size)?;
+    let chat = chat_messages(&req)?;
+    let ids = prompt_ids(&state, &chat, &NAMES)?;
+    messages::respond(
+        state,
+        Job {
+            endpoint: Endpoint::Chat,
+            model: req.model,
+            prompts: vec![ids],
+            plan,
+            names: NAMES,
+        },
+    )
+    .await
+}
+
+/// Text blocks as message content.
+fn texts(blocks: &[TextBlockParam]) -> String {
+    joined(&blocks.iter().map(|b| b.text.as_str()).collect::<Vec<_>>())
+}
+
+/// The conversation as chat template messages.
+fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    match &req.system {
+        None => {}
+        Some(SystemPrompt::Text(t)) => out.push(message("system", t)),
+        Some(SystemPrompt::Blocks(blocks)) => out.push(message("system", &texts(blocks))),
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        let blocks = match &m.content {
+            InputContent::Text(t) => {
+                out.push(message(role, t));
+                continue;
+            }
+            InputContent::Blocks(blocks) => blocks,
+        };
+        // Consecutive text blocks make one message (their texts joined by newlines); tool calls
+        // join the assistant's message.
+        let mut text: Vec<String> = Vec::new();
+        let mut calls: Vec<Value> = Vec::new();
+        let flush = |out: &mut Vec<Value>, text: &mut Vec<String>| {
+            if !text.is_empty() {
+                out.push(message(role, &joined(text)));
+                text.clear();
+            }
+        };
+        for (j, block) in blocks.iter().enumerate() {
+            let at = format!("messages[{i}].content[{j}]");
+            block_type(block, &at, &ContentBlock::TYPES, None)?;
+            match typed_at::<ContentBlock>(&Value::Object(block.clone()), &at)? {
+                ContentBlock::Text { text: t } => text.push(t),
+                ContentBlock::ToolUse { id, name, input } if m.role == Role::Assistant => {
+                    calls.push(json!({
+                        "id": id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": input},
+                    }));
+                }
+                ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } if m.role == Role::User => {
+                    flush(&mut out, &mut text);
+                    let content = match content {
+                        None => String::new(),
+                        Some(ToolResultContent::Text(t)) => t,
+                        Some(ToolResultContent::Blocks(b)) => texts(&b),
+                    };
+                    let mut tool = message("tool", &content);
+                    tool["tool_call_id"] = Value::String(tool_use_id);
+                    out.push(tool);
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        &format!("{at}.type"),
+                        format!(
+                            "`{at}.type`: `tool_use` blocks belong to assistant turns and \
+                             `tool_result` blocks to user turns"
+                        ),
+                    ))
+                }
+            }
+        }
+        if calls.is_empty() {
+            flush(&mut out, &mut text);
+        } else {
+            let mut m = Map::new();
+            m.insert("role".into(), json!(role));
+            let content = match text.is_empty() {
+                true => Value::Null,
+                false => Value::String(joined(&text)),
+            };
+            m.insert("content".into(), content);
+            m.insert("tool_calls".into(), Value::Array(calls));
+            out.push(Value::Object(m));
+        }
+    }
+    Ok(out)
+}
