@@ -1,5 +1,5 @@
 //! A conversation as the chat template takes it, for the endpoints whose requests are not
-//! OpenAI chat ones (`/v1/messages`): they build the messages a chat request
+//! OpenAI chat ones (`/v1/messages`, `/v1/responses`): they build the messages a chat request
 //! would send for the same conversation (`{"role", "content"}` with string content), so that the
 //! template renders the same tokens.
 

@@ -1,7 +1,7 @@
 //! lmgen-server: an OpenAI-compatible HTTP server on lmgen's continuous batching engine.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
-//! Messages API), `GET /v1/models`,
+//! Messages API), `POST /v1/responses` (OpenAI's Responses API), `GET /v1/models`,
 //! `GET /v1/models/{id}`, `GET /health`, `GET /metrics`. Async only here; the engine runs on its
 //! own thread and streams each request's tokens back through a channel.
 //!
@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/messages", post(routes::messages::messages))
+        .route("/v1/responses", post(routes::responses::responses))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/health", get(routes::health::health))

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod response;
+pub mod responses;
 
 use std::collections::HashMap;
 

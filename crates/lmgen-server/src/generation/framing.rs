@@ -1,5 +1,5 @@
 //! The event stream of an API that frames a request's text in typed, named events (Anthropic's
-//! Messages): events before the text, events for each new piece of it,
+//! Messages, OpenAI's Responses): events before the text, events for each new piece of it,
 //! events once every choice ended, and events for an error after the 200. A client that goes
 //! away closes the channel: the task ends and the request's [`CancelGuard`](super::CancelGuard)
 //! cancels it.

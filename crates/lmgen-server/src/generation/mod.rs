@@ -4,6 +4,7 @@
 
 mod framing;
 pub mod messages;
+pub mod responses;
 mod sse;
 
 use std::sync::Arc;

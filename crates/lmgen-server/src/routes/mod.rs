@@ -5,6 +5,7 @@ pub mod completions;
 pub mod health;
 pub mod messages;
 pub mod models;
+pub mod responses;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
