@@ -14,6 +14,8 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use clap::Parser;
+use lmgen_server::api::anthropic::MessagesRequest;
+use lmgen_server::api::responses::ResponsesRequest;
 use lmgen_server::api::{ChatCompletionRequest, CompletionRequest, SamplingParams};
 use lmgen_server::ServeArgs;
 use serde_json::{json, Value};
@@ -258,6 +260,129 @@ fn chat_rows() -> Vec<Row> {
     ]
 }
 
+/// The fields of Anthropic's `/v1/messages` (its own names; no shared rows).
+fn messages_rows() -> Vec<Row> {
+    let user = |content: Value| json!({"messages": [{"role": "user", "content": content}]});
+    let five = json!(["a", "b", "c", "d", "e"]);
+    vec![
+        field("model", &[json!(5)], &[]),
+        field("messages", &[json!("hi")], &[json!([])]),
+        bodies(
+            "messages[0].role",
+            vec![json!({"messages": [{"role": "system", "content": "x"}]})],
+            vec![],
+        ),
+        bodies("messages[0].content", vec![user(json!(5))], vec![]),
+        bodies(
+            "messages[0].content[0].type",
+            vec![
+                user(json!([{"type": "image", "source": {}}])),
+                user(json!([{"text": "x"}])),
+            ],
+            // A tool call in a user turn.
+            vec![user(
+                json!([{"type": "tool_use", "id": "t", "name": "f", "input": {}}]),
+            )],
+        ),
+        // A field inside a block is named by the block (serde reads tagged blocks whole).
+        bodies(
+            "messages[0].content[0]",
+            vec![user(json!([{"type": "text", "text": 5}]))],
+            vec![],
+        ),
+        field("system", &[json!(5), json!([{"type": "image"}])], &[]),
+        field("max_tokens", &[json!("x")], &[json!(0)]),
+        too_many("max_tokens"),
+        field("temperature", &[json!("hot")], &[json!(1.5), json!(-0.1)]),
+        field("top_p", &[json!("x")], &[json!(0), json!(1.5)]),
+        field("top_k", &[json!("x")], &[json!(-2)]),
+        field("stop_sequences", &[json!("x")], &[json!([""]), five]),
+        field("stream", &[json!("x")], &[]),
+        field("metadata", &[json!(5)], &[]),
+        field(
+            "tools",
+            &[json!("x")],
+            &[json!([{"name": "f", "input_schema": {}}])],
+        ),
+        field("tool_choice", &[], &[json!({"type": "any"})]),
+        field(
+            "thinking",
+            &[],
+            &[json!({"type": "enabled", "budget_tokens": 100})],
+        ),
+    ]
+}
+
+/// The fields of OpenAI's `/v1/responses` (no shared rows).
+fn responses_rows() -> Vec<Row> {
+    let item = |content: Value| json!({"input": [{"role": "user", "content": content}]});
+    let schema = |schema: Value| json!({"text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}});
+    vec![
+        field("model", &[json!(5)], &[]),
+        field("input", &[json!(5)], &[json!([])]),
+        bodies(
+            "input[0].type",
+            vec![
+                json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}),
+            ],
+            vec![],
+        ),
+        bodies(
+            "input[0].role",
+            vec![json!({"input": [{"role": "tool", "content": "x"}]})],
+            vec![],
+        ),
+        bodies("input[0].content", vec![item(json!(5))], vec![]),
+        bodies(
+            "input[0].content[0].type",
+            vec![item(json!([{"type": "input_image", "image_url": "x"}]))],
+            vec![],
+        ),
+        field("instructions", &[json!(5)], &[]),
+        field("max_output_tokens", &[json!("x")], &[json!(0)]),
+        too_many("max_output_tokens"),
+        field("temperature", &[json!("x")], &[json!(3)]),
+        field("top_p", &[json!("x")], &[json!(0)]),
+        field("stream", &[json!("x")], &[]),
+        field("store", &[json!("x")], &[json!(true)]),
+        field("previous_response_id", &[json!(5)], &[json!("resp_1")]),
+        field("conversation", &[], &[json!("conv_1")]),
+        field("background", &[json!("x")], &[json!(true)]),
+        field("text", &[json!(5)], &[]),
+        bodies(
+            "text.format.type",
+            vec![json!({"text": {"format": {"type": "xml"}}})],
+            vec![],
+        ),
+        // A schema that does not compile.
+        bodies(
+            "text.format",
+            vec![],
+            vec![schema(json!({"type": "no-such-type"}))],
+        ),
+        bodies("text.format.schema", vec![], vec![schema(json!(5))]),
+        field(
+            "tools",
+            &[json!("x")],
+            &[json!([{"type": "function", "name": "f"}])],
+        ),
+        field("metadata", &[json!(5)], &[]),
+    ]
+}
+
+fn messages_base() -> Value {
+    json!({
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    })
+}
+
+fn responses_base() -> Value {
+    json!({"model": "tiny-llama", "input": "Hello", "max_output_tokens": 2, "temperature": 0})
+}
+
 fn completion_base() -> Value {
     json!({"model": "tiny-llama", "prompt": "Hello world", "max_tokens": 2, "temperature": 0})
 }
@@ -281,10 +406,16 @@ fn check(path: &str, base: &Value, rows: &[Row]) -> Vec<String> {
         for patch in bodies {
             let (status, answer) = post(path, &with(base, patch));
             let error = &answer["error"];
+            let message = error["message"].as_str().unwrap_or_default();
+            // Anthropic's envelope has no `param`: its message names the field.
+            let named = match path {
+                "/v1/messages" => answer["type"] == "error" && message.contains(row.param),
+                _ => error["param"] == row.param,
+            };
             let ok = status == StatusCode::BAD_REQUEST
-                && error["param"] == row.param
+                && named
                 && error["type"] == "invalid_request_error"
-                && error["message"].as_str().is_some_and(|m| !m.is_empty());
+                && !message.is_empty();
             if !ok {
                 wrong.push(format!("{path} {patch}: {status} {answer}"));
             }
@@ -308,6 +439,25 @@ fn every_field_of_both_endpoints_is_named_when_wrong() {
         wrong.extend(check(path, &base, &all));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_field_of_messages_and_responses_is_named_when_wrong() {
+    let mut wrong = check("/v1/messages", &messages_base(), &messages_rows());
+    wrong.extend(check("/v1/responses", &responses_base(), &responses_rows()));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // A missing `max_tokens` (required, as Anthropic's) is named too.
+    let mut body = messages_base();
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let (status, answer) = post("/v1/messages", &body);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -358,9 +508,20 @@ fn length_errors_carry_their_code_and_the_limit() {
 
 #[test]
 fn an_unknown_model_is_404_naming_model() {
+    let (status, answer) = post(
+        "/v1/messages",
+        &with(&messages_base(), &json!({"model": "no-such-model"})),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert_eq!(
+        (&answer["type"], &answer["error"]["type"]),
+        (&json!("error"), &json!("not_found_error")),
+        "{answer}"
+    );
     for (path, base) in [
         ("/v1/completions", completion_base()),
         ("/v1/chat/completions", chat_base()),
+        ("/v1/responses", responses_base()),
     ] {
         let (status, answer) = post(path, &with(&base, &json!({"model": "no-such-model"})));
         assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
@@ -439,17 +600,39 @@ fn every_field_of_the_request_structs_has_a_row() {
             );
         }
     }
+    // The new APIs take their own fields (no shared rows).
+    for (name, fields, rows) in [
+        (
+            "MessagesRequest",
+            fields_of::<MessagesRequest>(),
+            messages_rows(),
+        ),
+        (
+            "ResponsesRequest",
+            fields_of::<ResponsesRequest>(),
+            responses_rows(),
+        ),
+    ] {
+        let params: Vec<&str> = rows.iter().map(|r| r.param).collect();
+        for field in fields {
+            assert!(params.contains(field), "{name}.{field} has no row");
+        }
+    }
     // And every row is a field the server takes (or a part of one).
     let all: Vec<&str> = [
         sampling,
         fields_of::<CompletionRequest>(),
         fields_of::<ChatCompletionRequest>(),
+        fields_of::<MessagesRequest>(),
+        fields_of::<ResponsesRequest>(),
     ]
     .concat();
     for row in sampling_rows()
         .iter()
         .chain(&completion_rows())
         .chain(&chat_rows())
+        .chain(&messages_rows())
+        .chain(&responses_rows())
     {
         let root = row.param.split(['.', '[']).next().unwrap();
         assert!(all.contains(&root), "row {} is no field", row.param);

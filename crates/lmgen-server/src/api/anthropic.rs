@@ -26,7 +26,7 @@ pub struct MessagesRequest {
     pub stop_sequences: Option<Vec<String>>,
     pub stream: Option<bool>,
     /// `{"user_id"}`: accepted, it does not change the output.
-    pub metadata: Option<Value>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
     /// Extended thinking: only `{"type": "disabled"}` is served.

@@ -29,7 +29,7 @@ pub struct ResponsesRequest {
     pub text: Option<TextConfig>,
     pub tools: Option<Vec<Value>>,
     /// Echoed in the response; it does not change the output.
-    pub metadata: Option<Value>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
 }
 
 /// `input`.
@@ -129,7 +129,7 @@ impl From<&TextFormat> for ResponseFormat {
 pub struct Echo {
     pub instructions: Option<String>,
     pub max_output_tokens: Option<i64>,
-    pub metadata: Value,
+    pub metadata: serde_json::Map<String, Value>,
     pub parallel_tool_calls: bool,
     pub previous_response_id: Option<String>,
     pub store: bool,
@@ -148,10 +148,7 @@ impl Echo {
         Self {
             instructions: req.instructions.clone(),
             max_output_tokens: req.max_output_tokens,
-            metadata: req
-                .metadata
-                .clone()
-                .unwrap_or_else(|| Value::Object(Default::default())),
+            metadata: req.metadata.clone().unwrap_or_default(),
             parallel_tool_calls: true,
             previous_response_id: None,
             store: false,
