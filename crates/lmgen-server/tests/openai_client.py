@@ -1,4 +1,5 @@
-"""Drives a running lmgen-server with the official `openai` Python client.
+"""Drives a running lmgen-server with the official `openai` Python client (and `/v1/messages` with
+the official `anthropic` client).
 
 Run by tests/openai_client.rs, which starts the servers and passes, in the environment:
 LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a JSON file of
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
+import anthropic
 import openai
 from openai import AsyncOpenAI, OpenAI
 
@@ -334,6 +336,167 @@ def test_response_format(c):
     ), param="response_format")
 
 
+def chat_text(c, messages, max_tokens, **kw):
+    """The chat endpoint's greedy answer to `messages`: what the other APIs must give."""
+    r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, **kw)
+    return r.choices[0].message.content, r.choices[0].finish_reason, r.usage
+
+
+def stop_case():
+    """A greedy case and a stop sequence from the middle of its text."""
+    case = max(greedy_cases(), key=lambda x: len(x["text"]))
+    text = case["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    return case, stop, text[: text.index(stop)]
+
+
+def test_responses(c):
+    """`client.responses.create`, streamed and not: the chat endpoint's greedy text for the same
+    conversation, the response object's shape, the typed events in order with sequence numbers,
+    `text.format` json_schema giving valid JSON, and the stateless refusals."""
+    case = EXPECTED["chat"]
+    question = case["messages"][0]["content"]
+    r = c.responses.create(model=MODEL, input=question, max_output_tokens=case["max_tokens"], temperature=0)
+    assert r.object == "response" and r.id.startswith("resp_"), r
+    assert r.output_text == case["text"], (r.output_text, case)
+    assert r.status == ("incomplete" if case["finish_reason"] == "length" else "completed"), r
+    if r.status == "incomplete":
+        assert r.incomplete_details.reason == "max_output_tokens", r
+    msg = r.output[0]
+    assert (msg.type, msg.role, msg.content[0].type) == ("message", "assistant", "output_text"), msg
+    assert msg.content[0].annotations == [], msg
+    assert r.usage.input_tokens == case["prompt_tokens"], r.usage
+    assert r.usage.output_tokens == case["completion_tokens"], r.usage
+    assert r.usage.total_tokens == case["prompt_tokens"] + case["completion_tokens"], r.usage
+    # instructions + message items with input_text parts: the chat endpoint's system + user.
+    want, finish, _ = chat_text(c, [{"role": "system", "content": "Answer briefly."},
+                                    {"role": "user", "content": "Hi\nthere"}], 12)
+    r = c.responses.create(
+        model=MODEL, instructions="Answer briefly.", max_output_tokens=12, temperature=0,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Hi"},
+                                            {"type": "input_text", "text": "there"}]}],
+    )
+    assert r.output_text == want, (r.output_text, want)
+    assert r.instructions == "Answer briefly." and r.max_output_tokens == 12, r
+    # Streamed: the typed events, in order, numbered from 0.
+    events = list(c.responses.create(model=MODEL, input=question, max_output_tokens=case["max_tokens"],
+                                      temperature=0, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events))), events
+    types = [e.type for e in events]
+    head = ["response.created", "response.in_progress", "response.output_item.added",
+            "response.content_part.added"]
+    end = "response.incomplete" if case["finish_reason"] == "length" else "response.completed"
+    tail = ["response.output_text.done", "response.content_part.done", "response.output_item.done", end]
+    assert types[:4] == head and types[-4:] == tail, types
+    assert set(types[4:-4]) == {"response.output_text.delta"}, types
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == case["text"]
+    assert events[-4].text == case["text"] and events[-1].response.output_text == case["text"]
+    assert events[0].response.status == "in_progress" and events[-1].response.usage.output_tokens == \
+        case["completion_tokens"], events[-1]
+    # text.format json_schema: JSON that fits the schema, streamed or not.
+    fmt = {"format": {"type": "json_schema", "name": "reply", "schema": REPLY_SCHEMA, "strict": True}}
+    for _ in range(2):
+        r = c.responses.create(model=MODEL, input="Reply in JSON", max_output_tokens=200, temperature=1.0,
+                               text=fmt)
+        assert r.status == "completed", r
+        check_reply(r.output_text)
+        assert r.text.format.type == "json_schema", r.text
+    events = list(c.responses.create(model=MODEL, input="Reply in JSON", max_output_tokens=200,
+                                     temperature=1.0, text=fmt, stream=True))
+    check_reply(events[-1].response.output_text)
+    r = c.responses.create(model=MODEL, input="Reply in JSON", max_output_tokens=300, temperature=0.7,
+                           text={"format": {"type": "json_object"}})
+    if r.status == "completed":
+        assert isinstance(json.loads(r.output_text), dict), r.output_text
+    # Stateless: nothing is stored, nothing can be continued.
+    expect_error(400, lambda: c.responses.create(model=MODEL, input="x", store=True), param="store")
+    expect_error(400, lambda: c.responses.create(model=MODEL, input="x", previous_response_id="resp_1"),
+                 param="previous_response_id")
+    expect_error(400, lambda: c.responses.create(
+        model=MODEL, input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]), param="tools")
+    expect_error(400, lambda: c.responses.create(model=MODEL, input="x", temperature=3), param="temperature")
+    expect_error(404, lambda: c.responses.create(model="no-such-model", input="x"), param="model")
+
+
+GREEDY = {"temperature": 0}
+
+
+def test_messages():
+    """The `anthropic` client on `/v1/messages`, streamed and not: the chat endpoint's greedy text,
+    stop_reason (end_turn / max_tokens / stop_sequence with the sequence), usage, the events in
+    order, and errors in Anthropic's envelope."""
+    # anthropic 2.x has no `temperature` / `top_p` / `top_k` arguments any more: they go in extra_body.
+    a = anthropic.Anthropic(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+    c = client()
+    case = EXPECTED["chat"]
+    stop_reason = {"length": "max_tokens", "stop": "end_turn"}
+    m = a.messages.create(model=MODEL, max_tokens=case["max_tokens"], extra_body=GREEDY, messages=case["messages"],
+                          metadata={"user_id": "u1"})
+    assert (m.type, m.role, m.model) == ("message", "assistant", MODEL) and m.id.startswith("msg_"), m
+    assert [b.type for b in m.content] == ["text"] and m.content[0].text == case["text"], (m, case)
+    assert m.stop_reason == stop_reason[case["finish_reason"]] and m.stop_sequence is None, m
+    assert (m.usage.input_tokens, m.usage.output_tokens) == (case["prompt_tokens"], case["completion_tokens"])
+    # Streamed: the helper's text and final message, and the raw events in order.
+    with a.messages.stream(model=MODEL, max_tokens=case["max_tokens"], extra_body=GREEDY,
+                           messages=case["messages"]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == case["text"] and final.content[0].text == case["text"], (text, final)
+    assert final.stop_reason == m.stop_reason and final.usage.output_tokens == m.usage.output_tokens, final
+    events = list(a.messages.create(model=MODEL, max_tokens=case["max_tokens"], extra_body=GREEDY,
+                                    messages=case["messages"], stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["message_start", "content_block_start"], types
+    assert types[-3:] == ["content_block_stop", "message_delta", "message_stop"], types
+    assert set(types[2:-3]) == {"content_block_delta"}, types
+    assert events[0].message.usage.input_tokens == case["prompt_tokens"], events[0]
+    assert events[-2].delta.stop_reason == m.stop_reason, events[-2]
+    # system blocks and text blocks: the chat endpoint's system + user (blocks joined by newlines).
+    want, finish, usage = chat_text(c, [{"role": "system", "content": "Answer briefly."},
+                                        {"role": "user", "content": "Hi\nthere"}], 12)
+    m = a.messages.create(
+        model=MODEL, max_tokens=12, extra_body=GREEDY, system=[{"type": "text", "text": "Answer briefly."}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}],
+    )
+    assert m.content[0].text == want and m.usage.input_tokens == usage.prompt_tokens, (m, want)
+    # max_tokens ends it.
+    m = a.messages.create(model=MODEL, max_tokens=3, extra_body=GREEDY, messages=case["messages"])
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 3, m
+    # stop_sequences: cut before the sequence, named in the answer, streamed or not.
+    stop_msgs = [{"role": "user", "content": "Tell me a story."}]
+    full, _, _ = chat_text(c, stop_msgs, 24)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = full[: full.index(stop)]
+    m = a.messages.create(model=MODEL, max_tokens=24, extra_body=GREEDY, messages=stop_msgs,
+                          stop_sequences=["\u00ff never", stop])
+    assert m.content[0].text == cut, (m, cut, stop)
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", stop), m
+    with a.messages.stream(model=MODEL, max_tokens=24, extra_body=GREEDY, messages=stop_msgs,
+                           stop_sequences=[stop]) as s:
+        assert "".join(s.text_stream) == cut
+        final = s.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop), final
+    # Errors: Anthropic's envelope with the OpenAI routes' statuses.
+    try:
+        a.messages.create(model=MODEL, max_tokens=4, extra_body={"temperature": 1.5}, messages=case["messages"])
+        raise AssertionError("temperature 1.5 was accepted")
+    except anthropic.BadRequestError as e:
+        assert e.status_code == 400 and e.body["type"] == "error", e.body
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "temperature" in e.body["error"]["message"], e.body
+    try:
+        a.messages.create(model=MODEL, max_tokens=4, messages=case["messages"],
+                          tools=[{"name": "f", "input_schema": {"type": "object"}}])
+        raise AssertionError("tools were accepted")
+    except anthropic.BadRequestError as e:
+        assert "not supported on /v1/messages yet" in e.body["error"]["message"], e.body
+    try:
+        a.messages.create(model="no-such-model", max_tokens=4, messages=case["messages"])
+        raise AssertionError("an unknown model was accepted")
+    except anthropic.NotFoundError as e:
+        assert e.body["error"]["type"] == "not_found_error", e.body
+
+
 def test_queue_full():
     small = os.environ["LMGEN_SMALL_URL"]
     c = client(small)
@@ -374,9 +537,11 @@ def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
     for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
-                 test_hf_extras, test_response_format]:
+                 test_hf_extras, test_response_format, test_responses]:
         test(c)
         print("ok", test.__name__, flush=True)
+    test_messages()
+    print("ok test_messages", flush=True)
     test_queue_full()
     print("ok test_queue_full", flush=True)
     m = wait_idle()
@@ -385,6 +550,9 @@ def functional():
     assert requests(m, "completions", 200) > 0 and requests(m, "chat_completions", 200) > 0, m
     assert requests(m, "completions", 400) >= 15 and requests(m, "chat_completions", 400) >= 1, m
     assert requests(m, "completions", 404) >= 1 and requests(m, "completions", 413) >= 1, m
+    for endpoint in ["messages", "responses"]:
+        assert requests(m, endpoint, 200) > 0 and requests(m, endpoint, 400) > 0, m
+        assert requests(m, endpoint, 404) == 1, m
     assert requests(metrics(os.environ["LMGEN_SMALL_URL"]), "completions", 429) >= 1
     assert m["lmgen_time_to_first_token_seconds_count"] > 0, m
     assert m["lmgen_inter_token_latency_seconds_count"] > 0, m

@@ -1,12 +1,14 @@
 //! The real server on a free loopback port, driven by the official `openai` Python client
-//! (`tests/openai_client.py`): completions and chat, streaming and not, `n`, seeds, stop strings,
+//! (`tests/openai_client.py`): completions, chat and responses, Anthropic's messages with the
+//! official `anthropic` client, streaming and not, `n`, seeds, stop strings,
 //! logprobs, every error status, SIGTERM draining, and 64 concurrent streaming clients of which a
 //! quarter disconnect.
 //!
 //! The Python interpreter comes from `LMGEN_OPENAI_PYTHON` (CI's `.ci/run` makes a virtual
-//! environment with the pinned `openai` and sets it), else `target/openai-venv/bin/python`. Without
-//! either, the tests fail when `CI` is set and are skipped (with the reason printed) otherwise:
-//! `python3 -m venv target/openai-venv && target/openai-venv/bin/pip install openai==3.54.0`.
+//! environment with the pinned `openai` and `anthropic` and sets it), else
+//! `target/openai-venv/bin/python`. Without either, the tests fail when `CI` is set and are skipped
+//! (with the reason printed) otherwise: `python3 -m venv target/openai-venv &&
+//! target/openai-venv/bin/pip install openai==3.54.0 anthropic==2.16.0`.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +22,7 @@ use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline};
 use serde_json::{json, Value};
 
 const OPENAI_VERSION: &str = "3.54.0";
+const ANTHROPIC_VERSION: &str = "2.16.0";
 const MAX_BODY_BYTES: usize = 65536;
 
 fn model_dir() -> PathBuf {
@@ -30,7 +33,10 @@ fn has_openai(py: &Path) -> bool {
     Command::new(py)
         .args([
             "-c",
-            &format!("import openai; assert openai.__version__ == '{OPENAI_VERSION}'"),
+            &format!(
+                "import anthropic, openai; assert openai.__version__ == '{OPENAI_VERSION}'; \
+                 assert anthropic.__version__ == '{ANTHROPIC_VERSION}'"
+            ),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,7 +53,8 @@ fn python() -> Option<PathBuf> {
                 let p = PathBuf::from(p);
                 assert!(
                     has_openai(&p),
-                    "LMGEN_OPENAI_PYTHON={} has no openai=={OPENAI_VERSION}",
+                    "LMGEN_OPENAI_PYTHON={} has no openai=={OPENAI_VERSION} and \
+                     anthropic=={ANTHROPIC_VERSION}",
                     p.display()
                 );
                 return Some(p);
@@ -58,8 +65,9 @@ fn python() -> Option<PathBuf> {
                 return Some(py);
             }
             let how = format!(
-                "no Python with openai=={OPENAI_VERSION}: set LMGEN_OPENAI_PYTHON, or run \
-                 `python3 -m venv {0} && {0}/bin/pip install openai=={OPENAI_VERSION}`",
+                "no Python with openai=={OPENAI_VERSION} and anthropic=={ANTHROPIC_VERSION}: set \
+                 LMGEN_OPENAI_PYTHON, or run `python3 -m venv {0} && {0}/bin/pip install \
+                 openai=={OPENAI_VERSION} anthropic=={ANTHROPIC_VERSION}`",
                 venv.display()
             );
             assert!(std::env::var_os("CI").is_none(), "CI is set and {how}");
