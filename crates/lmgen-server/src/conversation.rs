@@ -7,7 +7,9 @@ use lmgen::TokenId;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, RequestNames};
+use crate::generation::{Endpoint, Job};
 use crate::state::AppState;
+use crate::validate::Plan;
 
 /// Text blocks or parts as one message's content: their texts joined by newlines (as vLLM
 /// flattens text parts for a template that takes strings; most templates do).
@@ -37,6 +39,23 @@ pub fn prompt_ids(
         .apply_chat_template(messages, true, &Map::new())
         .map_err(refused)?;
     state.tokenizer.encode_with(&text, false).map_err(refused)
+}
+
+/// The job of a conversation: its prompt, run by the engine as a chat request's.
+pub fn job(
+    state: &AppState,
+    model: String,
+    messages: &[Value],
+    plan: Plan,
+    names: RequestNames,
+) -> Result<Job, ApiError> {
+    Ok(Job {
+        endpoint: Endpoint::Chat,
+        model,
+        prompts: vec![prompt_ids(state, messages, &names)?],
+        plan,
+        names,
+    })
 }
 
 /// The `type` of the object at `at` in the request (a content block, an input item), if it is one

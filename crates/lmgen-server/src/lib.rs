@@ -13,6 +13,9 @@
 //! - `error`: OpenAI's error envelope and the one status table for library errors; `metrics`:
 //!   Prometheus; `routes`: handlers.
 //! - `args`: the server's flags, around `model_args` (the model flags `lmgen`'s subcommands share).
+//! - The other APIs: `api/anthropic.rs` and `api/responses.rs` (bodies), `routes/messages.rs` and
+//!   `routes/responses.rs` (requests -> a conversation: `conversation`), `generation/messages.rs`
+//!   and `generation/responses.rs` (answers; their streams framed by `generation/framing.rs`).
 
 pub mod api;
 pub mod args;

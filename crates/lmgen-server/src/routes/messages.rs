@@ -15,10 +15,10 @@ use crate::api::anthropic::{
     error_response, ContentBlock, InputContent, MessagesRequest, Role, SystemPrompt,
     TextBlockParam, ToolResultContent,
 };
-use crate::api::{object, typed, typed_at, SamplingParams, StringOrList};
-use crate::conversation::{block_type, joined, message, prompt_ids};
+use crate::api::{typed_at, SamplingParams, StringOrList};
+use crate::conversation::{block_type, job, joined, message};
 use crate::error::{ApiError, RequestNames};
-use crate::generation::{messages, Endpoint, Job};
+use crate::generation::messages;
 use crate::state::AppState;
 use crate::validate::{sampling, MAX_STOP};
 
@@ -43,8 +43,7 @@ async fn handle(
     state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = super::body(body)?;
-    let req: MessagesRequest = typed(&object(&body)?)?;
+    let req: MessagesRequest = super::parsed(body)?;
     state.check_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid(
@@ -101,18 +100,8 @@ async fn handle(
     };
     let plan = sampling(&params, &NAMES, Some(req.max_tokens), state.vocab_size)?;
     let chat = chat_messages(&req)?;
-    let ids = prompt_ids(&state, &chat, &NAMES)?;
-    messages::respond(
-        state,
-        Job {
-            endpoint: Endpoint::Chat,
-            model: req.model,
-            prompts: vec![ids],
-            plan,
-            names: NAMES,
-        },
-    )
-    .await
+    let job = job(&state, req.model, &chat, plan, NAMES)?;
+    messages::respond(state, job).await
 }
 
 /// Text blocks as message content.

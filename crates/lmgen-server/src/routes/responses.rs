@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::api::responses::{
     Echo, Input, InputContent, InputMessage, InputPart, InputRole, ResponsesRequest, TextFormat,
 };
-use crate::api::{object, typed, typed_at, SamplingParams};
-use crate::conversation::{block_type, joined, message, prompt_ids};
+use crate::api::{typed_at, SamplingParams};
+use crate::conversation::{block_type, job, joined, message};
 use crate::error::{ApiError, RequestNames};
-use crate::generation::{responses, Endpoint, Job};
+use crate::generation::responses;
 use crate::state::AppState;
 use crate::validate::sampling;
 
@@ -55,8 +55,7 @@ async fn handle(
     state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = super::body(body)?;
-    let req: ResponsesRequest = typed(&object(&body)?)?;
+    let req: ResponsesRequest = super::parsed(body)?;
     state.check_model(&req.model)?;
     let stateless = "lmgen keeps no state between requests";
     if req.store == Some(true) {
@@ -108,20 +107,9 @@ async fn handle(
     if chat.is_empty() {
         return Err(ApiError::invalid("input", "`input` must not be empty"));
     }
-    let ids = prompt_ids(&state, &chat, &NAMES)?;
     let echo = Echo::of(&req);
-    responses::respond(
-        state,
-        Job {
-            endpoint: Endpoint::Chat,
-            model: req.model,
-            prompts: vec![ids],
-            plan,
-            names: NAMES,
-        },
-        echo,
-    )
-    .await
+    let job = job(&state, req.model, &chat, plan, NAMES)?;
+    responses::respond(state, job, echo).await
 }
 
 /// `instructions` and `input` as chat template messages.
