@@ -26,18 +26,63 @@ pub fn message(role: &str, text: &str) -> Value {
     json!({"role": role, "content": text})
 }
 
-/// The prompt tokens of `messages`: the checkpoint's chat template with the generation prompt,
-/// encoded without adding special tokens (the template has them), as for a chat request.
+/// How the rendered conversation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The template's generation prompt: the answer is a new assistant turn.
+    NewTurn,
+    /// The final (assistant) message left open: the answer continues it (transformers'
+    /// `continue_final_message`; Anthropic's prefill).
+    ContinueFinal,
+}
+
+/// The messages of a conversation and how it ends.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub messages: Vec<Value>,
+    pub ending: Ending,
+}
+
+/// `rendered` (the conversation without a generation prompt) cut right after the final message's
+/// text, as transformers' `apply_chat_template(continue_final_message=True)` cuts it: at the last
+/// place the stripped text stands, keeping its leading space if the template kept it.
+fn continue_final(rendered: &str, final_text: &str) -> Option<String> {
+    let stripped = final_text.trim();
+    let at = rendered.rfind(stripped)?;
+    let kept = final_text.trim_start();
+    let end = match rendered[at..].starts_with(kept) {
+        true => at + kept.len(),
+        false => at + stripped.len(),
+    };
+    Some(rendered[..end].to_string())
+}
+
+/// The prompt tokens of `conversation`: the checkpoint's chat template, encoded without adding
+/// special tokens (the template has them), as for a chat request.
 pub fn prompt_ids(
     state: &AppState,
-    messages: &[Value],
+    conversation: &Conversation,
     names: &RequestNames,
 ) -> Result<Vec<TokenId>, ApiError> {
     let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, names);
-    let text = state
+    let messages = &conversation.messages;
+    let new_turn = conversation.ending == Ending::NewTurn;
+    let mut text = state
         .tokenizer
-        .apply_chat_template(messages, true, &Map::new())
+        .apply_chat_template(messages, new_turn, &Map::new())
         .map_err(refused)?;
+    if !new_turn {
+        let last = messages.last().and_then(|m| m["content"].as_str());
+        text = last
+            .and_then(|last| continue_final(&text, last))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    names.prompt,
+                    "the final assistant turn (to continue) must be text that the chat template \
+                     writes out",
+                )
+            })?;
+    }
     state.tokenizer.encode_with(&text, false).map_err(refused)
 }
 
@@ -45,14 +90,14 @@ pub fn prompt_ids(
 pub fn job(
     state: &AppState,
     model: String,
-    messages: &[Value],
+    conversation: &Conversation,
     plan: Plan,
     names: RequestNames,
 ) -> Result<Job, ApiError> {
     Ok(Job {
         endpoint: Endpoint::Chat,
         model,
-        prompts: vec![prompt_ids(state, messages, &names)?],
+        prompts: vec![prompt_ids(state, conversation, &names)?],
         plan,
         names,
     })
@@ -86,5 +131,29 @@ pub fn block_type<'a>(
                 ),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_message_is_cut_as_transformers_cuts_it() {
+        let rendered = "<|user|>\nhi</s>\n<|assistant|>\nThe answer</s>\n";
+        assert_eq!(
+            continue_final(rendered, "The answer").as_deref(),
+            Some("<|user|>\nhi</s>\n<|assistant|>\nThe answer")
+        );
+        // Trailing space the template trimmed is not kept; a leading one it kept is.
+        assert_eq!(
+            continue_final("A: The answer</s>", "The answer ").as_deref(),
+            Some("A: The answer")
+        );
+        assert_eq!(
+            continue_final("A: hi hi</s>", "hi").as_deref(),
+            Some("A: hi hi")
+        );
+        assert_eq!(continue_final("A: </s>", "missing"), None);
     }
 }

@@ -459,6 +459,12 @@ def test_messages():
         messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}],
     )
     assert m.content[0].text == want and m.usage.input_tokens == usage.prompt_tokens, (m, want)
+    # A final assistant turn is a prefill: the answer continues it (its prompt is the prefill's,
+    # left open, so it has a token or more beyond the conversation without it).
+    prefill = a.messages.create(model=MODEL, max_tokens=6, extra_body=GREEDY,
+                                messages=case["messages"] + [{"role": "assistant", "content": "The capital"}])
+    assert prefill.usage.input_tokens > case["prompt_tokens"] and prefill.usage.output_tokens >= 1, prefill
+    assert not prefill.content[0].text.startswith("The capital"), prefill
     # max_tokens ends it.
     m = a.messages.create(model=MODEL, max_tokens=3, extra_body=GREEDY, messages=case["messages"])
     assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 3, m

@@ -272,7 +272,11 @@ fn messages_rows() -> Vec<Row> {
             vec![json!({"messages": [{"role": "system", "content": "x"}]})],
             vec![],
         ),
-        bodies("messages[0].content", vec![user(json!(5))], vec![]),
+        bodies(
+            "messages[0].content",
+            vec![user(json!(5))],
+            vec![user(json!([]))],
+        ),
         bodies(
             "messages[0].content[0].type",
             vec![

@@ -1,7 +1,8 @@
 //! `POST /v1/messages`: Anthropic's Messages API on the checkpoint's chat template. The
 //! conversation becomes the messages a chat request would send (`system` first; `tool_use`
 //! blocks as an assistant's `tool_calls`, `tool_result` blocks as `tool` messages), so a greedy
-//! answer is the chat endpoint's. Errors are in Anthropic's envelope.
+//! answer is the chat endpoint's. A final assistant turn is a prefill: the answer continues it.
+//! Errors are in Anthropic's envelope.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::api::anthropic::{
     TextBlockParam, ToolResultContent,
 };
 use crate::api::{typed_at, SamplingParams, StringOrList};
-use crate::conversation::{block_type, job, joined, message};
+use crate::conversation::{block_type, job, joined, message, Conversation, Ending};
 use crate::error::{ApiError, RequestNames};
 use crate::generation::messages;
 use crate::state::AppState;
@@ -99,8 +100,15 @@ async fn handle(
         ..SamplingParams::default()
     };
     let plan = sampling(&params, &NAMES, Some(req.max_tokens), state.vocab_size)?;
-    let chat = chat_messages(&req)?;
-    let job = job(&state, req.model, &chat, plan, NAMES)?;
+    let conversation = Conversation {
+        messages: chat_messages(&req)?,
+        // A final assistant turn is a prefill: the answer continues it.
+        ending: match req.messages.last().map(|m| m.role) {
+            Some(Role::Assistant) => Ending::ContinueFinal,
+            _ => Ending::NewTurn,
+        },
+    };
+    let job = job(&state, req.model, &conversation, plan, NAMES)?;
     messages::respond(state, job).await
 }
 
@@ -127,6 +135,13 @@ fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
                 out.push(message(role, t));
                 continue;
             }
+            InputContent::Blocks(blocks) if blocks.is_empty() => {
+                let param = format!("messages[{i}].content");
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("`{param}` must not be empty"),
+                ));
+            }
             InputContent::Blocks(blocks) => blocks,
         };
         // Consecutive text blocks make one message (their texts joined by newlines); tool calls
@@ -144,6 +159,7 @@ fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
             block_type(block, &at, &ContentBlock::TYPES, None)?;
             match typed_at::<ContentBlock>(&Value::Object(block.clone()), &at)? {
                 ContentBlock::Text { text: t } => text.push(t),
+                // The arguments as an object, as transformers' templates take them.
                 ContentBlock::ToolUse { id, name, input } if m.role == Role::Assistant => {
                     calls.push(json!({
                         "id": id,

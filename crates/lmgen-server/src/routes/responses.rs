@@ -15,7 +15,7 @@ use crate::api::responses::{
     Echo, Input, InputContent, InputMessage, InputPart, InputRole, ResponsesRequest, TextFormat,
 };
 use crate::api::{typed_at, SamplingParams};
-use crate::conversation::{block_type, job, joined, message};
+use crate::conversation::{block_type, job, joined, message, Conversation, Ending};
 use crate::error::{ApiError, RequestNames};
 use crate::generation::responses;
 use crate::state::AppState;
@@ -103,12 +103,15 @@ async fn handle(
         ..SamplingParams::default()
     };
     let plan = sampling(&params, &NAMES, req.max_output_tokens, state.vocab_size)?;
-    let chat = chat_messages(&req)?;
-    if chat.is_empty() {
+    let conversation = Conversation {
+        messages: chat_messages(&req)?,
+        ending: Ending::NewTurn,
+    };
+    if conversation.messages.is_empty() {
         return Err(ApiError::invalid("input", "`input` must not be empty"));
     }
     let echo = Echo::of(&req);
-    let job = job(&state, req.model, &chat, plan, NAMES)?;
+    let job = job(&state, req.model, &conversation, plan, NAMES)?;
     responses::respond(state, job, echo).await
 }
 
