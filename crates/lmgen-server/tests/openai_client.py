@@ -503,6 +503,25 @@ def test_messages():
         assert e.body["error"]["type"] == "not_found_error", e.body
 
 
+def test_new_streams_cancel_on_disconnect(c):
+    """A client that leaves a /v1/messages or /v1/responses stream cancels its request (a greedy
+    answer of about 270 tokens, still running when the client reads the first event and goes)."""
+    a = anthropic.Anthropic(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+    story = [{"role": "user", "content": "Tell me a story."}]
+    before = metrics().get("lmgen_client_disconnects_total", 0)
+    s = a.messages.create(model=MODEL, max_tokens=400, messages=story, extra_body=GREEDY, stream=True)
+    assert next(iter(s)).type == "message_start"
+    s.close()
+    s = c.responses.create(model=MODEL, input=story, max_output_tokens=400, temperature=0, stream=True)
+    assert next(iter(s)).type == "response.created"
+    s.close()
+    deadline = time.time() + 30
+    while metrics().get("lmgen_client_disconnects_total", 0) < before + 2:
+        assert time.time() < deadline, metrics()
+        time.sleep(0.05)
+    wait_idle()
+
+
 def test_queue_full():
     small = os.environ["LMGEN_SMALL_URL"]
     c = client(small)
@@ -548,6 +567,8 @@ def functional():
         print("ok", test.__name__, flush=True)
     test_messages()
     print("ok test_messages", flush=True)
+    test_new_streams_cancel_on_disconnect(c)
+    print("ok test_new_streams_cancel_on_disconnect", flush=True)
     test_queue_full()
     print("ok test_queue_full", flush=True)
     m = wait_idle()
