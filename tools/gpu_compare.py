@@ -4,6 +4,7 @@
 Runs on the device machine (torch 2.11 + transformers 5.17 there), in one process tree:
 
   python3 tools/gpu_compare.py --bench PATH/generate_speed [--shapes qwen2.5-0.5b,llama-3.2-1b,llama-3.1-8b]
+      (or qwen3-30b-a3b-4l, qwen3-dense-a3b-4l, qwen3.5-27b-4l, qwen3.5-27b-attn-4l: SHAPES below)
       [--hf eager,static,batch] [--batches 8,32,64] [--prompt 128] [--new 128] [--prefill 512] [--reps 3]
 
 For each shape it writes a bf16 checkpoint of random weights with transformers (`from_config`, seed 0,
