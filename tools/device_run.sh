@@ -107,7 +107,7 @@ while [ $# -gt 0 ]; do
         echo "== MoE and hybrid decode, lmgen vs transformers"
         PYTHONUNBUFFERED=1 timeout ${BENCH_MOE_TIMEOUT:-420} python3 tools/gpu_compare.py --bench "$BIN/generate_speed" \
             --shapes "${BENCH_MOE_SHAPES:-qwen3-30b-a3b-4l,qwen3-dense-a3b-4l,qwen3.5-27b-4l,qwen3.5-27b-attn-4l}" \
-            --hf eager --batches 8 --prompt 128 --new 64 --prefill 512 --reps 2 --name gpu_moe_hybrid 2>&1 |
+            --hf eager --batches 8 --prompt 128 --new 64 --prefill 512 --reps 2 --drop-checkpoints --name gpu_moe_hybrid 2>&1 |
             grep --line-buffered -v "Writing model shards\|Loading weights" | tee "$OUT/bench_moe_hybrid.txt"
         ;;
     oom)

@@ -25,6 +25,7 @@ bytes read per token (weights + KV cache) x tok/s / the device-to-device copy ra
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -300,7 +301,7 @@ def table(res):
             + " | ".join(f"B={b} tok/s" for b in res["env"]["batches"]) + " | peak GPU GiB |",
             "|---|---|---:|---:|---:|---:|" + "---:|" * len(res["env"]["batches"]) + "---:|"]
     for name, r in res.items():
-        if name == "env":
+        if name == "env" or "checkpoint_error" in r:
             continue
         kv = kv_bytes_per_token(SHAPES[name]())
         wb = r["weight_bytes"] + kv * (res["env"]["prompt"] + res["env"]["new"] / 2) if kv else None
@@ -335,6 +336,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/lmgen-ckpt")
     ap.add_argument("--name", default="gpu_compare", help="$OUT/NAME.json and NAME.md")
+    ap.add_argument("--drop-checkpoints", action="store_true", help="delete each checkpoint once timed (disk)")
     ap.add_argument("--budget", type=float, default=540, help="seconds; later transformers phases are skipped past it")
     args = ap.parse_args()
     args.deadline = time.time() + args.budget
@@ -352,7 +354,13 @@ def main():
     res = {"env": env}
     log(json.dumps(env))
     for name in args.shapes.split(","):
-        cfg, ckpt = checkpoint(name, args.dir)
+        try:
+            cfg, ckpt = checkpoint(name, args.dir)
+        except Exception as e:  # noqa: BLE001 -- one shape transformers cannot build skips only itself
+            res[name] = {"checkpoint_error": f"{type(e).__name__}: {e}"[:400]}
+            log(name, "checkpoint error", res[name]["checkpoint_error"])
+            dump(res)
+            continue
         res[name] = {"weight_bytes": weight_bytes(cfg), "kv_bytes_per_token": kv_bytes_per_token(cfg)}
         g = torch.Generator().manual_seed(1)
         ids = {"prompts": torch.randint(0, cfg.vocab_size, (max(args.batches + [1]), args.prompt), generator=g).tolist(),
@@ -362,7 +370,14 @@ def main():
             json.dump(ids, f)
         run_lmgen(name, ckpt, ids_path, args, res)
         if args.hf:
-            run_hf(name, cfg, ckpt, ids, args, res)
+            try:
+                run_hf(name, cfg, ckpt, ids, args, res)
+            except Exception as e:  # noqa: BLE001 -- the other shapes still run
+                res[name].setdefault("transformers", {})["error"] = f"{type(e).__name__}: {e}"[:400]
+                log(name, "transformers error", res[name]["transformers"]["error"])
+                torch.cuda.empty_cache()
+        if args.drop_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
         lm = res[name]["lmgen"].get("tokens", {}).get("generated")
         hf = res[name].get("transformers", {}).get("eager_decode_b1", {}).get("tokens")
         if lm and hf:
