@@ -7,6 +7,7 @@
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
+#                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
 #                                       (forward, generate): f32 must match, bf16 agreement reported
 #   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
@@ -139,7 +140,7 @@ while [ $# -gt 0 ]; do
         ;;
     compare)
         echo "== transformers vs lmgen"
-        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "$BIN/generate_speed" "$@" 2>&1 |
+        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "${BENCH_BIN:-$BIN/generate_speed}" "$@" 2>&1 |
             grep --line-buffered -v "Writing model shards\|Loading weights" | tee -a "$OUT/compare.txt"
         break
         ;;
