@@ -540,10 +540,14 @@ def chat(c, **kw):
     return c.chat.completions.create(model=MODEL, **kw)
 
 
+ARG_CHUNKS = []  # how many argument deltas each streamed call came in
+
+
 def streamed(c, **kw):
     """The stream of `chat(**kw)` folded into (content, reasoning, calls, finish_reason); calls
     as [(id, name, arguments)], rebuilt from their deltas by `index`."""
     content, reasoning, calls, finish = "", "", {}, None
+    chunks = {}
     for ch in chat(c, stream=True, **kw):
         if not ch.choices:
             continue
@@ -560,16 +564,19 @@ def streamed(c, **kw):
             else:
                 assert tc.id is None and tc.function.name is None, tc
                 calls[tc.index][2] += tc.function.arguments or ""
+                chunks[tc.index] = chunks.get(tc.index, 0) + 1
         if choice.finish_reason is not None:
             assert finish is None, "two finish reasons"
             finish = choice.finish_reason
     assert sorted(calls) == list(range(len(calls))), calls
+    ARG_CHUNKS.extend(chunks.values())
     return content, reasoning, [tuple(calls[i]) for i in range(len(calls))], finish
 
 
 def test_tool_choice_enforced(c):
     """`required` and a named function always give valid calls (the grammar writes Qwen's
-    `<tool_call>` format, which the parser reads back), streamed or not, alike."""
+    `<tool_call>` format, which the parser reads back), streamed or not, alike: a call's id,
+    type and name first, then its arguments in pieces."""
     seen = set()
     for seed in range(3):
         for parallel in [True, False]:
@@ -594,6 +601,7 @@ def test_tool_choice_enforced(c):
                 (scalls, calls)
             assert (content, reasoning, finish) == ("", "", choice.finish_reason), (content, reasoning, finish)
     assert len(seen) > 1, seen  # sampling still samples inside the grammar
+    assert max(ARG_CHUNKS) > 3, ARG_CHUNKS  # the arguments stream as they are written
     named = {"type": "function", "function": {"name": "get_time"}}
     for seed in range(2):
         kw = dict(tools=[WEATHER, CLOCK], tool_choice=named, temperature=1.0, seed=seed, max_tokens=300,

@@ -53,9 +53,9 @@ impl Run {
         }
     }
 
-    /// The chunk choices of what `d` adds to choice `index`: one chunk, and for chat two more
-    /// per new tool call (its id, type and name, then its arguments); the last one carries
-    /// the finish reason.
+    /// The chunk choices of what `d` adds to choice `index`: one chunk, and for chat one more
+    /// per part of a tool call (a new call's id, type and name; then what its arguments gained);
+    /// the last one carries the finish reason.
     fn delta_choices(&self, index: usize, d: &Delta) -> Vec<ChunkChoices> {
         let logprobs = !d.logprobs.is_empty();
         match self.endpoint {
@@ -82,26 +82,31 @@ impl Run {
                         self.chat_logprobs(&d.logprobs).filter(|_| logprobs),
                     ));
                 }
-                for (i, call) in calls {
-                    let name = ToolCallDelta {
-                        index: *i,
-                        id: Some(super::call_id()),
-                        kind: Some("function"),
-                        function: FunctionCallDelta {
-                            name: Some(call.name.clone()),
-                            arguments: String::new(),
-                        },
-                    };
-                    let arguments = ToolCallDelta {
-                        index: *i,
-                        id: None,
-                        kind: None,
-                        function: FunctionCallDelta {
-                            name: None,
-                            arguments: call.arguments.clone(),
-                        },
-                    };
-                    for part in [name, arguments] {
+                for call in calls {
+                    let mut parts = Vec::new();
+                    if let Some(name) = &call.name {
+                        parts.push(ToolCallDelta {
+                            index: call.index,
+                            id: Some(super::call_id()),
+                            kind: Some("function"),
+                            function: FunctionCallDelta {
+                                name: Some(name.clone()),
+                                arguments: String::new(),
+                            },
+                        });
+                    }
+                    if !call.arguments.is_empty() {
+                        parts.push(ToolCallDelta {
+                            index: call.index,
+                            id: None,
+                            kind: None,
+                            function: FunctionCallDelta {
+                                name: None,
+                                arguments: call.arguments.clone(),
+                            },
+                        });
+                    }
+                    for part in parts {
                         let delta = ChatDelta {
                             tool_calls: Some(vec![part]),
                             ..ChatDelta::default()
@@ -109,7 +114,7 @@ impl Run {
                         deltas.push((delta, None));
                     }
                 }
-                let last = deltas.len() - 1;
+                let last = deltas.len().saturating_sub(1);
                 deltas
                     .into_iter()
                     .enumerate()

@@ -2,7 +2,8 @@
 //! of messages, each a header (`<|channel|>NAME`, a recipient `to=functions.NAME`, a
 //! `<|constrain|>json`) then `<|message|>`, the body, and `<|end|>`, `<|call|>` or `<|return|>`;
 //! a later message starts with `<|start|>assistant`. The `analysis` channel is reasoning, a
-//! message to `functions.NAME` a call with its body as arguments, anything else content.
+//! message to `functions.NAME` a call with its body as arguments (streamed as written), anything
+//! else content.
 
 use super::{pending_prefix, FunctionTool, ModelFormat, Parsed, ToolCall};
 
@@ -60,34 +61,31 @@ pub(super) fn parse(text: &str, end: bool, calls: bool, out: &mut Parsed) {
         let channel = word_after(header, CHANNEL).unwrap_or("");
         let recipient = word_after(header, "to=").unwrap_or("");
         let function = recipient.strip_prefix("functions.").filter(|_| calls);
+        let keep = match closed {
+            true => 0,
+            false => ENDS
+                .iter()
+                .map(|m| pending_prefix(body, m))
+                .max()
+                .unwrap_or(0),
+        };
+        let part = &body[..body.len() - keep];
         match function {
-            Some(name) if closed => {
-                let body = body.trim();
-                let arguments = match serde_json::from_str::<serde_json::Value>(body) {
-                    Ok(v) => v.to_string(),
-                    Err(_) => body.to_string(),
-                };
-                out.calls.push(ToolCall {
+            // The arguments as written, blanks around them left out (those at the end wait).
+            Some(name) => {
+                let call = ToolCall {
                     name: name.to_string(),
-                    arguments,
-                });
-            }
-            Some(_) => return, // an unfinished call waits
-            None => {
-                let keep = match closed {
-                    true => 0,
-                    false => ENDS
-                        .iter()
-                        .map(|m| pending_prefix(body, m))
-                        .max()
-                        .unwrap_or(0),
+                    arguments: part.trim().to_string(),
                 };
-                let part = &body[..body.len() - keep];
-                match channel {
-                    "analysis" => out.reasoning.push_str(part),
-                    _ => out.content.push_str(part),
+                match closed {
+                    true => out.calls.push(call),
+                    false => out.open = Some(call),
                 }
             }
+            None => match channel {
+                "analysis" => out.reasoning.push_str(part),
+                _ => out.content.push_str(part),
+            },
         }
         if close.is_none() {
             return;
@@ -138,7 +136,7 @@ mod tests {
         assert_eq!(p.content, "");
         assert_eq!(p.calls.len(), 1);
         assert_eq!(p.calls[0].name, "get_weather");
-        assert_eq!(p.calls[0].arguments, r#"{"city":"Rome"}"#);
+        assert_eq!(p.calls[0].arguments, r#"{"city": "Rome"}"#);
         let text = "<|channel|>analysis<|message|>Think <|e.<|end|><|start|>assistant<|channel|>final<|message|>It is sunny.<|return|>";
         let p = assert_streams_alike(harmony(false), text);
         assert_eq!(

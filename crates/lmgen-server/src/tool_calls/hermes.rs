@@ -1,8 +1,11 @@
 //! Hermes / Qwen tool calls (vLLM's `hermes` parser): each call is a JSON object
 //! `{"name": ..., "arguments": {...}}` between `<tool_call>` and `</tool_call>`; the text around
-//! the calls is content. The grammar writes them as Qwen's template shows them.
+//! the calls is content. A call written as Qwen writes it (the name, then the arguments' object)
+//! streams while it is written. The grammar writes them as Qwen's template shows them.
 
-use super::{call_from_json, pending_prefix, FunctionTool, ModelFormat, Parsed};
+use super::{
+    call_from_json, json_value_prefix, pending_prefix, FunctionTool, ModelFormat, Parsed, ToolCall,
+};
 
 const START: &str = "<tool_call>";
 const END: &str = "</tool_call>";
@@ -20,7 +23,7 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
         match body.find(END) {
             Some(close) => {
                 let whole = &rest[at..at + START.len() + close + END.len()];
-                match call_from_json(&body[..close]) {
+                match call_from_json(&body[..close]).or_else(|| written_whole(&body[..close])) {
                     Some(call) => out.calls.push(call),
                     None => out.content.push_str(whole),
                 }
@@ -28,15 +31,57 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
             }
             // Unclosed: a call if the text ends with its JSON (stopped before `</tool_call>`).
             None if end => {
-                match call_from_json(body) {
+                match call_from_json(body).or_else(|| written_whole(body)) {
                     Some(call) => out.calls.push(call),
                     None => out.content.push_str(&rest[at..]),
                 }
                 return;
             }
-            None => return,
+            None => {
+                out.open = being_written(body);
+                return;
+            }
         }
     }
+}
+
+/// A call being written as Qwen writes them, `{"name": "NAME", "arguments": {...`: its name and
+/// the arguments so far (`None` until the arguments' object has begun).
+fn being_written(body: &str) -> Option<ToolCall> {
+    let rest = body.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest
+        .strip_prefix("\"name\"")?
+        .trim_start()
+        .strip_prefix(':')?;
+    let rest = rest.trim_start().strip_prefix('"')?;
+    let (name, rest) = rest.split_once('"')?;
+    if name.contains('\\') {
+        return None;
+    }
+    let rest = rest.trim_start().strip_prefix(',')?.trim_start();
+    let rest = rest
+        .strip_prefix("\"arguments\"")
+        .or_else(|| rest.strip_prefix("\"parameters\""))?;
+    let value = rest.trim_start().strip_prefix(':')?.trim_start();
+    if !value.starts_with('{') {
+        return None;
+    }
+    let (len, _) = json_value_prefix(value);
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: value[..len].to_string(),
+    })
+}
+
+/// A call whose arguments were streamed as they were written and are whole, valid JSON, though
+/// what follows them is not (it stays a call, as it went out).
+fn written_whole(body: &str) -> Option<ToolCall> {
+    let call = being_written(body)?;
+    let (len, complete) = json_value_prefix(&call.arguments);
+    (complete && len == call.arguments.len())
+        .then(|| serde_json::from_str::<serde_json::Value>(&call.arguments).ok())
+        .flatten()
+        .map(|_| call)
 }
 
 /// `start`: one call (or several, one per line) of `tools` in Lark.
@@ -89,7 +134,7 @@ mod tests {
             [
                 ToolCall {
                     name: "get_weather".into(),
-                    arguments: r#"{"city":"Paris","days":[1,2]}"#.into()
+                    arguments: r#"{"city": "Paris", "days": [1, 2]}"#.into()
                 },
                 ToolCall {
                     name: "now".into(),
@@ -97,6 +142,30 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn arguments_stream_as_written() {
+        let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"a}\\\"]\", \"n\": [{}]}}\n</tool_call>";
+        let mut parser = super::super::OutputParser::new(hermes());
+        let mut seen = Vec::new();
+        for (i, c) in text.char_indices() {
+            let d = parser.push(&c.to_string(), i + 1 == text.len());
+            seen.extend(d.calls);
+        }
+        // The name as soon as the arguments begin, then the arguments piece by piece.
+        assert_eq!(seen[0].name.as_deref(), Some("f"));
+        assert_eq!(seen[0].arguments, "{");
+        assert!(seen.len() > 10, "{seen:?}");
+        let args: String = seen.iter().map(|d| d.arguments.as_str()).collect();
+        assert_eq!(args, r#"{"s": "a}\"]", "n": [{}]}"#);
+        assert_streams_alike(hermes(), text);
+        // Arguments given as a JSON string come whole.
+        let p = assert_streams_alike(
+            hermes(),
+            "<tool_call>{\"name\": \"g\", \"arguments\": \"{}\"}</tool_call>",
+        );
+        assert_eq!(p.calls[0].arguments, "{}");
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
-//! leaves out what is undecided (text that may still start a marker, an unfinished call), so the
-//! parse of a prefix is a prefix of the parse of the whole. Streaming ([`OutputParser`]) sends
-//! what each new parse adds; the same function gives the non-streamed answer, so both agree.
-//! Like vLLM's parsers, these follow the markers, not a grammar: text a model writes in a
-//! call's place that does not parse stays content.
+//! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
+//! arguments), so the parse of a prefix is a prefix of the parse of the whole. [`OutputParser`]
+//! hands out what each new parse adds, for streamed and non-streamed answers alike. A Hermes or
+//! harmony call streams as it is written, its name first (once its arguments have begun), then
+//! its arguments as written; Llama 3 and Mistral calls come whole at the end. Like vLLM's
+//! parsers, these follow the markers, not a grammar: text a model writes in a call's place that
+//! does not parse stays content (a call that went out while being written stays a call).
 //!
 //! The markers are special tokens in several families (`[TOOL_CALLS]`, `<|channel|>`): a request
 //! that parses decodes them ([`ModelFormat::dropped`] lists the special tokens still left out).
@@ -34,7 +36,7 @@ use lmgen::{TokenId, Tokenizer};
 use serde_json::Value;
 
 pub use request::{FunctionTool, ToolChoice, Tools};
-pub use stream::{OutputParser, ParsedDelta};
+pub use stream::{CallDelta, OutputParser, ParsedDelta};
 
 /// One parsed call: the function's name and its arguments as JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct Parsed {
     pub content: String,
     pub reasoning: String,
     pub calls: Vec<ToolCall>,
+    /// A call still being written (only while `end` is false): its name, and the part of its
+    /// arguments written so far that is surely theirs. The whole call's arguments start with it.
+    pub open: Option<ToolCall>,
 }
 
 /// A model family's tool-call wire format.
@@ -262,9 +267,58 @@ fn call_from_value(v: &Value) -> Option<ToolCall> {
     Some(ToolCall { name, arguments })
 }
 
-/// A call from JSON text (`None` if it is not one).
+/// A call from the JSON text `{"name": ..., "arguments" | "parameters": ...}` (`None` if it is
+/// not one), its arguments as written (an object's text as is, so that what was streamed of
+/// them is their start; a string's value).
 fn call_from_json(text: &str) -> Option<ToolCall> {
-    call_from_value(&serde_json::from_str(text.trim()).ok()?)
+    #[derive(serde::Deserialize)]
+    struct RawCall<'a> {
+        name: String,
+        #[serde(borrow)]
+        arguments: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        parameters: Option<&'a serde_json::value::RawValue>,
+    }
+    let call: RawCall<'_> = serde_json::from_str(text.trim()).ok()?;
+    let arguments = match call.arguments.or(call.parameters) {
+        None => "{}".to_string(),
+        Some(raw) if raw.get().starts_with('"') => serde_json::from_str(raw.get()).ok()?,
+        Some(raw) => raw.get().to_string(),
+    };
+    Some(ToolCall {
+        name: call.name,
+        arguments,
+    })
+}
+
+/// How much of `text`, which starts with a JSON object or array, is surely inside that value,
+/// and whether the value is complete there (a scan of brackets and strings, not a parse).
+fn json_value_prefix(text: &str) -> (usize, bool) {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return (i + 1, true);
+                }
+            }
+            '"' => in_string = true,
+            _ if depth == 0 => return (0, false),
+            _ => {}
+        }
+    }
+    (text.len(), false)
 }
 
 /// Test support: every split of `text` into two pushes, and the one-character-at-a-time
@@ -288,9 +342,22 @@ fn assert_streams_alike(format: OutputFormat, text: &str) -> Parsed {
             let d = parser.push(piece, k + 1 == pieces.len());
             got.content.push_str(&d.content);
             got.reasoning.push_str(&d.reasoning);
-            got.calls.extend(d.calls.into_iter().map(|(_, c)| c));
+            for call in d.calls {
+                // A call's first delta names it; later ones only add to its arguments.
+                match call.name {
+                    Some(name) => {
+                        assert_eq!(call.index, got.calls.len(), "{pieces:?}");
+                        got.calls.push(ToolCall {
+                            name,
+                            arguments: call.arguments,
+                        });
+                    }
+                    None => got.calls[call.index].arguments.push_str(&call.arguments),
+                }
+            }
         }
         assert_eq!(got, whole, "{text:?} split as {pieces:?}");
+        assert_eq!(parser.parsed(), &whole);
     }
     whole
 }
@@ -322,6 +389,41 @@ mod tests {
             Some(Family::Llama3)
         );
         assert_eq!(Family::detect("{{ '<|user|>' + m }}"), None);
+        let gpt_oss = include_str!("../../../lmgen/tests/fixtures/chat_templates/gpt_oss.jinja");
+        assert_eq!(Family::detect(gpt_oss), Some(Family::Harmony));
+    }
+
+    #[test]
+    fn a_request_reads_its_output_by_its_template() {
+        let format = ModelFormat {
+            family: [None, Some(Family::Hermes)],
+            think: [true, true],
+            special: vec![(5, "<|im_end|>".into()), (7, "<tool_call>".into())],
+        };
+        // Tools: calls parsed; `<think>` left open by the prompt starts in reasoning.
+        let o = format
+            .output(true, true, "<|im_start|>assistant\n<think>\n")
+            .unwrap();
+        assert_eq!(
+            (o.family, o.think, o.in_reasoning),
+            (Some(Family::Hermes), true, true)
+        );
+        let o = format
+            .output(true, true, "<think>\n\n</think>\n\n")
+            .unwrap();
+        assert!(!o.in_reasoning);
+        // `tool_choice: "none"` and no tools: reasoning only.
+        assert_eq!(format.output(true, false, "").unwrap().family, None);
+        assert_eq!(format.output(false, true, "").unwrap().family, None);
+        // Special tokens other than the markers stay out of the text; a special marker is
+        // written in a grammar by its id.
+        assert_eq!(format.dropped(&o), HashSet::from([5]));
+        assert_eq!(
+            (format.atom("<tool_call>"), format.atom("</tool_call>")),
+            ("<[7]>".to_string(), "\"</tool_call>\"".to_string())
+        );
+        let plain = ModelFormat::default();
+        assert_eq!(plain.output(true, true, "<think>"), None);
     }
 
     #[test]
@@ -340,7 +442,7 @@ mod tests {
             p.calls,
             [ToolCall {
                 name: "f".into(),
-                arguments: r#"{"a":1}"#.into()
+                arguments: r#"{"a": 1}"#.into()
             }]
         );
         // A prompt that opened `<think>`: the output starts in reasoning; unclosed, it is all

@@ -1,15 +1,24 @@
 //! A choice's output parsed as it streams: each push re-reads the whole text so far (outputs are
-//! short next to the model's work per token) and hands out what the parse added.
+//! short next to the model's work per token) and hands out what the parse added. The answer of a
+//! non-streamed request is what was handed out, so both kinds of answer agree.
 
 use super::{OutputFormat, Parsed, ToolCall};
+
+/// What a push added to one call: its name when it is new, then text to append to its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDelta {
+    /// The call's index among the choice's calls.
+    pub index: usize,
+    pub name: Option<String>,
+    pub arguments: String,
+}
 
 /// What one push added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedDelta {
     pub content: String,
     pub reasoning: String,
-    /// New calls with their index among the choice's calls.
-    pub calls: Vec<(usize, ToolCall)>,
+    pub calls: Vec<CallDelta>,
 }
 
 /// The parse of one choice's text.
@@ -17,9 +26,20 @@ pub struct ParsedDelta {
 pub struct OutputParser {
     format: OutputFormat,
     text: String,
-    /// What was handed out.
+    /// What was handed out (calls with the arguments sent so far).
     sent: Parsed,
     done: bool,
+}
+
+/// The part of `now` after `sent` (nothing, with an error logged, if `now` went back on it).
+fn added(now: &str, sent: &str) -> Option<String> {
+    match now.strip_prefix(sent) {
+        Some(new) => Some(new.to_string()),
+        None => {
+            tracing::error!(now, sent, "a tool-call parse went back on its text");
+            None
+        }
+    }
 }
 
 impl OutputParser {
@@ -40,33 +60,44 @@ impl OutputParser {
         self.done = end;
         self.text.push_str(piece);
         let now = self.format.parse(&self.text, end);
-        let added = |now: &str, sent: &str| match now.strip_prefix(sent) {
-            Some(new) => new.to_string(),
-            None => {
-                // Each parse extends the last; say so if one did not.
-                tracing::error!(now, sent, "a tool-call parse went back on its text");
-                String::new()
+        let mut delta = ParsedDelta::default();
+        if let Some(new) = added(&now.content, &self.sent.content) {
+            self.sent.content.push_str(&new);
+            delta.content = new;
+        }
+        if let Some(new) = added(&now.reasoning, &self.sent.reasoning) {
+            self.sent.reasoning.push_str(&new);
+            delta.reasoning = new;
+        }
+        for (index, call) in now.calls.iter().chain(&now.open).enumerate() {
+            let name = match self.sent.calls.get(index) {
+                None => {
+                    self.sent.calls.push(ToolCall {
+                        name: call.name.clone(),
+                        arguments: String::new(),
+                    });
+                    Some(call.name.clone())
+                }
+                Some(sent) if sent.name == call.name => None,
+                Some(sent) => {
+                    tracing::error!(
+                        now = call.name,
+                        sent = sent.name,
+                        "a tool call changed name"
+                    );
+                    continue;
+                }
+            };
+            let sent = &mut self.sent.calls[index];
+            let arguments = added(&call.arguments, &sent.arguments).unwrap_or_default();
+            sent.arguments.push_str(&arguments);
+            if name.is_some() || !arguments.is_empty() {
+                delta.calls.push(CallDelta {
+                    index,
+                    name,
+                    arguments,
+                });
             }
-        };
-        let delta = ParsedDelta {
-            content: added(&now.content, &self.sent.content),
-            reasoning: added(&now.reasoning, &self.sent.reasoning),
-            calls: now
-                .calls
-                .iter()
-                .enumerate()
-                .skip(self.sent.calls.len())
-                .map(|(i, c)| (i, c.clone()))
-                .collect(),
-        };
-        if now.content.starts_with(&self.sent.content) {
-            self.sent.content = now.content;
-        }
-        if now.reasoning.starts_with(&self.sent.reasoning) {
-            self.sent.reasoning = now.reasoning;
-        }
-        if now.calls.len() > self.sent.calls.len() {
-            self.sent.calls = now.calls;
         }
         delta
     }
