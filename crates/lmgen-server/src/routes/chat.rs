@@ -85,11 +85,10 @@ async fn handle(
         .map_err(refused)?;
     let ids = state.tokenizer.encode_with(&text, false).map_err(refused)?;
     let format = &state.model_format;
-    let with_tools = tools.is_some();
-    plan.output = format.output(with_tools, tools.as_ref().is_some_and(Tools::parsed), &text);
+    plan.output = format.output(tools.as_ref(), &text);
     if let Some(t) = &tools {
         let close_think = plan.output.is_some_and(|o| o.in_reasoning);
-        if let Some(grammar) = t.grammar(format, format.family(with_tools), close_think)? {
+        if let Some(grammar) = t.grammar(format, format.family(true), close_think)? {
             if plan.grammar.is_some() {
                 return Err(ApiError::invalid(
                     "tool_choice",

@@ -125,6 +125,7 @@ mod tests {
             harmony: true,
             think: false,
             in_reasoning: false,
+            one_call: false,
         }
     }
 

@@ -69,6 +69,7 @@ mod tests {
             harmony: false,
             think: false,
             in_reasoning: false,
+            one_call: false,
         }
     }
 

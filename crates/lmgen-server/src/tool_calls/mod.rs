@@ -150,15 +150,15 @@ impl ModelFormat {
         self.family[usize::from(with_tools)]
     }
 
-    /// How a request's output is read: `calls` when tool calls are parsed (tools given and
-    /// `tool_choice` not `"none"`); `prompt` is the rendered prompt (a generation prompt that
-    /// opens `<think>` starts the output inside reasoning). `None`: the text is all content.
-    pub fn output(&self, with_tools: bool, calls: bool, prompt: &str) -> Option<OutputFormat> {
-        let i = usize::from(with_tools);
+    /// How the output of a request with `tools` is read: calls are parsed unless `tool_choice`
+    /// is `"none"`; `prompt` is the rendered prompt (a generation prompt that opens `<think>`
+    /// starts the output inside reasoning). `None`: the text is all content.
+    pub fn output(&self, tools: Option<&Tools>, prompt: &str) -> Option<OutputFormat> {
+        let i = usize::from(tools.is_some());
         let family = self.family[i];
         let harmony = family == Some(Family::Harmony);
         let think = self.think[i] && !harmony;
-        let calls = calls.then_some(family).flatten();
+        let calls = tools.filter(|t| t.parsed()).and(family);
         if calls.is_none() && !think && !harmony {
             return None;
         }
@@ -168,6 +168,7 @@ impl ModelFormat {
             harmony,
             think,
             in_reasoning,
+            one_call: tools.is_some_and(|t| !t.parallel),
         })
     }
 
@@ -213,6 +214,9 @@ pub struct OutputFormat {
     pub think: bool,
     /// The prompt left `<think>` open: the output starts inside reasoning.
     pub in_reasoning: bool,
+    /// `parallel_tool_calls: false`: only the first call counts (as vLLM); the text of later
+    /// ones is dropped.
+    pub one_call: bool,
 }
 
 impl OutputFormat {
@@ -231,6 +235,10 @@ impl OutputFormat {
                 (Some(rest), None) => out.content.push_str(rest),
                 (None, _) => {}
             }
+        }
+        if self.one_call && !out.calls.is_empty() {
+            out.calls.truncate(1);
+            out.open = None;
         }
         if !end {
             // Whitespace at the end waits: it is dropped if a call follows.
@@ -400,21 +408,40 @@ mod tests {
             think: [true, true],
             special: vec![(5, "<|im_end|>".into()), (7, "<tool_call>".into())],
         };
+        let tools = |choice: &str, parallel: bool| {
+            let f = serde_json::json!({"type": "function", "function": {"name": "f"}});
+            Tools::from_request(Some(&[f]), Some(&choice.into()), Some(parallel))
+                .unwrap()
+                .unwrap()
+        };
+        let auto = tools("auto", true);
         // Tools: calls parsed; `<think>` left open by the prompt starts in reasoning.
         let o = format
-            .output(true, true, "<|im_start|>assistant\n<think>\n")
+            .output(Some(&auto), "<|im_start|>assistant\n<think>\n")
             .unwrap();
         assert_eq!(
-            (o.family, o.think, o.in_reasoning),
-            (Some(Family::Hermes), true, true)
+            (o.family, o.think, o.in_reasoning, o.one_call),
+            (Some(Family::Hermes), true, true, false)
         );
         let o = format
-            .output(true, true, "<think>\n\n</think>\n\n")
+            .output(Some(&auto), "<think>\n\n</think>\n\n")
             .unwrap();
         assert!(!o.in_reasoning);
+        assert!(
+            format
+                .output(Some(&tools("required", false)), "")
+                .unwrap()
+                .one_call
+        );
         // `tool_choice: "none"` and no tools: reasoning only.
-        assert_eq!(format.output(true, false, "").unwrap().family, None);
-        assert_eq!(format.output(false, true, "").unwrap().family, None);
+        assert_eq!(
+            format
+                .output(Some(&tools("none", true)), "")
+                .unwrap()
+                .family,
+            None
+        );
+        assert_eq!(format.output(None, "").unwrap().family, None);
         // Special tokens other than the markers stay out of the text; a special marker is
         // written in a grammar by its id.
         assert_eq!(format.dropped(&o), HashSet::from([5]));
@@ -423,7 +450,7 @@ mod tests {
             ("<[7]>".to_string(), "\"</tool_call>\"".to_string())
         );
         let plain = ModelFormat::default();
-        assert_eq!(plain.output(true, true, "<think>"), None);
+        assert_eq!(plain.output(Some(&auto), "<think>"), None);
     }
 
     #[test]
@@ -433,6 +460,7 @@ mod tests {
             harmony: false,
             think: true,
             in_reasoning: false,
+            one_call: false,
         };
         let text = "<think>\nLook it up.\n</think>\n\nSure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>\n";
         let p = assert_streams_alike(format, text);
@@ -468,5 +496,13 @@ mod tests {
             (p.reasoning.as_str(), p.content.as_str()),
             ("x", "y <tool_call>")
         );
+        // `parallel_tool_calls: false`: the first call only.
+        let one = OutputFormat {
+            one_call: true,
+            ..format
+        };
+        let call = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+        let p = assert_streams_alike(one, &format!("{call}\n{call}\n{call} end"));
+        assert_eq!((p.calls.len(), p.content.as_str()), (1, "\n\n end"));
     }
 }
