@@ -23,7 +23,7 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
         match body.find(END) {
             Some(close) => {
                 let whole = &rest[at..at + START.len() + close + END.len()];
-                match call_from_json(&body[..close]).or_else(|| written_whole(&body[..close])) {
+                match call_from_json(&body[..close]).or_else(|| being_written(&body[..close])) {
                     Some(call) => out.calls.push(call),
                     None => out.content.push_str(whole),
                 }
@@ -31,7 +31,7 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
             }
             // Unclosed: a call if the text ends with its JSON (stopped before `</tool_call>`).
             None if end => {
-                match call_from_json(body).or_else(|| written_whole(body)) {
+                match call_from_json(body).or_else(|| being_written(body)) {
                     Some(call) => out.calls.push(call),
                     None => out.content.push_str(&rest[at..]),
                 }
@@ -46,7 +46,9 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
 }
 
 /// A call being written as Qwen writes them, `{"name": "NAME", "arguments": {...`: its name and
-/// the arguments so far (`None` until the arguments' object has begun).
+/// the arguments so far (`None` until the arguments' object has begun). Such a call went out
+/// while it was written, so it stays a call even if it does not end as JSON (cut by
+/// `max_tokens`, or text after its arguments): its arguments are what was written of them.
 fn being_written(body: &str) -> Option<ToolCall> {
     let rest = body.trim_start().strip_prefix('{')?.trim_start();
     let rest = rest
@@ -71,17 +73,6 @@ fn being_written(body: &str) -> Option<ToolCall> {
         name: name.to_string(),
         arguments: value[..len].to_string(),
     })
-}
-
-/// A call whose arguments were streamed as they were written and are whole, valid JSON, though
-/// what follows them is not (it stays a call, as it went out).
-fn written_whole(body: &str) -> Option<ToolCall> {
-    let call = being_written(body)?;
-    let (len, complete) = json_value_prefix(&call.arguments);
-    (complete && len == call.arguments.len())
-        .then(|| serde_json::from_str::<serde_json::Value>(&call.arguments).ok())
-        .flatten()
-        .map(|_| call)
 }
 
 /// `start`: one call (or several, one per line) of `tools` in Lark.
@@ -182,6 +173,15 @@ mod tests {
             assert!(p.calls.is_empty(), "{text}");
             assert_eq!(p.content, text);
         }
+        // A call cut short keeps what was written of its arguments (it was streamed).
+        let p = assert_streams_alike(
+            hermes(),
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, ",
+        );
+        assert_eq!(
+            (p.calls[0].arguments.as_str(), p.content.as_str()),
+            ("{\"a\": [1, ", "")
+        );
         // Stopped before the closing tag, the JSON is whole: a call.
         let p = assert_streams_alike(
             hermes(),
