@@ -97,11 +97,11 @@ pub(super) fn parse(text: &str, end: bool, calls: bool, out: &mut Parsed) {
     }
 }
 
-/// `start`: one call of `tools` on the commentary channel (gpt-oss makes one call per turn:
+/// The rule `calls`: one call of `tools` on the commentary channel (gpt-oss makes one call per turn:
 /// `<|call|>` ends the output).
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool]) -> String {
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    let mut g = format!("start: {}\n", alts.join(" | "));
+    let mut g = format!("calls: {}\n", alts.join(" | "));
     for (i, tool) in tools.iter().enumerate() {
         g.push_str(&format!(
             "call_{i}: {} {} {} \"json\" {} args_{i}\nargs_{i}: %json {}\n",

@@ -75,13 +75,13 @@ fn being_written(body: &str) -> Option<ToolCall> {
     })
 }
 
-/// `start`: one call (or several, one per line) of `tools` in Lark.
+/// The rule `calls`: one call (or several, one per line) of `tools` in Lark.
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: bool) -> String {
     let mut g = String::new();
     g.push_str(if parallel {
-        "start: call (\"\\n\" call)*\n"
+        "calls: call (\"\\n\" call)*\n"
     } else {
-        "start: call\n"
+        "calls: call\n"
     });
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     g.push_str(&format!("call: {}\n", alts.join(" | ")));

@@ -41,10 +41,10 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
     }
 }
 
-/// `start`: one call of `tools` (Llama 3's format has no parallel calls).
+/// The rule `calls`: one call of `tools` (Llama 3's format has no parallel calls).
 pub(super) fn grammar(_format: &ModelFormat, tools: &[&FunctionTool]) -> String {
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    let mut g = format!("start: {}\n", alts.join(" | "));
+    let mut g = format!("calls: {}\n", alts.join(" | "));
     for (i, tool) in tools.iter().enumerate() {
         let head = format!(
             "{{\"name\": {}, \"parameters\": ",

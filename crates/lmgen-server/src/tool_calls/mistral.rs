@@ -61,7 +61,7 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
     }
 }
 
-/// `start`: one call (or several) of `tools` in the checkpoint's format.
+/// The rule `calls`: one call (or several) of `tools` in the checkpoint's format.
 pub(super) fn grammar(
     format: &ModelFormat,
     tools: &[&FunctionTool],
@@ -71,10 +71,10 @@ pub(super) fn grammar(
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     let marker = format.atom(TOOL_CALLS);
     let mut g = match (args_format, parallel) {
-        (true, true) => format!("start: ({marker} call)+\n"),
-        (true, false) => format!("start: {marker} call\n"),
-        (false, true) => format!("start: {marker} \"[\" call (\", \" call)* \"]\"\n"),
-        (false, false) => format!("start: {marker} \"[\" call \"]\"\n"),
+        (true, true) => format!("calls: ({marker} call)+\n"),
+        (true, false) => format!("calls: {marker} call\n"),
+        (false, true) => format!("calls: {marker} \"[\" call (\", \" call)* \"]\"\n"),
+        (false, false) => format!("calls: {marker} \"[\" call \"]\"\n"),
     };
     g.push_str(&format!("call: {}\n", alts.join(" | ")));
     for (i, tool) in tools.iter().enumerate() {

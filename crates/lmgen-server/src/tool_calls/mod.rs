@@ -7,8 +7,12 @@
 //! |---|---|---|
 //! | [`Family::Hermes`] (Qwen, Hermes) | `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` | `<think>`...`</think>` |
 //! | [`Family::Llama3`] | the whole message `{"name": ..., "parameters": {...}}` (after `<\|python_tag\|>`) | |
-//! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | `<think>` |
+//! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | |
 //! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
+//!
+//! `<think>` reasoning is read for any template that writes both markers (Qwen3, DeepSeek-R1,
+//! SmolLM3), with or without tools. Not read (the text stays content): Qwen3-Coder's XML
+//! `<function=...>` calls, Granite's `<|tool_call|>`, Magistral's `[THINK]`.
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
 //! leaves out what is undecided (text that may still start a marker, the unsure end of a call's

@@ -182,20 +182,17 @@ impl Tools {
             ));
         };
         let parallel = self.parallel && self.choice == ToolChoice::Required;
-        let mut grammar = match family {
+        let calls = match family {
             Family::Hermes => hermes::grammar(format, &chosen, parallel),
             Family::Llama3 => llama3::grammar(format, &chosen),
             Family::Mistral { args } => mistral::grammar(format, &chosen, parallel, args),
             Family::Harmony => harmony::grammar(format, &chosen),
         };
-        if close_think {
-            grammar = grammar.replacen(
-                "start: ",
-                &format!("start: {} ", super::lark_string("</think>\n\n")),
-                1,
-            );
-        }
-        Ok(Some(grammar))
+        let start = match close_think {
+            true => format!("start: {} calls\n", super::lark_string("</think>\n\n")),
+            false => "start: calls\n".to_string(),
+        };
+        Ok(Some(start + &calls))
     }
 }
 
@@ -262,8 +259,8 @@ mod tests {
         );
     }
 
-    /// Each family's grammar compiles with llguidance's Lark parser... checked where a
-    /// tokenizer is at hand (the server's tests); here: its shape.
+    /// Each family's grammar names each tool and compiles with llguidance for a real
+    /// vocabulary, its markers written as text or (special tokens) by id.
     #[test]
     fn grammars_name_each_tool() {
         let tools = Tools::from_request(
@@ -314,7 +311,7 @@ mod tests {
             .grammar(&format, Some(Family::Hermes), true)
             .unwrap()
             .unwrap();
-        assert!(g.starts_with("start: \"</think>\\n\\n\" call"), "{g}");
+        assert!(g.starts_with("start: \"</think>\\n\\n\" calls\n"), "{g}");
         assert_eq!(
             tools
                 .grammar(&format, None, false)
