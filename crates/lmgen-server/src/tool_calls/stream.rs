@@ -54,8 +54,8 @@ impl OutputParser {
 
     /// Adds `piece` of text (`end`: the last); returns what became decided.
     pub fn push(&mut self, piece: &str, end: bool) -> ParsedDelta {
-        if self.done {
-            return ParsedDelta::default();
+        if self.done || (piece.is_empty() && !end) {
+            return ParsedDelta::default(); // nothing new to read
         }
         self.done = end;
         self.text.push_str(piece);
