@@ -46,7 +46,9 @@ fi
 
 # 2. Link stubs, from the symbols of the cudarc version in Cargo.lock.
 CUDARC_VERSION=$(awk '/^name = "cudarc"/{getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/Cargo.lock")
-CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$CUDARC_VERSION" 2>/dev/null | head -n 1)
+# `|| true`: before the first CUDA build cudarc is not unpacked yet (a CPU build never needs it),
+# and ls's exit status 2 would end the script here through pipefail.
+CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$CUDARC_VERSION" 2>/dev/null | head -n 1 || true)
 if [ -z "$CUDARC_SRC" ]; then
     (cd "$ROOT" && cargo fetch --quiet)
     CUDARC_SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$CUDARC_VERSION" | head -n 1)

@@ -7,11 +7,23 @@
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
+#                                       (BENCH_BIN: another generate_speed, e.g. an older build)
+#   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
+#                                       (forward, generate): f32 must match, bf16 agreement reported
+#   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
+#                                       dense / attention-only twins, lmgen vs transformers `generate`
 #
 # The device tool sends its session's checkout, which may not be this one: copy tools/, the golden
 # fixtures (crates/lmgen/tests/fixtures/golden) and target/cuda/dist into an ignored folder of that
 # checkout (e.g. target/gpu-carry), carry it, and start with `cd target/gpu-carry &&`.
 # `tools/device_run.sh kernels` needs target/kernels-src (candle-kernels' src/ folder) instead.
+# When the checkout's tracked files leave too little room for the binaries, send them in parts:
+# the two stripped binaries (`xz -dk` of target/cuda/dist/*.xz, into DIR) as one archive, whose
+# large dictionary stores their shared code once (10.2 MB against 17.6 MB for the two .xz files):
+#   tar -C DIR -cf - lmgen generate_speed | xz -9e --lzma2=preset=9e,dict=192MiB | split -b 2700000 - bins.tar.xz.
+# then one part per call copied to /tmp/lmgen-parts (the machine keeps /tmp while it stays warm:
+# call again within its 30 s), and the last call runs this script, which unpacks
+# /tmp/lmgen-parts/bins.tar.xz.* (LMGEN_PARTS).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +32,10 @@ OUT=${OUT:-/tmp/lmgen-out}
 mkdir -p "$OUT"
 BIN=/tmp/lmgen-bin
 mkdir -p "$BIN"
+PARTS=${LMGEN_PARTS:-/tmp/lmgen-parts}
+if compgen -G "$PARTS/bins.tar.xz.*" >/dev/null; then
+    cat "$PARTS"/bins.tar.xz.* | xz -d | tar -C "$BIN" -xf - && chmod +x "$BIN"/*
+fi
 for f in lmgen generate_speed; do
     [ -e "target/cuda/dist/$f.xz" ] || continue
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
@@ -43,7 +59,10 @@ echo "library path: $LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 [ -e "$BIN/lmgen" ] && ldd "$BIN/lmgen" | grep -E 'cuda|cublas|curand|nvrtc|cudart|not found'
 
-GOLDEN=crates/lmgen/tests/fixtures/golden
+GOLDEN=${GOLDEN:-crates/lmgen/tests/fixtures/golden}
+GOLDEN_ARCH=${GOLDEN_ARCH:-crates/lmgen/tests/fixtures/golden-arch}
+# The golden-arch models this project runs with MoE layers or recurrent state.
+ARCH_MODELS=${ARCH_MODELS:-qwen3_moe,mixtral,gpt_oss,qwen3_5_text,qwen3_next,lfm2,gemma4_text,qwen3_5_mm}
 while [ $# -gt 0 ]; do
     step=$1
     shift
@@ -74,6 +93,27 @@ while [ $# -gt 0 ]; do
                 2>&1 | tee "$OUT/conformance_cuda_$dt.txt"
         done
         ;;
+    conformance-arch)
+        # Full-prompt logits within 2e-4 and generate cases token for token: f32 must match
+        # transformers' f32 fixtures; bf16 is agreement only (bf16 rounding changes tokens).
+        for dt in f32 bf16; do
+            echo "== golden-arch conformance on cuda, $dt"
+            timeout 300 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN_ARCH" \
+                --only forward,generate --models "$ARCH_MODELS" --args "--device cuda --dtype $dt" -v \
+                2>&1 | tee "$OUT/conformance_arch_cuda_$dt.txt"
+        done
+        ;;
+    bench-moe)
+        # Random-weight checkpoints written by transformers (tools/gpu_compare.py SHAPES): a
+        # Qwen3-30B-A3B-shaped MoE and a dense model of its active parameters, a Qwen3.5-27B-shaped
+        # hybrid and its attention-only twin, 4 layers each; lmgen (generate_speed) and
+        # transformers eager `generate` on the same ids, bf16, batch 1 and 8.
+        echo "== MoE and hybrid decode, lmgen vs transformers"
+        PYTHONUNBUFFERED=1 timeout ${BENCH_MOE_TIMEOUT:-420} python3 tools/gpu_compare.py --bench "$BIN/generate_speed" \
+            --shapes "${BENCH_MOE_SHAPES:-qwen3-30b-a3b-4l,qwen3-dense-a3b-4l,qwen3.5-27b-4l,qwen3.5-27b-attn-4l}" \
+            --hf eager --batches 8 --prompt 128 --new 64 --prefill 512 --reps 2 --drop-checkpoints --name gpu_moe_hybrid 2>&1 |
+            grep --line-buffered -v "Writing model shards\|Loading weights" | tee "$OUT/bench_moe_hybrid.txt"
+        ;;
     oom)
         echo "== out of memory"
         if [ -z "${OOM_MODEL:-}" ]; then
@@ -100,7 +140,7 @@ while [ $# -gt 0 ]; do
         ;;
     compare)
         echo "== transformers vs lmgen"
-        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "$BIN/generate_speed" "$@" 2>&1 |
+        PYTHONUNBUFFERED=1 python3 tools/gpu_compare.py --bench "${BENCH_BIN:-$BIN/generate_speed}" "$@" 2>&1 |
             grep --line-buffered -v "Writing model shards\|Loading weights" | tee -a "$OUT/compare.txt"
         break
         ;;

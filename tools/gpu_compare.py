@@ -4,6 +4,7 @@
 Runs on the device machine (torch 2.11 + transformers 5.17 there), in one process tree:
 
   python3 tools/gpu_compare.py --bench PATH/generate_speed [--shapes qwen2.5-0.5b,llama-3.2-1b,llama-3.1-8b]
+      (or qwen3-30b-a3b-4l, qwen3-dense-a3b-4l, qwen3.5-27b-4l, qwen3.5-27b-attn-4l: SHAPES below)
       [--hf eager,static,batch] [--batches 8,32,64] [--prompt 128] [--new 128] [--prefill 512] [--reps 3]
 
 For each shape it writes a bf16 checkpoint of random weights with transformers (`from_config`, seed 0,
@@ -24,6 +25,7 @@ bytes read per token (weights + KV cache) x tok/s / the device-to-device copy ra
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,7 +33,7 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
 from transformers.generation.streamers import BaseStreamer
 
 transformers.logging.set_verbosity_error()
@@ -49,7 +51,33 @@ SHAPES = {
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5,
         max_position_embeddings=131072),
+    # Qwen3-30B-A3B (shared/notes/real-configs) cut to 4 layers, and a dense Qwen3 of the same
+    # active parameters: the 8 routed experts' 3 * 2048 * 768 each as one 6144-wide MLP.
+    "qwen3-30b-a3b-4l": lambda: AutoConfig.for_model(
+        "qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+        num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=4,
+        head_dim=128, vocab_size=151936, tie_word_embeddings=False, rope_theta=1e6,
+        max_position_embeddings=40960, rms_norm_eps=1e-6),
+    "qwen3-dense-a3b-4l": lambda: AutoConfig.for_model(
+        "qwen3", hidden_size=2048, intermediate_size=6144, num_hidden_layers=4,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+        tie_word_embeddings=False, rope_theta=1e6, max_position_embeddings=40960, rms_norm_eps=1e-6),
+    # Qwen3.5-27B's text model cut to 4 layers (3 gated DeltaNet + 1 gated attention, its
+    # pattern), and the same with 4 attention layers.
+    "qwen3.5-27b-4l": lambda: qwen3_5_text(["linear_attention"] * 3 + ["full_attention"]),
+    "qwen3.5-27b-attn-4l": lambda: qwen3_5_text(["full_attention"] * 4),
 }
+
+
+def qwen3_5_text(layer_types):
+    rope = {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25}
+    return AutoConfig.for_model(
+        "qwen3_5_text", hidden_size=5120, intermediate_size=17408, num_hidden_layers=len(layer_types),
+        layer_types=layer_types, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
+        attn_output_gate=True, linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_num_key_heads=16,
+        linear_num_value_heads=48, linear_value_head_dim=128, vocab_size=248320, tie_word_embeddings=False,
+        rope_parameters=rope, partial_rotary_factor=0.25, max_position_embeddings=32768, rms_norm_eps=1e-6)
 
 
 def log(*a):
@@ -244,6 +272,9 @@ def checkpoint(name, dev_dir):
 
 
 def weight_bytes(cfg):
+    """bf16 bytes read per decode step of a dense Llama/Qwen2 (None for the other shapes)."""
+    if not isinstance(cfg, (LlamaConfig, Qwen2Config)):
+        return None
     h, i, l, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     d = h // cfg.num_attention_heads
     kv = cfg.num_key_value_heads * d
@@ -253,6 +284,8 @@ def weight_bytes(cfg):
 
 
 def kv_bytes_per_token(cfg):
+    if not isinstance(cfg, (LlamaConfig, Qwen2Config)):
+        return None
     d = cfg.hidden_size // cfg.num_attention_heads
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * d * 2
 
@@ -268,10 +301,11 @@ def table(res):
             + " | ".join(f"B={b} tok/s" for b in res["env"]["batches"]) + " | peak GPU GiB |",
             "|---|---|---:|---:|---:|---:|" + "---:|" * len(res["env"]["batches"]) + "---:|"]
     for name, r in res.items():
-        if name == "env":
+        if name == "env" or "checkpoint_error" in r:
             continue
-        wb = r["weight_bytes"] + kv_bytes_per_token(SHAPES[name]()) * (res["env"]["prompt"] + res["env"]["new"] / 2)
-        pct = lambda x: f"{100 * wb * x / (bw * 1e9):.1f}" if x else "-"  # noqa: E731
+        kv = kv_bytes_per_token(SHAPES[name]())
+        wb = r["weight_bytes"] + kv * (res["env"]["prompt"] + res["env"]["new"] / 2) if kv else None
+        pct = lambda x: f"{100 * wb * x / (bw * 1e9):.1f}" if x and wb else "-"  # noqa: E731
         f = lambda x, fmt="{:.1f}": fmt.format(x) if isinstance(x, (int, float)) else "-"  # noqa: E731
         hf, lm = r.get("transformers", {}), r.get("lmgen", {})
         g = lambda d, *ks: (d.get(ks[0], {}) or {}).get(ks[1]) if len(ks) == 2 else None  # noqa: E731
@@ -302,6 +336,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/lmgen-ckpt")
     ap.add_argument("--name", default="gpu_compare", help="$OUT/NAME.json and NAME.md")
+    ap.add_argument("--drop-checkpoints", action="store_true", help="delete each checkpoint once timed (disk)")
     ap.add_argument("--budget", type=float, default=540, help="seconds; later transformers phases are skipped past it")
     args = ap.parse_args()
     args.deadline = time.time() + args.budget
@@ -319,7 +354,13 @@ def main():
     res = {"env": env}
     log(json.dumps(env))
     for name in args.shapes.split(","):
-        cfg, ckpt = checkpoint(name, args.dir)
+        try:
+            cfg, ckpt = checkpoint(name, args.dir)
+        except Exception as e:  # noqa: BLE001 -- one shape transformers cannot build skips only itself
+            res[name] = {"checkpoint_error": f"{type(e).__name__}: {e}"[:400]}
+            log(name, "checkpoint error", res[name]["checkpoint_error"])
+            dump(res)
+            continue
         res[name] = {"weight_bytes": weight_bytes(cfg), "kv_bytes_per_token": kv_bytes_per_token(cfg)}
         g = torch.Generator().manual_seed(1)
         ids = {"prompts": torch.randint(0, cfg.vocab_size, (max(args.batches + [1]), args.prompt), generator=g).tolist(),
@@ -329,7 +370,14 @@ def main():
             json.dump(ids, f)
         run_lmgen(name, ckpt, ids_path, args, res)
         if args.hf:
-            run_hf(name, cfg, ckpt, ids, args, res)
+            try:
+                run_hf(name, cfg, ckpt, ids, args, res)
+            except Exception as e:  # noqa: BLE001 -- the other shapes still run
+                res[name].setdefault("transformers", {})["error"] = f"{type(e).__name__}: {e}"[:400]
+                log(name, "transformers error", res[name]["transformers"]["error"])
+                torch.cuda.empty_cache()
+        if args.drop_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
         lm = res[name]["lmgen"].get("tokens", {}).get("generated")
         hf = res[name].get("transformers", {}).get("eager_decode_b1", {}).get("tokens")
         if lm and hf:

@@ -9,6 +9,8 @@
 //! - `generation`: one request through the engine, as JSON or (`generation/sse.rs`) server-sent
 //!   events.
 //! - `text`: a choice's streamed text: the library's incremental decoding, cut at stop sequences.
+//! - `tool_calls`: tools and `tool_choice` of a chat request, and the tool calls and reasoning
+//!   parsed out of its output in the model family's format.
 //! - `api/response.rs`: the response bodies, one struct per OpenAI object.
 //! - `error`: OpenAI's error envelope and the one status table for library errors; `metrics`:
 //!   Prometheus; `routes`: handlers.
@@ -27,6 +29,7 @@ pub mod model_args;
 pub mod routes;
 pub mod state;
 pub mod text;
+pub mod tool_calls;
 pub mod validate;
 
 use std::sync::atomic::Ordering;
@@ -98,6 +101,8 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         manager,
         detokenizer: text::Detokenizer::new(tokenizer.clone(), true),
+        raw_detokenizer: text::Detokenizer::new(tokenizer.clone(), false),
+        model_format: tool_calls::ModelFormat::new(&tokenizer),
         tokenizer,
         generation_config,
         model_aliases: vec![

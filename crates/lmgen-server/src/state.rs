@@ -11,6 +11,7 @@ use lmgen::{GenerationConfig, Tokenizer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::text::Detokenizer;
+use crate::tool_calls::ModelFormat;
 
 /// The server's shared state.
 #[derive(Debug)]
@@ -19,6 +20,11 @@ pub struct AppState {
     pub tokenizer: Arc<Tokenizer>,
     /// Generated tokens to streamed text.
     pub detokenizer: Detokenizer,
+    /// The same with special tokens kept: chat outputs whose tool-call or reasoning markers
+    /// are special tokens decode with it, leaving out the other special tokens themselves.
+    pub raw_detokenizer: Detokenizer,
+    /// The chat template's tool-call and reasoning formats.
+    pub model_format: ModelFormat,
     /// The checkpoint's generation config (request fields override it).
     pub generation_config: GenerationConfig,
     /// The id `/v1/models` lists; requests may also name the model as given on the command line.
@@ -40,8 +46,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The grammar compiler, built on first use.
-    pub fn structured(&self) -> Result<&StructuredOutput, ApiError> {
+    /// The grammar compiler, built on first use; its errors blame `param` (the field that
+    /// asked for a grammar).
+    pub fn structured(&self, param: &str) -> Result<&StructuredOutput, ApiError> {
         self.structured
             .get_or_init(|| {
                 let mut eos = self.generation_config.eos_token_ids();
@@ -51,7 +58,7 @@ impl AppState {
                 StructuredOutput::new(&self.tokenizer, &eos).map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| ApiError::invalid("response_format", e.clone()))
+            .map_err(|e| ApiError::invalid(param, e.clone()))
     }
 
     /// 404 unless `model` is the served one.

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::api::{ResponseFormat, SamplingParams, StringOrList};
 use crate::error::{ApiError, RequestNames};
+use crate::tool_calls::OutputFormat;
 
 /// Most choices per request (OpenAI: 128).
 pub const MAX_N: usize = 128;
@@ -38,8 +39,12 @@ pub struct Plan {
     pub logit_bias: Vec<(u32, f64)>,
     /// Top log-probabilities per token (`None`: no logprobs).
     pub logprobs: Option<usize>,
-    /// `response_format` as a grammar (`None`: free text).
+    /// `response_format` (or an enforced `tool_choice`) as a grammar (`None`: free text).
     pub grammar: Option<Grammar>,
+    /// The field that asked for `grammar` (its errors name it; default `response_format`).
+    pub grammar_param: Option<&'static str>,
+    /// How a chat output is read for tool calls and reasoning (`None`: all content).
+    pub output: Option<OutputFormat>,
 }
 
 /// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when

@@ -6,7 +6,7 @@ LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a
 greedy completions computed with lmgen's static generate()), and per mode LMGEN_SMALL_URL (a
 server with one running and one queued place), LMGEN_SERVER_PID (for the SIGTERM test).
 
-Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency
+Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency|tools
 """
 
 import asyncio
@@ -702,6 +702,198 @@ async def concurrency():
     await c.close()
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+CLOCK = {"type": "function", "function": {
+    "name": "get_time",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 12}},
+                   "required": ["zone"], "additionalProperties": False}}}
+NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def check_args(name, arguments):
+    """`arguments` (JSON text) is valid under the tool `name`'s schema."""
+    args = json.loads(arguments)
+    if name == "get_weather":
+        assert set(args) == {"city", "unit"}, args
+        assert isinstance(args["city"], str) and len(args["city"]) <= 8, args
+        assert args["unit"] in ("c", "f"), args
+    else:
+        assert name == "get_time", name
+        assert set(args) == {"zone"}, args
+        z = args["zone"]
+        assert isinstance(z, int) and not isinstance(z, bool) and -12 <= z <= 12, args
+    return args
+
+
+def chat(c, **kw):
+    kw.setdefault("messages", ASK)
+    return c.chat.completions.create(model=MODEL, **kw)
+
+
+ARG_CHUNKS = []  # how many argument deltas each streamed call came in
+
+
+def streamed(c, **kw):
+    """The stream of `chat(**kw)` folded into (content, reasoning, calls, finish_reason); calls
+    as [(id, name, arguments)], rebuilt from their deltas by `index`."""
+    content, reasoning, calls, finish = "", "", {}, None
+    chunks = {}
+    for ch in chat(c, stream=True, **kw):
+        if not ch.choices:
+            continue
+        choice = ch.choices[0]
+        d = choice.delta
+        content += d.content or ""
+        reasoning += getattr(d, "reasoning_content", None) or ""
+        for tc in d.tool_calls or []:
+            if tc.index not in calls:
+                # The first delta of a call names it.
+                assert tc.id and tc.id.startswith("call_") and tc.type == "function", tc
+                assert tc.function.name, tc
+                calls[tc.index] = [tc.id, tc.function.name, tc.function.arguments or ""]
+            else:
+                assert tc.id is None and tc.function.name is None, tc
+                calls[tc.index][2] += tc.function.arguments or ""
+                chunks[tc.index] = chunks.get(tc.index, 0) + 1
+        if choice.finish_reason is not None:
+            assert finish is None, "two finish reasons"
+            finish = choice.finish_reason
+    assert sorted(calls) == list(range(len(calls))), calls
+    ARG_CHUNKS.extend(chunks.values())
+    return content, reasoning, [tuple(calls[i]) for i in range(len(calls))], finish
+
+
+def test_tool_choice_enforced(c):
+    """`required` and a named function always give valid calls (the grammar writes Qwen's
+    `<tool_call>` format, which the parser reads back), streamed or not, alike: a call's id,
+    type and name first, then its arguments in pieces."""
+    seen = set()
+    for seed in range(3):
+        for parallel in [True, False]:
+            kw = dict(tools=[WEATHER, CLOCK], tool_choice="required", temperature=1.0, seed=seed,
+                      max_tokens=400, parallel_tool_calls=parallel, extra_body=NO_THINK)
+            r = chat(c, **kw)
+            choice = r.choices[0]
+            calls = choice.message.tool_calls
+            assert calls, r
+            if not parallel:
+                assert choice.finish_reason == "tool_calls" and len(calls) == 1, r
+            else:
+                # More calls may follow until max_tokens cuts the last one short.
+                assert choice.finish_reason in ("tool_calls", "length"), r
+            whole = calls[:-1] if choice.finish_reason == "length" else calls
+            for call in calls:
+                assert call.type == "function" and call.id.startswith("call_"), call
+            for call in whole:
+                seen.add(json.dumps([call.function.name, check_args(call.function.name, call.function.arguments)]))
+            assert len({call.id for call in calls}) == len(calls), calls
+            assert choice.message.content is None, choice.message
+            content, reasoning, scalls, finish = streamed(c, **kw)
+            assert [(n, a) for _, n, a in scalls] == [(x.function.name, x.function.arguments) for x in calls], \
+                (scalls, calls)
+            assert (content, reasoning, finish) == ("", "", choice.finish_reason), (content, reasoning, finish)
+    assert len(seen) > 1, seen  # sampling still samples inside the grammar
+    assert max(ARG_CHUNKS) > 3, ARG_CHUNKS  # the arguments stream as they are written
+    named = {"type": "function", "function": {"name": "get_time"}}
+    for seed in range(2):
+        kw = dict(tools=[WEATHER, CLOCK], tool_choice=named, temperature=1.0, seed=seed, max_tokens=300,
+                  extra_body=NO_THINK)
+        r = chat(c, **kw)
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, r
+        assert calls[0].function.name == "get_time"
+        check_args("get_time", calls[0].function.arguments)
+        _, _, scalls, finish = streamed(c, **kw)
+        assert [(n, a) for _, n, a in scalls] == [("get_time", calls[0].function.arguments)], scalls
+        assert finish == "tool_calls"
+    # With thinking left open by the prompt, the enforced output closes it first: no reasoning.
+    r = chat(c, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=300)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls", r
+    check_args("get_weather", msg.tool_calls[0].function.arguments)
+    assert getattr(msg, "reasoning_content", None) is None and msg.content is None, msg
+
+
+def test_tool_auto_none_and_kwargs(c):
+    """`auto` answers well-formed (the tiny model writes no call by itself), streamed alike;
+    `none` renders the same prompt; `chat_template_kwargs` reach the template."""
+    kw = dict(tools=[WEATHER], temperature=0, max_tokens=24, extra_body=NO_THINK)
+    r = chat(c, **kw)
+    choice = r.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls"), r
+    if choice.message.tool_calls is None:
+        assert isinstance(choice.message.content, str), r
+    content, reasoning, calls, finish = streamed(c, **kw)
+    assert (content or None, finish) == (choice.message.content, choice.finish_reason), (content, r)
+    none = chat(c, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=24, extra_body=NO_THINK)
+    assert none.usage.prompt_tokens == r.usage.prompt_tokens, (none.usage, r.usage)
+    assert none.choices[0].message.tool_calls is None
+    plain = chat(c, temperature=0, max_tokens=2, extra_body=NO_THINK)
+    assert plain.usage.prompt_tokens < r.usage.prompt_tokens  # the tools are in the prompt
+    thinking = chat(c, temperature=0, max_tokens=2)
+    assert thinking.usage.prompt_tokens < plain.usage.prompt_tokens  # `<think>\n` vs a closed one
+
+
+def test_reasoning(c):
+    """The prompt leaves `<think>` open: the output is reasoning (`reasoning_content`), streamed
+    alike, and no content unless it closes it."""
+    kw = dict(temperature=0, max_tokens=16)
+    r = chat(c, **kw)
+    msg = r.choices[0].message
+    reasoning = getattr(msg, "reasoning_content", None)
+    assert reasoning, msg
+    content, sreasoning, calls, finish = streamed(c, **kw)
+    assert (sreasoning, content or None, calls, finish) == (reasoning, msg.content, [], r.choices[0].finish_reason)
+    if "</think>" not in reasoning:
+        assert msg.content is None, msg
+
+
+def test_tool_round_trip(c):
+    """An assistant message with tool_calls (content null) and the tool's answer render."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "c"})}}
+    messages = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+    ]
+    r = chat(c, messages=messages, tools=[WEATHER], temperature=0, max_tokens=8, extra_body=NO_THINK)
+    first = chat(c, tools=[WEATHER], temperature=0, max_tokens=8, extra_body=NO_THINK)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls"), r
+    # The call and the answer are in the prompt.
+    assert r.usage.prompt_tokens > first.usage.prompt_tokens + 20, (r.usage, first.usage)
+
+
+def test_tool_errors(c):
+    def ask(**kw):
+        return lambda: chat(c, max_tokens=4, **kw)
+    expect_error(400, ask(tool_choice="required"), param="tool_choice")
+    expect_error(400, ask(tools=[{"type": "retrieval"}]), param="tools[0].type")
+    expect_error(400, ask(tools=[{"type": "function", "function": {"description": "x"}}]),
+                 param="tools[0].function.name")
+    expect_error(400, ask(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}),
+                 param="tool_choice")
+    expect_error(400, ask(tools=[WEATHER], tool_choice="sometimes"), param="tool_choice")
+    expect_error(400, ask(tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}),
+                 param="tool_choice")
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "no-such-type"}}}
+    expect_error(400, ask(tools=[bad], tool_choice="required"), param="tools")
+    expect_error(400, ask(extra_body={"chat_template_kwargs": {"add_generation_prompt": False}}),
+                 param="chat_template_kwargs")
+
+
+def tools():
+    c = client()
+    for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning, test_tool_round_trip,
+                 test_tool_errors]:
+        test(c)
+        print("ok", test.__name__, flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "functional":
@@ -710,6 +902,8 @@ if __name__ == "__main__":
         shutdown()
     elif mode == "shutdown_timeout":
         shutdown_timeout()
+    elif mode == "tools":
+        tools()
     elif mode == "concurrency":
         asyncio.run(concurrency())
     else:

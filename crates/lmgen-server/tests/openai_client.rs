@@ -87,11 +87,15 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_on(&model_dir(), extra)
+    }
+
+    fn start_on(model: &Path, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lmgen-server"))
             .arg("--model")
-            .arg(model_dir())
+            .arg(model)
             .args(["--served-model-name", "tiny-llama", "--port", "0"])
             .args(["--max-body-bytes", &MAX_BODY_BYTES.to_string()])
             .args(extra)
@@ -249,9 +253,14 @@ fn complete_ids(
 }
 
 fn run_python(mode: &str, env: &[(&str, String)]) {
+    run_python_with(mode, env, &expected());
+}
+
+/// Runs python `mode` with `expected` as its expected answers.
+fn run_python_with(mode: &str, env: &[(&str, String)], expected: &Value) {
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
-    std::fs::write(&expected_path, expected().to_string()).unwrap();
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let mut cmd = Command::new(python().unwrap());
     cmd.arg(&script)
@@ -380,5 +389,43 @@ fn sixty_four_streaming_clients_a_quarter_disconnecting() {
         "64",
     ]);
     run_python("concurrency", &[("LMGEN_BASE_URL", server.url.clone())]);
+    server.assert_no_panic();
+}
+
+/// The golden tiny Llama with a Qwen2.5 (Hermes) tool-calling chat template whose generation
+/// prompt opens `<think>` unless `enable_thinking` is false (as Qwen3's thinking models do), and
+/// a 4096-token context for the tools' system prompt. Its vocabulary spells the markers
+/// (`<tool_call>`, `<think>`) in pieces and bytes.
+fn tool_checkpoint() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        include_str!("hermes_tools.jinja"),
+    )
+    .unwrap();
+    let config_path = dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(4096);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn openai_client_tool_calls_and_reasoning() {
+    if python().is_none() {
+        return;
+    }
+    let checkpoint = tool_checkpoint();
+    let server = Server::start_on(checkpoint.path(), &["--kv-cache-tokens", "16384"]);
+    run_python_with(
+        "tools",
+        &[("LMGEN_BASE_URL", server.url.clone())],
+        &json!({}),
+    );
     server.assert_no_panic();
 }

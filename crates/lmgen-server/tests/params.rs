@@ -103,6 +103,21 @@ fn field(name: &'static str, wrong_type: &[Value], out_of_range: &[Value]) -> Ro
     }
 }
 
+/// `{"tools": [tool]}`.
+fn tools_of(tool: Value) -> Value {
+    json!({ "tools": [tool] })
+}
+
+/// A valid function tool.
+fn f_tool() -> Value {
+    json!({"type": "function", "function": {"name": "f"}})
+}
+
+/// `{"tools": [...], "tool_choice": choice}` with a valid tool.
+fn choosing(choice: Value) -> Value {
+    json!({"tools": [f_tool()], "tool_choice": choice})
+}
+
 /// A field that takes more than itself to reach (a nested one, or one that needs another set):
 /// whole bodies to patch the request with.
 fn bodies(param: &'static str, wrong_type: Vec<Value>, out_of_range: Vec<Value>) -> Row {
@@ -252,10 +267,53 @@ fn chat_rows() -> Vec<Row> {
                 json!({"top_logprobs": 2}),
             ],
         ),
+        field("tools", &[json!("x"), json!({"type": "function"})], &[]),
+        bodies(
+            "tools[0].type",
+            vec![],
+            vec![tools_of(json!({"type": "retrieval"}))],
+        ),
+        bodies(
+            "tools[0].function",
+            vec![tools_of(json!({"type": "function", "function": "f"}))],
+            vec![],
+        ),
+        bodies(
+            "tools[0].function.name",
+            vec![tools_of(
+                json!({"type": "function", "function": {"name": 5}}),
+            )],
+            vec![tools_of(
+                json!({"type": "function", "function": {"name": "a b"}}),
+            )],
+        ),
+        bodies(
+            "tools[0].function.parameters",
+            vec![tools_of(
+                json!({"type": "function", "function": {"name": "f", "parameters": 5}}),
+            )],
+            vec![],
+        ),
+        bodies(
+            "tool_choice",
+            vec![choosing(json!(5)), choosing(json!({"type": "function"}))],
+            vec![
+                choosing(json!("sometimes")),
+                // Without tools.
+                json!({"tool_choice": "required"}),
+                choosing(json!({"type": "function", "function": {"name": "g"}})),
+                // The tiny Llama's template writes no tool calls: nothing to enforce them with.
+                choosing(json!("required")),
+            ],
+        ),
+        field("parallel_tool_calls", &[json!("x")], &[]),
         field(
-            "tools",
-            &[json!("x")],
-            &[json!([{"type": "function", "function": {"name": "f"}}])],
+            "chat_template_kwargs",
+            &[json!(5), json!(["enable_thinking"])],
+            &[
+                json!({"add_generation_prompt": false}),
+                json!({"tools": []}),
+            ],
         ),
     ]
 }

@@ -127,7 +127,14 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    /// Function tools, passed to the chat template as sent (checked in `tool_calls::Tools`).
     pub tools: Option<Vec<Value>>,
+    /// `"auto"` (default), `"none"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<Value>,
+    /// Several calls in one answer (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// Extra chat template variables (vLLM's), such as `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 /// The parts of a chat message that the chat template relies on, typed only so that a wrong one

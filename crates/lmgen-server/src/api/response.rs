@@ -166,7 +166,48 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChatMessage {
     pub role: &'static str,
-    pub content: String,
+    /// The text outside tool calls and reasoning (`null` when a parse leaves none).
+    pub content: Option<String>,
+    /// The text inside the family's thinking markers (vLLM's field), when there is some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// A call of `message.tool_calls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// `function` of a call: the name and the arguments as JSON text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A call's part in a chunk: `index`, `id`, `type` and the name first, then the arguments.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+/// `function` of a call's part in a chunk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// `chat.completion.chunk`.
@@ -200,6 +241,10 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// Chat `logprobs`: an entry per token.
@@ -337,6 +382,7 @@ mod tests {
         let d = ChatDelta {
             role: Some("assistant"),
             content: Some(String::new()),
+            ..ChatDelta::default()
         };
         assert_eq!(
             serde_json::to_value(d).unwrap(),

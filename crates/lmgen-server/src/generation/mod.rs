@@ -7,6 +7,7 @@ pub mod messages;
 pub mod responses;
 mod sse;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,11 +22,12 @@ use tokio::sync::mpsc;
 
 use crate::api::response::{
     ChatChoice, ChatCompletion, ChatLogprobs, ChatMessage, ChatTokenLogprob, Completion,
-    CompletionChoice, CompletionLogprobs, Head, TopLogprob, Usage,
+    CompletionChoice, CompletionLogprobs, FunctionCall, Head, ToolCallOut, TopLogprob, Usage,
 };
 use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
 use crate::text::ChoiceText;
+use crate::tool_calls::{OutputParser, ParsedDelta};
 use crate::validate::Plan;
 
 /// Which API shape to answer in.
@@ -82,6 +84,8 @@ impl Drop for CancelGuard {
 
 /// One choice's progress.
 struct Choice {
+    /// The tool-call and reasoning parse of a chat output that has one.
+    output: Option<OutputParser>,
     text: ChoiceText,
     tokens: usize,
     logprobs: Vec<TokenLogprob>,
@@ -172,9 +176,15 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         state: state.clone(),
     };
     let grammar = match &job.plan.grammar {
-        Some(g) => Some(state.structured()?.processor(g).map_err(|e| {
-            ApiError::invalid("response_format", format!("`response_format`: {e}"))
-        })?),
+        Some(g) => {
+            let param = job.plan.grammar_param.unwrap_or("response_format");
+            Some(
+                state
+                    .structured(param)?
+                    .processor(g)
+                    .map_err(|e| ApiError::invalid(param, format!("`{param}`: {e}")))?,
+            )
+        }
         None => None,
     };
     for (p, prompt) in job.prompts.iter().enumerate() {
@@ -214,6 +224,7 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         started: Instant::now(),
         choices: (0..guard.ids.len())
             .map(|_| Choice {
+                output: job.plan.output.map(OutputParser::new),
                 text: ChoiceText::new(job.plan.stop.clone()),
                 tokens: 0,
                 logprobs: Vec::new(),
@@ -225,12 +236,57 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         prompt_tokens,
         include_usage: job.plan.include_usage,
         with_logprobs: job.plan.logprobs.is_some(),
+        dropped: job
+            .plan
+            .output
+            .map(|o| state.model_format.dropped(&o))
+            .unwrap_or_default(),
         guard,
         rx,
         names: job.names,
         _slots: slots,
     };
     Ok(run)
+}
+
+/// A new tool call id (`call_` and 24 random hex digits).
+fn call_id() -> String {
+    format!(
+        "call_{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+/// The message of a finished chat choice: its text, or what the parse found in it.
+fn chat_message(c: &Choice) -> ChatMessage {
+    let Some(output) = &c.output else {
+        return ChatMessage {
+            role: "assistant",
+            content: Some(c.text.full().to_string()),
+            reasoning_content: None,
+            tool_calls: None,
+        };
+    };
+    let p = output.parsed();
+    ChatMessage {
+        role: "assistant",
+        content: (!p.content.is_empty()).then(|| p.content.clone()),
+        reasoning_content: (!p.reasoning.is_empty()).then(|| p.reasoning.clone()),
+        tool_calls: (!p.calls.is_empty()).then(|| {
+            p.calls
+                .iter()
+                .map(|call| ToolCallOut {
+                    id: call_id(),
+                    kind: "function",
+                    function: FunctionCall {
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    },
+                })
+                .collect()
+        }),
+    }
 }
 
 /// A request in progress.
@@ -245,6 +301,8 @@ struct Run {
     prompt_tokens: usize,
     include_usage: bool,
     with_logprobs: bool,
+    /// Special tokens left out of a parsed output's text (the parser's markers are kept).
+    dropped: HashSet<TokenId>,
     guard: CancelGuard,
     rx: mpsc::UnboundedReceiver<(usize, RequestUpdate)>,
     /// What the request calls its fields (an engine error names them).
@@ -254,7 +312,10 @@ struct Run {
 
 /// What one update changed for its choice.
 struct Delta {
+    /// New content.
     text: String,
+    /// New reasoning and calls (of a parsed output).
+    parsed: ParsedDelta,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
     error: Option<ApiError>,
@@ -283,7 +344,23 @@ impl Run {
         let was_stopped = c.text.stopped;
         let last = update.status.is_final();
         let open = c.finish.is_none() && c.error.is_none();
-        let text = c.text.push(&state.detokenizer, &update.new_tokens, last);
+        let mut text = match &c.output {
+            None => c.text.push(&state.detokenizer, &update.new_tokens, last),
+            Some(_) => {
+                let kept: Vec<TokenId> = update
+                    .new_tokens
+                    .iter()
+                    .copied()
+                    .filter(|t| !self.dropped.contains(t))
+                    .collect();
+                c.text.push(&state.raw_detokenizer, &kept, last)
+            }
+        };
+        let mut parsed = ParsedDelta::default();
+        if let (Some(output), true) = (&mut c.output, open) {
+            parsed = output.push(&text, last || c.text.stopped);
+            text = std::mem::take(&mut parsed.content);
+        }
         if open {
             // Tokens that come after the choice ended (a stop sequence in the text) don't count.
             c.tokens += update.new_tokens.len();
@@ -293,6 +370,7 @@ impl Run {
         }
         let mut delta = Delta {
             text,
+            parsed,
             logprobs: update.logprobs,
             finish: None,
             error: None,
@@ -319,6 +397,13 @@ impl Run {
                     })
                 }
             }
+        }
+        if c.finish == Some("stop")
+            && c.output
+                .as_ref()
+                .is_some_and(|o| !o.parsed().calls.is_empty())
+        {
+            c.finish = Some("tool_calls");
         }
         delta.finish = c.finish;
         delta.error = c.error.clone();
@@ -378,10 +463,7 @@ impl Run {
                     .enumerate()
                     .map(|(index, c)| ChatChoice {
                         index,
-                        message: ChatMessage {
-                            role: "assistant",
-                            content: c.text.full().to_string(),
-                        },
+                        message: chat_message(c),
                         logprobs: self.chat_logprobs(&c.logprobs),
                         finish_reason: c.finish,
                     })

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{Delta, Endpoint, Run};
 use crate::api::response::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChunkUsage, Completion, CompletionChoice,
-    CompletionChunk, Usage,
+    CompletionChunk, FunctionCallDelta, ToolCallDelta, Usage,
 };
 
 /// The choices of one chunk, in the endpoint's shape.
@@ -53,27 +53,80 @@ impl Run {
         }
     }
 
-    /// The chunk choices of what `d` adds to choice `index`.
-    fn delta_choices(&self, index: usize, d: &Delta) -> ChunkChoices {
+    /// The chunk choices of what `d` adds to choice `index`: one chunk, and for chat one more
+    /// per part of a tool call (a new call's id, type and name; then what its arguments gained);
+    /// the last one carries the finish reason.
+    fn delta_choices(&self, index: usize, d: &Delta) -> Vec<ChunkChoices> {
         let logprobs = !d.logprobs.is_empty();
         match self.endpoint {
-            Endpoint::Completions => ChunkChoices::Completion(vec![CompletionChoice {
+            Endpoint::Completions => vec![ChunkChoices::Completion(vec![CompletionChoice {
                 index,
                 text: d.text.clone(),
                 logprobs: self.completion_logprobs(&d.logprobs).filter(|_| logprobs),
                 finish_reason: d.finish,
-            }]),
+            }])],
             Endpoint::Chat => {
-                let content = (!d.text.is_empty() || d.finish.is_none()).then(|| d.text.clone());
-                ChunkChoices::Chat(vec![ChatChunkChoice {
-                    index,
-                    delta: ChatDelta {
-                        role: None,
-                        content,
-                    },
-                    logprobs: self.chat_logprobs(&d.logprobs).filter(|_| logprobs),
-                    finish_reason: d.finish,
-                }])
+                let reasoning = &d.parsed.reasoning;
+                let calls = &d.parsed.calls;
+                let content = (!d.text.is_empty()
+                    || (d.finish.is_none() && reasoning.is_empty() && calls.is_empty()))
+                .then(|| d.text.clone());
+                let mut deltas = Vec::new();
+                if content.is_some() || !reasoning.is_empty() || logprobs || calls.is_empty() {
+                    deltas.push((
+                        ChatDelta {
+                            content,
+                            reasoning_content: (!reasoning.is_empty()).then(|| reasoning.clone()),
+                            ..ChatDelta::default()
+                        },
+                        self.chat_logprobs(&d.logprobs).filter(|_| logprobs),
+                    ));
+                }
+                for call in calls {
+                    let mut parts = Vec::new();
+                    if let Some(name) = &call.name {
+                        parts.push(ToolCallDelta {
+                            index: call.index,
+                            id: Some(super::call_id()),
+                            kind: Some("function"),
+                            function: FunctionCallDelta {
+                                name: Some(name.clone()),
+                                arguments: String::new(),
+                            },
+                        });
+                    }
+                    if !call.arguments.is_empty() {
+                        parts.push(ToolCallDelta {
+                            index: call.index,
+                            id: None,
+                            kind: None,
+                            function: FunctionCallDelta {
+                                name: None,
+                                arguments: call.arguments.clone(),
+                            },
+                        });
+                    }
+                    for part in parts {
+                        let delta = ChatDelta {
+                            tool_calls: Some(vec![part]),
+                            ..ChatDelta::default()
+                        };
+                        deltas.push((delta, None));
+                    }
+                }
+                let last = deltas.len().saturating_sub(1);
+                deltas
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (delta, logprobs))| {
+                        ChunkChoices::Chat(vec![ChatChunkChoice {
+                            index,
+                            delta,
+                            logprobs,
+                            finish_reason: d.finish.filter(|_| k == last),
+                        }])
+                    })
+                    .collect()
             }
         }
     }
@@ -97,6 +150,7 @@ impl Run {
                         delta: ChatDelta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            ..ChatDelta::default()
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -119,12 +173,20 @@ impl Run {
                     let _ = out.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
                 }
-                if delta.text.is_empty() && delta.finish.is_none() && delta.logprobs.is_empty() {
+                let parsed = &delta.parsed;
+                if delta.text.is_empty()
+                    && delta.finish.is_none()
+                    && delta.logprobs.is_empty()
+                    && parsed.reasoning.is_empty()
+                    && parsed.calls.is_empty()
+                {
                     continue;
                 }
-                let chunk = self.chunk(self.delta_choices(index, &delta), None);
-                if out.send(Ok(chunk)).await.is_err() {
-                    return;
+                for choices in self.delta_choices(index, &delta) {
+                    let chunk = self.chunk(choices, None);
+                    if out.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
                 }
             }
             if self.include_usage {

@@ -6,13 +6,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::Map;
+use lmgen::generation::structured::Grammar;
+use serde_json::Value;
 
 use crate::api::{parse, ChatCompletionRequest};
 use crate::error::{ApiError, RequestNames};
 use crate::generation::{respond, Endpoint, Job};
 use crate::state::AppState;
+use crate::tool_calls::Tools;
 use crate::validate::sampling;
+
+/// Template variables that are request fields, not `chat_template_kwargs`.
+const RESERVED: [&str; 3] = ["messages", "add_generation_prompt", "tools"];
 
 /// Most top log-probabilities per token (OpenAI: 20).
 const MAX_TOP_LOGPROBS: i64 = 20;
@@ -39,9 +44,11 @@ async fn handle(
             "`messages` must not be empty",
         ));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid("tools", "tool calling is not supported"));
-    }
+    let tools = Tools::from_request(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
     let names = RequestNames::chat(req.max_completion_tokens.is_some());
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let mut plan = sampling(&req.sampling, &names, max_tokens, state.vocab_size)?;
@@ -62,11 +69,36 @@ async fn handle(
         _ => {}
     }
     let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, &names);
+    let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(name) = RESERVED.iter().find(|&&k| extra.contains_key(k)) {
+        return Err(ApiError::invalid(
+            "chat_template_kwargs",
+            format!("`chat_template_kwargs` cannot set `{name}`, a request field"),
+        ));
+    }
+    if let Some(t) = &tools {
+        extra.insert("tools".into(), Value::Array(t.list.clone()));
+    }
     let text = state
         .tokenizer
-        .apply_chat_template(&req.messages, true, &Map::new())
+        .apply_chat_template(&req.messages, true, &extra)
         .map_err(refused)?;
     let ids = state.tokenizer.encode_with(&text, false).map_err(refused)?;
+    let format = &state.model_format;
+    plan.output = format.output(tools.as_ref(), &text);
+    if let Some(t) = &tools {
+        let close_think = plan.output.is_some_and(|o| o.in_reasoning);
+        if let Some(grammar) = t.grammar(format, format.family(true), close_think)? {
+            if plan.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format`",
+                ));
+            }
+            plan.grammar = Some(Grammar::Lark(grammar));
+            plan.grammar_param = Some("tools"); // a parameters schema that does not compile
+        }
+    }
     respond(
         state,
         Job {

@@ -217,6 +217,17 @@ impl ChatTemplate {
             .store(unix_secs.unwrap_or(SYSTEM_CLOCK), Ordering::Relaxed);
     }
 
+    /// The source of the template a conversation renders with (`"tool_use"` when `has_tools`
+    /// and the checkpoint has one, else `"default"`), as loaded: the server reads which
+    /// tool-call and reasoning markers it writes.
+    pub fn source(&self, has_tools: bool) -> Result<String> {
+        let name = self.select(has_tools)?;
+        self.env
+            .get_template(name)
+            .map(|t| t.source().to_string())
+            .map_err(|e| Error::ChatTemplate(format!("template `{name}`: {e}")))
+    }
+
     /// `get_chat_template(None, tools)`: `"tool_use"` when tools are given and it exists, else
     /// `"default"`.
     fn select(&self, has_tools: bool) -> Result<&str> {

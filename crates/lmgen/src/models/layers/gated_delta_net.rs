@@ -9,14 +9,16 @@
 //! with `q`, `k` L2-normalised and `q` scaled by `key_head_dim^-0.5`; the output goes through a
 //! gated RMSNorm (`norm(o) * silu(z)`) and `out_proj`.
 //!
-//! The rule runs on the host in f32, token by token, for the prompt too (transformers runs its
-//! chunked form over a prompt and this recurrent form at decode: the same sums, in another
-//! order). The state stays in f32, as transformers keeps it.
+//! Over a prompt the rule runs on the host in f64, in transformers' chunked form; one token after
+//! a state runs the recurrent form, on the host too for a CPU model, and as f32 device tensor
+//! operations on a GPU ([`super::gated_delta_step`]), so a decode step never leaves the device.
+//! The state stays in f32 between forwards, as transformers keeps it.
 
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use super::conv::CausalConv1d;
+use super::gated_delta_step::{decode_step, DecayParams, StepInputs};
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::LoadContext;
@@ -39,6 +41,8 @@ pub struct GatedDeltaNet {
     neg_a: Vec<f32>,
     /// `dt_bias`, f32 `[value_heads]`.
     dt_bias: Vec<f32>,
+    /// `neg_a` and `dt_bias` on the model's device, for the device decode step.
+    decay: DecayParams,
     /// The gated RMSNorm's weight over `value_head_dim`.
     norm: RmsNorm,
     out_proj: Linear,
@@ -118,10 +122,13 @@ impl GatedDeltaNet {
                 )
             }
         };
-        let f32s = |n: &str| -> Result<Vec<f32>> {
-            Ok(ctx.tensor_as(&name(n), &[nv], DType::F32)?.to_vec1()?)
+        let a_log = ctx.tensor_as(&name("A_log"), &[nv], DType::F32)?;
+        let dt_bias = ctx.tensor_as(&name("dt_bias"), &[nv], DType::F32)?;
+        let decay = DecayParams {
+            neg_a: a_log.exp()?.neg()?,
+            dt_bias: dt_bias.clone(),
         };
-        let neg_a = f32s("A_log")?.iter().map(|a| -a.exp()).collect();
+        let neg_a = a_log.to_vec1::<f32>()?.iter().map(|a| -a.exp()).collect();
         Ok(Self {
             in_proj,
             in_proj_ba,
@@ -135,7 +142,8 @@ impl GatedDeltaNet {
                 wide,
             )?,
             neg_a,
-            dt_bias: f32s("dt_bias")?,
+            dt_bias: dt_bias.to_vec1()?,
+            decay,
             norm: RmsNorm::load(ctx, &name("norm"), dv, cfg.norm_eps, NormKind::Rms)?,
             out_proj: Linear::load(ctx, &name("out_proj"), la.value_dim(), h, false)?,
             cfg: la,
@@ -158,34 +166,22 @@ impl GatedDeltaNet {
         let a = ba.narrow(D::Minus1, nv, nv)?;
         let (mixed, conv_state) = self.conv1d.forward(&qkv, state.map(|s| &s.conv))?;
         let mixed = candle_nn::ops::silu(&mixed)?; // [b, t, cd]
-        let host = |x: &Tensor| -> Result<Vec<F>> {
-            Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+        let previous = state.and_then(|s| s.recurrent.as_ref());
+        let (out, recurrent) = match previous {
+            // One token after a state on a GPU: device tensor operations, in f32.
+            Some(s) if t == 1 && !x.device().is_cpu() && self.wide == DType::F32 => {
+                let input = StepInputs {
+                    mixed: &mixed,
+                    beta: &beta,
+                    a: &a,
+                    state: s,
+                };
+                decode_step(la, &self.decay, &input)?
+            }
+            _ => self.host_rule(&mixed, &beta, &a, previous)?,
         };
-        let initial = match state.and_then(|s| s.recurrent.as_ref()) {
-            Some(r) => host(r)?,
-            None => vec![0.0; b * nv * la.key_head_dim * dv],
-        };
-        let mut rule = Rule {
-            cfg: la,
-            b,
-            t,
-            qkv: host(&mixed)?,
-            beta: host(&beta)?,
-            a: host(&a)?,
-            state: initial,
-        };
-        let has_state = state.is_some_and(|s| s.recurrent.is_some());
-        let neg_a: Vec<F> = self.neg_a.iter().map(|&x| x as F).collect();
-        let dt_bias: Vec<F> = self.dt_bias.iter().map(|&x| x as F).collect();
-        let out = rule.run(&neg_a, &dt_bias, has_state); // [b, t, nv, dv]
-        let device = x.device();
-        let out = Tensor::from_vec(out, (b, t, nv, dv), &Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .to_device(device)?
-            .to_dtype(x.dtype())?;
-        let recurrent = Tensor::from_vec(rule.state, (b, nv, la.key_head_dim, dv), &Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .to_device(device)?;
+        // [b, t, nv, dv] in the compute dtype.
+        let out = out.to_dtype(x.dtype())?;
         // Gated RMSNorm: norm(o) * silu(z), per value head.
         let z = z.reshape((b, t, nv, dv))?;
         let gated = self
@@ -202,6 +198,50 @@ impl GatedDeltaNet {
                 len,
             },
         ))
+    }
+}
+
+impl GatedDeltaNet {
+    /// The rule on the host in f64 (see [`Rule`]): `mixed` `[b, t, conv_dim]`, `beta` and `a`
+    /// `[b, t, nv]`, after `previous` (`[b, nv, dk, dv]`) -> the output `[b, t, nv, dv]` and the
+    /// new state, both f32 on the model's device.
+    fn host_rule(
+        &self,
+        mixed: &Tensor,
+        beta: &Tensor,
+        a: &Tensor,
+        previous: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let la = &self.cfg;
+        let (b, t, _) = mixed.dims3()?;
+        let (nv, dv) = (la.num_value_heads, la.value_head_dim);
+        let host = |x: &Tensor| -> Result<Vec<F>> {
+            Ok(x.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+        };
+        let initial = match previous {
+            Some(r) => host(r)?,
+            None => vec![0.0; b * nv * la.key_head_dim * dv],
+        };
+        let mut rule = Rule {
+            cfg: la,
+            b,
+            t,
+            qkv: host(mixed)?,
+            beta: host(beta)?,
+            a: host(a)?,
+            state: initial,
+        };
+        let neg_a: Vec<F> = self.neg_a.iter().map(|&x| x as F).collect();
+        let dt_bias: Vec<F> = self.dt_bias.iter().map(|&x| x as F).collect();
+        let out = rule.run(&neg_a, &dt_bias, previous.is_some()); // [b, t, nv, dv]
+        let device = mixed.device();
+        let out = Tensor::from_vec(out, (b, t, nv, dv), &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        let recurrent = Tensor::from_vec(rule.state, (b, nv, la.key_head_dim, dv), &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        Ok((out, recurrent))
     }
 }
 
@@ -500,7 +540,85 @@ impl Rule<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::grouped_row_order;
+    use candle_core::{Device, Tensor};
+
+    use super::{grouped_row_order, Rule, F};
+    use crate::models::config::{LinearAttentionConfig, LinearAttentionLayout};
+    use crate::models::layers::gated_delta_step::{decode_step, DecayParams, StepInputs};
+
+    /// Deterministic values in about [-scale, scale].
+    fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) as f32 * 0.618).sin() * scale)
+            .collect()
+    }
+
+    #[test]
+    fn gated_delta_device_step_matches_the_host_recurrence() {
+        // 2 key heads shared by 3 value heads each, batch 2.
+        let cfg = LinearAttentionConfig {
+            num_key_heads: 2,
+            num_value_heads: 6,
+            key_head_dim: 8,
+            value_head_dim: 5,
+            conv_kernel_dim: 4,
+            layout: LinearAttentionLayout::Separate,
+        };
+        let (b, nv, dk, dv, cd) = (2, 6, 8, 5, cfg.conv_dim());
+        let mixed = values(b * cd, 1, 1.0);
+        let beta = values(b * nv, 2, 3.0);
+        // One past softplus' threshold of 20.
+        let mut a = values(b * nv, 3, 4.0);
+        a[0] = 25.0;
+        let state = values(b * nv * dk * dv, 4, 0.5);
+        let neg_a: Vec<f32> = values(nv, 5, 1.0).iter().map(|x| -x.exp()).collect();
+        let dt_bias = values(nv, 6, 1.0);
+
+        let wide = |v: &[f32]| v.iter().map(|&x| x as F).collect::<Vec<F>>();
+        let mut rule = Rule {
+            cfg: &cfg,
+            b,
+            t: 1,
+            qkv: wide(&mixed),
+            beta: wide(&beta),
+            a: wide(&a),
+            state: wide(&state),
+        };
+        let host_out = rule.run(&wide(&neg_a), &wide(&dt_bias), true);
+
+        let cpu = Device::Cpu;
+        let params = DecayParams {
+            neg_a: Tensor::new(neg_a.as_slice(), &cpu).unwrap(),
+            dt_bias: Tensor::new(dt_bias.as_slice(), &cpu).unwrap(),
+        };
+        let mixed = Tensor::from_vec(mixed, (b, 1, cd), &cpu).unwrap();
+        let beta = Tensor::from_vec(beta, (b, 1, nv), &cpu).unwrap();
+        let a = Tensor::from_vec(a, (b, 1, nv), &cpu).unwrap();
+        let state = Tensor::from_vec(state, (b, nv, dk, dv), &cpu).unwrap();
+        let input = StepInputs {
+            mixed: &mixed,
+            beta: &beta,
+            a: &a,
+            state: &state,
+        };
+        let (out, new_state) = decode_step(&cfg, &params, &input).unwrap();
+        assert_eq!(out.dims(), &[b, 1, nv, dv]);
+        assert_eq!(new_state.dims(), &[b, nv, dk, dv]);
+        let close = |device: Vec<f32>, host: &[F]| {
+            assert_eq!(device.len(), host.len());
+            for (i, (d, h)) in device.iter().zip(host).enumerate() {
+                assert!(
+                    (*d as F - h).abs() <= 1e-5 * (1.0 + h.abs()),
+                    "element {i}: {d} on the device, {h} on the host"
+                );
+            }
+        };
+        close(out.flatten_all().unwrap().to_vec1().unwrap(), &host_out);
+        close(
+            new_state.flatten_all().unwrap().to_vec1().unwrap(),
+            &rule.state,
+        );
+    }
 
     #[test]
     fn grouped_rows_become_head_major() {

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod conv;
 pub mod embedding;
 pub mod gated_delta_net;
+pub mod gated_delta_step;
 pub mod gemv;
 pub mod linear;
 pub mod mask;

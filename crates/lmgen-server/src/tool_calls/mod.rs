@@ -1,0 +1,512 @@
+//! Tool calls and reasoning in a chat completion's text: the model family's wire format, read
+//! from the chat template (which markers it writes), parsed out of the generated text into
+//! OpenAI's `message.tool_calls` and `message.reasoning_content`, and, for `tool_choice`
+//! `"required"` or a named function, written as a grammar so that the output is always a call.
+//!
+//! | family | a call | reasoning |
+//! |---|---|---|
+//! | [`Family::Hermes`] (Qwen, Hermes) | `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` | `<think>`...`</think>` |
+//! | [`Family::Llama3`] | the whole message `{"name": ..., "parameters": {...}}` (after `<\|python_tag\|>`) | |
+//! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | |
+//! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
+//!
+//! `<think>` reasoning is read for any template that writes both markers (Qwen3, DeepSeek-R1,
+//! SmolLM3), with or without tools. Not read (the text stays content): Qwen3-Coder's XML
+//! `<function=...>` calls, Granite's `<|tool_call|>`, Magistral's `[THINK]`.
+//!
+//! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
+//! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
+//! arguments), so the parse of a prefix is a prefix of the parse of the whole. [`OutputParser`]
+//! hands out what each new parse adds, for streamed and non-streamed answers alike. A Hermes or
+//! harmony call streams as it is written, its name first (once its arguments have begun), then
+//! its arguments as written; Llama 3 and Mistral calls come whole at the end. Like vLLM's
+//! parsers, these follow the markers, not a grammar: text a model writes in a call's place that
+//! does not parse stays content (a call that went out while being written stays a call).
+//!
+//! The markers are special tokens in several families (`[TOOL_CALLS]`, `<|channel|>`): a request
+//! that parses decodes them ([`ModelFormat::dropped`] lists the special tokens still left out).
+
+mod harmony;
+mod hermes;
+mod llama3;
+mod mistral;
+mod request;
+mod stream;
+mod think;
+
+use std::collections::HashSet;
+
+use lmgen::{TokenId, Tokenizer};
+use serde_json::Value;
+
+pub use request::{FunctionTool, ToolChoice, Tools};
+pub use stream::{CallDelta, OutputParser, ParsedDelta};
+
+/// One parsed call: the function's name and its arguments as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// What a chat output holds, in OpenAI's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub content: String,
+    pub reasoning: String,
+    pub calls: Vec<ToolCall>,
+    /// A call still being written (only while `end` is false): its name, and the part of its
+    /// arguments written so far that is surely theirs. The whole call's arguments start with it.
+    pub open: Option<ToolCall>,
+}
+
+/// A model family's tool-call wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Hermes,
+    Llama3,
+    /// `args`: the `[TOOL_CALLS]name[ARGS]{...}` format (Mistral Small 3.2, Ministral 3), else
+    /// the JSON list.
+    Mistral {
+        args: bool,
+    },
+    Harmony,
+}
+
+impl Family {
+    /// The family whose markers `template` writes (`None`: no tool calls known).
+    pub fn detect(template: &str) -> Option<Self> {
+        if template.contains("<|channel|>") && template.contains("<|message|>") {
+            Some(Family::Harmony)
+        } else if template.contains("[TOOL_CALLS]") {
+            Some(Family::Mistral {
+                args: template.contains("[ARGS]"),
+            })
+        } else if template.contains("<tool_call>") {
+            Some(Family::Hermes)
+        } else if template.contains("<|python_tag|>")
+            || (template.contains("<|start_header_id|>") && template.contains("parameters"))
+        {
+            Some(Family::Llama3)
+        } else {
+            None
+        }
+    }
+
+    /// The markers the parser reads (decoded even when they are special tokens).
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            Family::Hermes => &["<tool_call>", "</tool_call>"],
+            Family::Llama3 => &["<|python_tag|>"],
+            Family::Mistral { .. } => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
+            Family::Harmony => harmony::MARKERS,
+        }
+    }
+
+    /// Appends the calls and the content of `text` (the part after any reasoning) to `out`.
+    fn parse(self, text: &str, end: bool, out: &mut Parsed) {
+        match self {
+            Family::Hermes => hermes::parse(text, end, out),
+            Family::Llama3 => llama3::parse(text, end, out),
+            Family::Mistral { .. } => mistral::parse(text, end, out),
+            Family::Harmony => harmony::parse(text, end, true, out),
+        }
+    }
+}
+
+/// The output formats of a served checkpoint: its template's family and thinking markers, and
+/// its special tokens.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFormat {
+    /// The family of the template that renders without tools, and with them (`"tool_use"`).
+    family: [Option<Family>; 2],
+    /// Whether that template writes `<think>` ... `</think>`.
+    think: [bool; 2],
+    /// Special tokens: (id, text).
+    special: Vec<(TokenId, String)>,
+}
+
+impl ModelFormat {
+    /// Reads `tokenizer`'s chat template(s) and special tokens.
+    pub fn new(tokenizer: &Tokenizer) -> Self {
+        let mut format = ModelFormat::default();
+        if let Some(template) = tokenizer.chat_template() {
+            for (i, tools) in [false, true].into_iter().enumerate() {
+                if let Ok(source) = template.source(tools) {
+                    format.family[i] = Family::detect(&source);
+                    format.think[i] = source.contains("<think>") && source.contains("</think>");
+                }
+            }
+        }
+        format.special = tokenizer
+            .inner()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        format.special.sort();
+        format
+    }
+
+    /// The tool-call family of the template a request renders with.
+    pub fn family(&self, with_tools: bool) -> Option<Family> {
+        self.family[usize::from(with_tools)]
+    }
+
+    /// How the output of a request with `tools` is read: calls are parsed unless `tool_choice`
+    /// is `"none"`; `prompt` is the rendered prompt (a generation prompt that opens `<think>`
+    /// starts the output inside reasoning). `None`: the text is all content.
+    pub fn output(&self, tools: Option<&Tools>, prompt: &str) -> Option<OutputFormat> {
+        let i = usize::from(tools.is_some());
+        let family = self.family[i];
+        let harmony = family == Some(Family::Harmony);
+        let think = self.think[i] && !harmony;
+        let calls = tools.filter(|t| t.parsed()).and(family);
+        if calls.is_none() && !think && !harmony {
+            return None;
+        }
+        let in_reasoning = think && prompt.rfind("<think>") > prompt.rfind("</think>");
+        Some(OutputFormat {
+            family: calls,
+            harmony,
+            think,
+            in_reasoning,
+            one_call: tools.is_some_and(|t| !t.parallel),
+        })
+    }
+
+    /// The special tokens a request reading `format` leaves out of its text (all but its
+    /// markers), as `skip_special_tokens` does.
+    pub fn dropped(&self, format: &OutputFormat) -> HashSet<TokenId> {
+        let mut kept: Vec<&str> = format.family.map_or(&[][..], Family::markers).to_vec();
+        if format.harmony {
+            kept.extend(harmony::MARKERS);
+        }
+        if format.think {
+            kept.extend(["<think>", "</think>"]);
+        }
+        self.special
+            .iter()
+            .filter(|(_, t)| !kept.contains(&t.as_str()))
+            .map(|&(id, _)| id)
+            .collect()
+    }
+
+    /// `text` as a Lark atom: the special token's id when it is one, else a string literal.
+    pub fn atom(&self, text: &str) -> String {
+        match self.special.iter().find(|(_, t)| t == text) {
+            Some((id, _)) => format!("<[{id}]>"),
+            None => lark_string(text),
+        }
+    }
+}
+
+/// `s` as a Lark string literal (JSON string syntax).
+fn lark_string(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// How one request's output is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputFormat {
+    /// The family whose calls are parsed (`None`: none are).
+    pub family: Option<Family>,
+    /// gpt-oss's channels (reasoning and final text even without tools).
+    pub harmony: bool,
+    /// `<think>` ... `</think>` is reasoning.
+    pub think: bool,
+    /// The prompt left `<think>` open: the output starts inside reasoning.
+    pub in_reasoning: bool,
+    /// `parallel_tool_calls: false`: only the first call counts (as vLLM); the text of later
+    /// ones is dropped.
+    pub one_call: bool,
+}
+
+impl OutputFormat {
+    /// The parse of `text`; with `end` false only its decided part.
+    pub fn parse(&self, text: &str, end: bool) -> Parsed {
+        let mut out = Parsed::default();
+        if self.harmony {
+            harmony::parse(text, end, self.family.is_some(), &mut out);
+        } else {
+            let rest = match self.think {
+                true => think::split(text, end, self.in_reasoning, &mut out.reasoning),
+                false => Some(text),
+            };
+            match (rest, self.family) {
+                (Some(rest), Some(family)) => family.parse(rest, end, &mut out),
+                (Some(rest), None) => out.content.push_str(rest),
+                (None, _) => {}
+            }
+        }
+        if self.one_call && !out.calls.is_empty() {
+            out.calls.truncate(1);
+            out.open = None;
+        }
+        if !end {
+            // Whitespace at the end waits: it is dropped if a call follows.
+            let kept = out.content.trim_end().len();
+            out.content.truncate(kept);
+        } else if !out.calls.is_empty() {
+            let kept = out.content.trim_end().len();
+            out.content.truncate(kept);
+        }
+        out
+    }
+}
+
+/// The longest proper prefix of `marker` that `text` ends with (0: none).
+fn pending_prefix(text: &str, marker: &str) -> usize {
+    (1..marker.len())
+        .rev()
+        .filter(|&k| marker.is_char_boundary(k))
+        .find(|&k| text.ends_with(&marker[..k]))
+        .unwrap_or(0)
+}
+
+/// A call from a JSON object `{"name": ..., "arguments" | "parameters": ...}`; arguments given
+/// as a string are taken as the JSON text they hold.
+fn call_from_value(v: &Value) -> Option<ToolCall> {
+    let obj = v.as_object()?;
+    let name = obj.get("name")?.as_str()?.to_string();
+    let args = obj.get("arguments").or_else(|| obj.get("parameters"));
+    let arguments = match args {
+        None => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    Some(ToolCall { name, arguments })
+}
+
+/// A call from the JSON text `{"name": ..., "arguments" | "parameters": ...}` (`None` if it is
+/// not one), its arguments as written (an object's text as is, so that what was streamed of
+/// them is their start; a string's value).
+fn call_from_json(text: &str) -> Option<ToolCall> {
+    #[derive(serde::Deserialize)]
+    struct RawCall<'a> {
+        name: String,
+        #[serde(borrow)]
+        arguments: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        parameters: Option<&'a serde_json::value::RawValue>,
+    }
+    let call: RawCall<'_> = serde_json::from_str(text.trim()).ok()?;
+    let arguments = match call.arguments.or(call.parameters) {
+        None => "{}".to_string(),
+        Some(raw) if raw.get().starts_with('"') => serde_json::from_str(raw.get()).ok()?,
+        Some(raw) => raw.get().to_string(),
+    };
+    Some(ToolCall {
+        name: call.name,
+        arguments,
+    })
+}
+
+/// How much of `text`, which starts with a JSON object or array, is surely inside that value,
+/// and whether the value is complete there (a scan of brackets and strings, not a parse).
+fn json_value_prefix(text: &str) -> (usize, bool) {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return (i + 1, true);
+                }
+            }
+            '"' => in_string = true,
+            _ if depth == 0 => return (0, false),
+            _ => {}
+        }
+    }
+    (text.len(), false)
+}
+
+/// Test support: every split of `text` into two pushes, and the one-character-at-a-time
+/// stream, give the whole parse.
+#[cfg(test)]
+fn assert_streams_alike(format: OutputFormat, text: &str) -> Parsed {
+    let whole = format.parse(text, true);
+    let mut splits: Vec<Vec<&str>> = Vec::new();
+    for (i, _) in text.char_indices().skip(1) {
+        splits.push(vec![&text[..i], &text[i..]]);
+    }
+    splits.push(
+        text.char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect(),
+    );
+    for pieces in splits {
+        let mut parser = OutputParser::new(format);
+        let mut got = Parsed::default();
+        for (k, piece) in pieces.iter().enumerate() {
+            let d = parser.push(piece, k + 1 == pieces.len());
+            got.content.push_str(&d.content);
+            got.reasoning.push_str(&d.reasoning);
+            for call in d.calls {
+                // A call's first delta names it; later ones only add to its arguments.
+                match call.name {
+                    Some(name) => {
+                        assert_eq!(call.index, got.calls.len(), "{pieces:?}");
+                        got.calls.push(ToolCall {
+                            name,
+                            arguments: call.arguments,
+                        });
+                    }
+                    None => got.calls[call.index].arguments.push_str(&call.arguments),
+                }
+            }
+        }
+        assert_eq!(got, whole, "{text:?} split as {pieces:?}");
+        assert_eq!(parser.parsed(), &whole);
+    }
+    whole
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_read_from_the_template() {
+        assert_eq!(
+            Family::detect("{{ '<tool_call>\\n' }}"),
+            Some(Family::Hermes)
+        );
+        assert_eq!(
+            Family::detect("[TOOL_CALLS]{{ name }}[ARGS]"),
+            Some(Family::Mistral { args: true })
+        );
+        assert_eq!(
+            Family::detect("{{- '[TOOL_CALLS][' }}"),
+            Some(Family::Mistral { args: false })
+        );
+        assert_eq!(
+            Family::detect("<|start|>{{ x }}<|channel|>final<|message|>"),
+            Some(Family::Harmony)
+        );
+        assert_eq!(
+            Family::detect("<|python_tag|>{{ x }}<|eom_id|>"),
+            Some(Family::Llama3)
+        );
+        assert_eq!(Family::detect("{{ '<|user|>' + m }}"), None);
+        let gpt_oss = include_str!("../../../lmgen/tests/fixtures/chat_templates/gpt_oss.jinja");
+        assert_eq!(Family::detect(gpt_oss), Some(Family::Harmony));
+    }
+
+    #[test]
+    fn a_request_reads_its_output_by_its_template() {
+        let format = ModelFormat {
+            family: [None, Some(Family::Hermes)],
+            think: [true, true],
+            special: vec![(5, "<|im_end|>".into()), (7, "<tool_call>".into())],
+        };
+        let tools = |choice: &str, parallel: bool| {
+            let f = serde_json::json!({"type": "function", "function": {"name": "f"}});
+            Tools::from_request(Some(&[f]), Some(&choice.into()), Some(parallel))
+                .unwrap()
+                .unwrap()
+        };
+        let auto = tools("auto", true);
+        // Tools: calls parsed; `<think>` left open by the prompt starts in reasoning.
+        let o = format
+            .output(Some(&auto), "<|im_start|>assistant\n<think>\n")
+            .unwrap();
+        assert_eq!(
+            (o.family, o.think, o.in_reasoning, o.one_call),
+            (Some(Family::Hermes), true, true, false)
+        );
+        let o = format
+            .output(Some(&auto), "<think>\n\n</think>\n\n")
+            .unwrap();
+        assert!(!o.in_reasoning);
+        assert!(
+            format
+                .output(Some(&tools("required", false)), "")
+                .unwrap()
+                .one_call
+        );
+        // `tool_choice: "none"` and no tools: reasoning only.
+        assert_eq!(
+            format
+                .output(Some(&tools("none", true)), "")
+                .unwrap()
+                .family,
+            None
+        );
+        assert_eq!(format.output(None, "").unwrap().family, None);
+        // Special tokens other than the markers stay out of the text; a special marker is
+        // written in a grammar by its id.
+        assert_eq!(format.dropped(&o), HashSet::from([5]));
+        assert_eq!(
+            (format.atom("<tool_call>"), format.atom("</tool_call>")),
+            ("<[7]>".to_string(), "\"</tool_call>\"".to_string())
+        );
+        let plain = ModelFormat::default();
+        assert_eq!(plain.output(Some(&auto), "<think>"), None);
+    }
+
+    #[test]
+    fn thinking_then_hermes_calls() {
+        let format = OutputFormat {
+            family: Some(Family::Hermes),
+            harmony: false,
+            think: true,
+            in_reasoning: false,
+            one_call: false,
+        };
+        let text = "<think>\nLook it up.\n</think>\n\nSure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>\n";
+        let p = assert_streams_alike(format, text);
+        assert_eq!(p.reasoning, "\nLook it up.\n");
+        assert_eq!(p.content, "Sure.");
+        assert_eq!(
+            p.calls,
+            [ToolCall {
+                name: "f".into(),
+                arguments: r#"{"a": 1}"#.into()
+            }]
+        );
+        // A prompt that opened `<think>`: the output starts in reasoning; unclosed, it is all
+        // reasoning.
+        let open = OutputFormat {
+            in_reasoning: true,
+            ..format
+        };
+        let p = assert_streams_alike(open, "still thinking <thi");
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("still thinking <thi", "")
+        );
+        let p = assert_streams_alike(open, "a</think>b");
+        assert_eq!((p.reasoning.as_str(), p.content.as_str()), ("a", "b"));
+        // Without a family, text after reasoning is content as is.
+        let plain = OutputFormat {
+            family: None,
+            ..format
+        };
+        let p = assert_streams_alike(plain, "<think>x</think>  y <tool_call>");
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("x", "y <tool_call>")
+        );
+        // `parallel_tool_calls: false`: the first call only.
+        let one = OutputFormat {
+            one_call: true,
+            ..format
+        };
+        let call = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+        let p = assert_streams_alike(one, &format!("{call}\n{call}\n{call} end"));
+        assert_eq!((p.calls.len(), p.content.as_str()), (1, "\n\n end"));
+    }
+}
