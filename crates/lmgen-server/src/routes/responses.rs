@@ -32,23 +32,12 @@ pub async fn responses(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = handle(state.clone(), body)
-        .await
-        .map_err(|e| renamed(e, "response_format", "text.format"));
+    let result = handle(state.clone(), body).await;
     super::count(
         &state,
         "responses",
         result.unwrap_or_else(axum::response::IntoResponse::into_response),
     )
-}
-
-/// `e`, naming `to` where it named `from` (a field this API calls differently).
-fn renamed(mut e: ApiError, from: &str, to: &str) -> ApiError {
-    if let Some(rest) = e.param.as_deref().and_then(|p| p.strip_prefix(from)) {
-        e.param = Some(format!("{to}{rest}"));
-        e.message = e.message.replace(&format!("`{from}"), &format!("`{to}"));
-    }
-    e
 }
 
 async fn handle(
@@ -102,7 +91,8 @@ async fn handle(
         response_format: format.map(Into::into),
         ..SamplingParams::default()
     };
-    let plan = sampling(&params, &NAMES, req.max_output_tokens, state.vocab_size)?;
+    let mut plan = sampling(&params, &NAMES, req.max_output_tokens, state.vocab_size)?;
+    plan.grammar_param = Some("text.format"); // a schema that does not compile
     let conversation = Conversation {
         messages: chat_messages(&req)?,
         ending: Ending::NewTurn,
