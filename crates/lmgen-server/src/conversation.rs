@@ -57,13 +57,13 @@ fn continue_final(rendered: &str, final_text: &str) -> Option<String> {
     Some(rendered[..end].to_string())
 }
 
-/// The prompt tokens of `conversation`: the checkpoint's chat template, encoded without adding
-/// special tokens (the template has them), as for a chat request.
-pub fn prompt_ids(
+/// The prompt of `conversation`: the checkpoint's chat template's text, and its tokens (encoded
+/// without adding special tokens: the template has them), as for a chat request.
+pub fn prompt(
     state: &AppState,
     conversation: &Conversation,
     names: &RequestNames,
-) -> Result<Vec<TokenId>, ApiError> {
+) -> Result<(String, Vec<TokenId>), ApiError> {
     let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, names);
     let messages = &conversation.messages;
     let new_turn = conversation.ending == Ending::NewTurn;
@@ -83,21 +83,26 @@ pub fn prompt_ids(
                 )
             })?;
     }
-    state.tokenizer.encode_with(&text, false).map_err(refused)
+    let ids = state.tokenizer.encode_with(&text, false).map_err(refused)?;
+    Ok((text, ids))
 }
 
-/// The job of a conversation: its prompt, run by the engine as a chat request's.
+/// The job of a conversation: its prompt, run by the engine as a chat request's. Reasoning (a
+/// template's `<think>`, gpt-oss's analysis channel) is read out of the output as the chat
+/// endpoint reads it, and left out of the answer: the answer is the chat endpoint's `content`.
 pub fn job(
     state: &AppState,
     model: String,
     conversation: &Conversation,
-    plan: Plan,
+    mut plan: Plan,
     names: RequestNames,
 ) -> Result<Job, ApiError> {
+    let (text, ids) = prompt(state, conversation, &names)?;
+    plan.output = state.model_format.output(None, &text);
     Ok(Job {
         endpoint: Endpoint::Chat,
         model,
-        prompts: vec![prompt_ids(state, conversation, &names)?],
+        prompts: vec![ids],
         plan,
         names,
     })

@@ -853,6 +853,27 @@ def test_reasoning(c):
         assert msg.content is None, msg
 
 
+def test_reasoning_on_messages_and_responses(c):
+    """With `<think>` left open by the prompt, /v1/messages and /v1/responses answer the chat
+    endpoint's content, streamed or not: the reasoning is read out as chat reads it, and not
+    returned."""
+    for max_tokens in [16, 120]:
+        r = chat(c, temperature=0, max_tokens=max_tokens)
+        content = r.choices[0].message.content or ""
+        assert getattr(r.choices[0].message, "reasoning_content", None), r
+        a = anthropic.Anthropic(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+        m = a.messages.create(model=MODEL, max_tokens=max_tokens, messages=ASK, extra_body=GREEDY)
+        assert m.content[0].text == content, (m, content)
+        with a.messages.stream(model=MODEL, max_tokens=max_tokens, messages=ASK, extra_body=GREEDY) as s:
+            assert "".join(s.text_stream) == content
+        resp = c.responses.create(model=MODEL, input=ASK, max_output_tokens=max_tokens, temperature=0)
+        assert resp.output_text == content, (resp, content)
+        events = list(c.responses.create(model=MODEL, input=ASK, max_output_tokens=max_tokens, temperature=0,
+                                         stream=True))
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == content
+        assert events[-1].response.output_text == content
+
+
 def test_tool_round_trip(c):
     """An assistant message with tool_calls (content null) and the tool's answer render."""
     call = {"id": "call_1", "type": "function",
@@ -888,8 +909,8 @@ def test_tool_errors(c):
 
 def tools():
     c = client()
-    for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning, test_tool_round_trip,
-                 test_tool_errors]:
+    for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning,
+                 test_reasoning_on_messages_and_responses, test_tool_round_trip, test_tool_errors]:
         test(c)
         print("ok", test.__name__, flush=True)
 

@@ -25,7 +25,7 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
     }
     run.wait().await?;
     let (stop_reason, stop_sequence) = run.stop_reason();
-    let text = run.choices[0].text.full().to_string();
+    let text = run.choices[0].content().to_string();
     Ok(Json(run.message(vec![TextBlock::new(text)], stop_reason, stop_sequence)).into_response())
 }
 

@@ -95,6 +95,16 @@ struct Choice {
     last_at: Option<Instant>,
 }
 
+impl Choice {
+    /// The answer's text: all of it, or the content a parsed output found (without reasoning).
+    fn content(&self) -> &str {
+        match &self.output {
+            None => self.text.full(),
+            Some(output) => &output.parsed().content,
+        }
+    }
+}
+
 fn finish_name(reason: Option<FinishReason>) -> &'static str {
     match reason {
         Some(FinishReason::Length) => "length",

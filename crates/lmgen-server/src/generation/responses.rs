@@ -59,7 +59,7 @@ impl Run {
     }
 
     fn output_text(&self) -> OutputText {
-        OutputText::new(self.choices[0].text.full().to_string())
+        OutputText::new(self.choices[0].content().to_string())
     }
 
     /// The response object as it stands (no output and no usage while in progress).
@@ -154,7 +154,7 @@ impl Framing for Events {
                 item_id: item_id.clone(),
                 output_index: 0,
                 content_index: 0,
-                text: run.choices[0].text.full().to_string(),
+                text: run.choices[0].content().to_string(),
                 logprobs: Vec::new(),
             },
             StreamEvent::ContentPartDone {
