@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ApiError, RequestNames};
 use crate::generation::{Endpoint, Job};
 use crate::state::AppState;
+use crate::tool_calls::Tools;
 use crate::validate::Plan;
 
 /// Text blocks or parts as one message's content: their texts joined by newlines (as vLLM
@@ -36,11 +37,13 @@ pub enum Ending {
     ContinueFinal,
 }
 
-/// The messages of a conversation and how it ends.
+/// The messages of a conversation, how it ends, and the tools its template shows.
 #[derive(Debug, Clone)]
 pub struct Conversation {
     pub messages: Vec<Value>,
     pub ending: Ending,
+    /// Function tools in OpenAI's chat shape, checked.
+    pub tools: Option<Tools>,
 }
 
 /// `rendered` (the conversation without a generation prompt) cut right after the final message's
@@ -67,9 +70,13 @@ pub fn prompt(
     let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, names);
     let messages = &conversation.messages;
     let new_turn = conversation.ending == Ending::NewTurn;
+    let mut extra = Map::new();
+    if let Some(t) = &conversation.tools {
+        extra.insert("tools".into(), Value::Array(t.list.clone()));
+    }
     let mut text = state
         .tokenizer
-        .apply_chat_template(messages, new_turn, &Map::new())
+        .apply_chat_template(messages, new_turn, &extra)
         .map_err(refused)?;
     if !new_turn {
         let last = messages.last().and_then(|m| m["content"].as_str());
@@ -87,9 +94,9 @@ pub fn prompt(
     Ok((text, ids))
 }
 
-/// The job of a conversation: its prompt, run by the engine as a chat request's. Reasoning (a
-/// template's `<think>`, gpt-oss's analysis channel) is read out of the output as the chat
-/// endpoint reads it, and left out of the answer: the answer is the chat endpoint's `content`.
+/// The job of a conversation: its prompt, run by the engine as a chat request's. Its output is
+/// read as the chat endpoint reads it: tool calls, and reasoning (a template's `<think>`,
+/// gpt-oss's analysis channel), which is left out of the answer.
 pub fn job(
     state: &AppState,
     model: String,
@@ -98,7 +105,12 @@ pub fn job(
     names: RequestNames,
 ) -> Result<Job, ApiError> {
     let (text, ids) = prompt(state, conversation, &names)?;
-    plan.output = state.model_format.output(None, &text);
+    Tools::read_output(
+        conversation.tools.as_ref(),
+        &state.model_format,
+        &text,
+        &mut plan,
+    )?;
     Ok(Job {
         endpoint: Endpoint::Chat,
         model,

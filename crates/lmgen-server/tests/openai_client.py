@@ -445,7 +445,7 @@ def test_messages():
     assert final.stop_reason == m.stop_reason and final.usage.output_tokens == m.usage.output_tokens, final
     events = list(a.messages.create(model=MODEL, max_tokens=case["max_tokens"], extra_body=GREEDY,
                                     messages=case["messages"], stream=True))
-    types = [e.type for e in events]
+    types = [e.type for e in events]  # (the client drops `ping`)
     assert types[:2] == ["message_start", "content_block_start"], types
     assert types[-3:] == ["content_block_stop", "message_delta", "message_stop"], types
     assert set(types[2:-3]) == {"content_block_delta"}, types
@@ -492,10 +492,10 @@ def test_messages():
         assert "temperature" in e.body["error"]["message"], e.body
     try:
         a.messages.create(model=MODEL, max_tokens=4, messages=case["messages"],
-                          tools=[{"name": "f", "input_schema": {"type": "object"}}])
-        raise AssertionError("tools were accepted")
+                          tools=[{"type": "web_search_20250305", "name": "web_search"}])
+        raise AssertionError("a server tool was accepted")
     except anthropic.BadRequestError as e:
-        assert "not supported on /v1/messages yet" in e.body["error"]["message"], e.body
+        assert "tools[0].type" in e.body["error"]["message"], e.body
     try:
         a.messages.create(model="no-such-model", max_tokens=4, messages=case["messages"])
         raise AssertionError("an unknown model was accepted")
@@ -874,6 +874,56 @@ def test_reasoning_on_messages_and_responses(c):
         assert events[-1].response.output_text == content
 
 
+WEATHER_TOOL = {"name": "get_weather", "description": WEATHER["function"]["description"],
+                "input_schema": WEATHER["function"]["parameters"]}
+CLOCK_TOOL = {"name": "get_time", "input_schema": CLOCK["function"]["parameters"]}
+
+
+def test_tools_on_messages(c):
+    """Anthropic's tools on /v1/messages: `any` / `tool` enforce calls (as chat's `required` / a
+    named function: the same calls, greedy) that come back as tool_use blocks with stop_reason
+    tool_use, streamed alike (input_json_delta); `disable_parallel_tool_use`; a round trip of
+    tool_use and tool_result blocks renders as chat's tool_calls and tool messages."""
+    a = anthropic.Anthropic(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+    for choice, chat_choice in [
+        ({"type": "any"}, "required"),
+        ({"type": "tool", "name": "get_time"}, {"type": "function", "function": {"name": "get_time"}}),
+        ({"type": "any", "disable_parallel_tool_use": True}, "required"),
+    ]:
+        parallel = not choice.get("disable_parallel_tool_use", False)
+        r = chat(c, tools=[WEATHER, CLOCK], tool_choice=chat_choice, parallel_tool_calls=parallel,
+                 temperature=0, max_tokens=200)
+        want = [(t.function.name, json.loads(t.function.arguments)) for t in r.choices[0].message.tool_calls]
+        m = a.messages.create(model=MODEL, max_tokens=200, messages=ASK, tools=[WEATHER_TOOL, CLOCK_TOOL],
+                              tool_choice=choice, extra_body=GREEDY)
+        assert m.stop_reason == "tool_use", m
+        calls = [(b.name, b.input) for b in m.content if b.type == "tool_use"]
+        assert calls == want and all(b.id.startswith("toolu_") for b in m.content if b.type == "tool_use"), \
+            (calls, want)
+        for name, args in calls:
+            check_args(name, json.dumps(args))
+        if not parallel:
+            assert len(calls) == 1, calls
+        with a.messages.stream(model=MODEL, max_tokens=200, messages=ASK, tools=[WEATHER_TOOL, CLOCK_TOOL],
+                               tool_choice=choice, extra_body=GREEDY) as s:
+            final = s.get_final_message()
+        assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == want, final
+        assert final.stop_reason == "tool_use", final
+    # A round trip: the call and its result are in the prompt, as chat's tool_calls and tool message.
+    first = a.messages.create(model=MODEL, max_tokens=4, messages=ASK, tools=[WEATHER_TOOL], extra_body=GREEDY)
+    turn = [{"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris", "unit": "c"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 degrees, sunny"}]}]
+    m = a.messages.create(model=MODEL, max_tokens=4, messages=ASK + turn, tools=[WEATHER_TOOL], extra_body=GREEDY)
+    assert m.usage.input_tokens > first.usage.input_tokens + 20, (m.usage, first.usage)
+    chat_turn = [{"role": "assistant", "content": None, "tool_calls": [{"id": "toolu_1", "type": "function", "function": {
+                     "name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]},
+                 {"role": "tool", "tool_call_id": "toolu_1", "content": "18 degrees, sunny"}]
+    r = chat(c, messages=ASK + chat_turn, tools=[WEATHER], temperature=0, max_tokens=4)
+    assert m.usage.input_tokens == r.usage.prompt_tokens, (m.usage, r.usage)
+
+
 def test_tool_round_trip(c):
     """An assistant message with tool_calls (content null) and the tool's answer render."""
     call = {"id": "call_1", "type": "function",
@@ -910,7 +960,8 @@ def test_tool_errors(c):
 def tools():
     c = client()
     for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning,
-                 test_reasoning_on_messages_and_responses, test_tool_round_trip, test_tool_errors]:
+                 test_reasoning_on_messages_and_responses, test_tools_on_messages, test_tool_round_trip,
+                 test_tool_errors]:
         test(c)
         print("ok", test.__name__, flush=True)
 

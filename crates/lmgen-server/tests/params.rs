@@ -363,10 +363,19 @@ fn messages_rows() -> Vec<Row> {
         field("metadata", &[json!(5)], &[]),
         field(
             "tools",
-            &[json!("x")],
-            &[json!([{"name": "f", "input_schema": {}}])],
+            &[json!("x"), json!([{"name": "f"}])],
+            &[json!([{"type": "web_search_20250305", "name": "web_search"}])],
         ),
-        field("tool_choice", &[], &[json!({"type": "any"})]),
+        // `any` with no tools; a type that is none of Anthropic's; `tool` without its name.
+        field(
+            "tool_choice",
+            &[json!(5)],
+            &[
+                json!({"type": "any"}),
+                json!({"type": "sometimes"}),
+                json!({"type": "tool"}),
+            ],
+        ),
         field(
             "thinking",
             &[],

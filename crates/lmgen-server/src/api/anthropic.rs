@@ -117,6 +117,23 @@ pub enum ToolResultContent {
     Blocks(Vec<TextBlockParam>),
 }
 
+/// A tool of `tools`: a client tool (`type` absent or `custom`) with a JSON Schema for its input.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolParam {
+    pub name: String,
+    pub description: Option<String>,
+    pub input_schema: Value,
+}
+
+/// `tool_choice`: `{"type": "auto" | "any" | "tool" | "none", "name"?, "disable_parallel_tool_use"?}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolChoiceParam {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: Option<String>,
+    pub disable_parallel_tool_use: Option<bool>,
+}
+
 /// `usage` of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Usage {
@@ -124,17 +141,33 @@ pub struct Usage {
     pub output_tokens: usize,
 }
 
-/// A text block of the answer.
+/// A content block of the answer.
 #[derive(Debug, Clone, Serialize)]
-pub struct TextBlock {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub text: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Text {
+        text: String,
+    },
+    /// A tool call (`input` is `{}` while streaming: its JSON comes in `input_json_delta`s).
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
 }
 
-impl TextBlock {
-    pub fn new(text: String) -> Self {
-        Self { kind: "text", text }
+impl Block {
+    pub fn text(text: String) -> Self {
+        Block::Text { text }
+    }
+
+    /// A new tool call id (`toolu_` and 24 random hex digits).
+    pub fn tool_use_id() -> String {
+        format!(
+            "toolu_{:016x}{:08x}",
+            rand::random::<u64>(),
+            rand::random::<u32>()
+        )
     }
 }
 
@@ -146,8 +179,8 @@ pub struct Message {
     pub kind: &'static str,
     pub role: &'static str,
     pub model: String,
-    pub content: Vec<TextBlock>,
-    /// `end_turn`, `max_tokens` or `stop_sequence`; `null` while streaming.
+    pub content: Vec<Block>,
+    /// `end_turn`, `max_tokens`, `stop_sequence` or `tool_use`; `null` while streaming.
     pub stop_reason: Option<&'static str>,
     /// The stop sequence that ended the text.
     pub stop_sequence: Option<String>,
@@ -162,7 +195,13 @@ impl Message {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockDelta {
-    TextDelta { text: String },
+    TextDelta {
+        text: String,
+    },
+    /// A piece of a tool call's `input` (JSON text).
+    InputJsonDelta {
+        partial_json: String,
+    },
 }
 
 /// `delta` of a `message_delta` event.
@@ -188,7 +227,7 @@ pub enum StreamEvent {
     },
     ContentBlockStart {
         index: usize,
-        content_block: TextBlock,
+        content_block: Block,
     },
     Ping,
     ContentBlockDelta {

@@ -1,6 +1,7 @@
 //! A run answered as Anthropic's Messages API: the `message` object, or its event stream
-//! (`message_start`, `content_block_start`, `ping`, `content_block_delta`s,
-//! `content_block_stop`, `message_delta`, `message_stop`; `error` if it fails after the 200).
+//! (`message_start`, `ping`, then per block `content_block_start`, `content_block_delta`s and
+//! `content_block_stop`, then `message_delta`, `message_stop`; `error` if it fails after the
+//! 200). Tool calls are `tool_use` blocks after the text.
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use axum::Json;
 
 use super::framing::{self, named, Framing};
 use super::{Delta, Job, Run};
+use serde_json::{Map, Value};
+
 use crate::api::anthropic::{
-    BlockDelta, DeltaUsage, ErrorResponse, Message, MessageDelta, StreamEvent, TextBlock, Usage,
+    Block, BlockDelta, DeltaUsage, ErrorResponse, Message, MessageDelta, StreamEvent, Usage,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -21,12 +24,30 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
     let stream = job.plan.stream;
     let mut run = super::start(state, job)?;
     if stream {
-        return Ok(framing::stream(run, Events));
+        return Ok(framing::stream(run, Events::default()));
     }
     run.wait().await?;
     let (stop_reason, stop_sequence) = run.stop_reason();
-    let text = run.choices[0].content().to_string();
-    Ok(Json(run.message(vec![TextBlock::new(text)], stop_reason, stop_sequence)).into_response())
+    let c = &run.choices[0];
+    let calls = c
+        .output
+        .as_ref()
+        .map(|o| o.parsed().calls.clone())
+        .unwrap_or_default();
+    let mut content = Vec::with_capacity(1 + calls.len());
+    if calls.is_empty() || !c.content().is_empty() {
+        content.push(Block::text(c.content().to_string()));
+    }
+    for call in calls {
+        // `{}` if the arguments are not a JSON object (a call cut by `max_tokens`).
+        let input = serde_json::from_str::<Map<String, Value>>(&call.arguments).unwrap_or_default();
+        content.push(Block::ToolUse {
+            id: Block::tool_use_id(),
+            name: call.name,
+            input: Value::Object(input),
+        });
+    }
+    Ok(Json(run.message(content, stop_reason, stop_sequence)).into_response())
 }
 
 impl Run {
@@ -41,6 +62,7 @@ impl Run {
         match c.finish {
             None => (None, None),
             Some("length") => (Some("max_tokens"), None),
+            Some("tool_calls") => (Some("tool_use"), None),
             Some(_) => match c.text.stop_sequence() {
                 Some(s) => (Some("stop_sequence"), Some(s.to_string())),
                 None => (Some("end_turn"), None),
@@ -50,7 +72,7 @@ impl Run {
 
     fn message(
         &self,
-        content: Vec<TextBlock>,
+        content: Vec<Block>,
         stop_reason: Option<&'static str>,
         stop_sequence: Option<String>,
     ) -> Message {
@@ -70,11 +92,51 @@ impl Run {
     }
 }
 
-/// The Messages framing of a stream (one text block, index 0).
-struct Events;
+/// What the open content block of a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    /// The tool call of this index (among the choice's calls).
+    Call(usize),
+}
+
+/// The Messages framing of a stream: blocks opened as their text or calls come (text, then a
+/// `tool_use` block per call), each closed before the next opens.
+#[derive(Debug, Default)]
+struct Events {
+    /// The open block and its index.
+    open: Option<(Open, usize)>,
+    /// Blocks opened so far.
+    blocks: usize,
+}
 
 fn events(list: impl IntoIterator<Item = StreamEvent>) -> Vec<Event> {
     list.into_iter().map(|e| named(e.name(), &e)).collect()
+}
+
+impl Events {
+    /// Closes the open block and opens `block` as `kind`, unless it is open already: the index.
+    fn enter(
+        &mut self,
+        kind: Open,
+        block: impl FnOnce() -> Block,
+        out: &mut Vec<StreamEvent>,
+    ) -> usize {
+        if let Some((open, index)) = self.open {
+            if open == kind {
+                return index;
+            }
+            out.push(StreamEvent::ContentBlockStop { index });
+        }
+        let index = self.blocks;
+        self.blocks += 1;
+        self.open = Some((kind, index));
+        out.push(StreamEvent::ContentBlockStart {
+            index,
+            content_block: block(),
+        });
+        index
+    }
 }
 
 impl Framing for Events {
@@ -83,30 +145,51 @@ impl Framing for Events {
             StreamEvent::MessageStart {
                 message: run.message(Vec::new(), None, None),
             },
-            StreamEvent::ContentBlockStart {
-                index: 0,
-                content_block: TextBlock::new(String::new()),
-            },
             StreamEvent::Ping,
         ])
     }
 
     fn delta(&mut self, _run: &Run, _index: usize, delta: &Delta) -> Vec<Event> {
-        if delta.text.is_empty() {
-            return Vec::new();
+        let mut out = Vec::new();
+        if !delta.text.is_empty() {
+            let index = self.enter(Open::Text, || Block::text(String::new()), &mut out);
+            out.push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta::TextDelta {
+                    text: delta.text.clone(),
+                },
+            });
         }
-        events([StreamEvent::ContentBlockDelta {
-            index: 0,
-            delta: BlockDelta::TextDelta {
-                text: delta.text.clone(),
-            },
-        }])
+        for call in &delta.parsed.calls {
+            let block = || Block::ToolUse {
+                id: Block::tool_use_id(),
+                name: call.name.clone().unwrap_or_default(),
+                input: Value::Object(Map::new()),
+            };
+            let index = self.enter(Open::Call(call.index), block, &mut out);
+            if !call.arguments.is_empty() {
+                out.push(StreamEvent::ContentBlockDelta {
+                    index,
+                    delta: BlockDelta::InputJsonDelta {
+                        partial_json: call.arguments.clone(),
+                    },
+                });
+            }
+        }
+        events(out)
     }
 
     fn close(&mut self, run: &Run) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.blocks == 0 {
+            // No text and no call: one empty text block, as the whole message has.
+            self.enter(Open::Text, || Block::text(String::new()), &mut out);
+        }
+        if let Some((_, index)) = self.open.take() {
+            out.push(StreamEvent::ContentBlockStop { index });
+        }
         let (stop_reason, stop_sequence) = run.stop_reason();
-        events([
-            StreamEvent::ContentBlockStop { index: 0 },
+        out.extend([
             StreamEvent::MessageDelta {
                 delta: MessageDelta {
                     stop_reason,
@@ -117,7 +200,8 @@ impl Framing for Events {
                 },
             },
             StreamEvent::MessageStop,
-        ])
+        ]);
+        events(out)
     }
 
     fn error(&mut self, _run: &Run, error: &ApiError) -> Vec<Event> {

@@ -6,7 +6,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use lmgen::generation::structured::Grammar;
 use serde_json::Value;
 
 use crate::api::{parse, ChatCompletionRequest};
@@ -84,21 +83,7 @@ async fn handle(
         .apply_chat_template(&req.messages, true, &extra)
         .map_err(refused)?;
     let ids = state.tokenizer.encode_with(&text, false).map_err(refused)?;
-    let format = &state.model_format;
-    plan.output = format.output(tools.as_ref(), &text);
-    if let Some(t) = &tools {
-        let close_think = plan.output.is_some_and(|o| o.in_reasoning);
-        if let Some(grammar) = t.grammar(format, format.family(true), close_think)? {
-            if plan.grammar.is_some() {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format`",
-                ));
-            }
-            plan.grammar = Some(Grammar::Lark(grammar));
-            plan.grammar_param = Some("tools"); // a parameters schema that does not compile
-        }
-    }
+    Tools::read_output(tools.as_ref(), &state.model_format, &text, &mut plan)?;
     respond(
         state,
         Job {

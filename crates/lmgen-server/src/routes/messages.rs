@@ -1,7 +1,8 @@
 //! `POST /v1/messages`: Anthropic's Messages API on the checkpoint's chat template. The
 //! conversation becomes the messages a chat request would send (`system` first; `tool_use`
 //! blocks as an assistant's `tool_calls`, `tool_result` blocks as `tool` messages), so a greedy
-//! answer is the chat endpoint's. A final assistant turn is a prefill: the answer continues it.
+//! answer is the chat endpoint's; `tools` and `tool_choice` are chat's, and calls come back as
+//! `tool_use` blocks. A final assistant turn is a prefill: the answer continues it.
 //! Errors are in Anthropic's envelope.
 
 use std::sync::Arc;
@@ -14,13 +15,14 @@ use serde_json::{json, Map, Value};
 
 use crate::api::anthropic::{
     error_response, ContentBlock, InputContent, MessagesRequest, Role, SystemPrompt,
-    TextBlockParam, ToolResultContent,
+    TextBlockParam, ToolChoiceParam, ToolParam, ToolResultContent,
 };
 use crate::api::{typed_at, SamplingParams, StringOrList};
 use crate::conversation::{block_type, job, joined, message, Conversation, Ending};
 use crate::error::{ApiError, RequestNames};
 use crate::generation::messages;
 use crate::state::AppState;
+use crate::tool_calls::Tools;
 use crate::validate::{sampling, MAX_STOP};
 
 /// What a Messages request calls the prompt and the length limit.
@@ -46,22 +48,7 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let req: MessagesRequest = super::parsed(body)?;
     state.check_model(&req.model)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid(
-            "tools",
-            "`tools` is not supported on /v1/messages yet",
-        ));
-    }
-    match req.tool_choice.as_ref().and_then(|c| c.get("type")) {
-        None => {}
-        Some(t) if t == "auto" || t == "none" => {}
-        Some(t) => {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                format!("`tool_choice` {t} needs `tools`, which /v1/messages does not support yet"),
-            ))
-        }
-    }
+    let tools = tools(&req)?;
     if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")) {
         if kind != "disabled" {
             return Err(ApiError::invalid(
@@ -107,9 +94,75 @@ async fn handle(
             Some(Role::Assistant) => Ending::ContinueFinal,
             _ => Ending::NewTurn,
         },
+        tools,
     };
     let job = job(&state, req.model, &conversation, plan, NAMES)?;
     messages::respond(state, job).await
+}
+
+/// Anthropic's `tools` and `tool_choice` as the chat endpoint's (`input_schema` as a function's
+/// `parameters`; `any` as `required`, `tool` as a named function;
+/// `disable_parallel_tool_use` as `parallel_tool_calls: false`), checked as chat checks them.
+fn tools(req: &MessagesRequest) -> Result<Option<Tools>, ApiError> {
+    let choice = match &req.tool_choice {
+        None => None,
+        Some(choice) => Some(typed_at::<ToolChoiceParam>(choice, "tool_choice")?),
+    };
+    let list = req.tools.clone().unwrap_or_default();
+    let mut functions = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        if tool.get("type").is_some_and(|k| k != "custom") {
+            let param = format!("{at}.type");
+            return Err(ApiError::invalid(
+                &param,
+                format!("`{param}`: only custom (client) tools are served"),
+            ));
+        }
+        let tool: ToolParam = typed_at(tool, &at)?;
+        let mut function = Map::new();
+        function.insert("name".into(), json!(tool.name));
+        if let Some(d) = tool.description {
+            function.insert("description".into(), json!(d));
+        }
+        function.insert("parameters".into(), tool.input_schema);
+        functions.push(json!({"type": "function", "function": function}));
+    }
+    let parallel = choice
+        .as_ref()
+        .and_then(|c| c.disable_parallel_tool_use)
+        .map(|disable| !disable);
+    let choice = match choice {
+        None => None,
+        Some(c) => Some(match (c.kind.as_str(), c.name) {
+            ("auto", _) => json!("auto"),
+            ("none", _) => json!("none"),
+            ("any", _) => json!("required"),
+            ("tool", Some(name)) => json!({"type": "function", "function": {"name": name}}),
+            ("tool", None) => {
+                return Err(ApiError::invalid(
+                    "tool_choice.name",
+                    "`tool_choice.name` is required with `\"type\": \"tool\"`",
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::invalid(
+                    "tool_choice.type",
+                    format!("`tool_choice.type` must be auto, any, tool or none, got {other:?}"),
+                ))
+            }
+        }),
+    };
+    if functions.is_empty() {
+        return match choice.as_ref().and_then(Value::as_str) {
+            None | Some("auto" | "none") => Ok(None),
+            Some(_) => Err(ApiError::invalid(
+                "tool_choice",
+                "`tool_choice` that asks for a tool call needs `tools`",
+            )),
+        };
+    }
+    Tools::from_request(Some(&functions), choice.as_ref(), parallel)
 }
 
 /// Text blocks as message content.

@@ -96,6 +96,7 @@ async fn handle(
     let conversation = Conversation {
         messages: chat_messages(&req)?,
         ending: Ending::NewTurn,
+        tools: None,
     };
     if conversation.messages.is_empty() {
         return Err(ApiError::invalid("input", "`input` must not be empty"));

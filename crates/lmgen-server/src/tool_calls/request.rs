@@ -1,10 +1,12 @@
 //! The request side: `tools`, `tool_choice` and `parallel_tool_calls` checked (a 400 naming the
 //! field), and the grammar that makes `"required"` or a named function always a valid call.
 
+use lmgen::generation::structured::Grammar;
 use serde_json::{json, Value};
 
 use super::{harmony, hermes, llama3, mistral, Family, ModelFormat};
 use crate::error::ApiError;
+use crate::validate::Plan;
 
 /// A function tool: its name and its parameters' JSON Schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +195,32 @@ impl Tools {
             false => "start: calls\n".to_string(),
         };
         Ok(Some(start + &calls))
+    }
+}
+
+impl Tools {
+    /// How `plan` reads the output of a prompt (`text`) rendered with `tools` (or none): calls
+    /// and reasoning parsed in the model's format, and an enforced `tool_choice` as a grammar.
+    pub fn read_output(
+        tools: Option<&Tools>,
+        format: &ModelFormat,
+        text: &str,
+        plan: &mut Plan,
+    ) -> Result<(), ApiError> {
+        plan.output = format.output(tools, text);
+        let Some(t) = tools else { return Ok(()) };
+        let close_think = plan.output.is_some_and(|o| o.in_reasoning);
+        if let Some(grammar) = t.grammar(format, format.family(true), close_think)? {
+            if plan.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format`",
+                ));
+            }
+            plan.grammar = Some(Grammar::Lark(grammar));
+            plan.grammar_param = Some("tools"); // a parameters schema that does not compile
+        }
+        Ok(())
     }
 }
 
