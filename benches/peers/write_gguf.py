@@ -1,7 +1,8 @@
 """Writes a GGUF file (llama.cpp's format) from an lmgen/HF safetensors checkpoint, with gguf-py.
 
-Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE
-       (TYPE: f32 | f16 | q8_0_py | q8_0 | q4_k_s | q4_k_m)
+Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE [F32.gguf]
+       (TYPE: f32 | f16 | q8_0_py | q8_0 | q4_k_s | q4_k_m; F32.gguf: for q8_0/q4_k_*, an f32 file
+       this script wrote from the same checkpoint, quantized instead of writing a new one)
 
 f32 and f16 are written directly. q8_0_py is written directly too, with gguf-py's Q8_0 quantizer
 (`gguf.quants.quantize`, bit-exact with ggml's reference `quantize_row_q8_0`) on every 2-D weight,
@@ -606,13 +607,18 @@ def main():
     import llama_cpp
     ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_s": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
              "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[typ]
-    tmp = out + ".f32.gguf"
-    write_any(ckpt, tmp, "f32")
+    # An f32 file already written from the same checkpoint (4th argument) is quantized as it is;
+    # otherwise one is written first and removed after.
+    src = sys.argv[4] if len(sys.argv) > 4 else None
+    tmp = src or out + ".f32.gguf"
+    if src is None:
+        write_any(ckpt, tmp, "f32")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
     rc = llama_cpp.llama_model_quantize(tmp.encode(), out.encode(), params)
-    os.remove(tmp)
+    if src is None:
+        os.remove(tmp)
     if rc != 0:
         sys.exit(f"llama_model_quantize failed with {rc}")
 
