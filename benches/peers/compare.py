@@ -117,11 +117,10 @@ def main():
                                 str(a.prefill), str(a.decode), str(a.reps)], env)
             samples[p]["llama.cpp"].append(dict(json.loads(out.strip().splitlines()[-1]), peak_rss=rss))
             # candle-transformers
-            if "candle" not in engines:
-                continue
-            cand = [a.candle, gguf[p], "gguf"] if p.startswith("q") else [a.candle, ckpt, p]
-            out, rss = run_rss(cand + [str(a.prefill), str(a.decode), str(a.reps)], env)
-            samples[p]["candle"].append(dict(json.loads(out.strip().splitlines()[-1]), peak_rss=rss))
+            if "candle" in engines:
+                cand = [a.candle, gguf[p], "gguf"] if p.startswith("q") else [a.candle, ckpt, p]
+                out, rss = run_rss(cand + [str(a.prefill), str(a.decode), str(a.reps)], env)
+                samples[p]["candle"].append(dict(json.loads(out.strip().splitlines()[-1]), peak_rss=rss))
             print(f"round {rnd + 1}/{a.rounds} {p}: " + ", ".join(
                 f"{e} {s[-1]['decode_tok_s']:.1f}/{s[-1]['prefill_tok_s']:.0f}" for e, s in samples[p].items()),
                 file=sys.stderr, flush=True)
