@@ -35,7 +35,7 @@ def main():
             pre.append(prefill / tp)
             dec.append(decode / td)
     print(json.dumps({"engine": "llama.cpp", "prefill_tok_s": statistics.median(pre),
-                      "decode_tok_s": statistics.median(dec)}))
+                      "ttft_s": prefill / statistics.median(pre), "decode_tok_s": statistics.median(dec)}))
 
 
 if __name__ == "__main__":

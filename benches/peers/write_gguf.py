@@ -1,7 +1,8 @@
 """Writes a GGUF file (llama.cpp's format) from an lmgen/HF safetensors checkpoint, with gguf-py.
 
-Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE
-       (TYPE: f32 | f16 | q8_0_py | q8_0 | q4_k_s | q4_k_m)
+Usage: python write_gguf.py CHECKPOINT_DIR OUT.gguf TYPE [F32.gguf]
+       (TYPE: f32 | f16 | q8_0_py | q8_0 | q4_k_s | q4_k_m; F32.gguf: for q8_0/q4_k_*, an f32 file
+       this script wrote from the same checkpoint, quantized instead of writing a new one)
 
 f32 and f16 are written directly. q8_0_py is written directly too, with gguf-py's Q8_0 quantizer
 (`gguf.quants.quantize`, bit-exact with ggml's reference `quantize_row_q8_0`) on every 2-D weight,
@@ -12,7 +13,7 @@ which block type. The vocabulary is a dummy one (token ids are fed directly, nev
 convert_hf_to_gguf.py does, Llama q/k rows are permuted to llama.cpp's rotary layout, so the
 GGUF computes the same function as the checkpoint.
 
-qwen3, gemma3_text, phi3, olmo2 and granite checkpoints go through `write_converter`, which
+qwen3, qwen3_moe, gemma3_text, phi3, olmo2 and granite checkpoints go through `write_converter`, which
 follows llama.cpp's converter (`convert_hf_to_gguf.py`, its `conversion/` package, at
 ggml-org/llama.cpp@0c1e57098) step by step for these architectures: its model classes'
 `set_gguf_parameters` key by key and in the same order, its `modify_tensors` transforms (Gemma 3's
@@ -20,7 +21,10 @@ ggml-org/llama.cpp@0c1e57098) step by step for these architectures: its model cl
 (`gguf.get_tensor_name_map`), its tensor order (names sorted) and its per-tensor type rules
 (`ModelBase.prepare_tensors`: 1-D and `*_norm.weight` tensors F32; with q8_0 every other weight
 Q8_0, F16 where its rows are not whole 32-value blocks), and its `general.*` metadata
-(`gguf.Metadata`). Two things differ: the vocabulary (a dummy one as above, because the
+(`gguf.Metadata`). For qwen3_moe (Qwen3MoeModel -> Qwen2MoeModel, conversion/qwen.py) also the
+MoE keys (`expert_count`, `expert_used_count`, `expert_feed_forward_length`), the router
+`mlp.gate` as `blk.N.ffn_gate_inp` kept F32, and every expert's projections stacked into one
+`[n_expert, out, in]` tensor per layer (`blk.N.ffn_{gate,up,down}_exps`). Two things differ: the vocabulary (a dummy one as above, because the
 converter's tokenizer step needs transformers and rejects these tiny tokenizers; the special
 token ids are gguf-py's `SpecialVocab` ones, as the converter writes them), and Gemma 3's
 `layer_types`, which are also written as the per-layer bool array
@@ -47,10 +51,12 @@ DTYPES = {"F32": np.float32, "F16": np.float16}
 
 
 def read_safetensors(path):
+    # The file is mapped, not read: F32 tensors are views of the mapping (no copy), so a checkpoint
+    # of several GB (the Qwen3-30B-A3B shape) costs no more memory than the tensors being written.
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
-        data = f.read()
+    data = np.memmap(path, np.uint8, mode="r", offset=8 + n)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -58,9 +64,9 @@ def read_safetensors(path):
         a, b = info["data_offsets"]
         raw = data[a:b]
         if info["dtype"] == "BF16":
-            v = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            v = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         else:
-            v = np.frombuffer(raw, DTYPES[info["dtype"]]).astype(np.float32)
+            v = raw.view(DTYPES[info["dtype"]]).astype(np.float32, copy=False)
         out[name] = v.reshape(info["shape"])
     return out
 
@@ -142,6 +148,7 @@ CONVERTER_ARCHES = {
     "phi3": ("PHI3", "Phi3MiniModel"),
     "olmo2": ("OLMO2", "Olmo2Model"),
     "granite": ("GRANITE", "GraniteModel"),
+    "qwen3_moe": ("QWEN3MOE", "Qwen3MoeModel"),
 }
 
 
@@ -213,8 +220,12 @@ def text_model_params(w, hp, rp, block_count, ftype):
         w.add_layer_norm_rms_eps(eps)
     if (eps := find_hparam(hp, ["layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"], optional=True)) is not None:
         w.add_layer_norm_eps(eps)
-    for keys in (["num_local_experts", "num_experts", "n_routed_experts"],
-                 ["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], ["n_group"], ["topk_group"],
+    if (n_experts := find_hparam(hp, ["num_local_experts", "num_experts", "n_routed_experts"], optional=True)) is not None:
+        w.add_expert_count(n_experts)
+    if (n_used := find_hparam(hp, ["num_experts_per_tok", "num_experts_per_token", "top_k_experts"],
+                              optional=True)) is not None:
+        w.add_expert_used_count(n_used)
+    for keys in (["n_group"], ["topk_group"],
                  ["score_function", "scoring_func", "score_func", "moe_router_activation",
                   "moe_router_activation_func", "expert_selection_fn"]):
         if find_hparam(hp, keys, optional=True) is not None:
@@ -231,6 +242,13 @@ def set_gguf_parameters(w, model_type, hp, rp, block_count, ftype):
         # (nothing without modules.json / classifier_pooling); no rerank keys (not a reranker).
         text_model_params(w, hp, rp, block_count, ftype)
         assert hp.get("classifier_pooling") is None
+    elif model_type == "qwen3_moe":
+        # Qwen3MoeModel -> Qwen2MoeModel.set_gguf_parameters (conversion/qwen.py): TextModel's (with
+        # expert_count and expert_used_count), then the experts' width; no shared expert in Qwen3.
+        text_model_params(w, hp, rp, block_count, ftype)
+        if (moe_ff := hp.get("moe_intermediate_size")) is not None:
+            w.add_expert_feed_forward_length(moe_ff)
+        assert hp.get("shared_expert_intermediate_size") is None
     elif model_type == "gemma3_text":
         # Gemma3Model.set_gguf_parameters: TextModel's, then these (repeated keys overwrite in
         # place: GGUFWriter.add_key_value keeps a dict).
@@ -337,11 +355,37 @@ def modify_tensor(model_type, hp, ckpt, name, data):
     return data
 
 
+def stack_experts(model_type, hp, experts, name, data):
+    """Qwen2MoeModel.modify_tensors (conversion/qwen.py), for per-expert HF tensors: an expert's
+    projections are held until all `num_experts * 3` of its layer have been seen, then each
+    projection of every expert is stacked into one `[n_expert, out, in]` tensor named
+    `model.layers.N.mlp.experts.{down,gate,up}_proj.weight` (gguf-py maps it to
+    `blk.N.ffn_{down,gate,up}_exps`), in that order. Every other tensor passes through."""
+    if model_type != "qwen3_moe" or "experts" not in name:
+        yield name, data
+        return
+    if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+        raise NotImplementedError("fused (transformers 5) expert tensors: not reproduced here")
+    n_experts = find_hparam(hp, ["num_local_experts", "num_experts"])
+    bid = next(int(p) for p in name.split(".") if p.isdecimal())
+    layer = experts.setdefault(bid, {})
+    layer[name] = data
+    if len(layer) < n_experts * 3:
+        return
+    for w_name in ("down_proj", "gate_proj", "up_proj"):
+        stacked = np.stack([layer.pop(f"model.layers.{bid}.mlp.experts.{x}.{w_name}.weight")
+                            for x in range(n_experts)], axis=0)
+        yield f"model.layers.{bid}.mlp.experts.{w_name}.weight", stacked
+
+
 def tensor_qtype(new_name, n_dims, ftype):
     # ModelBase.prepare_tensors: which GGML type each tensor gets.
     if n_dims <= 1 or new_name.endswith("_norm.weight"):
         return gguf.GGMLQuantizationType.F32
     if new_name[-7:] not in (".weight", ".lora_a", ".lora_b"):
+        return gguf.GGMLQuantizationType.F32
+    if new_name.endswith(".ffn_gate_inp.weight"):
+        # MODEL_TENSOR.FFN_GATE_INP (the MoE router) is always F32, as llama.cpp's quantizer keeps it
         return gguf.GGMLQuantizationType.F32
     return {gguf.LlamaFileType.ALL_F32: gguf.GGMLQuantizationType.F32,
             gguf.LlamaFileType.MOSTLY_F16: gguf.GGMLQuantizationType.F16,
@@ -376,16 +420,20 @@ def write_converter(ckpt, out, float_type):
 
     # ModelBase.prepare_tensors: tensors in SafetensorsLocal order (names sorted).
     tensors = read_safetensors(os.path.join(ckpt, "model.safetensors"))
+    experts = {}  # Qwen2MoeModel.modify_tensors' `_experts`: per layer, HF name -> tensor
     for name in sorted(tensors):
         if name.endswith((".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")):
             continue
-        data = modify_tensor(model_type, hp, ckpt, name, tensors[name].astype(np.float32))
-        new_name = tensor_map.get_name(key=name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise ValueError(f"Can not map tensor {name!r}")
-        data = np.ascontiguousarray(data)
-        data, qtype = quantize(data, tensor_qtype(new_name, data.ndim, ftype))
-        w.add_tensor(new_name, data, raw_dtype=qtype)
+        data = modify_tensor(model_type, hp, ckpt, name, tensors[name].astype(np.float32, copy=False))
+        for name, data in stack_experts(model_type, hp, experts, name, data):
+            new_name = tensor_map.get_name(key=name, try_suffixes=(".weight", ".bias"))
+            if new_name is None:
+                raise ValueError(f"Can not map tensor {name!r}")
+            data = np.ascontiguousarray(data)
+            data, qtype = quantize(data, tensor_qtype(new_name, data.ndim, ftype))
+            w.add_tensor(new_name, data, raw_dtype=qtype)
+    if any(experts.values()):
+        raise ValueError(f"Unprocessed experts: {[k for d in experts.values() for k in d]}")
 
     # ModelBase.prepare_metadata
     total_params, shared_params, expert_params, expert_count = w.get_total_parameter_count()
@@ -441,7 +489,20 @@ LAYER_BACK = {
     "olmo2": {**_ATTN, **_QK_NORM, "post_attention_norm": "post_attention_layernorm",
               "post_ffw_norm": "post_feedforward_layernorm", **_MLP},
     "granite": {"attn_norm": "input_layernorm", **_ATTN, "ffn_norm": "post_attention_layernorm", **_MLP},
+    "qwen3moe": {"attn_norm": "input_layernorm", **_ATTN, **_QK_NORM, "ffn_norm": "post_attention_layernorm",
+                 "ffn_gate_inp": "mlp.gate"},
 }
+# Stacked experts: GGUF module -> the HF projection each expert `mlp.experts.E.<proj>` holds.
+EXPERTS_BACK = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+
+
+def expert_names_of(cfg, gguf_name):
+    """The HF names of the experts stacked in `gguf_name` (in expert order), or None."""
+    blk, i, module, kind = gguf_name.split(".")
+    if module not in EXPERTS_BACK:
+        return None
+    n = cfg.get("num_experts") or cfg["num_local_experts"]
+    return [f"model.layers.{i}.mlp.experts.{e}.{EXPERTS_BACK[module]}.{kind}" for e in range(n)]
 
 
 def hf_name_of(arch, gguf_name):
@@ -475,9 +536,16 @@ def verify(ckpt, out):
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     seen, failures = set(), []
     for t in r.tensors:
-        hf_name = hf_name_of(arch, t.name)
-        seen.add(hf_name)
-        ref = hf[hf_name]
+        stacked = expert_names_of(cfg, t.name) if t.name.startswith("blk.") else None
+        if stacked is not None:
+            # one [n_expert, out, in] tensor for the experts' per-expert HF tensors
+            hf_name = stacked[0].replace(".experts.0.", ".experts.E.", 1)
+            seen.update(stacked)
+            ref = np.stack([hf[n] for n in stacked], axis=0)
+        else:
+            hf_name = hf_name_of(arch, t.name)
+            seen.add(hf_name)
+            ref = hf[hf_name]
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ggml's ne order
         qtype = t.tensor_type
         got = gguf.quants.dequantize(t.data, qtype).reshape(shape).astype(np.float32)
@@ -517,7 +585,8 @@ def verify(ckpt, out):
             note = f"blocks==Q8_0(fwd(hf)):{same} max|undo(gguf)-hf|={undo_diff:g}"
         else:
             ok, note = True, f"{qtype.name}: not compared"
-        print(f"  {t.name:32s} {qtype.name:5s} {str(shape):12s} <- {hf_name:48s} {note}{'' if ok else '  MISMATCH'}")
+        print(f"  {t.name:32s} {qtype.name:5s} {str(shape):16s} <- {hf_name:48s} {note}{'' if ok else '  MISMATCH'}")
+        del ref, got, fwd, back
         if not ok:
             failures.append(f"{t.name}: {note}")
     tied = cfg.get("tie_word_embeddings", False)
@@ -538,13 +607,18 @@ def main():
     import llama_cpp
     ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_s": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
              "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[typ]
-    tmp = out + ".f32.gguf"
-    write_any(ckpt, tmp, "f32")
+    # An f32 file already written from the same checkpoint (4th argument) is quantized as it is;
+    # otherwise one is written first and removed after.
+    src = sys.argv[4] if len(sys.argv) > 4 else None
+    tmp = src or out + ".f32.gguf"
+    if src is None:
+        write_any(ckpt, tmp, "f32")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
     rc = llama_cpp.llama_model_quantize(tmp.encode(), out.encode(), params)
-    os.remove(tmp)
+    if src is None:
+        os.remove(tmp)
     if rc != 0:
         sys.exit(f"llama_model_quantize failed with {rc}")
 
