@@ -147,21 +147,28 @@ impl SparseMoe {
     ) -> Result<Self> {
         let p = format!("{prefix}.mlp");
         let mxfp4 = ctx.contains(&format!("{p}.experts.gate_up_proj_blocks"));
-        // [n, h, 2i] and [n, i, h], stored dense or as MXFP4 blocks (the published checkpoints).
-        let (gate_up, down) = if mxfp4 {
+        // Per expert [2i, h] and [h, i]: stored dense as [n, h, 2i] and [n, i, h], or as MXFP4
+        // blocks of [n, 2i, h] and [n, h, i] (the published checkpoints).
+        let (gate_up, down): (Vec<Tensor>, Vec<Tensor>) = if mxfp4 {
             (
-                super::mxfp4::load(ctx, &format!("{p}.experts.gate_up_proj"), [n, 2 * i, h])?,
-                super::mxfp4::load(ctx, &format!("{p}.experts.down_proj"), [n, h, i])?,
+                super::mxfp4::load_experts(
+                    ctx,
+                    &format!("{p}.experts.gate_up_proj"),
+                    [n, 2 * i, h],
+                )?,
+                super::mxfp4::load_experts(ctx, &format!("{p}.experts.down_proj"), [n, h, i])?,
             )
         } else {
-            (
-                ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?,
-                ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?,
-            )
+            let gate_up = ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?;
+            let down = ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?;
+            let per_expert = |w: &Tensor| -> Result<Vec<Tensor>> {
+                (0..n).map(|e| Ok(w.get(e)?.t()?.contiguous()?)).collect()
+            };
+            (per_expert(&gate_up)?, per_expert(&down)?)
         };
         let gate_up_bias = ctx.tensor(&format!("{p}.experts.gate_up_proj_bias"), &[n, 2 * i])?;
         let down_bias = ctx.tensor(&format!("{p}.experts.down_proj_bias"), &[n, h])?;
-        let device = gate_up.device();
+        let device = gate_up_bias.device();
         // [2i]: even columns (gate) first, then odd ones (up).
         let order: Vec<u32> = (0..i as u32)
             .map(|j| 2 * j)
@@ -170,10 +177,10 @@ impl SparseMoe {
         let order = Tensor::new(order.as_slice(), device)?;
         let experts = (0..n)
             .map(|e| {
-                let w = gate_up.get(e)?.t()?.contiguous()?.index_select(&order, 0)?; // [2i, h]
+                let w = gate_up[e].index_select(&order, 0)?; // [2i, h]
                 let b = gate_up_bias.get(e)?.index_select(&order, 0)?; // [2i]
                 let name = format!("{p}.experts.{e}");
-                let d = down.get(e)?.t()?.contiguous()?; // [h, i]
+                let d = down[e].clone(); // [h, i]
                 Ok(Expert::Clamped {
                     gate_up: Linear::from_weight(ctx, &format!("{name}.gate_up_proj"), w, Some(b))?,
                     intermediate: i,

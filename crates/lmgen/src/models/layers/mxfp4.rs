@@ -2,8 +2,8 @@
 //! `{name}_blocks` `[experts, rows, cols / 32, 16]` u8, two 4-bit E2M1 codes per byte (the low
 //! nibble first), and `{name}_scales` `[experts, rows, cols / 32]` u8, one power-of-two exponent
 //! (biased by 127) per 32 values. Dequantized at load exactly as transformers'
-//! `convert_moe_packed_tensors` does (the values are exact in f32), then transposed to
-//! transformers' `[experts, cols, rows]` layout.
+//! `convert_moe_packed_tensors` does (the values are exact in f32), one expert at a time, each
+//! kept as stored (`[rows, cols]`, a linear layer's `[out, in]`).
 
 use candle_core::{Device, Tensor};
 
@@ -38,14 +38,17 @@ pub fn dequantize(blocks: &[u8], scales: &[u8]) -> Vec<f32> {
     out
 }
 
-/// `{name}_blocks` and `{name}_scales` of `experts` matrices of `rows` x `cols` (as stored), as
-/// `[experts, cols, rows]` in the compute dtype (transformers' dequantized `gate_up_proj` /
-/// `down_proj`).
-pub fn load(
+/// `{name}_blocks` and `{name}_scales` of `experts` matrices of `rows` x `cols` (as stored), one
+/// `[rows, cols]` tensor per expert in the compute dtype (the `[out, in]` layout of a linear layer:
+/// transformers' dequantized `gate_up_proj` / `down_proj` transposed back).
+///
+/// Dequantized one expert at a time, so the f32 values of a single expert are the only temporary:
+/// a gpt-oss-20b layer's 32 `gate_up_proj` experts are 2.1 GB in f32, one of them 66 MB.
+pub fn load_experts(
     ctx: &LoadContext<'_>,
     name: &str,
     [experts, rows, cols]: [usize; 3],
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     if cols % 32 != 0 {
         return Err(Error::config(format!(
             "`{name}_blocks`: MXFP4 needs rows of a multiple of 32 values, got {cols}"
@@ -59,14 +62,18 @@ pub fn load(
     let scales = ctx
         .weights
         .u8s(&stored("_scales"), &[experts, rows, groups])?;
-    let values = dequantize(&blocks, &scales);
-    Ok(
-        Tensor::from_vec(values, (experts, rows, cols), &Device::Cpu)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .to_dtype(ctx.dtype)?
-            .to_device(ctx.device)?,
-    )
+    let per_expert = rows * groups;
+    blocks
+        .chunks_exact(per_expert * 16)
+        .zip(scales.chunks_exact(per_expert))
+        .map(|(b, s)| {
+            Ok(
+                Tensor::from_vec(dequantize(b, s), (rows, cols), &Device::Cpu)?
+                    .to_dtype(ctx.dtype)?
+                    .to_device(ctx.device)?,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
