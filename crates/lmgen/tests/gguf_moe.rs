@@ -406,6 +406,24 @@ fn moe_files_lmgen_cannot_read_are_refused_by_name() {
         "{msg}"
     );
 
+    // The hybrid recurrent-state architectures llama.cpp writes: named, with what is missing.
+    for arch in ["qwen3next", "qwen35", "qwen35moe", "lfm2"] {
+        let path = edited(&qwen, &format!("{arch}.gguf"), |meta, _| {
+            for (k, v) in meta.iter_mut() {
+                if k == "general.architecture" {
+                    *v = Meta::String(arch.into());
+                }
+            }
+        });
+        let msg = load_error(&dir, &path);
+        assert!(
+            msg.contains("not supported")
+                && msg.contains(&format!("`{arch}`"))
+                && msg.contains("hybrid"),
+            "{msg}"
+        );
+    }
+
     // A dense architecture's name with experts.
     let path = edited(&qwen, "qwen3-experts.gguf", |meta, _| {
         for (k, v) in meta.iter_mut() {

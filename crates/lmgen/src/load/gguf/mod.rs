@@ -74,11 +74,33 @@ const UNREAD_TENSORS: [(&str, &str); 3] = [
 ];
 
 /// GGUF architectures llama.cpp writes that lmgen knows but does not read, and what is missing.
-const UNREAD_ARCHITECTURES: [(&str, &str); 1] = [(
-    "gpt-oss",
-    "HF `gpt_oss`: its MXFP4 expert blocks (ggml type 39), attention sinks \
-     (`blk.N.attn_sinks.weight`) and expert biases are not read from GGUF files yet",
-)];
+const UNREAD_ARCHITECTURES: [(&str, &str); 5] = [
+    (
+        "gpt-oss",
+        "HF `gpt_oss`: its MXFP4 expert blocks (ggml type 39), attention sinks \
+         (`blk.N.attn_sinks.weight`) and expert biases are not read from GGUF files yet",
+    ),
+    (
+        "qwen3next",
+        "HF `qwen3_next`: a hybrid model whose gated DeltaNet layers (convolution and recurrent \
+         state) are not read from GGUF files yet",
+    ),
+    (
+        "qwen35",
+        "HF `qwen3_5_text`: a hybrid model whose gated DeltaNet layers (convolution and recurrent \
+         state) are not read from GGUF files yet",
+    ),
+    (
+        "qwen35moe",
+        "HF `qwen3_5_moe_text`: a hybrid model whose gated DeltaNet layers (convolution and \
+         recurrent state) are not read from GGUF files yet",
+    ),
+    (
+        "lfm2",
+        "HF `lfm2`: a hybrid model whose short gated convolution layers are not read from GGUF \
+         files yet",
+    ),
+];
 
 /// Where an HF tensor is stored: a GGUF tensor, or one expert of a stacked one.
 #[derive(Debug, Clone)]
