@@ -149,3 +149,65 @@ fn chat_reset_forgets_the_history() -> Result<()> {
     assert_eq!(String::from_utf8(out.stdout)?, format!("{one}{one}"));
     Ok(())
 }
+
+#[test]
+fn a_tokenizer_folder_renders_with_now_pinning_the_templates_clock() -> Result<()> {
+    // A tokenizer repository's files only (no config.json), with gpt-oss's template, which prints
+    // today's date: "now" gives transformers' render at that time; without it, the real clock.
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/chat_templates/cases.json"
+    ))?)?;
+    let case = &golden["cases"][0];
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/chat_templates/gpt_oss.jinja"
+    ))?;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        format!("{}/tokenizer.json", model("llama")),
+        dir.path().join("tokenizer.json"),
+    )?;
+    std::fs::write(dir.path().join("chat_template.jinja"), template)?;
+    std::fs::write(dir.path().join("tokenizer_config.json"), "{}")?;
+    let clock = golden["clock"].as_i64().context("clock")?;
+    assert_eq!(
+        clock, 1_785_931_200,
+        "the fixture's clock is 2026-08-05T12:00:00Z"
+    );
+    let request = |now: Option<&str>| {
+        let mut r = json!({
+            "messages": case["messages"],
+            "add_generation_prompt": case["add_generation_prompt"],
+        });
+        if let Some(now) = now {
+            r["now"] = json!(now);
+        }
+        r.to_string()
+    };
+    let stdin = [
+        request(Some("2026-08-05T12:00:00")),
+        request(None),
+        request(Some("yesterday")),
+    ]
+    .join("\n");
+    let dir_str = dir.path().to_str().context("path")?;
+    let out = lmgen(&["tokenize", "--model", dir_str, "--request", "-"], &stdin)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines[0]["rendered"], case["rendered"], "{}", lines[0]);
+    assert_ne!(
+        lines[1]["rendered"], case["rendered"],
+        "the clock stayed pinned"
+    );
+    let msg = lines[2]["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("`now`") && msg.contains("yesterday"), "{msg}");
+    Ok(())
+}

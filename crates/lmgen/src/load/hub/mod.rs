@@ -168,7 +168,8 @@ fn fetch_with(
         // locally, with the usual errors.
         return match files {
             FileSet::Gguf(file) => super::resolve_gguf_dir_in(id_or_dir, file, &caches),
-            FileSet::Checkpoint | FileSet::Tokenizer => super::resolve_model_in(id_or_dir, &caches),
+            FileSet::Checkpoint => super::resolve_model_in(id_or_dir, &caches),
+            FileSet::Tokenizer => super::resolve_tokenizer_in(id_or_dir, &caches),
         };
     };
     let revision = merge_revision(id_or_dir, at, revision)?;
