@@ -449,3 +449,69 @@ fn structured_output_from_flags_and_requests_matches_the_grammar() -> Result<()>
     );
     Ok(())
 }
+
+/// The Gemma 2 legacy-mode cases (transformers 4.47, `golden-legacy-gemma2/`) through the
+/// JSON-lines interface: one `lmgen generate --attn-implementation eager --request -` run per
+/// checkpoint, every case a line; sequences token for token, and a refused case answers an error.
+#[test]
+fn gemma2_legacy_cases_through_json_lines() -> Result<()> {
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden-legacy-gemma2"
+    );
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{root}/legacy_gemma2.json"
+    ))?)?;
+    let mut by_model: std::collections::BTreeMap<&str, Vec<&Value>> = Default::default();
+    for case in &cases {
+        by_model
+            .entry(case["model"].as_str().unwrap_or_default())
+            .or_default()
+            .push(case);
+    }
+    assert_eq!(by_model.len(), 3);
+    for (model, cases) in by_model {
+        let lines: String = cases
+            .iter()
+            .map(|case| {
+                let mut line = json!({"generation_config": case["generation_config"]});
+                if case.get("error").is_some() {
+                    line["prompts"] = case["prompts"].clone();
+                } else {
+                    line["input_ids"] = case["input_ids"].clone();
+                    line["attention_mask"] = case["attention_mask"].clone();
+                }
+                format!("{line}\n")
+            })
+            .collect();
+        let dir = format!("{root}/models/{model}");
+        let args = [
+            "generate",
+            "--model",
+            &dir,
+            "--attn-implementation",
+            "eager",
+            "--request",
+            "-",
+        ];
+        let out = lmgen(&args, &lines)?;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let answers: Vec<Value> = String::from_utf8(out.stdout)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(answers.len(), cases.len(), "{model}");
+        for (case, answer) in cases.iter().zip(&answers) {
+            let label = format!("{model}/{}", case["name"]);
+            if case.get("error").is_some() {
+                assert!(!error_message(answer).is_empty(), "{label}: {answer}");
+            } else {
+                assert_eq!(
+                    answer["sequences"], case["expected"]["sequences"],
+                    "{label}: {answer}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -89,3 +89,73 @@ fn legacy_cases_match_transformers_4_47() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Gemma 2 in the legacy modes against transformers 4.47 (`golden-legacy-gemma2/`, made by
+/// `tools/make_golden_legacy_gemma2.py`): three shapes, several diversity penalties and contrastive
+/// settings, each case once with a DynamicCache and once with the HybridCache real Gemma 2
+/// checkpoints select. 4.47 runs Gemma 2 with eager attention (soft-capping on), so the cases load
+/// with `attn_implementation: eager`; a setting 4.47 refuses must be refused here too.
+#[test]
+fn gemma2_legacy_cases_match_transformers_4_47() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-legacy-gemma2");
+    let text = std::fs::read_to_string(root.join("legacy_gemma2.json"))?;
+    let cases: Vec<Value> = serde_json::from_str(&text)?;
+    let mut pipes: HashMap<String, Pipeline> = HashMap::new();
+    let mut failures = Vec::new();
+    let (mut matched, mut refused) = (0, 0);
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or_default();
+        let model = case["model"].as_str().unwrap_or_default().to_string();
+        assert_eq!(case["attn_implementation"], "eager", "{model}/{name}");
+        if !pipes.contains_key(&model) {
+            let options = lmgen::models::LoadOptions {
+                attn_implementation: lmgen::models::AttnImplementation::Eager,
+                ..Default::default()
+            };
+            let dir = root.join("models").join(&model);
+            pipes.insert(
+                model.clone(),
+                Pipeline::load(dir.to_str().unwrap_or_default(), &options)?,
+            );
+        }
+        let label = format!("{model}/{name}");
+        let overrides =
+            GenerationConfig::from_json(&case["generation_config"], UnknownFields::Reject)?;
+        if let Some(error) = case.get("error").and_then(Value::as_str) {
+            let prompts: Vec<String> = serde_json::from_value(case["prompts"].clone())?;
+            let input = pipes[&model].encode_prompts(&prompts, &overrides)?;
+            match pipes[&model].generate(&input, &overrides) {
+                Ok(_) => {
+                    failures.push(format!("{label}: transformers raises ({error}), lmgen ran"))
+                }
+                Err(_) => refused += 1,
+            }
+            continue;
+        }
+        let input = GenerateInput {
+            input_ids: serde_json::from_value(case["input_ids"].clone())?,
+            attention_mask: Some(serde_json::from_value(case["attention_mask"].clone())?),
+        };
+        match pipes[&model].generate(&input, &overrides) {
+            Ok(out) => {
+                if common::check_sequences(&label, &out, &case["expected"], &mut failures)? {
+                    matched += 1;
+                }
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(matched + refused, cases.len());
+    assert!(
+        refused > 0 && matched > 55,
+        "{matched} matched, {refused} refused"
+    );
+    Ok(())
+}
