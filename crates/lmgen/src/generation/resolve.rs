@@ -243,6 +243,14 @@ impl GenerationConfig {
             length_penalty: c.length_penalty.unwrap_or(1.0),
             do_sample: c.do_sample == Some(true),
         };
+        // transformers expands each prompt max(num_beams, num_return_sequences) times: 0 runs as
+        // 1 outside the beam modes, where it has no sequence to return (and transformers fails).
+        if num_return_sequences == 0 && generation_mode_is_beam(generation_mode) {
+            return Err(Error::config(
+                "`num_return_sequences` must be at least 1 with beam search, got 0",
+            ));
+        }
+        let num_return_sequences = num_return_sequences.max(1);
         if generation_mode_is_beam(generation_mode) && num_return_sequences > beams.num_beams {
             return Err(Error::config(format!(
                 "`num_return_sequences` ({num_return_sequences}) must be <= `num_beams` ({})",

@@ -107,7 +107,22 @@ impl Tokenizer {
                 path.display()
             )));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        // What tokenizers panics on instead of answering an error (found by the
+        // `tokenizer_json` fuzz target): malformed JSON inside `decoder`, and a
+        // TemplateProcessing whose template names a special token it does not define.
+        let outline: Outline = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if let Some(processor) = &outline.post_processor {
+            check_templates(processor).map_err(|message| Error::Json {
+                path: path.clone(),
+                message: format!("`post_processor`: {message}"),
+            })?;
+        }
+        let inner = text
+            .parse::<tokenizers::Tokenizer>()
             .map_err(|e| Error::Tokenizer(format!("cannot load `{}`: {e}", path.display())))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.is_file() {
@@ -402,4 +417,38 @@ pub(crate) fn clean_up_tokenization(text: &str) -> String {
     ]
     .iter()
     .fold(text.to_string(), |s, (from, to)| s.replace(from, to))
+}
+
+/// The parts of `tokenizer.json` lmgen checks before handing it to tokenizers (the rest is read
+/// as JSON syntax only).
+#[derive(serde::Deserialize)]
+struct Outline {
+    post_processor: Option<Value>,
+}
+
+/// Every `TemplateProcessing` in `processor` (a `Sequence` nests them) defines the special
+/// tokens its `single` and `pair` templates name.
+fn check_templates(processor: &Value) -> std::result::Result<(), String> {
+    if let Some(list) = processor.get("processors").and_then(Value::as_array) {
+        return list.iter().try_for_each(check_templates);
+    }
+    if processor.get("type").and_then(Value::as_str) != Some("TemplateProcessing") {
+        return Ok(());
+    }
+    let defined = processor.get("special_tokens").and_then(Value::as_object);
+    for template in ["single", "pair"] {
+        let pieces = processor.get(template).and_then(Value::as_array);
+        for piece in pieces.into_iter().flatten() {
+            let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) else {
+                continue;
+            };
+            if !defined.is_some_and(|d| d.contains_key(id)) {
+                return Err(format!(
+                    "TemplateProcessing's `{template}` template uses the special token `{id}`, \
+                     which its `special_tokens` does not define"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -442,7 +442,17 @@ impl GgufWeights {
             }
         }
         let dtype = info.ggml_dtype;
-        let elems: usize = dims.iter().product();
+        // Checked: a wrapped product would pass the bounds check below with a small length
+        // while candle dequantizes to the shape's (huge) element count (found by fuzzing).
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                weights_error(
+                    &self.path,
+                    format!("tensor `{gguf}` has shape {dims:?}: more values than fit in memory"),
+                )
+            })?;
         if elems % dtype.block_size() != 0 {
             return Err(weights_error(
                 &self.path,

@@ -421,6 +421,20 @@ impl<'a> ConfigFile<'a> {
         if !self.value.is_object() {
             return Err(self.err("expected a JSON object".into()));
         }
+        // Counts that size allocations before any tensor is read (per-layer tables, expert
+        // lists): bounded here, so that a corrupt file is an error, not a multi-gigabyte
+        // allocation (found by the `gguf` fuzz target: `block_count` 4294967295).
+        for (key, max) in SIZE_LIMITS {
+            if let Some(n) = self.value.get(*key).and_then(Value::as_u64) {
+                if n > *max {
+                    return Err(self.err(format!(
+                        "`{}{key}` is {n}; lmgen reads at most {max} (the largest checkpoints \
+                         have a few hundred)",
+                        self.prefix
+                    )));
+                }
+            }
+        }
         serde_path_to_error::deserialize(self.value).map_err(|e| {
             let path = e.path().to_string();
             self.err(describe(self.prefix, &path, &e.into_inner().to_string()))
@@ -436,6 +450,15 @@ impl<'a> ConfigFile<'a> {
         }
     }
 }
+
+/// The largest layer and expert counts a config may declare ([`ConfigFile::parse`]).
+const SIZE_LIMITS: &[(&str, u64)] = &[
+    ("num_hidden_layers", 4096),
+    ("n_layer", 4096),
+    ("num_local_experts", 65536),
+    ("num_experts", 65536),
+    ("n_routed_experts", 65536),
+];
 
 /// serde's message for a bad field, in lmgen's words: "`field` must be a number, got \"x\"",
 /// "`field` is missing".

@@ -234,6 +234,14 @@ fn rope_per_layer_type(
 /// Each layer's shape and KV sharing, the per-layer inputs and the MoE.
 fn spec(file: &ConfigFile<'_>, f: &Fields, cfg: &ModelConfig) -> Result<Gemma4Spec> {
     let n = cfg.num_hidden_layers;
+    if cfg.layer_types.len() != n {
+        // Checked again for every architecture once lowered; the loops below index by layer.
+        return Err(file.err(format!(
+            "`{}layer_types` has {} entries but `num_hidden_layers` is {n}",
+            file.prefix,
+            cfg.layer_types.len()
+        )));
+    }
     let k_eq_v = f.attention_k_eq_v.unwrap_or(false);
     let mut shapes = vec![(cfg.head_dim, cfg.num_key_value_heads); n];
     match &f.per_layer_config {

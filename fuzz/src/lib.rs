@@ -1,0 +1,4 @@
+//! The contracts the fuzz targets check (shared with `cargo test`'s replay of the corpora).
+#[path = "../contracts.rs"]
+mod contracts;
+pub use contracts::*;
