@@ -39,6 +39,14 @@ pub struct ResolvedGeneration {
     pub output_scores: bool,
     /// Return the raw logits of each step (`output_logits`).
     pub output_logits: bool,
+    /// Return every layer's hidden states of each step (`output_hidden_states` with
+    /// `return_dict_in_generate`).
+    pub output_hidden_states: bool,
+    /// Return every attention layer's weights of each step (`output_attentions` with
+    /// `return_dict_in_generate`).
+    pub output_attentions: bool,
+    /// Prefill the prompt in chunks of this many tokens (`prefill_chunk_size`, at least 1).
+    pub prefill_chunk_size: Option<usize>,
 }
 
 /// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
@@ -262,6 +270,10 @@ impl GenerationConfig {
             }
         };
         let eos_token_id = self.eos_token_ids();
+        let return_dict = c.return_dict_in_generate == Some(true);
+        let output_hidden_states = return_dict && c.output_hidden_states == Some(true);
+        let output_attentions = return_dict && c.output_attentions == Some(true);
+        step_outputs_available(&mode, output_hidden_states, output_attentions)?;
         Ok(ResolvedGeneration {
             mode,
             batch,
@@ -273,6 +285,9 @@ impl GenerationConfig {
             num_return_sequences,
             output_scores: c.output_scores == Some(true),
             output_logits: c.output_logits == Some(true),
+            output_hidden_states,
+            output_attentions,
+            prefill_chunk_size: prefill_chunk_size(&c)?,
         })
     }
 
@@ -294,6 +309,40 @@ impl GenerationConfig {
             )));
         }
         Ok(lengths)
+    }
+}
+
+/// `prefill_chunk_size`: at least one token (transformers' `torch.split` fails on 0), and a
+/// cache to prefill into (transformers' `_prefill`: "Cannot use prefill chunking without a
+/// cache").
+fn prefill_chunk_size(c: &GenerationConfig) -> Result<Option<usize>> {
+    match c.prefill_chunk_size {
+        Some(0) => Err(Error::config(
+            "`prefill_chunk_size` must be at least 1 (tokens per prefill chunk), got 0",
+        )),
+        Some(_) if c.use_cache == Some(false) => Err(Error::config(
+            "Cannot use prefill chunking without a cache: `prefill_chunk_size` needs `use_cache=true`",
+        )),
+        size => Ok(size),
+    }
+}
+
+/// Hidden states and attention weights per step are returned by greedy search and sampling
+/// (transformers' `_sample`); other modes refuse them by name rather than return nothing.
+fn step_outputs_available(mode: &Mode, hidden_states: bool, attentions: bool) -> Result<()> {
+    let field = match (hidden_states, attentions) {
+        (true, _) => "output_hidden_states",
+        (false, true) => "output_attentions",
+        (false, false) => return Ok(()),
+    };
+    match mode {
+        Mode::Greedy | Mode::Sample => Ok(()),
+        other => Err(Error::unsupported(format!(
+            "`{field}` with {}: lmgen returns per-step hidden states and attentions from greedy \
+             search and sampling only; set `{field}` to false or `num_beams` to 1 without an \
+             assistant",
+            other.generation_mode().description()
+        ))),
     }
 }
 

@@ -110,12 +110,6 @@ const UNBUILT: &[Unbuilt] = &[
         active: |c| c.is_assistant == Some(true) && c.assistant_confidence_threshold > Some(0.0),
     },
     Unbuilt {
-        field: "prefill_chunk_size",
-        feature: "chunked prefill",
-        fix: "unset it",
-        active: |c| c.prefill_chunk_size.is_some(),
-    },
-    Unbuilt {
         field: "cache_implementation",
         feature: "a cache other than the dynamic cache",
         fix: "unset it or set it to \"dynamic\"",
@@ -126,18 +120,6 @@ const UNBUILT: &[Unbuilt] = &[
                 None | Some("dynamic" | "hybrid")
             )
         },
-    },
-    Unbuilt {
-        field: "output_attentions",
-        feature: "returning attention weights",
-        fix: "set it to false",
-        active: |c| c.output_attentions == Some(true) && c.return_dict_in_generate == Some(true),
-    },
-    Unbuilt {
-        field: "output_hidden_states",
-        feature: "returning hidden states",
-        fix: "set it to false",
-        active: |c| c.output_hidden_states == Some(true) && c.return_dict_in_generate == Some(true),
     },
 ];
 
@@ -470,18 +452,9 @@ mod tests {
         let cases = [
             (json!({"token_healing": true}), "`token_healing`"),
             (json!({"is_assistant": true}), "`is_assistant`"),
-            (json!({"prefill_chunk_size": 16}), "`prefill_chunk_size`"),
             (
                 json!({"cache_implementation": "static"}),
                 "`cache_implementation`",
-            ),
-            (
-                json!({"output_attentions": true, "return_dict_in_generate": true}),
-                "`output_attentions`",
-            ),
-            (
-                json!({"output_hidden_states": true, "return_dict_in_generate": true}),
-                "`output_hidden_states`",
             ),
         ];
         for (value, field) in cases {

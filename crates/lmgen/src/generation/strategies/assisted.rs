@@ -174,6 +174,8 @@ pub(crate) fn run(
         sequences: vec![sequence],
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: vec![finish],
         prompt_len: t,
         sequences_scores: None,

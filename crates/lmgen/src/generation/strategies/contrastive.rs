@@ -20,6 +20,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::decode_state::DecodeState;
+use super::prefill::prefill;
 use super::{forward_step, host_scores, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
@@ -59,17 +60,19 @@ pub(crate) fn run(
     }
     // Prefill: the prompt's last hidden states are the first context of the penalty.
     let prompt = Tensor::new(state.sequences.clone(), &device)?; // [b, t]
-    let out = forward_step(
+    let out = prefill(
         model,
         StepInput {
             ids: &prompt,
             positions: state.positions(),
             mask: state.mask(),
             output_hidden_states: true,
+            output_attentions: false,
             logits_to_keep: LogitsToKeep::Last,
             num_hidden_layers: None,
             sequences: Some(&state.sequences),
         },
+        g.prefill_chunk_size,
         &mut cache,
     )?;
     let mut context = Context::new(last_hidden(&out)?, input.attention_mask.as_deref())?;
@@ -99,6 +102,7 @@ pub(crate) fn run(
                 positions: &positions,
                 mask: mask.as_deref(),
                 output_hidden_states: true,
+                output_attentions: false,
                 logits_to_keep: LogitsToKeep::Last,
                 num_hidden_layers: None,
                 // The candidates of every row, run as one batch: a model that must run the
@@ -148,6 +152,8 @@ pub(crate) fn run(
         sequences: state.sequences,
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,

@@ -154,6 +154,9 @@ mod tests {
             num_return_sequences: 1,
             output_scores: false,
             output_logits: false,
+            output_hidden_states: false,
+            output_attentions: false,
+            prefill_chunk_size: None,
         };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],

@@ -4,8 +4,9 @@
 
 use candle_core::Tensor;
 
+use super::prefill::prefill;
 use super::sample::position_ids;
-use super::{next_token_logits, StepInput};
+use super::{host_scores, next_token_logits, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::Result;
 use crate::generation::{GenerateInput, Scores};
@@ -24,11 +25,18 @@ pub(super) struct BeamRows<'m> {
     next_pos: Vec<u32>,
     /// `[rows, step]` ids of the next forward.
     step_ids: Tensor,
+    /// `prefill_chunk_size`: the prompt's forward runs in chunks of this many tokens.
+    prefill_chunk_size: Option<usize>,
 }
 
 impl<'m> BeamRows<'m> {
-    /// Rows for the (already expanded) prompt `input`, `[rows, t]`.
-    pub(super) fn new(model: &'m dyn CausalLM, input: &GenerateInput) -> Result<Self> {
+    /// Rows for the (already expanded) prompt `input`, `[rows, t]`, whose forward runs in chunks
+    /// of `prefill_chunk_size` tokens when that is set.
+    pub(super) fn new(
+        model: &'m dyn CausalLM,
+        input: &GenerateInput,
+        prefill_chunk_size: Option<usize>,
+    ) -> Result<Self> {
         let rows = input.input_ids.len();
         let t = input.input_ids.first().map_or(0, Vec::len);
         let mask = input.attention_mask.clone();
@@ -48,6 +56,7 @@ impl<'m> BeamRows<'m> {
             positions,
             next_pos,
             step_ids,
+            prefill_chunk_size,
         })
     }
 
@@ -56,6 +65,10 @@ impl<'m> BeamRows<'m> {
     pub(super) fn logits(&mut self, sequences: &[Vec<TokenId>]) -> Result<Scores> {
         let step = StepInput::last(&self.step_ids, &self.positions, self.mask.as_deref())
             .with_sequences(sequences);
+        if self.cache.seq_len() == 0 {
+            let out = prefill(self.model, step, self.prefill_chunk_size, &mut self.cache)?;
+            return host_scores(&out.logits.squeeze(1)?); // [rows, 1, vocab] -> [rows, vocab]
+        }
         next_token_logits(self.model, step, &mut self.cache)
     }
 

@@ -10,7 +10,8 @@
 use candle_core::Tensor;
 
 use super::decode_state::DecodeState;
-use super::{host_scores, last_logits, StepInput};
+use super::prefill::prefill;
+use super::{forward_step, host_scores, StepInput};
 use crate::cache::{DynamicCache, KvCache};
 use crate::error::Result;
 use crate::generation::context::GenerationContext;
@@ -73,13 +74,24 @@ pub(crate) fn run(
         g,
         ctx,
         &mut |model, step_ids, state, cache| {
-            let step = StepInput::last(step_ids, state.positions(), state.mask())
-                .with_sequences(&state.sequences);
-            let logits = last_logits(model, step, cache)?;
+            let step = StepInput {
+                output_hidden_states: g.output_hidden_states,
+                output_attentions: g.output_attentions,
+                ..StepInput::last(step_ids, state.positions(), state.mask())
+            }
+            .with_sequences(&state.sequences);
+            // The first step runs the whole prompt: in chunks with `prefill_chunk_size`.
+            let out = if cache.seq_len() == 0 {
+                prefill(model, step, g.prefill_chunk_size, cache)?
+            } else {
+                forward_step(model, step, cache)?
+            };
             Ok(StepLogits {
-                logits,
+                logits: out.logits.squeeze(1)?, // [rows, 1, vocab] -> [rows, vocab]
                 host: None,
                 adjusted: None,
+                hidden_states: out.hidden_states,
+                attentions: out.attentions,
             })
         },
     )
@@ -95,6 +107,10 @@ pub(super) struct StepLogits {
     pub host: Option<Scores>,
     /// What the processors get instead of `logits`, if anything (DoLa's layer contrast).
     pub adjusted: Option<Scores>,
+    /// The step's hidden states, when the loop returns them (`output_hidden_states`).
+    pub hidden_states: Option<Vec<Tensor>>,
+    /// The step's attention weights, when the loop returns them (`output_attentions`).
+    pub attentions: Option<Vec<Tensor>>,
 }
 
 /// One forward step: the model over `step_ids` (`[rows, t_step]`) at the state's positions and
@@ -145,7 +161,10 @@ pub(super) fn run_with_step(
             logits,
             host,
             adjusted,
+            hidden_states,
+            attentions,
         } = step(model, &step_ids, &state, &mut cache)?;
+        outputs.push_model_outputs(hidden_states, attentions);
         let mut next = match (device_argmax.as_ref(), adjusted) {
             (Some(argmax), None) => argmax.select(&logits)?,
             (_, adjusted) => {
@@ -190,6 +209,8 @@ pub(super) fn run_with_step(
         sequences: state.sequences,
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: outputs.hidden_states,
+        attentions: outputs.attentions,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,

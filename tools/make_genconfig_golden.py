@@ -1,0 +1,150 @@
+"""Golden cases for the GenerationConfig fields of issue 19, made with transformers itself.
+
+Run from the repository root with transformers 5.17 / torch 2.11:
+    python tools/make_genconfig_golden.py crates/lmgen/tests/fixtures/genconfig
+Writes, on the golden checkpoints (crates/lmgen/tests/fixtures/golden/models, float32, CPU):
+  prefill_chunk.json  generate() with `prefill_chunk_size` (greedy, beam search, padded batches),
+                      plus transformers' answer where it refuses the setting.
+  outputs.json        generate() with `output_hidden_states` / `output_attentions`
+                      (attn_implementation="eager", as transformers needs for attentions).
+  caches.json         generate() with each `cache_implementation` transformers 5.17 accepts without
+                      an extra package ("static", "offloaded", "offloaded_static", "sliding_window",
+                      "hybrid", ...).
+Each case: {"name", "model", "input_ids", "attention_mask", "generation_config",
+            "attn_implementation", "expected": {"sequences", "scores"?, "hidden_states"?, "attentions"?}
+            | "error": str}
+`hidden_states[step][layer]` is `[b, t_step, hidden]`, `attentions[step][layer]` `[b, heads, q, k]`,
+as transformers' GenerateDecoderOnlyOutput; -inf scores are null.
+"""
+import json
+import math
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+ROOT = "crates/lmgen/tests/fixtures/golden/models"
+MODELS = ["gpt2", "llama", "qwen2", "mistral", "gemma2"]
+LONG = "A list of colors: red, blue, green, yellow, purple, orange and then"
+SHORT = "The quick brown fox"
+MID = "def main():\n    print("
+
+
+def rounded(x):
+    if isinstance(x, list):
+        return [rounded(v) for v in x]
+    if math.isinf(x) and x < 0:
+        return None
+    return round(x, 6)
+
+
+_loaded = {}
+
+
+def load(name, attn="sdpa"):
+    key = (name, attn)
+    if key not in _loaded:
+        m = AutoModelForCausalLM.from_pretrained(f"{ROOT}/{name}", dtype=torch.float32,
+                                                 attn_implementation=attn).eval()
+        tok = AutoTokenizer.from_pretrained(f"{ROOT}/{name}")
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        _loaded[key] = (m, tok)
+    return _loaded[key]
+
+
+def run(name, prompts, cfg, *, attn="sdpa", scores=False, outputs=False, case_name):
+    m, tok = load(name, attn)
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    pad = m.generation_config.pad_token_id
+    cfg = {**cfg, "pad_token_id": pad if pad is not None else tok.pad_token_id}
+    case = {
+        "name": case_name,
+        "model": name,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "generation_config": cfg,
+        "attn_implementation": attn,
+    }
+    torch.manual_seed(0)
+    try:
+        gen = GenerationConfig.from_dict({**m.generation_config.to_dict(), **cfg})
+        with torch.no_grad():
+            out = m.generate(**enc, generation_config=gen, return_dict_in_generate=True,
+                             output_scores=scores)
+    except Exception as e:  # noqa: BLE001 - the refusal is the golden answer
+        case["error"] = f"{type(e).__name__}: {e}"
+        return case
+    exp = {"sequences": out.sequences.tolist()}
+    if scores:
+        exp["scores"] = rounded(torch.stack(out.scores[:2], 1).tolist())  # the first two steps
+    if outputs and out.hidden_states is not None:
+        exp["hidden_states"] = [[rounded(h.tolist()) for h in step] for step in out.hidden_states]
+    if outputs and out.attentions is not None:
+        exp["attentions"] = [[rounded(a.tolist()) for a in step] for step in out.attentions]
+    case["expected"] = exp
+    return case
+
+
+def prefill_chunk_cases():
+    cases = []
+    greedy = dict(do_sample=False, max_new_tokens=10)
+    for name in MODELS:
+        for chunk in (1, 3, 7, 64):
+            cfg = {**greedy, "prefill_chunk_size": chunk}
+            cases.append(run(name, [LONG], cfg, scores=chunk == 3, case_name=f"greedy_chunk{chunk}"))
+            cases.append(run(name, [LONG, SHORT, MID], cfg, case_name=f"batch_chunk{chunk}"))
+        beam = dict(do_sample=False, max_new_tokens=8, num_beams=3, prefill_chunk_size=4)
+        cases.append(run(name, [LONG, SHORT], beam, case_name="beam_chunk4"))
+    # Refusals: no cache to prefill into, a chunk of 0 tokens.
+    for bad, label in ((dict(use_cache=False), "no_cache"), (dict(prefill_chunk_size=0), "zero")):
+        cfg = {**greedy, "prefill_chunk_size": 4, **bad}
+        cases.append(run("llama", [LONG], cfg, case_name=f"refused_{label}"))
+    return cases
+
+
+def output_cases():
+    cases = []
+    base = dict(do_sample=False, max_new_tokens=3, output_hidden_states=True, output_attentions=True)
+    for name in MODELS:
+        cases.append(run(name, [SHORT, MID], base, attn="eager", outputs=True, case_name="eager_batch"))
+        cases.append(run(name, [LONG], {**base, "prefill_chunk_size": 5}, attn="eager", outputs=True,
+                         case_name="eager_chunked"))
+    # transformers' default attention (sdpa) returns no attention weights: empty tuples per step.
+    cases.append(run("llama", [SHORT], base, attn="sdpa", outputs=True, case_name="sdpa_hidden_only"))
+    return cases
+
+
+def cache_cases():
+    cases = []
+    greedy = dict(do_sample=False, max_new_tokens=10)
+    kinds = ["dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid",
+             "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked"]
+    for name in MODELS:
+        for kind in kinds:
+            cfg = {**greedy, "cache_implementation": kind}
+            cases.append(run(name, [LONG, SHORT, MID], cfg, case_name=f"batch_{kind}"))
+        cases.append(run(name, [LONG], {**greedy, "cache_implementation": "static", "max_cache_len": 64},
+                         case_name="static_max_cache_len"))
+        cases.append(run(name, [LONG, SHORT], dict(do_sample=False, max_new_tokens=8, num_beams=3,
+                                                    cache_implementation="static"), case_name="beam_static"))
+    cases.append(run("llama", [LONG], {**greedy, "cache_implementation": "compact"}, case_name="refused_unknown"))
+    return cases
+
+
+def main(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    import transformers
+
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for file, make in (("prefill_chunk.json", prefill_chunk_cases), ("outputs.json", output_cases),
+                       ("caches.json", cache_cases)):
+        with open(os.path.join(out_dir, file), "w") as f:
+            json.dump({"made_with": meta, "cases": make()}, f, separators=(",", ":"))
+        print(file, os.path.getsize(os.path.join(out_dir, file)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
