@@ -303,3 +303,72 @@ fn step_outputs_are_kept_only_when_asked() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Each `cache_implementation` transformers 5.17 accepts gives its tokens: `static` and the
+/// deprecated names it maps to a static cache, with `max_cache_len`, in beam search too. The
+/// offloaded kinds fail in transformers on a CPU-only machine (offloading needs an accelerator,
+/// the golden run answers a CUDA error); lmgen runs them on the host, where they are the inner
+/// cache, so they must give the dynamic cache's golden tokens.
+#[test]
+fn cache_implementations_match_transformers() -> anyhow::Result<()> {
+    let mut pipes = Pipes::default();
+    let mut failures = Vec::new();
+    let all = cases("caches.json")?;
+    let (mut ran, mut offloaded) = (0, 0);
+    for case in &all {
+        let name = case["name"].as_str().unwrap_or_default();
+        let expected = match case.get("error").and_then(Value::as_str) {
+            Some(e) if e.contains("CUDA") => {
+                offloaded += 1;
+                let dynamic = all
+                    .iter()
+                    .find(|c| c["model"] == case["model"] && c["name"] == "batch_dynamic")
+                    .map(|c| c["expected"].clone());
+                dynamic.unwrap_or_default()
+            }
+            Some(_) => {
+                check_refused(&mut pipes, case, "cache_implementation", &mut failures);
+                continue;
+            }
+            None => case["expected"].clone(),
+        };
+        let out = run(&mut pipes, case, &serde_json::json!({}))?;
+        ran += 1;
+        common::check_sequences(
+            &format!("{} {name}", case["model"]),
+            &out,
+            &expected,
+            &mut failures,
+        )?;
+    }
+    assert!(
+        ran >= 50 && offloaded == 20,
+        "ran {ran}, offloaded {offloaded}"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// A static cache too small for the call is an error naming `max_cache_len`, never a wrong
+/// answer; a larger `max_cache_len` changes nothing.
+#[test]
+fn a_static_cache_is_sized_from_max_length() -> anyhow::Result<()> {
+    let dir = fixtures().join("golden/models/llama");
+    let pipe = Pipeline::from_pretrained(dir.to_str().unwrap_or_default())?;
+    let input = GenerateInput::single(vec![1, 15, 27, 300]);
+    let config = |value: Value| GenerationConfig::from_json(&value, UnknownFields::Reject);
+    let dynamic = pipe.generate(&input, &config(serde_json::json!({"max_new_tokens": 6}))?)?;
+    let big = config(
+        serde_json::json!({"max_new_tokens": 6, "cache_implementation": "static", "max_cache_len": 100}),
+    )?;
+    assert_eq!(pipe.generate(&input, &big)?.sequences, dynamic.sequences);
+    let mut cache = lmgen::cache::StaticCache::new(3);
+    let k = Tensor::zeros(
+        (1, 2, 4, 16),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let err = lmgen::cache::KvCache::update(&mut cache, 0, &k, &k).unwrap_err();
+    assert!(err.to_string().contains("`max_cache_len`"), "{err}");
+    Ok(())
+}

@@ -12,6 +12,7 @@ use super::candidates::{DraftLength, DraftSchedule};
 use super::config::{EarlyStopping, Lengths};
 use super::constraints::Constraint;
 use super::{GenerateOptions, GenerationConfig, GenerationMode};
+use crate::cache::CacheImplementation;
 use crate::error::{Error, Result};
 use crate::models::ModelConfig;
 use crate::TokenId;
@@ -47,6 +48,8 @@ pub struct ResolvedGeneration {
     pub output_attentions: bool,
     /// Prefill the prompt in chunks of this many tokens (`prefill_chunk_size`, at least 1).
     pub prefill_chunk_size: Option<usize>,
+    /// The KV cache to build (`cache_implementation`, `max_cache_len`, `cache_config`).
+    pub cache: CacheImplementation,
 }
 
 /// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
@@ -274,11 +277,17 @@ impl GenerationConfig {
         let output_hidden_states = return_dict && c.output_hidden_states == Some(true);
         let output_attentions = return_dict && c.output_attentions == Some(true);
         step_outputs_available(&mode, output_hidden_states, output_attentions)?;
+        let lengths = self.lengths(model, prompt_len)?;
+        let cache = CacheImplementation::resolve(
+            c.cache_implementation.as_deref(),
+            lengths.max_length,
+            c.max_cache_len,
+        );
         Ok(ResolvedGeneration {
             mode,
             batch,
             prompt_len,
-            lengths: self.lengths(model, prompt_len)?,
+            lengths,
             pad_token_id: self.pad_token_id_or_eos(),
             pad_from_eos: self.pad_token_id.is_none(),
             eos_token_id,
@@ -288,6 +297,7 @@ impl GenerationConfig {
             output_hidden_states,
             output_attentions,
             prefill_chunk_size: prefill_chunk_size(&c)?,
+            cache,
         })
     }
 

@@ -111,15 +111,9 @@ const UNBUILT: &[Unbuilt] = &[
     },
     Unbuilt {
         field: "cache_implementation",
-        feature: "a cache other than the dynamic cache",
+        feature: "the quantized cache",
         fix: "unset it or set it to \"dynamic\"",
-        // transformers silently unsets "hybrid" (`_prepare_generation_config`).
-        active: |c| {
-            !matches!(
-                c.cache_implementation.as_deref(),
-                None | Some("dynamic" | "hybrid")
-            )
-        },
+        active: |c| c.cache_implementation.as_deref() == Some("quantized"),
     },
 ];
 
@@ -453,7 +447,7 @@ mod tests {
             (json!({"token_healing": true}), "`token_healing`"),
             (json!({"is_assistant": true}), "`is_assistant`"),
             (
-                json!({"cache_implementation": "static"}),
+                json!({"cache_implementation": "quantized"}),
                 "`cache_implementation`",
             ),
         ];

@@ -22,7 +22,6 @@ use candle_core::{DType, Tensor, D};
 use super::decode_state::DecodeState;
 use super::prefill::prefill;
 use super::{forward_step, host_scores, StepInput};
-use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::context::GenerationContext;
 use crate::generation::logits::Scores;
@@ -53,7 +52,7 @@ pub(crate) fn run(
     } = ctx;
     let (b, t) = (g.rows(), g.prompt_len);
     let device = model.device().clone();
-    let mut cache = DynamicCache::new();
+    let mut cache = g.cache.build();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
@@ -73,7 +72,7 @@ pub(crate) fn run(
             sequences: Some(&state.sequences),
         },
         g.prefill_chunk_size,
-        &mut cache,
+        cache.as_mut(),
     )?;
     let mut context = Context::new(last_hidden(&out)?, input.attention_mask.as_deref())?;
     let mut logits = host_scores(&out.logits)?; // [b, vocab]
@@ -109,7 +108,7 @@ pub(crate) fn run(
                 // whole sequence again refuses this step (see `forward_step`).
                 sequences: None,
             },
-            &mut cache,
+            cache.as_mut(),
         )?;
         let next_hidden = normalize(&last_hidden(&out)?)?; // [b * k, 1, h]
         let penalties = context.degeneration_penalty(&next_hidden, top_k)?; // [b][k]

@@ -157,6 +157,7 @@ mod tests {
             output_hidden_states: false,
             output_attentions: false,
             prefill_chunk_size: None,
+            cache: crate::cache::CacheImplementation::Dynamic,
         };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::decode_state::DecodeState;
 use super::prefill::prefill;
 use super::{forward_step, host_scores, StepInput};
-use crate::cache::{DynamicCache, KvCache};
+use crate::cache::KvCache;
 use crate::error::Result;
 use crate::generation::context::GenerationContext;
 use crate::generation::device_argmax::DeviceArgmax;
@@ -138,7 +138,7 @@ pub(super) fn run_with_step(
     let t = g.prompt_len;
     let vocab_size = model.config().vocab_size;
     let device = model.device().clone();
-    let mut cache = DynamicCache::new();
+    let mut cache = g.cache.build();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
@@ -163,7 +163,7 @@ pub(super) fn run_with_step(
             adjusted,
             hidden_states,
             attentions,
-        } = step(model, &step_ids, &state, &mut cache)?;
+        } = step(model, &step_ids, &state, cache.as_mut())?;
         outputs.push_model_outputs(hidden_states, attentions);
         let mut next = match (device_argmax.as_ref(), adjusted) {
             (Some(argmax), None) => argmax.select(&logits)?,
