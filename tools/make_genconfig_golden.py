@@ -10,6 +10,9 @@ Writes, on the golden checkpoints (crates/lmgen/tests/fixtures/golden/models, fl
   caches.json         generate() with each `cache_implementation` transformers 5.17 accepts without
                       an extra package ("static", "offloaded", "offloaded_static", "sliding_window",
                       "hybrid", ...).
+  quantized.json      generate() with `cache_implementation="quantized"`: quanto and HQQ backends,
+                      bit widths, axes, group sizes, residual lengths (needs optimum-quanto and hqq,
+                      see `quantized_cases`), and transformers' refusals.
 Each case: {"name", "model", "input_ids", "attention_mask", "generation_config",
             "attn_implementation", "expected": {"sequences", "scores"?, "hidden_states"?, "attentions"?}
             | "error": str}
@@ -110,6 +113,7 @@ def output_cases():
     base = dict(do_sample=False, max_new_tokens=3, output_hidden_states=True, output_attentions=True)
     for name in MODELS:
         cases.append(run(name, [SHORT, MID], base, attn="eager", outputs=True, case_name="eager_batch"))
+        cases.append(run(name, [SHORT, MID], base, attn="sdpa", outputs=True, case_name="sdpa_batch"))
         cases.append(run(name, [LONG], {**base, "prefill_chunk_size": 5}, attn="eager", outputs=True,
                          case_name="eager_chunked"))
     # transformers' default attention (sdpa) returns no attention weights: empty tuples per step.
@@ -134,13 +138,72 @@ def cache_cases():
     return cases
 
 
+QUANTIZED = {
+    "quanto4": dict(backend="quanto", nbits=4, q_group_size=16, residual_length=4),
+    "quanto2_axis_key_last": dict(backend="quanto", nbits=2, axis_key=-1, q_group_size=4, residual_length=3),
+    "quanto4_axis_last": dict(backend="quanto", nbits=4, axis_key=-1, axis_value=-1, q_group_size=4,
+                              residual_length=6),
+    "hqq8_axis1": dict(backend="hqq", nbits=8, axis_key=1, axis_value=1, q_group_size=16, residual_length=5),
+    "hqq4": dict(backend="hqq", nbits=4, q_group_size=16, residual_length=4),
+    "hqq2_axis1": dict(backend="hqq", nbits=2, axis_key=1, axis_value=1, q_group_size=16, residual_length=2),
+    "hqq3": dict(backend="hqq", nbits=3, q_group_size=32, residual_length=7),
+}
+
+
+def stable_new_tokens(case, seeds=16, noise=1e-6):
+    """Per row, how many generated tokens stay the same when transformers reruns the case with its weights
+    perturbed by `noise` (relative) for each of `seeds` seeds: a 2-4 bit cache turns float32 rounding
+    differences into different codes, so tokens past this point depend on rounding, not on semantics."""
+    m, _ = load(case["model"])
+    gen = GenerationConfig.from_dict({**m.generation_config.to_dict(), **case["generation_config"]})
+    ids, mask = torch.tensor(case["input_ids"]), torch.tensor(case["attention_mask"])
+    want = case["expected"]["sequences"]
+    stable = [len(r) for r in want]
+    saved = {k: v.clone() for k, v in m.state_dict().items()}
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise * p.abs().mean())
+            torch.manual_seed(0)
+            out = m.generate(input_ids=ids, attention_mask=mask, generation_config=gen).tolist()
+            m.load_state_dict(saved)
+        for r, (o, w) in enumerate(zip(out, want)):
+            n = next((i for i, (x, y) in enumerate(zip(o, w)) if x != y), min(len(o), len(w)))
+            stable[r] = min(stable[r], n)
+    return [s - ids.shape[1] for s in stable]
+
+
+def quantized_cases():
+    """transformers' QuantizedCache with both backends (optimum-quanto 0.2.7 and hqq 0.2.8 installed
+    with --no-deps; quanto builds a C++ extension at first use and needs `ninja` on PATH)."""
+    cases = []
+    greedy = dict(do_sample=False, max_new_tokens=12, cache_implementation="quantized")
+    for name in ("gpt2", "llama", "qwen2"):
+        for label, cc in QUANTIZED.items():
+            cases.append(run(name, [SHORT, MID], {**greedy, "cache_config": cc}, scores=label == "quanto4",
+                             case_name=f"quantized_{label}"))
+    # Defaults (quanto, 4 bits, groups of 64, residual 128): gpt2 has 64 key values per token.
+    cases.append(run("gpt2", [LONG], greedy, case_name="quantized_defaults"))
+    cases.append(run("llama", [SHORT], {**greedy, "do_sample": True, "top_k": 1,
+                                        "cache_config": QUANTIZED["quanto4"]}, case_name="quantized_sample_top1"))
+    for case in cases:
+        if "expected" in case:
+            case["stable_new_tokens"] = stable_new_tokens(case)
+    for label, cfg in (("refused_quanto8", {**greedy, "cache_config": dict(backend="quanto", nbits=8)}),
+                       ("refused_hqq5", {**greedy, "cache_config": dict(backend="hqq", nbits=5)}),
+                       ("refused_sliding", {**greedy, "cache_config": QUANTIZED["hqq4"]})):
+        cases.append(run("mistral" if label == "refused_sliding" else "llama", [LONG], cfg, case_name=label))
+    return cases
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     import transformers
 
     meta = {"transformers": transformers.__version__, "torch": torch.__version__}
     for file, make in (("prefill_chunk.json", prefill_chunk_cases), ("outputs.json", output_cases),
-                       ("caches.json", cache_cases)):
+                       ("caches.json", cache_cases), ("quantized.json", quantized_cases)):
         with open(os.path.join(out_dir, file), "w") as f:
             json.dump({"made_with": meta, "cases": make()}, f, separators=(",", ":"))
         print(file, os.path.getsize(os.path.join(out_dir, file)))

@@ -4,6 +4,8 @@ pub mod dynamic;
 pub mod implementation;
 pub mod offloaded;
 pub mod paged;
+pub mod quantized;
+pub mod quantizer;
 pub mod state;
 pub mod static_cache;
 
@@ -14,6 +16,7 @@ use crate::error::{Error, Result};
 pub use dynamic::DynamicCache;
 pub use implementation::CacheImplementation;
 pub use offloaded::OffloadedCache;
+pub use quantized::{QuantizedCache, QuantizedCacheConfig};
 pub use state::{LayerState, LayerStates};
 pub use static_cache::StaticCache;
 

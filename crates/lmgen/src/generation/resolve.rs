@@ -14,6 +14,7 @@ use super::constraints::Constraint;
 use super::{GenerateOptions, GenerationConfig, GenerationMode};
 use crate::cache::CacheImplementation;
 use crate::error::{Error, Result};
+use crate::models::config::LayerType;
 use crate::models::ModelConfig;
 use crate::TokenId;
 
@@ -282,7 +283,9 @@ impl GenerationConfig {
             c.cache_implementation.as_deref(),
             lengths.max_length,
             c.max_cache_len,
-        );
+            c.cache_config.as_ref(),
+        )?;
+        quantized_cache_fits(&cache, &mode, model)?;
         Ok(ResolvedGeneration {
             mode,
             batch,
@@ -351,6 +354,38 @@ fn step_outputs_available(mode: &Mode, hidden_states: bool, attentions: bool) ->
             "`{field}` with {}: lmgen returns per-step hidden states and attentions from greedy \
              search and sampling only; set `{field}` to false or `num_beams` to 1 without an \
              assistant",
+            other.generation_mode().description()
+        ))),
+    }
+}
+
+/// The quantized cache as transformers allows it: only models whose layers are all full
+/// attention (`QuantizedCache.__init__`); and, since it cannot reorder, repeat or crop rows, not
+/// in beam search, contrastive search or assisted decoding (transformers' `QuantizedLayer`
+/// reorders and crops only its residual, which would mix rows).
+fn quantized_cache_fits(
+    cache: &CacheImplementation,
+    mode: &Mode,
+    model: &ModelConfig,
+) -> Result<()> {
+    if !matches!(cache, CacheImplementation::Quantized(_)) {
+        return Ok(());
+    }
+    if let Some(other) = model
+        .layer_types
+        .iter()
+        .find(|t| **t != LayerType::FullAttention)
+    {
+        return Err(Error::config(format!(
+            "`QuantizedCache` is only supported for models with only full attention layers; this \
+             model has {other:?} layers (`cache_implementation=\"quantized\"`)"
+        )));
+    }
+    match mode {
+        Mode::Greedy | Mode::Sample | Mode::Dola(_) => Ok(()),
+        other => Err(Error::unsupported(format!(
+            "`cache_implementation=\"quantized\"` with {}: the quantized cache cannot reorder, \
+             repeat or crop its rows; use greedy search or sampling, or another cache",
             other.generation_mode().description()
         ))),
     }

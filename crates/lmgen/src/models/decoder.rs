@@ -302,6 +302,7 @@ impl CausalLM for Decoder {
                 rope: rope.map(|(cos, sin)| (cos, sin)), // &(A, B) -> (&A, &B)
                 mask: masks.for_layer(layer.layer_type),
                 query_scale: query_scale.as_ref(),
+                padding_queries: masks.padding_queries(),
             };
             let norms = &layer.norms;
             let h = norm_opt(&norms.attn_in, x.clone())?;

@@ -273,6 +273,7 @@ impl CausalLM for Gpt2 {
             rope: None,
             mask: masks.for_layer(LayerType::FullAttention),
             query_scale: None,
+            padding_queries: masks.padding_queries(),
         };
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let mut attentions = input.output_attentions.then(Vec::new);

@@ -109,12 +109,6 @@ const UNBUILT: &[Unbuilt] = &[
         fix: "set it to false",
         active: |c| c.is_assistant == Some(true) && c.assistant_confidence_threshold > Some(0.0),
     },
-    Unbuilt {
-        field: "cache_implementation",
-        feature: "the quantized cache",
-        fix: "unset it or set it to \"dynamic\"",
-        active: |c| c.cache_implementation.as_deref() == Some("quantized"),
-    },
 ];
 
 /// The mode a config selects, with the setting that selected it and how to undo it.
@@ -446,10 +440,6 @@ mod tests {
         let cases = [
             (json!({"token_healing": true}), "`token_healing`"),
             (json!({"is_assistant": true}), "`is_assistant`"),
-            (
-                json!({"cache_implementation": "quantized"}),
-                "`cache_implementation`",
-            ),
         ];
         for (value, field) in cases {
             let message = unsupported(value);

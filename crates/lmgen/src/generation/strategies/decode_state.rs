@@ -164,7 +164,7 @@ mod tests {
             attention_mask: Some(vec![vec![0, 1], vec![1, 1]]),
         };
         let mut state = DecodeState::new(&input, &g);
-        assert_eq!(state.positions(), &[vec![1, 0], vec![0, 1]]);
+        assert_eq!(state.positions(), &[vec![0, 0], vec![0, 1]]);
         let mut stopping = StoppingCriteriaList::new(10, &[9]);
         assert!(!state.push(&mut [9, 3], None, &mut stopping)?);
         state.extend();

@@ -21,7 +21,9 @@ use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
 
-/// Position ids from the mask, as transformers: `cumsum(mask) - 1`, padding positions set to 1.
+/// Position ids from the mask, as transformers 5's `_prepare_position_ids_for_generation`:
+/// `cumsum(mask) - 1`, padding positions set to 0 (transformers 4 set them to 1). Only a padding
+/// token's own output depends on it (learned position embeddings).
 pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32>> {
     match mask {
         None => vec![(0..t as u32).collect(); b],
@@ -33,7 +35,7 @@ pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32
                     .map(|&m| {
                         n += m as u32;
                         if m == 0 {
-                            1
+                            0
                         } else {
                             n - 1
                         }
@@ -228,7 +230,7 @@ mod tests {
         let m = vec![vec![0, 0, 1, 1], vec![1, 1, 1, 1]];
         assert_eq!(
             position_ids(Some(&m), 2, 4),
-            vec![vec![1, 1, 0, 1], vec![0, 1, 2, 3]]
+            vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]
         );
     }
 

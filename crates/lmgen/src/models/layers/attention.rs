@@ -57,6 +57,10 @@ pub struct AttentionInput<'a> {
     /// `[b, 1, t, 1]` multipliers on the rotated queries (Ministral 3's position-dependent
     /// scaling), or `None`.
     pub query_scale: Option<&'a Tensor>,
+    /// `[b, 1, t, 1]`: 0 on queries that see no key (left padding), whose output sdpa-semantics
+    /// attention zeroes as torch's `scaled_dot_product_attention` does; `None` when there are
+    /// none ([`super::mask::ForwardMasks::padding_queries`]).
+    pub padding_queries: Option<&'a Tensor>,
 }
 
 impl Attention {
@@ -242,7 +246,11 @@ impl Attention {
                 if keep_weights {
                     weights = Some(probs.to_dtype(DType::F32)?); // [b, nh, t, s]
                 }
-                out
+                match input.padding_queries {
+                    // [b, nh, t, d] * [b, 1, t, 1]
+                    Some(rows) if !self.eager => out.broadcast_mul(rows)?,
+                    _ => out,
+                }
             }
             LayerMask::Packed { sequences, sliding } => {
                 // One sequence at a time over its own cached keys; b = 1.
