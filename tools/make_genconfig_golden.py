@@ -13,6 +13,8 @@ Writes, on the golden checkpoints (crates/lmgen/tests/fixtures/golden/models, fl
   quantized.json      generate() with `cache_implementation="quantized"`: quanto and HQQ backends,
                       bit widths, axes, group sizes, residual lengths (needs optimum-quanto and hqq,
                       see `quantized_cases`), and transformers' refusals.
+  confidence.json     generate() with `is_assistant` and `assistant_confidence_threshold`
+                      (transformers' ConfidenceCriteria).
 Each case: {"name", "model", "input_ids", "attention_mask", "generation_config",
             "attn_implementation", "expected": {"sequences", "scores"?, "hidden_states"?, "attentions"?}
             | "error": str}
@@ -58,7 +60,7 @@ def load(name, attn="sdpa"):
     return _loaded[key]
 
 
-def run(name, prompts, cfg, *, attn="sdpa", scores=False, outputs=False, case_name):
+def run(name, prompts, cfg, *, attn="sdpa", scores=False, outputs=False, case_name, output_scores=None):
     m, tok = load(name, attn)
     enc = tok(prompts, return_tensors="pt", padding=True)
     pad = m.generation_config.pad_token_id
@@ -76,7 +78,7 @@ def run(name, prompts, cfg, *, attn="sdpa", scores=False, outputs=False, case_na
         gen = GenerationConfig.from_dict({**m.generation_config.to_dict(), **cfg})
         with torch.no_grad():
             out = m.generate(**enc, generation_config=gen, return_dict_in_generate=True,
-                             output_scores=scores)
+                             output_scores=scores if output_scores is None else output_scores)
     except Exception as e:  # noqa: BLE001 - the refusal is the golden answer
         case["error"] = f"{type(e).__name__}: {e}"
         return case
@@ -197,13 +199,33 @@ def quantized_cases():
     return cases
 
 
+def confidence_cases():
+    """`is_assistant` with `assistant_confidence_threshold`: transformers adds ConfidenceCriteria, which reads the
+    step's processed scores (so `output_scores=True`, as its candidate generator sets; without them it fails)."""
+    cases = []
+    # Not mistral: with `is_assistant` transformers 5.17 records the cache's past for rollback, and its
+    # sliding-window layer then fails once the prompt is longer than the window (a RuntimeError).
+    for name in ("gpt2", "llama", "qwen2"):
+        # The tiny models' greedy tokens have probabilities of about 0.04 to 0.35.
+        for threshold in (0.045, 0.058, 0.073, 0.12):
+            cfg = dict(do_sample=False, max_new_tokens=16, is_assistant=True, assistant_confidence_threshold=threshold)
+            cases.append(run(name, [MID], cfg, output_scores=True, case_name=f"confidence_{threshold}"))
+            cases.append(run(name, [SHORT, MID], cfg, output_scores=True, case_name=f"batch_confidence_{threshold}"))
+        cfg = dict(do_sample=False, max_new_tokens=16, is_assistant=True, assistant_confidence_threshold=0.0)
+        cases.append(run(name, [MID], cfg, output_scores=True, case_name="confidence_off"))
+    cases.append(run("llama", [MID], dict(do_sample=False, max_new_tokens=16, is_assistant=True),
+                     output_scores=True, case_name="confidence_default_0.4"))
+    return cases
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     import transformers
 
     meta = {"transformers": transformers.__version__, "torch": torch.__version__}
     for file, make in (("prefill_chunk.json", prefill_chunk_cases), ("outputs.json", output_cases),
-                       ("caches.json", cache_cases), ("quantized.json", quantized_cases)):
+                       ("caches.json", cache_cases), ("quantized.json", quantized_cases),
+                       ("confidence.json", confidence_cases)):
         with open(os.path.join(out_dir, file), "w") as f:
             json.dump({"made_with": meta, "cases": make()}, f, separators=(",", ":"))
         print(file, os.path.getsize(os.path.join(out_dir, file)))

@@ -405,3 +405,42 @@ fn quantized_cache_matches_transformers() -> anyhow::Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// `is_assistant` with `assistant_confidence_threshold` (transformers' `ConfidenceCriteria`):
+/// every row stops once row 0's chosen token had a probability below the threshold; 0 turns it
+/// off; unset, the threshold is 0.4. Thresholds between the tiny models' token probabilities, so
+/// the stops fall at different steps.
+#[test]
+fn the_assistant_confidence_criterion_matches_transformers() -> anyhow::Result<()> {
+    let mut pipes = Pipes::default();
+    let mut failures = Vec::new();
+    let mut lengths = std::collections::BTreeSet::new();
+    for case in cases("confidence.json")? {
+        let expected = &case["expected"];
+        let out = run(&mut pipes, &case, &serde_json::json!({}))?;
+        common::check_sequences(&label(&case), &out, expected, &mut failures)?;
+        lengths.insert(out.sequences[0].len() - out.prompt_len);
+        let stopped = out
+            .finish_reasons
+            .iter()
+            .all(|r| matches!(r, Some(lmgen::generation::FinishReason::Confidence)));
+        let full = out.sequences[0].len() - out.prompt_len == 16;
+        if !stopped && !full && !case["name"].as_str().unwrap_or("").ends_with("_off") {
+            failures.push(format!(
+                "{}: finish reasons {:?}",
+                label(&case),
+                out.finish_reasons
+            ));
+        }
+    }
+    assert!(lengths.len() >= 6, "stops at too few steps: {lengths:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Beam search would feed it beams' scores: refused by name.
+    let case = &cases("confidence.json")?[0];
+    let err = run(&mut pipes, case, &serde_json::json!({"num_beams": 2}))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("`is_assistant`"), "{err}");
+    Ok(())
+}

@@ -51,6 +51,9 @@ pub struct ResolvedGeneration {
     pub prefill_chunk_size: Option<usize>,
     /// The KV cache to build (`cache_implementation`, `max_cache_len`, `cache_config`).
     pub cache: CacheImplementation,
+    /// `assistant_confidence_threshold` when this model drafts for another (`is_assistant`):
+    /// HF `ConfidenceCriteria` stops every row once row 0's token had a lower probability.
+    pub confidence_threshold: Option<f32>,
 }
 
 /// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
@@ -286,6 +289,7 @@ impl GenerationConfig {
             c.cache_config.as_ref(),
         )?;
         quantized_cache_fits(&cache, &mode, model)?;
+        let confidence_threshold = confidence_threshold(&c, &mode)?;
         Ok(ResolvedGeneration {
             mode,
             batch,
@@ -301,6 +305,7 @@ impl GenerationConfig {
             output_attentions,
             prefill_chunk_size: prefill_chunk_size(&c)?,
             cache,
+            confidence_threshold,
         })
     }
 
@@ -337,6 +342,26 @@ fn prefill_chunk_size(c: &GenerationConfig) -> Result<Option<usize>> {
             "Cannot use prefill chunking without a cache: `prefill_chunk_size` needs `use_cache=true`",
         )),
         size => Ok(size),
+    }
+}
+
+/// HF `_get_stopping_criteria` adds `ConfidenceCriteria` when `is_assistant` and
+/// `assistant_confidence_threshold > 0`. It reads the step's processed scores, which
+/// transformers' `_sample` passes it only with `output_scores` (without them it fails with a
+/// TypeError); lmgen reads them either way. Beam modes, which transformers would feed it beams'
+/// scores, refuse it.
+fn confidence_threshold(c: &GenerationConfig, mode: &Mode) -> Result<Option<f32>> {
+    let threshold = c.assistant_confidence_threshold.unwrap_or(0.4);
+    if c.is_assistant != Some(true) || threshold <= 0.0 {
+        return Ok(None);
+    }
+    match mode {
+        Mode::Greedy | Mode::Sample => Ok(Some(threshold as f32)),
+        other => Err(Error::unsupported(format!(
+            "`is_assistant` (the assistant's confidence stopping criterion) with {}: lmgen applies \
+             it in greedy search and sampling only; set `is_assistant` to false",
+            other.generation_mode().description()
+        ))),
     }
 }
 

@@ -96,20 +96,12 @@ struct Unbuilt {
 /// criterion lands. Settings that select a mode (`do_sample`, `num_beams`, `penalty_alpha`,
 /// `dola_layers`, `prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp`, `constraints`,
 /// `force_words_ids`) are handled by [`GenerationConfig::mode`].
-const UNBUILT: &[Unbuilt] = &[
-    Unbuilt {
-        field: "token_healing",
-        feature: "token healing",
-        fix: "set it to false",
-        active: |c| c.token_healing == Some(true),
-    },
-    Unbuilt {
-        field: "is_assistant",
-        feature: "the assistant's confidence stopping criterion",
-        fix: "set it to false",
-        active: |c| c.is_assistant == Some(true) && c.assistant_confidence_threshold > Some(0.0),
-    },
-];
+const UNBUILT: &[Unbuilt] = &[Unbuilt {
+    field: "token_healing",
+    feature: "token healing",
+    fix: "set it to false",
+    active: |c| c.token_healing == Some(true),
+}];
 
 /// The mode a config selects, with the setting that selected it and how to undo it.
 struct Selection {
@@ -437,10 +429,7 @@ mod tests {
 
     #[test]
     fn unbuilt_processors_are_unsupported_naming_the_field() {
-        let cases = [
-            (json!({"token_healing": true}), "`token_healing`"),
-            (json!({"is_assistant": true}), "`is_assistant`"),
-        ];
+        let cases = [(json!({"token_healing": true}), "`token_healing`")];
         for (value, field) in cases {
             let message = unsupported(value);
             assert!(

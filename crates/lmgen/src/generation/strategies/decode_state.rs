@@ -101,6 +101,13 @@ impl DecodeState {
         Ok(self.finish.iter().all(Option::is_some))
     }
 
+    /// Every row still running stops for `reason` (a criterion over the whole batch).
+    pub fn finish_all(&mut self, reason: FinishReason) {
+        for finish in self.finish.iter_mut().filter(|f| f.is_none()) {
+            *finish = Some(reason);
+        }
+    }
+
     /// Makes room for one more token per row: the mask gets a 1, positions move on by one.
     pub fn extend(&mut self) {
         if let Some(m) = self.mask.as_mut() {
@@ -158,6 +165,7 @@ mod tests {
             output_attentions: false,
             prefill_chunk_size: None,
             cache: crate::cache::CacheImplementation::Dynamic,
+            confidence_threshold: None,
         };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],

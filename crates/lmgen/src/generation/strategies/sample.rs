@@ -17,6 +17,8 @@ use crate::error::Result;
 use crate::generation::context::GenerationContext;
 use crate::generation::device_argmax::DeviceArgmax;
 use crate::generation::logits::Scores;
+use crate::generation::sampler::softmax;
+use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
@@ -150,6 +152,7 @@ pub(super) fn run_with_step(
                                                                                // argmax: on a GPU take it there, so the logits never cross to the host.
     let device_argmax = if !device.is_cpu()
         && !g.mode.do_sample()
+        && g.confidence_threshold.is_none()
         && processors.is_empty()
         && !g.output_scores
         && !g.output_logits
@@ -158,6 +161,7 @@ pub(super) fn run_with_step(
     } else {
         None
     };
+    let mut confidence_row = None;
     loop {
         let StepLogits {
             logits,
@@ -186,12 +190,26 @@ pub(super) fn run_with_step(
                 };
                 processors.process(&state.sequences, &mut scores)?;
                 let next = sampler.select(&scores)?;
+                if g.confidence_threshold.is_some() {
+                    confidence_row = softmax(scores.row(0));
+                }
                 outputs.push_scores(|| scores);
                 next
             }
         };
         if state.push(&mut next, streamer.as_deref_mut(), &mut stopping)? {
             break;
+        }
+        // HF `ConfidenceCriteria` (`is_assistant`): the probability row 0 gave the token it got;
+        // below the threshold every row stops.
+        if let (Some(threshold), Some(probs)) = (g.confidence_threshold, confidence_row.take()) {
+            if probs
+                .get(next[0] as usize)
+                .is_some_and(|&p| p < f64::from(threshold))
+            {
+                state.finish_all(FinishReason::Confidence);
+                break;
+            }
         }
         // Finished rows are fed the pad id next; transformers fails there with an IndexError.
         state.check_pad_fed(vocab_size)?;
