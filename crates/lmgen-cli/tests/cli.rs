@@ -514,3 +514,44 @@ fn hidden_states_and_attentions_in_json_lines_match_transformers() -> Result<()>
     }
     Ok(())
 }
+
+/// The JSON-lines interface runs the genconfig golden cases (made with transformers 5.17) through
+/// `generation_config` alone: chunked prefill, static and quantized caches, the assistant's
+/// confidence stop; token-exact (the quantized case is one transformers keeps under weight noise).
+#[test]
+fn genconfig_cases_in_json_lines_match_transformers() -> Result<()> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
+    let pick = [
+        ("prefill_chunk.json", "mistral", "batch_chunk3"),
+        ("prefill_chunk.json", "gemma2", "beam_chunk4"),
+        ("caches.json", "gemma2", "batch_sliding_window"),
+        ("caches.json", "qwen2", "beam_static"),
+        ("quantized.json", "llama", "quantized_quanto4"),
+        ("quantized.json", "gpt2", "quantized_hqq2_axis1"),
+        ("confidence.json", "qwen2", "batch_confidence_0.058"),
+    ];
+    let mut lines = Vec::new();
+    let mut wanted = Vec::new();
+    for (file, model, name) in pick {
+        let text = std::fs::read_to_string(format!("{dir}/genconfig/{file}"))?;
+        let cases: Value = serde_json::from_str(&text)?;
+        let case = cases["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["model"] == model && c["name"] == name)
+            .with_context(|| format!("{file}: {model}/{name}"))?;
+        lines.push(json!({
+            "model": format!("{dir}/golden/models/{model}"),
+            "input_ids": case["input_ids"],
+            "attention_mask": case["attention_mask"],
+            "generation_config": case["generation_config"],
+        }));
+        wanted.push((name, case["expected"]["sequences"].clone()));
+    }
+    let answers = requests(&lines, &[])?;
+    for ((name, want), got) in wanted.iter().zip(&answers) {
+        assert_eq!(&got["sequences"], want, "{name}: {got}");
+    }
+    Ok(())
+}
