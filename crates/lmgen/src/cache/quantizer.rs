@@ -104,26 +104,31 @@ pub fn quantize(x: &[f32], shape: &[usize], scheme: Scheme) -> Result<Quantized>
     let gs = scheme.group_size;
     let groups = numel / gs;
     let max_code = ((1u32 << scheme.nbits) - 1) as f32;
-    let at = |g: usize, i: usize| index(&scheme, shape, numel, g, i);
-    let mut codes = vec![0u8; numel];
+    // The values group by group: `grouped[g * gs + i]` is value `i` of group `g`.
+    let order = group_order(&scheme, shape, numel);
+    let grouped: Vec<f32> = order.iter().map(|&k| x[k]).collect();
+    let mut codes_grouped = vec![0u8; numel];
     let (mut scale, mut offset) = (vec![0f32; groups], vec![0f32; groups]);
-    let range = |g: usize| {
-        (0..gs).fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), i| {
-            let v = x[at(g, i)];
-            (lo.min(v), hi.max(v))
-        })
+    let range = |g: &[f32]| {
+        g.iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            })
     };
     match scheme.backend {
         Backend::Quanto => {
-            for g in 0..groups {
-                let (min, max) = range(g);
+            for (g, (xs, cs)) in grouped
+                .chunks(gs)
+                .zip(codes_grouped.chunks_mut(gs))
+                .enumerate()
+            {
+                let (min, max) = range(xs);
                 let s = (max - min) / max_code;
                 let shift = -min;
-                for i in 0..gs {
-                    let k = at(g, i);
-                    let q = ((x[k] + shift) / s).round_ties_even();
+                for (c, &v) in cs.iter_mut().zip(xs) {
+                    let q = ((v + shift) / s).round_ties_even();
                     // 0 / 0 when the group is constant: any code dequantizes to `min`.
-                    codes[k] = if q.is_nan() {
+                    *c = if q.is_nan() {
                         0
                     } else {
                         q.clamp(0.0, max_code) as u8
@@ -136,8 +141,8 @@ pub fn quantize(x: &[f32], shape: &[usize], scheme: Scheme) -> Result<Quantized>
         Backend::Hqq => {
             let mut s = vec![0f32; groups];
             let mut zero = vec![0f32; groups];
-            for g in 0..groups {
-                let (min, max) = range(g);
+            for (g, xs) in grouped.chunks(gs).enumerate() {
+                let (min, max) = range(xs);
                 let denom = max - min;
                 let sc = if denom.abs() <= 1e-4 {
                     1.0
@@ -147,18 +152,23 @@ pub fn quantize(x: &[f32], shape: &[usize], scheme: Scheme) -> Result<Quantized>
                 s[g] = sc.min(2e4);
                 zero[g] = -min * s[g];
             }
-            hqq_optimize(x, &s, &mut zero, max_code, gs, &at);
-            for g in 0..groups {
-                for i in 0..gs {
-                    let k = at(g, i);
-                    codes[k] = (x[k] * s[g] + zero[g])
-                        .round_ties_even()
-                        .clamp(0.0, max_code) as u8;
+            hqq_optimize(&grouped, &s, &mut zero, max_code, gs);
+            for (g, (xs, cs)) in grouped
+                .chunks(gs)
+                .zip(codes_grouped.chunks_mut(gs))
+                .enumerate()
+            {
+                for (c, &v) in cs.iter_mut().zip(xs) {
+                    *c = (v * s[g] + zero[g]).round_ties_even().clamp(0.0, max_code) as u8;
                 }
                 scale[g] = 1.0 / s[g];
                 offset[g] = zero[g];
             }
         }
+    }
+    let mut codes = vec![0u8; numel];
+    for (&k, &c) in order.iter().zip(&codes_grouped) {
+        codes[k] = c;
     }
     Ok(Quantized {
         shape: shape.to_vec(),
@@ -169,17 +179,18 @@ pub fn quantize(x: &[f32], shape: &[usize], scheme: Scheme) -> Result<Quantized>
     })
 }
 
-/// HQQ's `optimize_weights_proximal_legacy` (lp_norm 0.7, beta 10, 20 steps at most): moves
-/// `zero` per group; stops after the first step whose mean absolute error (over the whole
-/// tensor) does not improve, keeping that step's `zero`.
-fn hqq_optimize(
-    x: &[f32],
-    scale: &[f32],
-    zero: &mut [f32],
-    max_code: f32,
-    gs: usize,
-    at: &dyn Fn(usize, usize) -> usize,
-) {
+/// Flat indices group by group: entry `g * group_size + i` is value `i` of group `g`.
+fn group_order(scheme: &Scheme, shape: &[usize], numel: usize) -> Vec<usize> {
+    let gs = scheme.group_size;
+    (0..numel / gs)
+        .flat_map(|g| (0..gs).map(move |i| index(scheme, shape, numel, g, i)))
+        .collect()
+}
+
+/// HQQ's `optimize_weights_proximal_legacy` (lp_norm 0.7, beta 10, 20 steps at most) over the
+/// values in group order: moves `zero` per group; stops after the first step whose mean absolute
+/// error (over the whole tensor) does not improve, keeping that step's `zero`.
+fn hqq_optimize(grouped: &[f32], scale: &[f32], zero: &mut [f32], max_code: f32, gs: usize) {
     const BETA: f32 = 10.0;
     const LP_NORM: f32 = 0.7;
     let shrink = |v: f32| {
@@ -192,11 +203,9 @@ fn hqq_optimize(
     let mut best = f32::INFINITY;
     for _ in 0..20 {
         let mut err_sum = 0f64;
-        for (g, z) in zero.iter_mut().enumerate() {
-            let s = scale[g];
+        for ((xs, z), &s) in grouped.chunks(gs).zip(zero.iter_mut()).zip(scale) {
             let mut acc = 0f32;
-            for i in 0..gs {
-                let w = x[at(g, i)];
+            for &w in xs {
                 let q = (w * s + *z).round_ties_even().clamp(0.0, max_code);
                 let r = (q - *z) / s;
                 err_sum += f64::from((w - r).abs());
@@ -205,7 +214,7 @@ fn hqq_optimize(
             }
             *z = acc / gs as f32;
         }
-        let err = (err_sum / x.len() as f64) as f32;
+        let err = (err_sum / grouped.len() as f64) as f32;
         if err < best {
             best = err;
         } else {
@@ -220,10 +229,10 @@ pub fn dequantize(q: &Quantized) -> Vec<f32> {
     let codes = unpack(&q.packed, q.scheme.nbits, numel);
     let gs = q.scheme.group_size;
     let mut out = vec![0f32; numel];
-    for g in 0..numel / gs {
+    let order = group_order(&q.scheme, &q.shape, numel);
+    for (g, ks) in order.chunks(gs).enumerate() {
         let (scale, offset) = (q.scale[g], q.offset[g]);
-        for i in 0..gs {
-            let k = index(&q.scheme, &q.shape, numel, g, i);
+        for &k in ks {
             let c = f32::from(codes[k]);
             out[k] = match q.scheme.backend {
                 Backend::Quanto => scale * c - offset,
