@@ -26,11 +26,7 @@ fn run<C: KvCache>(
     let (prompt, step) = ((kv(PROMPT)?, kv(PROMPT)?), (kv(1)?, kv(1)?));
     let (mut peak, mut transient, mut secs) = (0, 0, 0.0);
     for t in PROMPT..=TOTAL {
-        let (k, v) = if t == PROMPT {
-            (&prompt.0, &prompt.1)
-        } else {
-            (&step.0, &step.1)
-        };
+        let (k, v) = [&prompt, &step][usize::from(t > PROMPT)];
         let start = Instant::now();
         for layer in 0..LAYERS {
             let (ks, vs) = cache.update(layer, k, v)?;

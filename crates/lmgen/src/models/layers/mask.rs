@@ -9,7 +9,8 @@
 //! (transformers' eager float mask), and [`ForwardMasks::padding_queries`] lets sdpa-semantics
 //! attention zero its output (torch's `scaled_dot_product_attention` returns 0 for a fully
 //! masked row). The difference shows where padding values are read back: a quantized cache whose
-//! groups span tokens, and returned hidden states and attention weights.
+//! groups span tokens, and returned hidden states and attention weights. In f16, whose minimum is
+//! too small to add a score to safely, such a query sees every key instead (finite either way).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -307,7 +308,17 @@ pub fn build(
     let mut data = Vec::with_capacity(batch * q_len * kv_len);
     for r in 0..batch {
         for i in 0..q_len {
-            data.extend((0..kv_len).map(|j| if visible(r, i, j) { 0f32 } else { masked }));
+            // f16's minimum is only -65504: a score below about -16 added to it overflows to
+            // -inf, and a padding query whose every score did would give NaN. There it sees every
+            // key unmasked instead (finite; sdpa semantics zero its output all the same).
+            let blind = dtype == DType::F16 && (0..kv_len).all(|j| !visible(r, i, j));
+            data.extend((0..kv_len).map(|j| {
+                if blind || visible(r, i, j) {
+                    0f32
+                } else {
+                    masked
+                }
+            }));
         }
     }
     Ok(Some(
