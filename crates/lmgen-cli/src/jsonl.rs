@@ -27,6 +27,13 @@ struct Return {
     logits: bool,
     #[serde(default)]
     stream_chunks: bool,
+    /// transformers' `hidden_states`: `[steps][layers + 1][b][t_step][hidden]`.
+    #[serde(default)]
+    hidden_states: bool,
+    /// transformers' `attentions`: `[steps][attention layers][b][heads][t_step][keys]` (empty per
+    /// step unless the model was loaded with `--attn-implementation eager`).
+    #[serde(default)]
+    attentions: bool,
 }
 
 /// One `lmgen generate --request` line; `null` means absent.
@@ -177,6 +184,14 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         overrides.output_logits = Some(true);
         overrides.return_dict_in_generate = Some(true);
     }
+    if ret.hidden_states {
+        overrides.output_hidden_states = Some(true);
+        overrides.return_dict_in_generate = Some(true);
+    }
+    if ret.attentions {
+        overrides.output_attentions = Some(true);
+        overrides.return_dict_in_generate = Some(true);
+    }
     let grammar = match &req.structured {
         Some(grammar) => {
             let key = models.key(req.model.as_deref());
@@ -263,6 +278,15 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
             .ok_or_else(|| anyhow!("logits missing"))?;
         resp.insert("logits".into(), per_row(logits, out.sequences.len()));
     }
+    for (key, wanted, steps) in [
+        ("hidden_states", ret.hidden_states, &out.hidden_states),
+        ("attentions", ret.attentions, &out.attentions),
+    ] {
+        if wanted {
+            let steps = steps.as_ref().ok_or_else(|| anyhow!("{key} missing"))?;
+            resp.insert(key.into(), per_step_tensors(steps)?);
+        }
+    }
     let text = (0..out.sequences.len())
         .map(|i| pipe.tokenizer.decode(out.generated(i), true))
         .collect::<lmgen::Result<Vec<_>>>()?;
@@ -283,6 +307,47 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
             .collect::<Vec<_>>()),
     );
     Ok(Value::Object(resp))
+}
+
+/// `[steps][layers]` of tensors as nested lists, in transformers' order (a tuple per step, a
+/// tensor per layer).
+fn per_step_tensors(steps: &[Vec<candle_core::Tensor>]) -> Result<Value> {
+    let steps = steps
+        .iter()
+        .map(|layers| {
+            layers
+                .iter()
+                .map(nested)
+                .collect::<Result<Vec<_>>>()
+                .map(Value::Array)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Value::Array(steps))
+}
+
+/// A tensor as nested JSON lists of its shape (f32 values).
+fn nested(t: &candle_core::Tensor) -> Result<Value> {
+    let values: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    fn build(values: &[f32], dims: &[usize]) -> Value {
+        match dims {
+            [] => json!(values.first().copied().unwrap_or_default()),
+            [_] => json!(values),
+            [n, rest @ ..] => {
+                let size = values.len() / n.max(&1);
+                Value::Array(
+                    values
+                        .chunks(size.max(1))
+                        .take(*n)
+                        .map(|c| build(c, rest))
+                        .collect(),
+                )
+            }
+        }
+    }
+    Ok(build(&values, t.dims()))
 }
 
 /// `[steps][b, vocab]` -> `[b][steps][vocab]`, `-inf` as `null`.

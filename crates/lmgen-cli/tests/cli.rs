@@ -515,3 +515,109 @@ fn gemma2_legacy_cases_through_json_lines() -> Result<()> {
     }
     Ok(())
 }
+
+/// A nested JSON array of numbers, flattened.
+fn flat(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flat).collect(),
+        other => vec![other.as_f64().unwrap_or(f64::NAN)],
+    }
+}
+
+/// `"return": {"hidden_states": true, "attentions": true}` answers what transformers'
+/// `generate(output_hidden_states=True, output_attentions=True)` returns, nested as it nests
+/// them ([step][layer][b]...), within 1e-4: the golden case of Mistral (sliding window 12) with
+/// eager attention and `prefill_chunk_size` 5, a prompt without padding.
+#[test]
+fn hidden_states_and_attentions_in_json_lines_match_transformers() -> Result<()> {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/genconfig/outputs.json"
+    );
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(fixture)?)?;
+    let case = cases["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["model"] == "mistral" && c["name"] == "eager_chunked")
+        .context("the mistral eager_chunked case")?;
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden/models/mistral"
+    );
+    let request = json!({
+        "model": model,
+        "input_ids": case["input_ids"],
+        "generation_config": case["generation_config"],
+        "return": {"hidden_states": true, "attentions": true},
+    });
+    let answer = &requests(&[request], &["--attn-implementation", "eager"])?[0];
+    assert_eq!(
+        answer["sequences"], case["expected"]["sequences"],
+        "{answer}"
+    );
+    for key in ["hidden_states", "attentions"] {
+        let (got, want) = (&answer[key], &case["expected"][key]);
+        let steps = |v: &Value| v.as_array().map(Vec::len);
+        assert_eq!(steps(got), steps(want), "{key}: steps");
+        for (s, (g, w)) in got
+            .as_array()
+            .into_iter()
+            .flatten()
+            .zip(want.as_array().into_iter().flatten())
+            .enumerate()
+        {
+            assert_eq!(steps(g), steps(w), "{key}[{s}]: layers");
+            let (g, w) = (flat(g), flat(w));
+            assert_eq!(g.len(), w.len(), "{key}[{s}]: values");
+            let worst = g
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst <= 1e-4, "{key}[{s}]: max |diff| {worst}");
+        }
+    }
+    Ok(())
+}
+
+/// The JSON-lines interface runs the genconfig golden cases (made with transformers 5.17) through
+/// `generation_config` alone: chunked prefill, static and quantized caches, the assistant's
+/// confidence stop; token-exact (the quantized case is one transformers keeps under weight noise).
+#[test]
+fn genconfig_cases_in_json_lines_match_transformers() -> Result<()> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
+    let pick = [
+        ("prefill_chunk.json", "mistral", "batch_chunk3"),
+        ("prefill_chunk.json", "gemma2", "beam_chunk4"),
+        ("caches.json", "gemma2", "batch_sliding_window"),
+        ("caches.json", "qwen2", "beam_static"),
+        ("quantized.json", "llama", "quantized_quanto4"),
+        ("quantized.json", "gpt2", "quantized_hqq2_axis1"),
+        ("confidence.json", "qwen2", "batch_confidence_0.058"),
+    ];
+    let mut lines = Vec::new();
+    let mut wanted = Vec::new();
+    for (file, model, name) in pick {
+        let text = std::fs::read_to_string(format!("{dir}/genconfig/{file}"))?;
+        let cases: Value = serde_json::from_str(&text)?;
+        let case = cases["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["model"] == model && c["name"] == name)
+            .with_context(|| format!("{file}: {model}/{name}"))?;
+        lines.push(json!({
+            "model": format!("{dir}/golden/models/{model}"),
+            "input_ids": case["input_ids"],
+            "attention_mask": case["attention_mask"],
+            "generation_config": case["generation_config"],
+        }));
+        wanted.push((name, case["expected"]["sequences"].clone()));
+    }
+    let answers = requests(&lines, &[])?;
+    for ((name, want), got) in wanted.iter().zip(&answers) {
+        assert_eq!(&got["sequences"], want, "{name}: {got}");
+    }
+    Ok(())
+}

@@ -346,6 +346,7 @@ fn hidden_states_are_opt_in_and_end_with_the_normed_last_state() {
                 attention_mask: None,
                 logits_to_keep: LogitsToKeep::Last,
                 output_hidden_states,
+                output_attentions: false,
                 num_hidden_layers: None,
             };
             m.forward(&input, &mut DynamicCache::new()).unwrap()

@@ -39,6 +39,7 @@ fn step(
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
         output_hidden_states: false,
+        output_attentions: false,
         num_hidden_layers: None,
     };
     Ok(model.forward(&input, cache)?.logits)

@@ -33,12 +33,53 @@ pub struct DynamicCache {
     states: LayerStates,
     /// The states at the last [`KvCache::checkpoint`].
     checkpoint: Option<LayerStates>,
+    /// Allocate every layer at this many tokens and never grow (the static cache); `None`
+    /// grows by doubling.
+    fixed_capacity: Option<usize>,
 }
 
 impl DynamicCache {
     /// An empty cache; layers are allocated on their first [`KvCache::update`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache whose layers are each allocated at `capacity` tokens on their first
+    /// [`KvCache::update`] and never grow: an update past it is an error (see
+    /// [`super::StaticCache`]).
+    pub(crate) fn with_fixed_capacity(capacity: usize) -> Self {
+        Self {
+            fixed_capacity: Some(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Bytes of key/value buffers allocated (capacity, not just the tokens held), plus
+    /// recurrent states.
+    pub fn allocated_bytes(&self) -> usize {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let kv: usize = self
+            .layers
+            .iter()
+            .flatten()
+            .map(|l| size(&l.k) + size(&l.v))
+            .sum();
+        kv + self.states.bytes()
+    }
+
+    /// The capacity a layer of `len` tokens needs to take `t` more, or the error of a fixed
+    /// capacity too small.
+    fn capacity_for(&self, current: usize, len: usize, t: usize) -> Result<usize> {
+        match self.fixed_capacity {
+            Some(fixed) if len + t > fixed => Err(Error::input(format!(
+                "the static cache holds {fixed} tokens per sequence (`max_cache_len`, else \
+                 `max_length - 1`) and this step needs {}; raise `max_cache_len`",
+                len + t
+            ))),
+            Some(fixed) => Ok(fixed),
+            None if current == 0 => Ok(t.max(MIN_CAPACITY)),
+            None => Ok((2 * current).max(len + t)),
+        }
     }
 }
 
@@ -57,7 +98,7 @@ impl KvCache for DynamicCache {
         let t = k.dim(2)?;
         let entry = match self.layers[layer].take() {
             None => {
-                let capacity = t.max(MIN_CAPACITY);
+                let capacity = self.capacity_for(0, 0, t)?;
                 let (b, h, _, d) = k.dims4()?;
                 LayerKv {
                     k: Tensor::zeros((b, h, capacity, d), k.dtype(), k.device())?,
@@ -68,7 +109,13 @@ impl KvCache for DynamicCache {
             Some(mut e) => {
                 let capacity = e.k.dim(2)?;
                 if e.len + t > capacity {
-                    let capacity = (2 * capacity).max(e.len + t);
+                    let capacity = match self.capacity_for(capacity, e.len, t) {
+                        Ok(c) => c,
+                        Err(err) => {
+                            self.layers[layer] = Some(e);
+                            return Err(err);
+                        }
+                    };
                     e.k = grow(&e.k, e.len, capacity)?;
                     e.v = grow(&e.v, e.len, capacity)?;
                 }

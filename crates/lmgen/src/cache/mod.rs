@@ -1,15 +1,24 @@
 //! Key/value caches. The model never owns one: the caller passes a cache to every forward.
 
 pub mod dynamic;
+pub mod implementation;
+pub mod offloaded;
 pub mod paged;
+pub mod quantized;
+pub mod quantizer;
 pub mod state;
+pub mod static_cache;
 
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
 pub use dynamic::DynamicCache;
+pub use implementation::CacheImplementation;
+pub use offloaded::OffloadedCache;
+pub use quantized::{QuantizedCache, QuantizedCacheConfig};
 pub use state::{LayerState, LayerStates};
+pub use static_cache::StaticCache;
 
 /// One sequence of a packed (ragged) batch: the model input holds the new tokens of several
 /// sequences side by side, `[1, sum(new)]`, each continuing its own cache.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::cache::paged::prefix_cache::BlockHash;
 use crate::cache::paged::{BlockAllocator, BlockTable};
+use crate::cache::CacheImplementation;
 use crate::cache::LayerStates;
 use crate::error::{Error, Result};
 use crate::generation::context::{GenerationContext, Rows, StopVocabulary};
@@ -119,6 +120,22 @@ impl Sequence {
             return Err(Error::unsupported(format!(
                 "generation mode {} in the continuous batching engine (greedy search and sampling only)",
                 g.mode.generation_mode()
+            )));
+        }
+        // Settings that change what the engine would return. Its paged cache stands in for the
+        // dynamic, static and offloaded caches (the same tokens) and it chunks prompts itself.
+        let refused = if matches!(g.cache, CacheImplementation::Quantized(_)) {
+            Some("`cache_implementation=\"quantized\"`")
+        } else if g.confidence_threshold.is_some() {
+            Some("`is_assistant` (the assistant's confidence stopping criterion)")
+        } else if g.output_hidden_states || g.output_attentions {
+            Some("`output_hidden_states` / `output_attentions`")
+        } else {
+            None
+        };
+        if let Some(setting) = refused {
+            return Err(Error::unsupported(format!(
+                "{setting} in the continuous batching engine; use `generate()` for it"
             )));
         }
         let lengths = g.lengths;

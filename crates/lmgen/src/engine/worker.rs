@@ -260,6 +260,7 @@ impl Worker {
                 attention_mask: None,
                 logits_to_keep: LogitsToKeep::Last,
                 output_hidden_states: false,
+                output_attentions: false,
                 num_hidden_layers: None,
             },
             &mut cache,

@@ -3,6 +3,8 @@
 //! processors (`_get_logits_processor`), the stopping criteria (`_get_stopping_criteria`), the
 //! sampler, the streamer and the per-step outputs the caller asked for.
 
+use candle_core::Tensor;
+
 use super::logits::{LogitsProcessorList, ProcessorContext, Scores};
 use super::resolve::ResolvedGeneration;
 use super::sampler::Sampler;
@@ -37,11 +39,16 @@ pub(crate) enum StopVocabulary<'a> {
     Clean(&'a CleanTokenizerVocab),
 }
 
-/// The per-step outputs a caller asked for (`output_scores`, `output_logits`), `[steps][rows, vocab]`.
+/// The per-step outputs a caller asked for: `output_scores`, `output_logits` (`[steps][rows,
+/// vocab]`), `output_hidden_states` (`[steps][layers + 1]` of `[rows, t_step, hidden]`) and
+/// `output_attentions` (`[steps][attention layers]` of `[rows, heads, t_step, past + t_step]`).
+/// Nothing is kept that was not asked for.
 #[derive(Debug, Default)]
 pub(crate) struct StepOutputs {
     pub scores: Option<Vec<Scores>>,
     pub logits: Option<Vec<Scores>>,
+    pub hidden_states: Option<Vec<Vec<Tensor>>>,
+    pub attentions: Option<Vec<Vec<Tensor>>>,
 }
 
 impl StepOutputs {
@@ -56,6 +63,21 @@ impl StepOutputs {
     pub fn push_logits(&mut self, logits: impl FnOnce() -> Scores) {
         if let Some(all) = self.logits.as_mut() {
             all.push(logits());
+        }
+    }
+
+    /// Keeps a step's hidden states and attention weights (the model's output for the step), if
+    /// asked.
+    pub fn push_model_outputs(
+        &mut self,
+        hidden_states: Option<Vec<Tensor>>,
+        attentions: Option<Vec<Tensor>>,
+    ) {
+        if let Some(all) = self.hidden_states.as_mut() {
+            all.push(hidden_states.unwrap_or_default());
+        }
+        if let Some(all) = self.attentions.as_mut() {
+            all.push(attentions.unwrap_or_default());
         }
     }
 }
@@ -154,6 +176,8 @@ impl<'a, 's> GenerationContext<'a, 's> {
             outputs: StepOutputs {
                 scores: g.output_scores.then(Vec::new),
                 logits: g.output_logits.then(Vec::new),
+                hidden_states: g.output_hidden_states.then(Vec::new),
+                attentions: g.output_attentions.then(Vec::new),
             },
         })
     }

@@ -120,6 +120,18 @@ pub struct GenerateOutput {
     pub scores: Option<Vec<Scores>>,
     /// Raw logits of each step (`output_logits`), `[steps][b, vocab]`.
     pub logits: Option<Vec<Scores>>,
+    /// Every layer's hidden states of each step (`output_hidden_states` with
+    /// `return_dict_in_generate`), as transformers' `hidden_states`: `[steps][layers + 1]` of
+    /// `[b, t_step, hidden]` in the compute dtype, where `t_step` is the prompt length at the
+    /// first step (the last chunk's with `prefill_chunk_size`) and 1 after it; per step the
+    /// embedding output, then each layer's output, the last one after the final norm.
+    pub hidden_states: Option<Vec<Vec<candle_core::Tensor>>>,
+    /// Every attention layer's weights of each step (`output_attentions` with
+    /// `return_dict_in_generate`), as transformers' `attentions`: `[steps][attention layers]` of
+    /// `[b, heads, t_step, past + t_step]` f32. Empty per step unless the model was loaded with
+    /// eager attention ([`crate::models::AttnImplementation::Eager`]), as transformers' `sdpa`
+    /// returns none.
+    pub attentions: Option<Vec<Vec<candle_core::Tensor>>>,
     /// Why each row stopped.
     pub finish_reasons: Vec<Option<FinishReason>>,
     /// Padded prompt length: `sequences[i][prompt_len..]` are the generated tokens.

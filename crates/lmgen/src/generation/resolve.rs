@@ -12,7 +12,9 @@ use super::candidates::{DraftLength, DraftSchedule};
 use super::config::{EarlyStopping, Lengths};
 use super::constraints::Constraint;
 use super::{GenerateOptions, GenerationConfig, GenerationMode};
+use crate::cache::CacheImplementation;
 use crate::error::{Error, Result};
+use crate::models::config::LayerType;
 use crate::models::ModelConfig;
 use crate::TokenId;
 
@@ -39,6 +41,19 @@ pub struct ResolvedGeneration {
     pub output_scores: bool,
     /// Return the raw logits of each step (`output_logits`).
     pub output_logits: bool,
+    /// Return every layer's hidden states of each step (`output_hidden_states` with
+    /// `return_dict_in_generate`).
+    pub output_hidden_states: bool,
+    /// Return every attention layer's weights of each step (`output_attentions` with
+    /// `return_dict_in_generate`).
+    pub output_attentions: bool,
+    /// Prefill the prompt in chunks of this many tokens (`prefill_chunk_size`, at least 1).
+    pub prefill_chunk_size: Option<usize>,
+    /// The KV cache to build (`cache_implementation`, `max_cache_len`, `cache_config`).
+    pub cache: CacheImplementation,
+    /// `assistant_confidence_threshold` when this model drafts for another (`is_assistant`):
+    /// HF `ConfidenceCriteria` stops every row once row 0's token had a lower probability.
+    pub confidence_threshold: Option<f32>,
 }
 
 /// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
@@ -270,17 +285,35 @@ impl GenerationConfig {
             }
         };
         let eos_token_id = self.eos_token_ids();
+        let return_dict = c.return_dict_in_generate == Some(true);
+        let output_hidden_states = return_dict && c.output_hidden_states == Some(true);
+        let output_attentions = return_dict && c.output_attentions == Some(true);
+        step_outputs_available(&mode, output_hidden_states, output_attentions)?;
+        let lengths = self.lengths(model, prompt_len)?;
+        let cache = CacheImplementation::resolve(
+            c.cache_implementation.as_deref(),
+            lengths.max_length,
+            c.max_cache_len,
+            c.cache_config.as_ref(),
+        )?;
+        quantized_cache_fits(&cache, &mode, model)?;
+        let confidence_threshold = confidence_threshold(&c, &mode)?;
         Ok(ResolvedGeneration {
             mode,
             batch,
             prompt_len,
-            lengths: self.lengths(model, prompt_len)?,
+            lengths,
             pad_token_id: self.pad_token_id_or_eos(),
             pad_from_eos: self.pad_token_id.is_none(),
             eos_token_id,
             num_return_sequences,
             output_scores: c.output_scores == Some(true),
             output_logits: c.output_logits == Some(true),
+            output_hidden_states,
+            output_attentions,
+            prefill_chunk_size: prefill_chunk_size(&c)?,
+            cache,
+            confidence_threshold,
         })
     }
 
@@ -302,6 +335,92 @@ impl GenerationConfig {
             )));
         }
         Ok(lengths)
+    }
+}
+
+/// `prefill_chunk_size`: at least one token (transformers' `torch.split` fails on 0), and a
+/// cache to prefill into (transformers' `_prefill`: "Cannot use prefill chunking without a
+/// cache").
+fn prefill_chunk_size(c: &GenerationConfig) -> Result<Option<usize>> {
+    match c.prefill_chunk_size {
+        Some(0) => Err(Error::config(
+            "`prefill_chunk_size` must be at least 1 (tokens per prefill chunk), got 0",
+        )),
+        Some(_) if c.use_cache == Some(false) => Err(Error::config(
+            "Cannot use prefill chunking without a cache: `prefill_chunk_size` needs `use_cache=true`",
+        )),
+        size => Ok(size),
+    }
+}
+
+/// HF `_get_stopping_criteria` adds `ConfidenceCriteria` when `is_assistant` and
+/// `assistant_confidence_threshold > 0`. It reads the step's processed scores, which
+/// transformers' `_sample` passes it only with `output_scores` (without them it fails with a
+/// TypeError); lmgen reads them either way. Beam modes, which transformers would feed it beams'
+/// scores, refuse it.
+fn confidence_threshold(c: &GenerationConfig, mode: &Mode) -> Result<Option<f32>> {
+    let threshold = c.assistant_confidence_threshold.unwrap_or(0.4);
+    if c.is_assistant != Some(true) || threshold <= 0.0 {
+        return Ok(None);
+    }
+    match mode {
+        Mode::Greedy | Mode::Sample => Ok(Some(threshold as f32)),
+        other => Err(Error::unsupported(format!(
+            "`is_assistant` (the assistant's confidence stopping criterion) with {}: lmgen applies \
+             it in greedy search and sampling only; set `is_assistant` to false",
+            other.generation_mode().description()
+        ))),
+    }
+}
+
+/// Hidden states and attention weights per step are returned by greedy search and sampling
+/// (transformers' `_sample`); other modes refuse them by name rather than return nothing.
+fn step_outputs_available(mode: &Mode, hidden_states: bool, attentions: bool) -> Result<()> {
+    let field = match (hidden_states, attentions) {
+        (true, _) => "output_hidden_states",
+        (false, true) => "output_attentions",
+        (false, false) => return Ok(()),
+    };
+    match mode {
+        Mode::Greedy | Mode::Sample => Ok(()),
+        other => Err(Error::unsupported(format!(
+            "`{field}` with {}: lmgen returns per-step hidden states and attentions from greedy \
+             search and sampling only; set `{field}` to false or `num_beams` to 1 without an \
+             assistant",
+            other.generation_mode().description()
+        ))),
+    }
+}
+
+/// The quantized cache as transformers allows it: only models whose layers are all full
+/// attention (`QuantizedCache.__init__`); and, since it cannot reorder, repeat or crop rows, not
+/// in beam search, contrastive search or assisted decoding (transformers' `QuantizedLayer`
+/// reorders and crops only its residual, which would mix rows).
+fn quantized_cache_fits(
+    cache: &CacheImplementation,
+    mode: &Mode,
+    model: &ModelConfig,
+) -> Result<()> {
+    if !matches!(cache, CacheImplementation::Quantized(_)) {
+        return Ok(());
+    }
+    if let Some(other) = model
+        .layer_types
+        .iter()
+        .find(|t| **t != LayerType::FullAttention)
+    {
+        return Err(Error::config(format!(
+            "`QuantizedCache` is only supported for models with only full attention layers; this \
+             model has {other:?} layers (`cache_implementation=\"quantized\"`)"
+        )));
+    }
+    match mode {
+        Mode::Greedy | Mode::Sample | Mode::Dola(_) => Ok(()),
+        other => Err(Error::unsupported(format!(
+            "`cache_implementation=\"quantized\"` with {}: the quantized cache cannot reorder, \
+             repeat or crop its rows; use greedy search or sampling, or another cache",
+            other.generation_mode().description()
+        ))),
     }
 }
 

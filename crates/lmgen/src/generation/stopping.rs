@@ -16,6 +16,9 @@ pub enum FinishReason {
     StopString,
     /// Ran past `max_time` seconds (HF `MaxTimeCriteria`).
     Time,
+    /// The model drafts as an assistant (`is_assistant`) and was less sure of its last token
+    /// than `assistant_confidence_threshold` (HF `ConfidenceCriteria`).
+    Confidence,
 }
 
 impl FinishReason {
@@ -23,7 +26,10 @@ impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Length => "length",
-            FinishReason::Eos | FinishReason::StopString | FinishReason::Time => "stop",
+            FinishReason::Eos
+            | FinishReason::StopString
+            | FinishReason::Time
+            | FinishReason::Confidence => "stop",
         }
     }
 }

@@ -228,6 +228,20 @@ impl Decoder {
         })
     }
 
+    /// A layer's attention weights `[b, nh, t, past + t]` over the keys transformers' dynamic
+    /// cache hands that layer: a sliding layer keeps only its last `sliding_window - 1` keys
+    /// (`DynamicSlidingWindowLayer`), so its weights cover `min(past, sliding_window - 1) + t`
+    /// keys; the columns dropped are outside the window, where the weights are 0.
+    fn window_keys(&self, weights: Tensor, layer_type: LayerType) -> Result<Tensor> {
+        let window = match (layer_type, self.config.sliding_window) {
+            (LayerType::SlidingAttention, Some(w)) => w,
+            _ => return Ok(weights),
+        };
+        let (t, s) = (weights.dim(2)?, weights.dim(3)?);
+        let keep = (s - t).min(window.saturating_sub(1)) + t;
+        Ok(weights.narrow(3, s - keep, keep)?)
+    }
+
     /// Ministral 3's query multipliers `[b, 1, t, 1]` for the forward's positions.
     fn query_scale(&self, positions: &[Vec<u32>]) -> Result<Option<Tensor>> {
         let Some(q) = self.config.query_scaling else {
@@ -272,6 +286,7 @@ impl CausalLM for Decoder {
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let mut x = self.embed(input.input_ids)?; // [b, t, h]
         let mut hidden = input.output_hidden_states.then(Vec::new);
+        let mut attentions = input.output_attentions.then(Vec::new);
         let rm = self.config.residual_multiplier;
         let n = layers_to_run(input, self.layers.len());
         for (i, layer) in self.layers[..n].iter().enumerate() {
@@ -287,12 +302,20 @@ impl CausalLM for Decoder {
                 rope: rope.map(|(cos, sin)| (cos, sin)), // &(A, B) -> (&A, &B)
                 mask: masks.for_layer(layer.layer_type),
                 query_scale: query_scale.as_ref(),
+                padding_queries: masks.padding_queries(),
             };
             let norms = &layer.norms;
             let h = norm_opt(&norms.attn_in, x.clone())?;
-            let h = layer
-                .mixer
-                .forward(&h, &attn_in, masks.for_state(), i, cache)?;
+            let h = match (&layer.mixer, attentions.as_mut()) {
+                (Mixer::Attention(a), Some(weights)) => {
+                    let (h, w) = a.forward_with_weights(&h, &attn_in, cache, true)?;
+                    if let Some(w) = w {
+                        weights.push(self.window_keys(w, layer.layer_type)?);
+                    }
+                    h
+                }
+                (mixer, _) => mixer.forward(&h, &attn_in, masks.for_state(), i, cache)?,
+            };
             x = residual(x, norm_opt(&norms.attn_out, h)?, rm)?;
             let h = layer.mlp.forward(&norm_opt(&norms.mlp_in, x.clone())?)?;
             x = residual(x, norm_opt(&norms.mlp_out, h)?, rm)?;
@@ -313,6 +336,7 @@ impl CausalLM for Decoder {
         Ok(ModelOutput {
             logits,
             hidden_states: hidden,
+            attentions,
         })
     }
 

@@ -20,7 +20,7 @@ use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
 use super::layers::LoadContext;
 use super::layers_to_run;
-use super::{Architecture, CausalLM, ForwardInput, ModelOutput};
+use super::{Architecture, AttnImplementation, CausalLM, ForwardInput, ModelOutput};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::init::{Init, TensorSpec};
@@ -183,7 +183,8 @@ impl Gpt2 {
                         shape,
                         scale,
                         i,
-                    ),
+                    )
+                    .with_eager(ctx.attn_implementation == AttnImplementation::Eager),
                     ln_2: LayerNorm::load(ctx, &format!("{p}.ln_2"), h, cfg.norm_eps)?,
                     mlp: Mlp::new(
                         conv1d(format!("{p}.mlp.c_fc"), h, i_dim)?,
@@ -272,16 +273,24 @@ impl CausalLM for Gpt2 {
             rope: None,
             mask: masks.for_layer(LayerType::FullAttention),
             query_scale: None,
+            padding_queries: masks.padding_queries(),
         };
         let mut hidden = input.output_hidden_states.then(Vec::new);
+        let mut attentions = input.output_attentions.then(Vec::new);
         let n = layers_to_run(input, self.h.len());
         for block in &self.h[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }
-            let a = block
-                .attn
-                .forward(&block.ln_1.forward(&x)?, &attn_in, cache)?;
+            let (a, w) = block.attn.forward_with_weights(
+                &block.ln_1.forward(&x)?,
+                &attn_in,
+                cache,
+                attentions.is_some(),
+            )?;
+            if let Some(weights) = attentions.as_mut() {
+                weights.extend(w); // [b, nh, t, past + t]
+            }
             x = (x + a)?;
             let m = block.mlp.forward(&block.ln_2.forward(&x)?)?;
             x = (x + m)?;
@@ -296,6 +305,7 @@ impl CausalLM for Gpt2 {
         Ok(ModelOutput {
             logits,
             hidden_states: hidden,
+            attentions,
         })
     }
 

@@ -72,6 +72,10 @@ pub struct ForwardInput<'a> {
     /// Also return every layer's hidden states ([`ModelOutput::hidden_states`]), as transformers'
     /// `output_hidden_states=True`. Off for plain decoding, which then keeps none of them.
     pub output_hidden_states: bool,
+    /// Also return every attention layer's weights ([`ModelOutput::attentions`]), as transformers'
+    /// `output_attentions=True`: only a model loaded with [`AttnImplementation::Eager`] computes
+    /// them (transformers' `sdpa` returns none).
+    pub output_attentions: bool,
     /// Early exit: run only the first `n` decoder layers, then the final norm and the LM head (HF's
     /// `EarlyExitCandidateGenerator` lowers `config.num_hidden_layers` for the draft pass). Only those
     /// layers' keys and values are appended to the cache. `None`: every layer.
@@ -88,6 +92,10 @@ pub struct ModelOutput {
     /// input of layer 0), then each layer's output; the last one is after the final norm, i.e.
     /// the last hidden state that the LM head reads.
     pub hidden_states: Option<Vec<Tensor>>,
+    /// With [`ForwardInput::output_attentions`]: one `[b, num_heads, t, past + t]` f32 tensor per
+    /// attention layer (HF `attentions`), the softmax weights; empty unless the model was loaded
+    /// with eager attention.
+    pub attentions: Option<Vec<Tensor>>,
 }
 
 impl ModelOutput {

@@ -102,7 +102,10 @@ fn settings_not_built_yet_are_rejected_naming_the_field() -> Result<()> {
     let pipe = Pipeline::from_pretrained(golden("llama").to_str().unwrap_or_default())?;
     let cases = [
         (json!({"token_healing": true}), "`token_healing`"),
-        (json!({"prefill_chunk_size": 16}), "`prefill_chunk_size`"),
+        (
+            json!({"watermarking_config": {"keys": [1, 2], "ngram_len": 5}}),
+            "`watermarking_config` for SynthID",
+        ),
     ];
     for (fields, expected) in cases {
         let overrides = GenerationConfig::from_json(&fields, UnknownFields::Reject)?;

@@ -21,6 +21,7 @@ pub fn all_logits(model: &dyn CausalLM, tokens: &[u32]) -> anyhow::Result<Tensor
         attention_mask: None,
         logits_to_keep: LogitsToKeep::All,
         output_hidden_states: false,
+        output_attentions: false,
         num_hidden_layers: None,
     };
     Ok(model

@@ -240,6 +240,7 @@ pub(crate) fn forward_row(
         positions: &positions,
         mask: mask.as_deref(),
         output_hidden_states: false,
+        output_attentions: false,
         logits_to_keep: keep,
         num_hidden_layers,
         sequences: Some(&sequences),

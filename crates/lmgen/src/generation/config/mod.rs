@@ -90,7 +90,7 @@ macro_rules! generation_config {
 
         impl GenerationConfig {
             /// Every field's JSON name, in transformers' `__init__` order.
-            pub(crate) const FIELDS: &'static [&'static str] = &[$(field_key!($field $(, $key)?)),*];
+            pub const FIELDS: &'static [&'static str] = &[$(field_key!($field $(, $key)?)),*];
 
             /// Sets the field named `key` from JSON (`null` unsets it); `Ok(false)` if no field has that name.
             fn set_field(&mut self, key: &str, value: &Value) -> Result<bool> {

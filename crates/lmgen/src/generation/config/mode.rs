@@ -96,50 +96,12 @@ struct Unbuilt {
 /// criterion lands. Settings that select a mode (`do_sample`, `num_beams`, `penalty_alpha`,
 /// `dola_layers`, `prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp`, `constraints`,
 /// `force_words_ids`) are handled by [`GenerationConfig::mode`].
-const UNBUILT: &[Unbuilt] = &[
-    Unbuilt {
-        field: "token_healing",
-        feature: "token healing",
-        fix: "set it to false",
-        active: |c| c.token_healing == Some(true),
-    },
-    Unbuilt {
-        field: "is_assistant",
-        feature: "the assistant's confidence stopping criterion",
-        fix: "set it to false",
-        active: |c| c.is_assistant == Some(true) && c.assistant_confidence_threshold > Some(0.0),
-    },
-    Unbuilt {
-        field: "prefill_chunk_size",
-        feature: "chunked prefill",
-        fix: "unset it",
-        active: |c| c.prefill_chunk_size.is_some(),
-    },
-    Unbuilt {
-        field: "cache_implementation",
-        feature: "a cache other than the dynamic cache",
-        fix: "unset it or set it to \"dynamic\"",
-        // transformers silently unsets "hybrid" (`_prepare_generation_config`).
-        active: |c| {
-            !matches!(
-                c.cache_implementation.as_deref(),
-                None | Some("dynamic" | "hybrid")
-            )
-        },
-    },
-    Unbuilt {
-        field: "output_attentions",
-        feature: "returning attention weights",
-        fix: "set it to false",
-        active: |c| c.output_attentions == Some(true) && c.return_dict_in_generate == Some(true),
-    },
-    Unbuilt {
-        field: "output_hidden_states",
-        feature: "returning hidden states",
-        fix: "set it to false",
-        active: |c| c.output_hidden_states == Some(true) && c.return_dict_in_generate == Some(true),
-    },
-];
+const UNBUILT: &[Unbuilt] = &[Unbuilt {
+    field: "token_healing",
+    feature: "token healing",
+    fix: "set it to false",
+    active: |c| c.token_healing == Some(true),
+}];
 
 /// The mode a config selects, with the setting that selected it and how to undo it.
 struct Selection {
@@ -467,23 +429,7 @@ mod tests {
 
     #[test]
     fn unbuilt_processors_are_unsupported_naming_the_field() {
-        let cases = [
-            (json!({"token_healing": true}), "`token_healing`"),
-            (json!({"is_assistant": true}), "`is_assistant`"),
-            (json!({"prefill_chunk_size": 16}), "`prefill_chunk_size`"),
-            (
-                json!({"cache_implementation": "static"}),
-                "`cache_implementation`",
-            ),
-            (
-                json!({"output_attentions": true, "return_dict_in_generate": true}),
-                "`output_attentions`",
-            ),
-            (
-                json!({"output_hidden_states": true, "return_dict_in_generate": true}),
-                "`output_hidden_states`",
-            ),
-        ];
+        let cases = [(json!({"token_healing": true}), "`token_healing`")];
         for (value, field) in cases {
             let message = unsupported(value);
             assert!(

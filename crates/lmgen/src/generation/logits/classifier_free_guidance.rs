@@ -137,6 +137,7 @@ impl<'a> UnbatchedClassifierFreeGuidanceLogitsProcessor<'a> {
                 attention_mask: padded.then_some(mask.as_slice()),
                 logits_to_keep: LogitsToKeep::Last,
                 output_hidden_states: false,
+                output_attentions: false,
                 num_hidden_layers: None,
             },
             &mut st.cache,

@@ -79,7 +79,8 @@ impl WatermarkingConfig {
         })?;
         if obj.contains_key("keys") || obj.contains_key("ngram_len") {
             return Err(Error::unsupported(
-                "`watermarking_config` for SynthID text watermarking",
+                "`watermarking_config` for SynthID text watermarking (`keys`, `ngram_len`) is not \
+                 implemented yet; unset it or give a `WatermarkingConfig` (`greenlist_ratio`, `bias`, ...)",
             ));
         }
         let mut c = Self::default();

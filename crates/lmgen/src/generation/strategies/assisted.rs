@@ -17,7 +17,6 @@
 //! not stop it there; lmgen checks after each accepted token, stopping exactly where the plain loop
 //! stops. EOS and `max_length` give the same output either way.
 
-use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::candidates::universal::UniversalOptions;
 use crate::generation::candidates::{
@@ -65,7 +64,7 @@ pub(crate) fn run(
     let t = g.prompt_len;
     let (lengths, eos) = (g.lengths, &g.eos_token_id);
     let mut generator = candidate_generator(model, &draft, &assistant)?;
-    let mut cache = DynamicCache::new();
+    let mut cache = g.cache.build();
     let mut sequence = input.input_ids[0].clone();
     let prompt_mask = input.attention_mask.as_ref().map(|m| m[0].as_slice());
     let mut layout = RowLayout::new(prompt_mask, t);
@@ -85,7 +84,7 @@ pub(crate) fn run(
             &layout,
             LogitsToKeep::Last,
             None,
-            &mut cache,
+            cache.as_mut(),
         )?;
     }
     while finish.is_none() {
@@ -98,7 +97,7 @@ pub(crate) fn run(
             processors: &processors,
             sampler: &mut sampler,
             eos,
-            target_cache: &mut cache,
+            target_cache: cache.as_mut(),
         })?;
         let k = candidates.tokens.len();
         // 2. The target over the sequence and the candidates: k + 1 positions of logits.
@@ -115,7 +114,7 @@ pub(crate) fn run(
             &extended_layout,
             LogitsToKeep::LastN(k + 1),
             None,
-            &mut cache,
+            cache.as_mut(),
         )?; // [k + 1, vocab]
         let vocab = raw.vocab;
         let mut processed = raw.clone();
@@ -174,6 +173,8 @@ pub(crate) fn run(
         sequences: vec![sequence],
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: vec![finish],
         prompt_len: t,
         sequences_scores: None,

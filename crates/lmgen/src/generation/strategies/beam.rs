@@ -149,7 +149,7 @@ pub(crate) fn run(
         StdRng::seed_from_u64(seed)
     });
 
-    let mut model_rows = BeamRows::new(model, input)?;
+    let mut model_rows = BeamRows::new(model, input, g.cache, g.prefill_chunk_size)?;
     // Running beams, `[b * nb]`; initial scores `[0, -1e9, ...]` so step 1 expands beam 0 only.
     let mut running: Vec<Hyp> = input
         .input_ids
@@ -327,6 +327,8 @@ pub(crate) fn run(
         sequences,
         scores: all_scores,
         logits: all_logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: returned.iter().map(|h| h.reason).collect(),
         prompt_len: t,
         sequences_scores: Some(returned.iter().map(|h| h.score).collect()),

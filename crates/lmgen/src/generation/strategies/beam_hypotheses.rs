@@ -181,6 +181,8 @@ pub(super) fn assemble(
         sequences,
         scores: steps.scores,
         logits: steps.logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: best.iter().map(|h| h.reason).collect(),
         prompt_len,
         sequences_scores: Some(best.iter().map(|h| h.score as f32).collect()),

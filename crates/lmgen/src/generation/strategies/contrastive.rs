@@ -20,8 +20,8 @@
 use candle_core::{DType, Tensor, D};
 
 use super::decode_state::DecodeState;
+use super::prefill::prefill;
 use super::{forward_step, host_scores, StepInput};
-use crate::cache::{DynamicCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::context::GenerationContext;
 use crate::generation::logits::Scores;
@@ -52,25 +52,27 @@ pub(crate) fn run(
     } = ctx;
     let (b, t) = (g.rows(), g.prompt_len);
     let device = model.device().clone();
-    let mut cache = DynamicCache::new();
+    let mut cache = g.cache.build();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
     }
     // Prefill: the prompt's last hidden states are the first context of the penalty.
     let prompt = Tensor::new(state.sequences.clone(), &device)?; // [b, t]
-    let out = forward_step(
+    let out = prefill(
         model,
         StepInput {
             ids: &prompt,
             positions: state.positions(),
             mask: state.mask(),
             output_hidden_states: true,
+            output_attentions: false,
             logits_to_keep: LogitsToKeep::Last,
             num_hidden_layers: None,
             sequences: Some(&state.sequences),
         },
-        &mut cache,
+        g.prefill_chunk_size,
+        cache.as_mut(),
     )?;
     let mut context = Context::new(last_hidden(&out)?, input.attention_mask.as_deref())?;
     let mut logits = host_scores(&out.logits)?; // [b, vocab]
@@ -99,13 +101,14 @@ pub(crate) fn run(
                 positions: &positions,
                 mask: mask.as_deref(),
                 output_hidden_states: true,
+                output_attentions: false,
                 logits_to_keep: LogitsToKeep::Last,
                 num_hidden_layers: None,
                 // The candidates of every row, run as one batch: a model that must run the
                 // whole sequence again refuses this step (see `forward_step`).
                 sequences: None,
             },
-            &mut cache,
+            cache.as_mut(),
         )?;
         let next_hidden = normalize(&last_hidden(&out)?)?; // [b * k, 1, h]
         let penalties = context.degeneration_penalty(&next_hidden, top_k)?; // [b][k]
@@ -148,6 +151,8 @@ pub(crate) fn run(
         sequences: state.sequences,
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: None,
+        attentions: None,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,

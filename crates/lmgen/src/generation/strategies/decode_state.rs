@@ -101,6 +101,13 @@ impl DecodeState {
         Ok(self.finish.iter().all(Option::is_some))
     }
 
+    /// Every row still running stops for `reason` (a criterion over the whole batch).
+    pub fn finish_all(&mut self, reason: FinishReason) {
+        for finish in self.finish.iter_mut().filter(|f| f.is_none()) {
+            *finish = Some(reason);
+        }
+    }
+
     /// Makes room for one more token per row: the mask gets a 1, positions move on by one.
     pub fn extend(&mut self) {
         if let Some(m) = self.mask.as_mut() {
@@ -154,13 +161,18 @@ mod tests {
             num_return_sequences: 1,
             output_scores: false,
             output_logits: false,
+            output_hidden_states: false,
+            output_attentions: false,
+            prefill_chunk_size: None,
+            cache: crate::cache::CacheImplementation::Dynamic,
+            confidence_threshold: None,
         };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],
             attention_mask: Some(vec![vec![0, 1], vec![1, 1]]),
         };
         let mut state = DecodeState::new(&input, &g);
-        assert_eq!(state.positions(), &[vec![1, 0], vec![0, 1]]);
+        assert_eq!(state.positions(), &[vec![0, 0], vec![0, 1]]);
         let mut stopping = StoppingCriteriaList::new(10, &[9]);
         assert!(!state.push(&mut [9, 3], None, &mut stopping)?);
         state.extend();

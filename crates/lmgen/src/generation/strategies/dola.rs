@@ -17,6 +17,7 @@
 //! are computed in f32 whatever the compute dtype (transformers keeps them in the model's dtype).
 
 use super::decode_state::DecodeState;
+use super::prefill::prefill;
 use super::sample::{run_with_step, StepLogits};
 use super::{forward_step, host_scores, StepInput};
 use crate::cache::KvCache;
@@ -57,11 +58,17 @@ pub(crate) fn run(
                 positions: state.positions(),
                 mask: state.mask(),
                 output_hidden_states: true,
+                output_attentions: false,
                 logits_to_keep: LogitsToKeep::Last,
                 num_hidden_layers: None,
                 sequences: Some(&state.sequences),
             };
-            let out = forward_step(model, step, cache)?;
+            // The prompt in chunks with `prefill_chunk_size`: DoLa reads the last position only.
+            let out = if cache.seq_len() == 0 {
+                prefill(model, step, g.prefill_chunk_size, cache)?
+            } else {
+                forward_step(model, step, cache)?
+            };
             let hidden = out.hidden_states.as_deref().unwrap_or_default();
             let premature = candidates
                 .iter()
@@ -82,6 +89,8 @@ pub(crate) fn run(
                 logits: out.logits.squeeze(1)?, // [b, vocab]
                 host: Some(host),
                 adjusted: Some(contrast),
+                hidden_states: None,
+                attentions: None,
             })
         },
     )

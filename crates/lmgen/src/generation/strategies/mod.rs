@@ -8,6 +8,7 @@ pub(crate) mod contrastive;
 mod decode_state;
 pub(crate) mod dola;
 pub(crate) mod group_beam;
+pub(crate) mod prefill;
 mod rows;
 pub(crate) mod sample;
 
@@ -30,6 +31,8 @@ pub(crate) struct StepInput<'a> {
     pub mask: Option<&'a [Vec<u8>]>,
     /// Also return every layer's hidden states.
     pub output_hidden_states: bool,
+    /// Also return every attention layer's weights (eager attention only).
+    pub output_attentions: bool,
     /// Which positions get logits (`Last` in plain decoding).
     pub logits_to_keep: LogitsToKeep,
     /// Early exit after this many decoder layers (`None`: all).
@@ -48,6 +51,7 @@ impl<'a> StepInput<'a> {
             positions,
             mask,
             output_hidden_states: false,
+            output_attentions: false,
             logits_to_keep: LogitsToKeep::Last,
             num_hidden_layers: None,
             sequences: None,
@@ -85,6 +89,7 @@ pub(crate) fn forward_step(
             attention_mask: step.mask,
             logits_to_keep: step.logits_to_keep,
             output_hidden_states: step.output_hidden_states,
+            output_attentions: step.output_attentions,
             num_hidden_layers: step.num_hidden_layers,
         },
         cache,
@@ -131,6 +136,11 @@ fn recompute(
     if let Some(states) = out.hidden_states.as_mut() {
         for h in states.iter_mut() {
             *h = h.narrow(1, t - t_step, t_step)?; // [rows, t, h] -> [rows, t_step, h]
+        }
+    }
+    if let Some(weights) = out.attentions.as_mut() {
+        for a in weights.iter_mut() {
+            *a = a.narrow(2, t - t_step, t_step)?; // [rows, nh, t, t] -> [rows, nh, t_step, t]
         }
     }
     Ok(out)

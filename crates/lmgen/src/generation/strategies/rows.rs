@@ -4,9 +4,10 @@
 
 use candle_core::Tensor;
 
+use super::prefill::prefill;
 use super::sample::position_ids;
-use super::{next_token_logits, StepInput};
-use crate::cache::{DynamicCache, KvCache};
+use super::{host_scores, next_token_logits, StepInput};
+use crate::cache::{CacheImplementation, KvCache};
 use crate::error::Result;
 use crate::generation::{GenerateInput, Scores};
 use crate::models::CausalLM;
@@ -15,7 +16,7 @@ use crate::TokenId;
 /// Rows of a beam loop and their cache.
 pub(super) struct BeamRows<'m> {
     model: &'m dyn CausalLM,
-    cache: DynamicCache,
+    cache: Box<dyn KvCache>,
     /// `[rows, cached + step]` attention mask; `None` while nothing is padded.
     mask: Option<Vec<Vec<u8>>>,
     /// `[rows, step]` positions of the next forward.
@@ -24,11 +25,19 @@ pub(super) struct BeamRows<'m> {
     next_pos: Vec<u32>,
     /// `[rows, step]` ids of the next forward.
     step_ids: Tensor,
+    /// `prefill_chunk_size`: the prompt's forward runs in chunks of this many tokens.
+    prefill_chunk_size: Option<usize>,
 }
 
 impl<'m> BeamRows<'m> {
-    /// Rows for the (already expanded) prompt `input`, `[rows, t]`.
-    pub(super) fn new(model: &'m dyn CausalLM, input: &GenerateInput) -> Result<Self> {
+    /// Rows for the (already expanded) prompt `input`, `[rows, t]`, over a cache of kind `cache`,
+    /// whose forward runs in chunks of `prefill_chunk_size` tokens when that is set.
+    pub(super) fn new(
+        model: &'m dyn CausalLM,
+        input: &GenerateInput,
+        cache: CacheImplementation,
+        prefill_chunk_size: Option<usize>,
+    ) -> Result<Self> {
         let rows = input.input_ids.len();
         let t = input.input_ids.first().map_or(0, Vec::len);
         let mask = input.attention_mask.clone();
@@ -43,11 +52,12 @@ impl<'m> BeamRows<'m> {
         let step_ids = Tensor::new(input.input_ids.clone(), model.device())?; // [rows, t]
         Ok(Self {
             model,
-            cache: DynamicCache::new(),
+            cache: cache.build(),
             mask,
             positions,
             next_pos,
             step_ids,
+            prefill_chunk_size,
         })
     }
 
@@ -56,7 +66,16 @@ impl<'m> BeamRows<'m> {
     pub(super) fn logits(&mut self, sequences: &[Vec<TokenId>]) -> Result<Scores> {
         let step = StepInput::last(&self.step_ids, &self.positions, self.mask.as_deref())
             .with_sequences(sequences);
-        next_token_logits(self.model, step, &mut self.cache)
+        if self.cache.seq_len() == 0 {
+            let out = prefill(
+                self.model,
+                step,
+                self.prefill_chunk_size,
+                self.cache.as_mut(),
+            )?;
+            return host_scores(&out.logits.squeeze(1)?); // [rows, 1, vocab] -> [rows, vocab]
+        }
+        next_token_logits(self.model, step, self.cache.as_mut())
     }
 
     /// Next step: row `i` continues the cache of row `source[i]` with `tokens[i]`.

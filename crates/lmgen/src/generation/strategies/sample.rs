@@ -10,17 +10,22 @@
 use candle_core::Tensor;
 
 use super::decode_state::DecodeState;
-use super::{host_scores, last_logits, StepInput};
-use crate::cache::{DynamicCache, KvCache};
+use super::prefill::prefill;
+use super::{forward_step, host_scores, StepInput};
+use crate::cache::KvCache;
 use crate::error::Result;
 use crate::generation::context::GenerationContext;
 use crate::generation::device_argmax::DeviceArgmax;
 use crate::generation::logits::Scores;
+use crate::generation::sampler::softmax;
+use crate::generation::stopping::FinishReason;
 use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
 use crate::models::CausalLM;
 use crate::TokenId;
 
-/// Position ids from the mask, as transformers: `cumsum(mask) - 1`, padding positions set to 1.
+/// Position ids from the mask, as transformers 5's `_prepare_position_ids_for_generation`:
+/// `cumsum(mask) - 1`, padding positions set to 0 (transformers 4 set them to 1). Only a padding
+/// token's own output depends on it (learned position embeddings).
 pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32>> {
     match mask {
         None => vec![(0..t as u32).collect(); b],
@@ -32,7 +37,7 @@ pub fn position_ids(mask: Option<&[Vec<u8>]>, b: usize, t: usize) -> Vec<Vec<u32
                     .map(|&m| {
                         n += m as u32;
                         if m == 0 {
-                            1
+                            0
                         } else {
                             n - 1
                         }
@@ -73,13 +78,24 @@ pub(crate) fn run(
         g,
         ctx,
         &mut |model, step_ids, state, cache| {
-            let step = StepInput::last(step_ids, state.positions(), state.mask())
-                .with_sequences(&state.sequences);
-            let logits = last_logits(model, step, cache)?;
+            let step = StepInput {
+                output_hidden_states: g.output_hidden_states,
+                output_attentions: g.output_attentions,
+                ..StepInput::last(step_ids, state.positions(), state.mask())
+            }
+            .with_sequences(&state.sequences);
+            // The first step runs the whole prompt: in chunks with `prefill_chunk_size`.
+            let out = if cache.seq_len() == 0 {
+                prefill(model, step, g.prefill_chunk_size, cache)?
+            } else {
+                forward_step(model, step, cache)?
+            };
             Ok(StepLogits {
-                logits,
+                logits: out.logits.squeeze(1)?, // [rows, 1, vocab] -> [rows, vocab]
                 host: None,
                 adjusted: None,
+                hidden_states: out.hidden_states,
+                attentions: out.attentions,
             })
         },
     )
@@ -95,6 +111,10 @@ pub(super) struct StepLogits {
     pub host: Option<Scores>,
     /// What the processors get instead of `logits`, if anything (DoLa's layer contrast).
     pub adjusted: Option<Scores>,
+    /// The step's hidden states, when the loop returns them (`output_hidden_states`).
+    pub hidden_states: Option<Vec<Tensor>>,
+    /// The step's attention weights, when the loop returns them (`output_attentions`).
+    pub attentions: Option<Vec<Tensor>>,
 }
 
 /// One forward step: the model over `step_ids` (`[rows, t_step]`) at the state's positions and
@@ -122,7 +142,7 @@ pub(super) fn run_with_step(
     let t = g.prompt_len;
     let vocab_size = model.config().vocab_size;
     let device = model.device().clone();
-    let mut cache = DynamicCache::new();
+    let mut cache = g.cache.build();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
@@ -132,6 +152,7 @@ pub(super) fn run_with_step(
                                                                                // argmax: on a GPU take it there, so the logits never cross to the host.
     let device_argmax = if !device.is_cpu()
         && !g.mode.do_sample()
+        && g.confidence_threshold.is_none()
         && processors.is_empty()
         && !g.output_scores
         && !g.output_logits
@@ -140,12 +161,16 @@ pub(super) fn run_with_step(
     } else {
         None
     };
+    let mut confidence_row = None;
     loop {
         let StepLogits {
             logits,
             host,
             adjusted,
-        } = step(model, &step_ids, &state, &mut cache)?;
+            hidden_states,
+            attentions,
+        } = step(model, &step_ids, &state, cache.as_mut())?;
+        outputs.push_model_outputs(hidden_states, attentions);
         let mut next = match (device_argmax.as_ref(), adjusted) {
             (Some(argmax), None) => argmax.select(&logits)?,
             (_, adjusted) => {
@@ -165,12 +190,26 @@ pub(super) fn run_with_step(
                 };
                 processors.process(&state.sequences, &mut scores)?;
                 let next = sampler.select(&scores)?;
+                if g.confidence_threshold.is_some() {
+                    confidence_row = softmax(scores.row(0));
+                }
                 outputs.push_scores(|| scores);
                 next
             }
         };
         if state.push(&mut next, streamer.as_deref_mut(), &mut stopping)? {
             break;
+        }
+        // HF `ConfidenceCriteria` (`is_assistant`): the probability row 0 gave the token it got;
+        // below the threshold every row stops.
+        if let (Some(threshold), Some(probs)) = (g.confidence_threshold, confidence_row.take()) {
+            if probs
+                .get(next[0] as usize)
+                .is_some_and(|&p| p < f64::from(threshold))
+            {
+                state.finish_all(FinishReason::Confidence);
+                break;
+            }
         }
         // Finished rows are fed the pad id next; transformers fails there with an IndexError.
         state.check_pad_fed(vocab_size)?;
@@ -190,6 +229,8 @@ pub(super) fn run_with_step(
         sequences: state.sequences,
         scores: outputs.scores,
         logits: outputs.logits,
+        hidden_states: outputs.hidden_states,
+        attentions: outputs.attentions,
         finish_reasons: state.finish,
         prompt_len: t,
         sequences_scores: None,
@@ -207,7 +248,7 @@ mod tests {
         let m = vec![vec![0, 0, 1, 1], vec![1, 1, 1, 1]];
         assert_eq!(
             position_ids(Some(&m), 2, 4),
-            vec![vec![1, 1, 0, 1], vec![0, 1, 2, 3]]
+            vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]
         );
     }
 

@@ -261,6 +261,12 @@ impl Gemma4 {
 
 impl CausalLM for Gemma4 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        if input.output_attentions {
+            return Err(Error::unsupported(
+                "`output_attentions` with Gemma 4: its attention does not return its weights yet; \
+                 set `output_attentions` to false",
+            ));
+        }
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
         let cos_sin = |r: &Option<RotaryEmbedding>| {
             r.as_ref()
@@ -311,6 +317,7 @@ impl CausalLM for Gemma4 {
         Ok(ModelOutput {
             logits,
             hidden_states: hidden,
+            attentions: None,
         })
     }
 

@@ -33,6 +33,9 @@ pub struct Attention {
     /// Qwen3.5: `q_proj` yields `[query, gate]` per head and the output is multiplied by
     /// `sigmoid(gate)` ([`ModelConfig::attn_output_gate`]).
     output_gate: bool,
+    /// transformers' `eager` attention: the only one that returns its weights
+    /// (`output_attentions`); `sdpa` returns none.
+    eager: bool,
     layer_idx: usize,
 }
 
@@ -54,6 +57,10 @@ pub struct AttentionInput<'a> {
     /// `[b, 1, t, 1]` multipliers on the rotated queries (Ministral 3's position-dependent
     /// scaling), or `None`.
     pub query_scale: Option<&'a Tensor>,
+    /// `[b, 1, t, 1]`: 0 on queries that see no key (left padding), whose output sdpa-semantics
+    /// attention zeroes as torch's `scaled_dot_product_attention` does; `None` when there are
+    /// none ([`super::mask::ForwardMasks::padding_queries`]).
+    pub padding_queries: Option<&'a Tensor>,
 }
 
 impl Attention {
@@ -136,6 +143,7 @@ impl Attention {
             AttnImplementation::Eager => cfg.attn_logit_softcapping,
             AttnImplementation::Sdpa => None,
         };
+        attention.eager = ctx.attn_implementation == AttnImplementation::Eager;
         Ok(attention)
     }
 
@@ -157,8 +165,16 @@ impl Attention {
             softcap: None,
             sinks: None,
             output_gate: false,
+            eager: false,
             layer_idx,
         }
+    }
+
+    /// Whether [`Attention::forward_with_weights`] returns the weights (transformers' `eager`
+    /// attention, `attn_implementation` at load).
+    pub fn with_eager(mut self, eager: bool) -> Self {
+        self.eager = eager;
+        self
     }
 
     /// `[b, t, hidden] -> [b, t, hidden]`; appends this step's keys/values to `cache`.
@@ -168,6 +184,21 @@ impl Attention {
         input: &AttentionInput<'_>,
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
+        Ok(self.forward_with_weights(x, input, cache, false)?.0)
+    }
+
+    /// [`Attention::forward`], plus with `keep_weights` the attention weights (HF
+    /// `output_attentions`), `[b, nh, t, past + t]` f32, after the softmax; `None` unless the
+    /// model was loaded with eager attention, as transformers' `sdpa` returns none. A packed
+    /// batch returns none either.
+    pub fn forward_with_weights(
+        &self,
+        x: &Tensor,
+        input: &AttentionInput<'_>,
+        cache: &mut dyn KvCache,
+        keep_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let keep_weights = keep_weights && self.eager;
         let (b, t, _) = x.dims3()?;
         let AttentionShape {
             num_heads: nh,
@@ -207,10 +238,19 @@ impl Attention {
         if let Some(scale) = input.query_scale {
             q = q.broadcast_mul(scale)?; // [b, nh, t, d] * [b, 1, t, 1]
         }
+        let mut weights = None;
         let out = match input.mask {
             LayerMask::Dense(mask) => {
                 let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
-                self.attend(&q, &k, &v, mask)?
+                let (out, probs) = attend_with_weights(&q, &k, &v, mask, self.scores())?;
+                if keep_weights {
+                    weights = Some(probs.to_dtype(DType::F32)?); // [b, nh, t, s]
+                }
+                match input.padding_queries {
+                    // [b, nh, t, d] * [b, 1, t, 1]
+                    Some(rows) if !self.eager => out.broadcast_mul(rows)?,
+                    _ => out,
+                }
             }
             LayerMask::Packed { sequences, sliding } => {
                 // One sequence at a time over its own cached keys; b = 1.
@@ -231,17 +271,21 @@ impl Attention {
         if let Some(gate) = gate {
             out = (out * candle_nn::ops::sigmoid(&gate)?)?;
         }
-        self.o_proj.forward(&out)
+        Ok((self.o_proj.forward(&out)?, weights))
+    }
+
+    /// How this block turns `q k^T` into scores.
+    fn scores(&self) -> Scores<'_> {
+        Scores {
+            scale: self.scale,
+            softcap: self.softcap,
+            sinks: self.sinks.as_ref(),
+        }
     }
 
     /// `softmax(q k^T * scale (+ softcap) + mask) v` with this block's scores ([`attend`]).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let scores = Scores {
-            scale: self.scale,
-            softcap: self.softcap,
-            sinks: self.sinks.as_ref(),
-        };
-        attend(q, k, v, mask, scores)
+        attend(q, k, v, mask, self.scores())
     }
 }
 
@@ -265,6 +309,18 @@ pub fn attend(
     mask: Option<&Tensor>,
     scores_of: Scores<'_>,
 ) -> Result<Tensor> {
+    Ok(attend_with_weights(q, k, v, mask, scores_of)?.0)
+}
+
+/// [`attend`], also returning the attention weights `[b, nh, t, s]` (the softmax, in the
+/// scores' dtype).
+pub fn attend_with_weights(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scores_of: Scores<'_>,
+) -> Result<(Tensor, Tensor)> {
     let (b, nh, t, d) = q.dims4()?;
     let nkv = k.dim(1)?;
     let s = k.dim(2)?;
@@ -295,5 +351,5 @@ pub fn attend(
             .to_dtype(scores.dtype())?,
     };
     let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
-    Ok(out.reshape((b, nh, t, d))?)
+    Ok((out.reshape((b, nh, t, d))?, probs))
 }

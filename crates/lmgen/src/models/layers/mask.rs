@@ -3,8 +3,14 @@
 //! Key `j` is visible to the query at absolute (cache) position `i` when `j <= i`, the key is not
 //! padding, and, for sliding layers, `i - j < sliding_window` (`sliding_window_overlay`:
 //! `kv_idx > q_idx - sliding_window`). Positions are cache indices, padding included, as in
-//! transformers. A query that would see nothing (a padding row) is allowed its own position so
-//! softmax stays finite; those rows are never read.
+//! transformers. A query that sees nothing (a padding token of a left-padded prompt) gets what
+//! transformers gives it, although no real token ever reads it: its masked scores are the
+//! dtype's minimum rather than `-inf`, so eager attention spreads it uniformly over every key
+//! (transformers' eager float mask), and [`ForwardMasks::padding_queries`] lets sdpa-semantics
+//! attention zero its output (torch's `scaled_dot_product_attention` returns 0 for a fully
+//! masked row). The difference shows where padding values are read back: a quantized cache whose
+//! groups span tokens, and returned hidden states and attention weights. In f16, whose minimum is
+//! too small to add a score to safely, such a query sees every key instead (finite either way).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -39,6 +45,9 @@ pub enum ForwardMasks {
         /// when no new token is padding, at a single-token step, or without recurrent layers
         /// (HF `create_recurrent_attention_mask`).
         padding: Option<Tensor>,
+        /// `[b, 1, t, 1]`: 0 for the new tokens that see no key (padding queries), 1 elsewhere;
+        /// `None` when every query sees a key.
+        padding_queries: Option<Tensor>,
     },
     /// A packed batch (the cache reports [`KvCache::spans`]): masks per sequence.
     Packed(Vec<PackedSequence>),
@@ -82,6 +91,18 @@ fn new_token_padding(
             .to_dtype(dtype)?
             .to_device(device)?,
     ))
+}
+
+/// `[b, 1, t, 1]`: 0 where one of the `t` new tokens is padding (a query that sees no key: left
+/// padding precedes every real token), `None` when none is.
+fn blind_queries(
+    rows: &[Vec<u8>],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let tails = new_token_padding(rows, t, dtype, device)?;
+    Ok(tails.map(|m| m.unsqueeze(1)).transpose()?) // [b, t, 1] -> [b, 1, t, 1]
 }
 
 /// What one layer's attention masks with.
@@ -128,10 +149,15 @@ impl ForwardMasks {
                 Some(rows) if recurrent && t > 1 => new_token_padding(rows, t, dtype, device)?,
                 _ => None,
             };
+            let padding_queries = match input.attention_mask {
+                Some(rows) => blind_queries(rows, t, dtype, device)?,
+                None => None,
+            };
             return Ok(Self::Dense {
                 full,
                 sliding,
                 padding,
+                padding_queries,
             });
         };
         let total: usize = spans.iter().map(|s| s.new).sum();
@@ -163,6 +189,17 @@ impl ForwardMasks {
                 full, sliding: s, ..
             } => LayerMask::Dense(if sliding { s.as_ref() } else { full.as_ref() }),
             Self::Packed(sequences) => LayerMask::Packed { sequences, sliding },
+        }
+    }
+
+    /// `[b, 1, t, 1]`, 0 on the queries that see no key (see the module docs), `None` when
+    /// there are none.
+    pub fn padding_queries(&self) -> Option<&Tensor> {
+        match self {
+            Self::Dense {
+                padding_queries, ..
+            } => padding_queries.as_ref(),
+            Self::Packed(_) => None,
         }
     }
 
@@ -237,7 +274,8 @@ pub struct MaskSpec<'a> {
     pub kv_len: usize,
 }
 
-/// Additive mask `[b, 1, q_len, kv_len]` (0 or -inf), or `None` when nothing is masked.
+/// Additive mask `[b, 1, q_len, kv_len]` (0, or the dtype's minimum where masked), or `None`
+/// when nothing is masked.
 pub fn build(
     spec: &MaskSpec<'_>,
     sliding_window: Option<usize>,
@@ -253,12 +291,15 @@ pub fn build(
     let past = kv_len - q_len;
     let visible = |row: usize, i: usize, j: usize| -> bool {
         let q = past + i;
-        if j == q {
-            return true;
-        }
-        j < q
+        j <= q
             && padding.is_none_or(|p| p[row].get(j).copied().unwrap_or(1) != 0)
             && sliding_window.is_none_or(|w| q - j < w)
+    };
+    // transformers' `torch.finfo(dtype).min`: a query that sees nothing gets equal scores.
+    let masked = match dtype {
+        DType::F16 => -65504f32,
+        DType::BF16 => -3.389_531_4e38,
+        _ => f32::MIN,
     };
     let any_masked = (0..batch).any(|r| (0..q_len).any(|i| (0..kv_len).any(|j| !visible(r, i, j))));
     if !any_masked {
@@ -267,11 +308,15 @@ pub fn build(
     let mut data = Vec::with_capacity(batch * q_len * kv_len);
     for r in 0..batch {
         for i in 0..q_len {
+            // f16's minimum is only -65504: a score below about -16 added to it overflows to
+            // -inf, and a padding query whose every score did would give NaN. There it sees every
+            // key unmasked instead (finite; sdpa semantics zero its output all the same).
+            let blind = dtype == DType::F16 && (0..kv_len).all(|j| !visible(r, i, j));
             data.extend((0..kv_len).map(|j| {
-                if visible(r, i, j) {
+                if blind || visible(r, i, j) {
                     0f32
                 } else {
-                    f32::NEG_INFINITY
+                    masked
                 }
             }));
         }
@@ -319,7 +364,7 @@ mod tests {
         assert_eq!(
             m[0],
             vec![
-                vec![true, false, false],
+                vec![false, false, false],
                 vec![false, true, false],
                 vec![false, true, true]
             ]
