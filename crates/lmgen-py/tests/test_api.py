@@ -223,3 +223,37 @@ def test_python_exceptions_propagate_from_callbacks(models):
 
     with pytest.raises(KeyError, match="from the criterion"):
         model.generate([[1, 2, 3]], stopping_criteria=[stop_boom], max_new_tokens=2)
+
+
+def test_generate_releases_the_gil():
+    # While generate() runs on another thread, this thread keeps running Python at a good part of
+    # its usual rate. With the GIL held for the whole call, `thread.start()` (which waits for the
+    # new thread to signal that it started) returns only after generate() is done, so this
+    # thread sees it finished at once (checked with a GIL-holding C call, re's backtracking).
+    import os
+    import time
+
+    austen = os.path.join(os.path.dirname(__file__), "..", "..", "..", "models", "tiny-austen")
+    model = lmgen.AutoModelForCausalLM.from_pretrained(austen)
+    ids = [model.tokenizer.encode("It is a truth universally acknowledged")]
+    done = threading.Event()
+
+    def spin_until(stop):
+        n, start = 0, time.perf_counter()
+        while not stop():
+            n += 1
+        return n / (time.perf_counter() - start), time.perf_counter() - start
+
+    deadline = time.perf_counter() + 0.2
+    alone, _ = spin_until(lambda: time.perf_counter() > deadline or done.is_set())
+
+    def run():
+        model.generate(ids, do_sample=False, max_new_tokens=64, min_new_tokens=64)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    during, elapsed = spin_until(lambda: time.perf_counter() < 0 or done.is_set())
+    thread.join()
+    assert elapsed > 0.1, f"generate() ran only {elapsed:.3f} s beside this thread: GIL held?"
+    assert during > 0.05 * alone, f"{during:.0f} loops/s beside generate(), {alone:.0f} alone"
