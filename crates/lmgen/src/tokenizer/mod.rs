@@ -376,7 +376,7 @@ impl Tokenizer {
     }
 
     /// The id of `pad_token`, if any.
-    pub(crate) fn pad_token_id(&self) -> Option<u32> {
+    pub fn pad_token_id(&self) -> Option<u32> {
         self.pad_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 
@@ -386,7 +386,7 @@ impl Tokenizer {
     }
 
     /// The id of `bos_token`, if any.
-    pub(crate) fn bos_token_id(&self) -> Option<u32> {
+    pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 
