@@ -211,3 +211,95 @@ fn a_tokenizer_folder_renders_with_now_pinning_the_templates_clock() -> Result<(
     assert!(msg.contains("`now`") && msg.contains("yesterday"), "{msg}");
     Ok(())
 }
+
+#[test]
+fn real_templates_render_through_the_json_lines_interface_as_transformers_renders_them(
+) -> Result<()> {
+    // The golden renders of tests/chat_template_real.rs, asked of `lmgen tokenize` for a tokenizer
+    // folder per family: the special tokens in tokenizer_config.json, `tools`,
+    // `chat_template_kwargs` (enable_thinking) and `now` (the fixture's clock) on each line.
+    let real = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/chat_templates/real"
+    );
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(real)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let golden: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let file = golden["template"].as_str().context("template")?;
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(
+            format!("{}/tokenizer.json", model("llama")),
+            dir.path().join("tokenizer.json"),
+        )?;
+        std::fs::copy(
+            format!("{real}/{file}"),
+            dir.path().join("chat_template.jinja"),
+        )?;
+        let cases = golden["cases"].as_array().context("cases")?;
+        let mut special = Map::new();
+        let mut lines = Vec::new();
+        for case in cases {
+            let mut kwargs = case["kwargs"].as_object().cloned().unwrap_or_default();
+            for (k, v) in kwargs.clone() {
+                if k.ends_with("_token") {
+                    special.insert(k.clone(), v);
+                    kwargs.remove(&k);
+                }
+            }
+            let mut line = json!({
+                "messages": case["messages"],
+                "add_generation_prompt": case["add_generation_prompt"],
+                "chat_template_kwargs": kwargs,
+                "now": "2026-08-05T12:00:00",
+            });
+            if case["tools"].as_bool() == Some(true) {
+                line["tools"] = golden["tools"].clone();
+            }
+            lines.push(line.to_string());
+        }
+        assert_eq!(golden["clock"], 1_785_931_200, "2026-08-05T12:00:00Z");
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            Value::Object(special).to_string(),
+        )?;
+        let dir_str = dir.path().to_str().context("path")?;
+        let out = lmgen(
+            &["tokenize", "--model", dir_str, "--request", "-"],
+            &lines.join("\n"),
+        )?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answers: Vec<Value> = String::from_utf8(out.stdout)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(answers.len(), cases.len(), "{file}");
+        for (case, answer) in cases.iter().zip(&answers) {
+            let ok = match (case.get("rendered"), case.get("error")) {
+                (Some(want), _) => answer.get("rendered") == Some(want),
+                // raise_exception's text must be in the error; Python's own errors only have to
+                // be errors.
+                (None, Some(want)) => answer["error"]["message"].as_str().is_some_and(|m| {
+                    case["error_type"] != "TemplateError"
+                        || m.contains(want.as_str().unwrap_or_default())
+                }),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{file}: {}: {answer}", case["name"]));
+            }
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 250, "only {checked} cases");
+    Ok(())
+}

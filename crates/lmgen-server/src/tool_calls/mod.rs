@@ -5,14 +5,15 @@
 //!
 //! | family | a call | reasoning |
 //! |---|---|---|
-//! | [`Family::Hermes`] (Qwen, Hermes) | `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` | `<think>`...`</think>` |
+//! | [`Family::Hermes`] (Qwen2.5, Qwen3, Granite 4, Hermes) | `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` | `<think>`...`</think>` |
 //! | [`Family::Llama3`] | the whole message `{"name": ..., "parameters": {...}}` (after `<\|python_tag\|>`) | |
 //! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | |
 //! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
 //!
 //! `<think>` reasoning is read for any template that writes both markers (Qwen3, DeepSeek-R1,
-//! SmolLM3), with or without tools. Not read (the text stays content): Qwen3-Coder's XML
-//! `<function=...>` calls, Granite's `<|tool_call|>`, Magistral's `[THINK]`.
+//! SmolLM3), with or without tools. Not read (the text stays content): Qwen3.5's and Qwen3-Coder's
+//! XML `<function=...>` calls, Granite 3's `<|tool_call|>`, Gemma 4's `<|tool_call>`, LFM2's
+//! `<|tool_call_start|>`, SmolLM3's and DeepSeek-R1's call formats, Magistral's `[THINK]`.
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
 //! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
@@ -82,7 +83,9 @@ impl Family {
             Some(Family::Mistral {
                 args: template.contains("[ARGS]"),
             })
-        } else if template.contains("<tool_call>") {
+        } else if template.contains("<tool_call>") && !template.contains("<function=") {
+            // Qwen3.5's and Qwen3-Coder's `<tool_call>` holds XML (`<function=NAME>`
+            // `<parameter=P>`), not Hermes' JSON: not read.
             Some(Family::Hermes)
         } else if template.contains("<|python_tag|>")
             || (template.contains("<|start_header_id|>") && template.contains("parameters"))
@@ -403,6 +406,45 @@ mod tests {
         assert_eq!(Family::detect("{{ '<|user|>' + m }}"), None);
         let gpt_oss = include_str!("../../../lmgen/tests/fixtures/chat_templates/gpt_oss.jinja");
         assert_eq!(Family::detect(gpt_oss), Some(Family::Harmony));
+    }
+
+    /// The published templates of tests/chat_template_real.rs: each family's markers.
+    #[test]
+    fn real_templates_give_their_familys_format() {
+        macro_rules! real {
+            ($name:literal) => {
+                include_str!(concat!(
+                    "../../../lmgen/tests/fixtures/chat_templates/real/",
+                    $name,
+                    ".jinja"
+                ))
+            };
+        }
+        let mistral = Some(Family::Mistral { args: true });
+        let cases = [
+            (real!("qwen3"), Some(Family::Hermes), true),
+            (real!("qwen2_5"), Some(Family::Hermes), false),
+            (real!("granite4"), Some(Family::Hermes), false),
+            (real!("llama3_1"), Some(Family::Llama3), false),
+            (real!("llama3_2"), Some(Family::Llama3), false),
+            (real!("mistral_small3_2"), mistral, false),
+            (real!("ministral3_reasoning"), mistral, false),
+            (real!("devstral_small"), mistral, false),
+            (real!("deepseek_r1_distill_qwen"), None, true),
+            (real!("smollm3"), None, true),
+            // Formats not parsed yet: their calls stay content.
+            (real!("qwen3_5"), None, true),
+            (real!("gemma4"), None, false),
+            (real!("granite3_3"), None, true),
+            (real!("lfm2"), None, false),
+            (real!("lfm2_5"), None, false),
+            (real!("phi3_5_mini"), None, false),
+        ];
+        for (i, (source, family, think)) in cases.into_iter().enumerate() {
+            assert_eq!(Family::detect(source), family, "case {i}");
+            let writes_think = source.contains("<think>") && source.contains("</think>");
+            assert_eq!(writes_think, think, "case {i}");
+        }
     }
 
     #[test]
