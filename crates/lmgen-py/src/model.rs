@@ -293,6 +293,8 @@ impl NativeModel {
             sequences_scores: None,
             beam_indices,
             assisted: None,
+            hidden_states: None,
+            attentions: None,
         };
         out.compute_transition_scores(normalize_logits)
             .map_err(to_py)

@@ -69,6 +69,10 @@ class LmgenModelForCausalLM:
         kind = kind_of(ids)
         overrides = generation_config.to_dict() if generation_config is not None else {}
         overrides.update(kwargs)
+        for name in ("output_hidden_states", "output_attentions"):
+            if overrides.get(name) and overrides.get("return_dict_in_generate"):
+                raise ValueError(f"`{name}` is not returned by lmgen's Python API yet (the Rust "
+                                 "library and the JSON-lines interface return it); set it to False")
         config_json = json.dumps(overrides, default=_jsonable)
         # Callbacks get arrays they can index like transformers' tensors: torch ones when the
         # inputs were torch tensors, else NumPy ones (also for list inputs).

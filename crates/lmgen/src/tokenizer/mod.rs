@@ -111,19 +111,17 @@ impl Tokenizer {
         // What tokenizers panics on instead of answering an error (found by the
         // `tokenizer_json` fuzz target): malformed JSON inside `decoder`, and a
         // TemplateProcessing whose template names a special token it does not define.
-        let outline: Outline = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let cannot_load =
+            |e: String| Error::Tokenizer(format!("cannot load `{}`: {e}", path.display()));
+        let outline: Outline =
+            serde_json::from_str(&text).map_err(|e| cannot_load(e.to_string()))?;
         if let Some(processor) = &outline.post_processor {
-            check_templates(processor).map_err(|message| Error::Json {
-                path: path.clone(),
-                message: format!("`post_processor`: {message}"),
-            })?;
+            check_templates(processor)
+                .map_err(|e| cannot_load(format!("`post_processor`: {e}")))?;
         }
         let inner = text
             .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| Error::Tokenizer(format!("cannot load `{}`: {e}", path.display())))?;
+            .map_err(|e| cannot_load(e.to_string()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.is_file() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
