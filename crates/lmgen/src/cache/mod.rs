@@ -1,6 +1,7 @@
 //! Key/value caches. The model never owns one: the caller passes a cache to every forward.
 
 pub mod dynamic;
+pub mod encoder_decoder;
 pub mod implementation;
 pub mod offloaded;
 pub mod paged;
@@ -14,6 +15,7 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 
 pub use dynamic::DynamicCache;
+pub use encoder_decoder::{CrossAttention, EncoderDecoderCache};
 pub use implementation::CacheImplementation;
 pub use offloaded::OffloadedCache;
 pub use quantized::{QuantizedCache, QuantizedCacheConfig};
@@ -105,6 +107,12 @@ pub trait KvCache: Send {
     fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
         let _ = (layer, seq, state);
         Err(no_state())
+    }
+
+    /// An encoder-decoder model's cross-attention state (the encoder's output and each decoder
+    /// layer's keys and values of it); `None` (the default) for a decoder-only cache.
+    fn cross_attention(&mut self) -> Option<&mut CrossAttention> {
+        None
     }
 }
 

@@ -21,10 +21,11 @@ use crate::TokenId;
 #[derive(Clone, Copy)]
 pub(crate) enum Rows<'a> {
     /// `generate()`: the model (classifier-free guidance runs it) and the prompt rows, expanded
-    /// (transformers' `encoder_input_ids` for the encoder penalties).
+    /// (transformers' `encoder_input_ids` for the encoder penalties: an encoder-decoder model's
+    /// encoder input, `None` for audio features).
     Generate {
         model: &'a dyn CausalLM,
-        prompt_ids: &'a [Vec<TokenId>],
+        prompt_ids: Option<&'a [Vec<TokenId>]>,
     },
     /// One engine request: neither (the settings that need them are refused there).
     Engine { vocab_size: usize },
@@ -129,7 +130,7 @@ impl<'a, 's> GenerationContext<'a, 's> {
         match rows {
             Rows::Generate { model, prompt_ids } => {
                 ctx.model = Some(model);
-                ctx.prompt_ids = Some(prompt_ids);
+                ctx.prompt_ids = prompt_ids;
             }
             Rows::Engine { vocab_size } => ctx.vocab_size = Some(vocab_size),
         }

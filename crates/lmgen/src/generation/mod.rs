@@ -5,6 +5,7 @@ pub mod config;
 pub mod constraints;
 pub(crate) mod context;
 pub(crate) mod device_argmax;
+pub mod encoder_decoder;
 pub mod logits;
 pub(crate) mod memory;
 mod options;
@@ -22,6 +23,7 @@ use crate::TokenId;
 
 pub use config::GenerationConfig;
 pub(crate) use config::GenerationMode;
+pub use encoder_decoder::{generate_seq2seq, EncoderInputs, Seq2SeqInput};
 pub use logits::{LogitsProcessor, LogitsProcessorList, Scores};
 pub use options::GenerateOptions;
 pub(crate) use resolve::{Mode, ResolvedGeneration};
@@ -243,6 +245,10 @@ pub fn generate_with(
     config: &GenerationConfig,
     mut options: GenerateOptions<'_>,
 ) -> Result<GenerateOutput> {
+    if model.encoder().is_some() {
+        // The prompt is the encoder's input (HF `generate(input_ids)` on T5 or BART).
+        return generate_seq2seq(model, &Seq2SeqInput::ids(input.clone()), config, options);
+    }
     let (batch, prompt_len) = input.validate(model.config().vocab_size)?;
     let g = config.resolve(model.config(), batch, prompt_len, &options)?;
     memory::check_fits(model, &g)?;
@@ -258,16 +264,28 @@ pub fn generate_with(
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
     let rows = Rows::Generate {
         model,
-        prompt_ids: &input.input_ids,
+        prompt_ids: Some(&input.input_ids),
     };
     let ctx = GenerationContext::new(&g, config, options, rows, stop_vocabulary)?;
+    dispatch(model, &input, &g, ctx, assistant)
+}
+
+/// Runs the decoding loop of `g`'s mode over the (expanded) rows of `input`.
+fn dispatch(
+    model: &dyn CausalLM,
+    input: &GenerateInput,
+    g: &ResolvedGeneration,
+    ctx: GenerationContext<'_, '_>,
+    assistant: strategies::assisted::Assistant<'_>,
+) -> Result<GenerateOutput> {
+    let input = input.clone();
     match &g.mode {
-        Mode::Greedy | Mode::Sample => strategies::sample::run(model, &input, &g, ctx),
-        Mode::Beam(beams) => strategies::beam::run(model, &input, &g, ctx, beams),
-        Mode::GroupBeam(s) => strategies::group_beam::run(model, &input, &g, ctx, s),
-        Mode::ConstrainedBeam(s) => strategies::constrained_beam::run(model, &input, &g, ctx, s),
-        Mode::Contrastive(s) => strategies::contrastive::run(model, &input, &g, ctx, s),
-        Mode::Dola(s) => strategies::dola::run(model, &input, &g, ctx, s),
-        Mode::Assisted(s) => strategies::assisted::run(model, &input, &g, ctx, s, assistant),
+        Mode::Greedy | Mode::Sample => strategies::sample::run(model, &input, g, ctx),
+        Mode::Beam(beams) => strategies::beam::run(model, &input, g, ctx, beams),
+        Mode::GroupBeam(s) => strategies::group_beam::run(model, &input, g, ctx, s),
+        Mode::ConstrainedBeam(s) => strategies::constrained_beam::run(model, &input, g, ctx, s),
+        Mode::Contrastive(s) => strategies::contrastive::run(model, &input, g, ctx, s),
+        Mode::Dola(s) => strategies::dola::run(model, &input, g, ctx, s),
+        Mode::Assisted(s) => strategies::assisted::run(model, &input, g, ctx, s, assistant),
     }
 }

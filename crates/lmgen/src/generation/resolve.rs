@@ -12,9 +12,10 @@ use super::candidates::{DraftLength, DraftSchedule};
 use super::config::{EarlyStopping, Lengths};
 use super::constraints::Constraint;
 use super::{GenerateOptions, GenerationConfig, GenerationMode};
-use crate::cache::CacheImplementation;
+use crate::cache::{CacheImplementation, EncoderDecoderCache, KvCache};
 use crate::error::{Error, Result};
 use crate::models::config::LayerType;
+use crate::models::seq2seq::EncoderOutput;
 use crate::models::ModelConfig;
 use crate::TokenId;
 
@@ -54,6 +55,9 @@ pub struct ResolvedGeneration {
     /// `assistant_confidence_threshold` when this model drafts for another (`is_assistant`):
     /// HF `ConfidenceCriteria` stops every row once row 0's token had a lower probability.
     pub confidence_threshold: Option<f32>,
+    /// An encoder-decoder model's encoder output for this call's prompts, which every cache the
+    /// loop builds carries ([`ResolvedGeneration::new_cache`]); `None` for a decoder-only model.
+    pub encoder: Option<EncoderOutput>,
 }
 
 /// A decoding strategy with the settings it runs on (transformers' [`GenerationMode`], resolved).
@@ -225,6 +229,16 @@ impl ResolvedGeneration {
     pub fn rows(&self) -> usize {
         self.batch * self.copies()
     }
+
+    /// A new, empty cache of the resolved kind, with the encoder's output beside it for an
+    /// encoder-decoder model.
+    pub fn new_cache(&self) -> Box<dyn KvCache> {
+        let cache = self.cache.build();
+        match &self.encoder {
+            Some(encoder) => Box::new(EncoderDecoderCache::new(cache, encoder.clone())),
+            None => cache,
+        }
+    }
 }
 
 impl GenerationConfig {
@@ -314,6 +328,7 @@ impl GenerationConfig {
             prefill_chunk_size: prefill_chunk_size(&c)?,
             cache,
             confidence_threshold,
+            encoder: None,
         })
     }
 

@@ -29,6 +29,7 @@ pub(crate) mod qwen3_5_moe;
 pub(crate) mod qwen3_moe;
 pub(crate) mod qwen3_next;
 pub(crate) mod registry;
+pub mod seq2seq;
 pub(crate) mod smollm3;
 
 use std::path::PathBuf;
@@ -121,6 +122,12 @@ pub trait CausalLM: Send + Sync {
     fn device(&self) -> &Device;
     /// The compute dtype of activations and the KV cache.
     fn dtype(&self) -> DType;
+    /// The encoder of an encoder-decoder model (HF `get_encoder()`), whose decoder this model's
+    /// [`CausalLM::forward`] runs; `None` (the default) for a decoder-only model. See
+    /// [`seq2seq`].
+    fn encoder(&self) -> Option<&dyn seq2seq::Encoder> {
+        None
+    }
 }
 
 /// The architectures lmgen implements; `registry::ARCHITECTURES` maps `config.json`'s

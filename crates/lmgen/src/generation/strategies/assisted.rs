@@ -64,7 +64,7 @@ pub(crate) fn run(
     let t = g.prompt_len;
     let (lengths, eos) = (g.lengths, &g.eos_token_id);
     let mut generator = candidate_generator(model, &draft, &assistant)?;
-    let mut cache = g.cache.build();
+    let mut cache = g.new_cache();
     let mut sequence = input.input_ids[0].clone();
     let prompt_mask = input.attention_mask.as_ref().map(|m| m[0].as_slice());
     let mut layout = RowLayout::new(prompt_mask, t);

@@ -149,7 +149,7 @@ pub(crate) fn run(
         StdRng::seed_from_u64(seed)
     });
 
-    let mut model_rows = BeamRows::new(model, input, g.cache, g.prefill_chunk_size)?;
+    let mut model_rows = BeamRows::new(model, input, g.new_cache(), g.prefill_chunk_size)?;
     // Running beams, `[b * nb]`; initial scores `[0, -1e9, ...]` so step 1 expands beam 0 only.
     let mut running: Vec<Hyp> = input
         .input_ids

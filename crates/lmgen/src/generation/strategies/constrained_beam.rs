@@ -56,7 +56,7 @@ pub(crate) fn run(
     let k = candidates(&g.eos_token_id, nb);
     let (processors, mut stopping) = (ctx.processors, ctx.stopping);
 
-    let mut model_rows = BeamRows::new(model, input, g.cache, g.prefill_chunk_size)?;
+    let mut model_rows = BeamRows::new(model, input, g.new_cache(), g.prefill_chunk_size)?;
     let mut seqs = input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     let mut beam_scores: Vec<f32> = (0..rows)

@@ -52,7 +52,7 @@ pub(crate) fn run(
     } = ctx;
     let (b, t) = (g.rows(), g.prompt_len);
     let device = model.device().clone();
-    let mut cache = g.cache.build();
+    let mut cache = g.new_cache();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;

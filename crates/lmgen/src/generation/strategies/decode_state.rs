@@ -166,6 +166,7 @@ mod tests {
             prefill_chunk_size: None,
             cache: crate::cache::CacheImplementation::Dynamic,
             confidence_threshold: None,
+            encoder: None,
         };
         let input = GenerateInput {
             input_ids: vec![vec![0, 5], vec![4, 5]],

@@ -54,7 +54,7 @@ pub(crate) fn run(
     let k = candidates(&g.eos_token_id, gs);
     let (processors, mut stopping) = (ctx.processors, ctx.stopping);
 
-    let mut model_rows = BeamRows::new(model, input, g.cache, g.prefill_chunk_size)?;
+    let mut model_rows = BeamRows::new(model, input, g.new_cache(), g.prefill_chunk_size)?;
     let mut seqs = input.input_ids.clone(); // [rows][cur_len]
     let mut indices: Vec<Vec<i64>> = vec![Vec::new(); rows];
     // `beam_scores[:, ::group_size] = 0`, the rest -1e9.

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use super::prefill::prefill;
 use super::sample::position_ids;
 use super::{host_scores, next_token_logits, StepInput};
-use crate::cache::{CacheImplementation, KvCache};
+use crate::cache::KvCache;
 use crate::error::Result;
 use crate::generation::{GenerateInput, Scores};
 use crate::models::CausalLM;
@@ -30,12 +30,12 @@ pub(super) struct BeamRows<'m> {
 }
 
 impl<'m> BeamRows<'m> {
-    /// Rows for the (already expanded) prompt `input`, `[rows, t]`, over a cache of kind `cache`,
+    /// Rows for the (already expanded) prompt `input`, `[rows, t]`, over the empty `cache`,
     /// whose forward runs in chunks of `prefill_chunk_size` tokens when that is set.
     pub(super) fn new(
         model: &'m dyn CausalLM,
         input: &GenerateInput,
-        cache: CacheImplementation,
+        cache: Box<dyn KvCache>,
         prefill_chunk_size: Option<usize>,
     ) -> Result<Self> {
         let rows = input.input_ids.len();
@@ -52,7 +52,7 @@ impl<'m> BeamRows<'m> {
         let step_ids = Tensor::new(input.input_ids.clone(), model.device())?; // [rows, t]
         Ok(Self {
             model,
-            cache: cache.build(),
+            cache,
             mask,
             positions,
             next_pos,

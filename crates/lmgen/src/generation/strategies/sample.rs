@@ -142,7 +142,7 @@ pub(super) fn run_with_step(
     let t = g.prompt_len;
     let vocab_size = model.config().vocab_size;
     let device = model.device().clone();
-    let mut cache = g.cache.build();
+    let mut cache = g.new_cache();
     let mut state = DecodeState::new(input, g);
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;

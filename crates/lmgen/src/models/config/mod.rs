@@ -32,6 +32,8 @@ pub enum Activation {
     GeluTanh,
     /// `gelu`: the exact erf form.
     Gelu,
+    /// `relu` (T5 v1.0's feed-forward).
+    Relu,
 }
 
 impl Activation {
@@ -41,8 +43,9 @@ impl Activation {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
             "gelu" => Ok(Activation::Gelu),
+            "relu" => Ok(Activation::Relu),
             other => Err(file.err(format!(
-                "`{key}` = \"{other}\" is not supported; supported: silu, gelu, gelu_new, gelu_pytorch_tanh"
+                "`{key}` = \"{other}\" is not supported; supported: silu, swish, gelu, gelu_new, gelu_fast, gelu_pytorch_tanh, relu"
             ))),
         }
     }

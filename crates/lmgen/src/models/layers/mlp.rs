@@ -13,6 +13,7 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Silu => candle_nn::ops::silu(x)?,
         Activation::GeluTanh => x.gelu()?,
         Activation::Gelu => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
     })
 }
 

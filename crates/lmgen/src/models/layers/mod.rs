@@ -14,6 +14,7 @@ pub mod moe;
 pub mod mxfp4;
 pub mod norm;
 pub mod rotary;
+pub mod seq2seq_attention;
 pub mod short_conv;
 
 use candle_core::{DType, Device, Tensor};

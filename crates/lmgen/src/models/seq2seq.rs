@@ -1,0 +1,67 @@
+//! Encoder-decoder models (HF `*ForConditionalGeneration`: T5, BART, Marian, Whisper).
+//!
+//! Such a model is a [`CausalLM`](super::CausalLM) for its decoder, plus an [`Encoder`] that it
+//! returns from [`CausalLM::encoder`](super::CausalLM::encoder). `generate()` runs the encoder
+//! once per call (HF `_prepare_encoder_decoder_kwargs_for_generation`), keeps its output in an
+//! [`EncoderDecoderCache`](crate::cache::EncoderDecoderCache) beside the decoder's self-attention
+//! keys and values, and then decodes exactly as for a decoder-only model: the decoder's forward
+//! reads the encoder's output (and its cross-attention keys and values, computed on the first
+//! step and kept) from the cache it is given. Every decoding loop, beam search included, works
+//! unchanged: reordering, selecting and repeating the cache's rows moves the encoder's rows too.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// What the encoder reads: token ids with their padding mask (T5, BART, Marian), or audio
+/// features (Whisper's log-mel spectrogram).
+#[derive(Debug, Clone, Copy)]
+pub enum EncoderInput<'a> {
+    /// Token ids (HF `input_ids`, `attention_mask`).
+    Ids {
+        /// `[b, s]` u32 token ids.
+        input_ids: &'a Tensor,
+        /// `[b][s]`: 1 = real token, 0 = padding; `None` when nothing is padded.
+        attention_mask: Option<&'a [Vec<u8>]>,
+    },
+    /// `[b, n_mels, frames]` f32 features (HF `input_features`).
+    Features(&'a Tensor),
+}
+
+impl EncoderInput<'_> {
+    /// Rows in the batch.
+    pub fn batch(&self) -> Result<usize> {
+        Ok(match self {
+            Self::Ids { input_ids, .. } => input_ids.dim(0)?,
+            Self::Features(features) => features.dim(0)?,
+        })
+    }
+}
+
+/// What the encoder returns (HF `BaseModelOutput`), kept for the whole generation.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    /// `[b, s, hidden]` in the compute dtype, on the model's device.
+    pub last_hidden_state: Tensor,
+    /// `[b][s]` padding of the encoder's positions (1 = attend), which cross-attention masks;
+    /// `None` when nothing is padded (always for audio features).
+    pub attention_mask: Option<Vec<Vec<u8>>>,
+}
+
+/// The encoder half of an encoder-decoder model (HF `get_encoder()`).
+pub trait Encoder: Send + Sync {
+    /// Runs the encoder over a batch.
+    fn encode(&self, input: &EncoderInput<'_>) -> Result<EncoderOutput>;
+
+    /// HF `main_input_name`: `"input_ids"` for text encoders, `"input_features"` for audio.
+    fn main_input_name(&self) -> &'static str {
+        "input_ids"
+    }
+
+    /// Whether a caller's `decoder_input_ids` that do not start with `decoder_start_token_id`
+    /// get it prepended (HF `_prepare_decoder_input_ids_for_generation`); Whisper's decoder
+    /// prompt is taken as given.
+    fn prepends_decoder_start(&self) -> bool {
+        true
+    }
+}
