@@ -31,6 +31,7 @@ pub(crate) mod qwen3_next;
 pub(crate) mod registry;
 pub mod seq2seq;
 pub(crate) mod smollm3;
+pub(crate) mod t5;
 
 use std::path::PathBuf;
 
@@ -175,6 +176,10 @@ pub enum Architecture {
     Lfm2,
     /// `gemma4_text` (HF `Gemma4ForCausalLM`).
     Gemma4,
+    /// `t5` (HF `T5ForConditionalGeneration`; T5 and Flan-T5), encoder-decoder.
+    T5,
+    /// `mt5` (HF `MT5ForConditionalGeneration`), encoder-decoder.
+    Mt5,
 }
 
 impl Architecture {

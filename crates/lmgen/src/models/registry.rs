@@ -16,7 +16,7 @@ use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
     decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral,
-    mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3,
+    mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3, t5,
     Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
@@ -157,6 +157,26 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::T5,
+        model_type: "t5",
+        parse: t5::parse,
+        build: Build::Custom {
+            load: t5::load,
+            tensors: t5::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Mt5,
+        model_type: "mt5",
+        parse: t5::parse_mt5,
+        build: Build::Custom {
+            load: t5::load,
+            tensors: t5::tensor_specs,
         },
         gguf: None,
     },
@@ -390,13 +410,14 @@ mod tests {
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
             Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
+            T5, Mt5,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | T5 | Mt5 => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -11,6 +11,10 @@
 
 use candle_core::Tensor;
 
+use super::config::{
+    Activation, LayerType, ModelConfig, NormKind, NormPlacement, ProjectionLayout,
+};
+use super::Architecture;
 use crate::error::Result;
 
 /// What the encoder reads: token ids with their padding mask (T5, BART, Marian), or audio
@@ -63,5 +67,78 @@ pub trait Encoder: Send + Sync {
     /// prompt is taken as given.
     fn prepends_decoder_start(&self) -> bool {
         true
+    }
+}
+
+/// The decoder's shape, from which [`decoder_config`] builds the [`ModelConfig`] that
+/// `generate()`, the memory checks and the KV cache read (the encoder's shape stays in the
+/// architecture's own config).
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderShape {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    /// Positions the decoder can take (learned or sinusoidal tables); relative position buckets
+    /// have no limit (`usize::MAX`).
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+    pub torch_dtype: Option<String>,
+}
+
+/// The [`ModelConfig`] of an encoder-decoder model's decoder: full attention over learned or
+/// relative positions (no RoPE), one KV head per head.
+pub(crate) fn decoder_config(shape: DecoderShape) -> ModelConfig {
+    let layers = shape.num_layers;
+    ModelConfig {
+        architecture: shape.architecture,
+        vocab_size: shape.vocab_size,
+        hidden_size: shape.hidden_size,
+        intermediate_size: shape.intermediate_size,
+        num_hidden_layers: layers,
+        num_attention_heads: shape.num_heads,
+        num_key_value_heads: shape.num_heads,
+        head_dim: shape.head_dim,
+        max_position_embeddings: shape.max_position_embeddings,
+        norm_eps: shape.norm_eps,
+        norm: NormKind::Rms, // unused: the architecture's code picks its norms
+        norm_placement: NormPlacement::Pre,
+        qk_norm: None,
+        rope: None,
+        rope_local: None,
+        tie_word_embeddings: shape.tie_word_embeddings,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        projections: ProjectionLayout::Separate,
+        hidden_act: shape.hidden_act,
+        sliding_window: None,
+        layer_types: vec![LayerType::FullAttention; layers],
+        rope_layers: vec![false; layers],
+        embedding_scale: None,
+        residual_multiplier: None,
+        attention_scaling: (shape.head_dim as f64).powf(-0.5),
+        query_scaling: None,
+        logits_scaling: None,
+        recompute_cache_at: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        bos_token_id: shape.bos_token_id,
+        pad_token_id: shape.pad_token_id,
+        torch_dtype: shape.torch_dtype,
+        moe: None,
+        attention_sinks: false,
+        attn_output_gate: false,
+        linear_attention: None,
+        short_conv: None,
+        weight_renames: &[],
+        gemma4: None,
     }
 }
