@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions, TokenStreamer};
 use lmgen::generation::structured::{Grammar, StructuredOutput};
-use lmgen::generation::GenerateOptions;
+use lmgen::generation::{EncoderInputs, GenerateOptions, Seq2SeqInput};
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
 use lmgen_server::ModelArgs;
@@ -44,6 +44,13 @@ struct GenerateRequest {
     input_ids: Option<Vec<Vec<u32>>>,
     attention_mask: Option<Vec<Vec<u8>>>,
     prompts: Option<Vec<String>>,
+    /// Encoder-decoder models: the encoder's token ids (what `input_ids` means for them too).
+    encoder_input_ids: Option<Vec<Vec<u32>>>,
+    encoder_attention_mask: Option<Vec<Vec<u8>>>,
+    /// Encoder-decoder models reading audio (Whisper): `[b][n_mels][frames]` log-mel features.
+    input_features: Option<Vec<Vec<Vec<f32>>>>,
+    /// Encoder-decoder models: the decoder's prompt (HF `decoder_input_ids`).
+    decoder_input_ids: Option<Vec<Vec<u32>>>,
     generation_config: Option<Value>,
     assistant_model: Option<String>,
     seed: Option<u64>,
@@ -220,15 +227,19 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
         }
         None => (models.get(req.model.as_deref())?, None),
     };
-    let input = match (req.input_ids, req.prompts) {
-        (Some(ids), None) => GenerateInput {
-            input_ids: ids,
+    let input = request_input(
+        pipe,
+        &overrides,
+        RequestInputs {
+            input_ids: req.input_ids,
             attention_mask: req.attention_mask,
+            prompts: req.prompts,
+            encoder_input_ids: req.encoder_input_ids,
+            encoder_attention_mask: req.encoder_attention_mask,
+            input_features: req.input_features,
+            decoder_input_ids: req.decoder_input_ids,
         },
-        (None, Some(prompts)) => pipe.encode_prompts(&prompts, &overrides)?,
-        (Some(_), Some(_)) => bail!("give either `input_ids` or `prompts`, not both"),
-        (None, None) => bail!("a request needs `input_ids` or `prompts`"),
-    };
+    )?;
     // What a TextIteratorStreamer(skip_prompt=True, skip_special_tokens=True) would yield.
     let mut chunks: Vec<String> = Vec::new();
     let mut streamer = TextStreamer::new(
@@ -250,7 +261,10 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
     options.streamer = ret
         .stream_chunks
         .then_some(&mut streamer as &mut dyn TokenStreamer);
-    let out = pipe.generate_with(&input, &overrides, options)?;
+    let out = match &input {
+        Input::Prompt(input) => pipe.generate_with(input, &overrides, options)?,
+        Input::Seq2Seq(input) => pipe.generate_seq2seq_with(input, &overrides, options)?,
+    };
     drop(streamer);
     let mut resp = serde_json::Map::new();
     resp.insert("sequences".into(), json!(out.sequences));
@@ -307,6 +321,105 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
             .collect::<Vec<_>>()),
     );
     Ok(Value::Object(resp))
+}
+
+/// The inputs a generate request may carry.
+struct RequestInputs {
+    input_ids: Option<Vec<Vec<u32>>>,
+    attention_mask: Option<Vec<Vec<u8>>>,
+    prompts: Option<Vec<String>>,
+    encoder_input_ids: Option<Vec<Vec<u32>>>,
+    encoder_attention_mask: Option<Vec<Vec<u8>>>,
+    input_features: Option<Vec<Vec<Vec<f32>>>>,
+    decoder_input_ids: Option<Vec<Vec<u32>>>,
+}
+
+/// What a request generates from.
+enum Input {
+    /// A prompt (a decoder-only model's, or an encoder-decoder model's encoder input).
+    Prompt(GenerateInput),
+    /// An encoder-decoder model's encoder input with a decoder prompt, or audio features.
+    Seq2Seq(Seq2SeqInput),
+}
+
+/// Exactly one source of the prompt: `input_ids` (+ `attention_mask`), `prompts`,
+/// `encoder_input_ids` (+ `encoder_attention_mask`) or `input_features`; `decoder_input_ids`
+/// goes with any of them on an encoder-decoder model.
+fn request_input(pipe: &Pipeline, overrides: &GenerationConfig, r: RequestInputs) -> Result<Input> {
+    let given: Vec<&str> = [
+        ("input_ids", r.input_ids.is_some()),
+        ("prompts", r.prompts.is_some()),
+        ("encoder_input_ids", r.encoder_input_ids.is_some()),
+        ("input_features", r.input_features.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if given.len() > 1 {
+        bail!(
+            "give one of `input_ids`, `prompts`, `encoder_input_ids` and `input_features`, not {}",
+            given.join(" and ")
+        );
+    }
+    if r.encoder_attention_mask.is_some() && r.encoder_input_ids.is_none() {
+        bail!("`encoder_attention_mask` goes with `encoder_input_ids`");
+    }
+    let encoder_decoder = pipe.model.encoder().is_some();
+    let seq2seq_only = [
+        ("encoder_input_ids", r.encoder_input_ids.is_some()),
+        ("input_features", r.input_features.is_some()),
+        ("decoder_input_ids", r.decoder_input_ids.is_some()),
+    ];
+    if let Some((name, _)) = seq2seq_only.iter().find(|(_, set)| *set) {
+        if !encoder_decoder {
+            bail!("`{name}` is for encoder-decoder models; this one is decoder-only: use `input_ids` or `prompts`");
+        }
+    }
+    let prompt = match (r.input_ids, r.prompts, r.encoder_input_ids) {
+        (Some(ids), None, None) => Some(GenerateInput {
+            input_ids: ids,
+            attention_mask: r.attention_mask,
+        }),
+        (None, Some(prompts), None) => Some(pipe.encode_prompts(&prompts, overrides)?),
+        (None, None, Some(ids)) => Some(GenerateInput {
+            input_ids: ids,
+            attention_mask: r.encoder_attention_mask,
+        }),
+        _ => None,
+    };
+    let encoder = match (prompt, r.input_features) {
+        (Some(prompt), None) if r.decoder_input_ids.is_none() => return Ok(Input::Prompt(prompt)),
+        (Some(prompt), None) => EncoderInputs::Ids(prompt),
+        (None, Some(features)) => EncoderInputs::Features(features_tensor(&features)?),
+        _ => {
+            bail!("a request needs `input_ids`, `prompts`, `encoder_input_ids` or `input_features`")
+        }
+    };
+    Ok(Input::Seq2Seq(Seq2SeqInput {
+        encoder,
+        decoder_input_ids: r.decoder_input_ids,
+    }))
+}
+
+/// `[b][n_mels][frames]` as a tensor; every row of one shape.
+fn features_tensor(rows: &[Vec<Vec<f32>>]) -> Result<candle_core::Tensor> {
+    let b = rows.len();
+    let mels = rows.first().map_or(0, Vec::len);
+    let frames = rows.first().and_then(|r| r.first()).map_or(0, Vec::len);
+    if b == 0 || mels == 0 || frames == 0 {
+        bail!("`input_features` must be a non-empty [batch][n_mels][frames] array");
+    }
+    for (i, row) in rows.iter().enumerate() {
+        if row.len() != mels || row.iter().any(|m| m.len() != frames) {
+            bail!("`input_features[{i}]` is not [{mels}][{frames}] like row 0");
+        }
+    }
+    let flat: Vec<f32> = rows.iter().flatten().flatten().copied().collect();
+    Ok(candle_core::Tensor::from_vec(
+        flat,
+        (b, mels, frames),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// `[steps][layers]` of tensors as nested lists, in transformers' order (a tuple per step, a

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::generation::streamer::{TextSink, TextStreamer, TextStreamerOptions};
 use crate::generation::structured::StructuredOutput;
 use crate::generation::{
-    generate_with, GenerateInput, GenerateOptions, GenerateOutput, GenerationConfig,
+    generate_seq2seq, generate_with, GenerateInput, GenerateOptions, GenerateOutput,
+    GenerationConfig, Seq2SeqInput,
 };
 use crate::load::Checkpoint;
 use crate::models::{load_model, CausalLM, LoadOptions};
@@ -102,6 +103,26 @@ impl Pipeline {
             options.tokenizer = Some(&self.tokenizer);
         }
         generate_with(
+            self.model.as_ref(),
+            input,
+            &self.config_with(overrides),
+            options,
+        )
+    }
+
+    /// Generates with an encoder-decoder model from its encoder's input (token ids or audio
+    /// features) and an optional decoder prompt ([`crate::generation::generate_seq2seq`]). The
+    /// pipeline's tokenizer is passed for `stop_strings` unless one is given.
+    pub fn generate_seq2seq_with<'a>(
+        &'a self,
+        input: &Seq2SeqInput,
+        overrides: &GenerationConfig,
+        mut options: GenerateOptions<'a>,
+    ) -> Result<GenerateOutput> {
+        if options.tokenizer.is_none() {
+            options.tokenizer = Some(&self.tokenizer);
+        }
+        generate_seq2seq(
             self.model.as_ref(),
             input,
             &self.config_with(overrides),
