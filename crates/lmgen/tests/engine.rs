@@ -24,13 +24,16 @@ fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
 
-/// A golden model, or a golden-arch one (`arch/qwen3_5_text`).
+/// A golden model, a golden-arch one (`arch/qwen3_5_text`) or an encoder-decoder one
+/// (`seq2seq/t5`).
 fn pipeline(model: &str) -> Pipeline {
-    let dir = match model.strip_prefix("arch/") {
-        Some(m) => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/golden-arch/models")
-            .join(m),
-        None => golden().join("models").join(model),
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if let Some(m) = model.strip_prefix("arch/") {
+        fixtures.join("golden-arch/models").join(m)
+    } else if let Some(m) = model.strip_prefix("seq2seq/") {
+        fixtures.join("golden-seq2seq/models").join(m)
+    } else {
+        golden().join("models").join(model)
     };
     Pipeline::from_pretrained(dir.to_str().unwrap()).unwrap()
 }
@@ -167,6 +170,15 @@ fn greedy_equals_generate_on_recurrent_state_models() {
     random_arrivals("arch/qwen3_5_text", SchedulerPolicy::Fifo, 6);
     random_arrivals("arch/lfm2", SchedulerPolicy::PrefillFirst, 7);
     random_arrivals("arch/qwen3_next", SchedulerPolicy::Fifo, 8);
+}
+
+/// Encoder-decoder models: each request's prompt is its encoder's input, its decoder runs on its
+/// own over the paged KV with its encoder output beside it, and preemption keeps that output.
+#[test]
+fn greedy_equals_generate_on_encoder_decoder_models() {
+    random_arrivals("seq2seq/t5", SchedulerPolicy::Fifo, 9);
+    random_arrivals("seq2seq/flan_t5", SchedulerPolicy::PrefillFirst, 10);
+    preemption_under_a_tiny_kv_budget(&setup("seq2seq/t5"), 12);
 }
 
 /// A recurrent model's state slots: one per started sequence, none once a sequence is

@@ -174,7 +174,7 @@ impl ContinuousBatchingManager {
             id.clone(),
             arrival,
             request,
-            self.model.config(),
+            self.model.as_ref(),
             self.stop_vocab.as_ref(),
             sink,
         )?;

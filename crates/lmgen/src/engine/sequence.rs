@@ -6,16 +6,18 @@ use std::time::Instant;
 
 use crate::cache::paged::prefix_cache::BlockHash;
 use crate::cache::paged::{BlockAllocator, BlockTable};
-use crate::cache::CacheImplementation;
 use crate::cache::LayerStates;
+use crate::cache::{CacheImplementation, CrossAttention};
 use crate::error::{Error, Result};
 use crate::generation::context::{GenerationContext, Rows, StopVocabulary};
+use crate::generation::encoder_decoder::decoder_start_token_ids;
 use crate::generation::logits::{LogitsProcessorList, Scores};
 use crate::generation::sampler::Sampler;
 use crate::generation::stop_strings::CleanTokenizerVocab;
 use crate::generation::stopping::StoppingCriteriaList;
 use crate::generation::{log_sum_exp, FinishReason, GenerateOptions, Mode};
-use crate::models::ModelConfig;
+use crate::models::seq2seq::EncoderInput;
+use crate::models::CausalLM;
 use crate::TokenId;
 
 use super::request::{OutputSink, Request, RequestStatus, RequestUpdate, TokenLogprob};
@@ -34,6 +36,10 @@ pub(crate) struct Sequence {
     /// Its recurrent layers' states (linear attention, convolutions): its state slot, empty
     /// until its first step and again once it ends or is preempted.
     pub states: LayerStates,
+    /// An encoder-decoder model's encoder output for this request (its prompt), computed when
+    /// the request is added and kept until it ends (preemption recomputes the decoder's keys
+    /// and values only); with the cross-attention keys and values once projected.
+    pub cross_attention: Option<CrossAttention>,
     /// Prefix hashes of the full blocks registered (or shared) so far.
     pub hashes: Vec<BlockHash>,
     /// Absolute `max_length`, for the admission check.
@@ -83,16 +89,19 @@ fn refuse_unsupported(request: &Request) -> Result<()> {
 }
 
 impl Sequence {
-    /// Validates `request` against the model and builds its state.
+    /// Validates `request` against the model and builds its state. For an encoder-decoder model
+    /// the request's prompt is the encoder's input, which runs here, and the sequence decodes
+    /// from `decoder_start_token_id`.
     pub fn new(
         id: String,
         arrival: u64,
-        request: Request,
-        model: &ModelConfig,
+        mut request: Request,
+        llm: &dyn CausalLM,
         stop_vocab: Option<&CleanTokenizerVocab>,
         sink: Box<dyn OutputSink>,
     ) -> Result<Self> {
         refuse_unsupported(&request)?;
+        let model = llm.config();
         let config = &request.generation_config;
         let t = request.input_ids.len();
         if t == 0 {
@@ -110,6 +119,21 @@ impl Sequence {
                 model.vocab_size
             )));
         }
+        let cross_attention = match llm.encoder() {
+            Some(encoder) => {
+                let ids = candle_core::Tensor::new(request.input_ids.as_slice(), llm.device())?
+                    .unsqueeze(0)?; // [1, s]
+                let out = encoder.encode(&EncoderInput::Ids {
+                    input_ids: &ids,
+                    attention_mask: None,
+                })?;
+                request.input_ids = decoder_start_token_ids(config, 1)?;
+                Some(CrossAttention::new(out))
+            }
+            None => None,
+        };
+        let config = &request.generation_config;
+        let t = request.input_ids.len();
         let options = GenerateOptions {
             seed: request.seed,
             logits_processors: request.logits_processors,
@@ -174,6 +198,7 @@ impl Sequence {
             computed: 0,
             table: BlockTable::new(),
             states: LayerStates::default(),
+            cross_attention,
             hashes: Vec::new(),
             max_length: lengths.max_length,
             status: RequestStatus::Pending,

@@ -50,6 +50,10 @@ impl Worker {
     ) -> Result<Self> {
         let m = model.config();
         let recurrent = m.layer_types.iter().any(|l| !l.is_attention());
+        let encoder_decoder = model.encoder().is_some();
+        if encoder_decoder && config.prefix_caching {
+            tracing::info!("prefix caching is off: an encoder-decoder model's decoder keys depend on the encoder's input");
+        }
         if recurrent {
             let per_sequence = m.state_bytes_per_sequence(dtype.size_in_bytes());
             // Outside the KV pool: each running sequence holds one.
@@ -78,8 +82,9 @@ impl Worker {
                 policy: config.scheduler,
                 max_batch_tokens: config.max_batch_tokens,
                 max_running: config.max_running,
-                // A shared prefix skips its tokens, which a recurrent state must see.
-                prefix_caching: config.prefix_caching && !recurrent,
+                // A shared prefix skips its tokens, which a recurrent state must see; an
+                // encoder-decoder model's decoder keys and values depend on its encoder input.
+                prefix_caching: config.prefix_caching && !recurrent && !encoder_decoder,
             },
             model,
             running: Vec::new(),
@@ -228,9 +233,50 @@ impl Worker {
         self.model.config().vocab_size
     }
 
+    /// An encoder-decoder model's step: each sequence's decoder runs on its own (its
+    /// cross-attention reads its own encoder output); the last position's logits of every
+    /// scheduled sequence, row-major `[sequences * vocab]`.
+    fn forward_encoder_decoder(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let bs = self.alloc.block_size();
+        let device = self.model.device().clone();
+        let mut logits = Vec::with_capacity(batch.len() * self.vocab());
+        for &(i, n) in batch {
+            let seq = &mut self.running[i];
+            let past = seq.computed;
+            let cross = seq.cross_attention.take().ok_or_else(|| {
+                Error::input("an encoder-decoder sequence lost its encoder output")
+            })?;
+            let ids = Tensor::new(&seq.tokens[past..past + n], &device)?.unsqueeze(0)?; // [1, n]
+            let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
+            let position_ids = Tensor::new(positions.as_slice(), &device)?.unsqueeze(0)?; // [1, n]
+            let span = SequenceSpan { past, new: n };
+            let slots = vec![seq.table.slots(past + n, bs)];
+            let mut cache = PagedBatch::new(&self.store, vec![span], slots, &device)?
+                .with_cross_attention(cross)?;
+            let out = self.model.forward(
+                &ForwardInput {
+                    input_ids: &ids,
+                    position_ids: &position_ids,
+                    attention_mask: None,
+                    logits_to_keep: LogitsToKeep::Last,
+                    output_hidden_states: false,
+                    output_attentions: false,
+                    num_hidden_layers: None,
+                },
+                &mut cache,
+            );
+            seq.cross_attention = cache.take_cross_attention();
+            logits.extend(out?.logits.flatten_all()?.to_vec1::<f32>()?); // [1, 1, vocab]
+        }
+        Ok(logits)
+    }
+
     /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
     /// row-major `[sequences * vocab]`.
     fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
+        if self.model.encoder().is_some() {
+            return self.forward_encoder_decoder(batch);
+        }
         let bs = self.alloc.block_size();
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
         let mut ids = Vec::with_capacity(total);

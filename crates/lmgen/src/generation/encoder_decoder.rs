@@ -172,7 +172,10 @@ fn expect_input(encoder: &dyn Encoder, name: &str) -> Result<()> {
 
 /// HF `_prepare_special_tokens`: `decoder_start_token_id` (one id, or one per row), else
 /// `bos_token_id`.
-fn decoder_start_token_ids(config: &GenerationConfig, batch: usize) -> Result<Vec<TokenId>> {
+pub(crate) fn decoder_start_token_ids(
+    config: &GenerationConfig,
+    batch: usize,
+) -> Result<Vec<TokenId>> {
     let id = |v: &Value| {
         v.as_u64()
             .and_then(|id| TokenId::try_from(id).ok())

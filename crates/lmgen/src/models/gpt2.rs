@@ -213,7 +213,11 @@ impl Gpt2 {
 }
 
 /// Every tensor GPT-2 loads, under `transformer.` (for `init_random`).
-pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+pub(crate) fn tensor_specs(cfg: &ModelConfig, _file: &ConfigFile<'_>) -> Result<Vec<TensorSpec>> {
+    Ok(tensor_specs_of(cfg))
+}
+
+fn tensor_specs_of(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let mut t = vec![
         TensorSpec::new("transformer.wte.weight", vec![v, h], Init::Random),

@@ -32,7 +32,9 @@ pub enum Build {
     /// The architecture's own model code.
     Custom {
         load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
-        tensors: fn(&ModelConfig) -> Vec<TensorSpec>,
+        /// Every tensor the model reads, from the parsed config and `config.json` (for fields
+        /// only the architecture's own code reads).
+        tensors: fn(&ModelConfig, &ConfigFile<'_>) -> Result<Vec<TensorSpec>>,
     },
 }
 
@@ -342,10 +344,10 @@ impl<'a> Resolved<'a> {
     }
 
     /// The tensors the model reads, under their stored names.
-    pub fn tensor_specs(&self, config: &ModelConfig) -> Vec<TensorSpec> {
+    pub fn tensor_specs(&self, config: &ModelConfig) -> Result<Vec<TensorSpec>> {
         match self.entry.build {
-            Build::Decoder => decoder::tensor_specs(config),
-            Build::Custom { tensors, .. } => tensors(config),
+            Build::Decoder => Ok(decoder::tensor_specs(config)),
+            Build::Custom { tensors, .. } => tensors(config, &self.file()),
         }
     }
 }

@@ -577,75 +577,57 @@ impl CausalLM for T5 {
     }
 }
 
-/// Every tensor T5 loads (for `init_random`): the shared embedding, both stacks, and a separate
-/// LM head only when `tie_word_embeddings` is false.
-pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
-    // The encoder's shape is not in the decoder's config: `init_random` builds symmetric stacks.
+/// Every tensor T5 loads (for `init_random`): the shared embedding, both stacks with their
+/// relative position bias tables; the LM head is tied.
+pub(crate) fn tensor_specs(cfg: &ModelConfig, file: &ConfigFile<'_>) -> Result<Vec<TensorSpec>> {
+    let spec = T5Spec::parse(file, cfg.architecture)?;
     let (h, f, v, nh, d) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
+        spec.d_model,
+        spec.d_ff,
         cfg.vocab_size,
-        cfg.num_attention_heads,
-        cfg.head_dim,
+        spec.num_heads,
+        spec.d_kv,
     );
-    let gated = cfg.architecture == Architecture::Mt5 || cfg.hidden_act != Activation::Relu;
-    let mut t = vec![TensorSpec::new("shared.weight", vec![v, h], Init::Random)];
-    for (stack, decoder) in [("encoder", false), ("decoder", true)] {
-        for i in 0..cfg.num_hidden_layers {
+    let random = |name: String, shape: Vec<usize>| TensorSpec::new(&name, shape, Init::Random);
+    let ones = |name: String| TensorSpec::new(&name, vec![h], Init::Ones);
+    let mut t = vec![random("shared.weight".into(), vec![v, h])];
+    for (stack, layers, decoder) in [
+        ("encoder", spec.encoder_layers, false),
+        ("decoder", spec.decoder_layers, true),
+    ] {
+        for i in 0..layers {
             let p = format!("{stack}.block.{i}.layer");
-            let mut attn = |name: String| {
-                for proj in ["q", "k", "v"] {
-                    t.push(TensorSpec::new(
-                        &format!("{name}.{proj}.weight"),
-                        vec![nh * d, h],
-                        Init::Random,
-                    ));
-                }
-                t.push(TensorSpec::new(
-                    &format!("{name}.o.weight"),
-                    vec![h, nh * d],
-                    Init::Random,
-                ));
+            let attentions: &[&str] = if decoder {
+                &["0.SelfAttention", "1.EncDecAttention"]
+            } else {
+                &["0.SelfAttention"]
             };
-            attn(format!("{p}.0.SelfAttention"));
-            if decoder {
-                attn(format!("{p}.1.EncDecAttention"));
+            for name in attentions {
+                for proj in ["q", "k", "v"] {
+                    t.push(random(format!("{p}.{name}.{proj}.weight"), vec![nh * d, h]));
+                }
+                t.push(random(format!("{p}.{name}.o.weight"), vec![h, nh * d]));
             }
             let ff = if decoder { 2 } else { 1 };
-            for l in 0..=ff {
-                t.push(TensorSpec::new(
-                    &format!("{p}.{l}.layer_norm.weight"),
-                    vec![h],
-                    Init::Ones,
-                ));
-            }
+            t.extend((0..=ff).map(|l| ones(format!("{p}.{l}.layer_norm.weight"))));
             let dense = format!("{p}.{ff}.DenseReluDense");
-            let wi: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
+            let wi: &[&str] = if spec.gated {
+                &["wi_0", "wi_1"]
+            } else {
+                &["wi"]
+            };
             for name in wi {
-                t.push(TensorSpec::new(
-                    &format!("{dense}.{name}.weight"),
-                    vec![f, h],
-                    Init::Random,
-                ));
+                t.push(random(format!("{dense}.{name}.weight"), vec![f, h]));
             }
-            t.push(TensorSpec::new(
-                &format!("{dense}.wo.weight"),
-                vec![h, f],
-                Init::Random,
-            ));
+            t.push(random(format!("{dense}.wo.weight"), vec![h, f]));
         }
-        t.push(TensorSpec::new(
-            &format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-            vec![32, nh],
-            Init::Random,
+        t.push(random(
+            format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            vec![spec.buckets, nh],
         ));
-        t.push(TensorSpec::new(
-            &format!("{stack}.final_layer_norm.weight"),
-            vec![h],
-            Init::Ones,
-        ));
+        t.push(ones(format!("{stack}.final_layer_norm.weight")));
     }
-    t
+    Ok(t)
 }
 
 #[cfg(test)]

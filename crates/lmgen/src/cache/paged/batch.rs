@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor};
 
 use super::store::KvStore;
-use crate::cache::{KvCache, LayerState, LayerStates, SequenceSpan};
+use crate::cache::{CrossAttention, KvCache, LayerState, LayerStates, SequenceSpan};
 use crate::error::{Error, Result};
 
 /// One forward's view of the store.
@@ -23,6 +23,9 @@ pub struct PagedBatch<'a> {
     /// Each sequence's recurrent-layer states (empty for attention-only models), handed in by
     /// the engine and taken back with [`PagedBatch::into_states`].
     states: Vec<LayerStates>,
+    /// An encoder-decoder model's cross-attention state, for a batch of one sequence
+    /// ([`PagedBatch::with_cross_attention`]).
+    cross: Option<CrossAttention>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -54,6 +57,7 @@ impl<'a> PagedBatch<'a> {
             slots,
             gather,
             states,
+            cross: None,
         })
     }
 
@@ -66,6 +70,23 @@ impl<'a> PagedBatch<'a> {
         }
         self.states = states;
         Ok(self)
+    }
+
+    /// With the cross-attention state of an encoder-decoder model's sequence: the batch must hold
+    /// that one sequence (each sequence attends to its own encoder output).
+    pub fn with_cross_attention(mut self, cross: CrossAttention) -> Result<Self> {
+        if self.spans.len() != 1 {
+            return Err(Error::unsupported(
+                "paged batch: an encoder-decoder model's decoder runs one sequence per forward",
+            ));
+        }
+        self.cross = Some(cross);
+        Ok(self)
+    }
+
+    /// The cross-attention state handed in, with the keys and values the forward projected.
+    pub fn take_cross_attention(&mut self) -> Option<CrossAttention> {
+        self.cross.take()
     }
 
     /// The sequences' recurrent states after the forward.
@@ -142,5 +163,9 @@ impl KvCache for PagedBatch<'_> {
         let i = self.states_of(seq)?;
         self.states[i].set(layer, state);
         Ok(())
+    }
+
+    fn cross_attention(&mut self) -> Option<&mut CrossAttention> {
+        self.cross.as_mut()
     }
 }

@@ -340,7 +340,11 @@ impl CausalLM for Gemma4 {
 
 /// Every tensor [`Gemma4::load`] reads for `cfg`, with its stored shape and its identity
 /// initialisation (for `init_random`).
-pub(crate) fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+pub(crate) fn tensor_specs(cfg: &ModelConfig, _file: &ConfigFile<'_>) -> Result<Vec<TensorSpec>> {
+    Ok(tensor_specs_of(cfg))
+}
+
+fn tensor_specs_of(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let Some(spec) = cfg.gemma4.as_deref() else {
         return Vec::new();
     };
