@@ -8,6 +8,13 @@
 //! whichever is larger; the residual stream; and the KV cache of every layer up to `max_length`.
 //! It is an estimate of the peak, not a bound on every allocation: allocator rounding and the
 //! cuBLAS workspace are not counted.
+//!
+//! A long prompt whose one-pass prefill would not fit is prefilled in chunks instead
+//! ([`plan_prefill`]), as if `prefill_chunk_size` had been set: each chunk's queries attend over
+//! the keys so far, so the scores of a layer take `chunk * t` instead of `t * t`. The logits are
+//! the one pass's up to float rounding (see `strategies/prefill.rs`). On the GPU the chunk is the
+//! largest that fits the free memory; on the CPU, whose memory is not ours to measure, the one
+//! that keeps a layer's prefill activations under [`CPU_PREFILL_BUDGET`].
 
 use crate::device;
 use crate::error::{Error, Result};
@@ -37,7 +44,15 @@ impl PeakMemory {
     }
 }
 
-/// The estimate for `rows` prompts of `t` tokens decoded to `max_length`, in `dtype_bytes`.
+/// The largest activations of a CPU prefill layer before the prompt is prefilled in chunks: 4 GiB
+/// (a 4096-token prompt of a 14-head model in f32 still runs in one pass).
+pub const CPU_PREFILL_BUDGET: f64 = 4.0 * GIB;
+
+/// Chunk sizes tried, largest first, when a prompt's one-pass prefill does not fit.
+const CHUNKS: [usize; 7] = [8192, 4096, 2048, 1024, 512, 256, 128];
+
+/// The estimate for `rows` prompts of `t` tokens decoded to `max_length`, in `dtype_bytes`,
+/// prefilled in one pass.
 pub fn estimate(
     cfg: &ModelConfig,
     dtype_bytes: usize,
@@ -46,8 +61,24 @@ pub fn estimate(
     t: usize,
     max_length: usize,
 ) -> PeakMemory {
+    estimate_chunked(cfg, dtype_bytes, prefill_rows, kv_rows, t, t, max_length)
+}
+
+/// [`estimate`] for a prefill in chunks of `chunk` tokens: the last chunk's `chunk` queries
+/// attend over all `t` keys.
+pub fn estimate_chunked(
+    cfg: &ModelConfig,
+    dtype_bytes: usize,
+    prefill_rows: usize,
+    kv_rows: usize,
+    t: usize,
+    chunk: usize,
+    max_length: usize,
+) -> PeakMemory {
     let d = dtype_bytes as f64;
-    let (rows, t, tt) = (prefill_rows as f64, t as f64, (t * t) as f64);
+    let chunk = chunk.min(t);
+    let (rows, tt) = (prefill_rows as f64, (chunk * t) as f64);
+    let t = chunk as f64;
     let heads = cfg.num_attention_heads as f64;
     let masks = if cfg.sliding_window.is_some() {
         2.0
@@ -68,6 +99,60 @@ pub fn estimate(
     }
 }
 
+/// `g`'s peak with its prefill in chunks of `chunk` tokens.
+fn peak_of(model: &dyn CausalLM, g: &ResolvedGeneration, chunk: usize) -> PeakMemory {
+    let rows = g.rows();
+    let candidates = match g.mode {
+        Mode::Contrastive(c) => c.top_k.max(1),
+        _ => 1,
+    };
+    estimate_chunked(
+        model.config(),
+        model.dtype().size_in_bytes(),
+        rows,
+        rows * candidates,
+        g.prompt_len,
+        chunk,
+        g.lengths.max_length,
+    )
+}
+
+/// Sets `g.prefill_chunk_size` when the caller left it unset and the prompt's one-pass prefill
+/// would not fit: on the GPU the largest chunk whose whole request fits the free memory, on the
+/// CPU the largest whose prefill activations stay under [`CPU_PREFILL_BUDGET`]. Leaves it unset
+/// when the one pass fits, or when no chunk would (the memory check then refuses the request).
+pub(crate) fn plan_prefill(model: &dyn CausalLM, g: &mut ResolvedGeneration) {
+    if g.prefill_chunk_size.is_some() {
+        return;
+    }
+    let t = g.prompt_len;
+    let free = device::memory_info(model.device()).map(|(free, _)| free as f64);
+    let fits = |chunk: usize| {
+        let peak = peak_of(model, g, chunk);
+        match free {
+            Some(free) => peak.total() <= free,
+            None => peak.prefill <= CPU_PREFILL_BUDGET,
+        }
+    };
+    if let Some(chunk) = choose_chunk(t, fits) {
+        tracing::info!(
+            prompt_tokens = t,
+            chunk,
+            "the prompt's one-pass prefill does not fit; prefilling it in chunks"
+        );
+        g.prefill_chunk_size = Some(chunk);
+    }
+}
+
+/// The prefill chunk for a `t`-token prompt: none when the one pass `fits`, else the largest of
+/// [`CHUNKS`] below `t` that fits (none if none does).
+fn choose_chunk(t: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
+    if fits(t) {
+        return None;
+    }
+    CHUNKS.iter().copied().find(|&c| c < t && fits(c))
+}
+
 /// Refuses a request whose estimated peak exceeds the free memory of the model's GPU. Does
 /// nothing on the CPU (the operating system's memory is not ours to budget).
 pub(crate) fn check_fits(model: &dyn CausalLM, g: &ResolvedGeneration) -> Result<()> {
@@ -76,26 +161,16 @@ pub(crate) fn check_fits(model: &dyn CausalLM, g: &ResolvedGeneration) -> Result
     };
     let t = g.prompt_len;
     let rows = g.rows();
-    let candidates = match g.mode {
-        Mode::Contrastive(c) => c.top_k.max(1),
-        _ => 1,
-    };
-    let peak = estimate(
-        model.config(),
-        model.dtype().size_in_bytes(),
-        rows,
-        rows * candidates,
-        t,
-        g.lengths.max_length,
-    );
+    let peak = peak_of(model, g, g.prefill_chunk_size.unwrap_or(t));
     if peak.total() <= free as f64 {
         return Ok(());
     }
     Err(Error::OutOfMemory {
         message: format!(
             "this request needs about {:.1} GiB on {} and {:.1} GiB are free ({rows} rows: one layer of \
-             the {t}-token prefill takes {:.1} GiB, the KV cache up to max_length {} and the \
-             recurrent state take {:.1} GiB); nothing was run",
+             the {t}-token prefill takes {:.1} GiB (in chunks of the smallest size tried, 128 \
+             tokens, when it is long), the KV cache up to max_length {} and the recurrent state \
+             take {:.1} GiB); nothing was run",
             peak.total() / GIB,
             device::name(model.device()),
             free as f64 / GIB,
@@ -131,6 +206,42 @@ mod tests {
         assert!(peak.total() / GIB > 160.0, "{peak:?}");
         // KV: 24 layers x 2 x 2 heads x 64 x 2 bytes = 12 KiB a token.
         assert_eq!(peak.kv_cache, 32772.0 * 12288.0);
+    }
+
+    #[test]
+    fn chunks_bound_the_scores_of_a_long_prompt() {
+        let cfg = qwen_05b();
+        let whole = estimate(&cfg, 2, 1, 1, 32768, 32772);
+        let chunked = estimate_chunked(&cfg, 2, 1, 1, 32768, 2048, 32772);
+        // 2048 queries over 32768 keys: a sixteenth of the one pass's scores.
+        assert_eq!(chunked.prefill, whole.prefill / 16.0);
+        assert_eq!(chunked.kv_cache, whole.kv_cache);
+        assert!(chunked.prefill / GIB < 11.0, "{chunked:?}");
+        // A chunk as long as the prompt is the one pass.
+        assert_eq!(
+            estimate_chunked(&cfg, 2, 1, 1, 512, 4096, 600),
+            estimate(&cfg, 2, 1, 1, 512, 600)
+        );
+    }
+
+    #[test]
+    fn the_largest_chunk_that_fits_is_chosen() {
+        let cfg = qwen_05b();
+        // The CPU rule in f32: a 4096-token prompt runs in one pass, a 32768-token one in chunks
+        // whose scores stay under the budget.
+        let cfg = &cfg;
+        let cpu = |t: usize| {
+            move |c: usize| {
+                estimate_chunked(cfg, 4, 1, 1, t, c, t + 4).prefill <= CPU_PREFILL_BUDGET
+            }
+        };
+        assert_eq!(choose_chunk(4096, cpu(4096)), None);
+        assert_eq!(choose_chunk(32768, cpu(32768)), Some(512));
+        assert_eq!(choose_chunk(8192, cpu(8192)), Some(2048));
+        // Nothing fits: left to the memory check to refuse.
+        assert_eq!(choose_chunk(32768, |_| false), None);
+        // Only chunks shorter than the prompt.
+        assert_eq!(choose_chunk(3000, |c| c < 3000), Some(2048));
     }
 
     #[test]

@@ -250,7 +250,8 @@ pub fn generate_with(
         return generate_seq2seq(model, &Seq2SeqInput::ids(input.clone()), config, options);
     }
     let (batch, prompt_len) = input.validate(model.config().vocab_size)?;
-    let g = config.resolve(model.config(), batch, prompt_len, &options)?;
+    let mut g = config.resolve(model.config(), batch, prompt_len, &options)?;
+    memory::plan_prefill(model, &mut g);
     memory::check_fits(model, &g)?;
     let input = match g.copies() {
         1 => input.clone(),
