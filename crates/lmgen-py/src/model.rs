@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::streamer::TokenStreamer;
-use lmgen::generation::{GenerateOptions, Scores, StoppingCriterion};
+use lmgen::generation::{
+    generate_seq2seq, EncoderInputs, GenerateOptions, Scores, Seq2SeqInput, StoppingCriterion,
+};
 use lmgen::models::{CausalLM, DType, LoadOptions, Quantization};
 use lmgen::{GenerateInput, GenerateOutput, GenerationConfig, Pipeline, TokenId, Tokenizer};
 use pyo3::exceptions::PyValueError;
@@ -136,6 +138,12 @@ impl NativeModel {
         self.generation_config.to_json_string().map_err(to_py)
     }
 
+    /// Whether the model is an encoder-decoder one (T5, BART, Marian, Whisper).
+    #[getter]
+    fn is_encoder_decoder(&self) -> bool {
+        self.model.encoder().is_some()
+    }
+
     /// `config.json`'s `vocab_size`.
     #[getter]
     fn vocab_size(&self) -> usize {
@@ -154,13 +162,18 @@ impl NativeModel {
     /// top of the checkpoint's generation config. Returns a dict: `sequences`, `prompt_len`, and,
     /// when requested, `scores` / `logits` (bytes of `[steps][b, vocab]` f32), `sequences_scores`,
     /// `beam_indices`, `finish_reasons`.
+    ///
+    /// Encoder-decoder models take `input_ids` as the encoder's input, or `input_features` (the
+    /// bytes of a `[b, n_mels, frames]` f32 array and that shape) for audio, and optionally
+    /// `decoder_input_ids`.
     #[pyo3(signature = (input_ids, attention_mask, config_json, seed=None, logits_processors=Vec::new(),
-        stopping_criteria=Vec::new(), streamer=None, assistant=None))]
+        stopping_criteria=Vec::new(), streamer=None, assistant=None, decoder_input_ids=None,
+        input_features=None))]
     #[allow(clippy::too_many_arguments)] // transformers' generate() arguments, one for one
     fn generate<'py>(
         &self,
         py: Python<'py>,
-        input_ids: Vec<Vec<TokenId>>,
+        input_ids: Option<Vec<Vec<TokenId>>>,
         attention_mask: Option<Vec<Vec<u8>>>,
         config_json: &str,
         seed: Option<u64>,
@@ -168,13 +181,59 @@ impl NativeModel {
         stopping_criteria: Vec<Py<PyAny>>,
         streamer: Option<Bound<'py, PyAny>>,
         assistant: Option<PyRef<'py, NativeModel>>,
+        decoder_input_ids: Option<Vec<Vec<TokenId>>>,
+        input_features: Option<(Vec<u8>, (usize, usize, usize))>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let overrides = parse_overrides(config_json)?;
         let mut config = self.generation_config.clone();
         config.update(&overrides);
-        let input = GenerateInput {
-            input_ids,
-            attention_mask,
+        let input = match (input_ids, input_features) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "pass either `input_ids` or `input_features`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(PyValueError::new_err(
+                    "`input_ids` is required (or `input_features` for an audio model)",
+                ))
+            }
+            (Some(input_ids), None) => {
+                let prompt = GenerateInput {
+                    input_ids,
+                    attention_mask,
+                };
+                match decoder_input_ids {
+                    None => Input::Prompt(prompt),
+                    Some(decoder) => Input::Seq2Seq(Seq2SeqInput {
+                        encoder: EncoderInputs::Ids(prompt),
+                        decoder_input_ids: Some(decoder),
+                    }),
+                }
+            }
+            (None, Some((bytes, shape))) => {
+                let (b, mels, frames) = shape;
+                if bytes.len() != b * mels * frames * 4 {
+                    return Err(PyValueError::new_err(format!(
+                        "`input_features`: {} bytes do not hold a float32 [{b}, {mels}, {frames}] array",
+                        bytes.len()
+                    )));
+                }
+                let values: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let features = candle_core::Tensor::from_vec(
+                    values,
+                    (b, mels, frames),
+                    &candle_core::Device::Cpu,
+                )
+                .map_err(|e| to_py(lmgen::Error::from(e)))?;
+                Input::Seq2Seq(Seq2SeqInput {
+                    encoder: EncoderInputs::Features(features),
+                    decoder_input_ids,
+                })
+            }
         };
         // The library's own streamer runs without the GIL; any other object is called through it.
         let native = match &streamer {
@@ -306,7 +365,7 @@ impl NativeModel {
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
-        input: &GenerateInput,
+        input: &Input,
         config: &GenerationConfig,
         seed: Option<u64>,
         callbacks: Callbacks,
@@ -362,7 +421,12 @@ impl NativeModel {
                 .map(|a| a.tokenizer.as_ref()),
             ..GenerateOptions::default()
         };
-        lmgen::generation::generate_with(self.model.as_ref(), input, config, options)
+        match input {
+            Input::Prompt(input) => {
+                lmgen::generation::generate_with(self.model.as_ref(), input, config, options)
+            }
+            Input::Seq2Seq(input) => generate_seq2seq(self.model.as_ref(), input, config, options),
+        }
     }
 }
 
@@ -393,4 +457,12 @@ fn output_dict<'py>(py: Python<'py>, out: &GenerateOutput) -> PyResult<Bound<'py
         .collect();
     d.set_item("finish_reasons", reasons)?;
     Ok(d)
+}
+
+/// What a `generate()` call generates from.
+enum Input {
+    /// A prompt: a decoder-only model's, or an encoder-decoder model's encoder input.
+    Prompt(GenerateInput),
+    /// An encoder-decoder model's encoder input with a decoder prompt, or audio features.
+    Seq2Seq(Seq2SeqInput),
 }

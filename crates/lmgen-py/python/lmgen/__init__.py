@@ -11,8 +11,20 @@ Replace `from transformers import ...` with `from lmgen import ...`:
 """
 
 from .generation_config import GenerationConfig
-from .modeling import AutoModelForCausalLM, ContinuousBatchingManager, LmgenModelForCausalLM
-from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput, ModelOutput
+from .modeling import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSpeechSeq2Seq,
+    ContinuousBatchingManager,
+    LmgenModelForCausalLM,
+)
+from .outputs import (
+    GenerateBeamDecoderOnlyOutput,
+    GenerateBeamEncoderDecoderOutput,
+    GenerateDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
+    ModelOutput,
+)
 from .pipelines import TextGenerationPipeline, pipeline
 from .processors import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from .streamers import TextIteratorStreamer
@@ -20,11 +32,15 @@ from .tokenization import AutoTokenizer, BatchEncoding, PreTrainedTokenizer
 
 __all__ = [
     "AutoModelForCausalLM",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForSpeechSeq2Seq",
     "AutoTokenizer",
     "BatchEncoding",
     "ContinuousBatchingManager",
     "GenerateBeamDecoderOnlyOutput",
+    "GenerateBeamEncoderDecoderOutput",
     "GenerateDecoderOnlyOutput",
+    "GenerateEncoderDecoderOutput",
     "GenerationConfig",
     "LmgenModelForCausalLM",
     "LogitsProcessor",

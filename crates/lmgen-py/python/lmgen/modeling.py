@@ -10,7 +10,12 @@ import numpy as np
 from . import _lmgen
 from ._tensors import LIST, NUMPY, TORCH, convert, kind_of, to_numpy, to_rows
 from .generation_config import GenerationConfig, _jsonable
-from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .outputs import (
+    GenerateBeamDecoderOnlyOutput,
+    GenerateBeamEncoderDecoderOutput,
+    GenerateDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
+)
 from .processors import criterion_adapter, processor_adapter
 from .streamers import TextIteratorStreamer, _PutAdapter
 from .tokenization import PreTrainedTokenizer
@@ -53,20 +58,32 @@ class LmgenModelForCausalLM:
     def generate(self, inputs=None, generation_config=None, logits_processor=None,
                  stopping_criteria=None, assistant_model=None, streamer=None, *,
                  input_ids=None, attention_mask=None, seed=None, tokenizer=None,
-                 assistant_tokenizer=None, **kwargs):
+                 assistant_tokenizer=None, decoder_input_ids=None, input_features=None,
+                 **kwargs):
         """transformers' `generate()`. Returns the sequences (`[b, t]`) or, with
         `return_dict_in_generate=True`, a `GenerateDecoderOnlyOutput` /
-        `GenerateBeamDecoderOnlyOutput`; in the kind of `input_ids` (torch, NumPy, lists).
-        `seed` seeds sampling (lmgen has no global RNG)."""
+        `GenerateBeamDecoderOnlyOutput` (`GenerateEncoderDecoderOutput` /
+        `GenerateBeamEncoderDecoderOutput` for an encoder-decoder model); in the kind of
+        `input_ids` (torch, NumPy, lists). `seed` seeds sampling (lmgen has no global RNG).
+        Encoder-decoder models read `input_ids` as the encoder's input (or `input_features`,
+        `[b, n_mels, frames]`, for audio) and may take `decoder_input_ids`."""
         for name in _NOT_SUPPORTED:
             if kwargs.pop(name, None) is not None:
                 raise ValueError(f"`{name}` is not supported by lmgen's Python API yet")
         if inputs is not None and input_ids is not None:
             raise ValueError("`inputs` and `input_ids` were both passed: pass one")
         ids = inputs if inputs is not None else input_ids
-        if ids is None:
+        features = None
+        if input_features is not None:
+            if ids is not None:
+                raise ValueError("pass either `input_ids` or `input_features`, not both")
+            array = np.ascontiguousarray(to_numpy(input_features), dtype=np.float32)
+            if array.ndim != 3:
+                raise ValueError(f"`input_features` must be [batch, n_mels, frames], got shape {array.shape}")
+            features = (array.tobytes(), tuple(int(d) for d in array.shape))
+        elif ids is None:
             raise ValueError("`input_ids` is required (lmgen generates from a prompt)")
-        kind = kind_of(ids)
+        kind = kind_of(ids if ids is not None else input_features)
         overrides = generation_config.to_dict() if generation_config is not None else {}
         overrides.update(kwargs)
         for name in ("output_hidden_states", "output_attentions"):
@@ -86,7 +103,7 @@ class LmgenModelForCausalLM:
         else:
             native_streamer = None
         out = self._native.generate(
-            to_rows(ids, "input_ids"),
+            to_rows(ids, "input_ids") if ids is not None else None,
             to_rows(attention_mask, "attention_mask"),
             config_json,
             seed,
@@ -94,6 +111,8 @@ class LmgenModelForCausalLM:
             criteria,
             native_streamer,
             assistant_model._native if assistant_model is not None else None,
+            to_rows(decoder_input_ids, "decoder_input_ids"),
+            features,
         )
         return self._output(out, overrides, kind)
 
@@ -112,13 +131,18 @@ class LmgenModelForCausalLM:
                 steps = np.frombuffer(out[name], dtype=np.float32).reshape(-1, rows, vocab)
                 fields[name] = tuple(convert(s.copy(), kind) for s in steps)
         beam = out["sequences_scores"] is not None or out["beam_indices"] is not None
+        encoder_decoder = self._native.is_encoder_decoder
         if not beam:
+            if encoder_decoder:
+                return GenerateEncoderDecoderOutput(**fields)
             return GenerateDecoderOnlyOutput(**fields)
         if out["sequences_scores"] is not None:
             fields["sequences_scores"] = convert(
                 np.asarray(out["sequences_scores"], dtype=np.float32), kind)
         if out["beam_indices"] is not None:
             fields["beam_indices"] = convert(np.asarray(out["beam_indices"], dtype=np.int64), kind)
+        if encoder_decoder:
+            return GenerateBeamEncoderDecoderOutput(**fields)
         return GenerateBeamDecoderOnlyOutput(**fields)
 
     def compute_transition_scores(self, sequences, scores, beam_indices=None,
@@ -215,6 +239,25 @@ class AutoModelForCausalLM:
         path = str(pretrained_model_name_or_path)
         native = _lmgen.NativeModel(path, None if dtype is None else str(dtype), device, quantize)
         return LmgenModelForCausalLM(native, path, device)
+
+
+class AutoModelForSeq2SeqLM(AutoModelForCausalLM):
+    """transformers' `AutoModelForSeq2SeqLM.from_pretrained`: an encoder-decoder checkpoint (T5,
+    BART, Marian); the same arguments as `AutoModelForCausalLM`. `generate(input_ids=...)` reads
+    the ids as the encoder's input."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not model._native.is_encoder_decoder:
+            raise ValueError(f"`{pretrained_model_name_or_path}` is not an encoder-decoder model: "
+                             "load it with AutoModelForCausalLM")
+        return model
+
+
+class AutoModelForSpeechSeq2Seq(AutoModelForSeq2SeqLM):
+    """transformers' `AutoModelForSpeechSeq2Seq.from_pretrained` (Whisper): `generate(input_features=...)`
+    with a `[b, n_mels, frames]` log-mel array."""
 
 
 def _read_config(directory):

@@ -1,6 +1,6 @@
 """transformers' generate() output classes (`GenerateDecoderOnlyOutput`,
-`GenerateBeamDecoderOnlyOutput`): attribute and key access, and tuple order over the fields
-that are set, as `ModelOutput`."""
+`GenerateBeamDecoderOnlyOutput`, and their encoder-decoder twins): attribute and key access, and
+tuple order over the fields that are set, as `ModelOutput`."""
 
 
 class ModelOutput:
@@ -54,5 +54,39 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
         "beam_indices",
         "attentions",
         "hidden_states",
+        "past_key_values",
+    )
+
+
+class GenerateEncoderDecoderOutput(ModelOutput):
+    """Greedy search and sampling of an encoder-decoder model."""
+
+    _fields = (
+        "sequences",
+        "scores",
+        "logits",
+        "encoder_attentions",
+        "encoder_hidden_states",
+        "decoder_attentions",
+        "cross_attentions",
+        "decoder_hidden_states",
+        "past_key_values",
+    )
+
+
+class GenerateBeamEncoderDecoderOutput(ModelOutput):
+    """Beam search of an encoder-decoder model."""
+
+    _fields = (
+        "sequences",
+        "sequences_scores",
+        "scores",
+        "logits",
+        "beam_indices",
+        "encoder_attentions",
+        "encoder_hidden_states",
+        "decoder_attentions",
+        "cross_attentions",
+        "decoder_hidden_states",
         "past_key_values",
     )

@@ -53,6 +53,7 @@ const CHUNKS: [usize; 7] = [8192, 4096, 2048, 1024, 512, 256, 128];
 
 /// The estimate for `rows` prompts of `t` tokens decoded to `max_length`, in `dtype_bytes`,
 /// prefilled in one pass.
+#[cfg(test)]
 pub fn estimate(
     cfg: &ModelConfig,
     dtype_bytes: usize,
