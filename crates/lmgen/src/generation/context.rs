@@ -20,9 +20,9 @@ use crate::TokenId;
 /// Where the rows being decoded come from: what the processors may read besides the scores.
 #[derive(Clone, Copy)]
 pub(crate) enum Rows<'a> {
-    /// `generate()`: the model (classifier-free guidance runs it) and the prompt rows, expanded
-    /// (transformers' `encoder_input_ids` for the encoder penalties: an encoder-decoder model's
-    /// encoder input, `None` for audio features).
+    /// `generate()`: the model (classifier-free guidance runs it) and the prompt rows as given,
+    /// before expansion (transformers' `encoder_input_ids` for the encoder penalties: an
+    /// encoder-decoder model's encoder input, `None` for audio features).
     Generate {
         model: &'a dyn CausalLM,
         prompt_ids: Option<&'a [Vec<TokenId>]>,

@@ -7,8 +7,8 @@
 //! As in transformers, `max_length`, `min_length` and `max_new_tokens` count decoder tokens (the
 //! start token included), `sequences` holds the decoder's tokens from its start token on, and the
 //! encoder processors (`encoder_repetition_penalty`, `encoder_no_repeat_ngram_size`) read the
-//! encoder's input ids (audio features have none: both are then ignored with a warning, as
-//! transformers does).
+//! encoder's input ids, unexpanded (audio features have none: both are then ignored with a
+//! warning, as transformers does).
 
 use candle_core::Tensor;
 use serde_json::Value;
@@ -132,23 +132,18 @@ pub fn generate_seq2seq(
         n => strategies::sample::expand(rows, n),
     };
     let decoder = expand(&decoder);
-    // The encoder processors read the encoder's ids, expanded as the decoder's rows are.
-    let encoder_ids = encoder_ids.map(|ids| {
-        expand(&GenerateInput {
-            input_ids: ids.clone(),
-            attention_mask: None,
-        })
-        .input_ids
-    });
     let assistant = strategies::assisted::Assistant {
         model: options.assistant_model.take(),
         tokenizer: options.tokenizer,
         assistant_tokenizer: options.assistant_tokenizer.take(),
     };
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
+    // The encoder processors read the encoder's ids as given, not expanded (transformers'
+    // `encoder_input_ids`: `EncoderRepetitionPenalty` changes only the first `batch` rows of the
+    // scores, `EncoderNoRepeatNGram` maps hypothesis `h` to encoder row `h / num_beams`).
     let rows = Rows::Generate {
         model,
-        prompt_ids: encoder_ids.as_deref(),
+        prompt_ids: encoder_ids.map(Vec::as_slice),
     };
     let ctx = GenerationContext::new(&g, config, options, rows, stop_vocabulary)?;
     super::dispatch(model, &decoder, &g, ctx, assistant)

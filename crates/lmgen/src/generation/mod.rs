@@ -253,6 +253,7 @@ pub fn generate_with(
     let mut g = config.resolve(model.config(), batch, prompt_len, &options)?;
     memory::plan_prefill(model, &mut g);
     memory::check_fits(model, &g)?;
+    let prompt_ids = &input.input_ids;
     let input = match g.copies() {
         1 => input.clone(),
         n => strategies::sample::expand(input, n),
@@ -263,9 +264,11 @@ pub fn generate_with(
         assistant_tokenizer: options.assistant_tokenizer.take(),
     };
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
+    // The encoder processors read the prompt rows as given, not expanded (transformers passes
+    // `inputs_tensor` before `_expand_inputs_for_generation`).
     let rows = Rows::Generate {
         model,
-        prompt_ids: Some(&input.input_ids),
+        prompt_ids: Some(prompt_ids),
     };
     let ctx = GenerationContext::new(&g, config, options, rows, stop_vocabulary)?;
     dispatch(model, &input, &g, ctx, assistant)
