@@ -155,8 +155,10 @@ fn extractor(feature_size: usize) -> Result<WhisperFeatureExtractor> {
 
 /// transformers' `__call__` keyword arguments as options.
 fn options(kwargs: &Value) -> Result<WhisperFeatureOptions> {
-    let mut o = WhisperFeatureOptions::hf_default();
-    o.sampling_rate = Some(16000);
+    let mut o = WhisperFeatureOptions {
+        sampling_rate: Some(16000),
+        ..Default::default()
+    };
     for (k, v) in kwargs.as_object().context("kwargs")? {
         match (k.as_str(), v) {
             ("padding", Value::String(p)) if p == "longest" => o.padding = Padding::Longest,
@@ -416,18 +418,38 @@ fn load_audio_resamples_to_16khz() -> Result<()> {
 #[test]
 fn bad_files_are_errors_naming_the_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let wav = std::fs::read(fixtures().join("stereo_s16_22050.wav"))?;
-    let flac = std::fs::read(fixtures().join("stereo_s16_22050.flac"))?;
+    let read = |f: &str| std::fs::read(fixtures().join(f));
+    let (wav, flac) = (
+        read("stereo_s16_22050.wav")?,
+        read("stereo_s16_22050.flac")?,
+    );
+    let (mp3, ogg) = (read("mono_440hz_22050.mp3")?, read("mono_440hz_22050.ogg")?);
+    // Every other byte of the FLAC frames flipped.
+    let mut damaged_flac = flac.clone();
+    damaged_flac[200..]
+        .iter_mut()
+        .step_by(2)
+        .for_each(|b| *b ^= 0x5a);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("empty.wav", vec![], "empty"),
-        ("header_only.wav", wav[..30].to_vec(), ""),
+        ("empty.wav", vec![], "is empty"),
+        ("header_only.wav", wav[..30].to_vec(), "truncated"),
+        ("half.wav", wav[..wav.len() / 2].to_vec(), "truncated"),
+        (
+            "one_byte_short.wav",
+            wav[..wav.len() - 1].to_vec(),
+            "truncated",
+        ),
         (
             "text.mp3",
             b"hello, this is not audio\n".repeat(20),
             "not an audio file",
         ),
         ("zeros.wav", vec![0u8; 4096], "not an audio file"),
-        ("header_only.flac", flac[..20].to_vec(), ""),
+        ("header_only.flac", flac[..20].to_vec(), "truncated"),
+        ("half.flac", flac[..flac.len() / 2].to_vec(), "truncated"),
+        ("damaged.flac", damaged_flac, "damaged"),
+        ("half.mp3", mp3[..mp3.len() / 2].to_vec(), "truncated"),
+        ("half.ogg", ogg[..ogg.len() / 2].to_vec(), "truncated"),
     ];
     for (name, bytes, says) in &cases {
         let path = dir.path().join(name);

@@ -12,7 +12,9 @@
 //!   is a few hundred samples longer (decoders differ there).
 //!
 //! A packet the decoder rejects is skipped with a warning, as ffmpeg does; a file none of whose
-//! packets decode is an error. Errors name the file (or the name given with the bytes).
+//! packets decode is an error, and so is a file that ends in the middle of a packet or holds fewer
+//! samples than its header declares (WAV, FLAC, MP3 with a Xing/LAME tag), where ffmpeg would return
+//! what it could read. Errors name the file (or the name given with the bytes).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -102,6 +104,14 @@ fn decode<'a>(
         .default_track(TrackType::Audio)
         .ok_or_else(|| Error::input(format!("`{name}` has no audio track")))?;
     let track_id = track.id;
+    // The length the header promises, where it is exact: WAV's data chunk, FLAC's STREAMINFO, an
+    // MP3's Xing/LAME frame count (without that tag symphonia only estimates it from the bitrate).
+    let exact = match format.format_info().short_name {
+        "wave" | "flac" => true,
+        "mp3" => track.delay.is_some(),
+        _ => false,
+    };
+    let declared = track.num_frames.filter(|_| exact);
     let params = track
         .codec_params
         .as_ref()
@@ -174,6 +184,13 @@ fn decode<'a>(
                     .map(|frame| frame.iter().sum::<f32>() / n),
             );
         }
+    }
+    let got = samples.len() as u64;
+    if let Some(declared) = declared.filter(|&n| got < n) {
+        return Err(Error::input(format!(
+            "`{name}` is truncated or damaged: its header declares {declared} samples per channel, \
+             {got} could be decoded"
+        )));
     }
     let Some((sample_rate, channels)) = spec else {
         return Err(if skipped > 0 {

@@ -41,14 +41,13 @@ pub enum Padding {
 }
 
 /// The arguments of `WhisperFeatureExtractor.__call__` (transformers' names and defaults).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WhisperFeatureOptions {
     /// How to pad.
     pub padding: Padding,
     /// In samples; `None` (or 0, as in transformers) is `n_samples` (480000).
     pub max_length: Option<usize>,
-    /// Cut inputs longer than `max_length`. Note: `Default` gives `false`; use
-    /// [`WhisperFeatureOptions::hf_default`] for transformers' defaults (`true`).
+    /// Cut inputs longer than `max_length` (default `true`).
     pub truncation: bool,
     /// Round the padded (and truncation) length up to a multiple of this.
     pub pad_to_multiple_of: Option<usize>,
@@ -60,15 +59,22 @@ pub struct WhisperFeatureOptions {
     pub sampling_rate: Option<u32>,
 }
 
-impl WhisperFeatureOptions {
-    /// transformers' defaults: `padding="max_length"`, `truncation=True`.
-    pub fn hf_default() -> Self {
+impl Default for WhisperFeatureOptions {
+    /// transformers' defaults: `padding="max_length"`, `truncation=True`, no normalization.
+    fn default() -> Self {
         WhisperFeatureOptions {
+            padding: Padding::MaxLength,
+            max_length: None,
             truncation: true,
-            ..Self::default()
+            pad_to_multiple_of: None,
+            return_attention_mask: None,
+            do_normalize: false,
+            sampling_rate: None,
         }
     }
+}
 
+impl WhisperFeatureOptions {
     /// The long-form input: `padding="longest"`, `truncation=False`, with the attention mask.
     pub fn long_form() -> Self {
         WhisperFeatureOptions {
@@ -186,7 +192,7 @@ impl WhisperFeatureExtractor {
     /// `[feature_size, nb_max_frames]` = `[80, 3000]`. `samples` are mono at the config's
     /// `sampling_rate` (see [`super::load_audio`]).
     pub fn extract(&self, samples: &[f32]) -> Result<LogMel> {
-        let features = self.extract_batch(&[samples], &WhisperFeatureOptions::hf_default())?;
+        let features = self.extract_batch(&[samples], &WhisperFeatureOptions::default())?;
         features
             .item(0)
             .ok_or_else(|| Error::input("the feature extractor returned no item"))
@@ -378,17 +384,20 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("fewer than one hop"), "{e}");
         let e = fe
-            .extract_batch(&[], &WhisperFeatureOptions::hf_default())
+            .extract_batch(&[], &WhisperFeatureOptions::default())
             .unwrap_err();
         assert!(e.to_string().contains("empty batch"), "{e}");
         let wrong_rate = WhisperFeatureOptions {
             sampling_rate: Some(44100),
-            ..WhisperFeatureOptions::hf_default()
+            ..WhisperFeatureOptions::default()
         };
         let e = fe.extract_batch(&[&a], &wrong_rate).unwrap_err();
         assert!(e.to_string().contains("`sampling_rate` is 44100 Hz"), "{e}");
         let long = vec![0.0f32; 480_001];
-        let no_truncation = WhisperFeatureOptions::default();
+        let no_truncation = WhisperFeatureOptions {
+            truncation: false,
+            ..WhisperFeatureOptions::default()
+        };
         let e = fe.extract_batch(&[&long], &no_truncation).unwrap_err();
         assert!(e.to_string().contains("`truncation`"), "{e}");
     }
