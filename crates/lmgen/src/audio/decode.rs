@@ -2,7 +2,7 @@
 //!
 //! transformers' ASR pipeline hands file bytes to ffmpeg (`pipelines/audio_utils.py`, `ffmpeg_read`:
 //! `-ac 1 -ar 16000 -f f32le`), and `audio_utils.load_audio` uses torchcodec or librosa; here symphonia
-//! (pure Rust) decodes and [`super::resample`] converts the rate. Like them:
+//! (pure Rust) decodes and [`super::resample()`] converts the rate. Like them:
 //! - integer PCM becomes float32 as `sample / 2^(bits - 1)` (16-bit: `/ 32768`), so lossless files
 //!   (WAV, FLAC) decode to exactly the samples librosa/soundfile and ffmpeg give;
 //! - channels are averaged to mono (`sum / channels`, in float32), as transformers' `_to_mono` and

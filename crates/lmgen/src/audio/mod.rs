@@ -13,7 +13,7 @@
 //! ```
 //!
 //! - [`decode`]: WAV, FLAC, MP3, Ogg Vorbis -> mono float32 at the file's rate (symphonia);
-//! - [`resample`]: any rate -> 16 kHz (rubato's FFT resampler);
+//! - [`mod@resample`]: any rate -> 16 kHz (rubato's FFT resampler);
 //! - [`mel`] and [`spectrogram`]: transformers' `audio_utils` (`mel_filter_bank`, `spectrogram`);
 //! - [`feature_extractor`] and [`preprocessor_config`]: `WhisperFeatureExtractor` and its config.
 
@@ -39,7 +39,7 @@ use crate::error::Result;
 
 /// Decodes an audio file and resamples it to `sampling_rate` (16000 for Whisper): mono float32, what
 /// transformers' `audio_utils.load_audio(path, sampling_rate)` and the ASR pipeline's `ffmpeg_read`
-/// give (to within the resampler's filter; see [`resample`]).
+/// give (to within the resampler's filter; see [`mod@resample`]).
 pub fn load_audio(path: impl AsRef<Path>, sampling_rate: u32) -> Result<Vec<f32>> {
     let audio = decode_audio_file(path)?;
     resample(&audio.samples, audio.sample_rate, sampling_rate)
