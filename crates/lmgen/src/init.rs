@@ -87,7 +87,7 @@ pub fn init_random(config: &Value, dtype: DType, out: &Path, seed: u64) -> Resul
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut tensors = HashMap::new();
     let mut params = 0;
-    for TensorSpec { name, shape, init } in resolved.tensor_specs(&cfg) {
+    for TensorSpec { name, shape, init } in resolved.tensor_specs(&cfg)? {
         let name = names.stored(&name);
         let n: usize = shape.iter().product();
         params += n;

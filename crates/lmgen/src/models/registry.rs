@@ -15,9 +15,9 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral,
-    mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3,
-    Architecture, CausalLM,
+    bart, decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, marian, ministral3,
+    mistral, mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next,
+    smollm3, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -33,6 +33,12 @@ pub enum Build {
     Custom {
         load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
         tensors: fn(&ModelConfig) -> Vec<TensorSpec>,
+    },
+    /// An encoder-decoder model's own code. Its [`ModelConfig`] describes the decoder, so the
+    /// tensors it lists also read the encoder's fields of `config.json`.
+    EncoderDecoder {
+        load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
+        tensors: fn(&ModelConfig, &ConfigFile<'_>) -> Result<Vec<TensorSpec>>,
     },
 }
 
@@ -157,6 +163,36 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Bart,
+        model_type: "bart",
+        parse: bart::parse,
+        build: Build::EncoderDecoder {
+            load: bart::load,
+            tensors: bart::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::MBart,
+        model_type: "mbart",
+        parse: bart::parse_mbart,
+        build: Build::EncoderDecoder {
+            load: bart::load_mbart,
+            tensors: bart::tensor_specs_mbart,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Marian,
+        model_type: "marian",
+        parse: marian::parse,
+        build: Build::EncoderDecoder {
+            load: marian::load,
+            tensors: marian::tensor_specs,
         },
         gguf: None,
     },
@@ -317,15 +353,18 @@ impl<'a> Resolved<'a> {
     pub fn build(&self, config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Box<dyn CausalLM>> {
         match self.entry.build {
             Build::Decoder => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
-            Build::Custom { load, .. } => load(config, &self.file(), ctx),
+            Build::Custom { load, .. } | Build::EncoderDecoder { load, .. } => {
+                load(config, &self.file(), ctx)
+            }
         }
     }
 
     /// The tensors the model reads, under their stored names.
-    pub fn tensor_specs(&self, config: &ModelConfig) -> Vec<TensorSpec> {
+    pub fn tensor_specs(&self, config: &ModelConfig) -> Result<Vec<TensorSpec>> {
         match self.entry.build {
-            Build::Decoder => decoder::tensor_specs(config),
-            Build::Custom { tensors, .. } => tensors(config),
+            Build::Decoder => Ok(decoder::tensor_specs(config)),
+            Build::Custom { tensors, .. } => Ok(tensors(config)),
+            Build::EncoderDecoder { tensors, .. } => tensors(config, &self.file()),
         }
     }
 }
@@ -390,13 +429,14 @@ mod tests {
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
             Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
+            Bart, MBart, Marian,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | Bart | MBart | Marian => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");
