@@ -114,10 +114,7 @@ fn rows(t: &Tensor) -> anyhow::Result<Vec<Vec<u32>>> {
 
 /// The encoder's last hidden state `[b * s, hidden]` and the decoder's logits `[b * t, vocab]`
 /// of `model` on one forward entry.
-fn forward_rows(
-    model: &dyn CausalLM,
-    entry: &ForwardEntry,
-) -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn forward_rows(model: &dyn CausalLM, entry: &ForwardEntry) -> anyhow::Result<(Rows, Rows)> {
     let encoder = model.encoder().expect("an encoder-decoder model");
     let out = encoder.encode(&EncoderInput::Ids {
         input_ids: &entry.encoder_ids,
@@ -139,6 +136,9 @@ fn forward_rows(
     let logits = model.forward(&input, &mut cache)?.logits;
     Ok((hidden, flat_rows(&logits)?))
 }
+
+/// Rows of f32 values (positions, or steps of one sequence).
+type Rows = Vec<Vec<f32>>;
 
 /// Rows as slices.
 fn refs(rows: &[Vec<f32>]) -> Vec<&[f32]> {

@@ -61,11 +61,12 @@ pub(crate) fn sinusoidal_table(n_pos: usize, dim: usize) -> Vec<f32> {
         // Column j of `position_enc` is pos / 10000^(2 (j // 2) / dim): the even columns go
         // to the sines, the odd ones to the cosines.
         let angle = |j: usize| pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
-        for k in 0..sentinel {
-            row[k] = angle(2 * k).sin() as f32;
+        let (sines, cosines) = row.split_at_mut(sentinel);
+        for (k, v) in sines.iter_mut().enumerate() {
+            *v = angle(2 * k).sin() as f32;
         }
-        for k in 0..dim / 2 {
-            row[sentinel + k] = angle(2 * k + 1).cos() as f32;
+        for (k, v) in cosines.iter_mut().enumerate() {
+            *v = angle(2 * k + 1).cos() as f32;
         }
     }
     out
