@@ -1,312 +1,23 @@
-//! BART and mBART (HF `BartForConditionalGeneration`, `models/bart/modeling_bart.py`;
-//! `MBartForConditionalGeneration`, `models/mbart/modeling_mbart.py`), and the model that
-//! Marian's row runs (`marian.rs`: `MarianMTModel` is BART's code with other embeddings).
-//!
-//! An encoder and a decoder of [`BartEncoderLayer`]s and [`BartDecoderLayer`]s over token
-//! embeddings scaled by `sqrt(d_model)` when `scale_embedding`, plus absolute positions: a
-//! learned table read at `position + 2` (`BartLearnedPositionalEmbedding`'s offset), or Marian's
-//! sinusoidal table. What the three differ in is a [`Variant`]:
-//! - BART: post-norm layers, `layernorm_embedding` after the embeddings;
-//! - mBART: pre-norm layers, `layernorm_embedding`, and a final `layer_norm` closing each stack;
-//! - Marian: post-norm layers, no `layernorm_embedding`, sinusoidal positions.
-//!
-//! The LM head is tied to the shared token table (`model.shared.weight`, which the encoder's and
-//! the decoder's `embed_tokens` also are) unless `tie_word_embeddings` is false, and its logits
-//! get `final_logits_bias` (a stored buffer; zeros when the file has none). As transformers 5,
-//! `tie_word_embeddings: false` unties the encoder's and decoder's tables from `shared` too:
-//! each stack then reads its own stored `embed_tokens` (falling back to `shared` when the file
-//! has no such table, where transformers would initialise one at random).
-//!
-//! Positions: the encoder's are `0..s` whatever the padding (as transformers computes them, so
-//! left and right padding give different encoder outputs), the decoder's continue from the
-//! cache's length (HF `arange(seq_length) + past_key_values_length`); the forward input's
-//! `position_ids` are not read.
+//! The model: embeddings, the encoder (HF `BartEncoder`), the decoder (`BartDecoder`) and the LM
+//! head, with the tensors they load.
 
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 
-use super::config::{
-    Activation, ConfigFile, LayerType, ModelConfig, NormKind, NormPlacement, ProjectionLayout,
-    SavedDtype, TokenIdField,
-};
-use super::layers::bart_layer::{
-    BartDecoderLayer, BartEncoderLayer, DecoderMasks, F16Clamp, LayerShape, NormPosition,
-};
-use super::layers::embedding::Embedding;
-use super::layers::linear::Linear;
-use super::layers::mask::{ForwardMasks, LayerMask};
-use super::layers::norm::LayerNorm;
-use super::layers::seq2seq_attention::{cross_attention, padding_mask};
-use super::layers::LoadContext;
-use super::llama::nullable;
-use super::seq2seq::{Encoder, EncoderInput, EncoderOutput};
-use super::{layers_to_run, marian, Architecture, CausalLM, ForwardInput, ModelOutput};
+use super::config::{Shape, LEARNED_OFFSET};
+use super::Positions;
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::init::{Init, TensorSpec};
-
-/// How a stack adds positions to its token embeddings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Positions {
-    /// HF `BartLearnedPositionalEmbedding`: `embed_positions.weight`
-    /// `[max_position_embeddings + 2, d_model]`, read at `position + 2`.
-    Learned,
-    /// HF `MarianSinusoidalPositionalEmbedding`: `[max_position_embeddings, d_model]`, read from
-    /// the file when it stores the table, computed otherwise ([`marian::sinusoidal_table`]).
-    Sinusoidal,
-}
-
-/// What one row of the family changes, and its `configuration_*.py` defaults.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Variant {
-    pub architecture: Architecture,
-    pub norm: NormPosition,
-    /// A `layer_norm` after the last layer of each stack (mBART).
-    pub final_layer_norm: bool,
-    /// `layernorm_embedding` after the embeddings (BART, mBART).
-    pub layernorm_embedding: bool,
-    pub positions: Positions,
-    /// When half-precision encoder outputs are clamped.
-    pub f16_clamp: F16Clamp,
-    /// `vocab_size` when absent.
-    pub vocab_size: usize,
-    /// `pad_token_id` when absent.
-    pub pad_token_id: Option<u32>,
-    /// `bos_token_id` when absent.
-    pub bos_token_id: Option<u32>,
-}
-
-/// `BartConfig`.
-pub(crate) const BART: Variant = Variant {
-    architecture: Architecture::Bart,
-    norm: NormPosition::Post,
-    final_layer_norm: false,
-    layernorm_embedding: true,
-    positions: Positions::Learned,
-    f16_clamp: F16Clamp::IfNotFinite,
-    vocab_size: 50265,
-    pad_token_id: Some(1),
-    bos_token_id: Some(0),
-};
-
-/// `MBartConfig`: BART's defaults, pre-norm layers closed by a final `layer_norm`.
-pub(crate) const MBART: Variant = Variant {
-    architecture: Architecture::MBart,
-    norm: NormPosition::Pre,
-    final_layer_norm: true,
-    f16_clamp: F16Clamp::Always,
-    ..BART
-};
-
-/// The `config.json` fields of `BartConfig`, `MBartConfig` and `MarianConfig` that lmgen reads;
-/// absent ones take the class defaults (`d_model` 1024, 12 layers of 16 heads, `ffn_dim` 4096,
-/// 1024 positions, `gelu`).
-#[derive(Debug, Deserialize)]
-struct Config {
-    vocab_size: Option<usize>,
-    d_model: Option<usize>,
-    encoder_layers: Option<usize>,
-    decoder_layers: Option<usize>,
-    encoder_attention_heads: Option<usize>,
-    decoder_attention_heads: Option<usize>,
-    encoder_ffn_dim: Option<usize>,
-    decoder_ffn_dim: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    activation_function: Option<String>,
-    scale_embedding: Option<bool>,
-    tie_word_embeddings: Option<bool>,
-    #[serde(default, deserialize_with = "nullable")]
-    bos_token_id: Option<Option<TokenIdField>>,
-    #[serde(default, deserialize_with = "nullable")]
-    pad_token_id: Option<Option<TokenIdField>>,
-    /// Marian: the decoder's (and the LM head's) vocabulary when it is not shared.
-    decoder_vocab_size: Option<usize>,
-    /// Marian: one token table for encoder, decoder and LM head (default true).
-    share_encoder_decoder_embeddings: Option<bool>,
-}
-
-/// Both stacks' shapes, resolved from [`Config`] with a [`Variant`]'s defaults.
-#[derive(Debug, Clone)]
-pub(crate) struct Shape {
-    variant: Variant,
-    /// The encoder's vocabulary (`vocab_size`).
-    vocab_size: usize,
-    /// The decoder's and the LM head's (`decoder_vocab_size`, Marian; else `vocab_size`).
-    decoder_vocab_size: usize,
-    d_model: usize,
-    encoder: LayerShape,
-    decoder: LayerShape,
-    encoder_layers: usize,
-    decoder_layers: usize,
-    max_position_embeddings: usize,
-    /// `sqrt(d_model)` with `scale_embedding`.
-    embed_scale: Option<f64>,
-    tie_word_embeddings: bool,
-    /// Encoder and decoder read one table (`model.shared`); Marian may keep two.
-    share_embeddings: bool,
-    bos_token_id: Option<u32>,
-    pad_token_id: Option<u32>,
-}
-
-impl Shape {
-    /// Reads `file` with `variant`'s defaults, checking what transformers' classes raise on.
-    pub(crate) fn parse(file: &ConfigFile<'_>, variant: Variant) -> Result<Self> {
-        let c: Config = file.parse()?;
-        let d_model = c.d_model.unwrap_or(1024);
-        let activation = c.activation_function.as_deref().unwrap_or("gelu");
-        let activation = Activation::from_hf(activation, "activation_function", file)?;
-        let stack = |heads: Option<usize>, ffn: Option<usize>, name: &str| -> Result<LayerShape> {
-            let num_heads = heads.unwrap_or(16);
-            if num_heads == 0 || d_model % num_heads != 0 {
-                // BartAttention's ValueError.
-                return Err(file.err(format!(
-                    "`d_model` ({d_model}) must be divisible by `{name}_attention_heads` ({num_heads})"
-                )));
-            }
-            Ok(LayerShape {
-                hidden: d_model,
-                num_heads,
-                ffn_dim: ffn.unwrap_or(4096),
-                activation,
-                norm: variant.norm,
-            })
-        };
-        let vocab_size = c.vocab_size.unwrap_or(variant.vocab_size);
-        let share_embeddings = c.share_encoder_decoder_embeddings.unwrap_or(true);
-        let token = |field: Option<Option<TokenIdField>>, default| match field {
-            None => default,
-            Some(id) => id.as_ref().and_then(TokenIdField::first),
-        };
-        Ok(Self {
-            variant,
-            vocab_size,
-            // MarianConfig: `decoder_vocab_size or vocab_size`; a shared table has one size.
-            decoder_vocab_size: match c.decoder_vocab_size {
-                Some(n) if !share_embeddings => n,
-                _ => vocab_size,
-            },
-            d_model,
-            encoder: stack(c.encoder_attention_heads, c.encoder_ffn_dim, "encoder")?,
-            decoder: stack(c.decoder_attention_heads, c.decoder_ffn_dim, "decoder")?,
-            encoder_layers: c.encoder_layers.unwrap_or(12),
-            decoder_layers: c.decoder_layers.unwrap_or(12),
-            max_position_embeddings: c.max_position_embeddings.unwrap_or(1024),
-            embed_scale: c
-                .scale_embedding
-                .unwrap_or(false)
-                .then(|| (d_model as f64).sqrt()),
-            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(true),
-            share_embeddings,
-            bos_token_id: token(c.bos_token_id, variant.bos_token_id),
-            pad_token_id: token(c.pad_token_id, variant.pad_token_id),
-        })
-    }
-
-    /// The decoder's [`ModelConfig`] (what `generate()`, the KV cache and the memory checks
-    /// read): `decoder_layers` of `decoder_attention_heads`, full attention, no RoPE.
-    pub(crate) fn model_config(&self, file: &ConfigFile<'_>) -> Result<ModelConfig> {
-        let d = &self.decoder;
-        let layers = self.decoder_layers;
-        let head_dim = d.hidden / d.num_heads;
-        Ok(ModelConfig {
-            architecture: self.variant.architecture,
-            vocab_size: self.decoder_vocab_size,
-            hidden_size: self.d_model,
-            intermediate_size: d.ffn_dim,
-            num_hidden_layers: layers,
-            num_attention_heads: d.num_heads,
-            num_key_value_heads: d.num_heads,
-            head_dim,
-            max_position_embeddings: self.max_position_embeddings,
-            norm_eps: 1e-5,
-            norm: NormKind::Rms, // unused: the layers run LayerNorm
-            norm_placement: match self.variant.norm {
-                NormPosition::Pre => NormPlacement::Pre,
-                NormPosition::Post => NormPlacement::Post,
-            },
-            qk_norm: None,
-            rope: None,
-            rope_local: None,
-            tie_word_embeddings: self.tie_word_embeddings,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
-            projections: ProjectionLayout::Separate,
-            hidden_act: d.activation,
-            sliding_window: None,
-            layer_types: vec![LayerType::FullAttention; layers],
-            rope_layers: vec![false; layers],
-            embedding_scale: None, // applied by the model's own embeddings
-            residual_multiplier: None,
-            attention_scaling: (head_dim as f64).powf(-0.5),
-            query_scaling: None,
-            logits_scaling: None,
-            recompute_cache_at: None,
-            attn_logit_softcapping: None,
-            final_logit_softcapping: None,
-            bos_token_id: self.bos_token_id,
-            pad_token_id: self.pad_token_id,
-            torch_dtype: file.parse::<SavedDtype>()?.into_name(),
-            moe: None,
-            attention_sinks: false,
-            attn_output_gate: false,
-            linear_attention: None,
-            short_conv: None,
-            weight_renames: &[],
-            gemma4: None,
-        })
-    }
-
-    /// Rows of a stack's position table.
-    fn position_rows(&self) -> usize {
-        match self.variant.positions {
-            Positions::Learned => self.max_position_embeddings + LEARNED_OFFSET,
-            Positions::Sinusoidal => self.max_position_embeddings,
-        }
-    }
-}
-
-/// `BartLearnedPositionalEmbedding.offset`.
-const LEARNED_OFFSET: usize = 2;
-
-/// `bart`.
-pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
-    Shape::parse(file, BART)?.model_config(file)
-}
-
-/// `mbart`.
-pub fn parse_mbart(file: &ConfigFile<'_>) -> Result<ModelConfig> {
-    Shape::parse(file, MBART)?.model_config(file)
-}
-
-/// Builds BART (the registry's loader for `bart`).
-pub fn load(
-    config: ModelConfig,
-    file: &ConfigFile<'_>,
-    ctx: &LoadContext<'_>,
-) -> Result<Box<dyn CausalLM>> {
-    load_variant(config, file, ctx, BART)
-}
-
-/// Builds mBART (the registry's loader for `mbart`).
-pub fn load_mbart(
-    config: ModelConfig,
-    file: &ConfigFile<'_>,
-    ctx: &LoadContext<'_>,
-) -> Result<Box<dyn CausalLM>> {
-    load_variant(config, file, ctx, MBART)
-}
-
-/// Builds the model of `variant`'s row.
-pub(crate) fn load_variant(
-    config: ModelConfig,
-    file: &ConfigFile<'_>,
-    ctx: &LoadContext<'_>,
-    variant: Variant,
-) -> Result<Box<dyn CausalLM>> {
-    let shape = Shape::parse(file, variant)?;
-    Ok(Box::new(Bart::load(config, &shape, ctx)?))
-}
+use crate::models::config::{ConfigFile, LayerType, ModelConfig};
+use crate::models::layers::bart_layer::{BartDecoderLayer, BartEncoderLayer, DecoderMasks};
+use crate::models::layers::embedding::Embedding;
+use crate::models::layers::linear::Linear;
+use crate::models::layers::mask::{ForwardMasks, LayerMask};
+use crate::models::layers::norm::LayerNorm;
+use crate::models::layers::seq2seq_attention::{cross_attention, padding_mask};
+use crate::models::layers::LoadContext;
+use crate::models::seq2seq::{Encoder, EncoderInput, EncoderOutput};
+use crate::models::{layers_to_run, marian, CausalLM, ForwardInput, ModelOutput};
 
 /// Token embeddings, scaled, plus positions, then `layernorm_embedding` (HF
 /// `BartScaledWordEmbedding` + `BartLearnedPositionalEmbedding` + `layernorm_embedding`, or
@@ -407,7 +118,8 @@ fn token_table(ctx: &LoadContext<'_>, prefix: &str, stack: &str, shape: &Shape) 
 }
 
 impl Bart {
-    fn load(config: ModelConfig, shape: &Shape, ctx: &LoadContext<'_>) -> Result<Self> {
+    /// Loads both stacks and the head for `shape`.
+    pub(super) fn load(config: ModelConfig, shape: &Shape, ctx: &LoadContext<'_>) -> Result<Self> {
         let prefix = model_prefix(ctx);
         let h = shape.d_model;
         let enc_table = token_table(ctx, prefix, "encoder", shape);
@@ -539,7 +251,10 @@ impl Encoder for BartEncoder {
 /// Every tensor the row of `variant` loads for `file` (for `init_random`): one shared token
 /// table (two for a Marian config that does not share them), the LM head when untied,
 /// `final_logits_bias`, and both stacks.
-pub(crate) fn tensor_specs_of(file: &ConfigFile<'_>, variant: Variant) -> Result<Vec<TensorSpec>> {
+pub(crate) fn tensor_specs_of(
+    file: &ConfigFile<'_>,
+    variant: super::Variant,
+) -> Result<Vec<TensorSpec>> {
     let s = Shape::parse(file, variant)?;
     let h = s.d_model;
     let mut t = Vec::new();
@@ -613,19 +328,6 @@ pub(crate) fn tensor_specs_of(file: &ConfigFile<'_>, variant: Variant) -> Result
         }
     }
     Ok(t)
-}
-
-/// `bart`'s tensors.
-pub(crate) fn tensor_specs(_: &ModelConfig, file: &ConfigFile<'_>) -> Result<Vec<TensorSpec>> {
-    tensor_specs_of(file, BART)
-}
-
-/// `mbart`'s tensors.
-pub(crate) fn tensor_specs_mbart(
-    _: &ModelConfig,
-    file: &ConfigFile<'_>,
-) -> Result<Vec<TensorSpec>> {
-    tensor_specs_of(file, MBART)
 }
 
 impl CausalLM for Bart {
