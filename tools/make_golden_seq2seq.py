@@ -356,12 +356,12 @@ def _random_final_logits_bias(std):
 # Weight scales per checkpoint (embedding std, gain of the linear layers), chosen so that greedy outputs vary
 # and the top-2 margins are healthy.
 PARAMS = {
-    "t5": dict(emb_std=1.0, gain=3.0),
-    "flan_t5": dict(emb_std=1.0, gain=3.0),
-    "mt5": dict(emb_std=1.0, gain=3.0),
-    "bart": dict(emb_std=1.0, gain=1.5, qk_gain=4.0),
-    "mbart": dict(emb_std=1.0, gain=3.0),
-    "marian": dict(emb_std=0.3, gain=1.5, qk_gain=5.0, flb=0.3),
+    "t5": dict(emb_std=1.0, gain=1.5),
+    "flan_t5": dict(emb_std=1.0, gain=1.0),
+    "mt5": dict(emb_std=1.0, gain=1.5),
+    "bart": dict(emb_std=1.0, gain=1.5),
+    "mbart": dict(emb_std=1.0, gain=1.5),
+    "marian": dict(emb_std=1.0, gain=1.0, flb=0.3),
     "whisper": dict(emb_std=1.0, gain=2.0, qk_gain=3.0),
 }
 

@@ -301,10 +301,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         args.prompt.clone()
     };
     let single = prompts.len() == 1 && overrides.num_return_sequences.unwrap_or(1) == 1;
+    // A decoder-only model continues the prompt, which is printed first; an encoder-decoder
+    // model's output (a translation, a summary) is new text alone, as transformers'
+    // text2text-generation pipeline returns it.
+    let echo = |i: usize| {
+        if pipe.is_encoder_decoder() {
+            ""
+        } else {
+            prompts[i].as_str()
+        }
+    };
     let started = Instant::now();
     if single && !args.no_stream {
         // Stream to the terminal as transformers' TextStreamer does.
-        print!("{}", prompts[0]);
+        print!("{}", echo(0));
         std::io::stdout().flush()?;
         let input = pipe.encode_prompts(&prompts[..1], &overrides)?;
         let mut streamer =
@@ -324,9 +334,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     for i in 0..out.sequences.len() {
         let text = pipe.tokenizer.decode(out.generated(i), true)?;
         if out.sequences.len() > 1 {
-            writeln!(stdout, "[{i}] {}{text}", prompts[i / per_prompt])?;
+            writeln!(stdout, "[{i}] {}{text}", echo(i / per_prompt))?;
         } else {
-            writeln!(stdout, "{}{text}", prompts[0])?;
+            writeln!(stdout, "{}{text}", echo(0))?;
         }
     }
     if args.verbose {

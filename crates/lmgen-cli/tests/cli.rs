@@ -621,3 +621,60 @@ fn genconfig_cases_in_json_lines_match_transformers() -> Result<()> {
     }
     Ok(())
 }
+
+/// An encoder-decoder model from text prompts: each prompt is the encoder's input (a batch padded
+/// on the right, as BART's tokenizer pads) and is not printed back; the output is transformers'
+/// decoded decoder sequence (start token and special tokens skipped), streamed or not
+/// (`tests/fixtures/bart_cli.json`, from the golden-seq2seq BART checkpoint's cases).
+#[test]
+fn encoder_decoder_prints_the_decoded_output_alone() -> Result<()> {
+    const BART: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden-seq2seq/models/bart"
+    );
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/bart_cli.json"
+    ))?)?;
+    for case in golden["cases"].as_array().context("cases")? {
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            Ok(case[key]
+                .as_array()
+                .with_context(|| key.to_string())?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect())
+        };
+        let (prompts, texts) = (strings("prompts")?, strings("texts")?);
+        let mut args = vec!["generate", "--model", BART];
+        for p in &prompts {
+            args.extend(["--prompt", p]);
+        }
+        args.extend(strings("args")?);
+        let want = match texts.as_slice() {
+            [one] => one.to_string(),
+            many => many
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("[{i}] {t}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        // One prompt streams unless `--no-stream`; a batch prints at the end either way.
+        for stream in [true, false] {
+            let mut args = args.clone();
+            if !stream {
+                args.push("--no-stream");
+            }
+            let out = lmgen(&args, "")?;
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(
+                String::from_utf8(out.stdout)?.trim_end_matches('\n'),
+                want,
+                "{} (stream: {stream})",
+                case["case"]
+            );
+        }
+    }
+    Ok(())
+}

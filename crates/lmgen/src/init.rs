@@ -165,7 +165,15 @@ mod tests {
         let qwen3_5_moe = [fixtures.join("qwen3_5_moe/qwen3_5_moe_text")];
         let variants = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma4-variants");
         let variants = ["shared_kv", "k_eq_v_moe"].map(|n| variants.join(n));
-        for golden_dir in old.iter().chain(&new).chain(&variants).chain(&qwen3_5_moe) {
+        let seq2seq = fixtures.join("golden-seq2seq/models");
+        let seq2seq = ["bart", "mbart", "marian"].map(|n| seq2seq.join(n));
+        for golden_dir in old
+            .iter()
+            .chain(&new)
+            .chain(&variants)
+            .chain(&qwen3_5_moe)
+            .chain(&seq2seq)
+        {
             let name = golden_dir.display();
             let text = std::fs::read_to_string(golden_dir.join("config.json")).unwrap();
             let config: Value = serde_json::from_str(&text).unwrap();

@@ -130,7 +130,17 @@ impl Pipeline {
         )
     }
 
-    /// Tokenizes prompts (left-padding a batch with the pad token, else the first EOS).
+    /// Whether the model is an encoder-decoder one (T5, BART, Marian): the prompt is the encoder's
+    /// input, and the output is the decoder's sequence, which does not repeat it
+    /// ([`GenerateOutput::generated`] skips the decoder's start token).
+    pub fn is_encoder_decoder(&self) -> bool {
+        self.model.encoder().is_some()
+    }
+
+    /// Tokenizes prompts, padding a batch with the pad token (else the first EOS): on the left
+    /// for a decoder-only model, on the right for an encoder-decoder model's encoder (as its
+    /// tokenizer pads; BART's and Marian's learned or sinusoidal positions count from the first
+    /// token, padding or not, so the side matters).
     pub fn encode_prompts(
         &self,
         prompts: &[String],
@@ -146,6 +156,7 @@ impl Pipeline {
             .or_else(|| self.config_with(overrides).pad_token_id_or_eos())
             .or(self.model.config().pad_token_id);
         match pad {
+            Some(pad) if self.is_encoder_decoder() => Ok(GenerateInput::right_padded(rows, pad)),
             Some(pad) => Ok(GenerateInput::left_padded(rows, pad)),
             None if rows.iter().all(|r| r.len() == rows[0].len()) => Ok(GenerateInput {
                 input_ids: rows,
@@ -169,7 +180,8 @@ impl Pipeline {
         StructuredOutput::new(&self.tokenizer, &eos)
     }
 
-    /// Generates a continuation of `prompt` and returns only the new text (special tokens skipped).
+    /// Generates a continuation of `prompt` (for an encoder-decoder model: the decoder's output
+    /// for it) and returns only the new text (special tokens skipped).
     pub fn generate_text(&self, prompt: &str, overrides: &GenerationConfig) -> Result<String> {
         let input = self.encode_prompts(&[prompt.to_string()], overrides)?;
         let out = self.generate(&input, overrides)?;

@@ -31,7 +31,8 @@ pub(crate) use resolve::{Mode, ResolvedGeneration};
 use context::{GenerationContext, Rows, StopVocabulary};
 pub use stopping::{FinishReason, StoppingCriterion};
 
-/// A batch of prompts, left-padded to one length.
+/// A batch of prompts padded to one length: on the left for a decoder-only model, on either side
+/// for an encoder-decoder model's encoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateInput {
     /// `[b, t]` token ids.
@@ -59,6 +60,24 @@ impl GenerateInput {
             let pad = t - p.len();
             mask.push([vec![0u8; pad], vec![1u8; p.len()]].concat());
             input_ids.push([vec![pad_token_id; pad], p].concat());
+        }
+        let padded = mask.iter().any(|m| m.contains(&0));
+        Self {
+            input_ids,
+            attention_mask: padded.then_some(mask),
+        }
+    }
+
+    /// Right-pads prompts of different lengths with `pad_token_id`, as the tokenizers of
+    /// encoder-decoder models (T5, BART, Marian: `padding_side="right"`) pad an encoder batch.
+    pub fn right_padded(prompts: Vec<Vec<TokenId>>, pad_token_id: TokenId) -> Self {
+        let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = Vec::with_capacity(prompts.len());
+        let mut mask = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let pad = t - p.len();
+            mask.push([vec![1u8; p.len()], vec![0u8; pad]].concat());
+            input_ids.push([p, vec![pad_token_id; pad]].concat());
         }
         let padded = mask.iter().any(|m| m.contains(&0));
         Self {

@@ -5,6 +5,7 @@
 //! A model is immutable once loaded; all per-sequence state lives in the [`KvCache`] passed to
 //! [`CausalLM::forward`], so one model serves many sequences (and threads).
 
+pub(crate) mod bart;
 pub mod config;
 pub(crate) mod decoder;
 pub(crate) mod gemma2;
@@ -16,6 +17,7 @@ pub(crate) mod granite;
 pub(crate) mod layers;
 pub(crate) mod lfm2;
 pub(crate) mod llama;
+pub(crate) mod marian;
 pub(crate) mod ministral3;
 pub(crate) mod mistral;
 pub(crate) mod mixtral;
@@ -180,6 +182,12 @@ pub enum Architecture {
     T5,
     /// `mt5` (HF `MT5ForConditionalGeneration`), encoder-decoder.
     Mt5,
+    /// `bart` (HF `BartForConditionalGeneration`), an encoder-decoder model.
+    Bart,
+    /// `mbart` (HF `MBartForConditionalGeneration`), an encoder-decoder model.
+    MBart,
+    /// `marian` (HF `MarianMTModel`), an encoder-decoder model.
+    Marian,
 }
 
 impl Architecture {

@@ -15,9 +15,9 @@ use serde_json::Value;
 use super::config::{ConfigFile, ModelConfig};
 use super::layers::{LoadContext, WeightNames};
 use super::{
-    decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral,
-    mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3, t5,
-    Architecture, CausalLM,
+    bart, decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, marian, ministral3,
+    mistral, mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next,
+    smollm3, t5, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -29,7 +29,8 @@ use crate::load::GgufArch;
 pub enum Build {
     /// The shared [`decoder::Decoder`] runs the lowered config.
     Decoder,
-    /// The architecture's own model code.
+    /// The architecture's own model code (encoder-decoder models too: their [`ModelConfig`]
+    /// describes the decoder, so the tensors they list also read `config.json`'s encoder fields).
     Custom {
         load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
         /// Every tensor the model reads, from the parsed config and `config.json` (for fields
@@ -173,12 +174,42 @@ pub static ARCHITECTURES: &[Entry] = &[
         gguf: None,
     },
     Entry {
+        architecture: Architecture::Bart,
+        model_type: "bart",
+        parse: bart::parse,
+        build: Build::Custom {
+            load: bart::load,
+            tensors: bart::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
         architecture: Architecture::Mt5,
         model_type: "mt5",
         parse: t5::parse_mt5,
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::MBart,
+        model_type: "mbart",
+        parse: bart::parse_mbart,
+        build: Build::Custom {
+            load: bart::load_mbart,
+            tensors: bart::tensor_specs_mbart,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Marian,
+        model_type: "marian",
+        parse: marian::parse,
+        build: Build::Custom {
+            load: marian::load,
+            tensors: marian::tensor_specs,
         },
         gguf: None,
     },
@@ -412,14 +443,14 @@ mod tests {
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
             Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
-            T5, Mt5,
+            T5, Mt5, Bart, MBart, Marian,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | T5 | Mt5 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | T5 | Mt5 | Bart | MBart | Marian => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -1,6 +1,7 @@
 //! Building blocks shared by the architectures, one concept per file.
 
 pub mod attention;
+pub mod bart_layer;
 pub mod conv;
 pub mod embedding;
 pub mod gated_delta_net;

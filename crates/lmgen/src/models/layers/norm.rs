@@ -1,6 +1,6 @@
 //! RMSNorm (Llama's `w`, Gemma's `1 + w`) and LayerNorm (GPT-2).
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 use super::LoadContext;
 use crate::error::Result;
@@ -60,7 +60,7 @@ impl RmsNorm {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    eps: f32,
+    eps: f64,
 }
 
 impl LayerNorm {
@@ -69,17 +69,31 @@ impl LayerNorm {
         Ok(Self {
             weight: ctx.tensor(&format!("{prefix}.weight"), &[dim])?,
             bias: ctx.tensor(&format!("{prefix}.bias"), &[dim])?,
-            eps: eps as f32,
+            eps,
         })
     }
 
-    /// `[.., dim] -> [.., dim]`.
+    /// `[.., dim] -> [.., dim]`: `(x - mean) / sqrt(var + eps) * w + b`, the (biased) variance
+    /// taken over the centred values, as torch's moments are; candle's fused kernel takes
+    /// `E[x^2] - mean^2` in f32, which loses digits wherever the mean is large against the
+    /// spread. Half-precision inputs are normalised in f32 (as torch computes them), f64 in f64.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            &x.contiguous()?,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
+        let dtype = x.dtype();
+        let x = match dtype {
+            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+            _ => x.clone(),
+        };
+        let mean = x.mean_keepdim(D::Minus1)?; // [.., 1]
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let (w, b) = (
+            self.weight.to_dtype(normed.dtype())?,
+            self.bias.to_dtype(normed.dtype())?,
+        );
+        Ok(normed
+            .broadcast_mul(&w)?
+            .broadcast_add(&b)?
+            .to_dtype(dtype)?)
     }
 }

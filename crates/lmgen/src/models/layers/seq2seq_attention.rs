@@ -28,6 +28,7 @@ pub struct ProjectionNames<'a> {
 
 impl ProjectionNames<'static> {
     /// T5's `q`, `k`, `v`, `o`.
+    #[allow(dead_code)] // until T5 lands
     pub const T5: Self = Self {
         q: "q",
         k: "k",
@@ -54,6 +55,7 @@ pub struct ProjectionBias {
 
 impl ProjectionBias {
     /// No bias anywhere (T5).
+    #[allow(dead_code)] // until T5 lands
     pub const NONE: Self = Self {
         q: false,
         k: false,
@@ -68,6 +70,7 @@ impl ProjectionBias {
         o: true,
     };
     /// Whisper: every projection but `k_proj`.
+    #[allow(dead_code)] // until Whisper lands
     pub const NO_KEY: Self = Self {
         q: true,
         k: false,
