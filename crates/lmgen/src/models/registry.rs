@@ -174,22 +174,22 @@ pub static ARCHITECTURES: &[Entry] = &[
         gguf: None,
     },
     Entry {
-        architecture: Architecture::Bart,
-        model_type: "bart",
-        parse: bart::parse,
-        build: Build::Custom {
-            load: bart::load,
-            tensors: bart::tensor_specs,
-        },
-        gguf: None,
-    },
-    Entry {
         architecture: Architecture::Mt5,
         model_type: "mt5",
         parse: t5::parse_mt5,
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Bart,
+        model_type: "bart",
+        parse: bart::parse,
+        build: Build::Custom {
+            load: bart::load,
+            tensors: bart::tensor_specs,
         },
         gguf: None,
     },
