@@ -516,6 +516,45 @@ fn gemma2_legacy_cases_through_json_lines() -> Result<()> {
     Ok(())
 }
 
+/// `token_healing` through JSON lines: the pipeline passes its tokenizer, so gemma2's golden batch
+/// heals as in transformers; llama's tokenizer has no pad token, which transformers refuses too.
+#[test]
+fn token_healing_through_json_lines() -> Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{root}/token_healing/cases.json"
+    ))?)?;
+    let case = cases
+        .iter()
+        .find(|c| c["name"] == "gemma2_batch")
+        .context("gemma2_batch")?;
+    let mut config = case["generation_config"].clone();
+    config["token_healing"] = json!(true);
+    let line = json!({"input_ids": case["input_ids"], "attention_mask": case["attention_mask"],
+                      "generation_config": config});
+    let dir = format!("{root}/golden/models/gemma2");
+    let out = lmgen(
+        &["generate", "--model", &dir, "--request", "-"],
+        &format!("{line}\n"),
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        answer["sequences"], case["expected"]["sequences"],
+        "{answer}"
+    );
+
+    let line = json!({"input_ids": [PROMPT], "generation_config": {"token_healing": true}});
+    let answers = requests(&[line], &[])?;
+    let message = error_message(&answers[0]);
+    assert!(
+        message.contains("`token_healing`") && message.contains("`pad_token`"),
+        "{}",
+        answers[0]
+    );
+    Ok(())
+}
+
 /// A nested JSON array of numbers, flattened.
 fn flat(v: &Value) -> Vec<f64> {
     match v {

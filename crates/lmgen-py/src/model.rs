@@ -412,6 +412,7 @@ impl NativeModel {
         let options = GenerateOptions {
             seed,
             tokenizer: Some(self.tokenizer.as_ref()),
+            model_generation_config: Some(&self.generation_config),
             logits_processors,
             stopping_criteria,
             streamer,

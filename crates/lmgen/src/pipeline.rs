@@ -92,7 +92,8 @@ impl Pipeline {
     }
 
     /// Generates with the other `generate()` arguments (seed, streamer, user processors and
-    /// criteria, ...). The pipeline's tokenizer is passed for `stop_strings` unless one is given.
+    /// criteria, ...). The pipeline's tokenizer is passed for `stop_strings` and `token_healing`
+    /// unless one is given, and its generation config as the model's (`token_healing`).
     pub fn generate_with<'a>(
         &'a self,
         input: &GenerateInput,
@@ -101,6 +102,9 @@ impl Pipeline {
     ) -> Result<GenerateOutput> {
         if options.tokenizer.is_none() {
             options.tokenizer = Some(&self.tokenizer);
+        }
+        if options.model_generation_config.is_none() {
+            options.model_generation_config = Some(&self.generation_config);
         }
         generate_with(
             self.model.as_ref(),

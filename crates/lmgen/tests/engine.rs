@@ -547,6 +547,10 @@ fn settings_the_engine_cannot_honour_are_errors() {
     cfg.encoder_repetition_penalty = Some(1.2);
     let e = m.add_request(Request::new(vec![4, 5], cfg)).unwrap_err();
     assert!(e.to_string().contains("encoder_repetition_penalty"), "{e}");
+    let mut cfg = greedy(&s, 4);
+    cfg.token_healing = Some(true);
+    let e = m.add_request(Request::new(vec![4, 5], cfg)).unwrap_err();
+    assert!(e.to_string().contains("`token_healing`"), "{e}");
     let e = m
         .add_request(Request::new(vec![], greedy(&s, 4)))
         .unwrap_err();

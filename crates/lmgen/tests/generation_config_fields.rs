@@ -82,7 +82,10 @@ const COVERAGE: &[(&str, Cover)] = &[
     ("suppress_tokens", GOLDEN_GENERATE),
     ("begin_suppress_tokens", GOLDEN_GENERATE),
     ("sequence_bias", GOLDEN_GENERATE),
-    ("token_healing", Unbuilt("token healing (re-tokenises the prompt's end)")),
+    (
+        "token_healing",
+        Test("tests/token_healing.rs::token_healing_matches_transformers"),
+    ),
     ("guidance_scale", GOLDEN_GENERATE),
     (
         "watermarking_config",
@@ -177,7 +180,6 @@ fn the_table_lists_every_field_once() {
     assert_eq!(
         unbuilt,
         [
-            "token_healing",
             "watermarking_config",
             "assistant_ensemble_weight",
             "speculation_type"
@@ -331,7 +333,6 @@ fn nothing_transformers_accepts_is_refused() -> anyhow::Result<()> {
             "metadata",
             json!({"_from_model_config": false, "transformers_version": "5.17.0", "bos_token_id": 1, "pad_token_id": 0, "eos_token_id": 2}),
         ),
-        ("token_healing", json!({"token_healing": true})),
     ];
     let unbuilt: BTreeSet<&str> = COVERAGE
         .iter()

@@ -154,6 +154,8 @@ impl Sequence {
             Some("`is_assistant` (the assistant's confidence stopping criterion)")
         } else if g.output_hidden_states || g.output_attentions {
             Some("`output_hidden_states` / `output_attentions`")
+        } else if config.token_healing == Some(true) {
+            Some("`token_healing` (it re-tokenizes each prompt's end before generating)")
         } else {
             None
         };

@@ -251,6 +251,12 @@ fn refuse_decoder_only_modes(
             ));
         }
     }
+    if config.token_healing == Some(true) {
+        // transformers heals the decoder's start tokens (and fails on T5, which has no BOS token).
+        return Err(Error::config(
+            "`token_healing` re-tokenizes a decoder-only prompt; it does not apply to an encoder-decoder model",
+        ));
+    }
     if config.guidance_scale.is_some_and(|s| s != 1.0) {
         return Err(Error::unsupported(
             "classifier-free guidance (`guidance_scale`) runs the model on a negative prompt without the encoder's output; it is not built for encoder-decoder models",

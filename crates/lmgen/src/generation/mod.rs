@@ -16,6 +16,7 @@ pub mod stopping;
 pub mod strategies;
 pub mod streamer;
 pub mod structured;
+mod token_healing;
 
 use crate::error::{Error, Result};
 use crate::models::CausalLM;
@@ -257,7 +258,7 @@ pub fn generate(
 }
 
 /// [`generate`] with the other arguments of transformers' `generate()`: seed, tokenizer (for
-/// `stop_strings`), user logits processors and stopping criteria, streamer, CFG negative prompt.
+/// `stop_strings` and `token_healing`), user logits processors and stopping criteria, streamer, CFG negative prompt.
 pub fn generate_with(
     model: &dyn CausalLM,
     input: &GenerateInput,
@@ -270,21 +271,27 @@ pub fn generate_with(
     }
     let (batch, prompt_len) = input.validate(model.config().vocab_size)?;
     let mut g = config.resolve(model.config(), batch, prompt_len, &options)?;
-    memory::plan_prefill(model, &mut g);
-    memory::check_fits(model, &g)?;
+    // The encoder processors read the prompt rows as given: not expanded, not healed
+    // (transformers' `inputs_tensor`).
     let prompt_ids = &input.input_ids;
-    let input = match g.copies() {
+    let mut input = match g.copies() {
         1 => input.clone(),
         n => strategies::sample::expand(input, n),
     };
+    if config.token_healing == Some(true) {
+        // After the expansion and before the lengths, as transformers' generate().
+        input = token_healing::heal_tokens(model, &input, &options)?;
+        let (_, healed_len) = input.validate(model.config().vocab_size)?;
+        g = config.resolve(model.config(), batch, healed_len, &options)?;
+    }
+    memory::plan_prefill(model, &mut g);
+    memory::check_fits(model, &g)?;
     let assistant = strategies::assisted::Assistant {
         model: options.assistant_model.take(),
         tokenizer: options.tokenizer,
         assistant_tokenizer: options.assistant_tokenizer.take(),
     };
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
-    // The encoder processors read the prompt rows as given, not expanded (transformers passes
-    // `inputs_tensor` before `_expand_inputs_for_generation`).
     let rows = Rows::Generate {
         model,
         prompt_ids: Some(prompt_ids),

@@ -5,6 +5,7 @@ use crate::generation::constraints::Constraint;
 use crate::generation::logits::{LogitsProcessor, PrefixAllowedTokensFn};
 use crate::generation::stopping::StoppingCriterion;
 use crate::generation::streamer::TokenStreamer;
+use crate::generation::GenerationConfig;
 use crate::models::CausalLM;
 use crate::tokenizer::Tokenizer;
 use crate::TokenId;
@@ -16,8 +17,13 @@ pub struct GenerateOptions<'a> {
     /// Seed of the sampler's RNG: the same seed gives the same tokens. `None` draws one from the OS.
     /// (transformers uses torch's global RNG; lmgen never has a global RNG.)
     pub seed: Option<u64>,
-    /// Needed for `stop_strings`, as in transformers.
+    /// Needed for `stop_strings` and `token_healing`, as in transformers.
     pub tokenizer: Option<&'a Tokenizer>,
+    /// The model's own generation config (HF `model.generation_config`: the checkpoint's
+    /// `generation_config.json`), which `token_healing`'s one-token `generate()` starts from, as
+    /// in transformers. `None` stands for an empty one (global defaults);
+    /// [`crate::Pipeline`] passes its checkpoint's.
+    pub model_generation_config: Option<&'a GenerationConfig>,
     /// The caller's processors, merged as transformers does: one of the same type as a built-in
     /// replaces it in place, the others run after the built-ins and before the sampling warpers.
     pub logits_processors: Vec<Box<dyn LogitsProcessor + 'a>>,
@@ -47,6 +53,10 @@ impl std::fmt::Debug for GenerateOptions<'_> {
         f.debug_struct("GenerateOptions")
             .field("seed", &self.seed)
             .field("tokenizer", &self.tokenizer.is_some())
+            .field(
+                "model_generation_config",
+                &self.model_generation_config.is_some(),
+            )
             .field("logits_processors", &self.logits_processors.len())
             .field("stopping_criteria", &self.stopping_criteria.len())
             .field(

@@ -30,7 +30,9 @@ use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 
 mod incremental;
+mod padding;
 pub use incremental::{is_byte_token, Detokenizer, IncrementalText};
+pub use padding::PaddingSide;
 
 /// A checkpoint's tokenizer (HF `PreTrainedTokenizerFast` / `TokenizersBackend`).
 #[derive(Clone)]
@@ -48,6 +50,8 @@ pub struct Tokenizer {
     pub(crate) extra_special_tokens: Vec<String>,
     /// `clean_up_tokenization_spaces` (transformers' default for a missing key: false in v5).
     pub(crate) clean_up_tokenization_spaces: bool,
+    /// `padding_side` (see [`PaddingSide`] for where it comes from).
+    padding_side: PaddingSide,
     chat_template: Option<ChatTemplate>,
 }
 
@@ -140,6 +144,7 @@ impl Tokenizer {
         }
         let mut extra_special_tokens = token_list(cfg.get("additional_special_tokens"));
         extra_special_tokens.extend(token_list(cfg.get("extra_special_tokens")));
+        let padding_side = PaddingSide::resolve(&cfg, &inner)?;
         let mut tok = Self {
             inner,
             bos_token: token_string(cfg.get("bos_token")),
@@ -152,6 +157,7 @@ impl Tokenizer {
             extra_special_tokens,
             clean_up_tokenization_spaces: flag(&cfg, "clean_up_tokenization_spaces", &cfg_path)?
                 .unwrap_or(false),
+            padding_side,
             chat_template: None,
         };
         tok.mark_special_tokens();
@@ -386,6 +392,11 @@ impl Tokenizer {
     /// The id of `bos_token`, if any.
     pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token.as_deref().and_then(|t| self.token_to_id(t))
+    }
+
+    /// The id of `unk_token`, if any.
+    pub fn unk_token_id(&self) -> Option<u32> {
+        self.unk_token.as_deref().and_then(|t| self.token_to_id(t))
     }
 
     /// Vocabulary size including added tokens.

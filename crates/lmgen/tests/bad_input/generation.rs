@@ -100,13 +100,10 @@ fn unknown_keys_load_from_the_file_but_not_from_the_caller() -> Result<()> {
 #[test]
 fn settings_not_built_yet_are_rejected_naming_the_field() -> Result<()> {
     let pipe = Pipeline::from_pretrained(golden("llama").to_str().unwrap_or_default())?;
-    let cases = [
-        (json!({"token_healing": true}), "`token_healing`"),
-        (
-            json!({"watermarking_config": {"keys": [1, 2], "ngram_len": 5}}),
-            "`watermarking_config` for SynthID",
-        ),
-    ];
+    let cases = [(
+        json!({"watermarking_config": {"keys": [1, 2], "ngram_len": 5}}),
+        "`watermarking_config` for SynthID",
+    )];
     for (fields, expected) in cases {
         let overrides = GenerationConfig::from_json(&fields, UnknownFields::Reject)?;
         let msg = error(pipe.generate(&prompt(), &overrides));

@@ -83,26 +83,6 @@ const IMPLEMENTED_MODES: &[GenerationMode] = &[
     GenerationMode::AssistedGeneration,
 ];
 
-/// A setting that changes greedy output and whose feature is not built yet.
-struct Unbuilt {
-    field: &'static str,
-    feature: &'static str,
-    fix: &'static str,
-    /// Whether the setting is active, on a config with the global defaults applied.
-    active: fn(&GenerationConfig) -> bool,
-}
-
-/// Settings that would change the output of the implemented modes. Remove a row when its processor or
-/// criterion lands. Settings that select a mode (`do_sample`, `num_beams`, `penalty_alpha`,
-/// `dola_layers`, `prompt_lookup_num_tokens`, `assistant_early_exit`, `use_mtp`, `constraints`,
-/// `force_words_ids`) are handled by [`GenerationConfig::mode`].
-const UNBUILT: &[Unbuilt] = &[Unbuilt {
-    field: "token_healing",
-    feature: "token healing",
-    fix: "set it to false",
-    active: |c| c.token_healing == Some(true),
-}];
-
 /// The mode a config selects, with the setting that selected it and how to undo it.
 struct Selection {
     mode: GenerationMode,
@@ -241,14 +221,7 @@ impl GenerationConfig {
                 selection.fix
             )));
         }
-        let effective = self.with_defaults();
-        match UNBUILT.iter().find(|unbuilt| (unbuilt.active)(&effective)) {
-            Some(unbuilt) => Err(Error::unsupported(format!(
-                "`{}` ({}) is not implemented yet; {}",
-                unbuilt.field, unbuilt.feature, unbuilt.fix
-            ))),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -261,13 +234,6 @@ mod tests {
 
     fn config(value: Value) -> Result<GenerationConfig> {
         GenerationConfig::from_json(&value, UnknownFields::Keep)
-    }
-
-    fn unsupported(value: Value) -> String {
-        match config(value.clone()).and_then(|c| c.check_implemented(false)) {
-            Err(Error::Unsupported { message, .. }) => message,
-            other => panic!("{value}: expected Unsupported, got {other:?}"),
-        }
     }
 
     #[test]
@@ -425,17 +391,5 @@ mod tests {
         assert!(
             matches!(beams, Err(Error::GenerationConfig { message: m, .. }) if m.contains("`num_beams=2`"))
         );
-    }
-
-    #[test]
-    fn unbuilt_processors_are_unsupported_naming_the_field() {
-        let cases = [(json!({"token_healing": true}), "`token_healing`")];
-        for (value, field) in cases {
-            let message = unsupported(value);
-            assert!(
-                message.starts_with(field) && message.contains("not implemented yet"),
-                "{message}"
-            );
-        }
     }
 }
