@@ -237,6 +237,7 @@ fn bad_request_lines_name_the_field() -> Result<()> {
         json!({"input_ids": [PROMPT], "generation_config": {"num_beams": 2}, "return": {"stream_chunks": true}}).to_string(),
         json!({"input_ids": [PROMPT], "return": {"logit": true}}).to_string(),
         json!({"input_ids": [PROMPT], "prompts": ["Hi"]}).to_string(),
+        json!({"input_ids": [PROMPT], "decoder_input_ids": [[1]]}).to_string(),
         json!({"model": "/nonexistent", "input_ids": [PROMPT]}).to_string(),
         "[1, 2]".to_string(),
     ];
@@ -248,7 +249,8 @@ fn bad_request_lines_name_the_field() -> Result<()> {
         "unknown generation config field `max_new_token`",
         "a streamer cannot be used with beam search",
         "`return.logit`: unknown field `logit`",
-        "either `input_ids` or `prompts`",
+        "give one of `input_ids`, `prompts`, `encoder_input_ids` and `input_features`",
+        "`decoder_input_ids` is for encoder-decoder models",
         "`/nonexistent`",
         "a request must be a JSON object",
     ];
@@ -714,6 +716,51 @@ fn encoder_decoder_prints_the_decoded_output_alone() -> Result<()> {
                 case["case"]
             );
         }
+    }
+    Ok(())
+}
+
+/// JSON lines on an encoder-decoder model: `encoder_input_ids` (+ mask) and `decoder_input_ids`,
+/// or `input_ids` read as the encoder's input, give transformers' golden T5 sequences.
+#[test]
+fn encoder_decoder_requests_through_json_lines() -> Result<()> {
+    const SEQ2SEQ: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden-seq2seq"
+    );
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{SEQ2SEQ}/generate.json"
+    ))?)?;
+    let model = format!("{SEQ2SEQ}/models/t5");
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for name in ["t5_decoder_prompt", "t5_batch_padded", "t5_beam"] {
+        let case = cases
+            .iter()
+            .find(|c| c["name"] == name)
+            .with_context(|| name.to_string())?;
+        let mut gc = case["generation_config"].clone();
+        if let Some(gc) = gc.as_object_mut() {
+            gc.remove("output_scores");
+            gc.remove("return_dict_in_generate");
+        }
+        let mut request = json!({"model": model, "generation_config": gc});
+        if case["decoder_input_ids"].is_null() {
+            // `input_ids` is the encoder's input, as in transformers.
+            request["input_ids"] = case["encoder_input_ids"].clone();
+            request["attention_mask"] = case["encoder_attention_mask"].clone();
+        } else {
+            request["encoder_input_ids"] = case["encoder_input_ids"].clone();
+            request["encoder_attention_mask"] = case["encoder_attention_mask"].clone();
+            request["decoder_input_ids"] = case["decoder_input_ids"].clone();
+        }
+        lines.push(request.to_string());
+        expected.push((name, case["expected"]["sequences"].clone()));
+    }
+    let answers = requests_raw(&(lines.join("\n") + "\n"), &[])?;
+    assert_eq!(answers.len(), expected.len());
+    for (answer, (name, want)) in answers.iter().zip(expected) {
+        assert_eq!(answer["sequences"], want, "{name}: {answer}");
     }
     Ok(())
 }
