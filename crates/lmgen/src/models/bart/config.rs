@@ -6,11 +6,11 @@ use serde::Deserialize;
 use super::{Positions, Variant};
 use crate::error::Result;
 use crate::models::config::{
-    Activation, ConfigFile, LayerType, ModelConfig, NormKind, NormPlacement, ProjectionLayout,
-    SavedDtype, TokenIdField,
+    Activation, ConfigFile, ModelConfig, NormPlacement, SavedDtype, TokenIdField,
 };
 use crate::models::layers::bart_layer::{LayerShape, NormPosition};
 use crate::models::llama::nullable;
+use crate::models::seq2seq::{decoder_config, DecoderShape};
 
 /// The `config.json` fields of `BartConfig`, `MBartConfig` and `MarianConfig` that lmgen reads;
 /// absent ones take the class defaults (`d_model` 1024, 12 layers of 16 heads, `ffn_dim` 4096,
@@ -122,53 +122,28 @@ impl Shape {
         let d = &self.decoder;
         let layers = self.decoder_layers;
         let head_dim = d.hidden / d.num_heads;
-        Ok(ModelConfig {
+        let mut cfg = decoder_config(DecoderShape {
             architecture: self.variant.architecture,
             vocab_size: self.decoder_vocab_size,
             hidden_size: self.d_model,
             intermediate_size: d.ffn_dim,
-            num_hidden_layers: layers,
-            num_attention_heads: d.num_heads,
-            num_key_value_heads: d.num_heads,
+            num_layers: layers,
+            num_heads: d.num_heads,
             head_dim,
             max_position_embeddings: self.max_position_embeddings,
-            norm_eps: 1e-5,
-            norm: NormKind::Rms, // unused: the layers run LayerNorm
-            norm_placement: match self.variant.norm {
-                NormPosition::Pre => NormPlacement::Pre,
-                NormPosition::Post => NormPlacement::Post,
-            },
-            qk_norm: None,
-            rope: None,
-            rope_local: None,
-            tie_word_embeddings: self.tie_word_embeddings,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
-            projections: ProjectionLayout::Separate,
             hidden_act: d.activation,
-            sliding_window: None,
-            layer_types: vec![LayerType::FullAttention; layers],
-            rope_layers: vec![false; layers],
-            embedding_scale: None, // applied by the model's own embeddings
-            residual_multiplier: None,
-            attention_scaling: (head_dim as f64).powf(-0.5),
-            query_scaling: None,
-            logits_scaling: None,
-            recompute_cache_at: None,
-            attn_logit_softcapping: None,
-            final_logit_softcapping: None,
+            norm_eps: 1e-5,
+            tie_word_embeddings: self.tie_word_embeddings,
             bos_token_id: self.bos_token_id,
             pad_token_id: self.pad_token_id,
             torch_dtype: file.parse::<SavedDtype>()?.into_name(),
-            moe: None,
-            attention_sinks: false,
-            attn_output_gate: false,
-            linear_attention: None,
-            short_conv: None,
-            weight_renames: &[],
-            gemma4: None,
-        })
+        });
+        cfg.norm_placement = match self.variant.norm {
+            NormPosition::Pre => NormPlacement::Pre,
+            NormPosition::Post => NormPlacement::Post,
+        };
+        (cfg.qkv_bias, cfg.o_bias, cfg.mlp_bias) = (true, true, true);
+        Ok(cfg)
     }
 
     /// Rows of a stack's position table.
