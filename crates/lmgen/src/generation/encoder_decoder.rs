@@ -132,10 +132,15 @@ pub fn generate_seq2seq(
         n => strategies::sample::expand(rows, n),
     };
     let decoder = expand(&decoder);
+    let assistant_encoder_output = match options.assistant_model {
+        Some(draft) => Some(draft_encoder_output(model, draft, &input.encoder)?),
+        None => None,
+    };
     let assistant = strategies::assisted::Assistant {
         model: options.assistant_model.take(),
         tokenizer: options.tokenizer,
         assistant_tokenizer: options.assistant_tokenizer.take(),
+        encoder_output: assistant_encoder_output,
     };
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
     // The encoder processors read the encoder's ids as given, not expanded (transformers'
@@ -147,6 +152,43 @@ pub fn generate_seq2seq(
     };
     let ctx = GenerationContext::new(&g, config, options, rows, stop_vocabulary)?;
     super::dispatch(model, &decoder, &g, ctx, assistant)
+}
+
+/// HF `assistant_encoder_outputs`: an encoder-decoder draft's own encoder run on the call's
+/// encoder input (before expansion; assisted decoding has one row).
+fn draft_encoder_output(
+    model: &dyn CausalLM,
+    draft: &dyn CausalLM,
+    input: &EncoderInputs,
+) -> Result<crate::models::seq2seq::EncoderOutput> {
+    let encoder = draft.encoder().ok_or_else(|| {
+        Error::input(format!(
+            "the assistant model `{}` is decoder-only; an encoder-decoder model (`{}`) drafts with an encoder-decoder assistant",
+            draft.config().architecture.model_type(),
+            model.config().architecture.model_type()
+        ))
+    })?;
+    if draft.config().vocab_size != model.config().vocab_size {
+        return Err(Error::unsupported(
+            "an encoder-decoder model's draft must share its vocabulary (`assistant_tokenizer`, universal assisted decoding, is for decoder-only models)",
+        ));
+    }
+    match input {
+        EncoderInputs::Ids(ids) => {
+            expect_input(encoder, "input_ids")?;
+            let t = Tensor::new(ids.input_ids.clone(), draft.device())?; // [b, s]
+            encoder.encode(&EncoderInput::Ids {
+                input_ids: &t,
+                attention_mask: ids.attention_mask.as_deref(),
+            })
+        }
+        EncoderInputs::Features(features) => {
+            expect_input(encoder, "input_features")?;
+            encoder.encode(&EncoderInput::Features(
+                &features.to_device(draft.device())?,
+            ))
+        }
+    }
 }
 
 /// The encoder reads `name` (`input_ids` or `input_features`).
@@ -245,9 +287,11 @@ fn refuse_decoder_only_modes(
         ));
     }
     if let Mode::Assisted(a) = g.mode {
-        if !matches!(a.draft.source, DraftSource::PromptLookup { .. }) {
+        if matches!(a.draft.source, DraftSource::Model { .. })
+            && options.assistant_tokenizer.is_some()
+        {
             return Err(Error::unsupported(
-                "assisted decoding of an encoder-decoder model with a draft model or early exit is not built yet; prompt lookup (`prompt_lookup_num_tokens`) is",
+                "an encoder-decoder model's draft must share its tokenizer (`assistant_tokenizer`, universal assisted decoding, is for decoder-only models)",
             ));
         }
     }

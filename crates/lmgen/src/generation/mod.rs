@@ -290,6 +290,7 @@ pub fn generate_with(
         model: options.assistant_model.take(),
         tokenizer: options.tokenizer,
         assistant_tokenizer: options.assistant_tokenizer.take(),
+        encoder_output: None,
     };
     let stop_vocabulary = options.tokenizer.map(StopVocabulary::Tokenizer);
     let rows = Rows::Generate {

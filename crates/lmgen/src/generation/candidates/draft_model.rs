@@ -22,11 +22,11 @@ use crate::models::{CausalLM, LogitsToKeep};
 use crate::TokenId;
 
 /// Where the draft's keys and values live.
-#[derive(Debug)]
 pub(crate) enum DraftCache {
-    /// A cache of its own, holding the keys and values of `ids`.
+    /// A cache of its own, holding the keys and values of `ids` (with the draft's encoder output
+    /// beside them for an encoder-decoder draft).
     Own {
-        cache: DynamicCache,
+        cache: Box<dyn KvCache>,
         ids: Vec<TokenId>,
     },
     /// The target's cache (early exit: the draft is the target's first layers).
@@ -69,6 +69,19 @@ pub(crate) struct Draft {
     pub probs: Vec<f32>,
 }
 
+impl std::fmt::Debug for DraftCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Own { cache, ids } => f
+                .debug_struct("Own")
+                .field("cached", &cache.seq_len())
+                .field("ids", &ids.len())
+                .finish(),
+            Self::Target => f.write_str("Target"),
+        }
+    }
+}
+
 impl std::fmt::Debug for Drafter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Drafter")
@@ -78,13 +91,14 @@ impl std::fmt::Debug for Drafter<'_> {
 }
 
 impl<'m> Drafter<'m> {
-    /// A draft model with a cache of its own.
-    pub fn own(model: &'m dyn CausalLM) -> Self {
+    /// A draft model with a cache of its own: a dynamic cache, or `cache` (an encoder-decoder
+    /// draft's, holding its encoder output).
+    pub fn own(model: &'m dyn CausalLM, cache: Option<Box<dyn KvCache>>) -> Self {
         Self {
             model,
             num_hidden_layers: None,
             cache: DraftCache::Own {
-                cache: DynamicCache::new(),
+                cache: cache.unwrap_or_else(|| Box::new(DynamicCache::new())),
                 ids: Vec::new(),
             },
         }
@@ -107,7 +121,7 @@ impl<'m> Drafter<'m> {
                 ids.truncate(cache.seq_len().min(valid));
                 cache.checkpoint();
                 let input = run.ids;
-                let draft = draft_loop(model, layers, cache, run)?;
+                let draft = draft_loop(model, layers, cache.as_mut(), run)?;
                 ids.clear();
                 ids.extend_from_slice(input);
                 ids.extend_from_slice(&draft.tokens[..draft.tokens.len() - 1]);
@@ -189,14 +203,16 @@ pub struct DraftModelCandidateGenerator<'m> {
 impl<'m> DraftModelCandidateGenerator<'m> {
     /// A draft `assistant` drafting `length` tokens per round, stopping below
     /// `assistant_confidence_threshold` (which adapts from round to round, as transformers with
-    /// scikit-learn).
+    /// scikit-learn). `cache`: the draft's own (an encoder-decoder draft's, with its encoder
+    /// output), else a new dynamic cache.
     pub fn new(
         assistant: &'m dyn CausalLM,
         length: DraftLength,
         assistant_confidence_threshold: f32,
+        cache: Option<Box<dyn KvCache>>,
     ) -> Self {
         Self {
-            drafter: Drafter::own(assistant),
+            drafter: Drafter::own(assistant, cache),
             length,
             confidence: ConfidenceThreshold::new(assistant_confidence_threshold, true),
         }

@@ -66,7 +66,7 @@ impl<'m> UniversalCandidateGenerator<'m> {
         options: UniversalOptions,
     ) -> Self {
         Self {
-            drafter: Drafter::own(assistant),
+            drafter: Drafter::own(assistant, None),
             target_tokenizer,
             assistant_tokenizer,
             length: options.length,

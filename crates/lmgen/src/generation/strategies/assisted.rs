@@ -17,6 +17,7 @@
 //! not stop it there; lmgen checks after each accepted token, stopping exactly where the plain loop
 //! stops. EOS and `max_length` give the same output either way.
 
+use crate::cache::{DynamicCache, EncoderDecoderCache, KvCache};
 use crate::error::{Error, Result};
 use crate::generation::candidates::universal::UniversalOptions;
 use crate::generation::candidates::{
@@ -29,6 +30,7 @@ use crate::generation::logits::Scores;
 use crate::generation::resolve::{Assisted, Draft, DraftSource};
 use crate::generation::sampler::{softmax, Sampler};
 use crate::generation::{GenerateInput, GenerateOutput, ResolvedGeneration};
+use crate::models::seq2seq::EncoderOutput;
 use crate::models::{CausalLM, LogitsToKeep};
 use crate::tokenizer::Tokenizer;
 use crate::TokenId;
@@ -41,6 +43,9 @@ pub(crate) struct Assistant<'a> {
     pub tokenizer: Option<&'a Tokenizer>,
     /// HF `assistant_tokenizer`.
     pub assistant_tokenizer: Option<&'a Tokenizer>,
+    /// An encoder-decoder draft's encoder output on the call's encoder input (HF
+    /// `assistant_encoder_outputs`), which its own cache carries.
+    pub encoder_output: Option<EncoderOutput>,
 }
 
 /// Assisted decoding of one prompt.
@@ -224,8 +229,14 @@ fn candidate_generator<'a>(
                  tokenizer (both have vocab_size {vocab}); omit it"
             )));
         }
+        let cache = assistant.encoder_output.as_ref().map(|encoder| {
+            Box::new(EncoderDecoderCache::new(
+                Box::new(DynamicCache::new()),
+                encoder.clone(),
+            )) as Box<dyn KvCache>
+        });
         return Ok(Box::new(DraftModelCandidateGenerator::new(
-            draft, length, threshold,
+            draft, length, threshold, cache,
         )));
     }
     match (assistant.tokenizer, assistant.assistant_tokenizer) {
