@@ -8,7 +8,7 @@ use lmgen::generation::streamer::TokenStreamer;
 use lmgen::generation::{
     generate_seq2seq, EncoderInputs, GenerateOptions, Scores, Seq2SeqInput, StoppingCriterion,
 };
-use lmgen::models::{CausalLM, DType, LoadOptions, Quantization};
+use lmgen::models::{AttnImplementation, CausalLM, DType, LoadOptions, Quantization};
 use lmgen::{GenerateInput, GenerateOutput, GenerationConfig, Pipeline, TokenId, Tokenizer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -78,6 +78,30 @@ fn steps_bytes<'py>(py: Python<'py>, steps: &[Scores]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &bytes)
 }
 
+/// `[steps][layers]` tensors as nested lists of `(bytes of the f32 values, shape)`.
+fn per_step_tensors<'py>(
+    py: Python<'py>,
+    steps: &[Vec<candle_core::Tensor>],
+) -> PyResult<Vec<Vec<(Bound<'py, PyBytes>, Vec<usize>)>>> {
+    steps
+        .iter()
+        .map(|layers| {
+            layers
+                .iter()
+                .map(|t| {
+                    let values: Vec<f32> = t
+                        .to_dtype(candle_core::DType::F32)
+                        .and_then(|t| t.flatten_all())
+                        .and_then(|t| t.to_vec1())
+                        .map_err(|e| to_py(lmgen::Error::from(e)))?;
+                    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Ok((PyBytes::new(py, &bytes), t.dims().to_vec()))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The Python callbacks of one `generate()` call.
 struct Callbacks {
     logits_processors: Vec<Py<PyAny>>,
@@ -89,15 +113,26 @@ struct Callbacks {
 impl NativeModel {
     /// Loads a checkpoint directory, a `.gguf` file or a model id (HF cache).
     #[new]
-    #[pyo3(signature = (path_or_id, dtype=None, device=None, quantize=None))]
+    #[pyo3(signature = (path_or_id, dtype=None, device=None, quantize=None, attn_implementation=None))]
     fn new(
         py: Python<'_>,
         path_or_id: String,
         dtype: Option<String>,
         device: Option<String>,
         quantize: Option<String>,
+        attn_implementation: Option<String>,
     ) -> PyResult<Self> {
+        let attn_implementation = match attn_implementation.as_deref() {
+            None | Some("sdpa") => AttnImplementation::Sdpa,
+            Some("eager") => AttnImplementation::Eager,
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "`attn_implementation` must be \"sdpa\" or \"eager\", got {other:?}"
+                )))
+            }
+        };
         let options = LoadOptions {
+            attn_implementation,
             dtype: match &dtype {
                 Some(d) => parse_dtype(d)?,
                 None => None,
@@ -448,6 +483,14 @@ fn output_dict<'py>(py: Python<'py>, out: &GenerateOutput) -> PyResult<Bound<'py
     if let Some(steps) = &out.logits {
         d.set_item("logits", steps_bytes(py, steps))?;
         d.set_item("logits_shape", vocab(&out.logits))?;
+    }
+    for (key, steps) in [
+        ("hidden_states", &out.hidden_states),
+        ("attentions", &out.attentions),
+    ] {
+        if let Some(steps) = steps {
+            d.set_item(key, per_step_tensors(py, steps)?)?;
+        }
     }
     d.set_item("sequences_scores", &out.sequences_scores)?;
     d.set_item("beam_indices", &out.beam_indices)?;

@@ -86,10 +86,6 @@ class LmgenModelForCausalLM:
         kind = kind_of(ids if ids is not None else input_features)
         overrides = generation_config.to_dict() if generation_config is not None else {}
         overrides.update(kwargs)
-        for name in ("output_hidden_states", "output_attentions"):
-            if overrides.get(name) and overrides.get("return_dict_in_generate"):
-                raise ValueError(f"`{name}` is not returned by lmgen's Python API yet (the Rust "
-                                 "library and the JSON-lines interface return it); set it to False")
         config_json = json.dumps(overrides, default=_jsonable)
         # Callbacks get arrays they can index like transformers' tensors: torch ones when the
         # inputs were torch tensors, else NumPy ones (also for list inputs).
@@ -130,8 +126,17 @@ class LmgenModelForCausalLM:
                 rows, vocab = out[name + "_shape"]
                 steps = np.frombuffer(out[name], dtype=np.float32).reshape(-1, rows, vocab)
                 fields[name] = tuple(convert(s.copy(), kind) for s in steps)
-        beam = out["sequences_scores"] is not None or out["beam_indices"] is not None
         encoder_decoder = self._native.is_encoder_decoder
+        # Per step, one array per layer (the decoder's for an encoder-decoder model), as
+        # transformers' tuples of tuples.
+        for name in ("hidden_states", "attentions"):
+            if name in out:
+                key = f"decoder_{name}" if encoder_decoder else name
+                fields[key] = tuple(
+                    tuple(convert(np.frombuffer(data, dtype=np.float32).reshape(shape).copy(), kind)
+                          for data, shape in step)
+                    for step in out[name])
+        beam = out["sequences_scores"] is not None or out["beam_indices"] is not None
         if not beam:
             if encoder_decoder:
                 return GenerateEncoderDecoderOutput(**fields)
@@ -228,7 +233,8 @@ class AutoModelForCausalLM:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, dtype=None, torch_dtype=None,
-                        device=None, device_map=None, quantize=None, **kwargs):
+                        device=None, device_map=None, quantize=None, attn_implementation=None,
+                        **kwargs):
         kwargs.pop("trust_remote_code", None)
         if kwargs:
             raise ValueError(f"from_pretrained() got arguments lmgen does not take: {sorted(kwargs)}")
@@ -237,7 +243,8 @@ class AutoModelForCausalLM:
             device = device_map
         device = str(device) if device is not None else "cpu"
         path = str(pretrained_model_name_or_path)
-        native = _lmgen.NativeModel(path, None if dtype is None else str(dtype), device, quantize)
+        native = _lmgen.NativeModel(path, None if dtype is None else str(dtype), device, quantize,
+                                    attn_implementation)
         return LmgenModelForCausalLM(native, path, device)
 
 
