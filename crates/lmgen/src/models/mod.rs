@@ -31,6 +31,7 @@ pub(crate) mod qwen3_next;
 pub(crate) mod registry;
 pub mod seq2seq;
 pub(crate) mod smollm3;
+pub(crate) mod whisper;
 
 use std::path::PathBuf;
 
@@ -175,6 +176,8 @@ pub enum Architecture {
     Lfm2,
     /// `gemma4_text` (HF `Gemma4ForCausalLM`).
     Gemma4,
+    /// `whisper` (HF `WhisperForConditionalGeneration`): an encoder-decoder speech model.
+    Whisper,
 }
 
 impl Architecture {

@@ -17,7 +17,7 @@ use super::layers::{LoadContext, WeightNames};
 use super::{
     decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, ministral3, mistral,
     mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next, smollm3,
-    Architecture, CausalLM,
+    whisper, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -157,6 +157,16 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Whisper,
+        model_type: "whisper",
+        parse: whisper::parse,
+        build: Build::Custom {
+            load: whisper::load,
+            tensors: whisper::tensor_specs,
         },
         gguf: None,
     },
@@ -390,13 +400,14 @@ mod tests {
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
             Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
+            Whisper,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | Whisper => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -345,7 +345,9 @@ pub fn attend_with_weights(
                 .contiguous()?
                 .to_dtype(scores.dtype())?
         }
-        None if scores.dtype() == DType::F32 => candle_nn::ops::softmax_last_dim(&scores)?,
+        None if matches!(scores.dtype(), DType::F32 | DType::F64) => {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        }
         // Softmax in f32, as transformers' eager attention does (`dtype=torch.float32`).
         None => candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
             .to_dtype(scores.dtype())?,

@@ -42,7 +42,11 @@ impl Weight {
                     Some(y) => y,
                     // f16/bf16 on the CPU: widen blocks of `w` for the f32 kernel. On a GPU
                     // cuBLAS multiplies f16/bf16 natively.
-                    None if w.dtype() != DType::F32 && w.device().is_cpu() => half_matmul(x, w)?,
+                    None if matches!(w.dtype(), DType::F16 | DType::BF16)
+                        && w.device().is_cpu() =>
+                    {
+                        half_matmul(x, w)?
+                    }
                     None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
                 }
             }
