@@ -16,6 +16,7 @@ pub mod stopping;
 pub mod strategies;
 pub mod streamer;
 pub mod structured;
+pub mod whisper;
 
 use crate::error::{Error, Result};
 use crate::models::CausalLM;
