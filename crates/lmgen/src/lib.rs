@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod allocator;
+pub mod audio;
 pub mod cache;
 pub mod chat_template;
 pub mod device;
