@@ -133,6 +133,12 @@ fn code_of(name: &str) -> Option<&'static str> {
     by_name.or_else(|| ALIASES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c))
 }
 
+/// The code and name of a language token (`"<|de|>"` -> `("de", "german")`).
+pub fn language_of_token(token: &str) -> Option<(&'static str, &'static str)> {
+    let code = token.strip_prefix("<|")?.strip_suffix("|>")?;
+    LANGUAGES.iter().find(|(c, _)| *c == code).copied()
+}
+
 /// The token id of `language` (HF `language_to_id`): a token of `lang_to_id` as it is
 /// (`"<|de|>"`), a language name (`"german"`, any case) or a code (`"de"`); errors as
 /// transformers' `ValueError`s.
@@ -179,6 +185,8 @@ mod tests {
         }
         assert_eq!(LANGUAGES.len(), 100);
         assert_eq!(code_of("castilian"), Some("es"));
+        assert_eq!(language_of_token("<|de|>"), Some(("de", "german")));
+        assert_eq!(language_of_token("de"), None);
         let err = language_to_id("xx", &ids).unwrap_err().to_string();
         assert!(
             err.contains("Unsupported language: xx") && err.contains("\"en\""),

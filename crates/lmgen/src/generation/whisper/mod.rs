@@ -111,6 +111,28 @@ pub struct WhisperOutput {
     pub init_tokens: Vec<Vec<TokenId>>,
 }
 
+/// Receives each row's segments as each window yields them (before the end of the audio).
+pub trait SegmentSink {
+    /// `segments` of row `row`, in order, none of them seen before.
+    fn push(&mut self, row: usize, segments: &[Segment]) -> Result<()>;
+}
+
+/// A sink that keeps nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSink;
+
+impl SegmentSink for NoSink {
+    fn push(&mut self, _: usize, _: &[Segment]) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(usize, &[Segment]) -> Result<()>> SegmentSink for F {
+    fn push(&mut self, row: usize, segments: &[Segment]) -> Result<()> {
+        self(row, segments)
+    }
+}
+
 /// HF `WhisperForConditionalGeneration.generate`: `input_features` `[b, n_mels, frames]` (log-mel
 /// features, padded to one window, or longer for long-form), `config` the checkpoint's
 /// generation config merged with the caller's fields, `options` the other arguments of
@@ -120,7 +142,19 @@ pub fn generate(
     input_features: &Tensor,
     whisper: &WhisperOptions,
     config: &GenerationConfig,
+    options: GenerateOptions<'_>,
+) -> Result<WhisperOutput> {
+    generate_streaming(model, input_features, whisper, config, options, &mut NoSink)
+}
+
+/// [`generate`], handing each window's new segments to `sink` as they are found.
+pub fn generate_streaming(
+    model: &dyn CausalLM,
+    input_features: &Tensor,
+    whisper: &WhisperOptions,
+    config: &GenerationConfig,
     mut options: GenerateOptions<'_>,
+    sink: &mut dyn SegmentSink,
 ) -> Result<WhisperOutput> {
     let spec = model.config().whisper.as_deref().ok_or_else(|| {
         Error::input(format!(
@@ -397,6 +431,7 @@ pub fn generate(
                 &timing,
             );
             seek[i] += offset;
+            sink.push(i, &found)?;
             segments[i].extend(found);
         }
     }
