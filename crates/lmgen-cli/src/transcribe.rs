@@ -158,7 +158,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
 
 /// HF `WhisperProcessor.get_prompt_ids`: `<|startofprev|>` then ` text`.
 fn prompt_ids(pipe: &SpeechPipeline, text: &str) -> Result<Vec<u32>> {
-    let tokenizer = &pipe.pipeline.tokenizer;
+    let tokenizer = &pipe.tokenizer;
     let prev = tokenizer
         .token_to_id("<|startofprev|>")
         .context("`--prompt` needs the `<|startofprev|>` token, which this tokenizer lacks")?;

@@ -8,7 +8,6 @@ use std::process::{Command, Output};
 use anyhow::Result;
 use lmgen::generation::whisper::{self, WhisperOptions};
 use lmgen::speech::SpeechPipeline;
-use lmgen::GenerationConfig;
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
@@ -76,10 +75,10 @@ fn transcribes_a_file_as_whisper_generate_does() -> Result<()> {
     let samples = lmgen::audio::load_audio(audio(), 6400)?;
     let features = pipe.input_features(&samples)?;
     let want = whisper::generate(
-        pipe.pipeline.model.as_ref(),
+        pipe.model.as_ref(),
         &features,
         &WhisperOptions::default(),
-        &pipe.pipeline.config_with(&GenerationConfig::default()),
+        &pipe.generation_config,
         Default::default(),
     )?;
     let want: Vec<u32> = want.segments[0]

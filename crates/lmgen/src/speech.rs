@@ -7,6 +7,9 @@
 //! `truncation=False`) and is transcribed window by window with timestamps, as Whisper's
 //! `generate()` does for long-form input.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use crate::audio::{WhisperFeatureExtractor, WhisperFeatureOptions};
@@ -15,17 +18,33 @@ use crate::generation::whisper::languages::language_of_token;
 use crate::generation::whisper::text::{decode_text, TimedText};
 use crate::generation::whisper::{self, Segment, WhisperOptions};
 use crate::generation::{GenerateOptions, GenerationConfig};
-use crate::models::LoadOptions;
+use crate::models::{CausalLM, LoadOptions};
 use crate::pipeline::Pipeline;
+use crate::tokenizer::Tokenizer;
 use crate::TokenId;
 
-/// A Whisper checkpoint with its tokenizer, generation defaults and feature extractor.
-#[derive(Debug)]
+/// A Whisper checkpoint with its tokenizer, generation defaults and feature extractor (shared:
+/// a server runs many transcriptions on one).
 pub struct SpeechPipeline {
-    /// The model, tokenizer and generation config.
-    pub pipeline: Pipeline,
+    /// The model.
+    pub model: Arc<dyn CausalLM>,
+    /// The checkpoint's tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The checkpoint's `generation_config.json`.
+    pub generation_config: GenerationConfig,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
     /// The checkpoint's `WhisperFeatureExtractor`.
     pub feature_extractor: WhisperFeatureExtractor,
+}
+
+impl std::fmt::Debug for SpeechPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechPipeline")
+            .field("dir", &self.dir)
+            .field("feature_extractor", &self.feature_extractor.config())
+            .finish()
+    }
 }
 
 /// What [`SpeechPipeline::transcribe`] returns.
@@ -48,34 +67,48 @@ pub struct Transcription {
 impl SpeechPipeline {
     /// Loads a Whisper checkpoint (directory or model id) and its `preprocessor_config.json`.
     pub fn load(id_or_dir: &str, options: &LoadOptions) -> Result<Self> {
-        let pipeline = Pipeline::load(id_or_dir, options)?;
-        Self::new(pipeline)
+        let p = Pipeline::load(id_or_dir, options)?;
+        Self::new(
+            Arc::from(p.model),
+            Arc::new(p.tokenizer),
+            p.generation_config,
+            p.dir,
+        )
     }
 
-    /// Adds the feature extractor of `pipeline`'s directory; checks that the model is Whisper
-    /// and that one window of features is what its encoder reads.
-    pub fn new(pipeline: Pipeline) -> Result<Self> {
-        let spec = pipeline.model.config().whisper.as_deref().ok_or_else(|| {
+    /// Adds the feature extractor of `dir` (its `preprocessor_config.json`) to a loaded
+    /// checkpoint; checks that the model is Whisper and that one window of features is what its
+    /// encoder reads.
+    pub fn new(
+        model: Arc<dyn CausalLM>,
+        tokenizer: Arc<Tokenizer>,
+        generation_config: GenerationConfig,
+        dir: PathBuf,
+    ) -> Result<Self> {
+        let spec = model.config().whisper.as_deref().ok_or_else(|| {
             Error::input(format!(
                 "`{}` is a `{}` model; transcription needs a Whisper checkpoint",
-                pipeline.dir.display(),
-                pipeline.model.config().architecture.model_type()
+                dir.display(),
+                model.config().architecture.model_type()
             ))
         })?;
         let frames = spec.input_frames();
-        let feature_extractor = WhisperFeatureExtractor::from_preprocessor_config(&pipeline.dir)?;
+        let feature_extractor = WhisperFeatureExtractor::from_preprocessor_config(&dir)?;
         let window = feature_extractor.config().nb_max_frames();
         if window != frames || feature_extractor.config().feature_size != spec.num_mel_bins {
             return Err(Error::input(format!(
                 "`{}`: preprocessor_config.json gives {} mel bins x {window} frames per window, but \
                  the model reads {} x {frames} (`num_mel_bins`, 2 x `max_source_positions`)",
-                pipeline.dir.display(),
+                dir.display(),
                 feature_extractor.config().feature_size,
                 spec.num_mel_bins,
             )));
         }
         Ok(Self {
-            pipeline,
+            model,
+            tokenizer,
+            generation_config,
+            dir,
             feature_extractor,
         })
     }
@@ -90,7 +123,7 @@ impl SpeechPipeline {
             WhisperFeatureOptions::default()
         };
         let features = self.feature_extractor.extract_batch(&[samples], &options)?;
-        features.input_features_tensor(self.pipeline.model.device())
+        features.input_features_tensor(self.model.device())
     }
 
     /// Transcribes (or translates) mono `samples` at the extractor's sampling rate; `on_segment`
@@ -104,9 +137,10 @@ impl SpeechPipeline {
         on_segment: &mut dyn FnMut(&TimedText) -> Result<()>,
     ) -> Result<Transcription> {
         let features = self.input_features(samples)?;
-        let config = self.pipeline.config_with(overrides);
+        let mut config = self.generation_config.clone();
+        config.update(overrides);
         let timestamp_begin = self.timestamp_begin(&config)?;
-        let tokenizer = &self.pipeline.tokenizer;
+        let tokenizer = self.tokenizer.as_ref();
         let mut sink = |_row: usize, segments: &[Segment]| -> Result<()> {
             for s in segments {
                 on_segment(&TimedText {
@@ -118,7 +152,7 @@ impl SpeechPipeline {
             Ok(())
         };
         let out = whisper::generate_streaming(
-            self.pipeline.model.as_ref(),
+            self.model.as_ref(),
             &features,
             whisper_options,
             &config,
@@ -146,9 +180,7 @@ impl SpeechPipeline {
     /// `<|0.00|>`: `no_timestamps_token_id + 1`, or past the vocabulary without it.
     fn timestamp_begin(&self, config: &GenerationConfig) -> Result<TokenId> {
         let w = whisper::WhisperGenerationConfig::from_config(config)?;
-        Ok(w.no_timestamps_token_id.map_or(
-            self.pipeline.model.config().vocab_size as TokenId + 1,
-            |t| t + 1,
-        ))
+        Ok(w.no_timestamps_token_id
+            .map_or(self.model.config().vocab_size as TokenId + 1, |t| t + 1))
     }
 }
