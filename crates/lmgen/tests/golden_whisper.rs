@@ -305,3 +305,59 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// f16 and bf16 run the whole model (the convolutions included): logits close to f32's and the
+/// same argmax mostly, on a random checkpoint of the golden config written by `init_random`
+/// (which also checks that it lists every tensor Whisper loads). The golden checkpoint is too
+/// ill-conditioned for this: transformers' own bf16 logits are 11.4 off its f32 ones (of 30).
+#[test]
+fn half_precision_stays_close_to_f32() -> anyhow::Result<()> {
+    let tensors =
+        candle_core::safetensors::load(golden().join("forward.safetensors"), &Device::Cpu)?;
+    let features = &tensors["whisper.1.input_features"];
+    let ids = tensors["whisper.1.decoder_input_ids"].to_dtype(DType::U32)?;
+    let text = std::fs::read_to_string(golden().join("models/whisper/config.json"))?;
+    let mut config: Value = serde_json::from_str(&text)?;
+    config["initializer_range"] = serde_json::json!(0.2);
+    let dir = tempfile::tempdir()?;
+    lmgen::init::init_random(&config, DType::F32, dir.path(), 7)?;
+    let checkpoint = Checkpoint::open(dir.path())?;
+    let with = |dtype| {
+        load_model(
+            &checkpoint,
+            &LoadOptions {
+                dtype: Some(dtype),
+                ..LoadOptions::default()
+            },
+        )
+    };
+    let f32_model = with(DType::F32)?;
+    let reference = decode(
+        f32_model.as_ref(),
+        encode(f32_model.as_ref(), features)?,
+        &ids,
+    )?;
+    let scale = reference.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let want: Vec<u32> = reference.argmax(2)?.flatten_all()?.to_vec1()?;
+    for (half, tol) in [(DType::F16, 0.02), (DType::BF16, 0.1)] {
+        let model = with(half)?;
+        let got = decode(model.as_ref(), encode(model.as_ref(), features)?, &ids)?;
+        let diff = max_diff(&got, &reference)?;
+        let argmax: Vec<u32> = got.argmax(2)?.flatten_all()?.to_vec1()?;
+        let agree = argmax.iter().zip(&want).filter(|(a, b)| a == b).count();
+        println!(
+            "{half:?}: max diff {diff} of {scale}, argmax {agree}/{}",
+            want.len()
+        );
+        assert!(
+            diff <= tol * scale,
+            "{half:?}: max diff {diff} of max |logit| {scale}"
+        );
+        assert!(
+            agree * 4 >= want.len() * 3,
+            "{half:?}: argmax {agree}/{}",
+            want.len()
+        );
+    }
+    Ok(())
+}
