@@ -137,6 +137,13 @@ impl SpeechPipeline {
         on_segment: &mut dyn FnMut(&TimedText) -> Result<()>,
     ) -> Result<Transcription> {
         let features = self.input_features(samples)?;
+        // Past one window Whisper's generate needs timestamps (transformers raises when they are
+        // off, as checkpoints ship `return_timestamps: false`): ask for them unless told not to.
+        let long_form = features.dim(2)? > self.feature_extractor.config().nb_max_frames();
+        let mut whisper_options = whisper_options.clone();
+        if long_form && whisper_options.return_timestamps.is_none() {
+            whisper_options.return_timestamps = Some(true);
+        }
         let mut config = self.generation_config.clone();
         config.update(overrides);
         let timestamp_begin = self.timestamp_begin(&config)?;
@@ -154,7 +161,7 @@ impl SpeechPipeline {
         let out = whisper::generate_streaming(
             self.model.as_ref(),
             &features,
-            whisper_options,
+            &whisper_options,
             &config,
             options,
             &mut sink,
