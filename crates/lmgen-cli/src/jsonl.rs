@@ -398,6 +398,7 @@ fn request_input(pipe: &Pipeline, overrides: &GenerationConfig, r: RequestInputs
     Ok(Input::Seq2Seq(Seq2SeqInput {
         encoder,
         decoder_input_ids: r.decoder_input_ids,
+        decoder_attention_mask: None,
     }))
 }
 

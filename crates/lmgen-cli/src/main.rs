@@ -8,6 +8,7 @@ mod jsonl;
 mod logits;
 mod serve;
 mod tokenize;
+mod transcribe;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a random-weight checkpoint of a given config.json (benchmarks of real shapes).
     InitRandom(init_random::InitRandomArgs),
+    /// Speech to text with a Whisper checkpoint: transcribe (or translate) an audio file,
+    /// printing each segment as it is decoded.
+    Transcribe(transcribe::TranscribeArgs),
     /// Serve the OpenAI API (completions, chat, models, health, metrics) with continuous batching.
     Serve(lmgen_server::ServeArgs),
 }
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::InitRandom(args) => init_random::run(args),
+        Command::Transcribe(args) => transcribe::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

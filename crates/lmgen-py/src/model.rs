@@ -78,11 +78,14 @@ fn steps_bytes<'py>(py: Python<'py>, steps: &[Scores]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &bytes)
 }
 
-/// `[steps][layers]` tensors as nested lists of `(bytes of the f32 values, shape)`.
+/// A tensor for Python: the bytes of its f32 values and its shape.
+type TensorBytes<'py> = (Bound<'py, PyBytes>, Vec<usize>);
+
+/// `[steps][layers]` tensors as nested lists of [`TensorBytes`].
 fn per_step_tensors<'py>(
     py: Python<'py>,
     steps: &[Vec<candle_core::Tensor>],
-) -> PyResult<Vec<Vec<(Bound<'py, PyBytes>, Vec<usize>)>>> {
+) -> PyResult<Vec<Vec<TensorBytes<'py>>>> {
     steps
         .iter()
         .map(|layers| {
@@ -243,6 +246,7 @@ impl NativeModel {
                     Some(decoder) => Input::Seq2Seq(Seq2SeqInput {
                         encoder: EncoderInputs::Ids(prompt),
                         decoder_input_ids: Some(decoder),
+                        decoder_attention_mask: None,
                     }),
                 }
             }
@@ -267,6 +271,7 @@ impl NativeModel {
                 Input::Seq2Seq(Seq2SeqInput {
                     encoder: EncoderInputs::Features(features),
                     decoder_input_ids,
+                    decoder_attention_mask: None,
                 })
             }
         };

@@ -1,7 +1,8 @@
 //! lmgen-server: an OpenAI-compatible HTTP server on lmgen's continuous batching engine.
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
-//! Messages API), `POST /v1/responses` (OpenAI's Responses API), `GET /v1/models`,
+//! Messages API), `POST /v1/responses` (OpenAI's Responses API), `POST /v1/audio/transcriptions`
+//! and `/v1/audio/translations` (a Whisper checkpoint: `routes/audio.rs`), `GET /v1/models`,
 //! `GET /v1/models/{id}`, `GET /health`, `GET /metrics`. Async only here; the engine runs on its
 //! own thread and streams each request's tokens back through a channel.
 //!
@@ -42,6 +43,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use lmgen::engine::ContinuousBatchingManager;
 use lmgen::models::CausalLM;
+use lmgen::speech::SpeechPipeline;
 use lmgen::Pipeline;
 
 pub use args::ServeArgs;
@@ -55,6 +57,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/messages", post(routes::messages::messages))
         .route("/v1/responses", post(routes::responses::responses))
+        .route(
+            "/v1/audio/transcriptions",
+            post(routes::audio::transcriptions),
+        )
+        .route("/v1/audio/translations", post(routes::audio::translations))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/health", get(routes::health::health))
@@ -77,6 +84,16 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         .with_context(|| format!("loading `{id_or_dir}`"))?;
     let model: Arc<dyn CausalLM> = Arc::from(model);
     let tokenizer = Arc::new(tokenizer);
+    // A Whisper checkpoint answers the audio routes; the engine then holds a single KV block.
+    let speech = match model.config().whisper {
+        Some(_) => Some(Arc::new(SpeechPipeline::new(
+            model.clone(),
+            tokenizer.clone(),
+            generation_config.clone(),
+            dir.clone(),
+        )?)),
+        None => None,
+    };
     tracing::info!(
         dir = %dir.display(),
         dtype = ?model.dtype(),
@@ -85,7 +102,14 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         attn_implementation = ?options.attn_implementation,
         "model loaded"
     );
-    let engine = args.engine_config(model.config(), model.dtype())?;
+    let engine = match speech {
+        Some(_) => ServeArgs {
+            kv_cache_tokens: Some(args.block_size),
+            ..args.clone()
+        }
+        .engine_config(model.config(), model.dtype())?,
+        None => args.engine_config(model.config(), model.dtype())?,
+    };
     tracing::info!(
         blocks = engine.cache.num_blocks,
         block_size = engine.cache.block_size,
@@ -117,6 +141,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         shutting_down: Default::default(),
         metrics: metrics::Metrics::new(),
         structured: Default::default(),
+        speech,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use lmgen::engine::ContinuousBatchingManager;
 use lmgen::generation::structured::StructuredOutput;
+use lmgen::speech::SpeechPipeline;
 use lmgen::{GenerationConfig, Tokenizer};
 
 use crate::error::ApiError;
@@ -43,6 +44,9 @@ pub struct AppState {
     /// The grammar compiler of `response_format`, built on its first use (it indexes the
     /// vocabulary once); the error when this tokenizer cannot have one.
     pub structured: OnceLock<Result<StructuredOutput, String>>,
+    /// A speech-to-text checkpoint (Whisper), served by `/v1/audio/transcriptions` and
+    /// `/v1/audio/translations` instead of the text routes.
+    pub speech: Option<Arc<SpeechPipeline>>,
 }
 
 impl AppState {
@@ -68,6 +72,23 @@ impl AppState {
         } else {
             Err(ApiError::model_not_found(model))
         }
+    }
+
+    /// [`Self::check_model`], and 400 when the served model is a speech-to-text one (the text
+    /// routes cannot run it).
+    pub fn check_text_model(&self, model: &str) -> Result<(), ApiError> {
+        self.check_model(model)?;
+        if self.speech.is_some() {
+            return Err(ApiError::invalid(
+                "model",
+                format!(
+                    "`{}` is a speech-to-text model: use /v1/audio/transcriptions or \
+                     /v1/audio/translations",
+                    self.model_id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Takes `n` places in flight, or answers 503 (shutting down) / 429 (full).

@@ -36,6 +36,7 @@ pub mod init;
 pub mod load;
 pub mod models;
 pub mod pipeline;
+pub mod speech;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -257,6 +257,7 @@ fn generate_cases_match_transformers() -> anyhow::Result<()> {
                 Some(ids) => Some(serde_json::from_value(ids.clone())?),
                 None => None,
             },
+            decoder_attention_mask: None,
         };
         let run = |model: &dyn CausalLM| {
             let options = GenerateOptions {

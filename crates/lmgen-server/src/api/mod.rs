@@ -6,6 +6,7 @@
 //! `validate.rs`.
 
 pub mod anthropic;
+pub mod audio;
 pub mod response;
 pub mod responses;
 

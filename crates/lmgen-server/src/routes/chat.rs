@@ -36,7 +36,7 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let body = super::body(body)?;
     let req: ChatCompletionRequest = parse(&body)?;
-    state.check_model(&req.model)?;
+    state.check_text_model(&req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",

@@ -31,7 +31,7 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let body = super::body(body)?;
     let req: CompletionRequest = parse(&body)?;
-    state.check_model(&req.model)?;
+    state.check_text_model(&req.model)?;
     if req.echo == Some(true) {
         return Err(ApiError::invalid("echo", "`echo` is not supported"));
     }

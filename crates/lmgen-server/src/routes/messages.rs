@@ -47,7 +47,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: MessagesRequest = super::parsed(body)?;
-    state.check_model(&req.model)?;
+    state.check_text_model(&req.model)?;
     let tools = tools(&req)?;
     if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")) {
         if kind != "disabled" {

@@ -1,5 +1,6 @@
 //! The HTTP routes, one file per endpoint family.
 
+pub mod audio;
 pub mod chat;
 pub mod completions;
 pub mod health;

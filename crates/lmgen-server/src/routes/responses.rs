@@ -45,7 +45,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ResponsesRequest = super::parsed(body)?;
-    state.check_model(&req.model)?;
+    state.check_text_model(&req.model)?;
     let stateless = "lmgen keeps no state between requests";
     if req.store == Some(true) {
         return Err(ApiError::invalid(

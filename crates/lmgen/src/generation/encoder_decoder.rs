@@ -42,6 +42,9 @@ pub struct Seq2SeqInput {
     /// another token gets the start token prepended, as transformers does (except for models that
     /// take the prompt as given: Whisper).
     pub decoder_input_ids: Option<Vec<Vec<TokenId>>>,
+    /// `[b][t]` padding of `decoder_input_ids` (HF `decoder_attention_mask`: 1 = real token,
+    /// 0 = padding, e.g. Whisper's left-padded earlier text); `None`: nothing is padded.
+    pub decoder_attention_mask: Option<Vec<Vec<u8>>>,
 }
 
 impl Seq2SeqInput {
@@ -50,6 +53,7 @@ impl Seq2SeqInput {
         Self {
             encoder: EncoderInputs::Ids(input),
             decoder_input_ids: None,
+            decoder_attention_mask: None,
         }
     }
 
@@ -58,6 +62,7 @@ impl Seq2SeqInput {
         Self {
             encoder: EncoderInputs::Features(input_features),
             decoder_input_ids: None,
+            decoder_attention_mask: None,
         }
     }
 }
@@ -110,13 +115,27 @@ pub fn generate_seq2seq(
         }
     };
     let start = decoder_start_token_ids(config, batch)?;
+    let input_ids = decoder_input_ids(
+        input.decoder_input_ids.as_deref(),
+        &start,
+        encoder.prepends_decoder_start(),
+    )?;
+    let prepended = input
+        .decoder_input_ids
+        .as_ref()
+        .and_then(|rows| rows.first())
+        .is_some_and(|row| input_ids.first().is_some_and(|r| r.len() > row.len()));
+    let attention_mask = input.decoder_attention_mask.as_ref().map(|rows| {
+        rows.iter()
+            .map(|r| {
+                let start = prepended.then_some(1u8);
+                start.into_iter().chain(r.iter().copied()).collect()
+            })
+            .collect()
+    });
     let decoder = GenerateInput {
-        input_ids: decoder_input_ids(
-            input.decoder_input_ids.as_deref(),
-            &start,
-            encoder.prepends_decoder_start(),
-        )?,
-        attention_mask: None,
+        input_ids,
+        attention_mask,
     };
     let (_, decoder_len) = decoder.validate(vocab_size).map_err(|e| match e {
         Error::Input { message, .. } => Error::input(format!("`decoder_input_ids`: {message}")),

@@ -17,6 +17,7 @@ pub mod strategies;
 pub mod streamer;
 pub mod structured;
 mod token_healing;
+pub mod whisper;
 
 use crate::error::{Error, Result};
 use crate::models::CausalLM;

@@ -73,6 +73,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         short_conv: None,
         weight_renames: &[],
         gemma4: None,
+        whisper: None,
         architecture: Architecture::Gpt2,
         vocab_size: c.vocab_size,
         hidden_size,

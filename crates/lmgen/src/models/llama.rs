@@ -185,6 +185,7 @@ impl Config {
             short_conv: None,
             weight_renames: &[],
             gemma4: None,
+            whisper: None,
         })
     }
 }

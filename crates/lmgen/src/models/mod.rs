@@ -34,6 +34,7 @@ pub(crate) mod registry;
 pub mod seq2seq;
 pub(crate) mod smollm3;
 pub(crate) mod t5;
+pub(crate) mod whisper;
 
 use std::path::PathBuf;
 
@@ -188,6 +189,8 @@ pub enum Architecture {
     MBart,
     /// `marian` (HF `MarianMTModel`), an encoder-decoder model.
     Marian,
+    /// `whisper` (HF `WhisperForConditionalGeneration`): an encoder-decoder speech model.
+    Whisper,
 }
 
 impl Architecture {

@@ -17,7 +17,7 @@ use super::layers::{LoadContext, WeightNames};
 use super::{
     bart, decoder, gemma2, gemma3, gemma4, gpt2, gpt_oss, granite, lfm2, llama, marian, ministral3,
     mistral, mixtral, olmo2, phi3, qwen2, qwen3, qwen3_5, qwen3_5_moe, qwen3_moe, qwen3_next,
-    smollm3, t5, Architecture, CausalLM,
+    smollm3, t5, whisper, Architecture, CausalLM,
 };
 use crate::error::{Error, Result};
 use crate::init::TensorSpec;
@@ -210,6 +210,16 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: marian::load,
             tensors: marian::tensor_specs,
+        },
+        gguf: None,
+    },
+    Entry {
+        architecture: Architecture::Whisper,
+        model_type: "whisper",
+        parse: whisper::parse,
+        build: Build::Custom {
+            load: whisper::load,
+            tensors: whisper::tensor_specs,
         },
         gguf: None,
     },
@@ -443,14 +453,15 @@ mod tests {
         let all = [
             Gpt2, Llama, Mistral, Qwen2, Gemma2, Qwen3, Gemma3, Phi3, SmolLM3, Olmo2, Granite,
             Ministral3, Qwen3Moe, Mixtral, GptOss, Qwen3_5, Qwen3_5Moe, Qwen3Next, Lfm2, Gemma4,
-            T5, Mt5, Bart, MBart, Marian,
+            T5, Mt5, Bart, MBart, Marian, Whisper,
         ];
         for a in all {
             // Exhaustive: a new variant does not compile until it is listed above.
             match a {
                 Gpt2 | Llama | Mistral | Qwen2 | Gemma2 | Qwen3 | Gemma3 | Phi3 | SmolLM3
                 | Olmo2 | Granite | Ministral3 | Qwen3Moe | Mixtral | GptOss | Qwen3_5
-                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | T5 | Mt5 | Bart | MBart | Marian => {}
+                | Qwen3_5Moe | Qwen3Next | Lfm2 | Gemma4 | T5 | Mt5 | Bart | MBart | Marian
+                | Whisper => {}
             }
             let rows = ARCHITECTURES.iter().filter(|e| e.architecture == a).count();
             assert_eq!(rows, 1, "{a:?}");

@@ -140,5 +140,6 @@ pub(crate) fn decoder_config(shape: DecoderShape) -> ModelConfig {
         short_conv: None,
         weight_renames: &[],
         gemma4: None,
+        whisper: None,
     }
 }

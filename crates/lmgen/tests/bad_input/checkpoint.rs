@@ -50,7 +50,7 @@ fn config_json_bad_fields_name_the_field() -> Result<()> {
             "config.json",
             "supported: gpt2, llama, mistral, qwen2, gemma2, qwen3, gemma3_text, phi3, smollm3, \
              olmo2, granite, ministral3, qwen3_moe, mixtral, gpt_oss, qwen3_5_text, \
-             qwen3_5_moe_text, qwen3_next, lfm2, gemma4_text, t5, mt5, bart, mbart, marian, gemma3, qwen3_5, qwen3_5_moe, \
+             qwen3_5_moe_text, qwen3_next, lfm2, gemma4_text, t5, mt5, bart, mbart, marian, whisper, gemma3, qwen3_5, qwen3_5_moe, \
              gemma4, mistral3",
         ],
     );

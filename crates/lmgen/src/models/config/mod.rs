@@ -19,6 +19,7 @@ use super::Architecture;
 use crate::error::{Error, Result};
 
 pub use super::gemma4::{Gemma4Spec, LayerSpec, MoeSpec, PerLayerInput};
+pub use super::whisper::WhisperSpec;
 pub use moe::{MoeConfig, MoeLayout};
 pub use recurrent::{LinearAttentionConfig, LinearAttentionLayout, ShortConvConfig};
 pub use rope::{RopeConfig, RopeScaling};
@@ -243,6 +244,8 @@ pub struct ModelConfig {
     /// Gemma 4's per-layer attention shapes, per-layer input embeddings, shared KV layers and
     /// MoE blocks (`None` for every other architecture), read by `models/gemma4.rs`.
     pub gemma4: Option<Box<Gemma4Spec>>,
+    /// Whisper's encoder (`None` for every other architecture), read by `models/whisper/`.
+    pub whisper: Option<Box<WhisperSpec>>,
 }
 
 impl ModelConfig {

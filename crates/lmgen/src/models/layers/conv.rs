@@ -1,6 +1,7 @@
-//! A causal depthwise convolution over time that continues from a state (HF `causal_conv1d_fn` /
-//! `causal_conv1d_update`: `nn.Conv1d(groups=channels, padding=kernel - 1)` cut to the input
-//! length, the cache holding the last inputs).
+//! Convolutions over time: a causal depthwise convolution that continues from a state (HF
+//! `causal_conv1d_fn` / `causal_conv1d_update`: `nn.Conv1d(groups=channels, padding=kernel - 1)`
+//! cut to the input length, the cache holding the last inputs), and a plain `nn.Conv1d` over a
+//! whole input (Whisper's audio stem).
 
 use candle_core::{DType, Tensor};
 
@@ -70,6 +71,50 @@ impl CausalConv1d {
     }
 }
 
+/// `nn.Conv1d(in, out, kernel, stride, padding)` with a bias: `[b, in, t] -> [b, out, t']`,
+/// `t' = (t + 2 padding - kernel) / stride + 1`.
+#[derive(Debug, Clone)]
+pub struct Conv1d {
+    /// `[out, in, kernel]`.
+    weight: Tensor,
+    /// `[1, out, 1]`.
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv1d {
+    /// Loads `{prefix}.weight` `[out, in, kernel]` and `{prefix}.bias` `[out]`.
+    pub fn load(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (in_channels, out_channels, kernel): (usize, usize, usize),
+        (stride, padding): (usize, usize),
+    ) -> Result<Self> {
+        let weight = ctx.tensor(
+            &format!("{prefix}.weight"),
+            &[out_channels, in_channels, kernel],
+        )?;
+        let bias = ctx
+            .tensor(&format!("{prefix}.bias"), &[out_channels])?
+            .reshape((1, out_channels, 1))?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// `[b, in, t] -> [b, out, t']`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x
+            .contiguous()?
+            .conv1d(&self.weight, self.padding, self.stride, 1, 1)?;
+        Ok(y.broadcast_add(&self.bias)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +158,27 @@ mod tests {
             s.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             state.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
+    }
+
+    /// Stride 2 with padding 1: `y[i] = sum_j w[j] x[2 i + j - 1] + b`, zeros outside the input.
+    #[test]
+    fn strided_padded_convolution() {
+        let dev = Device::Cpu;
+        let conv = Conv1d {
+            weight: Tensor::new(&[[[1f32, 2., 3.]]], &dev).unwrap(), // [1, 1, 3]
+            bias: Tensor::new(&[[[0.5f32]]], &dev).unwrap(),
+            stride: 2,
+            padding: 1,
+        };
+        let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &dev).unwrap(); // [1, 1, 4]
+        let y: Vec<f32> = conv
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // i = 0: 0*1 + 1*2 + 2*3; i = 1: 2*1 + 3*2 + 4*3
+        assert_eq!(y, vec![8.5, 20.5]);
     }
 }

@@ -90,6 +90,9 @@ pub struct Seq2SeqAttention {
     head_dim: usize,
     /// The multiplier on `q k^T`: `head_dim^-0.5`, or 1 for T5 (whose initialisation folds it in).
     scale: f64,
+    /// Multiply the projected queries by `scale` before `q k^T` rather than the scores after it
+    /// (see [`Seq2SeqAttention::scaling_queries`]).
+    scale_queries: bool,
     /// The decoder layer, for the cache (self-attention keys and values, cross-attention's).
     layer_idx: usize,
 }
@@ -119,8 +122,28 @@ impl Seq2SeqAttention {
             num_heads,
             head_dim,
             scale,
+            scale_queries: false,
             layer_idx,
         })
+    }
+
+    /// Scales the projected queries, `(q_proj(x) * scale) k^T`, as `WhisperAttention` does "to
+    /// follow the original implementation" (the rounding differs from scaling the scores).
+    pub fn scaling_queries(mut self) -> Self {
+        self.scale_queries = true;
+        self
+    }
+
+    /// The queries `[b, heads, t, d]`, scaled here when [`Self::scaling_queries`].
+    fn queries(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.scale_queries {
+            return self.heads(&self.q, x);
+        }
+        let (b, t, _) = x.dims3()?;
+        Ok((self.q.forward(x)? * self.scale)?
+            .reshape((b, t, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// `[b, t, hidden] -> [b, heads, t, d]` through `proj`.
@@ -144,7 +167,7 @@ impl Seq2SeqAttention {
 
     fn scores(&self) -> Scores<'static> {
         Scores {
-            scale: self.scale,
+            scale: if self.scale_queries { 1.0 } else { self.scale },
             softcap: None,
             sinks: None,
         }
@@ -153,7 +176,7 @@ impl Seq2SeqAttention {
     /// The encoder's self-attention: every position sees every real one. `mask` is the additive
     /// padding mask (and bias) `[b or 1, 1 or heads, 1 or t, t]`.
     pub fn forward_encoder(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.heads(&self.q, x)?;
+        let q = self.queries(x)?;
         let k = self.heads(&self.k, x)?;
         let v = self.heads(&self.v, x)?;
         self.output(&attend(&q, &k, &v, mask, self.scores())?)
@@ -167,7 +190,7 @@ impl Seq2SeqAttention {
         mask: Option<&Tensor>,
         cache: &mut dyn KvCache,
     ) -> Result<Tensor> {
-        let q = self.heads(&self.q, x)?;
+        let q = self.queries(x)?;
         let k = self.heads(&self.k, x)?;
         let v = self.heads(&self.v, x)?;
         let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, heads, past + t, d]
@@ -183,7 +206,7 @@ impl Seq2SeqAttention {
         mask: Option<&Tensor>,
         cross: &mut CrossAttention,
     ) -> Result<Tensor> {
-        let q = self.heads(&self.q, x)?;
+        let q = self.queries(x)?;
         let (k, v) = cross.kv(self.layer_idx, |encoder| {
             Ok((self.heads(&self.k, encoder)?, self.heads(&self.v, encoder)?))
         })?;

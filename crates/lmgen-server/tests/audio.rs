@@ -1,0 +1,287 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations` on the golden tiny Whisper
+//! checkpoint (random weights: the words are noise, the route is what is checked): the answer is
+//! what `SpeechPipeline::transcribe` gives for the same file and settings, in each
+//! `response_format`; bad forms are 400s naming the field; the text routes refuse the model.
+//! One in-process server, driven with `tower::ServiceExt::oneshot`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use clap::Parser;
+use lmgen::generation::whisper::WhisperOptions;
+use lmgen::speech::SpeechPipeline;
+use lmgen::GenerationConfig;
+use lmgen_server::api::audio::{render, ResponseFormat};
+use lmgen_server::ServeArgs;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
+const BOUNDARY: &str = "lmgen-test-boundary";
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The golden Whisper checkpoint with a `preprocessor_config.json` whose window is the 40 frames
+/// its encoder reads (1 s at 6400 Hz, hop 160), in a directory kept for the whole run.
+fn checkpoint() -> &'static PathBuf {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("whisper");
+        std::fs::create_dir_all(&dst).unwrap();
+        let src = Path::new(FIXTURES).join("golden-seq2seq/models/whisper");
+        for entry in std::fs::read_dir(src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+        std::fs::write(
+            dst.join("preprocessor_config.json"),
+            r#"{"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80,
+                "sampling_rate": 6400, "hop_length": 160, "chunk_length": 1, "n_fft": 400}"#,
+        )
+        .unwrap();
+        (tmp, dst)
+    })
+    .1
+}
+
+fn server() -> &'static (tokio::runtime::Runtime, Router) {
+    static SERVER: OnceLock<(tokio::runtime::Runtime, Router)> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let argv = [
+            "serve",
+            "--model",
+            checkpoint().to_str().unwrap(),
+            "--served-model-name",
+            "tiny-whisper",
+        ];
+        let args = Cli::try_parse_from(argv).unwrap().serve;
+        let state = lmgen_server::start(&args).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        (runtime, lmgen_server::router(state, 1 << 22))
+    })
+}
+
+fn audio_path() -> PathBuf {
+    Path::new(FIXTURES).join("whisper_features/stereo_s16_22050.wav")
+}
+
+/// A multipart body of text `fields` and, when given, the audio file.
+fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some((name, bytes)) = file {
+        body.extend(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// POSTs a form: the status, the content type and the body.
+fn post(path: &str, body: Vec<u8>) -> (StatusCode, String, String) {
+    let (runtime, router) = server();
+    let request = Request::post(path)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from(body))
+        .unwrap();
+    runtime.block_on(async {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, kind, String::from_utf8_lossy(&bytes).into_owned())
+    })
+}
+
+/// The library's answer for the audio file with `whisper` settings.
+fn expected(whisper: &WhisperOptions, task: &str, format: ResponseFormat) -> String {
+    let pipe = SpeechPipeline::load(checkpoint().to_str().unwrap(), &Default::default()).unwrap();
+    let samples = lmgen::audio::load_audio(audio_path(), 6400).unwrap();
+    let t = pipe
+        .transcribe(
+            &samples,
+            whisper,
+            &GenerationConfig::default(),
+            Default::default(),
+            &mut |_| Ok(()),
+        )
+        .unwrap();
+    render(&t, task, format)
+}
+
+#[test]
+fn each_format_answers_what_the_library_transcribes() {
+    let audio = std::fs::read(audio_path()).unwrap();
+    let file = Some(("speech.wav", audio.as_slice()));
+    let plain = WhisperOptions {
+        task: Some("transcribe".into()),
+        ..WhisperOptions::default()
+    };
+    let timed = WhisperOptions {
+        return_timestamps: Some(true),
+        ..plain.clone()
+    };
+    for (name, format, options, kind) in [
+        ("json", ResponseFormat::Json, &plain, "application/json"),
+        (
+            "text",
+            ResponseFormat::Text,
+            &plain,
+            "text/plain; charset=utf-8",
+        ),
+        (
+            "verbose_json",
+            ResponseFormat::VerboseJson,
+            &timed,
+            "application/json",
+        ),
+        (
+            "srt",
+            ResponseFormat::Srt,
+            &timed,
+            "text/plain; charset=utf-8",
+        ),
+        (
+            "vtt",
+            ResponseFormat::Vtt,
+            &timed,
+            "text/vtt; charset=utf-8",
+        ),
+    ] {
+        let body = form(
+            &[("model", "tiny-whisper"), ("response_format", name)],
+            file,
+        );
+        let (status, content_type, text) = post("/v1/audio/transcriptions", body);
+        assert_eq!(status, StatusCode::OK, "{name}: {text}");
+        assert_eq!(content_type, kind, "{name}");
+        assert_eq!(text, expected(options, "transcribe", format), "{name}");
+    }
+    let body = form(
+        &[
+            ("model", "tiny-whisper"),
+            ("response_format", "verbose_json"),
+        ],
+        file,
+    );
+    let (status, _, text) = post("/v1/audio/translations", body);
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let translate = WhisperOptions {
+        task: Some("translate".into()),
+        return_timestamps: Some(true),
+        ..WhisperOptions::default()
+    };
+    let want = expected(&translate, "translate", ResponseFormat::VerboseJson);
+    assert_eq!(text, want);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["task"], "translate");
+}
+
+#[test]
+fn bad_forms_are_answered_naming_the_field() {
+    let audio = std::fs::read(audio_path()).unwrap();
+    let file = Some(("speech.wav", audio.as_slice()));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (form(&[("model", "tiny-whisper")], None), "file"),
+        (form(&[], file), "model"),
+        (
+            form(
+                &[("model", "tiny-whisper"), ("response_format", "xml")],
+                file,
+            ),
+            "response_format",
+        ),
+        (
+            form(&[("model", "tiny-whisper"), ("language", "klingon")], file),
+            "language",
+        ),
+        (
+            form(&[("model", "tiny-whisper"), ("temperature", "2")], file),
+            "temperature",
+        ),
+        (
+            form(
+                &[
+                    ("model", "tiny-whisper"),
+                    ("timestamp_granularities[]", "word"),
+                ],
+                file,
+            ),
+            "timestamp_granularities[]",
+        ),
+    ];
+    for (body, param) in cases {
+        let (status, _, text) = post("/v1/audio/transcriptions", body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{param}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["param"], param, "{text}");
+    }
+    let (status, _, text) = post(
+        "/v1/audio/transcriptions",
+        form(&[("model", "other")], file),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    let not_audio = form(&[("model", "tiny-whisper")], Some(("notes.txt", b"hello")));
+    let (status, _, text) = post("/v1/audio/transcriptions", not_audio);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("notes.txt"), "{text}");
+}
+
+#[test]
+fn text_routes_refuse_a_speech_model() {
+    let (runtime, router) = server();
+    let body = json!({"model": "tiny-whisper", "messages": [{"role": "user", "content": "hi"}]});
+    let request = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, v) = runtime.block_on(async {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    });
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["param"], "model");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/audio/transcriptions"));
+}
