@@ -5,22 +5,21 @@
 //! One in-process server, driven with `tower::ServiceExt::oneshot`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use clap::Parser;
+use common::audio_path;
 use lmgen::generation::whisper::WhisperOptions;
-use lmgen::speech::SpeechPipeline;
-use lmgen::GenerationConfig;
-use lmgen_server::api::audio::{render, ResponseFormat};
+use lmgen_server::api::audio::ResponseFormat;
 use lmgen_server::ServeArgs;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../lmgen/tests/fixtures");
 const BOUNDARY: &str = "lmgen-test-boundary";
 
 #[derive(Debug, Parser)]
@@ -29,37 +28,13 @@ struct Cli {
     serve: ServeArgs,
 }
 
-/// The golden Whisper checkpoint with a `preprocessor_config.json` whose window is the 40 frames
-/// its encoder reads (1 s at 6400 Hz, hop 160), in a directory kept for the whole run.
-fn checkpoint() -> &'static PathBuf {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dst = tmp.path().join("whisper");
-        std::fs::create_dir_all(&dst).unwrap();
-        let src = Path::new(FIXTURES).join("golden-seq2seq/models/whisper");
-        for entry in std::fs::read_dir(src).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        }
-        std::fs::write(
-            dst.join("preprocessor_config.json"),
-            r#"{"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80,
-                "sampling_rate": 6400, "hop_length": 160, "chunk_length": 1, "n_fft": 400}"#,
-        )
-        .unwrap();
-        (tmp, dst)
-    })
-    .1
-}
-
 fn server() -> &'static (tokio::runtime::Runtime, Router) {
     static SERVER: OnceLock<(tokio::runtime::Runtime, Router)> = OnceLock::new();
     SERVER.get_or_init(|| {
         let argv = [
             "serve",
             "--model",
-            checkpoint().to_str().unwrap(),
+            common::whisper_checkpoint().to_str().unwrap(),
             "--served-model-name",
             "tiny-whisper",
         ];
@@ -72,10 +47,6 @@ fn server() -> &'static (tokio::runtime::Runtime, Router) {
             .unwrap();
         (runtime, lmgen_server::router(state, 1 << 22))
     })
-}
-
-fn audio_path() -> PathBuf {
-    Path::new(FIXTURES).join("whisper_features/stereo_s16_22050.wav")
 }
 
 /// A multipart body of text `fields` and, when given, the audio file.
@@ -128,20 +99,8 @@ fn post(path: &str, body: Vec<u8>) -> (StatusCode, String, String) {
     })
 }
 
-/// The library's answer for the audio file with `whisper` settings.
 fn expected(whisper: &WhisperOptions, task: &str, format: ResponseFormat) -> String {
-    let pipe = SpeechPipeline::load(checkpoint().to_str().unwrap(), &Default::default()).unwrap();
-    let samples = lmgen::audio::load_audio(audio_path(), 6400).unwrap();
-    let t = pipe
-        .transcribe(
-            &samples,
-            whisper,
-            &GenerationConfig::default(),
-            Default::default(),
-            &mut |_| Ok(()),
-        )
-        .unwrap();
-    render(&t, task, format)
+    common::expected_transcription(whisper, task, format)
 }
 
 #[test]

@@ -6,7 +6,7 @@ LMGEN_BASE_URL (main server), LMGEN_MODEL (served model name), LMGEN_EXPECTED (a
 greedy completions computed with lmgen's static generate()), and per mode LMGEN_SMALL_URL (a
 server with one running and one queued place), LMGEN_SERVER_PID (for the SIGTERM test).
 
-Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency|tools
+Usage: python openai_client.py functional|shutdown|shutdown_timeout|concurrency|tools|audio
 """
 
 import asyncio
@@ -966,6 +966,32 @@ def tools():
         print("ok", test.__name__, flush=True)
 
 
+def audio():
+    """Transcriptions and translations with multipart uploads, as the library answers them."""
+    c = client()
+    path = EXPECTED["audio"]
+
+    def upload(create, **kw):
+        with open(path, "rb") as f:
+            return create(model=MODEL, file=f, **kw)
+
+    r = upload(c.audio.transcriptions.create, response_format="json")
+    assert r.text == json.loads(EXPECTED["json"])["text"], (r, EXPECTED["json"])
+    t = upload(c.audio.transcriptions.create, response_format="text")
+    assert t == EXPECTED["text"], (t, EXPECTED["text"])
+    want = json.loads(EXPECTED["verbose_json"])
+    v = upload(c.audio.transcriptions.create, response_format="verbose_json")
+    assert v.text == want["text"] and v.language == want["language"], (v, want)
+    assert [(s.start, s.end, s.text) for s in v.segments] == [
+        (s["start"], s["end"], s["text"]) for s in want["segments"]], (v.segments, want["segments"])
+    want = json.loads(EXPECTED["translation"])
+    tr = upload(c.audio.translations.create, response_format="verbose_json")
+    assert tr.text == want["text"], (tr, want)
+    expect_error(400, lambda: upload(c.audio.transcriptions.create, response_format="mp3"),
+                 param="response_format")
+    print("ok audio", flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "functional":
@@ -978,5 +1004,7 @@ if __name__ == "__main__":
         tools()
     elif mode == "concurrency":
         asyncio.run(concurrency())
+    elif mode == "audio":
+        audio()
     else:
         raise SystemExit(f"unknown mode {mode}")

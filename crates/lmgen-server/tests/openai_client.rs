@@ -11,6 +11,8 @@
 //! target/openai-venv/bin/pip install openai==3.54.0 anthropic==2.16.0`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -389,6 +391,44 @@ fn sixty_four_streaming_clients_a_quarter_disconnecting() {
         "64",
     ]);
     run_python("concurrency", &[("LMGEN_BASE_URL", server.url.clone())]);
+    server.assert_no_panic();
+}
+
+/// `client.audio.transcriptions.create` and `translations.create` (multipart upload) against a
+/// Whisper checkpoint: the text, segments and language the library gives for the same file.
+#[test]
+fn openai_client_transcribes_and_translates_audio() {
+    if python().is_none() {
+        return;
+    }
+    use lmgen::generation::whisper::WhisperOptions;
+    use lmgen_server::api::audio::ResponseFormat;
+    let server = Server::start_on(common::whisper_checkpoint(), &[]);
+    let plain = WhisperOptions {
+        task: Some("transcribe".into()),
+        ..WhisperOptions::default()
+    };
+    let timed = WhisperOptions {
+        return_timestamps: Some(true),
+        ..plain.clone()
+    };
+    let translate = WhisperOptions {
+        task: Some("translate".into()),
+        return_timestamps: Some(true),
+        ..WhisperOptions::default()
+    };
+    let expected = json!({
+        "audio": common::audio_path(),
+        "json": common::expected_transcription(&plain, "transcribe", ResponseFormat::Json),
+        "text": common::expected_transcription(&plain, "transcribe", ResponseFormat::Text),
+        "verbose_json": common::expected_transcription(&timed, "transcribe", ResponseFormat::VerboseJson),
+        "translation": common::expected_transcription(&translate, "translate", ResponseFormat::VerboseJson),
+    });
+    run_python_with(
+        "audio",
+        &[("LMGEN_BASE_URL", server.url.clone())],
+        &expected,
+    );
     server.assert_no_panic();
 }
 
