@@ -9,43 +9,26 @@ mod common;
 
 use std::sync::OnceLock;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use axum::Router;
-use clap::Parser;
+use axum::http::StatusCode;
 use common::audio_path;
 use lmgen::generation::whisper::WhisperOptions;
 use lmgen_server::api::audio::ResponseFormat;
-use lmgen_server::ServeArgs;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const BOUNDARY: &str = "lmgen-test-boundary";
 
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-fn server() -> &'static (tokio::runtime::Runtime, Router) {
-    static SERVER: OnceLock<(tokio::runtime::Runtime, Router)> = OnceLock::new();
+fn server() -> &'static common::InProcess {
+    static SERVER: OnceLock<common::InProcess> = OnceLock::new();
     SERVER.get_or_init(|| {
+        let model = common::whisper_checkpoint().to_str().unwrap();
         let argv = [
             "serve",
             "--model",
-            common::whisper_checkpoint().to_str().unwrap(),
+            model,
             "--served-model-name",
             "tiny-whisper",
         ];
-        let args = Cli::try_parse_from(argv).unwrap().serve;
-        let state = lmgen_server::start(&args).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        (runtime, lmgen_server::router(state, 1 << 22))
+        common::InProcess::start(&argv, 1 << 22)
     })
 }
 
@@ -76,27 +59,8 @@ fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
 
 /// POSTs a form: the status, the content type and the body.
 fn post(path: &str, body: Vec<u8>) -> (StatusCode, String, String) {
-    let (runtime, router) = server();
-    let request = Request::post(path)
-        .header(
-            header::CONTENT_TYPE,
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(Body::from(body))
-        .unwrap();
-    runtime.block_on(async {
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let kind = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, kind, String::from_utf8_lossy(&bytes).into_owned())
-    })
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    server().post(path, &content_type, body)
 }
 
 fn expected(whisper: &WhisperOptions, task: &str, format: ResponseFormat) -> String {
@@ -223,20 +187,13 @@ fn bad_forms_are_answered_naming_the_field() {
 
 #[test]
 fn text_routes_refuse_a_speech_model() {
-    let (runtime, router) = server();
     let body = json!({"model": "tiny-whisper", "messages": [{"role": "user", "content": "hi"}]});
-    let request = Request::post("/v1/chat/completions")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let (status, v) = runtime.block_on(async {
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
-    });
+    let (status, _, text) = server().post(
+        "/v1/chat/completions",
+        "application/json",
+        body.to_string().into_bytes(),
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(v["error"]["param"], "model");
     assert!(v["error"]["message"]

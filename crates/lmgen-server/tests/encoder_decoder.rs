@@ -5,29 +5,20 @@
 //! One in-process server over the golden tiny T5, driven with `tower::ServiceExt::oneshot`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use axum::Router;
-use clap::Parser;
-use lmgen_server::ServeArgs;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
 
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../lmgen/tests/fixtures/golden-seq2seq")
 }
 
-fn server() -> &'static (tokio::runtime::Runtime, Router) {
-    static SERVER: OnceLock<(tokio::runtime::Runtime, Router)> = OnceLock::new();
+fn server() -> &'static common::InProcess {
+    static SERVER: OnceLock<common::InProcess> = OnceLock::new();
     SERVER.get_or_init(|| {
         let model = golden().join("models/t5");
         let argv = [
@@ -37,32 +28,14 @@ fn server() -> &'static (tokio::runtime::Runtime, Router) {
             "--served-model-name",
             "t5",
         ];
-        let args = Cli::try_parse_from(argv).unwrap().serve;
-        let state = lmgen_server::start(&args).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        (runtime, lmgen_server::router(state, 1 << 20))
+        common::InProcess::start(&argv, 1 << 20)
     })
 }
 
-/// POSTs `body` to `path`: the status and the body.
+/// POSTs the JSON `body` to `path`: the status and the body.
 fn post(path: &str, body: &Value) -> (StatusCode, String) {
-    let (runtime, router) = server();
-    let request = Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    runtime.block_on(async {
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
-    })
+    let (status, _, text) = server().post(path, "application/json", body.to_string().into_bytes());
+    (status, text)
 }
 
 /// The golden `t5_greedy` case: its prompt and transformers' text for it.

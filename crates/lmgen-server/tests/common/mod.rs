@@ -61,3 +61,62 @@ pub fn expected_transcription(
         .unwrap();
     render(&t, task, format)
 }
+
+/// An in-process server for `lmgen serve` arguments (`argv` without the program name, starting
+/// with `serve`), driven with `tower::ServiceExt::oneshot`: no socket, no sleep.
+pub struct InProcess {
+    pub runtime: tokio::runtime::Runtime,
+    pub router: axum::Router,
+}
+
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    serve: lmgen_server::ServeArgs,
+}
+
+impl InProcess {
+    /// Starts the engine for `argv`; requests may be up to `max_body_bytes`.
+    pub fn start(argv: &[&str], max_body_bytes: usize) -> Self {
+        use clap::Parser;
+        let args = Cli::try_parse_from(argv).unwrap().serve;
+        let state = lmgen_server::start(&args).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            runtime,
+            router: lmgen_server::router(state, max_body_bytes),
+        }
+    }
+
+    /// POSTs `body` of `content_type` to `path`: the status, the answer's content type and body.
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (axum::http::StatusCode, String, String) {
+        use axum::http::header;
+        use tower::ServiceExt;
+        let request = axum::http::Request::post(path)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        self.runtime.block_on(async {
+            let response = self.router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let kind = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, kind, String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+}

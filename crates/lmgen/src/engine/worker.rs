@@ -15,7 +15,7 @@ use super::{EngineConfig, EngineStats};
 use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch, StoreShape};
 use crate::cache::SequenceSpan;
 use crate::error::{Error, Result};
-use crate::models::{CausalLM, DType, ForwardInput, LogitsToKeep};
+use crate::models::{CausalLM, DType, ForwardInput};
 
 /// What the manager tells the engine thread.
 pub(crate) enum Command {
@@ -253,18 +253,9 @@ impl Worker {
             let slots = vec![seq.table.slots(past + n, bs)];
             let mut cache = PagedBatch::new(&self.store, vec![span], slots, &device)?
                 .with_cross_attention(cross)?;
-            let out = self.model.forward(
-                &ForwardInput {
-                    input_ids: &ids,
-                    position_ids: &position_ids,
-                    attention_mask: None,
-                    logits_to_keep: LogitsToKeep::Last,
-                    output_hidden_states: false,
-                    output_attentions: false,
-                    num_hidden_layers: None,
-                },
-                &mut cache,
-            );
+            let out = self
+                .model
+                .forward(&ForwardInput::last(&ids, &position_ids), &mut cache);
             seq.cross_attention = cache.take_cross_attention();
             logits.extend(out?.logits.flatten_all()?.to_vec1::<f32>()?); // [1, 1, vocab]
         }
@@ -299,18 +290,9 @@ impl Worker {
             .map(|&(i, _)| std::mem::take(&mut self.running[i].states))
             .collect();
         let mut cache = PagedBatch::new(&self.store, spans, slots, device)?.with_states(states)?;
-        let out = self.model.forward(
-            &ForwardInput {
-                input_ids: &input_ids,
-                position_ids: &position_ids,
-                attention_mask: None,
-                logits_to_keep: LogitsToKeep::Last,
-                output_hidden_states: false,
-                output_attentions: false,
-                num_hidden_layers: None,
-            },
-            &mut cache,
-        )?;
+        let out = self
+            .model
+            .forward(&ForwardInput::last(&input_ids, &position_ids), &mut cache)?;
         for (&(i, _), states) in batch.iter().zip(cache.into_states()) {
             self.running[i].states = states;
         }

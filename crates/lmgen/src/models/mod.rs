@@ -87,6 +87,22 @@ pub struct ForwardInput<'a> {
     pub num_hidden_layers: Option<usize>,
 }
 
+impl<'a> ForwardInput<'a> {
+    /// A plain step: no padding, the last position's logits, every layer, no hidden states or
+    /// attention weights.
+    pub fn last(input_ids: &'a Tensor, position_ids: &'a Tensor) -> Self {
+        Self {
+            input_ids,
+            position_ids,
+            attention_mask: None,
+            logits_to_keep: LogitsToKeep::Last,
+            output_hidden_states: false,
+            output_attentions: false,
+            num_hidden_layers: None,
+        }
+    }
+}
+
 /// What a forward pass returns.
 #[derive(Debug)]
 pub struct ModelOutput {

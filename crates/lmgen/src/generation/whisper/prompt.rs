@@ -11,7 +11,7 @@ use super::segments::{previous_tokens, Segment};
 use crate::cache::{DynamicCache, EncoderDecoderCache};
 use crate::error::{Error, Result};
 use crate::models::seq2seq::EncoderInput;
-use crate::models::{CausalLM, ForwardInput, LogitsToKeep};
+use crate::models::{CausalLM, ForwardInput};
 use crate::TokenId;
 
 /// HF `TASK_IDS`.
@@ -188,18 +188,7 @@ pub fn detect_language(
     let mut cache = EncoderDecoderCache::new(Box::new(DynamicCache::new()), encoded);
     let ids = Tensor::new(vec![vec![decoder_start_token_id]; b], model.device())?; // [b, 1]
     let positions = Tensor::new(vec![vec![0u32]; b], model.device())?;
-    let out = model.forward(
-        &ForwardInput {
-            input_ids: &ids,
-            position_ids: &positions,
-            attention_mask: None,
-            logits_to_keep: LogitsToKeep::Last,
-            output_hidden_states: false,
-            output_attentions: false,
-            num_hidden_layers: None,
-        },
-        &mut cache,
-    )?;
+    let out = model.forward(&ForwardInput::last(&ids, &positions), &mut cache)?;
     let logits: Vec<Vec<f32>> = out.logits.squeeze(1)?.to_vec2()?; // [b, vocab]
     let mut languages: Vec<TokenId> = languages.into_iter().collect();
     languages.sort_unstable();
