@@ -116,6 +116,51 @@ pub trait KvCache: Send {
     }
 }
 
+/// The [`KvCache`] methods of a cache that wraps another in its field `$inner` and changes only
+/// `update`: every row operation, `seq_len`, `crop`, `checkpoint` and the recurrent states pass
+/// through. Used inside the wrapper's `impl KvCache`.
+macro_rules! delegate_kv_cache {
+    ($inner:ident) => {
+        fn seq_len(&self) -> usize {
+            self.$inner.seq_len()
+        }
+        fn reorder(&mut self, beam_idx: &[usize]) -> $crate::error::Result<()> {
+            self.$inner.reorder(beam_idx)
+        }
+        fn spans(&self) -> Option<&[$crate::cache::SequenceSpan]> {
+            self.$inner.spans()
+        }
+        fn batch_repeat_interleave(&mut self, n: usize) -> $crate::error::Result<()> {
+            self.$inner.batch_repeat_interleave(n)
+        }
+        fn batch_select_indices(&mut self, indices: &[usize]) -> $crate::error::Result<()> {
+            self.$inner.batch_select_indices(indices)
+        }
+        fn crop(&mut self, len: usize) -> $crate::error::Result<()> {
+            self.$inner.crop(len)
+        }
+        fn checkpoint(&mut self) {
+            self.$inner.checkpoint()
+        }
+        fn state(
+            &self,
+            layer: usize,
+            seq: Option<usize>,
+        ) -> $crate::error::Result<Option<$crate::cache::LayerState>> {
+            self.$inner.state(layer, seq)
+        }
+        fn set_state(
+            &mut self,
+            layer: usize,
+            seq: Option<usize>,
+            state: $crate::cache::LayerState,
+        ) -> $crate::error::Result<()> {
+            self.$inner.set_state(layer, seq, state)
+        }
+    };
+}
+pub(crate) use delegate_kv_cache;
+
 fn no_state() -> Error {
     Error::unsupported(
         "this cache holds no recurrent state, which linear-attention and convolution layers need",

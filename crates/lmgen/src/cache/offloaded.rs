@@ -11,7 +11,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{KvCache, LayerState, SequenceSpan};
+use super::KvCache;
 use crate::error::Result;
 
 /// A cache kept on the host, handing each layer's keys and values to the device it is asked from.
@@ -50,31 +50,5 @@ impl KvCache for OffloadedCache {
         )?;
         Ok((ks.to_device(&device)?, vs.to_device(&device)?))
     }
-    fn seq_len(&self) -> usize {
-        self.inner.seq_len()
-    }
-    fn reorder(&mut self, beam_idx: &[usize]) -> Result<()> {
-        self.inner.reorder(beam_idx)
-    }
-    fn spans(&self) -> Option<&[SequenceSpan]> {
-        self.inner.spans()
-    }
-    fn batch_repeat_interleave(&mut self, n: usize) -> Result<()> {
-        self.inner.batch_repeat_interleave(n)
-    }
-    fn batch_select_indices(&mut self, indices: &[usize]) -> Result<()> {
-        self.inner.batch_select_indices(indices)
-    }
-    fn crop(&mut self, len: usize) -> Result<()> {
-        self.inner.crop(len)
-    }
-    fn checkpoint(&mut self) {
-        self.inner.checkpoint()
-    }
-    fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
-        self.inner.state(layer, seq)
-    }
-    fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
-        self.inner.set_state(layer, seq, state)
-    }
+    super::delegate_kv_cache!(inner);
 }

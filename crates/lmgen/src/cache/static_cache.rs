@@ -17,7 +17,7 @@
 
 use candle_core::Tensor;
 
-use super::{DynamicCache, KvCache, LayerState, SequenceSpan};
+use super::{DynamicCache, KvCache};
 use crate::error::Result;
 
 /// A key/value cache of fixed length: [`DynamicCache`]'s buffers, allocated once.
@@ -51,33 +51,7 @@ impl KvCache for StaticCache {
     fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.inner.update(layer, k, v)
     }
-    fn seq_len(&self) -> usize {
-        self.inner.seq_len()
-    }
-    fn reorder(&mut self, beam_idx: &[usize]) -> Result<()> {
-        self.inner.reorder(beam_idx)
-    }
-    fn spans(&self) -> Option<&[SequenceSpan]> {
-        self.inner.spans()
-    }
-    fn batch_repeat_interleave(&mut self, n: usize) -> Result<()> {
-        self.inner.batch_repeat_interleave(n)
-    }
-    fn batch_select_indices(&mut self, indices: &[usize]) -> Result<()> {
-        self.inner.batch_select_indices(indices)
-    }
-    fn crop(&mut self, len: usize) -> Result<()> {
-        self.inner.crop(len)
-    }
-    fn checkpoint(&mut self) {
-        self.inner.checkpoint()
-    }
-    fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
-        self.inner.state(layer, seq)
-    }
-    fn set_state(&mut self, layer: usize, seq: Option<usize>, state: LayerState) -> Result<()> {
-        self.inner.set_state(layer, seq, state)
-    }
+    super::delegate_kv_cache!(inner);
 }
 
 #[cfg(test)]
