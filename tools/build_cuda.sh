@@ -111,10 +111,19 @@ for line in sys.stdin:
 
 # What travels to the device machine: stripped and compressed (the working tree sent there is
 # limited to 64 MiB). Unpack there with `xz -d` or Python's lzma.
-DIST=$TARGET_DIR/dist
+DIST=${LMGEN_CUDA_DIST:-$TARGET_DIR/dist}
 rm -rf "$DIST" && mkdir -p "$DIST"
 cp "$TARGET_DIR/release/lmgen" "$DIST/lmgen"
 cp "$BENCH" "$DIST/generate_speed"
 strip "$DIST/lmgen" "$DIST/generate_speed"
 xz -T2 -6 -f "$DIST/lmgen" "$DIST/generate_speed"
 ls -l "$DIST"
+
+# 4. With LMGEN_CUDA_WHEEL=1, the Python wheel too (crates/lmgen-py with `--features cuda`), in
+#    the same target dir so lmgen and candle are not built again: target/cuda/dist/lmgen-*.whl.
+#    maturin comes from target/py-venv (as .ci/run installs it).
+if [ -n "${LMGEN_CUDA_WHEEL:-}" ]; then
+    "$ROOT/target/py-venv/bin/maturin" build --release --features cuda \
+        -m "$ROOT/crates/lmgen-py/Cargo.toml" -o "$DIST"
+    ls -l "$DIST"
+fi

@@ -10,6 +10,8 @@
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
 #                                       (forward, generate): f32 must match, bf16 agreement reported
+#   tools/device_run.sh long-prompt     a 32k prompt against transformers, a failure inside a request
+#   tools/device_run.sh whisper-rtf     Whisper-tiny/base real-time factor, lmgen vs transformers
 #   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
 #                                       dense / attention-only twins, lmgen vs transformers `generate`
 #
@@ -136,6 +138,23 @@ while [ $# -gt 0 ]; do
             # The generate_speed bench (streamer timestamps) on the same checkpoint, batch 1, for comparison.
             [ -e "$BIN/generate_speed" ] && timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda \
                 --dtype bf16 --prompt 128 --new 64 --prefill 512 --batches 1 --reps 3 2>&1 | tee -a "$OUT/bench_cuda_$shape.txt"
+        done
+        ;;
+    long-prompt)
+        # A 32752-token prompt (chunked prefill) against transformers' sdpa, f32 and bf16, then a
+        # memory failure provoked inside a request and a small request after it
+        # (tools/gpu_long_prompt.py).
+        echo "== long prompt and a failure mid-request"
+        PYTHONUNBUFFERED=1 timeout ${LONG_TIMEOUT:-540} python3 tools/gpu_long_prompt.py "$BIN/lmgen" /tmp/lmgen-ckpt \
+            ${LONG_ARGS:---race} 2>&1 | grep --line-buffered -v "Writing model shards\|Loading weights" |
+            tee "$OUT/long_prompt.txt"
+        ;;
+    whisper-rtf)
+        # Whisper's real-time factor on the GPU beside transformers (benches/whisper/rtf.py).
+        for dt in ${WHISPER_DTYPES:-f32 bf16}; do
+            echo "== Whisper real-time factor, cuda, $dt"
+            PYTHONUNBUFFERED=1 timeout ${WHISPER_TIMEOUT:-300} python3 benches/whisper/rtf.py --bin "$BIN/lmgen" \
+                --device cuda --dtype $dt --shapes tiny,base --new 64 --reps 5 2>&1 | tee -a "$OUT/whisper_rtf.txt"
         done
         ;;
     compare)

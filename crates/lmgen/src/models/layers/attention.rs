@@ -242,10 +242,14 @@ impl Attention {
         let out = match input.mask {
             LayerMask::Dense(mask) => {
                 let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
-                let (out, probs) = attend_with_weights(&q, &k, &v, mask, self.scores())?;
-                if keep_weights {
+                let out = if keep_weights {
+                    // The weights whole: not split into blocks (see `attend`).
+                    let (out, probs) = attend_with_weights(&q, &k, &v, mask, self.scores())?;
                     weights = Some(probs.to_dtype(DType::F32)?); // [b, nh, t, s]
-                }
+                    out
+                } else {
+                    attend(&q, &k, &v, mask, self.scores())?
+                };
                 match input.padding_queries {
                     // [b, nh, t, d] * [b, 1, t, 1]
                     Some(rows) if !self.eager => out.broadcast_mul(rows)?,
@@ -300,8 +304,16 @@ pub struct Scores<'a> {
     pub sinks: Option<&'a Tensor>,
 }
 
+/// The most elements one block of attention scores may have: candle's CUDA softmax (and other
+/// kernels) index their input with 32-bit signed ints, so a larger `[b, nh, t, s]` block reads
+/// out of bounds (`CUDA_ERROR_ILLEGAL_ADDRESS`; a 16k-token prompt of a 14-head model is
+/// already 3.8e9). [`attend`] splits the queries into blocks under it.
+const MAX_SCORES_PER_BLOCK: usize = i32::MAX as usize;
+
 /// `softmax(q k^T * scale (+ softcap) + mask) v`: `q` `[b, nh, t, d]` (contiguous), `k`, `v`
-/// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` -> `[b, nh, t, d]`.
+/// `[b, nkv, s, d]`, `mask` `[b, 1, t, s]` (or `[.., 1, s]`) -> `[b, nh, t, d]`. Each query row
+/// is independent, so long prompts run in blocks of query rows whose scores stay under
+/// [`MAX_SCORES_PER_BLOCK`] elements.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -309,7 +321,36 @@ pub fn attend(
     mask: Option<&Tensor>,
     scores_of: Scores<'_>,
 ) -> Result<Tensor> {
-    Ok(attend_with_weights(q, k, v, mask, scores_of)?.0)
+    attend_in_blocks(q, k, v, mask, scores_of, MAX_SCORES_PER_BLOCK)
+}
+
+/// [`attend`] with blocks of at most `max_scores` score elements (a query row at least).
+fn attend_in_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scores_of: Scores<'_>,
+    max_scores: usize,
+) -> Result<Tensor> {
+    let (b, nh, t, _) = q.dims4()?;
+    // The sinks add one column to the softmax.
+    let per_row = b * nh * (k.dim(2)? + 1);
+    let rows = (max_scores / per_row).max(1);
+    if t <= rows {
+        return Ok(attend_with_weights(q, k, v, mask, scores_of)?.0);
+    }
+    let mut outs = Vec::with_capacity(t.div_ceil(rows));
+    for start in (0..t).step_by(rows) {
+        let len = rows.min(t - start);
+        let q_block = q.narrow(2, start, len)?.contiguous()?; // [b, nh, len, d]
+        let mask_block = match mask {
+            Some(m) if m.dim(2)? == t => Some(m.narrow(2, start, len)?), // [b, 1, len, s]
+            other => other.cloned(),
+        };
+        outs.push(attend_with_weights(&q_block, k, v, mask_block.as_ref(), scores_of)?.0);
+    }
+    Ok(Tensor::cat(&outs, 2)?) // [b, nh, t, d]
 }
 
 /// [`attend`], also returning the attention weights `[b, nh, t, s]` (the softmax, in the
@@ -355,4 +396,38 @@ pub fn attend_with_weights(
     };
     let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
     Ok((out.reshape((b, nh, t, d))?, probs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Blocks of query rows give the one-block result, with a full mask and a broadcast one.
+    #[test]
+    fn attention_in_blocks_matches_one_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, nh, nkv, t, s, d) = (2, 4, 2, 7, 9, 8);
+        let q = Tensor::randn(0f32, 1., (b, nh, t, d), &dev)?;
+        let k = Tensor::randn(0f32, 1., (b, nkv, s, d), &dev)?;
+        let v = Tensor::randn(0f32, 1., (b, nkv, s, d), &dev)?;
+        let full = Tensor::randn(0f32, 1., (b, 1, t, s), &dev)?;
+        let broadcast = Tensor::randn(0f32, 1., (b, 1, 1, s), &dev)?;
+        let scores = Scores {
+            scale: 0.3,
+            softcap: Some(5.0),
+            sinks: None,
+        };
+        for mask in [Some(&full), Some(&broadcast), None] {
+            let whole = attend_with_weights(&q, &k, &v, mask, scores)?.0;
+            // 1, 2 and 3 query rows per block (a row is b * nh * (s + 1) = 80 elements).
+            for max in [1, 160, 250] {
+                let blocks = attend_in_blocks(&q, &k, &v, mask, scores, max)?;
+                let diff = (&blocks - &whole)?.abs()?.flatten_all()?.max(0)?;
+                assert!(diff.to_scalar::<f32>()? < 1e-6, "max {max}: {diff}");
+                assert_eq!(blocks.dims(), whole.dims());
+            }
+        }
+        Ok(())
+    }
 }
