@@ -16,17 +16,15 @@ pub(super) fn split<'a>(
     in_reasoning: bool,
     reasoning: &mut String,
 ) -> Option<&'a str> {
-    let body = if in_reasoning {
+    let lead = text.trim_start();
+    let body = if let Some(body) = lead.strip_prefix(OPEN) {
+        body // (a model that writes the `<think>` its prompt already opened: read once)
+    } else if !end && OPEN.starts_with(lead) {
+        return None; // may still become `<think>`
+    } else if in_reasoning {
         text
     } else {
-        let lead = text.trim_start();
-        if let Some(body) = lead.strip_prefix(OPEN) {
-            body
-        } else if !end && OPEN.starts_with(lead) {
-            return None; // may still become `<think>`
-        } else {
-            return Some(text);
-        }
+        return Some(text);
     };
     match body.find(CLOSE) {
         Some(at) => {
@@ -66,6 +64,11 @@ mod tests {
             ("a".into(), Some("b".into()))
         );
         assert_eq!(split_all("unclosed", true), ("unclosed".into(), None));
+        // DeepSeek-R1 may write the `<think>` its prompt opened.
+        assert_eq!(
+            split_all("<think>\na</think>b", true),
+            ("\na".into(), Some("b".into()))
+        );
         // Mid-text `<think>` is content.
         assert_eq!(
             split_all("x <think>y</think>", false).1.as_deref(),
