@@ -3,11 +3,10 @@
 //! `<|"|>`, numbers and `true`/`false` bare; vLLM's `gemma4` parser reads the same). The
 //! arguments stream rewritten as JSON ([`super::literal`]); the call's name goes out with its `{`.
 
-use serde_json::Value;
-
-use super::literal::{self, Syntax, GEMMA_QUOTE};
+use super::literal::{self, GEMMA_QUOTE};
+use super::param_grammar::{self, Syntax};
 use super::tagged::{self, Block, Markers};
-use super::{FunctionTool, ModelFormat, Parsed, ToolCall};
+use super::{lark_string, FunctionTool, ModelFormat, Parsed, ToolCall};
 
 const BLOCK: Markers = Markers {
     start: "<|tool_call>",
@@ -36,7 +35,7 @@ fn read(body: &str, closed: bool) -> Block {
     if !tagged::is_name(name) {
         return Block::Content;
     }
-    let args = literal::to_json(&after[brace..], Syntax::Gemma);
+    let args = literal::to_json(&after[brace..], literal::Syntax::Gemma);
     let call = ToolCall {
         name: name.to_string(),
         arguments: args.json,
@@ -48,40 +47,25 @@ fn read(body: &str, closed: bool) -> Block {
 }
 
 /// The rule `calls`: one call (or several) of `tools`, its arguments in Gemma's literal syntax
-/// with the schema's keys (their values any literal).
+/// ([`param_grammar`]).
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: bool) -> String {
-    let q = format.atom(GEMMA_QUOTE);
+    let quote = format.atom(GEMMA_QUOTE);
     let mut g = String::from(match parallel {
         true => "calls: call+\n",
         false => "calls: call\n",
     });
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    g.push_str(&format!(
-        "g_value: g_string | g_object | g_array | /-?[0-9]+(\\.[0-9]+)?/ | \"true\" | \"false\" | \"null\"\n\
-         g_string: {q} /[^<]*/ {q}\n\
-         g_object: \"{{\" (g_pair (\",\" g_pair)*)? \"}}\"\n\
-         g_pair: /[A-Za-z_][A-Za-z0-9_]*/ \":\" g_value\n\
-         g_array: \"[\" (g_value (\",\" g_value)*)? \"]\"\n"
-    ));
     for (i, tool) in tools.iter().enumerate() {
-        let keys: Vec<String> = tool
-            .parameters
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().map(|k| super::lark_string(k)).collect())
-            .unwrap_or_default();
-        let args = match keys.is_empty() {
-            true => "\"{}\"".to_string(),
-            false => {
-                g.push_str(&format!("pair_{i}: ({}) \":\" g_value\n", keys.join(" | ")));
-                format!("\"{{\" (pair_{i} (\",\" pair_{i})*)? \"}}\"")
-            }
-        };
+        let pair = |key: &str, value: &str| format!("{} {value}", lark_string(&format!("{key}:")));
+        let params = format!("params_{i}");
+        let syntax = Syntax::Gemma { quote: &quote };
+        let has = param_grammar::params(&mut g, &params, tool, syntax, "\",\"", pair);
         g.push_str(&format!(
-            "call_{i}: {} {} {args} {}\n",
+            "call_{i}: {} {} {} \"}}\" {}\n",
             format.atom(BLOCK.start),
-            super::lark_string(&format!("{CALL}{}", tool.name)),
+            lark_string(&format!("{CALL}{}{{", tool.name)),
+            if has { params.as_str() } else { "" },
             format.atom(BLOCK.end),
         ));
     }

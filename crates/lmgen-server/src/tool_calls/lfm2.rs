@@ -3,9 +3,10 @@
 //! keyword arguments as Python literals. Each call's name goes out with its `(`, its arguments
 //! stream rewritten as JSON ([`super::literal`]).
 
-use super::literal::{self, Syntax};
+use super::literal;
+use super::param_grammar::{self, Syntax};
 use super::tagged::{self, Block, Markers};
-use super::{FunctionTool, ModelFormat, Parsed, ToolCall};
+use super::{lark_string, FunctionTool, ModelFormat, Parsed, ToolCall};
 
 pub(super) const START: &str = "<|tool_call_start|>";
 pub(super) const END: &str = "<|tool_call_end|>";
@@ -44,7 +45,7 @@ fn read(body: &str, closed: bool) -> Block {
         if !tagged::is_name(name) {
             return finish(calls, None);
         }
-        let args = literal::to_json(&rest[paren..], Syntax::Python);
+        let args = literal::to_json(&rest[paren..], literal::Syntax::Python);
         let call = ToolCall {
             name: name.to_string(),
             arguments: args.json,
@@ -63,8 +64,8 @@ fn read(body: &str, closed: bool) -> Block {
     }
 }
 
-/// The rule `calls`: one call (or several, in one list) of `tools`, their keyword arguments the
-/// schema's keys, each a Python literal.
+/// The rule `calls`: one call (or several, in one list) of `tools`, their keyword arguments
+/// Python literals ([`param_grammar`]).
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: bool) -> String {
     let list = match parallel {
         true => "call (\", \" call)*",
@@ -77,28 +78,14 @@ pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: b
     );
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    g.push_str(
-        "p_value: /\"[^\"\\\\\\n]*\"/ | /-?[0-9]+(\\.[0-9]+)?/ | \"True\" | \"False\" | \"None\" | p_list | p_dict\n\
-         p_list: \"[\" (p_value (\", \" p_value)*)? \"]\"\n\
-         p_dict: \"{\" (/\"[^\"\\\\\\n]*\"/ \": \" p_value (\", \" /\"[^\"\\\\\\n]*\"/ \": \" p_value)*)? \"}\"\n",
-    );
     for (i, tool) in tools.iter().enumerate() {
-        let keys: Vec<String> = tool
-            .parameters
-            .get("properties")
-            .and_then(serde_json::Value::as_object)
-            .map(|p| p.keys().map(|k| super::lark_string(k)).collect())
-            .unwrap_or_default();
-        let args = match keys.is_empty() {
-            true => String::new(),
-            false => {
-                g.push_str(&format!("kw_{i}: ({}) \"=\" p_value\n", keys.join(" | ")));
-                format!("(kw_{i} (\", \" kw_{i})*)?")
-            }
-        };
+        let pair = |key: &str, value: &str| format!("{} {value}", lark_string(&format!("{key}=")));
+        let params = format!("params_{i}");
+        let has = param_grammar::params(&mut g, &params, tool, Syntax::Python, "\", \"", pair);
         g.push_str(&format!(
-            "call_{i}: {} \"(\" {args} \")\"\n",
-            super::lark_string(&tool.name)
+            "call_{i}: {} {} \")\"\n",
+            lark_string(&format!("{}(", tool.name)),
+            if has { params.as_str() } else { "" },
         ));
     }
     g

@@ -46,6 +46,7 @@ mod lfm2;
 mod literal;
 mod llama3;
 mod mistral;
+mod param_grammar;
 mod qwen3_xml;
 mod request;
 mod stream;

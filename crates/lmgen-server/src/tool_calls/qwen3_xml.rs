@@ -18,8 +18,9 @@
 
 use serde_json::{Number, Value};
 
+use super::param_grammar::{self, Syntax};
 use super::tagged::{self, Block, Markers};
-use super::{FunctionTool, ModelFormat, Parsed, ToolCall};
+use super::{lark_string, FunctionTool, ModelFormat, Parsed, ToolCall};
 
 const MARKERS: Markers = Markers {
     start: "<tool_call>",
@@ -154,7 +155,7 @@ fn typed(value: &str, ty: Option<&str>) -> Value {
 }
 
 /// The rule `calls`: one call (or several) of `tools`, each naming its function and writing its
-/// schema's parameters (any of them, each a line of text).
+/// schema's parameters ([`param_grammar`]).
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: bool) -> String {
     let mut g = String::from(match parallel {
         true => "calls: call (\"\\n\" call)*\n",
@@ -163,27 +164,21 @@ pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: b
     let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     g.push_str(&format!("call: {}\n", alts.join(" | ")));
     for (i, tool) in tools.iter().enumerate() {
-        let keys: Vec<String> = tool
-            .parameters
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|p| p.keys().map(|k| super::lark_string(k)).collect())
-            .unwrap_or_default();
-        let params = match keys.is_empty() {
-            true => String::new(),
-            false => {
-                g.push_str(&format!(
-                    "param_{i}: \"<parameter=\" ({}) \">\\n\" /[^<\\n]+/ \"\\n</parameter>\\n\"\n",
-                    keys.join(" | ")
-                ));
-                format!("param_{i}*")
-            }
+        let pair = |key: &str, value: &str| {
+            format!(
+                "{} {value} {}",
+                lark_string(&format!("{PARAMETER}{key}>\n")),
+                lark_string(&format!("\n{PARAMETER_END}\n"))
+            )
         };
+        let params = format!("params_{i}");
+        let has = param_grammar::params(&mut g, &params, tool, Syntax::Xml, "", pair);
         g.push_str(&format!(
-            "call_{i}: {} {} {params} {} {}\n",
+            "call_{i}: {} {} {} {} {}\n",
             format.atom(MARKERS.start),
-            super::lark_string(&format!("\n<function={}>\n", tool.name)),
-            super::lark_string("</function>\n"),
+            lark_string(&format!("\n{FUNCTION}{}>\n", tool.name)),
+            if has { params.as_str() } else { "" },
+            lark_string(&format!("{FUNCTION_END}\n")),
             format.atom(MARKERS.end),
         ));
     }

@@ -331,7 +331,7 @@ mod tests {
                     && (if json {
                         g.contains("%json {")
                     } else {
-                        g.contains("\"city\"")
+                        g.contains("city")
                     }),
                 "{g}"
             );
