@@ -10,7 +10,7 @@
 //! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | |
 //! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
 //! | [`Family::Qwen3Xml`] (Qwen3-Coder, Qwen3.5) | `<tool_call>\n<function=NAME>\n<parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>` | `<think>`...`</think>` |
-//! | [`Family::Gemma4`] | `<\|tool_call>call:NAME{key:<\|"\|>text<\|"\|>,n:1}<tool_call\|>` | |
+//! | [`Family::Gemma4`] | `<\|tool_call>call:NAME{key:<\|"\|>text<\|"\|>,n:1}<tool_call\|>` | `<\|channel>thought`...`<channel\|>` |
 //! | [`Family::Granite`] (Granite 3.3) | `<\|tool_call\|>[{"name": ..., "arguments": {...}}]` | |
 //! | [`Family::Lfm2`] (LFM2, LFM2.5) | `<\|tool_call_start\|>[name(key="text", n=1)]<\|tool_call_end\|>` | `<think>`...`</think>` |
 //! | [`Family::DeepSeek`] (DeepSeek-R1, V3) | `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\n{...}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>` | `<think>`...`</think>`, opened by the prompt |
@@ -19,8 +19,8 @@
 //! SmolLM3), with or without tools; DeepSeek-R1's output starts inside it unless the prompt
 //! closed it (vLLM's `deepseek_r1` reasoning parser). A template that writes no call format takes
 //! it from the vocabulary (SmolLM3's unsloth template: `<tool_call>`, Hermes; LFM2.5:
-//! `<|tool_call_start|>`). Not read (the text stays content): Magistral's `[THINK]`, Gemma 4's
-//! `<|channel>thought` reasoning.
+//! `<|tool_call_start|>`). Gemma 4's `<|channel>thought` ... `<channel|>` is reasoning too. Not
+//! read (the text stays content): Magistral's `[THINK]`.
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
 //! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
@@ -184,8 +184,8 @@ impl Family {
 pub struct ModelFormat {
     /// The family of the template that renders without tools, and with them (`"tool_use"`).
     family: [Option<Family>; 2],
-    /// Whether that template writes `<think>` ... `</think>`.
-    think: [bool; 2],
+    /// The reasoning markers that template writes.
+    think: [Option<think::Markers>; 2],
     /// Whether it is DeepSeek-R1's, whose output starts in reasoning.
     starts_thinking: [bool; 2],
     /// Special tokens: (id, text).
@@ -222,8 +222,9 @@ impl ModelFormat {
     /// Reads template `i` (0: without tools, 1: with them).
     fn read_template(&mut self, i: usize, source: &str) {
         self.family[i] = Family::detect(source);
-        self.think[i] = source.contains("<think>") && source.contains("</think>");
-        self.starts_thinking[i] = self.think[i] && source.contains("<｜Assistant｜>");
+        self.think[i] = think::Markers::written_by(source);
+        self.starts_thinking[i] =
+            self.think[i] == Some(think::Markers::Think) && source.contains("<｜Assistant｜>");
     }
 
     /// The tool-call family of the template a request renders with.
@@ -239,18 +240,21 @@ impl ModelFormat {
         let i = usize::from(tools.is_some());
         let family = self.family[i];
         let harmony = family == Some(Family::Harmony);
-        let think = self.think[i] && !harmony;
+        let markers = self.think[i].filter(|_| !harmony);
+        let think = markers.is_some();
+        let markers = markers.unwrap_or_default();
         let calls = tools.filter(|t| t.parsed()).and(family);
         if calls.is_none() && !think && !harmony {
             return None;
         }
-        let opened = prompt.rfind("<think>") > prompt.rfind("</think>");
-        let closed = prompt.trim_end().ends_with("</think>");
+        let opened = prompt.rfind(markers.open()) > prompt.rfind(markers.close());
+        let closed = prompt.trim_end().ends_with(markers.close());
         let in_reasoning = think && (opened || (self.starts_thinking[i] && !closed));
         Some(OutputFormat {
             family: calls,
             harmony,
             think,
+            think_markers: markers,
             in_reasoning,
             one_call: tools.is_some_and(|t| !t.parallel),
             functions: tools.map_or_else(Default::default, |t| t.functions.clone().into()),
@@ -265,7 +269,7 @@ impl ModelFormat {
             kept.extend(harmony::MARKERS);
         }
         if format.think {
-            kept.extend(["<think>", "</think>"]);
+            kept.extend(format.think_markers.tokens());
         }
         self.special
             .iter()
@@ -295,8 +299,10 @@ pub struct OutputFormat {
     pub family: Option<Family>,
     /// gpt-oss's channels (reasoning and final text even without tools).
     pub harmony: bool,
-    /// `<think>` ... `</think>` is reasoning.
+    /// Text between reasoning markers is reasoning.
     pub think: bool,
+    /// Those markers.
+    pub think_markers: think::Markers,
     /// The prompt left `<think>` open: the output starts inside reasoning.
     pub in_reasoning: bool,
     /// `parallel_tool_calls: false`: only the first call counts (as vLLM); the text of later
@@ -314,7 +320,13 @@ impl OutputFormat {
             harmony::parse(text, end, self.family.is_some(), &mut out);
         } else {
             let rest = match self.think {
-                true => think::split(text, end, self.in_reasoning, &mut out.reasoning),
+                true => think::split(
+                    text,
+                    end,
+                    self.in_reasoning,
+                    self.think_markers,
+                    &mut out.reasoning,
+                ),
                 false => Some(text),
             };
             match (rest, self.family) {
@@ -521,7 +533,7 @@ mod tests {
     fn a_request_reads_its_output_by_its_template() {
         let format = ModelFormat {
             family: [None, Some(Family::Hermes)],
-            think: [true, true],
+            think: [Some(think::Markers::Think); 2],
             starts_thinking: [false, false],
             special: vec![(5, "<|im_end|>".into()), (7, "<tool_call>".into())],
         };
@@ -613,6 +625,34 @@ mod tests {
             Some(Family::Hermes)
         );
         assert_eq!(Family::from_vocabulary(&special("<|eot_id|>")), None);
+    }
+
+    #[test]
+    fn gemma4_thinks_in_its_thought_channel() {
+        let gemma4 = include_str!("../../../lmgen/tests/fixtures/chat_templates/real/gemma4.jinja");
+        let mut format = ModelFormat {
+            special: vec![
+                (3, "<|channel>".into()),
+                (4, "<channel|>".into()),
+                (5, "<eos>".into()),
+            ],
+            ..ModelFormat::default()
+        };
+        format.read_template(0, gemma4);
+        format.read_template(1, gemma4);
+        assert_eq!(format.family(true), Some(Family::Gemma4));
+        // Thinking off: the prompt holds an empty, closed thought.
+        let off = format
+            .output(None, "<|turn>model\n<|channel>thought\n<channel|>")
+            .unwrap();
+        assert!(off.think && !off.in_reasoning);
+        let on = format.output(None, "<|turn>model\n").unwrap();
+        assert_eq!(format.dropped(&on), HashSet::from([5]));
+        let p = assert_streams_alike(on, "<|channel>thought\nThe user greets.<channel|>Hello!");
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("\nThe user greets.", "Hello!")
+        );
     }
 
     #[test]
