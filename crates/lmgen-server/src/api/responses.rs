@@ -327,7 +327,7 @@ pub struct InputTokensDetails {
     pub cache_write_tokens: usize,
 }
 
-/// Always 0: reasoning is not separated from the text.
+/// Always 0: reasoning tokens are not counted apart (the reasoning is its own output item).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: usize,

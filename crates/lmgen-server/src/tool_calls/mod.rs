@@ -12,7 +12,7 @@
 //! | [`Family::Qwen3Xml`] (Qwen3-Coder, Qwen3.5) | `<tool_call>\n<function=NAME>\n<parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>` | `<think>`...`</think>` |
 //! | [`Family::Gemma4`] | `<\|tool_call>call:NAME{key:<\|"\|>text<\|"\|>,n:1}<tool_call\|>` | `<\|channel>thought`...`<channel\|>` |
 //! | [`Family::Granite`] (Granite 3.3) | `<\|tool_call\|>[{"name": ..., "arguments": {...}}]` | |
-//! | [`Family::Lfm2`] (LFM2, LFM2.5) | `<\|tool_call_start\|>[name(key="text", n=1)]<\|tool_call_end\|>` | `<think>`...`</think>` |
+//! | [`Family::Lfm2`] (LFM2, LFM2.5) | `<\|tool_call_start\|>[name(key="text", n=1)]<\|tool_call_end\|>` | |
 //! | [`Family::DeepSeek`] (DeepSeek-R1, V3) | `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\n{...}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>` | `<think>`...`</think>`, opened by the prompt |
 //!
 //! `<think>` reasoning is read for any template that writes both markers (Qwen3, DeepSeek-R1,
@@ -29,9 +29,9 @@
 //! harmony call streams as it is written, its name first (once its arguments have begun), then
 //! its arguments as written, and so do the JSON calls of Llama 3, Mistral, Granite and DeepSeek;
 //! Qwen3-Coder's, Gemma 4's and LFM2's arguments, rewritten as JSON, stream one parameter (or
-//! one piece of a value) at a time. Like vLLM's
-//! parsers, these follow the markers, not a grammar: text a model writes in a call's place that
-//! does not parse stays content (a call that went out while being written stays a call).
+//! one piece of a value) at a time. Like vLLM's parsers, these follow the markers, not a grammar:
+//! text a model writes in a call's place that does not parse stays content (a call that went out
+//! while being written stays a call).
 //!
 //! The markers are special tokens in several families (`[TOOL_CALLS]`, `<|channel|>`): a request
 //! that parses decodes them ([`ModelFormat::dropped`] lists the special tokens still left out).
@@ -149,6 +149,26 @@ impl Family {
         }
     }
 
+    /// The family of vLLM's `--tool-call-parser` `name` (`None`: not one lmgen reads).
+    pub fn from_parser_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "hermes" => Family::Hermes,
+            "llama3_json" => Family::Llama3,
+            "mistral" => Family::Mistral { args: false },
+            "openai" => Family::Harmony,
+            "qwen3_coder" | "qwen3_xml" => Family::Qwen3Xml,
+            "gemma4" => Family::Gemma4,
+            "granite" => Family::Granite,
+            "pythonic" => Family::Lfm2,
+            "deepseek_v3" | "deepseek_v31" => Family::DeepSeek,
+            _ => return None,
+        })
+    }
+
+    /// The parser names [`Family::from_parser_name`] takes.
+    pub const PARSER_NAMES: &'static str = "hermes, llama3_json, mistral, openai, qwen3_coder, \
+        qwen3_xml, gemma4, granite, pythonic, deepseek_v3, deepseek_v31";
+
     /// The family a vocabulary's special tokens show, for a template that writes no call format.
     fn from_vocabulary(special: &[(TokenId, String)]) -> Option<Self> {
         let has = |t: &str| special.iter().any(|(_, s)| s == t);
@@ -217,6 +237,22 @@ impl ModelFormat {
             }
         }
         format
+    }
+
+    /// `family` (the server's `--tool-call-parser`) for every request, in place of the
+    /// template's (whose Mistral variant is kept).
+    pub fn with_family(mut self, family: Option<Family>) -> Self {
+        if let Some(f) = family {
+            for slot in &mut self.family {
+                *slot = match (f, *slot) {
+                    (Family::Mistral { .. }, Some(Family::Mistral { args })) => {
+                        Some(Family::Mistral { args })
+                    }
+                    _ => Some(f),
+                };
+            }
+        }
+        self
     }
 
     /// Reads template `i` (0: without tools, 1: with them).
@@ -625,6 +661,34 @@ mod tests {
             Some(Family::Hermes)
         );
         assert_eq!(Family::from_vocabulary(&special("<|eot_id|>")), None);
+    }
+
+    #[test]
+    fn the_parser_flag_overrides_the_template() {
+        assert_eq!(
+            Family::from_parser_name("qwen3_coder"),
+            Some(Family::Qwen3Xml)
+        );
+        assert_eq!(Family::from_parser_name("no_such_parser"), None);
+        for name in Family::PARSER_NAMES.split(", ") {
+            assert!(Family::from_parser_name(name).is_some(), "{name}");
+        }
+        let mut format = ModelFormat::default();
+        let mistral = include_str!(
+            "../../../lmgen/tests/fixtures/chat_templates/real/mistral_small3_2.jinja"
+        );
+        format.read_template(1, mistral);
+        let format = format.with_family(Family::from_parser_name("mistral"));
+        assert_eq!(
+            (format.family(false), format.family(true)),
+            (
+                Some(Family::Mistral { args: false }),
+                Some(Family::Mistral { args: true })
+            )
+        );
+        let format = format.with_family(Some(Family::Lfm2));
+        assert_eq!(format.family(true), Some(Family::Lfm2));
+        assert_eq!(ModelFormat::default().with_family(None).family(true), None);
     }
 
     #[test]
