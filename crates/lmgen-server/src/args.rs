@@ -6,6 +6,7 @@ use lmgen::engine::{EngineConfig, SchedulerPolicy};
 use lmgen::models::{DType, ModelConfig};
 
 use crate::model_args::ModelArgs;
+use crate::tool_calls::Family;
 
 /// Flags of the server.
 #[derive(Debug, Clone, Args)]
@@ -52,6 +53,15 @@ pub struct ServeArgs {
     /// Seconds to let running requests finish after SIGTERM before cancelling them.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// The tool-call format to read (vLLM's `--tool-call-parser` names), in place of the one the
+    /// chat template writes.
+    #[arg(long, value_name = "NAME", value_parser = tool_call_parser)]
+    pub tool_call_parser: Option<Family>,
+}
+
+fn tool_call_parser(name: &str) -> Result<Family, String> {
+    Family::from_parser_name(name)
+        .ok_or_else(|| format!("one of {}, got {name:?}", Family::PARSER_NAMES))
 }
 
 impl ServeArgs {

@@ -126,7 +126,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         manager,
         detokenizer: text::Detokenizer::new(tokenizer.clone(), true),
         raw_detokenizer: text::Detokenizer::new(tokenizer.clone(), false),
-        model_format: tool_calls::ModelFormat::new(&tokenizer),
+        model_format: tool_calls::ModelFormat::new(&tokenizer).with_family(args.tool_call_parser),
         tokenizer,
         generation_config,
         model_aliases: vec![

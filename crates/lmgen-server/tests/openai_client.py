@@ -412,8 +412,6 @@ def test_responses(c):
     expect_error(400, lambda: c.responses.create(model=MODEL, input="x", store=True), param="store")
     expect_error(400, lambda: c.responses.create(model=MODEL, input="x", previous_response_id="resp_1"),
                  param="previous_response_id")
-    expect_error(400, lambda: c.responses.create(
-        model=MODEL, input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]), param="tools")
     expect_error(400, lambda: c.responses.create(model=MODEL, input="x", temperature=3), param="temperature")
     expect_error(404, lambda: c.responses.create(model="no-such-model", input="x"), param="model")
 
@@ -872,6 +870,11 @@ def test_reasoning_on_messages_and_responses(c):
                                          stream=True))
         assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == content
         assert events[-1].response.output_text == content
+        # The reasoning as a `reasoning` item (the first), its text streamed as reasoning_text deltas.
+        reasoning = r.choices[0].message.reasoning_content
+        assert resp.output[0].type == "reasoning" and resp.output[0].content[0].text == reasoning, resp
+        assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == reasoning
+        assert events[-1].response.output[0].content[0].text == reasoning
 
 
 WEATHER_TOOL = {"name": "get_weather", "description": WEATHER["function"]["description"],
@@ -924,6 +927,92 @@ def test_tools_on_messages(c):
     assert m.usage.input_tokens == r.usage.prompt_tokens, (m.usage, r.usage)
 
 
+RESP_WEATHER = {"type": "function", **WEATHER["function"]}
+RESP_CLOCK = {"type": "function", **CLOCK["function"]}
+
+
+def check_item_events(events):
+    """Numbered from 0; each output item added, then its deltas, then done, before the next."""
+    assert [e.sequence_number for e in events] == list(range(len(events))), events
+    open_index = None
+    for e in events:
+        if e.type == "response.output_item.added":
+            assert open_index is None, e
+            open_index = e.output_index
+        elif e.type == "response.output_item.done":
+            assert e.output_index == open_index, e
+            open_index = None
+        elif hasattr(e, "output_index"):
+            assert e.output_index == open_index, e
+    assert open_index is None
+    added = [e.output_index for e in events if e.type == "response.output_item.added"]
+    assert added == list(range(len(added))), added
+
+
+def test_tools_on_responses(c):
+    """Function tools on /v1/responses: `required` and a named function give the chat endpoint's
+    calls (greedy) as function_call items (id, call_id, name, arguments), streamed alike
+    (output_item.added with the name, function_call_arguments deltas and done); function_call and
+    function_call_output input items render as chat's tool round trip."""
+    for choice, chat_choice, parallel in [
+        ("required", "required", True),
+        ({"type": "function", "name": "get_time"}, {"type": "function", "function": {"name": "get_time"}}, True),
+        ("required", "required", False),
+    ]:
+        r = chat(c, tools=[WEATHER, CLOCK], tool_choice=chat_choice, parallel_tool_calls=parallel,
+                 temperature=0, max_tokens=200)
+        want = [(t.function.name, t.function.arguments) for t in r.choices[0].message.tool_calls]
+        kw = dict(model=MODEL, input=ASK, tools=[RESP_WEATHER, RESP_CLOCK], tool_choice=choice,
+                  parallel_tool_calls=parallel, temperature=0, max_output_tokens=200)
+        resp = c.responses.create(**kw)
+        assert resp.status == "completed", resp
+        items = [o for o in resp.output if o.type == "function_call"]
+        assert [(o.name, o.arguments) for o in items] == want, (resp.output, want)
+        for o in items:
+            check_args(o.name, o.arguments)
+            assert o.call_id.startswith("call_") and o.id.startswith("fc_") and o.status == "completed", o
+        assert len({o.call_id for o in items}) == len(items), items
+        assert resp.tool_choice == choice or resp.tool_choice.name == "get_time", resp.tool_choice
+        assert [t.name for t in resp.tools] == ["get_weather", "get_time"], resp.tools
+        assert resp.parallel_tool_calls == parallel, resp
+        if not parallel:
+            assert len(items) == 1, items
+        events = list(c.responses.create(stream=True, **kw))
+        check_item_events(events)
+        final = events[-1].response
+        assert final.status == "completed", final
+        assert [(o.name, o.arguments) for o in final.output if o.type == "function_call"] == want, final
+        for k, o in enumerate(final.output):
+            if o.type != "function_call":
+                continue
+            added = [e.item for e in events if e.type == "response.output_item.added" and e.output_index == k]
+            assert added[0].type == "function_call" and added[0].name == o.name, added
+            assert added[0].call_id == o.call_id and added[0].id == o.id, (added, o)
+            deltas = [e.delta for e in events
+                      if e.type == "response.function_call_arguments.delta" and e.output_index == k]
+            assert "".join(deltas) == o.arguments and len(deltas) > 1, deltas
+            done = [e for e in events if e.type == "response.function_call_arguments.done" and e.output_index == k]
+            assert len(done) == 1 and done[0].arguments == o.arguments and done[0].item_id == o.id, done
+    # A round trip: the call and its output are in the prompt as chat's tool_calls and tool message.
+    args = json.dumps({"city": "Paris", "unit": "c"})
+    turn = [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": args},
+            {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees, sunny"}]
+    resp = c.responses.create(model=MODEL, input=ASK + turn, tools=[RESP_WEATHER], temperature=0,
+                              max_output_tokens=4)
+    chat_turn = [{"role": "assistant", "content": None, "tool_calls": [
+                     {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+                 {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]
+    r = chat(c, messages=ASK + chat_turn, tools=[WEATHER], temperature=0, max_tokens=4)
+    first = chat(c, tools=[WEATHER], temperature=0, max_tokens=4)
+    assert resp.usage.input_tokens == r.usage.prompt_tokens > first.usage.prompt_tokens + 20, (resp.usage, r.usage)
+    assert resp.output_text == (r.choices[0].message.content or ""), (resp, r)
+    expect_error(400, lambda: c.responses.create(model=MODEL, input="x", tools=[{"type": "web_search"}]),
+                 param="tools[0].type")
+    expect_error(400, lambda: c.responses.create(model=MODEL, input="x", tools=[RESP_WEATHER],
+                                                 tool_choice={"type": "function", "name": "nope"}),
+                 param="tool_choice")
+
+
 def test_tool_round_trip(c):
     """An assistant message with tool_calls (content null) and the tool's answer render."""
     call = {"id": "call_1", "type": "function",
@@ -960,8 +1049,8 @@ def test_tool_errors(c):
 def tools():
     c = client()
     for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning,
-                 test_reasoning_on_messages_and_responses, test_tools_on_messages, test_tool_round_trip,
-                 test_tool_errors]:
+                 test_reasoning_on_messages_and_responses, test_tools_on_messages, test_tools_on_responses,
+                 test_tool_round_trip, test_tool_errors]:
         test(c)
         print("ok", test.__name__, flush=True)
 

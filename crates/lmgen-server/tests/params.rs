@@ -393,9 +393,12 @@ fn responses_rows() -> Vec<Row> {
         field("input", &[json!(5)], &[json!([])]),
         bodies(
             "input[0].type",
-            vec![
-                json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}),
-            ],
+            vec![json!({"input": [{"type": "file_search_call", "id": "x"}]})],
+            vec![],
+        ),
+        bodies(
+            "input[0].output",
+            vec![json!({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]})],
             vec![],
         ),
         bodies(
@@ -432,11 +435,27 @@ fn responses_rows() -> Vec<Row> {
             vec![schema(json!({"type": "no-such-type"}))],
         ),
         bodies("text.format.schema", vec![], vec![schema(json!(5))]),
-        field(
-            "tools",
-            &[json!("x")],
-            &[json!([{"type": "function", "name": "f"}])],
+        field("tools", &[json!("x")], &[]),
+        bodies(
+            "tools[0].type",
+            vec![],
+            vec![json!({"tools": [{"type": "web_search"}]})],
         ),
+        bodies(
+            "tools[0].name",
+            vec![json!({"tools": [{"type": "function", "name": 5}]})],
+            vec![json!({"tools": [{"type": "function", "name": "a b"}]})],
+        ),
+        bodies(
+            "tool_choice",
+            vec![json!({"tools": [{"type": "function", "name": "f"}], "tool_choice": 5})],
+            vec![
+                json!({"tool_choice": "required"}),
+                json!({"tools": [{"type": "function", "name": "f"}], "tool_choice": "sometimes"}),
+                json!({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
+            ],
+        ),
+        field("parallel_tool_calls", &[json!("x")], &[]),
         field("metadata", &[json!(5)], &[]),
     ]
 }

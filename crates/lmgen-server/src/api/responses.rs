@@ -27,7 +27,12 @@ pub struct ResponsesRequest {
     pub conversation: Option<Value>,
     pub background: Option<bool>,
     pub text: Option<TextConfig>,
+    /// Function tools, `{"type": "function", "name", "description"?, "parameters"?}` (read by
+    /// the route as the chat endpoint's).
     pub tools: Option<Vec<Value>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function", "name": ...}`.
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     /// Echoed in the response; it does not change the output.
     pub metadata: Option<serde_json::Map<String, Value>>,
 }
@@ -45,6 +50,21 @@ pub enum Input {
 pub struct InputMessage {
     pub role: InputRole,
     pub content: InputContent,
+}
+
+/// A `function_call` input item: a call the model made, sent back with its output.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallInput {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A `function_call_output` input item: what the call `call_id` returned.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallOutputInput {
+    pub call_id: String,
+    pub output: InputContent,
 }
 
 /// The roles of input messages.
@@ -135,29 +155,34 @@ pub struct Echo {
     pub store: bool,
     pub temperature: Option<f64>,
     pub text: TextOut,
-    pub tool_choice: &'static str,
+    pub tool_choice: Value,
     pub tools: Vec<Value>,
     pub top_p: Option<f64>,
     pub truncation: &'static str,
 }
 
 impl Echo {
-    /// The settings of `req` (no tools, nothing stored, no truncation).
+    /// The settings of `req` (nothing stored, no truncation).
     pub fn of(req: &ResponsesRequest) -> Self {
+        let tools = req.tools.clone().unwrap_or_default();
         let format = req.text.as_ref().and_then(|t| t.format.clone());
         Self {
             instructions: req.instructions.clone(),
             max_output_tokens: req.max_output_tokens,
             metadata: req.metadata.clone().unwrap_or_default(),
-            parallel_tool_calls: true,
+            parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
             previous_response_id: None,
             store: false,
             temperature: req.temperature,
             text: TextOut {
                 format: format.unwrap_or(TextFormat::Text),
             },
-            tool_choice: "none",
-            tools: Vec::new(),
+            tool_choice: match (&req.tool_choice, tools.is_empty()) {
+                (Some(choice), _) => choice.clone(),
+                (None, true) => Value::from("none"),
+                (None, false) => Value::from("auto"),
+            },
+            tools,
             top_p: req.top_p,
             truncation: "disabled",
         }
@@ -182,7 +207,7 @@ pub struct ResponseObject {
     pub error: Option<Value>,
     pub incomplete_details: Option<IncompleteDetails>,
     pub model: String,
-    pub output: Vec<OutputMessage>,
+    pub output: Vec<OutputItem>,
     /// `null` until the response is done.
     pub usage: Option<ResponseUsage>,
     #[serde(flatten)]
@@ -199,7 +224,49 @@ pub struct IncompleteDetails {
     pub reason: &'static str,
 }
 
-/// The assistant's message, the one output item.
+/// An output item: the assistant's message, a function call, or reasoning.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum OutputItem {
+    Message(OutputMessage),
+    FunctionCall(FunctionCallItem),
+    Reasoning(ReasoningItem),
+}
+
+/// A `function_call` output item.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallItem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    /// What the `function_call_output` that answers it names.
+    pub call_id: String,
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+    pub status: &'static str,
+}
+
+/// A `reasoning` output item: the model's thinking, as `reasoning_text` content (no summary).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReasoningItem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub summary: Vec<Value>,
+    pub content: Vec<ReasoningText>,
+    pub status: &'static str,
+}
+
+/// A `reasoning_text` content part.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReasoningText {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// An assistant's message output item.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputMessage {
     #[serde(rename = "type")]
@@ -260,17 +327,19 @@ pub struct InputTokensDetails {
     pub cache_write_tokens: usize,
 }
 
-/// Always 0: reasoning is not separated from the text.
+/// Always 0: reasoning tokens are not counted apart (the reasoning is its own output item).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: usize,
 }
 
-/// The typed stream events, in order: `response.created`, `response.in_progress`,
-/// `response.output_item.added`, `response.content_part.added`, `response.output_text.delta`s,
-/// `response.output_text.done`, `response.content_part.done`, `response.output_item.done`,
-/// `response.completed` (or `response.incomplete`); `error` if it fails after the 200. Each
-/// carries the stream's `sequence_number` beside it ([`Sequenced`]).
+/// The typed stream events, in order: `response.created`, `response.in_progress`, then per
+/// output item `response.output_item.added`, its content (a message's
+/// `response.content_part.added`, `response.output_text.delta`s, `response.output_text.done`,
+/// `response.content_part.done`; reasoning's `response.reasoning_text.delta`s and `.done`; a
+/// call's `response.function_call_arguments.delta`s and `.done`) and
+/// `response.output_item.done`; then `response.completed` (or `response.incomplete`); `error` if
+/// it fails after the 200. Each carries the stream's `sequence_number` beside it ([`Sequenced`]).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type")]
 pub enum StreamEvent {
@@ -281,7 +350,7 @@ pub enum StreamEvent {
     #[serde(rename = "response.output_item.added")]
     OutputItemAdded {
         output_index: usize,
-        item: OutputMessage,
+        item: OutputItem,
     },
     #[serde(rename = "response.content_part.added")]
     ContentPartAdded {
@@ -316,7 +385,34 @@ pub enum StreamEvent {
     #[serde(rename = "response.output_item.done")]
     OutputItemDone {
         output_index: usize,
-        item: OutputMessage,
+        item: OutputItem,
+    },
+    #[serde(rename = "response.function_call_arguments.delta")]
+    FunctionCallArgumentsDelta {
+        item_id: String,
+        output_index: usize,
+        delta: String,
+    },
+    #[serde(rename = "response.function_call_arguments.done")]
+    FunctionCallArgumentsDone {
+        item_id: String,
+        output_index: usize,
+        name: String,
+        arguments: String,
+    },
+    #[serde(rename = "response.reasoning_text.delta")]
+    ReasoningTextDelta {
+        item_id: String,
+        output_index: usize,
+        content_index: usize,
+        delta: String,
+    },
+    #[serde(rename = "response.reasoning_text.done")]
+    ReasoningTextDone {
+        item_id: String,
+        output_index: usize,
+        content_index: usize,
+        text: String,
     },
     #[serde(rename = "response.completed")]
     Completed { response: ResponseObject },
@@ -342,6 +438,14 @@ impl StreamEvent {
             StreamEvent::OutputTextDone { .. } => "response.output_text.done",
             StreamEvent::ContentPartDone { .. } => "response.content_part.done",
             StreamEvent::OutputItemDone { .. } => "response.output_item.done",
+            StreamEvent::FunctionCallArgumentsDelta { .. } => {
+                "response.function_call_arguments.delta"
+            }
+            StreamEvent::FunctionCallArgumentsDone { .. } => {
+                "response.function_call_arguments.done"
+            }
+            StreamEvent::ReasoningTextDelta { .. } => "response.reasoning_text.delta",
+            StreamEvent::ReasoningTextDone { .. } => "response.reasoning_text.done",
             StreamEvent::Completed { .. } => "response.completed",
             StreamEvent::Incomplete { .. } => "response.incomplete",
             StreamEvent::Error { .. } => "error",

@@ -234,7 +234,7 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         started: Instant::now(),
         choices: (0..guard.ids.len())
             .map(|_| Choice {
-                output: job.plan.output.map(OutputParser::new),
+                output: job.plan.output.clone().map(OutputParser::new),
                 text: ChoiceText::new(job.plan.stop.clone()),
                 tokens: 0,
                 logprobs: Vec::new(),
@@ -249,7 +249,8 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         dropped: job
             .plan
             .output
-            .map(|o| state.model_format.dropped(&o))
+            .as_ref()
+            .map(|o| state.model_format.dropped(o))
             .unwrap_or_default(),
         guard,
         rx,

@@ -126,6 +126,7 @@ mod tests {
             think: false,
             in_reasoning: false,
             one_call: false,
+            ..Default::default()
         }
     }
 

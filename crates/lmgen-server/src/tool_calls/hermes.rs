@@ -49,7 +49,7 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
 /// the arguments so far (`None` until the arguments' object has begun). Such a call went out
 /// while it was written, so it stays a call even if it does not end as JSON (cut by
 /// `max_tokens`, or text after its arguments): its arguments are what was written of them.
-fn being_written(body: &str) -> Option<ToolCall> {
+pub(super) fn being_written(body: &str) -> Option<ToolCall> {
     let rest = body.trim_start().strip_prefix('{')?.trim_start();
     let rest = rest
         .strip_prefix("\"name\"")?
@@ -113,6 +113,7 @@ mod tests {
             think: false,
             in_reasoning: false,
             one_call: false,
+            ..Default::default()
         }
     }
 

@@ -1,43 +1,33 @@
-//! Llama 3.1 / 3.2 / 3.3 JSON tool calls (vLLM's `llama3_json` parser): the whole message is
+//! Llama 3.1 / 3.2 / 3.3 JSON tool calls (vLLM's `llama3_json` parser): the message is
 //! `{"name": ..., "parameters": {...}}`, optionally after `<|python_tag|>`, several separated by
-//! `;`. A message that does not start like one is content from its first character; one that
-//! does waits for the end to be read whole.
+//! `;`. A message that does not start like one is content from its first character; calls stream
+//! as they are written ([`super::json_calls`]), and text after them is content.
 
 use serde_json::Value;
 
-use super::{call_from_value, FunctionTool, ModelFormat, Parsed, ToolCall};
+use super::{json_calls, FunctionTool, ModelFormat, Parsed};
 
 const PYTHON_TAG: &str = "<|python_tag|>";
 
-/// The calls of `body`: JSON objects separated by `;` or blanks, nothing else.
-fn calls(body: &str) -> Option<Vec<ToolCall>> {
-    let mut rest = body;
-    let mut out = Vec::new();
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-        if rest.is_empty() {
-            return (!out.is_empty()).then_some(out);
-        }
-        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        let value = values.next()?.ok()?;
-        out.push(call_from_value(&value)?);
-        rest = &rest[values.byte_offset()..];
-    }
-}
-
 pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
     let lead = text.trim_start();
+    if !end && PYTHON_TAG.starts_with(lead) {
+        return; // may still be the tag
+    }
     let body = lead.strip_prefix(PYTHON_TAG).unwrap_or(lead);
-    let may_be_call = body.trim_start().starts_with('{')
-        || lead.starts_with(PYTHON_TAG)
-        || PYTHON_TAG.starts_with(lead);
-    if !may_be_call {
-        out.content.push_str(text);
-    } else if end {
-        match calls(body) {
-            Some(calls) => out.calls.extend(calls),
-            None => out.content.push_str(text),
+    let read = json_calls::objects(body, end, ';');
+    if !read.any() {
+        match read.rest {
+            // Only the tag so far, or an object that may still be a call.
+            Some("") | None if !end => {}
+            _ => out.content.push_str(text),
         }
+        return;
+    }
+    out.calls.extend(read.calls);
+    out.open = read.open;
+    if let Some(rest) = read.rest {
+        out.content.push_str(rest);
     }
 }
 
@@ -70,6 +60,7 @@ mod tests {
             think: false,
             in_reasoning: false,
             one_call: false,
+            ..Default::default()
         }
     }
 
@@ -81,13 +72,33 @@ mod tests {
         );
         assert_eq!(p.calls.len(), 2);
         assert_eq!(p.calls[0].name, "get_weather");
-        assert_eq!(p.calls[0].arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(p.calls[0].arguments, r#"{"city": "Oslo"}"#);
         assert_eq!(p.content, "");
         let p = assert_streams_alike(llama(), " {\"name\": \"f\", \"parameters\": {\"x\": [1]}}");
         assert_eq!(
             (p.calls[0].name.as_str(), p.calls[0].arguments.as_str()),
-            ("f", r#"{"x":[1]}"#)
+            ("f", r#"{"x": [1]}"#)
         );
+        // Text after the calls is content (they went out while written).
+        let p = assert_streams_alike(llama(), "{\"name\": \"f\", \"parameters\": {}} and more");
+        assert_eq!((p.calls.len(), p.content.as_str()), (1, "and more"));
+    }
+
+    #[test]
+    fn arguments_stream_as_written() {
+        let text = "{\"name\": \"f\", \"parameters\": {\"a\": \"x}\", \"b\": [1, 2]}}";
+        let mut parser = super::super::OutputParser::new(llama());
+        let mut seen = Vec::new();
+        for (i, c) in text.char_indices() {
+            seen.extend(parser.push(&c.to_string(), i + 1 == text.len()).calls);
+        }
+        assert_eq!(
+            (seen[0].name.as_deref(), seen[0].arguments.as_str()),
+            (Some("f"), "{")
+        );
+        assert!(seen.len() > 10, "{seen:?}");
+        let args: String = seen.iter().map(|d| d.arguments.as_str()).collect();
+        assert_eq!(args, r#"{"a": "x}", "b": [1, 2]}"#);
     }
 
     #[test]
@@ -95,7 +106,7 @@ mod tests {
         for text in [
             "The answer is {\"name\": 1}",
             "{\"not\": \"a call\"}",
-            "{\"name\": \"f\", \"parameters\": {}} and more",
+            "<|python_tag|>print(1)",
             "<|python",
         ] {
             let p = assert_streams_alike(llama(), text);

@@ -1,64 +1,107 @@
 //! Mistral tool calls (vLLM's `mistral` parser): content, then `[TOOL_CALLS]` and either a JSON
 //! list `[{"name": ..., "arguments": {...}}, ...]` (tokenizer v3, Mistral 7B v0.3 / Small 3.1)
 //! or, from tokenizer v11 on, `name[ARGS]{...}` per call, each after its own `[TOOL_CALLS]`
-//! (Mistral Small 3.2, Ministral 3). Everything after the first `[TOOL_CALLS]` waits for the
-//! end and is read whole.
+//! (Mistral Small 3.2, Ministral 3; Magistral's `name[CALL_ID]id[ARGS]{...}`, the id not kept).
+//! Calls stream as they are written: a call's name once its arguments begin, then the arguments
+//! as written. What follows `[TOOL_CALLS]` and is no call is content, marker and all (after a
+//! call went out, text that is no call is content).
 
 use serde_json::Value;
 
-use super::{call_from_value, pending_prefix, FunctionTool, ModelFormat, Parsed, ToolCall};
+use super::{
+    json_calls, json_value_prefix, pending_prefix, FunctionTool, ModelFormat, Parsed, ToolCall,
+};
 
 const TOOL_CALLS: &str = "[TOOL_CALLS]";
 const ARGS: &str = "[ARGS]";
 const CALL_ID: &str = "[CALL_ID]";
 
-/// The calls after `[TOOL_CALLS]` markers (`text` starts with one).
-fn calls(text: &str) -> Option<Vec<ToolCall>> {
-    let mut out = Vec::new();
-    for part in text.split(TOOL_CALLS).skip(1) {
-        let part = part.trim();
-        if part.starts_with('[') {
-            let list: Vec<Value> = serde_json::from_str(part).ok()?;
-            for v in &list {
-                out.push(call_from_value(v)?);
-            }
-        } else {
-            let (name, args) = part.split_once(ARGS)?;
-            // `name[CALL_ID]id[ARGS]` (Magistral) names the call; the id is not kept.
-            let name = name.split(CALL_ID).next()?.trim();
-            let args: Value = serde_json::from_str(args.trim()).ok()?;
-            if name.is_empty() {
-                return None;
-            }
-            out.push(ToolCall {
-                name: name.to_string(),
-                arguments: args.to_string(),
-            });
-        }
+/// What follows a `[TOOL_CALLS]`.
+enum Read<'a> {
+    /// Calls, and the text after them (`None`: the text ends in a call or undecided).
+    Calls(Vec<ToolCall>, Option<ToolCall>, Option<&'a str>),
+    /// Not a call.
+    Other,
+}
+
+/// The calls after one `[TOOL_CALLS]` (`text` is what follows it).
+fn read(text: &str, end: bool) -> Read<'_> {
+    let lead = text.trim_start();
+    if lead.starts_with('[') {
+        let r = json_calls::list(lead, end);
+        return match (r.any(), r.rest) {
+            (false, Some(_)) => Read::Other,
+            (_, rest) => Read::Calls(r.calls, r.open, rest),
+        };
     }
-    (!out.is_empty()).then_some(out)
+    // `name[ARGS]{...}`
+    let Some(at) = lead.find(ARGS) else {
+        // `name`, `name[CALL_ID]id`, or on its way to a marker.
+        let keep = pending_prefix(lead, ARGS).max(pending_prefix(lead, CALL_ID));
+        let so_far = &lead[..lead.len() - keep];
+        let may_be = !end
+            && so_far
+                .split(CALL_ID)
+                .all(|p| p.is_empty() || super::tagged::is_name(p));
+        return match may_be {
+            true => Read::Calls(Vec::new(), None, None),
+            false => Read::Other,
+        };
+    };
+    let name = lead[..at].split(CALL_ID).next().unwrap_or("").trim();
+    let args = lead[at + ARGS.len()..].trim_start();
+    if !super::tagged::is_name(name) || !(args.starts_with('{') || args.is_empty() && !end) {
+        return Read::Other;
+    }
+    let (len, complete) = json_value_prefix(args);
+    let call = ToolCall {
+        name: name.to_string(),
+        arguments: args[..len].to_string(),
+    };
+    match (complete, end) {
+        _ if args.is_empty() => Read::Calls(Vec::new(), None, None),
+        (true, _) | (false, true) => Read::Calls(vec![call], None, Some(&args[len..])),
+        (false, false) => Read::Calls(Vec::new(), Some(call), None),
+    }
 }
 
 pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
-    match text.find(TOOL_CALLS) {
-        None => {
-            let keep = if end {
-                0
-            } else {
-                pending_prefix(text, TOOL_CALLS)
-            };
-            out.content.push_str(&text[..text.len() - keep]);
-        }
-        Some(at) => {
-            out.content.push_str(&text[..at]);
-            if end {
-                match calls(&text[at..]) {
-                    Some(calls) => out.calls.extend(calls),
-                    None => out.content.push_str(&text[at..]),
-                }
+    let Some(at) = text.find(TOOL_CALLS) else {
+        let keep = if end {
+            0
+        } else {
+            pending_prefix(text, TOOL_CALLS)
+        };
+        out.content.push_str(&text[..text.len() - keep]);
+        return;
+    };
+    out.content.push_str(&text[..at]);
+    let mut rest = &text[at..];
+    while let Some(after) = rest.strip_prefix(TOOL_CALLS) {
+        match read(after, end) {
+            Read::Other if out.calls.is_empty() => {
+                out.content.push_str(&text[at..]);
+                return;
+            }
+            Read::Other => {
+                out.content.push_str(rest);
+                return;
+            }
+            Read::Calls(calls, open, next) => {
+                out.calls.extend(calls);
+                out.open = open;
+                let Some(next) = next else { return };
+                rest = next.trim_start();
             }
         }
     }
+    // Text after the calls: another `[TOOL_CALLS]` may be coming.
+    let keep = if end {
+        0
+    } else {
+        pending_prefix(rest, TOOL_CALLS)
+    };
+    out.content.push_str(&rest[..rest.len() - keep]);
 }
 
 /// The rule `calls`: one call (or several) of `tools` in the checkpoint's format.
@@ -103,6 +146,7 @@ mod tests {
             think: false,
             in_reasoning: false,
             one_call: false,
+            ..Default::default()
         }
     }
 
@@ -116,7 +160,7 @@ mod tests {
         assert_eq!(p.calls.len(), 2);
         assert_eq!(
             (p.calls[0].name.as_str(), p.calls[0].arguments.as_str()),
-            ("a", r#"{"x":1}"#)
+            ("a", r#"{"x": 1}"#)
         );
         let p = assert_streams_alike(
             mistral(),
@@ -124,8 +168,30 @@ mod tests {
         );
         assert_eq!(p.content, "");
         assert_eq!(p.calls.len(), 2);
-        assert_eq!(p.calls[0].arguments, r#"{"city":"Lyon"}"#);
+        assert_eq!(p.calls[0].arguments, r#"{"city": "Lyon"}"#);
         assert_eq!(p.calls[1].name, "now");
+    }
+
+    #[test]
+    fn arguments_stream_as_written() {
+        for text in [
+            "[TOOL_CALLS]f[ARGS]{\"a\": \"x]\", \"b\": [1, 2]}",
+            "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"a\": \"x]\", \"b\": [1, 2]}}]",
+        ] {
+            let mut parser = super::super::OutputParser::new(mistral());
+            let mut seen = Vec::new();
+            for (i, c) in text.char_indices() {
+                seen.extend(parser.push(&c.to_string(), i + 1 == text.len()).calls);
+            }
+            assert_eq!(
+                (seen[0].name.as_deref(), seen[0].arguments.as_str()),
+                (Some("f"), "{")
+            );
+            assert!(seen.len() > 10, "{seen:?}");
+            let args: String = seen.iter().map(|d| d.arguments.as_str()).collect();
+            assert_eq!(args, r#"{"a": "x]", "b": [1, 2]}"#);
+            assert_streams_alike(mistral(), text);
+        }
     }
 
     #[test]

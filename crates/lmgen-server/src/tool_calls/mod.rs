@@ -9,33 +9,52 @@
 //! | [`Family::Llama3`] | the whole message `{"name": ..., "parameters": {...}}` (after `<\|python_tag\|>`) | |
 //! | [`Family::Mistral`] | `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`, or `[TOOL_CALLS]name[ARGS]{...}` | |
 //! | [`Family::Harmony`] (gpt-oss) | `<\|channel\|>commentary to=functions.NAME <\|constrain\|>json<\|message\|>{...}<\|call\|>` | the `analysis` channel |
+//! | [`Family::Qwen3Xml`] (Qwen3-Coder, Qwen3.5) | `<tool_call>\n<function=NAME>\n<parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>` | `<think>`...`</think>` |
+//! | [`Family::Gemma4`] | `<\|tool_call>call:NAME{key:<\|"\|>text<\|"\|>,n:1}<tool_call\|>` | `<\|channel>thought`...`<channel\|>` |
+//! | [`Family::Granite`] (Granite 3.3) | `<\|tool_call\|>[{"name": ..., "arguments": {...}}]` | |
+//! | [`Family::Lfm2`] (LFM2, LFM2.5) | `<\|tool_call_start\|>[name(key="text", n=1)]<\|tool_call_end\|>` | |
+//! | [`Family::DeepSeek`] (DeepSeek-R1, V3) | `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\n{...}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>` | `<think>`...`</think>`, opened by the prompt |
 //!
 //! `<think>` reasoning is read for any template that writes both markers (Qwen3, DeepSeek-R1,
-//! SmolLM3), with or without tools. Not read (the text stays content): Qwen3.5's and Qwen3-Coder's
-//! XML `<function=...>` calls, Granite 3's `<|tool_call|>`, Gemma 4's `<|tool_call>`, LFM2's
-//! `<|tool_call_start|>`, SmolLM3's and DeepSeek-R1's call formats, Magistral's `[THINK]`.
+//! SmolLM3), with or without tools; DeepSeek-R1's output starts inside it unless the prompt
+//! closed it (vLLM's `deepseek_r1` reasoning parser). A template that writes no call format takes
+//! it from the vocabulary (SmolLM3's unsloth template: `<tool_call>`, Hermes; LFM2.5:
+//! `<|tool_call_start|>`). Gemma 4's `<|channel>thought` ... `<channel|>` is reasoning too. Not
+//! read (the text stays content): Magistral's `[THINK]`.
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
 //! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
 //! arguments), so the parse of a prefix is a prefix of the parse of the whole. [`OutputParser`]
 //! hands out what each new parse adds, for streamed and non-streamed answers alike. A Hermes or
 //! harmony call streams as it is written, its name first (once its arguments have begun), then
-//! its arguments as written; Llama 3 and Mistral calls come whole at the end. Like vLLM's
-//! parsers, these follow the markers, not a grammar: text a model writes in a call's place that
-//! does not parse stays content (a call that went out while being written stays a call).
+//! its arguments as written, and so do the JSON calls of Llama 3, Mistral, Granite and DeepSeek;
+//! Qwen3-Coder's, Gemma 4's and LFM2's arguments, rewritten as JSON, stream one parameter (or
+//! one piece of a value) at a time. Like vLLM's parsers, these follow the markers, not a grammar:
+//! text a model writes in a call's place that does not parse stays content (a call that went out
+//! while being written stays a call).
 //!
 //! The markers are special tokens in several families (`[TOOL_CALLS]`, `<|channel|>`): a request
 //! that parses decodes them ([`ModelFormat::dropped`] lists the special tokens still left out).
 
+mod deepseek;
+mod gemma4;
+mod granite;
 mod harmony;
 mod hermes;
+mod json_calls;
+mod lfm2;
+mod literal;
 mod llama3;
 mod mistral;
+mod param_grammar;
+mod qwen3_xml;
 mod request;
 mod stream;
+mod tagged;
 mod think;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use lmgen::{TokenId, Tokenizer};
 use serde_json::Value;
@@ -72,6 +91,14 @@ pub enum Family {
         args: bool,
     },
     Harmony,
+    /// Qwen3-Coder's and Qwen3.5's XML calls, values typed by the tool's schema.
+    Qwen3Xml,
+    Gemma4,
+    /// Granite 3.3's `<|tool_call|>` JSON list.
+    Granite,
+    /// LFM2's pythonic calls.
+    Lfm2,
+    DeepSeek,
 }
 
 impl Family {
@@ -83,10 +110,21 @@ impl Family {
             Some(Family::Mistral {
                 args: template.contains("[ARGS]"),
             })
-        } else if template.contains("<tool_call>") && !template.contains("<function=") {
-            // Qwen3.5's and Qwen3-Coder's `<tool_call>` holds XML (`<function=NAME>`
-            // `<parameter=P>`), not Hermes' JSON: not read.
+        } else if template.contains("<tool_call>") && template.contains("<function=") {
+            // Qwen3.5's and Qwen3-Coder's `<tool_call>` holds XML, not Hermes' JSON.
+            Some(Family::Qwen3Xml)
+        } else if template.contains("<tool_call>") {
             Some(Family::Hermes)
+        } else if template.contains("<|tool_call>") {
+            Some(Family::Gemma4)
+        } else if template.contains("<|tool_call|>") {
+            Some(Family::Granite)
+        } else if template.contains("<|tool_call_start|>")
+            || template.contains("<|tool_list_start|>")
+        {
+            Some(Family::Lfm2)
+        } else if template.contains(deepseek::CALLS_BEGIN) {
+            Some(Family::DeepSeek)
         } else if template.contains("<|python_tag|>")
             || (template.contains("<|start_header_id|>") && template.contains("parameters"))
         {
@@ -103,16 +141,59 @@ impl Family {
             Family::Llama3 => &["<|python_tag|>"],
             Family::Mistral { .. } => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
             Family::Harmony => harmony::MARKERS,
+            Family::Qwen3Xml => &["<tool_call>", "</tool_call>"],
+            Family::Gemma4 => gemma4::MARKERS,
+            Family::Granite => &[granite::TOOL_CALL],
+            Family::Lfm2 => &[lfm2::START, lfm2::END],
+            Family::DeepSeek => deepseek::MARKERS,
         }
     }
 
-    /// Appends the calls and the content of `text` (the part after any reasoning) to `out`.
-    fn parse(self, text: &str, end: bool, out: &mut Parsed) {
+    /// The family of vLLM's `--tool-call-parser` `name` (`None`: not one lmgen reads).
+    pub fn from_parser_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "hermes" => Family::Hermes,
+            "llama3_json" => Family::Llama3,
+            "mistral" => Family::Mistral { args: false },
+            "openai" => Family::Harmony,
+            "qwen3_coder" | "qwen3_xml" => Family::Qwen3Xml,
+            "gemma4" => Family::Gemma4,
+            "granite" => Family::Granite,
+            "pythonic" => Family::Lfm2,
+            "deepseek_v3" | "deepseek_v31" => Family::DeepSeek,
+            _ => return None,
+        })
+    }
+
+    /// The parser names [`Family::from_parser_name`] takes.
+    pub const PARSER_NAMES: &'static str = "hermes, llama3_json, mistral, openai, qwen3_coder, \
+        qwen3_xml, gemma4, granite, pythonic, deepseek_v3, deepseek_v31";
+
+    /// The family a vocabulary's special tokens show, for a template that writes no call format.
+    fn from_vocabulary(special: &[(TokenId, String)]) -> Option<Self> {
+        let has = |t: &str| special.iter().any(|(_, s)| s == t);
+        if has(lfm2::START) {
+            Some(Family::Lfm2)
+        } else if has("<tool_call>") {
+            Some(Family::Hermes)
+        } else {
+            None
+        }
+    }
+
+    /// Appends the calls and the content of `text` (the part after any reasoning) to `out`;
+    /// `functions`: the request's tools (their schemas type Qwen3-Coder's values).
+    fn parse(self, text: &str, end: bool, functions: &[FunctionTool], out: &mut Parsed) {
         match self {
             Family::Hermes => hermes::parse(text, end, out),
             Family::Llama3 => llama3::parse(text, end, out),
             Family::Mistral { .. } => mistral::parse(text, end, out),
             Family::Harmony => harmony::parse(text, end, true, out),
+            Family::Qwen3Xml => qwen3_xml::parse(text, end, functions, out),
+            Family::Gemma4 => gemma4::parse(text, end, out),
+            Family::Granite => granite::parse(text, end, out),
+            Family::Lfm2 => lfm2::parse(text, end, out),
+            Family::DeepSeek => deepseek::parse(text, end, out),
         }
     }
 }
@@ -123,8 +204,10 @@ impl Family {
 pub struct ModelFormat {
     /// The family of the template that renders without tools, and with them (`"tool_use"`).
     family: [Option<Family>; 2],
-    /// Whether that template writes `<think>` ... `</think>`.
-    think: [bool; 2],
+    /// The reasoning markers that template writes.
+    think: [Option<think::Markers>; 2],
+    /// Whether it is DeepSeek-R1's, whose output starts in reasoning.
+    starts_thinking: [bool; 2],
     /// Special tokens: (id, text).
     special: Vec<(TokenId, String)>,
 }
@@ -136,8 +219,7 @@ impl ModelFormat {
         if let Some(template) = tokenizer.chat_template() {
             for (i, tools) in [false, true].into_iter().enumerate() {
                 if let Ok(source) = template.source(tools) {
-                    format.family[i] = Family::detect(&source);
-                    format.think[i] = source.contains("<think>") && source.contains("</think>");
+                    format.read_template(i, &source);
                 }
             }
         }
@@ -149,7 +231,36 @@ impl ModelFormat {
             .map(|(id, t)| (id, t.content))
             .collect();
         format.special.sort();
+        for family in &mut format.family {
+            if family.is_none() {
+                *family = Family::from_vocabulary(&format.special);
+            }
+        }
         format
+    }
+
+    /// `family` (the server's `--tool-call-parser`) for every request, in place of the
+    /// template's (whose Mistral variant is kept).
+    pub fn with_family(mut self, family: Option<Family>) -> Self {
+        if let Some(f) = family {
+            for slot in &mut self.family {
+                *slot = match (f, *slot) {
+                    (Family::Mistral { .. }, Some(Family::Mistral { args })) => {
+                        Some(Family::Mistral { args })
+                    }
+                    _ => Some(f),
+                };
+            }
+        }
+        self
+    }
+
+    /// Reads template `i` (0: without tools, 1: with them).
+    fn read_template(&mut self, i: usize, source: &str) {
+        self.family[i] = Family::detect(source);
+        self.think[i] = think::Markers::written_by(source);
+        self.starts_thinking[i] =
+            self.think[i] == Some(think::Markers::Think) && source.contains("<｜Assistant｜>");
     }
 
     /// The tool-call family of the template a request renders with.
@@ -159,23 +270,30 @@ impl ModelFormat {
 
     /// How the output of a request with `tools` is read: calls are parsed unless `tool_choice`
     /// is `"none"`; `prompt` is the rendered prompt (a generation prompt that opens `<think>`
-    /// starts the output inside reasoning). `None`: the text is all content.
+    /// starts the output inside reasoning, and so does DeepSeek-R1's unless it closes it).
+    /// `None`: the text is all content.
     pub fn output(&self, tools: Option<&Tools>, prompt: &str) -> Option<OutputFormat> {
         let i = usize::from(tools.is_some());
         let family = self.family[i];
         let harmony = family == Some(Family::Harmony);
-        let think = self.think[i] && !harmony;
+        let markers = self.think[i].filter(|_| !harmony);
+        let think = markers.is_some();
+        let markers = markers.unwrap_or_default();
         let calls = tools.filter(|t| t.parsed()).and(family);
         if calls.is_none() && !think && !harmony {
             return None;
         }
-        let in_reasoning = think && prompt.rfind("<think>") > prompt.rfind("</think>");
+        let opened = prompt.rfind(markers.open()) > prompt.rfind(markers.close());
+        let closed = prompt.trim_end().ends_with(markers.close());
+        let in_reasoning = think && (opened || (self.starts_thinking[i] && !closed));
         Some(OutputFormat {
             family: calls,
             harmony,
             think,
+            think_markers: markers,
             in_reasoning,
             one_call: tools.is_some_and(|t| !t.parallel),
+            functions: tools.map_or_else(Default::default, |t| t.functions.clone().into()),
         })
     }
 
@@ -187,7 +305,7 @@ impl ModelFormat {
             kept.extend(harmony::MARKERS);
         }
         if format.think {
-            kept.extend(["<think>", "</think>"]);
+            kept.extend(format.think_markers.tokens());
         }
         self.special
             .iter()
@@ -211,19 +329,23 @@ fn lark_string(s: &str) -> String {
 }
 
 /// How one request's output is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutputFormat {
     /// The family whose calls are parsed (`None`: none are).
     pub family: Option<Family>,
     /// gpt-oss's channels (reasoning and final text even without tools).
     pub harmony: bool,
-    /// `<think>` ... `</think>` is reasoning.
+    /// Text between reasoning markers is reasoning.
     pub think: bool,
+    /// Those markers.
+    pub think_markers: think::Markers,
     /// The prompt left `<think>` open: the output starts inside reasoning.
     pub in_reasoning: bool,
     /// `parallel_tool_calls: false`: only the first call counts (as vLLM); the text of later
     /// ones is dropped.
     pub one_call: bool,
+    /// The request's tools (Qwen3-Coder's values are typed by their schemas).
+    pub functions: Arc<[FunctionTool]>,
 }
 
 impl OutputFormat {
@@ -234,11 +356,17 @@ impl OutputFormat {
             harmony::parse(text, end, self.family.is_some(), &mut out);
         } else {
             let rest = match self.think {
-                true => think::split(text, end, self.in_reasoning, &mut out.reasoning),
+                true => think::split(
+                    text,
+                    end,
+                    self.in_reasoning,
+                    self.think_markers,
+                    &mut out.reasoning,
+                ),
                 false => Some(text),
             };
             match (rest, self.family) {
-                (Some(rest), Some(family)) => family.parse(rest, end, &mut out),
+                (Some(rest), Some(family)) => family.parse(rest, end, &self.functions, &mut out),
                 (Some(rest), None) => out.content.push_str(rest),
                 (None, _) => {}
             }
@@ -266,20 +394,6 @@ fn pending_prefix(text: &str, marker: &str) -> usize {
         .filter(|&k| marker.is_char_boundary(k))
         .find(|&k| text.ends_with(&marker[..k]))
         .unwrap_or(0)
-}
-
-/// A call from a JSON object `{"name": ..., "arguments" | "parameters": ...}`; arguments given
-/// as a string are taken as the JSON text they hold.
-fn call_from_value(v: &Value) -> Option<ToolCall> {
-    let obj = v.as_object()?;
-    let name = obj.get("name")?.as_str()?.to_string();
-    let args = obj.get("arguments").or_else(|| obj.get("parameters"));
-    let arguments = match args {
-        None => "{}".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-    };
-    Some(ToolCall { name, arguments })
 }
 
 /// A call from the JSON text `{"name": ..., "arguments" | "parameters": ...}` (`None` if it is
@@ -351,7 +465,7 @@ fn assert_streams_alike(format: OutputFormat, text: &str) -> Parsed {
             .collect(),
     );
     for pieces in splits {
-        let mut parser = OutputParser::new(format);
+        let mut parser = OutputParser::new(format.clone());
         let mut got = Parsed::default();
         for (k, piece) in pieces.iter().enumerate() {
             let d = parser.push(piece, k + 1 == pieces.len());
@@ -430,13 +544,17 @@ mod tests {
             (real!("mistral_small3_2"), mistral, false),
             (real!("ministral3_reasoning"), mistral, false),
             (real!("devstral_small"), mistral, false),
-            (real!("deepseek_r1_distill_qwen"), None, true),
+            (
+                real!("deepseek_r1_distill_qwen"),
+                Some(Family::DeepSeek),
+                true,
+            ),
+            (real!("qwen3_5"), Some(Family::Qwen3Xml), true),
+            (real!("gemma4"), Some(Family::Gemma4), false),
+            (real!("granite3_3"), Some(Family::Granite), true),
+            (real!("lfm2"), Some(Family::Lfm2), false),
+            // No call format in the template: the vocabulary's (below).
             (real!("smollm3"), None, true),
-            // Formats not parsed yet: their calls stay content.
-            (real!("qwen3_5"), None, true),
-            (real!("gemma4"), None, false),
-            (real!("granite3_3"), None, true),
-            (real!("lfm2"), None, false),
             (real!("lfm2_5"), None, false),
             (real!("phi3_5_mini"), None, false),
         ];
@@ -451,7 +569,8 @@ mod tests {
     fn a_request_reads_its_output_by_its_template() {
         let format = ModelFormat {
             family: [None, Some(Family::Hermes)],
-            think: [true, true],
+            think: [Some(think::Markers::Think); 2],
+            starts_thinking: [false, false],
             special: vec![(5, "<|im_end|>".into()), (7, "<tool_call>".into())],
         };
         let tools = |choice: &str, parallel: bool| {
@@ -500,6 +619,107 @@ mod tests {
     }
 
     #[test]
+    fn deepseek_r1_starts_in_reasoning_and_vocabularies_name_a_family() {
+        let r1 = include_str!(
+            "../../../lmgen/tests/fixtures/chat_templates/real/deepseek_r1_distill_qwen.jinja"
+        );
+        let mut format = ModelFormat::default();
+        format.read_template(0, r1);
+        format.read_template(1, r1);
+        assert_eq!(format.family(true), Some(Family::DeepSeek));
+        // Reasoning from the output's start, unless the prompt closed it (thinking off).
+        for (prompt, in_reasoning) in [
+            ("<｜User｜>Hi<｜Assistant｜>", true),
+            ("<｜User｜>Hi<｜Assistant｜><think>\n", true),
+            ("<｜User｜>Hi<｜Assistant｜><think>\n</think>", false),
+        ] {
+            let o = format.output(None, prompt).unwrap();
+            assert_eq!((o.think, o.in_reasoning), (true, in_reasoning), "{prompt}");
+        }
+        let o = format.output(None, "<｜Assistant｜>").unwrap();
+        let p = assert_streams_alike(o, "<think>\nHmm.\n</think>\n\nHello.");
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("\nHmm.\n", "Hello.")
+        );
+        let qwen3 = include_str!("../../../lmgen/tests/fixtures/chat_templates/real/qwen3.jinja");
+        format.read_template(0, qwen3);
+        assert!(
+            !format
+                .output(None, "<|im_start|>assistant\n")
+                .unwrap()
+                .in_reasoning
+        );
+        // A template without a call format: the vocabulary's.
+        let special = |t: &str| vec![(1, "<|im_end|>".to_string()), (2, t.to_string())];
+        assert_eq!(
+            Family::from_vocabulary(&special("<|tool_call_start|>")),
+            Some(Family::Lfm2)
+        );
+        assert_eq!(
+            Family::from_vocabulary(&special("<tool_call>")),
+            Some(Family::Hermes)
+        );
+        assert_eq!(Family::from_vocabulary(&special("<|eot_id|>")), None);
+    }
+
+    #[test]
+    fn the_parser_flag_overrides_the_template() {
+        assert_eq!(
+            Family::from_parser_name("qwen3_coder"),
+            Some(Family::Qwen3Xml)
+        );
+        assert_eq!(Family::from_parser_name("no_such_parser"), None);
+        for name in Family::PARSER_NAMES.split(", ") {
+            assert!(Family::from_parser_name(name).is_some(), "{name}");
+        }
+        let mut format = ModelFormat::default();
+        let mistral = include_str!(
+            "../../../lmgen/tests/fixtures/chat_templates/real/mistral_small3_2.jinja"
+        );
+        format.read_template(1, mistral);
+        let format = format.with_family(Family::from_parser_name("mistral"));
+        assert_eq!(
+            (format.family(false), format.family(true)),
+            (
+                Some(Family::Mistral { args: false }),
+                Some(Family::Mistral { args: true })
+            )
+        );
+        let format = format.with_family(Some(Family::Lfm2));
+        assert_eq!(format.family(true), Some(Family::Lfm2));
+        assert_eq!(ModelFormat::default().with_family(None).family(true), None);
+    }
+
+    #[test]
+    fn gemma4_thinks_in_its_thought_channel() {
+        let gemma4 = include_str!("../../../lmgen/tests/fixtures/chat_templates/real/gemma4.jinja");
+        let mut format = ModelFormat {
+            special: vec![
+                (3, "<|channel>".into()),
+                (4, "<channel|>".into()),
+                (5, "<eos>".into()),
+            ],
+            ..ModelFormat::default()
+        };
+        format.read_template(0, gemma4);
+        format.read_template(1, gemma4);
+        assert_eq!(format.family(true), Some(Family::Gemma4));
+        // Thinking off: the prompt holds an empty, closed thought.
+        let off = format
+            .output(None, "<|turn>model\n<|channel>thought\n<channel|>")
+            .unwrap();
+        assert!(off.think && !off.in_reasoning);
+        let on = format.output(None, "<|turn>model\n").unwrap();
+        assert_eq!(format.dropped(&on), HashSet::from([5]));
+        let p = assert_streams_alike(on, "<|channel>thought\nThe user greets.<channel|>Hello!");
+        assert_eq!(
+            (p.reasoning.as_str(), p.content.as_str()),
+            ("\nThe user greets.", "Hello!")
+        );
+    }
+
+    #[test]
     fn thinking_then_hermes_calls() {
         let format = OutputFormat {
             family: Some(Family::Hermes),
@@ -507,9 +727,10 @@ mod tests {
             think: true,
             in_reasoning: false,
             one_call: false,
+            ..Default::default()
         };
         let text = "<think>\nLook it up.\n</think>\n\nSure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>\n";
-        let p = assert_streams_alike(format, text);
+        let p = assert_streams_alike(format.clone(), text);
         assert_eq!(p.reasoning, "\nLook it up.\n");
         assert_eq!(p.content, "Sure.");
         assert_eq!(
@@ -523,9 +744,9 @@ mod tests {
         // reasoning.
         let open = OutputFormat {
             in_reasoning: true,
-            ..format
+            ..format.clone()
         };
-        let p = assert_streams_alike(open, "still thinking <thi");
+        let p = assert_streams_alike(open.clone(), "still thinking <thi");
         assert_eq!(
             (p.reasoning.as_str(), p.content.as_str()),
             ("still thinking <thi", "")
@@ -535,7 +756,7 @@ mod tests {
         // Without a family, text after reasoning is content as is.
         let plain = OutputFormat {
             family: None,
-            ..format
+            ..format.clone()
         };
         let p = assert_streams_alike(plain, "<think>x</think>  y <tool_call>");
         assert_eq!(

@@ -4,12 +4,15 @@
 use lmgen::generation::structured::Grammar;
 use serde_json::{json, Value};
 
-use super::{harmony, hermes, llama3, mistral, Family, ModelFormat};
+use super::{
+    deepseek, gemma4, granite, harmony, hermes, lfm2, llama3, mistral, qwen3_xml, Family,
+    ModelFormat,
+};
 use crate::error::ApiError;
 use crate::validate::Plan;
 
 /// A function tool: its name and its parameters' JSON Schema.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionTool {
     pub name: String,
     pub parameters: Value,
@@ -189,6 +192,11 @@ impl Tools {
             Family::Llama3 => llama3::grammar(format, &chosen),
             Family::Mistral { args } => mistral::grammar(format, &chosen, parallel, args),
             Family::Harmony => harmony::grammar(format, &chosen),
+            Family::Qwen3Xml => qwen3_xml::grammar(format, &chosen, parallel),
+            Family::Gemma4 => gemma4::grammar(format, &chosen, parallel),
+            Family::Granite => granite::grammar(format, &chosen, parallel),
+            Family::Lfm2 => lfm2::grammar(format, &chosen, parallel),
+            Family::DeepSeek => deepseek::grammar(format, &chosen, parallel),
         };
         let start = match close_think {
             true => format!("start: {} calls\n", super::lark_string("</think>\n\n")),
@@ -209,7 +217,7 @@ impl Tools {
     ) -> Result<(), ApiError> {
         plan.output = format.output(tools, text);
         let Some(t) = tools else { return Ok(()) };
-        let close_think = plan.output.is_some_and(|o| o.in_reasoning);
+        let close_think = plan.output.as_ref().is_some_and(|o| o.in_reasoning);
         if let Some(grammar) = t.grammar(format, format.family(true), close_think)? {
             if plan.grammar.is_some() {
                 return Err(ApiError::invalid(
@@ -305,13 +313,26 @@ mod tests {
             Family::Mistral { args: true },
             Family::Mistral { args: false },
             Family::Harmony,
+            Family::Qwen3Xml,
+            Family::Gemma4,
+            Family::Granite,
+            Family::Lfm2,
+            Family::DeepSeek,
         ] {
             let g = tools
                 .grammar(&format, Some(family), false)
                 .unwrap()
                 .unwrap();
+            // The JSON formats take the schema whole; the others its keys.
+            let json = !matches!(family, Family::Qwen3Xml | Family::Gemma4 | Family::Lfm2);
             assert!(
-                g.starts_with("start: ") && g.contains("get_weather") && g.contains("%json {"),
+                g.starts_with("start: ")
+                    && g.contains("get_weather")
+                    && (if json {
+                        g.contains("%json {")
+                    } else {
+                        g.contains("city")
+                    }),
                 "{g}"
             );
         }
@@ -329,6 +350,11 @@ mod tests {
             Family::Mistral { args: true },
             Family::Mistral { args: false },
             Family::Harmony,
+            Family::Qwen3Xml,
+            Family::Gemma4,
+            Family::Granite,
+            Family::Lfm2,
+            Family::DeepSeek,
         ] {
             let g = tools.grammar(&format, Some(family), true).unwrap().unwrap();
             let grammar = lmgen::generation::structured::Grammar::Lark(g.clone());
