@@ -10,8 +10,12 @@ Writes into that folder:
                   `SynthIDTextWatermarkLogitsProcessor.sampling_table` (torch.randint on MT19937).
     "processor":  [{"name", "config", "vocab", "steps": [{"input_ids", "scores", "processed"}]}]: one
                   processor object called once per step on the given input ids and random scores
-                  (its state carries over, as in generate()); `processed` is what it returned.
-                  Scores at `-inf` (as `top_k` leaves them) come back as float32's lowest value.
+                  (its state carries over, as in generate()); `processed` is what it returned,
+                  `f32_error` how far that is from what a twin processor returned on the same scores
+                  in float64 (transformers' own float32 error).
+                  Scores at `-inf` (as `top_k` leaves them) come back as the dtype's lowest value.
+                  With several layers, `1 + g - E[g]` cancels for tokens of tiny probability:
+                  there float32 is off the float64 answer by up to tenths in log space.
     "generate":   [{"name", "model", "input_ids", "attention_mask", "generation_config",
                   "sequences", "top_scores": [step][row] -> [[id, score]] x TOP}]: `model.generate`
                   with `SynthIDTextWatermarkingConfig(**config)` (greedy or beam search on the golden
@@ -51,6 +55,14 @@ def f32(x):
     return float(f"{x:.9g}")
 
 
+def err(x32, x64):
+    """|float32 answer - float64 answer| to 2 digits, rounded up; 0 where both are the lowest value."""
+    lowest32, lowest64 = torch.finfo(torch.float32).min, torch.finfo(torch.float64).min
+    if x32 == lowest32 and x64 == lowest64:
+        return 0
+    return float(f"{abs(x32 - x64) * 1.05:.2g}")
+
+
 def processor(config):
     full = SynthIDTextWatermarkingConfig(**config)
     return full.construct_processor(vocab_size=0, device="cpu")
@@ -84,6 +96,7 @@ def processor_cases():
     gen = torch.Generator().manual_seed(1234)
     for name, config, vocab, batch, steps, choice, keep in PROCESSOR_CASES:
         p = processor(config)
+        p64 = processor(config)  # the same steps on float64 scores: the exact answer's estimate
         input_ids = torch.randint(0, vocab, (batch, 4), generator=gen)
         records = []
         for step in range(steps):
@@ -92,10 +105,13 @@ def processor_cases():
                 kth = torch.topk(scores, keep, dim=1).values[:, -1:]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
             processed = p(input_ids, scores.clone())
+            exact = p64(input_ids, scores.double())
             records.append({
                 "input_ids": input_ids.tolist(),
                 "scores": [[f32(x) for x in row] for row in scores.tolist()],
                 "processed": [[f32(x) for x in row] for row in processed.tolist()],
+                "f32_error": [[err(a, b) for a, b in zip(ra, rb)]
+                              for ra, rb in zip(processed.tolist(), exact.tolist())],
             })
             if choice == "argmax":
                 nxt = processed.argmax(dim=1, keepdim=True)
