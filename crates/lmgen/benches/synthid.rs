@@ -59,8 +59,13 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let dir = std::env::var("LMGEN_BENCH_MODEL")
-        .unwrap_or_else(|_| "crates/lmgen/tests/fixtures/golden/models/llama".into());
+    let dir = std::env::var("LMGEN_BENCH_MODEL").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/golden/models/llama"
+        )
+        .into()
+    });
     let pipe = Pipeline::from_pretrained(&dir)?;
     let input = GenerateInput::single(vec![1, 15, 27, 300, 42]);
     let base = json!({"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": false});

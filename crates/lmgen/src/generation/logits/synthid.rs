@@ -365,8 +365,8 @@ mod tests {
         );
     }
 
-    /// With uniform scores, one layer, and every context new, the tokens whose g-value is 1 get
-    /// twice the probability of the others (`p * (1 + g - 1/2)` with half the mass on g = 1 ...).
+    /// With uniform scores (debug mode) and one layer, each token's probability becomes
+    /// `(1 + g - E[g]) / vocab`: tokens whose g-value is 1 are favoured.
     #[test]
     fn one_layer_favours_g_one_tokens() {
         let config = SynthIDTextWatermarkingConfig::from_json(
