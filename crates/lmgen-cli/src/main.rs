@@ -9,6 +9,7 @@ mod logits;
 mod serve;
 mod tokenize;
 mod transcribe;
+mod watermark;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,9 @@ enum Command {
     /// Speech to text with a Whisper checkpoint: transcribe (or translate) an audio file,
     /// printing each segment as it is decoded.
     Transcribe(transcribe::TranscribeArgs),
+    /// Score token ids for a watermark (SynthID's g-values, masks and Bayesian detector, or the
+    /// green-list z-score), one JSON request per line (--request).
+    Watermark(watermark::WatermarkArgs),
     /// Serve the OpenAI API (completions, chat, models, health, metrics) with continuous batching.
     Serve(lmgen_server::ServeArgs),
 }
@@ -68,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::InitRandom(args) => init_random::run(args),
         Command::Transcribe(args) => transcribe::run(args),
+        Command::Watermark(args) => watermark::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

@@ -764,3 +764,57 @@ fn encoder_decoder_requests_through_json_lines() -> Result<()> {
     }
     Ok(())
 }
+
+/// `lmgen watermark --request -`: the golden SynthID detector cases (transformers 5.17) through
+/// JSON lines, with the detector directory (its `watermarking_config` as the request's default);
+/// a green-list config gets a z-score; a bad line answers an error naming the field.
+#[test]
+fn watermark_detection_through_json_lines() -> Result<()> {
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/synthid"
+    );
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/cases.json"))?)?;
+    let case = golden["detector"]
+        .as_array()
+        .and_then(|cases| cases.iter().find(|c| c["name"] == "ngram2_eos_and_repeats"))
+        .context("case")?;
+    let lines = [
+        json!({"input_ids": case["input_ids"], "detector": format!("{root}/detector"),
+               "eos_token_id": case["eos_token_id"]}),
+        json!({"input_ids": case["input_ids"], "watermarking_config": case["config"]}),
+        json!({"input_ids": [[1, 5, 9, 5, 9, 7]], "watermarking_config": {"bias": 2.0},
+               "vocab_size": 800}),
+        json!({"input_ids": [[1, 5]], "watermarking_config": {"keys": [1], "ngram_len": 5}}),
+    ];
+    let stdin: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let out = lmgen(&["watermark", "--request", "-"], &stdin)?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answers: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(answers.len(), 4);
+    let posterior: Vec<f64> = serde_json::from_value(answers[0]["posterior"].clone())?;
+    let want: Vec<f64> = serde_json::from_value(case["posterior"].clone())?;
+    assert_eq!(posterior.len(), want.len());
+    for (got, want) in posterior.iter().zip(&want) {
+        assert!((got - want).abs() <= 1e-5, "{posterior:?} vs {want:?}");
+    }
+    assert_eq!(answers[0]["g_values"], case["g_values"]);
+    assert_eq!(
+        answers[0]["context_repetition_mask"],
+        case["context_repetition_mask"]
+    );
+    assert_eq!(answers[1]["g_values"], case["g_values"]);
+    assert!(answers[1].get("posterior").is_none());
+    assert_eq!(answers[2]["num_tokens_scored"], json!([5]));
+    assert!(answers[2]["z_score"][0].is_number());
+    assert!(
+        error_message(&answers[3]).contains("`ngram_len`"),
+        "{}",
+        answers[3]
+    );
+    Ok(())
+}

@@ -98,19 +98,31 @@ fn unknown_keys_load_from_the_file_but_not_from_the_caller() -> Result<()> {
 }
 
 #[test]
-fn settings_not_built_yet_are_rejected_naming_the_field() -> Result<()> {
+fn bad_synthid_watermarking_configs_are_rejected_naming_the_field() -> Result<()> {
     let pipe = Pipeline::from_pretrained(golden("llama").to_str().unwrap_or_default())?;
-    let cases = [(
-        json!({"watermarking_config": {"keys": [1, 2], "ngram_len": 5}}),
-        "`watermarking_config` for SynthID",
-    )];
-    for (fields, expected) in cases {
+    let cases = [
+        (
+            json!({"keys": [1, 2]}),
+            "`watermarking_config` for SynthID needs `ngram_len`",
+        ),
+        (
+            json!({"keys": [1, 2], "ngram_len": 5, "sampling_table_size": 16_777_217}),
+            "`sampling_table_size` should be < 2**24",
+        ),
+        (
+            json!({"keys": [1, 2], "ngram_len": 5, "bias": 2.0}),
+            "`bias`, which SynthIDTextWatermarkingConfig does not take",
+        ),
+        (
+            json!({"keys": [], "ngram_len": 5}),
+            "`watermarking_config.keys`",
+        ),
+    ];
+    for (watermarking_config, expected) in cases {
+        let fields = json!({ "watermarking_config": watermarking_config });
         let overrides = GenerationConfig::from_json(&fields, UnknownFields::Reject)?;
         let msg = error(pipe.generate(&prompt(), &overrides));
-        assert_mentions(
-            &msg,
-            &["not supported yet", expected, "not implemented yet"],
-        );
+        assert_mentions(&msg, &[expected]);
     }
     Ok(())
 }

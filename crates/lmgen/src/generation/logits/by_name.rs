@@ -233,6 +233,31 @@ class! {
     }
 }
 
+class! {
+    SynthId {
+        ngram_len: usize,
+        keys: Vec<i64>,
+        sampling_table_size: usize,
+        sampling_table_seed: i64,
+        context_history_size: usize,
+        skip_first_ngram_calls: bool = "Default::default",
+        debug_mode: bool = "Default::default",
+    }
+    => |a| {
+        // torch's `manual_seed` takes a negative seed modulo 2**64.
+        let config = SynthIDTextWatermarkingConfig {
+            ngram_len: a.ngram_len,
+            keys: a.keys,
+            context_history_size: a.context_history_size,
+            sampling_table_seed: a.sampling_table_seed as u64,
+            sampling_table_size: a.sampling_table_size,
+            skip_first_ngram_calls: a.skip_first_ngram_calls,
+            debug_mode: a.debug_mode,
+        };
+        SynthIDTextWatermarkLogitsProcessor::new(config)?
+    }
+}
+
 fn typical_mass() -> f64 {
     0.9
 }
@@ -316,6 +341,7 @@ pub fn processor_from_hf(name: &str, args: &Value) -> Result<Box<dyn LogitsProce
         "FrequencyPenaltyLogitsProcessor" => make::<FrequencyPenalty>(name, map),
         "LogitBiasLogitsProcessor" => make::<LogitBias>(name, map),
         "WatermarkLogitsProcessor" => make::<Watermark>(name, map),
+        "SynthIDTextWatermarkLogitsProcessor" => make::<SynthId>(name, map),
         "PrefixConstrainedLogitsProcessor" | "UnbatchedClassifierFreeGuidanceLogitsProcessor" => {
             Err(Error::unsupported(format!(
                 "{name} needs a Rust callback or the model; build it with the library API"

@@ -220,18 +220,25 @@ impl<'a> LogitsProcessorList<'a> {
             }
         }
         if let Some(w) = &c.watermarking_config {
-            let vocab = ctx
-                .vocab_size
-                .or_else(|| ctx.model.map(|m| m.config().vocab_size))
-                .ok_or_else(|| {
-                    crate::error::Error::unsupported(
-                        "`watermarking_config` needs the model's vocabulary size",
-                    )
-                })?;
-            list.push(WatermarkLogitsProcessor::new(
-                WatermarkingConfig::from_json(w)?,
-                vocab,
-            )?);
+            // transformers appends it after every other processor and warper (#34630).
+            if SynthIDTextWatermarkingConfig::is_synthid(w) {
+                list.push(SynthIDTextWatermarkLogitsProcessor::new(
+                    SynthIDTextWatermarkingConfig::from_json(w)?,
+                )?);
+            } else {
+                let vocab = ctx
+                    .vocab_size
+                    .or_else(|| ctx.model.map(|m| m.config().vocab_size))
+                    .ok_or_else(|| {
+                        crate::error::Error::unsupported(
+                            "`watermarking_config` needs the model's vocabulary size",
+                        )
+                    })?;
+                list.push(WatermarkLogitsProcessor::new(
+                    WatermarkingConfig::from_json(w)?,
+                    vocab,
+                )?);
+            }
         }
         if c.renormalize_logits == Some(true) {
             list.push(LogitNormalization);

@@ -9,6 +9,7 @@
 //! [`PresencePenaltyLogitsProcessor`], [`FrequencyPenaltyLogitsProcessor`] and
 //! [`LogitBiasLogitsProcessor`], as OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`.
 
+mod bayesian_detector;
 mod by_name;
 mod classifier_free_guidance;
 mod encoder_no_repeat_ngram;
@@ -35,6 +36,8 @@ mod repetition_penalty;
 mod sequence_bias;
 mod suppress_tokens;
 mod suppress_tokens_at_begin;
+mod synthid;
+mod synthid_detector;
 mod temperature;
 mod top_h;
 mod top_k;
@@ -46,6 +49,7 @@ mod watermark_detector;
 use crate::error::{Error, Result};
 use crate::TokenId;
 
+pub use bayesian_detector::BayesianDetectorModel;
 pub use by_name::processor_from_hf;
 pub(crate) use classifier_free_guidance::UnbatchedClassifierFreeGuidanceLogitsProcessor;
 pub(crate) use encoder_no_repeat_ngram::EncoderNoRepeatNGramLogitsProcessor;
@@ -73,6 +77,8 @@ pub(crate) use repetition_penalty::RepetitionPenaltyLogitsProcessor;
 pub(crate) use sequence_bias::SequenceBiasLogitsProcessor;
 pub(crate) use suppress_tokens::SuppressTokensLogitsProcessor;
 pub(crate) use suppress_tokens_at_begin::SuppressTokensAtBeginLogitsProcessor;
+pub use synthid::{SynthIDTextWatermarkLogitsProcessor, SynthIDTextWatermarkingConfig};
+pub use synthid_detector::{SynthIDDetectionOutput, SynthIDTextWatermarkDetector};
 pub(crate) use temperature::TemperatureLogitsWarper;
 pub(crate) use top_h::TopHLogitsWarper;
 pub(crate) use top_k::TopKLogitsWarper;

@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use super::{invalid_arg, sorted_desc, LogitsProcessor, Scores};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::TokenId;
 
 /// transformers' `TABLE_SIZE` for the "selfhash" lookup table.
@@ -70,17 +70,17 @@ impl Default for WatermarkingConfig {
 
 impl WatermarkingConfig {
     /// Reads the `watermarking_config` JSON object; unset keys take transformers' defaults.
-    /// A SynthID config (`keys`, `ngram_len`) is [`Error::Unsupported`].
+    /// A SynthID config (`keys`, `ngram_len`) is an error here: read it with
+    /// [`super::SynthIDTextWatermarkingConfig::from_json`].
     pub fn from_json(value: &Value) -> Result<Self> {
         let obj = value.as_object().ok_or_else(|| {
             invalid_arg(format!(
                 "`watermarking_config` must be a JSON object, got {value}"
             ))
         })?;
-        if obj.contains_key("keys") || obj.contains_key("ngram_len") {
-            return Err(Error::unsupported(
-                "`watermarking_config` for SynthID text watermarking (`keys`, `ngram_len`) is not \
-                 implemented yet; unset it or give a `WatermarkingConfig` (`greenlist_ratio`, `bias`, ...)",
+        if super::SynthIDTextWatermarkingConfig::is_synthid(value) {
+            return Err(invalid_arg(
+                "`watermarking_config` with `keys`/`ngram_len` is a SynthIDTextWatermarkingConfig, not a WatermarkingConfig".into(),
             ));
         }
         let mut c = Self::default();
@@ -170,6 +170,16 @@ impl TorchMt19937 {
         y ^= (y << 7) & 0x9d2c_5680;
         y ^= (y << 15) & 0xefc6_0000;
         y ^ (y >> 18)
+    }
+
+    /// `torch.randint(low, high, (n,), generator=...)` on CPU for `high - low < 2**32`: each value is
+    /// `random() % (high - low) + low` (`uniform_int_from_to_distribution`), drawn in order.
+    pub(super) fn randint(&mut self, low: i64, high: i64, n: usize) -> Vec<i64> {
+        let range = (high - low) as u64;
+        debug_assert!(range > 0 && range < 1 << 32);
+        (0..n)
+            .map(|_| (self.next_u32() as u64 % range) as i64 + low)
+            .collect()
     }
 
     /// `torch.randperm(n, generator=...)` on CPU: Fisher-Yates with `random() % (n - i)`.
