@@ -25,7 +25,7 @@ fn main() -> Result<()> {
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or(default.into());
     let mut dir = PathBuf::from(arg(0, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden-seq2seq/models/t5")));
     if dir.extension().is_some_and(|e| e == "json") {
-        let text = std::fs::read_to_string(&dir).map_err(|e| Error::io(&dir, e))?;
+        let text = std::fs::read_to_string(&dir).map_err(|e| Error::input(e.to_string()))?;
         let config = serde_json::from_str(&text).map_err(|e| Error::input(e.to_string()))?;
         let out = std::env::temp_dir().join("lmgen-engine-throughput");
         lmgen::init::init_random(&config, DType::F32, &out, 0)?;
