@@ -17,13 +17,20 @@ use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
 use lmgen::{load::Checkpoint, Error, GenerationConfig, Result, TokenId};
 
 fn number(s: &str) -> Result<usize> {
-    s.parse().map_err(|_| Error::input(format!("`{s}` is not a count")))
+    s.parse()
+        .map_err(|_| Error::input(format!("`{s}` is not a count")))
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or(default.into());
-    let mut dir = PathBuf::from(arg(0, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden-seq2seq/models/t5")));
+    let mut dir = PathBuf::from(arg(
+        0,
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/golden-seq2seq/models/t5"
+        ),
+    ));
     if dir.extension().is_some_and(|e| e == "json") {
         let text = std::fs::read_to_string(&dir).map_err(|e| Error::input(e.to_string()))?;
         let config = serde_json::from_str(&text).map_err(|e| Error::input(e.to_string()))?;
@@ -32,8 +39,10 @@ fn main() -> Result<()> {
         dir = out;
     }
     let (new, runs) = (number(&arg(2, "32"))?, number(&arg(3, "3"))?.max(1));
-    let model: Arc<dyn CausalLM> =
-        Arc::from(load_model(&Checkpoint::open(&dir)?, &LoadOptions::default())?);
+    let model: Arc<dyn CausalLM> = Arc::from(load_model(
+        &Checkpoint::open(&dir)?,
+        &LoadOptions::default(),
+    )?);
     let mut config = GenerationConfig::from_pretrained(&dir)?;
     config.update(&GenerationConfig {
         max_new_tokens: Some(new),
