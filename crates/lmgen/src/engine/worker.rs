@@ -233,9 +233,9 @@ impl Worker {
     }
 
     /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
-    /// row-major `[sequences * vocab]`.
-    /// An encoder-decoder model's sequences run in the same forward, each cross-attending to its
-    /// own encoder output through its cross-attention blocks.
+    /// row-major `[sequences * vocab]`. An encoder-decoder model's sequences run in the same
+    /// forward, each cross-attending to its own encoder output through its cross-attention blocks
+    /// (projected and written on its first step since admission).
     fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
         let bs = self.alloc.block_size();
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
