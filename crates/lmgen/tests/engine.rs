@@ -13,6 +13,7 @@ use lmgen::engine::{
     Request, RequestStatus, SchedulerPolicy,
 };
 use lmgen::generation::config::UnknownFields;
+use lmgen::generation::{generate_seq2seq, EncoderInputs, Seq2SeqInput};
 use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
 use lmgen::{generate, GenerateInput, GenerationConfig, Pipeline, TokenId};
@@ -172,13 +173,167 @@ fn greedy_equals_generate_on_recurrent_state_models() {
     random_arrivals("arch/qwen3_next", SchedulerPolicy::Fifo, 8);
 }
 
-/// Encoder-decoder models: each request's prompt is its encoder's input, its decoder runs on its
-/// own over the paged KV with its encoder output beside it, and preemption keeps that output.
+/// Encoder-decoder models: each request's prompt is its encoder's input; every running
+/// sequence's decoder step is in one packed forward, each cross-attending to its own encoder
+/// output through its cross-attention blocks in the pool, which preemption frees and recomputes.
 #[test]
 fn greedy_equals_generate_on_encoder_decoder_models() {
     random_arrivals("seq2seq/t5", SchedulerPolicy::Fifo, 9);
     random_arrivals("seq2seq/flan_t5", SchedulerPolicy::PrefillFirst, 10);
     preemption_under_a_tiny_kv_budget(&setup("seq2seq/t5"), 12);
+}
+
+/// Requests of different encoder lengths (1 to 40) and decoder lengths (1 to 24), all queued
+/// before the engine starts so that they decode in the same steps: every greedy output equals
+/// per-request generate() on T5, Flan-T5, mT5 (T5's packed path), BART, mBART and Marian (BART's),
+/// and no block or encoder output is left once they are done.
+#[test]
+fn encoder_decoder_requests_of_mixed_lengths_decode_together() {
+    for (model, seed) in [
+        ("seq2seq/t5", 20),
+        ("seq2seq/flan_t5", 21),
+        ("seq2seq/mt5", 22),
+        ("seq2seq/bart", 23),
+        ("seq2seq/mbart", 24),
+        ("seq2seq/marian", 25),
+    ] {
+        // Marian's fixture has no tokenizer.json: the model and its generation config only.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/golden-seq2seq/models")
+            .join(model.trim_start_matches("seq2seq/"));
+        let loaded = load_model(&Checkpoint::open(&dir).unwrap(), &LoadOptions::default());
+        let model_arc: Arc<dyn CausalLM> = Arc::from(loaded.unwrap());
+        let base = GenerationConfig::from_pretrained(&dir).unwrap();
+        let m = ContinuousBatchingManager::new(
+            model_arc.clone(),
+            engine_config(4, 256, 64),
+            DType::F32,
+            None,
+        )
+        .unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let vocab = model_arc.config().vocab_size;
+        let mut submitted = Vec::new();
+        for i in 0..10 {
+            let len = [1, 40, 7, 23, 2, 31, 12, 5, 38, 16][i];
+            let prompt = random_prompt(&mut rng, len, vocab);
+            let mut cfg = base.clone();
+            cfg.update(&GenerationConfig {
+                max_new_tokens: Some(rng.random_range(1..25)),
+                do_sample: Some(false),
+                num_beams: Some(1), // Marian's checkpoint asks for beam search
+                ..GenerationConfig::default()
+            });
+            let id = m
+                .add_request(Request::new(prompt.clone(), cfg.clone()))
+                .unwrap();
+            submitted.push((id, prompt, cfg));
+        }
+        m.start().unwrap();
+        for (id, prompt, cfg) in &submitted {
+            let out = m
+                .get_result(Some(id), Some(Duration::from_secs(120)))
+                .unwrap();
+            assert_eq!(out.status, RequestStatus::Finished, "{id}: {:?}", out.error);
+            let want = generate(
+                model_arc.as_ref(),
+                &GenerateInput::single(prompt.clone()),
+                cfg,
+            )
+            .unwrap();
+            assert_eq!(
+                out.generated_tokens,
+                want.generated(0),
+                "{model} request {id} (encoder input of {} tokens)",
+                prompt.len()
+            );
+        }
+        wait_idle(&m);
+        assert_eq!(m.stats().encoder_bytes, 0, "{model}: {:?}", m.stats());
+    }
+}
+
+/// Whisper: requests carry `input_features` and their own decoder prompts (1 to 4 tokens);
+/// decoded together, each equals generate_seq2seq() with that prompt.
+#[test]
+fn whisper_requests_with_input_features_decode_together() {
+    let s = setup("seq2seq/whisper");
+    let inputs = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/golden-seq2seq/inputs.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let rows: Vec<candle_core::Tensor> = ["whisper_greedy_direct", "whisper_batch_direct"]
+        .iter()
+        .flat_map(|k| {
+            let f = &inputs[&format!("{k}.input_features")]; // [b, n_mels, frames]
+            (0..f.dim(0).unwrap()).map(|i| f.get(i).unwrap())
+        })
+        .collect();
+    let prompts: [&[TokenId]; 4] = [
+        &[301],
+        &[301, 302, 311, 315],
+        &[301, 304, 310, 315],
+        &[301, 302],
+    ];
+    let m = ContinuousBatchingManager::new(
+        s.model.clone(),
+        engine_config(4, 256, 64),
+        DType::F32,
+        Some(&s.pipe.tokenizer),
+    )
+    .unwrap();
+    let mut submitted = Vec::new();
+    for i in 0..6 {
+        let (features, prompt) = (rows[i % rows.len()].clone(), prompts[i % prompts.len()]);
+        let cfg = greedy(&s, 4 + 3 * i);
+        let mut req = Request::new(prompt.to_vec(), cfg.clone());
+        req.input_features = Some(features.clone());
+        submitted.push((m.add_request(req).unwrap(), features, prompt, cfg));
+    }
+    m.start().unwrap();
+    for (id, features, prompt, cfg) in &submitted {
+        let out = m
+            .get_result(Some(id), Some(Duration::from_secs(120)))
+            .unwrap();
+        assert_eq!(out.status, RequestStatus::Finished, "{id}: {:?}", out.error);
+        let input = Seq2SeqInput {
+            encoder: EncoderInputs::Features(features.unsqueeze(0).unwrap()),
+            decoder_input_ids: Some(vec![prompt.to_vec()]),
+            decoder_attention_mask: None,
+        };
+        let want = generate_seq2seq(s.model.as_ref(), &input, cfg, Default::default()).unwrap();
+        assert_eq!(
+            out.generated_tokens,
+            want.sequences[0][prompt.len()..],
+            "{id}"
+        );
+    }
+    wait_idle(&m);
+}
+
+/// An encoder-decoder request's cross-attention keys and values take blocks of the pool (one
+/// slot per encoder position), so the admission check counts them: 45 encoder positions do not
+/// fit in 12 blocks of 4 beside the decoder's tokens, 20 do.
+#[test]
+fn cross_attention_blocks_count_against_the_pool() {
+    let s = setup("seq2seq/t5");
+    let m = manager(&s, engine_config(4, 12, 64));
+    let mut cfg = greedy(&s, 8);
+    cfg.min_new_tokens = Some(8);
+    let e = m
+        .add_request(Request::new(vec![5; 45], cfg.clone()))
+        .unwrap_err();
+    assert!(e.to_string().contains("45 encoder positions"), "{e}");
+    let id = m
+        .add_request(Request::new(vec![5; 20], cfg.clone()))
+        .unwrap();
+    let out = m
+        .get_result(Some(&id), Some(Duration::from_secs(120)))
+        .unwrap();
+    assert_eq!(out.generated_tokens, reference(&s, &[5; 20], &cfg));
+    wait_idle(&m);
 }
 
 /// A recurrent model's state slots: one per started sequence, none once a sequence is

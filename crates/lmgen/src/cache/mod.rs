@@ -114,6 +114,23 @@ pub trait KvCache: Send {
     fn cross_attention(&mut self) -> Option<&mut CrossAttention> {
         None
     }
+
+    /// Packed batches of an encoder-decoder model: layer `layer`'s cross-attention keys and values
+    /// of sequence `seq`, `[1, heads, s_seq, d]` over that sequence's own encoder output (each
+    /// sequence has its own encoder length). On the sequence's first step `project` computes them
+    /// from its encoder output `[1, s_seq, hidden]` and the cache keeps them; later steps read
+    /// them back.
+    fn cross_attention_sequence(
+        &mut self,
+        layer: usize,
+        seq: usize,
+        project: &mut dyn FnMut(&Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let _ = (layer, seq, project);
+        Err(Error::unsupported(
+            "this cache holds no packed batch of encoder-decoder sequences",
+        ))
+    }
 }
 
 /// The [`KvCache`] methods of a cache that wraps another in its field `$inner` and changes only

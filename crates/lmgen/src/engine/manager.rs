@@ -178,12 +178,18 @@ impl ContinuousBatchingManager {
             self.stop_vocab.as_ref(),
             sink,
         )?;
-        let blocks = seq.max_length.div_ceil(self.config.cache.block_size);
+        let blocks = seq.blocks_for(seq.max_length, self.config.cache.block_size);
         if blocks > self.config.cache.num_blocks {
+            let encoder = seq.encoder.as_ref().map_or(0, |e| e.len());
             return Err(Error::input(format!(
-                "the request needs up to {} tokens of KV cache but the pool holds {} ({} blocks of {}); \
+                "the request needs up to {} tokens of KV cache{} but the pool holds {} ({} blocks of {}); \
                  lower `max_new_tokens` or raise the KV-cache budget",
                 seq.max_length,
+                if encoder > 0 {
+                    format!(" and {encoder} encoder positions of cross-attention keys and values")
+                } else {
+                    String::new()
+                },
                 self.config.cache.capacity_tokens(),
                 self.config.cache.num_blocks,
                 self.config.cache.block_size

@@ -148,4 +148,8 @@ pub struct EngineStats {
     pub state_slots_used: usize,
     /// Bytes those states hold.
     pub state_bytes: usize,
+    /// Bytes of encoder outputs kept beside the pool (encoder-decoder models: one per request
+    /// in the engine, for recomputing its cross-attention keys and values after a preemption;
+    /// the keys and values themselves are in the pool's blocks).
+    pub encoder_bytes: usize,
 }

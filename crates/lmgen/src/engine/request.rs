@@ -13,8 +13,14 @@ use crate::TokenId;
 pub struct Request {
     /// The id to report; `None` lets the manager assign `req_<n>` (as transformers).
     pub request_id: Option<String>,
-    /// The prompt's token ids (not padded).
+    /// The prompt's token ids (not padded): an encoder-decoder model's encoder input, unless
+    /// `input_features` are given.
     pub input_ids: Vec<TokenId>,
+    /// `[n_mels, frames]` audio features for an encoder that reads them (Whisper's
+    /// `input_features`). `input_ids` are then the decoder's prompt (HF `decoder_input_ids`, e.g.
+    /// `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`), or empty for
+    /// `decoder_start_token_id` alone. `None` for text prompts.
+    pub input_features: Option<candle_core::Tensor>,
     /// The merged generation config of this request (checkpoint defaults updated with the
     /// request's fields). Greedy search and multinomial sampling, with every logits processor and
     /// stopping criterion `generate()` builds; `num_return_sequences` must be 1 (submit one
@@ -35,6 +41,10 @@ impl std::fmt::Debug for Request {
         f.debug_struct("Request")
             .field("request_id", &self.request_id)
             .field("input_ids", &self.input_ids.len())
+            .field(
+                "input_features",
+                &self.input_features.as_ref().map(|f| f.dims().to_vec()),
+            )
             .field("seed", &self.seed)
             .field("logprobs", &self.logprobs)
             .field("logits_processors", &self.logits_processors.len())
@@ -48,6 +58,7 @@ impl Request {
         Self {
             request_id: None,
             input_ids,
+            input_features: None,
             generation_config,
             seed: None,
             logprobs: None,

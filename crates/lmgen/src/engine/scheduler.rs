@@ -62,7 +62,7 @@ pub(crate) fn schedule(
         loop {
             let want = running[i].computed + chunk;
             let seq = &mut running[i];
-            if seq.table.grow(want, alloc) {
+            if seq.grow(want, alloc) {
                 planned[i] = Some(chunk);
                 budget -= chunk;
                 break;
@@ -94,8 +94,9 @@ pub(crate) fn schedule(
             }
         }
         let chunk = seq.pending().min(budget);
-        if !seq.table.grow(seq.computed + chunk, alloc) {
-            seq.preempt(alloc); // gives back the shared prefix blocks
+        // An encoder-decoder sequence also takes the blocks of its cross-attention keys and values.
+        if !seq.grow(seq.computed + chunk, alloc) {
+            seq.preempt(alloc); // gives back the shared prefix (and cross-attention) blocks
             break;
         }
         let Some(mut seq) = waiting.pop_front() else {

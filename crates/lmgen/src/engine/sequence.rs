@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::paged::prefix_cache::BlockHash;
-use crate::cache::paged::{BlockAllocator, BlockTable};
+use crate::cache::paged::{BlockAllocator, BlockTable, CrossSlots};
+use crate::cache::CacheImplementation;
 use crate::cache::LayerStates;
-use crate::cache::{CacheImplementation, CrossAttention};
 use crate::error::{Error, Result};
 use crate::generation::context::{GenerationContext, Rows, StopVocabulary};
 use crate::generation::encoder_decoder::decoder_start_token_ids;
@@ -36,10 +36,9 @@ pub(crate) struct Sequence {
     /// Its recurrent layers' states (linear attention, convolutions): its state slot, empty
     /// until its first step and again once it ends or is preempted.
     pub states: LayerStates,
-    /// An encoder-decoder model's encoder output for this request (its prompt), computed when
-    /// the request is added and kept until it ends (preemption recomputes the decoder's keys
-    /// and values only); with the cross-attention keys and values once projected.
-    pub cross_attention: Option<CrossAttention>,
+    /// An encoder-decoder model's cross-attention state (see [`EncoderState`]); `None` for a
+    /// decoder-only model.
+    pub encoder: Option<EncoderState>,
     /// Prefix hashes of the full blocks registered (or shared) so far.
     pub hashes: Vec<BlockHash>,
     /// Absolute `max_length`, for the admission check.
@@ -61,6 +60,56 @@ impl std::fmt::Debug for Sequence {
             .field("computed", &self.computed)
             .field("status", &self.status)
             .finish_non_exhaustive()
+    }
+}
+
+/// An encoder-decoder sequence's encoder output and the blocks of its cross-attention keys and
+/// values ([`crate::cache::paged::cross`]).
+///
+/// The encoder runs once, when the request is added; its output is kept beside the pool until
+/// the request ends, so that a preempted sequence recomputes its cross-attention keys and values
+/// (a projection per layer) without running the encoder again. The keys and values take
+/// `ceil(s / block_size)` blocks of the pool from admission until the sequence finishes, is
+/// preempted or cancelled.
+#[derive(Debug)]
+pub(crate) struct EncoderState {
+    /// `[1, s, hidden]`: the encoder's last hidden state.
+    output: candle_core::Tensor,
+    /// `s`.
+    len: usize,
+    /// Blocks holding the cross-attention keys and values of the `s` encoder positions.
+    table: BlockTable,
+    /// Whether those blocks hold them (a forward wrote them since the blocks were allocated).
+    written: bool,
+}
+
+impl EncoderState {
+    /// Encoder positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes of the encoder output kept beside the pool.
+    pub fn bytes(&self) -> usize {
+        self.output.elem_count() * self.output.dtype().size_in_bytes()
+    }
+
+    /// This step's view of its blocks: the encoder output goes along until a forward wrote the
+    /// keys and values.
+    pub fn slots(&self, block_size: usize, device: &candle_core::Device) -> Result<CrossSlots> {
+        let slots = self.table.slots(self.len(), block_size);
+        let to_write = (!self.written).then(|| self.output.clone());
+        CrossSlots::new(slots, to_write, device)
+    }
+
+    /// A forward wrote the keys and values into the blocks.
+    pub fn mark_written(&mut self) {
+        self.written = true;
+    }
+
+    fn release(&mut self, alloc: &mut BlockAllocator) {
+        self.table.release(alloc);
+        self.written = false;
     }
 }
 
@@ -90,8 +139,9 @@ fn refuse_unsupported(request: &Request) -> Result<()> {
 
 impl Sequence {
     /// Validates `request` against the model and builds its state. For an encoder-decoder model
-    /// the request's prompt is the encoder's input, which runs here, and the sequence decodes
-    /// from `decoder_start_token_id`.
+    /// the encoder runs here, on the request's prompt (the sequence then decodes from
+    /// `decoder_start_token_id`) or on its `input_features` (then `input_ids` are the decoder's
+    /// prompt).
     pub fn new(
         id: String,
         arrival: u64,
@@ -103,8 +153,8 @@ impl Sequence {
         refuse_unsupported(&request)?;
         let model = llm.config();
         let config = &request.generation_config;
-        let t = request.input_ids.len();
-        if t == 0 {
+        let features = request.input_features.take();
+        if request.input_ids.is_empty() && features.is_none() {
             return Err(Error::input(
                 "a prompt has no tokens; generation needs at least one",
             ));
@@ -119,19 +169,48 @@ impl Sequence {
                 model.vocab_size
             )));
         }
-        let cross_attention = match llm.encoder() {
-            Some(encoder) => {
-                let ids = candle_core::Tensor::new(request.input_ids.as_slice(), llm.device())?
-                    .unsqueeze(0)?; // [1, s]
-                let out = encoder.encode(&EncoderInput::Ids {
-                    input_ids: &ids,
-                    attention_mask: None,
-                })?;
-                request.input_ids = decoder_start_token_ids(config, 1)?;
-                Some(CrossAttention::new(out))
-            }
-            None => None,
-        };
+        let encoder =
+            match (llm.encoder(), features) {
+                (Some(encoder), features) => {
+                    let out = match features {
+                        // [n_mels, frames] -> [1, n_mels, frames]; the decoder prompt is `input_ids`.
+                        Some(features) => {
+                            let features = features
+                                .to_device(llm.device())?
+                                .to_dtype(llm.dtype())?
+                                .unsqueeze(0)?;
+                            encoder.encode(&EncoderInput::Features(&features))?
+                        }
+                        // The prompt is the encoder's input; the decoder starts from
+                        // `decoder_start_token_id`.
+                        None => {
+                            let ids = candle_core::Tensor::new(
+                                std::mem::take(&mut request.input_ids).as_slice(),
+                                llm.device(),
+                            )?
+                            .unsqueeze(0)?; // [1, s]
+                            encoder.encode(&EncoderInput::Ids {
+                                input_ids: &ids,
+                                attention_mask: None,
+                            })?
+                        }
+                    };
+                    if request.input_ids.is_empty() {
+                        request.input_ids = decoder_start_token_ids(config, 1)?;
+                    }
+                    Some(EncoderState {
+                        len: out.last_hidden_state.dim(1)?,
+                        output: out.last_hidden_state,
+                        table: BlockTable::new(),
+                        written: false,
+                    })
+                }
+                (None, Some(_)) => return Err(Error::input(
+                    "`input_features` are the input of an encoder-decoder model's audio encoder; \
+                     this model is decoder-only",
+                )),
+                (None, None) => None,
+            };
         let config = &request.generation_config;
         let t = request.input_ids.len();
         let options = GenerateOptions {
@@ -200,7 +279,7 @@ impl Sequence {
             computed: 0,
             table: BlockTable::new(),
             states: LayerStates::default(),
-            cross_attention,
+            encoder,
             hashes: Vec::new(),
             max_length: lengths.max_length,
             status: RequestStatus::Pending,
@@ -211,6 +290,34 @@ impl Sequence {
             logprobs: request.logprobs,
             sink,
         })
+    }
+
+    /// Blocks this sequence needs for `tokens` decoder tokens, its encoder output's included.
+    pub fn blocks_for(&self, tokens: usize, block_size: usize) -> usize {
+        let encoder = self.encoder.as_ref().map_or(0, EncoderState::len);
+        tokens.div_ceil(block_size) + encoder.div_ceil(block_size)
+    }
+
+    /// Grows its blocks to hold `tokens` decoder tokens, and, first, its cross-attention keys and
+    /// values when it has none (its admission); `false` when the pool has too few free blocks
+    /// (what was taken stays until [`Sequence::preempt`]).
+    pub fn grow(&mut self, tokens: usize, alloc: &mut BlockAllocator) -> bool {
+        if let Some(encoder) = &mut self.encoder {
+            let len = encoder.len();
+            if !encoder.table.grow(len, alloc) {
+                return false;
+            }
+        }
+        self.table.grow(tokens, alloc)
+    }
+
+    /// Frees every block it holds (decoder and cross-attention) and its recurrent states.
+    pub fn release(&mut self, alloc: &mut BlockAllocator) {
+        self.table.release(alloc);
+        self.states.clear();
+        if let Some(encoder) = &mut self.encoder {
+            encoder.release(alloc);
+        }
     }
 
     /// Tokens still to compute before the next token can be sampled.
@@ -256,8 +363,7 @@ impl Sequence {
     /// Frees its blocks and starts over from the first token (preemption by recompute: what was
     /// generated so far is kept and recomputed with the prompt when it is scheduled again).
     pub fn preempt(&mut self, alloc: &mut BlockAllocator) {
-        self.table.release(alloc);
-        self.states.clear();
+        self.release(alloc);
         self.hashes.clear();
         self.computed = 0;
         self.status = RequestStatus::Pending;
@@ -321,8 +427,7 @@ impl Sequence {
         error: Option<Arc<Error>>,
         alloc: &mut BlockAllocator,
     ) {
-        self.table.release(alloc);
-        self.states.clear();
+        self.release(alloc);
         self.status = status;
         let update = self.update(Vec::new(), Vec::new(), None, error);
         self.send(update);

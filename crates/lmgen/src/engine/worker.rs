@@ -212,8 +212,7 @@ impl Worker {
                 self.cancelled += 1;
                 done.push(i);
             } else if finished {
-                seq.table.release(&mut self.alloc);
-                seq.states.clear();
+                seq.release(&mut self.alloc);
                 done.push(i);
             }
         }
@@ -233,41 +232,11 @@ impl Worker {
         self.model.config().vocab_size
     }
 
-    /// An encoder-decoder model's step: each sequence's decoder runs on its own (its
-    /// cross-attention reads its own encoder output); the last position's logits of every
-    /// scheduled sequence, row-major `[sequences * vocab]`.
-    fn forward_encoder_decoder(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
-        let bs = self.alloc.block_size();
-        let device = self.model.device().clone();
-        let mut logits = Vec::with_capacity(batch.len() * self.vocab());
-        for &(i, n) in batch {
-            let seq = &mut self.running[i];
-            let past = seq.computed;
-            let cross = seq.cross_attention.take().ok_or_else(|| {
-                Error::input("an encoder-decoder sequence lost its encoder output")
-            })?;
-            let ids = Tensor::new(&seq.tokens[past..past + n], &device)?.unsqueeze(0)?; // [1, n]
-            let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
-            let position_ids = Tensor::new(positions.as_slice(), &device)?.unsqueeze(0)?; // [1, n]
-            let span = SequenceSpan { past, new: n };
-            let slots = vec![seq.table.slots(past + n, bs)];
-            let mut cache = PagedBatch::new(&self.store, vec![span], slots, &device)?
-                .with_cross_attention(cross)?;
-            let out = self
-                .model
-                .forward(&ForwardInput::last(&ids, &position_ids), &mut cache);
-            seq.cross_attention = cache.take_cross_attention();
-            logits.extend(out?.logits.flatten_all()?.to_vec1::<f32>()?); // [1, 1, vocab]
-        }
-        Ok(logits)
-    }
-
     /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
-    /// row-major `[sequences * vocab]`.
+    /// row-major `[sequences * vocab]`. An encoder-decoder model's sequences run in the same
+    /// forward, each cross-attending to its own encoder output through its cross-attention blocks
+    /// (projected and written on its first step since admission).
     fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
-        if self.model.encoder().is_some() {
-            return self.forward_encoder_decoder(batch);
-        }
         let bs = self.alloc.block_size();
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
         let mut ids = Vec::with_capacity(total);
@@ -290,11 +259,27 @@ impl Worker {
             .map(|&(i, _)| std::mem::take(&mut self.running[i].states))
             .collect();
         let mut cache = PagedBatch::new(&self.store, spans, slots, device)?.with_states(states)?;
+        if self.model.encoder().is_some() {
+            let cross = batch
+                .iter()
+                .map(|&(i, _)| match &self.running[i].encoder {
+                    Some(encoder) => encoder.slots(bs, device),
+                    None => Err(Error::input(
+                        "an encoder-decoder sequence has no encoder output",
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            cache = cache.with_cross_slots(cross)?;
+        }
         let out = self
             .model
             .forward(&ForwardInput::last(&input_ids, &position_ids), &mut cache)?;
         for (&(i, _), states) in batch.iter().zip(cache.into_states()) {
-            self.running[i].states = states;
+            let seq = &mut self.running[i];
+            seq.states = states;
+            if let Some(encoder) = &mut seq.encoder {
+                encoder.mark_written();
+            }
         }
         // [1, sequences, vocab]
         Ok(out.logits.flatten_all()?.to_vec1()?)
@@ -314,6 +299,10 @@ impl Worker {
             let with_state = self.running.iter().filter(|q| !q.states.is_empty());
             s.state_slots_used = with_state.clone().count();
             s.state_bytes = with_state.map(|q| q.states.bytes()).sum();
+            s.encoder_bytes = (self.running.iter().chain(&self.waiting))
+                .filter_map(|q| q.encoder.as_ref())
+                .map(|e| e.bytes())
+                .sum();
         }
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::config::{Activation, ConfigFile, ModelConfig, NormKind, SavedDtype, TokenIdField};
 use super::layers::embedding::Embedding;
 use super::layers::linear::Linear;
-use super::layers::mask::{self, MaskSpec};
+use super::layers::mask::{self, ForwardMasks, MaskSpec, PackedSequence};
 use super::layers::mlp::activate;
 use super::layers::norm::RmsNorm;
 use super::layers::seq2seq_attention::{
@@ -25,7 +25,7 @@ use super::layers::seq2seq_attention::{
 use super::layers::LoadContext;
 use super::seq2seq::{decoder_config, DecoderShape, Encoder, EncoderInput, EncoderOutput};
 use super::{Architecture, CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
-use crate::cache::KvCache;
+use crate::cache::{KvCache, SequenceSpan};
 use crate::error::{Error, Result};
 use crate::init::{Init, TensorSpec};
 
@@ -480,19 +480,38 @@ impl Encoder for T5 {
     }
 }
 
-impl CausalLM for T5 {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        let (b, t) = input.input_ids.dims2()?;
-        let past = cache.seq_len();
-        let mut x = self.shared.forward(input.input_ids)?; // [b, t, h]
+/// How the decoder's attention is masked in one forward.
+enum DecoderMasks {
+    /// A dense `[b, t]` batch: the self-attention mask (relative position bias and causal
+    /// mask) `[b or 1, heads, t, past + t]` and the encoder's padding mask `[b, 1, 1, s]`.
+    Dense {
+        self_mask: Tensor,
+        cross_mask: Option<Tensor>,
+    },
+    /// A packed batch (the continuous batching engine): each sequence's own self-attention
+    /// mask, `[1, heads, new, past + new]` (see [`T5::packed_masks`]).
+    Packed(Vec<PackedSequence>),
+}
+
+impl T5 {
+    /// The self-attention mask of `t` queries after `past` cached tokens: the decoder's relative
+    /// position bias, plus the causal (and padding) mask of `padding`'s rows when anything is
+    /// masked; `[1 or b, heads, t, past + t]`.
+    fn self_mask(
+        &self,
+        padding: Option<&[Vec<u8>]>,
+        batch: usize,
+        t: usize,
+        past: usize,
+    ) -> Result<Tensor> {
         let bias = self
             .decoder_bias
             .compute(t, past + t, past)?
             .to_dtype(self.dtype)?; // [1, nh, t, past + t]
         let causal = mask::build(
             &MaskSpec {
-                padding: input.attention_mask,
-                batch: b,
+                padding,
+                batch,
                 q_len: t,
                 kv_len: past + t,
             },
@@ -500,34 +519,71 @@ impl CausalLM for T5 {
             self.dtype,
             &self.device,
         )?;
-        let self_mask = match causal {
+        Ok(match causal {
             // [1, nh, t, s] + [b, 1, t, s]; masked scores stay at the dtype's minimum.
             Some(causal) => bias
                 .broadcast_add(&causal)?
                 .maximum(dtype_min(self.dtype) as f64)?,
             None => bias,
+        })
+    }
+
+    /// A packed batch's masks: each sequence's bias and causal mask over its own `past + new`
+    /// positions, as a dense batch of that one sequence gets them.
+    fn packed_masks(
+        &self,
+        input: &ForwardInput<'_>,
+        spans: &[SequenceSpan],
+    ) -> Result<Vec<PackedSequence>> {
+        mask::packed_sequences(input, spans, |span| {
+            Ok(Some(self.self_mask(None, 1, span.new, span.past)?))
+        })
+    }
+}
+
+impl CausalLM for T5 {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        let (b, t) = input.input_ids.dims2()?;
+        let mut x = self.shared.forward(input.input_ids)?; // [b, t, h]
+        let masks = match cache.spans() {
+            Some(spans) => DecoderMasks::Packed(self.packed_masks(input, spans)?),
+            None => {
+                let self_mask = self.self_mask(input.attention_mask, b, t, cache.seq_len())?;
+                let cross = cross_attention(cache)?;
+                cross.fit_rows(b)?;
+                let cross_mask = cross.additive_mask(self.dtype)?; // [b, 1, 1, s]
+                DecoderMasks::Dense {
+                    self_mask,
+                    cross_mask,
+                }
+            }
         };
-        let cross = cross_attention(cache)?;
-        cross.fit_rows(b)?;
-        let cross_mask = cross.additive_mask(self.dtype)?; // [b, 1, 1, s]
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let n = super::layers_to_run(input, self.decoder.len());
         for block in &self.decoder[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }
-            let a = block.self_attn.forward_self(
-                &block.self_norm.forward(&x)?,
-                Some(&self_mask),
-                cache,
-            )?;
+            let h = block.self_norm.forward(&x)?;
+            let a = match &masks {
+                DecoderMasks::Dense { self_mask, .. } => {
+                    block.self_attn.forward_self(&h, Some(self_mask), cache)?
+                }
+                DecoderMasks::Packed(sequences) => {
+                    block.self_attn.forward_self_packed(&h, sequences, cache)?
+                }
+            };
             x = clamp_f16((x + a)?)?;
             if let Some((norm, attn)) = &block.cross {
-                let c = attn.forward_cross(
-                    &norm.forward(&x)?,
-                    cross_mask.as_ref(),
-                    cross_attention(cache)?,
-                )?;
+                let h = norm.forward(&x)?;
+                let c = match &masks {
+                    DecoderMasks::Dense { cross_mask, .. } => {
+                        attn.forward_cross(&h, cross_mask.as_ref(), cross_attention(cache)?)?
+                    }
+                    DecoderMasks::Packed(sequences) => {
+                        attn.forward_cross_packed(&h, sequences, cache)?
+                    }
+                };
                 x = clamp_f16((x + c)?)?;
             }
             let f = block
@@ -539,10 +595,16 @@ impl CausalLM for T5 {
         if let Some(states) = hidden.as_mut() {
             states.push(x.clone());
         }
-        let x = match input.logits_to_keep {
-            LogitsToKeep::All => x,
-            LogitsToKeep::Last => x.narrow(1, t - 1, 1)?,
-            LogitsToKeep::LastN(k) => x.narrow(1, t - k.min(t), k.min(t))?,
+        let x = match (masks, input.logits_to_keep) {
+            // Each sequence's last token, `[1, sequences, h]`.
+            (DecoderMasks::Packed(sequences), which) => {
+                ForwardMasks::Packed(sequences).keep(x, which)?
+            }
+            (DecoderMasks::Dense { .. }, LogitsToKeep::All) => x,
+            (DecoderMasks::Dense { .. }, LogitsToKeep::Last) => x.narrow(1, t - 1, 1)?,
+            (DecoderMasks::Dense { .. }, LogitsToKeep::LastN(k)) => {
+                x.narrow(1, t - k.min(t), k.min(t))?
+            }
         };
         Ok(ModelOutput {
             logits: self.lm_head(&x)?,

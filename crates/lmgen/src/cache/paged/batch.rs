@@ -3,12 +3,15 @@
 //! The new tokens of every scheduled sequence lie side by side in one `[1, T]` input (a chunk of
 //! a prompt, or one decode token); [`KvCache::spans`] tells the model where each sequence starts
 //! and how much it has cached, and [`KvCache::update_sequence`] writes a sequence's new keys and
-//! values into its blocks and gathers all of them back.
+//! values into its blocks and gathers all of them back. An encoder-decoder model's sequences also
+//! read their cross-attention keys and values from their own blocks
+//! ([`KvCache::cross_attention_sequence`], [`super::cross`]).
 
 use candle_core::{Device, Tensor};
 
+use super::cross::CrossSlots;
 use super::store::KvStore;
-use crate::cache::{CrossAttention, KvCache, LayerState, LayerStates, SequenceSpan};
+use crate::cache::{KvCache, LayerState, LayerStates, SequenceSpan};
 use crate::error::{Error, Result};
 
 /// One forward's view of the store.
@@ -23,9 +26,9 @@ pub struct PagedBatch<'a> {
     /// Each sequence's recurrent-layer states (empty for attention-only models), handed in by
     /// the engine and taken back with [`PagedBatch::into_states`].
     states: Vec<LayerStates>,
-    /// An encoder-decoder model's cross-attention state, for a batch of one sequence
-    /// ([`PagedBatch::with_cross_attention`]).
-    cross: Option<CrossAttention>,
+    /// An encoder-decoder model's cross-attention slots, one entry per sequence
+    /// ([`PagedBatch::with_cross_slots`]); empty for a decoder-only model.
+    cross: Vec<CrossSlots>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -57,7 +60,7 @@ impl<'a> PagedBatch<'a> {
             slots,
             gather,
             states,
-            cross: None,
+            cross: Vec::new(),
         })
     }
 
@@ -72,21 +75,16 @@ impl<'a> PagedBatch<'a> {
         Ok(self)
     }
 
-    /// With the cross-attention state of an encoder-decoder model's sequence: the batch must hold
-    /// that one sequence (each sequence attends to its own encoder output).
-    pub fn with_cross_attention(mut self, cross: CrossAttention) -> Result<Self> {
-        if self.spans.len() != 1 {
-            return Err(Error::unsupported(
-                "paged batch: an encoder-decoder model's decoder runs one sequence per forward",
+    /// With each sequence's cross-attention slots (an encoder-decoder model; one entry per
+    /// sequence, in order).
+    pub fn with_cross_slots(mut self, cross: Vec<CrossSlots>) -> Result<Self> {
+        if cross.len() != self.spans.len() {
+            return Err(Error::input(
+                "paged batch: one set of cross-attention slots per sequence",
             ));
         }
-        self.cross = Some(cross);
+        self.cross = cross;
         Ok(self)
-    }
-
-    /// The cross-attention state handed in, with the keys and values the forward projected.
-    pub fn take_cross_attention(&mut self) -> Option<CrossAttention> {
-        self.cross.take()
     }
 
     /// The sequences' recurrent states after the forward.
@@ -165,7 +163,19 @@ impl KvCache for PagedBatch<'_> {
         Ok(())
     }
 
-    fn cross_attention(&mut self) -> Option<&mut CrossAttention> {
-        self.cross.as_mut()
+    fn cross_attention_sequence(
+        &mut self,
+        layer: usize,
+        seq: usize,
+        project: &mut dyn FnMut(&Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let cross = self.cross.get(seq).ok_or_else(|| {
+            Error::input(format!(
+                "paged batch: no cross-attention slots for sequence {seq} (it holds {}); an \
+                 encoder-decoder model needs them for every sequence",
+                self.cross.len()
+            ))
+        })?;
+        cross.kv(self.store, layer, project)
     }
 }

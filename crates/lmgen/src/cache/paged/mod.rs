@@ -7,10 +7,12 @@
 //! - `prefix_cache`: chained hashes of full blocks.
 //! - `store`: the preallocated key/value tensors of every layer.
 //! - `batch`: the [`crate::cache::KvCache`] over a packed batch of sequences.
+//! - `cross`: encoder-decoder sequences' cross-attention keys and values in the pool's blocks.
 
 pub(crate) mod allocator;
 pub(crate) mod batch;
 pub(crate) mod block_table;
+pub(crate) mod cross;
 pub(crate) mod prefix_cache;
 pub(crate) mod store;
 
@@ -22,6 +24,7 @@ use crate::models::ModelConfig;
 pub(crate) use allocator::BlockAllocator;
 pub(crate) use batch::PagedBatch;
 pub(crate) use block_table::BlockTable;
+pub(crate) use cross::CrossSlots;
 pub(crate) use store::{KvStore, StoreShape};
 
 /// Index of a block in the pool.

@@ -39,18 +39,40 @@ impl Embeddings {
     /// `ids [b, t]` at positions `start..start + t` -> `[b, t, d_model]`.
     fn forward(&self, ids: &Tensor, start: usize) -> Result<Tensor> {
         let t = ids.dim(1)?;
-        if start + t > self.max_positions {
+        self.check_position(start + t)?;
+        let pos = self.positions.narrow(0, start + self.offset, t)?; // [t, h]
+        self.add_positions(ids, &pos)
+    }
+
+    /// A packed batch's `ids [1, T]` at their own `positions` (u32 `[1, T]`, each sequence
+    /// continuing its cache) -> `[1, T, d_model]`.
+    fn forward_packed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let positions: Vec<u32> = positions.flatten_all()?.to_vec1()?;
+        let last = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        self.check_position(last)?;
+        let rows: Vec<u32> = positions.iter().map(|&p| p + self.offset as u32).collect();
+        let rows = Tensor::new(rows, self.positions.device())?;
+        self.add_positions(ids, &self.positions.index_select(&rows, 0)?) // [T, h]
+    }
+
+    /// An error when positions `0..end` do not all have an embedding.
+    fn check_position(&self, end: usize) -> Result<()> {
+        if end > self.max_positions {
             return Err(Error::input(format!(
                 "position {} is past the {} positions this model has (`max_position_embeddings`)",
-                start + t - 1,
+                end - 1,
                 self.max_positions
             )));
         }
+        Ok(())
+    }
+
+    /// The scaled token embeddings of `ids` `[b, t]` plus `pos` `[t, h]`, then the layer norm.
+    fn add_positions(&self, ids: &Tensor, pos: &Tensor) -> Result<Tensor> {
         let mut x = self.tokens.forward(ids)?; // [b, t, h]
         if let Some(scale) = self.scale {
             x = (x * scale)?;
         }
-        let pos = self.positions.narrow(0, start + self.offset, t)?; // [t, h]
         let x = x.broadcast_add(&pos.unsqueeze(0)?)?;
         match &self.layernorm {
             Some(norm) => norm.forward(&x),
@@ -341,29 +363,44 @@ impl CausalLM for Bart {
         }
         let (b, _) = input.input_ids.dims2()?;
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
-        let LayerMask::Dense(causal) = masks.for_layer(LayerType::FullAttention) else {
-            return Err(Error::unsupported(
-                "an encoder-decoder model's decoder runs a dense batch, not a packed one",
-            ));
-        };
-        let cross_mask = {
-            let cross = cross_attention(cache)?;
-            cross.fit_rows(b)?; // beams and copies: each encoder row repeated in place
-            cross.additive_mask(self.dtype)? // [b, 1, 1, s]
-        };
-        let masks_in = DecoderMasks {
-            causal,
-            cross: cross_mask.as_ref(),
-        };
+        // A dense batch masks with the causal mask and the encoder's padding; a packed one (the
+        // continuous batching engine) runs each sequence's attention over its own keys and
+        // values and its own encoder output.
+        let layer_mask = masks.for_layer(LayerType::FullAttention);
         let ids = input.input_ids.to_device(&self.device)?;
-        let mut x = self.decoder.embed.forward(&ids, cache.seq_len())?; // [b, t, h]
+        let (mut x, cross_mask) = match layer_mask {
+            LayerMask::Dense(_) => {
+                let cross = cross_attention(cache)?;
+                cross.fit_rows(b)?; // beams and copies: each encoder row repeated in place
+                let cross_mask = cross.additive_mask(self.dtype)?; // [b, 1, 1, s]
+                (
+                    self.decoder.embed.forward(&ids, cache.seq_len())?,
+                    cross_mask,
+                ) // [b, t, h]
+            }
+            LayerMask::Packed { .. } => {
+                let positions = input.position_ids.to_device(&self.device)?;
+                (self.decoder.embed.forward_packed(&ids, &positions)?, None) // [1, T, h]
+            }
+        };
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let n = layers_to_run(input, self.decoder.layers.len());
         for layer in &self.decoder.layers[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }
-            x = layer.forward(&x, masks_in, cache)?;
+            x = match layer_mask {
+                LayerMask::Dense(causal) => {
+                    let masks_in = DecoderMasks {
+                        causal,
+                        cross: cross_mask.as_ref(),
+                    };
+                    layer.forward(&x, masks_in, cache)?
+                }
+                LayerMask::Packed { sequences, .. } => {
+                    layer.forward_packed(&x, sequences, cache)?
+                }
+            };
         }
         let x = masks.final_norm(
             x,

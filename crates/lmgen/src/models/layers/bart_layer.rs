@@ -12,6 +12,7 @@
 use candle_core::{DType, Tensor};
 
 use super::linear::Linear;
+use super::mask::PackedSequence;
 use super::mlp::Mlp;
 use super::norm::LayerNorm;
 use super::seq2seq_attention::{
@@ -224,6 +225,25 @@ impl BartDecoderLayer {
         let x = residual(&x, &self.encoder_attn_layer_norm, self.norm, |h| {
             self.encoder_attn
                 .forward_cross(h, masks.cross, cross_attention(cache)?)
+        })?;
+        residual(&x, &self.final_layer_norm, self.norm, |h| {
+            self.ffn.forward(h)
+        })
+    }
+    /// A packed batch (the continuous batching engine), `[1, T, hidden] -> [1, T, hidden]`: each
+    /// sequence's self-attention over its own paged keys and values (`sequences[i].full` its
+    /// causal mask) and cross-attention to its own encoder output.
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        sequences: &[PackedSequence],
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let x = residual(x, &self.self_attn_layer_norm, self.norm, |h| {
+            self.self_attn.forward_self_packed(h, sequences, cache)
+        })?;
+        let x = residual(&x, &self.encoder_attn_layer_norm, self.norm, |h| {
+            self.encoder_attn.forward_cross_packed(h, sequences, cache)
         })?;
         residual(&x, &self.final_layer_norm, self.norm, |h| {
             self.ffn.forward(h)

@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, SequenceSpan};
 use crate::error::{Error, Result};
 use crate::models::config::{LayerType, ModelConfig};
 use crate::models::{ForwardInput, LogitsToKeep};
@@ -260,6 +260,48 @@ impl ForwardMasks {
             }
         })
     }
+}
+
+/// A packed batch's sequences (`spans`, in input order), each with `mask_of(span)` as its
+/// full-attention mask `[1, 1 or heads, new, past + new]`, for models that build their masks
+/// themselves (encoder-decoder decoders); checks that `input` holds the `[1, sum(new)]` ids of
+/// those sequences without an attention mask.
+pub fn packed_sequences(
+    input: &ForwardInput<'_>,
+    spans: &[SequenceSpan],
+    mut mask_of: impl FnMut(SequenceSpan) -> Result<Option<Tensor>>,
+) -> Result<Vec<PackedSequence>> {
+    let (b, t) = input.input_ids.dims2()?;
+    let total: usize = spans.iter().map(|s| s.new).sum();
+    if b != 1 || total != t || input.attention_mask.is_some() {
+        return Err(Error::input(format!(
+            "a packed batch takes `[1, {total}]` input ids without an attention mask, got [{b}, {t}]"
+        )));
+    }
+    let mut start = 0;
+    let mut sequences = Vec::with_capacity(spans.len());
+    for &span in spans {
+        sequences.push(PackedSequence {
+            start,
+            new: span.new,
+            full: mask_of(span)?,
+            sliding: None,
+        });
+        start += span.new;
+    }
+    Ok(sequences)
+}
+
+/// Each sequence's causal mask over its own `past + new` keys, `[1, 1, new, past + new]`
+/// (`None` for a single new token, which sees every key).
+pub fn causal_of(span: SequenceSpan, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    let spec = MaskSpec {
+        padding: None,
+        batch: 1,
+        q_len: span.new,
+        kv_len: span.past + span.new,
+    };
+    build(&spec, None, dtype, device)
 }
 
 /// What a mask is built from.

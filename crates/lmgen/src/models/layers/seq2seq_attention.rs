@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attend, Scores};
 use super::linear::Linear;
+use super::mask::PackedSequence;
 use super::LoadContext;
 use crate::cache::{CrossAttention, KvCache};
 use crate::error::{Error, Result};
@@ -211,6 +212,60 @@ impl Seq2SeqAttention {
             Ok((self.heads(&self.k, encoder)?, self.heads(&self.v, encoder)?))
         })?;
         self.output(&attend(&q, &k, &v, mask, self.scores())?)
+    }
+}
+
+/// A packed batch (the continuous batching engine): the new tokens of several sequences side by
+/// side in one `[1, T, hidden]` input, each attending only to its own keys and values. The
+/// projections run once over all `T` tokens; attention runs per sequence.
+impl Seq2SeqAttention {
+    /// The decoder's causal self-attention over each sequence's own paged keys and values;
+    /// `sequences[i].full` is sequence `i`'s additive mask (causal mask and bias)
+    /// `[1, 1 or heads, new, past + new]`. `[1, T, hidden] -> [1, T, hidden]`.
+    pub fn forward_self_packed(
+        &self,
+        x: &Tensor,
+        sequences: &[PackedSequence],
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let q = self.queries(x)?; // [1, heads, T, d]
+        let k = self.heads(&self.k, x)?;
+        let v = self.heads(&self.v, x)?;
+        let mut outs = Vec::with_capacity(sequences.len());
+        for (i, seq) in sequences.iter().enumerate() {
+            let part = |t: &Tensor| t.narrow(2, seq.start, seq.new)?.contiguous();
+            let (ks, vs) = cache.update_sequence(self.layer_idx, i, &part(&k)?, &part(&v)?)?; // [1, heads, past + new, d]
+            outs.push(attend(
+                &part(&q)?,
+                &ks,
+                &vs,
+                seq.full.as_ref(),
+                self.scores(),
+            )?);
+        }
+        self.output(&Tensor::cat(&outs, 2)?) // [1, heads, T, d] -> [1, T, hidden]
+    }
+
+    /// Cross-attention of each sequence to its own encoder output, whose keys and values the
+    /// cache projects on the sequence's first step and keeps
+    /// ([`KvCache::cross_attention_sequence`]). Nothing is masked: every encoder position of a
+    /// sequence is real (the engine's prompts are not padded). `[1, T, hidden] -> [1, T, hidden]`.
+    pub fn forward_cross_packed(
+        &self,
+        x: &Tensor,
+        sequences: &[PackedSequence],
+        cache: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let q = self.queries(x)?; // [1, heads, T, d]
+        let mut project =
+            |encoder: &Tensor| Ok((self.heads(&self.k, encoder)?, self.heads(&self.v, encoder)?));
+        let mut outs = Vec::with_capacity(sequences.len());
+        for (i, seq) in sequences.iter().enumerate() {
+            let (k, v) = cache.cross_attention_sequence(self.layer_idx, i, &mut project)?; // [1, heads, s_i, d]
+            let q = q.narrow(2, seq.start, seq.new)?.contiguous()?;
+            outs.push(attend(&q, &k, &v, None, self.scores())?);
+        }
+        self.output(&Tensor::cat(&outs, 2)?)
     }
 }
 

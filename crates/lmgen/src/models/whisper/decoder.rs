@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::layers::embedding::Embedding;
 use crate::models::layers::linear::Linear;
-use crate::models::layers::mask::{self, MaskSpec};
+use crate::models::layers::mask::{self, ForwardMasks, MaskSpec};
 use crate::models::layers::mlp::Mlp;
 use crate::models::layers::norm::LayerNorm;
 use crate::models::layers::seq2seq_attention::{
@@ -110,18 +110,20 @@ impl WhisperDecoder {
         dtype: DType,
         device: &Device,
     ) -> Result<ModelOutput> {
-        if cache.spans().is_some() {
-            return Err(Error::unsupported(
-                "Whisper does not run in a packed (continuous) batch; use `generate()`",
-            ));
-        }
         if input.output_attentions {
             return Err(Error::unsupported(
                 "`output_attentions` is not built for Whisper",
             ));
         }
+        // A packed batch (the continuous batching engine): each sequence attends to its own
+        // keys and values and cross-attends to its own encoder output.
+        let packed = match cache.spans() {
+            Some(spans) => Some(mask::packed_sequences(input, spans, |span| {
+                mask::causal_of(span, dtype, device)
+            })?),
+            None => None,
+        };
         let (b, t) = input.input_ids.dims2()?;
-        let past = cache.seq_len();
         let positions = input.position_ids.to_device(device)?; // [b, t]
         let last = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
         if last >= self.max_target_positions {
@@ -133,44 +135,63 @@ impl WhisperDecoder {
         }
         let embeds = self.embed_tokens.forward(input.input_ids)?; // [b, t, d]
         let mut x = (embeds + self.embed_positions.forward(&positions)?)?;
-        let spec = MaskSpec {
-            padding: input.attention_mask,
-            batch: b,
-            q_len: t,
-            kv_len: past + t,
+        let (causal, cross_mask) = match &packed {
+            Some(_) => (None, None),
+            None => {
+                let spec = MaskSpec {
+                    padding: input.attention_mask,
+                    batch: b,
+                    q_len: t,
+                    kv_len: cache.seq_len() + t,
+                };
+                let causal = mask::build(&spec, None, dtype, device)?; // [b, 1, t, past + t]
+                let cross = cross_attention(cache)?;
+                cross.fit_rows(b)?;
+                (causal, cross.additive_mask(dtype)?) // [b, 1, 1, s] or None
+            }
         };
-        let causal = mask::build(&spec, None, dtype, device)?; // [b, 1, t, past + t]
-        let cross = cross_attention(cache)?;
-        cross.fit_rows(b)?;
-        let cross_mask = cross.additive_mask(dtype)?; // [b, 1, 1, s] or None
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let n = layers_to_run(input, self.layers.len());
         for layer in &self.layers[..n] {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
             }
-            let h = layer.self_attn.forward_self(
-                &layer.self_attn_layer_norm.forward(&x)?,
-                causal.as_ref(),
-                cache,
-            )?;
+            let h = layer.self_attn_layer_norm.forward(&x)?;
+            let h = match &packed {
+                Some(sequences) => layer.self_attn.forward_self_packed(&h, sequences, cache)?,
+                None => layer.self_attn.forward_self(&h, causal.as_ref(), cache)?,
+            };
             x = (x + h)?;
-            let h = layer.encoder_attn.forward_cross(
-                &layer.encoder_attn_layer_norm.forward(&x)?,
-                cross_mask.as_ref(),
-                cross_attention(cache)?,
-            )?;
+            let h = layer.encoder_attn_layer_norm.forward(&x)?;
+            let h = match &packed {
+                Some(sequences) => layer
+                    .encoder_attn
+                    .forward_cross_packed(&h, sequences, cache)?,
+                None => {
+                    let cross = cross_attention(cache)?;
+                    layer
+                        .encoder_attn
+                        .forward_cross(&h, cross_mask.as_ref(), cross)?
+                }
+            };
             x = (x + h)?;
             let h = layer.mlp.forward(&layer.final_layer_norm.forward(&x)?)?;
             x = (x + h)?;
         }
+        let kept = |x: Tensor| match &packed {
+            // Each sequence's last token (or every token), `[1, kept, d]`.
+            Some(sequences) => {
+                ForwardMasks::Packed(sequences.clone()).keep(x, input.logits_to_keep)
+            }
+            None => keep(x, input.logits_to_keep),
+        };
         let x = match hidden.as_mut() {
             Some(states) => {
                 let normed = self.layer_norm.forward(&x)?;
                 states.push(normed.clone());
-                keep(normed, input.logits_to_keep)?
+                kept(normed)?
             }
-            None => self.layer_norm.forward(&keep(x, input.logits_to_keep)?)?,
+            None => self.layer_norm.forward(&kept(x)?)?,
         };
         Ok(ModelOutput {
             logits: self.lm_head(&x)?, // [b, t_kept, vocab]
