@@ -56,9 +56,12 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     files
 }
 
+/// A fuzz target's name (its folders under `fuzz/corpus` and `fuzz/regressions`) and contract.
+pub type Target<'a> = (&'a str, fn(&[u8]));
+
 /// Every seed and regression input of each target through its contract; at least `min_inputs`
 /// in all, and a seed corpus for every target.
-pub fn replay(targets: &[(&str, fn(&[u8]))], min_inputs: usize) {
+pub fn replay(targets: &[Target<'_>], min_inputs: usize) {
     let mut replayed = 0;
     for (target, check) in targets {
         let seeds = inputs("corpus", target);
