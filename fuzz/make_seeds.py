@@ -120,6 +120,76 @@ def main():
         with open(f"{d}/{i}", "wb") as f:
             f.write(bytes([endpoint]) + json.dumps(body).encode())
 
+    d = target("jsonl_request")
+    # transformers' golden generate() cases of the tiny Llama as `lmgen generate --request` lines, their lengths cut
+    # to the fuzz target's work bounds (fuzz/contracts_jsonl.rs); requests name the model "llama" or none.
+    bounds = {"max_new_tokens": 6, "max_length": 12, "min_new_tokens": 6, "min_length": 12, "num_assistant_tokens": 6}
+    with open(f"{FIX}/golden/generate.json") as f:
+        cases = [c for c in json.load(f) if c["model"] == "llama"]
+    for i, case in enumerate(cases):
+        config = {k: min(v, bounds[k]) if k in bounds else v for k, v in case["generation_config"].items()}
+        request = {"input_ids": case["input_ids"], "attention_mask": case["attention_mask"], "generation_config": config}
+        if i % 3 == 1:
+            request = {"model": "llama", "prompts": case["prompts"], "generation_config": config}
+        if case.get("assistant_model"):
+            request["assistant_model"] = "llama"
+        if "scores" in case["expected"]:
+            request["return"] = {"scores": True}
+        with open(f"{d}/{case['name']}", "w") as f:
+            f.write(json.dumps(request) + "\n")
+    hi = {"prompts": ["Hi"], "generation_config": {"max_new_tokens": 3}}
+    lines = {
+        "return-all": {**hi, "return": {"scores": True, "logits": True, "stream_chunks": True, "hidden_states": True,
+                                        "attentions": True}},
+        "sample-seed": {"input_ids": [[1, 15, 27]], "seed": 7,
+                        "generation_config": {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "max_new_tokens": 4}},
+        "json-schema": {**hi, "structured": {"json_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+        "json-object": {**hi, "structured": "json_object"},
+        "regex": {**hi, "structured": {"regex": "[a-z]+ [0-9]{2}"}},
+        "grammar": {**hi, "structured": {"grammar": 'start: "yes" | "no"'}},
+        "beam-scores": {"input_ids": [[1, 15], [1, 27]], "attention_mask": [[1, 1], [1, 1]], "return": {"scores": True},
+                        "generation_config": {"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 3}},
+        "left-padded": {"input_ids": [[2, 2, 1, 15], [1, 27, 30, 8]], "attention_mask": [[0, 0, 1, 1], [1, 1, 1, 1]]},
+        "encoder-ids": {"encoder_input_ids": [[1, 2]], "decoder_input_ids": [[0]]},
+        "features": {"input_features": [[[0.5, 0.25], [0.0, 1.0]]]},
+        "two-sources": {"input_ids": [[1]], "prompts": ["x"]},
+        "other-model": {"model": "gpt2", "prompts": ["Hi"]},
+        "unknown-field": {"prompts": ["Hi"], "return": {"logit": True}},
+        "nulls": {"input_ids": [[1, 5]], "attention_mask": None, "generation_config": None, "return": None},
+    }
+    for name, request in lines.items():
+        with open(f"{d}/{name}", "w") as f:
+            f.write(json.dumps(request) + "\n")
+
+    d = target("logits_request")
+    # transformers' golden processor cases as `lmgen logits --request` lines; the generation-config ones name
+    # the golden Llama ("llama").
+    with open(f"{FIX}/golden/processors.json") as f:
+        cases = json.load(f)
+    for case in cases:
+        request = {"input_ids": case["input_ids"], "scores": case["scores"]}
+        if "processor" in case:
+            request["processor"] = {"name": case["processor"], "args": case["args"]}
+        else:
+            request.update(generation_config=case["generation_config"], prompt_length=case["prompt_length"], model="llama")
+        with open(f"{d}/{case['name']}", "w") as f:
+            f.write(json.dumps(request) + "\n")
+    small = {"input_ids": [[1, 5, 5, 9]], "scores": [[0.5, None, "nan", "inf", "-inf", 2.0, -1.0, 0.0, 3.0, 1.5]]}
+    lines = {
+        "guidance": {**small, "generation_config": {"guidance_scale": 1.5}, "prompt_length": 2, "model": "llama"},
+        "watermark": {**small, "generation_config": {"do_sample": True, "watermarking_config": {"greenlist_ratio": 0.5}},
+                      "prompt_length": 2},
+        "diversity": {**small, "processor": {"name": "HammingDiversityLogitsProcessor",
+                                             "args": {"diversity_penalty": 1.0, "num_beams": 2, "num_beam_groups": 2}}},
+        "both": {**small, "processor": {"name": "TemperatureLogitsWarper", "args": {"temperature": 0.5}},
+                 "generation_config": {}},
+        "no-length": {**small, "generation_config": {"top_k": 3}},
+        "ragged": {"input_ids": [[1], [1, 2]], "scores": [[0.0], [1.0]], "processor": {"name": "LogitNormalization"}},
+    }
+    for name, request in lines.items():
+        with open(f"{d}/{name}", "w") as f:
+            f.write(json.dumps(request) + "\n")
+
 
 if __name__ == "__main__":
     main()

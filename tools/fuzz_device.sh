@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every fuzz target (fuzz/contracts.rs) at once on a many-core machine without Rust (the
-# device machine): the one binary of them all, built here by `cargo +nightly fuzz build -O all`
-# and stripped of debug information, travels as target/fuzz-carry/all.xz; the seed corpora come
-# from fuzz/corpus.
+# Runs every fuzz target (fuzz/contracts.rs, fuzz/contracts_jsonl.rs) at once on a many-core
+# machine without Rust (the device machine): the one binary of them all, built here by
+# `cargo +nightly fuzz build -O all` and stripped of debug information, travels as
+# target/fuzz-carry/all.xz; the seed corpora come from fuzz/corpus.
 #
 #   tools/fuzz_device.sh SECONDS [FORKS]    each target for SECONDS with FORKS worker processes
 #
@@ -19,7 +19,7 @@ mkdir -p "$OUT" "$BIN" /tmp/fuzz-corpus
 if [ -e target/fuzz-carry/all.xz ]; then
     xz -dc target/fuzz-carry/all.xz >"$BIN/all" && chmod +x "$BIN/all"
 fi
-TARGETS="safetensors gguf config_json generation_config chat_template tokenizer_json server_request"
+TARGETS="safetensors gguf config_json generation_config chat_template tokenizer_json server_request jsonl_request logits_request"
 export LMGEN_FUZZ_LLAMA="$ROOT/crates/lmgen/tests/fixtures/golden/models/llama"
 nproc
 pids=()

@@ -2,3 +2,6 @@
 #[path = "../contracts.rs"]
 mod contracts;
 pub use contracts::*;
+#[path = "../contracts_jsonl.rs"]
+mod contracts_jsonl;
+pub use contracts_jsonl::*;

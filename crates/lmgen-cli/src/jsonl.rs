@@ -1,14 +1,13 @@
 //! The JSON-lines interface (DESIGN.md section 4): one request per line in, one response per line
 //! out, in order. A failing request answers `{"error": {"message": ...}}` and the others still run.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::streamer::{TextStreamer, TextStreamerOptions, TokenStreamer};
-use lmgen::generation::structured::{Grammar, StructuredOutput};
+use lmgen::generation::structured::Grammar;
 use lmgen::generation::{EncoderInputs, GenerateOptions, Seq2SeqInput};
 use lmgen::models::LoadOptions;
 use lmgen::{GenerateInput, GenerationConfig, Pipeline};
@@ -16,6 +15,8 @@ use lmgen_server::ModelArgs;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::models::Models;
 
 /// What a request may ask to get back.
 #[derive(Deserialize, Debug, Default)]
@@ -39,7 +40,7 @@ struct Return {
 /// One `lmgen generate --request` line; `null` means absent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GenerateRequest {
+pub struct GenerateRequest {
     model: Option<String>,
     input_ids: Option<Vec<Vec<u32>>>,
     attention_mask: Option<Vec<Vec<u8>>>,
@@ -62,7 +63,7 @@ struct GenerateRequest {
 
 /// Parses one request line into `T`; an error names the field at fault by its path
 /// (`input_ids[0][1]`, `return.logit`), and an unknown key lists the expected ones.
-pub(crate) fn parse_request<T: DeserializeOwned>(line: &str) -> Result<T> {
+pub fn parse_request<T: DeserializeOwned>(line: &str) -> Result<T> {
     let value: Value = serde_json::from_str(line).context("not valid JSON")?;
     if !value.is_object() {
         bail!("a request must be a JSON object");
@@ -80,23 +81,24 @@ pub(crate) fn parse_request<T: DeserializeOwned>(line: &str) -> Result<T> {
 
 /// Answers each non-empty line of `path` (`-` = stdin) with one JSON line on stdout, in order; a
 /// failing request answers `{"error": {"message": ...}}` and the others still run.
-pub(crate) fn serve_lines(
-    path: &Path,
-    mut answer: impl FnMut(&str) -> Result<Value>,
-) -> Result<()> {
+pub fn serve_lines(path: &Path, mut answer: impl FnMut(&str) -> Result<Value>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for line in open(path)?.lines() {
         let line = line.context("reading requests")?;
         if line.trim().is_empty() {
             continue;
         }
-        let response =
-            answer(&line).unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}));
-        serde_json::to_writer(&mut out, &response)?;
+        serde_json::to_writer(&mut out, &response(answer(&line)))?;
         out.write_all(b"\n")?;
         out.flush()?;
     }
     Ok(())
+}
+
+/// The response line of an answer: the answer, or `{"error": {"message": ...}}` with the whole
+/// chain of causes.
+pub fn response(answer: Result<Value>) -> Value {
+    answer.unwrap_or_else(|e| json!({"error": {"message": format!("{e:#}")}}))
 }
 
 /// Reads requests from `path` (`-` = stdin).
@@ -110,56 +112,6 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     }
 }
 
-/// Loaded pipelines by model path, so a file of requests loads each model once.
-struct Models<'a> {
-    loaded: HashMap<String, Pipeline>,
-    /// Grammar compilers by model and end-of-sequence ids (building one indexes the vocabulary).
-    structured: HashMap<(String, Vec<u32>), StructuredOutput>,
-    args: &'a ModelArgs,
-    options: &'a LoadOptions,
-}
-
-impl Models<'_> {
-    fn key(&self, model: Option<&str>) -> String {
-        model
-            .map(str::to_string)
-            .unwrap_or_else(|| self.args.model_or_default())
-    }
-
-    fn load(&mut self, key: &str) -> Result<()> {
-        if !self.loaded.contains_key(key) {
-            let options = if key == self.args.model_or_default() {
-                self.options.clone()
-            } else {
-                ModelArgs::other_model_options(self.options)
-            };
-            let pipe = lmgen_server::model_args::load_pipeline(key, &options)
-                .with_context(|| format!("loading `{key}`"))?;
-            self.loaded.insert(key.to_string(), pipe);
-        }
-        Ok(())
-    }
-
-    fn get(&mut self, model: Option<&str>) -> Result<&Pipeline> {
-        let key = self.key(model);
-        self.load(&key)?;
-        self.loaded
-            .get(&key)
-            .ok_or_else(|| anyhow!("model `{key}` not loaded"))
-    }
-
-    /// The request's model and its assistant model.
-    fn get_pair(&mut self, model: Option<&str>, assistant: &str) -> Result<(&Pipeline, &Pipeline)> {
-        let key = self.key(model);
-        self.load(&key)?;
-        self.load(assistant).context("`assistant_model`")?;
-        match (self.loaded.get(&key), self.loaded.get(assistant)) {
-            (Some(target), Some(draft)) => Ok((target, draft)),
-            _ => bail!("model `{key}` or `{assistant}` not loaded"),
-        }
-    }
-}
-
 /// `lmgen generate --request FILE`.
 pub fn serve_generate(
     path: &Path,
@@ -167,17 +119,31 @@ pub fn serve_generate(
     options: &LoadOptions,
     base: &GenerationConfig,
 ) -> Result<()> {
-    let mut models = Models {
-        loaded: HashMap::new(),
-        structured: HashMap::new(),
-        args,
-        options,
-    };
+    let mut models = Models::new(args, options);
     serve_lines(path, |line| answer(line, &mut models, base))
 }
 
-fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Result<Value> {
-    let req: GenerateRequest = parse_request(line).context("invalid request")?;
+/// The answer to one `lmgen generate --request` line: the response object, or the error that
+/// becomes `{"error": {"message": ...}}` ([`response`]). `base` is the generation config of the
+/// command line (flags and `--generation-config`), under the request's `generation_config`.
+pub fn answer(line: &str, models: &mut Models, base: &GenerationConfig) -> Result<Value> {
+    let req = GenerateRequest::parse(line)?;
+    answer_request(req, models, base)
+}
+
+impl GenerateRequest {
+    /// One request line; an error names the field at fault ([`parse_request`]).
+    pub fn parse(line: &str) -> Result<Self> {
+        parse_request(line).context("invalid request")
+    }
+}
+
+/// The answer to a parsed `lmgen generate --request` line (see [`answer`]).
+pub fn answer_request(
+    req: GenerateRequest,
+    models: &mut Models,
+    base: &GenerationConfig,
+) -> Result<Value> {
     let ret = req.ret.unwrap_or_default();
     let mut overrides = base.clone();
     if let Some(gc) = &req.generation_config {
@@ -202,20 +168,7 @@ fn answer(line: &str, models: &mut Models<'_>, base: &GenerationConfig) -> Resul
     let grammar = match &req.structured {
         Some(grammar) => {
             let key = models.key(req.model.as_deref());
-            models.load(&key)?;
-            let pipe = models
-                .loaded
-                .get(&key)
-                .ok_or_else(|| anyhow!("model `{key}` not loaded"))?;
-            let cache_key = (key, pipe.config_with(&overrides).eos_token_ids());
-            let compiler = match models.structured.get(&cache_key) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = pipe.structured_output(&overrides).context("`structured`")?;
-                    models.structured.insert(cache_key, c.clone());
-                    c
-                }
-            };
+            let compiler = models.structured_output(&key, &overrides)?;
             Some(compiler.processor(grammar).context("`structured`")?)
         }
         None => None,

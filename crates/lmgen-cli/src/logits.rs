@@ -6,7 +6,6 @@
 //! checkpoint's generation config). Answers `{"output": [[float|null]]}`; `-inf` is `null`, and the
 //! strings `"nan"`, `"inf"`, `"-inf"` stand for themselves in and out.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -14,10 +13,13 @@ use clap::Args;
 use lmgen::generation::config::UnknownFields;
 use lmgen::generation::logits::{processor_from_hf, LogitsProcessorList, ProcessorContext};
 use lmgen::generation::Scores;
-use lmgen::load::{fetch_model, FileSet, HubOptions};
-use lmgen::{GenerationConfig, Pipeline, TokenId};
+use lmgen::models::LoadOptions;
+use lmgen::{GenerationConfig, TokenId};
+use lmgen_server::model_args::DEFAULT_MODEL;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::models::Models;
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
@@ -57,11 +59,15 @@ enum Score {
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let mut models: HashMap<String, Pipeline> = HashMap::new();
+    // Requests name their model (a directory or a Hub id); there is no default one.
+    let mut models = Models::any(DEFAULT_MODEL.to_string(), LoadOptions::default());
     crate::jsonl::serve_lines(&args.request, |line| answer(line, &mut models))
 }
 
-fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
+/// The answer to one `lmgen logits --request` line: `{"output": [[float|null]]}`, or the error
+/// that becomes `{"error": {"message": ...}}` ([`crate::jsonl::response`]). `models` serves the
+/// request's `model` (its generation config, and the model itself for `guidance_scale`).
+pub fn answer(line: &str, models: &mut Models) -> Result<Value> {
     let req: LogitsRequest = crate::jsonl::parse_request(line).context("invalid request")?;
     let input_ids = &req.input_ids;
     let mut scores = parse_scores(&req.scores)?;
@@ -98,7 +104,7 @@ fn answer(line: &str, models: &mut HashMap<String, Pipeline>) -> Result<Value> {
 /// The list `generate()` builds for the request's config, applied to `scores`.
 fn chain(
     req: &LogitsRequest,
-    models: &mut HashMap<String, Pipeline>,
+    models: &mut Models,
     input_ids: &[Vec<TokenId>],
     scores: &mut Scores,
 ) -> Result<()> {
@@ -112,13 +118,7 @@ fn chain(
         bail!("a `generation_config` request needs `prompt_length`");
     };
     let dir = match &req.model {
-        Some(m) => {
-            let downloads = HubOptions {
-                progress: true,
-                ..HubOptions::default()
-            };
-            Some(fetch_model(m, FileSet::Checkpoint, &downloads)?)
-        }
+        Some(m) => Some(models.checkpoint_dir(m)?),
         None => None,
     };
     let (mut config, max_positions, vocab_size) = match &dir {
@@ -133,14 +133,8 @@ fn chain(
     config.validate()?;
     let lengths = config.resolve_lengths(prompt_length, max_positions)?;
     let needs_model = config.guidance_scale.is_some_and(|g| g != 1.0);
-    let pipe = match (&dir, needs_model) {
-        (Some(d), true) => {
-            let key = d.display().to_string();
-            if !models.contains_key(&key) {
-                models.insert(key.clone(), Pipeline::from_pretrained(&key)?);
-            }
-            models.get(&key)
-        }
+    let pipe = match (&req.model, needs_model) {
+        (Some(m), true) => Some(models.get(Some(m))?),
         (None, true) => {
             bail!("`guidance_scale` needs `model` (it runs the model on the negative prompt)")
         }

@@ -4,14 +4,13 @@ mod bench;
 mod chat;
 mod generate;
 mod init_random;
-mod jsonl;
-mod logits;
 mod serve;
 mod tokenize;
 mod transcribe;
 mod watermark;
 
 use clap::{Parser, Subcommand};
+use lmgen_cli::{jsonl, logits};
 
 /// Generate text with Hugging Face checkpoints, token for token as transformers' generate().
 #[derive(Parser, Debug)]

@@ -22,7 +22,10 @@ impl ExponentialDecayLengthPenalty {
         input_ids_seq_length: usize,
     ) -> Self {
         Self {
-            regulation_start: exponential_decay_length_penalty.0 + input_ids_seq_length,
+            // Past `usize::MAX` the penalty never starts (Python's integers do not overflow).
+            regulation_start: exponential_decay_length_penalty
+                .0
+                .saturating_add(input_ids_seq_length),
             regulation_factor: exponential_decay_length_penalty.1,
             eos_token_ids,
         }
@@ -35,7 +38,7 @@ impl LogitsProcessor for ExponentialDecayLengthPenalty {
         if cur_len <= self.regulation_start {
             return Ok(());
         }
-        let idx = (cur_len - self.regulation_start) as i32;
+        let idx = i32::try_from(cur_len - self.regulation_start).unwrap_or(i32::MAX);
         let factor = (self.regulation_factor.powi(idx) - 1.0) as f32;
         for row in scores.rows_mut() {
             for &e in &self.eos_token_ids {
@@ -60,5 +63,13 @@ mod tests {
         assert_eq!(s.data, vec![-1.0, 1.0]);
         p.process(&[vec![0, 0, 0, 0, 0]], &mut s).unwrap();
         assert_eq!(s.data, vec![2.0, 1.0]);
+    }
+
+    #[test]
+    fn a_start_past_usize_max_never_comes() {
+        let p = ExponentialDecayLengthPenalty::new((usize::MAX, 2.0), vec![0], 3);
+        let mut s = Scores::new(vec![-1.0, 1.0], 1, 2);
+        p.process(&[vec![0; 8]], &mut s).unwrap();
+        assert_eq!(s.data, vec![-1.0, 1.0]);
     }
 }

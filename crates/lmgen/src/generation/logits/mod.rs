@@ -121,8 +121,11 @@ impl Scores {
         self.data.chunks_mut(vocab)
     }
 
-    /// Rows as nested vectors.
+    /// Rows as nested vectors (`batch` empty rows when the vocabulary is empty).
     pub fn to_rows(&self) -> Vec<Vec<f32>> {
+        if self.vocab == 0 {
+            return vec![Vec::new(); self.batch];
+        }
         self.data.chunks(self.vocab).map(<[f32]>::to_vec).collect()
     }
 }
@@ -190,4 +193,18 @@ pub(crate) fn kth_largest(row: &[f32], k: usize) -> f32 {
     let order = sorted_desc(row);
     let k = k.clamp(1, row.len().max(1));
     order.get(k - 1).map_or(f32::NEG_INFINITY, |&i| row[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scores;
+
+    #[test]
+    fn rows_of_an_empty_vocabulary_are_empty() {
+        assert_eq!(
+            Scores::new(Vec::new(), 2, 0).to_rows(),
+            vec![Vec::<f32>::new(); 2]
+        );
+        assert!(Scores::new(Vec::new(), 0, 0).to_rows().is_empty());
+    }
 }
