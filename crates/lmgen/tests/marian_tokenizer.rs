@@ -76,9 +76,9 @@ fn decoding_gives_marian_tokenizers_text() -> Result<()> {
                 match (&case[key], got) {
                     (Value::String(want), Ok(got)) if *want == got => {}
                     (Value::Null, Err(e)) => assert!(e.to_string().contains("cannot decode id")),
-                    (want, got) => {
-                        failures.push(format!("{name} {ids:?} skip={skip}: got {got:?}, want {want}"))
-                    }
+                    (want, got) => failures.push(format!(
+                        "{name} {ids:?} skip={skip}: got {got:?}, want {want}"
+                    )),
                 }
             }
         }
@@ -157,7 +157,10 @@ fn bad_marian_folders_are_named() -> Result<()> {
 
     let empty = tempfile::tempdir()?;
     let e = err(&empty);
-    assert!(e.contains("tokenizer.json") && e.contains("source.spm"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("source.spm"),
+        "{e}"
+    );
 
     let dir = copy("target.spm")?;
     let e = err(&dir);
@@ -165,7 +168,10 @@ fn bad_marian_folders_are_named() -> Result<()> {
 
     let dir = copy("target_vocab.json")?;
     let e = err(&dir);
-    assert!(e.contains("target_vocab.json") && e.contains("separate_vocabs"), "{e}");
+    assert!(
+        e.contains("target_vocab.json") && e.contains("separate_vocabs"),
+        "{e}"
+    );
 
     let dir = copy("")?;
     std::fs::write(dir.path().join("source.spm"), b"not a model")?;
@@ -178,9 +184,15 @@ fn bad_marian_folders_are_named() -> Result<()> {
     assert!(e.contains("source.spm") && e.contains("BPE"), "{e}");
 
     // ModelProto { pieces { piece: "a" } }: no unknown piece.
-    std::fs::write(dir.path().join("source.spm"), [0x0a, 0x03, 0x0a, 0x01, b'a'])?;
+    std::fs::write(
+        dir.path().join("source.spm"),
+        [0x0a, 0x03, 0x0a, 0x01, b'a'],
+    )?;
     let e = err(&dir);
-    assert!(e.contains("source.spm") && e.contains("unknown piece"), "{e}");
+    assert!(
+        e.contains("source.spm") && e.contains("unknown piece"),
+        "{e}"
+    );
 
     let dir = copy("")?;
     std::fs::write(dir.path().join("vocab.json"), r#"{"<unk>": -1}"#)?;
@@ -189,6 +201,9 @@ fn bad_marian_folders_are_named() -> Result<()> {
 
     std::fs::write(dir.path().join("vocab.json"), r#"{"a": 0}"#)?;
     let e = err(&dir);
-    assert!(e.contains("vocab.json") && e.contains("unknown token"), "{e}");
+    assert!(
+        e.contains("vocab.json") && e.contains("unknown token"),
+        "{e}"
+    );
     Ok(())
 }

@@ -88,7 +88,11 @@ fn read_vocab(path: &Path) -> Result<Vec<(String, u32)>> {
             let id = id
                 .as_u64()
                 .and_then(|id| u32::try_from(id).ok())
-                .ok_or_else(|| bad(format!("the id of {token:?} must be an integer in [0, 2^32), got {id}")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the id of {token:?} must be an integer in [0, 2^32), got {id}"
+                    ))
+                })?;
             Ok((token, id))
         })
         .collect()
@@ -154,9 +158,9 @@ impl MarianText {
             })?;
             for (id, token) in table {
                 let at = |field: &str| format!("`added_tokens_decoder.{id}.{field}`");
-                let id: u32 = id
-                    .parse()
-                    .map_err(|_| cfg_error(format!("`added_tokens_decoder`: {id:?} is not an id")))?;
+                let id: u32 = id.parse().map_err(|_| {
+                    cfg_error(format!("`added_tokens_decoder`: {id:?} is not an id"))
+                })?;
                 let content = token
                     .get("content")
                     .and_then(Value::as_str)
@@ -164,7 +168,10 @@ impl MarianText {
                 let flag = |field: &str| match token.get(field) {
                     None | Some(Value::Null) => Ok(false),
                     Some(Value::Bool(b)) => Ok(*b),
-                    Some(other) => Err(cfg_error(format!("{} must be true or false, got {other}", at(field)))),
+                    Some(other) => Err(cfg_error(format!(
+                        "{} must be true or false, got {other}",
+                        at(field)
+                    ))),
                 };
                 if flag("single_word")? {
                     return Err(cfg_error(format!(
@@ -180,7 +187,10 @@ impl MarianText {
                 });
             }
         }
-        let unk = cfg.get("unk_token").and_then(Value::as_str).unwrap_or("<unk>");
+        let unk = cfg
+            .get("unk_token")
+            .and_then(Value::as_str)
+            .unwrap_or("<unk>");
         let unk_id = *encoder.get(unk).ok_or_else(|| {
             Error::Tokenizer(format!(
                 "`{}`: the unknown token {unk:?} is not in the vocabulary",
@@ -212,7 +222,10 @@ impl MarianText {
                 });
             }
         }
-        let eos = cfg.get("eos_token").and_then(Value::as_str).unwrap_or("</s>");
+        let eos = cfg
+            .get("eos_token")
+            .and_then(Value::as_str)
+            .unwrap_or("</s>");
         this.eos_id = this.token_id(eos);
         this.special_ids = special_tokens.iter().map(|t| this.token_id(t)).collect();
         this.special_tokens = special_tokens;
@@ -249,7 +262,11 @@ impl MarianText {
             .build()
             .map_err(|e| Error::Tokenizer(format!("Marian vocabulary: {e}")))?;
         let mut tok = tokenizers::Tokenizer::new(model);
-        tok.with_decoder(Some(Metaspace::new('\u{2581}', PrependScheme::Always, true)));
+        tok.with_decoder(Some(Metaspace::new(
+            '\u{2581}',
+            PrependScheme::Always,
+            true,
+        )));
         Ok(tok)
     }
 

@@ -152,9 +152,11 @@ impl Tokenizer {
                         cfg[key] = Value::String(token.into());
                     }
                 }
-                let mut tok = Self::with_config(tokenizers::Tokenizer::new(
-                    tokenizers::models::wordlevel::WordLevel::default(),
-                ), &cfg, &cfg_path)?;
+                let mut tok = Self::with_config(
+                    tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::default()),
+                    &cfg,
+                    &cfg_path,
+                )?;
                 let mut specials = tok.named_special_tokens();
                 for t in &tok.extra_special_tokens {
                     if !specials.contains(t) {

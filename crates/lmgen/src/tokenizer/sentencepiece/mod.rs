@@ -66,8 +66,7 @@ impl SentencePieceModel {
     /// Reads and checks a model file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes)
-            .map_err(|e| Error::Tokenizer(format!("`{}`: {e}", path.display())))
+        Self::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("`{}`: {e}", path.display())))
     }
 
     /// Parses a serialized `ModelProto`; the error says what is wrong with it.
@@ -86,9 +85,11 @@ impl SentencePieceModel {
             }
         }
         if trainer.byte_fallback.unwrap_or(false) {
-            return Err("`byte_fallback` is set; lmgen does not implement sentencepiece's byte \
+            return Err(
+                "`byte_fallback` is set; lmgen does not implement sentencepiece's byte \
                         fallback"
-                .into());
+                    .into(),
+            );
         }
         if proto
             .denormalizer_spec
@@ -113,8 +114,14 @@ impl SentencePieceModel {
                 3 => PieceType::Control,
                 4 => PieceType::UserDefined,
                 5 => PieceType::Unused,
-                6 => return Err(format!("piece {id} ({text:?}) is a byte piece; lmgen does not implement byte fallback")),
-                other => return Err(format!("piece {id} ({text:?}) has the unknown type {other}")),
+                6 => return Err(format!(
+                    "piece {id} ({text:?}) is a byte piece; lmgen does not implement byte fallback"
+                )),
+                other => {
+                    return Err(format!(
+                        "piece {id} ({text:?}) has the unknown type {other}"
+                    ))
+                }
             };
             let id = u32::try_from(id).map_err(|_| "too many pieces".to_string())?;
             let table = match kind {
@@ -145,7 +152,10 @@ impl SentencePieceModel {
         let charsmap = match spec.precompiled_charsmap.as_deref() {
             None | Some([]) => None,
             Some(blob) => Some(CharsMap::parse(blob).map_err(|e| {
-                format!("normalizer_spec.precompiled_charsmap ({:?}): {e}", spec.name())
+                format!(
+                    "normalizer_spec.precompiled_charsmap ({:?}): {e}",
+                    spec.name()
+                )
             })?),
         };
         let user_defined = pieces
