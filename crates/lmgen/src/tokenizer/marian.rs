@@ -276,7 +276,7 @@ impl MarianText {
         for chunk in self.split_on_added(text) {
             match chunk {
                 Chunk::Added(id) => ids.push(id),
-                Chunk::Text(t) if t.is_empty() => {}
+                Chunk::Text("") => {}
                 Chunk::Text(t) => {
                     let (code, rest) = remove_language_code(t);
                     if let Some(code) = code {

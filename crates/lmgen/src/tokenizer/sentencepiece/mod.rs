@@ -114,9 +114,11 @@ impl SentencePieceModel {
                 3 => PieceType::Control,
                 4 => PieceType::UserDefined,
                 5 => PieceType::Unused,
-                6 => return Err(format!(
+                6 => {
+                    return Err(format!(
                     "piece {id} ({text:?}) is a byte piece; lmgen does not implement byte fallback"
-                )),
+                ))
+                }
                 other => {
                     return Err(format!(
                         "piece {id} ({text:?}) has the unknown type {other}"
