@@ -720,6 +720,37 @@ fn encoder_decoder_prints_the_decoded_output_alone() -> Result<()> {
     Ok(())
 }
 
+/// A Marian checkpoint, which ships sentencepiece models and vocab.json instead of tokenizer.json:
+/// `lmgen generate --model <folder> --prompt <text>` prints transformers' decoded greedy output
+/// (MarianTokenizer, `golden-seq2seq/marian-text/cases.json`), streamed or not.
+#[test]
+fn marian_checkpoint_translates_text_prompts() -> Result<()> {
+    const MARIAN_TEXT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden-seq2seq/marian-text"
+    );
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{MARIAN_TEXT}/cases.json"
+    ))?)?;
+    let model = format!("{MARIAN_TEXT}/marian_text");
+    for case in cases["generate"].as_array().context("generate")? {
+        let prompt = case["prompt"].as_str().context("prompt")?;
+        let want = case["text"].as_str().context("text")?;
+        for extra in [&[][..], &["--no-stream"][..]] {
+            let mut args = vec!["generate", "--model", &model, "--prompt", prompt];
+            args.extend(extra);
+            let out = lmgen(&args, "")?;
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(
+                String::from_utf8(out.stdout)?.trim_end_matches('\n'),
+                want,
+                "{prompt:?} {extra:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// JSON lines on an encoder-decoder model: `encoder_input_ids` (+ mask) and `decoder_input_ids`,
 /// or `input_ids` read as the encoder's input, give transformers' golden T5 sequences.
 #[test]

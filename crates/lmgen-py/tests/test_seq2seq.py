@@ -1,8 +1,9 @@
 """Encoder-decoder models through the Python API (crates/lmgen/tests/fixtures/golden-seq2seq, made
 with transformers 5.17): every case of T5, Flan-T5, mT5, BART and mBART token for token,
-`input_ids` read as the encoder's input and `decoder_input_ids` as the decoder's prompt. (Marian
-checkpoints ship no tokenizer.json, which loading a model here needs; the Rust golden tests run
-them.)"""
+`input_ids` read as the encoder's input and `decoder_input_ids` as the decoder's prompt. (The
+golden Marian checkpoint, models/marian, has no tokenizer files, which loading a model here needs;
+the Rust golden tests run it. A Marian checkpoint with its sentencepiece tokenizer, from
+golden-seq2seq/marian-text, runs from text below.)"""
 
 import json
 import os
@@ -71,3 +72,20 @@ def test_features_go_to_an_audio_encoder_only(seq2seq_models):
     model = seq2seq_models("t5")
     with pytest.raises(ValueError, match="input_features"):
         model.generate(input_features=np.zeros((1, 80, 40), dtype=np.float32), max_new_tokens=2)
+
+
+def test_a_marian_checkpoint_runs_from_text():
+    """source.spm / target.spm / vocab.json and no tokenizer.json: transformers' MarianTokenizer
+    ids, greedy sequences and decoded text (golden-seq2seq/marian-text/cases.json)."""
+    marian = os.path.join(GOLDEN, "marian-text")
+    with open(os.path.join(marian, "cases.json")) as f:
+        cases = json.load(f)
+    folder = os.path.join(marian, "marian_text")
+    tokenizer = lmgen.AutoTokenizer.from_pretrained(folder)
+    model = lmgen.AutoModelForSeq2SeqLM.from_pretrained(folder)
+    for case in cases["generate"]:
+        ids = tokenizer(case["prompt"])["input_ids"]
+        assert list(ids) == case["input_ids"]
+        out = model.generate(np.asarray([ids], dtype=np.int64))
+        assert out.tolist() == [case["sequence"]]
+        assert tokenizer.decode(case["sequence"], skip_special_tokens=True) == case["text"]

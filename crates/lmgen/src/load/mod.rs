@@ -82,12 +82,13 @@ pub fn resolve_model_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathB
     search_hub(id_or_dir, hub_caches, CONFIG)
 }
 
-/// The directory of a tokenizer: `id_or_dir` when it is a directory with `tokenizer.json` (a
-/// tokenizer repository needs no `config.json`), else as [`resolve_model_in`], else the snapshot of
-/// model id `id_or_dir` that has `tokenizer.json` in the hub cache roots `hub_caches`.
+/// The directory of a tokenizer: `id_or_dir` when it is a directory with `tokenizer.json` or a
+/// Marian tokenizer's `source.spm` (a tokenizer repository needs no `config.json`), else as
+/// [`resolve_model_in`], else the snapshot of model id `id_or_dir` that has `tokenizer.json` in the
+/// hub cache roots `hub_caches`.
 fn resolve_tokenizer_in(id_or_dir: &str, hub_caches: &[PathBuf]) -> Result<PathBuf> {
     let path = Path::new(id_or_dir);
-    if path.join("tokenizer.json").is_file() {
+    if path.join("tokenizer.json").is_file() || path.join("source.spm").is_file() {
         return Ok(path.to_path_buf());
     }
     if path.exists() {

@@ -92,10 +92,7 @@ impl Detokenizer {
 
     /// `decode` without clean-up.
     fn decode_raw(&self, ids: &[TokenId]) -> Result<String> {
-        self.tokenizer
-            .inner()
-            .decode(ids, self.skip_special_tokens)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode {ids:?}: {e}")))
+        self.tokenizer.decode_raw(ids, self.skip_special_tokens)
     }
 }
 
@@ -212,6 +209,9 @@ impl IncrementalText {
     /// end in U+FFFD. Decodes without clean-up ([`Self::add`] applies it).
     fn step(&mut self, detok: &Detokenizer, ids: Vec<u32>) -> Result<Option<String>> {
         let s = &mut self.stream;
+        if detok.tokenizer.is_sentencepiece() {
+            return sentencepiece_step(detok, ids, s);
+        }
         tokenizers::tokenizer::step_decode_stream(
             detok.tokenizer.inner(),
             ids,
@@ -222,6 +222,31 @@ impl IncrementalText {
         )
         .map_err(|e| Error::Tokenizer(format!("incremental decoding: {e}")))
     }
+}
+
+/// [`IncrementalText::step`] for a tokenizer that decodes with sentencepiece (Marian), which has
+/// no `DecodeStream`: the stream keeps every id and its whole text, and a step decodes them all
+/// again and answers what the text gained. That decoding only appends as tokens come (each piece
+/// decodes on its own but for the first one's leading `▁`, and the stripped ends can only grow
+/// back as inner text), so the old text is always a prefix of the new; a text that is not is an
+/// error, never a piece taken back. Each step costs the whole sequence's decoding, which Marian's
+/// short outputs (512 tokens at most) afford.
+fn sentencepiece_step(
+    detok: &Detokenizer,
+    ids: Vec<u32>,
+    s: &mut StreamState,
+) -> Result<Option<String>> {
+    s.ids.extend(ids);
+    let text = detok.decode_raw(&s.ids)?;
+    let Some(new) = text.strip_prefix(s.prefix.as_str()) else {
+        return Err(Error::Tokenizer(format!(
+            "incremental decoding: {text:?} does not start with the text so far {:?}",
+            s.prefix
+        )));
+    };
+    let new = new.to_string();
+    s.prefix = text;
+    Ok((!new.is_empty()).then_some(new))
 }
 
 /// Where clean-up may cut `raw`: the largest byte offset with no space among the three

@@ -16,9 +16,15 @@
 //! [`IncrementalText`] decodes generated tokens a piece at a time, each piece final.
 //!
 //! `legacy` only changes how transformers converts a sentencepiece model into `tokenizer.json`;
-//! with `tokenizer.json` present (lmgen requires it) that conversion is already in the file.
+//! with `tokenizer.json` present that conversion is already in the file.
+//!
+//! A folder without `tokenizer.json` that holds a Marian tokenizer (`source.spm` + `vocab.json`,
+//! or `tokenizer_class: MarianTokenizer`) loads as transformers' slow `MarianTokenizer`
+//! ([`marian`]): encoding and decoding run its sentencepiece models, and [`Tokenizer::inner`] is
+//! a word-level stand-in over `vocab.json` for lookups of token strings and ids.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use tokenizers::pre_tokenizers::metaspace::PrependScheme;
@@ -30,7 +36,9 @@ use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 
 mod incremental;
+mod marian;
 mod padding;
+pub mod sentencepiece;
 pub use incremental::{is_byte_token, Detokenizer, IncrementalText};
 pub use padding::PaddingSide;
 
@@ -53,6 +61,8 @@ pub struct Tokenizer {
     /// `padding_side` (see [`PaddingSide`] for where it comes from).
     padding_side: PaddingSide,
     chat_template: Option<ChatTemplate>,
+    /// Marian's sentencepiece text path, which encodes and decodes in place of `inner`.
+    marian: Option<Arc<marian::MarianText>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -88,6 +98,27 @@ fn token_list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// `tokenizer_config.json` of `dir` (an empty object when absent) and its path.
+fn read_config(dir: &Path) -> Result<(std::path::PathBuf, Value)> {
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: Value = if cfg_path.is_file() {
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: cfg_path.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        Value::Object(Map::new())
+    };
+    if !cfg.is_object() {
+        return Err(Error::Json {
+            path: cfg_path,
+            message: "expected a JSON object".into(),
+        });
+    }
+    Ok((cfg_path, cfg))
+}
+
 /// A boolean flag of `tokenizer_config.json`; `null` or absent is `None`.
 fn flag(cfg: &Value, key: &str, path: &Path) -> Result<Option<bool>> {
     match cfg.get(key) {
@@ -103,11 +134,46 @@ fn flag(cfg: &Value, key: &str, path: &Path) -> Result<Option<bool>> {
 impl Tokenizer {
     /// Loads `tokenizer.json` (required) and `tokenizer_config.json`, `chat_template.jinja`
     /// (optional), as transformers' `AutoTokenizer.from_pretrained`.
+    ///
+    /// Without `tokenizer.json`, a Marian tokenizer (`source.spm`, `target.spm`, `vocab.json`)
+    /// loads as `MarianTokenizer` does (see the module docs).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
+        let (cfg_path, mut cfg) = read_config(dir)?;
         if !path.is_file() {
+            if marian::is_marian_dir(dir, &cfg) {
+                // MarianTokenizer's defaults for what the config leaves out.
+                for (key, token) in [
+                    ("unk_token", "<unk>"),
+                    ("eos_token", "</s>"),
+                    ("pad_token", "<pad>"),
+                ] {
+                    if cfg.get(key).is_none_or(Value::is_null) {
+                        cfg[key] = Value::String(token.into());
+                    }
+                }
+                let mut tok = Self::with_config(
+                    tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::default()),
+                    &cfg,
+                    &cfg_path,
+                )?;
+                let mut specials = tok.named_special_tokens();
+                for t in &tok.extra_special_tokens {
+                    if !specials.contains(t) {
+                        specials.push(t.clone());
+                    }
+                }
+                let text = marian::MarianText::from_dir(dir, &cfg, specials)?;
+                tok.inner = text.backend()?;
+                tok.marian = Some(Arc::new(text));
+                tok.padding_side = PaddingSide::resolve(&cfg, &tok.inner)?;
+                tok.mark_special_tokens();
+                tok.chat_template = ChatTemplate::from_dir(dir, &cfg)?;
+                return Ok(tok);
+            }
             return Err(Error::Tokenizer(format!(
-                "`{}` not found: lmgen needs the fast tokenizer file (tokenizer.json)",
+                "`{}` not found: lmgen needs the fast tokenizer file (tokenizer.json), or a \
+                 Marian tokenizer's source.spm, target.spm and vocab.json",
                 path.display()
             )));
         }
@@ -126,40 +192,7 @@ impl Tokenizer {
         let inner = text
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| cannot_load(e.to_string()))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: Value = if cfg_path.is_file() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::Json {
-                path: cfg_path.clone(),
-                message: e.to_string(),
-            })?
-        } else {
-            Value::Object(Map::new())
-        };
-        if !cfg.is_object() {
-            return Err(Error::Json {
-                path: cfg_path,
-                message: "expected a JSON object".into(),
-            });
-        }
-        let mut extra_special_tokens = token_list(cfg.get("additional_special_tokens"));
-        extra_special_tokens.extend(token_list(cfg.get("extra_special_tokens")));
-        let padding_side = PaddingSide::resolve(&cfg, &inner)?;
-        let mut tok = Self {
-            inner,
-            bos_token: token_string(cfg.get("bos_token")),
-            eos_token: token_string(cfg.get("eos_token")),
-            pad_token: token_string(cfg.get("pad_token")),
-            unk_token: token_string(cfg.get("unk_token")),
-            sep_token: token_string(cfg.get("sep_token")),
-            cls_token: token_string(cfg.get("cls_token")),
-            mask_token: token_string(cfg.get("mask_token")),
-            extra_special_tokens,
-            clean_up_tokenization_spaces: flag(&cfg, "clean_up_tokenization_spaces", &cfg_path)?
-                .unwrap_or(false),
-            padding_side,
-            chat_template: None,
-        };
+        let mut tok = Self::with_config(inner, &cfg, &cfg_path)?;
         tok.mark_special_tokens();
         if let Some(add_prefix_space) = flag(&cfg, "add_prefix_space", &cfg_path)? {
             tok.set_add_prefix_space(add_prefix_space);
@@ -171,6 +204,30 @@ impl Tokenizer {
         }
         tok.chat_template = ChatTemplate::from_dir(dir, &cfg)?;
         Ok(tok)
+    }
+
+    /// The tokenizer of backend `inner` with the special tokens and flags of
+    /// `tokenizer_config.json` (`cfg`, read from `cfg_path`).
+    fn with_config(inner: tokenizers::Tokenizer, cfg: &Value, cfg_path: &Path) -> Result<Self> {
+        let mut extra_special_tokens = token_list(cfg.get("additional_special_tokens"));
+        extra_special_tokens.extend(token_list(cfg.get("extra_special_tokens")));
+        let padding_side = PaddingSide::resolve(cfg, &inner)?;
+        Ok(Self {
+            inner,
+            bos_token: token_string(cfg.get("bos_token")),
+            eos_token: token_string(cfg.get("eos_token")),
+            pad_token: token_string(cfg.get("pad_token")),
+            unk_token: token_string(cfg.get("unk_token")),
+            sep_token: token_string(cfg.get("sep_token")),
+            cls_token: token_string(cfg.get("cls_token")),
+            mask_token: token_string(cfg.get("mask_token")),
+            extra_special_tokens,
+            clean_up_tokenization_spaces: flag(cfg, "clean_up_tokenization_spaces", cfg_path)?
+                .unwrap_or(false),
+            padding_side,
+            chat_template: None,
+            marian: None,
+        })
     }
 
     /// The named special tokens (`bos_token`, `eos_token`, ...), deduplicated.
@@ -306,6 +363,9 @@ impl Tokenizer {
     /// Token ids of `text`; `add_special_tokens` as in transformers (false for text that already
     /// has them, such as a rendered chat template).
     pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        if let Some(marian) = &self.marian {
+            return marian.encode(text, add_special_tokens);
+        }
         let enc = self
             .inner
             .encode(text, add_special_tokens)
@@ -315,15 +375,29 @@ impl Tokenizer {
 
     /// Text of `ids` (HF `decode`), optionally without special tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode {ids:?}: {e}")))?;
+        let text = self.decode_raw(ids, skip_special_tokens)?;
         Ok(if self.clean_up_tokenization_spaces {
             clean_up_tokenization(&text)
         } else {
             text
         })
+    }
+
+    /// [`Tokenizer::decode`] without `clean_up_tokenization_spaces`.
+    pub(crate) fn decode_raw(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        match &self.marian {
+            Some(marian) => marian.decode(ids, skip_special_tokens),
+            None => self
+                .inner
+                .decode(ids, skip_special_tokens)
+                .map_err(|e| Error::Tokenizer(format!("cannot decode {ids:?}: {e}"))),
+        }
+    }
+
+    /// Whether encoding and decoding run sentencepiece models in place of [`Tokenizer::inner`]
+    /// (a Marian checkpoint without tokenizer.json).
+    pub fn is_sentencepiece(&self) -> bool {
+        self.marian.is_some()
     }
 
     /// The chat template, if the checkpoint has one.
