@@ -14,7 +14,7 @@ use hf_hub::api::Progress;
 use hf_hub::{Repo, RepoType};
 use indicatif::ProgressBar;
 
-use super::{is_repo_path, shard_names, FileSet, BAR_BYTES, EXTRA_TEMPLATES};
+use super::{is_repo_path, shard_names, FileSet, BAR_BYTES, EXTRA_TEMPLATES, SPM_FILES};
 use crate::error::{Error, Result};
 use crate::load::{is_plain_name, CONFIG, INDEX_FILE, SINGLE_FILE};
 
@@ -73,6 +73,11 @@ fn plan(files: FileSet<'_>, listed: &BTreeSet<String>) -> std::result::Result<Pl
             .filter(|f| f.starts_with(EXTRA_TEMPLATES) && f.ends_with(".jinja"))
             .cloned(),
     );
+    // A SentencePiece tokenizer with no tokenizer.json (Marian's `MarianTokenizer`): its .spm
+    // models and vocabularies ([`crate::tokenizer::Tokenizer::from_dir`] reads them).
+    if !has("tokenizer.json") && has(SPM_FILES[0]) {
+        fetch.extend(SPM_FILES.iter().filter(|f| has(f)).map(|f| f.to_string()));
+    }
     let mut sharded = false;
     if files == FileSet::Checkpoint {
         if has(SINGLE_FILE) {
@@ -401,6 +406,38 @@ mod tests {
 
         let tokenizer = super::plan(FileSet::Tokenizer, &repo).unwrap();
         assert!(!tokenizer.fetch.iter().any(|f| f.contains("safetensors")));
+    }
+
+    #[test]
+    fn a_marian_repository_brings_its_sentencepiece_files() {
+        let repo = listed(&[
+            "config.json",
+            "model.safetensors",
+            "source.spm",
+            "target.spm",
+            "vocab.json",
+            "tokenizer_config.json",
+            "pytorch_model.bin",
+        ]);
+        let plan = plan(FileSet::Checkpoint, &repo).unwrap();
+        assert_eq!(
+            plan.fetch,
+            [
+                "config.json",
+                "tokenizer_config.json",
+                "source.spm",
+                "target.spm",
+                "vocab.json",
+                "model.safetensors"
+            ]
+        );
+        let tokenizer = super::plan(FileSet::Tokenizer, &repo).unwrap();
+        assert!(tokenizer.fetch.contains(&"source.spm".to_string()));
+        // A repository with tokenizer.json is read through it, and its .spm files are not fetched.
+        let mut fast = repo.clone();
+        fast.insert("tokenizer.json".into());
+        let plan = super::plan(FileSet::Checkpoint, &fast).unwrap();
+        assert!(!plan.fetch.iter().any(|f| f.ends_with(".spm")));
     }
 
     #[test]

@@ -60,6 +60,15 @@ const OPTIONAL_FILES: [&str; 4] = [
     "chat_template.jinja",
 ];
 
+/// A SentencePiece tokenizer's files (Marian: no tokenizer.json), the first one its marker;
+/// `target_vocab.json` only with `separate_vocabs`.
+const SPM_FILES: [&str; 4] = [
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "target_vocab.json",
+];
+
 /// The folder of named chat templates ([`crate::chat_template::ChatTemplate::from_dir`]).
 const EXTRA_TEMPLATES: &str = "additional_chat_templates/";
 
