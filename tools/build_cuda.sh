@@ -121,9 +121,11 @@ ls -l "$DIST"
 
 # 4. With LMGEN_CUDA_WHEEL=1, the Python wheel too (crates/lmgen-py with `--features cuda`), in
 #    the same target dir so lmgen and candle are not built again: target/cuda/dist/lmgen-*.whl.
-#    maturin comes from target/py-venv (as .ci/run installs it).
+#    maturin comes from target/py-venv (as .ci/run installs it). No auditwheel repair: cuBLAS,
+#    NVRTC and cuRAND are loaded at run time from the CUDA 13 install (or torch's wheels), as for
+#    the binaries; `--strip` is left out because it changes the rustflags and rebuilds everything.
 if [ -n "${LMGEN_CUDA_WHEEL:-}" ]; then
-    "$ROOT/target/py-venv/bin/maturin" build --release --features cuda \
+    "$ROOT/target/py-venv/bin/maturin" build --release --features cuda --auditwheel skip \
         -m "$ROOT/crates/lmgen-py/Cargo.toml" -o "$DIST"
     ls -l "$DIST"
 fi

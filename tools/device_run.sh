@@ -11,6 +11,7 @@
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
 #                                       (forward, generate): f32 must match, bf16 agreement reported
 #   tools/device_run.sh long-prompt     a 32k prompt against transformers, a failure inside a request
+#   tools/device_run.sh python-gpu      the Python script with transformers and with lmgen's CUDA wheel
 #   tools/device_run.sh whisper-rtf     Whisper-tiny/base real-time factor, lmgen vs transformers
 #   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
 #                                       dense / attention-only twins, lmgen vs transformers `generate`
@@ -155,6 +156,24 @@ while [ $# -gt 0 ]; do
             echo "== Whisper real-time factor, cuda, $dt"
             PYTHONUNBUFFERED=1 timeout ${WHISPER_TIMEOUT:-300} python3 benches/whisper/rtf.py --bin "$BIN/lmgen" \
                 --device cuda --dtype $dt --shapes tiny,base --new 64 --reps 5 2>&1 | tee -a "$OUT/whisper_rtf.txt"
+        done
+        ;;
+    python-gpu)
+        # benches/python/bench_generate.py with transformers and with the CUDA wheel's extension
+        # (target/pywheel/_lmgen.abi3.so.xz, from `LMGEN_CUDA_WHEEL=1 tools/build_cuda.sh`, stripped)
+        # on the Qwen2.5-0.5B shape (random weights), f32, batch 1 and 16, two rounds interleaved.
+        echo "== Python: transformers and lmgen on cuda"
+        mkdir -p /tmp/pylib && cp -r crates/lmgen-py/python/lmgen /tmp/pylib/ &&
+            python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+                target/pywheel/_lmgen.abi3.so.xz /tmp/pylib/lmgen/_lmgen.abi3.so
+        python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint("qwen2.5-0.5b", "/tmp/lmgen-ckpt")' 2>&1 | tail -n 1
+        cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/qwen2.5-0.5b/
+        for round in 1 2; do
+            for lib in transformers lmgen; do
+                PYTHONPATH=/tmp/pylib timeout ${PY_TIMEOUT:-200} python3 benches/python/bench_generate.py $lib \
+                    --model /tmp/lmgen-ckpt/qwen2.5-0.5b --device cuda --runs 5 2>&1 | grep -v "Loading weights" |
+                    tee -a "$OUT/python_gpu.txt"
+            done
         done
         ;;
     compare)
