@@ -120,8 +120,17 @@ pub fn init_random(config: &Value, dtype: DType, out: &Path, seed: u64) -> Resul
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
     };
     write("config.json", &config)?;
+    // The token ids transformers' `GenerationConfig.from_model_config` takes from the model
+    // config; an encoder-decoder model cannot generate without its `decoder_start_token_id`.
     let mut gen = serde_json::Map::new();
-    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+    for key in [
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+    ] {
         if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
             gen.insert(key.into(), v.clone());
         }
@@ -180,6 +189,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let params = init_random(&config, DType::F16, dir.path(), 7).unwrap();
             assert!(params > 0);
+            let gen = std::fs::read_to_string(dir.path().join("generation_config.json")).unwrap();
+            let gen: Value = serde_json::from_str(&gen).unwrap();
+            for key in ["decoder_start_token_id", "eos_token_id"] {
+                if let Some(id) = config.get(key).filter(|v| !v.is_null()) {
+                    assert_eq!(gen.get(key), Some(id), "{name}: {key}");
+                }
+            }
             // Every tensor the model loads is there with the right shape, and nothing else.
             let ckpt = Checkpoint::open(dir.path()).unwrap();
             load_model(&ckpt, &LoadOptions::default()).unwrap();
