@@ -104,13 +104,33 @@ impl<'a> Reader<'a> {
 
     /// An object's members up to `close` (its opening read), each `key SEP value`.
     fn object(&mut self, close: char, sep: char) -> Result<(), Stop> {
-        self.out.push('{');
+        // The `, ` before a member goes out once its key is read.
+        self.items(close, ('{', '}'), |r, comma| {
+            let key = r.key(sep)?;
+            r.out.push_str(comma);
+            r.out.push('"');
+            r.out.push_str(&escaped(&key));
+            r.out.push_str("\": ");
+            r.value()
+        })
+    }
+
+    /// Comma-separated items up to `close` (a trailing comma allowed), written between
+    /// `brackets` as a JSON list; `item` reads one and writes it, with the `, ` it is given
+    /// (empty for the first) where it decides.
+    fn items(
+        &mut self,
+        close: char,
+        brackets: (char, char),
+        mut item: impl FnMut(&mut Self, &str) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        self.out.push(brackets.0);
         let close = close.to_string();
         let mut first = true;
         loop {
             self.skip_blanks();
             if self.eat(&close)? {
-                self.out.push('}');
+                self.out.push(brackets.1);
                 return Ok(());
             }
             if !first {
@@ -119,18 +139,11 @@ impl<'a> Reader<'a> {
                 }
                 self.skip_blanks();
                 if self.eat(&close)? {
-                    self.out.push('}');
+                    self.out.push(brackets.1);
                     return Ok(());
                 }
             }
-            let key = self.key(sep)?;
-            if !first {
-                self.out.push_str(", ");
-            }
-            self.out.push('"');
-            self.out.push_str(&escaped(&key));
-            self.out.push_str("\": ");
-            self.value()?;
+            item(self, if first { "" } else { ", " })?;
             first = false;
         }
     }
@@ -197,29 +210,10 @@ impl<'a> Reader<'a> {
     }
 
     fn array(&mut self, close: char) -> Result<(), Stop> {
-        self.out.push('[');
-        let close = close.to_string();
-        let mut first = true;
-        loop {
-            self.skip_blanks();
-            if self.eat(&close)? {
-                self.out.push(']');
-                return Ok(());
-            }
-            if !first {
-                if !self.eat(",")? {
-                    return Err(Stop::Invalid);
-                }
-                self.skip_blanks();
-                if self.eat(&close)? {
-                    self.out.push(']');
-                    return Ok(());
-                }
-                self.out.push_str(", ");
-            }
-            self.value()?;
-            first = false;
-        }
+        self.items(close, ('[', ']'), |r, comma| {
+            r.out.push_str(comma);
+            r.value()
+        })
     }
 
     /// A Gemma string's text up to `<|"|>` (the opening one read), piece by piece.
