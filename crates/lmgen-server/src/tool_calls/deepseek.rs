@@ -92,19 +92,17 @@ pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: b
         format.atom(CALLS_BEGIN),
         format.atom(CALLS_END)
     );
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    for (i, tool) in tools.iter().enumerate() {
-        g.push_str(&format!(
-            "call_{i}: {} \"function\" {} {} args_{i} {} {}\nargs_{i}: %json {}\n",
-            format.atom(CALL_BEGIN),
-            format.atom(SEP),
-            super::lark_string(&format!("{}\n{FENCE}\n", tool.name)),
-            super::lark_string("\n```"),
-            format.atom(CALL_END),
-            tool.schema(),
-        ));
-    }
+    g.push_str(&super::json_call_rules(tools, |tool| {
+        (
+            format!(
+                "{} \"function\" {} {}",
+                format.atom(CALL_BEGIN),
+                format.atom(SEP),
+                super::lark_string(&format!("{}\n{FENCE}\n", tool.name)),
+            ),
+            format!("{} {}", super::lark_string("\n```"), format.atom(CALL_END)),
+        )
+    }));
     g
 }
 

@@ -38,19 +38,13 @@ pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: b
         false => "call",
     };
     let mut g = format!("calls: {} \"[\" {list} \"]\"\n", format.atom(TOOL_CALL));
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    for (i, tool) in tools.iter().enumerate() {
+    g.push_str(&super::json_call_rules(tools, |tool| {
         let head = format!(
             "{{\"name\": {}, \"arguments\": ",
             serde_json::Value::String(tool.name.clone())
         );
-        g.push_str(&format!(
-            "call_{i}: {} args_{i} \"}}\"\nargs_{i}: %json {}\n",
-            super::lark_string(&head),
-            tool.schema(),
-        ));
-    }
+        (super::lark_string(&head), "\"}\"".into())
+    }));
     g
 }
 

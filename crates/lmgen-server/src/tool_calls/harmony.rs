@@ -100,18 +100,17 @@ pub(super) fn parse(text: &str, end: bool, calls: bool, out: &mut Parsed) {
 /// The rule `calls`: one call of `tools` on the commentary channel (gpt-oss makes one call per turn:
 /// `<|call|>` ends the output).
 pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool]) -> String {
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    let mut g = format!("calls: {}\n", alts.join(" | "));
-    for (i, tool) in tools.iter().enumerate() {
-        g.push_str(&format!(
-            "call_{i}: {} {} {} \"json\" {} args_{i}\nargs_{i}: %json {}\n",
+    let mut g = "calls: call\n".to_string();
+    g.push_str(&super::json_call_rules(tools, |tool| {
+        let before = format!(
+            "{} {} {} \"json\" {}",
             format.atom(CHANNEL),
             super::lark_string(&format!("commentary to=functions.{} ", tool.name)),
             format.atom("<|constrain|>"),
             format.atom(MESSAGE),
-            tool.schema(),
-        ));
-    }
+        );
+        (before, String::new())
+    }));
     g
 }
 

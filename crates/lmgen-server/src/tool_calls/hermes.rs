@@ -83,22 +83,16 @@ pub(super) fn grammar(format: &ModelFormat, tools: &[&FunctionTool], parallel: b
     } else {
         "calls: call\n"
     });
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    for (i, tool) in tools.iter().enumerate() {
+    g.push_str(&super::json_call_rules(tools, |tool| {
         let head = format!(
             "\n{{\"name\": {}, \"arguments\": ",
             serde_json::Value::String(tool.name.clone())
         );
-        g.push_str(&format!(
-            "call_{i}: {} {} args_{i} {} {}\nargs_{i}: %json {}\n",
-            format.atom(START),
-            super::lark_string(&head),
-            super::lark_string("}\n"),
-            format.atom(END),
-            tool.schema(),
-        ));
-    }
+        (
+            format!("{} {}", format.atom(START), super::lark_string(&head)),
+            format!("{} {}", super::lark_string("}\n"), format.atom(END)),
+        )
+    }));
     g
 }
 

@@ -33,19 +33,14 @@ pub(super) fn parse(text: &str, end: bool, out: &mut Parsed) {
 
 /// The rule `calls`: one call of `tools` (Llama 3's format has no parallel calls).
 pub(super) fn grammar(_format: &ModelFormat, tools: &[&FunctionTool]) -> String {
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
-    let mut g = format!("calls: {}\n", alts.join(" | "));
-    for (i, tool) in tools.iter().enumerate() {
+    let mut g = "calls: call\n".to_string();
+    g.push_str(&super::json_call_rules(tools, |tool| {
         let head = format!(
             "{{\"name\": {}, \"parameters\": ",
             Value::String(tool.name.clone())
         );
-        g.push_str(&format!(
-            "call_{i}: {} args_{i} \"}}\"\nargs_{i}: %json {}\n",
-            super::lark_string(&head),
-            tool.schema(),
-        ));
-    }
+        (super::lark_string(&head), "\"}\"".into())
+    }));
     g
 }
 

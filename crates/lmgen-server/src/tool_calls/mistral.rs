@@ -111,7 +111,6 @@ pub(super) fn grammar(
     parallel: bool,
     args_format: bool,
 ) -> String {
-    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
     let marker = format.atom(TOOL_CALLS);
     let mut g = match (args_format, parallel) {
         (true, true) => format!("calls: ({marker} call)+\n"),
@@ -119,19 +118,15 @@ pub(super) fn grammar(
         (false, true) => format!("calls: {marker} \"[\" call (\", \" call)* \"]\"\n"),
         (false, false) => format!("calls: {marker} \"[\" call \"]\"\n"),
     };
-    g.push_str(&format!("call: {}\n", alts.join(" | ")));
-    for (i, tool) in tools.iter().enumerate() {
+    g.push_str(&super::json_call_rules(tools, |tool| {
         let name = Value::String(tool.name.clone()).to_string();
         let head = match args_format {
             true => format!("{} {}", super::lark_string(&tool.name), format.atom(ARGS)),
             false => super::lark_string(&format!("{{\"name\": {name}, \"arguments\": ")),
         };
-        let tail = if args_format { "" } else { " \"}\"" };
-        g.push_str(&format!(
-            "call_{i}: {head} args_{i}{tail}\nargs_{i}: %json {}\n",
-            tool.schema()
-        ));
-    }
+        let tail = if args_format { "" } else { "\"}\"" };
+        (head, tail.to_string())
+    }));
     g
 }
 

@@ -323,6 +323,25 @@ impl ModelFormat {
     }
 }
 
+/// The rule `call`, one alternative per tool, and each tool's rule `call_i: BEFORE args_i AFTER`,
+/// `args_i` its arguments as JSON under the tool's schema; `around(tool)` gives BEFORE and AFTER
+/// (Lark).
+fn json_call_rules(
+    tools: &[&FunctionTool],
+    around: impl Fn(&FunctionTool) -> (String, String),
+) -> String {
+    let alts: Vec<String> = (0..tools.len()).map(|i| format!("call_{i}")).collect();
+    let mut g = format!("call: {}\n", alts.join(" | "));
+    for (i, tool) in tools.iter().enumerate() {
+        let (before, after) = around(tool);
+        g.push_str(&format!(
+            "call_{i}: {before} args_{i} {after}\nargs_{i}: %json {}\n",
+            tool.schema()
+        ));
+    }
+    g
+}
+
 /// `s` as a Lark string literal (JSON string syntax).
 fn lark_string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
