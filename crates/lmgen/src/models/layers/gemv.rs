@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::gemv_avx2::{self, WeightElem};
 use crate::error::Result;
 
 /// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul on this kind of machine.
@@ -50,6 +51,9 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     };
     let y_t = match cpu {
+        CpuStorage::F32(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
+        CpuStorage::F16(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
+        CpuStorage::BF16(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
         CpuStorage::F32(v) => products(&x_vec, m, k, &v[start..end], n, |row, _| row),
         CpuStorage::BF16(v) => products(&x_vec, m, k, &v[start..end], n, |row, buf| {
             row.convert_to_f32_slice(buf);
@@ -95,7 +99,22 @@ fn cpu_slice<'a, T: candle_core::WithDType>(
     cpu.as_slice::<T>().ok().map(|s| &s[start..end])
 }
 
-/// `y_t[j, i] = dot(x[i], w[j])` for every weight row `j` and input row `i`: `[n, m]`.
+/// `y_t[j, i] = dot(x[i], w[j])` for every weight row `j` and input row `i`: `[n, m]`, by the
+/// AVX2 tile kernels, a band of `ROWS_PER_TASK` weight rows per task.
+#[allow(unsafe_code)]
+fn bands<W: WeightElem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+    let mut y_t = vec![0f32; n * m];
+    y_t.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            // SAFETY: the caller checked `gemv_avx2::available()`; `w` holds `n` rows of `k`,
+            // this band's rows are `task * ROWS_PER_TASK..` and `out` holds `m` values a row.
+            unsafe { W::band(x, m, k, w, task * ROWS_PER_TASK, out) }
+        });
+    y_t
+}
+
+/// The same as [`bands`] in portable code, for CPUs without AVX2 and FMA.
 /// `row_f32` turns one weight row into f32, using the buffer if it must convert.
 fn products<W, F>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, row_f32: F) -> Vec<f32>
 where
@@ -167,6 +186,26 @@ mod tests {
                     (g - r).abs() < 1e-4 * (1.0 + r.abs()),
                     "{dtype:?}: {g} vs {r}"
                 );
+            }
+        }
+    }
+
+    /// The portable loop, which CPUs without AVX2 run (the test above takes the AVX2 kernels
+    /// where the CPU has them).
+    #[test]
+    fn portable_products_match_candle_matmul() {
+        let dev = Device::Cpu;
+        let (m, n, k) = (3, 70, 37);
+        let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+        let want = reference(&x, &w);
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let y_t = products(&xs, m, k, &ws, n, |row, _| row);
+        for (j, col) in y_t.chunks_exact(m).enumerate() {
+            for (i, g) in col.iter().enumerate() {
+                let r = want[i][j];
+                assert!((g - r).abs() < 1e-4 * (1.0 + r.abs()), "{g} vs {r}");
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod gated_delta_net;
 pub mod gated_delta_step;
 pub mod gemv;
+pub mod gemv_avx2;
 pub mod linear;
 pub mod mask;
 pub mod mixer;

@@ -1,0 +1,275 @@
+//! The AVX2 + FMA + F16C row kernels of [`super::gemv`], chosen at run time.
+//!
+//! A portable build (the Python wheel, the release binaries) is compiled for x86-64's baseline,
+//! where the plain loop of `gemv` becomes SSE2 code with separate multiplies and adds; these
+//! kernels carry their own target features, so every build uses 256-bit FMA on a CPU that has
+//! it ([`available`]).
+//!
+//! A kernel computes a tile of `MR` input rows by `NR` weight rows: each weight vector of 8
+//! lanes is loaded (and for f16/bf16 widened in registers) once and multiplied into the `MR`
+//! rows of `x`, which stay in cache, so that a batch of 16 costs far less than 16 products. For
+//! one input row, 8 weight rows at a time give 8 independent accumulators, enough to hide the
+//! latency of the fused multiply-add while the weights stream from memory.
+//!
+//! Unsafe code is allowed here only: the intrinsics and raw row pointers need it. Every caller
+//! checks [`available`] once, and the bounds are checked on entry to [`WeightElem::band`].
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+/// Whether this CPU runs the kernels of this file.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight element type the kernels read.
+pub trait WeightElem: Copy + Sync {
+    /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows`
+    /// of `w` (`[n, k]`) and the `m` rows of `x` (`[m, k]`).
+    ///
+    /// # Safety
+    /// [`available`] must be true, `w` must hold rows `first..first + rows` of `k` elements,
+    /// `x` must hold `m * k` values and `y_t` `rows * m`.
+    unsafe fn band(x: &[f32], m: usize, k: usize, w: &[Self], first: usize, y_t: &mut [f32]);
+}
+
+macro_rules! kernels {
+    ($elem:ty, $tile:ident, $load:ident, $scalar:expr) => {
+        /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` (stride `k`) and `NR`
+        /// rows of `w` (stride `k`).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $tile<const MR: usize, const NR: usize>(
+            x: *const f32,
+            w: *const $elem,
+            k: usize,
+            out: &mut [[f32; NR]; MR],
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let k8 = k / 8 * 8;
+            let mut p = 0;
+            while p < k8 {
+                let mut xv = [_mm256_setzero_ps(); MR];
+                for (i, v) in xv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(x.add(i * k + p));
+                }
+                for j in 0..NR {
+                    let wv = $load!(w.add(j * k + p));
+                    for i in 0..MR {
+                        acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                    }
+                }
+                p += 8;
+            }
+            for i in 0..MR {
+                for j in 0..NR {
+                    let mut s = hsum(acc[i][j]);
+                    for q in k8..k {
+                        let wq: $elem = *w.add(j * k + q);
+                        s += *x.add(i * k + q) * $scalar(wq);
+                    }
+                    out[i][j] = s;
+                }
+            }
+        }
+
+        impl WeightElem for $elem {
+            unsafe fn band(
+                x: &[f32],
+                m: usize,
+                k: usize,
+                w: &[Self],
+                first: usize,
+                y_t: &mut [f32],
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let rows = y_t.len() / m;
+                    assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
+                    let (xp, wp) = (x.as_ptr(), w.as_ptr().add(first * k));
+                    band_tiles!($tile, xp, wp, m, k, rows, y_t);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (x, m, k, w, first, y_t);
+                    unreachable!("the AVX2 kernels run only on x86-64");
+                }
+            }
+        }
+    };
+}
+
+/// Covers `rows` weight rows by `m` input rows with tiles: one input row takes weight rows 8 at
+/// a time, more take them 4 at a time against 3 input rows (12 accumulators, 3 inputs and the
+/// weight vector: the 16 AVX registers), then 2 and 1 for what is left.
+macro_rules! band_tiles {
+    ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $y_t:expr) => {{
+        let (x, w, m, k, rows, y_t) = ($x, $w, $m, $k, $rows, $y_t);
+        // One tile shape over the whole band: weight rows `NR` at a time (then one at a time),
+        // input rows `MR` at a time (then fewer).
+        macro_rules! sweep {
+            ($nr:literal) => {{
+                let mut j = 0;
+                while j + $nr <= rows {
+                    let wj = w.add(j * k);
+                    let mut i = 0;
+                    while i < m {
+                        let left = m - i;
+                        let xi = x.add(i * k);
+                        let done = if left >= 3 && $nr <= 4 {
+                            let mut out = [[0f32; $nr]; 3];
+                            $tile::<3, $nr>(xi, wj, k, &mut out);
+                            store(&out, y_t, j, i, m);
+                            3
+                        } else if left >= 2 && $nr <= 6 {
+                            let mut out = [[0f32; $nr]; 2];
+                            $tile::<2, $nr>(xi, wj, k, &mut out);
+                            store(&out, y_t, j, i, m);
+                            2
+                        } else {
+                            let mut out = [[0f32; $nr]; 1];
+                            $tile::<1, $nr>(xi, wj, k, &mut out);
+                            store(&out, y_t, j, i, m);
+                            1
+                        };
+                        i += done;
+                    }
+                    j += $nr;
+                }
+                j
+            }};
+        }
+        let done = if m == 1 { sweep!(8) } else { sweep!(4) };
+        for j in done..rows {
+            let wj = w.add(j * k);
+            for i in 0..m {
+                let mut out = [[0f32; 1]; 1];
+                $tile::<1, 1>(x.add(i * k), wj, k, &mut out);
+                y_t[j * m + i] = out[0][0];
+            }
+        }
+    }};
+}
+
+/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]`.
+#[inline(always)]
+fn store<const MR: usize, const NR: usize>(
+    out: &[[f32; NR]; MR],
+    y_t: &mut [f32],
+    j: usize,
+    i0: usize,
+    m: usize,
+) {
+    for (i, row) in out.iter().enumerate() {
+        for (jj, v) in row.iter().enumerate() {
+            y_t[(j + jj) * m + i0 + i] = *v;
+        }
+    }
+}
+
+/// The sum of the 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_f32 {
+    ($p:expr) => {
+        _mm256_loadu_ps($p)
+    };
+}
+
+/// 8 f16 values widened to f32 in registers (F16C).
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_f16 {
+    ($p:expr) => {
+        _mm256_cvtph_ps(_mm_loadu_si128($p as *const __m128i))
+    };
+}
+
+/// 8 bf16 values widened to f32 in registers: the 16 bits become the high half of each lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_bf16 {
+    ($p:expr) => {
+        _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128($p as *const __m128i)),
+            16,
+        ))
+    };
+}
+
+kernels!(f32, tile_f32, load_f32, |v: f32| v);
+kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile shape and remainder: m from 1 to 17, n not a multiple of 8, k not of 8.
+    #[test]
+    fn bands_match_a_plain_dot() {
+        if !available() {
+            return;
+        }
+        let k = 45;
+        let n = 29;
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5
+        };
+        let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
+        let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+        for m in 1..=17 {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            // Rows 3.. of the weight, as a band that does not start at 0.
+            let first = 3;
+            let rows = n - first;
+            let want = |wf: &dyn Fn(usize) -> f32| {
+                let mut y = vec![0f64; rows * m];
+                for j in 0..rows {
+                    for i in 0..m {
+                        y[j * m + i] = (0..k)
+                            .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
+                            .sum();
+                    }
+                }
+                y
+            };
+            let check = |got: &[f32], want: Vec<f64>, what: &str| {
+                for (g, r) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - r).abs() < 1e-5 * (1.0 + r.abs()),
+                        "{what} m={m}: {g} vs {r}"
+                    );
+                }
+            };
+            let mut y = vec![0f32; rows * m];
+            unsafe { f32::band(&x, m, k, &w32, first, &mut y) };
+            check(&y, want(&|q| w32[q]), "f32");
+            unsafe { f16::band(&x, m, k, &w16, first, &mut y) };
+            check(&y, want(&|q| w16[q].to_f32()), "f16");
+            unsafe { bf16::band(&x, m, k, &wb16, first, &mut y) };
+            check(&y, want(&|q| wb16[q].to_f32()), "bf16");
+        }
+    }
+}
