@@ -18,7 +18,8 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::models::layers::gemv;
+use crate::models::layers::{gemv, gemv_avx2};
+use crate::models::quantize_avx2;
 
 /// A quantized weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +290,9 @@ impl QuantizedWeight {
         let y = if m <= gemv::MAX_ROWS {
             let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
             let y = match &self.blocks {
+                Blocks::Q8_0(b) if gemv_avx2::available() => {
+                    few_rows_q8_0(b, &xs, m, self.rows, self.cols)
+                }
                 Blocks::Q8_0(b) => few_rows(b, &xs, m, self.rows, self.cols),
                 Blocks::Q4K(b) => few_rows(b, &xs, m, self.rows, self.cols),
                 Blocks::Q6K(b) => few_rows(b, &xs, m, self.rows, self.cols),
@@ -363,6 +367,36 @@ impl QuantizedWeight {
     }
 }
 
+/// [`few_rows`] for Q8_0 weights by the AVX2 tiles of [`quantize_avx2`], on a CPU that has them.
+#[allow(unsafe_code)]
+fn few_rows_q8_0(w: &[BlockQ8_0], x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let blocks = cols / BlockQ8_0::BLCK_SIZE;
+    let mut xq = vec![BlockQ8_0::zeros(); m * blocks];
+    BlockQ8_0::from_float(x, &mut xq);
+    let mut y_t = vec![0f32; rows * m]; // [rows, m]
+    y_t.par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            // SAFETY: the caller checked `gemv_avx2::available()`.
+            unsafe { quantize_avx2::band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
+        });
+    transposed(y_t, m, rows)
+}
+
+/// `y_t` `[rows, m]` as `[m, rows]`.
+fn transposed(y_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
+    if m == 1 {
+        return y_t;
+    }
+    let mut y = vec![0f32; m * rows];
+    for (j, col) in y_t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            y[i * rows + j] = *v;
+        }
+    }
+    y
+}
+
 /// `y[i, j] = dot(x[i], w[j])` for `m` rows of `x` and every weight row, as `[m, rows]`.
 fn few_rows<T: GgmlType>(w: &[T], x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
     let per_row = cols / T::BLCK_SIZE;
@@ -383,16 +417,7 @@ fn few_rows<T: GgmlType>(w: &[T], x: &[f32], m: usize, rows: usize, cols: usize)
                 }
             }
         });
-    if m == 1 {
-        return y_t;
-    }
-    let mut y = vec![0f32; m * rows];
-    for (j, col) in y_t.chunks_exact(m).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            y[i * rows + j] = *v;
-        }
-    }
-    y
+    transposed(y_t, m, rows)
 }
 
 #[cfg(test)]
