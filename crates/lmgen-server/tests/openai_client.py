@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -336,6 +337,33 @@ def test_response_format(c):
     ), param="response_format")
 
 
+GBNF = 'root ::= ("yes" | "no") ", " word "."\nword ::= [a-z]{1,6}\n'
+GBNF_RX = r"(yes|no), [a-z]{1,6}\."
+
+
+def test_gbnf(c):
+    """llama.cpp's `grammar` and vLLM's `guided_grammar` take GBNF on both endpoints: the output
+    is a sentence of the grammar, streamed alike; a GBNF error is a 400 naming the field."""
+    seen = set()
+    for seed in range(3):
+        kw = dict(model=MODEL, messages=[{"role": "user", "content": "Yes or no?"}], max_tokens=40,
+                  temperature=1.0, seed=seed, extra_body={"grammar": GBNF})
+        r = c.chat.completions.create(**kw)
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop" and re.fullmatch(GBNF_RX, text), r
+        seen.add(text)
+        stream = c.chat.completions.create(stream=True, **kw)
+        assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == text
+        cr = c.completions.create(model=MODEL, prompt="Hello", max_tokens=40, temperature=1.0, seed=seed,
+                                  extra_body={"guided_grammar": GBNF})
+        assert cr.choices[0].finish_reason == "stop" and re.fullmatch(GBNF_RX, cr.choices[0].text), cr
+    assert len(seen) > 1, seen
+    for field, bad in [("grammar", "root ::= [z-a]"), ("guided_grammar", "root ::= thing")]:
+        expect_error(400, lambda: c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4, extra_body={field: bad},
+        ), param=field)
+
+
 def chat_text(c, messages, max_tokens, **kw):
     """The chat endpoint's greedy answer to `messages`: what the other APIs must give."""
     r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, **kw)
@@ -560,7 +588,7 @@ def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
     for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
-                 test_hf_extras, test_response_format, test_responses]:
+                 test_hf_extras, test_response_format, test_gbnf, test_responses]:
         test(c)
         print("ok", test.__name__, flush=True)
     test_messages()

@@ -139,6 +139,24 @@ fn sampling_rows() -> Vec<Row> {
                 json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}),
             ],
         ),
+        // GBNF (llama.cpp's `grammar`, vLLM's `guided_grammar`): a syntax error, an undefined
+        // rule, or two constraints at once.
+        field(
+            "grammar",
+            &[json!(5)],
+            &[json!("root ::= [z-a]"), json!("root ::= thing")],
+        ),
+        field("guided_grammar", &[json!(["x"])], &[json!("root = \"a\"")]),
+        bodies(
+            "guided_grammar",
+            vec![],
+            vec![json!({"grammar": "root ::= \"a\"", "guided_grammar": "root ::= \"a\""})],
+        ),
+        bodies(
+            "grammar",
+            vec![],
+            vec![json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}})],
+        ),
         bodies(
             "response_format.type",
             vec![json!({"response_format": {"type": "xml"}})],
