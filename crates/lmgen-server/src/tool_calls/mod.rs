@@ -49,10 +49,13 @@ mod llama3;
 mod mistral;
 mod param_grammar;
 mod qwen3_xml;
+mod reasoning_tokens;
 mod request;
 mod stream;
 mod tagged;
 mod think;
+
+pub use reasoning_tokens::ReasoningTokens;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -63,6 +63,42 @@ impl Markers {
     }
 }
 
+/// Where the end of an output's text is, for counting its tokens (see `reasoning_tokens.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Not yet known: the text so far may still become the opening marker.
+    Pending,
+    /// Inside the reasoning (opened by the prompt or by the output's opening marker).
+    Reasoning,
+    /// After the closing marker.
+    Answer,
+    /// The output does not open reasoning: it is all answer.
+    NoReasoning,
+}
+
+/// The section the end of `text` is in, as [`split`] reads it.
+pub(super) fn section(text: &str, in_reasoning: bool, markers: Markers) -> Section {
+    let (open, close) = (markers.open(), markers.close());
+    let lead = text.trim_start();
+    let body = if let Some(body) = lead.strip_prefix(open) {
+        body
+    } else if open.starts_with(lead) {
+        return if in_reasoning {
+            Section::Reasoning
+        } else {
+            Section::Pending
+        };
+    } else if in_reasoning {
+        text
+    } else {
+        return Section::NoReasoning;
+    };
+    match body.contains(close) {
+        true => Section::Answer,
+        false => Section::Reasoning,
+    }
+}
+
 /// Appends the decided reasoning of `text` to `reasoning`; returns the decided text after it
 /// (`None`: nothing yet).
 pub(super) fn split<'a>(
@@ -207,6 +243,33 @@ mod tests {
             Some("[THINK]a[/THINK]")
         );
         assert_eq!(r, "");
+    }
+
+    #[test]
+    fn sections_follow_the_split() {
+        use Section::*;
+        for (m, text, in_reasoning, want) in [
+            (Markers::Think, "", false, Pending),
+            (Markers::Think, " <thi", false, Pending),
+            (Markers::Think, "<think>", false, Reasoning),
+            (Markers::Think, "<think>a</thi", false, Reasoning),
+            (Markers::Think, "<think>a</think>", false, Answer),
+            (Markers::Think, "Hi", false, NoReasoning),
+            (Markers::Think, "", true, Reasoning),
+            (Markers::Think, "a</think>b", true, Answer),
+            (Markers::MistralThink, "[THI", false, Pending),
+            (Markers::MistralThink, "[THINK]x", false, Reasoning),
+            (Markers::MistralThink, "[THINK]x[/THINK]", false, Answer),
+            (Markers::MistralThink, "<think>", false, NoReasoning),
+            (
+                Markers::GemmaThought,
+                "<|channel>thought\nx<channel|>",
+                false,
+                Answer,
+            ),
+        ] {
+            assert_eq!(section(text, in_reasoning, m), want, "{m:?} {text:?}");
+        }
     }
 
     #[test]
