@@ -45,6 +45,8 @@ pub struct Plan {
     pub grammar_param: Option<&'static str>,
     /// How a chat output is read for tool calls and reasoning (`None`: all content).
     pub output: Option<OutputFormat>,
+    /// Anthropic's `thinking.budget_tokens`: the reasoning is closed after this many tokens.
+    pub thinking_budget: Option<usize>,
 }
 
 /// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when

@@ -242,3 +242,38 @@ fn responses_count_reasoning_tokens_as_chat_does() {
     let last = events(&text).pop().unwrap();
     assert_eq!(last["response"]["usage"], *usage, "{last}");
 }
+
+#[test]
+fn thinking_blocks_sent_back_reach_the_template_as_reasoning_content() {
+    // Qwen3's template renders an assistant turn's `reasoning_content` after the last user query.
+    let (_dir, server) = serve("qwen3");
+    let tools = json!([{"name": "get_time", "input_schema": {"type": "object"}}]);
+    let turns = |assistant: Value| {
+        json!([
+            {"role": "user", "content": "Time?"},
+            {"role": "assistant", "content": assistant},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "9:00"}]},
+        ])
+    };
+    let call = json!({"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}});
+    let thinking = json!({"type": "thinking", "thinking": "The clock tool.", "signature": ""});
+    let input_tokens = |assistant: Value| {
+        let body =
+            json!({"model": "tiny", "max_tokens": 1, "tools": tools, "messages": turns(assistant)});
+        post_ok(&server, "/v1/messages", &body)["usage"]["input_tokens"].clone()
+    };
+    // (With text: Qwen3's template cannot read a `null` content.)
+    let text = json!({"type": "text", "text": "Checking."});
+    let with = input_tokens(json!([thinking, text, call]));
+    let without = input_tokens(json!([text, call]));
+    // The chat endpoint's prompt for the same turns with `reasoning_content`.
+    let chat = json!({"model": "tiny", "max_tokens": 1, "messages": [
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "The clock tool.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "get_time", "arguments": {}}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "9:00"},
+    ], "tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]});
+    let chat = post_ok(&server, "/v1/chat/completions", &chat);
+    assert_eq!(with, chat["usage"]["prompt_tokens"], "{chat}");
+    assert!(with.as_u64() > without.as_u64(), "{with} {without}");
+}

@@ -27,7 +27,9 @@ use crate::api::response::{
 use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
 use crate::text::ChoiceText;
-use crate::tool_calls::{OutputParser, ParsedDelta, ReasoningTokens};
+use crate::tool_calls::{
+    OutputParser, ParsedDelta, ReasoningTokens, ThinkingBudgetLogitsProcessor,
+};
 use crate::validate::Plan;
 
 /// Which API shape to answer in.
@@ -187,6 +189,12 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         done: Vec::new(),
         state: state.clone(),
     };
+    let dropped = job
+        .plan
+        .output
+        .as_ref()
+        .map(|o| state.model_format.dropped(o))
+        .unwrap_or_default();
     let grammar = match &job.plan.grammar {
         Some(g) => {
             let param = job.plan.grammar_param.unwrap_or("response_format");
@@ -214,6 +222,20 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
                 .plan
                 .processors(prompt.len(), grammar.as_ref())
                 .map_err(refused)?;
+            if let (Some(budget), Some(output)) = (job.plan.thinking_budget, &job.plan.output) {
+                let budget = ThinkingBudgetLogitsProcessor::new(
+                    output,
+                    budget,
+                    prompt.len(),
+                    state.tokenizer.clone(),
+                    dropped.clone(),
+                );
+                // Before the grammar, which runs last.
+                let at = request.logits_processors.len() - usize::from(grammar.is_some());
+                if let Some(b) = budget {
+                    request.logits_processors.insert(at, Box::new(b));
+                }
+            }
             let tx = tx.clone();
             let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
             let rid = state
@@ -249,12 +271,7 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         prompt_tokens,
         include_usage: job.plan.include_usage,
         with_logprobs: job.plan.logprobs.is_some(),
-        dropped: job
-            .plan
-            .output
-            .as_ref()
-            .map(|o| state.model_format.dropped(o))
-            .unwrap_or_default(),
+        dropped,
         guard,
         rx,
         names: job.names,

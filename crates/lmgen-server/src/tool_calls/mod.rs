@@ -54,6 +54,7 @@ mod request;
 mod stream;
 mod tagged;
 mod think;
+mod thinking_budget;
 
 pub use reasoning_tokens::ReasoningTokens;
 
@@ -65,6 +66,7 @@ use serde_json::Value;
 
 pub use request::{FunctionTool, ToolChoice, Tools};
 pub use stream::{CallDelta, OutputParser, ParsedDelta};
+pub use thinking_budget::ThinkingBudgetLogitsProcessor;
 
 /// One parsed call: the function's name and its arguments as JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
