@@ -277,3 +277,59 @@ fn thinking_blocks_sent_back_reach_the_template_as_reasoning_content() {
     assert_eq!(with, chat["usage"]["prompt_tokens"], "{chat}");
     assert!(with.as_u64() > without.as_u64(), "{with} {without}");
 }
+
+#[test]
+fn thinking_budget_closes_the_reasoning_after_exactly_that_many_tokens() {
+    // The prompt opens `<think>` and the tiny model never closes it by itself (the chat endpoint
+    // shows it): with `budget_tokens`, the thinking block is the chat endpoint's reasoning of
+    // exactly that many tokens, and an answer follows.
+    let (_dir, server) = serve("hermes_tools.jinja");
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let budget = 1024;
+    let chat = post_ok(
+        &server,
+        "/v1/chat/completions",
+        &json!({"model": "tiny", "messages": messages, "max_tokens": budget, "temperature": 0}),
+    );
+    let message = &chat["choices"][0]["message"];
+    assert_eq!(chat["choices"][0]["finish_reason"], "length");
+    assert!(message["content"].is_null(), "{chat}");
+    let body = json!({"model": "tiny", "messages": messages, "max_tokens": budget + 40, "temperature": 0,
+                      "thinking": {"type": "enabled", "budget_tokens": budget}});
+    let answer = post_ok(&server, "/v1/messages", &body);
+    let content = answer["content"].as_array().unwrap();
+    assert_eq!(content[0]["type"], "thinking", "{answer}");
+    assert_eq!(content[0]["thinking"], message["reasoning_content"]);
+    assert_eq!(content[0]["signature"], "");
+    assert_eq!(content[1]["type"], "text", "{answer}");
+    assert!(!content[1]["text"].as_str().unwrap().is_empty(), "{answer}");
+    // Streamed alike: the thinking deltas, then the signature, then the text.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, text) = post(&server, "/v1/messages", &streamed);
+    assert_eq!(status, 200, "{text}");
+    let events = events(&text);
+    let deltas = |kind: &str, key: &str| -> String {
+        events
+            .iter()
+            .filter(|e| e["delta"]["type"] == kind)
+            .map(|e| e["delta"][key].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        deltas("thinking_delta", "thinking"),
+        content[0]["thinking"].as_str().unwrap()
+    );
+    assert_eq!(
+        deltas("text_delta", "text"),
+        content[1]["text"].as_str().unwrap()
+    );
+    let at = events
+        .iter()
+        .position(|e| e["delta"]["type"] == "signature_delta")
+        .unwrap();
+    assert_eq!(
+        events[at + 1],
+        json!({"type": "content_block_stop", "index": 0})
+    );
+}

@@ -383,6 +383,38 @@ mod tests {
             serde_json::to_value(StreamEvent::Ping).unwrap(),
             json!({"type": "ping"})
         );
+        // Thinking: the block, its deltas, and the config as Anthropic's types spell them.
+        assert_eq!(
+            serde_json::to_string(&Block::thinking("Hmm.".into())).unwrap(),
+            r#"{"type":"thinking","thinking":"Hmm.","signature":""}"#
+        );
+        for (delta, want) in [
+            (
+                BlockDelta::ThinkingDelta {
+                    thinking: "a".into(),
+                },
+                json!({"type": "thinking_delta", "thinking": "a"}),
+            ),
+            (
+                BlockDelta::SignatureDelta {
+                    signature: String::new(),
+                },
+                json!({"type": "signature_delta", "signature": ""}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(delta).unwrap(), want);
+        }
+        let config: ThinkingConfig =
+            serde_json::from_value(json!({"type": "enabled", "budget_tokens": 2048})).unwrap();
+        assert!(matches!(
+            config,
+            ThinkingConfig::Enabled {
+                budget_tokens: 2048,
+                display: None
+            }
+        ));
+        assert!(serde_json::from_value::<ThinkingConfig>(json!({"type": "disabled"})).is_ok());
+        assert!(serde_json::from_value::<ThinkingConfig>(json!({"type": "adaptive"})).is_err());
         let e = ApiError::invalid("top_p", "`top_p` must be in (0, 1], got 2");
         assert_eq!(
             serde_json::to_value(ErrorResponse::from(&e)).unwrap(),
