@@ -29,7 +29,7 @@ pub struct ReasoningTokens {
 impl ReasoningTokens {
     /// The count for an output read by `format`; `None` when it reads no thinking markers.
     pub fn new(format: &OutputFormat) -> Option<Self> {
-        (format.think && !format.harmony).then(|| Self {
+        (format.think && !format.harmony).then_some(Self {
             markers: format.think_markers,
             in_reasoning: format.in_reasoning,
             section: match format.in_reasoning {
