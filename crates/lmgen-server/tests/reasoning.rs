@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use common::{InProcess, FIXTURES};
 
-/// The golden tiny Llama with `template` (a published one by name, or a file here) as its chat
+/// The golden tiny Llama with `template` (a fixture by name, or a file here) as its chat
 /// template and a 4096-token context.
 fn checkpoint(template: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -27,7 +27,13 @@ fn checkpoint(template: &str) -> tempfile::TempDir {
         Some(_) => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests")
             .join(template),
-        None => Path::new(FIXTURES).join(format!("chat_templates/real/{template}.jinja")),
+        None => {
+            let real = Path::new(FIXTURES).join(format!("chat_templates/real/{template}.jinja"));
+            match real.exists() {
+                true => real,
+                false => Path::new(FIXTURES).join(format!("chat_templates/{template}.jinja")),
+            }
+        }
     };
     std::fs::copy(source, dir.path().join("chat_template.jinja")).unwrap();
     let config_path = dir.path().join("config.json");
@@ -130,6 +136,14 @@ fn reasoning_tokens_count_the_tokens_inside_the_markers() {
             r#"root ::= "[THINK]" [a-z ]{4,12} "[/THINK]" [a-z]{2,6}"#,
             false,
             ("[THINK]", "[/THINK]"),
+        ),
+        // gpt-oss's harmony: the `analysis` message, header and `<|end|>` included.
+        (
+            "gpt_oss",
+            json!({}),
+            r#"root ::= "<|channel|>analysis<|message|>" [a-z ]{4,12} "<|end|><|start|>assistant<|channel|>final<|message|>" [a-z]{2,6}"#,
+            false,
+            ("<|channel|>analysis", "<|end|>"),
         ),
     ];
     for (template, kwargs, gbnf, opened, (open, close)) in cases {

@@ -9,14 +9,18 @@
 //! reasoning_tokens` is the answer's tokens. (vLLM's reasoning parsers leave the marker tokens
 //! out; OpenAI's reasoning tokens are all the tokens the answer does not show.) Tokens written
 //! while the output may still be opening a marker wait until it is known. gpt-oss's harmony
-//! channels are not counted (their count stays 0).
+//! output counts the tokens of its `analysis` messages, header and end marker included (a token
+//! belongs to the message open before it).
 
+use super::harmony;
 use super::think::{self, Section};
 use super::OutputFormat;
 
 /// The reasoning-token count of one choice.
 #[derive(Debug, Clone)]
 pub struct ReasoningTokens {
+    /// gpt-oss's harmony messages: the tokens of each (counted once its channel is known).
+    harmony: Option<HarmonyCount>,
     markers: think::Markers,
     in_reasoning: bool,
     /// Where the text stood before the next token.
@@ -29,7 +33,9 @@ pub struct ReasoningTokens {
 impl ReasoningTokens {
     /// The count for an output read by `format`; `None` when it reads no thinking markers.
     pub fn new(format: &OutputFormat) -> Option<Self> {
-        (format.think && !format.harmony).then_some(Self {
+        let harmony = format.harmony.then(HarmonyCount::default);
+        (format.think || format.harmony).then_some(Self {
+            harmony,
             markers: format.think_markers,
             in_reasoning: format.in_reasoning,
             section: match format.in_reasoning {
@@ -43,6 +49,10 @@ impl ReasoningTokens {
 
     /// One more generated token; `text` is the whole output text after it.
     pub fn push(&mut self, text: &str) {
+        if let Some(h) = &mut self.harmony {
+            h.push(text);
+            return;
+        }
         let now = think::section(text, self.in_reasoning, self.markers);
         match self.section {
             Section::Reasoning => self.counted += 1,
@@ -61,7 +71,38 @@ impl ReasoningTokens {
 
     /// The reasoning tokens so far.
     pub fn count(&self) -> usize {
-        self.counted
+        match &self.harmony {
+            Some(h) => h.count(),
+            None => self.counted,
+        }
+    }
+}
+
+/// The harmony count: tokens per message, and which messages are `analysis`.
+#[derive(Debug, Clone, Default)]
+struct HarmonyCount {
+    tokens: Vec<usize>,
+    analysis: Vec<Option<bool>>,
+}
+
+impl HarmonyCount {
+    fn push(&mut self, text: &str) {
+        // The message open before this token (the last one of the text before it).
+        let open = self.analysis.len().saturating_sub(1);
+        if self.tokens.len() <= open {
+            self.tokens.resize(open + 1, 0);
+        }
+        self.tokens[open] += 1;
+        self.analysis = harmony::analysis_messages(text);
+    }
+
+    fn count(&self) -> usize {
+        self.tokens
+            .iter()
+            .zip(&self.analysis)
+            .filter(|(_, a)| **a == Some(true))
+            .map(|(t, _)| t)
+            .sum()
     }
 }
 
@@ -111,13 +152,68 @@ mod tests {
             4
         );
         assert_eq!(count(MistralThink, false, &["z", "[THINK]"]), 0);
-        // Harmony and outputs without markers are not counted.
+        // Outputs without markers are not counted.
+        assert!(ReasoningTokens::new(&OutputFormat::default()).is_none());
+    }
+
+    #[test]
+    fn harmony_counts_its_analysis_messages() {
         let harmony = OutputFormat {
             harmony: true,
-            think: true,
             ..OutputFormat::default()
         };
-        assert!(ReasoningTokens::new(&harmony).is_none());
-        assert!(ReasoningTokens::new(&OutputFormat::default()).is_none());
+        let count = |tokens: &[&str]| {
+            let mut r = ReasoningTokens::new(&harmony).unwrap();
+            let mut text = String::new();
+            for t in tokens {
+                text.push_str(t);
+                r.push(&text);
+            }
+            r.count()
+        };
+        let analysis = [
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "Hm",
+            "m.",
+            "<|end|>",
+        ];
+        let fin = [
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "Hi",
+            "<|return|>",
+        ];
+        assert_eq!(count(&[&analysis[..], &fin[..]].concat()), 6);
+        // Two analysis messages around a call.
+        let call = [
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "commentary to=functions.f",
+            "<|message|>",
+            "{}",
+            "<|call|>",
+        ];
+        let again = [
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "ok",
+            "<|end|>",
+        ];
+        assert_eq!(
+            count(&[&analysis[..], &call[..], &again[..], &fin[..]].concat()),
+            13
+        );
+        // An unfinished header is not counted yet; a final answer alone is not reasoning.
+        assert_eq!(count(&["<|channel|>", "anal"]), 0);
+        assert_eq!(count(&fin[2..]), 0);
     }
 }
