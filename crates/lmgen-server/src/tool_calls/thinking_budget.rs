@@ -3,15 +3,16 @@
 //! included), the closing marker is forced, token by token, so that the answer follows.
 //!
 //! A logits processor on the engine request, like a grammar: it reads each row's generated
-//! tokens (no state of its own, so it holds under any decoding mode) and, while that row is past
-//! its budget and still inside the reasoning, allows only the next token of the closing marker
-//! (after the part of it the output already ends with). Below the budget it costs nothing; past it,
-//! it decodes the row's output to find where the text stands. Claude's budget is a target the
+//! tokens (so it holds under any decoding mode) and, while that row is past its budget and still
+//! inside the reasoning, allows only the next token of the closing marker (after the part of it
+//! the output already ends with). Below the budget it costs nothing; past it, it decodes the row's
+//! output to find where the text stands, once: an output found past its reasoning stays so, and
+//! is remembered (the only state, a cache) so that the answer's tokens cost a prefix comparison. Claude's budget is a target the
 //! model may overrun a little; here it is exact: the reasoning is the first `budget_tokens`
 //! tokens and then the marker's.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lmgen::generation::logits::{LogitsProcessor, Scores};
 use lmgen::{TokenId, Tokenizer};
@@ -28,6 +29,8 @@ pub struct ThinkingBudgetLogitsProcessor {
     tokenizer: Arc<Tokenizer>,
     /// Special tokens the output's text leaves out (as the server's parse of it).
     dropped: HashSet<TokenId>,
+    /// The last output seen past its reasoning (its extensions are too).
+    done: Mutex<Vec<TokenId>>,
 }
 
 impl ThinkingBudgetLogitsProcessor {
@@ -47,6 +50,7 @@ impl ThinkingBudgetLogitsProcessor {
             in_reasoning: format.in_reasoning,
             tokenizer,
             dropped,
+            done: Mutex::new(Vec::new()),
         })
     }
 
@@ -55,14 +59,25 @@ impl ThinkingBudgetLogitsProcessor {
         if generated.len() < self.budget {
             return Ok(None);
         }
+        let done = |d: &Vec<TokenId>| !d.is_empty() && generated.starts_with(d);
+        if self.done.lock().is_ok_and(|d| done(&d)) {
+            return Ok(None);
+        }
         let kept: Vec<TokenId> = generated
             .iter()
             .copied()
             .filter(|t| !self.dropped.contains(t))
             .collect();
         let text = self.tokenizer.decode(&kept, false)?;
-        if think::section(&text, self.in_reasoning, self.markers) != Section::Reasoning {
-            return Ok(None);
+        match think::section(&text, self.in_reasoning, self.markers) {
+            Section::Reasoning => {}
+            Section::Pending => return Ok(None),
+            Section::Answer | Section::NoReasoning => {
+                if let Ok(mut d) = self.done.lock() {
+                    *d = generated.to_vec();
+                }
+                return Ok(None);
+            }
         }
         // The marker's tokens, as the tokenizer encodes it alone or without the first tokens
         // (a sentencepiece encoding starts with a space the text must not get): the first that
