@@ -1,6 +1,6 @@
 //! GBNF grammars (llama.cpp's format) enforced on the golden tiny Llama: grammars written like
 //! llama.cpp's `grammars/` examples (JSON, arithmetic, a list, chess moves with repetition
-//! counts), seeded samples at temperature 1, and every finished output accepted by an
+//! counts), seeded samples at temperature 1 (and beams), and every finished output accepted by an
 //! independent matcher: the same grammar written again as Rust combinators and matched by
 //! backtracking over every alternative (so neither llguidance nor the translator decides).
 
@@ -34,6 +34,13 @@ fn compiler() -> &'static StructuredOutput {
 
 /// Samples (temperature 1) under `gbnf`; each sequence's text and whether it ended with EOS.
 fn sample(gbnf: &str, max_new_tokens: usize, seed: u64) -> Vec<(String, bool)> {
+    let fields =
+        json!({"do_sample": true, "max_new_tokens": max_new_tokens, "num_return_sequences": 2});
+    generate(gbnf, fields, seed)
+}
+
+/// Generates under `gbnf` with `fields`; each returned sequence's text and whether it ended.
+fn generate(gbnf: &str, fields: serde_json::Value, seed: u64) -> Vec<(String, bool)> {
     let p = pipe();
     let input = p
         .encode_prompts(
@@ -49,8 +56,6 @@ fn sample(gbnf: &str, max_new_tokens: usize, seed: u64) -> Vec<(String, bool)> {
         logits_processors: vec![Box::new(processor)],
         ..Default::default()
     };
-    let fields =
-        json!({"do_sample": true, "max_new_tokens": max_new_tokens, "num_return_sequences": 2});
     let config = GenerationConfig::from_json(&fields, UnknownFields::Reject).unwrap();
     let out = p.generate_with(&input, &config, options).unwrap();
     let eos = p.config_with(&GenerationConfig::default()).eos_token_ids();
@@ -286,6 +291,20 @@ castle  ::= "O-O" ("-O")?
     assert!(accepts(&rules, "1. e4 e5\n2. Nf3 Nc6\n10. O-O-O Qxd8#\n"));
     assert!(!accepts(&rules, "1. e9 e5\n"));
     check("chess", gbnf, &rules, 96);
+    // Beam search: every returned beam is a sentence of the grammar too.
+    let beams = generate(
+        gbnf,
+        json!({"num_beams": 4, "num_return_sequences": 4, "max_new_tokens": 96}),
+        0,
+    );
+    assert_eq!(beams.len(), 4);
+    for (text, ended) in beams {
+        assert!(ended, "chess beam: {text:?}");
+        assert!(
+            accepts(&rules, &text),
+            "chess beam: {text:?} is not in the grammar"
+        );
+    }
 }
 
 #[test]
