@@ -66,6 +66,9 @@ pub struct StructuredFlags {
     /// A Lark grammar file (llguidance's dialect): the output is a sentence of it.
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<PathBuf>,
+    /// A GBNF grammar file (llama.cpp's format, `root ::= ...`): the output is a sentence of it.
+    #[arg(long, value_name = "FILE")]
+    pub gbnf: Option<PathBuf>,
 }
 
 impl StructuredFlags {
@@ -85,6 +88,8 @@ impl StructuredFlags {
             Some(Grammar::Regex(rx.clone()))
         } else if let Some(path) = &self.grammar {
             Some(Grammar::Lark(read(path)?))
+        } else if let Some(path) = &self.gbnf {
+            Some(Grammar::Gbnf(read(path)?))
         } else {
             None
         })
@@ -262,7 +267,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(path) = &args.request {
         if args.structured.grammar()?.is_some() {
             anyhow::bail!(
-                "`--json-schema`, `--json-object`, `--regex` and `--grammar` apply to `--prompt`; \
+                "`--json-schema`, `--json-object`, `--regex`, `--grammar` and `--gbnf` apply to `--prompt`; \
                  with `--request` give `\"structured\"` in each request"
             );
         }

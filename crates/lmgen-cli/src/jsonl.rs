@@ -55,7 +55,7 @@ pub struct GenerateRequest {
     generation_config: Option<Value>,
     assistant_model: Option<String>,
     seed: Option<u64>,
-    /// `{"json_schema": {...}}`, `"json_object"`, `{"regex": "..."}` or `{"grammar": "<lark>"}`.
+    /// `{"json_schema": {...}}`, `"json_object"`, `{"regex": "..."}`, `{"grammar": "<lark>"}` or `{"gbnf": "<gbnf>"}`.
     structured: Option<Grammar>,
     #[serde(rename = "return", default)]
     ret: Option<Return>,

@@ -415,9 +415,20 @@ fn structured_output_from_flags_and_requests_matches_the_grammar() -> Result<()>
             json!({"prompts": ["Hello"], "structured": {"json_schema": schema},
                    "generation_config": {"max_new_tokens": 60}}),
             json!({"prompts": ["Hello"], "structured": {"regex": "("}}),
+            json!({"prompts": ["Hello"], "seed": 2, "structured": {"gbnf": "root ::= (\"yes\" | \"no\") \"!\"{1,2}\n"},
+                   "generation_config": {"do_sample": true, "max_new_tokens": 10}}),
+            json!({"prompts": ["Hello"], "structured": {"gbnf": "root ::= \"a\"\nroot ::= \"b\""}}),
         ],
         &[],
     )?;
+    let text = answers[3]["text"][0].as_str().context("text")?;
+    assert!(["yes!", "no!", "yes!!", "no!!"].contains(&text), "{text:?}");
+    assert!(
+        error_message(&answers[4])
+            .contains("`gbnf`: line 2, column 1: rule `root` is defined twice"),
+        "{}",
+        answers[4]
+    );
     let text = answers[0]["text"][0].as_str().context("text")?;
     assert!(text == "yes!" || text == "no!", "{text:?}");
     let value: Value = serde_json::from_str(answers[1]["text"][0].as_str().context("text")?)?;
@@ -438,6 +449,33 @@ fn structured_output_from_flags_and_requests_matches_the_grammar() -> Result<()>
             "Hello",
             "--regex",
             "(yes|no)!",
+            "--max-new-tokens",
+            "10",
+        ],
+        "",
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout)?;
+    assert!(
+        printed == "Helloyes!\n" || printed == "Hellono!\n",
+        "{printed:?}"
+    );
+    // `--gbnf FILE`: the same language as GBNF.
+    let dir = tempfile::tempdir()?;
+    let gbnf = dir.path().join("answer.gbnf");
+    std::fs::write(
+        &gbnf,
+        "root ::= answer \"!\"\nanswer ::= \"yes\" | \"no\"\n",
+    )?;
+    let out = lmgen(
+        &[
+            "generate",
+            "--model",
+            LLAMA,
+            "--prompt",
+            "Hello",
+            "--gbnf",
+            gbnf.to_str().context("path")?,
             "--max-new-tokens",
             "10",
         ],

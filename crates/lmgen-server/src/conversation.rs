@@ -44,6 +44,9 @@ pub struct Conversation {
     pub ending: Ending,
     /// Function tools in OpenAI's chat shape, checked.
     pub tools: Option<Tools>,
+    /// Extra chat template variables (as chat's `chat_template_kwargs`), such as
+    /// `enable_thinking` for Anthropic's `thinking`.
+    pub template_kwargs: Map<String, Value>,
 }
 
 /// `rendered` (the conversation without a generation prompt) cut right after the final message's
@@ -70,7 +73,7 @@ pub fn prompt(
     let refused = |e: lmgen::Error| ApiError::from_lmgen(&e, names);
     let messages = &conversation.messages;
     let new_turn = conversation.ending == Ending::NewTurn;
-    let mut extra = Map::new();
+    let mut extra = conversation.template_kwargs.clone();
     if let Some(t) = &conversation.tools {
         extra.insert("tools".into(), Value::Array(t.list.clone()));
     }

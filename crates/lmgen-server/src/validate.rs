@@ -45,6 +45,8 @@ pub struct Plan {
     pub grammar_param: Option<&'static str>,
     /// How a chat output is read for tool calls and reasoning (`None`: all content).
     pub output: Option<OutputFormat>,
+    /// Anthropic's `thinking.budget_tokens`: the reasoning is closed after this many tokens.
+    pub thinking_budget: Option<usize>,
 }
 
 /// `value` if it is finite and in `[lo, hi]` (`(lo, hi]` when `lo_open`; no upper bound when
@@ -183,6 +185,23 @@ pub fn sampling(
             }
         },
     };
+    // llama.cpp's `grammar` and vLLM's `guided_grammar`: GBNF, one constraint per request.
+    for (param, gbnf) in [
+        ("grammar", &p.grammar),
+        ("guided_grammar", &p.guided_grammar),
+    ] {
+        let Some(gbnf) = gbnf else { continue };
+        if plan.grammar.is_some() {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "`{param}` cannot be combined with `response_format` or another grammar field"
+                ),
+            ));
+        }
+        plan.grammar = Some(Grammar::Gbnf(gbnf.clone()));
+        plan.grammar_param = Some(param);
+    }
     plan.stream = p.stream.unwrap_or(false);
     if let Some(opts) = &p.stream_options {
         if !plan.stream {

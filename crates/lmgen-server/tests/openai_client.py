@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -336,6 +337,33 @@ def test_response_format(c):
     ), param="response_format")
 
 
+GBNF = 'root ::= ("yes" | "no") ", " word "."\nword ::= [a-z]{1,6}\n'
+GBNF_RX = r"(yes|no), [a-z]{1,6}\."
+
+
+def test_gbnf(c):
+    """llama.cpp's `grammar` and vLLM's `guided_grammar` take GBNF on both endpoints: the output
+    is a sentence of the grammar, streamed alike; a GBNF error is a 400 naming the field."""
+    seen = set()
+    for seed in range(3):
+        kw = dict(model=MODEL, messages=[{"role": "user", "content": "Yes or no?"}], max_tokens=40,
+                  temperature=1.0, seed=seed, extra_body={"grammar": GBNF})
+        r = c.chat.completions.create(**kw)
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop" and re.fullmatch(GBNF_RX, text), r
+        seen.add(text)
+        stream = c.chat.completions.create(stream=True, **kw)
+        assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == text
+        cr = c.completions.create(model=MODEL, prompt="Hello", max_tokens=40, temperature=1.0, seed=seed,
+                                  extra_body={"guided_grammar": GBNF})
+        assert cr.choices[0].finish_reason == "stop" and re.fullmatch(GBNF_RX, cr.choices[0].text), cr
+    assert len(seen) > 1, seen
+    for field, bad in [("grammar", "root ::= [z-a]"), ("guided_grammar", "root ::= thing")]:
+        expect_error(400, lambda: c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4, extra_body={field: bad},
+        ), param=field)
+
+
 def chat_text(c, messages, max_tokens, **kw):
     """The chat endpoint's greedy answer to `messages`: what the other APIs must give."""
     r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, **kw)
@@ -560,7 +588,7 @@ def functional():
     c = client()
     urllib.request.urlopen(BASE + "/health", timeout=10).read()
     for test in [test_models, test_completions, test_chat, test_n_and_seed, test_stop, test_logprobs, test_errors,
-                 test_hf_extras, test_response_format, test_responses]:
+                 test_hf_extras, test_response_format, test_gbnf, test_responses]:
         test(c)
         print("ok", test.__name__, flush=True)
     test_messages()
@@ -877,6 +905,58 @@ def test_reasoning_on_messages_and_responses(c):
         assert events[-1].response.output[0].content[0].text == reasoning
 
 
+def test_thinking_on_messages(c):
+    """Anthropic's extended thinking: `enabled` returns the reasoning as a thinking block (empty
+    signature) before the text, cut after exactly `budget_tokens` tokens (greedy, it is the chat
+    endpoint's reasoning for `max_tokens` = the budget) and followed by an answer; streamed as
+    content_block_start (thinking), thinking_delta, signature_delta, content_block_stop, then
+    the text block; `display: omitted` empties it; `disabled` turns thinking off."""
+    a = anthropic.Anthropic(base_url=BASE, api_key="unused", max_retries=0, timeout=300)
+    budget = 1024
+    kw = dict(model=MODEL, max_tokens=1100, messages=ASK, extra_body=GREEDY,
+              thinking={"type": "enabled", "budget_tokens": budget})
+    m = a.messages.create(**kw)
+    assert [b.type for b in m.content] == ["thinking", "text"], m
+    thinking = m.content[0]
+    assert thinking.signature == "" and thinking.thinking, m
+    ref = chat(c, temperature=0, max_tokens=budget, extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    assert ref.choices[0].finish_reason == "length" and ref.usage.completion_tokens == budget, ref
+    assert ref.choices[0].message.content is None, ref  # the model does not close it by itself
+    assert thinking.thinking == ref.choices[0].message.reasoning_content, (thinking.thinking[-80:], ref)
+    # The marker was forced, so the answer follows (and the chat endpoint reads it the same way).
+    assert m.content[1].text and m.usage.output_tokens > budget, m
+    events = list(a.messages.create(stream=True, **kw))
+    kinds = [(e.type, getattr(getattr(e, "content_block", None), "type", None) or
+              getattr(getattr(e, "delta", None), "type", None)) for e in events]
+    # (The client does not hand out `ping`.)
+    assert kinds[:2] == [("message_start", None), ("content_block_start", "thinking")], kinds[:4]
+    first_text = kinds.index(("content_block_start", "text"))
+    assert kinds[first_text - 2:first_text] == [("content_block_delta", "signature_delta"),
+                                                ("content_block_stop", None)], kinds[first_text - 3:first_text + 1]
+    assert set(kinds[2:first_text - 2]) == {("content_block_delta", "thinking_delta")}, kinds
+    assert "".join(e.delta.thinking for e in events if getattr(getattr(e, "delta", None), "type", None) == "thinking_delta") == thinking.thinking
+    assert all(e.index == 0 for e in events[1:first_text] if hasattr(e, "index"))
+    assert all(e.index == 1 for e in events[first_text:] if hasattr(e, "index")), kinds
+    assert "".join(e.delta.text for e in events if getattr(getattr(e, "delta", None), "type", None) == "text_delta") == m.content[1].text
+    with a.messages.stream(**kw) as s:
+        final = s.get_final_message()
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in final.content] == \
+           [("thinking", thinking.thinking), ("text", m.content[1].text)], final
+    # `display: omitted`: the block without its text.
+    omitted = dict(kw, thinking={"type": "enabled", "budget_tokens": budget, "display": "omitted"})
+    m2 = a.messages.create(**omitted)
+    assert [(b.type, getattr(b, "thinking", None)) for b in m2.content][0] == ("thinking", ""), m2
+    assert m2.content[1].text == m.content[1].text, m2
+    events = list(a.messages.create(stream=True, **omitted))
+    assert not [e for e in events if getattr(getattr(e, "delta", None), "type", None) == "thinking_delta"]
+    # `disabled`: the template's thinking is off (chat's enable_thinking false); no thinking block.
+    off = a.messages.create(model=MODEL, max_tokens=16, messages=ASK, extra_body=GREEDY,
+                            thinking={"type": "disabled"})
+    ref = chat(c, temperature=0, max_tokens=16, **{"extra_body": NO_THINK})
+    assert [b.type for b in off.content] == ["text"] and off.content[0].text == ref.choices[0].message.content, off
+    assert off.usage.input_tokens == ref.usage.prompt_tokens, (off, ref)
+
+
 WEATHER_TOOL = {"name": "get_weather", "description": WEATHER["function"]["description"],
                 "input_schema": WEATHER["function"]["parameters"]}
 CLOCK_TOOL = {"name": "get_time", "input_schema": CLOCK["function"]["parameters"]}
@@ -1049,7 +1129,8 @@ def test_tool_errors(c):
 def tools():
     c = client()
     for test in [test_tool_choice_enforced, test_tool_auto_none_and_kwargs, test_reasoning,
-                 test_reasoning_on_messages_and_responses, test_tools_on_messages, test_tools_on_responses,
+                 test_reasoning_on_messages_and_responses, test_thinking_on_messages, test_tools_on_messages,
+                 test_tools_on_responses,
                  test_tool_round_trip, test_tool_errors]:
         test(c)
         print("ok", test.__name__, flush=True)

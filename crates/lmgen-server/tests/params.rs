@@ -139,6 +139,24 @@ fn sampling_rows() -> Vec<Row> {
                 json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}),
             ],
         ),
+        // GBNF (llama.cpp's `grammar`, vLLM's `guided_grammar`): a syntax error, an undefined
+        // rule, or two constraints at once.
+        field(
+            "grammar",
+            &[json!(5)],
+            &[json!("root ::= [z-a]"), json!("root ::= thing")],
+        ),
+        field("guided_grammar", &[json!(["x"])], &[json!("root = \"a\"")]),
+        bodies(
+            "guided_grammar",
+            vec![],
+            vec![json!({"grammar": "root ::= \"a\"", "guided_grammar": "root ::= \"a\""})],
+        ),
+        bodies(
+            "grammar",
+            vec![],
+            vec![json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}})],
+        ),
         bodies(
             "response_format.type",
             vec![json!({"response_format": {"type": "xml"}})],
@@ -378,8 +396,37 @@ fn messages_rows() -> Vec<Row> {
         ),
         field(
             "thinking",
+            &[
+                json!(5),
+                json!({"type": "adaptive"}),
+                json!({"type": "enabled"}),
+                json!({"type": "enabled", "budget_tokens": "many"}),
+                json!({"type": "enabled", "budget_tokens": 1024, "display": "full"}),
+            ],
             &[],
-            &[json!({"type": "enabled", "budget_tokens": 100})],
+        ),
+        // Anthropic's bounds: at least 1024, below `max_tokens`.
+        bodies(
+            "thinking.budget_tokens",
+            vec![],
+            vec![
+                json!({"thinking": {"type": "enabled", "budget_tokens": 100}}),
+                json!({"max_tokens": 1100, "thinking": {"type": "enabled", "budget_tokens": 1100}}),
+            ],
+        ),
+        // The tiny Llama's template writes no thinking markers: nothing to return or budget.
+        bodies(
+            "thinking",
+            vec![],
+            vec![
+                json!({"max_tokens": 1100, "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+            ],
+        ),
+        bodies(
+            "messages[0].content[0].type",
+            vec![],
+            vec![json!({"messages": [{"role": "user", "content": [
+                {"type": "thinking", "thinking": "x", "signature": ""}]}]})],
         ),
     ]
 }

@@ -179,6 +179,7 @@ const GENERATE_ARGUMENTS: &[&str] = &[
     "json_object",
     "regex",
     "grammar",
+    "gbnf",
 ];
 
 /// The field a message blames: its first `` `name` `` (or `` `name=value` ``) that is a

@@ -29,8 +29,34 @@ pub struct MessagesRequest {
     pub metadata: Option<serde_json::Map<String, Value>>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
-    /// Extended thinking: only `{"type": "disabled"}` is served.
+    /// Extended thinking: `{"type": "enabled", "budget_tokens"}` or `{"type": "disabled"}`
+    /// (read as [`ThinkingConfig`] by the route, which names a wrong field).
     pub thinking: Option<Value>,
+}
+
+/// `thinking`: `{"type": "enabled", "budget_tokens": N}` turns the template's thinking on
+/// (`enable_thinking`), returns the reasoning as `thinking` blocks and closes it after `N`
+/// tokens; `{"type": "disabled"}` turns it off. (`adaptive` is refused: lmgen has no way to let
+/// the model decide.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ThinkingConfig {
+    Enabled {
+        budget_tokens: i64,
+        /// `summarized` (the default here: the thinking as generated, no summary is made) or
+        /// `omitted` (the blocks come back with empty `thinking`).
+        #[serde(default)]
+        display: Option<ThinkingDisplay>,
+    },
+    Disabled {},
+}
+
+/// `thinking.display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThinkingDisplay {
+    Summarized,
+    Omitted,
 }
 
 /// `system`: text, or text blocks.
@@ -102,11 +128,17 @@ pub enum ContentBlock {
         #[serde(default)]
         is_error: Option<bool>,
     },
+    /// An assistant's earlier reasoning, sent back: the chat message's `reasoning_content`
+    /// (templates that read it render it; `signature` is not checked).
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
 }
 
 impl ContentBlock {
     /// The `type`s of [`ContentBlock`].
-    pub const TYPES: [&'static str; 3] = ["text", "tool_use", "tool_result"];
+    pub const TYPES: [&'static str; 4] = ["text", "tool_use", "tool_result", "thinking"];
 }
 
 /// A `tool_result`'s `content`.
@@ -154,9 +186,21 @@ pub enum Block {
         name: String,
         input: Value,
     },
+    /// The model's reasoning (first). lmgen signs nothing: `signature` is empty.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
 }
 
 impl Block {
+    pub fn thinking(thinking: String) -> Self {
+        Block::Thinking {
+            thinking,
+            signature: String::new(),
+        }
+    }
+
     pub fn text(text: String) -> Self {
         Block::Text { text }
     }
@@ -201,6 +245,14 @@ pub enum BlockDelta {
     /// A piece of a tool call's `input` (JSON text).
     InputJsonDelta {
         partial_json: String,
+    },
+    /// A piece of a thinking block's text.
+    ThinkingDelta {
+        thinking: String,
+    },
+    /// A thinking block's signature, just before it stops (empty: lmgen signs nothing).
+    SignatureDelta {
+        signature: String,
     },
 }
 
@@ -331,6 +383,38 @@ mod tests {
             serde_json::to_value(StreamEvent::Ping).unwrap(),
             json!({"type": "ping"})
         );
+        // Thinking: the block, its deltas, and the config as Anthropic's types spell them.
+        assert_eq!(
+            serde_json::to_string(&Block::thinking("Hmm.".into())).unwrap(),
+            r#"{"type":"thinking","thinking":"Hmm.","signature":""}"#
+        );
+        for (delta, want) in [
+            (
+                BlockDelta::ThinkingDelta {
+                    thinking: "a".into(),
+                },
+                json!({"type": "thinking_delta", "thinking": "a"}),
+            ),
+            (
+                BlockDelta::SignatureDelta {
+                    signature: String::new(),
+                },
+                json!({"type": "signature_delta", "signature": ""}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(delta).unwrap(), want);
+        }
+        let config: ThinkingConfig =
+            serde_json::from_value(json!({"type": "enabled", "budget_tokens": 2048})).unwrap();
+        assert!(matches!(
+            config,
+            ThinkingConfig::Enabled {
+                budget_tokens: 2048,
+                display: None
+            }
+        ));
+        assert!(serde_json::from_value::<ThinkingConfig>(json!({"type": "disabled"})).is_ok());
+        assert!(serde_json::from_value::<ThinkingConfig>(json!({"type": "adaptive"})).is_err());
         let e = ApiError::invalid("top_p", "`top_p` must be in (0, 1], got 2");
         assert_eq!(
             serde_json::to_value(ErrorResponse::from(&e)).unwrap(),

@@ -72,6 +72,10 @@ pub struct SamplingParams {
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`: the output is
     /// constrained to JSON (or a JSON Schema) by a grammar, token by token.
     pub response_format: Option<ResponseFormat>,
+    /// llama.cpp server's `grammar`: a GBNF grammar the output must be a sentence of.
+    pub grammar: Option<String>,
+    /// vLLM's `guided_grammar`: the same (GBNF, as vLLM's grammar backends read it).
+    pub guided_grammar: Option<String>,
 }
 
 /// OpenAI's `response_format`.

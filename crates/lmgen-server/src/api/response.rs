@@ -13,6 +13,16 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// Chat's breakdown of `completion_tokens` (absent on completions, as OpenAI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CompletionTokensDetails {
+    /// The generated tokens inside the reasoning (markers included; `tool_calls::ReasoningTokens`).
+    pub reasoning_tokens: usize,
 }
 
 impl Usage {
@@ -22,6 +32,15 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            completion_tokens_details: None,
+        }
+    }
+
+    /// With chat's `completion_tokens_details.reasoning_tokens`.
+    pub fn with_reasoning_tokens(self, reasoning_tokens: usize) -> Self {
+        Self {
+            completion_tokens_details: Some(CompletionTokensDetails { reasoning_tokens }),
+            ..self
         }
     }
 }

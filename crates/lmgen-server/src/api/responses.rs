@@ -309,12 +309,12 @@ pub struct ResponseUsage {
 }
 
 impl ResponseUsage {
-    pub fn new(input_tokens: usize, output_tokens: usize) -> Self {
+    pub fn new(input_tokens: usize, output_tokens: usize, reasoning_tokens: usize) -> Self {
         Self {
             input_tokens,
             input_tokens_details: InputTokensDetails::default(),
             output_tokens,
-            output_tokens_details: OutputTokensDetails::default(),
+            output_tokens_details: OutputTokensDetails { reasoning_tokens },
             total_tokens: input_tokens + output_tokens,
         }
     }
@@ -327,7 +327,7 @@ pub struct InputTokensDetails {
     pub cache_write_tokens: usize,
 }
 
-/// Always 0: reasoning tokens are not counted apart (the reasoning is its own output item).
+/// The output tokens inside the reasoning (markers included; `tool_calls::ReasoningTokens`).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: usize,

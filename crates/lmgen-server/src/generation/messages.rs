@@ -1,7 +1,9 @@
 //! A run answered as Anthropic's Messages API: the `message` object, or its event stream
 //! (`message_start`, `ping`, then per block `content_block_start`, `content_block_delta`s and
 //! `content_block_stop`, then `message_delta`, `message_stop`; `error` if it fails after the
-//! 200). Tool calls are `tool_use` blocks after the text.
+//! 200). Tool calls are `tool_use` blocks after the text. With `thinking` enabled the reasoning is
+//! a `thinking` block first (streamed as `thinking_delta`s, then an empty `signature_delta`), when
+//! the model wrote any.
 
 use std::sync::Arc;
 
@@ -14,17 +16,27 @@ use super::{Delta, Job, Run};
 use serde_json::{Map, Value};
 
 use crate::api::anthropic::{
-    Block, BlockDelta, DeltaUsage, ErrorResponse, Message, MessageDelta, StreamEvent, Usage,
+    Block, BlockDelta, DeltaUsage, ErrorResponse, Message, MessageDelta, StreamEvent,
+    ThinkingDisplay, Usage,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Runs `job` (one choice): the message, or its event stream.
-pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
+/// Runs `job` (one choice): the message, or its event stream; `thinking`: how its reasoning
+/// comes back (`None`: not at all).
+pub async fn respond(
+    state: Arc<AppState>,
+    job: Job,
+    thinking: Option<ThinkingDisplay>,
+) -> Result<Response, ApiError> {
     let stream = job.plan.stream;
     let mut run = super::start(state, job)?;
     if stream {
-        return Ok(framing::stream(run, Events::default()));
+        let events = Events {
+            thinking,
+            ..Events::default()
+        };
+        return Ok(framing::stream(run, events));
     }
     run.wait().await?;
     let (stop_reason, stop_sequence) = run.stop_reason();
@@ -34,7 +46,17 @@ pub async fn respond(state: Arc<AppState>, job: Job) -> Result<Response, ApiErro
         .as_ref()
         .map(|o| o.parsed().calls.clone())
         .unwrap_or_default();
-    let mut content = Vec::with_capacity(1 + calls.len());
+    let mut content = Vec::with_capacity(2 + calls.len());
+    let reasoning = c
+        .output
+        .as_ref()
+        .map_or("", |o| o.parsed().reasoning.as_str());
+    if let (Some(display), false) = (thinking, reasoning.is_empty()) {
+        content.push(Block::thinking(match display {
+            ThinkingDisplay::Summarized => reasoning.to_string(),
+            ThinkingDisplay::Omitted => String::new(),
+        }));
+    }
     if calls.is_empty() || !c.content().is_empty() {
         content.push(Block::text(c.content().to_string()));
     }
@@ -95,6 +117,7 @@ impl Run {
 /// What the open content block of a stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
+    Thinking,
     Text,
     /// The tool call of this index (among the choice's calls).
     Call(usize),
@@ -104,6 +127,8 @@ enum Open {
 /// `tool_use` block per call), each closed before the next opens.
 #[derive(Debug, Default)]
 struct Events {
+    /// How reasoning comes back (`None`: not at all).
+    thinking: Option<ThinkingDisplay>,
     /// The open block and its index.
     open: Option<(Open, usize)>,
     /// Blocks opened so far.
@@ -126,7 +151,7 @@ impl Events {
             if open == kind {
                 return index;
             }
-            out.push(StreamEvent::ContentBlockStop { index });
+            Self::stop(open, index, out);
         }
         let index = self.blocks;
         self.blocks += 1;
@@ -136,6 +161,21 @@ impl Events {
             content_block: block(),
         });
         index
+    }
+}
+
+impl Events {
+    /// Closes block `index` of `kind` (a thinking block gets its signature first).
+    fn stop(kind: Open, index: usize, out: &mut Vec<StreamEvent>) {
+        if kind == Open::Thinking {
+            out.push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta::SignatureDelta {
+                    signature: String::new(),
+                },
+            });
+        }
+        out.push(StreamEvent::ContentBlockStop { index });
     }
 }
 
@@ -151,6 +191,17 @@ impl Framing for Events {
 
     fn delta(&mut self, _run: &Run, _index: usize, delta: &Delta) -> Vec<Event> {
         let mut out = Vec::new();
+        if let (Some(display), false) = (self.thinking, delta.parsed.reasoning.is_empty()) {
+            let index = self.enter(Open::Thinking, || Block::thinking(String::new()), &mut out);
+            if display == ThinkingDisplay::Summarized {
+                out.push(StreamEvent::ContentBlockDelta {
+                    index,
+                    delta: BlockDelta::ThinkingDelta {
+                        thinking: delta.parsed.reasoning.clone(),
+                    },
+                });
+            }
+        }
         if !delta.text.is_empty() {
             let index = self.enter(Open::Text, || Block::text(String::new()), &mut out);
             out.push(StreamEvent::ContentBlockDelta {
@@ -181,12 +232,12 @@ impl Framing for Events {
 
     fn close(&mut self, run: &Run) -> Vec<Event> {
         let mut out = Vec::new();
-        if self.blocks == 0 {
+        if self.blocks == usize::from(self.open.is_some_and(|(k, _)| k == Open::Thinking)) {
             // No text and no call: one empty text block, as the whole message has.
             self.enter(Open::Text, || Block::text(String::new()), &mut out);
         }
-        if let Some((_, index)) = self.open.take() {
-            out.push(StreamEvent::ContentBlockStop { index });
+        if let Some((kind, index)) = self.open.take() {
+            Self::stop(kind, index, &mut out);
         }
         let (stop_reason, stop_sequence) = run.stop_reason();
         out.extend([

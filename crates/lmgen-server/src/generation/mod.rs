@@ -27,7 +27,9 @@ use crate::api::response::{
 use crate::error::{ApiError, RequestNames};
 use crate::state::{AppState, InFlight};
 use crate::text::ChoiceText;
-use crate::tool_calls::{OutputParser, ParsedDelta};
+use crate::tool_calls::{
+    OutputParser, ParsedDelta, ReasoningTokens, ThinkingBudgetLogitsProcessor,
+};
 use crate::validate::Plan;
 
 /// Which API shape to answer in.
@@ -86,6 +88,8 @@ impl Drop for CancelGuard {
 struct Choice {
     /// The tool-call and reasoning parse of a chat output that has one.
     output: Option<OutputParser>,
+    /// Its reasoning tokens, when the output reads thinking markers.
+    reasoning_tokens: Option<ReasoningTokens>,
     text: ChoiceText,
     tokens: usize,
     logprobs: Vec<TokenLogprob>,
@@ -185,6 +189,12 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         done: Vec::new(),
         state: state.clone(),
     };
+    let dropped = job
+        .plan
+        .output
+        .as_ref()
+        .map(|o| state.model_format.dropped(o))
+        .unwrap_or_default();
     let grammar = match &job.plan.grammar {
         Some(g) => {
             let param = job.plan.grammar_param.unwrap_or("response_format");
@@ -212,6 +222,20 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
                 .plan
                 .processors(prompt.len(), grammar.as_ref())
                 .map_err(refused)?;
+            if let (Some(budget), Some(output)) = (job.plan.thinking_budget, &job.plan.output) {
+                let budget = ThinkingBudgetLogitsProcessor::new(
+                    output,
+                    budget,
+                    prompt.len(),
+                    state.tokenizer.clone(),
+                    dropped.clone(),
+                );
+                // Before the grammar, which runs last.
+                let at = request.logits_processors.len() - usize::from(grammar.is_some());
+                if let Some(b) = budget {
+                    request.logits_processors.insert(at, Box::new(b));
+                }
+            }
             let tx = tx.clone();
             let sink = move |u: RequestUpdate| tx.send((index, u)).is_ok();
             let rid = state
@@ -235,6 +259,7 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         choices: (0..guard.ids.len())
             .map(|_| Choice {
                 output: job.plan.output.clone().map(OutputParser::new),
+                reasoning_tokens: job.plan.output.as_ref().and_then(ReasoningTokens::new),
                 text: ChoiceText::new(job.plan.stop.clone()),
                 tokens: 0,
                 logprobs: Vec::new(),
@@ -246,12 +271,7 @@ fn start(state: Arc<AppState>, job: Job) -> Result<Run, ApiError> {
         prompt_tokens,
         include_usage: job.plan.include_usage,
         with_logprobs: job.plan.logprobs.is_some(),
-        dropped: job
-            .plan
-            .output
-            .as_ref()
-            .map(|o| state.model_format.dropped(o))
-            .unwrap_or_default(),
+        dropped,
         guard,
         rx,
         names: job.names,
@@ -358,13 +378,26 @@ impl Run {
         let mut text = match &c.output {
             None => c.text.push(&state.detokenizer, &update.new_tokens, last),
             Some(_) => {
-                let kept: Vec<TokenId> = update
-                    .new_tokens
-                    .iter()
-                    .copied()
-                    .filter(|t| !self.dropped.contains(t))
-                    .collect();
-                c.text.push(&state.raw_detokenizer, &kept, last)
+                // One token at a time, so that each is counted where the text stands after it.
+                let mut text = String::new();
+                let n = update.new_tokens.len();
+                for (i, &t) in update.new_tokens.iter().enumerate() {
+                    let kept: &[TokenId] = match self.dropped.contains(&t) {
+                        true => &[],
+                        false => &[t],
+                    };
+                    let end = last && i + 1 == n;
+                    if !kept.is_empty() || end {
+                        text.push_str(&c.text.push(&state.raw_detokenizer, kept, end));
+                    }
+                    if let (Some(r), true) = (&mut c.reasoning_tokens, open) {
+                        r.push(c.text.full());
+                    }
+                }
+                if n == 0 && last {
+                    text.push_str(&c.text.push(&state.raw_detokenizer, &[], true));
+                }
+                text
             }
         };
         let mut parsed = ParsedDelta::default();
@@ -429,7 +462,20 @@ impl Run {
 
     fn usage(&self) -> Usage {
         let completion: usize = self.choices.iter().map(|c| c.tokens).sum();
-        Usage::new(self.prompt_tokens, completion)
+        let usage = Usage::new(self.prompt_tokens, completion);
+        match self.endpoint {
+            Endpoint::Completions => usage,
+            Endpoint::Chat => usage.with_reasoning_tokens(self.reasoning_tokens()),
+        }
+    }
+
+    /// The reasoning tokens of every choice (see `tool_calls::ReasoningTokens`).
+    fn reasoning_tokens(&self) -> usize {
+        self.choices
+            .iter()
+            .filter_map(|c| c.reasoning_tokens.as_ref())
+            .map(ReasoningTokens::count)
+            .sum()
     }
 
     /// Waits for every choice; the error of one that failed.

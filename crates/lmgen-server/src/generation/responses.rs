@@ -168,7 +168,13 @@ impl Run {
                     .collect(),
                 false => Vec::new(),
             },
-            usage: done.then(|| ResponseUsage::new(self.prompt_tokens, self.choices[0].tokens)),
+            usage: done.then(|| {
+                ResponseUsage::new(
+                    self.prompt_tokens,
+                    self.choices[0].tokens,
+                    self.reasoning_tokens(),
+                )
+            }),
             echo,
         }
     }

@@ -3,6 +3,11 @@
 //! blocks as an assistant's `tool_calls`, `tool_result` blocks as `tool` messages), so a greedy
 //! answer is the chat endpoint's; `tools` and `tool_choice` are chat's, and calls come back as
 //! `tool_use` blocks. A final assistant turn is a prefill: the answer continues it.
+//! `thinking` (`enabled` with `budget_tokens`, or `disabled`) sets the template's
+//! `enable_thinking`; enabled, the reasoning comes back as a `thinking` block before the others and
+//! is closed after `budget_tokens` tokens (`tool_calls::ThinkingBudgetLogitsProcessor`); thinking
+//! blocks sent back in assistant turns reach the template as `reasoning_content`. Without
+//! `thinking` the template's default holds and the reasoning is not returned.
 //! Errors are in Anthropic's envelope.
 
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::api::anthropic::{
     error_response, ContentBlock, InputContent, MessagesRequest, Role, SystemPrompt,
-    TextBlockParam, ToolChoiceParam, ToolParam, ToolResultContent,
+    TextBlockParam, ThinkingConfig, ThinkingDisplay, ToolChoiceParam, ToolParam, ToolResultContent,
 };
 use crate::api::{typed_at, SamplingParams, StringOrList};
 use crate::conversation::{block_type, job, joined, message, Conversation, Ending};
@@ -49,14 +54,7 @@ async fn handle(
     let req: MessagesRequest = super::parsed(body)?;
     state.check_text_model(&req.model)?;
     let tools = tools(&req)?;
-    if let Some(kind) = req.thinking.as_ref().and_then(|t| t.get("type")) {
-        if kind != "disabled" {
-            return Err(ApiError::invalid(
-                "thinking",
-                "extended `thinking` is not supported",
-            ));
-        }
-    }
+    let thinking = thinking(&req)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -86,7 +84,8 @@ async fn handle(
         stop: (!stops.is_empty()).then_some(StringOrList::Many(stops)),
         ..SamplingParams::default()
     };
-    let plan = sampling(&params, &NAMES, Some(req.max_tokens), state.vocab_size)?;
+    let mut plan = sampling(&params, &NAMES, Some(req.max_tokens), state.vocab_size)?;
+    plan.thinking_budget = thinking.budget;
     let conversation = Conversation {
         messages: chat_messages(&req)?,
         // A final assistant turn is a prefill: the answer continues it.
@@ -95,9 +94,69 @@ async fn handle(
             _ => Ending::NewTurn,
         },
         tools,
+        template_kwargs: thinking.template_kwargs,
     };
     let job = job(&state, req.model, &conversation, plan, NAMES)?;
-    messages::respond(state, job).await
+    let thinks = job
+        .plan
+        .output
+        .as_ref()
+        .is_some_and(|o| o.think && !o.harmony);
+    if thinking.display.is_some() && !thinks {
+        return Err(ApiError::invalid(
+            "thinking",
+            "`thinking`: the served model's chat template writes no thinking markers \
+             (`<think>`, `[THINK]`, ...), so its reasoning cannot be returned or budgeted",
+        ));
+    }
+    messages::respond(state, job, thinking.display).await
+}
+
+/// What `thinking` asks for.
+struct Thinking {
+    /// `enable_thinking` for the template (absent: its default).
+    template_kwargs: Map<String, Value>,
+    /// How thinking blocks come back (`None`: not at all).
+    display: Option<ThinkingDisplay>,
+    budget: Option<usize>,
+}
+
+/// `thinking`, checked: `budget_tokens` at least 1024 and below `max_tokens`, as Anthropic.
+fn thinking(req: &MessagesRequest) -> Result<Thinking, ApiError> {
+    let mut out = Thinking {
+        template_kwargs: Map::new(),
+        display: None,
+        budget: None,
+    };
+    let Some(value) = &req.thinking else {
+        return Ok(out);
+    };
+    match typed_at::<ThinkingConfig>(value, "thinking")? {
+        ThinkingConfig::Disabled {} => {
+            out.template_kwargs
+                .insert("enable_thinking".into(), json!(false));
+        }
+        ThinkingConfig::Enabled {
+            budget_tokens,
+            display,
+        } => {
+            if budget_tokens < 1024 || budget_tokens >= req.max_tokens {
+                return Err(ApiError::invalid(
+                    "thinking.budget_tokens",
+                    format!(
+                        "`thinking.budget_tokens` must be at least 1024 and less than \
+                         `max_tokens` ({}), got {budget_tokens}",
+                        req.max_tokens
+                    ),
+                ));
+            }
+            out.template_kwargs
+                .insert("enable_thinking".into(), json!(true));
+            out.display = Some(display.unwrap_or(ThinkingDisplay::Summarized));
+            out.budget = Some(budget_tokens as usize);
+        }
+    }
+    Ok(out)
 }
 
 /// Anthropic's `tools` and `tool_choice` as the chat endpoint's (`input_schema` as a function's
@@ -201,6 +260,7 @@ fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
         // join the assistant's message.
         let mut text: Vec<String> = Vec::new();
         let mut calls: Vec<Value> = Vec::new();
+        let mut reasoning: Vec<String> = Vec::new();
         let flush = |out: &mut Vec<Value>, text: &mut Vec<String>| {
             if !text.is_empty() {
                 out.push(message(role, &joined(text)));
@@ -219,6 +279,9 @@ fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
                         "type": "function",
                         "function": {"name": name, "arguments": input},
                     }));
+                }
+                ContentBlock::Thinking { thinking, .. } if m.role == Role::Assistant => {
+                    reasoning.push(thinking);
                 }
                 ContentBlock::ToolResult {
                     tool_use_id,
@@ -239,24 +302,31 @@ fn chat_messages(req: &MessagesRequest) -> Result<Vec<Value>, ApiError> {
                     return Err(ApiError::invalid(
                         &format!("{at}.type"),
                         format!(
-                            "`{at}.type`: `tool_use` blocks belong to assistant turns and \
-                             `tool_result` blocks to user turns"
+                            "`{at}.type`: `tool_use` and `thinking` blocks belong to assistant \
+                             turns and `tool_result` blocks to user turns"
                         ),
                     ))
                 }
             }
         }
-        if calls.is_empty() {
+        if calls.is_empty() && reasoning.is_empty() {
             flush(&mut out, &mut text);
         } else {
             let mut m = Map::new();
             m.insert("role".into(), json!(role));
-            let content = match text.is_empty() {
-                true => Value::Null,
-                false => Value::String(joined(&text)),
+            // Calls alone: `null` content, as chat clients send it; with reasoning, text (Qwen3's
+            // template strips the content that follows its reasoning).
+            let content = match (text.is_empty(), calls.is_empty(), reasoning.is_empty()) {
+                (true, false, true) => Value::Null,
+                _ => Value::String(joined(&text)),
             };
             m.insert("content".into(), content);
-            m.insert("tool_calls".into(), Value::Array(calls));
+            if !reasoning.is_empty() {
+                m.insert("reasoning_content".into(), json!(joined(&reasoning)));
+            }
+            if !calls.is_empty() {
+                m.insert("tool_calls".into(), Value::Array(calls));
+            }
             out.push(Value::Object(m));
         }
     }

@@ -97,6 +97,7 @@ async fn handle(
         messages: chat_messages(&req)?,
         ending: Ending::NewTurn,
         tools: tools(&req)?,
+        template_kwargs: Default::default(),
     };
     if conversation.messages.is_empty() {
         return Err(ApiError::invalid("input", "`input` must not be empty"));

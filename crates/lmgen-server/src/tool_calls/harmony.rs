@@ -32,6 +32,30 @@ fn word_after<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(&rest[..end])
 }
 
+/// Whether each message of `text` is in the `analysis` channel (`None` while its header is still
+/// coming), messages split after `<|end|>`, `<|call|>` and `<|return|>` (a `<|start|>` belongs to
+/// the header of the message it starts).
+pub(super) fn analysis_messages(text: &str) -> Vec<Option<bool>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    loop {
+        let close = ENDS[..3]
+            .iter()
+            .filter_map(|m| rest.find(m).map(|i| (i, m.len())))
+            .min();
+        let message = close.map_or(rest, |(i, _)| &rest[..i]);
+        out.push(
+            message
+                .find(MESSAGE)
+                .map(|at| word_after(&message[..at], CHANNEL) == Some("analysis")),
+        );
+        match close {
+            Some((i, len)) => rest = &rest[i + len..],
+            None => return out,
+        }
+    }
+}
+
 /// Appends the messages of `text` to `out`; calls only when `calls` (else their bodies are
 /// content).
 pub(super) fn parse(text: &str, end: bool, calls: bool, out: &mut Parsed) {

@@ -19,8 +19,9 @@
 //! SmolLM3), with or without tools; DeepSeek-R1's output starts inside it unless the prompt
 //! closed it (vLLM's `deepseek_r1` reasoning parser). A template that writes no call format takes
 //! it from the vocabulary (SmolLM3's unsloth template: `<tool_call>`, Hermes; LFM2.5:
-//! `<|tool_call_start|>`). Gemma 4's `<|channel>thought` ... `<channel|>` is reasoning too. Not
-//! read (the text stays content): Magistral's `[THINK]`.
+//! `<|tool_call_start|>`). Gemma 4's `<|channel>thought` ... `<channel|>` is reasoning too, and
+//! so is Magistral's `[THINK]` ... `[/THINK]` (from its template, else from special tokens of the
+//! vocabulary).
 //!
 //! Parsing is a function of the whole text so far ([`OutputFormat::parse`]): with `end` false it
 //! leaves out what is undecided (text that may still start a marker, the unsure end of a call's
@@ -48,10 +49,14 @@ mod llama3;
 mod mistral;
 mod param_grammar;
 mod qwen3_xml;
+mod reasoning_tokens;
 mod request;
 mod stream;
 mod tagged;
 mod think;
+mod thinking_budget;
+
+pub use reasoning_tokens::ReasoningTokens;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -61,6 +66,7 @@ use serde_json::Value;
 
 pub use request::{FunctionTool, ToolChoice, Tools};
 pub use stream::{CallDelta, OutputParser, ParsedDelta};
+pub use thinking_budget::ThinkingBudgetLogitsProcessor;
 
 /// One parsed call: the function's name and its arguments as JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +240,11 @@ impl ModelFormat {
         for family in &mut format.family {
             if family.is_none() {
                 *family = Family::from_vocabulary(&format.special);
+            }
+        }
+        for think in &mut format.think {
+            if think.is_none() {
+                *think = think::Markers::in_vocabulary(&format.special);
             }
         }
         format
@@ -561,7 +572,7 @@ mod tests {
             (real!("llama3_1"), Some(Family::Llama3), false),
             (real!("llama3_2"), Some(Family::Llama3), false),
             (real!("mistral_small3_2"), mistral, false),
-            (real!("ministral3_reasoning"), mistral, false),
+            (real!("ministral3_reasoning"), mistral, false), // `[THINK]` (think.rs)
             (real!("devstral_small"), mistral, false),
             (
                 real!("deepseek_r1_distill_qwen"),

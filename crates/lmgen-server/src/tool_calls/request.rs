@@ -222,7 +222,7 @@ impl Tools {
             if plan.grammar.is_some() {
                 return Err(ApiError::invalid(
                     "tool_choice",
-                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format`",
+                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format` or a grammar (`grammar`, `guided_grammar`)",
                 ));
             }
             plan.grammar = Some(Grammar::Lark(grammar));

@@ -1,5 +1,5 @@
-//! Structured output: generated text that must match a JSON schema, a regular expression or a
-//! Lark grammar, enforced token by token with [llguidance](https://github.com/guidance-ai/llguidance).
+//! Structured output: generated text that must match a JSON schema, a regular expression, a
+//! Lark grammar or a GBNF grammar (llama.cpp's; translated to Lark, see [`gbnf`]), enforced token by token with [llguidance](https://github.com/guidance-ai/llguidance).
 //!
 //! A [`StructuredOutput`] is built once per tokenizer (it indexes every token's bytes in a trie);
 //! [`StructuredOutput::processor`] compiles a [`Grammar`] into a [`GrammarLogitsProcessor`], an
@@ -14,6 +14,7 @@
 //!
 //! [`GenerateOptions::logits_processors`]: crate::generation::GenerateOptions::logits_processors
 
+pub mod gbnf;
 mod processor;
 mod tok_env;
 
@@ -44,6 +45,8 @@ pub enum Grammar {
     Regex(String),
     /// A Lark grammar (llguidance's dialect: `start: ...` rules, regex terminals, `%json` ...).
     Lark(String),
+    /// A GBNF grammar (llama.cpp's format: `root ::= ...` rules), translated to Lark.
+    Gbnf(String),
 }
 
 impl Grammar {
@@ -54,11 +57,12 @@ impl Grammar {
             Grammar::JsonObject => "json_object",
             Grammar::Regex(_) => "regex",
             Grammar::Lark(_) => "grammar",
+            Grammar::Gbnf(_) => "gbnf",
         }
     }
 
-    fn to_llguidance(&self) -> TopLevelGrammar {
-        match self {
+    fn to_llguidance(&self) -> Result<TopLevelGrammar> {
+        Ok(match self {
             Grammar::JsonSchema(schema) => {
                 TopLevelGrammar::from_json_schema(with_whitespace(schema))
             }
@@ -67,7 +71,8 @@ impl Grammar {
             )),
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
-        }
+            Grammar::Gbnf(gbnf) => TopLevelGrammar::from_lark(gbnf::to_lark(gbnf)?),
+        })
     }
 }
 
@@ -131,7 +136,7 @@ impl StructuredOutput {
     pub fn processor(&self, grammar: &Grammar) -> Result<GrammarLogitsProcessor> {
         let parser = self
             .factory
-            .create_parser(grammar.to_llguidance())
+            .create_parser(grammar.to_llguidance()?)
             .map_err(|e| Error::input(format!("`{}` does not compile: {e}", grammar.kind())))?;
         Ok(GrammarLogitsProcessor::new(
             llguidance::Matcher::new(Ok(parser)),
