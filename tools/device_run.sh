@@ -6,6 +6,7 @@
 #   tools/device_run.sh conformance     golden cases on the GPU: f32 must match, bf16 agreement reported
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh check-kernels   lmgen's fused CUDA kernels against the candle ops they replace
+#   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
 #   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
@@ -132,6 +133,18 @@ while [ $# -gt 0 ]; do
     check-kernels)
         # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.
         timeout 120 "$BIN/generate_speed" --check-kernels --device cuda 2>&1 | tee "$OUT/check_kernels.txt"
+        ;;
+    fused-ab)
+        # Batch-1 decode of one build with and without lmgen's fused kernels (generate_speed
+        # --no-fused), same checkpoints and settings as `compare` (prompt 128, 128 new, bf16).
+        for shape in ${FUSED_AB_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            for mode in --no-fused ""; do
+                echo "== $shape ${mode:-fused}"
+                timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                    --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
+            done
+        done
         ;;
     profile)
         # Kernel launches and host waits of batch-1 decode (nsys, when the machine has it):

@@ -19,11 +19,29 @@ pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::decode_attention;
 pub use swiglu::swiglu;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Tensor};
 
-/// Whether `t` is a CUDA tensor of a dtype the kernels are built for.
+/// Whether the fused kernels are used (the default); see [`set_enabled`].
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns lmgen's CUDA fast paths off (or back on) for the whole process, so one build can be
+/// measured both ways on the same machine (`generate_speed --no-fused`): the fused kernels (off,
+/// every op is candle's), and for devices opened afterwards, the event tracking that
+/// [`crate::device::parse`] turns off.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether lmgen's CUDA fast paths are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether `t` is a CUDA tensor of a dtype the kernels are built for, and they are enabled.
 fn applies(t: &Tensor) -> bool {
-    t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+    enabled() && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
 /// The PTX of `kernels/fused.cu` and the name candle caches its module under.
