@@ -1,5 +1,6 @@
 //! Checks of each fused kernel against the candle op sequence it replaces, on a GPU (CI has none:
-//! the device machine runs them through `generate_speed --check-kernels`).
+//! the device machine, which has no cargo, runs them through `generate_speed --check-kernels`;
+//! with cargo and a GPU, `cargo test --features cuda -- --ignored fused_kernels`).
 //!
 //! Inputs are deterministic pseudo-random values; each kernel runs in f32, f16 and bf16 and is
 //! compared with the candle ops in the same dtype (f32: 1e-5; half precision: two units in the
@@ -160,4 +161,19 @@ fn decode_attention(
     let f32 = |t: &Tensor| t.to_dtype(DType::F32);
     let exact = attend(&f32(&q)?, &f32(&k)?, &f32(&v)?, None, scores)?;
     compare(&format!("{what} vs f32"), &got, &exact, tolerance(dtype))
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+
+    /// The same checks from `cargo test --features cuda -- --ignored` on a machine with a GPU.
+    #[test]
+    #[ignore = "needs a GPU"]
+    fn fused_kernels_match_candle_ops() -> Result<()> {
+        for line in run(&Device::new_cuda(0)?)? {
+            assert!(line.starts_with("ok "), "{line}");
+        }
+        Ok(())
+    }
 }
