@@ -5,6 +5,9 @@
 #
 #   tools/device_run.sh conformance     golden cases on the GPU: f32 must match, bf16 agreement reported
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
+#   tools/device_run.sh check-kernels   lmgen's fused CUDA kernels against the candle ops they replace
+#   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
+#   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
@@ -126,6 +129,40 @@ while [ $# -gt 0 ]; do
         fi
         timeout ${OOM_TIMEOUT:-150} python3 tools/gpu_oom_check.py "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" \
             "$OUT/oom_stderr.txt" 2>&1 | tee "$OUT/oom.txt"
+        ;;
+    check-kernels)
+        # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.
+        timeout 120 "$BIN/generate_speed" --check-kernels --device cuda 2>&1 | tee "$OUT/check_kernels.txt"
+        ;;
+    fused-ab)
+        # Batch-1 decode of one build with and without lmgen's fused kernels (generate_speed
+        # --no-fused), same checkpoints and settings as `compare` (prompt 128, 128 new, bf16).
+        for shape in ${FUSED_AB_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            for mode in --no-fused ""; do
+                echo "== $shape ${mode:-fused}"
+                timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                    --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
+            done
+        done
+        ;;
+    profile)
+        # Kernel launches and host waits of batch-1 decode (nsys, when the machine has it):
+        # generate_speed at batch 1 on the Qwen2.5-0.5B shape, the CUDA API and kernel summaries.
+        shape=${PROFILE_SHAPE:-qwen2.5-0.5b}
+        python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+        NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+        if [ -z "$NSYS" ]; then
+            echo "no nsys on this machine"
+        else
+            timeout 300 "$NSYS" profile -t cuda,nvtx -o "$OUT/profile_$shape" --force-overwrite true \
+                "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                --prompt 128 --new ${PROFILE_NEW:-64} --prefill 128 --batches 1 --reps 1 >/dev/null 2>&1
+            "$NSYS" stats -q --report cuda_api_sum,cuda_gpu_kern_sum,cuda_gpu_mem_time_sum --format csv \
+                "$OUT/profile_$shape.nsys-rep" >"$OUT/profile_$shape.csv" 2>&1
+            rm -f "$OUT/profile_$shape.nsys-rep" "$OUT/profile_$shape.sqlite"
+            head -c 6000 "$OUT/profile_$shape.csv"
+        fi
         ;;
     bench)
         # `lmgen bench --device cuda` on random-weight checkpoints written by transformers.

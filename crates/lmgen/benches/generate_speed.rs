@@ -6,6 +6,8 @@
 //! ```text
 //! cargo bench -p lmgen --bench generate_speed -- --model DIR [--device cuda] [--dtype bf16]
 //!     [--ids ids.json] [--prompt 128] [--new 128] [--prefill 512] [--batches 1,8,32,64] [--reps 3]
+//! generate_speed --check-kernels --device cuda   # lmgen's fused kernels against candle's ops
+//! generate_speed --no-fused ...                   # the same run without them (candle's ops only)
 //! ```
 //!
 //! `ids.json` (optional): `{"prompts": [[...], ...], "long": [...]}`: batch rows of `--prompt`
@@ -42,6 +44,11 @@ struct Args {
     prefill: usize,
     batches: Vec<usize>,
     reps: usize,
+    /// `--check-kernels`: run lmgen's fused-kernel checks on the device and exit.
+    check_kernels: bool,
+    /// `--no-fused`: without lmgen's CUDA fast paths (fused kernels, no event tracking): candle's
+    /// ops as before them, an A/B of one build.
+    no_fused: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -55,11 +62,24 @@ fn parse_args() -> anyhow::Result<Args> {
         prefill: 512,
         batches: vec![1, 8, 32, 64],
         reps: 3,
+        check_kernels: false,
+        no_fused: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--bench" {
             continue; // cargo bench passes it
+        }
+        match flag.as_str() {
+            "--check-kernels" => {
+                a.check_kernels = true;
+                continue;
+            }
+            "--no-fused" => {
+                a.no_fused = true;
+                continue;
+            }
+            _ => {}
         }
         let mut value = || {
             it.next()
@@ -90,7 +110,10 @@ fn parse_args() -> anyhow::Result<Args> {
             other => anyhow::bail!("unknown argument `{other}`"),
         }
     }
-    anyhow::ensure!(!a.model.is_empty(), "`--model DIR` is required");
+    anyhow::ensure!(
+        a.check_kernels || !a.model.is_empty(),
+        "`--model DIR` is required"
+    );
     Ok(a)
 }
 
@@ -138,7 +161,15 @@ fn fixed_ids(n: usize, vocab: usize, salt: u64) -> Vec<TokenId> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    lmgen::cuda::set_enabled(!args.no_fused); // before the device opens
     let dev = device::parse(&args.device)?;
+    if args.check_kernels {
+        // lmgen's fused kernels against the candle ops they replace (GPU only).
+        for line in lmgen::cuda::self_test::run(&dev)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let t0 = Instant::now();
     let options = LoadOptions {
         dtype: Some(args.dtype),

@@ -34,9 +34,23 @@ pub fn parse(name: &str) -> Result<Device> {
     cuda(ordinal).map_err(error)
 }
 
+/// Opens GPU `ordinal`. Unless lmgen's CUDA fast paths are off ([`crate::cuda::set_enabled`]),
+/// without cudarc's event tracking: that creates two CUDA events for every allocation (every op's
+/// output) and destroys them with it, a cost on every op, and only synchronises work across
+/// streams, while lmgen runs all of a device's work on the one stream candle opens it with.
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| format!("could not be opened: {e}"))
+    let device = Device::new_cuda(ordinal).map_err(|e| format!("could not be opened: {e}"))?;
+    if let (Device::Cuda(gpu), true) = (&device, crate::cuda::enabled()) {
+        // SAFETY: cudarc's contract for turning tracking off is that the caller orders work
+        // across streams itself; every tensor of this device is made and used on its one stream
+        // (candle's per-thread default stream; lmgen creates no other).
+        #[allow(unsafe_code)]
+        unsafe {
+            gpu.disable_event_tracking()
+        };
+    }
+    Ok(device)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -28,6 +28,7 @@ pub mod allocator;
 pub mod audio;
 pub mod cache;
 pub mod chat_template;
+pub mod cuda;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -265,6 +265,24 @@ fn residual(x: Tensor, h: Tensor, multiplier: Option<f64>) -> Result<Tensor> {
     })
 }
 
+/// `x = residual(x, branch)`, then `norm(x)` (the identity without a norm): one fused launch on
+/// a GPU where there is a norm and no residual multiplier ([`RmsNorm::forward_after_add`]).
+fn add_then_norm(
+    x: &mut Tensor,
+    branch: Tensor,
+    norm: &Option<RmsNorm>,
+    multiplier: Option<f64>,
+) -> Result<Tensor> {
+    if let (Some(n), None) = (norm, multiplier) {
+        if let Some((sum, normed)) = n.forward_after_add(x, &branch)? {
+            *x = sum;
+            return Ok(normed);
+        }
+    }
+    *x = residual(x.clone(), branch, multiplier)?;
+    norm_opt(norm, x.clone())
+}
+
 fn norm_opt(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
     match norm {
         Some(n) => n.forward(&x),
@@ -289,6 +307,9 @@ impl CausalLM for Decoder {
         let mut attentions = input.output_attentions.then(Vec::new);
         let rm = self.config.residual_multiplier;
         let n = layers_to_run(input, self.layers.len());
+        // The MLP output of the previous layer, not yet added to `x`: added by the next layer,
+        // fused with its first norm ([`add_then_norm`]), unless the hidden states are kept.
+        let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers[..n].iter().enumerate() {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
@@ -305,7 +326,10 @@ impl CausalLM for Decoder {
                 padding_queries: masks.padding_queries(),
             };
             let norms = &layer.norms;
-            let h = norm_opt(&norms.attn_in, x.clone())?;
+            let h = match pending.take() {
+                Some(branch) => add_then_norm(&mut x, branch, &norms.attn_in, rm)?,
+                None => norm_opt(&norms.attn_in, x.clone())?,
+            };
             let h = match (&layer.mixer, attentions.as_mut()) {
                 (Mixer::Attention(a), Some(weights)) => {
                     let (h, w) = a.forward_with_weights(&h, &attn_in, cache, true)?;
@@ -316,9 +340,16 @@ impl CausalLM for Decoder {
                 }
                 (mixer, _) => mixer.forward(&h, &attn_in, masks.for_state(), i, cache)?,
             };
-            x = residual(x, norm_opt(&norms.attn_out, h)?, rm)?;
-            let h = layer.mlp.forward(&norm_opt(&norms.mlp_in, x.clone())?)?;
-            x = residual(x, norm_opt(&norms.mlp_out, h)?, rm)?;
+            let h = add_then_norm(&mut x, norm_opt(&norms.attn_out, h)?, &norms.mlp_in, rm)?;
+            let h = norm_opt(&norms.mlp_out, layer.mlp.forward(&h)?)?;
+            if hidden.is_some() {
+                x = residual(x, h, rm)?;
+            } else {
+                pending = Some(h);
+            }
+        }
+        if let Some(branch) = pending {
+            x = residual(x, branch, rm)?;
         }
         let x = masks.final_norm(
             x,

@@ -248,7 +248,7 @@ impl Attention {
                     weights = Some(probs.to_dtype(DType::F32)?); // [b, nh, t, s]
                     out
                 } else {
-                    attend(&q, &k, &v, mask, self.scores())?
+                    self.attend_dense(&q, &k, &v, mask)?
                 };
                 match input.padding_queries {
                     // [b, nh, t, d] * [b, 1, t, 1]
@@ -285,6 +285,24 @@ impl Attention {
             softcap: self.softcap,
             sinks: self.sinks.as_ref(),
         }
+    }
+
+    /// [`Attention::attend`], through the fused decode kernel ([`crate::cuda::decode_attention`])
+    /// where it applies: one query per head on a GPU, no mask, softcap or sinks.
+    fn attend_dense(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if mask.is_none() && self.softcap.is_none() && self.sinks.is_none() {
+            // [b, nh, 1, d] x [b, nkv, s, d] -> [b, nh, 1, d]
+            if let Some(out) = crate::cuda::decode_attention(q, k, v, self.scale)? {
+                return Ok(out);
+            }
+        }
+        self.attend(q, k, v, mask)
     }
 
     /// `softmax(q k^T * scale (+ softcap) + mask) v` with this block's scores ([`attend`]).

@@ -91,6 +91,12 @@ impl GatedMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?; // [b, t, 2 * intermediate]
         let i = self.intermediate;
+        if self.act == Activation::Silu {
+            // One launch on a GPU: [b, t, 2 * intermediate] -> [b, t, intermediate]
+            if let Some(h) = crate::cuda::swiglu(&gate_up, i)? {
+                return self.down_proj.forward(&h);
+            }
+        }
         let gate = activate(&gate_up.narrow(D::Minus1, 0, i)?, self.act)?;
         let up = gate_up.narrow(D::Minus1, i, i)?;
         self.down_proj.forward(&(gate * up)?)

@@ -55,6 +55,14 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// `(x + h, norm(x + h))` in one launch on a GPU ([`crate::cuda::add_rms_norm`]), `None`
+    /// where that kernel does not apply.
+    pub fn forward_after_add(&self, x: &Tensor, h: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        crate::cuda::add_rms_norm(x, h, &self.weight, self.eps)
+    }
+}
+
 /// `nn.LayerNorm` with weight and bias.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

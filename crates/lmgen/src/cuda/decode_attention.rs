@@ -1,0 +1,152 @@
+//! Attention of one new query per head over the cached keys (decode), in one launch: what
+//! [`crate::models::layers::attention::attend`] computes without a mask, softcap or sinks, the
+//! scores and softmax kept in f32 throughout (transformers' sdpa kernels keep them in f32 too).
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// The most cached keys the kernel takes: its scores live in shared memory (4 bytes each, under
+/// the 48 KiB a launch gets without opting in).
+pub const MAX_KEYS: usize = 8192;
+
+/// `softmax(q k^T * scale) v`: `q` `[b, nh, 1, d]` (contiguous), `k`, `v` `[b, nkv, s, d]` (any
+/// strides with the last dim contiguous: the cache's narrowed views) -> `[b, nh, 1, d]`. `None`
+/// where the kernel does not apply (see the [module](super) docs), or past [`MAX_KEYS`].
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let (Ok((b, nh, t, d)), Ok((kb, nkv, s, kd))) = (q.dims4(), k.dims4()) else {
+        return Ok(None);
+    };
+    let fits = t == 1
+        && kb == b
+        && kd == d
+        && nkv > 0
+        && nh % nkv == 0
+        && (1..=MAX_KEYS).contains(&s)
+        && v.dims() == k.dims()
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype()
+        && q.is_contiguous()
+        && k.stride()[3] == 1
+        && v.stride()[3] == 1;
+    if !super::applies(q) || !fits {
+        return Ok(None);
+    }
+    imp::run(q, k, v, scale as f32)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(_: &Tensor, _: &Tensor, _: &Tensor, _: f32) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaStorage, Map3, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use super::*;
+
+    /// Threads per block: 8 warps share the keys, then `256 / d` groups share the values.
+    const THREADS: usize = 256;
+
+    pub fn run(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
+        Ok(Some(q.apply_op3_no_bwd(
+            k,
+            v,
+            &DecodeAttention { scale },
+        )?))
+    }
+
+    struct DecodeAttention {
+        scale: f32,
+    }
+
+    impl Map3 for DecodeAttention {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            q: &CudaSlice<T>,
+            lq: &Layout,
+            k: &CudaSlice<T>,
+            lk: &Layout,
+            v: &CudaSlice<T>,
+            lv: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let q = match lq.contiguous_offsets() {
+                Some((a, b)) => q.slice(a..b),
+                None => return Err(crate::cuda::cuda_only("decode_attention (a contiguous q)")),
+            };
+            let (k, v) = (k.slice(lk.start_offset()..), v.slice(lv.start_offset()..));
+            let [b, nh, _, d] = <[usize; 4]>::try_from(lq.dims())
+                .map_err(|_| crate::cuda::cuda_only("decode_attention (q of rank 4)"))?;
+            let (nkv, s) = (lk.dims()[1], lk.dims()[2]);
+            let out = unsafe { dev.alloc::<T>(b * nh * d)? };
+            let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_decode_attention")?;
+            let groups = (THREADS / d).max(1);
+            let cfg = LaunchConfig {
+                grid_dim: (nh as u32, b as u32, 1),
+                block_dim: (THREADS as u32, 1, 1),
+                shared_mem_bytes: (4 * (d + s + groups * d)) as u32,
+            };
+            let (ks, vs) = (lk.stride(), lv.stride());
+            let ints = [nh, nkv, s, d].map(|n| n as i32);
+            let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
+            let mut bld = stream.launch_builder(&func);
+            bld.arg(&q).arg(&k).arg(&v).arg(&out);
+            for n in &ints {
+                bld.arg(n);
+            }
+            for n in &strides {
+                bld.arg(n);
+            }
+            bld.arg(&self.scale);
+            unsafe { bld.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl candle_core::CustomOp3 for DecodeAttention {
+        fn name(&self) -> &'static str {
+            "lmgen-decode-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("decode_attention"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            lq: &Layout,
+            k: &CudaStorage,
+            lk: &Layout,
+            v: &CudaStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = q.device();
+            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
+            let out = CudaStorage {
+                slice,
+                device: dev.clone(),
+            };
+            Ok((out, lq.shape().clone()))
+        }
+    }
+}

@@ -1,0 +1,165 @@
+// lmgen's fused CUDA kernels for decode: each replaces a sequence of candle ops that would
+// otherwise be one launch each. Compiled to PTX by crates/lmgen/build.rs (feature `cuda` only)
+// and loaded through candle's custom-module cache (src/cuda/mod.rs). One `extern "C"` entry per
+// dtype, named `{kernel}_{f32,bf16,f16}` as candle's `kernel_name` spells them.
+//
+// Arithmetic follows the candle ops each kernel replaces: values are widened to f32, and results
+// rounded to the storage dtype where candle's op sequence stores them.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    return v;
+}
+
+// Sum (or max) over the block; every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : 0.f;
+    return warp_sum(v);
+}
+__device__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// Residual add then RMSNorm, one block per row: `sum = x + h` (rounded to T, as candle's add),
+// `normed = sum / sqrt(mean(sum^2) + eps) * w` (in f32, as candle's rmsnorm).
+// x, h: [rows, dim]; w: [dim]; out: [2, rows, dim] = [sum, normed].
+template <typename T>
+__device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int rows, int dim, float eps) {
+    __shared__ float scratch[32];
+    int row = blockIdx.x;
+    const T* xr = x + (size_t)row * dim;
+    const T* hr = h + (size_t)row * dim;
+    T* sum = out + (size_t)row * dim;
+    T* normed = out + (size_t)rows * dim + (size_t)row * dim;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        T s = from_f<T>(to_f(xr[i]) + to_f(hr[i]));
+        sum[i] = s;
+        float f = to_f(s);
+        ss += f * f;
+    }
+    ss = block_sum(ss, scratch);
+    float inv = rsqrtf(ss / dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        normed[i] = from_f<T>(to_f(sum[i]) * inv * to_f(w[i]));
+    }
+}
+
+// SiLU-gated product over a fused gate/up projection: gate_up [rows, 2 * inter] (the gate's
+// columns first) -> out [rows, inter] = silu(gate) * up, silu rounded to T first (candle's
+// `silu` then `mul`).
+template <typename T>
+__device__ void swiglu(const T* gate_up, T* out, int rows, int inter) {
+    size_t n = (size_t)rows * inter;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / inter, c = i % inter;
+        float g = to_f(gate_up[r * 2 * inter + c]);
+        float u = to_f(gate_up[r * 2 * inter + inter + c]);
+        float s = to_f(from_f<T>(g / (1.f + expf(-g))));
+        out[i] = from_f<T>(s * u);
+    }
+}
+
+// Attention of one query per head over `s` cached keys (decode), grouped-query heads:
+// `softmax(q k^T * scale) v` with scores and softmax in f32.
+// q: [b, nh, 1, d] contiguous; k, v: [b, nkv, s, d] with the last dim contiguous and element
+// strides (batch, head, position) given; out: [b, nh, 1, d]. One block per (head, batch);
+// dynamic shared memory: d + s floats (the query, then the scores) + the group partials.
+template <typename T>
+__device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d,
+                                 long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,
+                                 long long v_ss, float scale) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[32];
+    float* qs = smem;          // [d]
+    float* scores = smem + d;  // [s]
+    float* partial = scores + s; // [groups, d]
+    int head = blockIdx.x, batch = blockIdx.y;
+    int kvh = head / (nh / nkv);
+    const T* qp = q + ((size_t)batch * nh + head) * d;
+    const T* kp = k + batch * k_sb + kvh * k_sh;
+    const T* vp = v + batch * v_sb + kvh * v_sh;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = to_f(qp[i]);
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int j = warp; j < s; j += nwarps) {
+        const T* kr = kp + j * k_ss;
+        float acc = 0.f;
+        for (int i = lane; i < d; i += 32) acc += qs[i] * to_f(kr[i]);
+        acc = warp_sum(acc);
+        if (lane == 0) scores[j] = acc * scale;
+    }
+    __syncthreads();
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < s; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_max(m, scratch);
+    float l = 0.f;
+    for (int j = threadIdx.x; j < s; j += blockDim.x) {
+        float e = expf(scores[j] - m);
+        scores[j] = e;
+        l += e;
+    }
+    l = block_sum(l, scratch); // its __syncthreads also publishes the exponentials
+    __syncthreads();
+    int groups = blockDim.x / d;
+    if (groups < 1) groups = 1;
+    int g = threadIdx.x / d, c = threadIdx.x % d;
+    if (g < groups) {
+        for (int cc = c; cc < d; cc += (groups == 1 ? blockDim.x : d)) {
+            float acc = 0.f;
+            for (int j = g; j < s; j += groups) acc += scores[j] * to_f(vp[j * v_ss + cc]);
+            partial[g * d + cc] = acc;
+        }
+    }
+    __syncthreads();
+    T* op = out + ((size_t)batch * nh + head) * d;
+    for (int cc = threadIdx.x; cc < d; cc += blockDim.x) {
+        float acc = 0.f;
+        for (int gg = 0; gg < groups; gg++) acc += partial[gg * d + cc];
+        op[cc] = from_f<T>(acc / l);
+    }
+}
+
+#define FUSED_OPS(T, SUFFIX)                                                                            \
+    extern "C" __global__ void lmgen_add_rms_norm_##SUFFIX(const T* x, const T* h, const T* w, T* out,  \
+                                                           int rows, int dim, float eps) {              \
+        add_rms_norm<T>(x, h, w, out, rows, dim, eps);                                                  \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_swiglu_##SUFFIX(const T* gate_up, T* out, int rows, int inter) {   \
+        swiglu<T>(gate_up, out, rows, inter);                                                           \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_decode_attention_##SUFFIX(                                         \
+        const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d, long long k_sb,      \
+        long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss, float scale) {  \
+        decode_attention<T>(q, k, v, out, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, scale);    \
+    }
+
+FUSED_OPS(float, f32)
+FUSED_OPS(__nv_bfloat16, bf16)
+FUSED_OPS(__half, f16)

@@ -1,0 +1,73 @@
+//! lmgen's own CUDA kernels for decode (`kernels/fused.cu`): each replaces a sequence of candle
+//! ops, one launch each, by one launch.
+//!
+//! - [`add_rms_norm`]: the residual add and the next RMSNorm (2 launches -> 1);
+//! - [`swiglu`]: `silu(gate) * up` over the fused gate/up projection (2 -> 1);
+//! - [`decode_attention`]: one query per head over the cached keys, grouped-query heads
+//!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1).
+//!
+//! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
+//! bf16, a layout it does not take, or a build without the `cuda` feature): the caller then runs
+//! the candle ops. [`self_test`] checks each against those ops on a GPU.
+
+mod add_rms_norm;
+mod decode_attention;
+pub mod self_test;
+mod swiglu;
+
+pub use add_rms_norm::add_rms_norm;
+pub use decode_attention::decode_attention;
+pub use swiglu::swiglu;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+
+/// Whether the fused kernels are used (the default); see [`set_enabled`].
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns lmgen's CUDA fast paths off (or back on) for the whole process, so one build can be
+/// measured both ways on the same machine (`generate_speed --no-fused`): the fused kernels (off,
+/// every op is candle's), and for devices opened afterwards, the event tracking that
+/// [`crate::device::parse`] turns off.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether lmgen's CUDA fast paths are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether `t` is a CUDA tensor of a dtype the kernels are built for, and they are enabled.
+fn applies(t: &Tensor) -> bool {
+    enabled() && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The PTX of `kernels/fused.cu` and the name candle caches its module under.
+#[cfg(feature = "cuda")]
+mod ptx {
+    pub const FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    pub const MODULE: &str = "lmgen_fused";
+}
+
+/// The error for the CPU path of a CUDA-only op (never taken: callers check [`applies`]).
+#[cfg(feature = "cuda")]
+fn cuda_only(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{name} runs on CUDA only"))
+}
+
+/// Loads (once) the kernel `{root}_{dtype}` of `kernels/fused.cu`; returns it with the device's
+/// stream, which launches it (`stream.launch_builder(&func)`).
+#[cfg(feature = "cuda")]
+fn func<T: candle_core::WithDType>(
+    dev: &candle_core::CudaDevice,
+    root: &str,
+) -> candle_core::Result<(
+    std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    candle_core::cuda_backend::cudarc::driver::CudaFunction,
+)> {
+    let name = candle_core::cuda_backend::kernel_name::<T>(root);
+    let func = dev.get_or_load_custom_func(&name, ptx::MODULE, ptx::FUSED)?;
+    Ok((dev.cuda_stream(), func.into_cuda_function()))
+}

@@ -1,0 +1,179 @@
+//! Checks of each fused kernel against the candle op sequence it replaces, on a GPU (CI has none:
+//! the device machine, which has no cargo, runs them through `generate_speed --check-kernels`;
+//! with cargo and a GPU, `cargo test --features cuda -- --ignored fused_kernels`).
+//!
+//! Inputs are deterministic pseudo-random values; each kernel runs in f32, f16 and bf16 and is
+//! compared with the candle ops in the same dtype (f32: 1e-5; half precision: two units in the
+//! last place of the dtype, relative to `1 + |reference|`). Attention in half precision is also
+//! compared with the f32 reference of the same inputs, since candle rounds the scores to the dtype
+//! and the kernel does not.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::error::{Error, Result};
+use crate::models::layers::attention::{attend, Scores};
+
+/// Runs every check on `device`; one line per check, or the first mismatch as an error.
+pub fn run(device: &Device) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        report.push(add_rms_norm(device, dtype)?);
+        report.push(swiglu(device, dtype)?);
+        for (nh, nkv, d, s) in [
+            (14, 2, 64, 1),
+            (14, 2, 64, 37),
+            (14, 2, 64, 300),
+            (32, 8, 128, 2000),
+            (4, 4, 80, 129),
+        ] {
+            report.push(decode_attention(device, dtype, (nh, nkv, d, s))?);
+        }
+    }
+    Ok(report)
+}
+
+/// `n` values in [-2, 2) from a fixed linear congruential sequence.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Ok(Tensor::from_vec(values(n, seed), shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?)
+}
+
+/// The tolerance of a comparison in `dtype`.
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2.0 * 2f32.powi(-10),
+        _ => 2.0 * 2f32.powi(-7),
+    }
+}
+
+/// `max |got - want| / (1 + |want|)`, or an error naming `what` past `tol`.
+fn compare(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<String> {
+    if got.dims() != want.dims() {
+        return Err(mismatch(format!(
+            "{what}: shape {:?}, expected {:?}",
+            got.dims(),
+            want.dims()
+        )));
+    }
+    let (g, w) = (got.to_dtype(DType::F32)?, want.to_dtype(DType::F32)?);
+    let err = ((&g - &w)?.abs()? / (w.abs()? + 1.0)?)?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    if err.is_nan() || err > tol {
+        return Err(mismatch(format!("{what}: error {err:e} over {tol:e}")));
+    }
+    Ok(format!("ok {what}: error {err:e} (tolerance {tol:e})"))
+}
+
+fn mismatch(msg: String) -> Error {
+    Error::Tensor(candle_core::Error::Msg(format!(
+        "fused kernel check failed: {msg}"
+    )))
+}
+
+fn missing(what: &str) -> Error {
+    mismatch(format!("{what}: the kernel did not apply"))
+}
+
+fn add_rms_norm(device: &Device, dtype: DType) -> Result<String> {
+    let (rows, dim, eps) = (3, 896, 1e-6);
+    let x = tensor(&[1, rows, dim], 1, dtype, device)?;
+    let h = tensor(&[1, rows, dim], 2, dtype, device)?;
+    let w = tensor(&[dim], 3, dtype, device)?;
+    let (sum, normed) =
+        super::add_rms_norm(&x, &h, &w, eps)?.ok_or_else(|| missing("add_rms_norm"))?;
+    let want_sum = (&x + &h)?;
+    let want = candle_nn::ops::rms_norm(&want_sum, &w, eps)?;
+    let tol = tolerance(dtype);
+    compare(&format!("add_rms_norm {dtype:?} sum"), &sum, &want_sum, 0.0)?;
+    compare(
+        &format!("add_rms_norm {dtype:?} [{rows}, {dim}]"),
+        &normed,
+        &want,
+        tol,
+    )
+}
+
+fn swiglu(device: &Device, dtype: DType) -> Result<String> {
+    let (rows, inter) = (2, 4864);
+    let gate_up = tensor(&[1, rows, 2 * inter], 4, dtype, device)?;
+    let got = super::swiglu(&gate_up, inter)?.ok_or_else(|| missing("swiglu"))?;
+    let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?;
+    let want = (gate * gate_up.narrow(D::Minus1, inter, inter)?)?;
+    compare(
+        &format!("swiglu {dtype:?} [{rows}, {inter}]"),
+        &got,
+        &want,
+        tolerance(dtype),
+    )
+}
+
+fn decode_attention(
+    device: &Device,
+    dtype: DType,
+    (nh, nkv, d, s): (usize, usize, usize, usize),
+) -> Result<String> {
+    let b = 2;
+    let scale = (d as f64).powf(-0.5);
+    let q = tensor(&[b, nh, 1, d], 5, dtype, device)?;
+    // Views of a larger cache, as the KV cache hands them out: [b, nkv, s, d] of capacity s + 7.
+    let k_cache = tensor(&[b, nkv, s + 7, d], 6, dtype, device)?;
+    let v_cache = tensor(&[b, nkv, s + 7, d], 7, dtype, device)?;
+    let (k, v) = (k_cache.narrow(2, 0, s)?, v_cache.narrow(2, 0, s)?);
+    let got =
+        super::decode_attention(&q, &k, &v, scale)?.ok_or_else(|| missing("decode_attention"))?;
+    let scores = Scores {
+        scale,
+        softcap: None,
+        sinks: None,
+    };
+    let what = format!("decode_attention {dtype:?} nh {nh} nkv {nkv} d {d} s {s}");
+    let want = attend(&q, &k, &v, None, scores)?;
+    if dtype == DType::F32 {
+        return compare(&what, &got, &want, tolerance(dtype));
+    }
+    // candle rounds the scores to the dtype; the kernel keeps f32: within a few units of the
+    // dtype of candle's result, and within its rounding of the f32 reference.
+    compare(
+        &format!("{what} vs candle"),
+        &got,
+        &want,
+        4.0 * tolerance(dtype),
+    )?;
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let exact = attend(&f32(&q)?, &f32(&k)?, &f32(&v)?, None, scores)?;
+    compare(&format!("{what} vs f32"), &got, &exact, tolerance(dtype))
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+
+    /// The same checks from `cargo test --features cuda -- --ignored` on a machine with a GPU.
+    #[test]
+    #[ignore = "needs a GPU"]
+    fn fused_kernels_match_candle_ops() -> Result<()> {
+        for line in run(&Device::new_cuda(0)?)? {
+            assert!(line.starts_with("ok "), "{line}");
+        }
+        Ok(())
+    }
+}
