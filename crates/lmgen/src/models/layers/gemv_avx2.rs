@@ -20,8 +20,20 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-/// Whether this CPU runs the kernels of this file.
+/// Whether this CPU runs the kernels of this file (and of the other run-time chosen CPU kernels),
+/// decided once per process. `LMGEN_CPU_KERNELS=portable` turns them off, to compare against the
+/// portable code (which a `-C target-cpu=native` build vectorises for the CPU it was built on) or
+/// to rule the kernels out when a result looks wrong (oneDNN's `ONEDNN_MAX_CPU_ISA` is the same
+/// kind of switch).
 pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let off = std::env::var("LMGEN_CPU_KERNELS").is_ok_and(|v| v == "portable");
+        !off && cpu_has_avx2_fma_f16c()
+    })
+}
+
+fn cpu_has_avx2_fma_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2")
