@@ -139,8 +139,8 @@ while [ $# -gt 0 ]; do
         # --no-fused), same checkpoints and settings as `compare` (prompt 128, 128 new, bf16).
         for shape in ${FUSED_AB_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
             python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
-            for mode in --no-fused ""; do
-                echo "== $shape ${mode:-fused}"
+            for mode in --no-fused --fused; do
+                echo "== $shape $mode"
                 timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
                     --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
             done

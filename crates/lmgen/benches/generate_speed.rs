@@ -7,7 +7,8 @@
 //! cargo bench -p lmgen --bench generate_speed -- --model DIR [--device cuda] [--dtype bf16]
 //!     [--ids ids.json] [--prompt 128] [--new 128] [--prefill 512] [--batches 1,8,32,64] [--reps 3]
 //! generate_speed --check-kernels --device cuda   # lmgen's fused kernels against candle's ops
-//! generate_speed --no-fused ...                   # the same run without them (candle's ops only)
+//! generate_speed --fused ...                      # with them (off by default until measured)
+//! generate_speed --no-fused ...                   # without them (candle's ops only)
 //! ```
 //!
 //! `ids.json` (optional): `{"prompts": [[...], ...], "long": [...]}`: batch rows of `--prompt`
@@ -46,9 +47,10 @@ struct Args {
     reps: usize,
     /// `--check-kernels`: run lmgen's fused-kernel checks on the device and exit.
     check_kernels: bool,
-    /// `--no-fused`: without lmgen's CUDA fast paths (fused kernels, no event tracking): candle's
-    /// ops as before them, an A/B of one build.
-    no_fused: bool,
+    /// `--fused` / `--no-fused`: with or without lmgen's CUDA fast paths (fused kernels, no
+    /// event tracking), an A/B of one build; without either, `LMGEN_CUDA_KERNELS` decides (off
+    /// unless it is `fused`).
+    fused: Option<bool>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -63,7 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
         batches: vec![1, 8, 32, 64],
         reps: 3,
         check_kernels: false,
-        no_fused: false,
+        fused: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,10 +75,11 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--check-kernels" => {
                 a.check_kernels = true;
+                a.fused = Some(true);
                 continue;
             }
-            "--no-fused" => {
-                a.no_fused = true;
+            "--fused" | "--no-fused" => {
+                a.fused = Some(flag == "--fused");
                 continue;
             }
             _ => {}
@@ -161,7 +164,9 @@ fn fixed_ids(n: usize, vocab: usize, salt: u64) -> Vec<TokenId> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    lmgen::cuda::set_enabled(!args.no_fused); // before the device opens
+    if let Some(on) = args.fused {
+        lmgen::cuda::set_enabled(on); // before the device opens
+    }
     let dev = device::parse(&args.device)?;
     if args.check_kernels {
         // lmgen's fused kernels against the candle ops they replace (GPU only).

@@ -20,23 +20,32 @@ pub use decode_attention::decode_attention;
 pub use swiglu::swiglu;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
-/// Whether the fused kernels are used (the default); see [`set_enabled`].
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns lmgen's CUDA fast paths off (or back on) for the whole process, so one build can be
-/// measured both ways on the same machine (`generate_speed --no-fused`): the fused kernels (off,
-/// every op is candle's), and for devices opened afterwards, the event tracking that
-/// [`crate::device::parse`] turns off.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+/// Whether the fast paths are on: off unless `LMGEN_CUDA_KERNELS=fused` is set or
+/// [`set_enabled`] turns them on. They stay off by default until a GPU run has shown that they
+/// keep transformers' tokens on every golden case and measured their speed (BENCHMARKS.md); the
+/// kernel checks of [`self_test`] alone have passed.
+fn flag() -> &'static AtomicBool {
+    static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
+    ENABLED.get_or_init(|| {
+        AtomicBool::new(std::env::var("LMGEN_CUDA_KERNELS").is_ok_and(|v| v == "fused"))
+    })
 }
 
-/// Whether lmgen's CUDA fast paths are on ([`set_enabled`]).
+/// Turns lmgen's CUDA fast paths on (or off) for the whole process, so one build can be
+/// measured both ways on the same machine (`generate_speed --fused` / `--no-fused`): the fused
+/// kernels (off: every op is candle's), and for devices opened afterwards, the event tracking
+/// that [`crate::device::parse`] turns off.
+pub fn set_enabled(on: bool) {
+    flag().store(on, Ordering::Relaxed);
+}
+
+/// Whether lmgen's CUDA fast paths are on ([`set_enabled`], `LMGEN_CUDA_KERNELS=fused`).
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    flag().load(Ordering::Relaxed)
 }
 
 /// Whether `t` is a CUDA tensor of a dtype the kernels are built for, and they are enabled.

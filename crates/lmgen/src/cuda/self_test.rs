@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::{Error, Result};
 use crate::models::layers::attention::{attend, Scores};
 
-/// Runs every check on `device`; one line per check, or the first mismatch as an error.
+/// Runs every check on `device`; one line per check, or the first mismatch as an error. The fast
+/// paths must be on ([`super::set_enabled`]), or each check reports its kernel missing.
 pub fn run(device: &Device) -> Result<Vec<String>> {
     let mut report = Vec::new();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -171,6 +172,7 @@ mod tests {
     #[test]
     #[ignore = "needs a GPU"]
     fn fused_kernels_match_candle_ops() -> Result<()> {
+        super::super::set_enabled(true);
         for line in run(&Device::new_cuda(0)?)? {
             assert!(line.starts_with("ok "), "{line}");
         }
