@@ -22,6 +22,12 @@ use candle_core::quantized::k_quants::BlockQ8_0;
 /// Bytes of a Q8_0 block: an f16 scale, then 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
 
+/// How far ahead of each weight row's current block to prefetch: 16 blocks, about the latency of
+/// a read from the last-level cache at the rate a core consumes blocks. Without it the 4-row tile
+/// was slower than candle's one-row loop (SmolLM2-135M Q8_0 batch-1 decode 45 against 49 tokens/s
+/// on the development machine); with it, 49-50.
+const PREFETCH_BYTES: usize = 16 * BLOCK_BYTES;
+
 /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows` of `w`
 /// and the `m` activation rows of `x`, each row `blocks` blocks long.
 ///
@@ -127,6 +133,8 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         }
         for j in 0..NR {
             let p = w.add(j * stride + b * BLOCK_BYTES);
+            // A prefetch does not fault, so past the last row is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast::<i8>());
             let wd = scale(p);
             let wq = _mm256_loadu_si256(p.add(2).cast::<__m256i>());
             let aw = _mm256_sign_epi8(wq, wq);

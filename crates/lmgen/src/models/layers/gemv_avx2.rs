@@ -46,6 +46,12 @@ fn cpu_has_avx2_fma_f16c() -> bool {
     }
 }
 
+/// How far ahead of each weight row's current position the half-precision kernels prefetch, in
+/// elements (256 bytes): measured on SmolLM2-135M f16, batch-1 decode 33 -> 37 tokens/s on the
+/// development machine; the f32 kernel, whose rows stream twice as many bytes per multiply-add,
+/// ran no faster with it (28-29 either way) and goes without.
+const PREFETCH_ELEMS: usize = 128;
+
 /// A weight element type the kernels read.
 pub trait WeightElem: Copy + Sync {
     /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows`
@@ -58,7 +64,7 @@ pub trait WeightElem: Copy + Sync {
 }
 
 macro_rules! kernels {
-    ($elem:ty, $tile:ident, $load:ident, $scalar:expr) => {
+    ($elem:ty, $tile:ident, $load:ident, $scalar:expr, $prefetch:literal) => {
         /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` (stride `k`) and `NR`
         /// rows of `w` (stride `k`).
         #[cfg(target_arch = "x86_64")]
@@ -78,6 +84,12 @@ macro_rules! kernels {
                     *v = _mm256_loadu_ps(x.add(i * k + p));
                 }
                 for j in 0..NR {
+                    if $prefetch {
+                        // A prefetch does not fault, so past the last row is harmless.
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            w.wrapping_add(j * k + p + PREFETCH_ELEMS).cast::<i8>(),
+                        );
+                    }
                     let wv = $load!(w.add(j * k + p));
                     for i in 0..MR {
                         acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
@@ -227,9 +239,9 @@ macro_rules! load_bf16 {
     };
 }
 
-kernels!(f32, tile_f32, load_f32, |v: f32| v);
-kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32());
-kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32());
+kernels!(f32, tile_f32, load_f32, |v: f32| v, false);
+kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32(), true);
+kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32(), true);
 
 #[cfg(test)]
 mod tests {
