@@ -114,6 +114,7 @@ unsafe fn scale(p: *const u8) -> f32 {
 /// rows that follow each other in memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // `i` and `j` index the accumulators and two other arrays
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const u8,
     w: *const u8,
