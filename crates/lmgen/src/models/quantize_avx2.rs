@@ -19,6 +19,9 @@ use std::arch::x86_64::*;
 
 use candle_core::quantized::k_quants::BlockQ8_0;
 
+#[cfg(target_arch = "x86_64")]
+use super::layers::gemv_avx2::{hsum, store};
+
 /// Bytes of a Q8_0 block: an f16 scale, then 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
 
@@ -84,23 +87,6 @@ pub unsafe fn band(
     }
 }
 
-/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn store<const MR: usize, const NR: usize>(
-    out: &[[f32; NR]; MR],
-    y_t: &mut [f32],
-    j: usize,
-    i0: usize,
-    m: usize,
-) {
-    for (i, row) in out.iter().enumerate() {
-        for (jj, v) in row.iter().enumerate() {
-            y_t[(j + jj) * m + i0 + i] = *v;
-        }
-    }
-}
-
 /// The scale of the block at `p`, widened to f32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "f16c")]
@@ -149,11 +135,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     }
     for i in 0..MR {
         for j in 0..NR {
-            let v = acc[i][j];
-            let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            out[i][j] = _mm_cvtss_f32(s);
+            out[i][j] = hsum(acc[i][j]);
         }
     }
 }

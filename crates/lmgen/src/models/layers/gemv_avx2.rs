@@ -187,9 +187,9 @@ macro_rules! band_tiles {
     }};
 }
 
-/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]`.
+/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]` (also for the Q8_0 tiles).
 #[inline(always)]
-fn store<const MR: usize, const NR: usize>(
+pub(crate) fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
     y_t: &mut [f32],
     j: usize,
@@ -203,13 +203,14 @@ fn store<const MR: usize, const NR: usize>(
     }
 }
 
-/// The sum of the 8 lanes.
+/// The sum of the 8 lanes, in the order of candle's (and ggml's) `hsum_float_8`: the halves,
+/// then pairs of the 4, then the last 2 (the Q8_0 tiles rely on it to equal candle's result).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
 }
 
