@@ -24,6 +24,9 @@ use std::arch::x86_64::*;
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8K, GgmlType};
 
+#[cfg(target_arch = "x86_64")]
+use super::layers::gemv_avx2::{hsum, store};
+
 /// Weights per super-block of every K format.
 const QK_K: usize = 256;
 
@@ -170,23 +173,6 @@ pub unsafe fn band<T: KBlock>(
     }
 }
 
-/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn store<const MR: usize, const NR: usize>(
-    out: &[[f32; NR]; MR],
-    y_t: &mut [f32],
-    j: usize,
-    i0: usize,
-    m: usize,
-) {
-    for (i, row) in out.iter().enumerate() {
-        for (jj, v) in row.iter().enumerate() {
-            y_t[(j + jj) * m + i0 + i] = *v;
-        }
-    }
-}
-
 /// Prefetches the block of `BYTES` bytes [`PREFETCH_BLOCKS`] blocks past `p`, a line every 64
 /// bytes (so that over a row's consecutive blocks no line is left out). A prefetch does not fault,
 /// so past the last row is harmless.
@@ -218,17 +204,8 @@ unsafe fn u32_at(p: *const u8) -> u32 {
     u32::from_le_bytes(std::ptr::read_unaligned(p.cast::<[u8; 4]>()))
 }
 
-/// The sum of the 8 lanes of `v`: halves added, then pairs, then the last two (candle's
-/// `hsum_float_8`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn hsum8(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-    hsum4(s)
-}
-
-/// The sum of the 4 lanes of `s`: `(s0 + s2) + (s1 + s3)`.
+/// The sum of the 4 lanes of `s`: `(s0 + s2) + (s1 + s3)` (the end of candle's `hsum_float_8`,
+/// as candle sums Q4_K's min accumulator).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -326,7 +303,7 @@ unsafe fn q4k_tile<const MR: usize, const NR: usize>(
     }
     for i in 0..MR {
         for j in 0..NR {
-            out[i][j] = hsum8(acc[i][j]) + hsum4(acc_min[i][j]);
+            out[i][j] = hsum(acc[i][j]) + hsum4(acc_min[i][j]);
         }
     }
 }
@@ -416,7 +393,7 @@ unsafe fn q6k_tile<const MR: usize, const NR: usize>(
     }
     for i in 0..MR {
         for j in 0..NR {
-            out[i][j] = hsum8(acc[i][j]);
+            out[i][j] = hsum(acc[i][j]);
         }
     }
 }
