@@ -3,9 +3,9 @@
 //!
 //! Every linear layer's `[out, in]` weight, the LM head included, and the token embedding table
 //! are quantized once at load (a tied LM head shares the embedding's blocks, as in llama.cpp);
-//! norms, biases and GPT-2's position table keep the compute dtype. Decode products run on candle's SIMD
-//! block dot products with f32 activations quantized to Q8 blocks per call, as llama.cpp does
-//! (see [`QuantizedWeight`]).
+//! norms, biases and GPT-2's position table keep the compute dtype. Decode products run on SIMD
+//! block dot products (AVX2 tiles chosen at run time, else candle's) with f32 activations
+//! quantized to Q8 blocks per call, as llama.cpp does (see [`QuantizedWeight`]).
 //! Q4_K needs rows whose length is a multiple of 256; other rows (for example SmolLM2's and
 //! Qwen2.5-0.5B's hidden sizes 576 and 896) fall back to Q8_0, as llama.cpp's `llama-quantize`
 //! falls back to another type for tensors whose rows do not split into super-blocks.
@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::models::layers::{gemv, gemv_avx2};
-use crate::models::quantize_avx2;
+use crate::models::{quantize_avx2, quantize_k_avx2};
 
 /// A quantized weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,10 +143,11 @@ fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Option<Vec<T>> {
 /// An `[out, in]` weight in a llama.cpp block format.
 ///
 /// Products with few rows of `x` (decode) quantize `x` to the format's dot-product blocks once and
-/// run candle's SIMD block dot products over the weight rows on rayon's threads, each row read once
-/// (llama.cpp's `ggml_compute_forward_mul_mat`). candle's own quantized matmul does the same work on
-/// a spinning thread pool that collapses when the cores are shared (measured here: 0.4 tokens/s
-/// instead of 12). Products with many rows (prefill) widen a band of weight rows at a time to f32
+/// run block dot products over the weight rows on rayon's threads, each row read once (llama.cpp's
+/// `ggml_compute_forward_mul_mat`): the AVX2 tiles of [`quantize_avx2`] (Q8_0) and
+/// [`quantize_k_avx2`] (Q4_K, Q6_K) where `gemv_avx2::available()`, candle's `vec_dot`
+/// otherwise. candle's own quantized matmul does the same work on a spinning thread pool that
+/// collapses when the cores are shared (measured here: 0.4 tokens/s instead of 12). Products with many rows (prefill) widen a band of weight rows at a time to f32
 /// and use the f32 matmul, which is compute-bound there.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
@@ -291,7 +292,15 @@ impl QuantizedWeight {
             let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
             let y = match &self.blocks {
                 Blocks::Q8_0(b) if gemv_avx2::available() => {
-                    few_rows_q8_0(b, &xs, m, self.rows, self.cols)
+                    few_rows_tiled(b, &xs, m, self.rows, self.cols, quantize_avx2::band)
+                }
+                Blocks::Q4K(b) if gemv_avx2::available() => {
+                    let band = quantize_k_avx2::band::<BlockQ4K>;
+                    few_rows_tiled(b, &xs, m, self.rows, self.cols, band)
+                }
+                Blocks::Q6K(b) if gemv_avx2::available() => {
+                    let band = quantize_k_avx2::band::<BlockQ6K>;
+                    few_rows_tiled(b, &xs, m, self.rows, self.cols, band)
                 }
                 Blocks::Q8_0(b) => few_rows(b, &xs, m, self.rows, self.cols),
                 Blocks::Q4K(b) => few_rows(b, &xs, m, self.rows, self.cols),
@@ -367,18 +376,36 @@ impl QuantizedWeight {
     }
 }
 
-/// [`few_rows`] for Q8_0 weights by the AVX2 tiles of [`quantize_avx2`], on a CPU that has them.
+/// A run-time chosen band kernel: `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight
+/// rows `first..first + y_t.len() / m` and the `m` rows of `x` quantized to dot-product blocks
+/// (`quantize_avx2::band`, `quantize_k_avx2::band`); unsafe to call unless
+/// `gemv_avx2::available()`.
+type Band<T> = unsafe fn(&[<T as GgmlType>::VecDotType], usize, usize, &[T], usize, &mut [f32]);
+
+/// [`few_rows`] by a band kernel that computes tiles of several activation and weight rows (the
+/// AVX2 tiles of [`quantize_avx2`] and [`quantize_k_avx2`]); the caller checked
+/// `gemv_avx2::available()`.
 #[allow(unsafe_code)]
-fn few_rows_q8_0(w: &[BlockQ8_0], x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
-    let blocks = cols / BlockQ8_0::BLCK_SIZE;
-    let mut xq = vec![BlockQ8_0::zeros(); m * blocks];
-    BlockQ8_0::from_float(x, &mut xq);
+fn few_rows_tiled<T: GgmlType>(
+    w: &[T],
+    x: &[f32],
+    m: usize,
+    rows: usize,
+    cols: usize,
+    band: Band<T>,
+) -> Vec<f32> {
+    let blocks = cols / T::VecDotType::BLCK_SIZE;
+    let mut xq = vec![T::VecDotType::zeros(); m * blocks]; // [m, blocks]
+    for (src, dst) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(blocks)) {
+        T::VecDotType::from_float(src, dst);
+    }
     let mut y_t = vec![0f32; rows * m]; // [rows, m]
     y_t.par_chunks_mut(ROWS_PER_TASK * m)
         .enumerate()
         .for_each(|(task, out)| {
-            // SAFETY: the caller checked `gemv_avx2::available()`.
-            unsafe { quantize_avx2::band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
+            // SAFETY: the caller checked `gemv_avx2::available()`, the one requirement of the
+            // band kernels; they check their slices' bounds.
+            unsafe { band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
         });
     transposed(y_t, m, rows)
 }
