@@ -49,36 +49,9 @@ pub unsafe fn band(
     assert!(x.len() >= m * blocks && w.len() >= (first + rows) * blocks);
     #[cfg(target_arch = "x86_64")]
     {
-        let xp = x.as_ptr().cast::<u8>();
+        let stride = blocks * BLOCK_BYTES;
         let wp = w.as_ptr().add(first * blocks).cast::<u8>();
-        let mut j = 0;
-        while j + 4 <= rows {
-            let wj = wp.add(j * blocks * BLOCK_BYTES);
-            let mut i = 0;
-            while i < m {
-                let xi = xp.add(i * blocks * BLOCK_BYTES);
-                if m - i >= 2 {
-                    let mut out = [[0f32; 4]; 2];
-                    tile::<2, 4>(xi, wj, blocks, &mut out);
-                    store(&out, y_t, j, i, m);
-                    i += 2;
-                } else {
-                    let mut out = [[0f32; 4]; 1];
-                    tile::<1, 4>(xi, wj, blocks, &mut out);
-                    store(&out, y_t, j, i, m);
-                    i += 1;
-                }
-            }
-            j += 4;
-        }
-        for j in j..rows {
-            let wj = wp.add(j * blocks * BLOCK_BYTES);
-            for i in 0..m {
-                let mut out = [[0f32; 1]; 1];
-                tile::<1, 1>(xp.add(i * blocks * BLOCK_BYTES), wj, blocks, &mut out);
-                y_t[j * m + i] = out[0][0];
-            }
-        }
+        sweep::<Q8_0Tiles>(x.as_ptr().cast::<u8>(), stride, wp, stride, blocks, m, y_t);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -87,11 +60,92 @@ pub unsafe fn band(
     }
 }
 
-/// The scale of the block at `p`, widened to f32.
+/// A weight block format with AVX2 tiles (Q8_0 here, Q4_K and Q6_K in
+/// [`super::quantize_k_avx2`]), for [`sweep`].
+pub trait Tile {
+    /// `out[i][j] = dot(x[i], w[j])` over `blocks` blocks, for `MR` activation rows and `NR`
+    /// weight rows that follow each other in memory.
+    ///
+    /// # Safety
+    /// [`super::layers::gemv_avx2::available`] must be true; `x` must point to `MR` rows and `w`
+    /// to `NR` rows of `blocks` blocks each.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        x: *const u8,
+        w: *const u8,
+        blocks: usize,
+        out: &mut [[f32; NR]; MR],
+    );
+}
+
+/// The Q8_0 tiles of this file.
+struct Q8_0Tiles;
+
+impl Tile for Q8_0Tiles {
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        x: *const u8,
+        w: *const u8,
+        blocks: usize,
+        out: &mut [[f32; NR]; MR],
+    ) {
+        tile::<MR, NR>(x, w, blocks, out)
+    }
+}
+
+/// Covers `y_t.len() / m` weight rows (from `w`, `w_stride` bytes apart) by the `m` activation
+/// rows (from `x`, `x_stride` bytes apart) with `T`'s tiles: weight rows 4 at a time against 2
+/// activation rows (then 1), the last weight rows one at a time; `y_t[j * m + i]` gets
+/// `dot(x[i], w[j])`.
+///
+/// # Safety
+/// As for [`Tile::tile`], over the whole band.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn sweep<T: Tile>(
+    x: *const u8,
+    x_stride: usize,
+    w: *const u8,
+    w_stride: usize,
+    blocks: usize,
+    m: usize,
+    y_t: &mut [f32],
+) {
+    let rows = y_t.len() / m;
+    let mut j = 0;
+    while j + 4 <= rows {
+        let wj = w.add(j * w_stride);
+        let mut i = 0;
+        while i < m {
+            let xi = x.add(i * x_stride);
+            if m - i >= 2 {
+                let mut out = [[0f32; 4]; 2];
+                T::tile::<2, 4>(xi, wj, blocks, &mut out);
+                store(&out, y_t, j, i, m);
+                i += 2;
+            } else {
+                let mut out = [[0f32; 4]; 1];
+                T::tile::<1, 4>(xi, wj, blocks, &mut out);
+                store(&out, y_t, j, i, m);
+                i += 1;
+            }
+        }
+        j += 4;
+    }
+    for j in j..rows {
+        let wj = w.add(j * w_stride);
+        for i in 0..m {
+            let mut out = [[0f32; 1]; 1];
+            T::tile::<1, 1>(x.add(i * x_stride), wj, blocks, &mut out);
+            y_t[j * m + i] = out[0][0];
+        }
+    }
+}
+
+/// The f16 at `p` (a block's scale), widened to f32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "f16c")]
 #[inline]
-unsafe fn scale(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = std::ptr::read_unaligned(p.cast::<u16>());
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
@@ -115,14 +169,14 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         let mut xd = [0f32; MR];
         for i in 0..MR {
             let p = x.add(i * stride + b * BLOCK_BYTES);
-            xd[i] = scale(p);
+            xd[i] = f16_at(p);
             xq[i] = _mm256_loadu_si256(p.add(2).cast::<__m256i>());
         }
         for j in 0..NR {
             let p = w.add(j * stride + b * BLOCK_BYTES);
             // A prefetch does not fault, so past the last row is harmless.
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast::<i8>());
-            let wd = scale(p);
+            let wd = f16_at(p);
             let wq = _mm256_loadu_si256(p.add(2).cast::<__m256i>());
             let aw = _mm256_sign_epi8(wq, wq);
             for i in 0..MR {

@@ -25,7 +25,10 @@ use std::arch::x86_64::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K, BlockQ8K, GgmlType};
 
 #[cfg(target_arch = "x86_64")]
-use super::layers::gemv_avx2::{hsum, store};
+use super::layers::gemv_avx2::hsum;
+use super::quantize_avx2::Tile;
+#[cfg(target_arch = "x86_64")]
+use super::quantize_avx2::{f16_at, sweep};
 
 /// Weights per super-block of every K format.
 const QK_K: usize = 256;
@@ -65,28 +68,16 @@ const Q6K_D: usize = 208;
 const PREFETCH_BLOCKS: usize = 4;
 
 /// A K-quant weight block format that has AVX2 tiles here; its dot-product blocks are Q8_K.
-pub trait KBlock: GgmlType<VecDotType = BlockQ8K> {
+pub trait KBlock: GgmlType<VecDotType = BlockQ8K> + Tile {
     /// Bytes of one block (ggml's layout).
     const BYTES: usize;
-
-    /// `out[i][j] = dot(x[i], w[j])` over `blocks` blocks, for `MR` activation rows (Q8_K) and
-    /// `NR` weight rows that follow each other in memory.
-    ///
-    /// # Safety
-    /// [`super::layers::gemv_avx2::available`] must be true; `x` must point to `MR` rows and `w`
-    /// to `NR` rows of `blocks` blocks each.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tile<const MR: usize, const NR: usize>(
-        x: *const u8,
-        w: *const u8,
-        blocks: usize,
-        out: &mut [[f32; NR]; MR],
-    );
 }
 
 impl KBlock for BlockQ4K {
     const BYTES: usize = Q4K_BYTES;
+}
 
+impl Tile for BlockQ4K {
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile<const MR: usize, const NR: usize>(
         x: *const u8,
@@ -100,7 +91,9 @@ impl KBlock for BlockQ4K {
 
 impl KBlock for BlockQ6K {
     const BYTES: usize = Q6K_BYTES;
+}
 
+impl Tile for BlockQ6K {
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile<const MR: usize, const NR: usize>(
         x: *const u8,
@@ -133,38 +126,17 @@ pub unsafe fn band<T: KBlock>(
     assert!(x.len() >= m * blocks && w.len() >= (first + rows) * blocks);
     #[cfg(target_arch = "x86_64")]
     {
-        let x_stride = blocks * Q8K_BYTES;
-        let w_stride = blocks * T::BYTES;
-        let xp = x.as_ptr().cast::<u8>();
         let wp = w.as_ptr().add(first * blocks).cast::<u8>();
-        let mut j = 0;
-        while j + 4 <= rows {
-            let wj = wp.add(j * w_stride);
-            let mut i = 0;
-            while i < m {
-                let xi = xp.add(i * x_stride);
-                if m - i >= 2 {
-                    let mut out = [[0f32; 4]; 2];
-                    T::tile::<2, 4>(xi, wj, blocks, &mut out);
-                    store(&out, y_t, j, i, m);
-                    i += 2;
-                } else {
-                    let mut out = [[0f32; 4]; 1];
-                    T::tile::<1, 4>(xi, wj, blocks, &mut out);
-                    store(&out, y_t, j, i, m);
-                    i += 1;
-                }
-            }
-            j += 4;
-        }
-        for j in j..rows {
-            let wj = wp.add(j * w_stride);
-            for i in 0..m {
-                let mut out = [[0f32; 1]; 1];
-                T::tile::<1, 1>(xp.add(i * x_stride), wj, blocks, &mut out);
-                y_t[j * m + i] = out[0][0];
-            }
-        }
+        let (x_stride, w_stride) = (blocks * Q8K_BYTES, blocks * T::BYTES);
+        sweep::<T>(
+            x.as_ptr().cast::<u8>(),
+            x_stride,
+            wp,
+            w_stride,
+            blocks,
+            m,
+            y_t,
+        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -186,15 +158,6 @@ fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset).cast::<i8>()) };
         offset += 64;
     }
-}
-
-/// The f16 at `p`, widened to f32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "f16c")]
-#[inline]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = std::ptr::read_unaligned(p.cast::<u16>());
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// The little-endian u32 at `p`.
