@@ -292,19 +292,19 @@ impl QuantizedWeight {
             let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
             let y = match &self.blocks {
                 Blocks::Q8_0(b) if gemv_avx2::available() => {
-                    few_rows_tiled(b, &xs, m, self.rows, self.cols, quantize_avx2::band)
+                    few_rows(b, &xs, m, self.rows, self.cols, quantize_avx2::band)
                 }
                 Blocks::Q4K(b) if gemv_avx2::available() => {
                     let band = quantize_k_avx2::band::<BlockQ4K>;
-                    few_rows_tiled(b, &xs, m, self.rows, self.cols, band)
+                    few_rows(b, &xs, m, self.rows, self.cols, band)
                 }
                 Blocks::Q6K(b) if gemv_avx2::available() => {
                     let band = quantize_k_avx2::band::<BlockQ6K>;
-                    few_rows_tiled(b, &xs, m, self.rows, self.cols, band)
+                    few_rows(b, &xs, m, self.rows, self.cols, band)
                 }
-                Blocks::Q8_0(b) => few_rows(b, &xs, m, self.rows, self.cols),
-                Blocks::Q4K(b) => few_rows(b, &xs, m, self.rows, self.cols),
-                Blocks::Q6K(b) => few_rows(b, &xs, m, self.rows, self.cols),
+                Blocks::Q8_0(b) => few_rows(b, &xs, m, self.rows, self.cols, row_band),
+                Blocks::Q4K(b) => few_rows(b, &xs, m, self.rows, self.cols, row_band),
+                Blocks::Q6K(b) => few_rows(b, &xs, m, self.rows, self.cols, row_band),
             };
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
@@ -382,11 +382,12 @@ impl QuantizedWeight {
 /// `gemv_avx2::available()`.
 type Band<T> = unsafe fn(&[<T as GgmlType>::VecDotType], usize, usize, &[T], usize, &mut [f32]);
 
-/// [`few_rows`] by a band kernel that computes tiles of several activation and weight rows (the
-/// AVX2 tiles of [`quantize_avx2`] and [`quantize_k_avx2`]); the caller checked
-/// `gemv_avx2::available()`.
+/// `y[i, j] = dot(x[i], w[j])` for `m` rows of `x` and every weight row, as `[m, rows]`: `x`
+/// quantized to the dot-product blocks once, then `band` over bands of `ROWS_PER_TASK` weight
+/// rows on rayon's threads. `band` is [`row_band`], or the AVX2 tiles of [`quantize_avx2`] and
+/// [`quantize_k_avx2`], for which the caller checked `gemv_avx2::available()`.
 #[allow(unsafe_code)]
-fn few_rows_tiled<T: GgmlType>(
+fn few_rows<T: GgmlType>(
     w: &[T],
     x: &[f32],
     m: usize,
@@ -403,8 +404,8 @@ fn few_rows_tiled<T: GgmlType>(
     y_t.par_chunks_mut(ROWS_PER_TASK * m)
         .enumerate()
         .for_each(|(task, out)| {
-            // SAFETY: the caller checked `gemv_avx2::available()`, the one requirement of the
-            // band kernels; they check their slices' bounds.
+            // SAFETY: `row_band` has no requirement; for the AVX2 bands the caller checked
+            // `gemv_avx2::available()`, their one requirement; they check their slices' bounds.
             unsafe { band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
         });
     transposed(y_t, m, rows)
@@ -424,27 +425,25 @@ fn transposed(y_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
     y
 }
 
-/// `y[i, j] = dot(x[i], w[j])` for `m` rows of `x` and every weight row, as `[m, rows]`.
-fn few_rows<T: GgmlType>(w: &[T], x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
+/// The portable band kernel for [`few_rows`]: candle's block dot product (its own SIMD where the
+/// CPU has it), one weight row by one activation row.
+fn row_band<T: GgmlType>(
+    xq: &[T::VecDotType],
+    m: usize,
+    blocks: usize,
+    w: &[T],
+    first: usize,
+    y_t: &mut [f32],
+) {
+    let cols = blocks * T::VecDotType::BLCK_SIZE;
     let per_row = cols / T::BLCK_SIZE;
-    let x_per_row = cols / T::VecDotType::BLCK_SIZE;
-    let mut xq = vec![T::VecDotType::zeros(); m * x_per_row];
-    for (src, dst) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(x_per_row)) {
-        T::VecDotType::from_float(src, dst);
+    for (r, out_row) in y_t.chunks_exact_mut(m).enumerate() {
+        let j = first + r;
+        let w_row = &w[j * per_row..(j + 1) * per_row];
+        for (i, o) in out_row.iter_mut().enumerate() {
+            *o = T::vec_dot(cols, w_row, &xq[i * blocks..(i + 1) * blocks]);
+        }
     }
-    let mut y_t = vec![0f32; rows * m]; // [rows, m]
-    y_t.par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
-                let j = task * ROWS_PER_TASK + r;
-                let w_row = &w[j * per_row..(j + 1) * per_row];
-                for (i, o) in out_row.iter_mut().enumerate() {
-                    *o = T::vec_dot(cols, w_row, &xq[i * x_per_row..(i + 1) * x_per_row]);
-                }
-            }
-        });
-    transposed(y_t, m, rows)
 }
 
 #[cfg(test)]
@@ -497,6 +496,39 @@ mod tests {
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{q:?}");
             let err = qw.gather_rows(&[40]).unwrap_err().to_string();
             assert!(err.contains("id 40") && err.contains("40 rows"), "{err}");
+        }
+    }
+
+    /// The portable band ([`row_band`], what CPUs without AVX2 run) gives what the AVX2 tiles
+    /// give, to the bit (both are candle's arithmetic), for each format and a batch of 3 rows.
+    #[test]
+    fn portable_band_equals_the_tiles() {
+        if !gemv_avx2::available() {
+            return;
+        }
+        let (rows, cols, m) = (70, 512, 3);
+        let w = Tensor::randn(0f32, 1., (rows, cols), &Device::Cpu).unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 1., (m, cols), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for q in [Quantization::Q8_0, Quantization::Q4K] {
+            let qw = q.quantize(&w, "w").unwrap();
+            let (portable, tiled) = match &qw.blocks {
+                Blocks::Q8_0(b) => (
+                    few_rows(b, &x, m, rows, cols, row_band),
+                    few_rows(b, &x, m, rows, cols, quantize_avx2::band),
+                ),
+                Blocks::Q4K(b) => (
+                    few_rows(b, &x, m, rows, cols, row_band),
+                    few_rows(b, &x, m, rows, cols, quantize_k_avx2::band),
+                ),
+                Blocks::Q6K(_) => unreachable!("not made by quantize"),
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&tiled), "{q:?}");
         }
     }
 
