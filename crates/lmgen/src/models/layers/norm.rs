@@ -53,9 +53,7 @@ impl RmsNorm {
             self.eps,
         )?)
     }
-}
 
-impl RmsNorm {
     /// `(x + h, norm(x + h))` in one launch on a GPU ([`crate::cuda::add_rms_norm`]), `None`
     /// where that kernel does not apply.
     pub fn forward_after_add(&self, x: &Tensor, h: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
