@@ -208,8 +208,12 @@ fn half_precision_stays_close_to_f32() -> anyhow::Result<()> {
             // Not bf16 on the gated DeltaNet models: this random checkpoint has positions whose
             // query or key is near zero before its L2 norm (see the float64 check above), where
             // bf16's 8-bit rounding of `in_proj_qkv` (which transformers does too) turns into
-            // another direction; f16 is checked.
-            if half == DType::BF16 && (name.starts_with("qwen3_5") || *name == "qwen3_next") {
+            // another direction; f16 is checked, but for Qwen3-Next, where f16's rounding of
+            // the weights alone moves the logits by 0.32 (on the CPU, half-precision weights
+            // compute in f32, and `dtypes.rs` checks that every golden model, Qwen3-Next
+            // included, then gives the f32 model's logits on the rounded weights within 1e-4).
+            let rounding_bound = name.starts_with("qwen3_5") || *name == "qwen3_next";
+            if rounding_bound && (half == DType::BF16 || *name == "qwen3_next") {
                 continue;
             }
             let options = LoadOptions {

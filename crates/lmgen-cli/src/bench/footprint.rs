@@ -4,7 +4,8 @@
 //! Bytes read per step (performance notes, section 2): every linear weight once, the LM head
 //! included even when tied (the whole `vocab x hidden` matrix is read), norms and biases; not the
 //! input embedding table (a gather of one row per token). Plus the KV cache: per cached token,
-//! `2 * layers * kv_heads * head_dim * sizeof(dtype)`.
+//! `2 * layers * kv_heads * head_dim * sizeof(compute dtype)` (f32 for half-precision weights on
+//! the CPU, which compute in f32).
 //!
 //! A mixture-of-experts layer reads only the experts its token is routed to: at batch 1,
 //! `num_experts_per_tok` of `num_experts`, so expert weights count with that fraction (the
@@ -32,10 +33,11 @@ pub struct Footprint {
 }
 
 impl Footprint {
+    /// `[dtype, compute]`: the weights' dtype and the dtype activations and the KV cache run in.
     pub fn new(
         checkpoint: &Checkpoint,
         config: &ModelConfig,
-        dtype: DType,
+        [dtype, compute]: [DType; 2],
         quantize: Option<Quantization>,
     ) -> Self {
         let w = &checkpoint.weights;
@@ -86,8 +88,11 @@ impl Footprint {
                 read += linear_bytes(name, shape);
             }
         }
-        let kv_per_token =
-            2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem;
+        let kv_per_token = 2
+            * config.num_hidden_layers
+            * config.num_key_value_heads
+            * config.head_dim
+            * compute.size_in_bytes();
         Self {
             read_per_step: read,
             resident,

@@ -253,7 +253,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let load_s = start.elapsed().as_secs_f64();
     let config = model.config().clone();
     let dtype = options.dtype.unwrap_or(lmgen::models::DType::F32);
-    let fp = Footprint::new(&checkpoint, &config, dtype, options.quantize);
+    let fp = Footprint::new(
+        &checkpoint,
+        &config,
+        [dtype, model.dtype()],
+        options.quantize,
+    );
     drop(checkpoint);
     let ctx = Bench {
         args: &args,

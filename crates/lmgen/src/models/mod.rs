@@ -281,11 +281,12 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
     let path = checkpoint.config_path();
     let resolved = registry::resolve(&config::ConfigFile::new(&checkpoint.config, &path))?;
     let config = resolved.parse()?;
-    let dtype = options.dtype.unwrap_or(DType::F32);
+    let weight_dtype = options.dtype.unwrap_or(DType::F32);
     let ctx = layers::LoadContext {
         weights: &checkpoint.weights,
         names: resolved.weight_names(|n| checkpoint.weights.contains(n)),
-        dtype,
+        dtype: layers::compute_dtype(weight_dtype, &options.device),
+        weight_dtype,
         device: &options.device,
         attn_implementation: options.attn_implementation,
         quantize: options.quantize,

@@ -51,8 +51,8 @@ impl Moe {
         spec: MoeSpec,
     ) -> Result<Self> {
         let (h, n, i) = (cfg.hidden_size, spec.num_experts, spec.intermediate_size);
-        let gate_up = ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, 2 * i, h])?;
-        let down = ctx.tensor(&format!("{p}.experts.down_proj"), &[n, h, i])?;
+        let gate_up = ctx.weight(&format!("{p}.experts.gate_up_proj"), &[n, 2 * i, h])?;
+        let down = ctx.weight(&format!("{p}.experts.down_proj"), &[n, h, i])?;
         let experts = (0..n)
             .map(|e| {
                 let name = |w: &str| format!("{p}.experts.{e}.{w}");

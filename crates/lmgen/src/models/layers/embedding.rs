@@ -43,7 +43,7 @@ impl Embedding {
                     Table::Quantized(Arc::new(ctx.quantized_tensor(name, [vocab, hidden], q)?))
                 }
                 _ => Table::Dense(candle_nn::Embedding::new(
-                    ctx.tensor(name, &[vocab, hidden])?,
+                    ctx.weight(name, &[vocab, hidden])?,
                     hidden,
                 )),
             }
@@ -58,7 +58,8 @@ impl Embedding {
     /// `ids [b, t] -> [b, t, hidden]` in the compute dtype.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match &self.table {
-            Table::Dense(e) => Ok(candle_core::Module::forward(e, ids)?),
+            // The table is in the weight dtype (f16/bf16 on the CPU under f32 compute).
+            Table::Dense(e) => Ok(candle_core::Module::forward(e, ids)?.to_dtype(self.dtype)?),
             Table::Quantized(q) => {
                 let hidden = q.shape().1;
                 let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;

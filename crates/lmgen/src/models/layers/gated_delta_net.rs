@@ -73,6 +73,7 @@ impl GatedDeltaNet {
         };
         let ctx32 = LoadContext {
             dtype: wide,
+            weight_dtype: wide,
             quantize: None,
             ..*ctx
         };
@@ -96,7 +97,7 @@ impl GatedDeltaNet {
             ),
             LinearAttentionLayout::Grouped => {
                 let r = nv / nk;
-                let qkvz = ctx.tensor(
+                let qkvz = ctx.weight(
                     &name("in_proj_qkvz.weight"),
                     &[nk * (2 * dk + 2 * r * dv), h],
                 )?;

@@ -143,7 +143,7 @@ impl Linear {
         if stored.iter().all(Option::is_none) {
             let weights = parts
                 .iter()
-                .map(|(p, out)| ctx.tensor(&format!("{p}.weight"), &[*out, in_dim]))
+                .map(|(p, out)| ctx.weight(&format!("{p}.weight"), &[*out, in_dim]))
                 .collect::<Result<Vec<_>>>()?;
             return Self::from_weight(ctx, &name, cat(weights)?, biases);
         }
@@ -171,7 +171,7 @@ impl Linear {
                     Some(q) => Ok(Weight::Quantized(Arc::new(q))),
                     None => {
                         let name = format!("{p}.weight");
-                        let dense = ctx.tensor(&name, &[*out, in_dim])?;
+                        let dense = ctx.weight(&name, &[*out, in_dim])?;
                         Ok(Self::from_weight(ctx, &name, dense, None)?.weight)
                     }
                 })

@@ -159,8 +159,8 @@ impl SparseMoe {
                 super::mxfp4::load_experts(ctx, &format!("{p}.experts.down_proj"), [n, h, i])?,
             )
         } else {
-            let gate_up = ctx.tensor(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?;
-            let down = ctx.tensor(&format!("{p}.experts.down_proj"), &[n, i, h])?;
+            let gate_up = ctx.weight(&format!("{p}.experts.gate_up_proj"), &[n, h, 2 * i])?;
+            let down = ctx.weight(&format!("{p}.experts.down_proj"), &[n, i, h])?;
             let per_expert = |w: &Tensor| -> Result<Vec<Tensor>> {
                 (0..n).map(|e| Ok(w.get(e)?.t()?.contiguous()?)).collect()
             };

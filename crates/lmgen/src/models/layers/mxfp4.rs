@@ -39,7 +39,7 @@ pub fn dequantize(blocks: &[u8], scales: &[u8]) -> Vec<f32> {
 }
 
 /// `{name}_blocks` and `{name}_scales` of `experts` matrices of `rows` x `cols` (as stored), one
-/// `[rows, cols]` tensor per expert in the compute dtype (the `[out, in]` layout of a linear layer:
+/// `[rows, cols]` tensor per expert in the weight dtype (the `[out, in]` layout of a linear layer:
 /// transformers' dequantized `gate_up_proj` / `down_proj` transposed back).
 ///
 /// Dequantized one expert at a time, so the f32 values of a single expert are the only temporary:
@@ -69,7 +69,7 @@ pub fn load_experts(
         .map(|(b, s)| {
             Ok(
                 Tensor::from_vec(dequantize(b, s), (rows, cols), &Device::Cpu)?
-                    .to_dtype(ctx.dtype)?
+                    .to_dtype(ctx.weight_dtype)?
                     .to_device(ctx.device)?,
             )
         })
