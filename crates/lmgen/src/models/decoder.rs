@@ -290,8 +290,13 @@ fn norm_opt(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
     }
 }
 
-impl CausalLM for Decoder {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+impl Decoder {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
         let cos_sin = |r: &Option<RotaryEmbedding>| {
             r.as_ref()
@@ -369,6 +374,12 @@ impl CausalLM for Decoder {
             hidden_states: hidden,
             attentions,
         })
+    }
+}
+
+impl CausalLM for Decoder {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

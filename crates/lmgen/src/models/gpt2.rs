@@ -269,8 +269,13 @@ fn tensor_specs_of(cfg: &ModelConfig) -> Vec<TensorSpec> {
     t
 }
 
-impl CausalLM for Gpt2 {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+impl Gpt2 {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
         let masks = ForwardMasks::build(input, &self.config, cache, self.dtype, &self.device)?;
         let positions = input.position_ids.to_device(&self.device)?; // may come from the host
         let mut x = (self.wte.forward(input.input_ids)? + self.wpe.forward(&positions)?)?; // [b, t, h]
@@ -312,6 +317,12 @@ impl CausalLM for Gpt2 {
             hidden_states: hidden,
             attentions,
         })
+    }
+}
+
+impl CausalLM for Gpt2 {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

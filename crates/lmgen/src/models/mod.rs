@@ -23,6 +23,7 @@ pub(crate) mod mistral;
 pub(crate) mod mixtral;
 pub(crate) mod olmo2;
 pub(crate) mod phi3;
+pub(crate) mod pool;
 pub(crate) mod quantize;
 pub(crate) mod quantize_avx2;
 pub(crate) mod quantize_k_avx2;

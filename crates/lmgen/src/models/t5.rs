@@ -541,8 +541,13 @@ impl T5 {
     }
 }
 
-impl CausalLM for T5 {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+impl T5 {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
         let (b, t) = input.input_ids.dims2()?;
         let mut x = self.shared.forward(input.input_ids)?; // [b, t, h]
         let masks = match cache.spans() {
@@ -611,6 +616,12 @@ impl CausalLM for T5 {
             hidden_states: hidden,
             attentions: input.output_attentions.then(Vec::new),
         })
+    }
+}
+
+impl CausalLM for T5 {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

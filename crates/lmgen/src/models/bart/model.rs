@@ -352,10 +352,13 @@ pub(crate) fn tensor_specs_of(
     Ok(t)
 }
 
-impl CausalLM for Bart {
-    /// The decoder over `input` (decoder token ids), attending to the encoder's output that the
-    /// cache carries (see [`super::seq2seq`]).
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+impl Bart {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
         if input.output_attentions {
             return Err(Error::unsupported(
                 "`output_attentions` on an encoder-decoder model is not built yet",
@@ -420,6 +423,14 @@ impl CausalLM for Bart {
             hidden_states: hidden,
             attentions: None,
         })
+    }
+}
+
+impl CausalLM for Bart {
+    /// The decoder over `input` (decoder token ids), attending to the encoder's output that the
+    /// cache carries (see [`super::seq2seq`]).
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     /// The LM head without `final_logits_bias` (HF `get_output_embeddings()`).

@@ -259,8 +259,13 @@ impl Gemma4 {
     }
 }
 
-impl CausalLM for Gemma4 {
-    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+impl Gemma4 {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
         if input.output_attentions {
             return Err(Error::unsupported(
                 "`output_attentions` with Gemma 4: its attention does not return its weights yet; \
@@ -319,6 +324,12 @@ impl CausalLM for Gemma4 {
             hidden_states: hidden,
             attentions: None,
         })
+    }
+}
+
+impl CausalLM for Gemma4 {
+    fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

@@ -304,9 +304,20 @@ fn tensor_specs_of(cfg: &ModelConfig) -> Vec<TensorSpec> {
     t
 }
 
+impl Whisper {
+    /// [`CausalLM::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        input: &ForwardInput<'_>,
+        cache: &mut dyn KvCache,
+    ) -> Result<ModelOutput> {
+        self.decoder.forward(input, cache, self.dtype, &self.device)
+    }
+}
+
 impl CausalLM for Whisper {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        self.decoder.forward(input, cache, self.dtype, &self.device)
+        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
