@@ -12,6 +12,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::gemv_avx2::{self, WeightElem};
+use super::gemv_avx512::{self, Avx512Elem};
 use crate::error::Result;
 
 /// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul on this kind of machine.
@@ -100,16 +101,26 @@ fn cpu_slice<'a, T: candle_core::WithDType>(
 }
 
 /// `y_t[j, i] = dot(x[i], w[j])` for every weight row `j` and input row `i`: `[n, m]`, by the
-/// AVX2 tile kernels, a band of `ROWS_PER_TASK` weight rows per task.
+/// AVX2 tile kernels (with several input rows and AVX-512F, the AVX-512 tiles), a band of
+/// `ROWS_PER_TASK` weight rows per task.
 #[allow(unsafe_code)]
-fn bands<W: WeightElem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+    let wide = m > 1 && gemv_avx512::available();
     let mut y_t = vec![0f32; n * m];
     y_t.par_chunks_mut(ROWS_PER_TASK * m)
         .enumerate()
         .for_each(|(task, out)| {
-            // SAFETY: the caller checked `gemv_avx2::available()`; `w` holds `n` rows of `k`,
-            // this band's rows are `task * ROWS_PER_TASK..` and `out` holds `m` values a row.
-            unsafe { W::band(x, m, k, w, task * ROWS_PER_TASK, out) }
+            let first = task * ROWS_PER_TASK;
+            // SAFETY: the caller checked `gemv_avx2::available()` (and `wide` the AVX-512
+            // kernels'); `w` holds `n` rows of `k`, this band's rows are `first..` and `out`
+            // holds `m` values a row.
+            unsafe {
+                if wide {
+                    W::band_avx512(x, m, k, w, first, out)
+                } else {
+                    W::band(x, m, k, w, first, out)
+                }
+            }
         });
     y_t
 }

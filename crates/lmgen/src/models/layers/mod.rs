@@ -8,6 +8,7 @@ pub mod gated_delta_net;
 pub mod gated_delta_step;
 pub mod gemv;
 pub mod gemv_avx2;
+pub mod gemv_avx512;
 pub mod linear;
 pub mod mask;
 pub mod mixer;

@@ -1,0 +1,236 @@
+//! The AVX-512 tiles of [`super::gemv`] for batches (more than one input row), chosen at run time
+//! where the CPU has AVX-512F.
+//!
+//! The same products as [`super::gemv_avx2`]'s tiles, `y_t[j][i] = dot(x[i], w[j])`, with 16
+//! lanes a register and 32 registers: a tile takes 4 input rows by 6 weight rows (24
+//! accumulators, 4 inputs and the weight vector), so each weight vector loaded (and for f16/bf16
+//! widened in registers) feeds 4 fused multiply-adds of 16 lanes, against 3 of 8 lanes in the
+//! AVX2 tile. One input row (batch-1 decode) stays on the AVX2 kernel: it is bound by reading the
+//! weights, not by the arithmetic.
+//!
+//! Unsafe code is allowed here only: the intrinsics and raw row pointers need it. Every caller
+//! checks [`available`] once, and the bounds are checked on entry to [`Avx512Elem::band_avx512`].
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::gemv_avx2::{self, store};
+
+/// Whether this CPU runs these tiles: AVX-512F and the AVX2 kernels' features, decided once per
+/// process. `LMGEN_CPU_KERNELS=avx2` stops at the AVX2 kernels (`portable` turns off both).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let capped = std::env::var("LMGEN_CPU_KERNELS").is_ok_and(|v| v == "avx2");
+            !capped && gemv_avx2::available() && is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// A weight element type the AVX-512 tiles read.
+pub trait Avx512Elem: Copy + Sync {
+    /// `y_t[(j - first) * m + i] = dot(x[i], w[j])`, as [`gemv_avx2::WeightElem::band`].
+    ///
+    /// # Safety
+    /// [`available`] must be true, `w` must hold rows `first..first + rows` of `k` elements,
+    /// `x` must hold `m * k` values and `y_t` `rows * m`.
+    unsafe fn band_avx512(x: &[f32], m: usize, k: usize, w: &[Self], first: usize, y_t: &mut [f32]);
+}
+
+macro_rules! kernels {
+    ($elem:ty, $tile:ident, $load:ident, $scalar:expr) => {
+        /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` and `NR` rows of `w`
+        /// (both of stride `k`).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        unsafe fn $tile<const MR: usize, const NR: usize>(
+            x: *const f32,
+            w: *const $elem,
+            k: usize,
+            out: &mut [[f32; NR]; MR],
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let k16 = k / 16 * 16;
+            let mut p = 0;
+            while p < k16 {
+                let mut xv = [_mm512_setzero_ps(); MR];
+                for (i, v) in xv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(x.add(i * k + p));
+                }
+                for j in 0..NR {
+                    // The next block of weight rows, while the input rows pass over this one
+                    // (a prefetch does not fault, so past the last row is harmless).
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((NR + j) * k + p).cast::<i8>());
+                    let wv = $load!(w.add(j * k + p));
+                    for i in 0..MR {
+                        acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+                    }
+                }
+                p += 16;
+            }
+            for i in 0..MR {
+                for j in 0..NR {
+                    let mut s = _mm512_reduce_add_ps(acc[i][j]);
+                    for q in k16..k {
+                        let wq: $elem = *w.add(j * k + q);
+                        s += *x.add(i * k + q) * $scalar(wq);
+                    }
+                    out[i][j] = s;
+                }
+            }
+        }
+
+        impl Avx512Elem for $elem {
+            unsafe fn band_avx512(
+                x: &[f32],
+                m: usize,
+                k: usize,
+                w: &[Self],
+                first: usize,
+                y_t: &mut [f32],
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let rows = y_t.len() / m;
+                    assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
+                    let (x, w) = (x.as_ptr(), w.as_ptr().add(first * k));
+                    // Weight rows 6 at a time against input rows 4, 2 or 1 at a time, then the
+                    // weight rows left one at a time.
+                    macro_rules! rows_against_inputs {
+                        ($nr:literal, $j:expr) => {{
+                            let wj = w.add($j * k);
+                            let mut i = 0;
+                            while i < m {
+                                let xi = x.add(i * k);
+                                let left = m - i;
+                                i += if left >= 4 {
+                                    let mut out = [[0f32; $nr]; 4];
+                                    $tile::<4, $nr>(xi, wj, k, &mut out);
+                                    store(&out, y_t, $j, i, m);
+                                    4
+                                } else if left >= 2 {
+                                    let mut out = [[0f32; $nr]; 2];
+                                    $tile::<2, $nr>(xi, wj, k, &mut out);
+                                    store(&out, y_t, $j, i, m);
+                                    2
+                                } else {
+                                    let mut out = [[0f32; $nr]; 1];
+                                    $tile::<1, $nr>(xi, wj, k, &mut out);
+                                    store(&out, y_t, $j, i, m);
+                                    1
+                                };
+                            }
+                        }};
+                    }
+                    let mut j = 0;
+                    while j + 6 <= rows {
+                        rows_against_inputs!(6, j);
+                        j += 6;
+                    }
+                    while j < rows {
+                        rows_against_inputs!(1, j);
+                        j += 1;
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (x, m, k, w, first, y_t);
+                    unreachable!("the AVX-512 kernels run only on x86-64");
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_f32 {
+    ($p:expr) => {
+        _mm512_loadu_ps($p)
+    };
+}
+
+/// 16 f16 values widened to f32 in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_f16 {
+    ($p:expr) => {
+        _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
+    };
+}
+
+/// 16 bf16 values widened to f32 in registers: the 16 bits become the high half of each lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_bf16 {
+    ($p:expr) => {
+        _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256($p as *const __m256i)),
+            16,
+        ))
+    };
+}
+
+kernels!(f32, tile_f32, load_f32, |v: f32| v);
+kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile shape and remainder: m from 1 to 17, n not a multiple of 6, k not of 16.
+    #[test]
+    fn bands_match_a_plain_dot() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the AVX-512 tiles are not checked");
+            return;
+        }
+        let (k, n) = (45, 29);
+        let mut seed = 11u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5
+        };
+        let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
+        let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+        for m in 1..=17 {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let first = 3;
+            let rows = n - first;
+            let want = |wf: &dyn Fn(usize) -> f32| {
+                let mut y = vec![0f64; rows * m];
+                for j in 0..rows {
+                    for i in 0..m {
+                        y[j * m + i] = (0..k)
+                            .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
+                            .sum();
+                    }
+                }
+                y
+            };
+            let check = |got: &[f32], want: Vec<f64>, what: &str| {
+                for (g, r) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - r).abs() < 1e-5 * (1.0 + r.abs()),
+                        "{what} m={m}: {g} vs {r}"
+                    );
+                }
+            };
+            let mut y = vec![0f32; rows * m];
+            unsafe { f32::band_avx512(&x, m, k, &w32, first, &mut y) };
+            check(&y, want(&|q| w32[q]), "f32");
+            unsafe { f16::band_avx512(&x, m, k, &w16, first, &mut y) };
+            check(&y, want(&|q| w16[q].to_f32()), "f16");
+            unsafe { bf16::band_avx512(&x, m, k, &wb16, first, &mut y) };
+            check(&y, want(&|q| wb16[q].to_f32()), "bf16");
+        }
+    }
+}
