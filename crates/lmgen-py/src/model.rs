@@ -355,7 +355,7 @@ impl NativeModel {
         normalize_logits: bool,
     ) -> PyResult<Vec<Vec<f32>>> {
         let step = rows * vocab * 4;
-        if step == 0 || scores.len() % step != 0 {
+        if step == 0 || !scores.len().is_multiple_of(step) {
             return Err(PyValueError::new_err(format!(
                 "`scores` must be steps of [{rows}, {vocab}] scores"
             )));

@@ -146,7 +146,7 @@ pub struct WhisperFeatureExtractor {
 /// Rounds `n` up to a multiple of `m` (transformers' `pad_to_multiple_of`).
 fn round_up(n: usize, m: Option<usize>) -> usize {
     match m {
-        Some(m) if m > 0 && n % m != 0 => (n / m + 1) * m,
+        Some(m) if m > 0 && !n.is_multiple_of(m) => (n / m + 1) * m,
         _ => n,
     }
 }

@@ -157,7 +157,7 @@ impl LogMelSpectrogram {
                 "spectrogram: `n_fft` must be >= 2 and `hop_length` >= 1, got {n_fft} and {hop_length}"
             )));
         }
-        if mel_filters.is_empty() || mel_filters.len() % bins != 0 {
+        if mel_filters.is_empty() || !mel_filters.len().is_multiple_of(bins) {
             return Err(Error::input(format!(
                 "spectrogram: `mel_filters` has {} values, not a multiple of n_fft / 2 + 1 = {bins}",
                 mel_filters.len()

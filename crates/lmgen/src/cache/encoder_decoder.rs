@@ -67,7 +67,7 @@ impl CrossAttention {
         if rows == held {
             return Ok(());
         }
-        if held == 0 || rows % held != 0 {
+        if held == 0 || !rows.is_multiple_of(held) {
             return Err(Error::input(format!(
                 "the decoder runs {rows} rows but the encoder's output has {held}; \
                  an encoder-decoder batch must keep each prompt's rows together"

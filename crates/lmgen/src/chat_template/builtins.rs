@@ -338,7 +338,11 @@ fn strftime(format: &str, t: &Civil) -> String {
                 n.to_string()
             }
         };
-        let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+        let hour12 = if t.hour.is_multiple_of(12) {
+            12
+        } else {
+            t.hour % 12
+        };
         let month = MONTHS[t.month as usize - 1];
         let weekday = WEEKDAYS[t.weekday];
         let text = match spec {

@@ -49,7 +49,7 @@ impl Quantization {
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q4K => GgmlDType::Q4K,
         };
-        if cols % wanted.block_size() == 0 {
+        if cols.is_multiple_of(wanted.block_size()) {
             wanted
         } else {
             GgmlDType::Q8_0
@@ -82,7 +82,7 @@ impl Quantization {
         band: &dyn Fn(Range<usize>) -> Result<Tensor>,
     ) -> Result<QuantizedWeight> {
         let format = self.format_for(cols);
-        if cols % format.block_size() != 0 {
+        if !cols.is_multiple_of(format.block_size()) {
             return Err(Error::unsupported(format!(
                 "quantizing `{name}`: rows of {cols} values do not split into blocks of {}",
                 format.block_size()
@@ -121,7 +121,7 @@ enum Blocks {
 #[allow(unsafe_code)]
 fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Option<Vec<T>> {
     let size = std::mem::size_of::<T>();
-    if size != T::DTYPE.type_size() || size == 0 || bytes.len() % size != 0 {
+    if size != T::DTYPE.type_size() || size == 0 || !bytes.len().is_multiple_of(size) {
         return None;
     }
     let mut blocks = vec![T::zeros(); bytes.len() / size];
@@ -203,7 +203,7 @@ impl QuantizedWeight {
         if !Self::reads(dtype) {
             return Err(bad("block type not run by lmgen's quantized layers"));
         }
-        if cols % dtype.block_size() != 0
+        if !cols.is_multiple_of(dtype.block_size())
             || bytes.len() != rows * cols / dtype.block_size() * dtype.type_size()
         {
             return Err(bad("rows do not split into whole blocks"));

@@ -164,7 +164,7 @@ impl GenerationConfig {
                     "`num_beam_groups` ({groups}) must be <= `num_beams` ({num_beams})"
                 ));
             }
-            if num_beams % groups != 0 {
+            if !num_beams.is_multiple_of(groups) {
                 return invalid(format!(
                     "`num_beams` ({num_beams}) must be divisible by `num_beam_groups` ({groups})"
                 ));

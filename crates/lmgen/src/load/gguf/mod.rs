@@ -492,7 +492,7 @@ impl GgufWeights {
         } else {
             return Ok(None);
         };
-        if rows % (2 * n_head) != 0 {
+        if !rows.is_multiple_of(2 * n_head) {
             return Err(weights_error(
                 &self.path,
                 format!(

@@ -71,7 +71,7 @@ impl Shape {
         let activation = Activation::from_hf(activation, "activation_function", file)?;
         let stack = |heads: Option<usize>, ffn: Option<usize>, name: &str| -> Result<LayerShape> {
             let num_heads = heads.unwrap_or(16);
-            if num_heads == 0 || d_model % num_heads != 0 {
+            if num_heads == 0 || !d_model.is_multiple_of(num_heads) {
                 // BartAttention's ValueError.
                 return Err(file.err(format!(
                     "`d_model` ({d_model}) must be divisible by `{name}_attention_heads` ({num_heads})"

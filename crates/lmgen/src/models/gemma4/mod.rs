@@ -294,7 +294,7 @@ fn spec(file: &ConfigFile<'_>, f: &Fields, cfg: &ModelConfig) -> Result<Gemma4Sp
         }
     }
     for (i, &(d, kv)) in shapes.iter().enumerate() {
-        if cfg.num_attention_heads % kv != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(kv) {
             return Err(file.err(format!(
                 "layer {i}: `num_attention_heads` ({}) must be a multiple of its \
                  `num_key_value_heads` ({kv})",

@@ -39,7 +39,7 @@ impl Embedding {
             Table::Quantized(Arc::new(q))
         } else {
             match ctx.quantize {
-                Some(q) if hidden % q.format_for(hidden).block_size() == 0 => {
+                Some(q) if hidden.is_multiple_of(q.format_for(hidden).block_size()) => {
                     Table::Quantized(Arc::new(ctx.quantized_tensor(name, [vocab, hidden], q)?))
                 }
                 _ => Table::Dense(candle_nn::Embedding::new(

@@ -129,7 +129,7 @@ pub fn parse(file: &ConfigFile<'_>) -> Result<ModelConfig> {
         ("encoder_attention_heads", c.encoder_attention_heads),
         ("decoder_attention_heads", c.decoder_attention_heads),
     ] {
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             // WhisperAttention raises the same ValueError.
             return Err(file.err(format!(
                 "embed_dim must be divisible by num_heads (got `embed_dim`: {d} and `num_heads`: {heads}) (`d_model`, `{key}`)"
