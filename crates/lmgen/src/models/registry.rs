@@ -378,9 +378,14 @@ impl<'a> Resolved<'a> {
 
     /// Builds the model.
     pub fn build(&self, config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Box<dyn CausalLM>> {
-        match self.entry.build {
-            Build::Decoder => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
-            Build::Custom { load, .. } => load(config, &self.file(), ctx),
+        match (self.entry.build, ctx.shard) {
+            (Build::Decoder, _) => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
+            // The architectures with their own model code run whole layers only.
+            (Build::Custom { .. }, Some(shard)) => Err(shard.unsupported(&format!(
+                "a `{}` model (its own model code, not the shared decoder)",
+                self.entry.model_type
+            ))),
+            (Build::Custom { load, .. }, None) => load(config, &self.file(), ctx),
         }
     }
 

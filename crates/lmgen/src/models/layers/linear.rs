@@ -14,6 +14,11 @@ use rayon::prelude::*;
 use super::{gemv, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
+use crate::parallel::Communicator;
+
+mod parallel;
+
+pub use parallel::{RowOutput, Rows};
 
 /// The weight of a linear layer.
 #[derive(Debug, Clone)]
@@ -68,6 +73,20 @@ impl Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// A layer split across tensor-parallel ranks ([`parallel`]): how the ranks' outputs
+    /// combine. `None`: a whole layer.
+    collective: Option<Collective>,
+}
+
+/// How the outputs of a layer split across ranks combine into the whole layer's output.
+#[derive(Debug, Clone)]
+enum Collective {
+    /// Row-parallel: each rank's product over its columns of the input is a partial sum; the
+    /// bias is added once, after the all-reduce.
+    Sum(Arc<dyn Communicator>),
+    /// Column-parallel with the whole output wanted on every rank (a vocabulary-split LM head):
+    /// the ranks' outputs concatenated along the last dimension.
+    Gather(Arc<dyn Communicator>),
 }
 
 impl Linear {
@@ -83,7 +102,11 @@ impl Linear {
             Some(q) => Weight::Quantized(Arc::new(q.quantize(&weight, name)?)),
             None => Weight::Dense(weight),
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            collective: None,
+        })
     }
 
     /// A weight already in a quantized block format (a quantized tied embedding matrix).
@@ -91,6 +114,7 @@ impl Linear {
         Self {
             weight: Weight::Quantized(weight),
             bias: None,
+            collective: None,
         }
     }
 
@@ -138,6 +162,7 @@ impl Linear {
             return Ok(Self {
                 weight: Weight::Quantized(Arc::new(weight)),
                 bias: biases,
+                collective: None,
             });
         }
         if stored.iter().all(Option::is_none) {
@@ -161,6 +186,7 @@ impl Linear {
             return Ok(Self {
                 weight,
                 bias: biases,
+                collective: None,
             });
         }
         let weight = Weight::Parts(
@@ -180,6 +206,7 @@ impl Linear {
         Ok(Self {
             weight,
             bias: biases,
+            collective: None,
         })
     }
 
@@ -198,9 +225,21 @@ impl Linear {
         Self::from_weight(ctx, &format!("{prefix}.weight"), weight, Some(bias))
     }
 
-    /// `[.., in] -> [.., out]`.
+    /// `[.., in] -> [.., out]` (split across ranks: this rank's part of the input or of the
+    /// output, see [`parallel`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.product(x)?;
+        match &self.collective {
+            None => self.add_bias(y),
+            Some(Collective::Sum(comm)) => self.add_bias(comm.all_reduce_sum(&y)?),
+            Some(Collective::Gather(comm)) => {
+                let y = self.add_bias(y)?; // [.., out / ranks]
+                comm.all_gather(&y, y.rank() - 1) // [.., out]
+            }
+        }
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -1,0 +1,167 @@
+//! Linear layers split across tensor-parallel ranks (Megatron-LM's `ColumnParallelLinear` and
+//! `RowParallelLinear`), loaded from the same checkpoint as the whole layer.
+//!
+//! - Column-parallel ([`Linear::load_rows`]): a rank keeps some rows of each `[out, in]` weight
+//!   (its heads of q/k/v, its part of gate/up), and computes its part of the output from the whole
+//!   input; no communication. Parts of a fused layer (q, k and v; gate and up; or the parts of one
+//!   stored fused tensor) are each cut, then stacked, so the rank's output keeps the parts' order.
+//!   [`Linear::gathered`] makes the whole output appear on every rank (the LM head).
+//! - Row-parallel ([`Linear::load_columns`]): a rank keeps some columns of `[out, in]` (the input
+//!   features its column-parallel partner produced), so its product is a partial sum of the
+//!   output: summed over the ranks by one all-reduce, or left to the caller to sum with other
+//!   partial outputs ([`RowOutput::Partial`]: a mixture of experts reduces once for all).
+//!
+//! Weights are read dense (rows straight from the file; columns after reading the whole tensor).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::{Collective, Linear};
+use crate::error::Result;
+use crate::models::layers::LoadContext;
+use crate::parallel::Communicator;
+
+/// Rows `rows` of the `[out, in]` weight `{prefix}.weight` (and of `{prefix}.bias` `[out]`).
+#[derive(Debug, Clone)]
+pub struct Rows<'a> {
+    pub prefix: &'a str,
+    /// The stored number of rows.
+    pub out: usize,
+    pub rows: Range<usize>,
+}
+
+/// What a row-parallel layer returns.
+#[derive(Debug, Clone)]
+pub enum RowOutput {
+    /// The whole layer's output on every rank: the partial products all-reduced, then the bias.
+    Reduced(Arc<dyn Communicator>),
+    /// This rank's partial product, for the caller to sum over the ranks; rank 0 alone adds the
+    /// bias (`first`: whether this is rank 0).
+    Partial { first: bool },
+}
+
+impl Linear {
+    /// Column-parallel: the rows `parts` name, stacked in that order into `[sum rows, in_dim]`
+    /// (biases likewise when `bias`).
+    pub fn load_rows(
+        ctx: &LoadContext<'_>,
+        parts: &[Rows<'_>],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|p| {
+                let name = format!("{}.weight", p.prefix);
+                ctx.tensor_rows(&name, [p.out, in_dim], p.rows.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let biases = if bias {
+            let b = parts
+                .iter()
+                .map(|p| {
+                    let all = ctx.tensor(&format!("{}.bias", p.prefix), &[p.out])?;
+                    Ok(all.narrow(0, p.rows.start, p.rows.len())?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(super::cat(b)?.contiguous()?)
+        } else {
+            None
+        };
+        let name = format!("{}.weight", parts.first().map_or("", |p| p.prefix));
+        Self::from_weight(ctx, &name, super::cat(weights)?, biases)
+    }
+
+    /// Row-parallel: columns `cols` of `{prefix}.weight` `[out_dim, in_dim]` (`in_dim` is the
+    /// whole layer's input width), `{prefix}.bias` `[out_dim]` when `bias`; see [`RowOutput`].
+    pub fn load_columns(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        cols: Range<usize>,
+        bias: bool,
+        output: RowOutput,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = ctx
+            .tensor(&name, &[out_dim, in_dim])?
+            .narrow(1, cols.start, cols.len())?
+            .contiguous()?; // [out, cols]
+        let keep_bias = match output {
+            RowOutput::Reduced(_) => true,
+            RowOutput::Partial { first } => first,
+        };
+        let bias = (bias && keep_bias)
+            .then(|| ctx.tensor(&format!("{prefix}.bias"), &[out_dim]))
+            .transpose()?;
+        let mut linear = Self::from_weight(ctx, &name, weight, bias)?;
+        if let RowOutput::Reduced(comm) = output {
+            linear.collective = Some(Collective::Sum(comm));
+        }
+        Ok(linear)
+    }
+
+    /// A column-parallel layer whose whole output every rank gets: the ranks' outputs
+    /// concatenated along the last dimension (an LM head split by vocabulary).
+    pub fn gathered(mut self, comm: Arc<dyn Communicator>) -> Self {
+        self.collective = Some(Collective::Gather(comm));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::models::layers::linear::Weight;
+    use crate::parallel::LocalCommunicator;
+
+    /// A row-parallel product summed over 2 ranks, and a column-parallel one gathered, equal
+    /// the whole layer's.
+    #[test]
+    fn split_products_combine_into_the_whole_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev)?;
+        let w = Tensor::randn(0f32, 1., (6, 8), &dev)?;
+        let b = Tensor::randn(0f32, 1., 6, &dev)?;
+        let whole = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+        let comms = LocalCommunicator::group(2)?;
+        let outs = std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let (x, w, b) = (&x, &w, &b);
+                    s.spawn(move || -> Result<(Tensor, Tensor)> {
+                        let r = c.rank();
+                        let comm: Arc<dyn Communicator> = Arc::new(c);
+                        let row = Linear {
+                            weight: Weight::Dense(w.narrow(1, 4 * r, 4)?.contiguous()?),
+                            bias: Some(b.clone()),
+                            collective: Some(Collective::Sum(comm.clone())),
+                        };
+                        let column = Linear {
+                            weight: Weight::Dense(w.narrow(0, 3 * r, 3)?),
+                            bias: Some(b.narrow(0, 3 * r, 3)?),
+                            collective: None,
+                        }
+                        .gathered(comm);
+                        let x_part = x.narrow(2, 4 * r, 4)?;
+                        Ok((row.forward(&x_part)?, column.forward(x)?))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank thread"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (row, column) in outs {
+            for got in [row, column] {
+                let diff = (got - &whole)?.abs()?.max_all()?.to_dtype(DType::F32)?;
+                assert!(diff.to_scalar::<f32>()? < 1e-5);
+            }
+        }
+        Ok(())
+    }
+}
