@@ -5,6 +5,8 @@
 //! (transposed at load), biases everywhere, `gelu_new` MLP without gate, tied LM head, weights
 //! under `transformer.` (or no prefix, as some old checkpoints).
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Module, Tensor};
 use serde::Deserialize;
 
@@ -14,7 +16,7 @@ use super::config::{
 };
 use super::layers::attention::{Attention, AttentionInput, AttentionShape};
 use super::layers::embedding::Embedding;
-use super::layers::linear::Linear;
+use super::layers::linear::{Conv1dSplit, Linear, Rows};
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
@@ -24,6 +26,7 @@ use super::{Architecture, AttnImplementation, CausalLM, ForwardInput, ModelOutpu
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::init::{Init, TensorSpec};
+use crate::parallel::shard::rows;
 
 /// The `config.json` fields of `GPT2Config` that lmgen reads.
 #[derive(Debug, Deserialize)]
@@ -162,10 +165,10 @@ impl Gpt2 {
             &format!("{prefix}wpe.weight"),
             &[cfg.max_position_embeddings, h],
         )?;
-        let conv1d = |name: String, din, dout| Linear::load_conv1d(ctx, &name, din, dout);
+        let projections = Projections::new(ctx, cfg)?;
         let shape = AttentionShape {
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_attention_heads,
+            num_heads: projections.heads.len(),
+            num_kv_heads: projections.heads.len(),
             head_dim: cfg.head_dim,
         };
         let blocks = (0..cfg.num_hidden_layers)
@@ -175,21 +178,24 @@ impl Gpt2 {
                 if scale_attn_by_inverse_layer_idx {
                     scale /= (i + 1) as f64;
                 }
-                let i_dim = cfg.intermediate_size;
+                let attn = Attention::new(
+                    projections.c_attn(&format!("{p}.attn.c_attn"))?,
+                    projections.c_proj(&format!("{p}.attn.c_proj"))?,
+                    shape,
+                    scale,
+                    i,
+                )
+                .with_eager(ctx.attn_implementation == AttnImplementation::Eager);
                 Ok(Block {
                     ln_1: LayerNorm::load(ctx, &format!("{p}.ln_1"), h, cfg.norm_eps)?,
-                    attn: Attention::new(
-                        conv1d(format!("{p}.attn.c_attn"), h, 3 * h)?,
-                        conv1d(format!("{p}.attn.c_proj"), h, h)?,
-                        shape,
-                        scale,
-                        i,
-                    )
-                    .with_eager(ctx.attn_implementation == AttnImplementation::Eager),
+                    attn: match ctx.shard {
+                        Some(shard) => attn.with_split_heads(shard.comm().clone()),
+                        None => attn,
+                    },
                     ln_2: LayerNorm::load(ctx, &format!("{p}.ln_2"), h, cfg.norm_eps)?,
                     mlp: Mlp::new(
-                        conv1d(format!("{p}.mlp.c_fc"), h, i_dim)?,
-                        conv1d(format!("{p}.mlp.c_proj"), i_dim, h)?,
+                        projections.c_fc(&format!("{p}.mlp.c_fc"))?,
+                        projections.mlp_c_proj(&format!("{p}.mlp.c_proj"))?,
                         cfg.hidden_act,
                     ),
                 })
@@ -197,6 +203,13 @@ impl Gpt2 {
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             wte.tied_head(ctx)?
+        } else if let Some(shard) = ctx.shard {
+            let rows = Rows {
+                prefix: "lm_head",
+                out: cfg.vocab_size,
+                rows: shard.split(cfg.vocab_size, "vocab_size")?,
+            };
+            Linear::load_rows(ctx, &[rows], h, false)?.gathered(shard.comm().clone())
         } else {
             Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
         };
@@ -210,6 +223,84 @@ impl Gpt2 {
             dtype: ctx.dtype,
             config,
         })
+    }
+}
+
+/// How a block's `Conv1D` projections load: whole, or this rank's heads and intermediate features
+/// of a model split across tensor-parallel ranks (`c_attn` and `c_fc` column-parallel, the two
+/// `c_proj` row-parallel).
+struct Projections<'a> {
+    ctx: &'a LoadContext<'a>,
+    /// `n_embd`, `n_inner`, `head_dim`.
+    dims: (usize, usize, usize),
+    /// This rank's heads (all of them for a whole model).
+    heads: Range<usize>,
+    /// This rank's intermediate features.
+    inner: Range<usize>,
+}
+
+impl<'a> Projections<'a> {
+    fn new(ctx: &'a LoadContext<'a>, cfg: &ModelConfig) -> Result<Self> {
+        let (n, i) = (cfg.num_attention_heads, cfg.intermediate_size);
+        let (heads, inner) = match ctx.shard {
+            Some(shard) => (shard.split(n, "n_head")?, shard.split(i, "n_inner")?),
+            None => (0..n, 0..i),
+        };
+        Ok(Self {
+            ctx,
+            dims: (cfg.hidden_size, i, cfg.head_dim),
+            heads,
+            inner,
+        })
+    }
+
+    /// `[h] -> [3 h]` (this rank's q, k and v heads).
+    fn c_attn(&self, prefix: &str) -> Result<Linear> {
+        let (h, _, d) = self.dims;
+        if self.ctx.shard.is_none() {
+            return Linear::load_conv1d(self.ctx, prefix, h, 3 * h);
+        }
+        let parts = [0, h, 2 * h].map(|offset| rows(&self.heads, d, offset));
+        Linear::load_conv1d_split(self.ctx, prefix, (h, 3 * h), Conv1dSplit::Outputs(&parts))
+    }
+
+    /// `[h] -> [h]` over this rank's heads' features.
+    fn c_proj(&self, prefix: &str) -> Result<Linear> {
+        let (h, _, d) = self.dims;
+        self.row_parallel(prefix, (h, h), rows(&self.heads, d, 0))
+    }
+
+    /// `[h] -> [n_inner]` (this rank's features).
+    fn c_fc(&self, prefix: &str) -> Result<Linear> {
+        let (h, i, _) = self.dims;
+        if self.ctx.shard.is_none() {
+            return Linear::load_conv1d(self.ctx, prefix, h, i);
+        }
+        let parts = [self.inner.clone()];
+        Linear::load_conv1d_split(self.ctx, prefix, (h, i), Conv1dSplit::Outputs(&parts))
+    }
+
+    /// `[n_inner] -> [h]` over this rank's features.
+    fn mlp_c_proj(&self, prefix: &str) -> Result<Linear> {
+        let (h, i, _) = self.dims;
+        self.row_parallel(prefix, (i, h), self.inner.clone())
+    }
+
+    fn row_parallel(
+        &self,
+        prefix: &str,
+        (din, dout): (usize, usize),
+        cols: Range<usize>,
+    ) -> Result<Linear> {
+        match self.ctx.shard {
+            None => Linear::load_conv1d(self.ctx, prefix, din, dout),
+            Some(shard) => Linear::load_conv1d_split(
+                self.ctx,
+                prefix,
+                (din, dout),
+                Conv1dSplit::Inputs(cols, shard.comm().clone()),
+            ),
+        }
     }
 }
 

@@ -36,6 +36,9 @@ pub enum Build {
         /// Every tensor the model reads, from the parsed config and `config.json` (for fields
         /// only the architecture's own code reads).
         tensors: fn(&ModelConfig, &ConfigFile<'_>) -> Result<Vec<TensorSpec>>,
+        /// Whether `load` splits the model across tensor-parallel ranks
+        /// ([`LoadContext::shard`]); the others are refused.
+        splits_across_ranks: bool,
     },
 }
 
@@ -77,6 +80,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gpt2::load,
             tensors: gpt2::tensor_specs,
+            splits_across_ranks: true,
         },
         gguf: None,
     },
@@ -160,6 +164,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -170,6 +175,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -180,6 +186,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -190,6 +197,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: bart::load,
             tensors: bart::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -200,6 +208,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: bart::load_mbart,
             tensors: bart::tensor_specs_mbart,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -210,6 +219,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: marian::load,
             tensors: marian::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -220,6 +230,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: whisper::load,
             tensors: whisper::tensor_specs,
+            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -380,12 +391,17 @@ impl<'a> Resolved<'a> {
     pub fn build(&self, config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Box<dyn CausalLM>> {
         match (self.entry.build, ctx.shard) {
             (Build::Decoder, _) => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
-            // The architectures with their own model code run whole layers only.
-            (Build::Custom { .. }, Some(shard)) => Err(shard.unsupported(&format!(
-                "a `{}` model (its own model code, not the shared decoder)",
+            (
+                Build::Custom {
+                    splits_across_ranks: false,
+                    ..
+                },
+                Some(shard),
+            ) => Err(shard.unsupported(&format!(
+                "a `{}` model (its own model code, which loads whole layers only)",
                 self.entry.model_type
             ))),
-            (Build::Custom { load, .. }, None) => load(config, &self.file(), ctx),
+            (Build::Custom { load, .. }, _) => load(config, &self.file(), ctx),
         }
     }
 

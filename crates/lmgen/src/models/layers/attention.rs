@@ -169,6 +169,14 @@ impl Attention {
         }
     }
 
+    /// An attention block that runs some of the heads of a block split across tensor-parallel
+    /// ranks: its attention weights ([`Attention::forward_with_weights`]) are gathered from
+    /// every rank of `comm`, so that each returns every head's.
+    pub fn with_split_heads(mut self, comm: Arc<dyn Communicator>) -> Self {
+        self.heads_comm = Some(comm);
+        self
+    }
+
     /// Whether [`Attention::forward_with_weights`] returns the weights (transformers' `eager`
     /// attention, `attn_implementation` at load).
     pub fn with_eager(mut self, eager: bool) -> Self {

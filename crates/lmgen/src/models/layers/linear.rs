@@ -18,7 +18,7 @@ use crate::parallel::Communicator;
 
 mod parallel;
 
-pub use parallel::{RowOutput, Rows};
+pub use parallel::{Conv1dSplit, RowOutput, Rows};
 
 /// The weight of a linear layer.
 #[derive(Debug, Clone)]

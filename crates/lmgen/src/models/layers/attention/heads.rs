@@ -85,6 +85,7 @@ pub(super) fn load_split(
         let sinks = ctx.tensor_as(&format!("{prefix}.sinks"), &[nh], DType::F32)?;
         attention.sinks = Some(sinks.narrow(0, heads.start, heads.len())?.contiguous()?);
     }
-    attention.heads_comm = Some(shard.comm().clone());
-    Ok(attention.configured(ctx, cfg))
+    Ok(attention
+        .with_split_heads(shard.comm().clone())
+        .configured(ctx, cfg))
 }

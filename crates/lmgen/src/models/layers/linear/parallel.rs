@@ -40,6 +40,15 @@ pub enum RowOutput {
     Partial { first: bool },
 }
 
+/// Which features of a GPT-2 `Conv1D` a rank keeps.
+#[derive(Debug, Clone)]
+pub enum Conv1dSplit<'a> {
+    /// Output features (column-parallel).
+    Outputs(&'a [Range<usize>]),
+    /// Input features (row-parallel), the outputs all-reduced over `comm`'s ranks.
+    Inputs(Range<usize>, Arc<dyn Communicator>),
+}
+
 impl Linear {
     /// Column-parallel: the rows `parts` name, stacked in that order into `[sum rows, in_dim]`
     /// (biases likewise when `bias`).
@@ -99,6 +108,38 @@ impl Linear {
             linear.collective = Some(Collective::Sum(comm));
         }
         Ok(linear)
+    }
+
+    /// A GPT-2 `Conv1D` (`{prefix}.weight` `[in, out]` on disk, `{prefix}.bias` `[out]`) split
+    /// across ranks: its output features `ranges` (column-parallel, stacked in that order), or
+    /// its input features (row-parallel, the bias added after the all-reduce).
+    pub fn load_conv1d_split(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        split: Conv1dSplit<'_>,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = ctx.tensor(&name, &[in_dim, out_dim])?.t()?; // [out, in]
+        let bias = ctx.tensor(&format!("{prefix}.bias"), &[out_dim])?;
+        match split {
+            Conv1dSplit::Outputs(ranges) => {
+                let cut = |t: &candle_core::Tensor| -> Result<candle_core::Tensor> {
+                    let parts = ranges
+                        .iter()
+                        .map(|r| t.narrow(0, r.start, r.len()))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Ok(candle_core::Tensor::cat(&parts, 0)?.contiguous()?)
+                };
+                Self::from_weight(ctx, &name, cut(&weight)?, Some(cut(&bias)?))
+            }
+            Conv1dSplit::Inputs(cols, comm) => {
+                let weight = weight.narrow(1, cols.start, cols.len())?.contiguous()?;
+                let mut linear = Self::from_weight(ctx, &name, weight, Some(bias))?;
+                linear.collective = Some(Collective::Sum(comm));
+                Ok(linear)
+            }
+        }
     }
 
     /// A column-parallel layer whose whole output every rank gets: the ranks' outputs
