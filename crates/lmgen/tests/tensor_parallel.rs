@@ -1,4 +1,4 @@
-//! Tensor parallelism on the CPU: every golden decoder-only architecture but Gemma 4, split
+//! Tensor parallelism on the CPU: every golden decoder-only architecture, split
 //! across 2 and 4 in-process ranks (threads exchanging activations through
 //! [`LocalCommunicator`]), gives the whole model's logits over a prompt and over greedy decode
 //! steps with the KV cache, and the same tokens; every rank gets the same bits. Architectures
@@ -22,7 +22,7 @@ use lmgen::models::{
 };
 use lmgen::parallel::{LocalCommunicator, Shard};
 
-/// The golden decoder-only checkpoints (under `tests/fixtures`) but Gemma 4's.
+/// The golden decoder-only checkpoints (under `tests/fixtures`).
 const MODELS: &[&str] = &[
     "golden/models/gpt2",
     "golden/models/llama",
@@ -49,9 +49,12 @@ const MODELS: &[&str] = &[
     "golden-arch/models/lfm2",
     "qwen3_5_moe/qwen3_5_moe_text",
     "mxfp4/gpt_oss_mxfp4",
+    "golden-arch/models/gemma4_text",
+    "gemma4-variants/k_eq_v_moe",
+    "gemma4-variants/shared_kv",
 ];
 
-/// A prompt (every fixture's vocabulary has 800 ids) and the greedy steps decoded after it.
+/// A prompt (ids modulo the model's vocabulary) and the greedy steps decoded after it.
 const PROMPT: &[u32] = &[1, 45, 302, 7, 611, 90, 12, 799, 233];
 const STEPS: usize = 4;
 
@@ -60,6 +63,10 @@ const TOL: f64 = 1e-5;
 
 /// Float64: the same with this bound.
 const TOL_F64: f64 = 1e-10;
+
+/// Gemma 4 does not run in float64 at all (its weightless norms go through candle's
+/// `rms_norm`, which has no f64 kernel): checked in float32 only.
+const NO_F64: &[&str] = &["gemma4_text", "k_eq_v_moe", "shared_kv"];
 
 /// The models whose whole float32 logits are themselves more than [`TOL`] from their float64
 /// logits (gpt-oss: 1.7e-5; Qwen3.5's gated DeltaNet L2-normalises small queries and keys:
@@ -114,7 +121,10 @@ fn run(model: &dyn CausalLM) -> anyhow::Result<Run> {
         let logits: Vec<Vec<f64>> = logits.squeeze(0)?.to_dtype(DType::F64)?.to_vec2()?;
         anyhow::Ok(logits)
     };
-    let prompt = step(PROMPT, 0, LogitsToKeep::All, &mut cache)?;
+    // The Gemma 4 variants have 64 ids.
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = PROMPT.iter().map(|&t| t % vocab).collect();
+    let prompt = step(&ids, 0, LogitsToKeep::All, &mut cache)?;
     let mut tokens = vec![argmax(prompt.last().map_or(&[][..], |r| r))];
     let mut steps = Vec::new();
     for i in 0..STEPS {
@@ -222,6 +232,14 @@ fn split_models_give_the_whole_models_logits_in_f64() -> anyhow::Result<()> {
     };
     let mut failed = Vec::new();
     for &model in MODELS {
+        if NO_F64.contains(&name(model)) {
+            let checkpoint = Checkpoint::open(&dir(model))?;
+            let ran = load_model(&checkpoint, &options).map(|m| run(m.as_ref()).is_ok());
+            if matches!(ran, Ok(true)) {
+                failed.push(format!("{model} runs in f64 now: drop it from NO_F64"));
+            }
+            continue;
+        }
         let (whole, split) = runs(model, &options)?;
         for (world_size, run) in &split {
             let label = format!("{} on {world_size} ranks, f64", name(model));
@@ -295,7 +313,7 @@ fn what_cannot_be_split_is_an_error_naming_why() {
         err.contains("over 4 ranks") && err.contains("`num_attention_heads` = 2"),
         "{err}"
     );
-    for model in ["golden-arch/models/gemma4_text", "golden-seq2seq/models/t5"] {
+    for model in ["golden-seq2seq/models/t5", "golden-seq2seq/models/whisper"] {
         let err = load_error(model, 2, &plain);
         assert!(err.contains(&format!("`{}` model", name(model))), "{err}");
     }

@@ -288,10 +288,10 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
 /// heads (a [`crate::cache::DynamicCache`]; caches sized from the config's head counts do not
 /// fit a part). A world size of 1 loads the whole model, as [`load_model`].
 ///
-/// Dense safetensors weights only: `quantize` and GGUF files are refused, as are architectures
-/// whose layers are not split yet (GPT-2, Gemma 4, the encoder-decoder models); a config whose
-/// head, channel, expert or vocabulary counts the world size does not divide is an error naming
-/// the field.
+/// Every decoder-only architecture splits. Dense safetensors weights only: `quantize` and GGUF
+/// files are refused, as are the encoder-decoder models (T5, BART, Marian, Whisper), whose layers
+/// are not split yet; a config whose head, channel, expert or vocabulary counts the world size
+/// does not divide is an error naming the field.
 pub fn load_model_sharded(
     checkpoint: &Checkpoint,
     options: &LoadOptions,

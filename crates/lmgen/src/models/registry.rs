@@ -164,7 +164,7 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
-            splits_across_ranks: false,
+            splits_across_ranks: true,
         },
         gguf: None,
     },

@@ -14,7 +14,7 @@ use super::linear::Linear;
 use super::LoadContext;
 use crate::error::{Error, Result};
 use crate::models::quantize::QuantizedWeight;
-use crate::parallel::Communicator;
+use crate::parallel::{Communicator, Shard};
 
 /// A token embedding table.
 #[derive(Debug, Clone)]
@@ -51,18 +51,7 @@ impl Embedding {
     /// format's blocks); otherwise it is dense in the compute dtype.
     pub fn load(ctx: &LoadContext<'_>, name: &str, vocab: usize, hidden: usize) -> Result<Self> {
         if let Some(shard) = ctx.shard {
-            let rows = shard.split(vocab, "vocab_size")?;
-            let table = ctx.tensor_rows(name, [vocab, hidden], rows.clone())?;
-            return Ok(Self {
-                table: Table::Dense(candle_nn::Embedding::new(table, hidden)),
-                dtype: ctx.dtype,
-                device: ctx.device.clone(),
-                part: Some(VocabPart {
-                    rows,
-                    vocab,
-                    comm: shard.comm().clone(),
-                }),
-            });
+            return Self::load_part(ctx, name, (vocab, "vocab_size"), hidden, shard);
         }
         let table = if let Some(q) = ctx.stored_quantized(name, &[vocab, hidden])? {
             Table::Quantized(Arc::new(q))
@@ -82,6 +71,29 @@ impl Embedding {
             dtype: ctx.dtype,
             device: ctx.device.clone(),
             part: None,
+        })
+    }
+
+    /// This rank's rows of a table split by vocabulary across tensor-parallel ranks (`field`:
+    /// the config field of `vocab`, for errors).
+    pub fn load_part(
+        ctx: &LoadContext<'_>,
+        name: &str,
+        (vocab, field): (usize, &str),
+        hidden: usize,
+        shard: &Shard,
+    ) -> Result<Self> {
+        let rows = shard.split(vocab, field)?;
+        let table = ctx.tensor_rows(name, [vocab, hidden], rows.clone())?;
+        Ok(Self {
+            table: Table::Dense(candle_nn::Embedding::new(table, hidden)),
+            dtype: ctx.dtype,
+            device: ctx.device.clone(),
+            part: Some(VocabPart {
+                rows,
+                vocab,
+                comm: shard.comm().clone(),
+            }),
         })
     }
 
