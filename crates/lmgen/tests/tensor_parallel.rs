@@ -1,8 +1,9 @@
 //! Tensor parallelism on the CPU: every golden decoder-only architecture, split
 //! across 2 and 4 in-process ranks (threads exchanging activations through
 //! [`LocalCommunicator`]), gives the whole model's logits over a prompt and over greedy decode
-//! steps with the KV cache, and the same tokens; every rank gets the same bits. Architectures
-//! not split yet, and configs the world size does not divide, are errors naming why.
+//! steps with the KV cache, and the same tokens; every rank gets the same bits. Configs the world
+//! size does not divide, and what is not split yet (quantized and GGUF weights), are errors
+//! naming why. The encoder-decoder models are `tensor_parallel_seq2seq.rs`'s.
 //!
 //! A split sums the same products in another order (a row-parallel layer adds the ranks'
 //! partial dot products; experts are summed per rank, then across ranks), so its logits differ
@@ -21,6 +22,10 @@ use lmgen::models::{
     LogitsToKeep, Quantization,
 };
 use lmgen::parallel::{LocalCommunicator, Shard};
+
+mod common;
+
+use common::on_ranks;
 
 /// The golden decoder-only checkpoints (under `tests/fixtures`).
 const MODELS: &[&str] = &[
@@ -137,24 +142,6 @@ fn run(model: &dyn CausalLM) -> anyhow::Result<Run> {
         prompt,
         steps,
         tokens,
-    })
-}
-
-/// `f` on each rank of a group of `world_size`, each in its own thread; the results by rank.
-fn on_ranks<T: Send>(
-    world_size: usize,
-    f: impl Fn(Shard) -> anyhow::Result<T> + Sync,
-) -> anyhow::Result<Vec<T>> {
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = LocalCommunicator::group(world_size)?
-            .into_iter()
-            .map(|comm| s.spawn(move || f(Shard::new(Arc::new(comm)))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a rank panicked"))?)
-            .collect()
     })
 }
 
@@ -313,16 +300,24 @@ fn what_cannot_be_split_is_an_error_naming_why() {
         err.contains("over 4 ranks") && err.contains("`num_attention_heads` = 2"),
         "{err}"
     );
-    for model in ["golden-seq2seq/models/t5", "golden-seq2seq/models/whisper"] {
-        let err = load_error(model, 2, &plain);
-        assert!(err.contains(&format!("`{}` model", name(model))), "{err}");
-    }
     let quantized = LoadOptions {
         quantize: Some(Quantization::Q8_0),
         ..LoadOptions::default()
     };
     let err = load_error("golden/models/llama", 2, &quantized);
     assert!(err.contains("`quantize`"), "{err}");
+    let err = load_error("golden-seq2seq/models/flan_t5", 4, &plain);
+    assert!(err.contains("`num_heads` = 2"), "{err}");
+    let gguf = dir("gguf");
+    let checkpoint = Checkpoint::open_gguf(&gguf, &gguf.join("llama-f32.gguf")).expect("a GGUF");
+    let comm = LocalCommunicator::group(2).expect("ranks").swap_remove(0);
+    let err = load_model_sharded(&checkpoint, &plain, &Shard::new(Arc::new(comm)))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("GGUF")),
+        "{err:?}"
+    );
 }
 
 /// Named, flattened outputs of [`padded_run`].

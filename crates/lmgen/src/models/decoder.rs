@@ -16,7 +16,7 @@ use super::config::{
 use super::layers::attention::{Attention, AttentionInput};
 use super::layers::embedding::Embedding;
 use super::layers::gated_delta_net::GatedDeltaNet;
-use super::layers::linear::{Linear, Rows};
+use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mixer::Mixer;
 use super::layers::mlp::GatedMlp;
@@ -138,18 +138,9 @@ pub(crate) fn lm_head(
 ) -> Result<Linear> {
     if cfg.tie_word_embeddings && !ctx.contains("lm_head.weight") {
         embed.tied_head(ctx)
-    } else if let Some(shard) = ctx.shard {
-        // Split by vocabulary; every rank gathers the whole logits.
-        let rows = shard.split(cfg.vocab_size, "vocab_size")?;
-        let part = Rows {
-            prefix: "lm_head",
-            out: cfg.vocab_size,
-            rows,
-        };
-        let head = Linear::load_rows(ctx, &[part], cfg.hidden_size, false)?;
-        Ok(head.gathered(shard.comm().clone()))
     } else {
-        Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
+        let dims = (cfg.hidden_size, cfg.vocab_size);
+        Linear::load_lm_head(ctx, "lm_head", dims, "vocab_size")
     }
 }
 

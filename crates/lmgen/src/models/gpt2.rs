@@ -14,7 +14,7 @@ use super::config::{
 };
 use super::layers::attention::{Attention, AttentionInput, AttentionShape};
 use super::layers::embedding::Embedding;
-use super::layers::linear::{Linear, Rows};
+use super::layers::linear::Linear;
 use super::layers::mask::ForwardMasks;
 use super::layers::mlp::Mlp;
 use super::layers::norm::LayerNorm;
@@ -204,15 +204,8 @@ impl Gpt2 {
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             wte.tied_head(ctx)?
-        } else if let Some(shard) = ctx.shard {
-            let rows = Rows {
-                prefix: "lm_head",
-                out: cfg.vocab_size,
-                rows: shard.split(cfg.vocab_size, "vocab_size")?,
-            };
-            Linear::load_rows(ctx, &[rows], h, false)?.gathered(shard.comm().clone())
         } else {
-            Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
+            Linear::load_lm_head(ctx, "lm_head", (h, cfg.vocab_size), "vocab_size")?
         };
         Ok(Self {
             wte,

@@ -288,10 +288,11 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
 /// heads (a [`crate::cache::DynamicCache`]; caches sized from the config's head counts do not
 /// fit a part). A world size of 1 loads the whole model, as [`load_model`].
 ///
-/// Every decoder-only architecture splits. Dense safetensors weights only: `quantize` and GGUF
-/// files are refused, as are the encoder-decoder models (T5, BART, Marian, Whisper), whose layers
-/// are not split yet; a config whose head, channel, expert or vocabulary counts the world size
-/// does not divide is an error naming the field.
+/// Every registered architecture splits (encoder-decoder models: both stacks by heads and
+/// feed-forward width; a vocabulary the world size does not divide leaves the last ranks fewer
+/// rows). Dense safetensors weights only: `quantize` and GGUF files are refused; a config whose
+/// head, channel, expert or width counts the world size does not divide is an error naming the
+/// field.
 pub fn load_model_sharded(
     checkpoint: &Checkpoint,
     options: &LoadOptions,

@@ -32,13 +32,12 @@ pub enum Build {
     /// The architecture's own model code (encoder-decoder models too: their [`ModelConfig`]
     /// describes the decoder, so the tensors they list also read `config.json`'s encoder fields).
     Custom {
+        /// Builds the model; split across tensor-parallel ranks where [`LoadContext::shard`] says
+        /// so (or refused with [`crate::parallel::Shard::unsupported`]).
         load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
         /// Every tensor the model reads, from the parsed config and `config.json` (for fields
         /// only the architecture's own code reads).
         tensors: fn(&ModelConfig, &ConfigFile<'_>) -> Result<Vec<TensorSpec>>,
-        /// Whether `load` splits the model across tensor-parallel ranks
-        /// ([`LoadContext::shard`]); the others are refused.
-        splits_across_ranks: bool,
     },
 }
 
@@ -80,7 +79,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gpt2::load,
             tensors: gpt2::tensor_specs,
-            splits_across_ranks: true,
         },
         gguf: None,
     },
@@ -164,7 +162,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: gemma4::load,
             tensors: gemma4::tensor_specs,
-            splits_across_ranks: true,
         },
         gguf: None,
     },
@@ -175,7 +172,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -186,7 +182,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: t5::load,
             tensors: t5::tensor_specs,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -197,7 +192,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: bart::load,
             tensors: bart::tensor_specs,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -208,7 +202,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: bart::load_mbart,
             tensors: bart::tensor_specs_mbart,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -219,7 +212,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: marian::load,
             tensors: marian::tensor_specs,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -230,7 +222,6 @@ pub static ARCHITECTURES: &[Entry] = &[
         build: Build::Custom {
             load: whisper::load,
             tensors: whisper::tensor_specs,
-            splits_across_ranks: false,
         },
         gguf: None,
     },
@@ -389,19 +380,9 @@ impl<'a> Resolved<'a> {
 
     /// Builds the model.
     pub fn build(&self, config: ModelConfig, ctx: &LoadContext<'_>) -> Result<Box<dyn CausalLM>> {
-        match (self.entry.build, ctx.shard) {
-            (Build::Decoder, _) => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
-            (
-                Build::Custom {
-                    splits_across_ranks: false,
-                    ..
-                },
-                Some(shard),
-            ) => Err(shard.unsupported(&format!(
-                "a `{}` model (its own model code, which loads whole layers only)",
-                self.entry.model_type
-            ))),
-            (Build::Custom { load, .. }, _) => load(config, &self.file(), ctx),
+        match self.entry.build {
+            Build::Decoder => Ok(Box::new(decoder::Decoder::load(config, ctx)?)),
+            Build::Custom { load, .. } => load(config, &self.file(), ctx),
         }
     }
 

@@ -51,6 +51,22 @@ impl Shard {
         Ok(self.rank() * part..(self.rank() + 1) * part)
     }
 
+    /// This rank's rows of a vocabulary of `n` ids (the config's `field`): `ceil(n / world_size)`
+    /// rows each, fewer on the last ranks when the world size does not divide `n` (GPT-2's 50257
+    /// ids). An error when a rank would get none.
+    pub fn split_vocab(&self, n: usize, field: &str) -> Result<Range<usize>> {
+        let ws = self.world_size();
+        let part = n.div_ceil(ws);
+        if part * (ws - 1) >= n {
+            return Err(self.error(format!(
+                "`{field}` = {n} leaves rank {} without rows in parts of {part}",
+                ws - 1
+            )));
+        }
+        let start = (self.rank() * part).min(n);
+        Ok(start..((self.rank() + 1) * part).min(n))
+    }
+
     /// This rank's part of `n` shared heads (`field`: key/value heads of grouped-query attention,
     /// key heads of a gated DeltaNet) whose users (`users`: query or value heads, `n` divides
     /// them) split evenly: `n / world_size` heads when the world size divides `n`, else, when
@@ -142,6 +158,15 @@ mod tests {
             "{err}"
         );
         assert_eq!(rows(&(2..4), 3, 10), 16..22);
+        let vocab: Vec<_> = four
+            .iter()
+            .map(|s| s.split_vocab(401, "vocab_size"))
+            .collect::<Result<_>>()?;
+        assert_eq!(vocab, vec![0..101, 101..202, 202..303, 303..401]);
+        let err = four[3]
+            .split_vocab(5, "vocab_size")
+            .expect_err("5 ids, parts of 2");
+        assert!(err.to_string().contains("`vocab_size` = 5"), "{err}");
         Ok(())
     }
 }

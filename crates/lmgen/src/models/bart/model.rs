@@ -191,7 +191,8 @@ impl Bart {
         let lm_head = if shape.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             dec_tokens.tied_head(ctx)?
         } else {
-            Linear::load(ctx, "lm_head", h, shape.decoder_vocab_size, false)?
+            let dims = (h, shape.decoder_vocab_size);
+            Linear::load_lm_head(ctx, "lm_head", dims, "decoder_vocab_size")?
         };
         let decoder = BartDecoder {
             embed: stack("decoder", dec_tokens, shape.decoder_vocab_size)?,

@@ -83,7 +83,7 @@ impl Embedding {
         hidden: usize,
         shard: &Shard,
     ) -> Result<Self> {
-        let rows = shard.split(vocab, field)?;
+        let rows = shard.split_vocab(vocab, field)?;
         let table = ctx.tensor_rows(name, [vocab, hidden], rows.clone())?;
         Ok(Self {
             table: Table::Dense(candle_nn::Embedding::new(table, hidden)),
@@ -161,7 +161,8 @@ impl Embedding {
     pub fn tied_head(&self, ctx: &LoadContext<'_>) -> Result<Linear> {
         if let (Some(part), Table::Dense(e)) = (&self.part, &self.table) {
             let head = Linear::from_weight(ctx, "lm_head.weight", e.embeddings().clone(), None)?;
-            return Ok(head.gathered(part.comm.clone()));
+            let chunk = part.vocab.div_ceil(part.comm.world_size());
+            return Ok(head.gathered(part.comm.clone(), (chunk, part.vocab)));
         }
         match &self.table {
             Table::Quantized(q) => Ok(Linear::from_quantized(q.clone())),

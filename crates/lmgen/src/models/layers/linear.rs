@@ -86,7 +86,17 @@ enum Collective {
     Sum(Arc<dyn Communicator>),
     /// Column-parallel with the whole output wanted on every rank (a vocabulary-split LM head):
     /// the ranks' outputs concatenated along the last dimension.
-    Gather(Arc<dyn Communicator>),
+    Gather(Box<Gather>),
+}
+
+/// How a vocabulary-split LM head gathers its logits: every rank's `chunk` columns (the last
+/// ranks' padded with zeros to it, as a collective takes one shape from every rank), of which
+/// the first `total` are the vocabulary.
+#[derive(Debug, Clone)]
+struct Gather {
+    comm: Arc<dyn Communicator>,
+    chunk: usize,
+    total: usize,
 }
 
 impl Linear {
@@ -232,9 +242,21 @@ impl Linear {
         match &self.collective {
             None => self.add_bias(y),
             Some(Collective::Sum(comm)) => self.add_bias(comm.all_reduce_sum(&y)?),
-            Some(Collective::Gather(comm)) => {
-                let y = self.add_bias(y)?; // [.., out / ranks]
-                comm.all_gather(&y, y.rank() - 1) // [.., out]
+            Some(Collective::Gather(g)) => {
+                let y = self.add_bias(y)?; // [.., rows of this rank]
+                let last = y.rank() - 1;
+                let short = g.chunk - y.dim(last)?;
+                let y = if short > 0 {
+                    y.pad_with_zeros(last, 0, short)?
+                } else {
+                    y
+                }; // [.., chunk]
+                let all = g.comm.all_gather(&y, last)?; // [.., ranks * chunk]
+                if all.dim(last)? == g.total {
+                    Ok(all)
+                } else {
+                    Ok(all.narrow(last, 0, g.total)?) // [.., total]
+                }
             }
         }
     }

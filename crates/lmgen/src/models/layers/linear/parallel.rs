@@ -16,7 +16,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{Collective, Linear};
+use super::{Collective, Gather, Linear};
 use crate::error::Result;
 use crate::models::layers::LoadContext;
 use crate::parallel::Communicator;
@@ -142,11 +142,74 @@ impl Linear {
         }
     }
 
-    /// A column-parallel layer whose whole output every rank gets: the ranks' outputs
-    /// concatenated along the last dimension (an LM head split by vocabulary).
-    pub fn gathered(mut self, comm: Arc<dyn Communicator>) -> Self {
-        self.collective = Some(Collective::Gather(comm));
+    /// A column-parallel layer whose whole output every rank gets (an LM head split by
+    /// vocabulary, [`crate::parallel::Shard::split_vocab`]): the ranks' outputs, `chunk`
+    /// columns each but fewer on the last ranks, concatenated into `total` columns.
+    pub fn gathered(mut self, comm: Arc<dyn Communicator>, (chunk, total): (usize, usize)) -> Self {
+        self.collective = Some(Collective::Gather(Box::new(Gather { comm, chunk, total })));
         self
+    }
+
+    /// The LM head `{prefix}.weight` `[vocab, hidden]` (no bias): whole, or split by vocabulary
+    /// across tensor-parallel ranks, each gathering the whole logits (`field`: the config field
+    /// of `vocab`, for errors).
+    pub fn load_lm_head(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (hidden, vocab): (usize, usize),
+        field: &str,
+    ) -> Result<Self> {
+        let Some(shard) = ctx.shard else {
+            return Self::load(ctx, prefix, hidden, vocab, false);
+        };
+        let rows = shard.split_vocab(vocab, field)?;
+        let part = Rows {
+            prefix,
+            out: vocab,
+            rows,
+        };
+        let head = Self::load_rows(ctx, &[part], hidden, false)?;
+        let chunk = vocab.div_ceil(shard.world_size());
+        Ok(head.gathered(shard.comm().clone(), (chunk, vocab)))
+    }
+
+    /// `{prefix}` `[out_dim, in_dim]`: whole, or this rank's part of the output features split
+    /// across tensor-parallel ranks (column-parallel; `field`: the config field of `out_dim`).
+    pub fn load_out_split(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        field: &str,
+    ) -> Result<Self> {
+        let Some(shard) = ctx.shard else {
+            return Self::load(ctx, prefix, in_dim, out_dim, bias);
+        };
+        let rows = shard.split(out_dim, field)?;
+        let part = Rows {
+            prefix,
+            out: out_dim,
+            rows,
+        };
+        Self::load_rows(ctx, &[part], in_dim, bias)
+    }
+
+    /// `{prefix}` `[out_dim, in_dim]`: whole, or this rank's part of the input features split
+    /// across tensor-parallel ranks (row-parallel, the ranks' outputs all-reduced; `field`: the
+    /// config field of `in_dim`).
+    pub fn load_in_split(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (in_dim, out_dim): (usize, usize),
+        bias: bool,
+        field: &str,
+    ) -> Result<Self> {
+        let Some(shard) = ctx.shard else {
+            return Self::load(ctx, prefix, in_dim, out_dim, bias);
+        };
+        let cols = shard.split(in_dim, field)?;
+        let output = RowOutput::Reduced(shard.comm().clone());
+        Self::load_columns(ctx, prefix, (in_dim, out_dim), cols, bias, output)
     }
 }
 
@@ -186,7 +249,7 @@ mod tests {
                             bias: Some(b.narrow(0, 3 * r, 3)?),
                             collective: None,
                         }
-                        .gathered(comm);
+                        .gathered(comm, (3, 6));
                         let x_part = x.narrow(2, 4 * r, 4)?;
                         Ok((row.forward(&x_part)?, column.forward(x)?))
                     })
