@@ -18,8 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use lmgen::cache::DynamicCache;
 use lmgen::load::Checkpoint;
 use lmgen::models::{
-    load_model, load_model_sharded, AttnImplementation, CausalLM, ForwardInput, LoadOptions,
-    LogitsToKeep, Quantization,
+    load_model, load_model_sharded, CausalLM, ForwardInput, LoadOptions, LogitsToKeep, Quantization,
 };
 use lmgen::parallel::{LocalCommunicator, Shard};
 
@@ -318,110 +317,4 @@ fn what_cannot_be_split_is_an_error_naming_why() {
         err.as_deref().is_some_and(|e| e.contains("GGUF")),
         "{err:?}"
     );
-}
-
-/// Named, flattened outputs of [`padded_run`].
-type Outputs = Vec<(String, Vec<f64>)>;
-
-/// A left-padded batch of two over a prompt with every hidden state and attention weight, then
-/// one decode step.
-fn padded_run(model: &dyn CausalLM) -> anyhow::Result<Outputs> {
-    let cpu = Device::Cpu;
-    let mut cache = DynamicCache::new();
-    let mut outputs = Vec::new();
-    let mut mask: Vec<Vec<u8>> = vec![vec![0, 0, 1, 1, 1, 1], vec![1; 6]];
-    // (ids, positions) per step.
-    let steps: [[Vec<Vec<u32>>; 2]; 2] = [
-        [
-            vec![vec![0, 0, 5, 60, 700, 8], vec![9, 100, 11, 412, 13, 799]],
-            vec![vec![1, 1, 0, 1, 2, 3], (0..6).collect()],
-        ],
-        [vec![vec![321], vec![77]], vec![vec![4], vec![6]]],
-    ];
-    for (i, [ids, positions]) in steps.into_iter().enumerate() {
-        if i > 0 {
-            mask.iter_mut().for_each(|row| row.push(1));
-        }
-        let (ids, positions) = (Tensor::new(ids, &cpu)?, Tensor::new(positions, &cpu)?);
-        let input = ForwardInput {
-            attention_mask: Some(&mask),
-            logits_to_keep: LogitsToKeep::All,
-            output_hidden_states: true,
-            output_attentions: true,
-            ..ForwardInput::last(&ids, &positions)
-        };
-        let out = model.forward(&input, &mut cache)?;
-        let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> {
-            Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
-        };
-        outputs.push((format!("step {i} logits"), flat(&out.logits)?));
-        for (l, h) in out.hidden_states.iter().flatten().enumerate() {
-            outputs.push((format!("step {i} hidden state {l}"), flat(h)?));
-        }
-        for (l, a) in out.attentions.iter().flatten().enumerate() {
-            outputs.push((format!("step {i} attention weights {l}"), flat(a)?));
-        }
-    }
-    Ok(outputs)
-}
-
-/// A left-padded batch, every hidden state and eager attention's weights (every head's, gathered
-/// from the ranks) come out of a split model as out of the whole one, in f64.
-#[test]
-fn padded_batches_hidden_states_and_attention_weights_match() -> anyhow::Result<()> {
-    let options = LoadOptions {
-        dtype: Some(DType::F64),
-        attn_implementation: AttnImplementation::Eager,
-        ..LoadOptions::default()
-    };
-    let models = [
-        "golden/models/gpt2",
-        "golden/models/gemma2",
-        "golden-arch/models/olmo2",
-        "golden-arch/models/gpt_oss",
-        "golden-arch/models/qwen3_next",
-        "golden-arch/models/lfm2",
-    ];
-    let mut failed = Vec::new();
-    for model in models {
-        let checkpoint = Checkpoint::open(&dir(model))?;
-        let whole = padded_run(load_model(&checkpoint, &options)?.as_ref())?;
-        anyhow::ensure!(
-            whole.iter().any(|(n, _)| n.contains("attention weights")),
-            "{model}: no attention weights"
-        );
-        for world_size in [2, 4] {
-            let label = format!("{} on {world_size} ranks", name(model));
-            let ranks = on_ranks(world_size, |shard| {
-                padded_run(load_model_sharded(&checkpoint, &options, &shard)?.as_ref())
-            })?;
-            if ranks.iter().any(|r| r != &ranks[0]) {
-                failed.push(format!("{label}: the ranks' outputs differ"));
-            }
-            if ranks[0].len() != whole.len() {
-                failed.push(format!(
-                    "{label}: {} outputs, whole model {}",
-                    ranks[0].len(),
-                    whole.len()
-                ));
-                continue;
-            }
-            for ((what, got), (_, want)) in ranks[0].iter().zip(&whole) {
-                let d = got
-                    .iter()
-                    .zip(want)
-                    .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-                    .fold(0.0, f64::max);
-                if got.len() != want.len() || d > TOL_F64 || d.is_nan() {
-                    failed.push(format!(
-                        "{label}: {what}: {d:e} ({} vs {} values)",
-                        got.len(),
-                        want.len()
-                    ));
-                }
-            }
-        }
-    }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    Ok(())
 }
