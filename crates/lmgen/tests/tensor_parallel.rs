@@ -20,7 +20,7 @@ use lmgen::load::Checkpoint;
 use lmgen::models::{
     load_model, load_model_sharded, CausalLM, ForwardInput, LoadOptions, LogitsToKeep, Quantization,
 };
-use lmgen::parallel::{LocalCommunicator, Shard};
+use lmgen::parallel::{LocalCommunicator, Shard, TcpCommunicator};
 
 mod common;
 
@@ -317,4 +317,54 @@ fn what_cannot_be_split_is_an_error_naming_why() {
         err.as_deref().is_some_and(|e| e.contains("GGUF")),
         "{err:?}"
     );
+}
+
+/// `f` on each rank of a group over TCP on the loopback interface, each in its own thread.
+fn on_tcp_ranks<T: Send>(
+    world_size: usize,
+    f: impl Fn(Shard) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (f, listener) = (&f, &listener);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world_size)
+            .map(|rank| {
+                s.spawn(move || {
+                    let comm = if rank == 0 {
+                        TcpCommunicator::root(listener, world_size)?
+                    } else {
+                        let timeout = std::time::Duration::from_secs(30);
+                        TcpCommunicator::member(addr, (rank, world_size), timeout)?
+                    };
+                    f(Shard::new(Arc::new(comm)))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a rank panicked"))?)
+            .collect()
+    })
+}
+
+/// Ranks that exchange over TCP give the same bits as ranks in one process: the collectives
+/// compute from the same tensors in the same order.
+#[test]
+fn ranks_over_tcp_give_the_in_process_ranks_bits() -> anyhow::Result<()> {
+    let options = LoadOptions::default();
+    for model in [
+        "golden/models/llama",
+        "golden-arch/models/qwen3_next",
+        "golden-arch/models/gemma4_text",
+    ] {
+        let checkpoint = Checkpoint::open(&dir(model))?;
+        for world_size in [2, 4] {
+            let split = |shard| run(load_model_sharded(&checkpoint, &options, &shard)?.as_ref());
+            let local = on_ranks(world_size, split)?;
+            let tcp = on_tcp_ranks(world_size, split)?;
+            assert!(tcp == local, "{model} on {world_size} ranks");
+        }
+    }
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! Each collective is one exchange: every rank puts its tensor in its slot, the last to arrive
 //! publishes all of them, and each rank computes the result from the published tensors in rank
-//! order (a sum is `x_0 + x_1 + ...` on every rank, so all ranks get the same bits). A rank that
+//! order ([`Exchange`]: a sum is `x_0 + x_1 + ...` on every rank, so all ranks get the same
+//! bits). A rank that
 //! drops its communicator while others wait in a collective ends their wait with an error rather
 //! than a deadlock.
 
@@ -12,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use candle_core::Tensor;
 
 use super::comm::tp_error;
-use super::Communicator;
+use super::exchange::Exchange;
 use crate::error::{Error, Result};
 
 /// One rank of an in-process group.
@@ -26,14 +27,14 @@ pub struct LocalCommunicator {
 #[derive(Debug)]
 struct Group {
     world_size: usize,
-    state: Mutex<Exchange>,
+    state: Mutex<Round>,
     /// Signalled when an exchange completes or a rank leaves.
     done: Condvar,
 }
 
 /// The exchange in progress and the last one completed.
 #[derive(Debug)]
-struct Exchange {
+struct Round {
     /// This exchange's tensors, by rank.
     slots: Vec<Option<Tensor>>,
     arrived: usize,
@@ -53,7 +54,7 @@ impl LocalCommunicator {
         }
         let group = Arc::new(Group {
             world_size,
-            state: Mutex::new(Exchange {
+            state: Mutex::new(Round {
                 slots: vec![None; world_size],
                 arrived: 0,
                 generation: 0,
@@ -70,7 +71,7 @@ impl LocalCommunicator {
             .collect())
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Exchange>> {
+    fn lock(&self) -> Result<MutexGuard<'_, Round>> {
         self.group
             .state
             .lock()
@@ -82,7 +83,7 @@ impl LocalCommunicator {
     }
 
     /// Puts `x` in this rank's slot and returns every rank's tensor once all have arrived.
-    fn exchange(&self, x: &Tensor) -> Result<Arc<Vec<Tensor>>> {
+    fn join(&self, x: &Tensor) -> Result<Arc<Vec<Tensor>>> {
         let mut state = self.lock()?;
         if let Some(rank) = state.left {
             return Err(self.error(format!("rank {rank} left the group")));
@@ -120,30 +121,6 @@ impl LocalCommunicator {
         // No later exchange can complete before this rank joins it: `published` is ours.
         Ok(state.published.clone())
     }
-
-    /// Checks that every rank passed the same shape (the dims but `except`) and dtype.
-    fn check_same(&self, parts: &[Tensor], except: Option<usize>, what: &str) -> Result<()> {
-        let first = &parts[0];
-        let strip = |t: &Tensor| {
-            let mut dims = t.dims().to_vec();
-            if let Some(d) = except.filter(|&d| d < dims.len()) {
-                dims.remove(d);
-            }
-            dims
-        };
-        for (rank, part) in parts.iter().enumerate() {
-            if strip(part) != strip(first) || part.dtype() != first.dtype() {
-                return Err(self.error(format!(
-                    "{what}: rank {rank} passed {:?} {:?}, rank 0 {:?} {:?}",
-                    part.dtype(),
-                    part.dims(),
-                    first.dtype(),
-                    first.dims()
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Drop for LocalCommunicator {
@@ -155,43 +132,13 @@ impl Drop for LocalCommunicator {
     }
 }
 
-impl Communicator for LocalCommunicator {
-    fn rank(&self) -> usize {
-        self.rank
+impl Exchange for LocalCommunicator {
+    fn position(&self) -> (usize, usize) {
+        (self.rank, self.group.world_size)
     }
 
-    fn world_size(&self) -> usize {
-        self.group.world_size
-    }
-
-    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
-        let parts = self.exchange(x)?;
-        self.check_same(&parts, None, "all-reduce")?;
-        // Rank order on every rank: the same additions, the same bits.
-        let mut sum = parts[0].to_device(x.device())?;
-        for part in &parts[1..] {
-            sum = (sum + part.to_device(x.device())?)?;
-        }
-        Ok(sum)
-    }
-
-    fn all_gather(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
-        let parts = self.exchange(x)?;
-        self.check_same(&parts, Some(dim), "all-gather")?;
-        let parts = parts
-            .iter()
-            .map(|p| p.to_device(x.device()))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&parts, dim)?)
-    }
-
-    fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.group.world_size {
-            return Err(self.error(format!("broadcast from rank {root}: no such rank")));
-        }
-        let parts = self.exchange(x)?;
-        self.check_same(&parts, None, "broadcast")?;
-        Ok(parts[root].to_device(x.device())?)
+    fn exchange(&self, x: &Tensor) -> Result<Arc<Vec<Tensor>>> {
+        self.join(x)
     }
 }
 
@@ -200,6 +147,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::parallel::Communicator;
 
     /// Runs `f` on each rank of a group of `n` in its own thread; the results by rank.
     fn on_ranks<T: Send>(
