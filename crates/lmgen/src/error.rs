@@ -133,6 +133,16 @@ pub enum Error {
     /// server, not of the request: the same request succeeds on a running engine.
     #[error("the generation engine has stopped; it takes no new requests")]
     EngineStopped,
+    /// A model that cannot be split across the tensor-parallel ranks asked for (a count the
+    /// world size does not divide, naming the config field; a layer kind not split yet), or a
+    /// collective between the ranks that failed.
+    #[error("tensor parallelism over {world_size} ranks: {message}")]
+    TensorParallel {
+        /// The number of ranks.
+        world_size: usize,
+        /// What cannot be split, naming the field, or why the collective failed.
+        message: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(candle_core::Error),

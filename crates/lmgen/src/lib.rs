@@ -36,6 +36,7 @@ pub mod generation;
 pub mod init;
 pub mod load;
 pub mod models;
+pub mod parallel;
 pub mod pipeline;
 pub mod speech;
 pub mod tokenizer;

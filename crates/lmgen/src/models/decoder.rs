@@ -126,11 +126,13 @@ pub struct Decoder {
     rotary_local: Option<RotaryEmbedding>,
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
 /// The LM head: `lm_head.weight`, or the embedding table when tied (its blocks when the table is
-/// quantized, as llama.cpp runs it).
+/// quantized, as llama.cpp runs it); split by vocabulary across tensor-parallel ranks.
 pub(crate) fn lm_head(
     ctx: &LoadContext<'_>,
     cfg: &ModelConfig,
@@ -139,7 +141,8 @@ pub(crate) fn lm_head(
     if cfg.tie_word_embeddings && !ctx.contains("lm_head.weight") {
         embed.tied_head(ctx)
     } else {
-        Linear::load(ctx, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
+        let dims = (cfg.hidden_size, cfg.vocab_size);
+        Linear::load_lm_head(ctx, "lm_head", dims, "vocab_size")
     }
 }
 
@@ -209,6 +212,7 @@ impl Decoder {
             rotary: rotary(&cfg.rope),
             rotary_local: rotary(&cfg.rope_local),
             device: ctx.device.clone(),
+            thread: crate::models::pool::ForwardThread::for_model(ctx),
             dtype: ctx.dtype,
             config,
         })
@@ -379,7 +383,7 @@ impl Decoder {
 
 impl CausalLM for Decoder {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

@@ -25,6 +25,10 @@ use crate::cache::KvCache;
 use crate::error::Result;
 use crate::init::{Init, TensorSpec};
 
+mod projections;
+
+use projections::Projections;
+
 /// The `config.json` fields of `GPT2Config` that lmgen reads.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -130,6 +134,8 @@ pub struct Gpt2 {
     lm_head: Linear,
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
@@ -162,10 +168,10 @@ impl Gpt2 {
             &format!("{prefix}wpe.weight"),
             &[cfg.max_position_embeddings, h],
         )?;
-        let conv1d = |name: String, din, dout| Linear::load_conv1d(ctx, &name, din, dout);
+        let projections = Projections::new(ctx, cfg)?;
         let shape = AttentionShape {
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_attention_heads,
+            num_heads: projections.heads(),
+            num_kv_heads: projections.heads(),
             head_dim: cfg.head_dim,
         };
         let blocks = (0..cfg.num_hidden_layers)
@@ -175,21 +181,24 @@ impl Gpt2 {
                 if scale_attn_by_inverse_layer_idx {
                     scale /= (i + 1) as f64;
                 }
-                let i_dim = cfg.intermediate_size;
+                let attn = Attention::new(
+                    projections.c_attn(&format!("{p}.attn.c_attn"))?,
+                    projections.c_proj(&format!("{p}.attn.c_proj"))?,
+                    shape,
+                    scale,
+                    i,
+                )
+                .with_eager(ctx.attn_implementation == AttnImplementation::Eager);
                 Ok(Block {
                     ln_1: LayerNorm::load(ctx, &format!("{p}.ln_1"), h, cfg.norm_eps)?,
-                    attn: Attention::new(
-                        conv1d(format!("{p}.attn.c_attn"), h, 3 * h)?,
-                        conv1d(format!("{p}.attn.c_proj"), h, h)?,
-                        shape,
-                        scale,
-                        i,
-                    )
-                    .with_eager(ctx.attn_implementation == AttnImplementation::Eager),
+                    attn: match ctx.shard {
+                        Some(shard) => attn.with_split_heads(shard.comm().clone()),
+                        None => attn,
+                    },
                     ln_2: LayerNorm::load(ctx, &format!("{p}.ln_2"), h, cfg.norm_eps)?,
                     mlp: Mlp::new(
-                        conv1d(format!("{p}.mlp.c_fc"), h, i_dim)?,
-                        conv1d(format!("{p}.mlp.c_proj"), i_dim, h)?,
+                        projections.c_fc(&format!("{p}.mlp.c_fc"))?,
+                        projections.mlp_c_proj(&format!("{p}.mlp.c_proj"))?,
                         cfg.hidden_act,
                     ),
                 })
@@ -198,7 +207,7 @@ impl Gpt2 {
         let lm_head = if cfg.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             wte.tied_head(ctx)?
         } else {
-            Linear::load(ctx, "lm_head", h, cfg.vocab_size, false)?
+            Linear::load_lm_head(ctx, "lm_head", (h, cfg.vocab_size), "vocab_size")?
         };
         Ok(Self {
             wte,
@@ -207,6 +216,7 @@ impl Gpt2 {
             ln_f: LayerNorm::load(ctx, &format!("{prefix}ln_f"), h, cfg.norm_eps)?,
             lm_head,
             device: ctx.device.clone(),
+            thread: crate::models::pool::ForwardThread::for_model(ctx),
             dtype: ctx.dtype,
             config,
         })
@@ -322,7 +332,7 @@ impl Gpt2 {
 
 impl CausalLM for Gpt2 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

@@ -279,6 +279,43 @@ impl Default for LoadOptions {
 
 /// Builds the model that `config.json` describes, with its weights from the checkpoint.
 pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<dyn CausalLM>> {
+    build(checkpoint, options, None)
+}
+
+/// [`load_model`] for one rank of a model split across tensor-parallel ranks ([`crate::parallel`]):
+/// each rank loads its part of every weight and calls [`CausalLM::forward`] with the same inputs
+/// in step with the others (the forward exchanges activations through `shard`'s communicator);
+/// every rank gets the whole model's logits. Each rank keeps its own cache of its own key/value
+/// heads (a [`crate::cache::DynamicCache`]; caches sized from the config's head counts do not
+/// fit a part). A world size of 1 loads the whole model, as [`load_model`].
+///
+/// Every registered architecture splits (encoder-decoder models: both stacks by heads and
+/// feed-forward width; a vocabulary the world size does not divide leaves the last ranks fewer
+/// rows). Dense safetensors weights only: `quantize` and GGUF files are refused; a config whose
+/// head, channel, expert or width counts the world size does not divide is an error naming the
+/// field.
+pub fn load_model_sharded(
+    checkpoint: &Checkpoint,
+    options: &LoadOptions,
+    shard: &crate::parallel::Shard,
+) -> Result<Box<dyn CausalLM>> {
+    if shard.world_size() == 1 {
+        return load_model(checkpoint, options);
+    }
+    if options.quantize.is_some() {
+        return Err(shard.unsupported("a model quantized at load (`quantize`)"));
+    }
+    if checkpoint.weights.gguf_path().is_some() {
+        return Err(shard.unsupported("a GGUF file"));
+    }
+    build(checkpoint, options, Some(shard))
+}
+
+fn build(
+    checkpoint: &Checkpoint,
+    options: &LoadOptions,
+    shard: Option<&crate::parallel::Shard>,
+) -> Result<Box<dyn CausalLM>> {
     let path = checkpoint.config_path();
     let resolved = registry::resolve(&config::ConfigFile::new(&checkpoint.config, &path))?;
     let config = resolved.parse()?;
@@ -291,6 +328,7 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
         device: &options.device,
         attn_implementation: options.attn_implementation,
         quantize: options.quantize,
+        shard,
     };
     resolved.build(config, &ctx)
 }

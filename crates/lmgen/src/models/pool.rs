@@ -10,6 +10,39 @@
 
 use candle_core::Device;
 
+use super::layers::LoadContext;
+
+/// Which thread a model's forward runs on, decided at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardThread {
+    /// One of rayon's threads ([`on_pool`]): a whole model on the CPU.
+    Pool,
+    /// The caller's: a GPU model, or a tensor-parallel rank. A rank blocks in its collectives
+    /// until every rank has arrived; as a pool job, a pool thread waiting for its share of an op
+    /// could take another rank's forward and wait on a rank that is suspended below it.
+    Caller,
+}
+
+impl ForwardThread {
+    /// For the model `ctx` loads.
+    pub fn for_model(ctx: &LoadContext<'_>) -> Self {
+        let whole = ctx.shard.is_none_or(|s| s.world_size() == 1);
+        if ctx.device.is_cpu() && whole {
+            Self::Pool
+        } else {
+            Self::Caller
+        }
+    }
+
+    /// `f()` on this thread kind.
+    pub fn run<R: Send>(self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Self::Pool => on_pool(&Device::Cpu, f),
+            Self::Caller => f(),
+        }
+    }
+}
+
 /// `f()` on a thread of rayon's global pool when `device` is the CPU and the caller is not on one
 /// already; otherwise on the calling thread.
 pub fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {

@@ -32,6 +32,8 @@ pub enum Build {
     /// The architecture's own model code (encoder-decoder models too: their [`ModelConfig`]
     /// describes the decoder, so the tensors they list also read `config.json`'s encoder fields).
     Custom {
+        /// Builds the model; split across tensor-parallel ranks where [`LoadContext::shard`] says
+        /// so (or refused with [`crate::parallel::Shard::unsupported`]).
         load: fn(ModelConfig, &ConfigFile<'_>, &LoadContext<'_>) -> Result<Box<dyn CausalLM>>,
         /// Every tensor the model reads, from the parsed config and `config.json` (for fields
         /// only the architecture's own code reads).

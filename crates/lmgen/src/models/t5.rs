@@ -262,20 +262,19 @@ enum FeedForward {
 impl FeedForward {
     fn load(ctx: &LoadContext<'_>, prefix: &str, spec: &T5Spec) -> Result<Self> {
         let (h, f) = (spec.d_model, spec.d_ff);
-        let lin = |name: &str, din, dout| {
-            Linear::load(ctx, &format!("{prefix}.{name}"), din, dout, false)
+        // Split across tensor-parallel ranks: `wi` column-parallel, `wo` row-parallel.
+        let wi = |name: &str| {
+            Linear::load_out_split(ctx, &format!("{prefix}.{name}"), (h, f), false, "d_ff")
         };
+        let wo = Linear::load_in_split(ctx, &format!("{prefix}.wo"), (f, h), false, "d_ff")?;
         Ok(if spec.gated {
             Self::Gated {
-                wi_0: lin("wi_0", h, f)?,
-                wi_1: lin("wi_1", h, f)?,
-                wo: lin("wo", f, h)?,
+                wi_0: wi("wi_0")?,
+                wi_1: wi("wi_1")?,
+                wo,
             }
         } else {
-            Self::Dense {
-                wi: lin("wi", h, f)?,
-                wo: lin("wo", f, h)?,
-            }
+            Self::Dense { wi: wi("wi")?, wo }
         })
     }
 
@@ -375,6 +374,8 @@ pub struct T5 {
     spec: T5Spec,
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
@@ -395,13 +396,20 @@ impl T5 {
             let blocks = (0..layers)
                 .map(|i| Block::load(ctx, prefix, &spec, i, decoder))
                 .collect::<Result<Vec<_>>>()?;
+            let table = ctx.tensor(
+                &format!("{prefix}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                &[spec.buckets, spec.num_heads],
+            )?;
+            // Split across tensor-parallel ranks, the bias of this rank's heads.
+            let table = match ctx.shard {
+                Some(shard) => {
+                    let heads = shard.split(spec.num_heads, "num_heads")?;
+                    table.narrow(1, heads.start, heads.len())?.contiguous()?
+                }
+                None => table,
+            };
             let bias = RelativeBias {
-                table: ctx.tensor(
-                    &format!(
-                        "{prefix}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-                    ),
-                    &[spec.buckets, spec.num_heads],
-                )?,
+                table,
                 bidirectional: !decoder,
                 buckets: spec.buckets,
                 max_distance: spec.max_distance,
@@ -424,7 +432,8 @@ impl T5 {
         let (decoder, decoder_bias, decoder_norm) = stack("decoder", spec.decoder_layers, true)?;
         // transformers 5 ties `lm_head` to `shared` unless the checkpoint holds its own.
         let lm_head = if ctx.contains("lm_head.weight") {
-            Linear::load(ctx, "lm_head", spec.d_model, config.vocab_size, false)?
+            let dims = (spec.d_model, config.vocab_size);
+            Linear::load_lm_head(ctx, "lm_head", dims, "vocab_size")?
         } else {
             shared.tied_head(ctx)?
         };
@@ -439,6 +448,7 @@ impl T5 {
             lm_head,
             spec,
             device: ctx.device.clone(),
+            thread: crate::models::pool::ForwardThread::for_model(ctx),
             dtype: ctx.dtype,
             config,
         })
@@ -621,7 +631,7 @@ impl T5 {
 
 impl CausalLM for T5 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

@@ -92,3 +92,23 @@ pub fn argmax_agreement(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
         .filter(|(x, y)| argmax(x) == argmax(y))
         .count()
 }
+
+/// `f` on each rank of an in-process group of `world_size` (tensor parallelism), each in its own
+/// thread; the results by rank.
+pub fn on_ranks<T: Send>(
+    world_size: usize,
+    f: impl Fn(lmgen::parallel::Shard) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    use lmgen::parallel::{LocalCommunicator, Shard};
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = LocalCommunicator::group(world_size)?
+            .into_iter()
+            .map(|comm| s.spawn(move || f(Shard::new(std::sync::Arc::new(comm)))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a rank panicked"))?)
+            .collect()
+    })
+}

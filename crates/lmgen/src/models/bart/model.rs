@@ -110,6 +110,8 @@ pub struct Bart {
     final_logits_bias: Option<Tensor>,
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
@@ -191,7 +193,8 @@ impl Bart {
         let lm_head = if shape.tie_word_embeddings || !ctx.contains("lm_head.weight") {
             dec_tokens.tied_head(ctx)?
         } else {
-            Linear::load(ctx, "lm_head", h, shape.decoder_vocab_size, false)?
+            let dims = (h, shape.decoder_vocab_size);
+            Linear::load_lm_head(ctx, "lm_head", dims, "decoder_vocab_size")?
         };
         let decoder = BartDecoder {
             embed: stack("decoder", dec_tokens, shape.decoder_vocab_size)?,
@@ -214,6 +217,7 @@ impl Bart {
             final_logits_bias,
             config,
             device: ctx.device.clone(),
+            thread: crate::models::pool::ForwardThread::for_model(ctx),
             dtype: ctx.dtype,
         })
     }
@@ -430,7 +434,7 @@ impl CausalLM for Bart {
     /// The decoder over `input` (decoder token ids), attending to the encoder's output that the
     /// cache carries (see [`super::seq2seq`]).
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     /// The LM head without `final_logits_bias` (HF `get_output_embeddings()`).

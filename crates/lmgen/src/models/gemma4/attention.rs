@@ -9,11 +9,12 @@ use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::models::config::{LayerType, ModelConfig};
 use crate::models::layers::attention::{attend, Scores};
-use crate::models::layers::linear::Linear;
+use crate::models::layers::linear::{Linear, RowOutput, Rows};
 use crate::models::layers::mask::LayerMask;
 use crate::models::layers::norm::RmsNorm;
 use crate::models::layers::rotary;
 use crate::models::layers::LoadContext;
+use crate::parallel::shard::rows;
 
 /// Keys and values that shared KV layers attend to (HF `shared_kv_states`): the whole cached
 /// sequence of the last non-shared layer of each type, as its cache returned them.
@@ -52,7 +53,9 @@ pub(super) struct Attention {
     /// `[head_dim]` ones: `v_norm`'s missing weight.
     ones: Tensor,
     eps: f32,
+    /// Query and key/value heads (this rank's, split across tensor-parallel ranks).
     num_heads: usize,
+    num_kv_heads: usize,
     spec: LayerSpec,
     layer_type: LayerType,
     layer_idx: usize,
@@ -75,25 +78,75 @@ impl Attention {
         let norm =
             |name: &str| RmsNorm::load(ctx, &format!("{p}.{name}"), d, cfg.norm_eps, cfg.norm);
         let bias = cfg.qkv_bias;
-        let kv = match spec.kv_source {
-            Some(_) => None,
-            None => {
-                let (k, v) = (format!("{p}.k_proj"), format!("{p}.v_proj"));
-                let mut parts = vec![(k.as_str(), nkv * d)];
-                if !spec.values_are_keys {
-                    parts.push((v.as_str(), nkv * d));
-                }
-                Some((Linear::load_fused(ctx, &parts, h, bias)?, norm("k_norm")?))
+        let (k, v) = (format!("{p}.k_proj"), format!("{p}.v_proj"));
+        let kv_names = if spec.values_are_keys {
+            &[k.as_str()][..]
+        } else {
+            &[k.as_str(), v.as_str()][..]
+        };
+        // Split across tensor-parallel ranks: this rank's query heads and the key/value heads
+        // they read; q/k/v column-parallel, `o_proj` row-parallel.
+        let split = match ctx.shard {
+            None => None,
+            Some(shard) => {
+                let heads = shard.split(nh, "num_attention_heads")?;
+                let kv =
+                    shard.split_shared(nkv, "num_key_value_heads", (nh, "num_attention_heads"))?;
+                Some((shard, heads, kv))
             }
         };
+        let q = format!("{p}.q_proj");
+        let q_proj = match &split {
+            None => Linear::load(ctx, &q, h, nh * d, bias)?,
+            Some((_, heads, _)) => {
+                let part = Rows {
+                    prefix: &q,
+                    out: nh * d,
+                    rows: rows(heads, d, 0),
+                };
+                Linear::load_rows(ctx, &[part], h, bias)?
+            }
+        };
+        let kv = match (spec.kv_source, &split) {
+            (Some(_), _) => None,
+            (None, None) => {
+                let parts: Vec<_> = kv_names.iter().map(|&n| (n, nkv * d)).collect();
+                Some((Linear::load_fused(ctx, &parts, h, bias)?, norm("k_norm")?))
+            }
+            (None, Some((_, _, kv))) => {
+                let parts: Vec<_> = kv_names
+                    .iter()
+                    .map(|&prefix| Rows {
+                        prefix,
+                        out: nkv * d,
+                        rows: rows(kv, d, 0),
+                    })
+                    .collect();
+                Some((Linear::load_rows(ctx, &parts, h, bias)?, norm("k_norm")?))
+            }
+        };
+        let o = format!("{p}.o_proj");
+        let o_proj = match &split {
+            None => Linear::load(ctx, &o, nh * d, h, cfg.o_bias)?,
+            Some((shard, heads, _)) => Linear::load_columns(
+                ctx,
+                &o,
+                (nh * d, h),
+                rows(heads, d, 0),
+                cfg.o_bias,
+                RowOutput::Reduced(shard.comm().clone()),
+            )?,
+        };
+        let (heads, kv_heads) = split.map_or((nh, nkv), |(_, q, kv)| (q.len(), kv.len()));
         Ok(Self {
-            q_proj: Linear::load(ctx, &format!("{p}.q_proj"), h, nh * d, bias)?,
+            q_proj,
             q_norm: norm("q_norm")?,
             kv,
-            o_proj: Linear::load(ctx, &format!("{p}.o_proj"), nh * d, h, cfg.o_bias)?,
+            o_proj,
             ones: Tensor::ones(d, ctx.dtype, ctx.device)?,
             eps: cfg.norm_eps as f32,
-            num_heads: nh,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
             spec,
             layer_type: cfg.layer_types[i],
             layer_idx: i,
@@ -112,11 +165,7 @@ impl Attention {
         shared: &mut SharedKv,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (nh, d, nkv) = (
-            self.num_heads,
-            self.spec.head_dim,
-            self.spec.num_key_value_heads,
-        );
+        let (nh, d, nkv) = (self.num_heads, self.spec.head_dim, self.num_kv_heads);
         let (cos, sin) = rope;
         // [b, t, n * d] -> [b, n, t, d]
         let heads = |x: Tensor, n: usize| -> Result<Tensor> {

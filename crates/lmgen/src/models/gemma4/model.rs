@@ -12,9 +12,9 @@ use crate::init::{Init, TensorSpec};
 use crate::models::config::{Activation, ConfigFile, LayerType, ModelConfig, RopeConfig};
 use crate::models::decoder::lm_head;
 use crate::models::layers::embedding::Embedding;
-use crate::models::layers::linear::Linear;
+use crate::models::layers::linear::{Linear, RowOutput};
 use crate::models::layers::mask::{ForwardMasks, LayerMask};
-use crate::models::layers::mlp::{activate, GatedMlp};
+use crate::models::layers::mlp::{activate, GateUp, GatedMlp, MlpSplit};
 use crate::models::layers::norm::RmsNorm;
 use crate::models::layers::rotary::RotaryEmbedding;
 use crate::models::layers::LoadContext;
@@ -53,29 +53,50 @@ impl Layer {
         let norm =
             |name: &str| RmsNorm::load(ctx, &format!("{p}.{name}"), h, cfg.norm_eps, cfg.norm);
         let l = spec.layers[i];
-        let mlp = GatedMlp::load_separate(
-            ctx,
-            [
-                &format!("{p}.mlp.gate_proj"),
-                &format!("{p}.mlp.up_proj"),
-                &format!("{p}.mlp.down_proj"),
-            ],
-            (h, l.intermediate_size),
-            cfg.mlp_bias,
-            cfg.hidden_act,
-        )?;
+        let (gate, up, down) = (
+            format!("{p}.mlp.gate_proj"),
+            format!("{p}.mlp.up_proj"),
+            format!("{p}.mlp.down_proj"),
+        );
+        let dims = (h, l.intermediate_size);
+        let mlp = match ctx.shard {
+            None => GatedMlp::load_separate(
+                ctx,
+                [&gate, &up, &down],
+                dims,
+                cfg.mlp_bias,
+                cfg.hidden_act,
+            )?,
+            Some(shard) => GatedMlp::load_split(
+                ctx,
+                (GateUp::Separate(&gate, &up), &down),
+                dims,
+                cfg.mlp_bias,
+                cfg.hidden_act,
+                MlpSplit {
+                    shard,
+                    field: "intermediate_size",
+                    output: RowOutput::Reduced(shard.comm().clone()),
+                },
+            )?,
+        };
+        // The per-layer input branch is small: whole on every rank.
+        let whole = &LoadContext {
+            shard: None,
+            ..*ctx
+        };
         let per_layer = match spec.per_layer_input {
             None => None,
             Some(pl) => Some(PerLayerBranch {
                 gate: Linear::load(
-                    ctx,
+                    whole,
                     &format!("{p}.per_layer_input_gate"),
                     h,
                     pl.hidden_size,
                     false,
                 )?,
                 projection: Linear::load(
-                    ctx,
+                    whole,
                     &format!("{p}.per_layer_projection"),
                     pl.hidden_size,
                     h,
@@ -162,6 +183,8 @@ pub struct Gemma4 {
     rotary: [Option<RotaryEmbedding>; 2],
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
@@ -181,17 +204,30 @@ impl Gemma4 {
         let spec = spec_of(cfg)?;
         let (h, n) = (cfg.hidden_size, cfg.num_hidden_layers);
         let embed = Embedding::load(ctx, "model.embed_tokens.weight", cfg.vocab_size, h)?;
+        // Split across tensor-parallel ranks, the per-layer table by vocabulary (the largest
+        // tensor of the small Gemma 4 models), its projection whole on every rank.
+        let whole = &LoadContext {
+            shard: None,
+            ..*ctx
+        };
         let per_layer_inputs = match spec.per_layer_input {
             None => None,
             Some(pl) => Some(PerLayerInputs {
-                embed: Embedding::load(
-                    ctx,
-                    "model.embed_tokens_per_layer.weight",
-                    pl.vocab_size,
-                    n * pl.hidden_size,
-                )?,
+                embed: {
+                    let (name, width) = ("model.embed_tokens_per_layer.weight", n * pl.hidden_size);
+                    match ctx.shard {
+                        None => Embedding::load(ctx, name, pl.vocab_size, width)?,
+                        Some(shard) => Embedding::load_part(
+                            ctx,
+                            name,
+                            (pl.vocab_size, "vocab_size_per_layer_input"),
+                            width,
+                            shard,
+                        )?,
+                    }
+                },
                 projection: Linear::load(
-                    ctx,
+                    whole,
                     "model.per_layer_model_projection",
                     h,
                     n * pl.hidden_size,
@@ -230,6 +266,7 @@ impl Gemma4 {
                 rotary(LayerType::SlidingAttention, &cfg.rope_local),
             ],
             device: ctx.device.clone(),
+            thread: crate::models::pool::ForwardThread::for_model(ctx),
             dtype: ctx.dtype,
             config,
         })
@@ -329,7 +366,7 @@ impl Gemma4 {
 
 impl CausalLM for Gemma4 {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {

@@ -2,6 +2,8 @@
 //! the layer's input through a weightless norm and a learned `scale`, softmax over all experts,
 //! top-k renormalised, then each expert's weight times its `per_expert_scale`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor, D};
 
 use super::{unit_rms_norm, MoeSpec};
@@ -12,6 +14,7 @@ use crate::models::layers::mlp::activate;
 use crate::models::layers::moe::route;
 use crate::models::layers::norm::RmsNorm;
 use crate::models::layers::LoadContext;
+use crate::parallel::Communicator;
 
 /// One expert: `down(act(gate(x)) * up(x))` with the gate's and up's rows stacked.
 #[derive(Debug, Clone)]
@@ -33,7 +36,12 @@ pub(super) struct Moe {
     per_expert_scale: Vec<f32>,
     /// `[hidden]` ones: the router norm's missing weight.
     ones: Tensor,
+    /// Experts `first_expert..` of the router's: all of them, or, split across tensor-parallel
+    /// ranks (expert parallel), this rank's, whose outputs `reduce` sums over the ranks before
+    /// `post_feedforward_layernorm_2`. The router is whole on every rank.
     experts: Vec<Expert>,
+    first_expert: usize,
+    reduce: Option<Arc<dyn Communicator>>,
     intermediate: usize,
     top_k: usize,
     act: Activation,
@@ -51,9 +59,14 @@ impl Moe {
         spec: MoeSpec,
     ) -> Result<Self> {
         let (h, n, i) = (cfg.hidden_size, spec.num_experts, spec.intermediate_size);
+        let mine = match ctx.shard {
+            Some(shard) => shard.split(n, "num_experts")?,
+            None => 0..n,
+        };
         let gate_up = ctx.weight(&format!("{p}.experts.gate_up_proj"), &[n, 2 * i, h])?;
         let down = ctx.weight(&format!("{p}.experts.down_proj"), &[n, h, i])?;
-        let experts = (0..n)
+        let experts = mine
+            .clone()
             .map(|e| {
                 let name = |w: &str| format!("{p}.experts.{e}.{w}");
                 Ok(Expert {
@@ -79,6 +92,8 @@ impl Moe {
                 .to_vec1()?,
             ones: Tensor::ones(h, ctx.dtype, ctx.device)?,
             experts,
+            first_expert: mine.start,
+            reduce: ctx.shard.map(|s| s.comm().clone()),
             intermediate: i,
             top_k: spec.top_k,
             act: cfg.hidden_act,
@@ -97,11 +112,12 @@ impl Moe {
         let routed = unit_rms_norm(&xs, &self.ones, self.eps)?.broadcast_mul(&self.scale)?;
         let logits = self.proj.forward(&routed)?.to_dtype(DType::F32)?; // [n, experts]
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
-        let routes = route(&probs, self.top_k, true, self.experts.len())?;
+        let routes = route(&probs, self.top_k, true, logits.dim(1)?)?;
+        let routes = &routes[self.first_expert..]; // this rank's experts
         let inputs = self.pre_feedforward_layernorm_2.forward(&xs)?;
         let device = xs.device();
         let mut out = inputs.zeros_like()?; // [n, h]
-        for (e, (expert, (tokens, weights))) in self.experts.iter().zip(&routes).enumerate() {
+        for (e, (expert, (tokens, weights))) in self.experts.iter().zip(routes).enumerate() {
             if tokens.is_empty() {
                 continue;
             }
@@ -111,12 +127,15 @@ impl Moe {
             let hidden = (activate(&gu.narrow(D::Minus1, 0, i)?, self.act)?
                 * gu.narrow(D::Minus1, i, i)?)?;
             let y = expert.down.forward(&hidden)?; // [n_e, h]
-            let scale = self.per_expert_scale[e];
+            let scale = self.per_expert_scale[self.first_expert + e];
             let w: Vec<f32> = weights.iter().map(|w| w * scale).collect();
             let w = Tensor::new(w.as_slice(), device)?
                 .to_dtype(y.dtype())?
                 .unsqueeze(1)?; // [n_e, 1]
             out = out.index_add(&idx, &y.broadcast_mul(&w)?, 0)?;
+        }
+        if let Some(comm) = &self.reduce {
+            out = comm.all_reduce_sum(&out)?; // every rank's experts
         }
         let experts = self
             .post_feedforward_layernorm_2

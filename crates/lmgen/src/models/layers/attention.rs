@@ -4,6 +4,8 @@
 //! Grouped-query attention is computed without copying keys: the `n_rep` query heads that share a
 //! key/value head are folded into the query length, `[b, h, t, d] -> [b, kvh, n_rep * t, d]`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor, D};
 
 use super::linear::Linear;
@@ -15,6 +17,9 @@ use crate::cache::KvCache;
 use crate::error::Result;
 use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
+use crate::parallel::Communicator;
+
+mod heads;
 
 /// One attention block.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub struct Attention {
     /// (`output_attentions`); `sdpa` returns none.
     eager: bool,
     layer_idx: usize,
+    /// Split across tensor-parallel ranks by heads: the group whose ranks' attention weights
+    /// make up every head's (`None`: every head here).
+    heads_comm: Option<Arc<dyn Communicator>>,
 }
 
 /// Head counts and size.
@@ -72,6 +80,9 @@ impl Attention {
         cfg: &ModelConfig,
         layer_idx: usize,
     ) -> Result<Self> {
+        if let Some(shard) = ctx.shard {
+            return heads::load_split(ctx, prefix, cfg, layer_idx, shard);
+        }
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         // With the output gate, each head's query is followed by its gate: `[nh, 2 d]`.
@@ -102,25 +113,7 @@ impl Attention {
                 cfg.qkv_bias,
             )?,
         };
-        let qk_norm = match cfg.qk_norm {
-            None => None,
-            Some(kind) => {
-                let (q_dim, k_dim) = match kind {
-                    QkNorm::PerHead => (d, d),
-                    QkNorm::Projection => (nh * d, nkv * d),
-                };
-                let norm = |name: &str, dim| {
-                    RmsNorm::load(
-                        ctx,
-                        &format!("{prefix}.{name}"),
-                        dim,
-                        cfg.norm_eps,
-                        cfg.norm,
-                    )
-                };
-                Some((kind, norm("q_norm", q_dim)?, norm("k_norm", k_dim)?))
-            }
-        };
+        let qk_norm = qk_norms(ctx, prefix, cfg)?;
         let shape = AttentionShape {
             num_heads: nh,
             num_kv_heads: nkv,
@@ -134,17 +127,22 @@ impl Attention {
             layer_idx,
         );
         attention.qk_norm = qk_norm;
-        attention.output_gate = cfg.attn_output_gate;
         if cfg.attention_sinks {
             attention.sinks = Some(ctx.tensor_as(&format!("{prefix}.sinks"), &[nh], DType::F32)?);
         }
+        Ok(attention.configured(ctx, cfg))
+    }
+
+    /// The output gate, softcap and eager flag that `cfg` and the load options set.
+    fn configured(mut self, ctx: &LoadContext<'_>, cfg: &ModelConfig) -> Self {
+        self.output_gate = cfg.attn_output_gate;
         // transformers' default attention (sdpa) ignores `attn_logit_softcapping`; only eager applies it.
-        attention.softcap = match ctx.attn_implementation {
+        self.softcap = match ctx.attn_implementation {
             AttnImplementation::Eager => cfg.attn_logit_softcapping,
             AttnImplementation::Sdpa => None,
         };
-        attention.eager = ctx.attn_implementation == AttnImplementation::Eager;
-        Ok(attention)
+        self.eager = ctx.attn_implementation == AttnImplementation::Eager;
+        self
     }
 
     /// Attention over already-loaded projections: `qkv` `[(nh + 2 nkv) * d, hidden]`, `o_proj`,
@@ -167,7 +165,16 @@ impl Attention {
             output_gate: false,
             eager: false,
             layer_idx,
+            heads_comm: None,
         }
+    }
+
+    /// An attention block that runs some of the heads of a block split across tensor-parallel
+    /// ranks: its attention weights ([`Attention::forward_with_weights`]) are gathered from
+    /// every rank of `comm`, so that each returns every head's.
+    pub fn with_split_heads(mut self, comm: Arc<dyn Communicator>) -> Self {
+        self.heads_comm = Some(comm);
+        self
     }
 
     /// Whether [`Attention::forward_with_weights`] returns the weights (transformers' `eager`
@@ -245,7 +252,11 @@ impl Attention {
                 let out = if keep_weights {
                     // The weights whole: not split into blocks (see `attend`).
                     let (out, probs) = attend_with_weights(&q, &k, &v, mask, self.scores())?;
-                    weights = Some(probs.to_dtype(DType::F32)?); // [b, nh, t, s]
+                    let probs = probs.to_dtype(DType::F32)?; // [b, nh, t, s]
+                    weights = Some(match &self.heads_comm {
+                        Some(comm) => comm.all_gather(&probs, 1)?, // every rank's heads
+                        None => probs,
+                    });
                     out
                 } else {
                     self.attend_dense(&q, &k, &v, mask)?
@@ -309,6 +320,33 @@ impl Attention {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         attend(q, k, v, mask, self.scores())
     }
+}
+
+/// `q_norm` and `k_norm` of a block, over each head or over the whole projection, when the
+/// config has them.
+fn qk_norms(
+    ctx: &LoadContext<'_>,
+    prefix: &str,
+    cfg: &ModelConfig,
+) -> Result<Option<(QkNorm, RmsNorm, RmsNorm)>> {
+    let Some(kind) = cfg.qk_norm else {
+        return Ok(None);
+    };
+    let d = cfg.head_dim;
+    let (q_dim, k_dim) = match kind {
+        QkNorm::PerHead => (d, d),
+        QkNorm::Projection => (cfg.num_attention_heads * d, cfg.num_key_value_heads * d),
+    };
+    let norm = |name: &str, dim| {
+        RmsNorm::load(
+            ctx,
+            &format!("{prefix}.{name}"),
+            dim,
+            cfg.norm_eps,
+            cfg.norm,
+        )
+    };
+    Ok(Some((kind, norm("q_norm", q_dim)?, norm("k_norm", k_dim)?)))
 }
 
 /// How [`attend`] turns `q k^T` into scores.

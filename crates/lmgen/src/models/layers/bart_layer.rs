@@ -75,8 +75,8 @@ impl LayerShape {
     fn ffn(&self, ctx: &LoadContext<'_>, prefix: &str) -> Result<Mlp> {
         let (h, f) = (self.hidden, self.ffn_dim);
         Ok(Mlp::new(
-            Linear::load(ctx, &format!("{prefix}.fc1"), h, f, true)?,
-            Linear::load(ctx, &format!("{prefix}.fc2"), f, h, true)?,
+            Linear::load_out_split(ctx, &format!("{prefix}.fc1"), (h, f), true, "ffn_dim")?,
+            Linear::load_in_split(ctx, &format!("{prefix}.fc2"), (f, h), true, "ffn_dim")?,
             self.activation,
         ))
     }

@@ -44,6 +44,22 @@ impl CausalConv1d {
         })
     }
 
+    /// Only the channels in `ranges`, in that order (a tensor-parallel rank's channels).
+    pub fn keep_channels(self, ranges: &[std::ops::Range<usize>]) -> Result<Self> {
+        let cut = |t: &Tensor, dim: usize| -> Result<Tensor> {
+            let parts = ranges
+                .iter()
+                .map(|r| t.narrow(dim, r.start, r.len()))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, dim)?.contiguous()?)
+        };
+        Ok(Self {
+            weight: cut(&self.weight, 1)?, // [kernel, kept]
+            bias: self.bias.as_ref().map(|b| cut(b, 0)).transpose()?,
+            kernel: self.kernel,
+        })
+    }
+
     /// Inputs the state keeps: `kernel - 1`.
     pub fn state_len(&self) -> usize {
         self.kernel - 1

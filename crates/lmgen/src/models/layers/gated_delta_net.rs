@@ -26,6 +26,8 @@ use crate::cache::LayerState;
 use crate::error::Result;
 use crate::models::config::{LinearAttentionConfig, LinearAttentionLayout, ModelConfig, NormKind};
 
+mod split;
+
 /// One gated DeltaNet layer.
 #[derive(Debug, Clone)]
 pub struct GatedDeltaNet {
@@ -57,6 +59,9 @@ impl GatedDeltaNet {
         let la = cfg.linear_attention.ok_or_else(|| {
             crate::error::Error::config("a `linear_attention` layer without `linear_*` fields")
         })?;
+        if let Some(shard) = ctx.shard {
+            return split::load_split(ctx, prefix, cfg, la, shard);
+        }
         let h = cfg.hidden_size;
         let (nk, nv, dk, dv) = (
             la.num_key_heads,
@@ -65,18 +70,7 @@ impl GatedDeltaNet {
             la.value_head_dim,
         );
         let name = |n: &str| format!("{prefix}.{n}");
-        // f32, or f64 for a float64 model.
-        let wide = if ctx.dtype == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        };
-        let ctx32 = LoadContext {
-            dtype: wide,
-            weight_dtype: wide,
-            quantize: None,
-            ..*ctx
-        };
+        let (wide, ctx32) = wide_context(ctx);
         let (in_proj, in_proj_ba) = match la.layout {
             LinearAttentionLayout::Separate => (
                 Linear::load_fused(
@@ -102,7 +96,7 @@ impl GatedDeltaNet {
                     &[nk * (2 * dk + 2 * r * dv), h],
                 )?;
                 let ba = ctx.tensor_as(&name("in_proj_ba.weight"), &[nk * 2 * r, h], wide)?;
-                let (qkvz_order, ba_order) = grouped_row_order(nk, r, dk, dv);
+                let (qkvz_order, ba_order) = grouped_row_order((nk, r, dk, dv), (0..nk, 0..nv));
                 let rows = |w: &Tensor, order: &[u32]| -> Result<Tensor> {
                     let idx = Tensor::new(order, w.device())?;
                     Ok(w.index_select(&idx, 0)?.contiguous()?)
@@ -123,13 +117,7 @@ impl GatedDeltaNet {
                 )
             }
         };
-        let a_log = ctx.tensor_as(&name("A_log"), &[nv], DType::F32)?;
-        let dt_bias = ctx.tensor_as(&name("dt_bias"), &[nv], DType::F32)?;
-        let decay = DecayParams {
-            neg_a: a_log.exp()?.neg()?,
-            dt_bias: dt_bias.clone(),
-        };
-        let neg_a = a_log.to_vec1::<f32>()?.iter().map(|a| -a.exp()).collect();
+        let (neg_a, dt_bias, decay) = Self::decay(ctx, prefix, nv, 0..nv)?;
         Ok(Self {
             in_proj,
             in_proj_ba,
@@ -143,13 +131,34 @@ impl GatedDeltaNet {
                 wide,
             )?,
             neg_a,
-            dt_bias: dt_bias.to_vec1()?,
+            dt_bias,
             decay,
             norm: RmsNorm::load(ctx, &name("norm"), dv, cfg.norm_eps, NormKind::Rms)?,
             out_proj: Linear::load(ctx, &name("out_proj"), la.value_dim(), h, false)?,
             cfg: la,
             wide,
         })
+    }
+
+    /// The decay parameters of value heads `heads`: `-exp(A_log)` and `dt_bias` on the host and on
+    /// the device.
+    fn decay(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        nv: usize,
+        heads: std::ops::Range<usize>,
+    ) -> Result<(Vec<f32>, Vec<f32>, DecayParams)> {
+        let part = |name: &str| -> Result<Tensor> {
+            let all = ctx.tensor_as(&format!("{prefix}.{name}"), &[nv], DType::F32)?;
+            Ok(all.narrow(0, heads.start, heads.len())?.contiguous()?)
+        };
+        let (a_log, dt_bias) = (part("A_log")?, part("dt_bias")?);
+        let neg_a = a_log.to_vec1::<f32>()?.iter().map(|a| -a.exp()).collect();
+        let decay = DecayParams {
+            neg_a: a_log.exp()?.neg()?,
+            dt_bias: dt_bias.clone(),
+        };
+        Ok((neg_a, dt_bias.to_vec1()?, decay))
     }
 
     /// `x` `[b, t, hidden]` (padding already zeroed) after `state` -> `[b, t, hidden]` and the
@@ -246,33 +255,43 @@ impl GatedDeltaNet {
     }
 }
 
-/// Qwen3-Next stores `in_proj_qkvz` per key head `[q, k, v (r heads), z (r heads)]` and
-/// `in_proj_ba` per key head `[b (r), a (r)]`; the rows of each in the order `[q all heads, k all,
-/// v all, z all]` and `[b all, a all]`.
-fn grouped_row_order(nk: usize, r: usize, dk: usize, dv: usize) -> (Vec<u32>, Vec<u32>) {
-    let regroup = |width: usize, parts: &[(usize, usize)]| {
-        let mut order = Vec::new();
-        for &(offset, n) in parts {
-            for g in 0..nk {
-                let base = g * width + offset;
-                order.extend((base..base + n).map(|i| i as u32));
-            }
-        }
-        order
+/// f32 (f64 for a float64 model), and a load context that reads unquantized weights in it.
+fn wide_context<'a>(ctx: &LoadContext<'a>) -> (DType, LoadContext<'a>) {
+    let wide = if ctx.dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
     };
-    let w = 2 * dk + 2 * r * dv;
-    (
-        regroup(
-            w,
-            &[
-                (0, dk),
-                (dk, dk),
-                (2 * dk, r * dv),
-                (2 * dk + r * dv, r * dv),
-            ],
-        ),
-        regroup(2 * r, &[(0, r), (r, r)]),
-    )
+    let ctx32 = LoadContext {
+        dtype: wide,
+        weight_dtype: wide,
+        quantize: None,
+        ..*ctx
+    };
+    (wide, ctx32)
+}
+
+/// Qwen3-Next stores `in_proj_qkvz` per key head `[q, k, v (r heads), z (r heads)]` and
+/// `in_proj_ba` per key head `[b (r), a (r)]` (`nk` key heads, `r` value heads each); the rows of
+/// key heads `keys` and value heads `values` (every head, or a tensor-parallel rank's) in the
+/// order `[q those key heads, k, v those value heads, z]` and `[b, a]`.
+fn grouped_row_order(
+    (nk, r, dk, dv): (usize, usize, usize, usize),
+    (keys, values): (std::ops::Range<usize>, std::ops::Range<usize>),
+) -> (Vec<u32>, Vec<u32>) {
+    debug_assert!(keys.end <= nk && values.end <= nk * r);
+    let w = 2 * dk + 2 * r * dv; // rows per key head
+    let span = |start: usize, n: usize| (start..start + n).map(|i| i as u32);
+    let group = |h: usize| (h / r) * w; // the first row of value head h's key head
+    let mut qkvz: Vec<u32> = keys.clone().flat_map(|g| span(g * w, dk)).collect();
+    qkvz.extend(keys.flat_map(|g| span(g * w + dk, dk)));
+    let v = |h: usize| group(h) + 2 * dk + (h % r) * dv;
+    qkvz.extend(values.clone().flat_map(|h| span(v(h), dv)));
+    qkvz.extend(values.clone().flat_map(|h| span(v(h) + r * dv, dv)));
+    let b = |h: usize| ((h / r) * 2 * r + h % r) as u32;
+    let mut ba: Vec<u32> = values.clone().map(b).collect();
+    ba.extend(values.map(|h| b(h) + r as u32));
+    (qkvz, ba)
 }
 
 /// The rule's arithmetic: f64, whatever the model's dtype (a query or key near zero makes
@@ -624,8 +643,12 @@ mod tests {
     #[test]
     fn grouped_rows_become_head_major() {
         // 2 key heads, 2 value heads each, dk = 1, dv = 1: qkvz rows per key head [q k v v z z].
-        let (qkvz, ba) = grouped_row_order(2, 2, 1, 1);
+        let (qkvz, ba) = grouped_row_order((2, 2, 1, 1), (0..2, 0..4));
         assert_eq!(qkvz, vec![0, 6, 1, 7, 2, 3, 8, 9, 4, 5, 10, 11]);
         assert_eq!(ba, vec![0, 1, 4, 5, 2, 3, 6, 7]);
+        // A tensor-parallel rank with key head 1 and its second value head (head 3).
+        let (qkvz, ba) = grouped_row_order((2, 2, 1, 1), (1..2, 3..4));
+        assert_eq!(qkvz, vec![6, 7, 9, 11]);
+        assert_eq!(ba, vec![5, 7]);
     }
 }

@@ -14,6 +14,11 @@ use rayon::prelude::*;
 use super::{gemv, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
+use crate::parallel::Communicator;
+
+mod parallel;
+
+pub use parallel::{Conv1dSplit, RowOutput, Rows};
 
 /// The weight of a linear layer.
 #[derive(Debug, Clone)]
@@ -68,6 +73,30 @@ impl Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// A layer split across tensor-parallel ranks ([`parallel`]): how the ranks' outputs
+    /// combine. `None`: a whole layer.
+    collective: Option<Collective>,
+}
+
+/// How the outputs of a layer split across ranks combine into the whole layer's output.
+#[derive(Debug, Clone)]
+enum Collective {
+    /// Row-parallel: each rank's product over its columns of the input is a partial sum; the
+    /// bias is added once, after the all-reduce.
+    Sum(Arc<dyn Communicator>),
+    /// Column-parallel with the whole output wanted on every rank (a vocabulary-split LM head):
+    /// the ranks' outputs concatenated along the last dimension.
+    Gather(Box<Gather>),
+}
+
+/// How a vocabulary-split LM head gathers its logits: every rank's `chunk` columns (the last
+/// ranks' padded with zeros to it, as a collective takes one shape from every rank), of which
+/// the first `total` are the vocabulary.
+#[derive(Debug, Clone)]
+struct Gather {
+    comm: Arc<dyn Communicator>,
+    chunk: usize,
+    total: usize,
 }
 
 impl Linear {
@@ -83,7 +112,11 @@ impl Linear {
             Some(q) => Weight::Quantized(Arc::new(q.quantize(&weight, name)?)),
             None => Weight::Dense(weight),
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            collective: None,
+        })
     }
 
     /// A weight already in a quantized block format (a quantized tied embedding matrix).
@@ -91,6 +124,7 @@ impl Linear {
         Self {
             weight: Weight::Quantized(weight),
             bias: None,
+            collective: None,
         }
     }
 
@@ -138,6 +172,7 @@ impl Linear {
             return Ok(Self {
                 weight: Weight::Quantized(Arc::new(weight)),
                 bias: biases,
+                collective: None,
             });
         }
         if stored.iter().all(Option::is_none) {
@@ -161,6 +196,7 @@ impl Linear {
             return Ok(Self {
                 weight,
                 bias: biases,
+                collective: None,
             });
         }
         let weight = Weight::Parts(
@@ -180,6 +216,7 @@ impl Linear {
         Ok(Self {
             weight,
             bias: biases,
+            collective: None,
         })
     }
 
@@ -198,9 +235,33 @@ impl Linear {
         Self::from_weight(ctx, &format!("{prefix}.weight"), weight, Some(bias))
     }
 
-    /// `[.., in] -> [.., out]`.
+    /// `[.., in] -> [.., out]` (split across ranks: this rank's part of the input or of the
+    /// output, see [`parallel`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.product(x)?;
+        match &self.collective {
+            None => self.add_bias(y),
+            Some(Collective::Sum(comm)) => self.add_bias(comm.all_reduce_sum(&y)?),
+            Some(Collective::Gather(g)) => {
+                let y = self.add_bias(y)?; // [.., rows of this rank]
+                let last = y.rank() - 1;
+                let short = g.chunk - y.dim(last)?;
+                let y = if short > 0 {
+                    y.pad_with_zeros(last, 0, short)?
+                } else {
+                    y
+                }; // [.., chunk]
+                let all = g.comm.all_gather(&y, last)?; // [.., ranks * chunk]
+                if all.dim(last)? == g.total {
+                    Ok(all)
+                } else {
+                    Ok(all.narrow(last, 0, g.total)?) // [.., total]
+                }
+            }
+        }
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

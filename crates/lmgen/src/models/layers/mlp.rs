@@ -2,10 +2,12 @@
 
 use candle_core::{Tensor, D};
 
-use super::linear::Linear;
+use super::linear::{Linear, RowOutput, Rows};
 use super::LoadContext;
 use crate::error::Result;
 use crate::models::config::{Activation, ModelConfig, ProjectionLayout};
+use crate::parallel::shard::rows;
+use crate::parallel::Shard;
 
 /// Applies the configured activation.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -32,6 +34,25 @@ impl GatedMlp {
     /// first) when the config stores them fused.
     pub fn load(ctx: &LoadContext<'_>, prefix: &str, cfg: &ModelConfig) -> Result<Self> {
         let (hidden, intermediate, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        if let Some(shard) = ctx.shard {
+            let (gate, up, fused) = (
+                format!("{prefix}.gate_proj"),
+                format!("{prefix}.up_proj"),
+                format!("{prefix}.gate_up_proj"),
+            );
+            let gate_up = match cfg.projections {
+                ProjectionLayout::Separate => GateUp::Separate(&gate, &up),
+                ProjectionLayout::Fused => GateUp::Fused(&fused),
+            };
+            let split = MlpSplit {
+                shard,
+                field: "intermediate_size",
+                output: RowOutput::Reduced(shard.comm().clone()),
+            };
+            let down = format!("{prefix}.down_proj");
+            let dims = (hidden, intermediate);
+            return Self::load_split(ctx, (gate_up, &down), dims, bias, cfg.hidden_act, split);
+        }
         match cfg.projections {
             ProjectionLayout::Separate => Self::load_separate(
                 ctx,
@@ -87,6 +108,45 @@ impl GatedMlp {
         })
     }
 
+    /// This rank's `intermediate / world_size` features of a `(hidden, intermediate)` MLP split
+    /// across tensor-parallel ranks: gate and up column-parallel (each cut, then fused), down
+    /// row-parallel with `split.output`.
+    pub fn load_split(
+        ctx: &LoadContext<'_>,
+        (gate_up, down): (GateUp<'_>, &str),
+        (hidden, intermediate): (usize, usize),
+        bias: bool,
+        act: Activation,
+        split: MlpSplit<'_>,
+    ) -> Result<Self> {
+        let mine = split.shard.split(intermediate, split.field)?;
+        let part = |prefix, out, offset| Rows {
+            prefix,
+            out,
+            rows: rows(&mine, 1, offset),
+        };
+        let parts = match gate_up {
+            GateUp::Separate(gate, up) => [part(gate, intermediate, 0), part(up, intermediate, 0)],
+            GateUp::Fused(fused) => [
+                part(fused, 2 * intermediate, 0),
+                part(fused, 2 * intermediate, intermediate),
+            ],
+        };
+        Ok(Self {
+            gate_up_proj: Linear::load_rows(ctx, &parts, hidden, bias)?,
+            intermediate: mine.len(),
+            down_proj: Linear::load_columns(
+                ctx,
+                down,
+                (intermediate, hidden),
+                mine,
+                bias,
+                split.output,
+            )?,
+            act,
+        })
+    }
+
     /// `[b, t, hidden] -> [b, t, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?; // [b, t, 2 * intermediate]
@@ -101,6 +161,25 @@ impl GatedMlp {
         let up = gate_up.narrow(D::Minus1, i, i)?;
         self.down_proj.forward(&(gate * up)?)
     }
+}
+
+/// Where a gated MLP's gate and up projections are stored.
+#[derive(Debug, Clone, Copy)]
+pub enum GateUp<'a> {
+    /// `{gate}.weight` and `{up}.weight`, each `[intermediate, hidden]`.
+    Separate(&'a str, &'a str),
+    /// `{gate_up}.weight` `[2 * intermediate, hidden]`, the gate's rows first.
+    Fused(&'a str),
+}
+
+/// How a gated MLP splits across tensor-parallel ranks.
+#[derive(Debug, Clone)]
+pub struct MlpSplit<'a> {
+    pub shard: &'a Shard,
+    /// The config field of the intermediate size, for errors.
+    pub field: &'a str,
+    /// Whether `down_proj` sums over the ranks itself.
+    pub output: RowOutput,
 }
 
 /// `c_proj(act(c_fc(x)))` (HF `GPT2MLP`).

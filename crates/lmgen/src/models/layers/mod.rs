@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::Result;
 use crate::load::Weights;
 use crate::models::quantize::{Quantization, QuantizedWeight};
+use crate::parallel::Shard;
 
 /// Where weights come from and what dtype/device they are converted to.
 #[derive(Clone, Copy)]
@@ -42,6 +43,8 @@ pub struct LoadContext<'a> {
     pub attn_implementation: crate::models::AttnImplementation,
     /// Quantize linear weights at load (`None`: keep `dtype`).
     pub quantize: Option<Quantization>,
+    /// This rank's part of a model split across tensor-parallel ranks (`None`: the whole model).
+    pub shard: Option<&'a Shard>,
 }
 
 /// Maps the names the model code uses (`model.layers.0...`, `lm_head.weight`) to the names in
@@ -113,6 +116,24 @@ impl LoadContext<'_> {
     pub fn tensor_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.weights
             .get(&self.names.stored(name), shape, dtype, self.device)
+    }
+
+    /// Rows `rows` of the `[out, in]` matrix `name` as `[rows.len(), in]`, in
+    /// [`LoadContext::weight_dtype`] (read from the file alone for safetensors; a rank's part of a
+    /// column-parallel weight or of an embedding table).
+    pub fn tensor_rows(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        rows: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        self.weights.get_rows(
+            &self.names.stored(name),
+            shape,
+            rows,
+            self.weight_dtype,
+            self.device,
+        )
     }
 
     /// Whether the file stores `name`.

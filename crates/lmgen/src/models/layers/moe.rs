@@ -9,13 +9,16 @@
 //! experts' weights, not a loop over tokens. The routing decision is taken on the host: the
 //! `[tokens, num_experts]` probabilities are small next to the experts' weights.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor, D};
 
-use super::linear::Linear;
-use super::mlp::GatedMlp;
+use super::linear::{Linear, RowOutput};
+use super::mlp::{GateUp, GatedMlp, MlpSplit};
 use super::LoadContext;
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, MoeConfig, MoeLayout};
+use crate::parallel::Communicator;
 
 /// How the router's logits become each token's experts and weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,12 @@ pub struct SparseMoe {
     /// Qwen3-Next: `shared_expert` (a gated MLP every token goes through) and
     /// `shared_expert_gate` `[1, hidden]`, whose sigmoid scales it.
     shared: Option<(GatedMlp, Linear)>,
+    /// Split across tensor-parallel ranks (expert parallel): `experts` are experts
+    /// `first_expert..` of the router's, the shared expert is this rank's part of its
+    /// intermediate features, and the ranks' outputs are summed by one all-reduce. The router
+    /// is whole on every rank, so every rank routes alike.
+    first_expert: usize,
+    reduce: Option<Arc<dyn Communicator>>,
 }
 
 impl SparseMoe {
@@ -90,19 +99,34 @@ impl SparseMoe {
         moe: &MoeConfig,
     ) -> Result<Self> {
         let (h, i, n) = (cfg.hidden_size, moe.moe_intermediate_size, moe.num_experts);
+        // The router and the experts are whole; only their assignment to ranks splits.
+        let whole = &LoadContext {
+            shard: None,
+            ..*ctx
+        };
+        let mine = match ctx.shard {
+            Some(shard) => shard.split(n, "num_experts")?,
+            None => 0..n,
+        };
+        let reduce = ctx.shard.map(|s| s.comm().clone());
         if moe.layout == MoeLayout::GptOss {
-            return Self::load_gpt_oss(ctx, prefix, (h, i, n), moe);
+            let mut moe = Self::load_gpt_oss(whole, prefix, (h, i, n), moe)?;
+            moe.experts = moe.experts.drain(mine.clone()).collect();
+            moe.first_expert = mine.start;
+            moe.reduce = reduce;
+            return Ok(moe);
         }
         let (block, [gate, up, down]) = match moe.layout {
             MoeLayout::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
             _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
         };
         let p = format!("{prefix}.{block}");
-        let experts = (0..n)
+        let experts = mine
+            .clone()
             .map(|e| {
                 let name = |n: &str| format!("{p}.experts.{e}.{n}");
                 let mlp = GatedMlp::load_separate(
-                    ctx,
+                    whole,
                     [&name(gate), &name(up), &name(down)],
                     (h, i),
                     false,
@@ -115,25 +139,40 @@ impl SparseMoe {
             None => None,
             Some(si) => {
                 let name = |n: &str| format!("{p}.shared_expert.{n}");
-                let mlp = GatedMlp::load_separate(
-                    ctx,
-                    [&name("gate_proj"), &name("up_proj"), &name("down_proj")],
-                    (h, si),
-                    false,
-                    cfg.hidden_act,
-                )?;
-                let gate = Linear::load(ctx, &format!("{p}.shared_expert_gate"), h, 1, false)?;
+                let names = [name("gate_proj"), name("up_proj"), name("down_proj")];
+                let names = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
+                let mlp = match ctx.shard {
+                    None => GatedMlp::load_separate(ctx, names, (h, si), false, cfg.hidden_act)?,
+                    // Its `down_proj` partial sums join the experts' in the one all-reduce.
+                    Some(shard) => GatedMlp::load_split(
+                        ctx,
+                        (GateUp::Separate(names[0], names[1]), names[2]),
+                        (h, si),
+                        false,
+                        cfg.hidden_act,
+                        MlpSplit {
+                            shard,
+                            field: "shared_expert_intermediate_size",
+                            output: RowOutput::Partial {
+                                first: shard.rank() == 0,
+                            },
+                        },
+                    )?,
+                };
+                let gate = Linear::load(whole, &format!("{p}.shared_expert_gate"), h, 1, false)?;
                 Some((mlp, gate))
             }
         };
         Ok(Self {
-            gate: Linear::load(ctx, &format!("{p}.gate"), h, n, false)?,
+            gate: Linear::load(whole, &format!("{p}.gate"), h, n, false)?,
             experts,
             top_k: moe.num_experts_per_tok,
             routing: Routing::SoftmaxTopK {
                 normalize: moe.norm_topk_prob || moe.layout == MoeLayout::Mixtral,
             },
             shared,
+            first_expert: mine.start,
+            reduce,
         })
     }
 
@@ -199,6 +238,8 @@ impl SparseMoe {
             top_k: moe.num_experts_per_tok,
             routing: Routing::TopKSoftmax,
             shared: None,
+            first_expert: 0,
+            reduce: None,
         })
     }
 
@@ -207,18 +248,18 @@ impl SparseMoe {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?; // [n, h]
         let logits = self.gate.forward(&xs)?.to_dtype(DType::F32)?; // [n, experts]
+        let n = logits.dim(1)?; // every expert, also those of other ranks
         let routes = match self.routing {
             Routing::SoftmaxTopK { normalize } => {
                 let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
-                route(&probs, self.top_k, normalize, self.experts.len())?
+                route(&probs, self.top_k, normalize, n)?
             }
-            Routing::TopKSoftmax => {
-                route_top_logits(&logits.to_vec2()?, self.top_k, self.experts.len())?
-            }
+            Routing::TopKSoftmax => route_top_logits(&logits.to_vec2()?, self.top_k, n)?,
         };
+        let routes = &routes[self.first_expert..];
         let device = x.device();
         let mut out = xs.zeros_like()?; // [n, h]
-        for (expert, (tokens, weights)) in self.experts.iter().zip(&routes) {
+        for (expert, (tokens, weights)) in self.experts.iter().zip(routes) {
             if tokens.is_empty() {
                 continue;
             }
@@ -233,6 +274,9 @@ impl SparseMoe {
             // expert_output + sigmoid(shared_expert_gate(x)) * shared_expert(x)
             let g = candle_nn::ops::sigmoid(&gate.forward(&xs)?)?; // [n, 1]
             out = (out + mlp.forward(&xs)?.broadcast_mul(&g)?)?;
+        }
+        if let Some(comm) = &self.reduce {
+            out = comm.all_reduce_sum(&out)?; // every rank's experts
         }
         Ok(out.reshape((b, t, h))?)
     }

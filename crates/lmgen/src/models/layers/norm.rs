@@ -1,16 +1,31 @@
 //! RMSNorm (Llama's `w`, Gemma's `1 + w`) and LayerNorm (GPT-2).
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor, D};
 
 use super::LoadContext;
 use crate::error::Result;
 use crate::models::config::NormKind;
+use crate::parallel::Communicator;
 
 /// `x / sqrt(mean(x^2) + eps) * w`, computed in f32 (HF `LlamaRMSNorm`).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
     eps: f32,
+    /// A norm over features split across tensor-parallel ranks (`None`: all of them here).
+    split: Option<SplitNorm>,
+}
+
+/// This rank's features of a norm whose features are split across ranks (OLMo 2's q/k norms
+/// over every head): the mean of squares is all-reduced.
+#[derive(Debug, Clone)]
+struct SplitNorm {
+    comm: Arc<dyn Communicator>,
+    /// The whole norm's features, counted once per rank that holds them: `dim * copies`.
+    divisor: f64,
 }
 
 impl RmsNorm {
@@ -37,11 +52,36 @@ impl RmsNorm {
         Ok(Self {
             weight,
             eps: eps as f32,
+            split: None,
+        })
+    }
+
+    /// This rank's `features` of a norm over `dim` features split across the ranks of `comm`,
+    /// each feature held by `copies` ranks (key heads replicated on several ranks).
+    pub fn split(
+        self,
+        features: Range<usize>,
+        (dim, copies): (usize, usize),
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: self
+                .weight
+                .narrow(0, features.start, features.len())?
+                .contiguous()?,
+            split: Some(SplitNorm {
+                comm,
+                divisor: (dim * copies) as f64,
+            }),
+            ..self
         })
     }
 
     /// `[.., dim] -> [.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(split) = &self.split {
+            return self.forward_split(x, split);
+        }
         if x.dtype() == DType::F64 {
             let ms = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
             let inv = (ms + self.eps as f64)?.sqrt()?.recip()?;
@@ -54,9 +94,34 @@ impl RmsNorm {
         )?)
     }
 
+    /// `[.., features] -> [.., features]`: the sum of squares over this rank's features,
+    /// all-reduced, is the whole norm's (in f32, f64 for a float64 model).
+    fn forward_split(&self, x: &Tensor, split: &SplitNorm) -> Result<Tensor> {
+        let wide = if x.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let xw = x.to_dtype(wide)?;
+        let squares = split
+            .comm
+            .all_reduce_sum(&xw.sqr()?.sum_keepdim(D::Minus1)?)?; // [.., 1]
+        let inv = ((squares / split.divisor)? + self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let w = self.weight.to_dtype(wide)?;
+        Ok(xw
+            .broadcast_mul(&inv)?
+            .broadcast_mul(&w)?
+            .to_dtype(x.dtype())?)
+    }
+
     /// `(x + h, norm(x + h))` in one launch on a GPU ([`crate::cuda::add_rms_norm`]), `None`
     /// where that kernel does not apply.
     pub fn forward_after_add(&self, x: &Tensor, h: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        if self.split.is_some() {
+            return Ok(None);
+        }
         crate::cuda::add_rms_norm(x, h, &self.weight, self.eps)
     }
 }

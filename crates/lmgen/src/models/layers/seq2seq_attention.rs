@@ -10,11 +10,12 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attend, Scores};
-use super::linear::Linear;
+use super::linear::{Linear, RowOutput, Rows};
 use super::mask::PackedSequence;
 use super::LoadContext;
 use crate::cache::{CrossAttention, KvCache};
 use crate::error::{Error, Result};
+use crate::parallel::shard::rows;
 
 /// Where the projections of one attention block are stored.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +114,34 @@ impl Seq2SeqAttention {
         layer_idx: usize,
     ) -> Result<Self> {
         let inner = num_heads * head_dim;
+        if let Some(shard) = ctx.shard {
+            // Split across tensor-parallel ranks by heads: q/k/v column-parallel, the output
+            // row-parallel with one all-reduce.
+            let heads = shard.split(num_heads, "num_heads")?;
+            let mine = rows(&heads, head_dim, 0);
+            let name = |n: &str| format!("{prefix}.{n}");
+            let (q, k, v, o) = (name(names.q), name(names.k), name(names.v), name(names.o));
+            let column = |prefix: &str, bias| {
+                let part = Rows {
+                    prefix,
+                    out: inner,
+                    rows: mine.clone(),
+                };
+                Linear::load_rows(ctx, &[part], hidden, bias)
+            };
+            let output = RowOutput::Reduced(shard.comm().clone());
+            return Ok(Self {
+                q: column(&q, bias.q)?,
+                k: column(&k, bias.k)?,
+                v: column(&v, bias.v)?,
+                o: Linear::load_columns(ctx, &o, (inner, hidden), mine.clone(), bias.o, output)?,
+                num_heads: heads.len(),
+                head_dim,
+                scale,
+                scale_queries: false,
+                layer_idx,
+            });
+        }
         let lin =
             |name: &str, din, dout, b| Linear::load(ctx, &format!("{prefix}.{name}"), din, dout, b);
         Ok(Self {

@@ -4,11 +4,13 @@
 use candle_core::{Tensor, D};
 
 use super::conv::CausalConv1d;
-use super::linear::Linear;
+use super::linear::{Linear, RowOutput, Rows};
 use super::LoadContext;
 use crate::cache::LayerState;
 use crate::error::{Error, Result};
-use crate::models::config::ModelConfig;
+use crate::models::config::{ModelConfig, ShortConvConfig};
+use crate::parallel::shard::rows;
+use crate::parallel::Shard;
 
 /// One short-convolution layer.
 #[derive(Debug, Clone)]
@@ -17,6 +19,7 @@ pub struct ShortConv {
     in_proj: Linear,
     conv: CausalConv1d,
     out_proj: Linear,
+    /// The channels of B, C and x (this rank's, split across tensor-parallel ranks).
     hidden: usize,
 }
 
@@ -27,6 +30,9 @@ impl ShortConv {
             .short_conv
             .ok_or_else(|| Error::config("a `conv` layer without convolution settings"))?;
         let h = cfg.hidden_size;
+        if let Some(shard) = ctx.shard {
+            return Self::load_split(ctx, prefix, (h, sc), shard);
+        }
         Ok(Self {
             in_proj: Linear::load(ctx, &format!("{prefix}.in_proj"), h, 3 * h, sc.bias)?,
             conv: CausalConv1d::load(
@@ -38,6 +44,44 @@ impl ShortConv {
             )?,
             out_proj: Linear::load(ctx, &format!("{prefix}.out_proj"), h, h, sc.bias)?,
             hidden: h,
+        })
+    }
+
+    /// This rank's channels of a layer split across tensor-parallel ranks: B, C and x
+    /// column-parallel (the rank's channels of each), the depthwise convolution over those
+    /// channels, `out_proj` row-parallel.
+    fn load_split(
+        ctx: &LoadContext<'_>,
+        prefix: &str,
+        (h, sc): (usize, ShortConvConfig),
+        shard: &Shard,
+    ) -> Result<Self> {
+        let mine = shard.split(h, "hidden_size")?;
+        let in_proj = format!("{prefix}.in_proj");
+        let parts = [0, h, 2 * h].map(|offset| Rows {
+            prefix: &in_proj,
+            out: 3 * h,
+            rows: rows(&mine, 1, offset),
+        });
+        let conv = CausalConv1d::load(
+            ctx,
+            &format!("{prefix}.conv"),
+            (h, sc.kernel),
+            sc.bias,
+            ctx.dtype,
+        )?;
+        Ok(Self {
+            in_proj: Linear::load_rows(ctx, &parts, h, sc.bias)?,
+            conv: conv.keep_channels(std::slice::from_ref(&mine))?,
+            out_proj: Linear::load_columns(
+                ctx,
+                &format!("{prefix}.out_proj"),
+                (h, h),
+                mine.clone(),
+                sc.bias,
+                RowOutput::Reduced(shard.comm().clone()),
+            )?,
+            hidden: mine.len(),
         })
     }
 

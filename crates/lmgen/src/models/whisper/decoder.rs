@@ -42,6 +42,9 @@ pub struct WhisperDecoder {
     proj_out: Linear,
 }
 
+/// The decoder's feed-forward width, for errors.
+const FFN: &str = "decoder_ffn_dim";
+
 impl WhisperDecoder {
     /// Loads `model.decoder.*` and `proj_out` (the token embeddings when tied or absent).
     pub fn load(ctx: &LoadContext<'_>, cfg: &ModelConfig) -> Result<Self> {
@@ -72,8 +75,8 @@ impl WhisperDecoder {
                     encoder_attn: attention(format!("{l}.encoder_attn"), i)?,
                     encoder_attn_layer_norm: norm(format!("{l}.encoder_attn_layer_norm"))?,
                     mlp: Mlp::new(
-                        Linear::load(ctx, &format!("{l}.fc1"), d, ffn, true)?,
-                        Linear::load(ctx, &format!("{l}.fc2"), ffn, d, true)?,
+                        Linear::load_out_split(ctx, &format!("{l}.fc1"), (d, ffn), true, FFN)?,
+                        Linear::load_in_split(ctx, &format!("{l}.fc2"), (ffn, d), true, FFN)?,
                         cfg.hidden_act,
                     ),
                     final_layer_norm: norm(format!("{l}.final_layer_norm"))?,
@@ -85,7 +88,7 @@ impl WhisperDecoder {
         let proj_out = if cfg.tie_word_embeddings || !ctx.contains("proj_out.weight") {
             embed_tokens.tied_head(ctx)?
         } else {
-            Linear::load(ctx, "proj_out", d, cfg.vocab_size, false)?
+            Linear::load_lm_head(ctx, "proj_out", (d, cfg.vocab_size), "vocab_size")?
         };
         let positions = ctx.tensor(
             &format!("{p}.embed_positions.weight"),

@@ -56,6 +56,9 @@ pub struct WhisperEncoder {
     dtype: DType,
 }
 
+/// The encoder's feed-forward width, for errors.
+const FFN: &str = "encoder_ffn_dim";
+
 impl WhisperEncoder {
     /// Loads `model.encoder.*`.
     pub fn load(ctx: &LoadContext<'_>, cfg: &ModelConfig, spec: &WhisperSpec) -> Result<Self> {
@@ -87,8 +90,8 @@ impl WhisperEncoder {
                         LAYER_NORM_EPS,
                     )?,
                     mlp: Mlp::new(
-                        Linear::load(ctx, &format!("{l}.fc1"), d, ffn, true)?,
-                        Linear::load(ctx, &format!("{l}.fc2"), ffn, d, true)?,
+                        Linear::load_out_split(ctx, &format!("{l}.fc1"), (d, ffn), true, FFN)?,
+                        Linear::load_in_split(ctx, &format!("{l}.fc2"), (ffn, d), true, FFN)?,
                         cfg.hidden_act,
                     ),
                     final_layer_norm: LayerNorm::load(

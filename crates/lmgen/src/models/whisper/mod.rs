@@ -188,6 +188,8 @@ pub struct Whisper {
     decoder: decoder::WhisperDecoder,
     config: ModelConfig,
     device: Device,
+    /// Which thread runs [`CausalLM::forward`].
+    thread: crate::models::pool::ForwardThread,
     dtype: DType,
 }
 
@@ -210,6 +212,7 @@ pub fn load(
         encoder,
         decoder,
         device: ctx.device.clone(),
+        thread: crate::models::pool::ForwardThread::for_model(ctx),
         dtype: ctx.dtype,
         config,
     }))
@@ -317,7 +320,7 @@ impl Whisper {
 
 impl CausalLM for Whisper {
     fn forward(&self, input: &ForwardInput<'_>, cache: &mut dyn KvCache) -> Result<ModelOutput> {
-        crate::models::pool::on_pool(&self.device, || self.forward_here(input, cache))
+        self.thread.run(|| self.forward_here(input, cache))
     }
 
     fn lm_head(&self, hidden_states: &Tensor) -> Result<Tensor> {
