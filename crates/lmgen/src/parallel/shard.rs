@@ -41,7 +41,7 @@ impl Shard {
     /// `n` does not divide by the world size.
     pub fn split(&self, n: usize, field: &str) -> Result<Range<usize>> {
         let ws = self.world_size();
-        if n % ws != 0 {
+        if !n.is_multiple_of(ws) {
             return Err(self.error(format!(
                 "`{field}` = {n} does not divide into {ws} equal parts; pick a world size that \
                  divides it"
@@ -86,10 +86,10 @@ impl Shard {
                 "`{field}` = {n} does not divide `{users_field}` = {users}"
             )));
         }
-        if n % ws == 0 {
+        if n.is_multiple_of(ws) {
             return self.split(n, field);
         }
-        if ws % n != 0 {
+        if !ws.is_multiple_of(n) {
             return Err(self.error(format!(
                 "`{field}` = {n} neither divides into {ws} parts nor divides {ws}: its heads \
                  can be neither split nor replicated evenly"
