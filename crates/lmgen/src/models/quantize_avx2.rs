@@ -29,6 +29,7 @@ const BLOCK_BYTES: usize = 34;
 /// a read from the last-level cache at the rate a core consumes blocks. Without it the 4-row tile
 /// was slower than candle's one-row loop (SmolLM2-135M Q8_0 batch-1 decode 45 against 49 tokens/s
 /// on the development machine); with it, 49-50.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 16 * BLOCK_BYTES;
 
 /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows` of `w`
@@ -79,8 +80,10 @@ pub trait Tile {
 }
 
 /// The Q8_0 tiles of this file.
+#[cfg(target_arch = "x86_64")]
 struct Q8_0Tiles;
 
+#[cfg(target_arch = "x86_64")]
 impl Tile for Q8_0Tiles {
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile<const MR: usize, const NR: usize>(

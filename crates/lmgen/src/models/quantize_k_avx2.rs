@@ -37,8 +37,10 @@ const QK_K: usize = 256;
 /// sums of each 16 `qs`).
 const Q8K_BYTES: usize = 292;
 /// Offset of a Q8_K block's `qs`.
+#[cfg(target_arch = "x86_64")]
 const Q8K_QS: usize = 4;
 /// Offset of a Q8_K block's `bsums`.
+#[cfg(target_arch = "x86_64")]
 const Q8K_BSUMS: usize = 260;
 
 /// Bytes of a Q4_K block: `d: f16` at 0, `dmin: f16` at 2, `scales: [u8; 12]` at 4 (eight 6-bit
@@ -46,8 +48,10 @@ const Q8K_BSUMS: usize = 260;
 /// holds weight `64 * k + l` low and `64 * k + 32 + l` high).
 const Q4K_BYTES: usize = 144;
 /// Offset of a Q4_K block's packed scales and mins.
+#[cfg(target_arch = "x86_64")]
 const Q4K_SCALES: usize = 4;
 /// Offset of a Q4_K block's nibbles.
+#[cfg(target_arch = "x86_64")]
 const Q4K_QS: usize = 16;
 
 /// Bytes of a Q6_K block: `ql: [u8; 128]` at 0 (low nibbles), `qh: [u8; 64]` at 128 (high 2-bit
@@ -56,15 +60,19 @@ const Q4K_QS: usize = 16;
 /// bits `2k..2k+2` of `qh[32 * h + l]`, minus 32.
 const Q6K_BYTES: usize = 210;
 /// Offset of a Q6_K block's high bits.
+#[cfg(target_arch = "x86_64")]
 const Q6K_QH: usize = 128;
 /// Offset of a Q6_K block's scales.
+#[cfg(target_arch = "x86_64")]
 const Q6K_SCALES: usize = 192;
 /// Offset of a Q6_K block's `d`.
+#[cfg(target_arch = "x86_64")]
 const Q6K_D: usize = 208;
 
 /// How many blocks ahead of each weight row's current block to prefetch: about 600-800 bytes,
 /// as far as the Q8_0 tiles of [`super::quantize_avx2`] prefetch (which were slower than candle's
 /// one-row loop without it).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_BLOCKS: usize = 4;
 
 /// A K-quant weight block format that has AVX2 tiles here; its dot-product blocks are Q8_K.

@@ -50,6 +50,7 @@ fn cpu_has_avx2_fma_f16c() -> bool {
 /// elements (256 bytes): measured on SmolLM2-135M f16, batch-1 decode 33 -> 37 tokens/s on the
 /// development machine; the f32 kernel, whose rows stream twice as many bytes per multiply-add,
 /// ran no faster with it (28-29 either way) and goes without.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ELEMS: usize = 128;
 
 /// A weight element type the kernels read.
@@ -142,6 +143,7 @@ macro_rules! kernels {
 /// Covers `rows` weight rows by `m` input rows with tiles: one input row takes weight rows 8 at
 /// a time, more take them 4 at a time against 3 input rows (12 accumulators, 3 inputs and the
 /// weight vector: the 16 AVX registers), then 2 and 1 for what is left.
+#[cfg(target_arch = "x86_64")]
 macro_rules! band_tiles {
     ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $y_t:expr) => {{
         let (x, w, m, k, rows, y_t) = ($x, $w, $m, $k, $rows, $y_t);
@@ -192,6 +194,7 @@ macro_rules! band_tiles {
 }
 
 /// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]` (also for the Q8_0 tiles).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
