@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+#[cfg(target_arch = "x86_64")]
 use super::gemv_avx2::{self, store};
 
 /// Whether this CPU runs these tiles: AVX-512F and the AVX2 kernels' features, decided once per
