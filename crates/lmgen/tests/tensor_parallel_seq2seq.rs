@@ -87,8 +87,12 @@ fn split_encoder_decoder_models_match_the_whole_model_in_f64() -> anyhow::Result
     };
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-seq2seq/models");
     let ids = Tensor::new(&[[5u32, 17, 42, 99, 3, 250]], &Device::Cpu)?;
-    // Whisper: [1, n_mels, 2 * max_source_positions] features.
-    let features = Tensor::randn(0f64, 1., (1, 80, 40), &Device::Cpu)?;
+    // Whisper: [1, n_mels, 2 * max_source_positions] features, the same on every run (drawn at
+    // random, about one input in ten moved the 4-rank logits past 1e-10 of these ill-conditioned
+    // networks, so the test failed now and then).
+    let features = (Tensor::arange(0u32, 80 * 40, &Device::Cpu)?.to_dtype(DType::F64)? * 0.37)?
+        .sin()?
+        .reshape((1, 80, 40))?;
     let mut failed = Vec::new();
     for &(name, sizes) in MODELS {
         let checkpoint = Checkpoint::open(&golden.join(name))?;
