@@ -162,3 +162,69 @@ fn empty_lists_skip_a_part_and_bad_sizes_are_named() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--generation-config` reaches every run's `generate()`: a quantized cache runs, the same with
+/// an `nbits` quanto does not take fails with the cache's own error, and a misspelt field is named.
+#[test]
+fn generation_config_fields_reach_the_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().to_str().unwrap_or_default();
+    lmgen(&["init-random", "--config", LLAMA_CONFIG, "--out", out])?;
+    let bench = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lmgen"))
+            .args([
+                "bench",
+                "--model",
+                out,
+                "--prefill=",
+                "--batch",
+                "1",
+                "--new-tokens",
+                "6",
+                "--prompt-len",
+                "4",
+                "--reps",
+                "1",
+                "--warmup",
+                "0",
+                "--bandwidth-mib",
+                "64",
+                "--json",
+                "-",
+                "--generation-config",
+                config,
+            ])
+            .output()
+    };
+    let ok =
+        bench(r#"{"cache_implementation": "quantized", "cache_config": {"residual_length": 2}}"#)?;
+    ensure!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: Value = serde_json::from_slice(&ok.stdout)?;
+    positive(&report["decode"][0]["tok_s"], "decode tok/s")?;
+    for (config, want) in [
+        (
+            r#"{"cache_implementation": "quantized", "cache_config": {"nbits": 3}}"#,
+            "`nbits` for `quanto` backend",
+        ),
+        (
+            r#"{"cache_implementaton": "static"}"#,
+            "cache_implementaton",
+        ),
+        (
+            "/no/such/generation_config.json",
+            "/no/such/generation_config.json",
+        ),
+    ] {
+        let bad = bench(config)?;
+        let err = String::from_utf8_lossy(&bad.stderr);
+        ensure!(
+            !bad.status.success() && err.contains(want),
+            "{config}: {err}"
+        );
+    }
+    Ok(())
+}

@@ -67,6 +67,29 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE (`-`: JSON on stdout instead of the table).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Generation config fields for every run, as a JSON object or a file holding one, e.g.
+    /// `'{"cache_implementation": "quantized", "cache_config": {"nbits": 4}}'` to measure a cache
+    /// kind. `max_new_tokens` is the bench's; fields that change the decoding (sampling, beams)
+    /// change what is measured.
+    #[arg(long, value_name = "JSON|FILE")]
+    pub generation_config: Option<String>,
+}
+
+/// `--generation-config`: inline JSON (starting with `{`) or a file's.
+fn generation_config(arg: Option<&str>) -> Result<GenerationConfig> {
+    let Some(arg) = arg else {
+        return Ok(GenerationConfig::default());
+    };
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg)
+            .with_context(|| format!("cannot read `--generation-config` file `{arg}`"))?
+    };
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("`--generation-config` is not JSON: {text}"))?;
+    GenerationConfig::from_json(&value, lmgen::generation::config::UnknownFields::Reject)
+        .context("`--generation-config`")
 }
 
 /// Records the time each step ends (the first time it sees a longer sequence).
@@ -103,12 +126,13 @@ fn sizes(s: &str) -> std::result::Result<Sizes, String> {
 /// One timed `generate()`: the start and the end time of every step.
 fn timed_generate(
     model: &dyn CausalLM,
+    base: &GenerationConfig,
     input: &GenerateInput,
     new_tokens: usize,
 ) -> Result<(Instant, Vec<Instant>)> {
     let config = GenerationConfig {
         max_new_tokens: Some(new_tokens),
-        ..GenerationConfig::default()
+        ..base.clone()
     };
     let mut times = Vec::with_capacity(new_tokens);
     let clock = StepClock {
@@ -167,12 +191,14 @@ struct Bench<'a> {
     config: &'a ModelConfig,
     footprint: Footprint,
     bandwidth: f64,
+    /// `--generation-config`.
+    generation: GenerationConfig,
 }
 
 fn prefill(ctx: &Bench<'_>, len: usize) -> Result<Value> {
     let input = ids(1, len, ctx.config.vocab_size);
     let ttfts = repeat(ctx.args.warmup, ctx.args.reps, || {
-        let (start, times) = timed_generate(ctx.model, &input, 1)?;
+        let (start, times) = timed_generate(ctx.model, &ctx.generation, &input, 1)?;
         Ok((times[0] - start).as_secs_f64())
     })?;
     let ttft = median(ttfts);
@@ -183,7 +209,7 @@ fn decode(ctx: &Bench<'_>, batch: usize) -> Result<Value> {
     let (p, n) = (ctx.args.prompt_len, ctx.args.new_tokens);
     let input = ids(batch, p, ctx.config.vocab_size);
     let runs = repeat(ctx.args.warmup, ctx.args.reps, || {
-        let (start, times) = timed_generate(ctx.model, &input, n)?;
+        let (start, times) = timed_generate(ctx.model, &ctx.generation, &input, n)?;
         let ttft = (times[0] - start).as_secs_f64();
         let decode = (times[n - 1] - times[0]).as_secs_f64();
         let steps: Vec<f64> = times
@@ -226,6 +252,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("cannot start the thread pool")?;
     }
     let threads = rayon::current_num_threads();
+    let generation = generation_config(args.generation_config.as_deref())?;
     let options = args.model.load_options()?;
     let gpu = !options.device.is_cpu();
     // On a GPU: the memory the driver reports in use before anything of ours (the probe's buffer
@@ -266,6 +293,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config: &config,
         footprint: fp,
         bandwidth,
+        generation,
     };
 
     let mut decodes = Vec::new();
@@ -313,6 +341,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
         "reps": args.reps,
+        "generation_config": args.generation_config,
         "prefill": prefills,
         "decode": decodes,
     });
