@@ -7,6 +7,13 @@
 # What it does:
 # 1. nvcc, the CUDA headers and cudart from the PyPI wheels pinned to the 13.0 series (the device
 #    driver JITs PTX from nvcc 13.0, not from newer ones), unpacked under target/cuda-toolkit.
+if [ "${1:-}" = --kernels-src ]; then
+    K=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/candle-kernels-"$(awk '/^name = "candle-kernels"/{getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/Cargo.lock")" | head -n 1)
+    mkdir -p "$2" && cp -r "$K/src" "$2/"
+    echo "candle-kernels sources in $2/src"
+    exit 0
+fi
+
 # 2. Link stubs: candle-core turns on cudarc's `dynamic-linking`, so the link needs libcuda, libnvrtc,
 #    libcublas, libcublasLt and libcurand. No registry package ships libcuda, so each library becomes
 #    a tiny .so with one empty function per symbol cudarc's bindings declare, under the real soname.
@@ -70,8 +77,33 @@ ln -sf "$CU/lib/libcudart.so.13" "$STUBS/lib/libcudart.so"
 # candle-kernels compiles 15 big GGUF/MoE sources into a static library one after the other
 # (about 10 CPU-minutes each on a loaded 2-core machine). LMGEN_PREBUILT_KERNELS=DIR takes those
 # objects from DIR instead (made on the device machine by `tools/device_run.sh kernels` from the
-# same sources and flags, sm_90a); every other nvcc call goes to the real nvcc.
+# same sources and flags, sm_90a); every other nvcc call goes to the real nvcc. With
+# LMGEN_PREBUILT_WAIT=SECONDS the build can start before the objects arrive: it waits for each.
+# The sources for `kernels`: `tools/build_cuda.sh --kernels-src DIR` copies them to DIR and exits.
+# LMGEN_STUB_KERNELS=1 (when no device machine can compile them): those objects are stand-ins,
+# one function per symbol of candle-kernels' ffi.rs that aborts with a message when called. Only
+# GGUF weights and MoE experts on the GPU call them; a binary built so is for measuring dense
+# models and must not be shipped.
 NVCC_BIN="$CU/bin/nvcc"
+if [ -n "${LMGEN_STUB_KERNELS:-}" ]; then
+    KSRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/candle-kernels-"$(awk '/^name = "candle-kernels"/{getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/Cargo.lock")" | head -n 1)
+    LMGEN_PREBUILT_KERNELS=$TK/stub-kernels
+    mkdir -p "$LMGEN_PREBUILT_KERNELS"
+    python3 - "$KSRC/src/ffi.rs" "$LMGEN_PREBUILT_KERNELS/stubs.c" <<'PY'
+import re, sys
+src = re.sub(r'#\[cfg\(feature = "cutile"\)\]\s*pub fn \w+', '', open(sys.argv[1]).read())
+with open(sys.argv[2], "w") as f:
+    f.write("#include <stdio.h>\n#include <stdlib.h>\n")
+    for n in sorted(set(re.findall(r"pub fn (\w+)\s*\(", src))):
+        f.write(f'void {n}(void) {{ fputs("lmgen: built with LMGEN_STUB_KERNELS, without {n}\\n", stderr); abort(); }}\n')
+PY
+    cc -c -fPIC -O1 -o "$LMGEN_PREBUILT_KERNELS/moe_gguf.o" "$LMGEN_PREBUILT_KERNELS/stubs.c"
+    : >"$LMGEN_PREBUILT_KERNELS/empty.c"
+    for f in "$KSRC"/src/moe/*.cu "$KSRC"/src/mmvq_gguf.cu "$KSRC"/src/mmq_gguf/*.cu; do
+        n=$(basename "$f" .cu)
+        [ "$n" = moe_gguf ] || cc -c -fPIC -o "$LMGEN_PREBUILT_KERNELS/$n.o" "$LMGEN_PREBUILT_KERNELS/empty.c"
+    done
+fi
 if [ -n "${LMGEN_PREBUILT_KERNELS:-}" ]; then
     NVCC_BIN="$TK/nvcc-prebuilt"
     cat >"$NVCC_BIN" <<WRAPPER
@@ -84,6 +116,11 @@ for a in "\$@"; do
     prev=\$a
 done
 obj="$LMGEN_PREBUILT_KERNELS/\$(basename "\$src" .cu).o"
+# LMGEN_PREBUILT_WAIT=SECONDS: the objects are still being made on the device machine; wait for
+# this one (the rest of the build goes on meanwhile) before falling back to the local nvcc.
+if [ "\${out%.o}" != "\$out" ] && [ -n "${LMGEN_PREBUILT_WAIT:-}" ]; then
+    for _ in \$(seq ${LMGEN_PREBUILT_WAIT:-0}); do [ -f "\$obj" ] && break; sleep 1; done
+fi
 if [ "\${out%.o}" != "\$out" ] && [ -f "\$obj" ]; then
     exec cp "\$obj" "\$out"
 fi

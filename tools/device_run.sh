@@ -9,6 +9,8 @@
 #   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
 #   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
+#   tools/device_run.sh serve-bench     `lmgen serve` with 64 streaming clients (prompts 128-2048, 256 new)
+#                                       beside transformers generate_batch (tools/gpu_serve_bench.py)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
@@ -129,6 +131,12 @@ while [ $# -gt 0 ]; do
         fi
         timeout ${OOM_TIMEOUT:-150} python3 tools/gpu_oom_check.py "$BIN/lmgen" "${OOM_MODEL:-/tmp/lmgen-ckpt/qwen2.5-0.5b}" \
             "$OUT/oom_stderr.txt" 2>&1 | tee "$OUT/oom.txt"
+        ;;
+    serve-bench)
+        # The OpenAI server under concurrent streaming clients beside transformers' generate_batch
+        # on the same prompts (tools/gpu_serve_bench.py; SERVE_SHAPE, SERVE_CLIENTS).
+        timeout 420 python3 tools/gpu_serve_bench.py --lmgen "$BIN/lmgen" --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" \
+            --clients "${SERVE_CLIENTS:-64}" 2>&1 | tee "$OUT/serve_bench.txt"
         ;;
     check-kernels)
         # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.
