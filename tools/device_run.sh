@@ -94,7 +94,7 @@ while [ $# -gt 0 ]; do
         ls -l "$OUT"
         ;;
     conformance)
-        for dt in f32 bf16; do
+        for dt in ${CONFORMANCE_DTYPES:-f32 bf16}; do
             echo "== conformance on cuda, $dt"
             timeout 300 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN" \
                 --only forward,generate,legacy,streaming --args "--device cuda --dtype $dt" -v \
