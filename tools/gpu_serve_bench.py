@@ -38,13 +38,17 @@ OUT = os.environ.get("OUT", ".")
 
 
 def tokenizer(ckpt, vocab):
-    """A word-level tokenizer: token i is `<i>`; whitespace separates words."""
+    """A word-level tokenizer: token i is `<i>` (the last is `abcdef`); whitespace separates words."""
     path = os.path.join(ckpt, "tokenizer.json")
     if os.path.exists(path):
         return
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({f"<{i}>": i for i in range(vocab)}, unk_token="<0>"))
+    words = {f"<{i}>": i for i in range(vocab - 1)}
+    # The server's stop-string table decodes every token after "abcdef" (transformers'
+    # `clean_tokenizer_vocab`), so that word must survive a round trip: it is the last token.
+    words["abcdef"] = vocab - 1
+    tok = Tokenizer(models.WordLevel(words, unk_token="<0>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.save(path)
