@@ -7,7 +7,7 @@
 //! cargo bench -p lmgen --bench generate_speed -- --model DIR [--device cuda] [--dtype bf16]
 //!     [--ids ids.json] [--prompt 128] [--new 128] [--prefill 512] [--batches 1,8,32,64] [--reps 3]
 //! generate_speed --check-kernels --device cuda   # lmgen's fused kernels against candle's ops
-//! generate_speed --fused ...                      # with them (off by default until measured)
+//! generate_speed --fused ...                      # with them (the default)
 //! generate_speed --no-fused ...                   # without them (candle's ops only)
 //! ```
 //!
@@ -48,8 +48,8 @@ struct Args {
     /// `--check-kernels`: run lmgen's fused-kernel checks on the device and exit.
     check_kernels: bool,
     /// `--fused` / `--no-fused`: with or without lmgen's CUDA fast paths (fused kernels, no
-    /// event tracking), an A/B of one build; without either, `LMGEN_CUDA_KERNELS` decides (off
-    /// unless it is `fused`).
+    /// event tracking), an A/B of one build; without either, `LMGEN_CUDA_KERNELS` decides (on
+    /// unless it is `candle`).
     fused: Option<bool>,
 }
 

@@ -24,14 +24,14 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
-/// Whether the fast paths are on: off unless `LMGEN_CUDA_KERNELS=fused` is set or
-/// [`set_enabled`] turns them on. They stay off by default until a GPU run has shown that they
-/// keep transformers' tokens on every golden case and measured their speed (BENCHMARKS.md); the
-/// kernel checks of [`self_test`] alone have passed.
+/// Whether the fast paths are on: on unless `LMGEN_CUDA_KERNELS=candle` is set or
+/// [`set_enabled`] turns them off. A GPU run showed transformers' tokens on every golden case
+/// with them, and measured their speed (BENCHMARKS.md); `candle` keeps candle's ops only, to rule
+/// them out.
 fn flag() -> &'static AtomicBool {
     static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
     ENABLED.get_or_init(|| {
-        AtomicBool::new(std::env::var("LMGEN_CUDA_KERNELS").is_ok_and(|v| v == "fused"))
+        AtomicBool::new(std::env::var("LMGEN_CUDA_KERNELS").map_or(true, |v| v != "candle"))
     })
 }
 
@@ -43,7 +43,7 @@ pub fn set_enabled(on: bool) {
     flag().store(on, Ordering::Relaxed);
 }
 
-/// Whether lmgen's CUDA fast paths are on ([`set_enabled`], `LMGEN_CUDA_KERNELS=fused`).
+/// Whether lmgen's CUDA fast paths are on ([`set_enabled`], `LMGEN_CUDA_KERNELS=candle` turns them off).
 pub fn enabled() -> bool {
     flag().load(Ordering::Relaxed)
 }
