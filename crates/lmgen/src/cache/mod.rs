@@ -67,6 +67,25 @@ pub trait KvCache: Send {
         ))
     }
 
+    /// Packed batches: the sequences `seqs`, each with one new token attending to every cached
+    /// one (decode tokens, no mask). Writes their new keys and values (taken from `k`, `v`
+    /// `[1, kv_heads, T, d]`, the whole input) and returns their attention output
+    /// `[1, heads, seqs.len(), d]`, in the order of `seqs`, of `q` `[1, heads, T, d]` with scores
+    /// `q k^T * scale`, read where the tokens lie. `None` (the default) where the cache has no
+    /// such path: the caller then calls [`KvCache::update_sequence`] and attends per sequence.
+    fn decode_attention(
+        &mut self,
+        layer: usize,
+        seqs: &[usize],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let _ = (layer, seqs, q, k, v, scale);
+        Ok(None)
+    }
+
     /// Repeats every batch row `n` times in place: old row `i` becomes rows `i * n .. (i + 1) * n`
     /// (HF `DynamicCache.batch_repeat_interleave`; contrastive search runs its `top_k` candidates
     /// of each row as one batch).

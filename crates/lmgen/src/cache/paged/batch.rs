@@ -153,6 +153,39 @@ impl KvCache for PagedBatch<'_> {
         self.store.gather(layer, &self.gather[seq])
     }
 
+    fn decode_attention(
+        &mut self,
+        layer: usize,
+        seqs: &[usize],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        // Each sequence's first input position.
+        let starts: Vec<usize> = self
+            .spans
+            .iter()
+            .scan(0, |at, s| {
+                let start = *at;
+                *at += s.new;
+                Some(start)
+            })
+            .collect();
+        let mut tokens = Vec::with_capacity(seqs.len());
+        let mut slots = Vec::with_capacity(seqs.len());
+        for &i in seqs {
+            match self.spans.get(i) {
+                Some(span) if span.new == 1 => {
+                    tokens.push(starts[i]);
+                    slots.push(self.slots[i].as_slice());
+                }
+                _ => return Ok(None),
+            }
+        }
+        super::decode::decode_attention(self.store, layer, &tokens, &slots, [q, k, v], scale)
+    }
+
     fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {
         Ok(self.states[self.states_of(seq)?].get(layer).cloned())
     }

@@ -7,12 +7,14 @@
 //! - `prefix_cache`: chained hashes of full blocks.
 //! - `store`: the preallocated key/value tensors of every layer.
 //! - `batch`: the [`crate::cache::KvCache`] over a packed batch of sequences.
+//! - `decode`: decode steps' attention read from the store in place (CPU).
 //! - `cross`: encoder-decoder sequences' cross-attention keys and values in the pool's blocks.
 
 pub(crate) mod allocator;
 pub(crate) mod batch;
 pub(crate) mod block_table;
 pub(crate) mod cross;
+pub(crate) mod decode;
 pub(crate) mod prefix_cache;
 pub(crate) mod store;
 

@@ -38,7 +38,7 @@ impl KvStore {
         Ok(Self { k, v })
     }
 
-    fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+    pub(super) fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match (self.k.get(layer), self.v.get(layer)) {
             (Some(k), Some(v)) => Ok((k, v)),
             _ => Err(Error::input(format!(

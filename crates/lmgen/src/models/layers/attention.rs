@@ -268,9 +268,44 @@ impl Attention {
                 }
             }
             LayerMask::Packed { sequences, sliding } => {
-                // One sequence at a time over its own cached keys; b = 1.
+                // Decode tokens (one new token, nothing masked) all at once where the cache reads
+                // its store in place (the paged store on the CPU); the rest one at a time.
+                let unmasked = |seq: &super::mask::PackedSequence| {
+                    if sliding {
+                        seq.sliding.is_none()
+                    } else {
+                        seq.full.is_none()
+                    }
+                };
+                let decode: Vec<usize> = if self.softcap.is_none() && self.sinks.is_none() {
+                    (0..sequences.len())
+                        .filter(|&i| sequences[i].new == 1 && unmasked(&sequences[i]))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let decoded = if decode.is_empty() {
+                    None
+                } else {
+                    // [1, nh, decode.len(), d]
+                    cache.decode_attention(self.layer_idx, &decode, &q, &k, &v, self.scale)?
+                };
+                if let Some(out) = &decoded {
+                    if decode.len() == sequences.len() {
+                        return self.finish(out.clone(), gate, b, t, weights);
+                    }
+                }
                 let mut outs = Vec::with_capacity(sequences.len());
+                let mut next_decoded = 0;
                 for (i, seq) in sequences.iter().enumerate() {
+                    if let Some(out) = decoded
+                        .as_ref()
+                        .filter(|_| decode.get(next_decoded) == Some(&i))
+                    {
+                        outs.push(out.narrow(2, next_decoded, 1)?); // [1, nh, 1, d]
+                        next_decoded += 1;
+                        continue;
+                    }
                     let part = |x: &Tensor| x.narrow(2, seq.start, seq.new)?.contiguous();
                     let (ks, vs) =
                         cache.update_sequence(self.layer_idx, i, &part(&k)?, &part(&v)?)?; // [1, nkv, s_i, d]
@@ -281,6 +316,23 @@ impl Attention {
                 Tensor::cat(&outs, 2)? // [1, nh, t, d]
             }
         };
+        self.finish(out, gate, b, t, weights)
+    }
+
+    /// The attention output `[b, nh, t, d]` through the output gate and `o_proj`.
+    fn finish(
+        &self,
+        out: Tensor,
+        gate: Option<Tensor>,
+        b: usize,
+        t: usize,
+        weights: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let AttentionShape {
+            num_heads: nh,
+            head_dim: d,
+            ..
+        } = self.shape;
         // [b, nh, t, d] -> [b, t, nh * d]
         let mut out = out.transpose(1, 2)?.reshape((b, t, nh * d))?;
         if let Some(gate) = gate {
