@@ -67,16 +67,17 @@ pub trait KvCache: Send {
         ))
     }
 
-    /// Packed batches: the sequences `seqs`, each with one new token attending to every cached
-    /// one (decode tokens, no mask). Writes their new keys and values (taken from `k`, `v`
-    /// `[1, kv_heads, T, d]`, the whole input) and returns their attention output
-    /// `[1, heads, seqs.len(), d]`, in the order of `seqs`, of `q` `[1, heads, T, d]` with scores
+    /// Packed batches: the sequences of `seqs` (`(sequence, position of its token in the
+    /// input)`), each with one new token attending to every cached one (decode tokens, no
+    /// mask). Writes their new keys and values (taken from `k`, `v` `[1, kv_heads, T, d]`, the
+    /// whole input) and returns their attention output `[1, heads, seqs.len(), d]`, in the
+    /// order of `seqs`, of `q` `[1, heads, T, d]` with scores
     /// `q k^T * scale`, read where the tokens lie. `None` (the default) where the cache has no
     /// such path: the caller then calls [`KvCache::update_sequence`] and attends per sequence.
     fn decode_attention(
         &mut self,
         layer: usize,
-        seqs: &[usize],
+        seqs: &[(usize, usize)],
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,

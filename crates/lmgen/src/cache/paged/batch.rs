@@ -156,28 +156,18 @@ impl KvCache for PagedBatch<'_> {
     fn decode_attention(
         &mut self,
         layer: usize,
-        seqs: &[usize],
+        seqs: &[(usize, usize)],
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         scale: f64,
     ) -> Result<Option<Tensor>> {
-        // Each sequence's first input position.
-        let starts: Vec<usize> = self
-            .spans
-            .iter()
-            .scan(0, |at, s| {
-                let start = *at;
-                *at += s.new;
-                Some(start)
-            })
-            .collect();
         let mut tokens = Vec::with_capacity(seqs.len());
         let mut slots = Vec::with_capacity(seqs.len());
-        for &i in seqs {
+        for &(i, position) in seqs {
             match self.spans.get(i) {
                 Some(span) if span.new == 1 => {
-                    tokens.push(starts[i]);
+                    tokens.push(position);
                     slots.push(self.slots[i].as_slice());
                 }
                 _ => return Ok(None),

@@ -49,14 +49,13 @@ impl InplaceOp1 for WriteSlots<'_> {
     }
 }
 
-/// The flat f32 values of a contiguous CPU tensor, or `None`.
-fn values(t: &Tensor) -> Option<Vec<f32>> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+/// The f32 values of a contiguous CPU storage under `layout`, borrowed, or `None`.
+fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
+    let Storage::Cpu(CpuStorage::F32(v)) = storage else {
         return None;
     };
     let (start, end) = layout.contiguous_offsets()?;
-    Some(v[start..end].to_vec())
+    Some(&v[start..end])
 }
 
 /// `a . b` over f32 in eight lanes (vectorised by the compiler).
@@ -94,12 +93,21 @@ pub fn decode_attention(
     if slots.len() != n || nkv == 0 || nh % nkv != 0 || tokens.iter().any(|&t| t >= total) {
         return Ok(None);
     }
-    let (Some(qs), Some(ks), Some(vs)) = (values(q), values(k), values(v)) else {
+    // q, k and v are read in place (their storage is not the store's); the store is checked
+    // before anything is written to it.
+    let ((qg, ql), (kg, kl), (vg, vl)) = (
+        q.storage_and_layout(),
+        k.storage_and_layout(),
+        v.storage_and_layout(),
+    );
+    let (Some(qs), Some(ks), Some(vs)) =
+        (f32_slice(&qg, ql), f32_slice(&kg, kl), f32_slice(&vg, vl))
+    else {
         return Ok(None);
     };
     let f32_store = |t: &Tensor| {
         let (storage, layout) = t.storage_and_layout();
-        matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))) && layout.is_contiguous()
+        f32_slice(&storage, layout).is_some()
     };
     if !f32_store(sk) || !f32_store(sv) {
         return Ok(None);
@@ -108,7 +116,7 @@ pub fn decode_attention(
     if new_slots.len() != n {
         return Ok(None);
     }
-    for (rows, store_t) in [(&ks, sk), (&vs, sv)] {
+    for (rows, store_t) in [(ks, sk), (vs, sv)] {
         store_t.inplace_op1(&WriteSlots {
             rows,
             tokens,
@@ -117,19 +125,12 @@ pub fn decode_attention(
             head_dim: d,
         })?;
     }
-    let (k_guard, k_layout) = sk.storage_and_layout();
-    let (v_guard, v_layout) = sv.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) =
-        (&*k_guard, &*v_guard)
+    let ((k_guard, k_layout), (v_guard, v_layout)) =
+        (sk.storage_and_layout(), sv.storage_and_layout());
+    let (Some(kd), Some(vd)) = (f32_slice(&k_guard, k_layout), f32_slice(&v_guard, v_layout))
     else {
         return Ok(None);
     };
-    let (Some((k0, k1)), Some((v0, v1))) =
-        (k_layout.contiguous_offsets(), v_layout.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let (kd, vd) = (&kd[k0..k1], &vd[v0..v1]);
     let slot_count = kd.len() / (nkv * d);
     let n_rep = nh / nkv;
     let scale = scale as f32;
@@ -165,7 +166,7 @@ pub fn decode_attention(
             out
         })
         .collect();
-    drop((k_guard, v_guard));
+    drop((k_guard, v_guard, qg, kg, vg));
     // [n, nkv, n_rep, d] -> [nh, n, d]
     let mut flat = vec![0f32; nh * n * d];
     for (task, out) in outs.iter().enumerate() {

@@ -277,9 +277,14 @@ impl Attention {
                         seq.full.is_none()
                     }
                 };
-                let decode: Vec<usize> = if self.softcap.is_none() && self.sinks.is_none() {
-                    (0..sequences.len())
-                        .filter(|&i| sequences[i].new == 1 && unmasked(&sequences[i]))
+                // (sequence, its token's position in the input)
+                let decode: Vec<(usize, usize)> = if self.softcap.is_none() && self.sinks.is_none()
+                {
+                    sequences
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, seq)| seq.new == 1 && unmasked(seq))
+                        .map(|(i, seq)| (i, seq.start))
                         .collect()
                 } else {
                     Vec::new()
@@ -300,7 +305,7 @@ impl Attention {
                 for (i, seq) in sequences.iter().enumerate() {
                     if let Some(out) = decoded
                         .as_ref()
-                        .filter(|_| decode.get(next_decoded) == Some(&i))
+                        .filter(|_| decode.get(next_decoded).map(|&(j, _)| j) == Some(i))
                     {
                         outs.push(out.narrow(2, next_decoded, 1)?); // [1, nh, 1, d]
                         next_decoded += 1;
