@@ -7,6 +7,7 @@
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh check-kernels   lmgen's fused CUDA kernels against the candle ops they replace
 #   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
+#   tools/device_run.sh graph-ab        decode: candle ops, fused kernels op by op, fused + CUDA graph
 #   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh serve-bench     `lmgen serve` with 64 streaming clients (prompts 128-2048, 256 new)
@@ -151,6 +152,23 @@ while [ $# -gt 0 ]; do
                 echo "== $shape $mode"
                 timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
                     --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
+            done
+        done
+        ;;
+    graph-ab)
+        # Decode of one build three ways: candle's ops only (--no-fused), the fused kernels with
+        # every step launched op by op (LMGEN_CUDA_GRAPHS=0), and the default (fused kernels, the
+        # one-token step replayed as a captured CUDA graph); same checkpoints as `compare`.
+        for shape in ${GRAPH_AB_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            for mode in candle eager graph; do
+                flags=--fused; env=LMGEN_CUDA_GRAPHS=1
+                [ $mode = candle ] && flags=--no-fused
+                [ $mode = eager ] && env=LMGEN_CUDA_GRAPHS=0
+                echo "== $shape $mode"
+                env $env timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                    --prompt 128 --new 128 --prefill 512 --batches ${GRAPH_AB_BATCHES:-1,8} --reps 3 $flags 2>&1 \
+                    | grep -E 'decode_b|error|Error' | sed "s/^/$mode /" | tee -a "$OUT/graph_ab.txt"
             done
         done
         ;;

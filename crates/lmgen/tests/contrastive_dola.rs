@@ -348,6 +348,7 @@ fn hidden_states_are_opt_in_and_end_with_the_normed_last_state() {
                 output_hidden_states,
                 output_attentions: false,
                 num_hidden_layers: None,
+                device_positions: None,
             };
             m.forward(&input, &mut DynamicCache::new()).unwrap()
         };

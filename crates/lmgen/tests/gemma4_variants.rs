@@ -41,6 +41,7 @@ fn step(
         output_hidden_states: false,
         output_attentions: false,
         num_hidden_layers: None,
+        device_positions: None,
     };
     Ok(model.forward(&input, cache)?.logits)
 }

@@ -132,6 +132,7 @@ fn forward_rows(model: &dyn CausalLM, entry: &ForwardEntry) -> anyhow::Result<(R
         output_hidden_states: false,
         output_attentions: false,
         num_hidden_layers: None,
+        device_positions: None,
     };
     let logits = model.forward(&input, &mut cache)?.logits;
     Ok((hidden, flat_rows(&logits)?))

@@ -50,6 +50,7 @@ fn decode(model: &dyn CausalLM, encoded: EncoderOutput, ids: &Tensor) -> anyhow:
             output_hidden_states: true,
             output_attentions: false,
             num_hidden_layers: None,
+            device_positions: None,
         },
         &mut cache,
     )?;

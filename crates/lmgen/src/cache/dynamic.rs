@@ -83,6 +83,55 @@ impl DynamicCache {
     }
 }
 
+/// [`KvCache::decode_at`] where the slots can be read directly (the CPU): the token written at
+/// each row's slot, then attention over each row's keys up to it, as the plain step computes it
+/// (one batch when every row is at the same slot).
+fn decode_at_on_host(
+    e: &LayerKv,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slots: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    use crate::models::layers::attention::{attend, Scores};
+    let slots: Vec<u32> = slots.to_vec1()?;
+    let capacity = e.k.dim(2)?;
+    if let Some(&slot) = slots.iter().find(|&&s| s as usize >= capacity) {
+        return Err(Error::input(format!(
+            "decode slot {slot} is past the {capacity} reserved"
+        )));
+    }
+    let scores = Scores {
+        scale,
+        softcap: None,
+        sinks: None,
+    };
+    let attend_rows = |rows: std::ops::Range<usize>, slot: usize| -> Result<Tensor> {
+        let n = rows.len();
+        let row = |t: &Tensor| t.narrow(0, rows.start, n);
+        for (buf, new) in [(&e.k, k), (&e.v, v)] {
+            row(buf)?.slice_set(&row(new)?.contiguous()?, 2, slot)?;
+        }
+        let (ks, vs) = (
+            row(&e.k)?.narrow(2, 0, slot + 1)?,
+            row(&e.v)?.narrow(2, 0, slot + 1)?,
+        );
+        attend(&row(q)?, &ks, &vs, None, scores)
+    };
+    match slots.first() {
+        Some(&first) if slots.iter().all(|&s| s == first) => {
+            attend_rows(0..slots.len(), first as usize)
+        }
+        _ => {
+            let outs = (0..slots.len())
+                .map(|r| attend_rows(r..r + 1, slots[r] as usize))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&outs, 0)?)
+        }
+    }
+}
+
 fn grow(buf: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
     let (b, h, _, d) = buf.dims4()?;
     let new = Tensor::zeros((b, h, capacity, d), buf.dtype(), buf.device())?;
@@ -131,6 +180,76 @@ impl KvCache for DynamicCache {
         );
         self.layers[layer] = Some(LayerKv { len, ..entry });
         Ok(out)
+    }
+
+    fn decode_at(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let Some(Some(e)) = self.layers.get_mut(layer) else {
+            return Ok(None);
+        };
+        let capacity = e.k.dim(2)?;
+        if e.len >= capacity {
+            return Ok(None);
+        }
+        let out = if e.k.device().is_cuda() {
+            if capacity > crate::cuda::DECODE_MAX_KEYS || !crate::cuda::enabled() {
+                return Ok(None);
+            }
+            crate::cuda::kv_write(&e.k, k, slots)?;
+            crate::cuda::kv_write(&e.v, v, slots)?;
+            crate::cuda::decode_attention_at(q, &e.k, &e.v, slots, scale)?.ok_or_else(|| {
+                Error::unsupported(format!(
+                    "decode attention at device slots does not take q {:?} {:?} over keys \
+                     {:?} {:?}",
+                    q.dims(),
+                    q.dtype(),
+                    e.k.dims(),
+                    e.k.dtype()
+                ))
+            })?
+        } else {
+            decode_at_on_host(e, q, k, v, slots, scale)?
+        };
+        e.len += 1;
+        Ok(Some(out))
+    }
+
+    fn reserve(&mut self, tokens: usize) -> Result<bool> {
+        if !self.states.is_empty() || self.layers.iter().flatten().next().is_none() {
+            return Ok(false);
+        }
+        if let Some(fixed) = self.fixed_capacity {
+            return Ok(tokens <= fixed);
+        }
+        for e in self.layers.iter_mut().flatten() {
+            if e.k.dim(2)? < tokens {
+                e.k = grow(&e.k, e.len, tokens)?;
+                e.v = grow(&e.v, e.len, tokens)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn advance(&mut self, t: usize) -> Result<()> {
+        for e in self.layers.iter().flatten() {
+            let capacity = e.k.dim(2)?;
+            if e.len + t > capacity {
+                return Err(Error::input(format!(
+                    "a replayed decode step appends past the {capacity} tokens reserved"
+                )));
+            }
+        }
+        for e in self.layers.iter_mut().flatten() {
+            e.len += t;
+        }
+        Ok(())
     }
 
     fn seq_len(&self) -> usize {

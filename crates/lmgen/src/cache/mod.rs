@@ -87,6 +87,45 @@ pub trait KvCache: Send {
         Ok(None)
     }
 
+    /// A dense one-token step whose cache slots are in device memory (a captured decode graph,
+    /// [`crate::cuda::graph`]): writes `k`, `v` `[b, kv_heads, 1, d]` of `layer` at slot
+    /// `slots[row]` (`[b]` u32, each row's current length) and returns the attention output
+    /// `[b, heads, 1, d]` of `q` `[b, heads, 1, d]` over each row's first `slots[row] + 1` keys,
+    /// `softmax(q k^T * scale) v`; the length kept on the host moves on by one. `None` (the
+    /// default) where the cache has no such path or no room already allocated
+    /// ([`KvCache::reserve`]).
+    fn decode_at(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let _ = (layer, q, k, v, slots, scale);
+        Ok(None)
+    }
+
+    /// Allocates room for `tokens` per row in every layer now, so that no later append moves a
+    /// buffer (a captured graph holds their addresses). Whether the cache now has that room
+    /// and takes [`KvCache::decode_at`] and [`KvCache::advance`]; `false` (the default) for a
+    /// cache that cannot (one with no layer yet, host-kept, quantized, recurrent states).
+    fn reserve(&mut self, tokens: usize) -> Result<bool> {
+        let _ = tokens;
+        Ok(false)
+    }
+
+    /// Counts `t` tokens appended to every layer behind the cache's back, by a replayed graph
+    /// of [`KvCache::decode_at`] steps (its writes happened on the device; only the host's
+    /// lengths move). An error past the room [`KvCache::reserve`] made.
+    fn advance(&mut self, t: usize) -> Result<()> {
+        let _ = t;
+        Err(Error::unsupported(
+            "this cache does not take appends made by a replayed CUDA graph",
+        ))
+    }
+
     /// Repeats every batch row `n` times in place: old row `i` becomes rows `i * n .. (i + 1) * n`
     /// (HF `DynamicCache.batch_repeat_interleave`; contrastive search runs its `top_k` candidates
     /// of each row as one batch).

@@ -51,6 +51,23 @@ impl KvCache for StaticCache {
     fn update(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.inner.update(layer, k, v)
     }
+    fn decode_at(
+        &mut self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        self.inner.decode_at(layer, q, k, v, slots, scale)
+    }
+    fn reserve(&mut self, tokens: usize) -> Result<bool> {
+        self.inner.reserve(tokens)
+    }
+    fn advance(&mut self, t: usize) -> Result<()> {
+        self.inner.advance(t)
+    }
     super::delegate_kv_cache!(inner);
 }
 

@@ -10,10 +10,40 @@ use crate::error::Result;
 /// the 48 KiB a launch gets without opting in).
 pub const MAX_KEYS: usize = 8192;
 
+/// [`decode_attention`] over the first `slots[row] + 1` keys of each row of the cache buffers
+/// `k`, `v` `[b, nkv, cap, d]`, the lengths read from device memory (`slots` `[b]` u32, the slot
+/// each row's new token was written to): a captured decode graph replays it as the cache grows.
+/// `None` where the kernel does not apply, or for buffers of more than [`MAX_KEYS`] slots.
+pub fn decode_attention_at(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slots: &Tensor,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    let fits = slots.dtype() == candle_core::DType::U32
+        && slots.dims1().ok() == q.dims().first().copied()
+        && slots.device().same_device(q.device());
+    if !fits {
+        return Ok(None);
+    }
+    decode_attention_over(q, k, v, Some(slots), scale)
+}
+
 /// `softmax(q k^T * scale) v`: `q` `[b, nh, 1, d]` (contiguous), `k`, `v` `[b, nkv, s, d]` (any
 /// strides with the last dim contiguous: the cache's narrowed views) -> `[b, nh, 1, d]`. `None`
 /// where the kernel does not apply (see the [module](super) docs), or past [`MAX_KEYS`].
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    decode_attention_over(q, k, v, None, scale)
+}
+
+fn decode_attention_over(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slots: Option<&Tensor>,
+    scale: f64,
+) -> Result<Option<Tensor>> {
     let (Ok((b, nh, t, d)), Ok((kb, nkv, s, kd))) = (q.dims4(), k.dims4()) else {
         return Ok(None);
     };
@@ -32,13 +62,19 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     if !super::applies(q) || !fits {
         return Ok(None);
     }
-    imp::run(q, k, v, scale as f32)
+    imp::run(q, k, v, slots, scale as f32)
 }
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn run(_: &Tensor, _: &Tensor, _: &Tensor, _: f32) -> Result<Option<Tensor>> {
+    pub fn run(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: f32,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -58,16 +94,25 @@ mod imp {
     /// Threads per block: 8 warps share the keys, then `256 / d` groups share the values.
     const THREADS: usize = 256;
 
-    pub fn run(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Option<Tensor>> {
-        Ok(Some(q.apply_op3_no_bwd(
-            k,
-            v,
-            &DecodeAttention { scale },
-        )?))
+    pub fn run(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: Option<&Tensor>,
+        scale: f32,
+    ) -> Result<Option<Tensor>> {
+        let op = DecodeAttention {
+            scale,
+            slots: slots.cloned(),
+        };
+        Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
     }
 
     struct DecodeAttention {
         scale: f32,
+        /// `[b]` u32: attend over the first `slots[row] + 1` keys of each row (the `_at` kernel)
+        /// instead of all of them.
+        slots: Option<Tensor>,
     }
 
     impl Map3 for DecodeAttention {
@@ -90,18 +135,40 @@ mod imp {
                 .map_err(|_| crate::cuda::cuda_only("decode_attention (q of rank 4)"))?;
             let (nkv, s) = (lk.dims()[1], lk.dims()[2]);
             let out = unsafe { dev.alloc::<T>(b * nh * d)? };
-            let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_decode_attention")?;
+            let root = match self.slots {
+                Some(_) => "lmgen_decode_attention_at",
+                None => "lmgen_decode_attention",
+            };
+            let (stream, func) = crate::cuda::func::<T>(dev, root)?;
             let groups = (THREADS / d).max(1);
             let cfg = LaunchConfig {
                 grid_dim: (nh as u32, b as u32, 1),
                 block_dim: (THREADS as u32, 1, 1),
+                // Room for all `s` keys' scores (the buffer's slots with `slots`).
                 shared_mem_bytes: (4 * (d + s + groups * d)) as u32,
             };
             let (ks, vs) = (lk.stride(), lv.stride());
-            let ints = [nh, nkv, s, d].map(|n| n as i32);
+            let ints: Vec<i32> = match self.slots {
+                Some(_) => [nh, nkv, d].map(|n| n as i32).to_vec(),
+                None => [nh, nkv, s, d].map(|n| n as i32).to_vec(),
+            };
             let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
+            // Held to the launch: the slots' storage, read by the `_at` kernel.
+            let slots = self.slots.as_ref().map(|t| t.storage_and_layout());
+            let slots = match &slots {
+                Some((guard, layout)) => match &**guard {
+                    candle_core::Storage::Cuda(c) => {
+                        Some(c.as_cuda_slice::<u32>()?.slice(layout.start_offset()..))
+                    }
+                    _ => return Err(crate::cuda::cuda_only("decode_attention_at (CUDA slots)")),
+                },
+                None => None,
+            };
             let mut bld = stream.launch_builder(&func);
             bld.arg(&q).arg(&k).arg(&v).arg(&out);
+            if let Some(slots) = &slots {
+                bld.arg(slots);
+            }
             for n in &ints {
                 bld.arg(n);
             }

@@ -4,7 +4,11 @@
 //! - [`add_rms_norm`]: the residual add and the next RMSNorm (2 launches -> 1);
 //! - [`swiglu`]: `silu(gate) * up` over the fused gate/up projection (2 -> 1);
 //! - [`decode_attention`]: one query per head over the cached keys, grouped-query heads
-//!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1).
+//!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1); [`decode_attention_at`] reads the
+//!   number of keys from device memory;
+//! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory.
+//!
+//! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
 //! bf16, a layout it does not take, or a build without the `cuda` feature): the caller then runs
@@ -12,11 +16,14 @@
 
 mod add_rms_norm;
 mod decode_attention;
+pub(crate) mod graph;
+mod kv_write;
 pub mod self_test;
 mod swiglu;
 
 pub use add_rms_norm::add_rms_norm;
-pub use decode_attention::decode_attention;
+pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
+pub use kv_write::kv_write;
 pub use swiglu::swiglu;
 
 use std::sync::atomic::{AtomicBool, Ordering};

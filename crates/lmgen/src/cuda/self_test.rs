@@ -29,6 +29,7 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         ] {
             report.push(decode_attention(device, dtype, (nh, nkv, d, s))?);
         }
+        report.push(decode_at_slots(device, dtype)?);
     }
     Ok(report)
 }
@@ -162,6 +163,59 @@ fn decode_attention(
     let f32 = |t: &Tensor| t.to_dtype(DType::F32);
     let exact = attend(&f32(&q)?, &f32(&k)?, &f32(&v)?, None, scores)?;
     compare(&format!("{what} vs f32"), &got, &exact, tolerance(dtype))
+}
+
+/// [`super::kv_write`] then [`super::decode_attention_at`] at a different slot per row (what a
+/// captured decode step runs) against the buffer written on the host and
+/// [`super::decode_attention`] over each row's own keys: equal to the bit (the same kernel body
+/// over the same keys).
+fn decode_at_slots(device: &Device, dtype: DType) -> Result<String> {
+    let (nh, nkv, d, cap) = (14, 2, 64, 96);
+    let slots = [40u32, 95];
+    let b = slots.len();
+    let scale = (d as f64).powf(-0.5);
+    let q = tensor(&[b, nh, 1, d], 8, dtype, device)?;
+    let k_new = tensor(&[b, nkv, 1, d], 9, dtype, device)?;
+    let v_new = tensor(&[b, nkv, 1, d], 10, dtype, device)?;
+    let k_buf = tensor(&[b, nkv, cap, d], 11, dtype, device)?;
+    let v_buf = tensor(&[b, nkv, cap, d], 12, dtype, device)?;
+    // The expected buffers: each row's token placed at its slot on the host side of candle.
+    let place = |buf: &Tensor, new: &Tensor| -> Result<Tensor> {
+        let rows = (0..b)
+            .map(|r| {
+                let (row, tok) = (buf.narrow(0, r, 1)?, new.narrow(0, r, 1)?);
+                let s = slots[r] as usize;
+                let mut parts = vec![row.narrow(2, 0, s)?, tok];
+                if s + 1 < cap {
+                    parts.push(row.narrow(2, s + 1, cap - s - 1)?);
+                }
+                Ok(Tensor::cat(&parts, 2)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    };
+    let (k_want, v_want) = (place(&k_buf, &k_new)?, place(&v_buf, &v_new)?);
+    let slots_dev = Tensor::new(&slots[..], device)?;
+    super::kv_write(&k_buf, &k_new, &slots_dev)?;
+    super::kv_write(&v_buf, &v_new, &slots_dev)?;
+    let what = format!("kv_write + decode_attention_at {dtype:?} slots {slots:?} of {cap}");
+    compare(&format!("{what}: keys"), &k_buf, &k_want, 0.0)?;
+    compare(&format!("{what}: values"), &v_buf, &v_want, 0.0)?;
+    let got = super::decode_attention_at(&q, &k_buf, &v_buf, &slots_dev, scale)?
+        .ok_or_else(|| missing("decode_attention_at"))?;
+    for (r, &slot) in slots.iter().enumerate() {
+        let s = slot as usize + 1;
+        let row = |t: &Tensor| t.narrow(0, r, 1);
+        let want = super::decode_attention(
+            &row(&q)?,
+            &row(&k_buf)?.narrow(2, 0, s)?,
+            &row(&v_buf)?.narrow(2, 0, s)?,
+            scale,
+        )?
+        .ok_or_else(|| missing("decode_attention"))?;
+        compare(&format!("{what}: row {r}"), &row(&got)?, &want, 0.0)?;
+    }
+    Ok(format!("ok {what}: equal to the bit"))
 }
 
 #[cfg(all(test, feature = "cuda"))]

@@ -302,9 +302,26 @@ impl Decoder {
         cache: &mut dyn KvCache,
     ) -> Result<ModelOutput> {
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
+        // A step to be captured as a CUDA graph reads its positions (angles, cache slots) on
+        // the device: `[b, 1]` -> `[b]` slots.
+        let slots = match input.device_positions {
+            Some(p) if p.dim(1)? == 1 && self.config.query_scaling.is_none() => {
+                Some(p.flatten_all()?)
+            }
+            Some(_) => {
+                return Err(crate::error::Error::unsupported(
+                    "device positions are for one-token steps of a model without \
+                     position-dependent query scaling",
+                ))
+            }
+            None => None,
+        };
         let cos_sin = |r: &Option<RotaryEmbedding>| {
             r.as_ref()
-                .map(|r| r.cos_sin(&positions, self.dtype, &self.device))
+                .map(|r| match input.device_positions {
+                    Some(p) => r.cos_sin_at(p, self.dtype, &self.device),
+                    None => r.cos_sin(&positions, self.dtype, &self.device),
+                })
                 .transpose()
         };
         let global = cos_sin(&self.rotary)?;
@@ -333,6 +350,7 @@ impl Decoder {
                 mask: masks.for_layer(layer.layer_type),
                 query_scale: query_scale.as_ref(),
                 padding_queries: masks.padding_queries(),
+                slots: slots.as_ref(),
             };
             let norms = &layer.norms;
             let h = match pending.take() {
@@ -400,6 +418,30 @@ impl CausalLM for Decoder {
 
     fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Every layer full attention (or a sliding window no shorter than `max_len`) through
+    /// blocks that take device slots, dense MLPs, and RoPE whose angles are fixed per position
+    /// below `max_len`: nothing of a step depends on its position on the host.
+    fn takes_device_positions(&self, max_len: usize) -> bool {
+        let cfg = &self.config;
+        let window_ok = cfg.sliding_window.is_none_or(|w| w >= max_len);
+        let layers_ok = self.layers.iter().all(|l| {
+            let mixer_ok = match &l.mixer {
+                Mixer::Attention(a) => a.takes_device_slots(),
+                _ => false,
+            };
+            let window = l.layer_type != LayerType::SlidingAttention || window_ok;
+            mixer_ok && window && matches!(l.mlp, FeedForward::Dense(_))
+        });
+        let rope_ok = [&self.rotary, &self.rotary_local]
+            .iter()
+            .all(|r| r.as_ref().is_none_or(|r| max_len <= r.device_table_len()));
+        layers_ok
+            && rope_ok
+            && cfg.query_scaling.is_none()
+            && cfg.recompute_cache_at.is_none()
+            && cfg.moe.is_none()
     }
 }
 

@@ -294,6 +294,7 @@ impl Gpt2 {
             mask: masks.for_layer(LayerType::FullAttention),
             query_scale: None,
             padding_queries: masks.padding_queries(),
+            slots: None,
         };
         let mut hidden = input.output_hidden_states.then(Vec::new);
         let mut attentions = input.output_attentions.then(Vec::new);

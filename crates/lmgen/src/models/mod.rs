@@ -88,6 +88,12 @@ pub struct ForwardInput<'a> {
     /// `EarlyExitCandidateGenerator` lowers `config.num_hidden_layers` for the draft pass). Only those
     /// layers' keys and values are appended to the cache. `None`: every layer.
     pub num_hidden_layers: Option<usize>,
+    /// `[b, 1]` u32 on the model's device: the same positions as `position_ids`, which are
+    /// also each row's cache slot (no padding), for a one-token step that must read them from
+    /// device memory: a step captured as a CUDA graph ([`crate::cuda::graph`]) and replayed at
+    /// later positions. Only a model whose [`CausalLM::takes_device_positions`] says so reads
+    /// them; `None` for every other step.
+    pub device_positions: Option<&'a Tensor>,
 }
 
 impl<'a> ForwardInput<'a> {
@@ -102,6 +108,7 @@ impl<'a> ForwardInput<'a> {
             output_hidden_states: false,
             output_attentions: false,
             num_hidden_layers: None,
+            device_positions: None,
         }
     }
 }
@@ -150,6 +157,14 @@ pub trait CausalLM: Send + Sync {
     /// [`seq2seq`].
     fn encoder(&self) -> Option<&dyn seq2seq::Encoder> {
         None
+    }
+    /// Whether a one-token step of this model, with [`ForwardInput::device_positions`], reads
+    /// everything that changes from step to step (positions, cache lengths) from device memory
+    /// at every position below `max_len`, so that it can be captured once as a CUDA graph and
+    /// replayed. `false` (the default): the model reads some of it on the host.
+    fn takes_device_positions(&self, max_len: usize) -> bool {
+        let _ = max_len;
+        false
     }
 }
 

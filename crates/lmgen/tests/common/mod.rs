@@ -23,6 +23,7 @@ pub fn all_logits(model: &dyn CausalLM, tokens: &[u32]) -> anyhow::Result<Tensor
         output_hidden_states: false,
         output_attentions: false,
         num_hidden_layers: None,
+        device_positions: None,
     };
     Ok(model
         .forward(&input, &mut DynamicCache::new())?

@@ -146,6 +146,20 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int
     }
 }
 
+// One new token's keys (or values) of each batch row written into a cache buffer at the row's
+// slot, read from device memory (a captured decode graph replays this with new slots).
+// src: [b, nkv, 1, d] contiguous; dst: [b, nkv, cap, d] contiguous; slots: [b].
+template <typename T>
+__device__ void kv_write(const T* src, T* dst, const uint32_t* slots, int b, int nkv, int cap, int d) {
+    size_t n = (size_t)b * nkv * d;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t row = i / ((size_t)nkv * d), rem = i % ((size_t)nkv * d);
+        uint32_t slot = slots[row];
+        if (slot >= (uint32_t)cap) continue;
+        dst[((row * nkv + rem / d) * cap + slot) * d + rem % d] = src[i];
+    }
+}
+
 #define FUSED_OPS(T, SUFFIX)                                                                            \
     extern "C" __global__ void lmgen_add_rms_norm_##SUFFIX(const T* x, const T* h, const T* w, T* out,  \
                                                            int rows, int dim, float eps) {              \
@@ -158,6 +172,19 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int
         const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d, long long k_sb,      \
         long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss, float scale) {  \
         decode_attention<T>(q, k, v, out, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, scale);    \
+    }                                                                                                   \
+    /* The same over the first `slots[row] + 1` keys of each row: the length read from device */       \
+    /* memory, so a captured graph attends over a growing cache. */                                     \
+    extern "C" __global__ void lmgen_decode_attention_at_##SUFFIX(                                      \
+        const T* q, const T* k, const T* v, T* out, const uint32_t* slots, int nh, int nkv, int d,      \
+        long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss,  \
+        float scale) {                                                                                  \
+        int s = (int)slots[blockIdx.y] + 1;                                                             \
+        decode_attention<T>(q, k, v, out, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, scale);    \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* slots,     \
+                                                       int b, int nkv, int cap, int d) {                \
+        kv_write<T>(src, dst, slots, b, nkv, cap, d);                                                   \
     }
 
 FUSED_OPS(float, f32)

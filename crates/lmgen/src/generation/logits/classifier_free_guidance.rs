@@ -139,6 +139,7 @@ impl<'a> UnbatchedClassifierFreeGuidanceLogitsProcessor<'a> {
                 output_hidden_states: false,
                 output_attentions: false,
                 num_hidden_layers: None,
+                device_positions: None,
             },
             &mut st.cache,
         )?;

@@ -91,6 +91,7 @@ pub(crate) fn forward_step(
             output_hidden_states: step.output_hidden_states,
             output_attentions: step.output_attentions,
             num_hidden_layers: step.num_hidden_layers,
+            device_positions: None,
         },
         cache,
     )

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::decode_state::DecodeState;
 use super::prefill::prefill;
-use super::{forward_step, host_scores, StepInput};
+use super::{host_scores, StepInput};
 use crate::cache::KvCache;
 use crate::error::Result;
 use crate::generation::context::GenerationContext;
@@ -72,7 +72,11 @@ pub(crate) fn run(
     g: &ResolvedGeneration,
     ctx: GenerationContext<'_, '_>,
 ) -> Result<GenerateOutput> {
-    run_with_step(
+    // The one-token steps through a captured CUDA graph where the model and cache allow
+    // (the cache holds `max_length - 1` tokens: the last one is never fed back).
+    let max_len = g.lengths.max_length.saturating_sub(1);
+    let mut graph = crate::cuda::graph::DecodeGraph::new(model, max_len);
+    let out = run_with_step(
         model,
         input,
         g,
@@ -88,7 +92,7 @@ pub(crate) fn run(
             let out = if cache.seq_len() == 0 {
                 prefill(model, step, g.prefill_chunk_size, cache)?
             } else {
-                forward_step(model, step, cache)?
+                graph.step(model, step, cache)?
             };
             Ok(StepLogits {
                 logits: out.logits.squeeze(1)?, // [rows, 1, vocab] -> [rows, vocab]
@@ -98,7 +102,16 @@ pub(crate) fn run(
                 attentions: out.attentions,
             })
         },
-    )
+    );
+    let (steps, replays) = graph.counts();
+    if steps > 0 {
+        tracing::debug!(
+            steps,
+            replays,
+            "decode steps through device positions (replayed graphs)"
+        );
+    }
+    out
 }
 
 /// The next-token logits of one step of [`run_with_step`].

@@ -343,6 +343,7 @@ fn no_speech_probs(
             output_hidden_states: false,
             output_attentions: false,
             num_hidden_layers: None,
+            device_positions: None,
         },
         &mut cache,
     )?;

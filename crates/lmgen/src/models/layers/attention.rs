@@ -14,7 +14,7 @@ use super::norm::RmsNorm;
 use super::rotary;
 use super::LoadContext;
 use crate::cache::KvCache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
 use crate::parallel::Communicator;
@@ -69,6 +69,10 @@ pub struct AttentionInput<'a> {
     /// attention zeroes as torch's `scaled_dot_product_attention` does; `None` when there are
     /// none ([`super::mask::ForwardMasks::padding_queries`]).
     pub padding_queries: Option<&'a Tensor>,
+    /// `[b]` u32 in device memory: each row's cache slot for a one-token step whose slots must
+    /// be read on the device (a captured decode graph, [`KvCache::decode_at`]); `None`
+    /// otherwise.
+    pub slots: Option<&'a Tensor>,
 }
 
 impl Attention {
@@ -246,6 +250,24 @@ impl Attention {
             q = q.broadcast_mul(scale)?; // [b, nh, t, d] * [b, 1, t, 1]
         }
         let mut weights = None;
+        if let Some(slots) = input.slots {
+            // A step captured as a CUDA graph: the cache writes and attends at slots read on
+            // the device, never at a length baked into the launches.
+            let plain = t == 1
+                && matches!(input.mask, LayerMask::Dense(None))
+                && input.padding_queries.is_none();
+            let out = match plain && !keep_weights && self.takes_device_slots() {
+                true => cache.decode_at(self.layer_idx, &q, &k, &v, slots, self.scale)?,
+                false => None,
+            };
+            let out = out.ok_or_else(|| {
+                Error::unsupported(
+                    "this step cannot read its cache slots on the device (a mask, attention \
+                     weights, softcapping, sinks, split heads, or a cache without room reserved)",
+                )
+            })?;
+            return self.finish(out, gate, b, t, weights);
+        }
         let out = match input.mask {
             LayerMask::Dense(mask) => {
                 let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
@@ -344,6 +366,13 @@ impl Attention {
             out = (out * candle_nn::ops::sigmoid(&gate)?)?;
         }
         Ok((self.o_proj.forward(&out)?, weights))
+    }
+
+    /// Whether this block's decode step can run at cache slots held in device memory
+    /// ([`AttentionInput::slots`]): plain scaled scores (no softcap, no sinks) on unsplit heads,
+    /// with sdpa semantics.
+    pub fn takes_device_slots(&self) -> bool {
+        self.softcap.is_none() && self.sinks.is_none() && self.heads_comm.is_none() && !self.eager
     }
 
     /// How this block turns `q k^T` into scores.

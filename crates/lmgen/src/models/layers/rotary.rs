@@ -21,7 +21,15 @@ pub struct RotaryEmbedding {
     /// The rotated channels of a head (`head_dim * partial_rotary_factor`).
     rotary_dim: usize,
     max_position_embeddings: usize,
+    /// `cos` and `sin` `[positions, rotary_dim / 2]` of every position below
+    /// [`RotaryEmbedding::device_table_len`], made on the first [`RotaryEmbedding::cos_sin_at`]
+    /// and kept for the model's life (captured decode graphs read it).
+    table: std::sync::Arc<std::sync::OnceLock<(Tensor, Tensor)>>,
 }
+
+/// The most positions [`RotaryEmbedding::cos_sin_at`]'s table holds (16 MiB a table for a
+/// 64-wide bf16 rotation).
+const MAX_TABLE_POSITIONS: usize = 1 << 17;
 
 /// `1 / base^(2i / dim)` in f32, as `_compute_default_rope_parameters`.
 fn default_inv_freq(base: f64, dim: usize) -> Vec<f32> {
@@ -102,7 +110,56 @@ impl RotaryEmbedding {
             config: config.clone(),
             rotary_dim: dim,
             max_position_embeddings,
+            table: Default::default(),
         }
+    }
+
+    /// The positions [`RotaryEmbedding::cos_sin_at`] covers: those whose angles do not depend
+    /// on the forward's length (below `max_position_embeddings` for dynamic NTK, below the
+    /// original context for LongRoPE), at most [`MAX_TABLE_POSITIONS`].
+    pub fn device_table_len(&self) -> usize {
+        let len = match self.config.scaling {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => original_max_position_embeddings,
+            _ => self.max_position_embeddings,
+        };
+        len.min(MAX_TABLE_POSITIONS)
+    }
+
+    /// [`RotaryEmbedding::cos_sin`] for positions held in device memory (`[b, t]` u32 on
+    /// `device`, each below [`RotaryEmbedding::device_table_len`]): rows of a table of every
+    /// position made once by `cos_sin`, so the values are the same to the bit.
+    pub fn cos_sin_at(
+        &self,
+        positions: &Tensor,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let (cos, sin) = match self.table.get() {
+            Some(table) => table,
+            None => {
+                let n = self.device_table_len() as u32;
+                let (cos, sin) = self.cos_sin(&[(0..n).collect()], dtype, device)?;
+                let _ = self.table.set((cos.squeeze(0)?, sin.squeeze(0)?));
+                self.table.get().expect("set above")
+            }
+        };
+        if cos.dtype() != dtype || !cos.device().same_device(device) {
+            return Err(crate::error::Error::unsupported(format!(
+                "the rotary table was made for {:?} on {:?}, not {dtype:?} on {device:?}",
+                cos.dtype(),
+                cos.device()
+            )));
+        }
+        let idx = positions.flatten_all()?;
+        let half = cos.dim(1)?;
+        Ok((
+            cos.index_select(&idx, 0)?.reshape((b, t, half))?,
+            sin.index_select(&idx, 0)?.reshape((b, t, half))?,
+        ))
     }
 
     /// Inverse frequencies for a forward whose largest position is `max_pos`
@@ -334,5 +391,28 @@ mod tests {
         assert_eq!(c[0][0], vec![1.0; 4]);
         assert!((c[1][1][0] - 2f32.cos()).abs() < 1e-7);
         assert!((s[0][1][1] - 0.1f32.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn table_rows_are_the_host_angles_to_the_bit() {
+        // Dynamic NTK past `max_position_embeddings` (16) would change the angles: the table
+        // stops there.
+        for scaling in [RopeScaling::Default, RopeScaling::Dynamic { factor: 2.0 }] {
+            let r = rope(scaling);
+            assert_eq!(r.device_table_len(), 16);
+            let rows = vec![vec![3u32], vec![15], vec![0]];
+            let at = Tensor::new(rows.clone(), &Device::Cpu).unwrap();
+            let (cos, sin) = r.cos_sin(&rows, DType::F32, &Device::Cpu).unwrap();
+            let (cos_at, sin_at) = r.cos_sin_at(&at, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(cos_at.dims(), &[3, 1, 4]);
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&cos_at), bits(&cos));
+            assert_eq!(bits(&sin_at), bits(&sin));
+            // The first call fixed the table's dtype.
+            assert!(r.cos_sin_at(&at, DType::BF16, &Device::Cpu).is_err());
+        }
     }
 }
