@@ -8,6 +8,10 @@
 //! sleeps once per forward instead of once per op (llama.cpp's compute threads likewise include
 //! the calling thread).
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
 use candle_core::Device;
 
 use super::layers::LoadContext;
@@ -45,12 +49,58 @@ impl ForwardThread {
 
 /// `f()` on a thread of rayon's global pool when `device` is the CPU and the caller is not on one
 /// already; otherwise on the calling thread.
+///
+/// While `f` runs, the pool's other threads stay awake ([`spin`]): they take each parallel op's
+/// share the moment it is offered, instead of sleeping between ops and being woken (a futex
+/// round trip per op and thread: a tenth of a SmolLM2-135M decode step on two cores), as
+/// llama.cpp's compute threads spin between ops. `LMGEN_CPU_SPIN=0` lets them sleep.
 pub fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
     }
     // Called from outside the pool, `scope` runs its body on one of the pool's threads.
-    rayon::scope(|_| f())
+    let done = AtomicBool::new(false);
+    let done = &done;
+    rayon::scope(|scope| {
+        let owner = rayon::current_thread_index();
+        if spinning() {
+            for _ in 1..rayon::current_num_threads() {
+                scope.spawn(move |_| spin(done, owner));
+            }
+        }
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
+}
+
+/// Whether the pool's threads spin while a forward runs ([`on_pool`]): on unless
+/// `LMGEN_CPU_SPIN=0`.
+fn spinning() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LMGEN_CPU_SPIN").map_or(true, |v| v != "0"))
+}
+
+thread_local! {
+    /// This thread is running a [`spin`] already.
+    static SPINNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Until `done`: run whatever the pool offers (the forward's parallel ops' shares), or spin.
+/// Returns at once on the forward's own thread (`owner`, which may pick this job up while it
+/// waits inside a parallel op: spinning there would wait on itself) and on a thread already
+/// spinning (a spin job taken from inside another).
+fn spin(done: &AtomicBool, owner: Option<usize>) {
+    if rayon::current_thread_index() == owner || SPINNING.with(Cell::get) {
+        return;
+    }
+    SPINNING.with(|s| s.set(true));
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::hint::spin_loop();
+        }
+    }
+    SPINNING.with(|s| s.set(false));
 }
 
 #[cfg(test)]
