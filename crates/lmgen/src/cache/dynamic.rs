@@ -94,7 +94,7 @@ fn decode_at_on_host(
     slots: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    use crate::models::layers::attention::{attend, Scores};
+    use crate::models::layers::attention::{attend, decode_cpu, Scores};
     let slots: Vec<u32> = slots.to_vec1()?;
     let capacity = e.k.dim(2)?;
     if let Some(&slot) = slots.iter().find(|&&s| s as usize >= capacity) {
@@ -117,7 +117,12 @@ fn decode_at_on_host(
             row(&e.k)?.narrow(2, 0, slot + 1)?,
             row(&e.v)?.narrow(2, 0, slot + 1)?,
         );
-        attend(&row(q)?, &ks, &vs, None, scores)
+        // What the plain step's attention runs (`Attention::attend_dense`).
+        let q = row(q)?;
+        match decode_cpu::decode_attention(&q, &ks, &vs, scale)? {
+            Some(out) => Ok(out),
+            None => attend(&q, &ks, &vs, None, scores),
+        }
     };
     match slots.first() {
         Some(&first) if slots.iter().all(|&s| s == first) => {

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::store::KvStore;
 use crate::error::Result;
+use crate::models::layers::attention::decode_cpu::attend_one;
 
 /// Writes token `tokens[i]`'s row `[kv_heads, d]` of `rows` (`[kv_heads, T, d]`, flat) into
 /// slot `slots[i]` of a store tensor `[kv_heads, slot_count, d]`.
@@ -56,20 +57,6 @@ fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
     };
     let (start, end) = layout.contiguous_offsets()?;
     Some(&v[start..end])
-}
-
-/// `a . b` over f32 in eight lanes (vectorised by the compiler).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Decode tokens of a packed batch: `[q, k, v]`, `q` `[1, nh, T, d]`, `k`, `v` `[1, nkv, T, d]`
@@ -143,25 +130,12 @@ pub fn decode_attention(
             let start = |slot: u32| (g * slot_count + slot as usize) * d;
             let mut out = vec![0f32; n_rep * d];
             let mut scores = vec![0f32; seq.len()];
-            for r in 0..n_rep {
+            for (r, o) in out.chunks_exact_mut(d).enumerate() {
                 let h = g * n_rep + r;
                 let qh = &qs[(h * total + tokens[i]) * d..][..d];
-                for (s, &slot) in scores.iter_mut().zip(seq) {
-                    *s = dot(qh, &kd[start(slot)..][..d]) * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut out[r * d..][..d];
-                for (&e, &slot) in scores.iter().zip(seq) {
-                    let p = e / sum;
-                    for (o, &x) in o.iter_mut().zip(&vd[start(slot)..][..d]) {
-                        *o += p * x;
-                    }
-                }
+                let key = |j: usize| &kd[start(seq[j])..][..d];
+                let value = |j: usize| &vd[start(seq[j])..][..d];
+                attend_one(qh, key, value, scale, &mut scores, o);
             }
             out
         })

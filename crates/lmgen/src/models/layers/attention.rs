@@ -19,6 +19,7 @@ use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
 use crate::parallel::Communicator;
 
+pub(crate) mod decode_cpu;
 mod heads;
 
 /// One attention block.
@@ -384,8 +385,9 @@ impl Attention {
         }
     }
 
-    /// [`Attention::attend`], through the fused decode kernel ([`crate::cuda::decode_attention`])
-    /// where it applies: one query per head on a GPU, no mask, softcap or sinks.
+    /// [`Attention::attend`], through the fused decode kernel ([`crate::cuda::decode_attention`],
+    /// [`decode_cpu::decode_attention`] on the CPU) where it applies: one query per head, no
+    /// mask, softcap or sinks.
     fn attend_dense(
         &self,
         q: &Tensor,
@@ -396,6 +398,9 @@ impl Attention {
         if mask.is_none() && self.softcap.is_none() && self.sinks.is_none() {
             // [b, nh, 1, d] x [b, nkv, s, d] -> [b, nh, 1, d]
             if let Some(out) = crate::cuda::decode_attention(q, k, v, self.scale)? {
+                return Ok(out);
+            }
+            if let Some(out) = decode_cpu::decode_attention(q, k, v, self.scale)? {
                 return Ok(out);
             }
         }
