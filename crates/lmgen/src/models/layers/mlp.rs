@@ -156,6 +156,10 @@ impl GatedMlp {
             if let Some(h) = crate::cuda::swiglu(&gate_up, i)? {
                 return self.down_proj.forward(&h);
             }
+            // One pass on the CPU, the same values as `silu` then `mul`.
+            if let Some(h) = super::fused_cpu::swiglu(&gate_up, i)? {
+                return self.down_proj.forward(&h);
+            }
         }
         let gate = activate(&gate_up.narrow(D::Minus1, 0, i)?, self.act)?;
         let up = gate_up.narrow(D::Minus1, i, i)?;

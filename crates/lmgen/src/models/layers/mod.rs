@@ -4,6 +4,7 @@ pub mod attention;
 pub mod bart_layer;
 pub mod conv;
 pub mod embedding;
+pub mod fused_cpu;
 pub mod gated_delta_net;
 pub mod gated_delta_step;
 pub mod gemv;

@@ -116,13 +116,16 @@ impl RmsNorm {
             .to_dtype(x.dtype())?)
     }
 
-    /// `(x + h, norm(x + h))` in one launch on a GPU ([`crate::cuda::add_rms_norm`]), `None`
-    /// where that kernel does not apply.
+    /// `(x + h, norm(x + h))` in one launch on a GPU ([`crate::cuda::add_rms_norm`]) or one
+    /// pass on the CPU ([`super::fused_cpu::add_rms_norm`]), `None` where neither applies.
     pub fn forward_after_add(&self, x: &Tensor, h: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
         if self.split.is_some() {
             return Ok(None);
         }
-        crate::cuda::add_rms_norm(x, h, &self.weight, self.eps)
+        if let Some(out) = crate::cuda::add_rms_norm(x, h, &self.weight, self.eps)? {
+            return Ok(Some(out));
+        }
+        super::fused_cpu::add_rms_norm(x, h, &self.weight, self.eps)
     }
 }
 

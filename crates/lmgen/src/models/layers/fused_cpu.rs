@@ -1,0 +1,118 @@
+//! Two pairs of small ops of a decode step fused on the CPU, each one pass instead of two candle
+//! ops (each with its own allocation and dispatch), with the arithmetic of those ops so the
+//! results are the same to the bit: the residual add and the next RMSNorm
+//! ([`add_rms_norm`], candle's `add` then `candle_nn::ops::rms_norm`), and the SiLU-gated
+//! product of a fused gate/up projection ([`swiglu`], candle's `silu` then `mul`). The GPU's
+//! counterparts are [`crate::cuda::add_rms_norm`] and [`crate::cuda::swiglu`].
+
+use candle_core::{CpuStorage, Storage, Tensor};
+
+use crate::error::Result;
+
+/// The contiguous f32 data of a CPU tensor, or `None`.
+fn f32_data(t: &Tensor) -> Option<Vec<f32>> {
+    if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].to_vec()),
+        _ => None,
+    }
+}
+
+/// `(x + h, rms_norm(x + h) * w)` for f32 CPU tensors `x`, `h` `[.., dim]` and `w` `[dim]`;
+/// `None` for anything else (the caller runs candle's ops).
+pub fn add_rms_norm(
+    x: &Tensor,
+    h: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let dim = w.elem_count();
+    if x.dims() != h.dims() || x.dims().last() != Some(&dim) || dim == 0 {
+        return Ok(None);
+    }
+    let (Some(mut sum), Some(hv), Some(wv)) = (f32_data(x), f32_data(h), f32_data(w)) else {
+        return Ok(None);
+    };
+    for (s, h) in sum.iter_mut().zip(&hv) {
+        *s += h;
+    }
+    let mut normed = vec![0f32; sum.len()];
+    for (src, dst) in sum.chunks_exact(dim).zip(normed.chunks_exact_mut(dim)) {
+        // candle-nn's `rms_row`: the squares summed in order, then `s / m * alpha`.
+        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / dim as f32 + eps).sqrt();
+        for ((d, &s), &a) in dst.iter_mut().zip(src).zip(&wv) {
+            *d = s / m * a;
+        }
+    }
+    let shape = x.shape().clone();
+    Ok(Some((
+        Tensor::from_vec(sum, shape.clone(), x.device())?,
+        Tensor::from_vec(normed, shape, x.device())?,
+    )))
+}
+
+/// `[.., 2 * inter] -> [.., inter]`: `silu(gate) * up` over a fused gate/up projection (the
+/// gate's columns first) of f32 on the CPU; `None` for anything else.
+pub fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Option<Tensor>> {
+    if gate_up.dims().last() != Some(&(2 * inter)) || inter == 0 {
+        return Ok(None);
+    }
+    let Some(v) = f32_data(gate_up) else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(v.len() / 2);
+    for row in v.chunks_exact(2 * inter) {
+        let (gate, up) = row.split_at(inter);
+        // candle's `silu` (`v / (1 + exp(-v))`), then `mul`.
+        out.extend(
+            gate.iter()
+                .zip(up)
+                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+        );
+    }
+    let mut dims = gate_up.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = inter;
+    }
+    Ok(Some(Tensor::from_vec(out, dims, gate_up.device())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, D};
+
+    use super::*;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn equal_to_candles_ops_to_the_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        for rows in [1, 3, 40] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 576), &dev)?;
+            let h = Tensor::randn(0f32, 1.0, (1, rows, 576), &dev)?;
+            let w = Tensor::randn(1f32, 0.1, 576, &dev)?;
+            let (sum, normed) = add_rms_norm(&x, &h, &w, 1e-5)?.expect("applies");
+            let want_sum = (&x + &h)?;
+            assert_eq!(bits(&sum), bits(&want_sum));
+            let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-5)?;
+            assert_eq!(bits(&normed), bits(&want));
+            let gate_up = Tensor::randn(0f32, 3.0, (1, rows, 2 * 1536), &dev)?;
+            let got = swiglu(&gate_up, 1536)?.expect("applies");
+            let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, 1536)?)?;
+            let want = (gate * gate_up.narrow(D::Minus1, 1536, 1536)?)?;
+            assert_eq!(bits(&got), bits(&want));
+        }
+        let half = Tensor::zeros((1, 4), DType::F16, &dev)?;
+        assert!(swiglu(&half, 2)?.is_none());
+        Ok(())
+    }
+}
