@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
@@ -81,12 +82,18 @@ fn spinning() -> bool {
     *ON.get_or_init(|| std::env::var("LMGEN_CPU_SPIN").map_or(true, |v| v != "0"))
 }
 
+/// How long a spinning thread waits for work before it goes back to sleeping: far longer than
+/// the gaps between a forward's parallel ops (tens of microseconds), short enough that a stalled
+/// forward does not keep a core busy.
+const MAX_IDLE_SPIN: Duration = Duration::from_millis(2);
+
 thread_local! {
     /// This thread is running a [`spin`] already.
     static SPINNING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Until `done`: run whatever the pool offers (the forward's parallel ops' shares), or spin.
+/// Until `done` (or [`MAX_IDLE_SPIN`] without work): run whatever the pool offers (the
+/// forward's parallel ops' shares), or spin.
 /// Returns at once on the forward's own thread (`owner`, which may pick this job up while it
 /// waits inside a parallel op: spinning there would wait on itself) and on a thread already
 /// spinning (a spin job taken from inside another).
@@ -95,8 +102,15 @@ fn spin(done: &AtomicBool, owner: Option<usize>) {
         return;
     }
     SPINNING.with(|s| s.set(true));
+    let mut idle_since = Instant::now();
     while !done.load(Ordering::Acquire) {
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > MAX_IDLE_SPIN {
+            // Nothing offered for a while (a forward waiting on something else): back to
+            // rayon's own idling, which sleeps.
+            break;
+        } else {
             std::hint::spin_loop();
         }
     }
