@@ -94,7 +94,7 @@ fn decode_at_on_host(
     slots: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    use crate::models::layers::attention::{attend, decode_cpu, Scores};
+    use crate::models::layers::attention::attend_unmasked;
     let slots: Vec<u32> = slots.to_vec1()?;
     let capacity = e.k.dim(2)?;
     if let Some(&slot) = slots.iter().find(|&&s| s as usize >= capacity) {
@@ -102,11 +102,6 @@ fn decode_at_on_host(
             "decode slot {slot} is past the {capacity} reserved"
         )));
     }
-    let scores = Scores {
-        scale,
-        softcap: None,
-        sinks: None,
-    };
     let attend_rows = |rows: std::ops::Range<usize>, slot: usize| -> Result<Tensor> {
         let n = rows.len();
         let row = |t: &Tensor| t.narrow(0, rows.start, n);
@@ -118,11 +113,7 @@ fn decode_at_on_host(
             row(&e.v)?.narrow(2, 0, slot + 1)?,
         );
         // What the plain step's attention runs (`Attention::attend_dense`).
-        let q = row(q)?;
-        match decode_cpu::decode_attention(&q, &ks, &vs, scale)? {
-            Some(out) => Ok(out),
-            None => attend(&q, &ks, &vs, None, scores),
-        }
+        attend_unmasked(&row(q)?, &ks, &vs, scale)
     };
     match slots.first() {
         Some(&first) if slots.iter().all(|&s| s == first) => {

@@ -396,13 +396,7 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         if mask.is_none() && self.softcap.is_none() && self.sinks.is_none() {
-            // [b, nh, 1, d] x [b, nkv, s, d] -> [b, nh, 1, d]
-            if let Some(out) = crate::cuda::decode_attention(q, k, v, self.scale)? {
-                return Ok(out);
-            }
-            if let Some(out) = decode_cpu::decode_attention(q, k, v, self.scale)? {
-                return Ok(out);
-            }
+            return attend_unmasked(q, k, v, self.scale);
         }
         self.attend(q, k, v, mask)
     }
@@ -411,6 +405,25 @@ impl Attention {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         attend(q, k, v, mask, self.scores())
     }
+}
+
+/// `softmax(q k^T * scale) v` without a mask, softcap or sinks: through the fused decode
+/// kernel where one applies (one query per head: [`crate::cuda::decode_attention`] on a GPU,
+/// [`decode_cpu::decode_attention`] on the CPU), else [`attend`]. `q` `[b, nh, t, d]`, `k`, `v`
+/// `[b, nkv, s, d]` -> `[b, nh, t, d]`.
+pub fn attend_unmasked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if let Some(out) = crate::cuda::decode_attention(q, k, v, scale)? {
+        return Ok(out);
+    }
+    if let Some(out) = decode_cpu::decode_attention(q, k, v, scale)? {
+        return Ok(out);
+    }
+    let scores = Scores {
+        scale,
+        softcap: None,
+        sinks: None,
+    };
+    attend(q, k, v, None, scores)
 }
 
 /// `q_norm` and `k_norm` of a block, over each head or over the whole projection, when the

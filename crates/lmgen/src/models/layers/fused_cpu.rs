@@ -5,21 +5,31 @@
 //! product of a fused gate/up projection ([`swiglu`], candle's `silu` then `mul`). The GPU's
 //! counterparts are [`crate::cuda::add_rms_norm`] and [`crate::cuda::swiglu`].
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::error::Result;
 
-/// The contiguous f32 data of a CPU tensor, or `None`.
-fn f32_data(t: &Tensor) -> Option<Vec<f32>> {
-    if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
+/// Whether `t` is a contiguous f32 CPU tensor, the only kind these passes take.
+fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+/// Runs `f` over the f32 data of contiguous f32 CPU tensors, read in place under their storage
+/// guards; `None` if one is of another kind.
+fn with_f32<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> R) -> Option<R> {
+    if !ts.iter().all(|t| applies(t)) {
         return None;
     }
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].to_vec()),
-        _ => None,
+    let guards = ts.map(|t| t.storage_and_layout());
+    let mut data: [&[f32]; N] = [&[]; N];
+    for (d, (storage, layout)) in data.iter_mut().zip(&guards) {
+        let (start, end) = layout.contiguous_offsets()?;
+        *d = match &**storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[start..end],
+            _ => return None,
+        };
     }
+    Some(f(data))
 }
 
 /// `(x + h, rms_norm(x + h) * w)` for f32 CPU tensors `x`, `h` `[.., dim]` and `w` `[dim]`;
@@ -34,21 +44,21 @@ pub fn add_rms_norm(
     if x.dims() != h.dims() || x.dims().last() != Some(&dim) || dim == 0 {
         return Ok(None);
     }
-    let (Some(mut sum), Some(hv), Some(wv)) = (f32_data(x), f32_data(h), f32_data(w)) else {
+    let Some((sum, normed)) = with_f32([x, h, w], |[xv, hv, wv]| {
+        let sum: Vec<f32> = xv.iter().zip(hv).map(|(x, h)| x + h).collect();
+        let mut normed = vec![0f32; sum.len()];
+        for (src, dst) in sum.chunks_exact(dim).zip(normed.chunks_exact_mut(dim)) {
+            // candle-nn's `rms_row`: the squares summed in order, then `s / m * alpha`.
+            let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+            let m = (sum2 / dim as f32 + eps).sqrt();
+            for ((d, &s), &a) in dst.iter_mut().zip(src).zip(wv) {
+                *d = s / m * a;
+            }
+        }
+        (sum, normed)
+    }) else {
         return Ok(None);
     };
-    for (s, h) in sum.iter_mut().zip(&hv) {
-        *s += h;
-    }
-    let mut normed = vec![0f32; sum.len()];
-    for (src, dst) in sum.chunks_exact(dim).zip(normed.chunks_exact_mut(dim)) {
-        // candle-nn's `rms_row`: the squares summed in order, then `s / m * alpha`.
-        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
-        let m = (sum2 / dim as f32 + eps).sqrt();
-        for ((d, &s), &a) in dst.iter_mut().zip(src).zip(&wv) {
-            *d = s / m * a;
-        }
-    }
     let shape = x.shape().clone();
     Ok(Some((
         Tensor::from_vec(sum, shape.clone(), x.device())?,
@@ -62,19 +72,21 @@ pub fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Option<Tensor>> {
     if gate_up.dims().last() != Some(&(2 * inter)) || inter == 0 {
         return Ok(None);
     }
-    let Some(v) = f32_data(gate_up) else {
+    let Some(out) = with_f32([gate_up], |[v]| {
+        let mut out = Vec::with_capacity(v.len() / 2);
+        for row in v.chunks_exact(2 * inter) {
+            let (gate, up) = row.split_at(inter);
+            // candle's `silu` (`v / (1 + exp(-v))`), then `mul`.
+            out.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+            );
+        }
+        out
+    }) else {
         return Ok(None);
     };
-    let mut out = Vec::with_capacity(v.len() / 2);
-    for row in v.chunks_exact(2 * inter) {
-        let (gate, up) = row.split_at(inter);
-        // candle's `silu` (`v / (1 + exp(-v))`), then `mul`.
-        out.extend(
-            gate.iter()
-                .zip(up)
-                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
-        );
-    }
     let mut dims = gate_up.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = inter;
@@ -84,7 +96,7 @@ pub fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Option<Tensor>> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, D};
+    use candle_core::{Device, D};
 
     use super::*;
 
