@@ -7,11 +7,12 @@
 //! holds only the result. Every element goes through f32 with `half`'s round-to-nearest-even, as
 //! candle's `to_dtype` does, so the values are bit-identical.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::models::layers::aligned;
 
 /// Elements converted per task (4 MiB of f32).
 const CHUNK: usize = 1 << 20;
@@ -76,10 +77,11 @@ fn to_vec<T: Target>(
         DType::BF16 => |b| bf16::from_le_bytes([b[0], b[1]]).to_f32(),
         _ => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
     };
-    let mut out: Vec<T> = Vec::with_capacity(n);
-    // Every element is written below before the vector is read.
-    out.resize(n, T::from_f32(0.0));
-    out.par_chunks_mut(CHUNK)
+    // Every element is written below before the vector is read; the data starts on a cache line
+    // for the CPU products.
+    let (mut out, start) = aligned::vec(n, T::from_f32(0.0));
+    out[start..start + n]
+        .par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(CHUNK * size))
         .enumerate()
         .for_each(|(i, (dst, src))| {
@@ -89,12 +91,13 @@ fn to_vec<T: Target>(
             let start = i * CHUNK * size;
             release(start..start + src.len());
         });
-    Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+    aligned::tensor(out, start, n, shape)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn matches_candles_to_dtype_bit_for_bit() {

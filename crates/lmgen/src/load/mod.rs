@@ -30,6 +30,7 @@ use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::models::layers::aligned;
 use crate::models::quantize::QuantizedWeight;
 
 mod convert;
@@ -594,6 +595,13 @@ impl Safetensors {
             let start = range.start;
             let release = |r: Range<usize>| release_pages(mmap, start + r.start..start + r.end);
             convert::convert(bytes, disk, dtype, shape, &release)?.to_device(device)?
+        } else if let Some(t) = (device.is_cpu() && disk == dtype)
+            .then(|| aligned::from_le_bytes(bytes, disk, shape))
+            .transpose()?
+            .flatten()
+        {
+            // A copy whose data starts on a cache line (see `aligned`).
+            t
         } else if dtype.size_in_bytes() < disk.size_in_bytes() {
             Tensor::from_raw_buffer(bytes, disk, shape, &Device::Cpu)?
                 .to_dtype(dtype)?

@@ -60,8 +60,9 @@ impl Embedding {
                 Some(q) if hidden.is_multiple_of(q.format_for(hidden).block_size()) => {
                     Table::Quantized(Arc::new(ctx.quantized_tensor(name, [vocab, hidden], q)?))
                 }
+                // Aligned: a tied LM head multiplies by this table.
                 _ => Table::Dense(candle_nn::Embedding::new(
-                    ctx.weight(name, &[vocab, hidden])?,
+                    super::aligned::aligned(ctx.weight(name, &[vocab, hidden])?)?,
                     hidden,
                 )),
             }

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::aligned;
 use super::gemv_avx2::{self, WeightElem};
 use super::gemv_avx512::{self, Avx512Elem};
 use crate::error::Result;
@@ -40,13 +41,17 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let m = x.elem_count() / k;
     let out_dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-    let x_vec = {
+    // A copy of `x` that starts on a cache line, as the weights do (see `aligned`).
+    let (x_buf, x_start) = {
         let (storage, layout) = x32.storage_and_layout();
         let Some(xs) = cpu_slice::<f32>(&storage, layout) else {
             return Ok(None);
         };
-        xs.to_vec()
+        let (mut buf, start) = aligned::vec(xs.len(), 0f32);
+        buf[start..start + xs.len()].copy_from_slice(xs);
+        (buf, start)
     };
+    let x_vec = &x_buf[x_start..x_start + m * k];
     let (storage, layout) = w.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Ok(None);
@@ -55,15 +60,15 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     };
     let y_t = match cpu {
-        CpuStorage::F32(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
-        CpuStorage::F16(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
-        CpuStorage::BF16(v) if gemv_avx2::available() => bands(&x_vec, m, k, &v[start..end], n),
-        CpuStorage::F32(v) => products(&x_vec, m, k, &v[start..end], n, |row, _| row),
-        CpuStorage::BF16(v) => products(&x_vec, m, k, &v[start..end], n, |row, buf| {
+        CpuStorage::F32(v) if gemv_avx2::available() => bands(x_vec, m, k, &v[start..end], n),
+        CpuStorage::F16(v) if gemv_avx2::available() => bands(x_vec, m, k, &v[start..end], n),
+        CpuStorage::BF16(v) if gemv_avx2::available() => bands(x_vec, m, k, &v[start..end], n),
+        CpuStorage::F32(v) => products(x_vec, m, k, &v[start..end], n, |row, _| row),
+        CpuStorage::BF16(v) => products(x_vec, m, k, &v[start..end], n, |row, buf| {
             row.convert_to_f32_slice(buf);
             buf
         }),
-        CpuStorage::F16(v) => products(&x_vec, m, k, &v[start..end], n, |row, buf| {
+        CpuStorage::F16(v) => products(x_vec, m, k, &v[start..end], n, |row, buf| {
             row.convert_to_f32_slice(buf);
             buf
         }),

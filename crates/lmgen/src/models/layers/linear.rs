@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, DType, Module, Storage, Tensor, D};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::{gemv, LoadContext};
+use super::{aligned, gemv, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
@@ -110,7 +110,7 @@ impl Linear {
     ) -> Result<Self> {
         let weight = match ctx.quantize {
             Some(q) => Weight::Quantized(Arc::new(q.quantize(&weight, name)?)),
-            None => Weight::Dense(weight),
+            None => Weight::Dense(aligned::aligned(weight)?),
         };
         Ok(Self {
             weight,
@@ -326,10 +326,13 @@ fn widen(w: &Tensor) -> Result<Tensor> {
 /// Elements widened per rayon task.
 const WIDEN_CHUNK: usize = 1 << 16;
 
-/// Stacks `[out_i, ..]` tensors along the first dimension (no copy for a single one).
+/// Stacks `[out_i, ..]` tensors along the first dimension (no copy for a single one; CPU
+/// matrices into [`aligned`] storage).
 fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
     Ok(if parts.len() == 1 {
         parts.remove(0)
+    } else if let Some(t) = aligned::cat_rows(&parts)? {
+        t
     } else {
         Tensor::cat(&parts, 0)?
     })

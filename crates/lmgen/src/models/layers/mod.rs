@@ -1,5 +1,6 @@
 //! Building blocks shared by the architectures, one concept per file.
 
+pub mod aligned;
 pub mod attention;
 pub mod bart_layer;
 pub mod conv;
