@@ -21,6 +21,7 @@ use crate::parallel::Communicator;
 
 pub(crate) mod decode_cpu;
 mod heads;
+mod softmax_cpu;
 
 /// One attention block.
 #[derive(Debug, Clone)]
@@ -528,7 +529,17 @@ pub fn attend_with_weights(
     let n_rep = nh / nkv;
     // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
     let q = q.reshape((b, nkv, n_rep * t, d))?;
-    let mut scores = (q.matmul(&k.t()?)? * scores_of.scale)?; // [b, nkv, n_rep * t, s]
+    let raw = q.matmul(&k.t()?)?; // [b, nkv, n_rep * t, s]
+    if scores_of.softcap.is_none() && scores_of.sinks.is_none() && raw.dtype() == DType::F32 {
+        // The scale, mask and softmax in one pass on the CPU (equal to the ops below).
+        if let Some(probs) =
+            softmax_cpu::scaled_masked_softmax(&raw.reshape((b, nh, t, s))?, scores_of.scale, mask)?
+        {
+            let out = probs.reshape((b, nkv, n_rep * t, s))?.matmul(v)?; // [b, nkv, n_rep * t, d]
+            return Ok((out.reshape((b, nh, t, d))?, probs));
+        }
+    }
+    let mut scores = (raw * scores_of.scale)?; // [b, nkv, n_rep * t, s]
     if let Some(cap) = scores_of.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
