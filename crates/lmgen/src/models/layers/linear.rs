@@ -7,15 +7,14 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, DType, Module, Storage, Tensor, D};
-use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
+use candle_core::{DType, Module, Tensor, D};
 
 use super::{aligned, gemv, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
 
+mod half_matmul;
 mod parallel;
 
 pub use parallel::{Conv1dSplit, RowOutput, Rows};
@@ -43,15 +42,18 @@ impl Weight {
                 } else {
                     None
                 };
-                match fast {
-                    Some(y) => y,
-                    // f16/bf16 on the CPU: widen blocks of `w` for the f32 kernel. On a GPU
-                    // cuBLAS multiplies f16/bf16 natively.
+                // f16/bf16 on the CPU: blocks of `w` widened for the f32 kernel. On a GPU
+                // cuBLAS multiplies f16/bf16 natively.
+                let fast = match fast {
                     None if matches!(w.dtype(), DType::F16 | DType::BF16)
                         && w.device().is_cpu() =>
                     {
-                        half_matmul(x, w)?
+                        half_matmul::half_matmul(x, w)?
                     }
+                    fast => fast,
+                };
+                match fast {
+                    Some(y) => y,
                     None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
                 }
             }
@@ -269,63 +271,6 @@ impl Linear {
     }
 }
 
-/// Weight rows widened to f32 at a time by [`half_matmul`].
-const HALF_BLOCK_ROWS: usize = 2048;
-
-/// `x [.., k] · w[n, k]^T` for an f16/bf16 weight and many rows of `x` (prefill): candle's CPU
-/// matmul has no bf16 kernel (it widens the whole matrix to f32 on every call) and a slow f16 one,
-/// so widen `w` to f32 a block of rows at a time and use the f32 kernel; the widening costs
-/// `n k` operations against the product's `2 m n k`. The widening uses `half`'s vectorized slice
-/// conversion (F16C where the CPU has it), on rayon's threads: element by element, as candle's
-/// `to_dtype` does, it took a fifth of a 512-token prefill of SmolLM2-135M.
-fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, k) = w.dims2()?;
-    let x32 = x.to_dtype(DType::F32)?.reshape(((), k))?.contiguous()?; // [m, k]
-    let blocks = (0..n)
-        .step_by(HALF_BLOCK_ROWS)
-        .map(|start| {
-            let rows = HALF_BLOCK_ROWS.min(n - start);
-            let block = widen(&w.narrow(0, start, rows)?)?; // [rows, k] f32
-            Ok(x32.matmul(&block.t()?)?) // [m, rows]
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut dims = x.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    Ok(Tensor::cat(&blocks, 1)?
-        .reshape(dims)?
-        .to_dtype(x.dtype())?)
-}
-
-/// A contiguous f16/bf16 CPU tensor widened to f32 (any other: candle's `to_dtype`).
-fn widen(w: &Tensor) -> Result<Tensor> {
-    fn convert<T: Sync>(src: &[T]) -> Vec<f32>
-    where
-        [T]: HalfFloatSliceExt,
-    {
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(WIDEN_CHUNK)
-            .zip(src.par_chunks(WIDEN_CHUNK))
-            .for_each(|(dst, src)| src.convert_to_f32_slice(dst));
-        out
-    }
-    let (storage, layout) = w.storage_and_layout();
-    let widened = match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F16(v)), Some((a, b))) => Some(convert(&v[a..b])),
-        (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => Some(convert(&v[a..b])),
-        _ => None,
-    };
-    drop(storage);
-    Ok(match widened {
-        Some(v) => Tensor::from_vec(v, w.dims(), w.device())?,
-        None => w.to_dtype(DType::F32)?,
-    })
-}
-
-/// Elements widened per rayon task.
-const WIDEN_CHUNK: usize = 1 << 16;
-
 /// Stacks `[out_i, ..]` tensors along the first dimension (no copy for a single one; CPU
 /// matrices into [`aligned`] storage).
 fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
@@ -336,28 +281,4 @@ fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
     } else {
         Tensor::cat(&parts, 0)?
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn half_weights_with_many_rows_match_f32() {
-        let dev = Device::Cpu;
-        // More rows than the kernel for few rows takes, more weight rows than one block.
-        let x = Tensor::randn(0f32, 1., (2, 20, 24), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (HALF_BLOCK_ROWS + 3, 24), &dev).unwrap();
-        for dtype in [DType::F16, DType::BF16] {
-            let wh = w.to_dtype(dtype).unwrap();
-            let want = x
-                .broadcast_matmul(&wh.to_dtype(DType::F32).unwrap().t().unwrap())
-                .unwrap();
-            let got = half_matmul(&x, &wh).unwrap();
-            assert_eq!(got.dims(), &[2, 20, HALF_BLOCK_ROWS + 3]);
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-3, "{dtype:?}");
-        }
-    }
 }
