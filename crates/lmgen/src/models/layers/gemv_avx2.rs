@@ -53,15 +53,59 @@ fn cpu_has_avx2_fma_f16c() -> bool {
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_ELEMS: usize = 128;
 
+/// Where a band of products goes: `y[i * ld + j]` for input row `i` and the band's `j`-th weight
+/// row, `y` pointing at the band's first column of a row-major `[m, n]` output (`ld = n`). Bands
+/// of different weight rows write different columns of the same output, from different threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    y: *mut f32,
+    ld: usize,
+}
+
+// SAFETY: an `Out` is only a place to write; the callers give each thread its own columns.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// `y` points at the band's first column, `ld` values apart from one input row to the next.
+    ///
+    /// # Safety
+    /// Every `y[i * ld + j]` a band writes must be inside one allocation that outlives the writes
+    /// and that nothing else reads or writes meanwhile.
+    pub unsafe fn new(y: *mut f32, ld: usize) -> Self {
+        Self { y, ld }
+    }
+
+    /// The same output from column `first` on (a band that starts there).
+    ///
+    /// # Safety
+    /// As [`Out::new`], for the band's columns.
+    pub unsafe fn at_column(self, first: usize) -> Self {
+        Self {
+            y: self.y.add(first),
+            ld: self.ld,
+        }
+    }
+
+    /// `y[i * ld + j] = v`.
+    ///
+    /// # Safety
+    /// As [`Out::new`].
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, i: usize, j: usize, v: f32) {
+        *self.y.add(i * self.ld + j) = v;
+    }
+}
+
 /// A weight element type the kernels read.
 pub trait WeightElem: Copy + Sync {
-    /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows`
-    /// of `w` (`[n, k]`) and the `m` rows of `x` (`[m, k]`).
+    /// `out[i][j - first] = dot(x[i], w[j])` for the weight rows `first..first + rows` of `w`
+    /// (`[n, k]`) and the `m` rows of `x` (`[m, k]`).
     ///
     /// # Safety
     /// [`available`] must be true, `w` must hold rows `first..first + rows` of `k` elements,
-    /// `x` must hold `m * k` values and `y_t` `rows * m`.
-    unsafe fn band(x: &[f32], m: usize, k: usize, w: &[Self], first: usize, y_t: &mut [f32]);
+    /// `x` must hold `m * k` values and `out` take `m` rows of `rows` values ([`Out::new`]).
+    unsafe fn band(x: &[f32], m: usize, k: usize, w: &[Self], first: usize, rows: usize, out: Out);
 }
 
 macro_rules! kernels {
@@ -121,18 +165,18 @@ macro_rules! kernels {
                 k: usize,
                 w: &[Self],
                 first: usize,
-                y_t: &mut [f32],
+                rows: usize,
+                out: Out,
             ) {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let rows = y_t.len() / m;
                     assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
                     let (xp, wp) = (x.as_ptr(), w.as_ptr().add(first * k));
-                    band_tiles!($tile, xp, wp, m, k, rows, y_t);
+                    band_tiles!($tile, xp, wp, m, k, rows, out);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (x, m, k, w, first, y_t);
+                    let _ = (x, m, k, w, first, rows, out);
                     unreachable!("the AVX2 kernels run only on x86-64");
                 }
             }
@@ -145,8 +189,8 @@ macro_rules! kernels {
 /// weight vector: the 16 AVX registers), then 2 and 1 for what is left.
 #[cfg(target_arch = "x86_64")]
 macro_rules! band_tiles {
-    ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $y_t:expr) => {{
-        let (x, w, m, k, rows, y_t) = ($x, $w, $m, $k, $rows, $y_t);
+    ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $out:expr) => {{
+        let (x, w, m, k, rows, y) = ($x, $w, $m, $k, $rows, $out);
         // One tile shape over the whole band: weight rows `NR` at a time (then one at a time),
         // input rows `MR` at a time (then fewer).
         macro_rules! sweep {
@@ -161,17 +205,17 @@ macro_rules! band_tiles {
                         let done = if left >= 3 && $nr <= 4 {
                             let mut out = [[0f32; $nr]; 3];
                             $tile::<3, $nr>(xi, wj, k, &mut out);
-                            store(&out, y_t, j, i, m);
+                            store_rows(&out, y, j, i);
                             3
                         } else if left >= 2 && $nr <= 6 {
                             let mut out = [[0f32; $nr]; 2];
                             $tile::<2, $nr>(xi, wj, k, &mut out);
-                            store(&out, y_t, j, i, m);
+                            store_rows(&out, y, j, i);
                             2
                         } else {
                             let mut out = [[0f32; $nr]; 1];
                             $tile::<1, $nr>(xi, wj, k, &mut out);
-                            store(&out, y_t, j, i, m);
+                            store_rows(&out, y, j, i);
                             1
                         };
                         i += done;
@@ -187,13 +231,32 @@ macro_rules! band_tiles {
             for i in 0..m {
                 let mut out = [[0f32; 1]; 1];
                 $tile::<1, 1>(x.add(i * k), wj, k, &mut out);
-                y_t[j * m + i] = out[0][0];
+                y.set(i, j, out[0][0]);
             }
         }
     }};
 }
 
-/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]` (also for the Q8_0 tiles).
+/// Writes a tile's `out[i][jj]` to row `i0 + i`, column `j + jj` of a band's output.
+///
+/// # Safety
+/// As [`Out::new`], for those rows and columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn store_rows<const MR: usize, const NR: usize>(
+    out: &[[f32; NR]; MR],
+    y: Out,
+    j: usize,
+    i0: usize,
+) {
+    for (i, row) in out.iter().enumerate() {
+        for (jj, v) in row.iter().enumerate() {
+            y.set(i0 + i, j + jj, *v);
+        }
+    }
+}
+
+/// Writes a tile's `out[i][jj]` to `y_t[(j + jj) * m + i0 + i]` (the Q8_0 tiles' layout).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn store<const MR: usize, const NR: usize>(
@@ -280,7 +343,7 @@ mod tests {
                 let mut y = vec![0f64; rows * m];
                 for j in 0..rows {
                     for i in 0..m {
-                        y[j * m + i] = (0..k)
+                        y[i * rows + j] = (0..k)
                             .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
                             .sum();
                     }
@@ -295,12 +358,14 @@ mod tests {
                     );
                 }
             };
+            // `[m, rows]`, row-major.
             let mut y = vec![0f32; rows * m];
-            unsafe { f32::band(&x, m, k, &w32, first, &mut y) };
+            let out = unsafe { Out::new(y.as_mut_ptr(), rows) };
+            unsafe { f32::band(&x, m, k, &w32, first, rows, out) };
             check(&y, want(&|q| w32[q]), "f32");
-            unsafe { f16::band(&x, m, k, &w16, first, &mut y) };
+            unsafe { f16::band(&x, m, k, &w16, first, rows, out) };
             check(&y, want(&|q| w16[q].to_f32()), "f16");
-            unsafe { bf16::band(&x, m, k, &wb16, first, &mut y) };
+            unsafe { bf16::band(&x, m, k, &wb16, first, rows, out) };
             check(&y, want(&|q| wb16[q].to_f32()), "bf16");
         }
     }

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 #[cfg(target_arch = "x86_64")]
-use super::gemv_avx2::{self, store};
+use super::gemv_avx2::{self, store_rows, Out};
 
 /// Whether this CPU runs these tiles: AVX-512F and the AVX2 kernels' features, decided once per
 /// process. `LMGEN_CPU_KERNELS=avx2` stops at the AVX2 kernels (`portable` turns off both).
@@ -39,12 +39,20 @@ pub fn available() -> bool {
 
 /// A weight element type the AVX-512 tiles read.
 pub trait Avx512Elem: Copy + Sync {
-    /// `y_t[(j - first) * m + i] = dot(x[i], w[j])`, as [`gemv_avx2::WeightElem::band`].
+    /// `out[i][j - first] = dot(x[i], w[j])`, as [`gemv_avx2::WeightElem::band`].
     ///
     /// # Safety
     /// [`available`] must be true, `w` must hold rows `first..first + rows` of `k` elements,
-    /// `x` must hold `m * k` values and `y_t` `rows * m`.
-    unsafe fn band_avx512(x: &[f32], m: usize, k: usize, w: &[Self], first: usize, y_t: &mut [f32]);
+    /// `x` must hold `m * k` values and `out` take `m` rows of `rows` values.
+    unsafe fn band_avx512(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[Self],
+        first: usize,
+        rows: usize,
+        out: Out,
+    );
 }
 
 macro_rules! kernels {
@@ -97,11 +105,11 @@ macro_rules! kernels {
                 k: usize,
                 w: &[Self],
                 first: usize,
-                y_t: &mut [f32],
+                rows: usize,
+                y: Out,
             ) {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let rows = y_t.len() / m;
                     assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
                     let (x, w) = (x.as_ptr(), w.as_ptr().add(first * k));
                     // Weight rows 6 at a time against input rows 4, 2 or 1 at a time, then the
@@ -116,17 +124,17 @@ macro_rules! kernels {
                                 i += if left >= 4 {
                                     let mut out = [[0f32; $nr]; 4];
                                     $tile::<4, $nr>(xi, wj, k, &mut out);
-                                    store(&out, y_t, $j, i, m);
+                                    store_rows(&out, y, $j, i);
                                     4
                                 } else if left >= 2 {
                                     let mut out = [[0f32; $nr]; 2];
                                     $tile::<2, $nr>(xi, wj, k, &mut out);
-                                    store(&out, y_t, $j, i, m);
+                                    store_rows(&out, y, $j, i);
                                     2
                                 } else {
                                     let mut out = [[0f32; $nr]; 1];
                                     $tile::<1, $nr>(xi, wj, k, &mut out);
-                                    store(&out, y_t, $j, i, m);
+                                    store_rows(&out, y, $j, i);
                                     1
                                 };
                             }
@@ -144,7 +152,7 @@ macro_rules! kernels {
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (x, m, k, w, first, y_t);
+                    let _ = (x, m, k, w, first, rows, y);
                     unreachable!("the AVX-512 kernels run only on x86-64");
                 }
             }
@@ -210,7 +218,7 @@ mod tests {
                 let mut y = vec![0f64; rows * m];
                 for j in 0..rows {
                     for i in 0..m {
-                        y[j * m + i] = (0..k)
+                        y[i * rows + j] = (0..k)
                             .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
                             .sum();
                     }
@@ -225,12 +233,14 @@ mod tests {
                     );
                 }
             };
+            // `[m, rows]`, row-major.
             let mut y = vec![0f32; rows * m];
-            unsafe { f32::band_avx512(&x, m, k, &w32, first, &mut y) };
+            let out = unsafe { Out::new(y.as_mut_ptr(), rows) };
+            unsafe { f32::band_avx512(&x, m, k, &w32, first, rows, out) };
             check(&y, want(&|q| w32[q]), "f32");
-            unsafe { f16::band_avx512(&x, m, k, &w16, first, &mut y) };
+            unsafe { f16::band_avx512(&x, m, k, &w16, first, rows, out) };
             check(&y, want(&|q| w16[q].to_f32()), "f16");
-            unsafe { bf16::band_avx512(&x, m, k, &wb16, first, &mut y) };
+            unsafe { bf16::band_avx512(&x, m, k, &wb16, first, rows, out) };
             check(&y, want(&|q| wb16[q].to_f32()), "bf16");
         }
     }
