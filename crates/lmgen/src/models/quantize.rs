@@ -408,21 +408,7 @@ fn few_rows<T: GgmlType>(
             // `gemv_avx2::available()`, their one requirement; they check their slices' bounds.
             unsafe { band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
         });
-    transposed(y_t, m, rows)
-}
-
-/// `y_t` `[rows, m]` as `[m, rows]`.
-fn transposed(y_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
-    if m == 1 {
-        return y_t;
-    }
-    let mut y = vec![0f32; m * rows];
-    for (j, col) in y_t.chunks_exact(m).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            y[i * rows + j] = *v;
-        }
-    }
-    y
+    gemv::transposed(y_t, m, rows)
 }
 
 /// The portable band kernel for [`few_rows`]: candle's block dot product (its own SIMD where the

@@ -162,13 +162,18 @@ where
                 }
             }
         });
+    transposed(y_t, m, n)
+}
+
+/// `y_t` `[rows, m]` as `[m, rows]` (the portable and the quantized products' layout).
+pub(crate) fn transposed(y_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
     if m == 1 {
         return y_t;
     }
-    let mut y = vec![0f32; m * n];
+    let mut y = vec![0f32; m * rows];
     for (j, col) in y_t.chunks_exact(m).enumerate() {
         for (i, v) in col.iter().enumerate() {
-            y[i * n + j] = *v;
+            y[i * rows + j] = *v;
         }
     }
     y
