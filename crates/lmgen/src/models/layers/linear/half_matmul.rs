@@ -124,24 +124,31 @@ where
 mod tests {
     use super::*;
 
-    /// Against candle's f32 matmul of the widened weight: several blocks (k large enough that a
-    /// block holds fewer rows than `n`), leading dims kept, f16 and bf16.
+    /// Equal to the bit to candle's f32 matmul of the widened weight (the same gemm kernel,
+    /// writing into a wider output): several blocks (k large enough that a block holds fewer
+    /// rows than `n`), and many short rows in one block; leading dims kept; f16 and bf16.
     #[test]
     fn equals_the_f32_product_of_the_widened_weight() -> Result<()> {
         let dev = Device::Cpu;
-        let k = BLOCK_VALUES / 100 + 3; // 99 rows a block
-        let n = 250;
-        let x = Tensor::randn(0f32, 1., (2, 5, k), &dev)?;
-        let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
-        for dtype in [DType::F16, DType::BF16] {
-            let wh = w.to_dtype(dtype)?;
-            let want = x.broadcast_matmul(&wh.to_dtype(DType::F32)?.t()?)?;
-            let got = half_matmul(&x, &wh)?.expect("applies");
-            assert_eq!(got.dims(), &[2, 5, n]);
-            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?;
-            assert!(diff.to_scalar::<f32>()? < 1e-2, "{dtype:?}: {diff}");
+        // 99 rows a block; then one block of short rows.
+        for (rows, k, n) in [(5, BLOCK_VALUES / 100 + 3, 250), (20, 24, 2051)] {
+            let x = Tensor::randn(0f32, 1., (2, rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
+            for dtype in [DType::F16, DType::BF16] {
+                let wh = w.to_dtype(dtype)?;
+                let want = x.broadcast_matmul(&wh.to_dtype(DType::F32)?.t()?)?;
+                let got = half_matmul(&x, &wh)?.expect("applies");
+                assert_eq!(got.dims(), &[2, rows, n]);
+                let (g, w): (Vec<f32>, Vec<f32>) = (
+                    got.flatten_all()?.to_vec1()?,
+                    want.flatten_all()?.to_vec1()?,
+                );
+                for (g, w) in g.iter().zip(&w) {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{dtype:?} k={k}: {g} vs {w}");
+                }
+            }
+            assert!(half_matmul(&x, &w)?.is_none());
         }
-        assert!(half_matmul(&x, &w)?.is_none());
         Ok(())
     }
 }
