@@ -51,6 +51,11 @@ SHAPES = {
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5,
         max_position_embeddings=131072),
+    # Qwen3-4B (shared/notes/real-configs): head_dim 128 with 32 heads over a 2560-wide model.
+    "qwen3-4b": lambda: AutoConfig.for_model(
+        "qwen3", hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
+        max_position_embeddings=40960, rms_norm_eps=1e-6),
     # Qwen3-30B-A3B (shared/notes/real-configs) cut to 4 layers, and a dense Qwen3 of the same
     # active parameters: the 8 routed experts' 3 * 2048 * 768 each as one 6144-wide MLP.
     "qwen3-30b-a3b-4l": lambda: AutoConfig.for_model(
@@ -271,23 +276,33 @@ def checkpoint(name, dev_dir):
     return cfg, ckpt
 
 
+def dense(cfg):
+    """Whether `cfg` is a dense Llama / Qwen2 / Qwen3 decoder, whose bytes a step reads are known."""
+    return isinstance(cfg, (LlamaConfig, Qwen2Config)) or getattr(cfg, "model_type", None) == "qwen3"
+
+
+def head_dim(cfg):
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def weight_bytes(cfg):
-    """bf16 bytes read per decode step of a dense Llama/Qwen2 (None for the other shapes)."""
-    if not isinstance(cfg, (LlamaConfig, Qwen2Config)):
+    """bf16 bytes read per decode step of a dense Llama/Qwen2/Qwen3 (None for the other shapes)."""
+    if not dense(cfg):
         return None
     h, i, l, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-    d = h // cfg.num_attention_heads
+    d = head_dim(cfg)
+    q = cfg.num_attention_heads * d
     kv = cfg.num_key_value_heads * d
-    per_layer = h * h + 2 * h * kv + h * h + 3 * h * i + 2 * h
-    bias = (h + 2 * kv) if isinstance(cfg, Qwen2Config) else 0
-    return 2 * (l * (per_layer + bias) + h + v * h)  # lm_head read every token; the embedding gather is not
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+    bias = (q + 2 * kv) if isinstance(cfg, Qwen2Config) else 0
+    qk_norm = 2 * d if getattr(cfg, "model_type", None) == "qwen3" else 0
+    return 2 * (l * (per_layer + bias + qk_norm) + h + v * h)  # lm_head read every token; the embedding gather is not
 
 
 def kv_bytes_per_token(cfg):
-    if not isinstance(cfg, (LlamaConfig, Qwen2Config)):
+    if not dense(cfg):
         return None
-    d = cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * d * 2
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim(cfg) * 2
 
 
 def dump(res):

@@ -7,7 +7,8 @@
 //! generated tokens/s, mean time to first token, median inter-token latency, peak RSS.
 //!
 //! Run: `cargo bench -p lmgen --bench continuous_batching` (writes the SmolLM2-135M-shaped
-//! checkpoint under target/ once, as the kv_cache bench does).
+//! checkpoint under target/ once, as the kv_cache bench does). `LMGEN_BENCH_CLIENTS=32` (a
+//! comma-separated list) runs only those engine rows and no sequential one, e.g. under a profiler.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -154,7 +155,12 @@ fn main() -> anyhow::Result<()> {
         "{:<34} {:>9} {:>7} {:>9} {:>10} {:>12} {:>10}",
         "run", "requests", "tokens", "seconds", "tokens/s", "mean TTFT s", "p50 ITL ms"
     );
-    let sequential = 8;
+    let clients: Option<Vec<usize>> = std::env::var("LMGEN_BENCH_CLIENTS")
+        .ok()
+        .map(|s| s.split(',').map(|c| c.trim().parse()).collect())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("LMGEN_BENCH_CLIENTS: {e} (expected e.g. 1,8,32)"))?;
+    let sequential = if clients.is_some() { 0 } else { 8 };
     let start = Instant::now();
     let mut tokens = 0;
     for i in 0..sequential {
@@ -162,17 +168,19 @@ fn main() -> anyhow::Result<()> {
         tokens += out.generated(0).len();
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{:<34} {:>9} {:>7} {:>9.2} {:>10.2} {:>12} {:>10}",
-        "static generate(), sequential",
-        sequential,
-        tokens,
-        secs,
-        tokens as f64 / secs,
-        "-",
-        "-"
-    );
-    for clients in [1, 8, 32] {
+    if sequential > 0 {
+        println!(
+            "{:<34} {:>9} {:>7} {:>9.2} {:>10.2} {:>12} {:>10}",
+            "static generate(), sequential",
+            sequential,
+            tokens,
+            secs,
+            tokens as f64 / secs,
+            "-",
+            "-"
+        );
+    }
+    for clients in clients.unwrap_or_else(|| vec![1, 8, 32]) {
         let requests = clients.max(8);
         let s = engine_run(model.clone(), &config, clients, requests)?;
         let mean_ttft = s.ttft.iter().sum::<f64>() / s.ttft.len().max(1) as f64;
