@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench -p lmgen --bench continuous_batching` (writes the SmolLM2-135M-shaped
 //! checkpoint under target/ once, as the kv_cache bench does). `LMGEN_BENCH_CLIENTS=32` (a
-//! comma-separated list) runs only those engine rows and no sequential one, e.g. under a profiler.
+//! comma-separated list) runs only those engine rows and no sequential one, e.g. under a profiler;
+//! `LMGEN_BENCH_DTYPE=bf16` loads the weights in bf16 (default f32).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,12 +65,8 @@ fn engine_run(
         max_batch_tokens: 512,
         ..EngineConfig::default()
     };
-    let manager = Arc::new(ContinuousBatchingManager::new(
-        model,
-        engine,
-        DType::F32,
-        None,
-    )?);
+    let dtype = model.dtype();
+    let manager = Arc::new(ContinuousBatchingManager::new(model, engine, dtype, None)?);
     manager.start()?;
     let start = Instant::now();
     let per_client = requests / clients;
@@ -126,9 +123,20 @@ fn main() -> anyhow::Result<()> {
         let text = std::fs::read_to_string(root.join("benches/configs/smollm2-135m.json"))?;
         lmgen::init::init_random(&serde_json::from_str(&text)?, DType::F32, &dir, 0)?;
     }
+    // LMGEN_BENCH_DTYPE=bf16 (or f16): the weights in that dtype (activations stay f32 on the
+    // CPU, see `models::layers::compute_dtype`).
+    let dtype = match std::env::var("LMGEN_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        Ok("f32") | Err(_) => DType::F32,
+        Ok(other) => anyhow::bail!("LMGEN_BENCH_DTYPE: {other:?} is not f32, f16 or bf16"),
+    };
     let model: Arc<dyn CausalLM> = Arc::from(load_model(
         &Checkpoint::open(&dir)?,
-        &LoadOptions::default(),
+        &LoadOptions {
+            dtype: Some(dtype),
+            ..LoadOptions::default()
+        },
     )?);
     lmgen::allocator::reuse_freed_memory();
     let n: usize = std::env::var("LMGEN_BENCH_TOKENS")
@@ -150,7 +158,7 @@ fn main() -> anyhow::Result<()> {
             ..config.clone()
         },
     )?;
-    println!("model: SmolLM2-135M shape, random weights, f32, CPU; prompts 32 tokens, {n} new tokens each, greedy, EOS masked");
+    println!("model: SmolLM2-135M shape, random weights, {dtype:?} weights, CPU; prompts 32 tokens, {n} new tokens each, greedy, EOS masked");
     println!(
         "{:<34} {:>9} {:>7} {:>9} {:>10} {:>12} {:>10}",
         "run", "requests", "tokens", "seconds", "tokens/s", "mean TTFT s", "p50 ITL ms"

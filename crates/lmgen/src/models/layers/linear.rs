@@ -3,13 +3,14 @@
 //! blocks a GGUF file stores (Q8_0 / Q4_K / Q6_K, kept as they are).
 //!
 //! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
-//! [`gemv`]; larger ones (prefill) through candle's matmul.
+//! [`gemv`]; larger ones (prefill) through candle's matmul; bf16 weights against activations of
+//! 16 rows or more through AMX tiles where the CPU has them ([`gemv_amx`]).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, D};
 
-use super::{aligned, gemv, LoadContext};
+use super::{aligned, gemv, gemv_amx, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
@@ -37,6 +38,10 @@ impl Weight {
         Ok(match self {
             Weight::Dense(w) => {
                 let rows = x.elem_count() / w.dim(1)?;
+                // bf16 weights on AMX tiles where the CPU has them (16 rows or more).
+                if let Some(y) = gemv_amx::matmul_t(x, w)? {
+                    return Ok(y);
+                }
                 let fast = if rows <= gemv::MAX_ROWS {
                     gemv::matmul_t(x, w)?
                 } else {

@@ -9,6 +9,7 @@ pub mod fused_cpu;
 pub mod gated_delta_net;
 pub mod gated_delta_step;
 pub mod gemv;
+pub mod gemv_amx;
 pub mod gemv_avx2;
 pub mod gemv_avx512;
 pub mod linear;
