@@ -188,8 +188,11 @@ fn split_f32(v: &f32) -> [u16; 3] {
 
 /// The packed right operand, `TERMS` parts (an f32 `x` split into bf16 terms, see
 /// [`split_f32`]) one after the other, each `k / 2` rows of `cols` pairs (`m` rounded up to
-/// [`BLOCK`], the padding zero): `xt[(t * k / 2 + p) * cols + i] = (x_t[i][2p], x_t[i][2p + 1])`
-/// as bf16 bits, low half first.
+/// [`BLOCK`], the padding zero) as contiguous 16 x 16 tiles: pair `p = 16c + q` of input
+/// `i = 16b + r` of term `t`, `(x_t[i][2p], x_t[i][2p + 1])` as bf16 bits low half first, is
+/// `xt[t * k / 2 * cols + (c * cols / 16 + b) * 256 + q * 16 + r]`. (Rows of `cols` pairs made
+/// a tile's 16 rows `4 * cols` bytes apart: for a 512-token prompt every row of a tile fell in
+/// the same few cache sets.)
 struct Packed {
     xt: Vec<u32>,
     cols: usize,
@@ -221,10 +224,14 @@ fn pack_x<T: Sync, const TERMS: usize>(
                 }
             }
         }
+        // Each 16 columns' tile of the 16 pair rows is one contiguous 1 KiB block.
         for (t, rows) in rows.iter_mut().enumerate() {
-            for (q, out) in rows.chunks_exact_mut(cols).enumerate() {
-                for (o, p) in out.iter_mut().zip(pairs.chunks_exact(TILE)) {
-                    *o = p[q][t];
+            for (block, tile) in rows.chunks_exact_mut(TILE * TILE).enumerate() {
+                for (q, out) in tile.chunks_exact_mut(TILE).enumerate() {
+                    let inputs = pairs.chunks_exact(TILE).skip(block * TILE);
+                    for (o, p) in out.iter_mut().zip(inputs) {
+                        *o = p[q][t];
+                    }
                 }
             }
         }
@@ -380,7 +387,7 @@ mod tiles {
         debug_assert!(xt.len() >= terms * k / 2 * cols);
         let term_len = k / 2 * cols;
         let w_stride = k * 2; // bytes from one weight row to the next
-        let x_stride = cols * 4; // bytes from one pair row to the next
+        let x_stride = TILE * 4; // bytes from one pair row of an input tile to the next
         let chunks = k / TILE_K;
         let mut sums = [[0f32; TILE]; 4 * TILE];
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
@@ -420,8 +427,8 @@ mod tiles {
                         );
                         for t in 0..terms {
                             // Term t's pair rows 16c..16c + 16, input columns ib..ib + 32.
-                            let x0 = xt.as_ptr().add(t * term_len + c * TILE * cols + ib);
-                            let x1 = x0.add(TILE);
+                            let x0 = xt.as_ptr().add(t * term_len + c * TILE * cols + ib * TILE);
+                            let x1 = x0.add(TILE * TILE);
                             if !two_inputs {
                                 // Columns ib + 16.. are padding: half the tile products.
                                 asm!(
