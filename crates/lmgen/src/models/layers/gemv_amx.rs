@@ -442,11 +442,14 @@ mod tiles {
                                 continue;
                             }
                             asm!(
+                                // Each input tile's two products right after its load,
+                                // so the next term's load into a register waits only for
+                                // the products that read it.
                                 "tileloadd tmm6, [{x0} + {xs}]",
-                                "tileloadd tmm7, [{x1} + {xs}]",
                                 "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
                                 "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tileloadd tmm7, [{x1} + {xs}]",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
                                 "tdpbf16ps tmm3, tmm5, tmm7",
                                 x0 = in(reg) x0,
                                 x1 = in(reg) x1,
