@@ -97,14 +97,17 @@ fn cpu_slice<'a, T: candle_core::WithDType>(
     cpu.as_slice::<T>().ok().map(|s| &s[start..end])
 }
 
-/// Weight rows per rayon task of an `n`-row product: two tasks per thread (a multiple of 8
-/// rows), at most [`MAX_ROWS_PER_TASK`]. Few large tasks keep the threads in step: on two cores,
+/// Weight rows per rayon task of an `n`-row product: two tasks per thread (a multiple of
+/// `multiple` rows, 8 here, 32 for the AMX tiles), at most [`MAX_ROWS_PER_TASK`]. Few large tasks keep the threads in step: on two cores,
 /// SmolLM2-135M f32 decode at batch 1 ran 42.7 tok/s against 37.0 with 64-row tasks (batch 4:
 /// 151 against 129; f16 batch 1: 56.7 against 53); the cap balances the LM head (two tasks of
 /// 24k rows a thread: 40.5-41.0).
-fn rows_per_task(n: usize) -> usize {
-    let even = n.div_ceil(2 * rayon::current_num_threads()).div_ceil(8) * 8;
-    even.clamp(8, MAX_ROWS_PER_TASK)
+pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
+    let even = n
+        .div_ceil(2 * rayon::current_num_threads())
+        .div_ceil(multiple)
+        * multiple;
+    even.clamp(multiple, MAX_ROWS_PER_TASK / multiple * multiple)
 }
 
 /// `y[i, j] = dot(x[i], w[j])` for every input row `i` and weight row `j`: `[m, n]`, by the
@@ -116,7 +119,7 @@ fn rows_per_task(n: usize) -> usize {
 fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     let wide = m > 1 && gemv_avx512::available();
     let mut y = vec![0f32; m * n];
-    let rows_per_task = rows_per_task(n);
+    let rows_per_task = rows_per_task(n, 8);
     // SAFETY: `y` holds `m` rows of `n` and is not touched until every task is done; each task
     // writes the columns of its own weight rows.
     let out = unsafe { Out::new(y.as_mut_ptr(), n) };
@@ -148,7 +151,7 @@ where
     F: for<'b> Fn(&'b [W], &'b mut [f32]) -> &'b [f32] + Sync,
 {
     let mut y_t = vec![0f32; n * m];
-    let rows_per_task = rows_per_task(n);
+    let rows_per_task = rows_per_task(n, 8);
     y_t.par_chunks_mut(rows_per_task * m)
         .enumerate()
         .for_each(|(task, out)| {

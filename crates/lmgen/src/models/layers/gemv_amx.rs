@@ -149,41 +149,27 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
-/// The bf16 bits nearest `v` (ties to even; NaN stays NaN), as `half::bf16::from_f32`.
-#[inline(always)]
-fn round_bf16(v: &f32) -> u16 {
-    let bits = v.to_bits();
-    let nan = (bits >> 16) | 0x0040;
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
-    // A select, not a branch, so that the packing loop vectorises.
-    (if bits & 0x7fff_ffff > 0x7f80_0000 {
-        nan
-    } else {
-        rounded
-    }) as u16
-}
-
 /// `v` as the sum of three bf16 values, exactly: the high 8 bits of its significand, the next
-/// 8, and the rest rounded (at most 8 bits are left, so nothing is lost for a normal `v`);
-/// infinities and NaN are their own first term. Cut by truncation, so the first term never
-/// rounds up past the largest finite value. (The tiles flush subnormal terms, of values below
-/// about 1e-38 times the first, to zero.)
+/// 8 of what is left, and the rest (at most 8 bits remain, so each cut is exact for a normal
+/// `v`). Cut by truncation, which never rounds the first term past the largest finite value;
+/// an infinity is its own first term, and NaN a quiet NaN. (The tiles flush subnormal terms, of
+/// values below about 1e-38 times the first, to zero.)
 #[inline(always)]
 fn split_f32(v: &f32) -> [u16; 3] {
-    let hi = v.to_bits() & 0xffff_0000;
+    let cut = |x: f32| x.to_bits() & 0xffff_0000;
+    let hi = cut(*v);
     let r1 = v - f32::from_bits(hi);
-    let mid = r1.to_bits() & 0xffff_0000;
-    let r2 = r1 - f32::from_bits(mid);
-    let finite = v.is_finite();
-    [
-        if finite {
-            (hi >> 16) as u16
-        } else {
-            round_bf16(v)
-        },
-        if finite { (mid >> 16) as u16 } else { 0 },
-        if finite { round_bf16(&r2) } else { 0 },
-    ]
+    let mid = cut(r1);
+    let lo = cut(r1 - f32::from_bits(mid));
+    // Selects, not branches, so that the packing loop vectorises.
+    let (hi, mid, lo) = if v.is_nan() {
+        (0x7fc0_0000, 0, 0)
+    } else if v.is_infinite() {
+        (hi, 0, 0)
+    } else {
+        (hi, mid, lo)
+    };
+    [(hi >> 16) as u16, (mid >> 16) as u16, (lo >> 16) as u16]
 }
 
 /// The packed right operand, `TERMS` parts (an f32 `x` split into bf16 terms, see
@@ -263,12 +249,6 @@ fn pack_x<T: Sync, const TERMS: usize>(
     }
 }
 
-/// Weight rows per rayon task: two tasks a thread, a multiple of [`BLOCK`].
-fn rows_per_task(n: usize) -> usize {
-    let even = n.div_ceil(2 * rayon::current_num_threads());
-    even.div_ceil(BLOCK).max(1) * BLOCK
-}
-
 /// `[m, n]` f32: `y[i][j] = dot(x[i], w[j])` over the packed `x` (`k` a multiple of 32, AMX
 /// available).
 fn products(x: Packed, m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
@@ -278,7 +258,7 @@ fn products(x: Packed, m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
     // SAFETY: `y` has room for `m` rows of `n` and is not touched until every task is done;
     // each task writes the columns of its own weight rows.
     let out = unsafe { Out::new(y.as_mut_ptr(), n) };
-    let per_task = rows_per_task(n);
+    let per_task = super::gemv::rows_per_task(n, BLOCK);
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|task| {
         let first = task * per_task;
         let rows = per_task.min(n - first);
@@ -500,41 +480,6 @@ mod tiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The rounding of f32 activations is `half`'s, on every kind of value.
-    #[test]
-    fn rounding_is_halfs() {
-        let mut values = vec![
-            0.0f32,
-            -0.0,
-            1.0,
-            f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-40,
-            f32::INFINITY,
-        ];
-        values.extend([
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-            f32::from_bits(0x7f80_0001),
-        ]);
-        // Ties both ways, and just above and below them.
-        for base in [0x3f80_0000u32, 0x3f81_0000, 0xbf80_0000, 0x4049_0000] {
-            for low in [0x7fff, 0x8000, 0x8001, 0xffff, 0x0001] {
-                values.push(f32::from_bits(base | low));
-            }
-        }
-        for v in values {
-            let want = bf16::from_f32(v).to_bits();
-            let got = round_bf16(&v);
-            if v.is_nan() {
-                assert!(bf16::from_bits(got).is_nan(), "{v}");
-            } else {
-                assert_eq!(got, want, "{v} ({:#x})", v.to_bits());
-            }
-        }
-    }
 
     /// The f32 sum of exact bf16 products, as the f32 kernels compute it.
     fn reference(x: &[bf16], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
