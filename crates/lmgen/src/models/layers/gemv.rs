@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::aligned;
 use super::gemv_avx2::{self, Out, WeightElem};
-use super::gemv_avx512::{self, Avx512Elem};
+use super::gemv_avx512::{self, Avx512Elem, Columns};
 use crate::error::Result;
 
 /// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul (whose packing copies the
@@ -118,6 +118,10 @@ pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
 #[allow(unsafe_code)]
 fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     let wide = m > 1 && gemv_avx512::available();
+    // f32 weights against 16 rows or more: the outer-product tiles over `x` transposed once.
+    let columns = W::as_f32(w)
+        .filter(|_| wide && m >= Columns::MIN_ROWS)
+        .map(|w32| (w32, Columns::new(x, m, k)));
     let mut y = vec![0f32; m * n];
     let rows_per_task = rows_per_task(n, 8);
     // SAFETY: `y` holds `m` rows of `n` and is not touched until every task is done; each task
@@ -133,7 +137,9 @@ fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: 
             // whose columns of `y` only this task writes.
             unsafe {
                 let out = out.at_column(first);
-                if wide {
+                if let Some((w32, cols)) = &columns {
+                    cols.band(x, w32, first, rows, out)
+                } else if wide {
                     W::band_avx512(x, m, k, w, first, rows, out)
                 } else {
                     W::band(x, m, k, w, first, rows, out)

@@ -87,6 +87,17 @@ impl Out {
         }
     }
 
+    /// The same output from input row `i` on (a band over the rows past `i`).
+    ///
+    /// # Safety
+    /// As [`Out::new`], for those rows.
+    pub unsafe fn at_row(self, i: usize) -> Self {
+        Self {
+            y: self.y.add(i * self.ld),
+            ld: self.ld,
+        }
+    }
+
     /// `y[i * ld + j] = v`.
     ///
     /// # Safety
