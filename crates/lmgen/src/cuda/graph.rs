@@ -18,9 +18,9 @@
 //! graph's buffer so a caller can keep them past the next step. Any failure to capture (an op
 //! that copies to or from the host while capturing) turns the graph off for the call, undoes
 //! what the failed step appended to the cache, and runs the step eagerly: outputs never depend
-//! on whether a graph ran. Off by default: `LMGEN_CUDA_GRAPHS=1` turns graphs on (the fused
-//! kernels must be on too) until a GPU run has measured them and checked them against
-//! transformers. [`DecodeGraph::uncaptured`] runs the same device-position step op by op on any
+//! on whether a graph ran. On by default with the fused kernels (a GPU run gave transformers'
+//! tokens on every golden case with graphs, and measured them: BENCHMARKS.md);
+//! `LMGEN_CUDA_GRAPHS=0` turns them off. [`DecodeGraph::uncaptured`] runs the same device-position step op by op on any
 //! device, which is how the CPU tests check it against the plain step.
 
 use candle_core::{DType, Device, Tensor};
@@ -30,11 +30,10 @@ use crate::error::{Error, Result};
 use crate::generation::strategies::{forward_step, StepInput};
 use crate::models::{CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
 
-/// Whether decode graphs are on: on when `LMGEN_CUDA_GRAPHS=1` and the fused kernels are on
-/// ([`super::enabled`]), whose device-slot kernels the graphed step runs. Off by default until a
-/// GPU run has checked them against transformers (see BENCHMARKS.md).
+/// Whether decode graphs are on: with the fused kernels ([`super::enabled`]), whose device-slot
+/// kernels the graphed step runs, unless `LMGEN_CUDA_GRAPHS=0`.
 fn enabled() -> bool {
-    super::enabled() && std::env::var("LMGEN_CUDA_GRAPHS").is_ok_and(|v| v == "1")
+    super::enabled() && std::env::var("LMGEN_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
 /// The decode steps of one generate call: eagerly, or through a captured graph.

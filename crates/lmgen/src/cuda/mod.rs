@@ -6,7 +6,9 @@
 //! - [`decode_attention`]: one query per head over the cached keys, grouped-query heads
 //!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1); [`decode_attention_at`] reads the
 //!   number of keys from device memory;
-//! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory.
+//! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory;
+//! - [`paged_decode_attention`]: the paged engine's decode tokens, written into the KV store and
+//!   attending over their slots in place (a gather and ~10 launches per sequence -> 2 per layer).
 //!
 //! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
@@ -18,12 +20,14 @@ mod add_rms_norm;
 mod decode_attention;
 pub(crate) mod graph;
 mod kv_write;
+mod paged_attention;
 pub mod self_test;
 mod swiglu;
 
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
 pub use kv_write::kv_write;
+pub use paged_attention::{paged_decode_attention, PagedIndex};
 pub use swiglu::swiglu;
 
 use std::sync::atomic::{AtomicBool, Ordering};

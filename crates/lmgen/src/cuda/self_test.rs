@@ -30,6 +30,7 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
             report.push(decode_attention(device, dtype, (nh, nkv, d, s))?);
         }
         report.push(decode_at_slots(device, dtype)?);
+        report.push(paged(device, dtype)?);
     }
     Ok(report)
 }
@@ -214,6 +215,69 @@ fn decode_at_slots(device: &Device, dtype: DType) -> Result<String> {
         )?
         .ok_or_else(|| missing("decode_attention"))?;
         compare(&format!("{what}: row {r}"), &row(&got)?, &want, 0.0)?;
+    }
+    Ok(format!("ok {what}: equal to the bit"))
+}
+
+/// [`super::paged_decode_attention`] over three sequences of a packed step (scattered slots,
+/// one of them a single token) against the store written on the host and
+/// [`super::decode_attention`] over each sequence's gathered keys: equal to the bit (the same
+/// kernel body over the same keys in the same order).
+fn paged(device: &Device, dtype: DType) -> Result<String> {
+    let (nh, nkv, d, slot_count, total) = (14, 2, 64, 160, 7);
+    let scale = (d as f64).powf(-0.5);
+    // Each sequence: its token's position in the step's input, and its slots (the new one last).
+    let seq_slots: [Vec<u32>; 3] = [
+        (0..40u32).map(|j| (j * 3 + 5) % 150).chain([151]).collect(),
+        vec![152],
+        (0..90u32).map(|j| 150 - j).chain([159]).collect(),
+    ];
+    let tokens = [2usize, 5, 6];
+    let q = tensor(&[1, nh, total, d], 13, dtype, device)?;
+    let k_new = tensor(&[1, nkv, total, d], 14, dtype, device)?;
+    let v_new = tensor(&[1, nkv, total, d], 15, dtype, device)?;
+    let store_k = tensor(&[nkv, slot_count, d], 16, dtype, device)?;
+    let store_v = tensor(&[nkv, slot_count, d], 17, dtype, device)?;
+    // The expected stores: each token's keys placed at its sequence's last slot on the host.
+    let place = |store: &Tensor, new: &Tensor| -> Result<Tensor> {
+        let mut host: Vec<f32> = store.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let new: Vec<f32> = new.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for (slots, &t) in seq_slots.iter().zip(&tokens) {
+            let slot = *slots.last().expect("a slot") as usize;
+            for g in 0..nkv {
+                for c in 0..d {
+                    host[(g * slot_count + slot) * d + c] = new[(g * total + t) * d + c];
+                }
+            }
+        }
+        Ok(Tensor::from_vec(host, (nkv, slot_count, d), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)?)
+    };
+    let (k_want, v_want) = (place(&store_k, &k_new)?, place(&store_v, &v_new)?);
+    let slot_refs: Vec<&[u32]> = seq_slots.iter().map(|s| s.as_slice()).collect();
+    let index = super::PagedIndex::new(&tokens, &slot_refs, device)?;
+    let got =
+        super::paged_decode_attention(&store_k, &store_v, [&q, &k_new, &v_new], &index, scale)?
+            .ok_or_else(|| missing("paged_decode_attention"))?;
+    let what = format!("paged_decode_attention {dtype:?} 3 sequences of {total} tokens");
+    compare(&format!("{what}: keys"), &store_k, &k_want, 0.0)?;
+    compare(&format!("{what}: values"), &store_v, &v_want, 0.0)?;
+    for (i, (slots, &t)) in seq_slots.iter().zip(&tokens).enumerate() {
+        let idx = Tensor::new(slots.as_slice(), device)?;
+        let (k, v) = (
+            k_want.index_select(&idx, 1)?.unsqueeze(0)?,
+            v_want.index_select(&idx, 1)?.unsqueeze(0)?,
+        );
+        let qi = q.narrow(2, t, 1)?.contiguous()?;
+        let want = super::decode_attention(&qi, &k, &v, scale)?
+            .ok_or_else(|| missing("decode_attention"))?;
+        compare(
+            &format!("{what}: sequence {i}"),
+            &got.narrow(2, i, 1)?,
+            &want,
+            0.0,
+        )?;
     }
     Ok(format!("ok {what}: equal to the bit"))
 }

@@ -29,6 +29,9 @@ pub struct PagedBatch<'a> {
     /// An encoder-decoder model's cross-attention slots, one entry per sequence
     /// ([`PagedBatch::with_cross_slots`]); empty for a decoder-only model.
     cross: Vec<CrossSlots>,
+    /// On a GPU, the decode tokens' slots uploaded by the first layer and read by the others:
+    /// `(the sequences and positions they were made for, the index)`.
+    device_index: Option<(Vec<(usize, usize)>, crate::cuda::PagedIndex)>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -61,6 +64,7 @@ impl<'a> PagedBatch<'a> {
             gather,
             states,
             cross: Vec::new(),
+            device_index: None,
         })
     }
 
@@ -171,6 +175,20 @@ impl KvCache for PagedBatch<'_> {
                     slots.push(self.slots[i].as_slice());
                 }
                 _ => return Ok(None),
+            }
+        }
+        if q.device().is_cuda() {
+            if self
+                .device_index
+                .as_ref()
+                .is_none_or(|(made, _)| made != seqs)
+            {
+                let index = crate::cuda::PagedIndex::new(&tokens, &slots, q.device())?;
+                self.device_index = Some((seqs.to_vec(), index));
+            }
+            if let Some((_, index)) = &self.device_index {
+                let (sk, sv) = self.store.layer(layer)?;
+                return crate::cuda::paged_decode_attention(sk, sv, [q, k, v], index, scale);
             }
         }
         super::decode::decode_attention(self.store, layer, &tokens, &slots, [q, k, v], scale)

@@ -86,30 +86,38 @@ __device__ void swiglu(const T* gate_up, T* out, int rows, int inter) {
     }
 }
 
-// Attention of one query per head over `s` cached keys (decode), grouped-query heads:
-// `softmax(q k^T * scale) v` with scores and softmax in f32.
-// q: [b, nh, 1, d] contiguous; k, v: [b, nkv, s, d] with the last dim contiguous and element
-// strides (batch, head, position) given; out: [b, nh, 1, d]. One block per (head, batch);
-// dynamic shared memory: d + s floats (the query, then the scores) + the group partials.
+// Key or value rows of one head at a fixed element stride (a cache buffer's view).
 template <typename T>
-__device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d,
-                                 long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,
-                                 long long v_ss, float scale) {
+struct StridedRows {
+    const T* base;
+    long long stride;
+    __device__ const T* operator()(int j) const { return base + j * stride; }
+};
+
+// Key or value rows of one head at the slots of a paged store `[nkv, slot_count, d]`.
+template <typename T>
+struct SlotRows {
+    const T* base;  // the head's first slot
+    const uint32_t* slots;
+    int d;
+    __device__ const T* operator()(int j) const { return base + (size_t)slots[j] * d; }
+};
+
+// One query `qp` [d] over `s` keys and values (rows `keys(j)`, `values(j)`, each [d]):
+// `softmax(q k^T * scale) v` into `op` [d], scores and softmax in f32. One block; dynamic shared
+// memory: d + s floats (the query, then the scores) + the group partials.
+template <typename T, typename Rows>
+__device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
     extern __shared__ float smem[];
     __shared__ float scratch[32];
     float* qs = smem;          // [d]
     float* scores = smem + d;  // [s]
     float* partial = scores + s; // [groups, d]
-    int head = blockIdx.x, batch = blockIdx.y;
-    int kvh = head / (nh / nkv);
-    const T* qp = q + ((size_t)batch * nh + head) * d;
-    const T* kp = k + batch * k_sb + kvh * k_sh;
-    const T* vp = v + batch * v_sb + kvh * v_sh;
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = to_f(qp[i]);
     __syncthreads();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     for (int j = warp; j < s; j += nwarps) {
-        const T* kr = kp + j * k_ss;
+        const T* kr = keys(j);
         float acc = 0.f;
         for (int i = lane; i < d; i += 32) acc += qs[i] * to_f(kr[i]);
         acc = warp_sum(acc);
@@ -133,16 +141,72 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int
     if (g < groups) {
         for (int cc = c; cc < d; cc += (groups == 1 ? blockDim.x : d)) {
             float acc = 0.f;
-            for (int j = g; j < s; j += groups) acc += scores[j] * to_f(vp[j * v_ss + cc]);
+            for (int j = g; j < s; j += groups) acc += scores[j] * to_f(values(j)[cc]);
             partial[g * d + cc] = acc;
         }
     }
     __syncthreads();
-    T* op = out + ((size_t)batch * nh + head) * d;
     for (int cc = threadIdx.x; cc < d; cc += blockDim.x) {
         float acc = 0.f;
         for (int gg = 0; gg < groups; gg++) acc += partial[gg * d + cc];
         op[cc] = from_f<T>(acc / l);
+    }
+}
+
+// Attention of one query per head over `s` cached keys (decode), grouped-query heads:
+// `softmax(q k^T * scale) v` with scores and softmax in f32.
+// q: [b, nh, 1, d] contiguous; k, v: [b, nkv, s, d] with the last dim contiguous and element
+// strides (batch, head, position) given; out: [b, nh, 1, d]. One block per (head, batch).
+template <typename T>
+__device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d,
+                                 long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,
+                                 long long v_ss, float scale) {
+    int head = blockIdx.x, batch = blockIdx.y;
+    int kvh = head / (nh / nkv);
+    const T* qp = q + ((size_t)batch * nh + head) * d;
+    StridedRows<T> keys{k + batch * k_sb + kvh * k_sh, k_ss};
+    StridedRows<T> values{v + batch * v_sb + kvh * v_sh, v_ss};
+    attend_rows<T>(qp, keys, values, out + ((size_t)batch * nh + head) * d, s, d, scale);
+}
+
+// The paged engine's decode tokens: `n` sequences of a packed step, each one new token at
+// position `tokens[i]` of the step's `total`, attending over the slots
+// `slots[offsets[i]..offsets[i + 1]]` of the store (its cached tokens, then the new one).
+// index: [tokens (n) | offsets (n + 1) | slots]; q: [1, nh, total, d] contiguous; store_k,
+// store_v: [nkv, slot_count, d] contiguous; out: [1, nh, n, d]. One block per (head, sequence).
+template <typename T>
+__device__ void paged_decode_attention(const T* q, const T* store_k, const T* store_v, T* out,
+                                       const uint32_t* index, int nh, int nkv, int total, int n,
+                                       int slot_count, int d, float scale) {
+    int head = blockIdx.x, i = blockIdx.y;
+    int kvh = head / (nh / nkv);
+    const uint32_t* tokens = index;
+    const uint32_t* offsets = index + n;
+    const uint32_t* slots = index + 2 * n + 1;
+    uint32_t off = offsets[i];
+    int s = (int)(offsets[i + 1] - off);
+    const T* qp = q + ((size_t)head * total + tokens[i]) * d;
+    size_t head_base = (size_t)kvh * slot_count * d;
+    SlotRows<T> keys{store_k + head_base, slots + off, d};
+    SlotRows<T> values{store_v + head_base, slots + off, d};
+    attend_rows<T>(qp, keys, values, out + ((size_t)head * n + i) * d, s, d, scale);
+}
+
+// The new keys (or values) of those `n` tokens written into the store at each sequence's last
+// slot. src: [1, nkv, total, d] contiguous; dst: [nkv, slot_count, d]; index as above.
+template <typename T>
+__device__ void paged_kv_write(const T* src, T* dst, const uint32_t* index, int n, int nkv, int total,
+                               int slot_count, int d) {
+    const uint32_t* tokens = index;
+    const uint32_t* offsets = index + n;
+    const uint32_t* slots = index + 2 * n + 1;
+    size_t count = (size_t)n * nkv * d;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < count; e += (size_t)gridDim.x * blockDim.x) {
+        size_t seq = e / ((size_t)nkv * d), rem = e % ((size_t)nkv * d);
+        size_t g = rem / d, c = rem % d;
+        uint32_t slot = slots[offsets[seq + 1] - 1];
+        if (slot >= (uint32_t)slot_count) continue;
+        dst[(g * slot_count + slot) * d + c] = src[(g * total + tokens[seq]) * d + c];
     }
 }
 
@@ -185,6 +249,17 @@ __device__ void kv_write(const T* src, T* dst, const uint32_t* slots, int b, int
     extern "C" __global__ void lmgen_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* slots,     \
                                                        int b, int nkv, int cap, int d) {                \
         kv_write<T>(src, dst, slots, b, nkv, cap, d);                                                   \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_paged_decode_attention_##SUFFIX(                                   \
+        const T* q, const T* store_k, const T* store_v, T* out, const uint32_t* index, int nh, int nkv, \
+        int total, int n, int slot_count, int d, float scale) {                                         \
+        paged_decode_attention<T>(q, store_k, store_v, out, index, nh, nkv, total, n, slot_count, d,    \
+                                  scale);                                                               \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_paged_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* index, \
+                                                             int n, int nkv, int total, int slot_count, \
+                                                             int d) {                                   \
+        paged_kv_write<T>(src, dst, index, n, nkv, total, slot_count, d);                               \
     }
 
 FUSED_OPS(float, f32)

@@ -1,0 +1,322 @@
+//! The paged engine's decode tokens on the GPU, reading the KV store in place: each sequence's
+//! new keys and values are written at its slot and its query attends over its slots in two
+//! launches per layer for the whole step, instead of a write, a gather of every cached token
+//! (`index_select`) and the attention ops per sequence (about ten launches a sequence and layer,
+//! which bound a 64-sequence step on the H100 to 284 ms).
+
+use candle_core::{Device, Tensor};
+
+use crate::error::Result;
+
+/// The decode tokens of one packed step, on the device: u32 `[tokens (n) | offsets (n + 1) |
+/// slots]`, uploaded once a step and read by every layer's launches.
+#[derive(Debug)]
+pub struct PagedIndex {
+    index: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    n: usize,
+    /// The longest sequence (cached tokens and the new one).
+    max_len: usize,
+}
+
+impl PagedIndex {
+    /// Sequence `i`'s new token lies at position `tokens[i]` of the step's input, and `slots[i]`
+    /// holds the slots of its cached tokens, then the new one's.
+    pub fn new(tokens: &[usize], slots: &[&[u32]], device: &Device) -> Result<Self> {
+        let n = tokens.len();
+        let total: usize = slots.iter().map(|s| s.len()).sum();
+        let mut index = Vec::with_capacity(2 * n + 1 + total);
+        index.extend(tokens.iter().map(|&t| t as u32));
+        let mut offset = 0u32;
+        index.push(0);
+        for s in slots {
+            offset += s.len() as u32;
+            index.push(offset);
+        }
+        for s in slots {
+            index.extend_from_slice(s);
+        }
+        Ok(Self {
+            index: Tensor::new(index.as_slice(), device)?,
+            n,
+            max_len: slots.iter().map(|s| s.len()).max().unwrap_or(0),
+        })
+    }
+}
+
+/// Writes the new keys and values of `index`'s tokens (from `k`, `v` `[1, nkv, total, d]`, the
+/// step's whole input) into the store (`store_k`, `store_v` `[nkv, slot_count, d]`, contiguous)
+/// at each sequence's last slot, then returns `softmax(q k^T * scale) v` of each token's query
+/// (`q` `[1, nh, total, d]`) over its sequence's slots: `[1, nh, n, d]`, in `index`'s order, the
+/// scores and softmax in f32 as [`super::decode_attention`]. `None` where the kernels do not
+/// apply (not CUDA, another dtype or layout, a sequence past [`super::DECODE_MAX_KEYS`]): the
+/// caller gathers instead, and nothing was written.
+pub fn paged_decode_attention(
+    store_k: &Tensor,
+    store_v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    index: &PagedIndex,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    let (Ok((1, nh, total, d)), Ok((1, nkv, kt, kd)), Ok((snkv, _, sd))) =
+        (q.dims4(), k.dims4(), store_k.dims3())
+    else {
+        return Ok(None);
+    };
+    let fits = super::applies(q)
+        && kt == total
+        && kd == d
+        && snkv == nkv
+        && sd == d
+        && nkv > 0
+        && nh % nkv == 0
+        && v.dims() == k.dims()
+        && store_v.dims() == store_k.dims()
+        && [k, v, store_k, store_v]
+            .iter()
+            .all(|t| t.dtype() == q.dtype())
+        && store_k.is_contiguous()
+        && store_v.is_contiguous()
+        && (1..=super::DECODE_MAX_KEYS).contains(&index.max_len)
+        && index.index.device().same_device(q.device());
+    if !fits {
+        return Ok(None);
+    }
+    imp::run(store_k, store_v, [q, k, v], index, scale as f32)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(
+        _: &Tensor,
+        _: &Tensor,
+        _: [&Tensor; 3],
+        _: &PagedIndex,
+        _: f32,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, Map3, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use super::*;
+
+    /// Threads per block, as [`super::super::decode_attention`]'s kernel.
+    const THREADS: usize = 256;
+
+    pub fn run(
+        store_k: &Tensor,
+        store_v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+        index: &PagedIndex,
+        scale: f32,
+    ) -> Result<Option<Tensor>> {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let total = q.dim(2)?;
+        let write = PagedWrite { n: index.n, total };
+        store_k.inplace_op3(&k, &index.index, &write)?;
+        store_v.inplace_op3(&v, &index.index, &write)?;
+        let op = PagedAttention {
+            index: index.index.clone(),
+            n: index.n,
+            max_len: index.max_len,
+            scale,
+        };
+        Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
+    }
+
+    /// The u32 data of a CUDA tensor from its layout's start.
+    fn u32_view<'a>(
+        storage: &'a CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<CudaView<'a, u32>> {
+        Ok(storage
+            .as_cuda_slice::<u32>()?
+            .slice(layout.start_offset()..))
+    }
+
+    struct PagedWrite {
+        n: usize,
+        total: usize,
+    }
+
+    fn write<T: DeviceRepr + WithDType>(
+        dst: &mut CudaSlice<T>,
+        ld: &Layout,
+        src: &CudaSlice<T>,
+        ls: &Layout,
+        index: &CudaView<'_, u32>,
+        (n, total): (usize, usize),
+        dev: &CudaDevice,
+    ) -> candle_core::Result<()> {
+        let [nkv, slot_count, d] = <[usize; 3]>::try_from(ld.dims())
+            .map_err(|_| crate::cuda::cuda_only("paged_kv_write (a store of rank 3)"))?;
+        let mut dst = dst.slice_mut(ld.start_offset()..);
+        let src = src.slice(ls.start_offset()..);
+        let count = n * nkv * d;
+        let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_kv_write")?;
+        let cfg = LaunchConfig {
+            grid_dim: (count.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ints = [n, nkv, total, slot_count, d].map(|x| x as i32);
+        let mut bld = stream.launch_builder(&func);
+        bld.arg(&src).arg(&mut dst).arg(index);
+        for x in &ints {
+            bld.arg(x);
+        }
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    impl candle_core::InplaceOp3 for PagedWrite {
+        fn name(&self) -> &'static str {
+            "lmgen-paged-kv-write"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<()> {
+            Err(crate::cuda::cuda_only("paged_kv_write"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            dst: &mut CudaStorage,
+            ld: &Layout,
+            src: &CudaStorage,
+            ls: &Layout,
+            index: &CudaStorage,
+            li: &Layout,
+        ) -> candle_core::Result<()> {
+            let dev = dst.device.clone();
+            let index = u32_view(index, li)?;
+            let shape = (self.n, self.total);
+            match (&mut dst.slice, &src.slice) {
+                (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
+                    write(d, ld, s, ls, &index, shape, &dev)
+                }
+                (CudaStorageSlice::BF16(d), CudaStorageSlice::BF16(s)) => {
+                    write(d, ld, s, ls, &index, shape, &dev)
+                }
+                (CudaStorageSlice::F16(d), CudaStorageSlice::F16(s)) => {
+                    write(d, ld, s, ls, &index, shape, &dev)
+                }
+                _ => Err(crate::cuda::cuda_only(
+                    "paged_kv_write (a store and keys of one dtype: f32, f16 or bf16)",
+                )),
+            }
+        }
+    }
+
+    struct PagedAttention {
+        /// [`PagedIndex`]'s tensor, read by the kernel.
+        index: Tensor,
+        n: usize,
+        max_len: usize,
+        scale: f32,
+    }
+
+    impl Map3 for PagedAttention {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            q: &CudaSlice<T>,
+            lq: &Layout,
+            k: &CudaSlice<T>,
+            lk: &Layout,
+            v: &CudaSlice<T>,
+            lv: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let q = q.slice(lq.start_offset()..);
+            let (k, v) = (k.slice(lk.start_offset()..), v.slice(lv.start_offset()..));
+            let [_, nh, total, d] = <[usize; 4]>::try_from(lq.dims())
+                .map_err(|_| crate::cuda::cuda_only("paged_decode_attention (q of rank 4)"))?;
+            let [nkv, slot_count, _] = <[usize; 3]>::try_from(lk.dims()).map_err(|_| {
+                crate::cuda::cuda_only("paged_decode_attention (a store of rank 3)")
+            })?;
+            let n = self.n;
+            let out = unsafe { dev.alloc::<T>(nh * n * d)? };
+            let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_decode_attention")?;
+            let groups = (THREADS / d).max(1);
+            let cfg = LaunchConfig {
+                grid_dim: (nh as u32, n as u32, 1),
+                block_dim: (THREADS as u32, 1, 1),
+                // Room for the longest sequence's scores.
+                shared_mem_bytes: (4 * (d + self.max_len + groups * d)) as u32,
+            };
+            let (guard, layout) = self.index.storage_and_layout();
+            let index = match &*guard {
+                candle_core::Storage::Cuda(c) => u32_view(c, layout)?,
+                _ => {
+                    return Err(crate::cuda::cuda_only(
+                        "paged_decode_attention (a CUDA index)",
+                    ))
+                }
+            };
+            let ints = [nh, nkv, total, n, slot_count, d].map(|x| x as i32);
+            let mut bld = stream.launch_builder(&func);
+            bld.arg(&q).arg(&k).arg(&v).arg(&out).arg(&index);
+            for x in &ints {
+                bld.arg(x);
+            }
+            bld.arg(&self.scale);
+            unsafe { bld.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl candle_core::CustomOp3 for PagedAttention {
+        fn name(&self) -> &'static str {
+            "lmgen-paged-decode-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("paged_decode_attention"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            lq: &Layout,
+            k: &CudaStorage,
+            lk: &Layout,
+            v: &CudaStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = q.device();
+            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
+            let out = CudaStorage {
+                slice,
+                device: dev.clone(),
+            };
+            let (nh, d) = (lq.dims()[1], lq.dims()[3]);
+            Ok((out, Shape::from((1, nh, self.n, d))))
+        }
+    }
+}
