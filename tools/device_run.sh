@@ -10,6 +10,8 @@
 #   tools/device_run.sh graph-ab        decode: candle ops, fused kernels op by op, fused + CUDA graph
 #   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
+#   tools/device_run.sh engine-check    the engine's concurrent greedy completions on cuda against cpu
+#                                       (golden llama, qwen2, mistral; tools/gpu_engine_check.py)
 #   tools/device_run.sh serve-bench     `lmgen serve` with 64 streaming clients (prompts 128-2048, 256 new)
 #                                       beside transformers generate_batch (tools/gpu_serve_bench.py)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
@@ -154,6 +156,11 @@ while [ $# -gt 0 ]; do
                     --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
             done
         done
+        ;;
+    engine-check)
+        timeout 200 python3 tools/gpu_engine_check.py --bin "$BIN/lmgen" \
+            --models "$GOLDEN/models/llama,$GOLDEN/models/qwen2,$GOLDEN/models/mistral" 2>&1 \
+            | tee "$OUT/engine_check.txt"
         ;;
     graph-ab)
         # Decode of one build three ways: candle's ops only (--no-fused), the fused kernels with
