@@ -118,10 +118,8 @@ pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
 #[allow(unsafe_code)]
 fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     let wide = m > 1 && gemv_avx512::available();
-    // f32 weights against 16 rows or more: the outer-product tiles over `x` transposed once.
-    let columns = W::as_f32(w)
-        .filter(|_| wide && m >= Columns::MIN_ROWS)
-        .map(|w32| (w32, Columns::new(x, m, k)));
+    // 16 rows or more: the outer-product tiles over `x` transposed once.
+    let columns = (wide && m >= Columns::MIN_ROWS).then(|| Columns::new(x, m, k));
     let mut y = vec![0f32; m * n];
     let rows_per_task = rows_per_task(n, 8);
     // SAFETY: `y` holds `m` rows of `n` and is not touched until every task is done; each task
@@ -137,8 +135,8 @@ fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: 
             // whose columns of `y` only this task writes.
             unsafe {
                 let out = out.at_column(first);
-                if let Some((w32, cols)) = &columns {
-                    cols.band(x, w32, first, rows, out)
+                if let Some(cols) = &columns {
+                    cols.band(x, w, first, rows, out)
                 } else if wide {
                     W::band_avx512(x, m, k, w, first, rows, out)
                 } else {

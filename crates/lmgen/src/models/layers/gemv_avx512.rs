@@ -63,13 +63,23 @@ pub trait Avx512Elem: Copy + Sync {
         out: Out,
     );
 
-    /// The weights as f32, which [`Columns::band`] takes; `None` for half-precision weights
-    /// (their dot tiles widen each weight vector in registers, once for several input rows).
-    fn as_f32(w: &[Self]) -> Option<&[f32]>;
+    /// One outer-product tile of [`Columns::band`]: `out[i0 + i][j] = dot(x[i0 + i], w[j])`
+    /// for the `16 * V` rows of a [`Columns`] chunk (`xt`, `[k, 16 * V]`) and `NW` weight rows
+    /// (`w`, stride `k`). Each output is one lane summed over `k` in order.
+    ///
+    /// # Safety
+    /// [`available`] must be true; `xt` must hold the chunk (64-byte aligned) and `w` the rows.
+    unsafe fn outer_tile<const NW: usize, const V: usize>(
+        xt: *const f32,
+        k: usize,
+        w: *const Self,
+        out: Out,
+        i0: usize,
+    );
 }
 
 macro_rules! kernels {
-    ($elem:ty, $tile:ident, $load:ident, $scalar:expr, $as_f32:expr) => {
+    ($elem:ty, $tile:ident, $outer:ident, $load:ident, $scalar:expr) => {
         /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` and `NR` rows of `w`
         /// (both of stride `k`).
         #[cfg(target_arch = "x86_64")]
@@ -111,9 +121,85 @@ macro_rules! kernels {
             }
         }
 
+        /// [`Avx512Elem::outer_tile`]: every 16 k-steps, the `NW` weight rows' next 16
+        /// elements are widened to f32 into a buffer on the stack, from which each k-step
+        /// broadcasts its weights (fixed offsets, no per-row address arithmetic in the loop).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        unsafe fn $outer<const NW: usize, const V: usize>(
+            xt: *const f32,
+            k: usize,
+            w: *const $elem,
+            out: Out,
+            i0: usize,
+        ) {
+            #[repr(align(64))]
+            struct Widened<const N: usize>([[f32; 16]; N]);
+            let width = 16 * V;
+            let mut acc = [[_mm512_setzero_ps(); V]; NW];
+            let mut wb = Widened::<NW>([[0f32; 16]; NW]);
+            // One k-step: the chunk's inputs at `p` against each weight row's `$wj(j)`.
+            macro_rules! step {
+                ($p:expr, $wj:expr) => {{
+                    let mut xv = [_mm512_setzero_ps(); V];
+                    for (v, x) in xv.iter_mut().enumerate() {
+                        *x = _mm512_load_ps(xt.add($p * width + 16 * v));
+                    }
+                    for (j, row) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps($wj(j));
+                        for (a, x) in row.iter_mut().zip(&xv) {
+                            *a = _mm512_fmadd_ps(*x, b, *a);
+                        }
+                    }
+                }};
+            }
+            let k16 = k / 16 * 16;
+            let mut p0 = 0;
+            while p0 < k16 {
+                for (j, row) in wb.0.iter_mut().enumerate() {
+                    // The weight block after next into L2, a cache line a row per 16 k-steps
+                    // (a prefetch does not fault, so past the last row is harmless): decode at
+                    // 32 rows streams the weights from memory, and prefetching the next block
+                    // into L1 instead held that stream back (SmolLM2-135M f32, batch 32-64: 5%).
+                    _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((2 * NW + j) * k + p0).cast::<i8>());
+                    _mm512_store_ps(row.as_mut_ptr(), $load!(w.add(j * k + p0)));
+                }
+                for q in 0..16 {
+                    step!(p0 + q, |j: usize| wb.0[j][q]);
+                }
+                p0 += 16;
+            }
+            for p in k16..k {
+                step!(p, |j: usize| $scalar(*w.add(j * k + p)));
+            }
+            let mut buf = [[0f32; 32]; NW];
+            for (b, row) in buf.iter_mut().zip(&acc) {
+                for (v, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(b.as_mut_ptr().add(16 * v), *a);
+                }
+            }
+            for i in 0..width {
+                for (j, b) in buf.iter().enumerate() {
+                    out.set(i0 + i, j, b[i]);
+                }
+            }
+        }
+
         impl Avx512Elem for $elem {
-            fn as_f32(w: &[Self]) -> Option<&[f32]> {
-                $as_f32(w)
+            unsafe fn outer_tile<const NW: usize, const V: usize>(
+                xt: *const f32,
+                k: usize,
+                w: *const Self,
+                out: Out,
+                i0: usize,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                $outer::<NW, V>(xt, k, w, out, i0);
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = (xt, k, w, out, i0);
+                    unreachable!("the AVX-512 kernels run only on x86-64");
+                }
             }
 
             unsafe fn band_avx512(
@@ -203,7 +289,7 @@ macro_rules! load_bf16 {
     };
 }
 
-kernels!(f32, tile_f32, load_f32, |v: f32| v, Some);
+kernels!(f32, tile_f32, outer_f32, load_f32, |v: f32| v);
 
 /// The input rows of a product transposed for [`Columns::band`]: rows in chunks of 32, then one
 /// of 16 if that many are left, each chunk `[k, width]` (one k-step of every row of the chunk
@@ -264,64 +350,6 @@ impl Columns {
     }
 }
 
-/// One outer-product tile: `out[i0 + i][j] = dot(x[i0 + i], w[j])` for the `16 * V` rows of a
-/// [`Columns`] chunk (`xt`, `[k, 16 * V]`) and `NW` weight rows (`w`, stride `k`). Each output
-/// is one lane summed over `k` in order.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn outer_tile<const NW: usize, const V: usize>(
-    xt: *const f32,
-    k: usize,
-    w: *const f32,
-    out: Out,
-    i0: usize,
-) {
-    let width = 16 * V;
-    let mut acc = [[_mm512_setzero_ps(); V]; NW];
-    let step = |acc: &mut [[__m512; V]; NW], p: usize| {
-        let mut xv = [_mm512_setzero_ps(); V];
-        for (v, x) in xv.iter_mut().enumerate() {
-            *x = _mm512_load_ps(xt.add(p * width + 16 * v));
-        }
-        for (j, row) in acc.iter_mut().enumerate() {
-            let b = _mm512_set1_ps(*w.add(j * k + p));
-            for (a, x) in row.iter_mut().zip(&xv) {
-                *a = _mm512_fmadd_ps(*x, b, *a);
-            }
-        }
-    };
-    let k16 = k / 16 * 16;
-    let mut p = 0;
-    while p < k16 {
-        // The weight block after next into L2, a cache line a row per 16 k-steps (a prefetch
-        // does not fault, so past the last row is harmless). Two blocks ahead into L2 rather
-        // than the next into L1: decode at 32 rows streams the weights from memory, and the
-        // L1's few outstanding misses held it back (SmolLM2-135M f32, batch 32-64: 5%).
-        for j in 0..NW {
-            _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((2 * NW + j) * k + p).cast::<i8>());
-        }
-        for q in 0..16 {
-            step(&mut acc, p + q);
-        }
-        p += 16;
-    }
-    while p < k {
-        step(&mut acc, p);
-        p += 1;
-    }
-    let mut buf = [[0f32; 32]; NW];
-    for (b, row) in buf.iter_mut().zip(&acc) {
-        for (v, a) in row.iter().enumerate() {
-            _mm512_storeu_ps(b.as_mut_ptr().add(16 * v), *a);
-        }
-    }
-    for i in 0..width {
-        for (j, b) in buf.iter().enumerate() {
-            out.set(i0 + i, j, b[i]);
-        }
-    }
-}
-
 impl Columns {
     /// `out[i][j - first] = dot(x[i], w[j])` for the weight rows `first..first + rows`, as
     /// [`Avx512Elem::band_avx512`], with the rows this covers on outer-product tiles and the
@@ -330,7 +358,14 @@ impl Columns {
     ///
     /// # Safety
     /// As [`Avx512Elem::band_avx512`]; `x` must be the rows this was made of.
-    pub unsafe fn band(&self, x: &[f32], w: &[f32], first: usize, rows: usize, out: Out) {
+    pub unsafe fn band<W: Avx512Elem>(
+        &self,
+        x: &[f32],
+        w: &[W],
+        first: usize,
+        rows: usize,
+        out: Out,
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             let (cols, m, k) = (self, self.m, self.k);
@@ -344,15 +379,15 @@ impl Columns {
                     let mut at = cols.data.as_ptr().add(cols.start);
                     for &(i0, width) in &cols.chunks {
                         if width == 32 {
-                            outer_tile::<$nw, 2>(at, k, wj, o, i0);
+                            W::outer_tile::<$nw, 2>(at, k, wj, o, i0);
                         } else {
-                            outer_tile::<$nw, 1>(at, k, wj, o, i0);
+                            W::outer_tile::<$nw, 1>(at, k, wj, o, i0);
                         }
                         at = at.add(k * width);
                     }
                     if cols.covered < m {
                         let c = cols.covered;
-                        f32::band_avx512(&x[c * k..], m - c, k, w, first + $j, $nw, o.at_row(c));
+                        W::band_avx512(&x[c * k..], m - c, k, w, first + $j, $nw, o.at_row(c));
                     }
                 }};
             }
@@ -377,8 +412,8 @@ impl Columns {
         }
     }
 }
-kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32(), |_| None);
-kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32(), |_| None);
+kernels!(f16, tile_f16, outer_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, outer_bf16, load_bf16, |v: bf16| v.to_f32());
 
 #[cfg(test)]
 mod tests {
@@ -435,8 +470,9 @@ mod tests {
         }
     }
 
-    /// The outer-product tiles against a plain dot in f64: chunks of 32 and 16 rows with and
-    /// without dot-tile rows after them, weight blocks of 12, 4 and 1, k not a multiple of 16.
+    /// The outer-product tiles against a plain dot in f64, for f32, f16 and bf16 weights:
+    /// chunks of 32 and 16 rows with and without dot-tile rows after them, weight blocks of 12,
+    /// 4 and 1, k not a multiple of 16.
     #[test]
     fn columns_match_a_plain_dot() {
         if !available() {
@@ -455,21 +491,32 @@ mod tests {
             let cols = Columns::new(&x, m, k);
             let first = 2;
             let rows = n - first;
+            let check = |y: &[f32], wf: &dyn Fn(usize) -> f32, what: &str| {
+                for i in 0..m {
+                    for j in 0..rows {
+                        let want: f64 = (0..k)
+                            .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
+                            .sum();
+                        let got = y[i * rows + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                            "{what} m={m} i={i} j={j}: {got} vs {want}"
+                        );
+                    }
+                }
+            };
+            let w16: Vec<f16> = w.iter().map(|v| f16::from_f32(*v)).collect();
+            let wb16: Vec<bf16> = w.iter().map(|v| bf16::from_f32(*v)).collect();
             let mut y = vec![f32::NAN; rows * m];
             let out = unsafe { Out::new(y.as_mut_ptr(), rows) };
             unsafe { cols.band(&x, &w, first, rows, out) };
-            for i in 0..m {
-                for j in 0..rows {
-                    let want: f64 = (0..k)
-                        .map(|q| x[i * k + q] as f64 * w[(first + j) * k + q] as f64)
-                        .sum();
-                    let got = y[i * rows + j] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                        "m={m} i={i} j={j}: {got} vs {want}"
-                    );
-                }
-            }
+            check(&y, &|q| w[q], "f32");
+            y.fill(f32::NAN);
+            unsafe { cols.band(&x, &w16, first, rows, out) };
+            check(&y, &|q| w16[q].to_f32(), "f16");
+            y.fill(f32::NAN);
+            unsafe { cols.band(&x, &wb16, first, rows, out) };
+            check(&y, &|q| wb16[q].to_f32(), "bf16");
         }
     }
 }
