@@ -419,104 +419,102 @@ kernels!(bf16, tile_bf16, outer_bf16, load_bf16, |v: bf16| v.to_f32());
 mod tests {
     use super::*;
 
-    /// Every tile shape and remainder: m from 1 to 17, n not a multiple of 6, k not of 16.
-    #[test]
-    fn bands_match_a_plain_dot() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the AVX-512 tiles are not checked");
-            return;
-        }
-        let (k, n) = (45, 29);
-        let mut seed = 11u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5
-        };
-        let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
-        let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
-        let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
-        for m in 1..=17 {
-            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
-            let first = 3;
-            let rows = n - first;
-            let want = |wf: &dyn Fn(usize) -> f32| {
-                let mut y = vec![0f64; rows * m];
-                for j in 0..rows {
-                    for i in 0..m {
-                        y[i * rows + j] = (0..k)
-                            .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
-                            .sum();
-                    }
-                }
-                y
-            };
-            let check = |got: &[f32], want: Vec<f64>, what: &str| {
-                for (g, r) in got.iter().zip(&want) {
-                    assert!(
-                        (*g as f64 - r).abs() < 1e-5 * (1.0 + r.abs()),
-                        "{what} m={m}: {g} vs {r}"
-                    );
-                }
-            };
-            // `[m, rows]`, row-major.
-            let mut y = vec![0f32; rows * m];
-            let out = unsafe { Out::new(y.as_mut_ptr(), rows) };
-            unsafe { f32::band_avx512(&x, m, k, &w32, first, rows, out) };
-            check(&y, want(&|q| w32[q]), "f32");
-            unsafe { f16::band_avx512(&x, m, k, &w16, first, rows, out) };
-            check(&y, want(&|q| w16[q].to_f32()), "f16");
-            unsafe { bf16::band_avx512(&x, m, k, &wb16, first, rows, out) };
-            check(&y, want(&|q| wb16[q].to_f32()), "bf16");
+    /// Values in [-0.5, 0.5) from a fixed linear congruential sequence.
+    fn values(seed: u32) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 9) as f32 / (1u32 << 23) as f32 - 0.5
         }
     }
 
-    /// The outer-product tiles against a plain dot in f64, for f32, f16 and bf16 weights:
-    /// chunks of 32 and 16 rows with and without dot-tile rows after them, weight blocks of 12,
-    /// 4 and 1, k not a multiple of 16.
+    /// `y` (`[m, rows]`) against `dot(x[i], w[first + j])` in f64, `wf(q)` the weights' f32
+    /// values.
+    fn assert_products(
+        y: &[f32],
+        x: &[f32],
+        k: usize,
+        wf: &dyn Fn(usize) -> f32,
+        first: usize,
+        what: &str,
+    ) {
+        let m = x.len() / k;
+        let rows = y.len() / m;
+        for i in 0..m {
+            for j in 0..rows {
+                let want: f64 = (0..k)
+                    .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
+                    .sum();
+                let got = y[i * rows + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "{what} m={m} i={i} j={j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// Both tile kinds for f32, f16 and bf16 weights, k not a multiple of 16: the dot tiles for
+    /// every shape and remainder (m from 1 to 17, n not a multiple of 6), the outer-product tiles
+    /// for chunks of 32 and 16 rows with and without dot-tile rows after them and weight blocks
+    /// of 12, 4 and 1.
     #[test]
-    fn columns_match_a_plain_dot() {
+    fn tiles_match_a_plain_dot() {
         if !available() {
             eprintln!("no AVX-512F on this CPU: the AVX-512 tiles are not checked");
             return;
         }
-        let (k, n) = (45, 33);
-        let mut seed = 5u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5
-        };
-        let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
-        for m in [16, 17, 31, 32, 33, 47, 48, 63, 64, 70] {
+        let (k, n, first) = (45, 33, 2);
+        let rows = n - first;
+        let mut next = values(11);
+        let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
+        let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+        for m in (1..=17).chain([31, 32, 33, 47, 48, 63, 64, 70]) {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let mut y = vec![0f32; rows * m];
             let cols = Columns::new(&x, m, k);
-            let first = 2;
-            let rows = n - first;
-            let check = |y: &[f32], wf: &dyn Fn(usize) -> f32, what: &str| {
-                for i in 0..m {
-                    for j in 0..rows {
-                        let want: f64 = (0..k)
-                            .map(|q| x[i * k + q] as f64 * wf((first + j) * k + q) as f64)
-                            .sum();
-                        let got = y[i * rows + j] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                            "{what} m={m} i={i} j={j}: {got} vs {want}"
-                        );
-                    }
-                }
+            let outer = m >= Columns::MIN_ROWS;
+            // Each product into a buffer of NaN, so an output a kernel misses shows.
+            let mut check = |run: &dyn Fn(Out), wf: &dyn Fn(usize) -> f32, what: &str| {
+                y.fill(f32::NAN);
+                run(unsafe { Out::new(y.as_mut_ptr(), rows) });
+                assert_products(&y, &x, k, wf, first, what);
             };
-            let w16: Vec<f16> = w.iter().map(|v| f16::from_f32(*v)).collect();
-            let wb16: Vec<bf16> = w.iter().map(|v| bf16::from_f32(*v)).collect();
-            let mut y = vec![f32::NAN; rows * m];
-            let out = unsafe { Out::new(y.as_mut_ptr(), rows) };
-            unsafe { cols.band(&x, &w, first, rows, out) };
-            check(&y, &|q| w[q], "f32");
-            y.fill(f32::NAN);
-            unsafe { cols.band(&x, &w16, first, rows, out) };
-            check(&y, &|q| w16[q].to_f32(), "f16");
-            y.fill(f32::NAN);
-            unsafe { cols.band(&x, &wb16, first, rows, out) };
-            check(&y, &|q| wb16[q].to_f32(), "bf16");
+            unsafe {
+                check(
+                    &|out| f32::band_avx512(&x, m, k, &w32, first, rows, out),
+                    &|q| w32[q],
+                    "dot f32",
+                );
+                check(
+                    &|out| f16::band_avx512(&x, m, k, &w16, first, rows, out),
+                    &|q| w16[q].to_f32(),
+                    "dot f16",
+                );
+                check(
+                    &|out| bf16::band_avx512(&x, m, k, &wb16, first, rows, out),
+                    &|q| wb16[q].to_f32(),
+                    "dot bf16",
+                );
+                if outer {
+                    check(
+                        &|out| cols.band(&x, &w32, first, rows, out),
+                        &|q| w32[q],
+                        "outer f32",
+                    );
+                    check(
+                        &|out| cols.band(&x, &w16, first, rows, out),
+                        &|q| w16[q].to_f32(),
+                        "outer f16",
+                    );
+                    check(
+                        &|out| cols.band(&x, &wb16, first, rows, out),
+                        &|q| wb16[q].to_f32(),
+                        "outer bf16",
+                    );
+                }
+            }
         }
     }
 }
