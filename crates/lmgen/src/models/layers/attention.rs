@@ -293,7 +293,8 @@ impl Attention {
             }
             LayerMask::Packed { sequences, sliding } => {
                 // Decode tokens (one new token, nothing masked) all at once where the cache reads
-                // its store in place (the paged store, on the CPU and on CUDA); the rest one at a time.
+                // its store in place (the paged store, on the CPU and on CUDA); the rest one at a
+                // time.
                 let unmasked = |seq: &super::mask::PackedSequence| {
                     if sliding {
                         seq.sliding.is_none()
