@@ -19,6 +19,7 @@ use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
 use crate::parallel::Communicator;
 
+mod decode_avx512;
 pub(crate) mod decode_cpu;
 mod heads;
 mod softmax_cpu;

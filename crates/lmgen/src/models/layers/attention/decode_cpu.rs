@@ -29,7 +29,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// One query head `q` `[d]` over `scores.len()` keys and values (`key(j)`, `value(j)`, each
 /// `[d]`): adds `softmax(q k^T * scale) v` into `out` `[d]` (zeroed by the caller); `scores` is
-/// scratch.
+/// scratch. On AVX-512 CPUs, for head sizes that are a multiple of 16 up to 128,
+/// [`super::decode_avx512`] runs it with fused multiply-adds.
 pub(crate) fn attend_one<'a>(
     q: &[f32],
     key: impl Fn(usize) -> &'a [f32],
@@ -38,6 +39,9 @@ pub(crate) fn attend_one<'a>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    if super::decode_avx512::attend(q, &key, &value, scale, scores, out) {
+        return;
+    }
     for (j, s) in scores.iter_mut().enumerate() {
         *s = dot(q, key(j)) * scale;
     }
