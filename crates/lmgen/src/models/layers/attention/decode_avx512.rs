@@ -90,12 +90,7 @@ unsafe fn attend_avx512<'a>(
         scores[j] = _mm512_reduce_add_ps(a) * scale;
         j += 1;
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    let sum = super::decode_cpu::exp_from_max(scores);
     let mut o = [_mm512_setzero_ps(); MAX_D / 16];
     for (j, &e) in scores.iter().enumerate() {
         let p = _mm512_set1_ps(e / sum);

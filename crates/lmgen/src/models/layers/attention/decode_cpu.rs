@@ -45,18 +45,24 @@ pub(crate) fn attend_one<'a>(
     for (j, s) in scores.iter_mut().enumerate() {
         *s = dot(q, key(j)) * scale;
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
+    let sum = exp_from_max(scores);
     for (j, &e) in scores.iter().enumerate() {
         let p = e / sum;
         for (o, &x) in out.iter_mut().zip(value(j)) {
             *o += p * x;
         }
     }
+}
+
+/// Softmax's numerators in place: `exp(s - max(s))` for each score; returns their sum.
+pub(super) fn exp_from_max(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    sum
 }
 
 /// The f32 data of a CPU storage and the layout's start, or `None`.
