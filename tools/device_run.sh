@@ -6,8 +6,11 @@
 #   tools/device_run.sh conformance     golden cases on the GPU: f32 must match, bf16 agreement reported
 #   tools/device_run.sh oom             a request too big for the GPU, then a small one: a clear error, then an answer
 #   tools/device_run.sh check-kernels   lmgen's fused CUDA kernels against the candle ops they replace
+#   tools/device_run.sh bench-kernels   timings of the decode kernels (gemv against cuBLAS, attention)
 #   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
 #   tools/device_run.sh graph-ab        decode: candle ops, fused kernels op by op, fused + CUDA graph
+#   tools/device_run.sh env-ab          decode of one build under each setting of AB_ENV (e.g.
+#                                       "LMGEN_CUDA_GEMV=0 LMGEN_CUDA_GEMV=1"), AB_SHAPES, AB_BATCHES
 #   tools/device_run.sh profile         nsys summary of batch-1 decode (PROFILE_SHAPE, default Qwen2.5-0.5B)
 #   tools/device_run.sh bench           `lmgen bench --device cuda` (BENCH_SHAPES, default Qwen2.5-0.5B and Llama-3.2-1B)
 #   tools/device_run.sh engine-check    the engine's concurrent greedy completions on cuda against cpu
@@ -145,6 +148,10 @@ while [ $# -gt 0 ]; do
         # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.
         timeout 120 "$BIN/generate_speed" --check-kernels --device cuda 2>&1 | tee "$OUT/check_kernels.txt"
         ;;
+    bench-kernels)
+        # Timings of lmgen's decode kernels beside cuBLAS / the shapes they replace (cuda/kernel_bench.rs).
+        timeout 200 "$BIN/generate_speed" --bench-kernels --device cuda 2>&1 | tee "$OUT/bench_kernels.txt"
+        ;;
     fused-ab)
         # Batch-1 decode of one build with and without lmgen's fused kernels (generate_speed
         # --no-fused), same checkpoints and settings as `compare` (prompt 128, 128 new, bf16).
@@ -176,6 +183,19 @@ while [ $# -gt 0 ]; do
                 env $env timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
                     --prompt 128 --new 128 --prefill 512 --batches ${GRAPH_AB_BATCHES:-1,8} --reps 3 $flags 2>&1 \
                     | grep -E 'decode_b|error|Error' | sed "s/^/$mode /" | tee -a "$OUT/graph_ab.txt"
+            done
+        done
+        ;;
+    env-ab)
+        # Decode of one build under each environment setting of AB_ENV (space-separated
+        # VAR=VALUE words), interleaved per shape; same checkpoints and settings as `compare`.
+        for shape in ${AB_SHAPES:-qwen2.5-0.5b llama-3.2-1b}; do
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            for setting in ${AB_ENV:?AB_ENV names the settings}; do
+                echo "== $shape $setting"
+                env "$setting" timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                    --prompt 128 --new 128 --prefill 512 --batches ${AB_BATCHES:-1,4,8} --reps 3 2>&1 \
+                    | grep -E 'decode_b1|"batch"|error|Error' | sed "s/^/$shape $setting /" | tee -a "$OUT/env_ab.txt"
             done
         done
         ;;

@@ -7,6 +7,7 @@
 //! cargo bench -p lmgen --bench generate_speed -- --model DIR [--device cuda] [--dtype bf16]
 //!     [--ids ids.json] [--prompt 128] [--new 128] [--prefill 512] [--batches 1,8,32,64] [--reps 3]
 //! generate_speed --check-kernels --device cuda   # lmgen's fused kernels against candle's ops
+//! generate_speed --bench-kernels --device cuda   # their timings beside what they replace
 //! generate_speed --fused ...                      # with them (the default)
 //! generate_speed --no-fused ...                   # without them (candle's ops only)
 //! ```
@@ -47,6 +48,8 @@ struct Args {
     reps: usize,
     /// `--check-kernels`: run lmgen's fused-kernel checks on the device and exit.
     check_kernels: bool,
+    /// `--bench-kernels`: time lmgen's decode kernels beside what they replace, and exit.
+    bench_kernels: bool,
     /// `--fused` / `--no-fused`: with or without lmgen's CUDA fast paths (fused kernels, no
     /// event tracking), an A/B of one build; without either, `LMGEN_CUDA_KERNELS` decides (on
     /// unless it is `candle`).
@@ -65,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         batches: vec![1, 8, 32, 64],
         reps: 3,
         check_kernels: false,
+        bench_kernels: false,
         fused: None,
     };
     let mut it = std::env::args().skip(1);
@@ -73,8 +77,9 @@ fn parse_args() -> anyhow::Result<Args> {
             continue; // cargo bench passes it
         }
         match flag.as_str() {
-            "--check-kernels" => {
-                a.check_kernels = true;
+            "--check-kernels" | "--bench-kernels" => {
+                a.check_kernels = flag == "--check-kernels";
+                a.bench_kernels = flag == "--bench-kernels";
                 a.fused = Some(true);
                 continue;
             }
@@ -114,7 +119,7 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     anyhow::ensure!(
-        a.check_kernels || !a.model.is_empty(),
+        a.check_kernels || a.bench_kernels || !a.model.is_empty(),
         "`--model DIR` is required"
     );
     Ok(a)
@@ -171,6 +176,12 @@ fn main() -> anyhow::Result<()> {
     if args.check_kernels {
         // lmgen's fused kernels against the candle ops they replace (GPU only).
         for line in lmgen::cuda::self_test::run(&dev)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    if args.bench_kernels {
+        for line in lmgen::cuda::kernel_bench::run(&dev)? {
             println!("{line}");
         }
         return Ok(());

@@ -10,6 +10,25 @@ use crate::error::Result;
 /// the 48 KiB a launch gets without opting in).
 pub const MAX_KEYS: usize = 8192;
 
+/// Threads per block of the attention kernels (`attend_rows` in `kernels/fused.cu`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) const THREADS: usize = 256;
+
+/// The dynamic shared memory of `attend_rows` for head size `d` over `s` keys of `elem`-byte
+/// values: the query and the scores (`d + s` floats), and one partial output (`d` floats) per
+/// group of threads, a group being the `d / chunk` threads that cover a row in chunks of 16
+/// bytes (of one element where `d` is not a multiple of 16 bytes), as the kernel splits them.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn shared_bytes(d: usize, s: usize, elem: usize) -> u32 {
+    let chunk = if (d * elem).is_multiple_of(16) {
+        16 / elem
+    } else {
+        1
+    };
+    let groups = (THREADS / (d / chunk).max(1)).max(1);
+    (4 * (d + s + groups * d)) as u32
+}
+
 /// [`decode_attention`] over the first `slots[row] + 1` keys of each row of the cache buffers
 /// `k`, `v` `[b, nkv, cap, d]`, the lengths read from device memory (`slots` `[b]` u32, the slot
 /// each row's new token was written to): a captured decode graph replays it as the cache grows.
@@ -91,9 +110,6 @@ mod imp {
 
     use super::*;
 
-    /// Threads per block: 8 warps share the keys, then `256 / d` groups share the values.
-    const THREADS: usize = 256;
-
     pub fn run(
         q: &Tensor,
         k: &Tensor,
@@ -140,12 +156,11 @@ mod imp {
                 None => "lmgen_decode_attention",
             };
             let (stream, func) = crate::cuda::func::<T>(dev, root)?;
-            let groups = (THREADS / d).max(1);
             let cfg = LaunchConfig {
                 grid_dim: (nh as u32, b as u32, 1),
                 block_dim: (THREADS as u32, 1, 1),
                 // Room for all `s` keys' scores (the buffer's slots with `slots`).
-                shared_mem_bytes: (4 * (d + s + groups * d)) as u32,
+                shared_mem_bytes: shared_bytes(d, s, std::mem::size_of::<T>()),
             };
             let (ks, vs) = (lk.stride(), lv.stride());
             let ints: Vec<i32> = match self.slots {

@@ -6,6 +6,9 @@
 //! - [`decode_attention`]: one query per head over the cached keys, grouped-query heads
 //!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1); [`decode_attention_at`] reads the
 //!   number of keys from device memory;
+//! - [`gemv`]: a linear layer's product for one activation row (decode; built for up to four),
+//!   streaming the weights, the bias added in the same launch (cuBLAS's kernels, then the bias
+//!   add);
 //! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory;
 //! - [`paged_decode_attention`]: the paged engine's decode tokens, written into the KV store and
 //!   attending over their slots in place (a gather and ~10 launches per sequence -> 2 per layer).
@@ -18,7 +21,9 @@
 
 mod add_rms_norm;
 mod decode_attention;
+mod gemv;
 pub(crate) mod graph;
+pub mod kernel_bench;
 mod kv_write;
 mod paged_attention;
 pub mod self_test;
@@ -26,6 +31,7 @@ mod swiglu;
 
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
+pub use gemv::{gemv, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex};
 pub use swiglu::swiglu;

@@ -111,8 +111,7 @@ mod imp {
 
     use super::*;
 
-    /// Threads per block, as [`super::super::decode_attention`]'s kernel.
-    const THREADS: usize = 256;
+    use crate::cuda::decode_attention::{shared_bytes, THREADS};
 
     pub fn run(
         store_k: &Tensor,
@@ -255,12 +254,11 @@ mod imp {
             let n = self.n;
             let out = unsafe { dev.alloc::<T>(nh * n * d)? };
             let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_decode_attention")?;
-            let groups = (THREADS / d).max(1);
             let cfg = LaunchConfig {
                 grid_dim: (nh as u32, n as u32, 1),
                 block_dim: (THREADS as u32, 1, 1),
                 // Room for the longest sequence's scores.
-                shared_mem_bytes: (4 * (d + self.max_len + groups * d)) as u32,
+                shared_mem_bytes: shared_bytes(d, self.max_len, std::mem::size_of::<T>()),
             };
             let (guard, layout) = self.index.storage_and_layout();
             let index = match &*guard {

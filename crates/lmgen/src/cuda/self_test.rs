@@ -20,6 +20,16 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         report.push(add_rms_norm(device, dtype)?);
         report.push(swiglu(device, dtype)?);
+        // Every row count the kernel is built for, whatever the products take it for now.
+        let before = super::set_gemv_max_rows(super::GEMV_MAX_ROWS);
+        let lines: Result<Vec<String>> = (1..=super::GEMV_MAX_ROWS)
+            .flat_map(|rows| {
+                [(1152, 896, true), (37, 1000, false), (300, 4096, true)]
+                    .map(|(n, k, bias)| gemv(device, dtype, rows, n, k, bias))
+            })
+            .collect();
+        super::set_gemv_max_rows(before);
+        report.extend(lines?);
         for (nh, nkv, d, s) in [
             (14, 2, 64, 1),
             (14, 2, 64, 37),
@@ -113,6 +123,64 @@ fn add_rms_norm(device: &Device, dtype: DType) -> Result<String> {
         &want,
         tol,
     )
+}
+
+/// The decode product against the exact sums (f64 on the host) of the same values: within the
+/// worst-case error of an f32 sum of `k` products in any order (`k * 2^-24 * sum |x w|`) and one
+/// rounding to `dtype`.
+fn gemv(
+    device: &Device,
+    dtype: DType,
+    rows: usize,
+    n: usize,
+    k: usize,
+    bias: bool,
+) -> Result<String> {
+    let x = tensor(&[1, rows, k], 5, dtype, device)?;
+    let w = tensor(&[n, k], 6, dtype, device)?;
+    let b = tensor(&[n], 7, dtype, device)?;
+    let b = bias.then_some(&b);
+    let got = super::gemv(&x, &w, b)?.ok_or_else(|| missing("gemv"))?;
+    let host = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let (xs, ws, gs) = (host(&x)?, host(&w)?, host(&got)?);
+    let bs = match b {
+        Some(b) => host(b)?,
+        None => vec![0.0; n],
+    };
+    let unit = match dtype {
+        DType::F32 => 2f64.powi(-24),
+        DType::F16 => 2f64.powi(-11),
+        _ => 2f64.powi(-8),
+    };
+    let mut worst = 0f64;
+    for r in 0..rows {
+        for j in 0..n {
+            let (xr, wr) = (&xs[r * k..(r + 1) * k], &ws[j * k..(j + 1) * k]);
+            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let magnitude: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let exact = exact + bs[j] as f64;
+            let bound = (k + 1) as f64 * 2f64.powi(-24) * (magnitude + (bs[j] as f64).abs())
+                + unit * exact.abs();
+            let err = (gs[r * n + j] as f64 - exact).abs();
+            if err.is_nan() || err > bound {
+                return Err(mismatch(format!(
+                    "gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: row {r} column {j} is {}, \
+                     the exact sum {exact} (error {err:e} over the bound {bound:e})",
+                    gs[r * n + j]
+                )));
+            }
+            worst = worst.max(err / bound);
+        }
+    }
+    Ok(format!(
+        "ok gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T, bias {bias}: worst error {worst:.3} of the bound"
+    ))
 }
 
 fn swiglu(device: &Device, dtype: DType) -> Result<String> {

@@ -103,25 +103,59 @@ struct SlotRows {
     __device__ const T* operator()(int j) const { return base + (size_t)slots[j] * d; }
 };
 
-// One query `qp` [d] over `s` keys and values (rows `keys(j)`, `values(j)`, each [d]):
-// `softmax(q k^T * scale) v` into `op` [d], scores and softmax in f32. One block; dynamic shared
-// memory: d + s floats (the query, then the scores) + the group partials.
-template <typename T, typename Rows>
-__device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
+// V elements at `p` as floats: one 16-byte load where V elements are 16 bytes and `p` is
+// aligned to them, else one load each.
+template <typename T, int V> __device__ __forceinline__ void load_elems(const T* p, float* f) {
+    if (V * sizeof(T) == 16 && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+        uint4 v = *reinterpret_cast<const uint4*>(p);
+        const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+        for (int i = 0; i < V; i++) f[i] = to_f(e[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; i++) f[i] = to_f(p[i]);
+    }
+}
+
+// One query `qp` [d] over `s` keys and values (rows `keys(j)`, `values(j)`, each [d], d a
+// multiple of V): `softmax(q k^T * scale) v` into `op` [d], scores and softmax in f32.
+// One block: each thread takes whole keys (its row's chunks of V elements loaded four at a
+// time), so a block has blockDim keys' loads in flight; then groups of d / V threads take the
+// values, one chunk of a row each, every group its own keys, their partial sums added at the
+// end. V is 16 bytes of elements where d is a multiple of it (`attend`), else 1.
+// Dynamic shared memory: d + s + groups * d floats (the query, the scores, the partial sums).
+template <typename T, int V, typename Rows>
+__device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
     extern __shared__ float smem[];
     __shared__ float scratch[32];
-    float* qs = smem;          // [d]
-    float* scores = smem + d;  // [s]
-    float* partial = scores + s; // [groups, d]
+    int chunks = d / V;
+    int groups = max(1, (int)blockDim.x / chunks);
+    float* qs = smem;             // [d]
+    float* scores = smem + d;     // [s]
+    float* partial = scores + s;  // [groups, d]
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = to_f(qp[i]);
     __syncthreads();
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int j = warp; j < s; j += nwarps) {
+    for (int j = threadIdx.x; j < s; j += blockDim.x) {
         const T* kr = keys(j);
         float acc = 0.f;
-        for (int i = lane; i < d; i += 32) acc += qs[i] * to_f(kr[i]);
-        acc = warp_sum(acc);
-        if (lane == 0) scores[j] = acc * scale;
+        int c = 0;
+        for (; c + 4 <= chunks; c += 4) {
+            float kf[4][V];
+#pragma unroll
+            for (int u = 0; u < 4; u++) load_elems<T, V>(kr + (c + u) * V, kf[u]);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int i = 0; i < V; i++) acc = fmaf(qs[(c + u) * V + i], kf[u][i], acc);
+            }
+        }
+        for (; c < chunks; c++) {
+            float kf[V];
+            load_elems<T, V>(kr + c * V, kf);
+#pragma unroll
+            for (int i = 0; i < V; i++) acc = fmaf(qs[c * V + i], kf[i], acc);
+        }
+        scores[j] = acc * scale;
     }
     __syncthreads();
     float m = -INFINITY;
@@ -135,21 +169,39 @@ __device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, int s, i
     }
     l = block_sum(l, scratch); // its __syncthreads also publishes the exponentials
     __syncthreads();
-    int groups = blockDim.x / d;
-    if (groups < 1) groups = 1;
-    int g = threadIdx.x / d, c = threadIdx.x % d;
+    int g = threadIdx.x / chunks, c = threadIdx.x % chunks;
     if (g < groups) {
-        for (int cc = c; cc < d; cc += (groups == 1 ? blockDim.x : d)) {
-            float acc = 0.f;
-            for (int j = g; j < s; j += groups) acc += scores[j] * to_f(values(j)[cc]);
-            partial[g * d + cc] = acc;
+        float acc[V];
+#pragma unroll
+        for (int i = 0; i < V; i++) acc[i] = 0.f;
+#pragma unroll 4
+        for (int j = g; j < s; j += groups) {
+            float p = scores[j];
+            float vf[V];
+            load_elems<T, V>(values(j) + c * V, vf);
+#pragma unroll
+            for (int i = 0; i < V; i++) acc[i] = fmaf(p, vf[i], acc[i]);
         }
+#pragma unroll
+        for (int i = 0; i < V; i++) partial[g * d + c * V + i] = acc[i];
     }
     __syncthreads();
     for (int cc = threadIdx.x; cc < d; cc += blockDim.x) {
         float acc = 0.f;
         for (int gg = 0; gg < groups; gg++) acc += partial[gg * d + cc];
         op[cc] = from_f<T>(acc / l);
+    }
+}
+
+// `attend_rows_v` with 16-byte chunks where the head size allows (the host sizes the shared
+// memory the same way: `decode_attention::shared_bytes`).
+template <typename T, typename Rows>
+__device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
+    constexpr int V = 16 / sizeof(T);
+    if (d % V == 0) {
+        attend_rows_v<T, V>(qp, keys, values, op, s, d, scale);
+    } else {
+        attend_rows_v<T, 1>(qp, keys, values, op, s, d, scale);
     }
 }
 
@@ -223,6 +275,99 @@ __device__ void kv_write(const T* src, T* dst, const uint32_t* slots, int b, int
         dst[((row * nkv + rem / d) * cap + slot) * d + rem % d] = src[i];
     }
 }
+
+// 16 bytes of weights, read once: not kept in L1 (the activations' rows stay there).
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// The dot product of 16 bytes of `a` and `b` (4 floats, 8 bf16 or 8 f16), in f32.
+template <typename T> __device__ __forceinline__ float dot16(uint4 a, uint4 b);
+template <> __device__ __forceinline__ float dot16<float>(uint4 a, uint4 b) {
+    return __uint_as_float(a.x) * __uint_as_float(b.x) + __uint_as_float(a.y) * __uint_as_float(b.y) +
+           __uint_as_float(a.z) * __uint_as_float(b.z) + __uint_as_float(a.w) * __uint_as_float(b.w);
+}
+template <> __device__ __forceinline__ float dot16<__nv_bfloat16>(uint4 a, uint4 b) {
+    const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* pb = reinterpret_cast<const __nv_bfloat162*>(&b);
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 fa = __bfloat1622float2(pa[i]), fb = __bfloat1622float2(pb[i]);
+        acc = fmaf(fa.x, fb.x, acc);
+        acc = fmaf(fa.y, fb.y, acc);
+    }
+    return acc;
+}
+template <> __device__ __forceinline__ float dot16<__half>(uint4 a, uint4 b) {
+    const __half2* pa = reinterpret_cast<const __half2*>(&a);
+    const __half2* pb = reinterpret_cast<const __half2*>(&b);
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 fa = __half22float2(pa[i]), fb = __half22float2(pb[i]);
+        acc = fmaf(fa.x, fb.x, acc);
+        acc = fmaf(fa.y, fb.y, acc);
+    }
+    return acc;
+}
+
+// `out = x w^T (+ bias)` for a few rows of activations (decode): one warp per output column,
+// each lane reading 16 bytes of the weight row at a time, 4 loads in flight, against every row
+// of `x` (from L1); sums in f32, rounded to T once (with the bias added before).
+// x: [R, k]; w: [n, k]; bias: [n] or null; out: [R, n]; k a multiple of 16 bytes, x and w
+// 16-byte aligned.
+template <typename T, int R>
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                     T* __restrict__ out, int n, int k) {
+    constexpr int V = 16 / sizeof(T);  // elements in 16 bytes
+    constexpr int U = 4;               // loads in flight per lane
+    int lane = threadIdx.x & 31;
+    int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (j >= n) return;
+    int chunks = k / V;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    int c = lane;
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+        uint4 wv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) wv[u] = load_stream(wr + c + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + c + 32 * u));
+        }
+    }
+    for (; c < chunks; c += 32) {
+        uint4 wv = load_stream(wr + c);
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv, __ldg(xr + (size_t)r * chunks + c));
+    }
+    float b = bias ? to_f(bias[j]) : 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0) out[(size_t)r * n + j] = from_f<T>(s + b);
+    }
+}
+
+#define GEMV_OPS(T, SUFFIX, R)                                                                          \
+    extern "C" __global__ void lmgen_gemv##R##_##SUFFIX(const T* x, const T* w, const T* bias, T* out,  \
+                                                         int n, int k) {                                \
+        gemv<T, R>(x, w, bias, out, n, k);                                                              \
+    }
+#define GEMV_ALL(T, SUFFIX) GEMV_OPS(T, SUFFIX, 1) GEMV_OPS(T, SUFFIX, 2) GEMV_OPS(T, SUFFIX, 3) GEMV_OPS(T, SUFFIX, 4)
+GEMV_ALL(float, f32)
+GEMV_ALL(__nv_bfloat16, bf16)
+GEMV_ALL(__half, f16)
 
 #define FUSED_OPS(T, SUFFIX)                                                                            \
     extern "C" __global__ void lmgen_add_rms_norm_##SUFFIX(const T* x, const T* h, const T* w, T* out,  \

@@ -245,6 +245,12 @@ impl Linear {
     /// `[.., in] -> [.., out]` (split across ranks: this rank's part of the input or of the
     /// output, see [`parallel`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Decode on a GPU: lmgen's product for a few rows, the bias added in the same launch.
+        if let (None, Weight::Dense(w)) = (&self.collective, &self.weight) {
+            if let Some(y) = crate::cuda::gemv(x, w, self.bias.as_ref())? {
+                return Ok(y);
+            }
+        }
         let y = self.weight.product(x)?;
         match &self.collective {
             None => self.add_bias(y),

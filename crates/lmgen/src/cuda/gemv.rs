@@ -1,0 +1,257 @@
+//! A linear layer's product for the few activation rows of decode (`x W^T + b`, weight
+//! `[out, in]`), one launch: one warp per output column streaming its weight row in 16-byte
+//! loads. cuBLAS's kernels for one to four rows leave much of the copy rate unused on the
+//! small matrices of a decode step (BENCHMARKS.md).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// The most activation rows the kernel is built for (one accumulator each per lane).
+pub const MAX_ROWS: usize = 4;
+
+/// The most rows products take the kernel for ([`set_max_rows`]; `LMGEN_CUDA_GEMV=N` sets it,
+/// 0 leaves every product to cuBLAS). Default 1: at 4 rows cuBLAS was faster on the H100
+/// (BENCHMARKS.md).
+fn max_rows() -> &'static AtomicUsize {
+    static ROWS: OnceLock<AtomicUsize> = OnceLock::new();
+    ROWS.get_or_init(|| {
+        let rows = std::env::var("LMGEN_CUDA_GEMV")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        AtomicUsize::new(rows.unwrap_or(1).min(MAX_ROWS))
+    })
+}
+
+/// Products of up to `rows` activation rows (at most [`MAX_ROWS`]) take lmgen's kernel, more
+/// take cuBLAS; 0: all take cuBLAS. For measuring one against the other in one process.
+/// Returns the previous setting.
+pub fn set_max_rows(rows: usize) -> usize {
+    max_rows().swap(rows.min(MAX_ROWS), Ordering::Relaxed)
+}
+
+/// `x [.., k] W^T (+ bias)` -> `[.., n]` for `w` `[n, k]` (contiguous) and `bias` `[n]`, in one
+/// launch. Sums in f32, rounded once (after the bias). `None` where it does not apply: see the
+/// [module](super) docs, more rows than [`set_max_rows`] allows, rows that are not 16 bytes a multiple, or
+/// a view not aligned to 16 bytes.
+pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let Ok((n, k)) = w.dims2() else {
+        return Ok(None);
+    };
+    let size = x.dtype().size_in_bytes();
+    let aligned = |t: &Tensor| (t.layout().start_offset() * size).is_multiple_of(16);
+    let rows = x.elem_count() / k.max(1);
+    let fits = super::applies(x)
+        && k > 0
+        && x.dims().last() == Some(&k)
+        && (1..=max_rows().load(Ordering::Relaxed)).contains(&rows)
+        && (k * size).is_multiple_of(16)
+        && w.dtype() == x.dtype()
+        && x.is_contiguous()
+        && w.is_contiguous()
+        && aligned(x)
+        && aligned(w)
+        && w.device().same_device(x.device())
+        && bias.is_none_or(|b| {
+            b.dims1().ok() == Some(n)
+                && b.dtype() == x.dtype()
+                && b.is_contiguous()
+                && b.device().same_device(x.device())
+        });
+    if !fits {
+        return Ok(None);
+    }
+    imp::run(x, w, bias, rows, n, k)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaStorage, Map2, Map3, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use super::*;
+
+    /// Warps (output columns) per block.
+    const WARPS: usize = 8;
+
+    pub fn run(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Option<Tensor>> {
+        let op = Gemv { rows, n, k };
+        Ok(Some(match bias {
+            Some(b) => x.apply_op3_no_bwd(w, b, &op)?,
+            None => x.apply_op2_no_bwd(w, &op)?,
+        }))
+    }
+
+    struct Gemv {
+        rows: usize,
+        n: usize,
+        k: usize,
+    }
+
+    impl Gemv {
+        fn launch<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            (x, lx): (&CudaSlice<T>, &Layout),
+            (w, lw): (&CudaSlice<T>, &Layout),
+            bias: Option<(&CudaSlice<T>, &Layout)>,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let x = x.slice(lx.start_offset()..);
+            let w = w.slice(lw.start_offset()..);
+            let bias = bias.map(|(b, lb)| b.slice(lb.start_offset()..));
+            let out = unsafe { dev.alloc::<T>(self.rows * self.n)? };
+            let root = format!("lmgen_gemv{}", self.rows);
+            let (stream, func) = crate::cuda::func::<T>(dev, &root)?;
+            let cfg = LaunchConfig {
+                grid_dim: (self.n.div_ceil(WARPS) as u32, 1, 1),
+                block_dim: (32 * WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (n, k) = (self.n as i32, self.k as i32);
+            let mut b = stream.launch_builder(&func);
+            b.arg(&x).arg(&w);
+            match &bias {
+                Some(bias) => b.arg(bias),
+                None => b.arg(&0u64), // the null pointer: no bias
+            };
+            b.arg(&out).arg(&n).arg(&k);
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(out)
+        }
+
+        fn shape(&self, lx: &Layout) -> Shape {
+            let mut dims = lx.shape().dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = self.n;
+            }
+            Shape::from(dims)
+        }
+    }
+
+    impl Map2 for Gemv {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            x: &CudaSlice<T>,
+            lx: &Layout,
+            w: &CudaSlice<T>,
+            lw: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            self.launch((x, lx), (w, lw), None, dev)
+        }
+    }
+
+    impl Map3 for Gemv {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            x: &CudaSlice<T>,
+            lx: &Layout,
+            w: &CudaSlice<T>,
+            lw: &Layout,
+            b: &CudaSlice<T>,
+            lb: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            self.launch((x, lx), (w, lw), Some((b, lb)), dev)
+        }
+    }
+
+    impl candle_core::CustomOp2 for Gemv {
+        fn name(&self) -> &'static str {
+            "lmgen-gemv"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("gemv"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            w: &CudaStorage,
+            lw: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device();
+            let slice = Map2::map(self, &x.slice, lx, &w.slice, lw, dev)?;
+            let out = CudaStorage {
+                slice,
+                device: dev.clone(),
+            };
+            Ok((out, self.shape(lx)))
+        }
+    }
+
+    impl candle_core::CustomOp3 for Gemv {
+        fn name(&self) -> &'static str {
+            "lmgen-gemv-bias"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("gemv"))
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn cuda_fwd(
+            &self,
+            x: &CudaStorage,
+            lx: &Layout,
+            w: &CudaStorage,
+            lw: &Layout,
+            b: &CudaStorage,
+            lb: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = x.device();
+            let slice = Map3::map(self, &x.slice, lx, &w.slice, lw, &b.slice, lb, dev)?;
+            let out = CudaStorage {
+                slice,
+                device: dev.clone(),
+            };
+            Ok((out, self.shape(lx)))
+        }
+    }
+}
