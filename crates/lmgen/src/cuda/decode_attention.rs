@@ -6,9 +6,22 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 
-/// The most cached keys the kernel takes: its scores live in shared memory (4 bytes each, under
-/// the 48 KiB a launch gets without opting in).
-pub const MAX_KEYS: usize = 8192;
+/// The most cached keys the kernel takes (128k): longer caches take candle's ops.
+pub const MAX_KEYS: usize = 1 << 17;
+
+/// The most keys one block takes: their scores live in shared memory (4 bytes each, under the
+/// 48 KiB a launch gets without opting in, beside the query and the partial sums).
+pub(super) const BLOCK_KEYS: usize = 8192;
+
+/// How many blocks share the `s` keys of each of `rows` (head, batch row) pairs: enough to give
+/// a GPU's SMs (132 on an H100) about two blocks each, none with fewer than 512 keys nor more
+/// than [`BLOCK_KEYS`]. A single pass (1) for short caches: one launch, no combine.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn splits(s: usize, rows: usize) -> usize {
+    let fill = 264usize.div_ceil(rows.max(1));
+    let by_len = s.div_ceil(512);
+    s.div_ceil(BLOCK_KEYS).max(fill.min(by_len)).max(1)
+}
 
 /// Threads per block of the attention kernels (`attend_rows` in `kernels/fused.cu`).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -156,11 +169,17 @@ mod imp {
                 None => "lmgen_decode_attention",
             };
             let (stream, func) = crate::cuda::func::<T>(dev, root)?;
+            // Long caches (all `s` slots of the buffer with `slots`) split across blocks.
+            let splits = splits(s, b * nh);
+            let chunk = s.div_ceil(splits);
+            let part = match splits {
+                1 => None,
+                _ => Some(unsafe { dev.alloc::<f32>(b * nh * splits * (d + 2))? }),
+            };
             let cfg = LaunchConfig {
-                grid_dim: (nh as u32, b as u32, 1),
+                grid_dim: (nh as u32, b as u32, splits as u32),
                 block_dim: (THREADS as u32, 1, 1),
-                // Room for all `s` keys' scores (the buffer's slots with `slots`).
-                shared_mem_bytes: shared_bytes(d, s, std::mem::size_of::<T>()),
+                shared_mem_bytes: shared_bytes(d, chunk, std::mem::size_of::<T>()),
             };
             let (ks, vs) = (lk.stride(), lv.stride());
             let ints: Vec<i32> = match self.slots {
@@ -179,8 +198,14 @@ mod imp {
                 },
                 None => None,
             };
+            let chunk = chunk as i32;
             let mut bld = stream.launch_builder(&func);
             bld.arg(&q).arg(&k).arg(&v).arg(&out);
+            match &part {
+                Some(part) => bld.arg(part),
+                None => bld.arg(&0u64), // the null pointer: one pass
+            };
+            bld.arg(&chunk);
             if let Some(slots) = &slots {
                 bld.arg(slots);
             }
@@ -192,6 +217,18 @@ mod imp {
             }
             bld.arg(&self.scale);
             unsafe { bld.launch(cfg) }.w()?;
+            if let Some(part) = &part {
+                let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_attention_combine")?;
+                let cfg = LaunchConfig {
+                    grid_dim: ((b * nh) as u32, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let (splits, d) = (splits as i32, d as i32);
+                let mut bld = stream.launch_builder(&func);
+                bld.arg(part).arg(&out).arg(&splits).arg(&d);
+                unsafe { bld.launch(cfg) }.w()?;
+            }
             Ok(out)
         }
     }
@@ -229,6 +266,31 @@ mod imp {
                 device: dev.clone(),
             };
             Ok((out, lq.shape().clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_caches_split_into_blocks_that_fit_shared_memory() {
+        assert_eq!(splits(128, 14), 1); // short: one pass
+        assert_eq!(splits(512, 14), 1);
+        assert_eq!(splits(2048, 14), 4); // 512 keys a block
+        assert_eq!(splits(8192, 14), 16);
+        assert_eq!(splits(8192, 32), 9); // ~2 blocks an SM
+        assert_eq!(splits(8192, 64 * 32), 1); // a batch fills the GPU already
+        for s in [1, 100, 4095, 8193, 40_000, MAX_KEYS] {
+            for rows in [1, 14, 32, 2048] {
+                let n = splits(s, rows);
+                assert!(
+                    s.div_ceil(n) <= BLOCK_KEYS,
+                    "{s} keys, {rows} rows: {n} splits"
+                );
+                assert!(shared_bytes(512, s.div_ceil(n), 2) <= 48 * 1024);
+            }
         }
     }
 }

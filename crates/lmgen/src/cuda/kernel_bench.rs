@@ -31,7 +31,7 @@ const PRODUCTS: &[(&str, usize, usize)] = &[
 
 /// `(nh, nkv, d)` of the attention benchmarked at each cache length of [`KEYS`].
 const HEADS: &[(usize, usize, usize)] = &[(14, 2, 64), (32, 8, 128)];
-const KEYS: &[usize] = &[128, 512, 2048, 8192];
+const KEYS: &[usize] = &[128, 512, 2048, 8192, 32_768];
 
 /// The median microseconds of one call of `f` (7 rounds of 50 calls, synchronized).
 fn time(device: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

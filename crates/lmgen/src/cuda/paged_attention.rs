@@ -49,7 +49,7 @@ impl PagedIndex {
 /// at each sequence's last slot, then returns `softmax(q k^T * scale) v` of each token's query
 /// (`q` `[1, nh, total, d]`) over its sequence's slots: `[1, nh, n, d]`, in `index`'s order, the
 /// scores and softmax in f32 as [`super::decode_attention`]. `None` where the kernels do not
-/// apply (not CUDA, another dtype or layout, a sequence past [`super::DECODE_MAX_KEYS`]): the
+/// apply (not CUDA, another dtype or layout, a sequence past 8192 tokens, one block's keys): the
 /// caller gathers instead, and nothing was written.
 pub fn paged_decode_attention(
     store_k: &Tensor,
@@ -77,7 +77,7 @@ pub fn paged_decode_attention(
             .all(|t| t.dtype() == q.dtype())
         && store_k.is_contiguous()
         && store_v.is_contiguous()
-        && (1..=super::DECODE_MAX_KEYS).contains(&index.max_len)
+        && (1..=super::decode_attention::BLOCK_KEYS).contains(&index.max_len)
         && index.index.device().same_device(q.device());
     if !fits {
         return Ok(None);

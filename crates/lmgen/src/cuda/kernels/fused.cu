@@ -123,9 +123,12 @@ template <typename T, int V> __device__ __forceinline__ void load_elems(const T*
 // time), so a block has blockDim keys' loads in flight; then groups of d / V threads take the
 // values, one chunk of a row each, every group its own keys, their partial sums added at the
 // end. V is 16 bytes of elements where d is a multiple of it (`attend`), else 1.
+// With `part` (f32 [d + 2]) instead of `op`: the unnormalised sums, the scores' maximum and the
+// exponentials' sum (a split of the keys, combined by `attention_combine`); s may be 0 there.
 // Dynamic shared memory: d + s + groups * d floats (the query, the scores, the partial sums).
 template <typename T, int V, typename Rows>
-__device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
+__device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, float* part, int s, int d,
+                              float scale) {
     extern __shared__ float smem[];
     __shared__ float scratch[32];
     int chunks = d / V;
@@ -189,36 +192,75 @@ __device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, int s,
     for (int cc = threadIdx.x; cc < d; cc += blockDim.x) {
         float acc = 0.f;
         for (int gg = 0; gg < groups; gg++) acc += partial[gg * d + cc];
-        op[cc] = from_f<T>(acc / l);
+        if (part) {
+            part[cc] = acc;
+        } else {
+            op[cc] = from_f<T>(acc / l);
+        }
+    }
+    if (part && threadIdx.x == 0) {
+        part[d] = m;
+        part[d + 1] = l;
     }
 }
 
 // `attend_rows_v` with 16-byte chunks where the head size allows (the host sizes the shared
 // memory the same way: `decode_attention::shared_bytes`).
 template <typename T, typename Rows>
-__device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, int s, int d, float scale) {
+__device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, float* part, int s, int d, float scale) {
     constexpr int V = 16 / sizeof(T);
     if (d % V == 0) {
-        attend_rows_v<T, V>(qp, keys, values, op, s, d, scale);
+        attend_rows_v<T, V>(qp, keys, values, op, part, s, d, scale);
     } else {
-        attend_rows_v<T, 1>(qp, keys, values, op, s, d, scale);
+        attend_rows_v<T, 1>(qp, keys, values, op, part, s, d, scale);
+    }
+}
+
+// The splits of `attend_rows` with `part` combined: part [rows, splits, d + 2] (sums, maximum,
+// exponentials' sum) -> out [rows, d], one block per row: each split's terms rescaled to the
+// largest maximum, as one pass over all keys would have them (up to f32 rounding).
+template <typename T>
+__device__ void attention_combine(const float* part, T* out, int splits, int d) {
+    const float* rp = part + (size_t)blockIdx.x * splits * (d + 2);
+    float m = -INFINITY;
+    for (int i = 0; i < splits; i++) m = fmaxf(m, rp[i * (d + 2) + d]);
+    float l = 0.f;
+    for (int i = 0; i < splits; i++) {
+        float mi = rp[i * (d + 2) + d];
+        if (mi > -INFINITY) l += expf(mi - m) * rp[i * (d + 2) + d + 1];
+    }
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.f;
+        for (int i = 0; i < splits; i++) {
+            float mi = rp[i * (d + 2) + d];
+            if (mi > -INFINITY) acc += expf(mi - m) * rp[i * (d + 2) + c];
+        }
+        out[(size_t)blockIdx.x * d + c] = from_f<T>(acc / l);
     }
 }
 
 // Attention of one query per head over `s` cached keys (decode), grouped-query heads:
 // `softmax(q k^T * scale) v` with scores and softmax in f32.
 // q: [b, nh, 1, d] contiguous; k, v: [b, nkv, s, d] with the last dim contiguous and element
-// strides (batch, head, position) given; out: [b, nh, 1, d]. One block per (head, batch).
+// strides (batch, head, position) given; out: [b, nh, 1, d]. One block per (head, batch), or
+// with `part` [b, nh, splits, d + 2] one per (head, batch, split), split z taking the keys
+// [z * chunk, (z + 1) * chunk) (`attention_combine` then adds the splits up).
 template <typename T>
-__device__ void decode_attention(const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d,
-                                 long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,
-                                 long long v_ss, float scale) {
+__device__ void decode_attention(const T* q, const T* k, const T* v, T* out, float* part, int chunk, int nh,
+                                 int nkv, int s, int d, long long k_sb, long long k_sh, long long k_ss,
+                                 long long v_sb, long long v_sh, long long v_ss, float scale) {
     int head = blockIdx.x, batch = blockIdx.y;
     int kvh = head / (nh / nkv);
     const T* qp = q + ((size_t)batch * nh + head) * d;
-    StridedRows<T> keys{k + batch * k_sb + kvh * k_sh, k_ss};
-    StridedRows<T> values{v + batch * v_sb + kvh * v_sh, v_ss};
-    attend_rows<T>(qp, keys, values, out + ((size_t)batch * nh + head) * d, s, d, scale);
+    long long lo = 0;
+    if (part) {
+        lo = min((long long)blockIdx.z * chunk, (long long)s);
+        s = (int)(min(lo + chunk, (long long)s) - lo);
+        part += (((size_t)batch * nh + head) * gridDim.z + blockIdx.z) * (d + 2);
+    }
+    StridedRows<T> keys{k + batch * k_sb + kvh * k_sh + lo * k_ss, k_ss};
+    StridedRows<T> values{v + batch * v_sb + kvh * v_sh + lo * v_ss, v_ss};
+    attend_rows<T>(qp, keys, values, out + ((size_t)batch * nh + head) * d, part, s, d, scale);
 }
 
 // The paged engine's decode tokens: `n` sequences of a packed step, each one new token at
@@ -241,7 +283,7 @@ __device__ void paged_decode_attention(const T* q, const T* store_k, const T* st
     size_t head_base = (size_t)kvh * slot_count * d;
     SlotRows<T> keys{store_k + head_base, slots + off, d};
     SlotRows<T> values{store_v + head_base, slots + off, d};
-    attend_rows<T>(qp, keys, values, out + ((size_t)head * n + i) * d, s, d, scale);
+    attend_rows<T>(qp, keys, values, out + ((size_t)head * n + i) * d, nullptr, s, d, scale);
 }
 
 // The new keys (or values) of those `n` tokens written into the store at each sequence's last
@@ -378,18 +420,25 @@ GEMV_ALL(__half, f16)
         swiglu<T>(gate_up, out, rows, inter);                                                           \
     }                                                                                                   \
     extern "C" __global__ void lmgen_decode_attention_##SUFFIX(                                         \
-        const T* q, const T* k, const T* v, T* out, int nh, int nkv, int s, int d, long long k_sb,      \
-        long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss, float scale) {  \
-        decode_attention<T>(q, k, v, out, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, scale);    \
+        const T* q, const T* k, const T* v, T* out, float* part, int chunk, int nh, int nkv, int s,     \
+        int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,          \
+        long long v_ss, float scale) {                                                                  \
+        decode_attention<T>(q, k, v, out, part, chunk, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh,     \
+                            v_ss, scale);                                                               \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_attention_combine_##SUFFIX(const float* part, T* out, int splits,  \
+                                                                int d) {                                \
+        attention_combine<T>(part, out, splits, d);                                                     \
     }                                                                                                   \
     /* The same over the first `slots[row] + 1` keys of each row: the length read from device */       \
     /* memory, so a captured graph attends over a growing cache. */                                     \
     extern "C" __global__ void lmgen_decode_attention_at_##SUFFIX(                                      \
-        const T* q, const T* k, const T* v, T* out, const uint32_t* slots, int nh, int nkv, int d,      \
-        long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh, long long v_ss,  \
-        float scale) {                                                                                  \
+        const T* q, const T* k, const T* v, T* out, float* part, int chunk, const uint32_t* slots,      \
+        int nh, int nkv, int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb,         \
+        long long v_sh, long long v_ss, float scale) {                                                  \
         int s = (int)slots[blockIdx.y] + 1;                                                             \
-        decode_attention<T>(q, k, v, out, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, scale);    \
+        decode_attention<T>(q, k, v, out, part, chunk, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh,     \
+                            v_ss, scale);                                                               \
     }                                                                                                   \
     extern "C" __global__ void lmgen_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* slots,     \
                                                        int b, int nkv, int cap, int d) {                \
