@@ -21,8 +21,10 @@ pub struct PagedBatch<'a> {
     spans: Vec<SequenceSpan>,
     /// Per sequence, the slots of its `past + new` tokens.
     slots: Vec<Vec<u32>>,
-    /// The same as u32 `[past + new]` tensors, for gathering.
-    gather: Vec<Tensor>,
+    /// The same as u32 `[past + new]` tensors, for gathering: uploaded by the first layer that
+    /// gathers the sequence (decode tokens read the store in place and never need them).
+    gather: Vec<Option<Tensor>>,
+    device: Device,
     /// Each sequence's recurrent-layer states (empty for attention-only models), handed in by
     /// the engine and taken back with [`PagedBatch::into_states`].
     states: Vec<LayerStates>,
@@ -52,16 +54,14 @@ impl<'a> PagedBatch<'a> {
                 "paged batch: each sequence needs one slot per cached and new token",
             ));
         }
-        let gather = slots
-            .iter()
-            .map(|s| Tensor::new(s.as_slice(), device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let gather = vec![None; slots.len()];
         let states = vec![LayerStates::default(); spans.len()];
         Ok(Self {
             store,
             spans,
             slots,
             gather,
+            device: device.clone(),
             states,
             cross: Vec::new(),
             device_index: None,
@@ -154,7 +154,15 @@ impl KvCache for PagedBatch<'_> {
         let span = self.spans[seq];
         self.store
             .write(layer, &self.slots[seq][span.past..], k, v)?;
-        self.store.gather(layer, &self.gather[seq])
+        let gather = match &self.gather[seq] {
+            Some(g) => g.clone(),
+            None => {
+                let g = Tensor::new(self.slots[seq].as_slice(), &self.device)?;
+                self.gather[seq] = Some(g.clone());
+                g
+            }
+        };
+        self.store.gather(layer, &gather)
     }
 
     fn decode_attention(
