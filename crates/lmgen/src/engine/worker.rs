@@ -201,7 +201,8 @@ impl Worker {
             }
         }
         // Each sequence's processors and sampler over its own row, the sequences side by side
-        // (a 64-sequence step over a 152k vocabulary spent ~10 ms here one after another).
+        // (64 sequences over a 152k vocabulary on the H100's host: the step's ITL p50 went
+        // from 34.9 to 20.7 ms; BENCHMARKS.md).
         let sampled: Vec<(usize, Result<RequestUpdate>)> = self
             .running
             .par_iter_mut()
