@@ -4,8 +4,9 @@
 //! - [`add_rms_norm`]: the residual add and the next RMSNorm (2 launches -> 1);
 //! - [`swiglu`]: `silu(gate) * up` over the fused gate/up projection (2 -> 1);
 //! - [`decode_attention`]: one query per head over the cached keys, grouped-query heads
-//!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1); [`decode_attention_at`] reads the
-//!   number of keys from device memory;
+//!   (`q k^T`, scale, softmax with its casts, `p v`: 6 -> 1), long caches split across blocks
+//!   and combined in one more launch; [`decode_attention_at`] reads the number of keys from
+//!   device memory;
 //! - [`gemv`]: a linear layer's product for one activation row (decode; built for up to four),
 //!   streaming the weights, the bias added in the same launch (cuBLAS's kernels, then the bias
 //!   add);
@@ -17,7 +18,8 @@
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
 //! bf16, a layout it does not take, or a build without the `cuda` feature): the caller then runs
-//! the candle ops. [`self_test`] checks each against those ops on a GPU.
+//! the candle ops. [`self_test`] checks each against those ops on a GPU; [`kernel_bench`] times
+//! the product and the attention beside what they replace.
 
 mod add_rms_norm;
 mod decode_attention;
