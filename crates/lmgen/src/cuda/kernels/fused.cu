@@ -218,7 +218,8 @@ __device__ void attend_rows(const T* qp, Rows keys, Rows values, T* op, float* p
 
 // The splits of `attend_rows` with `part` combined: part [rows, splits, d + 2] (sums, maximum,
 // exponentials' sum) -> out [rows, d], one block per row: each split's terms rescaled to the
-// largest maximum, as one pass over all keys would have them (up to f32 rounding).
+// largest maximum, as one pass over all keys would have them (up to f32 rounding). Empty splits
+// (maximum -inf) add nothing; a NaN maximum is kept, so a NaN reaches the output as in one pass.
 template <typename T>
 __device__ void attention_combine(const float* part, T* out, int splits, int d) {
     const float* rp = part + (size_t)blockIdx.x * splits * (d + 2);
@@ -227,13 +228,13 @@ __device__ void attention_combine(const float* part, T* out, int splits, int d) 
     float l = 0.f;
     for (int i = 0; i < splits; i++) {
         float mi = rp[i * (d + 2) + d];
-        if (mi > -INFINITY) l += expf(mi - m) * rp[i * (d + 2) + d + 1];
+        if (mi != -INFINITY) l += expf(mi - m) * rp[i * (d + 2) + d + 1];
     }
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float acc = 0.f;
         for (int i = 0; i < splits; i++) {
             float mi = rp[i * (d + 2) + d];
-            if (mi > -INFINITY) acc += expf(mi - m) * rp[i * (d + 2) + c];
+            if (mi != -INFINITY) acc += expf(mi - m) * rp[i * (d + 2) + c];
         }
         out[(size_t)blockIdx.x * d + c] = from_f<T>(acc / l);
     }
