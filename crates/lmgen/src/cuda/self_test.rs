@@ -42,6 +42,7 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         }
         report.push(decode_at_slots(device, dtype, 96, [40, 95])?);
         report.push(decode_at_slots(device, dtype, 3000, [40, 2500])?);
+        report.push(nan_key(device, dtype)?);
         report.push(paged(device, dtype)?);
     }
     Ok(report)
@@ -294,6 +295,37 @@ fn decode_at_slots(device: &Device, dtype: DType, cap: usize, slots: [u32; 2]) -
         true => format!("ok {what}: equal to the bit"),
         false => format!("ok {what}: every row within {tol:e}"),
     })
+}
+
+/// A NaN in one cached key of a long (split) cache: the query heads of that key's group give
+/// NaN, as candle's ops and a single pass do, and the other group's heads stay finite.
+fn nan_key(device: &Device, dtype: DType) -> Result<String> {
+    let (nh, nkv, d, s) = (4, 2, 64, 9000);
+    let q = tensor(&[1, nh, 1, d], 13, dtype, device)?;
+    let k = tensor(&[1, nkv, s, d], 14, dtype, device)?;
+    let v = tensor(&[1, nkv, s, d], 15, dtype, device)?;
+    // Key 5000 of kv head 1 (query heads 2 and 3) made NaN.
+    let mut flags = vec![0f32; nkv * s * d];
+    flags[(s + 5000) * d] = f32::NAN;
+    let k = k.broadcast_add(&Tensor::from_vec(flags, (1, nkv, s, d), device)?.to_dtype(dtype)?)?;
+    let got = super::decode_attention(&q, &k, &v, 0.125)?
+        .ok_or_else(|| missing("decode_attention"))?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let what = format!("decode_attention {dtype:?} with a NaN key among {s}");
+    for (head, out) in got.chunks_exact(d).enumerate() {
+        let nan = out.iter().all(|x| x.is_nan());
+        let finite = out.iter().all(|x| x.is_finite());
+        if (head >= 2 && !nan) || (head < 2 && !finite) {
+            return Err(mismatch(format!(
+                "{what}: head {head} gives {:?}..., expected {}",
+                &out[..4],
+                if head >= 2 { "NaN" } else { "finite values" }
+            )));
+        }
+    }
+    Ok(format!("ok {what}: NaN in its group's heads only"))
 }
 
 /// [`super::paged_decode_attention`] over three sequences of a packed step (scattered slots,
