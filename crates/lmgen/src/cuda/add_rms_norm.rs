@@ -125,11 +125,7 @@ mod imp {
             let slice = self.map(&x.slice, lx, &h.slice, lh, &w.slice, lw, dev)?;
             let mut dims = vec![2];
             dims.extend_from_slice(lx.shape().dims());
-            let out = CudaStorage {
-                slice,
-                device: dev.clone(),
-            };
-            Ok((out, Shape::from(dims)))
+            Ok(crate::cuda::output(slice, dev, Shape::from(dims)))
         }
     }
 }

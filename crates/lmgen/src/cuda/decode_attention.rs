@@ -261,11 +261,7 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = q.device();
             let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            let out = CudaStorage {
-                slice,
-                device: dev.clone(),
-            };
-            Ok((out, lq.shape().clone()))
+            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
         }
     }
 }

@@ -35,8 +35,8 @@ pub fn set_max_rows(rows: usize) -> usize {
 
 /// `x [.., k] W^T (+ bias)` -> `[.., n]` for `w` `[n, k]` (contiguous) and `bias` `[n]`, in one
 /// launch. Sums in f32, rounded once (after the bias). `None` where it does not apply: see the
-/// [module](super) docs, more rows than [`set_max_rows`] allows, rows that are not 16 bytes a multiple, or
-/// a view not aligned to 16 bytes.
+/// [module](super) docs, more rows than [`set_max_rows`] allows, rows whose bytes are not a
+/// multiple of 16, or a view not aligned to 16 bytes.
 pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
     let Ok((n, k)) = w.dims2() else {
         return Ok(None);
@@ -93,9 +93,13 @@ mod imp {
     use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
+    use crate::cuda::with_last;
 
     /// Warps (output columns) per block.
     const WARPS: usize = 8;
+
+    /// The kernel for 1..=[`MAX_ROWS`] rows (`lmgen_gemv{R}_{dtype}` in `kernels/fused.cu`).
+    const ROOTS: [&str; MAX_ROWS] = ["lmgen_gemv1", "lmgen_gemv2", "lmgen_gemv3", "lmgen_gemv4"];
 
     pub fn run(
         x: &Tensor,
@@ -130,8 +134,8 @@ mod imp {
             let w = w.slice(lw.start_offset()..);
             let bias = bias.map(|(b, lb)| b.slice(lb.start_offset()..));
             let out = unsafe { dev.alloc::<T>(self.rows * self.n)? };
-            let root = format!("lmgen_gemv{}", self.rows);
-            let (stream, func) = crate::cuda::func::<T>(dev, &root)?;
+            let root = ROOTS[self.rows - 1];
+            let (stream, func) = crate::cuda::func::<T>(dev, root)?;
             let cfg = LaunchConfig {
                 grid_dim: (self.n.div_ceil(WARPS) as u32, 1, 1),
                 block_dim: (32 * WARPS as u32, 1, 1),
@@ -147,14 +151,6 @@ mod imp {
             b.arg(&out).arg(&n).arg(&k);
             unsafe { b.launch(cfg) }.w()?;
             Ok(out)
-        }
-
-        fn shape(&self, lx: &Layout) -> Shape {
-            let mut dims = lx.shape().dims().to_vec();
-            if let Some(last) = dims.last_mut() {
-                *last = self.n;
-            }
-            Shape::from(dims)
         }
     }
 
@@ -210,11 +206,11 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = x.device();
             let slice = Map2::map(self, &x.slice, lx, &w.slice, lw, dev)?;
-            let out = CudaStorage {
+            Ok(crate::cuda::output(
                 slice,
-                device: dev.clone(),
-            };
-            Ok((out, self.shape(lx)))
+                dev,
+                with_last(lx.shape(), self.n),
+            ))
         }
     }
 
@@ -235,7 +231,6 @@ mod imp {
             Err(crate::cuda::cuda_only("gemv"))
         }
 
-        #[allow(clippy::too_many_arguments)]
         fn cuda_fwd(
             &self,
             x: &CudaStorage,
@@ -247,11 +242,11 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = x.device();
             let slice = Map3::map(self, &x.slice, lx, &w.slice, lw, &b.slice, lb, dev)?;
-            let out = CudaStorage {
+            Ok(crate::cuda::output(
                 slice,
-                device: dev.clone(),
-            };
-            Ok((out, self.shape(lx)))
+                dev,
+                with_last(lx.shape(), self.n),
+            ))
         }
     }
 }

@@ -48,7 +48,7 @@ mod imp {
 #[allow(unsafe_code)]
 mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DeviceRepr, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
     use candle_core::{CpuStorage, CudaDevice, Layout, WithDType};
@@ -75,11 +75,7 @@ mod imp {
         let src = src.slice(ls.start_offset()..);
         let n = b * nkv * d;
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_kv_write")?;
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = crate::cuda::elementwise(n);
         let ints = [b, nkv, cap, d].map(|n| n as i32);
         let mut bld = stream.launch_builder(&func);
         bld.arg(&src).arg(&mut dst).arg(slots);

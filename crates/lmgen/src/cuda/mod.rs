@@ -85,6 +85,40 @@ fn cuda_only(name: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("{name} runs on CUDA only"))
 }
 
+/// A launch of 256-thread blocks over `n` elements (the kernels loop past 65535 blocks).
+#[cfg(feature = "cuda")]
+fn elementwise(n: usize) -> candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+    candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A kernel's output as candle's storage, with its `shape`.
+#[cfg(feature = "cuda")]
+fn output(
+    slice: candle_core::cuda_backend::CudaStorageSlice,
+    dev: &candle_core::CudaDevice,
+    shape: candle_core::Shape,
+) -> (candle_core::CudaStorage, candle_core::Shape) {
+    let storage = candle_core::CudaStorage {
+        slice,
+        device: dev.clone(),
+    };
+    (storage, shape)
+}
+
+/// `shape` with its last dimension replaced by `last`.
+#[cfg(feature = "cuda")]
+fn with_last(shape: &candle_core::Shape, last: usize) -> candle_core::Shape {
+    let mut dims = shape.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    candle_core::Shape::from(dims)
+}
+
 /// Loads (once) the kernel `{root}_{dtype}` of `kernels/fused.cu`; returns it with the device's
 /// stream, which launches it (`stream.launch_builder(&func)`).
 #[cfg(feature = "cuda")]

@@ -164,11 +164,7 @@ mod imp {
         let src = src.slice(ls.start_offset()..);
         let count = n * nkv * d;
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_kv_write")?;
-        let cfg = LaunchConfig {
-            grid_dim: (count.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = crate::cuda::elementwise(count);
         let ints = [n, nkv, total, slot_count, d].map(|x| x as i32);
         let mut bld = stream.launch_builder(&func);
         bld.arg(&src).arg(&mut dst).arg(index);
@@ -309,12 +305,12 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = q.device();
             let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            let out = CudaStorage {
-                slice,
-                device: dev.clone(),
-            };
             let (nh, d) = (lq.dims()[1], lq.dims()[3]);
-            Ok((out, Shape::from((1, nh, self.n, d))))
+            Ok(crate::cuda::output(
+                slice,
+                dev,
+                Shape::from((1, nh, self.n, d)),
+            ))
         }
     }
 }

@@ -31,12 +31,13 @@ mod imp {
 mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{CudaStorage, Map1, WrapErr};
     use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
+    use crate::cuda::with_last;
 
     pub fn run(gate_up: &Tensor, inter: usize) -> Result<Option<Tensor>> {
         Ok(Some(gate_up.apply_op1_no_bwd(&Swiglu { inter })?))
@@ -61,11 +62,7 @@ mod imp {
             let n = rows * self.inter;
             let out = unsafe { dev.alloc::<T>(n)? };
             let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_swiglu")?;
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = crate::cuda::elementwise(n);
             let mut b = stream.launch_builder(&func);
             let (rows, inter) = (rows as i32, self.inter as i32);
             b.arg(&src).arg(&out).arg(&rows).arg(&inter);
@@ -90,15 +87,11 @@ mod imp {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let dev = s.device();
             let slice = self.map(&s.slice, dev, l)?;
-            let mut dims = l.shape().dims().to_vec();
-            if let Some(last) = dims.last_mut() {
-                *last = self.inter;
-            }
-            let out = CudaStorage {
+            Ok(crate::cuda::output(
                 slice,
-                device: dev.clone(),
-            };
-            Ok((out, Shape::from(dims)))
+                dev,
+                with_last(l.shape(), self.inter),
+            ))
         }
     }
 }
