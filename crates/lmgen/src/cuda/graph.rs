@@ -20,8 +20,9 @@
 //! what the failed step appended to the cache, and runs the step eagerly: outputs never depend
 //! on whether a graph ran. On by default with the fused kernels (a GPU run gave transformers'
 //! tokens on every golden case with graphs, and measured them: BENCHMARKS.md);
-//! `LMGEN_CUDA_GRAPHS=0` turns them off. [`DecodeGraph::uncaptured`] runs the same device-position step op by op on any
-//! device, which is how the CPU tests check it against the plain step.
+//! `LMGEN_CUDA_GRAPHS=0` turns them off. [`DecodeGraph::uncaptured`] runs the same
+//! device-position step op by op on any device, which is how the CPU tests check it against the
+//! plain step.
 
 use candle_core::{DType, Device, Tensor};
 

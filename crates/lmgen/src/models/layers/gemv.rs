@@ -99,9 +99,9 @@ fn cpu_slice<'a, T: candle_core::WithDType>(
 
 /// Weight rows per rayon task of an `n`-row product: two tasks per thread (a multiple of
 /// `multiple` rows, 8 here, 32 for the AMX tiles), at most [`MAX_ROWS_PER_TASK`]. Few large
-/// tasks keep the threads in step: on two cores, SmolLM2-135M f32 decode at batch 1 ran 42.7 tok/s against 37.0 with 64-row tasks (batch 4:
-/// 151 against 129; f16 batch 1: 56.7 against 53); the cap balances the LM head (two tasks of
-/// 24k rows a thread: 40.5-41.0).
+/// tasks keep the threads in step: on two cores, SmolLM2-135M f32 decode at batch 1 ran 42.7
+/// tok/s against 37.0 with 64-row tasks (batch 4: 151 against 129; f16 batch 1: 56.7 against
+/// 53); the cap balances the LM head (two tasks of 24k rows a thread: 40.5-41.0).
 pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
     let even = n
         .div_ceil(2 * rayon::current_num_threads())
