@@ -38,14 +38,17 @@ pub fn set_max_rows(rows: usize) -> usize {
 /// [module](super) docs, more rows than [`set_max_rows`] allows, rows whose bytes are not a
 /// multiple of 16, or a view not aligned to 16 bytes.
 pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    // Every CPU product passes here first (`Linear::forward`): out at the first check.
+    if !super::applies(x) {
+        return Ok(None);
+    }
     let Ok((n, k)) = w.dims2() else {
         return Ok(None);
     };
     let size = x.dtype().size_in_bytes();
     let aligned = |t: &Tensor| (t.layout().start_offset() * size).is_multiple_of(16);
     let rows = x.elem_count() / k.max(1);
-    let fits = super::applies(x)
-        && k > 0
+    let fits = k > 0
         && x.dims().last() == Some(&k)
         && (1..=max_rows().load(Ordering::Relaxed)).contains(&rows)
         && (k * size).is_multiple_of(16)
