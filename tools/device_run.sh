@@ -21,6 +21,7 @@
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
 #                                       (forward, generate): f32 must match, bf16 agreement reported
+#                                       (ARCH_MODELS=all: every golden-arch model; CONFORMANCE_DTYPES)
 #   tools/device_run.sh long-prompt     a 32k prompt against transformers, a failure inside a request
 #   tools/device_run.sh python-gpu      the Python script with transformers and with lmgen's CUDA wheel
 #   tools/device_run.sh whisper-rtf     Whisper-tiny/base real-time factor, lmgen vs transformers
@@ -77,6 +78,9 @@ GOLDEN=${GOLDEN:-crates/lmgen/tests/fixtures/golden}
 GOLDEN_ARCH=${GOLDEN_ARCH:-crates/lmgen/tests/fixtures/golden-arch}
 # The golden-arch models this project runs with MoE layers or recurrent state.
 ARCH_MODELS=${ARCH_MODELS:-qwen3_moe,mixtral,gpt_oss,qwen3_5_text,qwen3_next,lfm2,gemma4_text,qwen3_5_mm}
+if [ "$ARCH_MODELS" = all ]; then
+    ARCH_MODELS=$(ls "$GOLDEN_ARCH/models" | paste -sd, -)
+fi
 while [ $# -gt 0 ]; do
     step=$1
     shift
@@ -110,7 +114,7 @@ while [ $# -gt 0 ]; do
     conformance-arch)
         # Full-prompt logits within 2e-4 and generate cases token for token: f32 must match
         # transformers' f32 fixtures; bf16 is agreement only (bf16 rounding changes tokens).
-        for dt in f32 bf16; do
+        for dt in ${CONFORMANCE_DTYPES:-f32 bf16}; do
             echo "== golden-arch conformance on cuda, $dt"
             timeout 300 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN_ARCH" \
                 --only forward,generate --models "$ARCH_MODELS" --args "--device cuda --dtype $dt" -v \
@@ -208,7 +212,7 @@ while [ $# -gt 0 ]; do
         if [ -z "$NSYS" ]; then
             echo "no nsys on this machine"
         else
-            timeout 300 "$NSYS" profile -t cuda,nvtx -o "$OUT/profile_$shape" --force-overwrite true \
+            timeout 300 "$NSYS" profile -t cuda,nvtx --cuda-graph-trace=node -o "$OUT/profile_$shape" --force-overwrite true \
                 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
                 --prompt 128 --new ${PROFILE_NEW:-64} --prefill 128 --batches 1 --reps 1 >/dev/null 2>&1
             "$NSYS" stats -q --report cuda_api_sum,cuda_gpu_kern_sum,cuda_gpu_mem_time_sum --format csv \
