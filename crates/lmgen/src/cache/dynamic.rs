@@ -217,6 +217,37 @@ impl KvCache for DynamicCache {
         Ok(Some(out))
     }
 
+    fn decode_token_at(
+        &mut self,
+        layer: usize,
+        token: &crate::cuda::DecodeToken<'_>,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let Some(Some(e)) = self.layers.get_mut(layer) else {
+            return Ok(None);
+        };
+        let capacity = e.k.dim(2)?;
+        if e.len >= capacity || capacity > crate::cuda::DECODE_MAX_KEYS {
+            return Ok(None);
+        }
+        let Some(q) = crate::cuda::rope_kv_write(token, &e.k, &e.v, slots)? else {
+            return Ok(None);
+        };
+        let out = crate::cuda::decode_attention_at(&q, &e.k, &e.v, slots, scale)?;
+        let out = out.ok_or_else(|| {
+            Error::unsupported(format!(
+                "decode attention at device slots does not take q {:?} {:?} over keys {:?} {:?}",
+                q.dims(),
+                q.dtype(),
+                e.k.dims(),
+                e.k.dtype()
+            ))
+        })?;
+        e.len += 1;
+        Ok(Some(out))
+    }
+
     fn reserve(&mut self, tokens: usize) -> Result<bool> {
         if !self.states.is_empty() || self.layers.iter().flatten().next().is_none() {
             return Ok(false);

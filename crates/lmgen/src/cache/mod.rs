@@ -107,6 +107,22 @@ pub trait KvCache: Send {
         Ok(None)
     }
 
+    /// [`KvCache::decode_at`] from the fused projection's output: `token`'s queries and keys
+    /// normed and rotated, keys and values written at the slots, in one launch on a GPU
+    /// ([`crate::cuda::rope_kv_write`]), then the same attention. `None` (the default) where
+    /// the cache or that kernel has no such path, before anything is written: the caller then
+    /// splits the token itself and calls [`KvCache::decode_at`].
+    fn decode_token_at(
+        &mut self,
+        layer: usize,
+        token: &crate::cuda::DecodeToken<'_>,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        let _ = (layer, token, slots, scale);
+        Ok(None)
+    }
+
     /// Allocates room for `tokens` per row in every layer now, so that no later append moves a
     /// buffer (a captured graph holds their addresses). Whether the cache now has that room
     /// and takes [`KvCache::decode_at`] and [`KvCache::advance`]; `false` (the default) for a

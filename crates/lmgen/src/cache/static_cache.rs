@@ -62,6 +62,15 @@ impl KvCache for StaticCache {
     ) -> Result<Option<Tensor>> {
         self.inner.decode_at(layer, q, k, v, slots, scale)
     }
+    fn decode_token_at(
+        &mut self,
+        layer: usize,
+        token: &crate::cuda::DecodeToken<'_>,
+        slots: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        self.inner.decode_token_at(layer, token, slots, scale)
+    }
     fn reserve(&mut self, tokens: usize) -> Result<bool> {
         self.inner.reserve(tokens)
     }

@@ -38,6 +38,26 @@ pub fn set_max_rows(rows: usize) -> usize {
 /// [module](super) docs, more rows than [`set_max_rows`] allows, rows whose bytes are not a
 /// multiple of 16, or a view not aligned to 16 bytes.
 pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    product(x, w, bias, false)
+}
+
+/// The gated MLP's first half for one activation row `x` `[.., k]` (every leading dimension 1):
+/// `silu(g) * u` -> `[.., n / 2]`, with `g`, `u` the two halves of `x W^T (+ bias)` for the
+/// fused gate/up weight `w` `[n, k]` (the gate's rows first), each rounded to the dtype: the
+/// values of [`gemv`] then [`super::swiglu`], in one launch that never stores `g` and `u`. `None`
+/// where [`gemv`] would not apply to one row, or `n` is odd.
+pub fn gemv_swiglu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    if !super::fuse_steps()
+        || x.elem_count() != x.dims().last().copied().unwrap_or(0)
+        || w.dim(0)? % 2 != 0
+    {
+        return Ok(None);
+    }
+    product(x, w, bias, true)
+}
+
+/// [`gemv`], or with `swiglu` [`gemv_swiglu`].
+fn product(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, swiglu: bool) -> Result<Option<Tensor>> {
     // Every CPU product passes here first (`Linear::forward`): out at the first check.
     if !super::applies(x) {
         return Ok(None);
@@ -67,7 +87,7 @@ pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tens
     if !fits {
         return Ok(None);
     }
-    imp::run(x, w, bias, rows, n, k)
+    imp::run(x, w, bias, rows, n, k, swiglu)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -80,6 +100,7 @@ mod imp {
         _: usize,
         _: usize,
         _: usize,
+        _: bool,
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
@@ -111,8 +132,9 @@ mod imp {
         rows: usize,
         n: usize,
         k: usize,
+        swiglu: bool,
     ) -> Result<Option<Tensor>> {
-        let op = Gemv { rows, n, k };
+        let op = Gemv { rows, n, k, swiglu };
         Ok(Some(match bias {
             Some(b) => x.apply_op3_no_bwd(w, b, &op)?,
             None => x.apply_op2_no_bwd(w, &op)?,
@@ -123,9 +145,20 @@ mod imp {
         rows: usize,
         n: usize,
         k: usize,
+        /// `lmgen_gemv_swiglu`: one row, `n / 2` outputs.
+        swiglu: bool,
     }
 
     impl Gemv {
+        /// Output columns.
+        fn outputs(&self) -> usize {
+            if self.swiglu {
+                self.n / 2
+            } else {
+                self.n
+            }
+        }
+
         fn launch<T: DeviceRepr + WithDType + ValidAsZeroBits>(
             &self,
             (x, lx): (&CudaSlice<T>, &Layout),
@@ -136,15 +169,19 @@ mod imp {
             let x = x.slice(lx.start_offset()..);
             let w = w.slice(lw.start_offset()..);
             let bias = bias.map(|(b, lb)| b.slice(lb.start_offset()..));
-            let out = unsafe { dev.alloc::<T>(self.rows * self.n)? };
-            let root = ROOTS[self.rows - 1];
+            let outputs = self.outputs();
+            let out = unsafe { dev.alloc::<T>(self.rows * outputs)? };
+            let root = match self.swiglu {
+                true => "lmgen_gemv_swiglu",
+                false => ROOTS[self.rows - 1],
+            };
             let (stream, func) = crate::cuda::func::<T>(dev, root)?;
             let cfg = LaunchConfig {
-                grid_dim: (self.n.div_ceil(WARPS) as u32, 1, 1),
+                grid_dim: (outputs.div_ceil(WARPS) as u32, 1, 1),
                 block_dim: (32 * WARPS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let (n, k) = (self.n as i32, self.k as i32);
+            let (n, k) = (outputs as i32, self.k as i32);
             let mut b = stream.launch_builder(&func);
             b.arg(&x).arg(&w);
             match &bias {
@@ -212,7 +249,7 @@ mod imp {
             Ok(crate::cuda::output(
                 slice,
                 dev,
-                with_last(lx.shape(), self.n),
+                with_last(lx.shape(), self.outputs()),
             ))
         }
     }
@@ -248,7 +285,7 @@ mod imp {
             Ok(crate::cuda::output(
                 slice,
                 dev,
-                with_last(lx.shape(), self.n),
+                with_last(lx.shape(), self.outputs()),
             ))
         }
     }

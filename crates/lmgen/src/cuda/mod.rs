@@ -10,7 +10,11 @@
 //! - [`gemv`]: a linear layer's product for one activation row (decode; built for up to four),
 //!   streaming the weights, the bias added in the same launch (cuBLAS's kernels, then the bias
 //!   add);
+//! - [`gemv_swiglu`]: the same product over a fused gate/up weight with SwiGLU on its output
+//!   (the product and [`swiglu`], 2 -> 1);
 //! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory;
+//! - [`rope_kv_write`]: a decode token from the fused q/k/v projection into the cache, its
+//!   queries and keys normed per head and rotated on the way (up to 6 -> 1);
 //! - [`paged_decode_attention`]: the paged engine's decode tokens, written into the KV store and
 //!   attending over their slots in place (a gather and ~10 launches per sequence -> 2 per layer).
 //!
@@ -28,14 +32,16 @@ pub(crate) mod graph;
 pub mod kernel_bench;
 mod kv_write;
 mod paged_attention;
+mod rope_kv_write;
 pub mod self_test;
 mod swiglu;
 
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
-pub use gemv::{gemv, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
+pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex};
+pub use rope_kv_write::{rope_kv_write, DecodeToken};
 pub use swiglu::swiglu;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +71,26 @@ pub fn set_enabled(on: bool) {
 /// Whether lmgen's CUDA fast paths are on ([`set_enabled`], `LMGEN_CUDA_KERNELS=candle` turns them off).
 pub fn enabled() -> bool {
     flag().load(Ordering::Relaxed)
+}
+
+/// Whether the launches that fuse across a layer's steps are on ([`gemv_swiglu`],
+/// [`rope_kv_write`]): off unless `LMGEN_CUDA_FUSE_STEPS=1` or [`set_fuse_steps`], until a GPU
+/// run has checked them (`generate_speed --check-kernels` turns them on for its checks).
+fn fuse_flag() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| {
+        AtomicBool::new(std::env::var("LMGEN_CUDA_FUSE_STEPS").is_ok_and(|v| v == "1"))
+    })
+}
+
+fn fuse_steps() -> bool {
+    fuse_flag().load(Ordering::Relaxed)
+}
+
+/// Turns the step-fusing launches ([`gemv_swiglu`], [`rope_kv_write`]) on or off for the whole
+/// process; returns the previous setting.
+pub fn set_fuse_steps(on: bool) -> bool {
+    fuse_flag().swap(on, Ordering::Relaxed)
 }
 
 /// Whether `t` is a CUDA tensor of a dtype the kernels are built for, and they are enabled.

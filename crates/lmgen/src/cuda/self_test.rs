@@ -30,6 +30,11 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
             .collect();
         super::set_gemv_max_rows(before);
         report.extend(lines?);
+        // The step-fusing launches, whatever the process runs with.
+        let fuse = super::set_fuse_steps(true);
+        let fused = fused_steps(device, dtype);
+        super::set_fuse_steps(fuse);
+        report.extend(fused?);
         for (nh, nkv, d, s) in [
             (14, 2, 64, 1),
             (14, 2, 64, 37),
@@ -46,6 +51,24 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         report.push(paged(device, dtype)?);
     }
     Ok(report)
+}
+
+/// [`super::gemv_swiglu`] and [`super::rope_kv_write`] against the launches they replace.
+fn fused_steps(device: &Device, dtype: DType) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (inter, k, bias) in [(4864, 896, false), (37, 1000, true)] {
+        lines.push(gemv_swiglu(device, dtype, inter, k, bias)?);
+    }
+    // (nh, nkv, d, rotated features (None: no rope), per-head norms)
+    for (nh, nkv, d, r, norms) in [
+        (14, 2, 64, Some(64), false),
+        (32, 8, 128, Some(128), true),
+        (8, 4, 64, Some(32), false),
+        (4, 2, 80, None, true),
+    ] {
+        lines.push(rope_kv_write(device, dtype, (nh, nkv, d), r, norms)?);
+    }
+    Ok(lines)
 }
 
 /// `n` values in [-2, 2) from a fixed linear congruential sequence.
@@ -184,6 +207,108 @@ fn gemv(
     Ok(format!(
         "ok gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T, bias {bias}: worst error {worst:.3} of the bound"
     ))
+}
+
+/// The gate/up product with SwiGLU in its launch against [`super::gemv`] then [`super::swiglu`]
+/// (the same sums in the same order: equal to the bit is expected, the dtype's tolerance
+/// required).
+fn gemv_swiglu(
+    device: &Device,
+    dtype: DType,
+    inter: usize,
+    k: usize,
+    bias: bool,
+) -> Result<String> {
+    let x = tensor(&[1, 1, k], 13, dtype, device)?;
+    let w = tensor(&[2 * inter, k], 14, dtype, device)?;
+    let b = tensor(&[2 * inter], 15, dtype, device)?;
+    let b = bias.then_some(&b);
+    let before = super::set_gemv_max_rows(1);
+    let got = super::gemv_swiglu(&x, &w, b);
+    let gate_up = super::gemv(&x, &w, b);
+    super::set_gemv_max_rows(before);
+    let got = got?.ok_or_else(|| missing("gemv_swiglu"))?;
+    let gate_up = gate_up?.ok_or_else(|| missing("gemv"))?;
+    let want = super::swiglu(&gate_up, inter)?.ok_or_else(|| missing("swiglu"))?;
+    let what = format!(
+        "gemv_swiglu {dtype:?} [1, {k}] x [{}, {k}]^T, bias {bias}",
+        2 * inter
+    );
+    let line = compare(&what, &got, &want, tolerance(dtype))?;
+    let equal = compare(&what, &got, &want, 0.0).is_ok();
+    Ok(format!("{line}; equal to the bit: {equal}"))
+}
+
+/// The fused norm + rotation + cache write of a decode token against candle's ops on the split
+/// projection (`rms_norm` per head, `rope` over the first `r` features, the token placed at
+/// each row's slot): queries and both whole caches, within the dtype's tolerance (the norm
+/// sums in another order); the caches' other slots untouched.
+fn rope_kv_write(
+    device: &Device,
+    dtype: DType,
+    (nh, nkv, d): (usize, usize, usize),
+    r: Option<usize>,
+    norms: bool,
+) -> Result<String> {
+    let (b, cap, eps) = (2, 16, 1e-6);
+    let slots = [5u32, 15];
+    let qkv = tensor(&[b, 1, (nh + 2 * nkv) * d], 16, dtype, device)?;
+    let half = r.unwrap_or(d) / 2;
+    let cos = tensor(&[b, 1, half], 17, dtype, device)?;
+    let sin = tensor(&[b, 1, half], 18, dtype, device)?;
+    let qw = tensor(&[d], 19, dtype, device)?;
+    let kw = tensor(&[d], 20, dtype, device)?;
+    let k_cache = tensor(&[b, nkv, cap, d], 21, dtype, device)?;
+    let v_cache = tensor(&[b, nkv, cap, d], 22, dtype, device)?;
+    // [b, 1, n * d] -> [b, n, 1, d], as the attention block splits it.
+    let heads = |offset: usize, n: usize| -> Result<Tensor> {
+        Ok(qkv
+            .narrow(D::Minus1, offset * d, n * d)?
+            .reshape((b, 1, n, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (mut q, mut k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
+    if norms {
+        q = candle_nn::ops::rms_norm(&q, &qw, eps)?;
+        k = candle_nn::ops::rms_norm(&k, &kw, eps)?;
+    }
+    if r.is_some() {
+        q = crate::models::layers::rotary::apply(&q, &cos, &sin)?;
+        k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
+    }
+    let place = |buf: &Tensor, new: &Tensor| -> Result<Tensor> {
+        let rows = (0..b)
+            .map(|row| {
+                let (buf, tok) = (buf.narrow(0, row, 1)?, new.narrow(0, row, 1)?);
+                let s = slots[row] as usize;
+                let mut parts = vec![buf.narrow(2, 0, s)?, tok];
+                if s + 1 < cap {
+                    parts.push(buf.narrow(2, s + 1, cap - s - 1)?);
+                }
+                Ok(Tensor::cat(&parts, 2)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    };
+    let (k_want, v_want) = (place(&k_cache, &k)?, place(&v_cache, &v)?);
+    let token = super::DecodeToken {
+        qkv: &qkv,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: d,
+        rope: r.map(|_| (&cos, &sin)),
+        norms: norms.then_some((&qw, &kw, eps)),
+    };
+    let slots_dev = Tensor::new(&slots[..], device)?;
+    let got = super::rope_kv_write(&token, &k_cache, &v_cache, &slots_dev)?
+        .ok_or_else(|| missing("rope_kv_write"))?;
+    let what =
+        format!("rope_kv_write {dtype:?} nh {nh} nkv {nkv} d {d}, rotated {r:?}, norms {norms}");
+    let tol = tolerance(dtype);
+    compare(&format!("{what}: queries"), &got, &q, tol)?;
+    compare(&format!("{what}: key cache"), &k_cache, &k_want, tol)?;
+    compare(&format!("{what}: value cache"), &v_cache, &v_want, 0.0)
 }
 
 fn swiglu(device: &Device, dtype: DType) -> Result<String> {

@@ -402,12 +402,124 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
     }
 }
 
+// The gated MLP's first half for one activation row: `out[j] = silu(g) * u` with `g`, `u` the
+// products of `x` with rows `j` and `inter + j` of the fused gate/up weight (plus their bias), each
+// rounded to T as the product's output is, silu rounded to T, then the product rounded (the
+// `gemv` then `swiglu` launches, in one). One warp per output column, both weight rows streamed.
+// x: [k]; w: [2 * inter, k]; bias: [2 * inter] or null; out: [inter].
+template <typename T>
+__device__ void gemv_swiglu(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                            T* __restrict__ out, int inter, int k) {
+    constexpr int V = 16 / sizeof(T);
+    constexpr int U = 4;  // loads in flight per weight row per lane
+    int lane = threadIdx.x & 31;
+    int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (j >= inter) return;
+    int chunks = k / V;
+    const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+    const uint4* wu = reinterpret_cast<const uint4*>(w + ((size_t)inter + j) * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    float ag = 0.f, au = 0.f;
+    int c = lane;
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+        uint4 g[U], u[U];
+#pragma unroll
+        for (int i = 0; i < U; i++) {
+            g[i] = load_stream(wg + c + 32 * i);
+            u[i] = load_stream(wu + c + 32 * i);
+        }
+#pragma unroll
+        for (int i = 0; i < U; i++) {
+            uint4 xv = __ldg(xr + c + 32 * i);
+            ag += dot16<T>(g[i], xv);
+            au += dot16<T>(u[i], xv);
+        }
+    }
+    for (; c < chunks; c += 32) {
+        uint4 xv = __ldg(xr + c);
+        ag += dot16<T>(load_stream(wg + c), xv);
+        au += dot16<T>(load_stream(wu + c), xv);
+    }
+    ag = warp_sum(ag);
+    au = warp_sum(au);
+    if (lane == 0) {
+        float g = to_f(from_f<T>(ag + (bias ? to_f(bias[j]) : 0.f)));
+        float u = to_f(from_f<T>(au + (bias ? to_f(bias[inter + j]) : 0.f)));
+        float s = to_f(from_f<T>(g / (1.f + expf(-g))));
+        out[j] = from_f<T>(s * u);
+    }
+}
+
+// One decode token of each batch row, from the fused q/k/v projection to the cache: each query
+// and key head RMS-normed over its d features when `qw`/`kw` are given (Qwen3's q_norm/k_norm:
+// f32, rounded once, as candle's rms_norm), rotated over its first r features when `cos` is
+// given (rotate_half RoPE in T arithmetic, as candle's rope: `x1 c - x2 s`, `x1 s + x2 c`), then
+// the queries written to `q_out` and the keys and values into the caches at `slots[row]` (the
+// norm, two rope and two kv_write launches, in one).
+// qkv: [b, (nh + 2 nkv) * d]; cos, sin: [b, r / 2]; qw, kw: [d]; q_out: [b, nh, d];
+// k_cache, v_cache: [b, nkv, cap, d]; slots: [b]. Grid (nh + 2 nkv, b); block: d / 2 threads
+// rounded up to a warp, each holding two features: a rotated pair (c, c + r/2) for c < r/2,
+// else two passed-through neighbours at r + 2 (c - r/2).
+template <typename T>
+__device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T* qw, const T* kw, float eps,
+                              T* q_out, T* k_cache, T* v_cache, const uint32_t* slots, int nh, int nkv, int d,
+                              int r, int cap) {
+    __shared__ float scratch[32];
+    int head = blockIdx.x, row = blockIdx.y, c = threadIdx.x;
+    int half = r / 2;
+    bool active = c < d / 2;
+    int i1 = c < half ? c : r + 2 * (c - half);
+    int i2 = c < half ? c + half : i1 + 1;
+    const T* src = qkv + (size_t)row * (nh + 2 * nkv) * d + (size_t)head * d;
+    T a = active ? src[i1] : from_f<T>(0.f);
+    T b = active ? src[i2] : from_f<T>(0.f);
+    bool is_q = head < nh, is_k = !is_q && head < nh + nkv;
+    const T* nw = is_q ? qw : (is_k ? kw : nullptr);
+    if (nw != nullptr) {  // the same for the whole block
+        float fa = to_f(a), fb = to_f(b);
+        float inv = rsqrtf(block_sum(fa * fa + fb * fb, scratch) / d + eps);
+        if (active) {
+            a = from_f<T>(inv * fa * to_f(nw[i1]));
+            b = from_f<T>(inv * fb * to_f(nw[i2]));
+        }
+    }
+    if (!active) return;
+    if (cos != nullptr && (is_q || is_k) && c < half) {
+        T cs = cos[(size_t)row * half + c], sn = sin[(size_t)row * half + c];
+        T y1 = a * cs - b * sn;
+        T y2 = a * sn + b * cs;
+        a = y1;
+        b = y2;
+    }
+    T* dst;
+    if (is_q) {
+        dst = q_out + ((size_t)row * nh + head) * d;
+    } else {
+        uint32_t slot = slots[row];
+        if (slot >= (uint32_t)cap) return;
+        int g = is_k ? head - nh : head - nh - nkv;
+        dst = (is_k ? k_cache : v_cache) + (((size_t)row * nkv + g) * cap + slot) * d;
+    }
+    dst[i1] = a;
+    dst[i2] = b;
+}
+
 #define GEMV_OPS(T, SUFFIX, R)                                                                          \
     extern "C" __global__ void lmgen_gemv##R##_##SUFFIX(const T* x, const T* w, const T* bias, T* out,  \
                                                          int n, int k) {                                \
         gemv<T, R>(x, w, bias, out, n, k);                                                              \
     }
-#define GEMV_ALL(T, SUFFIX) GEMV_OPS(T, SUFFIX, 1) GEMV_OPS(T, SUFFIX, 2) GEMV_OPS(T, SUFFIX, 3) GEMV_OPS(T, SUFFIX, 4)
+#define GEMV_ALL(T, SUFFIX)                                                                             \
+    GEMV_OPS(T, SUFFIX, 1) GEMV_OPS(T, SUFFIX, 2) GEMV_OPS(T, SUFFIX, 3) GEMV_OPS(T, SUFFIX, 4)         \
+    extern "C" __global__ void lmgen_gemv_swiglu_##SUFFIX(const T* x, const T* w, const T* bias, T* out, \
+                                                          int inter, int k) {                           \
+        gemv_swiglu<T>(x, w, bias, out, inter, k);                                                      \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_rope_kv_write_##SUFFIX(                                            \
+        const T* qkv, const T* cos, const T* sin, const T* qw, const T* kw, float eps, T* q_out,        \
+        T* k_cache, T* v_cache, const uint32_t* slots, int nh, int nkv, int d, int r, int cap) {        \
+        rope_kv_write<T>(qkv, cos, sin, qw, kw, eps, q_out, k_cache, v_cache, slots, nh, nkv, d, r, cap); \
+    }
 GEMV_ALL(float, f32)
 GEMV_ALL(__nv_bfloat16, bf16)
 GEMV_ALL(__half, f16)

@@ -14,6 +14,7 @@ use super::norm::RmsNorm;
 use super::rotary;
 use super::LoadContext;
 use crate::cache::KvCache;
+use crate::cuda::DecodeToken;
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
@@ -220,6 +221,17 @@ impl Attention {
             head_dim: d,
         } = self.shape;
         let qkv = self.qkv.forward(x)?; // [b, t, (nh (x2 with the gate) + 2 nkv) * d]
+        if let Some(slots) = input.slots {
+            // A captured decode step: the token's norms, rotation and cache write in one launch
+            // where the cache and the GPU take it.
+            if let Some(token) = self.decode_token(&qkv, input, keep_weights) {
+                if let Some(out) =
+                    cache.decode_token_at(self.layer_idx, &token, slots, self.scale)?
+                {
+                    return self.finish(out, None, b, t, None);
+                }
+            }
+        }
         let (mut q, gate, q_width) = if self.output_gate {
             // [b, t, nh, 2d]: each head's query, then its gate.
             let qg = qkv
@@ -370,6 +382,40 @@ impl Attention {
             out = (out * candle_nn::ops::sigmoid(&gate)?)?;
         }
         Ok((self.o_proj.forward(&out)?, weights))
+    }
+
+    /// This step's one new token per row as the fused projection gives it, where nothing else
+    /// touches it between the projection and the cache (no output gate, query scaling, mask,
+    /// attention weights, or norm over all heads at once): `None` otherwise.
+    fn decode_token<'a>(
+        &'a self,
+        qkv: &'a Tensor,
+        input: &AttentionInput<'a>,
+        keep_weights: bool,
+    ) -> Option<DecodeToken<'a>> {
+        let plain = qkv.dim(1).ok() == Some(1)
+            && matches!(input.mask, LayerMask::Dense(None))
+            && input.padding_queries.is_none()
+            && input.query_scale.is_none()
+            && !keep_weights
+            && !self.output_gate
+            && self.takes_device_slots();
+        let norms = match &self.qk_norm {
+            None => None,
+            Some((QkNorm::PerHead, q_norm, k_norm)) => {
+                let ((qw, eps), (kw, _)) = (q_norm.weight_eps()?, k_norm.weight_eps()?);
+                Some((qw, kw, eps))
+            }
+            Some((QkNorm::Projection, ..)) => return None,
+        };
+        plain.then_some(DecodeToken {
+            qkv,
+            num_heads: self.shape.num_heads,
+            num_kv_heads: self.shape.num_kv_heads,
+            head_dim: self.shape.head_dim,
+            rope: input.rope,
+            norms,
+        })
     }
 
     /// Whether this block's decode step can run at cache slots held in device memory

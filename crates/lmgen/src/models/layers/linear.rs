@@ -274,6 +274,17 @@ impl Linear {
         }
     }
 
+    /// A fused gate/up projection's output through SwiGLU in the product's launch, for one
+    /// activation row on a GPU ([`crate::cuda::gemv_swiglu`]): `[.., in] -> [.., out / 2]`,
+    /// `silu(gate) * up`. `None` where that kernel does not apply (the caller runs
+    /// [`Linear::forward`], then the activation).
+    pub fn forward_swiglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match (&self.collective, &self.weight) {
+            (None, Weight::Dense(w)) => crate::cuda::gemv_swiglu(x, w, self.bias.as_ref()),
+            _ => Ok(None),
+        }
+    }
+
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

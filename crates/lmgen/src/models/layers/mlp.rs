@@ -149,6 +149,12 @@ impl GatedMlp {
 
     /// `[b, t, hidden] -> [b, t, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.act == Activation::Silu {
+            // One row on a GPU: the product and SwiGLU in one launch, [b, t, intermediate].
+            if let Some(h) = self.gate_up_proj.forward_swiglu(x)? {
+                return self.down_proj.forward(&h);
+            }
+        }
         let gate_up = self.gate_up_proj.forward(x)?; // [b, t, 2 * intermediate]
         let i = self.intermediate;
         if self.act == Activation::Silu {

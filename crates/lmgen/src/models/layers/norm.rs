@@ -77,6 +77,13 @@ impl RmsNorm {
         })
     }
 
+    /// The weight (`1 + w` already for Gemma's kind) and eps of a norm over all its features
+    /// on this rank, for a kernel that normalises as it goes ([`crate::cuda::rope_kv_write`]);
+    /// `None` for a norm split across ranks.
+    pub fn weight_eps(&self) -> Option<(&Tensor, f32)> {
+        self.split.is_none().then_some((&self.weight, self.eps))
+    }
+
     /// `[.., dim] -> [.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(split) = &self.split {

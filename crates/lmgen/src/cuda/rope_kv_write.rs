@@ -1,0 +1,250 @@
+//! One decode token from the fused q/k/v projection into the cache, in one launch: each query
+//! and key head's RMSNorm (Qwen3's `q_norm` / `k_norm`) and rotation (RoPE), the queries written
+//! out, the keys and values written into the cache buffers at slots held in device memory (a
+//! captured decode graph, [`super::graph`]). It replaces up to two norm, two rope and two
+//! [`super::kv_write`] launches a layer.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+
+/// A decode step's new token in every batch row, as the fused projection gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeToken<'a> {
+    /// `[b, 1, (num_heads + 2 num_kv_heads) * head_dim]`: queries, keys, values.
+    pub qkv: &'a Tensor,
+    /// Query heads (`nh`).
+    pub num_heads: usize,
+    /// Key/value heads (`nkv`).
+    pub num_kv_heads: usize,
+    /// Features per head (`d`).
+    pub head_dim: usize,
+    /// `(cos, sin)`, each `[b, 1, r / 2]`: rotate_half RoPE over each head's first `r` features.
+    pub rope: Option<(&'a Tensor, &'a Tensor)>,
+    /// Per-head RMSNorm of queries and keys before the rotation: weights `[head_dim]` and eps.
+    pub norms: Option<(&'a Tensor, &'a Tensor, f32)>,
+}
+
+/// Normalises and rotates `token`'s queries and keys, writes its keys and values into `k_cache`
+/// and `v_cache` (`[b, nkv, cap, d]`, contiguous) at slot `slots[row]` (`[b]` u32; slots at or
+/// past `cap` are skipped: the caller checks them first) in place, and returns the queries
+/// `[b, nh, 1, d]`: the values of candle's `rms_norm`, `rope` and a cache write, in one launch.
+/// `None` where it does not apply (a CPU tensor, a dtype other than f32 / f16 / bf16, mixed
+/// dtypes, a layout other than the documented ones, `LMGEN_CUDA_FUSE_STEPS=0`), before anything
+/// is written.
+pub fn rope_kv_write(
+    token: &DecodeToken<'_>,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    slots: &Tensor,
+) -> Result<Option<Tensor>> {
+    let (nh, nkv, d) = (token.num_heads, token.num_kv_heads, token.head_dim);
+    let qkv = token.qkv;
+    if !super::applies(qkv) || !super::fuse_steps() {
+        return Ok(None);
+    }
+    let Ok((b, one, width)) = qkv.dims3() else {
+        return Ok(None);
+    };
+    let dtype = qkv.dtype();
+    let like = |t: &Tensor| {
+        t.dtype() == dtype && t.is_contiguous() && t.device().same_device(qkv.device())
+    };
+    let cache_dims = (b, nkv, k_cache.dim(2).unwrap_or(0), d);
+    let rope_fits = token.rope.is_none_or(|(cos, sin)| {
+        let half = cos.dim(2).unwrap_or(0);
+        cos.dims3().ok() == Some((b, 1, half))
+            && sin.dims() == cos.dims()
+            && half > 0
+            && 2 * half <= d
+            && like(cos)
+            && like(sin)
+    });
+    let norms_fit = token
+        .norms
+        .is_none_or(|(qw, kw, _)| qw.dims() == [d] && kw.dims() == [d] && like(qw) && like(kw));
+    let fits = one == 1
+        && nkv > 0
+        && d > 0
+        && d.is_multiple_of(2)
+        && d <= 2048
+        && width == (nh + 2 * nkv) * d
+        && like(qkv)
+        && rope_fits
+        && norms_fit
+        && k_cache.dims4().ok() == Some(cache_dims)
+        && v_cache.dims4().ok() == Some(cache_dims)
+        && like(k_cache)
+        && like(v_cache)
+        && slots.dims1().ok() == Some(b)
+        && slots.dtype() == DType::U32
+        && slots.device().same_device(qkv.device());
+    if !fits {
+        return Ok(None);
+    }
+    imp::run(token, k_cache, v_cache, slots).map(Some)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(_: &DecodeToken<'_>, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+        Err(crate::error::Error::unsupported(
+            "rope_kv_write needs a build with the `cuda` feature",
+        ))
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDType, CudaStorage, CudaStorageSlice, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, Storage, StorageRef, WithDType};
+
+    use super::*;
+
+    pub fn run(
+        token: &DecodeToken<'_>,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        slots: &Tensor,
+    ) -> Result<Tensor> {
+        let op = RopeKvWrite {
+            heads: (token.num_heads, token.num_kv_heads, token.head_dim),
+            rope: token.rope.map(|(c, s)| (c.clone(), s.clone())),
+            norms: token.norms.map(|(q, k, eps)| (q.clone(), k.clone(), eps)),
+            caches: (k_cache.clone(), v_cache.clone()),
+            slots: slots.clone(),
+        };
+        Ok(token.qkv.apply_op1_no_bwd(&op)?)
+    }
+
+    /// The tensors the launch reads or writes besides `qkv`, held by the op.
+    struct RopeKvWrite {
+        heads: (usize, usize, usize),
+        rope: Option<(Tensor, Tensor)>,
+        norms: Option<(Tensor, Tensor, f32)>,
+        caches: (Tensor, Tensor),
+        slots: Tensor,
+    }
+
+    /// A tensor's storage, held (read-locked) through a launch.
+    struct Held<'a>(StorageRef<'a>, &'a Layout);
+
+    fn hold(t: &Tensor) -> Held<'_> {
+        let (guard, layout) = t.storage_and_layout();
+        Held(guard, layout)
+    }
+
+    impl Held<'_> {
+        /// The tensor's data from its layout's start. The caches are written through this view:
+        /// the kernel's stores are ordered on the device's one stream, like every launch's.
+        fn view<T: CudaDType + DeviceRepr>(&self) -> candle_core::Result<CudaView<'_, T>> {
+            match &*self.0 {
+                Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(self.1.start_offset()..)),
+                _ => Err(crate::cuda::cuda_only("rope_kv_write (CUDA tensors)")),
+            }
+        }
+    }
+
+    impl RopeKvWrite {
+        fn launch<T: CudaDType + DeviceRepr + WithDType>(
+            &self,
+            qkv: &CudaSlice<T>,
+            lqkv: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<(CudaSlice<T>, Shape)> {
+            let (nh, nkv, d) = self.heads;
+            let b = lqkv.dims()[0];
+            let qkv = qkv.slice(lqkv.start_offset()..);
+            let q = unsafe { dev.alloc::<T>(b * nh * d)? };
+            let rope = self.rope.as_ref().map(|(c, s)| (hold(c), hold(s)));
+            let norms = self
+                .norms
+                .as_ref()
+                .map(|(q, k, eps)| (hold(q), hold(k), *eps));
+            let (k_cache, v_cache) = (hold(&self.caches.0), hold(&self.caches.1));
+            let slots = hold(&self.slots);
+            let (cap, r) = (
+                self.caches.0.dim(2)?,
+                self.rope.as_ref().map_or(d, |(c, _)| 2 * c.dims()[2]),
+            );
+            let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_rope_kv_write")?;
+            let cfg = LaunchConfig {
+                grid_dim: ((nh + 2 * nkv) as u32, b as u32, 1),
+                block_dim: ((d / 2).next_multiple_of(32) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let rope = match &rope {
+                Some((c, s)) => Some((c.view::<T>()?, s.view::<T>()?)),
+                None => None,
+            };
+            let eps = norms.as_ref().map_or(0.0, |n| n.2);
+            let norms = match &norms {
+                Some((q, k, _)) => Some((q.view::<T>()?, k.view::<T>()?)),
+                None => None,
+            };
+            let (k_cache, v_cache) = (k_cache.view::<T>()?, v_cache.view::<T>()?);
+            let slots = slots.view::<u32>()?;
+            let ints = [nh, nkv, d, r, cap].map(|n| n as i32);
+            let mut bld = stream.launch_builder(&func);
+            bld.arg(&qkv);
+            match &rope {
+                Some((c, s)) => bld.arg(c).arg(s),
+                None => bld.arg(&0u64).arg(&0u64), // null pointers: no rotation
+            };
+            match &norms {
+                Some((q, k)) => bld.arg(q).arg(k),
+                None => bld.arg(&0u64).arg(&0u64), // null pointers: no norm
+            };
+            bld.arg(&eps)
+                .arg(&q)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&slots);
+            for n in &ints {
+                bld.arg(n);
+            }
+            unsafe { bld.launch(cfg) }.w()?;
+            Ok((q, Shape::from((b, nh, 1, d))))
+        }
+    }
+
+    impl candle_core::CustomOp1 for RopeKvWrite {
+        fn name(&self) -> &'static str {
+            "lmgen-rope-kv-write"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("rope_kv_write"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            qkv: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = qkv.device();
+            let (slice, shape) = match &qkv.slice {
+                CudaStorageSlice::F32(s) => {
+                    let (q, shape) = self.launch(s, l, dev)?;
+                    (CudaStorageSlice::F32(q), shape)
+                }
+                CudaStorageSlice::F16(s) => {
+                    let (q, shape) = self.launch(s, l, dev)?;
+                    (CudaStorageSlice::F16(q), shape)
+                }
+                CudaStorageSlice::BF16(s) => {
+                    let (q, shape) = self.launch(s, l, dev)?;
+                    (CudaStorageSlice::BF16(q), shape)
+                }
+                _ => return Err(crate::cuda::cuda_only("rope_kv_write (f32, f16 or bf16)")),
+            };
+            Ok(crate::cuda::output(slice, dev, shape))
+        }
+    }
+}
