@@ -15,7 +15,8 @@ if [ "${1:-}" = --kernels-src ]; then
 fi
 
 # 2. Link stubs: candle-core turns on cudarc's `dynamic-linking`, so the link needs libcuda, libnvrtc,
-#    libcublas, libcublasLt and libcurand. No registry package ships libcuda, so each library becomes
+#    libcublas, libcublasLt and libcurand (and libnccl with `--features lmgen/nccl`, passed on to
+#    cargo). No registry package ships libcuda, so each library becomes
 #    a tiny .so with one empty function per symbol cudarc's bindings declare, under the real soname.
 #    The stubs are for the linker only; at run time the device's real libraries are loaded.
 # 3. `cargo build --release --features cuda` of the CLI and the generate_speed benchmark in their
@@ -72,6 +73,7 @@ stub nvrtc nvrtc libnvrtc.so.13
 stub cublas cublas libcublas.so.13
 stub cublaslt cublasLt libcublasLt.so.13
 stub curand curand libcurand.so.10
+stub nccl nccl libnccl.so.2
 ln -sf "$CU/lib/libcudart.so.13" "$STUBS/lib/libcudart.so"
 
 # candle-kernels compiles 15 big GGUF/MoE sources into a static library one after the other

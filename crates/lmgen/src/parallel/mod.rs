@@ -5,6 +5,7 @@
 //! - [`exchange`]: those collectives from an exchange of every rank's tensor;
 //! - [`local`]: an in-process group of ranks running in threads, for tests on the CPU;
 //! - [`tcp`]: a group of processes (or machines) over TCP, through rank 0;
+//! - `nccl` (feature `nccl`): a group of GPUs through NCCL;
 //! - [`shard`]: which part of each weight a rank holds, resolved once at load
 //!   ([`crate::models::load_model_sharded`]).
 //!
@@ -15,11 +16,15 @@
 pub mod comm;
 pub mod exchange;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod shard;
 pub mod tcp;
 
 pub use comm::Communicator;
 pub use exchange::Exchange;
 pub use local::LocalCommunicator;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclCommunicator;
 pub use shard::Shard;
 pub use tcp::TcpCommunicator;
