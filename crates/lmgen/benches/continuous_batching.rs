@@ -9,7 +9,8 @@
 //! Run: `cargo bench -p lmgen --bench continuous_batching` (writes the SmolLM2-135M-shaped
 //! checkpoint under target/ once, as the kv_cache bench does). `LMGEN_BENCH_CLIENTS=32` (a
 //! comma-separated list) runs only those engine rows and no sequential one, e.g. under a profiler;
-//! `LMGEN_BENCH_DTYPE=bf16` loads the weights in bf16 (default f32).
+//! `LMGEN_BENCH_DTYPE=bf16` loads the weights in bf16 (default f32); `LMGEN_LOG=lmgen::engine=debug`
+//! logs each engine step's forward and sampling times.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -117,6 +118,13 @@ fn engine_run(
 }
 
 fn main() -> anyhow::Result<()> {
+    // `LMGEN_LOG=lmgen::engine=debug`: the engine's time per step, on stderr.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("LMGEN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = root.join("target/bench-checkpoints/smollm2-135m-f32");
     if !dir.join("model.safetensors").is_file() {
