@@ -394,11 +394,14 @@ fn few_rows<T: GgmlType>(
     rows: usize,
     cols: usize,
     band: Band<T>,
-) -> Vec<f32> {
+) -> Vec<f32>
+where
+    T::VecDotType: 'static,
+{
     let blocks = cols / T::VecDotType::BLCK_SIZE;
     let mut xq = vec![T::VecDotType::zeros(); m * blocks]; // [m, blocks]
     for (src, dst) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(blocks)) {
-        T::VecDotType::from_float(src, dst);
+        quantize_row::<T>(src, dst);
     }
     let mut y_t = vec![0f32; rows * m]; // [rows, m]
     y_t.par_chunks_mut(ROWS_PER_TASK * m)
@@ -409,6 +412,25 @@ fn few_rows<T: GgmlType>(
             unsafe { band(&xq, m, blocks, w, task * ROWS_PER_TASK, out) }
         });
     gemv::transposed(y_t, m, rows)
+}
+
+/// One activation row into `T`'s dot-product blocks: candle's `from_float`, or for Q8_0 the same
+/// blocks through AVX-512 ([`quantize_avx2::quantize_q8_0`]).
+#[allow(unsafe_code)]
+fn quantize_row<T: GgmlType>(src: &[f32], dst: &mut [T::VecDotType])
+where
+    T::VecDotType: 'static,
+{
+    if std::any::TypeId::of::<T::VecDotType>() == std::any::TypeId::of::<BlockQ8_0>() {
+        // SAFETY: the same type (the `TypeId`s are equal), so the same layout and length.
+        let blocks = unsafe {
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<BlockQ8_0>(), dst.len())
+        };
+        if quantize_avx2::quantize_q8_0(src, blocks) {
+            return;
+        }
+    }
+    T::VecDotType::from_float(src, dst);
 }
 
 /// The portable band kernel for [`few_rows`]: candle's block dot product (its own SIMD where the
