@@ -18,6 +18,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::models::layers::widened::widened_matmul;
 use crate::models::layers::{gemv, gemv_avx2};
 use crate::models::{quantize_avx2, quantize_k_avx2};
 
@@ -176,8 +177,6 @@ fn quantize_blocks<T: GgmlType>(
 
 /// Weight rows per rayon task in the few-rows product.
 const ROWS_PER_TASK: usize = 32;
-/// Weight rows widened to f32 at a time in the many-rows product.
-const BAND_ROWS: usize = 1024;
 
 impl QuantizedWeight {
     /// Whether [`QuantizedWeight::from_ggml_bytes`] takes this block type.
@@ -308,20 +307,16 @@ impl QuantizedWeight {
             };
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
-            let x32 = x32.contiguous()?;
-            let bands = (0..self.rows)
-                .step_by(BAND_ROWS)
-                .map(|start| {
-                    let n = BAND_ROWS.min(self.rows - start);
-                    let w = match &self.blocks {
-                        Blocks::Q8_0(b) => self.dequantize(b, start, n)?,
-                        Blocks::Q4K(b) => self.dequantize(b, start, n)?,
-                        Blocks::Q6K(b) => self.dequantize(b, start, n)?,
-                    };
-                    Ok(x32.matmul(&w.t()?)?) // [m, n]
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&bands, 1)?
+            // Prefill: blocks of weight rows dequantized into a buffer the thread keeps, the
+            // product written into the output's columns.
+            let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
+            let dims = (m, self.rows, self.cols);
+            let y = match &self.blocks {
+                Blocks::Q8_0(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
+                Blocks::Q4K(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
+                Blocks::Q6K(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
+            };
+            Tensor::from_vec(y, (m, self.rows), x.device())?
         };
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -361,13 +356,20 @@ impl QuantizedWeight {
         )?)
     }
 
-    /// Rows `start..start + n` as an f32 `[n, in]` tensor.
-    fn dequantize<T: GgmlType>(&self, blocks: &[T], start: usize, n: usize) -> Result<Tensor> {
+    /// Rows `start..start + dst.len() / cols` dequantized into `dst`, rows side by side on
+    /// rayon's threads.
+    fn widen<T: GgmlType>(&self, blocks: &[T], start: usize, dst: &mut [f32]) {
         let per_row = self.cols / T::BLCK_SIZE;
-        let mut out = vec![0f32; n * self.cols];
-        out.par_chunks_mut(self.cols)
+        let n = dst.len() / self.cols;
+        dst.par_chunks_mut(self.cols)
             .zip(blocks[start * per_row..(start + n) * per_row].par_chunks(per_row))
             .for_each(|(dst, row)| T::to_float(row, dst));
+    }
+
+    /// Rows `start..start + n` as an f32 `[n, in]` tensor.
+    fn dequantize<T: GgmlType>(&self, blocks: &[T], start: usize, n: usize) -> Result<Tensor> {
+        let mut out = vec![0f32; n * self.cols];
+        self.widen(blocks, start, &mut out);
         Ok(Tensor::from_vec(
             out,
             (n, self.cols),
@@ -537,6 +539,24 @@ mod tests {
             };
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&portable), bits(&tiled), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn prefill_product_equals_candles_matmul_of_the_dequantized_weight() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (300, 512), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 40, 512), &dev).unwrap();
+        for q in [Quantization::Q8_0, Quantization::Q4K] {
+            let qw = q.quantize(&w, "w").unwrap();
+            let want = x.broadcast_matmul(&qw.dequantize_all().unwrap().t().unwrap()).unwrap();
+            let got = qw.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[2, 40, 300]);
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                v.iter().map(|f| f.to_bits()).collect()
+            };
+            assert_eq!(bits(&got), bits(&want), "{q:?}");
         }
     }
 

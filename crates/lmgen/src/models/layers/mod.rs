@@ -22,6 +22,7 @@ pub mod norm;
 pub mod rotary;
 pub mod seq2seq_attention;
 pub mod short_conv;
+pub mod widened;
 
 use candle_core::{DType, Device, Tensor};
 
