@@ -8,6 +8,8 @@
 #   tools/device_run.sh check-kernels   lmgen's fused CUDA kernels against the candle ops they replace
 #   tools/device_run.sh bench-kernels   timings of the decode kernels (gemv against cuBLAS, attention)
 #   tools/device_run.sh fused-ab        batch-1 decode with and without the fused kernels, one build
+#   tools/device_run.sh fuse-steps      the step-fusing launches (off by default until this passes):
+#                                       checks, f32 conformance with them on, decode off/on
 #   tools/device_run.sh graph-ab        decode: candle ops, fused kernels op by op, fused + CUDA graph
 #   tools/device_run.sh env-ab          decode of one build under each setting of AB_ENV (e.g.
 #                                       "LMGEN_CUDA_GEMV=0 LMGEN_CUDA_GEMV=1"), AB_SHAPES, AB_BATCHES
@@ -167,6 +169,18 @@ while [ $# -gt 0 ]; do
                     --prompt 128 --new 128 --prefill 512 --batches 1 --reps 3 $mode 2>&1 | grep decode_b1 | tee -a "$OUT/fused_ab.txt"
             done
         done
+        ;;
+    fuse-steps)
+        # The step-fusing launches (LMGEN_CUDA_FUSE_STEPS=1: gemv_swiglu, rope_kv_write), which
+        # ship off until this passes: their kernel checks, f32 conformance on the old and every
+        # golden-arch model with them on, then batch-1 bf16 decode of one build with them off
+        # and on (FUSE_SHAPES, default the four shapes of `compare`).
+        "$0" check-kernels 2>&1 | grep -E "gemv_swiglu|rope_kv_write|failed|rror" | head -40
+        LMGEN_CUDA_FUSE_STEPS=1 CONFORMANCE_DTYPES=f32 "$0" conformance 2>&1 | tail -3
+        LMGEN_CUDA_FUSE_STEPS=1 CONFORMANCE_DTYPES=f32 ARCH_MODELS=all "$0" conformance-arch 2>&1 |
+            grep -E "FAIL|passed" | tail -8
+        AB_SHAPES=${FUSE_SHAPES:-qwen2.5-0.5b llama-3.2-1b qwen3-4b llama-3.1-8b} AB_BATCHES=1 \
+            AB_ENV="LMGEN_CUDA_FUSE_STEPS=0 LMGEN_CUDA_FUSE_STEPS=1" "$0" env-ab 2>&1 | grep -v "^library path"
         ;;
     engine-check)
         timeout 200 python3 tools/gpu_engine_check.py --bin "$BIN/lmgen" \
