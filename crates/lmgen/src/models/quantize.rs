@@ -549,7 +549,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 40, 512), &dev).unwrap();
         for q in [Quantization::Q8_0, Quantization::Q4K] {
             let qw = q.quantize(&w, "w").unwrap();
-            let want = x.broadcast_matmul(&qw.dequantize_all().unwrap().t().unwrap()).unwrap();
+            let want = x
+                .broadcast_matmul(&qw.dequantize_all().unwrap().t().unwrap())
+                .unwrap();
             let got = qw.forward(&x).unwrap();
             assert_eq!(got.dims(), &[2, 40, 300]);
             let bits = |t: &Tensor| -> Vec<u32> {
