@@ -25,6 +25,20 @@ struct LayerKv {
     len: usize,
 }
 
+/// [`crate::cuda::decode_attention_at`] of `q` over `e`'s buffers (a CUDA cache whose token is
+/// written at `slots` already), or an error naming what it does not take.
+fn attend_at(e: &LayerKv, q: &Tensor, slots: &Tensor, scale: f64) -> Result<Tensor> {
+    crate::cuda::decode_attention_at(q, &e.k, &e.v, slots, scale)?.ok_or_else(|| {
+        Error::unsupported(format!(
+            "decode attention at device slots does not take q {:?} {:?} over keys {:?} {:?}",
+            q.dims(),
+            q.dtype(),
+            e.k.dims(),
+            e.k.dtype()
+        ))
+    })
+}
+
 /// A cache that grows as tokens are appended.
 #[derive(Debug, Clone, Default)]
 pub struct DynamicCache {
@@ -51,6 +65,15 @@ impl DynamicCache {
         Self {
             fixed_capacity: Some(capacity),
             ..Self::default()
+        }
+    }
+
+    /// `layer`'s buffers where they are allocated with room for one more token (a decode step
+    /// at device slots, [`KvCache::decode_at`]), else `None`.
+    fn layer_with_room(&mut self, layer: usize) -> Result<Option<&mut LayerKv>> {
+        match self.layers.get_mut(layer) {
+            Some(Some(e)) if e.len < e.k.dim(2)? => Ok(Some(e)),
+            _ => Ok(None),
         }
     }
 
@@ -187,29 +210,16 @@ impl KvCache for DynamicCache {
         slots: &Tensor,
         scale: f64,
     ) -> Result<Option<Tensor>> {
-        let Some(Some(e)) = self.layers.get_mut(layer) else {
+        let Some(e) = self.layer_with_room(layer)? else {
             return Ok(None);
         };
-        let capacity = e.k.dim(2)?;
-        if e.len >= capacity {
-            return Ok(None);
-        }
         let out = if e.k.device().is_cuda() {
-            if capacity > crate::cuda::DECODE_MAX_KEYS || !crate::cuda::enabled() {
+            if e.k.dim(2)? > crate::cuda::DECODE_MAX_KEYS || !crate::cuda::enabled() {
                 return Ok(None);
             }
             crate::cuda::kv_write(&e.k, k, slots)?;
             crate::cuda::kv_write(&e.v, v, slots)?;
-            crate::cuda::decode_attention_at(q, &e.k, &e.v, slots, scale)?.ok_or_else(|| {
-                Error::unsupported(format!(
-                    "decode attention at device slots does not take q {:?} {:?} over keys \
-                     {:?} {:?}",
-                    q.dims(),
-                    q.dtype(),
-                    e.k.dims(),
-                    e.k.dtype()
-                ))
-            })?
+            attend_at(e, q, slots, scale)?
         } else {
             decode_at_on_host(e, q, k, v, slots, scale)?
         };
@@ -224,26 +234,16 @@ impl KvCache for DynamicCache {
         slots: &Tensor,
         scale: f64,
     ) -> Result<Option<Tensor>> {
-        let Some(Some(e)) = self.layers.get_mut(layer) else {
+        let Some(e) = self.layer_with_room(layer)? else {
             return Ok(None);
         };
-        let capacity = e.k.dim(2)?;
-        if e.len >= capacity || capacity > crate::cuda::DECODE_MAX_KEYS {
+        if e.k.dim(2)? > crate::cuda::DECODE_MAX_KEYS {
             return Ok(None);
         }
         let Some(q) = crate::cuda::rope_kv_write(token, &e.k, &e.v, slots)? else {
             return Ok(None);
         };
-        let out = crate::cuda::decode_attention_at(&q, &e.k, &e.v, slots, scale)?;
-        let out = out.ok_or_else(|| {
-            Error::unsupported(format!(
-                "decode attention at device slots does not take q {:?} {:?} over keys {:?} {:?}",
-                q.dims(),
-                q.dtype(),
-                e.k.dims(),
-                e.k.dtype()
-            ))
-        })?;
+        let out = attend_at(e, &q, slots, scale)?;
         e.len += 1;
         Ok(Some(out))
     }

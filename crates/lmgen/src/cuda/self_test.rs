@@ -71,6 +71,26 @@ fn fused_steps(device: &Device, dtype: DType) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// `buf` `[b, nkv, cap, d]` with row `r`'s slot `slots[r]` replaced by `new` `[b, nkv, 1, d]`'s
+/// row `r`, through candle's ops: what a cache write at device slots must give.
+fn placed(buf: &Tensor, new: &Tensor, slots: &[u32]) -> Result<Tensor> {
+    let cap = buf.dim(2)?;
+    let rows = slots
+        .iter()
+        .enumerate()
+        .map(|(r, &slot)| {
+            let (row, tok) = (buf.narrow(0, r, 1)?, new.narrow(0, r, 1)?);
+            let s = slot as usize;
+            let mut parts = vec![row.narrow(2, 0, s)?, tok];
+            if s + 1 < cap {
+                parts.push(row.narrow(2, s + 1, cap - s - 1)?);
+            }
+            Ok(Tensor::cat(&parts, 2)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
 /// `n` values in [-2, 2) from a fixed linear congruential sequence.
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed
@@ -277,21 +297,7 @@ fn rope_kv_write(
         q = crate::models::layers::rotary::apply(&q, &cos, &sin)?;
         k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
     }
-    let place = |buf: &Tensor, new: &Tensor| -> Result<Tensor> {
-        let rows = (0..b)
-            .map(|row| {
-                let (buf, tok) = (buf.narrow(0, row, 1)?, new.narrow(0, row, 1)?);
-                let s = slots[row] as usize;
-                let mut parts = vec![buf.narrow(2, 0, s)?, tok];
-                if s + 1 < cap {
-                    parts.push(buf.narrow(2, s + 1, cap - s - 1)?);
-                }
-                Ok(Tensor::cat(&parts, 2)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&rows, 0)?)
-    };
-    let (k_want, v_want) = (place(&k_cache, &k)?, place(&v_cache, &v)?);
+    let (k_want, v_want) = (placed(&k_cache, &k, &slots)?, placed(&v_cache, &v, &slots)?);
     let token = super::DecodeToken {
         qkv: &qkv,
         num_heads: nh,
@@ -379,21 +385,10 @@ fn decode_at_slots(device: &Device, dtype: DType, cap: usize, slots: [u32; 2]) -
     let k_buf = tensor(&[b, nkv, cap, d], 11, dtype, device)?;
     let v_buf = tensor(&[b, nkv, cap, d], 12, dtype, device)?;
     // The expected buffers: each row's token placed at its slot on the host side of candle.
-    let place = |buf: &Tensor, new: &Tensor| -> Result<Tensor> {
-        let rows = (0..b)
-            .map(|r| {
-                let (row, tok) = (buf.narrow(0, r, 1)?, new.narrow(0, r, 1)?);
-                let s = slots[r] as usize;
-                let mut parts = vec![row.narrow(2, 0, s)?, tok];
-                if s + 1 < cap {
-                    parts.push(row.narrow(2, s + 1, cap - s - 1)?);
-                }
-                Ok(Tensor::cat(&parts, 2)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&rows, 0)?)
-    };
-    let (k_want, v_want) = (place(&k_buf, &k_new)?, place(&v_buf, &v_new)?);
+    let (k_want, v_want) = (
+        placed(&k_buf, &k_new, &slots)?,
+        placed(&v_buf, &v_new, &slots)?,
+    );
     let slots_dev = Tensor::new(&slots[..], device)?;
     super::kv_write(&k_buf, &k_new, &slots_dev)?;
     super::kv_write(&v_buf, &v_new, &slots_dev)?;
