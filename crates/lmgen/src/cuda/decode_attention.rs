@@ -188,14 +188,9 @@ mod imp {
             };
             let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
             // Held to the launch: the slots' storage, read by the `_at` kernel.
-            let slots = self.slots.as_ref().map(|t| t.storage_and_layout());
+            let slots = self.slots.as_ref().map(crate::cuda::hold);
             let slots = match &slots {
-                Some((guard, layout)) => match &**guard {
-                    candle_core::Storage::Cuda(c) => {
-                        Some(c.as_cuda_slice::<u32>()?.slice(layout.start_offset()..))
-                    }
-                    _ => return Err(crate::cuda::cuda_only("decode_attention_at (CUDA slots)")),
-                },
+                Some(held) => Some(held.view::<u32>("decode_attention_at (CUDA slots)")?),
                 None => None,
             };
             let chunk = chunk as i32;

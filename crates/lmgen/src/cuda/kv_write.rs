@@ -113,7 +113,7 @@ mod imp {
             lslots: &Layout,
         ) -> candle_core::Result<()> {
             let dev = dst.device.clone();
-            let slots = slots.as_cuda_slice::<u32>()?.slice(lslots.start_offset()..);
+            let slots = crate::cuda::view_of::<u32>(slots, lslots)?;
             match (&mut dst.slice, &src.slice) {
                 (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
                     launch(d, ld, s, ls, &slots, &dev)

@@ -135,6 +135,41 @@ fn output(
     (storage, shape)
 }
 
+/// `storage`'s data as `T` from `layout`'s start.
+#[cfg(feature = "cuda")]
+fn view_of<'a, T: candle_core::cuda_backend::CudaDType>(
+    storage: &'a candle_core::CudaStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    Ok(storage.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
+}
+
+/// A tensor's storage, read-locked while a launch uses it (a tensor a kernel takes besides a
+/// custom op's operands).
+#[cfg(feature = "cuda")]
+struct Held<'a>(candle_core::StorageRef<'a>, &'a candle_core::Layout);
+
+#[cfg(feature = "cuda")]
+fn hold(t: &Tensor) -> Held<'_> {
+    let (guard, layout) = t.storage_and_layout();
+    Held(guard, layout)
+}
+
+#[cfg(feature = "cuda")]
+impl Held<'_> {
+    /// The tensor's data as `T` from its layout's start; an error naming `what` for a tensor
+    /// that is not on the GPU.
+    fn view<T: candle_core::cuda_backend::CudaDType>(
+        &self,
+        what: &str,
+    ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'_, T>> {
+        match &*self.0 {
+            candle_core::Storage::Cuda(c) => view_of(c, self.1),
+            _ => Err(cuda_only(what)),
+        }
+    }
+}
+
 /// `shape` with its last dimension replaced by `last`.
 #[cfg(feature = "cuda")]
 fn with_last(shape: &candle_core::Shape, last: usize) -> candle_core::Shape {

@@ -134,16 +134,6 @@ mod imp {
         Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
     }
 
-    /// The u32 data of a CUDA tensor from its layout's start.
-    fn u32_view<'a>(
-        storage: &'a CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<CudaView<'a, u32>> {
-        Ok(storage
-            .as_cuda_slice::<u32>()?
-            .slice(layout.start_offset()..))
-    }
-
     struct PagedWrite {
         n: usize,
         total: usize,
@@ -202,7 +192,7 @@ mod imp {
             li: &Layout,
         ) -> candle_core::Result<()> {
             let dev = dst.device.clone();
-            let index = u32_view(index, li)?;
+            let index = crate::cuda::view_of::<u32>(index, li)?;
             let shape = (self.n, self.total);
             match (&mut dst.slice, &src.slice) {
                 (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
@@ -256,15 +246,8 @@ mod imp {
                 // Room for the longest sequence's scores.
                 shared_mem_bytes: shared_bytes(d, self.max_len, std::mem::size_of::<T>()),
             };
-            let (guard, layout) = self.index.storage_and_layout();
-            let index = match &*guard {
-                candle_core::Storage::Cuda(c) => u32_view(c, layout)?,
-                _ => {
-                    return Err(crate::cuda::cuda_only(
-                        "paged_decode_attention (a CUDA index)",
-                    ))
-                }
-            };
+            let index = crate::cuda::hold(&self.index);
+            let index = index.view::<u32>("paged_decode_attention (a CUDA index)")?;
             let ints = [nh, nkv, total, n, slot_count, d].map(|x| x as i32);
             let mut bld = stream.launch_builder(&func);
             bld.arg(&q).arg(&k).arg(&v).arg(&out).arg(&index);

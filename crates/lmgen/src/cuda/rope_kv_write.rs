@@ -30,8 +30,8 @@ pub struct DecodeToken<'a> {
 /// past `cap` are skipped: the caller checks them first) in place, and returns the queries
 /// `[b, nh, 1, d]`: the values of candle's `rms_norm`, `rope` and a cache write, in one launch.
 /// `None` where it does not apply (a CPU tensor, a dtype other than f32 / f16 / bf16, mixed
-/// dtypes, a layout other than the documented ones, `LMGEN_CUDA_FUSE_STEPS=0`), before anything
-/// is written.
+/// dtypes, a layout other than the documented ones, the step fusions off: see
+/// [`super::set_fuse_steps`]), before anything is written.
 pub fn rope_kv_write(
     token: &DecodeToken<'_>,
     k_cache: &Tensor,
@@ -100,10 +100,12 @@ mod imp {
 mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, CudaStorage, CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, Storage, StorageRef, WithDType};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use crate::cuda::hold;
 
     use super::*;
 
@@ -132,24 +134,8 @@ mod imp {
         slots: Tensor,
     }
 
-    /// A tensor's storage, held (read-locked) through a launch.
-    struct Held<'a>(StorageRef<'a>, &'a Layout);
-
-    fn hold(t: &Tensor) -> Held<'_> {
-        let (guard, layout) = t.storage_and_layout();
-        Held(guard, layout)
-    }
-
-    impl Held<'_> {
-        /// The tensor's data from its layout's start. The caches are written through this view:
-        /// the kernel's stores are ordered on the device's one stream, like every launch's.
-        fn view<T: CudaDType + DeviceRepr>(&self) -> candle_core::Result<CudaView<'_, T>> {
-            match &*self.0 {
-                Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(self.1.start_offset()..)),
-                _ => Err(crate::cuda::cuda_only("rope_kv_write (CUDA tensors)")),
-            }
-        }
-    }
+    /// For errors: what the launch needs of the tensors it holds.
+    const WHAT: &str = "rope_kv_write (CUDA tensors)";
 
     impl RopeKvWrite {
         fn launch<T: CudaDType + DeviceRepr + WithDType>(
@@ -167,6 +153,8 @@ mod imp {
                 .norms
                 .as_ref()
                 .map(|(q, k, eps)| (hold(q), hold(k), *eps));
+            // The caches are written through these read-locked views: the kernel's stores are
+            // ordered on the device's one stream, like every launch's.
             let (k_cache, v_cache) = (hold(&self.caches.0), hold(&self.caches.1));
             let slots = hold(&self.slots);
             let (cap, r) = (
@@ -180,16 +168,16 @@ mod imp {
                 shared_mem_bytes: 0,
             };
             let rope = match &rope {
-                Some((c, s)) => Some((c.view::<T>()?, s.view::<T>()?)),
+                Some((c, s)) => Some((c.view::<T>(WHAT)?, s.view::<T>(WHAT)?)),
                 None => None,
             };
             let eps = norms.as_ref().map_or(0.0, |n| n.2);
             let norms = match &norms {
-                Some((q, k, _)) => Some((q.view::<T>()?, k.view::<T>()?)),
+                Some((q, k, _)) => Some((q.view::<T>(WHAT)?, k.view::<T>(WHAT)?)),
                 None => None,
             };
-            let (k_cache, v_cache) = (k_cache.view::<T>()?, v_cache.view::<T>()?);
-            let slots = slots.view::<u32>()?;
+            let (k_cache, v_cache) = (k_cache.view::<T>(WHAT)?, v_cache.view::<T>(WHAT)?);
+            let slots = slots.view::<u32>(WHAT)?;
             let ints = [nh, nkv, d, r, cap].map(|n| n as i32);
             let mut bld = stream.launch_builder(&func);
             bld.arg(&qkv);

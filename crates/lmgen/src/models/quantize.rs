@@ -18,7 +18,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::models::layers::widened::widened_matmul;
+use crate::models::layers::widened::{widened_matmul, with_rows};
 use crate::models::layers::{gemv, gemv_avx2};
 use crate::models::{quantize_avx2, quantize_k_avx2};
 
@@ -277,9 +277,9 @@ impl QuantizedWeight {
     /// The whole weight as an f32 `[rows, cols]` tensor on the CPU.
     pub fn dequantize_all(&self) -> Result<Tensor> {
         match &self.blocks {
-            Blocks::Q8_0(b) => self.dequantize(b, 0, self.rows),
-            Blocks::Q4K(b) => self.dequantize(b, 0, self.rows),
-            Blocks::Q6K(b) => self.dequantize(b, 0, self.rows),
+            Blocks::Q8_0(b) => self.dequantize(b),
+            Blocks::Q4K(b) => self.dequantize(b),
+            Blocks::Q6K(b) => self.dequantize(b),
         }
     }
 
@@ -309,13 +309,14 @@ impl QuantizedWeight {
         } else {
             // Prefill: blocks of weight rows dequantized into a buffer the thread keeps, the
             // product written into the output's columns.
-            let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
+            let x32 = x32.contiguous()?;
             let dims = (m, self.rows, self.cols);
-            let y = match &self.blocks {
-                Blocks::Q8_0(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
-                Blocks::Q4K(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
-                Blocks::Q6K(b) => widened_matmul(&xs, dims, |s, dst| self.widen(b, s, dst)),
-            };
+            let y = with_rows(&x32, |xs| match &self.blocks {
+                Blocks::Q8_0(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
+                Blocks::Q4K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
+                Blocks::Q6K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
+            })
+            .ok_or_else(|| Error::unsupported("a quantized product takes CPU activations"))?;
             Tensor::from_vec(y, (m, self.rows), x.device())?
         };
         let mut dims = x.dims().to_vec();
@@ -366,13 +367,13 @@ impl QuantizedWeight {
             .for_each(|(dst, row)| T::to_float(row, dst));
     }
 
-    /// Rows `start..start + n` as an f32 `[n, in]` tensor.
-    fn dequantize<T: GgmlType>(&self, blocks: &[T], start: usize, n: usize) -> Result<Tensor> {
-        let mut out = vec![0f32; n * self.cols];
-        self.widen(blocks, start, &mut out);
+    /// Every row as an f32 `[rows, in]` tensor.
+    fn dequantize<T: GgmlType>(&self, blocks: &[T]) -> Result<Tensor> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.widen(blocks, 0, &mut out);
         Ok(Tensor::from_vec(
             out,
-            (n, self.cols),
+            (self.rows, self.cols),
             &candle_core::Device::Cpu,
         )?)
     }

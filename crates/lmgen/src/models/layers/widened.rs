@@ -12,6 +12,8 @@
 
 use std::cell::RefCell;
 
+use candle_core::{CpuStorage, Storage, Tensor};
+
 /// The most f32 values one widened block holds (16 MiB): rows of `w` per block are this over `k`.
 const BLOCK_VALUES: usize = 1 << 22;
 
@@ -77,12 +79,22 @@ pub fn widened_matmul(
     y
 }
 
+/// `f` over the f32 values of `x` `[m, k]` (contiguous on the CPU) read in place, without a
+/// copy; `None` for another device or dtype, or a strided `x`.
+pub fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (guard, layout) = x.storage_and_layout();
+    match (&*guard, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
 /// Rows of a few thousand values per rayon task when widening.
 pub const WIDEN_CHUNK: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     use super::*;
 

@@ -10,7 +10,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::models::layers::widened::{widened_matmul, WIDEN_CHUNK};
+use crate::models::layers::widened::{widened_matmul, with_rows, WIDEN_CHUNK};
 
 /// `x · w^T`, `w` `[n, k]` f16 or bf16, contiguous on the CPU; the result in `x`'s dtype and
 /// shape with the last dimension `n`. `None` when `w` is not of that kind.
@@ -25,21 +25,21 @@ pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if !matches!(cpu, CpuStorage::F16(_) | CpuStorage::BF16(_)) {
         return Ok(None);
     }
-    let (xg, xl) = x32.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(xv)), Some((x0, x1))) = (&*xg, xl.contiguous_offsets())
-    else {
+    let y = with_rows(&x32, |xs| {
+        widened_matmul(xs, (m, n, k), |start, block| {
+            let src = w0 + start * k..w0 + start * k + block.len();
+            debug_assert!(src.end <= w1);
+            match cpu {
+                CpuStorage::F16(v) => widen(&v[src], block),
+                CpuStorage::BF16(v) => widen(&v[src], block),
+                _ => unreachable!("checked above: f16 or bf16"),
+            }
+        })
+    });
+    drop(wg);
+    let Some(y) = y else {
         return Ok(None);
     };
-    let y = widened_matmul(&xv[x0..x1], (m, n, k), |start, block| {
-        let src = w0 + start * k..w0 + start * k + block.len();
-        debug_assert!(src.end <= w1);
-        match cpu {
-            CpuStorage::F16(v) => widen(&v[src], block),
-            CpuStorage::BF16(v) => widen(&v[src], block),
-            _ => unreachable!("checked above: f16 or bf16"),
-        }
-    });
-    drop((wg, xg));
     let mut dims = x.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = n;
