@@ -25,12 +25,11 @@ use super::layers::gemv_avx2::{hsum, store};
 /// Bytes of a Q8_0 block: an f16 scale, then 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
 
-/// How far ahead of each weight row's current block to prefetch: 16 blocks, about the latency of
-/// a read from the last-level cache at the rate a core consumes blocks. Without it the 4-row tile
-/// was slower than candle's one-row loop (SmolLM2-135M Q8_0 batch-1 decode 45 against 49 tokens/s
-/// on the development machine); with it, 49-50.
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_BYTES: usize = 16 * BLOCK_BYTES;
+/// Each block of a tile's weight rows prefetches the same block of the next tile's rows into L2
+/// (`NR` rows on, a tile ahead of the multiply-adds), as the f32/f16 tiles do
+/// ([`super::layers::gemv_avx2`]): rows of a few hundred bytes left a prefetch 16 blocks ahead
+/// in the same row cold at the start of every tile. SmolLM2-135M Q8_0 batch-1 decode on an AMD
+/// EPYC (Zen 4, 2 threads): see BENCHMARKS.md.
 
 /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows` of `w`
 /// and the `m` activation rows of `x`, each row `blocks` blocks long.
@@ -270,8 +269,9 @@ macro_rules! q8_0_tile {
                 }
                 for j in 0..NR {
                     let p = w.add(j * stride + b * BLOCK_BYTES);
-                    // A prefetch does not fault, so past the last row is harmless.
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast::<i8>());
+                    // The next tile's row `j`, this block; a prefetch does not fault, so past
+                    // the last row is harmless.
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(NR * stride).cast::<i8>());
                     let wd = f16_at(p);
                     let wq = _mm256_loadu_si256(p.add(2).cast::<__m256i>());
                     let aw = _mm256_sign_epi8(wq, wq);

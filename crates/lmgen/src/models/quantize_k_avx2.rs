@@ -69,12 +69,6 @@ const Q6K_SCALES: usize = 192;
 #[cfg(target_arch = "x86_64")]
 const Q6K_D: usize = 208;
 
-/// How many blocks ahead of each weight row's current block to prefetch: about 600-800 bytes,
-/// as far as the Q8_0 tiles of [`super::quantize_avx2`] prefetch (which were slower than candle's
-/// one-row loop without it).
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_BLOCKS: usize = 4;
-
 /// A K-quant weight block format that has AVX2 tiles here; its dot-product blocks are Q8_K.
 pub trait KBlock: GgmlType<VecDotType = BlockQ8K> + Tile {
     /// Bytes of one block (ggml's layout).
@@ -153,17 +147,17 @@ pub unsafe fn band<T: KBlock>(
     }
 }
 
-/// Prefetches the block of `BYTES` bytes [`PREFETCH_BLOCKS`] blocks past `p`, a line every 64
-/// bytes (so that over a row's consecutive blocks no line is left out). A prefetch does not fault,
+/// Prefetches the block of `BYTES` bytes at `p` into L2, a line every 64 bytes. The tiles call it
+/// with the same block of the next tile's rows (`NR` rows on), so the weights stream a tile ahead
+/// of the multiply-adds, as in [`super::quantize_avx2`]'s Q8_0 tiles. A prefetch does not fault,
 /// so past the last row is harmless.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_ahead<const BYTES: usize>(p: *const u8) {
-    let ahead = p.wrapping_add(PREFETCH_BLOCKS * BYTES);
+fn prefetch_block<const BYTES: usize>(p: *const u8) {
     let mut offset = 0;
     while offset < BYTES {
         // SAFETY: a prefetch reads nothing and does not fault at any address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(offset).cast::<i8>()) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(offset).cast::<i8>()) };
         offset += 64;
     }
 }
@@ -245,7 +239,7 @@ unsafe fn q4k_tile<const MR: usize, const NR: usize>(
         }
         for j in 0..NR {
             let p = w.add(j * w_stride + b * Q4K_BYTES);
-            prefetch_ahead::<Q4K_BYTES>(p);
+            prefetch_block::<Q4K_BYTES>(p.wrapping_add(NR * w_stride));
             let (wd, wmin) = (f16_at(p), f16_at(p.add(2)));
             let (scales, mins) = q4k_scales_mins(p.add(Q4K_SCALES));
             let mut sumi = [_mm256_setzero_si256(); MR];
@@ -310,7 +304,7 @@ unsafe fn q6k_tile<const MR: usize, const NR: usize>(
         }
         for j in 0..NR {
             let p = w.add(j * w_stride + b * Q6K_BYTES);
-            prefetch_ahead::<Q6K_BYTES>(p);
+            prefetch_block::<Q6K_BYTES>(p.wrapping_add(NR * w_stride));
             let wd = f16_at(p.add(Q6K_D));
             let scales = std::ptr::read_unaligned(p.add(Q6K_SCALES).cast::<[i8; 16]>());
             let mut sumi = [_mm256_setzero_si256(); MR];

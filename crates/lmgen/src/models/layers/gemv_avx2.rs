@@ -46,12 +46,15 @@ fn cpu_has_avx2_fma_f16c() -> bool {
     }
 }
 
-/// How far ahead of each weight row's current position the half-precision kernels prefetch, in
-/// elements (256 bytes): measured on SmolLM2-135M f16, batch-1 decode 33 -> 37 tokens/s on the
-/// development machine; the f32 kernel, whose rows stream twice as many bytes per multiply-add,
-/// ran no faster with it (28-29 either way) and goes without.
+/// One input row (batch-1 decode) prefetches the next tile's weight rows into L2, a line each
+/// time its own rows cross one, so that the stream of weights is a tile (`NR` rows) ahead of the
+/// multiply-adds. The rows are short (576 values for SmolLM2-135M's products), so a prefetch a few
+/// lines ahead in the same row started every tile's rows cold, and the hardware prefetcher did not
+/// keep up with eight streams of 18 lines: on an AMD EPYC (Zen 4, 2 threads) SmolLM2-135M
+/// batch-1 decode went from 48-55 to 83-96 tokens/s in f16 and from 37-40 to 47-66 in f32
+/// (alternated runs; BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_ELEMS: usize = 128;
+const LINE_BYTES: usize = 64;
 
 /// Where a band of products goes: `y[i * ld + j]` for input row `i` and the band's `j`-th weight
 /// row, `y` pointing at the band's first column of a row-major `[m, n]` output (`ld = n`). Bands
@@ -120,7 +123,7 @@ pub trait WeightElem: Copy + Sync {
 }
 
 macro_rules! kernels {
-    ($elem:ty, $tile:ident, $load:ident, $scalar:expr, $prefetch:literal) => {
+    ($elem:ty, $tile:ident, $load:ident, $scalar:expr) => {
         /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` (stride `k`) and `NR`
         /// rows of `w` (stride `k`).
         #[cfg(target_arch = "x86_64")]
@@ -144,11 +147,10 @@ macro_rules! kernels {
                         // Several input rows pass over these weight rows: fetch the next
                         // block's meanwhile (measured with the AVX-512 tiles: batch 4 1.19x).
                         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((NR + j) * k + p).cast::<i8>());
-                    } else if $prefetch {
-                        // A prefetch does not fault, so past the last row is harmless.
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            w.wrapping_add(j * k + p + PREFETCH_ELEMS).cast::<i8>(),
-                        );
+                    } else if p % (LINE_BYTES / std::mem::size_of::<$elem>()) == 0 {
+                        // The next tile's row `j` at this offset (see `LINE_BYTES`); a prefetch
+                        // does not fault, so past the last row is harmless.
+                        _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((NR + j) * k + p).cast::<i8>());
                     }
                     let wv = $load!(w.add(j * k + p));
                     for i in 0..MR {
@@ -321,9 +323,9 @@ macro_rules! load_bf16 {
     };
 }
 
-kernels!(f32, tile_f32, load_f32, |v: f32| v, false);
-kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32(), true);
-kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32(), true);
+kernels!(f32, tile_f32, load_f32, |v: f32| v);
+kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32());
 
 #[cfg(test)]
 mod tests {
