@@ -27,6 +27,7 @@ pub(crate) mod pool;
 pub(crate) mod quantize;
 pub(crate) mod quantize_avx2;
 pub(crate) mod quantize_k_avx2;
+pub(crate) mod quantize_vnni;
 pub(crate) mod qwen2;
 pub(crate) mod qwen3;
 pub(crate) mod qwen3_5;

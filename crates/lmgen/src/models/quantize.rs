@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::models::layers::widened::{widened_matmul, with_rows};
 use crate::models::layers::{gemv, gemv_avx2};
-use crate::models::{quantize_avx2, quantize_k_avx2};
+use crate::models::{quantize_avx2, quantize_k_avx2, quantize_vnni};
 
 /// A quantized weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +287,11 @@ impl QuantizedWeight {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?.reshape(((), self.cols))?; // [m, in]
         let m = x32.dim(0)?;
-        let y = if m <= gemv::MAX_ROWS {
+        let qrows = std::env::var("QROWS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(gemv::MAX_ROWS);
+        let y = if m <= qrows {
             let xs: Vec<f32> = x32.flatten_all()?.to_vec1()?;
             let y = match &self.blocks {
                 Blocks::Q8_0(b) if gemv_avx2::available() => {
@@ -307,11 +311,18 @@ impl QuantizedWeight {
             };
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
-            // Prefill: blocks of weight rows dequantized into a buffer the thread keeps, the
-            // product written into the output's columns.
+            // Prefill: Q8_0 and Q4_K in 8-bit integer lanes where the CPU has AVX-512 VNNI;
+            // otherwise (and Q6_K) blocks of weight rows dequantized into a buffer the thread
+            // keeps, the product written into the output's columns.
             let x32 = x32.contiguous()?;
             let dims = (m, self.rows, self.cols);
             let y = with_rows(&x32, |xs| match &self.blocks {
+                Blocks::Q8_0(b) if quantize_vnni::available() => {
+                    quantize_vnni::matmul_q8_0(xs, dims, b)
+                }
+                Blocks::Q4K(b) if quantize_vnni::available() => {
+                    quantize_vnni::matmul_q4k(xs, dims, b)
+                }
                 Blocks::Q8_0(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
                 Blocks::Q4K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
                 Blocks::Q6K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
@@ -544,15 +555,28 @@ mod tests {
     }
 
     #[test]
-    fn prefill_product_equals_candles_matmul_of_the_dequantized_weight() {
+    fn prefill_product_is_the_int8_or_the_dequantized_product() {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1., (300, 512), &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 40, 512), &dev).unwrap();
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         for q in [Quantization::Q8_0, Quantization::Q4K] {
             let qw = q.quantize(&w, "w").unwrap();
-            let want = x
-                .broadcast_matmul(&qw.dequantize_all().unwrap().t().unwrap())
-                .unwrap();
+            let want = match &qw.blocks {
+                // With AVX-512 VNNI, Q8_0 and Q4_K multiply in 8-bit lanes (their tiles are
+                // checked against their own reference in `quantize_vnni`).
+                Blocks::Q8_0(b) if quantize_vnni::available() => {
+                    let y = quantize_vnni::matmul_q8_0(&xs, (80, 300, 512), b);
+                    Tensor::from_vec(y, (2, 40, 300), &dev).unwrap()
+                }
+                Blocks::Q4K(b) if quantize_vnni::available() => {
+                    let y = quantize_vnni::matmul_q4k(&xs, (80, 300, 512), b);
+                    Tensor::from_vec(y, (2, 40, 300), &dev).unwrap()
+                }
+                _ => x
+                    .broadcast_matmul(&qw.dequantize_all().unwrap().t().unwrap())
+                    .unwrap(),
+            };
             let got = qw.forward(&x).unwrap();
             assert_eq!(got.dims(), &[2, 40, 300]);
             let bits = |t: &Tensor| -> Vec<u32> {

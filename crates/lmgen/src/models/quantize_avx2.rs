@@ -25,11 +25,11 @@ use super::layers::gemv_avx2::{hsum, store};
 /// Bytes of a Q8_0 block: an f16 scale, then 32 signed bytes.
 const BLOCK_BYTES: usize = 34;
 
-/// Each block of a tile's weight rows prefetches the same block of the next tile's rows into L2
-/// (`NR` rows on, a tile ahead of the multiply-adds), as the f32/f16 tiles do
-/// ([`super::layers::gemv_avx2`]): rows of a few hundred bytes left a prefetch 16 blocks ahead
-/// in the same row cold at the start of every tile. SmolLM2-135M Q8_0 batch-1 decode on an AMD
-/// EPYC (Zen 4, 2 threads): see BENCHMARKS.md.
+// Each block of a tile's weight rows prefetches the same block of the next tile's rows into L2
+// (`NR` rows on, a tile ahead of the multiply-adds), as the f32/f16 tiles do
+// (`super::layers::gemv_avx2`): rows of a few hundred bytes left a prefetch 16 blocks ahead in
+// the same row cold at the start of every tile. SmolLM2-135M Q8_0 batch-1 decode on an AMD EPYC
+// (Zen 4, 2 threads): see BENCHMARKS.md.
 
 /// `y_t[(j - first) * m + i] = dot(x[i], w[j])` for the weight rows `first..first + rows` of `w`
 /// and the `m` activation rows of `x`, each row `blocks` blocks long.

@@ -1,0 +1,470 @@
+//! Prefill products of Q8_0 and Q4_K weights in 8-bit integer lanes (AVX-512 VNNI), as llama.cpp
+//! multiplies its quantized prompts: the activation rows are quantized to Q8_0 blocks once a call,
+//! and each block of 32 products is summed exactly in i32, then scaled by the two blocks' scales
+//! into an f32 sum.
+//!
+//! The tile is an outer product: 32 weight rows are repacked per task so that one 64-byte vector
+//! holds 4 consecutive bytes of 16 rows, and `vpdpbusd` multiplies it by 4 bytes of one
+//! activation row broadcast to every lane, so each lane sums one (activation row, weight row)
+//! pair. 4 activation rows by 32 weight rows are 8 i32 and 8 f32 accumulators; a block's 32
+//! bytes are 8 such instructions per vector. `vpdpbusd` multiplies unsigned by signed bytes: Q8_0
+//! weights are signed, so the activations go in as `q + 128` and each weight block's
+//! `128 * sum(q)` comes off its sum; Q4_K's 4-bit weights are unsigned, with a scale `d * sc` and
+//! a minimum `dmin * m` per 32 (candle's dequantization), so the sum is
+//! `dx * (d * sc) * S - (dx * sum(xq)) * (dmin * m)`.
+//! Against dequantizing the weights to f32 for `gemm` ([`super::layers::widened`]) this does a
+//! quarter of the multiply instructions; the activations lose what Q8_0 rounding loses, as they do
+//! in decode and in llama.cpp.
+//!
+//! Each output is `sum_b f32(S_b) * (dx_b * dw_b)` accumulated in block order with one fused
+//! multiply-add per block (`S_b` the exact i32 sum of block `b`; for Q4_K a second one takes off
+//! the minimum), what [`reference`] computes.
+#![allow(unsafe_code)]
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Bytes of a Q8_0 block: an f16 scale, then 32 signed bytes.
+const BLOCK_BYTES: usize = 34;
+/// Bytes of a Q4_K block (256 weights): `d`, `dmin` (f16), 12 bytes of 6-bit scales and minimums,
+/// 128 bytes of 4-bit weights.
+const Q4K_BYTES: usize = 144;
+/// Weight rows of one tile (two vectors of 16 lanes).
+const GROUP: usize = 32;
+/// Activation rows of one tile.
+const MR: usize = 4;
+/// Bytes of one block of a repacked group: 2 halves x 8 steps x 16 rows x 4 bytes.
+const PACKED_BLOCK: usize = GROUP * 32;
+
+/// Whether this CPU runs the tiles: AVX-512F/BW and VNNI (and lmgen's AVX-512 kernels are not
+/// turned off by `LMGEN_CPU_KERNELS`), decided once per process.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            super::layers::gemv_avx512::available()
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Activation rows quantized to Q8_0: the signed bytes (`[m, k]`), the scales and, for Q4_K's
+/// minimums, each block's `dx * sum(q)` (both `[m, blocks]`).
+struct Activations {
+    xq: Vec<u8>,
+    dx: Vec<f32>,
+    xsum: Vec<f32>,
+}
+
+fn quantize_activations(x: &[f32], m: usize, k: usize) -> Activations {
+    let blocks = k / 32;
+    let mut q = vec![BlockQ8_0::zeros(); blocks];
+    let mut xq = vec![0u8; m * k];
+    let mut dx = vec![0f32; m * blocks];
+    let mut xsum = vec![0f32; m * blocks];
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        if !super::quantize_avx2::quantize_q8_0(row, &mut q) {
+            BlockQ8_0::from_float(row, &mut q);
+        }
+        for (b, block) in block_bytes(&q).chunks_exact(BLOCK_BYTES).enumerate() {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            dx[i * blocks + b] = d;
+            xsum[i * blocks + b] =
+                d * block[2..].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
+            xq[i * k + b * 32..][..32].copy_from_slice(&block[2..]);
+        }
+    }
+    Activations { xq, dx, xsum }
+}
+
+/// The bytes of Q8_0 blocks (ggml's layout: f16 scale, 32 bytes).
+fn block_bytes(blocks: &[BlockQ8_0]) -> &[u8] {
+    assert_eq!(std::mem::size_of::<BlockQ8_0>(), BLOCK_BYTES);
+    // SAFETY: `BlockQ8_0` is `repr(C)` plain data of `BLOCK_BYTES` bytes (asserted).
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
+}
+
+/// One group of up to 32 weight rows, repacked for the tile: per block of 32, `packed` holds for
+/// each half (16 rows) and each 4-byte step of the block the 4 bytes of the 16 rows (64 bytes);
+/// `dw` the rows' scales, `corr` (Q8_0) their `128 * sum(q)` and `mins` (Q4_K) their minimums,
+/// 32 per block (zero past the last row).
+struct Packed {
+    packed: Vec<u8>,
+    dw: Vec<f32>,
+    corr: Vec<i32>,
+    mins: Vec<f32>,
+}
+
+impl Packed {
+    fn new(blocks: usize) -> Self {
+        Packed {
+            packed: vec![0u8; blocks * PACKED_BLOCK],
+            dw: vec![0f32; blocks * GROUP],
+            corr: vec![0i32; blocks * GROUP],
+            mins: vec![0f32; blocks * GROUP],
+        }
+    }
+
+    /// Row `r` of the group's block `b`: 32 weight bytes.
+    fn put(&mut self, r: usize, b: usize, qs: &[u8]) {
+        let (half, lane) = (r / 16, r % 16);
+        for step in 0..8 {
+            let at = b * PACKED_BLOCK + half * 512 + step * 64 + lane * 4;
+            self.packed[at..at + 4].copy_from_slice(&qs[step * 4..step * 4 + 4]);
+        }
+    }
+}
+
+fn f16_at(bytes: &[u8]) -> f32 {
+    half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+/// Rows `first..first + rows` of a Q8_0 weight (`blocks` blocks a row).
+fn pack_q8_0(w: &[u8], first: usize, rows: usize, blocks: usize) -> Packed {
+    let mut p = Packed::new(blocks);
+    for r in 0..rows {
+        let row = &w[(first + r) * blocks * BLOCK_BYTES..][..blocks * BLOCK_BYTES];
+        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            p.dw[b * GROUP + r] = f16_at(block);
+            let qs = &block[2..];
+            p.corr[b * GROUP + r] = 128 * qs.iter().map(|&v| v as i8 as i32).sum::<i32>();
+            p.put(r, b, qs);
+        }
+    }
+    p
+}
+
+/// Candle's (ggml's) 6-bit scale and minimum of sub-block `j` of a Q4_K block's 12 scale bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Rows `first..first + rows` of a Q4_K weight (`blocks` blocks of 32 a row): each sub-block's
+/// 4-bit weights as bytes, `d * sc` and `dmin * m` as candle's dequantization computes them.
+fn pack_q4k(w: &[u8], first: usize, rows: usize, blocks: usize) -> Packed {
+    let mut p = Packed::new(blocks);
+    let supers = blocks / 8;
+    let mut qs = [0u8; 32];
+    for r in 0..rows {
+        let row = &w[(first + r) * supers * Q4K_BYTES..][..supers * Q4K_BYTES];
+        for (sb, block) in row.chunks_exact(Q4K_BYTES).enumerate() {
+            let (d, dmin) = (f16_at(block), f16_at(&block[2..]));
+            let (scales, bits) = (&block[4..16], &block[16..]);
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, scales);
+                let b = sb * 8 + j;
+                p.dw[b * GROUP + r] = d * sc as f32;
+                p.mins[b * GROUP + r] = dmin * m as f32;
+                let chunk = &bits[32 * (j / 2)..][..32];
+                for (q, &v) in qs.iter_mut().zip(chunk) {
+                    *q = if j % 2 == 0 { v & 0xF } else { v >> 4 };
+                }
+                p.put(r, b, &qs);
+            }
+        }
+    }
+    p
+}
+
+/// `y [m, n] = x [m, k] · w^T` for a Q8_0 weight `w` (`n` rows of `k / 32` blocks): see the
+/// module. The caller checked [`available`].
+pub fn matmul_q8_0(x: &[f32], dims: (usize, usize, usize), w: &[BlockQ8_0]) -> Vec<f32> {
+    assert_eq!(dims.2 % 32, 0);
+    assert_eq!(w.len(), dims.1 * (dims.2 / 32));
+    matmul::<false>(x, dims, block_bytes(w), pack_q8_0)
+}
+
+/// `y [m, n] = x [m, k] · w^T` for a Q4_K weight `w` (`n` rows of `k / 256` blocks): see the
+/// module. The caller checked [`available`].
+pub fn matmul_q4k(x: &[f32], dims: (usize, usize, usize), w: &[BlockQ4K]) -> Vec<f32> {
+    assert_eq!(std::mem::size_of::<BlockQ4K>(), Q4K_BYTES);
+    assert_eq!(dims.2 % 256, 0);
+    assert_eq!(w.len(), dims.1 * (dims.2 / 256));
+    // SAFETY: `BlockQ4K` is `repr(C)` plain data of `Q4K_BYTES` bytes (asserted).
+    let bytes =
+        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w)) };
+    matmul::<true>(x, dims, bytes, pack_q4k)
+}
+
+fn matmul<const Q4K: bool>(
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+    w: &[u8],
+    pack: fn(&[u8], usize, usize, usize) -> Packed,
+) -> Vec<f32> {
+    assert!(available(), "quantize_vnni: no AVX-512 VNNI");
+    assert_eq!(x.len(), m * k);
+    let blocks = k / 32;
+    let acts = quantize_activations(x, m, k);
+    let mut y = vec![0f32; m * n]; // [m, n]
+    let out = Out(y.as_mut_ptr());
+    (0..n.div_ceil(GROUP)).into_par_iter().for_each(|g| {
+        let first = g * GROUP;
+        let rows = GROUP.min(n - first);
+        let p = pack(w, first, rows, blocks);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available` was asserted; the packed group, the activations and `y` hold what
+        // the tiles read and write (rows `0..m`, columns `first..first + rows`), and no two
+        // groups write the same column.
+        unsafe {
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(MR);
+                let mut acc = [[0f32; GROUP]; MR];
+                match r {
+                    4 => tile::<4, Q4K>(&acts, i, k, blocks, &p, &mut acc),
+                    3 => tile::<3, Q4K>(&acts, i, k, blocks, &p, &mut acc),
+                    2 => tile::<2, Q4K>(&acts, i, k, blocks, &p, &mut acc),
+                    _ => tile::<1, Q4K>(&acts, i, k, blocks, &p, &mut acc),
+                }
+                for (ii, row) in acc.iter().take(r).enumerate() {
+                    let dst = out.at((i + ii) * n + first);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, rows);
+                }
+                i += r;
+            }
+        }
+    });
+    y
+}
+
+/// `y`'s storage, written by the groups at disjoint columns.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each group writes only its own columns of `y` (see `matmul`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element at `offset`.
+    ///
+    /// # Safety
+    /// `offset` must lie inside `y`.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// `acc[r][c] = dot(x[i + r], w[first + c])` for `R` activation rows and the group's 32 rows,
+/// for Q4_K weights (unsigned bytes, minimums) or Q8_0 (signed bytes).
+///
+/// # Safety
+/// [`available`] must be true; rows `i..i + R` of `a` must exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const R: usize, const Q4K: bool>(
+    a: &Activations,
+    i: usize,
+    k: usize,
+    blocks: usize,
+    p: &Packed,
+    out: &mut [[f32; GROUP]; MR],
+) {
+    let xq = a.xq.as_ptr().add(i * k);
+    let wp = p.packed.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        let mut s = [[_mm512_setzero_si512(); 2]; R];
+        let wb = wp.add(b * PACKED_BLOCK);
+        for step in 0..8 {
+            let w0 = _mm512_loadu_si512(wb.add(step * 64).cast());
+            let w1 = _mm512_loadu_si512(wb.add(512 + step * 64).cast());
+            for (r, sr) in s.iter_mut().enumerate() {
+                let four =
+                    std::ptr::read_unaligned(xq.add(r * k + b * 32 + step * 4).cast::<i32>());
+                if Q4K {
+                    // Unsigned 4-bit weights by signed activations.
+                    let xv = _mm512_set1_epi32(four);
+                    sr[0] = _mm512_dpbusd_epi32(sr[0], w0, xv);
+                    sr[1] = _mm512_dpbusd_epi32(sr[1], w1, xv);
+                } else {
+                    // Activations plus 128 (unsigned) by signed weights.
+                    let xv = _mm512_set1_epi32(four ^ 0x8080_8080_u32 as i32);
+                    sr[0] = _mm512_dpbusd_epi32(sr[0], xv, w0);
+                    sr[1] = _mm512_dpbusd_epi32(sr[1], xv, w1);
+                }
+            }
+        }
+        let at = b * GROUP;
+        let dw = [
+            _mm512_loadu_ps(p.dw.as_ptr().add(at)),
+            _mm512_loadu_ps(p.dw.as_ptr().add(at + 16)),
+        ];
+        if Q4K {
+            let mins = [
+                _mm512_loadu_ps(p.mins.as_ptr().add(at)),
+                _mm512_loadu_ps(p.mins.as_ptr().add(at + 16)),
+            ];
+            for r in 0..R {
+                let d = _mm512_set1_ps(a.dx[(i + r) * blocks + b]);
+                let xs = _mm512_set1_ps(a.xsum[(i + r) * blocks + b]);
+                for h in 0..2 {
+                    let f = _mm512_cvtepi32_ps(s[r][h]);
+                    let v = _mm512_fmadd_ps(f, _mm512_mul_ps(d, dw[h]), acc[r][h]);
+                    acc[r][h] = _mm512_fnmadd_ps(xs, mins[h], v);
+                }
+            }
+        } else {
+            let corr = [
+                _mm512_loadu_si512(p.corr.as_ptr().add(at).cast()),
+                _mm512_loadu_si512(p.corr.as_ptr().add(at + 16).cast()),
+            ];
+            for r in 0..R {
+                let d = _mm512_set1_ps(a.dx[(i + r) * blocks + b]);
+                for h in 0..2 {
+                    let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r][h], corr[h]));
+                    acc[r][h] = _mm512_fmadd_ps(f, _mm512_mul_ps(d, dw[h]), acc[r][h]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
+        _mm512_storeu_ps(out[r].as_mut_ptr().add(16), acc[r][1]);
+    }
+}
+
+/// What [`matmul`] computes, one output at a time, from the same packed rows: each block's exact
+/// integer sum times `dx * dw` (rounded once) added in block order by a fused multiply-add, and
+/// for Q4_K `(dx * sum(xq)) * min` taken off by another. For tests.
+#[cfg(test)]
+fn reference(
+    x: &[f32],
+    (m, n, k): (usize, usize, usize),
+    w: &[u8],
+    pack: fn(&[u8], usize, usize, usize) -> Packed,
+    q4k: bool,
+) -> Vec<f32> {
+    let blocks = k / 32;
+    let acts = quantize_activations(x, m, k);
+    let mut y = vec![0f32; m * n];
+    for j in 0..n {
+        let p = pack(w, j, 1, blocks); // row j alone: lane 0, half 0
+        for i in 0..m {
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let s: i32 = (0..32)
+                    .map(|t| {
+                        let wq = p.packed[b * PACKED_BLOCK + (t / 4) * 64 + t % 4];
+                        let wq = if q4k { wq as i32 } else { wq as i8 as i32 };
+                        acts.xq[i * k + b * 32 + t] as i8 as i32 * wq
+                    })
+                    .sum();
+                let (dx, dw) = (acts.dx[i * blocks + b], p.dw[b * GROUP]);
+                acc = (s as f32).mul_add(dx * dw, acc);
+                if q4k {
+                    acc = (-acts.xsum[i * blocks + b]).mul_add(p.mins[b * GROUP], acc);
+                }
+            }
+            y[i * n + j] = acc;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-1, 1) from a fixed linear congruential sequence.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `got` against the f32 product of the dequantized weight `wd`: only the activations'
+    /// rounding to Q8_0 (under 1% of each output's sum of absolute products) apart.
+    fn near_f32(got: &[f32], x: &[f32], wd: &[f32], (m, n, k): (usize, usize, usize)) {
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|t| x[i * k + t] * wd[j * k + t]);
+                let exact: f32 = terms.clone().sum();
+                let scale: f32 = terms.map(f32::abs).sum();
+                let g = got[i * n + j];
+                assert!(
+                    (g - exact).abs() <= 0.01 * scale + 1e-4,
+                    "m {m} n {n} k {k} ({i}, {j}): {g} vs {exact} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+        for (idx, (a, b)) in got.iter().zip(want).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{what} at {idx}: {a} vs {b}");
+        }
+    }
+
+    // Row and column counts off the tile sizes; a weight row of large values.
+    const SHAPES: [(usize, usize); 4] = [(1, 1), (5, 33), (13, 70), (66, 45)];
+
+    #[test]
+    fn q8_0_tiles_equal_the_reference_and_stay_near_the_f32_product() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        for (&(m, n), k) in SHAPES.iter().zip([32, 64, 96, 576]) {
+            let x = values(m * k, 7);
+            let mut wf = values(n * k, 11);
+            wf[..k].iter_mut().for_each(|v| *v *= 300.0);
+            let mut w = vec![BlockQ8_0::zeros(); n * k / 32];
+            BlockQ8_0::from_float(&wf, &mut w);
+            let y = matmul_q8_0(&x, (m, n, k), &w);
+            let want = reference(&x, (m, n, k), block_bytes(&w), pack_q8_0, false);
+            assert_bits(&y, &want, &format!("Q8_0 m {m} n {n} k {k}"));
+            let mut wd = vec![0f32; n * k];
+            BlockQ8_0::to_float(&w, &mut wd);
+            near_f32(&y, &x, &wd, (m, n, k));
+        }
+    }
+
+    #[test]
+    fn q4k_tiles_equal_the_reference_and_stay_near_the_f32_product() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        for (&(m, n), k) in SHAPES.iter().zip([256, 512, 256, 768]) {
+            let x = values(m * k, 3);
+            let mut wf = values(n * k, 5);
+            wf[..k].iter_mut().for_each(|v| *v *= 300.0);
+            let mut w = vec![BlockQ4K::zeros(); n * k / 256];
+            BlockQ4K::from_float(&wf, &mut w);
+            let y = matmul_q4k(&x, (m, n, k), &w);
+            // SAFETY: `BlockQ4K` is plain data of `Q4K_BYTES` bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(&w[..]))
+            };
+            let want = reference(&x, (m, n, k), bytes, pack_q4k, true);
+            assert_bits(&y, &want, &format!("Q4_K m {m} n {n} k {k}"));
+            let mut wd = vec![0f32; n * k];
+            BlockQ4K::to_float(&w, &mut wd);
+            near_f32(&y, &x, &wd, (m, n, k));
+        }
+    }
+}
