@@ -131,6 +131,9 @@ fn f16_at(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
+/// [`pack_q8_0`] or [`pack_q4k`]: `(weight bytes, first row, rows, blocks of 32 a row)`.
+type Pack = fn(&[u8], usize, usize, usize) -> Packed;
+
 /// Rows `first..first + rows` of a Q8_0 weight (`blocks` blocks a row).
 fn pack_q8_0(w: &[u8], first: usize, rows: usize, blocks: usize) -> Packed {
     let mut p = Packed::new(blocks);
@@ -209,7 +212,7 @@ fn matmul<const Q4K: bool>(
     x: &[f32],
     (m, n, k): (usize, usize, usize),
     w: &[u8],
-    pack: fn(&[u8], usize, usize, usize) -> Packed,
+    pack: Pack,
 ) -> Vec<f32> {
     assert!(available(), "quantize_vnni: no AVX-512 VNNI");
     assert_eq!(x.len(), m * k);
@@ -351,7 +354,7 @@ fn reference(
     x: &[f32],
     (m, n, k): (usize, usize, usize),
     w: &[u8],
-    pack: fn(&[u8], usize, usize, usize) -> Packed,
+    pack: Pack,
     q4k: bool,
 ) -> Vec<f32> {
     let blocks = k / 32;
@@ -419,52 +422,45 @@ mod tests {
         }
     }
 
+    /// [`matmul_q8_0`] or [`matmul_q4k`].
+    type Matmul<T> = fn(&[f32], (usize, usize, usize), &[T]) -> Vec<f32>;
+
     // Row and column counts off the tile sizes; a weight row of large values.
     const SHAPES: [(usize, usize); 4] = [(1, 1), (5, 33), (13, 70), (66, 45)];
 
-    #[test]
-    fn q8_0_tiles_equal_the_reference_and_stay_near_the_f32_product() {
+    /// `matmul` of `T` weights over [`SHAPES`] (with the depths `ks`): bit-equal to
+    /// [`reference`], near the f32 product of the dequantized weight.
+    fn check<T: GgmlType>(ks: [usize; 4], matmul: Matmul<T>, pack: Pack, q4k: bool) {
         if !available() {
             eprintln!("skipped: no AVX-512 VNNI on this CPU");
             return;
         }
-        for (&(m, n), k) in SHAPES.iter().zip([32, 64, 96, 576]) {
+        for (&(m, n), k) in SHAPES.iter().zip(ks) {
             let x = values(m * k, 7);
             let mut wf = values(n * k, 11);
             wf[..k].iter_mut().for_each(|v| *v *= 300.0);
-            let mut w = vec![BlockQ8_0::zeros(); n * k / 32];
-            BlockQ8_0::from_float(&wf, &mut w);
-            let y = matmul_q8_0(&x, (m, n, k), &w);
-            let want = reference(&x, (m, n, k), block_bytes(&w), pack_q8_0, false);
-            assert_bits(&y, &want, &format!("Q8_0 m {m} n {n} k {k}"));
+            let mut w = vec![T::zeros(); n * k / T::BLCK_SIZE];
+            T::from_float(&wf, &mut w);
+            let y = matmul(&x, (m, n, k), &w);
+            // SAFETY: ggml's block types are `repr(C)` plain data.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(&w[..]))
+            };
+            let want = reference(&x, (m, n, k), bytes, pack, q4k);
+            assert_bits(&y, &want, &format!("{:?} m {m} n {n} k {k}", T::DTYPE));
             let mut wd = vec![0f32; n * k];
-            BlockQ8_0::to_float(&w, &mut wd);
+            T::to_float(&w, &mut wd);
             near_f32(&y, &x, &wd, (m, n, k));
         }
     }
 
     #[test]
+    fn q8_0_tiles_equal_the_reference_and_stay_near_the_f32_product() {
+        check::<BlockQ8_0>([32, 64, 96, 576], matmul_q8_0, pack_q8_0, false);
+    }
+
+    #[test]
     fn q4k_tiles_equal_the_reference_and_stay_near_the_f32_product() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
-            return;
-        }
-        for (&(m, n), k) in SHAPES.iter().zip([256, 512, 256, 768]) {
-            let x = values(m * k, 3);
-            let mut wf = values(n * k, 5);
-            wf[..k].iter_mut().for_each(|v| *v *= 300.0);
-            let mut w = vec![BlockQ4K::zeros(); n * k / 256];
-            BlockQ4K::from_float(&wf, &mut w);
-            let y = matmul_q4k(&x, (m, n, k), &w);
-            // SAFETY: `BlockQ4K` is plain data of `Q4K_BYTES` bytes.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(&w[..]))
-            };
-            let want = reference(&x, (m, n, k), bytes, pack_q4k, true);
-            assert_bits(&y, &want, &format!("Q4_K m {m} n {n} k {k}"));
-            let mut wd = vec![0f32; n * k];
-            BlockQ4K::to_float(&w, &mut wd);
-            near_f32(&y, &x, &wd, (m, n, k));
-        }
+        check::<BlockQ4K>([256, 512, 256, 768], matmul_q4k, pack_q4k, true);
     }
 }
