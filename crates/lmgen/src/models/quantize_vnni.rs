@@ -77,7 +77,7 @@ fn quantize_activations(x: &[f32], m: usize, k: usize) -> Activations {
             BlockQ8_0::from_float(row, &mut q);
         }
         for (b, block) in block_bytes(&q).chunks_exact(BLOCK_BYTES).enumerate() {
-            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let d = f16_at(block);
             dx[i * blocks + b] = d;
             xsum[i * blocks + b] =
                 d * block[2..].iter().map(|&v| v as i8 as i32).sum::<i32>() as f32;
