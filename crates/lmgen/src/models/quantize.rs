@@ -334,9 +334,9 @@ impl QuantizedWeight {
                 Blocks::Q4K(b) if quantize_vnni::available() => {
                     quantize_vnni::matmul_q4k(xs, dims, b)
                 }
-                Blocks::Q8_0(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
-                Blocks::Q4K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
-                Blocks::Q6K(b) => widened_matmul(xs, dims, |s, dst| self.widen(b, s, dst)),
+                Blocks::Q8_0(b) => widened_matmul(xs, dims, |s, dst, ld| self.widen(b, s, dst, ld)),
+                Blocks::Q4K(b) => widened_matmul(xs, dims, |s, dst, ld| self.widen(b, s, dst, ld)),
+                Blocks::Q6K(b) => widened_matmul(xs, dims, |s, dst, ld| self.widen(b, s, dst, ld)),
             })
             .ok_or_else(|| Error::unsupported("a quantized product takes CPU activations"))?;
             Tensor::from_vec(y, (m, self.rows), x.device())?
@@ -379,20 +379,20 @@ impl QuantizedWeight {
         )?)
     }
 
-    /// Rows `start..start + dst.len() / cols` dequantized into `dst`, rows side by side on
-    /// rayon's threads.
-    fn widen<T: GgmlType>(&self, blocks: &[T], start: usize, dst: &mut [f32]) {
+    /// Rows `start..start + dst.len() / ld` dequantized into `dst`, row `r` at `dst[r * ld..]`,
+    /// rows side by side on rayon's threads.
+    fn widen<T: GgmlType>(&self, blocks: &[T], start: usize, dst: &mut [f32], ld: usize) {
         let per_row = self.cols / T::BLCK_SIZE;
-        let n = dst.len() / self.cols;
-        dst.par_chunks_mut(self.cols)
+        let n = dst.len() / ld;
+        dst.par_chunks_mut(ld)
             .zip(blocks[start * per_row..(start + n) * per_row].par_chunks(per_row))
-            .for_each(|(dst, row)| T::to_float(row, dst));
+            .for_each(|(dst, row)| T::to_float(row, &mut dst[..self.cols]));
     }
 
     /// Every row as an f32 `[rows, in]` tensor.
     fn dequantize<T: GgmlType>(&self, blocks: &[T]) -> Result<Tensor> {
         let mut out = vec![0f32; self.rows * self.cols];
-        self.widen(blocks, 0, &mut out);
+        self.widen(blocks, 0, &mut out, self.cols);
         Ok(Tensor::from_vec(
             out,
             (self.rows, self.cols),

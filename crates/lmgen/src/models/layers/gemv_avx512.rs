@@ -25,6 +25,7 @@
 use std::arch::x86_64::*;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::gemv_avx2::{self, store_rows, Out};
@@ -324,21 +325,24 @@ impl Columns {
             covered += 16;
         }
         let (mut data, start) = super::aligned::vec(covered * k, 0f32);
-        let mut at = start;
-        for &(first, width) in &chunks {
-            let panel = &mut data[at..at + k * width];
-            // 16 k-steps at a time, so the rows read and the panel written stay in cache.
-            for p0 in (0..k).step_by(16) {
-                let p1 = (p0 + 16).min(k);
-                for r in 0..width {
-                    let row = &x[(first + r) * k..(first + r + 1) * k];
-                    for p in p0..p1 {
-                        panel[p * width + r] = row[p];
+        // Chunk by chunk on rayon's threads (each chunk is `k * 32` values, the last one
+        // `k * 16` if the rows end in one of 16).
+        data[start..start + covered * k]
+            .par_chunks_mut(32 * k)
+            .zip(&chunks)
+            .for_each(|(panel, &(first, width))| {
+                debug_assert_eq!(panel.len(), k * width);
+                // 16 k-steps at a time, so the rows read and the panel written stay in cache.
+                for p0 in (0..k).step_by(16) {
+                    let p1 = (p0 + 16).min(k);
+                    for r in 0..width {
+                        let row = &x[(first + r) * k..(first + r + 1) * k];
+                        for p in p0..p1 {
+                            panel[p * width + r] = row[p];
+                        }
                     }
                 }
-            }
-            at += k * width;
-        }
+            });
         Self {
             data,
             start,

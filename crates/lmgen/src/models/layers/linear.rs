@@ -3,14 +3,16 @@
 //! blocks a GGUF file stores (Q8_0 / Q4_K / Q6_K, kept as they are).
 //!
 //! Dense products with few rows (decode) go through the multi-threaded matrix-vector kernel of
-//! [`gemv`]; larger ones (prefill) through candle's matmul; bf16 weights against activations of
-//! 16 rows or more through AMX tiles where the CPU has them ([`gemv_amx`]).
+//! [`gemv`]; larger ones (prefill) through candle's matmul (f32 weights whose rows are a multiple
+//! of 2 KiB apart through [`gemv`]'s outer-product tiles where the CPU has AVX-512, f16/bf16
+//! through [`widened`] blocks); bf16 weights against activations of 16 rows or more through AMX
+//! tiles where the CPU has them ([`gemv_amx`]).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, D};
 
-use super::{aligned, gemv, gemv_amx, LoadContext};
+use super::{aligned, gemv, gemv_amx, gemv_avx512, widened, LoadContext};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
@@ -42,7 +44,12 @@ impl Weight {
                 if let Some(y) = gemv_amx::matmul_t(x, w)? {
                     return Ok(y);
                 }
-                let fast = if rows <= gemv::MAX_ROWS {
+                // f32 rows a multiple of 2 KiB apart: gemm's packing of them runs into cache-set
+                // conflicts (`widened::block_stride`), the outer-product tiles do not.
+                let aliased = w.dtype() == DType::F32
+                    && w.dim(1)? != widened::block_stride(w.dim(1)?)
+                    && gemv_avx512::available();
+                let fast = if rows <= gemv::MAX_ROWS || aliased {
                     gemv::matmul_t(x, w)?
                 } else {
                     None
@@ -303,4 +310,47 @@ fn cat(mut parts: Vec<Tensor>) -> Result<Tensor> {
     } else {
         Tensor::cat(&parts, 0)?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// Prompt-sized products (more rows than [`gemv::MAX_ROWS`]) of f32 weights whose rows are
+    /// 2 KiB apart (the outer-product tiles where the CPU has AVX-512) and of others (candle's
+    /// matmul), in f32 and from f16 weights (widened blocks, one cache line wider for k = 512):
+    /// within f32 rounding of the f64 product.
+    #[test]
+    fn prompt_products_match_the_exact_product() -> Result<()> {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(gemv::MAX_ROWS + 7, 512, 37), (gemv::MAX_ROWS + 7, 96, 37)] {
+            let x = Tensor::randn(0f32, 1., (1, m, k), &dev)?;
+            for dtype in [DType::F32, DType::F16] {
+                let w = Tensor::randn(0f32, 1., (n, k), &dev)?.to_dtype(dtype)?;
+                let got: Vec<f32> = Weight::Dense(w.clone())
+                    .product(&x)?
+                    .flatten_all()?
+                    .to_vec1()?;
+                let (xs, ws): (Vec<f32>, Vec<f32>) = (
+                    x.flatten_all()?.to_vec1()?,
+                    w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|q| xs[i * k + q] as f64 * ws[j * k + q] as f64)
+                            .sum();
+                        let got = got[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{dtype:?} k={k} [{i}, {j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -26,12 +26,13 @@ pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let y = with_rows(&x32, |xs| {
-        widened_matmul(xs, (m, n, k), |start, block| {
-            let src = w0 + start * k..w0 + start * k + block.len();
+        widened_matmul(xs, (m, n, k), |start, block, ld| {
+            let rows = block.len() / ld;
+            let src = w0 + start * k..w0 + (start + rows) * k;
             debug_assert!(src.end <= w1);
             match cpu {
-                CpuStorage::F16(v) => widen(&v[src], block),
-                CpuStorage::BF16(v) => widen(&v[src], block),
+                CpuStorage::F16(v) => widen(&v[src], k, block, ld),
+                CpuStorage::BF16(v) => widen(&v[src], k, block, ld),
                 _ => unreachable!("checked above: f16 or bf16"),
             }
         })
@@ -49,14 +50,16 @@ pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
-/// `src` widened to f32 into `dst` (of the same length), on rayon's threads.
-fn widen<T: Sync>(src: &[T], dst: &mut [f32])
+/// The rows of `src` (`k` values each) widened to f32 into `dst`, row `r` at `dst[r * ld..]`, on
+/// rayon's threads.
+fn widen<T: Sync>(src: &[T], k: usize, dst: &mut [f32], ld: usize)
 where
     [T]: HalfFloatSliceExt,
 {
-    dst.par_chunks_mut(WIDEN_CHUNK)
-        .zip(src.par_chunks(WIDEN_CHUNK))
-        .for_each(|(d, s)| s.convert_to_f32_slice(d));
+    dst.par_chunks_mut(ld)
+        .zip(src.par_chunks(k))
+        .with_min_len((WIDEN_CHUNK / k.max(1)).max(1))
+        .for_each(|(d, s)| s.convert_to_f32_slice(&mut d[..k]));
 }
 
 #[cfg(test)]
