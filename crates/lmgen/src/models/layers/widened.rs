@@ -29,7 +29,7 @@ thread_local! {
 /// against a `[1024, 1024]`-strided weight ran 159 GFLOP/s, against the same weight one line
 /// wider 201; `[1024, 3072]` 142 against 184 (BENCHMARKS.md).
 pub fn block_stride(k: usize) -> usize {
-    if (k * 4) % 2048 == 0 {
+    if (k * 4).is_multiple_of(2048) {
         k + 16
     } else {
         k
