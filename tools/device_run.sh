@@ -171,10 +171,10 @@ while [ $# -gt 0 ]; do
         done
         ;;
     fuse-steps)
-        # The step-fusing launches (LMGEN_CUDA_FUSE_STEPS=1: gemv_swiglu, rope_kv_write), which
-        # ship off until this passes: their kernel checks, f32 conformance on the old and every
-        # golden-arch model with them on, then batch-1 bf16 decode of one build with them off
-        # and on (FUSE_SHAPES, default the four shapes of `compare`).
+        # The step-fusing launches (gemv_swiglu, rope_kv_write; on by default,
+        # LMGEN_CUDA_FUSE_STEPS=0 turns them off): their kernel checks, f32 conformance on the
+        # old and every golden-arch model with them on, then batch-1 bf16 decode of one build
+        # with them off and on (FUSE_SHAPES, default the four shapes of `compare`).
         "$0" check-kernels 2>&1 | grep -E "gemv_swiglu|rope_kv_write|failed|rror" | head -40
         LMGEN_CUDA_FUSE_STEPS=1 CONFORMANCE_DTYPES=f32 "$0" conformance 2>&1 | tail -3
         LMGEN_CUDA_FUSE_STEPS=1 CONFORMANCE_DTYPES=f32 ARCH_MODELS=all "$0" conformance-arch 2>&1 |

@@ -74,12 +74,14 @@ pub fn enabled() -> bool {
 }
 
 /// Whether the launches that fuse across a layer's steps are on ([`gemv_swiglu`],
-/// [`rope_kv_write`]): off unless `LMGEN_CUDA_FUSE_STEPS=1` or [`set_fuse_steps`], until a GPU
-/// run has checked them (`generate_speed --check-kernels` turns them on for its checks).
+/// [`rope_kv_write`]): on unless `LMGEN_CUDA_FUSE_STEPS=0` or [`set_fuse_steps`]. On by default
+/// since a GPU run (H100, 2026-12-06) passed their kernel checks and f32 conformance on every old
+/// and golden-arch model with them, and took batch-1 bf16 decode 1.04-1.11x faster
+/// (BENCHMARKS.md).
 fn fuse_flag() -> &'static AtomicBool {
     static ON: OnceLock<AtomicBool> = OnceLock::new();
     ON.get_or_init(|| {
-        AtomicBool::new(std::env::var("LMGEN_CUDA_FUSE_STEPS").is_ok_and(|v| v == "1"))
+        AtomicBool::new(std::env::var("LMGEN_CUDA_FUSE_STEPS").map_or(true, |v| v != "0"))
     })
 }
 
