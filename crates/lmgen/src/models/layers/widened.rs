@@ -26,7 +26,7 @@ thread_local! {
 /// The row stride of a widened block for rows of `k` values: `k`, or one cache line more where
 /// the rows would start a multiple of 2 KiB apart. gemm's packing of a right-hand side whose
 /// columns are that far apart runs into cache-set conflicts: on the Zen 4 machine, 512 rows
-/// against a `[1024, 1024]`-strided weight ran 159 GFLOP/s, against the same weight one line
+/// against a `[4096, 1024]` weight ran 159 GFLOP/s, against the same weight with rows one line
 /// wider 201; `[1024, 3072]` 142 against 184 (BENCHMARKS.md).
 pub fn block_stride(k: usize) -> usize {
     if (k * 4).is_multiple_of(2048) {
