@@ -578,7 +578,7 @@ pub fn attend_with_weights(
     // [b, nh, t, d] -> [b, nkv, n_rep * t, d]: the heads sharing a kv head are contiguous.
     let q = q.reshape((b, nkv, n_rep * t, d))?;
     let raw = q.matmul(&k.t()?)?; // [b, nkv, n_rep * t, s]
-    if scores_of.softcap.is_none() && scores_of.sinks.is_none() {
+    if scores_of.softcap.is_none() && scores_of.sinks.is_none() && raw.dtype() == DType::F32 {
         // The scale, mask and softmax in one pass on the CPU (equal to the ops below).
         if let Some(probs) =
             softmax_cpu::scaled_masked_softmax(&raw.reshape((b, nh, t, s))?, scores_of.scale, mask)?
