@@ -9,8 +9,9 @@
 //! Run: `cargo bench -p lmgen --bench continuous_batching` (writes the SmolLM2-135M-shaped
 //! checkpoint under target/ once, as the kv_cache bench does). `LMGEN_BENCH_CLIENTS=32` (a
 //! comma-separated list) runs only those engine rows and no sequential one, e.g. under a profiler;
-//! `LMGEN_BENCH_DTYPE=bf16` loads the weights in bf16 (default f32); `LMGEN_LOG=lmgen::engine=debug`
-//! logs each engine step's forward and sampling times.
+//! `LMGEN_BENCH_DTYPE=bf16` loads the weights in bf16 (default f32), `LMGEN_BENCH_QUANTIZE=q8_0`
+//! (or `q4_k`) quantizes them at load; `LMGEN_LOG=lmgen::engine=debug` logs each engine step's
+//! forward and sampling times.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use lmgen::cache::paged::PagedCacheConfig;
 use lmgen::engine::{ContinuousBatchingManager, EngineConfig, Request};
 use lmgen::load::Checkpoint;
-use lmgen::models::{load_model, CausalLM, DType, LoadOptions};
+use lmgen::models::{load_model, CausalLM, DType, LoadOptions, Quantization};
 use lmgen::{generate, GenerateInput, GenerationConfig, TokenId};
 
 fn prompt(i: usize) -> Vec<TokenId> {
@@ -139,10 +140,16 @@ fn main() -> anyhow::Result<()> {
         Ok("f32") | Err(_) => DType::F32,
         Ok(other) => anyhow::bail!("LMGEN_BENCH_DTYPE: {other:?} is not f32, f16 or bf16"),
     };
+    // LMGEN_BENCH_QUANTIZE=q8_0 (or q4_k): the linear weights quantized at load.
+    let quantize = match std::env::var("LMGEN_BENCH_QUANTIZE") {
+        Ok(name) => Some(Quantization::parse(&name)?),
+        Err(_) => None,
+    };
     let model: Arc<dyn CausalLM> = Arc::from(load_model(
         &Checkpoint::open(&dir)?,
         &LoadOptions {
             dtype: Some(dtype),
+            quantize,
             ..LoadOptions::default()
         },
     )?);
@@ -166,7 +173,7 @@ fn main() -> anyhow::Result<()> {
             ..config.clone()
         },
     )?;
-    println!("model: SmolLM2-135M shape, random weights, {dtype:?} weights, CPU; prompts 32 tokens, {n} new tokens each, greedy, EOS masked");
+    println!("model: SmolLM2-135M shape, random weights, {dtype:?} weights (quantized at load: {quantize:?}), CPU; prompts 32 tokens, {n} new tokens each, greedy, EOS masked");
     println!(
         "{:<34} {:>9} {:>7} {:>9} {:>10} {:>12} {:>10}",
         "run", "requests", "tokens", "seconds", "tokens/s", "mean TTFT s", "p50 ITL ms"
