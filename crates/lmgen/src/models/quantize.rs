@@ -322,9 +322,8 @@ impl QuantizedWeight {
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
             // Prefill and batches: Q8_0 and Q4_K in 8-bit integer lanes where the CPU has
-            // AVX-512 VNNI;
-            // otherwise (and Q6_K) blocks of weight rows dequantized into a buffer the thread
-            // keeps, the product written into the output's columns.
+            // AVX-512 VNNI; otherwise (and Q6_K) blocks of weight rows dequantized into a buffer
+            // the thread keeps, the product written into the output's columns.
             let x32 = x32.contiguous()?;
             let dims = (m, self.rows, self.cols);
             let y = with_rows(&x32, |xs| match &self.blocks {

@@ -44,16 +44,13 @@ impl Weight {
                 if let Some(y) = gemv_amx::matmul_t(x, w)? {
                     return Ok(y);
                 }
-                // f32 rows a multiple of 2 KiB apart: gemm's packing of them runs into cache-set
-                // conflicts (`widened::block_stride`), the outer-product tiles do not.
-                let aliased = w.dtype() == DType::F32
-                    && w.dim(1)? != widened::block_stride(w.dim(1)?)
-                    && gemv_avx512::available();
-                let fast = if rows <= gemv::MAX_ROWS || aliased {
-                    gemv::matmul_t(x, w)?
-                } else {
-                    None
-                };
+                // Prompts: f32 rows a multiple of 2 KiB apart go to the outer-product tiles,
+                // which do not run into gemm's cache-set conflicts ([`widened::rows_conflict`]).
+                let tiles = rows <= gemv::MAX_ROWS
+                    || (w.dtype() == DType::F32
+                        && widened::rows_conflict(w.dim(1)?)
+                        && gemv_avx512::available());
+                let fast = if tiles { gemv::matmul_t(x, w)? } else { None };
                 // f16/bf16 on the CPU: blocks of `w` widened for the f32 kernel. On a GPU
                 // cuBLAS multiplies f16/bf16 natively.
                 let fast = match fast {

@@ -23,13 +23,18 @@ thread_local! {
     static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether f32 rows of `k` values start a multiple of 2 KiB apart: gemm's packing of a
+/// right-hand side whose columns are that far apart runs into cache-set conflicts. On the Zen 4
+/// machine, 512 rows against a `[4096, 1024]` weight ran 159 GFLOP/s, against the same weight
+/// with rows one line wider 201; `[1024, 3072]` 142 against 184 (BENCHMARKS.md).
+pub fn rows_conflict(k: usize) -> bool {
+    (k * 4).is_multiple_of(2048)
+}
+
 /// The row stride of a widened block for rows of `k` values: `k`, or one cache line more where
-/// the rows would start a multiple of 2 KiB apart. gemm's packing of a right-hand side whose
-/// columns are that far apart runs into cache-set conflicts: on the Zen 4 machine, 512 rows
-/// against a `[4096, 1024]` weight ran 159 GFLOP/s, against the same weight with rows one line
-/// wider 201; `[1024, 3072]` 142 against 184 (BENCHMARKS.md).
-pub fn block_stride(k: usize) -> usize {
-    if (k * 4).is_multiple_of(2048) {
+/// the rows would conflict ([`rows_conflict`]).
+fn block_stride(k: usize) -> usize {
+    if rows_conflict(k) {
         k + 16
     } else {
         k
@@ -38,7 +43,8 @@ pub fn block_stride(k: usize) -> usize {
 
 /// `y [m, n] = xs [m, k] · w^T`, `w` `[n, k]` given block by block: `widen(start, dst, ld)`
 /// writes rows `start..start + dst.len() / ld` of `w` in f32 into `dst`, row `r` at
-/// `dst[r * ld..r * ld + k]` (`ld` is [`block_stride`]; it may use rayon's threads).
+/// `dst[r * ld..r * ld + k]` (`ld` is `k`, one cache line more where [`rows_conflict`]; it may
+/// use rayon's threads).
 pub fn widened_matmul(
     xs: &[f32],
     (m, n, k): (usize, usize, usize),
