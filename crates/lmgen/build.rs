@@ -3,13 +3,13 @@
 //! does nothing here and needs no CUDA toolkit.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (as tools/build_cuda.sh sets them), else `nvcc` on
-//! the `PATH`; the PTX targets `compute_$CUDA_COMPUTE_CAP` (default 80: bf16 needs sm_80). One
-//! small source: under a second of nvcc.
+//! the `PATH`; the PTX targets `compute_$CUDA_COMPUTE_CAP` (default 80: bf16 needs sm_80). Two
+//! small sources: a few seconds of nvcc.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["fused"];
+const KERNELS: &[&str] = &["fused", "flash"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");
@@ -25,6 +25,7 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo:rerun-if-changed=src/cuda/kernels/common.cuh");
     for name in KERNELS {
         let src = format!("src/cuda/kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");

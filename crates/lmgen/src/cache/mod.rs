@@ -13,6 +13,7 @@ pub mod static_cache;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
+use crate::models::layers::attention::Scores;
 
 pub use dynamic::DynamicCache;
 pub use encoder_decoder::{CrossAttention, EncoderDecoderCache};
@@ -84,6 +85,23 @@ pub trait KvCache: Send {
         scale: f64,
     ) -> Result<Option<Tensor>> {
         let _ = (layer, seqs, q, k, v, scale);
+        Ok(None)
+    }
+
+    /// Packed batches: every sequence of the step at once, each one's new tokens attending
+    /// causally over its own cached and new keys (and within `window` positions, for a sliding
+    /// layer) with `scores`. Writes the new keys and values of every token (`k`, `v`
+    /// `[1, kv_heads, T, d]`, the whole input) and returns the attention output
+    /// `[1, heads, T, d]` of `q` `[1, heads, T, d]`. `None` (the default) where the cache has no
+    /// such path, nothing written: the caller then goes sequence by sequence.
+    fn packed_attention(
+        &mut self,
+        layer: usize,
+        qkv: [&Tensor; 3],
+        window: Option<usize>,
+        scores: Scores<'_>,
+    ) -> Result<Option<Tensor>> {
+        let _ = (layer, qkv, window, scores);
         Ok(None)
     }
 

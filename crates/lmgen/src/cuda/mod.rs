@@ -18,6 +18,11 @@
 //! - [`paged_decode_attention`]: the paged engine's decode tokens, written into the KV store and
 //!   attending over their slots in place (a gather and ~10 launches per sequence -> 2 per layer).
 //!
+//! - [`flash_attention`] (`kernels/flash.cu`): causal attention over a prompt's queries without
+//!   materialising the scores (sliding windows, softcapping, sinks, grouped-query heads);
+//!   [`paged_flash_attention`] the same over the paged store's slots for a packed step with
+//!   prompt chunks, every new token's keys and values written at its slot first.
+//!
 //! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
@@ -27,20 +32,24 @@
 
 mod add_rms_norm;
 mod decode_attention;
+mod flash_attention;
 mod gemv;
 pub(crate) mod graph;
 pub mod kernel_bench;
 mod kv_write;
 mod paged_attention;
+mod paged_flash;
 mod rope_kv_write;
 pub mod self_test;
 mod swiglu;
 
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
+pub use flash_attention::{flash_applies, flash_attention};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex};
+pub use paged_flash::{paged_flash_attention, PagedStep};
 pub use rope_kv_write::{rope_kv_write, DecodeToken};
 pub use swiglu::swiglu;
 
@@ -100,11 +109,31 @@ fn applies(t: &Tensor) -> bool {
     enabled() && t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// The PTX of `kernels/fused.cu` and the name candle caches its module under.
+/// One of lmgen's kernel sources, compiled to PTX by `build.rs`.
 #[cfg(feature = "cuda")]
-mod ptx {
-    pub const FUSED: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-    pub const MODULE: &str = "lmgen_fused";
+#[derive(Debug, Clone, Copy)]
+enum Module {
+    /// `kernels/fused.cu`: the decode kernels.
+    Fused,
+    /// `kernels/flash.cu`: attention over many queries.
+    Flash,
+}
+
+#[cfg(feature = "cuda")]
+impl Module {
+    /// The PTX and the name candle caches the module under.
+    fn ptx(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Fused => (
+                include_str!(concat!(env!("OUT_DIR"), "/fused.ptx")),
+                "lmgen_fused",
+            ),
+            Self::Flash => (
+                include_str!(concat!(env!("OUT_DIR"), "/flash.ptx")),
+                "lmgen_flash",
+            ),
+        }
+    }
 }
 
 /// The error for the CPU path of a CUDA-only op (never taken: callers check [`applies`]).
@@ -182,17 +211,31 @@ fn with_last(shape: &candle_core::Shape, last: usize) -> candle_core::Shape {
     candle_core::Shape::from(dims)
 }
 
-/// Loads (once) the kernel `{root}_{dtype}` of `kernels/fused.cu`; returns it with the device's
-/// stream, which launches it (`stream.launch_builder(&func)`).
+/// The device's stream and a kernel it launches (`stream.launch_builder(&func)`).
+#[cfg(feature = "cuda")]
+type Launcher = (
+    std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    candle_core::cuda_backend::cudarc::driver::CudaFunction,
+);
+
+/// Loads (once) the kernel `{root}_{dtype}` of `kernels/fused.cu`.
 #[cfg(feature = "cuda")]
 fn func<T: candle_core::WithDType>(
     dev: &candle_core::CudaDevice,
     root: &str,
-) -> candle_core::Result<(
-    std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-    candle_core::cuda_backend::cudarc::driver::CudaFunction,
-)> {
+) -> candle_core::Result<Launcher> {
+    func_in::<T>(dev, root, Module::Fused)
+}
+
+/// Loads (once) the kernel `{root}_{dtype}` of `module`.
+#[cfg(feature = "cuda")]
+fn func_in<T: candle_core::WithDType>(
+    dev: &candle_core::CudaDevice,
+    root: &str,
+    module: Module,
+) -> candle_core::Result<Launcher> {
     let name = candle_core::cuda_backend::kernel_name::<T>(root);
-    let func = dev.get_or_load_custom_func(&name, ptx::MODULE, ptx::FUSED)?;
+    let (ptx, module) = module.ptx();
+    let func = dev.get_or_load_custom_func(&name, module, ptx)?;
     Ok((dev.cuda_stream(), func.into_cuda_function()))
 }

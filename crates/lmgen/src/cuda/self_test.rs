@@ -49,8 +49,124 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         report.push(decode_at_slots(device, dtype, 3000, [40, 2500])?);
         report.push(nan_key(device, dtype)?);
         report.push(paged(device, dtype)?);
+        for case in FLASH_CASES {
+            if case.d.is_multiple_of(16) || dtype == DType::F32 {
+                report.push(flash_attention(device, dtype, case)?);
+            }
+        }
+        report.push(paged_flash(device, dtype, None, false)?);
+        report.push(paged_flash(device, dtype, Some(50), true)?);
     }
     Ok(report)
+}
+
+/// A prompt's attention for [`flash_attention`]: `t` queries after `s - t` cached keys.
+#[derive(Debug, Clone, Copy)]
+struct FlashCase {
+    b: usize,
+    nh: usize,
+    nkv: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+    window: Option<usize>,
+    softcap: Option<f64>,
+    sinks: bool,
+}
+
+const fn case(b: usize, nh: usize, nkv: usize, t: usize, s: usize, d: usize) -> FlashCase {
+    FlashCase {
+        b,
+        nh,
+        nkv,
+        t,
+        s,
+        d,
+        window: None,
+        softcap: None,
+        sinks: false,
+    }
+}
+
+/// Prompts with and without cached keys, partial tiles, grouped-query heads, head sizes from 64
+/// to 256 (and 72, f32 only: half precision takes multiples of 16), sliding windows (Gemma 2),
+/// softcapping, sinks (gpt-oss), and one decode token under a window.
+const FLASH_CASES: [FlashCase; 9] = [
+    case(2, 14, 2, 37, 37, 64),
+    case(1, 14, 2, 300, 377, 64),
+    case(2, 32, 8, 130, 130, 128),
+    FlashCase {
+        window: Some(64),
+        softcap: Some(50.0),
+        ..case(1, 8, 4, 200, 200, 256)
+    },
+    FlashCase {
+        window: Some(32),
+        sinks: true,
+        ..case(1, 8, 8, 100, 100, 64)
+    },
+    FlashCase {
+        sinks: true,
+        ..case(2, 6, 2, 65, 90, 64)
+    },
+    case(1, 4, 4, 70, 70, 80),
+    case(1, 4, 2, 50, 60, 72),
+    FlashCase {
+        window: Some(100),
+        ..case(2, 8, 4, 1, 300, 64)
+    },
+];
+
+/// [`super::flash_attention`] against [`attend`] with the mask [`crate::models::layers::mask`]
+/// builds for the same positions: in f32 within 1e-5; in half precision within a few units of
+/// the dtype of candle's ops (which round the scores to the dtype) and within its rounding of the
+/// f32 reference (the kernel rounds only the probabilities, for the product with the values).
+fn flash_attention(device: &Device, dtype: DType, c: FlashCase) -> Result<String> {
+    use crate::models::layers::mask::{build, MaskSpec};
+    let scale = (c.d as f64).powf(-0.5);
+    let q = tensor(&[c.b, c.nh, c.t, c.d], 11, dtype, device)?;
+    // Views of a larger cache, as the KV cache hands them out.
+    let k_cache = tensor(&[c.b, c.nkv, c.s + 5, c.d], 12, dtype, device)?;
+    let v_cache = tensor(&[c.b, c.nkv, c.s + 5, c.d], 13, dtype, device)?;
+    let (k, v) = (k_cache.narrow(2, 0, c.s)?, v_cache.narrow(2, 0, c.s)?);
+    let sinks = match c.sinks {
+        true => Some(tensor(&[c.nh], 14, DType::F32, device)?),
+        false => None,
+    };
+    let scores = Scores {
+        scale,
+        softcap: c.softcap,
+        sinks: sinks.as_ref(),
+    };
+    let got = super::flash_attention(&q, &k, &v, c.window, scores)?
+        .ok_or_else(|| missing("flash_attention"))?;
+    let spec = MaskSpec {
+        padding: None,
+        batch: c.b,
+        q_len: c.t,
+        kv_len: c.s,
+    };
+    let what = format!("flash_attention {dtype:?} {c:?}");
+    let want = attend(
+        &q,
+        &k,
+        &v,
+        build(&spec, c.window, dtype, device)?.as_ref(),
+        scores,
+    )?;
+    if dtype == DType::F32 {
+        return compare(&what, &got, &want, tolerance(dtype));
+    }
+    compare(
+        &format!("{what} vs candle"),
+        &got,
+        &want,
+        4.0 * tolerance(dtype),
+    )?;
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let mask = build(&spec, c.window, DType::F32, device)?;
+    let exact = attend(&f32(&q)?, &f32(&k)?, &f32(&v)?, mask.as_ref(), scores)?;
+    compare(&format!("{what} vs f32"), &got, &exact, tolerance(dtype))
 }
 
 /// [`super::gemv_swiglu`] and [`super::rope_kv_write`] against the launches they replace.
@@ -507,6 +623,90 @@ fn paged(device: &Device, dtype: DType) -> Result<String> {
             &want,
             0.0,
         )?;
+    }
+    Ok(format!("ok {what}: equal to the bit"))
+}
+
+/// [`super::paged_flash_attention`] over a packed step of three sequences (a prompt, a decode
+/// token, a chunk after 100 cached tokens; scattered slots) against [`super::flash_attention`]
+/// over each sequence's keys gathered from the store after the write: equal to the bit (the same
+/// kernel body over the same keys); and the store holding each new token's keys and values at
+/// its slot.
+fn paged_flash(
+    device: &Device,
+    dtype: DType,
+    window: Option<usize>,
+    with_sinks: bool,
+) -> Result<String> {
+    let (nh, nkv, d) = (6, 2, 64);
+    let seqs = [(0usize, 70usize), (40, 1), (100, 130)]; // (past, new)
+    let total: usize = seqs.iter().map(|s| s.1).sum();
+    let used: usize = seqs.iter().map(|(p, n)| p + n).sum();
+    let slot_count = used + 9;
+    // Each sequence's slots, in an order unlike the store's.
+    let mut order: Vec<u32> = (0..slot_count as u32).collect();
+    order.sort_by_key(|&x| (x as u64 * 7919) % slot_count as u64);
+    let mut next = 0;
+    let slots: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|(p, n)| {
+            next += p + n;
+            order[next - p - n..next].to_vec()
+        })
+        .collect();
+    let store_k = tensor(&[nkv, slot_count, d], 21, dtype, device)?;
+    let store_v = tensor(&[nkv, slot_count, d], 22, dtype, device)?;
+    let q = tensor(&[1, nh, total, d], 23, dtype, device)?;
+    let k_new = tensor(&[1, nkv, total, d], 24, dtype, device)?;
+    let v_new = tensor(&[1, nkv, total, d], 25, dtype, device)?;
+    let sinks = match with_sinks {
+        true => Some(tensor(&[nh], 26, DType::F32, device)?),
+        false => None,
+    };
+    let scores = Scores {
+        scale: (d as f64).powf(-0.5),
+        softcap: None,
+        sinks: sinks.as_ref(),
+    };
+    let news: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+    let refs: Vec<&[u32]> = slots.iter().map(Vec::as_slice).collect();
+    let step = super::PagedStep::new(&news, &refs, device)?;
+    let got = super::paged_flash_attention(
+        &store_k,
+        &store_v,
+        [&q, &k_new, &v_new],
+        &step,
+        window,
+        scores,
+    )?
+    .ok_or_else(|| missing("paged_flash_attention"))?;
+    let what = format!(
+        "paged_flash_attention {dtype:?} sequences (past, new) {seqs:?}, window {window:?}, \
+         sinks {with_sinks}"
+    );
+    let mut start = 0;
+    for (i, &(past, new)) in seqs.iter().enumerate() {
+        let idx = Tensor::new(slots[i].as_slice(), device)?;
+        // [nkv, past + new, d] -> [1, nkv, past + new, d]
+        let ks = store_k.index_select(&idx, 1)?.unsqueeze(0)?;
+        let vs = store_v.index_select(&idx, 1)?.unsqueeze(0)?;
+        let part = |t: &Tensor| t.narrow(2, start, new);
+        compare(
+            &format!("{what}: sequence {i}'s keys"),
+            &ks.narrow(2, past, new)?,
+            &part(&k_new)?,
+            0.0,
+        )?;
+        compare(
+            &format!("{what}: sequence {i}'s values"),
+            &vs.narrow(2, past, new)?,
+            &part(&v_new)?,
+            0.0,
+        )?;
+        let want = super::flash_attention(&part(&q)?.contiguous()?, &ks, &vs, window, scores)?
+            .ok_or_else(|| missing("flash_attention"))?;
+        compare(&format!("{what}: sequence {i}"), &part(&got)?, &want, 0.0)?;
+        start += new;
     }
     Ok(format!("ok {what}: equal to the bit"))
 }

@@ -13,6 +13,7 @@ use super::cross::CrossSlots;
 use super::store::KvStore;
 use crate::cache::{KvCache, LayerState, LayerStates, SequenceSpan};
 use crate::error::{Error, Result};
+use crate::models::layers::attention::Scores;
 
 /// One forward's view of the store.
 #[derive(Debug)]
@@ -34,6 +35,9 @@ pub struct PagedBatch<'a> {
     /// On a GPU, the decode tokens' slots uploaded by the first layer and read by the others:
     /// `(the sequences and positions they were made for, the index)`.
     device_index: Option<(Vec<(usize, usize)>, crate::cuda::PagedIndex)>,
+    /// On a GPU, every sequence's slots and new tokens, for steps with prompt chunks: uploaded
+    /// by the first layer and read by the others.
+    device_step: Option<crate::cuda::PagedStep>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -65,6 +69,7 @@ impl<'a> PagedBatch<'a> {
             states,
             cross: Vec::new(),
             device_index: None,
+            device_step: None,
         })
     }
 
@@ -200,6 +205,28 @@ impl KvCache for PagedBatch<'_> {
             }
         }
         super::decode::decode_attention(self.store, layer, &tokens, &slots, [q, k, v], scale)
+    }
+
+    fn packed_attention(
+        &mut self,
+        layer: usize,
+        qkv: [&Tensor; 3],
+        window: Option<usize>,
+        scores: Scores<'_>,
+    ) -> Result<Option<Tensor>> {
+        if !qkv[0].device().is_cuda() {
+            return Ok(None);
+        }
+        if self.device_step.is_none() {
+            let news: Vec<usize> = self.spans.iter().map(|s| s.new).collect();
+            let slots: Vec<&[u32]> = self.slots.iter().map(Vec::as_slice).collect();
+            self.device_step = Some(crate::cuda::PagedStep::new(&news, &slots, &self.device)?);
+        }
+        let Some(step) = &self.device_step else {
+            return Ok(None);
+        };
+        let (sk, sv) = self.store.layer(layer)?;
+        crate::cuda::paged_flash_attention(sk, sv, qkv, step, window, scores)
     }
 
     fn state(&self, layer: usize, seq: Option<usize>) -> Result<Option<LayerState>> {

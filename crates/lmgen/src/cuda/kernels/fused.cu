@@ -5,26 +5,7 @@
 //
 // Arithmetic follows the candle ops each kernel replaces: values are widened to f32, and results
 // rounded to the storage dtype where candle's op sequence stores them.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
-}
+#include "common.cuh"
 
 // Sum (or max) over the block; every thread gets the result. `scratch` holds 32 floats.
 __device__ float block_sum(float v, float* scratch) {
@@ -85,23 +66,6 @@ __device__ void swiglu(const T* gate_up, T* out, int rows, int inter) {
         out[i] = from_f<T>(s * u);
     }
 }
-
-// Key or value rows of one head at a fixed element stride (a cache buffer's view).
-template <typename T>
-struct StridedRows {
-    const T* base;
-    long long stride;
-    __device__ const T* operator()(int j) const { return base + j * stride; }
-};
-
-// Key or value rows of one head at the slots of a paged store `[nkv, slot_count, d]`.
-template <typename T>
-struct SlotRows {
-    const T* base;  // the head's first slot
-    const uint32_t* slots;
-    int d;
-    __device__ const T* operator()(int j) const { return base + (size_t)slots[j] * d; }
-};
 
 // V elements at `p` as floats: one 16-byte load where V elements are 16 bytes and `p` is
 // aligned to them, else one load each.

@@ -376,7 +376,7 @@ impl Bart {
         let layer_mask = masks.for_layer(LayerType::FullAttention);
         let ids = input.input_ids.to_device(&self.device)?;
         let (mut x, cross_mask) = match layer_mask {
-            LayerMask::Dense(_) => {
+            LayerMask::Dense(_) | LayerMask::Causal(_) => {
                 let cross = cross_attention(cache)?;
                 cross.fit_rows(b)?; // beams and copies: each encoder row repeated in place
                 let cross_mask = cross.additive_mask(self.dtype)?; // [b, 1, 1, s]
@@ -397,9 +397,9 @@ impl Bart {
                 states.push(x.clone());
             }
             x = match layer_mask {
-                LayerMask::Dense(causal) => {
+                LayerMask::Dense(_) | LayerMask::Causal(_) => {
                     let masks_in = DecoderMasks {
-                        causal,
+                        causal: layer_mask.dense()?,
                         cross: cross_mask.as_ref(),
                     };
                     layer.forward(&x, masks_in, cache)?

@@ -8,7 +8,7 @@ use super::{unit_rms_norm, LayerSpec};
 use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::models::config::{LayerType, ModelConfig};
-use crate::models::layers::attention::{attend, Scores};
+use crate::models::layers::attention::{attend, attend_causal, attend_masked, Scores};
 use crate::models::layers::linear::{Linear, RowOutput, Rows};
 use crate::models::layers::mask::LayerMask;
 use crate::models::layers::norm::RmsNorm;
@@ -202,7 +202,7 @@ impl Attention {
             })
         };
         let out = match mask {
-            LayerMask::Dense(mask) => {
+            LayerMask::Dense(_) | LayerMask::Causal(_) => {
                 let (k, v) = match &new_kv {
                     Some((k, v)) => cache.update(self.layer_idx, k, v)?, // [b, nkv, s, d]
                     None => match source(shared)? {
@@ -215,7 +215,10 @@ impl Attention {
                 if self.spec.kv_shared {
                     *shared.slot(self.layer_type) = Some(StoredKv::Dense(k.clone(), v.clone()));
                 }
-                attend(&q, &k, &v, mask, scores)?
+                match mask {
+                    LayerMask::Causal(mask) => attend_causal(&q, &k, &v, mask, scores)?,
+                    _ => attend(&q, &k, &v, mask.dense()?, scores)?,
+                }
             }
             LayerMask::Packed { sequences, sliding } => {
                 let from = match &new_kv {
@@ -246,7 +249,7 @@ impl Attention {
                             )?,
                         };
                     let mask = if sliding { &seq.sliding } else { &seq.full };
-                    outs.push(attend(&part(&q)?, &ks, &vs, mask.as_ref(), scores)?); // [1, nh, t_i, d]
+                    outs.push(attend_masked(&part(&q)?, &ks, &vs, mask, scores)?); // [1, nh, t_i, d]
                     kept.push((ks, vs));
                 }
                 if self.spec.kv_shared {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, D};
 
 use super::linear::Linear;
-use super::mask::LayerMask;
+use super::mask::{CausalMask, DenseMask, LayerMask};
 use super::norm::RmsNorm;
 use super::rotary;
 use super::LoadContext;
@@ -284,10 +284,11 @@ impl Attention {
             return self.finish(out, gate, b, t, weights);
         }
         let out = match input.mask {
-            LayerMask::Dense(mask) => {
+            LayerMask::Dense(_) | LayerMask::Causal(_) => {
                 let (k, v) = cache.update(self.layer_idx, &k, &v)?; // [b, nkv, s, d]
                 let out = if keep_weights {
                     // The weights whole: not split into blocks (see `attend`).
+                    let mask = input.mask.dense()?;
                     let (out, probs) = attend_with_weights(&q, &k, &v, mask, self.scores())?;
                     let probs = probs.to_dtype(DType::F32)?; // [b, nh, t, s]
                     weights = Some(match &self.heads_comm {
@@ -295,8 +296,10 @@ impl Attention {
                         None => probs,
                     });
                     out
+                } else if let LayerMask::Causal(mask) = input.mask {
+                    attend_causal(&q, &k, &v, mask, self.scores())?
                 } else {
-                    self.attend_dense(&q, &k, &v, mask)?
+                    self.attend_dense(&q, &k, &v, input.mask.dense()?)?
                 };
                 match input.padding_queries {
                     // [b, nh, t, d] * [b, 1, t, 1]
@@ -327,6 +330,24 @@ impl Attention {
                 } else {
                     Vec::new()
                 };
+                if decode.len() < sequences.len() {
+                    // Prompt chunks among them: every sequence at once where the cache attends
+                    // over its store in place (the paged store on a GPU), each causal over its own
+                    // keys; the sliding layers' window is the one their masks were built with.
+                    let window = sequences
+                        .iter()
+                        .find_map(|seq| seq.sliding.window())
+                        .filter(|_| sliding);
+                    let all = cache.packed_attention(
+                        self.layer_idx,
+                        [&q, &k, &v],
+                        window,
+                        self.scores(),
+                    )?;
+                    if let Some(out) = all {
+                        return self.finish(out, gate, b, t, weights); // [1, nh, t, d]
+                    }
+                }
                 let decoded = if decode.is_empty() {
                     None
                 } else {
@@ -353,7 +374,7 @@ impl Attention {
                     let (ks, vs) =
                         cache.update_sequence(self.layer_idx, i, &part(&k)?, &part(&v)?)?; // [1, nkv, s_i, d]
                     let mask = if sliding { &seq.sliding } else { &seq.full };
-                    outs.push(self.attend(&part(&q)?, &ks, &vs, mask.as_ref())?);
+                    outs.push(attend_masked(&part(&q)?, &ks, &vs, mask, self.scores())?);
                     // [1, nh, t_i, d]
                 }
                 Tensor::cat(&outs, 2)? // [1, nh, t, d]
@@ -473,6 +494,38 @@ pub fn attend_unmasked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
         sinks: None,
     };
     attend(q, k, v, None, scores)
+}
+
+/// `softmax(q k^T * scores + mask) v` under a mask by position ([`CausalMask`]): on a GPU through
+/// [`crate::cuda::flash_attention`], which never builds the mask nor the scores, else [`attend`]
+/// with the mask's tensor. `q` `[b, nh, t, d]`, `k`, `v` `[b, nkv, s, d]` -> `[b, nh, t, d]`.
+pub fn attend_causal(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &CausalMask,
+    scores_of: Scores<'_>,
+) -> Result<Tensor> {
+    if q.dim(2)? == mask.q_len() && k.dim(2)? == mask.kv_len() {
+        if let Some(out) = crate::cuda::flash_attention(q, k, v, mask.window(), scores_of)? {
+            return Ok(out);
+        }
+    }
+    attend(q, k, v, mask.tensor()?, scores_of)
+}
+
+/// [`attend`] under a [`DenseMask`]: a mask by position through [`attend_causal`].
+pub fn attend_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &DenseMask,
+    scores_of: Scores<'_>,
+) -> Result<Tensor> {
+    match mask {
+        DenseMask::Causal(mask) => attend_causal(q, k, v, mask, scores_of),
+        other => attend(q, k, v, other.tensor()?, scores_of),
+    }
 }
 
 /// `q_norm` and `k_norm` of a block, over each head or over the whole projection, when the

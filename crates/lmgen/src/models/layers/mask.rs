@@ -12,6 +12,8 @@
 //! groups span tokens, and returned hidden states and attention weights. In f16, whose minimum is
 //! too small to add a score to safely, such a query sees every key instead (finite either way).
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::cache::{KvCache, SequenceSpan};
@@ -27,10 +29,153 @@ pub struct PackedSequence {
     pub start: usize,
     /// Its new tokens.
     pub new: usize,
-    /// `[1, 1, new, past + new]` for full-attention layers, `None` when nothing is masked.
-    pub full: Option<Tensor>,
+    /// `[1, 1, new, past + new]` for full-attention layers (by position, built only if asked
+    /// for), [`DenseMask::None`] when nothing is masked.
+    pub full: DenseMask,
     /// The same for sliding-window layers.
-    pub sliding: Option<Tensor>,
+    pub sliding: DenseMask,
+}
+
+/// The mask of a dense batch without padding: each query masked by its position only (causal,
+/// and a sliding window). Attention kernels that mask by position read [`CausalMask::past`]
+/// and [`CausalMask::window`] and never build the tensor (`[b, 1, t, past + t]`: 4 GiB in f32
+/// for a 32k-token prompt); the others get it from [`CausalMask::tensor`], built on first use
+/// and shared by every layer after.
+#[derive(Debug, Clone)]
+pub struct CausalMask {
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: Device,
+    tensor: OnceLock<Option<Tensor>>,
+}
+
+impl CausalMask {
+    /// The new tokens (queries) of each row.
+    pub fn q_len(&self) -> usize {
+        self.q_len
+    }
+
+    /// Cached plus new tokens (keys) of each row.
+    pub fn kv_len(&self) -> usize {
+        self.kv_len
+    }
+
+    /// The sliding window: a query sees the keys fewer than this many positions behind it.
+    pub fn window(&self) -> Option<usize> {
+        self.window
+    }
+
+    /// The additive mask `[b, 1, q_len, kv_len]` ([`build`] without padding), built the first
+    /// time it is asked for; `None` when it masks nothing.
+    pub fn tensor(&self) -> Result<Option<&Tensor>> {
+        if self.tensor.get().is_none() {
+            let spec = MaskSpec {
+                padding: None,
+                batch: self.batch,
+                q_len: self.q_len,
+                kv_len: self.kv_len,
+            };
+            let built = build(&spec, self.window, self.dtype, &self.device)?;
+            // Another thread may have set it meanwhile: the same tensor either way.
+            let _ = self.tensor.set(built);
+        }
+        Ok(self.tensor.get().and_then(Option::as_ref))
+    }
+}
+
+impl LayerMask<'_> {
+    /// The additive mask of a dense batch (built now for a [`LayerMask::Causal`] one); an error
+    /// for a packed batch.
+    pub fn dense(&self) -> Result<Option<&Tensor>> {
+        match self {
+            Self::Dense(mask) => Ok(*mask),
+            Self::Causal(mask) => mask.tensor(),
+            Self::Packed { .. } => Err(Error::unsupported(
+                "a packed batch has a mask per sequence, not one for the batch",
+            )),
+        }
+    }
+}
+
+/// A dense batch's mask for one kind of layer.
+#[derive(Debug, Clone)]
+pub enum DenseMask {
+    /// Nothing is masked.
+    None,
+    /// Padding among the keys: the additive mask `[b, 1, t, past + t]`.
+    Tensor(Tensor),
+    /// Masked by position only.
+    Causal(CausalMask),
+}
+
+impl DenseMask {
+    /// The mask of `spec` (`window` for sliding layers): by position where no key is padding.
+    fn new(
+        spec: &MaskSpec<'_>,
+        window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let padded = spec
+            .padding
+            .is_some_and(|rows| rows.iter().any(|r| r.contains(&0)));
+        if padded {
+            return Ok(match build(spec, window, dtype, device)? {
+                Some(mask) => Self::Tensor(mask),
+                None => Self::None,
+            });
+        }
+        // Without padding some key is hidden from some query exactly when a query has a later
+        // token (two or more queries), or the first key lies a window or more behind the last
+        // query (`mask::tests` checks this against `build`).
+        let masked = spec.q_len >= 2 || window.is_some_and(|w| spec.kv_len > w);
+        Ok(if masked {
+            Self::Causal(CausalMask {
+                batch: spec.batch,
+                q_len: spec.q_len,
+                kv_len: spec.kv_len,
+                window,
+                dtype,
+                device: device.clone(),
+                tensor: OnceLock::new(),
+            })
+        } else {
+            Self::None
+        })
+    }
+
+    /// The additive mask (built now for a mask by position), `None` when nothing is masked.
+    pub fn tensor(&self) -> Result<Option<&Tensor>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Tensor(mask) => Ok(Some(mask)),
+            Self::Causal(mask) => mask.tensor(),
+        }
+    }
+
+    /// Whether nothing is masked.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Self::None)
+    }
+
+    /// The sliding window of a mask by position.
+    pub fn window(&self) -> Option<usize> {
+        match self {
+            Self::Causal(mask) => mask.window,
+            _ => None,
+        }
+    }
+
+    fn layer(&self) -> LayerMask<'_> {
+        match self {
+            Self::None => LayerMask::Dense(None),
+            Self::Tensor(mask) => LayerMask::Dense(Some(mask)),
+            Self::Causal(mask) => LayerMask::Causal(mask),
+        }
+    }
 }
 
 /// The masks one forward needs, built once and shared by every layer.
@@ -38,8 +183,8 @@ pub struct PackedSequence {
 pub enum ForwardMasks {
     /// A dense `[b, t]` batch: `[b, 1, t, past + t]` for full and for sliding layers.
     Dense {
-        full: Option<Tensor>,
-        sliding: Option<Tensor>,
+        full: DenseMask,
+        sliding: DenseMask,
         /// `[b, t, 1]`: 0 on the new tokens that are padding, 1 elsewhere, for recurrent layers
         /// (which multiply their input by it so that padding never enters their state); `None`
         /// when no new token is padding, at a single-token step, or without recurrent layers
@@ -108,7 +253,10 @@ fn blind_queries(
 /// What one layer's attention masks with.
 #[derive(Debug, Clone, Copy)]
 pub enum LayerMask<'a> {
+    /// A dense batch's additive mask `[b, 1, t, past + t]`, `None` when nothing is masked.
     Dense(Option<&'a Tensor>),
+    /// A dense batch masked by position only (causal, and a sliding window): no padding.
+    Causal(&'a CausalMask),
     Packed {
         sequences: &'a [PackedSequence],
         /// Use each sequence's sliding-window mask.
@@ -127,23 +275,19 @@ impl ForwardMasks {
     ) -> Result<Self> {
         let (b, t) = input.input_ids.dims2()?;
         let has_sliding = cfg.layer_types.contains(&LayerType::SlidingAttention);
-        let masks = |padding, batch, q_len, kv_len| -> Result<(Option<Tensor>, Option<Tensor>)> {
-            let spec = MaskSpec {
-                padding,
-                batch,
-                q_len,
-                kv_len,
-            };
-            let full = build(&spec, None, dtype, device)?;
-            let sliding = if has_sliding {
-                build(&spec, cfg.sliding_window, dtype, device)?
-            } else {
-                None
-            };
-            Ok((full, sliding))
-        };
         let Some(spans) = cache.spans() else {
-            let (full, sliding) = masks(input.attention_mask, b, t, cache.seq_len() + t)?;
+            let spec = MaskSpec {
+                padding: input.attention_mask,
+                batch: b,
+                q_len: t,
+                kv_len: cache.seq_len() + t,
+            };
+            let full = DenseMask::new(&spec, None, dtype, device)?;
+            let sliding = if has_sliding {
+                DenseMask::new(&spec, cfg.sliding_window, dtype, device)?
+            } else {
+                DenseMask::None
+            };
             let recurrent = cfg.layer_types.iter().any(|l| !l.is_attention());
             let padding = match input.attention_mask {
                 Some(rows) if recurrent && t > 1 => new_token_padding(rows, t, dtype, device)?,
@@ -169,7 +313,18 @@ impl ForwardMasks {
         let mut start = 0;
         let mut sequences = Vec::with_capacity(spans.len());
         for span in spans {
-            let (full, sliding) = masks(None, 1, span.new, span.past + span.new)?;
+            let spec = MaskSpec {
+                padding: None,
+                batch: 1,
+                q_len: span.new,
+                kv_len: span.past + span.new,
+            };
+            let full = DenseMask::new(&spec, None, dtype, device)?;
+            let sliding = if has_sliding {
+                DenseMask::new(&spec, cfg.sliding_window, dtype, device)?
+            } else {
+                DenseMask::None
+            };
             sequences.push(PackedSequence {
                 start,
                 new: span.new,
@@ -187,7 +342,13 @@ impl ForwardMasks {
         match self {
             Self::Dense {
                 full, sliding: s, ..
-            } => LayerMask::Dense(if sliding { s.as_ref() } else { full.as_ref() }),
+            } => {
+                if sliding {
+                    s.layer()
+                } else {
+                    full.layer()
+                }
+            }
             Self::Packed(sequences) => LayerMask::Packed { sequences, sliding },
         }
     }
@@ -284,8 +445,11 @@ pub fn packed_sequences(
         sequences.push(PackedSequence {
             start,
             new: span.new,
-            full: mask_of(span)?,
-            sliding: None,
+            full: match mask_of(span)? {
+                Some(mask) => DenseMask::Tensor(mask),
+                None => DenseMask::None,
+            },
+            sliding: DenseMask::None,
         });
         start += span.new;
     }
@@ -438,5 +602,50 @@ mod tests {
         assert!(build(&spec, None, DType::F32, &Device::Cpu)
             .unwrap()
             .is_none());
+    }
+
+    /// Without padding, [`DenseMask::new`] keeps the mask by position exactly where [`build`]
+    /// masks something, and its tensor, when built, is [`build`]'s; with padding (all ones is
+    /// none) it holds [`build`]'s tensor.
+    #[test]
+    fn mask_by_position_matches_the_built_mask() {
+        let ones = vec![vec![1u8; 6]; 2];
+        let padded = vec![vec![1u8; 6], vec![0, 1, 1, 1, 1, 1]];
+        for q_len in 1..=4 {
+            for kv_len in q_len..=6 {
+                for window in [None, Some(1), Some(2), Some(3), Some(5), Some(9)] {
+                    for padding in [None, Some(&ones), Some(&padded)] {
+                        let rows: Option<Vec<Vec<u8>>> =
+                            padding.map(|p| p.iter().map(|r| r[6 - kv_len..].to_vec()).collect());
+                        let spec = MaskSpec {
+                            padding: rows.as_deref(),
+                            batch: 2,
+                            q_len,
+                            kv_len,
+                        };
+                        let want = build(&spec, window, DType::F32, &Device::Cpu).unwrap();
+                        let got = DenseMask::new(&spec, window, DType::F32, &Device::Cpu).unwrap();
+                        let what = format!("q {q_len} kv {kv_len} window {window:?} {padding:?}");
+                        let padded_here = rows
+                            .as_ref()
+                            .is_some_and(|r| r.iter().flatten().any(|&m| m == 0));
+                        let got = match (&got, padded_here) {
+                            (DenseMask::Causal(_), true) => panic!("{what}: padding by position"),
+                            (DenseMask::Tensor(_), false) => panic!("{what}: built eagerly"),
+                            _ => got.layer().dense().unwrap().cloned(),
+                        };
+                        match (got, want) {
+                            (None, None) => {}
+                            (Some(g), Some(w)) => {
+                                let diff = (g - w).unwrap().abs().unwrap();
+                                let max = diff.flatten_all().unwrap().max(0).unwrap();
+                                assert_eq!(max.to_scalar::<f32>().unwrap(), 0.0, "{what}");
+                            }
+                            (g, w) => panic!("{what}: {:?} vs {:?}", g.is_some(), w.is_some()),
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -268,7 +268,7 @@ impl Seq2SeqAttention {
                 &part(&q)?,
                 &ks,
                 &vs,
-                seq.full.as_ref(),
+                seq.full.tensor()?,
                 self.scores(),
             )?);
         }

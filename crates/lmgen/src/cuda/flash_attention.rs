@@ -1,0 +1,262 @@
+//! Causal attention over many queries on the GPU without materialising the scores
+//! (`kernels/flash.cu`): a prompt of a dense batch, and the prompt chunks of the paged engine's
+//! packed steps. What [`crate::models::layers::attention::attend`] computes with a causal mask
+//! (and a sliding window), softcapping and sinks, the softmax in f32; the scores never leave
+//! shared memory, so a 32k-token prompt needs no `[b, nh, t, s]` block and no mask tensor.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+use crate::models::layers::attention::Scores;
+
+/// Queries per block (`flash::BM`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) const BLOCK_QUERIES: usize = 64;
+/// Keys per step (`flash::BN`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const BLOCK_KEYS: usize = 64;
+
+/// One block's dynamic shared memory for head size `d` and `elem`-byte values, as `flash.cu`
+/// lays it out: the output, scores, running maximum and sum in f32, the queries, one tile of
+/// keys or values and the probabilities in the dtype, each row padded (halves: 8 elements so
+/// tensor-core fragments stay aligned; f32: one, against bank conflicts).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn shared_bytes(d: usize, elem: usize) -> usize {
+    let (kv, f) = if elem == 4 { (1, 1) } else { (8, 4) };
+    let (bm, bn) = (BLOCK_QUERIES, BLOCK_KEYS);
+    4 * (bm * (d + f) + bm * (bn + f) + 4 * bm)
+        + elem * (bm * (d + kv) + bn * (d + kv) + bm * (bn + kv))
+}
+
+/// Whether head size `d` in `dtype` fits the kernel: f16 and bf16 multiply 16x16 tiles on tensor
+/// cores, so their heads are a multiple of 16; f32 takes any size. The shared memory is checked
+/// against the device at launch.
+pub(super) fn head_fits(d: usize, dtype: DType) -> bool {
+    d > 0 && (dtype == DType::F32 || d.is_multiple_of(16))
+}
+
+/// Whether [`flash_attention`] runs a prompt of a model with heads of `head_dim` in `dtype` on
+/// `device` (a memory estimate then counts no scores).
+pub fn flash_applies(device: &candle_core::Device, dtype: DType, head_dim: usize) -> bool {
+    let on_gpu = super::enabled()
+        && device.is_cuda()
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        && head_fits(head_dim, dtype);
+    #[cfg(feature = "cuda")]
+    let on_gpu = on_gpu
+        && device.as_cuda_device().is_ok_and(|dev| {
+            imp::max_shared(dev)
+                .is_ok_and(|max| shared_bytes(head_dim, dtype.size_in_bytes()) <= max)
+        });
+    on_gpu
+}
+
+/// `softmax(q k^T * scale (+ softcap), causal (+ window) (+ sinks)) v`: `q` `[b, nh, t, d]`,
+/// `k`, `v` `[b, nkv, s, d]` (any strides with the last dim contiguous: the cache's views), the
+/// query `i` at position `s - t + i` seeing the keys at positions up to its own and, with a
+/// `window`, fewer than `window` behind it -> `[b, nh, t, d]`. `None` where the kernel does not
+/// apply (not CUDA or the fast paths off, another dtype, a head size it does not take, more
+/// shared memory than the device has): the caller runs the candle ops.
+pub fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+    scores: Scores<'_>,
+) -> Result<Option<Tensor>> {
+    let (Ok((b, nh, t, d)), Ok((kb, nkv, s, kd))) = (q.dims4(), k.dims4()) else {
+        return Ok(None);
+    };
+    let fits = super::applies(q)
+        && kb == b
+        && kd == d
+        && t >= 1
+        && s >= t
+        && s <= i32::MAX as usize
+        && nkv > 0
+        && nh % nkv == 0
+        && head_fits(d, q.dtype())
+        && v.dims() == k.dims()
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype()
+        && k.stride()[3] == 1
+        && v.stride()[3] == 1
+        && window.is_none_or(|w| w > 0 && w <= i32::MAX as usize)
+        && scores.sinks.is_none_or(|x| {
+            x.dtype() == DType::F32 && x.elem_count() == nh && x.device().same_device(q.device())
+        });
+    if !fits {
+        return Ok(None);
+    }
+    imp::run(q, k, v, window, scores)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<usize>,
+        _: Scores<'_>,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+pub(super) mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::sys::{
+        CUdevice_attribute_enum, CUfunction_attribute_enum,
+    };
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaStorage, Map3, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use super::*;
+
+    pub fn run(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        window: Option<usize>,
+        scores: Scores<'_>,
+    ) -> Result<Option<Tensor>> {
+        let d = q.dim(3)?;
+        let bytes = shared_bytes(d, q.dtype().size_in_bytes());
+        let Some(dev) = q.device().as_cuda_device().ok() else {
+            return Ok(None);
+        };
+        if bytes > max_shared(dev)? {
+            return Ok(None);
+        }
+        let op = FlashAttention {
+            window: window.map_or(0, |w| w as i32),
+            scale: scores.scale as f32,
+            softcap: scores.softcap.map_or(0.0, |c| c as f32),
+            sinks: scores.sinks.cloned(),
+            bytes,
+        };
+        let q = q.contiguous()?;
+        Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
+    }
+
+    /// The most dynamic shared memory one block may opt into on `dev`.
+    pub(in crate::cuda) fn max_shared(dev: &CudaDevice) -> Result<usize> {
+        let attr = CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+        let n = dev.cuda_stream().context().attribute(attr).w()?;
+        Ok(n.max(0) as usize)
+    }
+
+    /// Lets `func` launch with `bytes` of dynamic shared memory (past the 48 KiB default).
+    pub(in crate::cuda) fn allow_shared(func: &CudaFunction, bytes: usize) -> Result<()> {
+        let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        func.set_attribute(attr, bytes as i32).w()?;
+        Ok(())
+    }
+
+    struct FlashAttention {
+        /// 0: no sliding window.
+        window: i32,
+        scale: f32,
+        /// 0: no softcap.
+        softcap: f32,
+        /// `[nh]` f32 sink logits.
+        sinks: Option<Tensor>,
+        bytes: usize,
+    }
+
+    impl Map3 for FlashAttention {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            q: &CudaSlice<T>,
+            lq: &Layout,
+            k: &CudaSlice<T>,
+            lk: &Layout,
+            v: &CudaSlice<T>,
+            lv: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let q = match lq.contiguous_offsets() {
+                Some((a, b)) => q.slice(a..b),
+                None => return Err(crate::cuda::cuda_only("flash_attention (a contiguous q)")),
+            };
+            let (k, v) = (k.slice(lk.start_offset()..), v.slice(lv.start_offset()..));
+            let [b, nh, t, d] = <[usize; 4]>::try_from(lq.dims())
+                .map_err(|_| crate::cuda::cuda_only("flash_attention (q of rank 4)"))?;
+            let (nkv, s) = (lk.dims()[1], lk.dims()[2]);
+            let out = unsafe { dev.alloc::<T>(b * nh * t * d)? };
+            let (stream, func) = crate::cuda::func_in::<T>(
+                dev,
+                "lmgen_flash_attention",
+                crate::cuda::Module::Flash,
+            )?;
+            allow_shared(&func, self.bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let cfg = LaunchConfig {
+                grid_dim: (t.div_ceil(BLOCK_QUERIES) as u32, nh as u32, b as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: self.bytes as u32,
+            };
+            let (ks, vs) = (lk.stride(), lv.stride());
+            let ints = [nh, nkv, t, s, d].map(|n| n as i32);
+            let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
+            let sinks = self.sinks.as_ref().map(crate::cuda::hold);
+            let sinks = match &sinks {
+                Some(held) => Some(held.view::<f32>("flash_attention (CUDA sinks)")?),
+                None => None,
+            };
+            let mut bld = stream.launch_builder(&func);
+            bld.arg(&q).arg(&k).arg(&v).arg(&out);
+            match &sinks {
+                Some(s) => bld.arg(s),
+                None => bld.arg(&0u64), // no sinks
+            };
+            for n in &ints {
+                bld.arg(n);
+            }
+            for n in &strides {
+                bld.arg(n);
+            }
+            bld.arg(&self.window).arg(&self.scale).arg(&self.softcap);
+            unsafe { bld.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl candle_core::CustomOp3 for FlashAttention {
+        fn name(&self) -> &'static str {
+            "lmgen-flash-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("flash_attention"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            lq: &Layout,
+            k: &CudaStorage,
+            lk: &Layout,
+            v: &CudaStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = q.device();
+            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
+            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
+        }
+    }
+}

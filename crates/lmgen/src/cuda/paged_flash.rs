@@ -1,0 +1,357 @@
+//! A packed step of the paged engine with prompt chunks in it, on the GPU in two launches per
+//! layer: every new token's keys and values written into the KV store at its slot, then every
+//! sequence's queries attending causally over its own slots in place (`kernels/flash.cu`),
+//! instead of a write, a gather of the sequence's cached tokens (`index_select`), a mask built
+//! on the host and the attention ops, per sequence and layer.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::flash_attention::{head_fits, shared_bytes, BLOCK_QUERIES};
+use crate::error::Result;
+use crate::models::layers::attention::Scores;
+
+/// The sequences of one packed step, on the device: u32 `[starts (n) | news (n) | offsets
+/// (n + 1) | slots | work (2 per block) | token slots (total)]`, uploaded once a step and read
+/// by every layer's launches.
+#[derive(Debug)]
+pub struct PagedStep {
+    index: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    n: usize,
+    /// Where the (sequence, first query) pairs start, and how many blocks they make.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    work: (usize, usize),
+    /// Where the new tokens' slots start, and the step's tokens.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    tokens: (usize, usize),
+}
+
+impl PagedStep {
+    /// Sequence `i` has `news[i]` new tokens, after those of the sequences before it in the
+    /// step's input; `slots[i]` holds the slots of its cached tokens, then of its new ones.
+    pub fn new(news: &[usize], slots: &[&[u32]], device: &Device) -> Result<Self> {
+        let n = news.len();
+        let total: usize = news.iter().sum();
+        let slot_count: usize = slots.iter().map(|s| s.len()).sum();
+        let blocks: usize = news.iter().map(|&t| t.div_ceil(BLOCK_QUERIES)).sum();
+        let mut index = Vec::with_capacity(3 * n + 1 + slot_count + 2 * blocks + total);
+        let mut start = 0u32;
+        for &t in news {
+            index.push(start);
+            start += t as u32;
+        }
+        index.extend(news.iter().map(|&t| t as u32));
+        let mut offset = 0u32;
+        index.push(0);
+        for s in slots {
+            offset += s.len() as u32;
+            index.push(offset);
+        }
+        for s in slots {
+            index.extend_from_slice(s);
+        }
+        let work_at = index.len();
+        for (i, &t) in news.iter().enumerate() {
+            for q0 in (0..t).step_by(BLOCK_QUERIES) {
+                index.extend([i as u32, q0 as u32]);
+            }
+        }
+        let tokens_at = index.len();
+        for (s, &t) in slots.iter().zip(news) {
+            index.extend_from_slice(&s[s.len().saturating_sub(t)..]);
+        }
+        Ok(Self {
+            index: Tensor::new(index.as_slice(), device)?,
+            n,
+            work: (work_at, blocks),
+            tokens: (tokens_at, total),
+        })
+    }
+}
+
+/// Writes the new keys and values of every token of `step` (`k`, `v` `[1, nkv, total, d]`, the
+/// step's input) into the store (`store_k`, `store_v` `[nkv, slot_count, d]`, contiguous) at
+/// its slot, then returns `q` `[1, nh, total, d]`'s attention, each sequence's queries causal
+/// over its own slots (and within `window` of their position): `[1, nh, total, d]`, as
+/// [`super::flash_attention`] computes it. `None` where the kernel does not apply (not CUDA,
+/// another dtype or layout, a head size it does not take, not enough shared memory): the caller
+/// goes sequence by sequence, and nothing was written.
+pub fn paged_flash_attention(
+    store_k: &Tensor,
+    store_v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    step: &PagedStep,
+    window: Option<usize>,
+    scores: Scores<'_>,
+) -> Result<Option<Tensor>> {
+    let (Ok((1, nh, total, d)), Ok((1, nkv, kt, kd)), Ok((snkv, _, sd))) =
+        (q.dims4(), k.dims4(), store_k.dims3())
+    else {
+        return Ok(None);
+    };
+    let fits = super::applies(q)
+        && total == step.tokens.1
+        && kt == total
+        && kd == d
+        && snkv == nkv
+        && sd == d
+        && nkv > 0
+        && nh % nkv == 0
+        && head_fits(d, q.dtype())
+        && v.dims() == k.dims()
+        && store_v.dims() == store_k.dims()
+        && [k, v, store_k, store_v]
+            .iter()
+            .all(|t| t.dtype() == q.dtype())
+        && store_k.is_contiguous()
+        && store_v.is_contiguous()
+        && window.is_none_or(|w| w > 0 && w <= i32::MAX as usize)
+        && scores.sinks.is_none_or(|x| {
+            x.dtype() == DType::F32 && x.elem_count() == nh && x.device().same_device(q.device())
+        })
+        && step.index.device().same_device(q.device());
+    if !fits {
+        return Ok(None);
+    }
+    let bytes = shared_bytes(d, q.dtype().size_in_bytes());
+    imp::run(store_k, store_v, [q, k, v], step, window, scores, bytes)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(
+        _: &Tensor,
+        _: &Tensor,
+        _: [&Tensor; 3],
+        _: &PagedStep,
+        _: Option<usize>,
+        _: Scores<'_>,
+        _: usize,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    };
+    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, Map3, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+
+    use super::*;
+    use crate::cuda::flash_attention::imp::{allow_shared, max_shared};
+    use crate::cuda::Module;
+
+    pub fn run(
+        store_k: &Tensor,
+        store_v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+        step: &PagedStep,
+        window: Option<usize>,
+        scores: Scores<'_>,
+        bytes: usize,
+    ) -> Result<Option<Tensor>> {
+        let Ok(dev) = q.device().as_cuda_device() else {
+            return Ok(None);
+        };
+        if bytes > max_shared(dev)? {
+            return Ok(None);
+        }
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let write = WriteTokens {
+            at: step.tokens.0,
+            total: step.tokens.1,
+        };
+        store_k.inplace_op3(&k, &step.index, &write)?;
+        store_v.inplace_op3(&v, &step.index, &write)?;
+        let op = PagedFlash {
+            index: step.index.clone(),
+            n: step.n,
+            work: step.work,
+            window: window.map_or(0, |w| w as i32),
+            scale: scores.scale as f32,
+            softcap: scores.softcap.map_or(0.0, |c| c as f32),
+            sinks: scores.sinks.cloned(),
+            bytes,
+        };
+        Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
+    }
+
+    /// The step's new keys (or values) into the store at their slots.
+    struct WriteTokens {
+        /// Where the token slots start in the index.
+        at: usize,
+        total: usize,
+    }
+
+    fn write<T: DeviceRepr + WithDType>(
+        dst: &mut CudaSlice<T>,
+        ld: &Layout,
+        src: &CudaSlice<T>,
+        ls: &Layout,
+        token_slots: &CudaView<'_, u32>,
+        total: usize,
+        dev: &CudaDevice,
+    ) -> candle_core::Result<()> {
+        let [nkv, slot_count, d] = <[usize; 3]>::try_from(ld.dims())
+            .map_err(|_| crate::cuda::cuda_only("paged_kv_write_tokens (a store of rank 3)"))?;
+        let mut dst = dst.slice_mut(ld.start_offset()..);
+        let src = src.slice(ls.start_offset()..);
+        let (stream, func) =
+            crate::cuda::func_in::<T>(dev, "lmgen_paged_kv_write_tokens", Module::Flash)?;
+        let cfg = crate::cuda::elementwise(nkv * total * d);
+        let ints = [nkv, total, slot_count, d].map(|x| x as i32);
+        let mut bld = stream.launch_builder(&func);
+        bld.arg(&src).arg(&mut dst).arg(token_slots);
+        for x in &ints {
+            bld.arg(x);
+        }
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    impl candle_core::InplaceOp3 for WriteTokens {
+        fn name(&self) -> &'static str {
+            "lmgen-paged-kv-write-tokens"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<()> {
+            Err(crate::cuda::cuda_only("paged_kv_write_tokens"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            dst: &mut CudaStorage,
+            ld: &Layout,
+            src: &CudaStorage,
+            ls: &Layout,
+            index: &CudaStorage,
+            li: &Layout,
+        ) -> candle_core::Result<()> {
+            let dev = dst.device.clone();
+            let index = crate::cuda::view_of::<u32>(index, li)?;
+            let slots = index.slice(self.at..);
+            match (&mut dst.slice, &src.slice) {
+                (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
+                    write(d, ld, s, ls, &slots, self.total, &dev)
+                }
+                (CudaStorageSlice::BF16(d), CudaStorageSlice::BF16(s)) => {
+                    write(d, ld, s, ls, &slots, self.total, &dev)
+                }
+                (CudaStorageSlice::F16(d), CudaStorageSlice::F16(s)) => {
+                    write(d, ld, s, ls, &slots, self.total, &dev)
+                }
+                _ => Err(crate::cuda::cuda_only(
+                    "paged_kv_write_tokens (a store and keys of one dtype: f32, f16 or bf16)",
+                )),
+            }
+        }
+    }
+
+    struct PagedFlash {
+        /// [`PagedStep`]'s tensor, read by the kernel.
+        index: Tensor,
+        n: usize,
+        work: (usize, usize),
+        window: i32,
+        scale: f32,
+        softcap: f32,
+        sinks: Option<Tensor>,
+        bytes: usize,
+    }
+
+    impl Map3 for PagedFlash {
+        fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+            &self,
+            q: &CudaSlice<T>,
+            lq: &Layout,
+            k: &CudaSlice<T>,
+            lk: &Layout,
+            v: &CudaSlice<T>,
+            lv: &Layout,
+            dev: &CudaDevice,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let q = q.slice(lq.start_offset()..);
+            let (k, v) = (k.slice(lk.start_offset()..), v.slice(lv.start_offset()..));
+            let [_, nh, total, d] = <[usize; 4]>::try_from(lq.dims())
+                .map_err(|_| crate::cuda::cuda_only("paged_flash_attention (q of rank 4)"))?;
+            let [nkv, slot_count, _] = <[usize; 3]>::try_from(lk.dims())
+                .map_err(|_| crate::cuda::cuda_only("paged_flash_attention (a store of rank 3)"))?;
+            let out = unsafe { dev.alloc::<T>(nh * total * d)? };
+            let (stream, func) =
+                crate::cuda::func_in::<T>(dev, "lmgen_paged_flash_attention", Module::Flash)?;
+            allow_shared(&func, self.bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let cfg = LaunchConfig {
+                grid_dim: (self.work.1 as u32, nh as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: self.bytes as u32,
+            };
+            let index = crate::cuda::hold(&self.index);
+            let index = index.view::<u32>("paged_flash_attention (a CUDA index)")?;
+            let sinks = self.sinks.as_ref().map(crate::cuda::hold);
+            let sinks = match &sinks {
+                Some(held) => Some(held.view::<f32>("paged_flash_attention (CUDA sinks)")?),
+                None => None,
+            };
+            let ints = [self.n, self.work.0, nh, nkv, total, slot_count, d].map(|x| x as i32);
+            let mut bld = stream.launch_builder(&func);
+            bld.arg(&q).arg(&k).arg(&v).arg(&out);
+            match &sinks {
+                Some(s) => bld.arg(s),
+                None => bld.arg(&0u64), // no sinks
+            };
+            bld.arg(&index);
+            for x in &ints {
+                bld.arg(x);
+            }
+            bld.arg(&self.window).arg(&self.scale).arg(&self.softcap);
+            unsafe { bld.launch(cfg) }.w()?;
+            Ok(out)
+        }
+    }
+
+    impl candle_core::CustomOp3 for PagedFlash {
+        fn name(&self) -> &'static str {
+            "lmgen-paged-flash-attention"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("paged_flash_attention"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            q: &CudaStorage,
+            lq: &Layout,
+            k: &CudaStorage,
+            lk: &Layout,
+            v: &CudaStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = q.device();
+            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
+            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
+        }
+    }
+}
