@@ -144,7 +144,7 @@ pub fn generate_seq2seq(
     let mut g = config.resolve(model.config(), batch, decoder_len, &options)?;
     refuse_decoder_only_modes(&g, config, &options)?;
     g.encoder = Some(encoder_output);
-    memory::check_fits(model, &g)?;
+    memory::check_fits(model, &g, memory::Prompt::Masked)?;
     let copies = g.copies();
     let expand = |rows: &GenerateInput| match copies {
         1 => rows.clone(),

@@ -6,7 +6,9 @@
 //! (`rows * heads * t * t`, in the compute dtype, scaled into a second copy, then an f32 copy and
 //! its f32 softmax) and the additive mask(s), or the MLP's three `intermediate`-wide activations,
 //! whichever is larger; the residual stream; and the KV cache of every layer up to `max_length`.
-//! It is an estimate of the peak, not a bound on every allocation: allocator rounding and the
+//! Where the GPU's flash kernel runs the prefill's attention (unpadded prompts of a decoder-only
+//! model, no attention weights returned: [`crate::cuda::flash_applies`]), no scores or masks are
+//! counted, as none are made. It is an estimate of the peak, not a bound on every allocation: allocator rounding and the
 //! cuBLAS workspace are not counted.
 //!
 //! A long prompt whose one-pass prefill would not fit is prefilled in chunks instead
@@ -67,6 +69,7 @@ pub fn estimate(
 
 /// [`estimate`] for a prefill in chunks of `chunk` tokens: the last chunk's `chunk` queries
 /// attend over all `t` keys.
+#[cfg(test)]
 pub fn estimate_chunked(
     cfg: &ModelConfig,
     dtype_bytes: usize,
@@ -75,6 +78,41 @@ pub fn estimate_chunked(
     t: usize,
     chunk: usize,
     max_length: usize,
+) -> PeakMemory {
+    let scores = Scores::Materialised;
+    estimate_with(
+        cfg,
+        dtype_bytes,
+        prefill_rows,
+        kv_rows,
+        t,
+        chunk,
+        max_length,
+        scores,
+    )
+}
+
+/// How a prefill's attention treats its scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scores {
+    /// The eager ops: `[rows, heads, chunk, t]` scores and the additive masks.
+    Materialised,
+    /// The GPU's flash kernel ([`crate::cuda::flash_attention`]): scores in on-chip memory, no
+    /// mask built.
+    OnChip,
+}
+
+/// [`estimate_chunked`] with the prefill attention's `scores` as the request runs them.
+#[allow(clippy::too_many_arguments)]
+fn estimate_with(
+    cfg: &ModelConfig,
+    dtype_bytes: usize,
+    prefill_rows: usize,
+    kv_rows: usize,
+    t: usize,
+    chunk: usize,
+    max_length: usize,
+    scores: Scores,
 ) -> PeakMemory {
     let d = dtype_bytes as f64;
     let chunk = chunk.min(t);
@@ -87,7 +125,10 @@ pub fn estimate_chunked(
         1.0
     };
     // scores, scaled scores (dtype), f32 copy and f32 softmax; the masks in the dtype.
-    let attention = rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d;
+    let attention = match scores {
+        Scores::Materialised => rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d,
+        Scores::OnChip => 0.0,
+    };
     let mlp = 3.0 * rows * t * cfg.intermediate_size as f64 * d;
     let kv_per_token = cfg.kv_elements_per_token() as f64;
     PeakMemory {
@@ -100,21 +141,44 @@ pub fn estimate_chunked(
     }
 }
 
+/// What a request's prompt looks like to the estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Prompt {
+    /// Rows without padding, of a decoder-only model: its attention masks by position only.
+    Unpadded,
+    /// Padding among the rows, or an encoder-decoder model's decoder: additive masks.
+    Masked,
+}
+
 /// `g`'s peak with its prefill in chunks of `chunk` tokens.
-fn peak_of(model: &dyn CausalLM, g: &ResolvedGeneration, chunk: usize) -> PeakMemory {
+fn peak_of(
+    model: &dyn CausalLM,
+    g: &ResolvedGeneration,
+    prompt: Prompt,
+    chunk: usize,
+) -> PeakMemory {
     let rows = g.rows();
     let candidates = match g.mode {
         Mode::Contrastive(c) => c.top_k.max(1),
         _ => 1,
     };
-    estimate_chunked(
-        model.config(),
+    let cfg = model.config();
+    let flash = prompt == Prompt::Unpadded
+        && !g.output_attentions
+        && crate::cuda::flash_applies(model.device(), model.dtype(), cfg.head_dim);
+    let scores = match flash {
+        true => Scores::OnChip,
+        false => Scores::Materialised,
+    };
+    estimate_with(
+        cfg,
         model.dtype().size_in_bytes(),
         rows,
         rows * candidates,
         g.prompt_len,
         chunk,
         g.lengths.max_length,
+        scores,
     )
 }
 
@@ -122,14 +186,14 @@ fn peak_of(model: &dyn CausalLM, g: &ResolvedGeneration, chunk: usize) -> PeakMe
 /// would not fit: on the GPU the largest chunk whose whole request fits the free memory, on the
 /// CPU the largest whose prefill activations stay under [`CPU_PREFILL_BUDGET`]. Leaves it unset
 /// when the one pass fits, or when no chunk would (the memory check then refuses the request).
-pub(crate) fn plan_prefill(model: &dyn CausalLM, g: &mut ResolvedGeneration) {
+pub(crate) fn plan_prefill(model: &dyn CausalLM, g: &mut ResolvedGeneration, prompt: Prompt) {
     if g.prefill_chunk_size.is_some() {
         return;
     }
     let t = g.prompt_len;
     let free = device::memory_info(model.device()).map(|(free, _)| free as f64);
     let fits = |chunk: usize| {
-        let peak = peak_of(model, g, chunk);
+        let peak = peak_of(model, g, prompt, chunk);
         match free {
             Some(free) => peak.total() <= free,
             None => peak.prefill <= CPU_PREFILL_BUDGET,
@@ -156,13 +220,17 @@ fn choose_chunk(t: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
 
 /// Refuses a request whose estimated peak exceeds the free memory of the model's GPU. Does
 /// nothing on the CPU (the operating system's memory is not ours to budget).
-pub(crate) fn check_fits(model: &dyn CausalLM, g: &ResolvedGeneration) -> Result<()> {
+pub(crate) fn check_fits(
+    model: &dyn CausalLM,
+    g: &ResolvedGeneration,
+    prompt: Prompt,
+) -> Result<()> {
     let Some((free, _total)) = device::memory_info(model.device()) else {
         return Ok(());
     };
     let t = g.prompt_len;
     let rows = g.rows();
-    let peak = peak_of(model, g, g.prefill_chunk_size.unwrap_or(t));
+    let peak = peak_of(model, g, prompt, g.prefill_chunk_size.unwrap_or(t));
     if peak.total() <= free as f64 {
         return Ok(());
     }

@@ -285,8 +285,16 @@ pub fn generate_with(
         let (_, healed_len) = input.validate(model.config().vocab_size)?;
         g = config.resolve(model.config(), batch, healed_len, &options)?;
     }
-    memory::plan_prefill(model, &mut g);
-    memory::check_fits(model, &g)?;
+    let padded = input
+        .attention_mask
+        .as_ref()
+        .is_some_and(|rows| rows.iter().flatten().any(|&m| m == 0));
+    let prompt = match padded {
+        true => memory::Prompt::Masked,
+        false => memory::Prompt::Unpadded,
+    };
+    memory::plan_prefill(model, &mut g, prompt);
+    memory::check_fits(model, &g, prompt)?;
     let assistant = strategies::assisted::Assistant {
         model: options.assistant_model.take(),
         tokenizer: options.tokenizer,
