@@ -65,8 +65,10 @@ def percentile(xs, p):
 
 def client(port, model, ids, new, start_evt, out):
     start_evt.wait()
+    # `logprobs: 0`: a chunk for every token, also for tokens whose text is empty (random weights
+    # often repeat such a token, and the server skips deltas without text or logprobs).
     body = json.dumps({"model": model, "prompt": ids, "max_tokens": new, "min_tokens": new,
-                       "temperature": 0, "stream": True,
+                       "temperature": 0, "stream": True, "logprobs": 0,
                        "stream_options": {"include_usage": True}})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     sent = time.perf_counter()
@@ -87,9 +89,12 @@ def client(port, model, ids, new, start_evt, out):
         if data == b"[DONE]":
             break
         chunk = json.loads(data)
+        if chunk.get("error"):
+            out["error"] = f"in the stream: {str(chunk['error'])[:300]}"
+            return
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-        if any(c.get("text") for c in chunk.get("choices", [])):
+        if any(c.get("text") or c.get("logprobs") for c in chunk.get("choices", [])):
             times.append(time.perf_counter())
     conn.close()
     out.update(sent=sent, times=times, tokens=tokens)
