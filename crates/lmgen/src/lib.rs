@@ -38,6 +38,7 @@ pub mod load;
 pub mod models;
 pub mod parallel;
 pub mod pipeline;
+pub mod readback;
 pub mod speech;
 pub mod tokenizer;
 

@@ -17,6 +17,7 @@ use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch, StoreShape};
 use crate::cache::SequenceSpan;
 use crate::error::{Error, Result};
 use crate::models::{CausalLM, DType, ForwardInput};
+use crate::readback;
 
 /// What the manager tells the engine thread.
 pub(crate) enum Command {
@@ -168,18 +169,10 @@ impl Worker {
         let logits = match self.forward(&batch) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "engine step failed");
-                let e = Arc::new(e);
-                let mut failed: Vec<usize> = batch.iter().map(|&(i, _)| i).collect();
-                failed.sort_unstable();
-                for &i in failed.iter().rev() {
-                    let mut seq = self.running.remove(i);
-                    seq.end(RequestStatus::Failed, Some(e.clone()), &mut self.alloc);
-                }
+                self.fail(&batch, e);
                 return preemptions;
             }
         };
-        let forwarded = Instant::now();
         // Publish the blocks this step holds before any of its updates is sent, so that a client
         // reading `stats()` after an update sees at least the state that produced it.
         self.publish(0);
@@ -202,16 +195,27 @@ impl Worker {
         }
         // Each sequence's processors and sampler over its own row, the sequences side by side
         // (64 sequences over a 152k vocabulary on the H100's host: the step's ITL p50 went
-        // from 34.9 to 20.7 ms; BENCHMARKS.md).
-        let sampled: Vec<(usize, Result<RequestUpdate>)> = self
-            .running
-            .par_iter_mut()
-            .enumerate()
-            .filter_map(|(i, seq)| {
-                let k = rows[i]?;
-                Some((i, seq.sample(logits[k * vocab..(k + 1) * vocab].to_vec())))
-            })
-            .collect();
+        // from 34.9 to 20.7 ms; BENCHMARKS.md). Reading the logits waits for the forward.
+        let running = &mut self.running;
+        let read = readback::with_host_f32(&logits, |logits| {
+            let forwarded = Instant::now();
+            let sampled: Vec<(usize, Result<RequestUpdate>)> = running
+                .par_iter_mut()
+                .enumerate()
+                .filter_map(|(i, seq)| {
+                    let k = rows[i]?;
+                    Some((i, seq.sample(logits[k * vocab..(k + 1) * vocab].to_vec())))
+                })
+                .collect();
+            (forwarded, sampled)
+        });
+        let (forwarded, sampled) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                self.fail(&batch, e);
+                return preemptions;
+            }
+        };
         let mut done = Vec::new();
         for (i, update) in sampled {
             let seq = &mut self.running[i];
@@ -254,15 +258,27 @@ impl Worker {
         preemptions
     }
 
+    /// Ends every sequence of `batch` with the step's error.
+    fn fail(&mut self, batch: &[(usize, usize)], e: Error) {
+        tracing::error!(error = %e, "engine step failed");
+        let e = Arc::new(e);
+        let mut failed: Vec<usize> = batch.iter().map(|&(i, _)| i).collect();
+        failed.sort_unstable();
+        for &i in failed.iter().rev() {
+            let mut seq = self.running.remove(i);
+            seq.end(RequestStatus::Failed, Some(e.clone()), &mut self.alloc);
+        }
+    }
+
     fn vocab(&self) -> usize {
         self.model.config().vocab_size
     }
 
-    /// The packed forward over `batch`; the last position's logits of every scheduled sequence,
-    /// row-major `[sequences * vocab]`. An encoder-decoder model's sequences run in the same
+    /// The packed forward over `batch`, queued; the last position's logits of every scheduled
+    /// sequence, `[1, sequences, vocab]` f32. An encoder-decoder model's sequences run in the same
     /// forward, each cross-attending to its own encoder output through its cross-attention blocks
     /// (projected and written on its first step since admission).
-    fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Vec<f32>> {
+    fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Tensor> {
         let started = Instant::now();
         let bs = self.alloc.block_size();
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
@@ -309,15 +325,12 @@ impl Worker {
                 encoder.mark_written();
             }
         }
-        // [1, sequences, vocab]
-        let logits = out.logits.flatten_all()?.to_vec1()?;
         // On a GPU the forward returns once its work is queued; reading the logits waits for it.
         tracing::debug!(
             host_ms = (launched - started).as_secs_f64() * 1e3,
-            wait_ms = launched.elapsed().as_secs_f64() * 1e3,
             "engine forward"
         );
-        Ok(logits)
+        Ok(out.logits.to_dtype(DType::F32)?) // [1, sequences, vocab]
     }
 
     fn publish(&self, preemptions: usize) {

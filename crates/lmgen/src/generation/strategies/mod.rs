@@ -174,6 +174,7 @@ pub(crate) fn host_scores(logits: &Tensor) -> Result<Scores> {
         &[r, k, v] => (r * k, v),
         _ => logits.dims2()?,
     };
-    let data: Vec<f32> = logits.flatten_all()?.to_vec1()?; // [rows * vocab]
+    // [rows * vocab], from a GPU through a page-locked buffer (`readback`).
+    let data = crate::readback::with_host_f32(logits, <[f32]>::to_vec)?;
     Ok(Scores::new(data, rows, vocab))
 }
