@@ -355,3 +355,36 @@ mod imp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index holds what `kernels/flash.cu` reads, in its order: starts, new tokens, slot
+    /// offsets, slots, one (sequence, first query) pair per block of 64 queries, then each new
+    /// token's slot.
+    #[test]
+    fn the_step_index_is_laid_out_as_the_kernel_reads_it() -> Result<()> {
+        let news = [2, 1, 65];
+        let slots: [&[u32]; 3] = [&[7, 3], &[9, 1, 4], &(100..170).collect::<Vec<u32>>()];
+        let step = PagedStep::new(&news, &slots, &Device::Cpu)?;
+        let index = step.index.to_vec1::<u32>()?;
+        let (n, total) = (3, 68);
+        assert_eq!((step.n, step.tokens.1), (n, total));
+        assert_eq!(&index[..n], &[0, 2, 3]); // starts
+        assert_eq!(&index[n..2 * n], &[2, 1, 65]); // news
+        assert_eq!(&index[2 * n..3 * n + 1], &[0, 2, 5, 75]); // offsets
+        let all: Vec<u32> = slots.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(&index[3 * n + 1..step.work.0], all.as_slice());
+        // 65 queries make two blocks.
+        assert_eq!(step.work.1, 4);
+        assert_eq!(
+            &index[step.work.0..step.tokens.0],
+            &[0, 0, 1, 0, 2, 0, 2, 64]
+        );
+        let mut new_slots = vec![7, 3, 4];
+        new_slots.extend(105..170);
+        assert_eq!(&index[step.tokens.0..], new_slots.as_slice());
+        Ok(())
+    }
+}

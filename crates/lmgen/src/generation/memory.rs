@@ -294,6 +294,19 @@ mod tests {
     }
 
     #[test]
+    fn scores_on_chip_leave_the_mlp_as_the_prefill_peak() {
+        let cfg = qwen_05b();
+        let t = 32768;
+        let on_chip = estimate_with(&cfg, 2, 1, 1, t, t, t + 4, Scores::OnChip);
+        // gate, up and their product: 3 x 32768 x 4864 bf16 values.
+        assert_eq!(on_chip.prefill, 3.0 * t as f64 * 4864.0 * 2.0);
+        assert!(on_chip.total() / GIB < 2.0, "{on_chip:?}");
+        let eager = estimate(&cfg, 2, 1, 1, t, t + 4);
+        assert_eq!(on_chip.kv_cache, eager.kv_cache);
+        assert_eq!(on_chip.other, eager.other);
+    }
+
+    #[test]
     fn the_largest_chunk_that_fits_is_chosen() {
         let cfg = qwen_05b();
         // The CPU rule in f32: a 4096-token prompt runs in one pass, a 32768-token one in chunks
