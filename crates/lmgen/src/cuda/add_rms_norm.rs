@@ -38,12 +38,11 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, Map3, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map3, WrapErr};
+    use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
 
@@ -95,37 +94,15 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp3 for AddRmsNorm {
-        fn name(&self) -> &'static str {
-            "lmgen-add-rms-norm"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("add_rms_norm"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            x: &CudaStorage,
-            lx: &Layout,
-            h: &CudaStorage,
-            lh: &Layout,
-            w: &CudaStorage,
-            lw: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = x.device();
-            let slice = self.map(&x.slice, lx, &h.slice, lh, &w.slice, lw, dev)?;
+    // [2, rows, dim]: the sum, then the normed sum.
+    cuda_op3!(
+        AddRmsNorm,
+        "lmgen-add-rms-norm",
+        "add_rms_norm",
+        |_op, lx| {
             let mut dims = vec![2];
             dims.extend_from_slice(lx.shape().dims());
-            Ok(crate::cuda::output(slice, dev, Shape::from(dims)))
+            Shape::from(dims)
         }
-    }
+    );
 }

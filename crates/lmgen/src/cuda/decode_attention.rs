@@ -114,12 +114,11 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, Map3, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map3, WrapErr};
+    use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
 
@@ -228,37 +227,12 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp3 for DecodeAttention {
-        fn name(&self) -> &'static str {
-            "lmgen-decode-attention"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("decode_attention"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            q: &CudaStorage,
-            lq: &Layout,
-            k: &CudaStorage,
-            lk: &Layout,
-            v: &CudaStorage,
-            lv: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = q.device();
-            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
-        }
-    }
+    cuda_op3!(
+        DecodeAttention,
+        "lmgen-decode-attention",
+        "decode_attention",
+        |_op, lq| lq.shape().clone()
+    );
 }
 
 #[cfg(test)]

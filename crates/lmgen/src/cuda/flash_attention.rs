@@ -108,15 +108,14 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 pub(super) mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::sys::{
         CUdevice_attribute_enum, CUfunction_attribute_enum,
     };
     use candle_core::cuda_backend::cudarc::driver::{
         CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, Map3, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map3, WrapErr};
+    use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
 
@@ -228,35 +227,10 @@ pub(super) mod imp {
         }
     }
 
-    impl candle_core::CustomOp3 for FlashAttention {
-        fn name(&self) -> &'static str {
-            "lmgen-flash-attention"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("flash_attention"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            q: &CudaStorage,
-            lq: &Layout,
-            k: &CudaStorage,
-            lk: &Layout,
-            v: &CudaStorage,
-            lv: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = q.device();
-            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
-        }
-    }
+    cuda_op3!(
+        FlashAttention,
+        "lmgen-flash-attention",
+        "flash_attention",
+        |_op, lq| lq.shape().clone()
+    );
 }

@@ -50,8 +50,8 @@ mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, PushKernelArg,
     };
-    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, WithDType};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
 
@@ -62,6 +62,7 @@ mod imp {
     struct KvWrite;
 
     fn launch<T: DeviceRepr + WithDType>(
+        _: &KvWrite,
         dst: &mut CudaSlice<T>,
         ld: &Layout,
         src: &CudaSlice<T>,
@@ -86,48 +87,5 @@ mod imp {
         Ok(())
     }
 
-    impl candle_core::InplaceOp3 for KvWrite {
-        fn name(&self) -> &'static str {
-            "lmgen-kv-write"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &mut CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<()> {
-            Err(crate::cuda::cuda_only("kv_write"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            dst: &mut CudaStorage,
-            ld: &Layout,
-            src: &CudaStorage,
-            ls: &Layout,
-            slots: &CudaStorage,
-            lslots: &Layout,
-        ) -> candle_core::Result<()> {
-            let dev = dst.device.clone();
-            let slots = crate::cuda::view_of::<u32>(slots, lslots)?;
-            match (&mut dst.slice, &src.slice) {
-                (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
-                    launch(d, ld, s, ls, &slots, &dev)
-                }
-                (CudaStorageSlice::BF16(d), CudaStorageSlice::BF16(s)) => {
-                    launch(d, ld, s, ls, &slots, &dev)
-                }
-                (CudaStorageSlice::F16(d), CudaStorageSlice::F16(s)) => {
-                    launch(d, ld, s, ls, &slots, &dev)
-                }
-                _ => Err(crate::cuda::cuda_only(
-                    "kv_write (a buffer and token of one dtype: f32, f16 or bf16)",
-                )),
-            }
-        }
-    }
+    cuda_write_op3!(KvWrite, "lmgen-kv-write", "kv_write", launch);
 }

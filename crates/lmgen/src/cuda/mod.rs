@@ -30,6 +30,98 @@
 //! the candle ops. [`self_test`] checks each against those ops on a GPU; [`kernel_bench`] times
 //! the product and the attention beside what they replace.
 
+/// candle's `CustomOp3` for an op of this module that runs on CUDA only, through its `Map3`:
+/// `$name` is candle's name for it, `$what` names it in the CPU error, and `$shape` (of the op
+/// `$op` and the first operand's layout `$layout`) is the output's shape.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_op3 {
+    ($ty:ty, $name:literal, $what:literal, |$op:ident, $layout:ident| $shape:expr) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                Err($crate::cuda::cuda_only($what))
+            }
+
+            fn cuda_fwd(
+                &self,
+                a: &candle_core::CudaStorage,
+                la: &candle_core::Layout,
+                b: &candle_core::CudaStorage,
+                lb: &candle_core::Layout,
+                c: &candle_core::CudaStorage,
+                lc: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                use candle_core::backend::BackendStorage;
+                use candle_core::cuda_backend::Map3;
+                let dev = a.device();
+                let slice = self.map(&a.slice, la, &b.slice, lb, &c.slice, lc, dev)?;
+                let ($op, $layout) = (self, la);
+                Ok($crate::cuda::output(slice, dev, $shape))
+            }
+        }
+    };
+}
+
+/// candle's `InplaceOp3` for a write of this module that runs on CUDA only: the second operand's
+/// rows into the first (of one dtype: f32, f16 or bf16) at places the third (u32) holds, by
+/// `$write(op, dst, dst_layout, src, src_layout, index, device)`; `$what` names it in errors.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_write_op3 {
+    ($ty:ty, $name:literal, $what:literal, $write:ident) => {
+        impl candle_core::InplaceOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &mut candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<()> {
+                Err($crate::cuda::cuda_only($what))
+            }
+
+            fn cuda_fwd(
+                &self,
+                dst: &mut candle_core::CudaStorage,
+                ld: &candle_core::Layout,
+                src: &candle_core::CudaStorage,
+                ls: &candle_core::Layout,
+                index: &candle_core::CudaStorage,
+                li: &candle_core::Layout,
+            ) -> candle_core::Result<()> {
+                use candle_core::cuda_backend::CudaStorageSlice as S;
+                let dev = dst.device.clone();
+                let index = $crate::cuda::view_of::<u32>(index, li)?;
+                match (&mut dst.slice, &src.slice) {
+                    (S::F32(d), S::F32(s)) => $write(self, d, ld, s, ls, &index, &dev),
+                    (S::BF16(d), S::BF16(s)) => $write(self, d, ld, s, ls, &index, &dev),
+                    (S::F16(d), S::F16(s)) => $write(self, d, ld, s, ls, &index, &dev),
+                    _ => Err($crate::cuda::cuda_only(concat!(
+                        $what,
+                        " (a destination and source of one dtype: f32, f16 or bf16)"
+                    ))),
+                }
+            }
+        }
+    };
+}
+
 mod add_rms_norm;
 mod decode_attention;
 mod flash_attention;

@@ -102,12 +102,11 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, Map3, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map3, WrapErr};
+    use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
 
@@ -140,14 +139,15 @@ mod imp {
     }
 
     fn write<T: DeviceRepr + WithDType>(
+        op: &PagedWrite,
         dst: &mut CudaSlice<T>,
         ld: &Layout,
         src: &CudaSlice<T>,
         ls: &Layout,
         index: &CudaView<'_, u32>,
-        (n, total): (usize, usize),
         dev: &CudaDevice,
     ) -> candle_core::Result<()> {
+        let (n, total) = (op.n, op.total);
         let [nkv, slot_count, d] = <[usize; 3]>::try_from(ld.dims())
             .map_err(|_| crate::cuda::cuda_only("paged_kv_write (a store of rank 3)"))?;
         let mut dst = dst.slice_mut(ld.start_offset()..);
@@ -165,51 +165,7 @@ mod imp {
         Ok(())
     }
 
-    impl candle_core::InplaceOp3 for PagedWrite {
-        fn name(&self) -> &'static str {
-            "lmgen-paged-kv-write"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &mut CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<()> {
-            Err(crate::cuda::cuda_only("paged_kv_write"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            dst: &mut CudaStorage,
-            ld: &Layout,
-            src: &CudaStorage,
-            ls: &Layout,
-            index: &CudaStorage,
-            li: &Layout,
-        ) -> candle_core::Result<()> {
-            let dev = dst.device.clone();
-            let index = crate::cuda::view_of::<u32>(index, li)?;
-            let shape = (self.n, self.total);
-            match (&mut dst.slice, &src.slice) {
-                (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
-                    write(d, ld, s, ls, &index, shape, &dev)
-                }
-                (CudaStorageSlice::BF16(d), CudaStorageSlice::BF16(s)) => {
-                    write(d, ld, s, ls, &index, shape, &dev)
-                }
-                (CudaStorageSlice::F16(d), CudaStorageSlice::F16(s)) => {
-                    write(d, ld, s, ls, &index, shape, &dev)
-                }
-                _ => Err(crate::cuda::cuda_only(
-                    "paged_kv_write (a store and keys of one dtype: f32, f16 or bf16)",
-                )),
-            }
-        }
-    }
+    cuda_write_op3!(PagedWrite, "lmgen-paged-kv-write", "paged_kv_write", write);
 
     struct PagedAttention {
         /// [`PagedIndex`]'s tensor, read by the kernel.
@@ -260,40 +216,10 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp3 for PagedAttention {
-        fn name(&self) -> &'static str {
-            "lmgen-paged-decode-attention"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("paged_decode_attention"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            q: &CudaStorage,
-            lq: &Layout,
-            k: &CudaStorage,
-            lk: &Layout,
-            v: &CudaStorage,
-            lv: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = q.device();
-            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            let (nh, d) = (lq.dims()[1], lq.dims()[3]);
-            Ok(crate::cuda::output(
-                slice,
-                dev,
-                Shape::from((1, nh, self.n, d)),
-            ))
-        }
-    }
+    cuda_op3!(
+        PagedAttention,
+        "lmgen-paged-decode-attention",
+        "paged_decode_attention",
+        |op, lq| Shape::from((1, lq.dims()[1], op.n, lq.dims()[3]))
+    );
 }

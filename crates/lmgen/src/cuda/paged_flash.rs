@@ -136,12 +136,11 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, Map3, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map3, WrapErr};
+    use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
     use crate::cuda::flash_attention::imp::{allow_shared, max_shared};
@@ -190,14 +189,15 @@ mod imp {
     }
 
     fn write<T: DeviceRepr + WithDType>(
+        op: &WriteTokens,
         dst: &mut CudaSlice<T>,
         ld: &Layout,
         src: &CudaSlice<T>,
         ls: &Layout,
-        token_slots: &CudaView<'_, u32>,
-        total: usize,
+        index: &CudaView<'_, u32>,
         dev: &CudaDevice,
     ) -> candle_core::Result<()> {
+        let (total, token_slots) = (op.total, index.slice(op.at..));
         let [nkv, slot_count, d] = <[usize; 3]>::try_from(ld.dims())
             .map_err(|_| crate::cuda::cuda_only("paged_kv_write_tokens (a store of rank 3)"))?;
         let mut dst = dst.slice_mut(ld.start_offset()..);
@@ -207,7 +207,7 @@ mod imp {
         let cfg = crate::cuda::elementwise(nkv * total * d);
         let ints = [nkv, total, slot_count, d].map(|x| x as i32);
         let mut bld = stream.launch_builder(&func);
-        bld.arg(&src).arg(&mut dst).arg(token_slots);
+        bld.arg(&src).arg(&mut dst).arg(&token_slots);
         for x in &ints {
             bld.arg(x);
         }
@@ -215,51 +215,12 @@ mod imp {
         Ok(())
     }
 
-    impl candle_core::InplaceOp3 for WriteTokens {
-        fn name(&self) -> &'static str {
-            "lmgen-paged-kv-write-tokens"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &mut CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<()> {
-            Err(crate::cuda::cuda_only("paged_kv_write_tokens"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            dst: &mut CudaStorage,
-            ld: &Layout,
-            src: &CudaStorage,
-            ls: &Layout,
-            index: &CudaStorage,
-            li: &Layout,
-        ) -> candle_core::Result<()> {
-            let dev = dst.device.clone();
-            let index = crate::cuda::view_of::<u32>(index, li)?;
-            let slots = index.slice(self.at..);
-            match (&mut dst.slice, &src.slice) {
-                (CudaStorageSlice::F32(d), CudaStorageSlice::F32(s)) => {
-                    write(d, ld, s, ls, &slots, self.total, &dev)
-                }
-                (CudaStorageSlice::BF16(d), CudaStorageSlice::BF16(s)) => {
-                    write(d, ld, s, ls, &slots, self.total, &dev)
-                }
-                (CudaStorageSlice::F16(d), CudaStorageSlice::F16(s)) => {
-                    write(d, ld, s, ls, &slots, self.total, &dev)
-                }
-                _ => Err(crate::cuda::cuda_only(
-                    "paged_kv_write_tokens (a store and keys of one dtype: f32, f16 or bf16)",
-                )),
-            }
-        }
-    }
+    cuda_write_op3!(
+        WriteTokens,
+        "lmgen-paged-kv-write-tokens",
+        "paged_kv_write_tokens",
+        write
+    );
 
     struct PagedFlash {
         /// [`PagedStep`]'s tensor, read by the kernel.
@@ -323,37 +284,12 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp3 for PagedFlash {
-        fn name(&self) -> &'static str {
-            "lmgen-paged-flash-attention"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("paged_flash_attention"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            q: &CudaStorage,
-            lq: &Layout,
-            k: &CudaStorage,
-            lk: &Layout,
-            v: &CudaStorage,
-            lv: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = q.device();
-            let slice = self.map(&q.slice, lq, &k.slice, lk, &v.slice, lv, dev)?;
-            Ok(crate::cuda::output(slice, dev, lq.shape().clone()))
-        }
-    }
+    cuda_op3!(
+        PagedFlash,
+        "lmgen-paged-flash-attention",
+        "paged_flash_attention",
+        |_op, lq| lq.shape().clone()
+    );
 }
 
 #[cfg(test)]
