@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::models::layers::widened::{widened_matmul, with_rows};
-use crate::models::layers::{gemv, gemv_avx2};
+use crate::models::layers::{gemv, gemv_avx2, huge_pages};
 use crate::models::{quantize_avx2, quantize_k_avx2, quantize_vnni};
 
 /// From this many activation rows, Q8_0 and Q4_K products take the 8-bit tiles of
@@ -132,7 +132,8 @@ fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Option<Vec<T>> {
     if size != T::DTYPE.type_size() || size == 0 || !bytes.len().is_multiple_of(size) {
         return None;
     }
-    let mut blocks = vec![T::zeros(); bytes.len() / size];
+    let mut blocks = huge_pages::with_capacity(bytes.len() / size);
+    blocks.resize(bytes.len() / size, T::zeros());
     // SAFETY: candle's block types are `#[repr(C)]` structs of `f16`, `u8` and `i8` fields and
     // arrays, for which every bit pattern is a valid value, and `size_of::<T>()` equals ggml's
     // block size in bytes, so the struct has no padding and is ggml's on-disk layout (candle reads
@@ -172,7 +173,7 @@ fn quantize_blocks<T: GgmlType>(
     cols: usize,
     read: &dyn Fn(Range<usize>) -> Result<Vec<f32>>,
 ) -> Result<Vec<T>> {
-    let mut blocks = Vec::with_capacity(rows * cols / T::BLCK_SIZE);
+    let mut blocks = huge_pages::with_capacity(rows * cols / T::BLCK_SIZE);
     for start in (0..rows).step_by(QUANTIZE_BAND_ROWS) {
         let data = read(start..rows.min(start + QUANTIZE_BAND_ROWS))?;
         let done = blocks.len();

@@ -20,7 +20,9 @@ pub const ALIGN_BYTES: usize = 64;
 pub fn vec<T: Copy>(len: usize, fill: T) -> (Vec<T>, usize) {
     let size = std::mem::size_of::<T>().max(1);
     let pad = ALIGN_BYTES.div_ceil(size);
-    let v = vec![fill; len + pad];
+    // Large vectors (weights) in huge pages where the kernel gives them (see `huge_pages`).
+    let mut v = super::huge_pages::with_capacity(len + pad);
+    v.resize(len + pad, fill);
     let misaligned = v.as_ptr() as usize % ALIGN_BYTES;
     let start = if misaligned == 0 || !misaligned.is_multiple_of(size) {
         0

@@ -12,6 +12,7 @@ pub mod gemv;
 pub mod gemv_amx;
 pub mod gemv_avx2;
 pub mod gemv_avx512;
+pub mod huge_pages;
 pub mod linear;
 pub mod mask;
 pub mod mixer;
