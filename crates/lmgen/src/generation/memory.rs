@@ -163,9 +163,19 @@ fn peak_of(
         _ => 1,
     };
     let cfg = model.config();
+    // Every attention layer's head size must fit the kernel (Gemma 4's full layers have larger
+    // heads than its sliding ones).
+    let head_dims: std::collections::BTreeSet<usize> = (0..cfg.num_hidden_layers)
+        .filter_map(|i| match cfg.kv_shape(i) {
+            (0, _) => None, // a recurrent layer
+            (_, d) => Some(d),
+        })
+        .collect();
     let flash = prompt == Prompt::Unpadded
         && !g.output_attentions
-        && crate::cuda::flash_applies(model.device(), model.dtype(), cfg.head_dim);
+        && head_dims
+            .iter()
+            .all(|&d| crate::cuda::flash_applies(model.device(), model.dtype(), d));
     let scores = match flash {
         true => Scores::OnChip,
         false => Scores::Materialised,
