@@ -8,14 +8,32 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 
-/// Hands `f` the elements of the f32 tensor `t` (row-major, flattened) on the host.
+/// Hands `f` the elements of the f32 tensor `t` (row-major, flattened) on the host: a
+/// contiguous CPU tensor's own data (no copy), a GPU tensor's through the staging buffer.
 pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     #[cfg(feature = "cuda")]
     if t.device().is_cuda() {
         return pinned::read(t, f);
     }
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets())
+    {
+        if let Ok(data) = cpu.as_slice::<f32>() {
+            return Ok(f(&data[a..b]));
+        }
+    }
+    drop(storage);
     let host = t.flatten_all()?.to_vec1::<f32>()?;
     Ok(f(&host))
+}
+
+/// The elements of the f32 tensor `t` as a host vector: one copy from the CPU, one page-locked
+/// transfer and one copy from a GPU.
+pub fn to_host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    if t.device().is_cuda() {
+        return with_host_f32(t, <[f32]>::to_vec);
+    }
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
 #[cfg(feature = "cuda")]

@@ -175,6 +175,6 @@ pub(crate) fn host_scores(logits: &Tensor) -> Result<Scores> {
         _ => logits.dims2()?,
     };
     // [rows * vocab], from a GPU through a page-locked buffer (`readback`).
-    let data = crate::readback::with_host_f32(logits, <[f32]>::to_vec)?;
+    let data = crate::readback::to_host_f32(logits)?;
     Ok(Scores::new(data, rows, vocab))
 }
