@@ -8,8 +8,8 @@
 //! whichever is larger; the residual stream; and the KV cache of every layer up to `max_length`.
 //! Where the GPU's flash kernel runs the prefill's attention (unpadded prompts of a decoder-only
 //! model, no attention weights returned: [`crate::cuda::flash_applies`]), no scores or masks are
-//! counted, as none are made. It is an estimate of the peak, not a bound on every allocation: allocator rounding and the
-//! cuBLAS workspace are not counted.
+//! counted, as none are made. It is an estimate of the peak, not a bound on every allocation:
+//! allocator rounding and the cuBLAS workspace are not counted.
 //!
 //! A long prompt whose one-pass prefill would not fit is prefilled in chunks instead
 //! ([`plan_prefill`]), as if `prefill_chunk_size` had been set: each chunk's queries attend over

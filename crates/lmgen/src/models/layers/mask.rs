@@ -37,8 +37,8 @@ pub struct PackedSequence {
 }
 
 /// The mask of a dense batch without padding: each query masked by its position only (causal,
-/// and a sliding window). Attention kernels that mask by position read [`CausalMask::past`]
-/// and [`CausalMask::window`] and never build the tensor (`[b, 1, t, past + t]`: 4 GiB in f32
+/// and a sliding window). Attention kernels that mask by position read its lengths and
+/// [`CausalMask::window`] and never build the tensor (`[b, 1, t, past + t]`: 4 GiB in f32
 /// for a 32k-token prompt); the others get it from [`CausalMask::tensor`], built on first use
 /// and shared by every layer after.
 #[derive(Debug, Clone)]
@@ -275,12 +275,13 @@ impl ForwardMasks {
     ) -> Result<Self> {
         let (b, t) = input.input_ids.dims2()?;
         let has_sliding = cfg.layer_types.contains(&LayerType::SlidingAttention);
-        let Some(spans) = cache.spans() else {
+        // (full-attention layers' mask, sliding layers')
+        let masks = |padding, batch, q_len, kv_len| -> Result<(DenseMask, DenseMask)> {
             let spec = MaskSpec {
-                padding: input.attention_mask,
-                batch: b,
-                q_len: t,
-                kv_len: cache.seq_len() + t,
+                padding,
+                batch,
+                q_len,
+                kv_len,
             };
             let full = DenseMask::new(&spec, None, dtype, device)?;
             let sliding = if has_sliding {
@@ -288,6 +289,10 @@ impl ForwardMasks {
             } else {
                 DenseMask::None
             };
+            Ok((full, sliding))
+        };
+        let Some(spans) = cache.spans() else {
+            let (full, sliding) = masks(input.attention_mask, b, t, cache.seq_len() + t)?;
             let recurrent = cfg.layer_types.iter().any(|l| !l.is_attention());
             let padding = match input.attention_mask {
                 Some(rows) if recurrent && t > 1 => new_token_padding(rows, t, dtype, device)?,
@@ -313,18 +318,7 @@ impl ForwardMasks {
         let mut start = 0;
         let mut sequences = Vec::with_capacity(spans.len());
         for span in spans {
-            let spec = MaskSpec {
-                padding: None,
-                batch: 1,
-                q_len: span.new,
-                kv_len: span.past + span.new,
-            };
-            let full = DenseMask::new(&spec, None, dtype, device)?;
-            let sliding = if has_sliding {
-                DenseMask::new(&spec, cfg.sliding_window, dtype, device)?
-            } else {
-                DenseMask::None
-            };
+            let (full, sliding) = masks(None, 1, span.new, span.past + span.new)?;
             sequences.push(PackedSequence {
                 start,
                 new: span.new,
