@@ -35,6 +35,38 @@ pub(super) fn head_fits(d: usize, dtype: DType) -> bool {
     d > 0 && (dtype == DType::F32 || d.is_multiple_of(16))
 }
 
+/// What the flash kernels take of a layer's scores and window, as their launch arguments.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) struct FlashScores {
+    /// 0: no sliding window.
+    pub window: i32,
+    pub scale: f32,
+    /// 0: no softcap.
+    pub softcap: f32,
+    /// `[nh]` f32 sink logits.
+    pub sinks: Option<Tensor>,
+}
+
+impl FlashScores {
+    /// `None` where the kernels do not take them: a window of 0 or past `i32`, sinks that are
+    /// not `[nh]` f32 on `q`'s device.
+    pub fn new(window: Option<usize>, scores: Scores<'_>, nh: usize, q: &Tensor) -> Option<Self> {
+        let fits = window.is_none_or(|w| w > 0 && w <= i32::MAX as usize)
+            && scores.sinks.is_none_or(|x| {
+                x.dtype() == DType::F32
+                    && x.elem_count() == nh
+                    && x.device().same_device(q.device())
+            });
+        fits.then(|| Self {
+            window: window.map_or(0, |w| w as i32),
+            scale: scores.scale as f32,
+            softcap: scores.softcap.map_or(0.0, |c| c as f32),
+            sinks: scores.sinks.cloned(),
+        })
+    }
+}
+
 /// Whether [`flash_attention`] runs a prompt of a model with heads of `head_dim` in `dtype` on
 /// `device` (a memory estimate then counts no scores).
 pub fn flash_applies(device: &candle_core::Device, dtype: DType, head_dim: usize) -> bool {
@@ -80,27 +112,17 @@ pub fn flash_attention(
         && k.dtype() == q.dtype()
         && v.dtype() == q.dtype()
         && k.stride()[3] == 1
-        && v.stride()[3] == 1
-        && window.is_none_or(|w| w > 0 && w <= i32::MAX as usize)
-        && scores.sinks.is_none_or(|x| {
-            x.dtype() == DType::F32 && x.elem_count() == nh && x.device().same_device(q.device())
-        });
-    if !fits {
-        return Ok(None);
+        && v.stride()[3] == 1;
+    match FlashScores::new(window, scores, nh, q) {
+        Some(scores) if fits => imp::run(q, k, v, scores),
+        _ => Ok(None),
     }
-    imp::run(q, k, v, window, scores)
 }
 
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn run(
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: Option<usize>,
-        _: Scores<'_>,
-    ) -> Result<Option<Tensor>> {
+    pub fn run(_: &Tensor, _: &Tensor, _: &Tensor, _: FlashScores) -> Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -119,13 +141,7 @@ pub(super) mod imp {
 
     use super::*;
 
-    pub fn run(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        window: Option<usize>,
-        scores: Scores<'_>,
-    ) -> Result<Option<Tensor>> {
+    pub fn run(q: &Tensor, k: &Tensor, v: &Tensor, scores: FlashScores) -> Result<Option<Tensor>> {
         let d = q.dim(3)?;
         let bytes = shared_bytes(d, q.dtype().size_in_bytes());
         let Some(dev) = q.device().as_cuda_device().ok() else {
@@ -134,13 +150,7 @@ pub(super) mod imp {
         if bytes > max_shared(dev)? {
             return Ok(None);
         }
-        let op = FlashAttention {
-            window: window.map_or(0, |w| w as i32),
-            scale: scores.scale as f32,
-            softcap: scores.softcap.map_or(0.0, |c| c as f32),
-            sinks: scores.sinks.cloned(),
-            bytes,
-        };
+        let op = FlashAttention { scores, bytes };
         let q = q.contiguous()?;
         Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
     }
@@ -159,14 +169,14 @@ pub(super) mod imp {
         Ok(())
     }
 
+    /// The sinks' data held for a launch, or `None` without sinks (the kernel then gets the null
+    /// pointer).
+    pub(in crate::cuda) fn hold_sinks(scores: &FlashScores) -> Option<crate::cuda::Held<'_>> {
+        scores.sinks.as_ref().map(crate::cuda::hold)
+    }
+
     struct FlashAttention {
-        /// 0: no sliding window.
-        window: i32,
-        scale: f32,
-        /// 0: no softcap.
-        softcap: f32,
-        /// `[nh]` f32 sink logits.
-        sinks: Option<Tensor>,
+        scores: FlashScores,
         bytes: usize,
     }
 
@@ -204,7 +214,7 @@ pub(super) mod imp {
             let (ks, vs) = (lk.stride(), lv.stride());
             let ints = [nh, nkv, t, s, d].map(|n| n as i32);
             let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
-            let sinks = self.sinks.as_ref().map(crate::cuda::hold);
+            let sinks = hold_sinks(&self.scores);
             let sinks = match &sinks {
                 Some(held) => Some(held.view::<f32>("flash_attention (CUDA sinks)")?),
                 None => None,
@@ -221,7 +231,8 @@ pub(super) mod imp {
             for n in &strides {
                 bld.arg(n);
             }
-            bld.arg(&self.window).arg(&self.scale).arg(&self.softcap);
+            let sc = &self.scores;
+            bld.arg(&sc.window).arg(&sc.scale).arg(&sc.softcap);
             unsafe { bld.launch(cfg) }.w()?;
             Ok(out)
         }

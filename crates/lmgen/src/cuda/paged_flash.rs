@@ -4,9 +4,9 @@
 //! instead of a write, a gather of the sequence's cached tokens (`index_select`), a mask built
 //! on the host and the attention ops, per sequence and layer.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::flash_attention::{head_fits, shared_bytes, BLOCK_QUERIES};
+use super::flash_attention::{head_fits, shared_bytes, FlashScores, BLOCK_QUERIES};
 use crate::error::Result;
 use crate::models::layers::attention::Scores;
 
@@ -105,16 +105,12 @@ pub fn paged_flash_attention(
             .all(|t| t.dtype() == q.dtype())
         && store_k.is_contiguous()
         && store_v.is_contiguous()
-        && window.is_none_or(|w| w > 0 && w <= i32::MAX as usize)
-        && scores.sinks.is_none_or(|x| {
-            x.dtype() == DType::F32 && x.elem_count() == nh && x.device().same_device(q.device())
-        })
         && step.index.device().same_device(q.device());
-    if !fits {
-        return Ok(None);
-    }
     let bytes = shared_bytes(d, q.dtype().size_in_bytes());
-    imp::run(store_k, store_v, [q, k, v], step, window, scores, bytes)
+    match FlashScores::new(window, scores, nh, q) {
+        Some(scores) if fits => imp::run(store_k, store_v, [q, k, v], step, scores, bytes),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -125,8 +121,7 @@ mod imp {
         _: &Tensor,
         _: [&Tensor; 3],
         _: &PagedStep,
-        _: Option<usize>,
-        _: Scores<'_>,
+        _: FlashScores,
         _: usize,
     ) -> Result<Option<Tensor>> {
         Ok(None)
@@ -143,7 +138,7 @@ mod imp {
     use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
-    use crate::cuda::flash_attention::imp::{allow_shared, max_shared};
+    use crate::cuda::flash_attention::imp::{allow_shared, hold_sinks, max_shared};
     use crate::cuda::Module;
 
     pub fn run(
@@ -151,8 +146,7 @@ mod imp {
         store_v: &Tensor,
         [q, k, v]: [&Tensor; 3],
         step: &PagedStep,
-        window: Option<usize>,
-        scores: Scores<'_>,
+        scores: FlashScores,
         bytes: usize,
     ) -> Result<Option<Tensor>> {
         let Ok(dev) = q.device().as_cuda_device() else {
@@ -172,10 +166,7 @@ mod imp {
             index: step.index.clone(),
             n: step.n,
             work: step.work,
-            window: window.map_or(0, |w| w as i32),
-            scale: scores.scale as f32,
-            softcap: scores.softcap.map_or(0.0, |c| c as f32),
-            sinks: scores.sinks.cloned(),
+            scores,
             bytes,
         };
         Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
@@ -227,10 +218,7 @@ mod imp {
         index: Tensor,
         n: usize,
         work: (usize, usize),
-        window: i32,
-        scale: f32,
-        softcap: f32,
-        sinks: Option<Tensor>,
+        scores: FlashScores,
         bytes: usize,
     }
 
@@ -262,7 +250,7 @@ mod imp {
             };
             let index = crate::cuda::hold(&self.index);
             let index = index.view::<u32>("paged_flash_attention (a CUDA index)")?;
-            let sinks = self.sinks.as_ref().map(crate::cuda::hold);
+            let sinks = hold_sinks(&self.scores);
             let sinks = match &sinks {
                 Some(held) => Some(held.view::<f32>("paged_flash_attention (CUDA sinks)")?),
                 None => None,
@@ -278,7 +266,8 @@ mod imp {
             for x in &ints {
                 bld.arg(x);
             }
-            bld.arg(&self.window).arg(&self.scale).arg(&self.softcap);
+            let sc = &self.scores;
+            bld.arg(&sc.window).arg(&sc.scale).arg(&sc.softcap);
             unsafe { bld.launch(cfg) }.w()?;
             Ok(out)
         }
