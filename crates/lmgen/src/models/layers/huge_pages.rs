@@ -3,7 +3,9 @@
 //! distributions, and of the machines this project measures on), and a decode product streaming a
 //! weight over 4 KiB pages ran slower: 256 and 545 MB f32 weights, 2 threads, AMD EPYC (Zen 4),
 //! 33.5 -> 36.1 and 31.0 -> 33.4 GB/s median (BENCHMARKS.md). Each 4 KiB page is a TLB entry and
-//! a boundary the hardware prefetchers stop at.
+//! a boundary the hardware prefetchers stop at. The cost is at load: the kernel finds (and where
+//! it must, compacts memory for) and zeroes each 2 MiB page, about 1 s more for 1.9 GB of f32
+//! weights on that machine.
 
 /// Below this many bytes a vector is left as the allocator gives it.
 const MIN_BYTES: usize = 4 << 20;
