@@ -23,6 +23,9 @@
 //!   [`paged_flash_attention`] the same over the paged store's slots for a packed step with
 //!   prompt chunks, every new token's keys and values written at its slot first.
 //!
+//! - [`greedy_logprob`]: each row's greedy id and its log-probability from the raw logits, so
+//!   that greedy rows read back two numbers instead of the row (the engine, `generate()`).
+//!
 //! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
@@ -127,6 +130,7 @@ mod decode_attention;
 mod flash_attention;
 mod gemv;
 pub(crate) mod graph;
+mod greedy;
 pub mod kernel_bench;
 mod kv_write;
 mod paged_attention;
@@ -139,6 +143,7 @@ pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
 pub use flash_attention::{flash_applies, flash_attention};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
+pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex};
 pub use paged_flash::{paged_flash_attention, PagedStep};

@@ -56,8 +56,65 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         }
         report.push(paged_flash(device, dtype, None, false)?);
         report.push(paged_flash(device, dtype, Some(50), true)?);
+        report.push(greedy_logprob(device, dtype)?);
     }
     Ok(report)
+}
+
+/// The greedy pick against the host's `argmax` and `log_sum_exp` over the same (rounded)
+/// values: ids equal (first maximum on a tie, first NaN, 0 for an all -inf row), log-probabilities
+/// within f32 summation error.
+fn greedy_logprob(device: &Device, dtype: DType) -> Result<String> {
+    use crate::generation::log_sum_exp;
+    use crate::generation::sampler::argmax;
+    let vocab = 151_936;
+    let mut rows: Vec<Vec<f32>> = (0..3).map(|r| values(vocab, 40 + r)).collect();
+    rows[1][100] = 9.0; // a tie: the first wins
+    rows[1][70_000] = 9.0;
+    rows[2][5_000] = f32::NAN;
+    rows[2][90_000] = f32::NAN;
+    rows.push(vec![f32::NEG_INFINITY; vocab]);
+    let mut sparse = vec![f32::NEG_INFINITY; vocab];
+    sparse[151_000] = -3.0;
+    sparse[7] = -4.0;
+    rows.push(sparse);
+    let n = rows.len();
+    let flat: Vec<f32> = rows.concat();
+    let logits = Tensor::from_vec(flat, (n, vocab), &Device::Cpu)?.to_dtype(dtype)?;
+    let host: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let picked = super::greedy_logprob(&logits.to_device(device)?)?
+        .ok_or_else(|| missing("greedy_logprob"))?
+        .to_vec2::<f32>()?;
+    let mut worst = 0f32;
+    for (r, (row, got)) in host.iter().zip(&picked).enumerate() {
+        let id = argmax(row);
+        if got[0] as usize != id {
+            return Err(mismatch(format!(
+                "greedy_logprob {dtype:?} row {r}: id {}, expected {id}",
+                got[0]
+            )));
+        }
+        let want = row[id] - log_sum_exp(row);
+        if want.is_nan() || got[1].is_nan() {
+            if want.is_nan() != got[1].is_nan() {
+                return Err(mismatch(format!(
+                    "greedy_logprob {dtype:?} row {r}: log-probability {}, expected {want}",
+                    got[1]
+                )));
+            }
+            continue;
+        }
+        worst = worst.max((got[1] - want).abs() / (1.0 + want.abs()));
+    }
+    let tol = 1e-5;
+    if worst > tol {
+        return Err(mismatch(format!(
+            "greedy_logprob {dtype:?}: log-probability error {worst:e} over {tol:e}"
+        )));
+    }
+    Ok(format!(
+        "ok greedy_logprob {dtype:?} [{n}, {vocab}]: ids equal, log-probability error {worst:e} (tolerance {tol:e})"
+    ))
 }
 
 /// A prompt's attention for [`flash_attention`]: `t` queries after `s - t` cached keys.

@@ -381,18 +381,47 @@ impl Sequence {
         self.processors
             .process(std::slice::from_ref(&self.tokens), &mut scores)?;
         let token = self.sampler.select(&scores)?[0];
-        self.tokens.push(token);
         let logprobs = match (logprob_row, self.logprobs) {
             (Some(row), Some(k)) => vec![token_logprob(&row, token, k)],
             _ => Vec::new(),
         };
+        Ok(self.accept(token, logprobs))
+    }
+
+    /// Whether this step's token is the raw logits' argmax and needs nothing else of the row:
+    /// greedy, no processor, at most the chosen token's log-probability asked for (no
+    /// alternatives). Such a row can be picked on the device ([`Sequence::take_greedy`]).
+    pub fn greedy_only(&self) -> bool {
+        matches!(self.sampler, Sampler::Greedy)
+            && self.processors.is_empty()
+            && self.logprobs.is_none_or(|k| k == 0)
+    }
+
+    /// [`Sequence::sample`] for a [`Sequence::greedy_only`] row whose argmax `token` and its
+    /// log-probability were found on the device.
+    pub fn take_greedy(&mut self, token: TokenId, logprob: f32) -> RequestUpdate {
+        debug_assert!(self.greedy_only());
+        let logprobs = match self.logprobs {
+            Some(_) => vec![TokenLogprob {
+                token,
+                logprob,
+                top: Vec::new(),
+            }],
+            None => Vec::new(),
+        };
+        self.accept(token, logprobs)
+    }
+
+    /// Appends the step's `token`, checks the stopping criteria; the update to send.
+    fn accept(&mut self, token: TokenId, logprobs: Vec<TokenLogprob>) -> RequestUpdate {
+        self.tokens.push(token);
         let finish = self.stopping.check(&self.tokens);
         self.status = if finish.is_some() {
             RequestStatus::Finished
         } else {
             RequestStatus::Decoding
         };
-        Ok(self.update(vec![token], logprobs, finish, None))
+        self.update(vec![token], logprobs, finish, None)
     }
 
     /// An update from this sequence.

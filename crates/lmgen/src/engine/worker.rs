@@ -18,6 +18,7 @@ use crate::cache::SequenceSpan;
 use crate::error::{Error, Result};
 use crate::models::{CausalLM, DType, ForwardInput};
 use crate::readback;
+use crate::TokenId;
 
 /// What the manager tells the engine thread.
 pub(crate) enum Command {
@@ -176,7 +177,6 @@ impl Worker {
         // Publish the blocks this step holds before any of its updates is sent, so that a client
         // reading `stats()` after an update sees at least the state that produced it.
         self.publish(0);
-        let vocab = self.vocab();
         let (mut prompt_tokens, mut generated) = (0u64, 0u64);
         // The logits row of each running sequence that samples this step (its prompt done).
         let mut rows = vec![None; self.running.len()];
@@ -193,23 +193,7 @@ impl Worker {
                 rows[i] = Some(k);
             }
         }
-        // Each sequence's processors and sampler over its own row, the sequences side by side
-        // (64 sequences over a 152k vocabulary on the H100's host: the step's ITL p50 went
-        // from 34.9 to 20.7 ms; BENCHMARKS.md). Reading the logits waits for the forward.
-        let running = &mut self.running;
-        let read = readback::with_host_f32(&logits, |logits| {
-            let forwarded = Instant::now();
-            let sampled: Vec<(usize, Result<RequestUpdate>)> = running
-                .par_iter_mut()
-                .enumerate()
-                .filter_map(|(i, seq)| {
-                    let k = rows[i]?;
-                    Some((i, seq.sample(logits[k * vocab..(k + 1) * vocab].to_vec())))
-                })
-                .collect();
-            (forwarded, sampled)
-        });
-        let (forwarded, sampled) = match read {
+        let (forwarded, sampled) = match sample(&logits, &mut self.running, &rows) {
             Ok(read) => read,
             Err(e) => {
                 self.fail(&batch, e);
@@ -268,10 +252,6 @@ impl Worker {
             let mut seq = self.running.remove(i);
             seq.end(RequestStatus::Failed, Some(e.clone()), &mut self.alloc);
         }
-    }
-
-    fn vocab(&self) -> usize {
-        self.model.config().vocab_size
     }
 
     /// The packed forward over `batch`, queued; the last position's logits of every scheduled
@@ -353,4 +333,81 @@ impl Worker {
                 .sum();
         }
     }
+}
+
+/// Each sampling sequence's index among the running ones and its step's update (or error).
+type Sampled = Vec<(usize, Result<RequestUpdate>)>;
+
+/// The next token of every sequence that samples this step (`rows[i]`: sequence `i`'s row of
+/// `logits` `[1, sequences, vocab]` f32), and when the forward's results reached the host.
+///
+/// On a GPU the rows that only need their argmax ([`Sequence::greedy_only`]) are picked there
+/// and read back as two numbers a row; the others' rows of logits are read back (gathered first
+/// when some rows were picked on the device) and each sequence's processors and sampler run over
+/// its own row, the sequences side by side (64 sequences over a 152k vocabulary on the H100's
+/// host: the step's ITL p50 went from 34.9 to 20.7 ms; BENCHMARKS.md). Reading anything back
+/// waits for the forward.
+fn sample(
+    logits: &Tensor,
+    running: &mut [Sequence],
+    rows: &[Option<usize>],
+) -> Result<(Instant, Sampled)> {
+    let logits = logits.squeeze(0)?; // [sequences, vocab]
+    let mut on_device: Vec<(usize, usize)> = Vec::new();
+    let mut on_host: Vec<(usize, usize)> = Vec::new();
+    for (i, k) in rows.iter().enumerate() {
+        let Some(k) = *k else { continue };
+        if logits.device().is_cuda() && running[i].greedy_only() {
+            on_device.push((i, k));
+        } else {
+            on_host.push((i, k));
+        }
+    }
+    let mut sampled = Vec::with_capacity(on_device.len() + on_host.len());
+    let mut forwarded = None;
+    if !on_device.is_empty() {
+        match crate::cuda::greedy_logprob(&logits)? {
+            Some(picked) => {
+                let picks = readback::to_host_f32(&picked)?; // [sequences, 2]
+                forwarded = Some(Instant::now());
+                for &(i, k) in &on_device {
+                    let update = running[i].take_greedy(picks[2 * k] as TokenId, picks[2 * k + 1]);
+                    sampled.push((i, Ok(update)));
+                }
+            }
+            None => on_host.append(&mut on_device),
+        }
+    }
+    if on_host.is_empty() {
+        return Ok((forwarded.unwrap_or_else(Instant::now), sampled));
+    }
+    // The rows read back, and each host-sampled sequence's row among them.
+    let (host, mut row_of) = (logits.clone(), vec![None; running.len()]);
+    let host = if on_device.is_empty() {
+        for &(i, k) in &on_host {
+            row_of[i] = Some(k);
+        }
+        host
+    } else {
+        let ks: Vec<u32> = on_host.iter().map(|&(_, k)| k as u32).collect();
+        for (j, &(i, _)) in on_host.iter().enumerate() {
+            row_of[i] = Some(j);
+        }
+        host.index_select(&Tensor::new(ks, host.device())?, 0)?
+    };
+    let vocab = host.dim(1)?;
+    let (read, host_sampled) = readback::with_host_f32(&host, |logits| {
+        let read = Instant::now();
+        let sampled: Sampled = running
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(i, seq)| {
+                let j = row_of[i]?;
+                Some((i, seq.sample(logits[j * vocab..(j + 1) * vocab].to_vec())))
+            })
+            .collect();
+        (read, sampled)
+    })?;
+    sampled.extend(host_sampled);
+    Ok((forwarded.unwrap_or(read), sampled))
 }

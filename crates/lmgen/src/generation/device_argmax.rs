@@ -6,9 +6,11 @@
 //! `rows * vocab * 4` bytes (600 KB a row for a 152k vocabulary); this copies `2 * rows` u32.
 //!
 //! The result is exactly the host's [`argmax`](crate::generation::sampler::argmax) (and
-//! `torch.argmax`): the first maximum of a row, and the first NaN if the row has one. candle's own
-//! CUDA `argmax` does not promise the first index among equal maxima, so this is built from `max`,
-//! `eq`, `where_cond` and `min` over the indices.
+//! `torch.argmax`): the first maximum of a row, and the first NaN if the row has one. On a GPU
+//! with lmgen's kernels one launch finds it ([`crate::cuda::greedy_logprob`]); otherwise (and
+//! on the CPU, where the tests check it) it is built from candle's `max`, `eq`, `where_cond` and
+//! `min` over the indices, since candle's own CUDA `argmax` does not promise the first index
+//! among equal maxima.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -39,6 +41,12 @@ impl DeviceArgmax {
     pub fn select(&self, logits: &Tensor) -> Result<Vec<TokenId>> {
         let (rows, vocab) = logits.dims2()?;
         debug_assert_eq!(vocab, self.vocab);
+        if let Some(picked) = crate::cuda::greedy_logprob(&logits.contiguous()?)? {
+            // [rows, 2]: (id, log-probability); ids below 2^24 are exact in f32.
+            return crate::readback::with_host_f32(&picked, |p| {
+                p.chunks_exact(2).map(|c| c[0] as TokenId).collect()
+            });
+        }
         let index = self.index.broadcast_as((rows, vocab))?;
         let none = self.none.broadcast_as((rows, vocab))?;
         let first = |mask: &Tensor| -> Result<Tensor> {

@@ -52,6 +52,80 @@ __device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int row
     }
 }
 
+// Greedy selection and the chosen token's log-probability, one block per row of raw logits
+// [rows, vocab]: out[row] = (id, logit[id] - logsumexp(row)) as two f32 (ids below 2^24 are
+// exact), `id` the first maximum, or the first NaN where the row has one (the host's `argmax`,
+// `torch.argmax`); an all -inf row gives id 0. The log-sum-exp is the host's `max + log(sum
+// exp(x - max))`, summed in another order.
+#define NO_INDEX 0x7fffffff
+struct Pick {
+    float best;  // largest value seen (NaN skipped)
+    int at;      // its first index; NO_INDEX for none
+    int nan;     // first NaN's index; NO_INDEX for none
+    float m, s;  // running maximum of the finite-or-+inf values, and sum of exp(x - m)
+};
+__device__ __forceinline__ Pick pick_merge(Pick a, Pick b) {
+    Pick r;
+    if (b.best > a.best || (b.best == a.best && b.at < a.at)) {
+        r.best = b.best;
+        r.at = b.at;
+    } else {
+        r.best = a.best;
+        r.at = a.at;
+    }
+    r.nan = min(a.nan, b.nan);
+    r.m = fmaxf(a.m, b.m);
+    r.s = r.m == -INFINITY ? 0.f
+                           : (a.s == 0.f ? 0.f : a.s * expf(a.m - r.m)) + (b.s == 0.f ? 0.f : b.s * expf(b.m - r.m));
+    return r;
+}
+__device__ __forceinline__ Pick pick_shfl(Pick p, int o) {
+    Pick q;
+    q.best = __shfl_xor_sync(0xffffffff, p.best, o);
+    q.at = __shfl_xor_sync(0xffffffff, p.at, o);
+    q.nan = __shfl_xor_sync(0xffffffff, p.nan, o);
+    q.m = __shfl_xor_sync(0xffffffff, p.m, o);
+    q.s = __shfl_xor_sync(0xffffffff, p.s, o);
+    return q;
+}
+template <typename T>
+__device__ void greedy_logprob(const T* logits, float* out, int vocab) {
+    __shared__ Pick warps[32];
+    const T* x = logits + (size_t)blockIdx.x * vocab;
+    Pick p = {-INFINITY, NO_INDEX, NO_INDEX, -INFINITY, 0.f};
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = to_f(x[i]);
+        if (v != v) {
+            p.nan = min(p.nan, i);
+            continue;
+        }
+        if (v > p.best) {  // strictly: a thread's indices rise, so the first maximum stays
+            p.best = v;
+            p.at = i;
+        }
+        if (v == -INFINITY) continue;
+        if (v > p.m) {
+            p.s = p.s * expf(p.m - v) + 1.f;
+            p.m = v;
+        } else {
+            p.s += expf(v - p.m);
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) p = pick_merge(p, pick_shfl(p, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    if (lane == 0) warps[warp] = p;
+    __syncthreads();
+    if (warp != 0) return;
+    p = lane < nwarps ? warps[lane] : Pick{-INFINITY, NO_INDEX, NO_INDEX, -INFINITY, 0.f};
+    for (int o = 16; o > 0; o >>= 1) p = pick_merge(p, pick_shfl(p, o));
+    if (lane != 0) return;
+    float lse = p.m == -INFINITY ? -INFINITY : p.m + logf(p.s);
+    int id = p.nan != NO_INDEX ? p.nan : (p.at != NO_INDEX ? p.at : 0);
+    float chosen = p.nan != NO_INDEX ? NAN : (p.at != NO_INDEX ? p.best : -INFINITY);
+    out[2 * blockIdx.x] = (float)id;
+    out[2 * blockIdx.x + 1] = chosen - lse;
+}
+
 // SiLU-gated product over a fused gate/up projection: gate_up [rows, 2 * inter] (the gate's
 // columns first) -> out [rows, inter] = silu(gate) * up, silu rounded to T first (candle's
 // `silu` then `mul`).
@@ -495,6 +569,9 @@ GEMV_ALL(__half, f16)
     }                                                                                                   \
     extern "C" __global__ void lmgen_swiglu_##SUFFIX(const T* gate_up, T* out, int rows, int inter) {   \
         swiglu<T>(gate_up, out, rows, inter);                                                           \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_greedy_logprob_##SUFFIX(const T* logits, float* out, int vocab) {  \
+        greedy_logprob<T>(logits, out, vocab);                                                          \
     }                                                                                                   \
     extern "C" __global__ void lmgen_decode_attention_##SUFFIX(                                         \
         const T* q, const T* k, const T* v, T* out, float* part, int chunk, int nh, int nkv, int s,     \

@@ -160,9 +160,10 @@ pub(super) fn run_with_step(
     if let Some(s) = streamer.as_mut() {
         s.put(&state.sequences[0])?;
     }
-    let mut step_ids: Tensor = Tensor::new(state.sequences.clone(), &device)?; // [b, t]
-                                                                               // Greedy search with nothing to apply to or return of the scores only needs each row's
-                                                                               // argmax: on a GPU take it there, so the logits never cross to the host.
+    // [b, t]
+    let mut step_ids: Tensor = Tensor::new(state.sequences.clone(), &device)?;
+    // Greedy search with nothing to apply to or return of the scores only needs each row's
+    // argmax: on a GPU take it there, so the logits never cross to the host.
     let device_argmax = if !device.is_cpu()
         && !g.mode.do_sample()
         && g.confidence_threshold.is_none()

@@ -1,0 +1,106 @@
+//! Greedy selection on the GPU: each row's first maximum and its log-probability, so that a step
+//! whose rows only need their argmax reads back two numbers a row instead of the whole row of
+//! logits (600 KB a row for a 152k vocabulary) and leaves the host's scan.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// `[rows, vocab]` raw logits (f32, f16 or bf16, contiguous) -> `[rows, 2]` f32: each row's
+/// greedy id (the first maximum, or the first NaN where the row has one, as the host's
+/// [`argmax`](crate::generation::sampler::argmax)) and that logit minus the row's log-sum-exp
+/// (its log-probability before any processor), in one launch. `None` where the kernel does not
+/// apply (see the [module](super) docs).
+pub fn greedy_logprob(logits: &Tensor) -> Result<Option<Tensor>> {
+    if !super::applies(logits) || !logits.is_contiguous() || logits.rank() != 2 {
+        return Ok(None);
+    }
+    imp::run(logits)
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::*;
+    pub fn run(_: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod imp {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+    use candle_core::{CpuStorage, CudaDevice, CudaStorage, Layout, Shape, WithDType};
+
+    use super::*;
+
+    pub fn run(logits: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(logits.apply_op1_no_bwd(&GreedyLogprob)?))
+    }
+
+    struct GreedyLogprob;
+
+    /// One 1024-thread block per row.
+    fn launch<T: WithDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+        src: &CudaSlice<T>,
+        layout: &Layout,
+        dev: &CudaDevice,
+    ) -> candle_core::Result<CudaSlice<f32>> {
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| crate::cuda::cuda_only("greedy_logprob (contiguous logits)"))?;
+        let src = src.slice(a..b);
+        let (rows, vocab) = layout.shape().dims2()?;
+        let out = unsafe { dev.alloc::<f32>(2 * rows)? };
+        if rows == 0 {
+            return Ok(out);
+        }
+        let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_greedy_logprob")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let vocab = vocab as i32;
+        let mut builder = stream.launch_builder(&func);
+        builder.arg(&src).arg(&out).arg(&vocab);
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok(out)
+    }
+
+    impl candle_core::CustomOp1 for GreedyLogprob {
+        fn name(&self) -> &'static str {
+            "lmgen-greedy-logprob"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            Err(crate::cuda::cuda_only("greedy_logprob"))
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = s.device();
+            let out = match &s.slice {
+                CudaStorageSlice::F32(src) => launch(src, l, dev)?,
+                CudaStorageSlice::F16(src) => launch(src, l, dev)?,
+                CudaStorageSlice::BF16(src) => launch(src, l, dev)?,
+                _ => {
+                    return Err(crate::cuda::cuda_only(
+                        "greedy_logprob (f32, f16 or bf16 logits)",
+                    ))
+                }
+            };
+            let rows = l.shape().dims2()?.0;
+            Ok(crate::cuda::output(
+                CudaStorageSlice::F32(out),
+                dev,
+                Shape::from((rows, 2)),
+            ))
+        }
+    }
+}
