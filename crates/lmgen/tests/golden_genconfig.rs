@@ -285,6 +285,49 @@ fn step_outputs_are_kept_only_when_asked() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Assisted decoding (prompt lookup) over every static cache kind is refused as transformers 5.17
+/// refuses it ("assisted generate is not supported with Static cache classes", checked on the
+/// device machine: BENCHMARKS.md, issue 19's offloaded cache on the GPU); the dynamic and
+/// offloaded caches give the golden tokens.
+#[test]
+fn assisted_decoding_refuses_static_caches() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(fixtures().join("golden/generate.json"))?;
+    let all: Vec<Value> = serde_json::from_str(&text)?;
+    let case = all
+        .iter()
+        .find(|c| c["model"] == "llama" && c["name"] == "prompt_lookup")
+        .ok_or_else(|| anyhow::anyhow!("no llama prompt_lookup case"))?;
+    let mut pipes = Pipes::default();
+    for name in [
+        "static",
+        "offloaded_static",
+        "sliding_window",
+        "hybrid_chunked",
+        "offloaded_hybrid",
+        "offloaded_hybrid_chunked",
+    ] {
+        let extra = serde_json::json!({ "cache_implementation": name });
+        let err = match run(&mut pipes, case, &extra) {
+            Ok(_) => {
+                anyhow::bail!("{name}: transformers refuses assisted decoding here, lmgen ran it")
+            }
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            err.contains("Static cache classes") && err.contains(name),
+            "{name}: {err}"
+        );
+    }
+    let mut failures = Vec::new();
+    for name in ["dynamic", "offloaded"] {
+        let extra = serde_json::json!({ "cache_implementation": name });
+        let out = run(&mut pipes, case, &extra)?;
+        common::check_sequences(name, &out, &case["expected"], &mut failures)?;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
 /// Each `cache_implementation` transformers 5.17 accepts gives its tokens: `static` and the
 /// deprecated names it maps to a static cache, with `max_cache_len`, in beam search too. The
 /// offloaded kinds fail in transformers on a CPU-only machine (offloading needs an accelerator,

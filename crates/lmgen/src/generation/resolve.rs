@@ -311,6 +311,7 @@ impl GenerationConfig {
             c.cache_config.as_ref(),
         )?;
         quantized_cache_fits(&cache, &mode, model)?;
+        static_cache_fits(&cache, &mode, c.cache_implementation.as_deref())?;
         let confidence_threshold = confidence_threshold(&c, &mode)?;
         Ok(ResolvedGeneration {
             mode,
@@ -437,6 +438,24 @@ fn quantized_cache_fits(
             other.generation_mode().description()
         ))),
     }
+}
+
+/// transformers refuses assisted decoding over a static cache (`StaticCache` and its offloaded
+/// and sliding variants: "assisted generate is not supported with Static cache classes"), whose
+/// rows cannot take the draft tokens past `max_cache_len`; so does lmgen, before running.
+fn static_cache_fits(cache: &CacheImplementation, mode: &Mode, name: Option<&str>) -> Result<()> {
+    let is_static = matches!(
+        cache,
+        CacheImplementation::Static { .. } | CacheImplementation::OffloadedStatic { .. }
+    );
+    if is_static && matches!(mode, Mode::Assisted(_)) {
+        return Err(Error::config(format!(
+            "assisted generate is not supported with Static cache classes \
+             (`cache_implementation=\"{}\"`); use the dynamic or offloaded cache",
+            name.unwrap_or("static")
+        )));
+    }
+    Ok(())
 }
 
 fn generation_mode_is_beam(mode: GenerationMode) -> bool {
