@@ -27,6 +27,8 @@
 #   tools/device_run.sh long-prompt     a 32k prompt against transformers, a failure inside a request
 #   tools/device_run.sh python-gpu      the Python script with transformers and with lmgen's CUDA wheel
 #   tools/device_run.sh whisper-rtf     Whisper-tiny/base real-time factor, lmgen vs transformers
+#   tools/device_run.sh cache-check     the golden generate cases with the offloaded caches on the GPU
+#   tools/device_run.sh cache-bench     tokens/s and peak memory of each cache over 4096 new tokens
 #   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
 #                                       dense / attention-only twins, lmgen vs transformers `generate`
 #
@@ -181,6 +183,25 @@ while [ $# -gt 0 ]; do
             grep -E "FAIL|passed" | tail -8
         AB_SHAPES=${FUSE_SHAPES:-qwen2.5-0.5b llama-3.2-1b qwen3-4b llama-3.1-8b} AB_BATCHES=1 \
             AB_ENV="LMGEN_CUDA_FUSE_STEPS=0 LMGEN_CUDA_FUSE_STEPS=1" "$0" env-ab 2>&1 | grep -v "^library path"
+        ;;
+    cache-check)
+        # Every golden generate and legacy case (old models, and the golden-arch models' generate
+        # cases) with the offloaded caches on the GPU, f32: transformers' tokens, as the dynamic cache.
+        for cache in ${CACHES:-offloaded offloaded_static}; do
+            echo "== $cache"
+            timeout 240 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN" --only generate,legacy \
+                --args "--device cuda --dtype f32" --generation-config "{\"cache_implementation\": \"$cache\"}" -v \
+                2>&1 | tee "$OUT/cache_check_$cache.txt" | tail -3
+            timeout 240 python3 tools/conformance.py --bin "$BIN/lmgen" --golden "$GOLDEN_ARCH" --only generate \
+                --models "$ARCH_MODELS" --args "--device cuda --dtype f32" \
+                --generation-config "{\"cache_implementation\": \"$cache\"}" -v \
+                2>&1 | tee "$OUT/cache_check_arch_$cache.txt" | tail -3
+        done
+        ;;
+    cache-bench)
+        # Tokens/s and peak GPU memory of each cache over a 4096-token generation (tools/gpu_cache_bench.py).
+        timeout 500 python3 tools/gpu_cache_bench.py --lmgen "$BIN/lmgen" ${CACHE_BENCH_ARGS:-} 2>&1 \
+            | tee "$OUT/cache_bench.txt"
         ;;
     engine-check)
         timeout 200 python3 tools/gpu_engine_check.py --bin "$BIN/lmgen" \

@@ -94,16 +94,20 @@ impl DynamicCache {
     /// capacity too small.
     fn capacity_for(&self, current: usize, len: usize, t: usize) -> Result<usize> {
         match self.fixed_capacity {
-            Some(fixed) if len + t > fixed => Err(Error::input(format!(
-                "the static cache holds {fixed} tokens per sequence (`max_cache_len`, else \
-                 `max_length - 1`) and this step needs {}; raise `max_cache_len`",
-                len + t
-            ))),
+            Some(fixed) if len + t > fixed => Err(static_full(fixed, len + t)),
             Some(fixed) => Ok(fixed),
             None if current == 0 => Ok(t.max(MIN_CAPACITY)),
             None => Ok((2 * current).max(len + t)),
         }
     }
+}
+
+/// The error of a step needing `needed` tokens per row of a static cache of `fixed`.
+pub(crate) fn static_full(fixed: usize, needed: usize) -> Error {
+    Error::input(format!(
+        "the static cache holds {fixed} tokens per sequence (`max_cache_len`, else \
+         `max_length - 1`) and this step needs {needed}; raise `max_cache_len`"
+    ))
 }
 
 /// [`KvCache::decode_at`] where the slots can be read directly (the CPU): the token written at

@@ -72,10 +72,11 @@ impl CacheImplementation {
         match *self {
             Self::Dynamic => Box::new(DynamicCache::new()),
             Self::Static { max_cache_len } => Box::new(StaticCache::new(max_cache_len)),
-            Self::Offloaded => Box::new(OffloadedCache::new(Box::new(DynamicCache::new()))),
-            Self::OffloadedStatic { max_cache_len } => Box::new(OffloadedCache::new(Box::new(
-                StaticCache::new(max_cache_len),
-            ))),
+            Self::Offloaded => Box::new(OffloadedCache::new(Box::new(DynamicCache::new()), None)),
+            Self::OffloadedStatic { max_cache_len } => Box::new(OffloadedCache::new(
+                Box::new(StaticCache::new(max_cache_len)),
+                Some(max_cache_len),
+            )),
             Self::Quantized(config) => Box::new(QuantizedCache::new(config)),
         }
     }

@@ -583,7 +583,7 @@ mod tests {
         assert!(!llama.takes_device_positions(table + 1));
         // A cache that cannot reserve its slots turns the path off and the step runs plain.
         let mut graph = DecodeGraph::uncaptured(&*llama, 12);
-        let mut cache = crate::cache::OffloadedCache::new(Box::new(DynamicCache::new()));
+        let mut cache = crate::cache::OffloadedCache::new(Box::new(DynamicCache::new()), None);
         let plain = decode(&*llama, &mut DynamicCache::new(), None, 1, 3);
         let got = decode(&*llama, &mut cache, Some(&mut graph), 1, 3);
         assert!(!graph.is_on());

@@ -26,6 +26,9 @@
 //! - [`greedy_logprob`]: each row's greedy id and its log-probability from the raw logits, so
 //!   that greedy rows read back two numbers instead of the row (the engine, `generate()`).
 //!
+//! [`offload`] keeps the offloaded cache's keys and values in page-locked host memory and copies
+//! each layer's past to the device on a second stream while the layer before it runs.
+//!
 //! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
@@ -133,6 +136,7 @@ pub(crate) mod graph;
 mod greedy;
 pub mod kernel_bench;
 mod kv_write;
+pub(crate) mod offload;
 mod paged_attention;
 mod paged_flash;
 mod rope_kv_write;
