@@ -29,6 +29,7 @@
 #   tools/device_run.sh whisper-rtf     Whisper-tiny/base real-time factor, lmgen vs transformers
 #   tools/device_run.sh cache-check     the golden generate cases with the offloaded caches on the GPU
 #   tools/device_run.sh cache-bench     tokens/s and peak memory of each cache over 4096 new tokens
+#   tools/device_run.sh bench-q8        bf16 against Q8_0 weights (quantized at load) on the GPU, lmgen bench
 #   tools/device_run.sh bench-moe       decode on MoE and hybrid (gated DeltaNet) shapes and their
 #                                       dense / attention-only twins, lmgen vs transformers `generate`
 #
@@ -268,6 +269,22 @@ while [ $# -gt 0 ]; do
             # The generate_speed bench (streamer timestamps) on the same checkpoint, batch 1, for comparison.
             [ -e "$BIN/generate_speed" ] && timeout 200 "$BIN/generate_speed" --model /tmp/lmgen-ckpt/$shape --device cuda \
                 --dtype bf16 --prompt 128 --new 64 --prefill 512 --batches 1 --reps 3 2>&1 | tee -a "$OUT/bench_cuda_$shape.txt"
+        done
+        ;;
+    bench-q8)
+        # bf16 weights against the same weights quantized to Q8_0 at load (lmgen's Q8_0 product on
+        # the GPU for one row; more rows dequantize, then cuBLAS), `lmgen bench`, one process each.
+        for shape in ${BENCH_SHAPES:-qwen2.5-0.5b llama-3.1-8b}; do
+            python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' "$shape"
+            cp "$GOLDEN"/models/qwen2/tokenizer*.json /tmp/lmgen-ckpt/$shape/
+            for q in none q8_0; do
+                args=()
+                [ $q = none ] || args=(--quantize $q)
+                echo "== lmgen bench --device cuda, $shape, bf16, quantize $q" | tee -a "$OUT/bench_q8.txt"
+                timeout 400 "$BIN/lmgen" bench --model /tmp/lmgen-ckpt/$shape --device cuda --dtype bf16 \
+                    --prefill 512 --batch 1,8 --prompt-len 128 --new-tokens 128 --reps 3 --bandwidth-mib 1024 \
+                    "${args[@]}" --json "$OUT/bench_q8_${shape}_$q.json" 2>&1 | tail -12 | tee -a "$OUT/bench_q8.txt"
+            done
         done
         ;;
     long-prompt)

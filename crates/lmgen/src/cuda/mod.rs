@@ -10,6 +10,8 @@
 //! - [`gemv`]: a linear layer's product for one activation row (decode; built for up to four),
 //!   streaming the weights, the bias added in the same launch (cuBLAS's kernels, then the bias
 //!   add);
+//! - [`DeviceQ8`]: Q8_0 weights on the GPU (quants and scales split at load), their product for
+//!   one activation row in one launch;
 //! - [`gemv_swiglu`]: the same product over a fused gate/up weight with SwiGLU on its output
 //!   (the product and [`swiglu`], 2 -> 1);
 //! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory;
@@ -132,6 +134,7 @@ mod add_rms_norm;
 mod decode_attention;
 mod flash_attention;
 mod gemv;
+mod gemv_q8;
 pub(crate) mod graph;
 mod greedy;
 pub mod kernel_bench;
@@ -147,6 +150,7 @@ pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
 pub use flash_attention::{flash_applies, flash_attention};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
+pub use gemv_q8::{DeviceQ8, MAX_ROWS as Q8_MAX_ROWS};
 pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex};

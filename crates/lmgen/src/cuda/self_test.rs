@@ -57,8 +57,109 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         report.push(paged_flash(device, dtype, None, false)?);
         report.push(paged_flash(device, dtype, Some(50), true)?);
         report.push(greedy_logprob(device, dtype)?);
+        for rows in [1, 3, super::Q8_MAX_ROWS] {
+            for (n, k) in [(1152, 896), (300, 4096), (37, 1024)] {
+                report.push(gemv_q8(device, dtype, rows, n, k)?);
+            }
+        }
+        report.push(dequant_q8(device, dtype)?);
     }
     Ok(report)
+}
+
+/// Q8_0 blocks (ggml's 34-byte layout) of a `[n, k]` weight with deterministic scales and quants,
+/// and the weight they stand for, `q * d` in f32 (exact: an 8-bit integer times an f16).
+fn q8_blocks(n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let v = values(n * k + n * k / 32, seed);
+    let (mut bytes, mut weight) = (Vec::new(), Vec::with_capacity(n * k));
+    for b in 0..n * k / 32 {
+        let d = half::f16::from_f32(0.002 + 0.01 * v[n * k + b].abs());
+        bytes.extend_from_slice(&d.to_le_bytes());
+        for i in 0..32 {
+            let q = (v[b * 32 + i] * 63.9).round() as i8;
+            bytes.push(q as u8);
+            weight.push(q as f32 * d.to_f32());
+        }
+    }
+    (bytes, weight)
+}
+
+/// The Q8_0 decode product against the exact sums (f64 on the host) of the activations times the
+/// blocks' weights: within the worst-case error of an f32 sum of `k` products and one rounding to
+/// `dtype`, as [`gemv`].
+fn gemv_q8(device: &Device, dtype: DType, rows: usize, n: usize, k: usize) -> Result<String> {
+    let (bytes, weight) = q8_blocks(n, k, 21);
+    let w = super::DeviceQ8::new(&bytes, n, k, device)?.ok_or_else(|| missing("gemv_q8"))?;
+    let x = tensor(&[1, rows, k], 22, dtype, device)?;
+    let got = w.forward(&x)?;
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let gs: Vec<f32> = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let unit = match dtype {
+        DType::F32 => 2f64.powi(-24),
+        DType::F16 => 2f64.powi(-11),
+        _ => 2f64.powi(-8),
+    };
+    let mut worst = 0f64;
+    for r in 0..rows {
+        let xr = &xs[r * k..(r + 1) * k];
+        for j in 0..n {
+            let wr = &weight[j * k..(j + 1) * k];
+            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let magnitude: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let bound = (k + 1) as f64 * 2f64.powi(-24) * magnitude + unit * exact.abs();
+            let got = gs[r * n + j];
+            let err = (got as f64 - exact).abs();
+            if err.is_nan() || err > bound {
+                return Err(mismatch(format!(
+                    "gemv_q8 {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: row {r} column {j} is {got}, \
+                     the exact sum {exact} (error {err:e} over the bound {bound:e})"
+                )));
+            }
+            worst = worst.max(err / bound);
+        }
+    }
+    Ok(format!(
+        "ok gemv_q8 {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: worst error {worst:.3} of the bound"
+    ))
+}
+
+/// The Q8_0 weight dequantized on the device (the prompt path, then cuBLAS) and rows looked up
+/// from it (an embedding table) equal to the bit to `q * d` rounded to `dtype` on the host, and
+/// a product of more rows than the kernel takes equal to candle's matmul over that weight.
+fn dequant_q8(device: &Device, dtype: DType) -> Result<String> {
+    let (n, k) = (300, 1024);
+    let (bytes, weight) = q8_blocks(n, k, 23);
+    let w = super::DeviceQ8::new(&bytes, n, k, device)?.ok_or_else(|| missing("dequant_q8"))?;
+    let want = Tensor::from_vec(weight, (n, k), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?;
+    let got = w.dequantize(dtype)?;
+    compare(
+        &format!("dequant_q8 {dtype:?} [{n}, {k}]"),
+        &got,
+        &want,
+        0.0,
+    )?;
+    let ids = Tensor::new(&[[7u32, 299, 0], [7, 150, 3]], device)?;
+    let rows = w.rows(&ids, dtype)?;
+    let want_rows = want
+        .index_select(&ids.flatten_all()?, 0)?
+        .reshape((2, 3, k))?;
+    compare(&format!("q8 rows {dtype:?} [2, 3]"), &rows, &want_rows, 0.0)?;
+    let m = super::Q8_MAX_ROWS + 1;
+    let x = tensor(&[1, m, k], 24, dtype, device)?;
+    let product = w.forward(&x)?;
+    let expected = x.broadcast_matmul(&want.t()?)?;
+    compare(
+        &format!("q8 product {dtype:?} [{m}, {k}] x [{n}, {k}]^T (dequantized, cuBLAS)"),
+        &product,
+        &expected,
+        0.0,
+    )
 }
 
 /// The greedy pick against the host's `argmax` and `log_sum_exp` over the same (rounded)

@@ -282,6 +282,15 @@ impl QuantizedWeight {
         Ok(Self { blocks, rows, cols })
     }
 
+    /// A Q8_0 weight's blocks as ggml lays them out (34 bytes each: f16 scale, 32 int8), with its
+    /// `[rows, cols]`; `None` for the other block formats.
+    pub(crate) fn q8_0_bytes(&self) -> Option<(&[u8], usize, usize)> {
+        match &self.blocks {
+            Blocks::Q8_0(b) => Some((quantize_vnni::block_bytes(b), self.rows, self.cols)),
+            _ => None,
+        }
+    }
+
     /// The whole weight as an f32 `[rows, cols]` tensor on the CPU.
     pub fn dequantize_all(&self) -> Result<Tensor> {
         match &self.blocks {

@@ -88,7 +88,7 @@ fn quantize_activations(x: &[f32], m: usize, k: usize) -> Activations {
 }
 
 /// The bytes of Q8_0 blocks (ggml's layout: f16 scale, 32 bytes).
-fn block_bytes(blocks: &[BlockQ8_0]) -> &[u8] {
+pub(crate) fn block_bytes(blocks: &[BlockQ8_0]) -> &[u8] {
     assert_eq!(std::mem::size_of::<BlockQ8_0>(), BLOCK_BYTES);
     // SAFETY: `BlockQ8_0` is `repr(C)` plain data of `BLOCK_BYTES` bytes (asserted).
     unsafe {

@@ -440,6 +440,74 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
     }
 }
 
+// 16 quants (int8) of a Q8_0 row times 16 activations from `xp` (T), in f32.
+template <typename T>
+__device__ __forceinline__ float dot_q8(uint4 qv, const T* xp) {
+    constexpr int V = 16 / sizeof(T);
+    const int8_t* qs = reinterpret_cast<const int8_t*>(&qv);
+    float xf[16];
+#pragma unroll
+    for (int i = 0; i < 16; i += V) load_elems<T, V>(xp + i, xf + i);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) s = fmaf((float)qs[i], xf[i], s);
+    return s;
+}
+
+// A Q8_0 weight's product for R activation rows (decode): the weight is `q * d` per block of
+// 32 (quants [n, k] int8, scales [n, k / 32] f16, ggml's Q8_0 split into two arrays at load):
+// out[r, j] = sum over blocks b of d_jb * sum_{i in b} q_ji x_ri, f32 sums, rounded to T once.
+// One warp per output column; a lane takes 16 quants (half a block) at a time, four in flight,
+// and dots them with every row. x: [R, k]; out: [R, n]; k a multiple of 32.
+template <typename T, int R>
+__device__ void gemv_q8(const T* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scales,
+                        T* __restrict__ out, int n, int k) {
+    constexpr int U = 4;
+    int lane = threadIdx.x & 31;
+    int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (j >= n) return;
+    int chunks = k / 16;
+    const uint4* qr = reinterpret_cast<const uint4*>(q + (size_t)j * k);
+    const __half* sr = scales + (size_t)j * (k / 32);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    int c = lane;
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+        uint4 qv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) qv[u] = load_stream(qr + c + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int cu = c + 32 * u;
+            float d = __half2float(sr[cu >> 1]);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = fmaf(d, dot_q8<T>(qv[u], x + (size_t)r * k + (size_t)cu * 16), acc[r]);
+        }
+    }
+    for (; c < chunks; c += 32) {
+        uint4 qv = load_stream(qr + c);
+        float d = __half2float(sr[c >> 1]);
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = fmaf(d, dot_q8<T>(qv, x + (size_t)r * k + (size_t)c * 16), acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0) out[(size_t)r * n + j] = from_f<T>(s);
+    }
+}
+
+// The Q8_0 weight as T (prompts: the product then runs on cuBLAS): out[i] = q_i * d_{i / 32},
+// rounded to T. q: [n * k] int8; scales: [n * k / 32] f16; out: [n * k].
+template <typename T>
+__device__ void dequant_q8(const int8_t* __restrict__ q, const __half* __restrict__ scales, T* __restrict__ out,
+                           size_t count) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        out[i] = from_f<T>((float)q[i] * __half2float(scales[i >> 5]));
+    }
+}
+
 // The gated MLP's first half for one activation row: `out[j] = silu(g) * u` with `g`, `u` the
 // products of `x` with rows `j` and `inter + j` of the fused gate/up weight (plus their bias), each
 // rounded to T as the product's output is, silu rounded to T, then the product rounded (the
@@ -547,11 +615,23 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
                                                          int n, int k) {                                \
         gemv<T, R>(x, w, bias, out, n, k);                                                              \
     }
+#define GEMV_Q8_OPS(T, SUFFIX, R)                                                                       \
+    extern "C" __global__ void lmgen_gemv_q8_##R##_##SUFFIX(const T* x, const int8_t* q,               \
+                                                            const __half* scales, T* out, int n, int k) { \
+        gemv_q8<T, R>(x, q, scales, out, n, k);                                                         \
+    }
 #define GEMV_ALL(T, SUFFIX)                                                                             \
     GEMV_OPS(T, SUFFIX, 1) GEMV_OPS(T, SUFFIX, 2) GEMV_OPS(T, SUFFIX, 3) GEMV_OPS(T, SUFFIX, 4)         \
+    GEMV_Q8_OPS(T, SUFFIX, 1) GEMV_Q8_OPS(T, SUFFIX, 2) GEMV_Q8_OPS(T, SUFFIX, 3)                       \
+    GEMV_Q8_OPS(T, SUFFIX, 4) GEMV_Q8_OPS(T, SUFFIX, 5) GEMV_Q8_OPS(T, SUFFIX, 6)                       \
+    GEMV_Q8_OPS(T, SUFFIX, 7) GEMV_Q8_OPS(T, SUFFIX, 8)                                                 \
     extern "C" __global__ void lmgen_gemv_swiglu_##SUFFIX(const T* x, const T* w, const T* bias, T* out, \
                                                           int inter, int k) {                           \
         gemv_swiglu<T>(x, w, bias, out, inter, k);                                                      \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_dequant_q8_##SUFFIX(const int8_t* q, const __half* scales, T* out, \
+                                                         unsigned long long count) {                    \
+        dequant_q8<T>(q, scales, out, (size_t)count);                                                   \
     }                                                                                                   \
     extern "C" __global__ void lmgen_rope_kv_write_##SUFFIX(                                            \
         const T* qkv, const T* cos, const T* sin, const T* qw, const T* kw, float eps, T* q_out,        \

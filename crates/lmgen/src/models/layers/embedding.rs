@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use super::linear::Linear;
-use super::LoadContext;
+use super::{LoadContext, Placed};
 use crate::error::{Error, Result};
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::{Communicator, Shard};
@@ -43,6 +43,19 @@ enum Table {
     Dense(candle_nn::Embedding),
     /// `[vocab, hidden]` in blocks.
     Quantized(Arc<QuantizedWeight>),
+    /// `[vocab, hidden]` Q8_0 in device memory: rows looked up on the device.
+    DeviceQ8(Arc<crate::cuda::DeviceQ8>),
+}
+
+impl Table {
+    /// A quantized table placed for `ctx`'s device ([`LoadContext::place_quantized`]).
+    fn quantized(ctx: &LoadContext<'_>, q: QuantizedWeight, hidden: usize) -> Result<Self> {
+        Ok(match ctx.place_quantized(Arc::new(q))? {
+            Placed::Host(q) => Table::Quantized(q),
+            Placed::DeviceQ8(q) => Table::DeviceQ8(q),
+            Placed::Dense(w) => Table::Dense(candle_nn::Embedding::new(w, hidden)),
+        })
+    }
 }
 
 impl Embedding {
@@ -54,11 +67,11 @@ impl Embedding {
             return Self::load_part(ctx, name, (vocab, "vocab_size"), hidden, shard);
         }
         let table = if let Some(q) = ctx.stored_quantized(name, &[vocab, hidden])? {
-            Table::Quantized(Arc::new(q))
+            Table::quantized(ctx, q, hidden)?
         } else {
             match ctx.quantize {
                 Some(q) if hidden.is_multiple_of(q.format_for(hidden).block_size()) => {
-                    Table::Quantized(Arc::new(ctx.quantized_tensor(name, [vocab, hidden], q)?))
+                    Table::quantized(ctx, ctx.quantized_tensor(name, [vocab, hidden], q)?, hidden)?
                 }
                 // Aligned: a tied LM head multiplies by this table.
                 _ => Table::Dense(candle_nn::Embedding::new(
@@ -117,6 +130,7 @@ impl Embedding {
                     .to_dtype(self.dtype)?
                     .to_device(&self.device)?)
             }
+            Table::DeviceQ8(q) => q.rows(ids, self.dtype),
         }
     }
 
@@ -167,7 +181,8 @@ impl Embedding {
             return Ok(head.gathered(part.comm.clone(), (chunk, part.vocab)));
         }
         match &self.table {
-            Table::Quantized(q) => Ok(Linear::from_quantized(q.clone())),
+            Table::Quantized(q) => Linear::from_quantized(ctx, q.clone()),
+            Table::DeviceQ8(q) => Ok(Linear::from_device_q8(q.clone())),
             Table::Dense(e) => {
                 Linear::from_weight(ctx, "lm_head.weight", e.embeddings().clone(), None)
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, D};
 
-use super::{aligned, gemv, gemv_amx, gemv_avx512, widened, LoadContext};
+use super::{aligned, gemv, gemv_amx, gemv_avx512, widened, LoadContext, Placed};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
@@ -29,12 +29,24 @@ enum Weight {
     Dense(Tensor),
     /// `[out, in]` in a quantized block format (shared with a tied embedding table).
     Quantized(Arc<QuantizedWeight>),
+    /// `[out, in]` Q8_0 on a GPU (quants and scales in device memory).
+    DeviceQ8(Arc<crate::cuda::DeviceQ8>),
     /// Fused parts that cannot share one format (a GGUF file that stores q and k in Q4_K and v
     /// in Q6_K): each part's product, concatenated along the output dimension.
     Parts(Vec<Weight>),
 }
 
 impl Weight {
+    /// A weight in a quantized block format, placed for `ctx`'s device
+    /// ([`LoadContext::place_quantized`]).
+    fn quantized(ctx: &LoadContext<'_>, q: Arc<QuantizedWeight>) -> Result<Self> {
+        Ok(match ctx.place_quantized(q)? {
+            Placed::Host(q) => Weight::Quantized(q),
+            Placed::DeviceQ8(q) => Weight::DeviceQ8(q),
+            Placed::Dense(w) => Weight::Dense(w),
+        })
+    }
+
     /// `x [.., in] -> [.., out]` without the bias, in `x`'s dtype.
     fn product(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
@@ -68,6 +80,7 @@ impl Weight {
             }
             // The quantized kernels take and give f32 activations.
             Weight::Quantized(q) => q.forward(x)?.to_dtype(x.dtype())?,
+            Weight::DeviceQ8(q) => q.forward(x)?,
             Weight::Parts(parts) => {
                 let ys = parts
                     .iter()
@@ -120,7 +133,7 @@ impl Linear {
         bias: Option<Tensor>,
     ) -> Result<Self> {
         let weight = match ctx.quantize {
-            Some(q) => Weight::Quantized(Arc::new(q.quantize(&weight, name)?)),
+            Some(q) => Weight::quantized(ctx, Arc::new(q.quantize(&weight, name)?))?,
             None => Weight::Dense(aligned::aligned(weight)?),
         };
         Ok(Self {
@@ -130,10 +143,20 @@ impl Linear {
         })
     }
 
-    /// A weight already in a quantized block format (a quantized tied embedding matrix).
-    pub fn from_quantized(weight: Arc<QuantizedWeight>) -> Self {
+    /// A weight already in a quantized block format (a quantized tied embedding matrix): shared
+    /// with the table on the CPU, in device memory on a GPU ([`Weight::quantized`]).
+    pub fn from_quantized(ctx: &LoadContext<'_>, weight: Arc<QuantizedWeight>) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::quantized(ctx, weight)?,
+            bias: None,
+            collective: None,
+        })
+    }
+
+    /// A Q8_0 weight already on the GPU (a tied embedding table's), shared with its owner.
+    pub fn from_device_q8(weight: Arc<crate::cuda::DeviceQ8>) -> Self {
         Self {
-            weight: Weight::Quantized(weight),
+            weight: Weight::DeviceQ8(weight),
             bias: None,
             collective: None,
         }
@@ -181,7 +204,7 @@ impl Linear {
             let name = format!("{prefix}.weight");
             let weight = ctx.quantized_tensor(&name, [*out, in_dim], q)?;
             return Ok(Self {
-                weight: Weight::Quantized(Arc::new(weight)),
+                weight: Weight::quantized(ctx, Arc::new(weight))?,
                 bias: biases,
                 collective: None,
             });
@@ -196,12 +219,12 @@ impl Linear {
         if stored.iter().all(Option::is_some) {
             let weight = match QuantizedWeight::concat_rows(stored.into_iter().flatten().collect())
             {
-                Ok(q) => Weight::Quantized(Arc::new(q)),
+                Ok(q) => Weight::quantized(ctx, Arc::new(q))?,
                 Err(parts) => Weight::Parts(
                     parts
                         .into_iter()
-                        .map(|q| Weight::Quantized(Arc::new(q)))
-                        .collect(),
+                        .map(|q| Weight::quantized(ctx, Arc::new(q)))
+                        .collect::<Result<Vec<_>>>()?,
                 ),
             };
             return Ok(Self {
@@ -215,7 +238,7 @@ impl Linear {
                 .iter()
                 .zip(stored)
                 .map(|((p, out), q)| match q {
-                    Some(q) => Ok(Weight::Quantized(Arc::new(q))),
+                    Some(q) => Weight::quantized(ctx, Arc::new(q)),
                     None => {
                         let name = format!("{p}.weight");
                         let dense = ctx.weight(&name, &[*out, in_dim])?;

@@ -25,12 +25,25 @@ pub mod seq2seq_attention;
 pub mod short_conv;
 pub mod widened;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 use crate::load::Weights;
 use crate::models::quantize::{Quantization, QuantizedWeight};
 use crate::parallel::Shard;
+
+/// Where a quantized weight lives for the model's device ([`LoadContext::place_quantized`]).
+#[derive(Debug)]
+pub(crate) enum Placed {
+    /// In its blocks on the host (a CPU model).
+    Host(Arc<QuantizedWeight>),
+    /// Q8_0 in device memory.
+    DeviceQ8(Arc<crate::cuda::DeviceQ8>),
+    /// Dequantized to the weight dtype on the device.
+    Dense(Tensor),
+}
 
 /// Where weights come from and what dtype/device they are converted to.
 #[derive(Clone, Copy)]
@@ -144,6 +157,25 @@ impl LoadContext<'_> {
     /// Whether the file stores `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.weights.contains(&self.names.stored(name))
+    }
+
+    /// A weight in a quantized block format, placed for this model's device: its blocks on the
+    /// CPU; on a GPU, Q8_0 in device memory ([`crate::cuda::DeviceQ8`]) and the other formats
+    /// (Q4_K, Q6_K) dequantized to the weight dtype, which lmgen's GPU products take.
+    pub(crate) fn place_quantized(&self, q: Arc<QuantizedWeight>) -> Result<Placed> {
+        if self.device.is_cpu() {
+            return Ok(Placed::Host(q));
+        }
+        if let Some((blocks, rows, cols)) = q.q8_0_bytes() {
+            if let Some(w) = crate::cuda::DeviceQ8::new(blocks, rows, cols, self.device)? {
+                return Ok(Placed::DeviceQ8(Arc::new(w)));
+            }
+        }
+        let dense = q
+            .dequantize_all()?
+            .to_dtype(self.weight_dtype)?
+            .to_device(self.device)?;
+        Ok(Placed::Dense(dense))
     }
 
     /// `name` in the block format the file stores it in, if it is quantized there (GGUF).
