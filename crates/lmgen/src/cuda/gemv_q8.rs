@@ -104,7 +104,7 @@ mod imp {
         CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{CudaStorageSlice, Map1, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, CudaStorage, DType, Layout, Shape, WithDType};
+    use candle_core::{CudaDevice, DType, Layout, WithDType};
 
     use super::*;
 
@@ -183,29 +183,9 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp1 for GemvQ8<'_> {
-        fn name(&self) -> &'static str {
-            "lmgen-gemv-q8"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("gemv_q8"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = s.device();
-            let slice = self.map(&s.slice, dev, l)?;
-            Ok(crate::cuda::output(
-                slice,
-                dev,
-                crate::cuda::with_last(l.shape(), self.w.n),
-            ))
-        }
-    }
+    cuda_op1!(GemvQ8<'_>, "lmgen-gemv-q8", "gemv_q8", |op, s, l| {
+        crate::cuda::mapped(op, s, l, crate::cuda::with_last(l.shape(), op.w.n))
+    });
 
     /// Quants dequantized: the op's operand is the quants, the scales held.
     struct DequantQ8<'a> {
@@ -231,30 +211,21 @@ mod imp {
         Ok(out)
     }
 
-    impl candle_core::CustomOp1 for DequantQ8<'_> {
-        fn name(&self) -> &'static str {
-            "lmgen-dequant-q8"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("dequant_q8"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+    cuda_op1!(
+        DequantQ8<'_>,
+        "lmgen-dequant-q8",
+        "dequant_q8",
+        |op, s, l| {
             let dev = s.device();
             let quants = crate::cuda::view_of::<u8>(s, l)?;
             let count = l.shape().elem_count();
-            let slice = match self.dtype {
-                DType::F32 => CudaStorageSlice::F32(dequant(self.scales, &quants, count, dev)?),
-                DType::F16 => CudaStorageSlice::F16(dequant(self.scales, &quants, count, dev)?),
-                DType::BF16 => CudaStorageSlice::BF16(dequant(self.scales, &quants, count, dev)?),
+            let slice = match op.dtype {
+                DType::F32 => CudaStorageSlice::F32(dequant(op.scales, &quants, count, dev)?),
+                DType::F16 => CudaStorageSlice::F16(dequant(op.scales, &quants, count, dev)?),
+                DType::BF16 => CudaStorageSlice::BF16(dequant(op.scales, &quants, count, dev)?),
                 _ => return Err(crate::cuda::cuda_only("dequant_q8 (to f32, f16 or bf16)")),
             };
             Ok(crate::cuda::output(slice, dev, l.shape().clone()))
         }
-    }
+    );
 }

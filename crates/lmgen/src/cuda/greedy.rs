@@ -32,7 +32,7 @@ mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, CudaStorage, Layout, Shape, WithDType};
+    use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
 
@@ -70,20 +70,11 @@ mod imp {
         Ok(out)
     }
 
-    impl candle_core::CustomOp1 for GreedyLogprob {
-        fn name(&self) -> &'static str {
-            "lmgen-greedy-logprob"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("greedy_logprob"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+    cuda_op1!(
+        GreedyLogprob,
+        "lmgen-greedy-logprob",
+        "greedy_logprob",
+        |_op, s, l| {
             let dev = s.device();
             let out = match &s.slice {
                 CudaStorageSlice::F32(src) => launch(src, l, dev)?,
@@ -102,5 +93,5 @@ mod imp {
                 Shape::from((rows, 2)),
             ))
         }
-    }
+    );
 }

@@ -81,6 +81,37 @@ macro_rules! cuda_op3 {
     };
 }
 
+/// candle's `CustomOp1` for an op of this module that runs on CUDA only: `$name` is candle's name
+/// for it, `$what` names it in the CPU error, and `$fwd` (of the op `$op`, the operand's storage
+/// `$s` and layout `$l`) is its CUDA forward, `(storage, shape)`.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_op1 {
+    ($ty:ty, $name:literal, $what:literal, |$op:ident, $s:ident, $l:ident| $fwd:expr) => {
+        impl candle_core::CustomOp1 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                Err($crate::cuda::cuda_only($what))
+            }
+
+            fn cuda_fwd(
+                &self,
+                $s: &candle_core::CudaStorage,
+                $l: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                let $op = self;
+                $fwd
+            }
+        }
+    };
+}
+
 /// candle's `InplaceOp3` for a write of this module that runs on CUDA only: the second operand's
 /// rows into the first (of one dtype: f32, f16 or bf16) at places the third (u32) holds, by
 /// `$write(op, dst, dst_layout, src, src_layout, index, device)`; `$what` names it in errors.
@@ -269,6 +300,21 @@ fn output(
         device: dev.clone(),
     };
     (storage, shape)
+}
+
+/// A `Map1` op's output over `s` (laid out as `l`), of `shape`: the forward of a
+/// [`cuda_op1`] op whose output has the operand's dtype.
+#[cfg(feature = "cuda")]
+fn mapped<M: candle_core::cuda_backend::Map1>(
+    op: &M,
+    s: &candle_core::CudaStorage,
+    l: &candle_core::Layout,
+    shape: candle_core::Shape,
+) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    use candle_core::backend::BackendStorage;
+    let dev = s.device();
+    let slice = op.map(&s.slice, dev, l)?;
+    Ok(output(slice, dev, shape))
 }
 
 /// `storage`'s data as `T` from `layout`'s start.

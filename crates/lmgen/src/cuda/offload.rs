@@ -188,6 +188,22 @@ mod imp {
         Device(sys::CUdeviceptr, usize),
     }
 
+    impl End {
+        /// The driver's memory type, host and device addresses (the one not used null) and
+        /// pitch of this end.
+        fn parts(self) -> (sys::CUmemorytype, *mut u8, sys::CUdeviceptr, usize) {
+            match self {
+                End::Host(ptr, pitch) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, ptr, 0, pitch),
+                End::Device(ptr, pitch) => (
+                    sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    std::ptr::null_mut(),
+                    ptr,
+                    pitch,
+                ),
+            }
+        }
+    }
+
     /// `height` rows of `width` bytes from `src` to `dst`, queued on `stream`.
     fn copy_rows(
         stream: &CudaStream,
@@ -199,24 +215,8 @@ mod imp {
         if width == 0 || height == 0 {
             return Ok(());
         }
-        let (src_type, src_host, src_device, src_pitch) = match src {
-            End::Host(ptr, pitch) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, ptr, 0, pitch),
-            End::Device(ptr, pitch) => (
-                sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                std::ptr::null_mut(),
-                ptr,
-                pitch,
-            ),
-        };
-        let (dst_type, dst_host, dst_device, dst_pitch) = match dst {
-            End::Host(ptr, pitch) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, ptr, 0, pitch),
-            End::Device(ptr, pitch) => (
-                sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                std::ptr::null_mut(),
-                ptr,
-                pitch,
-            ),
-        };
+        let (src_type, src_host, src_device, src_pitch) = src.parts();
+        let (dst_type, dst_host, dst_device, dst_pitch) = dst.parts();
         let p = sys::CUDA_MEMCPY2D {
             srcXInBytes: 0,
             srcY: 0,

@@ -102,8 +102,8 @@ mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
     };
-    use candle_core::cuda_backend::{CudaDType, CudaStorage, CudaStorageSlice, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+    use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use crate::cuda::hold;
 
@@ -202,37 +202,28 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp1 for RopeKvWrite {
-        fn name(&self) -> &'static str {
-            "lmgen-rope-kv-write"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("rope_kv_write"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            qkv: &CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+    cuda_op1!(
+        RopeKvWrite,
+        "lmgen-rope-kv-write",
+        "rope_kv_write",
+        |op, qkv, l| {
             let dev = qkv.device();
             let (slice, shape) = match &qkv.slice {
                 CudaStorageSlice::F32(s) => {
-                    let (q, shape) = self.launch(s, l, dev)?;
+                    let (q, shape) = op.launch(s, l, dev)?;
                     (CudaStorageSlice::F32(q), shape)
                 }
                 CudaStorageSlice::F16(s) => {
-                    let (q, shape) = self.launch(s, l, dev)?;
+                    let (q, shape) = op.launch(s, l, dev)?;
                     (CudaStorageSlice::F16(q), shape)
                 }
                 CudaStorageSlice::BF16(s) => {
-                    let (q, shape) = self.launch(s, l, dev)?;
+                    let (q, shape) = op.launch(s, l, dev)?;
                     (CudaStorageSlice::BF16(q), shape)
                 }
                 _ => return Err(crate::cuda::cuda_only("rope_kv_write (f32, f16 or bf16)")),
             };
             Ok(crate::cuda::output(slice, dev, shape))
         }
-    }
+    );
 }

@@ -94,34 +94,14 @@ fn gemv_q8(device: &Device, dtype: DType, rows: usize, n: usize, k: usize) -> Re
     let got = w.forward(&x)?;
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let gs: Vec<f32> = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let unit = match dtype {
-        DType::F32 => 2f64.powi(-24),
-        DType::F16 => 2f64.powi(-11),
-        _ => 2f64.powi(-8),
-    };
-    let mut worst = 0f64;
-    for r in 0..rows {
-        let xr = &xs[r * k..(r + 1) * k];
-        for j in 0..n {
-            let wr = &weight[j * k..(j + 1) * k];
-            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let magnitude: f64 = xr
-                .iter()
-                .zip(wr)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
-            let bound = (k + 1) as f64 * 2f64.powi(-24) * magnitude + unit * exact.abs();
-            let got = gs[r * n + j];
-            let err = (got as f64 - exact).abs();
-            if err.is_nan() || err > bound {
-                return Err(mismatch(format!(
-                    "gemv_q8 {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: row {r} column {j} is {got}, \
-                     the exact sum {exact} (error {err:e} over the bound {bound:e})"
-                )));
-            }
-            worst = worst.max(err / bound);
-        }
-    }
+    let what = format!("gemv_q8 {dtype:?} [{rows}, {k}] x [{n}, {k}]^T");
+    let worst = within_sum_bound(
+        &what,
+        dtype,
+        [rows, n, k],
+        [&xs, &weight, &vec![0.0; n]],
+        &gs,
+    )?;
     Ok(format!(
         "ok gemv_q8 {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: worst error {worst:.3} of the bound"
     ))
@@ -445,6 +425,49 @@ fn add_rms_norm(device: &Device, dtype: DType) -> Result<String> {
     )
 }
 
+/// Checks `got` `[rows, n]` of a product against the exact sums (f64) of `xs` `[rows, k]` times
+/// `ws` `[n, k]` plus `bs` `[n]`: within the worst-case error of an f32 sum of `k` products in any
+/// order (`(k + 1) * 2^-24 * sum |x w|`) and one rounding to `dtype`. The worst error as a
+/// fraction of its bound, or an error naming `what`.
+fn within_sum_bound(
+    what: &str,
+    dtype: DType,
+    [rows, n, k]: [usize; 3],
+    [xs, ws, bs]: [&[f32]; 3],
+    got: &[f32],
+) -> Result<f64> {
+    let unit = match dtype {
+        DType::F32 => 2f64.powi(-24),
+        DType::F16 => 2f64.powi(-11),
+        _ => 2f64.powi(-8),
+    };
+    let mut worst = 0f64;
+    for r in 0..rows {
+        for j in 0..n {
+            let (xr, wr) = (&xs[r * k..(r + 1) * k], &ws[j * k..(j + 1) * k]);
+            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let magnitude: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let exact = exact + bs[j] as f64;
+            let bound = (k + 1) as f64 * 2f64.powi(-24) * (magnitude + (bs[j] as f64).abs())
+                + unit * exact.abs();
+            let err = (got[r * n + j] as f64 - exact).abs();
+            if err.is_nan() || err > bound {
+                return Err(mismatch(format!(
+                    "{what}: row {r} column {j} is {}, the exact sum {exact} (error {err:e} over \
+                     the bound {bound:e})",
+                    got[r * n + j]
+                )));
+            }
+            worst = worst.max(err / bound);
+        }
+    }
+    Ok(worst)
+}
+
 /// The decode product against the exact sums (f64 on the host) of the same values: within the
 /// worst-case error of an f32 sum of `k` products in any order (`k * 2^-24 * sum |x w|`) and one
 /// rounding to `dtype`.
@@ -469,35 +492,8 @@ fn gemv(
         Some(b) => host(b)?,
         None => vec![0.0; n],
     };
-    let unit = match dtype {
-        DType::F32 => 2f64.powi(-24),
-        DType::F16 => 2f64.powi(-11),
-        _ => 2f64.powi(-8),
-    };
-    let mut worst = 0f64;
-    for r in 0..rows {
-        for j in 0..n {
-            let (xr, wr) = (&xs[r * k..(r + 1) * k], &ws[j * k..(j + 1) * k]);
-            let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let magnitude: f64 = xr
-                .iter()
-                .zip(wr)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
-            let exact = exact + bs[j] as f64;
-            let bound = (k + 1) as f64 * 2f64.powi(-24) * (magnitude + (bs[j] as f64).abs())
-                + unit * exact.abs();
-            let err = (gs[r * n + j] as f64 - exact).abs();
-            if err.is_nan() || err > bound {
-                return Err(mismatch(format!(
-                    "gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T: row {r} column {j} is {}, \
-                     the exact sum {exact} (error {err:e} over the bound {bound:e})",
-                    gs[r * n + j]
-                )));
-            }
-            worst = worst.max(err / bound);
-        }
-    }
+    let what = format!("gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T");
+    let worst = within_sum_bound(&what, dtype, [rows, n, k], [&xs, &ws, &bs], &gs)?;
     Ok(format!(
         "ok gemv {dtype:?} [{rows}, {k}] x [{n}, {k}]^T, bias {bias}: worst error {worst:.3} of the bound"
     ))

@@ -29,12 +29,11 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{CudaStorage, Map1, WrapErr};
-    use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
+    use candle_core::cuda_backend::{Map1, WrapErr};
+    use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
     use crate::cuda::with_last;
@@ -71,27 +70,7 @@ mod imp {
         }
     }
 
-    impl candle_core::CustomOp1 for Swiglu {
-        fn name(&self) -> &'static str {
-            "lmgen-swiglu"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(crate::cuda::cuda_only("swiglu"))
-        }
-
-        fn cuda_fwd(
-            &self,
-            s: &CudaStorage,
-            l: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let dev = s.device();
-            let slice = self.map(&s.slice, dev, l)?;
-            Ok(crate::cuda::output(
-                slice,
-                dev,
-                with_last(l.shape(), self.inter),
-            ))
-        }
-    }
+    cuda_op1!(Swiglu, "lmgen-swiglu", "swiglu", |op, s, l| {
+        crate::cuda::mapped(op, s, l, with_last(l.shape(), op.inter))
+    });
 }
