@@ -5,7 +5,10 @@
 //! 33.5 -> 36.1 and 31.0 -> 33.4 GB/s median (BENCHMARKS.md). Each 4 KiB page is a TLB entry and
 //! a boundary the hardware prefetchers stop at. The cost is at load: the kernel finds (and where
 //! it must, compacts memory for) and zeroes each 2 MiB page, about 1 s more for 1.9 GB of f32
-//! weights on that machine.
+//! weights on that machine. `LMGEN_HUGE_PAGES=0` leaves the pages to the kernel's default (a
+//! process that loads often and decodes little, or a host where compaction stalls).
+
+use std::sync::OnceLock;
 
 /// Below this many bytes a vector is left as the allocator gives it.
 const MIN_BYTES: usize = 4 << 20;
@@ -19,10 +22,21 @@ const PAGE: usize = 2 << 20;
 pub fn with_capacity<T>(len: usize) -> Vec<T> {
     let v: Vec<T> = Vec::with_capacity(len);
     let bytes = len * std::mem::size_of::<T>();
-    if bytes >= MIN_BYTES {
+    if bytes >= MIN_BYTES && wanted() {
         advise(v.as_ptr().cast::<u8>(), bytes);
     }
     v
+}
+
+/// Whether weights ask for huge pages: unless `LMGEN_HUGE_PAGES=0`.
+fn wanted() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| setting(std::env::var("LMGEN_HUGE_PAGES").ok().as_deref()))
+}
+
+/// `LMGEN_HUGE_PAGES`'s value read: off for `0` only.
+fn setting(value: Option<&str>) -> bool {
+    value != Some("0")
 }
 
 #[cfg(target_os = "linux")]
@@ -46,6 +60,13 @@ fn advise(_: *const u8, _: usize) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_zero_turns_huge_pages_off() {
+        assert!(setting(None));
+        assert!(setting(Some("1")));
+        assert!(!setting(Some("0")));
+    }
 
     /// Small and large vectors come back empty with the room asked for, and take their elements.
     #[test]
