@@ -285,44 +285,60 @@ fn step_outputs_are_kept_only_when_asked() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Assisted decoding (prompt lookup) over every static cache kind is refused as transformers 5.17
-/// refuses it ("assisted generate is not supported with Static cache classes", checked on the
-/// device machine: BENCHMARKS.md, issue 19's offloaded cache on the GPU); the dynamic and
-/// offloaded caches give the golden tokens.
+/// Assisted decoding (prompt lookup) and contrastive search over every static cache kind are
+/// refused before they run: transformers 5.17 refuses assisted generation ("assisted generate is
+/// not supported with Static cache classes", checked on the device machine on CPU and CUDA), and
+/// transformers 4.47's contrastive search fails on a Llama `StaticCache` with a `TypeError`
+/// (checked on the golden checkpoints). The dynamic and offloaded caches give the golden tokens.
 #[test]
-fn assisted_decoding_refuses_static_caches() -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(fixtures().join("golden/generate.json"))?;
-    let all: Vec<Value> = serde_json::from_str(&text)?;
-    let case = all
-        .iter()
-        .find(|c| c["model"] == "llama" && c["name"] == "prompt_lookup")
-        .ok_or_else(|| anyhow::anyhow!("no llama prompt_lookup case"))?;
+fn static_caches_refuse_assisted_and_contrastive_decoding() -> anyhow::Result<()> {
+    let golden = |file: &str, name: &str| -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(fixtures().join("golden").join(file))?;
+        let all: Vec<Value> = serde_json::from_str(&text)?;
+        all.into_iter()
+            .find(|c| c["model"] == "llama" && c["name"] == name)
+            .ok_or_else(|| anyhow::anyhow!("no llama {name} case in {file}"))
+    };
+    let cases = [
+        (
+            "assisted generate",
+            golden("generate.json", "prompt_lookup")?,
+        ),
+        ("contrastive search", golden("legacy.json", "contrastive")?),
+    ];
     let mut pipes = Pipes::default();
-    for name in [
-        "static",
-        "offloaded_static",
-        "sliding_window",
-        "hybrid_chunked",
-        "offloaded_hybrid",
-        "offloaded_hybrid_chunked",
-    ] {
-        let extra = serde_json::json!({ "cache_implementation": name });
-        let err = match run(&mut pipes, case, &extra) {
-            Ok(_) => {
-                anyhow::bail!("{name}: transformers refuses assisted decoding here, lmgen ran it")
-            }
-            Err(e) => e.to_string(),
-        };
-        anyhow::ensure!(
-            err.contains("Static cache classes") && err.contains(name),
-            "{name}: {err}"
-        );
-    }
     let mut failures = Vec::new();
-    for name in ["dynamic", "offloaded"] {
-        let extra = serde_json::json!({ "cache_implementation": name });
-        let out = run(&mut pipes, case, &extra)?;
-        common::check_sequences(name, &out, &case["expected"], &mut failures)?;
+    for (what, case) in &cases {
+        for name in [
+            "static",
+            "offloaded_static",
+            "sliding_window",
+            "hybrid_chunked",
+            "offloaded_hybrid",
+            "offloaded_hybrid_chunked",
+        ] {
+            let extra = serde_json::json!({ "cache_implementation": name });
+            let err = match run(&mut pipes, case, &extra) {
+                Ok(_) => anyhow::bail!("{what} over {name}: lmgen ran it"),
+                Err(e) => e.to_string(),
+            };
+            anyhow::ensure!(
+                err.contains(&format!(
+                    "{what} is not supported with Static cache classes"
+                )) && err.contains(name),
+                "{what} over {name}: {err}"
+            );
+        }
+        for name in ["dynamic", "offloaded"] {
+            let extra = serde_json::json!({ "cache_implementation": name });
+            let out = run(&mut pipes, case, &extra)?;
+            common::check_sequences(
+                &format!("{what} {name}"),
+                &out,
+                &case["expected"],
+                &mut failures,
+            )?;
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())

@@ -443,14 +443,22 @@ fn quantized_cache_fits(
 /// transformers refuses assisted decoding over a static cache (`StaticCache` and its offloaded
 /// and sliding variants: "assisted generate is not supported with Static cache classes"), whose
 /// rows cannot take the draft tokens past `max_cache_len`; so does lmgen, before running.
+/// Contrastive search (a transformers 4.47 mode) over a static cache is refused too: 4.47 fails
+/// on it with a `TypeError` ("'StaticCache' object is not subscriptable", Llama, checked on the
+/// golden checkpoints), and its last step's candidates need one slot past `max_length - 1`.
 fn static_cache_fits(cache: &CacheImplementation, mode: &Mode, name: Option<&str>) -> Result<()> {
     let is_static = matches!(
         cache,
         CacheImplementation::Static { .. } | CacheImplementation::OffloadedStatic { .. }
     );
-    if is_static && matches!(mode, Mode::Assisted(_)) {
+    let what = match mode {
+        Mode::Assisted(_) => "assisted generate",
+        Mode::Contrastive(_) => "contrastive search",
+        _ => return Ok(()),
+    };
+    if is_static {
         return Err(Error::config(format!(
-            "assisted generate is not supported with Static cache classes \
+            "{what} is not supported with Static cache classes \
              (`cache_implementation=\"{}\"`); use the dynamic or offloaded cache",
             name.unwrap_or("static")
         )));
