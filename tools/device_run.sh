@@ -19,6 +19,8 @@
 #                                       (golden llama, qwen2, mistral; tools/gpu_engine_check.py)
 #   tools/device_run.sh serve-bench     `lmgen serve` with 64 streaming clients (prompts 128-2048, 256 new)
 #                                       beside transformers generate_batch (tools/gpu_serve_bench.py)
+#   tools/device_run.sh serve-profile   serve-bench (lmgen only) with the engine's debug log, and
+#                                       where its steps went (tools/engine_steps.py)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
@@ -152,6 +154,13 @@ while [ $# -gt 0 ]; do
         # on the same prompts (tools/gpu_serve_bench.py; SERVE_SHAPE, SERVE_CLIENTS).
         timeout 420 python3 tools/gpu_serve_bench.py --lmgen "$BIN/lmgen" --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" \
             --clients "${SERVE_CLIENTS:-64}" 2>&1 | tee "$OUT/serve_bench.txt"
+        ;;
+    serve-profile)
+        # serve-bench with the engine's debug log, then where its steps went (tools/engine_steps.py).
+        LMGEN_LOG=debug timeout 420 python3 tools/gpu_serve_bench.py --lmgen "$BIN/lmgen" \
+            --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" --clients "${SERVE_CLIENTS:-64}" --no-hf 2>&1 \
+            | tee "$OUT/serve_bench.txt" | tail -3
+        python3 tools/engine_steps.py "$OUT/serve.log" | tee "$OUT/engine_steps.txt"
         ;;
     check-kernels)
         # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.
