@@ -27,9 +27,9 @@ pub struct DeviceQ8 {
 
 impl DeviceQ8 {
     /// ggml Q8_0 blocks (34 bytes each: f16 scale, then 32 int8) of a `[n, k]` weight, row by
-    /// row, copied to `device`; `None` where `device` is not a GPU or the build has no CUDA.
+    /// row, copied to `device`; `None` where `device` is not a GPU.
     pub fn new(blocks: &[u8], n: usize, k: usize, device: &Device) -> Result<Option<Self>> {
-        if !device.is_cuda() || !cfg!(feature = "cuda") {
+        if !device.is_cuda() {
             return Ok(None);
         }
         let per_row = k / 32;

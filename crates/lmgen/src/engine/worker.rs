@@ -381,19 +381,20 @@ fn sample(
     if on_host.is_empty() {
         return Ok((forwarded.unwrap_or_else(Instant::now), sampled));
     }
-    // The rows read back, and each host-sampled sequence's row among them.
-    let (host, mut row_of) = (logits.clone(), vec![None; running.len()]);
+    // The rows read back (all of them, or only the host-sampled ones gathered when some were
+    // picked on the device), and each host-sampled sequence's row among them.
+    let mut row_of = vec![None; running.len()];
     let host = if on_device.is_empty() {
         for &(i, k) in &on_host {
             row_of[i] = Some(k);
         }
-        host
+        logits
     } else {
-        let ks: Vec<u32> = on_host.iter().map(|&(_, k)| k as u32).collect();
         for (j, &(i, _)) in on_host.iter().enumerate() {
             row_of[i] = Some(j);
         }
-        host.index_select(&Tensor::new(ks, host.device())?, 0)?
+        let ks: Vec<u32> = on_host.iter().map(|&(_, k)| k as u32).collect();
+        logits.index_select(&Tensor::new(ks, logits.device())?, 0)?
     };
     let vocab = host.dim(1)?;
     let (read, host_sampled) = readback::with_host_f32(&host, |logits| {

@@ -12,29 +12,44 @@
 //! `min` over the indices, since candle's own CUDA `argmax` does not promise the first index
 //! among equal maxima.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
 use crate::TokenId;
 
-/// The index tensors for one vocabulary size, made once per generate call.
+/// Greedy selection for one vocabulary size and device, kept for a generate call.
 #[derive(Debug)]
 pub struct DeviceArgmax {
-    /// `[1, vocab]` u32: 0, 1, ..., vocab - 1.
-    index: Tensor,
-    /// `[1, 1]` u32: `vocab`, the "not found" index.
-    none: Tensor,
+    /// The candle ops' index tensors, made on their first use (the kernel needs none):
+    /// `[1, vocab]` u32 `0, 1, ..., vocab - 1`, and `[1, 1]` u32 `vocab`, the "not found" index.
+    indices: OnceLock<(Tensor, Tensor)>,
     vocab: usize,
+    device: Device,
 }
 
 impl DeviceArgmax {
-    /// Index tensors for `vocab` columns on `device`.
+    /// Selection over `vocab` columns on `device`.
     pub fn new(vocab: usize, device: &Device) -> Result<Self> {
         Ok(Self {
-            index: Tensor::arange(0u32, vocab as u32, device)?.unsqueeze(0)?,
-            none: Tensor::new(&[[vocab as u32]], device)?,
+            indices: OnceLock::new(),
             vocab,
+            device: device.clone(),
         })
+    }
+
+    /// The index tensors of the candle ops, made once.
+    fn indices(&self) -> Result<&(Tensor, Tensor)> {
+        if self.indices.get().is_none() {
+            let vocab = self.vocab as u32;
+            let made = (
+                Tensor::arange(0u32, vocab, &self.device)?.unsqueeze(0)?,
+                Tensor::new(&[[vocab]], &self.device)?,
+            );
+            let _ = self.indices.set(made);
+        }
+        Ok(self.indices.get().expect("set above"))
     }
 
     /// `[rows, vocab]` logits (any float dtype) -> one id per row.
@@ -47,8 +62,9 @@ impl DeviceArgmax {
                 p.chunks_exact(2).map(|c| c[0] as TokenId).collect()
             });
         }
-        let index = self.index.broadcast_as((rows, vocab))?;
-        let none = self.none.broadcast_as((rows, vocab))?;
+        let (index, none) = self.indices()?;
+        let index = index.broadcast_as((rows, vocab))?;
+        let none = none.broadcast_as((rows, vocab))?;
         let first = |mask: &Tensor| -> Result<Tensor> {
             Ok(mask.where_cond(&index, &none)?.min(D::Minus1)?) // [rows]
         };
