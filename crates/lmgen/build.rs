@@ -24,6 +24,8 @@ fn main() {
         .or_else(|| std::env::var_os("CUDA_ROOT").map(|r| PathBuf::from(r).join("bin/nvcc")))
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
+    // src/cuda/launch.rs: dependent launches need the kernels' `griddepcontrol` (sm_90 and later).
+    println!("cargo:rustc-env=LMGEN_CUDA_PTX_CAP={cap}");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed=src/cuda/kernels/common.cuh");
     for name in KERNELS {

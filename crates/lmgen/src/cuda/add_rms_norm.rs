@@ -39,12 +39,13 @@ mod imp {
 #[allow(unsafe_code)]
 mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     pub fn run(x: &Tensor, h: &Tensor, w: &Tensor, eps: f32) -> Result<Option<(Tensor, Tensor)>> {
         let both = x.apply_op3_no_bwd(h, w, &AddRmsNorm { eps })?; // [2, .., dim]
@@ -77,10 +78,11 @@ mod imp {
                 block_dim: (dim.next_power_of_two().clamp(32, 1024) as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = stream.launch_builder(&func);
+            let mut b = Launch::new(&stream, &func);
             b.arg(&x).arg(&h).arg(&w).arg(&out);
             let (rows, dim) = (rows as i32, dim as i32);
             b.arg(&rows).arg(&dim).arg(&self.eps);
+            b.dependent();
             unsafe { b.launch(cfg) }.w()?;
             Ok(out)
         }

@@ -115,12 +115,13 @@ mod imp {
 #[allow(unsafe_code)]
 mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     pub fn run(
         q: &Tensor,
@@ -193,7 +194,7 @@ mod imp {
                 None => None,
             };
             let chunk = chunk as i32;
-            let mut bld = stream.launch_builder(&func);
+            let mut bld = Launch::new(&stream, &func);
             bld.arg(&q).arg(&k).arg(&v).arg(&out);
             match &part {
                 Some(part) => bld.arg(part),
@@ -210,6 +211,7 @@ mod imp {
                 bld.arg(n);
             }
             bld.arg(&self.scale);
+            bld.dependent();
             unsafe { bld.launch(cfg) }.w()?;
             if let Some(part) = &part {
                 let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_attention_combine")?;
@@ -219,8 +221,9 @@ mod imp {
                     shared_mem_bytes: 0,
                 };
                 let (splits, d) = (splits as i32, d as i32);
-                let mut bld = stream.launch_builder(&func);
+                let mut bld = Launch::new(&stream, &func);
                 bld.arg(part).arg(&out).arg(&splits).arg(&d);
+                bld.dependent();
                 unsafe { bld.launch(cfg) }.w()?;
             }
             Ok(out)

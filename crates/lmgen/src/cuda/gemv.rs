@@ -111,12 +111,13 @@ mod imp {
 mod imp {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{CudaStorage, Map2, Map3, WrapErr};
     use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
     use crate::cuda::with_last;
 
     /// Warps (output columns) per block.
@@ -182,13 +183,14 @@ mod imp {
                 shared_mem_bytes: 0,
             };
             let (n, k) = (outputs as i32, self.k as i32);
-            let mut b = stream.launch_builder(&func);
+            let mut b = Launch::new(&stream, &func);
             b.arg(&x).arg(&w);
             match &bias {
                 Some(bias) => b.arg(bias),
                 None => b.arg(&0u64), // the null pointer: no bias
             };
             b.arg(&out).arg(&n).arg(&k);
+            b.dependent();
             unsafe { b.launch(cfg) }.w()?;
             Ok(out)
         }

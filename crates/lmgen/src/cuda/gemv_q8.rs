@@ -107,6 +107,7 @@ mod imp {
     use candle_core::{CudaDevice, DType, Layout, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     pub fn forward(w: &DeviceQ8, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / w.k.max(1);
@@ -171,13 +172,14 @@ mod imp {
                 shared_mem_bytes: 0,
             };
             let (n, k) = (n as i32, k as i32);
-            let mut b = stream.launch_builder(&func);
+            let mut b = Launch::new(&stream, &func);
             b.arg(&x)
                 .arg(&quants)
                 .arg(&scales)
                 .arg(&out)
                 .arg(&n)
                 .arg(&k);
+            b.dependent();
             unsafe { b.launch(cfg) }.w()?;
             Ok(out)
         }

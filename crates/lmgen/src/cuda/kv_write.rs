@@ -47,13 +47,12 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, PushKernelArg,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaDevice, Layout, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     pub fn run(buffer: &Tensor, new: &Tensor, slots: &Tensor) -> Result<()> {
         Ok(buffer.inplace_op3(new, slots, &KvWrite)?)
@@ -78,11 +77,12 @@ mod imp {
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_kv_write")?;
         let cfg = crate::cuda::elementwise(n);
         let ints = [b, nkv, cap, d].map(|n| n as i32);
-        let mut bld = stream.launch_builder(&func);
+        let mut bld = Launch::new(&stream, &func);
         bld.arg(&src).arg(&mut dst).arg(slots);
         for n in &ints {
             bld.arg(n);
         }
+        bld.dependent();
         unsafe { bld.launch(cfg) }.w()?;
         Ok(())
     }

@@ -31,6 +31,9 @@
 //! [`offload`] keeps the offloaded cache's keys and values in page-locked host memory and copies
 //! each layer's past to the device on a second stream while the layer before it runs.
 //!
+//! The decode kernels are launched as programmatic dependents of the kernel before them on
+//! Hopper and later ([`launch`]), so each starts while its predecessor drains.
+//!
 //! [`graph`] captures a whole decode step as one CUDA graph and replays it.
 //!
 //! Each returns `Ok(None)` where it does not apply (a CPU tensor, a dtype other than f32, f16 or
@@ -170,6 +173,9 @@ pub(crate) mod graph;
 mod greedy;
 pub mod kernel_bench;
 mod kv_write;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod launch;
 pub(crate) mod offload;
 mod paged_attention;
 mod paged_flash;

@@ -103,12 +103,13 @@ mod imp {
 #[allow(unsafe_code)]
 mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
     use candle_core::cuda_backend::{Map3, WrapErr};
     use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     use crate::cuda::decode_attention::{shared_bytes, THREADS};
 
@@ -156,11 +157,12 @@ mod imp {
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_kv_write")?;
         let cfg = crate::cuda::elementwise(count);
         let ints = [n, nkv, total, slot_count, d].map(|x| x as i32);
-        let mut bld = stream.launch_builder(&func);
+        let mut bld = Launch::new(&stream, &func);
         bld.arg(&src).arg(&mut dst).arg(index);
         for x in &ints {
             bld.arg(x);
         }
+        bld.dependent();
         unsafe { bld.launch(cfg) }.w()?;
         Ok(())
     }
@@ -205,12 +207,13 @@ mod imp {
             let index = crate::cuda::hold(&self.index);
             let index = index.view::<u32>("paged_decode_attention (a CUDA index)")?;
             let ints = [nh, nkv, total, n, slot_count, d].map(|x| x as i32);
-            let mut bld = stream.launch_builder(&func);
+            let mut bld = Launch::new(&stream, &func);
             bld.arg(&q).arg(&k).arg(&v).arg(&out).arg(&index);
             for x in &ints {
                 bld.arg(x);
             }
             bld.arg(&self.scale);
+            bld.dependent();
             unsafe { bld.launch(cfg) }.w()?;
             Ok(out)
         }

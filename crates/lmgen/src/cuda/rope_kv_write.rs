@@ -99,15 +99,14 @@ mod imp {
 #[allow(unsafe_code)]
 mod imp {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
     use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
     use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use crate::cuda::hold;
 
     use super::*;
+    use crate::cuda::launch::Launch;
 
     pub fn run(
         token: &DecodeToken<'_>,
@@ -179,7 +178,7 @@ mod imp {
             let (k_cache, v_cache) = (k_cache.view::<T>(WHAT)?, v_cache.view::<T>(WHAT)?);
             let slots = slots.view::<u32>(WHAT)?;
             let ints = [nh, nkv, d, r, cap].map(|n| n as i32);
-            let mut bld = stream.launch_builder(&func);
+            let mut bld = Launch::new(&stream, &func);
             bld.arg(&qkv);
             match &rope {
                 Some((c, s)) => bld.arg(c).arg(s),
@@ -197,6 +196,7 @@ mod imp {
             for n in &ints {
                 bld.arg(n);
             }
+            bld.dependent();
             unsafe { bld.launch(cfg) }.w()?;
             Ok((q, Shape::from((b, nh, 1, d))))
         }

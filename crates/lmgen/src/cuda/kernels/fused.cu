@@ -52,8 +52,9 @@ __device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int row
     }
 }
 
-// Greedy selection and the chosen token's log-probability, one block per row of raw logits
-// [rows, vocab]: out[row] = (id, logit[id] - logsumexp(row)) as two f32 (ids below 2^24 are
+// Greedy selection and the chosen token's log-probability of each row of raw logits
+// [rows, vocab], in two launches (`greedy_part` over chunks of the rows, `greedy_combine`):
+// out[row] = (id, logit[id] - logsumexp(row)) as two f32 (ids below 2^24 are
 // exact), `id` the first maximum, or the first NaN where the row has one (the host's `argmax`,
 // `torch.argmax`); an all -inf row gives id 0. The log-sum-exp is the host's `max + log(sum
 // exp(x - max))`, summed in another order.
@@ -88,42 +89,64 @@ __device__ __forceinline__ Pick pick_shfl(Pick p, int o) {
     q.s = __shfl_xor_sync(0xffffffff, p.s, o);
     return q;
 }
-template <typename T>
-__device__ void greedy_logprob(const T* logits, float* out, int vocab) {
-    __shared__ Pick warps[32];
-    const T* x = logits + (size_t)blockIdx.x * vocab;
-    Pick p = {-INFINITY, NO_INDEX, NO_INDEX, -INFINITY, 0.f};
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = to_f(x[i]);
-        if (v != v) {
-            p.nan = min(p.nan, i);
-            continue;
-        }
-        if (v > p.best) {  // strictly: a thread's indices rise, so the first maximum stays
-            p.best = v;
-            p.at = i;
-        }
-        if (v == -INFINITY) continue;
-        if (v > p.m) {
-            p.s = p.s * expf(p.m - v) + 1.f;
-            p.m = v;
-        } else {
-            p.s += expf(v - p.m);
-        }
+// Element `i` of value `v` added to `p`; a thread's indices rise, so a strictly larger value
+// replaces the best (the first maximum stays).
+__device__ __forceinline__ void pick_add(Pick& p, float v, int i) {
+    if (v != v) {
+        p.nan = min(p.nan, i);
+        return;
     }
+    if (v > p.best) {
+        p.best = v;
+        p.at = i;
+    }
+    if (v == -INFINITY) return;
+    if (v > p.m) {
+        p.s = p.s * expf(p.m - v) + 1.f;
+        p.m = v;
+    } else {
+        p.s += expf(v - p.m);
+    }
+}
+__device__ __forceinline__ Pick pick_none() { return Pick{-INFINITY, NO_INDEX, NO_INDEX, -INFINITY, 0.f}; }
+
+// Each block's share of a row: grid (splits, rows), block z of row `row` taking the elements
+// [z * chunk, (z + 1) * chunk) of logits [rows, vocab] into part[row * splits + z].
+template <typename T>
+__device__ void greedy_part(const T* logits, Pick* part, int vocab, int chunk) {
+    __shared__ Pick warps[32];
+    int row = blockIdx.y, z = blockIdx.x;
+    const T* x = logits + (size_t)row * vocab;
+    int hi = min((z + 1) * chunk, vocab);
+    Pick p = pick_none();
+    for (int i = z * chunk + threadIdx.x; i < hi; i += blockDim.x) pick_add(p, to_f(x[i]), i);
     for (int o = 16; o > 0; o >>= 1) p = pick_merge(p, pick_shfl(p, o));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
     if (lane == 0) warps[warp] = p;
     __syncthreads();
     if (warp != 0) return;
-    p = lane < nwarps ? warps[lane] : Pick{-INFINITY, NO_INDEX, NO_INDEX, -INFINITY, 0.f};
+    p = lane < nwarps ? warps[lane] : pick_none();
+    for (int o = 16; o > 0; o >>= 1) p = pick_merge(p, pick_shfl(p, o));
+    if (lane == 0) part[(size_t)row * gridDim.x + z] = p;
+}
+
+// The row's shares merged, one warp per row: out[row] = (id, logprob) as described above.
+__device__ void greedy_combine(const Pick* part, float* out, int splits) {
+    int row = blockIdx.x, lane = threadIdx.x;
+    Pick p = pick_none();
+    for (int i = lane; i < splits; i += 32) p = pick_merge(p, part[(size_t)row * splits + i]);
     for (int o = 16; o > 0; o >>= 1) p = pick_merge(p, pick_shfl(p, o));
     if (lane != 0) return;
     float lse = p.m == -INFINITY ? -INFINITY : p.m + logf(p.s);
     int id = p.nan != NO_INDEX ? p.nan : (p.at != NO_INDEX ? p.at : 0);
     float chosen = p.nan != NO_INDEX ? NAN : (p.at != NO_INDEX ? p.best : -INFINITY);
-    out[2 * blockIdx.x] = (float)id;
-    out[2 * blockIdx.x + 1] = chosen - lse;
+    out[2 * row] = (float)id;
+    out[2 * row + 1] = chosen - lse;
+}
+extern "C" __global__ void lmgen_greedy_combine_f32(const Pick* part, float* out, int splits) {
+    pdl_wait();
+    pdl_trigger();
+    greedy_combine(part, out, splits);
 }
 
 // SiLU-gated product over a fused gate/up projection: gate_up [rows, 2 * inter] (the gate's
@@ -398,8 +421,10 @@ template <> __device__ __forceinline__ float dot16<__half>(uint4 a, uint4 b) {
 }
 
 // `out = x w^T (+ bias)` for a few rows of activations (decode): one warp per output column,
-// each lane reading 16 bytes of the weight row at a time, 4 loads in flight, against every row
-// of `x` (from L1); sums in f32, rounded to T once (with the bias added before).
+// each lane reading 16 bytes of the weight row at a time, U loads in flight and the next U
+// issued before the current ones are used, against every row of `x` (from L1); sums in f32,
+// rounded to T once (with the bias added before). The first weights are loaded before
+// `pdl_wait`: a dependent launch streams them while the kernel before it finishes.
 // x: [R, k]; w: [n, k]; bias: [n] or null; out: [R, n]; k a multiple of 16 bytes, x and w
 // 16-byte aligned.
 template <typename T, int R>
@@ -409,28 +434,40 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
     constexpr int U = 4;               // loads in flight per lane
     int lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (j >= n) return;
+    if (j >= n) {
+        pdl_trigger();
+        return;
+    }
     int chunks = k / V;
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
-    int c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+    uint4 next[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int cu = lane + 32 * u;
+        next[u] = cu < chunks ? load_stream(wr + cu) : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait();
+    pdl_trigger();
+    for (int c = lane; c < chunks; c += 32 * U) {
         uint4 wv[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) wv[u] = load_stream(wr + c + 32 * u);
+        for (int u = 0; u < U; u++) {
+            wv[u] = next[u];
+            int cn = c + 32 * (U + u);
+            next[u] = cn < chunks ? load_stream(wr + cn) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
+            int cu = c + 32 * u;
+            if (cu < chunks) {
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + c + 32 * u));
+                for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + cu));
+            }
         }
-    }
-    for (; c < chunks; c += 32) {
-        uint4 wv = load_stream(wr + c);
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv, __ldg(xr + (size_t)r * chunks + c));
     }
     float b = bias ? to_f(bias[j]) : 0.f;
 #pragma unroll
@@ -520,31 +557,44 @@ __device__ void gemv_swiglu(const T* __restrict__ x, const T* __restrict__ w, co
     constexpr int U = 4;  // loads in flight per weight row per lane
     int lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (j >= inter) return;
+    if (j >= inter) {
+        pdl_trigger();
+        return;
+    }
     int chunks = k / V;
     const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     const uint4* wu = reinterpret_cast<const uint4*>(w + ((size_t)inter + j) * k);
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     float ag = 0.f, au = 0.f;
-    int c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+    uint4 ng[U], nu[U];
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int i = 0; i < U; i++) {
+        int ci = lane + 32 * i;
+        ng[i] = ci < chunks ? load_stream(wg + ci) : zero;
+        nu[i] = ci < chunks ? load_stream(wu + ci) : zero;
+    }
+    pdl_wait();
+    pdl_trigger();
+    for (int c = lane; c < chunks; c += 32 * U) {
         uint4 g[U], u[U];
 #pragma unroll
         for (int i = 0; i < U; i++) {
-            g[i] = load_stream(wg + c + 32 * i);
-            u[i] = load_stream(wu + c + 32 * i);
+            g[i] = ng[i];
+            u[i] = nu[i];
+            int cn = c + 32 * (U + i);
+            ng[i] = cn < chunks ? load_stream(wg + cn) : zero;
+            nu[i] = cn < chunks ? load_stream(wu + cn) : zero;
         }
 #pragma unroll
         for (int i = 0; i < U; i++) {
-            uint4 xv = __ldg(xr + c + 32 * i);
-            ag += dot16<T>(g[i], xv);
-            au += dot16<T>(u[i], xv);
+            int ci = c + 32 * i;
+            if (ci < chunks) {
+                uint4 xv = __ldg(xr + ci);
+                ag += dot16<T>(g[i], xv);
+                au += dot16<T>(u[i], xv);
+            }
         }
-    }
-    for (; c < chunks; c += 32) {
-        uint4 xv = __ldg(xr + c);
-        ag += dot16<T>(load_stream(wg + c), xv);
-        au += dot16<T>(load_stream(wu + c), xv);
     }
     ag = warp_sum(ag);
     au = warp_sum(au);
@@ -618,6 +668,8 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
 #define GEMV_Q8_OPS(T, SUFFIX, R)                                                                       \
     extern "C" __global__ void lmgen_gemv_q8_##R##_##SUFFIX(const T* x, const int8_t* q,               \
                                                             const __half* scales, T* out, int n, int k) { \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         gemv_q8<T, R>(x, q, scales, out, n, k);                                                         \
     }
 #define GEMV_ALL(T, SUFFIX)                                                                             \
@@ -636,6 +688,8 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
     extern "C" __global__ void lmgen_rope_kv_write_##SUFFIX(                                            \
         const T* qkv, const T* cos, const T* sin, const T* qw, const T* kw, float eps, T* q_out,        \
         T* k_cache, T* v_cache, const uint32_t* slots, int nh, int nkv, int d, int r, int cap) {        \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         rope_kv_write<T>(qkv, cos, sin, qw, kw, eps, q_out, k_cache, v_cache, slots, nh, nkv, d, r, cap); \
     }
 GEMV_ALL(float, f32)
@@ -645,23 +699,32 @@ GEMV_ALL(__half, f16)
 #define FUSED_OPS(T, SUFFIX)                                                                            \
     extern "C" __global__ void lmgen_add_rms_norm_##SUFFIX(const T* x, const T* h, const T* w, T* out,  \
                                                            int rows, int dim, float eps) {              \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         add_rms_norm<T>(x, h, w, out, rows, dim, eps);                                                  \
     }                                                                                                   \
     extern "C" __global__ void lmgen_swiglu_##SUFFIX(const T* gate_up, T* out, int rows, int inter) {   \
         swiglu<T>(gate_up, out, rows, inter);                                                           \
     }                                                                                                   \
-    extern "C" __global__ void lmgen_greedy_logprob_##SUFFIX(const T* logits, float* out, int vocab) {  \
-        greedy_logprob<T>(logits, out, vocab);                                                          \
+    extern "C" __global__ void lmgen_greedy_part_##SUFFIX(const T* logits, Pick* part, int vocab,       \
+                                                          int chunk) {                                  \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
+        greedy_part<T>(logits, part, vocab, chunk);                                                     \
     }                                                                                                   \
     extern "C" __global__ void lmgen_decode_attention_##SUFFIX(                                         \
         const T* q, const T* k, const T* v, T* out, float* part, int chunk, int nh, int nkv, int s,     \
         int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,          \
         long long v_ss, float scale) {                                                                  \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         decode_attention<T>(q, k, v, out, part, chunk, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh,     \
                             v_ss, scale);                                                               \
     }                                                                                                   \
     extern "C" __global__ void lmgen_attention_combine_##SUFFIX(const float* part, T* out, int splits,  \
                                                                 int d) {                                \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         attention_combine<T>(part, out, splits, d);                                                     \
     }                                                                                                   \
     /* The same over the first `slots[row] + 1` keys of each row: the length read from device */       \
@@ -670,23 +733,31 @@ GEMV_ALL(__half, f16)
         const T* q, const T* k, const T* v, T* out, float* part, int chunk, const uint32_t* slots,      \
         int nh, int nkv, int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb,         \
         long long v_sh, long long v_ss, float scale) {                                                  \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         int s = (int)slots[blockIdx.y] + 1;                                                             \
         decode_attention<T>(q, k, v, out, part, chunk, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh,     \
                             v_ss, scale);                                                               \
     }                                                                                                   \
     extern "C" __global__ void lmgen_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* slots,     \
                                                        int b, int nkv, int cap, int d) {                \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         kv_write<T>(src, dst, slots, b, nkv, cap, d);                                                   \
     }                                                                                                   \
     extern "C" __global__ void lmgen_paged_decode_attention_##SUFFIX(                                   \
         const T* q, const T* store_k, const T* store_v, T* out, const uint32_t* index, int nh, int nkv, \
         int total, int n, int slot_count, int d, float scale) {                                         \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         paged_decode_attention<T>(q, store_k, store_v, out, index, nh, nkv, total, n, slot_count, d,    \
                                   scale);                                                               \
     }                                                                                                   \
     extern "C" __global__ void lmgen_paged_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* index, \
                                                              int n, int nkv, int total, int slot_count, \
                                                              int d) {                                   \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
         paged_kv_write<T>(src, dst, index, n, nkv, total, slot_count, d);                               \
     }
 
