@@ -172,13 +172,15 @@ mod imp {
             let bias = bias.map(|(b, lb)| b.slice(lb.start_offset()..));
             let outputs = self.outputs();
             let out = unsafe { dev.alloc::<T>(self.rows * outputs)? };
+            let blocks = outputs.div_ceil(WARPS);
             let root = match self.swiglu {
                 true => "lmgen_gemv_swiglu",
+                false if self.rows == 1 && wider_waves::<T>(dev, blocks)? => "lmgen_gemv1s",
                 false => ROOTS[self.rows - 1],
             };
             let (stream, func) = crate::cuda::func::<T>(dev, root)?;
             let cfg = LaunchConfig {
-                grid_dim: (outputs.div_ceil(WARPS) as u32, 1, 1),
+                grid_dim: (blocks as u32, 1, 1),
                 block_dim: (32 * WARPS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -194,6 +196,52 @@ mod imp {
             unsafe { b.launch(cfg) }.w()?;
             Ok(out)
         }
+    }
+
+    /// Whether a one-row product of `blocks` blocks runs better on the kernel that keeps 4 loads
+    /// in flight a lane (`lmgen_gemv1s`) than on the one that keeps 8 (`lmgen_gemv1`): the 8-load
+    /// kernel streams ~15% faster a block (0.5B lm_head 87 against 100 us on the H100) but
+    /// needs more registers, so fewer blocks fit at once; a grid a little larger than one wave of
+    /// it runs a second, nearly empty wave (Qwen3-4B's 6144-column qkv: 768 blocks, 528 fit on
+    /// an H100). The 4-load kernel is taken where its last wave is fuller by more than that
+    /// (`LMGEN_CUDA_GEMV_WAVES=0`: never, for measuring).
+    fn wider_waves<T: WithDType>(dev: &CudaDevice, blocks: usize) -> candle_core::Result<bool> {
+        static ON: OnceLock<bool> = OnceLock::new();
+        if !*ON.get_or_init(|| std::env::var("LMGEN_CUDA_GEMV_WAVES").map_or(true, |v| v != "0")) {
+            return Ok(false);
+        }
+        let fill = |root: &str| -> candle_core::Result<f64> {
+            let wave = resident::<T>(dev, root)?;
+            Ok(blocks as f64 / (blocks.div_ceil(wave) * wave) as f64)
+        };
+        Ok(fill("lmgen_gemv1s")? > 1.15 * fill("lmgen_gemv1")?)
+    }
+
+    /// Blocks of `{root}_{dtype}` the whole GPU holds at once (SMs times blocks an SM holds),
+    /// asked of the driver once a kernel.
+    fn resident<T: WithDType>(dev: &CudaDevice, root: &str) -> candle_core::Result<usize> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        static WAVES: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+        let name = candle_core::cuda_backend::kernel_name::<T>(root);
+        let waves = WAVES.get_or_init(Default::default);
+        if let Some(n) = waves.lock().ok().and_then(|w| w.get(&name).copied()) {
+            return Ok(n);
+        }
+        let (stream, func) = crate::cuda::func::<T>(dev, root)?;
+        let per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(32 * WARPS as u32, 0, None)
+            .w()?;
+        let sms = stream
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .w()?;
+        let n = (per_sm as usize * sms.max(1) as usize).max(1);
+        if let Ok(mut w) = waves.lock() {
+            w.insert(name, n);
+        }
+        Ok(n)
     }
 
     impl Map2 for Gemv {

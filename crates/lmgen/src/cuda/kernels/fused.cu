@@ -421,17 +421,19 @@ template <> __device__ __forceinline__ float dot16<__half>(uint4 a, uint4 b) {
 }
 
 // `out = x w^T (+ bias)` for a few rows of activations (decode): one warp per output column,
-// each lane reading 16 bytes of the weight row at a time, U loads in flight and the next U
-// issued before the current ones are used, against every row of `x` (from L1); sums in f32,
-// rounded to T once (with the bias added before). The first weights are loaded before
-// `pdl_wait`: a dependent launch streams them while the kernel before it finishes.
+// each lane reading 16 bytes of the weight row at a time against every row of `x` (from L1);
+// sums in f32, rounded to T once (with the bias added before), in the same order either way.
+// DB: the next U loads issued before the current U are used (8 in flight per lane), the first
+// ones before `pdl_wait` (a dependent launch streams them while the kernel before it finishes);
+// else U in flight, with fewer registers: more blocks fit an SM, which a grid of a little more
+// than one wave of the DB kernel needs (src/cuda/gemv.rs chooses).
 // x: [R, k]; w: [n, k]; bias: [n] or null; out: [R, n]; k a multiple of 16 bytes, x and w
 // 16-byte aligned.
-template <typename T, int R>
+template <typename T, int R, bool DB>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                      T* __restrict__ out, int n, int k) {
     constexpr int V = 16 / sizeof(T);  // elements in 16 bytes
-    constexpr int U = 4;               // loads in flight per lane
+    constexpr int U = 4;               // loads in flight per lane (twice that with DB)
     int lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (j >= n) {
@@ -444,29 +446,50 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
-    uint4 next[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        int cu = lane + 32 * u;
-        next[u] = cu < chunks ? load_stream(wr + cu) : make_uint4(0, 0, 0, 0);
-    }
-    pdl_wait();
-    pdl_trigger();
-    for (int c = lane; c < chunks; c += 32 * U) {
-        uint4 wv[U];
+    if constexpr (DB) {
+        uint4 next[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            wv[u] = next[u];
-            int cn = c + 32 * (U + u);
-            next[u] = cn < chunks ? load_stream(wr + cn) : make_uint4(0, 0, 0, 0);
+            int cu = lane + 32 * u;
+            next[u] = cu < chunks ? load_stream(wr + cu) : make_uint4(0, 0, 0, 0);
         }
+        pdl_wait();
+        pdl_trigger();
+        for (int c = lane; c < chunks; c += 32 * U) {
+            uint4 wv[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int cu = c + 32 * u;
-            if (cu < chunks) {
-#pragma unroll
-                for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + cu));
+            for (int u = 0; u < U; u++) {
+                wv[u] = next[u];
+                int cn = c + 32 * (U + u);
+                next[u] = cn < chunks ? load_stream(wr + cn) : make_uint4(0, 0, 0, 0);
             }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int cu = c + 32 * u;
+                if (cu < chunks) {
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + cu));
+                }
+            }
+        }
+    } else {
+        pdl_wait();
+        pdl_trigger();
+        int c = lane;
+        for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+            uint4 wv[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) wv[u] = load_stream(wr + c + 32 * u);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + c + 32 * u));
+            }
+        }
+        for (; c < chunks; c += 32) {
+            uint4 wv = load_stream(wr + c);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv, __ldg(xr + (size_t)r * chunks + c));
         }
     }
     float b = bias ? to_f(bias[j]) : 0.f;
@@ -663,7 +686,7 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
 #define GEMV_OPS(T, SUFFIX, R)                                                                          \
     extern "C" __global__ void lmgen_gemv##R##_##SUFFIX(const T* x, const T* w, const T* bias, T* out,  \
                                                          int n, int k) {                                \
-        gemv<T, R>(x, w, bias, out, n, k);                                                              \
+        gemv<T, R, true>(x, w, bias, out, n, k);                                                        \
     }
 #define GEMV_Q8_OPS(T, SUFFIX, R)                                                                       \
     extern "C" __global__ void lmgen_gemv_q8_##R##_##SUFFIX(const T* x, const int8_t* q,               \
@@ -673,6 +696,10 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
         gemv_q8<T, R>(x, q, scales, out, n, k);                                                         \
     }
 #define GEMV_ALL(T, SUFFIX)                                                                             \
+    extern "C" __global__ void lmgen_gemv1s_##SUFFIX(const T* x, const T* w, const T* bias, T* out,     \
+                                                     int n, int k) {                                    \
+        gemv<T, 1, false>(x, w, bias, out, n, k);                                                       \
+    }                                                                                                   \
     GEMV_OPS(T, SUFFIX, 1) GEMV_OPS(T, SUFFIX, 2) GEMV_OPS(T, SUFFIX, 3) GEMV_OPS(T, SUFFIX, 4)         \
     GEMV_Q8_OPS(T, SUFFIX, 1) GEMV_Q8_OPS(T, SUFFIX, 2) GEMV_Q8_OPS(T, SUFFIX, 3)                       \
     GEMV_Q8_OPS(T, SUFFIX, 4) GEMV_Q8_OPS(T, SUFFIX, 5) GEMV_Q8_OPS(T, SUFFIX, 6)                       \
