@@ -71,14 +71,14 @@ mod imp {
     ) -> candle_core::Result<()> {
         let [b, nkv, cap, d] = <[usize; 4]>::try_from(ld.dims())
             .map_err(|_| crate::cuda::cuda_only("kv_write (a buffer of rank 4)"))?;
-        let mut dst = dst.slice_mut(ld.start_offset()..);
+        let dst = dst.slice_mut(ld.start_offset()..);
         let src = src.slice(ls.start_offset()..);
         let n = b * nkv * d;
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_kv_write")?;
         let cfg = crate::cuda::elementwise(n);
         let ints = [b, nkv, cap, d].map(|n| n as i32);
         let mut bld = Launch::new(&stream, &func);
-        bld.arg(&src).arg(&mut dst).arg(slots);
+        bld.arg(&src).arg(&dst).arg(slots);
         for n in &ints {
             bld.arg(n);
         }

@@ -151,14 +151,14 @@ mod imp {
         let (n, total) = (op.n, op.total);
         let [nkv, slot_count, d] = <[usize; 3]>::try_from(ld.dims())
             .map_err(|_| crate::cuda::cuda_only("paged_kv_write (a store of rank 3)"))?;
-        let mut dst = dst.slice_mut(ld.start_offset()..);
+        let dst = dst.slice_mut(ld.start_offset()..);
         let src = src.slice(ls.start_offset()..);
         let count = n * nkv * d;
         let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_kv_write")?;
         let cfg = crate::cuda::elementwise(count);
         let ints = [n, nkv, total, slot_count, d].map(|x| x as i32);
         let mut bld = Launch::new(&stream, &func);
-        bld.arg(&src).arg(&mut dst).arg(index);
+        bld.arg(&src).arg(&dst).arg(index);
         for x in &ints {
             bld.arg(x);
         }
