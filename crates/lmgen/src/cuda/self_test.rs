@@ -18,7 +18,10 @@ use crate::models::layers::attention::{attend, Scores};
 pub fn run(device: &Device) -> Result<Vec<String>> {
     let mut report = Vec::new();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        report.push(add_rms_norm(device, dtype)?);
+        // One block a row: 1, 4 and 12 elements a thread.
+        for dim in [896, 4096, 12288] {
+            report.push(add_rms_norm(device, dtype, dim)?);
+        }
         report.push(swiglu(device, dtype)?);
         // Every row count the kernel is built for, whatever the products take it for now.
         let before = super::set_gemv_max_rows(super::GEMV_MAX_ROWS);
@@ -413,8 +416,8 @@ fn missing(what: &str) -> Error {
     mismatch(format!("{what}: the kernel did not apply"))
 }
 
-fn add_rms_norm(device: &Device, dtype: DType) -> Result<String> {
-    let (rows, dim, eps) = (3, 896, 1e-6);
+fn add_rms_norm(device: &Device, dtype: DType, dim: usize) -> Result<String> {
+    let (rows, eps) = (3, 1e-6);
     let x = tensor(&[1, rows, dim], 1, dtype, device)?;
     let h = tensor(&[1, rows, dim], 2, dtype, device)?;
     let w = tensor(&[dim], 3, dtype, device)?;
@@ -423,7 +426,12 @@ fn add_rms_norm(device: &Device, dtype: DType) -> Result<String> {
     let want_sum = (&x + &h)?;
     let want = candle_nn::ops::rms_norm(&want_sum, &w, eps)?;
     let tol = tolerance(dtype);
-    compare(&format!("add_rms_norm {dtype:?} sum"), &sum, &want_sum, 0.0)?;
+    compare(
+        &format!("add_rms_norm {dtype:?} [{rows}, {dim}] sum"),
+        &sum,
+        &want_sum,
+        0.0,
+    )?;
     compare(
         &format!("add_rms_norm {dtype:?} [{rows}, {dim}]"),
         &normed,
