@@ -249,3 +249,46 @@ fn bad_model_flags_are_refused_by_name() {
         );
     }
 }
+
+/// `--tensor-parallel-size 2`: the golden llama split across two processes (rank 0 the server,
+/// rank 1 started by it, over TCP) answers greedy requests with `generate()`'s tokens of the
+/// whole model, several at once in one engine step, and both ranks exit on SIGTERM.
+#[test]
+fn serve_splits_the_model_across_two_ranks() {
+    let serve = Serve::start(&["--model", LLAMA, "--tensor-parallel-size", "2"]);
+    let (want_tokens, want_text) = expected(&LoadOptions::default());
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| serve.complete(&greedy_request())))
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(
+            answered(answer),
+            (want_tokens.clone(), want_text.clone()),
+            "{answer}"
+        );
+    }
+    let log = serve.stop();
+    assert!(log.contains("following rank 0's engine"), "{log}");
+    assert!(!log.contains("a tensor-parallel rank failed"), "{log}");
+}
+
+/// A model the split engine cannot run (LFM2's short-convolution layers keep per-sequence state
+/// the other ranks do not mirror) is refused before serving, by what it lacks; every rank exits.
+#[test]
+fn serve_refuses_to_split_a_recurrent_model() {
+    let lfm2 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lmgen/tests/fixtures/golden-arch/models/lfm2"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+        .args(["serve", "--port", "0", "--model", lfm2])
+        .args(["--tensor-parallel-size", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("attention-only decoder models"), "{err}");
+}

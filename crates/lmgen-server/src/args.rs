@@ -57,6 +57,17 @@ pub struct ServeArgs {
     /// chat template writes.
     #[arg(long, value_name = "NAME", value_parser = tool_call_parser)]
     pub tool_call_parser: Option<Family>,
+    /// Ranks to split the model across (tensor parallelism, Megatron-style): this process is
+    /// rank 0, runs the engine and starts the other ranks as processes on this machine, which
+    /// exchange activations with it over TCP on 127.0.0.1. CPU only for now.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub tensor_parallel_size: u16,
+    /// Internal: the rank of a process `--tensor-parallel-size` started.
+    #[arg(long, hide = true, requires = "tensor_parallel_addr")]
+    pub tensor_parallel_rank: Option<u16>,
+    /// Internal: where rank 0 listens for the other ranks.
+    #[arg(long, hide = true)]
+    pub tensor_parallel_addr: Option<std::net::SocketAddr>,
 }
 
 fn tool_call_parser(name: &str) -> Result<Family, String> {

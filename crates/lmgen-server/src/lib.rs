@@ -27,6 +27,7 @@ pub mod error;
 pub mod generation;
 pub mod metrics;
 pub mod model_args;
+pub mod ranks;
 pub mod routes;
 pub mod state;
 pub mod text;
@@ -75,13 +76,17 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     let id_or_dir = args.model.model_or_default();
     let options = args.model.load_options()?;
+    let comm = ranks::start_ranks(args)?;
     let Pipeline {
         model,
         tokenizer,
         generation_config,
         dir,
-    } = crate::model_args::load_pipeline(&id_or_dir, &options)
-        .with_context(|| format!("loading `{id_or_dir}`"))?;
+    } = match &comm {
+        Some(comm) => ranks::load_rank0(args, comm)?,
+        None => crate::model_args::load_pipeline(&id_or_dir, &options)
+            .with_context(|| format!("loading `{id_or_dir}`"))?,
+    };
     let model: Arc<dyn CausalLM> = Arc::from(model);
     let tokenizer = Arc::new(tokenizer);
     // A Whisper checkpoint answers the audio routes; the engine then holds a single KV block.
@@ -115,12 +120,16 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         block_size = engine.cache.block_size,
         "KV pool"
     );
-    let manager = Arc::new(ContinuousBatchingManager::new(
+    let mut manager = ContinuousBatchingManager::new(
         model.clone(),
         engine.clone(),
         model.dtype(),
         Some(&tokenizer),
-    )?);
+    )?;
+    if let Some(comm) = comm {
+        manager = manager.with_ranks(comm)?;
+    }
+    let manager = Arc::new(manager);
     manager.start()?;
     Ok(Arc::new(AppState {
         manager,
@@ -151,6 +160,9 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
 
 /// [`start`]s, then serves until SIGTERM / Ctrl-C, then drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(rank) = args.tensor_parallel_rank {
+        return ranks::follow(&args, rank);
+    }
     let state = start(&args)?;
     let manager = state.manager.clone();
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -168,6 +180,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(drain)
         .await?;
     manager.stop(true, Some(Duration::from_secs(10)));
+    ranks::wait_for_ranks(Duration::from_secs(10));
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,6 +49,26 @@ impl Pipeline {
     /// config come from that GGUF file and the tokenizer from `tokenizer.json` beside it (see
     /// [`Checkpoint::from_pretrained`]).
     pub fn load(id_or_dir: &str, options: &LoadOptions) -> Result<Self> {
+        Self::load_with(id_or_dir, options, |c| load_model(c, options))
+    }
+
+    /// [`Self::load`] with the model split across `shard`'s ranks: this rank's part
+    /// ([`crate::models::load_model_sharded`]), and the whole tokenizer and generation config.
+    pub fn load_sharded(
+        id_or_dir: &str,
+        options: &LoadOptions,
+        shard: &crate::parallel::Shard,
+    ) -> Result<Self> {
+        Self::load_with(id_or_dir, options, |c| {
+            crate::models::load_model_sharded(c, options, shard)
+        })
+    }
+
+    fn load_with(
+        id_or_dir: &str,
+        options: &LoadOptions,
+        load: impl FnOnce(&Checkpoint) -> Result<Box<dyn CausalLM>>,
+    ) -> Result<Self> {
         let checkpoint =
             Checkpoint::from_pretrained(id_or_dir, options.gguf_file.as_deref(), &options.hub)?;
         let dir = checkpoint.dir.clone();
@@ -64,7 +84,7 @@ impl Pipeline {
                 )));
             }
         }
-        let model = load_model(&checkpoint, options)?;
+        let model = load(&checkpoint)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
         let generation_config = GenerationConfig::from_pretrained(&dir)?;
         Ok(Self {

@@ -39,6 +39,8 @@ pub struct ContinuousBatchingManager {
     results: Results,
     streams: Mutex<HashMap<String, Receiver<RequestUpdate>>>,
     stats: Arc<Mutex<EngineStats>>,
+    /// Rank 0's channel to the other ranks of a split model ([`Self::with_ranks`]).
+    ranks: Option<super::tensor_parallel::StepBroadcast>,
 }
 
 impl std::fmt::Debug for ContinuousBatchingManager {
@@ -78,7 +80,17 @@ impl ContinuousBatchingManager {
             results: Arc::new((Mutex::new(ResultStore::default()), Condvar::new())),
             streams: Mutex::new(HashMap::new()),
             stats: Arc::new(Mutex::new(stats)),
+            ranks: None,
         })
+    }
+
+    /// For rank 0 of a model split across `comm`'s ranks (loaded with
+    /// [`crate::models::load_model_sharded`]): every step is broadcast to the other ranks, which
+    /// run [`super::follow`] with the same configuration; stopping the engine stops them.
+    /// Attention-only decoder models (refused at [`Self::start`] otherwise).
+    pub fn with_ranks(mut self, comm: Arc<dyn crate::parallel::Communicator>) -> Result<Self> {
+        self.ranks = Some(super::tensor_parallel::StepBroadcast::new(comm)?);
+        Ok(self)
     }
 
     /// The engine's configuration.
@@ -97,6 +109,7 @@ impl ContinuousBatchingManager {
             self.dtype,
             receiver,
             self.stats.clone(),
+            self.ranks.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("lmgen-engine".into())

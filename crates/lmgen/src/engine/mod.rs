@@ -9,6 +9,8 @@
 //! - `worker`: the engine thread (one packed forward per step).
 //! - `manager`: the thread-safe handle ([`ContinuousBatchingManager`]).
 //! - `generate_batch`: many prompts in one call ([`generate_batch()`]).
+//! - `tensor_parallel`: the engine over a model split across ranks: rank 0's engine broadcasts
+//!   each step, the other ranks run it ([`follow`]).
 //!
 //! Greedy outputs equal [`crate::generation::generate`]'s token for token whatever runs alongside:
 //! each sequence attends only to its own keys and values, at its own positions.
@@ -33,6 +35,7 @@ mod manager;
 mod request;
 mod scheduler;
 mod sequence;
+mod tensor_parallel;
 mod worker;
 
 use crate::cache::paged::{PagedCacheConfig, DEFAULT_BLOCK_SIZE};
@@ -43,6 +46,7 @@ pub use manager::ContinuousBatchingManager;
 pub use request::{
     GenerationOutput, OutputSink, Request, RequestStatus, RequestUpdate, TokenLogprob,
 };
+pub use tensor_parallel::follow;
 
 /// Which sequences a step serves first (transformers' `scheduler="fifo"` / `"prefill_first"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

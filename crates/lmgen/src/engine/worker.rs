@@ -12,8 +12,9 @@ use rayon::prelude::*;
 use super::request::{RequestStatus, RequestUpdate};
 use super::scheduler::{schedule, Limits, Plan};
 use super::sequence::Sequence;
+use super::tensor_parallel::{self, StepBroadcast};
 use super::{EngineConfig, EngineStats};
-use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch, StoreShape};
+use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch};
 use crate::cache::SequenceSpan;
 use crate::error::{Error, Result};
 use crate::models::{CausalLM, DType, ForwardInput};
@@ -40,18 +41,26 @@ pub(crate) struct Worker {
     stats: Arc<Mutex<EngineStats>>,
     /// Requests ended as cancelled so far.
     cancelled: u64,
+    /// With a model split across ranks, rank 0's channel to the others
+    /// ([`super::tensor_parallel`]): each step is sent before it runs.
+    ranks: Option<StepBroadcast>,
 }
 
 impl Worker {
-    /// Allocates the KV pool for `config`.
+    /// Allocates the KV pool for `config`; with `ranks`, rank 0's part of it (its key/value
+    /// heads) for a model split across ranks.
     pub fn new(
         model: Arc<dyn CausalLM>,
         config: &EngineConfig,
         dtype: DType,
         commands: Receiver<Command>,
         stats: Arc<Mutex<EngineStats>>,
+        ranks: Option<StepBroadcast>,
     ) -> Result<Self> {
         let m = model.config();
+        if ranks.is_some() {
+            tensor_parallel::check_model(model.as_ref())?;
+        }
         let recurrent = m.layer_types.iter().any(|l| !l.is_attention());
         let encoder_decoder = model.encoder().is_some();
         if encoder_decoder && config.prefix_caching {
@@ -70,14 +79,10 @@ impl Worker {
                 tracing::info!("prefix caching is off: this model keeps a recurrent state");
             }
         }
-        let store = KvStore::new(
-            StoreShape {
-                layers: (0..m.num_hidden_layers).map(|i| m.kv_shape(i)).collect(),
-                slots: config.cache.capacity_tokens(),
-            },
-            dtype,
-            model.device(),
-        )?;
+        let shard = ranks.as_ref().map(StepBroadcast::shard);
+        let shape =
+            tensor_parallel::store_shape(m, shard.as_ref(), config.cache.capacity_tokens())?;
+        let store = KvStore::new(shape, dtype, model.device())?;
         Ok(Self {
             store,
             alloc: BlockAllocator::new(config.cache.num_blocks, config.cache.block_size),
@@ -95,6 +100,7 @@ impl Worker {
             commands,
             stats,
             cancelled: 0,
+            ranks,
         })
     }
 
@@ -129,6 +135,11 @@ impl Worker {
             }
             let preemptions = self.step();
             self.publish(preemptions);
+        }
+        if let Some(ranks) = &self.ranks {
+            if let Err(e) = ranks.stop() {
+                tracing::warn!(error = %e, "telling the other tensor-parallel ranks to stop");
+            }
         }
     }
 
@@ -273,6 +284,9 @@ impl Worker {
             positions.extend((past..past + n).map(|p| p as u32));
             spans.push(SequenceSpan { past, new: n });
             slots.push(seq.table.slots(past + n, bs));
+        }
+        if let Some(ranks) = &self.ranks {
+            ranks.send(&ids, &positions, &spans, &slots)?;
         }
         let device = self.model.device();
         let input_ids = Tensor::from_vec(ids, (1, total), device)?; // [1, T]
