@@ -275,20 +275,20 @@ fn serve_splits_the_model_across_two_ranks() {
     assert!(!log.contains("a tensor-parallel rank failed"), "{log}");
 }
 
-/// A model the split engine cannot run (LFM2's short-convolution layers keep per-sequence state
-/// the other ranks do not mirror) is refused before serving, by what it lacks; every rank exits.
+/// A model the split engine cannot run (Whisper: each sequence's encoder output is not mirrored
+/// on the other ranks) is refused before serving, by what it lacks; every rank exits.
 #[test]
-fn serve_refuses_to_split_a_recurrent_model() {
-    let lfm2 = concat!(
+fn serve_refuses_to_split_an_encoder_decoder_model() {
+    let whisper = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../lmgen/tests/fixtures/golden-arch/models/lfm2"
+        "/../lmgen/tests/fixtures/golden-seq2seq/models/whisper"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_lmgen"))
-        .args(["serve", "--port", "0", "--model", lfm2])
+        .args(["serve", "--port", "0", "--model", whisper])
         .args(["--tensor-parallel-size", "2"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("attention-only decoder models"), "{err}");
+    assert!(err.contains("decoder-only models"), "{err}");
 }

@@ -4,7 +4,9 @@
 //! chunks (a small step budget), shared prefixes (prefix caching) and decode steps of several
 //! sequences, give the whole model's engine tokens, on 2 ranks (key/value heads split) and 4
 //! (key/value heads replicated), for architectures that differ in their attention (sliding
-//! windows, softcapping, sinks, q/k norms) and feed-forward (mixtures of experts).
+//! windows, softcapping, sinks, q/k norms), feed-forward (mixtures of experts) and recurrent
+//! layers (short convolutions, gated DeltaNet: each rank keeps its part of every sequence's
+//! state).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +128,9 @@ fn split_engine_gives_the_whole_models_tokens() -> anyhow::Result<()> {
         "golden-arch/models/qwen3_moe",
         "golden-arch/models/gpt_oss",
         "golden-arch/models/gemma4_text",
+        "golden-arch/models/lfm2",
+        "golden-arch/models/qwen3_5_text",
+        "golden-arch/models/qwen3_next",
     ] {
         let want = whole(model)?;
         assert!(
@@ -140,11 +145,11 @@ fn split_engine_gives_the_whole_models_tokens() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A model whose sequences keep recurrent state is refused by rank 0's engine and by the
-/// following ranks, naming what it lacks.
+/// An encoder-decoder model is refused by rank 0's engine and by the following ranks, naming
+/// what it lacks.
 #[test]
-fn split_engine_refuses_recurrent_models() -> anyhow::Result<()> {
-    let checkpoint = Checkpoint::open(&dir("golden-arch/models/lfm2"))?;
+fn split_engine_refuses_encoder_decoder_models() -> anyhow::Result<()> {
+    let checkpoint = Checkpoint::open(&dir("golden-seq2seq/models/t5"))?;
     let errors = on_ranks(2, |shard| {
         let (model, comm) = rank_model(&checkpoint, &shard)?;
         let err = if shard.rank() > 0 {
@@ -157,8 +162,8 @@ fn split_engine_refuses_recurrent_models() -> anyhow::Result<()> {
         Ok(err.map(|e| e.to_string()))
     })?;
     for err in errors {
-        let err = err.ok_or_else(|| anyhow::anyhow!("a recurrent model was not refused"))?;
-        assert!(err.contains("attention-only decoder models"), "{err}");
+        let err = err.ok_or_else(|| anyhow::anyhow!("an encoder-decoder model was not refused"))?;
+        assert!(err.contains("decoder-only models"), "{err}");
     }
     Ok(())
 }

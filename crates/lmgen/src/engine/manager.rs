@@ -87,7 +87,7 @@ impl ContinuousBatchingManager {
     /// For rank 0 of a model split across `comm`'s ranks (loaded with
     /// [`crate::models::load_model_sharded`]): every step is broadcast to the other ranks, which
     /// run [`super::follow`] with the same configuration; stopping the engine stops them.
-    /// Attention-only decoder models (refused at [`Self::start`] otherwise).
+    /// Decoder-only models (an encoder-decoder one is refused at [`Self::start`]).
     pub fn with_ranks(mut self, comm: Arc<dyn crate::parallel::Communicator>) -> Result<Self> {
         self.ranks = Some(super::tensor_parallel::StepBroadcast::new(comm)?);
         Ok(self)

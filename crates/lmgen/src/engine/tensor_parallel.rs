@@ -2,20 +2,26 @@
 //! step and broadcasts it ([`StepBroadcast`]); every other rank runs [`follow`], the same packed
 //! forward over its own part of the weights and its own KV store (its key/value heads at the slots
 //! rank 0's allocator chose), joining the collectives of rank 0's forward. Only rank 0 samples:
-//! the split LM head's logits are gathered on every rank, so rank 0 holds the whole row.
+//! the split LM head's logits are gathered on every rank, so rank 0 holds the whole row. A model
+//! with recurrent layers keeps each sequence's state (its part of the heads or channels) on every
+//! rank, by the sequence's arrival number: a sequence starting over (`past` 0: new, or
+//! recomputed after preemption) starts from an empty state, and states of sequences no longer
+//! running are dropped.
 //!
 //! A step goes out as two u32 tensors through [`Communicator::broadcast`]: a header
-//! `[kind, tokens, sequences, slots]` (kind 1: a step, 0: stop), then
+//! `[kind, tokens, sequences, slots, running]` (kind 1: a step, 0: stop), then
 //! `[ids (tokens) | positions (tokens) | past, new (2 per sequence) | slot count (1 per sequence)
-//! | slots]`.
+//! | slots | arrival (2 per sequence) | arrival of every running sequence (2 each)]`, arrival
+//! numbers as low and high words.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
 use super::EngineConfig;
 use crate::cache::paged::{KvStore, PagedBatch, StoreShape};
-use crate::cache::SequenceSpan;
+use crate::cache::{LayerStates, SequenceSpan};
 use crate::error::{Error, Result};
 use crate::models::{CausalLM, DType, ForwardInput, ModelConfig};
 use crate::parallel::{Communicator, Shard};
@@ -41,25 +47,37 @@ impl StepBroadcast {
         Ok(Self { comm })
     }
 
-    /// The step's inputs: `ids` and `positions` of its `[1, T]` input, and per sequence its span
-    /// and the slots of its `past + new` tokens.
+    /// The step's inputs: `ids` and `positions` of its `[1, T]` input, and per sequence its span,
+    /// the slots of its `past + new` tokens and its arrival number; `running`: the arrival
+    /// numbers of every running sequence (the states the other ranks keep).
     pub fn send(
         &self,
-        ids: &[u32],
-        positions: &[u32],
+        (ids, positions): (&[u32], &[u32]),
         spans: &[SequenceSpan],
         slots: &[Vec<u32>],
+        (arrivals, running): (&[u64], &[u64]),
     ) -> Result<()> {
         let n_slots: usize = slots.iter().map(Vec::len).sum();
-        let header = [STEP, ids.len() as u32, spans.len() as u32, n_slots as u32];
+        let counts = [ids.len(), spans.len(), n_slots, running.len()];
+        let header = [
+            STEP,
+            counts[0] as u32,
+            counts[1] as u32,
+            counts[2] as u32,
+            counts[3] as u32,
+        ];
         self.comm
             .broadcast(&Tensor::new(&header, &Device::Cpu)?, 0)?;
-        let mut body = Vec::with_capacity(2 * ids.len() + 3 * spans.len() + n_slots);
+        let mut body =
+            Vec::with_capacity(2 * counts[0] + 5 * counts[1] + counts[2] + 2 * counts[3]);
         body.extend_from_slice(ids);
         body.extend_from_slice(positions);
         body.extend(spans.iter().flat_map(|s| [s.past as u32, s.new as u32]));
         body.extend(slots.iter().map(|s| s.len() as u32));
         body.extend(slots.iter().flatten());
+        let words = |a: &u64| [*a as u32, (*a >> 32) as u32];
+        body.extend(arrivals.iter().flat_map(words));
+        body.extend(running.iter().flat_map(words));
         let len = body.len();
         self.comm
             .broadcast(&Tensor::from_vec(body, len, &Device::Cpu)?, 0)?;
@@ -73,29 +91,23 @@ impl StepBroadcast {
 
     /// Tells the other ranks to return from [`follow`].
     pub fn stop(&self) -> Result<()> {
-        let header = [STOP, 0, 0, 0];
+        let header = [STOP, 0, 0, 0, 0];
         self.comm
             .broadcast(&Tensor::new(&header, &Device::Cpu)?, 0)?;
         Ok(())
     }
 }
 
-/// What rank 0's engine cannot run split: a model whose sequences keep recurrent state or
-/// cross-attend to an encoder output (their per-sequence state is not mirrored on the other
-/// ranks yet).
+/// What rank 0's engine cannot run split: an encoder-decoder model (each sequence's encoder
+/// output and cross-attention blocks are not mirrored on the other ranks yet).
 pub(crate) fn check_model(model: &dyn CausalLM) -> Result<()> {
-    let recurrent = model.config().layer_types.iter().any(|l| !l.is_attention());
-    let what = if recurrent {
-        "a model with recurrent layers"
-    } else if model.encoder().is_some() {
-        "an encoder-decoder model"
-    } else {
+    if model.encoder().is_none() {
         return Ok(());
-    };
-    Err(Error::unsupported(format!(
-        "the engine over tensor-parallel ranks runs attention-only decoder models; {what} \
-         keeps per-sequence state the other ranks do not mirror yet"
-    )))
+    }
+    Err(Error::unsupported(
+        "the engine over tensor-parallel ranks runs decoder-only models; an encoder-decoder \
+         model keeps per-sequence encoder outputs the other ranks do not mirror yet",
+    ))
 }
 
 /// The KV store's shape on `shard`'s rank: each attention layer's key/value heads split (or
@@ -145,18 +157,20 @@ pub fn follow(
     let shape = store_shape(model.config(), Some(&shard), config.cache.capacity_tokens())?;
     let device = model.device().clone();
     let store = KvStore::new(shape, dtype, &device)?;
+    // Each running sequence's recurrent states on this rank, by arrival number.
+    let mut states: HashMap<u64, LayerStates> = HashMap::new();
     loop {
         let header =
-            comm.broadcast(&Tensor::zeros(4, candle_core::DType::U32, &Device::Cpu)?, 0)?;
-        let [kind, tokens, seqs, n_slots]: [u32; 4] = header
+            comm.broadcast(&Tensor::zeros(5, candle_core::DType::U32, &Device::Cpu)?, 0)?;
+        let [kind, tokens, seqs, n_slots, n_running]: [u32; 5] = header
             .to_vec1::<u32>()?
             .try_into()
-            .map_err(|_| shard.error("a step header of 4 numbers".into()))?;
+            .map_err(|_| shard.error("a step header of 5 numbers".into()))?;
         if kind == STOP {
             return Ok(());
         }
         let (t, n) = (tokens as usize, seqs as usize);
-        let len = 2 * t + 3 * n + n_slots as usize;
+        let len = 2 * t + 5 * n + n_slots as usize + 2 * n_running as usize;
         let body = comm
             .broadcast(
                 &Tensor::zeros(len, candle_core::DType::U32, &Device::Cpu)?,
@@ -180,9 +194,23 @@ pub fn follow(
             slots.push(s.to_vec());
             rest = r;
         }
+        let (arrival_words, running_words) = rest.split_at(2 * n);
+        let number = |w: &[u32]| u64::from(w[0]) | (u64::from(w[1]) << 32);
+        let arrivals: Vec<u64> = arrival_words.chunks(2).map(number).collect();
+        let step_states = arrivals
+            .iter()
+            .zip(&spans)
+            .map(|(a, span)| match span.past {
+                0 => LayerStates::default(),
+                _ => states.remove(a).unwrap_or_default(),
+            })
+            .collect();
         let input_ids = Tensor::from_slice(ids, (1, t), &device)?; // [1, T]
         let position_ids = Tensor::from_slice(positions, (1, t), &device)?; // [1, T]
-        let mut cache = PagedBatch::new(&store, spans, slots, &device)?;
+        let mut cache = PagedBatch::new(&store, spans, slots, &device)?.with_states(step_states)?;
         model.forward(&ForwardInput::last(&input_ids, &position_ids), &mut cache)?;
+        states.extend(arrivals.into_iter().zip(cache.into_states()));
+        let running: HashSet<u64> = running_words.chunks(2).map(number).collect();
+        states.retain(|a, s| running.contains(a) && !s.is_empty());
     }
 }

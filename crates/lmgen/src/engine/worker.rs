@@ -286,7 +286,12 @@ impl Worker {
             slots.push(seq.table.slots(past + n, bs));
         }
         if let Some(ranks) = &self.ranks {
-            ranks.send(&ids, &positions, &spans, &slots)?;
+            let arrivals: Vec<u64> = batch
+                .iter()
+                .map(|&(i, _)| self.running[i].arrival)
+                .collect();
+            let running: Vec<u64> = self.running.iter().map(|s| s.arrival).collect();
+            ranks.send((&ids, &positions), &spans, &slots, (&arrivals, &running))?;
         }
         let device = self.model.device();
         let input_ids = Tensor::from_vec(ids, (1, total), device)?; // [1, T]
