@@ -292,3 +292,60 @@ fn serve_refuses_to_split_an_encoder_decoder_model() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("decoder-only models"), "{err}");
 }
+
+/// `--tensor-parallel-listen`: rank 0 starts no ranks and waits for one started by hand (as on
+/// another host) with `--tensor-parallel-rank 1 --tensor-parallel-addr`; the pair answers as the
+/// whole model does, and the hand-started rank exits 0 when rank 0 stops.
+#[test]
+fn serve_waits_for_ranks_started_by_hand() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut rank1 = Command::new(env!("CARGO_BIN_EXE_lmgen"))
+        .args(["serve", "--model", LLAMA, "--kv-cache-tokens", "2048"])
+        .args(["--tensor-parallel-size", "2", "--tensor-parallel-rank", "1"])
+        .args(["--tensor-parallel-addr", &addr])
+        .env("LMGEN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let serve = Serve::start(&[
+        "--model",
+        LLAMA,
+        "--tensor-parallel-size",
+        "2",
+        "--tensor-parallel-listen",
+        &addr,
+    ]);
+    let answer = serve.complete(&greedy_request());
+    assert_eq!(
+        answered(&answer),
+        expected(&LoadOptions::default()),
+        "{answer}"
+    );
+    serve.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = rank1.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rank 1 did not exit after rank 0 stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    rank1
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("following rank 0's engine"), "{err}");
+}

@@ -58,15 +58,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", value_parser = tool_call_parser)]
     pub tool_call_parser: Option<Family>,
     /// Ranks to split the model across (tensor parallelism, Megatron-style): this process is
-    /// rank 0, runs the engine and starts the other ranks as processes on this machine, which
-    /// exchange activations with it over TCP on 127.0.0.1. CPU only for now.
+    /// rank 0 and runs the engine; it starts ranks 1..N as processes on this machine (GPU `r`
+    /// after `--device`'s for rank `r`), unless `--tensor-parallel-listen`. Steps go to the ranks
+    /// over TCP; activations over TCP on the CPU, through NCCL on GPUs (built with
+    /// `--features lmgen/nccl`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub tensor_parallel_size: u16,
-    /// Internal: the rank of a process `--tensor-parallel-size` started.
-    #[arg(long, hide = true, requires = "tensor_parallel_addr")]
+    /// Rank 0 listens for the other ranks here (e.g. `0.0.0.0:29500`) and starts none: each is
+    /// started by hand, on this host or another, with the same flags plus
+    /// `--tensor-parallel-rank` and `--tensor-parallel-addr`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tensor_parallel_listen: Option<std::net::SocketAddr>,
+    /// Runs rank R (1..N) of `--tensor-parallel-size N`, joining rank 0 at
+    /// `--tensor-parallel-addr` (rank 0 starts these itself unless `--tensor-parallel-listen`).
+    #[arg(long, value_name = "R", requires = "tensor_parallel_addr")]
     pub tensor_parallel_rank: Option<u16>,
-    /// Internal: where rank 0 listens for the other ranks.
-    #[arg(long, hide = true)]
+    /// Rank 0's `--tensor-parallel-listen` address, for `--tensor-parallel-rank`.
+    #[arg(long, value_name = "HOST:PORT")]
     pub tensor_parallel_addr: Option<std::net::SocketAddr>,
 }
 

@@ -76,14 +76,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
     let id_or_dir = args.model.model_or_default();
     let options = args.model.load_options()?;
-    let comm = ranks::start_ranks(args)?;
+    let groups = ranks::start_ranks(args)?;
     let Pipeline {
         model,
         tokenizer,
         generation_config,
         dir,
-    } = match &comm {
-        Some(comm) => ranks::load_rank0(args, comm)?,
+    } = match &groups {
+        Some(groups) => ranks::load_rank0(args, groups)?,
         None => crate::model_args::load_pipeline(&id_or_dir, &options)
             .with_context(|| format!("loading `{id_or_dir}`"))?,
     };
@@ -126,8 +126,8 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         model.dtype(),
         Some(&tokenizer),
     )?;
-    if let Some(comm) = comm {
-        manager = manager.with_ranks(comm)?;
+    if let Some(groups) = groups {
+        manager = manager.with_ranks(groups.control)?;
     }
     let manager = Arc::new(manager);
     manager.start()?;

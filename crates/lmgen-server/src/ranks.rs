@@ -1,10 +1,14 @@
 //! `--tensor-parallel-size N`: the model split across N ranks, one process each. Rank 0 (the
-//! server) listens on 127.0.0.1, starts ranks 1..N as copies of its own command line with
-//! `--tensor-parallel-rank` and `--tensor-parallel-addr`, and runs the engine, which broadcasts
-//! every step; the others load their part of the model and follow the steps
-//! ([`lmgen::engine::follow`]) until rank 0 stops its engine or goes away. The ranks talk over
-//! TCP ([`TcpCommunicator`]), which serves CPU runs; GPUs want NCCL's communicator (not wired to
-//! a launcher yet).
+//! server) runs the engine, which broadcasts every step; ranks 1..N load their part of the model
+//! and follow the steps ([`lmgen::engine::follow`]) until rank 0 stops its engine or goes away.
+//!
+//! The ranks first join a control group over TCP ([`TcpCommunicator`], rank 0 listening), which
+//! carries the steps. The model's own collectives run on the CPU over the same group, and on GPUs
+//! in an NCCL group whose id rank 0 hands out over it ([`lmgen::parallel::data_group`]; rank `r`
+//! runs on GPU `base + r`, `--device cuda:base`). By default rank 0 listens on 127.0.0.1 and
+//! starts ranks 1..N as copies of its own command line; with `--tensor-parallel-listen
+//! HOST:PORT` it starts none and waits for ranks started by hand, on this host or others, with
+//! `--tensor-parallel-rank R --tensor-parallel-addr HOST:PORT` and the same model flags.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -12,94 +16,132 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use lmgen::models::CausalLM;
-use lmgen::parallel::{Communicator, Shard, TcpCommunicator};
+use lmgen::parallel::{data_group, Communicator, Shard, TcpCommunicator};
 use lmgen::Pipeline;
 
 use crate::ServeArgs;
 
 /// How long a rank waits for rank 0 to listen.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The processes of ranks 1..N, reaped when the server stops ([`wait_for_ranks`]).
+/// The processes of the ranks rank 0 started, reaped when the server stops
+/// ([`wait_for_ranks`]).
 static RANKS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 
-/// Rank 0: starts the other ranks and connects to them; `None` without `--tensor-parallel-size`.
-pub fn start_ranks(args: &ServeArgs) -> anyhow::Result<Option<Arc<dyn Communicator>>> {
+/// A rank's groups: `control` carries the engine's steps, `data` the model's collectives (the
+/// same group on the CPU).
+pub struct Groups {
+    pub control: Arc<dyn Communicator>,
+    pub data: Arc<dyn Communicator>,
+}
+
+/// `args` as rank `rank` runs them: on a GPU, the GPU `rank` places after `--device`'s.
+fn rank_args(args: &ServeArgs, rank: u16) -> anyhow::Result<ServeArgs> {
+    let mut args = args.clone();
+    let device = args.model.device.as_str();
+    let base = match device {
+        "cuda" => Some(0),
+        d => match d.strip_prefix("cuda:") {
+            Some(n) => Some(
+                n.parse::<usize>()
+                    .with_context(|| format!("--device {d}"))?,
+            ),
+            None => None,
+        },
+    };
+    if let Some(base) = base {
+        args.model.device = format!("cuda:{}", base + usize::from(rank));
+    }
+    Ok(args)
+}
+
+/// Rank 0: starts the other ranks (unless `--tensor-parallel-listen`) and joins them; `None`
+/// without `--tensor-parallel-size`.
+pub fn start_ranks(args: &ServeArgs) -> anyhow::Result<Option<Groups>> {
     let n = usize::from(args.tensor_parallel_size);
     if n == 1 {
         return Ok(None);
     }
-    let options = args.model.load_options()?;
-    if !options.device.is_cpu() {
-        bail!(
-            "--tensor-parallel-size runs its ranks on the CPU (they exchange activations over \
-             TCP); GPU ranks need the NCCL launcher, which is not built yet"
-        );
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").context("tensor-parallel ranks: listening")?;
+    let listen = args
+        .tensor_parallel_listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(listen)
+        .with_context(|| format!("tensor-parallel ranks: listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    let exe = std::env::current_exe().context("tensor-parallel ranks: this executable")?;
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    for rank in 1..n {
-        // In a process group of its own: a terminal's Ctrl-C reaches rank 0 only, whose engine
-        // then stops the other ranks (and a rank whose rank 0 is gone exits on its own).
-        let child = Command::new(&exe)
-            .process_group(0)
-            .args(&argv)
-            .args(["--tensor-parallel-rank", &rank.to_string()])
-            .args(["--tensor-parallel-addr", &addr.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting tensor-parallel rank {rank}"))?;
-        RANKS
-            .lock()
-            .map_err(|_| anyhow::anyhow!("rank list poisoned"))?
-            .push(child);
+    if args.tensor_parallel_listen.is_none() {
+        let exe = std::env::current_exe().context("tensor-parallel ranks: this executable")?;
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        for rank in 1..n {
+            // In a process group of its own: a terminal's Ctrl-C reaches rank 0 only, whose
+            // engine then stops the other ranks (a rank whose rank 0 is gone exits on its own).
+            let child = Command::new(&exe)
+                .process_group(0)
+                .args(&argv)
+                .args(["--tensor-parallel-rank", &rank.to_string()])
+                .args(["--tensor-parallel-addr", &addr.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting tensor-parallel rank {rank}"))?;
+            RANKS
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the list of ranks is poisoned"))?
+                .push(child);
+        }
     }
     tracing::info!(ranks = n, %addr, "waiting for the tensor-parallel ranks");
-    let comm = TcpCommunicator::root(&listener, n)?;
-    Ok(Some(Arc::new(comm)))
+    let control: Arc<dyn Communicator> = Arc::new(TcpCommunicator::root(&listener, n)?);
+    let options = rank_args(args, 0)?.model.load_options()?;
+    let data = data_group(&control, &options.device)?;
+    Ok(Some(Groups { control, data }))
 }
 
-/// Rank 0's part of the model and the whole tokenizer.
-pub fn load_rank0(args: &ServeArgs, comm: &Arc<dyn Communicator>) -> anyhow::Result<Pipeline> {
+/// Rank `rank`'s part of the model (and the whole tokenizer) on its device.
+fn load_part(
+    args: &ServeArgs,
+    rank: u16,
+    data: &Arc<dyn Communicator>,
+) -> anyhow::Result<Pipeline> {
+    let args = rank_args(args, rank)?;
     let id_or_dir = args.model.model_or_default();
     let options = args.model.load_options()?;
-    let pipe = Pipeline::load_sharded(&id_or_dir, &options, &Shard::new(comm.clone()))
-        .with_context(|| format!("loading rank 0 of `{id_or_dir}`"))?;
+    let pipe = Pipeline::load_sharded(&id_or_dir, &options, &Shard::new(data.clone()))
+        .with_context(|| format!("loading rank {rank} of `{id_or_dir}`"))?;
     lmgen::allocator::reuse_freed_memory();
     Ok(pipe)
 }
 
-/// Ranks 1..N: connects to rank 0, loads this rank's part and follows the engine's steps.
+/// Rank 0's part of the model and the whole tokenizer.
+pub fn load_rank0(args: &ServeArgs, groups: &Groups) -> anyhow::Result<Pipeline> {
+    load_part(args, 0, &groups.data)
+}
+
+/// Ranks 1..N: joins rank 0, loads this rank's part and follows the engine's steps.
 pub fn follow(args: &ServeArgs, rank: u16) -> anyhow::Result<()> {
     let addr: SocketAddr = args
         .tensor_parallel_addr
         .context("--tensor-parallel-rank needs --tensor-parallel-addr")?;
     let n = usize::from(args.tensor_parallel_size);
-    let comm: Arc<dyn Communicator> = Arc::new(TcpCommunicator::member(
+    let control: Arc<dyn Communicator> = Arc::new(TcpCommunicator::member(
         addr,
         (usize::from(rank), n),
         CONNECT_TIMEOUT,
     )?);
-    let id_or_dir = args.model.model_or_default();
-    let options = args.model.load_options()?;
-    let pipe = Pipeline::load_sharded(&id_or_dir, &options, &Shard::new(comm.clone()))
-        .with_context(|| format!("loading rank {rank} of `{id_or_dir}`"))?;
-    let model: Arc<dyn CausalLM> = Arc::from(pipe.model);
+    let options = rank_args(args, rank)?.model.load_options()?;
+    let data = data_group(&control, &options.device)?;
+    let model: Arc<dyn CausalLM> = Arc::from(load_part(args, rank, &data)?.model);
     let engine = args.engine_config(model.config(), model.dtype())?;
     let dtype = model.dtype();
     tracing::info!(rank, ranks = n, "following rank 0's engine");
-    lmgen::engine::follow(model, &engine, dtype, comm)
+    lmgen::engine::follow(model, &engine, dtype, control)
         .with_context(|| format!("tensor-parallel rank {rank}"))?;
     Ok(())
 }
 
-/// Waits up to `timeout` for the other ranks to exit (they do once the engine stops), then
-/// kills what is left.
+/// Waits up to `timeout` for the ranks rank 0 started to exit (they do once the engine stops),
+/// then kills what is left.
 pub fn wait_for_ranks(timeout: Duration) {
     let Ok(mut ranks) = RANKS.lock() else { return };
     let deadline = Instant::now() + timeout;

@@ -28,3 +28,44 @@ pub use local::LocalCommunicator;
 pub use nccl::NcclCommunicator;
 pub use shard::Shard;
 pub use tcp::TcpCommunicator;
+
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::error::Result;
+
+/// The group a split model's collectives run in on `device`, for ranks that have already joined
+/// `control` (a group over TCP, say): `control` itself on the CPU; on a CUDA device an NCCL group
+/// (feature `nccl`), whose id rank 0 makes and broadcasts over `control` (how ranks on several
+/// hosts get it). Every rank of `control` calls this, each with its own device.
+pub fn data_group(
+    control: &Arc<dyn Communicator>,
+    device: &Device,
+) -> Result<Arc<dyn Communicator>> {
+    if !device.is_cuda() {
+        return Ok(control.clone());
+    }
+    #[cfg(feature = "nccl")]
+    {
+        let mine = match control.rank() {
+            0 => nccl::unique_id()?,
+            _ => [0; 128],
+        };
+        let words: Vec<u32> = mine.iter().map(|&b| u32::from(b)).collect();
+        let sent = control.broadcast(&candle_core::Tensor::new(words, &Device::Cpu)?, 0)?;
+        let mut id = [0u8; 128];
+        for (b, w) in id.iter_mut().zip(sent.to_vec1::<u32>()?) {
+            *b = w as u8;
+        }
+        let group = NcclCommunicator::new(device, control.rank(), control.world_size(), id)?;
+        Ok(Arc::new(group))
+    }
+    #[cfg(not(feature = "nccl"))]
+    Err(comm::tp_error(
+        control.world_size(),
+        "ranks on CUDA devices exchange activations through NCCL: this lmgen was built without \
+         it (build with `--features lmgen/nccl`, e.g. `tools/build_cuda.sh --features lmgen/nccl`)"
+            .into(),
+    ))
+}
