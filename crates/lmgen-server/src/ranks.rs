@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lmgen::models::CausalLM;
+use lmgen::models::{CausalLM, LoadOptions};
 use lmgen::parallel::{data_group, Communicator, Shard, TcpCommunicator};
 use lmgen::Pipeline;
 
@@ -31,27 +31,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 static RANKS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 
 /// A rank's groups: `control` carries the engine's steps, `data` the model's collectives (the
-/// same group on the CPU).
+/// same group on the CPU); `options` load the model on the device `data` was made for (opened
+/// once: an NCCL group works on that device's stream).
 pub struct Groups {
     pub control: Arc<dyn Communicator>,
     pub data: Arc<dyn Communicator>,
+    pub options: LoadOptions,
 }
 
 /// `args` as rank `rank` runs them: on a GPU, the GPU `rank` places after `--device`'s.
 fn rank_args(args: &ServeArgs, rank: u16) -> anyhow::Result<ServeArgs> {
     let mut args = args.clone();
-    let device = args.model.device.as_str();
-    let base = match device {
-        "cuda" => Some(0),
-        d => match d.strip_prefix("cuda:") {
-            Some(n) => Some(
-                n.parse::<usize>()
-                    .with_context(|| format!("--device {d}"))?,
-            ),
-            None => None,
-        },
-    };
-    if let Some(base) = base {
+    if let Some(base) = lmgen::device::gpu_index(&args.model.device)? {
         args.model.device = format!("cuda:{}", base + usize::from(rank));
     }
     Ok(args)
@@ -93,21 +84,26 @@ pub fn start_ranks(args: &ServeArgs) -> anyhow::Result<Option<Groups>> {
     }
     tracing::info!(ranks = n, %addr, "waiting for the tensor-parallel ranks");
     let control: Arc<dyn Communicator> = Arc::new(TcpCommunicator::root(&listener, n)?);
-    let options = rank_args(args, 0)?.model.load_options()?;
+    let args = rank_args(args, 0)?;
+    let options = args.model.load_options()?;
     let data = data_group(&control, &options.device)?;
-    Ok(Some(Groups { control, data }))
+    Ok(Some(Groups {
+        control,
+        data,
+        options,
+    }))
 }
 
-/// Rank `rank`'s part of the model (and the whole tokenizer) on its device.
+/// Rank `rank`'s part of the model (and the whole tokenizer), loaded with `options` (on the
+/// device its `data` group was made for).
 fn load_part(
     args: &ServeArgs,
     rank: u16,
+    options: &LoadOptions,
     data: &Arc<dyn Communicator>,
 ) -> anyhow::Result<Pipeline> {
-    let args = rank_args(args, rank)?;
     let id_or_dir = args.model.model_or_default();
-    let options = args.model.load_options()?;
-    let pipe = Pipeline::load_sharded(&id_or_dir, &options, &Shard::new(data.clone()))
+    let pipe = Pipeline::load_sharded(&id_or_dir, options, &Shard::new(data.clone()))
         .with_context(|| format!("loading rank {rank} of `{id_or_dir}`"))?;
     lmgen::allocator::reuse_freed_memory();
     Ok(pipe)
@@ -115,7 +111,7 @@ fn load_part(
 
 /// Rank 0's part of the model and the whole tokenizer.
 pub fn load_rank0(args: &ServeArgs, groups: &Groups) -> anyhow::Result<Pipeline> {
-    load_part(args, 0, &groups.data)
+    load_part(args, 0, &groups.options, &groups.data)
 }
 
 /// Ranks 1..N: joins rank 0, loads this rank's part and follows the engine's steps.
@@ -131,7 +127,7 @@ pub fn follow(args: &ServeArgs, rank: u16) -> anyhow::Result<()> {
     )?);
     let options = rank_args(args, rank)?.model.load_options()?;
     let data = data_group(&control, &options.device)?;
-    let model: Arc<dyn CausalLM> = Arc::from(load_part(args, rank, &data)?.model);
+    let model: Arc<dyn CausalLM> = Arc::from(load_part(args, rank, &options, &data)?.model);
     let engine = args.engine_config(model.config(), model.dtype())?;
     let dtype = model.dtype();
     tracing::info!(rank, ranks = n, "following rank 0's engine");

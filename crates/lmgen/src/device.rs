@@ -17,21 +17,38 @@ pub use candle_core::Device;
 /// # Ok::<(), lmgen::Error>(())
 /// ```
 pub fn parse(name: &str) -> Result<Device> {
-    let error = |message: String| Error::Device {
+    match gpu_index(name)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => cuda(ordinal).map_err(|message| Error::Device {
+            name: name.to_string(),
+            message,
+        }),
+    }
+}
+
+/// The GPU a device name means without opening it: `None` for `cpu`, `Some(N)` for `cuda:N`
+/// (`cuda`: 0); an error naming it for anything else.
+///
+/// ```
+/// assert_eq!(lmgen::device::gpu_index("cuda:3")?, Some(3));
+/// assert_eq!(lmgen::device::gpu_index("cpu")?, None);
+/// # Ok::<(), lmgen::Error>(())
+/// ```
+pub fn gpu_index(name: &str) -> Result<Option<usize>> {
+    let error = |message: &str| Error::Device {
         name: name.to_string(),
-        message,
+        message: message.to_string(),
     };
-    let ordinal = match name {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
+    match name {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
         other => match other.strip_prefix("cuda:") {
-            Some(n) => n.parse::<usize>().map_err(|_| {
-                error("is not a device: expected `cuda:N` with N a GPU index (0, 1, ...)".into())
-            })?,
-            None => return Err(error("is not a device; use cpu, cuda or cuda:N".into())),
+            Some(n) => n.parse::<usize>().map(Some).map_err(|_| {
+                error("is not a device: expected `cuda:N` with N a GPU index (0, 1, ...)")
+            }),
+            None => Err(error("is not a device; use cpu, cuda or cuda:N")),
         },
-    };
-    cuda(ordinal).map_err(error)
+    }
 }
 
 /// Opens GPU `ordinal`. Unless lmgen's CUDA fast paths are off ([`crate::cuda::set_enabled`]),
