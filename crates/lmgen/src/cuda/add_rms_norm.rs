@@ -52,10 +52,6 @@ mod imp {
         Ok(Some((both.get(0)?, both.get(1)?)))
     }
 
-    /// Threads a row: those of the products that norm their input (`gemv::gemv_add_norm`), so
-    /// that both sum the squares in one order.
-    pub(crate) const THREADS: u32 = 256;
-
     struct AddRmsNorm {
         eps: f32,
     }
@@ -79,7 +75,7 @@ mod imp {
             let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_add_rms_norm")?;
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
+                block_dim: (dim.next_power_of_two().clamp(32, 1024) as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = Launch::new(&stream, &func);

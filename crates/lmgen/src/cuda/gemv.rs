@@ -56,69 +56,12 @@ pub fn gemv_swiglu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Opti
     product(x, w, bias, true)
 }
 
-/// The residual add and RMSNorm in front of a one-row product, in the product's launch: every
-/// block adds `h` to `x` and norms the row into its shared memory (the values of
-/// [`super::add_rms_norm`], to the bit), then runs [`gemv`] (or with `swiglu`, [`gemv_swiglu`])
-/// over it; the first block also stores the sum. Returns `(x + h, product)`, `[.., k]` and
-/// `[.., n]` (`[.., n / 2]` with `swiglu`): one launch where the norm kernel and the product
-/// were two, a few microseconds each on a decode step. `norm` is the norm's weight `[k]` and
-/// `eps`. `None` where [`gemv`] (or [`gemv_swiglu`]) would not apply to one row, `h`, `norm` do
-/// not match `x`, the row does not fit the block's shared memory (48 KiB), or
-/// `LMGEN_CUDA_NORM_IN_PRODUCT=0`.
-pub fn gemv_add_norm(
-    [x, h]: [&Tensor; 2],
-    (norm, eps): (&Tensor, f32),
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    swiglu: bool,
-) -> Result<Option<(Tensor, Tensor)>> {
-    if !super::applies(x) || !norm_in_product() {
-        return Ok(None);
-    }
-    let Some((1, n, k)) = product_shape(x, w, bias)? else {
-        return Ok(None);
-    };
-    let fits = super::fuse_steps()
-        && h.dims() == x.dims()
-        && h.dtype() == x.dtype()
-        && h.is_contiguous()
-        && norm.dims1().ok() == Some(k)
-        && norm.dtype() == x.dtype()
-        && norm.is_contiguous()
-        && k * x.dtype().size_in_bytes() <= 48 * 1024
-        && [h, norm].iter().all(|t| t.device().same_device(x.device()))
-        && (!swiglu || n.is_multiple_of(2));
-    if !fits {
-        return Ok(None);
-    }
-    imp::run_add_norm([x, h], (norm, eps), w, bias, (n, k), swiglu)
-}
-
-/// Whether the products take the add and norm before them ([`gemv_add_norm`]): on unless
-/// `LMGEN_CUDA_NORM_IN_PRODUCT=0` (to measure one against the other).
-fn norm_in_product() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LMGEN_CUDA_NORM_IN_PRODUCT").map_or(true, |v| v != "0"))
-}
-
 /// [`gemv`], or with `swiglu` [`gemv_swiglu`].
 fn product(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, swiglu: bool) -> Result<Option<Tensor>> {
     // Every CPU product passes here first (`Linear::forward`): out at the first check.
     if !super::applies(x) {
         return Ok(None);
     }
-    match product_shape(x, w, bias)? {
-        Some((rows, n, k)) => imp::run(x, w, bias, rows, n, k, swiglu),
-        None => Ok(None),
-    }
-}
-
-/// `(rows, n, k)` of a product the kernels take: see [`gemv`].
-fn product_shape(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Option<(usize, usize, usize)>> {
     let Ok((n, k)) = w.dims2() else {
         return Ok(None);
     };
@@ -141,7 +84,10 @@ fn product_shape(
                 && b.is_contiguous()
                 && b.device().same_device(x.device())
         });
-    Ok(fits.then_some((rows, n, k)))
+    if !fits {
+        return Ok(None);
+    }
+    imp::run(x, w, bias, rows, n, k, swiglu)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -158,17 +104,6 @@ mod imp {
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
-
-    pub fn run_add_norm(
-        _: [&Tensor; 2],
-        _: (&Tensor, f32),
-        _: &Tensor,
-        _: Option<&Tensor>,
-        _: (usize, usize),
-        _: bool,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        Ok(None)
-    }
 }
 
 #[cfg(feature = "cuda")]
@@ -178,14 +113,12 @@ mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
-    use candle_core::cuda_backend::{
-        CudaDType, CudaStorage, CudaStorageSlice, Map2, Map3, WrapErr,
-    };
+    use candle_core::cuda_backend::{CudaStorage, Map2, Map3, WrapErr};
     use candle_core::{CpuStorage, CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
     use crate::cuda::launch::Launch;
-    use crate::cuda::{hold, with_last};
+    use crate::cuda::with_last;
 
     /// Warps (output columns) per block.
     const WARPS: usize = 8;
@@ -208,136 +141,6 @@ mod imp {
             None => x.apply_op2_no_bwd(w, &op)?,
         }))
     }
-
-    pub fn run_add_norm(
-        [x, h]: [&Tensor; 2],
-        (norm, eps): (&Tensor, f32),
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        (n, k): (usize, usize),
-        swiglu: bool,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        let op = GemvAddNorm {
-            h: h.clone(),
-            norm: norm.clone(),
-            eps,
-            w: w.clone(),
-            bias: bias.cloned(),
-            n,
-            k,
-            swiglu,
-        };
-        let both = x.apply_op1_no_bwd(&op)?; // [k + outputs]: the sum, then the product
-        let outputs = op.outputs();
-        let sum = both.narrow(0, 0, k)?.reshape(x.shape())?;
-        let y = both
-            .narrow(0, k, outputs)?
-            .reshape(with_last(x.shape(), outputs))?;
-        Ok(Some((sum, y)))
-    }
-
-    /// [`super::gemv_add_norm`]'s launch over the residual `x`; it holds the rest.
-    struct GemvAddNorm {
-        h: Tensor,
-        norm: Tensor,
-        eps: f32,
-        w: Tensor,
-        bias: Option<Tensor>,
-        n: usize,
-        k: usize,
-        swiglu: bool,
-    }
-
-    /// For errors: what the launch needs of the tensors it holds.
-    const WHAT: &str = "gemv_add_norm (CUDA tensors)";
-
-    impl GemvAddNorm {
-        fn outputs(&self) -> usize {
-            if self.swiglu {
-                self.n / 2
-            } else {
-                self.n
-            }
-        }
-
-        fn launch<T: CudaDType + DeviceRepr + WithDType>(
-            &self,
-            x: &CudaSlice<T>,
-            lx: &Layout,
-            dev: &CudaDevice,
-        ) -> candle_core::Result<CudaSlice<T>> {
-            let x = x.slice(lx.start_offset()..);
-            let (h, norm, w) = (hold(&self.h), hold(&self.norm), hold(&self.w));
-            let bias = self.bias.as_ref().map(hold);
-            let (h, norm, w) = (
-                h.view::<T>(WHAT)?,
-                norm.view::<T>(WHAT)?,
-                w.view::<T>(WHAT)?,
-            );
-            let bias = match &bias {
-                Some(b) => Some(b.view::<T>(WHAT)?),
-                None => None,
-            };
-            let (k, outputs) = (self.k, self.outputs());
-            let both = unsafe { dev.alloc::<T>(k + outputs)? };
-            let (sum, out) = (both.slice(..k), both.slice(k..));
-            let blocks = outputs.div_ceil(WARPS);
-            let smem = (k * std::mem::size_of::<T>()) as u32;
-            let root = match self.swiglu {
-                true => "lmgen_gemv_swiglu_norm",
-                false
-                    if wider_waves::<T>(
-                        dev,
-                        blocks,
-                        ["lmgen_gemv_norm1s", "lmgen_gemv_norm1"],
-                        smem,
-                    )? =>
-                {
-                    "lmgen_gemv_norm1s"
-                }
-                false => "lmgen_gemv_norm1",
-            };
-            let (stream, func) = crate::cuda::func::<T>(dev, root)?;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (32 * WARPS as u32, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let (n, k) = (outputs as i32, k as i32);
-            let mut b = Launch::new(&stream, &func);
-            b.arg(&x)
-                .arg(&h)
-                .arg(&norm)
-                .arg(&self.eps)
-                .arg(&sum)
-                .arg(&w);
-            match &bias {
-                Some(bias) => b.arg(bias),
-                None => b.arg(&0u64), // the null pointer: no bias
-            };
-            b.arg(&out).arg(&n).arg(&k);
-            b.dependent();
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(both)
-        }
-    }
-
-    cuda_op1!(
-        GemvAddNorm,
-        "lmgen-gemv-add-norm",
-        "gemv_add_norm",
-        |op, x, l| {
-            let dev = x.device();
-            let slice = match &x.slice {
-                CudaStorageSlice::F32(s) => CudaStorageSlice::F32(op.launch(s, l, dev)?),
-                CudaStorageSlice::F16(s) => CudaStorageSlice::F16(op.launch(s, l, dev)?),
-                CudaStorageSlice::BF16(s) => CudaStorageSlice::BF16(op.launch(s, l, dev)?),
-                _ => return Err(crate::cuda::cuda_only("gemv_add_norm (f32, f16 or bf16)")),
-            };
-            let shape = Shape::from(op.k + op.outputs());
-            Ok(crate::cuda::output(slice, dev, shape))
-        }
-    );
 
     struct Gemv {
         rows: usize,
@@ -372,12 +175,7 @@ mod imp {
             let blocks = outputs.div_ceil(WARPS);
             let root = match self.swiglu {
                 true => "lmgen_gemv_swiglu",
-                false
-                    if self.rows == 1
-                        && wider_waves::<T>(dev, blocks, ["lmgen_gemv1s", "lmgen_gemv1"], 0)? =>
-                {
-                    "lmgen_gemv1s"
-                }
+                false if self.rows == 1 && wider_waves::<T>(dev, blocks)? => "lmgen_gemv1s",
                 false => ROOTS[self.rows - 1],
             };
             let (stream, func) = crate::cuda::func::<T>(dev, root)?;
@@ -407,46 +205,35 @@ mod imp {
     /// it runs a second, nearly empty wave (Qwen3-4B's 6144-column qkv: 768 blocks, 528 fit on
     /// an H100). The 4-load kernel is taken where its last wave is fuller by more than that
     /// (`LMGEN_CUDA_GEMV_WAVES=0`: never, for measuring).
-    /// `[four, eight]` name the two kernels (plain, or norming their input with `smem` bytes of
-    /// dynamic shared memory a block).
-    fn wider_waves<T: WithDType>(
-        dev: &CudaDevice,
-        blocks: usize,
-        [four, eight]: [&'static str; 2],
-        smem: u32,
-    ) -> candle_core::Result<bool> {
+    fn wider_waves<T: WithDType>(dev: &CudaDevice, blocks: usize) -> candle_core::Result<bool> {
         static ON: OnceLock<bool> = OnceLock::new();
         if !*ON.get_or_init(|| std::env::var("LMGEN_CUDA_GEMV_WAVES").map_or(true, |v| v != "0")) {
             return Ok(false);
         }
         let fill = |root: &'static str| -> candle_core::Result<f64> {
-            let wave = resident::<T>(dev, root, smem)?;
+            let wave = resident::<T>(dev, root)?;
             Ok(blocks as f64 / (blocks.div_ceil(wave) * wave) as f64)
         };
-        Ok(fill(four)? > 1.15 * fill(eight)?)
+        Ok(fill("lmgen_gemv1s")? > 1.15 * fill("lmgen_gemv1")?)
     }
 
     /// Blocks of `{root}_{dtype}` the whole GPU holds at once (SMs times blocks an SM holds),
-    /// asked of the driver once a kernel, dtype and shared memory size (kept under the root's
-    /// name, so a launch allocates nothing to look it up).
-    fn resident<T: WithDType>(
-        dev: &CudaDevice,
-        root: &'static str,
-        smem: u32,
-    ) -> candle_core::Result<usize> {
+    /// asked of the driver once a kernel and dtype (kept under the root's name, so a launch
+    /// allocates nothing to look it up).
+    fn resident<T: WithDType>(dev: &CudaDevice, root: &'static str) -> candle_core::Result<usize> {
         use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
         use std::collections::HashMap;
         use std::sync::Mutex;
-        type Key = (&'static str, candle_core::DType, u32);
-        static WAVES: OnceLock<Mutex<HashMap<Key, usize>>> = OnceLock::new();
-        let name = (root, T::DTYPE, smem);
+        static WAVES: OnceLock<Mutex<HashMap<(&'static str, candle_core::DType), usize>>> =
+            OnceLock::new();
+        let name = (root, T::DTYPE);
         let waves = WAVES.get_or_init(Default::default);
         if let Some(n) = waves.lock().ok().and_then(|w| w.get(&name).copied()) {
             return Ok(n);
         }
         let (stream, func) = crate::cuda::func::<T>(dev, root)?;
         let per_sm = func
-            .occupancy_max_active_blocks_per_multiprocessor(32 * WARPS as u32, smem as usize, None)
+            .occupancy_max_active_blocks_per_multiprocessor(32 * WARPS as u32, 0, None)
             .w()?;
         let sms = stream
             .context()

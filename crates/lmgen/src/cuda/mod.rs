@@ -14,8 +14,6 @@
 //!   one activation row in one launch;
 //! - [`gemv_swiglu`]: the same product over a fused gate/up weight with SwiGLU on its output
 //!   (the product and [`swiglu`], 2 -> 1);
-//! - [`gemv_add_norm`]: the residual add and RMSNorm in front of either product, done by every
-//!   block of it into shared memory ([`add_rms_norm`] and the product, 2 -> 1);
 //! - [`kv_write`]: a decode token's keys or values written at a slot held in device memory;
 //! - [`rope_kv_write`]: a decode token from the fused q/k/v projection into the cache, its
 //!   queries and keys normed per head and rotated on the way (up to 6 -> 1);
@@ -188,9 +186,7 @@ mod swiglu;
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
 pub use flash_attention::{flash_applies, flash_attention};
-pub use gemv::{
-    gemv, gemv_add_norm, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS,
-};
+pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
 pub use gemv_q8::{DeviceQ8, MAX_ROWS as Q8_MAX_ROWS};
 pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;

@@ -40,16 +40,6 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
             .collect();
         super::set_gemv_max_rows(before);
         report.extend(lines?);
-        for (n, k, bias, swiglu) in [
-            (1152, 896, true, false),
-            (37, 1000, false, false),
-            (6144, 256, false, false),
-            (6144, 2560, false, false),
-            (2 * 4864, 896, false, true),
-            (2 * 300, 4096, true, true),
-        ] {
-            report.push(gemv_add_norm(device, dtype, n, k, bias, swiglu)?);
-        }
         // The step-fusing launches, whatever the process runs with.
         let fuse = super::set_fuse_steps(true);
         let fused = fused_steps(device, dtype);
@@ -552,47 +542,6 @@ fn gemv_swiglu(
     let line = compare(&what, &got, &want, tolerance(dtype))?;
     let equal = compare(&what, &got, &want, 0.0).is_ok();
     Ok(format!("{line}; equal to the bit: {equal}"))
-}
-
-/// The residual add and RMSNorm in the product's launch against [`super::add_rms_norm`] then
-/// [`super::gemv`] (or [`super::gemv_swiglu`]): the same values in the same order, so the sum and
-/// the product must be equal to the bit.
-fn gemv_add_norm(
-    device: &Device,
-    dtype: DType,
-    n: usize,
-    k: usize,
-    bias: bool,
-    swiglu: bool,
-) -> Result<String> {
-    let eps = 1e-6;
-    let x = tensor(&[1, 1, k], 16, dtype, device)?;
-    let h = tensor(&[1, 1, k], 17, dtype, device)?;
-    let norm = tensor(&[k], 18, dtype, device)?;
-    let w = tensor(&[n, k], 19, dtype, device)?;
-    let b = tensor(&[n], 20, dtype, device)?;
-    let b = bias.then_some(&b);
-    let fuse = super::set_fuse_steps(true);
-    let rows = super::set_gemv_max_rows(1);
-    let run = || -> Result<_> {
-        let got = super::gemv_add_norm([&x, &h], (&norm, eps), &w, b, swiglu)?
-            .ok_or_else(|| missing("gemv_add_norm"))?;
-        let (sum, normed) =
-            super::add_rms_norm(&x, &h, &norm, eps)?.ok_or_else(|| missing("add_rms_norm"))?;
-        let y = match swiglu {
-            true => super::gemv_swiglu(&normed, &w, b)?,
-            false => super::gemv(&normed, &w, b)?,
-        };
-        Ok((got, sum, y.ok_or_else(|| missing("gemv"))?))
-    };
-    let result = run();
-    super::set_gemv_max_rows(rows);
-    super::set_fuse_steps(fuse);
-    let ((got_sum, got), sum, want) = result?;
-    let what =
-        format!("gemv_add_norm {dtype:?} [1, {k}] x [{n}, {k}]^T, bias {bias}, swiglu {swiglu}");
-    compare(&format!("{what} sum"), &got_sum, &sum, 0.0)?;
-    compare(&what, &got, &want, 0.0)
 }
 
 /// The fused norm + rotation + cache write of a decode token against candle's ops on the split

@@ -104,19 +104,6 @@ impl FeedForward {
             FeedForward::Sparse(moe) => moe.forward(x),
         }
     }
-
-    /// `(x + h, forward(norm(x + h)))` in fewer launches where the dense MLP takes it
-    /// ([`GatedMlp::forward_after_add_norm`]); `None` otherwise.
-    fn forward_after_add_norm(
-        &self,
-        [x, h]: [&Tensor; 2],
-        norm: &RmsNorm,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        match self {
-            FeedForward::Dense(mlp) => mlp.forward_after_add_norm([x, h], norm),
-            FeedForward::Sparse(_) => Ok(None),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,52 +353,22 @@ impl Decoder {
                 slots: slots.as_ref(),
             };
             let norms = &layer.norms;
-            // One row on a GPU: the previous layer's add and this norm in the q/k/v product.
-            let fused = match (&pending, &layer.mixer, &norms.attn_in, rm, &attentions) {
-                (Some(branch), Mixer::Attention(a), Some(norm), None, None) => {
-                    a.forward_after_add_norm([&x, branch], norm, &attn_in, cache)?
-                }
-                _ => None,
+            let h = match pending.take() {
+                Some(branch) => add_then_norm(&mut x, branch, &norms.attn_in, rm)?,
+                None => norm_opt(&norms.attn_in, x.clone())?,
             };
-            let h = match fused {
-                Some((sum, h)) => {
-                    (x, pending) = (sum, None);
-                    h
-                }
-                None => {
-                    let h = match pending.take() {
-                        Some(branch) => add_then_norm(&mut x, branch, &norms.attn_in, rm)?,
-                        None => norm_opt(&norms.attn_in, x.clone())?,
-                    };
-                    match (&layer.mixer, attentions.as_mut()) {
-                        (Mixer::Attention(a), Some(weights)) => {
-                            let (h, w) = a.forward_with_weights(&h, &attn_in, cache, true)?;
-                            if let Some(w) = w {
-                                weights.push(self.window_keys(w, layer.layer_type)?);
-                            }
-                            h
-                        }
-                        (mixer, _) => mixer.forward(&h, &attn_in, masks.for_state(), i, cache)?,
+            let h = match (&layer.mixer, attentions.as_mut()) {
+                (Mixer::Attention(a), Some(weights)) => {
+                    let (h, w) = a.forward_with_weights(&h, &attn_in, cache, true)?;
+                    if let Some(w) = w {
+                        weights.push(self.window_keys(w, layer.layer_type)?);
                     }
-                }
-            };
-            let branch = norm_opt(&norms.attn_out, h)?;
-            // The same for the MLP: the add and its norm in the gate/up product.
-            let fused = match (&norms.mlp_in, rm) {
-                (Some(norm), None) => layer.mlp.forward_after_add_norm([&x, &branch], norm)?,
-                _ => None,
-            };
-            let h = match fused {
-                Some((sum, h)) => {
-                    x = sum;
                     h
                 }
-                None => {
-                    let h = add_then_norm(&mut x, branch, &norms.mlp_in, rm)?;
-                    layer.mlp.forward(&h)?
-                }
+                (mixer, _) => mixer.forward(&h, &attn_in, masks.for_state(), i, cache)?,
             };
-            let h = norm_opt(&norms.mlp_out, h)?;
+            let h = add_then_norm(&mut x, norm_opt(&norms.attn_out, h)?, &norms.mlp_in, rm)?;
+            let h = norm_opt(&norms.mlp_out, layer.mlp.forward(&h)?)?;
             if hidden.is_some() {
                 x = residual(x, h, rm)?;
             } else {

@@ -27,38 +27,29 @@ __device__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-// One row's residual add then RMSNorm by one block: `s = x + h` (rounded
-// to T, as candle's add) into `sum` where it is not null, `normed = s / sqrt(mean(s^2) + eps) *
-// w` (in f32, as candle's rmsnorm) into `normed` (global or shared memory; it holds `s` in
-// between). Ends with the block synchronised. The norm kernel's blocks and the products' that
-// norm their input ([`gemv`] with NORM) have the same 256 threads (src/cuda/add_rms_norm.rs,
-// gemv.rs), so both sum the squares in one order and give the same values to the bit.
+// Residual add then RMSNorm, one block per row: `sum = x + h` (rounded to T, as candle's add),
+// `normed = sum / sqrt(mean(sum^2) + eps) * w` (in f32, as candle's rmsnorm).
+// x, h: [rows, dim]; w: [dim]; out: [2, rows, dim] = [sum, normed].
 template <typename T>
-__device__ void add_norm_row(const T* x, const T* h, const T* w, float eps, int dim, T* sum, T* normed,
-                             float* scratch) {
+__device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int rows, int dim, float eps) {
+    __shared__ float scratch[32];
+    int row = blockIdx.x;
+    const T* xr = x + (size_t)row * dim;
+    const T* hr = h + (size_t)row * dim;
+    T* sum = out + (size_t)row * dim;
+    T* normed = out + (size_t)rows * dim + (size_t)row * dim;
     float ss = 0.f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        T s = from_f<T>(to_f(x[i]) + to_f(h[i]));
-        if (sum) sum[i] = s;
-        normed[i] = s;
+        T s = from_f<T>(to_f(xr[i]) + to_f(hr[i]));
+        sum[i] = s;
         float f = to_f(s);
         ss += f * f;
     }
     ss = block_sum(ss, scratch);
     float inv = rsqrtf(ss / dim + eps);
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        normed[i] = from_f<T>(to_f(normed[i]) * inv * to_f(w[i]));
+        normed[i] = from_f<T>(to_f(sum[i]) * inv * to_f(w[i]));
     }
-    __syncthreads();
-}
-
-// Residual add then RMSNorm, one block per row ([`add_norm_row`]).
-// x, h: [rows, dim]; w: [dim]; out: [2, rows, dim] = [sum, normed].
-template <typename T>
-__device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int rows, int dim, float eps) {
-    __shared__ float scratch[32];
-    size_t at = (size_t)blockIdx.x * dim;
-    add_norm_row(x + at, h + at, w, eps, dim, out + at, out + (size_t)rows * dim + at, scratch);
 }
 
 // Greedy selection and the chosen token's log-probability of each row of raw logits
@@ -429,66 +420,29 @@ template <> __device__ __forceinline__ float dot16<__half>(uint4 a, uint4 b) {
     return acc;
 }
 
-// The residual add and RMSNorm in front of a one-row product ([`gemv`], [`gemv_swiglu`] with
-// NORM): `x` is the residual, `h` the branch added to it, `w`/`eps` the norm's; block 0 stores the
-// sum at `sum` (the next residual), every block norms the row into shared memory for itself.
-template <typename T>
-struct AddNorm {
-    const T* h;
-    const T* w;
-    T* sum;
-    float eps;
-};
-
-// The product's activations: from shared memory (a row the block normed), or read-only global.
-template <bool SHARED> __device__ __forceinline__ uint4 load_x(const uint4* p) {
-    if constexpr (SHARED) {
-        return *p;
-    } else {
-        return __ldg(p);
-    }
-}
-
-// Where a product reads its activations: `x` itself, or with NORM (one row) `x + an.h` normed
-// into the block's shared memory first ([`add_norm_row`]; the launch gives `k * sizeof(T)` bytes
-// of dynamic shared memory). Every thread of the block calls it.
-template <typename T, bool NORM>
-__device__ __forceinline__ const uint4* product_input(const T* x, const AddNorm<T>& an, int k) {
-    if constexpr (NORM) {
-        extern __shared__ uint4 normed_row[];
-        __shared__ float scratch[32];
-        add_norm_row(x, an.h, an.w, an.eps, k, blockIdx.x == 0 ? an.sum : nullptr,
-                     reinterpret_cast<T*>(normed_row), scratch);
-        return normed_row;
-    } else {
-        return reinterpret_cast<const uint4*>(x);
-    }
-}
-
 // `out = x w^T (+ bias)` for a few rows of activations (decode): one warp per output column,
 // each lane reading 16 bytes of the weight row at a time against every row of `x` (from L1);
 // sums in f32, rounded to T once (with the bias added before), in the same order either way.
 // DB: the next U loads issued before the current U are used (8 in flight per lane), the first
 // ones before `pdl_wait` (a dependent launch streams them while the kernel before it finishes);
 // else U in flight, with fewer registers: more blocks fit an SM, which a grid of a little more
-// than one wave of the DB kernel needs (src/cuda/gemv.rs chooses). NORM (R = 1): `x` is first
-// added to and normed ([`product_input`]), the values of `add_rms_norm` then the product.
+// than one wave of the DB kernel needs (src/cuda/gemv.rs chooses).
 // x: [R, k]; w: [n, k]; bias: [n] or null; out: [R, n]; k a multiple of 16 bytes, x and w
 // 16-byte aligned.
-template <typename T, int R, bool DB, bool NORM = false>
+template <typename T, int R, bool DB>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                     T* __restrict__ out, int n, int k, AddNorm<T> an = {}) {
+                     T* __restrict__ out, int n, int k) {
     constexpr int V = 16 / sizeof(T);  // elements in 16 bytes
     constexpr int U = 4;               // loads in flight per lane (twice that with DB)
     int lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    bool active = j < n;  // a warp past the last column only helps its block norm
-    if (!NORM && !active) {
+    if (j >= n) {
         pdl_trigger();
         return;
     }
     int chunks = k / V;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)(active ? j : 0) * k);
+    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
@@ -497,12 +451,10 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int cu = lane + 32 * u;
-            next[u] = active && cu < chunks ? load_stream(wr + cu) : make_uint4(0, 0, 0, 0);
+            next[u] = cu < chunks ? load_stream(wr + cu) : make_uint4(0, 0, 0, 0);
         }
         pdl_wait();
         pdl_trigger();
-        const uint4* xr = product_input<T, NORM>(x, an, k);
-        if (!active) return;
         for (int c = lane; c < chunks; c += 32 * U) {
             uint4 wv[U];
 #pragma unroll
@@ -516,15 +468,13 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
                 int cu = c + 32 * u;
                 if (cu < chunks) {
 #pragma unroll
-                    for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], load_x<NORM>(xr + (size_t)r * chunks + cu));
+                    for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + cu));
                 }
             }
         }
     } else {
         pdl_wait();
         pdl_trigger();
-        const uint4* xr = product_input<T, NORM>(x, an, k);
-        if (!active) return;
         int c = lane;
         for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
             uint4 wv[U];
@@ -533,13 +483,13 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, const T* 
 #pragma unroll
             for (int u = 0; u < U; u++) {
 #pragma unroll
-                for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], load_x<NORM>(xr + (size_t)r * chunks + c + 32 * u));
+                for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv[u], __ldg(xr + (size_t)r * chunks + c + 32 * u));
             }
         }
         for (; c < chunks; c += 32) {
             uint4 wv = load_stream(wr + c);
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv, load_x<NORM>(xr + (size_t)r * chunks + c));
+            for (int r = 0; r < R; r++) acc[r] += dot16<T>(wv, __ldg(xr + (size_t)r * chunks + c));
         }
     }
     float b = bias ? to_f(bias[j]) : 0.f;
@@ -623,35 +573,32 @@ __device__ void dequant_q8(const int8_t* __restrict__ q, const __half* __restric
 // rounded to T as the product's output is, silu rounded to T, then the product rounded (the
 // `gemv` then `swiglu` launches, in one). One warp per output column, both weight rows streamed.
 // x: [k]; w: [2 * inter, k]; bias: [2 * inter] or null; out: [inter].
-template <typename T, bool NORM = false>
+template <typename T>
 __device__ void gemv_swiglu(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                            T* __restrict__ out, int inter, int k, AddNorm<T> an = {}) {
+                            T* __restrict__ out, int inter, int k) {
     constexpr int V = 16 / sizeof(T);
     constexpr int U = 4;  // loads in flight per weight row per lane
     int lane = threadIdx.x & 31;
     int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    bool active = j < inter;  // a warp past the last column only helps its block norm
-    if (!NORM && !active) {
+    if (j >= inter) {
         pdl_trigger();
         return;
     }
     int chunks = k / V;
-    int jj = active ? j : 0;
-    const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)jj * k);
-    const uint4* wu = reinterpret_cast<const uint4*>(w + ((size_t)inter + jj) * k);
+    const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+    const uint4* wu = reinterpret_cast<const uint4*>(w + ((size_t)inter + j) * k);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
     float ag = 0.f, au = 0.f;
     uint4 ng[U], nu[U];
     const uint4 zero = make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int i = 0; i < U; i++) {
         int ci = lane + 32 * i;
-        ng[i] = active && ci < chunks ? load_stream(wg + ci) : zero;
-        nu[i] = active && ci < chunks ? load_stream(wu + ci) : zero;
+        ng[i] = ci < chunks ? load_stream(wg + ci) : zero;
+        nu[i] = ci < chunks ? load_stream(wu + ci) : zero;
     }
     pdl_wait();
     pdl_trigger();
-    const uint4* xr = product_input<T, NORM>(x, an, k);
-    if (!active) return;
     for (int c = lane; c < chunks; c += 32 * U) {
         uint4 g[U], u[U];
 #pragma unroll
@@ -666,7 +613,7 @@ __device__ void gemv_swiglu(const T* __restrict__ x, const T* __restrict__ w, co
         for (int i = 0; i < U; i++) {
             int ci = c + 32 * i;
             if (ci < chunks) {
-                uint4 xv = load_x<NORM>(xr + ci);
+                uint4 xv = __ldg(xr + ci);
                 ag += dot16<T>(g[i], xv);
                 au += dot16<T>(u[i], xv);
             }
@@ -760,22 +707,6 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
     extern "C" __global__ void lmgen_gemv_swiglu_##SUFFIX(const T* x, const T* w, const T* bias, T* out, \
                                                           int inter, int k) {                           \
         gemv_swiglu<T>(x, w, bias, out, inter, k);                                                      \
-    }                                                                                                   \
-    /* The same three products with the residual add and RMSNorm in front (AddNorm). */               \
-    extern "C" __global__ void lmgen_gemv_norm1_##SUFFIX(const T* x, const T* h, const T* nw, float eps, \
-                                                         T* sum, const T* w, const T* bias, T* out,     \
-                                                         int n, int k) {                                \
-        gemv<T, 1, true, true>(x, w, bias, out, n, k, AddNorm<T>{h, nw, sum, eps});                     \
-    }                                                                                                   \
-    extern "C" __global__ void lmgen_gemv_norm1s_##SUFFIX(const T* x, const T* h, const T* nw, float eps, \
-                                                          T* sum, const T* w, const T* bias, T* out,    \
-                                                          int n, int k) {                               \
-        gemv<T, 1, false, true>(x, w, bias, out, n, k, AddNorm<T>{h, nw, sum, eps});                    \
-    }                                                                                                   \
-    extern "C" __global__ void lmgen_gemv_swiglu_norm_##SUFFIX(const T* x, const T* h, const T* nw,     \
-                                                               float eps, T* sum, const T* w,           \
-                                                               const T* bias, T* out, int inter, int k) { \
-        gemv_swiglu<T, true>(x, w, bias, out, inter, k, AddNorm<T>{h, nw, sum, eps});                   \
     }                                                                                                   \
     extern "C" __global__ void lmgen_dequant_q8_##SUFFIX(const int8_t* q, const __half* scales, T* out, \
                                                          unsigned long long count) {                    \

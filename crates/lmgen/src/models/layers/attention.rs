@@ -213,44 +213,14 @@ impl Attention {
         cache: &mut dyn KvCache,
         keep_weights: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t, _) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?; // [b, t, (nh (x2 with the gate) + 2 nkv) * d]
-        self.forward_projected(qkv, (b, t), input, cache, keep_weights)
-    }
-
-    /// `(x + h, forward(norm(x + h)))` with the add, the norm and the q/k/v product in one
-    /// launch, for one row on a GPU ([`Linear::forward_after_add_norm`]); `None` where that does
-    /// not apply (the caller adds, norms and runs [`Attention::forward`]).
-    pub fn forward_after_add_norm(
-        &self,
-        [x, h]: [&Tensor; 2],
-        norm: &RmsNorm,
-        input: &AttentionInput<'_>,
-        cache: &mut dyn KvCache,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        let Some((sum, qkv)) = self.qkv.forward_after_add_norm([x, h], norm, false)? else {
-            return Ok(None);
-        };
-        let (b, t, _) = x.dims3()?;
-        let (out, _) = self.forward_projected(qkv, (b, t), input, cache, false)?;
-        Ok(Some((sum, out)))
-    }
-
-    /// [`Attention::forward_with_weights`] from the fused projection's output `qkv`.
-    fn forward_projected(
-        &self,
-        qkv: Tensor,
-        (b, t): (usize, usize),
-        input: &AttentionInput<'_>,
-        cache: &mut dyn KvCache,
-        keep_weights: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
         let keep_weights = keep_weights && self.eager;
+        let (b, t, _) = x.dims3()?;
         let AttentionShape {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
         } = self.shape;
+        let qkv = self.qkv.forward(x)?; // [b, t, (nh (x2 with the gate) + 2 nkv) * d]
         if let Some(slots) = input.slots {
             // A captured decode step: the token's norms, rotation and cache write in one launch
             // where the cache and the GPU take it.

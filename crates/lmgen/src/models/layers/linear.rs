@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor, D};
 
-use super::norm::RmsNorm;
 use super::{aligned, gemv, gemv_amx, gemv_avx512, widened, LoadContext, Placed};
 use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
@@ -309,25 +308,6 @@ impl Linear {
     pub fn forward_swiglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
         match (&self.collective, &self.weight) {
             (None, Weight::Dense(w)) => crate::cuda::gemv_swiglu(x, w, self.bias.as_ref()),
-            _ => Ok(None),
-        }
-    }
-
-    /// The residual add and RMSNorm before this product in its launch, for one activation row
-    /// on a GPU ([`crate::cuda::gemv_add_norm`]): `(x + h, norm(x + h) W^T (+ b))`, with `swiglu`
-    /// (a fused gate/up projection) `silu(gate) * up` of the product. The values of
-    /// [`RmsNorm::forward_after_add`] then [`Linear::forward`] (or [`Linear::forward_swiglu`]).
-    /// `None` where that kernel does not apply (the caller runs those).
-    pub fn forward_after_add_norm(
-        &self,
-        [x, h]: [&Tensor; 2],
-        norm: &RmsNorm,
-        swiglu: bool,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        match (&self.collective, &self.weight, norm.weight_eps()) {
-            (None, Weight::Dense(w), Some(n)) => {
-                crate::cuda::gemv_add_norm([x, h], n, w, self.bias.as_ref(), swiglu)
-            }
             _ => Ok(None),
         }
     }

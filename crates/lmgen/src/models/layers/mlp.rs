@@ -3,7 +3,6 @@
 use candle_core::{Tensor, D};
 
 use super::linear::{Linear, RowOutput, Rows};
-use super::norm::RmsNorm;
 use super::LoadContext;
 use crate::error::Result;
 use crate::models::config::{Activation, ModelConfig, ProjectionLayout};
@@ -146,26 +145,6 @@ impl GatedMlp {
             )?,
             act,
         })
-    }
-
-    /// `(x + h, forward(norm(x + h)))` with the add, the norm, the gate/up product and SwiGLU
-    /// in one launch, for one row on a GPU ([`Linear::forward_after_add_norm`]); `None` where
-    /// that does not apply (the caller adds, norms and runs [`GatedMlp::forward`]).
-    pub fn forward_after_add_norm(
-        &self,
-        [x, h]: [&Tensor; 2],
-        norm: &RmsNorm,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        if self.act != Activation::Silu {
-            return Ok(None);
-        }
-        match self
-            .gate_up_proj
-            .forward_after_add_norm([x, h], norm, true)?
-        {
-            Some((sum, act)) => Ok(Some((sum, self.down_proj.forward(&act)?))),
-            None => Ok(None),
-        }
     }
 
     /// `[b, t, hidden] -> [b, t, hidden]`.
