@@ -14,21 +14,28 @@ pub struct EpsilonLogitsWarper {
 
 impl EpsilonLogitsWarper {
     pub fn new(epsilon: f64, min_tokens_to_keep: usize) -> Result<Self> {
-        if epsilon.is_nan() || epsilon <= 0.0 || epsilon >= 1.0 {
-            return Err(invalid_arg(format!(
-                "`epsilon_cutoff` has to be a float > 0 and < 1, but is {epsilon}"
-            )));
-        }
-        if min_tokens_to_keep < 1 {
-            return Err(invalid_arg(format!(
-                "`min_tokens_to_keep` has to be a strictly positive integer, but is {min_tokens_to_keep}"
-            )));
-        }
+        let epsilon = checked_cutoff("epsilon_cutoff", epsilon, min_tokens_to_keep)?;
         Ok(Self {
-            epsilon: epsilon as f32,
+            epsilon,
             min_tokens_to_keep,
         })
     }
+}
+
+/// Checks a cutoff warper's arguments as transformers does (`field` names the cutoff in the
+/// error): the cutoff in (0, 1), `min_tokens_to_keep` at least 1. Returns the cutoff in f32.
+pub(super) fn checked_cutoff(field: &str, cutoff: f64, min_tokens_to_keep: usize) -> Result<f32> {
+    if cutoff.is_nan() || cutoff <= 0.0 || cutoff >= 1.0 {
+        return Err(invalid_arg(format!(
+            "`{field}` has to be a float > 0 and < 1, but is {cutoff}"
+        )));
+    }
+    if min_tokens_to_keep < 1 {
+        return Err(invalid_arg(format!(
+            "`min_tokens_to_keep` has to be a strictly positive integer, but is {min_tokens_to_keep}"
+        )));
+    }
+    Ok(cutoff as f32)
 }
 
 /// Removes `p < threshold` except scores at least the `keep`-th largest.

@@ -2,8 +2,8 @@
 //! with probability below `eta = min(epsilon, sqrt(epsilon) * exp(-entropy))` (transformers' code uses
 //! the minimum); the `min_tokens_to_keep` best stay.
 
-use super::epsilon::cut_below;
-use super::{invalid_arg, softmax, LogitsProcessor, Scores};
+use super::epsilon::{checked_cutoff, cut_below};
+use super::{softmax, LogitsProcessor, Scores};
 use crate::error::Result;
 use crate::TokenId;
 
@@ -16,18 +16,9 @@ pub struct EtaLogitsWarper {
 
 impl EtaLogitsWarper {
     pub fn new(epsilon: f64, min_tokens_to_keep: usize) -> Result<Self> {
-        if epsilon.is_nan() || epsilon <= 0.0 || epsilon >= 1.0 {
-            return Err(invalid_arg(format!(
-                "`eta_cutoff` has to be a float > 0 and < 1, but is {epsilon}"
-            )));
-        }
-        if min_tokens_to_keep < 1 {
-            return Err(invalid_arg(format!(
-                "`min_tokens_to_keep` has to be a strictly positive integer, but is {min_tokens_to_keep}"
-            )));
-        }
+        let epsilon = checked_cutoff("eta_cutoff", epsilon, min_tokens_to_keep)?;
         Ok(Self {
-            epsilon: epsilon as f32,
+            epsilon,
             min_tokens_to_keep,
         })
     }
