@@ -52,12 +52,16 @@ pub fn data_group(
             0 => nccl::unique_id()?,
             _ => [0; 128],
         };
-        let words: Vec<u32> = mine.iter().map(|&b| u32::from(b)).collect();
-        let sent = control.broadcast(&candle_core::Tensor::new(words, &Device::Cpu)?, 0)?;
-        let mut id = [0u8; 128];
-        for (b, w) in id.iter_mut().zip(sent.to_vec1::<u32>()?) {
-            *b = w as u8;
-        }
+        let sent = control.broadcast(&candle_core::Tensor::new(&mine[..], &Device::Cpu)?, 0)?;
+        let id: [u8; 128] = sent.to_vec1::<u8>()?.try_into().map_err(|got: Vec<u8>| {
+            comm::tp_error(
+                control.world_size(),
+                format!(
+                    "the NCCL group id came over as {} bytes, not 128",
+                    got.len()
+                ),
+            )
+        })?;
         let group = NcclCommunicator::new(device, control.rank(), control.world_size(), id)?;
         Ok(Arc::new(group))
     }
