@@ -167,3 +167,30 @@ fn split_engine_refuses_encoder_decoder_models() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A following rank given a step whose slot counts do not add up to its header's (not what rank
+/// 0 sends: another build, or not rank 0 at all) returns an error naming it, never panics.
+#[test]
+fn follower_refuses_a_malformed_step() -> anyhow::Result<()> {
+    use candle_core::{Device, Tensor};
+    let checkpoint = Checkpoint::open(&dir("golden/models/llama"))?;
+    let errors = on_ranks(2, |shard| {
+        let (model, comm) = rank_model(&checkpoint, &shard)?;
+        if shard.rank() > 0 {
+            return Ok(lmgen::engine::follow(model, &engine(), DType::F32, comm)
+                .err()
+                .map(|e| e.to_string()));
+        }
+        // One token, one sequence, 1 slot in the header; the body claims 5 slots for it.
+        let header = [1u32, 1, 1, 1, 0];
+        comm.broadcast(&Tensor::new(&header[..], &Device::Cpu)?, 0)?;
+        let body = [7u32, 0, 0, 1, 5, 0, 0, 0];
+        comm.broadcast(&Tensor::new(&body[..], &Device::Cpu)?, 0)?;
+        Ok(None)
+    })?;
+    let err = errors[1]
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("a malformed step was not refused"))?;
+    assert!(err.contains("slot counts do not add to 1"), "{err}");
+    Ok(())
+}

@@ -188,13 +188,19 @@ pub fn follow(
                 new: w[1] as usize,
             })
             .collect();
+        // The slot counts must add up to the header's: a step from another build (or not from
+        // rank 0 at all) is an error, not a panic.
+        let malformed = || shard.error(format!("a step whose slot counts do not add to {n_slots}"));
         let mut slots = Vec::with_capacity(n);
         for &c in counts {
-            let (s, r) = rest.split_at(c as usize);
+            let (s, r) = rest.split_at_checked(c as usize).ok_or_else(malformed)?;
             slots.push(s.to_vec());
             rest = r;
         }
-        let (arrival_words, running_words) = rest.split_at(2 * n);
+        let (arrival_words, running_words) = rest.split_at_checked(2 * n).ok_or_else(malformed)?;
+        if running_words.len() != 2 * n_running as usize {
+            return Err(malformed());
+        }
         let number = |w: &[u32]| u64::from(w[0]) | (u64::from(w[1]) << 32);
         let arrivals: Vec<u64> = arrival_words.chunks(2).map(number).collect();
         let step_states = arrivals
