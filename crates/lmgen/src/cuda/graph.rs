@@ -33,7 +33,7 @@ use crate::models::{CausalLM, ForwardInput, LogitsToKeep, ModelOutput};
 
 /// Whether decode graphs are on: with the fused kernels ([`super::enabled`]), whose device-slot
 /// kernels the graphed step runs, unless `LMGEN_CUDA_GRAPHS=0`.
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     super::enabled() && std::env::var("LMGEN_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
@@ -220,7 +220,7 @@ impl Runner {
                 buf
             }
         };
-        buf.inplace_op1(&Upload(host.to_vec()))?;
+        super::upload::write_u32(&buf, host)?;
         Ok(buf)
     }
 
@@ -314,7 +314,7 @@ impl Runner {
         let (Some(logits), Some(buf)) = (self.logits.clone(), self.inputs.clone()) else {
             return Err(Error::unsupported("no graph buffers"));
         };
-        buf.inplace_op1(&Upload(host.to_vec()))?;
+        super::upload::write_u32(&buf, host)?;
         captured.launch()?;
         cache.advance(1)?;
         self.phase = Phase::Replay(captured);
@@ -331,48 +331,9 @@ fn output(logits: Tensor) -> ModelOutput {
     }
 }
 
-/// Writes host values into a contiguous u32 tensor in place (before a step, never while
-/// capturing).
-struct Upload(Vec<u32>);
-
-impl candle_core::InplaceOp1 for Upload {
-    fn name(&self) -> &'static str {
-        "lmgen-upload"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &mut candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        match s {
-            candle_core::CpuStorage::U32(data) => {
-                let start = l.start_offset();
-                data[start..start + self.0.len()].copy_from_slice(&self.0);
-                Ok(())
-            }
-            _ => Err(candle_core::Error::Msg("upload takes a u32 tensor".into())),
-        }
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &mut candle_core::CudaStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        use candle_core::cuda_backend::WrapErr;
-        let stream = s.device.cuda_stream();
-        let start = l.start_offset();
-        let dst = s.as_cuda_slice_mut::<u32>()?;
-        let mut view = dst.slice_mut(start..start + self.0.len());
-        stream.memcpy_htod(&self.0, &mut view).w()
-    }
-}
-
 /// Stream capture: CUDA only.
 #[cfg(not(feature = "cuda"))]
-mod capture {
+pub(crate) mod capture {
     use super::*;
 
     /// No graph exists without the `cuda` feature.
@@ -399,7 +360,7 @@ mod capture {
 }
 
 #[cfg(feature = "cuda")]
-mod capture {
+pub(crate) mod capture {
     use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
     use candle_core::cuda_backend::WrapErr;
 

@@ -182,6 +182,7 @@ mod paged_flash;
 mod rope_kv_write;
 pub mod self_test;
 mod swiglu;
+pub(crate) mod upload;
 
 pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{decode_attention, decode_attention_at, MAX_KEYS as DECODE_MAX_KEYS};
@@ -190,7 +191,7 @@ pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as
 pub use gemv_q8::{DeviceQ8, MAX_ROWS as Q8_MAX_ROWS};
 pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;
-pub use paged_attention::{paged_decode_attention, PagedIndex};
+pub use paged_attention::{paged_decode_attention, PagedIndex, MAX_KEYS as PAGED_DECODE_MAX_KEYS};
 pub use paged_flash::{paged_flash_attention, PagedStep};
 pub use rope_kv_write::{rope_kv_write, DecodeToken};
 pub use swiglu::swiglu;

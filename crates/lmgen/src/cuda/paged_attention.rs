@@ -8,6 +8,10 @@ use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 
+/// The most keys (cached tokens and the new one) a sequence may hold for the paged decode
+/// kernel; longer ones are gathered.
+pub const MAX_KEYS: usize = super::decode_attention::BLOCK_KEYS;
+
 /// The decode tokens of one packed step, on the device: u32 `[tokens (n) | offsets (n + 1) |
 /// slots]`, uploaded once a step and read by every layer's launches.
 #[derive(Debug)]
@@ -23,25 +27,72 @@ impl PagedIndex {
     /// Sequence `i`'s new token lies at position `tokens[i]` of the step's input, and `slots[i]`
     /// holds the slots of its cached tokens, then the new one's.
     pub fn new(tokens: &[usize], slots: &[&[u32]], device: &Device) -> Result<Self> {
-        let n = tokens.len();
-        let total: usize = slots.iter().map(|s| s.len()).sum();
-        let mut index = Vec::with_capacity(2 * n + 1 + total);
-        index.extend(tokens.iter().map(|&t| t as u32));
-        let mut offset = 0u32;
-        index.push(0);
-        for s in slots {
-            offset += s.len() as u32;
-            index.push(offset);
-        }
-        for s in slots {
-            index.extend_from_slice(s);
-        }
+        let index = layout(tokens, slots);
         Ok(Self {
             index: Tensor::new(index.as_slice(), device)?,
-            n,
+            n: tokens.len(),
             max_len: slots.iter().map(|s| s.len()).max().unwrap_or(0),
         })
     }
+
+    /// A buffer for `n` sequences of up to `max_len` slots each that stays where it is, for a
+    /// step captured as a CUDA graph: [`PagedIndex::refill`] writes each step's index into it
+    /// before a replay, and the kernels size their work for `max_len` keys whatever the step
+    /// holds.
+    pub fn with_capacity(n: usize, max_len: usize, device: &Device) -> Result<Self> {
+        Ok(Self {
+            index: Tensor::zeros(2 * n + 1 + n * max_len, candle_core::DType::U32, device)?,
+            n,
+            max_len,
+        })
+    }
+
+    /// Writes a step's index (as [`PagedIndex::new`] takes it) into this buffer: exactly its
+    /// `n` sequences, none longer than its `max_len`.
+    pub fn refill(&self, tokens: &[usize], slots: &[&[u32]]) -> Result<()> {
+        if tokens.len() != self.n
+            || slots.len() != self.n
+            || slots.iter().any(|s| s.is_empty() || s.len() > self.max_len)
+        {
+            return Err(crate::error::Error::input(format!(
+                "a paged index for {} sequences of 1 to {} slots cannot hold {} sequences of \
+                 {} slots at most",
+                self.n,
+                self.max_len,
+                slots.len(),
+                slots.iter().map(|s| s.len()).max().unwrap_or(0)
+            )));
+        }
+        super::upload::write_u32(&self.index, &layout(tokens, slots))
+    }
+
+    /// How many sequences it holds.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether it holds no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// `[tokens (n) | offsets (n + 1) | slots]`, the kernels' index.
+fn layout(tokens: &[usize], slots: &[&[u32]]) -> Vec<u32> {
+    let n = tokens.len();
+    let total: usize = slots.iter().map(|s| s.len()).sum();
+    let mut index = Vec::with_capacity(2 * n + 1 + total);
+    index.extend(tokens.iter().map(|&t| t as u32));
+    let mut offset = 0u32;
+    index.push(0);
+    for s in slots {
+        offset += s.len() as u32;
+        index.push(offset);
+    }
+    for s in slots {
+        index.extend_from_slice(s);
+    }
+    index
 }
 
 /// Writes the new keys and values of `index`'s tokens (from `k`, `v` `[1, nkv, total, d]`, the
@@ -77,7 +128,7 @@ pub fn paged_decode_attention(
             .all(|t| t.dtype() == q.dtype())
         && store_k.is_contiguous()
         && store_v.is_contiguous()
-        && (1..=super::decode_attention::BLOCK_KEYS).contains(&index.max_len)
+        && (1..=MAX_KEYS).contains(&index.max_len)
         && index.index.device().same_device(q.device());
     if !fits {
         return Ok(None);

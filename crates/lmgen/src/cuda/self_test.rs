@@ -777,6 +777,30 @@ fn paged(device: &Device, dtype: DType) -> Result<String> {
     let what = format!("paged_decode_attention {dtype:?} 3 sequences of {total} tokens");
     compare(&format!("{what}: keys"), &store_k, &k_want, 0.0)?;
     compare(&format!("{what}: values"), &store_v, &v_want, 0.0)?;
+    // The same step through an index of the engine's step graphs: a buffer for sequences of up
+    // to 8192 slots, refilled in place (the kernel sized for 8192 keys).
+    let fixed = super::PagedIndex::with_capacity(3, super::PAGED_DECODE_MAX_KEYS, device)?;
+    fixed.refill(&tokens, &slot_refs)?;
+    let (fixed_k, fixed_v) = (
+        tensor(&[nkv, slot_count, d], 16, dtype, device)?,
+        tensor(&[nkv, slot_count, d], 17, dtype, device)?,
+    );
+    let got_fixed =
+        super::paged_decode_attention(&fixed_k, &fixed_v, [&q, &k_new, &v_new], &fixed, scale)?
+            .ok_or_else(|| missing("paged_decode_attention (a fixed index)"))?;
+    compare(
+        &format!("{what}: keys, fixed index"),
+        &fixed_k,
+        &k_want,
+        0.0,
+    )?;
+    compare(
+        &format!("{what}: values, fixed index"),
+        &fixed_v,
+        &v_want,
+        0.0,
+    )?;
+    compare(&format!("{what}: fixed index"), &got_fixed, &got, 0.0)?;
     for (i, (slots, &t)) in seq_slots.iter().zip(&tokens).enumerate() {
         let idx = Tensor::new(slots.as_slice(), device)?;
         let (k, v) = (
@@ -793,7 +817,9 @@ fn paged(device: &Device, dtype: DType) -> Result<String> {
             0.0,
         )?;
     }
-    Ok(format!("ok {what}: equal to the bit"))
+    Ok(format!(
+        "ok {what}: equal to the bit, with an exact and a fixed 8192-slot index"
+    ))
 }
 
 /// [`super::paged_flash_attention`] over a packed step of three sequences (a prompt, a decode

@@ -7,6 +7,7 @@
 //! - `scheduler`: the per-step plan under a token budget (FIFO or prefill-first, chunked
 //!   prefill, preemption by recompute).
 //! - `worker`: the engine thread (one packed forward per step).
+//! - `step_graph`: decode-only steps as CUDA graphs, one per batch bucket.
 //! - `manager`: the thread-safe handle ([`ContinuousBatchingManager`]).
 //! - `generate_batch`: many prompts in one call ([`generate_batch()`]).
 //! - `tensor_parallel`: the engine over a model split across ranks: rank 0's engine broadcasts
@@ -35,6 +36,7 @@ mod manager;
 mod request;
 mod scheduler;
 mod sequence;
+mod step_graph;
 mod tensor_parallel;
 mod worker;
 

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::request::{RequestStatus, RequestUpdate};
 use super::scheduler::{schedule, Limits, Plan};
 use super::sequence::Sequence;
+use super::step_graph::{DecodeRow, GraphedSteps, StepGraphs};
 use super::tensor_parallel::{self, StepBroadcast};
 use super::{EngineConfig, EngineStats};
 use crate::cache::paged::{BlockAllocator, KvStore, PagedBatch};
@@ -44,6 +45,9 @@ pub(crate) struct Worker {
     /// With a model split across ranks, rank 0's channel to the others
     /// ([`super::tensor_parallel`]): each step is sent before it runs.
     ranks: Option<StepBroadcast>,
+    /// Which decode-only steps run as CUDA graphs ([`super::step_graph`]; the graphs
+    /// themselves live on the engine thread, [`Worker::run`]).
+    graphs: StepGraphs,
 }
 
 impl Worker {
@@ -80,8 +84,10 @@ impl Worker {
             }
         }
         let shard = ranks.as_ref().map(StepBroadcast::shard);
-        let shape =
-            tensor_parallel::store_shape(m, shard.as_ref(), config.cache.capacity_tokens())?;
+        let pool = config.cache.capacity_tokens();
+        let graphs = StepGraphs::new(model.as_ref(), config.max_running, pool, ranks.is_some());
+        // The pool's slots, and the step graphs' scratch slot after them.
+        let shape = tensor_parallel::store_shape(m, shard.as_ref(), pool + graphs.extra_slots())?;
         let store = KvStore::new(shape, dtype, model.device())?;
         Ok(Self {
             store,
@@ -101,11 +107,13 @@ impl Worker {
             stats,
             cancelled: 0,
             ranks,
+            graphs,
         })
     }
 
     /// Runs until stopped or until every manager handle is gone.
     pub fn run(mut self) {
+        let mut graphs = self.graphs.start();
         loop {
             let idle = self.running.is_empty() && self.waiting.is_empty();
             let first = if idle {
@@ -133,7 +141,7 @@ impl Worker {
                 self.publish(0);
                 break;
             }
-            let preemptions = self.step();
+            let preemptions = self.step(&mut graphs);
             self.publish(preemptions);
         }
         if let Some(ranks) = &self.ranks {
@@ -167,7 +175,7 @@ impl Worker {
     }
 
     /// One step; returns the preemptions it made.
-    fn step(&mut self) -> usize {
+    fn step(&mut self, graphs: &mut GraphedSteps) -> usize {
         let Plan { batch, preemptions } = schedule(
             self.limits,
             &mut self.running,
@@ -178,7 +186,7 @@ impl Worker {
             return preemptions;
         }
         let started = Instant::now();
-        let logits = match self.forward(&batch) {
+        let logits = match self.forward(&batch, graphs) {
             Ok(l) => l,
             Err(e) => {
                 self.fail(&batch, e);
@@ -269,9 +277,40 @@ impl Worker {
     /// sequence, `[1, sequences, vocab]` f32. An encoder-decoder model's sequences run in the same
     /// forward, each cross-attending to its own encoder output through its cross-attention blocks
     /// (projected and written on its first step since admission).
-    fn forward(&mut self, batch: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward(&mut self, batch: &[(usize, usize)], graphs: &mut GraphedSteps) -> Result<Tensor> {
         let started = Instant::now();
         let bs = self.alloc.block_size();
+        let decode_only = batch.iter().all(|&(i, n)| {
+            let seq = &self.running[i];
+            n == 1 && seq.states.is_empty() && seq.encoder.is_none()
+        });
+        let longest = batch
+            .iter()
+            .map(|&(i, _)| self.running[i].computed + 1)
+            .max()
+            .unwrap_or(0);
+        if self.ranks.is_none() && decode_only && graphs.fits(batch.len(), longest) {
+            let rows = batch
+                .iter()
+                .map(|&(i, _)| {
+                    let seq = &self.running[i];
+                    let past = seq.computed;
+                    DecodeRow {
+                        token: seq.tokens[past],
+                        position: past as u32,
+                        slots: seq.table.slots(past + 1, bs),
+                    }
+                })
+                .collect();
+            if let Some(logits) = graphs.forward(self.model.as_ref(), &self.store, rows) {
+                tracing::debug!(
+                    host_ms = started.elapsed().as_secs_f64() * 1e3,
+                    graph = graphs.last(),
+                    "engine forward"
+                );
+                return Ok(logits); // [1, sequences, vocab]
+            }
+        }
         let total: usize = batch.iter().map(|&(_, n)| n).sum();
         let mut ids = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(total);

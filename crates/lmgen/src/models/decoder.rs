@@ -303,15 +303,20 @@ impl Decoder {
     ) -> Result<ModelOutput> {
         let positions: Vec<Vec<u32>> = input.position_ids.to_vec2()?;
         // A step to be captured as a CUDA graph reads its positions (angles, cache slots) on
-        // the device: `[b, 1]` -> `[b]` slots.
+        // the device: `[b, 1]` -> `[b]` slots. A packed batch's cache keeps its slots itself
+        // (the engine's step graphs: `[1, sequences]` positions, one token each).
+        let packed = cache.spans().is_some();
         let slots = match input.device_positions {
-            Some(p) if p.dim(1)? == 1 && self.config.query_scaling.is_none() => {
-                Some(p.flatten_all()?)
+            Some(_) if self.config.query_scaling.is_some() => {
+                return Err(crate::error::Error::unsupported(
+                    "device positions are for models without position-dependent query scaling",
+                ))
             }
+            Some(_) if packed => None,
+            Some(p) if p.dim(1)? == 1 => Some(p.flatten_all()?),
             Some(_) => {
                 return Err(crate::error::Error::unsupported(
-                    "device positions are for one-token steps of a model without \
-                     position-dependent query scaling",
+                    "device positions are for one-token steps",
                 ))
             }
             None => None,

@@ -38,6 +38,9 @@ pub struct PagedBatch<'a> {
     /// On a GPU, every sequence's slots and new tokens, for steps with prompt chunks: uploaded
     /// by the first layer and read by the others.
     device_step: Option<crate::cuda::PagedStep>,
+    /// A step captured as a CUDA graph: the decode tokens' index in a buffer that stays where
+    /// it is, refilled before each replay ([`PagedBatch::with_fixed_index`]).
+    fixed_index: Option<&'a crate::cuda::PagedIndex>,
 }
 
 impl<'a> PagedBatch<'a> {
@@ -70,7 +73,17 @@ impl<'a> PagedBatch<'a> {
             cross: Vec::new(),
             device_index: None,
             device_step: None,
+            fixed_index: None,
         })
+    }
+
+    /// With the decode tokens' index already on the device in `index` (a step captured as a
+    /// CUDA graph, [`crate::engine`]'s step graphs): every sequence one new token, sequence `i`'s
+    /// at input position `i`, as `index` was last refilled. A GPU forward attends through it and
+    /// uploads nothing; on the CPU the host slots serve as before.
+    pub fn with_fixed_index(mut self, index: &'a crate::cuda::PagedIndex) -> Self {
+        self.fixed_index = Some(index);
+        self
     }
 
     /// With each sequence's recurrent states (one entry per sequence, in order).
@@ -189,6 +202,19 @@ impl KvCache for PagedBatch<'_> {
                 }
                 _ => return Ok(None),
             }
+        }
+        if let (Some(index), true) = (self.fixed_index, q.device().is_cuda()) {
+            let in_order = seqs.iter().enumerate().all(|(j, &(i, p))| i == j && p == j);
+            if seqs.len() != index.len() || !in_order {
+                return Err(Error::input(format!(
+                    "a step with a fixed paged index of {} decode tokens was asked to attend for \
+                     {} tokens out of input order",
+                    index.len(),
+                    seqs.len()
+                )));
+            }
+            let (sk, sv) = self.store.layer(layer)?;
+            return crate::cuda::paged_decode_attention(sk, sv, [q, k, v], index, scale);
         }
         if q.device().is_cuda() {
             if self

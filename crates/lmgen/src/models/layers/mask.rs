@@ -408,6 +408,12 @@ impl ForwardMasks {
                     "a packed batch keeps all logits or each sequence's last",
                 ))
             }
+            // Every sequence one token: each is its own last.
+            (LogitsToKeep::Last, Self::Packed(sequences))
+                if sequences.iter().all(|s| s.new == 1) =>
+            {
+                x
+            }
             (LogitsToKeep::Last, Self::Packed(sequences)) => {
                 let last: Vec<u32> = sequences
                     .iter()
