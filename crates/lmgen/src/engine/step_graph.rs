@@ -1,8 +1,9 @@
 //! The engine's decode-only steps as CUDA graphs, one per batch bucket: a step whose sequences
 //! each add one token is padded to the smallest bucket that holds it and runs as that bucket's
 //! graph, replayed every step after its capture, so the host launches one graph instead of the
-//! forward's ~15 ops a layer (a 64-sequence step of the Qwen2.5-0.5B shape spent 3.9 of its 6.1
-//! ms queueing them on the H100: BENCHMARKS.md).
+//! forward's ~15 ops a layer: on the H100 a 64-sequence decode step of the Qwen2.5-0.5B shape
+//! queues in 0.34 ms instead of 4.96 (p50) and takes 5.46 ms instead of 6.18, the rest being the
+//! GPU's own work (BENCHMARKS.md).
 //!
 //! A graph replays the device work it was captured from, so everything that changes from step to
 //! step lives in device buffers of the bucket, written before each replay: the tokens and
@@ -19,9 +20,9 @@
 //! launched, every later one replayed. A step that does not fit (a prompt chunk, a sequence longer
 //! than `max_len`, more sequences than the largest bucket) runs eagerly, as does every step of a
 //! bucket whose capture failed: outputs never depend on whether a graph ran, up to the padding
-//! rows' share of the batch (products over more rows may add up in another order).
-//! `LMGEN_CUDA_ENGINE_GRAPHS=1` turns them on, `LMGEN_CUDA_GRAPHS=0` turns them off with the
-//! decode graphs.
+//! rows' share of the batch (products over more rows may add up in another order). On by
+//! default; `LMGEN_CUDA_ENGINE_GRAPHS=0` turns them off, `LMGEN_CUDA_GRAPHS=0` turns them off with
+//! the decode graphs.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -189,9 +190,9 @@ fn enabled() -> bool {
         && std::env::var("LMGEN_CUDA_ENGINE_GRAPHS").map_or(DEFAULT_ON, |v| v != "0")
 }
 
-/// Until a GPU run has checked them, the step graphs run only where asked for
-/// (`LMGEN_CUDA_ENGINE_GRAPHS=1`).
-const DEFAULT_ON: bool = false;
+/// On by default: a GPU run gave the CPU engine's tokens with them and measured them
+/// (BENCHMARKS.md).
+const DEFAULT_ON: bool = true;
 
 /// 1, 2, 4, 8, then every multiple of 8, up to `max_running` (the last bucket).
 fn bucket_sizes(max_running: usize) -> Vec<usize> {
