@@ -420,19 +420,10 @@ pub(crate) mod capture {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::cache::{CacheImplementation, DynamicCache};
-    use crate::load::Checkpoint;
-    use crate::models::{load_model, LoadOptions};
 
-    fn model(dir: &str) -> Box<dyn CausalLM> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(dir);
-        load_model(&Checkpoint::open(&path).unwrap(), &LoadOptions::default()).unwrap()
-    }
+    use crate::models::fixture_model as model;
 
     /// Greedy decoding of `rows` copies of a prompt for `steps` steps, each one-token step
     /// through `graph` (or the plain step): every step's logits, bit for bit.

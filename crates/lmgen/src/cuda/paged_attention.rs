@@ -79,10 +79,16 @@ impl PagedIndex {
 
 /// `[tokens (n) | offsets (n + 1) | slots]`, the kernels' index.
 fn layout(tokens: &[usize], slots: &[&[u32]]) -> Vec<u32> {
-    let n = tokens.len();
     let total: usize = slots.iter().map(|s| s.len()).sum();
-    let mut index = Vec::with_capacity(2 * n + 1 + total);
+    let mut index = Vec::with_capacity(2 * tokens.len() + 1 + total);
     index.extend(tokens.iter().map(|&t| t as u32));
+    extend_slots(&mut index, slots);
+    index
+}
+
+/// Appends `[offsets (n + 1) | slots]`: where each sequence's slots start among the slots, then
+/// the slots of every sequence in order (the paged kernels' index, [`super::PagedStep`]'s too).
+pub(super) fn extend_slots(index: &mut Vec<u32>, slots: &[&[u32]]) {
     let mut offset = 0u32;
     index.push(0);
     for s in slots {
@@ -92,7 +98,6 @@ fn layout(tokens: &[usize], slots: &[&[u32]]) -> Vec<u32> {
     for s in slots {
         index.extend_from_slice(s);
     }
-    index
 }
 
 /// Writes the new keys and values of `index`'s tokens (from `k`, `v` `[1, nkv, total, d]`, the

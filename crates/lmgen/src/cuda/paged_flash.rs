@@ -41,15 +41,7 @@ impl PagedStep {
             start += t as u32;
         }
         index.extend(news.iter().map(|&t| t as u32));
-        let mut offset = 0u32;
-        index.push(0);
-        for s in slots {
-            offset += s.len() as u32;
-            index.push(offset);
-        }
-        for s in slots {
-            index.extend_from_slice(s);
-        }
+        super::paged_attention::extend_slots(&mut index, slots);
         let work_at = index.len();
         for (i, &t) in news.iter().enumerate() {
             for q0 in (0..t).step_by(BLOCK_QUERIES) {

@@ -367,18 +367,9 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::load::Checkpoint;
-    use crate::models::{load_model, LoadOptions};
 
-    fn model(dir: &str) -> Box<dyn CausalLM> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(dir);
-        load_model(&Checkpoint::open(&path).unwrap(), &LoadOptions::default()).unwrap()
-    }
+    use crate::models::fixture_model as model;
 
     /// Sequence `i` owns slots `[64 i, 64 (i + 1))` of a 256-slot pool.
     const POOL: usize = 256;

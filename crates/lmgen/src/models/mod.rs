@@ -298,6 +298,15 @@ pub fn load_model(checkpoint: &Checkpoint, options: &LoadOptions) -> Result<Box<
     build(checkpoint, options, None)
 }
 
+#[cfg(test)]
+/// A checkpoint of `tests/fixtures` (`"golden/models/llama"`, ...), loaded with the defaults.
+pub(crate) fn fixture_model(dir: &str) -> Box<dyn CausalLM> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
+    load_model(&Checkpoint::open(&path).unwrap(), &LoadOptions::default()).unwrap()
+}
+
 /// [`load_model`] for one rank of a model split across tensor-parallel ranks ([`crate::parallel`]):
 /// each rank loads its part of every weight and calls [`CausalLM::forward`] with the same inputs
 /// in step with the others (the forward exchanges activations through `shard`'s communicator);
