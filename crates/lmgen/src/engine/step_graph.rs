@@ -194,11 +194,16 @@ fn enabled() -> bool {
 /// (BENCHMARKS.md).
 const DEFAULT_ON: bool = true;
 
-/// 1, 2, 4, 8, then every multiple of 8, up to `max_running` (the last bucket).
+/// 1, 2, 4, 8, every multiple of 8 up to 64, then every multiple of 32, up to `max_running` (the
+/// last bucket). Each captured graph keeps its own intermediates (the `[size, vocab]` f32 logits
+/// the largest of them, 39 MB for 64 rows of a 152k vocabulary) and its bucket a logits buffer
+/// and an index of `size * 8192` slots; past 64 rows a step's weights and attention outweigh a
+/// few padding rows, so the buckets thin out there (256 running sequences: 17 buckets, not 35).
 fn bucket_sizes(max_running: usize) -> Vec<usize> {
     let mut sizes: Vec<usize> = [1, 2, 4]
         .into_iter()
-        .chain((8..).step_by(8))
+        .chain((8..=64).step_by(8))
+        .chain((96..).step_by(32))
         .take_while(|&s| s < max_running)
         .collect();
     sizes.push(max_running.max(1));
@@ -524,6 +529,10 @@ mod tests {
         assert_eq!(bucket_sizes(5), [1, 2, 4, 5]);
         assert_eq!(bucket_sizes(1), [1]);
         assert_eq!(bucket_sizes(20), [1, 2, 4, 8, 16, 20]);
+        let many = bucket_sizes(256);
+        assert_eq!(&many[11..], [96, 128, 160, 192, 224, 256]);
+        assert_eq!(many.len(), 17);
+        assert_eq!(bucket_sizes(100)[11..], [96, 100]);
         // Soft-capped attention and learned positions read the host: never graphed, and the
         // store needs no scratch slot.
         for dir in ["golden/models/gemma2", "golden/models/gpt2"] {
