@@ -21,6 +21,8 @@
 #                                       beside transformers generate_batch (tools/gpu_serve_bench.py)
 #   tools/device_run.sh serve-profile   serve-bench (lmgen only) with the engine's debug log, and
 #                                       where its steps went (tools/engine_steps.py)
+#   tools/device_run.sh batch-profile   GPU time per kernel of batched decode (ncu's per-kernel summary
+#                                       of generate_speed at PROFILE_BATCH rows, default 64, eager)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
@@ -154,6 +156,21 @@ while [ $# -gt 0 ]; do
         # on the same prompts (tools/gpu_serve_bench.py; SERVE_SHAPE, SERVE_CLIENTS).
         timeout 420 python3 tools/gpu_serve_bench.py --lmgen "$BIN/lmgen" --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" \
             --clients "${SERVE_CLIENTS:-64}" 2>&1 | tee "$OUT/serve_bench.txt"
+        ;;
+    batch-profile)
+        # Where a batched decode step's GPU time goes: every kernel of a generate_speed run (a
+        # batch-1 and a PROFILE_BATCH-row generate of 3 new tokens after 1024-token prompts)
+        # timed by ncu, summed per kernel name. Eager (LMGEN_CUDA_GRAPHS=0) so each kernel is
+        # its own launch; the prompt kernels (flash, the products over 1024 rows) are named apart.
+        python3 -c 'import sys; sys.path.insert(0, "tools"); import gpu_compare as g; g.checkpoint(sys.argv[1], "/tmp/lmgen-ckpt")' \
+            "${PROFILE_SHAPE:-qwen2.5-0.5b}"
+        NCU_BIN=$(command -v ncu || ls /usr/local/cuda*/bin/ncu | head -n 1)
+        LMGEN_CUDA_GRAPHS=0 timeout 300 "$NCU_BIN" --csv --cache-control none --clock-control none \
+            --metrics gpu__time_duration.sum --print-summary per-kernel "$BIN/generate_speed" \
+            --model "/tmp/lmgen-ckpt/${PROFILE_SHAPE:-qwen2.5-0.5b}" --device cuda --dtype bf16 \
+            --prompt 1024 --new 3 --prefill 16 --batches "${PROFILE_BATCH:-64}" --reps 1 \
+            > "$OUT/batch_profile.csv" 2> "$OUT/batch_profile_err.txt"
+        echo "ncu exit $?: $(wc -l < "$OUT/batch_profile.csv") lines in $OUT/batch_profile.csv"
         ;;
     serve-profile)
         # serve-bench with the engine's debug log, then where its steps went (tools/engine_steps.py).
