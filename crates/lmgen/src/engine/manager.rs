@@ -41,6 +41,10 @@ pub struct ContinuousBatchingManager {
     stats: Arc<Mutex<EngineStats>>,
     /// Rank 0's channel to the other ranks of a split model ([`Self::with_ranks`]).
     ranks: Option<super::tensor_parallel::StepBroadcast>,
+    /// Tests: every fitting decode step through the step graphs' padded path, op by op, on any
+    /// device ([`super::step_graph::StepGraphs::uncaptured`]).
+    #[cfg(test)]
+    uncaptured_step_graphs: bool,
 }
 
 impl std::fmt::Debug for ContinuousBatchingManager {
@@ -81,7 +85,29 @@ impl ContinuousBatchingManager {
             streams: Mutex::new(HashMap::new()),
             stats: Arc::new(Mutex::new(stats)),
             ranks: None,
+            #[cfg(test)]
+            uncaptured_step_graphs: false,
         })
+    }
+
+    #[cfg(test)]
+    /// Every fitting decode step through the step graphs' padded path, op by op (what a graph
+    /// replays), on any device.
+    pub(crate) fn with_uncaptured_step_graphs(mut self) -> Self {
+        self.uncaptured_step_graphs = true;
+        self
+    }
+
+    /// Which of the engine's decode steps run as CUDA graphs.
+    fn step_graphs(&self) -> super::step_graph::StepGraphs {
+        use super::step_graph::StepGraphs;
+        let (model, running) = (self.model.as_ref(), self.config.max_running);
+        let pool = self.config.cache.capacity_tokens();
+        #[cfg(test)]
+        if self.uncaptured_step_graphs {
+            return StepGraphs::uncaptured(model, running, pool);
+        }
+        StepGraphs::new(model, running, pool, self.ranks.is_some())
     }
 
     /// For rank 0 of a model split across `comm`'s ranks (loaded with
@@ -110,6 +136,7 @@ impl ContinuousBatchingManager {
             receiver,
             self.stats.clone(),
             self.ranks.clone(),
+            self.step_graphs(),
         )?;
         let handle = std::thread::Builder::new()
             .name("lmgen-engine".into())

@@ -149,6 +149,8 @@ pub struct EngineStats {
     pub prefix_hits: u64,
     /// Forward steps run.
     pub steps: u64,
+    /// Of those, decode steps run through a step graph ([`step_graph`]).
+    pub(crate) graph_steps: u64,
     /// Sequences holding a recurrent state (models with linear-attention or convolution layers):
     /// one per running sequence that has started, none once it ends, is cancelled or preempted.
     pub state_slots_used: usize,

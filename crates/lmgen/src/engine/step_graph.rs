@@ -513,6 +513,61 @@ mod tests {
         }
     }
 
+    /// The whole engine, every fitting decode step through the padded path (four running
+    /// sequences at most, six requests of different lengths: buckets of 1, 2 and 4, three rows
+    /// padded to four, prompt chunks eager between them): the plain engine's tokens.
+    #[test]
+    fn the_engine_gives_the_same_tokens_through_the_padded_steps() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::engine::{ContinuousBatchingManager, EngineConfig, Request};
+        use crate::generation::GenerationConfig;
+
+        let model: Arc<dyn CausalLM> = Arc::from(model("golden/models/llama"));
+        let vocab = model.config().vocab_size as u32;
+        let prompts: Vec<Vec<u32>> = (0..6u32)
+            .map(|i| (0..2 + 3 * i).map(|t| (5 * t + i + 1) % vocab).collect())
+            .collect();
+        let config = GenerationConfig {
+            max_new_tokens: Some(8),
+            ..Default::default()
+        };
+        let run = |graphs: bool| -> (Vec<Vec<u32>>, u64) {
+            let engine = EngineConfig {
+                max_running: 4,
+                ..Default::default()
+            };
+            let mut manager =
+                ContinuousBatchingManager::new(model.clone(), engine, DType::F32, None).unwrap();
+            if graphs {
+                manager = manager.with_uncaptured_step_graphs();
+            }
+            manager.start().unwrap();
+            let ids: Vec<String> = prompts
+                .iter()
+                .map(|p| {
+                    manager
+                        .add_request(Request::new(p.clone(), config.clone()))
+                        .unwrap()
+                })
+                .collect();
+            let outs = ids
+                .iter()
+                .map(|id| manager.get_result(Some(id), None).unwrap().generated_tokens)
+                .collect();
+            let graph_steps = manager.stats().graph_steps;
+            manager.stop(true, Some(Duration::from_secs(10)));
+            (outs, graph_steps)
+        };
+        let (plain, none) = run(false);
+        assert_eq!(none, 0, "the CPU engine runs no step graph of its own");
+        let (got, graphed) = run(true);
+        assert!(graphed >= 8, "{graphed} steps through the padded path");
+        assert_eq!(got, plain);
+        assert!(plain.iter().all(|t| !t.is_empty()));
+    }
+
     #[test]
     fn steps_the_graphs_do_not_take() {
         let llama = model("golden/models/llama");

@@ -51,8 +51,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Allocates the KV pool for `config`; with `ranks`, rank 0's part of it (its key/value
-    /// heads) for a model split across ranks.
+    /// Allocates the KV pool for `config` (and the scratch slot of `graphs`, which decode steps
+    /// run as CUDA graphs); with `ranks`, rank 0's part of it (its key/value heads) for a model
+    /// split across ranks.
     pub fn new(
         model: Arc<dyn CausalLM>,
         config: &EngineConfig,
@@ -60,6 +61,7 @@ impl Worker {
         commands: Receiver<Command>,
         stats: Arc<Mutex<EngineStats>>,
         ranks: Option<StepBroadcast>,
+        graphs: StepGraphs,
     ) -> Result<Self> {
         let m = model.config();
         if ranks.is_some() {
@@ -85,7 +87,6 @@ impl Worker {
         }
         let shard = ranks.as_ref().map(StepBroadcast::shard);
         let pool = config.cache.capacity_tokens();
-        let graphs = StepGraphs::new(model.as_ref(), config.max_running, pool, ranks.is_some());
         // The pool's slots, and the step graphs' scratch slot after them.
         let shape = tensor_parallel::store_shape(m, shard.as_ref(), pool + graphs.extra_slots())?;
         let store = KvStore::new(shape, dtype, model.device())?;
@@ -303,6 +304,9 @@ impl Worker {
                 })
                 .collect();
             if let Some(logits) = graphs.forward(self.model.as_ref(), &self.store, rows) {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.graph_steps += 1;
+                }
                 tracing::debug!(
                     host_ms = started.elapsed().as_secs_f64() * 1e3,
                     graph = graphs.last(),
