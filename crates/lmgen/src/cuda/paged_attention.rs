@@ -50,20 +50,49 @@ impl PagedIndex {
     /// Writes a step's index (as [`PagedIndex::new`] takes it) into this buffer: exactly its
     /// `n` sequences, none longer than its `max_len`.
     pub fn refill(&self, tokens: &[usize], slots: &[&[u32]]) -> Result<()> {
-        if tokens.len() != self.n
-            || slots.len() != self.n
-            || slots.iter().any(|s| s.is_empty() || s.len() > self.max_len)
+        let lens: Vec<usize> = slots.iter().map(|s| s.len()).collect();
+        let tokens = tokens.iter().map(|&t| t as u32);
+        self.fill(tokens, &lens, |i, index| index.extend_from_slice(slots[i]))
+    }
+
+    /// [`PagedIndex::refill`] for sequence `i`'s token at input position `i`, its `lens[i]`
+    /// slots appended by `push(i, index)`: straight from the sequences' block tables, with no
+    /// list of slots made for each first.
+    pub fn refill_in_order(
+        &self,
+        lens: &[usize],
+        push: impl FnMut(usize, &mut Vec<u32>),
+    ) -> Result<()> {
+        self.fill(0..lens.len() as u32, lens, push)
+    }
+
+    fn fill(
+        &self,
+        tokens: impl Iterator<Item = u32>,
+        lens: &[usize],
+        push: impl FnMut(usize, &mut Vec<u32>),
+    ) -> Result<()> {
+        let mut index = Vec::with_capacity(2 * self.n + 1 + lens.iter().sum::<usize>());
+        index.extend(tokens);
+        let tokens = index.len();
+        extend_slots_with(&mut index, lens, push);
+        let slots = index.len() - tokens - (lens.len() + 1);
+        if tokens != self.n
+            || lens.len() != self.n
+            || lens.iter().any(|&l| l == 0 || l > self.max_len)
+            || slots != lens.iter().sum::<usize>()
         {
             return Err(crate::error::Error::input(format!(
-                "a paged index for {} sequences of 1 to {} slots cannot hold {} sequences of \
-                 {} slots at most",
+                "a paged index for {} sequences of 1 to {} slots cannot hold {} tokens and {} \
+                 sequences of {} slots at most ({slots} slots given)",
                 self.n,
                 self.max_len,
-                slots.len(),
-                slots.iter().map(|s| s.len()).max().unwrap_or(0)
+                tokens,
+                lens.len(),
+                lens.iter().max().unwrap_or(&0)
             )));
         }
-        super::upload::write_u32(&self.index, &layout(tokens, slots))
+        super::upload::write_u32(&self.index, &index)
     }
 
     /// How many sequences it holds.
@@ -89,14 +118,24 @@ fn layout(tokens: &[usize], slots: &[&[u32]]) -> Vec<u32> {
 /// Appends `[offsets (n + 1) | slots]`: where each sequence's slots start among the slots, then
 /// the slots of every sequence in order (the paged kernels' index, [`super::PagedStep`]'s too).
 pub(super) fn extend_slots(index: &mut Vec<u32>, slots: &[&[u32]]) {
+    let lens: Vec<usize> = slots.iter().map(|s| s.len()).collect();
+    extend_slots_with(index, &lens, |i, index| index.extend_from_slice(slots[i]));
+}
+
+/// [`extend_slots`] for sequences of `lens[i]` slots, sequence `i`'s appended by `push(i, index)`.
+fn extend_slots_with(
+    index: &mut Vec<u32>,
+    lens: &[usize],
+    mut push: impl FnMut(usize, &mut Vec<u32>),
+) {
     let mut offset = 0u32;
     index.push(0);
-    for s in slots {
-        offset += s.len() as u32;
+    for &len in lens {
+        offset += len as u32;
         index.push(offset);
     }
-    for s in slots {
-        index.extend_from_slice(s);
+    for i in 0..lens.len() {
+        push(i, index);
     }
 }
 

@@ -26,19 +26,19 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::cache::paged::{KvStore, PagedBatch};
+use crate::cache::paged::{BlockTable, KvStore, PagedBatch};
 use crate::cache::SequenceSpan;
 use crate::cuda::graph::capture;
 use crate::cuda::PagedIndex;
 use crate::error::Result;
 use crate::models::{CausalLM, ForwardInput};
 
-/// One sequence of a decode-only step: its new token, that token's position, and the slots of
-/// its cached tokens then the new one.
-pub(crate) struct DecodeRow {
+/// One sequence of a decode-only step: its new token, that token's position (the keys it holds
+/// before it), and its blocks.
+pub(crate) struct DecodeRow<'a> {
     pub token: u32,
     pub position: u32,
-    pub slots: Vec<u32>,
+    pub table: &'a BlockTable,
 }
 
 /// Which steps of one engine run as graphs: made with the engine, its graphs made and run on the
@@ -150,13 +150,14 @@ impl GraphedSteps {
         &mut self,
         model: &dyn CausalLM,
         store: &KvStore,
-        rows: Vec<DecodeRow>,
+        rows: Vec<DecodeRow<'_>>,
+        block_size: usize,
     ) -> Option<Tensor> {
         self.last = "off";
         let real = rows.len();
         let b = self.bucket_of(real)?;
         let size = self.plan.sizes[b];
-        let step = Padded::new(rows, size, self.plan.scratch);
+        let step = Padded::new(rows, size, self.plan.scratch, block_size);
         let device = model.device().clone();
         let made = match self.buckets[b].take() {
             Some(Some(bucket)) => Ok(bucket),
@@ -210,45 +211,72 @@ fn bucket_sizes(max_running: usize) -> Vec<usize> {
     sizes
 }
 
-/// A step padded to its bucket: host values to upload, and the packed batch's spans and slots.
-struct Padded {
+/// A step padded to its bucket: host values to upload, its sequences' spans, and their blocks.
+struct Padded<'a> {
     /// `[tokens..., positions...]`, `2 * size`.
     inputs: Vec<u32>,
     spans: Vec<SequenceSpan>,
-    slots: Vec<Vec<u32>>,
+    rows: Vec<DecodeRow<'a>>,
+    /// Slots a row: its cached tokens and the new one (1 for a padding row).
+    lens: Vec<usize>,
+    scratch: u32,
+    block_size: usize,
 }
 
-impl Padded {
-    fn new(rows: Vec<DecodeRow>, size: usize, scratch: u32) -> Self {
+impl<'a> Padded<'a> {
+    fn new(rows: Vec<DecodeRow<'a>>, size: usize, scratch: u32, block_size: usize) -> Self {
         let mut inputs = vec![0u32; 2 * size];
-        let mut spans = Vec::with_capacity(size);
-        let mut slots = Vec::with_capacity(size);
-        for (i, row) in rows.into_iter().enumerate() {
+        for (i, row) in rows.iter().enumerate() {
             inputs[i] = row.token;
             inputs[size + i] = row.position;
-            spans.push(SequenceSpan {
-                past: row.slots.len() - 1,
-                new: 1,
-            });
-            slots.push(row.slots);
         }
         // Padding: token 0 at position 0, its one key at the scratch slot.
-        while slots.len() < size {
-            spans.push(SequenceSpan { past: 0, new: 1 });
-            slots.push(vec![scratch]);
-        }
+        let lens: Vec<usize> = (0..size)
+            .map(|i| rows.get(i).map_or(1, |r| r.position as usize + 1))
+            .collect();
+        let spans = lens
+            .iter()
+            .map(|&len| SequenceSpan {
+                past: len - 1,
+                new: 1,
+            })
+            .collect();
         Self {
             inputs,
             spans,
-            slots,
+            rows,
+            lens,
+            scratch,
+            block_size,
         }
     }
 
-    /// The index the paged kernels read: sequence `i`'s token at input position `i`.
+    /// Appends row `i`'s slots.
+    fn push_slots(&self, i: usize, index: &mut Vec<u32>) {
+        match self.rows.get(i) {
+            Some(row) => {
+                let bs = self.block_size;
+                index.extend((0..self.lens[i]).map(|p| row.table.slot(p, bs)));
+            }
+            None => index.push(self.scratch),
+        }
+    }
+
+    /// Each row's slots as a list (what a forward's packed batch holds; a replay needs none).
+    fn slot_lists(&self) -> Vec<Vec<u32>> {
+        (0..self.lens.len())
+            .map(|i| {
+                let mut slots = Vec::with_capacity(self.lens[i]);
+                self.push_slots(i, &mut slots);
+                slots
+            })
+            .collect()
+    }
+
+    /// The index the paged kernels read: sequence `i`'s token at input position `i`, its slots
+    /// straight from its block table.
     fn refill(&self, index: &PagedIndex) -> Result<()> {
-        let tokens: Vec<usize> = (0..self.slots.len()).collect();
-        let slots: Vec<&[u32]> = self.slots.iter().map(Vec::as_slice).collect();
-        index.refill(&tokens, &slots)
+        index.refill_in_order(&self.lens, |i, out| self.push_slots(i, out))
     }
 }
 
@@ -289,7 +317,7 @@ impl Bucket {
         &mut self,
         model: &dyn CausalLM,
         store: &KvStore,
-        step: &Padded,
+        step: &Padded<'_>,
         capture_on: bool,
     ) -> Result<(Tensor, &'static str)> {
         crate::cuda::upload::write_u32(&self.inputs, &step.inputs)?;
@@ -303,18 +331,14 @@ impl Bucket {
 
     /// The forward of a padded step reading its tokens, positions and slots from the bucket's
     /// buffers: `[1, size, vocab]` f32.
-    fn forward(&self, model: &dyn CausalLM, store: &KvStore, step: &Padded) -> Result<Tensor> {
+    fn forward(&self, model: &dyn CausalLM, store: &KvStore, step: &Padded<'_>) -> Result<Tensor> {
         let ids = self.inputs.narrow(0, 0, 1)?; // [1, size]
         let positions = self.inputs.narrow(0, 1, 1)?; // [1, size]
         let host_positions =
             Tensor::from_slice(&step.inputs[self.size..], (1, self.size), &Device::Cpu)?;
-        let mut cache = PagedBatch::new(
-            store,
-            step.spans.clone(),
-            step.slots.clone(),
-            model.device(),
-        )?
-        .with_fixed_index(&self.index);
+        let mut cache =
+            PagedBatch::new(store, step.spans.clone(), step.slot_lists(), model.device())?
+                .with_fixed_index(&self.index);
         let out = model.forward(
             &ForwardInput {
                 device_positions: Some(&positions),
@@ -329,7 +353,7 @@ impl Bucket {
         &mut self,
         model: &dyn CausalLM,
         store: &KvStore,
-        step: &Padded,
+        step: &Padded<'_>,
         capture_on: bool,
     ) -> Result<Tensor> {
         let device = model.device().clone();
@@ -344,7 +368,12 @@ impl Bucket {
         Ok(logits)
     }
 
-    fn capture(&mut self, model: &dyn CausalLM, store: &KvStore, step: &Padded) -> Result<Tensor> {
+    fn capture(
+        &mut self,
+        model: &dyn CausalLM,
+        store: &KvStore,
+        step: &Padded<'_>,
+    ) -> Result<Tensor> {
         let logits = self
             .logits
             .clone()
@@ -376,8 +405,18 @@ mod tests {
 
     use crate::models::fixture_model as model;
 
-    /// Sequence `i` owns slots `[64 i, 64 (i + 1))` of a 256-slot pool.
+    /// Sequence `i` owns slots `[64 i, 64 (i + 1))` of a 256-slot pool: block `i` of 64 slots.
     const POOL: usize = 256;
+
+    fn tables() -> Vec<crate::cache::paged::BlockTable> {
+        (0..4)
+            .map(|i| {
+                let mut t = crate::cache::paged::BlockTable::new();
+                t.push(i);
+                t
+            })
+            .collect()
+    }
 
     fn slots_of(seq: usize, len: usize) -> Vec<u32> {
         (0..len as u32).map(|p| seq as u32 * 64 + p).collect()
@@ -446,6 +485,7 @@ mod tests {
                 seqs[i].push(next);
             }
             // Which sequences step together: every bucket (1, 2, 4), and 3 rows padded to 4.
+            let tables = tables();
             let plans: [&[usize]; 6] = [&[0, 1, 2], &[3], &[1, 3], &[0, 1, 2, 3], &[2, 0, 3], &[1]];
             for plan in plans {
                 let rows: Vec<(usize, u32, u32, Vec<u32>)> = plan
@@ -485,11 +525,11 @@ mod tests {
                     .map(|r| DecodeRow {
                         token: r.1,
                         position: r.2,
-                        slots: r.3.clone(),
+                        table: &tables[r.0],
                     })
                     .collect();
                 let got = graphs
-                    .forward(&*model, &graph_store, decode_rows)
+                    .forward(&*model, &graph_store, decode_rows, 64)
                     .unwrap_or_else(|| panic!("{dir} {plan:?}: the padded path turned itself off"));
                 assert_eq!(graphs.last(), "warmup");
                 assert_eq!(got.dims(), plain.dims(), "{dir} {plan:?}");

@@ -295,15 +295,14 @@ impl Worker {
                 .iter()
                 .map(|&(i, _)| {
                     let seq = &self.running[i];
-                    let past = seq.computed;
                     DecodeRow {
-                        token: seq.tokens[past],
-                        position: past as u32,
-                        slots: seq.table.slots(past + 1, bs),
+                        token: seq.tokens[seq.computed],
+                        position: seq.computed as u32,
+                        table: &seq.table,
                     }
                 })
                 .collect();
-            if let Some(logits) = graphs.forward(self.model.as_ref(), &self.store, rows) {
+            if let Some(logits) = graphs.forward(self.model.as_ref(), &self.store, rows, bs) {
                 if let Ok(mut s) = self.stats.lock() {
                     s.graph_steps += 1;
                 }
