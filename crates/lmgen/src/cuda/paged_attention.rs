@@ -321,3 +321,40 @@ mod imp {
         |op, lq| Shape::from((1, lq.dims()[1], op.n, lq.dims()[3]))
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(index: &PagedIndex) -> Vec<u32> {
+        index.index.to_vec1().unwrap()
+    }
+
+    /// A fixed index refilled from per-sequence pushes holds what `PagedIndex::new` builds from
+    /// the same slots, then the zeros of its unused room; a refill that does not fit is refused.
+    #[test]
+    fn refilled_indices_hold_the_kernels_layout() {
+        let slots: [&[u32]; 3] = [&[7, 8, 9], &[40], &[3, 1]];
+        let exact = held(&PagedIndex::new(&[0, 1, 2], &slots, &Device::Cpu).unwrap());
+        assert_eq!(exact, [0, 1, 2, 0, 3, 4, 6, 7, 8, 9, 40, 3, 1]);
+        let fixed = PagedIndex::with_capacity(3, 4, &Device::Cpu).unwrap();
+        fixed
+            .refill_in_order(&[3, 1, 2], |i, out| out.extend_from_slice(slots[i]))
+            .unwrap();
+        let got = held(&fixed);
+        assert_eq!(got[..exact.len()], exact[..]);
+        assert!(got[exact.len()..].iter().all(|&x| x == 0));
+        fixed.refill(&[0, 1, 2], &slots).unwrap();
+        assert_eq!(held(&fixed)[..exact.len()], exact[..]);
+        // A push that gives fewer slots than its length, too many sequences, a sequence past
+        // the buffer's room.
+        assert!(fixed
+            .refill_in_order(&[3, 1, 2], |_, out| out.push(0))
+            .is_err());
+        assert!(fixed
+            .refill_in_order(&[1, 1, 1, 1], |_, out| out.push(0))
+            .is_err());
+        let long: [&[u32]; 3] = [&[0; 5], &[1], &[2]];
+        assert!(fixed.refill(&[0, 1, 2], &long).is_err());
+    }
+}
