@@ -348,6 +348,181 @@ __device__ void paged_decode_attention(const T* q, const T* store_k, const T* st
     attend_rows<T>(qp, keys, values, out + ((size_t)head * n + i) * d, nullptr, s, d, scale);
 }
 
+// Query heads one block of `paged_decode_grouped` takes (of one key/value head), and the keys
+// of one tile (one a thread in the scores).
+constexpr int PG_HEADS = 8;
+constexpr int PG_TILE = 256;
+
+// `paged_decode_attention` with the query heads of a key/value head taken together, so each
+// cached key and value row is read once for all of them (grouped-query attention reads it
+// nh / nkv times through one block per query head), split across blocks as flash-decoding does.
+// Block (x, i, z): key/value head x / head_blocks, its query heads from
+// (x % head_blocks) * PG_HEADS (at most PG_HEADS of them), sequence i, and split z of `splits`:
+// the split's tiles of PG_TILE keys one after another with a running maximum and sum per head.
+// With `part` (splits > 1) each head's unnormalised sums, maximum and exponentials' sum go to
+// part [nh * n, splits, d + 2] (row head * n + i, `attention_combine` adds them up; an empty
+// split writes a maximum of -inf), else the output [1, nh, n, d] itself.
+// 256 threads; d a multiple of V = 16 bytes of elements, d / V dividing 32, d <= 128 (the host
+// checks: `paged_attention::grouped_applies`). Dynamic shared memory: `grouped_shared_bytes`.
+template <typename T>
+__device__ void paged_decode_grouped(const T* q, const T* store_k, const T* store_v, T* out, float* part,
+                                     const uint32_t* index, int nh, int nkv, int total, int n,
+                                     int slot_count, int d, int splits, float scale) {
+    constexpr int V = 16 / sizeof(T);
+    extern __shared__ float smem[];
+    __shared__ float run_m[PG_HEADS], run_l[PG_HEADS], alpha[PG_HEADS];
+    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = nh / nkv;
+    const int head_blocks = (group + PG_HEADS - 1) / PG_HEADS;
+    const int kvh = blockIdx.x / head_blocks;
+    const int h0 = kvh * group + (blockIdx.x % head_blocks) * PG_HEADS;
+    const int heads = min(PG_HEADS, kvh * group + group - h0);
+    const int i = blockIdx.y, z = blockIdx.z;
+    const uint32_t* tokens = index;
+    const uint32_t* offsets = index + n;
+    const uint32_t* slots = index + 2 * n + 1;
+    const uint32_t off = offsets[i];
+    const int s = (int)(offsets[i + 1] - off);
+    const int tiles = (s + PG_TILE - 1) / PG_TILE;
+    const int per = (tiles + splits - 1) / splits;
+    const int t0 = z * per, t1 = min(tiles, t0 + per);
+    if (t0 >= t1) {  // an empty split (a short sequence in a launch sized for long ones)
+        if (part && threadIdx.x < heads) {
+            float* pr = part + ((size_t)(h0 + threadIdx.x) * n + i) * splits * (d + 2) + (size_t)z * (d + 2);
+            pr[d] = -INFINITY;
+            pr[d + 1] = 0.f;
+        }
+        return;
+    }
+    float* qs = smem;                        // [PG_HEADS, d]
+    float* p = qs + PG_HEADS * d;            // [PG_HEADS, PG_TILE]
+    float* partial = p + PG_HEADS * PG_TILE; // [warps, PG_HEADS, d]
+    for (int e = threadIdx.x; e < heads * d; e += blockDim.x) {
+        int g = e / d, c = e % d;
+        qs[e] = to_f(q[((size_t)(h0 + g) * total + tokens[i]) * d + c]);
+    }
+    if (threadIdx.x < PG_HEADS) {
+        run_m[threadIdx.x] = -INFINITY;
+        run_l[threadIdx.x] = 0.f;
+    }
+    const size_t head_base = (size_t)kvh * slot_count * d;
+    const int chunks = d / V;
+    const int groups = blockDim.x / chunks;  // of d / V threads, a value row in 16-byte chunks
+    const int rg = threadIdx.x / chunks, c = threadIdx.x % chunks;
+    float acc[PG_HEADS][V];
+#pragma unroll
+    for (int g = 0; g < PG_HEADS; g++) {
+#pragma unroll
+        for (int e = 0; e < V; e++) acc[g][e] = 0.f;
+    }
+    __syncthreads();
+    for (int t = t0; t < t1; t++) {
+        const int lo = t * PG_TILE, cnt = min(PG_TILE, s - lo);
+        // Scores: one key a thread, its row loaded once for every head.
+        for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
+            const T* kr = store_k + head_base + (size_t)slots[off + lo + j] * d;
+            float dot[PG_HEADS];
+#pragma unroll
+            for (int g = 0; g < PG_HEADS; g++) dot[g] = 0.f;
+            for (int cc = 0; cc < chunks; cc++) {
+                float kf[V];
+                load_elems<T, V>(kr + cc * V, kf);
+#pragma unroll
+                for (int g = 0; g < PG_HEADS; g++) {
+                    if (g < heads) {
+                        const float* qg = qs + g * d + cc * V;
+#pragma unroll
+                        for (int e = 0; e < V; e++) dot[g] = fmaf(qg[e], kf[e], dot[g]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < PG_HEADS; g++) {
+                if (g < heads) p[g * PG_TILE + j] = dot[g] * scale;
+            }
+        }
+        __syncthreads();
+        // Softmax of the tile: one warp a head, against the head's running maximum.
+        for (int g = warp; g < heads; g += warps) {
+            float m = -INFINITY;
+            for (int j = lane; j < cnt; j += 32) m = fmaxf(m, p[g * PG_TILE + j]);
+            m = warp_max(m);
+            const float m_old = run_m[g], m_new = fmaxf(m_old, m);
+            // exp(-inf - -inf) would be NaN: a first tile has nothing to rescale.
+            const float a = m_old == -INFINITY ? 0.f : expf(m_old - m_new);
+            float l = 0.f;
+            for (int j = lane; j < cnt; j += 32) {
+                float e = expf(p[g * PG_TILE + j] - m_new);
+                p[g * PG_TILE + j] = e;
+                l += e;
+            }
+            l = warp_sum(l);
+            if (lane == 0) {
+                run_m[g] = m_new;
+                run_l[g] = run_l[g] * a + l;
+                alpha[g] = a;
+            }
+        }
+        __syncthreads();
+        // Values: each group of threads its own keys, a 16-byte chunk of the row a thread.
+#pragma unroll
+        for (int g = 0; g < PG_HEADS; g++) {
+            const float a = g < heads ? alpha[g] : 0.f;
+#pragma unroll
+            for (int e = 0; e < V; e++) acc[g][e] *= a;
+        }
+        if (rg < groups) {
+            for (int j = rg; j < cnt; j += groups) {
+                float vf[V];
+                load_elems<T, V>(store_v + head_base + (size_t)slots[off + lo + j] * d + c * V, vf);
+#pragma unroll
+                for (int g = 0; g < PG_HEADS; g++) {
+                    if (g < heads) {
+                        const float pg = p[g * PG_TILE + j];
+#pragma unroll
+                        for (int e = 0; e < V; e++) acc[g][e] = fmaf(pg, vf[e], acc[g][e]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the tile's exponentials read before the next tile's scores
+    }
+    // The groups' sums: across a warp's groups by shuffles, then across warps in shared memory.
+#pragma unroll
+    for (int g = 0; g < PG_HEADS; g++) {
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            for (int o = chunks; o < 32; o <<= 1) acc[g][e] += __shfl_xor_sync(0xffffffff, acc[g][e], o);
+        }
+    }
+    if (lane < chunks) {
+#pragma unroll
+        for (int g = 0; g < PG_HEADS; g++) {
+            if (g < heads) {
+#pragma unroll
+                for (int e = 0; e < V; e++) partial[(warp * PG_HEADS + g) * d + c * V + e] = acc[g][e];
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < heads * d; e += blockDim.x) {
+        int g = e / d, cc = e % d;
+        float sum = 0.f;
+        for (int w = 0; w < warps; w++) sum += partial[(w * PG_HEADS + g) * d + cc];
+        size_t row = (size_t)(h0 + g) * n + i;
+        if (part) {
+            part[(row * splits + z) * (d + 2) + cc] = sum;
+        } else {
+            out[row * d + cc] = from_f<T>(sum / run_l[g]);
+        }
+    }
+    if (part && threadIdx.x < heads) {
+        float* pr = part + ((size_t)(h0 + threadIdx.x) * n + i) * splits * (d + 2) + (size_t)z * (d + 2);
+        pr[d] = run_m[threadIdx.x];
+        pr[d + 1] = run_l[threadIdx.x];
+    }
+}
+
 // The new keys (or values) of those `n` tokens written into the store at each sequence's last
 // slot. src: [1, nkv, total, d] contiguous; dst: [nkv, slot_count, d]; index as above.
 template <typename T>
@@ -779,6 +954,14 @@ GEMV_ALL(__half, f16)
         pdl_trigger();                                                                                  \
         paged_decode_attention<T>(q, store_k, store_v, out, index, nh, nkv, total, n, slot_count, d,    \
                                   scale);                                                               \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_paged_decode_grouped_##SUFFIX(                                     \
+        const T* q, const T* store_k, const T* store_v, T* out, float* part, const uint32_t* index,     \
+        int nh, int nkv, int total, int n, int slot_count, int d, int splits, float scale) {            \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
+        paged_decode_grouped<T>(q, store_k, store_v, out, part, index, nh, nkv, total, n, slot_count,   \
+                                d, splits, scale);                                                      \
     }                                                                                                   \
     extern "C" __global__ void lmgen_paged_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* index, \
                                                              int n, int nkv, int total, int slot_count, \
