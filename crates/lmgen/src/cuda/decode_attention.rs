@@ -1,6 +1,11 @@
 //! Attention of one new query per head over the cached keys (decode), in one launch: what
 //! [`crate::models::layers::attention::attend`] computes without a mask, softcap or sinks, the
 //! scores and softmax kept in f32 throughout (transformers' sdpa kernels keep them in f32 too).
+//!
+//! Two kernels: where the head size allows (`grouped_applies`), one block takes up to eight query
+//! heads of a key/value head and a share of its keys in tiles of 256 (each cached row read once
+//! for the group: grouped-query models have 2-8 query heads a key/value head); else one block per
+//! query head. Both split long caches across blocks and add the splits up in a second launch.
 
 use candle_core::Tensor;
 
@@ -21,6 +26,94 @@ fn splits(s: usize, rows: usize) -> usize {
     let fill = 264usize.div_ceil(rows.max(1));
     let by_len = s.div_ceil(512);
     s.div_ceil(BLOCK_KEYS).max(fill.min(by_len)).max(1)
+}
+
+/// Query heads one block of the grouped kernel takes, and keys a tile (`PG_HEADS`, `PG_TILE` in
+/// `kernels/fused.cu`).
+pub(super) const GROUP_HEADS: usize = 8;
+const TILE: usize = 256;
+
+/// When the grouped kernels (each cached row read once for all the query heads of its
+/// key/value head; dense and paged) run where the head size allows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grouped {
+    /// For steps of at least [`GROUPED_MIN_ROWS`] (rows x key/value heads): on an H100 they took
+    /// the engine's 64-sequence decode step (2 key/value heads) from 5.54 to 4.07 ms, but batch-1
+    /// decode of the Qwen2.5-0.5B shape from 1015-1030 to 824-826 tok/s (two blocks of seven
+    /// heads a layer where the per-head kernel runs fourteen: latency, not bytes, bounds it).
+    Auto,
+    /// Wherever the head size allows them.
+    Always,
+    /// One block per query head everywhere.
+    Never,
+}
+
+/// The fewest rows x key/value heads a step has for [`Grouped::Auto`] to take the grouped
+/// kernels (2 measured slower, 128 faster; the threshold between is not measured).
+pub const GROUPED_MIN_ROWS: usize = 32;
+
+fn grouped_mode() -> &'static std::sync::atomic::AtomicU8 {
+    static MODE: std::sync::OnceLock<std::sync::atomic::AtomicU8> = std::sync::OnceLock::new();
+    MODE.get_or_init(|| {
+        let mode = match std::env::var("LMGEN_CUDA_GROUPED_ATTENTION").as_deref() {
+            Ok("0") => Grouped::Never,
+            Ok("1") => Grouped::Always,
+            _ => Grouped::Auto,
+        };
+        std::sync::atomic::AtomicU8::new(mode as u8)
+    })
+}
+
+/// Sets when the grouped kernels run for the whole process (`LMGEN_CUDA_GROUPED_ATTENTION=0` /
+/// `1` set [`Grouped::Never`] / [`Grouped::Always`] at start; [`Grouped::Auto`] otherwise), and
+/// returns the mode before: the kernel checks run both kernels whatever the process runs with.
+pub fn set_grouped(mode: Grouped) -> Grouped {
+    Grouped::from(grouped_mode().swap(mode as u8, std::sync::atomic::Ordering::Relaxed))
+}
+
+impl From<u8> for Grouped {
+    fn from(mode: u8) -> Self {
+        match mode {
+            0 => Grouped::Auto,
+            1 => Grouped::Always,
+            _ => Grouped::Never,
+        }
+    }
+}
+
+/// Whether a grouped kernel takes a step of `rows` rows (batch rows or sequences) over `nkv`
+/// key/value heads of size `d` in `elem`-byte elements: rows in 16-byte chunks, a row's chunks
+/// dividing a warp, `d <= 128` (its shared memory under 48 KiB), and the [`Grouped`] mode.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn grouped_applies(d: usize, elem: usize, rows: usize, nkv: usize) -> bool {
+    let bytes = d * elem;
+    let fits = bytes.is_multiple_of(16) && 32usize.is_multiple_of(bytes / 16) && d <= 128;
+    let mode = Grouped::from(grouped_mode().load(std::sync::atomic::Ordering::Relaxed));
+    fits && match mode {
+        Grouped::Auto => rows * nkv >= GROUPED_MIN_ROWS,
+        Grouped::Always => true,
+        Grouped::Never => false,
+    }
+}
+
+/// The grouped kernel's blocks per (query-head block, sequence): enough for about two blocks on
+/// each of an H100's 132 SMs, no more than the longest sequence's tiles. Fixed by the step's
+/// shape (`max_len` is a captured graph's capacity there), not by its sequences' lengths: a
+/// split that finds no tile of its sequence writes an empty part.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn grouped_splits(head_blocks: usize, n: usize, max_len: usize) -> usize {
+    264usize
+        .div_ceil((head_blocks * n).max(1))
+        .min(max_len.div_ceil(TILE))
+        .max(1)
+}
+
+/// The grouped kernel's dynamic shared memory: the queries `[8, d]`, a tile's scores
+/// `[8, 256]` and each warp's partial sums `[8 warps, 8, d]`, f32.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn grouped_shared_bytes(d: usize) -> u32 {
+    let warps = THREADS / 32;
+    (4 * (GROUP_HEADS * d + GROUP_HEADS * TILE + warps * GROUP_HEADS * d)) as u32
 }
 
 /// Threads per block of the attention kernels (`attend_rows` in `kernels/fused.cu`).
@@ -113,7 +206,7 @@ mod imp {
 
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
-mod imp {
+pub(super) mod imp {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits,
     };
@@ -164,6 +257,56 @@ mod imp {
                 .map_err(|_| crate::cuda::cuda_only("decode_attention (q of rank 4)"))?;
             let (nkv, s) = (lk.dims()[1], lk.dims()[2]);
             let out = unsafe { dev.alloc::<T>(b * nh * d)? };
+            let (ks, vs) = (lk.stride(), lv.stride());
+            let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
+            // Held to the launch: the slots' storage, read by the `_at` kernels.
+            let slots = self.slots.as_ref().map(crate::cuda::hold);
+            let slots = match &slots {
+                Some(held) => Some(held.view::<u32>("decode_attention_at (CUDA slots)")?),
+                None => None,
+            };
+            if grouped_applies(d, std::mem::size_of::<T>(), b, nkv) {
+                // A key/value head's query heads in one block; with `slots`, sized for all `s`
+                // slots of the buffer (a captured graph's lengths change between replays).
+                let head_blocks = nkv * (nh / nkv).div_ceil(GROUP_HEADS);
+                let splits = grouped_splits(head_blocks, b, s);
+                let part = match splits {
+                    1 => None,
+                    _ => Some(unsafe { dev.alloc::<f32>(b * nh * splits * (d + 2))? }),
+                };
+                let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_decode_grouped")?;
+                let cfg = LaunchConfig {
+                    grid_dim: (head_blocks as u32, b as u32, splits as u32),
+                    block_dim: (THREADS as u32, 1, 1),
+                    shared_mem_bytes: grouped_shared_bytes(d),
+                };
+                let ints = [splits as i32];
+                let mut bld = Launch::new(&stream, &func);
+                bld.arg(&q).arg(&k).arg(&v).arg(&out);
+                match &part {
+                    Some(part) => bld.arg(part),
+                    None => bld.arg(&0u64), // the null pointer: one split, the output itself
+                };
+                bld.arg(&ints[0]);
+                match &slots {
+                    Some(slots) => bld.arg(slots),
+                    None => bld.arg(&0u64), // every row's `s` keys
+                };
+                let ints = [nh, nkv, s, d].map(|n| n as i32);
+                for n in &ints {
+                    bld.arg(n);
+                }
+                for n in &strides {
+                    bld.arg(n);
+                }
+                bld.arg(&self.scale);
+                bld.dependent();
+                unsafe { bld.launch(cfg) }.w()?;
+                if let Some(part) = &part {
+                    combine(dev, part, &out, b * nh, splits, d)?;
+                }
+                return Ok(out);
+            }
             let root = match self.slots {
                 Some(_) => "lmgen_decode_attention_at",
                 None => "lmgen_decode_attention",
@@ -181,17 +324,9 @@ mod imp {
                 block_dim: (THREADS as u32, 1, 1),
                 shared_mem_bytes: shared_bytes(d, chunk, std::mem::size_of::<T>()),
             };
-            let (ks, vs) = (lk.stride(), lv.stride());
             let ints: Vec<i32> = match self.slots {
                 Some(_) => [nh, nkv, d].map(|n| n as i32).to_vec(),
                 None => [nh, nkv, s, d].map(|n| n as i32).to_vec(),
-            };
-            let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
-            // Held to the launch: the slots' storage, read by the `_at` kernel.
-            let slots = self.slots.as_ref().map(crate::cuda::hold);
-            let slots = match &slots {
-                Some(held) => Some(held.view::<u32>("decode_attention_at (CUDA slots)")?),
-                None => None,
             };
             let chunk = chunk as i32;
             let mut bld = Launch::new(&stream, &func);
@@ -214,20 +349,34 @@ mod imp {
             bld.dependent();
             unsafe { bld.launch(cfg) }.w()?;
             if let Some(part) = &part {
-                let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_attention_combine")?;
-                let cfg = LaunchConfig {
-                    grid_dim: ((b * nh) as u32, 1, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let (splits, d) = (splits as i32, d as i32);
-                let mut bld = Launch::new(&stream, &func);
-                bld.arg(part).arg(&out).arg(&splits).arg(&d);
-                bld.dependent();
-                unsafe { bld.launch(cfg) }.w()?;
+                combine(dev, part, &out, b * nh, splits, d)?;
             }
             Ok(out)
         }
+    }
+
+    /// `attention_combine`: the `splits` parts of each of `rows` outputs (`part` `[rows,
+    /// splits, d + 2]`) added up into `out` `[rows, d]`.
+    pub(in crate::cuda) fn combine<T: DeviceRepr + WithDType>(
+        dev: &CudaDevice,
+        part: &CudaSlice<f32>,
+        out: &CudaSlice<T>,
+        rows: usize,
+        splits: usize,
+        d: usize,
+    ) -> candle_core::Result<()> {
+        let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_attention_combine")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (splits, d) = (splits as i32, d as i32);
+        let mut bld = Launch::new(&stream, &func);
+        bld.arg(part).arg(out).arg(&splits).arg(&d);
+        bld.dependent();
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok(())
     }
 
     cuda_op3!(
@@ -241,6 +390,31 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The grouped kernel's splits give ~2 blocks an SM and never more than the tiles of the
+    /// longest sequence; its shared memory stays under the 48 KiB of a launch that does not opt
+    /// in for every head size it takes, and it leaves head sizes whose rows do not split evenly
+    /// across a warp to the kernel with a block per query head.
+    #[test]
+    fn grouped_kernel_splits_and_shared_memory() {
+        assert_eq!(grouped_splits(2, 1, 8192), 32); // one sequence: a tile a block
+        assert_eq!(grouped_splits(2, 1, 300), 2);
+        assert_eq!(grouped_splits(2, 64, 8192), 3); // a 64-sequence step fills the GPU already
+        assert_eq!(grouped_splits(8, 64, 8192), 1);
+        assert_eq!(grouped_splits(2, 3, 91), 1); // short sequences: the output directly
+        for d in [64, 80, 96, 128, 256] {
+            for elem in [2, 4] {
+                if grouped_applies(d, elem, 64, 2) {
+                    assert!(grouped_shared_bytes(d) as usize + 3 * 4 * GROUP_HEADS <= 48 * 1024);
+                }
+            }
+        }
+        let fits = |d, elem| grouped_applies(d, elem, 64, 2);
+        assert!(fits(64, 2) && fits(128, 2) && fits(128, 4));
+        assert!(!fits(96, 2) && !fits(80, 2) && !fits(256, 2));
+        // Batch 1 keeps a block per query head; 16 rows over 2 key/value heads take the groups.
+        assert!(!grouped_applies(64, 2, 1, 2) && grouped_applies(64, 2, 16, 2));
+    }
 
     #[test]
     fn long_caches_split_into_blocks_that_fit_shared_memory() {

@@ -12,45 +12,6 @@ use crate::error::Result;
 /// kernel; longer ones are gathered.
 pub const MAX_KEYS: usize = super::decode_attention::BLOCK_KEYS;
 
-/// Query heads one block of the grouped kernel takes, and keys a tile (`PG_HEADS`, `PG_TILE` in
-/// `kernels/fused.cu`).
-const GROUP_HEADS: usize = 8;
-const TILE: usize = 256;
-
-/// Whether the grouped kernel (each cached row read once for all the query heads of its
-/// key/value head) takes head size `d` of `elem`-byte elements: rows in 16-byte chunks, a row's
-/// chunks dividing a warp, `d <= 128` (its shared memory under 48 KiB); and
-/// `LMGEN_PAGED_GROUPED` not `0` (one block per query head instead, to compare).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn grouped_applies(d: usize, elem: usize) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let bytes = d * elem;
-    bytes.is_multiple_of(16)
-        && 32usize.is_multiple_of(bytes / 16)
-        && d <= 128
-        && *ON.get_or_init(|| std::env::var("LMGEN_PAGED_GROUPED").map_or(true, |v| v != "0"))
-}
-
-/// The grouped kernel's blocks per (query-head block, sequence): enough for about two blocks on
-/// each of an H100's 132 SMs, no more than the longest sequence's tiles. Fixed by the step's
-/// shape (`max_len` is a captured graph's capacity there), not by its sequences' lengths: a
-/// split that finds no tile of its sequence writes an empty part.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn grouped_splits(head_blocks: usize, n: usize, max_len: usize) -> usize {
-    264usize
-        .div_ceil((head_blocks * n).max(1))
-        .min(max_len.div_ceil(TILE))
-        .max(1)
-}
-
-/// The grouped kernel's dynamic shared memory: the queries `[8, d]`, a tile's scores
-/// `[8, 256]` and each warp's partial sums `[8 warps, 8, d]`, f32.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn grouped_shared_bytes(d: usize) -> u32 {
-    let warps = super::decode_attention::THREADS / 32;
-    (4 * (GROUP_HEADS * d + GROUP_HEADS * TILE + warps * GROUP_HEADS * d)) as u32
-}
-
 /// The decode tokens of one packed step, on the device: u32 `[tokens (n) | offsets (n + 1) |
 /// slots]`, uploaded once a step and read by every layer's launches.
 #[derive(Debug)]
@@ -245,7 +206,10 @@ mod imp {
     use super::*;
     use crate::cuda::launch::Launch;
 
-    use crate::cuda::decode_attention::{shared_bytes, THREADS};
+    use crate::cuda::decode_attention::imp::combine;
+    use crate::cuda::decode_attention::{
+        grouped_applies, grouped_shared_bytes, grouped_splits, shared_bytes, GROUP_HEADS, THREADS,
+    };
 
     pub fn run(
         store_k: &Tensor,
@@ -333,7 +297,7 @@ mod imp {
             let out = unsafe { dev.alloc::<T>(nh * n * d)? };
             let index = crate::cuda::hold(&self.index);
             let index = index.view::<u32>("paged_decode_attention (a CUDA index)")?;
-            if grouped_applies(d, std::mem::size_of::<T>()) {
+            if grouped_applies(d, std::mem::size_of::<T>(), n, nkv) {
                 let group = nh / nkv;
                 let head_blocks = nkv * group.div_ceil(GROUP_HEADS);
                 let splits = grouped_splits(head_blocks, n, self.max_len);
@@ -362,17 +326,7 @@ mod imp {
                 bld.dependent();
                 unsafe { bld.launch(cfg) }.w()?;
                 if let Some(part) = &part {
-                    let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_attention_combine")?;
-                    let cfg = LaunchConfig {
-                        grid_dim: ((nh * n) as u32, 1, 1),
-                        block_dim: (128, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    let (splits, d) = (splits as i32, d as i32);
-                    let mut bld = Launch::new(&stream, &func);
-                    bld.arg(part).arg(&out).arg(&splits).arg(&d);
-                    bld.dependent();
-                    unsafe { bld.launch(cfg) }.w()?;
+                    combine(dev, part, &out, nh * n, splits, d)?;
                 }
                 return Ok(out);
             }
@@ -407,28 +361,6 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The grouped kernel's splits give ~2 blocks an SM and never more than the tiles of the
-    /// longest sequence; its shared memory stays under the 48 KiB of a launch that does not opt
-    /// in for every head size it takes, and it leaves head sizes whose rows do not split evenly
-    /// across a warp to the kernel with a block per query head.
-    #[test]
-    fn grouped_kernel_splits_and_shared_memory() {
-        assert_eq!(grouped_splits(2, 1, 8192), 32); // one sequence: a tile a block
-        assert_eq!(grouped_splits(2, 1, 300), 2);
-        assert_eq!(grouped_splits(2, 64, 8192), 3); // a 64-sequence step fills the GPU already
-        assert_eq!(grouped_splits(8, 64, 8192), 1);
-        assert_eq!(grouped_splits(2, 3, 91), 1); // short sequences: the output directly
-        for d in [64, 80, 96, 128, 256] {
-            for elem in [2, 4] {
-                if grouped_applies(d, elem) {
-                    assert!(grouped_shared_bytes(d) as usize + 3 * 4 * GROUP_HEADS <= 48 * 1024);
-                }
-            }
-        }
-        assert!(grouped_applies(64, 2) && grouped_applies(128, 2) && grouped_applies(128, 4));
-        assert!(!grouped_applies(96, 2) && !grouped_applies(80, 2) && !grouped_applies(256, 2));
-    }
 
     fn held(index: &PagedIndex) -> Vec<u32> {
         index.index.to_vec1().unwrap()

@@ -45,26 +45,14 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
         let fused = fused_steps(device, dtype);
         super::set_fuse_steps(fuse);
         report.extend(fused?);
-        for (nh, nkv, d, s) in [
-            (14, 2, 64, 1),
-            (14, 2, 64, 37),
-            (14, 2, 64, 300),
-            (32, 8, 128, 2000),
-            (14, 2, 64, 9000),
-            (4, 4, 80, 129),
-        ] {
-            report.push(decode_attention(device, dtype, (nh, nkv, d, s))?);
-        }
-        report.push(decode_at_slots(device, dtype, 96, [40, 95])?);
-        report.push(decode_at_slots(device, dtype, 3000, [40, 2500])?);
-        report.push(nan_key(device, dtype)?);
-        for (shape, long) in [
-            ((14, 2, 64), false),
-            ((14, 2, 64), true),
-            ((16, 1, 128), true),
-            ((8, 2, 96), true),
-        ] {
-            report.push(paged(device, dtype, shape, long)?);
+        // Both decode attention kernels, whatever the process runs with.
+        for mode in [super::Grouped::Always, super::Grouped::Never] {
+            let before = super::set_grouped(mode);
+            let lines = attention_checks(device, dtype);
+            super::set_grouped(before);
+            for line in lines? {
+                report.push(format!("{line} [{mode:?}]"));
+            }
         }
         for case in FLASH_CASES {
             if case.d.is_multiple_of(16) || dtype == DType::F32 {
@@ -382,6 +370,36 @@ fn tensor(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<T
     Ok(Tensor::from_vec(values(n, seed), shape, &Device::Cpu)?
         .to_dtype(dtype)?
         .to_device(device)?)
+}
+
+/// The decode attention checks (dense, at device slots, a NaN key, paged), under the grouped
+/// kernels' mode the caller set.
+fn attention_checks(device: &Device, dtype: DType) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    for (nh, nkv, d, s) in [
+        (14, 2, 64, 1),
+        (14, 2, 64, 37),
+        (14, 2, 64, 300),
+        (32, 8, 128, 2000),
+        (14, 2, 64, 9000),
+        (4, 4, 80, 129),
+        (16, 1, 128, 700),
+        (28, 4, 128, 5000),
+    ] {
+        report.push(decode_attention(device, dtype, (nh, nkv, d, s))?);
+    }
+    report.push(decode_at_slots(device, dtype, 96, [40, 95])?);
+    report.push(decode_at_slots(device, dtype, 3000, [40, 2500])?);
+    report.push(nan_key(device, dtype)?);
+    for (shape, long) in [
+        ((14, 2, 64), false),
+        ((14, 2, 64), true),
+        ((16, 1, 128), true),
+        ((8, 2, 96), true),
+    ] {
+        report.push(paged(device, dtype, shape, long)?);
+    }
+    Ok(report)
 }
 
 /// The tolerance of a comparison in `dtype`.

@@ -348,47 +348,49 @@ __device__ void paged_decode_attention(const T* q, const T* store_k, const T* st
     attend_rows<T>(qp, keys, values, out + ((size_t)head * n + i) * d, nullptr, s, d, scale);
 }
 
-// Query heads one block of `paged_decode_grouped` takes (of one key/value head), and the keys
-// of one tile (one a thread in the scores).
+// Query heads one block of `grouped_attention` takes (of one key/value head), and the keys of
+// one tile (one a thread in the scores).
 constexpr int PG_HEADS = 8;
 constexpr int PG_TILE = 256;
 
-// `paged_decode_attention` with the query heads of a key/value head taken together, so each
-// cached key and value row is read once for all of them (grouped-query attention reads it
-// nh / nkv times through one block per query head), split across blocks as flash-decoding does.
-// Block (x, i, z): key/value head x / head_blocks, its query heads from
-// (x % head_blocks) * PG_HEADS (at most PG_HEADS of them), sequence i, and split z of `splits`:
-// the split's tiles of PG_TILE keys one after another with a running maximum and sum per head.
-// With `part` (splits > 1) each head's unnormalised sums, maximum and exponentials' sum go to
-// part [nh * n, splits, d + 2] (row head * n + i, `attention_combine` adds them up; an empty
-// split writes a maximum of -inf), else the output [1, nh, n, d] itself.
+// Decode attention with the query heads of a key/value head taken together, so each cached key
+// and value row is read once for all of them (one block per query head reads it nh / nkv times),
+// split across blocks as flash-decoding does. Block (x, y, z): key/value head x / head_blocks,
+// its query heads from (x % head_blocks) * PG_HEADS (at most PG_HEADS of them), sequence or
+// batch row y (the caller's `Rows` and query pointer), split z of `splits`: the split's tiles of
+// PG_TILE keys one after another with a running maximum and sum per head.
+// Query head g of the block at `q0 + g * q_stride` [d]; its output row `row0 + g * row_stride`:
+// with `part` (splits > 1) its unnormalised sums, maximum and exponentials' sum go to part
+// [rows, splits, d + 2] (`attention_combine` adds them up; an empty split writes a maximum of
+// -inf), else out [rows, d] itself.
 // 256 threads; d a multiple of V = 16 bytes of elements, d / V dividing 32, d <= 128 (the host
 // checks: `paged_attention::grouped_applies`). Dynamic shared memory: `grouped_shared_bytes`.
-template <typename T>
-__device__ void paged_decode_grouped(const T* q, const T* store_k, const T* store_v, T* out, float* part,
-                                     const uint32_t* index, int nh, int nkv, int total, int n,
-                                     int slot_count, int d, int splits, float scale) {
-    constexpr int V = 16 / sizeof(T);
-    extern __shared__ float smem[];
-    __shared__ float run_m[PG_HEADS], run_l[PG_HEADS], alpha[PG_HEADS];
-    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+struct GroupHeads {
+    int kvh, h0, heads;
+};
+__device__ __forceinline__ GroupHeads group_heads(int nh, int nkv) {
     const int group = nh / nkv;
     const int head_blocks = (group + PG_HEADS - 1) / PG_HEADS;
     const int kvh = blockIdx.x / head_blocks;
     const int h0 = kvh * group + (blockIdx.x % head_blocks) * PG_HEADS;
-    const int heads = min(PG_HEADS, kvh * group + group - h0);
-    const int i = blockIdx.y, z = blockIdx.z;
-    const uint32_t* tokens = index;
-    const uint32_t* offsets = index + n;
-    const uint32_t* slots = index + 2 * n + 1;
-    const uint32_t off = offsets[i];
-    const int s = (int)(offsets[i + 1] - off);
+    return GroupHeads{kvh, h0, min(PG_HEADS, kvh * group + group - h0)};
+}
+
+template <typename T, typename Rows>
+__device__ void grouped_attention(const T* q0, size_t q_stride, Rows keys, Rows values, int s, int heads,
+                                  size_t row0, size_t row_stride, T* out, float* part, int splits, int d,
+                                  float scale) {
+    constexpr int V = 16 / sizeof(T);
+    extern __shared__ float smem[];
+    __shared__ float run_m[PG_HEADS], run_l[PG_HEADS], alpha[PG_HEADS];
+    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int z = blockIdx.z;
     const int tiles = (s + PG_TILE - 1) / PG_TILE;
     const int per = (tiles + splits - 1) / splits;
     const int t0 = z * per, t1 = min(tiles, t0 + per);
     if (t0 >= t1) {  // an empty split (a short sequence in a launch sized for long ones)
         if (part && threadIdx.x < heads) {
-            float* pr = part + ((size_t)(h0 + threadIdx.x) * n + i) * splits * (d + 2) + (size_t)z * (d + 2);
+            float* pr = part + ((row0 + threadIdx.x * row_stride) * splits + z) * (d + 2);
             pr[d] = -INFINITY;
             pr[d + 1] = 0.f;
         }
@@ -399,13 +401,12 @@ __device__ void paged_decode_grouped(const T* q, const T* store_k, const T* stor
     float* partial = p + PG_HEADS * PG_TILE; // [warps, PG_HEADS, d]
     for (int e = threadIdx.x; e < heads * d; e += blockDim.x) {
         int g = e / d, c = e % d;
-        qs[e] = to_f(q[((size_t)(h0 + g) * total + tokens[i]) * d + c]);
+        qs[e] = to_f(q0[g * q_stride + c]);
     }
     if (threadIdx.x < PG_HEADS) {
         run_m[threadIdx.x] = -INFINITY;
         run_l[threadIdx.x] = 0.f;
     }
-    const size_t head_base = (size_t)kvh * slot_count * d;
     const int chunks = d / V;
     const int groups = blockDim.x / chunks;  // of d / V threads, a value row in 16-byte chunks
     const int rg = threadIdx.x / chunks, c = threadIdx.x % chunks;
@@ -420,10 +421,11 @@ __device__ void paged_decode_grouped(const T* q, const T* store_k, const T* stor
         const int lo = t * PG_TILE, cnt = min(PG_TILE, s - lo);
         // Scores: one key a thread, its row loaded once for every head.
         for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
-            const T* kr = store_k + head_base + (size_t)slots[off + lo + j] * d;
+            const T* kr = keys(lo + j);
             float dot[PG_HEADS];
 #pragma unroll
             for (int g = 0; g < PG_HEADS; g++) dot[g] = 0.f;
+#pragma unroll 8
             for (int cc = 0; cc < chunks; cc++) {
                 float kf[V];
                 load_elems<T, V>(kr + cc * V, kf);
@@ -474,7 +476,7 @@ __device__ void paged_decode_grouped(const T* q, const T* store_k, const T* stor
         if (rg < groups) {
             for (int j = rg; j < cnt; j += groups) {
                 float vf[V];
-                load_elems<T, V>(store_v + head_base + (size_t)slots[off + lo + j] * d + c * V, vf);
+                load_elems<T, V>(values(lo + j) + c * V, vf);
 #pragma unroll
                 for (int g = 0; g < PG_HEADS; g++) {
                     if (g < heads) {
@@ -509,7 +511,7 @@ __device__ void paged_decode_grouped(const T* q, const T* store_k, const T* stor
         int g = e / d, cc = e % d;
         float sum = 0.f;
         for (int w = 0; w < warps; w++) sum += partial[(w * PG_HEADS + g) * d + cc];
-        size_t row = (size_t)(h0 + g) * n + i;
+        size_t row = row0 + g * row_stride;
         if (part) {
             part[(row * splits + z) * (d + 2) + cc] = sum;
         } else {
@@ -517,10 +519,44 @@ __device__ void paged_decode_grouped(const T* q, const T* store_k, const T* stor
         }
     }
     if (part && threadIdx.x < heads) {
-        float* pr = part + ((size_t)(h0 + threadIdx.x) * n + i) * splits * (d + 2) + (size_t)z * (d + 2);
+        float* pr = part + ((row0 + threadIdx.x * row_stride) * splits + z) * (d + 2);
         pr[d] = run_m[threadIdx.x];
         pr[d + 1] = run_l[threadIdx.x];
     }
+}
+
+
+// `grouped_attention` over the paged engine's decode tokens (`paged_decode_attention`'s
+// arguments; out [1, nh, n, d], part [nh * n, splits, d + 2]): block (x, i, z) takes sequence i.
+template <typename T>
+__device__ void paged_decode_grouped(const T* q, const T* store_k, const T* store_v, T* out, float* part,
+                                     const uint32_t* index, int nh, int nkv, int total, int n,
+                                     int slot_count, int d, int splits, float scale) {
+    const GroupHeads gh = group_heads(nh, nkv);
+    const int i = blockIdx.y;
+    const uint32_t* offsets = index + n;
+    const uint32_t* slots = index + 2 * n + 1;
+    const uint32_t off = offsets[i];
+    const size_t head_base = (size_t)gh.kvh * slot_count * d;
+    SlotRows<T> keys{store_k + head_base, slots + off, d};
+    SlotRows<T> values{store_v + head_base, slots + off, d};
+    grouped_attention<T>(q + ((size_t)gh.h0 * total + index[i]) * d, (size_t)total * d, keys, values,
+                         (int)(offsets[i + 1] - off), gh.heads, (size_t)gh.h0 * n + i, n, out, part,
+                         splits, d, scale);
+}
+
+// `grouped_attention` over cache buffers (`decode_attention`'s arguments; out [b, nh, 1, d],
+// part [b * nh, splits, d + 2]): block (x, batch, z) takes the batch row's first `s` keys.
+template <typename T>
+__device__ void decode_grouped(const T* q, const T* k, const T* v, T* out, float* part, int splits, int nh,
+                               int nkv, int s, int d, long long k_sb, long long k_sh, long long k_ss,
+                               long long v_sb, long long v_sh, long long v_ss, float scale) {
+    const GroupHeads gh = group_heads(nh, nkv);
+    const int batch = blockIdx.y;
+    StridedRows<T> keys{k + batch * k_sb + gh.kvh * k_sh, k_ss};
+    StridedRows<T> values{v + batch * v_sb + gh.kvh * v_sh, v_ss};
+    const size_t row0 = (size_t)batch * nh + gh.h0;
+    grouped_attention<T>(q + row0 * d, d, keys, values, s, gh.heads, row0, 1, out, part, splits, d, scale);
 }
 
 // The new keys (or values) of those `n` tokens written into the store at each sequence's last
@@ -962,6 +998,18 @@ GEMV_ALL(__half, f16)
         pdl_trigger();                                                                                  \
         paged_decode_grouped<T>(q, store_k, store_v, out, part, index, nh, nkv, total, n, slot_count,   \
                                 d, splits, scale);                                                      \
+    }                                                                                                   \
+    /* decode_attention with a key/value head's query heads in one block (`decode_grouped`): */ \
+    /* all `s` keys, or with `slots` the first `slots[row] + 1` of each row. */                    \
+    extern "C" __global__ void lmgen_decode_grouped_##SUFFIX(                                         \
+        const T* q, const T* k, const T* v, T* out, float* part, int splits, const uint32_t* slots,     \
+        int nh, int nkv, int s, int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb,  \
+        long long v_sh, long long v_ss, float scale) {                                                  \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
+        if (slots) s = (int)slots[blockIdx.y] + 1;                                                      \
+        decode_grouped<T>(q, k, v, out, part, splits, nh, nkv, s, d, k_sb, k_sh, k_ss, v_sb, v_sh,      \
+                          v_ss, scale);                                                                 \
     }                                                                                                   \
     extern "C" __global__ void lmgen_paged_kv_write_##SUFFIX(const T* src, T* dst, const uint32_t* index, \
                                                              int n, int nkv, int total, int slot_count, \
