@@ -268,26 +268,12 @@ pub(super) mod imp {
             if grouped_applies(d, std::mem::size_of::<T>(), b, nkv) {
                 // A key/value head's query heads in one block; with `slots`, sized for all `s`
                 // slots of the buffer (a captured graph's lengths change between replays).
-                let head_blocks = nkv * (nh / nkv).div_ceil(GROUP_HEADS);
-                let splits = grouped_splits(head_blocks, b, s);
-                let part = match splits {
-                    1 => None,
-                    _ => Some(unsafe { dev.alloc::<f32>(b * nh * splits * (d + 2))? }),
-                };
+                let grid = GroupedGrid::new(dev, nh, nkv, b, s, d)?;
                 let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_decode_grouped")?;
-                let cfg = LaunchConfig {
-                    grid_dim: (head_blocks as u32, b as u32, splits as u32),
-                    block_dim: (THREADS as u32, 1, 1),
-                    shared_mem_bytes: grouped_shared_bytes(d),
-                };
-                let ints = [splits as i32];
+                let splits = grid.splits as i32;
                 let mut bld = Launch::new(&stream, &func);
                 bld.arg(&q).arg(&k).arg(&v).arg(&out);
-                match &part {
-                    Some(part) => bld.arg(part),
-                    None => bld.arg(&0u64), // the null pointer: one split, the output itself
-                };
-                bld.arg(&ints[0]);
+                grid.part_arg(&mut bld).arg(&splits);
                 match &slots {
                     Some(slots) => bld.arg(slots),
                     None => bld.arg(&0u64), // every row's `s` keys
@@ -300,11 +286,7 @@ pub(super) mod imp {
                     bld.arg(n);
                 }
                 bld.arg(&self.scale);
-                bld.dependent();
-                unsafe { bld.launch(cfg) }.w()?;
-                if let Some(part) = &part {
-                    combine(dev, part, &out, b * nh, splits, d)?;
-                }
+                grid.launch(bld, dev, &out)?;
                 return Ok(out);
             }
             let root = match self.slots {
@@ -352,6 +334,72 @@ pub(super) mod imp {
                 combine(dev, part, &out, b * nh, splits, d)?;
             }
             Ok(out)
+        }
+    }
+
+    /// A grouped kernel's launch for `rows` rows (batch rows or sequences) of `nh` query heads
+    /// over `nkv` key/value heads of size `d`, `len` keys at most a row: its grid (key/value head
+    /// blocks, rows, splits), and the parts buffer the splits write where there are several.
+    pub(in crate::cuda) struct GroupedGrid {
+        pub splits: usize,
+        part: Option<CudaSlice<f32>>,
+        cfg: LaunchConfig,
+        rows: usize,
+        d: usize,
+    }
+
+    impl GroupedGrid {
+        pub fn new(
+            dev: &CudaDevice,
+            nh: usize,
+            nkv: usize,
+            rows: usize,
+            len: usize,
+            d: usize,
+        ) -> candle_core::Result<Self> {
+            let head_blocks = nkv * (nh / nkv).div_ceil(GROUP_HEADS);
+            let splits = grouped_splits(head_blocks, rows, len);
+            let part = match splits {
+                1 => None,
+                _ => Some(unsafe { dev.alloc::<f32>(rows * nh * splits * (d + 2))? }),
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (head_blocks as u32, rows as u32, splits as u32),
+                block_dim: (THREADS as u32, 1, 1),
+                shared_mem_bytes: grouped_shared_bytes(d),
+            };
+            let rows = rows * nh;
+            Ok(Self {
+                splits,
+                part,
+                cfg,
+                rows,
+                d,
+            })
+        }
+
+        /// The kernel's `part` argument: the buffer, or the null pointer (one split writes the
+        /// output itself).
+        pub fn part_arg<'a, 'b>(&'a self, bld: &'b mut Launch<'a>) -> &'b mut Launch<'a> {
+            match &self.part {
+                Some(part) => bld.arg(part),
+                None => bld.arg(&0u64),
+            }
+        }
+
+        /// Launches the kernel `bld` holds as a dependent, then the splits' sum into `out`.
+        pub fn launch<T: DeviceRepr + WithDType>(
+            &self,
+            mut bld: Launch<'_>,
+            dev: &CudaDevice,
+            out: &CudaSlice<T>,
+        ) -> candle_core::Result<()> {
+            bld.dependent();
+            unsafe { bld.launch(self.cfg) }.w()?;
+            match &self.part {
+                Some(part) => combine(dev, part, out, self.rows, self.splits, self.d),
+                None => Ok(()),
+            }
         }
     }
 

@@ -206,10 +206,8 @@ mod imp {
     use super::*;
     use crate::cuda::launch::Launch;
 
-    use crate::cuda::decode_attention::imp::combine;
-    use crate::cuda::decode_attention::{
-        grouped_applies, grouped_shared_bytes, grouped_splits, shared_bytes, GROUP_HEADS, THREADS,
-    };
+    use crate::cuda::decode_attention::imp::GroupedGrid;
+    use crate::cuda::decode_attention::{grouped_applies, shared_bytes, THREADS};
 
     pub fn run(
         store_k: &Tensor,
@@ -298,36 +296,17 @@ mod imp {
             let index = crate::cuda::hold(&self.index);
             let index = index.view::<u32>("paged_decode_attention (a CUDA index)")?;
             if grouped_applies(d, std::mem::size_of::<T>(), n, nkv) {
-                let group = nh / nkv;
-                let head_blocks = nkv * group.div_ceil(GROUP_HEADS);
-                let splits = grouped_splits(head_blocks, n, self.max_len);
-                let part = match splits {
-                    1 => None,
-                    _ => Some(unsafe { dev.alloc::<f32>(nh * n * splits * (d + 2))? }),
-                };
+                let grid = GroupedGrid::new(dev, nh, nkv, n, self.max_len, d)?;
                 let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_decode_grouped")?;
-                let cfg = LaunchConfig {
-                    grid_dim: (head_blocks as u32, n as u32, splits as u32),
-                    block_dim: (THREADS as u32, 1, 1),
-                    shared_mem_bytes: grouped_shared_bytes(d),
-                };
-                let ints = [nh, nkv, total, n, slot_count, d, splits].map(|x| x as i32);
+                let ints = [nh, nkv, total, n, slot_count, d, grid.splits].map(|x| x as i32);
                 let mut bld = Launch::new(&stream, &func);
                 bld.arg(&q).arg(&k).arg(&v).arg(&out);
-                match &part {
-                    Some(part) => bld.arg(part),
-                    None => bld.arg(&0u64), // the null pointer: one split, the output itself
-                };
-                bld.arg(&index);
+                grid.part_arg(&mut bld).arg(&index);
                 for x in &ints {
                     bld.arg(x);
                 }
                 bld.arg(&self.scale);
-                bld.dependent();
-                unsafe { bld.launch(cfg) }.w()?;
-                if let Some(part) = &part {
-                    combine(dev, part, &out, nh * n, splits, d)?;
-                }
+                grid.launch(bld, dev, &out)?;
                 return Ok(out);
             }
             let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_paged_decode_attention")?;
