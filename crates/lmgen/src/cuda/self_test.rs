@@ -413,6 +413,12 @@ fn tolerance(dtype: DType) -> f32 {
 
 /// `max |got - want| / (1 + |want|)`, or an error naming `what` past `tol`.
 fn compare(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<String> {
+    let err = checked_error(what, got, want, tol)?;
+    Ok(format!("ok {what}: error {err:e} (tolerance {tol:e})"))
+}
+
+/// [`compare`]'s error itself, or the same error past `tol`.
+fn checked_error(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<f32> {
     if got.dims() != want.dims() {
         return Err(mismatch(format!(
             "{what}: shape {:?}, expected {:?}",
@@ -428,7 +434,7 @@ fn compare(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<String> 
     if err.is_nan() || err > tol {
         return Err(mismatch(format!("{what}: error {err:e} over {tol:e}")));
     }
-    Ok(format!("ok {what}: error {err:e} (tolerance {tol:e})"))
+    Ok(err)
 }
 
 fn mismatch(msg: String) -> Error {
@@ -855,13 +861,13 @@ fn paged(
         let want = super::decode_attention(&qi, &k, &v, scale)?
             .ok_or_else(|| missing("decode_attention"))?;
         for (how, out) in [("exact index", &got), ("fixed index", &got_fixed)] {
-            let line = compare(
+            let err = checked_error(
                 &format!("{what}: sequence {i}, {how}"),
                 &out.narrow(2, i, 1)?,
                 &want,
                 tolerance(dtype),
             )?;
-            worst = worst.max(error_of(&line));
+            worst = worst.max(err);
         }
     }
     Ok(format!(
@@ -869,15 +875,6 @@ fn paged(
          with an exact and a fixed 8192-slot index",
         tolerance(dtype)
     ))
-}
-
-/// The error `compare` reports in its line.
-fn error_of(line: &str) -> f32 {
-    line.split("error ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(f32::NAN)
 }
 
 /// [`super::paged_flash_attention`] over a packed step of three sequences (a prompt, a decode
