@@ -254,10 +254,7 @@ impl<'a> Padded<'a> {
     /// Appends row `i`'s slots.
     fn push_slots(&self, i: usize, index: &mut Vec<u32>) {
         match self.rows.get(i) {
-            Some(row) => {
-                let bs = self.block_size;
-                index.extend((0..self.lens[i]).map(|p| row.table.slot(p, bs)));
-            }
+            Some(row) => row.table.extend_slots(self.lens[i], self.block_size, index),
             None => index.push(self.scratch),
         }
     }

@@ -21,14 +21,36 @@ impl BlockTable {
         &self.blocks
     }
 
-    /// The store slot of token `pos`.
+    /// The store slot of token `pos` (what [`BlockTable::extend_slots`] gives a block's run at
+    /// a time).
+    #[cfg(test)]
     pub fn slot(&self, pos: usize, block_size: usize) -> u32 {
         self.blocks[pos / block_size] * block_size as u32 + (pos % block_size) as u32
     }
 
     /// The store slots of tokens `0..len`.
     pub fn slots(&self, len: usize, block_size: usize) -> Vec<u32> {
-        (0..len).map(|p| self.slot(p, block_size)).collect()
+        let mut out = Vec::with_capacity(len);
+        self.extend_slots(len, block_size, &mut out);
+        out
+    }
+
+    /// Appends the store slots of tokens `0..len` to `out`, a block's run at a time; `len` at
+    /// most the tokens its blocks hold.
+    pub fn extend_slots(&self, len: usize, block_size: usize, out: &mut Vec<u32>) {
+        assert!(
+            len <= self.blocks.len() * block_size,
+            "{len} tokens past the table's {} blocks",
+            self.blocks.len()
+        );
+        for (b, &block) in self.blocks.iter().enumerate() {
+            let lo = b * block_size;
+            if lo >= len {
+                break;
+            }
+            let first = block * block_size as u32;
+            out.extend(first..first + (len - lo).min(block_size) as u32);
+        }
     }
 
     /// Blocks to allocate so that the table holds `tokens` tokens.
@@ -83,6 +105,14 @@ mod tests {
         assert_eq!(alloc.num_free(), 1);
         assert!(other.grow(4, &mut alloc));
         assert_eq!(other.slots(2, 4), vec![8, 9]);
+        // Across blocks (block 1 after block 0), as `slot` maps each token.
+        let mut tail = vec![99];
+        t.extend_slots(7, 4, &mut tail);
+        assert_eq!(tail, [99, 0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            t.slots(7, 4),
+            (0..7).map(|p| t.slot(p, 4)).collect::<Vec<_>>()
+        );
         t.release(&mut alloc);
         other.release(&mut alloc);
         assert_eq!(alloc.num_free(), 3);
