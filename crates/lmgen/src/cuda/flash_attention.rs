@@ -16,16 +16,52 @@ pub(super) const BLOCK_QUERIES: usize = 64;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const BLOCK_KEYS: usize = 64;
 
-/// One block's dynamic shared memory for head size `d` and `elem`-byte values, as `flash.cu`
-/// lays it out: the output, scores, running maximum and sum in f32, the queries, one tile of
-/// keys or values and the probabilities in the dtype, each row padded (halves: 8 elements so
-/// tensor-core fragments stay aligned; f32: one, against bank conflicts).
+/// Sets whether f16 and bf16 heads of 64, 96 and 128 take the tensor-core body of the flash
+/// kernels (`flash2` in `flash.cu`: scores, probabilities and output in registers) for the whole
+/// process; `LMGEN_CUDA_FLASH_MMA=0` turns it off at start (the shared-memory body, `flash`, then
+/// runs every head). Returns the previous setting.
+pub fn set_flash_mma(on: bool) -> bool {
+    flash_mma().swap(on, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn flash_mma() -> &'static std::sync::atomic::AtomicBool {
+    static ON: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+    ON.get_or_init(|| {
+        let off = std::env::var("LMGEN_CUDA_FLASH_MMA").is_ok_and(|v| v == "0");
+        std::sync::atomic::AtomicBool::new(!off)
+    })
+}
+
+/// Which body of the flash kernels a launch runs, and the dynamic shared memory it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(super) fn shared_bytes(d: usize, elem: usize) -> usize {
-    let (kv, f) = if elem == 4 { (1, 1) } else { (8, 4) };
-    let (bm, bn) = (BLOCK_QUERIES, BLOCK_KEYS);
-    4 * (bm * (d + f) + bm * (bn + f) + 4 * bm)
-        + elem * (bm * (d + kv) + bn * (d + kv) + bm * (bn + kv))
+pub(super) struct FlashBody {
+    /// The tensor-core body (the kernels' `mma` argument).
+    pub mma: bool,
+    pub shared_bytes: usize,
+}
+
+impl FlashBody {
+    /// For head size `d` and `elem`-byte values: the tensor-core body for 2-byte heads of 64, 96
+    /// and 128 where [`set_flash_mma`] leaves it on, holding the queries, one tile of keys and one
+    /// of values, each row padded by 16 bytes; otherwise the shared-memory body, holding the
+    /// output, scores, running maximum and sum in f32, the queries, one tile of keys or values
+    /// and the probabilities in the dtype, each row padded (halves: 8 elements so tensor-core
+    /// fragments stay aligned; f32: one, against bank conflicts).
+    pub fn new(d: usize, elem: usize) -> Self {
+        let (bm, bn) = (BLOCK_QUERIES, BLOCK_KEYS);
+        let mma = elem == 2
+            && matches!(d, 64 | 96 | 128)
+            && flash_mma().load(std::sync::atomic::Ordering::Relaxed);
+        let shared_bytes = if mma {
+            elem * (bm + 2 * bn) * (d + 8)
+        } else {
+            let (kv, f) = if elem == 4 { (1, 1) } else { (8, 4) };
+            4 * (bm * (d + f) + bm * (bn + f) + 4 * bm)
+                + elem * (bm * (d + kv) + bn * (d + kv) + bm * (bn + kv))
+        };
+        Self { mma, shared_bytes }
+    }
 }
 
 /// Whether head size `d` in `dtype` fits the kernel: f16 and bf16 multiply 16x16 tiles on tensor
@@ -77,8 +113,9 @@ pub fn flash_applies(device: &candle_core::Device, dtype: DType, head_dim: usize
     #[cfg(feature = "cuda")]
     let on_gpu = on_gpu
         && device.as_cuda_device().is_ok_and(|dev| {
-            imp::max_shared(dev)
-                .is_ok_and(|max| shared_bytes(head_dim, dtype.size_in_bytes()) <= max)
+            imp::max_shared(dev).is_ok_and(|max| {
+                FlashBody::new(head_dim, dtype.size_in_bytes()).shared_bytes <= max
+            })
         });
     on_gpu
 }
@@ -143,14 +180,14 @@ pub(super) mod imp {
 
     pub fn run(q: &Tensor, k: &Tensor, v: &Tensor, scores: FlashScores) -> Result<Option<Tensor>> {
         let d = q.dim(3)?;
-        let bytes = shared_bytes(d, q.dtype().size_in_bytes());
+        let body = FlashBody::new(d, q.dtype().size_in_bytes());
         let Some(dev) = q.device().as_cuda_device().ok() else {
             return Ok(None);
         };
-        if bytes > max_shared(dev)? {
+        if body.shared_bytes > max_shared(dev)? {
             return Ok(None);
         }
-        let op = FlashAttention { scores, bytes };
+        let op = FlashAttention { scores, body };
         let q = q.contiguous()?;
         Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
     }
@@ -177,7 +214,7 @@ pub(super) mod imp {
 
     struct FlashAttention {
         scores: FlashScores,
-        bytes: usize,
+        body: FlashBody,
     }
 
     impl Map3 for FlashAttention {
@@ -205,11 +242,12 @@ pub(super) mod imp {
                 "lmgen_flash_attention",
                 crate::cuda::Module::Flash,
             )?;
-            allow_shared(&func, self.bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let bytes = self.body.shared_bytes;
+            allow_shared(&func, bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let cfg = LaunchConfig {
                 grid_dim: (t.div_ceil(BLOCK_QUERIES) as u32, nh as u32, b as u32),
                 block_dim: (128, 1, 1),
-                shared_mem_bytes: self.bytes as u32,
+                shared_mem_bytes: bytes as u32,
             };
             let (ks, vs) = (lk.stride(), lv.stride());
             let ints = [nh, nkv, t, s, d].map(|n| n as i32);
@@ -232,7 +270,11 @@ pub(super) mod imp {
                 bld.arg(n);
             }
             let sc = &self.scores;
-            bld.arg(&sc.window).arg(&sc.scale).arg(&sc.softcap);
+            let mma = i32::from(self.body.mma);
+            bld.arg(&sc.window)
+                .arg(&sc.scale)
+                .arg(&sc.softcap)
+                .arg(&mma);
             unsafe { bld.launch(cfg) }.w()?;
             Ok(out)
         }

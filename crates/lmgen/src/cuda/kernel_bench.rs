@@ -1,9 +1,10 @@
 //! Timings of lmgen's decode kernels on a GPU beside what they replace, for tuning them
 //! (`generate_speed --bench-kernels --device cuda`, `tools/device_run.sh bench-kernels`): the
 //! decode product against cuBLAS (candle's matmul) on the weight shapes of the models the GPU
-//! benchmarks use, and the decode attention kernel over growing caches. Each line gives the
-//! microseconds of one launch (the median of 7 rounds of 50 launches, the launch included) and
-//! the bytes it reads over that time.
+//! benchmarks use, the decode attention kernel over growing caches, and the prompt (flash)
+//! attention under both of its bodies. Each line gives the microseconds of one launch (the
+//! median of 7 rounds of 50 launches, the launch included) and the bytes it reads, or for the
+//! prompt the multiply-adds it does, over that time.
 
 use std::time::Instant;
 
@@ -73,7 +74,47 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
             ));
         }
     }
+    prompt_attention(device, &mut report)?;
     Ok(report)
+}
+
+/// `(nh, nkv, d)` of the prompt attention benchmarked at each prompt length of [`PROMPTS`]
+/// (Qwen2.5-0.5B, Llama-3.1-8B, Phi-3).
+const PROMPT_HEADS: &[(usize, usize, usize)] = &[(14, 2, 64), (32, 8, 128), (32, 32, 96)];
+const PROMPTS: &[usize] = &[1024, 4096];
+
+/// A causal bf16 prompt with no cached keys through [`super::flash_attention`], with the
+/// tensor-core body and with the shared-memory one; TFLOP/s counts the two products over the
+/// keys each query sees.
+fn prompt_attention(device: &Device, report: &mut Vec<String>) -> Result<()> {
+    use crate::models::layers::attention::Scores;
+    for &(nh, nkv, d) in PROMPT_HEADS {
+        for &t in PROMPTS {
+            let q = Tensor::randn(0f32, 1.0, (1, nh, t, d), device)?.to_dtype(DType::BF16)?;
+            let k = Tensor::randn(0f32, 1.0, (1, nkv, t, d), device)?.to_dtype(DType::BF16)?;
+            let v = Tensor::randn(0f32, 1.0, (1, nkv, t, d), device)?.to_dtype(DType::BF16)?;
+            let scores = Scores {
+                scale: (d as f64).powf(-0.5),
+                softcap: None,
+                sinks: None,
+            };
+            let mut line = format!("prompt attention bf16 nh {nh} nkv {nkv} d {d} tokens {t}:");
+            for mma in [true, false] {
+                let before = super::set_flash_mma(mma);
+                let us = time(device, || {
+                    super::flash_attention(&q, &k, &v, None, scores)?;
+                    Ok(())
+                });
+                super::set_flash_mma(before);
+                let us = us?;
+                let flops = 4.0 * (nh * d) as f64 * (t * (t + 1) / 2) as f64;
+                let body = if mma { "tensor-core" } else { "shared-memory" };
+                line += &format!(" {body} {us:.1} us ({:.1} TFLOP/s)", flops / us / 1e6);
+            }
+            report.push(line);
+        }
+    }
+    Ok(())
 }
 
 fn products(device: &Device, report: &mut Vec<String>) -> Result<()> {

@@ -189,7 +189,7 @@ pub use decode_attention::{
     decode_attention, decode_attention_at, set_grouped, Grouped, GROUPED_MIN_ROWS,
     MAX_KEYS as DECODE_MAX_KEYS,
 };
-pub use flash_attention::{flash_applies, flash_attention};
+pub use flash_attention::{flash_applies, flash_attention, set_flash_mma};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
 pub use gemv_q8::{DeviceQ8, MAX_ROWS as Q8_MAX_ROWS};
 pub use greedy::greedy_logprob;

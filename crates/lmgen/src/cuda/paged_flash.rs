@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::flash_attention::{head_fits, shared_bytes, FlashScores, BLOCK_QUERIES};
+use super::flash_attention::{head_fits, FlashBody, FlashScores, BLOCK_QUERIES};
 use crate::error::Result;
 use crate::models::layers::attention::Scores;
 
@@ -98,9 +98,9 @@ pub fn paged_flash_attention(
         && store_k.is_contiguous()
         && store_v.is_contiguous()
         && step.index.device().same_device(q.device());
-    let bytes = shared_bytes(d, q.dtype().size_in_bytes());
+    let body = FlashBody::new(d, q.dtype().size_in_bytes());
     match FlashScores::new(window, scores, nh, q) {
-        Some(scores) if fits => imp::run(store_k, store_v, [q, k, v], step, scores, bytes),
+        Some(scores) if fits => imp::run(store_k, store_v, [q, k, v], step, scores, body),
         _ => Ok(None),
     }
 }
@@ -114,7 +114,7 @@ mod imp {
         _: [&Tensor; 3],
         _: &PagedStep,
         _: FlashScores,
-        _: usize,
+        _: FlashBody,
     ) -> Result<Option<Tensor>> {
         Ok(None)
     }
@@ -139,12 +139,12 @@ mod imp {
         [q, k, v]: [&Tensor; 3],
         step: &PagedStep,
         scores: FlashScores,
-        bytes: usize,
+        body: FlashBody,
     ) -> Result<Option<Tensor>> {
         let Ok(dev) = q.device().as_cuda_device() else {
             return Ok(None);
         };
-        if bytes > max_shared(dev)? {
+        if body.shared_bytes > max_shared(dev)? {
             return Ok(None);
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -159,7 +159,7 @@ mod imp {
             n: step.n,
             work: step.work,
             scores,
-            bytes,
+            body,
         };
         Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
     }
@@ -211,7 +211,7 @@ mod imp {
         n: usize,
         work: (usize, usize),
         scores: FlashScores,
-        bytes: usize,
+        body: FlashBody,
     }
 
     impl Map3 for PagedFlash {
@@ -234,11 +234,12 @@ mod imp {
             let out = unsafe { dev.alloc::<T>(nh * total * d)? };
             let (stream, func) =
                 crate::cuda::func_in::<T>(dev, "lmgen_paged_flash_attention", Module::Flash)?;
-            allow_shared(&func, self.bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let bytes = self.body.shared_bytes;
+            allow_shared(&func, bytes).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let cfg = LaunchConfig {
                 grid_dim: (self.work.1 as u32, nh as u32, 1),
                 block_dim: (128, 1, 1),
-                shared_mem_bytes: self.bytes as u32,
+                shared_mem_bytes: bytes as u32,
             };
             let index = crate::cuda::hold(&self.index);
             let index = index.view::<u32>("paged_flash_attention (a CUDA index)")?;
@@ -259,7 +260,11 @@ mod imp {
                 bld.arg(x);
             }
             let sc = &self.scores;
-            bld.arg(&sc.window).arg(&sc.scale).arg(&sc.softcap);
+            let mma = i32::from(self.body.mma);
+            bld.arg(&sc.window)
+                .arg(&sc.scale)
+                .arg(&sc.softcap)
+                .arg(&mma);
             unsafe { bld.launch(cfg) }.w()?;
             Ok(out)
         }

@@ -54,13 +54,21 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
                 report.push(format!("{line} [{mode:?}]"));
             }
         }
-        for case in FLASH_CASES {
-            if case.d.is_multiple_of(16) || dtype == DType::F32 {
-                report.push(flash_attention(device, dtype, case)?);
+        // Both bodies of the flash kernels (half-precision heads of 64, 96 and 128 take the
+        // tensor-core one unless it is off), whatever the process runs with.
+        for mma in [true, false] {
+            let before = super::set_flash_mma(mma);
+            let lines = flash_checks(device, dtype);
+            super::set_flash_mma(before);
+            let body = if mma {
+                "tensor-core body"
+            } else {
+                "shared-memory body"
+            };
+            for line in lines? {
+                report.push(format!("{line} [{body}]"));
             }
         }
-        report.push(paged_flash(device, dtype, None, false)?);
-        report.push(paged_flash(device, dtype, Some(50), true)?);
         report.push(greedy_logprob(device, dtype)?);
         for rows in [1, 3, super::Q8_MAX_ROWS] {
             for (n, k) in [(1152, 896), (300, 4096), (37, 1024)] {
@@ -203,6 +211,20 @@ fn greedy_logprob(device: &Device, dtype: DType) -> Result<String> {
     ))
 }
 
+/// The prompt attention checks: [`FLASH_CASES`] (half precision: the heads it takes, multiples
+/// of 16) and the paged engine's packed steps.
+fn flash_checks(device: &Device, dtype: DType) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    for case in FLASH_CASES {
+        if case.d.is_multiple_of(16) || dtype == DType::F32 {
+            report.push(flash_attention(device, dtype, case)?);
+        }
+    }
+    report.push(paged_flash(device, dtype, None, false)?);
+    report.push(paged_flash(device, dtype, Some(50), true)?);
+    Ok(report)
+}
+
 /// A prompt's attention for [`flash_attention`]: `t` queries after `s - t` cached keys.
 #[derive(Debug, Clone, Copy)]
 struct FlashCase {
@@ -232,9 +254,9 @@ const fn case(b: usize, nh: usize, nkv: usize, t: usize, s: usize, d: usize) -> 
 }
 
 /// Prompts with and without cached keys, partial tiles, grouped-query heads, head sizes from 64
-/// to 256 (and 72, f32 only: half precision takes multiples of 16), sliding windows (Gemma 2),
-/// softcapping, sinks (gpt-oss), and one decode token under a window.
-const FLASH_CASES: [FlashCase; 9] = [
+/// to 256 (96: Phi-3; 72, f32 only: half precision takes multiples of 16), sliding windows
+/// (Gemma 2), softcapping, sinks (gpt-oss), one decode token under a window, and long prompts.
+const FLASH_CASES: [FlashCase; 11] = [
     case(2, 14, 2, 37, 37, 64),
     case(1, 14, 2, 300, 377, 64),
     case(2, 32, 8, 130, 130, 128),
@@ -257,6 +279,17 @@ const FLASH_CASES: [FlashCase; 9] = [
     FlashCase {
         window: Some(100),
         ..case(2, 8, 4, 1, 300, 64)
+    },
+    // Phi-3's heads of 96 over many tiles, a window that starts inside a tile, softcapping.
+    FlashCase {
+        window: Some(200),
+        softcap: Some(30.0),
+        ..case(1, 4, 2, 700, 760, 96)
+    },
+    // A long prompt of 128-wide grouped heads with sinks: 17 key tiles, the last one partial.
+    FlashCase {
+        sinks: true,
+        ..case(1, 8, 2, 1050, 1050, 128)
     },
 ];
 

@@ -14,6 +14,8 @@
 // and the softmax stay in f32. f32 runs the same tiles with f32 FMAs (the golden checks run in f32).
 #include <mma.h>
 
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace flash {
@@ -223,21 +225,289 @@ __device__ void attend_tile(const T* q, Rows keys, Rows values, T* out, int q0, 
 
 }  // namespace flash
 
+// The same attention for f16 and bf16 heads of 64, 96 or 128 (`flash_attention.rs`'s
+// `uses_mma`), FlashAttention-2 style: each warp keeps its 16 queries, their scores, the
+// probabilities and the output in registers through `mma.sync` m16n8k16 (f32 accumulators), with
+// the running maximum and sum in the log2 domain; the shared memory holds only the block's
+// queries, one tile of keys and one of values (rows padded by 16 bytes, so `ldmatrix`'s eight
+// rows fall on distinct banks), filled by `cp.async`: the values of a tile load while its scores
+// are computed, the next keys while the values are multiplied.
+namespace flash2 {
+
+constexpr int BM = flash::BM, BN = flash::BN, THREADS = flash::THREADS;
+constexpr int PAD = 8;  // elements after each shared row
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+// Four 8x8 matrices of 16-bit elements, lane `8 i + r` giving row `r` of matrix `i`.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// c [16, 8] += a [16, 16] b [16, 8] (a row-major, b column-major fragments).
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                   uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 rounded to the dtype in one register, `lo` in the low half (the lower column).
+template <typename T> __device__ __forceinline__ uint32_t pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// Rows `j0 .. j0 + 64` of `rows` into `dst` [64, D + PAD] through `cp.async` (a row not 16-byte
+// aligned by plain loads); rows at `limit` or past it as zeros (their probabilities are 0, and 0
+// times a stale NaN would not be).
+template <typename T, int D, typename Rows>
+__device__ __forceinline__ void load_tile(T* dst, Rows rows, int j0, int limit) {
+    constexpr int CHUNKS = D / 8, LD = D + PAD;
+    for (int e = threadIdx.x; e < BN * CHUNKS; e += THREADS) {
+        int r = e / CHUNKS, c = (e % CHUNKS) * 8;
+        T* dp = dst + r * LD + c;
+        int j = j0 + r;
+        if (j < limit) {
+            const T* sp = rows(j) + c;
+            if ((reinterpret_cast<uintptr_t>(sp) & 15) == 0) {
+                cp_async16(dp, sp);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) dp[i] = sp[i];
+            }
+        } else {
+            *reinterpret_cast<uint4*>(dp) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+// `flash::attend_tile` for heads of D: the same arguments, masking and sinks; shared memory
+// 3 x 64 x (D + PAD) elements (queries, keys, values).
+template <typename T, int D, typename Rows>
+__device__ void attend(const T* q, Rows keys, Rows values, T* out, int q0, int rows, int past, int s, int window,
+                       float scale, float softcap, float sink) {
+    extern __shared__ __align__(128) unsigned char flash_smem[];
+    constexpr int LD = D + PAD;
+    constexpr int KSTEPS = D / 16;  // of the scores' products, over the head
+    constexpr int NT = BN / 8;      // score tiles of 8 keys
+    constexpr int DT = D / 8;       // output tiles of 8 columns
+    constexpr float LOG2E = 1.4426950408889634f;
+    T* Qs = reinterpret_cast<T*>(flash_smem);  // [BM, LD]
+    T* Ks = Qs + BM * LD;                       // [BN, LD]
+    T* Vs = Ks + BN * LD;                       // [BN, LD]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // A fragment's rows: this thread holds rows g and g + 8 of its warp's 16, columns 2 c, 2 c + 1
+    // of each 8-column tile. ldmatrix: lane 8 i + r addresses row r of matrix i.
+    const int g = lane >> 2, c = lane & 3, mi = lane >> 3, mr = lane & 7;
+    const int last = min(rows, q0 + BM);  // one past the block's last query
+    int hi = min(s, past + last);
+    int lo = window > 0 ? max(0, past + q0 - window + 1) : 0;
+    lo = lo / BN * BN;
+
+    load_tile<T, D>(Qs, StridedRows<T>{q, D}, q0, last);
+    if (lo < hi) load_tile<T, D>(Ks, keys, lo, s);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[KSTEPS][4];
+    {
+        const T* base = Qs + (warp * 16 + mr + 8 * (mi & 1)) * LD + 8 * (mi >> 1);
+#pragma unroll
+        for (int k = 0; k < KSTEPS; k++) ldsm_x4(qf[k], base + 16 * k);
+    }
+    float o[DT][4];
+#pragma unroll
+    for (int t = 0; t < DT; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    // Running maximum (log2 domain) and this thread's part of the running sum, rows g and g + 8;
+    // the sink's exp(0) counted once, by the quad's first thread.
+    float m[2] = {sink * LOG2E, sink * LOG2E};
+    float l[2];
+    l[0] = l[1] = (sink != -INFINITY && c == 0) ? 1.f : 0.f;
+    const int pos0 = past + q0 + warp * 16 + g;  // row g's position; row g + 8 is 8 later
+    const int first = past + q0, final_pos = past + last - 1;
+
+    for (int n0 = lo; n0 < hi; n0 += BN) {
+        load_tile<T, D>(Vs, values, n0, s);
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's keys
+        __syncthreads();
+        float sc[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; t++) sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.f;
+#pragma unroll
+        for (int k = 0; k < KSTEPS; k++) {
+#pragma unroll
+            for (int t = 0; t < NT; t += 2) {
+                uint32_t b[4];
+                ldsm_x4(b, Ks + (t * 8 + mr + 8 * (mi >> 1)) * LD + 16 * k + 8 * (mi & 1));
+                mma<T>(sc[t], qf[k], b[0], b[1]);
+                mma<T>(sc[t + 1], qf[k], b[2], b[3]);
+            }
+        }
+        // Tiles every query of the block sees whole skip the mask.
+        bool whole = n0 + BN <= s && n0 + BN - 1 <= first && (window <= 0 || final_pos - n0 < window);
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = sc[t][e] * scale;
+                if (softcap > 0.f) x = tanhf(x / softcap) * softcap;
+                x *= LOG2E;
+                if (!whole) {
+                    int j = n0 + t * 8 + 2 * c + (e & 1), pos = pos0 + 8 * (e >> 1);
+                    if (j >= s || j > pos || (window > 0 && pos - j >= window)) x = -INFINITY;
+                }
+                sc[t][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffff, mx[h], 2));
+            alpha[h] = mx[h] == -INFINITY ? 1.f : exp2f(m[h] - mx[h]);
+            m[h] = mx[h];
+        }
+        // The probabilities as the A fragments of the product with the values: score tiles
+        // 2 k and 2 k + 1 are the 16 keys of step k.
+        uint32_t pf[NT / 2][4];
+        float rs[2] = {0.f, 0.f};
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float p[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float mh = m[e >> 1];
+                p[e] = mh == -INFINITY ? 0.f : exp2f(sc[t][e] - mh);
+                rs[e >> 1] += p[e];
+            }
+            pf[t / 2][(t & 1) * 2] = pack<T>(p[0], p[1]);
+            pf[t / 2][(t & 1) * 2 + 1] = pack<T>(p[2], p[3]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) l[h] = l[h] * alpha[h] + rs[h];
+#pragma unroll
+        for (int t = 0; t < DT; t++) {
+            o[t][0] *= alpha[0];
+            o[t][1] *= alpha[0];
+            o[t][2] *= alpha[1];
+            o[t][3] *= alpha[1];
+        }
+        __syncthreads();  // every warp is done with the keys
+        if (n0 + BN < hi) load_tile<T, D>(Ks, keys, n0 + BN, s);
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's values
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < NT / 2; k++) {
+#pragma unroll
+            for (int t = 0; t < DT; t += 2) {
+                uint32_t b[4];
+                ldsm_x4_trans(b, Vs + (16 * k + mr + 8 * (mi & 1)) * LD + t * 8 + 8 * (mi >> 1));
+                mma<T>(o[t], pf[k], b[0], b[1]);
+                mma<T>(o[t + 1], pf[k], b[2], b[3]);
+            }
+        }
+        __syncthreads();  // before the next values overwrite these
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffff, l[h], 2);
+        l[h] = 1.f / l[h];
+    }
+    const int r0 = q0 + warp * 16 + g;
+#pragma unroll
+    for (int t = 0; t < DT; t++) {
+        int col = t * 8 + 2 * c;
+        if (r0 < last)
+            *reinterpret_cast<uint32_t*>(out + (size_t)r0 * D + col) = pack<T>(o[t][0] * l[0], o[t][1] * l[0]);
+        if (r0 + 8 < last)
+            *reinterpret_cast<uint32_t*>(out + (size_t)(r0 + 8) * D + col) =
+                pack<T>(o[t][2] * l[1], o[t][3] * l[1]);
+    }
+}
+
+}  // namespace flash2
+
+// One block's queries of one head, by the tensor-core body where `mma` is set (f16 and bf16
+// heads of 64, 96, 128: `flash_attention.rs` sizes the shared memory for the body it picks),
+// else `flash::attend_tile`.
+template <typename T, typename Rows>
+__device__ __forceinline__ void attend_any(const T* q, Rows keys, Rows values, T* out, int q0, int rows, int past,
+                                           int s, int d, int window, float scale, float softcap, float sink,
+                                           int mma) {
+    if constexpr (!std::is_same<T, float>::value) {
+        if (mma) {
+            switch (d) {
+                case 64:
+                    return flash2::attend<T, 64>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                                                 sink);
+                case 96:
+                    return flash2::attend<T, 96>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                                                 sink);
+                case 128:
+                    return flash2::attend<T, 128>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                                                  sink);
+            }
+        }
+    }
+    flash::attend_tile<T>(q, keys, values, out, q0, rows, past, s, d, window, scale, softcap, sink);
+}
+
 // A dense batch's prompt: q [b, nh, t, d] contiguous; k, v [b, nkv, s, d] with the last dim
 // contiguous and element strides (batch, head, position) given, the query `i` at position
 // `s - t + i`; out [b, nh, t, d]; sinks [nh] f32 or null. Grid (ceil(t / 64), nh, b).
 template <typename T>
 __device__ void flash_attention(const T* q, const T* k, const T* v, T* out, const float* sinks, int nh, int nkv,
                                 int t, int s, int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb,
-                                long long v_sh, long long v_ss, int window, float scale, float softcap) {
+                                long long v_sh, long long v_ss, int window, float scale, float softcap, int mma) {
     int head = blockIdx.y, batch = blockIdx.z;
     int kvh = head / (nh / nkv);
     size_t base = ((size_t)batch * nh + head) * t * d;
     StridedRows<T> keys{k + batch * k_sb + kvh * k_sh, k_ss};
     StridedRows<T> values{v + batch * v_sb + kvh * v_sh, v_ss};
     float sink = sinks ? sinks[head] : -INFINITY;
-    flash::attend_tile<T>(q + base, keys, values, out + base, blockIdx.x * flash::BM, t, s - t, s, d, window, scale,
-                          softcap, sink);
+    attend_any<T>(q + base, keys, values, out + base, blockIdx.x * flash::BM, t, s - t, s, d, window, scale, softcap,
+                  sink, mma);
 }
 
 // A packed step of the paged engine: `n` sequences, sequence `i`'s `news[i]` new tokens at
@@ -249,7 +519,7 @@ __device__ void flash_attention(const T* q, const T* k, const T* v, T* out, cons
 template <typename T>
 __device__ void paged_flash_attention(const T* q, const T* store_k, const T* store_v, T* out, const float* sinks,
                                       const uint32_t* index, int n, int work_at, int nh, int nkv, int total,
-                                      int slot_count, int d, int window, float scale, float softcap) {
+                                      int slot_count, int d, int window, float scale, float softcap, int mma) {
     int head = blockIdx.y;
     int kvh = head / (nh / nkv);
     const uint32_t* starts = index;
@@ -265,7 +535,7 @@ __device__ void paged_flash_attention(const T* q, const T* store_k, const T* sto
     SlotRows<T> keys{store_k + head_base, slots + off, d};
     SlotRows<T> values{store_v + head_base, slots + off, d};
     float sink = sinks ? sinks[head] : -INFINITY;
-    flash::attend_tile<T>(q + base, keys, values, out + base, q0, rows, s - rows, s, d, window, scale, softcap, sink);
+    attend_any<T>(q + base, keys, values, out + base, q0, rows, s - rows, s, d, window, scale, softcap, sink, mma);
 }
 
 // The new keys (or values) of every token of a packed step written into the store at its slot.
@@ -287,16 +557,16 @@ __device__ void paged_kv_write_tokens(const T* src, T* dst, const uint32_t* toke
     extern "C" __global__ void __launch_bounds__(flash::THREADS) lmgen_flash_attention_##SUFFIX(        \
         const T* q, const T* k, const T* v, T* out, const float* sinks, int nh, int nkv, int t, int s,  \
         int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,          \
-        long long v_ss, int window, float scale, float softcap) {                                       \
+        long long v_ss, int window, float scale, float softcap, int mma) {                              \
         flash_attention<T>(q, k, v, out, sinks, nh, nkv, t, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss,   \
-                           window, scale, softcap);                                                     \
+                           window, scale, softcap, mma);                                                \
     }                                                                                                   \
     extern "C" __global__ void __launch_bounds__(flash::THREADS) lmgen_paged_flash_attention_##SUFFIX(  \
         const T* q, const T* store_k, const T* store_v, T* out, const float* sinks,                     \
         const uint32_t* index, int n, int work_at, int nh, int nkv, int total, int slot_count, int d,   \
-        int window, float scale, float softcap) {                                                       \
+        int window, float scale, float softcap, int mma) {                                              \
         paged_flash_attention<T>(q, store_k, store_v, out, sinks, index, n, work_at, nh, nkv, total,    \
-                                 slot_count, d, window, scale, softcap);                                \
+                                 slot_count, d, window, scale, softcap, mma);                           \
     }                                                                                                   \
     extern "C" __global__ void lmgen_paged_kv_write_tokens_##SUFFIX(                                    \
         const T* src, T* dst, const uint32_t* token_slots, int nkv, int total, int slot_count, int d) { \
