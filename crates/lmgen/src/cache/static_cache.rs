@@ -65,7 +65,7 @@ impl KvCache for StaticCache {
     fn decode_token_at(
         &mut self,
         layer: usize,
-        token: &crate::cuda::DecodeToken<'_>,
+        token: &crate::cuda::FusedQkv<'_>,
         slots: &Tensor,
         scale: f64,
     ) -> Result<Option<Tensor>> {

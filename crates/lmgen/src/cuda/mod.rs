@@ -179,6 +179,7 @@ mod launch;
 pub(crate) mod offload;
 mod paged_attention;
 mod paged_flash;
+mod qkv_heads;
 mod rope_kv_write;
 pub mod self_test;
 mod swiglu;
@@ -196,7 +197,8 @@ pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex, MAX_KEYS as PAGED_DECODE_MAX_KEYS};
 pub use paged_flash::{paged_flash_attention, PagedStep};
-pub use rope_kv_write::{rope_kv_write, DecodeToken};
+pub use qkv_heads::qkv_heads;
+pub use rope_kv_write::{rope_kv_write, FusedQkv};
 pub use swiglu::swiglu;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,10 +8,11 @@ use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 
-/// A decode step's new token in every batch row, as the fused projection gives it.
+/// A step's fused q/k/v projection and what turns it into heads: a decode token in every batch
+/// row here (`t = 1`), a prompt's tokens in [`super::qkv_heads`].
 #[derive(Debug, Clone, Copy)]
-pub struct DecodeToken<'a> {
-    /// `[b, 1, (num_heads + 2 num_kv_heads) * head_dim]`: queries, keys, values.
+pub struct FusedQkv<'a> {
+    /// `[b, t, (num_heads + 2 num_kv_heads) * head_dim]`: queries, keys, values.
     pub qkv: &'a Tensor,
     /// Query heads (`nh`).
     pub num_heads: usize,
@@ -19,7 +20,7 @@ pub struct DecodeToken<'a> {
     pub num_kv_heads: usize,
     /// Features per head (`d`).
     pub head_dim: usize,
-    /// `(cos, sin)`, each `[b, 1, r / 2]`: rotate_half RoPE over each head's first `r` features.
+    /// `(cos, sin)`, each `[b, t, r / 2]`: rotate_half RoPE over each head's first `r` features.
     pub rope: Option<(&'a Tensor, &'a Tensor)>,
     /// Per-head RMSNorm of queries and keys before the rotation: weights `[head_dim]` and eps.
     pub norms: Option<(&'a Tensor, &'a Tensor, f32)>,
@@ -33,7 +34,7 @@ pub struct DecodeToken<'a> {
 /// dtypes, a layout other than the documented ones, the step fusions off: see
 /// [`super::set_fuse_steps`]), before anything is written.
 pub fn rope_kv_write(
-    token: &DecodeToken<'_>,
+    token: &FusedQkv<'_>,
     k_cache: &Tensor,
     v_cache: &Tensor,
     slots: &Tensor,
@@ -88,7 +89,7 @@ pub fn rope_kv_write(
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
-    pub fn run(_: &DecodeToken<'_>, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
+    pub fn run(_: &FusedQkv<'_>, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Tensor> {
         Err(crate::error::Error::unsupported(
             "rope_kv_write needs a build with the `cuda` feature",
         ))
@@ -109,7 +110,7 @@ mod imp {
     use crate::cuda::launch::Launch;
 
     pub fn run(
-        token: &DecodeToken<'_>,
+        token: &FusedQkv<'_>,
         k_cache: &Tensor,
         v_cache: &Tensor,
         slots: &Tensor,

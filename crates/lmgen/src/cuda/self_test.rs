@@ -360,7 +360,86 @@ fn fused_steps(device: &Device, dtype: DType) -> Result<Vec<String>> {
     ] {
         lines.push(rope_kv_write(device, dtype, (nh, nkv, d), r, norms)?);
     }
+    // (b, t, nh, nkv, d, rotated features, per-head norms, bias)
+    for case in [
+        (1, 37, 14, 2, 64, Some(64), false, true),
+        (2, 20, 32, 8, 128, Some(128), true, false),
+        (2, 9, 8, 4, 64, Some(32), false, true),
+        (1, 5, 4, 2, 80, None, true, true),
+        (1, 3, 8, 4, 256, Some(256), true, false),
+    ] {
+        lines.push(qkv_heads(device, dtype, case)?);
+    }
     Ok(lines)
+}
+
+/// The fused bias + split + norms + rotation of a prompt's projection against candle's ops
+/// (broadcast add, narrow and transpose, `rms_norm` per head, `rope` over the first `r`
+/// features): queries, keys and values within the dtype's tolerance (the norm sums in another
+/// order), the values equal to the bit.
+#[allow(clippy::type_complexity)]
+fn qkv_heads(
+    device: &Device,
+    dtype: DType,
+    (b, t, nh, nkv, d, r, norms, bias): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        Option<usize>,
+        bool,
+        bool,
+    ),
+) -> Result<String> {
+    let eps = 1e-6;
+    let width = (nh + 2 * nkv) * d;
+    let qkv = tensor(&[b, t, width], 23, dtype, device)?;
+    let bias_t = tensor(&[width], 24, dtype, device)?;
+    let half = r.unwrap_or(d) / 2;
+    let cos = tensor(&[b, t, half], 25, dtype, device)?;
+    let sin = tensor(&[b, t, half], 26, dtype, device)?;
+    let qw = tensor(&[d], 27, dtype, device)?;
+    let kw = tensor(&[d], 28, dtype, device)?;
+    let biased = match bias {
+        true => qkv.broadcast_add(&bias_t)?,
+        false => qkv.clone(),
+    };
+    // [b, t, n * d] -> [b, n, t, d], as the attention block splits it.
+    let heads = |offset: usize, n: usize| -> Result<Tensor> {
+        Ok(biased
+            .narrow(D::Minus1, offset * d, n * d)?
+            .reshape((b, t, n, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (mut q, mut k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
+    if norms {
+        q = candle_nn::ops::rms_norm(&q, &qw, eps)?;
+        k = candle_nn::ops::rms_norm(&k, &kw, eps)?;
+    }
+    if r.is_some() {
+        q = crate::models::layers::rotary::apply(&q, &cos, &sin)?;
+        k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
+    }
+    let fused = super::FusedQkv {
+        qkv: &qkv,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: d,
+        rope: r.map(|_| (&cos, &sin)),
+        norms: norms.then_some((&qw, &kw, eps)),
+    };
+    let (gq, gk, gv) =
+        super::qkv_heads(&fused, bias.then_some(&bias_t))?.ok_or_else(|| missing("qkv_heads"))?;
+    let what = format!(
+        "qkv_heads {dtype:?} b {b} t {t} nh {nh} nkv {nkv} d {d}, rotated {r:?}, norms {norms}, \
+         bias {bias}"
+    );
+    let tol = tolerance(dtype);
+    compare(&format!("{what}: queries"), &gq, &q, tol)?;
+    compare(&format!("{what}: keys"), &gk, &k, tol)?;
+    compare(&format!("{what}: values"), &gv, &v, 0.0)
 }
 
 /// `buf` `[b, nkv, cap, d]` with row `r`'s slot `slots[r]` replaced by `new` `[b, nkv, 1, d]`'s
@@ -647,7 +726,7 @@ fn rope_kv_write(
         k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
     }
     let (k_want, v_want) = (placed(&k_cache, &k, &slots)?, placed(&v_cache, &v, &slots)?);
-    let token = super::DecodeToken {
+    let token = super::FusedQkv {
         qkv: &qkv,
         num_heads: nh,
         num_kv_heads: nkv,

@@ -894,6 +894,73 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
     dst[i2] = b;
 }
 
+// A prompt's fused q/k/v projection into heads, in one launch: the bias added, each query and
+// key head's RMSNorm (Qwen3's `q_norm` / `k_norm`) and rotation (RoPE, as `rope_kv_write`
+// pairs the features), each head written in attention's layout. qkv [b * t, (nh + 2 nkv) d]
+// contiguous; bias [(nh + 2 nkv) d] or null; cos, sin [b * t, r / 2] or null; qw, kw [d] or null;
+// out [b, nh + 2 nkv, t, d]: the query heads, then the key heads, then the value heads. Each warp
+// takes one head of one token at a time, a lane the feature pairs c, c + 32, ... (d <= 2 * 32 *
+// QKV_PAIRS).
+constexpr int QKV_PAIRS = 8;
+template <typename T>
+__device__ void qkv_heads(const T* qkv, const T* bias, const T* cos, const T* sin, const T* qw, const T* kw,
+                          float eps, T* out, int rows, int t, int nh, int nkv, int d, int r) {
+    const int heads = nh + 2 * nkv, half = r / 2, pairs = d / 2, lane = threadIdx.x & 31;
+    const long long items = (long long)rows * heads;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long it = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; it < items; it += warps) {
+        int row = (int)(it / heads), head = (int)(it % heads);
+        const T* src = qkv + ((size_t)row * heads + head) * d;
+        const T* bsrc = bias ? bias + (size_t)head * d : nullptr;
+        bool is_q = head < nh, is_k = !is_q && head < nh + nkv;
+        const T* nw = is_q ? qw : (is_k ? kw : nullptr);
+        T a[QKV_PAIRS], b[QKV_PAIRS];
+        float ss = 0.f;
+#pragma unroll
+        for (int p = 0; p < QKV_PAIRS; p++) {
+            int c = lane + 32 * p;
+            if (c < pairs) {
+                int i1 = c < half ? c : r + 2 * (c - half);
+                int i2 = c < half ? c + half : i1 + 1;
+                T x1 = src[i1], x2 = src[i2];
+                if (bsrc) {
+                    x1 = from_f<T>(to_f(x1) + to_f(bsrc[i1]));
+                    x2 = from_f<T>(to_f(x2) + to_f(bsrc[i2]));
+                }
+                a[p] = x1;
+                b[p] = x2;
+                float f1 = to_f(x1), f2 = to_f(x2);
+                ss += f1 * f1 + f2 * f2;
+            }
+        }
+        float inv = nw ? rsqrtf(warp_sum(ss) / d + eps) : 0.f;  // the same for the whole warp
+        int bi = row / t, ti = row % t;
+        T* dst = out + (((size_t)bi * heads + head) * t + ti) * d;
+#pragma unroll
+        for (int p = 0; p < QKV_PAIRS; p++) {
+            int c = lane + 32 * p;
+            if (c < pairs) {
+                int i1 = c < half ? c : r + 2 * (c - half);
+                int i2 = c < half ? c + half : i1 + 1;
+                T x1 = a[p], x2 = b[p];
+                if (nw) {
+                    x1 = from_f<T>(inv * to_f(x1) * to_f(nw[i1]));
+                    x2 = from_f<T>(inv * to_f(x2) * to_f(nw[i2]));
+                }
+                if (cos != nullptr && (is_q || is_k) && c < half) {
+                    T cs = cos[(size_t)row * half + c], sn = sin[(size_t)row * half + c];
+                    T y1 = x1 * cs - x2 * sn;
+                    T y2 = x1 * sn + x2 * cs;
+                    x1 = y1;
+                    x2 = y2;
+                }
+                dst[i1] = x1;
+                dst[i2] = x2;
+            }
+        }
+    }
+}
+
 #define GEMV_OPS(T, SUFFIX, R)                                                                          \
     extern "C" __global__ void lmgen_gemv##R##_##SUFFIX(const T* x, const T* w, const T* bias, T* out,  \
                                                          int n, int k) {                                \
@@ -929,6 +996,12 @@ __device__ void rope_kv_write(const T* qkv, const T* cos, const T* sin, const T*
         pdl_wait();                                                                                     \
         pdl_trigger();                                                                                  \
         rope_kv_write<T>(qkv, cos, sin, qw, kw, eps, q_out, k_cache, v_cache, slots, nh, nkv, d, r, cap); \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_qkv_heads_##SUFFIX(const T* qkv, const T* bias, const T* cos,      \
+                                                        const T* sin, const T* qw, const T* kw,         \
+                                                        float eps, T* out, int rows, int t, int nh,     \
+                                                        int nkv, int d, int r) {                        \
+        qkv_heads<T>(qkv, bias, cos, sin, qw, kw, eps, out, rows, t, nh, nkv, d, r);                    \
     }
 GEMV_ALL(float, f32)
 GEMV_ALL(__nv_bfloat16, bf16)

@@ -14,7 +14,7 @@ use super::norm::RmsNorm;
 use super::rotary;
 use super::LoadContext;
 use crate::cache::KvCache;
-use crate::cuda::DecodeToken;
+use crate::cuda::FusedQkv;
 use crate::error::{Error, Result};
 use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
@@ -215,12 +215,17 @@ impl Attention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let keep_weights = keep_weights && self.eager;
         let (b, t, _) = x.dims3()?;
-        let AttentionShape {
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: d,
-        } = self.shape;
-        let qkv = self.qkv.forward(x)?; // [b, t, (nh (x2 with the gate) + 2 nkv) * d]
+        // [b, t, (nh (x2 with the gate) + 2 nkv) * d], the bias left out where the launch that
+        // splits the heads adds it
+        let (product, bias) = self.qkv.forward_deferred_bias(x)?;
+        let fused = match input.slots {
+            None => self.fused_heads(&product, bias, input)?,
+            Some(_) => None,
+        };
+        let qkv = match bias {
+            Some(bias) if fused.is_none() => product.broadcast_add(bias)?,
+            _ => product,
+        };
         if let Some(slots) = input.slots {
             // A captured decode step: the token's norms, rotation and cache write in one launch
             // where the cache and the GPU take it.
@@ -232,34 +237,9 @@ impl Attention {
                 }
             }
         }
-        let (mut q, gate, q_width) = if self.output_gate {
-            // [b, t, nh, 2d]: each head's query, then its gate.
-            let qg = qkv
-                .narrow(D::Minus1, 0, 2 * nh * d)?
-                .reshape((b, t, nh, 2 * d))?;
-            let gate = qg.narrow(D::Minus1, d, d)?.reshape((b, t, nh * d))?;
-            let q = qg.narrow(D::Minus1, 0, d)?.reshape((b, t, nh * d))?;
-            (q, Some(gate), 2 * nh * d)
-        } else {
-            (qkv.narrow(D::Minus1, 0, nh * d)?, None, nh * d)
-        };
-        let mut k = qkv.narrow(D::Minus1, q_width, nkv * d)?;
-        let v = qkv.narrow(D::Minus1, q_width + nkv * d, nkv * d)?;
-        if let Some((QkNorm::Projection, q_norm, k_norm)) = &self.qk_norm {
-            q = q_norm.forward(&q)?; // over [b, t, nh * d]
-            k = k_norm.forward(&k)?;
-        }
-        // [b, t, n * d] -> [b, n, t, d]
-        let mut q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
-        let mut k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
-        if let Some((QkNorm::PerHead, q_norm, k_norm)) = &self.qk_norm {
-            q = q_norm.forward(&q)?; // over each head's d
-            k = k_norm.forward(&k)?;
-        }
-        let (mut q, k) = match input.rope {
-            Some((cos, sin)) => (rotary::apply(&q, cos, sin)?, rotary::apply(&k, cos, sin)?),
-            None => (q, k),
+        let (mut q, k, v, gate) = match fused {
+            Some((q, k, v)) => (q, k, v, None),
+            None => self.split_heads(&qkv, input, b, t)?,
         };
         if let Some(scale) = input.query_scale {
             q = q.broadcast_mul(scale)?; // [b, nh, t, d] * [b, 1, t, 1]
@@ -405,6 +385,91 @@ impl Attention {
         Ok((self.o_proj.forward(&out)?, weights))
     }
 
+    /// Queries `[b, nh, t, d]`, keys and values `[b, nkv, t, d]` (normed and rotated) and the
+    /// output gate `[b, t, nh * d]` of the projection `qkv` (its bias added), through candle's
+    /// ops.
+    fn split_heads(
+        &self,
+        qkv: &Tensor,
+        input: &AttentionInput<'_>,
+        b: usize,
+        t: usize,
+    ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+        let AttentionShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        } = self.shape;
+        let (mut q, gate, q_width) = if self.output_gate {
+            // [b, t, nh, 2d]: each head's query, then its gate.
+            let qg = qkv
+                .narrow(D::Minus1, 0, 2 * nh * d)?
+                .reshape((b, t, nh, 2 * d))?;
+            let gate = qg.narrow(D::Minus1, d, d)?.reshape((b, t, nh * d))?;
+            let q = qg.narrow(D::Minus1, 0, d)?.reshape((b, t, nh * d))?;
+            (q, Some(gate), 2 * nh * d)
+        } else {
+            (qkv.narrow(D::Minus1, 0, nh * d)?, None, nh * d)
+        };
+        let mut k = qkv.narrow(D::Minus1, q_width, nkv * d)?;
+        let v = qkv.narrow(D::Minus1, q_width + nkv * d, nkv * d)?;
+        if let Some((QkNorm::Projection, q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?; // over [b, t, nh * d]
+            k = k_norm.forward(&k)?;
+        }
+        // [b, t, n * d] -> [b, n, t, d]
+        let mut q = q.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
+        let mut k = k.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, d))?.transpose(1, 2)?.contiguous()?;
+        if let Some((QkNorm::PerHead, q_norm, k_norm)) = &self.qk_norm {
+            q = q_norm.forward(&q)?; // over each head's d
+            k = k_norm.forward(&k)?;
+        }
+        let (q, k) = match input.rope {
+            Some((cos, sin)) => (rotary::apply(&q, cos, sin)?, rotary::apply(&k, cos, sin)?),
+            None => (q, k),
+        };
+        Ok((q, k, v, gate))
+    }
+
+    /// [`Attention::split_heads`] in one launch where the GPU takes it
+    /// ([`crate::cuda::qkv_heads`], which adds the projection's `bias` on the way): without an
+    /// output gate, with per-head norms or none. `None` otherwise.
+    fn fused_heads(
+        &self,
+        product: &Tensor,
+        bias: Option<&Tensor>,
+        input: &AttentionInput<'_>,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let Some(norms) = self.head_norms().filter(|_| !self.output_gate) else {
+            return Ok(None);
+        };
+        let fused = FusedQkv {
+            qkv: product,
+            num_heads: self.shape.num_heads,
+            num_kv_heads: self.shape.num_kv_heads,
+            head_dim: self.shape.head_dim,
+            rope: input.rope,
+            norms,
+        };
+        crate::cuda::qkv_heads(&fused, bias)
+    }
+
+    /// The per-head query and key norms as the fused kernels take them (weights and eps), `None`
+    /// inside for none; `None` where they take them not (norms over the whole projection, or
+    /// a norm whose weight is split).
+    #[allow(clippy::type_complexity)]
+    fn head_norms(&self) -> Option<Option<(&Tensor, &Tensor, f32)>> {
+        match &self.qk_norm {
+            None => Some(None),
+            Some((QkNorm::PerHead, q_norm, k_norm)) => {
+                let ((qw, eps), (kw, _)) = (q_norm.weight_eps()?, k_norm.weight_eps()?);
+                Some(Some((qw, kw, eps)))
+            }
+            Some((QkNorm::Projection, ..)) => None,
+        }
+    }
+
     /// This step's one new token per row as the fused projection gives it, where nothing else
     /// touches it between the projection and the cache (no output gate, query scaling, mask,
     /// attention weights, or norm over all heads at once): `None` otherwise.
@@ -413,7 +478,7 @@ impl Attention {
         qkv: &'a Tensor,
         input: &AttentionInput<'a>,
         keep_weights: bool,
-    ) -> Option<DecodeToken<'a>> {
+    ) -> Option<FusedQkv<'a>> {
         let plain = qkv.dim(1).ok() == Some(1)
             && matches!(input.mask, LayerMask::Dense(None))
             && input.padding_queries.is_none()
@@ -421,15 +486,8 @@ impl Attention {
             && !keep_weights
             && !self.output_gate
             && self.takes_device_slots();
-        let norms = match &self.qk_norm {
-            None => None,
-            Some((QkNorm::PerHead, q_norm, k_norm)) => {
-                let ((qw, eps), (kw, _)) = (q_norm.weight_eps()?, k_norm.weight_eps()?);
-                Some((qw, kw, eps))
-            }
-            Some((QkNorm::Projection, ..)) => return None,
-        };
-        plain.then_some(DecodeToken {
+        let norms = self.head_norms()?;
+        plain.then_some(FusedQkv {
             qkv,
             num_heads: self.shape.num_heads,
             num_kv_heads: self.shape.num_kv_heads,

@@ -301,6 +301,22 @@ impl Linear {
         }
     }
 
+    /// [`Linear::forward`] with the bias left to the caller where it would be an add of its own
+    /// (`(product, Some(bias))`: a kernel that reads the product next can add it on the way);
+    /// `(output, None)` where the output has it already (the decode product adds it in its
+    /// launch; split weights add it around their collective) or there is none.
+    pub fn forward_deferred_bias(&self, x: &Tensor) -> Result<(Tensor, Option<&Tensor>)> {
+        let (None, Some(bias)) = (&self.collective, &self.bias) else {
+            return Ok((self.forward(x)?, None));
+        };
+        if let Weight::Dense(w) = &self.weight {
+            if let Some(y) = crate::cuda::gemv(x, w, Some(bias))? {
+                return Ok((y, None));
+            }
+        }
+        Ok((self.weight.product(x)?, Some(bias)))
+    }
+
     /// A fused gate/up projection's output through SwiGLU in the product's launch, for one
     /// activation row on a GPU ([`crate::cuda::gemv_swiglu`]): `[.., in] -> [.., out / 2]`,
     /// `silu(gate) * up`. `None` where that kernel does not apply (the caller runs
