@@ -56,6 +56,9 @@ mod imp {
         eps: f32,
     }
 
+    /// The fewest rows that take the warp-a-row kernel (`add_rms_norm_rows`).
+    const ROWS_MIN: usize = 128;
+
     impl Map3 for AddRmsNorm {
         fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
             &self,
@@ -72,12 +75,35 @@ mod imp {
             let dim = lx.shape().dims().last().copied().unwrap_or(1);
             let rows = el / dim.max(1);
             let out = unsafe { dev.alloc::<T>(2 * el)? };
-            let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_add_rms_norm")?;
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (dim.next_power_of_two().clamp(32, 1024) as u32, 1, 1),
-                shared_mem_bytes: 0,
+            // 16-byte chunks of a row; every input's first element on a chunk boundary.
+            let v = 16 / std::mem::size_of::<T>();
+            let aligned = [lx, lh, lw].iter().all(|l| l.start_offset() % v == 0);
+            let per_lane = (dim / v).div_ceil(32);
+            let (name, cfg) = match rows >= ROWS_MIN && dim % v == 0 && aligned && per_lane <= 16 {
+                // A prompt's rows: a warp each, eight a block.
+                true => (
+                    if per_lane <= 4 {
+                        "lmgen_add_rms_norm_rows4"
+                    } else {
+                        "lmgen_add_rms_norm_rows16"
+                    },
+                    LaunchConfig {
+                        grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                ),
+                // A decode step's few rows: a block each.
+                false => (
+                    "lmgen_add_rms_norm",
+                    LaunchConfig {
+                        grid_dim: (rows as u32, 1, 1),
+                        block_dim: (dim.next_power_of_two().clamp(32, 1024) as u32, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                ),
             };
+            let (stream, func) = crate::cuda::func::<T>(dev, name)?;
             let mut b = Launch::new(&stream, &func);
             b.arg(&x).arg(&h).arg(&w).arg(&out);
             let (rows, dim) = (rows as i32, dim as i32);

@@ -123,7 +123,8 @@ pub fn flash_applies(device: &candle_core::Device, dtype: DType, head_dim: usize
 /// `softmax(q k^T * scale (+ softcap), causal (+ window) (+ sinks)) v`: `q` `[b, nh, t, d]`,
 /// `k`, `v` `[b, nkv, s, d]` (any strides with the last dim contiguous: the cache's views), the
 /// query `i` at position `s - t + i` seeing the keys at positions up to its own and, with a
-/// `window`, fewer than `window` behind it -> `[b, nh, t, d]`. `None` where the kernel does not
+/// `window`, fewer than `window` behind it -> `[b, nh, t, d]`, a view of `[b, t, nh, d]` memory
+/// (the output projection's layout: transposed back, it is contiguous). `None` where the kernel does not
 /// apply (not CUDA or the fast paths off, another dtype, a head size it does not take, more
 /// shared memory than the device has): the caller runs the candle ops.
 pub fn flash_attention(
@@ -188,8 +189,13 @@ pub(super) mod imp {
             return Ok(None);
         }
         let op = FlashAttention { scores, body };
-        let q = q.contiguous()?;
-        Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
+        // Each head's rows contiguous, whatever the strides of the batch and the heads.
+        let q = match q.stride()[2..] == [d, 1] {
+            true => q.clone(),
+            false => q.contiguous()?,
+        };
+        // [b, t, nh, d] -> [b, nh, t, d]: a view whose transpose back is contiguous.
+        Ok(Some(q.apply_op3_no_bwd(k, v, &op)?.transpose(1, 2)?))
     }
 
     /// The most dynamic shared memory one block may opt into on `dev`.
@@ -228,10 +234,7 @@ pub(super) mod imp {
             lv: &Layout,
             dev: &CudaDevice,
         ) -> candle_core::Result<CudaSlice<T>> {
-            let q = match lq.contiguous_offsets() {
-                Some((a, b)) => q.slice(a..b),
-                None => return Err(crate::cuda::cuda_only("flash_attention (a contiguous q)")),
-            };
+            let q = q.slice(lq.start_offset()..);
             let (k, v) = (k.slice(lk.start_offset()..), v.slice(lv.start_offset()..));
             let [b, nh, t, d] = <[usize; 4]>::try_from(lq.dims())
                 .map_err(|_| crate::cuda::cuda_only("flash_attention (q of rank 4)"))?;
@@ -249,9 +252,10 @@ pub(super) mod imp {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            let (ks, vs) = (lk.stride(), lv.stride());
+            let (qs, ks, vs) = (lq.stride(), lk.stride(), lv.stride());
             let ints = [nh, nkv, t, s, d].map(|n| n as i32);
-            let strides = [ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
+            let strides =
+                [qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]].map(|n| n as i64);
             let sinks = hold_sinks(&self.scores);
             let sinks = match &sinks {
                 Some(held) => Some(held.view::<f32>("flash_attention (CUDA sinks)")?),
@@ -284,6 +288,11 @@ pub(super) mod imp {
         FlashAttention,
         "lmgen-flash-attention",
         "flash_attention",
-        |_op, lq| lq.shape().clone()
+        |_op, lq| {
+            let &[b, nh, t, d] = lq.dims() else {
+                return Err(crate::cuda::cuda_only("flash_attention (q of rank 4)"));
+            };
+            candle_core::Shape::from((b, t, nh, d))
+        }
     );
 }

@@ -64,8 +64,8 @@ impl PagedStep {
 /// Writes the new keys and values of every token of `step` (`k`, `v` `[1, nkv, total, d]`, the
 /// step's input) into the store (`store_k`, `store_v` `[nkv, slot_count, d]`, contiguous) at
 /// its slot, then returns `q` `[1, nh, total, d]`'s attention, each sequence's queries causal
-/// over its own slots (and within `window` of their position): `[1, nh, total, d]`, as
-/// [`super::flash_attention`] computes it. `None` where the kernel does not apply (not CUDA,
+/// over its own slots (and within `window` of their position): `[1, nh, total, d]` (a view of
+/// `[1, total, nh, d]` memory), as [`super::flash_attention`] computes it. `None` where the kernel does not apply (not CUDA,
 /// another dtype or layout, a head size it does not take, not enough shared memory): the caller
 /// goes sequence by sequence, and nothing was written.
 pub fn paged_flash_attention(
@@ -161,7 +161,10 @@ mod imp {
             scores,
             body,
         };
-        Ok(Some(q.apply_op3_no_bwd(store_k, store_v, &op)?))
+        // [1, total, nh, d] -> [1, nh, total, d]: a view whose transpose back is contiguous.
+        Ok(Some(
+            q.apply_op3_no_bwd(store_k, store_v, &op)?.transpose(1, 2)?,
+        ))
     }
 
     /// The step's new keys (or values) into the store at their slots.
@@ -274,7 +277,14 @@ mod imp {
         PagedFlash,
         "lmgen-paged-flash-attention",
         "paged_flash_attention",
-        |_op, lq| lq.shape().clone()
+        |_op, lq| {
+            let &[b, nh, total, d] = lq.dims() else {
+                return Err(crate::cuda::cuda_only(
+                    "paged_flash_attention (q of rank 4)",
+                ));
+            };
+            candle_core::Shape::from((b, total, nh, d))
+        }
     );
 }
 

@@ -138,10 +138,14 @@ mod imp {
                 .map(|(q, k, eps)| (hold(q), hold(k), *eps));
             let r = self.rope.as_ref().map_or(0, |(c, _)| 2 * c.dims()[2]);
             let (stream, func) = crate::cuda::func::<T>(dev, "lmgen_qkv_heads")?;
-            // Enough blocks to fill the device; each warp then walks the (token, head) items.
+            // A warp for each (token, head) item.
             let items = b * t * heads;
             let cfg = LaunchConfig {
-                grid_dim: (items.div_ceil(WARPS).clamp(1, 8192) as u32, 1, 1),
+                grid_dim: (
+                    items.div_ceil(WARPS).clamp(1, i32::MAX as usize) as u32,
+                    1,
+                    1,
+                ),
                 block_dim: ((32 * WARPS) as u32, 1, 1),
                 shared_mem_bytes: 0,
             };

@@ -18,11 +18,22 @@ use crate::models::layers::attention::{attend, Scores};
 pub fn run(device: &Device) -> Result<Vec<String>> {
     let mut report = Vec::new();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        // One block a row: 1, 4 and 12 elements a thread.
-        for dim in [896, 4096, 12288] {
-            report.push(add_rms_norm(device, dtype, dim)?);
+        // A few rows, one block a row: 1, 4 and 12 elements a thread; a prompt's rows, a warp a
+        // row holding 4 or 16 chunks of 16 bytes (or one block a row past that).
+        for (rows, dim) in [
+            (3, 896),
+            (3, 4096),
+            (3, 12288),
+            (300, 896),
+            (300, 2000),
+            (300, 4096),
+        ] {
+            report.push(add_rms_norm(device, dtype, rows, dim)?);
         }
-        report.push(swiglu(device, dtype)?);
+        // 16 bytes a thread, and one element a thread (37 features are no multiple of 16 bytes).
+        for (rows, inter) in [(2, 4864), (300, 4864), (3, 37)] {
+            report.push(swiglu(device, dtype, rows, inter)?);
+        }
         // Every row count the kernel is built for, whatever the products take it for now.
         let before = super::set_gemv_max_rows(super::GEMV_MAX_ROWS);
         let lines: Result<Vec<String>> = (1..=super::GEMV_MAX_ROWS)
@@ -559,8 +570,8 @@ fn missing(what: &str) -> Error {
     mismatch(format!("{what}: the kernel did not apply"))
 }
 
-fn add_rms_norm(device: &Device, dtype: DType, dim: usize) -> Result<String> {
-    let (rows, eps) = (3, 1e-6);
+fn add_rms_norm(device: &Device, dtype: DType, rows: usize, dim: usize) -> Result<String> {
+    let eps = 1e-6;
     let x = tensor(&[1, rows, dim], 1, dtype, device)?;
     let h = tensor(&[1, rows, dim], 2, dtype, device)?;
     let w = tensor(&[dim], 3, dtype, device)?;
@@ -745,8 +756,7 @@ fn rope_kv_write(
     compare(&format!("{what}: value cache"), &v_cache, &v_want, 0.0)
 }
 
-fn swiglu(device: &Device, dtype: DType) -> Result<String> {
-    let (rows, inter) = (2, 4864);
+fn swiglu(device: &Device, dtype: DType, rows: usize, inter: usize) -> Result<String> {
     let gate_up = tensor(&[1, rows, 2 * inter], 4, dtype, device)?;
     let got = super::swiglu(&gate_up, inter)?.ok_or_else(|| missing("swiglu"))?;
     let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?;

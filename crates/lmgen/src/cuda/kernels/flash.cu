@@ -142,12 +142,13 @@ __device__ __forceinline__ void values_tile<float>(const float* P, const float* 
     }
 }
 
-// The block's queries `q0 .. q0 + BM` of one head: `q`, `out` [rows, d] (this head's rows,
-// contiguous), query `i` at position `past + i`; `s` keys and values through `keys(j)`,
+// The block's queries `q0 .. q0 + BM` of one head: `q` [rows, d] (this head's rows,
+// contiguous), `out` this head's rows `ors` elements apart (d contiguous), query `i` at position
+// `past + i`; `s` keys and values through `keys(j)`,
 // `values(j)` (each [d], last dim contiguous). `sink` is the head's sink logit, -inf for none.
 template <typename T, typename Rows>
-__device__ void attend_tile(const T* q, Rows keys, Rows values, T* out, int q0, int rows, int past, int s, int d,
-                            int window, float scale, float softcap, float sink) {
+__device__ void attend_tile(const T* q, Rows keys, Rows values, T* out, long long ors, int q0, int rows, int past,
+                            int s, int d, int window, float scale, float softcap, float sink) {
     extern __shared__ __align__(128) unsigned char flash_smem[];
     constexpr int PK = Pad<T>::kv, PF = Pad<T>::f;
     const int ldq = d + PK, lds = BN + PF, ldp = BN + PK, ldo = d + PF;
@@ -219,7 +220,7 @@ __device__ void attend_tile(const T* q, Rows keys, Rows values, T* out, int q0, 
     }
     for (int e = threadIdx.x; e < (last - q0) * d; e += THREADS) {
         int r = e / d, c = e % d;
-        out[(size_t)(q0 + r) * d + c] = from_f<T>(O[(size_t)r * ldo + c] / L[r]);
+        out[(q0 + r) * ors + c] = from_f<T>(O[(size_t)r * ldo + c] / L[r]);
     }
 }
 
@@ -319,8 +320,8 @@ __device__ __forceinline__ void load_tile(T* dst, Rows rows, int j0, int limit) 
 // `flash::attend_tile` for heads of D: the same arguments, masking and sinks; shared memory
 // 3 x 64 x (D + PAD) elements (queries, keys, values).
 template <typename T, int D, typename Rows>
-__device__ void attend(const T* q, Rows keys, Rows values, T* out, int q0, int rows, int past, int s, int window,
-                       float scale, float softcap, float sink) {
+__device__ void attend(const T* q, Rows keys, Rows values, T* out, long long ors, int q0, int rows, int past, int s,
+                       int window, float scale, float softcap, float sink) {
     extern __shared__ __align__(128) unsigned char flash_smem[];
     constexpr int LD = D + PAD;
     constexpr int KSTEPS = D / 16;  // of the scores' products, over the head
@@ -459,9 +460,9 @@ __device__ void attend(const T* q, Rows keys, Rows values, T* out, int q0, int r
     for (int t = 0; t < DT; t++) {
         int col = t * 8 + 2 * c;
         if (r0 < last)
-            *reinterpret_cast<uint32_t*>(out + (size_t)r0 * D + col) = pack<T>(o[t][0] * l[0], o[t][1] * l[0]);
+            *reinterpret_cast<uint32_t*>(out + r0 * ors + col) = pack<T>(o[t][0] * l[0], o[t][1] * l[0]);
         if (r0 + 8 < last)
-            *reinterpret_cast<uint32_t*>(out + (size_t)(r0 + 8) * D + col) =
+            *reinterpret_cast<uint32_t*>(out + (r0 + 8) * ors + col) =
                 pack<T>(o[t][2] * l[1], o[t][3] * l[1]);
     }
 }
@@ -472,50 +473,52 @@ __device__ void attend(const T* q, Rows keys, Rows values, T* out, int q0, int r
 // heads of 64, 96, 128: `flash_attention.rs` sizes the shared memory for the body it picks),
 // else `flash::attend_tile`.
 template <typename T, typename Rows>
-__device__ __forceinline__ void attend_any(const T* q, Rows keys, Rows values, T* out, int q0, int rows, int past,
+__device__ __forceinline__ void attend_any(const T* q, Rows keys, Rows values, T* out, long long ors, int q0, int rows, int past,
                                            int s, int d, int window, float scale, float softcap, float sink,
                                            int mma) {
     if constexpr (!std::is_same<T, float>::value) {
         if (mma) {
             switch (d) {
                 case 64:
-                    return flash2::attend<T, 64>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                    return flash2::attend<T, 64>(q, keys, values, out, ors, q0, rows, past, s, window, scale, softcap,
                                                  sink);
                 case 96:
-                    return flash2::attend<T, 96>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                    return flash2::attend<T, 96>(q, keys, values, out, ors, q0, rows, past, s, window, scale, softcap,
                                                  sink);
                 case 128:
-                    return flash2::attend<T, 128>(q, keys, values, out, q0, rows, past, s, window, scale, softcap,
+                    return flash2::attend<T, 128>(q, keys, values, out, ors, q0, rows, past, s, window, scale, softcap,
                                                   sink);
             }
         }
     }
-    flash::attend_tile<T>(q, keys, values, out, q0, rows, past, s, d, window, scale, softcap, sink);
+    flash::attend_tile<T>(q, keys, values, out, ors, q0, rows, past, s, d, window, scale, softcap, sink);
 }
 
-// A dense batch's prompt: q [b, nh, t, d] contiguous; k, v [b, nkv, s, d] with the last dim
-// contiguous and element strides (batch, head, position) given, the query `i` at position
-// `s - t + i`; out [b, nh, t, d]; sinks [nh] f32 or null. Grid (ceil(t / 64), nh, b).
+// A dense batch's prompt: q [b, nh, t, d] with each head's rows contiguous and element strides
+// (batch, head) given; k, v [b, nkv, s, d] with the last dim contiguous and element strides
+// (batch, head, position) given, the query `i` at position `s - t + i`; out [b, t, nh, d] (the
+// output projection's layout); sinks [nh] f32 or null. Grid (ceil(t / 64), nh, b).
 template <typename T>
 __device__ void flash_attention(const T* q, const T* k, const T* v, T* out, const float* sinks, int nh, int nkv,
-                                int t, int s, int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb,
-                                long long v_sh, long long v_ss, int window, float scale, float softcap, int mma) {
+                                int t, int s, int d, long long q_sb, long long q_sh, long long k_sb, long long k_sh,
+                                long long k_ss, long long v_sb, long long v_sh, long long v_ss, int window,
+                                float scale, float softcap, int mma) {
     int head = blockIdx.y, batch = blockIdx.z;
     int kvh = head / (nh / nkv);
-    size_t base = ((size_t)batch * nh + head) * t * d;
     StridedRows<T> keys{k + batch * k_sb + kvh * k_sh, k_ss};
     StridedRows<T> values{v + batch * v_sb + kvh * v_sh, v_ss};
     float sink = sinks ? sinks[head] : -INFINITY;
-    attend_any<T>(q + base, keys, values, out + base, blockIdx.x * flash::BM, t, s - t, s, d, window, scale, softcap,
-                  sink, mma);
+    attend_any<T>(q + batch * q_sb + head * q_sh, keys, values, out + ((size_t)batch * t * nh + head) * d,
+                  (long long)nh * d, blockIdx.x * flash::BM, t, s - t, s, d, window, scale, softcap, sink, mma);
 }
 
 // A packed step of the paged engine: `n` sequences, sequence `i`'s `news[i]` new tokens at
 // positions `starts[i]..` of the step's `total`, attending over the store's slots
 // `slots[offsets[i]..offsets[i + 1]]` (its cached tokens, then the new ones, written before).
 // index: [starts (n) | news (n) | offsets (n + 1) | slots | work], `work` holding one
-// (sequence, first query) pair per block; q, out [1, nh, total, d] contiguous; store_k, store_v
-// [nkv, slot_count, d] contiguous. Grid (work items, nh).
+// (sequence, first query) pair per block; q [1, nh, total, d] contiguous; out [1, total, nh, d]
+// (the output projection's layout); store_k, store_v [nkv, slot_count, d] contiguous. Grid
+// (work items, nh).
 template <typename T>
 __device__ void paged_flash_attention(const T* q, const T* store_k, const T* store_v, T* out, const float* sinks,
                                       const uint32_t* index, int n, int work_at, int nh, int nkv, int total,
@@ -530,12 +533,12 @@ __device__ void paged_flash_attention(const T* q, const T* store_k, const T* sto
     int i = (int)item[0], q0 = (int)item[1];
     uint32_t off = offsets[i];
     int s = (int)(offsets[i + 1] - off), rows = (int)news[i];
-    size_t base = ((size_t)head * total + starts[i]) * d;
     size_t head_base = (size_t)kvh * slot_count * d;
     SlotRows<T> keys{store_k + head_base, slots + off, d};
     SlotRows<T> values{store_v + head_base, slots + off, d};
     float sink = sinks ? sinks[head] : -INFINITY;
-    attend_any<T>(q + base, keys, values, out + base, q0, rows, s - rows, s, d, window, scale, softcap, sink, mma);
+    attend_any<T>(q + ((size_t)head * total + starts[i]) * d, keys, values, out + ((size_t)starts[i] * nh + head) * d,
+                  (long long)nh * d, q0, rows, s - rows, s, d, window, scale, softcap, sink, mma);
 }
 
 // The new keys (or values) of every token of a packed step written into the store at its slot.
@@ -556,10 +559,11 @@ __device__ void paged_kv_write_tokens(const T* src, T* dst, const uint32_t* toke
 #define FLASH_OPS(T, SUFFIX)                                                                            \
     extern "C" __global__ void __launch_bounds__(flash::THREADS) lmgen_flash_attention_##SUFFIX(        \
         const T* q, const T* k, const T* v, T* out, const float* sinks, int nh, int nkv, int t, int s,  \
-        int d, long long k_sb, long long k_sh, long long k_ss, long long v_sb, long long v_sh,          \
-        long long v_ss, int window, float scale, float softcap, int mma) {                              \
-        flash_attention<T>(q, k, v, out, sinks, nh, nkv, t, s, d, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss,   \
-                           window, scale, softcap, mma);                                                \
+        int d, long long q_sb, long long q_sh, long long k_sb, long long k_sh, long long k_ss,          \
+        long long v_sb, long long v_sh, long long v_ss, int window, float scale, float softcap,         \
+        int mma) {                                                                                      \
+        flash_attention<T>(q, k, v, out, sinks, nh, nkv, t, s, d, q_sb, q_sh, k_sb, k_sh, k_ss, v_sb,   \
+                           v_sh, v_ss, window, scale, softcap, mma);                                    \
     }                                                                                                   \
     extern "C" __global__ void __launch_bounds__(flash::THREADS) lmgen_paged_flash_attention_##SUFFIX(  \
         const T* q, const T* store_k, const T* store_v, T* out, const float* sinks,                     \

@@ -52,6 +52,57 @@ __device__ void add_rms_norm(const T* x, const T* h, const T* w, T* out, int row
     }
 }
 
+// `add_rms_norm` for many rows (a prompt): a warp per row, 16-byte loads, the row's sum held in
+// registers between the two passes (the one-block-a-row kernel leaves most of a prompt's rows'
+// loads waiting behind its block barriers). dim a multiple of V = 16 / sizeof(T), at most
+// 32 * V * C (C: the 16-byte chunks a lane holds, 4 or 16 by the entry); every row 16-byte aligned.
+template <typename T, int C>
+__device__ void add_rms_norm_rows(const T* x, const T* h, const T* w, T* out, int rows, int dim, float eps) {
+    constexpr int V = 16 / sizeof(T);
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int chunks = dim / V;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)row * dim);
+    const uint4* hr = reinterpret_cast<const uint4*>(h + (size_t)row * dim);
+    const uint4* wr = reinterpret_cast<const uint4*>(w);
+    uint4* sum = reinterpret_cast<uint4*>(out + (size_t)row * dim);
+    uint4* normed = reinterpret_cast<uint4*>(out + (size_t)rows * dim + (size_t)row * dim);
+    uint4 sv[C];
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < C; k++) {
+        int c = lane + 32 * k;
+        if (c < chunks) {
+            uint4 a = xr[c], b = hr[c];
+            const T* ae = reinterpret_cast<const T*>(&a);
+            const T* be = reinterpret_cast<const T*>(&b);
+            T* se = reinterpret_cast<T*>(&sv[k]);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                se[i] = from_f<T>(to_f(ae[i]) + to_f(be[i]));
+                float f = to_f(se[i]);
+                ss += f * f;
+            }
+            sum[c] = sv[k];
+        }
+    }
+    float inv = rsqrtf(warp_sum(ss) / dim + eps);
+#pragma unroll
+    for (int k = 0; k < C; k++) {
+        int c = lane + 32 * k;
+        if (c < chunks) {
+            uint4 wv = wr[c], o;
+            const T* we = reinterpret_cast<const T*>(&wv);
+            const T* se = reinterpret_cast<const T*>(&sv[k]);
+            T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+            for (int i = 0; i < V; i++) oe[i] = from_f<T>(to_f(se[i]) * inv * to_f(we[i]));
+            normed[c] = o;
+        }
+    }
+}
+
 // Greedy selection and the chosen token's log-probability of each row of raw logits
 // [rows, vocab], in two launches (`greedy_part` over chunks of the rows, `greedy_combine`):
 // out[row] = (id, logit[id] - logsumexp(row)) as two f32 (ids below 2^24 are
@@ -154,7 +205,29 @@ extern "C" __global__ void lmgen_greedy_combine_f32(const Pick* part, float* out
 // `silu` then `mul`).
 template <typename T>
 __device__ void swiglu(const T* gate_up, T* out, int rows, int inter) {
+    constexpr int V = 16 / sizeof(T);
     size_t n = (size_t)rows * inter;
+    bool aligned = ((reinterpret_cast<uintptr_t>(gate_up) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+    if (inter % V == 0 && aligned && n / V <= 0xffffffffu) {
+        // 16 bytes of gate, of up and of the output a thread at a time, 32-bit index math.
+        unsigned per_row = inter / V, count = (unsigned)(n / V);
+        for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
+            unsigned r = i / per_row, c = (i - r * per_row) * V;
+            const T* g = gate_up + (size_t)r * 2 * inter + c;
+            uint4 gv = *reinterpret_cast<const uint4*>(g), uv = *reinterpret_cast<const uint4*>(g + inter), o;
+            const T* ge = reinterpret_cast<const T*>(&gv);
+            const T* ue = reinterpret_cast<const T*>(&uv);
+            T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                float gf = to_f(ge[e]);
+                float sf = to_f(from_f<T>(gf / (1.f + expf(-gf))));
+                oe[e] = from_f<T>(sf * to_f(ue[e]));
+            }
+            *reinterpret_cast<uint4*>(out + (size_t)i * V) = o;
+        }
+        return;
+    }
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / inter, c = i % inter;
         float g = to_f(gate_up[r * 2 * inter + c]);
@@ -1013,6 +1086,19 @@ GEMV_ALL(__half, f16)
         pdl_wait();                                                                                     \
         pdl_trigger();                                                                                  \
         add_rms_norm<T>(x, h, w, out, rows, dim, eps);                                                  \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_add_rms_norm_rows4_##SUFFIX(const T* x, const T* h, const T* w,    \
+                                                                 T* out, int rows, int dim, float eps) { \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
+        add_rms_norm_rows<T, 4>(x, h, w, out, rows, dim, eps);                                          \
+    }                                                                                                   \
+    extern "C" __global__ void lmgen_add_rms_norm_rows16_##SUFFIX(const T* x, const T* h, const T* w,   \
+                                                                  T* out, int rows, int dim,            \
+                                                                  float eps) {                          \
+        pdl_wait();                                                                                     \
+        pdl_trigger();                                                                                  \
+        add_rms_norm_rows<T, 16>(x, h, w, out, rows, dim, eps);                                         \
     }                                                                                                   \
     extern "C" __global__ void lmgen_swiglu_##SUFFIX(const T* gate_up, T* out, int rows, int inter) {   \
         swiglu<T>(gate_up, out, rows, inter);                                                           \
