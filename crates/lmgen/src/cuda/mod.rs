@@ -87,8 +87,38 @@ macro_rules! cuda_op3 {
 /// candle's `CustomOp1` for an op of this module that runs on CUDA only: `$name` is candle's name
 /// for it, `$what` names it in the CPU error, and `$fwd` (of the op `$op`, the operand's storage
 /// `$s` and layout `$l`) is its CUDA forward, `(storage, shape)`.
+/// With `launch` in place of `$fwd`: the op's generic `launch(slice, layout, device) ->
+/// (slice, shape)` on an f32, f16 or bf16 operand.
 #[cfg(feature = "cuda")]
 macro_rules! cuda_op1 {
+    ($ty:ty, $name:literal, $what:literal, launch) => {
+        cuda_op1!($ty, $name, $what, |op, x, l| {
+            use candle_core::backend::BackendStorage;
+            use candle_core::cuda_backend::CudaStorageSlice;
+            let dev = x.device();
+            let (slice, shape) = match &x.slice {
+                CudaStorageSlice::F32(s) => {
+                    let (out, shape) = op.launch(s, l, dev)?;
+                    (CudaStorageSlice::F32(out), shape)
+                }
+                CudaStorageSlice::F16(s) => {
+                    let (out, shape) = op.launch(s, l, dev)?;
+                    (CudaStorageSlice::F16(out), shape)
+                }
+                CudaStorageSlice::BF16(s) => {
+                    let (out, shape) = op.launch(s, l, dev)?;
+                    (CudaStorageSlice::BF16(out), shape)
+                }
+                _ => {
+                    return Err($crate::cuda::cuda_only(concat!(
+                        $what,
+                        " (f32, f16 or bf16)"
+                    )))
+                }
+            };
+            Ok($crate::cuda::output(slice, dev, shape))
+        });
+    };
     ($ty:ty, $name:literal, $what:literal, |$op:ident, $s:ident, $l:ident| $fwd:expr) => {
         impl candle_core::CustomOp1 for $ty {
             fn name(&self) -> &'static str {

@@ -84,11 +84,10 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
     };
-    use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use super::*;
@@ -186,23 +185,5 @@ mod imp {
         }
     }
 
-    cuda_op1!(QkvHeads, "lmgen-qkv-heads", "qkv_heads", |op, qkv, l| {
-        let dev = qkv.device();
-        let (slice, shape) = match &qkv.slice {
-            CudaStorageSlice::F32(s) => {
-                let (out, shape) = op.launch(s, l, dev)?;
-                (CudaStorageSlice::F32(out), shape)
-            }
-            CudaStorageSlice::F16(s) => {
-                let (out, shape) = op.launch(s, l, dev)?;
-                (CudaStorageSlice::F16(out), shape)
-            }
-            CudaStorageSlice::BF16(s) => {
-                let (out, shape) = op.launch(s, l, dev)?;
-                (CudaStorageSlice::BF16(out), shape)
-            }
-            _ => return Err(crate::cuda::cuda_only("qkv_heads (f32, f16 or bf16)")),
-        };
-        Ok(crate::cuda::output(slice, dev, shape))
-    });
+    cuda_op1!(QkvHeads, "lmgen-qkv-heads", "qkv_heads", launch);
 }

@@ -99,9 +99,8 @@ mod imp {
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod imp {
-    use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig};
-    use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, Layout, Shape, WithDType};
 
     use crate::cuda::hold;
@@ -203,28 +202,5 @@ mod imp {
         }
     }
 
-    cuda_op1!(
-        RopeKvWrite,
-        "lmgen-rope-kv-write",
-        "rope_kv_write",
-        |op, qkv, l| {
-            let dev = qkv.device();
-            let (slice, shape) = match &qkv.slice {
-                CudaStorageSlice::F32(s) => {
-                    let (q, shape) = op.launch(s, l, dev)?;
-                    (CudaStorageSlice::F32(q), shape)
-                }
-                CudaStorageSlice::F16(s) => {
-                    let (q, shape) = op.launch(s, l, dev)?;
-                    (CudaStorageSlice::F16(q), shape)
-                }
-                CudaStorageSlice::BF16(s) => {
-                    let (q, shape) = op.launch(s, l, dev)?;
-                    (CudaStorageSlice::BF16(q), shape)
-                }
-                _ => return Err(crate::cuda::cuda_only("rope_kv_write (f32, f16 or bf16)")),
-            };
-            Ok(crate::cuda::output(slice, dev, shape))
-        }
-    );
+    cuda_op1!(RopeKvWrite, "lmgen-rope-kv-write", "rope_kv_write", launch);
 }

@@ -416,30 +416,15 @@ fn qkv_heads(
         true => qkv.broadcast_add(&bias_t)?,
         false => qkv.clone(),
     };
-    // [b, t, n * d] -> [b, n, t, d], as the attention block splits it.
-    let heads = |offset: usize, n: usize| -> Result<Tensor> {
-        Ok(biased
-            .narrow(D::Minus1, offset * d, n * d)?
-            .reshape((b, t, n, d))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    };
-    let (mut q, mut k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
-    if norms {
-        q = candle_nn::ops::rms_norm(&q, &qw, eps)?;
-        k = candle_nn::ops::rms_norm(&k, &kw, eps)?;
-    }
-    if r.is_some() {
-        q = crate::models::layers::rotary::apply(&q, &cos, &sin)?;
-        k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
-    }
+    let norms_of = norms.then_some((&qw, &kw, eps));
+    let (q, k, v) = split_heads(&biased, (nh, nkv, d), r.map(|_| (&cos, &sin)), norms_of)?;
     let fused = super::FusedQkv {
         qkv: &qkv,
         num_heads: nh,
         num_kv_heads: nkv,
         head_dim: d,
         rope: r.map(|_| (&cos, &sin)),
-        norms: norms.then_some((&qw, &kw, eps)),
+        norms: norms_of,
     };
     let (gq, gk, gv) =
         super::qkv_heads(&fused, bias.then_some(&bias_t))?.ok_or_else(|| missing("qkv_heads"))?;
@@ -451,6 +436,37 @@ fn qkv_heads(
     compare(&format!("{what}: queries"), &gq, &q, tol)?;
     compare(&format!("{what}: keys"), &gk, &k, tol)?;
     compare(&format!("{what}: values"), &gv, &v, 0.0)
+}
+
+/// Queries `[b, nh, t, d]`, keys and values `[b, nkv, t, d]` of a fused projection `qkv`
+/// `[b, t, (nh + 2 nkv) d]` through candle's ops, as the attention block splits them: narrow and
+/// transpose, `rms_norm` per head, `rope` over the first features.
+#[allow(clippy::type_complexity)]
+fn split_heads(
+    qkv: &Tensor,
+    (nh, nkv, d): (usize, usize, usize),
+    rope: Option<(&Tensor, &Tensor)>,
+    norms: Option<(&Tensor, &Tensor, f32)>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, _) = qkv.dims3()?;
+    // [b, t, n * d] -> [b, n, t, d]
+    let heads = |offset: usize, n: usize| -> Result<Tensor> {
+        Ok(qkv
+            .narrow(D::Minus1, offset * d, n * d)?
+            .reshape((b, t, n, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    let (mut q, mut k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
+    if let Some((qw, kw, eps)) = norms {
+        q = candle_nn::ops::rms_norm(&q, qw, eps)?;
+        k = candle_nn::ops::rms_norm(&k, kw, eps)?;
+    }
+    if let Some((cos, sin)) = rope {
+        q = crate::models::layers::rotary::apply(&q, cos, sin)?;
+        k = crate::models::layers::rotary::apply(&k, cos, sin)?;
+    }
+    Ok((q, k, v))
 }
 
 /// `buf` `[b, nkv, cap, d]` with row `r`'s slot `slots[r]` replaced by `new` `[b, nkv, 1, d]`'s
@@ -719,23 +735,8 @@ fn rope_kv_write(
     let kw = tensor(&[d], 20, dtype, device)?;
     let k_cache = tensor(&[b, nkv, cap, d], 21, dtype, device)?;
     let v_cache = tensor(&[b, nkv, cap, d], 22, dtype, device)?;
-    // [b, 1, n * d] -> [b, n, 1, d], as the attention block splits it.
-    let heads = |offset: usize, n: usize| -> Result<Tensor> {
-        Ok(qkv
-            .narrow(D::Minus1, offset * d, n * d)?
-            .reshape((b, 1, n, d))?
-            .transpose(1, 2)?
-            .contiguous()?)
-    };
-    let (mut q, mut k, v) = (heads(0, nh)?, heads(nh, nkv)?, heads(nh + nkv, nkv)?);
-    if norms {
-        q = candle_nn::ops::rms_norm(&q, &qw, eps)?;
-        k = candle_nn::ops::rms_norm(&k, &kw, eps)?;
-    }
-    if r.is_some() {
-        q = crate::models::layers::rotary::apply(&q, &cos, &sin)?;
-        k = crate::models::layers::rotary::apply(&k, &cos, &sin)?;
-    }
+    let norms_of = norms.then_some((&qw, &kw, eps));
+    let (q, k, v) = split_heads(&qkv, (nh, nkv, d), r.map(|_| (&cos, &sin)), norms_of)?;
     let (k_want, v_want) = (placed(&k_cache, &k, &slots)?, placed(&v_cache, &v, &slots)?);
     let token = super::FusedQkv {
         qkv: &qkv,
@@ -743,7 +744,7 @@ fn rope_kv_write(
         num_kv_heads: nkv,
         head_dim: d,
         rope: r.map(|_| (&cos, &sin)),
-        norms: norms.then_some((&qw, &kw, eps)),
+        norms: norms_of,
     };
     let slots_dev = Tensor::new(&slots[..], device)?;
     let got = super::rope_kv_write(&token, &k_cache, &v_cache, &slots_dev)?
