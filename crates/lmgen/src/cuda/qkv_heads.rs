@@ -7,6 +7,7 @@
 
 use candle_core::Tensor;
 
+use super::rope_kv_write::like;
 use super::FusedQkv;
 use crate::error::Result;
 
@@ -26,34 +27,11 @@ pub fn qkv_heads(
     if !super::applies(qkv) || !super::fuse_steps() || !enabled() {
         return Ok(None);
     }
-    let Ok((b, t, width)) = qkv.dims3() else {
+    let Some((b, t)) = fused.fitting(512).filter(|&(_, t)| t > 0) else {
         return Ok(None);
     };
-    let like = |x: &Tensor| {
-        x.dtype() == qkv.dtype() && x.is_contiguous() && x.device().same_device(qkv.device())
-    };
-    let rope_fits = fused.rope.is_none_or(|(cos, sin)| {
-        let half = cos.dim(2).unwrap_or(0);
-        cos.dims3().ok() == Some((b, t, half))
-            && sin.dims() == cos.dims()
-            && half > 0
-            && 2 * half <= d
-            && like(cos)
-            && like(sin)
-    });
-    let norms_fit = fused
-        .norms
-        .is_none_or(|(qw, kw, _)| qw.dims() == [d] && kw.dims() == [d] && like(qw) && like(kw));
-    let fits = t > 0
-        && nkv > 0
-        && d > 0
-        && d.is_multiple_of(2)
-        && d <= 512
-        && width == (nh + 2 * nkv) * d
-        && like(qkv)
-        && bias.is_none_or(|x| x.dims() == [width] && like(x))
-        && rope_fits
-        && norms_fit;
+    let fits = b * t * (nh + 2 * nkv) <= i32::MAX as usize
+        && bias.is_none_or(|x| x.dims() == [(nh + 2 * nkv) * d] && like(qkv, x));
     if !fits {
         return Ok(None);
     }

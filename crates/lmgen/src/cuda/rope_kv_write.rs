@@ -26,6 +26,42 @@ pub struct FusedQkv<'a> {
     pub norms: Option<(&'a Tensor, &'a Tensor, f32)>,
 }
 
+impl FusedQkv<'_> {
+    /// `(b, t)` where the fused kernels take this projection: `qkv` `[b, t, (nh + 2 nkv) d]`
+    /// contiguous, the rotation's tables `[b, t, r / 2]` and the norms' weights `[d]` of its dtype,
+    /// contiguous on its device, `d` even and at most `max_head_dim`; `None` otherwise.
+    pub(super) fn fitting(&self, max_head_dim: usize) -> Option<(usize, usize)> {
+        let (nh, nkv, d, qkv) = (self.num_heads, self.num_kv_heads, self.head_dim, self.qkv);
+        let (b, t, width) = qkv.dims3().ok()?;
+        let rope_fits = self.rope.is_none_or(|(cos, sin)| {
+            let half = cos.dim(2).unwrap_or(0);
+            cos.dims3().ok() == Some((b, t, half))
+                && sin.dims() == cos.dims()
+                && half > 0
+                && 2 * half <= d
+                && like(qkv, cos)
+                && like(qkv, sin)
+        });
+        let norms_fit = self.norms.is_none_or(|(qw, kw, _)| {
+            qw.dims() == [d] && kw.dims() == [d] && like(qkv, qw) && like(qkv, kw)
+        });
+        let fits = nkv > 0
+            && d > 0
+            && d.is_multiple_of(2)
+            && d <= max_head_dim
+            && width == (nh + 2 * nkv) * d
+            && like(qkv, qkv)
+            && rope_fits
+            && norms_fit;
+        fits.then_some((b, t))
+    }
+}
+
+/// Whether `x` is contiguous, of `like`'s dtype and on its device.
+pub(super) fn like(like: &Tensor, x: &Tensor) -> bool {
+    x.dtype() == like.dtype() && x.is_contiguous() && x.device().same_device(like.device())
+}
+
 /// Normalises and rotates `token`'s queries and keys, writes its keys and values into `k_cache`
 /// and `v_cache` (`[b, nkv, cap, d]`, contiguous) at slot `slots[row]` (`[b]` u32; slots at or
 /// past `cap` are skipped: the caller checks them first) in place, and returns the queries
@@ -39,44 +75,19 @@ pub fn rope_kv_write(
     v_cache: &Tensor,
     slots: &Tensor,
 ) -> Result<Option<Tensor>> {
-    let (nh, nkv, d) = (token.num_heads, token.num_kv_heads, token.head_dim);
+    let (nkv, d) = (token.num_kv_heads, token.head_dim);
     let qkv = token.qkv;
     if !super::applies(qkv) || !super::fuse_steps() {
         return Ok(None);
     }
-    let Ok((b, one, width)) = qkv.dims3() else {
+    let Some((b, 1)) = token.fitting(2048) else {
         return Ok(None);
     };
-    let dtype = qkv.dtype();
-    let like = |t: &Tensor| {
-        t.dtype() == dtype && t.is_contiguous() && t.device().same_device(qkv.device())
-    };
     let cache_dims = (b, nkv, k_cache.dim(2).unwrap_or(0), d);
-    let rope_fits = token.rope.is_none_or(|(cos, sin)| {
-        let half = cos.dim(2).unwrap_or(0);
-        cos.dims3().ok() == Some((b, 1, half))
-            && sin.dims() == cos.dims()
-            && half > 0
-            && 2 * half <= d
-            && like(cos)
-            && like(sin)
-    });
-    let norms_fit = token
-        .norms
-        .is_none_or(|(qw, kw, _)| qw.dims() == [d] && kw.dims() == [d] && like(qw) && like(kw));
-    let fits = one == 1
-        && nkv > 0
-        && d > 0
-        && d.is_multiple_of(2)
-        && d <= 2048
-        && width == (nh + 2 * nkv) * d
-        && like(qkv)
-        && rope_fits
-        && norms_fit
-        && k_cache.dims4().ok() == Some(cache_dims)
+    let fits = k_cache.dims4().ok() == Some(cache_dims)
         && v_cache.dims4().ok() == Some(cache_dims)
-        && like(k_cache)
-        && like(v_cache)
+        && like(qkv, k_cache)
+        && like(qkv, v_cache)
         && slots.dims1().ok() == Some(b)
         && slots.dtype() == DType::U32
         && slots.device().same_device(qkv.device());
