@@ -272,17 +272,17 @@ impl Linear {
     /// `[.., in] -> [.., out]` (split across ranks: this rank's part of the input or of the
     /// output, see [`parallel`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Decode on a GPU: lmgen's product for a few rows, the bias added in the same launch.
-        if let (None, Weight::Dense(w)) = (&self.collective, &self.weight) {
-            if let Some(y) = crate::cuda::gemv(x, w, self.bias.as_ref())? {
-                return Ok(y);
-            }
-        }
+        let Some(collective) = &self.collective else {
+            let (y, deferred) = self.forward_deferred_bias(x)?;
+            return match deferred {
+                Some(_) => self.add_bias(y),
+                None => Ok(y),
+            };
+        };
         let y = self.weight.product(x)?;
-        match &self.collective {
-            None => self.add_bias(y),
-            Some(Collective::Sum(comm)) => self.add_bias(comm.all_reduce_sum(&y)?),
-            Some(Collective::Gather(g)) => {
+        match collective {
+            Collective::Sum(comm) => self.add_bias(comm.all_reduce_sum(&y)?),
+            Collective::Gather(g) => {
                 let y = self.add_bias(y)?; // [.., rows of this rank]
                 let last = y.rank() - 1;
                 let short = g.chunk - y.dim(last)?;
@@ -306,15 +306,16 @@ impl Linear {
     /// `(output, None)` where the output has it already (the decode product adds it in its
     /// launch; split weights add it around their collective) or there is none.
     pub fn forward_deferred_bias(&self, x: &Tensor) -> Result<(Tensor, Option<&Tensor>)> {
-        let (None, Some(bias)) = (&self.collective, &self.bias) else {
+        if self.collective.is_some() {
             return Ok((self.forward(x)?, None));
-        };
+        }
+        // Decode on a GPU: lmgen's product for a few rows, the bias added in the same launch.
         if let Weight::Dense(w) = &self.weight {
-            if let Some(y) = crate::cuda::gemv(x, w, Some(bias))? {
+            if let Some(y) = crate::cuda::gemv(x, w, self.bias.as_ref())? {
                 return Ok((y, None));
             }
         }
-        Ok((self.weight.product(x)?, Some(bias)))
+        Ok((self.weight.product(x)?, self.bias.as_ref()))
     }
 
     /// A fused gate/up projection's output through SwiGLU in the product's launch, for one
