@@ -613,15 +613,15 @@ def functional():
     print("ok metrics", flush=True)
 
 
-def long_streams(c, count):
-    """`count` streaming requests that each generate up to the context length (admitted, not
-    yet read)."""
+def long_streams(c, count, choices=1):
+    """`count` streaming requests of `choices` choices that each generate up to the context
+    length (admitted, not yet read)."""
     case = greedy_cases()[0]
     n = EXPECTED["context_length"] - case["prompt_tokens"]
     streams = [
         c.completions.create(
             model=MODEL, prompt=case["prompt"], max_tokens=n, temperature=0, stream=True,
-            stream_options={"include_usage": True}, extra_body={"min_tokens": n},
+            stream_options={"include_usage": True}, extra_body={"min_tokens": n}, n=choices,
         )
         for _ in range(count)
     ]
@@ -665,7 +665,10 @@ def shutdown_timeout():
     """SIGTERM with a drain timeout too short for the requests: they end with an error event and
     the server exits."""
     c = client()
-    streams, _ = long_streams(c, 4)
+    # 64 choices of ~500 tokens one at a time (--max-running 1): ~32k decode steps, over a second
+    # even at the tiny model's ~20k tokens/s on one core, so some are left when the 0.2 s are up
+    # (four single choices were not: a fast machine finished them within the timeout).
+    streams, _ = long_streams(c, 4, choices=16)
     sigterm_and_wait_for_503()
     ended = 0
     for stream in streams:
