@@ -111,15 +111,13 @@ pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
 }
 
 /// `y[i, j] = dot(x[i], w[j])` for every input row `i` and weight row `j`: `[m, n]`, by the
-/// AVX2 tile kernels (with AVX-512F, the AVX-512 kernels: one weight row after another for one
-/// input row, tiles for several), a band of
+/// AVX2 tile kernels (with several input rows and AVX-512F, the AVX-512 tiles), a band of
 /// [`rows_per_task`] weight rows per task, each task writing its own columns of `y` (no
 /// transposition afterwards: it and its zeroed buffer were a fifth of the products' time at 32
 /// rows).
 #[allow(unsafe_code)]
 fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
-    let avx512 = gemv_avx512::available();
-    let wide = m > 1 && avx512;
+    let wide = m > 1 && gemv_avx512::available();
     // 16 rows or more: the outer-product tiles over `x` transposed once.
     let columns = (wide && m >= Columns::MIN_ROWS).then(|| Columns::new(x, m, k));
     let mut y = vec![0f32; m * n];
@@ -132,15 +130,13 @@ fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: 
         .for_each(|task| {
             let first = task * rows_per_task;
             let rows = rows_per_task.min(n - first);
-            // SAFETY: the caller checked `gemv_avx2::available()` (and `avx512` the AVX-512
+            // SAFETY: the caller checked `gemv_avx2::available()` (and `wide` the AVX-512
             // kernels'); `w` holds `n` rows of `k`, this band's rows are `first..first + rows`,
             // whose columns of `y` only this task writes.
             unsafe {
                 let out = out.at_column(first);
                 if let Some(cols) = &columns {
                     cols.band(x, w, first, rows, out)
-                } else if m == 1 && avx512 {
-                    W::row_band(x, k, w, first, rows, out)
                 } else if wide {
                     W::band_avx512(x, m, k, w, first, rows, out)
                 } else {

@@ -46,15 +46,21 @@ fn cpu_has_avx2_fma_f16c() -> bool {
     }
 }
 
-/// One input row (batch-1 decode) prefetches the next tile's weight rows into L2, a line each
-/// time its own rows cross one, so that the stream of weights is a tile (`NR` rows) ahead of the
-/// multiply-adds. The rows are short (576 values for SmolLM2-135M's products), so a prefetch a few
-/// lines ahead in the same row started every tile's rows cold, and the hardware prefetcher did not
-/// keep up with eight streams of 18 lines: on an AMD EPYC (Zen 4, 2 threads) SmolLM2-135M
-/// batch-1 decode went from 48-55 to 83-96 tokens/s in f16 and from 37-40 to 47-66 in f32
-/// (alternated runs; BENCHMARKS.md).
+/// A cache line. One input row in a tile (the rows a batch's tiles leave) prefetches the next
+/// tile's weight rows into L2, a line each time its own rows cross one, so that the stream of
+/// weights is a tile (`NR` rows) ahead of the multiply-adds.
 #[cfg(target_arch = "x86_64")]
 const LINE_BYTES: usize = 64;
+
+/// How far ahead of the product one input row (batch-1 decode) prefetches the weights. That row
+/// takes the weight rows one after another, so a thread's band is one stream through memory, read
+/// 32 values a step with every line prefetched this far ahead. On the 2-core Zen 5 machine this
+/// read f16 and bf16 weights as fast as f32 ones, where the earlier tile of eight rows side by
+/// side, 16 bytes of each a step with a prefetch of the next tile, read them at 80-90% of that
+/// (Qwen3-0.6B f16 28-38 -> 50-52 tok/s; distances of 1-16 KiB within the machine's noise;
+/// BENCHMARKS.md, 2026-12-07).
+#[cfg(target_arch = "x86_64")]
+const ROW_PREFETCH_BYTES: usize = 4096;
 
 /// Where a band of products goes: `y[i * ld + j]` for input row `i` and the band's `j`-th weight
 /// row, `y` pointing at the band's first column of a row-major `[m, n]` output (`ld = n`). Bands
@@ -123,7 +129,40 @@ pub trait WeightElem: Copy + Sync {
 }
 
 macro_rules! kernels {
-    ($elem:ty, $tile:ident, $load:ident, $scalar:expr) => {
+    ($elem:ty, $tile:ident, $row:ident, $load:ident, $scalar:expr) => {
+        /// `dot(x, w)` over `k` values for one input row: 32 values a step in four
+        /// accumulators, then one at a time, each cache line of `w` prefetched
+        /// [`ROW_PREFETCH_BYTES`] ahead (past the end of the band is harmless: a prefetch does
+        /// not fault).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $row(x: *const f32, w: *const $elem, k: usize) -> f32 {
+            const SIZE: usize = std::mem::size_of::<$elem>();
+            const AHEAD: usize = ROW_PREFETCH_BYTES / SIZE;
+            const LINE: usize = LINE_BYTES / SIZE;
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let k32 = k / 32 * 32;
+            let mut p = 0;
+            while p < k32 {
+                let mut q = 0;
+                while q < 32 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + q + AHEAD).cast::<i8>());
+                    q += LINE;
+                }
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let at = p + 8 * l;
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(at)), $load!(w.add(at)), *a);
+                }
+                p += 32;
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut s = hsum(sum);
+            for q in p..k {
+                s += *x.add(q) * $scalar(*w.add(q));
+            }
+            s
+        }
+
         /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` (stride `k`) and `NR`
         /// rows of `w` (stride `k`).
         #[cfg(target_arch = "x86_64")]
@@ -185,7 +224,14 @@ macro_rules! kernels {
                 {
                     assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
                     let (xp, wp) = (x.as_ptr(), w.as_ptr().add(first * k));
-                    band_tiles!($tile, xp, wp, m, k, rows, out);
+                    if m == 1 {
+                        // One weight row after another (see `ROW_PREFETCH_BYTES`).
+                        for j in 0..rows {
+                            out.set(0, j, $row(xp, wp.add(j * k), k));
+                        }
+                    } else {
+                        band_tiles!($tile, xp, wp, m, k, rows, out);
+                    }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
@@ -197,9 +243,9 @@ macro_rules! kernels {
     };
 }
 
-/// Covers `rows` weight rows by `m` input rows with tiles: one input row takes weight rows 8 at
-/// a time, more take them 4 at a time against 3 input rows (12 accumulators, 3 inputs and the
-/// weight vector: the 16 AVX registers), then 2 and 1 for what is left.
+/// Covers `rows` weight rows by `m` (more than one) input rows with tiles: weight rows 4 at a
+/// time against 3 input rows (12 accumulators, 3 inputs and the weight vector: the 16 AVX
+/// registers), then 2 and 1 for what is left.
 #[cfg(target_arch = "x86_64")]
 macro_rules! band_tiles {
     ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $out:expr) => {{
@@ -238,7 +284,7 @@ macro_rules! band_tiles {
                 j
             }};
         }
-        let done = if m == 1 { sweep!(8) } else { sweep!(4) };
+        let done = sweep!(4);
         for j in done..rows {
             let wj = w.add(j * k);
             for i in 0..m {
@@ -323,13 +369,66 @@ macro_rules! load_bf16 {
     };
 }
 
-kernels!(f32, tile_f32, load_f32, |v: f32| v);
-kernels!(f16, tile_f16, load_f16, |v: f16| v.to_f32());
-kernels!(bf16, tile_bf16, load_bf16, |v: bf16| v.to_f32());
+kernels!(f32, tile_f32, row_f32, load_f32, |v: f32| v);
+kernels!(f16, tile_f16, row_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, row_bf16, load_bf16, |v: bf16| v.to_f32());
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One input row, weight row after weight row: `k` below one register, exactly one 32-value
+    /// step, and steps with single values after them; f32, f16 and bf16 weights.
+    #[test]
+    fn one_row_matches_a_plain_dot() {
+        if !available() {
+            return;
+        }
+        let mut seed = 3u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5
+        };
+        for k in [7, 32, 45, 149, 1000] {
+            let (n, first) = (13, 3);
+            let rows = n - first;
+            let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
+            let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+            let x: Vec<f32> = (0..k).map(|_| next()).collect();
+            let mut y = vec![0f32; rows];
+            let mut check = |run: &dyn Fn(Out), wf: &dyn Fn(usize) -> f32, what: &str| {
+                y.fill(f32::NAN);
+                run(unsafe { Out::new(y.as_mut_ptr(), rows) });
+                for (j, g) in y.iter().enumerate() {
+                    let want: f64 = (0..k)
+                        .map(|q| x[q] as f64 * wf((first + j) * k + q) as f64)
+                        .sum();
+                    assert!(
+                        (*g as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                        "{what} k={k} j={j}: {g} vs {want}"
+                    );
+                }
+            };
+            unsafe {
+                check(
+                    &|o| f32::band(&x, 1, k, &w32, first, rows, o),
+                    &|q| w32[q],
+                    "f32",
+                );
+                check(
+                    &|o| f16::band(&x, 1, k, &w16, first, rows, o),
+                    &|q| w16[q].to_f32(),
+                    "f16",
+                );
+                check(
+                    &|o| bf16::band(&x, 1, k, &wb16, first, rows, o),
+                    &|q| wb16[q].to_f32(),
+                    "bf16",
+                );
+            }
+        }
+    }
 
     /// Every tile shape and remainder: m from 1 to 17, n not a multiple of 8, k not of 8.
     #[test]

@@ -5,14 +5,8 @@
 //! lanes a register and 32 registers: a tile takes 4 input rows by 6 weight rows (24
 //! accumulators, 4 inputs and the weight vector), so each weight vector loaded (and for f16/bf16
 //! widened in registers) feeds 4 fused multiply-adds of 16 lanes, against 3 of 8 lanes in the
-//! AVX2 tile.
-//!
-//! One input row (batch-1 decode) is bound by reading the weights, not by the arithmetic: it
-//! takes the weight rows one after another ([`Avx512Elem::row_band`]), a band being one stream
-//! through memory read 64 elements a step (four registers), with every cache line prefetched
-//! [`ROW_PREFETCH_BYTES`] ahead. The AVX2 tile's eight rows side by side, 16 bytes of each a step
-//! with a prefetch of the next tile, streamed f16 and bf16 weights at 80-90% of the bandwidth of
-//! the f32 ones; one stream reads them all at the same rate (BENCHMARKS.md, 2026-12-07).
+//! AVX2 tile. One input row (batch-1 decode) stays on the AVX2 kernel: it is bound by reading the
+//! weights, not by the arithmetic.
 //!
 //! With 16 input rows or more, f32 weights take outer-product tiles instead
 //! ([`Columns`], [`Columns::band`]): the input rows, transposed once a call into chunks of 32 (or
@@ -53,21 +47,8 @@ pub fn available() -> bool {
     })
 }
 
-/// How far ahead of the product [`Avx512Elem::row_band`] prefetches the weights (4 KiB: on the
-/// 2-core Zen 5 machine, 1-16 KiB ran within its noise of each other, all ahead of the AVX2 tile).
-#[cfg(target_arch = "x86_64")]
-const ROW_PREFETCH_BYTES: usize = 4096;
-
 /// A weight element type the AVX-512 tiles read.
 pub trait Avx512Elem: Copy + Sync {
-    /// `out[0][j - first] = dot(x, w[j])` for one input row `x` (`k` values) and the weight rows
-    /// `first..first + rows`, one row after another (see the module's documentation).
-    ///
-    /// # Safety
-    /// [`available`] must be true, `w` must hold rows `first..first + rows` of `k` elements,
-    /// `x` must hold `k` values and `out` take one row of `rows` values.
-    unsafe fn row_band(x: &[f32], k: usize, w: &[Self], first: usize, rows: usize, out: Out);
-
     /// `out[i][j - first] = dot(x[i], w[j])`, as [`gemv_avx2::WeightElem::band`].
     ///
     /// # Safety
@@ -99,43 +80,7 @@ pub trait Avx512Elem: Copy + Sync {
 }
 
 macro_rules! kernels {
-    ($elem:ty, $tile:ident, $outer:ident, $row:ident, $load:ident, $scalar:expr) => {
-        /// `dot(x, w)` over `k` values, 64 a step in four accumulators (then 16 a step, then
-        /// one), each cache line of `w` prefetched [`ROW_PREFETCH_BYTES`] ahead (past the end
-        /// of the band is harmless: a prefetch does not fault).
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        unsafe fn $row(x: *const f32, w: *const $elem, k: usize) -> f32 {
-            const SIZE: usize = std::mem::size_of::<$elem>();
-            const AHEAD: usize = ROW_PREFETCH_BYTES / SIZE;
-            const LINE: usize = 64 / SIZE;
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let k64 = k / 64 * 64;
-            let mut p = 0;
-            while p < k64 {
-                let mut q = 0;
-                while q < 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + q + AHEAD).cast::<i8>());
-                    q += LINE;
-                }
-                for (l, a) in acc.iter_mut().enumerate() {
-                    let at = p + 16 * l;
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(at)), $load!(w.add(at)), *a);
-                }
-                p += 64;
-            }
-            while p + 16 <= k {
-                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(x.add(p)), $load!(w.add(p)), acc[0]);
-                p += 16;
-            }
-            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-            let mut s = _mm512_reduce_add_ps(sum);
-            for q in p..k {
-                s += *x.add(q) * $scalar(*w.add(q));
-            }
-            s
-        }
-
+    ($elem:ty, $tile:ident, $outer:ident, $load:ident, $scalar:expr) => {
         /// One tile: `out[i][j] = dot(x[i], w[j])` for `MR` rows of `x` and `NR` rows of `w`
         /// (both of stride `k`).
         #[cfg(target_arch = "x86_64")]
@@ -242,29 +187,6 @@ macro_rules! kernels {
         }
 
         impl Avx512Elem for $elem {
-            unsafe fn row_band(
-                x: &[f32],
-                k: usize,
-                w: &[Self],
-                first: usize,
-                rows: usize,
-                out: Out,
-            ) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    assert!(x.len() >= k && w.len() >= (first + rows) * k);
-                    let w = w.as_ptr().add(first * k);
-                    for j in 0..rows {
-                        out.set(0, j, $row(x.as_ptr(), w.add(j * k), k));
-                    }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = (x, k, w, first, rows, out);
-                    unreachable!("the AVX-512 kernels run only on x86-64");
-                }
-            }
-
             unsafe fn outer_tile<const NW: usize, const V: usize>(
                 xt: *const f32,
                 k: usize,
@@ -368,7 +290,7 @@ macro_rules! load_bf16 {
     };
 }
 
-kernels!(f32, tile_f32, outer_f32, row_f32, load_f32, |v: f32| v);
+kernels!(f32, tile_f32, outer_f32, load_f32, |v: f32| v);
 
 /// The input rows of a product transposed for [`Columns::band`]: rows in chunks of 32, then one
 /// of 16 if that many are left, each chunk `[k, width]` (one k-step of every row of the chunk
@@ -494,16 +416,8 @@ impl Columns {
         }
     }
 }
-kernels!(f16, tile_f16, outer_f16, row_f16, load_f16, |v: f16| v
-    .to_f32());
-kernels!(
-    bf16,
-    tile_bf16,
-    outer_bf16,
-    row_bf16,
-    load_bf16,
-    |v: bf16| v.to_f32()
-);
+kernels!(f16, tile_f16, outer_f16, load_f16, |v: f16| v.to_f32());
+kernels!(bf16, tile_bf16, outer_bf16, load_bf16, |v: bf16| v.to_f32());
 
 #[cfg(test)]
 mod tests {
@@ -539,49 +453,6 @@ mod tests {
                 assert!(
                     (got - want).abs() < 1e-5 * (1.0 + want.abs()),
                     "{what} m={m} i={i} j={j}: {got} vs {want}"
-                );
-            }
-        }
-    }
-
-    /// One input row, weight row after weight row, for f32, f16 and bf16 weights: `k` below one
-    /// register, below one 64-value step, exactly one, and with all three parts (steps of 64, of
-    /// 16, single values).
-    #[test]
-    fn one_row_matches_a_plain_dot() {
-        if !available() {
-            eprintln!("no AVX-512F on this CPU: the one-row kernel is not checked");
-            return;
-        }
-        let mut next = values(5);
-        for k in [7, 45, 64, 149, 1000] {
-            let (n, first) = (13, 3);
-            let rows = n - first;
-            let w32: Vec<f32> = (0..n * k).map(|_| next()).collect();
-            let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
-            let wb16: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
-            let x: Vec<f32> = (0..k).map(|_| next()).collect();
-            let mut y = vec![0f32; rows];
-            let mut check = |run: &dyn Fn(Out), wf: &dyn Fn(usize) -> f32, what: &str| {
-                y.fill(f32::NAN);
-                run(unsafe { Out::new(y.as_mut_ptr(), rows) });
-                assert_products(&y, &x, k, wf, first, &format!("{what} k={k}"));
-            };
-            unsafe {
-                check(
-                    &|out| f32::row_band(&x, k, &w32, first, rows, out),
-                    &|q| w32[q],
-                    "row f32",
-                );
-                check(
-                    &|out| f16::row_band(&x, k, &w16, first, rows, out),
-                    &|q| w16[q].to_f32(),
-                    "row f16",
-                );
-                check(
-                    &|out| bf16::row_band(&x, k, &wb16, first, rows, out),
-                    &|q| wb16[q].to_f32(),
-                    "row bf16",
                 );
             }
         }
