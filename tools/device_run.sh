@@ -22,7 +22,8 @@
 #   tools/device_run.sh serve-profile   serve-bench (lmgen only) with the engine's debug log, and
 #                                       where its steps went (tools/engine_steps.py)
 #   tools/device_run.sh batch-profile   GPU time per kernel of batched decode (ncu's per-kernel summary
-#                                       of generate_speed at PROFILE_BATCH rows, default 64, eager)
+#                                       of generate_speed at PROFILE_BATCH rows, default 64, eager;
+#                                       summed per kernel into batch_profile_sum.txt by tools/ncu_sum.py)
 #   tools/device_run.sh compare [ARGS]  tools/gpu_compare.py (transformers vs lmgen), ARGS passed on
 #                                       (BENCH_BIN: another generate_speed, e.g. an older build)
 #   tools/device_run.sh conformance-arch  the golden-arch MoE and recurrent-state models on the GPU
@@ -171,6 +172,8 @@ while [ $# -gt 0 ]; do
             --prompt 1024 --new 3 --prefill 16 --batches "${PROFILE_BATCH:-64}" --reps 1 \
             > "$OUT/batch_profile.csv" 2> "$OUT/batch_profile_err.txt"
         echo "ncu exit $?: $(wc -l < "$OUT/batch_profile.csv") lines in $OUT/batch_profile.csv"
+        python3 tools/ncu_sum.py "$OUT/batch_profile.csv" > "$OUT/batch_profile_sum.txt" \
+            && echo "per kernel: $OUT/batch_profile_sum.txt"
         ;;
     serve-profile)
         # serve-bench with the engine's debug log, then where its steps went (tools/engine_steps.py).

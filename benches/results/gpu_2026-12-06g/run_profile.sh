@@ -4,7 +4,7 @@ export OUT
 S=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader; command -v nsys ncu; ls /usr/local/cuda*/bin 2>/dev/null | grep -E "nsys|ncu" | head
 PROFILE_BATCH=64 tools/device_run.sh batch-profile > $OUT/bp.txt 2>&1; cat $OUT/bp.txt | tail -2; tail -3 $OUT/batch_profile_err.txt
-python3 target/ncu_sum.py $OUT/batch_profile.csv
+cat $OUT/batch_profile_sum.txt
 echo "== $(( $(date +%s) - S )) s"
 TL=$(python3 -c 'import os, torch; print(os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu13", "lib")))' 2>/dev/null)
 export LD_LIBRARY_PATH="$TL:/usr/local/nvidia/lib64:/usr/local/nvidia/lib"

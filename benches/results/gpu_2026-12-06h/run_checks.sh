@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# correctness: kernel checks, f32 conformance (old + golden-arch), the engine against the CPU
+# correctness: kernel checks, f32 conformance (old + golden-arch), the engine against the CPU;
+# $1: a pattern of check-kernels lines to show whole (default: qkv_heads)
 set -u
 export OUT
 S=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader
 tools/device_run.sh check-kernels > /dev/null 2>&1
-echo "ok lines: $(grep -c '^ok' $OUT/check_kernels.txt) of $(wc -l < $OUT/check_kernels.txt)"; grep -v '^ok' $OUT/check_kernels.txt | head -12; grep "qkv_heads" $OUT/check_kernels.txt | cut -c1-200
+echo "ok lines: $(grep -c '^ok' $OUT/check_kernels.txt) of $(wc -l < $OUT/check_kernels.txt)"; grep -v '^ok' $OUT/check_kernels.txt | head -12; grep -E "${1:-qkv_heads}" $OUT/check_kernels.txt | cut -c1-200
 echo "== $(( $(date +%s) - S )) s"
 CONFORMANCE_DTYPES=f32 tools/device_run.sh conformance > /dev/null 2>&1
 tail -4 $OUT/conformance_cuda_f32.txt

@@ -5,7 +5,7 @@ export OUT
 S=$(date +%s)
 nvidia-smi --query-gpu=name --format=csv,noheader
 PROFILE_BATCH=64 tools/device_run.sh batch-profile > $OUT/bp.txt 2>&1; tail -2 $OUT/batch_profile_err.txt
-python3 benches/results/gpu_2026-12-06h/ncu_sum.py $OUT/batch_profile.csv > $OUT/batch_profile_sum.txt; head -45 $OUT/batch_profile_sum.txt | cut -c1-150
+head -45 $OUT/batch_profile_sum.txt | cut -c1-150
 echo "== $(( $(date +%s) - S )) s"
 PROFILE_NEW=128 tools/device_run.sh profile > $OUT/prof.txt 2>&1
 python3 - $OUT/profile_qwen2.5-0.5b.csv <<'PY' > $OUT/profile_sum.txt
