@@ -250,42 +250,37 @@ macro_rules! kernels {
 macro_rules! band_tiles {
     ($tile:ident, $x:expr, $w:expr, $m:expr, $k:expr, $rows:expr, $out:expr) => {{
         let (x, w, m, k, rows, y) = ($x, $w, $m, $k, $rows, $out);
-        // One tile shape over the whole band: weight rows `NR` at a time (then one at a time),
-        // input rows `MR` at a time (then fewer).
-        macro_rules! sweep {
-            ($nr:literal) => {{
-                let mut j = 0;
-                while j + $nr <= rows {
-                    let wj = w.add(j * k);
-                    let mut i = 0;
-                    while i < m {
-                        let left = m - i;
-                        let xi = x.add(i * k);
-                        let done = if left >= 3 && $nr <= 4 {
-                            let mut out = [[0f32; $nr]; 3];
-                            $tile::<3, $nr>(xi, wj, k, &mut out);
-                            store_rows(&out, y, j, i);
-                            3
-                        } else if left >= 2 && $nr <= 6 {
-                            let mut out = [[0f32; $nr]; 2];
-                            $tile::<2, $nr>(xi, wj, k, &mut out);
-                            store_rows(&out, y, j, i);
-                            2
-                        } else {
-                            let mut out = [[0f32; $nr]; 1];
-                            $tile::<1, $nr>(xi, wj, k, &mut out);
-                            store_rows(&out, y, j, i);
-                            1
-                        };
-                        i += done;
+        // Weight rows 4 at a time (then one at a time), input rows 3 at a time (then fewer).
+        let mut j = 0;
+        while j + 4 <= rows {
+            let wj = w.add(j * k);
+            let mut i = 0;
+            while i < m {
+                let xi = x.add(i * k);
+                i += match m - i {
+                    1 => {
+                        let mut out = [[0f32; 4]; 1];
+                        $tile::<1, 4>(xi, wj, k, &mut out);
+                        store_rows(&out, y, j, i);
+                        1
                     }
-                    j += $nr;
-                }
-                j
-            }};
+                    2 => {
+                        let mut out = [[0f32; 4]; 2];
+                        $tile::<2, 4>(xi, wj, k, &mut out);
+                        store_rows(&out, y, j, i);
+                        2
+                    }
+                    _ => {
+                        let mut out = [[0f32; 4]; 3];
+                        $tile::<3, 4>(xi, wj, k, &mut out);
+                        store_rows(&out, y, j, i);
+                        3
+                    }
+                };
+            }
+            j += 4;
         }
-        let done = sweep!(4);
-        for j in done..rows {
+        for j in j..rows {
             let wj = w.add(j * k);
             for i in 0..m {
                 let mut out = [[0f32; 1]; 1];
