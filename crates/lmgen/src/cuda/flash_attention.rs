@@ -124,9 +124,9 @@ pub fn flash_applies(device: &candle_core::Device, dtype: DType, head_dim: usize
 /// `k`, `v` `[b, nkv, s, d]` (any strides with the last dim contiguous: the cache's views), the
 /// query `i` at position `s - t + i` seeing the keys at positions up to its own and, with a
 /// `window`, fewer than `window` behind it -> `[b, nh, t, d]`, a view of `[b, t, nh, d]` memory
-/// (the output projection's layout: transposed back, it is contiguous). `None` where the kernel does not
-/// apply (not CUDA or the fast paths off, another dtype, a head size it does not take, more
-/// shared memory than the device has): the caller runs the candle ops.
+/// (the output projection's layout: transposed back, it is contiguous). `None` where the kernel
+/// does not apply (not CUDA or the fast paths off, another dtype, a head size it does not take,
+/// more shared memory than the device has): the caller runs the candle ops.
 pub fn flash_attention(
     q: &Tensor,
     k: &Tensor,

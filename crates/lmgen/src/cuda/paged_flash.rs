@@ -65,9 +65,9 @@ impl PagedStep {
 /// step's input) into the store (`store_k`, `store_v` `[nkv, slot_count, d]`, contiguous) at
 /// its slot, then returns `q` `[1, nh, total, d]`'s attention, each sequence's queries causal
 /// over its own slots (and within `window` of their position): `[1, nh, total, d]` (a view of
-/// `[1, total, nh, d]` memory), as [`super::flash_attention`] computes it. `None` where the kernel does not apply (not CUDA,
-/// another dtype or layout, a head size it does not take, not enough shared memory): the caller
-/// goes sequence by sequence, and nothing was written.
+/// `[1, total, nh, d]` memory), as [`super::flash_attention`] computes it. `None` where the
+/// kernel does not apply (not CUDA, another dtype or layout, a head size it does not take, not
+/// enough shared memory): the caller goes sequence by sequence, and nothing was written.
 pub fn paged_flash_attention(
     store_k: &Tensor,
     store_v: &Tensor,

@@ -50,7 +50,7 @@ impl FusedQkv<'_> {
             && d.is_multiple_of(2)
             && d <= max_head_dim
             && width == (nh + 2 * nkv) * d
-            && like(qkv, qkv)
+            && qkv.is_contiguous()
             && rope_fits
             && norms_fit;
         fits.then_some((b, t))
