@@ -54,11 +54,6 @@ impl DeviceQ8 {
         }))
     }
 
-    /// The quants `[n, k]` (u8) and the scales `[n, k / 32]` (f16) in device memory.
-    pub fn tensors(&self) -> [&Tensor; 2] {
-        [&self.quants, &self.scales]
-    }
-
     /// Bytes held on the device.
     pub fn bytes(&self) -> usize {
         self.n * self.k + 2 * self.n * (self.k / 32)

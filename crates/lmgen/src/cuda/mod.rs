@@ -25,9 +25,6 @@
 //!   [`paged_flash_attention`] the same over the paged store's slots for a packed step with
 //!   prompt chunks, every new token's keys and values written at its slot first.
 //!
-//! - [`prefetch_l2`]: a decode layer's next weights asked into L2 while the kernels before
-//!   their products run (no output; off unless `LMGEN_CUDA_L2_PREFETCH` is set).
-//!
 //! - [`greedy_logprob`]: each row's greedy id and its log-probability from the raw logits, so
 //!   that greedy rows read back two numbers instead of the row (the engine, `generate()`).
 //!
@@ -212,7 +209,6 @@ mod launch;
 pub(crate) mod offload;
 mod paged_attention;
 mod paged_flash;
-mod prefetch;
 mod qkv_heads;
 mod rope_kv_write;
 pub mod self_test;
@@ -231,7 +227,6 @@ pub use greedy::greedy_logprob;
 pub use kv_write::kv_write;
 pub use paged_attention::{paged_decode_attention, PagedIndex, MAX_KEYS as PAGED_DECODE_MAX_KEYS};
 pub use paged_flash::{paged_flash_attention, PagedStep};
-pub use prefetch::prefetch_l2;
 pub use qkv_heads::qkv_heads;
 pub use rope_kv_write::{rope_kv_write, FusedQkv};
 pub use swiglu::swiglu;

@@ -295,23 +295,6 @@ fn norm_opt(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
 }
 
 impl Decoder {
-    /// [`crate::cuda::prefetch_l2`] at the start of layer `i` over `x` `[b, t, h]`: the layer's
-    /// MLP weights (read after its attention), then the next layer's attention projections, or
-    /// after the last layer the LM head.
-    fn prefetch(&self, i: usize, x: &Tensor) -> Result<()> {
-        let mut weights = Vec::new();
-        if let FeedForward::Dense(mlp) = &self.layers[i].mlp {
-            mlp.device_weights(&mut weights);
-        }
-        match self.layers.get(i + 1).map(|l| &l.mixer) {
-            Some(Mixer::Attention(a)) => a.device_weights(&mut weights),
-            Some(_) => {}
-            None => self.lm_head.device_weights(&mut weights),
-        }
-        crate::cuda::prefetch_l2(x, &weights)?;
-        Ok(())
-    }
-
     /// [`CausalLM::forward`] on the calling thread.
     fn forward_here(
         &self,
@@ -374,10 +357,6 @@ impl Decoder {
                 padding_queries: masks.padding_queries(),
                 slots: slots.as_ref(),
             };
-            // Decode on a GPU: weights asked into L2 while the kernels before their products run.
-            if x.device().is_cuda() {
-                self.prefetch(i, &x)?;
-            }
             let norms = &layer.norms;
             let h = match pending.take() {
                 Some(branch) => add_then_norm(&mut x, branch, &norms.attn_in, rm)?,

@@ -1034,29 +1034,6 @@ __device__ void qkv_heads(const T* qkv, const T* bias, const T* cos, const T* si
     }
 }
 
-// Weights pulled into the L2 cache ahead of the products that read them (decode; src/cuda/
-// prefetch.rs): up to 8 byte ranges, each thread issuing bulk prefetches of PREFETCH_CHUNK bytes
-// (sm_90's `cp.async.bulk.prefetch.L2`, which the copy engine completes on its own), the ranges
-// in order. It reads and writes nothing a kernel writes, so it lets its dependent start first,
-// and waits for the kernel before it last: its own completion then still means its
-// predecessor's, which the dependent's `pdl_wait` relies on. p: 16-byte aligned; n: multiples of 16.
-#define PREFETCH_CHUNK (16u << 10)
-__device__ void prefetch_l2(const char* const* p, const unsigned long long* n) {
-    pdl_trigger();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x * PREFETCH_CHUNK;
-    unsigned long long first = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * PREFETCH_CHUNK;
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        for (unsigned long long off = first; off < n[r]; off += stride) {
-            unsigned size = (unsigned)min((unsigned long long)PREFETCH_CHUNK, n[r] - off);
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p[r] + off), "r"(size) : "memory");
-        }
-    }
-#endif
-    pdl_wait();
-}
-
 #define GEMV_OPS(T, SUFFIX, R)                                                                          \
     extern "C" __global__ void lmgen_gemv##R##_##SUFFIX(const T* x, const T* w, const T* bias, T* out,  \
                                                          int n, int k) {                                \
@@ -1200,21 +1177,6 @@ GEMV_ALL(__half, f16)
         pdl_trigger();                                                                                  \
         paged_kv_write<T>(src, dst, index, n, nkv, total, slot_count, d);                               \
     }
-
-// One per dtype, as every kernel is looked up (the ranges are bytes whatever the dtype).
-#define PREFETCH_OPS(T, SUFFIX)                                                                         \
-    extern "C" __global__ void lmgen_prefetch_l2_##SUFFIX(                                              \
-        const char* p0, const char* p1, const char* p2, const char* p3, const char* p4, const char* p5, \
-        const char* p6, const char* p7, unsigned long long n0, unsigned long long n1,                   \
-        unsigned long long n2, unsigned long long n3, unsigned long long n4, unsigned long long n5,      \
-        unsigned long long n6, unsigned long long n7) {                                                 \
-        const char* p[8] = {p0, p1, p2, p3, p4, p5, p6, p7};                                            \
-        unsigned long long n[8] = {n0, n1, n2, n3, n4, n5, n6, n7};                                     \
-        prefetch_l2(p, n);                                                                              \
-    }
-PREFETCH_OPS(float, f32)
-PREFETCH_OPS(__nv_bfloat16, bf16)
-PREFETCH_OPS(__half, f16)
 
 FUSED_OPS(float, f32)
 FUSED_OPS(__nv_bfloat16, bf16)

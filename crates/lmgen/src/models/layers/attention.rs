@@ -497,13 +497,6 @@ impl Attention {
         })
     }
 
-    /// The projections' weights on the GPU in the order the forward reads them (q/k/v, then
-    /// o), appended to `out`.
-    pub fn device_weights<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
-        self.qkv.device_weights(out);
-        self.o_proj.device_weights(out);
-    }
-
     /// Whether this block's decode step can run at cache slots held in device memory
     /// ([`AttentionInput::slots`]): plain scaled scores (no softcap, no sinks) on unsplit heads,
     /// with sdpa semantics.

@@ -47,17 +47,6 @@ impl Weight {
         })
     }
 
-    /// The tensors a product reads where they are on a GPU (a dense weight; a Q8_0 weight's
-    /// quants and scales), appended to `out`.
-    fn device_tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
-        match self {
-            Weight::Dense(w) if w.device().is_cuda() => out.push(w),
-            Weight::DeviceQ8(q) => out.extend(q.tensors()),
-            Weight::Parts(parts) => parts.iter().for_each(|p| p.device_tensors(out)),
-            Weight::Dense(_) | Weight::Quantized(_) => {}
-        }
-    }
-
     /// `x [.., in] -> [.., out]` without the bias, in `x`'s dtype.
     fn product(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
@@ -338,12 +327,6 @@ impl Linear {
             (None, Weight::Dense(w)) => crate::cuda::gemv_swiglu(x, w, self.bias.as_ref()),
             _ => Ok(None),
         }
-    }
-
-    /// The weight's tensors a product reads from GPU memory, appended to `out` (none for a
-    /// weight on the host): what [`crate::cuda::prefetch_l2`] brings into L2 ahead of it.
-    pub fn device_weights<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
-        self.weight.device_tensors(out);
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {

@@ -147,13 +147,6 @@ impl GatedMlp {
         })
     }
 
-    /// The weights on the GPU in the order the forward reads them (gate/up, then down),
-    /// appended to `out`.
-    pub fn device_weights<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
-        self.gate_up_proj.device_weights(out);
-        self.down_proj.device_weights(out);
-    }
-
     /// `[b, t, hidden] -> [b, t, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.act == Activation::Silu {
