@@ -21,10 +21,6 @@
 #                                       beside transformers generate_batch (tools/gpu_serve_bench.py)
 #   tools/device_run.sh serve-profile   serve-bench (lmgen only) with the engine's debug log, and
 #                                       where its steps went (tools/engine_steps.py)
-#   tools/device_run.sh serve-kernels   GPU time per kernel of the server's steps under serve-bench's
-#                                       64 clients: ncu over SERVE_KERNELS launches (default 4000,
-#                                       ~20 decode steps) after SERVE_SKIP (default 40000: past the
-#                                       prompts), summed per kernel into serve_kernels_sum.txt
 #   tools/device_run.sh batch-profile   GPU time per kernel of batched decode (ncu's per-kernel summary
 #                                       of generate_speed at PROFILE_BATCH rows, default 64, eager;
 #                                       summed per kernel into batch_profile_sum.txt by tools/ncu_sum.py)
@@ -185,20 +181,6 @@ while [ $# -gt 0 ]; do
             --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" --clients "${SERVE_CLIENTS:-64}" --no-hf 2>&1 \
             | tee "$OUT/serve_bench.txt" | tail -3
         python3 tools/engine_steps.py "$OUT/serve.log" | tee "$OUT/engine_steps.txt"
-        ;;
-    serve-kernels)
-        # Where the engine's steps go on the GPU: serve-bench (lmgen only) with the server under
-        # ncu, which times SERVE_KERNELS kernel launches (graph replays' kernels one by one) after
-        # skipping SERVE_SKIP; ncu stops on the bench's SIGINT. The steps' mix (engine_steps.py)
-        # says which of the kernels were decode-only steps.
-        NCU_BIN=$(command -v ncu || ls /usr/local/cuda*/bin/ncu | head -n 1)
-        LMGEN_LOG=lmgen::engine=debug timeout 560 python3 tools/gpu_serve_bench.py --lmgen "$BIN/lmgen" \
-            --shape "${SERVE_SHAPE:-qwen2.5-0.5b}" --clients "${SERVE_CLIENTS:-64}" --no-hf \
-            --wrap "$NCU_BIN --csv --log-file $OUT/serve_kernels.csv --cache-control none --clock-control none --metrics gpu__time_duration.sum --launch-skip ${SERVE_SKIP:-40000} --launch-count ${SERVE_KERNELS:-4000}" \
-            2>&1 | tee "$OUT/serve_bench.txt" | tail -3
-        python3 tools/engine_steps.py "$OUT/serve.log" | tee "$OUT/engine_steps.txt"
-        python3 tools/ncu_sum.py "$OUT/serve_kernels.csv" > "$OUT/serve_kernels_sum.txt" \
-            && head -40 "$OUT/serve_kernels_sum.txt" | cut -c1-150
         ;;
     check-kernels)
         # lmgen's fused CUDA kernels (crates/lmgen/src/cuda) against the candle ops they replace.

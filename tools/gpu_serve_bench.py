@@ -25,8 +25,6 @@ import http.client
 import json
 import os
 import random
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -106,8 +104,6 @@ def run_lmgen(args, ckpt, prompts, res):
     cmd = [args.lmgen, "serve", "--model", ckpt, "--device", "cuda", "--dtype", "bf16", "--port", "0",
            "--kv-cache-gb", str(args.kv_cache_gb), "--max-running", str(args.clients),
            "--max-batch-tokens", str(args.max_batch_tokens), "--served-model-name", "bench"]
-    if args.wrap:
-        cmd = shlex.split(args.wrap) + cmd
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(os.path.join(OUT, "serve.log"), "w"),
                             text=True)
     try:
@@ -156,11 +152,9 @@ def run_lmgen(args, ckpt, prompts, res):
         }
         g.log("lmgen", res["lmgen"])
     finally:
-        # A profiler wrapping the server writes its report on SIGINT (Ctrl-C), which the server
-        # also takes as a shutdown.
-        proc.send_signal(signal.SIGINT if args.wrap else signal.SIGTERM)
+        proc.terminate()
         try:
-            proc.wait(timeout=120 if args.wrap else 30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -193,8 +187,6 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=2048)
     ap.add_argument("--kv-cache-gb", type=float, default=20.0)
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--wrap", default="",
-                    help="a command the server runs under, e.g. 'nsys profile -o $OUT/serve' (a profile of its steps)")
     args = ap.parse_args()
 
     cfg, ckpt = g.checkpoint(args.shape, "/tmp/lmgen-ckpt")

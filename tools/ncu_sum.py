@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """Where a profiled run's GPU time goes: reads ncu's per-kernel summary (`ncu --csv
 --print-summary per-kernel --metrics gpu__time_duration.sum`, what `tools/device_run.sh
-batch-profile` writes to batch_profile.csv) or its per-launch rows (the same without
-`--print-summary`, what `serve-kernels` writes) and prints each kernel's total time, share,
-launches and mean duration, the largest first.
+batch-profile` writes to batch_profile.csv) and prints each kernel's total time, share, launches
+and mean duration, the largest first.
 
     python3 tools/ncu_sum.py OUT/batch_profile.csv [--top N]
 """
@@ -28,11 +27,8 @@ def main():
     name = h.index("Kernel Name") if "Kernel Name" in h else h.index("Function Name")
     calls = next((h.index(c) for c in ("Invocations", "# Calls", "Calls") if c in h), None)
     avg = next((h.index(c) for c in ("Average", "Avg") if c in h), None)
-    per_launch = avg is None and "Metric Value" in h
-    if per_launch:
-        avg, calls = h.index("Metric Value"), None
-    elif avg is None:
-        sys.exit(f"{args.csv}: no 'Average' or 'Metric Value' column in {h}")
+    if avg is None:
+        sys.exit(f"{args.csv}: no 'Average' column in {h}")
     unit = h.index("Metric Unit") if "Metric Unit" in h else None
     grid = h.index("Grid Size") if "Grid Size" in h else None
     out = []
@@ -46,13 +42,6 @@ def main():
             continue
         scale = UNITS.get(r[unit], 1) if unit is not None else 1
         out.append((mean * n * scale, n, mean * scale, r[name][:70], r[grid] if grid else ""))
-    if per_launch:  # one row a launch: summed per kernel name and grid
-        sums = {}
-        for t, n, _, k, g in out:
-            s = sums.setdefault((k, g), [0.0, 0])
-            s[0] += t
-            s[1] += n
-        out = [(t, n, t / n, k, g) for (k, g), (t, n) in sums.items()]
     total = sum(o[0] for o in out) or 1.0
     print(f"total {total / 1e3:.2f} ms over {sum(o[1] for o in out)} launches")
     for t, n, a, k, g in sorted(out, reverse=True)[: args.top]:
