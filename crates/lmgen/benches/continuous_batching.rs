@@ -23,8 +23,11 @@ use lmgen::load::Checkpoint;
 use lmgen::models::{load_model, CausalLM, DType, LoadOptions, Quantization};
 use lmgen::{generate, GenerateInput, GenerationConfig, TokenId};
 
+/// Tokens of every request's prompt.
+const PROMPT_LEN: usize = 32;
+
 fn prompt(i: usize) -> Vec<TokenId> {
-    (0..32)
+    (0..PROMPT_LEN)
         .map(|j| (100 + 37 * j + 1009 * i) as TokenId % 49_000 + 3)
         .collect()
 }
@@ -61,8 +64,11 @@ fn engine_run(
     clients: usize,
     requests: usize,
 ) -> anyhow::Result<RunStats> {
+    // Room for every client's prompt and all its new tokens at once (with 128 slots a client,
+    // 128 new tokens after a 32-token prompt ran out of blocks and preempted sequences).
+    let new_tokens = config.max_new_tokens.unwrap_or(32);
     let engine = EngineConfig {
-        cache: PagedCacheConfig::from_tokens(clients * 128 + 256, 16)?,
+        cache: PagedCacheConfig::from_tokens(clients * (PROMPT_LEN + new_tokens + 16) + 256, 16)?,
         max_running: clients.max(1),
         max_batch_tokens: 512,
         ..EngineConfig::default()
