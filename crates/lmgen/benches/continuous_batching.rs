@@ -25,6 +25,8 @@ use lmgen::{generate, GenerateInput, GenerationConfig, TokenId};
 
 /// Tokens of every request's prompt.
 const PROMPT_LEN: usize = 32;
+/// Tokens a block of the engine's paged pool holds.
+const BLOCK: usize = 16;
 
 fn prompt(i: usize) -> Vec<TokenId> {
     (0..PROMPT_LEN)
@@ -64,11 +66,15 @@ fn engine_run(
     clients: usize,
     requests: usize,
 ) -> anyhow::Result<RunStats> {
-    // Room for every client's prompt and all its new tokens at once (with 128 slots a client,
-    // 128 new tokens after a 32-token prompt ran out of blocks and preempted sequences).
-    let new_tokens = config.max_new_tokens.unwrap_or(32);
+    // Room for every client's prompt and all its new tokens at once, plus a block each for a
+    // partly filled last one (with 128 slots a client, 128 new tokens after a 32-token prompt ran
+    // out of blocks and preempted sequences).
+    let new_tokens = config
+        .max_new_tokens
+        .ok_or_else(|| anyhow::anyhow!("the bench's config sets max_new_tokens"))?;
+    let slots_per_client = PROMPT_LEN + new_tokens + BLOCK;
     let engine = EngineConfig {
-        cache: PagedCacheConfig::from_tokens(clients * (PROMPT_LEN + new_tokens + 16) + 256, 16)?,
+        cache: PagedCacheConfig::from_tokens(clients * slots_per_client + 256, BLOCK)?,
         max_running: clients.max(1),
         max_batch_tokens: 512,
         ..EngineConfig::default()
