@@ -77,12 +77,11 @@ pub fn swiglu(gate_up: &Tensor, inter: usize) -> Result<Option<Tensor>> {
     if gate_up.dims().last() != Some(&(2 * inter)) || inter == 0 {
         return Ok(None);
     }
-    // candle's `silu` (`v / (1 + exp(-v))`), then `mul`, over one row.
+    // candle's `silu` (`v / (1 + exp(-v))`), then `mul`, over one row (16 lanes at a time,
+    // with the C library's `expf` to the bit).
     let row = |out: &mut [f32], row: &[f32]| {
         let (gate, up) = row.split_at(inter);
-        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        super::expf::silu_mul(out, gate, up);
     };
     let Some(out) = with_f32([gate_up], |[v]| {
         let mut out = vec![0f32; v.len() / 2];

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod bart_layer;
 pub mod conv;
 pub mod embedding;
+pub mod expf;
 pub mod fused_cpu;
 pub mod gated_delta_net;
 pub mod gated_delta_step;

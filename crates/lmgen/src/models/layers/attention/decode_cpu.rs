@@ -57,12 +57,8 @@ pub(crate) fn attend_one<'a>(
 /// Softmax's numerators in place: `exp(s - max(s))` for each score; returns their sum.
 pub(super) fn exp_from_max(scores: &mut [f32]) -> f32 {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    sum
+    crate::models::layers::expf::exp_minus_in_place(scores, max);
+    scores.iter().fold(0f32, |sum, &s| sum + s)
 }
 
 /// The f32 data of a CPU storage and the layout's start, or `None`.

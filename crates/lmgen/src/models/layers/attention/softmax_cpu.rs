@@ -7,9 +7,9 @@
 //! together about a quarter of a 512-token prefill of SmolLM2-135M. Here each row is scaled,
 //! masked, exponentiated and normalised in place in one buffer, with candle's arithmetic in the
 //! same order (`s * scale + 0`, `+ mask`, the max and the sum by candle's own vector reductions,
-//! `exp(s - max)`, `/ sum`), so the result is equal to the three ops' to the bit. An exponent
-//! below -104 is 0 without calling `exp` (glibc's `expf` rounds everything below
-//! `ln(2^-150)` = -103.97 to +0).
+//! `exp(s - max)`, `/ sum`), so the result is equal to the three ops' to the bit. The
+//! exponentials are [`expf`](crate::models::layers::expf)'s: 16 lanes at a time, each equal to
+//! the C library's `expf`, and +0 below `ln(2^-150)` without its slow underflow path.
 #![allow(unsafe_code)]
 
 use candle_core::cpu::kernels::VecOps;
@@ -17,17 +17,6 @@ use candle_core::{CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-
-/// Below this, `exp` is +0 in f32 (see the module docs).
-const EXP_UNDERFLOW: f32 = -104.0;
-
-extern "C" {
-    /// The C library's `expf`, which `f32::exp` lowers to, called by name: LLVM takes its
-    /// `exp` intrinsic for free of side effects and hoisted it out of the underflow branch, so
-    /// every masked score still took glibc's underflow path (4% of a 512-token f16 prefill of
-    /// SmolLM2-135M in `xflowf` alone); a call to the C function sets `errno` and stays put.
-    fn expf(x: f32) -> f32;
-}
 
 /// `softmax(scores * scale + mask)` over the last dimension: `scores` `[b, nh, t, s]`, `mask`
 /// `[b or 1, 1, t or 1, s]`, both contiguous f32 on the CPU. `None` where that does not hold
@@ -103,15 +92,7 @@ pub fn scaled_masked_softmax(
             let mut max = f32::NEG_INFINITY;
             // SAFETY: `dst` holds `s > 0` values and `max` is one value.
             unsafe { f32::vec_reduce_max(dst.as_ptr(), &mut max, s) };
-            for d in dst.iter_mut() {
-                let x = *d - max;
-                // SAFETY: `expf` is the C library's, which `f32::exp` calls.
-                *d = if x < EXP_UNDERFLOW {
-                    0.0
-                } else {
-                    unsafe { expf(x) }
-                };
-            }
+            crate::models::layers::expf::exp_minus_in_place(dst, max);
             let mut sum = 0f32;
             // SAFETY: as above.
             unsafe { f32::vec_reduce_sum(dst.as_ptr(), &mut sum, s) };
