@@ -389,19 +389,22 @@ impl QuantizedWeight {
     }
 
     /// Rows `start..start + dst.len() / ld` dequantized into `dst`, row `r` at `dst[r * ld..]`,
-    /// rows side by side on rayon's threads.
+    /// on the calling thread (a panel of [`widened_matmul`]).
     fn widen<T: GgmlType>(&self, blocks: &[T], start: usize, dst: &mut [f32], ld: usize) {
         let per_row = self.cols / T::BLCK_SIZE;
         let n = dst.len() / ld;
-        dst.par_chunks_mut(ld)
-            .zip(blocks[start * per_row..(start + n) * per_row].par_chunks(per_row))
+        dst.chunks_mut(ld)
+            .zip(blocks[start * per_row..(start + n) * per_row].chunks(per_row))
             .for_each(|(dst, row)| T::to_float(row, &mut dst[..self.cols]));
     }
 
-    /// Every row as an f32 `[rows, in]` tensor.
+    /// Every row as an f32 `[rows, in]` tensor, rows side by side on rayon's threads.
     fn dequantize<T: GgmlType>(&self, blocks: &[T]) -> Result<Tensor> {
+        let per_row = self.cols / T::BLCK_SIZE;
         let mut out = vec![0f32; self.rows * self.cols];
-        self.widen(blocks, 0, &mut out, self.cols);
+        out.par_chunks_mut(self.cols)
+            .zip(blocks.par_chunks(per_row))
+            .for_each(|(dst, row)| T::to_float(row, dst));
         Ok(Tensor::from_vec(
             out,
             (self.rows, self.cols),

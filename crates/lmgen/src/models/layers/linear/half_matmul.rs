@@ -1,16 +1,15 @@
 //! `x [.., k] · w[n, k]^T` for an f16/bf16 weight and many rows of `x` (prefill) on the CPU.
 //!
 //! candle's CPU matmul has no bf16 kernel (it widens the whole matrix to f32 on every call) and a
-//! slow f16 one, so a block of weight rows at a time is widened to f32 (`half`'s vectorised slice
-//! conversion, F16C where the CPU has it, on rayon's threads) and multiplied by candle's f32
-//! kernel, writing into the output's columns ([`widened_matmul`]).
+//! slow f16 one, so a panel of weight rows at a time is widened to f32 (`half`'s vectorised
+//! slice conversion, F16C where the CPU has it) and multiplied by candle's f32 kernel, writing
+//! into the output's columns, the panels on rayon's threads ([`widened_matmul`]).
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::models::layers::widened::{widened_matmul, with_rows, WIDEN_CHUNK};
+use crate::models::layers::widened::{widened_matmul, with_rows};
 
 /// `x · w^T`, `w` `[n, k]` f16 or bf16, contiguous on the CPU; the result in `x`'s dtype and
 /// shape with the last dimension `n`. `None` when `w` is not of that kind.
@@ -50,16 +49,14 @@ pub fn half_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
-/// The rows of `src` (`k` values each) widened to f32 into `dst`, row `r` at `dst[r * ld..]`, on
-/// rayon's threads.
-fn widen<T: Sync>(src: &[T], k: usize, dst: &mut [f32], ld: usize)
+/// The rows of `src` (`k` values each) widened to f32 into `dst`, row `r` at `dst[r * ld..]`.
+fn widen<T>(src: &[T], k: usize, dst: &mut [f32], ld: usize)
 where
     [T]: HalfFloatSliceExt,
 {
-    dst.par_chunks_mut(ld)
-        .zip(src.par_chunks(k))
-        .with_min_len((WIDEN_CHUNK / k.max(1)).max(1))
-        .for_each(|(d, s)| s.convert_to_f32_slice(&mut d[..k]));
+    for (d, s) in dst.chunks_mut(ld).zip(src.chunks(k)) {
+        s.convert_to_f32_slice(&mut d[..k]);
+    }
 }
 
 #[cfg(test)]
@@ -67,13 +64,12 @@ mod tests {
     use super::*;
 
     /// Equal to the bit to candle's f32 matmul of the widened weight (the same gemm kernel,
-    /// writing into a wider output): several blocks (k large enough that a block holds fewer
-    /// rows than `n`), and many short rows in one block; leading dims kept; f16 and bf16.
+    /// writing into a wider output): a long `k` over several panels, many short rows, a prompt
+    /// longer than gemm's small-product paths; leading dims kept; f16 and bf16.
     #[test]
     fn equals_the_f32_product_of_the_widened_weight() -> Result<()> {
         let dev = Device::Cpu;
-        // 99 rows a block; then one block of short rows.
-        for (rows, k, n) in [(5, (1 << 22) / 100 + 3, 250), (20, 24, 2051)] {
+        for (rows, k, n) in [(5, 41_946, 250), (20, 24, 2051), (40, 896, 200)] {
             let x = Tensor::randn(0f32, 1., (2, rows, k), &dev)?;
             let w = Tensor::randn(0f32, 1., (n, k), &dev)?;
             for dtype in [DType::F16, DType::BF16] {
