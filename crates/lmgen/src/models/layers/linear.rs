@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::models::quantize::QuantizedWeight;
 use crate::parallel::Communicator;
 
-mod half_matmul;
+mod panel_matmul;
 mod parallel;
 
 pub use parallel::{Conv1dSplit, RowOutput, Rows};
@@ -63,14 +63,10 @@ impl Weight {
                         && widened::rows_conflict(w.dim(1)?)
                         && gemv_avx512::available());
                 let fast = if tiles { gemv::matmul_t(x, w)? } else { None };
-                // f16/bf16 on the CPU: blocks of `w` widened for the f32 kernel. On a GPU
-                // cuBLAS multiplies f16/bf16 natively.
+                // The rest on the CPU: panels of `w` widened (f16/bf16) or copied (f32) into
+                // each thread's L2 for gemm's f32 kernel. On a GPU cuBLAS multiplies natively.
                 let fast = match fast {
-                    None if matches!(w.dtype(), DType::F16 | DType::BF16)
-                        && w.device().is_cpu() =>
-                    {
-                        half_matmul::half_matmul(x, w)?
-                    }
+                    None if w.device().is_cpu() => panel_matmul::panel_matmul(x, w)?,
                     fast => fast,
                 };
                 match fast {
