@@ -139,6 +139,16 @@ def main():
             row[e]["ttft_s"] = med([x.get("ttft_s", a.prefill / x["prefill_tok_s"]) for x in s])
             row[e]["rounds"] = s
         row["lmgen"]["fraction_of_bound"] = row["lmgen"]["decode_tok_s"] * step_bytes / bw
+        # Paired figures: on a machine whose memory rate moves between runs, each round's
+        # engines run back to back, so a round's ratio (and lmgen's rate against the probe of its
+        # own run) compare like with like; their medians are printed below the table.
+        ls, cs = samples[p]["lmgen"], samples[p]["llama.cpp"]
+        row["paired"] = {
+            "decode_ratio": [x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(ls, cs)],
+            "prefill_ratio": [x["prefill_tok_s"] / y["prefill_tok_s"] for x, y in zip(ls, cs)],
+            "fraction_of_own_probe": [x["decode_tok_s"] * step_bytes / (r["bandwidth_gb_s"] * 1e9)
+                                      for x, r in zip(ls, lj)],
+        }
         if a.lmgen_gguf:  # the same file: llama.cpp reads the same bytes per step
             row["llama.cpp"]["fraction_of_bound"] = row["llama.cpp"]["decode_tok_s"] * step_bytes / bw
         rows.append(row)
@@ -162,6 +172,16 @@ def main():
               f"| {L['prefill_tok_s'] / C['prefill_tok_s']:.2f}x / {L['prefill_tok_s'] / K['prefill_tok_s']:.2f}x "
               f"| {L['peak_rss'] / 2**20:.0f} / {C['peak_rss'] / 2**20:.0f} / {K['peak_rss'] / 2**20:.0f} "
               f"| {b1 / 2**20:.0f} / {wkv / 2**20:.0f} = {b1 / wkv:.2f}x |")
+
+    print()
+    for r in rows:
+        pr = r["paired"]
+        span = lambda xs, f: f"{f(med(xs))} ({f(min(xs))}-{f(max(xs))})"
+        x = lambda v: f"{v:.2f}x"
+        pc = lambda v: f"{100 * v:.0f}%"
+        print(f"{a.shape} {r['precision']}, per round (median, range): decode lmgen / llama.cpp "
+              f"{span(pr['decode_ratio'], x)}, prefill {span(pr['prefill_ratio'], x)}, lmgen decode "
+              f"against its own run's probe {span(pr['fraction_of_own_probe'], pc)}")
 
     if a.lmgen_gguf:
         print()
