@@ -1,6 +1,7 @@
-//! `expf` over slices, 16 lanes at a time with AVX-512, equal to the bit to the C library's
-//! `expf` (the one `f32::exp` calls), for the exponentials of the CPU's hot loops: SwiGLU's
-//! `silu` over a prompt's MLP rows, and the softmax numerators of prompt and decode attention.
+//! `expf` over slices, 16 lanes at a time with AVX-512 (8 with AVX2), equal to the bit to the
+//! C library's `expf` (the one `f32::exp` calls), for the exponentials of the CPU's hot loops:
+//! SwiGLU's `silu` over a prompt's MLP rows, and the softmax numerators of prompt and decode
+//! attention.
 //!
 //! Those loops called glibc's scalar `expf` once an element: about 10% of a 512-token f16
 //! prefill of the Qwen2.5-0.5B shape on two threads (SwiGLU ~6%, the prompt softmax ~6%, of which
@@ -8,18 +9,19 @@
 //! bit of some results, and with it every bit-for-bit test of these kernels against candle's ops
 //! (which call `f32::exp`). So the vector code here is glibc's algorithm (glibc 2.27 and later,
 //! `sysdeps/ieee754/flt-32/e_expf.c`, the variant built with FMA that glibc picks on every CPU
-//! with AVX-512), operation for operation in double precision: `x·N/ln2 = k + r` rounded with
-//! the `0x1.8p52` shift, `2^(k/N)` from a 32-entry table, a cubic in `r`, one rounding to f32.
-//! The contractions are those of glibc's own binary (read from its disassembly): the scaling and
-//! the shift in one fused multiply-add, `r` as `InvLn2N·x - kd` fused, and the polynomial's three
-//! multiply-adds fused. Lanes glibc sends down its special path (`|x| >= 88`, NaN) are 0 where
-//! glibc underflows to 0 (below `ln(2^-150)`, -inf included) and otherwise go to the C function
-//! one by one (rare: overflow and the gradual-underflow band).
+//! with FMA, which both vector codes require), operation for operation in double precision:
+//! `x·N/ln2 = k + r` rounded with the `0x1.8p52` shift, `2^(k/N)` from a 32-entry table, a cubic
+//! in `r`, one rounding to f32. The contractions are those of glibc's own binary (read from its
+//! disassembly): the scaling and the shift in one fused multiply-add, `r` as `InvLn2N·x - kd`
+//! fused, and the polynomial's three multiply-adds fused. Lanes glibc sends down its special
+//! path (`|x| >= 88`, NaN) are 0 where glibc underflows to 0 (below `ln(2^-150)`, -inf included)
+//! and otherwise go to the C function one by one (rare: overflow and the gradual-underflow band).
 //!
-//! Checked against the C library's `expf` on every one of the 2^32 f32 inputs (the ignored test
-//! `equal_to_the_c_librarys_expf_on_every_input`, ~1 min in release) and on a sample of them in
-//! the suite. Another C library (musl, glibc before 2.27) rounds a few results differently; these
-//! stay within glibc's documented error (0.502 ULP) of the true exponential.
+//! Checked against the C library's `expf` on every one of the 2^32 f32 inputs, in every vector
+//! code the CPU has (the ignored test `equal_to_the_c_librarys_expf_on_every_input`, ~1-2 min in
+//! release) and on a sample of them in the suite. Another C library (musl, glibc before 2.27)
+//! rounds a few results differently; these stay within glibc's documented error (0.502 ULP) of
+//! the true exponential.
 #![allow(unsafe_code)]
 
 extern "C" {
@@ -47,19 +49,41 @@ fn expf_scalar(x: f32) -> f32 {
 /// `-0x1.9fe368p6`, about -103.972: glibc's `expf` is +0 below it.
 const UNDERFLOW: f32 = f32::from_bits(0xc2cf_f1b4);
 
-/// Whether the vector code runs on this CPU (AVX-512F, decided once per process, as the AVX-512
-/// product tiles; `LMGEN_CPU_KERNELS=avx2` or `portable` keeps the C library's scalar `expf`).
-fn vectorised() -> bool {
-    super::gemv_avx512::available()
+/// Which vector code runs on this CPU: AVX-512F's 16 lanes or AVX2's 8 (with FMA), decided
+/// once per process as the product tiles are (`LMGEN_CPU_KERNELS=avx2` stops at AVX2,
+/// `portable` keeps the C library's scalar `expf`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+fn lanes_here() -> Lanes {
+    if super::gemv_avx512::available() {
+        Lanes::Avx512
+    } else if super::gemv_avx2::available() {
+        Lanes::Avx2
+    } else {
+        Lanes::Scalar
+    }
 }
 
 /// `xs[i] = expf(xs[i] - max)`, the subtraction in f32 (softmax's numerators).
 pub fn exp_minus_in_place(xs: &mut [f32], max: f32) {
+    exp_minus_with(lanes_here(), xs, max);
+}
+
+fn exp_minus_with(lanes: Lanes, xs: &mut [f32], max: f32) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = lanes;
     #[cfg(target_arch = "x86_64")]
-    if vectorised() {
-        // SAFETY: AVX-512F checked just above.
-        unsafe { avx512::exp_minus(xs, max) };
-        return;
+    match lanes {
+        // SAFETY: AVX-512F is available (`lanes_here`, or the tests' own check).
+        Lanes::Avx512 => return unsafe { avx512::exp_minus(xs, max) },
+        // SAFETY: AVX2 and FMA are available (as above).
+        Lanes::Avx2 => return unsafe { avx2::exp_minus(xs, max) },
+        Lanes::Scalar => {}
     }
     xs.iter_mut().for_each(|x| *x = expf_scalar(*x - max));
 }
@@ -76,11 +100,20 @@ pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
         gate.len(),
         up.len()
     );
+    silu_mul_with(lanes_here(), out, gate, up);
+}
+
+fn silu_mul_with(lanes: Lanes, out: &mut [f32], gate: &[f32], up: &[f32]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = lanes;
     #[cfg(target_arch = "x86_64")]
-    if vectorised() {
-        // SAFETY: AVX-512F checked just above; the lengths are equal (asserted).
-        unsafe { avx512::silu_mul(out, gate, up) };
-        return;
+    match lanes {
+        // SAFETY: AVX-512F is available (`lanes_here`, or the tests' own check); the lengths
+        // are equal (asserted by `silu_mul`).
+        Lanes::Avx512 => return unsafe { avx512::silu_mul(out, gate, up) },
+        // SAFETY: AVX2 and FMA are available (as above); the lengths are equal.
+        Lanes::Avx2 => return unsafe { avx2::silu_mul(out, gate, up) },
+        Lanes::Scalar => {}
     }
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + expf_scalar(-g)) * u;
@@ -95,7 +128,7 @@ mod avx512 {
 
     /// glibc's `__exp2f_data.tab` (N = 32): the bits of `2^(i/N)` less `i << 47`, so that adding
     /// `k << 47` puts `k / N`'s integer part in the exponent.
-    const TAB: [u64; 32] = [
+    pub(super) const TAB: [u64; 32] = [
         0x3ff0000000000000,
         0x3fefd9b0d3158574,
         0x3fefb5586cf9890f,
@@ -130,14 +163,14 @@ mod avx512 {
         0x3fefd0765b6e4540,
     ];
     /// `N / ln 2` (`0x1.71547652b82fep+5`).
-    const INV_LN2_N: u64 = 0x40471547652b82fe;
+    pub(super) const INV_LN2_N: u64 = 0x40471547652b82fe;
     /// `0x1.8p52`: adding it rounds to an integer, ties to even.
-    const SHIFT: u64 = 0x4338000000000000;
+    pub(super) const SHIFT: u64 = 0x4338000000000000;
     /// The cubic's coefficients, scaled for `r` in units of `1/N`.
-    const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
+    pub(super) const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
     /// glibc's special path starts at `top12(88.0f)`: the exponent and top mantissa bits of
     /// `|x|`, `(bits >> 20) & 0x7ff`.
-    const SPECIAL_TOP12: i32 = 0x42b;
+    pub(super) const SPECIAL_TOP12: i32 = 0x42b;
 
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -264,6 +297,115 @@ mod avx512 {
     }
 }
 
+/// The same algorithm in AVX2's 4 double lanes (8 floats a step), the table read by gathers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::avx512::{C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB};
+    use super::expf_scalar;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn pd(bits: u64) -> __m256d {
+        _mm256_set1_pd(f64::from_bits(bits))
+    }
+
+    /// glibc's main path on 4 lanes, as `avx512::exp8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp4(xd: __m256d) -> __m128 {
+        let (inv, shift) = (pd(INV_LN2_N), pd(SHIFT));
+        let kd_shifted = _mm256_fmadd_pd(inv, xd, shift);
+        let ki = _mm256_castpd_si256(kd_shifted);
+        let kd = _mm256_sub_pd(kd_shifted, shift);
+        let r = _mm256_fmsub_pd(inv, xd, kd);
+        let idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+        // SAFETY: every index is below 32, TAB's length.
+        let t = unsafe { _mm256_i64gather_epi64::<8>(TAB.as_ptr().cast(), idx) };
+        let s = _mm256_castsi256_pd(_mm256_add_epi64(t, _mm256_slli_epi64::<47>(ki)));
+        let z = _mm256_fmadd_pd(r, pd(C[0]), pd(C[1]));
+        let r2 = _mm256_mul_pd(r, r);
+        let y = _mm256_fmadd_pd(r, pd(C[2]), _mm256_set1_pd(1.0));
+        let y = _mm256_fmadd_pd(z, r2, y);
+        _mm256_cvtpd_ps(_mm256_mul_pd(y, s))
+    }
+
+    /// `expf` of 8 lanes, equal to the C library's on every input.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let y_low = exp4(_mm256_cvtps_pd(_mm256_castps256_ps128(x)));
+        let y_high = exp4(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)));
+        let y = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(y_low), y_high);
+        let top12 = _mm256_and_si256(
+            _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
+            _mm256_set1_epi32(0x7ff),
+        );
+        let special = _mm256_cmpgt_epi32(top12, _mm256_set1_epi32(SPECIAL_TOP12 - 1));
+        if _mm256_testz_si256(special, special) == 1 {
+            return y;
+        }
+        let (mut xs, mut ys, mut flags) = ([0f32; 8], [0f32; 8], [0i32; 8]);
+        // SAFETY: each array holds 8 values of 4 bytes.
+        unsafe {
+            _mm256_storeu_ps(xs.as_mut_ptr(), x);
+            _mm256_storeu_ps(ys.as_mut_ptr(), y);
+            _mm256_storeu_si256(flags.as_mut_ptr().cast(), special);
+        }
+        for ((y, &x), _) in ys.iter_mut().zip(&xs).zip(&flags).filter(|(_, &f)| f != 0) {
+            *y = expf_scalar(x);
+        }
+        // SAFETY: as above.
+        unsafe { _mm256_loadu_ps(ys.as_ptr()) }
+    }
+
+    /// `xs[i] = expf(xs[i] - max)`, 8 at a time, the tail one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_minus(xs: &mut [f32], max: f32) {
+        let mut blocks = xs.chunks_exact_mut(8);
+        let maxv = _mm256_set1_ps(max);
+        for block in &mut blocks {
+            // SAFETY: `block` holds 8 floats.
+            unsafe {
+                let x = _mm256_sub_ps(_mm256_loadu_ps(block.as_ptr()), maxv);
+                _mm256_storeu_ps(block.as_mut_ptr(), exp8(x));
+            }
+        }
+        for x in blocks.into_remainder() {
+            *x = expf_scalar(*x - max);
+        }
+    }
+
+    /// `out[i] = gate[i] / (1 + expf(-gate[i])) * up[i]`, 8 at a time, the tail one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available and the three slices of one length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        let n = out.len() / 8 * 8;
+        let (o, g, u) = (out.as_mut_ptr(), gate.as_ptr(), up.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let sign = _mm256_set1_ps(-0.0);
+        for i in (0..n).step_by(8) {
+            // SAFETY: `i + 8 <= n`, within the three slices of one length (the caller's
+            // contract).
+            unsafe {
+                let gv = _mm256_loadu_ps(g.add(i));
+                let uv = _mm256_loadu_ps(u.add(i));
+                let silu = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_xor_ps(gv, sign))));
+                _mm256_storeu_ps(o.add(i), _mm256_mul_ps(silu, uv));
+            }
+        }
+        for ((o, &g), &u) in out[n..].iter_mut().zip(&gate[n..]).zip(&up[n..]) {
+            *o = g / (1.0 + expf_scalar(-g)) * u;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,17 +432,35 @@ mod tests {
     fn check(bits: impl Iterator<Item = u32>) {
         let xs: Vec<f32> = bits.map(f32::from_bits).collect();
         let want = reference(&xs);
-        let mut got = xs.clone();
-        let mut at = 0;
-        for len in (1..=33).cycle() {
-            if at >= got.len() {
-                break;
+        for lanes in available_lanes() {
+            let mut got = xs.clone();
+            let mut at = 0;
+            for len in (1..=33).cycle() {
+                if at >= got.len() {
+                    break;
+                }
+                let end = (at + len).min(got.len());
+                exp_minus_with(lanes, &mut got[at..end], 0.0);
+                at = end;
             }
-            let end = (at + len).min(got.len());
-            exp_minus_in_place(&mut got[at..end], 0.0);
-            at = end;
+            assert_same(&xs, &got, &want);
         }
-        assert_same(&xs, &got, &want);
+    }
+
+    /// The vector codes this CPU runs (each tested, not only the one `lanes_here` picks), and
+    /// the scalar one.
+    fn available_lanes() -> Vec<Lanes> {
+        let mut out = vec![Lanes::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.push(Lanes::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                out.push(Lanes::Avx512);
+            }
+        }
+        out
     }
 
     /// A sample of all 2^32 inputs (every 509th pattern, both signs, NaNs and infinities among
@@ -353,14 +513,16 @@ mod tests {
             .map(|i| (i as f32 * 0.77).sin() * 30.0 - 5.0)
             .collect();
         let ups: Vec<f32> = values.iter().map(|v| v.cos()).collect();
-        for n in 0..=values.len() {
+        for (n, lanes) in
+            (0..=values.len()).flat_map(|n| available_lanes().into_iter().map(move |l| (n, l)))
+        {
             let xs = &values[..n];
             let mut got = xs.to_vec();
-            exp_minus_in_place(&mut got, 12.5);
+            exp_minus_with(lanes, &mut got, 12.5);
             let shifted: Vec<f32> = xs.iter().map(|x| x - 12.5).collect();
             assert_same(xs, &got, &reference(&shifted));
             let mut out = vec![0f32; n];
-            silu_mul(&mut out, xs, &ups[..n]);
+            silu_mul_with(lanes, &mut out, xs, &ups[..n]);
             let want: Vec<f32> = xs
                 .iter()
                 .zip(&ups)
