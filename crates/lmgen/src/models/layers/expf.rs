@@ -49,6 +49,57 @@ fn expf_scalar(x: f32) -> f32 {
 /// `-0x1.9fe368p6`, about -103.972: glibc's `expf` is +0 below it.
 const UNDERFLOW: f32 = f32::from_bits(0xc2cf_f1b4);
 
+/// glibc's `__exp2f_data.tab` (N = 32): the bits of `2^(i/N)` less `i << 47`, so that adding
+/// `k << 47` puts `k / N`'s integer part in the exponent.
+#[cfg(target_arch = "x86_64")]
+const TAB: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+/// `N / ln 2` (`0x1.71547652b82fep+5`).
+#[cfg(target_arch = "x86_64")]
+const INV_LN2_N: u64 = 0x40471547652b82fe;
+/// `0x1.8p52`: adding it rounds to an integer, ties to even.
+#[cfg(target_arch = "x86_64")]
+const SHIFT: u64 = 0x4338000000000000;
+/// The cubic's coefficients, scaled for `r` in units of `1/N`.
+#[cfg(target_arch = "x86_64")]
+const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
+/// glibc's special path starts at `top12(88.0f)`: the exponent and top mantissa bits of
+/// `|x|`, `(bits >> 20) & 0x7ff`.
+#[cfg(target_arch = "x86_64")]
+const SPECIAL_TOP12: i32 = 0x42b;
+
 /// Which vector code runs on this CPU: AVX-512F's 16 lanes or AVX2's 8 (with FMA), decided
 /// once per process as the product tiles are (`LMGEN_CPU_KERNELS=avx2` stops at AVX2,
 /// `portable` keeps the C library's scalar `expf`).
@@ -124,53 +175,7 @@ fn silu_mul_with(lanes: Lanes, out: &mut [f32], gate: &[f32], up: &[f32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{expf_scalar, UNDERFLOW};
-
-    /// glibc's `__exp2f_data.tab` (N = 32): the bits of `2^(i/N)` less `i << 47`, so that adding
-    /// `k << 47` puts `k / N`'s integer part in the exponent.
-    pub(super) const TAB: [u64; 32] = [
-        0x3ff0000000000000,
-        0x3fefd9b0d3158574,
-        0x3fefb5586cf9890f,
-        0x3fef9301d0125b51,
-        0x3fef72b83c7d517b,
-        0x3fef54873168b9aa,
-        0x3fef387a6e756238,
-        0x3fef1e9df51fdee1,
-        0x3fef06fe0a31b715,
-        0x3feef1a7373aa9cb,
-        0x3feedea64c123422,
-        0x3feece086061892d,
-        0x3feebfdad5362a27,
-        0x3feeb42b569d4f82,
-        0x3feeab07dd485429,
-        0x3feea47eb03a5585,
-        0x3feea09e667f3bcd,
-        0x3fee9f75e8ec5f74,
-        0x3feea11473eb0187,
-        0x3feea589994cce13,
-        0x3feeace5422aa0db,
-        0x3feeb737b0cdc5e5,
-        0x3feec49182a3f090,
-        0x3feed503b23e255d,
-        0x3feee89f995ad3ad,
-        0x3feeff76f2fb5e47,
-        0x3fef199bdd85529c,
-        0x3fef3720dcef9069,
-        0x3fef5818dcfba487,
-        0x3fef7c97337b9b5f,
-        0x3fefa4afa2a490da,
-        0x3fefd0765b6e4540,
-    ];
-    /// `N / ln 2` (`0x1.71547652b82fep+5`).
-    pub(super) const INV_LN2_N: u64 = 0x40471547652b82fe;
-    /// `0x1.8p52`: adding it rounds to an integer, ties to even.
-    pub(super) const SHIFT: u64 = 0x4338000000000000;
-    /// The cubic's coefficients, scaled for `r` in units of `1/N`.
-    pub(super) const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
-    /// glibc's special path starts at `top12(88.0f)`: the exponent and top mantissa bits of
-    /// `|x|`, `(bits >> 20) & 0x7ff`.
-    pub(super) const SPECIAL_TOP12: i32 = 0x42b;
+    use super::{expf_scalar, C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB, UNDERFLOW};
 
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -302,8 +307,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::avx512::{C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB};
-    use super::expf_scalar;
+    use super::{expf_scalar, C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
