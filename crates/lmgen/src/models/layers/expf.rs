@@ -307,7 +307,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{expf_scalar, C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB};
+    use super::{expf_scalar, C, INV_LN2_N, SHIFT, SPECIAL_TOP12, TAB, UNDERFLOW};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -346,8 +346,22 @@ mod avx2 {
             _mm256_srli_epi32::<20>(_mm256_castps_si256(x)),
             _mm256_set1_epi32(0x7ff),
         );
-        let special = _mm256_cmpgt_epi32(top12, _mm256_set1_epi32(SPECIAL_TOP12 - 1));
-        if _mm256_testz_si256(special, special) == 1 {
+        let special = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            top12,
+            _mm256_set1_epi32(SPECIAL_TOP12 - 1),
+        ));
+        if _mm256_testz_ps(special, special) == 1 {
+            return y;
+        }
+        // Lanes below ln(2^-150) (a masked score's `s - max`, -inf) are 0 in the vector, as on
+        // AVX-512; only the rest (overflow, NaN, the gradual-underflow band) go one by one.
+        let zero = _mm256_and_ps(
+            special,
+            _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(UNDERFLOW)),
+        );
+        let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), zero);
+        let rest = _mm256_andnot_ps(zero, special);
+        if _mm256_testz_ps(rest, rest) == 1 {
             return y;
         }
         let (mut xs, mut ys, mut flags) = ([0f32; 8], [0f32; 8], [0i32; 8]);
@@ -355,7 +369,7 @@ mod avx2 {
         unsafe {
             _mm256_storeu_ps(xs.as_mut_ptr(), x);
             _mm256_storeu_ps(ys.as_mut_ptr(), y);
-            _mm256_storeu_si256(flags.as_mut_ptr().cast(), special);
+            _mm256_storeu_si256(flags.as_mut_ptr().cast(), _mm256_castps_si256(rest));
         }
         for ((y, &x), _) in ys.iter_mut().zip(&xs).zip(&flags).filter(|(_, &f)| f != 0) {
             *y = expf_scalar(x);
