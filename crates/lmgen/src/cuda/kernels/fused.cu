@@ -276,6 +276,39 @@ __device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, float*
         const T* kr = keys(j);
         float acc = 0.f;
         int c = 0;
+        if (V * sizeof(T) == 16 && (reinterpret_cast<uintptr_t>(kr) & 15) == 0) {
+            // 16-byte chunks of the row KC at a time, all issued before any is used (a d = 128
+            // row of 2-byte elements in one round trip to memory); the same sums in the same order.
+            constexpr int KC = 16;
+            const uint4* kr4 = reinterpret_cast<const uint4*>(kr);
+            for (; c + KC <= chunks; c += KC) {
+                uint4 kv[KC];
+#pragma unroll
+                for (int u = 0; u < KC; u++) kv[u] = kr4[c + u];
+#pragma unroll
+                for (int u = 0; u < KC; u++) {
+                    const T* ke = reinterpret_cast<const T*>(&kv[u]);
+#pragma unroll
+                    for (int i = 0; i < V; i++) acc = fmaf(qs[(c + u) * V + i], to_f(ke[i]), acc);
+                }
+            }
+            if (c < chunks) {
+                uint4 kv[KC];
+#pragma unroll
+                for (int u = 0; u < KC; u++) {
+                    if (c + u < chunks) kv[u] = kr4[c + u];
+                }
+#pragma unroll
+                for (int u = 0; u < KC; u++) {
+                    if (c + u < chunks) {
+                        const T* ke = reinterpret_cast<const T*>(&kv[u]);
+#pragma unroll
+                        for (int i = 0; i < V; i++) acc = fmaf(qs[(c + u) * V + i], to_f(ke[i]), acc);
+                    }
+                }
+                c = chunks;
+            }
+        }
         for (; c + 4 <= chunks; c += 4) {
             float kf[4][V];
 #pragma unroll
@@ -311,7 +344,7 @@ __device__ void attend_rows_v(const T* qp, Rows keys, Rows values, T* op, float*
         float acc[V];
 #pragma unroll
         for (int i = 0; i < V; i++) acc[i] = 0.f;
-#pragma unroll 4
+#pragma unroll 8
         for (int j = g; j < s; j += groups) {
             float p = scores[j];
             float vf[V];
