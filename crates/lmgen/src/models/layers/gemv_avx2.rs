@@ -52,15 +52,41 @@ fn cpu_has_avx2_fma_f16c() -> bool {
 #[cfg(target_arch = "x86_64")]
 const LINE_BYTES: usize = 64;
 
-/// How far ahead of the product one input row (batch-1 decode) prefetches the weights. That row
-/// takes the weight rows one after another, so a thread's band is one stream through memory, read
-/// 32 values a step with every line prefetched this far ahead. On the 2-core Zen 5 machine this
-/// read f16 and bf16 weights as fast as f32 ones, where the earlier tile of eight rows side by
-/// side, 16 bytes of each a step with a prefetch of the next tile, read them at 80-90% of that
-/// (Qwen3-0.6B f16 28-38 -> 50-52 tok/s; distances of 1-16 KiB within the machine's noise;
-/// BENCHMARKS.md, 2026-12-07).
+/// How far ahead of the product one input row (batch-1 decode) prefetches the weights on a CPU
+/// with AVX-512 ([`row_prefetch_bytes`]). That row takes the weight rows one after another, so a
+/// thread's band is one stream through memory, read 32 values a step with every line prefetched
+/// this far ahead. On the 2-core Zen 5 machine this read f16 and bf16 weights as fast as f32 ones,
+/// where the earlier tile of eight rows side by side, 16 bytes of each a step with a prefetch of
+/// the next tile, read them at 80-90% of that (Qwen3-0.6B f16 28-38 -> 50-52 tok/s; distances of
+/// 1-16 KiB within the machine's noise; BENCHMARKS.md, 2026-12-07).
 #[cfg(target_arch = "x86_64")]
 const ROW_PREFETCH_BYTES: usize = 4096;
+
+/// The distance of the one-row prefetch in bytes, 0 for none (the hardware prefetchers alone):
+/// [`ROW_PREFETCH_BYTES`] where the CPU has AVX-512F (measured on Zen 5), none on the AVX2-only
+/// CPUs, where it held the stream back: on the 2-core Zen 3 machine, f32 decode of SmolLM2-135M
+/// 23-28 tok/s with it against 26-34 without, four rounds alternated, f16 within the noise
+/// (BENCHMARKS.md, 2026-12-07). `LMGEN_ROW_PREFETCH=BYTES` sets it, for measuring another CPU.
+#[cfg(target_arch = "x86_64")]
+fn row_prefetch_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let default = if super::gemv_avx512::available() {
+            ROW_PREFETCH_BYTES
+        } else {
+            0
+        };
+        match std::env::var("LMGEN_ROW_PREFETCH") {
+            Err(_) => default,
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                tracing::warn!(
+                    "LMGEN_ROW_PREFETCH={v:?} is not a number of bytes; using {default}"
+                );
+                default
+            }),
+        }
+    })
+}
 
 /// Where a band of products goes: `y[i * ld + j]` for input row `i` and the band's `j`-th weight
 /// row, `y` pointing at the band's first column of a row-major `[m, n]` output (`ld = n`). Bands
@@ -131,22 +157,21 @@ pub trait WeightElem: Copy + Sync {
 macro_rules! kernels {
     ($elem:ty, $tile:ident, $row:ident, $load:ident, $scalar:expr) => {
         /// `dot(x, w)` over `k` values for one input row: 32 values a step in four
-        /// accumulators, then one at a time, each cache line of `w` prefetched
-        /// [`ROW_PREFETCH_BYTES`] ahead (past the end of the band is harmless: a prefetch does
-        /// not fault).
+        /// accumulators, then one at a time, each cache line of `w` prefetched `ahead` elements
+        /// ahead where `ahead` is not 0 ([`row_prefetch_bytes`]; past the end of the band is
+        /// harmless: a prefetch does not fault).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $row(x: *const f32, w: *const $elem, k: usize) -> f32 {
+        unsafe fn $row(x: *const f32, w: *const $elem, k: usize, ahead: usize) -> f32 {
             const SIZE: usize = std::mem::size_of::<$elem>();
-            const AHEAD: usize = ROW_PREFETCH_BYTES / SIZE;
             const LINE: usize = LINE_BYTES / SIZE;
             let mut acc = [_mm256_setzero_ps(); 4];
             let k32 = k / 32 * 32;
             let mut p = 0;
             while p < k32 {
                 let mut q = 0;
-                while q < 32 {
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + q + AHEAD).cast::<i8>());
+                while ahead != 0 && q < 32 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(p + q + ahead).cast::<i8>());
                     q += LINE;
                 }
                 for (l, a) in acc.iter_mut().enumerate() {
@@ -225,9 +250,10 @@ macro_rules! kernels {
                     assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
                     let (xp, wp) = (x.as_ptr(), w.as_ptr().add(first * k));
                     if m == 1 {
-                        // One weight row after another (see `ROW_PREFETCH_BYTES`).
+                        // One weight row after another (see `row_prefetch_bytes`).
+                        let ahead = row_prefetch_bytes() / std::mem::size_of::<$elem>();
                         for j in 0..rows {
-                            out.set(0, j, $row(xp, wp.add(j * k), k));
+                            out.set(0, j, $row(xp, wp.add(j * k), k, ahead));
                         }
                     } else {
                         band_tiles!($tile, xp, wp, m, k, rows, out);
