@@ -111,15 +111,20 @@ pub(super) fn rows_per_task(n: usize, multiple: usize) -> usize {
 }
 
 /// `y[i, j] = dot(x[i], w[j])` for every input row `i` and weight row `j`: `[m, n]`, by the
-/// AVX2 tile kernels (with several input rows and AVX-512F, the AVX-512 tiles), a band of
+/// AVX2 tile kernels (with several input rows and AVX-512F, the AVX-512 tiles; with 16 rows or
+/// more, the outer-product tiles of either, the AVX2 ones for f32 weights), a band of
 /// [`rows_per_task`] weight rows per task, each task writing its own columns of `y` (no
 /// transposition afterwards: it and its zeroed buffer were a fifth of the products' time at 32
 /// rows).
 #[allow(unsafe_code)]
 fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     let wide = m > 1 && gemv_avx512::available();
-    // 16 rows or more: the outer-product tiles over `x` transposed once.
-    let columns = (wide && m >= Columns::MIN_ROWS).then(|| Columns::new(x, m, k));
+    // 16 rows or more: the outer-product tiles over `x` transposed once, in chunks of two
+    // registers a k-step: 32 rows (then 16) with AVX-512, else 16 rows and f32 weights only.
+    let w32 = W::as_f32(w);
+    let widths: &[usize] = if wide { &[32, 16] } else { &[16] };
+    let outer = m >= Columns::MIN_ROWS && (wide || (w32.is_some() && avx2_outer_tiles()));
+    let columns = outer.then(|| Columns::new(x, m, k, widths));
     let mut y = vec![0f32; m * n];
     let rows_per_task = rows_per_task(n, 8);
     // SAFETY: `y` holds `m` rows of `n` and is not touched until every task is done; each task
@@ -136,7 +141,10 @@ fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: 
             unsafe {
                 let out = out.at_column(first);
                 if let Some(cols) = &columns {
-                    cols.band(x, w, first, rows, out)
+                    match w32 {
+                        Some(w32) if !wide => cols.band_avx2(x, w32, first, rows, out),
+                        _ => cols.band(x, w, first, rows, out),
+                    }
                 } else if wide {
                     W::band_avx512(x, m, k, w, first, rows, out)
                 } else {
@@ -145,6 +153,14 @@ fn bands<W: WeightElem + Avx512Elem>(x: &[f32], m: usize, k: usize, w: &[W], n: 
             }
         });
     y
+}
+
+/// Whether batches of [`Columns::MIN_ROWS`] rows or more of f32 weights take the AVX2
+/// outer-product tiles on CPUs without AVX-512 (default) or the dot tiles
+/// (`LMGEN_CPU_OUTER_TILES=0`, for measuring one against the other).
+fn avx2_outer_tiles() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LMGEN_CPU_OUTER_TILES").map_or(true, |v| v != "0"))
 }
 
 /// The same as [`bands`] in portable code, for CPUs without AVX2 and FMA (`[m, n]`).

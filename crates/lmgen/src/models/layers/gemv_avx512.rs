@@ -292,43 +292,50 @@ macro_rules! load_bf16 {
 
 kernels!(f32, tile_f32, outer_f32, load_f32, |v: f32| v);
 
-/// The input rows of a product transposed for [`Columns::band`]: rows in chunks of 32, then one
-/// of 16 if that many are left, each chunk `[k, width]` (one k-step of every row of the chunk
-/// in one or two registers). Rows past the chunks (fewer than 16) take the dot tiles.
+/// The input rows of a product transposed for the outer-product tiles ([`Columns::band`], and
+/// [`Columns::band_avx2`] on AVX2-only CPUs): rows in chunks of the first width (32 for the
+/// AVX-512 tiles, 16 for the AVX2 ones: two registers a k-step), then at most one of a narrower
+/// width (16 for the AVX-512 tiles), each chunk `[k, width]` (one k-step of every row of the
+/// chunk in one or two registers). Rows past the chunks take the dot tiles.
 pub struct Columns {
-    data: Vec<f32>,
+    pub(super) data: Vec<f32>,
     /// `data[start..]` starts on a cache line.
-    start: usize,
+    pub(super) start: usize,
     /// `(first input row, width)` of each chunk, stored one after the other.
-    chunks: Vec<(usize, usize)>,
+    pub(super) chunks: Vec<(usize, usize)>,
     /// Input rows the chunks cover: `0..covered`.
-    covered: usize,
+    pub(super) covered: usize,
     /// `x`'s shape, `[m, k]`.
-    m: usize,
-    k: usize,
+    pub(super) m: usize,
+    pub(super) k: usize,
 }
 
 impl Columns {
     /// The fewest input rows worth transposing: below 16 a chunk would be mostly empty lanes.
     pub const MIN_ROWS: usize = 16;
 
-    /// `x` (`[m, k]`, row-major) in chunks.
-    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+    /// `x` (`[m, k]`, row-major) in chunks of `widths[0]` rows, then at most one of `widths[1]`
+    /// (one or two widths, multiples of 8, the widest first).
+    pub fn new(x: &[f32], m: usize, k: usize, widths: &[usize]) -> Self {
+        assert!(matches!(widths.len(), 1 | 2) && widths.windows(2).all(|w| w[1] < w[0]));
+        let widest = widths[0];
         let mut chunks = Vec::new();
         let mut covered = 0;
-        while m - covered >= 32 {
-            chunks.push((covered, 32));
-            covered += 32;
+        while m - covered >= widest {
+            chunks.push((covered, widest));
+            covered += widest;
         }
-        if m - covered >= 16 {
-            chunks.push((covered, 16));
-            covered += 16;
+        for &width in &widths[1..] {
+            if m - covered >= width {
+                chunks.push((covered, width));
+                covered += width;
+            }
         }
         let (mut data, start) = super::aligned::vec(covered * k, 0f32);
-        // Chunk by chunk on rayon's threads (each chunk is `k * 32` values, the last one
-        // `k * 16` if the rows end in one of 16).
+        // Chunk by chunk on rayon's threads (each chunk is `k * widest` values, the last one
+        // narrower if the rows end in one).
         data[start..start + covered * k]
-            .par_chunks_mut(32 * k)
+            .par_chunks_mut(widest * k)
             .zip(&chunks)
             .for_each(|(panel, &(first, width))| {
                 debug_assert_eq!(panel.len(), k * width);
@@ -477,7 +484,7 @@ mod tests {
         for m in (1..=17).chain([31, 32, 33, 47, 48, 63, 64, 70]) {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let mut y = vec![0f32; rows * m];
-            let cols = Columns::new(&x, m, k);
+            let cols = Columns::new(&x, m, k, &[32, 16]);
             let outer = m >= Columns::MIN_ROWS;
             // Each product into a buffer of NaN, so an output a kernel misses shows.
             let mut check = |run: &dyn Fn(Out), wf: &dyn Fn(usize) -> f32, what: &str| {
