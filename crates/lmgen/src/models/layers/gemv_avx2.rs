@@ -411,8 +411,9 @@ kernels!(bf16, tile_bf16, row_bf16, |_| None, load_bf16, |v: bf16| v
 /// weight rows of `k` from `w`: each k-step broadcasts each row's weight straight from memory
 /// against the chunk's two registers of inputs (`2 * NW` accumulators of 8 outputs, no
 /// horizontal sums). Widening the weights into a buffer on the stack first, as the AVX-512
-/// tiles do, ran at 36-56 GFLOP/s on Zen 3 (its broadcasts wait on the stores just made) against
-/// 64-92 broadcast from the rows (one thread, SmolLM2-135M's gate/up shape, 8-64 rows).
+/// tiles do, ran at 36-56 GFLOP/s on Zen 3 (its broadcasts wait on the stores just made);
+/// broadcast from the rows, 78-92 at 16, 32 and 64 rows against the dot tiles' 60-79 (one
+/// thread, SmolLM2-135M's gate/up shape, two passes).
 ///
 /// # Safety
 /// [`available`] must be true, `xt` must hold `k * 16` values, `w` `NW` rows of `k`, and `out`
