@@ -3,13 +3,13 @@
 //! does nothing here and needs no CUDA toolkit.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (as tools/build_cuda.sh sets them), else `nvcc` on
-//! the `PATH`; the PTX targets `compute_$CUDA_COMPUTE_CAP` (default 80: bf16 needs sm_80). Two
+//! the `PATH`; the PTX targets `compute_$CUDA_COMPUTE_CAP` (default 80: bf16 needs sm_80). Three
 //! small sources: a few seconds of nvcc.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["fused", "flash"];
+const KERNELS: &[&str] = &["fused", "flash", "decode_layer"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CARGO_FEATURE_CUDA");
@@ -27,7 +27,9 @@ fn main() {
     // src/cuda/launch.rs: dependent launches need the kernels' `griddepcontrol` (sm_90 and later).
     println!("cargo:rustc-env=LMGEN_CUDA_PTX_CAP={cap}");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    println!("cargo:rerun-if-changed=src/cuda/kernels/common.cuh");
+    for header in ["common", "attend"] {
+        println!("cargo:rerun-if-changed=src/cuda/kernels/{header}.cuh");
+    }
     for name in KERNELS {
         let src = format!("src/cuda/kernels/{name}.cu");
         println!("cargo:rerun-if-changed={src}");

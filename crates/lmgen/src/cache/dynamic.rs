@@ -252,6 +252,21 @@ impl KvCache for DynamicCache {
         Ok(Some(out))
     }
 
+    fn decode_layer_at(
+        &mut self,
+        layer: usize,
+        run: &mut super::LayerLaunch<'_>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(e) = self.layer_with_room(layer)? else {
+            return Ok(None);
+        };
+        let out = run(&e.k, &e.v)?;
+        if out.is_some() {
+            e.len += 1;
+        }
+        Ok(out)
+    }
+
     fn reserve(&mut self, tokens: usize) -> Result<bool> {
         if !self.states.is_empty() || self.layers.iter().flatten().next().is_none() {
             return Ok(false);
@@ -374,7 +389,7 @@ fn dense_only(seq: Option<usize>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn appends_and_grows_past_capacity() {
@@ -393,6 +408,36 @@ mod tests {
             assert_eq!(vs.flatten_all().unwrap().to_vec1::<f32>().unwrap(), all);
         }
         assert_eq!(cache.seq_len(), 72);
+    }
+
+    /// The whole-layer seam: the buffers handed over hold room for the token, the token counts
+    /// only where the launch ran, and a layer without room is never handed over.
+    #[test]
+    fn decode_layer_at_counts_the_token_only_where_it_ran() {
+        let dev = Device::Cpu;
+        let mut cache = DynamicCache::with_fixed_capacity(5);
+        let k = Tensor::zeros((1, 2, 3, 4), DType::F32, &dev).unwrap();
+        cache.update(0, &k, &k).unwrap();
+        assert!(cache.reserve(5).unwrap());
+        let mut declined = |_: &Tensor, _: &Tensor| Ok(None);
+        assert!(cache.decode_layer_at(0, &mut declined).unwrap().is_none());
+        assert_eq!(cache.seq_len(), 3);
+        let mut ran = |k: &Tensor, v: &Tensor| {
+            assert_eq!(k.dims4().unwrap(), (1, 2, 5, 4));
+            assert_eq!(v.dims(), k.dims());
+            Ok(Some((k.clone(), v.clone())))
+        };
+        for len in [4, 5] {
+            assert!(cache.decode_layer_at(0, &mut ran).unwrap().is_some());
+            assert_eq!(cache.seq_len(), len);
+        }
+        // Full: not handed over.
+        let mut never = |_: &Tensor, _: &Tensor| -> Result<Option<(Tensor, Tensor)>> {
+            panic!("a full layer was handed over")
+        };
+        assert!(cache.decode_layer_at(0, &mut never).unwrap().is_none());
+        assert!(cache.decode_layer_at(1, &mut never).unwrap().is_none());
+        assert_eq!(cache.seq_len(), 5);
     }
 
     #[test]

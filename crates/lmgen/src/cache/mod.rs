@@ -33,6 +33,11 @@ pub struct SequenceSpan {
     pub new: usize,
 }
 
+/// A launch that writes a decode token into a layer's key and value buffers `[b, nkv, capacity,
+/// d]` and attends over them ([`KvCache::decode_layer_at`]): its output, or `None` where it did
+/// not run.
+pub type LayerLaunch<'a> = dyn FnMut(&Tensor, &Tensor) -> Result<Option<(Tensor, Tensor)>> + 'a;
+
 /// Storage for the keys and values of past tokens (HF `Cache`).
 ///
 /// Attention code is the same whatever the cache: it hands over this step's keys and values and
@@ -138,6 +143,20 @@ pub trait KvCache: Send {
         scale: f64,
     ) -> Result<Option<Tensor>> {
         let _ = (layer, token, slots, scale);
+        Ok(None)
+    }
+
+    /// For a step whose one launch writes its token's keys and values into `layer`'s buffers
+    /// and attends over them itself ([`crate::cuda::decode_layer`]): hands `run` the buffers
+    /// `k`, `v` `[b, nkv, capacity, d]` where the layer has room for one more token, and counts
+    /// that token where `run` returns `Some` (its output, returned). `None` (the default) where
+    /// the cache keeps no such buffers or has no room, without calling `run`.
+    fn decode_layer_at(
+        &mut self,
+        layer: usize,
+        run: &mut LayerLaunch<'_>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let _ = (layer, run);
         Ok(None)
     }
 

@@ -39,6 +39,7 @@ pub(crate) struct Launch<'a> {
     /// The operands' read/write records (cudarc's event tracking), kept until the launch is queued.
     guards: Vec<SyncOnDrop<'a>>,
     dependent: bool,
+    cooperative: bool,
 }
 
 /// A kernel parameter: a device buffer (its pointer) or a scalar.
@@ -89,6 +90,7 @@ impl<'a> Launch<'a> {
             words: Vec::with_capacity(20),
             guards: Vec::new(),
             dependent: false,
+            cooperative: false,
         }
     }
 
@@ -105,6 +107,13 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Launched cooperatively: the driver refuses the launch where the grid's blocks cannot all
+    /// be resident at once (a kernel whose blocks wait for each other needs them all running).
+    pub fn cooperative(&mut self) -> &mut Self {
+        self.cooperative = true;
+        self
+    }
+
     /// Queues the kernel.
     ///
     /// # Safety
@@ -117,13 +126,23 @@ impl<'a> Launch<'a> {
             .iter_mut()
             .map(|w| w as *mut u64 as *mut std::ffi::c_void)
             .collect();
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
-            },
-        };
+        let mut attrs = Vec::with_capacity(2);
+        if self.dependent {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            });
+        }
+        if self.cooperative {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue { cooperative: 1 },
+            });
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -133,8 +152,8 @@ impl<'a> Launch<'a> {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.dependent),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         // SAFETY: `params` points at one word per kernel parameter, alive across the call (the
         // driver copies them before returning); the caller vouches for their types.

@@ -25,6 +25,9 @@
 //!   [`paged_flash_attention`] the same over the paged store's slots for a packed step with
 //!   prompt chunks, every new token's keys and values written at its slot first.
 //!
+//! - [`decode_layer`] (`kernels/decode_layer.cu`): a whole decoder layer of a batch-1 decode
+//!   step of Llama's shape in one launch, its phases separated by grid-wide barriers (~9 -> 1).
+//!
 //! - [`greedy_logprob`]: each row's greedy id and its log-probability from the raw logits, so
 //!   that greedy rows read back two numbers instead of the row (the engine, `generate()`).
 //!
@@ -196,6 +199,7 @@ macro_rules! cuda_write_op3 {
 
 mod add_rms_norm;
 mod decode_attention;
+mod decode_layer;
 mod flash_attention;
 mod gemv;
 mod gemv_q8;
@@ -219,6 +223,10 @@ pub use add_rms_norm::add_rms_norm;
 pub use decode_attention::{
     decode_attention, decode_attention_at, set_grouped, Grouped, GROUPED_MIN_ROWS,
     MAX_KEYS as DECODE_MAX_KEYS,
+};
+pub use decode_layer::{
+    barriers as layer_barriers, decode_layer, layer_applies, layer_mode, set_layer_mode, LayerMode,
+    LayerStep, LayerWeights,
 };
 pub use flash_attention::{flash_applies, flash_attention, set_flash_mma};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};
@@ -295,6 +303,8 @@ enum Module {
     Fused,
     /// `kernels/flash.cu`: attention over many queries.
     Flash,
+    /// `kernels/decode_layer.cu`: a whole decoder layer of a batch-1 decode step.
+    Layer,
 }
 
 #[cfg(feature = "cuda")]
@@ -309,6 +319,10 @@ impl Module {
             Self::Flash => (
                 include_str!(concat!(env!("OUT_DIR"), "/flash.ptx")),
                 "lmgen_flash",
+            ),
+            Self::Layer => (
+                include_str!(concat!(env!("OUT_DIR"), "/decode_layer.ptx")),
+                "lmgen_decode_layer",
             ),
         }
     }

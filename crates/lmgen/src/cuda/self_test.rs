@@ -80,6 +80,19 @@ pub fn run(device: &Device) -> Result<Vec<String>> {
                 report.push(format!("{line} [{body}]"));
             }
         }
+        // The whole-layer kernel, in every launch mode, whatever the process runs with.
+        for mode in [
+            super::LayerMode::Cooperative,
+            super::LayerMode::Plain,
+            super::LayerMode::Dependent,
+        ] {
+            let before = super::set_layer_mode(mode);
+            let lines = decode_layer_checks(device, dtype);
+            super::set_layer_mode(before);
+            for line in lines? {
+                report.push(format!("{line} [{mode:?}]"));
+            }
+        }
         report.push(greedy_logprob(device, dtype)?);
         for rows in [1, 3, super::Q8_MAX_ROWS] {
             for (n, k) in [(1152, 896), (300, 4096), (37, 1024)] {
@@ -755,6 +768,148 @@ fn rope_kv_write(
     compare(&format!("{what}: queries"), &got, &q, tol)?;
     compare(&format!("{what}: key cache"), &k_cache, &k_want, tol)?;
     compare(&format!("{what}: value cache"), &v_cache, &v_want, 0.0)
+}
+
+/// [`decode_layer`]'s shapes: (hidden, heads, key/value heads, head size, intermediate size,
+/// rotated features (None: no rope), biases on q/k/v and nowhere else (Qwen2) or on every
+/// product, the previous layer's output to add (None: the first layer), cache capacity, slot).
+type LayerCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Option<usize>,
+    bool,
+    bool,
+    usize,
+    u32,
+);
+
+fn decode_layer_checks(device: &Device, dtype: DType) -> Result<Vec<String>> {
+    let cases: [LayerCase; 5] = [
+        // Qwen2.5-0.5B's layer: a few keys, a cache near the end, and a long one.
+        (896, 14, 2, 64, 4864, Some(64), true, true, 16, 5),
+        (896, 14, 2, 64, 4864, Some(64), true, true, 300, 299),
+        (896, 14, 2, 64, 4864, Some(64), true, false, 5000, 3100),
+        // Llama-3.2-1B's heads, a partial rotation, every bias; no rope, heads of 128.
+        (2048, 32, 8, 64, 1024, Some(32), false, true, 40, 17),
+        (256, 4, 2, 128, 296, None, false, true, 9, 0),
+    ];
+    cases
+        .into_iter()
+        .map(|case| decode_layer(device, dtype, case))
+        .collect()
+}
+
+/// A `[rows, cols]` weight of [`values`] scaled by `1 / sqrt(cols)` (activations stay of order
+/// one through the products, as in a trained model).
+fn weight(rows: usize, cols: usize, seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = values(rows * cols, seed)
+        .into_iter()
+        .map(|x| x / (cols as f32).sqrt())
+        .collect();
+    Ok(Tensor::from_vec(v, (rows, cols), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?)
+}
+
+/// [`super::decode_layer`] against the launches it replaces, in their order (`add_rms_norm`,
+/// `gemv`, `rope_kv_write`, `decode_attention_at`, `gemv`, `add_rms_norm`, `gemv_swiglu`,
+/// `gemv`), each checked against candle above: the residual stream, the MLP's output and both
+/// caches. The products sum in the same order; the norms' sums and the attention's splits
+/// differ, so f32 agrees within f32 rounding and f16/bf16 within two units of the dtype.
+fn decode_layer(device: &Device, dtype: DType, case: LayerCase) -> Result<String> {
+    let (hidden, nh, nkv, d, inter, r, qkv_bias_only, pending, cap, slot) = case;
+    let eps = 1e-6f32;
+    let rows = (nh + 2 * nkv) * d;
+    let x = tensor(&[1, 1, hidden], 40, dtype, device)?;
+    let prev = tensor(&[1, 1, hidden], 41, dtype, device)?;
+    let n1 = tensor(&[hidden], 42, dtype, device)?;
+    let n2 = tensor(&[hidden], 43, dtype, device)?;
+    let w_qkv = weight(rows, hidden, 44, dtype, device)?;
+    let w_o = weight(hidden, nh * d, 45, dtype, device)?;
+    let w_gu = weight(2 * inter, hidden, 46, dtype, device)?;
+    let w_down = weight(hidden, inter, 47, dtype, device)?;
+    let b_qkv = tensor(&[rows], 48, dtype, device)?;
+    let b_o = tensor(&[hidden], 49, dtype, device)?;
+    let b_gu = tensor(&[2 * inter], 50, dtype, device)?;
+    let b_down = tensor(&[hidden], 51, dtype, device)?;
+    let every = !qkv_bias_only;
+    let half = r.unwrap_or(d) / 2;
+    let cos = tensor(&[1, 1, half], 52, dtype, device)?;
+    let sin = tensor(&[1, 1, half], 53, dtype, device)?;
+    let rope = r.map(|_| (&cos, &sin));
+    let scale = (d as f64).powf(-0.5);
+    let slots = Tensor::new(&[slot], device)?;
+    // Two copies of one cache: the layer's, and the chain's.
+    let cache = |seed| -> Result<(Tensor, Tensor)> {
+        let k = tensor(&[1, nkv, cap, d], seed, dtype, device)?;
+        let v = tensor(&[1, nkv, cap, d], seed + 1, dtype, device)?;
+        Ok((k.copy()?, v.copy()?))
+    };
+    let ((k_got, v_got), (k_want, v_want)) = (cache(54)?, cache(54)?);
+
+    let (s1, h1) = match pending {
+        true => super::add_rms_norm(&x, &prev, &n1, eps)?.ok_or_else(|| missing("add_rms_norm"))?,
+        false => (x.clone(), candle_nn::ops::rms_norm(&x, &n1, eps)?),
+    };
+    let qkv = super::gemv(&h1, &w_qkv, Some(&b_qkv))?.ok_or_else(|| missing("gemv"))?;
+    let token = super::FusedQkv {
+        qkv: &qkv,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: d,
+        rope,
+        norms: None,
+    };
+    let q = super::rope_kv_write(&token, &k_want, &v_want, &slots)?
+        .ok_or_else(|| missing("rope_kv_write"))?;
+    let attn = super::decode_attention_at(&q, &k_want, &v_want, &slots, scale)?
+        .ok_or_else(|| missing("decode_attention_at"))?
+        .reshape((1, 1, nh * d))?;
+    let b = |bias: &Tensor| every.then_some(bias.clone());
+    let o = super::gemv(&attn, &w_o, b(&b_o).as_ref())?.ok_or_else(|| missing("gemv"))?;
+    let (s2, h2) =
+        super::add_rms_norm(&s1, &o, &n2, eps)?.ok_or_else(|| missing("add_rms_norm"))?;
+    let act =
+        super::gemv_swiglu(&h2, &w_gu, b(&b_gu).as_ref())?.ok_or_else(|| missing("gemv_swiglu"))?;
+    let mlp = super::gemv(&act, &w_down, b(&b_down).as_ref())?.ok_or_else(|| missing("gemv"))?;
+
+    let (b_o, b_gu, b_down) = (b(&b_o), b(&b_gu), b(&b_down));
+    let weights = super::LayerWeights {
+        attn_norm: (&n1, eps),
+        qkv: (&w_qkv, Some(&b_qkv)),
+        heads: (nh, nkv, d),
+        scale,
+        o_proj: (&w_o, b_o.as_ref()),
+        mlp_norm: (&n2, eps),
+        gate_up: (&w_gu, b_gu.as_ref()),
+        down: (&w_down, b_down.as_ref()),
+    };
+    let barrier = super::layer_barriers(&x, 1)?;
+    let step = super::LayerStep {
+        x: &x,
+        pending: pending.then_some(&prev),
+        rope,
+        slots: &slots,
+        barrier: &barrier,
+    };
+    let (sum, out) = super::decode_layer(&weights, &step, &k_got, &v_got)?
+        .ok_or_else(|| missing("decode_layer"))?;
+    let what = format!(
+        "decode_layer {dtype:?} hidden {hidden} nh {nh} nkv {nkv} d {d} inter {inter} rotated \
+         {r:?} biases {} pending {pending} cap {cap} slot {slot}",
+        if every { "all" } else { "qkv" }
+    );
+    let tol = match dtype {
+        DType::F32 => 1e-5,
+        _ => 2.0 * tolerance(dtype),
+    };
+    compare(&format!("{what}: key cache"), &k_got, &k_want, tol)?;
+    compare(&format!("{what}: value cache"), &v_got, &v_want, tol)?;
+    compare(&format!("{what}: residual"), &sum, &s2, tol)?;
+    compare(&format!("{what}: mlp"), &out, &mlp, tol)
 }
 
 fn swiglu(device: &Device, dtype: DType, rows: usize, inter: usize) -> Result<String> {

@@ -115,6 +115,35 @@ struct DecoderLayer {
     rope: LayerRope,
 }
 
+impl DecoderLayer {
+    /// This layer's weights for [`crate::cuda::decode_layer`] and its cache layer: Llama's shape
+    /// (an attention block of plain scores between two pre-norms, a SiLU-gated dense MLP, no
+    /// norm after either) on whole dense weights; `None` for any other layer.
+    fn dense_decode_weights(&self) -> Option<(usize, crate::cuda::LayerWeights<'_>)> {
+        let (Mixer::Attention(attention), FeedForward::Dense(mlp)) = (&self.mixer, &self.mlp)
+        else {
+            return None;
+        };
+        let norms = &self.norms;
+        (norms.attn_out.is_none() && norms.mlp_out.is_none()).then_some(())?;
+        let attn_norm = norms.attn_in.as_ref()?.weight_eps()?;
+        let mlp_norm = norms.mlp_in.as_ref()?.weight_eps()?;
+        let a = attention.dense_decode_parts()?;
+        let (gate_up, down) = mlp.dense_swiglu()?;
+        let weights = crate::cuda::LayerWeights {
+            attn_norm,
+            qkv: a.qkv,
+            heads: a.heads,
+            scale: a.scale,
+            o_proj: a.o_proj,
+            mlp_norm,
+            gate_up,
+            down,
+        };
+        Some((a.layer_idx, weights))
+    }
+}
+
 /// A decoder-only model with its LM head.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -341,6 +370,21 @@ impl Decoder {
         // The MLP output of the previous layer, not yet added to `x`: added by the next layer,
         // fused with its first norm ([`add_then_norm`]), unless the hidden states are kept.
         let mut pending: Option<Tensor> = None;
+        // A one-row decode step at device slots, nothing kept per layer: each layer of Llama's
+        // shape in one launch where the GPU takes it ([`crate::cuda::decode_layer`]), the grid's
+        // barrier counts zeroed once for the step.
+        let whole_layers = match &slots {
+            Some(_)
+                if hidden.is_none()
+                    && attentions.is_none()
+                    && rm.is_none()
+                    && x.dim(1)? == 1
+                    && crate::cuda::layer_applies(&x, x.dim(0)?) =>
+            {
+                Some(crate::cuda::layer_barriers(&x, n)?)
+            }
+            _ => None,
+        };
         for (i, layer) in self.layers[..n].iter().enumerate() {
             if let Some(states) = hidden.as_mut() {
                 states.push(x.clone());
@@ -357,6 +401,29 @@ impl Decoder {
                 padding_queries: masks.padding_queries(),
                 slots: slots.as_ref(),
             };
+            if let (Some(barriers), Some(slots), Some((cache_layer, weights))) = (
+                &whole_layers,
+                &slots,
+                whole_layers
+                    .as_ref()
+                    .and_then(|_| layer.dense_decode_weights()),
+            ) {
+                let barrier = barriers.narrow(0, i, 1)?;
+                let step = crate::cuda::LayerStep {
+                    x: &x,
+                    pending: pending.as_ref(),
+                    rope: rope.map(|(cos, sin)| (cos, sin)),
+                    slots,
+                    barrier: &barrier,
+                };
+                let mut run =
+                    |k: &Tensor, v: &Tensor| crate::cuda::decode_layer(&weights, &step, k, v);
+                if let Some((sum, mlp)) = cache.decode_layer_at(cache_layer, &mut run)? {
+                    x = sum;
+                    pending = Some(mlp);
+                    continue;
+                }
+            }
             let norms = &layer.norms;
             let h = match pending.take() {
                 Some(branch) => add_then_norm(&mut x, branch, &norms.attn_in, rm)?,

@@ -51,6 +51,18 @@ pub struct Attention {
     heads_comm: Option<Arc<dyn Communicator>>,
 }
 
+/// [`Attention::dense_decode_parts`].
+#[derive(Debug, Clone, Copy)]
+pub struct DenseAttention<'a> {
+    pub qkv: (&'a Tensor, Option<&'a Tensor>),
+    pub o_proj: (&'a Tensor, Option<&'a Tensor>),
+    /// Query heads, key/value heads, head size.
+    pub heads: (usize, usize, usize),
+    pub scale: f64,
+    /// The cache layer the block reads and writes.
+    pub layer_idx: usize,
+}
+
 /// Head counts and size.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -494,6 +506,23 @@ impl Attention {
             head_dim: self.shape.head_dim,
             rope: input.rope,
             norms,
+        })
+    }
+
+    /// What [`crate::cuda::decode_layer`] takes of this block: the fused q/k/v and o_proj weights
+    /// with their biases, the heads, the score scale and the cache layer, for a block of plain
+    /// scaled scores over rotated (or unrotated) heads without per-head norms or an output gate,
+    /// on whole dense weights; `None` otherwise.
+    pub fn dense_decode_parts(&self) -> Option<DenseAttention<'_>> {
+        let plain = self.takes_device_slots() && self.qk_norm.is_none() && !self.output_gate;
+        plain.then_some(())?;
+        let s = self.shape;
+        Some(DenseAttention {
+            qkv: self.qkv.dense()?,
+            o_proj: self.o_proj.dense()?,
+            heads: (s.num_heads, s.num_kv_heads, s.head_dim),
+            scale: self.scale,
+            layer_idx: self.layer_idx,
         })
     }
 

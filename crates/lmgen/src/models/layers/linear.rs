@@ -314,6 +314,15 @@ impl Linear {
         Ok((self.weight.product(x)?, self.bias.as_ref()))
     }
 
+    /// The weight `[out, in]` and bias of a whole (unsplit) dense layer, for a kernel that runs
+    /// the product itself ([`crate::cuda::decode_layer`]); `None` for a quantized or split one.
+    pub fn dense(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        match (&self.collective, &self.weight) {
+            (None, Weight::Dense(w)) => Some((w, self.bias.as_ref())),
+            _ => None,
+        }
+    }
+
     /// A fused gate/up projection's output through SwiGLU in the product's launch, for one
     /// activation row on a GPU ([`crate::cuda::gemv_swiglu`]): `[.., in] -> [.., out / 2]`,
     /// `silu(gate) * up`. `None` where that kernel does not apply (the caller runs

@@ -147,6 +147,14 @@ impl GatedMlp {
         })
     }
 
+    /// The fused gate/up weight `[2 inter, hidden]` and `down_proj` `[hidden, inter]` (each with
+    /// its bias) of a SiLU-gated MLP of whole dense layers, for [`crate::cuda::decode_layer`].
+    #[allow(clippy::type_complexity)]
+    pub fn dense_swiglu(&self) -> Option<((&Tensor, Option<&Tensor>), (&Tensor, Option<&Tensor>))> {
+        (self.act == Activation::Silu).then_some(())?;
+        Some((self.gate_up_proj.dense()?, self.down_proj.dense()?))
+    }
+
     /// `[b, t, hidden] -> [b, t, hidden]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.act == Activation::Silu {
