@@ -126,13 +126,20 @@ pub(super) const THREADS: usize = 256;
 /// bytes (of one element where `d` is not a multiple of 16 bytes), as the kernel splits them.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(super) fn shared_bytes(d: usize, s: usize, elem: usize) -> u32 {
+    attend_shared_bytes(d, s, elem, THREADS) as u32
+}
+
+/// [`shared_bytes`] for blocks of `threads` threads (`attend_rows` in `kernels/attend.cuh`,
+/// which the layer kernel runs with its own block size too).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) fn attend_shared_bytes(d: usize, s: usize, elem: usize, threads: usize) -> usize {
     let chunk = if (d * elem).is_multiple_of(16) {
         16 / elem
     } else {
         1
     };
-    let groups = (THREADS / (d / chunk).max(1)).max(1);
-    (4 * (d + s + groups * d)) as u32
+    let groups = (threads / (d / chunk).max(1)).max(1);
+    4 * (d + s + groups * d)
 }
 
 /// [`decode_attention`] over the first `slots[row] + 1` keys of each row of the cache buffers

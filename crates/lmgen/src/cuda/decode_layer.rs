@@ -229,13 +229,8 @@ const THREADS: usize = 512;
 fn shared_bytes(shape: &LayerShape, elem: usize, splits: usize) -> (usize, usize) {
     let (nh, _, d) = shape.heads;
     let row = shape.hidden.max(nh * d).max(shape.inter) * elem;
-    let chunk_elems = if (d * elem).is_multiple_of(16) {
-        16 / elem
-    } else {
-        1
-    };
-    let groups = (THREADS / (d / chunk_elems).max(1)).max(1);
-    let attention = 4 * (d + shape.cap.div_ceil(splits) + groups * d);
+    let attention =
+        super::decode_attention::attend_shared_bytes(d, shape.cap.div_ceil(splits), elem, THREADS);
     let combine = (4 * nh * splits * (d + 2)).next_multiple_of(16) + nh * d * elem;
     let stage = row.max(attention).max(combine).next_multiple_of(16);
     (stage, stage + (shape.hidden * elem).next_multiple_of(16))

@@ -401,13 +401,13 @@ impl Decoder {
                 padding_queries: masks.padding_queries(),
                 slots: slots.as_ref(),
             };
-            if let (Some(barriers), Some(slots), Some((cache_layer, weights))) = (
-                &whole_layers,
-                &slots,
-                whole_layers
-                    .as_ref()
-                    .and_then(|_| layer.dense_decode_weights()),
-            ) {
+            let whole = match (&whole_layers, &slots) {
+                (Some(barriers), Some(slots)) => layer
+                    .dense_decode_weights()
+                    .map(|(cache_layer, weights)| (barriers, slots, cache_layer, weights)),
+                _ => None,
+            };
+            if let Some((barriers, slots, cache_layer, weights)) = whole {
                 let barrier = barriers.narrow(0, i, 1)?;
                 let step = crate::cuda::LayerStep {
                     x: &x,
