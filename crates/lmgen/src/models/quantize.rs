@@ -20,14 +20,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::models::layers::widened::{widened_matmul, with_rows};
 use crate::models::layers::{gemv, gemv_avx2, huge_pages};
-use crate::models::{quantize_avx2, quantize_k_avx2, quantize_vnni};
-
-/// From this many activation rows, Q8_0 and Q4_K products take the 8-bit tiles of
-/// [`quantize_vnni`] where the CPU has them, instead of the decode tiles of [`quantize_avx2`] and
-/// [`quantize_k_avx2`]. Qwen2.5-0.5B decode on an AMD EPYC (Zen 4, 2 threads), tok/s, decode
-/// tiles against 8-bit tiles: Q8_0 batch 8 93 / 84, 16 117 / 156, 32 114 / 206; Q4_K batch 8
-/// 104 / 89, 16 107 / 118, 32 116 / 202.
-const INT8_TILE_ROWS: usize = 16;
+use crate::models::{quantize_avx2, quantize_int8, quantize_k_avx2};
 
 /// A quantized weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +279,7 @@ impl QuantizedWeight {
     /// `[rows, cols]`; `None` for the other block formats.
     pub(crate) fn q8_0_bytes(&self) -> Option<(&[u8], usize, usize)> {
         match &self.blocks {
-            Blocks::Q8_0(b) => Some((quantize_vnni::block_bytes(b), self.rows, self.cols)),
+            Blocks::Q8_0(b) => Some((quantize_int8::block_bytes(b), self.rows, self.cols)),
             _ => None,
         }
     }
@@ -304,10 +297,13 @@ impl QuantizedWeight {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?.reshape(((), self.cols))?; // [m, in]
         let m = x32.dim(0)?;
-        let int8 =
-            quantize_vnni::available() && matches!(self.blocks, Blocks::Q8_0(_) | Blocks::Q4K(_));
+        let int8 = match self.blocks {
+            Blocks::Q8_0(_) => quantize_int8::available_q8_0(),
+            Blocks::Q4K(_) => quantize_int8::available_q4k(),
+            Blocks::Q6K(_) => false,
+        };
         let few = if int8 {
-            m < INT8_TILE_ROWS
+            m < quantize_int8::min_rows()
         } else {
             m <= gemv::MAX_ROWS
         };
@@ -332,16 +328,17 @@ impl QuantizedWeight {
             Tensor::from_vec(y, (m, self.rows), x.device())?
         } else {
             // Prefill and batches: Q8_0 and Q4_K in 8-bit integer lanes where the CPU has
-            // AVX-512 VNNI; otherwise (and Q6_K) blocks of weight rows dequantized into a buffer
-            // the thread keeps, the product written into the output's columns.
+            // AVX-512 VNNI, Q4_K also with AVX2; otherwise (and Q6_K) blocks of weight rows
+            // dequantized into a buffer the thread keeps, the product written into the output's
+            // columns.
             let x32 = x32.contiguous()?;
             let dims = (m, self.rows, self.cols);
             let y = with_rows(&x32, |xs| match &self.blocks {
-                Blocks::Q8_0(b) if quantize_vnni::available() => {
-                    quantize_vnni::matmul_q8_0(xs, dims, b)
+                Blocks::Q8_0(b) if quantize_int8::available_q8_0() => {
+                    quantize_int8::matmul_q8_0(xs, dims, b)
                 }
-                Blocks::Q4K(b) if quantize_vnni::available() => {
-                    quantize_vnni::matmul_q4k(xs, dims, b)
+                Blocks::Q4K(b) if quantize_int8::available_q4k() => {
+                    quantize_int8::matmul_q4k(xs, dims, b)
                 }
                 Blocks::Q8_0(b) => widened_matmul(xs, dims, |s, dst, ld| self.widen(b, s, dst, ld)),
                 Blocks::Q4K(b) => widened_matmul(xs, dims, |s, dst, ld| self.widen(b, s, dst, ld)),
@@ -586,14 +583,14 @@ mod tests {
         for q in [Quantization::Q8_0, Quantization::Q4K] {
             let qw = q.quantize(&w, "w").unwrap();
             let want = match &qw.blocks {
-                // With AVX-512 VNNI, Q8_0 and Q4_K multiply in 8-bit lanes (their tiles are
-                // checked against their own reference in `quantize_vnni`).
-                Blocks::Q8_0(b) if quantize_vnni::available() => {
-                    let y = quantize_vnni::matmul_q8_0(&xs, (80, 300, 512), b);
+                // With AVX-512 VNNI, Q8_0 and Q4_K multiply in 8-bit lanes, with AVX2 Q4_K
+                // (the tiles are checked against their own reference in `quantize_int8`).
+                Blocks::Q8_0(b) if quantize_int8::available_q8_0() => {
+                    let y = quantize_int8::matmul_q8_0(&xs, (80, 300, 512), b);
                     Tensor::from_vec(y, (2, 40, 300), &dev).unwrap()
                 }
-                Blocks::Q4K(b) if quantize_vnni::available() => {
-                    let y = quantize_vnni::matmul_q4k(&xs, (80, 300, 512), b);
+                Blocks::Q4K(b) if quantize_int8::available_q4k() => {
+                    let y = quantize_int8::matmul_q4k(&xs, (80, 300, 512), b);
                     Tensor::from_vec(y, (2, 40, 300), &dev).unwrap()
                 }
                 _ => x
