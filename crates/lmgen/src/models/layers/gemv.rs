@@ -12,8 +12,9 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::aligned;
+use super::columns::Columns;
 use super::gemv_avx2::{self, Out, WeightElem};
-use super::gemv_avx512::{self, Avx512Elem, Columns};
+use super::gemv_avx512::{self, Avx512Elem};
 use crate::error::Result;
 
 /// Up to this many rows of `x`, [`matmul_t`] beats candle's matmul (whose packing copies the

@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::gemv_avx512::Columns;
+use super::columns::Columns;
 
 /// Whether this CPU runs the kernels of this file (and of the other run-time chosen CPU kernels),
 /// decided once per process. `LMGEN_CPU_KERNELS=portable` turns them off, to compare against the

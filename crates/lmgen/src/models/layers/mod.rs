@@ -3,6 +3,7 @@
 pub mod aligned;
 pub mod attention;
 pub mod bart_layer;
+pub mod columns;
 pub mod conv;
 pub mod embedding;
 pub mod expf;
