@@ -367,7 +367,7 @@ impl Out {
 /// for Q4_K weights (unsigned bytes, minimums) or Q8_0 (signed bytes).
 ///
 /// # Safety
-/// [`available`] must be true; rows `i..i + R` of `a` must exist.
+/// The CPU must have AVX-512F/BW and VNNI ([`isa`] is `Vnni`); rows `i..i + R` of `a` must exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const R: usize, const Q4K: bool>(
