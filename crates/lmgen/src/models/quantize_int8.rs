@@ -16,13 +16,13 @@
 //! `dx * (d * sc) * S - (dx * sum(xq)) * (dmin * m)`.
 //! With AVX2, `vpmaddubsw` multiplies the unsigned 4-bit weights by the signed activation bytes
 //! and adds pairs into i16 lanes (at most `2 * 15 * 128` each), summed over a block's 8 steps in
-//! i16 (at most 30720, exact) and then in pairs into i32 by `vpmaddwd`: the same integer sum
-//! with three instructions for 64 products where f32 needs 8 fused multiply-adds. Q8_0's signed
-//! weights would overflow the i16 pairs (`2 * 255 * 127`), so on AVX2 Q8_0 stays on the
-//! dequantized product.
+//! i16 (at most 30720, exact) and then in pairs into i32 by `vpmaddwd` once a block: the same
+//! integer sum with 2 multiplies and 2 adds (and a broadcast) for 64 products where f32 needs 8
+//! fused multiply-adds. Q8_0's signed weights would overflow the i16 pairs (`2 * 255 * 127`), so
+//! on AVX2 Q8_0 stays on the dequantized product.
 //! Against dequantizing the weights to f32 for `gemm` ([`super::layers::widened`]) this does a
-//! quarter of the multiply instructions (a third with AVX2); the activations lose what Q8_0
-//! rounding loses, as they do in decode and in llama.cpp.
+//! quarter of the multiply instructions (with AVX2 each multiply also needs an i16 add); the
+//! activations lose what Q8_0 rounding loses, as they do in decode and in llama.cpp.
 //!
 //! Each output is `sum_b f32(S_b) * (dx_b * dw_b)` accumulated in block order with one fused
 //! multiply-add per block (`S_b` the exact i32 sum of block `b`; for Q4_K a second one takes off
