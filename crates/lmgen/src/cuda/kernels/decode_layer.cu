@@ -41,6 +41,12 @@ __device__ __forceinline__ void grid_barrier(unsigned int* bar, unsigned int k, 
     __syncthreads();
 }
 
+// The 128-byte lines of `bytes` bytes from `p` fetched into L2, nothing waiting for them.
+__device__ __forceinline__ void prefetch_l2(const void* p, int bytes, int tid, int threads) {
+    const char* c = reinterpret_cast<const char*>(p);
+    for (int o = tid * 128; o < bytes; o += threads * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+}
+
 // 16 bytes another block wrote in this launch: read from L2, never a stale L1 line.
 __device__ __forceinline__ uint4 load_shared_l2(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
 
@@ -176,6 +182,18 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
     }
     STAMP(0);
     pdl_wait();
+    // This block's first share of the cache (its keys and values before this token's) into L2,
+    // to be there when phase 2 reads them.
+    int s = (int)min(slots[0] + 1u, (uint32_t)cap);
+    int chunk = (s + splits - 1) / splits;
+    if (blockIdx.x < nh * splits) {
+        int head = blockIdx.x / splits, z = blockIdx.x % splits;
+        int kvh = head / (nh / nkv);
+        int lo = min(z * chunk, s), n = min(lo + chunk, s) - lo;
+        size_t at = ((size_t)kvh * cap + lo) * d;
+        prefetch_l2(k_cache + at, n * d * (int)sizeof(T), tid, blockDim.x);
+        prefetch_l2(v_cache + at, n * d * (int)sizeof(T), tid, blockDim.x);
+    }
     float ss = 0.f;
     for (int i = tid; i < H; i += blockDim.x) {
         T s = pending ? from_f<T>(to_f(x[i]) + to_f(pending[i])) : x[i];
@@ -196,11 +214,12 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
         int2 j = qkv_pair(p);
         const uint4* wa = reinterpret_cast<const uint4*>(w_qkv + (size_t)j.x * H);
         const uint4* wb = reinterpret_cast<const uint4*>(w_qkv + (size_t)j.y * H);
-        if (p != gw) {
-            row_start(wa, H / V, lane, pa);
-            row_start(wb, H / V, lane, pb);
-        }
         float2 acc = row_dot2<T>(wa, wb, xs4, H / V, lane, pa, pb);
+        if (p + total_warps < pairs) {
+            int2 jn = qkv_pair(p + total_warps);
+            row_start(reinterpret_cast<const uint4*>(w_qkv + (size_t)jn.x * H), H / V, lane, pa);
+            row_start(reinterpret_cast<const uint4*>(w_qkv + (size_t)jn.y * H), H / V, lane, pb);
+        }
         float a = warp_sum(acc.x), b = warp_sum(acc.y);
         if (lane == 0) {
             int head = p / (d / 2), c = p % (d / 2);
@@ -234,8 +253,6 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
 
     // Phase 2: the attention, (query head, share of the keys) a block; each share's unnormalised
     // sums, maximum and exponentials' sum into `part` (as the split `decode_attention_at`).
-    int s = (int)min(slot + 1u, (uint32_t)cap);
-    int chunk = (s + splits - 1) / splits;
     for (int item = blockIdx.x; item < nh * splits; item += gridDim.x) {
         int head = item / splits, z = item % splits;
         int kvh = head / (nh / nkv);
@@ -255,35 +272,65 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
     // a warp a row.
     float* shares = smem;  // [nh, splits, d + 2]
     int share_floats = nh * splits * (d + 2);
-    for (int i = tid; i < share_floats / 4; i += blockDim.x) {
-        reinterpret_cast<float4*>(shares)[i] = __ldcg(reinterpret_cast<const float4*>(part) + i);
+    {
+        // Every load issued before any is stored: one round trip to L2, not one a chunk.
+        constexpr int L = 8;
+        const float4* src = reinterpret_cast<const float4*>(part);
+        int n4 = share_floats / 4;
+        for (int base = tid; base < n4; base += L * blockDim.x) {
+            float4 v[L];
+#pragma unroll
+            for (int u = 0; u < L; u++) {
+                int i = base + u * blockDim.x;
+                if (i < n4) v[u] = __ldcg(src + i);
+            }
+#pragma unroll
+            for (int u = 0; u < L; u++) {
+                int i = base + u * blockDim.x;
+                if (i < n4) reinterpret_cast<float4*>(shares)[i] = v[u];
+            }
+        }
     }
     for (int i = share_floats / 4 * 4 + tid; i < share_floats; i += blockDim.x) shares[i] = __ldcg(part + i);
+    __syncthreads();
+    // A thread a head: each share's weight expf(m_i - m) in place of its maximum (0 for an empty
+    // share, which `attention_combine` leaves out) and the weighted sum of the exponentials' sums
+    // in place of the first share's, in `attention_combine`'s order.
+    for (int head = tid; head < nh; head += blockDim.x) {
+        float* rp = shares + (size_t)head * splits * (d + 2);
+        float m = -INFINITY;
+        for (int i = 0; i < splits; i++) m = fmaxf(m, rp[i * (d + 2) + d]);
+        float l = 0.f;
+        for (int i = 0; i < splits; i++) {
+            float mi = rp[i * (d + 2) + d];
+            float e = mi != -INFINITY ? expf(mi - m) : 0.f;
+            if (mi != -INFINITY) l += e * rp[i * (d + 2) + d + 1];
+            rp[i * (d + 2) + d] = e;
+        }
+        rp[d + 1] = l;
+    }
     __syncthreads();
     T* attn = reinterpret_cast<T*>(smem + ((share_floats + 3) & ~3));  // [nh d]
     const uint4* attn4 = reinterpret_cast<const uint4*>(attn);
     for (int idx = tid; idx < attn_width; idx += blockDim.x) {
         const float* rp = shares + (size_t)(idx / d) * splits * (d + 2);
         int c = idx % d;
-        float m = -INFINITY;
-        for (int i = 0; i < splits; i++) m = fmaxf(m, rp[i * (d + 2) + d]);
-        float l = 0.f, acc = 0.f;
+        float acc = 0.f;
         for (int i = 0; i < splits; i++) {
-            float mi = rp[i * (d + 2) + d];
-            if (mi != -INFINITY) l += expf(mi - m) * rp[i * (d + 2) + d + 1];
+            float e = rp[i * (d + 2) + d];
+            if (e != 0.f) acc += e * rp[i * (d + 2) + c];
         }
-        for (int i = 0; i < splits; i++) {
-            float mi = rp[i * (d + 2) + d];
-            if (mi != -INFINITY) acc += expf(mi - m) * rp[i * (d + 2) + c];
-        }
-        attn[idx] = from_f<T>(acc / l);
+        attn[idx] = from_f<T>(acc / rp[d + 1]);
     }
     __syncthreads();
     STAMP(6);
     for (int j = gw; j < H; j += total_warps) {
         const uint4* wr = reinterpret_cast<const uint4*>(w_o + (size_t)j * attn_width);
-        if (j != gw) row_start(wr, attn_width / V, lane, pa);
-        float a = warp_sum(row_dot<T>(wr, attn4, attn_width / V, lane, pa));
+        float a = row_dot<T>(wr, attn4, attn_width / V, lane, pa);
+        if (j + total_warps < H)
+            row_start(reinterpret_cast<const uint4*>(w_o + (size_t)(j + total_warps) * attn_width), attn_width / V,
+                      lane, pa);
+        a = warp_sum(a);
         if (lane == 0) o_buf[j] = from_f<T>(a + (b_o ? to_f(b_o[j]) : 0.f));
     }
     if (gw < inter) {
@@ -312,11 +359,11 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
     for (int j = gw; j < inter; j += total_warps) {
         const uint4* wg = reinterpret_cast<const uint4*>(w_gu + (size_t)j * H);
         const uint4* wu = reinterpret_cast<const uint4*>(w_gu + ((size_t)inter + j) * H);
-        if (j != gw) {
-            row_start(wg, H / V, lane, pa);
-            row_start(wu, H / V, lane, pb);
-        }
         float2 acc = row_dot2<T>(wg, wu, xs4, H / V, lane, pa, pb);
+        if (j + total_warps < inter) {
+            row_start(reinterpret_cast<const uint4*>(w_gu + (size_t)(j + total_warps) * H), H / V, lane, pa);
+            row_start(reinterpret_cast<const uint4*>(w_gu + ((size_t)inter + j + total_warps) * H), H / V, lane, pb);
+        }
         float ag = warp_sum(acc.x), au = warp_sum(acc.y);
         if (lane == 0) {
             float g = to_f(from_f<T>(ag + (b_gu ? to_f(b_gu[j]) : 0.f)));
@@ -338,8 +385,10 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
     __syncthreads();
     for (int j = gw; j < H; j += total_warps) {
         const uint4* wr = reinterpret_cast<const uint4*>(w_down + (size_t)j * inter);
-        if (j != gw) row_start(wr, inter / V, lane, pa);
-        float a = warp_sum(row_dot<T>(wr, xs4, inter / V, lane, pa));
+        float a = row_dot<T>(wr, xs4, inter / V, lane, pa);
+        if (j + total_warps < H)
+            row_start(reinterpret_cast<const uint4*>(w_down + (size_t)(j + total_warps) * inter), inter / V, lane, pa);
+        a = warp_sum(a);
         if (lane == 0) out[H + j] = from_f<T>(a + (b_down ? to_f(b_down[j]) : 0.f));
     }
     STAMP(12);
