@@ -41,12 +41,6 @@ __device__ __forceinline__ void grid_barrier(unsigned int* bar, unsigned int k, 
     __syncthreads();
 }
 
-// The 128-byte lines of `bytes` bytes from `p` fetched into L2, nothing waiting for them.
-__device__ __forceinline__ void prefetch_l2(const void* p, int bytes, int tid, int threads) {
-    const char* c = reinterpret_cast<const char*>(p);
-    for (int o = tid * 128; o < bytes; o += threads * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
-}
-
 // 16 bytes another block wrote in this launch: read from L2, never a stale L1 line.
 __device__ __forceinline__ uint4 load_shared_l2(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
 
@@ -182,18 +176,6 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
     }
     STAMP(0);
     pdl_wait();
-    // This block's first share of the cache (its keys and values before this token's) into L2,
-    // to be there when phase 2 reads them.
-    int s = (int)min(slots[0] + 1u, (uint32_t)cap);
-    int chunk = (s + splits - 1) / splits;
-    if (blockIdx.x < nh * splits) {
-        int head = blockIdx.x / splits, z = blockIdx.x % splits;
-        int kvh = head / (nh / nkv);
-        int lo = min(z * chunk, s), n = min(lo + chunk, s) - lo;
-        size_t at = ((size_t)kvh * cap + lo) * d;
-        prefetch_l2(k_cache + at, n * d * (int)sizeof(T), tid, blockDim.x);
-        prefetch_l2(v_cache + at, n * d * (int)sizeof(T), tid, blockDim.x);
-    }
     float ss = 0.f;
     for (int i = tid; i < H; i += blockDim.x) {
         T s = pending ? from_f<T>(to_f(x[i]) + to_f(pending[i])) : x[i];
@@ -253,6 +235,8 @@ __device__ void decode_layer(const T* __restrict__ x, const T* __restrict__ pend
 
     // Phase 2: the attention, (query head, share of the keys) a block; each share's unnormalised
     // sums, maximum and exponentials' sum into `part` (as the split `decode_attention_at`).
+    int s = (int)min(slot + 1u, (uint32_t)cap);
+    int chunk = (s + splits - 1) / splits;
     for (int item = blockIdx.x; item < nh * splits; item += gridDim.x) {
         int head = item / splits, z = item % splits;
         int kvh = head / (nh / nkv);
