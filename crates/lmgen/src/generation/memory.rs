@@ -8,7 +8,8 @@
 //! whichever is larger; the residual stream; and the KV cache of every layer up to `max_length`.
 //! Where the GPU's flash kernel runs the prefill's attention (unpadded prompts of a decoder-only
 //! model, no attention weights returned: [`crate::cuda::flash_applies`]), no scores or masks are
-//! counted, as none are made. It is an estimate of the peak, not a bound on every allocation:
+//! counted, as none are made; on the CPU such a prompt's attention runs in blocks of queries
+//! (`models/layers/attention/causal_cpu.rs`), so one block's scores are. It is an estimate of the peak, not a bound on every allocation:
 //! allocator rounding and the cuBLAS workspace are not counted.
 //!
 //! A long prompt whose one-pass prefill would not fit is prefilled in chunks instead
@@ -100,6 +101,10 @@ enum Scores {
     /// The GPU's flash kernel ([`crate::cuda::flash_attention`]): scores in on-chip memory, no
     /// mask built.
     OnChip,
+    /// The CPU's blocks of queries ([`crate::models::layers::attention::CAUSAL_BLOCK_ROWS`] rows
+    /// each, over the keys they see): at most one block's scores and mask at a time, counted
+    /// as the eager ops' (the fused blocks keep less: a thread's rows of scores).
+    Blocked,
 }
 
 /// [`estimate_chunked`] with the prefill attention's `scores` as the request runs them.
@@ -125,8 +130,16 @@ fn estimate_with(
         1.0
     };
     // scores, scaled scores (dtype), f32 copy and f32 softmax; the masks in the dtype.
+    let block = crate::models::layers::attention::CAUSAL_BLOCK_ROWS;
+    let tt = match scores {
+        // A chunk of fewer than two blocks runs whole.
+        Scores::Blocked if chunk >= 2 * block => tt / chunk as f64 * block as f64,
+        _ => tt,
+    };
     let attention = match scores {
-        Scores::Materialised => rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d,
+        Scores::Materialised | Scores::Blocked => {
+            rows * heads * tt * (2.0 * d + 8.0) + masks * rows * tt * d
+        }
         Scores::OnChip => 0.0,
     };
     let mlp = 3.0 * rows * t * cfg.intermediate_size as f64 * d;
@@ -176,9 +189,12 @@ fn peak_of(
         && head_dims
             .iter()
             .all(|&d| crate::cuda::flash_applies(model.device(), model.dtype(), d));
-    let scores = match flash {
-        true => Scores::OnChip,
-        false => Scores::Materialised,
+    let scores = if flash {
+        Scores::OnChip
+    } else if prompt == Prompt::Unpadded && !g.output_attentions && model.device().is_cpu() {
+        Scores::Blocked
+    } else {
+        Scores::Materialised
     };
     estimate_with(
         cfg,
@@ -314,6 +330,25 @@ mod tests {
         let eager = estimate(&cfg, 2, 1, 1, t, t + 4);
         assert_eq!(on_chip.kv_cache, eager.kv_cache);
         assert_eq!(on_chip.other, eager.other);
+    }
+
+    #[test]
+    fn blocks_of_queries_bound_the_scores_on_the_cpu() {
+        let cfg = qwen_05b();
+        let t = 32768;
+        let whole = estimate(&cfg, 4, 1, 1, t, t + 4);
+        let blocked = estimate_with(&cfg, 4, 1, 1, t, t, t + 4, Scores::Blocked);
+        let block = crate::models::layers::attention::CAUSAL_BLOCK_ROWS as f64;
+        // One block of queries over every key: 14 heads x 64 x 32768 x (4 + 4 + 4 + 4) bytes
+        // and the block's mask; below the MLP's activations here.
+        let scores = 14.0 * block * t as f64 * 16.0 + block * t as f64 * 4.0;
+        assert_eq!(blocked.prefill, scores.max(3.0 * t as f64 * 4864.0 * 4.0));
+        assert!(blocked.prefill < whole.prefill / 100.0, "{blocked:?}");
+        // A prompt of fewer than two blocks runs whole.
+        assert_eq!(
+            estimate_with(&cfg, 4, 1, 1, 100, 100, 104, Scores::Blocked),
+            estimate(&cfg, 4, 1, 1, 100, 104)
+        );
     }
 
     #[test]

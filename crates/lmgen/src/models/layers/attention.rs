@@ -20,6 +20,8 @@ use crate::models::config::{ModelConfig, ProjectionLayout, QkNorm};
 use crate::models::AttnImplementation;
 use crate::parallel::Communicator;
 
+mod causal_cpu;
+pub use causal_cpu::BLOCK_ROWS as CAUSAL_BLOCK_ROWS;
 mod decode_avx512;
 pub(crate) mod decode_cpu;
 mod heads;
@@ -584,8 +586,9 @@ pub fn attend_unmasked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
 }
 
 /// `softmax(q k^T * scores + mask) v` under a mask by position ([`CausalMask`]): on a GPU through
-/// [`crate::cuda::flash_attention`], which never builds the mask nor the scores, else [`attend`]
-/// with the mask's tensor. `q` `[b, nh, t, d]`, `k`, `v` `[b, nkv, s, d]` -> `[b, nh, t, d]`.
+/// [`crate::cuda::flash_attention`], which never builds the mask nor the scores; on the CPU in
+/// blocks of queries over the keys each block may see ([`causal_cpu`]); else [`attend`] with the
+/// mask's tensor. `q` `[b, nh, t, d]`, `k`, `v` `[b, nkv, s, d]` -> `[b, nh, t, d]`.
 pub fn attend_causal(
     q: &Tensor,
     k: &Tensor,
@@ -595,6 +598,9 @@ pub fn attend_causal(
 ) -> Result<Tensor> {
     if q.dim(2)? == mask.q_len() && k.dim(2)? == mask.kv_len() {
         if let Some(out) = crate::cuda::flash_attention(q, k, v, mask.window(), scores_of)? {
+            return Ok(out);
+        }
+        if let Some(out) = causal_cpu::attend_causal_blocks(q, k, v, mask, scores_of)? {
             return Ok(out);
         }
     }

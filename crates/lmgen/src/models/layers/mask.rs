@@ -12,6 +12,7 @@
 //! groups span tokens, and returned hidden states and attention weights. In f16, whose minimum is
 //! too small to add a score to safely, such a query sees every key instead (finite either way).
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
@@ -68,6 +69,11 @@ impl CausalMask {
         self.window
     }
 
+    /// The dtype of the additive mask ([`masked_value`] on a hidden key).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// The additive mask `[b, 1, q_len, kv_len]` ([`build`] without padding), built the first
     /// time it is asked for; `None` when it masks nothing.
     pub fn tensor(&self) -> Result<Option<&Tensor>> {
@@ -83,6 +89,19 @@ impl CausalMask {
             let _ = self.tensor.set(built);
         }
         Ok(self.tensor.get().and_then(Option::as_ref))
+    }
+
+    /// The additive mask of query rows `rows` over keys `keys` only, `[1, 1, rows, keys]` (every
+    /// batch row alike): [`CausalMask::tensor`]'s values there, without building the whole
+    /// tensor; `None` where it masks nothing in that region.
+    pub fn block(&self, rows: Range<usize>, keys: Range<usize>) -> Result<Option<Tensor>> {
+        let spec = MaskSpec {
+            padding: None,
+            batch: 1,
+            q_len: self.q_len,
+            kv_len: self.kv_len,
+        };
+        build_region(&spec, self.window, (rows, keys), self.dtype, &self.device)
     }
 }
 
@@ -113,7 +132,7 @@ pub enum DenseMask {
 
 impl DenseMask {
     /// The mask of `spec` (`window` for sliding layers): by position where no key is padding.
-    fn new(
+    pub(crate) fn new(
         spec: &MaskSpec<'_>,
         window: Option<usize>,
         dtype: DType,
@@ -491,6 +510,29 @@ pub fn build(
     dtype: DType,
     device: &Device,
 ) -> Result<Option<Tensor>> {
+    let region = (0..spec.q_len, 0..spec.kv_len);
+    build_region(spec, sliding_window, region, dtype, device)
+}
+
+/// The additive mask's value on a hidden key in `dtype` (as f32): transformers'
+/// `torch.finfo(dtype).min`, so a query that sees nothing gets equal scores.
+pub fn masked_value(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => -65504f32,
+        DType::BF16 => -3.389_531_4e38,
+        _ => f32::MIN,
+    }
+}
+
+/// [`build`]'s rows `rows` and columns `keys` only, `[batch, 1, rows, keys]`; `None` where
+/// nothing is masked there.
+fn build_region(
+    spec: &MaskSpec<'_>,
+    sliding_window: Option<usize>,
+    (rows, keys): (Range<usize>, Range<usize>),
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     let MaskSpec {
         padding,
         batch,
@@ -504,24 +546,22 @@ pub fn build(
             && padding.is_none_or(|p| p[row].get(j).copied().unwrap_or(1) != 0)
             && sliding_window.is_none_or(|w| q - j < w)
     };
-    // transformers' `torch.finfo(dtype).min`: a query that sees nothing gets equal scores.
-    let masked = match dtype {
-        DType::F16 => -65504f32,
-        DType::BF16 => -3.389_531_4e38,
-        _ => f32::MIN,
-    };
-    let any_masked = (0..batch).any(|r| (0..q_len).any(|i| (0..kv_len).any(|j| !visible(r, i, j))));
+    let masked = masked_value(dtype);
+    let any_masked = (0..batch).any(|r| {
+        rows.clone()
+            .any(|i| keys.clone().any(|j| !visible(r, i, j)))
+    });
     if !any_masked {
         return Ok(None);
     }
-    let mut data = Vec::with_capacity(batch * q_len * kv_len);
+    let mut data = Vec::with_capacity(batch * rows.len() * keys.len());
     for r in 0..batch {
-        for i in 0..q_len {
+        for i in rows.clone() {
             // f16's minimum is only -65504: a score below about -16 added to it overflows to
             // -inf, and a padding query whose every score did would give NaN. There it sees every
             // key unmasked instead (finite; sdpa semantics zero its output all the same).
             let blind = dtype == DType::F16 && (0..kv_len).all(|j| !visible(r, i, j));
-            data.extend((0..kv_len).map(|j| {
+            data.extend(keys.clone().map(|j| {
                 if blind || visible(r, i, j) {
                     0f32
                 } else {
@@ -530,8 +570,9 @@ pub fn build(
             }));
         }
     }
+    let shape = (batch, 1, rows.len(), keys.len());
     Ok(Some(
-        Tensor::from_vec(data, (batch, 1, q_len, kv_len), device)?.to_dtype(dtype)?,
+        Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?,
     ))
 }
 
