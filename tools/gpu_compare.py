@@ -47,6 +47,10 @@ SHAPES = {
         hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=5e5,
         max_position_embeddings=131072),
+    "llama-3.2-3b": lambda: LlamaConfig(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=5e5,
+        max_position_embeddings=131072),
     "llama-3.1-8b": lambda: LlamaConfig(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=5e5,
