@@ -25,6 +25,7 @@ pub mod norm;
 pub mod rotary;
 pub mod seq2seq_attention;
 pub mod short_conv;
+pub mod thread_gemm;
 pub mod widened;
 
 use std::sync::Arc;

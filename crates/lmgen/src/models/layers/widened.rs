@@ -24,6 +24,8 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::thread_gemm::{product, Operand};
+
 /// Weight rows a panel: gemm's f32 tile height with AVX-512 (4 registers of 16 lanes; 2 of 8
 /// with AVX2). On the Zen 5 machine, 512 prompt rows of the Qwen2.5-0.5B shape in f16: 32 rows
 /// 453-482 tokens/s, 64 rows 494-517, 96 rows 473-485, 128 rows 487-498, 512 rows 439-472.
@@ -123,26 +125,11 @@ pub fn widened_matmul(
             // are read as the `[k, rows]` right-hand side (column stride `ld`, row stride 1). No
             // two operands overlap.
             unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    out.0.add(start),
-                    1,
-                    n as isize,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    buffer.as_ptr(),
-                    ld as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                product(
+                    (m, rows, k),
+                    Operand::rows(out.0.add(start), n),
+                    Operand::rows(xs.as_ptr(), k),
+                    Operand::columns(buffer.as_ptr(), ld),
                 );
             }
         });

@@ -29,6 +29,7 @@ use super::softmax_cpu::{softmax_row, RowMask};
 use super::{attend, Scores};
 use crate::error::Result;
 use crate::models::layers::mask::{masked_value, CausalMask};
+use crate::models::layers::thread_gemm::{product, Operand};
 
 /// Query rows a block: a block's scores (`rows x keys` f32) stay in the thread's cache for a
 /// few thousand keys, and the masked work left in the diagonal block is half of `rows^2`.
@@ -165,26 +166,11 @@ fn fused(
                         // head h, and `k`'s rows lo..hi of head kvh, are within their storage
                         // (in range of their dims, checked above), `d` values each, contiguous.
                         unsafe {
-                            gemm::gemm(
-                                rows,
-                                keys,
-                                d,
-                                scores.as_mut_ptr(),
-                                1,
-                                keys as isize,
-                                false,
-                                qs.at(bi, h, r0),
-                                1,
-                                qs.stride[2] as isize,
-                                ks.at(bi, kvh, lo),
-                                ks.stride[2] as isize,
-                                1,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
+                            product(
+                                (rows, keys, d),
+                                Operand::rows(scores.as_mut_ptr(), keys),
+                                Operand::rows(qs.at(bi, h, r0), qs.stride[2]),
+                                Operand::columns(ks.at(bi, kvh, lo), ks.stride[2]),
                             );
                         }
                         for (i, row) in scores.chunks_mut(keys).enumerate() {
@@ -200,26 +186,11 @@ fn fused(
                         // SAFETY: the output's rows r0..r1 of (bi, h) are this task's alone and
                         // within `out`; `v`'s rows lo..hi of head kvh are in its storage.
                         unsafe {
-                            gemm::gemm(
-                                rows,
-                                d,
-                                keys,
-                                dst.0.add(((bi * nh + h) * t + r0) * d),
-                                1,
-                                d as isize,
-                                false,
-                                scores.as_ptr(),
-                                1,
-                                keys as isize,
-                                vs.at(bi, kvh, lo),
-                                1,
-                                vs.stride[2] as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
+                            product(
+                                (rows, d, keys),
+                                Operand::rows(dst.0.add(((bi * nh + h) * t + r0) * d), d),
+                                Operand::rows(scores.as_ptr(), keys),
+                                Operand::rows(vs.at(bi, kvh, lo), vs.stride[2]),
                             );
                         }
                     });
