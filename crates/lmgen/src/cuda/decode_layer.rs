@@ -11,11 +11,14 @@
 //! rounds at the same places; the attention always splits its keys across the grid's blocks and
 //! combines the splits as [`super::decode_attention_at`] does for long caches.
 //!
-//! Off by default: on an H100 it gave transformers' tokens on every golden case (f32) and passed
-//! its kernel checks, but batch-1 decode ran slower than the separate launches (Qwen2.5-0.5B
-//! 1041 -> 865 tok/s, Llama-3.2-1B 773 -> 749: BENCHMARKS.md). `LMGEN_CUDA_LAYER=1` (or `coop`)
-//! turns it on with the cooperative attribute, `plain` without it (the grid still fits the GPU
-//! at once), `pdl` as a programmatic dependent of the kernel before.
+//! Off by default. On an H100 it gives transformers' tokens on every golden case (f32) and passes
+//! its kernel checks; batch-1 bf16 decode against the separate launches (BENCHMARKS.md, two
+//! rounds alternated) is +1.2% on the Qwen2.5-0.5B shape (29 MB of weights a layer) and +4.3% on
+//! Llama-3.2-1B (122 MB), but -3.6% on Llama-3.2-3B (201 MB) and -2.5% on Llama-3.1-8B (436 MB),
+//! whose products the separate kernels stream faster. A default by layer size was not run on a
+//! GPU, so none is taken. `LMGEN_CUDA_LAYER=1` (or `coop`) turns it on with the cooperative
+//! attribute, `plain` without it (the grid still fits the GPU at once), `pdl` as a programmatic
+//! dependent of the kernel before.
 
 use candle_core::{DType, Tensor};
 
