@@ -9,8 +9,9 @@
 //! Where the GPU's flash kernel runs the prefill's attention (unpadded prompts of a decoder-only
 //! model, no attention weights returned: [`crate::cuda::flash_applies`]), no scores or masks are
 //! counted, as none are made; on the CPU such a prompt's attention runs in blocks of queries
-//! (`models/layers/attention/causal_cpu.rs`), so one block's scores are. It is an estimate of the peak, not a bound on every allocation:
-//! allocator rounding and the cuBLAS workspace are not counted.
+//! (`models/layers/attention/causal_cpu.rs`), so one block's scores are. It is an estimate of
+//! the peak, not a bound on every allocation: allocator rounding and the cuBLAS workspace are
+//! not counted.
 //!
 //! A long prompt whose one-pass prefill would not fit is prefilled in chunks instead
 //! ([`plan_prefill`]), as if `prefill_chunk_size` had been set: each chunk's queries attend over

@@ -8,13 +8,13 @@
 //! 32k-token prompt): at 512 tokens of the Qwen3-0.6B shape ~60 ms a layer on two Zen 3 cores,
 //! the products at 50-90 GFLOP/s and the fresh pages' faults and zeroing a good part of it.
 //! Here each (batch row, query head, block) is one task on rayon's threads: `gemm` writes the
-//! block's scores into a buffer the thread keeps, [`softmax_row`] masks and normalises each row
-//! in place (the mask by position as a range of visible keys, never built), and `gemm`
+//! block's scores into a buffer the thread keeps, each row is scaled, masked and normalised in
+//! place (the mask by position as a range of visible keys, never built), and `gemm`
 //! multiplies them by the values straight into the output. The products do
 //! ~(1 + 1 / blocks) / 2 of the unblocked work.
 //!
 //! Each row's scaled and masked scores, their maximum and the exponentials' sum are computed as
-//! [`super::softmax_cpu`] computes them over the whole row (a key left out is one the row may
+//! [`super::softmax_cpu`] computes them over the whole row ([`normalise_row`]) (a key left out is one the row may
 //! not see: its exponential is +0 there); the products' sums over fewer keys are grouped
 //! differently by gemm, so the result equals the unblocked one to rounding, not to the bit.
 //! A softcap, sinks or another dtype take the blocks through candle's ops ([`super::attend`]).
@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::softmax_cpu::{softmax_row, RowMask};
+use super::softmax_cpu::normalise_row;
 use super::{attend, Scores};
 use crate::error::Result;
 use crate::models::layers::mask::{masked_value, CausalMask};
@@ -174,14 +174,20 @@ fn fused(
                             );
                         }
                         for (i, row) in scores.chunks_mut(keys).enumerate() {
-                            // This row's position, and the keys it sees among lo..hi.
+                            // This row's position and the keys it sees among lo..hi: scaled,
+                            // plus the additive mask's 0 or `masked` (its arithmetic), then
+                            // normalised.
                             let p = past + r0 + i;
-                            let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                            softmax_row(
-                                row,
-                                scale,
-                                RowMask::Visible(first - lo..p + 1 - lo, masked),
-                            );
+                            let first = window.map_or(0, |w| (p + 1).saturating_sub(w)) - lo;
+                            let (before, rest) = row.split_at_mut(first);
+                            let (seen, after) = rest.split_at_mut(p + 1 - lo - first);
+                            for x in before.iter_mut().chain(after.iter_mut()) {
+                                *x = (*x * scale + 0.0) + masked;
+                            }
+                            for x in seen.iter_mut() {
+                                *x = (*x * scale + 0.0) + 0.0;
+                            }
+                            normalise_row(row);
                         }
                         // SAFETY: the output's rows r0..r1 of (bi, h) are this task's alone and
                         // within `out`; `v`'s rows lo..hi of head kvh are in its storage.

@@ -73,50 +73,32 @@ pub fn scaled_masked_softmax(
                     let (batch, query) = (row / (nh * t), row % t);
                     let at =
                         (if mb == 1 { 0 } else { batch }) * mt + if mt == 1 { 0 } else { query };
-                    RowMask::Values(&data[at * s..][..s])
+                    Some(&data[at * s..][..s])
                 }
-                _ => RowMask::None,
+                _ => None,
             };
-            dst.copy_from_slice(src);
-            softmax_row(dst, scale, mask_row);
+            match mask_row {
+                Some(m) => {
+                    for ((d, &x), &mv) in dst.iter_mut().zip(src).zip(m) {
+                        *d = (x * scale + 0.0) + mv;
+                    }
+                }
+                None => {
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        *d = x * scale + 0.0;
+                    }
+                }
+            }
+            normalise_row(dst);
         });
     drop((sg, guard));
     Ok(Some(Tensor::from_vec(out, (b, nh, t, s), &Device::Cpu)?))
 }
 
-/// A row's additive mask for [`softmax_row`].
-#[derive(Debug, Clone)]
-pub(super) enum RowMask<'a> {
-    /// Nothing masked.
-    None,
-    /// One value a column.
-    Values(&'a [f32]),
-    /// 0 on the columns in the range, `masked` on the others (a mask by position's row).
-    Visible(std::ops::Range<usize>, f32),
-}
-
-/// One row of [`scaled_masked_softmax`] in place: `row` holds the raw scores `q . k`; the same
-/// arithmetic in the same order (`s * scale + 0`, `+ mask`, ...).
-pub(super) fn softmax_row(row: &mut [f32], scale: f32, mask: RowMask<'_>) {
+/// A row already scaled and masked, normalised in place: its maximum and sum by candle's vector
+/// reductions and the exponentials in between, as `softmax_last_dim` computes them.
+pub(super) fn normalise_row(row: &mut [f32]) {
     let s = row.len();
-    match mask {
-        RowMask::Values(m) => {
-            for (d, &mv) in row.iter_mut().zip(m) {
-                *d = (*d * scale + 0.0) + mv;
-            }
-        }
-        RowMask::Visible(seen, masked) => {
-            for (j, d) in row.iter_mut().enumerate() {
-                let mv = if seen.contains(&j) { 0.0 } else { masked };
-                *d = (*d * scale + 0.0) + mv;
-            }
-        }
-        RowMask::None => {
-            for d in row.iter_mut() {
-                *d = *d * scale + 0.0;
-            }
-        }
-    }
     let mut max = f32::NEG_INFINITY;
     // SAFETY: `row` holds `s` values (`s > 0`: every caller's rows have a key) and `max` is one.
     unsafe { f32::vec_reduce_max(row.as_ptr(), &mut max, s) };
