@@ -22,6 +22,7 @@ use crate::parallel::Communicator;
 
 mod causal_cpu;
 pub use causal_cpu::BLOCK_ROWS as CAUSAL_BLOCK_ROWS;
+mod decode_avx2;
 mod decode_avx512;
 pub(crate) mod decode_cpu;
 mod heads;

@@ -117,50 +117,10 @@ mod tests {
             eprintln!("no AVX-512F on this CPU: the kernel is not checked");
             return;
         }
-        let mut seed = 3u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 9) as f32 / (1u32 << 22) as f32 - 1.0
-        };
-        for d in [16, 64, 80, 128] {
-            for s in [1, 3, 4, 5, 130] {
-                let q: Vec<f32> = (0..d).map(|_| next()).collect();
-                let k: Vec<Vec<f32>> = (0..s).map(|_| (0..d).map(|_| next()).collect()).collect();
-                let v: Vec<Vec<f32>> = (0..s).map(|_| (0..d).map(|_| next()).collect()).collect();
-                let scale = 0.3f32;
-                let mut scores = vec![0f32; s];
-                let mut out = vec![0.5f32; d];
-                assert!(attend(
-                    &q,
-                    |j| &k[j],
-                    |j| &v[j],
-                    scale,
-                    &mut scores,
-                    &mut out
-                ));
-                let logits: Vec<f64> = k
-                    .iter()
-                    .map(|kj| {
-                        q.iter()
-                            .zip(kj)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want = 0.5 + (0..s).map(|j| e[j] / sum * v[j][c] as f64).sum::<f64>();
-                    let got = out[c] as f64;
-                    assert!(
-                        (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                        "d {d} s {s} c {c}: {got} vs {want}"
-                    );
-                }
-            }
-        }
+        super::super::decode_cpu::tests::check_against_f64(
+            &[16, 64, 80, 128],
+            &|q, k, v, scale, scores, out| attend(q, |j| &k[j], |j| &v[j], scale, scores, out),
+        );
         let mut scores = vec![0f32; 2];
         let (q, row) = (vec![0f32; 24], vec![0f32; 24]);
         let mut out = vec![0f32; 24];

@@ -30,7 +30,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// One query head `q` `[d]` over `scores.len()` keys and values (`key(j)`, `value(j)`, each
 /// `[d]`): adds `softmax(q k^T * scale) v` into `out` `[d]` (zeroed by the caller); `scores` is
 /// scratch. On AVX-512 CPUs, for head sizes that are a multiple of 16 up to 128,
-/// [`super::decode_avx512`] runs it with fused multiply-adds.
+/// [`super::decode_avx512`] runs it with fused multiply-adds, else on AVX2 CPUs for multiples of
+/// 8 [`super::decode_avx2`].
 pub(crate) fn attend_one<'a>(
     q: &[f32],
     key: impl Fn(usize) -> &'a [f32],
@@ -39,9 +40,23 @@ pub(crate) fn attend_one<'a>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    if super::decode_avx512::attend(q, &key, &value, scale, scores, out) {
+    if super::decode_avx512::attend(q, &key, &value, scale, scores, out)
+        || super::decode_avx2::attend(q, &key, &value, scale, scores, out)
+    {
         return;
     }
+    attend_portable(q, key, value, scale, scores, out);
+}
+
+/// [`attend_one`] in portable code: a multiply and an add per lane, one key at a time.
+fn attend_portable<'a>(
+    q: &[f32],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     for (j, s) in scores.iter_mut().enumerate() {
         *s = dot(q, key(j)) * scale;
     }
@@ -124,11 +139,67 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
     use crate::models::layers::attention::{attend, Scores};
+
+    /// A kernel of [`attend_one`]'s contract: `(q, keys, values, scale, scores, out)`, `true`
+    /// where it ran.
+    pub(in crate::models::layers::attention) type Kernel<'k> =
+        &'k dyn Fn(&[f32], &[Vec<f32>], &[Vec<f32>], f32, &mut [f32], &mut [f32]) -> bool;
+
+    /// `kernel` against the same attention in f64 for each head size of `dims` and key counts
+    /// around a four-key step (1, 3, 4, 5, 130), added into an output that is not zero.
+    pub(in crate::models::layers::attention) fn check_against_f64(dims: &[usize], kernel: Kernel) {
+        let mut seed = 3u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 9) as f32 / (1u32 << 22) as f32 - 1.0
+        };
+        for &d in dims {
+            for s in [1, 3, 4, 5, 130] {
+                let q: Vec<f32> = (0..d).map(|_| next()).collect();
+                let k: Vec<Vec<f32>> = (0..s).map(|_| (0..d).map(|_| next()).collect()).collect();
+                let v: Vec<Vec<f32>> = (0..s).map(|_| (0..d).map(|_| next()).collect()).collect();
+                let scale = 0.3f32;
+                let mut scores = vec![0f32; s];
+                let mut out = vec![0.5f32; d];
+                assert!(kernel(&q, &k, &v, scale, &mut scores, &mut out), "d {d}");
+                let logits: Vec<f64> = k
+                    .iter()
+                    .map(|kj| {
+                        q.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want = 0.5 + (0..s).map(|j| e[j] / sum * v[j][c] as f64).sum::<f64>();
+                    let got = out[c] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                        "d {d} s {s} c {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The portable loop meets the same bound (the kernels above fall back to it).
+    #[test]
+    fn portable_matches_f64_attention() {
+        check_against_f64(&[12, 64, 256], &|q, k, v, scale, scores, out| {
+            attend_portable(q, |j| &k[j], |j| &v[j], scale, scores, out);
+            true
+        });
+    }
 
     /// Views of a larger cache (as the dynamic cache hands them out), grouped-query heads, two
     /// rows: within f32 rounding of candle's matmul-softmax-matmul.
