@@ -11,14 +11,15 @@
 //! rounds at the same places; the attention always splits its keys across the grid's blocks and
 //! combines the splits as [`super::decode_attention_at`] does for long caches.
 //!
-//! Off by default. On an H100 it gives transformers' tokens on every golden case (f32) and passes
-//! its kernel checks; batch-1 bf16 decode against the separate launches (BENCHMARKS.md, two
-//! rounds alternated) is +1.2% on the Qwen2.5-0.5B shape (29 MB of weights a layer) and +4.3% on
-//! Llama-3.2-1B (122 MB), but -3.6% on Llama-3.2-3B (201 MB) and -2.5% on Llama-3.1-8B (436 MB),
-//! whose products the separate kernels stream faster. A default by layer size was not run on a
-//! GPU, so none is taken. `LMGEN_CUDA_LAYER=1` (or `coop`) turns it on with the cooperative
-//! attribute, `plain` without it (the grid still fits the GPU at once), `pdl` as a programmatic
-//! dependent of the kernel before.
+//! On by default for layers whose weights take at most [`AUTO_MAX_LAYER_BYTES`]
+//! ([`LayerMode::Auto`]). On an H100 it gives transformers' tokens on every golden case (f32,
+//! with the default and with it on everywhere) and passes its kernel checks; batch-1 bf16 decode
+//! against the separate launches (BENCHMARKS.md, two rounds alternated) is +1.2% and +1.7% on the
+//! Qwen2.5-0.5B shape (29 MB of weights a layer) and +4.3% and +5.8% on Llama-3.2-1B (122 MB),
+//! but -3.6% on Llama-3.2-3B (201 MB) and -2.5% on Llama-3.1-8B (436 MB), whose products the
+//! separate kernels stream faster. `LMGEN_CUDA_LAYER=0` (or `off`) turns it off, `1` (or `coop`)
+//! on for every size with the cooperative attribute, `plain` without it (the grid still fits the
+//! GPU at once), `pdl` as a programmatic dependent of the kernel before.
 
 use candle_core::{DType, Tensor};
 
@@ -72,7 +73,15 @@ pub enum LayerMode {
     Plain,
     /// A plain launch as a programmatic dependent of the kernel before.
     Dependent,
+    /// [`LayerMode::Cooperative`] for layers whose weights take at most
+    /// [`AUTO_MAX_LAYER_BYTES`], the separate launches for larger ones (the default).
+    Auto,
 }
+
+/// The largest layer (its q/k/v, o, gate/up and down weights, in bytes) [`LayerMode::Auto`]
+/// runs in one launch: between the Llama-3.2-1B shape's 122 MB (faster in one launch) and
+/// Llama-3.2-3B's 201 MB (slower), see the module's doc.
+pub const AUTO_MAX_LAYER_BYTES: usize = 128 << 20;
 
 fn mode_cell() -> &'static std::sync::atomic::AtomicU8 {
     static MODE: std::sync::OnceLock<std::sync::atomic::AtomicU8> = std::sync::OnceLock::new();
@@ -81,18 +90,20 @@ fn mode_cell() -> &'static std::sync::atomic::AtomicU8 {
             Ok("1" | "coop") => LayerMode::Cooperative,
             Ok("plain") => LayerMode::Plain,
             Ok("pdl") => LayerMode::Dependent,
-            _ => LayerMode::Off,
+            Ok("0" | "off") => LayerMode::Off,
+            _ => LayerMode::Auto,
         };
         std::sync::atomic::AtomicU8::new(mode as u8)
     })
 }
 
 impl LayerMode {
-    const ALL: [LayerMode; 4] = [
+    const ALL: [LayerMode; 5] = [
         LayerMode::Off,
         LayerMode::Cooperative,
         LayerMode::Plain,
         LayerMode::Dependent,
+        LayerMode::Auto,
     ];
 }
 
@@ -112,6 +123,21 @@ pub fn layer_mode() -> LayerMode {
 /// for its buffers and builds [`barriers`].
 pub fn layer_applies(x: &Tensor, rows: usize) -> bool {
     rows == 1 && super::applies(x) && layer_mode() != LayerMode::Off
+}
+
+/// Whether the layer kernel's mode takes a layer of these weights: any but
+/// [`LayerMode::Auto`] does (when on), `Auto` where its products' weights take at most
+/// [`AUTO_MAX_LAYER_BYTES`].
+pub fn layer_wanted(w: &LayerWeights<'_>) -> bool {
+    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+    match layer_mode() {
+        LayerMode::Off => false,
+        LayerMode::Auto => {
+            bytes(w.qkv.0) + bytes(w.o_proj.0) + bytes(w.gate_up.0) + bytes(w.down.0)
+                <= AUTO_MAX_LAYER_BYTES
+        }
+        _ => true,
+    }
 }
 
 /// `layers` zeroed barrier counts `[layers]` u32 on `x`'s device, one a layer for a step.
@@ -166,6 +192,9 @@ impl LayerShape {
             like(t) && t.dims2().ok() == Some((rows, cols)) && bias.is_none_or(|b| vector(b, rows))
         };
         let cap = k.dim(2).ok()?;
+        if !layer_wanted(w) {
+            return None;
+        }
         let rotated = match step.rope {
             Some((cos, sin)) => {
                 let half = cos.dim(2).ok()?;
@@ -527,7 +556,7 @@ mod imp {
                 None => bld.arg(&null),
             };
             match layer_mode() {
-                LayerMode::Cooperative => {
+                LayerMode::Cooperative | LayerMode::Auto => {
                     bld.cooperative();
                 }
                 LayerMode::Dependent => {

@@ -225,8 +225,8 @@ pub use decode_attention::{
     MAX_KEYS as DECODE_MAX_KEYS,
 };
 pub use decode_layer::{
-    barriers as layer_barriers, decode_layer, layer_applies, layer_mode, set_layer_mode, LayerMode,
-    LayerStep, LayerWeights,
+    barriers as layer_barriers, decode_layer, layer_applies, layer_mode, layer_wanted,
+    set_layer_mode, LayerMode, LayerStep, LayerWeights,
 };
 pub use flash_attention::{flash_applies, flash_attention, set_flash_mma};
 pub use gemv::{gemv, gemv_swiglu, set_max_rows as set_gemv_max_rows, MAX_ROWS as GEMV_MAX_ROWS};

@@ -379,7 +379,11 @@ impl Decoder {
                     && attentions.is_none()
                     && rm.is_none()
                     && x.dim(1)? == 1
-                    && crate::cuda::layer_applies(&x, x.dim(0)?) =>
+                    && crate::cuda::layer_applies(&x, x.dim(0)?)
+                    && self.layers[..n]
+                        .iter()
+                        .filter_map(DecoderLayer::dense_decode_weights)
+                        .any(|(_, w)| crate::cuda::layer_wanted(&w)) =>
             {
                 Some(crate::cuda::layer_barriers(&x, n)?)
             }

@@ -99,7 +99,11 @@ unsafe fn attend_avx2<'a>(
         let k = row(key(j), d);
         let mut a = _mm256_setzero_ps();
         for v in 0..nv {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8 * v)), _mm256_loadu_ps(k.add(8 * v)), a);
+            a = _mm256_fmadd_ps(
+                _mm256_loadu_ps(qp.add(8 * v)),
+                _mm256_loadu_ps(k.add(8 * v)),
+                a,
+            );
         }
         scores[j] = lane_sum(a) * scale;
         j += 1;
