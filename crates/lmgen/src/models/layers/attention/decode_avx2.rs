@@ -13,6 +13,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::models::layers::gemv_avx2::hsum;
+
 /// Output vectors of 8 lanes held in registers across a pass over the values.
 #[cfg(target_arch = "x86_64")]
 const PASS: usize = 8;
@@ -105,52 +108,46 @@ unsafe fn attend_avx2<'a>(
                 a,
             );
         }
-        scores[j] = lane_sum(a) * scale;
+        scores[j] = hsum(a) * scale;
         j += 1;
     }
+    // The weights `e_j / sum` once, in place of the scores (every pass over the values reads them).
     let sum = super::decode_cpu::exp_from_max(scores);
+    for e in scores.iter_mut() {
+        *e /= sum;
+    }
     let mut first = 0;
     while first < nv {
         let n = (nv - first).min(PASS);
-        let (scores, value, out) = (&*scores, &value, &mut *out);
+        let (weights, value, out) = (&*scores, &value, &mut *out);
         match n {
-            1 => add_values::<1>(scores, sum, value, first, out),
-            2 => add_values::<2>(scores, sum, value, first, out),
-            3 => add_values::<3>(scores, sum, value, first, out),
-            4 => add_values::<4>(scores, sum, value, first, out),
-            5 => add_values::<5>(scores, sum, value, first, out),
-            6 => add_values::<6>(scores, sum, value, first, out),
-            7 => add_values::<7>(scores, sum, value, first, out),
-            _ => add_values::<PASS>(scores, sum, value, first, out),
+            1 => add_values::<1>(weights, value, first, out),
+            2 => add_values::<2>(weights, value, first, out),
+            3 => add_values::<3>(weights, value, first, out),
+            4 => add_values::<4>(weights, value, first, out),
+            5 => add_values::<5>(weights, value, first, out),
+            6 => add_values::<6>(weights, value, first, out),
+            7 => add_values::<7>(weights, value, first, out),
+            _ => add_values::<PASS>(weights, value, first, out),
         }
         first += n;
     }
 }
 
-/// The 8 lanes of `a` added up.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn lane_sum(a: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
-}
-
-/// `out[8 first..8 (first + N)] += sum_j (e_j / sum) value(j)[..]` over that slice of every
-/// value row, the `N` output vectors in registers.
+/// `out[8 first..8 (first + N)] += sum_j weights_j value(j)[..]` over that slice of every value
+/// row, the `N` output vectors in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn add_values<'a, const N: usize>(
-    scores: &[f32],
-    sum: f32,
+    weights: &[f32],
     value: &impl Fn(usize) -> &'a [f32],
     first: usize,
     out: &mut [f32],
 ) {
     let end = 8 * (first + N);
     let mut o = [_mm256_setzero_ps(); N];
-    for (j, &e) in scores.iter().enumerate() {
-        let p = _mm256_set1_ps(e / sum);
+    for (j, &w) in weights.iter().enumerate() {
+        let p = _mm256_set1_ps(w);
         let vr = row(value(j), end).add(8 * first);
         for (v, x) in o.iter_mut().enumerate() {
             *x = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr.add(8 * v)), *x);
